@@ -1,0 +1,183 @@
+//! The one configuration struct of a node: command-line flags (clap) and a TOML file (serde)
+//! map onto it, and [`ServeConfig::validate`] checks it before anything starts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Settings of one `fjord serve` process.
+#[derive(Debug, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// This node's id: a positive integer, unique in the cluster and listed in `peers`.
+    #[arg(long)]
+    pub id: u64,
+    /// Address to listen on for clients and peers, e.g. 127.0.0.1:7101.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Address other nodes and clients use to reach this node; defaults to this node's
+    /// entry in `peers`.
+    #[arg(long)]
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Directory holding this node's data (created if missing).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The initial voters of the metadata group, as `ID=HOST:PORT` pairs separated by
+    /// commas, this node included: `1=10.0.0.1:7101,2=10.0.0.2:7101,3=10.0.0.3:7101`.
+    #[arg(long, value_parser = parse_peers)]
+    #[serde(deserialize_with = "de_peers")]
+    pub peers: Peers,
+    /// Raft heartbeat interval, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// Lower bound of the randomized Raft election timeout, in milliseconds (the upper
+    /// bound is twice this).
+    #[arg(long, default_value_t = 600)]
+    #[serde(default = "default_election_ms")]
+    pub election_timeout_ms: u64,
+    /// redb page cache of this node's database, in MiB.
+    #[arg(long, default_value_t = 64)]
+    #[serde(default = "default_cache_mib")]
+    pub cache_size_mib: u64,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    100
+}
+fn default_election_ms() -> u64 {
+    600
+}
+fn default_cache_mib() -> u64 {
+    64
+}
+
+/// Initial metadata voters: node id → address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peers(pub BTreeMap<u64, String>);
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_peers(s: &str) -> Result<Peers, String> {
+    let mut map = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("peer {part:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("peer id {id:?} in {part:?} is not a positive integer"))?;
+        if id == 0 {
+            return Err(format!("peer id 0 in {part:?}: node ids start at 1"));
+        }
+        let addr = addr.trim();
+        fjord_meta::validate_address(addr).map_err(|e| e.to_string())?;
+        if map.insert(id, addr.to_string()).is_some() {
+            return Err(format!("peer id {id} is listed twice"));
+        }
+    }
+    if map.is_empty() {
+        return Err("no peers given: list at least this node as ID=HOST:PORT".into());
+    }
+    Ok(Peers(map))
+}
+
+fn de_peers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Peers, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Text(String),
+        Table(BTreeMap<String, String>),
+    }
+    match Form::deserialize(d)? {
+        Form::Text(s) => parse_peers(&s).map_err(serde::de::Error::custom),
+        Form::Table(t) => {
+            let s = t
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            parse_peers(&s).map_err(serde::de::Error::custom)
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("node id must be a positive integer, got 0")]
+    ZeroId,
+    #[error("node {id} is not listed in peers ({peers}): list every initial node, this one included")]
+    NotInPeers { id: u64, peers: String },
+    #[error("advertise address {0:?} is invalid: {1}")]
+    Advertise(String, String),
+    #[error(
+        "election_timeout_ms ({election}) must be at least 3 x heartbeat_interval_ms ({heartbeat}) so that heartbeats keep a leader in place"
+    )]
+    Timeouts { heartbeat: u64, election: u64 },
+    #[error("heartbeat_interval_ms must be between 10 and 10000, got {0}")]
+    Heartbeat(u64),
+    #[error("cache_size_mib must be between 1 and 65536, got {0}")]
+    Cache(u64),
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: String, reason: String },
+}
+
+impl ServeConfig {
+    /// Reads a TOML file with the same keys as the flags (`id`, `listen`, `data_dir`, `peers`, ...).
+    pub fn from_toml_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let cfg: ServeConfig = toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every setting; the error says which one and which limit applies.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(ConfigError::ZeroId);
+        }
+        if !self.peers.0.contains_key(&self.id) {
+            let peers = self
+                .peers
+                .0
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            return Err(ConfigError::NotInPeers { id: self.id, peers });
+        }
+        if let Some(a) = &self.advertise {
+            fjord_meta::validate_address(a).map_err(|e| ConfigError::Advertise(a.clone(), e.to_string()))?;
+        }
+        if !(10..=10_000).contains(&self.heartbeat_interval_ms) {
+            return Err(ConfigError::Heartbeat(self.heartbeat_interval_ms));
+        }
+        if self.election_timeout_ms < 3 * self.heartbeat_interval_ms {
+            return Err(ConfigError::Timeouts {
+                heartbeat: self.heartbeat_interval_ms,
+                election: self.election_timeout_ms,
+            });
+        }
+        if !(1..=65_536).contains(&self.cache_size_mib) {
+            return Err(ConfigError::Cache(self.cache_size_mib));
+        }
+        Ok(())
+    }
+
+    /// The address this node tells others to use.
+    pub fn advertised_address(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.peers.0.get(&self.id).cloned().unwrap_or_else(|| self.listen.to_string()))
+    }
+}

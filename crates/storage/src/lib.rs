@@ -1,0 +1,53 @@
+//! fjord's on-disk state: **one redb database per node**, shared by every Raft group the
+//! node hosts.
+//!
+//! # Layout
+//! - [`store`]: the database, its tables, reads, and the handle to the writer.
+//! - [`writer`]: the single **group-commit writer** thread. Every change (log appends of any
+//!   group, votes, truncations, purges, offset index updates) goes through it; it folds the
+//!   requests waiting in its bounded queue into one write transaction and one fsync, and only
+//!   then answers each request. So nothing is acknowledged before it is durable, and many
+//!   groups share one fsync.
+//! - [`partition`]: the pure rules of a partition log: offset assignment and idempotent
+//!   producer de-duplication ([`partition::PartitionState`]).
+//!
+//! The storage knows nothing of openraft: log entries are opaque bytes keyed by
+//! `(group, index)`. The Raft glue (`fjord-raft`) encodes them.
+//!
+//! # Tables
+//! - `log`: `(group, index) → entry bytes`: the Raft log of every group. For a partition
+//!   this *is* the partition's data: a record batch's bytes are stored here and nowhere else.
+//! - `offsets`: `(group, base_offset) → (index, record_count)`: the offset index of a
+//!   partition, written when a batch is applied (committed).
+//! - `group_values`: `(group, key) → bytes`: small per-group values (vote, committed log id,
+//!   last purged log id, state machine checkpoint, snapshot).
+
+pub mod partition;
+pub mod store;
+pub mod writer;
+
+pub use store::{GroupKey, Store, StoreOptions};
+pub use writer::{Op, WriteBatch};
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("redb: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("the storage writer has stopped (the node is shutting down or a write failed)")]
+    WriterStopped,
+    #[error("corrupt stored value in {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+impl StorageError {
+    pub(crate) fn redb(e: impl Into<redb::Error>) -> Self {
+        StorageError::Redb(e.into())
+    }
+}
+
+impl From<StorageError> for std::io::Error {
+    fn from(e: StorageError) -> Self {
+        std::io::Error::other(e)
+    }
+}

@@ -1,0 +1,301 @@
+//! The node's database: tables, reads, and the handle through which writes reach the
+//! [`writer`](crate::writer).
+//!
+//! Reads open their own read transaction (redb is MVCC: readers never block the writer) and
+//! see what the writer has committed.
+
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::StorageError;
+use crate::writer::{self, Op, WriteBatch};
+
+/// `(group, index) → entry bytes`.
+pub(crate) const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("log");
+/// `(group, base_offset) → (index, record_count)`.
+pub(crate) const OFFSETS: TableDefinition<(u64, u64), (u64, u32)> = TableDefinition::new("offsets");
+/// `(group, key) → small value`.
+pub(crate) const GROUP_VALUES: TableDefinition<(u64, u8), &[u8]> = TableDefinition::new("group_values");
+
+/// Keys of [`GROUP_VALUES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum GroupKey {
+    Vote = 1,
+    Committed = 2,
+    LastPurged = 3,
+    StateMachine = 4,
+    Snapshot = 5,
+}
+
+/// Settings of the database.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// redb's page cache, in bytes (redb's own default is 1 GiB per database).
+    pub cache_size_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { cache_size_bytes: 64 << 20 }
+    }
+}
+
+/// The node's database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    writer: mpsc::Sender<WriteBatch>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) `dir/fjord.redb` and starts the writer thread.
+    pub fn open(dir: &Path, options: &StoreOptions) -> Result<Store, StorageError> {
+        std::fs::create_dir_all(dir).map_err(|e| StorageError::redb(redb::Error::Io(e)))?;
+        let db = Database::builder()
+            .set_cache_size(options.cache_size_bytes)
+            .create(dir.join("fjord.redb"))
+            .map_err(StorageError::redb)?;
+        // Create the tables once so readers never meet a missing table.
+        let txn = db.begin_write().map_err(StorageError::redb)?;
+        txn.open_table(LOG).map_err(StorageError::redb)?;
+        txn.open_table(OFFSETS).map_err(StorageError::redb)?;
+        txn.open_table(GROUP_VALUES).map_err(StorageError::redb)?;
+        txn.commit().map_err(StorageError::redb)?;
+        let db = Arc::new(db);
+        let writer = writer::spawn(db.clone());
+        Ok(Store { db, writer })
+    }
+
+    /// Queues `ops` and waits until they are committed durably.
+    pub async fn write(&self, ops: Vec<Op>) -> Result<(), StorageError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(WriteBatch { ops, done: Some(tx) })
+            .await
+            .map_err(|_| StorageError::WriterStopped)?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StorageError::Corrupt { what: "commit", detail: e }),
+            Err(_) => Err(StorageError::WriterStopped),
+        }
+    }
+
+    /// Queues `ops` and returns a receiver that answers once they are durable; the caller
+    /// may go on meanwhile (used where the answer is a callback, like openraft's `IOFlushed`).
+    pub async fn write_then(
+        &self,
+        ops: Vec<Op>,
+    ) -> Result<oneshot::Receiver<Result<(), String>>, StorageError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(WriteBatch { ops, done: Some(tx) })
+            .await
+            .map_err(|_| StorageError::WriterStopped)?;
+        Ok(rx)
+    }
+
+    /// Queues `ops` without waiting for them: they become durable with the next commit.
+    /// For derived state that can be rebuilt from the log (offset index, checkpoints).
+    pub async fn write_lazy(&self, ops: Vec<Op>) -> Result<(), StorageError> {
+        self.writer
+            .send(WriteBatch { ops, done: None })
+            .await
+            .map_err(|_| StorageError::WriterStopped)
+    }
+
+    fn read_txn(&self) -> Result<redb::ReadTransaction, StorageError> {
+        self.db.begin_read().map_err(StorageError::redb)
+    }
+
+    /// Log entries of `group` with indexes in `range`, in order, at most `max_entries` of them
+    /// and, past the first, at most `max_bytes` bytes.
+    pub fn read_log(
+        &self,
+        group: u64,
+        range: impl RangeBounds<u64>,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        use std::ops::Bound;
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => e,
+            Bound::Excluded(&0) => return Ok(Vec::new()),
+            Bound::Excluded(&e) => e - 1,
+            Bound::Unbounded => u64::MAX,
+        };
+        if start > end {
+            return Ok(Vec::new());
+        }
+        let txn = self.read_txn()?;
+        let table = txn.open_table(LOG).map_err(StorageError::redb)?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for item in table.range((group, start)..=(group, end)).map_err(StorageError::redb)? {
+            let (k, v) = item.map_err(StorageError::redb)?;
+            let v = v.value();
+            if !out.is_empty() && (out.len() >= max_entries || bytes + v.len() > max_bytes) {
+                break;
+            }
+            bytes += v.len();
+            out.push((k.value().1, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The first and last log entries of `group`, if any.
+    pub fn log_bounds(&self, group: u64) -> Result<Option<((u64, Vec<u8>), (u64, Vec<u8>))>, StorageError> {
+        let txn = self.read_txn()?;
+        let table = txn.open_table(LOG).map_err(StorageError::redb)?;
+        let mut range = table.range((group, 0)..=(group, u64::MAX)).map_err(StorageError::redb)?;
+        let first = match range.next() {
+            None => return Ok(None),
+            Some(item) => {
+                let (k, v) = item.map_err(StorageError::redb)?;
+                (k.value().1, v.value().to_vec())
+            }
+        };
+        let last = match range.next_back() {
+            None => first.clone(),
+            Some(item) => {
+                let (k, v) = item.map_err(StorageError::redb)?;
+                (k.value().1, v.value().to_vec())
+            }
+        };
+        Ok(Some((first, last)))
+    }
+
+    /// A per-group value.
+    pub fn get_value(&self, group: u64, key: GroupKey) -> Result<Option<Vec<u8>>, StorageError> {
+        let txn = self.read_txn()?;
+        let table = txn.open_table(GROUP_VALUES).map_err(StorageError::redb)?;
+        Ok(table
+            .get((group, key as u8))
+            .map_err(StorageError::redb)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// The offset index entry covering `offset`: the batch with the greatest base offset not
+    /// above it, as `(base_offset, log index, record_count)`.
+    pub fn find_offset(&self, group: u64, offset: u64) -> Result<Option<(u64, u64, u32)>, StorageError> {
+        let txn = self.read_txn()?;
+        let table = txn.open_table(OFFSETS).map_err(StorageError::redb)?;
+        let mut range = table.range((group, 0)..=(group, offset)).map_err(StorageError::redb)?;
+        match range.next_back() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = item.map_err(StorageError::redb)?;
+                let (index, count) = v.value();
+                Ok(Some((k.value().1, index, count)))
+            }
+        }
+    }
+
+    /// Offset index entries of `group` from base offset `from` on, at most `max` of them.
+    pub fn offsets_from(&self, group: u64, from: u64, max: usize) -> Result<Vec<(u64, u64, u32)>, StorageError> {
+        let txn = self.read_txn()?;
+        let table = txn.open_table(OFFSETS).map_err(StorageError::redb)?;
+        let mut out = Vec::new();
+        for item in table.range((group, from)..=(group, u64::MAX)).map_err(StorageError::redb)? {
+            if out.len() >= max {
+                break;
+            }
+            let (k, v) = item.map_err(StorageError::redb)?;
+            let (index, count) = v.value();
+            out.push((k.value().1, index, count));
+        }
+        Ok(out)
+    }
+
+    /// The smallest base offset still indexed for `group`.
+    pub fn first_offset(&self, group: u64) -> Result<Option<u64>, StorageError> {
+        let txn = self.read_txn()?;
+        let table = txn.open_table(OFFSETS).map_err(StorageError::redb)?;
+        let mut range = table.range((group, 0)..=(group, u64::MAX)).map_err(StorageError::redb)?;
+        match range.next() {
+            None => Ok(None),
+            Some(item) => Ok(Some(item.map_err(StorageError::redb)?.0.value().1)),
+        }
+    }
+
+    /// Every group that has anything stored (log entries or values).
+    pub fn groups(&self) -> Result<Vec<u64>, StorageError> {
+        let txn = self.read_txn()?;
+        let mut out = std::collections::BTreeSet::new();
+        let values = txn.open_table(GROUP_VALUES).map_err(StorageError::redb)?;
+        for item in values.iter().map_err(StorageError::redb)? {
+            out.insert(item.map_err(StorageError::redb)?.0.value().0);
+        }
+        Ok(out.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn appends_truncates_purges_in_queue_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let entries = (1..=10).map(|i| (i, vec![i as u8; 10])).collect();
+        store.write(vec![Op::Append { group: 7, entries }]).await.unwrap();
+        store
+            .write(vec![
+                Op::TruncateFrom { group: 7, index: 8 },
+                Op::Append { group: 7, entries: vec![(8, vec![99])] },
+                Op::PurgeTo { group: 7, index: 2 },
+            ])
+            .await
+            .unwrap();
+        let got = store.read_log(7, .., 100, usize::MAX).unwrap();
+        let idx: Vec<u64> = got.iter().map(|(i, _)| *i).collect();
+        assert_eq!(idx, vec![3, 4, 5, 6, 7, 8]);
+        assert_eq!(got.last().unwrap().1, vec![99]);
+        // Another group is untouched by group 7's operations.
+        assert!(store.read_log(8, .., 100, usize::MAX).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            store
+                .write(vec![
+                    Op::Append { group: 1, entries: vec![(1, b"a".to_vec())] },
+                    Op::Put { group: 1, key: GroupKey::Vote as u8, value: b"v".to_vec() },
+                    Op::IndexOffsets { group: 1, entries: vec![(0, 1, 5), (5, 3, 2)] },
+                ])
+                .await
+                .unwrap();
+        }
+        // The writer thread holds the database until its queue closes; wait for that.
+        let store = loop {
+            match Store::open(dir.path(), &StoreOptions::default()) {
+                Ok(s) => break s,
+                Err(_) => std::thread::yield_now(),
+            }
+        };
+        assert_eq!(store.get_value(1, GroupKey::Vote).unwrap(), Some(b"v".to_vec()));
+        assert_eq!(store.find_offset(1, 6).unwrap(), Some((5, 3, 2)));
+        assert_eq!(store.find_offset(1, 4).unwrap(), Some((0, 1, 5)));
+        assert_eq!(store.offsets_from(1, 1, 10).unwrap(), vec![(5, 3, 2)]);
+        assert_eq!(store.read_log(1, 1..2, 10, 10).unwrap(), vec![(1, b"a".to_vec())]);
+    }
+}

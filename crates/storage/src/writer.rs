@@ -1,0 +1,156 @@
+//! The group-commit writer: one thread owns every write transaction of the node's database.
+//!
+//! Callers send a [`WriteBatch`] (a list of [`Op`]s) over a bounded queue and, if they asked
+//! for it, get an answer once the transaction holding their ops has been committed with an
+//! fsync (`Durability::Immediate`). The thread drains whatever is queued, up to
+//! [`MAX_COMMIT_REQUESTS`] requests and [`MAX_COMMIT_BYTES`] bytes, into one transaction: under
+//! load, the appends of many groups share one fsync.
+//!
+//! What must hold: a request is answered `Ok` only after the commit that contains it returned
+//! `Ok`; requests are applied in the order they were queued (so a truncation queued after an
+//! append removes it, and an append queued after a truncation survives it).
+
+use redb::{Database, Durability};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::StorageError;
+use crate::store::{GROUP_VALUES, LOG, OFFSETS};
+
+/// Requests waiting for the writer, at most (the queue is bounded by count; bytes are bounded
+/// by what each request may carry: a Raft append is bounded by `max_payload_entries` and the
+/// batch size limit).
+pub const WRITER_QUEUE_REQUESTS: usize = 1024;
+/// Requests folded into one transaction, at most.
+pub const MAX_COMMIT_REQUESTS: usize = 512;
+/// Bytes of log entries folded into one transaction, at most (a single larger request still
+/// goes through, alone).
+pub const MAX_COMMIT_BYTES: usize = 32 << 20;
+
+/// One change to the database.
+#[derive(Debug)]
+pub enum Op {
+    /// Inserts (or overwrites) log entries of a group.
+    Append { group: u64, entries: Vec<(u64, Vec<u8>)> },
+    /// Removes the log entries of a group at `index` and after.
+    TruncateFrom { group: u64, index: u64 },
+    /// Removes the log entries of a group up to and including `index`, and the offset index
+    /// entries pointing at them.
+    PurgeTo { group: u64, index: u64 },
+    /// Sets a small per-group value.
+    Put { group: u64, key: u8, value: Vec<u8> },
+    /// Adds offset index entries: `(base_offset, log index, record count)`.
+    IndexOffsets { group: u64, entries: Vec<(u64, u64, u32)> },
+    /// Removes everything a group has stored.
+    DeleteGroup { group: u64 },
+}
+
+impl Op {
+    fn bytes(&self) -> usize {
+        match self {
+            Op::Append { entries, .. } => entries.iter().map(|(_, b)| b.len() + 16).sum(),
+            Op::Put { value, .. } => value.len(),
+            Op::IndexOffsets { entries, .. } => entries.len() * 28,
+            _ => 16,
+        }
+    }
+}
+
+/// Ops applied in one transaction, in order, and who to tell when they are durable.
+#[derive(Debug)]
+pub struct WriteBatch {
+    pub ops: Vec<Op>,
+    pub done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Starts the writer thread; it stops when every sender is dropped.
+pub(crate) fn spawn(db: std::sync::Arc<Database>) -> mpsc::Sender<WriteBatch> {
+    let (tx, rx) = mpsc::channel(WRITER_QUEUE_REQUESTS);
+    std::thread::Builder::new()
+        .name("fjord-storage-writer".into())
+        .spawn(move || run(db, rx))
+        .expect("spawning the storage writer thread");
+    tx
+}
+
+fn run(db: std::sync::Arc<Database>, mut rx: mpsc::Receiver<WriteBatch>) {
+    let mut pending: Vec<WriteBatch> = Vec::with_capacity(MAX_COMMIT_REQUESTS);
+    while let Some(first) = rx.blocking_recv() {
+        let mut bytes = first.ops.iter().map(Op::bytes).sum::<usize>();
+        pending.push(first);
+        while pending.len() < MAX_COMMIT_REQUESTS && bytes < MAX_COMMIT_BYTES {
+            match rx.try_recv() {
+                Ok(req) => {
+                    bytes += req.ops.iter().map(Op::bytes).sum::<usize>();
+                    pending.push(req);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = commit(&db, &pending).map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, requests = pending.len(), "storage commit failed");
+        }
+        for req in pending.drain(..) {
+            if let Some(done) = req.done {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+}
+
+fn commit(db: &Database, batches: &[WriteBatch]) -> Result<(), StorageError> {
+    let mut txn = db.begin_write().map_err(StorageError::redb)?;
+    // Explicit, because acknowledgements depend on it: the commit returns after an fsync.
+    txn.set_durability(Durability::Immediate)
+        .map_err(StorageError::redb)?;
+    {
+        let mut log = txn.open_table(LOG).map_err(StorageError::redb)?;
+        let mut offsets = txn.open_table(OFFSETS).map_err(StorageError::redb)?;
+        let mut values = txn.open_table(GROUP_VALUES).map_err(StorageError::redb)?;
+        for op in batches.iter().flat_map(|b| b.ops.iter()) {
+            match op {
+                Op::Append { group, entries } => {
+                    for (index, bytes) in entries {
+                        log.insert((*group, *index), bytes.as_slice())
+                            .map_err(StorageError::redb)?;
+                    }
+                }
+                Op::TruncateFrom { group, index } => {
+                    log.retain_in((*group, *index)..=(*group, u64::MAX), |_, _| false)
+                        .map_err(StorageError::redb)?;
+                }
+                Op::PurgeTo { group, index } => {
+                    log.retain_in((*group, 0)..=(*group, *index), |_, _| false)
+                        .map_err(StorageError::redb)?;
+                    offsets
+                        .retain_in((*group, 0)..=(*group, u64::MAX), |_, (idx, _)| idx > *index)
+                        .map_err(StorageError::redb)?;
+                }
+                Op::Put { group, key, value } => {
+                    values
+                        .insert((*group, *key), value.as_slice())
+                        .map_err(StorageError::redb)?;
+                }
+                Op::IndexOffsets { group, entries } => {
+                    for (base, index, count) in entries {
+                        offsets
+                            .insert((*group, *base), (*index, *count))
+                            .map_err(StorageError::redb)?;
+                    }
+                }
+                Op::DeleteGroup { group } => {
+                    log.retain_in((*group, 0)..=(*group, u64::MAX), |_, _| false)
+                        .map_err(StorageError::redb)?;
+                    offsets
+                        .retain_in((*group, 0)..=(*group, u64::MAX), |_, _| false)
+                        .map_err(StorageError::redb)?;
+                    values
+                        .retain_in((*group, 0)..=(*group, u8::MAX), |_, _| false)
+                        .map_err(StorageError::redb)?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(StorageError::redb)?;
+    Ok(())
+}
