@@ -1,23 +1,114 @@
-//! A fjord node. (Being written: the stub keeps the CLI compiling.)
+//! A fjord node.
+//!
+//! # Layout
+//! - [`config`]: the node's one configuration struct (flags and TOML).
+//! - [`node`]: the node itself: storage, Raft groups, the reconciler that starts the groups
+//!   the metadata assigns to it, leader reports, and the controller (leader balancing).
+//! - [`service`]: the client gRPC API (`fjord.v1.Fjord`); [`data`]: its produce and fetch
+//!   paths; [`transport`]: the node-to-node gRPC service.
+//! - [`error`]: typed errors and their mapping to gRPC statuses.
+//!
+//! [`run_with`] takes its listener, its outbound connector and its clock from the caller, so
+//! a whole cluster can run under a simulated network and clock.
 
 pub mod config;
+pub mod data;
+pub mod error;
+pub mod node;
+pub mod service;
+pub mod transport;
+
+use std::sync::Arc;
+
 pub use config::{ConfigError, Peers, ServeConfig};
+use fjord_proto::v1::fjord_server::FjordServer;
+use fjord_proto::raft::raft_transport_server::RaftTransportServer;
+use fjord_raft::network::{Connector, MAX_RAFT_MESSAGE_BYTES, PeerPool, TcpConnector};
+use fjord_storage::{Store, StoreOptions};
+pub use node::{Clock, Node, SystemClock};
+use tokio_util::sync::CancellationToken;
+
+/// Concurrent client and peer connections served, at most.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Concurrent requests per connection, at most.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// Why a node stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
-    #[error("{0}")]
-    Other(String),
+    #[error("cannot open the data directory {dir}: {reason}")]
+    Storage { dir: String, reason: String },
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error("cannot start the node: {0}")]
+    Start(String),
+    #[error("the gRPC server failed: {0}")]
+    Serve(String),
 }
 
-/// Runs a node until `shutdown` completes, then stops it cleanly.
+/// Runs a node on TCP until `shutdown` completes, then stops it cleanly.
 pub async fn run(
     config: ServeConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| ServerError::Listen {
+        addr: config.listen.to_string(),
+        reason: e.to_string(),
+    })?;
+    run_with(config, listener, Arc::new(TcpConnector), Arc::new(SystemClock), shutdown).await
+}
+
+/// Runs a node on the given listener, connector and clock.
+pub async fn run_with(
+    config: ServeConfig,
+    listener: tokio::net::TcpListener,
+    connector: Arc<dyn Connector>,
+    clock: Arc<dyn Clock>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let store = Store::open(
+        &config.data_dir,
+        &StoreOptions { cache_size_bytes: (config.cache_size_mib as usize) << 20 },
+    )
+    .map_err(|e| ServerError::Storage { dir: config.data_dir.display().to_string(), reason: e.to_string() })?;
+    let pool = PeerPool::new(connector);
+    let cancel = CancellationToken::new();
+    let node = Node::start(&config, store, pool, clock, cancel.clone()).await.map_err(ServerError::Start)?;
+
+    let client_api = FjordServer::new(service::ClientService { node: node.clone() })
+        .max_decoding_message_size(data::MAX_PRODUCE_REQUEST_BYTES + (1 << 20))
+        .max_encoding_message_size(data::MAX_FETCH_BYTES as usize + (1 << 20));
+    let transport = RaftTransportServer::new(transport::TransportService { node: node.clone() })
+        .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let stop = cancel.clone();
+    let server = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(MAX_CONCURRENT_STREAMS as usize)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
+        .add_service(client_api)
+        .add_service(transport)
+        .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
+    let server = tokio::spawn(server);
+
+    node.run_background().await;
+    tracing::info!(node = node.id, address = %node.address, "fjord node started");
+
     shutdown.await;
-    Ok(())
+    tracing::info!(node = node.id, "stopping");
+    node.stop().await;
+    let served = server.await;
+    tracing::info!(node = node.id, "stopped");
+    match served {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ServerError::Serve(e.to_string())),
+        Err(e) => Err(ServerError::Serve(e.to_string())),
+    }
 }

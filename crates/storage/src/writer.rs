@@ -10,7 +10,7 @@
 //! `Ok`; requests are applied in the order they were queued (so a truncation queued after an
 //! append removes it, and an append queued after a truncation survives it).
 
-use redb::{Database, Durability};
+use redb::{Database, Durability, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::StorageError;
@@ -31,7 +31,8 @@ pub const MAX_COMMIT_BYTES: usize = 32 << 20;
 pub enum Op {
     /// Inserts (or overwrites) log entries of a group.
     Append { group: u64, entries: Vec<(u64, Vec<u8>)> },
-    /// Removes the log entries of a group at `index` and after.
+    /// Removes the log entries of a group at `index` and after, and the offset index entries
+    /// pointing at them.
     TruncateFrom { group: u64, index: u64 },
     /// Removes the log entries of a group up to and including `index`, and the offset index
     /// entries pointing at them.
@@ -118,13 +119,20 @@ fn commit(db: &Database, batches: &[WriteBatch]) -> Result<(), StorageError> {
                 Op::TruncateFrom { group, index } => {
                     log.retain_in((*group, *index)..=(*group, u64::MAX), |_, _| false)
                         .map_err(StorageError::redb)?;
+                    // Index entries grow with the log index: the doomed ones are at the end.
+                    let doomed = collect_offsets(&offsets, *group, true, |idx| idx >= *index)?;
+                    for base in doomed {
+                        offsets.remove((*group, base)).map_err(StorageError::redb)?;
+                    }
                 }
                 Op::PurgeTo { group, index } => {
                     log.retain_in((*group, 0)..=(*group, *index), |_, _| false)
                         .map_err(StorageError::redb)?;
-                    offsets
-                        .retain_in((*group, 0)..=(*group, u64::MAX), |_, (idx, _)| idx > *index)
-                        .map_err(StorageError::redb)?;
+                    // ... and the purged ones at the start.
+                    let doomed = collect_offsets(&offsets, *group, false, |idx| idx <= *index)?;
+                    for base in doomed {
+                        offsets.remove((*group, base)).map_err(StorageError::redb)?;
+                    }
                 }
                 Op::Put { group, key, value } => {
                     values
@@ -153,4 +161,39 @@ fn commit(db: &Database, batches: &[WriteBatch]) -> Result<(), StorageError> {
     }
     txn.commit().map_err(StorageError::redb)?;
     Ok(())
+}
+
+/// Base offsets of `group`'s index entries whose log index matches `doomed`, scanning from
+/// the end (`from_end`) or the start, and stopping at the first entry that does not match.
+fn collect_offsets(
+    table: &redb::Table<(u64, u64), (u64, u32)>,
+    group: u64,
+    from_end: bool,
+    doomed: impl Fn(u64) -> bool,
+) -> Result<Vec<u64>, StorageError> {
+    let range = table.range((group, 0)..=(group, u64::MAX)).map_err(StorageError::redb)?;
+    let mut out = Vec::new();
+    let mut visit = |item: Result<(redb::AccessGuard<'_, (u64, u64)>, redb::AccessGuard<'_, (u64, u32)>), redb::StorageError>| -> Result<bool, StorageError> {
+        let (k, v) = item.map_err(StorageError::redb)?;
+        if doomed(v.value().0) {
+            out.push(k.value().1);
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    };
+    if from_end {
+        for item in range.rev() {
+            if !visit(item)? {
+                break;
+            }
+        }
+    } else {
+        for item in range {
+            if !visit(item)? {
+                break;
+            }
+        }
+    }
+    Ok(out)
 }

@@ -1,0 +1,29 @@
+//! fjord's Raft layer: everything that knows openraft lives in this crate, so an openraft
+//! upgrade touches only it.
+//!
+//! # Layout
+//! - [`types`]: the type configuration ([`TypeConfig`]) and the commands a group replicates
+//!   ([`Request`]: a record batch for a partition, a metadata command for the controller).
+//! - [`codec`]: how entries and Raft messages are encoded on disk and on the wire.
+//! - [`log_store`]: openraft's log storage over the node's shared redb [`Store`]. Appends go
+//!   through the group-commit writer and are durable before openraft hears they are flushed.
+//!   For a partition it also maintains the offset index in the same transaction.
+//! - [`partition_sm`]: a partition's state machine: offsets and producer de-duplication. It
+//!   holds no record bytes: the log is the partition.
+//! - [`meta_sm`]: the metadata (controller) state machine over [`fjord_meta::MetaState`].
+//! - [`network`]: the multi-group transport: one gRPC connection per peer node, every message
+//!   tagged with its group id; and the server side that routes a message to its group.
+//! - [`group`]: building and running one group with fjord's Raft settings.
+//!
+//! [`Store`]: fjord_storage::Store
+
+pub mod codec;
+pub mod group;
+pub mod log_store;
+pub mod meta_sm;
+pub mod network;
+pub mod partition_sm;
+pub mod types;
+
+pub use group::{AnyRaft, GroupConfig, GroupRegistry, GroupRole, MetaRaft, PartitionRaft};
+pub use types::{NodeId, Request, Response, StoredBatch, TypeConfig};

@@ -1,0 +1,211 @@
+//! openraft's log storage for one group, over the node's shared [`Store`].
+//!
+//! Every group of the node writes through the same group-commit writer, so one fsync covers
+//! the appends of many groups. `append` returns once its entries are committed to redb (so
+//! they are readable, as openraft requires) and calls openraft's `IOFlushed` only then: a
+//! vote or an entry is never reported durable before its fsync returned.
+//!
+//! For a partition group the store also runs the partition rules over the log as it is
+//! appended ([`PartitionShared::on_append`]) and writes the offset index entries of the new
+//! batches in the same transaction as the batches. An index entry can point at an entry that
+//! is not committed yet; readers never read past the committed high watermark, and a
+//! truncation removes the index entries of the entries it removes.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+
+use fjord_storage::store::GroupKey;
+use fjord_storage::{Op, Store};
+use openraft::alias::{LogIdOf, VoteOf};
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::RaftLogReader;
+
+use crate::codec::{self, Entry};
+use crate::partition_sm::PartitionShared;
+use crate::TypeConfig;
+
+/// Entries read from redb in one call, at most.
+const MAX_READ_ENTRIES: usize = 4096;
+/// Bytes read from redb in one call, at most (past the first entry).
+const MAX_READ_BYTES: usize = 64 << 20;
+
+/// The log of one group.
+#[derive(Clone)]
+pub struct GroupLogStore {
+    group: u64,
+    store: Store,
+    /// Set for partition groups: the partition rules run at append.
+    partition: Option<Arc<PartitionShared>>,
+}
+
+impl GroupLogStore {
+    pub fn new(group: u64, store: Store, partition: Option<Arc<PartitionShared>>) -> Self {
+        GroupLogStore { group, store, partition }
+    }
+
+    fn read_entries(&self, start: u64, end_inclusive: u64) -> Result<Vec<Entry>, io::Error> {
+        let mut out: Vec<Entry> = Vec::new();
+        let mut next = start;
+        while next <= end_inclusive {
+            let chunk = self
+                .store
+                .read_log(self.group, next..=end_inclusive, MAX_READ_ENTRIES, MAX_READ_BYTES)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for (index, bytes) in chunk {
+                if !out.is_empty() && index != next {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("group {}: log hole, expected index {next}, found {index}", self.group),
+                    ));
+                }
+                out.push(codec::decode::<Entry>(&bytes, "log entry")?);
+                next = index + 1;
+            }
+        }
+        Ok(out)
+    }
+
+    fn get_log_id_value(&self, key: GroupKey) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
+        match self.store.get_value(self.group, key)? {
+            None => Ok(None),
+            Some(b) => codec::decode(&b, "log id"),
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for GroupLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        use std::ops::Bound;
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => e,
+            Bound::Excluded(&0) => return Ok(Vec::new()),
+            Bound::Excluded(&e) => e - 1,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.read_entries(start, end)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<VoteOf<TypeConfig>>, io::Error> {
+        match self.store.get_value(self.group, GroupKey::Vote)? {
+            None => Ok(None),
+            Some(b) => Ok(Some(codec::decode::<VoteOf<TypeConfig>>(&b, "vote")?)),
+        }
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for GroupLogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged = self.get_log_id_value(GroupKey::LastPurged)?;
+        let last = match self.store.log_bounds(self.group)? {
+            None => last_purged.clone(),
+            Some((_, (_, bytes))) => Some(codec::decode::<Entry>(&bytes, "log entry")?.log_id()),
+        };
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
+        self.store
+            .write(vec![Op::Put { group: self.group, key: GroupKey::Vote as u8, value: codec::encode(vote) }])
+            .await?;
+        Ok(())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
+        // Not needed for safety (it only speeds up recovery), so it does not wait for fsync.
+        self.store
+            .write_lazy(vec![Op::Put {
+                group: self.group,
+                key: GroupKey::Committed as u8,
+                value: codec::encode(&committed),
+            }])
+            .await?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
+        match self.store.get_value(self.group, GroupKey::Committed)? {
+            None => Ok(None),
+            Some(b) => codec::decode::<Option<LogIdOf<TypeConfig>>>(&b, "committed log id"),
+        }
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if entries.is_empty() {
+            callback.io_completed(Ok(()));
+            return Ok(());
+        }
+        let encoded: Vec<(u64, Vec<u8>)> = entries.iter().map(|e| (e.index(), codec::encode(e))).collect();
+        let mut ops = vec![Op::Append { group: self.group, entries: encoded }];
+        let appended = match &self.partition {
+            Some(p) => {
+                let appended = p.on_append(&self.store, &entries)?;
+                if !appended.index.is_empty() {
+                    ops.push(Op::IndexOffsets { group: self.group, entries: appended.index.clone() });
+                }
+                Some(appended)
+            }
+            None => None,
+        };
+        let result = self.store.write(ops).await.map_err(io::Error::from);
+        match &result {
+            Ok(()) => {
+                callback.io_completed(Ok(()));
+                if let (Some(p), Some(appended)) = (&self.partition, appended) {
+                    p.notify_appended(appended.outcomes);
+                }
+            }
+            Err(e) => {
+                if let Some(p) = &self.partition {
+                    p.invalidate_tail();
+                }
+                callback.io_completed(Err(io::Error::other(e.to_string())));
+            }
+        }
+        result
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
+        let from = last_log_id.as_ref().map_or(0, |l| l.index() + 1);
+        if let Some(p) = &self.partition {
+            p.invalidate_tail();
+        }
+        self.store
+            .write(vec![Op::TruncateFrom { group: self.group, index: from }])
+            .await?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
+        self.store
+            .write(vec![
+                Op::Put { group: self.group, key: GroupKey::LastPurged as u8, value: codec::encode(&Some(log_id.clone())) },
+                Op::PurgeTo { group: self.group, index: log_id.index() },
+            ])
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,236 @@
+//! The multi-group Raft transport.
+//!
+//! Outbound: [`PeerPool`] keeps **one gRPC channel (one HTTP/2 connection) per peer node**,
+//! shared by every group on this node; [`GroupNetworkFactory`] hands openraft a per-group,
+//! per-target client that tags each message with its group id. How a channel is made is
+//! injected ([`Connector`]), so tests can run whole clusters over a simulated network.
+//!
+//! Inbound: the server's `RaftTransport` service passes each message to
+//! [`GroupRegistry::dispatch`](crate::group::GroupRegistry::dispatch), which finds the group
+//! and hands the decoded message to its Raft.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fjord_proto::raft::GroupMessage;
+use fjord_proto::raft::raft_transport_client::RaftTransportClient;
+use openraft::AnyError;
+use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::codec;
+use crate::{NodeId, TypeConfig};
+
+/// Largest Raft message accepted or sent, in bytes (an append of `max_payload_entries`
+/// batches of at most the produce limit each fits).
+pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Makes the channel to a peer address. Injected so that a simulated network can replace TCP.
+pub trait Connector: Send + Sync + 'static {
+    fn connect(&self, addr: &str) -> Result<Channel, String>;
+}
+
+/// Plain TCP, HTTP/2 keep-alives so a dead peer is noticed and a healed one reconnected.
+#[derive(Debug, Default, Clone)]
+pub struct TcpConnector;
+
+impl Connector for TcpConnector {
+    fn connect(&self, addr: &str) -> Result<Channel, String> {
+        let ep = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("invalid peer address {addr:?}: {e}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true);
+        Ok(ep.connect_lazy())
+    }
+}
+
+/// One channel per peer address, shared by all groups.
+pub struct PeerPool {
+    connector: Arc<dyn Connector>,
+    // Short critical sections (a map lookup), no await inside.
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl PeerPool {
+    pub fn new(connector: Arc<dyn Connector>) -> Arc<Self> {
+        Arc::new(PeerPool { connector, channels: Mutex::new(HashMap::new()) })
+    }
+
+    /// The channel to `addr`, made on first use.
+    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut map = self.channels.lock().unwrap();
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = self.connector.connect(addr)?;
+        map.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// A transport client to `addr`, with fjord's message size limits.
+    pub fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, String> {
+        Ok(RaftTransportClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))
+    }
+}
+
+/// The kinds of message the transport carries for a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RpcKind {
+    Append,
+    Vote,
+    PreVote,
+    Snapshot,
+    TransferLeader,
+}
+
+/// Gives openraft, for one group, a client per target node.
+pub struct GroupNetworkFactory {
+    group: u64,
+    pool: Arc<PeerPool>,
+}
+
+impl GroupNetworkFactory {
+    pub fn new(group: u64, pool: Arc<PeerPool>) -> Self {
+        GroupNetworkFactory { group, pool }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
+    type Network = GroupNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GroupNetwork {
+        GroupNetwork { group: self.group, target, addr: node.addr.clone(), pool: self.pool.clone() }
+    }
+}
+
+/// One group's link to one target node.
+pub struct GroupNetwork {
+    group: u64,
+    target: NodeId,
+    addr: String,
+    pool: Arc<PeerPool>,
+}
+
+type NetErr = RPCError<TypeConfig>;
+
+fn unreachable(msg: impl std::fmt::Display) -> NetErr {
+    RPCError::Unreachable(Unreachable::new(&AnyError::error(msg.to_string())))
+}
+
+fn network(msg: impl std::fmt::Display) -> NetErr {
+    RPCError::Network(NetworkError::new(&AnyError::error(msg.to_string())))
+}
+
+impl GroupNetwork {
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        kind: RpcKind,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, NetErr> {
+        let mut client = self.pool.client(&self.addr).map_err(unreachable)?;
+        let msg = GroupMessage { group_id: self.group, payload: codec::encode(req).into() };
+        let fut = async move {
+            match kind {
+                RpcKind::Append => client.append(msg).await,
+                RpcKind::Vote => client.vote(msg).await,
+                RpcKind::PreVote => client.pre_vote(msg).await,
+                RpcKind::Snapshot => client.snapshot(msg).await,
+                RpcKind::TransferLeader => client.transfer_leader(msg).await,
+            }
+        };
+        let resp = match tokio::time::timeout(ttl, fut).await {
+            Err(_) => {
+                return Err(network(format!(
+                    "{kind:?} to node {} ({}) for group {} timed out after {ttl:?}",
+                    self.target, self.addr, self.group
+                )));
+            }
+            Ok(Err(status)) => {
+                return Err(match status.code() {
+                    // Not reachable, or the group does not exist there (yet): back off.
+                    tonic::Code::Unavailable | tonic::Code::NotFound => unreachable(format!(
+                        "node {} ({}) group {}: {}",
+                        self.target,
+                        self.addr,
+                        self.group,
+                        status.message()
+                    )),
+                    _ => network(format!("node {} group {}: {status}", self.target, self.group)),
+                });
+            }
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let result: Result<Resp, String> =
+            codec::decode(&resp.payload, "raft response").map_err(|e| network(e.to_string()))?;
+        result.map_err(network)
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for GroupNetwork {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, NetErr> {
+        self.call(RpcKind::Append, &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, NetErr> {
+        self.call(RpcKind::Vote, &rpc, option.hard_ttl()).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, NetErr> {
+        self.call(RpcKind::PreVote, &rpc, option.hard_ttl()).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, Vec<u8>>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let req = (vote, snapshot.meta, snapshot.snapshot);
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            r = self.call::<_, SnapshotResponse<TypeConfig>>(RpcKind::Snapshot, &req, option.hard_ttl()) => {
+                r.map_err(|e| match e {
+                    RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                    RPCError::Timeout(t) => StreamingError::Timeout(t),
+                    other => StreamingError::Network(NetworkError::new(&AnyError::error(other.to_string()))),
+                })
+            }
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, NetErr> {
+        self.call(RpcKind::TransferLeader, &req, option.hard_ttl()).await
+    }
+}

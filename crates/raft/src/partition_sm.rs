@@ -1,0 +1,342 @@
+//! A partition's state machine, and the state its log store and the server share with it.
+//!
+//! The state machine holds no record bytes (the Raft log is the partition): applying a
+//! committed batch runs the partition rules ([`PartitionState`]) to decide its offsets or
+//! recognise it as a retry, raises the high watermark, and answers the proposer.
+//!
+//! [`PartitionShared`] is what the log store, the state machine and the produce/fetch paths
+//! share: the applied state (behind a short `std` mutex, never held across an await), the high
+//! watermark as a `watch` (long-polling fetches wait on it), the prediction of the rules over
+//! the uncommitted log tail (for AP acknowledgements and the offset index), and the AP waiters.
+//!
+//! What must hold: the high watermark only grows, and is raised before the proposer of the
+//! batch that raised it is answered (so an acknowledged CP write is visible to a CP read).
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use fjord_storage::partition::{Outcome, PartitionState};
+use fjord_storage::store::GroupKey;
+use fjord_storage::{Op, Store};
+use futures::{Stream, TryStreamExt};
+use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, RaftSnapshotBuilder};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch};
+
+use crate::codec::{self, Entry};
+use crate::{Request, Response, TypeConfig};
+
+/// Applied entries between two checkpoints of the state machine, at most. A restart
+/// re-applies at most this many entries (plus what was committed but not yet applied).
+pub const CHECKPOINT_EVERY_ENTRIES: u64 = 1024;
+/// AP produce requests waiting for their batch to reach the leader's disk, per partition.
+pub const MAX_AP_WAITERS: usize = 4096;
+
+/// The applied state of a partition, as checkpointed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Applied {
+    pub last_applied: Option<LogIdOf<TypeConfig>>,
+    pub membership: StoredMembershipOf<TypeConfig>,
+    pub state: PartitionState,
+}
+
+#[derive(Debug)]
+struct Tail {
+    /// The last log index folded into `state`.
+    through: Option<u64>,
+    state: PartitionState,
+}
+
+/// What an append decided, for the log store to write and then announce.
+#[derive(Debug, Default)]
+pub struct Appended {
+    /// Offset index entries `(base_offset, log index, record_count)` of the appended batches.
+    pub index: Vec<(u64, u64, u32)>,
+    /// `(token, outcome)` of every appended batch.
+    pub outcomes: Vec<(u64, Outcome)>,
+}
+
+/// State shared by a partition's log store, state machine and request handlers.
+#[derive(Debug)]
+pub struct PartitionShared {
+    group: u64,
+    applied: Mutex<Applied>,
+    hw: watch::Sender<u64>,
+    tail: Mutex<Option<Tail>>,
+    waiters: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+    last_checkpoint_index: Mutex<u64>,
+}
+
+/// Why an AP waiter could not be registered.
+#[derive(Debug, thiserror::Error)]
+#[error("{MAX_AP_WAITERS} AP produce requests are already waiting on this partition")]
+pub struct TooManyWaiters;
+
+impl PartitionShared {
+    /// Loads the last checkpoint of `group`'s applied state.
+    pub fn open(group: u64, store: &Store) -> Result<Arc<Self>, io::Error> {
+        let applied: Applied = match store.get_value(group, GroupKey::StateMachine)? {
+            Some(b) => codec::decode(&b, "partition checkpoint")?,
+            None => Applied::default(),
+        };
+        let hw = applied.state.next_offset;
+        let ckpt = applied.last_applied.as_ref().map_or(0, |l| l.index());
+        Ok(Arc::new(PartitionShared {
+            group,
+            applied: Mutex::new(applied),
+            hw: watch::channel(hw).0,
+            tail: Mutex::new(None),
+            waiters: Mutex::new(HashMap::new()),
+            last_checkpoint_index: Mutex::new(ckpt),
+        }))
+    }
+
+    pub fn group(&self) -> u64 {
+        self.group
+    }
+
+    /// The offset after the last committed record.
+    pub fn high_watermark(&self) -> u64 {
+        *self.hw.borrow()
+    }
+
+    /// Watches the high watermark (long-polling fetches wait on it).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.hw.subscribe()
+    }
+
+    /// Registers interest in the outcome of the batch proposed with `token`, known as soon as
+    /// the batch is durable in this node's log.
+    pub fn register_waiter(&self, token: u64) -> Result<oneshot::Receiver<Outcome>, TooManyWaiters> {
+        // Short critical section, no await inside: a std mutex is the cheapest correct tool.
+        let mut w = self.waiters.lock().unwrap();
+        if w.len() >= MAX_AP_WAITERS {
+            return Err(TooManyWaiters);
+        }
+        let (tx, rx) = oneshot::channel();
+        w.insert(token, tx);
+        Ok(rx)
+    }
+
+    /// Forgets a waiter (its request gave up).
+    pub fn cancel_waiter(&self, token: u64) {
+        self.waiters.lock().unwrap().remove(&token);
+    }
+
+    /// Runs the partition rules over entries about to be appended after the current tail.
+    pub fn on_append(&self, store: &Store, entries: &[Entry]) -> Result<Appended, io::Error> {
+        let Some(first) = entries.first().map(|e| e.index()) else {
+            return Ok(Appended::default());
+        };
+        let mut tail_guard = self.tail.lock().unwrap();
+        let continues = matches!(&*tail_guard, Some(t) if t.through.map_or(0, |i| i + 1) == first);
+        if !continues {
+            *tail_guard = Some(self.rebuild_tail(store, first)?);
+        }
+        let tail = tail_guard.as_mut().expect("tail was just set");
+        let mut out = Appended::default();
+        for e in entries {
+            if let EntryPayload::Normal(Request::Batch(b)) = &e.payload {
+                let outcome = tail.state.apply(&b.header());
+                if let Outcome::Appended { base_offset } = outcome {
+                    if b.record_count > 0 {
+                        out.index.push((base_offset, e.index(), b.record_count));
+                    }
+                }
+                out.outcomes.push((b.token, outcome));
+            }
+            tail.through = Some(e.index());
+        }
+        Ok(out)
+    }
+
+    /// The rules' state just before log index `next`: the applied state, plus every entry
+    /// of the log between it and `next`.
+    fn rebuild_tail(&self, store: &Store, next: u64) -> Result<Tail, io::Error> {
+        let (applied_index, mut state) = {
+            let a = self.applied.lock().unwrap();
+            (a.last_applied.as_ref().map(|l| l.index()), a.state.clone())
+        };
+        let start = applied_index.map_or(0, |i| i + 1);
+        if start > next {
+            // The state machine is ahead of the log: only after a snapshot was installed
+            // (fjord's partitions never purge through snapshots). Predict from it as is.
+            tracing::warn!(group = self.group, next, start, "appending below the applied index");
+            return Ok(Tail { through: next.checked_sub(1), state });
+        }
+        let mut at = start;
+        while at < next {
+            let chunk = store.read_log(self.group, at..next, 4096, 64 << 20)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for (index, bytes) in chunk {
+                let e: Entry = codec::decode(&bytes, "log entry")?;
+                if let EntryPayload::Normal(Request::Batch(b)) = &e.payload {
+                    state.apply(&b.header());
+                }
+                at = index + 1;
+            }
+        }
+        Ok(Tail { through: next.checked_sub(1), state })
+    }
+
+    /// Forgets the tail prediction (after a truncation or a failed write).
+    pub fn invalidate_tail(&self) {
+        *self.tail.lock().unwrap() = None;
+    }
+
+    /// Answers the AP waiters of batches now durable in the log.
+    pub fn notify_appended(&self, outcomes: Vec<(u64, Outcome)>) {
+        let mut w = self.waiters.lock().unwrap();
+        if w.is_empty() {
+            return;
+        }
+        for (token, outcome) in outcomes {
+            if let Some(tx) = w.remove(&token) {
+                let _ = tx.send(outcome);
+            }
+        }
+    }
+
+    fn checkpoint_due(&self, index: u64) -> bool {
+        let mut last = self.last_checkpoint_index.lock().unwrap();
+        if index >= *last + CHECKPOINT_EVERY_ENTRIES {
+            *last = index;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// openraft's state machine for a partition group.
+pub struct PartitionSm {
+    shared: Arc<PartitionShared>,
+    store: Store,
+}
+
+impl PartitionSm {
+    pub fn new(shared: Arc<PartitionShared>, store: Store) -> Self {
+        PartitionSm { shared, store }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for PartitionSm {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
+        let a = self.shared.applied.lock().unwrap().clone();
+        let meta = SnapshotMetaOf::<TypeConfig> {
+            last_log_id: a.last_applied.clone(),
+            last_membership: a.membership.clone(),
+        };
+        let data = codec::encode(&a);
+        self.store
+            .write(vec![Op::Put { group: self.shared.group, key: GroupKey::Snapshot as u8, value: data.clone() }])
+            .await?;
+        Ok(SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for PartitionSm {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
+        let a = self.shared.applied.lock().unwrap();
+        Ok((a.last_applied.clone(), a.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
+    {
+        let mut last_index = None;
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let log_id = entry.log_id();
+            last_index = Some(log_id.index());
+            let (response, hw) = {
+                let mut a = self.shared.applied.lock().unwrap();
+                a.last_applied = Some(log_id.clone());
+                let response = match entry.payload {
+                    EntryPayload::Normal(Request::Batch(b)) => Response::Batch(a.state.apply(&b.header())),
+                    EntryPayload::Membership(m) => {
+                        a.membership = StoredMembershipOf::<TypeConfig>::new(Some(log_id), m);
+                        Response::None
+                    }
+                    _ => Response::None,
+                };
+                (response, a.state.next_offset)
+            };
+            // Raise the high watermark before answering: an acknowledged write is readable.
+            self.shared.hw.send_if_modified(|cur| {
+                if hw > *cur {
+                    *cur = hw;
+                    true
+                } else {
+                    false
+                }
+            });
+            if let Some(r) = responder {
+                r.send(response);
+            }
+        }
+        if let Some(index) = last_index {
+            if self.shared.checkpoint_due(index) {
+                let a = self.shared.applied.lock().unwrap().clone();
+                self.store
+                    .write_lazy(vec![Op::Put {
+                        group: self.shared.group,
+                        key: GroupKey::StateMachine as u8,
+                        value: codec::encode(&a),
+                    }])
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        PartitionSm { shared: self.shared.clone(), store: self.store.clone() }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
+        // fjord never purges a partition's log through snapshots (its log is its data), so a
+        // snapshot only arrives if a replica was rebuilt from one: take its state as is.
+        tracing::warn!(group = self.shared.group, ?meta, "installing a partition snapshot");
+        let a: Applied = codec::decode(&snapshot, "partition snapshot")?;
+        let hw = a.state.next_offset;
+        *self.shared.applied.lock().unwrap() = a.clone();
+        self.shared.invalidate_tail();
+        self.shared.hw.send_replace(hw);
+        self.store
+            .write(vec![
+                Op::Put { group: self.shared.group, key: GroupKey::StateMachine as u8, value: codec::encode(&a) },
+                Op::Put { group: self.shared.group, key: GroupKey::Snapshot as u8, value: snapshot },
+            ])
+            .await?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>, io::Error> {
+        match self.store.get_value(self.shared.group, GroupKey::Snapshot)? {
+            None => Ok(None),
+            Some(data) => {
+                let a: Applied = codec::decode(&data, "partition snapshot")?;
+                let meta = SnapshotMetaOf::<TypeConfig> { last_log_id: a.last_applied, last_membership: a.membership };
+                Ok(Some(SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data }))
+            }
+        }
+    }
+}

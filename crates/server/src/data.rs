@@ -1,0 +1,411 @@
+//! The data paths: produce (validate, batch, propose, acknowledge per mode) and fetch (read
+//! committed batches from the log, long-polling on the high watermark).
+//!
+//! Limits are named here; every refusal says which one applied.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fjord_meta::{Topic, group_id};
+use fjord_proto::batch;
+use fjord_proto::partitioner::partition_for_key;
+use fjord_proto::v1::{
+    Acks, FetchRequest, FetchResponse, FetchedBatch, PartitionResult, ProduceRequest, ReadMode, Record,
+};
+use fjord_raft::codec::{self, Entry};
+use fjord_raft::{PartitionRaft, Request, Response, StoredBatch, TypeConfig};
+use fjord_storage::partition::Outcome;
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::impls::ProgressResponder;
+use openraft::{EntryPayload, ReadPolicy};
+
+use crate::error::ApiError;
+use crate::node::Node;
+
+/// Bytes of record data in one produce request, at most (also the gRPC message limit, plus
+/// framing).
+pub const MAX_PRODUCE_REQUEST_BYTES: usize = 8 << 20;
+/// Records in one batch, at most.
+pub const MAX_BATCH_RECORDS: usize = 100_000;
+/// Default and largest acknowledgement wait of a produce.
+pub const DEFAULT_PRODUCE_TIMEOUT_MS: u32 = 10_000;
+pub const MAX_PRODUCE_TIMEOUT_MS: u32 = 60_000;
+/// Default and largest bytes of one fetch answer.
+pub const DEFAULT_FETCH_BYTES: u32 = 1 << 20;
+pub const MAX_FETCH_BYTES: u32 = 64 << 20;
+/// Largest long-poll wait of a fetch.
+pub const MAX_FETCH_WAIT_MS: u32 = 30_000;
+/// Batches in one fetch answer, at most.
+pub const MAX_FETCH_BATCHES: usize = 1024;
+
+fn find_topic(node: &Node, name: &str) -> Result<Topic, ApiError> {
+    node.view().state.topic(name).cloned().ok_or_else(|| ApiError::UnknownTopic(name.to_string()))
+}
+
+fn check_partition(topic: &Topic, partition: u32) -> Result<(), ApiError> {
+    if (partition as usize) < topic.partitions.len() {
+        Ok(())
+    } else {
+        Err(ApiError::UnknownPartition {
+            topic: topic.name.clone(),
+            partition,
+            count: topic.partitions.len() as u32,
+        })
+    }
+}
+
+fn leader_hint(node: &Node, leader: Option<u64>) -> Option<(u64, String)> {
+    leader.and_then(|l| node.address_of(l).map(|a| (l, a)))
+}
+
+fn not_leader(node: &Node, topic: &Topic, partition: u32, leader: Option<u64>) -> ApiError {
+    ApiError::NotLeader {
+        this: node.id,
+        what: format!("partition {partition} of topic {:?}", topic.name),
+        leader: leader_hint(node, leader),
+    }
+}
+
+/// The local Raft of a partition, or the error that sends the client to the right node.
+fn local_partition(
+    node: &Node,
+    topic: &Topic,
+    partition: u32,
+) -> Result<(PartitionRaft, std::sync::Arc<fjord_raft::partition_sm::PartitionShared>), ApiError> {
+    let g = group_id(topic.id, partition);
+    match node.registry.partition(g) {
+        Some(x) => Ok(x),
+        None => {
+            let p = &topic.partitions[partition as usize];
+            if p.leader.is_some() {
+                Err(not_leader(node, topic, partition, p.leader))
+            } else {
+                Err(ApiError::NotReplica {
+                    topic: topic.name.clone(),
+                    partition,
+                    this: node.id,
+                    replicas: p.replicas.clone(),
+                })
+            }
+        }
+    }
+}
+
+fn check_records(topic: &Topic, records: &[Record]) -> Result<usize, ApiError> {
+    let limit = topic.config.effective_max_record_bytes() as usize;
+    let mut total = 0;
+    for (i, r) in records.iter().enumerate() {
+        let size = batch::record_size(r);
+        if size > limit {
+            return Err(ApiError::Invalid(format!(
+                "record {i} is {size} bytes (key + value + headers), over the topic's max_record_bytes of {limit}"
+            )));
+        }
+        total += size;
+    }
+    if records.len() > MAX_BATCH_RECORDS {
+        return Err(ApiError::Invalid(format!(
+            "a batch has {} records, over the limit of {MAX_BATCH_RECORDS}",
+            records.len()
+        )));
+    }
+    Ok(total)
+}
+
+/// Validates a produce request and turns it into one batch per partition.
+fn build_batches(node: &Node, topic: &Topic, req: ProduceRequest) -> Result<Vec<(u32, StoredBatch)>, ApiError> {
+    let now = node.clock.now_ms();
+    let count = topic.partitions.len() as u32;
+    if !req.records.is_empty() && !req.batches.is_empty() {
+        return Err(ApiError::Invalid("a produce request carries either `records` or `batches`, not both".into()));
+    }
+    let mut out = Vec::new();
+    let mut total = 0usize;
+    if !req.records.is_empty() {
+        if let Some(p) = req.partition {
+            check_partition(topic, p)?;
+        }
+        total += check_records(topic, &req.records)?;
+        let sticky = node.round_robin.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % count;
+        let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
+        for r in req.records {
+            let p = match (req.partition, &r.key) {
+                (Some(p), _) => p,
+                (None, Some(k)) => partition_for_key(k, count),
+                (None, None) => sticky,
+            };
+            by_partition.entry(p).or_default().push(r);
+        }
+        for (p, records) in by_partition {
+            let body = batch::encode(&records);
+            out.push((
+                p,
+                StoredBatch {
+                    token: node.token(),
+                    producer_id: 0,
+                    base_sequence: 0,
+                    record_count: records.len() as u32,
+                    crc32c: batch::checksum(&body),
+                    append_time_ms: now,
+                    records: body,
+                },
+            ));
+        }
+    } else {
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, b) in req.batches.into_iter().enumerate() {
+            check_partition(topic, b.partition)?;
+            if !seen.insert(b.partition) {
+                return Err(ApiError::Invalid(format!(
+                    "batch {i} is the second batch for partition {} in one request: send one batch per partition",
+                    b.partition
+                )));
+            }
+            let records = batch::decode(&b.records, b.crc32c).map_err(|e| match e {
+                batch::BatchError::Checksum { .. } => ApiError::Corrupt(format!("batch {i} (partition {}): {e}", b.partition)),
+                other => ApiError::Invalid(format!("batch {i} (partition {}): {other}", b.partition)),
+            })?;
+            if records.is_empty() {
+                return Err(ApiError::Invalid(format!("batch {i} (partition {}) has no records", b.partition)));
+            }
+            if records.len() != b.record_count as usize {
+                return Err(ApiError::Invalid(format!(
+                    "batch {i} (partition {}) declares {} records but holds {}",
+                    b.partition,
+                    b.record_count,
+                    records.len()
+                )));
+            }
+            total += check_records(topic, &records)?;
+            out.push((
+                b.partition,
+                StoredBatch {
+                    token: node.token(),
+                    producer_id: b.producer_id,
+                    base_sequence: b.base_sequence,
+                    record_count: b.record_count,
+                    crc32c: b.crc32c,
+                    append_time_ms: now,
+                    records: b.records,
+                },
+            ));
+        }
+    }
+    if out.is_empty() {
+        return Err(ApiError::Invalid("the produce request has no records: send at least one record or batch".into()));
+    }
+    if total > MAX_PRODUCE_REQUEST_BYTES {
+        return Err(ApiError::Invalid(format!(
+            "the produce request holds {total} bytes of records, over the limit of {MAX_PRODUCE_REQUEST_BYTES}"
+        )));
+    }
+    Ok(out)
+}
+
+pub async fn produce(node: &Node, req: ProduceRequest) -> Result<Vec<PartitionResult>, ApiError> {
+    let topic = find_topic(node, &req.topic)?;
+    let acks = Acks::try_from(req.acks).map_err(|_| ApiError::Invalid(format!("unknown acks mode {}", req.acks)))?;
+    let timeout_ms = match req.timeout_ms {
+        0 => DEFAULT_PRODUCE_TIMEOUT_MS,
+        t if t > MAX_PRODUCE_TIMEOUT_MS => {
+            return Err(ApiError::Invalid(format!("timeout_ms {t} is over the limit of {MAX_PRODUCE_TIMEOUT_MS}")));
+        }
+        t => t,
+    };
+    let batches = build_batches(node, &topic, req)?;
+    let timeout = Duration::from_millis(timeout_ms as u64);
+    let futs = batches.into_iter().map(|(p, b)| {
+        let topic = &topic;
+        async move {
+            let count = b.record_count;
+            let mut result = PartitionResult { partition: p, record_count: count, ..Default::default() };
+            match produce_partition(node, topic, p, b, acks, timeout).await {
+                Ok(Outcome::Appended { base_offset }) => result.base_offset = base_offset,
+                Ok(Outcome::Duplicate { base_offset }) => {
+                    result.base_offset = base_offset;
+                    result.duplicate = true;
+                }
+                Ok(Outcome::OutOfOrder { expected, got }) => {
+                    result.error = Some(ApiError::OutOfOrder { producer_id: 0, expected, got }.to_partition_error());
+                }
+                Err(e) => result.error = Some(e.to_partition_error()),
+            }
+            result
+        }
+    });
+    Ok(futures::future::join_all(futs).await)
+}
+
+async fn produce_partition(
+    node: &Node,
+    topic: &Topic,
+    partition: u32,
+    b: StoredBatch,
+    acks: Acks,
+    timeout: Duration,
+) -> Result<Outcome, ApiError> {
+    let (raft, shared) = local_partition(node, topic, partition)?;
+    let leader = raft.metrics().borrow_watched().current_leader;
+    if leader != Some(node.id) {
+        return Err(not_leader(node, topic, partition, leader));
+    }
+    let timed_out = || {
+        ApiError::Timeout(format!(
+            "partition {partition} of topic {:?}: not acknowledged within {} ms; the outcome is unknown \
+             (retry with the same producer id and sequence to avoid a duplicate)",
+            topic.name,
+            timeout.as_millis()
+        ))
+    };
+    let write_error = |e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>| match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(node, topic, partition, f.leader_id),
+        other => ApiError::NoLeader(format!("partition {partition} of topic {:?} ({other})", topic.name)),
+    };
+    let outcome_of = |data: Response| match data {
+        Response::Batch(o) => Ok(o),
+        other => Err(ApiError::Internal(format!("unexpected partition response {other:?}"))),
+    };
+    match acks {
+        Acks::Cp => match tokio::time::timeout(timeout, raft.client_write(Request::Batch(b))).await {
+            Err(_) => Err(timed_out()),
+            Ok(Err(e)) => Err(write_error(e)),
+            Ok(Ok(resp)) => outcome_of(resp.data),
+        },
+        Acks::Ap => {
+            let token = b.token;
+            let appended = shared.register_waiter(token).map_err(|e| ApiError::Busy(e.to_string()))?;
+            let (responder, committed) = ProgressResponder::complete_only();
+            let result = async {
+                raft.client_write_ff(Request::Batch(b), Some(responder))
+                    .await
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                tokio::select! {
+                    o = appended => o.map_err(|_| ApiError::NoLeader(format!("partition {partition} of topic {:?}", topic.name))),
+                    c = committed => match c {
+                        Ok(Ok(resp)) => outcome_of(resp.data),
+                        Ok(Err(e)) => Err(write_error(RaftError::APIError(e))),
+                        Err(_) => Err(ApiError::NoLeader(format!("partition {partition} of topic {:?}", topic.name))),
+                    },
+                }
+            };
+            let r = tokio::time::timeout(timeout, result).await.unwrap_or_else(|_| Err(timed_out()));
+            shared.cancel_waiter(token);
+            r
+        }
+    }
+}
+
+pub async fn fetch(node: &Node, req: FetchRequest) -> Result<FetchResponse, ApiError> {
+    let topic = find_topic(node, &req.topic)?;
+    check_partition(&topic, req.partition)?;
+    let mode = ReadMode::try_from(req.read).map_err(|_| ApiError::Invalid(format!("unknown read mode {}", req.read)))?;
+    let max_bytes = match req.max_bytes {
+        0 => DEFAULT_FETCH_BYTES,
+        b if b > MAX_FETCH_BYTES => {
+            return Err(ApiError::Invalid(format!("max_bytes {b} is over the limit of {MAX_FETCH_BYTES}")));
+        }
+        b => b,
+    } as usize;
+    if req.max_wait_ms > MAX_FETCH_WAIT_MS {
+        return Err(ApiError::Invalid(format!(
+            "max_wait_ms {} is over the limit of {MAX_FETCH_WAIT_MS}",
+            req.max_wait_ms
+        )));
+    }
+    let (raft, shared) = local_partition(node, &topic, req.partition)?;
+    if mode == ReadMode::ReadCp {
+        // A lease read: this node is the leader and a majority acknowledged it within the
+        // lease, so its committed state is current.
+        match raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
+            Ok(_) => {}
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                return Err(not_leader(node, &topic, req.partition, f.leader_id));
+            }
+            Err(e) => {
+                return Err(ApiError::NoLeader(format!(
+                    "partition {} of topic {:?} ({e})",
+                    req.partition, topic.name
+                )));
+            }
+        }
+    }
+    let group = shared.group();
+    let mut hw = shared.high_watermark();
+    let log_start = node.store.first_offset(group).map_err(|e| ApiError::Internal(e.to_string()))?.unwrap_or(hw);
+    if req.offset < log_start {
+        return Err(ApiError::OutOfRange(format!(
+            "offset {} is below the log start offset {log_start} of partition {} of topic {:?}",
+            req.offset, req.partition, topic.name
+        )));
+    }
+    if req.offset > hw && mode == ReadMode::ReadCp {
+        return Err(ApiError::OutOfRange(format!(
+            "offset {} is beyond the end of partition {} of topic {:?} (high watermark {hw})",
+            req.offset, req.partition, topic.name
+        )));
+    }
+    if req.offset >= hw && req.max_wait_ms > 0 {
+        let mut rx = shared.subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.max_wait_ms as u64);
+        loop {
+            hw = *rx.borrow_and_update();
+            if hw > req.offset {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => break,
+            }
+        }
+    }
+    let batches = if req.offset < hw { read_batches(node, group, req.offset, hw, max_bytes)? } else { Vec::new() };
+    Ok(FetchResponse { batches, high_watermark: hw, log_start_offset: log_start, node_id: node.id })
+}
+
+/// Committed batches of `group` from the one holding `offset` on, below `hw`.
+fn read_batches(node: &Node, group: u64, offset: u64, hw: u64, max_bytes: usize) -> Result<Vec<FetchedBatch>, ApiError> {
+    let internal = |e: fjord_storage::StorageError| ApiError::Internal(e.to_string());
+    let Some((first_base, _, _)) = node.store.find_offset(group, offset).map_err(internal)? else {
+        return Ok(Vec::new());
+    };
+    let index: Vec<(u64, u64, u32)> = node
+        .store
+        .offsets_from(group, first_base, MAX_FETCH_BATCHES)
+        .map_err(internal)?
+        .into_iter()
+        .filter(|(base, _, _)| *base < hw)
+        .collect();
+    let (Some(first), Some(last)) = (index.first(), index.last()) else {
+        return Ok(Vec::new());
+    };
+    let wanted: HashMap<u64, (u64, u32)> = index.iter().map(|(b, i, c)| (*i, (*b, *c))).collect();
+    let entries = node
+        .store
+        .read_log(group, first.1..=last.1, MAX_FETCH_BATCHES * 4, max_bytes + 4096)
+        .map_err(internal)?;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for (idx, raw) in entries {
+        let Some((base, count)) = wanted.get(&idx).copied() else { continue };
+        let entry: Entry = codec::decode(&raw, "log entry").map_err(|e| ApiError::Corrupt(e.to_string()))?;
+        let EntryPayload::Normal(Request::Batch(b)) = entry.payload else {
+            return Err(ApiError::Corrupt(format!("group {group}: offset index points at a non-batch entry {idx}")));
+        };
+        batch::verify(&b.records, b.crc32c)
+            .map_err(|e| ApiError::Corrupt(format!("stored batch at offset {base} of group {group}: {e}")))?;
+        if !out.is_empty() && bytes + b.records.len() > max_bytes {
+            break;
+        }
+        bytes += b.records.len();
+        out.push(FetchedBatch {
+            base_offset: base,
+            record_count: count,
+            crc32c: b.crc32c,
+            records: Bytes::clone(&b.records),
+            append_time_ms: b.append_time_ms,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,97 @@
+//! The server's typed errors, and the one place they become gRPC statuses.
+//!
+//! Codes are chosen so a client can tell "retry, maybe elsewhere" (UNAVAILABLE, with the
+//! leader in the metadata when known), "outcome unknown" (DEADLINE_EXCEEDED) and "give up"
+//! (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, DATA_LOSS).
+
+use fjord_meta::MetaError;
+use fjord_proto::v1::PartitionError;
+use fjord_proto::{LEADER_ADDRESS_KEY, LEADER_ID_KEY};
+use tonic::{Code, Status};
+
+/// A request that failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("this node (node {this}) is not the leader of {what}{}", leader_text(.leader))]
+    NotLeader { this: u64, what: String, leader: Option<(u64, String)> },
+    #[error("{0} has no leader at the moment (an election is in progress or a majority is unreachable); retry")]
+    NoLeader(String),
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    #[error("topic {topic:?} has no partition {partition}: it has {count} partitions (0 to {})", .count.saturating_sub(1))]
+    UnknownPartition { topic: String, partition: u32, count: u32 },
+    #[error("partition {partition} of topic {topic:?} is not hosted on node {this}: ask a replica ({replicas:?})")]
+    NotReplica { topic: String, partition: u32, this: u64, replicas: Vec<u64> },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("batch sequence out of order for producer {producer_id}: expected base sequence {expected}, got {got}")]
+    OutOfOrder { producer_id: u64, expected: u32, got: u32 },
+    #[error("{0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    OutOfRange(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn leader_text(leader: &Option<(u64, String)>) -> String {
+    match leader {
+        Some((id, addr)) => format!("; the leader is node {id} at {addr}"),
+        None => "; the leader is not known yet".to_string(),
+    }
+}
+
+impl ApiError {
+    pub fn code(&self) -> Code {
+        match self {
+            ApiError::NotLeader { .. } | ApiError::NoLeader(_) | ApiError::NotReplica { .. } => Code::Unavailable,
+            ApiError::UnknownTopic(_) | ApiError::UnknownPartition { .. } => Code::NotFound,
+            ApiError::Invalid(_) => Code::InvalidArgument,
+            ApiError::Meta(m) => match m {
+                MetaError::TopicExists { .. } => Code::AlreadyExists,
+                MetaError::UnknownTopic { .. } => Code::NotFound,
+                _ => Code::InvalidArgument,
+            },
+            ApiError::Timeout(_) => Code::DeadlineExceeded,
+            ApiError::OutOfOrder { .. } => Code::FailedPrecondition,
+            ApiError::Corrupt(_) => Code::DataLoss,
+            ApiError::OutOfRange(_) => Code::OutOfRange,
+            ApiError::Busy(_) => Code::ResourceExhausted,
+            ApiError::Internal(_) => Code::Internal,
+        }
+    }
+
+    fn leader(&self) -> Option<&(u64, String)> {
+        match self {
+            ApiError::NotLeader { leader, .. } => leader.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The per-partition form used in produce responses.
+    pub fn to_partition_error(&self) -> PartitionError {
+        let (leader_id, leader_address) = self.leader().cloned().unwrap_or_default();
+        PartitionError { code: self.code() as i32, message: self.to_string(), leader_id, leader_address }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let mut status = Status::new(e.code(), e.to_string());
+        if let Some((id, addr)) = e.leader() {
+            if let Ok(v) = id.to_string().parse() {
+                status.metadata_mut().insert(LEADER_ID_KEY, v);
+            }
+            if let Ok(v) = addr.parse() {
+                status.metadata_mut().insert(LEADER_ADDRESS_KEY, v);
+            }
+        }
+        status
+    }
+}

@@ -1,0 +1,379 @@
+//! A node: its storage, its Raft groups, and the background work that keeps them matching
+//! the metadata.
+//!
+//! - The metadata group runs on the initial voters (`peers`). Every voter initializes it
+//!   with the same membership on first start (openraft allows this; one leader wins).
+//! - The **reconciler** watches the applied metadata and starts the partition groups this
+//!   node holds a replica of (each replica initializes its group with the same membership),
+//!   and stops and deletes the groups of deleted topics.
+//! - A **leader reporter** per partition group tells the metadata group when this node
+//!   becomes its leader (with the term as leader epoch).
+//! - The **controller** runs on the metadata leader and moves partition leaders so that no
+//!   node leads more than its share ([`fjord_meta::plan_leader_moves`] decides; this module
+//!   only sends the moves).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use fjord_meta::{GroupId, MetaCommand, MetaResponse, NodeId};
+use fjord_proto::raft::GroupMessage;
+use fjord_raft::group::{self, AnyRaft};
+use fjord_raft::meta_sm::MetaView;
+use fjord_raft::network::PeerPool;
+use fjord_raft::{GroupConfig, GroupRegistry, MetaRaft, PartitionRaft, Request, Response};
+use fjord_storage::Store;
+use openraft::BasicNode;
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, RaftError};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::ServeConfig;
+use crate::error::ApiError;
+
+/// How often the controller looks at leader balance.
+pub const CONTROLLER_INTERVAL: Duration = Duration::from_secs(3);
+/// Leader moves the controller starts per round, at most.
+pub const MAX_LEADER_MOVES_PER_ROUND: usize = 4;
+/// A follower whose last heartbeat ack is older than this is taken as down by the controller.
+pub const LIVENESS_WINDOW: Duration = Duration::from_secs(3);
+/// Attempts of a metadata write (each waits for a leader or follows a forward).
+const META_WRITE_ATTEMPTS: u32 = 50;
+
+/// Reads the wall clock; injected so a simulation can control it.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// Everything a running node owns.
+pub struct Node {
+    pub id: NodeId,
+    pub address: String,
+    pub peers: BTreeMap<NodeId, String>,
+    pub store: Store,
+    pub pool: Arc<PeerPool>,
+    pub registry: Arc<GroupRegistry>,
+    pub meta: MetaRaft,
+    pub meta_view: watch::Receiver<Arc<MetaView>>,
+    pub group_config: GroupConfig,
+    pub clock: Arc<dyn Clock>,
+    pub shutdown: CancellationToken,
+    next_token: AtomicU64,
+    pub round_robin: AtomicU32,
+}
+
+impl Node {
+    pub async fn start(
+        config: &ServeConfig,
+        store: Store,
+        pool: Arc<PeerPool>,
+        clock: Arc<dyn Clock>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Node>, String> {
+        let group_config = GroupConfig {
+            heartbeat_interval_ms: config.heartbeat_interval_ms,
+            election_timeout_ms: config.election_timeout_ms,
+        };
+        let registry = GroupRegistry::new();
+        let (meta, meta_view) = group::start_meta(config.id, &group_config, store.clone(), pool.clone()).await?;
+        registry.insert(fjord_meta::META_GROUP, AnyRaft::Meta(meta.clone()));
+        Ok(Arc::new(Node {
+            id: config.id,
+            address: config.advertised_address(),
+            peers: config.peers.0.clone(),
+            store,
+            pool,
+            registry,
+            meta,
+            meta_view,
+            group_config,
+            clock,
+            shutdown,
+            next_token: AtomicU64::new(rand::random::<u64>() | 1),
+            round_robin: AtomicU32::new(0),
+        }))
+    }
+
+    /// Initializes the metadata group if this node never was, registers this node, and
+    /// starts the background tasks.
+    pub async fn run_background(self: &Arc<Self>) {
+        if !self.meta.is_initialized().await.unwrap_or(true) {
+            let members: BTreeMap<NodeId, BasicNode> =
+                self.peers.iter().map(|(id, a)| (*id, BasicNode { addr: a.clone() })).collect();
+            if let Err(e) = self.meta.initialize(members).await {
+                tracing::info!(error = %e, "metadata group initialize skipped");
+            }
+        }
+        let me = self.clone();
+        tokio::spawn(async move { me.register_self().await });
+        let me = self.clone();
+        tokio::spawn(async move { me.reconcile_loop().await });
+        let me = self.clone();
+        tokio::spawn(async move { me.controller_loop().await });
+    }
+
+    /// A fresh token for a proposal (see `StoredBatch::token`).
+    pub fn token(&self) -> u64 {
+        self.next_token.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The applied metadata on this node.
+    pub fn view(&self) -> Arc<MetaView> {
+        self.meta_view.borrow().clone()
+    }
+
+    /// The address of `node`: as registered, else as configured.
+    pub fn address_of(&self, node: NodeId) -> Option<String> {
+        self.view()
+            .state
+            .nodes
+            .get(&node)
+            .map(|n| n.address.clone())
+            .or_else(|| self.peers.get(&node).cloned())
+    }
+
+    /// The metadata leader this node knows of.
+    pub fn meta_leader(&self) -> Option<NodeId> {
+        self.meta.metrics().borrow_watched().current_leader
+    }
+
+    async fn register_self(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            let cmd = MetaCommand::RegisterNode { id: self.id, address: self.address.clone() };
+            match self.meta_write(cmd).await {
+                Ok(_) => {
+                    tracing::info!(node = self.id, address = %self.address, "registered in the metadata");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "registering this node, will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Applies a metadata command through the metadata leader, wherever it is.
+    pub async fn meta_write(&self, cmd: MetaCommand) -> Result<MetaResponse, ApiError> {
+        let mut backoff = Duration::from_millis(20);
+        let mut last_err = ApiError::NoLeader("the metadata group".into());
+        for _ in 0..META_WRITE_ATTEMPTS {
+            match self.meta.client_write(Request::Meta(cmd.clone())).await {
+                Ok(resp) => {
+                    return match resp.data {
+                        Response::Meta(r) => Ok(r),
+                        other => Err(ApiError::Internal(format!("unexpected metadata response {other:?}"))),
+                    };
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    if let Some(node) = f.leader_node {
+                        match self.forward_meta_write(&node.addr, &cmd).await {
+                            Ok(r) => return Ok(r),
+                            Err(e) => last_err = e,
+                        }
+                    }
+                }
+                Err(e) => last_err = ApiError::NoLeader(format!("the metadata group ({e})")),
+            }
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+        Err(last_err)
+    }
+
+    async fn forward_meta_write(&self, addr: &str, cmd: &MetaCommand) -> Result<MetaResponse, ApiError> {
+        let mut client = self.pool.client(addr).map_err(ApiError::Internal)?;
+        let msg = GroupMessage { group_id: fjord_meta::META_GROUP, payload: postcard::to_stdvec(cmd).unwrap().into() };
+        let resp = tokio::time::timeout(Duration::from_secs(5), client.meta_write(msg))
+            .await
+            .map_err(|_| ApiError::NoLeader("the metadata group (forward timed out)".into()))?
+            .map_err(|s| ApiError::NoLeader(format!("the metadata group (forward: {})", s.message())))?;
+        postcard::from_bytes::<MetaResponse>(&resp.into_inner().payload)
+            .map_err(|e| ApiError::Internal(format!("bad forwarded metadata response: {e}")))
+    }
+
+    /// Handles a metadata write forwarded by another node: applies it here only if this node
+    /// leads (no second hop, so forwards cannot loop).
+    pub async fn local_meta_write(&self, cmd: MetaCommand) -> Result<MetaResponse, ApiError> {
+        match self.meta.client_write(Request::Meta(cmd)).await {
+            Ok(resp) => match resp.data {
+                Response::Meta(r) => Ok(r),
+                other => Err(ApiError::Internal(format!("unexpected metadata response {other:?}"))),
+            },
+            Err(e) => Err(ApiError::NoLeader(format!("the metadata group ({e})"))),
+        }
+    }
+
+    // ---- reconciler ----
+
+    async fn reconcile_loop(self: Arc<Self>) {
+        let mut view = self.meta_view.clone();
+        // Groups this process has seen assigned to it: only those are deleted when their
+        // assignment disappears (an early, not yet replayed view must not delete data).
+        let mut seen: BTreeSet<GroupId> = BTreeSet::new();
+        loop {
+            let snapshot = view.borrow_and_update().clone();
+            self.reconcile(&snapshot, &mut seen).await;
+            tokio::select! {
+                r = view.changed() => if r.is_err() { return },
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn reconcile(self: &Arc<Self>, view: &MetaView, seen: &mut BTreeSet<GroupId>) {
+        let wanted: BTreeMap<GroupId, Vec<NodeId>> = view.state.groups_of_node(self.id).into_iter().collect();
+        for (group, replicas) in &wanted {
+            seen.insert(*group);
+            if self.registry.get(*group).is_some() {
+                continue;
+            }
+            match group::start_partition(self.id, *group, &self.group_config, self.store.clone(), self.pool.clone()).await {
+                Ok((raft, shared)) => {
+                    self.registry.insert(*group, AnyRaft::Partition(raft.clone(), shared));
+                    if !raft.is_initialized().await.unwrap_or(true) {
+                        let members: BTreeMap<NodeId, BasicNode> = replicas
+                            .iter()
+                            .map(|n| (*n, BasicNode { addr: self.address_of(*n).unwrap_or_default() }))
+                            .collect();
+                        if let Err(e) = raft.initialize(members).await {
+                            tracing::debug!(group, error = %e, "partition group initialize skipped");
+                        }
+                    }
+                    let me = self.clone();
+                    let g = *group;
+                    tokio::spawn(async move { me.report_leadership(g, raft).await });
+                    tracing::info!(group, ?replicas, "started partition group");
+                }
+                Err(e) => tracing::error!(group, error = %e, "cannot start partition group"),
+            }
+        }
+        let gone: Vec<GroupId> = seen.iter().copied().filter(|g| !wanted.contains_key(g)).collect();
+        for g in gone {
+            seen.remove(&g);
+            if let Some(AnyRaft::Partition(raft, _)) = self.registry.remove(g) {
+                let _ = raft.shutdown().await;
+            }
+            if let Err(e) = self.store.write(vec![fjord_storage::Op::DeleteGroup { group: g }]).await {
+                tracing::error!(group = g, error = %e, "cannot delete the data of a deleted partition");
+            } else {
+                tracing::info!(group = g, "deleted partition group");
+            }
+        }
+    }
+
+    /// Reports to the metadata group each time this node becomes the leader of `group`.
+    async fn report_leadership(self: Arc<Self>, group: GroupId, raft: PartitionRaft) {
+        let mut metrics = raft.metrics();
+        let mut reported_term = 0u64;
+        loop {
+            let (leader, term) = {
+                let m = metrics.borrow_and_update();
+                (m.current_leader, m.current_term)
+            };
+            if leader == Some(self.id) && term > reported_term {
+                let cmd = MetaCommand::ReportLeader { group_id: group, leader: self.id, epoch: term };
+                match self.meta_write(cmd).await {
+                    Ok(_) => reported_term = term,
+                    Err(e) => tracing::debug!(group, error = %e, "leader report failed, will retry"),
+                }
+                if reported_term < term {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                }
+            }
+            tokio::select! {
+                r = metrics.changed() => if r.is_err() { return },
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    // ---- controller ----
+
+    async fn controller_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(CONTROLLER_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            if !self.meta.is_leader() {
+                continue;
+            }
+            let live = self.live_nodes();
+            let view = self.view();
+            let moves = fjord_meta::plan_leader_moves(&view.state, &live, MAX_LEADER_MOVES_PER_ROUND);
+            for m in moves {
+                let Some(addr) = self.address_of(m.from) else { continue };
+                tracing::info!(group = m.group_id, from = m.from, to = m.to, "controller: moving partition leader");
+                let payload = postcard::to_stdvec(&m.to).unwrap();
+                let msg = GroupMessage { group_id: m.group_id, payload: payload.into() };
+                if let Ok(mut client) = self.pool.client(&addr) {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), client.move_leader(msg)).await;
+                }
+            }
+        }
+    }
+
+    /// Nodes that acknowledged the metadata leader recently (this node included).
+    fn live_nodes(&self) -> BTreeSet<NodeId> {
+        let m = self.meta.metrics().borrow_watched().clone();
+        let mut live = BTreeSet::from([self.id]);
+        if let Some(hb) = &m.heartbeat {
+            for (node, at) in hb {
+                if let Some(at) = at {
+                    if openraft::Instant::elapsed(&**at) < LIVENESS_WINDOW {
+                        live.insert(*node);
+                    }
+                }
+            }
+        }
+        live
+    }
+
+    /// Stops every group and the background tasks.
+    pub async fn stop(&self) {
+        self.shutdown.cancel();
+        for g in self.registry.ids() {
+            match self.registry.remove(g) {
+                Some(AnyRaft::Partition(r, _)) => {
+                    let _ = r.shutdown().await;
+                }
+                Some(AnyRaft::Meta(r)) => {
+                    let _ = r.shutdown().await;
+                }
+                None => {}
+            }
+        }
+    }
+}

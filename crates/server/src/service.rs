@@ -1,0 +1,160 @@
+//! The client API (`fjord.v1.Fjord`): conversion between prost types and the node's
+//! operations happens here and nowhere else.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fjord_meta::{MetaCommand, MetaResponse, Topic};
+use fjord_proto::v1::fjord_server::Fjord;
+use fjord_proto::v1::*;
+use tonic::{Request, Response, Status};
+
+use crate::data;
+use crate::error::ApiError;
+use crate::node::Node;
+
+
+/// How long CreateTopic waits for the new partitions to elect leaders before answering.
+const CREATE_TOPIC_LEADER_WAIT: Duration = Duration::from_secs(10);
+
+pub struct ClientService {
+    pub node: Arc<Node>,
+}
+
+pub(crate) fn topic_info(node: &Node, t: &Topic) -> TopicInfo {
+    let _ = node;
+    TopicInfo {
+        name: t.name.clone(),
+        replication_factor: t.replication_factor,
+        partitions: t
+            .partitions
+            .iter()
+            .map(|p| PartitionInfo {
+                partition: p.partition,
+                replicas: p.replicas.clone(),
+                leader: p.leader.unwrap_or(0),
+                leader_epoch: p.leader_epoch,
+            })
+            .collect(),
+        config: Some(TopicConfig { max_record_bytes: t.config.max_record_bytes }),
+    }
+}
+
+impl ClientService {
+    fn meta_result(resp: MetaResponse) -> Result<MetaResponse, Status> {
+        match resp {
+            MetaResponse::Error(e) => Err(ApiError::Meta(e).into()),
+            other => Ok(other),
+        }
+    }
+
+    /// Waits (bounded) until every partition of `name` has a reported leader.
+    async fn wait_for_leaders(&self, name: &str) {
+        let mut view = self.node.meta_view.clone();
+        let deadline = tokio::time::Instant::now() + CREATE_TOPIC_LEADER_WAIT;
+        loop {
+            let ready = view
+                .borrow_and_update()
+                .state
+                .topic(name)
+                .is_none_or(|t| t.partitions.iter().all(|p| p.leader.is_some()));
+            if ready {
+                return;
+            }
+            match tokio::time::timeout_at(deadline, view.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Fjord for ClientService {
+    async fn metadata(&self, req: Request<MetadataRequest>) -> Result<Response<MetadataResponse>, Status> {
+        let req = req.into_inner();
+        let view = self.node.view();
+        let mut nodes: std::collections::BTreeMap<u64, String> = self.node.peers.clone();
+        for (id, n) in &view.state.nodes {
+            nodes.insert(*id, n.address.clone());
+        }
+        let mut topics = Vec::new();
+        for t in view.state.topics.values() {
+            if req.topics.is_empty() || req.topics.iter().any(|n| n == &t.name) {
+                topics.push(topic_info(&self.node, t));
+            }
+        }
+        Ok(Response::new(MetadataResponse {
+            nodes: nodes.into_iter().map(|(id, address)| fjord_proto::v1::Node { id, address }).collect(),
+            metadata_leader: self.node.meta_leader().unwrap_or(0),
+            topics,
+        }))
+    }
+
+    async fn create_topic(&self, req: Request<CreateTopicRequest>) -> Result<Response<CreateTopicResponse>, Status> {
+        let req = req.into_inner();
+        let cmd = MetaCommand::CreateTopic {
+            name: req.name.clone(),
+            partitions: req.partitions,
+            replication_factor: req.replication_factor,
+            config: fjord_meta::TopicConfig {
+                max_record_bytes: req.config.map_or(0, |c| c.max_record_bytes),
+            },
+        };
+        let resp = Self::meta_result(self.node.meta_write(cmd).await?)?;
+        match resp {
+            MetaResponse::Topic(_) => {
+                self.wait_for_leaders(&req.name).await;
+                let view = self.node.view();
+                let t = view
+                    .state
+                    .topic(&req.name)
+                    .ok_or_else(|| Status::internal("topic created but not visible"))?;
+                Ok(Response::new(CreateTopicResponse { topic: Some(topic_info(&self.node, t)) }))
+            }
+            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    async fn delete_topic(&self, req: Request<DeleteTopicRequest>) -> Result<Response<DeleteTopicResponse>, Status> {
+        let req = req.into_inner();
+        Self::meta_result(self.node.meta_write(MetaCommand::DeleteTopic { name: req.name }).await?)?;
+        Ok(Response::new(DeleteTopicResponse {}))
+    }
+
+    async fn list_topics(&self, _req: Request<ListTopicsRequest>) -> Result<Response<ListTopicsResponse>, Status> {
+        let view = self.node.view();
+        Ok(Response::new(ListTopicsResponse {
+            topics: view.state.topics.values().map(|t| topic_info(&self.node, t)).collect(),
+        }))
+    }
+
+    async fn describe_topic(
+        &self,
+        req: Request<DescribeTopicRequest>,
+    ) -> Result<Response<DescribeTopicResponse>, Status> {
+        let req = req.into_inner();
+        let view = self.node.view();
+        let t = view.state.topic(&req.name).ok_or(ApiError::UnknownTopic(req.name.clone()))?;
+        Ok(Response::new(DescribeTopicResponse { topic: Some(topic_info(&self.node, t)) }))
+    }
+
+    async fn init_producer(
+        &self,
+        _req: Request<InitProducerRequest>,
+    ) -> Result<Response<InitProducerResponse>, Status> {
+        match Self::meta_result(self.node.meta_write(MetaCommand::AllocateProducerId).await?)? {
+            MetaResponse::ProducerId(producer_id) => Ok(Response::new(InitProducerResponse { producer_id })),
+            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+        }
+    }
+
+    async fn produce(&self, req: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
+        let results = data::produce(&self.node, req.into_inner()).await?;
+        Ok(Response::new(ProduceResponse { results }))
+    }
+
+    async fn fetch(&self, req: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
+        Ok(Response::new(data::fetch(&self.node, req.into_inner()).await?))
+    }
+}

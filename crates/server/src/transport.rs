@@ -1,0 +1,71 @@
+//! The node-to-node gRPC service: Raft messages of every group, forwarded metadata writes,
+//! and the controller's leader moves.
+
+use std::sync::Arc;
+
+use fjord_proto::raft::GroupMessage;
+use fjord_proto::raft::raft_transport_server::RaftTransport;
+use fjord_raft::AnyRaft;
+use fjord_raft::group::DispatchError;
+use fjord_raft::network::RpcKind;
+use tonic::{Request, Response, Status};
+
+use crate::node::Node;
+
+pub struct TransportService {
+    pub node: Arc<Node>,
+}
+
+impl TransportService {
+    async fn dispatch(&self, kind: RpcKind, req: Request<GroupMessage>) -> Result<Response<GroupMessage>, Status> {
+        let msg = req.into_inner();
+        match self.node.registry.dispatch(kind, msg.group_id, &msg.payload).await {
+            Ok(payload) => Ok(Response::new(GroupMessage { group_id: msg.group_id, payload: payload.into() })),
+            Err(e @ DispatchError::UnknownGroup(_)) => Err(Status::not_found(e.to_string())),
+            Err(e @ DispatchError::Decode(_)) => Err(Status::invalid_argument(e.to_string())),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RaftTransport for TransportService {
+    async fn append(&self, req: Request<GroupMessage>) -> Result<Response<GroupMessage>, Status> {
+        self.dispatch(RpcKind::Append, req).await
+    }
+    async fn vote(&self, req: Request<GroupMessage>) -> Result<Response<GroupMessage>, Status> {
+        self.dispatch(RpcKind::Vote, req).await
+    }
+    async fn pre_vote(&self, req: Request<GroupMessage>) -> Result<Response<GroupMessage>, Status> {
+        self.dispatch(RpcKind::PreVote, req).await
+    }
+    async fn snapshot(&self, req: Request<GroupMessage>) -> Result<Response<GroupMessage>, Status> {
+        self.dispatch(RpcKind::Snapshot, req).await
+    }
+    async fn transfer_leader(&self, req: Request<GroupMessage>) -> Result<Response<GroupMessage>, Status> {
+        self.dispatch(RpcKind::TransferLeader, req).await
+    }
+
+    async fn meta_write(&self, req: Request<GroupMessage>) -> Result<Response<GroupMessage>, Status> {
+        let msg = req.into_inner();
+        let cmd: fjord_meta::MetaCommand = postcard::from_bytes(&msg.payload)
+            .map_err(|e| Status::invalid_argument(format!("bad metadata command: {e}")))?;
+        let resp = self.node.local_meta_write(cmd).await.map_err(Status::from)?;
+        Ok(Response::new(GroupMessage { group_id: msg.group_id, payload: postcard::to_stdvec(&resp).unwrap().into() }))
+    }
+
+    async fn move_leader(&self, req: Request<GroupMessage>) -> Result<Response<GroupMessage>, Status> {
+        let msg = req.into_inner();
+        let to: u64 = postcard::from_bytes(&msg.payload)
+            .map_err(|e| Status::invalid_argument(format!("bad leader move: {e}")))?;
+        match self.node.registry.get(msg.group_id) {
+            Some(AnyRaft::Partition(raft, _)) => {
+                raft.trigger()
+                    .transfer_leader(to)
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                Ok(Response::new(GroupMessage { group_id: msg.group_id, payload: Default::default() }))
+            }
+            _ => Err(Status::not_found(format!("group {} is not a partition hosted here", msg.group_id))),
+        }
+    }
+}
