@@ -1,0 +1,158 @@
+//! [`MetaError`]: why the metadata state machine rejected a command.
+//!
+//! A rejected command leaves the state unchanged. Every message says what was wrong and which
+//! limit applies, so an operator can fix the request without reading the source.
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{MAX_ADDRESS_LEN, MAX_TOPIC_NAME_LEN, TOPIC_NAME_CHARS};
+
+/// Why a [`crate::MetaCommand`] was rejected.
+///
+/// Each variant is a deterministic verdict on the command and the committed state: resubmitting
+/// the same command gives the same answer until the state changes, so none is retryable as is
+/// (see [`MetaError::is_retryable`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MetaError {
+    /// The topic name breaks the naming rule.
+    #[error(
+        "invalid topic name {name:?}: {reason}; use 1 to {MAX_TOPIC_NAME_LEN} characters of \
+         {TOPIC_NAME_CHARS}, not \".\" or \"..\""
+    )]
+    InvalidTopicName {
+        /// The name as given (cut to a bounded length so a huge name cannot bloat the error).
+        name: String,
+        /// What in particular is wrong with it.
+        reason: String,
+    },
+    /// CreateTopic named a topic that exists.
+    #[error("topic {name:?} already exists")]
+    TopicExists {
+        /// The existing topic.
+        name: String,
+    },
+    /// The command named a topic that does not exist.
+    #[error("unknown topic {name:?}")]
+    UnknownTopic {
+        /// The name as given (cut to a bounded length).
+        name: String,
+    },
+    /// The partition count is outside `1..=max`.
+    #[error("invalid partition count {requested}: a topic has 1 to {max} partitions")]
+    InvalidPartitionCount {
+        /// The count asked for.
+        requested: u32,
+        /// [`MAX_PARTITIONS_PER_TOPIC`].
+        max: u32,
+    },
+    /// The replication factor is outside `1..=nodes`.
+    #[error("{}", replication_factor_message(*.requested, *.nodes))]
+    InvalidReplicationFactor {
+        /// The factor asked for (0 asks for the default, `min(3, nodes)`).
+        requested: u32,
+        /// Registered nodes, the upper limit.
+        nodes: u32,
+    },
+    /// The topic config breaks a limit.
+    #[error("invalid topic config: {reason}")]
+    InvalidConfig {
+        /// Which setting, its value and its limit.
+        reason: String,
+    },
+    /// A node address is not `host:port`.
+    #[error(
+        "invalid node address {address:?}: {reason}; use host:port (at most {MAX_ADDRESS_LEN} \
+         characters) with a non-empty host without whitespace, an IPv6 host in brackets, and a \
+         port from 1 to 65535"
+    )]
+    InvalidAddress {
+        /// The address as given (cut to a bounded length).
+        address: String,
+        /// What in particular is wrong with it.
+        reason: String,
+    },
+    /// All 2^32 - 1 topic ids have been handed out (topic ids are never reused).
+    #[error("topic ids are exhausted: all {} have been used and ids are never reused", u32::MAX - 1)]
+    TopicIdsExhausted,
+    /// All 2^64 - 1 producer ids have been handed out.
+    #[error("producer ids are exhausted: all {} have been used", u64::MAX - 1)]
+    ProducerIdsExhausted,
+}
+
+impl MetaError {
+    /// Whether resubmitting the same command may succeed without anyone changing it or the
+    /// cluster. Always false today; the match is exhaustive so a new variant must decide.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            MetaError::InvalidTopicName { .. }
+            | MetaError::TopicExists { .. }
+            | MetaError::UnknownTopic { .. }
+            | MetaError::InvalidPartitionCount { .. }
+            | MetaError::InvalidReplicationFactor { .. }
+            | MetaError::InvalidConfig { .. }
+            | MetaError::InvalidAddress { .. }
+            | MetaError::TopicIdsExhausted
+            | MetaError::ProducerIdsExhausted => false,
+        }
+    }
+}
+
+fn replication_factor_message(requested: u32, nodes: u32) -> String {
+    if nodes == 0 {
+        format!(
+            "invalid replication factor {requested}: no nodes are registered, and a topic needs \
+             1 to (registered nodes) replicas"
+        )
+    } else {
+        format!(
+            "invalid replication factor {requested}: use 1 to {nodes} (the registered nodes), or \
+             0 for min(3, {nodes})"
+        )
+    }
+}
+
+/// Longest user-supplied string echoed back in an error, in characters.
+const MAX_ECHOED_CHARS: usize = 300;
+
+/// `s`, cut to [`MAX_ECHOED_CHARS`] characters with a marker, so an error stays bounded even
+/// when the input was not.
+pub(crate) fn clip(s: &str) -> String {
+    match s.char_indices().nth(MAX_ECHOED_CHARS) {
+        None => s.to_string(),
+        Some((cut, _)) => format!("{}... ({} bytes in all)", &s[..cut], s.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_keeps_short_strings_and_bounds_long_ones() {
+        assert_eq!(clip("abc"), "abc");
+        let long = "é".repeat(10_000);
+        let clipped = clip(&long);
+        assert!(clipped.chars().count() < MAX_ECHOED_CHARS + 40, "{clipped}");
+        assert!(clipped.ends_with("(20000 bytes in all)"), "{clipped}");
+    }
+
+    #[test]
+    fn replication_factor_message_names_the_limit() {
+        let e = MetaError::InvalidReplicationFactor {
+            requested: 4,
+            nodes: 3,
+        };
+        assert!(e.to_string().contains("1 to 3"), "{e}");
+        let e = MetaError::InvalidReplicationFactor {
+            requested: 0,
+            nodes: 0,
+        };
+        assert!(e.to_string().contains("no nodes are registered"), "{e}");
+    }
+
+    #[test]
+    fn no_error_is_retryable() {
+        assert!(!MetaError::TopicExists { name: "t".into() }.is_retryable());
+        assert!(!MetaError::TopicIdsExhausted.is_retryable());
+    }
+}

@@ -1,0 +1,36 @@
+//! fjord's metadata state machine: the state of the controller's Raft group.
+//!
+//! Every node applies the same [`MetaCommand`]s in the same order and must reach the same
+//! [`MetaState`], so nothing here does I/O, reads a clock, draws a random number or depends on
+//! hash-map iteration order. Decisions (where replicas go, which leaders to move) are pure
+//! functions of the state; the server performs them.
+//!
+//! # Layout
+//!
+//! - [`ids`]: node and Raft group ids, and how a partition's group id is built.
+//! - [`error`]: [`MetaError`], the typed verdict on a rejected command.
+//! - [`limits`]: the named limits and the input checks (topic names, addresses, topic config)
+//!   shared by [`MetaState::apply`] and [`MetaState::validate`].
+//! - [`state`]: [`MetaState`], the commands that change it, its invariants and its queries.
+//! - [`assign`]: [`assign_replicas`], placement of new partitions' replicas.
+//! - [`balance`]: [`plan_leader_moves`], leader balancing across live nodes.
+
+pub mod assign;
+pub mod balance;
+pub mod error;
+pub mod ids;
+pub mod limits;
+pub mod state;
+
+pub use assign::assign_replicas;
+pub use balance::{LeaderMove, plan_leader_moves};
+pub use error::MetaError;
+pub use ids::{GroupId, META_GROUP, NodeId, group_id, split_group_id};
+pub use limits::{
+    DEFAULT_MAX_RECORD_BYTES, DEFAULT_REPLICATION_FACTOR, MAX_ADDRESS_LEN,
+    MAX_PARTITIONS_PER_TOPIC, MAX_RECORD_BYTES_LIMIT, MAX_TOPIC_NAME_LEN, validate_address,
+    validate_topic_config, validate_topic_name,
+};
+pub use state::{
+    MetaCommand, MetaResponse, MetaState, NodeInfo, PartitionAssignment, Topic, TopicConfig,
+};

@@ -1,0 +1,860 @@
+//! [`MetaState`]: the cluster metadata every node holds, and the [`MetaCommand`]s that change it.
+//!
+//! `apply` is the only way the state changes. It is deterministic (ordered maps only, no clock,
+//! no randomness) because every node of the metadata group applies the same log and must reach
+//! the same state. A rejected command returns [`MetaResponse::Error`] and changes nothing.
+//!
+//! What must hold after every command is written down in [`MetaState::validate`] and checked
+//! after each `apply` in debug builds.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::assign::assign_replicas;
+use crate::error::{MetaError, clip};
+use crate::ids::{GroupId, META_GROUP, NodeId, group_id, split_group_id};
+use crate::limits::{
+    DEFAULT_MAX_RECORD_BYTES, DEFAULT_REPLICATION_FACTOR, MAX_PARTITIONS_PER_TOPIC,
+    validate_address, validate_topic_config, validate_topic_name,
+};
+
+/// A registered node and where to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node's id.
+    pub id: NodeId,
+    /// `host:port` of its gRPC endpoint.
+    pub address: String,
+}
+
+/// Per-topic settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TopicConfig {
+    /// Largest record accepted, in bytes; 0 means the cluster default
+    /// ([`DEFAULT_MAX_RECORD_BYTES`]). At most [`crate::MAX_RECORD_BYTES_LIMIT`].
+    pub max_record_bytes: u64,
+}
+
+impl TopicConfig {
+    /// The record size limit in force, with 0 resolved to [`DEFAULT_MAX_RECORD_BYTES`].
+    pub fn effective_max_record_bytes(&self) -> u64 {
+        if self.max_record_bytes == 0 {
+            DEFAULT_MAX_RECORD_BYTES
+        } else {
+            self.max_record_bytes
+        }
+    }
+}
+
+/// Where one partition's replicas live and who last reported leading it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionAssignment {
+    /// Index of the partition in its topic.
+    pub partition: u32,
+    /// Its Raft group: `group_id(topic.id, partition)`.
+    pub group_id: GroupId,
+    /// Distinct nodes holding a replica; the first is the preferred leader.
+    pub replicas: Vec<NodeId>,
+    /// The leader as last reported, if any.
+    pub leader: Option<NodeId>,
+    /// Raft term of the reported leader.
+    pub leader_epoch: u64,
+}
+
+/// A topic and its partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topic {
+    /// Never 0 and never reused, so partition group ids never collide.
+    pub id: u32,
+    /// The topic's name, also its key in [`MetaState::topics`].
+    pub name: String,
+    /// Replicas per partition (the resolved value, never 0).
+    pub replication_factor: u32,
+    /// Settings.
+    pub config: TopicConfig,
+    /// Partitions `0..n`, in order.
+    pub partitions: Vec<PartitionAssignment>,
+}
+
+/// The metadata group's state.
+///
+/// `Default` is a valid empty state: a `next_*` counter of 0 is read as 1, so ids still start
+/// at 1. [`MetaState::new`] sets them to 1 explicitly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MetaState {
+    /// Registered nodes by id.
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+    /// Topics by name.
+    pub topics: BTreeMap<String, Topic>,
+    /// Id of the next topic created (0 is read as 1).
+    pub next_topic_id: u32,
+    /// Next producer id handed out (0 is read as 1: producer ids are never 0).
+    pub next_producer_id: u64,
+}
+
+/// A change to the metadata, as replicated through the metadata group's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    /// Adds a node or changes its address.
+    RegisterNode {
+        /// The node.
+        id: NodeId,
+        /// `host:port`; see [`validate_address`].
+        address: String,
+    },
+    /// Creates a topic and places its replicas.
+    CreateTopic {
+        /// See [`validate_topic_name`].
+        name: String,
+        /// 1 to [`MAX_PARTITIONS_PER_TOPIC`].
+        partitions: u32,
+        /// 1 to the registered nodes; 0 asks for `min(3, registered nodes)`.
+        replication_factor: u32,
+        /// Settings; see [`validate_topic_config`].
+        config: TopicConfig,
+    },
+    /// Deletes a topic. Its id is not reused.
+    DeleteTopic {
+        /// The topic.
+        name: String,
+    },
+    /// A partition group's leader announces itself. Ignored (with `Ok`) if the group is
+    /// unknown, the epoch is older than the stored one, the leader is not a replica, or
+    /// another leader was already recorded for the same epoch.
+    ReportLeader {
+        /// The partition's group.
+        group_id: GroupId,
+        /// The node that leads it.
+        leader: NodeId,
+        /// The Raft term it leads in.
+        epoch: u64,
+    },
+    /// Hands out a fresh producer id.
+    AllocateProducerId,
+}
+
+/// What applying a [`MetaCommand`] produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaResponse {
+    /// Done (or harmlessly ignored).
+    Ok,
+    /// The topic just created.
+    Topic(Topic),
+    /// The producer id just allocated.
+    ProducerId(u64),
+    /// Rejected; the state is unchanged.
+    Error(MetaError),
+}
+
+impl MetaState {
+    /// An empty state with the id counters at 1.
+    pub fn new() -> Self {
+        MetaState {
+            next_topic_id: 1,
+            next_producer_id: 1,
+            ..Default::default()
+        }
+    }
+
+    /// Applies one committed command. Validates first: on error nothing changes.
+    pub fn apply(&mut self, cmd: &MetaCommand) -> MetaResponse {
+        let result = match cmd {
+            MetaCommand::RegisterNode { id, address } => self.register_node(*id, address),
+            MetaCommand::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                config,
+            } => self.create_topic(name, *partitions, *replication_factor, config),
+            MetaCommand::DeleteTopic { name } => self.delete_topic(name),
+            MetaCommand::ReportLeader {
+                group_id,
+                leader,
+                epoch,
+            } => self.report_leader(*group_id, *leader, *epoch),
+            MetaCommand::AllocateProducerId => self.allocate_producer_id(),
+        };
+        debug_assert_eq!(self.validate(), Ok(()), "invariant broken after {cmd:?}");
+        result.unwrap_or_else(MetaResponse::Error)
+    }
+
+    fn register_node(&mut self, id: NodeId, address: &str) -> Result<MetaResponse, MetaError> {
+        validate_address(address)?;
+        self.nodes.insert(
+            id,
+            NodeInfo {
+                id,
+                address: address.to_string(),
+            },
+        );
+        Ok(MetaResponse::Ok)
+    }
+
+    fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        requested_rf: u32,
+        config: &TopicConfig,
+    ) -> Result<MetaResponse, MetaError> {
+        validate_topic_name(name)?;
+        if self.topics.contains_key(name) {
+            return Err(MetaError::TopicExists {
+                name: name.to_string(),
+            });
+        }
+        if !(1..=MAX_PARTITIONS_PER_TOPIC).contains(&partitions) {
+            return Err(MetaError::InvalidPartitionCount {
+                requested: partitions,
+                max: MAX_PARTITIONS_PER_TOPIC,
+            });
+        }
+        let nodes = u32::try_from(self.nodes.len()).unwrap_or(u32::MAX);
+        let rf = if requested_rf == 0 {
+            DEFAULT_REPLICATION_FACTOR.min(nodes)
+        } else {
+            requested_rf
+        };
+        if !(1..=nodes).contains(&rf) {
+            return Err(MetaError::InvalidReplicationFactor {
+                requested: requested_rf,
+                nodes,
+            });
+        }
+        validate_topic_config(config)?;
+        let id = self.next_topic_id.max(1);
+        let next_topic_id = id.checked_add(1).ok_or(MetaError::TopicIdsExhausted)?;
+
+        let node_ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let placement = assign_replicas(
+            &node_ids,
+            &self.replica_counts(),
+            &self.preferred_leader_counts(),
+            partitions,
+            rf,
+        );
+        let partitions = (0..partitions)
+            .zip(placement)
+            .map(|(partition, replicas)| PartitionAssignment {
+                partition,
+                group_id: group_id(id, partition),
+                replicas,
+                leader: None,
+                leader_epoch: 0,
+            })
+            .collect();
+        let topic = Topic {
+            id,
+            name: name.to_string(),
+            replication_factor: rf,
+            config: config.clone(),
+            partitions,
+        };
+        self.next_topic_id = next_topic_id;
+        self.topics.insert(name.to_string(), topic.clone());
+        Ok(MetaResponse::Topic(topic))
+    }
+
+    fn delete_topic(&mut self, name: &str) -> Result<MetaResponse, MetaError> {
+        // The id is not handed back: a new topic must never reuse the groups of a deleted one,
+        // whose replicas may still be shutting down.
+        match self.topics.remove(name) {
+            Some(_) => Ok(MetaResponse::Ok),
+            None => Err(MetaError::UnknownTopic { name: clip(name) }),
+        }
+    }
+
+    fn report_leader(
+        &mut self,
+        g: GroupId,
+        leader: NodeId,
+        epoch: u64,
+    ) -> Result<MetaResponse, MetaError> {
+        // Reports race with deletions and arrive late or twice, so every reason to ignore one
+        // is Ok: the reporter has nothing to fix.
+        let (topic_id, partition) = split_group_id(g);
+        let Some(p) = self
+            .topics
+            .values_mut()
+            .find(|t| t.id == topic_id)
+            .and_then(|t| t.partitions.get_mut(partition as usize))
+            .filter(|p| g != META_GROUP && p.group_id == g)
+        else {
+            return Ok(MetaResponse::Ok);
+        };
+        // Raft elects at most one leader per term, so for an equal epoch the first report
+        // wins and a different leader in the same term is a confused or stale reporter.
+        let accept = epoch > p.leader_epoch || (epoch == p.leader_epoch && p.leader.is_none());
+        if accept && p.replicas.contains(&leader) {
+            p.leader = Some(leader);
+            p.leader_epoch = epoch;
+        }
+        Ok(MetaResponse::Ok)
+    }
+
+    fn allocate_producer_id(&mut self) -> Result<MetaResponse, MetaError> {
+        let id = self.next_producer_id.max(1);
+        self.next_producer_id = id.checked_add(1).ok_or(MetaError::ProducerIdsExhausted)?;
+        Ok(MetaResponse::ProducerId(id))
+    }
+
+    /// Checks every invariant of the state; the error names the first one broken.
+    pub fn validate(&self) -> Result<(), String> {
+        for (key, node) in &self.nodes {
+            if node.id != *key {
+                return Err(format!("node key {key} holds the info of node {}", node.id));
+            }
+            validate_address(&node.address).map_err(|e| format!("node {key}: {e}"))?;
+        }
+        let mut topic_ids = BTreeSet::new();
+        let mut group_ids = BTreeSet::new();
+        for (key, topic) in &self.topics {
+            let name = &topic.name;
+            if name != key {
+                return Err(format!("topic key {key:?} holds topic {name:?}"));
+            }
+            validate_topic_name(name).map_err(|e| e.to_string())?;
+            if topic.id == 0 {
+                return Err(format!(
+                    "topic {name:?} has id 0, which would make group 0 (meta)"
+                ));
+            }
+            if topic.id >= self.next_topic_id {
+                return Err(format!(
+                    "topic {name:?} has id {} but next_topic_id is {}: ids would be reused",
+                    topic.id, self.next_topic_id
+                ));
+            }
+            if !topic_ids.insert(topic.id) {
+                return Err(format!("topic {name:?} reuses topic id {}", topic.id));
+            }
+            validate_topic_config(&topic.config).map_err(|e| format!("topic {name:?}: {e}"))?;
+            let count = topic.partitions.len();
+            if count == 0 || count > MAX_PARTITIONS_PER_TOPIC as usize {
+                return Err(format!(
+                    "topic {name:?} has {count} partitions, outside 1..={MAX_PARTITIONS_PER_TOPIC}"
+                ));
+            }
+            let rf = topic.replication_factor as usize;
+            if rf == 0 {
+                return Err(format!("topic {name:?} has replication factor 0"));
+            }
+            for (index, p) in topic.partitions.iter().enumerate() {
+                let at = format!("topic {name:?} partition {index}");
+                if p.partition as usize != index {
+                    return Err(format!(
+                        "{at} is numbered {}: partitions must be dense",
+                        p.partition
+                    ));
+                }
+                if p.group_id != group_id(topic.id, p.partition) {
+                    return Err(format!(
+                        "{at} has group id {:#x}, expected {:#x}",
+                        p.group_id,
+                        group_id(topic.id, p.partition)
+                    ));
+                }
+                if !group_ids.insert(p.group_id) {
+                    return Err(format!("{at} reuses group id {:#x}", p.group_id));
+                }
+                if p.replicas.len() != rf {
+                    return Err(format!(
+                        "{at} has {} replicas, replication factor is {rf}",
+                        p.replicas.len()
+                    ));
+                }
+                let distinct: BTreeSet<_> = p.replicas.iter().collect();
+                if distinct.len() != p.replicas.len() {
+                    return Err(format!("{at} repeats a replica: {:?}", p.replicas));
+                }
+                if let Some(unknown) = p.replicas.iter().find(|n| !self.nodes.contains_key(n)) {
+                    return Err(format!("{at} has a replica on unknown node {unknown}"));
+                }
+                if let Some(leader) = p.leader
+                    && !p.replicas.contains(&leader)
+                {
+                    return Err(format!(
+                        "{at} is led by {leader}, not one of its replicas {:?}",
+                        p.replicas
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The topic named `name`.
+    pub fn topic(&self, name: &str) -> Option<&Topic> {
+        self.topics.get(name)
+    }
+
+    /// The topic and partition of partition group `g`; `None` for the metadata group and
+    /// unknown groups.
+    pub fn partition_by_group(&self, g: GroupId) -> Option<(&Topic, &PartitionAssignment)> {
+        if g == META_GROUP {
+            return None;
+        }
+        let (topic_id, partition) = split_group_id(g);
+        let topic = self.topics.values().find(|t| t.id == topic_id)?;
+        let p = topic
+            .partitions
+            .get(partition as usize)
+            .filter(|p| p.group_id == g)?;
+        Some((topic, p))
+    }
+
+    /// All partition groups that have a replica on `node`, as (group id, replicas), in group
+    /// id order.
+    pub fn groups_of_node(&self, node: NodeId) -> Vec<(GroupId, Vec<NodeId>)> {
+        let mut groups: Vec<_> = self
+            .partitions()
+            .filter(|p| p.replicas.contains(&node))
+            .map(|p| (p.group_id, p.replicas.clone()))
+            .collect();
+        groups.sort_unstable_by_key(|(g, _)| *g);
+        groups
+    }
+
+    /// Number of partitions each node currently leads (reported leaders). Every registered
+    /// node has an entry, 0 if it leads nothing.
+    pub fn leader_counts(&self) -> BTreeMap<NodeId, usize> {
+        self.count_per_node(|p| p.leader.into_iter().collect())
+    }
+
+    /// Number of replicas each node holds. Every registered node has an entry.
+    pub fn replica_counts(&self) -> BTreeMap<NodeId, usize> {
+        self.count_per_node(|p| p.replicas.clone())
+    }
+
+    /// Number of partitions whose preferred leader (first replica) each node is. Every
+    /// registered node has an entry.
+    pub fn preferred_leader_counts(&self) -> BTreeMap<NodeId, usize> {
+        self.count_per_node(|p| p.replicas.first().copied().into_iter().collect())
+    }
+
+    /// Every partition of every topic, topics in name order.
+    pub fn partitions(&self) -> impl Iterator<Item = &PartitionAssignment> {
+        self.topics.values().flat_map(|t| t.partitions.iter())
+    }
+
+    fn count_per_node(
+        &self,
+        nodes_of: impl Fn(&PartitionAssignment) -> Vec<NodeId>,
+    ) -> BTreeMap<NodeId, usize> {
+        let mut counts: BTreeMap<NodeId, usize> = self.nodes.keys().map(|n| (*n, 0)).collect();
+        for p in self.partitions() {
+            for n in nodes_of(p) {
+                *counts.entry(n).or_default() += 1;
+            }
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::{MAX_RECORD_BYTES_LIMIT, MAX_TOPIC_NAME_LEN};
+
+    fn cluster(nodes: u64) -> MetaState {
+        let mut state = MetaState::new();
+        for id in 1..=nodes {
+            let cmd = MetaCommand::RegisterNode {
+                id,
+                address: format!("node{id}:9092"),
+            };
+            assert_eq!(state.apply(&cmd), MetaResponse::Ok);
+        }
+        state
+    }
+
+    fn create(name: &str, partitions: u32, rf: u32) -> MetaCommand {
+        MetaCommand::CreateTopic {
+            name: name.into(),
+            partitions,
+            replication_factor: rf,
+            config: TopicConfig::default(),
+        }
+    }
+
+    fn topic_of(resp: MetaResponse) -> Topic {
+        match resp {
+            MetaResponse::Topic(t) => t,
+            other => panic!("expected a topic, got {other:?}"),
+        }
+    }
+
+    /// Applies `cmd`, expects an error, checks the state did not change and returns the error.
+    fn rejected(state: &mut MetaState, cmd: MetaCommand) -> MetaError {
+        let before = state.clone();
+        let resp = state.apply(&cmd);
+        assert_eq!(
+            *state, before,
+            "{cmd:?} changed the state although rejected"
+        );
+        match resp {
+            MetaResponse::Error(e) => e,
+            other => panic!("{cmd:?}: expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_topic_places_replicas_and_numbers_groups() {
+        let mut state = cluster(3);
+        let topic = topic_of(state.apply(&create("orders", 6, 0)));
+        assert_eq!((topic.id, topic.replication_factor), (1, 3));
+        for (i, p) in topic.partitions.iter().enumerate() {
+            assert_eq!(p.partition, i as u32);
+            assert_eq!(p.group_id, group_id(1, i as u32));
+            assert_eq!(p.replicas.len(), 3);
+            assert_eq!((p.leader, p.leader_epoch), (None, 0));
+        }
+        assert_eq!(state.topic("orders"), Some(&topic));
+        assert_eq!(
+            state.preferred_leader_counts(),
+            BTreeMap::from([(1, 2), (2, 2), (3, 2)])
+        );
+        let second = topic_of(state.apply(&create("payments", 1, 1)));
+        assert_eq!(second.id, 2);
+        assert_eq!(state.next_topic_id, 3);
+    }
+
+    #[test]
+    fn default_replication_factor_is_capped_by_nodes() {
+        let mut state = cluster(2);
+        assert_eq!(
+            topic_of(state.apply(&create("t", 1, 0))).replication_factor,
+            2
+        );
+        let mut state = cluster(5);
+        assert_eq!(
+            topic_of(state.apply(&create("t", 1, 0))).replication_factor,
+            3
+        );
+    }
+
+    #[test]
+    fn default_constructed_state_starts_ids_at_one() {
+        let mut state = MetaState::default();
+        state.apply(&MetaCommand::RegisterNode {
+            id: 7,
+            address: "h:1".into(),
+        });
+        assert_eq!(topic_of(state.apply(&create("t", 1, 1))).id, 1);
+        assert_eq!(
+            state.apply(&MetaCommand::AllocateProducerId),
+            MetaResponse::ProducerId(1)
+        );
+        assert_eq!(state.validate(), Ok(()));
+    }
+
+    #[test]
+    fn register_node_upserts_the_address() {
+        let mut state = cluster(1);
+        let cmd = MetaCommand::RegisterNode {
+            id: 1,
+            address: "elsewhere:9093".into(),
+        };
+        assert_eq!(state.apply(&cmd), MetaResponse::Ok);
+        assert_eq!(state.nodes[&1].address, "elsewhere:9093");
+        assert_eq!(state.nodes.len(), 1);
+    }
+
+    #[test]
+    fn invalid_address_is_rejected_with_the_rule() {
+        let mut state = cluster(1);
+        let e = rejected(
+            &mut state,
+            MetaCommand::RegisterNode {
+                id: 2,
+                address: "nope".into(),
+            },
+        );
+        assert!(matches!(e, MetaError::InvalidAddress { .. }), "{e:?}");
+        assert!(e.to_string().contains("port from 1 to 65535"), "{e}");
+    }
+
+    #[test]
+    fn invalid_topic_name_is_rejected_with_the_limit() {
+        let mut state = cluster(1);
+        for name in ["", "a b", ".", "..", &"x".repeat(MAX_TOPIC_NAME_LEN + 1)] {
+            let e = rejected(&mut state, create(name, 1, 1));
+            assert!(matches!(e, MetaError::InvalidTopicName { .. }), "{e:?}");
+            assert!(
+                e.to_string()
+                    .contains("1 to 249 characters of [a-zA-Z0-9._-]"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn existing_topic_is_rejected() {
+        let mut state = cluster(1);
+        topic_of(state.apply(&create("t", 1, 1)));
+        let e = rejected(&mut state, create("t", 2, 1));
+        assert_eq!(e, MetaError::TopicExists { name: "t".into() });
+        assert_eq!(e.to_string(), "topic \"t\" already exists");
+    }
+
+    #[test]
+    fn partition_count_outside_limit_is_rejected() {
+        let mut state = cluster(1);
+        for requested in [0, MAX_PARTITIONS_PER_TOPIC + 1, u32::MAX] {
+            let e = rejected(&mut state, create("t", requested, 1));
+            assert_eq!(
+                e,
+                MetaError::InvalidPartitionCount {
+                    requested,
+                    max: 1024
+                }
+            );
+            assert!(e.to_string().contains("1 to 1024 partitions"), "{e}");
+        }
+        topic_of(state.apply(&create("t", MAX_PARTITIONS_PER_TOPIC, 1)));
+    }
+
+    #[test]
+    fn replication_factor_outside_nodes_is_rejected() {
+        let mut state = cluster(3);
+        let e = rejected(&mut state, create("t", 1, 4));
+        assert_eq!(
+            e,
+            MetaError::InvalidReplicationFactor {
+                requested: 4,
+                nodes: 3
+            }
+        );
+        assert!(e.to_string().contains("use 1 to 3"), "{e}");
+
+        let mut empty = MetaState::new();
+        let e = rejected(&mut empty, create("t", 1, 0));
+        assert_eq!(
+            e,
+            MetaError::InvalidReplicationFactor {
+                requested: 0,
+                nodes: 0
+            }
+        );
+        assert!(e.to_string().contains("no nodes are registered"), "{e}");
+    }
+
+    #[test]
+    fn config_above_limit_is_rejected() {
+        let mut state = cluster(1);
+        let cmd = MetaCommand::CreateTopic {
+            name: "t".into(),
+            partitions: 1,
+            replication_factor: 1,
+            config: TopicConfig {
+                max_record_bytes: MAX_RECORD_BYTES_LIMIT + 1,
+            },
+        };
+        let e = rejected(&mut state, cmd);
+        assert!(matches!(e, MetaError::InvalidConfig { .. }), "{e:?}");
+        assert!(e.to_string().contains("limit of 16777216 bytes"), "{e}");
+    }
+
+    #[test]
+    fn effective_max_record_bytes_resolves_zero() {
+        assert_eq!(
+            TopicConfig::default().effective_max_record_bytes(),
+            DEFAULT_MAX_RECORD_BYTES
+        );
+        assert_eq!(
+            TopicConfig {
+                max_record_bytes: 10
+            }
+            .effective_max_record_bytes(),
+            10
+        );
+    }
+
+    #[test]
+    fn exhausted_topic_ids_are_an_error_not_a_wrap() {
+        let mut state = cluster(1);
+        state.next_topic_id = u32::MAX;
+        let e = rejected(&mut state, create("t", 1, 1));
+        assert_eq!(e, MetaError::TopicIdsExhausted);
+    }
+
+    #[test]
+    fn delete_topic_removes_it_and_never_reuses_its_id() {
+        let mut state = cluster(2);
+        let old = topic_of(state.apply(&create("t", 2, 2)));
+        assert_eq!(
+            state.apply(&MetaCommand::DeleteTopic { name: "t".into() }),
+            MetaResponse::Ok
+        );
+        assert_eq!(state.topic("t"), None);
+        assert_eq!(state.partition_by_group(old.partitions[0].group_id), None);
+        assert!(state.groups_of_node(1).is_empty());
+
+        let e = rejected(&mut state, MetaCommand::DeleteTopic { name: "t".into() });
+        assert_eq!(e, MetaError::UnknownTopic { name: "t".into() });
+        assert_eq!(e.to_string(), "unknown topic \"t\"");
+
+        let new = topic_of(state.apply(&create("t", 2, 2)));
+        assert!(new.id > old.id, "topic id {} reused", new.id);
+    }
+
+    #[test]
+    fn report_leader_keeps_the_newest_epoch() {
+        let mut state = cluster(3);
+        let topic = topic_of(state.apply(&create("t", 1, 2)));
+        let g = topic.partitions[0].group_id;
+        let [a, b] = topic.partitions[0].replicas[..] else {
+            panic!()
+        };
+        let outsider = (1..=3).find(|n| *n != a && *n != b).unwrap();
+        let report = |leader, epoch| MetaCommand::ReportLeader {
+            group_id: g,
+            leader,
+            epoch,
+        };
+        let leader_of = |s: &MetaState| {
+            let (_, p) = s.partition_by_group(g).unwrap();
+            (p.leader, p.leader_epoch)
+        };
+
+        assert_eq!(state.apply(&report(a, 5)), MetaResponse::Ok);
+        assert_eq!(leader_of(&state), (Some(a), 5));
+        // Older epoch: ignored.
+        assert_eq!(state.apply(&report(b, 4)), MetaResponse::Ok);
+        assert_eq!(leader_of(&state), (Some(a), 5));
+        // Same epoch, another leader: Raft has one leader per term, so ignored.
+        assert_eq!(state.apply(&report(b, 5)), MetaResponse::Ok);
+        assert_eq!(leader_of(&state), (Some(a), 5));
+        // Not a replica: ignored.
+        assert_eq!(state.apply(&report(outsider, 9)), MetaResponse::Ok);
+        assert_eq!(leader_of(&state), (Some(a), 5));
+        // Newer epoch: taken.
+        assert_eq!(state.apply(&report(b, 6)), MetaResponse::Ok);
+        assert_eq!(leader_of(&state), (Some(b), 6));
+        assert_eq!(state.leader_counts()[&b], 1);
+        assert_eq!(state.leader_counts()[&outsider], 0);
+
+        // Unknown groups, including the metadata group: ignored.
+        let before = state.clone();
+        for unknown in [META_GROUP, group_id(1, 1), group_id(99, 0)] {
+            let cmd = MetaCommand::ReportLeader {
+                group_id: unknown,
+                leader: a,
+                epoch: 100,
+            };
+            assert_eq!(state.apply(&cmd), MetaResponse::Ok);
+        }
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn first_report_at_epoch_zero_is_taken() {
+        let mut state = cluster(1);
+        let topic = topic_of(state.apply(&create("t", 1, 1)));
+        let g = topic.partitions[0].group_id;
+        state.apply(&MetaCommand::ReportLeader {
+            group_id: g,
+            leader: 1,
+            epoch: 0,
+        });
+        assert_eq!(state.partition_by_group(g).unwrap().1.leader, Some(1));
+    }
+
+    #[test]
+    fn producer_ids_are_monotonic_and_never_zero() {
+        let mut state = MetaState::new();
+        let mut last = 0;
+        for _ in 0..100 {
+            match state.apply(&MetaCommand::AllocateProducerId) {
+                MetaResponse::ProducerId(id) => {
+                    assert!(id > last, "{id} after {last}");
+                    last = id;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        state.next_producer_id = u64::MAX;
+        let e = rejected(&mut state, MetaCommand::AllocateProducerId);
+        assert_eq!(e, MetaError::ProducerIdsExhausted);
+    }
+
+    #[test]
+    fn queries() {
+        let mut state = cluster(3);
+        let t = topic_of(state.apply(&create("t", 3, 2)));
+        let mine: Vec<GroupId> = state
+            .groups_of_node(1)
+            .into_iter()
+            .map(|(g, _)| g)
+            .collect();
+        let expected: Vec<GroupId> = t
+            .partitions
+            .iter()
+            .filter(|p| p.replicas.contains(&1))
+            .map(|p| p.group_id)
+            .collect();
+        assert_eq!(mine, expected);
+        assert_eq!(state.replica_counts().values().sum::<usize>(), 6);
+        assert_eq!(
+            state.leader_counts(),
+            BTreeMap::from([(1, 0), (2, 0), (3, 0)])
+        );
+        let (topic, p) = state.partition_by_group(group_id(t.id, 2)).unwrap();
+        assert_eq!((topic.name.as_str(), p.partition), ("t", 2));
+    }
+
+    #[test]
+    fn validate_catches_broken_invariants() {
+        let mut state = cluster(3);
+        topic_of(state.apply(&create("t", 2, 2)));
+        let break_with = |f: &dyn Fn(&mut MetaState), what: &str| {
+            let mut broken = state.clone();
+            f(&mut broken);
+            let err = broken.validate().expect_err(what);
+            assert!(err.contains(what), "{what}: {err}");
+        };
+        break_with(
+            &|s| s.topics.get_mut("t").unwrap().partitions[0].replicas[1] = 9,
+            "unknown node 9",
+        );
+        break_with(
+            &|s| {
+                let p = &mut s.topics.get_mut("t").unwrap().partitions[0];
+                p.replicas[1] = p.replicas[0];
+            },
+            "repeats a replica",
+        );
+        break_with(
+            &|s| {
+                s.topics.get_mut("t").unwrap().partitions[0].replicas.pop();
+            },
+            "has 1 replicas",
+        );
+        break_with(
+            &|s| s.topics.get_mut("t").unwrap().partitions[1].partition = 5,
+            "dense",
+        );
+        break_with(
+            &|s| s.topics.get_mut("t").unwrap().partitions[1].group_id = 3,
+            "group id",
+        );
+        break_with(
+            &|s| {
+                let p = &mut s.topics.get_mut("t").unwrap().partitions[0];
+                let outsider = (1..=3).find(|n| !p.replicas.contains(n)).unwrap();
+                p.leader = Some(outsider);
+            },
+            "not one of its replicas",
+        );
+        break_with(&|s| s.next_topic_id = 1, "ids would be reused");
+        break_with(
+            &|s| s.nodes.get_mut(&1).unwrap().address = "bad".into(),
+            "node 1",
+        );
+        break_with(
+            &|s| s.nodes.get_mut(&1).unwrap().id = 2,
+            "holds the info of node 2",
+        );
+    }
+}
