@@ -1,0 +1,268 @@
+//! A harness that runs real fjord clusters: separate `fjord serve` processes on loopback,
+//! each with its own data directory and log file, that tests can kill (SIGKILL), stop
+//! (SIGTERM) and restart.
+//!
+//! The `fjord` binary is the one cargo built next to the test (`target/<profile>/fjord`);
+//! `FJORD_BIN` overrides it. Waits are on conditions with deadlines, never fixed sleeps.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fjord_client::{Client, ClientConfig};
+
+/// How long a cluster may take to elect its metadata leader and register every node.
+pub const READY_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The `fjord` binary under test.
+pub fn fjord_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("FJORD_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test binary> -> target/<profile>/fjord
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("fjord");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it first (`cargo build -p fjord-cli`), or set FJORD_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// Free loopback ports (bound then released; the kernel does not hand them out again soon).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+pub struct NodeProc {
+    pub id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A running multi-process cluster; every process is killed when it is dropped.
+pub struct Cluster {
+    pub nodes: Vec<NodeProc>,
+    peers: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` nodes and waits until the metadata group has a leader and every node is
+    /// registered.
+    pub async fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(n);
+        let peers = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| NodeProc {
+                id: i as u64 + 1,
+                addr: format!("127.0.0.1:{p}"),
+                data_dir: dir.path().join(format!("node{}", i + 1)),
+                log: dir.path().join(format!("node{}.log", i + 1)),
+                child: None,
+            })
+            .collect();
+        let mut c = Cluster { nodes, peers, _dir: dir };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c.wait_ready().await;
+        c
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        assert!(node.child.is_none(), "node {} is already running", node.id);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).unwrap();
+        let child = Command::new(fjord_bin())
+            .args(["serve", "--id", &node.id.to_string(), "--listen", &node.addr])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--peers", &self.peers, "--heartbeat-interval-ms", "50", "--election-timeout-ms", "500"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawning fjord serve");
+        node.child = Some(child);
+    }
+
+    pub fn brokers(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    pub fn brokers_csv(&self) -> String {
+        self.brokers().join(",")
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.brokers(), ClientConfig::default()).expect("client")
+    }
+
+    pub fn node_index(&self, id: u64) -> usize {
+        self.nodes.iter().position(|n| n.id == id).expect("known node id")
+    }
+
+    /// SIGKILL: the process dies at once, no shutdown code runs.
+    pub fn kill(&mut self, id: u64) {
+        let i = self.node_index(id);
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit (bounded; SIGKILL after 20 s).
+    pub fn stop(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let i = self.node_index(id);
+        let mut c = self.nodes[i].child.take()?;
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts a stopped or killed node again on its data directory.
+    pub fn restart(&mut self, id: u64) {
+        let i = self.node_index(id);
+        self.spawn(i);
+    }
+
+    /// Waits until every running node answers Metadata with a metadata leader and all nodes.
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + READY_DEADLINE;
+        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let client = Client::connect(vec![n.addr.clone()], ClientConfig::default()).unwrap();
+            loop {
+                if let Ok(m) = client.metadata().await {
+                    if m.metadata_leader.is_some() && m.nodes.len() == self.nodes.len() {
+                        break;
+                    }
+                }
+                if tokio::time::Instant::now() > deadline {
+                    panic!("node {} not ready after {READY_DEADLINE:?}; log:\n{}", n.id, self.log_tail(n.id));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// The last lines of a node's log, for failure messages.
+    pub fn log_tail(&self, id: u64) -> String {
+        let i = self.node_index(id);
+        let text = std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// A `fjord` command pointed at this cluster.
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(fjord_bin());
+        c.env("FJORD_BROKERS", self.brokers_csv());
+        c
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics after `deadline` with `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > end {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Cluster tests run one at a time: each starts several processes, and a 2-core machine
+/// running three clusters at once would turn every election timeout into a coin toss.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reads partition `partition` of `topic` directly from node `addr`, without following
+/// leaders: `read` picks the mode. Returns `(offset, value)` pairs and the high watermark.
+pub async fn read_from_node(
+    addr: &str,
+    topic: &str,
+    partition: u32,
+    read: fjord_proto::v1::ReadMode,
+) -> Result<(Vec<(u64, String)>, u64), tonic_status::Status> {
+    use fjord_proto::v1::fjord_client::FjordClient;
+    let mut c = FjordClient::connect(format!("http://{addr}")).await.map_err(|e| tonic_status::Status::unavailable(e.to_string()))?;
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let r = c
+            .fetch(fjord_proto::v1::FetchRequest {
+                topic: topic.into(),
+                partition,
+                offset,
+                max_bytes: 0,
+                max_wait_ms: 0,
+                read: read as i32,
+            })
+            .await?
+            .into_inner();
+        if r.batches.is_empty() {
+            return Ok((out, r.high_watermark));
+        }
+        for b in r.batches {
+            let records = fjord_proto::batch::decode(&b.records, b.crc32c).expect("CRC-checked batch");
+            for (i, rec) in records.into_iter().enumerate() {
+                let o = b.base_offset + i as u64;
+                if o >= offset {
+                    out.push((o, String::from_utf8_lossy(&rec.value).into_owned()));
+                }
+            }
+            offset = b.base_offset + b.record_count as u64;
+        }
+    }
+}
+
+pub mod tonic_status {
+    pub use tonic::Status;
+}
