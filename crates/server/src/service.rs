@@ -48,7 +48,8 @@ impl ClientService {
         }
     }
 
-    /// Waits (bounded) until every partition of `name` has a reported leader.
+    /// Waits (bounded) until this node has applied topic `name` and every partition of it has
+    /// a reported leader.
     async fn wait_for_leaders(&self, name: &str) {
         let mut view = self.node.meta_view.clone();
         let deadline = tokio::time::Instant::now() + CREATE_TOPIC_LEADER_WAIT;
@@ -57,7 +58,7 @@ impl ClientService {
                 .borrow_and_update()
                 .state
                 .topic(name)
-                .is_none_or(|t| t.partitions.iter().all(|p| p.leader.is_some()));
+                .is_some_and(|t| t.partitions.iter().all(|p| p.leader.is_some()));
             if ready {
                 return;
             }
@@ -74,10 +75,9 @@ impl Fjord for ClientService {
     async fn metadata(&self, req: Request<MetadataRequest>) -> Result<Response<MetadataResponse>, Status> {
         let req = req.into_inner();
         let view = self.node.view();
-        let mut nodes: std::collections::BTreeMap<u64, String> = self.node.peers.clone();
-        for (id, n) in &view.state.nodes {
-            nodes.insert(*id, n.address.clone());
-        }
+        // Registered nodes only: a configured peer that never registered is not usable yet.
+        let nodes: std::collections::BTreeMap<u64, String> =
+            view.state.nodes.iter().map(|(id, n)| (*id, n.address.clone())).collect();
         let mut topics = Vec::new();
         for t in view.state.topics.values() {
             if req.topics.is_empty() || req.topics.iter().any(|n| n == &t.name) {
@@ -103,13 +103,10 @@ impl Fjord for ClientService {
         };
         let resp = Self::meta_result(self.node.meta_write(cmd).await?)?;
         match resp {
-            MetaResponse::Topic(_) => {
+            MetaResponse::Topic(created) => {
                 self.wait_for_leaders(&req.name).await;
                 let view = self.node.view();
-                let t = view
-                    .state
-                    .topic(&req.name)
-                    .ok_or_else(|| Status::internal("topic created but not visible"))?;
+                let t = view.state.topic(&req.name).unwrap_or(&created);
                 Ok(Response::new(CreateTopicResponse { topic: Some(topic_info(&self.node, t)) }))
             }
             other => Err(Status::internal(format!("unexpected response {other:?}"))),
