@@ -33,8 +33,13 @@ pub fn fjord_bin() -> PathBuf {
 
 /// Free loopback ports (bound then released; the kernel does not hand them out again soon).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 pub struct NodeProc {
@@ -75,7 +80,11 @@ impl Cluster {
                 child: None,
             })
             .collect();
-        let mut c = Cluster { nodes, peers, _dir: dir };
+        let mut c = Cluster {
+            nodes,
+            peers,
+            _dir: dir,
+        };
         for i in 0..n {
             c.spawn(i);
         }
@@ -86,12 +95,29 @@ impl Cluster {
     fn spawn(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         assert!(node.child.is_none(), "node {} is already running", node.id);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .unwrap();
         let child = Command::new(fjord_bin())
-            .args(["serve", "--id", &node.id.to_string(), "--listen", &node.addr])
+            .args([
+                "serve",
+                "--id",
+                &node.id.to_string(),
+                "--listen",
+                &node.addr,
+            ])
             .arg("--data-dir")
             .arg(&node.data_dir)
-            .args(["--peers", &self.peers, "--heartbeat-interval-ms", "50", "--election-timeout-ms", "500"])
+            .args([
+                "--peers",
+                &self.peers,
+                "--heartbeat-interval-ms",
+                "50",
+                "--election-timeout-ms",
+                "500",
+            ])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -114,7 +140,10 @@ impl Cluster {
     }
 
     pub fn node_index(&self, id: u64) -> usize {
-        self.nodes.iter().position(|n| n.id == id).expect("known node id")
+        self.nodes
+            .iter()
+            .position(|n| n.id == id)
+            .expect("known node id")
     }
 
     /// SIGKILL: the process dies at once, no shutdown code runs.
@@ -164,7 +193,11 @@ impl Cluster {
                     }
                 }
                 if tokio::time::Instant::now() > deadline {
-                    panic!("node {} not ready after {READY_DEADLINE:?}; log:\n{}", n.id, self.log_tail(n.id));
+                    panic!(
+                        "node {} not ready after {READY_DEADLINE:?}; log:\n{}",
+                        n.id,
+                        self.log_tail(n.id)
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -232,7 +265,9 @@ pub async fn read_from_node(
     read: fjord_proto::v1::ReadMode,
 ) -> Result<(Vec<(u64, String)>, u64), tonic_status::Status> {
     use fjord_proto::v1::fjord_client::FjordClient;
-    let mut c = FjordClient::connect(format!("http://{addr}")).await.map_err(|e| tonic_status::Status::unavailable(e.to_string()))?;
+    let mut c = FjordClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| tonic_status::Status::unavailable(e.to_string()))?;
     let mut out = Vec::new();
     let mut offset = 0;
     loop {
@@ -251,7 +286,8 @@ pub async fn read_from_node(
             return Ok((out, r.high_watermark));
         }
         for b in r.batches {
-            let records = fjord_proto::batch::decode(&b.records, b.crc32c).expect("CRC-checked batch");
+            let records =
+                fjord_proto::batch::decode(&b.records, b.crc32c).expect("CRC-checked batch");
             for (i, rec) in records.into_iter().enumerate() {
                 let o = b.base_offset + i as u64;
                 if o >= offset {

@@ -8,12 +8,21 @@ use std::time::Duration;
 use fjord_tests::{Cluster, fjord_bin, serial, wait_for};
 
 fn run(mut cmd: Command, stdin: Option<&str>) -> (bool, String, String) {
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn fjord");
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     let out = child.wait_with_output().unwrap();
     (
@@ -36,25 +45,55 @@ async fn the_tour_works_and_json_has_the_documented_shape() {
     let cluster = Cluster::start(3).await;
 
     let mut c = cluster.cli();
-    c.args(["topic", "create", "orders", "--partitions", "6", "--replication", "3"]);
+    c.args([
+        "topic",
+        "create",
+        "orders",
+        "--partitions",
+        "6",
+        "--replication",
+        "3",
+    ]);
     let (ok, out, err) = run(c, None);
     assert!(ok, "topic create failed: {out}{err}");
 
     let mut c = cluster.cli();
-    c.args(["produce", "orders", "--key", "customer-42", "--format", "json"]);
+    c.args([
+        "produce",
+        "orders",
+        "--key",
+        "customer-42",
+        "--format",
+        "json",
+    ]);
     let (ok, out, err) = run(c, Some("first\nsecond\nthird\n"));
     assert!(ok, "produce failed: {out}{err}");
     let acks = json_lines(&out);
     assert_eq!(acks.len(), 3, "{out}");
     let partition = acks[0]["partition"].as_u64().unwrap();
-    assert!(acks.iter().all(|a| a["partition"].as_u64() == Some(partition)), "one key, one partition: {out}");
+    assert!(
+        acks.iter()
+            .all(|a| a["partition"].as_u64() == Some(partition)),
+        "one key, one partition: {out}"
+    );
 
     let mut c = cluster.cli();
-    c.args(["consume", "orders", "--from-beginning", "--count", "3", "--format", "json"]);
+    c.args([
+        "consume",
+        "orders",
+        "--from-beginning",
+        "--count",
+        "3",
+        "--format",
+        "json",
+    ]);
     let (ok, out, err) = run(c, None);
     assert!(ok, "consume failed: {out}{err}");
     let records = json_lines(&out);
-    let values: Vec<&str> = records.iter().map(|r| r["value"].as_str().unwrap()).collect();
+    let values: Vec<&str> = records
+        .iter()
+        .map(|r| r["value"].as_str().unwrap())
+        .collect();
     assert_eq!(values, ["first", "second", "third"]);
     for (i, r) in records.iter().enumerate() {
         assert_eq!(r["partition"].as_u64(), Some(partition));
@@ -73,7 +112,10 @@ async fn the_tour_works_and_json_has_the_documented_shape() {
     assert_eq!(parts.len(), 6);
     for p in parts {
         assert_eq!(p["replicas"].as_array().unwrap().len(), 3);
-        assert!(p.get("leader").is_some() && p.get("partition").is_some(), "{p}");
+        assert!(
+            p.get("leader").is_some() && p.get("partition").is_some(),
+            "{p}"
+        );
     }
 
     let mut c = cluster.cli();
@@ -82,33 +124,60 @@ async fn the_tour_works_and_json_has_the_documented_shape() {
     assert!(ok, "cluster status failed: {out}{err}");
     let s = &json_lines(&out)[0];
     assert_eq!(s["nodes"].as_array().unwrap().len(), 3, "{s}");
-    assert!(s["nodes"][0]["id"].is_u64() && s["nodes"][0]["address"].is_string(), "{s}");
+    assert!(
+        s["nodes"][0]["id"].is_u64() && s["nodes"][0]["address"].is_string(),
+        "{s}"
+    );
     assert!(s["metadata_leader"].as_u64().unwrap() >= 1, "{s}");
 
     // AP produce and AP read through the CLI.
     let mut c = cluster.cli();
-    c.args(["produce", "orders", "--acks", "ap", "--partition", &partition.to_string()]);
+    c.args([
+        "produce",
+        "orders",
+        "--acks",
+        "ap",
+        "--partition",
+        &partition.to_string(),
+    ]);
     let (ok, out, err) = run(c, Some("fast\n"));
     assert!(ok, "AP produce failed: {out}{err}");
     let mut c = cluster.cli();
-    c.args(["consume", "orders", "--partition", &partition.to_string(), "--from-beginning", "--count", "4", "--read", "ap"]);
+    c.args([
+        "consume",
+        "orders",
+        "--partition",
+        &partition.to_string(),
+        "--from-beginning",
+        "--count",
+        "4",
+        "--read",
+        "ap",
+    ]);
     let (ok, out, err) = run(c, None);
     assert!(ok, "AP consume failed: {out}{err}");
-    assert_eq!(out.lines().collect::<Vec<_>>(), ["first", "second", "third", "fast"]);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["first", "second", "third", "fast"]
+    );
 
     // Leaders spread: 6 partitions on 3 nodes, no node leads more than its share plus one.
     let client = cluster.client();
-    wait_for("partition leaders to be spread over the nodes", Duration::from_secs(60), || {
-        let client = client.clone();
-        async move {
-            let t = client.describe_topic("orders").await.ok()?;
-            let mut per_node = std::collections::BTreeMap::new();
-            for p in &t.partitions {
-                *per_node.entry(p.leader?).or_insert(0) += 1;
+    wait_for(
+        "partition leaders to be spread over the nodes",
+        Duration::from_secs(60),
+        || {
+            let client = client.clone();
+            async move {
+                let t = client.describe_topic("orders").await.ok()?;
+                let mut per_node = std::collections::BTreeMap::new();
+                for p in &t.partitions {
+                    *per_node.entry(p.leader?).or_insert(0) += 1;
+                }
+                (per_node.values().all(|n| *n <= 6 / 3 + 1)).then_some(())
             }
-            (per_node.values().all(|n| *n <= 6 / 3 + 1)).then_some(())
-        }
-    })
+        },
+    )
     .await;
 }
 
@@ -118,14 +187,37 @@ async fn bad_command_lines_get_clear_errors() {
     // A malformed peer address: refused before anything starts.
     let dir = tempfile::tempdir().unwrap();
     let mut c = Command::new(fjord_bin());
-    c.args(["serve", "--id", "1", "--listen", "127.0.0.1:0", "--peers", "1=nohost"]).arg("--data-dir").arg(dir.path());
+    c.args([
+        "serve",
+        "--id",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--peers",
+        "1=nohost",
+    ])
+    .arg("--data-dir")
+    .arg(dir.path());
     let (ok, out, err) = run(c, None);
     assert!(!ok, "a malformed peer address was accepted: {out}");
-    assert!(err.contains("nohost"), "the message names the bad address: {err}");
+    assert!(
+        err.contains("nohost"),
+        "the message names the bad address: {err}"
+    );
 
     // A node id that is not among the peers.
     let mut c = Command::new(fjord_bin());
-    c.args(["serve", "--id", "4", "--listen", "127.0.0.1:0", "--peers", "1=127.0.0.1:7101"]).arg("--data-dir").arg(dir.path());
+    c.args([
+        "serve",
+        "--id",
+        "4",
+        "--listen",
+        "127.0.0.1:0",
+        "--peers",
+        "1=127.0.0.1:7101",
+    ])
+    .arg("--data-dir")
+    .arg(dir.path());
     let (ok, _, err) = run(c, None);
     assert!(!ok);
     assert!(err.contains("not listed in peers"), "{err}");
@@ -133,12 +225,28 @@ async fn bad_command_lines_get_clear_errors() {
     // Topic commands against a cluster: an invalid name and too many replicas.
     let cluster = Cluster::start(3).await;
     let mut c = cluster.cli();
-    c.args(["topic", "create", "no spaces", "--partitions", "1", "--replication", "1"]);
+    c.args([
+        "topic",
+        "create",
+        "no spaces",
+        "--partitions",
+        "1",
+        "--replication",
+        "1",
+    ]);
     let (ok, _, err) = run(c, None);
     assert!(!ok);
     assert!(err.contains("249"), "names the rule: {err}");
     let mut c = cluster.cli();
-    c.args(["topic", "create", "wide", "--partitions", "1", "--replication", "5"]);
+    c.args([
+        "topic",
+        "create",
+        "wide",
+        "--partitions",
+        "1",
+        "--replication",
+        "5",
+    ]);
     let (ok, _, err) = run(c, None);
     assert!(!ok);
     assert!(err.contains("replication"), "{err}");

@@ -12,18 +12,35 @@ use fjord_tests::{Cluster, read_from_node, serial, wait_for};
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Reads every record of every partition from the beginning, following leaders.
-async fn read_all(client: &fjord_client::Client, topic: &str, partitions: u32, read: ReadMode) -> BTreeMap<u32, Vec<(u64, String)>> {
+async fn read_all(
+    client: &fjord_client::Client,
+    topic: &str,
+    partitions: u32,
+    read: ReadMode,
+) -> BTreeMap<u32, Vec<(u64, String)>> {
     let mut out = BTreeMap::new();
     for p in 0..partitions {
-        let mut consumer =
-            client.consumer(topic, p, StartFrom::Beginning, FetchOptions { max_wait_ms: 0, read, ..Default::default() });
+        let mut consumer = client.consumer(
+            topic,
+            p,
+            StartFrom::Beginning,
+            FetchOptions {
+                max_wait_ms: 0,
+                read,
+                ..Default::default()
+            },
+        );
         let mut records = Vec::new();
         loop {
             let batch = consumer.poll().await.expect("poll");
             if batch.is_empty() {
                 break;
             }
-            records.extend(batch.into_iter().map(|r| (r.offset, String::from_utf8_lossy(&r.value).into_owned())));
+            records.extend(
+                batch
+                    .into_iter()
+                    .map(|r| (r.offset, String::from_utf8_lossy(&r.value).into_owned())),
+            );
         }
         out.insert(p, records);
     }
@@ -35,34 +52,61 @@ async fn produce_and_consume_in_both_modes() {
     let _serial = serial();
     let cluster = Cluster::start(3).await;
     let client = cluster.client();
-    let topic = client.create_topic("events", 3, 3).await.expect("create topic");
+    let topic = client
+        .create_topic("events", 3, 3)
+        .await
+        .expect("create topic");
     assert_eq!(topic.partitions.len(), 3);
     assert!(topic.partitions.iter().all(|p| p.replicas.len() == 3));
 
     for (acks, prefix) in [(Acks::Cp, "cp"), (Acks::Ap, "ap")] {
-        let producer = client.producer("events", ProducerConfig { acks, ..Default::default() }).unwrap();
+        let producer = client
+            .producer(
+                "events",
+                ProducerConfig {
+                    acks,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         let mut acked = Vec::new();
         for i in 0..60 {
             let key = format!("key-{}", i % 7);
             let value = format!("{prefix}-{i}");
-            let meta = producer.send(ProducerRecord::new(value.clone()).with_key(key.clone())).await.expect("send");
+            let meta = producer
+                .send(ProducerRecord::new(value.clone()).with_key(key.clone()))
+                .await
+                .expect("send");
             acked.push((meta.partition, meta.offset, key, value));
         }
         // Same key, same partition.
         let mut key_partition = BTreeMap::new();
         for (p, _, k, _) in &acked {
-            assert_eq!(*key_partition.entry(k.clone()).or_insert(*p), *p, "key {k} moved partitions");
+            assert_eq!(
+                *key_partition.entry(k.clone()).or_insert(*p),
+                *p,
+                "key {k} moved partitions"
+            );
         }
-        let read = if acks == Acks::Cp { ReadMode::Cp } else { ReadMode::Ap };
+        let read = if acks == Acks::Cp {
+            ReadMode::Cp
+        } else {
+            ReadMode::Ap
+        };
         // AP reads may be served by a replica that is behind: wait until it has everything.
         let all = wait_for("every acknowledged record to be readable", DEADLINE, || {
             let client = client.clone();
             let acked = acked.clone();
             async move {
                 let all = read_all(&client, "events", 3, read).await;
-                let found: HashSet<(u32, u64, String)> =
-                    all.iter().flat_map(|(p, rs)| rs.iter().map(move |(o, v)| (*p, *o, v.clone()))).collect();
-                acked.iter().all(|(p, o, _, v)| found.contains(&(*p, *o, v.clone()))).then_some(all)
+                let found: HashSet<(u32, u64, String)> = all
+                    .iter()
+                    .flat_map(|(p, rs)| rs.iter().map(move |(o, v)| (*p, *o, v.clone())))
+                    .collect();
+                acked
+                    .iter()
+                    .all(|(p, o, _, v)| found.contains(&(*p, *o, v.clone())))
+                    .then_some(all)
             }
         })
         .await;
@@ -82,8 +126,19 @@ async fn leader_kill_during_cp_writes_loses_nothing() {
     let _serial = serial();
     let mut cluster = Cluster::start(3).await;
     let client = cluster.client();
-    client.create_topic("orders", 1, 3).await.expect("create topic");
-    let producer = client.producer("orders", ProducerConfig { acks: Acks::Cp, ..Default::default() }).unwrap();
+    client
+        .create_topic("orders", 1, 3)
+        .await
+        .expect("create topic");
+    let producer = client
+        .producer(
+            "orders",
+            ProducerConfig {
+                acks: Acks::Cp,
+                ..Default::default()
+            },
+        )
+        .unwrap();
 
     let mut acked: Vec<(u64, String)> = Vec::new();
     let mut unknown = Vec::new();
@@ -96,15 +151,25 @@ async fn leader_kill_during_cp_writes_loses_nothing() {
             killed = Some(leader);
         }
         let value = format!("order-{i}");
-        match producer.send(ProducerRecord::new(value.clone()).with_partition(0)).await {
+        match producer
+            .send(ProducerRecord::new(value.clone()).with_partition(0))
+            .await
+        {
             Ok(m) => acked.push((m.offset, value)),
             Err(e) => {
-                assert!(e.is_retryable() || e.is_outcome_unknown(), "fatal error during failover: {e}");
+                assert!(
+                    e.is_retryable() || e.is_outcome_unknown(),
+                    "fatal error during failover: {e}"
+                );
                 unknown.push(value);
             }
         }
     }
-    assert!(acked.len() >= 200, "only {} of 240 writes were acknowledged around one leader kill", acked.len());
+    assert!(
+        acked.len() >= 200,
+        "only {} of 240 writes were acknowledged around one leader kill",
+        acked.len()
+    );
 
     // Everything acknowledged is there, once, in order, at the offset it was acknowledged at.
     let all = read_all(&client, "orders", 1, ReadMode::Cp).await;
@@ -115,7 +180,11 @@ async fn leader_kill_during_cp_writes_loses_nothing() {
     }
     let by_offset: BTreeMap<u64, String> = records.iter().cloned().collect();
     for (o, v) in &acked {
-        assert_eq!(by_offset.get(o), Some(v), "acknowledged {v} at offset {o} is missing or moved");
+        assert_eq!(
+            by_offset.get(o),
+            Some(v),
+            "acknowledged {v} at offset {o} is missing or moved"
+        );
     }
     for w in acked.windows(2) {
         assert!(w[0].0 < w[1].0, "acknowledged writes out of order");
@@ -132,7 +201,11 @@ async fn leader_kill_during_cp_writes_loses_nothing() {
         async move {
             match read_from_node(&addr, "orders", 0, WireRead::ReadAp).await {
                 Ok((got, _)) if got.len() >= expected.len() => {
-                    assert_eq!(got[..expected.len()], expected[..], "restarted replica diverges");
+                    assert_eq!(
+                        got[..expected.len()],
+                        expected[..],
+                        "restarted replica diverges"
+                    );
                     Some(())
                 }
                 _ => None,
@@ -147,44 +220,73 @@ async fn full_restart_keeps_every_record() {
     let _serial = serial();
     let mut cluster = Cluster::start(3).await;
     let client = cluster.client();
-    client.create_topic("ledger", 2, 3).await.expect("create topic");
-    let producer = client.producer("ledger", ProducerConfig::default()).unwrap();
+    client
+        .create_topic("ledger", 2, 3)
+        .await
+        .expect("create topic");
+    let producer = client
+        .producer("ledger", ProducerConfig::default())
+        .unwrap();
     let mut acked = Vec::new();
     for i in 0..50 {
-        let m = producer.send(ProducerRecord::new(format!("entry-{i}")).with_partition(i % 2)).await.unwrap();
+        let m = producer
+            .send(ProducerRecord::new(format!("entry-{i}")).with_partition(i % 2))
+            .await
+            .unwrap();
         acked.push((m.partition, m.offset, format!("entry-{i}")));
     }
     for id in [1, 2, 3] {
         let status = cluster.stop(id).expect("node was running");
-        assert!(status.success(), "node {id} did not stop cleanly: {status}\n{}", cluster.log_tail(id));
+        assert!(
+            status.success(),
+            "node {id} did not stop cleanly: {status}\n{}",
+            cluster.log_tail(id)
+        );
     }
     for id in [1, 2, 3] {
         cluster.restart(id);
     }
     cluster.wait_ready().await;
     let client = cluster.client();
-    let all = wait_for("the restarted cluster to serve every record", DEADLINE, || {
-        let client = client.clone();
-        async move {
-            let mut out = BTreeMap::new();
-            for p in 0..2u32 {
-                let mut c = client.consumer("ledger", p, StartFrom::Beginning, FetchOptions { max_wait_ms: 0, ..Default::default() });
-                let mut rs = Vec::new();
-                loop {
-                    match c.poll().await {
-                        Ok(b) if b.is_empty() => break,
-                        Ok(b) => rs.extend(b.into_iter().map(|r| (r.offset, String::from_utf8_lossy(&r.value).into_owned()))),
-                        Err(_) => return None,
+    let all = wait_for(
+        "the restarted cluster to serve every record",
+        DEADLINE,
+        || {
+            let client = client.clone();
+            async move {
+                let mut out = BTreeMap::new();
+                for p in 0..2u32 {
+                    let mut c = client.consumer(
+                        "ledger",
+                        p,
+                        StartFrom::Beginning,
+                        FetchOptions {
+                            max_wait_ms: 0,
+                            ..Default::default()
+                        },
+                    );
+                    let mut rs = Vec::new();
+                    loop {
+                        match c.poll().await {
+                            Ok(b) if b.is_empty() => break,
+                            Ok(b) => rs.extend(b.into_iter().map(|r| {
+                                (r.offset, String::from_utf8_lossy(&r.value).into_owned())
+                            })),
+                            Err(_) => return None,
+                        }
                     }
+                    out.insert(p, rs);
                 }
-                out.insert(p, rs);
+                (out.values().map(Vec::len).sum::<usize>() >= 50).then_some(out)
             }
-            (out.values().map(Vec::len).sum::<usize>() >= 50).then_some(out)
-        }
-    })
+        },
+    )
     .await;
     for (p, o, v) in acked {
-        assert!(all[&p].contains(&(o, v.clone())), "{v} at {p}/{o} lost across a full restart");
+        assert!(
+            all[&p].contains(&(o, v.clone())),
+            "{v} at {p}/{o} lost across a full restart"
+        );
     }
 }
 
@@ -197,7 +299,10 @@ async fn bad_input_gets_precise_errors() {
 
     let e = client.create_topic("bad name", 1, 1).await.unwrap_err();
     assert!(matches!(e, ClientError::InvalidArgument(_)), "{e:?}");
-    assert!(e.to_string().contains("249"), "message names the limit: {e}");
+    assert!(
+        e.to_string().contains("249"),
+        "message names the limit: {e}"
+    );
     let e = client.create_topic("toomany", 1, 4).await.unwrap_err();
     assert!(matches!(e, ClientError::InvalidArgument(_)), "{e:?}");
     let e = client.create_topic("small", 1, 1).await.unwrap_err();
@@ -208,30 +313,55 @@ async fn bad_input_gets_precise_errors() {
     // A record over the 1 MiB default limit is refused with the limit named; what was
     // acknowledged before is still there.
     let producer = client.producer("small", ProducerConfig::default()).unwrap();
-    let ok = producer.send(ProducerRecord::new("fine").with_partition(0)).await.unwrap();
-    let e = producer.send(ProducerRecord::new(vec![b'x'; 2 << 20]).with_partition(0)).await.unwrap_err();
+    let ok = producer
+        .send(ProducerRecord::new("fine").with_partition(0))
+        .await
+        .unwrap();
+    let e = producer
+        .send(ProducerRecord::new(vec![b'x'; 2 << 20]).with_partition(0))
+        .await
+        .unwrap_err();
     assert!(!e.is_retryable(), "{e:?}");
-    assert!(e.to_string().contains("1048576") || e.to_string().contains("limit"), "{e}");
+    assert!(
+        e.to_string().contains("1048576") || e.to_string().contains("limit"),
+        "{e}"
+    );
     let all = read_all(&client, "small", 1, ReadMode::Cp).await;
     assert_eq!(all[&0], vec![(ok.offset, "fine".to_string())]);
 
     // Unknown partition.
     let e = client
-        .fetch("small", 7, 0, FetchOptions { max_wait_ms: 0, ..Default::default() })
+        .fetch(
+            "small",
+            7,
+            0,
+            FetchOptions {
+                max_wait_ms: 0,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, ClientError::NotFound(_)), "{e:?}");
 
     // Raw requests: an empty produce and an unknown topic.
     use fjord_proto::v1::fjord_client::FjordClient;
-    let mut raw = FjordClient::connect(format!("http://{}", cluster.nodes[0].addr)).await.unwrap();
+    let mut raw = FjordClient::connect(format!("http://{}", cluster.nodes[0].addr))
+        .await
+        .unwrap();
     let s = raw
-        .produce(fjord_proto::v1::ProduceRequest { topic: "small".into(), ..Default::default() })
+        .produce(fjord_proto::v1::ProduceRequest {
+            topic: "small".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s}");
     let s = raw
-        .produce(fjord_proto::v1::ProduceRequest { topic: "nope".into(), ..Default::default() })
+        .produce(fjord_proto::v1::ProduceRequest {
+            topic: "nope".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(s.code(), tonic::Code::NotFound, "{s}");

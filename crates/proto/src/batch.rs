@@ -82,7 +82,10 @@ pub fn decode_unchecked(body: &[u8]) -> Result<Vec<Record>, BatchError> {
 pub fn record_size(r: &Record) -> usize {
     r.key.as_ref().map_or(0, |k| k.len())
         + r.value.len()
-        + r.headers.iter().map(|h| h.key.len() + h.value.len()).sum::<usize>()
+        + r.headers
+            .iter()
+            .map(|h| h.key.len() + h.value.len())
+            .sum::<usize>()
 }
 
 #[cfg(test)]
@@ -95,7 +98,10 @@ mod tests {
         (
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
             proptest::collection::vec(any::<u8>(), 0..64),
-            proptest::collection::vec(("[a-z]{0,5}", proptest::collection::vec(any::<u8>(), 0..8)), 0..3),
+            proptest::collection::vec(
+                ("[a-z]{0,5}", proptest::collection::vec(any::<u8>(), 0..8)),
+                0..3,
+            ),
             any::<i64>(),
         )
             .prop_map(|(key, value, headers, ts)| Record {
@@ -103,7 +109,10 @@ mod tests {
                 value: Bytes::from(value),
                 headers: headers
                     .into_iter()
-                    .map(|(key, value)| Header { key, value: Bytes::from(value) })
+                    .map(|(key, value)| Header {
+                        key,
+                        value: Bytes::from(value),
+                    })
                     .collect(),
                 timestamp_ms: ts,
             })

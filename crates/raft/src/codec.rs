@@ -15,6 +15,10 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, std::io::Error> {
-    postcard::from_bytes(bytes)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("corrupt {what}: {e}")))
+    postcard::from_bytes(bytes).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("corrupt {what}: {e}"),
+        )
+    })
 }

@@ -110,7 +110,12 @@ impl GroupRegistry {
 
     /// Decodes an inbound message for `group`, hands it to the group's Raft and encodes the
     /// answer (`Result<response, error text>`).
-    pub async fn dispatch(&self, kind: RpcKind, group: u64, payload: &[u8]) -> Result<Vec<u8>, DispatchError> {
+    pub async fn dispatch(
+        &self,
+        kind: RpcKind,
+        group: u64,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, DispatchError> {
         let raft = self.get(group).ok_or(DispatchError::UnknownGroup(group))?;
         match raft {
             AnyRaft::Meta(r) => handle(&r, kind, payload).await,
@@ -119,7 +124,11 @@ impl GroupRegistry {
     }
 }
 
-async fn handle<SM>(raft: &openraft::Raft<TypeConfig, SM>, kind: RpcKind, payload: &[u8]) -> Result<Vec<u8>, DispatchError>
+async fn handle<SM>(
+    raft: &openraft::Raft<TypeConfig, SM>,
+    kind: RpcKind,
+    payload: &[u8],
+) -> Result<Vec<u8>, DispatchError>
 where
     SM: openraft::storage::RaftStateMachine<TypeConfig, SnapshotData = Vec<u8>>,
 {
@@ -140,7 +149,10 @@ where
                 openraft::alias::SnapshotMetaOf<TypeConfig>,
                 Vec<u8>,
             ) = dec(payload)?;
-            let snapshot = openraft::alias::SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data };
+            let snapshot = openraft::alias::SnapshotOf::<TypeConfig, Vec<u8>> {
+                meta,
+                snapshot: data,
+            };
             enc(raft.install_full_snapshot(vote, snapshot).await)
         }
     })
@@ -157,9 +169,15 @@ pub async fn start_meta(
     let config = cfg.raft_config(GroupRole::Meta, group)?;
     let (sm, view) = MetaSm::open(group, store.clone()).map_err(|e| e.to_string())?;
     let log = GroupLogStore::new(group, store, None);
-    let raft = openraft::Raft::new(node_id, config, GroupNetworkFactory::new(group, pool), log, sm)
-        .await
-        .map_err(|e| e.to_string())?;
+    let raft = openraft::Raft::new(
+        node_id,
+        config,
+        GroupNetworkFactory::new(group, pool),
+        log,
+        sm,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     Ok((raft, view))
 }
 
@@ -175,8 +193,14 @@ pub async fn start_partition(
     let shared = PartitionShared::open(group, &store).map_err(|e| e.to_string())?;
     let sm = PartitionSm::new(shared.clone(), store.clone());
     let log = GroupLogStore::new(group, store, Some(shared.clone()));
-    let raft = openraft::Raft::new(node_id, config, GroupNetworkFactory::new(group, pool), log, sm)
-        .await
-        .map_err(|e| e.to_string())?;
+    let raft = openraft::Raft::new(
+        node_id,
+        config,
+        GroupNetworkFactory::new(group, pool),
+        log,
+        sm,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     Ok((raft, shared))
 }

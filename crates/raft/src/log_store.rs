@@ -18,14 +18,14 @@ use std::sync::Arc;
 
 use fjord_storage::store::GroupKey;
 use fjord_storage::{Op, Store};
+use openraft::RaftLogReader;
 use openraft::alias::{LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
-use openraft::RaftLogReader;
 
+use crate::TypeConfig;
 use crate::codec::{self, Entry};
 use crate::partition_sm::PartitionShared;
-use crate::TypeConfig;
 
 /// Entries read from redb in one call, at most.
 const MAX_READ_ENTRIES: usize = 4096;
@@ -43,16 +43,23 @@ pub struct GroupLogStore {
 
 impl GroupLogStore {
     pub fn new(group: u64, store: Store, partition: Option<Arc<PartitionShared>>) -> Self {
-        GroupLogStore { group, store, partition }
+        GroupLogStore {
+            group,
+            store,
+            partition,
+        }
     }
 
     fn read_entries(&self, start: u64, end_inclusive: u64) -> Result<Vec<Entry>, io::Error> {
         let mut out: Vec<Entry> = Vec::new();
         let mut next = start;
         while next <= end_inclusive {
-            let chunk = self
-                .store
-                .read_log(self.group, next..=end_inclusive, MAX_READ_ENTRIES, MAX_READ_BYTES)?;
+            let chunk = self.store.read_log(
+                self.group,
+                next..=end_inclusive,
+                MAX_READ_ENTRIES,
+                MAX_READ_BYTES,
+            )?;
             if chunk.is_empty() {
                 break;
             }
@@ -60,7 +67,10 @@ impl GroupLogStore {
                 if !out.is_empty() && index != next {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        format!("group {}: log hole, expected index {next}, found {index}", self.group),
+                        format!(
+                            "group {}: log hole, expected index {next}, found {index}",
+                            self.group
+                        ),
                     ));
                 }
                 out.push(codec::decode::<Entry>(&bytes, "log entry")?);
@@ -112,10 +122,13 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged = self.get_log_id_value(GroupKey::LastPurged)?;
         let last = match self.store.log_bounds(self.group)? {
-            None => last_purged.clone(),
+            None => last_purged,
             Some((_, (_, bytes))) => Some(codec::decode::<Entry>(&bytes, "log entry")?.log_id()),
         };
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -124,12 +137,19 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
         self.store
-            .write(vec![Op::Put { group: self.group, key: GroupKey::Vote as u8, value: codec::encode(vote) }])
+            .write(vec![Op::Put {
+                group: self.group,
+                key: GroupKey::Vote as u8,
+                value: codec::encode(vote),
+            }])
             .await?;
         Ok(())
     }
 
-    async fn save_committed(&mut self, committed: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogIdOf<TypeConfig>>,
+    ) -> Result<(), io::Error> {
         // Not needed for safety (it only speeds up recovery), so it does not wait for fsync.
         self.store
             .write_lazy(vec![Op::Put {
@@ -148,7 +168,11 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         }
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -158,13 +182,22 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             callback.io_completed(Ok(()));
             return Ok(());
         }
-        let encoded: Vec<(u64, Vec<u8>)> = entries.iter().map(|e| (e.index(), codec::encode(e))).collect();
-        let mut ops = vec![Op::Append { group: self.group, entries: encoded }];
+        let encoded: Vec<(u64, Vec<u8>)> = entries
+            .iter()
+            .map(|e| (e.index(), codec::encode(e)))
+            .collect();
+        let mut ops = vec![Op::Append {
+            group: self.group,
+            entries: encoded,
+        }];
         let appended = match &self.partition {
             Some(p) => {
                 let appended = p.on_append(&self.store, &entries)?;
                 if !appended.index.is_empty() {
-                    ops.push(Op::IndexOffsets { group: self.group, entries: appended.index.clone() });
+                    ops.push(Op::IndexOffsets {
+                        group: self.group,
+                        entries: appended.index.clone(),
+                    });
                 }
                 Some(appended)
             }
@@ -188,13 +221,19 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         result
     }
 
-    async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
+    async fn truncate_after(
+        &mut self,
+        last_log_id: Option<LogIdOf<TypeConfig>>,
+    ) -> Result<(), io::Error> {
         let from = last_log_id.as_ref().map_or(0, |l| l.index() + 1);
         if let Some(p) = &self.partition {
             p.invalidate_tail();
         }
         self.store
-            .write(vec![Op::TruncateFrom { group: self.group, index: from }])
+            .write(vec![Op::TruncateFrom {
+                group: self.group,
+                index: from,
+            }])
             .await?;
         Ok(())
     }
@@ -202,8 +241,15 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
         self.store
             .write(vec![
-                Op::Put { group: self.group, key: GroupKey::LastPurged as u8, value: codec::encode(&Some(log_id.clone())) },
-                Op::PurgeTo { group: self.group, index: log_id.index() },
+                Op::Put {
+                    group: self.group,
+                    key: GroupKey::LastPurged as u8,
+                    value: codec::encode(&Some(log_id)),
+                },
+                Op::PurgeTo {
+                    group: self.group,
+                    index: log_id.index(),
+                },
             ])
             .await?;
         Ok(())

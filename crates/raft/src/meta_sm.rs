@@ -44,17 +44,33 @@ pub struct MetaSm {
 impl MetaSm {
     /// Loads the last snapshot (if any) and returns the state machine with a receiver of its
     /// published state.
-    pub fn open(group: u64, store: Store) -> Result<(MetaSm, watch::Receiver<Arc<MetaView>>), io::Error> {
+    pub fn open(
+        group: u64,
+        store: Store,
+    ) -> Result<(MetaSm, watch::Receiver<Arc<MetaView>>), io::Error> {
         let view: MetaView = match store.get_value(group, GroupKey::Snapshot)? {
             Some(b) => codec::decode(&b, "metadata snapshot")?,
             None => MetaView::default(),
         };
         let (tx, rx) = watch::channel(Arc::new(view.clone()));
-        Ok((MetaSm { group, store, view, publish: tx }, rx))
+        Ok((
+            MetaSm {
+                group,
+                store,
+                view,
+                publish: tx,
+            },
+            rx,
+        ))
     }
 
     fn clone_handle(&self) -> MetaSm {
-        MetaSm { group: self.group, store: self.store.clone(), view: self.view.clone(), publish: self.publish.clone() }
+        MetaSm {
+            group: self.group,
+            store: self.store.clone(),
+            view: self.view.clone(),
+            publish: self.publish.clone(),
+        }
     }
 }
 
@@ -65,13 +81,20 @@ impl RaftSnapshotBuilder<TypeConfig> for MetaSm {
         // The builder is a copy taken when openraft asked for it: a consistent state.
         let data = codec::encode(&self.view);
         self.store
-            .write(vec![Op::Put { group: self.group, key: GroupKey::Snapshot as u8, value: data.clone() }])
+            .write(vec![Op::Put {
+                group: self.group,
+                key: GroupKey::Snapshot as u8,
+                value: data.clone(),
+            }])
             .await?;
         let meta = SnapshotMetaOf::<TypeConfig> {
-            last_log_id: self.view.last_applied.clone(),
+            last_log_id: self.view.last_applied,
             last_membership: self.view.membership.clone(),
         };
-        Ok(SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data })
+        Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
+            meta,
+            snapshot: data,
+        })
     }
 }
 
@@ -82,7 +105,7 @@ impl RaftStateMachine<TypeConfig> for MetaSm {
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
-        Ok((self.view.last_applied.clone(), self.view.membership.clone()))
+        Ok((self.view.last_applied, self.view.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -92,9 +115,11 @@ impl RaftStateMachine<TypeConfig> for MetaSm {
         let mut answers = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id();
-            self.view.last_applied = Some(log_id.clone());
+            self.view.last_applied = Some(log_id);
             let response = match entry.payload {
-                EntryPayload::Normal(Request::Meta(cmd)) => Response::Meta(self.view.state.apply(&cmd)),
+                EntryPayload::Normal(Request::Meta(cmd)) => {
+                    Response::Meta(self.view.state.apply(&cmd))
+                }
                 EntryPayload::Membership(m) => {
                     self.view.membership = StoredMembershipOf::<TypeConfig>::new(Some(log_id), m);
                     Response::None
@@ -124,14 +149,20 @@ impl RaftStateMachine<TypeConfig> for MetaSm {
     ) -> Result<(), io::Error> {
         let view: MetaView = codec::decode(&snapshot, "metadata snapshot")?;
         self.store
-            .write(vec![Op::Put { group: self.group, key: GroupKey::Snapshot as u8, value: snapshot }])
+            .write(vec![Op::Put {
+                group: self.group,
+                key: GroupKey::Snapshot as u8,
+                value: snapshot,
+            }])
             .await?;
         self.view = view;
         self.publish.send_replace(Arc::new(self.view.clone()));
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>, io::Error> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>, io::Error> {
         match self.store.get_value(self.group, GroupKey::Snapshot)? {
             None => Ok(None),
             Some(data) => {
@@ -140,7 +171,10 @@ impl RaftStateMachine<TypeConfig> for MetaSm {
                     last_log_id: view.last_applied,
                     last_membership: view.membership,
                 };
-                Ok(Some(SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data }))
+                Ok(Some(SnapshotOf::<TypeConfig, Vec<u8>> {
+                    meta,
+                    snapshot: data,
+                }))
             }
         }
     }

@@ -17,14 +17,14 @@ use std::time::Duration;
 use fjord_proto::raft::GroupMessage;
 use fjord_proto::raft::raft_transport_client::RaftTransportClient;
 use openraft::AnyError;
+use openraft::BasicNode;
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
@@ -67,7 +67,10 @@ pub struct PeerPool {
 
 impl PeerPool {
     pub fn new(connector: Arc<dyn Connector>) -> Arc<Self> {
-        Arc::new(PeerPool { connector, channels: Mutex::new(HashMap::new()) })
+        Arc::new(PeerPool {
+            connector,
+            channels: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The channel to `addr`, made on first use.
@@ -115,7 +118,12 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
     type Network = GroupNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GroupNetwork {
-        GroupNetwork { group: self.group, target, addr: node.addr.clone(), pool: self.pool.clone() }
+        GroupNetwork {
+            group: self.group,
+            target,
+            addr: node.addr.clone(),
+            pool: self.pool.clone(),
+        }
     }
 }
 
@@ -145,7 +153,10 @@ impl GroupNetwork {
         ttl: Duration,
     ) -> Result<Resp, NetErr> {
         let mut client = self.pool.client(&self.addr).map_err(unreachable)?;
-        let msg = GroupMessage { group_id: self.group, payload: codec::encode(req).into() };
+        let msg = GroupMessage {
+            group_id: self.group,
+            payload: codec::encode(req).into(),
+        };
         let fut = async move {
             match kind {
                 RpcKind::Append => client.append(msg).await,
@@ -172,7 +183,10 @@ impl GroupNetwork {
                         self.group,
                         status.message()
                     )),
-                    _ => network(format!("node {} group {}: {status}", self.target, self.group)),
+                    _ => network(format!(
+                        "node {} group {}: {status}",
+                        self.target, self.group
+                    )),
                 });
             }
             Ok(Ok(r)) => r.into_inner(),
@@ -194,7 +208,11 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         self.call(RpcKind::Append, &rpc, option.hard_ttl()).await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, NetErr> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, NetErr> {
         self.call(RpcKind::Vote, &rpc, option.hard_ttl()).await
     }
 
@@ -231,6 +249,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, NetErr> {
-        self.call(RpcKind::TransferLeader, &req, option.hard_ttl()).await
+        self.call(RpcKind::TransferLeader, &req, option.hard_ttl())
+            .await
     }
 }

@@ -111,7 +111,10 @@ impl PartitionShared {
 
     /// Registers interest in the outcome of the batch proposed with `token`, known as soon as
     /// the batch is durable in this node's log.
-    pub fn register_waiter(&self, token: u64) -> Result<oneshot::Receiver<Outcome>, TooManyWaiters> {
+    pub fn register_waiter(
+        &self,
+        token: u64,
+    ) -> Result<oneshot::Receiver<Outcome>, TooManyWaiters> {
         // Short critical section, no await inside: a std mutex is the cheapest correct tool.
         let mut w = self.waiters.lock().unwrap();
         if w.len() >= MAX_AP_WAITERS {
@@ -142,10 +145,10 @@ impl PartitionShared {
         for e in entries {
             if let EntryPayload::Normal(Request::Batch(b)) = &e.payload {
                 let outcome = tail.state.apply(&b.header());
-                if let Outcome::Appended { base_offset } = outcome {
-                    if b.record_count > 0 {
-                        out.index.push((base_offset, e.index(), b.record_count));
-                    }
+                if let Outcome::Appended { base_offset } = outcome
+                    && b.record_count > 0
+                {
+                    out.index.push((base_offset, e.index(), b.record_count));
                 }
                 out.outcomes.push((b.token, outcome));
             }
@@ -165,8 +168,16 @@ impl PartitionShared {
         if start > next {
             // The state machine is ahead of the log: only after a snapshot was installed
             // (fjord's partitions never purge through snapshots). Predict from it as is.
-            tracing::warn!(group = self.group, next, start, "appending below the applied index");
-            return Ok(Tail { through: next.checked_sub(1), state });
+            tracing::warn!(
+                group = self.group,
+                next,
+                start,
+                "appending below the applied index"
+            );
+            return Ok(Tail {
+                through: next.checked_sub(1),
+                state,
+            });
         }
         let mut at = start;
         while at < next {
@@ -182,7 +193,10 @@ impl PartitionShared {
                 at = index + 1;
             }
         }
-        Ok(Tail { through: next.checked_sub(1), state })
+        Ok(Tail {
+            through: next.checked_sub(1),
+            state,
+        })
     }
 
     /// Forgets the tail prediction (after a truncation or a failed write).
@@ -232,14 +246,21 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionSm {
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
         let a = self.shared.applied.lock().unwrap().clone();
         let meta = SnapshotMetaOf::<TypeConfig> {
-            last_log_id: a.last_applied.clone(),
+            last_log_id: a.last_applied,
             last_membership: a.membership.clone(),
         };
         let data = codec::encode(&a);
         self.store
-            .write(vec![Op::Put { group: self.shared.group, key: GroupKey::Snapshot as u8, value: data.clone() }])
+            .write(vec![Op::Put {
+                group: self.shared.group,
+                key: GroupKey::Snapshot as u8,
+                value: data.clone(),
+            }])
             .await?;
-        Ok(SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data })
+        Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
+            meta,
+            snapshot: data,
+        })
     }
 }
 
@@ -251,7 +272,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
         &mut self,
     ) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
         let a = self.shared.applied.lock().unwrap();
-        Ok((a.last_applied.clone(), a.membership.clone()))
+        Ok((a.last_applied, a.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -264,9 +285,11 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
             last_index = Some(log_id.index());
             let (response, hw) = {
                 let mut a = self.shared.applied.lock().unwrap();
-                a.last_applied = Some(log_id.clone());
+                a.last_applied = Some(log_id);
                 let response = match entry.payload {
-                    EntryPayload::Normal(Request::Batch(b)) => Response::Batch(a.state.apply(&b.header())),
+                    EntryPayload::Normal(Request::Batch(b)) => {
+                        Response::Batch(a.state.apply(&b.header()))
+                    }
                     EntryPayload::Membership(m) => {
                         a.membership = StoredMembershipOf::<TypeConfig>::new(Some(log_id), m);
                         Response::None
@@ -288,23 +311,26 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                 r.send(response);
             }
         }
-        if let Some(index) = last_index {
-            if self.shared.checkpoint_due(index) {
-                let a = self.shared.applied.lock().unwrap().clone();
-                self.store
-                    .write_lazy(vec![Op::Put {
-                        group: self.shared.group,
-                        key: GroupKey::StateMachine as u8,
-                        value: codec::encode(&a),
-                    }])
-                    .await?;
-            }
+        if let Some(index) = last_index
+            && self.shared.checkpoint_due(index)
+        {
+            let a = self.shared.applied.lock().unwrap().clone();
+            self.store
+                .write_lazy(vec![Op::Put {
+                    group: self.shared.group,
+                    key: GroupKey::StateMachine as u8,
+                    value: codec::encode(&a),
+                }])
+                .await?;
         }
         Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        PartitionSm { shared: self.shared.clone(), store: self.store.clone() }
+        PartitionSm {
+            shared: self.shared.clone(),
+            store: self.store.clone(),
+        }
     }
 
     async fn install_snapshot(
@@ -314,7 +340,11 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
     ) -> Result<(), io::Error> {
         // fjord never purges a partition's log through snapshots (its log is its data), so a
         // snapshot only arrives if a replica was rebuilt from one: take its state as is.
-        tracing::warn!(group = self.shared.group, ?meta, "installing a partition snapshot");
+        tracing::warn!(
+            group = self.shared.group,
+            ?meta,
+            "installing a partition snapshot"
+        );
         let a: Applied = codec::decode(&snapshot, "partition snapshot")?;
         let hw = a.state.next_offset;
         *self.shared.applied.lock().unwrap() = a.clone();
@@ -322,20 +352,39 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
         self.shared.hw.send_replace(hw);
         self.store
             .write(vec![
-                Op::Put { group: self.shared.group, key: GroupKey::StateMachine as u8, value: codec::encode(&a) },
-                Op::Put { group: self.shared.group, key: GroupKey::Snapshot as u8, value: snapshot },
+                Op::Put {
+                    group: self.shared.group,
+                    key: GroupKey::StateMachine as u8,
+                    value: codec::encode(&a),
+                },
+                Op::Put {
+                    group: self.shared.group,
+                    key: GroupKey::Snapshot as u8,
+                    value: snapshot,
+                },
             ])
             .await?;
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>, io::Error> {
-        match self.store.get_value(self.shared.group, GroupKey::Snapshot)? {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>, io::Error> {
+        match self
+            .store
+            .get_value(self.shared.group, GroupKey::Snapshot)?
+        {
             None => Ok(None),
             Some(data) => {
                 let a: Applied = codec::decode(&data, "partition snapshot")?;
-                let meta = SnapshotMetaOf::<TypeConfig> { last_log_id: a.last_applied, last_membership: a.membership };
-                Ok(Some(SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data }))
+                let meta = SnapshotMetaOf::<TypeConfig> {
+                    last_log_id: a.last_applied,
+                    last_membership: a.membership,
+                };
+                Ok(Some(SnapshotOf::<TypeConfig, Vec<u8>> {
+                    meta,
+                    snapshot: data,
+                }))
             }
         }
     }

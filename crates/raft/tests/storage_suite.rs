@@ -14,18 +14,34 @@ struct MetaBuilder;
 struct PartitionBuilder;
 
 impl StoreBuilder<TypeConfig, GroupLogStore, MetaSm, tempfile::TempDir> for MetaBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, GroupLogStore, MetaSm), StorageError<TypeConfig>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, GroupLogStore, MetaSm), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &StoreOptions { cache_size_bytes: 4 << 20 }).unwrap();
+        let store = Store::open(
+            dir.path(),
+            &StoreOptions {
+                cache_size_bytes: 4 << 20,
+            },
+        )
+        .unwrap();
         let (sm, _view) = MetaSm::open(0, store.clone()).unwrap();
         Ok((dir, GroupLogStore::new(0, store, None), sm))
     }
 }
 
 impl StoreBuilder<TypeConfig, GroupLogStore, PartitionSm, tempfile::TempDir> for PartitionBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, GroupLogStore, PartitionSm), StorageError<TypeConfig>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, GroupLogStore, PartitionSm), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &StoreOptions { cache_size_bytes: 4 << 20 }).unwrap();
+        let store = Store::open(
+            dir.path(),
+            &StoreOptions {
+                cache_size_bytes: 4 << 20,
+            },
+        )
+        .unwrap();
         let group = (1u64 << 32) | 3;
         let shared = PartitionShared::open(group, &store).unwrap();
         let sm = PartitionSm::new(shared.clone(), store.clone());

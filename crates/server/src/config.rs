@@ -110,7 +110,9 @@ fn de_peers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Peers, D::Error> {
 pub enum ConfigError {
     #[error("node id must be a positive integer, got 0")]
     ZeroId,
-    #[error("node {id} is not listed in peers ({peers}): list every initial node, this one included")]
+    #[error(
+        "node {id} is not listed in peers ({peers}): list every initial node, this one included"
+    )]
     NotInPeers { id: u64, peers: String },
     #[error("advertise address {0:?} is invalid: {1}")]
     Advertise(String, String),
@@ -157,7 +159,8 @@ impl ServeConfig {
             return Err(ConfigError::NotInPeers { id: self.id, peers });
         }
         if let Some(a) = &self.advertise {
-            fjord_meta::validate_address(a).map_err(|e| ConfigError::Advertise(a.clone(), e.to_string()))?;
+            fjord_meta::validate_address(a)
+                .map_err(|e| ConfigError::Advertise(a.clone(), e.to_string()))?;
         }
         if !(10..=10_000).contains(&self.heartbeat_interval_ms) {
             return Err(ConfigError::Heartbeat(self.heartbeat_interval_ms));
@@ -176,8 +179,12 @@ impl ServeConfig {
 
     /// The address this node tells others to use.
     pub fn advertised_address(&self) -> String {
-        self.advertise
-            .clone()
-            .unwrap_or_else(|| self.peers.0.get(&self.id).cloned().unwrap_or_else(|| self.listen.to_string()))
+        self.advertise.clone().unwrap_or_else(|| {
+            self.peers
+                .0
+                .get(&self.id)
+                .cloned()
+                .unwrap_or_else(|| self.listen.to_string())
+        })
     }
 }

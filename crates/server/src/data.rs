@@ -11,7 +11,8 @@ use fjord_meta::{Topic, group_id};
 use fjord_proto::batch;
 use fjord_proto::partitioner::partition_for_key;
 use fjord_proto::v1::{
-    Acks, FetchRequest, FetchResponse, FetchedBatch, PartitionResult, ProduceRequest, ReadMode, Record,
+    Acks, FetchRequest, FetchResponse, FetchedBatch, PartitionResult, ProduceRequest, ReadMode,
+    Record,
 };
 use fjord_raft::codec::{self, Entry};
 use fjord_raft::{PartitionRaft, Request, Response, StoredBatch, TypeConfig};
@@ -41,7 +42,11 @@ pub const MAX_FETCH_WAIT_MS: u32 = 30_000;
 pub const MAX_FETCH_BATCHES: usize = 1024;
 
 fn find_topic(node: &Node, name: &str) -> Result<Topic, ApiError> {
-    node.view().state.topic(name).cloned().ok_or_else(|| ApiError::UnknownTopic(name.to_string()))
+    node.view()
+        .state
+        .topic(name)
+        .cloned()
+        .ok_or_else(|| ApiError::UnknownTopic(name.to_string()))
 }
 
 fn check_partition(topic: &Topic, partition: u32) -> Result<(), ApiError> {
@@ -73,7 +78,13 @@ fn local_partition(
     node: &Node,
     topic: &Topic,
     partition: u32,
-) -> Result<(PartitionRaft, std::sync::Arc<fjord_raft::partition_sm::PartitionShared>), ApiError> {
+) -> Result<
+    (
+        PartitionRaft,
+        std::sync::Arc<fjord_raft::partition_sm::PartitionShared>,
+    ),
+    ApiError,
+> {
     let g = group_id(topic.id, partition);
     match node.registry.partition(g) {
         Some(x) => Ok(x),
@@ -115,11 +126,17 @@ fn check_records(topic: &Topic, records: &[Record]) -> Result<usize, ApiError> {
 }
 
 /// Validates a produce request and turns it into one batch per partition.
-fn build_batches(node: &Node, topic: &Topic, req: ProduceRequest) -> Result<Vec<(u32, StoredBatch)>, ApiError> {
+fn build_batches(
+    node: &Node,
+    topic: &Topic,
+    req: ProduceRequest,
+) -> Result<Vec<(u32, StoredBatch)>, ApiError> {
     let now = node.clock.now_ms();
     let count = topic.partitions.len() as u32;
     if !req.records.is_empty() && !req.batches.is_empty() {
-        return Err(ApiError::Invalid("a produce request carries either `records` or `batches`, not both".into()));
+        return Err(ApiError::Invalid(
+            "a produce request carries either `records` or `batches`, not both".into(),
+        ));
     }
     let mut out = Vec::new();
     let mut total = 0usize;
@@ -128,7 +145,10 @@ fn build_batches(node: &Node, topic: &Topic, req: ProduceRequest) -> Result<Vec<
             check_partition(topic, p)?;
         }
         total += check_records(topic, &req.records)?;
-        let sticky = node.round_robin.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % count;
+        let sticky = node
+            .round_robin
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % count;
         let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
         for r in req.records {
             let p = match (req.partition, &r.key) {
@@ -164,11 +184,18 @@ fn build_batches(node: &Node, topic: &Topic, req: ProduceRequest) -> Result<Vec<
                 )));
             }
             let records = batch::decode(&b.records, b.crc32c).map_err(|e| match e {
-                batch::BatchError::Checksum { .. } => ApiError::Corrupt(format!("batch {i} (partition {}): {e}", b.partition)),
-                other => ApiError::Invalid(format!("batch {i} (partition {}): {other}", b.partition)),
+                batch::BatchError::Checksum { .. } => {
+                    ApiError::Corrupt(format!("batch {i} (partition {}): {e}", b.partition))
+                }
+                other => {
+                    ApiError::Invalid(format!("batch {i} (partition {}): {other}", b.partition))
+                }
             })?;
             if records.is_empty() {
-                return Err(ApiError::Invalid(format!("batch {i} (partition {}) has no records", b.partition)));
+                return Err(ApiError::Invalid(format!(
+                    "batch {i} (partition {}) has no records",
+                    b.partition
+                )));
             }
             if records.len() != b.record_count as usize {
                 return Err(ApiError::Invalid(format!(
@@ -194,7 +221,9 @@ fn build_batches(node: &Node, topic: &Topic, req: ProduceRequest) -> Result<Vec<
         }
     }
     if out.is_empty() {
-        return Err(ApiError::Invalid("the produce request has no records: send at least one record or batch".into()));
+        return Err(ApiError::Invalid(
+            "the produce request has no records: send at least one record or batch".into(),
+        ));
     }
     if total > MAX_PRODUCE_REQUEST_BYTES {
         return Err(ApiError::Invalid(format!(
@@ -206,11 +235,14 @@ fn build_batches(node: &Node, topic: &Topic, req: ProduceRequest) -> Result<Vec<
 
 pub async fn produce(node: &Node, req: ProduceRequest) -> Result<Vec<PartitionResult>, ApiError> {
     let topic = find_topic(node, &req.topic)?;
-    let acks = Acks::try_from(req.acks).map_err(|_| ApiError::Invalid(format!("unknown acks mode {}", req.acks)))?;
+    let acks = Acks::try_from(req.acks)
+        .map_err(|_| ApiError::Invalid(format!("unknown acks mode {}", req.acks)))?;
     let timeout_ms = match req.timeout_ms {
         0 => DEFAULT_PRODUCE_TIMEOUT_MS,
         t if t > MAX_PRODUCE_TIMEOUT_MS => {
-            return Err(ApiError::Invalid(format!("timeout_ms {t} is over the limit of {MAX_PRODUCE_TIMEOUT_MS}")));
+            return Err(ApiError::Invalid(format!(
+                "timeout_ms {t} is over the limit of {MAX_PRODUCE_TIMEOUT_MS}"
+            )));
         }
         t => t,
     };
@@ -220,7 +252,11 @@ pub async fn produce(node: &Node, req: ProduceRequest) -> Result<Vec<PartitionRe
         let topic = &topic;
         async move {
             let count = b.record_count;
-            let mut result = PartitionResult { partition: p, record_count: count, ..Default::default() };
+            let mut result = PartitionResult {
+                partition: p,
+                record_count: count,
+                ..Default::default()
+            };
             match produce_partition(node, topic, p, b, acks, timeout).await {
                 Ok(Outcome::Appended { base_offset }) => result.base_offset = base_offset,
                 Ok(Outcome::Duplicate { base_offset }) => {
@@ -228,7 +264,14 @@ pub async fn produce(node: &Node, req: ProduceRequest) -> Result<Vec<PartitionRe
                     result.duplicate = true;
                 }
                 Ok(Outcome::OutOfOrder { expected, got }) => {
-                    result.error = Some(ApiError::OutOfOrder { producer_id: 0, expected, got }.to_partition_error());
+                    result.error = Some(
+                        ApiError::OutOfOrder {
+                            producer_id: 0,
+                            expected,
+                            got,
+                        }
+                        .to_partition_error(),
+                    );
                 }
                 Err(e) => result.error = Some(e.to_partition_error()),
             }
@@ -260,22 +303,32 @@ async fn produce_partition(
         ))
     };
     let write_error = |e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>| match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => not_leader(node, topic, partition, f.leader_id),
-        other => ApiError::NoLeader(format!("partition {partition} of topic {:?} ({other})", topic.name)),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            not_leader(node, topic, partition, f.leader_id)
+        }
+        other => ApiError::NoLeader(format!(
+            "partition {partition} of topic {:?} ({other})",
+            topic.name
+        )),
     };
     let outcome_of = |data: Response| match data {
         Response::Batch(o) => Ok(o),
-        other => Err(ApiError::Internal(format!("unexpected partition response {other:?}"))),
+        other => Err(ApiError::Internal(format!(
+            "unexpected partition response {other:?}"
+        ))),
     };
     match acks {
-        Acks::Cp => match tokio::time::timeout(timeout, raft.client_write(Request::Batch(b))).await {
+        Acks::Cp => match tokio::time::timeout(timeout, raft.client_write(Request::Batch(b))).await
+        {
             Err(_) => Err(timed_out()),
             Ok(Err(e)) => Err(write_error(e)),
             Ok(Ok(resp)) => outcome_of(resp.data),
         },
         Acks::Ap => {
             let token = b.token;
-            let appended = shared.register_waiter(token).map_err(|e| ApiError::Busy(e.to_string()))?;
+            let appended = shared
+                .register_waiter(token)
+                .map_err(|e| ApiError::Busy(e.to_string()))?;
             let (responder, committed) = ProgressResponder::complete_only();
             let result = async {
                 raft.client_write_ff(Request::Batch(b), Some(responder))
@@ -290,7 +343,9 @@ async fn produce_partition(
                     },
                 }
             };
-            let r = tokio::time::timeout(timeout, result).await.unwrap_or_else(|_| Err(timed_out()));
+            let r = tokio::time::timeout(timeout, result)
+                .await
+                .unwrap_or_else(|_| Err(timed_out()));
             shared.cancel_waiter(token);
             r
         }
@@ -300,11 +355,14 @@ async fn produce_partition(
 pub async fn fetch(node: &Node, req: FetchRequest) -> Result<FetchResponse, ApiError> {
     let topic = find_topic(node, &req.topic)?;
     check_partition(&topic, req.partition)?;
-    let mode = ReadMode::try_from(req.read).map_err(|_| ApiError::Invalid(format!("unknown read mode {}", req.read)))?;
+    let mode = ReadMode::try_from(req.read)
+        .map_err(|_| ApiError::Invalid(format!("unknown read mode {}", req.read)))?;
     let max_bytes = match req.max_bytes {
         0 => DEFAULT_FETCH_BYTES,
         b if b > MAX_FETCH_BYTES => {
-            return Err(ApiError::Invalid(format!("max_bytes {b} is over the limit of {MAX_FETCH_BYTES}")));
+            return Err(ApiError::Invalid(format!(
+                "max_bytes {b} is over the limit of {MAX_FETCH_BYTES}"
+            )));
         }
         b => b,
     } as usize;
@@ -333,7 +391,11 @@ pub async fn fetch(node: &Node, req: FetchRequest) -> Result<FetchResponse, ApiE
     }
     let group = shared.group();
     let mut hw = shared.high_watermark();
-    let log_start = node.store.first_offset(group).map_err(|e| ApiError::Internal(e.to_string()))?.unwrap_or(hw);
+    let log_start = node
+        .store
+        .first_offset(group)
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .unwrap_or(hw);
     if req.offset < log_start {
         return Err(ApiError::OutOfRange(format!(
             "offset {} is below the log start offset {log_start} of partition {} of topic {:?}",
@@ -360,12 +422,27 @@ pub async fn fetch(node: &Node, req: FetchRequest) -> Result<FetchResponse, ApiE
             }
         }
     }
-    let batches = if req.offset < hw { read_batches(node, group, req.offset, hw, max_bytes)? } else { Vec::new() };
-    Ok(FetchResponse { batches, high_watermark: hw, log_start_offset: log_start, node_id: node.id })
+    let batches = if req.offset < hw {
+        read_batches(node, group, req.offset, hw, max_bytes)?
+    } else {
+        Vec::new()
+    };
+    Ok(FetchResponse {
+        batches,
+        high_watermark: hw,
+        log_start_offset: log_start,
+        node_id: node.id,
+    })
 }
 
 /// Committed batches of `group` from the one holding `offset` on, below `hw`.
-fn read_batches(node: &Node, group: u64, offset: u64, hw: u64, max_bytes: usize) -> Result<Vec<FetchedBatch>, ApiError> {
+fn read_batches(
+    node: &Node,
+    group: u64,
+    offset: u64,
+    hw: u64,
+    max_bytes: usize,
+) -> Result<Vec<FetchedBatch>, ApiError> {
     let internal = |e: fjord_storage::StorageError| ApiError::Internal(e.to_string());
     let Some((first_base, _, _)) = node.store.find_offset(group, offset).map_err(internal)? else {
         return Ok(Vec::new());
@@ -383,18 +460,31 @@ fn read_batches(node: &Node, group: u64, offset: u64, hw: u64, max_bytes: usize)
     let wanted: HashMap<u64, (u64, u32)> = index.iter().map(|(b, i, c)| (*i, (*b, *c))).collect();
     let entries = node
         .store
-        .read_log(group, first.1..=last.1, MAX_FETCH_BATCHES * 4, max_bytes + 4096)
+        .read_log(
+            group,
+            first.1..=last.1,
+            MAX_FETCH_BATCHES * 4,
+            max_bytes + 4096,
+        )
         .map_err(internal)?;
     let mut out = Vec::new();
     let mut bytes = 0usize;
     for (idx, raw) in entries {
-        let Some((base, count)) = wanted.get(&idx).copied() else { continue };
-        let entry: Entry = codec::decode(&raw, "log entry").map_err(|e| ApiError::Corrupt(e.to_string()))?;
-        let EntryPayload::Normal(Request::Batch(b)) = entry.payload else {
-            return Err(ApiError::Corrupt(format!("group {group}: offset index points at a non-batch entry {idx}")));
+        let Some((base, count)) = wanted.get(&idx).copied() else {
+            continue;
         };
-        batch::verify(&b.records, b.crc32c)
-            .map_err(|e| ApiError::Corrupt(format!("stored batch at offset {base} of group {group}: {e}")))?;
+        let entry: Entry =
+            codec::decode(&raw, "log entry").map_err(|e| ApiError::Corrupt(e.to_string()))?;
+        let EntryPayload::Normal(Request::Batch(b)) = entry.payload else {
+            return Err(ApiError::Corrupt(format!(
+                "group {group}: offset index points at a non-batch entry {idx}"
+            )));
+        };
+        batch::verify(&b.records, b.crc32c).map_err(|e| {
+            ApiError::Corrupt(format!(
+                "stored batch at offset {base} of group {group}: {e}"
+            ))
+        })?;
         if !out.is_empty() && bytes + b.records.len() > max_bytes {
             break;
         }

@@ -13,23 +13,46 @@ use tonic::{Code, Status};
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("this node (node {this}) is not the leader of {what}{}", leader_text(.leader))]
-    NotLeader { this: u64, what: String, leader: Option<(u64, String)> },
-    #[error("{0} has no leader at the moment (an election is in progress or a majority is unreachable); retry")]
+    NotLeader {
+        this: u64,
+        what: String,
+        leader: Option<(u64, String)>,
+    },
+    #[error(
+        "{0} has no leader at the moment (an election is in progress or a majority is unreachable); retry"
+    )]
     NoLeader(String),
     #[error("unknown topic {0:?}")]
     UnknownTopic(String),
     #[error("topic {topic:?} has no partition {partition}: it has {count} partitions (0 to {})", .count.saturating_sub(1))]
-    UnknownPartition { topic: String, partition: u32, count: u32 },
-    #[error("partition {partition} of topic {topic:?} is not hosted on node {this}: ask a replica ({replicas:?})")]
-    NotReplica { topic: String, partition: u32, this: u64, replicas: Vec<u64> },
+    UnknownPartition {
+        topic: String,
+        partition: u32,
+        count: u32,
+    },
+    #[error(
+        "partition {partition} of topic {topic:?} is not hosted on node {this}: ask a replica ({replicas:?})"
+    )]
+    NotReplica {
+        topic: String,
+        partition: u32,
+        this: u64,
+        replicas: Vec<u64>,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
     Meta(#[from] MetaError),
     #[error("{0}")]
     Timeout(String),
-    #[error("batch sequence out of order for producer {producer_id}: expected base sequence {expected}, got {got}")]
-    OutOfOrder { producer_id: u64, expected: u32, got: u32 },
+    #[error(
+        "batch sequence out of order for producer {producer_id}: expected base sequence {expected}, got {got}"
+    )]
+    OutOfOrder {
+        producer_id: u64,
+        expected: u32,
+        got: u32,
+    },
     #[error("{0}")]
     Corrupt(String),
     #[error("{0}")]
@@ -50,7 +73,9 @@ fn leader_text(leader: &Option<(u64, String)>) -> String {
 impl ApiError {
     pub fn code(&self) -> Code {
         match self {
-            ApiError::NotLeader { .. } | ApiError::NoLeader(_) | ApiError::NotReplica { .. } => Code::Unavailable,
+            ApiError::NotLeader { .. } | ApiError::NoLeader(_) | ApiError::NotReplica { .. } => {
+                Code::Unavailable
+            }
             ApiError::UnknownTopic(_) | ApiError::UnknownPartition { .. } => Code::NotFound,
             ApiError::Invalid(_) => Code::InvalidArgument,
             ApiError::Meta(m) => match m {
@@ -77,7 +102,12 @@ impl ApiError {
     /// The per-partition form used in produce responses.
     pub fn to_partition_error(&self) -> PartitionError {
         let (leader_id, leader_address) = self.leader().cloned().unwrap_or_default();
-        PartitionError { code: self.code() as i32, message: self.to_string(), leader_id, leader_address }
+        PartitionError {
+            code: self.code() as i32,
+            message: self.to_string(),
+            leader_id,
+            leader_address,
+        }
     }
 }
 

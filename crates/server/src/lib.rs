@@ -21,8 +21,8 @@ pub mod transport;
 use std::sync::Arc;
 
 pub use config::{ConfigError, Peers, ServeConfig};
-use fjord_proto::v1::fjord_server::FjordServer;
 use fjord_proto::raft::raft_transport_server::RaftTransportServer;
+use fjord_proto::v1::fjord_server::FjordServer;
 use fjord_raft::network::{Connector, MAX_RAFT_MESSAGE_BYTES, PeerPool, TcpConnector};
 use fjord_storage::{Store, StoreOptions};
 pub use node::{Clock, Node, SystemClock};
@@ -54,11 +54,20 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
-    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| ServerError::Listen {
-        addr: config.listen.to_string(),
-        reason: e.to_string(),
-    })?;
-    run_with(config, listener, Arc::new(TcpConnector), Arc::new(SystemClock), shutdown).await
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServerError::Listen {
+            addr: config.listen.to_string(),
+            reason: e.to_string(),
+        })?;
+    run_with(
+        config,
+        listener,
+        Arc::new(TcpConnector),
+        Arc::new(SystemClock),
+        shutdown,
+    )
+    .await
 }
 
 /// Runs a node on the given listener, connector and clock.
@@ -72,12 +81,19 @@ pub async fn run_with(
     config.validate()?;
     let store = Store::open(
         &config.data_dir,
-        &StoreOptions { cache_size_bytes: (config.cache_size_mib as usize) << 20 },
+        &StoreOptions {
+            cache_size_bytes: (config.cache_size_mib as usize) << 20,
+        },
     )
-    .map_err(|e| ServerError::Storage { dir: config.data_dir.display().to_string(), reason: e.to_string() })?;
+    .map_err(|e| ServerError::Storage {
+        dir: config.data_dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
     let pool = PeerPool::new(connector);
     let cancel = CancellationToken::new();
-    let node = Node::start(&config, store, pool, clock, cancel.clone()).await.map_err(ServerError::Start)?;
+    let node = Node::start(&config, store, pool, clock, cancel.clone())
+        .await
+        .map_err(ServerError::Start)?;
 
     let client_api = FjordServer::new(service::ClientService { node: node.clone() })
         .max_decoding_message_size(data::MAX_PRODUCE_REQUEST_BYTES + (1 << 20))

@@ -90,7 +90,8 @@ impl Node {
             election_timeout_ms: config.election_timeout_ms,
         };
         let registry = GroupRegistry::new();
-        let (meta, meta_view) = group::start_meta(config.id, &group_config, store.clone(), pool.clone()).await?;
+        let (meta, meta_view) =
+            group::start_meta(config.id, &group_config, store.clone(), pool.clone()).await?;
         registry.insert(fjord_meta::META_GROUP, AnyRaft::Meta(meta.clone()));
         Ok(Arc::new(Node {
             id: config.id,
@@ -113,8 +114,11 @@ impl Node {
     /// starts the background tasks.
     pub async fn run_background(self: &Arc<Self>) {
         if !self.meta.is_initialized().await.unwrap_or(true) {
-            let members: BTreeMap<NodeId, BasicNode> =
-                self.peers.iter().map(|(id, a)| (*id, BasicNode { addr: a.clone() })).collect();
+            let members: BTreeMap<NodeId, BasicNode> = self
+                .peers
+                .iter()
+                .map(|(id, a)| (*id, BasicNode { addr: a.clone() }))
+                .collect();
             if let Err(e) = self.meta.initialize(members).await {
                 tracing::info!(error = %e, "metadata group initialize skipped");
             }
@@ -158,7 +162,10 @@ impl Node {
             if self.shutdown.is_cancelled() {
                 return;
             }
-            let cmd = MetaCommand::RegisterNode { id: self.id, address: self.address.clone() };
+            let cmd = MetaCommand::RegisterNode {
+                id: self.id,
+                address: self.address.clone(),
+            };
             match self.meta_write(cmd).await {
                 Ok(_) => {
                     tracing::info!(node = self.id, address = %self.address, "registered in the metadata");
@@ -185,7 +192,9 @@ impl Node {
                 Ok(resp) => {
                     return match resp.data {
                         Response::Meta(r) => Ok(r),
-                        other => Err(ApiError::Internal(format!("unexpected metadata response {other:?}"))),
+                        other => Err(ApiError::Internal(format!(
+                            "unexpected metadata response {other:?}"
+                        ))),
                     };
                 }
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -207,13 +216,22 @@ impl Node {
         Err(last_err)
     }
 
-    async fn forward_meta_write(&self, addr: &str, cmd: &MetaCommand) -> Result<MetaResponse, ApiError> {
+    async fn forward_meta_write(
+        &self,
+        addr: &str,
+        cmd: &MetaCommand,
+    ) -> Result<MetaResponse, ApiError> {
         let mut client = self.pool.client(addr).map_err(ApiError::Internal)?;
-        let msg = GroupMessage { group_id: fjord_meta::META_GROUP, payload: postcard::to_stdvec(cmd).unwrap().into() };
+        let msg = GroupMessage {
+            group_id: fjord_meta::META_GROUP,
+            payload: postcard::to_stdvec(cmd).unwrap().into(),
+        };
         let resp = tokio::time::timeout(Duration::from_secs(5), client.meta_write(msg))
             .await
             .map_err(|_| ApiError::NoLeader("the metadata group (forward timed out)".into()))?
-            .map_err(|s| ApiError::NoLeader(format!("the metadata group (forward: {})", s.message())))?;
+            .map_err(|s| {
+                ApiError::NoLeader(format!("the metadata group (forward: {})", s.message()))
+            })?;
         postcard::from_bytes::<MetaResponse>(&resp.into_inner().payload)
             .map_err(|e| ApiError::Internal(format!("bad forwarded metadata response: {e}")))
     }
@@ -224,7 +242,9 @@ impl Node {
         match self.meta.client_write(Request::Meta(cmd)).await {
             Ok(resp) => match resp.data {
                 Response::Meta(r) => Ok(r),
-                other => Err(ApiError::Internal(format!("unexpected metadata response {other:?}"))),
+                other => Err(ApiError::Internal(format!(
+                    "unexpected metadata response {other:?}"
+                ))),
             },
             Err(e) => Err(ApiError::NoLeader(format!("the metadata group ({e})"))),
         }
@@ -248,19 +268,36 @@ impl Node {
     }
 
     async fn reconcile(self: &Arc<Self>, view: &MetaView, seen: &mut BTreeSet<GroupId>) {
-        let wanted: BTreeMap<GroupId, Vec<NodeId>> = view.state.groups_of_node(self.id).into_iter().collect();
+        let wanted: BTreeMap<GroupId, Vec<NodeId>> =
+            view.state.groups_of_node(self.id).into_iter().collect();
         for (group, replicas) in &wanted {
             seen.insert(*group);
             if self.registry.get(*group).is_some() {
                 continue;
             }
-            match group::start_partition(self.id, *group, &self.group_config, self.store.clone(), self.pool.clone()).await {
+            match group::start_partition(
+                self.id,
+                *group,
+                &self.group_config,
+                self.store.clone(),
+                self.pool.clone(),
+            )
+            .await
+            {
                 Ok((raft, shared)) => {
-                    self.registry.insert(*group, AnyRaft::Partition(raft.clone(), shared));
+                    self.registry
+                        .insert(*group, AnyRaft::Partition(raft.clone(), shared));
                     if !raft.is_initialized().await.unwrap_or(true) {
                         let members: BTreeMap<NodeId, BasicNode> = replicas
                             .iter()
-                            .map(|n| (*n, BasicNode { addr: self.address_of(*n).unwrap_or_default() }))
+                            .map(|n| {
+                                (
+                                    *n,
+                                    BasicNode {
+                                        addr: self.address_of(*n).unwrap_or_default(),
+                                    },
+                                )
+                            })
                             .collect();
                         if let Err(e) = raft.initialize(members).await {
                             tracing::debug!(group, error = %e, "partition group initialize skipped");
@@ -274,13 +311,21 @@ impl Node {
                 Err(e) => tracing::error!(group, error = %e, "cannot start partition group"),
             }
         }
-        let gone: Vec<GroupId> = seen.iter().copied().filter(|g| !wanted.contains_key(g)).collect();
+        let gone: Vec<GroupId> = seen
+            .iter()
+            .copied()
+            .filter(|g| !wanted.contains_key(g))
+            .collect();
         for g in gone {
             seen.remove(&g);
             if let Some(AnyRaft::Partition(raft, _)) = self.registry.remove(g) {
                 let _ = raft.shutdown().await;
             }
-            if let Err(e) = self.store.write(vec![fjord_storage::Op::DeleteGroup { group: g }]).await {
+            if let Err(e) = self
+                .store
+                .write(vec![fjord_storage::Op::DeleteGroup { group: g }])
+                .await
+            {
                 tracing::error!(group = g, error = %e, "cannot delete the data of a deleted partition");
             } else {
                 tracing::info!(group = g, "deleted partition group");
@@ -298,10 +343,16 @@ impl Node {
                 (m.current_leader, m.current_term)
             };
             if leader == Some(self.id) && term > reported_term {
-                let cmd = MetaCommand::ReportLeader { group_id: group, leader: self.id, epoch: term };
+                let cmd = MetaCommand::ReportLeader {
+                    group_id: group,
+                    leader: self.id,
+                    epoch: term,
+                };
                 match self.meta_write(cmd).await {
                     Ok(_) => reported_term = term,
-                    Err(e) => tracing::debug!(group, error = %e, "leader report failed, will retry"),
+                    Err(e) => {
+                        tracing::debug!(group, error = %e, "leader report failed, will retry")
+                    }
                 }
                 if reported_term < term {
                     tokio::select! {
@@ -332,14 +383,26 @@ impl Node {
             }
             let live = self.live_nodes();
             let view = self.view();
-            let moves = fjord_meta::plan_leader_moves(&view.state, &live, MAX_LEADER_MOVES_PER_ROUND);
+            let moves =
+                fjord_meta::plan_leader_moves(&view.state, &live, MAX_LEADER_MOVES_PER_ROUND);
             for m in moves {
-                let Some(addr) = self.address_of(m.from) else { continue };
-                tracing::info!(group = m.group_id, from = m.from, to = m.to, "controller: moving partition leader");
+                let Some(addr) = self.address_of(m.from) else {
+                    continue;
+                };
+                tracing::info!(
+                    group = m.group_id,
+                    from = m.from,
+                    to = m.to,
+                    "controller: moving partition leader"
+                );
                 let payload = postcard::to_stdvec(&m.to).unwrap();
-                let msg = GroupMessage { group_id: m.group_id, payload: payload.into() };
+                let msg = GroupMessage {
+                    group_id: m.group_id,
+                    payload: payload.into(),
+                };
                 if let Ok(mut client) = self.pool.client(&addr) {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), client.move_leader(msg)).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(2), client.move_leader(msg)).await;
                 }
             }
         }
@@ -351,10 +414,10 @@ impl Node {
         let mut live = BTreeSet::from([self.id]);
         if let Some(hb) = &m.heartbeat {
             for (node, at) in hb {
-                if let Some(at) = at {
-                    if openraft::Instant::elapsed(&**at) < LIVENESS_WINDOW {
-                        live.insert(*node);
-                    }
+                if let Some(at) = at
+                    && openraft::Instant::elapsed(&**at) < LIVENESS_WINDOW
+                {
+                    live.insert(*node);
                 }
             }
         }

@@ -13,7 +13,6 @@ use crate::data;
 use crate::error::ApiError;
 use crate::node::Node;
 
-
 /// How long CreateTopic waits for the new partitions to elect leaders before answering.
 const CREATE_TOPIC_LEADER_WAIT: Duration = Duration::from_secs(10);
 
@@ -36,7 +35,9 @@ pub(crate) fn topic_info(node: &Node, t: &Topic) -> TopicInfo {
                 leader_epoch: p.leader_epoch,
             })
             .collect(),
-        config: Some(TopicConfig { max_record_bytes: t.config.max_record_bytes }),
+        config: Some(TopicConfig {
+            max_record_bytes: t.config.max_record_bytes,
+        }),
     }
 }
 
@@ -72,12 +73,19 @@ impl ClientService {
 
 #[tonic::async_trait]
 impl Fjord for ClientService {
-    async fn metadata(&self, req: Request<MetadataRequest>) -> Result<Response<MetadataResponse>, Status> {
+    async fn metadata(
+        &self,
+        req: Request<MetadataRequest>,
+    ) -> Result<Response<MetadataResponse>, Status> {
         let req = req.into_inner();
         let view = self.node.view();
         // Registered nodes only: a configured peer that never registered is not usable yet.
-        let nodes: std::collections::BTreeMap<u64, String> =
-            view.state.nodes.iter().map(|(id, n)| (*id, n.address.clone())).collect();
+        let nodes: std::collections::BTreeMap<u64, String> = view
+            .state
+            .nodes
+            .iter()
+            .map(|(id, n)| (*id, n.address.clone()))
+            .collect();
         let mut topics = Vec::new();
         for t in view.state.topics.values() {
             if req.topics.is_empty() || req.topics.iter().any(|n| n == &t.name) {
@@ -85,13 +93,19 @@ impl Fjord for ClientService {
             }
         }
         Ok(Response::new(MetadataResponse {
-            nodes: nodes.into_iter().map(|(id, address)| fjord_proto::v1::Node { id, address }).collect(),
+            nodes: nodes
+                .into_iter()
+                .map(|(id, address)| fjord_proto::v1::Node { id, address })
+                .collect(),
             metadata_leader: self.node.meta_leader().unwrap_or(0),
             topics,
         }))
     }
 
-    async fn create_topic(&self, req: Request<CreateTopicRequest>) -> Result<Response<CreateTopicResponse>, Status> {
+    async fn create_topic(
+        &self,
+        req: Request<CreateTopicRequest>,
+    ) -> Result<Response<CreateTopicResponse>, Status> {
         let req = req.into_inner();
         let cmd = MetaCommand::CreateTopic {
             name: req.name.clone(),
@@ -107,22 +121,39 @@ impl Fjord for ClientService {
                 self.wait_for_leaders(&req.name).await;
                 let view = self.node.view();
                 let t = view.state.topic(&req.name).unwrap_or(&created);
-                Ok(Response::new(CreateTopicResponse { topic: Some(topic_info(&self.node, t)) }))
+                Ok(Response::new(CreateTopicResponse {
+                    topic: Some(topic_info(&self.node, t)),
+                }))
             }
             other => Err(Status::internal(format!("unexpected response {other:?}"))),
         }
     }
 
-    async fn delete_topic(&self, req: Request<DeleteTopicRequest>) -> Result<Response<DeleteTopicResponse>, Status> {
+    async fn delete_topic(
+        &self,
+        req: Request<DeleteTopicRequest>,
+    ) -> Result<Response<DeleteTopicResponse>, Status> {
         let req = req.into_inner();
-        Self::meta_result(self.node.meta_write(MetaCommand::DeleteTopic { name: req.name }).await?)?;
+        Self::meta_result(
+            self.node
+                .meta_write(MetaCommand::DeleteTopic { name: req.name })
+                .await?,
+        )?;
         Ok(Response::new(DeleteTopicResponse {}))
     }
 
-    async fn list_topics(&self, _req: Request<ListTopicsRequest>) -> Result<Response<ListTopicsResponse>, Status> {
+    async fn list_topics(
+        &self,
+        _req: Request<ListTopicsRequest>,
+    ) -> Result<Response<ListTopicsResponse>, Status> {
         let view = self.node.view();
         Ok(Response::new(ListTopicsResponse {
-            topics: view.state.topics.values().map(|t| topic_info(&self.node, t)).collect(),
+            topics: view
+                .state
+                .topics
+                .values()
+                .map(|t| topic_info(&self.node, t))
+                .collect(),
         }))
     }
 
@@ -132,26 +163,42 @@ impl Fjord for ClientService {
     ) -> Result<Response<DescribeTopicResponse>, Status> {
         let req = req.into_inner();
         let view = self.node.view();
-        let t = view.state.topic(&req.name).ok_or(ApiError::UnknownTopic(req.name.clone()))?;
-        Ok(Response::new(DescribeTopicResponse { topic: Some(topic_info(&self.node, t)) }))
+        let t = view
+            .state
+            .topic(&req.name)
+            .ok_or(ApiError::UnknownTopic(req.name.clone()))?;
+        Ok(Response::new(DescribeTopicResponse {
+            topic: Some(topic_info(&self.node, t)),
+        }))
     }
 
     async fn init_producer(
         &self,
         _req: Request<InitProducerRequest>,
     ) -> Result<Response<InitProducerResponse>, Status> {
-        match Self::meta_result(self.node.meta_write(MetaCommand::AllocateProducerId).await?)? {
-            MetaResponse::ProducerId(producer_id) => Ok(Response::new(InitProducerResponse { producer_id })),
+        match Self::meta_result(
+            self.node
+                .meta_write(MetaCommand::AllocateProducerId)
+                .await?,
+        )? {
+            MetaResponse::ProducerId(producer_id) => {
+                Ok(Response::new(InitProducerResponse { producer_id }))
+            }
             other => Err(Status::internal(format!("unexpected response {other:?}"))),
         }
     }
 
-    async fn produce(&self, req: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
+    async fn produce(
+        &self,
+        req: Request<ProduceRequest>,
+    ) -> Result<Response<ProduceResponse>, Status> {
         let results = data::produce(&self.node, req.into_inner()).await?;
         Ok(Response::new(ProduceResponse { results }))
     }
 
     async fn fetch(&self, req: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
-        Ok(Response::new(data::fetch(&self.node, req.into_inner()).await?))
+        Ok(Response::new(
+            data::fetch(&self.node, req.into_inner()).await?,
+        ))
     }
 }

@@ -17,10 +17,22 @@ pub struct TransportService {
 }
 
 impl TransportService {
-    async fn dispatch(&self, kind: RpcKind, req: Request<GroupMessage>) -> Result<Response<GroupMessage>, Status> {
+    async fn dispatch(
+        &self,
+        kind: RpcKind,
+        req: Request<GroupMessage>,
+    ) -> Result<Response<GroupMessage>, Status> {
         let msg = req.into_inner();
-        match self.node.registry.dispatch(kind, msg.group_id, &msg.payload).await {
-            Ok(payload) => Ok(Response::new(GroupMessage { group_id: msg.group_id, payload: payload.into() })),
+        match self
+            .node
+            .registry
+            .dispatch(kind, msg.group_id, &msg.payload)
+            .await
+        {
+            Ok(payload) => Ok(Response::new(GroupMessage {
+                group_id: msg.group_id,
+                payload: payload.into(),
+            })),
             Err(e @ DispatchError::UnknownGroup(_)) => Err(Status::not_found(e.to_string())),
             Err(e @ DispatchError::Decode(_)) => Err(Status::invalid_argument(e.to_string())),
         }
@@ -41,19 +53,35 @@ impl RaftTransport for TransportService {
     async fn snapshot(&self, req: Request<GroupMessage>) -> Result<Response<GroupMessage>, Status> {
         self.dispatch(RpcKind::Snapshot, req).await
     }
-    async fn transfer_leader(&self, req: Request<GroupMessage>) -> Result<Response<GroupMessage>, Status> {
+    async fn transfer_leader(
+        &self,
+        req: Request<GroupMessage>,
+    ) -> Result<Response<GroupMessage>, Status> {
         self.dispatch(RpcKind::TransferLeader, req).await
     }
 
-    async fn meta_write(&self, req: Request<GroupMessage>) -> Result<Response<GroupMessage>, Status> {
+    async fn meta_write(
+        &self,
+        req: Request<GroupMessage>,
+    ) -> Result<Response<GroupMessage>, Status> {
         let msg = req.into_inner();
         let cmd: fjord_meta::MetaCommand = postcard::from_bytes(&msg.payload)
             .map_err(|e| Status::invalid_argument(format!("bad metadata command: {e}")))?;
-        let resp = self.node.local_meta_write(cmd).await.map_err(Status::from)?;
-        Ok(Response::new(GroupMessage { group_id: msg.group_id, payload: postcard::to_stdvec(&resp).unwrap().into() }))
+        let resp = self
+            .node
+            .local_meta_write(cmd)
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(GroupMessage {
+            group_id: msg.group_id,
+            payload: postcard::to_stdvec(&resp).unwrap().into(),
+        }))
     }
 
-    async fn move_leader(&self, req: Request<GroupMessage>) -> Result<Response<GroupMessage>, Status> {
+    async fn move_leader(
+        &self,
+        req: Request<GroupMessage>,
+    ) -> Result<Response<GroupMessage>, Status> {
         let msg = req.into_inner();
         let to: u64 = postcard::from_bytes(&msg.payload)
             .map_err(|e| Status::invalid_argument(format!("bad leader move: {e}")))?;
@@ -63,9 +91,15 @@ impl RaftTransport for TransportService {
                     .transfer_leader(to)
                     .await
                     .map_err(|e| Status::unavailable(e.to_string()))?;
-                Ok(Response::new(GroupMessage { group_id: msg.group_id, payload: Default::default() }))
+                Ok(Response::new(GroupMessage {
+                    group_id: msg.group_id,
+                    payload: Default::default(),
+                }))
             }
-            _ => Err(Status::not_found(format!("group {} is not a partition hosted here", msg.group_id))),
+            _ => Err(Status::not_found(format!(
+                "group {} is not a partition hosted here",
+                msg.group_id
+            ))),
         }
     }
 }

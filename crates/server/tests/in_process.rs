@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::fjord_server::{ServeConfig, SystemClock, run_with};
 use fjord_proto::v1::fjord_client::FjordClient;
 use fjord_proto::v1::*;
-use ::fjord_server::{ServeConfig, SystemClock, run_with};
 use tokio_util::sync::CancellationToken;
 
 struct Cluster {
@@ -22,8 +22,16 @@ async fn start_cluster(n: u64) -> Cluster {
     for _ in 0..n {
         listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
     }
-    let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
-    let peers = addrs.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect::<Vec<_>>().join(",");
+    let addrs: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let peers = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
     let stop = CancellationToken::new();
     let mut dirs = Vec::new();
     let mut handles = Vec::new();
@@ -42,18 +50,29 @@ async fn start_cluster(n: u64) -> Cluster {
         dirs.push(dir);
         let s = stop.clone();
         handles.push(tokio::spawn(async move {
-            run_with(cfg, l, Arc::new(fjord_raft::network::TcpConnector), Arc::new(SystemClock), async move {
-                s.cancelled().await
-            })
+            run_with(
+                cfg,
+                l,
+                Arc::new(fjord_raft::network::TcpConnector),
+                Arc::new(SystemClock),
+                async move { s.cancelled().await },
+            )
             .await
             .unwrap();
         }));
     }
-    Cluster { addrs, stop, _dirs: dirs, handles }
+    Cluster {
+        addrs,
+        stop,
+        _dirs: dirs,
+        handles,
+    }
 }
 
 async fn client(addr: &str) -> FjordClient<tonic::transport::Channel> {
-    FjordClient::connect(format!("http://{addr}")).await.unwrap()
+    FjordClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
 }
 
 /// Retries `f` until it succeeds or 30 s pass (cluster start, elections).
@@ -66,7 +85,9 @@ where
     loop {
         match f().await {
             Ok(v) => return v,
-            Err(e) if tokio::time::Instant::now() > deadline => panic!("{what}: still failing after 30 s: {e}"),
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                panic!("{what}: still failing after 30 s: {e}")
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
@@ -79,10 +100,15 @@ async fn three_nodes_produce_and_fetch() {
     let topic = eventually("create topic", || {
         let mut c = c.clone();
         async move {
-            c.create_topic(CreateTopicRequest { name: "events".into(), partitions: 3, replication_factor: 3, config: None })
-                .await
-                .map(|r| r.into_inner().topic.unwrap())
-                .map_err(|e| e.to_string())
+            c.create_topic(CreateTopicRequest {
+                name: "events".into(),
+                partitions: 3,
+                replication_factor: 3,
+                config: None,
+            })
+            .await
+            .map(|r| r.into_inner().topic.unwrap())
+            .map_err(|e| e.to_string())
         }
     })
     .await;
@@ -104,7 +130,12 @@ async fn three_nodes_produce_and_fetch() {
                             .produce(ProduceRequest {
                                 topic: "events".into(),
                                 acks: acks as i32,
-                                records: vec![Record { key: None, value: value.into(), headers: vec![], timestamp_ms: 0 }],
+                                records: vec![Record {
+                                    key: None,
+                                    value: value.into(),
+                                    headers: vec![],
+                                    timestamp_ms: 0,
+                                }],
                                 partition: Some(0),
                                 batches: vec![],
                                 timeout_ms: 5000,
@@ -135,7 +166,14 @@ async fn three_nodes_produce_and_fetch() {
             for a in &addrs {
                 let mut c = client(a).await;
                 if let Ok(r) = c
-                    .fetch(FetchRequest { topic: "events".into(), partition: 0, offset: 0, max_bytes: 0, max_wait_ms: 0, read: 0 })
+                    .fetch(FetchRequest {
+                        topic: "events".into(),
+                        partition: 0,
+                        offset: 0,
+                        max_bytes: 0,
+                        max_wait_ms: 0,
+                        read: 0,
+                    })
                     .await
                 {
                     let r = r.into_inner();
@@ -158,22 +196,38 @@ async fn three_nodes_produce_and_fetch() {
 
     // Bad input: precise codes.
     let err = c
-        .create_topic(CreateTopicRequest { name: "bad name".into(), partitions: 1, replication_factor: 1, config: None })
+        .create_topic(CreateTopicRequest {
+            name: "bad name".into(),
+            partitions: 1,
+            replication_factor: 1,
+            config: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
     let err = c
-        .create_topic(CreateTopicRequest { name: "big".into(), partitions: 1, replication_factor: 5, config: None })
+        .create_topic(CreateTopicRequest {
+            name: "big".into(),
+            partitions: 1,
+            replication_factor: 5,
+            config: None,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
     let err = c
-        .produce(ProduceRequest { topic: "nope".into(), ..Default::default() })
+        .produce(ProduceRequest {
+            topic: "nope".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
     let err = c
-        .produce(ProduceRequest { topic: "events".into(), ..Default::default() })
+        .produce(ProduceRequest {
+            topic: "events".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");

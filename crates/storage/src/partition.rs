@@ -84,7 +84,9 @@ impl PartitionState {
     }
 
     fn decide(&self, batch: &BatchHeader) -> Outcome {
-        let append = Outcome::Appended { base_offset: self.next_offset };
+        let append = Outcome::Appended {
+            base_offset: self.next_offset,
+        };
         if batch.producer_id == 0 {
             return append;
         }
@@ -92,18 +94,22 @@ impl PartitionState {
             // A producer this partition does not know (new, or forgotten): accept its batch.
             return append;
         };
-        if let Some(dup) = seen
-            .iter()
-            .find(|s| s.base_sequence == batch.base_sequence && s.record_count == batch.record_count)
-        {
-            return Outcome::Duplicate { base_offset: dup.base_offset };
+        if let Some(dup) = seen.iter().find(|s| {
+            s.base_sequence == batch.base_sequence && s.record_count == batch.record_count
+        }) {
+            return Outcome::Duplicate {
+                base_offset: dup.base_offset,
+            };
         }
         let last = seen.back().expect("a known producer has a batch");
         let expected = last.base_sequence.wrapping_add(last.record_count);
         if batch.base_sequence == expected {
             append
         } else {
-            Outcome::OutOfOrder { expected, got: batch.base_sequence }
+            Outcome::OutOfOrder {
+                expected,
+                got: batch.base_sequence,
+            }
         }
     }
 
@@ -126,7 +132,10 @@ impl PartitionState {
     /// Checks the invariants; one message per broken fact.
     pub fn validate(&self) -> Result<(), String> {
         if self.producers.len() > MAX_PRODUCERS_PER_PARTITION {
-            return Err(format!("{} producers retained, limit {MAX_PRODUCERS_PER_PARTITION}", self.producers.len()));
+            return Err(format!(
+                "{} producers retained, limit {MAX_PRODUCERS_PER_PARTITION}",
+                self.producers.len()
+            ));
         }
         for (pid, seen) in &self.producers {
             if seen.is_empty() || seen.len() > RETAINED_BATCHES_PER_PRODUCER {
@@ -139,7 +148,10 @@ impl PartitionState {
             }
             let last = seen.back().unwrap();
             if last.base_offset + last.record_count as u64 > self.next_offset {
-                return Err(format!("producer {pid}: batch beyond next_offset {}", self.next_offset));
+                return Err(format!(
+                    "producer {pid}: batch beyond next_offset {}",
+                    self.next_offset
+                ));
             }
         }
         Ok(())
@@ -152,7 +164,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn b(pid: u64, seq: u32, n: u32) -> BatchHeader {
-        BatchHeader { producer_id: pid, base_sequence: seq, record_count: n }
+        BatchHeader {
+            producer_id: pid,
+            base_sequence: seq,
+            record_count: n,
+        }
     }
 
     #[test]
@@ -166,7 +182,13 @@ mod tests {
         assert_eq!(s.apply(&b(1, 3, 1)), Outcome::Duplicate { base_offset: 5 });
         assert_eq!(s.next_offset, 6);
         // A gap in the sequence is refused.
-        assert_eq!(s.apply(&b(1, 9, 1)), Outcome::OutOfOrder { expected: 4, got: 9 });
+        assert_eq!(
+            s.apply(&b(1, 9, 1)),
+            Outcome::OutOfOrder {
+                expected: 4,
+                got: 9
+            }
+        );
         assert_eq!(s.next_offset, 6);
     }
 
@@ -180,7 +202,9 @@ mod tests {
         // The oldest producers were forgotten, the newest kept.
         assert_eq!(
             s.apply(&b(MAX_PRODUCERS_PER_PARTITION as u64 + 10, 0, 1)),
-            Outcome::Duplicate { base_offset: MAX_PRODUCERS_PER_PARTITION as u64 + 9 }
+            Outcome::Duplicate {
+                base_offset: MAX_PRODUCERS_PER_PARTITION as u64 + 9
+            }
         );
     }
 

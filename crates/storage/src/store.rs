@@ -19,7 +19,11 @@ pub(crate) const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new(
 /// `(group, base_offset) → (index, record_count)`.
 pub(crate) const OFFSETS: TableDefinition<(u64, u64), (u64, u32)> = TableDefinition::new("offsets");
 /// `(group, key) → small value`.
-pub(crate) const GROUP_VALUES: TableDefinition<(u64, u8), &[u8]> = TableDefinition::new("group_values");
+pub(crate) const GROUP_VALUES: TableDefinition<(u64, u8), &[u8]> =
+    TableDefinition::new("group_values");
+
+/// A log entry as stored: its index and its bytes.
+pub type StoredEntry = (u64, Vec<u8>);
 
 /// Keys of [`GROUP_VALUES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +45,9 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { cache_size_bytes: 64 << 20 }
+        StoreOptions {
+            cache_size_bytes: 64 << 20,
+        }
     }
 }
 
@@ -81,12 +87,18 @@ impl Store {
     pub async fn write(&self, ops: Vec<Op>) -> Result<(), StorageError> {
         let (tx, rx) = oneshot::channel();
         self.writer
-            .send(WriteBatch { ops, done: Some(tx) })
+            .send(WriteBatch {
+                ops,
+                done: Some(tx),
+            })
             .await
             .map_err(|_| StorageError::WriterStopped)?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StorageError::Corrupt { what: "commit", detail: e }),
+            Ok(Err(e)) => Err(StorageError::Corrupt {
+                what: "commit",
+                detail: e,
+            }),
             Err(_) => Err(StorageError::WriterStopped),
         }
     }
@@ -99,7 +111,10 @@ impl Store {
     ) -> Result<oneshot::Receiver<Result<(), String>>, StorageError> {
         let (tx, rx) = oneshot::channel();
         self.writer
-            .send(WriteBatch { ops, done: Some(tx) })
+            .send(WriteBatch {
+                ops,
+                done: Some(tx),
+            })
             .await
             .map_err(|_| StorageError::WriterStopped)?;
         Ok(rx)
@@ -126,7 +141,7 @@ impl Store {
         range: impl RangeBounds<u64>,
         max_entries: usize,
         max_bytes: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+    ) -> Result<Vec<StoredEntry>, StorageError> {
         use std::ops::Bound;
         let start = match range.start_bound() {
             Bound::Included(&s) => s,
@@ -146,7 +161,10 @@ impl Store {
         let table = txn.open_table(LOG).map_err(StorageError::redb)?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        for item in table.range((group, start)..=(group, end)).map_err(StorageError::redb)? {
+        for item in table
+            .range((group, start)..=(group, end))
+            .map_err(StorageError::redb)?
+        {
             let (k, v) = item.map_err(StorageError::redb)?;
             let v = v.value();
             if !out.is_empty() && (out.len() >= max_entries || bytes + v.len() > max_bytes) {
@@ -159,10 +177,15 @@ impl Store {
     }
 
     /// The first and last log entries of `group`, if any.
-    pub fn log_bounds(&self, group: u64) -> Result<Option<((u64, Vec<u8>), (u64, Vec<u8>))>, StorageError> {
+    pub fn log_bounds(
+        &self,
+        group: u64,
+    ) -> Result<Option<(StoredEntry, StoredEntry)>, StorageError> {
         let txn = self.read_txn()?;
         let table = txn.open_table(LOG).map_err(StorageError::redb)?;
-        let mut range = table.range((group, 0)..=(group, u64::MAX)).map_err(StorageError::redb)?;
+        let mut range = table
+            .range((group, 0)..=(group, u64::MAX))
+            .map_err(StorageError::redb)?;
         let first = match range.next() {
             None => return Ok(None),
             Some(item) => {
@@ -192,10 +215,16 @@ impl Store {
 
     /// The offset index entry covering `offset`: the batch with the greatest base offset not
     /// above it, as `(base_offset, log index, record_count)`.
-    pub fn find_offset(&self, group: u64, offset: u64) -> Result<Option<(u64, u64, u32)>, StorageError> {
+    pub fn find_offset(
+        &self,
+        group: u64,
+        offset: u64,
+    ) -> Result<Option<(u64, u64, u32)>, StorageError> {
         let txn = self.read_txn()?;
         let table = txn.open_table(OFFSETS).map_err(StorageError::redb)?;
-        let mut range = table.range((group, 0)..=(group, offset)).map_err(StorageError::redb)?;
+        let mut range = table
+            .range((group, 0)..=(group, offset))
+            .map_err(StorageError::redb)?;
         match range.next_back() {
             None => Ok(None),
             Some(item) => {
@@ -207,11 +236,19 @@ impl Store {
     }
 
     /// Offset index entries of `group` from base offset `from` on, at most `max` of them.
-    pub fn offsets_from(&self, group: u64, from: u64, max: usize) -> Result<Vec<(u64, u64, u32)>, StorageError> {
+    pub fn offsets_from(
+        &self,
+        group: u64,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, u64, u32)>, StorageError> {
         let txn = self.read_txn()?;
         let table = txn.open_table(OFFSETS).map_err(StorageError::redb)?;
         let mut out = Vec::new();
-        for item in table.range((group, from)..=(group, u64::MAX)).map_err(StorageError::redb)? {
+        for item in table
+            .range((group, from)..=(group, u64::MAX))
+            .map_err(StorageError::redb)?
+        {
             if out.len() >= max {
                 break;
             }
@@ -226,7 +263,9 @@ impl Store {
     pub fn first_offset(&self, group: u64) -> Result<Option<u64>, StorageError> {
         let txn = self.read_txn()?;
         let table = txn.open_table(OFFSETS).map_err(StorageError::redb)?;
-        let mut range = table.range((group, 0)..=(group, u64::MAX)).map_err(StorageError::redb)?;
+        let mut range = table
+            .range((group, 0)..=(group, u64::MAX))
+            .map_err(StorageError::redb)?;
         match range.next() {
             None => Ok(None),
             Some(item) => Ok(Some(item.map_err(StorageError::redb)?.0.value().1)),
@@ -254,11 +293,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
         let entries = (1..=10).map(|i| (i, vec![i as u8; 10])).collect();
-        store.write(vec![Op::Append { group: 7, entries }]).await.unwrap();
+        store
+            .write(vec![Op::Append { group: 7, entries }])
+            .await
+            .unwrap();
         store
             .write(vec![
                 Op::TruncateFrom { group: 7, index: 8 },
-                Op::Append { group: 7, entries: vec![(8, vec![99])] },
+                Op::Append {
+                    group: 7,
+                    entries: vec![(8, vec![99])],
+                },
                 Op::PurgeTo { group: 7, index: 2 },
             ])
             .await
@@ -278,9 +323,19 @@ mod tests {
             let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
             store
                 .write(vec![
-                    Op::Append { group: 1, entries: vec![(1, b"a".to_vec())] },
-                    Op::Put { group: 1, key: GroupKey::Vote as u8, value: b"v".to_vec() },
-                    Op::IndexOffsets { group: 1, entries: vec![(0, 1, 5), (5, 3, 2)] },
+                    Op::Append {
+                        group: 1,
+                        entries: vec![(1, b"a".to_vec())],
+                    },
+                    Op::Put {
+                        group: 1,
+                        key: GroupKey::Vote as u8,
+                        value: b"v".to_vec(),
+                    },
+                    Op::IndexOffsets {
+                        group: 1,
+                        entries: vec![(0, 1, 5), (5, 3, 2)],
+                    },
                 ])
                 .await
                 .unwrap();
@@ -292,10 +347,16 @@ mod tests {
                 Err(_) => std::thread::yield_now(),
             }
         };
-        assert_eq!(store.get_value(1, GroupKey::Vote).unwrap(), Some(b"v".to_vec()));
+        assert_eq!(
+            store.get_value(1, GroupKey::Vote).unwrap(),
+            Some(b"v".to_vec())
+        );
         assert_eq!(store.find_offset(1, 6).unwrap(), Some((5, 3, 2)));
         assert_eq!(store.find_offset(1, 4).unwrap(), Some((0, 1, 5)));
         assert_eq!(store.offsets_from(1, 1, 10).unwrap(), vec![(5, 3, 2)]);
-        assert_eq!(store.read_log(1, 1..2, 10, 10).unwrap(), vec![(1, b"a".to_vec())]);
+        assert_eq!(
+            store.read_log(1, 1..2, 10, 10).unwrap(),
+            vec![(1, b"a".to_vec())]
+        );
     }
 }

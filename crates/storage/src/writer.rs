@@ -30,7 +30,10 @@ pub const MAX_COMMIT_BYTES: usize = 32 << 20;
 #[derive(Debug)]
 pub enum Op {
     /// Inserts (or overwrites) log entries of a group.
-    Append { group: u64, entries: Vec<(u64, Vec<u8>)> },
+    Append {
+        group: u64,
+        entries: Vec<(u64, Vec<u8>)>,
+    },
     /// Removes the log entries of a group at `index` and after, and the offset index entries
     /// pointing at them.
     TruncateFrom { group: u64, index: u64 },
@@ -40,7 +43,10 @@ pub enum Op {
     /// Sets a small per-group value.
     Put { group: u64, key: u8, value: Vec<u8> },
     /// Adds offset index entries: `(base_offset, log index, record count)`.
-    IndexOffsets { group: u64, entries: Vec<(u64, u64, u32)> },
+    IndexOffsets {
+        group: u64,
+        entries: Vec<(u64, u64, u32)>,
+    },
     /// Removes everything a group has stored.
     DeleteGroup { group: u64 },
 }
@@ -171,29 +177,21 @@ fn collect_offsets(
     from_end: bool,
     doomed: impl Fn(u64) -> bool,
 ) -> Result<Vec<u64>, StorageError> {
-    let range = table.range((group, 0)..=(group, u64::MAX)).map_err(StorageError::redb)?;
+    let range = table
+        .range((group, 0)..=(group, u64::MAX))
+        .map_err(StorageError::redb)?;
     let mut out = Vec::new();
-    let mut visit = |item: Result<(redb::AccessGuard<'_, (u64, u64)>, redb::AccessGuard<'_, (u64, u32)>), redb::StorageError>| -> Result<bool, StorageError> {
-        let (k, v) = item.map_err(StorageError::redb)?;
-        if doomed(v.value().0) {
-            out.push(k.value().1);
-            Ok(true)
-        } else {
-            Ok(false)
-        }
-    };
-    if from_end {
-        for item in range.rev() {
-            if !visit(item)? {
-                break;
-            }
-        }
+    let items: Box<dyn Iterator<Item = _>> = if from_end {
+        Box::new(range.rev())
     } else {
-        for item in range {
-            if !visit(item)? {
-                break;
-            }
+        Box::new(range)
+    };
+    for item in items {
+        let (k, v) = item.map_err(StorageError::redb)?;
+        if !doomed(v.value().0) {
+            break;
         }
+        out.push(k.value().1);
     }
     Ok(out)
 }
