@@ -144,6 +144,14 @@ impl PartitionShared {
         let mut out = Appended::default();
         for e in entries {
             if let EntryPayload::Normal(Request::Batch(b)) = &e.payload {
+                // Every replica checks the producer's CRC before the batch reaches its disk:
+                // a batch corrupted on the way is an error, never stored data.
+                fjord_proto::batch::verify(&b.records, b.crc32c).map_err(|err| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("group {} entry {}: {err}", self.group, e.index()),
+                    )
+                })?;
                 let outcome = tail.state.apply(&b.header());
                 if let Outcome::Appended { base_offset } = outcome
                     && b.record_count > 0
