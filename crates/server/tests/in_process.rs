@@ -194,6 +194,64 @@ async fn three_nodes_produce_and_fetch() {
     }
     assert_eq!(values, vec!["one", "two", "three"]);
 
+    // Idempotence: the same producer batch sent twice (a retry after a lost answer) is
+    // appended once; a sequence gap is refused.
+    let pid = c.init_producer(InitProducerRequest {}).await.unwrap().into_inner().producer_id;
+    assert_ne!(pid, 0);
+    let records = vec![Record { key: None, value: "once".into(), headers: vec![], timestamp_ms: 0 }];
+    let body = fjord_proto::batch::encode(&records);
+    let batch = |seq: u32| RecordBatch {
+        partition: 1,
+        producer_id: pid,
+        base_sequence: seq,
+        record_count: 1,
+        crc32c: fjord_proto::batch::checksum(&body),
+        records: body.clone(),
+    };
+    let send = |b: RecordBatch| {
+        let addrs = cluster.addrs.clone();
+        async move {
+            eventually("idempotent produce", || {
+                let addrs = addrs.clone();
+                let b = b.clone();
+                async move {
+                    for a in &addrs {
+                        let r = client(a)
+                            .await
+                            .produce(ProduceRequest {
+                                topic: "events".into(),
+                                batches: vec![b.clone()],
+                                ..Default::default()
+                            })
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .into_inner();
+                        let res = r.results[0].clone();
+                        match &res.error {
+                            Some(e) if e.code == tonic::Code::Unavailable as i32 => continue,
+                            _ => return Ok(res),
+                        }
+                    }
+                    Err("no leader accepted".to_string())
+                }
+            })
+            .await
+        }
+    };
+    let first = send(batch(0)).await;
+    let again = send(batch(0)).await;
+    assert!(first.error.is_none() && !first.duplicate, "{first:?}");
+    assert!(again.duplicate && again.base_offset == first.base_offset, "{again:?}");
+    let gap = send(batch(5)).await;
+    assert_eq!(gap.error.as_ref().map(|e| e.code), Some(tonic::Code::FailedPrecondition as i32), "{gap:?}");
+    let mut corrupt = batch(1);
+    corrupt.crc32c ^= 1;
+    let err = c
+        .produce(ProduceRequest { topic: "events".into(), batches: vec![corrupt], ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DataLoss, "{err}");
+
     // Bad input: precise codes.
     let err = c
         .create_topic(CreateTopicRequest {
