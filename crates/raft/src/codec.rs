@@ -22,3 +22,12 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, std::i
         )
     })
 }
+
+/// The record batch a stored log entry holds, if it holds one.
+pub fn stored_batch(bytes: &[u8]) -> Result<Option<crate::StoredBatch>, std::io::Error> {
+    let entry: Entry = decode(bytes, "log entry")?;
+    Ok(match entry.payload {
+        openraft::EntryPayload::Normal(crate::Request::Batch(b)) => Some(b),
+        _ => None,
+    })
+}

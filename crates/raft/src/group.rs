@@ -10,11 +10,11 @@ use std::sync::{Arc, RwLock};
 
 use fjord_storage::Store;
 use openraft::{Config, SnapshotPolicy};
-use tokio::sync::watch;
 
 use crate::codec;
+use crate::handle::{MetaHandle, PartitionHandle};
 use crate::log_store::GroupLogStore;
-use crate::meta_sm::{MetaSm, MetaView};
+use crate::meta_sm::MetaSm;
 use crate::network::{GroupNetworkFactory, PeerPool, RpcKind};
 use crate::partition_sm::{PartitionShared, PartitionSm};
 use crate::{NodeId, TypeConfig};
@@ -57,11 +57,11 @@ impl GroupConfig {
     }
 }
 
-/// A group's Raft handle, whatever its role.
+/// A group's handle, whatever its role.
 #[derive(Clone)]
-pub enum AnyRaft {
-    Meta(MetaRaft),
-    Partition(PartitionRaft, Arc<PartitionShared>),
+pub enum AnyGroup {
+    Meta(MetaHandle),
+    Partition(PartitionHandle),
 }
 
 /// Why an inbound message could not be handled.
@@ -77,7 +77,7 @@ pub enum DispatchError {
 #[derive(Default)]
 pub struct GroupRegistry {
     // Lookups on every inbound message, inserts when groups start: a short std lock.
-    groups: RwLock<HashMap<u64, AnyRaft>>,
+    groups: RwLock<HashMap<u64, AnyGroup>>,
 }
 
 impl GroupRegistry {
@@ -85,22 +85,22 @@ impl GroupRegistry {
         Arc::new(Self::default())
     }
 
-    pub fn get(&self, group: u64) -> Option<AnyRaft> {
+    pub fn get(&self, group: u64) -> Option<AnyGroup> {
         self.groups.read().unwrap().get(&group).cloned()
     }
 
-    pub fn partition(&self, group: u64) -> Option<(PartitionRaft, Arc<PartitionShared>)> {
+    pub fn partition(&self, group: u64) -> Option<PartitionHandle> {
         match self.get(group) {
-            Some(AnyRaft::Partition(r, s)) => Some((r, s)),
+            Some(AnyGroup::Partition(h)) => Some(h),
             _ => None,
         }
     }
 
-    pub fn insert(&self, group: u64, raft: AnyRaft) {
+    pub fn insert(&self, group: u64, raft: AnyGroup) {
         self.groups.write().unwrap().insert(group, raft);
     }
 
-    pub fn remove(&self, group: u64) -> Option<AnyRaft> {
+    pub fn remove(&self, group: u64) -> Option<AnyGroup> {
         self.groups.write().unwrap().remove(&group)
     }
 
@@ -118,8 +118,8 @@ impl GroupRegistry {
     ) -> Result<Vec<u8>, DispatchError> {
         let raft = self.get(group).ok_or(DispatchError::UnknownGroup(group))?;
         match raft {
-            AnyRaft::Meta(r) => handle(&r, kind, payload).await,
-            AnyRaft::Partition(r, _) => handle(&r, kind, payload).await,
+            AnyGroup::Meta(h) => handle(h.raft(), kind, payload).await,
+            AnyGroup::Partition(h) => handle(h.raft(), kind, payload).await,
         }
     }
 }
@@ -164,7 +164,7 @@ pub async fn start_meta(
     cfg: &GroupConfig,
     store: Store,
     pool: Arc<PeerPool>,
-) -> Result<(MetaRaft, watch::Receiver<Arc<MetaView>>), String> {
+) -> Result<MetaHandle, String> {
     let group = fjord_meta::META_GROUP;
     let config = cfg.raft_config(GroupRole::Meta, group)?;
     let (sm, view) = MetaSm::open(group, store.clone()).map_err(|e| e.to_string())?;
@@ -178,7 +178,7 @@ pub async fn start_meta(
     )
     .await
     .map_err(|e| e.to_string())?;
-    Ok((raft, view))
+    Ok(MetaHandle::new(raft, view))
 }
 
 /// Starts a partition group on this node.
@@ -188,7 +188,7 @@ pub async fn start_partition(
     cfg: &GroupConfig,
     store: Store,
     pool: Arc<PeerPool>,
-) -> Result<(PartitionRaft, Arc<PartitionShared>), String> {
+) -> Result<PartitionHandle, String> {
     let config = cfg.raft_config(GroupRole::Partition, group)?;
     let shared = PartitionShared::open(group, &store).map_err(|e| e.to_string())?;
     let sm = PartitionSm::new(shared.clone(), store.clone());
@@ -202,5 +202,5 @@ pub async fn start_partition(
     )
     .await
     .map_err(|e| e.to_string())?;
-    Ok((raft, shared))
+    Ok(PartitionHandle::new(raft, shared))
 }

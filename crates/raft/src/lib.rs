@@ -13,17 +13,22 @@
 //! - [`meta_sm`]: the metadata (controller) state machine over [`fjord_meta::MetaState`].
 //! - [`network`]: the multi-group transport: one gRPC connection per peer node, every message
 //!   tagged with its group id; and the server side that routes a message to its group.
-//! - [`group`]: building and running one group with fjord's Raft settings.
+//! - [`group`]: building and running one group with fjord's Raft settings, and the registry
+//!   of a node's groups.
+//! - [`handle`]: what the server drives a group with ([`PartitionHandle`], [`MetaHandle`]),
+//!   in fjord's own types: the server never names an openraft type.
 //!
 //! [`Store`]: fjord_storage::Store
 
 pub mod codec;
 pub mod group;
+pub mod handle;
 pub mod log_store;
 pub mod meta_sm;
 pub mod network;
 pub mod partition_sm;
 pub mod types;
 
-pub use group::{AnyRaft, GroupConfig, GroupRegistry, GroupRole, MetaRaft, PartitionRaft};
+pub use group::{AnyGroup, GroupConfig, GroupRegistry, GroupRole, MetaRaft, PartitionRaft};
+pub use handle::{GroupError, Leadership, LeadershipWatch, MetaHandle, PartitionHandle};
 pub use types::{NodeId, Request, Response, StoredBatch, TypeConfig};

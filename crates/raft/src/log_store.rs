@@ -192,7 +192,9 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         }];
         let appended = match &self.partition {
             Some(p) => {
-                let appended = p.on_append(&self.store, &entries).inspect_err(|_| p.invalidate_tail())?;
+                let appended = p
+                    .on_append(&self.store, &entries)
+                    .inspect_err(|_| p.invalidate_tail())?;
                 if !appended.index.is_empty() {
                     ops.push(Op::IndexOffsets {
                         group: self.group,

@@ -14,13 +14,9 @@ use fjord_proto::v1::{
     Acks, FetchRequest, FetchResponse, FetchedBatch, PartitionResult, ProduceRequest, ReadMode,
     Record,
 };
-use fjord_raft::codec::{self, Entry};
-use fjord_raft::{PartitionRaft, Request, Response, StoredBatch, TypeConfig};
+use fjord_raft::codec;
+use fjord_raft::{GroupError, PartitionHandle, StoredBatch};
 use fjord_storage::partition::Outcome;
-use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
-use openraft::impls::ProgressResponder;
-use openraft::{EntryPayload, ReadPolicy};
 
 use crate::error::ApiError;
 use crate::node::Node;
@@ -78,13 +74,7 @@ fn local_partition(
     node: &Node,
     topic: &Topic,
     partition: u32,
-) -> Result<
-    (
-        PartitionRaft,
-        std::sync::Arc<fjord_raft::partition_sm::PartitionShared>,
-    ),
-    ApiError,
-> {
+) -> Result<PartitionHandle, ApiError> {
     let g = group_id(topic.id, partition);
     match node.registry.partition(g) {
         Some(x) => Ok(x),
@@ -289,66 +279,38 @@ async fn produce_partition(
     acks: Acks,
     timeout: Duration,
 ) -> Result<Outcome, ApiError> {
-    let (raft, shared) = local_partition(node, topic, partition)?;
-    let leader = raft.metrics().borrow_watched().current_leader;
+    let handle = local_partition(node, topic, partition)?;
+    let leader = handle.leadership().leader;
     if leader != Some(node.id) {
         return Err(not_leader(node, topic, partition, leader));
     }
-    let timed_out = || {
-        ApiError::Timeout(format!(
+    let proposal = async {
+        match acks {
+            Acks::Cp => handle.propose_cp(b).await,
+            Acks::Ap => handle.propose_ap(b).await,
+        }
+    };
+    match tokio::time::timeout(timeout, proposal).await {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(e)) => Err(group_error(node, topic, partition, e)),
+        Err(_) => Err(ApiError::Timeout(format!(
             "partition {partition} of topic {:?}: not acknowledged within {} ms; the outcome is unknown \
              (retry with the same producer id and sequence to avoid a duplicate)",
             topic.name,
             timeout.as_millis()
-        ))
-    };
-    let write_error = |e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>| match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-            not_leader(node, topic, partition, f.leader_id)
-        }
-        other => ApiError::NoLeader(format!(
-            "partition {partition} of topic {:?} ({other})",
+        ))),
+    }
+}
+
+fn group_error(node: &Node, topic: &Topic, partition: u32, e: GroupError) -> ApiError {
+    match e {
+        GroupError::NotLeader { leader, .. } => not_leader(node, topic, partition, leader),
+        GroupError::Unavailable(why) => ApiError::NoLeader(format!(
+            "partition {partition} of topic {:?} ({why})",
             topic.name
         )),
-    };
-    let outcome_of = |data: Response| match data {
-        Response::Batch(o) => Ok(o),
-        other => Err(ApiError::Internal(format!(
-            "unexpected partition response {other:?}"
-        ))),
-    };
-    match acks {
-        Acks::Cp => match tokio::time::timeout(timeout, raft.client_write(Request::Batch(b))).await
-        {
-            Err(_) => Err(timed_out()),
-            Ok(Err(e)) => Err(write_error(e)),
-            Ok(Ok(resp)) => outcome_of(resp.data),
-        },
-        Acks::Ap => {
-            let token = b.token;
-            let appended = shared
-                .register_waiter(token)
-                .map_err(|e| ApiError::Busy(e.to_string()))?;
-            let (responder, committed) = ProgressResponder::complete_only();
-            let result = async {
-                raft.client_write_ff(Request::Batch(b), Some(responder))
-                    .await
-                    .map_err(|e| ApiError::Internal(e.to_string()))?;
-                tokio::select! {
-                    o = appended => o.map_err(|_| ApiError::NoLeader(format!("partition {partition} of topic {:?}", topic.name))),
-                    c = committed => match c {
-                        Ok(Ok(resp)) => outcome_of(resp.data),
-                        Ok(Err(e)) => Err(write_error(RaftError::APIError(e))),
-                        Err(_) => Err(ApiError::NoLeader(format!("partition {partition} of topic {:?}", topic.name))),
-                    },
-                }
-            };
-            let r = tokio::time::timeout(timeout, result)
-                .await
-                .unwrap_or_else(|_| Err(timed_out()));
-            shared.cancel_waiter(token);
-            r
-        }
+        GroupError::Busy(why) => ApiError::Busy(why),
+        GroupError::Internal(why) => ApiError::Internal(why),
     }
 }
 
@@ -372,23 +334,16 @@ pub async fn fetch(node: &Node, req: FetchRequest) -> Result<FetchResponse, ApiE
             req.max_wait_ms
         )));
     }
-    let (raft, shared) = local_partition(node, &topic, req.partition)?;
+    let handle = local_partition(node, &topic, req.partition)?;
     if mode == ReadMode::ReadCp {
         // A lease read: this node is the leader and a majority acknowledged it within the
         // lease, so its committed state is current.
-        match raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
-            Ok(_) => {}
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-                return Err(not_leader(node, &topic, req.partition, f.leader_id));
-            }
-            Err(e) => {
-                return Err(ApiError::NoLeader(format!(
-                    "partition {} of topic {:?} ({e})",
-                    req.partition, topic.name
-                )));
-            }
-        }
+        handle
+            .linearizable_read()
+            .await
+            .map_err(|e| group_error(node, &topic, req.partition, e))?;
     }
+    let shared = handle.shared();
     let group = shared.group();
     let mut hw = shared.high_watermark();
     let log_start = node
@@ -473,13 +428,13 @@ fn read_batches(
         let Some((base, count)) = wanted.get(&idx).copied() else {
             continue;
         };
-        let entry: Entry =
-            codec::decode(&raw, "log entry").map_err(|e| ApiError::Corrupt(e.to_string()))?;
-        let EntryPayload::Normal(Request::Batch(b)) = entry.payload else {
-            return Err(ApiError::Corrupt(format!(
-                "group {group}: offset index points at a non-batch entry {idx}"
-            )));
-        };
+        let b = codec::stored_batch(&raw)
+            .map_err(|e| ApiError::Corrupt(e.to_string()))?
+            .ok_or_else(|| {
+                ApiError::Corrupt(format!(
+                    "group {group}: offset index points at a non-batch entry {idx}"
+                ))
+            })?;
         batch::verify(&b.records, b.crc32c).map_err(|e| {
             ApiError::Corrupt(format!(
                 "stored batch at offset {base} of group {group}: {e}"

@@ -19,15 +19,11 @@ use std::time::Duration;
 
 use fjord_meta::{GroupId, MetaCommand, MetaResponse, NodeId};
 use fjord_proto::raft::GroupMessage;
-use fjord_raft::group::{self, AnyRaft};
+use fjord_raft::group::{self, AnyGroup};
 use fjord_raft::meta_sm::MetaView;
 use fjord_raft::network::PeerPool;
-use fjord_raft::{GroupConfig, GroupRegistry, MetaRaft, PartitionRaft, Request, Response};
+use fjord_raft::{GroupConfig, GroupError, GroupRegistry, MetaHandle, PartitionHandle};
 use fjord_storage::Store;
-use openraft::BasicNode;
-use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, RaftError};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::ServeConfig;
@@ -68,8 +64,7 @@ pub struct Node {
     pub store: Store,
     pub pool: Arc<PeerPool>,
     pub registry: Arc<GroupRegistry>,
-    pub meta: MetaRaft,
-    pub meta_view: watch::Receiver<Arc<MetaView>>,
+    pub meta: MetaHandle,
     pub group_config: GroupConfig,
     pub clock: Arc<dyn Clock>,
     pub shutdown: CancellationToken,
@@ -90,9 +85,8 @@ impl Node {
             election_timeout_ms: config.election_timeout_ms,
         };
         let registry = GroupRegistry::new();
-        let (meta, meta_view) =
-            group::start_meta(config.id, &group_config, store.clone(), pool.clone()).await?;
-        registry.insert(fjord_meta::META_GROUP, AnyRaft::Meta(meta.clone()));
+        let meta = group::start_meta(config.id, &group_config, store.clone(), pool.clone()).await?;
+        registry.insert(fjord_meta::META_GROUP, AnyGroup::Meta(meta.clone()));
         Ok(Arc::new(Node {
             id: config.id,
             address: config.advertised_address(),
@@ -101,7 +95,6 @@ impl Node {
             pool,
             registry,
             meta,
-            meta_view,
             group_config,
             clock,
             shutdown,
@@ -113,15 +106,10 @@ impl Node {
     /// Initializes the metadata group if this node never was, registers this node, and
     /// starts the background tasks.
     pub async fn run_background(self: &Arc<Self>) {
-        if !self.meta.is_initialized().await.unwrap_or(true) {
-            let members: BTreeMap<NodeId, BasicNode> = self
-                .peers
-                .iter()
-                .map(|(id, a)| (*id, BasicNode { addr: a.clone() }))
-                .collect();
-            if let Err(e) = self.meta.initialize(members).await {
-                tracing::info!(error = %e, "metadata group initialize skipped");
-            }
+        match self.meta.initialize(&self.peers).await {
+            Ok(true) => tracing::info!(peers = ?self.peers, "initialized the metadata group"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot initialize the metadata group"),
         }
         let me = self.clone();
         tokio::spawn(async move { me.register_self().await });
@@ -138,7 +126,7 @@ impl Node {
 
     /// The applied metadata on this node.
     pub fn view(&self) -> Arc<MetaView> {
-        self.meta_view.borrow().clone()
+        self.meta.view()
     }
 
     /// The address of `node`: as registered, else as configured.
@@ -153,7 +141,7 @@ impl Node {
 
     /// The metadata leader this node knows of.
     pub fn meta_leader(&self) -> Option<NodeId> {
-        self.meta.metrics().borrow_watched().current_leader
+        self.meta.leader()
     }
 
     async fn register_self(self: Arc<Self>) {
@@ -188,23 +176,16 @@ impl Node {
         let mut backoff = Duration::from_millis(20);
         let mut last_err = ApiError::NoLeader("the metadata group".into());
         for _ in 0..META_WRITE_ATTEMPTS {
-            match self.meta.client_write(Request::Meta(cmd.clone())).await {
-                Ok(resp) => {
-                    return match resp.data {
-                        Response::Meta(r) => Ok(r),
-                        other => Err(ApiError::Internal(format!(
-                            "unexpected metadata response {other:?}"
-                        ))),
-                    };
-                }
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    if let Some(node) = f.leader_node {
-                        match self.forward_meta_write(&node.addr, &cmd).await {
-                            Ok(r) => return Ok(r),
-                            Err(e) => last_err = e,
-                        }
-                    }
-                }
+            match self.meta.write(cmd.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(GroupError::NotLeader {
+                    address: Some(addr),
+                    ..
+                }) => match self.forward_meta_write(&addr, &cmd).await {
+                    Ok(r) => return Ok(r),
+                    Err(e) => last_err = e,
+                },
+                Err(GroupError::Internal(e)) => return Err(ApiError::Internal(e)),
                 Err(e) => last_err = ApiError::NoLeader(format!("the metadata group ({e})")),
             }
             if self.shutdown.is_cancelled() {
@@ -239,13 +220,9 @@ impl Node {
     /// Handles a metadata write forwarded by another node: applies it here only if this node
     /// leads (no second hop, so forwards cannot loop).
     pub async fn local_meta_write(&self, cmd: MetaCommand) -> Result<MetaResponse, ApiError> {
-        match self.meta.client_write(Request::Meta(cmd)).await {
-            Ok(resp) => match resp.data {
-                Response::Meta(r) => Ok(r),
-                other => Err(ApiError::Internal(format!(
-                    "unexpected metadata response {other:?}"
-                ))),
-            },
+        match self.meta.write(cmd).await {
+            Ok(r) => Ok(r),
+            Err(GroupError::Internal(e)) => Err(ApiError::Internal(e)),
             Err(e) => Err(ApiError::NoLeader(format!("the metadata group ({e})"))),
         }
     }
@@ -253,7 +230,7 @@ impl Node {
     // ---- reconciler ----
 
     async fn reconcile_loop(self: Arc<Self>) {
-        let mut view = self.meta_view.clone();
+        let mut view = self.meta.subscribe();
         // Groups this process has seen assigned to it: only those are deleted when their
         // assignment disappears (an early, not yet replayed view must not delete data).
         let mut seen: BTreeSet<GroupId> = BTreeSet::new();
@@ -284,28 +261,19 @@ impl Node {
             )
             .await
             {
-                Ok((raft, shared)) => {
+                Ok(handle) => {
                     self.registry
-                        .insert(*group, AnyRaft::Partition(raft.clone(), shared));
-                    if !raft.is_initialized().await.unwrap_or(true) {
-                        let members: BTreeMap<NodeId, BasicNode> = replicas
-                            .iter()
-                            .map(|n| {
-                                (
-                                    *n,
-                                    BasicNode {
-                                        addr: self.address_of(*n).unwrap_or_default(),
-                                    },
-                                )
-                            })
-                            .collect();
-                        if let Err(e) = raft.initialize(members).await {
-                            tracing::debug!(group, error = %e, "partition group initialize skipped");
-                        }
+                        .insert(*group, AnyGroup::Partition(handle.clone()));
+                    let members: BTreeMap<NodeId, String> = replicas
+                        .iter()
+                        .map(|n| (*n, self.address_of(*n).unwrap_or_default()))
+                        .collect();
+                    if let Err(e) = handle.initialize(&members).await {
+                        tracing::warn!(group, error = %e, "cannot initialize partition group");
                     }
                     let me = self.clone();
                     let g = *group;
-                    tokio::spawn(async move { me.report_leadership(g, raft).await });
+                    tokio::spawn(async move { me.report_leadership(g, handle).await });
                     tracing::info!(group, ?replicas, "started partition group");
                 }
                 Err(e) => tracing::error!(group, error = %e, "cannot start partition group"),
@@ -318,8 +286,8 @@ impl Node {
             .collect();
         for g in gone {
             seen.remove(&g);
-            if let Some(AnyRaft::Partition(raft, _)) = self.registry.remove(g) {
-                let _ = raft.shutdown().await;
+            if let Some(AnyGroup::Partition(handle)) = self.registry.remove(g) {
+                handle.shutdown().await;
             }
             if let Err(e) = self
                 .store
@@ -334,14 +302,11 @@ impl Node {
     }
 
     /// Reports to the metadata group each time this node becomes the leader of `group`.
-    async fn report_leadership(self: Arc<Self>, group: GroupId, raft: PartitionRaft) {
-        let mut metrics = raft.metrics();
+    async fn report_leadership(self: Arc<Self>, group: GroupId, handle: PartitionHandle) {
+        let mut watch = handle.watch_leadership();
         let mut reported_term = 0u64;
         loop {
-            let (leader, term) = {
-                let m = metrics.borrow_and_update();
-                (m.current_leader, m.current_term)
-            };
+            let fjord_raft::Leadership { leader, term } = watch.current();
             if leader == Some(self.id) && term > reported_term {
                 let cmd = MetaCommand::ReportLeader {
                     group_id: group,
@@ -362,7 +327,7 @@ impl Node {
                 }
             }
             tokio::select! {
-                r = metrics.changed() => if r.is_err() { return },
+                alive = watch.changed() => if !alive { return },
                 _ = self.shutdown.cancelled() => return,
             }
         }
@@ -381,7 +346,7 @@ impl Node {
             if !self.meta.is_leader() {
                 continue;
             }
-            let live = self.live_nodes();
+            let live = self.meta.live_nodes(self.id, LIVENESS_WINDOW);
             let view = self.view();
             let moves =
                 fjord_meta::plan_leader_moves(&view.state, &live, MAX_LEADER_MOVES_PER_ROUND);
@@ -408,33 +373,13 @@ impl Node {
         }
     }
 
-    /// Nodes that acknowledged the metadata leader recently (this node included).
-    fn live_nodes(&self) -> BTreeSet<NodeId> {
-        let m = self.meta.metrics().borrow_watched().clone();
-        let mut live = BTreeSet::from([self.id]);
-        if let Some(hb) = &m.heartbeat {
-            for (node, at) in hb {
-                if let Some(at) = at
-                    && openraft::Instant::elapsed(&**at) < LIVENESS_WINDOW
-                {
-                    live.insert(*node);
-                }
-            }
-        }
-        live
-    }
-
     /// Stops every group and the background tasks.
     pub async fn stop(&self) {
         self.shutdown.cancel();
         for g in self.registry.ids() {
             match self.registry.remove(g) {
-                Some(AnyRaft::Partition(r, _)) => {
-                    let _ = r.shutdown().await;
-                }
-                Some(AnyRaft::Meta(r)) => {
-                    let _ = r.shutdown().await;
-                }
+                Some(AnyGroup::Partition(h)) => h.shutdown().await,
+                Some(AnyGroup::Meta(h)) => h.shutdown().await,
                 None => {}
             }
         }

@@ -52,7 +52,7 @@ impl ClientService {
     /// Waits (bounded) until this node has applied topic `name` and every partition of it has
     /// a reported leader.
     async fn wait_for_leaders(&self, name: &str) {
-        let mut view = self.node.meta_view.clone();
+        let mut view = self.node.meta.subscribe();
         let deadline = tokio::time::Instant::now() + CREATE_TOPIC_LEADER_WAIT;
         loop {
             let ready = view

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use fjord_proto::raft::GroupMessage;
 use fjord_proto::raft::raft_transport_server::RaftTransport;
-use fjord_raft::AnyRaft;
 use fjord_raft::group::DispatchError;
 use fjord_raft::network::RpcKind;
 use tonic::{Request, Response, Status};
@@ -85,9 +84,9 @@ impl RaftTransport for TransportService {
         let msg = req.into_inner();
         let to: u64 = postcard::from_bytes(&msg.payload)
             .map_err(|e| Status::invalid_argument(format!("bad leader move: {e}")))?;
-        match self.node.registry.get(msg.group_id) {
-            Some(AnyRaft::Partition(raft, _)) => {
-                raft.trigger()
+        match self.node.registry.partition(msg.group_id) {
+            Some(handle) => {
+                handle
                     .transfer_leader(to)
                     .await
                     .map_err(|e| Status::unavailable(e.to_string()))?;

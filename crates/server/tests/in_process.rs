@@ -196,9 +196,19 @@ async fn three_nodes_produce_and_fetch() {
 
     // Idempotence: the same producer batch sent twice (a retry after a lost answer) is
     // appended once; a sequence gap is refused.
-    let pid = c.init_producer(InitProducerRequest {}).await.unwrap().into_inner().producer_id;
+    let pid = c
+        .init_producer(InitProducerRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .producer_id;
     assert_ne!(pid, 0);
-    let records = vec![Record { key: None, value: "once".into(), headers: vec![], timestamp_ms: 0 }];
+    let records = vec![Record {
+        key: None,
+        value: "once".into(),
+        headers: vec![],
+        timestamp_ms: 0,
+    }];
     let body = fjord_proto::batch::encode(&records);
     let batch = |seq: u32| RecordBatch {
         partition: 1,
@@ -241,13 +251,24 @@ async fn three_nodes_produce_and_fetch() {
     let first = send(batch(0)).await;
     let again = send(batch(0)).await;
     assert!(first.error.is_none() && !first.duplicate, "{first:?}");
-    assert!(again.duplicate && again.base_offset == first.base_offset, "{again:?}");
+    assert!(
+        again.duplicate && again.base_offset == first.base_offset,
+        "{again:?}"
+    );
     let gap = send(batch(5)).await;
-    assert_eq!(gap.error.as_ref().map(|e| e.code), Some(tonic::Code::FailedPrecondition as i32), "{gap:?}");
+    assert_eq!(
+        gap.error.as_ref().map(|e| e.code),
+        Some(tonic::Code::FailedPrecondition as i32),
+        "{gap:?}"
+    );
     let mut corrupt = batch(1);
     corrupt.crc32c ^= 1;
     let err = c
-        .produce(ProduceRequest { topic: "events".into(), batches: vec![corrupt], ..Default::default() })
+        .produce(ProduceRequest {
+            topic: "events".into(),
+            batches: vec![corrupt],
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::DataLoss, "{err}");

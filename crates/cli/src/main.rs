@@ -1,0 +1,263 @@
+//! `fjord`: run a node or a local dev cluster, manage topics, produce and consume.
+//!
+//! # Layout
+//! - `serve`: one node (`fjord_server::run`) until SIGINT/SIGTERM.
+//! - `dev`: a local cluster of `fjord serve` child processes.
+//! - `topic`, `produce`, `consume`, `cluster`: client commands over `fjord_client`.
+//! - `output`: text or JSON-lines output, and the JSON shapes.
+//! - `signals`: waiting for SIGINT/SIGTERM.
+//!
+//! Exit codes: 0 on success (and when standard output is closed early, as by `| head`),
+//! 1 on an error (the message, with the server's reason, goes to standard error), 2 on a
+//! usage error.
+
+mod cluster;
+mod consume;
+mod dev;
+mod output;
+mod produce;
+mod serve;
+mod signals;
+mod topic;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fjord_client::{Client, ClientConfig};
+use tracing_subscriber::EnvFilter;
+
+use crate::output::{Format, Output};
+
+const DEFAULT_BROKERS: &str = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fjord",
+    version,
+    about = "fjord: a Raft-replicated event log",
+    after_help = "Start a local 3-node cluster with `fjord dev`, then in another terminal:\n  \
+        fjord topic create demo --partitions 3 --replication 3\n  \
+        echo hello | fjord produce demo\n  \
+        fjord consume demo --from-beginning --count 1"
+)]
+struct Cli {
+    /// Nodes to contact, HOST:PORT separated by commas; any reachable subset of the
+    /// cluster will do.
+    #[arg(
+        long,
+        global = true,
+        env = "FJORD_BROKERS",
+        value_delimiter = ',',
+        default_value = DEFAULT_BROKERS,
+        value_name = "HOST:PORT,...",
+        display_order = 900
+    )]
+    brokers: Vec<String>,
+
+    /// Output format: text, or json (one JSON object per line).
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text, display_order = 901)]
+    format: Format,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one node of a cluster until SIGINT or SIGTERM.
+    Serve(serve::ServeArgs),
+    /// Run a local cluster of N nodes (separate processes) until Ctrl-C.
+    Dev(dev::DevArgs),
+    /// Create, list, describe or delete topics.
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
+    /// Write one record per line of standard input.
+    Produce(produce::ProduceArgs),
+    /// Print records of a topic as they arrive.
+    Consume(consume::ConsumeArgs),
+    /// Show the state of the cluster.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Measure produce and consume throughput (not implemented yet).
+    Bench,
+}
+
+/// Logs go to standard error. Nodes log at `info` by default; client commands only show
+/// errors, so their standard error stays readable. `RUST_LOG` overrides both.
+fn init_tracing(default_directive: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_directive));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: `fjord dev` sends node logs to files.
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn client(brokers: Vec<String>) -> anyhow::Result<Client> {
+    Ok(Client::connect(brokers, ClientConfig::default())?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let out = Output { format: cli.format };
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Dev(args) => dev::run(args, out).await,
+        Command::Topic(cmd) => topic::run(client(cli.brokers)?, out, cmd).await,
+        Command::Produce(args) => produce::run(client(cli.brokers)?, out, args).await,
+        Command::Consume(args) => consume::run(client(cli.brokers)?, out, args).await,
+        Command::Cluster(cmd) => cluster::run(client(cli.brokers)?, out, cmd).await,
+        Command::Bench => anyhow::bail!("fjord bench is not implemented yet"),
+    }
+}
+
+/// Whether the error is only that standard output was closed (`fjord consume | head`).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Whether the error is that no node could be reached at all.
+fn is_unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<fjord_client::ClientError>(),
+            Some(fjord_client::ClientError::Transport { .. })
+        )
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(match cli.command {
+        Command::Serve(_) | Command::Dev(_) => "info",
+        _ => "error",
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Background tasks (producer partitions, consumer pollers) must not hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if is_unreachable(&e) {
+                eprintln!(
+                    "hint: is the cluster running? `fjord dev` starts a local one; --brokers or \
+                     FJORD_BROKERS say where it is"
+                );
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("fjord").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn brokers_default_and_split_on_commas() {
+        // FJORD_BROKERS may be set where the tests run; only check it when it is not.
+        if std::env::var_os("FJORD_BROKERS").is_none() {
+            let cli = parse(&["cluster", "status"]).unwrap();
+            assert_eq!(
+                cli.brokers,
+                ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]
+            );
+        }
+        let cli = parse(&["topic", "list", "--brokers", "a:1,b:2", "--format", "json"]).unwrap();
+        assert_eq!(cli.brokers, ["a:1", "b:2"]);
+        assert_eq!(cli.format, Format::Json);
+    }
+
+    #[test]
+    fn serve_takes_a_file_or_flags_but_not_both() {
+        let cli = parse(&["serve", "--config", "node.toml"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert!(args.config.is_some() && args.node.is_none());
+
+        let cli = parse(&[
+            "serve",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:7101",
+            "--data-dir",
+            "d",
+            "--peers",
+            "1=127.0.0.1:7101",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        let node = args.node.expect("flags given");
+        assert_eq!(node.id, 1);
+
+        let e = parse(&["serve", "--config", "x.toml", "--id", "1"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let e = parse(&["serve", "--id", "1"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        // Neither a file nor flags: clap lists the flags and shows both usages.
+        let e = parse(&["serve"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn consume_start_flags_conflict() {
+        assert!(parse(&["consume", "t", "--from-beginning", "--offset", "3"]).is_err());
+        assert!(parse(&["consume", "t", "--count", "0"]).is_err());
+        let cli = parse(&["consume", "t", "--offset", "3", "--read", "ap"]).unwrap();
+        let Command::Consume(args) = cli.command else {
+            panic!("not consume")
+        };
+        assert_eq!(args.offset, Some(3));
+        assert_eq!(args.read, consume::ReadArg::Ap);
+    }
+
+    #[test]
+    fn dev_bounds_its_node_count() {
+        assert!(parse(&["dev", "--nodes", "0"]).is_err());
+        assert!(parse(&["dev", "--nodes", "10"]).is_err());
+        let cli = parse(&["dev"]).unwrap();
+        let Command::Dev(args) = cli.command else {
+            panic!("not dev")
+        };
+        assert_eq!((args.nodes, args.base_port), (3, 7101));
+    }
+
+    #[test]
+    fn broken_pipes_are_recognised_through_context() {
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "closed");
+        let e = anyhow::Error::new(io).context("printing");
+        assert!(is_broken_pipe(&e));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
+    }
+}

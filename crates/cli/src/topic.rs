@@ -1,0 +1,92 @@
+//! `fjord topic create|list|describe|delete`.
+
+use anyhow::Context;
+use fjord_client::Client;
+use serde_json::json;
+
+use crate::output::{Output, topic_json, topic_text};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        /// 1 to 249 characters of a-z, A-Z, 0-9, '.', '_' and '-'.
+        name: String,
+        /// Number of partitions (1 to 1024).
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// Replicas per partition (1 to the node count). Default: 3, or the node count when
+        /// the cluster is smaller.
+        #[arg(long, visible_alias = "replication-factor")]
+        replication: Option<u32>,
+    },
+    /// List topics (json: one object per topic).
+    List,
+    /// Show a topic's partitions, leaders and replicas.
+    Describe { name: String },
+    /// Delete a topic and all its records.
+    Delete { name: String },
+}
+
+pub async fn run(client: Client, out: Output, command: TopicCommand) -> anyhow::Result<()> {
+    match command {
+        TopicCommand::Create {
+            name,
+            partitions,
+            replication,
+        } => {
+            let t = client
+                .create_topic(&name, partitions, replication.unwrap_or(0))
+                .await
+                .with_context(|| format!("cannot create topic {name:?}"))?;
+            out.emit(
+                || {
+                    format!(
+                        "created topic {} with {} partitions, replication factor {}",
+                        t.name,
+                        t.partitions.len(),
+                        t.replication_factor
+                    )
+                },
+                || topic_json(&t),
+            )?;
+        }
+        TopicCommand::List => {
+            let topics = client.list_topics().await.context("cannot list topics")?;
+            if topics.is_empty() && !out.is_json() {
+                eprintln!("no topics");
+            }
+            for t in &topics {
+                out.emit(
+                    || {
+                        format!(
+                            "{}\t{} partitions\treplication {}",
+                            t.name,
+                            t.partitions.len(),
+                            t.replication_factor
+                        )
+                    },
+                    || topic_json(t),
+                )?;
+            }
+        }
+        TopicCommand::Describe { name } => {
+            let t = client
+                .describe_topic(&name)
+                .await
+                .with_context(|| format!("cannot describe topic {name:?}"))?;
+            out.emit(|| topic_text(&t), || topic_json(&t))?;
+        }
+        TopicCommand::Delete { name } => {
+            client
+                .delete_topic(&name)
+                .await
+                .with_context(|| format!("cannot delete topic {name:?}"))?;
+            out.emit(
+                || format!("deleted topic {name}"),
+                || json!({"deleted": name}).to_string(),
+            )?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,698 @@
+//! [`Client`]: connections to the nodes, leader-aware calls with bounded retries, the admin
+//! operations and fetch.
+//!
+//! What must hold:
+//! - every call has a deadline (`ClientConfig::request_timeout_ms`, plus the fetch wait);
+//! - one lazily connected channel per node address, cached, at most [`MAX_CACHED_CHANNELS`];
+//! - an operation is attempted at most `1 + max_retries` times (see [`crate::retry`]); a
+//!   not-leader answer with a hint is retried at the hinted leader at once, anything else
+//!   retryable after a metadata refresh and a backoff;
+//! - metadata refreshes are single-flight: concurrent callers that find the cache stale
+//!   wait for one refresh instead of each sending their own.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use fjord_proto::v1::{self, fjord_client::FjordClient};
+use tonic::transport::{Channel, Endpoint};
+use tracing::debug;
+
+use crate::config::{ClientConfig, FetchOptions, MAX_BROKERS, ProducerConfig, ReadMode};
+use crate::consumer::{Consumer, FetchResult, StartFrom, decode_fetch};
+use crate::error::ClientError;
+use crate::metadata::{ClusterMetadata, MetadataCache, TopicDescription};
+use crate::producer::Producer;
+use crate::retry::{RetryDecision, RetryState, jitter};
+
+/// Most node channels a client keeps open.
+pub const MAX_CACHED_CHANNELS: usize = 1_024;
+/// Largest gRPC message the client sends or accepts: a maximal fetch (64 MiB) plus room for
+/// the one oversized batch the server may return beyond `max_bytes`.
+pub const MAX_MESSAGE_BYTES: usize = 80 * 1024 * 1024;
+/// Extra time the client gives the server beyond the ack timeout it asks for, so that the
+/// server's own DEADLINE_EXCEEDED answer (with its detail) normally arrives first.
+const DEADLINE_GRACE: Duration = Duration::from_millis(1_000);
+/// HTTP/2 keep-alive pings notice a dead node before a request's deadline does.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A handle to a fjord cluster. Cheap to clone; clones share connections and metadata.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    /// The addresses given to [`Client::connect`], tried first for any-node requests.
+    bootstrap: Vec<String>,
+    /// Node address → channel. A std mutex: held only to look up or insert (creating a lazy
+    /// channel does no I/O), never across an await.
+    channels: Mutex<HashMap<String, Channel>>,
+    /// A std lock for the same reason: reads and updates are short and never await.
+    metadata: RwLock<MetadataCache>,
+    /// Makes metadata refreshes single-flight.
+    refresh: tokio::sync::Mutex<()>,
+    /// Rotates any-node requests over the known nodes.
+    next_node: AtomicUsize,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("bootstrap", &self.inner.bootstrap)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which replicas may answer a partition request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    Leader,
+    AnyReplica,
+}
+
+/// Wraps a message with the deadline the server should know about (`grpc-timeout`).
+pub(crate) fn request<M>(message: M, timeout: Duration) -> tonic::Request<M> {
+    let mut r = tonic::Request::new(message);
+    r.set_timeout(timeout);
+    r
+}
+
+/// Checks that `address` is `host:port` (or a URI with a scheme) and builds its endpoint.
+fn endpoint(address: &str, config: &ClientConfig) -> Result<Endpoint, ClientError> {
+    let invalid =
+        |why: String| ClientError::Config(format!("broker address {address:?} is invalid: {why}"));
+    let uri = if address.contains("://") {
+        address.to_string()
+    } else {
+        let (host, port) = address
+            .rsplit_once(':')
+            .ok_or_else(|| invalid("expected HOST:PORT".into()))?;
+        if host.is_empty() {
+            return Err(invalid("the host is empty".into()));
+        }
+        port.parse::<u16>()
+            .map_err(|_| invalid(format!("port {port:?} is not a number from 0 to 65535")))?;
+        format!("http://{address}")
+    };
+    let endpoint = Endpoint::from_shared(uri).map_err(|e| invalid(e.to_string()))?;
+    Ok(endpoint
+        .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true))
+}
+
+impl Client {
+    /// A client for the cluster reachable at `brokers` (`host:port` each; any subset of the
+    /// nodes will do, the others are learnt from metadata). Connects lazily: nothing is sent
+    /// until the first request, so this only checks the addresses and the configuration.
+    pub fn connect(brokers: Vec<String>, config: ClientConfig) -> Result<Client, ClientError> {
+        config.validate()?;
+        let mut bootstrap: Vec<String> = Vec::new();
+        for b in brokers {
+            let b = b.trim();
+            if b.is_empty() || bootstrap.iter().any(|x| x == b) {
+                continue;
+            }
+            endpoint(b, &config)?;
+            bootstrap.push(b.to_string());
+        }
+        if bootstrap.is_empty() {
+            return Err(ClientError::Config(
+                "no brokers given: pass at least one HOST:PORT".into(),
+            ));
+        }
+        if bootstrap.len() > MAX_BROKERS {
+            return Err(ClientError::Config(format!(
+                "{} brokers given, at most {MAX_BROKERS} are accepted",
+                bootstrap.len()
+            )));
+        }
+        Ok(Client {
+            inner: Arc::new(Inner {
+                config,
+                bootstrap,
+                channels: Mutex::new(HashMap::new()),
+                metadata: RwLock::new(MetadataCache::default()),
+                refresh: tokio::sync::Mutex::new(()),
+                next_node: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// The configuration the client was made with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    // ---- admin ----------------------------------------------------------------------
+
+    /// The cluster's nodes, metadata leader and topics, as the answering node sees them.
+    /// Also refreshes the client's metadata cache.
+    pub async fn metadata(&self) -> Result<ClusterMetadata, ClientError> {
+        let answer = self
+            .any_node(|mut c, t| async move {
+                c.metadata(request(v1::MetadataRequest { topics: vec![] }, t))
+                    .await
+            })
+            .await?;
+        let md = ClusterMetadata::from(answer);
+        self.write_cache().apply(&md, true);
+        Ok(md)
+    }
+
+    /// Creates a topic. `replication_factor` 0 means the server's default (3, or the node
+    /// count when the cluster is smaller).
+    ///
+    /// A create whose first attempt timed out and was retried may fail with
+    /// [`ClientError::AlreadyExists`] although it was this client that created the topic.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+    ) -> Result<TopicDescription, ClientError> {
+        let req = v1::CreateTopicRequest {
+            name: name.to_string(),
+            partitions,
+            replication_factor,
+            config: None,
+        };
+        let answer = self
+            .any_node(|mut c, t| {
+                let req = req.clone();
+                async move { c.create_topic(request(req, t)).await }
+            })
+            .await?;
+        answer
+            .topic
+            .map(TopicDescription::from)
+            .ok_or_else(|| ClientError::Protocol("create topic answer carries no topic".into()))
+    }
+
+    /// Deletes a topic and its records. A retried delete whose first attempt timed out may
+    /// fail with [`ClientError::NotFound`] although the topic is gone.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
+        let req = v1::DeleteTopicRequest {
+            name: name.to_string(),
+        };
+        let result = self
+            .any_node(|mut c, t| {
+                let req = req.clone();
+                async move { c.delete_topic(request(req, t)).await }
+            })
+            .await;
+        self.write_cache().forget_topic(name);
+        result.map(|_| ())
+    }
+
+    /// Every topic, sorted by name.
+    pub async fn list_topics(&self) -> Result<Vec<TopicDescription>, ClientError> {
+        let answer = self
+            .any_node(|mut c, t| async move {
+                c.list_topics(request(v1::ListTopicsRequest {}, t)).await
+            })
+            .await?;
+        let mut topics: Vec<TopicDescription> = answer.topics.into_iter().map(Into::into).collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(topics)
+    }
+
+    /// One topic: its replication factor and each partition's replicas and leader.
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription, ClientError> {
+        let req = v1::DescribeTopicRequest {
+            name: name.to_string(),
+        };
+        let answer = self
+            .any_node(|mut c, t| {
+                let req = req.clone();
+                async move { c.describe_topic(request(req, t)).await }
+            })
+            .await?;
+        answer
+            .topic
+            .map(TopicDescription::from)
+            .ok_or_else(|| ClientError::Protocol("describe topic answer carries no topic".into()))
+    }
+
+    /// Allocates a cluster-unique producer id (never 0) for idempotent produce.
+    pub async fn init_producer(&self) -> Result<u64, ClientError> {
+        let answer = self
+            .any_node(|mut c, t| async move {
+                c.init_producer(request(v1::InitProducerRequest {}, t))
+                    .await
+            })
+            .await?;
+        match answer.producer_id {
+            0 => Err(ClientError::Protocol(
+                "InitProducer answered producer id 0".into(),
+            )),
+            id => Ok(id),
+        }
+    }
+
+    /// The number of partitions of `topic`, from the cache or a metadata refresh.
+    pub async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
+        let mut retry = RetryState::new(&self.inner.config);
+        loop {
+            if let Some(t) = self.read_cache().topic(topic) {
+                return match t.partitions.len() {
+                    0 => Err(ClientError::Protocol(format!(
+                        "topic {topic:?} has no partitions"
+                    ))),
+                    n => Ok(n as u32),
+                };
+            }
+            let err = match self.refresh_topic(topic).await {
+                Ok(()) if self.read_cache().topic(topic).is_some() => continue,
+                Ok(()) => {
+                    return Err(ClientError::NotFound(format!(
+                        "topic {topic:?} does not exist"
+                    )));
+                }
+                Err(e) => e,
+            };
+            self.wait_or_give_up(&mut retry, err, false).await?;
+        }
+    }
+
+    // ---- produce and fetch -------------------------------------------------------------
+
+    /// A producer for `topic`. Records are batched per partition and sent by background
+    /// tasks, so this must be called within a Tokio runtime's context before the first send.
+    pub fn producer(
+        &self,
+        topic: impl Into<String>,
+        config: ProducerConfig,
+    ) -> Result<Producer, ClientError> {
+        Producer::new(self.clone(), topic.into(), config)
+    }
+
+    /// Reads records of one partition from `offset`: decodes each batch (checking its
+    /// CRC-32C), numbers records from the batch's base offset and drops those below `offset`.
+    /// `ReadMode::Cp` reads at the leader (following not-leader hints); `ReadMode::Ap` at any
+    /// replica, the leader first when known, moving on to the others on failure.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        options: FetchOptions,
+    ) -> Result<FetchResult, ClientError> {
+        options.validate()?;
+        let req = v1::FetchRequest {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            max_bytes: options.max_bytes,
+            max_wait_ms: options.max_wait_ms,
+            read: v1::ReadMode::from(options.read) as i32,
+        };
+        let deadline = self.request_timeout() + Duration::from_millis(options.max_wait_ms.into());
+        let route = match options.read {
+            ReadMode::Cp => Route::Leader,
+            ReadMode::Ap => Route::AnyReplica,
+        };
+        self.partition_call(
+            topic,
+            partition,
+            route,
+            deadline,
+            |mut c| {
+                let req = req.clone();
+                async move { c.fetch(request(req, deadline)).await }
+            },
+            |answer| decode_fetch(answer, partition, offset),
+            |_| {},
+        )
+        .await
+    }
+
+    /// A consumer of one partition starting at `start`.
+    pub fn consumer(
+        &self,
+        topic: impl Into<String>,
+        partition: u32,
+        start: StartFrom,
+        options: FetchOptions,
+    ) -> Consumer {
+        Consumer::new(self.clone(), topic.into(), partition, start, options)
+    }
+
+    // ---- plumbing ------------------------------------------------------------------------
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.config.request_timeout_ms)
+    }
+
+    /// Deadline of a produce attempt whose server-side ack timeout is the request timeout.
+    pub(crate) fn produce_deadline(&self) -> Duration {
+        self.request_timeout() + DEADLINE_GRACE
+    }
+
+    fn read_cache(&self) -> RwLockReadGuard<'_, MetadataCache> {
+        self.inner
+            .metadata
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_cache(&self) -> RwLockWriteGuard<'_, MetadataCache> {
+        self.inner
+            .metadata
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn channel(&self, address: &str) -> Result<Channel, ClientError> {
+        let mut channels = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = channels.get(address) {
+            return Ok(c.clone());
+        }
+        if channels.len() >= MAX_CACHED_CHANNELS {
+            // Addresses come from metadata; this many means nodes were replaced over and
+            // over. Starting afresh is cheaper than tracking use, and stays bounded.
+            channels.clear();
+        }
+        let channel = endpoint(address, &self.inner.config)?.connect_lazy();
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// One attempt at `address` within `deadline`.
+    pub(crate) async fn call<T, F, Fut>(
+        &self,
+        address: &str,
+        deadline: Duration,
+        f: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnOnce(FjordClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let client = FjordClient::new(self.channel(address)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        match tokio::time::timeout(deadline, f(client)).await {
+            Err(_) => Err(ClientError::Timeout(format!(
+                "no answer from {address} within {} ms",
+                deadline.as_millis()
+            ))),
+            Ok(Err(status)) => Err(ClientError::from_status(&status, address)),
+            Ok(Ok(response)) => Ok(response.into_inner()),
+        }
+    }
+
+    /// Applies a retry decision: returns the error when it is time to give up, else waits
+    /// as decided.
+    async fn wait_or_give_up(
+        &self,
+        retry: &mut RetryState,
+        err: ClientError,
+        can_follow_hint: bool,
+    ) -> Result<(), ClientError> {
+        match retry.decide(&err, can_follow_hint, jitter()) {
+            RetryDecision::GiveUp => Err(err),
+            RetryDecision::Now => {
+                debug!(retry = retry.retries(), error = %err, "retrying at the hinted leader");
+                Ok(())
+            }
+            RetryDecision::After(delay) => {
+                debug!(retry = retry.retries(), delay_ms = delay.as_millis() as u64, error = %err, "retrying after backoff");
+                tokio::time::sleep(delay).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Bootstrap brokers first, then nodes learnt from metadata.
+    fn node_candidates(&self) -> Vec<String> {
+        let mut all = self.inner.bootstrap.clone();
+        for a in self.read_cache().node_addresses() {
+            if !all.contains(&a) {
+                all.push(a);
+            }
+        }
+        all
+    }
+
+    fn next_node_address(&self) -> String {
+        let all = self.node_candidates();
+        let i = self.inner.next_node.fetch_add(1, Ordering::Relaxed);
+        all[i % all.len()].clone()
+    }
+
+    /// A request any node answers (it forwards to the metadata leader itself): rotates over
+    /// the nodes, backing off between attempts.
+    async fn any_node<T, F, Fut>(&self, mut f: F) -> Result<T, ClientError>
+    where
+        F: FnMut(FjordClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let timeout = self.request_timeout();
+        let mut retry = RetryState::new(&self.inner.config);
+        loop {
+            let address = self.next_node_address();
+            match self.call(&address, timeout, |c| f(c, timeout)).await {
+                Ok(v) => return Ok(v),
+                Err(err) => self.wait_or_give_up(&mut retry, err, false).await?,
+            }
+        }
+    }
+
+    /// Asks each known node once, in rotation, until one answers.
+    async fn metadata_once(&self, topics: Vec<String>) -> Result<ClusterMetadata, ClientError> {
+        let candidates = self.node_candidates();
+        let start = self.inner.next_node.fetch_add(1, Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..candidates.len() {
+            let address = &candidates[(start + i) % candidates.len()];
+            let req = v1::MetadataRequest {
+                topics: topics.clone(),
+            };
+            let timeout = self.request_timeout();
+            match self
+                .call(address, timeout, |mut c| async move {
+                    c.metadata(request(req, timeout)).await
+                })
+                .await
+            {
+                Ok(answer) => return Ok(answer.into()),
+                Err(e) if e.is_retryable() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Config("no brokers known".into())))
+    }
+
+    /// Refreshes the cached metadata of `topic`, unless another caller refreshed it while
+    /// this one waited for its turn. One attempt per node: callers retry.
+    async fn refresh_topic(&self, topic: &str) -> Result<(), ClientError> {
+        let seen = self.read_cache().generation();
+        let _single_flight = self.inner.refresh.lock().await;
+        {
+            let cache = self.read_cache();
+            if cache.generation() != seen && cache.topic(topic).is_some() {
+                return Ok(());
+            }
+        }
+        match self.metadata_once(vec![topic.to_string()]).await {
+            Ok(md) => {
+                let mut cache = self.write_cache();
+                if md.topics.iter().all(|t| t.name != topic) {
+                    cache.forget_topic(topic);
+                }
+                cache.apply(&md, false);
+                Ok(())
+            }
+            Err(ClientError::NotFound(_)) => {
+                self.write_cache().forget_topic(topic);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Checks the cached topic has `partition`.
+    fn check_partition(&self, topic: &str, partition: u32) -> Result<(), ClientError> {
+        let cache = self.read_cache();
+        let t = cache
+            .topic(topic)
+            .ok_or_else(|| ClientError::NotFound(format!("topic {topic:?} does not exist")))?;
+        if t.partitions.iter().any(|p| p.partition == partition) {
+            Ok(())
+        } else {
+            Err(ClientError::NotFound(format!(
+                "topic {topic:?} has {} partitions; there is no partition {partition}",
+                t.partitions.len()
+            )))
+        }
+    }
+
+    /// The partition leader's address, from the cache unless `refresh` (or unknown there).
+    async fn leader_address(
+        &self,
+        topic: &str,
+        partition: u32,
+        refresh: bool,
+    ) -> Result<String, ClientError> {
+        if !refresh && let Some(a) = self.read_cache().leader_address(topic, partition) {
+            return Ok(a);
+        }
+        self.refresh_topic(topic).await?;
+        self.check_partition(topic, partition)?;
+        self.read_cache()
+            .leader_address(topic, partition)
+            .ok_or_else(|| ClientError::Unavailable {
+                message: format!(
+                    "partition {partition} of topic {topic:?} has no known leader yet"
+                ),
+                leader: None,
+            })
+    }
+
+    /// The `rotation`-th replica (leader first) of a partition. Refreshes metadata when the
+    /// cache knows no replica, or when `refresh` is set and the rotation went all the way
+    /// round.
+    async fn replica_address(
+        &self,
+        topic: &str,
+        partition: u32,
+        refresh: bool,
+        rotation: usize,
+    ) -> Result<String, ClientError> {
+        let mut replicas = self.read_cache().replica_addresses(topic, partition);
+        if replicas.is_empty() || (refresh && rotation.is_multiple_of(replicas.len())) {
+            self.refresh_topic(topic).await?;
+            self.check_partition(topic, partition)?;
+            replicas = self.read_cache().replica_addresses(topic, partition);
+        }
+        if replicas.is_empty() {
+            return Err(ClientError::Unavailable {
+                message: format!(
+                    "no address is known for any replica of partition {partition} of topic {topic:?}"
+                ),
+                leader: None,
+            });
+        }
+        Ok(replicas[rotation % replicas.len()].clone())
+    }
+
+    /// A request about one partition, routed to its leader or any replica, retried on
+    /// retryable errors: at once at a hinted leader, else after a refresh and a backoff.
+    /// `interpret` turns an answer into the result (and may find a per-partition error in
+    /// it); `observe` sees every failed attempt's error.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn partition_call<T, R, F, Fut>(
+        &self,
+        topic: &str,
+        partition: u32,
+        route: Route,
+        deadline: Duration,
+        mut attempt: F,
+        mut interpret: impl FnMut(R) -> Result<T, ClientError>,
+        mut observe: impl FnMut(&ClientError),
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(FjordClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let mut retry = RetryState::new(&self.inner.config);
+        let mut hinted: Option<String> = None;
+        let mut refresh = false;
+        let mut rotation = 0usize;
+        loop {
+            let target = match (hinted.take(), route) {
+                (Some(a), _) => Ok(a),
+                (None, Route::Leader) => self.leader_address(topic, partition, refresh).await,
+                (None, Route::AnyReplica) => {
+                    self.replica_address(topic, partition, refresh, rotation)
+                        .await
+                }
+            };
+            let result = match target {
+                Ok(address) => self
+                    .call(&address, deadline, &mut attempt)
+                    .await
+                    .and_then(&mut interpret),
+                Err(e) => Err(e),
+            };
+            let err = match result {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            observe(&err);
+            if matches!(err, ClientError::NotFound(_)) {
+                // Deleted (or never there): later lookups must not trust the cache.
+                self.write_cache().forget_topic(topic);
+            }
+            if let ClientError::Unavailable { leader, .. } = &err {
+                let mut cache = self.write_cache();
+                cache.note_leader(topic, partition, leader.as_ref());
+                hinted = leader.as_ref().and_then(|h| cache.resolve_hint(h));
+            }
+            refresh = hinted.is_none();
+            rotation = rotation.wrapping_add(1);
+            self.wait_or_give_up(&mut retry, err, hinted.is_some())
+                .await?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_addresses_are_checked() {
+        let ok = |b: &[&str]| {
+            Client::connect(
+                b.iter().map(|s| s.to_string()).collect(),
+                ClientConfig::default(),
+            )
+        };
+        assert!(ok(&["127.0.0.1:7101", "localhost:7102"]).is_ok());
+        assert!(ok(&["http://127.0.0.1:7101"]).is_ok());
+        for bad in ["127.0.0.1", ":7101", "host:port", "host:70000"] {
+            let e = ok(&[bad]).unwrap_err();
+            assert!(matches!(e, ClientError::Config(_)), "{bad}: {e:?}");
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+        assert!(matches!(ok(&[]).unwrap_err(), ClientError::Config(_)));
+        assert!(matches!(
+            ok(&[" ", ""]).unwrap_err(),
+            ClientError::Config(_)
+        ));
+    }
+
+    #[test]
+    fn duplicate_brokers_are_dropped() {
+        let c = Client::connect(
+            vec!["a:1".into(), " a:1 ".into(), "b:2".into()],
+            ClientConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(c.node_candidates(), ["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn bad_config_is_refused() {
+        let config = ClientConfig {
+            request_timeout_ms: 0,
+            ..Default::default()
+        };
+        let e = Client::connect(vec!["a:1".into()], config).unwrap_err();
+        assert!(e.to_string().contains("request_timeout_ms"), "{e}");
+    }
+}

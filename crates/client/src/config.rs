@@ -1,0 +1,325 @@
+//! Settings of the client, of a producer and of a fetch, with their limits.
+//!
+//! Every setting has a unit in its name and an upper bound checked by `validate()`, so a
+//! typo cannot ask for an unbounded queue or a day-long timeout. Defaults suit a local
+//! three-node cluster and the `fjord` command-line tool.
+
+use crate::error::ClientError;
+
+/// Default deadline of one request attempt, in milliseconds.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Largest accepted `request_timeout_ms`.
+pub const MAX_REQUEST_TIMEOUT_MS: u64 = 300_000;
+/// Default time allowed to open a TCP connection to a node, in milliseconds.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 3_000;
+/// Default number of retries after the first attempt of an operation.
+pub const DEFAULT_MAX_RETRIES: u32 = 10;
+/// Largest accepted `max_retries`.
+pub const MAX_RETRIES_LIMIT: u32 = 1_000;
+/// Default first retry backoff, in milliseconds (it doubles per retry, with jitter).
+pub const DEFAULT_RETRY_BACKOFF_MS_INITIAL: u64 = 50;
+/// Default cap of the retry backoff, in milliseconds.
+pub const DEFAULT_RETRY_BACKOFF_MS_MAX: u64 = 2_000;
+/// Largest accepted `retry_backoff_ms_max`.
+pub const MAX_RETRY_BACKOFF_MS: u64 = 60_000;
+/// Most bootstrap brokers a client accepts.
+pub const MAX_BROKERS: usize = 1_024;
+
+/// Default time a partition's batch may wait for more records, in milliseconds.
+pub const DEFAULT_LINGER_MS: u64 = 5;
+/// Largest accepted `linger_ms`.
+pub const MAX_LINGER_MS: u64 = 60_000;
+/// Default largest batch, in encoded bytes. Well under the server's default 4 MiB request
+/// limit and a multiple of the 1 MiB default record limit's typical record.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 512 * 1024;
+/// Largest accepted `max_batch_bytes`.
+pub const MAX_BATCH_BYTES_LIMIT: usize = 16 * 1024 * 1024;
+/// Default largest batch, in records.
+pub const DEFAULT_MAX_BATCH_RECORDS: usize = 10_000;
+/// Largest accepted `max_batch_records` (a batch's record count is a u32 on the wire, and
+/// sequence numbers advance by it).
+pub const MAX_BATCH_RECORDS_LIMIT: usize = 1_000_000;
+/// Default bound on records a producer holds (queued, batching or in flight).
+pub const DEFAULT_MAX_PENDING_RECORDS: usize = 100_000;
+/// Default bound on the bytes of records a producer holds.
+pub const DEFAULT_MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
+/// Largest accepted `max_pending_records`.
+pub const MAX_PENDING_RECORDS_LIMIT: usize = 10_000_000;
+/// Largest accepted `max_pending_bytes`.
+pub const MAX_PENDING_BYTES_LIMIT: usize = 4 * 1024 * 1024 * 1024;
+
+/// Default `FetchOptions::max_bytes`.
+pub const DEFAULT_FETCH_MAX_BYTES: u32 = 1024 * 1024;
+/// Largest `max_bytes` the server accepts in a fetch.
+pub const MAX_FETCH_BYTES: u32 = 64 * 1024 * 1024;
+/// Default `FetchOptions::max_wait_ms`.
+pub const DEFAULT_FETCH_MAX_WAIT_MS: u32 = 500;
+/// Largest `max_wait_ms` the server accepts in a fetch.
+pub const MAX_FETCH_WAIT_MS: u32 = 30_000;
+
+/// Settings of a [`Client`](crate::Client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Deadline of one attempt of a request, in milliseconds. A produce also asks the server
+    /// to answer within this time; a fetch adds its `max_wait_ms`.
+    pub request_timeout_ms: u64,
+    /// Time allowed to open a TCP connection to a node, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Retries after the first attempt, for retryable errors only.
+    pub max_retries: u32,
+    /// Backoff before the first retry that does not follow a leader hint, in milliseconds.
+    pub retry_backoff_ms_initial: u64,
+    /// Cap of the backoff, which doubles with each retry, in milliseconds.
+    pub retry_backoff_ms_max: u64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            max_retries: DEFAULT_MAX_RETRIES,
+            retry_backoff_ms_initial: DEFAULT_RETRY_BACKOFF_MS_INITIAL,
+            retry_backoff_ms_max: DEFAULT_RETRY_BACKOFF_MS_MAX,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Checks every setting against its limit.
+    pub fn validate(&self) -> Result<(), ClientError> {
+        check_range(
+            "request_timeout_ms",
+            self.request_timeout_ms,
+            1,
+            MAX_REQUEST_TIMEOUT_MS,
+        )?;
+        check_range(
+            "connect_timeout_ms",
+            self.connect_timeout_ms,
+            1,
+            MAX_REQUEST_TIMEOUT_MS,
+        )?;
+        check_range(
+            "max_retries",
+            self.max_retries.into(),
+            0,
+            MAX_RETRIES_LIMIT.into(),
+        )?;
+        check_range(
+            "retry_backoff_ms_initial",
+            self.retry_backoff_ms_initial,
+            1,
+            MAX_RETRY_BACKOFF_MS,
+        )?;
+        check_range(
+            "retry_backoff_ms_max",
+            self.retry_backoff_ms_max,
+            self.retry_backoff_ms_initial,
+            MAX_RETRY_BACKOFF_MS,
+        )?;
+        Ok(())
+    }
+}
+
+/// When the server acknowledges a produce.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Acks {
+    /// Once a majority of the partition's replicas has the batch on disk: never lost while a
+    /// majority survives.
+    #[default]
+    Cp,
+    /// Once the leader has the batch on its own disk: lost if that leader fails before a
+    /// follower copied it.
+    Ap,
+}
+
+impl From<Acks> for fjord_proto::v1::Acks {
+    fn from(a: Acks) -> Self {
+        match a {
+            Acks::Cp => fjord_proto::v1::Acks::Cp,
+            Acks::Ap => fjord_proto::v1::Acks::Ap,
+        }
+    }
+}
+
+/// Settings of a [`Producer`](crate::Producer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerConfig {
+    /// When a produce counts as acknowledged.
+    pub acks: Acks,
+    /// How long a partition's batch waits for more records before it is sent, in ms.
+    pub linger_ms: u64,
+    /// A batch is sent once it holds this many encoded bytes (a single larger record is sent
+    /// alone).
+    pub max_batch_bytes: usize,
+    /// A batch is sent once it holds this many records.
+    pub max_batch_records: usize,
+    /// Number batches with a producer id and sequence numbers so that retries never
+    /// duplicate records. Without it, a retry after a timeout may append a batch twice.
+    pub idempotent: bool,
+    /// Most records the producer holds (queued, batching or in flight); `send` waits when
+    /// the producer is full.
+    pub max_pending_records: usize,
+    /// Most encoded bytes of records the producer holds; `send` waits when the producer is
+    /// full, and refuses a single record larger than this.
+    pub max_pending_bytes: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            acks: Acks::Cp,
+            linger_ms: DEFAULT_LINGER_MS,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            max_batch_records: DEFAULT_MAX_BATCH_RECORDS,
+            idempotent: true,
+            max_pending_records: DEFAULT_MAX_PENDING_RECORDS,
+            max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
+        }
+    }
+}
+
+impl ProducerConfig {
+    /// Checks every setting against its limit.
+    pub fn validate(&self) -> Result<(), ClientError> {
+        check_range("linger_ms", self.linger_ms, 0, MAX_LINGER_MS)?;
+        check_range(
+            "max_batch_bytes",
+            self.max_batch_bytes as u64,
+            1,
+            MAX_BATCH_BYTES_LIMIT as u64,
+        )?;
+        check_range(
+            "max_batch_records",
+            self.max_batch_records as u64,
+            1,
+            MAX_BATCH_RECORDS_LIMIT as u64,
+        )?;
+        check_range(
+            "max_pending_records",
+            self.max_pending_records as u64,
+            1,
+            MAX_PENDING_RECORDS_LIMIT as u64,
+        )?;
+        check_range(
+            "max_pending_bytes",
+            self.max_pending_bytes as u64,
+            1,
+            MAX_PENDING_BYTES_LIMIT as u64,
+        )?;
+        Ok(())
+    }
+}
+
+/// Which replica answers a fetch, and how far it reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReadMode {
+    /// The leader only, and only records a majority has: never a record that can vanish.
+    #[default]
+    Cp,
+    /// Any replica (the leader first when known), up to what that replica knows to be
+    /// committed: may lag, but answers while the leader is unreachable.
+    Ap,
+}
+
+impl From<ReadMode> for fjord_proto::v1::ReadMode {
+    fn from(r: ReadMode) -> Self {
+        match r {
+            ReadMode::Cp => fjord_proto::v1::ReadMode::ReadCp,
+            ReadMode::Ap => fjord_proto::v1::ReadMode::ReadAp,
+        }
+    }
+}
+
+/// Settings of one fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchOptions {
+    /// Upper bound on record bytes returned (at least one batch comes back when one is
+    /// available). 1 to [`MAX_FETCH_BYTES`].
+    pub max_bytes: u32,
+    /// How long the server waits when nothing at or after the offset is available yet;
+    /// 0 answers at once. At most [`MAX_FETCH_WAIT_MS`].
+    pub max_wait_ms: u32,
+    /// Which replica answers.
+    pub read: ReadMode,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            max_bytes: DEFAULT_FETCH_MAX_BYTES,
+            max_wait_ms: DEFAULT_FETCH_MAX_WAIT_MS,
+            read: ReadMode::Cp,
+        }
+    }
+}
+
+impl FetchOptions {
+    /// Checks every setting against the server's limits.
+    pub fn validate(&self) -> Result<(), ClientError> {
+        check_range(
+            "max_bytes",
+            self.max_bytes.into(),
+            1,
+            MAX_FETCH_BYTES.into(),
+        )?;
+        check_range(
+            "max_wait_ms",
+            self.max_wait_ms.into(),
+            0,
+            MAX_FETCH_WAIT_MS.into(),
+        )?;
+        Ok(())
+    }
+}
+
+fn check_range(name: &str, value: u64, min: u64, max: u64) -> Result<(), ClientError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ClientError::Config(format!(
+            "{name} must be between {min} and {max}, got {value}"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        ClientConfig::default().validate().unwrap();
+        ProducerConfig::default().validate().unwrap();
+        FetchOptions::default().validate().unwrap();
+    }
+
+    #[test]
+    fn limits_are_enforced_and_named() {
+        let c = ClientConfig {
+            retry_backoff_ms_initial: 500,
+            retry_backoff_ms_max: 100,
+            ..Default::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("retry_backoff_ms_max"), "{e}");
+
+        let p = ProducerConfig {
+            max_batch_records: 0,
+            ..Default::default()
+        };
+        assert!(
+            p.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_batch_records")
+        );
+
+        let f = FetchOptions {
+            max_bytes: MAX_FETCH_BYTES + 1,
+            ..Default::default()
+        };
+        assert!(f.validate().unwrap_err().to_string().contains("max_bytes"));
+    }
+}

@@ -1,0 +1,342 @@
+//! The client's one error type, and the only place that turns gRPC statuses and
+//! per-partition produce errors into it.
+//!
+//! What must hold: a caller can always tell "retry, perhaps elsewhere" from "give up"
+//! ([`ClientError::is_retryable`]), and "the operation did not happen" from "it may have
+//! happened" ([`ClientError::is_outcome_unknown`]). A not-leader answer keeps the leader hint
+//! the server sent so the next attempt goes straight to the leader.
+
+use fjord_proto::v1::PartitionError;
+use fjord_proto::{LEADER_ADDRESS_KEY, LEADER_ID_KEY};
+use tonic::Code;
+
+/// Where a node that refused a request says the leader is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaderHint {
+    /// The leader's node id, when the server knew it.
+    pub id: Option<u64>,
+    /// The leader's `host:port`, when the server knew it.
+    pub address: Option<String>,
+}
+
+impl LeaderHint {
+    /// A hint from the wire form, where 0 and "" mean "unknown"; `None` when both are unknown.
+    pub(crate) fn from_parts(id: u64, address: &str) -> Option<Self> {
+        let id = (id != 0).then_some(id);
+        let address = (!address.trim().is_empty()).then(|| address.trim().to_string());
+        (id.is_some() || address.is_some()).then_some(LeaderHint { id, address })
+    }
+
+    /// The hint carried in a status's response metadata, if any.
+    pub(crate) fn from_metadata(md: &tonic::metadata::MetadataMap) -> Option<Self> {
+        let text = |key: &str| md.get(key).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let id = text(LEADER_ID_KEY).trim().parse::<u64>().unwrap_or(0);
+        Self::from_parts(id, text(LEADER_ADDRESS_KEY))
+    }
+}
+
+/// Why a client operation failed.
+///
+/// Retryable variants ([`ClientError::is_retryable`]) have already been retried by the client
+/// up to `ClientConfig::max_retries` times when they reach the caller.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// The topic or partition does not exist. Fatal.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request broke a limit or rule; the message says which. Fatal.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The topic already exists. Fatal. (After a timed-out create that was retried this may
+    /// mean the first attempt succeeded.)
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// The node is not the leader, or there is no leader right now (an election), or the node
+    /// is shutting down. Retryable, at `leader` when it is set.
+    #[error("unavailable: {message}{}", fmt_hint(.leader))]
+    Unavailable {
+        message: String,
+        leader: Option<LeaderHint>,
+    },
+    /// No answer in time. The outcome is unknown: the operation may or may not have happened.
+    /// Retryable (the producer retries with the same sequence numbers, so never duplicates).
+    #[error("timed out (outcome unknown): {0}")]
+    Timeout(String),
+    /// A producer batch's sequence number is not the one the partition expects. Fatal for that
+    /// batch; the producer starts a new producer id for the partition's next batches.
+    #[error("out-of-order producer sequence: {0}")]
+    OutOfOrderSequence(String),
+    /// The server refused the operation in the cluster's current state. Fatal.
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// The requested offset is outside the stored log. Fatal.
+    #[error("offset out of range: {0}")]
+    OffsetOutOfRange(String),
+    /// A batch failed its CRC-32C check or could not be decoded. Fatal: never silent data.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// The connection to a node failed (refused, reset, broken). Retryable; if the request had
+    /// been sent its outcome is unknown.
+    #[error("cannot reach {address}: {message}")]
+    Transport { address: String, message: String },
+    /// The client or producer configuration, or a broker address, is invalid. Fatal.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The producer was shut down before the record was acknowledged. Fatal.
+    #[error("producer is closed")]
+    Closed,
+    /// The server answered with a status the client has no better name for. Fatal.
+    #[error("server error ({code:?}): {message}")]
+    Server { code: Code, message: String },
+    /// The server's answer broke the protocol (for example a produce answer without the
+    /// partition that was sent). Fatal.
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+}
+
+fn fmt_hint(hint: &Option<LeaderHint>) -> String {
+    match hint {
+        Some(LeaderHint {
+            id: Some(id),
+            address: Some(a),
+        }) => format!(" (leader: node {id} at {a})"),
+        Some(LeaderHint {
+            id: Some(id),
+            address: None,
+        }) => format!(" (leader: node {id})"),
+        Some(LeaderHint {
+            id: None,
+            address: Some(a),
+        }) => format!(" (leader at {a})"),
+        _ => String::new(),
+    }
+}
+
+/// Causes of a local failure worth showing, outermost first.
+const MAX_CAUSES_SHOWN: usize = 6;
+
+/// A locally made status's message with its causes ("tcp connect error: Connection refused
+/// (os error 111)"), skipping causes already contained in what is shown.
+fn describe_local(status: &tonic::Status) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if !status.message().is_empty() {
+        parts.push(status.message().to_string());
+    }
+    let mut cause = std::error::Error::source(status);
+    while let Some(c) = cause {
+        if parts.len() >= MAX_CAUSES_SHOWN {
+            break;
+        }
+        let text = c.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cause = c.source();
+    }
+    if parts.is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        parts.join(": ")
+    }
+}
+
+impl ClientError {
+    /// Whether trying again (after a backoff, or at once at a hinted leader) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unavailable { .. }
+                | ClientError::Timeout(_)
+                | ClientError::Transport { .. }
+        )
+    }
+
+    /// Whether the operation may have taken effect although it reported failure (a timeout,
+    /// or a connection lost after the request may have been sent).
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Timeout(_) | ClientError::Transport { .. }
+        )
+    }
+
+    /// The leader a not-leader answer pointed at, if any.
+    pub fn leader_hint(&self) -> Option<&LeaderHint> {
+        match self {
+            ClientError::Unavailable { leader, .. } => leader.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Classifies a status returned by a call to `address`.
+    ///
+    /// A status that tonic made up locally (it carries a `source` error: connection refused,
+    /// reset, h2 protocol failure) is a [`ClientError::Transport`]; one decoded from the
+    /// server's answer is classified by its code.
+    pub fn from_status(status: &tonic::Status, address: &str) -> ClientError {
+        let message = status.message().to_string();
+        let hint = LeaderHint::from_metadata(status.metadata());
+        let local = std::error::Error::source(status).is_some();
+        match status.code() {
+            Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+                if local && hint.is_none() =>
+            {
+                ClientError::Transport {
+                    address: address.to_string(),
+                    message: describe_local(status),
+                }
+            }
+            code => Self::from_code(code, message, hint),
+        }
+    }
+
+    /// Classifies one partition's failure inside a produce answer.
+    pub fn from_partition_error(err: &PartitionError) -> ClientError {
+        let hint = LeaderHint::from_parts(err.leader_id, &err.leader_address);
+        Self::from_code(Code::from(err.code), err.message.clone(), hint).in_produce()
+    }
+
+    /// In a produce, FAILED_PRECONDITION means the batch's sequence is not the expected one.
+    pub(crate) fn in_produce(self) -> ClientError {
+        match self {
+            ClientError::FailedPrecondition(m) => ClientError::OutOfOrderSequence(m),
+            other => other,
+        }
+    }
+
+    fn from_code(code: Code, message: String, leader: Option<LeaderHint>) -> ClientError {
+        match code {
+            Code::Unavailable => ClientError::Unavailable { message, leader },
+            Code::NotFound => ClientError::NotFound(message),
+            Code::InvalidArgument => ClientError::InvalidArgument(message),
+            Code::AlreadyExists => ClientError::AlreadyExists(message),
+            Code::DeadlineExceeded => ClientError::Timeout(message),
+            Code::FailedPrecondition => ClientError::FailedPrecondition(message),
+            Code::OutOfRange => ClientError::OffsetOutOfRange(message),
+            Code::DataLoss => ClientError::Corrupt(message),
+            code => ClientError::Server { code, message },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::metadata::MetadataValue;
+
+    fn not_leader(id: Option<&str>, address: Option<&str>) -> tonic::Status {
+        let mut status = tonic::Status::unavailable("not the leader of orders/0");
+        if let Some(id) = id {
+            status
+                .metadata_mut()
+                .insert(LEADER_ID_KEY, MetadataValue::try_from(id).unwrap());
+        }
+        if let Some(a) = address {
+            status
+                .metadata_mut()
+                .insert(LEADER_ADDRESS_KEY, MetadataValue::try_from(a).unwrap());
+        }
+        status
+    }
+
+    #[test]
+    fn server_codes_map_to_variants() {
+        let cases = [
+            (Code::NotFound, "NotFound", false),
+            (Code::InvalidArgument, "InvalidArgument", false),
+            (Code::AlreadyExists, "AlreadyExists", false),
+            (Code::Unavailable, "Unavailable", true),
+            (Code::DeadlineExceeded, "Timeout", true),
+            (Code::FailedPrecondition, "FailedPrecondition", false),
+            (Code::OutOfRange, "OffsetOutOfRange", false),
+            (Code::DataLoss, "Corrupt", false),
+            (Code::PermissionDenied, "Server", false),
+            (Code::Internal, "Server", false),
+        ];
+        for (code, name, retryable) in cases {
+            let e = ClientError::from_status(&tonic::Status::new(code, "why"), "n1:1");
+            assert!(
+                format!("{e:?}").starts_with(name),
+                "{code:?} became {e:?}, wanted {name}"
+            );
+            assert_eq!(e.is_retryable(), retryable, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn server_message_is_kept() {
+        let e = ClientError::from_status(
+            &tonic::Status::invalid_argument("partitions must be 1 to 1024, got 0"),
+            "n1:1",
+        );
+        assert_eq!(
+            e.to_string(),
+            "invalid argument: partitions must be 1 to 1024, got 0"
+        );
+    }
+
+    #[test]
+    fn leader_hint_is_read_from_metadata() {
+        let e = ClientError::from_status(&not_leader(Some("2"), Some("10.0.0.2:7101")), "n1:1");
+        assert!(e.is_retryable());
+        assert!(!e.is_outcome_unknown());
+        assert_eq!(
+            e.leader_hint(),
+            Some(&LeaderHint {
+                id: Some(2),
+                address: Some("10.0.0.2:7101".into())
+            })
+        );
+        assert!(e.to_string().contains("node 2 at 10.0.0.2:7101"), "{e}");
+    }
+
+    #[test]
+    fn unknown_leader_gives_no_hint() {
+        let e = ClientError::from_status(&not_leader(None, None), "n1:1");
+        assert!(matches!(e, ClientError::Unavailable { leader: None, .. }));
+        let e = ClientError::from_status(&not_leader(Some("0"), Some("")), "n1:1");
+        assert_eq!(e.leader_hint(), None);
+        let e = ClientError::from_status(&not_leader(Some("3"), None), "n1:1");
+        assert_eq!(
+            e.leader_hint(),
+            Some(&LeaderHint {
+                id: Some(3),
+                address: None
+            })
+        );
+    }
+
+    #[test]
+    fn locally_made_statuses_are_transport_errors() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let status = tonic::Status::from_error(Box::new(io));
+        // tonic calls an unrecognised local error UNKNOWN and keeps it as the source.
+        assert_eq!(status.code(), Code::Unknown);
+        let e = ClientError::from_status(&status, "127.0.0.1:7101");
+        assert!(matches!(e, ClientError::Transport { .. }), "{e:?}");
+        assert!(e.is_retryable() && e.is_outcome_unknown());
+        assert!(e.to_string().contains("127.0.0.1:7101"));
+    }
+
+    #[test]
+    fn partition_errors_map_like_statuses_but_sequence_is_named() {
+        let pe = |code: Code, id: u64, addr: &str| PartitionError {
+            code: code as i32,
+            message: "m".into(),
+            leader_id: id,
+            leader_address: addr.into(),
+        };
+        let e = ClientError::from_partition_error(&pe(Code::Unavailable, 3, "h3:7101"));
+        assert_eq!(
+            e.leader_hint().and_then(|h| h.address.as_deref()),
+            Some("h3:7101")
+        );
+        let e = ClientError::from_partition_error(&pe(Code::FailedPrecondition, 0, ""));
+        assert!(matches!(e, ClientError::OutOfOrderSequence(_)));
+        assert!(!e.is_retryable());
+        let e = ClientError::from_partition_error(&pe(Code::DeadlineExceeded, 0, ""));
+        assert!(e.is_retryable() && e.is_outcome_unknown());
+        let e = ClientError::from_partition_error(&pe(Code::DataLoss, 0, ""));
+        assert!(matches!(e, ClientError::Corrupt(_)) && !e.is_retryable());
+    }
+}

@@ -1,0 +1,48 @@
+//! fjord's Rust client: topic administration, an idempotent batching producer, and fetch
+//! with a simple single-partition consumer, all leader-aware.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), fjord_client::ClientError> {
+//! use fjord_client::{Client, ClientConfig, FetchOptions, ProducerConfig, ProducerRecord, StartFrom};
+//!
+//! let client = Client::connect(vec!["127.0.0.1:7101".into()], ClientConfig::default())?;
+//! client.create_topic("demo", 3, 3).await?;
+//! let producer = client.producer("demo", ProducerConfig::default())?;
+//! let at = producer.send(ProducerRecord::new("hello").with_key("k")).await?;
+//! let mut consumer = client.consumer("demo", at.partition, StartFrom::Beginning, FetchOptions::default());
+//! let records = consumer.poll().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`config`]: [`ClientConfig`], [`ProducerConfig`], [`FetchOptions`] and their limits.
+//! - [`error`]: [`ClientError`], retryable or fatal, and the classification of gRPC statuses.
+//! - `retry`: the pure retry decision (bounded attempts, jittered exponential backoff,
+//!   immediate retries at a hinted leader).
+//! - [`metadata`]: plain views of the cluster ([`TopicDescription`], [`ClusterMetadata`]),
+//!   converted from the wire types in one place, and the client's metadata cache.
+//! - `client`: [`Client`]: channels, leader-aware calls, admin operations and fetch.
+//! - [`producer`]: [`Producer`]: partition choice, per-partition batching, idempotence.
+//! - [`consumer`]: decoding of fetched batches, and [`Consumer`].
+//!
+//! # Guarantees
+//! - Every call has a deadline, every retry loop a bound, every queue a size.
+//! - A [`ClientError::Timeout`] means the outcome is unknown, not that nothing happened.
+//! - With `ProducerConfig::idempotent` (the default) retried batches are never appended
+//!   twice; batches of a partition are appended in enqueue order.
+//! - Fetched records passed their batch's CRC-32C check; corruption is an error.
+
+mod client;
+pub mod config;
+pub mod consumer;
+pub mod error;
+pub mod metadata;
+pub mod producer;
+mod retry;
+
+pub use client::{Client, MAX_CACHED_CHANNELS, MAX_MESSAGE_BYTES};
+pub use config::{Acks, ClientConfig, FetchOptions, ProducerConfig, ReadMode};
+pub use consumer::{ConsumedRecord, Consumer, FetchResult, StartFrom};
+pub use error::{ClientError, LeaderHint};
+pub use metadata::{ClusterMetadata, PartitionDescription, TopicDescription};
+pub use producer::{Delivery, Producer, ProducerRecord, RecordMetadata};

@@ -1,0 +1,961 @@
+//! The producer: partition choice, per-partition batching and idempotent delivery.
+//!
+//! # Flow
+//! [`Producer::enqueue`] reserves room in the producer's two budgets (records and bytes; it
+//! waits while they are spent), picks the partition (explicit, else the key's murmur2 hash,
+//! else a sticky round-robin one) and hands the record to that partition's task through a
+//! bounded queue. Each partition task owns an `Accumulator` and the partition's producer
+//! session: it cuts a batch when it is full or has lingered `linger_ms`, sends it, and
+//! completes every record's [`Delivery`]. Budget is returned when a record's batch is
+//! acknowledged or has failed.
+//!
+//! # What must hold
+//! - One batch in flight per partition: batches of a partition are appended in the order
+//!   their records were enqueued.
+//! - Every attempt of a batch carries the same producer id and base sequence, so a retry
+//!   after a timeout or a leader change is answered as a duplicate, never appended twice.
+//! - A partition's next batch starts at the previous base sequence plus its record count; a
+//!   batch that may have been appended but was given up on (or was refused as out of order)
+//!   moves the partition to a fresh producer id, so later batches are never refused because
+//!   of a gap the client cannot know about.
+//! - Records, bytes, queues and batches are all bounded (see [`crate::config`]).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fjord_proto::partitioner::partition_for_key;
+use fjord_proto::v1;
+use prost::Message;
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::client::{Client, Route, request};
+use crate::config::ProducerConfig;
+use crate::error::ClientError;
+
+/// Capacity of each partition task's queue, in commands. The producer's record and byte
+/// budgets bound memory; this only bounds how far a partition's queue runs ahead.
+pub const PARTITION_QUEUE_CAPACITY: usize = 4_096;
+/// Bytes a record adds to a batch body beyond its own encoding: its field tag (1 byte) and
+/// length prefix (at most 5 bytes for lengths under 32 GiB).
+const RECORD_FRAMING_BYTES: usize = 6;
+/// How far away "never" is for the linger timer of an empty accumulator.
+const IDLE_WAKE: Duration = Duration::from_secs(3_600);
+
+/// A record to produce.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProducerRecord {
+    /// Records with the same key go to the same partition (unless `partition` is set).
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    pub headers: Vec<(String, Bytes)>,
+    /// Milliseconds since the Unix epoch; 0 lets the server set its append time.
+    pub timestamp_ms: i64,
+    /// Sends to this partition, whatever the key.
+    pub partition: Option<u32>,
+}
+
+impl ProducerRecord {
+    /// A record with this value and nothing else set.
+    pub fn new(value: impl Into<Bytes>) -> Self {
+        ProducerRecord {
+            value: value.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    pub fn with_partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn with_timestamp_ms(mut self, timestamp_ms: i64) -> Self {
+        self.timestamp_ms = timestamp_ms;
+        self
+    }
+}
+
+/// Where an acknowledged record was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RecordMetadata {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// The acknowledgement of one enqueued record: resolves once its batch is acknowledged or
+/// has failed. Dropping it does not cancel the record.
+#[derive(Debug)]
+pub struct Delivery {
+    rx: oneshot::Receiver<Result<RecordMetadata, ClientError>>,
+}
+
+impl Future for Delivery {
+    type Output = Result<RecordMetadata, ClientError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // A dropped sender means the partition task is gone (runtime shut down, or a panic).
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+    }
+}
+
+// ---- pure decisions ------------------------------------------------------------------------
+
+/// When a batch is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchLimits {
+    pub max_bytes: usize,
+    pub max_records: usize,
+    pub linger: Duration,
+}
+
+/// Records waiting to become one batch.
+///
+/// Invariants: `bytes` is the sum of the items' sizes; `opened_at` is set exactly when there
+/// are items; a batch never exceeds `max_records`, nor `max_bytes` unless it is one record.
+#[derive(Debug)]
+pub(crate) struct Accumulator<T> {
+    limits: BatchLimits,
+    items: Vec<T>,
+    bytes: usize,
+    opened_at: Option<Instant>,
+}
+
+impl<T> Accumulator<T> {
+    pub(crate) fn new(limits: BatchLimits) -> Self {
+        Accumulator {
+            limits,
+            items: Vec::new(),
+            bytes: 0,
+            opened_at: None,
+        }
+    }
+
+    /// Adds an item of `size` bytes. When it does not fit beside what is there, the batch so
+    /// far is returned (to be sent first) and the item starts the next one.
+    pub(crate) fn push(&mut self, item: T, size: usize, now: Instant) -> Option<Vec<T>> {
+        let would_overflow = self.bytes.saturating_add(size) > self.limits.max_bytes
+            || self.items.len() >= self.limits.max_records;
+        let cut = if would_overflow { self.take() } else { None };
+        if self.items.is_empty() {
+            self.opened_at = Some(now);
+        }
+        self.items.push(item);
+        self.bytes += size;
+        self.debug_validate();
+        cut
+    }
+
+    /// Whether the batch should be sent now: full, or lingered long enough.
+    pub(crate) fn ready(&self, now: Instant) -> bool {
+        !self.items.is_empty()
+            && (self.items.len() >= self.limits.max_records
+                || self.bytes >= self.limits.max_bytes
+                || self.deadline().is_some_and(|d| d <= now))
+    }
+
+    /// When the current batch's linger ends; `None` when empty.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.opened_at.map(|t| t + self.limits.linger)
+    }
+
+    /// Takes the current batch, if any.
+    pub(crate) fn take(&mut self) -> Option<Vec<T>> {
+        if self.items.is_empty() {
+            return None;
+        }
+        self.bytes = 0;
+        self.opened_at = None;
+        Some(std::mem::take(&mut self.items))
+    }
+
+    fn debug_validate(&self) {
+        debug_assert!(
+            self.items.len() <= self.limits.max_records,
+            "a batch holds at most max_records records"
+        );
+        debug_assert!(
+            self.items.len() <= 1 || self.bytes <= self.limits.max_bytes,
+            "only a single-record batch may exceed max_bytes"
+        );
+        debug_assert_eq!(
+            self.opened_at.is_some(),
+            !self.items.is_empty(),
+            "the linger clock runs exactly while records wait"
+        );
+    }
+}
+
+/// Spreads keyless records without an explicit partition: sticks to one partition until
+/// about a batch worth of records went there, then moves to the next (round-robin), so that
+/// batches fill up instead of every partition getting one-record batches (Kafka's "uniform
+/// sticky" partitioner).
+#[derive(Debug, Clone)]
+pub(crate) struct StickyPartitioner {
+    current: Option<u32>,
+    next: u32,
+    bytes: usize,
+    records: usize,
+    switch_bytes: usize,
+    switch_records: usize,
+}
+
+impl StickyPartitioner {
+    pub(crate) fn new(start: u32, switch_bytes: usize, switch_records: usize) -> Self {
+        StickyPartitioner {
+            current: None,
+            next: start,
+            bytes: 0,
+            records: 0,
+            switch_bytes,
+            switch_records,
+        }
+    }
+
+    pub(crate) fn choose(&mut self, partitions: u32, size: usize) -> u32 {
+        let p = match self.current {
+            Some(p) if p < partitions => p,
+            _ => {
+                let p = self.next % partitions;
+                self.next = p.wrapping_add(1);
+                self.current = Some(p);
+                self.bytes = 0;
+                self.records = 0;
+                p
+            }
+        };
+        self.bytes = self.bytes.saturating_add(size);
+        self.records += 1;
+        if self.bytes >= self.switch_bytes || self.records >= self.switch_records {
+            self.current = None;
+        }
+        p
+    }
+}
+
+/// The partition of a record: explicit, else by key hash, else sticky.
+pub(crate) fn choose_partition(
+    topic: &str,
+    explicit: Option<u32>,
+    key: Option<&[u8]>,
+    partitions: u32,
+    sticky: &mut StickyPartitioner,
+    size: usize,
+) -> Result<u32, ClientError> {
+    if partitions == 0 {
+        return Err(ClientError::Protocol(format!(
+            "topic {topic:?} has no partitions"
+        )));
+    }
+    match (explicit, key) {
+        (Some(p), _) if p < partitions => Ok(p),
+        (Some(p), _) => Err(ClientError::NotFound(format!(
+            "topic {topic:?} has {partitions} partitions; there is no partition {p}"
+        ))),
+        (None, Some(key)) => Ok(partition_for_key(key, partitions)),
+        (None, None) => Ok(sticky.choose(partitions, size)),
+    }
+}
+
+/// A partition's idempotent producer session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Session {
+    /// No batch sent yet: use the producer's shared id.
+    Unset,
+    Active {
+        producer_id: u64,
+        next_sequence: u32,
+    },
+    /// The server's expected sequence for the current id is unknown: get a new id.
+    NeedsFresh,
+}
+
+/// The session after a batch of `count` records sent at `sequence` with `producer_id`.
+/// `maybe_appended`: some attempt's outcome was unknown.
+pub(crate) fn session_after(
+    producer_id: u64,
+    sequence: u32,
+    count: u32,
+    outcome: &Result<u64, ClientError>,
+    maybe_appended: bool,
+) -> Session {
+    match outcome {
+        Ok(_) => match sequence.checked_add(count) {
+            Some(next_sequence) => Session::Active {
+                producer_id,
+                next_sequence,
+            },
+            None => Session::NeedsFresh,
+        },
+        // The server expects another sequence than the client thinks: start over.
+        Err(ClientError::OutOfOrderSequence(_)) => Session::NeedsFresh,
+        // It may be in the log: whether the next sequence is `sequence` or `sequence + count`
+        // cannot be known.
+        Err(_) if maybe_appended => Session::NeedsFresh,
+        // Refused outright: the server still expects `sequence`.
+        Err(_) => Session::Active {
+            producer_id,
+            next_sequence: sequence,
+        },
+    }
+}
+
+/// The base offset of `partition`'s batch in a produce answer, or why it failed.
+pub(crate) fn interpret_produce(
+    answer: v1::ProduceResponse,
+    partition: u32,
+    count: u32,
+) -> Result<u64, ClientError> {
+    let result = answer
+        .results
+        .into_iter()
+        .find(|r| r.partition == partition)
+        .ok_or_else(|| {
+            ClientError::Protocol(format!(
+                "produce answer has no result for partition {partition}"
+            ))
+        })?;
+    if let Some(e) = result.error.as_ref().filter(|e| e.code != 0) {
+        return Err(ClientError::from_partition_error(e));
+    }
+    if result.record_count != 0 && result.record_count != count {
+        return Err(ClientError::Protocol(format!(
+            "partition {partition}: sent {count} records, the answer acknowledges {}",
+            result.record_count
+        )));
+    }
+    if result.duplicate {
+        debug!(
+            partition,
+            base_offset = result.base_offset,
+            "batch was already appended by an earlier attempt"
+        );
+    }
+    Ok(result.base_offset)
+}
+
+// ---- effects -------------------------------------------------------------------------------
+
+struct Pending {
+    record: v1::Record,
+    size: usize,
+    reply: oneshot::Sender<Result<RecordMetadata, ClientError>>,
+    /// Returned to the producer's budgets when the record's fate is known.
+    budget: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+}
+
+enum Command {
+    Record(Pending),
+    /// Send what is batched now; answer once it is acknowledged or failed.
+    Flush(oneshot::Sender<()>),
+}
+
+/// What the partition tasks share. Holds no queue sender, so the tasks stop once every
+/// [`Producer`] clone is dropped and their queues are drained.
+struct Shared {
+    client: Client,
+    topic: String,
+    config: ProducerConfig,
+    /// The producer id of partitions that have not needed a fresh one, fetched once.
+    producer_id: OnceCell<u64>,
+}
+
+impl Shared {
+    fn limits(&self) -> BatchLimits {
+        BatchLimits {
+            max_bytes: self.config.max_batch_bytes,
+            max_records: self.config.max_batch_records,
+            linger: Duration::from_millis(self.config.linger_ms),
+        }
+    }
+}
+
+/// Produces records to one topic. Cheap to clone; clones share batches and budgets.
+/// Records enqueued before the last clone is dropped are still sent (within the runtime's
+/// life); call [`Producer::flush`] to wait for them.
+#[derive(Clone)]
+pub struct Producer {
+    inner: Arc<ProducerInner>,
+}
+
+struct ProducerInner {
+    shared: Arc<Shared>,
+    records_budget: Arc<Semaphore>,
+    bytes_budget: Arc<Semaphore>,
+    /// A std mutex: one short, await-free choice per record.
+    partitioner: Mutex<StickyPartitioner>,
+    /// Partition → its task's queue. A std mutex: lookups and task spawns never await.
+    queues: Mutex<HashMap<u32, mpsc::Sender<Command>>>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("topic", &self.inner.shared.topic)
+            .field("config", &self.inner.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    pub(crate) fn new(
+        client: Client,
+        topic: String,
+        config: ProducerConfig,
+    ) -> Result<Producer, ClientError> {
+        config.validate()?;
+        let partitioner = StickyPartitioner::new(
+            rand::random::<u32>(),
+            config.max_batch_bytes,
+            config.max_batch_records,
+        );
+        Ok(Producer {
+            inner: Arc::new(ProducerInner {
+                records_budget: Arc::new(Semaphore::new(config.max_pending_records)),
+                bytes_budget: Arc::new(Semaphore::new(config.max_pending_bytes)),
+                partitioner: Mutex::new(partitioner),
+                queues: Mutex::new(HashMap::new()),
+                shared: Arc::new(Shared {
+                    client,
+                    topic,
+                    config,
+                    producer_id: OnceCell::new(),
+                }),
+            }),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.inner.shared.topic
+    }
+
+    pub fn config(&self) -> &ProducerConfig {
+        &self.inner.shared.config
+    }
+
+    /// Sends a record and waits for its acknowledgement. To keep many records in flight
+    /// (and batches full), use [`enqueue`](Producer::enqueue) and await the deliveries later.
+    pub async fn send(&self, record: ProducerRecord) -> Result<RecordMetadata, ClientError> {
+        self.enqueue(record).await?.await
+    }
+
+    /// Queues a record for sending, waiting while the producer's budgets are spent, and
+    /// returns the future of its acknowledgement. Records enqueued one after another by one
+    /// caller are appended in that order within a partition.
+    pub async fn enqueue(&self, record: ProducerRecord) -> Result<Delivery, ClientError> {
+        let shared = &self.inner.shared;
+        let explicit = record.partition;
+        let wire = v1::Record {
+            key: record.key,
+            value: record.value,
+            headers: record
+                .headers
+                .into_iter()
+                .map(|(key, value)| v1::Header { key, value })
+                .collect(),
+            timestamp_ms: record.timestamp_ms,
+        };
+        let size = wire.encoded_len() + RECORD_FRAMING_BYTES;
+        let byte_permits = u32::try_from(size)
+            .ok()
+            .filter(|_| size <= shared.config.max_pending_bytes)
+            .ok_or_else(|| {
+                ClientError::InvalidArgument(format!(
+                    "a record of {size} encoded bytes exceeds the producer's max_pending_bytes ({})",
+                    shared.config.max_pending_bytes
+                ))
+            })?;
+
+        let partitions = shared.client.partition_count(&shared.topic).await?;
+        let partition = {
+            let mut sticky = self
+                .inner
+                .partitioner
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            choose_partition(
+                &shared.topic,
+                explicit,
+                wire.key.as_deref(),
+                partitions,
+                &mut sticky,
+                size,
+            )?
+        };
+
+        let records_permit = Arc::clone(&self.inner.records_budget)
+            .acquire_owned()
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        let bytes_permit = Arc::clone(&self.inner.bytes_budget)
+            .acquire_many_owned(byte_permits)
+            .await
+            .map_err(|_| ClientError::Closed)?;
+
+        let (reply, rx) = oneshot::channel();
+        let pending = Pending {
+            record: wire,
+            size,
+            reply,
+            budget: (records_permit, bytes_permit),
+        };
+        self.queue(partition)
+            .send(Command::Record(pending))
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        Ok(Delivery { rx })
+    }
+
+    /// Sends every batched record now and waits until all records enqueued before this call
+    /// are acknowledged or failed (their own results tell which).
+    pub async fn flush(&self) {
+        let queues: Vec<mpsc::Sender<Command>> = self
+            .inner
+            .queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        let mut done = Vec::with_capacity(queues.len());
+        for q in queues {
+            let (tx, rx) = oneshot::channel();
+            if q.send(Command::Flush(tx)).await.is_ok() {
+                done.push(rx);
+            }
+        }
+        for rx in done {
+            // An error means the task is gone, and with it everything it held.
+            let _ = rx.await;
+        }
+    }
+
+    /// The queue of `partition`'s task, starting the task if needed.
+    fn queue(&self, partition: u32) -> mpsc::Sender<Command> {
+        let mut queues = self
+            .inner
+            .queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(q) = queues.get(&partition).filter(|q| !q.is_closed()) {
+            return q.clone();
+        }
+        let (tx, rx) = mpsc::channel(PARTITION_QUEUE_CAPACITY);
+        tokio::spawn(run_partition(Arc::clone(&self.inner.shared), partition, rx));
+        queues.insert(partition, tx.clone());
+        tx
+    }
+}
+
+/// One partition's task: batches what arrives and sends one batch at a time.
+async fn run_partition(shared: Arc<Shared>, partition: u32, mut queue: mpsc::Receiver<Command>) {
+    let mut batches = Accumulator::new(shared.limits());
+    let mut sender = BatchSender {
+        shared,
+        partition,
+        session: Session::Unset,
+    };
+    loop {
+        let wake = batches
+            .deadline()
+            .unwrap_or_else(|| Instant::now() + IDLE_WAKE);
+        let command = tokio::select! {
+            c = queue.recv() => c,
+            _ = tokio::time::sleep_until(wake), if batches.deadline().is_some() => {
+                if let Some(b) = batches.take() {
+                    sender.deliver(b).await;
+                }
+                continue;
+            }
+        };
+        match command {
+            Some(Command::Record(p)) => {
+                let size = p.size;
+                if let Some(b) = batches.push(p, size, Instant::now()) {
+                    sender.deliver(b).await;
+                }
+                // Checked here too, so a steady trickle of records cannot hold the linger
+                // timer off forever.
+                if batches.ready(Instant::now())
+                    && let Some(b) = batches.take()
+                {
+                    sender.deliver(b).await;
+                }
+            }
+            Some(Command::Flush(done)) => {
+                if let Some(b) = batches.take() {
+                    sender.deliver(b).await;
+                }
+                let _ = done.send(());
+            }
+            None => {
+                // Every producer handle is gone: send what is left, then stop.
+                if let Some(b) = batches.take() {
+                    sender.deliver(b).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+struct BatchSender {
+    shared: Arc<Shared>,
+    partition: u32,
+    session: Session,
+}
+
+impl BatchSender {
+    /// Sends one batch and completes its records' deliveries.
+    async fn deliver(&mut self, batch: Vec<Pending>) {
+        let mut records = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::with_capacity(batch.len());
+        for p in batch {
+            records.push(p.record);
+            waiting.push((p.reply, p.budget));
+        }
+        let count = records.len() as u32;
+        let body = fjord_proto::batch::encode(&records);
+        // The body holds the only copy from here on.
+        drop(records);
+        let crc = fjord_proto::batch::checksum(&body);
+        let partition = self.partition;
+        match self.send(body, crc, count).await {
+            Ok(base_offset) => {
+                for (i, (reply, _budget)) in waiting.into_iter().enumerate() {
+                    let _ = reply.send(Ok(RecordMetadata {
+                        partition,
+                        offset: base_offset + i as u64,
+                    }));
+                }
+            }
+            Err(e) => {
+                warn!(topic = %self.shared.topic, partition, records = count, error = %e, "produce failed");
+                for (reply, _budget) in waiting {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// The producer id and base sequence for a batch of `count` records.
+    async fn begin(&mut self, count: u32) -> Result<(u64, u32), ClientError> {
+        if !self.shared.config.idempotent {
+            return Ok((0, 0));
+        }
+        if let Session::Active {
+            producer_id,
+            next_sequence,
+        } = self.session
+        {
+            if next_sequence.checked_add(count).is_some() {
+                return Ok((producer_id, next_sequence));
+            }
+            // Sequence numbers would wrap: continue under a new producer id instead.
+            self.session = Session::NeedsFresh;
+        }
+        let producer_id = match self.session {
+            Session::Unset => {
+                *self
+                    .shared
+                    .producer_id
+                    .get_or_try_init(|| self.shared.client.init_producer())
+                    .await?
+            }
+            _ => self.shared.client.init_producer().await?,
+        };
+        self.session = Session::Active {
+            producer_id,
+            next_sequence: 0,
+        };
+        Ok((producer_id, 0))
+    }
+
+    /// Sends a batch to the partition's leader until it is acknowledged, fails fatally or
+    /// runs out of retries; returns its base offset.
+    async fn send(&mut self, body: Bytes, crc32c: u32, count: u32) -> Result<u64, ClientError> {
+        let (producer_id, base_sequence) = self.begin(count).await?;
+        let client = &self.shared.client;
+        let partition = self.partition;
+        let deadline = client.produce_deadline();
+        let req = v1::ProduceRequest {
+            topic: self.shared.topic.clone(),
+            acks: v1::Acks::from(self.shared.config.acks) as i32,
+            records: vec![],
+            partition: None,
+            batches: vec![v1::RecordBatch {
+                partition,
+                producer_id,
+                base_sequence,
+                record_count: count,
+                crc32c,
+                records: body,
+            }],
+            timeout_ms: u32::try_from(client.config().request_timeout_ms).unwrap_or(u32::MAX),
+        };
+        let mut maybe_appended = false;
+        let result = client
+            .partition_call(
+                &self.shared.topic,
+                partition,
+                Route::Leader,
+                deadline,
+                |mut c| {
+                    let req = req.clone();
+                    async move { c.produce(request(req, deadline)).await }
+                },
+                |answer| interpret_produce(answer, partition, count),
+                |e| maybe_appended |= e.is_outcome_unknown(),
+            )
+            .await
+            .map_err(ClientError::in_produce);
+        if self.shared.config.idempotent {
+            self.session =
+                session_after(producer_id, base_sequence, count, &result, maybe_appended);
+        }
+        result.map_err(|e| {
+            if maybe_appended && e.is_retryable() && !e.is_outcome_unknown() {
+                ClientError::Timeout(format!(
+                    "an earlier attempt may have appended the batch; the last one failed: {e}"
+                ))
+            } else {
+                e
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_bytes: usize, max_records: usize, linger_ms: u64) -> BatchLimits {
+        BatchLimits {
+            max_bytes,
+            max_records,
+            linger: Duration::from_millis(linger_ms),
+        }
+    }
+
+    #[test]
+    fn a_batch_is_cut_at_max_records() {
+        let now = Instant::now();
+        let mut a = Accumulator::new(limits(1_000, 3, 10));
+        assert_eq!(a.push(1, 10, now), None);
+        assert_eq!(a.push(2, 10, now), None);
+        assert!(!a.ready(now));
+        assert_eq!(a.push(3, 10, now), None);
+        assert!(a.ready(now), "full at max_records");
+        // Pushing past the limit cuts first.
+        assert_eq!(a.push(4, 10, now), Some(vec![1, 2, 3]));
+        assert_eq!(a.take(), Some(vec![4]));
+        assert_eq!(a.take(), None);
+    }
+
+    #[test]
+    fn a_batch_never_exceeds_max_bytes_unless_one_record_does() {
+        let now = Instant::now();
+        let mut a = Accumulator::new(limits(100, 1_000, 10));
+        assert_eq!(a.push("a", 60, now), None);
+        assert_eq!(
+            a.push("b", 60, now),
+            Some(vec!["a"]),
+            "a+b would be 120 > 100"
+        );
+        assert_eq!(a.push("c", 40, now), None);
+        assert!(a.ready(now), "exactly max_bytes is full");
+        assert_eq!(a.take(), Some(vec!["b", "c"]));
+        // An oversized record goes alone.
+        assert_eq!(a.push("big", 500, now), None);
+        assert!(a.ready(now));
+        assert_eq!(a.push("d", 1, now), Some(vec!["big"]));
+    }
+
+    #[test]
+    fn linger_starts_with_the_first_record() {
+        let t0 = Instant::now();
+        let mut a = Accumulator::new(limits(1_000, 1_000, 10));
+        assert_eq!(a.deadline(), None);
+        assert!(
+            !a.ready(t0 + Duration::from_secs(60)),
+            "an empty batch is never ready"
+        );
+        a.push(1, 1, t0);
+        a.push(2, 1, t0 + Duration::from_millis(8));
+        assert_eq!(a.deadline(), Some(t0 + Duration::from_millis(10)));
+        assert!(!a.ready(t0 + Duration::from_millis(9)));
+        assert!(a.ready(t0 + Duration::from_millis(10)));
+        a.take();
+        a.push(3, 1, t0 + Duration::from_millis(50));
+        assert_eq!(a.deadline(), Some(t0 + Duration::from_millis(60)));
+    }
+
+    #[test]
+    fn zero_linger_is_ready_at_once() {
+        let now = Instant::now();
+        let mut a = Accumulator::new(limits(1_000, 1_000, 0));
+        a.push(1, 1, now);
+        assert!(a.ready(now));
+    }
+
+    fn sticky() -> StickyPartitioner {
+        StickyPartitioner::new(0, 100, 1_000)
+    }
+
+    #[test]
+    fn explicit_partition_wins_and_is_checked() {
+        let mut s = sticky();
+        assert_eq!(
+            choose_partition("t", Some(2), Some(b"k"), 3, &mut s, 1).unwrap(),
+            2
+        );
+        let e = choose_partition("t", Some(3), None, 3, &mut s, 1).unwrap_err();
+        assert!(matches!(e, ClientError::NotFound(_)), "{e:?}");
+        assert!(choose_partition("t", None, None, 0, &mut s, 1).is_err());
+    }
+
+    #[test]
+    fn keys_hash_like_kafka() {
+        let mut s = sticky();
+        for key in [&b"21"[..], b"foobar", b"", b"a-little-bit-long-string"] {
+            for n in [1, 3, 7, 1024] {
+                assert_eq!(
+                    choose_partition("t", None, Some(key), n, &mut s, 1).unwrap(),
+                    partition_for_key(key, n)
+                );
+            }
+        }
+        // murmur2("foobar") = -790332482; & 0x7fffffff = 1357151166; % 3 = 0.
+        assert_eq!(
+            choose_partition("t", None, Some(b"foobar"), 3, &mut s, 1).unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn keyless_records_stick_then_rotate() {
+        let mut s = StickyPartitioner::new(1, 100, 3);
+        let picks: Vec<u32> = (0..9)
+            .map(|_| choose_partition("t", None, None, 3, &mut s, 10).unwrap())
+            .collect();
+        assert_eq!(picks, [1, 1, 1, 2, 2, 2, 0, 0, 0]);
+        // A byte budget moves on too.
+        let mut s = StickyPartitioner::new(0, 100, 1_000);
+        let picks: Vec<u32> = (0..4).map(|_| s.choose(2, 60)).collect();
+        assert_eq!(picks, [0, 0, 1, 1]);
+        // Fewer partitions than the current choice (topic recreated): start again in range.
+        let mut s = StickyPartitioner::new(5, 100, 1_000);
+        assert_eq!(s.choose(8, 1), 5);
+        assert_eq!(s.choose(2, 1), 0);
+    }
+
+    #[test]
+    fn sequences_advance_only_on_success() {
+        let ok: Result<u64, ClientError> = Ok(40);
+        assert_eq!(
+            session_after(7, 10, 5, &ok, true),
+            Session::Active {
+                producer_id: 7,
+                next_sequence: 15
+            }
+        );
+        let refused = Err(ClientError::InvalidArgument("record too large".into()));
+        assert_eq!(
+            session_after(7, 10, 5, &refused, false),
+            Session::Active {
+                producer_id: 7,
+                next_sequence: 10
+            },
+            "a refused batch did not use its sequence"
+        );
+        let unknown = Err(ClientError::Timeout("no answer".into()));
+        assert_eq!(session_after(7, 10, 5, &unknown, true), Session::NeedsFresh);
+        let last_unavailable = Err(ClientError::Unavailable {
+            message: "no leader".into(),
+            leader: None,
+        });
+        assert_eq!(
+            session_after(7, 10, 5, &last_unavailable, true),
+            Session::NeedsFresh,
+            "an earlier timed-out attempt may have appended it"
+        );
+        let gap = Err(ClientError::OutOfOrderSequence("expected 3".into()));
+        assert_eq!(session_after(7, 10, 5, &gap, false), Session::NeedsFresh);
+        assert_eq!(
+            session_after(7, u32::MAX - 1, 5, &ok, false),
+            Session::NeedsFresh
+        );
+    }
+
+    fn produce_answer(result: v1::PartitionResult) -> v1::ProduceResponse {
+        v1::ProduceResponse {
+            results: vec![result],
+        }
+    }
+
+    #[test]
+    fn produce_answers_are_interpreted() {
+        let ok = v1::PartitionResult {
+            partition: 2,
+            base_offset: 100,
+            record_count: 5,
+            duplicate: true,
+            error: None,
+        };
+        assert_eq!(
+            interpret_produce(produce_answer(ok.clone()), 2, 5).unwrap(),
+            100
+        );
+        assert!(matches!(
+            interpret_produce(produce_answer(ok.clone()), 1, 5),
+            Err(ClientError::Protocol(_))
+        ));
+        assert!(matches!(
+            interpret_produce(produce_answer(ok), 2, 4),
+            Err(ClientError::Protocol(_))
+        ));
+        let not_leader = v1::PartitionResult {
+            partition: 2,
+            error: Some(v1::PartitionError {
+                code: tonic::Code::Unavailable as i32,
+                message: "not the leader".into(),
+                leader_id: 3,
+                leader_address: "h3:7101".into(),
+            }),
+            ..Default::default()
+        };
+        let e = interpret_produce(produce_answer(not_leader), 2, 5).unwrap_err();
+        assert!(e.is_retryable());
+        assert_eq!(e.leader_hint().and_then(|h| h.id), Some(3));
+        let gap = v1::PartitionResult {
+            partition: 2,
+            error: Some(v1::PartitionError {
+                code: tonic::Code::FailedPrecondition as i32,
+                message: "expected sequence 5".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(matches!(
+            interpret_produce(produce_answer(gap), 2, 5),
+            Err(ClientError::OutOfOrderSequence(_))
+        ));
+    }
+}

@@ -1,0 +1,289 @@
+//! The handles the server uses to drive a group, in fjord's own types: proposing a batch or a
+//! metadata command, asking who leads, lease reads, leader transfer. The server never names
+//! an openraft type, so an openraft upgrade stays inside this crate.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fjord_meta::{MetaCommand, MetaResponse};
+use fjord_storage::partition::Outcome;
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::impls::ProgressResponder;
+use openraft::{BasicNode, ReadPolicy};
+use tokio::sync::watch;
+
+use crate::meta_sm::MetaView;
+use crate::partition_sm::PartitionShared;
+use crate::{MetaRaft, NodeId, PartitionRaft, Request, Response, StoredBatch, TypeConfig};
+
+/// Why a proposal or a linearizable read did not go through.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GroupError {
+    /// Another node leads (or none is known): `leader` is where to go, with its address when
+    /// the group knows it.
+    #[error("not the leader")]
+    NotLeader {
+        leader: Option<NodeId>,
+        address: Option<String>,
+    },
+    /// The group cannot make progress right now (no quorum, shutting down).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Too many requests are waiting on this group.
+    #[error("{0}")]
+    Busy(String),
+    /// The state machine answered something that does not fit the request (a bug).
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> GroupError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => GroupError::NotLeader {
+            leader: f.leader_id,
+            address: f.leader_node.map(|n| n.addr),
+        },
+        other => GroupError::Unavailable(other.to_string()),
+    }
+}
+
+/// Who leads a group, as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leadership {
+    pub leader: Option<NodeId>,
+    pub term: u64,
+}
+
+/// Watches a group's leadership.
+pub struct LeadershipWatch {
+    rx: openraft::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>,
+}
+
+impl LeadershipWatch {
+    pub fn current(&mut self) -> Leadership {
+        let m = self.rx.borrow_watched();
+        Leadership {
+            leader: m.current_leader,
+            term: m.current_term,
+        }
+    }
+
+    /// Waits for the next change; `false` once the group has stopped.
+    pub async fn changed(&mut self) -> bool {
+        self.rx.changed().await.is_ok()
+    }
+}
+
+async fn initialize<SM>(
+    raft: &openraft::Raft<TypeConfig, SM>,
+    members: &BTreeMap<NodeId, String>,
+) -> Result<bool, String>
+where
+    SM: openraft::storage::RaftStateMachine<TypeConfig>,
+{
+    if raft.is_initialized().await.map_err(|e| e.to_string())? {
+        return Ok(false);
+    }
+    let nodes: BTreeMap<NodeId, BasicNode> = members
+        .iter()
+        .map(|(id, a)| (*id, BasicNode { addr: a.clone() }))
+        .collect();
+    // Every member initializes with the same membership; openraft allows it and elects one
+    // leader. "Already initialized" (a peer's entry arrived first) is fine.
+    match raft.initialize(nodes).await {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            tracing::debug!(error = %e, "initialize skipped");
+            Ok(false)
+        }
+    }
+}
+
+/// A partition group on this node.
+#[derive(Clone)]
+pub struct PartitionHandle {
+    raft: PartitionRaft,
+    shared: Arc<PartitionShared>,
+}
+
+impl PartitionHandle {
+    pub(crate) fn new(raft: PartitionRaft, shared: Arc<PartitionShared>) -> Self {
+        PartitionHandle { raft, shared }
+    }
+
+    pub(crate) fn raft(&self) -> &PartitionRaft {
+        &self.raft
+    }
+
+    /// Offsets, high watermark and AP waiters of the partition.
+    pub fn shared(&self) -> &Arc<PartitionShared> {
+        &self.shared
+    }
+
+    pub fn leadership(&self) -> Leadership {
+        let m = self.raft.metrics().borrow_watched().clone();
+        Leadership {
+            leader: m.current_leader,
+            term: m.current_term,
+        }
+    }
+
+    pub fn watch_leadership(&self) -> LeadershipWatch {
+        LeadershipWatch {
+            rx: self.raft.metrics(),
+        }
+    }
+
+    /// Initializes the group with `members` (id → address) unless it already is.
+    pub async fn initialize(&self, members: &BTreeMap<NodeId, String>) -> Result<bool, String> {
+        initialize(&self.raft, members).await
+    }
+
+    /// CP: returns once a majority has the batch durably and it is applied.
+    pub async fn propose_cp(&self, batch: StoredBatch) -> Result<Outcome, GroupError> {
+        let resp = self
+            .raft
+            .client_write(Request::Batch(batch))
+            .await
+            .map_err(write_error)?;
+        match resp.data {
+            Response::Batch(o) => Ok(o),
+            other => Err(GroupError::Internal(format!(
+                "unexpected partition response {other:?}"
+            ))),
+        }
+    }
+
+    /// AP: returns once the batch is durable in this node's (the leader's) log, with the
+    /// outcome the partition rules predict for it; or earlier, if the write fails.
+    pub async fn propose_ap(&self, batch: StoredBatch) -> Result<Outcome, GroupError> {
+        let token = batch.token;
+        let appended = self
+            .shared
+            .register_waiter(token)
+            .map_err(|e| GroupError::Busy(e.to_string()))?;
+        let (responder, committed) = ProgressResponder::complete_only();
+        let result = async {
+            self.raft
+                .client_write_ff(Request::Batch(batch), Some(responder))
+                .await
+                .map_err(|e| GroupError::Unavailable(e.to_string()))?;
+            tokio::select! {
+                o = appended => o.map_err(|_| GroupError::Unavailable("the group stopped".into())),
+                c = committed => match c {
+                    Ok(Ok(resp)) => match resp.data {
+                        Response::Batch(o) => Ok(o),
+                        other => Err(GroupError::Internal(format!("unexpected partition response {other:?}"))),
+                    },
+                    Ok(Err(e)) => Err(write_error(RaftError::APIError(e))),
+                    Err(_) => Err(GroupError::Unavailable("the group stopped".into())),
+                },
+            }
+        }
+        .await;
+        self.shared.cancel_waiter(token);
+        result
+    }
+
+    /// Confirms this node leads with a valid lease and has applied everything committed when
+    /// the call began.
+    pub async fn linearizable_read(&self) -> Result<(), GroupError> {
+        match self.raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Err(GroupError::NotLeader {
+                    leader: f.leader_id,
+                    address: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(e) => Err(GroupError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Asks this node, the leader, to hand leadership to `to`.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), GroupError> {
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| GroupError::Unavailable(e.to_string()))
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+/// The metadata group on this node.
+#[derive(Clone)]
+pub struct MetaHandle {
+    raft: MetaRaft,
+    view: watch::Receiver<Arc<MetaView>>,
+}
+
+impl MetaHandle {
+    pub(crate) fn new(raft: MetaRaft, view: watch::Receiver<Arc<MetaView>>) -> Self {
+        MetaHandle { raft, view }
+    }
+
+    pub(crate) fn raft(&self) -> &MetaRaft {
+        &self.raft
+    }
+
+    /// The applied metadata on this node.
+    pub fn view(&self) -> Arc<MetaView> {
+        self.view.borrow().clone()
+    }
+
+    /// Watches the applied metadata.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<MetaView>> {
+        self.view.clone()
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.is_leader()
+    }
+
+    pub async fn initialize(&self, members: &BTreeMap<NodeId, String>) -> Result<bool, String> {
+        initialize(&self.raft, members).await
+    }
+
+    /// Applies `cmd` if this node leads the metadata group.
+    pub async fn write(&self, cmd: MetaCommand) -> Result<MetaResponse, GroupError> {
+        let resp = self
+            .raft
+            .client_write(Request::Meta(cmd))
+            .await
+            .map_err(write_error)?;
+        match resp.data {
+            Response::Meta(r) => Ok(r),
+            other => Err(GroupError::Internal(format!(
+                "unexpected metadata response {other:?}"
+            ))),
+        }
+    }
+
+    /// On the leader: the nodes that acknowledged it within `window` (this node included).
+    pub fn live_nodes(&self, this: NodeId, window: Duration) -> BTreeSet<NodeId> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let mut live = BTreeSet::from([this]);
+        for (node, at) in m.heartbeat.iter().flatten() {
+            if let Some(at) = at {
+                if openraft::Instant::elapsed(&**at) < window {
+                    live.insert(*node);
+                }
+            }
+        }
+        live
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
