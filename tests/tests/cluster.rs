@@ -366,3 +366,45 @@ async fn bad_input_gets_precise_errors() {
         .unwrap_err();
     assert_eq!(s.code(), tonic::Code::NotFound, "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_topic_is_gone_and_its_name_reusable() {
+    let _serial = serial();
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    client.create_topic("temp", 2, 3).await.unwrap();
+    let producer = client.producer("temp", ProducerConfig::default()).unwrap();
+    producer
+        .send(ProducerRecord::new("old").with_partition(0))
+        .await
+        .unwrap();
+    producer.flush().await;
+    drop(producer);
+
+    client.delete_topic("temp").await.unwrap();
+    // Metadata reaches every node shortly after (as in Kafka, deletion propagates).
+    wait_for("every node to forget the topic", DEADLINE, || {
+        let client = client.clone();
+        async move {
+            matches!(
+                client.describe_topic("temp").await,
+                Err(ClientError::NotFound(_))
+            )
+            .then_some(())
+        }
+    })
+    .await;
+    let e = client.delete_topic("temp").await.unwrap_err();
+    assert!(matches!(e, ClientError::NotFound(_)), "{e:?}");
+
+    // Same name, new topic: it starts empty.
+    client.create_topic("temp", 1, 3).await.unwrap();
+    let producer = client.producer("temp", ProducerConfig::default()).unwrap();
+    let m = producer
+        .send(ProducerRecord::new("new").with_partition(0))
+        .await
+        .unwrap();
+    assert_eq!(m.offset, 0);
+    let all = read_all(&client, "temp", 1, ReadMode::Cp).await;
+    assert_eq!(all[&0], vec![(0, "new".to_string())]);
+}

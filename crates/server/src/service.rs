@@ -136,9 +136,22 @@ impl Fjord for ClientService {
         let req = req.into_inner();
         Self::meta_result(
             self.node
-                .meta_write(MetaCommand::DeleteTopic { name: req.name })
+                .meta_write(MetaCommand::DeleteTopic {
+                    name: req.name.clone(),
+                })
                 .await?,
         )?;
+        // Answer once this node's own view agrees, so its next answers do not show the topic.
+        let mut view = self.node.meta.subscribe();
+        let deadline = tokio::time::Instant::now() + CREATE_TOPIC_LEADER_WAIT;
+        while view.borrow_and_update().state.topic(&req.name).is_some() {
+            if !matches!(
+                tokio::time::timeout_at(deadline, view.changed()).await,
+                Ok(Ok(()))
+            ) {
+                break;
+            }
+        }
         Ok(Response::new(DeleteTopicResponse {}))
     }
 
