@@ -370,7 +370,7 @@ async fn bad_input_gets_precise_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_topic_is_gone_and_its_name_reusable() {
     let _serial = serial();
-    let cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(3).await;
     let client = cluster.client();
     client.create_topic("temp", 2, 3).await.unwrap();
     let producer = client.producer("temp", ProducerConfig::default()).unwrap();
@@ -381,7 +381,19 @@ async fn deleted_topic_is_gone_and_its_name_reusable() {
     producer.flush().await;
     drop(producer);
 
+    // Node 3 is down while the topic is deleted: it must drop the data when it returns.
+    cluster.stop(3);
     client.delete_topic("temp").await.unwrap();
+    cluster.restart(3);
+    wait_for(
+        "node 3 to delete the partitions of the deleted topic",
+        DEADLINE,
+        || {
+            let log = cluster.log_tail(3);
+            async move { (log.matches("deleted partition group").count() >= 2).then_some(()) }
+        },
+    )
+    .await;
     // Metadata reaches every node shortly after (as in Kafka, deletion propagates).
     wait_for("every node to forget the topic", DEADLINE, || {
         let client = client.clone();

@@ -371,9 +371,10 @@ pub async fn fetch(node: &Node, req: FetchRequest) -> Result<FetchResponse, ApiE
             if hw > req.offset {
                 break;
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                _ => break,
+            // A shutting-down node answers long polls at once, so it can drain and stop.
+            tokio::select! {
+                r = tokio::time::timeout_at(deadline, rx.changed()) => if !matches!(r, Ok(Ok(()))) { break },
+                _ = node.shutdown.cancelled() => break,
             }
         }
     }

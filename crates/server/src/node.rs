@@ -231,9 +231,18 @@ impl Node {
 
     async fn reconcile_loop(self: Arc<Self>) {
         let mut view = self.meta.subscribe();
-        // Groups this process has seen assigned to it: only those are deleted when their
-        // assignment disappears (an early, not yet replayed view must not delete data).
-        let mut seen: BTreeSet<GroupId> = BTreeSet::new();
+        // Partition groups this node holds data of: those on disk (a topic may have been
+        // deleted while this node was down) and those started since.
+        let mut seen: BTreeSet<GroupId> = match self.store.groups() {
+            Ok(groups) => groups
+                .into_iter()
+                .filter(|g| *g != fjord_meta::META_GROUP)
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the groups on disk");
+                BTreeSet::new()
+            }
+        };
         loop {
             let snapshot = view.borrow_and_update().clone();
             self.reconcile(&snapshot, &mut seen).await;
@@ -279,10 +288,14 @@ impl Node {
                 Err(e) => tracing::error!(group, error = %e, "cannot start partition group"),
             }
         }
+        // A group is deleted here once the metadata, having seen its topic created (its topic
+        // id is below `next_topic_id`), no longer assigns it to this node. A view that lags
+        // behind has not seen the creation, so it can never delete a live group's data.
+        let next_topic_id = view.state.next_topic_id.max(1);
         let gone: Vec<GroupId> = seen
             .iter()
             .copied()
-            .filter(|g| !wanted.contains_key(g))
+            .filter(|g| !wanted.contains_key(g) && fjord_meta::split_group_id(*g).0 < next_topic_id)
             .collect();
         for g in gone {
             seen.remove(&g);
