@@ -93,17 +93,8 @@ impl RaftLogReader<TypeConfig> for GroupLogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        use std::ops::Bound;
-        let start = match range.start_bound() {
-            Bound::Included(&s) => s,
-            Bound::Excluded(&s) => s + 1,
-            Bound::Unbounded => 0,
-        };
-        let end = match range.end_bound() {
-            Bound::Included(&e) => e,
-            Bound::Excluded(&0) => return Ok(Vec::new()),
-            Bound::Excluded(&e) => e - 1,
-            Bound::Unbounded => u64::MAX,
+        let Some((start, end)) = fjord_storage::store::index_bounds(&range) else {
+            return Ok(Vec::new());
         };
         self.read_entries(start, end)
     }

@@ -36,6 +36,8 @@ pub enum StorageError {
     Redb(#[from] redb::Error),
     #[error("the storage writer has stopped (the node is shutting down or a write failed)")]
     WriterStopped,
+    #[error("a storage commit failed: {0}")]
+    CommitFailed(String),
     #[error("corrupt stored value in {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
 }

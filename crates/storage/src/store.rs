@@ -22,6 +22,22 @@ pub(crate) const OFFSETS: TableDefinition<(u64, u64), (u64, u32)> = TableDefinit
 pub(crate) const GROUP_VALUES: TableDefinition<(u64, u8), &[u8]> =
     TableDefinition::new("group_values");
 
+/// The inclusive `(first, last)` indexes of a range, or `None` when it is empty.
+pub fn index_bounds(range: &impl RangeBounds<u64>) -> Option<(u64, u64)> {
+    use std::ops::Bound;
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.checked_add(1)?,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e,
+        Bound::Excluded(&e) => e.checked_sub(1)?,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start <= end).then_some((start, end))
+}
+
 /// A log entry as stored: its index and its bytes.
 pub type StoredEntry = (u64, Vec<u8>);
 
@@ -95,29 +111,9 @@ impl Store {
             .map_err(|_| StorageError::WriterStopped)?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StorageError::Corrupt {
-                what: "commit",
-                detail: e,
-            }),
+            Ok(Err(e)) => Err(StorageError::CommitFailed(e)),
             Err(_) => Err(StorageError::WriterStopped),
         }
-    }
-
-    /// Queues `ops` and returns a receiver that answers once they are durable; the caller
-    /// may go on meanwhile (used where the answer is a callback, like openraft's `IOFlushed`).
-    pub async fn write_then(
-        &self,
-        ops: Vec<Op>,
-    ) -> Result<oneshot::Receiver<Result<(), String>>, StorageError> {
-        let (tx, rx) = oneshot::channel();
-        self.writer
-            .send(WriteBatch {
-                ops,
-                done: Some(tx),
-            })
-            .await
-            .map_err(|_| StorageError::WriterStopped)?;
-        Ok(rx)
     }
 
     /// Queues `ops` without waiting for them: they become durable with the next commit.
@@ -133,7 +129,7 @@ impl Store {
         self.db.begin_read().map_err(StorageError::redb)
     }
 
-    /// Log entries of `group` with indexes in `range`, in order, at most `max_entries` of them
+    /// Log entries of `group` with indexes in `range` (see [`index_bounds`]), in order, at most `max_entries` of them
     /// and, past the first, at most `max_bytes` bytes.
     pub fn read_log(
         &self,
@@ -142,21 +138,9 @@ impl Store {
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredEntry>, StorageError> {
-        use std::ops::Bound;
-        let start = match range.start_bound() {
-            Bound::Included(&s) => s,
-            Bound::Excluded(&s) => s.saturating_add(1),
-            Bound::Unbounded => 0,
-        };
-        let end = match range.end_bound() {
-            Bound::Included(&e) => e,
-            Bound::Excluded(&0) => return Ok(Vec::new()),
-            Bound::Excluded(&e) => e - 1,
-            Bound::Unbounded => u64::MAX,
-        };
-        if start > end {
+        let Some((start, end)) = index_bounds(&range) else {
             return Ok(Vec::new());
-        }
+        };
         let txn = self.read_txn()?;
         let table = txn.open_table(LOG).map_err(StorageError::redb)?;
         let mut out = Vec::new();
