@@ -38,8 +38,6 @@ pub enum StorageError {
     WriterStopped,
     #[error("a storage commit failed: {0}")]
     CommitFailed(String),
-    #[error("corrupt stored value in {what}: {detail}")]
-    Corrupt { what: &'static str, detail: String },
 }
 
 impl StorageError {
