@@ -188,3 +188,72 @@ impl ServeConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> Result<ServeConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fjord.toml");
+        std::fs::write(&path, text).unwrap();
+        ServeConfig::from_toml_file(&path)
+    }
+
+    /// The example in the README.
+    #[test]
+    fn readme_example_parses() {
+        let cfg = from_toml(
+            r#"
+id = 1
+listen = "0.0.0.0:7101"
+data_dir = "/var/lib/fjord"
+peers = "1=10.0.0.1:7101,2=10.0.0.2:7101,3=10.0.0.3:7101"
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.id, 1);
+        assert_eq!(cfg.peers.0.len(), 3);
+        assert_eq!(cfg.heartbeat_interval_ms, 100);
+        assert_eq!(cfg.election_timeout_ms, 600);
+        assert_eq!(cfg.cache_size_mib, 64);
+        assert_eq!(cfg.advertised_address(), "10.0.0.1:7101");
+    }
+
+    #[test]
+    fn peers_as_a_table_and_every_setting() {
+        let cfg = from_toml(
+            r#"
+id = 2
+listen = "127.0.0.1:7102"
+advertise = "node2.example:7102"
+data_dir = "d"
+heartbeat_interval_ms = 50
+election_timeout_ms = 300
+cache_size_mib = 16
+[peers]
+1 = "127.0.0.1:7101"
+2 = "127.0.0.1:7102"
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.peers.0[&2], "127.0.0.1:7102");
+        assert_eq!(cfg.advertised_address(), "node2.example:7102");
+    }
+
+    #[test]
+    fn bad_files_say_what_is_wrong() {
+        let base = "listen = \"127.0.0.1:1\"\ndata_dir = \"d\"\n";
+        let e = from_toml(&format!("id = 1\n{base}peers = \"1=nohost\"")).unwrap_err();
+        assert!(e.to_string().contains("nohost"), "{e}");
+        let e = from_toml(&format!("id = 1\n{base}peers = \"1=a:1\"\ncolour = 3")).unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+        let e = from_toml(&format!("id = 9\n{base}peers = \"1=a:1\"")).unwrap_err();
+        assert!(matches!(e, ConfigError::NotInPeers { .. }), "{e}");
+        let e = from_toml(&format!(
+            "id = 1\n{base}peers = \"1=a:1\"\nelection_timeout_ms = 100"
+        ))
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::Timeouts { .. }), "{e}");
+    }
+}
