@@ -420,3 +420,51 @@ async fn deleted_topic_is_gone_and_its_name_reusable() {
     let all = read_all(&client, "temp", 1, ReadMode::Cp).await;
     assert_eq!(all[&0], vec![(0, "new".to_string())]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_leader_failover_keeps_the_cluster_manageable() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    let leader = client
+        .metadata()
+        .await
+        .unwrap()
+        .metadata_leader
+        .expect("a metadata leader");
+    cluster.kill(leader);
+
+    // The two survivors elect a new metadata leader; topics can still be created and used.
+    let topic = client
+        .create_topic("after-failover", 2, 3)
+        .await
+        .expect("create topic after failover");
+    assert_eq!(topic.partitions.len(), 2);
+    let producer = client
+        .producer("after-failover", ProducerConfig::default())
+        .unwrap();
+    let m = producer
+        .send(ProducerRecord::new("still here").with_partition(1))
+        .await
+        .unwrap();
+    let all = read_all(&client, "after-failover", 2, ReadMode::Cp).await;
+    assert_eq!(all[&1], vec![(m.offset, "still here".to_string())]);
+
+    // The old leader returns, catches up on the metadata and on the partition it holds.
+    cluster.restart(leader);
+    let addr = cluster.nodes[cluster.node_index(leader)].addr.clone();
+    wait_for(
+        "the returning node to learn the new topic and its data",
+        DEADLINE,
+        || {
+            let addr = addr.clone();
+            async move {
+                let (got, _) = read_from_node(&addr, "after-failover", 1, WireRead::ReadAp)
+                    .await
+                    .ok()?;
+                (got == vec![(0, "still here".to_string())]).then_some(())
+            }
+        },
+    )
+    .await;
+}

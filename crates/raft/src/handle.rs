@@ -170,9 +170,15 @@ impl PartitionHandle {
                 .client_write_ff(Request::Batch(batch), Some(responder))
                 .await
                 .map_err(|e| GroupError::Unavailable(e.to_string()))?;
+            let mut committed = committed;
             tokio::select! {
-                o = appended => o.map_err(|_| GroupError::Unavailable("the group stopped".into())),
-                c = committed => match c {
+                o = appended => {
+                    // Keep the commit notice's receiver until it fires: dropping it early
+                    // makes openraft warn once per AP write.
+                    tokio::spawn(async move { let _ = committed.await; });
+                    o.map_err(|_| GroupError::Unavailable("the group stopped".into()))
+                }
+                c = &mut committed => match c {
                     Ok(Ok(resp)) => match resp.data {
                         Response::Batch(o) => Ok(o),
                         other => Err(GroupError::Internal(format!("unexpected partition response {other:?}"))),
