@@ -468,3 +468,69 @@ async fn metadata_leader_failover_keeps_the_cluster_manageable() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_under_writes_loses_nothing() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    client.create_topic("rolling", 3, 3).await.unwrap();
+    let producer = client
+        .producer("rolling", ProducerConfig::default())
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut failed = Vec::new();
+            // Bounded: at most 20,000 writes, and it stops when told.
+            for i in 0..20_000u32 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let value = format!("w-{i}");
+                match producer
+                    .send(ProducerRecord::new(value.clone()).with_key(format!("k{}", i % 10)))
+                    .await
+                {
+                    Ok(m) => acked.push((m.partition, m.offset, value)),
+                    Err(e) => failed.push((value, e.to_string())),
+                }
+            }
+            (acked, failed)
+        })
+    };
+    // Each node in turn: a clean stop (it hands its leaderships over first), then a restart.
+    for id in [1, 2, 3] {
+        let status = cluster.stop(id).unwrap();
+        assert!(
+            status.success(),
+            "node {id} did not stop cleanly\n{}",
+            cluster.log_tail(id)
+        );
+        cluster.restart(id);
+        cluster.wait_ready().await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, failed) = writer.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "writes failed during a rolling restart: {failed:?}"
+    );
+    assert!(acked.len() > 10, "only {} writes", acked.len());
+
+    let all = read_all(&client, "rolling", 3, ReadMode::Cp).await;
+    let mut seen = HashSet::new();
+    for (p, records) in &all {
+        for (o, v) in records {
+            assert!(seen.insert(v.clone()), "{v} read twice ({p}/{o})");
+        }
+    }
+    for (p, o, v) in &acked {
+        assert!(
+            all[p].contains(&(*o, v.clone())),
+            "acknowledged {v} at {p}/{o} is missing"
+        );
+    }
+}

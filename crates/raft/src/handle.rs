@@ -217,9 +217,52 @@ impl PartitionHandle {
             .map_err(|e| GroupError::Unavailable(e.to_string()))
     }
 
+    /// On the leader: the follower that acknowledged it most recently within `window`.
+    pub fn freshest_follower(&self, window: Duration) -> Option<NodeId> {
+        freshest(&self.raft, window)
+    }
+
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
     }
+}
+
+/// On a leader: the followers that acknowledged it within `window`.
+fn recently_acked<SM>(raft: &openraft::Raft<TypeConfig, SM>, window: Duration) -> BTreeSet<NodeId>
+where
+    SM: openraft::storage::RaftStateMachine<TypeConfig>,
+{
+    let m = raft.metrics().borrow_watched().clone();
+    m.heartbeat
+        .iter()
+        .flatten()
+        .filter(|(node, at)| {
+            **node != m.id
+                && at
+                    .as_ref()
+                    .is_some_and(|at| openraft::Instant::elapsed(&**at) < window)
+        })
+        .map(|(node, _)| *node)
+        .collect()
+}
+
+/// On a leader: the follower with the most recent acknowledgement within `window`.
+fn freshest<SM>(raft: &openraft::Raft<TypeConfig, SM>, window: Duration) -> Option<NodeId>
+where
+    SM: openraft::storage::RaftStateMachine<TypeConfig>,
+{
+    let m = raft.metrics().borrow_watched().clone();
+    m.heartbeat
+        .iter()
+        .flatten()
+        .filter(|(node, _)| **node != m.id)
+        .filter_map(|(node, at)| {
+            at.as_ref()
+                .map(|at| (openraft::Instant::elapsed(&**at), *node))
+        })
+        .filter(|(age, _)| *age < window)
+        .min()
+        .map(|(_, node)| node)
 }
 
 /// The metadata group on this node.
@@ -277,16 +320,29 @@ impl MetaHandle {
 
     /// On the leader: the nodes that acknowledged it within `window` (this node included).
     pub fn live_nodes(&self, this: NodeId, window: Duration) -> BTreeSet<NodeId> {
-        let m = self.raft.metrics().borrow_watched().clone();
-        let mut live = BTreeSet::from([this]);
-        for (node, at) in m.heartbeat.iter().flatten() {
-            if let Some(at) = at {
-                if openraft::Instant::elapsed(&**at) < window {
-                    live.insert(*node);
-                }
-            }
-        }
+        let mut live = recently_acked(&self.raft, window);
+        live.insert(this);
         live
+    }
+
+    pub fn watch_leadership(&self) -> LeadershipWatch {
+        LeadershipWatch {
+            rx: self.raft.metrics(),
+        }
+    }
+
+    /// On the leader: the follower that acknowledged it most recently within `window`.
+    pub fn freshest_follower(&self, window: Duration) -> Option<NodeId> {
+        freshest(&self.raft, window)
+    }
+
+    /// Asks this node, the leader, to hand leadership to `to`.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), GroupError> {
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| GroupError::Unavailable(e.to_string()))
     }
 
     pub async fn shutdown(&self) {

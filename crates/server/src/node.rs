@@ -35,6 +35,8 @@ pub const CONTROLLER_INTERVAL: Duration = Duration::from_secs(3);
 pub const MAX_LEADER_MOVES_PER_ROUND: usize = 4;
 /// A follower whose last heartbeat ack is older than this is taken as down by the controller.
 pub const LIVENESS_WINDOW: Duration = Duration::from_secs(3);
+/// How long a stopping node spends handing its leaderships over to other replicas.
+pub const HANDOFF_BUDGET: Duration = Duration::from_secs(5);
 /// Attempts of a metadata write (each waits for a leader or follows a forward).
 const META_WRITE_ATTEMPTS: u32 = 50;
 
@@ -386,8 +388,56 @@ impl Node {
         }
     }
 
+    /// Controlled shutdown: hands every leadership this node holds to the follower that
+    /// acknowledged it most recently, and waits (bounded) for the new leaders, so clients see
+    /// a leader change instead of an election timeout.
+    async fn hand_off_leadership(&self) {
+        let deadline = tokio::time::Instant::now() + HANDOFF_BUDGET;
+        let mut moving = Vec::new();
+        for g in self.registry.ids() {
+            let (watch, to) = match self.registry.get(g) {
+                Some(AnyGroup::Partition(h)) if h.leadership().leader == Some(self.id) => {
+                    let Some(to) = h.freshest_follower(LIVENESS_WINDOW) else {
+                        continue;
+                    };
+                    if h.transfer_leader(to).await.is_err() {
+                        continue;
+                    }
+                    (h.watch_leadership(), to)
+                }
+                Some(AnyGroup::Meta(h)) if h.is_leader() => {
+                    let Some(to) = h.freshest_follower(LIVENESS_WINDOW) else {
+                        continue;
+                    };
+                    if h.transfer_leader(to).await.is_err() {
+                        continue;
+                    }
+                    (h.watch_leadership(), to)
+                }
+                _ => continue,
+            };
+            tracing::info!(group = g, to, "handing leadership over before stopping");
+            moving.push(watch);
+        }
+        let count = moving.len();
+        for mut w in moving {
+            while w.current().leader == Some(self.id) {
+                if !matches!(
+                    tokio::time::timeout_at(deadline, w.changed()).await,
+                    Ok(true)
+                ) {
+                    break;
+                }
+            }
+        }
+        if count > 0 {
+            tracing::info!(groups = count, "leadership handed over");
+        }
+    }
+
     /// Stops every group and the background tasks.
     pub async fn stop(&self) {
+        self.hand_off_leadership().await;
         self.shutdown.cancel();
         for g in self.registry.ids() {
             match self.registry.remove(g) {
