@@ -1,0 +1,167 @@
+//! The AP acknowledgement and the offset index rest on one claim: the partition rules run
+//! over the log tail at append (on every replica, through truncations and rebuilds) decide
+//! exactly what applying the committed log decides. This drives the real log store and state
+//! machine through random appends (fresh batches, retries, sequence gaps, several
+//! producers), truncations with a new term, and applies, and checks the claim against a
+//! plain fold of the surviving log.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use fjord_raft::log_store::GroupLogStore;
+use fjord_raft::partition_sm::{PartitionShared, PartitionSm};
+use fjord_raft::{Request, StoredBatch, TypeConfig};
+use fjord_storage::partition::{Outcome, PartitionState};
+use fjord_storage::{Store, StoreOptions};
+use openraft::alias::EntryOf;
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, RaftLogStorage, RaftStateMachine};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Batches of (producer 0..3, kind, record count): kind 0 next sequence, 1 retry of the
+    /// producer's last batch, 2 a gap.
+    Append(Vec<(u64, u8, u32)>),
+    /// Truncates the last `n` unapplied entries; later appends come with a new term.
+    Truncate(usize),
+    /// Applies up to `n` more entries.
+    Apply(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => proptest::collection::vec((0u64..3, 0u8..3, 1u32..4), 1..4).prop_map(Op::Append),
+        1 => (1usize..4).prop_map(Op::Truncate),
+        2 => (1usize..6).prop_map(Op::Apply),
+    ]
+}
+
+fn batch(token: u64, producer_id: u64, base_sequence: u32, record_count: u32) -> StoredBatch {
+    let records = Bytes::from(vec![b'x'; record_count as usize]);
+    StoredBatch {
+        token,
+        producer_id,
+        base_sequence,
+        record_count,
+        crc32c: fjord_proto::batch::checksum(&records),
+        append_time_ms: 0,
+        records,
+    }
+}
+
+async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path(),
+        &StoreOptions {
+            cache_size_bytes: 4 << 20,
+        },
+    )
+    .unwrap();
+    let group = (1u64 << 32) | 1;
+    let shared = PartitionShared::open(group, &store).unwrap();
+    let mut log = GroupLogStore::new(group, store.clone(), Some(shared.clone()));
+    let mut sm = PartitionSm::new(shared.clone(), store.clone());
+
+    // The model: the log as it stands (index 1..), the applied prefix, predictions by token.
+    let mut entries: Vec<EntryOf<TypeConfig>> = Vec::new();
+    let mut applied = 0usize;
+    let mut term = 1u64;
+    let mut token = 0u64;
+    let mut predicted: HashMap<u64, Outcome> = HashMap::new();
+    // What each producer's client believes: its next sequence and its last batch.
+    let mut next_seq: HashMap<u64, u32> = HashMap::new();
+    let mut last_batch: HashMap<u64, (u32, u32)> = HashMap::new();
+
+    for op in ops {
+        match op {
+            Op::Append(specs) => {
+                let mut new = Vec::new();
+                let mut waiters = Vec::new();
+                for (pid, kind, n) in specs {
+                    token += 1;
+                    let next = *next_seq.get(&pid).unwrap_or(&0);
+                    let (seq, count) = match (kind, last_batch.get(&pid)) {
+                        (1, Some(&(s, c))) => (s, c),
+                        (2, _) => (next + 7, n),
+                        _ => {
+                            next_seq.insert(pid, next + n);
+                            last_batch.insert(pid, (next, n));
+                            (next, n)
+                        }
+                    };
+                    let index = (entries.len() + new.len() + 1) as u64;
+                    let log_id = openraft::testing::log_id::<TypeConfig>(term, 1, index);
+                    new.push(EntryOf::<TypeConfig>::new_normal(
+                        log_id,
+                        Request::Batch(batch(token, pid, seq, count)),
+                    ));
+                    waiters.push((token, shared.register_waiter(token).unwrap()));
+                }
+                log.append(new.clone(), IOFlushed::noop()).await.unwrap();
+                for (t, rx) in waiters {
+                    predicted.insert(
+                        t,
+                        rx.await
+                            .expect("every appended batch gets a predicted outcome"),
+                    );
+                }
+                entries.extend(new);
+            }
+            Op::Truncate(n) => {
+                let keep = entries.len().saturating_sub(n).max(applied);
+                if keep < entries.len() {
+                    let last = keep.checked_sub(1).map(|i| entries[i].log_id());
+                    log.truncate_after(last).await.unwrap();
+                    entries.truncate(keep);
+                    term += 1;
+                }
+            }
+            Op::Apply(n) => {
+                let upto = (applied + n).min(entries.len());
+                let batch: Vec<_> = entries[applied..upto]
+                    .iter()
+                    .cloned()
+                    .map(|e| Ok((e, None)))
+                    .collect();
+                sm.apply(futures::stream::iter(batch)).await.unwrap();
+                applied = upto;
+            }
+        }
+
+        // Check the applied prefix against a plain fold.
+        let mut model = PartitionState::default();
+        for e in &entries[..applied] {
+            let openraft::EntryPayload::Normal(Request::Batch(b)) = &e.payload else {
+                continue;
+            };
+            let outcome = model.apply(&b.header());
+            prop_assert_eq!(
+                predicted.get(&b.token),
+                Some(&outcome),
+                "prediction of entry {}",
+                e.index()
+            );
+            if let Outcome::Appended { base_offset } = outcome {
+                prop_assert_eq!(
+                    store.find_offset(group, base_offset).unwrap(),
+                    Some((base_offset, e.index(), b.record_count)),
+                    "offset index of entry {}",
+                    e.index()
+                );
+            }
+        }
+        prop_assert_eq!(shared.high_watermark(), model.next_offset);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #[test]
+    fn append_time_prediction_equals_apply(ops in proptest::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(run(ops))?;
+    }
+}
