@@ -479,8 +479,10 @@ async fn rolling_restart_under_writes_loses_nothing() {
         .producer("rolling", ProducerConfig::default())
         .unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = {
         let stop = stop.clone();
+        let progress = progress.clone();
         tokio::spawn(async move {
             let mut acked = Vec::new();
             let mut failed = Vec::new();
@@ -497,21 +499,40 @@ async fn rolling_restart_under_writes_loses_nothing() {
                     Ok(m) => acked.push((m.partition, m.offset, value)),
                     Err(e) => failed.push((value, e.to_string())),
                 }
+                progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             (acked, failed)
         })
     };
-    // Each node in turn: a clean stop (it hands its leaderships over first), then a restart.
+    // Waits until the writer has finished 20 more writes (a condition, not a delay).
+    let twenty_more = || {
+        let progress = progress.clone();
+        let target = progress.load(std::sync::atomic::Ordering::Relaxed) + 20;
+        async move {
+            wait_for("20 more writes", DEADLINE, || {
+                let progress = progress.clone();
+                async move {
+                    (progress.load(std::sync::atomic::Ordering::Relaxed) >= target).then_some(())
+                }
+            })
+            .await
+        }
+    };
+    // Each node in turn: writes before, a clean stop (it hands its leaderships over first),
+    // writes while it is down, a restart.
     for id in [1, 2, 3] {
+        twenty_more().await;
         let status = cluster.stop(id).unwrap();
         assert!(
             status.success(),
             "node {id} did not stop cleanly\n{}",
             cluster.log_tail(id)
         );
+        twenty_more().await;
         cluster.restart(id);
         cluster.wait_ready().await;
     }
+    twenty_more().await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (acked, failed) = writer.await.unwrap();
     assert!(
