@@ -187,10 +187,11 @@ impl Cluster {
         for n in self.nodes.iter().filter(|n| n.child.is_some()) {
             let client = Client::connect(vec![n.addr.clone()], ClientConfig::default()).unwrap();
             loop {
-                if let Ok(m) = client.metadata().await {
-                    if m.metadata_leader.is_some() && m.nodes.len() == self.nodes.len() {
-                        break;
-                    }
+                if let Ok(m) = client.metadata().await
+                    && m.metadata_leader.is_some()
+                    && m.nodes.len() == self.nodes.len()
+                {
+                    break;
                 }
                 if tokio::time::Instant::now() > deadline {
                     panic!(

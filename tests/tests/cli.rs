@@ -1,5 +1,8 @@
 //! The `fjord` command as a user types it, against a real 3-node cluster: the README's tour,
 //! JSON output shapes, leader balance, and bad input on the command line.
+// Each test holds `serial()` (a std mutex) for its whole run on purpose: tests run on
+// separate threads and runtimes, and must not start clusters at the same time.
+#![allow(clippy::await_holding_lock)]
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -1,4 +1,7 @@
 //! End-to-end tests on real 3-node clusters of separate `fjord serve` processes.
+// Each test holds `serial()` (a std mutex) for its whole run on purpose: tests run on
+// separate threads and runtimes, and must not start clusters at the same time.
+#![allow(clippy::await_holding_lock)]
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;

@@ -166,18 +166,9 @@ pub async fn start_meta(
     pool: Arc<PeerPool>,
 ) -> Result<MetaHandle, String> {
     let group = fjord_meta::META_GROUP;
-    let config = cfg.raft_config(GroupRole::Meta, group)?;
     let (sm, view) = MetaSm::open(group, store.clone()).map_err(|e| e.to_string())?;
     let log = GroupLogStore::new(group, store, None);
-    let raft = openraft::Raft::new(
-        node_id,
-        config,
-        GroupNetworkFactory::new(group, pool),
-        log,
-        sm,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let raft = start(node_id, group, GroupRole::Meta, cfg, log, sm, pool).await?;
     Ok(MetaHandle::new(raft, view))
 }
 
@@ -189,11 +180,27 @@ pub async fn start_partition(
     store: Store,
     pool: Arc<PeerPool>,
 ) -> Result<PartitionHandle, String> {
-    let config = cfg.raft_config(GroupRole::Partition, group)?;
     let shared = PartitionShared::open(group, &store).map_err(|e| e.to_string())?;
     let sm = PartitionSm::new(shared.clone(), store.clone());
     let log = GroupLogStore::new(group, store, Some(shared.clone()));
-    let raft = openraft::Raft::new(
+    let raft = start(node_id, group, GroupRole::Partition, cfg, log, sm, pool).await?;
+    Ok(PartitionHandle::new(raft, shared))
+}
+
+async fn start<SM>(
+    node_id: NodeId,
+    group: u64,
+    role: GroupRole,
+    cfg: &GroupConfig,
+    log: GroupLogStore,
+    sm: SM,
+    pool: Arc<PeerPool>,
+) -> Result<openraft::Raft<TypeConfig, SM>, String>
+where
+    SM: openraft::storage::RaftStateMachine<TypeConfig, SnapshotData = Vec<u8>>,
+{
+    let config = cfg.raft_config(role, group)?;
+    openraft::Raft::new(
         node_id,
         config,
         GroupNetworkFactory::new(group, pool),
@@ -201,6 +208,5 @@ pub async fn start_partition(
         sm,
     )
     .await
-    .map_err(|e| e.to_string())?;
-    Ok(PartitionHandle::new(raft, shared))
+    .map_err(|e| e.to_string())
 }

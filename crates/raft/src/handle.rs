@@ -11,11 +11,12 @@ use fjord_storage::partition::Outcome;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::impls::ProgressResponder;
+use openraft::storage::RaftStateMachine;
 use openraft::{BasicNode, ReadPolicy};
 use tokio::sync::watch;
 
-use crate::meta_sm::MetaView;
-use crate::partition_sm::PartitionShared;
+use crate::meta_sm::{MetaSm, MetaView};
+use crate::partition_sm::{PartitionShared, PartitionSm};
 use crate::{MetaRaft, NodeId, PartitionRaft, Request, Response, StoredBatch, TypeConfig};
 
 /// Why a proposal or a linearizable read did not go through.
@@ -76,52 +77,25 @@ impl LeadershipWatch {
     }
 }
 
-async fn initialize<SM>(
-    raft: &openraft::Raft<TypeConfig, SM>,
-    members: &BTreeMap<NodeId, String>,
-) -> Result<bool, String>
-where
-    SM: openraft::storage::RaftStateMachine<TypeConfig>,
-{
-    if raft.is_initialized().await.map_err(|e| e.to_string())? {
-        return Ok(false);
-    }
-    let nodes: BTreeMap<NodeId, BasicNode> = members
-        .iter()
-        .map(|(id, a)| (*id, BasicNode { addr: a.clone() }))
-        .collect();
-    // Every member initializes with the same membership; openraft allows it and elects one
-    // leader. "Already initialized" (a peer's entry arrived first) is fine.
-    match raft.initialize(nodes).await {
-        Ok(()) => Ok(true),
-        Err(e) => {
-            tracing::debug!(error = %e, "initialize skipped");
-            Ok(false)
+/// What every group's handle can do, whatever its state machine.
+pub struct GroupRaft<SM: RaftStateMachine<TypeConfig>> {
+    raft: openraft::Raft<TypeConfig, SM>,
+}
+
+impl<SM: RaftStateMachine<TypeConfig>> Clone for GroupRaft<SM> {
+    fn clone(&self) -> Self {
+        GroupRaft {
+            raft: self.raft.clone(),
         }
     }
 }
 
-/// A partition group on this node.
-#[derive(Clone)]
-pub struct PartitionHandle {
-    raft: PartitionRaft,
-    shared: Arc<PartitionShared>,
-}
-
-impl PartitionHandle {
-    pub(crate) fn new(raft: PartitionRaft, shared: Arc<PartitionShared>) -> Self {
-        PartitionHandle { raft, shared }
-    }
-
-    pub(crate) fn raft(&self) -> &PartitionRaft {
+impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
+    pub(crate) fn raft(&self) -> &openraft::Raft<TypeConfig, SM> {
         &self.raft
     }
 
-    /// Offsets, high watermark and AP waiters of the partition.
-    pub fn shared(&self) -> &Arc<PartitionShared> {
-        &self.shared
-    }
-
+    /// Who leads, as this node sees it.
     pub fn leadership(&self) -> Leadership {
         let m = self.raft.metrics().borrow_watched().clone();
         Leadership {
@@ -130,25 +104,122 @@ impl PartitionHandle {
         }
     }
 
+    pub fn is_leader(&self) -> bool {
+        self.raft.is_leader()
+    }
+
     pub fn watch_leadership(&self) -> LeadershipWatch {
         LeadershipWatch {
             rx: self.raft.metrics(),
         }
     }
 
-    /// Initializes the group with `members` (id → address) unless it already is.
+    /// Initializes the group with `members` (id → address) unless it already is; `true` if
+    /// this call did it.
     pub async fn initialize(&self, members: &BTreeMap<NodeId, String>) -> Result<bool, String> {
-        initialize(&self.raft, members).await
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(false);
+        }
+        let nodes: BTreeMap<NodeId, BasicNode> = members
+            .iter()
+            .map(|(id, a)| (*id, BasicNode { addr: a.clone() }))
+            .collect();
+        // Every member initializes with the same membership; openraft allows it and elects
+        // one leader. "Already initialized" (a peer's entry arrived first) is fine.
+        match self.raft.initialize(nodes).await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                tracing::debug!(error = %e, "initialize skipped");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Proposes `req` and waits until it is committed and applied.
+    async fn write(&self, req: Request) -> Result<Response, GroupError> {
+        Ok(self.raft.client_write(req).await.map_err(write_error)?.data)
+    }
+
+    /// Asks this node, the leader, to hand leadership to `to`.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), GroupError> {
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| GroupError::Unavailable(e.to_string()))
+    }
+
+    /// On the leader: the followers that acknowledged it within `window`.
+    pub fn recently_acked(&self, window: Duration) -> BTreeSet<NodeId> {
+        self.acks_within(window)
+            .into_iter()
+            .map(|(_, node)| node)
+            .collect()
+    }
+
+    /// On the leader: the follower that acknowledged it most recently within `window`.
+    pub fn freshest_follower(&self, window: Duration) -> Option<NodeId> {
+        self.acks_within(window)
+            .into_iter()
+            .min()
+            .map(|(_, node)| node)
+    }
+
+    /// `(age of the last acknowledgement, follower)` for followers heard from within `window`.
+    fn acks_within(&self, window: Duration) -> Vec<(Duration, NodeId)> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        m.heartbeat
+            .iter()
+            .flatten()
+            .filter(|(node, _)| **node != m.id)
+            .filter_map(|(node, at)| {
+                at.as_ref()
+                    .map(|at| (openraft::Instant::elapsed(&**at), *node))
+            })
+            .filter(|(age, _)| *age < window)
+            .collect()
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+/// A partition group on this node.
+#[derive(Clone)]
+pub struct PartitionHandle {
+    core: GroupRaft<PartitionSm>,
+    shared: Arc<PartitionShared>,
+}
+
+impl std::ops::Deref for PartitionHandle {
+    type Target = GroupRaft<PartitionSm>;
+    fn deref(&self) -> &Self::Target {
+        &self.core
+    }
+}
+
+impl PartitionHandle {
+    pub(crate) fn new(raft: PartitionRaft, shared: Arc<PartitionShared>) -> Self {
+        PartitionHandle {
+            core: GroupRaft { raft },
+            shared,
+        }
+    }
+
+    /// Offsets, high watermark and AP waiters of the partition.
+    pub fn shared(&self) -> &Arc<PartitionShared> {
+        &self.shared
     }
 
     /// CP: returns once a majority has the batch durably and it is applied.
     pub async fn propose_cp(&self, batch: StoredBatch) -> Result<Outcome, GroupError> {
-        let resp = self
-            .raft
-            .client_write(Request::Batch(batch))
-            .await
-            .map_err(write_error)?;
-        match resp.data {
+        match self.core.write(Request::Batch(batch)).await? {
             Response::Batch(o) => Ok(o),
             other => Err(GroupError::Internal(format!(
                 "unexpected partition response {other:?}"
@@ -166,7 +237,8 @@ impl PartitionHandle {
             .map_err(|e| GroupError::Busy(e.to_string()))?;
         let (responder, committed) = ProgressResponder::complete_only();
         let result = async {
-            self.raft
+            self.core
+                .raft
                 .client_write_ff(Request::Batch(batch), Some(responder))
                 .await
                 .map_err(|e| GroupError::Unavailable(e.to_string()))?;
@@ -196,7 +268,12 @@ impl PartitionHandle {
     /// Confirms this node leads with a valid lease and has applied everything committed when
     /// the call began.
     pub async fn linearizable_read(&self) -> Result<(), GroupError> {
-        match self.raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
+        match self
+            .core
+            .raft
+            .ensure_linearizable(ReadPolicy::LeaseRead)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                 Err(GroupError::NotLeader {
@@ -207,78 +284,28 @@ impl PartitionHandle {
             Err(e) => Err(GroupError::Unavailable(e.to_string())),
         }
     }
-
-    /// Asks this node, the leader, to hand leadership to `to`.
-    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), GroupError> {
-        self.raft
-            .trigger()
-            .transfer_leader(to)
-            .await
-            .map_err(|e| GroupError::Unavailable(e.to_string()))
-    }
-
-    /// On the leader: the follower that acknowledged it most recently within `window`.
-    pub fn freshest_follower(&self, window: Duration) -> Option<NodeId> {
-        freshest(&self.raft, window)
-    }
-
-    pub async fn shutdown(&self) {
-        let _ = self.raft.shutdown().await;
-    }
-}
-
-/// On a leader: the followers that acknowledged it within `window`.
-fn recently_acked<SM>(raft: &openraft::Raft<TypeConfig, SM>, window: Duration) -> BTreeSet<NodeId>
-where
-    SM: openraft::storage::RaftStateMachine<TypeConfig>,
-{
-    let m = raft.metrics().borrow_watched().clone();
-    m.heartbeat
-        .iter()
-        .flatten()
-        .filter(|(node, at)| {
-            **node != m.id
-                && at
-                    .as_ref()
-                    .is_some_and(|at| openraft::Instant::elapsed(&**at) < window)
-        })
-        .map(|(node, _)| *node)
-        .collect()
-}
-
-/// On a leader: the follower with the most recent acknowledgement within `window`.
-fn freshest<SM>(raft: &openraft::Raft<TypeConfig, SM>, window: Duration) -> Option<NodeId>
-where
-    SM: openraft::storage::RaftStateMachine<TypeConfig>,
-{
-    let m = raft.metrics().borrow_watched().clone();
-    m.heartbeat
-        .iter()
-        .flatten()
-        .filter(|(node, _)| **node != m.id)
-        .filter_map(|(node, at)| {
-            at.as_ref()
-                .map(|at| (openraft::Instant::elapsed(&**at), *node))
-        })
-        .filter(|(age, _)| *age < window)
-        .min()
-        .map(|(_, node)| node)
 }
 
 /// The metadata group on this node.
 #[derive(Clone)]
 pub struct MetaHandle {
-    raft: MetaRaft,
+    core: GroupRaft<MetaSm>,
     view: watch::Receiver<Arc<MetaView>>,
+}
+
+impl std::ops::Deref for MetaHandle {
+    type Target = GroupRaft<MetaSm>;
+    fn deref(&self) -> &Self::Target {
+        &self.core
+    }
 }
 
 impl MetaHandle {
     pub(crate) fn new(raft: MetaRaft, view: watch::Receiver<Arc<MetaView>>) -> Self {
-        MetaHandle { raft, view }
-    }
-
-    pub(crate) fn raft(&self) -> &MetaRaft {
-        &self.raft
+        MetaHandle {
+            core: GroupRaft { raft },
+            view,
+        }
     }
 
     /// The applied metadata on this node.
@@ -291,26 +318,14 @@ impl MetaHandle {
         self.view.clone()
     }
 
+    /// The metadata leader this node knows of.
     pub fn leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow_watched().current_leader
-    }
-
-    pub fn is_leader(&self) -> bool {
-        self.raft.is_leader()
-    }
-
-    pub async fn initialize(&self, members: &BTreeMap<NodeId, String>) -> Result<bool, String> {
-        initialize(&self.raft, members).await
+        self.leadership().leader
     }
 
     /// Applies `cmd` if this node leads the metadata group.
     pub async fn write(&self, cmd: MetaCommand) -> Result<MetaResponse, GroupError> {
-        let resp = self
-            .raft
-            .client_write(Request::Meta(cmd))
-            .await
-            .map_err(write_error)?;
-        match resp.data {
+        match self.core.write(Request::Meta(cmd)).await? {
             Response::Meta(r) => Ok(r),
             other => Err(GroupError::Internal(format!(
                 "unexpected metadata response {other:?}"
@@ -320,32 +335,8 @@ impl MetaHandle {
 
     /// On the leader: the nodes that acknowledged it within `window` (this node included).
     pub fn live_nodes(&self, this: NodeId, window: Duration) -> BTreeSet<NodeId> {
-        let mut live = recently_acked(&self.raft, window);
+        let mut live = self.recently_acked(window);
         live.insert(this);
         live
-    }
-
-    pub fn watch_leadership(&self) -> LeadershipWatch {
-        LeadershipWatch {
-            rx: self.raft.metrics(),
-        }
-    }
-
-    /// On the leader: the follower that acknowledged it most recently within `window`.
-    pub fn freshest_follower(&self, window: Duration) -> Option<NodeId> {
-        freshest(&self.raft, window)
-    }
-
-    /// Asks this node, the leader, to hand leadership to `to`.
-    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), GroupError> {
-        self.raft
-            .trigger()
-            .transfer_leader(to)
-            .await
-            .map_err(|e| GroupError::Unavailable(e.to_string()))
-    }
-
-    pub async fn shutdown(&self) {
-        let _ = self.raft.shutdown().await;
     }
 }
