@@ -97,7 +97,10 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
 
     /// Who leads, as this node sees it.
     pub fn leadership(&self) -> Leadership {
-        let m = self.raft.metrics().borrow_watched().clone();
+        // Two fields read under the watch's borrow: cloning the whole metrics would copy maps
+        // on every produce.
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
         Leadership {
             leader: m.current_leader,
             term: m.current_term,
