@@ -21,21 +21,29 @@ async fn read_all(
     partitions: u32,
     read: ReadMode,
 ) -> BTreeMap<u32, Vec<(u64, String)>> {
+    try_read_all(client, topic, partitions, read)
+        .await
+        .expect("poll")
+}
+
+/// Like [`read_all`], but a failed poll (a cluster still electing) is returned, not a panic.
+async fn try_read_all(
+    client: &fjord_client::Client,
+    topic: &str,
+    partitions: u32,
+    read: ReadMode,
+) -> Result<BTreeMap<u32, Vec<(u64, String)>>, ClientError> {
     let mut out = BTreeMap::new();
     for p in 0..partitions {
-        let mut consumer = client.consumer(
-            topic,
-            p,
-            StartFrom::Beginning,
-            FetchOptions {
-                max_wait_ms: 0,
-                read,
-                ..Default::default()
-            },
-        );
+        let options = FetchOptions {
+            max_wait_ms: 0,
+            read,
+            ..Default::default()
+        };
+        let mut consumer = client.consumer(topic, p, StartFrom::Beginning, options);
         let mut records = Vec::new();
         loop {
-            let batch = consumer.poll().await.expect("poll");
+            let batch = consumer.poll().await?;
             if batch.is_empty() {
                 break;
             }
@@ -47,7 +55,7 @@ async fn read_all(
         }
         out.insert(p, records);
     }
-    out
+    Ok(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,29 +265,9 @@ async fn full_restart_keeps_every_record() {
         || {
             let client = client.clone();
             async move {
-                let mut out = BTreeMap::new();
-                for p in 0..2u32 {
-                    let mut c = client.consumer(
-                        "ledger",
-                        p,
-                        StartFrom::Beginning,
-                        FetchOptions {
-                            max_wait_ms: 0,
-                            ..Default::default()
-                        },
-                    );
-                    let mut rs = Vec::new();
-                    loop {
-                        match c.poll().await {
-                            Ok(b) if b.is_empty() => break,
-                            Ok(b) => rs.extend(b.into_iter().map(|r| {
-                                (r.offset, String::from_utf8_lossy(&r.value).into_owned())
-                            })),
-                            Err(_) => return None,
-                        }
-                    }
-                    out.insert(p, rs);
-                }
+                let out = try_read_all(&client, "ledger", 2, ReadMode::Cp)
+                    .await
+                    .ok()?;
                 (out.values().map(Vec::len).sum::<usize>() >= 50).then_some(out)
             }
         },
