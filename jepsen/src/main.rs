@@ -1,4 +1,166 @@
-fn main() {
-    eprintln!("fjord-jepsen: not wired yet");
-    std::process::exit(2);
+//! `fjord-jepsen`: runs fjord clusters under faults and says what each mode lost.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use fjord_jepsen::history::{EventType, parse_jsonl};
+use fjord_jepsen::nemesis::{FaultKind, parse_faults};
+use fjord_jepsen::run::{RunOptions, run};
+
+#[derive(Parser)]
+#[command(name = "fjord-jepsen", about = "Fault-injection harness for fjord")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// One run in one mode.
+    Run(Common),
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Seed of the fault schedule and of the workload's choices (random when absent).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Nodes in the cluster (3 or 5).
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    #[arg(long, default_value_t = 3)]
+    partitions: u32,
+    /// Seconds of workload under faults (the last `--recovery-secs` are fault-free).
+    #[arg(long, default_value_t = 60)]
+    duration_secs: u64,
+    #[arg(long, default_value_t = 8)]
+    recovery_secs: u64,
+    /// Faults: comma-separated kinds or groups (all, none, partition, process, clock, disk).
+    #[arg(long, default_value = "partition,process,clock")]
+    faults: String,
+    /// Acknowledgement mode: cp or ap.
+    #[arg(long, default_value = "cp")]
+    acks: String,
+    /// Read mode: cp or ap.
+    #[arg(long, default_value = "cp")]
+    read: String,
+    /// Concurrent producing processes.
+    #[arg(long, default_value_t = 6)]
+    producers: u32,
+    #[arg(long, default_value_t = 1)]
+    consumers_per_partition: u32,
+    /// An operation without an answer after this long is recorded as unknown (info).
+    #[arg(long, default_value_t = 5_000)]
+    op_timeout_ms: u64,
+    /// Where the run's files go (default: jepsen/runs/<time>-<seed>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The fjord binary (default: next to this one).
+    #[arg(long)]
+    fjord_bin: Option<PathBuf>,
+    /// The fjord-lazyfs binary (default: next to this one), needed by disk faults.
+    #[arg(long)]
+    lazyfs_bin: Option<PathBuf>,
+}
+
+fn sibling(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.join(name);
+    p.exists().then_some(p)
+}
+
+impl Common {
+    fn options(&self, label: &str) -> Result<RunOptions> {
+        let faults = parse_faults(&self.faults).map_err(anyhow::Error::msg)?;
+        if !(3..=5).contains(&self.nodes) {
+            bail!("--nodes must be 3, 4 or 5, not {}", self.nodes);
+        }
+        let seed = self.seed.unwrap_or_else(rand::random);
+        let fjord_bin = match &self.fjord_bin {
+            Some(p) => p.clone(),
+            None => sibling("fjord").context(
+                "no fjord binary next to fjord-jepsen: build it (cargo build -p fjord-cli) or pass --fjord-bin",
+            )?,
+        };
+        let needs_lazy = faults.iter().any(|k: &FaultKind| k.needs_lazy_disk());
+        let lazyfs_bin =
+            match &self.lazyfs_bin {
+                Some(p) => Some(p.clone()),
+                None if needs_lazy => Some(sibling("fjord-lazyfs").context(
+                    "disk faults need fjord-lazyfs next to fjord-jepsen, or --lazyfs-bin",
+                )?),
+                None => None,
+            };
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let out = self
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("jepsen/runs/{stamp}-{seed}")))
+            .join(label);
+        Ok(RunOptions {
+            seed,
+            nodes: self.nodes,
+            partitions: self.partitions,
+            replication_factor: self.nodes.min(3) as u32,
+            duration_secs: self.duration_secs,
+            faults,
+            acks: self.acks.clone(),
+            read: self.read.clone(),
+            producers: self.producers,
+            consumers_per_partition: self.consumers_per_partition,
+            op_timeout_ms: self.op_timeout_ms,
+            recovery_secs: self.recovery_secs,
+            out_dir: out,
+            fjord_bin,
+            lazyfs_bin,
+            netns_prefix: format!("fj{}", std::process::id() % 100_000),
+        })
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Run(common) => {
+            let label = format!("{}-{}", common.acks, common.read);
+            let options = common.options(&label)?;
+            eprintln!(
+                "fjord-jepsen: seed {} ({} nodes, acks {}, read {}, faults {}) -> {}",
+                options.seed,
+                options.nodes,
+                options.acks,
+                options.read,
+                common.faults,
+                options.out_dir.display()
+            );
+            let out = run(options)?;
+            let text = std::fs::read_to_string(&out.history)?;
+            let events = parse_jsonl(&text)?;
+            let count = |k: EventType| events.iter().filter(|e| e.kind == k).count();
+            println!(
+                "events {} ok {} fail {} info {}",
+                events.len(),
+                count(EventType::Ok),
+                count(EventType::Fail),
+                count(EventType::Info)
+            );
+            for w in &out.windows {
+                println!("{w:?}");
+            }
+            for n in &out.notes {
+                println!("note: {n}");
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,319 @@
+//! The cluster under test: one real `fjord serve` process per node, each inside its own
+//! network namespace, with its own data directory, log file and (optionally) a fake wall
+//! clock and a lazy filesystem under its data directory.
+//!
+//! What must hold: a node has at most one process; every process is killed when the
+//! [`Db`] is dropped; a node's clock file always exists while the node can run, so
+//! libfaketime never falls back to the real time mid-run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::disk::LazyMount;
+use crate::net::{Netns, ip};
+
+/// The port every node listens on, inside its own namespace.
+pub const PORT: u16 = 7000;
+
+/// Where libfaketime lives on Debian (package `faketime`). The MT variant is the one for
+/// multi-threaded programs.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// How a node is started.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub fjord_bin: PathBuf,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    /// Run the node under libfaketime so that its wall clock can be moved.
+    pub fake_clock: bool,
+    /// Put the node's data directory on a lazy filesystem that can lose unsynced writes.
+    pub lazy_disk: Option<PathBuf>,
+}
+
+/// One node.
+#[derive(Debug)]
+pub struct Node {
+    pub id: u64,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+    mount: Option<LazyMount>,
+}
+
+impl Node {
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("node.log")
+    }
+    pub fn clock_file(&self) -> PathBuf {
+        self.dir.join("faketime")
+    }
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// The nodes of one run.
+#[derive(Debug)]
+pub struct Db {
+    pub nodes: BTreeMap<u64, Node>,
+    options: NodeOptions,
+    peers: String,
+}
+
+/// The address node `id` serves clients and peers on.
+pub fn address(id: u64) -> String {
+    format!("{}:{PORT}", ip(id))
+}
+
+fn signal(pid: u32, sig: libc::c_int) -> Result<()> {
+    // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    if rc != 0 {
+        bail!("kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Db {
+    /// Prepares (does not start) nodes `ids` under `root`.
+    pub fn new(root: &Path, ids: &[u64], options: NodeOptions) -> Result<Db> {
+        let peers = ids
+            .iter()
+            .map(|&id| format!("{id}={}", address(id)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = BTreeMap::new();
+        for &id in ids {
+            let dir = root.join(format!("n{id}"));
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let mut node = Node {
+                id,
+                dir,
+                child: None,
+                paused: false,
+                mount: None,
+            };
+            std::fs::write(node.clock_file(), "+0\n")?;
+            if let Some(lazyfs_bin) = &options.lazy_disk {
+                let backing = node.dir.join("backing");
+                std::fs::create_dir_all(&backing)?;
+                std::fs::create_dir_all(node.data_dir())?;
+                node.mount = Some(LazyMount::mount(
+                    lazyfs_bin,
+                    &backing,
+                    &node.data_dir(),
+                    &node.dir.join("lazyfs.sock"),
+                    &node.dir.join("lazyfs.log"),
+                )?);
+            }
+            nodes.insert(id, node);
+        }
+        Ok(Db {
+            nodes,
+            options,
+            peers,
+        })
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    pub fn brokers(&self) -> Vec<String> {
+        self.nodes.keys().map(|&id| address(id)).collect()
+    }
+
+    fn node(&mut self, id: u64) -> Result<&mut Node> {
+        self.nodes
+            .get_mut(&id)
+            .with_context(|| format!("no node {id}"))
+    }
+
+    /// Starts node `id`'s process in its namespace. A running node is left alone.
+    pub fn start(&mut self, net: &Netns, id: u64) -> Result<()> {
+        let options = self.options.clone();
+        let peers = self.peers.clone();
+        let ns = net.node_ns(id);
+        let node = self.node(id)?;
+        if node.child.is_some() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.log_path())?;
+        let mut cmd = Command::new("ip");
+        // `ip netns exec` execs the program, so the child's pid is fjord's own.
+        cmd.args(["netns", "exec", &ns])
+            .arg(&options.fjord_bin)
+            .args(["serve", "--id", &id.to_string(), "--listen", &address(id)])
+            .arg("--data-dir")
+            .arg(node.data_dir())
+            .args([
+                "--peers",
+                &peers,
+                "--heartbeat-interval-ms",
+                &options.heartbeat_interval_ms.to_string(),
+                "--election-timeout-ms",
+                &options.election_timeout_ms.to_string(),
+            ])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if options.fake_clock {
+            cmd.env("LD_PRELOAD", LIBFAKETIME)
+                .env("FAKETIME_TIMESTAMP_FILE", node.clock_file())
+                .env("FAKETIME_NO_CACHE", "1")
+                // Faking the monotonic clock hangs tokio: only the wall clock moves.
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        let child = cmd.spawn().context("spawning fjord serve")?;
+        node.child = Some(child);
+        node.paused = false;
+        Ok(())
+    }
+
+    /// SIGKILLs node `id` and reaps it. A stopped node is left alone.
+    pub fn kill(&mut self, id: u64) -> Result<()> {
+        let node = self.node(id)?;
+        if let Some(mut child) = node.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+        node.paused = false;
+        Ok(())
+    }
+
+    /// SIGSTOPs node `id`.
+    pub fn pause(&mut self, id: u64) -> Result<()> {
+        let node = self.node(id)?;
+        if let Some(pid) = node.pid() {
+            signal(pid, libc::SIGSTOP)?;
+            node.paused = true;
+        }
+        Ok(())
+    }
+
+    /// SIGCONTs node `id`.
+    pub fn resume(&mut self, id: u64) -> Result<()> {
+        let node = self.node(id)?;
+        if let Some(pid) = node.pid() {
+            signal(pid, libc::SIGCONT)?;
+            node.paused = false;
+        }
+        Ok(())
+    }
+
+    /// Sets node `id`'s wall-clock offset (libfaketime syntax, e.g. `+120` seconds, `-30`,
+    /// or `+0 x1.5` for a rate). Takes effect on the node's next clock read.
+    pub fn set_clock(&mut self, id: u64, spec: &str) -> Result<()> {
+        let node = self.node(id)?;
+        // Write then rename, so the node never reads a half-written file.
+        let tmp = node.dir.join("faketime.tmp");
+        std::fs::write(&tmp, format!("{spec}\n"))?;
+        std::fs::rename(&tmp, node.clock_file())?;
+        Ok(())
+    }
+
+    /// Drops every write node `id`'s disk had not fsynced. The node must be dead.
+    pub fn lose_unsynced(&mut self, id: u64) -> Result<()> {
+        let node = self.node(id)?;
+        if node.child.is_some() {
+            bail!("node {id} is running: kill it before losing its unsynced writes");
+        }
+        match &node.mount {
+            Some(m) => m.crash(),
+            None => bail!("node {id} has no lazy disk (run with disk faults enabled)"),
+        }
+    }
+
+    /// Turns "disk full" on or off for node `id`.
+    pub fn disk_full(&mut self, id: u64, full: bool) -> Result<()> {
+        let node = self.node(id)?;
+        match &node.mount {
+            Some(m) => m.set_full(full),
+            None => bail!("node {id} has no lazy disk (run with disk faults enabled)"),
+        }
+    }
+
+    /// Flips `bits` random bits of node `id`'s stored data. The node must be dead.
+    pub fn flip_bits(
+        &mut self,
+        id: u64,
+        bits: usize,
+        rng: &mut impl rand::Rng,
+    ) -> Result<Vec<u64>> {
+        let node = self.node(id)?;
+        if node.child.is_some() {
+            bail!("node {id} is running: kill it before corrupting its disk");
+        }
+        let file = match &node.mount {
+            Some(m) => m.backing().join("fjord.redb"),
+            None => node.data_dir().join("fjord.redb"),
+        };
+        let mut bytes =
+            std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+        if bytes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut flipped = Vec::new();
+        for _ in 0..bits {
+            let at = rng.gen_range(0..bytes.len());
+            bytes[at] ^= 1 << rng.gen_range(0..8);
+            flipped.push(at as u64);
+        }
+        std::fs::write(&file, bytes)?;
+        Ok(flipped)
+    }
+
+    /// Whether node `id`'s process has exited on its own (reaping it if so).
+    pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let node = self.nodes.get_mut(&id)?;
+        let status = node.child.as_mut()?.try_wait().ok().flatten()?;
+        node.child = None;
+        Some(status)
+    }
+
+    /// The last `lines` lines of node `id`'s log.
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        let Some(node) = self.nodes.get(&id) else {
+            return String::new();
+        };
+        let text = std::fs::read_to_string(node.log_path()).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Kills every node and unmounts the lazy disks.
+    pub fn shutdown(&mut self) {
+        let ids = self.ids();
+        for id in ids {
+            let _ = self.resume(id);
+            let _ = self.kill(id);
+            if let Some(node) = self.nodes.get_mut(&id) {
+                node.mount.take();
+            }
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// How long a node may take to answer after a (re)start.
+pub const START_DEADLINE: Duration = Duration::from_secs(30);

@@ -1,0 +1,312 @@
+//! One run: build the network, start the nodes, create the topic, run the workload while the
+//! nemesis carries out its plan, heal, read everything back, and write the history, the
+//! fault windows and the notes into the run's directory.
+//!
+//! What must hold: the network namespaces and node processes are gone when [`run`] returns,
+//! whether it succeeded, failed or panicked (they are owned by values whose `Drop` cleans
+//! up); the workload and the nemesis stop by themselves at the run's end.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use fjord_client::{Acks, Client, ClientConfig, ReadMode};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, watch};
+
+use crate::db::{Db, NodeOptions};
+use crate::nemesis::{self, FaultKind, Nemesis, Step, Window};
+use crate::net::{self, Netns};
+use crate::workload::{self, Recorder, WorkloadOptions};
+
+/// Everything that defines a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunOptions {
+    pub seed: u64,
+    pub nodes: u64,
+    pub partitions: u32,
+    pub replication_factor: u32,
+    pub duration_secs: u64,
+    pub faults: BTreeSet<FaultKind>,
+    pub acks: String,
+    pub read: String,
+    pub producers: u32,
+    pub consumers_per_partition: u32,
+    pub op_timeout_ms: u64,
+    /// Quiet time at the end of the run, after the last fault healed, with the workload on.
+    pub recovery_secs: u64,
+    pub out_dir: PathBuf,
+    pub fjord_bin: PathBuf,
+    pub lazyfs_bin: Option<PathBuf>,
+    /// Prefix of the network namespaces.
+    pub netns_prefix: String,
+}
+
+/// What a run produced, besides the files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunOutput {
+    pub options: RunOptions,
+    pub plan: Vec<Step>,
+    pub windows: Vec<Window>,
+    /// Things worth knowing that are not anomalies: nodes that died on their own,
+    /// partitions the final read could not reach, the network mode.
+    pub notes: Vec<String>,
+    pub history: PathBuf,
+    pub unread_partitions: Vec<u32>,
+}
+
+fn parse_acks(s: &str) -> Result<Acks> {
+    match s {
+        "cp" => Ok(Acks::Cp),
+        "ap" => Ok(Acks::Ap),
+        other => bail!("acks must be cp or ap, not {other:?}"),
+    }
+}
+
+fn parse_read(s: &str) -> Result<ReadMode> {
+    match s {
+        "cp" => Ok(ReadMode::Cp),
+        "ap" => Ok(ReadMode::Ap),
+        other => bail!("read must be cp or ap, not {other:?}"),
+    }
+}
+
+/// The calling thread's network namespace, to return to after a run.
+struct HomeNetns(std::fs::File);
+
+impl HomeNetns {
+    fn save() -> Result<HomeNetns> {
+        Ok(HomeNetns(std::fs::File::open("/proc/thread-self/ns/net")?))
+    }
+}
+
+impl Drop for HomeNetns {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a namespace fd we opened; affects the calling thread only.
+        unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
+
+/// Runs one test. Blocking: it builds its own async runtime inside the clients' namespace.
+pub fn run(options: RunOptions) -> Result<RunOutput> {
+    let acks = parse_acks(&options.acks)?;
+    let read = parse_read(&options.read)?;
+    if let Some(kind) = options.faults.iter().find(|k| k.needs_lazy_disk())
+        && options.lazyfs_bin.is_none()
+    {
+        bail!("fault {kind} needs the lazy filesystem (--lazyfs-bin)");
+    }
+    std::fs::create_dir_all(&options.out_dir)?;
+    Netns::available().map_err(|e| {
+        anyhow::anyhow!(
+            "network namespaces are not available here ({e}); run as root on Linux with iproute2 and nftables"
+        )
+    })?;
+    let ids: Vec<u64> = (1..=options.nodes).collect();
+    let home = HomeNetns::save()?;
+    let netns = Arc::new(Netns::setup(&options.netns_prefix, &ids)?);
+    net::enter(&netns.client_ns())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(run_async(options, acks, read, netns.clone()));
+    drop(runtime);
+    drop(home);
+    // The nemesis and the db hold the only other references, and they are gone by now.
+    drop(netns);
+    result
+}
+
+async fn wait_ready(client: &Client, nodes: usize, deadline: Duration) -> Result<()> {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Ok(Ok(meta)) = tokio::time::timeout(Duration::from_secs(2), client.metadata()).await
+            && meta.nodes.len() == nodes
+            && meta.metadata_leader.is_some()
+        {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            bail!("the cluster was not ready within {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_leaders(client: &Client, topic: &str, deadline: Duration) -> Result<()> {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Ok(Ok(t)) =
+            tokio::time::timeout(Duration::from_secs(2), client.describe_topic(topic)).await
+            && t.partitions.iter().all(|p| p.leader.is_some())
+        {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            bail!("topic {topic} had no leader for every partition within {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn run_async(
+    options: RunOptions,
+    acks: Acks,
+    read: ReadMode,
+    netns: Arc<Netns>,
+) -> Result<RunOutput> {
+    let ids: Vec<u64> = (1..=options.nodes).collect();
+    let node_options = NodeOptions {
+        fjord_bin: options.fjord_bin.clone(),
+        heartbeat_interval_ms: 100,
+        election_timeout_ms: 600,
+        fake_clock: options.faults.contains(&FaultKind::ClockJump),
+        lazy_disk: options.lazyfs_bin.clone(),
+    };
+    let mut db = Db::new(&options.out_dir, &ids, node_options)?;
+    for &id in &ids {
+        db.start(&netns, id)?;
+    }
+    let brokers = db.brokers();
+    let db = Arc::new(Mutex::new(db));
+    let client = Client::connect(
+        brokers,
+        ClientConfig {
+            request_timeout_ms: 2_000,
+            connect_timeout_ms: 1_000,
+            ..ClientConfig::default()
+        },
+    )?;
+    let mut notes = vec![format!(
+        "network: one namespace per node behind a bridge (prefix {}), faults by nftables",
+        options.netns_prefix
+    )];
+    if let Err(e) = wait_ready(&client, ids.len(), Duration::from_secs(60)).await {
+        let tails: Vec<String> = {
+            let db = db.lock().await;
+            ids.iter()
+                .map(|&id| format!("n{id}:\n{}", db.log_tail(id, 10)))
+                .collect()
+        };
+        return Err(e.context(tails.join("\n")));
+    }
+    let topic = "jepsen".to_string();
+    client
+        .create_topic(&topic, options.partitions, options.replication_factor)
+        .await
+        .context("creating the topic")?;
+    wait_leaders(&client, &topic, Duration::from_secs(30)).await?;
+
+    let t0 = Instant::now();
+    let history = options.out_dir.join("history.jsonl");
+    let recorder = Arc::new(Recorder::create(&history, t0)?);
+    let total = Duration::from_secs(options.duration_secs);
+    let recovery = Duration::from_secs(options.recovery_secs);
+    let steps = nemesis::plan(options.seed, &options.faults, total, recovery);
+    std::fs::write(
+        options.out_dir.join("plan.json"),
+        serde_json::to_string_pretty(&steps)?,
+    )?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let workload = tokio::spawn(workload::run(
+        client.clone(),
+        WorkloadOptions {
+            topic: topic.clone(),
+            partitions: options.partitions,
+            acks,
+            read,
+            producers: options.producers,
+            producer_instances: 2,
+            consumers_per_partition: options.consumers_per_partition,
+            op_timeout: Duration::from_millis(options.op_timeout_ms),
+            produce_interval: Duration::ZERO,
+            seed: options.seed,
+        },
+        recorder.clone(),
+        stop_rx.clone(),
+    ));
+    let mut nemesis = Nemesis {
+        db: db.clone(),
+        net: netns.clone(),
+        client: client.clone(),
+        topic: topic.clone(),
+        partitions: options.partitions,
+        lost_nodes: BTreeSet::new(),
+    };
+    let rec = recorder.clone();
+    let nemesis_stop = stop_rx.clone();
+    let steps_for_nemesis = steps.clone();
+    let nemesis_task = tokio::spawn(async move {
+        let out = nemesis
+            .run(&steps_for_nemesis, t0, move || rec.now_ns(), nemesis_stop)
+            .await;
+        (nemesis, out)
+    });
+
+    // The run ends at its duration, or early on Ctrl-C / SIGTERM (the faults still heal).
+    let mut interrupted = false;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::time::sleep(total) => {}
+        _ = tokio::signal::ctrl_c() => interrupted = true,
+        _ = sigterm.recv() => interrupted = true,
+    }
+    stop_tx.send(true).ok();
+    let (nemesis, nemesis_out) = nemesis_task.await.context("the nemesis panicked")?;
+    let (windows, nemesis_notes) = nemesis_out?;
+    notes.extend(nemesis_notes);
+    workload.await.context("the workload panicked")??;
+
+    // Every fault has healed: make sure every node that should run does, then read back.
+    {
+        let mut db = db.lock().await;
+        for id in db.ids() {
+            if !nemesis.lost_nodes.contains(&id) {
+                db.start(&netns, id)?;
+            }
+        }
+    }
+    let unread = if interrupted {
+        notes.push("interrupted: no final read".into());
+        Vec::new()
+    } else {
+        let unread = workload::final_reads(
+            &client,
+            &topic,
+            options.partitions,
+            &recorder,
+            Instant::now() + Duration::from_secs(60),
+        )
+        .await?;
+        if !unread.is_empty() {
+            notes.push(format!(
+                "partitions {unread:?} could not be read back within 60 s of healing"
+            ));
+        }
+        unread
+    };
+    recorder.flush();
+    {
+        let mut db = db.lock().await;
+        for id in db.ids() {
+            if let Some(status) = db.exited(id) {
+                notes.push(format!("n{id} had exited on its own ({status})"));
+            }
+        }
+        db.shutdown();
+    }
+    drop(nemesis);
+    Ok(RunOutput {
+        options,
+        plan: steps,
+        windows,
+        notes,
+        history,
+        unread_partitions: unread,
+    })
+}

@@ -1,0 +1,313 @@
+//! The workload: concurrent producers writing unique values and consumers following every
+//! partition, through fjord's own Rust client, each operation recorded in the history; then a
+//! final read of every partition from offset 0 once the faults have healed.
+//!
+//! What must hold: every operation is recorded as an invoke and then exactly one completion
+//! by the same process; an operation whose outcome is unknown (timeout, broken connection,
+//! or the harness's own deadline) is `info`, never `fail`; produced values are unique across
+//! the run; every loop stops by itself at the run's end.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use fjord_client::{
+    Acks, Client, ClientError, FetchOptions, Producer, ProducerConfig, ProducerRecord, ReadMode,
+};
+use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
+
+use crate::history::{Event, EventType, Op, ReadRecord};
+
+/// Writes the history as events happen.
+///
+/// A `std::sync::Mutex`: the critical section assigns the index and time and writes one
+/// line into a buffer, with no `.await` inside; the lock also makes index order, time order
+/// and file order the same.
+pub struct Recorder {
+    start: Instant,
+    inner: Mutex<(u64, BufWriter<File>)>,
+}
+
+impl Recorder {
+    pub fn create(path: &Path, start: Instant) -> Result<Recorder> {
+        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Recorder {
+            start,
+            inner: Mutex::new((0, BufWriter::new(file))),
+        })
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    pub fn record(&self, process: u32, kind: EventType, op: Op, error: Option<String>) {
+        let mut inner = self.inner.lock().expect("recorder lock");
+        let event = Event {
+            index: inner.0,
+            time_ns: self.now_ns(),
+            process,
+            kind,
+            op,
+            error,
+        };
+        inner.0 += 1;
+        let line = serde_json::to_string(&event).expect("events serialize");
+        // A failed write of the history is fatal to the run's meaning: stop loudly.
+        writeln!(inner.1, "{line}").expect("writing the history");
+    }
+
+    pub fn flush(&self) {
+        let mut inner = self.inner.lock().expect("recorder lock");
+        inner.1.flush().expect("flushing the history");
+    }
+}
+
+/// What the workload does.
+#[derive(Debug, Clone)]
+pub struct WorkloadOptions {
+    pub topic: String,
+    pub partitions: u32,
+    pub acks: Acks,
+    pub read: ReadMode,
+    /// Concurrent producing processes (each with one operation outstanding).
+    pub producers: u32,
+    /// Producer instances (producer ids) the producing processes share.
+    pub producer_instances: u32,
+    /// Consumers per partition.
+    pub consumers_per_partition: u32,
+    /// A produce or poll that has not completed after this long is recorded as `info`.
+    pub op_timeout: Duration,
+    /// Pause between a producing process's operations (0 = as fast as acknowledgements come).
+    pub produce_interval: Duration,
+    pub seed: u64,
+}
+
+fn value_of(bytes: &[u8]) -> Option<u64> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+fn classify(e: &ClientError) -> EventType {
+    if e.is_outcome_unknown() {
+        EventType::Info
+    } else {
+        EventType::Fail
+    }
+}
+
+/// Runs producers and consumers until `stop` turns true; returns when all have stopped.
+pub async fn run(
+    client: Client,
+    options: WorkloadOptions,
+    recorder: Arc<Recorder>,
+    stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let next_value = Arc::new(AtomicU64::new(1));
+    let producers: Vec<Producer> = (0..options.producer_instances.max(1))
+        .map(|_| {
+            client.producer(
+                options.topic.clone(),
+                ProducerConfig {
+                    acks: options.acks,
+                    linger_ms: 2,
+                    ..ProducerConfig::default()
+                },
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut process = 0u32;
+    for i in 0..options.producers {
+        let producer = producers[i as usize % producers.len()].clone();
+        let rec = recorder.clone();
+        let opts = options.clone();
+        let next = next_value.clone();
+        let mut stop = stop.clone();
+        let p = process;
+        process += 1;
+        tasks.spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ (u64::from(p) << 32));
+            while !*stop.borrow() {
+                let partition = rng.gen_range(0..opts.partitions);
+                let value = next.fetch_add(1, Ordering::Relaxed);
+                let invoke = Op::Produce {
+                    partition,
+                    value,
+                    offset: None,
+                };
+                rec.record(p, EventType::Invoke, invoke.clone(), None);
+                let record = ProducerRecord::new(value.to_string()).with_partition(partition);
+                match tokio::time::timeout(opts.op_timeout, producer.send(record)).await {
+                    Ok(Ok(meta)) => rec.record(
+                        p,
+                        EventType::Ok,
+                        Op::Produce {
+                            partition,
+                            value,
+                            offset: Some(meta.offset),
+                        },
+                        None,
+                    ),
+                    Ok(Err(e)) => rec.record(p, classify(&e), invoke, Some(e.to_string())),
+                    Err(_) => rec.record(
+                        p,
+                        EventType::Info,
+                        invoke,
+                        Some("no acknowledgement within the operation timeout".into()),
+                    ),
+                }
+                if !opts.produce_interval.is_zero() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(opts.produce_interval) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+            }
+        });
+    }
+    for partition in 0..options.partitions {
+        for _ in 0..options.consumers_per_partition {
+            let client = client.clone();
+            let rec = recorder.clone();
+            let opts = options.clone();
+            let stop = stop.clone();
+            let p = process;
+            process += 1;
+            tasks.spawn(async move {
+                let mut from = 0u64;
+                let fetch_options = FetchOptions {
+                    read: opts.read,
+                    max_wait_ms: 200,
+                    max_bytes: 64 * 1024,
+                };
+                while !*stop.borrow() {
+                    let invoke = Op::Poll {
+                        partition,
+                        from_offset: from,
+                        records: vec![],
+                        high_watermark: None,
+                        node: None,
+                    };
+                    rec.record(p, EventType::Invoke, invoke.clone(), None);
+                    let fetched = tokio::time::timeout(
+                        opts.op_timeout,
+                        client.fetch(&opts.topic, partition, from, fetch_options),
+                    )
+                    .await;
+                    match fetched {
+                        Ok(Ok(result)) => {
+                            let records: Vec<ReadRecord> = result
+                                .records
+                                .iter()
+                                .map(|r| ReadRecord {
+                                    offset: r.offset,
+                                    value: value_of(&r.value).unwrap_or(u64::MAX),
+                                })
+                                .collect();
+                            rec.record(
+                                p,
+                                EventType::Ok,
+                                Op::Poll {
+                                    partition,
+                                    from_offset: from,
+                                    records,
+                                    high_watermark: Some(result.high_watermark),
+                                    node: Some(result.node_id),
+                                },
+                                None,
+                            );
+                            from = result.next_offset;
+                        }
+                        Ok(Err(e)) => {
+                            rec.record(p, classify(&e), invoke, Some(e.to_string()));
+                            // Do not spin on an unreachable cluster.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(_) => rec.record(
+                            p,
+                            EventType::Info,
+                            invoke,
+                            Some("no answer within the operation timeout".into()),
+                        ),
+                    }
+                }
+            });
+        }
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.context("a workload task panicked")?;
+    }
+    // Producers still holding records keep retrying them in the background; give them the
+    // operation timeout to settle so that the final read sees their outcome.
+    for producer in &producers {
+        let _ = tokio::time::timeout(options.op_timeout, producer.flush()).await;
+    }
+    Ok(())
+}
+
+/// Reads every partition from offset 0 up to its high watermark with CP reads, retrying
+/// until `deadline`; records each as one `final_read` operation.
+pub async fn final_reads(
+    client: &Client,
+    topic: &str,
+    partitions: u32,
+    recorder: &Recorder,
+    deadline: Instant,
+) -> Result<Vec<u32>> {
+    let process = u32::MAX - 1;
+    let mut unread = Vec::new();
+    for partition in 0..partitions {
+        let invoke = Op::FinalRead {
+            partition,
+            records: vec![],
+        };
+        recorder.record(process, EventType::Invoke, invoke.clone(), None);
+        let mut records = Vec::new();
+        let mut from = 0u64;
+        let mut last_error = None;
+        let done = loop {
+            if Instant::now() > deadline {
+                break false;
+            }
+            let options = FetchOptions {
+                read: ReadMode::Cp,
+                max_wait_ms: 0,
+                max_bytes: 4 * 1024 * 1024,
+            };
+            match client.fetch(topic, partition, from, options).await {
+                Ok(result) => {
+                    records.extend(result.records.iter().map(|r| ReadRecord {
+                        offset: r.offset,
+                        value: value_of(&r.value).unwrap_or(u64::MAX),
+                    }));
+                    from = result.next_offset;
+                    if from >= result.high_watermark {
+                        break true;
+                    }
+                }
+                Err(e) => {
+                    last_error = Some(e.to_string());
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        if done {
+            recorder.record(
+                process,
+                EventType::Ok,
+                Op::FinalRead { partition, records },
+                None,
+            );
+        } else {
+            unread.push(partition);
+            recorder.record(process, EventType::Fail, invoke, last_error);
+        }
+    }
+    recorder.flush();
+    Ok(unread)
+}
