@@ -117,7 +117,7 @@ impl Common {
             out_dir: out,
             fjord_bin,
             lazyfs_bin,
-            netns_prefix: format!("fj{}", std::process::id() % 100_000),
+            netns_prefix: fjord_jepsen::net::unique_prefix(),
         })
     }
 }

@@ -63,6 +63,27 @@ pub fn cut(a: &[u64], b: &[u64]) -> BTreeSet<Rule> {
     rules
 }
 
+/// A namespace prefix no other run on this machine uses: the process id and a counter.
+pub fn unique_prefix() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("fj{}x{n}", std::process::id())
+}
+
+/// Whether `ns` is named like [`unique_prefix`] made it, by a process that no longer runs.
+fn left_by_a_dead_run(ns: &str) -> bool {
+    let Some(rest) = ns.strip_prefix("fj") else {
+        return false;
+    };
+    let Some((pid, _)) = rest.split_once('x') else {
+        return false;
+    };
+    match pid.parse::<u32>() {
+        Ok(pid) => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        Err(_) => false,
+    }
+}
+
 /// The namespaces of one run.
 #[derive(Debug)]
 pub struct Netns {
@@ -142,9 +163,10 @@ impl Netns {
 
     /// Creates the hub, one namespace per node and the client namespace.
     pub fn setup(prefix: &str, nodes: &[u64]) -> Result<Netns> {
-        // A run killed before its teardown leaves its namespaces: remove them first.
+        // A run killed before its teardown leaves its namespaces: remove those of runs whose
+        // process is gone, and any with this very prefix.
         for ns in existing_namespaces() {
-            if ns.starts_with(&format!("{prefix}-")) {
+            if ns.starts_with(&format!("{prefix}-")) || left_by_a_dead_run(&ns) {
                 let _ = run(&["ip", "netns", "del", &ns]);
             }
         }
