@@ -8,13 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
 use crate::disk::LazyMount;
-use crate::net::{Netns, ip};
+use crate::net::Network;
 
 /// The port every node listens on, inside its own namespace.
 pub const PORT: u16 = 7000;
@@ -71,11 +71,6 @@ pub struct Db {
     peers: String,
 }
 
-/// The address node `id` serves clients and peers on.
-pub fn address(id: u64) -> String {
-    format!("{}:{PORT}", ip(id))
-}
-
 fn signal(pid: u32, sig: libc::c_int) -> Result<()> {
     // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
     let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
@@ -87,10 +82,10 @@ fn signal(pid: u32, sig: libc::c_int) -> Result<()> {
 
 impl Db {
     /// Prepares (does not start) nodes `ids` under `root`.
-    pub fn new(root: &Path, ids: &[u64], options: NodeOptions) -> Result<Db> {
+    pub fn new(root: &Path, net: &Network, ids: &[u64], options: NodeOptions) -> Result<Db> {
         let peers = ids
             .iter()
-            .map(|&id| format!("{id}={}", address(id)))
+            .map(|&id| format!("{id}={}", net.advertise(id)))
             .collect::<Vec<_>>()
             .join(",");
         let mut nodes = BTreeMap::new();
@@ -130,8 +125,8 @@ impl Db {
         self.nodes.keys().copied().collect()
     }
 
-    pub fn brokers(&self) -> Vec<String> {
-        self.nodes.keys().map(|&id| address(id)).collect()
+    pub fn brokers(&self, net: &Network) -> Vec<String> {
+        self.nodes.keys().map(|&id| net.advertise(id)).collect()
     }
 
     fn node(&mut self, id: u64) -> Result<&mut Node> {
@@ -141,10 +136,9 @@ impl Db {
     }
 
     /// Starts node `id`'s process in its namespace. A running node is left alone.
-    pub fn start(&mut self, net: &Netns, id: u64) -> Result<()> {
+    pub fn start(&mut self, net: &Network, id: u64) -> Result<()> {
         let options = self.options.clone();
         let peers = self.peers.clone();
-        let ns = net.node_ns(id);
         let node = self.node(id)?;
         if node.child.is_some() {
             return Ok(());
@@ -153,25 +147,32 @@ impl Db {
             .create(true)
             .append(true)
             .open(node.log_path())?;
-        let mut cmd = Command::new("ip");
-        // `ip netns exec` execs the program, so the child's pid is fjord's own.
-        cmd.args(["netns", "exec", &ns])
-            .arg(&options.fjord_bin)
-            .args(["serve", "--id", &id.to_string(), "--listen", &address(id)])
-            .arg("--data-dir")
-            .arg(node.data_dir())
-            .args([
-                "--peers",
-                &peers,
-                "--heartbeat-interval-ms",
-                &options.heartbeat_interval_ms.to_string(),
-                "--election-timeout-ms",
-                &options.election_timeout_ms.to_string(),
-            ])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        let mut cmd = net.command(id, &options.fjord_bin);
+        cmd.args([
+            "serve",
+            "--id",
+            &id.to_string(),
+            "--listen",
+            &net.listen(id),
+        ])
+        .args(["--advertise", &net.advertise(id)])
+        .arg("--data-dir")
+        .arg(node.data_dir())
+        .args([
+            "--peers",
+            &peers,
+            "--heartbeat-interval-ms",
+            &options.heartbeat_interval_ms.to_string(),
+            "--election-timeout-ms",
+            &options.election_timeout_ms.to_string(),
+        ])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+        if let Some(source) = net.source(id) {
+            cmd.args(["--source-address", &source]);
+        }
         if options.fake_clock {
             cmd.env("LD_PRELOAD", LIBFAKETIME)
                 .env("FAKETIME_TIMESTAMP_FILE", node.clock_file())

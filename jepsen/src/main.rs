@@ -56,6 +56,10 @@ struct Common {
     /// Where the run's files go (default: jepsen/runs/<time>-<seed>).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// The test network: auto (namespaces when possible, else the loopback fault proxy),
+    /// netns or proxy.
+    #[arg(long, default_value = "auto")]
+    network: String,
     /// The fjord binary (default: next to this one).
     #[arg(long)]
     fjord_bin: Option<PathBuf>,
@@ -118,6 +122,7 @@ impl Common {
             fjord_bin,
             lazyfs_bin,
             netns_prefix: fjord_jepsen::net::unique_prefix(),
+            network: self.network.clone(),
         })
     }
 }

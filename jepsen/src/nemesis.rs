@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::db::Db;
-use crate::net::{self, CLIENT, Netns, Rule};
+use crate::net::{self, CLIENT, Network, Rule};
 
 /// One kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -265,7 +265,7 @@ struct Undo {
 /// Carries out a plan.
 pub struct Nemesis {
     pub db: Arc<Mutex<Db>>,
-    pub net: Arc<Netns>,
+    pub net: Arc<Network>,
     pub client: Client,
     pub topic: String,
     pub partitions: u32,

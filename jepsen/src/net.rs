@@ -336,3 +336,74 @@ mod tests {
         );
     }
 }
+
+/// The network a run uses: namespaces when the machine allows them, else the loopback proxy.
+pub enum Network {
+    Netns(Netns),
+    Proxy(crate::proxy::ProxyNet),
+}
+
+impl Network {
+    /// Replaces the fault rules.
+    pub fn apply(&self, rules: &BTreeSet<Rule>) -> Result<()> {
+        match self {
+            Network::Netns(n) => n.apply(rules),
+            Network::Proxy(p) => {
+                p.apply(rules);
+                Ok(())
+            }
+        }
+    }
+
+    /// The address node `id` listens on.
+    pub fn listen(&self, id: u64) -> String {
+        match self {
+            Network::Netns(_) => format!("{}:{}", ip(id), crate::db::PORT),
+            Network::Proxy(_) => {
+                format!("{}:{}", crate::proxy::node_ip(id), crate::proxy::NODE_PORT)
+            }
+        }
+    }
+
+    /// The address peers and clients reach node `id` at.
+    pub fn advertise(&self, id: u64) -> String {
+        match self {
+            Network::Netns(_) => self.listen(id),
+            Network::Proxy(_) => {
+                format!("{}:{}", crate::proxy::node_ip(id), crate::proxy::PROXY_PORT)
+            }
+        }
+    }
+
+    /// The address node `id` must make its peer connections from, if any.
+    pub fn source(&self, id: u64) -> Option<String> {
+        match self {
+            Network::Netns(_) => None,
+            Network::Proxy(_) => Some(crate::proxy::node_ip(id).to_string()),
+        }
+    }
+
+    /// A command that runs `program` as node `id`.
+    pub fn command(&self, id: u64, program: &std::path::Path) -> Command {
+        match self {
+            Network::Netns(n) => {
+                let mut cmd = Command::new("ip");
+                // `ip netns exec` execs the program, so the child's pid is the program's.
+                cmd.args(["netns", "exec", &n.node_ns(id)]).arg(program);
+                cmd
+            }
+            Network::Proxy(_) => Command::new(program),
+        }
+    }
+
+    /// One line for the report.
+    pub fn describe(&self) -> String {
+        match self {
+            Network::Netns(n) => format!(
+                "network: one namespace per node behind a bridge (prefix {}), clients in their own; faults are nftables packet drops",
+                n.prefix
+            ),
+            Network::Proxy(_) => "network: FALLBACK, network namespaces unavailable: nodes on loopback addresses behind a userspace fault proxy (a partition stalls bytes; TCP handshakes are not dropped)".to_string(),
+        }
+    }
+}

@@ -18,7 +18,8 @@ use tokio::sync::{Mutex, watch};
 
 use crate::db::{Db, NodeOptions};
 use crate::nemesis::{self, FaultKind, Nemesis, Step, Window};
-use crate::net::{self, Netns};
+use crate::net::{self, Netns, Network};
+use crate::proxy::ProxyNet;
 use crate::workload::{self, Recorder, WorkloadOptions};
 
 /// Everything that defines a run.
@@ -42,6 +43,8 @@ pub struct RunOptions {
     pub lazyfs_bin: Option<PathBuf>,
     /// Prefix of the network namespaces.
     pub netns_prefix: String,
+    /// `auto` (namespaces when possible, else the loopback proxy), `netns` or `proxy`.
+    pub network: String,
 }
 
 /// What a run produced, besides the files.
@@ -100,24 +103,36 @@ pub fn run(options: RunOptions) -> Result<RunOutput> {
         bail!("fault {kind} needs the lazy filesystem (--lazyfs-bin)");
     }
     std::fs::create_dir_all(&options.out_dir)?;
-    Netns::available().map_err(|e| {
-        anyhow::anyhow!(
-            "network namespaces are not available here ({e}); run as root on Linux with iproute2 and nftables"
-        )
-    })?;
     let ids: Vec<u64> = (1..=options.nodes).collect();
     let home = HomeNetns::save()?;
-    let netns = Arc::new(Netns::setup(&options.netns_prefix, &ids)?);
-    net::enter(&netns.client_ns())?;
+    let namespaces = match (options.network.as_str(), Netns::available()) {
+        ("proxy", _) => None,
+        ("netns" | "auto", Ok(())) => Some(Netns::setup(&options.netns_prefix, &ids)?),
+        ("netns", Err(e)) => bail!("network namespaces are not available here: {e}"),
+        ("auto", Err(e)) => {
+            eprintln!(
+                "fjord-jepsen: network namespaces are not available ({e}); falling back to the loopback proxy"
+            );
+            None
+        }
+        (other, _) => bail!("--network must be auto, netns or proxy, not {other:?}"),
+    };
+    if let Some(ns) = &namespaces {
+        net::enter(&ns.client_ns())?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let result = runtime.block_on(run_async(options, acks, read, netns.clone()));
+    let result = runtime.block_on(async move {
+        let network = match namespaces {
+            Some(ns) => Network::Netns(ns),
+            None => Network::Proxy(ProxyNet::start(&ids).await?),
+        };
+        run_async(options, acks, read, Arc::new(network)).await
+    });
     drop(runtime);
     drop(home);
-    // The nemesis and the db hold the only other references, and they are gone by now.
-    drop(netns);
     result
 }
 
@@ -157,7 +172,7 @@ async fn run_async(
     options: RunOptions,
     acks: Acks,
     read: ReadMode,
-    netns: Arc<Netns>,
+    netns: Arc<Network>,
 ) -> Result<RunOutput> {
     let ids: Vec<u64> = (1..=options.nodes).collect();
     let node_options = NodeOptions {
@@ -167,11 +182,11 @@ async fn run_async(
         fake_clock: options.faults.contains(&FaultKind::ClockJump),
         lazy_disk: options.lazyfs_bin.clone(),
     };
-    let mut db = Db::new(&options.out_dir, &ids, node_options)?;
+    let mut db = Db::new(&options.out_dir, &netns, &ids, node_options)?;
     for &id in &ids {
         db.start(&netns, id)?;
     }
-    let brokers = db.brokers();
+    let brokers = db.brokers(&netns);
     let db = Arc::new(Mutex::new(db));
     let client = Client::connect(
         brokers,
@@ -181,10 +196,7 @@ async fn run_async(
             ..ClientConfig::default()
         },
     )?;
-    let mut notes = vec![format!(
-        "network: one namespace per node behind a bridge (prefix {}), faults by nftables",
-        options.netns_prefix
-    )];
+    let mut notes = vec![netns.describe()];
     if let Err(e) = wait_ready(&client, ids.len(), Duration::from_secs(60)).await {
         let tails: Vec<String> = {
             let db = db.lock().await;

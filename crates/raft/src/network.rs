@@ -45,16 +45,32 @@ pub trait Connector: Send + Sync + 'static {
 #[derive(Debug, Default, Clone)]
 pub struct TcpConnector;
 
+fn tcp_endpoint(addr: &str) -> Result<Endpoint, String> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("invalid peer address {addr:?}: {e}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true))
+}
+
 impl Connector for TcpConnector {
     fn connect(&self, addr: &str) -> Result<Channel, String> {
-        let ep = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("invalid peer address {addr:?}: {e}"))?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(2))
-            .keep_alive_timeout(Duration::from_secs(2))
-            .keep_alive_while_idle(true);
-        Ok(ep.connect_lazy())
+        Ok(tcp_endpoint(addr)?.connect_lazy())
+    }
+}
+
+/// Plain TCP from a fixed local address, so that a fault proxy in front of a peer can tell
+/// which node a connection comes from (the fault harness's loopback mode).
+#[derive(Debug, Clone)]
+pub struct SourceBoundTcpConnector(pub std::net::IpAddr);
+
+impl Connector for SourceBoundTcpConnector {
+    fn connect(&self, addr: &str) -> Result<Channel, String> {
+        Ok(tcp_endpoint(addr)?
+            .local_address(Some(self.0))
+            .connect_lazy())
     }
 }
 

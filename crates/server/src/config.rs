@@ -43,6 +43,11 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = 64)]
     #[serde(default = "default_cache_mib")]
     pub cache_size_mib: u64,
+    /// Local address this node's connections to its peers are made from (default: chosen
+    /// by the OS). Lets a fault proxy tell nodes apart on one host.
+    #[arg(long)]
+    #[serde(default)]
+    pub source_address: Option<std::net::IpAddr>,
 }
 
 fn default_heartbeat_ms() -> u64 {

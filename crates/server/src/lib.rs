@@ -23,7 +23,9 @@ use std::sync::Arc;
 pub use config::{ConfigError, Peers, ServeConfig};
 use fjord_proto::raft::raft_transport_server::RaftTransportServer;
 use fjord_proto::v1::fjord_server::FjordServer;
-use fjord_raft::network::{Connector, MAX_RAFT_MESSAGE_BYTES, PeerPool, TcpConnector};
+use fjord_raft::network::{
+    Connector, MAX_RAFT_MESSAGE_BYTES, PeerPool, SourceBoundTcpConnector, TcpConnector,
+};
 use fjord_storage::{Store, StoreOptions};
 pub use node::{Clock, Node, SystemClock};
 use tokio_util::sync::CancellationToken;
@@ -60,10 +62,14 @@ pub async fn run(
             addr: config.listen.to_string(),
             reason: e.to_string(),
         })?;
+    let connector: Arc<dyn Connector> = match config.source_address {
+        Some(source) => Arc::new(SourceBoundTcpConnector(source)),
+        None => Arc::new(TcpConnector),
+    };
     run_with(
         config,
         listener,
-        Arc::new(TcpConnector),
+        connector,
         Arc::new(SystemClock),
         shutdown,
     )

@@ -46,6 +46,7 @@ async fn start_cluster(n: u64) -> Cluster {
             heartbeat_interval_ms: 50,
             election_timeout_ms: 300,
             cache_size_mib: 8,
+            source_address: None,
         };
         dirs.push(dir);
         let s = stop.clone();
