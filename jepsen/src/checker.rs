@@ -808,3 +808,376 @@ impl Checker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{EventType as T, ReadRecord};
+
+    /// A hand-written history; every event is 1ms after the previous one.
+    #[derive(Default)]
+    struct H {
+        events: Vec<Event>,
+    }
+
+    impl H {
+        fn push(&mut self, process: u32, kind: T, op: Op) -> u64 {
+            let index = self.events.len() as u64;
+            self.events.push(Event {
+                index,
+                time_ns: index * 1_000_000,
+                process,
+                kind,
+                op,
+                error: None,
+            });
+            index
+        }
+
+        fn invoke_produce(&mut self, process: u32, partition: u32, value: u64) -> u64 {
+            let op = Op::Produce {
+                partition,
+                value,
+                offset: None,
+            };
+            self.push(process, T::Invoke, op)
+        }
+
+        fn complete_produce(
+            &mut self,
+            process: u32,
+            partition: u32,
+            value: u64,
+            kind: T,
+            offset: Option<u64>,
+        ) -> u64 {
+            let op = Op::Produce {
+                partition,
+                value,
+                offset,
+            };
+            self.push(process, kind, op)
+        }
+
+        /// An acknowledged produce; returns (invoke, completion).
+        fn ack(&mut self, process: u32, partition: u32, value: u64, offset: u64) -> (u64, u64) {
+            let i = self.invoke_produce(process, partition, value);
+            let d = self.complete_produce(process, partition, value, T::Ok, Some(offset));
+            (i, d)
+        }
+
+        fn produce_ends(&mut self, process: u32, partition: u32, value: u64, kind: T) -> (u64, u64) {
+            let i = self.invoke_produce(process, partition, value);
+            let d = self.complete_produce(process, partition, value, kind, None);
+            (i, d)
+        }
+
+        fn invoke_poll(&mut self, process: u32, partition: u32, from_offset: u64) -> u64 {
+            let op = Op::Poll {
+                partition,
+                from_offset,
+                records: vec![],
+                high_watermark: None,
+                node: None,
+            };
+            self.push(process, T::Invoke, op)
+        }
+
+        fn complete_poll(
+            &mut self,
+            process: u32,
+            partition: u32,
+            from_offset: u64,
+            records: &[(u64, u64)],
+            high_watermark: u64,
+        ) -> u64 {
+            let op = Op::Poll {
+                partition,
+                from_offset,
+                records: recs(records),
+                high_watermark: Some(high_watermark),
+                node: Some(2),
+            };
+            self.push(process, T::Ok, op)
+        }
+
+        fn poll(
+            &mut self,
+            process: u32,
+            partition: u32,
+            from_offset: u64,
+            records: &[(u64, u64)],
+            high_watermark: u64,
+        ) -> (u64, u64) {
+            let i = self.invoke_poll(process, partition, from_offset);
+            let d = self.complete_poll(process, partition, from_offset, records, high_watermark);
+            (i, d)
+        }
+
+        fn final_read(&mut self, partition: u32, records: &[(u64, u64)]) -> (u64, u64) {
+            let process = 1_000;
+            let i = self.push(
+                process,
+                T::Invoke,
+                Op::FinalRead {
+                    partition,
+                    records: vec![],
+                },
+            );
+            let d = self.push(
+                process,
+                T::Ok,
+                Op::FinalRead {
+                    partition,
+                    records: recs(records),
+                },
+            );
+            (i, d)
+        }
+    }
+
+    fn recs(records: &[(u64, u64)]) -> Vec<ReadRecord> {
+        records
+            .iter()
+            .map(|&(offset, value)| ReadRecord { offset, value })
+            .collect()
+    }
+
+    /// Asserts that exactly `kind` was found, `n` times.
+    fn only(r: &CheckResult, kind: AnomalyKind, n: u64) {
+        assert_eq!(r.found(), vec![(kind, n)], "{r:#?}");
+    }
+
+    #[test]
+    fn a_clean_history_has_no_anomalies() {
+        let mut h = H::default();
+        h.ack(1, 0, 100, 0);
+        h.invoke_produce(1, 0, 101);
+        h.poll(5, 0, 0, &[(0, 100)], 1);
+        h.complete_produce(1, 0, 101, T::Ok, Some(1));
+        h.produce_ends(2, 0, 102, T::Fail);
+        h.produce_ends(2, 0, 103, T::Info); // written, as the reads show
+        h.produce_ends(2, 0, 104, T::Info); // not written
+        h.ack(3, 1, 200, 0);
+        h.poll(5, 0, 1, &[(1, 101), (2, 103)], 3);
+        h.poll(5, 0, 3, &[], 3);
+        h.poll(6, 1, 0, &[(0, 200)], 1);
+        h.final_read(0, &[(0, 100), (1, 101), (2, 103)]);
+        h.final_read(1, &[(0, 200)]);
+        let r = check(&h.events);
+        assert_eq!(r.found(), vec![], "{r:#?}");
+        assert!(r.is_valid(Guarantees::CP));
+        let t = &r.totals;
+        assert_eq!((t.produces_ok, t.produces_failed, t.produces_unknown), (3, 1, 2));
+        assert_eq!((t.acknowledged_read, t.unknown_read), (3, 1));
+        assert_eq!((t.polls_ok, t.final_reads_ok, t.records_read), (4, 2, 8));
+        assert_eq!((t.distinct_values_read, t.seeks, t.final_read_gaps), (4, 0, 0));
+        assert!(t.partitions_without_final_read.is_empty());
+    }
+
+    #[test]
+    fn an_acknowledged_record_skipped_by_every_read_is_lost() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        let (i, d) = h.ack(1, 0, 11, 1);
+        h.ack(1, 0, 12, 2);
+        let (_, fr) = h.final_read(0, &[(0, 10), (2, 12)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Lost, 1);
+        let a = &r.lost.ops[0];
+        assert_eq!(a.events, vec![i, d, fr]);
+        assert_eq!((a.partition, &a.offsets, &a.values), (0, &vec![1], &vec![11]));
+        assert!(a.explanation.contains("reached offset 2"), "{}", a.explanation);
+        assert_eq!(r.totals.final_read_gaps, 1);
+        assert!(!r.is_valid(Guarantees::CP));
+        assert!(r.is_valid(Guarantees::AP), "AP acks may lose records");
+    }
+
+    #[test]
+    fn an_acknowledged_record_past_every_read_is_unseen() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        let (i, d) = h.ack(1, 0, 11, 1);
+        h.poll(5, 0, 0, &[(0, 10)], 2);
+        h.final_read(0, &[(0, 10)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Unseen, 1);
+        let a = &r.unseen.ops[0];
+        assert_eq!(a.events, vec![i, d]);
+        assert_eq!((a.partition, &a.offsets, &a.values), (0, &vec![1], &vec![11]));
+        assert!(a.explanation.contains("highest offset read: 0"), "{}", a.explanation);
+    }
+
+    #[test]
+    fn one_value_at_two_offsets_is_a_duplicate() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        h.ack(1, 0, 11, 1);
+        let (_, p) = h.poll(5, 0, 0, &[(0, 10), (1, 11), (2, 10)], 3);
+        let (_, fr) = h.final_read(0, &[(0, 10), (1, 11), (2, 10)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Duplicate, 1);
+        let a = &r.duplicate.ops[0];
+        assert_eq!(a.events, vec![p, p]);
+        assert_eq!((a.partition, &a.offsets, &a.values), (0, &vec![0, 2], &vec![10]));
+        assert_ne!(fr, p);
+    }
+
+    #[test]
+    fn two_values_at_one_offset_are_inconsistent() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        let (_, ack) = h.ack(1, 0, 11, 1);
+        h.produce_ends(2, 0, 12, T::Info);
+        h.produce_ends(2, 1, 20, T::Info);
+        h.produce_ends(2, 1, 21, T::Info);
+        // Offset 1 of partition 0: the ack says 11, a poll says 12 (an unknown produce).
+        let (_, p) = h.poll(5, 0, 0, &[(0, 10), (1, 12)], 2);
+        // Offset 0 of partition 1: two reads disagree, no ack involved.
+        let (_, q) = h.poll(6, 1, 0, &[(0, 20)], 1);
+        h.final_read(0, &[(0, 10), (1, 11)]);
+        let (_, fr1) = h.final_read(1, &[(0, 21)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Inconsistent, 2);
+        let a = &r.inconsistent.ops[0];
+        assert_eq!(a.events, vec![ack, p]);
+        assert_eq!((a.partition, &a.offsets, &a.values), (0, &vec![1], &vec![11, 12]));
+        assert!(a.explanation.contains("11 (produce ack"), "{}", a.explanation);
+        let b = &r.inconsistent.ops[1];
+        assert_eq!(b.events, vec![q, fr1]);
+        assert_eq!((b.partition, &b.offsets, &b.values), (1, &vec![0], &vec![20, 21]));
+        assert!(r.is_valid(Guarantees::from_modes("cp", "ap")));
+        assert!(!r.is_valid(Guarantees::CP));
+    }
+
+    #[test]
+    fn skips_and_rewinds_between_returned_records_are_nonmonotonic_but_seeks_are_not() {
+        let mut h = H::default();
+        for (v, o) in (10..16).zip(0..) {
+            h.ack(1, 0, v, o);
+        }
+        let (_, p1) = h.poll(5, 0, 0, &[(0, 10), (1, 11)], 6);
+        // Continues from 1 and asks for 2, but the first record is 3: a skip.
+        let (i2, p2) = h.poll(5, 0, 2, &[(3, 13)], 6);
+        // Within one poll: 4 then 4 again (rewind), then 5.
+        let (i3, p3) = h.poll(5, 0, 4, &[(4, 14), (4, 14), (5, 15)], 6);
+        // A seek back to 0 after an error is fine, as is the fresh run of records after it.
+        h.poll(5, 0, 0, &[(0, 10), (1, 11), (2, 12)], 6);
+        // A poll starting before its from_offset: rewind, not after a previous poll's end.
+        let (i4, p4) = h.poll(6, 0, 2, &[(1, 11), (2, 12)], 6);
+        // A gap within one poll: skip.
+        let (i5, p5) = h.poll(7, 0, 0, &[(0, 10), (2, 12)], 6);
+        h.final_read(0, &[(0, 10), (1, 11), (2, 12), (3, 13), (4, 14), (5, 15)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::NonMonotonic, 4);
+        let got: Vec<_> = r
+            .nonmonotonic
+            .ops
+            .iter()
+            .map(|a| (a.events.clone(), a.offsets.clone(), a.values.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (vec![i2, p2, p1], vec![2, 3], vec![13]),
+                (vec![i3, p3], vec![5, 4], vec![14]),
+                (vec![i4, p4], vec![2, 1], vec![11]),
+                (vec![i5, p5], vec![1, 2], vec![12]),
+            ]
+        );
+        assert!(r.nonmonotonic.ops[0].explanation.starts_with("skip: "));
+        assert!(r.nonmonotonic.ops[1].explanation.starts_with("rewind: "));
+        assert_eq!(r.totals.seeks, 1);
+        assert!(!r.is_valid(Guarantees::AP));
+    }
+
+    #[test]
+    fn reading_a_failed_produce_is_an_aborted_read() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        let (i, f) = h.produce_ends(1, 0, 11, T::Fail);
+        let (_, fr) = h.final_read(0, &[(0, 10), (1, 11)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Aborted, 1);
+        let a = &r.aborted.ops[0];
+        assert_eq!(a.events, vec![i, f, fr]);
+        assert_eq!((a.partition, &a.offsets, &a.values), (0, &vec![1], &vec![11]));
+    }
+
+    #[test]
+    fn a_poll_missing_an_earlier_acknowledgement_is_stale() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        // Concurrent with the ack of offset 1: allowed not to see it.
+        let i0 = h.invoke_poll(5, 0, 1);
+        let (_, ack) = h.ack(1, 0, 11, 1);
+        h.complete_poll(5, 0, 1, &[], 1);
+        // Invoked after the ack of offset 1, from 1, with high watermark 1: stale.
+        let (i1, p1) = h.poll(6, 0, 1, &[], 1);
+        // From 2: nothing acknowledged at or past 2, so not stale.
+        h.poll(7, 0, 2, &[], 1);
+        // From 0 with high watermark 2: has everything acknowledged.
+        h.poll(7, 0, 0, &[(0, 10), (1, 11)], 2);
+        h.final_read(0, &[(0, 10), (1, 11)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Stale, 1);
+        let a = &r.stale.ops[0];
+        assert_eq!(a.events, vec![ack, i1, p1]);
+        assert_eq!((a.partition, &a.offsets, &a.values), (0, &vec![1], &vec![11]));
+        assert!(a.explanation.contains("node 2 answered with high watermark 1"));
+        assert!(i0 < ack);
+        assert!(r.is_valid(Guarantees::from_modes("CP", "ap")));
+        assert!(!r.is_valid(Guarantees::from_modes("ap", "cp")));
+    }
+
+    #[test]
+    fn a_value_nobody_produced_is_a_phantom() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        let (_, fr) = h.final_read(0, &[(0, 10), (1, 999)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Phantom, 1);
+        let a = &r.phantom.ops[0];
+        assert_eq!(a.events, vec![fr]);
+        assert_eq!((a.partition, &a.offsets, &a.values), (0, &vec![1], &vec![999]));
+    }
+
+    #[test]
+    fn a_broken_history_is_malformed() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        let orphan = h.complete_produce(2, 0, 11, T::Ok, Some(1));
+        let (_, no_offset) = h.produce_ends(1, 0, 12, T::Ok);
+        let (again, _) = h.produce_ends(1, 0, 10, T::Info);
+        h.final_read(0, &[(0, 10)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Malformed, 3);
+        let events: Vec<_> = r.malformed.ops.iter().map(|a| a.events.clone()).collect();
+        assert_eq!(events, vec![vec![orphan], vec![no_offset - 1, no_offset], vec![0, again]]);
+    }
+
+    #[test]
+    fn counts_stay_exact_when_examples_are_capped() {
+        let mut h = H::default();
+        let n = MAX_EXAMPLES_PER_CLASS as u64 + 5;
+        for v in 0..n {
+            h.ack(1, 0, v, v);
+        }
+        h.final_read(0, &[]);
+        let r = check(&h.events);
+        assert_eq!(r.unseen.count, n);
+        assert_eq!(r.unseen.ops.len(), MAX_EXAMPLES_PER_CLASS);
+        assert_eq!(r.unseen.ops[0].values, vec![0]);
+    }
+
+    #[test]
+    fn the_result_round_trips_through_json() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        h.final_read(0, &[(0, 10), (1, 10)]);
+        let r = check(&h.events);
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r#""duplicate":{"count":1"#), "{json}");
+        assert_eq!(serde_json::from_str::<CheckResult>(&json).unwrap(), r);
+    }
+}
