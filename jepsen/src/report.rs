@@ -464,7 +464,7 @@ pub fn latency_svg(history: &[Event], windows: &[FaultWindow]) -> String {
         }
         let _ = writeln!(
             svg,
-            r#"<path class="ok-range" d="{ranges}" stroke="{COLOR_OK}" stroke-opacity="0.35" fill="none"/>"#
+            r#"<path class="ok-range" d="{ranges}" stroke="{COLOR_OK}" stroke-opacity="0.2" fill="none"/>"#
         );
         let _ = writeln!(
             svg,
@@ -796,4 +796,224 @@ pub fn cap_table(runs: &[RunSummary]) -> String {
         );
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::ReadRecord;
+
+    const MS: u64 = 1_000_000;
+    const S: u64 = 1_000_000_000;
+
+    /// Builds a history of operations given as (process, op, invoke time, completion).
+    #[derive(Default)]
+    struct H {
+        events: Vec<Event>,
+    }
+
+    impl H {
+        fn push(&mut self, process: u32, kind: EventType, op: Op, time_ns: u64) {
+            let index = self.events.len() as u64;
+            self.events.push(Event {
+                index,
+                time_ns,
+                process,
+                kind,
+                op,
+                error: None,
+            });
+        }
+
+        /// One operation, invoked at `at_ns` and completing `latency_ns` later as `kind`.
+        fn op(&mut self, process: u32, op: Op, at_ns: u64, latency_ns: u64, kind: EventType) {
+            self.push(process, EventType::Invoke, op.clone(), at_ns);
+            self.push(process, kind, op, at_ns + latency_ns);
+        }
+    }
+
+    fn produce(value: u64, offset: Option<u64>) -> Op {
+        Op::Produce {
+            partition: 0,
+            value,
+            offset,
+        }
+    }
+
+    fn poll() -> Op {
+        Op::Poll {
+            partition: 0,
+            from_offset: 0,
+            records: vec![],
+            high_watermark: Some(0),
+            node: None,
+        }
+    }
+
+    fn window(name: &str, start_ns: u64, end_ns: Option<u64>) -> FaultWindow {
+        FaultWindow {
+            name: name.to_string(),
+            detail: format!("{name} detail"),
+            start_ns,
+            end_ns,
+        }
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let samples: Vec<u64> = (1..=1000).rev().map(|ms| ms * MS).collect();
+        let l = Latency::from_ns(samples).unwrap();
+        assert_eq!(l.count, 1000);
+        assert_eq!((l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms), (500.0, 990.0, 999.0, 1000.0));
+        assert_eq!(percentile_ns(&[7], 0.5), 7);
+        assert_eq!(percentile_ns(&[1, 2, 3, 4], 0.5), 2);
+        assert_eq!(percentile_ns(&[1, 2, 3, 4], 0.51), 3);
+        assert_eq!(Latency::from_ns(vec![]), None);
+    }
+
+    #[test]
+    fn availability_is_counted_overall_and_per_window_by_invoke_time() {
+        let mut h = H::default();
+        // Before any window: 2 ok produces, 1 ok poll.
+        h.op(1, produce(1, Some(0)), 0, 10 * MS, EventType::Ok);
+        h.op(1, produce(2, Some(1)), S / 2, 20 * MS, EventType::Ok);
+        h.op(2, poll(), S / 2, 5 * MS, EventType::Ok);
+        // In "partition" [1s, 2s): 1 ok, 1 fail, 1 info produce; 1 info poll. The info
+        // produce completes after the window ends but was invoked inside it.
+        h.op(1, produce(3, Some(2)), S, 30 * MS, EventType::Ok);
+        h.op(1, produce(4, None), S + S / 4, 100 * MS, EventType::Fail);
+        h.op(1, produce(5, None), S + S / 2, S, EventType::Info);
+        h.op(2, poll(), S + S / 2, S, EventType::Info);
+        // In "kill" [3s, end) and, from 4s, also in "pause" [4s, 5s): a produce never completes.
+        h.op(1, produce(6, Some(3)), 3 * S, 40 * MS, EventType::Ok);
+        h.push(3, EventType::Invoke, produce(7, None), 4 * S);
+        let windows = [
+            window("partition", S, Some(2 * S)),
+            window("kill", 3 * S, None),
+            window("pause", 4 * S, Some(5 * S)),
+        ];
+        let s = stats(&h.events, &windows);
+        assert_eq!(s.duration_ns, 5 * S);
+        let counts = |c: &OpCounts| (c.attempted, c.ok, c.fail, c.info);
+        assert_eq!(counts(&s.produce), (7, 4, 1, 2));
+        assert_eq!(counts(&s.poll), (2, 1, 0, 1));
+        assert_eq!(s.produce.availability, Some(4.0 / 7.0));
+        assert_eq!(counts(&s.windows[0].produce), (3, 1, 1, 1));
+        assert_eq!(counts(&s.windows[0].poll), (1, 0, 0, 1));
+        assert_eq!(s.windows[0].poll.availability, Some(0.0));
+        assert_eq!(counts(&s.windows[1].produce), (2, 1, 0, 1));
+        assert_eq!(counts(&s.windows[2].produce), (1, 0, 0, 1));
+        assert_eq!(s.windows[2].poll.availability, None);
+        assert_eq!(counts(&s.outside_windows.produce), (2, 2, 0, 0));
+        assert_eq!(counts(&s.outside_windows.poll), (1, 1, 0, 0));
+        let pl = s.produce_latency.unwrap();
+        assert_eq!((pl.count, pl.p50_ms, pl.max_ms), (4, 20.0, 40.0));
+        assert_eq!(s.poll_latency.unwrap().max_ms, 5.0);
+    }
+
+    #[test]
+    fn the_svg_is_well_formed_with_a_shaded_rect_per_window() {
+        let mut h = H::default();
+        for i in 0..200u64 {
+            let kind = match i % 10 {
+                0 => EventType::Fail,
+                1 => EventType::Info,
+                _ => EventType::Ok,
+            };
+            h.op(1, produce(i, Some(i)), i * 50 * MS, (1 + i % 7) * MS, kind);
+            h.op(2, poll(), i * 50 * MS, (i % 3) * MS, EventType::Ok);
+        }
+        let windows = [
+            window("partition <a|b>", S, Some(3 * S)),
+            window("kill & restart", 2 * S, None),
+        ];
+        let svg = latency_svg(&h.events, &windows);
+        assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""), "{svg}");
+        assert!(svg.ends_with("</svg>\n"));
+        assert_eq!(svg.matches(r#"<rect class="fault""#).count(), windows.len());
+        assert!(svg.contains("partition &lt;a|b&gt;"));
+        assert!(svg.contains("kill &amp; restart"));
+        assert_eq!(svg.matches('<').count(), svg.matches('>').count());
+        for class in ["ok", "ok-range", "fail", "info"] {
+            assert_eq!(svg.matches(&format!("class=\"{class}\"")).count(), 2, "{class}");
+        }
+        // Log-scale decades for 0.001..7 ms, and x ticks in seconds.
+        assert!(svg.contains(">0.001</text>") && svg.contains(">10</text>"));
+        assert!(svg.contains(">seconds since start (at invoke)</text>"));
+    }
+
+    #[test]
+    fn the_svg_stays_small_for_a_million_points() {
+        let mut h = H::default();
+        for i in 0..500_000u64 {
+            let kind = if i % 100 == 0 { EventType::Info } else { EventType::Ok };
+            h.op(1, produce(i, Some(i)), i * MS / 10, (1 + i % 997) * 10_000, kind);
+        }
+        let svg = latency_svg(&h.events, &[]);
+        // One stroke and one dot per pixel column; info binned per cell.
+        assert!(svg.len() < 400_000, "{} bytes", svg.len());
+        let ok = svg.lines().find(|l| l.starts_with(r#"<path class="ok""#)).unwrap();
+        assert_eq!(ok.matches("h0").count(), PLOT_WIDTH_PX as usize);
+        let info = svg.lines().find(|l| l.starts_with(r#"<path class="info""#)).unwrap();
+        let cells = (PLOT_WIDTH_PX / NON_OK_CELL_PX + 1) * (PANEL_HEIGHT_PX / NON_OK_CELL_PX + 1);
+        assert!(info.matches("h0").count() <= cells as usize);
+        eprintln!("{} bytes, {} info dots", svg.len(), info.matches("h0").count());
+    }
+
+    fn run(acks: &str, read: &str, lose: bool) -> RunSummary {
+        let mut h = H::default();
+        h.op(1, produce(1, Some(0)), 0, 2 * MS, EventType::Ok);
+        h.op(1, produce(2, Some(1)), S, 4 * MS, EventType::Ok);
+        h.op(1, produce(3, Some(2)), 2 * S, 6 * MS, EventType::Ok);
+        h.op(1, produce(4, None), 2 * S, 8 * MS, EventType::Info);
+        let records = if lose {
+            vec![(0, 1), (2, 3)]
+        } else {
+            vec![(0, 1), (1, 2), (2, 3)]
+        };
+        let fr = Op::FinalRead {
+            partition: 0,
+            records: records
+                .into_iter()
+                .map(|(offset, value)| ReadRecord { offset, value })
+                .collect(),
+        };
+        h.op(9, fr, 4 * S, MS, EventType::Ok);
+        let windows = [window("partition", S, Some(3 * S))];
+        RunSummary::new(7, acks, read, "partition halves", &h.events, &windows)
+    }
+
+    #[test]
+    fn summaries_label_violations_by_mode() {
+        let cp = run("cp", "cp", true);
+        let ap = run("ap", "ap", true);
+        assert!(!cp.is_valid());
+        assert!(ap.is_valid());
+        let text = cp.to_text();
+        assert!(text.contains("seed 7, acks=cp read=cp, nemesis: partition halves"), "{text}");
+        assert!(text.contains("verdict: INVALID (lost)"), "{text}");
+        assert!(text.contains("[1.000s, 3.000s)  partition  partition detail"), "{text}");
+        assert!(text.contains("33.33% of acknowledged)  VIOLATION"), "{text}");
+        assert!(text.contains("produce  p50 4.000  p99 6.000"), "{text}");
+        let ap_text = ap.to_text();
+        assert!(ap_text.contains("verdict: VALID"), "{ap_text}");
+        assert!(ap_text.contains("allowed in this mode"), "{ap_text}");
+        let back: RunSummary = serde_json::from_str(&cp.to_json().unwrap()).unwrap();
+        assert_eq!(back, cp);
+    }
+
+    #[test]
+    fn the_cap_table_has_a_row_per_run() {
+        let table = cap_table(&[run("cp", "cp", false), run("ap", "ap", true)]);
+        let lines: Vec<_> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(lines[0].starts_with("| seed | acks/read | nemesis | acknowledged/attempted"));
+        assert_eq!(
+            lines[2],
+            "| 7 | cp/cp | partition halves | 3/4 | 75.00% | n/a | 0 | 0 | 0 | 0 | 0 | 0 | 0 \
+             | 4.00 | 6.00 | valid |"
+        );
+        assert!(lines[3].starts_with("| 7 | ap/ap | partition halves | 3/4 | 75.00% | n/a | 1 (33.33%) |"));
+        assert!(lines[3].ends_with("| valid |"));
+    }
 }
