@@ -527,7 +527,11 @@ impl Checker {
         let mut previous: Option<ReadRecord> = None;
         for r in records {
             if r.offset != expected {
-                let kind = if r.offset > expected { "skip" } else { "rewind" };
+                let kind = if r.offset > expected {
+                    "skip"
+                } else {
+                    "rewind"
+                };
                 let mut events = vec![invoke, done];
                 let explanation = match (previous, continues) {
                     (Some(p), _) => format!(
@@ -781,8 +785,11 @@ impl Checker {
     }
 
     fn inconsistent(&mut self) {
-        let mut bad: Vec<(&(u32, u64), &Slot)> =
-            self.slots.iter().filter(|(_, s)| !s.more.is_empty()).collect();
+        let mut bad: Vec<(&(u32, u64), &Slot)> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| !s.more.is_empty())
+            .collect();
         bad.sort_unstable_by_key(|&(k, _)| *k);
         for (&(partition, offset), s) in bad {
             self.out.inconsistent.push(|| {
@@ -866,7 +873,13 @@ mod tests {
             (i, d)
         }
 
-        fn produce_ends(&mut self, process: u32, partition: u32, value: u64, kind: T) -> (u64, u64) {
+        fn produce_ends(
+            &mut self,
+            process: u32,
+            partition: u32,
+            value: u64,
+            kind: T,
+        ) -> (u64, u64) {
             let i = self.invoke_produce(process, partition, value);
             let d = self.complete_produce(process, partition, value, kind, None);
             (i, d)
@@ -968,10 +981,16 @@ mod tests {
         assert_eq!(r.found(), vec![], "{r:#?}");
         assert!(r.is_valid(Guarantees::CP));
         let t = &r.totals;
-        assert_eq!((t.produces_ok, t.produces_failed, t.produces_unknown), (3, 1, 2));
+        assert_eq!(
+            (t.produces_ok, t.produces_failed, t.produces_unknown),
+            (3, 1, 2)
+        );
         assert_eq!((t.acknowledged_read, t.unknown_read), (3, 1));
         assert_eq!((t.polls_ok, t.final_reads_ok, t.records_read), (4, 2, 8));
-        assert_eq!((t.distinct_values_read, t.seeks, t.final_read_gaps), (4, 0, 0));
+        assert_eq!(
+            (t.distinct_values_read, t.seeks, t.final_read_gaps),
+            (4, 0, 0)
+        );
         assert!(t.partitions_without_final_read.is_empty());
     }
 
@@ -986,8 +1005,15 @@ mod tests {
         only(&r, AnomalyKind::Lost, 1);
         let a = &r.lost.ops[0];
         assert_eq!(a.events, vec![i, d, fr]);
-        assert_eq!((a.partition, &a.offsets, &a.values), (0, &vec![1], &vec![11]));
-        assert!(a.explanation.contains("reached offset 2"), "{}", a.explanation);
+        assert_eq!(
+            (a.partition, &a.offsets, &a.values),
+            (0, &vec![1], &vec![11])
+        );
+        assert!(
+            a.explanation.contains("reached offset 2"),
+            "{}",
+            a.explanation
+        );
         assert_eq!(r.totals.final_read_gaps, 1);
         assert!(!r.is_valid(Guarantees::CP));
         assert!(r.is_valid(Guarantees::AP), "AP acks may lose records");
@@ -1004,8 +1030,15 @@ mod tests {
         only(&r, AnomalyKind::Unseen, 1);
         let a = &r.unseen.ops[0];
         assert_eq!(a.events, vec![i, d]);
-        assert_eq!((a.partition, &a.offsets, &a.values), (0, &vec![1], &vec![11]));
-        assert!(a.explanation.contains("highest offset read: 0"), "{}", a.explanation);
+        assert_eq!(
+            (a.partition, &a.offsets, &a.values),
+            (0, &vec![1], &vec![11])
+        );
+        assert!(
+            a.explanation.contains("highest offset read: 0"),
+            "{}",
+            a.explanation
+        );
     }
 
     #[test]
@@ -1019,7 +1052,10 @@ mod tests {
         only(&r, AnomalyKind::Duplicate, 1);
         let a = &r.duplicate.ops[0];
         assert_eq!(a.events, vec![p, p]);
-        assert_eq!((a.partition, &a.offsets, &a.values), (0, &vec![0, 2], &vec![10]));
+        assert_eq!(
+            (a.partition, &a.offsets, &a.values),
+            (0, &vec![0, 2], &vec![10])
+        );
         assert_ne!(fr, p);
     }
 
@@ -1041,11 +1077,21 @@ mod tests {
         only(&r, AnomalyKind::Inconsistent, 2);
         let a = &r.inconsistent.ops[0];
         assert_eq!(a.events, vec![ack, p]);
-        assert_eq!((a.partition, &a.offsets, &a.values), (0, &vec![1], &vec![11, 12]));
-        assert!(a.explanation.contains("11 (produce ack"), "{}", a.explanation);
+        assert_eq!(
+            (a.partition, &a.offsets, &a.values),
+            (0, &vec![1], &vec![11, 12])
+        );
+        assert!(
+            a.explanation.contains("11 (produce ack"),
+            "{}",
+            a.explanation
+        );
         let b = &r.inconsistent.ops[1];
         assert_eq!(b.events, vec![q, fr1]);
-        assert_eq!((b.partition, &b.offsets, &b.values), (1, &vec![0], &vec![20, 21]));
+        assert_eq!(
+            (b.partition, &b.offsets, &b.values),
+            (1, &vec![0], &vec![20, 21])
+        );
         assert!(r.is_valid(Guarantees::from_modes("cp", "ap")));
         assert!(!r.is_valid(Guarantees::CP));
     }
@@ -1101,7 +1147,10 @@ mod tests {
         only(&r, AnomalyKind::Aborted, 1);
         let a = &r.aborted.ops[0];
         assert_eq!(a.events, vec![i, f, fr]);
-        assert_eq!((a.partition, &a.offsets, &a.values), (0, &vec![1], &vec![11]));
+        assert_eq!(
+            (a.partition, &a.offsets, &a.values),
+            (0, &vec![1], &vec![11])
+        );
     }
 
     #[test]
@@ -1123,8 +1172,14 @@ mod tests {
         only(&r, AnomalyKind::Stale, 1);
         let a = &r.stale.ops[0];
         assert_eq!(a.events, vec![ack, i1, p1]);
-        assert_eq!((a.partition, &a.offsets, &a.values), (0, &vec![1], &vec![11]));
-        assert!(a.explanation.contains("node 2 answered with high watermark 1"));
+        assert_eq!(
+            (a.partition, &a.offsets, &a.values),
+            (0, &vec![1], &vec![11])
+        );
+        assert!(
+            a.explanation
+                .contains("node 2 answered with high watermark 1")
+        );
         assert!(i0 < ack);
         assert!(r.is_valid(Guarantees::from_modes("CP", "ap")));
         assert!(!r.is_valid(Guarantees::from_modes("ap", "cp")));
@@ -1139,7 +1194,10 @@ mod tests {
         only(&r, AnomalyKind::Phantom, 1);
         let a = &r.phantom.ops[0];
         assert_eq!(a.events, vec![fr]);
-        assert_eq!((a.partition, &a.offsets, &a.values), (0, &vec![1], &vec![999]));
+        assert_eq!(
+            (a.partition, &a.offsets, &a.values),
+            (0, &vec![1], &vec![999])
+        );
     }
 
     #[test]
@@ -1153,7 +1211,10 @@ mod tests {
         let r = check(&h.events);
         only(&r, AnomalyKind::Malformed, 3);
         let events: Vec<_> = r.malformed.ops.iter().map(|a| a.events.clone()).collect();
-        assert_eq!(events, vec![vec![orphan], vec![no_offset - 1, no_offset], vec![0, again]]);
+        assert_eq!(
+            events,
+            vec![vec![orphan], vec![no_offset - 1, no_offset], vec![0, again]]
+        );
     }
 
     #[test]

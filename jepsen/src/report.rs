@@ -336,7 +336,8 @@ fn format_decade(d: i32) -> String {
 /// are not drawn), and fault windows are shaded and labelled across both panels.
 pub fn latency_svg(history: &[Event], windows: &[FaultWindow]) -> String {
     let duration_s = (duration_ns(history, windows) as f64 / 1e9).max(1e-9);
-    let x_of = |t_ns: u64| MARGIN_LEFT_PX as f64 + t_ns as f64 / 1e9 / duration_s * PLOT_WIDTH_PX as f64;
+    let x_of =
+        |t_ns: u64| MARGIN_LEFT_PX as f64 + t_ns as f64 / 1e9 / duration_s * PLOT_WIDTH_PX as f64;
     let mut panels = [Panel::new(), Panel::new()];
     for op in pair(history).operations {
         let panel = match kind(&op) {
@@ -403,7 +404,10 @@ pub fn latency_svg(history: &[Event], windows: &[FaultWindow]) -> String {
         .take_while(|&t| t <= duration_s * (1.0 + 1e-9))
         .collect();
 
-    let titles = ["produce latency (ms, log scale)", "poll latency (ms, log scale)"];
+    let titles = [
+        "produce latency (ms, log scale)",
+        "poll latency (ms, log scale)",
+    ];
     for (p, panel) in panels.iter().enumerate() {
         let top = (MARGIN_TOP_PX + p as u32 * (PANEL_HEIGHT_PX + PANEL_GAP_PX)) as f64;
         let height = PANEL_HEIGHT_PX as f64;
@@ -509,7 +513,10 @@ pub fn latency_svg(history: &[Event], windows: &[FaultWindow]) -> String {
     let legend_y = SVG_HEIGHT_PX - 12;
     let mut x = MARGIN_LEFT_PX;
     for (label, color) in [
-        ("ok (dot: median per pixel column; stroke: min–max)", COLOR_OK),
+        (
+            "ok (dot: median per pixel column; stroke: min–max)",
+            COLOR_OK,
+        ),
         ("fail", COLOR_FAIL),
         ("info (unknown; at its timeout)", COLOR_INFO),
     ] {
@@ -610,7 +617,13 @@ impl RunSummary {
             let _ = writeln!(t, "  (none)");
         }
         for w in &s.windows {
-            let _ = writeln!(t, "  {}  {}  {}", span(&w.window), w.window.name, w.window.detail);
+            let _ = writeln!(
+                t,
+                "  {}  {}  {}",
+                span(&w.window),
+                w.window.name,
+                w.window.detail
+            );
         }
 
         let _ = writeln!(t, "\noperations:");
@@ -761,10 +774,12 @@ pub fn cap_table(runs: &[RunSummary]) -> String {
         let c = &r.check;
         let s = &r.stats;
         let acked = c.totals.produces_ok;
-        let (p50, p99) = s.produce_latency.as_ref().map_or(
-            ("n/a".to_string(), "n/a".to_string()),
-            |l| (format!("{:.2}", l.p50_ms), format!("{:.2}", l.p99_ms)),
-        );
+        let (p50, p99) = s
+            .produce_latency
+            .as_ref()
+            .map_or(("n/a".to_string(), "n/a".to_string()), |l| {
+                (format!("{:.2}", l.p50_ms), format!("{:.2}", l.p99_ms))
+            });
         let violations = c.violations(r.guarantees());
         let verdict = if violations.is_empty() {
             "valid".to_string()
@@ -864,7 +879,10 @@ mod tests {
         let samples: Vec<u64> = (1..=1000).rev().map(|ms| ms * MS).collect();
         let l = Latency::from_ns(samples).unwrap();
         assert_eq!(l.count, 1000);
-        assert_eq!((l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms), (500.0, 990.0, 999.0, 1000.0));
+        assert_eq!(
+            (l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms),
+            (500.0, 990.0, 999.0, 1000.0)
+        );
         assert_eq!(percentile_ns(&[7], 0.5), 7);
         assert_eq!(percentile_ns(&[1, 2, 3, 4], 0.5), 2);
         assert_eq!(percentile_ns(&[1, 2, 3, 4], 0.51), 3);
@@ -928,14 +946,21 @@ mod tests {
             window("kill & restart", 2 * S, None),
         ];
         let svg = latency_svg(&h.events, &windows);
-        assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""), "{svg}");
+        assert!(
+            svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""),
+            "{svg}"
+        );
         assert!(svg.ends_with("</svg>\n"));
         assert_eq!(svg.matches(r#"<rect class="fault""#).count(), windows.len());
         assert!(svg.contains("partition &lt;a|b&gt;"));
         assert!(svg.contains("kill &amp; restart"));
         assert_eq!(svg.matches('<').count(), svg.matches('>').count());
         for class in ["ok", "ok-range", "fail", "info"] {
-            assert_eq!(svg.matches(&format!("class=\"{class}\"")).count(), 2, "{class}");
+            assert_eq!(
+                svg.matches(&format!("class=\"{class}\"")).count(),
+                2,
+                "{class}"
+            );
         }
         // Log-scale decades for 0.001..7 ms, and x ticks in seconds.
         assert!(svg.contains(">0.001</text>") && svg.contains(">10</text>"));
@@ -946,18 +971,38 @@ mod tests {
     fn the_svg_stays_small_for_a_million_points() {
         let mut h = H::default();
         for i in 0..500_000u64 {
-            let kind = if i % 100 == 0 { EventType::Info } else { EventType::Ok };
-            h.op(1, produce(i, Some(i)), i * MS / 10, (1 + i % 997) * 10_000, kind);
+            let kind = if i % 100 == 0 {
+                EventType::Info
+            } else {
+                EventType::Ok
+            };
+            h.op(
+                1,
+                produce(i, Some(i)),
+                i * MS / 10,
+                (1 + i % 997) * 10_000,
+                kind,
+            );
         }
         let svg = latency_svg(&h.events, &[]);
         // One stroke and one dot per pixel column; info binned per cell.
         assert!(svg.len() < 400_000, "{} bytes", svg.len());
-        let ok = svg.lines().find(|l| l.starts_with(r#"<path class="ok""#)).unwrap();
+        let ok = svg
+            .lines()
+            .find(|l| l.starts_with(r#"<path class="ok""#))
+            .unwrap();
         assert_eq!(ok.matches("h0").count(), PLOT_WIDTH_PX as usize);
-        let info = svg.lines().find(|l| l.starts_with(r#"<path class="info""#)).unwrap();
+        let info = svg
+            .lines()
+            .find(|l| l.starts_with(r#"<path class="info""#))
+            .unwrap();
         let cells = (PLOT_WIDTH_PX / NON_OK_CELL_PX + 1) * (PANEL_HEIGHT_PX / NON_OK_CELL_PX + 1);
         assert!(info.matches("h0").count() <= cells as usize);
-        eprintln!("{} bytes, {} info dots", svg.len(), info.matches("h0").count());
+        eprintln!(
+            "{} bytes, {} info dots",
+            svg.len(),
+            info.matches("h0").count()
+        );
     }
 
     fn run(acks: &str, read: &str, lose: bool) -> RunSummary {
@@ -990,10 +1035,19 @@ mod tests {
         assert!(!cp.is_valid());
         assert!(ap.is_valid());
         let text = cp.to_text();
-        assert!(text.contains("seed 7, acks=cp read=cp, nemesis: partition halves"), "{text}");
+        assert!(
+            text.contains("seed 7, acks=cp read=cp, nemesis: partition halves"),
+            "{text}"
+        );
         assert!(text.contains("verdict: INVALID (lost)"), "{text}");
-        assert!(text.contains("[1.000s, 3.000s)  partition  partition detail"), "{text}");
-        assert!(text.contains("33.33% of acknowledged)  VIOLATION"), "{text}");
+        assert!(
+            text.contains("[1.000s, 3.000s)  partition  partition detail"),
+            "{text}"
+        );
+        assert!(
+            text.contains("33.33% of acknowledged)  VIOLATION"),
+            "{text}"
+        );
         assert!(text.contains("produce  p50 4.000  p99 6.000"), "{text}");
         let ap_text = ap.to_text();
         assert!(ap_text.contains("verdict: VALID"), "{ap_text}");
@@ -1013,7 +1067,10 @@ mod tests {
             "| 7 | cp/cp | partition halves | 3/4 | 75.00% | n/a | 0 | 0 | 0 | 0 | 0 | 0 | 0 \
              | 4.00 | 6.00 | valid |"
         );
-        assert!(lines[3].starts_with("| 7 | ap/ap | partition halves | 3/4 | 75.00% | n/a | 1 (33.33%) |"));
+        assert!(
+            lines[3]
+                .starts_with("| 7 | ap/ap | partition halves | 3/4 | 75.00% | n/a | 1 (33.33%) |")
+        );
         assert!(lines[3].ends_with("| valid |"));
     }
 }
