@@ -361,6 +361,7 @@ struct Checker {
     max_read: HashMap<u32, (u64, u64)>,
     /// Per (process, partition), the last offset its polls returned and that poll's completion.
     last_polled: HashMap<(u32, u32), (u64, u64)>,
+    /// Per partition any operation touched, whether an `ok` final read covered it.
     touched: HashMap<u32, bool>,
 }
 
