@@ -7,6 +7,13 @@
 //!
 //! What must hold: `index` counts up from 0 with no gaps; `time_ns` never goes backwards; a
 //! completion's op has the same `f`, `partition` and (for produce) `value` as its invoke.
+//!
+//! [`pair`] joins each invoke with its completion into an [`Operation`]; it never fails, but
+//! reports every way the history breaks these rules as a [`PairingError`], so a checker can
+//! say the history itself is untrustworthy instead of guessing.
+
+use std::collections::HashMap;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +101,185 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<Event>, serde_json::Error> {
         .collect()
 }
 
+/// One operation: an invoke and, if the history holds it, its completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Operation<'a> {
+    pub invoke: &'a Event,
+    /// `None` when the history ended (or the process invoked again) before it completed.
+    pub completion: Option<&'a Event>,
+}
+
+impl Operation<'_> {
+    /// `ok`, `fail` or `info`; an operation that never completed is `info` (unknown).
+    pub fn outcome(&self) -> EventType {
+        self.completion.map_or(EventType::Info, |c| c.kind)
+    }
+
+    /// Completion time minus invoke time; `None` if it never completed.
+    pub fn latency_ns(&self) -> Option<u64> {
+        self.completion
+            .map(|c| c.time_ns.saturating_sub(self.invoke.time_ns))
+    }
+
+    /// The completion if it is `ok`: the event carrying what the operation observed.
+    pub fn ok(&self) -> Option<&Event> {
+        self.completion.filter(|c| c.kind == EventType::Ok)
+    }
+}
+
+/// A way the history breaks the pairing rules of this module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "error", rename_all = "snake_case")]
+pub enum PairingError {
+    /// A completion from a process with nothing outstanding; it is ignored.
+    CompletionWithoutInvoke { event: u64, process: u32 },
+    /// An invoke from a process that still had `outstanding` open; that one becomes unknown.
+    InvokeWhileOutstanding {
+        event: u64,
+        process: u32,
+        outstanding: u64,
+    },
+    /// A completion whose `f`, `partition`, `value` or `from_offset` differ from its invoke's.
+    MismatchedCompletion { invoke: u64, completion: u64 },
+    /// An `index` that does not count up by one from 0 (the history is paired in index order).
+    IndexGap { event: u64, expected: u64 },
+}
+
+impl PairingError {
+    /// The event the error is about.
+    pub fn event(&self) -> u64 {
+        match self {
+            PairingError::CompletionWithoutInvoke { event, .. }
+            | PairingError::InvokeWhileOutstanding { event, .. }
+            | PairingError::IndexGap { event, .. } => *event,
+            PairingError::MismatchedCompletion { completion, .. } => *completion,
+        }
+    }
+}
+
+impl fmt::Display for PairingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PairingError::CompletionWithoutInvoke { event, process } => write!(
+                f,
+                "event {event}: completion from process {process}, which had nothing outstanding"
+            ),
+            PairingError::InvokeWhileOutstanding {
+                event,
+                process,
+                outstanding,
+            } => write!(
+                f,
+                "event {event}: process {process} invoked while event {outstanding} was still \
+                 outstanding (that one is taken as unknown)"
+            ),
+            PairingError::MismatchedCompletion { invoke, completion } => write!(
+                f,
+                "event {completion}: completion does not match its invoke (event {invoke})"
+            ),
+            PairingError::IndexGap { event, expected } => {
+                write!(f, "event {event}: index should be {expected}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for PairingError {}
+
+/// The operations of a history, in invoke order, and what was wrong with it.
+#[derive(Debug, Clone, Default)]
+pub struct Paired<'a> {
+    pub operations: Vec<Operation<'a>>,
+    pub errors: Vec<PairingError>,
+}
+
+/// Whether a completion's op describes the same operation as the invoke's.
+fn same_operation(invoke: &Op, completion: &Op) -> bool {
+    match (invoke, completion) {
+        (
+            Op::Produce {
+                partition: p1,
+                value: v1,
+                ..
+            },
+            Op::Produce {
+                partition: p2,
+                value: v2,
+                ..
+            },
+        ) => p1 == p2 && v1 == v2,
+        (
+            Op::Poll {
+                partition: p1,
+                from_offset: f1,
+                ..
+            },
+            Op::Poll {
+                partition: p2,
+                from_offset: f2,
+                ..
+            },
+        ) => p1 == p2 && f1 == f2,
+        (Op::FinalRead { partition: p1, .. }, Op::FinalRead { partition: p2, .. }) => p1 == p2,
+        _ => false,
+    }
+}
+
+/// Joins invokes with their completions by process, walking the history in `index` order.
+///
+/// A completion that does not match its invoke is still paired (and reported); one of a
+/// different `f` is dropped, leaving the operation unknown, since its data cannot be trusted.
+pub fn pair(history: &[Event]) -> Paired<'_> {
+    let mut ordered: Vec<&Event> = history.iter().collect();
+    if !ordered.is_sorted_by_key(|e| e.index) {
+        ordered.sort_by_key(|e| e.index);
+    }
+    let mut out = Paired::default();
+    // process -> position in `out.operations` of its outstanding invoke.
+    let mut outstanding: HashMap<u32, usize> = HashMap::new();
+    for (expected, e) in (0u64..).zip(ordered) {
+        if e.index != expected {
+            out.errors.push(PairingError::IndexGap {
+                event: e.index,
+                expected,
+            });
+        }
+        if e.kind == EventType::Invoke {
+            if let Some(prev) = outstanding.insert(e.process, out.operations.len()) {
+                out.errors.push(PairingError::InvokeWhileOutstanding {
+                    event: e.index,
+                    process: e.process,
+                    outstanding: out.operations[prev].invoke.index,
+                });
+            }
+            out.operations.push(Operation {
+                invoke: e,
+                completion: None,
+            });
+            continue;
+        }
+        let Some(at) = outstanding.remove(&e.process) else {
+            out.errors.push(PairingError::CompletionWithoutInvoke {
+                event: e.index,
+                process: e.process,
+            });
+            continue;
+        };
+        let op = &mut out.operations[at];
+        if !same_operation(&op.invoke.op, &e.op) {
+            out.errors.push(PairingError::MismatchedCompletion {
+                invoke: op.invoke.index,
+                completion: e.index,
+            });
+            if std::mem::discriminant(&op.invoke.op) != std::mem::discriminant(&e.op) {
+                continue;
+            }
+        }
+        op.completion = Some(e);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +304,61 @@ mod tests {
             r#"{"index":3,"time_ns":42,"process":7,"type":"ok","f":"produce","partition":1,"value":9,"offset":4}"#
         );
         assert_eq!(parse_jsonl(&line).unwrap(), vec![e]);
+    }
+
+    fn ev(index: u64, process: u32, kind: EventType, op: Op) -> Event {
+        Event {
+            index,
+            time_ns: index * 10,
+            process,
+            kind,
+            op,
+            error: None,
+        }
+    }
+
+    fn produce(value: u64) -> Op {
+        Op::Produce {
+            partition: 0,
+            value,
+            offset: None,
+        }
+    }
+
+    #[test]
+    fn pairing_joins_by_process_and_reports_broken_histories() {
+        let h = vec![
+            ev(0, 1, EventType::Invoke, produce(10)),
+            ev(1, 2, EventType::Invoke, produce(20)),
+            ev(2, 2, EventType::Fail, produce(20)),
+            ev(3, 1, EventType::Invoke, produce(11)),
+            ev(4, 3, EventType::Ok, produce(30)),
+            ev(5, 1, EventType::Ok, produce(99)),
+        ];
+        let p = pair(&h);
+        assert_eq!(p.operations.len(), 3);
+        assert_eq!(p.operations[0].invoke.index, 0);
+        assert_eq!(p.operations[0].outcome(), EventType::Info);
+        assert_eq!(p.operations[1].completion.map(|c| c.index), Some(2));
+        assert_eq!(p.operations[1].latency_ns(), Some(10));
+        assert_eq!(p.operations[2].completion.map(|c| c.index), Some(5));
+        assert_eq!(
+            p.errors,
+            vec![
+                PairingError::InvokeWhileOutstanding {
+                    event: 3,
+                    process: 1,
+                    outstanding: 0
+                },
+                PairingError::CompletionWithoutInvoke {
+                    event: 4,
+                    process: 3
+                },
+                PairingError::MismatchedCompletion {
+                    invoke: 3,
+                    completion: 5
+                },
+            ]
+        );
     }
 }

@@ -1,14 +1,20 @@
 //! fjord's fault-injection harness.
 //!
 //! # Layout
-//! - [`history`]: the recorded operations, one JSON object per line.
+//! - [`history`]: the recorded operations, one JSON object per line, and their pairing into
+//!   invoke/completion operations.
+//! - [`checker`]: the pure check of a history: lost, unseen, duplicated, inconsistent,
+//!   nonmonotonic, aborted, stale and phantom reads, each with the events that prove it.
+//! - [`report`]: statistics per run and per fault window, the latency SVG, the run summary
+//!   (JSON and text) and the Markdown table comparing CP and AP runs.
 //! - [`net`]: network namespaces per node and the nftables rules that partition them.
 //! - [`proxy`]: the loopback fallback network, a userspace proxy per node.
 //! - [`db`]: the `fjord serve` processes: start, kill, pause, clock, disk faults.
 //! - [`disk`]: a node's lazy filesystem (drops unsynced writes on a simulated crash).
 //! - [`nemesis`]: the seeded fault schedule and its execution.
 //! - [`workload`]: producers and consumers through fjord's Rust client, recording history.
-//! - [`run`]: one whole run.
+//! - [`run`]: one whole run, and its analysis.
+pub mod checker;
 pub mod db;
 pub mod disk;
 pub mod history;
@@ -16,5 +22,6 @@ pub mod lazyfs;
 pub mod nemesis;
 pub mod net;
 pub mod proxy;
+pub mod report;
 pub mod run;
 pub mod workload;

@@ -1,0 +1,1245 @@
+//! The checker: a pure function from a recorded history to the anomalies it proves.
+//!
+//! [`check`] never performs I/O and never panics on a malformed history: what it cannot trust
+//! it reports as `malformed`. It runs in time linear in the history (hash maps, one pass over
+//! the produces and one over the reads, a binary search per poll), so a history of millions of
+//! events checks in seconds.
+//!
+//! # Rules
+//! An *acknowledged* record is a produce whose completion is `ok`; its completion's `offset`
+//! is where fjord said it lives. A *read* is an `ok` poll or an `ok` final read; every record
+//! it returns is an *observation* of `(partition, offset, value)`. A produce completing `info`
+//! is unknown: reading its value is fine, not reading it is fine, it is never failed or lost.
+//!
+//! - **lost**: acknowledged at offset `o` of partition `p`, its value never observed anywhere,
+//!   while some read observed an offset `> o` of `p`.
+//! - **unseen**: acknowledged, its value never observed, and no read observed an offset `> o`
+//!   of `p` (the reads simply never reached it). Under CP acks with a successful final read
+//!   of `p` this is a loss at the tail; without a final read it is inconclusive (see
+//!   [`Totals::partitions_without_final_read`]).
+//! - **duplicate**: one value observed at two or more distinct `(partition, offset)`s.
+//! - **inconsistent**: one `(partition, offset)` holding two or more distinct values across
+//!   produce acknowledgements and observations. Reported once per `(partition, offset)`.
+//! - **nonmonotonic**: within one `ok` poll of partition `p` from `from_offset = f` returning
+//!   records `r0, r1, ...`: `r0.offset` must be `f` and each `r(i+1).offset` must be
+//!   `r(i).offset + 1`. A higher offset is a *skip*, a lower or equal one a *rewind*; each
+//!   break is one anomaly. Between polls: if a process's previous poll of `p` that returned
+//!   records ended at offset `l` and this poll asks for `f = l + 1`, the rule above already
+//!   demands `r0 = l + 1`; if `f != l + 1` the consumer *seeked* (the runner does that after
+//!   errors), which is counted in [`Totals::seeks`] and is not an anomaly. Empty polls do not
+//!   move `l`. Final reads are not held to this rule (a gap there is counted in
+//!   [`Totals::final_read_gaps`] and shows up as `lost` if it hides an acknowledged record).
+//! - **aborted**: a value whose produce completed `fail` (definitely not written), observed.
+//! - **stale**: an `ok` poll of `p` from `f` whose invoke comes after (in history order) the
+//!   `ok` completion of a produce acknowledged at some `o >= f` on `p`, yet whose
+//!   `high_watermark <= o`. Equivalently, with `m` the highest offset acknowledged on `p`
+//!   before the poll was invoked: `m >= f && high_watermark <= m`. Polls without a high
+//!   watermark are not judged. Counted in every mode; a violation only for CP reads.
+//! - **phantom**: a value observed that no produce ever invoked.
+//! - **malformed**: the history breaks its own rules (see
+//!   [`crate::history::PairingError`]), a value invoked by two produces, or an `ok` produce
+//!   without an offset. Any of these makes the other verdicts untrustworthy.
+//!
+//! What must hold: every class's `count` is exact; at most [`MAX_EXAMPLES_PER_CLASS`]
+//! anomalies are kept per class (the first ones in a deterministic order), each naming at most
+//! [`MAX_VALUES_PER_ANOMALY`] places or values, so a pathological run cannot exhaust memory
+//! through its report.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use serde::{Deserialize, Serialize};
+
+use crate::history::{Event, EventType, Op, Operation, ReadRecord, pair};
+
+/// Anomalies kept (with explanations) per class; the count is always exact.
+pub const MAX_EXAMPLES_PER_CLASS: usize = 1_000;
+/// Distinct offsets (of a duplicate) or values (of an inconsistent offset) kept per anomaly.
+pub const MAX_VALUES_PER_ANOMALY: usize = 16;
+
+/// A class of anomaly the checker reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnomalyKind {
+    Lost,
+    Unseen,
+    Duplicate,
+    Inconsistent,
+    NonMonotonic,
+    Aborted,
+    Stale,
+    Phantom,
+    Malformed,
+}
+
+impl AnomalyKind {
+    pub const ALL: [AnomalyKind; 9] = [
+        AnomalyKind::Lost,
+        AnomalyKind::Unseen,
+        AnomalyKind::Duplicate,
+        AnomalyKind::Inconsistent,
+        AnomalyKind::NonMonotonic,
+        AnomalyKind::Aborted,
+        AnomalyKind::Stale,
+        AnomalyKind::Phantom,
+        AnomalyKind::Malformed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AnomalyKind::Lost => "lost",
+            AnomalyKind::Unseen => "unseen",
+            AnomalyKind::Duplicate => "duplicate",
+            AnomalyKind::Inconsistent => "inconsistent",
+            AnomalyKind::NonMonotonic => "nonmonotonic",
+            AnomalyKind::Aborted => "aborted",
+            AnomalyKind::Stale => "stale",
+            AnomalyKind::Phantom => "phantom",
+            AnomalyKind::Malformed => "malformed",
+        }
+    }
+
+    /// Whether an anomaly of this class breaks what a run configured with `g` promises.
+    ///
+    /// AP acks (leader-only) may lose records, and may see an acknowledged offset later
+    /// overwritten; AP reads (any replica) may be stale and may show a replica's divergent,
+    /// later truncated suffix. Nothing excuses duplicates, aborted reads, phantoms, skips or
+    /// rewinds within a replica's dense log, or a malformed history.
+    pub fn is_violation(self, g: Guarantees) -> bool {
+        match self {
+            AnomalyKind::Lost | AnomalyKind::Unseen => g.durable_acks,
+            AnomalyKind::Inconsistent => g.durable_acks && g.linearizable_reads,
+            AnomalyKind::Stale => g.linearizable_reads,
+            AnomalyKind::Duplicate
+            | AnomalyKind::NonMonotonic
+            | AnomalyKind::Aborted
+            | AnomalyKind::Phantom
+            | AnomalyKind::Malformed => true,
+        }
+    }
+}
+
+/// What a run's configuration promises, which decides which anomalies are violations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guarantees {
+    /// `acks=cp`: an acknowledged record is committed by a quorum and never lost.
+    pub durable_acks: bool,
+    /// `read=cp`: reads are linearizable (never stale, never uncommitted).
+    pub linearizable_reads: bool,
+}
+
+impl Guarantees {
+    pub const CP: Guarantees = Guarantees {
+        durable_acks: true,
+        linearizable_reads: true,
+    };
+    pub const AP: Guarantees = Guarantees {
+        durable_acks: false,
+        linearizable_reads: false,
+    };
+
+    /// From the run's mode strings: `"cp"` (any case) is the strong mode, anything else weak.
+    pub fn from_modes(acks: &str, read: &str) -> Guarantees {
+        Guarantees {
+            durable_acks: acks.eq_ignore_ascii_case("cp"),
+            linearizable_reads: read.eq_ignore_ascii_case("cp"),
+        }
+    }
+}
+
+/// One anomaly: the events proving it, where it happened, and why it is one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anomaly {
+    /// Indexes of the events involved, as each rule in the module doc lists them.
+    pub events: Vec<u64>,
+    pub partition: u32,
+    /// The offsets involved (e.g. expected then actual for a skip; every place of a duplicate).
+    pub offsets: Vec<u64>,
+    /// The values involved (e.g. every value seen at an inconsistent offset).
+    pub values: Vec<u64>,
+    pub explanation: String,
+}
+
+/// All anomalies of one class: the exact count, and the first [`MAX_EXAMPLES_PER_CLASS`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnomalyClass {
+    pub count: u64,
+    pub ops: Vec<Anomaly>,
+}
+
+impl AnomalyClass {
+    /// Counts one anomaly, building it (and its explanation) only if it will be kept.
+    fn push(&mut self, make: impl FnOnce() -> Anomaly) {
+        self.count += 1;
+        if self.ops.len() < MAX_EXAMPLES_PER_CLASS {
+            self.ops.push(make());
+        }
+    }
+}
+
+/// Totals that put the anomaly counts in proportion; none of them is an anomaly.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub produces_ok: u64,
+    pub produces_failed: u64,
+    /// Produces completing `info` or never completing.
+    pub produces_unknown: u64,
+    /// Acknowledged produces whose value some read observed.
+    pub acknowledged_read: u64,
+    /// Unknown produces whose value some read observed (so they did happen).
+    pub unknown_read: u64,
+    pub polls_ok: u64,
+    pub final_reads_ok: u64,
+    /// Observations: records returned by all reads.
+    pub records_read: u64,
+    pub distinct_values_read: u64,
+    /// Polls whose `from_offset` was not one past the process's last record on that partition.
+    pub seeks: u64,
+    /// Places where a final read's offsets were not dense from 0.
+    pub final_read_gaps: u64,
+    /// Partitions some operation touched but no final read succeeded on, ascending.
+    pub partitions_without_final_read: Vec<u32>,
+}
+
+/// Everything [`check`] found, one field per class (see the module doc for the rules).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub totals: Totals,
+    pub lost: AnomalyClass,
+    pub unseen: AnomalyClass,
+    pub duplicate: AnomalyClass,
+    pub inconsistent: AnomalyClass,
+    pub nonmonotonic: AnomalyClass,
+    pub aborted: AnomalyClass,
+    pub stale: AnomalyClass,
+    pub phantom: AnomalyClass,
+    pub malformed: AnomalyClass,
+}
+
+impl CheckResult {
+    pub fn class(&self, kind: AnomalyKind) -> &AnomalyClass {
+        match kind {
+            AnomalyKind::Lost => &self.lost,
+            AnomalyKind::Unseen => &self.unseen,
+            AnomalyKind::Duplicate => &self.duplicate,
+            AnomalyKind::Inconsistent => &self.inconsistent,
+            AnomalyKind::NonMonotonic => &self.nonmonotonic,
+            AnomalyKind::Aborted => &self.aborted,
+            AnomalyKind::Stale => &self.stale,
+            AnomalyKind::Phantom => &self.phantom,
+            AnomalyKind::Malformed => &self.malformed,
+        }
+    }
+
+    /// The classes with at least one anomaly, and their counts.
+    pub fn found(&self) -> Vec<(AnomalyKind, u64)> {
+        AnomalyKind::ALL
+            .into_iter()
+            .map(|k| (k, self.class(k).count))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+
+    /// The classes with anomalies that break what `g` promises.
+    pub fn violations(&self, g: Guarantees) -> Vec<(AnomalyKind, u64)> {
+        self.found()
+            .into_iter()
+            .filter(|(k, _)| k.is_violation(g))
+            .collect()
+    }
+
+    pub fn is_valid(&self, g: Guarantees) -> bool {
+        self.violations(g).is_empty()
+    }
+}
+
+/// Checks a history; see the module doc for the exact rules.
+pub fn check(history: &[Event]) -> CheckResult {
+    let paired = pair(history);
+    let mut c = Checker::default();
+    // One pass to name the partition of each erroneous event, instead of a search per error.
+    let mut partitions: HashMap<u64, u32> = paired.errors.iter().map(|e| (e.event(), 0)).collect();
+    if !partitions.is_empty() {
+        for e in history {
+            if let Some(p) = partitions.get_mut(&e.index) {
+                *p = e.op.partition();
+            }
+        }
+    }
+    for err in &paired.errors {
+        let event = err.event();
+        let partition = partitions.get(&event).copied().unwrap_or(0);
+        c.out.malformed.push(|| Anomaly {
+            events: vec![event],
+            partition,
+            offsets: vec![],
+            values: vec![],
+            explanation: err.to_string(),
+        });
+    }
+    for op in &paired.operations {
+        c.produce(op);
+    }
+    c.index_acks();
+    for op in &paired.operations {
+        c.read(op);
+    }
+    c.finish()
+}
+
+/// Where a read came from, for explanations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Ack,
+    Poll,
+    FinalRead,
+}
+
+impl Source {
+    fn name(self) -> &'static str {
+        match self {
+            Source::Ack => "produce ack",
+            Source::Poll => "poll",
+            Source::FinalRead => "final read",
+        }
+    }
+}
+
+/// A produce, by value.
+#[derive(Debug, Clone, Copy)]
+struct Produce {
+    partition: u32,
+    invoke: u64,
+    completion: Option<u64>,
+    outcome: EventType,
+    /// The acknowledged offset (only for `ok`).
+    offset: Option<u64>,
+}
+
+/// An acknowledgement on the per-partition timeline; `offset` is the running maximum.
+#[derive(Debug, Clone, Copy)]
+struct AckPoint {
+    /// Index of the completion event that acknowledged the maximum so far.
+    event: u64,
+    /// Index of this point's own completion event (the timeline's sort key).
+    at: u64,
+    offset: u64,
+    value: u64,
+}
+
+/// Where a value was first observed, and any other places it was observed.
+#[derive(Debug, Clone)]
+struct Seen {
+    partition: u32,
+    offset: u64,
+    event: u64,
+    /// Further distinct `(partition, offset, event)`s, at most `MAX_VALUES_PER_ANOMALY - 1`.
+    more: Vec<(u32, u64, u64)>,
+}
+
+/// The first value known at a `(partition, offset)`, and any different ones.
+#[derive(Debug, Clone)]
+struct Slot {
+    value: u64,
+    event: u64,
+    source: Source,
+    /// Further distinct `(value, event, source)`s, at most `MAX_VALUES_PER_ANOMALY - 1`.
+    more: Vec<(u64, u64, Source)>,
+}
+
+#[derive(Default)]
+struct Checker {
+    out: CheckResult,
+    produces: HashMap<u64, Produce>,
+    /// Produce values in invoke order, for deterministic reports.
+    produce_order: Vec<u64>,
+    /// Per partition, acknowledgements sorted by completion index with a running max offset.
+    acks: HashMap<u32, Vec<AckPoint>>,
+    reads: HashMap<u64, Seen>,
+    slots: HashMap<(u32, u64), Slot>,
+    /// Per partition, the highest offset observed and the event observing it.
+    max_read: HashMap<u32, (u64, u64)>,
+    /// Per (process, partition), the last offset its polls returned and that poll's completion.
+    last_polled: HashMap<(u32, u32), (u64, u64)>,
+    /// Per partition any operation touched, whether an `ok` final read covered it.
+    touched: HashMap<u32, bool>,
+}
+
+impl Checker {
+    fn produce(&mut self, op: &Operation<'_>) {
+        let Op::Produce {
+            partition, value, ..
+        } = op.invoke.op
+        else {
+            return;
+        };
+        self.touched.entry(partition).or_insert(false);
+        let outcome = op.outcome();
+        let offset = match op.ok().map(|c| &c.op) {
+            Some(Op::Produce { offset, .. }) => *offset,
+            _ => None,
+        };
+        match outcome {
+            EventType::Ok => self.out.totals.produces_ok += 1,
+            EventType::Fail => self.out.totals.produces_failed += 1,
+            EventType::Info | EventType::Invoke => self.out.totals.produces_unknown += 1,
+        }
+        let completion = op.completion.map(|c| c.index);
+        let invoke = op.invoke.index;
+        if outcome == EventType::Ok && offset.is_none() {
+            self.out.malformed.push(|| Anomaly {
+                events: vec![invoke, completion.unwrap_or(invoke)],
+                partition,
+                offsets: vec![],
+                values: vec![value],
+                explanation: format!("produce of value {value} completed ok without an offset"),
+            });
+        }
+        let p = Produce {
+            partition,
+            invoke,
+            completion,
+            outcome,
+            offset,
+        };
+        match self.produces.entry(value) {
+            Entry::Occupied(first) => {
+                let first = first.get().invoke;
+                self.out.malformed.push(|| Anomaly {
+                    events: vec![first, invoke],
+                    partition,
+                    offsets: vec![],
+                    values: vec![value],
+                    explanation: format!(
+                        "value {value} was produced twice (events {first} and {invoke}); \
+                         values must be unique, so the second is ignored"
+                    ),
+                });
+                return;
+            }
+            Entry::Vacant(v) => {
+                v.insert(p);
+            }
+        }
+        self.produce_order.push(value);
+        if let (Some(o), Some(c)) = (offset, completion) {
+            self.acks.entry(partition).or_default().push(AckPoint {
+                event: c,
+                at: c,
+                offset: o,
+                value,
+            });
+            self.observe_slot(partition, o, value, c, Source::Ack);
+        }
+    }
+
+    /// Sorts each partition's acknowledgements by completion and makes the offsets a running
+    /// maximum, so "highest offset acknowledged before index i" is one binary search.
+    fn index_acks(&mut self) {
+        for timeline in self.acks.values_mut() {
+            timeline.sort_by_key(|a| a.at);
+            let mut best: Option<AckPoint> = None;
+            for a in timeline.iter_mut() {
+                if best.is_none_or(|b| a.offset > b.offset) {
+                    best = Some(*a);
+                }
+                let b = best.expect("set above");
+                a.event = b.event;
+                a.offset = b.offset;
+                a.value = b.value;
+            }
+        }
+    }
+
+    /// The highest acknowledgement on `partition` completed before event index `before`.
+    fn acked_before(&self, partition: u32, before: u64) -> Option<AckPoint> {
+        let timeline = self.acks.get(&partition)?;
+        let n = timeline.partition_point(|a| a.at < before);
+        n.checked_sub(1).map(|i| timeline[i])
+    }
+
+    fn read(&mut self, op: &Operation<'_>) {
+        let Some(done) = op.ok() else {
+            if let Op::Poll { partition, .. } | Op::FinalRead { partition, .. } = op.invoke.op {
+                self.touched.entry(partition).or_insert(false);
+            }
+            return;
+        };
+        match (&op.invoke.op, &done.op) {
+            (
+                &Op::Poll {
+                    partition,
+                    from_offset,
+                    ..
+                },
+                Op::Poll {
+                    records,
+                    high_watermark,
+                    ..
+                },
+            ) => {
+                self.touched.entry(partition).or_insert(false);
+                self.out.totals.polls_ok += 1;
+                self.poll_order(op, partition, from_offset, records);
+                if let Some(hw) = *high_watermark {
+                    self.stale(op, partition, from_offset, hw);
+                }
+                for r in records {
+                    self.observe(partition, *r, done.index, Source::Poll);
+                }
+            }
+            (&Op::FinalRead { partition, .. }, Op::FinalRead { records, .. }) => {
+                self.touched.insert(partition, true);
+                self.out.totals.final_reads_ok += 1;
+                let mut expected = 0u64;
+                for r in records {
+                    if r.offset != expected {
+                        self.out.totals.final_read_gaps += 1;
+                    }
+                    expected = r.offset.saturating_add(1);
+                    self.observe(partition, *r, done.index, Source::FinalRead);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn poll_order(
+        &mut self,
+        op: &Operation<'_>,
+        partition: u32,
+        from_offset: u64,
+        records: &[ReadRecord],
+    ) {
+        let invoke = op.invoke.index;
+        let done = op.completion.map_or(invoke, |c| c.index);
+        let process = op.invoke.process;
+        let key = (process, partition);
+        // Previous poll's last record, if this poll continues from it (else it is a seek).
+        let mut continues = None;
+        if let Some(&(last, event)) = self.last_polled.get(&key) {
+            if last.checked_add(1) == Some(from_offset) {
+                continues = Some((last, event));
+            } else {
+                self.out.totals.seeks += 1;
+            }
+        }
+        let mut expected = from_offset;
+        let mut previous: Option<ReadRecord> = None;
+        for r in records {
+            if r.offset != expected {
+                let kind = if r.offset > expected {
+                    "skip"
+                } else {
+                    "rewind"
+                };
+                let mut events = vec![invoke, done];
+                let explanation = match (previous, continues) {
+                    (Some(p), _) => format!(
+                        "{kind}: process {process}'s poll of partition {partition} returned \
+                         offset {} right after offset {}",
+                        r.offset, p.offset
+                    ),
+                    (None, Some((last, event))) => {
+                        events.push(event);
+                        format!(
+                            "{kind}: process {process}'s previous poll of partition {partition} \
+                             ended at offset {last} (event {event}) and this poll asked for \
+                             {from_offset}, but its first record is at offset {}",
+                            r.offset
+                        )
+                    }
+                    (None, None) => format!(
+                        "{kind}: process {process}'s poll of partition {partition} from offset \
+                         {from_offset} returned offset {} first",
+                        r.offset
+                    ),
+                };
+                let offsets = vec![expected, r.offset];
+                self.out.nonmonotonic.push(|| Anomaly {
+                    events,
+                    partition,
+                    offsets,
+                    values: vec![r.value],
+                    explanation,
+                });
+            }
+            expected = r.offset.saturating_add(1);
+            previous = Some(*r);
+        }
+        if let Some(last) = records.last() {
+            self.last_polled.insert(key, (last.offset, done));
+        }
+    }
+
+    fn stale(&mut self, op: &Operation<'_>, partition: u32, from_offset: u64, hw: u64) {
+        let invoke = op.invoke.index;
+        let Some(m) = self.acked_before(partition, invoke) else {
+            return;
+        };
+        if m.offset < from_offset || hw > m.offset {
+            return;
+        }
+        let done = op.completion.map_or(invoke, |c| c.index);
+        let node = match op.completion.map(|c| &c.op) {
+            Some(Op::Poll { node: Some(n), .. }) => format!("node {n}"),
+            _ => "the replica".to_string(),
+        };
+        self.out.stale.push(|| Anomaly {
+            events: vec![m.event, invoke, done],
+            partition,
+            offsets: vec![m.offset],
+            values: vec![m.value],
+            explanation: format!(
+                "poll of partition {partition} from offset {from_offset} was invoked (event \
+                 {invoke}) after offset {} (value {}) was acknowledged (event {}), yet {node} \
+                 answered with high watermark {hw}",
+                m.offset, m.value, m.event
+            ),
+        });
+    }
+
+    fn observe(&mut self, partition: u32, r: ReadRecord, event: u64, source: Source) {
+        self.out.totals.records_read += 1;
+        let max = self.max_read.entry(partition).or_insert((r.offset, event));
+        if r.offset > max.0 {
+            *max = (r.offset, event);
+        }
+        self.observe_slot(partition, r.offset, r.value, event, source);
+        match self.reads.entry(r.value) {
+            Entry::Vacant(v) => {
+                v.insert(Seen {
+                    partition,
+                    offset: r.offset,
+                    event,
+                    more: Vec::new(),
+                });
+            }
+            Entry::Occupied(mut o) => {
+                let s = o.get_mut();
+                let same = |&(p, off, _): &(u32, u64, u64)| p == partition && off == r.offset;
+                if (s.partition, s.offset) != (partition, r.offset)
+                    && !s.more.iter().any(same)
+                    && s.more.len() + 1 < MAX_VALUES_PER_ANOMALY
+                {
+                    s.more.push((partition, r.offset, event));
+                }
+            }
+        }
+    }
+
+    fn observe_slot(&mut self, partition: u32, offset: u64, value: u64, event: u64, src: Source) {
+        match self.slots.entry((partition, offset)) {
+            Entry::Vacant(v) => {
+                v.insert(Slot {
+                    value,
+                    event,
+                    source: src,
+                    more: Vec::new(),
+                });
+            }
+            Entry::Occupied(mut o) => {
+                let s = o.get_mut();
+                if s.value != value
+                    && !s.more.iter().any(|m| m.0 == value)
+                    && s.more.len() + 1 < MAX_VALUES_PER_ANOMALY
+                {
+                    s.more.push((value, event, src));
+                }
+            }
+        }
+    }
+
+    fn finish(mut self) -> CheckResult {
+        self.lost_and_aborted();
+        self.duplicates_and_phantoms();
+        self.inconsistent();
+        let t = &mut self.out.totals;
+        t.distinct_values_read = self.reads.len() as u64;
+        let mut missing: Vec<u32> = self
+            .touched
+            .iter()
+            .filter(|&(_, &finally_read)| !finally_read)
+            .map(|(&p, _)| p)
+            .collect();
+        missing.sort_unstable();
+        t.partitions_without_final_read = missing;
+        self.out
+    }
+
+    fn lost_and_aborted(&mut self) {
+        for value in &self.produce_order {
+            let p = self.produces[value];
+            let value = *value;
+            let seen = self.reads.get(&value);
+            let events = || {
+                let mut v = vec![p.invoke];
+                v.extend(p.completion);
+                v
+            };
+            match (p.outcome, p.offset, seen) {
+                (EventType::Ok, _, Some(_)) => self.out.totals.acknowledged_read += 1,
+                (EventType::Ok, Some(o), None) => {
+                    let partition = p.partition;
+                    let acked = p.completion.unwrap_or(p.invoke);
+                    match self.max_read.get(&partition) {
+                        Some(&(m, by)) if m > o => self.out.lost.push(|| {
+                            let mut events = events();
+                            events.push(by);
+                            Anomaly {
+                                events,
+                                partition,
+                                offsets: vec![o],
+                                values: vec![value],
+                                explanation: format!(
+                                    "value {value} acknowledged at offset {o} of partition \
+                                     {partition} (event {acked}) was never read, though a read \
+                                     (event {by}) reached offset {m}"
+                                ),
+                            }
+                        }),
+                        highest => self.out.unseen.push(|| Anomaly {
+                            events: events(),
+                            partition,
+                            offsets: vec![o],
+                            values: vec![value],
+                            explanation: format!(
+                                "value {value} acknowledged at offset {o} of partition \
+                                 {partition} (event {acked}) was never read, and no read got \
+                                 past it (highest offset read: {})",
+                                highest.map_or("none".to_string(), |h| h.0.to_string())
+                            ),
+                        }),
+                    }
+                }
+                (EventType::Fail, _, Some(s)) => {
+                    let (partition, offset, by) = (s.partition, s.offset, s.event);
+                    self.out.aborted.push(|| {
+                        let mut events = events();
+                        events.push(by);
+                        Anomaly {
+                            events,
+                            partition,
+                            offsets: vec![offset],
+                            values: vec![value],
+                            explanation: format!(
+                                "value {value}'s produce failed (definitely not written), yet a \
+                                 read (event {by}) found it at offset {offset} of partition \
+                                 {partition}"
+                            ),
+                        }
+                    });
+                }
+                (EventType::Info | EventType::Invoke, _, Some(_)) => {
+                    self.out.totals.unknown_read += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn duplicates_and_phantoms(&mut self) {
+        let mut dups: Vec<(u64, &Seen)> = Vec::new();
+        let mut phantoms: Vec<(u64, &Seen)> = Vec::new();
+        for (&value, seen) in &self.reads {
+            if !seen.more.is_empty() {
+                dups.push((value, seen));
+            }
+            if !self.produces.contains_key(&value) {
+                phantoms.push((value, seen));
+            }
+        }
+        dups.sort_unstable_by_key(|&(v, s)| (s.event, v));
+        phantoms.sort_unstable_by_key(|&(v, s)| (s.event, v));
+        for (value, s) in dups {
+            self.out.duplicate.push(|| {
+                let places = std::iter::once((s.partition, s.offset, s.event))
+                    .chain(s.more.iter().copied())
+                    .collect::<Vec<_>>();
+                let listed = places
+                    .iter()
+                    .map(|(p, o, e)| format!("partition {p} offset {o} (event {e})"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                Anomaly {
+                    events: places.iter().map(|p| p.2).collect(),
+                    partition: s.partition,
+                    offsets: places.iter().map(|p| p.1).collect(),
+                    values: vec![value],
+                    explanation: format!("value {value} was read at {listed}"),
+                }
+            });
+        }
+        for (value, s) in phantoms {
+            self.out.phantom.push(|| Anomaly {
+                events: vec![s.event],
+                partition: s.partition,
+                offsets: vec![s.offset],
+                values: vec![value],
+                explanation: format!(
+                    "value {value} was read at offset {} of partition {} (event {}) but no \
+                     produce ever wrote it",
+                    s.offset, s.partition, s.event
+                ),
+            });
+        }
+    }
+
+    fn inconsistent(&mut self) {
+        let mut bad: Vec<(&(u32, u64), &Slot)> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| !s.more.is_empty())
+            .collect();
+        bad.sort_unstable_by_key(|&(k, _)| *k);
+        for (&(partition, offset), s) in bad {
+            self.out.inconsistent.push(|| {
+                let all = std::iter::once((s.value, s.event, s.source))
+                    .chain(s.more.iter().copied())
+                    .collect::<Vec<_>>();
+                let listed = all
+                    .iter()
+                    .map(|(v, e, src)| format!("{v} ({} event {e})", src.name()))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                Anomaly {
+                    events: all.iter().map(|a| a.1).collect(),
+                    partition,
+                    offsets: vec![offset],
+                    values: all.iter().map(|a| a.0).collect(),
+                    explanation: format!(
+                        "offset {offset} of partition {partition} holds {} values: {listed}",
+                        all.len()
+                    ),
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{EventType as T, ReadRecord};
+
+    /// A hand-written history; every event is 1ms after the previous one.
+    #[derive(Default)]
+    struct H {
+        events: Vec<Event>,
+    }
+
+    impl H {
+        fn push(&mut self, process: u32, kind: T, op: Op) -> u64 {
+            let index = self.events.len() as u64;
+            self.events.push(Event {
+                index,
+                time_ns: index * 1_000_000,
+                process,
+                kind,
+                op,
+                error: None,
+            });
+            index
+        }
+
+        fn invoke_produce(&mut self, process: u32, partition: u32, value: u64) -> u64 {
+            let op = Op::Produce {
+                partition,
+                value,
+                offset: None,
+            };
+            self.push(process, T::Invoke, op)
+        }
+
+        fn complete_produce(
+            &mut self,
+            process: u32,
+            partition: u32,
+            value: u64,
+            kind: T,
+            offset: Option<u64>,
+        ) -> u64 {
+            let op = Op::Produce {
+                partition,
+                value,
+                offset,
+            };
+            self.push(process, kind, op)
+        }
+
+        /// An acknowledged produce; returns (invoke, completion).
+        fn ack(&mut self, process: u32, partition: u32, value: u64, offset: u64) -> (u64, u64) {
+            let i = self.invoke_produce(process, partition, value);
+            let d = self.complete_produce(process, partition, value, T::Ok, Some(offset));
+            (i, d)
+        }
+
+        fn produce_ends(
+            &mut self,
+            process: u32,
+            partition: u32,
+            value: u64,
+            kind: T,
+        ) -> (u64, u64) {
+            let i = self.invoke_produce(process, partition, value);
+            let d = self.complete_produce(process, partition, value, kind, None);
+            (i, d)
+        }
+
+        fn invoke_poll(&mut self, process: u32, partition: u32, from_offset: u64) -> u64 {
+            let op = Op::Poll {
+                partition,
+                from_offset,
+                records: vec![],
+                high_watermark: None,
+                node: None,
+            };
+            self.push(process, T::Invoke, op)
+        }
+
+        fn complete_poll(
+            &mut self,
+            process: u32,
+            partition: u32,
+            from_offset: u64,
+            records: &[(u64, u64)],
+            high_watermark: u64,
+        ) -> u64 {
+            let op = Op::Poll {
+                partition,
+                from_offset,
+                records: recs(records),
+                high_watermark: Some(high_watermark),
+                node: Some(2),
+            };
+            self.push(process, T::Ok, op)
+        }
+
+        fn poll(
+            &mut self,
+            process: u32,
+            partition: u32,
+            from_offset: u64,
+            records: &[(u64, u64)],
+            high_watermark: u64,
+        ) -> (u64, u64) {
+            let i = self.invoke_poll(process, partition, from_offset);
+            let d = self.complete_poll(process, partition, from_offset, records, high_watermark);
+            (i, d)
+        }
+
+        fn final_read(&mut self, partition: u32, records: &[(u64, u64)]) -> (u64, u64) {
+            let process = 1_000;
+            let i = self.push(
+                process,
+                T::Invoke,
+                Op::FinalRead {
+                    partition,
+                    records: vec![],
+                },
+            );
+            let d = self.push(
+                process,
+                T::Ok,
+                Op::FinalRead {
+                    partition,
+                    records: recs(records),
+                },
+            );
+            (i, d)
+        }
+    }
+
+    fn recs(records: &[(u64, u64)]) -> Vec<ReadRecord> {
+        records
+            .iter()
+            .map(|&(offset, value)| ReadRecord { offset, value })
+            .collect()
+    }
+
+    /// Asserts that exactly `kind` was found, `n` times.
+    fn only(r: &CheckResult, kind: AnomalyKind, n: u64) {
+        assert_eq!(r.found(), vec![(kind, n)], "{r:#?}");
+    }
+
+    #[test]
+    fn a_clean_history_has_no_anomalies() {
+        let mut h = H::default();
+        h.ack(1, 0, 100, 0);
+        h.invoke_produce(1, 0, 101);
+        h.poll(5, 0, 0, &[(0, 100)], 1);
+        h.complete_produce(1, 0, 101, T::Ok, Some(1));
+        h.produce_ends(2, 0, 102, T::Fail);
+        h.produce_ends(2, 0, 103, T::Info); // written, as the reads show
+        h.produce_ends(2, 0, 104, T::Info); // not written
+        h.ack(3, 1, 200, 0);
+        h.poll(5, 0, 1, &[(1, 101), (2, 103)], 3);
+        h.poll(5, 0, 3, &[], 3);
+        h.poll(6, 1, 0, &[(0, 200)], 1);
+        h.final_read(0, &[(0, 100), (1, 101), (2, 103)]);
+        h.final_read(1, &[(0, 200)]);
+        let r = check(&h.events);
+        assert_eq!(r.found(), vec![], "{r:#?}");
+        assert!(r.is_valid(Guarantees::CP));
+        let t = &r.totals;
+        assert_eq!(
+            (t.produces_ok, t.produces_failed, t.produces_unknown),
+            (3, 1, 2)
+        );
+        assert_eq!((t.acknowledged_read, t.unknown_read), (3, 1));
+        assert_eq!((t.polls_ok, t.final_reads_ok, t.records_read), (4, 2, 8));
+        assert_eq!(
+            (t.distinct_values_read, t.seeks, t.final_read_gaps),
+            (4, 0, 0)
+        );
+        assert!(t.partitions_without_final_read.is_empty());
+    }
+
+    #[test]
+    fn an_acknowledged_record_skipped_by_every_read_is_lost() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        let (i, d) = h.ack(1, 0, 11, 1);
+        h.ack(1, 0, 12, 2);
+        let (_, fr) = h.final_read(0, &[(0, 10), (2, 12)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Lost, 1);
+        let a = &r.lost.ops[0];
+        assert_eq!(a.events, vec![i, d, fr]);
+        assert_eq!(
+            (a.partition, &a.offsets, &a.values),
+            (0, &vec![1], &vec![11])
+        );
+        assert!(
+            a.explanation.contains("reached offset 2"),
+            "{}",
+            a.explanation
+        );
+        assert_eq!(r.totals.final_read_gaps, 1);
+        assert!(!r.is_valid(Guarantees::CP));
+        assert!(r.is_valid(Guarantees::AP), "AP acks may lose records");
+    }
+
+    #[test]
+    fn an_acknowledged_record_past_every_read_is_unseen() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        let (i, d) = h.ack(1, 0, 11, 1);
+        h.poll(5, 0, 0, &[(0, 10)], 2);
+        h.final_read(0, &[(0, 10)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Unseen, 1);
+        let a = &r.unseen.ops[0];
+        assert_eq!(a.events, vec![i, d]);
+        assert_eq!(
+            (a.partition, &a.offsets, &a.values),
+            (0, &vec![1], &vec![11])
+        );
+        assert!(
+            a.explanation.contains("highest offset read: 0"),
+            "{}",
+            a.explanation
+        );
+    }
+
+    #[test]
+    fn one_value_at_two_offsets_is_a_duplicate() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        h.ack(1, 0, 11, 1);
+        let (_, p) = h.poll(5, 0, 0, &[(0, 10), (1, 11), (2, 10)], 3);
+        let (_, fr) = h.final_read(0, &[(0, 10), (1, 11), (2, 10)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Duplicate, 1);
+        let a = &r.duplicate.ops[0];
+        assert_eq!(a.events, vec![p, p]);
+        assert_eq!(
+            (a.partition, &a.offsets, &a.values),
+            (0, &vec![0, 2], &vec![10])
+        );
+        assert_ne!(fr, p);
+    }
+
+    #[test]
+    fn two_values_at_one_offset_are_inconsistent() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        let (_, ack) = h.ack(1, 0, 11, 1);
+        h.produce_ends(2, 0, 12, T::Info);
+        h.produce_ends(2, 1, 20, T::Info);
+        h.produce_ends(2, 1, 21, T::Info);
+        // Offset 1 of partition 0: the ack says 11, a poll says 12 (an unknown produce).
+        let (_, p) = h.poll(5, 0, 0, &[(0, 10), (1, 12)], 2);
+        // Offset 0 of partition 1: two reads disagree, no ack involved.
+        let (_, q) = h.poll(6, 1, 0, &[(0, 20)], 1);
+        h.final_read(0, &[(0, 10), (1, 11)]);
+        let (_, fr1) = h.final_read(1, &[(0, 21)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Inconsistent, 2);
+        let a = &r.inconsistent.ops[0];
+        assert_eq!(a.events, vec![ack, p]);
+        assert_eq!(
+            (a.partition, &a.offsets, &a.values),
+            (0, &vec![1], &vec![11, 12])
+        );
+        assert!(
+            a.explanation.contains("11 (produce ack"),
+            "{}",
+            a.explanation
+        );
+        let b = &r.inconsistent.ops[1];
+        assert_eq!(b.events, vec![q, fr1]);
+        assert_eq!(
+            (b.partition, &b.offsets, &b.values),
+            (1, &vec![0], &vec![20, 21])
+        );
+        assert!(r.is_valid(Guarantees::from_modes("cp", "ap")));
+        assert!(!r.is_valid(Guarantees::CP));
+    }
+
+    #[test]
+    fn skips_and_rewinds_between_returned_records_are_nonmonotonic_but_seeks_are_not() {
+        let mut h = H::default();
+        for (v, o) in (10..16).zip(0..) {
+            h.ack(1, 0, v, o);
+        }
+        let (_, p1) = h.poll(5, 0, 0, &[(0, 10), (1, 11)], 6);
+        // Continues from 1 and asks for 2, but the first record is 3: a skip.
+        let (i2, p2) = h.poll(5, 0, 2, &[(3, 13)], 6);
+        // Within one poll: 4 then 4 again (rewind), then 5.
+        let (i3, p3) = h.poll(5, 0, 4, &[(4, 14), (4, 14), (5, 15)], 6);
+        // A seek back to 0 after an error is fine, as is the fresh run of records after it.
+        h.poll(5, 0, 0, &[(0, 10), (1, 11), (2, 12)], 6);
+        // A poll starting before its from_offset: rewind, not after a previous poll's end.
+        let (i4, p4) = h.poll(6, 0, 2, &[(1, 11), (2, 12)], 6);
+        // A gap within one poll: skip.
+        let (i5, p5) = h.poll(7, 0, 0, &[(0, 10), (2, 12)], 6);
+        h.final_read(0, &[(0, 10), (1, 11), (2, 12), (3, 13), (4, 14), (5, 15)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::NonMonotonic, 4);
+        let got: Vec<_> = r
+            .nonmonotonic
+            .ops
+            .iter()
+            .map(|a| (a.events.clone(), a.offsets.clone(), a.values.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (vec![i2, p2, p1], vec![2, 3], vec![13]),
+                (vec![i3, p3], vec![5, 4], vec![14]),
+                (vec![i4, p4], vec![2, 1], vec![11]),
+                (vec![i5, p5], vec![1, 2], vec![12]),
+            ]
+        );
+        assert!(r.nonmonotonic.ops[0].explanation.starts_with("skip: "));
+        assert!(r.nonmonotonic.ops[1].explanation.starts_with("rewind: "));
+        assert_eq!(r.totals.seeks, 1);
+        assert!(!r.is_valid(Guarantees::AP));
+    }
+
+    #[test]
+    fn reading_a_failed_produce_is_an_aborted_read() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        let (i, f) = h.produce_ends(1, 0, 11, T::Fail);
+        let (_, fr) = h.final_read(0, &[(0, 10), (1, 11)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Aborted, 1);
+        let a = &r.aborted.ops[0];
+        assert_eq!(a.events, vec![i, f, fr]);
+        assert_eq!(
+            (a.partition, &a.offsets, &a.values),
+            (0, &vec![1], &vec![11])
+        );
+    }
+
+    #[test]
+    fn a_poll_missing_an_earlier_acknowledgement_is_stale() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        // Concurrent with the ack of offset 1: allowed not to see it.
+        let i0 = h.invoke_poll(5, 0, 1);
+        let (_, ack) = h.ack(1, 0, 11, 1);
+        h.complete_poll(5, 0, 1, &[], 1);
+        // Invoked after the ack of offset 1, from 1, with high watermark 1: stale.
+        let (i1, p1) = h.poll(6, 0, 1, &[], 1);
+        // From 2: nothing acknowledged at or past 2, so not stale.
+        h.poll(7, 0, 2, &[], 1);
+        // From 0 with high watermark 2: has everything acknowledged.
+        h.poll(7, 0, 0, &[(0, 10), (1, 11)], 2);
+        h.final_read(0, &[(0, 10), (1, 11)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Stale, 1);
+        let a = &r.stale.ops[0];
+        assert_eq!(a.events, vec![ack, i1, p1]);
+        assert_eq!(
+            (a.partition, &a.offsets, &a.values),
+            (0, &vec![1], &vec![11])
+        );
+        assert!(
+            a.explanation
+                .contains("node 2 answered with high watermark 1")
+        );
+        assert!(i0 < ack);
+        assert!(r.is_valid(Guarantees::from_modes("CP", "ap")));
+        assert!(!r.is_valid(Guarantees::from_modes("ap", "cp")));
+    }
+
+    #[test]
+    fn a_value_nobody_produced_is_a_phantom() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        let (_, fr) = h.final_read(0, &[(0, 10), (1, 999)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Phantom, 1);
+        let a = &r.phantom.ops[0];
+        assert_eq!(a.events, vec![fr]);
+        assert_eq!(
+            (a.partition, &a.offsets, &a.values),
+            (0, &vec![1], &vec![999])
+        );
+    }
+
+    #[test]
+    fn a_broken_history_is_malformed() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        let orphan = h.complete_produce(2, 0, 11, T::Ok, Some(1));
+        let (_, no_offset) = h.produce_ends(1, 0, 12, T::Ok);
+        let (again, _) = h.produce_ends(1, 0, 10, T::Info);
+        h.final_read(0, &[(0, 10)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Malformed, 3);
+        let events: Vec<_> = r.malformed.ops.iter().map(|a| a.events.clone()).collect();
+        assert_eq!(
+            events,
+            vec![vec![orphan], vec![no_offset - 1, no_offset], vec![0, again]]
+        );
+    }
+
+    #[test]
+    fn counts_stay_exact_when_examples_are_capped() {
+        let mut h = H::default();
+        let n = MAX_EXAMPLES_PER_CLASS as u64 + 5;
+        for v in 0..n {
+            h.ack(1, 0, v, v);
+        }
+        h.final_read(0, &[]);
+        let r = check(&h.events);
+        assert_eq!(r.unseen.count, n);
+        assert_eq!(r.unseen.ops.len(), MAX_EXAMPLES_PER_CLASS);
+        assert_eq!(r.unseen.ops[0].values, vec![0]);
+    }
+
+    #[test]
+    fn the_result_round_trips_through_json() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        h.final_read(0, &[(0, 10), (1, 10)]);
+        let r = check(&h.events);
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r#""duplicate":{"count":1"#), "{json}");
+        assert_eq!(serde_json::from_str::<CheckResult>(&json).unwrap(), r);
+    }
+}
