@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use fjord_jepsen::history::{EventType, parse_jsonl};
 use fjord_jepsen::nemesis::{FaultKind, parse_faults};
-use fjord_jepsen::run::{RunOptions, run};
+use fjord_jepsen::report::{RunSummary, cap_table};
+use fjord_jepsen::run::{RunOptions, RunOutput, analyse, run};
 
 #[derive(Parser)]
 #[command(name = "fjord-jepsen", about = "Fault-injection harness for fjord")]
@@ -17,8 +17,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// One run in one mode.
+    /// One run in one mode (`--acks`, `--read`).
     Run(Common),
+    /// A CP run and an AP run on the same seed and fault schedule, and the table comparing
+    /// them (`cap.md`).
+    Cap(Common),
+    /// Checks a recorded run directory again and prints its report.
+    Check {
+        /// A run directory (holding `run.json` and `history.jsonl`).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -135,37 +143,74 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {
+    let valid = match cli.command {
         Cmd::Run(common) => {
             let label = format!("{}-{}", common.acks, common.read);
             let options = common.options(&label)?;
-            eprintln!(
-                "fjord-jepsen: seed {} ({} nodes, acks {}, read {}, faults {}) -> {}",
-                options.seed,
-                options.nodes,
-                options.acks,
-                options.read,
-                common.faults,
-                options.out_dir.display()
-            );
-            let out = run(options)?;
-            let text = std::fs::read_to_string(&out.history)?;
-            let events = parse_jsonl(&text)?;
-            let count = |k: EventType| events.iter().filter(|e| e.kind == k).count();
-            println!(
-                "events {} ok {} fail {} info {}",
-                events.len(),
-                count(EventType::Ok),
-                count(EventType::Fail),
-                count(EventType::Info)
-            );
-            for w in &out.windows {
-                println!("{w:?}");
-            }
-            for n in &out.notes {
-                println!("note: {n}");
-            }
+            let summary = one_run(options)?;
+            summary.is_valid()
         }
+        Cmd::Cap(common) => {
+            let mut summaries = Vec::new();
+            let mut root = None;
+            let mut seed = common.seed.unwrap_or_else(rand::random);
+            for mode in ["cp", "ap"] {
+                let mut c = common.clone();
+                c.acks = mode.into();
+                c.read = mode.into();
+                c.seed = Some(seed);
+                let options = c.options(&format!("{mode}-{mode}"))?;
+                seed = options.seed;
+                root = options.out_dir.parent().map(PathBuf::from);
+                summaries.push(one_run(options)?);
+            }
+            let table = cap_table(&summaries);
+            println!("{table}");
+            if let Some(root) = root {
+                std::fs::write(root.join("cap.md"), &table)?;
+                eprintln!("fjord-jepsen: wrote {}", root.join("cap.md").display());
+            }
+            summaries.iter().all(RunSummary::is_valid)
+        }
+        Cmd::Check { dir } => {
+            let text = std::fs::read_to_string(dir.join("run.json"))
+                .with_context(|| format!("reading {}", dir.join("run.json").display()))?;
+            let mut out: RunOutput = serde_json::from_str(&text)?;
+            out.history = dir.join("history.jsonl");
+            out.options.out_dir = dir.clone();
+            let summary = analyse(&out)?;
+            println!("{}", summary.to_text());
+            summary.is_valid()
+        }
+    };
+    if !valid {
+        eprintln!("fjord-jepsen: anomalies that break the run's guarantees were found");
+        std::process::exit(1);
     }
     Ok(())
+}
+
+fn one_run(options: RunOptions) -> Result<RunSummary> {
+    eprintln!(
+        "fjord-jepsen: seed {} ({} nodes, acks {}, read {}, faults {}) -> {}",
+        options.seed,
+        options.nodes,
+        options.acks,
+        options.read,
+        options
+            .faults
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(","),
+        options.out_dir.display()
+    );
+    let out = run(options)?;
+    let summary = analyse(&out)?;
+    println!("{}", summary.to_text());
+    for note in &out.notes {
+        println!("note: {note}");
+    }
+    println!("files: {}", out.options.out_dir.display());
+    Ok(summary)
 }

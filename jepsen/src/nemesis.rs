@@ -27,6 +27,7 @@ use tokio::sync::Mutex;
 
 use crate::db::Db;
 use crate::net::{self, CLIENT, Network, Rule};
+use crate::report::FaultWindow as Window;
 
 /// One kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -240,15 +241,6 @@ pub fn plan(
         t += duration_ms + rng.gen_range(2_000..5_000);
     }
     steps
-}
-
-/// A time window in which a fault was active, for the report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Window {
-    pub name: String,
-    pub detail: String,
-    pub start_ns: u64,
-    pub end_ns: Option<u64>,
 }
 
 /// What must be undone when a step ends.

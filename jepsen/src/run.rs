@@ -17,9 +17,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
 
 use crate::db::{Db, NodeOptions};
-use crate::nemesis::{self, FaultKind, Nemesis, Step, Window};
+use crate::history::parse_jsonl;
+use crate::nemesis::{self, FaultKind, Nemesis, Step};
 use crate::net::{self, Netns, Network};
 use crate::proxy::ProxyNet;
+use crate::report::{FaultWindow as Window, RunSummary, latency_svg};
 use crate::workload::{self, Recorder, WorkloadOptions};
 
 /// Everything that defines a run.
@@ -321,4 +323,36 @@ async fn run_async(
         history,
         unread_partitions: unread,
     })
+}
+
+/// Checks a finished run and writes `report.json`, `report.txt` and `latency.svg` next to its
+/// history.
+pub fn analyse(out: &RunOutput) -> Result<RunSummary> {
+    let text = std::fs::read_to_string(&out.history)
+        .with_context(|| format!("reading {}", out.history.display()))?;
+    let events = parse_jsonl(&text).context("parsing the history")?;
+    let faults: Vec<&str> = out.options.faults.iter().map(|k| k.name()).collect();
+    let nemesis = if faults.is_empty() {
+        "none".to_string()
+    } else {
+        nemesis::describe_plan(&out.plan)
+    };
+    let summary = RunSummary::new(
+        out.options.seed,
+        &out.options.acks,
+        &out.options.read,
+        &nemesis,
+        &events,
+        &out.windows,
+    );
+    let dir = &out.options.out_dir;
+    std::fs::write(dir.join("report.json"), summary.to_json()?)?;
+    let mut report = summary.to_text();
+    for note in &out.notes {
+        report.push_str(&format!("note: {note}\n"));
+    }
+    std::fs::write(dir.join("report.txt"), &report)?;
+    std::fs::write(dir.join("latency.svg"), latency_svg(&events, &out.windows))?;
+    std::fs::write(dir.join("run.json"), serde_json::to_string_pretty(out)?)?;
+    Ok(summary)
 }

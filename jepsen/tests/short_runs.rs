@@ -1,0 +1,163 @@
+//! The short harness runs CI makes: real 3-node clusters under faults, both modes, a few fault
+//! mixes. A CP run with any anomaly that breaks CP's guarantees fails the build; the AP run
+//! must be consistent with AP's (weaker) guarantees, and its losses are printed.
+//!
+//! Each run prints its seed; `FJORD_JEPSEN_SEED` replays one. The clusters use network
+//! namespaces when the machine allows them, else the loopback fault proxy; clock faults need
+//! libfaketime and disk faults need FUSE and `fjord-lazyfs`: a mix whose tools are missing is
+//! skipped with a message saying why.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use fjord_jepsen::nemesis::{FaultKind, parse_faults};
+use fjord_jepsen::report::cap_table;
+use fjord_jepsen::run::{RunOptions, analyse, run};
+
+/// One cluster at a time: two would fight over two cores and muddy each other's timings.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const DURATION_SECS: u64 = 40;
+
+fn target_dir() -> PathBuf {
+    // target/<profile>/deps/<this test> -> target/<profile>
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+fn fjord_bin() -> PathBuf {
+    let bin = target_dir().join("fjord");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it first (`cargo build -p fjord-cli`)",
+        bin.display()
+    );
+    bin
+}
+
+fn seed() -> u64 {
+    std::env::var("FJORD_JEPSEN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random)
+}
+
+/// Why `faults` cannot run here, if they cannot.
+fn missing_tools(faults: &std::collections::BTreeSet<FaultKind>) -> Option<String> {
+    if faults.contains(&FaultKind::ClockJump) && !Path::new(fjord_jepsen::db::LIBFAKETIME).exists()
+    {
+        return Some(format!(
+            "{} is missing (Debian package faketime)",
+            fjord_jepsen::db::LIBFAKETIME
+        ));
+    }
+    if faults.iter().any(|k| k.needs_lazy_disk()) {
+        if !Path::new("/dev/fuse").exists() {
+            return Some("/dev/fuse is missing".into());
+        }
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Some("mounting FUSE filesystems needs root".into());
+        }
+        if std::process::Command::new("fusermount3")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            return Some("fusermount3 is missing (Debian package fuse3)".into());
+        }
+    }
+    None
+}
+
+fn options(label: &str, seed: u64, faults: &str, mode: &str) -> RunOptions {
+    let faults = parse_faults(faults).unwrap();
+    let out = std::env::temp_dir().join(format!(
+        "fjord-jepsen-ci-{}-{label}-{mode}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&out);
+    RunOptions {
+        seed,
+        nodes: 3,
+        partitions: 3,
+        replication_factor: 3,
+        duration_secs: DURATION_SECS,
+        faults,
+        acks: mode.into(),
+        read: mode.into(),
+        producers: 6,
+        consumers_per_partition: 1,
+        op_timeout_ms: 5_000,
+        recovery_secs: 8,
+        out_dir: out,
+        fjord_bin: fjord_bin(),
+        lazyfs_bin: Some(target_dir().join("fjord-lazyfs")),
+        netns_prefix: fjord_jepsen::net::unique_prefix(),
+        network: "auto".into(),
+    }
+}
+
+/// Runs `faults` in the given modes on one seed; fails on any anomaly the mode forbids.
+fn mix(label: &str, faults: &str, modes: &[&str]) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let seed = seed();
+    let kinds = parse_faults(faults).unwrap();
+    if let Some(why) = missing_tools(&kinds) {
+        eprintln!("SKIPPED {label} ({faults}): {why}");
+        return;
+    }
+    let mut summaries = Vec::new();
+    for mode in modes {
+        let options = options(label, seed, faults, mode);
+        let dir = options.out_dir.clone();
+        eprintln!(
+            "{label}: seed {seed}, {mode}, faults {faults}, files in {} (replay: FJORD_JEPSEN_SEED={seed})",
+            dir.display()
+        );
+        let out = run(options).unwrap_or_else(|e| panic!("{label} seed {seed} {mode}: {e:#}"));
+        let summary = analyse(&out).unwrap();
+        eprintln!("{}", summary.to_text());
+        for note in &out.notes {
+            eprintln!("note: {note}");
+        }
+        assert!(
+            summary.check.totals.produces_ok > 0,
+            "{label} seed {seed} {mode}: nothing was acknowledged"
+        );
+        assert!(
+            summary.is_valid(),
+            "{label} seed {seed} {mode}: anomalies break {mode}'s guarantees; files in {}",
+            dir.display()
+        );
+        if *mode == "cp" {
+            assert!(
+                out.unread_partitions.is_empty(),
+                "{label} seed {seed}: partitions {:?} unreadable after healing",
+                out.unread_partitions
+            );
+        }
+        summaries.push(summary);
+        // Keep the files of a failed run only.
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    eprintln!("{}", cap_table(&summaries));
+}
+
+#[test]
+fn cp_and_ap_under_partitions() {
+    mix("partitions", "partition", &["cp", "ap"]);
+}
+
+#[test]
+fn cp_under_kills_pauses_and_clock_jumps() {
+    mix("process-clock", "process,clock", &["cp"]);
+}
+
+#[test]
+fn cp_under_disk_faults() {
+    mix("disk", "crash-unsynced,power-loss,disk-full,kill", &["cp"]);
+}
