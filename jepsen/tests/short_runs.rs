@@ -75,6 +75,7 @@ fn missing_tools(faults: &std::collections::BTreeSet<FaultKind>) -> Option<Strin
 
 fn options(label: &str, seed: u64, faults: &str, mode: &str) -> RunOptions {
     let faults = parse_faults(faults).unwrap();
+    let lazy = faults.iter().any(|k| k.needs_lazy_disk());
     let out = std::env::temp_dir().join(format!(
         "fjord-jepsen-ci-{}-{label}-{mode}",
         std::process::id()
@@ -95,7 +96,7 @@ fn options(label: &str, seed: u64, faults: &str, mode: &str) -> RunOptions {
         recovery_secs: 8,
         out_dir: out,
         fjord_bin: fjord_bin(),
-        lazyfs_bin: Some(target_dir().join("fjord-lazyfs")),
+        lazyfs_bin: lazy.then(|| target_dir().join("fjord-lazyfs")),
         netns_prefix: fjord_jepsen::net::unique_prefix(),
         network: "auto".into(),
     }
