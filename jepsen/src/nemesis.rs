@@ -53,6 +53,8 @@ pub enum FaultKind {
     Pause,
     /// Move one node's wall clock by up to ±10 minutes.
     ClockJump,
+    /// Make one node's wall clock run at 0.25-4 times the real rate.
+    ClockSkew,
     /// kill -9 a node and drop the writes its disk had not fsynced.
     CrashUnsynced,
     /// Every node crashes at once and loses its unsynced writes, as in a power cut.
@@ -64,7 +66,7 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 14] = [
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::PartitionLeader,
         FaultKind::PartitionMetaLeader,
         FaultKind::PartitionHalves,
@@ -75,6 +77,7 @@ impl FaultKind {
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::ClockJump,
+        FaultKind::ClockSkew,
         FaultKind::CrashUnsynced,
         FaultKind::PowerLoss,
         FaultKind::DiskFull,
@@ -93,6 +96,7 @@ impl FaultKind {
             FaultKind::Kill => "kill",
             FaultKind::Pause => "pause",
             FaultKind::ClockJump => "clock-jump",
+            FaultKind::ClockSkew => "clock-skew",
             FaultKind::CrashUnsynced => "crash-unsynced",
             FaultKind::PowerLoss => "power-loss",
             FaultKind::DiskFull => "disk-full",
@@ -144,9 +148,7 @@ pub fn parse_faults(s: &str) -> Result<BTreeSet<FaultKind>, String> {
                 set.extend(FaultKind::ALL.into_iter().filter(|k| k.is_network()))
             }
             "process" => set.extend([FaultKind::Kill, FaultKind::Pause]),
-            "clock" => {
-                set.insert(FaultKind::ClockJump);
-            }
+            "clock" => set.extend([FaultKind::ClockJump, FaultKind::ClockSkew]),
             "disk" => set.extend([
                 FaultKind::CrashUnsynced,
                 FaultKind::PowerLoss,
@@ -455,6 +457,16 @@ impl Nemesis {
                         .set_clock(target, &format!("{secs:+}"))?;
                     undo.clock_reset.insert(target);
                     format!("n{target}'s wall clock moved by {secs:+} s")
+                }
+                FaultKind::ClockSkew => {
+                    let target = *ids.choose(&mut rng).expect("nodes");
+                    let rate = *[0.25, 0.5, 2.0, 4.0].choose(&mut rng).expect("rates");
+                    self.db
+                        .lock()
+                        .await
+                        .set_clock(target, &format!("+0 x{rate}"))?;
+                    undo.clock_reset.insert(target);
+                    format!("n{target}'s wall clock runs at {rate}x")
                 }
                 FaultKind::DiskFull => {
                     let target = *ids.choose(&mut rng).expect("nodes");

@@ -181,7 +181,8 @@ async fn run_async(
         fjord_bin: options.fjord_bin.clone(),
         heartbeat_interval_ms: 100,
         election_timeout_ms: 600,
-        fake_clock: options.faults.contains(&FaultKind::ClockJump),
+        fake_clock: options.faults.contains(&FaultKind::ClockJump)
+            || options.faults.contains(&FaultKind::ClockSkew),
         lazy_disk: options.lazyfs_bin.clone(),
     };
     let mut db = Db::new(&options.out_dir, &netns, &ids, node_options)?;

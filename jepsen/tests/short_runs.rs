@@ -47,7 +47,8 @@ fn seed() -> u64 {
 
 /// Why `faults` cannot run here, if they cannot.
 fn missing_tools(faults: &std::collections::BTreeSet<FaultKind>) -> Option<String> {
-    if faults.contains(&FaultKind::ClockJump) && !Path::new(fjord_jepsen::db::LIBFAKETIME).exists()
+    if (faults.contains(&FaultKind::ClockJump) || faults.contains(&FaultKind::ClockSkew))
+        && !Path::new(fjord_jepsen::db::LIBFAKETIME).exists()
     {
         return Some(format!(
             "{} is missing (Debian package faketime)",
