@@ -105,7 +105,11 @@ mod tests {
             time_ns: 42,
             process: 7,
             kind: EventType::Ok,
-            op: Op::Produce { partition: 1, value: 9, offset: Some(4) },
+            op: Op::Produce {
+                partition: 1,
+                value: 9,
+                offset: Some(4),
+            },
             error: None,
         };
         let line = serde_json::to_string(&e).unwrap();
