@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::lazyfs::{self, Command as FsCommand};
+
 /// A mounted lazy filesystem.
 #[derive(Debug)]
 pub struct LazyMount {
@@ -76,19 +78,20 @@ impl LazyMount {
         &self.backing
     }
 
-    fn command(&self, line: &str) -> Result<()> {
-        crate::lazyfs::control_line(&self.control, line)
-            .with_context(|| format!("lazyfs control {line:?} at {}", self.control.display()))
+    fn command(&self, command: FsCommand) -> Result<()> {
+        lazyfs::control(&self.control, command).with_context(|| {
+            format!("lazyfs control {command:?} at {}", self.control.display())
+        })
     }
 
     /// Drops every unsynced write.
     pub fn crash(&self) -> Result<()> {
-        self.command("crash")
+        self.command(FsCommand::Crash)
     }
 
-    /// Makes writes fail with ENOSPC (or stops doing so).
+    /// Makes writes that grow a file fail with ENOSPC (or stops doing so).
     pub fn set_full(&self, full: bool) -> Result<()> {
-        self.command(if full { "full on" } else { "full off" })
+        self.command(FsCommand::DiskFull(full))
     }
 }
 

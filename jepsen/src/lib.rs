@@ -10,7 +10,9 @@
 //! - [`net`]: network namespaces per node and the nftables rules that partition them.
 //! - [`proxy`]: the loopback fallback network, a userspace proxy per node.
 //! - [`db`]: the `fjord serve` processes: start, kill, pause, clock, disk faults.
-//! - [`disk`]: a node's lazy filesystem (drops unsynced writes on a simulated crash).
+//! - [`lazyfs`]: `fjord-lazyfs`, a FUSE pass-through that holds writes in memory until fsync
+//!   and drops them on a simulated crash.
+//! - [`disk`]: a node's lazy filesystem, as the harness drives it.
 //! - [`nemesis`]: the seeded fault schedule and its execution.
 //! - [`workload`]: producers and consumers through fjord's Rust client, recording history.
 //! - [`run`]: one whole run, and its analysis.
