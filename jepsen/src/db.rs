@@ -261,7 +261,12 @@ impl Db {
             bail!("node {id} is running: kill it before corrupting its disk");
         }
         let file = match &node.mount {
-            Some(m) => m.backing().join("fjord.redb"),
+            Some(m) => {
+                // Unsynced data would hide the flips: write it back first, as the page
+                // cache of a killed process would be.
+                m.sync()?;
+                m.backing().join("fjord.redb")
+            }
             None => node.data_dir().join("fjord.redb"),
         };
         let mut bytes =
@@ -269,6 +274,8 @@ impl Db {
         if bytes.is_empty() {
             return Ok(Vec::new());
         }
+        // The exact bytes at the crash, to put back if the node refuses the corrupted file.
+        std::fs::write(node.dir.join("fjord.redb.pristine"), &bytes)?;
         let mut flipped = Vec::new();
         for _ in 0..bits {
             let at = rng.gen_range(0..bytes.len());
@@ -277,6 +284,27 @@ impl Db {
         }
         std::fs::write(&file, bytes)?;
         Ok(flipped)
+    }
+
+    /// Puts back the data file [`Db::flip_bits`] corrupted. Only for a node that has not run
+    /// on the corrupted file (it refused to start), so no state it acknowledged is lost.
+    pub fn restore_unflipped(&mut self, id: u64) -> Result<()> {
+        let node = self.node(id)?;
+        if node.child.is_some() {
+            bail!("node {id} is running: it may have used the corrupted file");
+        }
+        let file = match &node.mount {
+            Some(m) => {
+                // Whatever the refused start wrote goes.
+                m.crash()?;
+                m.backing().join("fjord.redb")
+            }
+            None => node.data_dir().join("fjord.redb"),
+        };
+        let pristine = node.dir.join("fjord.redb.pristine");
+        std::fs::copy(&pristine, &file)?;
+        std::fs::remove_file(&pristine)?;
+        Ok(())
     }
 
     /// Whether node `id`'s process has exited on its own (reaping it if so).

@@ -79,14 +79,18 @@ impl LazyMount {
     }
 
     fn command(&self, command: FsCommand) -> Result<()> {
-        lazyfs::control(&self.control, command).with_context(|| {
-            format!("lazyfs control {command:?} at {}", self.control.display())
-        })
+        lazyfs::control(&self.control, command)
+            .with_context(|| format!("lazyfs control {command:?} at {}", self.control.display()))
     }
 
     /// Drops every unsynced write.
     pub fn crash(&self) -> Result<()> {
         self.command(FsCommand::Crash)
+    }
+
+    /// Writes back and fsyncs every unsynced write.
+    pub fn sync(&self) -> Result<()> {
+        self.command(FsCommand::Sync)
     }
 
     /// Makes writes that grow a file fail with ENOSPC (or stops doing so).

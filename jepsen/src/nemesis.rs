@@ -254,6 +254,8 @@ struct Undo {
     resume: BTreeSet<u64>,
     clock_reset: BTreeSet<u64>,
     disk_writable: BTreeSet<u64>,
+    /// Nodes whose data file has flipped bits: watch how they take it.
+    flipped: BTreeSet<u64>,
 }
 
 /// Carries out a plan.
@@ -266,6 +268,8 @@ pub struct Nemesis {
     /// Nodes whose data file was corrupted and that did not come back: they stay down, and
     /// count against the minority that other faults may take down.
     pub lost_nodes: BTreeSet<u64>,
+    /// What happened that the report should mention.
+    pub notes: Vec<String>,
 }
 
 fn minority(n: usize) -> usize {
@@ -306,6 +310,18 @@ impl Nemesis {
         let mut described = Vec::new();
         let others = |x: u64| ids.iter().copied().filter(|&i| i != x).collect::<Vec<_>>();
         // Nodes a process fault may take: up, and within the minority budget.
+        {
+            let mut db = self.db.lock().await;
+            for &id in &ids {
+                if let Some(status) = db.exited(id) {
+                    self.notes.push(format!(
+                        "n{id} exited on its own ({status}); it stays down. Log tail:\n{}",
+                        db.log_tail(id, 5)
+                    ));
+                    self.lost_nodes.insert(id);
+                }
+            }
+        }
         let budget = minority(n).saturating_sub(self.lost_nodes.len() + taken_down.len());
         let mut candidates: Vec<u64> = ids
             .iter()
@@ -426,6 +442,7 @@ impl Nemesis {
                                 let at = db.flip_bits(id, bits, &mut rng)?;
                                 detail = format!("{bits} bits flipped at byte offsets {at:?}; ");
                                 undo.restart.insert(id);
+                                undo.flipped.insert(id);
                             }
                             _ => unreachable!(),
                         }
@@ -502,8 +519,38 @@ impl Nemesis {
         for id in undo.restart {
             db.start(&self.net, id)?;
         }
-        // A node that dies on its own right after a restart (say, on a corrupted file)
-        // stays down; it is reported, not hidden.
+        // A node restarted on a corrupted file should refuse it (fail-stop). When it does, it
+        // never ran on the corruption, so putting the pre-flip bytes back is as if the flip
+        // never happened; when it does not, it runs on, and the checker says what followed.
+        for &id in &undo.flipped {
+            let until = Instant::now() + Duration::from_secs(5);
+            let status = loop {
+                if let Some(status) = db.exited(id) {
+                    break Some(status);
+                }
+                if Instant::now() > until {
+                    break None;
+                }
+                drop(db);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                db = self.db.lock().await;
+            };
+            match status {
+                Some(status) => {
+                    notes.push(format!(
+                        "n{id} refused to start on its corrupted data file ({status}): {}; the file was restored",
+                        db.log_tail(id, 1).trim()
+                    ));
+                    db.restore_unflipped(id)?;
+                    db.start(&self.net, id)?;
+                }
+                None => notes.push(format!(
+                    "n{id} started on its corrupted data file and kept running"
+                )),
+            }
+        }
+        // A node that dies on its own right after a restart stays down; it is reported, not
+        // hidden.
         for id in db.ids() {
             if let Some(status) = db.exited(id) {
                 notes.push(format!(
@@ -556,6 +603,7 @@ impl Nemesis {
                 _ = stop.changed() => {}
             }
             notes.extend(self.heal(undo).await?);
+            notes.append(&mut self.notes);
             let end_ns = now_ns();
             for w in &mut windows[first..] {
                 w.end_ns = Some(end_ns);

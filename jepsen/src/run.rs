@@ -252,6 +252,7 @@ async fn run_async(
         topic: topic.clone(),
         partitions: options.partitions,
         lost_nodes: BTreeSet::new(),
+        notes: Vec::new(),
     };
     let rec = recorder.clone();
     let nemesis_stop = stop_rx.clone();
