@@ -54,13 +54,40 @@ pub struct NodeProc {
 pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     peers: String,
+    timing: Timing,
     _dir: tempfile::TempDir,
+}
+
+/// The Raft timing the nodes run with.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+}
+
+impl Timing {
+    /// Fast failover, for tests with a few partitions.
+    pub const FAST: Timing = Timing {
+        heartbeat_interval_ms: 50,
+        election_timeout_ms: 500,
+    };
+    /// The defaults of `fjord serve`, for tests with many partitions (until they go quiet,
+    /// every partition heartbeats: at 50 ms, dozens of them saturate a busy 2-core machine).
+    pub const DEFAULT: Timing = Timing {
+        heartbeat_interval_ms: 100,
+        election_timeout_ms: 600,
+    };
 }
 
 impl Cluster {
     /// Starts `n` nodes and waits until the metadata group has a leader and every node is
     /// registered.
     pub async fn start(n: usize) -> Cluster {
+        Self::start_with(n, Timing::FAST).await
+    }
+
+    /// [`Cluster::start`] with the given Raft timing.
+    pub async fn start_with(n: usize, timing: Timing) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(n);
         let peers = ports
@@ -83,6 +110,7 @@ impl Cluster {
         let mut c = Cluster {
             nodes,
             peers,
+            timing,
             _dir: dir,
         };
         for i in 0..n {
@@ -114,9 +142,9 @@ impl Cluster {
                 "--peers",
                 &self.peers,
                 "--heartbeat-interval-ms",
-                "50",
+                &self.timing.heartbeat_interval_ms.to_string(),
                 "--election-timeout-ms",
-                "500",
+                &self.timing.election_timeout_ms.to_string(),
             ])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

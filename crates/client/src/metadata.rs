@@ -211,6 +211,7 @@ mod tests {
                 },
             ],
             metadata_leader: 0,
+            replicas: None,
             topics: vec![v1::TopicInfo {
                 name: "orders".into(),
                 replication_factor: 3,

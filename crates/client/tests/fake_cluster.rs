@@ -120,6 +120,7 @@ impl Fjord for FakeNode {
                 })
                 .collect(),
             metadata_leader: 1,
+            replicas: None,
             topics: st
                 .topics
                 .iter()

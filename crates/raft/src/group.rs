@@ -4,6 +4,13 @@
 //! small), a partition group never snapshots (its log is its data: purging it is retention's
 //! job, later), and both use pre-vote so a node that was cut off does not disrupt a healthy
 //! leader when it comes back.
+//!
+//! Inbound messages also drive quiescing ([`crate::quiesce`]): a message that shows the group
+//! is active (entries, a vote, a snapshot, a leader transfer, another leader) wakes a quiet
+//! replica before openraft sees it, and a quiet replica refuses pre-votes: its leader was
+//! alive at the last node heartbeat, so a campaign is premature (a refused pre-vote is a lost
+//! message, which Raft tolerates). A quiet leader that refuses one wakes, so its heartbeats
+//! reach the campaigner.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -12,11 +19,12 @@ use fjord_storage::Store;
 use openraft::{Config, SnapshotPolicy};
 
 use crate::codec;
-use crate::handle::{MetaHandle, PartitionHandle};
+use crate::handle::{GroupRaft, MetaHandle, PartitionHandle};
 use crate::log_store::GroupLogStore;
 use crate::meta_sm::MetaSm;
 use crate::network::{GroupNetworkFactory, PeerPool, RpcKind};
 use crate::partition_sm::{PartitionShared, PartitionSm};
+use crate::quiesce::{Mode, Quiescence, Wake};
 use crate::{NodeId, TypeConfig};
 
 pub type MetaRaft = openraft::Raft<TypeConfig, MetaSm>;
@@ -36,9 +44,17 @@ pub enum GroupRole {
 pub struct GroupConfig {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
+    /// A partition group whose leader appended nothing for this long goes quiet; 0: never.
+    pub quiesce_after_ms: u64,
 }
 
 impl GroupConfig {
+    /// How long a follower woken by activity waits before it may campaign: the longest
+    /// election timeout, so the leader's messages have time to renew its lease.
+    pub fn wake_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.election_timeout_ms * 2)
+    }
+
     pub fn raft_config(&self, role: GroupRole, group: u64) -> Result<Arc<Config>, String> {
         let cfg = Config {
             cluster_name: format!("fjord-group-{group}"),
@@ -71,6 +87,9 @@ pub enum DispatchError {
     UnknownGroup(u64),
     #[error("{0}")]
     Decode(String),
+    /// A pre-vote reached a quiet replica, whose leader was alive at the last node heartbeat.
+    #[error("group {0} is quiet on this node and its leader is alive: pre-vote refused")]
+    Quiet(u64),
 }
 
 /// The groups running on this node, by id.
@@ -108,6 +127,16 @@ impl GroupRegistry {
         self.groups.read().unwrap().keys().copied().collect()
     }
 
+    /// Calls `f` on every partition group. Runs under the registry's read lock: `f` must be
+    /// short and must not block.
+    pub fn for_each_partition(&self, mut f: impl FnMut(u64, &PartitionHandle)) {
+        for (id, g) in self.groups.read().unwrap().iter() {
+            if let AnyGroup::Partition(h) = g {
+                f(*id, h);
+            }
+        }
+    }
+
     /// Decodes an inbound message for `group`, hands it to the group's Raft and encodes the
     /// answer (`Result<response, error text>`).
     pub async fn dispatch(
@@ -118,14 +147,30 @@ impl GroupRegistry {
     ) -> Result<Vec<u8>, DispatchError> {
         let raft = self.get(group).ok_or(DispatchError::UnknownGroup(group))?;
         match raft {
-            AnyGroup::Meta(h) => handle(h.raft(), kind, payload).await,
-            AnyGroup::Partition(h) => handle(h.raft(), kind, payload).await,
+            AnyGroup::Meta(h) => handle(&h, group, kind, payload).await,
+            AnyGroup::Partition(h) => handle(&h, group, kind, payload).await,
+        }
+    }
+}
+
+/// Whether an append must wake a quiet replica: a quiet leader wakes on any (another node
+/// leads), a quiet follower on entries or on a leader other than the one it is quiet under. A
+/// heartbeat of its own leader (a late one, sent before the leader went quiet) does not.
+fn append_wakes(mode: &Mode, req: &openraft::raft::AppendEntriesRequest<TypeConfig>) -> bool {
+    match mode {
+        Mode::Awake | Mode::Claiming { .. } => false,
+        Mode::Leading { .. } => true,
+        Mode::Following(claim) => {
+            !req.entries.is_empty()
+                || req.vote.leader_id.term != claim.term
+                || req.vote.leader_id.node_id != claim.leader
         }
     }
 }
 
 async fn handle<SM>(
-    raft: &openraft::Raft<TypeConfig, SM>,
+    g: &GroupRaft<SM>,
+    group: u64,
     kind: RpcKind,
     payload: &[u8],
 ) -> Result<Vec<u8>, DispatchError>
@@ -138,12 +183,33 @@ where
     fn enc<T: serde::Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Vec<u8> {
         codec::encode(&r.map_err(|e| e.to_string()))
     }
+    let raft = g.raft();
+    let quiet = g.quiescence();
     Ok(match kind {
-        RpcKind::Append => enc(raft.append_entries(dec(payload)?).await),
-        RpcKind::Vote => enc(raft.vote(dec(payload)?).await),
-        RpcKind::PreVote => enc(raft.pre_vote(dec(payload)?).await),
-        RpcKind::TransferLeader => enc(raft.handle_transfer_leader(dec(payload)?).await),
+        RpcKind::Append => {
+            let req: openraft::raft::AppendEntriesRequest<TypeConfig> = dec(payload)?;
+            if append_wakes(&quiet.mode(), &req) {
+                quiet.wake(Wake::Activity, "append");
+            }
+            enc(raft.append_entries(req).await)
+        }
+        RpcKind::PreVote => {
+            if quiet.is_quiet() {
+                quiet.wake_leader("pre-vote");
+                return Err(DispatchError::Quiet(group));
+            }
+            enc(raft.pre_vote(dec(payload)?).await)
+        }
+        RpcKind::Vote => {
+            quiet.wake(Wake::Activity, "vote");
+            enc(raft.vote(dec(payload)?).await)
+        }
+        RpcKind::TransferLeader => {
+            quiet.wake(Wake::Activity, "leader transfer");
+            enc(raft.handle_transfer_leader(dec(payload)?).await)
+        }
         RpcKind::Snapshot => {
+            quiet.wake(Wake::Activity, "snapshot");
             let (vote, meta, data): (
                 openraft::alias::VoteOf<TypeConfig>,
                 openraft::alias::SnapshotMetaOf<TypeConfig>,
@@ -169,7 +235,9 @@ pub async fn start_meta(
     let (sm, view) = MetaSm::open(group, store.clone()).map_err(|e| e.to_string())?;
     let log = GroupLogStore::new(group, store, None);
     let raft = start(node_id, group, GroupRole::Meta, cfg, log, sm, pool).await?;
-    Ok(MetaHandle::new(raft, view))
+    // The metadata group never goes quiet: the controller reads liveness off its heartbeats.
+    let quiet = Quiescence::new(group, raft.clone(), cfg.wake_grace());
+    Ok(MetaHandle::new(raft, quiet, view))
 }
 
 /// Starts a partition group on this node.
@@ -184,7 +252,8 @@ pub async fn start_partition(
     let sm = PartitionSm::new(shared.clone(), store.clone());
     let log = GroupLogStore::new(group, store, Some(shared.clone()));
     let raft = start(node_id, group, GroupRole::Partition, cfg, log, sm, pool).await?;
-    Ok(PartitionHandle::new(raft, shared))
+    let quiet = Quiescence::new(group, raft.clone(), cfg.wake_grace());
+    Ok(PartitionHandle::new(raft, quiet, shared))
 }
 
 async fn start<SM>(

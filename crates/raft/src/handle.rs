@@ -1,6 +1,9 @@
 //! The handles the server uses to drive a group, in fjord's own types: proposing a batch or a
 //! metadata command, asking who leads, lease reads, leader transfer. The server never names
 //! an openraft type, so an openraft upgrade stays inside this crate.
+//!
+//! A quiet leader ([`crate::quiesce`]) is woken before anything that needs it: a proposal, a
+//! linearizable read, a leader transfer.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -12,11 +15,12 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::impls::ProgressResponder;
 use openraft::storage::RaftStateMachine;
-use openraft::{BasicNode, ReadPolicy};
+use openraft::{BasicNode, LinearizerOption, ServerState};
 use tokio::sync::watch;
 
 use crate::meta_sm::{MetaSm, MetaView};
 use crate::partition_sm::{PartitionShared, PartitionSm};
+use crate::quiesce::{GroupView, Quiescence};
 use crate::{MetaRaft, NodeId, PartitionRaft, Request, Response, StoredBatch, TypeConfig};
 
 /// Why a proposal or a linearizable read did not go through.
@@ -80,19 +84,58 @@ impl LeadershipWatch {
 /// What every group's handle can do, whatever its state machine.
 pub struct GroupRaft<SM: RaftStateMachine<TypeConfig>> {
     raft: openraft::Raft<TypeConfig, SM>,
+    quiet: Arc<Quiescence>,
 }
 
 impl<SM: RaftStateMachine<TypeConfig>> Clone for GroupRaft<SM> {
     fn clone(&self) -> Self {
         GroupRaft {
             raft: self.raft.clone(),
+            quiet: self.quiet.clone(),
         }
     }
 }
 
 impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
+    pub(crate) fn new(raft: openraft::Raft<TypeConfig, SM>, quiet: Arc<Quiescence>) -> Self {
+        GroupRaft { raft, quiet }
+    }
+
     pub(crate) fn raft(&self) -> &openraft::Raft<TypeConfig, SM> {
         &self.raft
+    }
+
+    /// The group's quiescing state on this node.
+    pub fn quiescence(&self) -> &Arc<Quiescence> {
+        &self.quiet
+    }
+
+    /// The group's state as this replica sees it, for the quiescing decisions.
+    pub fn view(&self) -> GroupView {
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
+        let joint = m.membership_config.membership().get_joint_config();
+        GroupView {
+            me: m.id,
+            leading: m.state == ServerState::Leader,
+            following: m.state == ServerState::Follower,
+            leader: m.current_leader,
+            term: m.current_term,
+            last_index: m.last_log_index,
+            committed: m.local_committed.as_ref().map(|l| l.index()),
+            applied: m.last_applied.as_ref().map(|l| l.index()),
+            voters: match joint.as_slice() {
+                [only] => only.iter().copied().collect(),
+                _ => Vec::new(),
+            },
+            matched: m
+                .replication
+                .iter()
+                .flatten()
+                .map(|(n, l)| (*n, l.as_ref().map(|l| l.index())))
+                .collect(),
+            failed: m.running_state.is_err(),
+        }
     }
 
     /// Who leads, as this node sees it.
@@ -145,11 +188,14 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
 
     /// Proposes `req` and waits until it is committed and applied.
     async fn write(&self, req: Request) -> Result<Response, GroupError> {
+        self.quiet.wake_leader("proposal");
         Ok(self.raft.client_write(req).await.map_err(write_error)?.data)
     }
 
-    /// Asks this node, the leader, to hand leadership to `to`.
+    /// Asks this node, the leader, to hand leadership to `to`. A quiet group is woken first:
+    /// if the transfer fails, its replicas must be able to elect.
     pub async fn transfer_leader(&self, to: NodeId) -> Result<(), GroupError> {
+        self.quiet.wake_leader("leader transfer");
         self.raft
             .trigger()
             .transfer_leader(to)
@@ -208,9 +254,13 @@ impl std::ops::Deref for PartitionHandle {
 }
 
 impl PartitionHandle {
-    pub(crate) fn new(raft: PartitionRaft, shared: Arc<PartitionShared>) -> Self {
+    pub(crate) fn new(
+        raft: PartitionRaft,
+        quiet: Arc<Quiescence>,
+        shared: Arc<PartitionShared>,
+    ) -> Self {
         PartitionHandle {
-            core: GroupRaft { raft },
+            core: GroupRaft::new(raft, quiet),
             shared,
         }
     }
@@ -239,6 +289,7 @@ impl PartitionHandle {
             .register_waiter(token)
             .map_err(|e| GroupError::Busy(e.to_string()))?;
         let (responder, committed) = ProgressResponder::complete_only();
+        self.core.quiet.wake_leader("proposal");
         let result = async {
             self.core
                 .raft
@@ -270,11 +321,18 @@ impl PartitionHandle {
 
     /// Confirms this node leads with a valid lease and has applied everything committed when
     /// the call began.
+    ///
+    /// The lease is a quorum acknowledgement younger than openraft's leader lease. When it is
+    /// older (a quiet leader sends no heartbeats), the read sends a heartbeat round at once and
+    /// waits (up to one lease) for a quorum to acknowledge a message sent within one lease of
+    /// the read, so a leader cut off in a minority never serves it. (openraft's plain
+    /// `ReadPolicy::LeaseRead` would fail at once instead.)
     pub async fn linearizable_read(&self) -> Result<(), GroupError> {
+        self.core.quiet.wake_leader("linearizable read");
         match self
             .core
             .raft
-            .ensure_linearizable(ReadPolicy::LeaseRead)
+            .ensure_linearizable(LinearizerOption::new(None, true))
             .await
         {
             Ok(_) => Ok(()),
@@ -304,9 +362,13 @@ impl std::ops::Deref for MetaHandle {
 }
 
 impl MetaHandle {
-    pub(crate) fn new(raft: MetaRaft, view: watch::Receiver<Arc<MetaView>>) -> Self {
+    pub(crate) fn new(
+        raft: MetaRaft,
+        quiet: Arc<Quiescence>,
+        view: watch::Receiver<Arc<MetaView>>,
+    ) -> Self {
         MetaHandle {
-            core: GroupRaft { raft },
+            core: GroupRaft::new(raft, quiet),
             view,
         }
     }

@@ -17,18 +17,25 @@
 //!   of a node's groups.
 //! - [`handle`]: what the server drives a group with ([`PartitionHandle`], [`MetaHandle`]),
 //!   in fjord's own types: the server never names an openraft type.
+//! - [`quiesce`]: idle groups: when a group goes quiet (no ticks, no heartbeats) and what
+//!   wakes it, as pure decisions, and the per-group switch over openraft's timers.
+//! - [`liveness`]: one heartbeat per peer node, the failure detector, and the driver of
+//!   quiescing.
 //!
 //! [`Store`]: fjord_storage::Store
 
 pub mod codec;
 pub mod group;
 pub mod handle;
+pub mod liveness;
 pub mod log_store;
 pub mod meta_sm;
 pub mod network;
 pub mod partition_sm;
+pub mod quiesce;
 pub mod types;
 
 pub use group::{AnyGroup, GroupConfig, GroupRegistry, GroupRole, MetaRaft, PartitionRaft};
 pub use handle::{GroupError, Leadership, LeadershipWatch, MetaHandle, PartitionHandle};
+pub use liveness::{Liveness, LivenessConfig, QuietCounts};
 pub use types::{NodeId, Request, Response, StoredBatch, TypeConfig};

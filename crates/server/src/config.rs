@@ -39,6 +39,11 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = 600)]
     #[serde(default = "default_election_ms")]
     pub election_timeout_ms: u64,
+    /// A partition whose leader appended nothing for this long goes quiet: no Raft ticks and
+    /// no per-group heartbeats until traffic or a failure wakes it. 0 keeps every group awake.
+    #[arg(long, default_value_t = 1000)]
+    #[serde(default = "default_quiesce_ms")]
+    pub quiesce_after_ms: u64,
     /// redb page cache of this node's database, in MiB.
     #[arg(long, default_value_t = 64)]
     #[serde(default = "default_cache_mib")]
@@ -55,6 +60,9 @@ fn default_heartbeat_ms() -> u64 {
 }
 fn default_election_ms() -> u64 {
     600
+}
+fn default_quiesce_ms() -> u64 {
+    1000
 }
 fn default_cache_mib() -> u64 {
     64
@@ -127,6 +135,10 @@ pub enum ConfigError {
     Timeouts { heartbeat: u64, election: u64 },
     #[error("heartbeat_interval_ms must be between 10 and 10000, got {0}")]
     Heartbeat(u64),
+    #[error(
+        "quiesce_after_ms ({quiesce}) must be 0 (never) or at least heartbeat_interval_ms ({heartbeat})"
+    )]
+    Quiesce { heartbeat: u64, quiesce: u64 },
     #[error("cache_size_mib must be between 1 and 65536, got {0}")]
     Cache(u64),
     #[error("cannot read config file {path}: {reason}")]
@@ -176,6 +188,12 @@ impl ServeConfig {
                 election: self.election_timeout_ms,
             });
         }
+        if self.quiesce_after_ms != 0 && self.quiesce_after_ms < self.heartbeat_interval_ms {
+            return Err(ConfigError::Quiesce {
+                heartbeat: self.heartbeat_interval_ms,
+                quiesce: self.quiesce_after_ms,
+            });
+        }
         if !(1..=65_536).contains(&self.cache_size_mib) {
             return Err(ConfigError::Cache(self.cache_size_mib));
         }
@@ -222,6 +240,7 @@ peers = "1=10.0.0.1:7101,2=10.0.0.2:7101,3=10.0.0.3:7101"
         assert_eq!(cfg.heartbeat_interval_ms, 100);
         assert_eq!(cfg.election_timeout_ms, 600);
         assert_eq!(cfg.cache_size_mib, 64);
+        assert_eq!(cfg.quiesce_after_ms, 1000);
         assert_eq!(cfg.advertised_address(), "10.0.0.1:7101");
     }
 
@@ -235,6 +254,7 @@ advertise = "node2.example:7102"
 data_dir = "d"
 heartbeat_interval_ms = 50
 election_timeout_ms = 300
+quiesce_after_ms = 0
 cache_size_mib = 16
 [peers]
 1 = "127.0.0.1:7101"
@@ -260,5 +280,10 @@ cache_size_mib = 16
         ))
         .unwrap_err();
         assert!(matches!(e, ConfigError::Timeouts { .. }), "{e}");
+        let e = from_toml(&format!(
+            "id = 1\n{base}peers = \"1=a:1\"\nquiesce_after_ms = 20"
+        ))
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::Quiesce { .. }), "{e}");
     }
 }

@@ -11,6 +11,8 @@
 //! - The **controller** runs on the metadata leader and moves partition leaders so that no
 //!   node leads more than its share ([`fjord_meta::plan_leader_moves`] decides; this module
 //!   only sends the moves).
+//! - **Liveness** ([`fjord_raft::Liveness`]): one heartbeat per peer node, which lets idle
+//!   partition groups go quiet (no Raft ticks or heartbeats) and wakes them when needed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -22,7 +24,9 @@ use fjord_proto::raft::GroupMessage;
 use fjord_raft::group::{self, AnyGroup};
 use fjord_raft::meta_sm::MetaView;
 use fjord_raft::network::PeerPool;
-use fjord_raft::{GroupConfig, GroupError, GroupRegistry, MetaHandle, PartitionHandle};
+use fjord_raft::{
+    GroupConfig, GroupError, GroupRegistry, Liveness, LivenessConfig, MetaHandle, PartitionHandle,
+};
 use fjord_storage::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -66,6 +70,7 @@ pub struct Node {
     pub store: Store,
     pub pool: Arc<PeerPool>,
     pub registry: Arc<GroupRegistry>,
+    pub liveness: Arc<Liveness>,
     pub meta: MetaHandle,
     pub group_config: GroupConfig,
     pub clock: Arc<dyn Clock>,
@@ -85,8 +90,21 @@ impl Node {
         let group_config = GroupConfig {
             heartbeat_interval_ms: config.heartbeat_interval_ms,
             election_timeout_ms: config.election_timeout_ms,
+            quiesce_after_ms: config.quiesce_after_ms,
         };
         let registry = GroupRegistry::new();
+        let liveness = Liveness::new(
+            config.id,
+            LivenessConfig {
+                interval: Duration::from_millis(config.heartbeat_interval_ms),
+                suspect_after: Duration::from_millis(config.election_timeout_ms),
+                quiesce_after: (config.quiesce_after_ms > 0)
+                    .then(|| Duration::from_millis(config.quiesce_after_ms)),
+                election_step: Duration::from_millis(config.election_timeout_ms / 2),
+            },
+            registry.clone(),
+            pool.clone(),
+        );
         let meta = group::start_meta(config.id, &group_config, store.clone(), pool.clone()).await?;
         registry.insert(fjord_meta::META_GROUP, AnyGroup::Meta(meta.clone()));
         Ok(Arc::new(Node {
@@ -96,6 +114,7 @@ impl Node {
             store,
             pool,
             registry,
+            liveness,
             meta,
             group_config,
             clock,
@@ -119,6 +138,27 @@ impl Node {
         tokio::spawn(async move { me.reconcile_loop().await });
         let me = self.clone();
         tokio::spawn(async move { me.controller_loop().await });
+        let me = self.clone();
+        tokio::spawn(async move {
+            let peers = {
+                let me = me.clone();
+                move || me.peer_addresses()
+            };
+            tokio::select! {
+                _ = me.liveness.clone().run(peers) => {}
+                _ = me.shutdown.cancelled() => {}
+            }
+        });
+    }
+
+    /// The other nodes and their addresses: those registered, and the configured peers.
+    fn peer_addresses(&self) -> BTreeMap<NodeId, String> {
+        let mut out = self.peers.clone();
+        for (id, n) in &self.view().state.nodes {
+            out.insert(*id, n.address.clone());
+        }
+        out.remove(&self.id);
+        out
     }
 
     /// A fresh token for a proposal (see `StoredBatch::token`).
@@ -397,7 +437,15 @@ impl Node {
         for g in self.registry.ids() {
             let (watch, to) = match self.registry.get(g) {
                 Some(AnyGroup::Partition(h)) if h.leadership().leader == Some(self.id) => {
-                    let Some(to) = h.freshest_follower(LIVENESS_WINDOW) else {
+                    // A quiet group has no recent acknowledgements: any follower whose node
+                    // is alive is in sync (it accepted the claim), and the transfer wakes the
+                    // group first.
+                    let Some(to) = h.freshest_follower(LIVENESS_WINDOW).or_else(|| {
+                        h.view()
+                            .voters
+                            .into_iter()
+                            .find(|v| *v != self.id && self.liveness.is_alive(*v))
+                    }) else {
                         continue;
                     };
                     if h.transfer_leader(to).await.is_err() {

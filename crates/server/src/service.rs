@@ -79,6 +79,7 @@ impl Fjord for ClientService {
     ) -> Result<Response<MetadataResponse>, Status> {
         let req = req.into_inner();
         let view = self.node.view();
+        let counts = self.node.liveness.counts();
         // Registered nodes only: a configured peer that never registered is not usable yet.
         let nodes: std::collections::BTreeMap<u64, String> = view
             .state
@@ -99,6 +100,11 @@ impl Fjord for ClientService {
                 .collect(),
             metadata_leader: self.node.meta_leader().unwrap_or(0),
             topics,
+            replicas: Some(ReplicaStatus {
+                node_id: self.node.id,
+                hosted: counts.replicas,
+                quiet: counts.quiet,
+            }),
         }))
     }
 

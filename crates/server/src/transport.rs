@@ -1,10 +1,10 @@
 //! The node-to-node gRPC service: Raft messages of every group, forwarded metadata writes,
-//! and the controller's leader moves.
+//! the controller's leader moves, and the node-level heartbeat.
 
 use std::sync::Arc;
 
-use fjord_proto::raft::GroupMessage;
 use fjord_proto::raft::raft_transport_server::RaftTransport;
+use fjord_proto::raft::{GroupMessage, NodeHeartbeat, NodeHeartbeatReply};
 use fjord_raft::group::DispatchError;
 use fjord_raft::network::RpcKind;
 use tonic::{Request, Response, Status};
@@ -34,6 +34,8 @@ impl TransportService {
             })),
             Err(e @ DispatchError::UnknownGroup(_)) => Err(Status::not_found(e.to_string())),
             Err(e @ DispatchError::Decode(_)) => Err(Status::invalid_argument(e.to_string())),
+            // The sender's openraft takes it as an unreachable peer: a lost pre-vote.
+            Err(e @ DispatchError::Quiet(_)) => Err(Status::unavailable(e.to_string())),
         }
     }
 }
@@ -57,6 +59,13 @@ impl RaftTransport for TransportService {
         req: Request<GroupMessage>,
     ) -> Result<Response<GroupMessage>, Status> {
         self.dispatch(RpcKind::TransferLeader, req).await
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<NodeHeartbeat>,
+    ) -> Result<Response<NodeHeartbeatReply>, Status> {
+        Ok(Response::new(self.node.liveness.serve(req.into_inner())))
     }
 
     async fn meta_write(

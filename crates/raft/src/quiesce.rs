@@ -1,0 +1,726 @@
+//! Idle groups: the decisions of quiescing, as pure functions of a group's state, and the
+//! per-group switch that applies them.
+//!
+//! A quiet group costs nothing: its leader sends no heartbeats and no replica ticks. Liveness
+//! moves to one heartbeat per pair of nodes ([`crate::liveness`]). The protocol:
+//!
+//! - A leader that has appended nothing for `quiesce_after` and whose every live follower has
+//!   matched, committed and applied its last entry **claims** the group quiet
+//!   ([`leader_claim`]): its node's next heartbeats to the followers' nodes list the claim
+//!   `(group, leader, term, last index)`; its own heartbeats and ticks stay on.
+//! - A follower **accepts** a claim only if it matches its own state ([`follower_accepts`]):
+//!   same leader and term, same last index, all of it committed. It then stops ticking, and
+//!   answers that it accepted. Once every follower the claim went to has accepted, the leader
+//!   stops ticking and heartbeating.
+//! - The claim is a lease renewed by every node heartbeat. A quiet follower wakes when its
+//!   leader's node no longer lists the group (the leader woke, stepped down or restarted),
+//!   when its leader's node is suspected (no heartbeat for an election timeout), or when a
+//!   message shows the group is active (an append with entries, a vote, a snapshot).
+//! - A quiet leader wakes on a proposal, a linearizable read, a leader transfer, or any
+//!   message that shows another node is active in the group.
+//!
+//! Safety never depends on this: quiescing only turns openraft's timers off and on, never
+//! touches a vote or the log, and a refused pre-vote is a lost message. What must hold is
+//! liveness, and [`Mode`] plus the wake rules keep it: a replica whose timers are off is
+//! always one whose leader was alive and in sync at the last node heartbeat.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::NodeId;
+
+/// A group's state as its local replica sees it: the part of openraft's metrics the
+/// decisions need.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupView {
+    /// This node.
+    pub me: NodeId,
+    /// This replica leads the group.
+    pub leading: bool,
+    /// This replica follows a leader.
+    pub following: bool,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub last_index: Option<u64>,
+    pub committed: Option<u64>,
+    pub applied: Option<u64>,
+    /// The voters, when the membership is a single (not joint) configuration; else empty.
+    pub voters: Vec<NodeId>,
+    /// On the leader: the last index each other voter has matched.
+    pub matched: Vec<(NodeId, Option<u64>)>,
+    /// The replica has failed (openraft stopped it).
+    pub failed: bool,
+}
+
+/// A leader's statement that a group is quiet: it leads it in `term` and its log ends, fully
+/// committed, at `index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Claim {
+    pub group: u64,
+    pub leader: NodeId,
+    pub term: u64,
+    pub index: u64,
+}
+
+/// The claim the local leader may make now, if its group is quiet: nothing appended for
+/// `quiesce_after`, everything committed and applied, every follower `alive` has matched the
+/// last entry, and those followers with the leader are a majority (a dead follower cannot
+/// campaign; when it returns it refuses the claim until it has caught up).
+pub fn leader_claim(
+    group: u64,
+    view: &GroupView,
+    idle_for: Duration,
+    quiesce_after: Duration,
+    alive: impl Fn(NodeId) -> bool,
+) -> Option<Claim> {
+    if view.failed || !view.leading || view.leader != Some(view.me) || idle_for < quiesce_after {
+        return None;
+    }
+    let last = view.last_index?;
+    if view.committed != Some(last) || view.applied != Some(last) {
+        return None;
+    }
+    if !view.voters.contains(&view.me) {
+        return None;
+    }
+    let mut in_sync = 1;
+    for v in view.voters.iter().filter(|v| **v != view.me) {
+        if !alive(*v) {
+            continue;
+        }
+        let matched = view
+            .matched
+            .iter()
+            .find(|(n, _)| n == v)
+            .and_then(|(_, m)| *m);
+        if matched != Some(last) {
+            return None;
+        }
+        in_sync += 1;
+    }
+    if in_sync * 2 <= view.voters.len() {
+        return None;
+    }
+    Some(Claim {
+        group,
+        leader: view.me,
+        term: view.term,
+        index: last,
+    })
+}
+
+/// The followers a claim goes to: the other voters that are alive.
+pub fn claim_targets(view: &GroupView, alive: impl Fn(NodeId) -> bool) -> Vec<NodeId> {
+    view.voters
+        .iter()
+        .copied()
+        .filter(|v| *v != view.me && alive(*v))
+        .collect()
+}
+
+/// Whether the local follower accepts `claim`: it follows that leader in that term, and its
+/// log ends at the claimed index, all committed. Anything else (a lagging log, a newer term,
+/// another leader, a replica that just restarted and has not heard from the leader) refuses,
+/// and the leader stays awake to sort it out.
+pub fn follower_accepts(view: &GroupView, claim: &Claim) -> bool {
+    !view.failed
+        && view.following
+        && view.me != claim.leader
+        && view.leader == Some(claim.leader)
+        && view.term == claim.term
+        && view.last_index == Some(claim.index)
+        && view.committed == Some(claim.index)
+}
+
+/// Whether a quiet replica's own state still matches the claim it is quiet under. A replica
+/// whose state moved on (it stepped down, learned a newer term, appended) must wake.
+pub fn still_quiet(view: &GroupView, claim: &Claim, leading: bool) -> bool {
+    if view.failed || view.term != claim.term || view.last_index != Some(claim.index) {
+        return false;
+    }
+    if leading {
+        view.leading && view.leader == Some(view.me)
+    } else {
+        view.following && view.leader == Some(claim.leader)
+    }
+}
+
+/// How long a woken follower of a group whose leader's node is suspected waits before it may
+/// campaign. The live followers are ranked by a hash of (group, node), so each group has one
+/// first candidate (no split votes among followers woken at the same moment) and the first
+/// candidates of different groups are spread over the nodes (no pile of leaderships on the
+/// lowest node id). The first waits nothing; the next waits `step` more each.
+pub fn election_delay(
+    group: u64,
+    me: NodeId,
+    voters: &[NodeId],
+    dead_leader: NodeId,
+    alive: impl Fn(NodeId) -> bool,
+    step: Duration,
+) -> Duration {
+    let mut candidates: Vec<NodeId> = voters
+        .iter()
+        .copied()
+        .filter(|v| *v != dead_leader && (*v == me || alive(*v)))
+        .collect();
+    candidates.sort_by_key(|n| (mix(group ^ mix(*n)), *n));
+    let rank = candidates.iter().position(|n| *n == me).unwrap_or(0);
+    step * rank as u32
+}
+
+/// splitmix64's finalizer: a cheap, well-spread hash of a u64.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The node-level failure detector: a peer is alive while its last heartbeat (sent or
+/// answered) is younger than `timeout`. A peer never heard from is not alive.
+#[derive(Debug)]
+pub struct Detector {
+    timeout: Duration,
+    last_heard: std::collections::HashMap<NodeId, Instant>,
+}
+
+impl Detector {
+    pub fn new(timeout: Duration) -> Self {
+        Detector {
+            timeout,
+            last_heard: Default::default(),
+        }
+    }
+
+    pub fn heard(&mut self, peer: NodeId, now: Instant) {
+        let at = self.last_heard.entry(peer).or_insert(now);
+        if *at < now {
+            *at = now;
+        }
+    }
+
+    pub fn is_alive(&self, peer: NodeId, now: Instant) -> bool {
+        self.last_heard
+            .get(&peer)
+            .is_some_and(|at| now.saturating_duration_since(*at) < self.timeout)
+    }
+}
+
+/// What a replica's quiescing is at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// openraft's timers run as usual.
+    Awake,
+    /// Leader: the claim is offered to `targets`; heartbeats and ticks still run until every
+    /// one in `pending` has accepted.
+    Claiming {
+        claim: Claim,
+        targets: Vec<NodeId>,
+        pending: Vec<NodeId>,
+        since: Instant,
+    },
+    /// Leader, every target accepted: no ticks, no heartbeats. The claim is renewed to
+    /// `targets` with every node heartbeat.
+    Leading { claim: Claim, targets: Vec<NodeId> },
+    /// Follower under its leader's claim: no ticks.
+    Following(Claim),
+}
+
+impl Mode {
+    /// The replica's timers are off.
+    pub fn is_quiet(&self) -> bool {
+        matches!(self, Mode::Leading { .. } | Mode::Following(_))
+    }
+}
+
+/// openraft's runtime switches of one group; a trait so that the switch can be tested without
+/// a Raft.
+pub trait Timers: Send + Sync + 'static {
+    fn set_tick(&self, on: bool);
+    fn set_heartbeat(&self, on: bool);
+    fn set_elect(&self, on: bool);
+}
+
+impl<SM> Timers for openraft::Raft<crate::TypeConfig, SM>
+where
+    SM: openraft::storage::RaftStateMachine<crate::TypeConfig>,
+{
+    fn set_tick(&self, on: bool) {
+        self.runtime_config().tick(on);
+    }
+    fn set_heartbeat(&self, on: bool) {
+        self.runtime_config().heartbeat(on);
+    }
+    fn set_elect(&self, on: bool) {
+        self.runtime_config().elect(on);
+    }
+}
+
+/// Why a quiet replica wakes, which decides when a follower may campaign again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Traffic, or the leader woke: the leader is presumably alive, so a follower lets a full
+    /// election timeout pass (for the leader's messages to renew its lease) before it may
+    /// campaign.
+    Activity,
+    /// The leader's node is suspected: a follower may campaign after this delay.
+    LeaderSuspected(Duration),
+}
+
+/// One replica's quiescing state and the timers it drives. Every transition and its timer
+/// changes happen under one lock, so a wake racing a quiesce cannot leave the timers off in
+/// the `Awake` mode.
+pub struct Quiescence {
+    group: u64,
+    // A short critical section around a few atomic stores and a watch send: no await inside.
+    state: Mutex<State>,
+    timers: Box<dyn Timers>,
+    /// How long a follower woken by activity waits before it may campaign.
+    activity_grace: Duration,
+}
+
+struct State {
+    mode: Mode,
+    /// Bumped by every wake, so a delayed "may campaign" from an older wake is ignored.
+    wakes: u64,
+    /// When the replica last woke: a leader woken by a read stays awake `quiesce_after` too.
+    woke_at: Option<Instant>,
+}
+
+impl Quiescence {
+    pub fn new(group: u64, timers: impl Timers, activity_grace: Duration) -> Arc<Self> {
+        Arc::new(Quiescence {
+            group,
+            state: Mutex::new(State {
+                mode: Mode::Awake,
+                wakes: 0,
+                woke_at: None,
+            }),
+            timers: Box::new(timers),
+            activity_grace,
+        })
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.state.lock().unwrap().mode.clone()
+    }
+
+    pub fn is_quiet(&self) -> bool {
+        self.state.lock().unwrap().mode.is_quiet()
+    }
+
+    /// When the replica last woke from quiet or from a claim.
+    pub fn woke_at(&self) -> Option<Instant> {
+        self.state.lock().unwrap().woke_at
+    }
+
+    /// Leader: starts offering `claim` to `targets` (from `Awake` only). With no follower to
+    /// ask (a single-replica group), the group is quiet at once.
+    pub fn claim(&self, claim: Claim, targets: Vec<NodeId>, now: Instant) -> bool {
+        let mut st = self.state.lock().unwrap();
+        if st.mode != Mode::Awake {
+            return false;
+        }
+        if targets.is_empty() {
+            st.mode = Mode::Leading { claim, targets };
+            self.timers.set_heartbeat(false);
+            self.timers.set_tick(false);
+        } else {
+            st.mode = Mode::Claiming {
+                claim,
+                pending: targets.clone(),
+                targets,
+                since: now,
+            };
+        }
+        true
+    }
+
+    /// Leader: `follower` accepted `claim`. Once all targets have, heartbeats and ticks stop;
+    /// `true` then.
+    pub fn accepted(&self, claim: &Claim, follower: NodeId) -> bool {
+        let mut st = self.state.lock().unwrap();
+        let Mode::Claiming {
+            claim: c,
+            targets,
+            pending,
+            ..
+        } = &mut st.mode
+        else {
+            return false;
+        };
+        if c != claim {
+            return false;
+        }
+        pending.retain(|n| *n != follower);
+        if !pending.is_empty() {
+            return false;
+        }
+        let targets = std::mem::take(targets);
+        st.mode = Mode::Leading {
+            claim: *claim,
+            targets,
+        };
+        self.timers.set_heartbeat(false);
+        self.timers.set_tick(false);
+        true
+    }
+
+    /// Follower: goes quiet under `claim` (the caller checked [`follower_accepts`]).
+    pub fn follow(&self, claim: Claim) {
+        let mut st = self.state.lock().unwrap();
+        match &st.mode {
+            Mode::Following(c) if *c == claim => {}
+            Mode::Claiming { .. } | Mode::Leading { .. } => {
+                // A replica that leads does not follow; the caller's check excludes this.
+            }
+            _ => {
+                st.mode = Mode::Following(claim);
+                self.timers.set_tick(false);
+            }
+        }
+    }
+
+    /// The claim this replica offers or holds as leader, and to whom.
+    pub fn leader_claim(&self) -> Option<(Claim, Vec<NodeId>)> {
+        match &self.state.lock().unwrap().mode {
+            Mode::Claiming { claim, targets, .. } | Mode::Leading { claim, targets } => {
+                Some((*claim, targets.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The claim this replica follows, if it is a quiet follower.
+    pub fn followed_claim(&self) -> Option<Claim> {
+        match &self.state.lock().unwrap().mode {
+            Mode::Following(claim) => Some(*claim),
+            _ => None,
+        }
+    }
+
+    /// Wakes the replica if it leads (a claim offered or held): before a proposal, a
+    /// linearizable read or a leader transfer. A follower is left alone: it is not the one
+    /// to serve these.
+    pub fn wake_leader(self: &Arc<Self>, reason: &'static str) -> bool {
+        let mut st = self.state.lock().unwrap();
+        match st.mode {
+            Mode::Claiming { .. } | Mode::Leading { .. } => {
+                self.wake_locked(&mut st, Wake::Activity, reason)
+            }
+            _ => false,
+        }
+    }
+
+    /// Wakes the replica: its timers run again. For a follower, elections resume after the
+    /// delay `why` implies. Returns whether it was not awake.
+    /// `reason` is for the logs.
+    pub fn wake(self: &Arc<Self>, why: Wake, reason: &'static str) -> bool {
+        let mut st = self.state.lock().unwrap();
+        self.wake_locked(&mut st, why, reason)
+    }
+
+    fn wake_locked(self: &Arc<Self>, st: &mut State, why: Wake, reason: &'static str) -> bool {
+        if st.mode == Mode::Awake {
+            return false;
+        }
+        let was = std::mem::replace(&mut st.mode, Mode::Awake);
+        tracing::debug!(group = self.group, from = ?was, ?why, reason, "wake");
+        st.wakes += 1;
+        st.woke_at = Some(Instant::now());
+        match was {
+            Mode::Awake | Mode::Claiming { .. } => {}
+            Mode::Leading { .. } => {
+                self.timers.set_heartbeat(true);
+                self.timers.set_tick(true);
+            }
+            Mode::Following(_) => {
+                let delay = match why {
+                    Wake::Activity => self.activity_grace,
+                    Wake::LeaderSuspected(d) => d,
+                };
+                if delay.is_zero() {
+                    self.timers.set_elect(true);
+                } else {
+                    self.timers.set_elect(false);
+                    let me = self.clone();
+                    let wakes = st.wakes;
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        me.may_campaign(wakes);
+                    });
+                }
+                self.timers.set_tick(true);
+            }
+        }
+        true
+    }
+
+    /// Re-enables elections after a wake's delay, unless the replica went quiet or woke again
+    /// since.
+    fn may_campaign(&self, wakes: u64) {
+        let st = self.state.lock().unwrap();
+        if st.wakes == wakes && st.mode == Mode::Awake {
+            self.timers.set_elect(true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn leader_view() -> GroupView {
+        GroupView {
+            me: 1,
+            leading: true,
+            following: false,
+            leader: Some(1),
+            term: 3,
+            last_index: Some(7),
+            committed: Some(7),
+            applied: Some(7),
+            voters: vec![1, 2, 3],
+            matched: vec![(2, Some(7)), (3, Some(7))],
+            failed: false,
+        }
+    }
+
+    fn follower_view() -> GroupView {
+        GroupView {
+            me: 2,
+            leading: false,
+            following: true,
+            leader: Some(1),
+            term: 3,
+            last_index: Some(7),
+            committed: Some(7),
+            applied: Some(7),
+            voters: vec![1, 2, 3],
+            matched: vec![],
+            failed: false,
+        }
+    }
+
+    const AFTER: Duration = Duration::from_secs(1);
+    const CLAIM: Claim = Claim {
+        group: 9,
+        leader: 1,
+        term: 3,
+        index: 7,
+    };
+
+    #[test]
+    fn an_idle_leader_in_sync_claims() {
+        let v = leader_view();
+        assert_eq!(leader_claim(9, &v, AFTER, AFTER, |_| true), Some(CLAIM));
+        assert_eq!(claim_targets(&v, |_| true), vec![2, 3]);
+    }
+
+    #[test]
+    fn a_leader_does_not_claim_while_busy_or_behind() {
+        let v = leader_view();
+        assert_eq!(
+            leader_claim(9, &v, AFTER / 2, AFTER, |_| true),
+            None,
+            "not idle long enough"
+        );
+        let mut lagging = v.clone();
+        lagging.matched = vec![(2, Some(7)), (3, Some(6))];
+        assert_eq!(leader_claim(9, &lagging, AFTER, AFTER, |_| true), None);
+        let mut uncommitted = v.clone();
+        uncommitted.committed = Some(6);
+        assert_eq!(leader_claim(9, &uncommitted, AFTER, AFTER, |_| true), None);
+        let mut unapplied = v.clone();
+        unapplied.applied = Some(6);
+        assert_eq!(leader_claim(9, &unapplied, AFTER, AFTER, |_| true), None);
+        let mut follower = v.clone();
+        follower.leading = false;
+        assert_eq!(leader_claim(9, &follower, AFTER, AFTER, |_| true), None);
+        let mut joint = v.clone();
+        joint.voters.clear();
+        assert_eq!(leader_claim(9, &joint, AFTER, AFTER, |_| true), None);
+        let mut failed = v;
+        failed.failed = true;
+        assert_eq!(leader_claim(9, &failed, AFTER, AFTER, |_| true), None);
+    }
+
+    #[test]
+    fn a_dead_follower_is_skipped_but_a_majority_must_be_in_sync() {
+        let mut v = leader_view();
+        v.matched = vec![(2, Some(7)), (3, Some(2))];
+        // Node 3 is down and behind: 1 and 2 are a majority in sync.
+        assert_eq!(leader_claim(9, &v, AFTER, AFTER, |n| n != 3), Some(CLAIM));
+        assert_eq!(claim_targets(&v, |n| n != 3), vec![2]);
+        // Both followers down: no majority.
+        assert_eq!(leader_claim(9, &v, AFTER, AFTER, |_| false), None);
+    }
+
+    #[test]
+    fn a_follower_accepts_only_a_claim_matching_its_state() {
+        let v = follower_view();
+        assert!(follower_accepts(&v, &CLAIM));
+        let cases: [(&str, fn(&mut GroupView)); 6] = [
+            ("behind", |v| v.last_index = Some(6)),
+            ("uncommitted", |v| v.committed = Some(6)),
+            ("newer term", |v| v.term = 4),
+            ("other leader", |v| v.leader = Some(3)),
+            ("restarted, no leader known", |v| v.leader = None),
+            ("candidate", |v| v.following = false),
+        ];
+        for (what, change) in cases {
+            let mut v = follower_view();
+            change(&mut v);
+            assert!(!follower_accepts(&v, &CLAIM), "{what}: accepted");
+        }
+        let mut ahead = follower_view();
+        ahead.last_index = Some(8);
+        ahead.committed = Some(7);
+        assert!(
+            !follower_accepts(&ahead, &CLAIM),
+            "an appended entry refuses"
+        );
+    }
+
+    #[test]
+    fn a_quiet_replica_whose_state_moved_must_wake() {
+        assert!(still_quiet(&leader_view(), &CLAIM, true));
+        assert!(still_quiet(&follower_view(), &CLAIM, false));
+        let mut stepped_down = leader_view();
+        stepped_down.leading = false;
+        stepped_down.term = 4;
+        assert!(!still_quiet(&stepped_down, &CLAIM, true));
+        let mut appended = follower_view();
+        appended.last_index = Some(8);
+        assert!(!still_quiet(&appended, &CLAIM, false));
+        let mut new_leader = follower_view();
+        new_leader.leader = Some(3);
+        assert!(!still_quiet(&new_leader, &CLAIM, false));
+    }
+
+    #[test]
+    fn one_first_candidate_per_group_and_spread_over_nodes() {
+        let step = Duration::from_millis(300);
+        let mut first = std::collections::BTreeMap::new();
+        for group in 0..300u64 {
+            let delays: Vec<Duration> = [2, 3]
+                .iter()
+                .map(|me| election_delay(group, *me, &[1, 2, 3], 1, |_| true, step))
+                .collect();
+            let mut sorted = delays.clone();
+            sorted.sort();
+            assert_eq!(sorted, vec![Duration::ZERO, step], "group {group}");
+            let who = if delays[0].is_zero() { 2 } else { 3 };
+            *first.entry(who).or_insert(0) += 1;
+        }
+        assert!(
+            first.values().all(|n| *n > 100),
+            "first candidates not spread: {first:?}"
+        );
+        // A dead other follower does not hold the survivor back.
+        assert_eq!(
+            election_delay(5, 2, &[1, 2, 3], 1, |n| n != 3, step),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn the_detector_suspects_after_its_timeout() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(Duration::from_millis(600));
+        assert!(!d.is_alive(2, t0), "never heard from");
+        d.heard(2, t0);
+        assert!(d.is_alive(2, t0 + Duration::from_millis(599)));
+        assert!(!d.is_alive(2, t0 + Duration::from_millis(600)));
+        d.heard(2, t0 + Duration::from_millis(700));
+        assert!(d.is_alive(2, t0 + Duration::from_millis(800)));
+        // An older report does not move the clock back.
+        d.heard(2, t0);
+        assert!(d.is_alive(2, t0 + Duration::from_millis(800)));
+    }
+
+    #[derive(Clone, Default)]
+    struct Fake {
+        tick: Arc<AtomicBool>,
+        heartbeat: Arc<AtomicBool>,
+        elect: Arc<AtomicBool>,
+    }
+
+    impl Fake {
+        fn on() -> Self {
+            let f = Fake::default();
+            f.tick.store(true, Ordering::SeqCst);
+            f.heartbeat.store(true, Ordering::SeqCst);
+            f.elect.store(true, Ordering::SeqCst);
+            f
+        }
+        fn get(&self) -> (bool, bool, bool) {
+            (
+                self.tick.load(Ordering::SeqCst),
+                self.heartbeat.load(Ordering::SeqCst),
+                self.elect.load(Ordering::SeqCst),
+            )
+        }
+    }
+
+    impl Timers for Fake {
+        fn set_tick(&self, on: bool) {
+            self.tick.store(on, Ordering::SeqCst);
+        }
+        fn set_heartbeat(&self, on: bool) {
+            self.heartbeat.store(on, Ordering::SeqCst);
+        }
+        fn set_elect(&self, on: bool) {
+            self.elect.store(on, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_leader_stops_its_timers_only_once_every_follower_accepted() {
+        let f = Fake::on();
+        let q = Quiescence::new(9, f.clone(), Duration::from_millis(600));
+        assert!(q.claim(CLAIM, vec![2, 3], Instant::now()));
+        assert!(!q.is_quiet());
+        assert!(!q.accepted(&CLAIM, 2));
+        assert_eq!(f.get(), (true, true, true), "one follower left");
+        let other = Claim { index: 8, ..CLAIM };
+        assert!(!q.accepted(&other, 3), "an acceptance of another claim");
+        assert!(q.accepted(&CLAIM, 3));
+        assert!(q.is_quiet());
+        assert_eq!(f.get(), (false, false, true));
+        assert!(q.wake(Wake::Activity, "test"));
+        assert_eq!(f.get(), (true, true, true));
+        assert!(!q.wake(Wake::Activity, "test"), "already awake");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_woken_by_activity_campaigns_only_after_the_grace() {
+        let f = Fake::on();
+        let grace = Duration::from_millis(600);
+        let q = Quiescence::new(9, f.clone(), grace);
+        q.follow(CLAIM);
+        assert_eq!(f.get(), (false, true, true));
+        assert!(q.wake(Wake::Activity, "test"));
+        assert_eq!(f.get(), (true, true, false), "ticking, not campaigning");
+        tokio::time::sleep(grace + Duration::from_millis(1)).await;
+        assert_eq!(f.get(), (true, true, true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_grace_does_not_enable_elections_of_a_quiet_follower() {
+        let f = Fake::on();
+        let grace = Duration::from_millis(600);
+        let q = Quiescence::new(9, f.clone(), grace);
+        q.follow(CLAIM);
+        q.wake(Wake::Activity, "test");
+        q.follow(CLAIM);
+        tokio::time::sleep(grace * 2).await;
+        assert_eq!(f.get(), (false, true, false), "quiet again: no ticks");
+        // Suspicion of the leader: campaign at once.
+        q.wake(Wake::LeaderSuspected(Duration::ZERO), "test");
+        assert_eq!(f.get(), (true, true, true));
+    }
+}
