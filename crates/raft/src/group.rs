@@ -7,10 +7,11 @@
 //!
 //! Inbound messages also drive quiescing ([`crate::quiesce`]): a message that shows the group
 //! is active (entries, a vote, a snapshot, a leader transfer, another leader) wakes a quiet
-//! replica before openraft sees it, and a quiet replica refuses pre-votes: its leader was
-//! alive at the last node heartbeat, so a campaign is premature (a refused pre-vote is a lost
-//! message, which Raft tolerates). A quiet leader that refuses one wakes, so its heartbeats
-//! reach the campaigner.
+//! replica before openraft sees it, and a replica that holds its elections (quiet, or woken
+//! and not yet past its delay) refuses pre-votes: its leader was alive at the last node
+//! heartbeat, so a campaign is premature, as a Raft follower that heard from its leader would
+//! judge (a refused pre-vote is a lost message, which Raft tolerates). A quiet leader that
+//! refuses one wakes, so its heartbeats reach the campaigner.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -87,8 +88,9 @@ pub enum DispatchError {
     UnknownGroup(u64),
     #[error("{0}")]
     Decode(String),
-    /// A pre-vote reached a quiet replica, whose leader was alive at the last node heartbeat.
-    #[error("group {0} is quiet on this node and its leader is alive: pre-vote refused")]
+    /// A pre-vote reached a quiet replica (its leader was alive at the last node heartbeat)
+    /// or one that woke and holds its elections.
+    #[error("group {0} on this node holds its elections (quiet or just woken): pre-vote refused")]
     Quiet(u64),
 }
 
@@ -194,7 +196,7 @@ where
             enc(raft.append_entries(req).await)
         }
         RpcKind::PreVote => {
-            if quiet.is_quiet() {
+            if quiet.refuses_pre_vote() {
                 quiet.wake_leader("pre-vote");
                 return Err(DispatchError::Quiet(group));
             }

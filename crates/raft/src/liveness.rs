@@ -32,6 +32,10 @@ use crate::quiesce::{
 
 /// Rounds between two looks at every quiet replica's own state (the safety net).
 const FULL_CHECK_ROUNDS: u64 = 10;
+/// Claims in one heartbeat, at most (about 15 bytes each, far below the 4 MiB message limit).
+/// A claim left out is not renewed, and its followers wake: more quiet groups per node pair
+/// than this cannot stay quiet.
+pub const MAX_CLAIMS_PER_HEARTBEAT: usize = 100_000;
 
 /// Timing of the node-level heartbeats and of quiescing.
 #[derive(Debug, Clone)]
@@ -211,7 +215,8 @@ impl Liveness {
                 if in_flight.contains_key(&peer) {
                     continue;
                 }
-                let sent = claims.remove(&peer).unwrap_or_default();
+                let mut sent = claims.remove(&peer).unwrap_or_default();
+                sent.truncate(MAX_CLAIMS_PER_HEARTBEAT);
                 let me = self.clone();
                 let call = tokio::spawn(async move {
                     if let Some(refused) = me.call(peer, &addr, &sent).await {
@@ -239,6 +244,22 @@ impl Liveness {
             let q = h.quiescence();
             match q.mode() {
                 Mode::Awake => {
+                    if q.holds_elections() {
+                        // Woken, waiting out its delay; if its leader's node is now suspected,
+                        // it may campaign by its rank instead.
+                        let view = h.view();
+                        if let Some(l) = view.leader.filter(|l| *l != self.me && !alive(*l)) {
+                            let delay = election_delay(
+                                id,
+                                self.me,
+                                &view.voters,
+                                l,
+                                alive,
+                                self.cfg.election_step,
+                            );
+                            suspicion_wakes += u32::from(q.leader_suspected(delay));
+                        }
+                    }
                     let Some(after) = self.cfg.quiesce_after else {
                         return;
                     };
@@ -321,7 +342,7 @@ impl Liveness {
         addr: &str,
         claims: &[(Claim, Arc<Quiescence>)],
     ) -> Option<HashSet<u64>> {
-        let mut client = self.pool.client(addr).ok()?;
+        let mut client = self.pool.heartbeat_client(addr).ok()?;
         let req = NodeHeartbeat {
             from: self.me,
             quiet: claims

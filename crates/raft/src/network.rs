@@ -74,11 +74,15 @@ impl Connector for SourceBoundTcpConnector {
     }
 }
 
-/// One channel per peer address, shared by all groups.
+/// One channel per peer address, shared by all groups; and a second one for the node-level
+/// heartbeats, so that they never wait behind the groups' messages (HTTP/2 flow control, the
+/// peer's per-connection concurrency limit): a heartbeat queued behind a burst of group
+/// traffic would make a busy peer look dead.
 pub struct PeerPool {
     connector: Arc<dyn Connector>,
     // Short critical sections (a map lookup), no await inside.
     channels: Mutex<HashMap<String, Channel>>,
+    heartbeat_channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl PeerPool {
@@ -86,12 +90,12 @@ impl PeerPool {
         Arc::new(PeerPool {
             connector,
             channels: Mutex::new(HashMap::new()),
+            heartbeat_channels: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The channel to `addr`, made on first use.
-    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
-        let mut map = self.channels.lock().unwrap();
+    fn cached(&self, map: &Mutex<HashMap<String, Channel>>, addr: &str) -> Result<Channel, String> {
+        let mut map = map.lock().unwrap();
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
@@ -100,11 +104,23 @@ impl PeerPool {
         Ok(c)
     }
 
+    /// The channel to `addr`, made on first use.
+    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
+        self.cached(&self.channels, addr)
+    }
+
     /// A transport client to `addr`, with fjord's message size limits.
     pub fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, String> {
         Ok(RaftTransportClient::new(self.channel(addr)?)
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))
+    }
+
+    /// A transport client to `addr` on the heartbeat connection.
+    pub fn heartbeat_client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, String> {
+        Ok(RaftTransportClient::new(
+            self.cached(&self.heartbeat_channels, addr)?,
+        ))
     }
 }
 

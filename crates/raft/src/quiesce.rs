@@ -283,6 +283,10 @@ pub struct Quiescence {
 
 struct State {
     mode: Mode,
+    /// A woken follower's elections are held until then: it neither campaigns nor grants
+    /// pre-votes, as a Raft follower that heard from its leader within an election timeout
+    /// would not.
+    held_until: Option<Instant>,
     /// Bumped by every wake, so a delayed "may campaign" from an older wake is ignored.
     wakes: u64,
     /// When the replica last woke: a leader woken by a read stays awake `quiesce_after` too.
@@ -295,6 +299,7 @@ impl Quiescence {
             group,
             state: Mutex::new(State {
                 mode: Mode::Awake,
+                held_until: None,
                 wakes: 0,
                 woke_at: None,
             }),
@@ -309,6 +314,19 @@ impl Quiescence {
 
     pub fn is_quiet(&self) -> bool {
         self.state.lock().unwrap().mode.is_quiet()
+    }
+
+    /// Whether a pre-vote must be refused: the replica is quiet (its leader was alive at the
+    /// last node heartbeat), or woke and holds its elections (it has not waited out its
+    /// delay). Refusing is safe: to the candidate it is a lost message.
+    pub fn refuses_pre_vote(&self) -> bool {
+        let st = self.state.lock().unwrap();
+        st.mode.is_quiet() || st.held_until.is_some()
+    }
+
+    /// Whether a woken follower still holds its elections.
+    pub fn holds_elections(&self) -> bool {
+        self.state.lock().unwrap().held_until.is_some()
     }
 
     /// When the replica last woke from quiet or from a claim.
@@ -368,15 +386,17 @@ impl Quiescence {
         true
     }
 
-    /// Follower: goes quiet under `claim` (the caller checked [`follower_accepts`]).
+    /// Follower: goes quiet under `claim` (the caller checked [`follower_accepts`]). A
+    /// replica still marked as leading has stepped down since: its leader-only switch is
+    /// turned back on for when it leads again.
     pub fn follow(&self, claim: Claim) {
         let mut st = self.state.lock().unwrap();
         match &st.mode {
             Mode::Following(c) if *c == claim => {}
-            Mode::Claiming { .. } | Mode::Leading { .. } => {
-                // A replica that leads does not follow; the caller's check excludes this.
-            }
-            _ => {
+            was => {
+                if matches!(was, Mode::Leading { .. }) {
+                    self.timers.set_heartbeat(true);
+                }
                 st.mode = Mode::Following(claim);
                 self.timers.set_tick(false);
             }
@@ -441,28 +461,51 @@ impl Quiescence {
                     Wake::Activity => self.activity_grace,
                     Wake::LeaderSuspected(d) => d,
                 };
-                if delay.is_zero() {
-                    self.timers.set_elect(true);
-                } else {
-                    self.timers.set_elect(false);
-                    let me = self.clone();
-                    let wakes = st.wakes;
-                    tokio::spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        me.may_campaign(wakes);
-                    });
-                }
+                self.hold_elections(st, delay);
                 self.timers.set_tick(true);
             }
         }
         true
     }
 
+    /// An awake follower holding its elections learns that its leader's node is suspected:
+    /// it may campaign after `delay` if that ends its hold sooner.
+    pub fn leader_suspected(self: &Arc<Self>, delay: Duration) -> bool {
+        let mut st = self.state.lock().unwrap();
+        let sooner = st
+            .held_until
+            .is_some_and(|until| Instant::now() + delay < until);
+        if st.mode != Mode::Awake || !sooner {
+            return false;
+        }
+        st.wakes += 1;
+        self.hold_elections(&mut st, delay);
+        true
+    }
+
+    /// Holds elections for `delay` (none: enables them now).
+    fn hold_elections(self: &Arc<Self>, st: &mut State, delay: Duration) {
+        if delay.is_zero() {
+            st.held_until = None;
+            self.timers.set_elect(true);
+            return;
+        }
+        st.held_until = Some(Instant::now() + delay);
+        self.timers.set_elect(false);
+        let me = self.clone();
+        let wakes = st.wakes;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            me.may_campaign(wakes);
+        });
+    }
+
     /// Re-enables elections after a wake's delay, unless the replica went quiet or woke again
     /// since.
     fn may_campaign(&self, wakes: u64) {
-        let st = self.state.lock().unwrap();
+        let mut st = self.state.lock().unwrap();
         if st.wakes == wakes && st.mode == Mode::Awake {
+            st.held_until = None;
             self.timers.set_elect(true);
         }
     }
@@ -703,10 +746,40 @@ mod tests {
         let q = Quiescence::new(9, f.clone(), grace);
         q.follow(CLAIM);
         assert_eq!(f.get(), (false, true, true));
+        assert!(q.refuses_pre_vote(), "quiet");
         assert!(q.wake(Wake::Activity, "test"));
         assert_eq!(f.get(), (true, true, false), "ticking, not campaigning");
+        assert!(q.refuses_pre_vote(), "holding its elections");
         tokio::time::sleep(grace + Duration::from_millis(1)).await;
         assert_eq!(f.get(), (true, true, true));
+        assert!(!q.refuses_pre_vote());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn suspicion_of_the_leader_cuts_a_hold_short() {
+        let f = Fake::on();
+        let grace = Duration::from_millis(1200);
+        let q = Quiescence::new(9, f.clone(), grace);
+        q.follow(CLAIM);
+        q.wake(Wake::Activity, "test");
+        assert!(q.holds_elections());
+        let step = Duration::from_millis(300);
+        assert!(q.leader_suspected(step));
+        // Told again (every round while the leader stays suspected): the hold is not pushed
+        // back.
+        tokio::time::sleep(step / 2).await;
+        assert!(!q.leader_suspected(step));
+        tokio::time::sleep(step / 2 + Duration::from_millis(1)).await;
+        assert_eq!(
+            f.get(),
+            (true, true, true),
+            "may campaign after its rank's delay"
+        );
+        assert!(!q.holds_elections());
+        // The first hold's end changes nothing any more.
+        tokio::time::sleep(grace).await;
+        assert_eq!(f.get(), (true, true, true));
+        assert!(!q.leader_suspected(step), "no hold to cut short");
     }
 
     #[tokio::test(start_paused = true)]
@@ -722,5 +795,29 @@ mod tests {
         // Suspicion of the leader: campaign at once.
         q.wake(Wake::LeaderSuspected(Duration::ZERO), "test");
         assert_eq!(f.get(), (true, true, true));
+    }
+
+    #[tokio::test]
+    async fn a_quiet_leader_that_stepped_down_can_follow() {
+        let f = Fake::on();
+        let q = Quiescence::new(9, f.clone(), Duration::from_millis(600));
+        q.claim(CLAIM, vec![], Instant::now());
+        assert_eq!(
+            f.get(),
+            (false, false, true),
+            "single replica: quiet at once"
+        );
+        let newer = Claim {
+            leader: 2,
+            term: 4,
+            ..CLAIM
+        };
+        q.follow(newer);
+        assert_eq!(q.mode(), Mode::Following(newer));
+        assert_eq!(
+            f.get(),
+            (false, true, true),
+            "heartbeats back on for when it leads"
+        );
     }
 }
