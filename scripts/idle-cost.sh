@@ -6,7 +6,9 @@
 # deletes its data directory on exit.
 #
 # usage: scripts/idle-cost.sh [PARTITIONS=1000] [SECS=30] [SETTLE_SECS=20]
-# env:   FJORD_BIN (default target/release/fjord), BASE_PORT (default 7301)
+# env:   FJORD_BIN (default target/release/fjord), BASE_PORT (default 7301),
+#        BATCH (partitions per topic, default 1000; each topic waits for its leaders before
+#        the next is created)
 set -euo pipefail
 
 PARTITIONS=${1:-1000}
@@ -14,6 +16,7 @@ SECS=${2:-30}
 SETTLE_SECS=${3:-20}
 BIN=${FJORD_BIN:-target/release/fjord}
 BASE_PORT=${BASE_PORT:-7301}
+BATCH=${BATCH:-1000}
 DIR=$(mktemp -d /tmp/fjord-idle.XXXXXX)
 BROKERS="127.0.0.1:$BASE_PORT,127.0.0.1:$((BASE_PORT + 1)),127.0.0.1:$((BASE_PORT + 2))"
 HZ=$(getconf CLK_TCK)
@@ -33,20 +36,23 @@ rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 declare -A empty
 sleep 2
 for p in $PIDS; do empty[$p]=$(rss "$p"); done
+leaders() {
+  "$BIN" --brokers "$BROKERS" --format json cluster status 2>/dev/null |
+    grep -o '"leader":[1-9]' | wc -l
+}
+start=$(date +%s)
 left=$PARTITIONS
+made=0
 i=0
 while [ "$left" -gt 0 ]; do
-  n=$((left > 1000 ? 1000 : left))
-  # Starting 1,000 groups can outlast the client's deadline: the topic is created anyway.
+  n=$((left > BATCH ? BATCH : left))
+  # Starting many groups can outlast the client's deadline: the topic is created anyway.
   "$BIN" --brokers "$BROKERS" topic create "idle$i" --partitions "$n" --replication 3 >/dev/null ||
     echo "topic create idle$i answered an error; waiting for its partitions anyway"
   left=$((left - n))
+  made=$((made + n))
   i=$((i + 1))
-done
-start=$(date +%s)
-until [ "$("$BIN" --brokers "$BROKERS" --format json cluster status |
-  grep -o '"leader":[1-9]' | wc -l)" -ge "$PARTITIONS" ]; do
-  sleep 1
+  until [ "$(leaders)" -ge "$made" ]; do sleep 1; done
 done
 echo "all $PARTITIONS partitions have leaders after $(($(date +%s) - start)) s; settling ${SETTLE_SECS} s"
 sleep "$SETTLE_SECS"
@@ -65,3 +71,7 @@ for p in $PIDS; do
     "$(((r - empty[$p]) / PARTITIONS))"
 done
 printf 'all nodes: %s%% of one core over %s s\n' "$(echo "scale=2; 100 * $total / $HZ / $SECS" | bc)" "$SECS"
+for log in "$DIR"/node*.log; do
+  last=$(grep -h "quiet partition replicas" "$log" | tail -1 | grep -o 'quiet=[0-9]* replicas=[0-9]*' || true)
+  echo "$(basename "$log" .log): ${last:-no quiet replicas logged}"
+done

@@ -55,7 +55,7 @@ pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     peers: String,
     timing: Timing,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 /// The Raft timing the nodes run with.
@@ -111,7 +111,7 @@ impl Cluster {
             nodes,
             peers,
             timing,
-            _dir: dir,
+            dir: Some(dir),
         };
         for i in 0..n {
             c.spawn(i);
@@ -146,7 +146,11 @@ impl Cluster {
                 "--election-timeout-ms",
                 &self.timing.election_timeout_ms.to_string(),
             ])
-            .env("RUST_LOG", "info")
+            // FJORD_TEST_LOG: the nodes' log filter (default `info`).
+            .env(
+                "RUST_LOG",
+                std::env::var("FJORD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -250,12 +254,18 @@ impl Cluster {
 }
 
 impl Drop for Cluster {
+    /// Kills the nodes. A failing test keeps their data directories and logs, and says where.
     fn drop(&mut self) {
         for n in &mut self.nodes {
             if let Some(mut c) = n.child.take() {
                 let _ = c.kill();
                 let _ = c.wait();
             }
+        }
+        if std::thread::panicking()
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("the failed test's node logs are kept in {}", dir.keep().display());
         }
     }
 }

@@ -283,9 +283,14 @@ impl MetaState {
         else {
             return Ok(MetaResponse::Ok);
         };
-        // Raft elects at most one leader per term, so for an equal epoch the first report
-        // wins and a different leader in the same term is a confused or stale reporter.
-        let accept = epoch > p.leader_epoch || (epoch == p.leader_epoch && p.leader.is_none());
+        // openraft's leader ids order by term, then node id: at one term a node with a higher
+        // id can be elected after a lower one (two replicas campaigning at once when a group
+        // starts), never before it. So a report is newer when its (term, node) is greater; at
+        // an equal term, a lower node id is the stale one.
+        let accept = match p.leader {
+            None => epoch >= p.leader_epoch,
+            Some(current) => (epoch, leader) > (p.leader_epoch, current),
+        };
         if accept && p.replicas.contains(&leader) {
             p.leader = Some(leader);
             p.leader_epoch = epoch;
@@ -723,12 +728,15 @@ mod tests {
         // Older epoch: ignored.
         assert_eq!(state.apply(&report(b, 4)), MetaResponse::Ok);
         assert_eq!(leader_of(&state), (Some(a), 5));
-        // Same epoch, another leader: Raft has one leader per term, so ignored.
-        assert_eq!(state.apply(&report(b, 5)), MetaResponse::Ok);
-        assert_eq!(leader_of(&state), (Some(a), 5));
+        // Same epoch, another leader: the higher node id is the later leader of that term;
+        // a lower one is stale.
+        let (lo, hi) = (a.min(b), a.max(b));
+        assert_eq!(state.apply(&report(hi, 5)), MetaResponse::Ok);
+        assert_eq!(leader_of(&state), (Some(hi), 5));
+        assert_eq!(state.apply(&report(lo, 5)), MetaResponse::Ok);
         // Not a replica: ignored.
         assert_eq!(state.apply(&report(outsider, 9)), MetaResponse::Ok);
-        assert_eq!(leader_of(&state), (Some(a), 5));
+        assert_eq!(leader_of(&state), (Some(hi), 5));
         // Newer epoch: taken.
         assert_eq!(state.apply(&report(b, 6)), MetaResponse::Ok);
         assert_eq!(leader_of(&state), (Some(b), 6));

@@ -188,14 +188,64 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
 
     /// Proposes `req` and waits until it is committed and applied.
     async fn write(&self, req: Request) -> Result<Response, GroupError> {
-        self.quiet.wake_leader("proposal");
+        self.prepare_write().await?;
         Ok(self.raft.client_write(req).await.map_err(write_error)?.data)
     }
 
-    /// Asks this node, the leader, to hand leadership to `to`. A quiet group is woken first:
-    /// if the transfer fails, its replicas must be able to elect.
+    /// Before a proposal: wakes a quiet leader, and renews its lease if it is old. openraft's
+    /// leader refuses writes without a lease (a quorum acknowledgement younger than the leader
+    /// lease, the longest election timeout), and a quiet leader sends no heartbeats, so its
+    /// lease lapses one lease after it went quiet. The first write after that waits for one
+    /// heartbeat round.
+    async fn prepare_write(&self) -> Result<(), GroupError> {
+        self.quiet.wake_leader("proposal");
+        if self.lease_is_fresh() {
+            return Ok(());
+        }
+        self.confirm_leadership().await
+    }
+
+    /// This replica leads with a quorum acknowledgement younger than half the lease (or it
+    /// does not lead: openraft answers that itself).
+    fn lease_is_fresh(&self) -> bool {
+        let half_lease = Duration::from_millis(self.raft.config().election_timeout_max / 2);
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
+        if m.state != ServerState::Leader {
+            return true;
+        }
+        m.last_quorum_acked
+            .as_ref()
+            .is_some_and(|at| openraft::Instant::elapsed(&**at) < half_lease)
+    }
+
+    /// Confirms this node leads with a valid lease, sending a heartbeat round at once if the
+    /// lease is older than openraft's leader lease and waiting (up to one lease) for a quorum
+    /// to acknowledge a message sent within one lease of the call; a leader cut off in a
+    /// minority gets an error. Returns once the state machine has applied everything
+    /// committed when the call began.
+    async fn confirm_leadership(&self) -> Result<(), GroupError> {
+        match self
+            .raft
+            .ensure_linearizable(LinearizerOption::new(None, true))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Err(GroupError::NotLeader {
+                    leader: f.leader_id,
+                    address: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(e) => Err(GroupError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Asks this node, the leader, to hand leadership to `to`. The group is woken first and
+    /// stays awake for this term ([`Quiescence::transfer_started`]): if the transfer fails,
+    /// its followers must be able to elect.
     pub async fn transfer_leader(&self, to: NodeId) -> Result<(), GroupError> {
-        self.quiet.wake_leader("leader transfer");
+        self.quiet.transfer_started(self.leadership().term);
         self.raft
             .trigger()
             .transfer_leader(to)
@@ -289,8 +339,8 @@ impl PartitionHandle {
             .register_waiter(token)
             .map_err(|e| GroupError::Busy(e.to_string()))?;
         let (responder, committed) = ProgressResponder::complete_only();
-        self.core.quiet.wake_leader("proposal");
         let result = async {
+            self.core.prepare_write().await?;
             self.core
                 .raft
                 .client_write_ff(Request::Batch(batch), Some(responder))
@@ -320,30 +370,11 @@ impl PartitionHandle {
     }
 
     /// Confirms this node leads with a valid lease and has applied everything committed when
-    /// the call began.
-    ///
-    /// The lease is a quorum acknowledgement younger than openraft's leader lease. When it is
-    /// older (a quiet leader sends no heartbeats), the read sends a heartbeat round at once and
-    /// waits (up to one lease) for a quorum to acknowledge a message sent within one lease of
-    /// the read, so a leader cut off in a minority never serves it. (openraft's plain
-    /// `ReadPolicy::LeaseRead` would fail at once instead.)
+    /// the call began. A quiet leader is woken; with its lease lapsed, the read waits for one
+    /// heartbeat round (openraft's plain `ReadPolicy::LeaseRead` would fail at once instead).
     pub async fn linearizable_read(&self) -> Result<(), GroupError> {
         self.core.quiet.wake_leader("linearizable read");
-        match self
-            .core
-            .raft
-            .ensure_linearizable(LinearizerOption::new(None, true))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-                Err(GroupError::NotLeader {
-                    leader: f.leader_id,
-                    address: f.leader_node.map(|n| n.addr),
-                })
-            }
-            Err(e) => Err(GroupError::Unavailable(e.to_string())),
-        }
+        self.core.confirm_leadership().await
     }
 }
 

@@ -3,17 +3,21 @@
 //! decisions are in [`crate::quiesce`]; this module performs them.
 //!
 //! Every interval, [`Liveness::run`]:
-//! 1. looks at every partition group on this node: an idle leader in sync claims its group
-//!    quiet; a quiet follower whose leader's node is suspected wakes and may campaign (after a
-//!    delay that gives each group one first candidate); a claim no follower answered for two
-//!    detector timeouts is withdrawn; every tenth round, a quiet replica whose state moved on
-//!    wakes (a safety net: the message hooks in [`crate::group`] catch these first);
-//! 2. sends each peer a heartbeat listing the claims it is a target of, and applies the answers:
-//!    an accepted claim counts towards quiet, a refused one wakes its group.
+//! 1. looks at every partition group on this node, by its mode's kind (an atomic load, so an
+//!    idle node's round costs a few microseconds): an idle leader in sync claims its group
+//!    quiet; a quiet follower whose leader's node is suspected wakes and may campaign (after
+//!    a delay that gives each group one first candidate); a claim not accepted within two
+//!    detector timeouts is withdrawn; every [`FULL_CHECK_ROUNDS`] rounds, a quiet replica whose
+//!    own state moved on wakes (a safety net: the message hooks in [`crate::group`] catch
+//!    these first);
+//! 2. sends each peer a heartbeat with the version of the claims it is a target of, and the
+//!    list itself only when the peer does not hold that version; applies the answers: of a
+//!    whole list, an accepted claim counts towards quiet and a refused one wakes its group.
 //!
-//! [`Liveness::serve`] answers a peer's heartbeat: the peer is alive; each claim is accepted
-//! (the follower goes quiet) or refused; a group quiet under that peer and no longer listed
-//! wakes.
+//! [`Liveness::serve`] answers a peer's heartbeat: the peer is alive; a whole list is applied
+//! (each claim accepted, the follower going quiet, or refused; a group quiet under that peer
+//! and left out of the list wakes) and remembered; a bare version is checked against the
+//! remembered one. Idle, a heartbeat costs the same whatever the number of groups.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -26,12 +30,12 @@ use crate::NodeId;
 use crate::group::GroupRegistry;
 use crate::network::PeerPool;
 use crate::quiesce::{
-    Claim, Detector, Mode, Quiescence, Wake, claim_targets, election_delay, follower_accepts,
-    leader_claim, still_quiet,
+    Claim, Detector, Kind, Mode, Quiescence, Wake, claim_targets, election_delay,
+    follower_accepts, leader_claim, still_quiet,
 };
 
 /// Rounds between two looks at every quiet replica's own state (the safety net).
-const FULL_CHECK_ROUNDS: u64 = 10;
+pub const FULL_CHECK_ROUNDS: u64 = 30;
 /// Claims in one heartbeat, at most (about 15 bytes each, far below the 4 MiB message limit).
 /// A claim left out is not renewed, and its followers wake: more quiet groups per node pair
 /// than this cannot stay quiet.
@@ -55,7 +59,12 @@ pub struct LivenessConfig {
 pub struct QuietCounts {
     pub replicas: u32,
     pub quiet: u32,
+    /// Replicas that lead their group.
+    pub leading: u32,
 }
+
+/// A claim and the switch of the group it is about.
+type ClaimOf = (Claim, Arc<Quiescence>);
 
 /// The node-level heartbeat and the quiescing it drives.
 pub struct Liveness {
@@ -63,8 +72,18 @@ pub struct Liveness {
     cfg: LivenessConfig,
     registry: Arc<GroupRegistry>,
     pool: Arc<PeerPool>,
-    // Short critical sections (a map update or lookup), no await inside.
+    // The locks below guard short sections (map updates and lookups), no await inside.
     detector: Mutex<Detector>,
+    /// Leader side: the version of our claims each peer holds (from its last answer).
+    acked: Mutex<HashMap<NodeId, u64>>,
+    /// Follower side: per leader, the version of its claims last applied and the groups that
+    /// went quiet under them, with their epochs then.
+    followed: Mutex<HashMap<NodeId, Followed>>,
+}
+
+struct Followed {
+    version: u64,
+    groups: Vec<(u64, Arc<Quiescence>, u64)>,
 }
 
 /// Since when a leader's log has not moved.
@@ -72,6 +91,13 @@ struct Idle {
     term: u64,
     last: Option<u64>,
     since: Instant,
+}
+
+/// The claims this node makes, by target peer, and their version.
+#[derive(Default)]
+struct Claims {
+    version: u64,
+    by_peer: HashMap<NodeId, Arc<Vec<ClaimOf>>>,
 }
 
 impl Liveness {
@@ -84,6 +110,8 @@ impl Liveness {
         Arc::new(Liveness {
             me,
             detector: Mutex::new(Detector::new(cfg.suspect_after)),
+            acked: Mutex::new(HashMap::new()),
+            followed: Mutex::new(HashMap::new()),
             cfg,
             registry,
             pool,
@@ -95,12 +123,16 @@ impl Liveness {
         node == self.me || self.detector.lock().unwrap().is_alive(node, Instant::now())
     }
 
-    /// How many partition replicas this node hosts, and how many of them are quiet.
+    /// How many partition replicas this node hosts, and how many of them are quiet and lead.
     pub fn counts(&self) -> QuietCounts {
         let mut c = QuietCounts::default();
         self.registry.for_each_partition(|_, h| {
             c.replicas += 1;
-            c.quiet += u32::from(h.quiescence().is_quiet());
+            c.quiet += u32::from(matches!(
+                h.quiescence().kind(),
+                Kind::Leading | Kind::Following
+            ));
+            c.leading += u32::from(h.leadership().leader == Some(self.me));
         });
         c
     }
@@ -108,6 +140,19 @@ impl Liveness {
     /// Answers a peer's heartbeat.
     pub fn serve(&self, req: NodeHeartbeat) -> NodeHeartbeatReply {
         let from = req.from;
+        self.detector.lock().unwrap().heard(from, Instant::now());
+        if !req.full {
+            // Kept even when stale: the whole list, when it comes, is compared with it.
+            let intact = self.followed.lock().unwrap().get(&from).is_some_and(|f| {
+                f.version == req.version
+                    && f.groups.iter().all(|(_, q, epoch)| q.epoch() == *epoch)
+            });
+            return NodeHeartbeatReply {
+                from: self.me,
+                version: if intact { req.version } else { 0 },
+                refused: Vec::new(),
+            };
+        }
         let claims: Vec<Claim> = req
             .quiet
             .iter()
@@ -118,43 +163,60 @@ impl Liveness {
                 index: q.last_index,
             })
             .collect();
+        let (refused, groups) = self.apply_claims(from, &claims);
+        self.followed.lock().unwrap().insert(
+            from,
+            Followed {
+                version: req.version,
+                groups,
+            },
+        );
         NodeHeartbeatReply {
             from: self.me,
-            refused: self.on_heartbeat(from, &claims),
+            version: req.version,
+            refused,
         }
     }
 
-    /// A heartbeat from `from` listing `claims`: returns the groups refused.
-    fn on_heartbeat(&self, from: NodeId, claims: &[Claim]) -> Vec<u64> {
-        self.detector.lock().unwrap().heard(from, Instant::now());
+    /// A whole list of claims from `from`: returns the groups refused, and those now quiet
+    /// under it with their epochs.
+    fn apply_claims(
+        &self,
+        from: NodeId,
+        claims: &[Claim],
+    ) -> (Vec<u64>, Vec<(u64, Arc<Quiescence>, u64)>) {
         let mut refused = Vec::new();
+        let mut quiet = Vec::new();
         for claim in claims {
             let Some(h) = self.registry.partition(claim.group) else {
                 refused.push(claim.group);
                 continue;
             };
             let q = h.quiescence();
-            if q.followed_claim() == Some(*claim) {
-                continue;
-            }
-            if follower_accepts(&h.view(), claim) {
+            if q.followed_claim() != Some(*claim) {
+                if !follower_accepts(&h.view(), claim) {
+                    refused.push(claim.group);
+                    continue;
+                }
                 q.follow(*claim);
-            } else {
-                refused.push(claim.group);
             }
+            quiet.push((claim.group, q.clone(), q.epoch()));
         }
+        // Groups quiet under `from` that its list leaves out have woken there.
         let listed: HashSet<u64> = claims.iter().map(|c| c.group).collect();
-        let mut woke = 0;
-        self.registry.for_each_partition(|id, h| {
-            let q = h.quiescence();
-            if q.followed_claim().is_some_and(|c| c.leader == from) && !listed.contains(&id) {
+        let before = self.followed.lock().unwrap().remove(&from);
+        let mut woke = 0u32;
+        for (group, q, _) in before.map(|f| f.groups).unwrap_or_default() {
+            if !listed.contains(&group)
+                && q.followed_claim().is_some_and(|c| c.leader == from)
+            {
                 woke += u32::from(q.wake(Wake::Activity, "leader no longer claims"));
             }
-        });
+        }
         if woke > 0 {
             tracing::debug!(leader = from, groups = woke, "leader woke groups");
         }
-        refused
+        (refused, quiet)
     }
 
     /// Sends the heartbeats and drives quiescing until the task is dropped. `peers` gives the
@@ -164,6 +226,7 @@ impl Liveness {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut idle: HashMap<u64, Idle> = HashMap::new();
         let mut suspected: HashSet<NodeId> = HashSet::new();
+        let mut claims = Claims::default();
         let mut logged = QuietCounts::default();
         let mut in_flight: HashMap<NodeId, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut round = 0u64;
@@ -193,57 +256,99 @@ impl Liveness {
                     tracing::info!(node = p, "peer alive again");
                 }
             }
-            if round % FULL_CHECK_ROUNDS == 0 {
+            if round % 10 == 0 {
                 let counts = self.counts();
                 if counts != logged {
                     tracing::info!(
                         quiet = counts.quiet,
                         replicas = counts.replicas,
+                        leading = counts.leading,
                         "quiet partition replicas"
                     );
                     logged = counts;
                 }
             }
             let is_alive = |n: NodeId| n == self.me || alive.contains(&n);
-            let mut claims = self.scan(now, &is_alive, &mut idle, round % FULL_CHECK_ROUNDS == 0);
+            self.scan(
+                now,
+                &is_alive,
+                &mut idle,
+                &mut claims,
+                round % FULL_CHECK_ROUNDS == 0,
+            );
             // One call in flight per peer: a slow or silent peer delays only its own
             // heartbeats, never those to the others.
-            in_flight.retain(|peer, call: &mut tokio::task::JoinHandle<()>| {
-                peers.contains_key(peer) && !call.is_finished()
-            });
+            in_flight.retain(|peer, call| peers.contains_key(peer) && !call.is_finished());
             for (peer, addr) in peers {
                 if in_flight.contains_key(&peer) {
                     continue;
                 }
-                let mut sent = claims.remove(&peer).unwrap_or_default();
-                sent.truncate(MAX_CLAIMS_PER_HEARTBEAT);
+                let list = claims.by_peer.get(&peer).cloned().unwrap_or_default();
+                let version = claims.version;
                 let me = self.clone();
-                let call = tokio::spawn(async move {
-                    if let Some(refused) = me.call(peer, &addr, &sent).await {
-                        me.detector.lock().unwrap().heard(peer, Instant::now());
-                        me.apply_answer(peer, &sent, &refused);
-                    }
-                });
+                let call = tokio::spawn(async move { me.heartbeat(peer, &addr, version, list).await });
                 in_flight.insert(peer, call);
             }
         }
     }
 
-    /// One look at every partition group; returns the claims to send, by peer.
+    /// One look at every partition group, and the claims to send, rebuilt if any leading
+    /// group's mode changed.
     fn scan(
         &self,
         now: Instant,
         alive: &impl Fn(NodeId) -> bool,
         idle: &mut HashMap<u64, Idle>,
+        claims: &mut Claims,
         full: bool,
-    ) -> HashMap<NodeId, Vec<(Claim, Arc<Quiescence>)>> {
-        let mut claims: HashMap<NodeId, Vec<(Claim, Arc<Quiescence>)>> = HashMap::new();
-        let mut seen: HashSet<u64> = HashSet::with_capacity(idle.len());
+    ) {
+        let mut seen: HashSet<u64> = HashSet::new();
         let mut suspicion_wakes = 0u32;
+        // An order-independent digest of (group, epoch) of every leading group: unchanged
+        // means the claims are.
+        let mut digest = 0u64;
         self.registry.for_each_partition(|id, h| {
             let q = h.quiescence();
-            match q.mode() {
-                Mode::Awake => {
+            match q.kind() {
+                Kind::Following => {
+                    let leader = q.followed_leader().unwrap_or(0);
+                    if !alive(leader) {
+                        let view = h.view();
+                        let delay = election_delay(
+                            id,
+                            self.me,
+                            &view.voters,
+                            leader,
+                            alive,
+                            self.cfg.election_step,
+                        );
+                        suspicion_wakes +=
+                            u32::from(q.wake(Wake::LeaderSuspected(delay), "leader suspected"));
+                    } else if full
+                        && let Some(claim) = q.followed_claim()
+                        && !still_quiet(&h.view(), &claim, false)
+                    {
+                        q.wake(Wake::Activity, "state moved");
+                    }
+                }
+                Kind::Leading => {
+                    if full
+                        && let Some((claim, _)) = q.leader_claim()
+                        && !still_quiet(&h.view(), &claim, true)
+                    {
+                        q.wake(Wake::Activity, "state moved");
+                    }
+                }
+                Kind::Claiming => {
+                    // Followers that never answer (a peer that died meanwhile) must not hold
+                    // the claim forever: withdraw it, and try again with the live ones later.
+                    if let Mode::Claiming { since, .. } = q.mode()
+                        && now.saturating_duration_since(since) > self.cfg.suspect_after * 2
+                    {
+                        q.wake(Wake::Activity, "claim unanswered");
+                    }
+                }
+                Kind::Awake => {
                     if q.holds_elections() {
                         // Woken, waiting out its delay; if its leader's node is now suspected,
                         // it may campaign by its rank instead.
@@ -260,69 +365,16 @@ impl Liveness {
                             suspicion_wakes += u32::from(q.leader_suspected(delay));
                         }
                     }
-                    let Some(after) = self.cfg.quiesce_after else {
-                        return;
-                    };
-                    if h.leadership().leader != Some(self.me) {
-                        return;
-                    }
-                    let view = h.view();
-                    seen.insert(id);
-                    let entry = idle.entry(id).or_insert(Idle {
-                        term: view.term,
-                        last: view.last_index,
-                        since: now,
-                    });
-                    if entry.term != view.term || entry.last != view.last_index {
-                        *entry = Idle {
-                            term: view.term,
-                            last: view.last_index,
-                            since: now,
-                        };
-                    }
-                    let quiet_since = q.woke_at().map_or(entry.since, |w| w.max(entry.since));
-                    let idle_for = now.saturating_duration_since(quiet_since);
-                    if let Some(claim) = leader_claim(id, &view, idle_for, after, alive) {
-                        q.claim(claim, claim_targets(&view, alive), now);
-                    }
-                }
-                Mode::Claiming { claim, since, .. } => {
-                    // Followers that never answer (a peer that died meanwhile) must not hold
-                    // the claim forever: withdraw it, and try again with the live ones later.
-                    let stuck = now.saturating_duration_since(since) > self.cfg.suspect_after * 2;
-                    if stuck {
-                        q.wake(Wake::Activity, "claim unanswered");
-                    } else if full && !still_quiet(&h.view(), &claim, true) {
-                        q.wake(Wake::Activity, "state moved");
-                    }
-                }
-                Mode::Leading { claim, .. } => {
-                    if full && !still_quiet(&h.view(), &claim, true) {
-                        q.wake(Wake::Activity, "state moved");
-                    }
-                }
-                Mode::Following(claim) => {
-                    if !alive(claim.leader) {
-                        let view = h.view();
-                        let delay = election_delay(
-                            id,
-                            self.me,
-                            &view.voters,
-                            claim.leader,
-                            alive,
-                            self.cfg.election_step,
-                        );
-                        suspicion_wakes +=
-                            u32::from(q.wake(Wake::LeaderSuspected(delay), "leader suspected"));
-                    } else if full && !still_quiet(&h.view(), &claim, false) {
-                        q.wake(Wake::Activity, "state moved");
+                    if let Some(after) = self.cfg.quiesce_after
+                        && h.leadership().leader == Some(self.me)
+                    {
+                        seen.insert(id);
+                        self.consider_claim(id, h, q, now, after, alive, idle);
                     }
                 }
             }
-            if let Some((claim, targets)) = q.leader_claim() {
-                for t in targets {
-                    claims.entry(t).or_default().push((claim, q.clone()));
-                }
+            if matches!(q.kind(), Kind::Claiming | Kind::Leading) {
+                digest = digest.wrapping_add(crate::quiesce::mix(id ^ q.epoch().rotate_left(32)));
             }
         });
         idle.retain(|id, _| seen.contains(id));
@@ -332,69 +384,115 @@ impl Liveness {
                 "woke quiet groups whose leader's node is suspected"
             );
         }
-        claims
-    }
-
-    /// Sends one heartbeat; the groups the peer refused, or `None` if it did not answer.
-    async fn call(
-        &self,
-        peer: NodeId,
-        addr: &str,
-        claims: &[(Claim, Arc<Quiescence>)],
-    ) -> Option<HashSet<u64>> {
-        let mut client = self.pool.heartbeat_client(addr).ok()?;
-        let req = NodeHeartbeat {
-            from: self.me,
-            quiet: claims
-                .iter()
-                .map(|(c, _)| QuietGroup {
-                    group_id: c.group,
-                    term: c.term,
-                    last_index: c.index,
-                })
-                .collect(),
-        };
-        // An answer later than the detector's timeout is as good as none.
-        match tokio::time::timeout(self.cfg.suspect_after, client.heartbeat(req)).await {
-            Ok(Ok(reply)) => {
-                let reply = reply.into_inner();
-                if reply.from != peer {
-                    tracing::warn!(
-                        peer,
-                        answered = reply.from,
-                        addr,
-                        "heartbeat answered by another node"
-                    );
-                    return None;
+        let version = digest.max(1);
+        if version != claims.version {
+            let mut by_peer: HashMap<NodeId, Vec<ClaimOf>> = HashMap::new();
+            self.registry.for_each_partition(|_, h| {
+                let q = h.quiescence();
+                if let Some((claim, targets)) = q.leader_claim() {
+                    for t in targets {
+                        let list = by_peer.entry(t).or_default();
+                        if list.len() < MAX_CLAIMS_PER_HEARTBEAT {
+                            list.push((claim, q.clone()));
+                        }
+                    }
                 }
-                Some(reply.refused.into_iter().collect())
-            }
-            Ok(Err(status)) => {
-                tracing::trace!(peer, %status, "heartbeat failed");
-                None
-            }
-            Err(_) => {
-                tracing::trace!(peer, "heartbeat timed out");
-                None
-            }
+            });
+            claims.version = version;
+            claims.by_peer = by_peer.into_iter().map(|(p, l)| (p, Arc::new(l))).collect();
         }
     }
 
-    /// Applies a peer's answer to the claims sent to it.
-    fn apply_answer(
+    /// An awake leader: tracks how long its log has not moved, and claims the group quiet
+    /// once the decision says so.
+    #[allow(clippy::too_many_arguments)]
+    fn consider_claim(
         &self,
-        peer: NodeId,
-        sent: &[(Claim, Arc<Quiescence>)],
-        refused: &HashSet<u64>,
+        id: u64,
+        h: &crate::PartitionHandle,
+        q: &Arc<Quiescence>,
+        now: Instant,
+        after: Duration,
+        alive: &impl Fn(NodeId) -> bool,
+        idle: &mut HashMap<u64, Idle>,
     ) {
-        for (claim, q) in sent {
-            if refused.contains(&claim.group) {
-                // Only the claim that was refused: a newer one may be on its way.
-                if q.leader_claim().is_some_and(|(c, _)| c == *claim) {
-                    q.wake(Wake::Activity, "claim refused");
-                }
+        let view = h.view();
+        let entry = idle.entry(id).or_insert(Idle {
+            term: view.term,
+            last: view.last_index,
+            since: now,
+        });
+        if entry.term != view.term || entry.last != view.last_index {
+            *entry = Idle {
+                term: view.term,
+                last: view.last_index,
+                since: now,
+            };
+        }
+        let quiet_since = q.woke_at().map_or(entry.since, |w| w.max(entry.since));
+        let idle_for = now.saturating_duration_since(quiet_since);
+        if let Some(claim) = leader_claim(id, &view, idle_for, after, alive) {
+            q.claim(claim, claim_targets(&view, alive), now);
+        }
+    }
+
+    /// Sends one heartbeat to `peer`: the whole list if the peer does not hold `version`.
+    async fn heartbeat(&self, peer: NodeId, addr: &str, version: u64, list: Arc<Vec<ClaimOf>>) {
+        let full = self.acked.lock().unwrap().get(&peer) != Some(&version);
+        let req = NodeHeartbeat {
+            from: self.me,
+            version,
+            full,
+            quiet: if full {
+                list.iter()
+                    .map(|(c, _)| QuietGroup {
+                        group_id: c.group,
+                        term: c.term,
+                        last_index: c.index,
+                    })
+                    .collect()
             } else {
-                q.accepted(claim, peer);
+                Vec::new()
+            },
+        };
+        let Ok(mut client) = self.pool.heartbeat_client(addr) else {
+            return;
+        };
+        // An answer later than the detector's timeout is as good as none.
+        let reply = match tokio::time::timeout(self.cfg.suspect_after, client.heartbeat(req)).await
+        {
+            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Err(status)) => {
+                tracing::trace!(peer, %status, "heartbeat failed");
+                return;
+            }
+            Err(_) => {
+                tracing::trace!(peer, "heartbeat timed out");
+                return;
+            }
+        };
+        if reply.from != peer {
+            tracing::warn!(
+                peer,
+                answered = reply.from,
+                addr,
+                "heartbeat answered by another node"
+            );
+            return;
+        }
+        self.detector.lock().unwrap().heard(peer, Instant::now());
+        self.acked.lock().unwrap().insert(peer, reply.version);
+        if full {
+            let refused: HashSet<u64> = reply.refused.into_iter().collect();
+            for (claim, q) in list.iter() {
+                if refused.contains(&claim.group) {
+                    // Only the claim that was refused: a newer one may be on its way.
+                    if q.leader_claim().is_some_and(|(c, _)| c == *claim) {
+                        q.wake(Wake::Activity, "claim refused");
+                    }
+                } else {
+                    q.accepted(claim, peer);
+                }
             }
         }
     }

@@ -24,6 +24,7 @@
 //! liveness, and [`Mode`] plus the wake rules keep it: a replica whose timers are off is
 //! always one whose leader was alive and in sync at the last node heartbeat.
 
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -171,7 +172,7 @@ pub fn election_delay(
 }
 
 /// splitmix64's finalizer: a cheap, well-spread hash of a u64.
-fn mix(x: u64) -> u64 {
+pub(crate) fn mix(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -233,6 +234,37 @@ impl Mode {
     pub fn is_quiet(&self) -> bool {
         matches!(self, Mode::Leading { .. } | Mode::Following(_))
     }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            Mode::Awake => Kind::Awake,
+            Mode::Claiming { .. } => Kind::Claiming,
+            Mode::Leading { .. } => Kind::Leading,
+            Mode::Following(_) => Kind::Following,
+        }
+    }
+}
+
+/// [`Mode`] without its data: readable without the lock, for the per-round look at every
+/// group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Awake = 0,
+    Claiming = 1,
+    Leading = 2,
+    Following = 3,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Kind {
+        match v {
+            1 => Kind::Claiming,
+            2 => Kind::Leading,
+            3 => Kind::Following,
+            _ => Kind::Awake,
+        }
+    }
 }
 
 /// openraft's runtime switches of one group; a trait so that the switch can be tested without
@@ -276,6 +308,11 @@ pub struct Quiescence {
     group: u64,
     // A short critical section around a few atomic stores and a watch send: no await inside.
     state: Mutex<State>,
+    /// Mirrors of the mode, written under the lock, read without it: the mode's kind, the
+    /// leader followed (0 unless following), and a counter bumped by every transition.
+    kind: AtomicU8,
+    followed: AtomicU64,
+    epoch: AtomicU64,
     timers: Box<dyn Timers>,
     /// How long a follower woken by activity waits before it may campaign.
     activity_grace: Duration,
@@ -291,6 +328,11 @@ struct State {
     wakes: u64,
     /// When the replica last woke: a leader woken by a read stays awake `quiesce_after` too.
     woke_at: Option<Instant>,
+    /// The term in which this replica, as leader, started a leader transfer. openraft's
+    /// leader never abandons a transfer: until another node is elected it stops heartbeating
+    /// and forwards every write to the target. So the group must not go quiet in that term:
+    /// its followers' election timers are what end a transfer to a node that is gone.
+    transfer_term: Option<u64>,
 }
 
 impl Quiescence {
@@ -302,10 +344,44 @@ impl Quiescence {
                 held_until: None,
                 wakes: 0,
                 woke_at: None,
+                transfer_term: None,
             }),
+            kind: AtomicU8::new(Kind::Awake as u8),
+            followed: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
             timers: Box::new(timers),
             activity_grace,
         })
+    }
+
+    /// Every mode change goes through here, so the mirrors stay in step.
+    fn set_mode(&self, st: &mut State, mode: Mode) {
+        let followed = match &mode {
+            Mode::Following(c) => c.leader,
+            _ => 0,
+        };
+        self.kind.store(mode.kind() as u8, Ordering::Release);
+        self.followed.store(followed, Ordering::Release);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        st.mode = mode;
+    }
+
+    /// The mode's kind, without the lock.
+    pub fn kind(&self) -> Kind {
+        Kind::from_u8(self.kind.load(Ordering::Acquire))
+    }
+
+    /// The leader this replica follows quietly, without the lock.
+    pub fn followed_leader(&self) -> Option<NodeId> {
+        match self.followed.load(Ordering::Acquire) {
+            0 => None,
+            l => Some(l),
+        }
+    }
+
+    /// Bumped by every mode change: an unchanged epoch means an unchanged mode.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     pub fn mode(&self) -> Mode {
@@ -334,24 +410,40 @@ impl Quiescence {
         self.state.lock().unwrap().woke_at
     }
 
+    /// The leader starts a leader transfer in `term`: wakes, and stays awake for that term.
+    pub fn transfer_started(self: &Arc<Self>, term: u64) {
+        let mut st = self.state.lock().unwrap();
+        st.transfer_term = Some(term);
+        self.wake_locked(&mut st, Wake::Activity, "leader transfer");
+    }
+
+    /// Whether this replica started a leader transfer in `term` (then it must not claim).
+    pub fn transferring_in(&self, term: u64) -> bool {
+        self.state.lock().unwrap().transfer_term == Some(term)
+    }
+
     /// Leader: starts offering `claim` to `targets` (from `Awake` only). With no follower to
     /// ask (a single-replica group), the group is quiet at once.
     pub fn claim(&self, claim: Claim, targets: Vec<NodeId>, now: Instant) -> bool {
         let mut st = self.state.lock().unwrap();
-        if st.mode != Mode::Awake {
+        if st.mode != Mode::Awake || st.transfer_term == Some(claim.term) {
             return false;
         }
         if targets.is_empty() {
-            st.mode = Mode::Leading { claim, targets };
+            self.set_mode(&mut st, Mode::Leading { claim, targets });
             self.timers.set_heartbeat(false);
             self.timers.set_tick(false);
         } else {
-            st.mode = Mode::Claiming {
-                claim,
-                pending: targets.clone(),
-                targets,
-                since: now,
-            };
+            let pending = targets.clone();
+            self.set_mode(
+                &mut st,
+                Mode::Claiming {
+                    claim,
+                    pending,
+                    targets,
+                    since: now,
+                },
+            );
         }
         true
     }
@@ -377,10 +469,13 @@ impl Quiescence {
             return false;
         }
         let targets = std::mem::take(targets);
-        st.mode = Mode::Leading {
-            claim: *claim,
-            targets,
-        };
+        self.set_mode(
+            &mut st,
+            Mode::Leading {
+                claim: *claim,
+                targets,
+            },
+        );
         self.timers.set_heartbeat(false);
         self.timers.set_tick(false);
         true
@@ -397,7 +492,7 @@ impl Quiescence {
                 if matches!(was, Mode::Leading { .. }) {
                     self.timers.set_heartbeat(true);
                 }
-                st.mode = Mode::Following(claim);
+                self.set_mode(&mut st, Mode::Following(claim));
                 self.timers.set_tick(false);
             }
         }
@@ -446,7 +541,8 @@ impl Quiescence {
         if st.mode == Mode::Awake {
             return false;
         }
-        let was = std::mem::replace(&mut st.mode, Mode::Awake);
+        let was = st.mode.clone();
+        self.set_mode(st, Mode::Awake);
         tracing::debug!(group = self.group, from = ?was, ?why, reason, "wake");
         st.wakes += 1;
         st.woke_at = Some(Instant::now());
@@ -795,6 +891,23 @@ mod tests {
         // Suspicion of the leader: campaign at once.
         q.wake(Wake::LeaderSuspected(Duration::ZERO), "test");
         assert_eq!(f.get(), (true, true, true));
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_started_a_transfer_never_claims_in_that_term() {
+        let f = Fake::on();
+        let q = Quiescence::new(9, f.clone(), Duration::from_millis(600));
+        assert!(q.claim(CLAIM, vec![2, 3], Instant::now()));
+        q.accepted(&CLAIM, 2);
+        assert!(q.accepted(&CLAIM, 3));
+        q.transfer_started(CLAIM.term);
+        assert_eq!(q.mode(), Mode::Awake);
+        assert_eq!(f.get(), (true, true, true));
+        assert!(q.transferring_in(CLAIM.term));
+        assert!(!q.claim(CLAIM, vec![2, 3], Instant::now()));
+        // Leading again in a later term (the transfer ended with an election), it may.
+        let later = Claim { term: 5, ..CLAIM };
+        assert!(q.claim(later, vec![2, 3], Instant::now()));
     }
 
     #[tokio::test]

@@ -401,7 +401,10 @@ impl Node {
             if !self.meta.is_leader() {
                 continue;
             }
-            let live = self.meta.live_nodes(self.id, LIVENESS_WINDOW);
+            // A node the node-level detector suspects is not a leader to move to, even if it
+            // acknowledged the metadata leader within the (longer) liveness window.
+            let mut live = self.meta.live_nodes(self.id, LIVENESS_WINDOW);
+            live.retain(|n| self.liveness.is_alive(*n));
             let view = self.view();
             let moves =
                 fjord_meta::plan_leader_moves(&view.state, &live, MAX_LEADER_MOVES_PER_ROUND);

@@ -104,6 +104,7 @@ impl Fjord for ClientService {
                 node_id: self.node.id,
                 hosted: counts.replicas,
                 quiet: counts.quiet,
+                leading: counts.leading,
             }),
         }))
     }
