@@ -636,6 +636,9 @@ async fn run_partition(shared: Arc<Shared>, partition: u32, mut queue: mpsc::Rec
                 if linger.is_some() => task.cut(),
             Some(event) = task.calls.next(), if !task.calls.is_empty() => match event {
                 Event::Answer { id, result, maybe_appended } => {
+                    if let Err(ClientError::OutOfOrderSequence(why)) = &result {
+                        debug!(partition = task.partition, batch = id, %why, "sequence gap");
+                    }
                     task.window.on_answer(id, result, maybe_appended)
                 }
                 Event::ProducerId(result) => task.window.on_producer_id(result),
