@@ -89,3 +89,86 @@ async fn five_batches_in_flight_keep_send_order_without_duplicates() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_kill_under_five_batches_in_flight_duplicates_and_reorders_nothing() {
+    const RECORDS: u64 = 4_000;
+    let _serial = serial();
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    client.create_topic("failover", 1, 3).await.unwrap();
+    let producer = client
+        .producer(
+            "failover",
+            ProducerConfig {
+                max_batch_records: 8,
+                linger_ms: 1,
+                max_in_flight_batches: 5,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+
+    let mut deliveries = Vec::new();
+    for i in 0..RECORDS {
+        if i == RECORDS / 4 {
+            let t = client.describe_topic("failover").await.unwrap();
+            cluster.kill(t.partitions[0].leader.expect("a leader"));
+        }
+        let record = ProducerRecord::new(format!("{i}")).with_partition(0);
+        deliveries.push((i, producer.enqueue(record).await.unwrap()));
+    }
+    let mut acked = Vec::new();
+    let mut failed = 0;
+    for (i, d) in deliveries {
+        match d.await {
+            Ok(at) => acked.push((at.offset, i)),
+            Err(e) => {
+                assert!(
+                    e.is_retryable() || e.is_outcome_unknown(),
+                    "record {i}: fatal error during failover: {e}"
+                );
+                failed += 1;
+            }
+        }
+    }
+    assert!(
+        acked.len() as u64 >= RECORDS * 3 / 4,
+        "only {} of {RECORDS} records acknowledged around one leader kill ({failed} failed)",
+        acked.len()
+    );
+    assert!(
+        acked.windows(2).all(|w| w[0].0 < w[1].0),
+        "acknowledged at increasing offsets in send order"
+    );
+
+    let options = FetchOptions {
+        max_wait_ms: 0,
+        read: ReadMode::Cp,
+        ..Default::default()
+    };
+    let mut consumer = client.consumer("failover", 0, StartFrom::Beginning, options);
+    let mut log: Vec<(u64, u64)> = Vec::new();
+    loop {
+        let records = consumer.poll().await.unwrap();
+        if records.is_empty() {
+            break;
+        }
+        log.extend(records.iter().map(|r| {
+            let i = String::from_utf8_lossy(&r.value).parse::<u64>().unwrap();
+            (r.offset, i)
+        }));
+    }
+    assert!(
+        log.windows(2).all(|w| w[0].1 < w[1].1),
+        "the log holds each record once, in send order"
+    );
+    let by_offset: BTreeMap<u64, u64> = log.into_iter().collect();
+    for (offset, i) in &acked {
+        assert_eq!(
+            by_offset.get(offset),
+            Some(i),
+            "record {i} acknowledged at {offset}"
+        );
+    }
+}
