@@ -541,7 +541,7 @@ type Reply = oneshot::Sender<Result<RecordMetadata, ClientError>>;
 type Budget = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 impl Batch {
-    fn encode(pending: Vec<Pending>) -> (Batch, u32) {
+    fn encode(pending: Vec<Pending>) -> Batch {
         let mut records = Vec::with_capacity(pending.len());
         let mut waiting = Vec::with_capacity(pending.len());
         for p in pending {
@@ -552,15 +552,12 @@ impl Batch {
         let body = fjord_proto::batch::encode(&records);
         let crc32c = fjord_proto::batch::checksum(&body);
         // The body holds the only copy of the records from here on.
-        (
-            Batch {
-                body,
-                crc32c,
-                count,
-                waiting,
-            },
+        Batch {
+            body,
+            crc32c,
             count,
-        )
+            waiting,
+        }
     }
 }
 
@@ -663,7 +660,8 @@ impl PartitionTask {
     }
 
     fn push(&mut self, pending: Vec<Pending>) {
-        let (batch, count) = Batch::encode(pending);
+        let batch = Batch::encode(pending);
+        let count = batch.count;
         self.window.push(batch, count);
     }
 
