@@ -15,6 +15,8 @@
 //!   tagged with its group id; and the server side that routes a message to its group.
 //! - [`group`]: building and running one group with fjord's Raft settings, and the registry
 //!   of a node's groups.
+//! - [`order`]: a leader proposes each producer's batches in sequence order, though their
+//!   produce requests are handled concurrently (an optimisation; the partition rules decide).
 //! - [`handle`]: what the server drives a group with ([`PartitionHandle`], [`MetaHandle`]),
 //!   in fjord's own types: the server never names an openraft type.
 //!
@@ -26,6 +28,7 @@ pub mod handle;
 pub mod log_store;
 pub mod meta_sm;
 pub mod network;
+pub mod order;
 pub mod partition_sm;
 pub mod types;
 
