@@ -15,6 +15,8 @@
 //!   tagged with its group id; and the server side that routes a message to its group.
 //! - [`group`]: building and running one group with fjord's Raft settings, and the registry
 //!   of a node's groups.
+//! - [`runtime`]: the async runtime of the groups: Tokio, with randomness (election timeouts)
+//!   that a simulation can seed.
 //! - [`handle`]: what the server drives a group with ([`PartitionHandle`], [`MetaHandle`]),
 //!   in fjord's own types: the server never names an openraft type.
 //!
@@ -27,6 +29,7 @@ pub mod log_store;
 pub mod meta_sm;
 pub mod network;
 pub mod partition_sm;
+pub mod runtime;
 pub mod types;
 
 pub use group::{AnyGroup, GroupConfig, GroupRegistry, GroupRole, MetaRaft, PartitionRaft};
