@@ -40,7 +40,7 @@ pub mod metadata;
 pub mod producer;
 mod retry;
 
-pub use client::{Client, MAX_CACHED_CHANNELS, MAX_MESSAGE_BYTES};
+pub use client::{Client, Connect, MAX_CACHED_CHANNELS, MAX_MESSAGE_BYTES, TcpConnect};
 pub use config::{Acks, ClientConfig, FetchOptions, ProducerConfig, ReadMode};
 pub use consumer::{ConsumedRecord, Consumer, FetchResult, StartFrom};
 pub use error::{ClientError, LeaderHint};
