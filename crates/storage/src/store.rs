@@ -326,7 +326,9 @@ mod tests {
     async fn task_writer_on_a_sim_disk_keeps_acknowledged_writes() {
         let disk = crate::sim_disk::SimDisk::new();
         let options = StoreOptions {
-            writer: WriterMode::Task,
+            writer: WriterMode::Task {
+                commit_latency: std::time::Duration::ZERO,
+            },
             ..Default::default()
         };
         let store = Store::open_on(disk.backend(), &options).unwrap();

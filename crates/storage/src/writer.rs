@@ -81,8 +81,11 @@ pub enum WriterMode {
     #[default]
     Thread,
     /// A task of the current Tokio runtime, committing inline: for simulations on a
-    /// simulated disk, where everything must run on the simulation's one thread.
-    Task,
+    /// simulated disk, where everything must run on the simulation's one thread. Each commit
+    /// first waits `commit_latency` (of Tokio time, simulated time in a simulation), as an
+    /// fsync would: requests arriving meanwhile wait for the next commit, and a crash during
+    /// the wait loses the batch, which nobody was answered about.
+    Task { commit_latency: std::time::Duration },
 }
 
 /// Starts the writer; it stops when every sender is dropped. [`WriterMode::Task`] must be
@@ -101,11 +104,15 @@ pub(crate) fn spawn(db: std::sync::Arc<Database>, mode: WriterMode) -> mpsc::Sen
                 })
                 .expect("spawning the storage writer thread");
         }
-        WriterMode::Task => {
+        WriterMode::Task { commit_latency } => {
             tokio::spawn(async move {
                 let mut pending = Vec::with_capacity(MAX_COMMIT_REQUESTS);
                 while let Some(first) = rx.recv().await {
-                    commit_queued(&db, first, &mut rx, &mut pending);
+                    take_queued(first, &mut rx, &mut pending);
+                    if !commit_latency.is_zero() {
+                        tokio::time::sleep(commit_latency).await;
+                    }
+                    commit_taken(&db, &mut pending);
                 }
             });
         }
@@ -121,6 +128,16 @@ fn commit_queued(
     rx: &mut mpsc::Receiver<WriteBatch>,
     pending: &mut Vec<WriteBatch>,
 ) {
+    take_queued(first, rx, pending);
+    commit_taken(db, pending);
+}
+
+/// Moves `first` and whatever else is queued (within the limits) into `pending`.
+fn take_queued(
+    first: WriteBatch,
+    rx: &mut mpsc::Receiver<WriteBatch>,
+    pending: &mut Vec<WriteBatch>,
+) {
     let mut bytes = first.ops.iter().map(Op::bytes).sum::<usize>();
     pending.push(first);
     while pending.len() < MAX_COMMIT_REQUESTS && bytes < MAX_COMMIT_BYTES {
@@ -132,6 +149,10 @@ fn commit_queued(
             Err(_) => break,
         }
     }
+}
+
+/// Commits `pending` in one transaction, then answers (and empties) it.
+fn commit_taken(db: &Database, pending: &mut Vec<WriteBatch>) {
     let result = commit(db, pending).map_err(|e| e.to_string());
     if let Err(e) = &result {
         tracing::error!(error = %e, requests = pending.len(), "storage commit failed");
