@@ -459,7 +459,11 @@ impl Client {
     }
 
     fn with_rng<T>(&self, f: impl FnOnce(&mut StdRng) -> T) -> T {
-        f(&mut self.inner.rng.lock().unwrap_or_else(PoisonError::into_inner))
+        f(&mut self
+            .inner
+            .rng
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))
     }
 
     /// A uniform jitter sample in `[0, 1)`.

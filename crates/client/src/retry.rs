@@ -103,7 +103,6 @@ impl RetryState {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
