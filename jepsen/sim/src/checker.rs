@@ -7,8 +7,9 @@
 //! - **No phantoms**: every value read was written, to that partition, and its produce did not
 //!   definitely fail.
 //! - **Readers see a contiguous, growing log**: a reader's records start at 0 and each is the
-//!   offset after the previous one; its high watermark never goes backwards (CP reads are
-//!   linearizable).
+//!   offset after the previous one; its high watermark never goes backwards.
+//! - **CP reads are not stale**: a read sent after a write to its partition was acknowledged
+//!   at offset `o` answers a high watermark above `o` (linearizable reads).
 //! - **Liveness after the heal**: every partition became readable again.
 //!
 //! Timeouts and lost connections are unknown outcomes: such a value may be present once, or
@@ -64,6 +65,15 @@ pub enum Anomaly {
     },
     /// A reader's high watermark went backwards.
     WatermarkRegressed { reader: String, from: u64, to: u64 },
+    /// A read sent after an acknowledgement answered a high watermark that misses it.
+    StaleRead {
+        reader: String,
+        invoked_ms: u64,
+        high_watermark: u64,
+        acked_value: String,
+        acked_offset: u64,
+        acked_ms: u64,
+    },
     /// Something never recovered after the heal.
     Stuck(String),
     /// A task of a host panicked.
@@ -124,6 +134,17 @@ impl fmt::Display for Anomaly {
             Anomaly::WatermarkRegressed { reader, from, to } => write!(
                 f,
                 "watermark regressed: reader {reader} saw {from}, then {to}"
+            ),
+            Anomaly::StaleRead {
+                reader,
+                invoked_ms,
+                high_watermark,
+                acked_value,
+                acked_offset,
+                acked_ms,
+            } => write!(
+                f,
+                "stale read: reader {reader} sent at {invoked_ms} ms got high watermark {high_watermark}, but {acked_value} was acknowledged at offset {acked_offset} at {acked_ms} ms"
             ),
             Anomaly::Stuck(s) => write!(f, "stuck: {s}"),
             Anomaly::Panic(s) => write!(f, "panic: {s}"),
@@ -258,6 +279,53 @@ pub fn check(history: &History) -> (Vec<Anomaly>, Summary) {
         }
     }
 
+    // Stale reads: per partition, acknowledgements in completion order with the greatest
+    // offset acknowledged so far; a read must cover every acknowledgement completed before
+    // it was sent.
+    let mut acks: BTreeMap<u32, Vec<(u64, u64, &str)>> = BTreeMap::new();
+    for w in &history.writes {
+        if let WriteOutcome::Acked(offset) = w.outcome {
+            acks.entry(w.partition)
+                .or_default()
+                .push((w.completed_ms, offset, &w.value));
+        }
+    }
+    // Per partition: (completion ms, the acknowledgement with the greatest offset so far).
+    let mut floors: BTreeMap<u32, Vec<(u64, (u64, u64, &str))>> = BTreeMap::new();
+    for (partition, mut list) in acks {
+        list.sort_unstable();
+        let floor = floors.entry(partition).or_default();
+        let mut best = list[0];
+        for ack in list {
+            if ack.1 > best.1 {
+                best = ack;
+            }
+            floor.push((ack.0, best));
+        }
+    }
+    for (name, log) in &history.readers {
+        let Some(floor) = floors.get(&log.partition) else {
+            continue;
+        };
+        for read in &log.reads {
+            // Acknowledgements completed strictly before the read was sent.
+            let before = floor.partition_point(|(ms, _)| *ms < read.invoked_ms);
+            if let Some(&(_, (acked_ms, acked_offset, value))) =
+                before.checked_sub(1).map(|i| &floor[i])
+                && read.high_watermark <= acked_offset
+            {
+                anomalies.push(Anomaly::StaleRead {
+                    reader: name.clone(),
+                    invoked_ms: read.invoked_ms,
+                    high_watermark: read.high_watermark,
+                    acked_value: value.to_string(),
+                    acked_offset,
+                    acked_ms,
+                });
+            }
+        }
+    }
+
     // The final reads: every acknowledged value at its offset.
     let mut finals: BTreeMap<u32, BTreeMap<&str, u64>> = BTreeMap::new();
     for log in history.readers.values().filter(|l| l.is_final) {
@@ -315,7 +383,8 @@ mod tests {
             reads: reads
                 .into_iter()
                 .map(|(hw, records)| Read {
-                    at_ms: 0,
+                    invoked_ms: 10,
+                    at_ms: 10,
                     from: records.first().map_or(0, |r| r.0),
                     high_watermark: hw,
                     records: records
@@ -351,7 +420,7 @@ mod tests {
             vec![
                 (
                     "poll",
-                    reader(0, false, vec![(2, vec![(0, "a"), (1, "b")])]),
+                    reader(0, false, vec![(3, vec![(0, "a"), (1, "b")])]),
                 ),
                 (
                     "final",
@@ -403,6 +472,7 @@ mod tests {
             "read of a failed write: failed",
             "not contiguous: reader poll expected offset 2, got 3",
             "watermark regressed: reader poll saw 3, then 2",
+            "stale read: reader poll sent at 10 ms got high watermark 3, but x was acknowledged at offset 5",
         ] {
             assert!(has(prefix), "{prefix} not in {text:#?}");
         }

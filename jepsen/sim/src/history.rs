@@ -29,6 +29,8 @@ pub struct Write {
 /// One successful fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Read {
+    /// When the fetch was sent and when it was answered (simulated ms since the start).
+    pub invoked_ms: u64,
     pub at_ms: u64,
     /// The offset asked for.
     pub from: u64,
@@ -81,8 +83,8 @@ impl History {
                 let offsets: Vec<u64> = r.records.iter().map(|(o, _)| *o).collect();
                 let _ = writeln!(
                     out,
-                    "{:>8} read {name} from {} hw {} {offsets:?}",
-                    r.at_ms, r.from, r.high_watermark
+                    "{:>8} read {name} from {} hw {} sent {} {offsets:?}",
+                    r.at_ms, r.from, r.high_watermark, r.invoked_ms
                 );
             }
         }

@@ -32,8 +32,9 @@ pub struct Workload {
     pub settle: Duration,
 }
 
-/// Pause between two sends of a writer, at most.
-const WRITER_PAUSE_MS_MAX: u64 = 30;
+/// Pause between two sends of a writer, at least and at most.
+const WRITER_PAUSE_MS_MIN: u64 = 10;
+const WRITER_PAUSE_MS_MAX: u64 = 50;
 /// Long-poll wait of the pollers' fetches.
 const POLL_WAIT_MS: u32 = 300;
 /// Pause after a failed fetch or topic creation.
@@ -132,7 +133,7 @@ pub async fn run(w: Workload, history: Shared) -> turmoil::Result {
                         outcome,
                     })
                 });
-                let pause = rng.gen_range(0..=WRITER_PAUSE_MS_MAX);
+                let pause = rng.gen_range(WRITER_PAUSE_MS_MIN..=WRITER_PAUSE_MS_MAX);
                 tokio::time::sleep(Duration::from_millis(pause)).await;
             }
         }));
@@ -149,26 +150,22 @@ pub async fn run(w: Workload, history: Shared) -> turmoil::Result {
                 ..Default::default()
             };
             let mut next = 0u64;
-            let mut last_hw = 0u64;
             while now() < w.writes_until {
+                let invoked_ms = now_ms();
                 match client.fetch(&w.topic, partition, next, options).await {
                     Ok(r) => {
-                        if !r.records.is_empty() || r.high_watermark != last_hw {
-                            let read = Read {
-                                at_ms: now_ms(),
-                                from: next,
-                                high_watermark: r.high_watermark,
-                                records: r
-                                    .records
-                                    .iter()
-                                    .map(|c| {
-                                        (c.offset, String::from_utf8_lossy(&c.value).into_owned())
-                                    })
-                                    .collect(),
-                            };
-                            record(&history, |h| log_of(h, &name, partition, false).push(read));
-                        }
-                        last_hw = r.high_watermark;
+                        let read = Read {
+                            invoked_ms,
+                            at_ms: now_ms(),
+                            from: next,
+                            high_watermark: r.high_watermark,
+                            records: r
+                                .records
+                                .iter()
+                                .map(|c| (c.offset, String::from_utf8_lossy(&c.value).into_owned()))
+                                .collect(),
+                        };
+                        record(&history, |h| log_of(h, &name, partition, false).push(read));
                         next = r.next_offset;
                     }
                     Err(_) => tokio::time::sleep(RETRY_PAUSE).await,
@@ -234,10 +231,12 @@ async fn read_to_end(
             record(history, |h| h.stuck.push(why));
             return;
         }
+        let invoked_ms = now_ms();
         match client.fetch(topic, partition, next, options).await {
             Ok(r) => {
                 let end = *end.get_or_insert(r.high_watermark);
                 let read = Read {
+                    invoked_ms,
                     at_ms: now_ms(),
                     from: next,
                     high_watermark: r.high_watermark,
