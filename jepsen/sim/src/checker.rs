@@ -152,6 +152,9 @@ impl fmt::Display for Anomaly {
     }
 }
 
+/// An acknowledgement: `(completion ms, offset, value)`.
+type Ack<'h> = (u64, u64, &'h str);
+
 /// Counts of what the history holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -282,7 +285,7 @@ pub fn check(history: &History) -> (Vec<Anomaly>, Summary) {
     // Stale reads: per partition, acknowledgements in completion order with the greatest
     // offset acknowledged so far; a read must cover every acknowledgement completed before
     // it was sent.
-    let mut acks: BTreeMap<u32, Vec<(u64, u64, &str)>> = BTreeMap::new();
+    let mut acks: BTreeMap<u32, Vec<Ack<'_>>> = BTreeMap::new();
     for w in &history.writes {
         if let WriteOutcome::Acked(offset) = w.outcome {
             acks.entry(w.partition)
@@ -291,7 +294,7 @@ pub fn check(history: &History) -> (Vec<Anomaly>, Summary) {
         }
     }
     // Per partition: (completion ms, the acknowledgement with the greatest offset so far).
-    let mut floors: BTreeMap<u32, Vec<(u64, (u64, u64, &str))>> = BTreeMap::new();
+    let mut floors: BTreeMap<u32, Vec<(u64, Ack<'_>)>> = BTreeMap::new();
     for (partition, mut list) in acks {
         list.sort_unstable();
         let floor = floors.entry(partition).or_default();
@@ -328,7 +331,11 @@ pub fn check(history: &History) -> (Vec<Anomaly>, Summary) {
 
     // The final reads: every acknowledged value at its offset.
     let mut finals: BTreeMap<u32, BTreeMap<&str, u64>> = BTreeMap::new();
-    for log in history.readers.values().filter(|l| l.is_final) {
+    for log in history
+        .readers
+        .values()
+        .filter(|l| l.is_final && l.reached_end)
+    {
         let entry = finals.entry(log.partition).or_default();
         for (offset, value) in log.reads.iter().flat_map(|r| r.records.iter()) {
             entry.insert(value, *offset);
@@ -341,16 +348,16 @@ pub fn check(history: &History) -> (Vec<Anomaly>, Summary) {
             .and_then(|f| f.get(w.value.as_str()))
             .copied();
         match &w.outcome {
-            WriteOutcome::Acked(offset) if found != Some(*offset) => {
-                // A partition never read to the end is reported as stuck, not as loss.
-                if finals.contains_key(&w.partition) {
-                    anomalies.push(Anomaly::LostWrite {
-                        value: w.value.clone(),
-                        partition: w.partition,
-                        acked_offset: *offset,
-                        found,
-                    });
-                }
+            // A partition never read to the end is reported as stuck, not as loss.
+            WriteOutcome::Acked(offset)
+                if found != Some(*offset) && finals.contains_key(&w.partition) =>
+            {
+                anomalies.push(Anomaly::LostWrite {
+                    value: w.value.clone(),
+                    partition: w.partition,
+                    acked_offset: *offset,
+                    found,
+                });
             }
             WriteOutcome::Unknown(_) if found.is_some() => summary.unknown_present += 1,
             _ => {}
@@ -380,6 +387,7 @@ mod tests {
         ReaderLog {
             partition,
             is_final,
+            reached_end: is_final,
             reads: reads
                 .into_iter()
                 .map(|(hw, records)| Read {

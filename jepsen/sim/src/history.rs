@@ -45,6 +45,8 @@ pub struct ReaderLog {
     pub partition: u32,
     /// A final reader reads the whole partition once the cluster is healed.
     pub is_final: bool,
+    /// A final reader got to the high watermark its first read answered.
+    pub reached_end: bool,
     pub reads: Vec<Read>,
 }
 

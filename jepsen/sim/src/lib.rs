@@ -20,8 +20,9 @@
 //! [`SimDisk`] with the group-commit writer as a task) and a client host. The client creates a
 //! topic (3 partitions, replication 3) and writes unique values in CP mode from a few tasks
 //! while one poller per partition follows it with CP reads. From [`SimConfig::faults_from`]
-//! to [`SimConfig::heal_at`] the nemesis partitions and isolates nodes and crashes them (a
-//! power loss: the disk forgets unsynced writes) and restarts them; then it heals everything.
+//! to [`SimConfig::heal_at`] the nemesis partitions, isolates and delays nodes, cuts the client
+//! off from some, crashes nodes (a power loss: the disk forgets unsynced writes) and restarts
+//! them; then it heals everything.
 //! The client stops writing a little after the heal, then reads every partition from offset 0
 //! and the checker judges the history.
 //!
@@ -137,6 +138,9 @@ impl Run {
     }
 }
 
+/// The client host.
+const CLIENT: &str = "client";
+
 fn node_name(id: u64) -> String {
     format!("node{id}")
 }
@@ -217,10 +221,19 @@ fn apply(sim: &mut turmoil::Sim<'_>, disks: &BTreeMap<u64, SimDisk>, fault: Faul
                 sim.partition(node_name(a), node_name(*b));
             }
         }
+        Fault::Hold(a, b) => sim.hold(node_name(a), node_name(b)),
+        Fault::CutClient(a) => sim.partition(CLIENT, node_name(a)),
         Fault::HealNetwork => {
-            for a in &nodes {
-                for b in nodes.iter().filter(|b| *b > a) {
-                    sim.repair(node_name(*a), node_name(*b));
+            let hosts: Vec<String> = nodes
+                .iter()
+                .map(|n| node_name(*n))
+                .chain([CLIENT.to_string()])
+                .collect();
+            for (i, a) in hosts.iter().enumerate() {
+                for b in &hosts[i + 1..] {
+                    // Releasing delivers held messages; repairing ends partitions.
+                    sim.release(a.as_str(), b.as_str());
+                    sim.repair(a.as_str(), b.as_str());
                 }
             }
         }
@@ -275,7 +288,7 @@ pub fn run_seed(seed: u64, config: &SimConfig) -> Run {
     }
     let history = Arc::new(Mutex::new(History::default()));
     sim.client(
-        "client",
+        CLIENT,
         workload::run(
             workload::Workload {
                 seed,

@@ -2,8 +2,9 @@
 //! same seed always brings the same faults at the same simulated times.
 //!
 //! Faults: cutting the links between two nodes, cutting one node off from the other nodes,
-//! healing every link, a power loss of a node (it stops at once and its disk forgets unsynced
-//! writes) and its restart. The schedule ends with every link healed and every node running,
+//! holding the messages between two nodes (delivered late, all at once, when healed), cutting
+//! the client off from a node, healing every link, a power loss of a node (it stops at once
+//! and its disk forgets unsynced writes) and its restart. The schedule ends with every link healed and every node running,
 //! at [`Plan::heal_at`].
 
 use std::collections::BTreeMap;
@@ -18,6 +19,10 @@ pub enum Fault {
     Partition(u64, u64),
     /// Cuts one node off from every other node (the client still reaches it).
     Isolate(u64),
+    /// Holds the messages between two nodes, both ways, until the network heals.
+    Hold(u64, u64),
+    /// Cuts the client off from one node.
+    CutClient(u64),
     /// Restores every link.
     HealNetwork,
     /// Power loss: the node stops at once; writes its disk had not synced are lost.
@@ -68,13 +73,13 @@ pub fn plan(
         }
         down.retain(|_, restart| *restart > t);
         let node = rng.gen_range(1..=nodes);
+        let other = 1 + (node + rng.gen_range(0..nodes - 1)) % nodes;
         let fault = match rng.gen_range(0..100) {
-            0..25 => {
-                let other = 1 + (node + rng.gen_range(0..nodes - 1)) % nodes;
-                Fault::Partition(node.min(other), node.max(other))
-            }
-            25..45 => Fault::Isolate(node),
-            45..60 => Fault::HealNetwork,
+            0..20 => Fault::Partition(node.min(other), node.max(other)),
+            20..35 => Fault::Isolate(node),
+            35..45 => Fault::Hold(node.min(other), node.max(other)),
+            45..55 => Fault::CutClient(node),
+            55..70 => Fault::HealNetwork,
             _ if down.len() < max_down && !down.contains_key(&node) => {
                 let restart = (t + rng.gen_range(DOWN_MS.0..=DOWN_MS.1)).min(ms(until));
                 down.insert(node, restart);
@@ -141,7 +146,9 @@ mod tests {
                         assert!(down.len() <= 1, "seed {seed}: too many down");
                     }
                     Fault::Restart(n) => assert!(down.remove(&n), "seed {seed}"),
-                    Fault::Partition(a, b) => assert!(a < b && (1..=3).contains(&a)),
+                    Fault::Partition(a, b) | Fault::Hold(a, b) => {
+                        assert!(a < b && (1..=3).contains(&a) && b <= 3)
+                    }
                     _ => {}
                 }
             }

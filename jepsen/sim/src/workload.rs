@@ -195,7 +195,7 @@ fn log_of<'h>(h: &'h mut History, name: &str, partition: u32, is_final: bool) ->
         .or_insert_with(|| ReaderLog {
             partition,
             is_final,
-            reads: Vec::new(),
+            ..Default::default()
         })
         .reads
 }
@@ -222,6 +222,11 @@ async fn read_to_end(
     let mut end: Option<u64> = None;
     loop {
         if end.is_some_and(|end| next >= end) {
+            record(history, |h| {
+                if let Some(log) = h.readers.get_mut(&name) {
+                    log.reached_end = true;
+                }
+            });
             return;
         }
         if now() > deadline {
