@@ -59,6 +59,7 @@ pub mod workload;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
@@ -212,37 +213,91 @@ fn watch_panics() {
     });
 }
 
-fn apply(sim: &mut turmoil::Sim<'_>, disks: &BTreeMap<u64, SimDisk>, fault: Fault) {
-    let nodes: Vec<u64> = disks.keys().copied().collect();
-    match fault {
-        Fault::Partition(a, b) => sim.partition(node_name(a), node_name(b)),
-        Fault::Isolate(a) => {
-            for b in nodes.iter().filter(|b| **b != a) {
-                sim.partition(node_name(a), node_name(*b));
+/// The state of one link, as the nemesis left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Cut,
+    Held,
+}
+
+/// Applies faults to a running simulation, and remembers which links it cut or holds.
+struct Nemesis {
+    disks: BTreeMap<u64, SimDisk>,
+    /// Links not healthy, by host pair (smaller name first).
+    links: BTreeMap<(String, String), Link>,
+}
+
+impl Nemesis {
+    fn pair(a: &str, b: &str) -> (String, String) {
+        (a.min(b).to_string(), a.max(b).to_string())
+    }
+
+    fn hosts(&self) -> Vec<String> {
+        self.disks
+            .keys()
+            .map(|n| node_name(*n))
+            .chain([CLIENT.to_string()])
+            .collect()
+    }
+
+    fn cut(&mut self, sim: &turmoil::Sim<'_>, a: &str, b: &str) {
+        sim.partition(a, b);
+        self.links.insert(Self::pair(a, b), Link::Cut);
+    }
+
+    fn apply(&mut self, sim: &mut turmoil::Sim<'_>, fault: Fault) {
+        match fault {
+            Fault::Partition(a, b) => self.cut(sim, &node_name(a), &node_name(b)),
+            Fault::Isolate(a) => {
+                for b in self
+                    .disks
+                    .keys()
+                    .copied()
+                    .filter(|b| *b != a)
+                    .collect::<Vec<_>>()
+                {
+                    self.cut(sim, &node_name(a), &node_name(b));
+                }
             }
-        }
-        Fault::Hold(a, b) => sim.hold(node_name(a), node_name(b)),
-        Fault::CutClient(a) => sim.partition(CLIENT, node_name(a)),
-        Fault::HealNetwork => {
-            let hosts: Vec<String> = nodes
-                .iter()
-                .map(|n| node_name(*n))
-                .chain([CLIENT.to_string()])
-                .collect();
-            for (i, a) in hosts.iter().enumerate() {
-                for b in &hosts[i + 1..] {
+            Fault::Hold(a, b) => {
+                let (a, b) = (node_name(a), node_name(b));
+                // A cut link stays cut: holding it would revive it.
+                if let Entry::Vacant(link) = self.links.entry(Self::pair(&a, &b)) {
+                    sim.hold(a.as_str(), b.as_str());
+                    link.insert(Link::Held);
+                }
+            }
+            Fault::CutClient(a) => self.cut(sim, CLIENT, &node_name(a)),
+            Fault::HealNetwork => {
+                for ((a, b), _) in std::mem::take(&mut self.links) {
                     // Releasing delivers held messages; repairing ends partitions.
                     sim.release(a.as_str(), b.as_str());
                     sim.repair(a.as_str(), b.as_str());
                 }
             }
+            Fault::Crash(a) => {
+                let name = node_name(a);
+                // The disk first: the dying node's teardown must not reach it.
+                self.disks[&a].power_loss();
+                // A machine that loses power sends nothing, so its links are cut while its
+                // tasks are dropped: their connections' closing segments never leave. (This
+                // also keeps the run deterministic: Tokio drops a runtime's tasks in an order
+                // that depends on process-wide task ids.)
+                let others: Vec<String> = self.hosts().into_iter().filter(|h| *h != name).collect();
+                for other in &others {
+                    sim.partition(name.as_str(), other.as_str());
+                }
+                sim.crash(name.as_str());
+                for other in &others {
+                    match self.links.get(&Self::pair(&name, other)) {
+                        None => sim.repair(name.as_str(), other.as_str()),
+                        Some(Link::Held) => sim.hold(name.as_str(), other.as_str()),
+                        Some(Link::Cut) => {}
+                    }
+                }
+            }
+            Fault::Restart(a) => sim.bounce(node_name(a)),
         }
-        Fault::Crash(a) => {
-            // The disk first: the dying node's teardown must not reach it.
-            disks[&a].power_loss();
-            sim.crash(node_name(a));
-        }
-        Fault::Restart(a) => sim.bounce(node_name(a)),
     }
 }
 
@@ -305,10 +360,14 @@ pub fn run_seed(seed: u64, config: &SimConfig) -> Run {
         ),
     );
 
+    let mut nemesis = Nemesis {
+        disks,
+        links: BTreeMap::new(),
+    };
     let mut steps = plan.steps.iter().peekable();
     let error = loop {
         while let Some(step) = steps.next_if(|s| s.at <= sim.elapsed()) {
-            apply(&mut sim, &disks, step.fault);
+            nemesis.apply(&mut sim, step.fault);
             let at = sim.elapsed().as_millis() as u64;
             history
                 .lock()

@@ -5,6 +5,7 @@
 //! - `FJORD_SIM_SEEDS=N`: how many seeds (default 50), from `FJORD_SIM_FIRST=S` (default 0).
 //! - `FJORD_SIM_SEED=S`: run only seed S, and write its trace to a file (path printed).
 //! - `FJORD_SIM_THREADS=T`: seeds run on T threads at once (default: 2, or 1 on one core).
+//! - `FJORD_SIM_TRACE_DIR=D`: write every seed's trace to `D/seed-S.trace`.
 //!
 //! Fully deterministic replays need Tokio's RNG seeded (see the crate docs):
 //! `RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR=target/sim-det cargo test -p fjord-sim`.
@@ -73,6 +74,10 @@ fn seeds() {
                     let t = Instant::now();
                     let run = run_seed(*seed, &config);
                     report(&run, t.elapsed());
+                    if let Some(dir) = std::env::var_os("FJORD_SIM_TRACE_DIR") {
+                        let path = std::path::Path::new(&dir).join(format!("seed-{seed}.trace"));
+                        std::fs::write(&path, &run.trace).expect("writing a trace");
+                    }
                     if !run.passed() {
                         failed.lock().unwrap().push(*seed);
                     }
