@@ -27,22 +27,37 @@
 //! and the checker judges the history.
 //!
 //! # What is deterministic
-//! Always, for a given seed: the fault schedule (which fault, which node, at which simulated
-//! millisecond), turmoil's message latencies, the client's values, partitions and jitter, and
-//! every random number openraft and the node draw, *as long as the order in which tasks run
-//! is the same*. What can change that order between two runs of one seed:
-//! - **Tokio's internal RNG.** Without `--cfg tokio_unstable`, each host's Tokio runtime seeds
-//!   its RNG from the OS, and Tokio uses it to pick the first branch of every unbiased
-//!   `select!` (in tonic, hyper, h2 and tokio-util) and to spread the waiters of a `watch`
-//!   channel over its internal `Notify`s, which decides their wake-up order. So by default
-//!   two runs of a seed have the same faults at the same times but may interleave tasks
-//!   differently, and the histories drift apart. Built with `RUSTFLAGS="--cfg
-//!   tokio_unstable"`, turmoil seeds every host's runtime from the seed too (see
-//!   `tests/seeds.rs` for the command; use a separate target directory, the flag rebuilds
-//!   every crate).
-//! - **`HashMap` iteration order** (std's `RandomState` is seeded per process): fjord walks
-//!   no `HashMap` where order matters on the node path (the group registry sorts its ids);
-//!   dependencies might.
+//! **Always**, for a given seed: the fault schedule (which fault, which node, at which
+//! simulated millisecond: checked by `tests/determinism.rs`), turmoil's message latencies,
+//! the client's values, partitions and retry jitter, the nodes' random numbers (openraft's
+//! election timeouts and tick phase, proposal tokens), the simulated wall clock, and what a
+//! crash loses. Everything runs on one thread, commits included (the writer is a task), and
+//! nothing on the node path reads the real clock.
+//!
+//! **Only with `--cfg tokio_unstable`**: the order in which tasks run, and so the whole run.
+//! Tokio keeps an RNG per runtime that it seeds from the OS unless built with that flag
+//! (`Builder::rng_seed` is unstable); it picks the first branch of every unbiased `select!`
+//! (in tonic, hyper, h2 and fjord itself) and spreads the waiters of a `watch` channel over
+//! its internal `Notify`s, which decides their wake-up order. Built with it, turmoil seeds
+//! every host's runtime from the seed, and a seed replays byte for byte: the same trace in
+//! two runs in one process, in a fresh process, and whether the seed ran alone or after other
+//! seeds on other threads (checked by hand; `tests/determinism.rs` asserts identical traces
+//! in that build). Without it (the workspace's normal build, and CI) a seed gives the same
+//! faults at the same times, but the interleavings, and so the histories, drift apart within
+//! the first simulated seconds; a failure found in CI may take a few replays, or the
+//! `tokio_unstable` build, to reproduce. The flag must reach Tokio and turmoil, so it is set
+//! through `RUSTFLAGS`, which rebuilds every crate: use a separate target directory.
+//! ```text
+//! RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR=target/sim-det \
+//!   FJORD_SIM_SEED=17 cargo test -p fjord-sim --test seeds -- --nocapture
+//! ```
+//!
+//! Two more sources were found and closed: the order in which Tokio drops a crashed
+//! runtime's tasks depends on process-wide task ids, so a crash first cuts the node's links
+//! (its connections' closing segments never leave, as with a real power loss); and the node's
+//! group registry sorts its ids before walking them. `HashMap` iteration order (std seeds it
+//! per process) does not reach the traces as far as the runs above show; dependencies could
+//! still iterate one where order matters.
 //!
 //! What is not simulated: varying disk latency (every commit takes [`COMMIT_LATENCY`] and is
 //! durable when it returns), torn writes (a power loss keeps every synced page and none of the
@@ -109,7 +124,7 @@ impl Default for SimConfig {
             writers: 2,
             max_down: 2,
             faults_from: Duration::from_secs(3),
-            heal_at: Duration::from_secs(16),
+            heal_at: Duration::from_secs(13),
             writes_after_heal: Duration::from_secs(2),
             settle: Duration::from_secs(30),
             // Twice fjord's defaults: a simulated second costs half as much (openraft's ticks

@@ -24,8 +24,15 @@ fn env_u64(name: &str) -> Option<u64> {
     })
 }
 
+/// The command that replays `seed`: byte for byte in a `tokio_unstable` build, with the same
+/// faults otherwise.
 fn replay_command(seed: u64) -> String {
-    format!("FJORD_SIM_SEED={seed} cargo test -p fjord-sim --test seeds -- --nocapture")
+    let build = if TOKIO_SEEDED {
+        "RUSTFLAGS=\"--cfg tokio_unstable\" CARGO_TARGET_DIR=target/sim-det "
+    } else {
+        ""
+    };
+    format!("{build}FJORD_SIM_SEED={seed} cargo test -p fjord-sim --test seeds -- --nocapture")
 }
 
 fn report(run: &Run, wall: std::time::Duration) {
@@ -72,7 +79,15 @@ fn seeds() {
             scope.spawn(|| {
                 while let Some(seed) = seeds.get(next.fetch_add(1, Ordering::Relaxed)) {
                     let t = Instant::now();
-                    let run = run_seed(*seed, &config);
+                    // A panic of the simulation itself (not of a host's task) ends the seed.
+                    let run = match std::panic::catch_unwind(|| run_seed(*seed, &config)) {
+                        Ok(run) => run,
+                        Err(_) => {
+                            println!("seed {seed}: FAILED: the simulation panicked (above)");
+                            failed.lock().unwrap().push(*seed);
+                            continue;
+                        }
+                    };
                     report(&run, t.elapsed());
                     if let Some(dir) = std::env::var_os("FJORD_SIM_TRACE_DIR") {
                         let path = std::path::Path::new(&dir).join(format!("seed-{seed}.trace"));
@@ -95,8 +110,13 @@ fn seeds() {
     );
     if !failed.is_empty() {
         let replays: Vec<String> = failed.iter().map(|s| replay_command(*s)).collect();
+        let exactly = if TOKIO_SEEDED {
+            ""
+        } else {
+            "\n(the same faults; for the same interleaving too, rerun with RUSTFLAGS=\"--cfg tokio_unstable\" CARGO_TARGET_DIR=target/sim-det)"
+        };
         panic!(
-            "seeds {failed:?} failed (anomalies above); replay one with:\n  {}",
+            "seeds {failed:?} failed (anomalies above); replay one with:\n  {}{exactly}",
             replays.join("\n  ")
         );
     }
