@@ -77,6 +77,9 @@ pub struct ClientConfig {
     pub retry_backoff_ms_initial: u64,
     /// Cap of the backoff, which doubles with each retry, in milliseconds.
     pub retry_backoff_ms_max: u64,
+    /// Seeds the client's randomness (retry jitter, a producer's first sticky partition), so
+    /// that a simulation replays the same run; `None` draws it from the OS.
+    pub rng_seed: Option<u64>,
 }
 
 impl Default for ClientConfig {
@@ -87,6 +90,7 @@ impl Default for ClientConfig {
             max_retries: DEFAULT_MAX_RETRIES,
             retry_backoff_ms_initial: DEFAULT_RETRY_BACKOFF_MS_INITIAL,
             retry_backoff_ms_max: DEFAULT_RETRY_BACKOFF_MS_MAX,
+            rng_seed: None,
         }
     }
 }

@@ -385,7 +385,7 @@ impl Producer {
     ) -> Result<Producer, ClientError> {
         config.validate()?;
         let partitioner = StickyPartitioner::new(
-            rand::random::<u32>(),
+            client.random_u32(),
             config.max_batch_bytes,
             config.max_batch_records,
         );

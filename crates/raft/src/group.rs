@@ -104,8 +104,12 @@ impl GroupRegistry {
         self.groups.write().unwrap().remove(&group)
     }
 
+    /// The ids of the groups, sorted: whatever walks them (a shutdown, a hand-off) does so in
+    /// the same order every time, which a deterministic simulation needs.
     pub fn ids(&self) -> Vec<u64> {
-        self.groups.read().unwrap().keys().copied().collect()
+        let mut ids: Vec<u64> = self.groups.read().unwrap().keys().copied().collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// Decodes an inbound message for `group`, hands it to the group's Raft and encodes the

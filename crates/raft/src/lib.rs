@@ -17,6 +17,8 @@
 //!   of a node's groups.
 //! - [`order`]: a leader proposes each producer's batches in sequence order, though their
 //!   produce requests are handled concurrently (an optimisation; the partition rules decide).
+//! - [`runtime`]: the async runtime of the groups: Tokio, with randomness (election timeouts)
+//!   that a simulation can seed.
 //! - [`handle`]: what the server drives a group with ([`PartitionHandle`], [`MetaHandle`]),
 //!   in fjord's own types: the server never names an openraft type.
 //!
@@ -30,6 +32,7 @@ pub mod meta_sm;
 pub mod network;
 pub mod order;
 pub mod partition_sm;
+pub mod runtime;
 pub mod types;
 
 pub use group::{AnyGroup, GroupConfig, GroupRegistry, GroupRole, MetaRaft, PartitionRaft};
