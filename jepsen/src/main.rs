@@ -22,6 +22,11 @@ enum Cmd {
     /// A CP run and an AP run on the same seed and fault schedule, and the table comparing
     /// them (`cap.md`).
     Cap(Common),
+    /// Prints the CP/AP comparison table of finished runs (their `report.json`).
+    Table {
+        /// Run directories.
+        dirs: Vec<PathBuf>,
+    },
     /// Checks a recorded run directory again and prints its report.
     Check {
         /// A run directory (holding `run.json` and `history.jsonl`).
@@ -171,6 +176,19 @@ fn main() -> Result<()> {
                 eprintln!("fjord-jepsen: wrote {}", root.join("cap.md").display());
             }
             summaries.iter().all(RunSummary::is_valid)
+        }
+        Cmd::Table { dirs } => {
+            let mut summaries = Vec::new();
+            for dir in dirs {
+                let path = dir.join("report.json");
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let summary: RunSummary = serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?;
+                summaries.push(summary);
+            }
+            println!("{}", cap_table(&summaries));
+            true
         }
         Cmd::Check { dir } => {
             let text = std::fs::read_to_string(dir.join("run.json"))
