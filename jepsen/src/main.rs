@@ -225,6 +225,11 @@ fn one_run(options: RunOptions) -> Result<RunSummary> {
     );
     let out = run(options)?;
     let summary = analyse(&out)?;
+    if out.interrupted {
+        println!("{}", summary.to_text());
+        eprintln!("fjord-jepsen: interrupted before the final read; the verdict does not count");
+        std::process::exit(2);
+    }
     println!("{}", summary.to_text());
     for note in &out.notes {
         println!("note: {note}");
