@@ -15,6 +15,7 @@
 #   fjord produce-1k    --acks cp --record-size 1024 --records FJ_RECORDS_1K --producers FJ_PRODUCERS
 #   fjord produce-100   --acks cp --record-size 100  --records FJ_RECORDS_100 --producers FJ_PRODUCERS
 #   fjord latency       --acks cp --record-size 100  --records FJ_RECORDS_LAT --one-at-a-time
+#                       --linger-ms 0 (the default 5 ms linger would add 5 ms to every record)
 #   fjord consume-1k    --read cp, the produce-1k topic from the beginning
 # Every fjord run is bounded by --duration-max-secs MAX_SECS, every peer phase by MAX_SECS.
 #
@@ -90,7 +91,7 @@ for round in $(seq 1 "$ROUNDS"); do
   record fjord "$round" produce-100
   settle
   measure "$servers" -- "$HERE/fjord.sh" bench produce --topic "bench-r$round-lat" "${common[@]}" \
-    --acks cp --record-size 100 --records "$FJ_RECORDS_LAT" --one-at-a-time > "$BENCH_BASE/last.cpu"
+    --acks cp --record-size 100 --records "$FJ_RECORDS_LAT" --one-at-a-time --linger-ms 0 > "$BENCH_BASE/last.cpu"
   record fjord "$round" latency
   settle
   measure "$servers" -- "$HERE/fjord.sh" bench consume --topic "bench-r$round-1k" --read cp \
