@@ -148,7 +148,8 @@ run() {  # run SIZE
         --window "$WINDOW" --consumer-ack none --batch 1000 --max-secs "$MAX_SECS" --label jetstream-sync-always
       ;;
     nats-bench)
-      # Fallback, not used for docs/benchmarks.md: nats CLI publishes with its own batching.
+      # Fallback, not used for docs/benchmarks.md and untested here (no natscli binary on this
+      # machine): the subcommand names follow natscli 0.2 and may need adjusting.
       timeout $((MAX_SECS * 2)) nats --server "$URLS" bench js pub async bench.events --create --replicas 3 \
         --storage file --size "$size" --msgs "$ASYNC_N" --batch "$WINDOW" --purge
       timeout $((MAX_SECS * 2)) nats --server "$URLS" bench js consume bench.events --msgs "$ASYNC_N"
