@@ -22,6 +22,11 @@ enum Cmd {
     /// A CP run and an AP run on the same seed and fault schedule, and the table comparing
     /// them (`cap.md`).
     Cap(Common),
+    /// Prints the CP/AP comparison table of finished runs (their `report.json`).
+    Table {
+        /// Run directories.
+        dirs: Vec<PathBuf>,
+    },
     /// Checks a recorded run directory again and prints its report.
     Check {
         /// A run directory (holding `run.json` and `history.jsonl`).
@@ -172,6 +177,19 @@ fn main() -> Result<()> {
             }
             summaries.iter().all(RunSummary::is_valid)
         }
+        Cmd::Table { dirs } => {
+            let mut summaries = Vec::new();
+            for dir in dirs {
+                let path = dir.join("report.json");
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let summary: RunSummary = serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?;
+                summaries.push(summary);
+            }
+            println!("{}", cap_table(&summaries));
+            true
+        }
         Cmd::Check { dir } => {
             let text = std::fs::read_to_string(dir.join("run.json"))
                 .with_context(|| format!("reading {}", dir.join("run.json").display()))?;
@@ -207,6 +225,11 @@ fn one_run(options: RunOptions) -> Result<RunSummary> {
     );
     let out = run(options)?;
     let summary = analyse(&out)?;
+    if out.interrupted {
+        println!("{}", summary.to_text());
+        eprintln!("fjord-jepsen: interrupted before the final read; the verdict does not count");
+        std::process::exit(2);
+    }
     println!("{}", summary.to_text());
     for note in &out.notes {
         println!("note: {note}");

@@ -303,40 +303,6 @@ pub fn enter(ns: &str) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_cut_drops_both_directions_between_groups_only() {
-        let rules = cut(&[1], &[2, 3]);
-        assert_eq!(rules.len(), 4);
-        assert!(rules.contains(&Rule::Drop { from: 1, to: 2 }));
-        assert!(rules.contains(&Rule::Drop { from: 3, to: 1 }));
-        assert!(!rules.contains(&Rule::Drop { from: 2, to: 3 }));
-    }
-
-    #[test]
-    fn the_ruleset_replaces_the_table_atomically() {
-        let mut rules = BTreeSet::new();
-        rules.insert(Rule::Drop {
-            from: 1,
-            to: CLIENT,
-        });
-        rules.insert(Rule::Loss {
-            from: 2,
-            to: 3,
-            percent: 20,
-        });
-        let s = ruleset(&rules);
-        assert!(s.starts_with("table bridge fjord {}\nflush table bridge fjord\n"));
-        assert!(s.contains("ip saddr 10.77.0.1 ip daddr 10.77.0.200 drop"));
-        assert!(
-            s.contains("ip saddr 10.77.0.2 ip daddr 10.77.0.3 numgen random mod 100 < 20 drop")
-        );
-    }
-}
-
 /// The network a run uses: namespaces when the machine allows them, else the loopback proxy.
 pub enum Network {
     Netns(Netns),
@@ -405,5 +371,39 @@ impl Network {
             ),
             Network::Proxy(_) => "network: FALLBACK, network namespaces unavailable: nodes on loopback addresses behind a userspace fault proxy (a partition stalls bytes; TCP handshakes are not dropped)".to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_drops_both_directions_between_groups_only() {
+        let rules = cut(&[1], &[2, 3]);
+        assert_eq!(rules.len(), 4);
+        assert!(rules.contains(&Rule::Drop { from: 1, to: 2 }));
+        assert!(rules.contains(&Rule::Drop { from: 3, to: 1 }));
+        assert!(!rules.contains(&Rule::Drop { from: 2, to: 3 }));
+    }
+
+    #[test]
+    fn the_ruleset_replaces_the_table_atomically() {
+        let mut rules = BTreeSet::new();
+        rules.insert(Rule::Drop {
+            from: 1,
+            to: CLIENT,
+        });
+        rules.insert(Rule::Loss {
+            from: 2,
+            to: 3,
+            percent: 20,
+        });
+        let s = ruleset(&rules);
+        assert!(s.starts_with("table bridge fjord {}\nflush table bridge fjord\n"));
+        assert!(s.contains("ip saddr 10.77.0.1 ip daddr 10.77.0.200 drop"));
+        assert!(
+            s.contains("ip saddr 10.77.0.2 ip daddr 10.77.0.3 numgen random mod 100 < 20 drop")
+        );
     }
 }

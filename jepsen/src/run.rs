@@ -60,6 +60,9 @@ pub struct RunOutput {
     pub notes: Vec<String>,
     pub history: PathBuf,
     pub unread_partitions: Vec<u32>,
+    /// Stopped early by Ctrl-C or SIGTERM: no final read, so `unseen` means nothing.
+    #[serde(default)]
+    pub interrupted: bool,
 }
 
 fn parse_acks(s: &str) -> Result<Acks> {
@@ -324,6 +327,7 @@ async fn run_async(
         notes,
         history,
         unread_partitions: unread,
+        interrupted,
     })
 }
 

@@ -266,3 +266,212 @@ async fn bad_command_lines_get_clear_errors() {
     assert!(!ok);
     assert!(err.contains("not an address"), "{err}");
 }
+
+/// One JSON report from `fjord bench ... --format json`.
+fn bench_report(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
+    let mut c = cluster.cli();
+    c.arg("bench").args(args).args(["--format", "json"]);
+    let (ok, out, err) = run(c, None);
+    assert!(ok, "fjord bench {args:?} failed: {out}{err}");
+    let mut lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "one report object: {out}");
+    let report = lines.remove(0);
+    for key in [
+        "mode",
+        "topic",
+        "partitions",
+        "records_produced",
+        "records_consumed",
+        "errors",
+        "stopped_by",
+        "elapsed_secs",
+        "records_per_sec",
+        "mb_per_sec",
+        "latency_of",
+        "latency_samples",
+        "latency_ms_p50",
+        "latency_ms_p99",
+        "latency_ms_p999",
+        "latency_ms_max",
+        "settings",
+    ] {
+        assert!(report.get(key).is_some(), "no {key:?} in {report}");
+    }
+    let p: Vec<f64> = ["p50", "p99", "p999", "max"]
+        .iter()
+        .map(|q| report[format!("latency_ms_{q}")].as_f64().unwrap())
+        .collect();
+    assert!(
+        p.windows(2).all(|w| w[0] <= w[1]),
+        "percentiles ordered: {report}"
+    );
+    assert_eq!(report["errors"], 0, "{report}");
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_runs_against_a_real_cluster_and_reports_json() {
+    let _serial = serial();
+    let cluster = Cluster::start(3).await;
+
+    let r = bench_report(
+        &cluster,
+        &[
+            "produce",
+            "--topic",
+            "b",
+            "--records",
+            "3000",
+            "--record-size",
+            "64",
+        ],
+    );
+    assert_eq!(r["mode"], "produce");
+    assert_eq!(r["topic"], "b");
+    assert_eq!(r["partitions"], 3, "created with the default 3 partitions");
+    assert_eq!(r["records_produced"], 3000);
+    assert_eq!(r["records_consumed"], 0);
+    assert_eq!(r["stopped_by"], "count");
+    assert_eq!(r["latency_of"], "ack");
+    assert_eq!(r["latency_samples"], 3000, "one sample per record");
+    assert_eq!(r["settings"]["records"], 3000);
+    assert_eq!(r["settings"]["in_flight_batches"], 5);
+    assert_eq!(r["settings"]["acks"], "cp");
+    assert_eq!(r["settings"]["read"], serde_json::Value::Null);
+
+    let r = bench_report(&cluster, &["consume", "--topic", "b", "--records", "3000"]);
+    assert_eq!(r["mode"], "consume");
+    assert_eq!(r["records_consumed"], 3000);
+    assert_eq!(r["latency_of"], "fetch");
+    assert!(r["latency_samples"].as_u64().unwrap() >= 1, "{r}");
+    // Asking for more than there is reads what there is.
+    let r = bench_report(&cluster, &["consume", "--topic", "b", "--read", "ap"]);
+    assert_eq!(r["records_consumed"], 3000);
+    assert_eq!(r["settings"]["read"], "ap");
+
+    let r = bench_report(
+        &cluster,
+        &[
+            "e2e",
+            "--topic",
+            "b",
+            "--records",
+            "1000",
+            "--keys",
+            "7",
+            "--producers",
+            "2",
+        ],
+    );
+    assert_eq!(r["mode"], "e2e");
+    assert_eq!(r["records_produced"], 1000);
+    assert_eq!(r["records_consumed"], 1000, "only this run's records");
+    assert_eq!(r["latency_of"], "end_to_end");
+    assert_eq!(r["latency_samples"], 1000);
+    assert_eq!(r["settings"]["keys"], 7);
+
+    let r = bench_report(
+        &cluster,
+        &[
+            "produce",
+            "--topic",
+            "b",
+            "--one-at-a-time",
+            "--records",
+            "20",
+            "--partition",
+            "1",
+            "--acks",
+            "ap",
+        ],
+    );
+    assert_eq!(r["records_produced"], 20);
+    assert_eq!(r["settings"]["one_at_a_time"], true);
+    assert_eq!(r["settings"]["partition"], 1);
+
+    // Every record written above is in the topic once. The last 20 were acknowledged in AP
+    // mode, before their commit: a read may briefly end short of them, never beyond.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = bench_report(
+            &cluster,
+            &["consume", "--topic", "b", "--records", "100000"],
+        );
+        let n = r["records_consumed"].as_u64().unwrap();
+        assert!(n <= 3000 + 1000 + 20, "{r}");
+        if n == 3000 + 1000 + 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "AP-acknowledged records not committed within 30 s: {r}"
+        );
+    }
+
+    // Mistakes that need the cluster to be seen.
+    let mut c = cluster.cli();
+    c.args(["bench", "consume", "--topic", "nothing-here"]);
+    let (ok, _, err) = run(c, None);
+    assert!(!ok);
+    assert!(err.contains("nothing-here"), "names the topic: {err}");
+    let mut c = cluster.cli();
+    c.args([
+        "bench",
+        "produce",
+        "--topic",
+        "b",
+        "--partition",
+        "3",
+        "--records",
+        "1",
+    ]);
+    let (ok, _, err) = run(c, None);
+    assert!(!ok);
+    assert!(
+        err.contains("--partition 3") && err.contains("3 partitions"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bench_refuses_bad_arguments_with_clear_errors() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["bench", "produce", "--in-flight", "6"], "--in-flight"),
+        (&["bench", "produce", "--records", "0"], "--records"),
+        (&["bench", "produce", "--record-size", "x"], "--record-size"),
+        (
+            &["bench", "produce", "--keys", "4", "--partition", "0"],
+            "--partition",
+        ),
+        (&["bench", "consume", "--read", "quorum"], "quorum"),
+        (&["bench", "produce", "--acks", "all"], "all"),
+        (&["bench", "e2e", "--one-at-a-time"], "--one-at-a-time"),
+        (
+            &["bench", "e2e", "--duration-max-secs", "0"],
+            "--duration-max-secs",
+        ),
+    ];
+    for (args, named) in cases {
+        let mut c = Command::new(fjord_bin());
+        c.args(*args);
+        let (ok, _, err) = run(c, None);
+        assert!(!ok, "{args:?} was accepted");
+        assert!(
+            err.contains(named),
+            "{args:?}: the error names {named}: {err}"
+        );
+    }
+    // Checked before any node is contacted (there is none at this address).
+    let mut c = Command::new(fjord_bin());
+    c.args([
+        "bench",
+        "e2e",
+        "--record-size",
+        "8",
+        "--brokers",
+        "127.0.0.1:1",
+    ]);
+    let (ok, _, err) = run(c, None);
+    assert!(!ok);
+    assert!(err.contains("at least 16"), "{err}");
+}

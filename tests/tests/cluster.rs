@@ -464,7 +464,16 @@ async fn metadata_leader_failover_keeps_the_cluster_manageable() {
 async fn rolling_restart_under_writes_loses_nothing() {
     let _serial = serial();
     let mut cluster = Cluster::start(3).await;
-    let client = cluster.client();
+    // Retries spread over about a minute (like Kafka's delivery timeout), so that a hand-over
+    // slowed down by a loaded machine is waited out rather than reported as a failure.
+    let client = fjord_client::Client::connect(
+        cluster.brokers(),
+        fjord_client::ClientConfig {
+            max_retries: 40,
+            ..fjord_client::ClientConfig::default()
+        },
+    )
+    .unwrap();
     client.create_topic("rolling", 3, 3).await.unwrap();
     let producer = client
         .producer("rolling", ProducerConfig::default())

@@ -4,6 +4,7 @@
 //! - `serve`: one node (`fjord_server::run`) until SIGINT/SIGTERM.
 //! - `dev`: a local cluster of `fjord serve` child processes.
 //! - `topic`, `produce`, `consume`, `cluster`: client commands over `fjord_client`.
+//! - `bench`: load generators and measurements (`fjord bench produce|consume|e2e`).
 //! - `output`: text or JSON-lines output, and the JSON shapes.
 //! - `signals`: waiting for SIGINT/SIGTERM.
 //!
@@ -11,6 +12,7 @@
 //! 1 on an error (the message, with the server's reason, goes to standard error), 2 on a
 //! usage error.
 
+mod bench;
 mod cluster;
 mod consume;
 mod dev;
@@ -79,8 +81,9 @@ enum Command {
     /// Show the state of the cluster.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
-    /// Measure produce and consume throughput (not implemented yet).
-    Bench,
+    /// Measure throughput and latency of a running cluster.
+    #[command(subcommand, after_help = bench::AFTER_HELP)]
+    Bench(bench::BenchCommand),
 }
 
 /// Logs go to standard error. Nodes log at `info` by default; client commands only show
@@ -109,7 +112,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(args) => produce::run(client(cli.brokers)?, out, args).await,
         Command::Consume(args) => consume::run(client(cli.brokers)?, out, args).await,
         Command::Cluster(cmd) => cluster::run(client(cli.brokers)?, out, cmd).await,
-        Command::Bench => anyhow::bail!("fjord bench is not implemented yet"),
+        Command::Bench(cmd) => bench::run(client(cli.brokers)?, out, cmd).await,
     }
 }
 
@@ -251,6 +254,55 @@ mod tests {
             panic!("not dev")
         };
         assert_eq!((args.nodes, args.base_port), (3, 7101));
+    }
+
+    #[test]
+    fn bench_flags_are_checked_and_defaults_fit_the_client() {
+        let cli = parse(&["bench", "produce"]).unwrap();
+        let Command::Bench(bench::BenchCommand::Produce {
+            run,
+            produce,
+            one_at_a_time,
+            ..
+        }) = cli.command
+        else {
+            panic!("not bench produce")
+        };
+        assert_eq!(
+            (run.records, produce.in_flight, produce.producers),
+            (100_000, 5, 1)
+        );
+        assert!(!one_at_a_time);
+        let bad: &[&[&str]] = &[
+            &["bench", "produce", "--in-flight", "6"],
+            &["bench", "produce", "--in-flight", "0"],
+            &["bench", "produce", "--records", "0"],
+            &["bench", "produce", "--producers", "0"],
+            &["bench", "produce", "--record-size", "-1"],
+            &["bench", "produce", "--batch-max-bytes", "0"],
+            &["bench", "produce", "--linger-ms", "60001"],
+            &["bench", "produce", "--keys", "0"],
+            &["bench", "produce", "--keys", "3", "--partition", "1"],
+            &["bench", "produce", "--acks", "all"],
+            &["bench", "produce", "--duration-max-secs", "0"],
+            &["bench", "produce", "--partitions", "0"],
+            &["bench", "consume", "--one-at-a-time"],
+            &["bench", "consume", "--read", "quorum"],
+            &["bench", "e2e", "--one-at-a-time"],
+            &["bench", "scan"],
+        ];
+        for args in bad {
+            assert!(parse(args).is_err(), "{args:?} was accepted");
+        }
+        let cli = parse(&[
+            "bench", "e2e", "--keys", "10", "--read", "ap", "--acks", "ap", "--format", "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.format, Format::Json);
+        assert!(matches!(
+            cli.command,
+            Command::Bench(bench::BenchCommand::EndToEnd { .. })
+        ));
     }
 
     #[test]

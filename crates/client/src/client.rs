@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGua
 use std::time::Duration;
 
 use fjord_proto::v1::{self, fjord_client::FjordClient};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tonic::transport::{Channel, Endpoint};
 use tracing::debug;
 
@@ -25,7 +27,7 @@ use crate::consumer::{Consumer, FetchResult, StartFrom, decode_fetch};
 use crate::error::ClientError;
 use crate::metadata::{ClusterMetadata, MetadataCache, TopicDescription};
 use crate::producer::Producer;
-use crate::retry::{RetryDecision, RetryState, jitter};
+use crate::retry::{RetryDecision, RetryState};
 
 /// Most node channels a client keeps open.
 pub const MAX_CACHED_CHANNELS: usize = 1_024;
@@ -38,6 +40,24 @@ const DEADLINE_GRACE: Duration = Duration::from_millis(1_000);
 /// HTTP/2 keep-alive pings notice a dead node before a request's deadline does.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Makes the channel to a node from its endpoint (address, timeouts and keep-alives already
+/// set). [`TcpConnect`] connects over TCP; a simulation dials through its simulated network
+/// (`Endpoint::connect_with_connector_lazy`).
+pub trait Connect: Send + Sync + 'static {
+    /// A lazily connecting channel: nothing may be sent before the first request.
+    fn connect(&self, endpoint: Endpoint) -> Channel;
+}
+
+/// Plain TCP.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TcpConnect;
+
+impl Connect for TcpConnect {
+    fn connect(&self, endpoint: Endpoint) -> Channel {
+        endpoint.connect_lazy()
+    }
+}
 
 /// A handle to a fjord cluster. Cheap to clone; clones share connections and metadata.
 #[derive(Clone)]
@@ -58,6 +78,11 @@ struct Inner {
     refresh: tokio::sync::Mutex<()>,
     /// Rotates any-node requests over the known nodes.
     next_node: AtomicUsize,
+    /// Makes the channels.
+    connect: Arc<dyn Connect>,
+    /// Retry jitter and partition choice. A std mutex: one draw at a time, never held across
+    /// an await.
+    rng: Mutex<StdRng>,
 }
 
 impl std::fmt::Debug for Client {
@@ -114,6 +139,16 @@ impl Client {
     /// nodes will do, the others are learnt from metadata). Connects lazily: nothing is sent
     /// until the first request, so this only checks the addresses and the configuration.
     pub fn connect(brokers: Vec<String>, config: ClientConfig) -> Result<Client, ClientError> {
+        Self::connect_with(brokers, config, Arc::new(TcpConnect))
+    }
+
+    /// Like [`Client::connect`], with the channels made by `connect` (a simulated network,
+    /// for instance).
+    pub fn connect_with(
+        brokers: Vec<String>,
+        config: ClientConfig,
+        connect: Arc<dyn Connect>,
+    ) -> Result<Client, ClientError> {
         config.validate()?;
         let mut bootstrap: Vec<String> = Vec::new();
         for b in brokers {
@@ -135,6 +170,10 @@ impl Client {
                 bootstrap.len()
             )));
         }
+        let rng = match config.rng_seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        };
         Ok(Client {
             inner: Arc::new(Inner {
                 config,
@@ -143,6 +182,8 @@ impl Client {
                 metadata: RwLock::new(MetadataCache::default()),
                 refresh: tokio::sync::Mutex::new(()),
                 next_node: AtomicUsize::new(0),
+                connect,
+                rng: Mutex::new(rng),
             }),
         })
     }
@@ -385,7 +426,10 @@ impl Client {
             // over. Starting afresh is cheaper than tracking use, and stays bounded.
             channels.clear();
         }
-        let channel = endpoint(address, &self.inner.config)?.connect_lazy();
+        let channel = self
+            .inner
+            .connect
+            .connect(endpoint(address, &self.inner.config)?);
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
     }
@@ -414,6 +458,23 @@ impl Client {
         }
     }
 
+    fn with_rng<T>(&self, f: impl FnOnce(&mut StdRng) -> T) -> T {
+        f(&mut self
+            .inner
+            .rng
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// A uniform jitter sample in `[0, 1)`.
+    fn jitter(&self) -> f64 {
+        self.with_rng(|r| r.r#gen::<f64>())
+    }
+
+    pub(crate) fn random_u32(&self) -> u32 {
+        self.with_rng(|r| r.r#gen::<u32>())
+    }
+
     /// Applies a retry decision: returns the error when it is time to give up, else waits
     /// as decided.
     async fn wait_or_give_up(
@@ -422,7 +483,7 @@ impl Client {
         err: ClientError,
         can_follow_hint: bool,
     ) -> Result<(), ClientError> {
-        match retry.decide(&err, can_follow_hint, jitter()) {
+        match retry.decide(&err, can_follow_hint, self.jitter()) {
             RetryDecision::GiveUp => Err(err),
             RetryDecision::Now => {
                 debug!(retry = retry.retries(), error = %err, "retrying at the hinted leader");

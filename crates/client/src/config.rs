@@ -39,6 +39,12 @@ pub const DEFAULT_MAX_BATCH_RECORDS: usize = 10_000;
 /// Largest accepted `max_batch_records` (a batch's record count is a u32 on the wire, and
 /// sequence numbers advance by it).
 pub const MAX_BATCH_RECORDS_LIMIT: usize = 1_000_000;
+/// Default batches of one partition in flight at once.
+pub const DEFAULT_MAX_IN_FLIGHT_BATCHES: usize = 5;
+/// Largest accepted `max_in_flight_batches`: the server remembers the last 5 batches of each
+/// producer per partition (`RETAINED_BATCHES_PER_PRODUCER`), and a retry is recognised as a
+/// duplicate only while its batch is among them.
+pub const MAX_IN_FLIGHT_BATCHES_LIMIT: usize = 5;
 /// Default bound on records a producer holds (queued, batching or in flight).
 pub const DEFAULT_MAX_PENDING_RECORDS: usize = 100_000;
 /// Default bound on the bytes of records a producer holds.
@@ -71,6 +77,9 @@ pub struct ClientConfig {
     pub retry_backoff_ms_initial: u64,
     /// Cap of the backoff, which doubles with each retry, in milliseconds.
     pub retry_backoff_ms_max: u64,
+    /// Seeds the client's randomness (retry jitter, a producer's first sticky partition), so
+    /// that a simulation replays the same run; `None` draws it from the OS.
+    pub rng_seed: Option<u64>,
 }
 
 impl Default for ClientConfig {
@@ -81,6 +90,7 @@ impl Default for ClientConfig {
             max_retries: DEFAULT_MAX_RETRIES,
             retry_backoff_ms_initial: DEFAULT_RETRY_BACKOFF_MS_INITIAL,
             retry_backoff_ms_max: DEFAULT_RETRY_BACKOFF_MS_MAX,
+            rng_seed: None,
         }
     }
 }
@@ -158,6 +168,10 @@ pub struct ProducerConfig {
     /// Number batches with a producer id and sequence numbers so that retries never
     /// duplicate records. Without it, a retry after a timeout may append a batch twice.
     pub idempotent: bool,
+    /// Batches of one partition sent and not yet acknowledged, at most (1 to
+    /// [`MAX_IN_FLIGHT_BATCHES_LIMIT`]). More hide the round trip; sequence numbers keep
+    /// them in order. Without `idempotent`, always 1.
+    pub max_in_flight_batches: usize,
     /// Most records the producer holds (queued, batching or in flight); `send` waits when
     /// the producer is full.
     pub max_pending_records: usize,
@@ -174,6 +188,7 @@ impl Default for ProducerConfig {
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             max_batch_records: DEFAULT_MAX_BATCH_RECORDS,
             idempotent: true,
+            max_in_flight_batches: DEFAULT_MAX_IN_FLIGHT_BATCHES,
             max_pending_records: DEFAULT_MAX_PENDING_RECORDS,
             max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
         }
@@ -195,6 +210,12 @@ impl ProducerConfig {
             self.max_batch_records as u64,
             1,
             MAX_BATCH_RECORDS_LIMIT as u64,
+        )?;
+        check_range(
+            "max_in_flight_batches",
+            self.max_in_flight_batches as u64,
+            1,
+            MAX_IN_FLIGHT_BATCHES_LIMIT as u64,
         )?;
         check_range(
             "max_pending_records",
@@ -314,6 +335,17 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("max_batch_records")
+        );
+
+        let p = ProducerConfig {
+            max_in_flight_batches: MAX_IN_FLIGHT_BATCHES_LIMIT + 1,
+            ..Default::default()
+        };
+        assert!(
+            p.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_in_flight_batches")
         );
 
         let f = FetchOptions {

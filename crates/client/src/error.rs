@@ -62,8 +62,10 @@ pub enum ClientError {
     /// Retryable (the producer retries with the same sequence numbers, so never duplicates).
     #[error("timed out (outcome unknown): {0}")]
     Timeout(String),
-    /// A producer batch's sequence number is not the one the partition expects. Fatal for that
-    /// batch; the producer starts a new producer id for the partition's next batches.
+    /// A producer batch's sequence number is not the one the partition expects. The producer
+    /// sends a batch refused this way again while an earlier batch of its window may still
+    /// close the gap; when it reaches the caller it is fatal for that batch, and the producer
+    /// starts a new producer id for the partition's next batches.
     #[error("out-of-order producer sequence: {0}")]
     OutOfOrderSequence(String),
     /// The server refused the operation in the cluster's current state. Fatal.

@@ -23,13 +23,16 @@
 //!   converted from the wire types in one place, and the client's metadata cache.
 //! - `client`: [`Client`]: channels, leader-aware calls, admin operations and fetch.
 //! - [`producer`]: [`Producer`]: partition choice, per-partition batching, idempotence.
+//! - `sequencer`: the pure rules of a partition's window of batches in flight: sequences,
+//!   retries, sequence gaps, moving to a new producer id.
 //! - [`consumer`]: decoding of fetched batches, and [`Consumer`].
 //!
 //! # Guarantees
 //! - Every call has a deadline, every retry loop a bound, every queue a size.
 //! - A [`ClientError::Timeout`] means the outcome is unknown, not that nothing happened.
 //! - With `ProducerConfig::idempotent` (the default) retried batches are never appended
-//!   twice; batches of a partition are appended in enqueue order.
+//!   twice; batches of a partition are appended in enqueue order, with up to
+//!   `ProducerConfig::max_in_flight_batches` of them in flight at once.
 //! - Fetched records passed their batch's CRC-32C check; corruption is an error.
 
 mod client;
@@ -39,8 +42,9 @@ pub mod error;
 pub mod metadata;
 pub mod producer;
 mod retry;
+mod sequencer;
 
-pub use client::{Client, MAX_CACHED_CHANNELS, MAX_MESSAGE_BYTES};
+pub use client::{Client, Connect, MAX_CACHED_CHANNELS, MAX_MESSAGE_BYTES, TcpConnect};
 pub use config::{Acks, ClientConfig, FetchOptions, ProducerConfig, ReadMode};
 pub use consumer::{ConsumedRecord, Consumer, FetchResult, StartFrom};
 pub use error::{ClientError, LeaderHint};

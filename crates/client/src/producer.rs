@@ -4,21 +4,23 @@
 //! [`Producer::enqueue`] reserves room in the producer's two budgets (records and bytes; it
 //! waits while they are spent), picks the partition (explicit, else the key's murmur2 hash,
 //! else a sticky round-robin one) and hands the record to that partition's task through a
-//! bounded queue. Each partition task owns an `Accumulator` and the partition's producer
-//! session: it cuts a batch when it is full or has lingered `linger_ms`, sends it, and
-//! completes every record's [`Delivery`]. Budget is returned when a record's batch is
-//! acknowledged or has failed.
+//! bounded queue. Each partition task owns an `Accumulator` and the partition's window of
+//! batches in flight ([`crate::sequencer`]): it cuts a batch when it is full or has lingered
+//! `linger_ms` (and the window has room), sends up to `max_in_flight_batches` batches at
+//! once, and completes every record's [`Delivery`] in order. Budget is returned when a
+//! record's batch is acknowledged or has failed.
 //!
 //! # What must hold
-//! - One batch in flight per partition: batches of a partition are appended in the order
-//!   their records were enqueued.
+//! - Batches of a partition are appended in the order their records were enqueued, and
+//!   acknowledged in that order at increasing offsets, however many are in flight.
 //! - Every attempt of a batch carries the same producer id and base sequence, so a retry
 //!   after a timeout or a leader change is answered as a duplicate, never appended twice.
-//! - A partition's next batch starts at the previous base sequence plus its record count; a
-//!   batch that may have been appended but was given up on (or was refused as out of order)
-//!   moves the partition to a fresh producer id, so later batches are never refused because
-//!   of a gap the client cannot know about.
-//! - Records, bytes, queues and batches are all bounded (see [`crate::config`]).
+//! - A partition's batches take consecutive sequences; a batch that may have been appended
+//!   but was given up on (or that was refused as out of order with nothing before it in
+//!   flight) moves the partition to a fresh producer id, so later batches are never refused
+//!   because of a gap the client cannot know about.
+//! - Records, bytes, queues, batches and batches in flight are all bounded (see
+//!   [`crate::config`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,6 +32,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use fjord_proto::partitioner::partition_for_key;
 use fjord_proto::v1;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use prost::Message;
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
@@ -38,6 +43,7 @@ use tracing::{debug, warn};
 use crate::client::{Client, Route, request};
 use crate::config::ProducerConfig;
 use crate::error::ClientError;
+use crate::sequencer::{Action, BatchId, Sequencer};
 
 /// Capacity of each partition task's queue, in commands. The producer's record and byte
 /// budgets bound memory; this only bounds how far a partition's queue runs ahead.
@@ -274,49 +280,6 @@ pub(crate) fn choose_partition(
     }
 }
 
-/// A partition's idempotent producer session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Session {
-    /// No batch sent yet: use the producer's shared id.
-    Unset,
-    Active {
-        producer_id: u64,
-        next_sequence: u32,
-    },
-    /// The server's expected sequence for the current id is unknown: get a new id.
-    NeedsFresh,
-}
-
-/// The session after a batch of `count` records sent at `sequence` with `producer_id`.
-/// `maybe_appended`: some attempt's outcome was unknown.
-pub(crate) fn session_after(
-    producer_id: u64,
-    sequence: u32,
-    count: u32,
-    outcome: &Result<u64, ClientError>,
-    maybe_appended: bool,
-) -> Session {
-    match outcome {
-        Ok(_) => match sequence.checked_add(count) {
-            Some(next_sequence) => Session::Active {
-                producer_id,
-                next_sequence,
-            },
-            None => Session::NeedsFresh,
-        },
-        // The server expects another sequence than the client thinks: start over.
-        Err(ClientError::OutOfOrderSequence(_)) => Session::NeedsFresh,
-        // It may be in the log: whether the next sequence is `sequence` or `sequence + count`
-        // cannot be known.
-        Err(_) if maybe_appended => Session::NeedsFresh,
-        // Refused outright: the server still expects `sequence`.
-        Err(_) => Session::Active {
-            producer_id,
-            next_sequence: sequence,
-        },
-    }
-}
-
 /// The base offset of `partition`'s batch in a produce answer, or why it failed.
 pub(crate) fn interpret_produce(
     answer: v1::ProduceResponse,
@@ -356,9 +319,9 @@ pub(crate) fn interpret_produce(
 struct Pending {
     record: v1::Record,
     size: usize,
-    reply: oneshot::Sender<Result<RecordMetadata, ClientError>>,
+    reply: Reply,
     /// Returned to the producer's budgets when the record's fate is known.
-    budget: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    budget: Budget,
 }
 
 enum Command {
@@ -422,7 +385,7 @@ impl Producer {
     ) -> Result<Producer, ClientError> {
         config.validate()?;
         let partitioner = StickyPartitioner::new(
-            rand::random::<u32>(),
+            client.random_u32(),
             config.max_batch_bytes,
             config.max_batch_records,
         );
@@ -564,182 +527,252 @@ impl Producer {
     }
 }
 
-/// One partition's task: batches what arrives and sends one batch at a time.
+/// A batch cut from the accumulator: its encoded body and the records waiting on it.
+struct Batch {
+    body: Bytes,
+    crc32c: u32,
+    count: u32,
+    /// Each record's reply and budget, in offset order.
+    waiting: Vec<(Reply, Budget)>,
+}
+
+type Reply = oneshot::Sender<Result<RecordMetadata, ClientError>>;
+/// A record's share of the producer's record and byte budgets.
+type Budget = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
+impl Batch {
+    fn encode(pending: Vec<Pending>) -> Batch {
+        let mut records = Vec::with_capacity(pending.len());
+        let mut waiting = Vec::with_capacity(pending.len());
+        for p in pending {
+            records.push(p.record);
+            waiting.push((p.reply, p.budget));
+        }
+        let count = records.len() as u32;
+        let body = fjord_proto::batch::encode(&records);
+        let crc32c = fjord_proto::batch::checksum(&body);
+        // The body holds the only copy of the records from here on.
+        Batch {
+            body,
+            crc32c,
+            count,
+            waiting,
+        }
+    }
+}
+
+/// What a partition task's background calls report.
+enum Event {
+    Answer {
+        id: BatchId,
+        result: Result<u64, ClientError>,
+        maybe_appended: bool,
+    },
+    ProducerId(Result<u64, ClientError>),
+}
+
+/// The partition task's state: the open batch, the window, and what waits on them.
+struct PartitionTask {
+    shared: Arc<Shared>,
+    partition: u32,
+    batches: Accumulator<Pending>,
+    window: Sequencer<Batch>,
+    /// Sends and producer id requests under way; at most the window size plus one.
+    calls: FuturesUnordered<BoxFuture<'static, Event>>,
+    /// Flushes, each done once every batch below its id is resolved.
+    flushes: Vec<(BatchId, oneshot::Sender<()>)>,
+}
+
+/// One partition's task: batches what arrives and keeps up to `max_in_flight_batches` of
+/// them in flight, in order (see [`crate::sequencer`]).
 async fn run_partition(shared: Arc<Shared>, partition: u32, mut queue: mpsc::Receiver<Command>) {
-    let mut batches = Accumulator::new(shared.limits());
-    let mut sender = BatchSender {
+    let mut task = PartitionTask {
+        batches: Accumulator::new(shared.limits()),
+        window: Sequencer::new(
+            shared.config.max_in_flight_batches,
+            shared.config.idempotent,
+        ),
         shared,
         partition,
-        session: Session::Unset,
+        calls: FuturesUnordered::new(),
+        flushes: Vec::new(),
     };
+    let mut open = true;
     loop {
-        let wake = batches
-            .deadline()
-            .unwrap_or_else(|| Instant::now() + IDLE_WAKE);
-        let command = tokio::select! {
-            c = queue.recv() => c,
-            _ = tokio::time::sleep_until(wake), if batches.deadline().is_some() => {
-                if let Some(b) = batches.take() {
-                    sender.deliver(b).await;
+        // A lingered (or full) batch is cut only when it can go out at once; otherwise it
+        // keeps filling while the window is full.
+        if task.window.accepting() && task.batches.ready(Instant::now()) {
+            task.cut();
+        }
+        task.perform();
+        if !open && task.batches.deadline().is_none() && task.window.is_idle() {
+            return;
+        }
+        let linger = task.batches.deadline().filter(|_| task.window.accepting());
+        tokio::select! {
+            // A cut batch waiting for room stops intake: the queue and the producer's
+            // budgets push back on the caller.
+            command = queue.recv(), if open && !task.window.has_unsent() => match command {
+                Some(Command::Record(p)) => {
+                    let size = p.size;
+                    if let Some(b) = task.batches.push(p, size, Instant::now()) {
+                        task.push(b);
+                    }
                 }
-                continue;
-            }
-        };
-        match command {
-            Some(Command::Record(p)) => {
-                let size = p.size;
-                if let Some(b) = batches.push(p, size, Instant::now()) {
-                    sender.deliver(b).await;
+                Some(Command::Flush(done)) => {
+                    task.cut();
+                    task.flushes.push((task.window.pushed(), done));
                 }
-                // Checked here too, so a steady trickle of records cannot hold the linger
-                // timer off forever.
-                if batches.ready(Instant::now())
-                    && let Some(b) = batches.take()
-                {
-                    sender.deliver(b).await;
+                None => {
+                    // Every producer handle is gone: send what is left, then stop.
+                    open = false;
+                    task.cut();
                 }
-            }
-            Some(Command::Flush(done)) => {
-                if let Some(b) = batches.take() {
-                    sender.deliver(b).await;
+            },
+            _ = tokio::time::sleep_until(linger.unwrap_or_else(|| Instant::now() + IDLE_WAKE)),
+                if linger.is_some() => task.cut(),
+            Some(event) = task.calls.next(), if !task.calls.is_empty() => match event {
+                Event::Answer { id, result, maybe_appended } => {
+                    if let Err(ClientError::OutOfOrderSequence(why)) = &result {
+                        debug!(partition = task.partition, batch = id, %why, "sequence gap");
+                    }
+                    task.window.on_answer(id, result, maybe_appended)
                 }
-                let _ = done.send(());
-            }
-            None => {
-                // Every producer handle is gone: send what is left, then stop.
-                if let Some(b) = batches.take() {
-                    sender.deliver(b).await;
-                }
+                Event::ProducerId(result) => task.window.on_producer_id(result),
+            },
+            else => {
+                // Unreachable by the sequencer's rules (an unsettled window always has a
+                // call under way); stop rather than spin.
+                debug_assert!(false, "partition task with nothing to wait for");
+                warn!(partition = task.partition, "producer partition task stalled; stopping");
                 return;
             }
         }
     }
 }
 
-struct BatchSender {
-    shared: Arc<Shared>,
-    partition: u32,
-    session: Session,
-}
-
-impl BatchSender {
-    /// Sends one batch and completes its records' deliveries.
-    async fn deliver(&mut self, batch: Vec<Pending>) {
-        let mut records = Vec::with_capacity(batch.len());
-        let mut waiting = Vec::with_capacity(batch.len());
-        for p in batch {
-            records.push(p.record);
-            waiting.push((p.reply, p.budget));
+impl PartitionTask {
+    /// Moves the open batch, if any, to the window.
+    fn cut(&mut self) {
+        if let Some(b) = self.batches.take() {
+            self.push(b);
         }
-        let count = records.len() as u32;
-        let body = fjord_proto::batch::encode(&records);
-        // The body holds the only copy from here on.
-        drop(records);
-        let crc = fjord_proto::batch::checksum(&body);
-        let partition = self.partition;
-        match self.send(body, crc, count).await {
-            Ok(base_offset) => {
-                for (i, (reply, _budget)) in waiting.into_iter().enumerate() {
-                    let _ = reply.send(Ok(RecordMetadata {
-                        partition,
-                        offset: base_offset + i as u64,
+    }
+
+    fn push(&mut self, pending: Vec<Pending>) {
+        let batch = Batch::encode(pending);
+        let count = batch.count;
+        self.window.push(batch, count);
+    }
+
+    /// Performs what the window asks for, then completes the flushes it allows.
+    fn perform(&mut self) {
+        for action in self.window.poll_actions() {
+            match action {
+                Action::Send {
+                    id,
+                    producer_id,
+                    base_sequence,
+                } => {
+                    let b = self
+                        .window
+                        .batch(id)
+                        .expect("a sent batch is in the window");
+                    let req = v1::ProduceRequest {
+                        topic: self.shared.topic.clone(),
+                        acks: v1::Acks::from(self.shared.config.acks) as i32,
+                        records: vec![],
+                        partition: None,
+                        batches: vec![v1::RecordBatch {
+                            partition: self.partition,
+                            producer_id,
+                            base_sequence,
+                            record_count: b.count,
+                            crc32c: b.crc32c,
+                            records: Bytes::clone(&b.body),
+                        }],
+                        timeout_ms: u32::try_from(self.shared.client.config().request_timeout_ms)
+                            .unwrap_or(u32::MAX),
+                    };
+                    let shared = Arc::clone(&self.shared);
+                    let partition = self.partition;
+                    self.calls.push(Box::pin(async move {
+                        let (result, maybe_appended) = send_batch(&shared, partition, req).await;
+                        Event::Answer {
+                            id,
+                            result,
+                            maybe_appended,
+                        }
                     }));
                 }
-            }
-            Err(e) => {
-                warn!(topic = %self.shared.topic, partition, records = count, error = %e, "produce failed");
-                for (reply, _budget) in waiting {
-                    let _ = reply.send(Err(e.clone()));
+                Action::RequestProducerId { fresh } => {
+                    let shared = Arc::clone(&self.shared);
+                    self.calls.push(Box::pin(async move {
+                        let result = if fresh {
+                            shared.client.init_producer().await
+                        } else {
+                            shared
+                                .producer_id
+                                .get_or_try_init(|| shared.client.init_producer())
+                                .await
+                                .copied()
+                        };
+                        Event::ProducerId(result)
+                    }));
+                }
+                Action::Ack { batch, base_offset } => {
+                    for (i, (reply, _budget)) in batch.waiting.into_iter().enumerate() {
+                        let _ = reply.send(Ok(RecordMetadata {
+                            partition: self.partition,
+                            offset: base_offset + i as u64,
+                        }));
+                    }
+                }
+                Action::Fail { batch, error } => {
+                    warn!(topic = %self.shared.topic, partition = self.partition, records = batch.count, error = %error, "produce failed");
+                    for (reply, _budget) in batch.waiting {
+                        let _ = reply.send(Err(error.clone()));
+                    }
                 }
             }
         }
-    }
-
-    /// The producer id and base sequence for a batch of `count` records.
-    async fn begin(&mut self, count: u32) -> Result<(u64, u32), ClientError> {
-        if !self.shared.config.idempotent {
-            return Ok((0, 0));
-        }
-        if let Session::Active {
-            producer_id,
-            next_sequence,
-        } = self.session
+        let oldest = self.window.oldest_unresolved();
+        for (_, done) in self
+            .flushes
+            .extract_if(.., |(below, _)| oldest.is_none_or(|o| o >= *below))
         {
-            if next_sequence.checked_add(count).is_some() {
-                return Ok((producer_id, next_sequence));
-            }
-            // Sequence numbers would wrap: continue under a new producer id instead.
-            self.session = Session::NeedsFresh;
+            let _ = done.send(());
         }
-        let producer_id = match self.session {
-            Session::Unset => {
-                *self
-                    .shared
-                    .producer_id
-                    .get_or_try_init(|| self.shared.client.init_producer())
-                    .await?
-            }
-            _ => self.shared.client.init_producer().await?,
-        };
-        self.session = Session::Active {
-            producer_id,
-            next_sequence: 0,
-        };
-        Ok((producer_id, 0))
     }
+}
 
-    /// Sends a batch to the partition's leader until it is acknowledged, fails fatally or
-    /// runs out of retries; returns its base offset.
-    async fn send(&mut self, body: Bytes, crc32c: u32, count: u32) -> Result<u64, ClientError> {
-        let (producer_id, base_sequence) = self.begin(count).await?;
-        let client = &self.shared.client;
-        let partition = self.partition;
-        let deadline = client.produce_deadline();
-        let req = v1::ProduceRequest {
-            topic: self.shared.topic.clone(),
-            acks: v1::Acks::from(self.shared.config.acks) as i32,
-            records: vec![],
-            partition: None,
-            batches: vec![v1::RecordBatch {
-                partition,
-                producer_id,
-                base_sequence,
-                record_count: count,
-                crc32c,
-                records: body,
-            }],
-            timeout_ms: u32::try_from(client.config().request_timeout_ms).unwrap_or(u32::MAX),
-        };
-        let mut maybe_appended = false;
-        let result = client
-            .partition_call(
-                &self.shared.topic,
-                partition,
-                Route::Leader,
-                deadline,
-                |mut c| {
-                    let req = req.clone();
-                    async move { c.produce(request(req, deadline)).await }
-                },
-                |answer| interpret_produce(answer, partition, count),
-                |e| maybe_appended |= e.is_outcome_unknown(),
-            )
-            .await
-            .map_err(ClientError::in_produce);
-        if self.shared.config.idempotent {
-            self.session =
-                session_after(producer_id, base_sequence, count, &result, maybe_appended);
-        }
-        result.map_err(|e| {
-            if maybe_appended && e.is_retryable() && !e.is_outcome_unknown() {
-                ClientError::Timeout(format!(
-                    "an earlier attempt may have appended the batch; the last one failed: {e}"
-                ))
-            } else {
-                e
-            }
-        })
-    }
+/// Sends one batch to the partition's leader until it is acknowledged, fails fatally or runs
+/// out of retries; returns its base offset, and whether some attempt's outcome was unknown.
+async fn send_batch(
+    shared: &Shared,
+    partition: u32,
+    req: v1::ProduceRequest,
+) -> (Result<u64, ClientError>, bool) {
+    let client = &shared.client;
+    let count = req.batches[0].record_count;
+    let deadline = client.produce_deadline();
+    let mut maybe_appended = false;
+    let result = client
+        .partition_call(
+            &shared.topic,
+            partition,
+            Route::Leader,
+            deadline,
+            |mut c| {
+                let req = req.clone();
+                async move { c.produce(request(req, deadline)).await }
+            },
+            |answer| interpret_produce(answer, partition, count),
+            |e| maybe_appended |= e.is_outcome_unknown(),
+        )
+        .await
+        .map_err(ClientError::in_produce);
+    (result, maybe_appended)
 }
 
 #[cfg(test)]
@@ -864,44 +897,6 @@ mod tests {
         let mut s = StickyPartitioner::new(5, 100, 1_000);
         assert_eq!(s.choose(8, 1), 5);
         assert_eq!(s.choose(2, 1), 0);
-    }
-
-    #[test]
-    fn sequences_advance_only_on_success() {
-        let ok: Result<u64, ClientError> = Ok(40);
-        assert_eq!(
-            session_after(7, 10, 5, &ok, true),
-            Session::Active {
-                producer_id: 7,
-                next_sequence: 15
-            }
-        );
-        let refused = Err(ClientError::InvalidArgument("record too large".into()));
-        assert_eq!(
-            session_after(7, 10, 5, &refused, false),
-            Session::Active {
-                producer_id: 7,
-                next_sequence: 10
-            },
-            "a refused batch did not use its sequence"
-        );
-        let unknown = Err(ClientError::Timeout("no answer".into()));
-        assert_eq!(session_after(7, 10, 5, &unknown, true), Session::NeedsFresh);
-        let last_unavailable = Err(ClientError::Unavailable {
-            message: "no leader".into(),
-            leader: None,
-        });
-        assert_eq!(
-            session_after(7, 10, 5, &last_unavailable, true),
-            Session::NeedsFresh,
-            "an earlier timed-out attempt may have appended it"
-        );
-        let gap = Err(ClientError::OutOfOrderSequence("expected 3".into()));
-        assert_eq!(session_after(7, 10, 5, &gap, false), Session::NeedsFresh);
-        assert_eq!(
-            session_after(7, u32::MAX - 1, 5, &ok, false),
-            Session::NeedsFresh
-        );
     }
 
     fn produce_answer(result: v1::PartitionResult) -> v1::ProduceResponse {

@@ -103,11 +103,6 @@ impl RetryState {
     }
 }
 
-/// A uniform jitter sample in `[0, 1)`.
-pub(crate) fn jitter() -> f64 {
-    rand::random::<f64>()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

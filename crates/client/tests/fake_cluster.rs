@@ -46,6 +46,9 @@ struct Faults {
     refuse_next_produce_sequence: bool,
     /// Answer every Metadata with UNAVAILABLE (an election that does not end).
     metadata_unavailable: bool,
+    /// Hold the next produce of a batch with this base sequence until another produce has
+    /// been answered (at most 5 s): a server that proposes a later batch first.
+    hold_sequence: Option<u32>,
 }
 
 #[derive(Default)]
@@ -56,6 +59,8 @@ struct State {
     faults: Faults,
     /// (node, method, detail) of every call, in order.
     calls: Vec<(u64, &'static str, String)>,
+    /// Counts answered produces, for `hold_sequence`.
+    produces_answered: Option<tokio::sync::watch::Sender<u64>>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -215,8 +220,33 @@ impl Fjord for FakeNode {
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
         let req = request.into_inner();
+        let held = {
+            let mut st = self.state.lock().unwrap();
+            let answered = st
+                .produces_answered
+                .get_or_insert_with(|| tokio::sync::watch::channel(0).0);
+            let mut rx = answered.subscribe();
+            match st.faults.hold_sequence {
+                Some(s) if req.batches.iter().any(|b| b.base_sequence == s) => {
+                    st.faults.hold_sequence = None;
+                    let seen = *rx.borrow_and_update();
+                    Some((rx, seen))
+                }
+                _ => None,
+            }
+        };
+        if let Some((mut rx, seen)) = held {
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                rx.wait_for(|n| *n > seen),
+            )
+            .await;
+        }
         let mut guard = self.state.lock().unwrap();
         let st = &mut *guard;
+        if let Some(tx) = &st.produces_answered {
+            tx.send_modify(|n| *n += 1);
+        }
         let mut results = Vec::new();
         for b in req.batches {
             st.calls.push((
@@ -777,4 +807,105 @@ async fn consumers_start_at_the_log_start_when_early_records_were_removed() {
         explicit.poll().await,
         Err(ClientError::OffsetOutOfRange(_))
     ));
+}
+
+#[tokio::test]
+async fn batches_overtaken_on_the_server_are_sent_again_in_order() {
+    let cluster = Cluster::start(1).await;
+    let client = cluster.client(fast_retries());
+    client.create_topic("t", 1, 1).await.unwrap();
+    let producer = client
+        .producer(
+            "t",
+            ProducerConfig {
+                max_batch_records: 1,
+                max_in_flight_batches: 5,
+                ..no_linger()
+            },
+        )
+        .unwrap();
+    // The first batch goes alone; then the window opens.
+    producer.send(ProducerRecord::new("r0")).await.unwrap();
+    // The server handles sequence 1 only after a later batch was refused for the gap.
+    cluster.with(|s| s.faults.hold_sequence = Some(1));
+    let mut deliveries = Vec::new();
+    for i in 1..=4 {
+        deliveries.push(
+            producer
+                .enqueue(ProducerRecord::new(format!("r{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut offsets = Vec::new();
+    for d in deliveries {
+        offsets.push(d.await.unwrap().offset);
+    }
+    assert_eq!(offsets, [1, 2, 3, 4], "acknowledged in send order");
+
+    let produces: Vec<String> = cluster.calls("produce").into_iter().map(|c| c.1).collect();
+    let sent_twice = produces
+        .iter()
+        .filter(|c| c.as_str() == "p0 pid1 seq2 n1")
+        .count();
+    assert_eq!(
+        sent_twice, 2,
+        "sequence 2 overtook sequence 1, was refused, and was sent again with the same sequence: {produces:?}"
+    );
+    assert_eq!(
+        cluster.calls("init_producer").len(),
+        1,
+        "no new producer id"
+    );
+    let r = client
+        .fetch("t", 0, 0, FetchOptions::default())
+        .await
+        .unwrap();
+    let values: Vec<String> = r
+        .records
+        .iter()
+        .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
+        .collect();
+    assert_eq!(values, ["r0", "r1", "r2", "r3", "r4"]);
+}
+
+#[tokio::test]
+async fn a_lost_acknowledgement_inside_a_full_window_is_not_a_duplicate() {
+    let cluster = Cluster::start(1).await;
+    let client = cluster.client(fast_retries());
+    client.create_topic("t", 1, 1).await.unwrap();
+    let producer = client
+        .producer(
+            "t",
+            ProducerConfig {
+                max_batch_records: 1,
+                ..no_linger()
+            },
+        )
+        .unwrap();
+    producer.send(ProducerRecord::new("r0")).await.unwrap();
+    cluster.with(|s| s.faults.lose_next_produce_ack = true);
+    let mut deliveries = Vec::new();
+    for i in 1..=20 {
+        deliveries.push(
+            producer
+                .enqueue(ProducerRecord::new(format!("r{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    for (i, d) in deliveries.into_iter().enumerate() {
+        assert_eq!(d.await.unwrap().offset, i as u64 + 1);
+    }
+    let r = client
+        .fetch("t", 0, 0, FetchOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.records.len(), 21, "nothing appended twice");
+    assert!(
+        r.records
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.offset == i as u64 && r.value == format!("r{i}").as_bytes())
+    );
 }

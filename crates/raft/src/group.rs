@@ -13,7 +13,7 @@
 //! judge (a refused pre-vote is a lost message, which Raft tolerates). A quiet leader that
 //! refuses one wakes, so its heartbeats reach the campaigner.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use fjord_storage::Store;
@@ -98,7 +98,9 @@ pub enum DispatchError {
 #[derive(Default)]
 pub struct GroupRegistry {
     // Lookups on every inbound message, inserts when groups start: a short std lock.
-    groups: RwLock<HashMap<u64, AnyGroup>>,
+    // Ordered: whatever walks the groups (a shutdown, a hand-off, the liveness scan) does so in
+    // the same order every time, which a deterministic simulation needs.
+    groups: RwLock<BTreeMap<u64, AnyGroup>>,
 }
 
 impl GroupRegistry {
@@ -125,6 +127,7 @@ impl GroupRegistry {
         self.groups.write().unwrap().remove(&group)
     }
 
+    /// The ids of the groups, in order.
     pub fn ids(&self) -> Vec<u64> {
         self.groups.read().unwrap().keys().copied().collect()
     }

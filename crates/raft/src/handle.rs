@@ -11,14 +11,17 @@ use std::time::Duration;
 
 use fjord_meta::{MetaCommand, MetaResponse};
 use fjord_storage::partition::Outcome;
+use openraft::alias::OneshotReceiverOf;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::impls::ProgressResponder;
+use openraft::raft::ClientWriteResult;
 use openraft::storage::RaftStateMachine;
 use openraft::{BasicNode, LinearizerOption, ServerState};
 use tokio::sync::watch;
 
 use crate::meta_sm::{MetaSm, MetaView};
+use crate::order::ProposalOrder;
 use crate::partition_sm::{PartitionShared, PartitionSm};
 use crate::quiesce::{GroupView, Quiescence};
 use crate::{MetaRaft, NodeId, PartitionRaft, Request, Response, StoredBatch, TypeConfig};
@@ -294,6 +297,8 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
 pub struct PartitionHandle {
     core: GroupRaft<PartitionSm>,
     shared: Arc<PartitionShared>,
+    /// Proposes each producer's batches in sequence order (see [`crate::order`]).
+    order: Arc<ProposalOrder>,
 }
 
 impl std::ops::Deref for PartitionHandle {
@@ -312,6 +317,7 @@ impl PartitionHandle {
         PartitionHandle {
             core: GroupRaft::new(raft, quiet),
             shared,
+            order: Arc::default(),
         }
     }
 
@@ -320,13 +326,43 @@ impl PartitionHandle {
         &self.shared
     }
 
+    /// Hands the batch to Raft in its producer's sequence order (waiting a bounded time
+    /// for the batches before it, [`crate::order`]); returns once Raft has it queued, with
+    /// the receiver of its commit.
+    async fn submit(
+        &self,
+        batch: StoredBatch,
+    ) -> Result<OneshotReceiverOf<TypeConfig, ClientWriteResult<TypeConfig>>, GroupError> {
+        let (producer_id, base_sequence, count) =
+            (batch.producer_id, batch.base_sequence, batch.record_count);
+        // Before taking a turn: a quiet leader wakes, and one whose lease lapsed confirms it
+        // still leads (a deposed quiet leader fails fast instead of taking an AP write it
+        // could never commit).
+        self.core.prepare_write().await?;
+        self.order.wait_turn(producer_id, base_sequence).await;
+        let (responder, committed) = ProgressResponder::complete_only();
+        let submitted = self
+            .core
+            .raft
+            .client_write_ff(Request::Batch(batch), Some(responder))
+            .await;
+        // Queued in the Raft core: from here it keeps its place; the next may go.
+        self.order.proposed(producer_id, base_sequence, count);
+        submitted.map_err(|e| GroupError::Unavailable(e.to_string()))?;
+        Ok(committed)
+    }
+
     /// CP: returns once a majority has the batch durably and it is applied.
     pub async fn propose_cp(&self, batch: StoredBatch) -> Result<Outcome, GroupError> {
-        match self.core.write(Request::Batch(batch)).await? {
-            Response::Batch(o) => Ok(o),
-            other => Err(GroupError::Internal(format!(
-                "unexpected partition response {other:?}"
-            ))),
+        match self.submit(batch).await?.await {
+            Ok(Ok(resp)) => match resp.data {
+                Response::Batch(o) => Ok(o),
+                other => Err(GroupError::Internal(format!(
+                    "unexpected partition response {other:?}"
+                ))),
+            },
+            Ok(Err(e)) => Err(write_error(RaftError::APIError(e))),
+            Err(_) => Err(GroupError::Unavailable("the group stopped".into())),
         }
     }
 
@@ -338,15 +374,8 @@ impl PartitionHandle {
             .shared
             .register_waiter(token)
             .map_err(|e| GroupError::Busy(e.to_string()))?;
-        let (responder, committed) = ProgressResponder::complete_only();
         let result = async {
-            self.core.prepare_write().await?;
-            self.core
-                .raft
-                .client_write_ff(Request::Batch(batch), Some(responder))
-                .await
-                .map_err(|e| GroupError::Unavailable(e.to_string()))?;
-            let mut committed = committed;
+            let mut committed = self.submit(batch).await?;
             tokio::select! {
                 o = appended => {
                     // Keep the commit notice's receiver until it fires: dropping it early

@@ -15,6 +15,10 @@
 //!   tagged with its group id; and the server side that routes a message to its group.
 //! - [`group`]: building and running one group with fjord's Raft settings, and the registry
 //!   of a node's groups.
+//! - [`order`]: a leader proposes each producer's batches in sequence order, though their
+//!   produce requests are handled concurrently (an optimisation; the partition rules decide).
+//! - [`runtime`]: the async runtime of the groups: Tokio, with randomness (election timeouts)
+//!   that a simulation can seed.
 //! - [`handle`]: what the server drives a group with ([`PartitionHandle`], [`MetaHandle`]),
 //!   in fjord's own types: the server never names an openraft type.
 //! - [`quiesce`]: idle groups: when a group goes quiet (no ticks, no heartbeats) and what
@@ -31,8 +35,10 @@ pub mod liveness;
 pub mod log_store;
 pub mod meta_sm;
 pub mod network;
+pub mod order;
 pub mod partition_sm;
 pub mod quiesce;
+pub mod runtime;
 pub mod types;
 
 pub use group::{AnyGroup, GroupConfig, GroupRegistry, GroupRole, MetaRaft, PartitionRaft};

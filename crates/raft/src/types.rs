@@ -9,10 +9,11 @@ pub type NodeId = u64;
 
 openraft::declare_raft_types!(
     /// fjord's Raft types: u64 node ids, `BasicNode { addr }` nodes, entries carrying a
-    /// [`Request`].
+    /// [`Request`], Tokio with seedable randomness ([`FjordRuntime`](crate::runtime::FjordRuntime)).
     pub TypeConfig:
         D = Request,
         R = Response,
+        AsyncRuntime = crate::runtime::FjordRuntime,
 );
 
 /// A record batch as a partition stores it: the producer's encoded records, untouched, and

@@ -56,6 +56,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         dir.path(),
         &StoreOptions {
             cache_size_bytes: 4 << 20,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -22,6 +22,7 @@ impl StoreBuilder<TypeConfig, GroupLogStore, MetaSm, tempfile::TempDir> for Meta
             dir.path(),
             &StoreOptions {
                 cache_size_bytes: 4 << 20,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -39,6 +40,7 @@ impl StoreBuilder<TypeConfig, GroupLogStore, PartitionSm, tempfile::TempDir> for
             dir.path(),
             &StoreOptions {
                 cache_size_bytes: 4 << 20,
+                ..Default::default()
             },
         )
         .unwrap();

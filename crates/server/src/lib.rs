@@ -8,8 +8,9 @@
 //!   paths; [`transport`]: the node-to-node gRPC service.
 //! - [`error`]: typed errors and their mapping to gRPC statuses.
 //!
-//! [`run_with`] takes its listener, its outbound connector and its clock from the caller, so
-//! a whole cluster can run under a simulated network and clock.
+//! [`run_with`] takes its listener, its outbound connector and its clock from the caller;
+//! [`run_on`] also takes the opened database and any stream of incoming connections, so a
+//! whole cluster can run under a simulated network, disk and clock.
 
 pub mod config;
 pub mod data;
@@ -66,17 +67,11 @@ pub async fn run(
         Some(source) => Arc::new(SourceBoundTcpConnector(source)),
         None => Arc::new(TcpConnector),
     };
-    run_with(
-        config,
-        listener,
-        connector,
-        Arc::new(SystemClock),
-        shutdown,
-    )
-    .await
+    run_with(config, listener, connector, Arc::new(SystemClock), shutdown).await
 }
 
-/// Runs a node on the given listener, connector and clock.
+/// Runs a node on the given listener, connector and clock, with its database in
+/// `config.data_dir`.
 pub async fn run_with(
     config: ServeConfig,
     listener: tokio::net::TcpListener,
@@ -89,12 +84,40 @@ pub async fn run_with(
         &config.data_dir,
         &StoreOptions {
             cache_size_bytes: (config.cache_size_mib as usize) << 20,
+            ..Default::default()
         },
     )
     .map_err(|e| ServerError::Storage {
         dir: config.data_dir.display().to_string(),
         reason: e.to_string(),
     })?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    run_on(config, store, incoming, connector, clock, shutdown).await
+}
+
+/// Runs a node on everything the caller supplies: its opened database, its incoming
+/// connections, its outbound connector and its clock (`config.listen` and `config.data_dir`
+/// are not used). A simulation passes a database on a simulated disk and connections from a
+/// simulated network.
+pub async fn run_on<I, IO, IE>(
+    config: ServeConfig,
+    store: Store,
+    incoming: I,
+    connector: Arc<dyn Connector>,
+    clock: Arc<dyn Clock>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError>
+where
+    I: futures::Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    config.validate()?;
     let pool = PeerPool::new(connector);
     let cancel = CancellationToken::new();
     let node = Node::start(&config, store, pool, clock, cancel.clone())
@@ -107,7 +130,6 @@ pub async fn run_with(
     let transport = RaftTransportServer::new(transport::TransportService { node: node.clone() })
         .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let stop = cancel.clone();
     let server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_CONCURRENT_STREAMS as usize)

@@ -119,7 +119,7 @@ impl Node {
             group_config,
             clock,
             shutdown,
-            next_token: AtomicU64::new(rand::random::<u64>() | 1),
+            next_token: AtomicU64::new(fjord_raft::runtime::random_u64() | 1),
             round_robin: AtomicU32::new(0),
         }))
     }

@@ -3,11 +3,14 @@
 //!
 //! # Layout
 //! - [`store`]: the database, its tables, reads, and the handle to the writer.
-//! - [`writer`]: the single **group-commit writer** thread. Every change (log appends of any
-//!   group, votes, truncations, purges, offset index updates) goes through it; it folds the
-//!   requests waiting in its bounded queue into one write transaction and one fsync, and only
-//!   then answers each request. So nothing is acknowledged before it is durable, and many
-//!   groups share one fsync.
+//! - [`writer`]: the single **group-commit writer** (a thread; a task in simulations). Every
+//!   change (log appends of any group, votes, truncations, purges, offset index updates) goes
+//!   through it; it folds the requests waiting in its bounded queue into one write transaction
+//!   and one fsync, and only then answers each request. So nothing is acknowledged before it
+//!   is durable, and many groups share one fsync.
+//! - [`sim_disk`]: a simulated disk (memory that loses unsynced writes on a power loss), on
+//!   which a simulation opens the database with [`Store::open_on`] and
+//!   [`WriterMode::Task`].
 //! - [`partition`]: the pure rules of a partition log: offset assignment and idempotent
 //!   producer de-duplication ([`partition::PartitionState`]).
 //!
@@ -23,11 +26,12 @@
 //!   last purged log id, state machine checkpoint, snapshot).
 
 pub mod partition;
+pub mod sim_disk;
 pub mod store;
 pub mod writer;
 
 pub use store::{GroupKey, Store, StoreOptions};
-pub use writer::{Op, WriteBatch};
+pub use writer::{Op, WriteBatch, WriterMode};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::StorageError;
-use crate::writer::{self, Op, WriteBatch};
+use crate::writer::{self, Op, WriteBatch, WriterMode};
 
 /// `(group, index) → entry bytes`.
 pub(crate) const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("log");
@@ -57,12 +57,15 @@ pub enum GroupKey {
 pub struct StoreOptions {
     /// redb's page cache, in bytes (redb's own default is 1 GiB per database).
     pub cache_size_bytes: usize,
+    /// Where the group-commit writer runs: its own thread, except in simulations.
+    pub writer: WriterMode,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             cache_size_bytes: 64 << 20,
+            writer: WriterMode::Thread,
         }
     }
 }
@@ -81,13 +84,30 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (or creates) `dir/fjord.redb` and starts the writer thread.
+    /// Opens (or creates) `dir/fjord.redb` and starts the writer.
     pub fn open(dir: &Path, options: &StoreOptions) -> Result<Store, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| StorageError::redb(redb::Error::Io(e)))?;
         let db = Database::builder()
             .set_cache_size(options.cache_size_bytes)
             .create(dir.join("fjord.redb"))
             .map_err(StorageError::redb)?;
+        Self::start(db, options)
+    }
+
+    /// Opens (or creates) the database on another storage backend, such as a
+    /// [`SimDisk`](crate::sim_disk::SimDisk), and starts the writer.
+    pub fn open_on(
+        backend: impl redb::StorageBackend,
+        options: &StoreOptions,
+    ) -> Result<Store, StorageError> {
+        let db = Database::builder()
+            .set_cache_size(options.cache_size_bytes)
+            .create_with_backend(backend)
+            .map_err(StorageError::redb)?;
+        Self::start(db, options)
+    }
+
+    fn start(db: Database, options: &StoreOptions) -> Result<Store, StorageError> {
         // Create the tables once so readers never meet a missing table.
         let txn = db.begin_write().map_err(StorageError::redb)?;
         txn.open_table(LOG).map_err(StorageError::redb)?;
@@ -95,7 +115,7 @@ impl Store {
         txn.open_table(GROUP_VALUES).map_err(StorageError::redb)?;
         txn.commit().map_err(StorageError::redb)?;
         let db = Arc::new(db);
-        let writer = writer::spawn(db.clone());
+        let writer = writer::spawn(db.clone(), options.writer);
         Ok(Store { db, writer })
     }
 
@@ -298,6 +318,37 @@ mod tests {
         assert_eq!(got.last().unwrap().1, vec![99]);
         // Another group is untouched by group 7's operations.
         assert!(store.read_log(8, .., 100, usize::MAX).unwrap().is_empty());
+    }
+
+    /// The simulation's way of opening a store: a task writer on a simulated disk. What was
+    /// acknowledged survives a power loss, and the dead incarnation cannot write after it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn task_writer_on_a_sim_disk_keeps_acknowledged_writes() {
+        let disk = crate::sim_disk::SimDisk::new();
+        let options = StoreOptions {
+            writer: WriterMode::Task {
+                commit_latency: std::time::Duration::ZERO,
+            },
+            ..Default::default()
+        };
+        let store = Store::open_on(disk.backend(), &options).unwrap();
+        let entries = (1..=3).map(|i| (i, vec![i as u8])).collect();
+        store
+            .write(vec![Op::Append { group: 1, entries }])
+            .await
+            .unwrap();
+        disk.power_loss();
+        assert!(
+            store
+                .write(vec![Op::TruncateFrom { group: 1, index: 1 }])
+                .await
+                .is_err(),
+            "a write after the power loss must fail, not be acknowledged"
+        );
+        drop(store);
+        let store = Store::open_on(disk.backend(), &options).unwrap();
+        let got = store.read_log(1, .., 100, usize::MAX).unwrap();
+        assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 2, 3]);
     }
 
     #[tokio::test]

@@ -6,6 +6,11 @@
 //! [`MAX_COMMIT_REQUESTS`] requests and [`MAX_COMMIT_BYTES`] bytes, into one transaction: under
 //! load, the appends of many groups share one fsync.
 //!
+//! [`WriterMode::Task`] runs the same loop as a task of the current Tokio runtime instead of a
+//! thread, for single-threaded simulations (a thread would run outside simulated time and make
+//! the run depend on the OS scheduler). Each commit then runs inline, blocking the runtime
+//! while it lasts: right for a simulated disk, wrong for a real one.
+//!
 //! What must hold: a request is answered `Ok` only after the commit that contains it returned
 //! `Ok`; requests are applied in the order they were queued (so a truncation queued after an
 //! append removes it, and an append queued after a truncation survives it).
@@ -69,38 +74,92 @@ pub struct WriteBatch {
     pub done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
-/// Starts the writer thread; it stops when every sender is dropped.
-pub(crate) fn spawn(db: std::sync::Arc<Database>) -> mpsc::Sender<WriteBatch> {
-    let (tx, rx) = mpsc::channel(WRITER_QUEUE_REQUESTS);
-    std::thread::Builder::new()
-        .name("fjord-storage-writer".into())
-        .spawn(move || run(db, rx))
-        .expect("spawning the storage writer thread");
+/// Where the writer loop runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WriterMode {
+    /// A dedicated OS thread: commits (and their fsyncs) never block the async runtime.
+    #[default]
+    Thread,
+    /// A task of the current Tokio runtime, committing inline: for simulations on a
+    /// simulated disk, where everything must run on the simulation's one thread. Each commit
+    /// first waits `commit_latency` (of Tokio time, simulated time in a simulation), as an
+    /// fsync would: requests arriving meanwhile wait for the next commit, and a crash during
+    /// the wait loses the batch, which nobody was answered about.
+    Task { commit_latency: std::time::Duration },
+}
+
+/// Starts the writer; it stops when every sender is dropped. [`WriterMode::Task`] must be
+/// called within a Tokio runtime.
+pub(crate) fn spawn(db: std::sync::Arc<Database>, mode: WriterMode) -> mpsc::Sender<WriteBatch> {
+    let (tx, mut rx) = mpsc::channel(WRITER_QUEUE_REQUESTS);
+    match mode {
+        WriterMode::Thread => {
+            std::thread::Builder::new()
+                .name("fjord-storage-writer".into())
+                .spawn(move || {
+                    let mut pending = Vec::with_capacity(MAX_COMMIT_REQUESTS);
+                    while let Some(first) = rx.blocking_recv() {
+                        commit_queued(&db, first, &mut rx, &mut pending);
+                    }
+                })
+                .expect("spawning the storage writer thread");
+        }
+        WriterMode::Task { commit_latency } => {
+            tokio::spawn(async move {
+                let mut pending = Vec::with_capacity(MAX_COMMIT_REQUESTS);
+                while let Some(first) = rx.recv().await {
+                    take_queued(first, &mut rx, &mut pending);
+                    if !commit_latency.is_zero() {
+                        tokio::time::sleep(commit_latency).await;
+                    }
+                    commit_taken(&db, &mut pending);
+                }
+            });
+        }
+    }
     tx
 }
 
-fn run(db: std::sync::Arc<Database>, mut rx: mpsc::Receiver<WriteBatch>) {
-    let mut pending: Vec<WriteBatch> = Vec::with_capacity(MAX_COMMIT_REQUESTS);
-    while let Some(first) = rx.blocking_recv() {
-        let mut bytes = first.ops.iter().map(Op::bytes).sum::<usize>();
-        pending.push(first);
-        while pending.len() < MAX_COMMIT_REQUESTS && bytes < MAX_COMMIT_BYTES {
-            match rx.try_recv() {
-                Ok(req) => {
-                    bytes += req.ops.iter().map(Op::bytes).sum::<usize>();
-                    pending.push(req);
-                }
-                Err(_) => break,
+/// Folds `first` and whatever else is queued (within the limits) into one transaction,
+/// commits it, and only then answers each request.
+fn commit_queued(
+    db: &Database,
+    first: WriteBatch,
+    rx: &mut mpsc::Receiver<WriteBatch>,
+    pending: &mut Vec<WriteBatch>,
+) {
+    take_queued(first, rx, pending);
+    commit_taken(db, pending);
+}
+
+/// Moves `first` and whatever else is queued (within the limits) into `pending`.
+fn take_queued(
+    first: WriteBatch,
+    rx: &mut mpsc::Receiver<WriteBatch>,
+    pending: &mut Vec<WriteBatch>,
+) {
+    let mut bytes = first.ops.iter().map(Op::bytes).sum::<usize>();
+    pending.push(first);
+    while pending.len() < MAX_COMMIT_REQUESTS && bytes < MAX_COMMIT_BYTES {
+        match rx.try_recv() {
+            Ok(req) => {
+                bytes += req.ops.iter().map(Op::bytes).sum::<usize>();
+                pending.push(req);
             }
+            Err(_) => break,
         }
-        let result = commit(&db, &pending).map_err(|e| e.to_string());
-        if let Err(e) = &result {
-            tracing::error!(error = %e, requests = pending.len(), "storage commit failed");
-        }
-        for req in pending.drain(..) {
-            if let Some(done) = req.done {
-                let _ = done.send(result.clone());
-            }
+    }
+}
+
+/// Commits `pending` in one transaction, then answers (and empties) it.
+fn commit_taken(db: &Database, pending: &mut Vec<WriteBatch>) {
+    let result = commit(db, pending).map_err(|e| e.to_string());
+    if let Err(e) = &result {
+        tracing::error!(error = %e, requests = pending.len(), "storage commit failed");
+    }
+    for req in pending.drain(..) {
+        if let Some(done) = req.done {
+            let _ = done.send(result.clone());
         }
     }
 }

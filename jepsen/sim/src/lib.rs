@@ -1,0 +1,420 @@
+//! fjord's deterministic simulation tier: the real node code (`fjord_server::run_on`) running a
+//! whole cluster under [turmoil]'s simulated network and clock, each node on a simulated disk,
+//! with a seeded nemesis and a checker of what the client saw.
+//!
+//! One seed decides everything that is drawn at random: the fault schedule, turmoil's
+//! network (latencies), the nodes' randomness (openraft's election timeouts, proposal tokens,
+//! through [`fjord_raft::runtime::seed_thread`]), and the client's (retry jitter, through
+//! `ClientConfig::rng_seed`). A failing seed is printed with the command that replays it.
+//!
+//! # Layout
+//! - [`net`]: turmoil as fjord's network: incoming connections, peer and client channels.
+//! - [`nemesis`]: the fault schedule, a pure function of the seed.
+//! - [`workload`]: the client host: topic, CP writers, pollers, final reads.
+//! - [`history`]: what the client saw; its text form is the run's trace.
+//! - [`checker`]: the CP properties, judged from the history.
+//! - [`run_seed`]: one run: hosts, faults applied on time, check.
+//!
+//! # A run
+//! Three nodes (`node1`..`node3`, each a turmoil host running `fjord_server::run_on` on a
+//! [`SimDisk`] with the group-commit writer as a task) and a client host. The client creates a
+//! topic (3 partitions, replication 3) and writes unique values in CP mode from a few tasks
+//! while one poller per partition follows it with CP reads. From [`SimConfig::faults_from`]
+//! to [`SimConfig::heal_at`] the nemesis partitions, isolates and delays nodes, cuts the client
+//! off from some, crashes nodes (a power loss: the disk forgets unsynced writes) and restarts
+//! them; then it heals everything.
+//! The client stops writing a little after the heal, then reads every partition from offset 0
+//! and the checker judges the history.
+//!
+//! # What is deterministic
+//! **Always**, for a given seed: the fault schedule (which fault, which node, at which
+//! simulated millisecond: checked by `tests/determinism.rs`), turmoil's message latencies,
+//! the client's values, partitions and retry jitter, the nodes' random numbers (openraft's
+//! election timeouts and tick phase, proposal tokens), the simulated wall clock, and what a
+//! crash loses. Everything runs on one thread, commits included (the writer is a task), and
+//! nothing on the node path reads the real clock.
+//!
+//! **Only with `--cfg tokio_unstable`**: the order in which tasks run, and so the whole run.
+//! Tokio keeps an RNG per runtime that it seeds from the OS unless built with that flag
+//! (`Builder::rng_seed` is unstable); it picks the first branch of every unbiased `select!`
+//! (in tonic, hyper, h2 and fjord itself) and spreads the waiters of a `watch` channel over
+//! its internal `Notify`s, which decides their wake-up order. Built with it, turmoil seeds
+//! every host's runtime from the seed, and a seed replays byte for byte: the same trace in
+//! two runs in one process, in a fresh process, and whether the seed ran alone or after other
+//! seeds on other threads (checked by hand; `tests/determinism.rs` asserts identical traces
+//! in that build). Without it (the workspace's normal build, and CI) a seed gives the same
+//! faults at the same times, but the interleavings, and so the histories, drift apart within
+//! the first simulated seconds; a failure found in CI may take a few replays, or the
+//! `tokio_unstable` build, to reproduce. The flag must reach Tokio and turmoil, so it is set
+//! through `RUSTFLAGS`, which rebuilds every crate: use a separate target directory.
+//! ```text
+//! RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR=target/sim-det \
+//!   FJORD_SIM_SEED=17 cargo test -p fjord-sim --test seeds -- --nocapture
+//! ```
+//!
+//! Two more sources were found and closed: the order in which Tokio drops a crashed
+//! runtime's tasks depends on process-wide task ids, so a crash first cuts the node's links
+//! (its connections' closing segments never leave, as with a real power loss); and the node's
+//! group registry sorts its ids before walking them. `HashMap` iteration order (std seeds it
+//! per process) does not reach the traces as far as the runs above show; dependencies could
+//! still iterate one where order matters.
+//!
+//! What is not simulated: varying disk latency (every commit takes [`COMMIT_LATENCY`] and is
+//! durable when it returns), torn writes (a power loss keeps every synced page and none of the
+//! others), clock skew (every node reads the same simulated wall clock), message loss other
+//! than partitions, and graceful shutdown.
+//!
+//! [`SimDisk`]: fjord_storage::sim_disk::SimDisk
+
+pub mod checker;
+pub mod history;
+pub mod nemesis;
+pub mod net;
+pub mod workload;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, Once, PoisonError};
+use std::time::{Duration, UNIX_EPOCH};
+
+use fjord_server::{Clock, Peers, ServeConfig};
+use fjord_storage::sim_disk::SimDisk;
+use fjord_storage::{Store, StoreOptions, WriterMode};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::checker::{Anomaly, Summary};
+use crate::history::History;
+use crate::nemesis::Fault;
+
+/// How long a simulated commit (its fsync) takes: a crash in this window loses the batch.
+pub const COMMIT_LATENCY: Duration = Duration::from_millis(2);
+
+/// Whether this build seeds Tokio's runtimes (`--cfg tokio_unstable`), which full
+/// determinism needs.
+pub const TOKIO_SEEDED: bool = cfg!(tokio_unstable);
+
+/// Settings of a run.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub nodes: u64,
+    pub partitions: u32,
+    pub writers: usize,
+    /// Nodes down at once, at most.
+    pub max_down: usize,
+    /// When the nemesis starts.
+    pub faults_from: Duration,
+    /// When the nemesis has healed every link and restarted every node.
+    pub heal_at: Duration,
+    /// How long the client keeps writing after the heal.
+    pub writes_after_heal: Duration,
+    /// How long after the heal every partition must be readable to its end.
+    pub settle: Duration,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            nodes: 3,
+            partitions: 3,
+            writers: 2,
+            max_down: 2,
+            faults_from: Duration::from_secs(3),
+            heal_at: Duration::from_secs(13),
+            writes_after_heal: Duration::from_secs(2),
+            settle: Duration::from_secs(30),
+            // Twice fjord's defaults: a simulated second costs half as much (openraft's ticks
+            // and heartbeats dominate an idle cluster), and faults still outpace elections.
+            heartbeat_interval_ms: 200,
+            election_timeout_ms: 1_200,
+        }
+    }
+}
+
+/// What one run found.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub seed: u64,
+    /// Empty for a pass.
+    pub anomalies: Vec<Anomaly>,
+    pub summary: Summary,
+    /// The history as text: equal traces mean the same run.
+    pub trace: String,
+    /// Simulated time the run took.
+    pub simulated: Duration,
+}
+
+impl Run {
+    pub fn passed(&self) -> bool {
+        self.anomalies.is_empty()
+    }
+}
+
+/// The client host.
+const CLIENT: &str = "client";
+
+fn node_name(id: u64) -> String {
+    format!("node{id}")
+}
+
+fn node_address(id: u64) -> String {
+    format!("{}:{}", node_name(id), net::NODE_PORT)
+}
+
+/// Every node reads the simulation's wall clock.
+struct SimClock;
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> i64 {
+        turmoil::since_epoch().map_or(0, |d| d.as_millis() as i64)
+    }
+}
+
+fn serve_config(id: u64, config: &SimConfig) -> ServeConfig {
+    ServeConfig {
+        id,
+        listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, net::NODE_PORT)),
+        advertise: None,
+        data_dir: "/simulated".into(),
+        peers: Peers((1..=config.nodes).map(|n| (n, node_address(n))).collect()),
+        heartbeat_interval_ms: config.heartbeat_interval_ms,
+        election_timeout_ms: config.election_timeout_ms,
+        // The server's default: partitions left idle by the workload go quiet, and the
+        // faults test that they wake.
+        quiesce_after_ms: 1000,
+        cache_size_mib: 4,
+        source_address: None,
+    }
+}
+
+/// A node host's software: the real node on its simulated disk, until it crashes.
+async fn run_node(config: ServeConfig, disk: SimDisk) -> turmoil::Result {
+    let store = Store::open_on(
+        disk.backend(),
+        &StoreOptions {
+            cache_size_bytes: (config.cache_size_mib as usize) << 20,
+            writer: WriterMode::Task {
+                commit_latency: COMMIT_LATENCY,
+            },
+        },
+    )?;
+    let listener = turmoil::net::TcpListener::bind(config.listen).await?;
+    fjord_server::run_on(
+        config,
+        store,
+        net::incoming(listener),
+        net::peer_connector(),
+        Arc::new(SimClock),
+        std::future::pending(),
+    )
+    .await?;
+    Ok(())
+}
+
+thread_local! {
+    /// Panics seen on this thread during the current run.
+    static PANICS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Records panics (a task of a simulated host that panics dies silently otherwise).
+fn watch_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.with(|p| p.borrow_mut().push(info.to_string()));
+            previous(info);
+        }));
+    });
+}
+
+/// The state of one link, as the nemesis left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Cut,
+    Held,
+}
+
+/// Applies faults to a running simulation, and remembers which links it cut or holds.
+struct Nemesis {
+    disks: BTreeMap<u64, SimDisk>,
+    /// Links not healthy, by host pair (smaller name first).
+    links: BTreeMap<(String, String), Link>,
+}
+
+impl Nemesis {
+    fn pair(a: &str, b: &str) -> (String, String) {
+        (a.min(b).to_string(), a.max(b).to_string())
+    }
+
+    fn hosts(&self) -> Vec<String> {
+        self.disks
+            .keys()
+            .map(|n| node_name(*n))
+            .chain([CLIENT.to_string()])
+            .collect()
+    }
+
+    fn cut(&mut self, sim: &turmoil::Sim<'_>, a: &str, b: &str) {
+        sim.partition(a, b);
+        self.links.insert(Self::pair(a, b), Link::Cut);
+    }
+
+    fn apply(&mut self, sim: &mut turmoil::Sim<'_>, fault: Fault) {
+        match fault {
+            Fault::Partition(a, b) => self.cut(sim, &node_name(a), &node_name(b)),
+            Fault::Isolate(a) => {
+                for b in self
+                    .disks
+                    .keys()
+                    .copied()
+                    .filter(|b| *b != a)
+                    .collect::<Vec<_>>()
+                {
+                    self.cut(sim, &node_name(a), &node_name(b));
+                }
+            }
+            Fault::Hold(a, b) => {
+                let (a, b) = (node_name(a), node_name(b));
+                // A cut link stays cut: holding it would revive it.
+                if let Entry::Vacant(link) = self.links.entry(Self::pair(&a, &b)) {
+                    sim.hold(a.as_str(), b.as_str());
+                    link.insert(Link::Held);
+                }
+            }
+            Fault::CutClient(a) => self.cut(sim, CLIENT, &node_name(a)),
+            Fault::HealNetwork => {
+                for ((a, b), _) in std::mem::take(&mut self.links) {
+                    // Releasing delivers held messages; repairing ends partitions.
+                    sim.release(a.as_str(), b.as_str());
+                    sim.repair(a.as_str(), b.as_str());
+                }
+            }
+            Fault::Crash(a) => {
+                let name = node_name(a);
+                // The disk first: the dying node's teardown must not reach it.
+                self.disks[&a].power_loss();
+                // A machine that loses power sends nothing, so its links are cut while its
+                // tasks are dropped: their connections' closing segments never leave. (This
+                // also keeps the run deterministic: Tokio drops a runtime's tasks in an order
+                // that depends on process-wide task ids.)
+                let others: Vec<String> = self.hosts().into_iter().filter(|h| *h != name).collect();
+                for other in &others {
+                    sim.partition(name.as_str(), other.as_str());
+                }
+                sim.crash(name.as_str());
+                for other in &others {
+                    match self.links.get(&Self::pair(&name, other)) {
+                        None => sim.repair(name.as_str(), other.as_str()),
+                        Some(Link::Held) => sim.hold(name.as_str(), other.as_str()),
+                        Some(Link::Cut) => {}
+                    }
+                }
+            }
+            Fault::Restart(a) => sim.bounce(node_name(a)),
+        }
+    }
+}
+
+/// Logs to the test output when `RUST_LOG` is set (the nodes' and openraft's tracing).
+fn init_logging() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// Runs the cluster, the workload and the nemesis of `seed`, and checks the history.
+pub fn run_seed(seed: u64, config: &SimConfig) -> Run {
+    init_logging();
+    watch_panics();
+    PANICS.with(|p| p.borrow_mut().clear());
+    fjord_raft::runtime::seed_thread(seed);
+    let plan = nemesis::plan(
+        &mut StdRng::seed_from_u64(seed),
+        config.nodes,
+        config.max_down,
+        config.faults_from,
+        config.heal_at,
+    );
+    let writes_until = config.heal_at + config.writes_after_heal;
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        .simulation_duration(writes_until + config.settle + Duration::from_secs(30))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(20))
+        .tcp_capacity(1 << 16)
+        .build();
+    let disks: BTreeMap<u64, SimDisk> = (1..=config.nodes).map(|n| (n, SimDisk::new())).collect();
+    for (id, disk) in &disks {
+        let serve = serve_config(*id, config);
+        let disk = disk.clone();
+        sim.host(node_name(*id), move || {
+            run_node(serve.clone(), disk.clone())
+        });
+    }
+    let history = Arc::new(Mutex::new(History::default()));
+    sim.client(
+        CLIENT,
+        workload::run(
+            workload::Workload {
+                seed,
+                brokers: (1..=config.nodes).map(node_address).collect(),
+                topic: "sim".into(),
+                partitions: config.partitions,
+                replication: config.nodes.min(3) as u32,
+                writers: config.writers,
+                writes_until,
+                heal_at: config.heal_at,
+                settle: config.settle,
+            },
+            history.clone(),
+        ),
+    );
+
+    let mut nemesis = Nemesis {
+        disks,
+        links: BTreeMap::new(),
+    };
+    let mut steps = plan.steps.iter().peekable();
+    let error = loop {
+        while let Some(step) = steps.next_if(|s| s.at <= sim.elapsed()) {
+            nemesis.apply(&mut sim, step.fault);
+            let at = sim.elapsed().as_millis() as u64;
+            history
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .faults
+                .push((at, format!("{:?}", step.fault)));
+        }
+        match sim.step() {
+            Ok(true) => break None,
+            Ok(false) => {}
+            Err(e) => break Some(e.to_string()),
+        }
+    };
+    let simulated = sim.elapsed();
+    drop(sim);
+    fjord_raft::runtime::unseed_thread();
+
+    let mut history = std::mem::take(&mut *history.lock().unwrap_or_else(PoisonError::into_inner));
+    if let Some(e) = error {
+        history.stuck.push(format!("the simulation failed: {e}"));
+    }
+    history.panics = PANICS.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    let (anomalies, summary) = checker::check(&history);
+    Run {
+        seed,
+        anomalies,
+        summary,
+        trace: history.trace(),
+        simulated,
+    }
+}
