@@ -1,9 +1,13 @@
 //! openraft's log storage for one group, over the node's shared [`Store`].
 //!
 //! Every group of the node writes through the same group-commit writer, so one fsync covers
-//! the appends of many groups. `append` returns once its entries are committed to redb (so
-//! they are readable, as openraft requires) and calls openraft's `IOFlushed` only then: a
-//! vote or an entry is never reported durable before its fsync returned.
+//! the appends of many groups. `append` queues its entries and returns at once, as openraft
+//! asks: until the writer has committed them, the group's [`Tail`] keeps them readable, so
+//! the leader replicates an entry while its own fsync runs, and the Raft core takes the next
+//! proposals meanwhile (they join the next commit). openraft's `IOFlushed` is called only
+//! once the commit holding the entries returned: an entry is never reported durable before
+//! its fsync. Votes, truncations and purges wait for their commit; the writer commits in
+//! queue order, so each of them lands after every append queued before it.
 //!
 //! For a partition group the store also runs the partition rules over the log as it is
 //! appended ([`PartitionShared::on_append`]) and writes the offset index entries of the new
@@ -11,10 +15,11 @@
 //! is not committed yet; readers never read past the committed high watermark, and a
 //! truncation removes the index entries of the entries it removes.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use fjord_storage::store::GroupKey;
 use fjord_storage::{Op, Store};
@@ -32,6 +37,16 @@ const MAX_READ_ENTRIES: usize = 4096;
 /// Bytes read from redb in one call, at most (past the first entry).
 const MAX_READ_BYTES: usize = 64 << 20;
 
+/// Entries appended but not yet committed to redb, by index, each with the number of the
+/// append that brought it (so the end of an older append never removes an entry a later one
+/// put at the same index after a truncation). Bounded by what the Raft core has in flight
+/// to the writer, whose queue is bounded.
+#[derive(Default)]
+struct Tail {
+    entries: BTreeMap<u64, (u64, Entry)>,
+    appends: u64,
+}
+
 /// The log of one group.
 #[derive(Clone)]
 pub struct GroupLogStore {
@@ -39,6 +54,8 @@ pub struct GroupLogStore {
     store: Store,
     /// Set for partition groups: the partition rules run at append.
     partition: Option<Arc<PartitionShared>>,
+    // Short critical sections (map inserts, removals, a range copy), no await inside.
+    tail: Arc<Mutex<Tail>>,
 }
 
 impl GroupLogStore {
@@ -47,6 +64,54 @@ impl GroupLogStore {
             group,
             store,
             partition,
+            tail: Arc::default(),
+        }
+    }
+
+    /// Entries `start..=end`: from redb, then from the tail not yet committed there. An entry
+    /// leaves the tail only after its commit, so what the tail lacks below its first entry is
+    /// in redb.
+    fn read_range(&self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+        let pending: Vec<Entry> = {
+            let t = self.tail.lock().unwrap();
+            t.entries
+                .range(start..=end)
+                .map(|(_, (_, e))| e.clone())
+                .collect()
+        };
+        let stored_end = match pending.first() {
+            None => Some(end),
+            Some(e) => e.index().checked_sub(1).filter(|i| *i >= start),
+        };
+        let mut out = match stored_end {
+            Some(stored_end) => self.read_entries(start, stored_end)?,
+            None => Vec::new(),
+        };
+        if let (Some(last), Some(first)) = (out.last(), pending.first())
+            && last.index() + 1 != first.index()
+        {
+            // A hole between redb and the tail: serve what is contiguous.
+            return Ok(out);
+        }
+        if out.is_empty() && pending.first().is_some_and(|e| e.index() != start) {
+            return Ok(out);
+        }
+        out.extend(pending);
+        Ok(out)
+    }
+
+    /// Removes the entries the append numbered `append` put in `first..=last`, now committed
+    /// (or failed).
+    fn settle(tail: &Mutex<Tail>, append: u64, first: u64, last: u64) {
+        let mut t = tail.lock().unwrap();
+        let done: Vec<u64> = t
+            .entries
+            .range(first..=last)
+            .filter(|(_, (a, _))| *a == append)
+            .map(|(i, _)| *i)
+            .collect();
+        for i in done {
+            t.entries.remove(&i);
         }
     }
 
@@ -96,7 +161,7 @@ impl RaftLogReader<TypeConfig> for GroupLogStore {
         let Some((start, end)) = fjord_storage::store::index_bounds(&range) else {
             return Ok(Vec::new());
         };
-        self.read_entries(start, end)
+        self.read_range(start, end)
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<TypeConfig>>, io::Error> {
@@ -112,6 +177,16 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged = self.get_log_id_value(GroupKey::LastPurged)?;
+        let pending_last = {
+            let t = self.tail.lock().unwrap();
+            t.entries.last_key_value().map(|(_, (_, e))| e.log_id())
+        };
+        if let Some(last) = pending_last {
+            return Ok(LogState {
+                last_purged_log_id: last_purged,
+                last_log_id: Some(last),
+            });
+        }
         let last = match self.store.log_bounds(self.group)? {
             None => last_purged,
             Some((_, (_, bytes))) => Some(codec::decode::<Entry>(&bytes, "log entry")?.log_id()),
@@ -196,22 +271,48 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             }
             None => None,
         };
-        let result = self.store.write(ops).await.map_err(io::Error::from);
-        match &result {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                if let (Some(p), Some(appended)) = (&self.partition, appended) {
-                    p.notify_appended(appended.outcomes);
-                }
+        let (first, last) = (entries[0].index(), entries[entries.len() - 1].index());
+        let append = {
+            let mut t = self.tail.lock().unwrap();
+            t.appends += 1;
+            let append = t.appends;
+            for e in entries {
+                t.entries.insert(e.index(), (append, e));
             }
+            append
+        };
+        let durable = match self.store.submit(ops).await {
+            Ok(d) => d,
             Err(e) => {
+                Self::settle(&self.tail, append, first, last);
                 if let Some(p) = &self.partition {
                     p.invalidate_tail();
                 }
                 callback.io_completed(Err(io::Error::other(e.to_string())));
+                return Err(io::Error::from(e));
             }
-        }
-        result
+        };
+        let tail = self.tail.clone();
+        let partition = self.partition.clone();
+        tokio::spawn(async move {
+            let result = durable.wait().await;
+            Self::settle(&tail, append, first, last);
+            match result {
+                Ok(()) => {
+                    callback.io_completed(Ok(()));
+                    if let (Some(p), Some(appended)) = (&partition, appended) {
+                        p.notify_appended(appended.outcomes);
+                    }
+                }
+                Err(e) => {
+                    if let Some(p) = &partition {
+                        p.invalidate_tail();
+                    }
+                    callback.io_completed(Err(io::Error::other(e.to_string())));
+                }
+            }
+        });
+        Ok(())
     }
 
     async fn truncate_after(
@@ -221,6 +322,10 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         let from = last_log_id.as_ref().map_or(0, |l| l.index() + 1);
         if let Some(p) = &self.partition {
             p.invalidate_tail();
+        }
+        {
+            let mut t = self.tail.lock().unwrap();
+            let _removed = t.entries.split_off(&from);
         }
         self.store
             .write(vec![Op::TruncateFrom {
@@ -232,6 +337,11 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
+        {
+            let mut t = self.tail.lock().unwrap();
+            let kept = t.entries.split_off(&(log_id.index() + 1));
+            t.entries = kept;
+        }
         self.store
             .write(vec![
                 Op::Put {

@@ -121,6 +121,13 @@ impl Store {
 
     /// Queues `ops` and waits until they are committed durably.
     pub async fn write(&self, ops: Vec<Op>) -> Result<(), StorageError> {
+        self.submit(ops).await?.wait().await
+    }
+
+    /// Queues `ops` (waiting only for room in the writer's queue) and returns what resolves
+    /// once they are committed durably. Requests are committed in the order they were
+    /// queued, so a caller may queue the next before the previous is durable.
+    pub async fn submit(&self, ops: Vec<Op>) -> Result<Durable, StorageError> {
         let (tx, rx) = oneshot::channel();
         self.writer
             .send(WriteBatch {
@@ -129,11 +136,7 @@ impl Store {
             })
             .await
             .map_err(|_| StorageError::WriterStopped)?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StorageError::CommitFailed(e)),
-            Err(_) => Err(StorageError::WriterStopped),
-        }
+        Ok(Durable(rx))
     }
 
     /// Queues `ops` without waiting for them: they become durable with the next commit.
@@ -393,5 +396,19 @@ mod tests {
             store.read_log(1, 1..2, 10, 10).unwrap(),
             vec![(1, b"a".to_vec())]
         );
+    }
+}
+
+/// Queued writes, durable once [`Durable::wait`] returns `Ok`.
+#[derive(Debug)]
+pub struct Durable(oneshot::Receiver<Result<(), String>>);
+
+impl Durable {
+    pub async fn wait(self) -> Result<(), StorageError> {
+        match self.0.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StorageError::CommitFailed(e)),
+            Err(_) => Err(StorageError::WriterStopped),
+        }
     }
 }
