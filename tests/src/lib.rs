@@ -265,7 +265,10 @@ impl Drop for Cluster {
         if std::thread::panicking()
             && let Some(dir) = self.dir.take()
         {
-            eprintln!("the failed test's node logs are kept in {}", dir.keep().display());
+            eprintln!(
+                "the failed test's node logs are kept in {}",
+                dir.keep().display()
+            );
         }
     }
 }

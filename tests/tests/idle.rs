@@ -123,7 +123,11 @@ async fn quiet_partitions_serve_at_once_and_fail_over() {
     let raw_to_leader = |p: u32| {
         let leader = before[&p].0.expect("every partition has a leader");
         let addr = cluster.nodes[cluster.node_index(leader)].addr.clone();
-        async move { FjordClient::connect(format!("http://{addr}")).await.unwrap() }
+        async move {
+            FjordClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap()
+        }
     };
     let fetch = |partition| FetchRequest {
         topic: "idle".into(),
@@ -164,11 +168,18 @@ async fn quiet_partitions_serve_at_once_and_fail_over() {
         "CP produce to a quiet partition: {:?}",
         produced.results[0].error
     );
-    let r = raw.fetch(fetch(write_p)).await.expect("CP read").into_inner();
+    let r = raw
+        .fetch(fetch(write_p))
+        .await
+        .expect("CP read")
+        .into_inner();
     assert_eq!(r.high_watermark, 1);
     let now = leaders(&client, "idle").await;
     for p in [read_p, write_p] {
-        assert_eq!(now[&p], before[&p], "serving quiet partition {p} needed an election");
+        assert_eq!(
+            now[&p], before[&p],
+            "serving quiet partition {p} needed an election"
+        );
     }
     eprintln!("quiet partitions: CP read in {read_ms} ms, CP produce in {produce_ms} ms");
 

@@ -158,6 +158,70 @@ impl GroupRegistry {
     }
 }
 
+impl GroupRegistry {
+    /// Serves a replication stream of `group` (see `RaftTransport.StreamAppend`): decodes
+    /// each request of `requests` (the encoded AppendEntries, in order), hands them to the
+    /// group's Raft as one pipelined stream, and returns the encoded results, in order. A
+    /// request that does not decode ends the stream; so does a fatal error of the group,
+    /// after its result.
+    pub fn stream_append<S>(
+        &self,
+        group: u64,
+        requests: S,
+    ) -> Result<futures::stream::BoxStream<'static, Vec<u8>>, DispatchError>
+    where
+        S: futures::Stream<Item = bytes::Bytes> + Send + Unpin + 'static,
+    {
+        match self.get(group).ok_or(DispatchError::UnknownGroup(group))? {
+            AnyGroup::Meta(h) => Ok(serve_stream(&h, group, requests)),
+            AnyGroup::Partition(h) => Ok(serve_stream(&h, group, requests)),
+        }
+    }
+}
+
+fn serve_stream<SM, S>(
+    g: &GroupRaft<SM>,
+    group: u64,
+    requests: S,
+) -> futures::stream::BoxStream<'static, Vec<u8>>
+where
+    SM: openraft::storage::RaftStateMachine<TypeConfig, SnapshotData = Vec<u8>>,
+    S: futures::Stream<Item = bytes::Bytes> + Send + Unpin + 'static,
+{
+    use futures::StreamExt;
+    type Req = openraft::raft::AppendEntriesRequest<TypeConfig>;
+    type Res = openraft::raft::StreamAppendResult<TypeConfig>;
+    let quiet = g.quiescence().clone();
+    let requests = requests.scan((), move |_, bytes| {
+        let req = match codec::decode::<Req>(&bytes, "raft request") {
+            Ok(req) => {
+                if append_wakes(&quiet.mode(), &req) {
+                    quiet.wake(Wake::Activity, "append");
+                }
+                Some(req)
+            }
+            Err(e) => {
+                tracing::warn!(group, error = %e, "undecodable append in a replication stream: ending it");
+                None
+            }
+        };
+        futures::future::ready(req)
+    });
+    g.raft()
+        .stream_append(requests)
+        .scan(false, |failed, r| {
+            if *failed {
+                return futures::future::ready(None);
+            }
+            let out: Result<Res, String> = r.map_err(|fatal| {
+                *failed = true;
+                fatal.to_string()
+            });
+            futures::future::ready(Some(codec::encode(&out)))
+        })
+        .boxed()
+}
+
 /// Whether an append must wake a quiet replica: a quiet leader wakes on any (another node
 /// leads), a quiet follower on entries or on a leader other than the one it is quiet under. A
 /// heartbeat of its own leader (a late one, sent before the leader went quiet) does not.

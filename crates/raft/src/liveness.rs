@@ -30,8 +30,8 @@ use crate::NodeId;
 use crate::group::GroupRegistry;
 use crate::network::PeerPool;
 use crate::quiesce::{
-    Claim, Detector, Kind, Mode, Quiescence, Wake, claim_targets, election_delay,
-    follower_accepts, leader_claim, still_quiet,
+    Claim, Detector, Kind, Mode, Quiescence, Wake, claim_targets, election_delay, follower_accepts,
+    leader_claim, still_quiet,
 };
 
 /// Rounds between two looks at every quiet replica's own state (the safety net).
@@ -144,8 +144,7 @@ impl Liveness {
         if !req.full {
             // Kept even when stale: the whole list, when it comes, is compared with it.
             let intact = self.followed.lock().unwrap().get(&from).is_some_and(|f| {
-                f.version == req.version
-                    && f.groups.iter().all(|(_, q, epoch)| q.epoch() == *epoch)
+                f.version == req.version && f.groups.iter().all(|(_, q, epoch)| q.epoch() == *epoch)
             });
             return NodeHeartbeatReply {
                 from: self.me,
@@ -207,9 +206,7 @@ impl Liveness {
         let before = self.followed.lock().unwrap().remove(&from);
         let mut woke = 0u32;
         for (group, q, _) in before.map(|f| f.groups).unwrap_or_default() {
-            if !listed.contains(&group)
-                && q.followed_claim().is_some_and(|c| c.leader == from)
-            {
+            if !listed.contains(&group) && q.followed_claim().is_some_and(|c| c.leader == from) {
                 woke += u32::from(q.wake(Wake::Activity, "leader no longer claims"));
             }
         }
@@ -286,7 +283,8 @@ impl Liveness {
                 let list = claims.by_peer.get(&peer).cloned().unwrap_or_default();
                 let version = claims.version;
                 let me = self.clone();
-                let call = tokio::spawn(async move { me.heartbeat(peer, &addr, version, list).await });
+                let call =
+                    tokio::spawn(async move { me.heartbeat(peer, &addr, version, list).await });
                 in_flight.insert(peer, call);
             }
         }

@@ -68,35 +68,85 @@ impl GroupLogStore {
         }
     }
 
-    /// Entries `start..=end`: from redb, then from the tail not yet committed there. An entry
-    /// leaves the tail only after its commit, so what the tail lacks below its first entry is
-    /// in redb.
+    /// Entries `start..=end`, each from the tail if it is there (the newest version of that
+    /// index), else from redb. The tail may have gaps: appends commit in order, but each
+    /// leaves the tail when its own completion runs, so a later one can leave first; what the
+    /// tail lacks is then in redb, as an entry leaves the tail only after its commit. redb is
+    /// read only below the tail's last contiguous run, which covers a leader's replication
+    /// reads of what it just appended.
     fn read_range(&self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
-        let pending: Vec<Entry> = {
+        let mut pending: BTreeMap<u64, Entry> = {
             let t = self.tail.lock().unwrap();
             t.entries
                 .range(start..=end)
-                .map(|(_, (_, e))| e.clone())
+                .map(|(i, (_, e))| (*i, e.clone()))
                 .collect()
         };
-        let stored_end = match pending.first() {
-            None => Some(end),
-            Some(e) => e.index().checked_sub(1).filter(|i| *i >= start),
+        // The tail's last run of consecutive entries: redb is read around it, not inside it
+        // (a later append can have left the tail first, so entries past the run can be in
+        // redb).
+        let (run_start, run_end) = match pending.last_key_value() {
+            None => (end.saturating_add(1), end),
+            Some((last, _)) => {
+                let mut k = *last;
+                while k > start && pending.contains_key(&(k - 1)) {
+                    k -= 1;
+                }
+                (k, *last)
+            }
         };
-        let mut out = match stored_end {
-            Some(stored_end) => self.read_entries(start, stored_end)?,
-            None => Vec::new(),
+        let mut stored = if run_start > start {
+            self.read_stored(start, run_start - 1)?
+        } else {
+            BTreeMap::new()
         };
-        if let (Some(last), Some(first)) = (out.last(), pending.first())
-            && last.index() + 1 != first.index()
-        {
-            // A hole between redb and the tail: serve what is contiguous.
-            return Ok(out);
+        if run_end < end {
+            stored.extend(self.read_stored(run_end + 1, end)?);
         }
-        if out.is_empty() && pending.first().is_some_and(|e| e.index() != start) {
-            return Ok(out);
+        let mut out = Vec::new();
+        // A purged prefix: the log starts later than asked.
+        let first = |m: &BTreeMap<u64, Entry>| m.first_key_value().map(|(i, _)| *i);
+        let mut next = first(&pending)
+            .into_iter()
+            .chain(first(&stored))
+            .min()
+            .unwrap_or(start);
+        while next <= end {
+            match pending.remove(&next).or_else(|| stored.remove(&next)) {
+                Some(e) => out.push(e),
+                None => break,
+            }
+            next += 1;
         }
-        out.extend(pending);
+        let beyond = |m: &BTreeMap<u64, Entry>| m.range(next..).next().map(|(i, _)| *i);
+        if let Some(found) = beyond(&pending).into_iter().chain(beyond(&stored)).min() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "group {}: log hole, expected index {next}, found {found}",
+                    self.group
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The entries redb holds in `start..=end`, by index.
+    fn read_stored(&self, start: u64, end: u64) -> Result<BTreeMap<u64, Entry>, io::Error> {
+        let mut out = BTreeMap::new();
+        let mut next = start;
+        while next <= end {
+            let chunk =
+                self.store
+                    .read_log(self.group, next..=end, MAX_READ_ENTRIES, MAX_READ_BYTES)?;
+            let Some((last, _)) = chunk.last() else {
+                break;
+            };
+            next = last + 1;
+            for (index, bytes) in chunk {
+                out.insert(index, codec::decode::<Entry>(&bytes, "log entry")?);
+            }
+        }
         Ok(out)
     }
 
@@ -113,36 +163,6 @@ impl GroupLogStore {
         for i in done {
             t.entries.remove(&i);
         }
-    }
-
-    fn read_entries(&self, start: u64, end_inclusive: u64) -> Result<Vec<Entry>, io::Error> {
-        let mut out: Vec<Entry> = Vec::new();
-        let mut next = start;
-        while next <= end_inclusive {
-            let chunk = self.store.read_log(
-                self.group,
-                next..=end_inclusive,
-                MAX_READ_ENTRIES,
-                MAX_READ_BYTES,
-            )?;
-            if chunk.is_empty() {
-                break;
-            }
-            for (index, bytes) in chunk {
-                if !out.is_empty() && index != next {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "group {}: log hole, expected index {next}, found {index}",
-                            self.group
-                        ),
-                    ));
-                }
-                out.push(codec::decode::<Entry>(&bytes, "log entry")?);
-                next = index + 1;
-            }
-        }
-        Ok(out)
     }
 
     fn get_log_id_value(&self, key: GroupKey) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {

@@ -9,28 +9,35 @@
 //! [`GroupRegistry::dispatch`](crate::group::GroupRegistry::dispatch), which finds the group
 //! and hands the decoded message to its Raft.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fjord_proto::raft::GroupMessage;
 use fjord_proto::raft::raft_transport_client::RaftTransportClient;
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, Stream, StreamExt};
 use openraft::AnyError;
 use openraft::BasicNode;
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::codec;
 use crate::{NodeId, TypeConfig};
+
+/// How long a replication stream stays open with nothing to send.
+pub const STREAM_IDLE: Duration = Duration::from_secs(1);
 
 /// Largest Raft message accepted or sent, in bytes (an append of `max_payload_entries`
 /// batches of at most the produce limit each fits).
@@ -206,20 +213,7 @@ impl GroupNetwork {
                 )));
             }
             Ok(Err(status)) => {
-                return Err(match status.code() {
-                    // Not reachable, or the group does not exist there (yet): back off.
-                    tonic::Code::Unavailable | tonic::Code::NotFound => unreachable(format!(
-                        "node {} ({}) group {}: {}",
-                        self.target,
-                        self.addr,
-                        self.group,
-                        status.message()
-                    )),
-                    _ => network(format!(
-                        "node {} group {}: {status}",
-                        self.target, self.group
-                    )),
-                });
+                return Err(status_error(self.target, &self.addr, self.group, status));
             }
             Ok(Ok(r)) => r.into_inner(),
         };
@@ -229,8 +223,141 @@ impl GroupNetwork {
     }
 }
 
+/// Send times of the requests of a replication stream that await their answer, oldest
+/// first, and a wake-up for the answer reader when one is added.
+#[derive(Default)]
+struct InFlight {
+    // Short critical sections (a push, a pop, a peek), no await inside.
+    sent: Mutex<VecDeque<Instant>>,
+    added: Notify,
+}
+
+impl InFlight {
+    fn push(&self, at: Instant) {
+        self.sent.lock().unwrap().push_back(at);
+        self.added.notify_one();
+    }
+    fn oldest(&self) -> Option<Instant> {
+        self.sent.lock().unwrap().front().copied()
+    }
+    fn pop(&self) {
+        self.sent.lock().unwrap().pop_front();
+    }
+}
+
+fn status_error(target: NodeId, addr: &str, group: u64, status: tonic::Status) -> NetErr {
+    match status.code() {
+        // Not reachable, or the group does not exist there (yet): back off.
+        tonic::Code::Unavailable | tonic::Code::NotFound => unreachable(format!(
+            "node {target} ({addr}) group {group}: {}",
+            status.message()
+        )),
+        _ => network(format!("node {target} group {group}: {status}")),
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for GroupNetwork {
     type SnapshotData = Vec<u8>;
+
+    /// Pipelined replication over one HTTP/2 stream: requests go out as openraft produces
+    /// them, without waiting for the answers, which come back in order. Each answer is due
+    /// within the RPC timeout of its request; a late one ends the stream with an error (a
+    /// stalled or cut-off follower looks the same as with one RPC at a time).
+    ///
+    /// The stream is opened only once there is a request to send, and closed after
+    /// [`STREAM_IDLE`] without one: an idle group holds no stream on its peers' connections.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        mut input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, NetErr>>, NetErr>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let Some(first) = input.next().await else {
+                return Ok(futures::stream::empty().boxed());
+            };
+            let (group, target, addr) = (self.group, self.target, self.addr.clone());
+            let ttl = option.hard_ttl();
+            let in_flight = Arc::new(InFlight::default());
+            let sent = in_flight.clone();
+            let requests =
+                futures::stream::unfold((Some(first), input), move |(first, mut input)| {
+                    let sent = sent.clone();
+                    async move {
+                        let req = match first {
+                            Some(r) => r,
+                            None => match tokio::time::timeout(STREAM_IDLE, input.next()).await {
+                                Ok(Some(r)) => r,
+                                // Idle, or openraft ended the session: close our side.
+                                _ => return None,
+                            },
+                        };
+                        sent.push(Instant::now());
+                        let msg = GroupMessage {
+                            group_id: group,
+                            payload: codec::encode(&req).into(),
+                        };
+                        Some((msg, (None, input)))
+                    }
+                });
+            let mut client = self.pool.client(&addr).map_err(unreachable)?;
+            let answers = match tokio::time::timeout(ttl, client.stream_append(requests)).await {
+                Err(_) => {
+                    return Err(network(format!(
+                        "stream append to node {target} ({addr}) for group {group}: no answer \
+                         within {ttl:?}"
+                    )));
+                }
+                Ok(Err(status)) => return Err(status_error(target, &addr, group, status)),
+                Ok(Ok(r)) => r.into_inner(),
+            };
+            let results = futures::stream::unfold(Some(answers), move |answers| {
+                let in_flight = in_flight.clone();
+                let addr = addr.clone();
+                async move {
+                    let mut answers = answers?;
+                    let next = loop {
+                        match in_flight.oldest() {
+                            Some(at) => {
+                                match tokio::time::timeout_at(at + ttl, answers.next()).await {
+                                    Ok(next) => break next,
+                                    Err(_) => {
+                                        let e = network(format!(
+                                            "append to node {target} ({addr}) for group \
+                                             {group} timed out after {ttl:?}"
+                                        ));
+                                        return Some((Err(e), None));
+                                    }
+                                }
+                            }
+                            None => tokio::select! {
+                                _ = in_flight.added.notified() => continue,
+                                next = answers.next() => break next,
+                            },
+                        }
+                    };
+                    let msg = match next? {
+                        Ok(msg) => msg,
+                        Err(status) => {
+                            return Some((Err(status_error(target, &addr, group, status)), None));
+                        }
+                    };
+                    in_flight.pop();
+                    match codec::decode::<Result<StreamAppendResult<TypeConfig>, String>>(
+                        &msg.payload,
+                        "stream append result",
+                    ) {
+                        Ok(Ok(result)) => Some((Ok(result), Some(answers))),
+                        Ok(Err(fatal)) => Some((Err(network(fatal)), None)),
+                        Err(e) => Some((Err(network(e)), None)),
+                    }
+                }
+            });
+            Ok(results.boxed())
+        })
+    }
 
     async fn append_entries(
         &mut self,

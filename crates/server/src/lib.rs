@@ -33,8 +33,12 @@ use tokio_util::sync::CancellationToken;
 
 /// Concurrent client and peer connections served, at most.
 pub const MAX_CONNECTIONS: usize = 1024;
-/// Concurrent requests per connection, at most.
-pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Requests per connection being handled at once (until their answer starts), at most.
+pub const MAX_CONCURRENT_REQUESTS: usize = 256;
+/// Open HTTP/2 streams per connection, at most. Higher than the requests: between two nodes,
+/// every partition with traffic in the last second keeps a replication stream open
+/// (`RaftTransport.StreamAppend`) for each of its followers there.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 
 /// Why a node stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +136,7 @@ where
         .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
     let stop = cancel.clone();
     let server = tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(MAX_CONCURRENT_STREAMS as usize)
+        .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))

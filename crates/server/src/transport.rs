@@ -7,7 +7,9 @@ use fjord_proto::raft::raft_transport_server::RaftTransport;
 use fjord_proto::raft::{GroupMessage, NodeHeartbeat, NodeHeartbeatReply};
 use fjord_raft::group::DispatchError;
 use fjord_raft::network::RpcKind;
-use tonic::{Request, Response, Status};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::Node;
 
@@ -42,6 +44,45 @@ impl TransportService {
 
 #[tonic::async_trait]
 impl RaftTransport for TransportService {
+    type StreamAppendStream = BoxStream<'static, Result<GroupMessage, Status>>;
+
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<GroupMessage>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let mut input = req.into_inner();
+        let Some(first) = input.message().await? else {
+            return Ok(Response::new(futures::stream::empty().boxed()));
+        };
+        let group = first.group_id;
+        // Every message of the stream is of the first one's group; the stream ends at the
+        // first that is not, or at a transport error.
+        let rest = input
+            .take_while(move |m| futures::future::ready(matches!(m, Ok(m) if m.group_id == group)))
+            .filter_map(|m| futures::future::ready(m.ok().map(|m| m.payload)));
+        let requests = futures::stream::once(futures::future::ready(first.payload))
+            .chain(rest)
+            .boxed();
+        let results = self
+            .node
+            .registry
+            .stream_append(group, requests)
+            .map_err(|e| match e {
+                DispatchError::UnknownGroup(_) => Status::not_found(e.to_string()),
+                _ => Status::invalid_argument(e.to_string()),
+            })?;
+        Ok(Response::new(
+            results
+                .map(move |payload| {
+                    Ok(GroupMessage {
+                        group_id: group,
+                        payload: payload.into(),
+                    })
+                })
+                .boxed(),
+        ))
+    }
+
     async fn append(&self, req: Request<GroupMessage>) -> Result<Response<GroupMessage>, Status> {
         self.dispatch(RpcKind::Append, req).await
     }
