@@ -16,9 +16,11 @@ use std::time::Duration;
 
 use fjord_proto::raft::GroupMessage;
 use fjord_proto::raft::raft_transport_client::RaftTransportClient;
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, Stream, StreamExt};
 use openraft::AnyError;
+use openraft::entry::RaftEntry;
 use openraft::BasicNode;
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -278,8 +280,19 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
             let Some(first) = input.next().await else {
                 return Ok(futures::stream::empty().boxed());
             };
-            let (group, target, addr) = (self.group, self.target, self.addr.clone());
             let ttl = option.hard_ttl();
+            // A lone request (a heartbeat: openraft's heartbeats are one-request streams)
+            // goes as one unary call, which costs the peer far less than a stream.
+            if let Some(None) = input.next().now_or_never() {
+                let prev = first.prev_log_id.clone();
+                let last = first.entries.last().map(|e| e.log_id()).or_else(|| prev.clone());
+                let result = self
+                    .call::<_, AppendEntriesResponse<TypeConfig>>(RpcKind::Append, &first, ttl)
+                    .await
+                    .map(|r| r.into_stream_result(prev, last));
+                return Ok(futures::stream::once(futures::future::ready(result)).boxed());
+            }
+            let (group, target, addr) = (self.group, self.target, self.addr.clone());
             let in_flight = Arc::new(InFlight::default());
             let sent = in_flight.clone();
             let requests =

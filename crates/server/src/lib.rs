@@ -39,6 +39,9 @@ pub const MAX_CONCURRENT_REQUESTS: usize = 256;
 /// every partition with traffic in the last second keeps a replication stream open
 /// (`RaftTransport.StreamAppend`) for each of its followers there.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Streams a peer may cancel before the server has accepted them, per connection, before the
+/// connection is closed.
+pub const MAX_PENDING_RESET_STREAMS: usize = 1024;
 
 /// Why a node stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +141,11 @@ where
     let server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        // A peer cancels the RPCs that outlive its timeout. Under a burst (thousands of
+        // groups starting at once), more than h2's default 20 can be cancelled while still
+        // queued, and h2 would then close the whole connection (its defence against rapid
+        // resets), failing every group's RPC on it at once and feeding the burst.
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS))
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))

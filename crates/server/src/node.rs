@@ -35,6 +35,10 @@ use crate::error::ApiError;
 
 /// How often the controller looks at leader balance.
 pub const CONTROLLER_INTERVAL: Duration = Duration::from_secs(3);
+/// Partition groups a node starts before it waits for them to elect leaders.
+pub const START_BATCH: usize = 50;
+/// How long a node waits, at most, for a batch of new groups to elect leaders.
+pub const START_BATCH_WAIT: Duration = Duration::from_secs(5);
 /// Leader moves the controller starts per round, at most.
 pub const MAX_LEADER_MOVES_PER_ROUND: usize = 4;
 /// A follower whose last heartbeat ack is older than this is taken as down by the controller.
@@ -298,10 +302,14 @@ impl Node {
     async fn reconcile(self: &Arc<Self>, view: &MetaView, seen: &mut BTreeSet<GroupId>) {
         let wanted: BTreeMap<GroupId, Vec<NodeId>> =
             view.state.groups_of_node(self.id).into_iter().collect();
+        let mut starting: Vec<fjord_raft::LeadershipWatch> = Vec::new();
         for (group, replicas) in &wanted {
             seen.insert(*group);
             if self.registry.get(*group).is_some() {
                 continue;
+            }
+            if starting.len() >= START_BATCH {
+                Self::wait_for_leaders(&mut starting).await;
             }
             match group::start_partition(
                 self.id,
@@ -322,6 +330,7 @@ impl Node {
                     if let Err(e) = handle.initialize(&members).await {
                         tracing::warn!(group, error = %e, "cannot initialize partition group");
                     }
+                    starting.push(handle.watch_leadership());
                     let me = self.clone();
                     let g = *group;
                     tokio::spawn(async move { me.report_leadership(g, handle).await });
@@ -354,6 +363,23 @@ impl Node {
                 tracing::info!(group = g, "deleted partition group");
             }
         }
+    }
+
+    /// Waits, at most [`START_BATCH_WAIT`], until each group just started knows a leader.
+    /// Thousands of new groups campaigning at once (a large topic created, a node restarted)
+    /// would swamp the node and its peers with elections and heartbeats, time their RPCs out
+    /// and keep them from ever settling; a batch at a time, each settles, then goes quiet.
+    async fn wait_for_leaders(starting: &mut Vec<fjord_raft::LeadershipWatch>) {
+        let deadline = tokio::time::Instant::now() + START_BATCH_WAIT;
+        for w in starting.iter_mut() {
+            while w.current().leader.is_none() {
+                match tokio::time::timeout_at(deadline, w.changed()).await {
+                    Ok(true) => {}
+                    _ => break,
+                }
+            }
+        }
+        starting.clear();
     }
 
     /// Reports to the metadata group each time this node becomes the leader of `group`.
