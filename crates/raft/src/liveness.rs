@@ -35,7 +35,7 @@ use crate::quiesce::{
 };
 
 /// Rounds between two looks at every quiet replica's own state (the safety net).
-pub const FULL_CHECK_ROUNDS: u64 = 30;
+pub const FULL_CHECK_ROUNDS: u64 = 100;
 /// Claims in one heartbeat, at most (about 15 bytes each, far below the 4 MiB message limit).
 /// A claim left out is not renewed, and its followers wake: more quiet groups per node pair
 /// than this cannot stay quiet.
@@ -84,6 +84,8 @@ pub struct Liveness {
 struct Followed {
     version: u64,
     groups: Vec<(u64, Arc<Quiescence>, u64)>,
+    /// The process-wide transition count when `groups` were last seen at their epochs.
+    checked_at: u64,
 }
 
 /// Since when a leader's log has not moved.
@@ -143,8 +145,15 @@ impl Liveness {
         self.detector.lock().unwrap().heard(from, Instant::now());
         if !req.full {
             // Kept even when stale: the whole list, when it comes, is compared with it.
-            let intact = self.followed.lock().unwrap().get(&from).is_some_and(|f| {
-                f.version == req.version && f.groups.iter().all(|(_, q, epoch)| q.epoch() == *epoch)
+            let now = crate::quiesce::transitions();
+            let intact = self.followed.lock().unwrap().get_mut(&from).is_some_and(|f| {
+                let intact = f.version == req.version
+                    && (f.checked_at == now
+                        || f.groups.iter().all(|(_, q, epoch)| q.epoch() == *epoch));
+                if intact {
+                    f.checked_at = now;
+                }
+                intact
             });
             return NodeHeartbeatReply {
                 from: self.me,
@@ -162,12 +171,15 @@ impl Liveness {
                 index: q.last_index,
             })
             .collect();
+        // Read before applying: a change meanwhile makes the next check look.
+        let checked_at = crate::quiesce::transitions();
         let (refused, groups) = self.apply_claims(from, &claims);
         self.followed.lock().unwrap().insert(
             from,
             Followed {
                 version: req.version,
                 groups,
+                checked_at,
             },
         );
         NodeHeartbeatReply {
@@ -227,6 +239,7 @@ impl Liveness {
         let mut logged = QuietCounts::default();
         let mut in_flight: HashMap<NodeId, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut round = 0u64;
+        let mut last_look: Option<(u64, HashSet<NodeId>, bool)> = None;
         loop {
             tick.tick().await;
             round += 1;
@@ -253,7 +266,7 @@ impl Liveness {
                     tracing::info!(node = p, "peer alive again");
                 }
             }
-            if round % 10 == 0 {
+            if round % FULL_CHECK_ROUNDS == 1 {
                 let counts = self.counts();
                 if counts != logged {
                     tracing::info!(
@@ -266,13 +279,18 @@ impl Liveness {
                 }
             }
             let is_alive = |n: NodeId| n == self.me || alive.contains(&n);
-            self.scan(
-                now,
-                &is_alive,
-                &mut idle,
-                &mut claims,
-                round % FULL_CHECK_ROUNDS == 0,
-            );
+            // Every replica quiet at the last look, no mode changed since and the same peers
+            // alive: the look would find nothing to do. An idle node's round then costs
+            // nothing per group.
+            let full = round % FULL_CHECK_ROUNDS == 0;
+            let transitions = crate::quiesce::transitions();
+            let unchanged = last_look
+                .as_ref()
+                .is_some_and(|(t, a, all_quiet)| *all_quiet && *t == transitions && *a == alive);
+            if full || !unchanged {
+                let all_quiet = self.scan(now, &is_alive, &mut idle, &mut claims, full);
+                last_look = Some((transitions, alive.clone(), all_quiet));
+            }
             // One call in flight per peer: a slow or silent peer delays only its own
             // heartbeats, never those to the others.
             in_flight.retain(|peer, call| peers.contains_key(peer) && !call.is_finished());
@@ -299,7 +317,8 @@ impl Liveness {
         idle: &mut HashMap<u64, Idle>,
         claims: &mut Claims,
         full: bool,
-    ) {
+    ) -> bool {
+        let mut all_quiet = true;
         let mut seen: HashSet<u64> = HashSet::new();
         let mut suspicion_wakes = 0u32;
         // An order-independent digest of (group, epoch) of every leading group: unchanged
@@ -307,7 +326,9 @@ impl Liveness {
         let mut digest = 0u64;
         self.registry.for_each_partition(|id, h| {
             let q = h.quiescence();
-            match q.kind() {
+            let kind = q.kind();
+            all_quiet &= matches!(kind, Kind::Leading | Kind::Following);
+            match kind {
                 Kind::Following => {
                     let leader = q.followed_leader().unwrap_or(0);
                     if !alive(leader) {
@@ -399,6 +420,7 @@ impl Liveness {
             claims.version = version;
             claims.by_peer = by_peer.into_iter().map(|(p, l)| (p, Arc::new(l))).collect();
         }
+        all_quiet
     }
 
     /// An awake leader: tracks how long its log has not moved, and claims the group quiet

@@ -32,6 +32,16 @@ use tokio::time::Instant;
 
 use crate::NodeId;
 
+/// Bumped by every mode change of any replica in this process (and by every new replica):
+/// unchanged, no replica changed mode. Shared by every node of a process (tests run several),
+/// which only makes a reader look more often than it must, never less.
+static TRANSITIONS: AtomicU64 = AtomicU64::new(0);
+
+/// The value of the process-wide transition counter.
+pub fn transitions() -> u64 {
+    TRANSITIONS.load(Ordering::Acquire)
+}
+
 /// A group's state as its local replica sees it: the part of openraft's metrics the
 /// decisions need.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -337,6 +347,8 @@ struct State {
 
 impl Quiescence {
     pub fn new(group: u64, timers: impl Timers, activity_grace: Duration) -> Arc<Self> {
+        // A new replica is awake: whoever skips work while nothing changed must look again.
+        TRANSITIONS.fetch_add(1, Ordering::AcqRel);
         Arc::new(Quiescence {
             group,
             state: Mutex::new(State {
@@ -363,6 +375,7 @@ impl Quiescence {
         self.kind.store(mode.kind() as u8, Ordering::Release);
         self.followed.store(followed, Ordering::Release);
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        TRANSITIONS.fetch_add(1, Ordering::AcqRel);
         st.mode = mode;
     }
 

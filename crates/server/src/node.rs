@@ -40,7 +40,7 @@ pub const START_BATCH: usize = 50;
 /// How long a node waits, at most, for a batch of new groups to elect leaders.
 pub const START_BATCH_WAIT: Duration = Duration::from_secs(5);
 /// Leader moves the controller starts per round, at most.
-pub const MAX_LEADER_MOVES_PER_ROUND: usize = 4;
+pub const MAX_LEADER_MOVES_PER_ROUND: usize = 16;
 /// A follower whose last heartbeat ack is older than this is taken as down by the controller.
 pub const LIVENESS_WINDOW: Duration = Duration::from_secs(3);
 /// How long a stopping node spends handing its leaderships over to other replicas.
