@@ -9,6 +9,7 @@
 # (by at most one normal produce latency, a few ms).
 #
 #   bench/failover.sh [ROUNDS=5]
+#   SERVE_ARGS="--heartbeat-interval-ms 50 --election-timeout-ms 200" bench/failover.sh 5
 #
 # Prints one JSON line per round and, at the end, the median, min and max. Every wait is
 # bounded; the cluster is stopped and wiped on exit.
@@ -32,15 +33,15 @@ stop_all() {
   for p in "${PID[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
   for p in "${PID[@]}"; do wait "$p" 2>/dev/null || true; done
   PID=()
-  rm -rf "$DIR"
 }
+# The last round's data and logs stay in $DIR for a look.
 trap stop_all EXIT
 trap 'exit 130' INT TERM
 start_all() {
-  mkdir -p "$DIR"
+  rm -rf "$DIR"; mkdir -p "$DIR"
   for id in 1 2 3; do
     "$FJORD" serve --id "$id" --listen "127.0.0.1:$((PORT + id - 1))" --data-dir "$DIR/node$id" \
-      --peers "$PEERS" > "$DIR/node$id.log" 2>&1 < /dev/null &
+      --peers "$PEERS" ${SERVE_ARGS:-} > "$DIR/node$id.log" 2>&1 < /dev/null &
     PID[$id]=$!
   done
   for _ in $(seq 1 300); do
@@ -53,7 +54,12 @@ results=()
 for round in $(seq 1 "$ROUNDS"); do
   stop_all
   start_all
-  "$FJORD" --brokers "$BROKERS" topic create failover --partitions 1 --replication 3 >/dev/null
+  # Until every node has registered, a replication factor of 3 is refused: retry (bounded).
+  for _ in $(seq 1 100); do
+    "$FJORD" --brokers "$BROKERS" topic create failover --partitions 1 --replication 3 \
+      > /dev/null 2>&1 && break
+    sleep 0.2
+  done
   leader=""
   for _ in $(seq 1 100); do
     leader="$("$FJORD" --brokers "$BROKERS" --format json topic describe failover 2>/dev/null |

@@ -53,7 +53,12 @@ for _ in $(seq 1 300); do
   "$FJORD" --brokers "$BROKERS" cluster status > /dev/null 2>&1 && break
   sleep 0.1
 done
-"$FJORD" --brokers "$BROKERS" topic create restart --partitions "$PARTITIONS" --replication 3 > /dev/null
+# Until every node has registered, a replication factor of 3 is refused: retry (bounded).
+for _ in $(seq 1 100); do
+  "$FJORD" --brokers "$BROKERS" topic create restart --partitions "$PARTITIONS" --replication 3 \
+    > /dev/null 2>&1 && break
+  sleep 0.2
+done
 records=$(( SIZE_GIB * 1024 * 1024 ))
 log "filling: $records records of 1 KiB ($SIZE_GIB GiB per node)"
 "$FJORD" bench produce --brokers "$BROKERS" --topic restart --acks cp --record-size 1024 \
