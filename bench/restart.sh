@@ -35,7 +35,7 @@ stop_all() {
   done
   PID=()
 }
-trap 'stop_all KILL; rm -rf "$DIR"' EXIT
+trap 'stop_all KILL; [[ -n "${KEEP:-}" ]] || rm -rf "$DIR"' EXIT
 trap 'exit 130' INT TERM
 start_all() {
   for id in 1 2 3; do
@@ -59,6 +59,9 @@ for _ in $(seq 1 100); do
     > /dev/null 2>&1 && break
   sleep 0.2
 done
+# The controller balances the new partitions' leaders in its first rounds (every 3 s); let it,
+# so that the fill does not race leader moves.
+sleep 10
 records=$(( SIZE_GIB * 1024 * 1024 ))
 log "filling: $records records of 1 KiB ($SIZE_GIB GiB per node)"
 "$FJORD" bench produce --brokers "$BROKERS" --topic restart --acks cp --record-size 1024 \

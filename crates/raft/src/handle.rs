@@ -309,6 +309,15 @@ impl std::ops::Deref for PartitionHandle {
 }
 
 impl PartitionHandle {
+    /// Stops the group, then checkpoints its applied state, so that the next start does not
+    /// read back the log to rebuild it.
+    pub async fn shutdown(&self) {
+        self.core.shutdown().await;
+        if let Err(e) = self.shared.checkpoint_now().await {
+            tracing::warn!(group = self.shared.group(), error = %e, "cannot checkpoint a stopped partition");
+        }
+    }
+
     pub(crate) fn new(
         raft: PartitionRaft,
         quiet: Arc<Quiescence>,

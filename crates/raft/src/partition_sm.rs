@@ -33,6 +33,8 @@ use crate::{Request, Response, TypeConfig};
 /// Applied entries between two checkpoints of the state machine, at most. A restart
 /// re-applies at most this many entries (plus what was committed but not yet applied).
 pub const CHECKPOINT_EVERY_ENTRIES: u64 = 1024;
+/// Record bytes applied between two checkpoints, at most (about).
+pub const CHECKPOINT_EVERY_BYTES: u64 = 32 << 20;
 /// AP produce requests waiting for their batch to reach the leader's disk, per partition.
 pub const MAX_AP_WAITERS: usize = 4096;
 
@@ -68,7 +70,9 @@ pub struct PartitionShared {
     hw: watch::Sender<u64>,
     tail: Mutex<Option<Tail>>,
     waiters: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
-    last_checkpoint_index: Mutex<u64>,
+    /// The index of the last checkpoint, and the record bytes applied since.
+    last_checkpoint: Mutex<(u64, u64)>,
+    store: Store,
 }
 
 /// Why an AP waiter could not be registered.
@@ -91,7 +95,8 @@ impl PartitionShared {
             hw: watch::channel(hw).0,
             tail: Mutex::new(None),
             waiters: Mutex::new(HashMap::new()),
-            last_checkpoint_index: Mutex::new(ckpt),
+            last_checkpoint: Mutex::new((ckpt, 0)),
+            store: store.clone(),
         }))
     }
 
@@ -225,14 +230,32 @@ impl PartitionShared {
         }
     }
 
-    fn checkpoint_due(&self, index: u64) -> bool {
-        let mut last = self.last_checkpoint_index.lock().unwrap();
-        if index >= *last + CHECKPOINT_EVERY_ENTRIES {
-            *last = index;
+    /// Whether to checkpoint the applied state now, at `index`, `bytes` of records after the
+    /// last call: every [`CHECKPOINT_EVERY_ENTRIES`] entries or [`CHECKPOINT_EVERY_BYTES`]
+    /// bytes, so that a restart re-applies (reads back) at most that much of the log.
+    fn checkpoint_due(&self, index: u64, bytes: u64) -> bool {
+        let mut last = self.last_checkpoint.lock().unwrap();
+        last.1 += bytes;
+        if index >= last.0 + CHECKPOINT_EVERY_ENTRIES || last.1 >= CHECKPOINT_EVERY_BYTES {
+            *last = (index, 0);
             true
         } else {
             false
         }
+    }
+
+    /// Writes the applied state durably: at a clean stop, so that the next start re-applies
+    /// nothing.
+    pub async fn checkpoint_now(&self) -> Result<(), io::Error> {
+        let a = self.applied.lock().unwrap().clone();
+        self.store
+            .write(vec![Op::Put {
+                group: self.group,
+                key: GroupKey::StateMachine as u8,
+                value: codec::encode(&a),
+            }])
+            .await?;
+        Ok(())
     }
 }
 
@@ -288,6 +311,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
     {
         let mut last_index = None;
+        let mut bytes = 0u64;
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id();
             last_index = Some(log_id.index());
@@ -296,6 +320,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                 a.last_applied = Some(log_id);
                 let response = match entry.payload {
                     EntryPayload::Normal(Request::Batch(b)) => {
+                        bytes += b.records.len() as u64;
                         Response::Batch(a.state.apply(&b.header()))
                     }
                     EntryPayload::Membership(m) => {
@@ -320,7 +345,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
             }
         }
         if let Some(index) = last_index
-            && self.shared.checkpoint_due(index)
+            && self.shared.checkpoint_due(index, bytes)
         {
             let a = self.shared.applied.lock().unwrap().clone();
             self.store
