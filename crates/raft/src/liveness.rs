@@ -146,15 +146,20 @@ impl Liveness {
         if !req.full {
             // Kept even when stale: the whole list, when it comes, is compared with it.
             let now = crate::quiesce::transitions();
-            let intact = self.followed.lock().unwrap().get_mut(&from).is_some_and(|f| {
-                let intact = f.version == req.version
-                    && (f.checked_at == now
-                        || f.groups.iter().all(|(_, q, epoch)| q.epoch() == *epoch));
-                if intact {
-                    f.checked_at = now;
-                }
-                intact
-            });
+            let intact = self
+                .followed
+                .lock()
+                .unwrap()
+                .get_mut(&from)
+                .is_some_and(|f| {
+                    let intact = f.version == req.version
+                        && (f.checked_at == now
+                            || f.groups.iter().all(|(_, q, epoch)| q.epoch() == *epoch));
+                    if intact {
+                        f.checked_at = now;
+                    }
+                    intact
+                });
             return NodeHeartbeatReply {
                 from: self.me,
                 version: if intact { req.version } else { 0 },

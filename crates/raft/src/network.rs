@@ -20,9 +20,9 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, Stream, StreamExt};
 use openraft::AnyError;
-use openraft::entry::RaftEntry;
 use openraft::BasicNode;
 use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::entry::RaftEntry;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
 use openraft::raft::{
@@ -285,7 +285,11 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
             // goes as one unary call, which costs the peer far less than a stream.
             if let Some(None) = input.next().now_or_never() {
                 let prev = first.prev_log_id.clone();
-                let last = first.entries.last().map(|e| e.log_id()).or_else(|| prev.clone());
+                let last = first
+                    .entries
+                    .last()
+                    .map(|e| e.log_id())
+                    .or_else(|| prev.clone());
                 let result = self
                     .call::<_, AppendEntriesResponse<TypeConfig>>(RpcKind::Append, &first, ttl)
                     .await
