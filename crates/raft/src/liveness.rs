@@ -81,9 +81,12 @@ pub struct Liveness {
     followed: Mutex<HashMap<NodeId, Followed>>,
 }
 
+/// A group quiet under a leader's claim: its id, its switch, and the switch's epoch then.
+type QuietUnder = (u64, Arc<Quiescence>, u64);
+
 struct Followed {
     version: u64,
-    groups: Vec<(u64, Arc<Quiescence>, u64)>,
+    groups: Vec<QuietUnder>,
     /// The process-wide transition count when `groups` were last seen at their epochs.
     checked_at: u64,
 }
@@ -196,11 +199,7 @@ impl Liveness {
 
     /// A whole list of claims from `from`: returns the groups refused, and those now quiet
     /// under it with their epochs.
-    fn apply_claims(
-        &self,
-        from: NodeId,
-        claims: &[Claim],
-    ) -> (Vec<u64>, Vec<(u64, Arc<Quiescence>, u64)>) {
+    fn apply_claims(&self, from: NodeId, claims: &[Claim]) -> (Vec<u64>, Vec<QuietUnder>) {
         let mut refused = Vec::new();
         let mut quiet = Vec::new();
         for claim in claims {
@@ -287,7 +286,7 @@ impl Liveness {
             // Every replica quiet at the last look, no mode changed since and the same peers
             // alive: the look would find nothing to do. An idle node's round then costs
             // nothing per group.
-            let full = round % FULL_CHECK_ROUNDS == 0;
+            let full = round.is_multiple_of(FULL_CHECK_ROUNDS);
             let transitions = crate::quiesce::transitions();
             let unchanged = last_look
                 .as_ref()

@@ -284,12 +284,8 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
             // A lone request (a heartbeat: openraft's heartbeats are one-request streams)
             // goes as one unary call, which costs the peer far less than a stream.
             if let Some(None) = input.next().now_or_never() {
-                let prev = first.prev_log_id.clone();
-                let last = first
-                    .entries
-                    .last()
-                    .map(|e| e.log_id())
-                    .or_else(|| prev.clone());
+                let prev = first.prev_log_id;
+                let last = first.entries.last().map(|e| e.log_id()).or(prev);
                 let result = self
                     .call::<_, AppendEntriesResponse<TypeConfig>>(RpcKind::Append, &first, ttl)
                     .await

@@ -715,7 +715,8 @@ mod tests {
     fn a_follower_accepts_only_a_claim_matching_its_state() {
         let v = follower_view();
         assert!(follower_accepts(&v, &CLAIM));
-        let cases: [(&str, fn(&mut GroupView)); 6] = [
+        type Change = fn(&mut GroupView);
+        let cases: [(&str, Change); 6] = [
             ("behind", |v| v.last_index = Some(6)),
             ("uncommitted", |v| v.committed = Some(6)),
             ("newer term", |v| v.term = 4),
