@@ -25,7 +25,7 @@ use crate::log_store::GroupLogStore;
 use crate::meta_sm::MetaSm;
 use crate::network::{GroupNetworkFactory, PeerPool, RpcKind};
 use crate::partition_sm::{PartitionShared, PartitionSm};
-use crate::quiesce::{Mode, Quiescence, Wake};
+use crate::quiesce::{Kind, Mode, Quiescence, Wake};
 use crate::{NodeId, TypeConfig};
 
 pub type MetaRaft = openraft::Raft<TypeConfig, MetaSm>;
@@ -195,7 +195,7 @@ where
     let requests = requests.scan((), move |_, bytes| {
         let req = match codec::decode::<Req>(&bytes, "raft request") {
             Ok(req) => {
-                if append_wakes(&quiet.mode(), &req) {
+                if append_wakes(&quiet, &req) {
                     quiet.wake(Wake::Activity, "append");
                 }
                 Some(req)
@@ -225,8 +225,15 @@ where
 /// Whether an append must wake a quiet replica: a quiet leader wakes on any (another node
 /// leads), a quiet follower on entries or on a leader other than the one it is quiet under. A
 /// heartbeat of its own leader (a late one, sent before the leader went quiet) does not.
-fn append_wakes(mode: &Mode, req: &openraft::raft::AppendEntriesRequest<TypeConfig>) -> bool {
-    match mode {
+fn append_wakes(
+    quiet: &Quiescence,
+    req: &openraft::raft::AppendEntriesRequest<TypeConfig>,
+) -> bool {
+    // The common case, an awake replica, without the lock: this runs for every append.
+    if matches!(quiet.kind(), Kind::Awake | Kind::Claiming) {
+        return false;
+    }
+    match &quiet.mode() {
         Mode::Awake | Mode::Claiming { .. } => false,
         Mode::Leading { .. } => true,
         Mode::Following(claim) => {
@@ -257,7 +264,7 @@ where
     Ok(match kind {
         RpcKind::Append => {
             let req: openraft::raft::AppendEntriesRequest<TypeConfig> = dec(payload)?;
-            if append_wakes(&quiet.mode(), &req) {
+            if append_wakes(quiet, &req) {
                 quiet.wake(Wake::Activity, "append");
             }
             enc(raft.append_entries(req).await)
