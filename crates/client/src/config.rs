@@ -13,14 +13,16 @@ pub const MAX_REQUEST_TIMEOUT_MS: u64 = 300_000;
 /// Default time allowed to open a TCP connection to a node, in milliseconds.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 3_000;
 /// Default number of retries after the first attempt of an operation.
-pub const DEFAULT_MAX_RETRIES: u32 = 20;
+pub const DEFAULT_MAX_RETRIES: u32 = 60;
 /// Largest accepted `max_retries`.
 pub const MAX_RETRIES_LIMIT: u32 = 1_000;
 /// Default first retry backoff, in milliseconds (it doubles per retry, with jitter).
 pub const DEFAULT_RETRY_BACKOFF_MS_INITIAL: u64 = 50;
 /// Default cap of the retry backoff, in milliseconds. Short, so that a client finds a new
 /// leader soon after it is elected (a failover takes about one election timeout); the retry
-/// count, not the backoff, gives an outage its time (about 9 s with the defaults).
+/// count, not the backoff, gives an outage its time: with the defaults about 6 s of backoff
+/// (every fourth retry backs off; three in a row may follow leader hints at once), enough to
+/// ride out an election, or a leader transfer that stalls under load until one.
 pub const DEFAULT_RETRY_BACKOFF_MS_MAX: u64 = 500;
 /// Largest accepted `retry_backoff_ms_max`.
 pub const MAX_RETRY_BACKOFF_MS: u64 = 60_000;
