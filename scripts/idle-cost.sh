@@ -5,7 +5,7 @@
 # (utime + stime from /proc/<pid>/stat) over SECS seconds and its RSS. Stops the cluster and
 # deletes its data directory on exit.
 #
-# usage: scripts/idle-cost.sh [PARTITIONS=1000] [SECS=30] [SETTLE_SECS=20]
+# usage: scripts/idle-cost.sh [PARTITIONS=1000] [SECS=30] [SETTLE_SECS=20]   (0 partitions: the fixed cost)
 # env:   FJORD_BIN (default target/release/fjord), BASE_PORT (default 7301),
 #        BATCH (partitions per topic, default 1000; each topic waits for its leaders before
 #        the next is created)
@@ -68,7 +68,7 @@ for p in $PIDS; do
   r=$(rss "$p")
   printf 'pid %s: %s%% of a core, RSS %s MiB (%s MiB with no topic: %s KiB per replica)\n' "$p" \
     "$(echo "scale=2; 100 * $used / $HZ / $SECS" | bc)" "$((r / 1024))" "$((empty[$p] / 1024))" \
-    "$(((r - empty[$p]) / PARTITIONS))"
+    "$(((r - empty[$p]) / (PARTITIONS > 0 ? PARTITIONS : 1)))"
 done
 printf 'all nodes: %s%% of one core over %s s\n' "$(echo "scale=2; 100 * $total / $HZ / $SECS" | bc)" "$SECS"
 for log in "$DIR"/node*.log; do
