@@ -154,17 +154,7 @@ pub async fn run(w: Workload, history: Shared) -> turmoil::Result {
                 let invoked_ms = now_ms();
                 match client.fetch(&w.topic, partition, next, options).await {
                     Ok(r) => {
-                        let read = Read {
-                            invoked_ms,
-                            at_ms: now_ms(),
-                            from: next,
-                            high_watermark: r.high_watermark,
-                            records: r
-                                .records
-                                .iter()
-                                .map(|c| (c.offset, String::from_utf8_lossy(&c.value).into_owned()))
-                                .collect(),
-                        };
+                        let read = read_of(invoked_ms, next, &r);
                         record(&history, |h| log_of(h, &name, partition, false).push(read));
                         next = r.next_offset;
                     }
@@ -240,17 +230,7 @@ async fn read_to_end(
         match client.fetch(topic, partition, next, options).await {
             Ok(r) => {
                 let end = *end.get_or_insert(r.high_watermark);
-                let read = Read {
-                    invoked_ms,
-                    at_ms: now_ms(),
-                    from: next,
-                    high_watermark: r.high_watermark,
-                    records: r
-                        .records
-                        .iter()
-                        .map(|c| (c.offset, String::from_utf8_lossy(&c.value).into_owned()))
-                        .collect(),
-                };
+                let read = read_of(invoked_ms, next, &r);
                 let progressed = r.next_offset > next;
                 next = r.next_offset;
                 record(history, |h| log_of(h, &name, partition, true).push(read));
@@ -260,5 +240,20 @@ async fn read_to_end(
             }
             Err(_) => tokio::time::sleep(RETRY_PAUSE).await,
         }
+    }
+}
+
+/// The history's record of a fetch from `from`, sent at `invoked_ms` and answered now.
+fn read_of(invoked_ms: u64, from: u64, r: &fjord_client::FetchResult) -> Read {
+    Read {
+        invoked_ms,
+        at_ms: now_ms(),
+        from,
+        high_watermark: r.high_watermark,
+        records: r
+            .records
+            .iter()
+            .map(|c| (c.offset, String::from_utf8_lossy(&c.value).into_owned()))
+            .collect(),
     }
 }
