@@ -253,6 +253,12 @@ async fn full_restart_keeps_every_record() {
             "node {id} did not stop cleanly: {status}\n{}",
             cluster.log_tail(id)
         );
+        // A database left open at exit is repaired at the next start (seconds per GiB).
+        assert!(
+            cluster.log_tail(id).contains("database closed"),
+            "node {id} exited without closing its database\n{}",
+            cluster.log_tail(id)
+        );
     }
     for id in [1, 2, 3] {
         cluster.restart(id);
@@ -410,6 +416,64 @@ async fn deleted_topic_is_gone_and_its_name_reusable() {
     assert_eq!(m.offset, 0);
     let all = read_all(&client, "temp", 1, ReadMode::Cp).await;
     assert_eq!(all[&0], vec![(0, "new".to_string())]);
+}
+
+/// A follower that was down while tens of MiB were written catches up once it returns: its
+/// catch-up appends carry up to 64 large batches each, far more than a heartbeat interval's
+/// worth of bytes (before, each such append timed out and was sent again, forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_catches_up() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    client.create_topic("behind", 1, 3).await.unwrap();
+    cluster.kill(3);
+    let producer = client
+        .producer("behind", ProducerConfig::default())
+        .unwrap();
+    // 1,280 records of 60 KiB, 16 at a time (so batches of up to 512 KiB): 75 MiB that node 3
+    // misses, sent to it in appends of up to 64 such batches.
+    const RECORDS: u32 = 1280;
+    let mut acked = Vec::new();
+    for chunk in (0..RECORDS).collect::<Vec<_>>().chunks(16) {
+        let sends: Vec<_> = chunk
+            .iter()
+            .map(|&i| {
+                let value = format!("{i:06}-{}", "x".repeat(60 << 10));
+                let producer = producer.clone();
+                tokio::spawn(async move {
+                    let m = producer
+                        .send(ProducerRecord::new(value).with_partition(0))
+                        .await
+                        .expect("a CP write with two of three replicas up");
+                    (m.offset, i)
+                })
+            })
+            .collect();
+        for send in sends {
+            acked.push(send.await.unwrap());
+        }
+    }
+    cluster.restart(3);
+    let addr = cluster.nodes[cluster.node_index(3)].addr.clone();
+    let have = wait_for("node 3 to hold every record", DEADLINE, || {
+        let addr = addr.clone();
+        async move {
+            let (records, _) = read_from_node(&addr, "behind", 0, WireRead::ReadAp)
+                .await
+                .ok()?;
+            (records.len() >= RECORDS as usize).then_some(records)
+        }
+    })
+    .await;
+    for (offset, i) in acked {
+        let (o, v) = &have[offset as usize];
+        assert_eq!(*o, offset);
+        assert!(
+            v.starts_with(&format!("{i:06}-")),
+            "record {i} differs at {o} on node 3"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,8 +15,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use fjord_storage::Store;
+use openraft::async_runtime::WatchReceiver;
 use openraft::{Config, SnapshotPolicy};
 
 use crate::codec;
@@ -244,6 +246,41 @@ fn append_wakes(
     }
 }
 
+/// On the target of a leadership transfer: waits (bounded) until this replica holds the
+/// leader's whole log, as the transfer requires.
+///
+/// The leader sends the transfer as soon as it stops taking writes; under load its last
+/// entries are still on their way, and openraft's target ignores a transfer its log is not
+/// up to date for. Nobody would retry it: the old leader refuses writes (sending clients to
+/// the target, which is no leader either) and sends no heartbeats until an election timeout
+/// passes. Waiting here for the last entries, which are already in flight, turns that stall
+/// of an election timeout or more into the few milliseconds they take.
+async fn catch_up_for_transfer<SM>(
+    raft: &openraft::Raft<TypeConfig, SM>,
+    req: &openraft::raft::TransferLeaderRequest<TypeConfig>,
+) where
+    SM: openraft::storage::RaftStateMachine<TypeConfig>,
+{
+    let want = req.last_log_id().map(|l| l.index);
+    let me = raft.metrics().borrow_watched().id;
+    if *req.to_node_id() != me || raft.metrics().borrow_watched().last_log_index >= want {
+        return;
+    }
+    // The leader's RPC gives up after its minimum election timeout: answer before it does.
+    let wait = Duration::from_millis(raft.config().election_timeout_min * 3 / 4);
+    let from = req.from_leader().clone();
+    let caught_up = raft
+        .wait(Some(wait))
+        .metrics(
+            |m| m.last_log_index >= want || m.vote != from,
+            "catch up for a leader transfer",
+        )
+        .await;
+    if caught_up.is_err() {
+        tracing::debug!(?want, "transfer target still behind the leader's log");
+    }
+}
+
 async fn handle<SM>(
     g: &GroupRaft<SM>,
     group: u64,
@@ -282,7 +319,9 @@ where
         }
         RpcKind::TransferLeader => {
             quiet.wake(Wake::Activity, "leader transfer");
-            enc(raft.handle_transfer_leader(dec(payload)?).await)
+            let req: openraft::raft::TransferLeaderRequest<TypeConfig> = dec(payload)?;
+            catch_up_for_transfer(raft, &req).await;
+            enc(raft.handle_transfer_leader(req).await)
         }
         RpcKind::Snapshot => {
             quiet.wake(Wake::Activity, "snapshot");

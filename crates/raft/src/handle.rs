@@ -256,6 +256,21 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
             .map_err(|e| GroupError::Unavailable(e.to_string()))
     }
 
+    /// On the leader: how many log entries follower `node` lacks (`None` when this node is
+    /// not the leader or `node` is not replicated to).
+    pub fn lag_of(&self, node: NodeId) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let last = m.last_log_index.unwrap_or(0);
+        let matched = m
+            .replication
+            .as_ref()?
+            .get(&node)?
+            .as_ref()
+            .map_or(0, |l| l.index);
+        Some(last.saturating_sub(matched))
+    }
+
     /// On the leader: the followers that acknowledged it within `window`.
     pub fn recently_acked(&self, window: Duration) -> BTreeSet<NodeId> {
         self.acks_within(window)

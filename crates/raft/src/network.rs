@@ -41,6 +41,20 @@ use crate::{NodeId, TypeConfig};
 /// How long a replication stream stays open with nothing to send.
 pub const STREAM_IDLE: Duration = Duration::from_secs(1);
 
+/// The slowest rate at which a follower is expected to take in log entries (receive,
+/// decode, write, fsync), for the deadlines of appends. openraft's RPC timeout is the
+/// heartbeat interval, right for a heartbeat but not for an append of 64 batches (up to
+/// 32 MiB) that a follower catching up receives: with that timeout alone, a follower that
+/// fell behind under load could never catch up (every large append timed out and was sent
+/// again). An append is due within the RPC timeout plus its bytes at this rate, after the
+/// appends sent before it on the same stream (the follower takes them in order).
+pub const APPEND_MIN_BYTES_PER_SEC: f64 = 8.0 * 1024.0 * 1024.0;
+
+/// How long the follower may take to take in `bytes` of appends.
+fn work_time(bytes: usize) -> Duration {
+    Duration::from_secs_f64(bytes as f64 / APPEND_MIN_BYTES_PER_SEC)
+}
+
 /// Largest Raft message accepted or sent, in bytes (an append of `max_payload_entries`
 /// batches of at most the produce limit each fits).
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 << 20;
@@ -198,6 +212,10 @@ impl GroupNetwork {
             group_id: self.group,
             payload: codec::encode(req).into(),
         };
+        let ttl = match kind {
+            RpcKind::Append => ttl + work_time(msg.payload.len()),
+            _ => ttl,
+        };
         let fut = async move {
             match kind {
                 RpcKind::Append => client.append(msg).await,
@@ -225,25 +243,43 @@ impl GroupNetwork {
     }
 }
 
-/// Send times of the requests of a replication stream that await their answer, oldest
-/// first, and a wake-up for the answer reader when one is added.
+/// When the answers to the requests of a replication stream that await theirs are due,
+/// oldest first, and a wake-up for the answer reader when one is added.
 #[derive(Default)]
 struct InFlight {
     // Short critical sections (a push, a pop, a peek), no await inside.
-    sent: Mutex<VecDeque<Instant>>,
+    due: Mutex<Due>,
     added: Notify,
 }
 
+#[derive(Default)]
+struct Due {
+    /// When each awaited answer is due.
+    answers: VecDeque<Instant>,
+    /// When the follower should be done with the requests sent so far, at the slowest
+    /// expected rate (each request's work starts once the previous one's is done).
+    work_done: Option<Instant>,
+}
+
 impl InFlight {
-    fn push(&self, at: Instant) {
-        self.sent.lock().unwrap().push_back(at);
+    /// Records a request of `bytes` sent now: its answer is due within `ttl` after the
+    /// follower has had time for it and every request before it. Returns when.
+    fn push(&self, bytes: usize, ttl: Duration) -> Instant {
+        let now = Instant::now();
+        let mut d = self.due.lock().unwrap();
+        let start = d.work_done.map_or(now, |w| w.max(now));
+        let done = start + work_time(bytes);
+        d.work_done = Some(done);
+        d.answers.push_back(done + ttl);
+        drop(d);
         self.added.notify_one();
+        done + ttl
     }
     fn oldest(&self) -> Option<Instant> {
-        self.sent.lock().unwrap().front().copied()
+        self.due.lock().unwrap().answers.front().copied()
     }
     fn pop(&self) {
-        self.sent.lock().unwrap().pop_front();
+        self.due.lock().unwrap().answers.pop_front();
     }
 }
 
@@ -295,8 +331,11 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
             let (group, target, addr) = (self.group, self.target, self.addr.clone());
             let in_flight = Arc::new(InFlight::default());
             let sent = in_flight.clone();
-            let requests =
-                futures::stream::unfold((Some(first), input), move |(first, mut input)| {
+            // The peer answers (sends its headers) once it has the first request whole.
+            let (first_due_tx, first_due) = tokio::sync::oneshot::channel::<Instant>();
+            let requests = futures::stream::unfold(
+                (Some(first), input, Some(first_due_tx)),
+                move |(first, mut input, mut first_due_tx)| {
                     let sent = sent.clone();
                     async move {
                         let req = match first {
@@ -307,24 +346,44 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
                                 _ => return None,
                             },
                         };
-                        sent.push(Instant::now());
                         let msg = GroupMessage {
                             group_id: group,
                             payload: codec::encode(&req).into(),
                         };
-                        Some((msg, (None, input)))
+                        let due = sent.push(msg.payload.len(), ttl);
+                        if let Some(tx) = first_due_tx.take() {
+                            let _ = tx.send(due);
+                        }
+                        Some((msg, (None, input, first_due_tx)))
                     }
-                });
+                },
+            );
             let mut client = self.pool.client(&addr).map_err(unreachable)?;
-            let answers = match tokio::time::timeout(ttl, client.stream_append(requests)).await {
-                Err(_) => {
+            let opened = async {
+                let answers = client.stream_append(requests);
+                tokio::pin!(answers);
+                // Until the first request is encoded its deadline is unknown: the RPC timeout
+                // from now bounds that part.
+                let due = tokio::select! {
+                    r = &mut answers => return Some(r),
+                    due = first_due => due.unwrap_or_else(|_| Instant::now() + ttl),
+                    _ = tokio::time::sleep(ttl) => return None,
+                };
+                tokio::time::timeout_at(due, answers).await.ok()
+            };
+            let answers = match opened.await {
+                None => {
                     return Err(network(format!(
                         "stream append to node {target} ({addr}) for group {group}: no answer \
-                         within {ttl:?}"
+                         in time (RPC timeout {ttl:?}, plus the first append's bytes at \
+                         {APPEND_MIN_BYTES_PER_SEC} bytes/s)"
                     )));
                 }
-                Ok(Err(status)) => return Err(status_error(target, &addr, group, status)),
-                Ok(Ok(r)) => r.into_inner(),
+                Some(r) => r,
+            };
+            let answers = match answers {
+                Err(status) => return Err(status_error(target, &addr, group, status)),
+                Ok(r) => r.into_inner(),
             };
             let results = futures::stream::unfold(Some(answers), move |answers| {
                 let in_flight = in_flight.clone();
@@ -333,18 +392,16 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
                     let mut answers = answers?;
                     let next = loop {
                         match in_flight.oldest() {
-                            Some(at) => {
-                                match tokio::time::timeout_at(at + ttl, answers.next()).await {
-                                    Ok(next) => break next,
-                                    Err(_) => {
-                                        let e = network(format!(
-                                            "append to node {target} ({addr}) for group \
+                            Some(due) => match tokio::time::timeout_at(due, answers.next()).await {
+                                Ok(next) => break next,
+                                Err(_) => {
+                                    let e = network(format!(
+                                        "append to node {target} ({addr}) for group \
                                              {group} timed out after {ttl:?}"
-                                        ));
-                                        return Some((Err(e), None));
-                                    }
+                                    ));
+                                    return Some((Err(e), None));
                                 }
-                            }
+                            },
                             None => tokio::select! {
                                 _ = in_flight.added.notified() => continue,
                                 next = answers.next() => break next,

@@ -13,6 +13,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::Node;
 
+/// A controller's leader move goes only to a replica at most this many log entries behind
+/// the leader (under load, a healthy follower lags by the entries in flight: a few). The
+/// target waits for the rest before it takes over.
+pub const MAX_TRANSFER_LAG_ENTRIES: u64 = 32;
+
 pub struct TransportService {
     pub node: Arc<Node>,
 }
@@ -136,6 +141,25 @@ impl RaftTransport for TransportService {
             .map_err(|e| Status::invalid_argument(format!("bad leader move: {e}")))?;
         match self.node.registry.partition(msg.group_id) {
             Some(handle) => {
+                // A transfer only works to a replica that holds the leader's whole log when
+                // the transfer reaches it; one far behind (a node just restarted, under load)
+                // would ignore it, and the group would stall until an election timeout.
+                match handle.lag_of(to) {
+                    None => {
+                        return Err(Status::failed_precondition(format!(
+                            "this node does not lead group {} or does not replicate to node {to}",
+                            msg.group_id
+                        )));
+                    }
+                    Some(lag) if lag > MAX_TRANSFER_LAG_ENTRIES => {
+                        return Err(Status::failed_precondition(format!(
+                            "node {to} is {lag} log entries behind in group {} (at most \
+                             {MAX_TRANSFER_LAG_ENTRIES} to take leadership): not moving until it catches up",
+                            msg.group_id
+                        )));
+                    }
+                    Some(_) => {}
+                }
                 handle
                     .transfer_leader(to)
                     .await

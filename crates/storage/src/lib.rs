@@ -30,7 +30,7 @@ pub mod sim_disk;
 pub mod store;
 pub mod writer;
 
-pub use store::{Durable, GroupKey, Store, StoreOptions};
+pub use store::{Closed, Durable, GroupKey, Store, StoreOptions};
 pub use writer::{Op, WriteBatch, WriterMode};
 
 /// Errors of the storage layer.

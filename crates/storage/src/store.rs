@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::StorageError;
 use crate::writer::{self, Op, WriteBatch, WriterMode};
@@ -75,6 +75,32 @@ impl Default for StoreOptions {
 pub struct Store {
     db: Arc<Database>,
     writer: mpsc::Sender<WriteBatch>,
+    closed: watch::Receiver<bool>,
+}
+
+/// Resolves once a node's database is closed: every [`Store`] handle dropped, the writer
+/// stopped, and the file closed cleanly (so the next open needs no repair). Holding it does
+/// not keep the database open.
+#[derive(Debug, Clone)]
+pub struct Closed(watch::Receiver<bool>);
+
+impl Closed {
+    /// Waits until the database is closed, or `timeout` has passed. `true` when it was
+    /// closed cleanly in time.
+    pub async fn wait(mut self, timeout: std::time::Duration) -> bool {
+        let changed = tokio::time::timeout(timeout, async {
+            loop {
+                if *self.0.borrow_and_update() {
+                    return true;
+                }
+                if self.0.changed().await.is_err() {
+                    return *self.0.borrow();
+                }
+            }
+        })
+        .await;
+        changed.unwrap_or(false)
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -115,8 +141,14 @@ impl Store {
         txn.open_table(GROUP_VALUES).map_err(StorageError::redb)?;
         txn.commit().map_err(StorageError::redb)?;
         let db = Arc::new(db);
-        let writer = writer::spawn(db.clone(), options.writer);
-        Ok(Store { db, writer })
+        let (closed_tx, closed) = watch::channel(false);
+        let writer = writer::spawn(db.clone(), options.writer, closed_tx);
+        Ok(Store { db, writer, closed })
+    }
+
+    /// What resolves once every handle of this database is dropped and it is closed.
+    pub fn closed(&self) -> Closed {
+        Closed(self.closed.clone())
     }
 
     /// Queues `ops` and waits until they are committed durably.

@@ -88,9 +88,14 @@ pub enum WriterMode {
     Task { commit_latency: std::time::Duration },
 }
 
-/// Starts the writer; it stops when every sender is dropped. [`WriterMode::Task`] must be
-/// called within a Tokio runtime.
-pub(crate) fn spawn(db: std::sync::Arc<Database>, mode: WriterMode) -> mpsc::Sender<WriteBatch> {
+/// Starts the writer; it stops when every sender is dropped, then drops its reference to
+/// the database and marks `closed` (see [`Closed`]). [`WriterMode::Task`] must be called
+/// within a Tokio runtime.
+pub(crate) fn spawn(
+    db: std::sync::Arc<Database>,
+    mode: WriterMode,
+    closed: tokio::sync::watch::Sender<bool>,
+) -> mpsc::Sender<WriteBatch> {
     let (tx, mut rx) = mpsc::channel(WRITER_QUEUE_REQUESTS);
     match mode {
         WriterMode::Thread => {
@@ -101,6 +106,7 @@ pub(crate) fn spawn(db: std::sync::Arc<Database>, mode: WriterMode) -> mpsc::Sen
                     while let Some(first) = rx.blocking_recv() {
                         commit_queued(&db, first, &mut rx, &mut pending);
                     }
+                    finish(db, &closed);
                 })
                 .expect("spawning the storage writer thread");
         }
@@ -114,10 +120,23 @@ pub(crate) fn spawn(db: std::sync::Arc<Database>, mode: WriterMode) -> mpsc::Sen
                     }
                     commit_taken(&db, &mut pending);
                 }
+                finish(db, &closed);
             });
         }
     }
     tx
+}
+
+/// Drops the writer's reference to the database. Every [`Store`](crate::Store) is gone by
+/// now (each holds a sender), and the writer holds the last reference: dropping it closes
+/// the database cleanly (redb marks the file as needing no repair at the next open).
+fn finish(db: std::sync::Arc<Database>, closed: &tokio::sync::watch::Sender<bool>) {
+    let clean = std::sync::Arc::strong_count(&db) == 1;
+    drop(db);
+    if !clean {
+        tracing::warn!("the database is still referenced after the writer stopped");
+    }
+    closed.send_replace(clean);
 }
 
 /// Folds `first` and whatever else is queued (within the limits) into one transaction,
