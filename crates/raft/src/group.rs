@@ -268,7 +268,7 @@ async fn catch_up_for_transfer<SM>(
     }
     // The leader's RPC gives up after its minimum election timeout: answer before it does.
     let wait = Duration::from_millis(raft.config().election_timeout_min * 3 / 4);
-    let from = req.from_leader().clone();
+    let from = *req.from_leader();
     let caught_up = raft
         .wait(Some(wait))
         .metrics(
