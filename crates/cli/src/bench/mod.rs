@@ -162,10 +162,10 @@ pub struct ProduceArgs {
     #[arg(long, default_value_t = fjord_client::config::DEFAULT_MAX_BATCH_BYTES as u64,
           value_parser = clap::value_parser!(u64).range(1..=fjord_client::config::MAX_BATCH_BYTES_LIMIT as u64))]
     pub batch_max_bytes: u64,
-    /// How long a batch waits for more records, in milliseconds.
-    #[arg(long, default_value_t = fjord_client::config::DEFAULT_LINGER_MS,
-          value_parser = clap::value_parser!(u64).range(0..=fjord_client::config::MAX_LINGER_MS))]
-    pub linger_ms: u64,
+    /// How long a batch waits for more records, in milliseconds [default: the client's
+    /// default, 5; 0 with --one-at-a-time, where a record never has company to wait for].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=fjord_client::config::MAX_LINGER_MS))]
+    pub linger_ms: Option<u64>,
     /// When a record counts as written.
     #[arg(long, value_enum, default_value_t = AcksArg::Cp)]
     pub acks: AcksArg,
@@ -256,13 +256,22 @@ fn read_mode(r: ReadArg) -> ReadMode {
     }
 }
 
-fn producer_config(p: &ProduceArgs) -> ProducerConfig {
+/// The linger of a run: as given, else none for one record at a time, else the client's.
+fn linger_ms(p: &ProduceArgs, one_at_a_time: bool) -> u64 {
+    match (p.linger_ms, one_at_a_time) {
+        (Some(ms), _) => ms,
+        (None, true) => 0,
+        (None, false) => fjord_client::config::DEFAULT_LINGER_MS,
+    }
+}
+
+fn producer_config(p: &ProduceArgs, one_at_a_time: bool) -> ProducerConfig {
     ProducerConfig {
         acks: match p.acks {
             AcksArg::Cp => Acks::Cp,
             AcksArg::Ap => Acks::Ap,
         },
-        linger_ms: p.linger_ms,
+        linger_ms: linger_ms(p, one_at_a_time),
         max_batch_bytes: p.batch_max_bytes as usize,
         max_in_flight_batches: p.in_flight as usize,
         ..Default::default()
@@ -283,7 +292,7 @@ fn settings(
         producers: produce.map(|p| p.producers),
         in_flight_batches: produce.map(|p| p.in_flight),
         batch_max_bytes: produce.map(|p| p.batch_max_bytes),
-        linger_ms: produce.map(|p| p.linger_ms),
+        linger_ms: produce.map(|p| linger_ms(p, one_at_a_time)),
         acks: produce.map(|p| acks_name(p.acks)),
         read: read.map(|r| read_name(r.read)),
         one_at_a_time,
@@ -429,7 +438,7 @@ async fn bench_produce(
         client,
         &t.topic,
         produce,
-        producer_config(produce),
+        producer_config(produce, one_at_a_time),
         run.records,
         one_at_a_time,
         None,
@@ -531,7 +540,7 @@ async fn bench_end_to_end(
         client,
         &t.topic,
         produce,
-        producer_config(produce),
+        producer_config(produce, false),
         run.records,
         false,
         Some(stamp),
