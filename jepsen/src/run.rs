@@ -182,6 +182,7 @@ async fn run_async(
     let ids: Vec<u64> = (1..=options.nodes).collect();
     let node_options = NodeOptions {
         fjord_bin: options.fjord_bin.clone(),
+        // `fjord serve`'s defaults.
         heartbeat_interval_ms: 100,
         election_timeout_ms: 600,
         fake_clock: options.faults.contains(&FaultKind::ClockJump)

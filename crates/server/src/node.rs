@@ -96,12 +96,25 @@ impl Node {
             election_timeout_ms: config.election_timeout_ms,
             quiesce_after_ms: config.quiesce_after_ms,
         };
+        let meta_config = GroupConfig {
+            heartbeat_interval_ms: config.meta_heartbeat_interval_ms,
+            election_timeout_ms: config.meta_election_timeout_ms,
+            quiesce_after_ms: 0,
+        };
         let registry = GroupRegistry::new();
         let liveness = Liveness::new(
             config.id,
             LivenessConfig {
-                interval: Duration::from_millis(config.heartbeat_interval_ms),
-                suspect_after: Duration::from_millis(config.election_timeout_ms),
+                // Three heartbeats per detector timeout, each way, and an answer to each:
+                // a peer is heard from six times per timeout. Idle, these heartbeats and the
+                // metadata group's are most of what a node does: they follow the metadata
+                // group's (slower) timing, not the partitions'.
+                interval: Duration::from_millis(
+                    config
+                        .meta_heartbeat_interval_ms
+                        .max(config.meta_election_timeout_ms / 3),
+                ),
+                suspect_after: Duration::from_millis(config.meta_election_timeout_ms),
                 quiesce_after: (config.quiesce_after_ms > 0)
                     .then(|| Duration::from_millis(config.quiesce_after_ms)),
                 election_step: Duration::from_millis(config.election_timeout_ms / 2),
@@ -109,7 +122,7 @@ impl Node {
             registry.clone(),
             pool.clone(),
         );
-        let meta = group::start_meta(config.id, &group_config, store.clone(), pool.clone()).await?;
+        let meta = group::start_meta(config.id, &meta_config, store.clone(), pool.clone()).await?;
         registry.insert(fjord_meta::META_GROUP, AnyGroup::Meta(meta.clone()));
         Ok(Arc::new(Node {
             id: config.id,

@@ -20,19 +20,36 @@ pub struct ClientService {
     pub node: Arc<Node>,
 }
 
+/// A topic as this node describes it to clients. A partition's leader is the one the
+/// metadata records, unless this node holds a replica of the partition that knows a leader of
+/// a later term: leaders reach the metadata through the metadata group, and when that
+/// group's leader died with the partition's (on the same node), the record stays stale until
+/// the metadata group has elected too. The replica's own view is what clients need then.
 pub(crate) fn topic_info(node: &Node, t: &Topic) -> TopicInfo {
-    let _ = node;
     TopicInfo {
         name: t.name.clone(),
         replication_factor: t.replication_factor,
         partitions: t
             .partitions
             .iter()
-            .map(|p| PartitionInfo {
-                partition: p.partition,
-                replicas: p.replicas.clone(),
-                leader: p.leader.unwrap_or(0),
-                leader_epoch: p.leader_epoch,
+            .map(|p| {
+                let local = node
+                    .registry
+                    .partition(fjord_meta::group_id(t.id, p.partition))
+                    .map(|h| h.leadership());
+                let (leader, leader_epoch) = match local {
+                    Some(fjord_raft::Leadership {
+                        leader: Some(l),
+                        term,
+                    }) if term > p.leader_epoch => (l, term),
+                    _ => (p.leader.unwrap_or(0), p.leader_epoch),
+                };
+                PartitionInfo {
+                    partition: p.partition,
+                    replicas: p.replicas.clone(),
+                    leader,
+                    leader_epoch,
+                }
             })
             .collect(),
         config: Some(TopicConfig {

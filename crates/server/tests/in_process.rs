@@ -45,6 +45,8 @@ async fn start_cluster(n: u64) -> Cluster {
             peers: ::fjord_server::config::parse_peers(&peers).unwrap(),
             heartbeat_interval_ms: 50,
             election_timeout_ms: 300,
+            meta_heartbeat_interval_ms: 50,
+            meta_election_timeout_ms: 300,
             quiesce_after_ms: 1000,
             cache_size_mib: 8,
             source_address: None,

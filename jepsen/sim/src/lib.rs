@@ -127,8 +127,9 @@ impl Default for SimConfig {
             heal_at: Duration::from_secs(13),
             writes_after_heal: Duration::from_secs(2),
             settle: Duration::from_secs(30),
-            // Twice fjord's defaults: a simulated second costs half as much (openraft's ticks
-            // and heartbeats dominate an idle cluster), and faults still outpace elections.
+            // Twice the defaults of fjord's metadata group: a simulated second costs half as
+            // much (openraft's ticks and heartbeats dominate an idle cluster), and faults still
+            // outpace elections.
             heartbeat_interval_ms: 200,
             election_timeout_ms: 1_200,
         }
@@ -183,6 +184,9 @@ fn serve_config(id: u64, config: &SimConfig) -> ServeConfig {
         peers: Peers((1..=config.nodes).map(|n| (n, node_address(n))).collect()),
         heartbeat_interval_ms: config.heartbeat_interval_ms,
         election_timeout_ms: config.election_timeout_ms,
+        // The simulation keeps one time scale for every group and the failure detector.
+        meta_heartbeat_interval_ms: config.heartbeat_interval_ms,
+        meta_election_timeout_ms: config.election_timeout_ms,
         // The server's default: partitions left idle by the workload go quiet, and the
         // faults test that they wake.
         quiesce_after_ms: 1000,
