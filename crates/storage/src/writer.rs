@@ -115,7 +115,9 @@ pub(crate) fn spawn(
                 let mut pending = Vec::with_capacity(MAX_COMMIT_REQUESTS);
                 while let Some(first) = rx.recv().await {
                     take_queued(first, &mut rx, &mut pending);
-                    if !commit_latency.is_zero() && pending.iter().any(|b| b.done.is_some()) {
+                    if !commit_latency.is_zero()
+                        && matches!(durability(&pending), Durability::Immediate)
+                    {
                         tokio::time::sleep(commit_latency).await;
                     }
                     commit_taken(&db, &mut pending);
@@ -132,13 +134,7 @@ pub(crate) fn spawn(
 /// the database cleanly (redb marks the file as needing no repair at the next open).
 fn finish(db: std::sync::Arc<Database>, closed: &tokio::sync::watch::Sender<bool>) {
     // Make the last lazy writes durable too.
-    if let Err(e) = commit(
-        &db,
-        &[WriteBatch {
-            ops: Vec::new(),
-            done: Some(oneshot::channel().0),
-        }],
-    ) {
+    if let Err(e) = commit(&db, &[], Durability::Immediate) {
         tracing::warn!(error = %e, "final storage commit failed");
     }
     let clean = std::sync::Arc::strong_count(&db) == 1;
@@ -182,7 +178,7 @@ fn take_queued(
 
 /// Commits `pending` in one transaction, then answers (and empties) it.
 fn commit_taken(db: &Database, pending: &mut Vec<WriteBatch>) {
-    let result = commit(db, pending).map_err(|e| e.to_string());
+    let result = commit(db, pending, durability(pending)).map_err(|e| e.to_string());
     if let Err(e) = &result {
         tracing::error!(error = %e, requests = pending.len(), "storage commit failed");
     }
@@ -193,18 +189,26 @@ fn commit_taken(db: &Database, pending: &mut Vec<WriteBatch>) {
     }
 }
 
-fn commit(db: &Database, batches: &[WriteBatch]) -> Result<(), StorageError> {
-    let mut txn = db.begin_write().map_err(StorageError::redb)?;
-    // Explicit, because acknowledgements depend on it: the commit returns after an fsync.
-    // Requests nobody waits for (`Store::write_lazy`: derived state such as the offset index
-    // and the committed index, rebuilt from the log after a crash) commit without one: they
-    // become durable with the next fsynced commit. Before, each of them cost an fsync of its
-    // own, which the next append then waited for (one-at-a-time produces paid two fsyncs).
-    let durability = if batches.iter().any(|b| b.done.is_some()) {
+/// How `batches` must be committed: with an fsync (`Immediate`, explicit because
+/// acknowledgements depend on it) when anyone waits for one of them. Requests nobody waits for
+/// (`Store::write_lazy`: derived state such as the offset index and the committed index,
+/// rebuilt from the log after a crash) commit without one and become durable with the next
+/// fsynced commit. Before, each of them cost an fsync of its own, which the next append then
+/// waited for (one-at-a-time produces paid two fsyncs).
+fn durability(batches: &[WriteBatch]) -> Durability {
+    if batches.iter().any(|b| b.done.is_some()) {
         Durability::Immediate
     } else {
         Durability::None
-    };
+    }
+}
+
+fn commit(
+    db: &Database,
+    batches: &[WriteBatch],
+    durability: Durability,
+) -> Result<(), StorageError> {
+    let mut txn = db.begin_write().map_err(StorageError::redb)?;
     txn.set_durability(durability).map_err(StorageError::redb)?;
     {
         let mut log = txn.open_table(LOG).map_err(StorageError::redb)?;
