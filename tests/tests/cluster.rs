@@ -201,8 +201,22 @@ async fn leader_kill_during_cp_writes_loses_nothing() {
         assert!(w[0].0 < w[1].0, "acknowledged writes out of order");
     }
 
-    // The killed node comes back and catches up to the same log.
+    // The new leader was elected by a campaign the node-level failure detector started (it
+    // suspects a node after 600 ms; openraft's own election timer, which first waits out the
+    // dead leader's lease, would have taken at least 1.5 s).
     let killed = killed.unwrap();
+    let campaigned = cluster.nodes.iter().filter(|n| n.id != killed).any(|n| {
+        std::fs::read_to_string(&n.log)
+            .unwrap_or_default()
+            .contains("campaigning: the leader's node is suspected")
+    });
+    assert!(
+        campaigned,
+        "no survivor campaigned for the lost leader:\n{}",
+        cluster.log_tail(if killed == 1 { 2 } else { 1 })
+    );
+
+    // The killed node comes back and catches up to the same log.
     cluster.restart(killed);
     let addr = cluster.nodes[cluster.node_index(killed)].addr.clone();
     let expected = records.clone();
@@ -362,6 +376,41 @@ async fn bad_input_gets_precise_errors() {
         .await
         .unwrap_err();
     assert_eq!(s.code(), tonic::Code::NotFound, "{s}");
+    let s = raw
+        .metadata(fjord_proto::v1::MetadataRequest {
+            topics: vec![],
+            leader_wait: Some(fjord_proto::v1::LeaderWait {
+                topic: "small".into(),
+                partition: 0,
+                unreachable_leader: 1,
+                wait_ms: 60_000,
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s}");
+    assert!(
+        s.message().contains("10000"),
+        "message names the limit: {s}"
+    );
+    // A leader wait for a partition whose leader is another node answers at once.
+    let leader = client.describe_topic("small").await.unwrap().partitions[0]
+        .leader
+        .unwrap();
+    let md = raw
+        .metadata(fjord_proto::v1::MetadataRequest {
+            topics: vec!["small".into()],
+            leader_wait: Some(fjord_proto::v1::LeaderWait {
+                topic: "small".into(),
+                partition: 0,
+                unreachable_leader: leader % 3 + 1,
+                wait_ms: 10_000,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(md.topics[0].partitions[0].leader, leader);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,11 +21,14 @@ const PARTITIONS: u32 = 50;
 /// The partition replicas of the node at `addr`, as it reports them.
 async fn replica_status(addr: &str) -> Option<ReplicaStatus> {
     let mut c = FjordClient::connect(format!("http://{addr}")).await.ok()?;
-    c.metadata(MetadataRequest { topics: vec![] })
-        .await
-        .ok()?
-        .into_inner()
-        .replicas
+    c.metadata(MetadataRequest {
+        topics: vec![],
+        leader_wait: None,
+    })
+    .await
+    .ok()?
+    .into_inner()
+    .replicas
 }
 
 /// `(hosted, quiet)` partition replicas of the node at `addr`, as it reports them.

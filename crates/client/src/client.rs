@@ -94,6 +94,12 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// How long a replica is asked to wait for a new leader of a partition whose leader could
+/// not be reached. Longer than a failover takes with fjord's defaults (about 0.6 s with
+/// the node-level failure detector, 2.4 s at most by Raft's own timers): the answer comes
+/// as soon as the new leader is known.
+pub(crate) const LEADER_WAIT: Duration = Duration::from_secs(3);
+
 /// Which replicas may answer a partition request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route {
@@ -200,8 +206,14 @@ impl Client {
     pub async fn metadata(&self) -> Result<ClusterMetadata, ClientError> {
         let answer = self
             .any_node(|mut c, t| async move {
-                c.metadata(request(v1::MetadataRequest { topics: vec![] }, t))
-                    .await
+                c.metadata(request(
+                    v1::MetadataRequest {
+                        topics: vec![],
+                        leader_wait: None,
+                    },
+                    t,
+                ))
+                .await
             })
             .await?;
         let md = ClusterMetadata::from(answer);
@@ -541,6 +553,7 @@ impl Client {
             let address = &candidates[(start + i) % candidates.len()];
             let req = v1::MetadataRequest {
                 topics: topics.clone(),
+                leader_wait: None,
             };
             let timeout = self.request_timeout();
             match self
@@ -570,11 +583,7 @@ impl Client {
         }
         match self.metadata_once(vec![topic.to_string()]).await {
             Ok(md) => {
-                let mut cache = self.write_cache();
-                if md.topics.iter().all(|t| t.name != topic) {
-                    cache.forget_topic(topic);
-                }
-                cache.apply(&md, false);
+                self.apply_topic_answer(topic, &md);
                 Ok(())
             }
             Err(ClientError::NotFound(_)) => {
@@ -583,6 +592,59 @@ impl Client {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Caches an answer about `topic` (which forgets the topic when the answer lacks it).
+    fn apply_topic_answer(&self, topic: &str, md: &ClusterMetadata) {
+        let mut cache = self.write_cache();
+        if md.topics.iter().all(|t| t.name != topic) {
+            cache.forget_topic(topic);
+        }
+        cache.apply(md, false);
+    }
+
+    /// After the leader of a partition could not be reached: asks the partition's other
+    /// replicas, one at a time, for metadata that waits (at most [`LEADER_WAIT`]) until they
+    /// know another leader, so the client learns of the new leader the moment it is elected
+    /// instead of polling for it. Returns the new leader's address when one is known.
+    async fn await_other_leader(
+        &self,
+        topic: &str,
+        partition: u32,
+        unreachable: u64,
+    ) -> Option<String> {
+        let candidates = self
+            .read_cache()
+            .other_replica_addresses(topic, partition, unreachable);
+        for address in candidates {
+            let req = v1::MetadataRequest {
+                topics: vec![topic.to_string()],
+                leader_wait: Some(v1::LeaderWait {
+                    topic: topic.to_string(),
+                    partition,
+                    unreachable_leader: unreachable,
+                    wait_ms: LEADER_WAIT.as_millis() as u32,
+                }),
+            };
+            let timeout = self.request_timeout() + LEADER_WAIT;
+            match self
+                .call(&address, timeout, |mut c| async move {
+                    c.metadata(request(req, timeout)).await
+                })
+                .await
+            {
+                Ok(answer) => {
+                    self.apply_topic_answer(topic, &answer.into());
+                    return self
+                        .read_cache()
+                        .leader(topic, partition)
+                        .filter(|(id, _)| *id != unreachable)
+                        .map(|(_, a)| a);
+                }
+                Err(e) => debug!(%address, error = %e, "leader wait failed"),
+            }
+        }
+        None
     }
 
     /// Checks the cached topic has `partition`.
@@ -682,11 +744,16 @@ impl Client {
                         .await
                 }
             };
+            let mut tried = None;
             let result = match target {
-                Ok(address) => self
-                    .call(&address, deadline, &mut attempt)
-                    .await
-                    .and_then(&mut interpret),
+                Ok(address) => {
+                    let r = self
+                        .call(&address, deadline, &mut attempt)
+                        .await
+                        .and_then(&mut interpret);
+                    tried = Some(address);
+                    r
+                }
                 Err(e) => Err(e),
             };
             let err = match result {
@@ -702,6 +769,24 @@ impl Client {
                 let mut cache = self.write_cache();
                 cache.note_leader(topic, partition, leader.as_ref());
                 hinted = leader.as_ref().and_then(|h| cache.resolve_hint(h));
+            }
+            // The leader could not be reached: wait, at another replica, for a new one.
+            let lost = match (&err, route, &tried) {
+                (
+                    ClientError::Transport { .. } | ClientError::Timeout(_),
+                    Route::Leader,
+                    Some(a),
+                ) => self
+                    .read_cache()
+                    .leader(topic, partition)
+                    .filter(|(_, addr)| addr == a)
+                    .map(|(id, _)| id),
+                _ => None,
+            };
+            if hinted.is_none()
+                && let Some(lost) = lost
+            {
+                hinted = self.await_other_leader(topic, partition, lost).await;
             }
             refresh = hinted.is_none();
             rotation = rotation.wrapping_add(1);

@@ -151,6 +151,29 @@ impl MetadataCache {
 
     /// Addresses of the partition's replicas, the leader first when known, then the others
     /// in replica order. Replicas without a known address are left out.
+    /// The node the cache names as the partition's leader, with its address.
+    pub(crate) fn leader(&self, topic: &str, partition: u32) -> Option<(u64, String)> {
+        let leader = self.partition(topic, partition)?.leader?;
+        Some((leader, self.nodes.get(&leader)?.clone()))
+    }
+
+    /// The addresses of the partition's replicas other than `except`.
+    pub(crate) fn other_replica_addresses(
+        &self,
+        topic: &str,
+        partition: u32,
+        except: u64,
+    ) -> Vec<String> {
+        let Some(p) = self.partition(topic, partition) else {
+            return Vec::new();
+        };
+        p.replicas
+            .iter()
+            .filter(|r| **r != except)
+            .filter_map(|id| self.nodes.get(id).cloned())
+            .collect()
+    }
+
     pub(crate) fn replica_addresses(&self, topic: &str, partition: u32) -> Vec<String> {
         let Some(p) = self.partition(topic, partition) else {
             return Vec::new();

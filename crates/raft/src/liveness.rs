@@ -50,8 +50,13 @@ pub struct LivenessConfig {
     pub suspect_after: Duration,
     /// A partition group whose leader appended nothing for this long goes quiet; `None`: never.
     pub quiesce_after: Option<Duration>,
-    /// Between the first and the next candidate of a group whose leader's node is suspected.
+    /// Between the first and the next candidate of a quiet group whose leader's node is
+    /// suspected.
     pub election_step: Duration,
+    /// Between the first and the next candidate of an awake group whose leader's node is
+    /// suspected (they campaign at once, see [`crate::PartitionHandle`]'s
+    /// `campaign_for_lost_leader`; a failed campaign costs one vote round, not a timeout).
+    pub campaign_step: Duration,
 }
 
 /// How many of this node's partition replicas are quiet.
@@ -245,8 +250,19 @@ impl Liveness {
         let mut round = 0u64;
         let mut last_look: Option<(u64, HashSet<NodeId>, bool)> = None;
         loop {
-            tick.tick().await;
-            round += 1;
+            // Heartbeats go out every interval; the look at the groups also happens the moment
+            // a peer would become suspected, not up to an interval later: how soon the groups
+            // it led campaign is most of a failover.
+            let suspicion = self.detector.lock().unwrap().next_suspicion(Instant::now());
+            let beat = tokio::select! {
+                _ = tick.tick() => true,
+                _ = tokio::time::sleep_until(
+                    suspicion.unwrap_or_else(Instant::now) + Duration::from_millis(1)
+                ), if suspicion.is_some() => false,
+            };
+            if beat {
+                round += 1;
+            }
             let now = Instant::now();
             let mut peers = peers();
             peers.remove(&self.me);
@@ -295,6 +311,9 @@ impl Liveness {
                 let all_quiet = self.scan(now, &is_alive, &mut idle, &mut claims, full);
                 last_look = Some((transitions, alive.clone(), all_quiet));
             }
+            if !beat {
+                continue;
+            }
             // One call in flight per peer: a slow or silent peer delays only its own
             // heartbeats, never those to the others.
             in_flight.retain(|peer, call| peers.contains_key(peer) && !call.is_finished());
@@ -315,7 +334,7 @@ impl Liveness {
     /// One look at every partition group, and the claims to send, rebuilt if any leading
     /// group's mode changed.
     fn scan(
-        &self,
+        self: &Arc<Self>,
         now: Instant,
         alive: &impl Fn(NodeId) -> bool,
         idle: &mut HashMap<u64, Idle>,
@@ -325,6 +344,7 @@ impl Liveness {
         let mut all_quiet = true;
         let mut seen: HashSet<u64> = HashSet::new();
         let mut suspicion_wakes = 0u32;
+        let mut campaigns = 0u32;
         // An order-independent digest of (group, epoch) of every leading group: unchanged
         // means the claims are.
         let mut digest = 0u64;
@@ -372,6 +392,21 @@ impl Liveness {
                     }
                 }
                 Kind::Awake => {
+                    let lead = h.leadership();
+                    if let Some(lost) = lead.leader.filter(|l| *l != self.me && !alive(*l))
+                        && q.campaign_due(lead.term)
+                    {
+                        let delay = election_delay(
+                            id,
+                            self.me,
+                            &h.view().voters,
+                            lost,
+                            alive,
+                            self.cfg.campaign_step,
+                        );
+                        self.campaign_later(h.clone(), lost, delay);
+                        campaigns += 1;
+                    }
                     if q.holds_elections() {
                         // Woken, waiting out its delay; if its leader's node is now suspected,
                         // it may campaign by its rank instead.
@@ -407,6 +442,12 @@ impl Liveness {
                 "woke quiet groups whose leader's node is suspected"
             );
         }
+        if campaigns > 0 {
+            tracing::info!(
+                groups = campaigns,
+                "awake groups whose leader's node is suspected will campaign"
+            );
+        }
         let version = digest.max(1);
         if version != claims.version {
             let mut by_peer: HashMap<NodeId, Vec<ClaimOf>> = HashMap::new();
@@ -425,6 +466,28 @@ impl Liveness {
             claims.by_peer = by_peer.into_iter().map(|(p, l)| (p, Arc::new(l))).collect();
         }
         all_quiet
+    }
+
+    /// After `delay` (the replica's rank among the group's live followers), campaigns for
+    /// the group if its leader's node is still suspected and no other leader has turned up.
+    /// A follower ranked after the first tries once more, in the next term, half a step
+    /// later: when the first candidate's log was behind, the first try loses to the vote
+    /// that candidate gave itself in that term.
+    fn campaign_later(self: &Arc<Self>, h: crate::PartitionHandle, lost: NodeId, delay: Duration) {
+        let me = self.clone();
+        let retry = (!delay.is_zero()).then_some(self.cfg.campaign_step / 2);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if me.is_alive(lost) || !h.campaign_for_lost_leader(lost).await {
+                return;
+            }
+            if let Some(retry) = retry {
+                tokio::time::sleep(retry).await;
+                if !me.is_alive(lost) && h.leadership().leader.is_none() {
+                    h.campaign_for_lost_leader(lost).await;
+                }
+            }
+        });
     }
 
     /// An awake leader: tracks how long its log has not moved, and claims the group quiet

@@ -212,6 +212,15 @@ impl Detector {
         }
     }
 
+    /// The next moment a peer alive now becomes suspected, if nothing is heard from it before.
+    pub fn next_suspicion(&self, now: Instant) -> Option<Instant> {
+        self.last_heard
+            .values()
+            .map(|at| *at + self.timeout)
+            .filter(|at| *at > now)
+            .min()
+    }
+
     pub fn is_alive(&self, peer: NodeId, now: Instant) -> bool {
         self.last_heard
             .get(&peer)
@@ -323,6 +332,9 @@ pub struct Quiescence {
     kind: AtomicU8,
     followed: AtomicU64,
     epoch: AtomicU64,
+    /// The term whose leader's loss this replica last scheduled a campaign for, plus one (0:
+    /// none).
+    campaign_term: AtomicU64,
     timers: Box<dyn Timers>,
     /// How long a follower woken by activity waits before it may campaign.
     activity_grace: Duration,
@@ -361,6 +373,7 @@ impl Quiescence {
             kind: AtomicU8::new(Kind::Awake as u8),
             followed: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
+            campaign_term: AtomicU64::new(0),
             timers: Box::new(timers),
             activity_grace,
         })
@@ -377,6 +390,12 @@ impl Quiescence {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         TRANSITIONS.fetch_add(1, Ordering::AcqRel);
         st.mode = mode;
+    }
+
+    /// Whether a campaign for the loss of the leader of `term` is still to be scheduled: true
+    /// once per term.
+    pub fn campaign_due(&self, term: u64) -> bool {
+        self.campaign_term.swap(term + 1, Ordering::AcqRel) != term + 1
     }
 
     /// The mode's kind, without the lock.
@@ -793,6 +812,30 @@ mod tests {
         // An older report does not move the clock back.
         d.heard(2, t0);
         assert!(d.is_alive(2, t0 + Duration::from_millis(800)));
+    }
+
+    #[test]
+    fn the_detector_knows_its_next_suspicion() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut d = Detector::new(ms(600));
+        assert_eq!(d.next_suspicion(t0), None, "nobody heard from");
+        d.heard(2, t0);
+        d.heard(3, t0 + ms(100));
+        assert_eq!(d.next_suspicion(t0), Some(t0 + ms(600)));
+        // Peers already suspected are not suspected again.
+        assert_eq!(d.next_suspicion(t0 + ms(600)), Some(t0 + ms(700)));
+        assert_eq!(d.next_suspicion(t0 + ms(700)), None);
+    }
+
+    #[test]
+    fn a_lost_leader_is_campaigned_for_once_per_term() {
+        let q = Quiescence::new(9, Fake::on(), Duration::from_millis(600));
+        assert!(q.campaign_due(0), "term 0 counts as a term");
+        assert!(!q.campaign_due(0));
+        assert!(q.campaign_due(4));
+        assert!(!q.campaign_due(4));
+        assert!(q.campaign_due(5));
     }
 
     #[derive(Clone, Default)]

@@ -336,8 +336,8 @@ pub async fn fetch(node: &Node, req: FetchRequest) -> Result<FetchResponse, ApiE
     }
     let handle = local_partition(node, &topic, req.partition)?;
     if mode == ReadMode::ReadCp {
-        // A lease read: this node is the leader and a majority acknowledged it within the
-        // lease, so its committed state is current.
+        // A ReadIndex read: a majority answered this node, as leader, after the fetch
+        // arrived, so its committed state is current.
         handle
             .linearizable_read()
             .await

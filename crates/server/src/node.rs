@@ -118,6 +118,7 @@ impl Node {
                 quiesce_after: (config.quiesce_after_ms > 0)
                     .then(|| Duration::from_millis(config.quiesce_after_ms)),
                 election_step: Duration::from_millis(config.election_timeout_ms / 2),
+                campaign_step: Duration::from_millis((config.heartbeat_interval_ms / 2).max(10)),
             },
             registry.clone(),
             pool.clone(),

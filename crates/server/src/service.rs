@@ -15,6 +15,8 @@ use crate::node::Node;
 
 /// How long CreateTopic waits for the new partitions to elect leaders before answering.
 const CREATE_TOPIC_LEADER_WAIT: Duration = Duration::from_secs(10);
+/// The longest `wait_ms` of a Metadata request's leader wait.
+pub const MAX_LEADER_WAIT_MS: u32 = 10_000;
 
 pub struct ClientService {
     pub node: Arc<Node>,
@@ -86,6 +88,44 @@ impl ClientService {
             }
         }
     }
+
+    /// A Metadata request's leader wait: until this node's replica of the partition knows a
+    /// leader other than the one the client could not reach, at most `wait_ms`. A node without
+    /// a replica of the partition answers at once (its metadata is all it knows).
+    async fn wait_for_other_leader(&self, w: &LeaderWait) -> Result<(), Status> {
+        if w.wait_ms > MAX_LEADER_WAIT_MS {
+            return Err(ApiError::Invalid(format!(
+                "leader_wait.wait_ms {} is over the limit of {MAX_LEADER_WAIT_MS}",
+                w.wait_ms
+            ))
+            .into());
+        }
+        let Some(topic) = self.node.view().state.topic(&w.topic).cloned() else {
+            return Ok(());
+        };
+        let Some(handle) = self
+            .node
+            .registry
+            .partition(fjord_meta::group_id(topic.id, w.partition))
+        else {
+            return Ok(());
+        };
+        let mut watch = handle.watch_leadership();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(w.wait_ms.into());
+        loop {
+            if watch
+                .current()
+                .leader
+                .is_some_and(|l| l != w.unreachable_leader)
+            {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, watch.changed()).await {
+                Ok(true) => {}
+                _ => return Ok(()),
+            }
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -95,6 +135,9 @@ impl Fjord for ClientService {
         req: Request<MetadataRequest>,
     ) -> Result<Response<MetadataResponse>, Status> {
         let req = req.into_inner();
+        if let Some(w) = &req.leader_wait {
+            self.wait_for_other_leader(w).await?;
+        }
         let view = self.node.view();
         let counts = self.node.liveness.counts();
         // Registered nodes only: a configured peer that never registered is not usable yet.
