@@ -122,9 +122,13 @@ proptest! {
                     match before.partition_by_group(*group_id) {
                         None => prop_assert_eq!(&state, &before, "report for unknown group changed state"),
                         Some((_, old)) => {
-                            let accept = old.replicas.contains(leader)
-                                && (*epoch > old.leader_epoch
-                                    || (*epoch == old.leader_epoch && old.leader.is_none()));
+                            // Newer is a greater (term, node), as openraft orders leader
+                            // ids; with no leader recorded, any report at the epoch or later.
+                            let newer = match old.leader {
+                                None => *epoch >= old.leader_epoch,
+                                Some(current) => (*epoch, *leader) > (old.leader_epoch, current),
+                            };
+                            let accept = old.replicas.contains(leader) && newer;
                             let expected = if accept { (Some(*leader), *epoch) } else { (old.leader, old.leader_epoch) };
                             let (_, new) = state.partition_by_group(*group_id).expect("reports do not delete");
                             prop_assert_eq!((new.leader, new.leader_epoch), expected);

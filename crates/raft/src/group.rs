@@ -83,6 +83,37 @@ pub enum AnyGroup {
     Partition(PartitionHandle),
 }
 
+/// What quiescing and failover need of a group, whatever its role.
+impl AnyGroup {
+    pub fn quiescence(&self) -> &Arc<Quiescence> {
+        match self {
+            AnyGroup::Meta(h) => h.quiescence(),
+            AnyGroup::Partition(h) => h.quiescence(),
+        }
+    }
+
+    pub fn view(&self) -> crate::quiesce::GroupView {
+        match self {
+            AnyGroup::Meta(h) => crate::handle::GroupRaft::view(h),
+            AnyGroup::Partition(h) => h.view(),
+        }
+    }
+
+    pub fn leadership(&self) -> crate::handle::Leadership {
+        match self {
+            AnyGroup::Meta(h) => h.leadership(),
+            AnyGroup::Partition(h) => h.leadership(),
+        }
+    }
+
+    pub async fn campaign_for_lost_leader(&self, lost: crate::NodeId) -> bool {
+        match self {
+            AnyGroup::Meta(h) => h.campaign_for_lost_leader(lost).await,
+            AnyGroup::Partition(h) => h.campaign_for_lost_leader(lost).await,
+        }
+    }
+}
+
 /// Why an inbound message could not be handled.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
@@ -141,6 +172,14 @@ impl GroupRegistry {
             if let AnyGroup::Partition(h) = g {
                 f(*id, h);
             }
+        }
+    }
+
+    /// Calls `f` on every group, the metadata group included. Runs under the registry's read
+    /// lock: `f` must be short and must not block.
+    pub fn for_each_group(&self, mut f: impl FnMut(u64, &AnyGroup)) {
+        for (id, g) in self.groups.read().unwrap().iter() {
+            f(*id, g);
         }
     }
 

@@ -5,7 +5,7 @@
 //! A quiet leader ([`crate::quiesce`]) is woken before anything that needs it: a proposal, a
 //! linearizable read, a leader transfer.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -324,14 +324,6 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
         Some(last.saturating_sub(matched))
     }
 
-    /// On the leader: the followers that acknowledged it within `window`.
-    pub fn recently_acked(&self, window: Duration) -> BTreeSet<NodeId> {
-        self.acks_within(window)
-            .into_iter()
-            .map(|(_, node)| node)
-            .collect()
-    }
-
     /// On the leader: the follower that acknowledged it most recently within `window`.
     pub fn freshest_follower(&self, window: Duration) -> Option<NodeId> {
         self.acks_within(window)
@@ -533,12 +525,5 @@ impl MetaHandle {
                 "unexpected metadata response {other:?}"
             ))),
         }
-    }
-
-    /// On the leader: the nodes that acknowledged it within `window` (this node included).
-    pub fn live_nodes(&self, this: NodeId, window: Duration) -> BTreeSet<NodeId> {
-        let mut live = self.recently_acked(window);
-        live.insert(this);
-        live
     }
 }

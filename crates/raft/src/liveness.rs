@@ -208,7 +208,7 @@ impl Liveness {
         let mut refused = Vec::new();
         let mut quiet = Vec::new();
         for claim in claims {
-            let Some(h) = self.registry.partition(claim.group) else {
+            let Some(h) = self.registry.get(claim.group) else {
                 refused.push(claim.group);
                 continue;
             };
@@ -348,7 +348,7 @@ impl Liveness {
         // An order-independent digest of (group, epoch) of every leading group: unchanged
         // means the claims are.
         let mut digest = 0u64;
-        self.registry.for_each_partition(|id, h| {
+        self.registry.for_each_group(|id, h| {
             let q = h.quiescence();
             let kind = q.kind();
             all_quiet &= matches!(kind, Kind::Leading | Kind::Following);
@@ -451,7 +451,7 @@ impl Liveness {
         let version = digest.max(1);
         if version != claims.version {
             let mut by_peer: HashMap<NodeId, Vec<ClaimOf>> = HashMap::new();
-            self.registry.for_each_partition(|_, h| {
+            self.registry.for_each_group(|_, h| {
                 let q = h.quiescence();
                 if let Some((claim, targets)) = q.leader_claim() {
                     for t in targets {
@@ -473,7 +473,7 @@ impl Liveness {
     /// A follower ranked after the first tries once more, in the next term, half a step
     /// later: when the first candidate's log was behind, the first try loses to the vote
     /// that candidate gave itself in that term.
-    fn campaign_later(self: &Arc<Self>, h: crate::PartitionHandle, lost: NodeId, delay: Duration) {
+    fn campaign_later(self: &Arc<Self>, h: crate::group::AnyGroup, lost: NodeId, delay: Duration) {
         let me = self.clone();
         let retry = (!delay.is_zero()).then_some(self.cfg.campaign_step / 2);
         tokio::spawn(async move {
@@ -496,7 +496,7 @@ impl Liveness {
     fn consider_claim(
         &self,
         id: u64,
-        h: &crate::PartitionHandle,
+        h: &crate::group::AnyGroup,
         q: &Arc<Quiescence>,
         now: Instant,
         after: Duration,

@@ -99,7 +99,7 @@ impl Node {
         let meta_config = GroupConfig {
             heartbeat_interval_ms: config.meta_heartbeat_interval_ms,
             election_timeout_ms: config.meta_election_timeout_ms,
-            quiesce_after_ms: 0,
+            quiesce_after_ms: config.quiesce_after_ms,
         };
         let registry = GroupRegistry::new();
         let liveness = Liveness::new(
@@ -441,11 +441,16 @@ impl Node {
             if !self.meta.is_leader() {
                 continue;
             }
-            // A node the node-level detector suspects is not a leader to move to, even if it
-            // acknowledged the metadata leader within the (longer) liveness window.
-            let mut live = self.meta.live_nodes(self.id, LIVENESS_WINDOW);
-            live.retain(|n| self.liveness.is_alive(*n));
+            // Live: as the node-level failure detector sees it (the metadata group itself
+            // goes quiet when idle, so its acknowledgements say nothing then).
             let view = self.view();
+            let live: std::collections::BTreeSet<NodeId> = view
+                .state
+                .nodes
+                .keys()
+                .copied()
+                .filter(|n| self.liveness.is_alive(*n))
+                .collect();
             let moves =
                 fjord_meta::plan_leader_moves(&view.state, &live, MAX_LEADER_MOVES_PER_ROUND);
             for m in moves {
@@ -497,7 +502,13 @@ impl Node {
                     (h.watch_leadership(), to)
                 }
                 Some(AnyGroup::Meta(h)) if h.is_leader() => {
-                    let Some(to) = h.freshest_follower(LIVENESS_WINDOW) else {
+                    let Some(to) = h.freshest_follower(LIVENESS_WINDOW).or_else(|| {
+                        AnyGroup::Meta(h.clone())
+                            .view()
+                            .voters
+                            .into_iter()
+                            .find(|v| *v != self.id && self.liveness.is_alive(*v))
+                    }) else {
                         continue;
                     };
                     if h.transfer_leader(to).await.is_err() {
