@@ -770,13 +770,11 @@ impl Client {
                 cache.note_leader(topic, partition, leader.as_ref());
                 hinted = leader.as_ref().and_then(|h| cache.resolve_hint(h));
             }
-            // The leader could not be reached: wait, at another replica, for a new one.
+            // The leader's node could not be reached (refused, reset): wait, at another
+            // replica, for a new leader. Not after a timeout: a leader that is slow but alive
+            // stays leader, and the wait would only add to the retry.
             let lost = match (&err, route, &tried) {
-                (
-                    ClientError::Transport { .. } | ClientError::Timeout(_),
-                    Route::Leader,
-                    Some(a),
-                ) => self
+                (ClientError::Transport { .. }, Route::Leader, Some(a)) => self
                     .read_cache()
                     .leader(topic, partition)
                     .filter(|(_, addr)| addr == a)
