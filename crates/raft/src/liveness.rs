@@ -299,6 +299,17 @@ impl Liveness {
                 }
             }
             let is_alive = |n: NodeId| n == self.me || alive.contains(&n);
+            // Peers heard from and silent since: their groups' followers campaign at once. A
+            // peer not heard from yet (this node just started) is left to Raft's own timers:
+            // the leader it led before the restart is most likely alive.
+            let lost: HashSet<NodeId> = {
+                let d = self.detector.lock().unwrap();
+                peers
+                    .keys()
+                    .copied()
+                    .filter(|p| d.went_silent(*p, now))
+                    .collect()
+            };
             // Every replica quiet at the last look, no mode changed since and the same peers
             // alive: the look would find nothing to do. An idle node's round then costs
             // nothing per group.
@@ -308,7 +319,7 @@ impl Liveness {
                 .as_ref()
                 .is_some_and(|(t, a, all_quiet)| *all_quiet && *t == transitions && *a == alive);
             if full || !unchanged {
-                let all_quiet = self.scan(now, &is_alive, &mut idle, &mut claims, full);
+                let all_quiet = self.scan(now, &is_alive, &lost, &mut idle, &mut claims, full);
                 last_look = Some((transitions, alive.clone(), all_quiet));
             }
             if !beat {
@@ -337,6 +348,7 @@ impl Liveness {
         self: &Arc<Self>,
         now: Instant,
         alive: &impl Fn(NodeId) -> bool,
+        lost_peers: &HashSet<NodeId>,
         idle: &mut HashMap<u64, Idle>,
         claims: &mut Claims,
         full: bool,
@@ -393,7 +405,7 @@ impl Liveness {
                 }
                 Kind::Awake => {
                     let lead = h.leadership();
-                    if let Some(lost) = lead.leader.filter(|l| *l != self.me && !alive(*l))
+                    if let Some(lost) = lead.leader.filter(|l| lost_peers.contains(l))
                         && q.campaign_due(lead.term)
                     {
                         let delay = election_delay(

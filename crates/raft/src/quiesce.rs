@@ -221,6 +221,14 @@ impl Detector {
             .min()
     }
 
+    /// Whether `peer` was heard from and has been silent since for the timeout. A peer never
+    /// heard from (this node just started) is not alive, but not known to be lost either.
+    pub fn went_silent(&self, peer: NodeId, now: Instant) -> bool {
+        self.last_heard
+            .get(&peer)
+            .is_some_and(|at| now.saturating_duration_since(*at) >= self.timeout)
+    }
+
     pub fn is_alive(&self, peer: NodeId, now: Instant) -> bool {
         self.last_heard
             .get(&peer)
@@ -826,6 +834,12 @@ mod tests {
         // Peers already suspected are not suspected again.
         assert_eq!(d.next_suspicion(t0 + ms(600)), Some(t0 + ms(700)));
         assert_eq!(d.next_suspicion(t0 + ms(700)), None);
+        assert!(!d.went_silent(2, t0 + ms(599)));
+        assert!(d.went_silent(2, t0 + ms(600)));
+        assert!(
+            !d.went_silent(4, t0 + ms(600)),
+            "never heard from: not known lost"
+        );
     }
 
     #[test]
