@@ -512,6 +512,14 @@ impl Nemesis {
         }
         for id in undo.disk_writable {
             db.disk_full(id, false)?;
+            // A node whose write failed on the full disk stopped (fail-stop); its operator
+            // (or a supervisor such as systemd's Restart=on-failure) starts it again.
+            if let Some(status) = db.exited(id) {
+                notes.push(format!(
+                    "n{id} stopped on the full disk ({status}); restarted"
+                ));
+                db.start(&self.net, id)?;
+            }
         }
         for id in undo.resume {
             db.resume(id)?;

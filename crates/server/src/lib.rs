@@ -113,6 +113,27 @@ pub async fn run_with(
         },
     );
     let closed = store.closed();
+    // Fail-stop: once a commit failed, redb refuses every later write, and every group on
+    // this node fails with it. Staying up would leave failed leaders whose replication
+    // streams keep their followers from electing; stopping lets the failure detector act.
+    let dir = config.data_dir.display().to_string();
+    let failure = Arc::new(std::sync::Mutex::new(None::<String>));
+    let shutdown = {
+        let storage = store.clone();
+        let failure = failure.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => {}
+                reason = storage.failed() => {
+                    tracing::error!(
+                        %reason,
+                        "a storage commit failed: this node can store nothing more and stops; restart it once the disk is writable"
+                    );
+                    *failure.lock().unwrap() = Some(reason);
+                }
+            }
+        }
+    };
     let result = run_on(config, store, incoming, connector, clock, shutdown).await;
     // Close the database before the process exits: a database still open at exit needs a
     // repair pass at the next start (seconds per GiB held).
@@ -122,6 +143,12 @@ pub async fn run_with(
         tracing::warn!(
             "the database was not closed in time; the next start will check it (slower)"
         );
+    }
+    if let Some(reason) = failure.lock().unwrap().take() {
+        return Err(ServerError::Storage {
+            dir,
+            reason: format!("a write failed, so the node stopped (fail-stop): {reason}"),
+        });
     }
     result
 }

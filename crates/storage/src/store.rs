@@ -76,6 +76,7 @@ pub struct Store {
     db: Arc<Database>,
     writer: mpsc::Sender<WriteBatch>,
     closed: watch::Receiver<bool>,
+    failed: watch::Receiver<Option<String>>,
 }
 
 /// Resolves once a node's database is closed: every [`Store`] handle dropped, the writer
@@ -142,8 +143,30 @@ impl Store {
         txn.commit().map_err(StorageError::redb)?;
         let db = Arc::new(db);
         let (closed_tx, closed) = watch::channel(false);
-        let writer = writer::spawn(db.clone(), options.writer, closed_tx);
-        Ok(Store { db, writer, closed })
+        let (failed_tx, failed) = watch::channel(None);
+        let writer = writer::spawn(db.clone(), options.writer, closed_tx, failed_tx);
+        Ok(Store {
+            db,
+            writer,
+            closed,
+            failed,
+        })
+    }
+
+    /// Resolves with the error of the first commit that failed. redb refuses every write
+    /// after an I/O error (a full or failing disk) until the database is reopened, so a node
+    /// whose commit failed can store nothing more: it must stop (fail-stop) rather than stay
+    /// up with groups that can no longer work.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.failed.clone();
+        loop {
+            if let Some(e) = rx.borrow_and_update().clone() {
+                return e;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// What resolves once every handle of this database is dropped and it is closed.

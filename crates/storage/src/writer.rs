@@ -95,6 +95,7 @@ pub(crate) fn spawn(
     db: std::sync::Arc<Database>,
     mode: WriterMode,
     closed: tokio::sync::watch::Sender<bool>,
+    failed: tokio::sync::watch::Sender<Option<String>>,
 ) -> mpsc::Sender<WriteBatch> {
     let (tx, mut rx) = mpsc::channel(WRITER_QUEUE_REQUESTS);
     match mode {
@@ -104,7 +105,7 @@ pub(crate) fn spawn(
                 .spawn(move || {
                     let mut pending = Vec::with_capacity(MAX_COMMIT_REQUESTS);
                     while let Some(first) = rx.blocking_recv() {
-                        commit_queued(&db, first, &mut rx, &mut pending);
+                        commit_queued(&db, first, &mut rx, &mut pending, &failed);
                     }
                     finish(db, &closed);
                 })
@@ -120,7 +121,7 @@ pub(crate) fn spawn(
                     {
                         tokio::time::sleep(commit_latency).await;
                     }
-                    commit_taken(&db, &mut pending);
+                    commit_taken(&db, &mut pending, &failed);
                 }
                 finish(db, &closed);
             });
@@ -152,9 +153,10 @@ fn commit_queued(
     first: WriteBatch,
     rx: &mut mpsc::Receiver<WriteBatch>,
     pending: &mut Vec<WriteBatch>,
+    failed: &tokio::sync::watch::Sender<Option<String>>,
 ) {
     take_queued(first, rx, pending);
-    commit_taken(db, pending);
+    commit_taken(db, pending, failed);
 }
 
 /// Moves `first` and whatever else is queued (within the limits) into `pending`.
@@ -177,10 +179,21 @@ fn take_queued(
 }
 
 /// Commits `pending` in one transaction, then answers (and empties) it.
-fn commit_taken(db: &Database, pending: &mut Vec<WriteBatch>) {
+fn commit_taken(
+    db: &Database,
+    pending: &mut Vec<WriteBatch>,
+    failed: &tokio::sync::watch::Sender<Option<String>>,
+) {
     let result = commit(db, pending, durability(pending)).map_err(|e| e.to_string());
     if let Err(e) = &result {
         tracing::error!(error = %e, requests = pending.len(), "storage commit failed");
+        failed.send_if_modified(|f| {
+            let first = f.is_none();
+            if first {
+                *f = Some(e.clone());
+            }
+            first
+        });
     }
     for req in pending.drain(..) {
         if let Some(done) = req.done {
