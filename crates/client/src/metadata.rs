@@ -145,8 +145,7 @@ impl MetadataCache {
 
     /// The address of the partition's leader, when both are known.
     pub(crate) fn leader_address(&self, topic: &str, partition: u32) -> Option<String> {
-        let leader = self.partition(topic, partition)?.leader?;
-        self.nodes.get(&leader).cloned()
+        self.leader(topic, partition).map(|(_, address)| address)
     }
 
     /// Addresses of the partition's replicas, the leader first when known, then the others

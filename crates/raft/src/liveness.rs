@@ -266,13 +266,22 @@ impl Liveness {
             let now = Instant::now();
             let mut peers = peers();
             peers.remove(&self.me);
-            let alive: HashSet<NodeId> = {
+            // Alive: heard from within the timeout. Lost: heard from and silent since; their
+            // groups' followers campaign at once. A peer not heard from yet (this node just
+            // started) is neither, and is left to Raft's own timers: the leader it led before
+            // the restart is most likely alive.
+            let (alive, lost) = {
                 let d = self.detector.lock().unwrap();
-                peers
-                    .keys()
-                    .copied()
-                    .filter(|p| d.is_alive(*p, now))
-                    .collect()
+                let mut alive = HashSet::new();
+                let mut lost = HashSet::new();
+                for p in peers.keys().copied() {
+                    if d.is_alive(p, now) {
+                        alive.insert(p);
+                    } else if d.went_silent(p, now) {
+                        lost.insert(p);
+                    }
+                }
+                (alive, lost)
             };
             for p in peers.keys() {
                 let down = !alive.contains(p);
@@ -299,17 +308,6 @@ impl Liveness {
                 }
             }
             let is_alive = |n: NodeId| n == self.me || alive.contains(&n);
-            // Peers heard from and silent since: their groups' followers campaign at once. A
-            // peer not heard from yet (this node just started) is left to Raft's own timers:
-            // the leader it led before the restart is most likely alive.
-            let lost: HashSet<NodeId> = {
-                let d = self.detector.lock().unwrap();
-                peers
-                    .keys()
-                    .copied()
-                    .filter(|p| d.went_silent(*p, now))
-                    .collect()
-            };
             // Every replica quiet at the last look, no mode changed since and the same peers
             // alive: the look would find nothing to do. An idle node's round then costs
             // nothing per group.
