@@ -72,6 +72,6 @@ for p in $PIDS; do
 done
 printf 'all nodes: %s%% of one core over %s s\n' "$(echo "scale=2; 100 * $total / $HZ / $SECS" | bc)" "$SECS"
 for log in "$DIR"/node*.log; do
-  last=$(grep -h "quiet partition replicas" "$log" | tail -1 | grep -o 'quiet=[0-9]* replicas=[0-9]*' || true)
+  last=$(grep -h "quiet partition replicas" "$log" | tail -1 | grep -o 'quiet=[0-9]* replicas=[0-9]* leading=[0-9]* hibernated=[0-9]*' || true)
   echo "$(basename "$log" .log): ${last:-no quiet replicas logged}"
 done

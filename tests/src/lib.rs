@@ -63,6 +63,8 @@ pub struct Cluster {
 pub struct Timing {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
+    /// How long a partition replica stays quiet before its Raft instance hibernates.
+    pub hibernate_after_ms: u64,
 }
 
 impl Timing {
@@ -70,12 +72,14 @@ impl Timing {
     pub const FAST: Timing = Timing {
         heartbeat_interval_ms: 50,
         election_timeout_ms: 500,
+        hibernate_after_ms: 10_000,
     };
     /// The defaults of `fjord serve`, for tests with many partitions (until they go quiet,
     /// every partition heartbeats: at 50 ms, dozens of them saturate a busy 2-core machine).
     pub const DEFAULT: Timing = Timing {
         heartbeat_interval_ms: 100,
         election_timeout_ms: 600,
+        hibernate_after_ms: 10_000,
     };
 }
 
@@ -145,6 +149,8 @@ impl Cluster {
                 &self.timing.heartbeat_interval_ms.to_string(),
                 "--election-timeout-ms",
                 &self.timing.election_timeout_ms.to_string(),
+                "--hibernate-after-ms",
+                &self.timing.hibernate_after_ms.to_string(),
             ])
             // FJORD_TEST_LOG: the nodes' log filter (default `info`).
             .env(

@@ -1,5 +1,6 @@
-//! Idle partitions go quiet (no Raft ticks, no per-partition heartbeats) and wake for traffic
-//! and failures, on real 3-node clusters of separate `fjord serve` processes.
+//! Idle partitions go quiet (no Raft ticks, no per-partition heartbeats), then hibernate (their
+//! Raft instances stop), and wake for traffic and failures, on real 3-node clusters of
+//! separate `fjord serve` processes.
 // Each test holds `serial()` (a std mutex) for its whole run on purpose: tests run on
 // separate threads and runtimes, and must not start clusters at the same time.
 #![allow(clippy::await_holding_lock)]
@@ -31,14 +32,23 @@ async fn replica_status(addr: &str) -> Option<ReplicaStatus> {
     .replicas
 }
 
-/// `(hosted, quiet)` partition replicas of the node at `addr`, as it reports them.
-async fn quiet_counts(addr: &str) -> Option<(u32, u32)> {
-    replica_status(addr).await.map(|r| (r.hosted, r.quiet))
+/// `(hosted, quiet, hibernated)` partition replicas of the node at `addr`, as it reports them.
+async fn quiet_counts(addr: &str) -> Option<(u32, u32, u32)> {
+    replica_status(addr)
+        .await
+        .map(|r| (r.hosted, r.quiet, r.hibernated))
 }
 
+/// The timing of these tests: `fjord serve`'s defaults, but replicas hibernate after 2 s of
+/// quiet instead of 10 s.
+const TIMING: Timing = Timing {
+    hibernate_after_ms: 2_000,
+    ..Timing::DEFAULT
+};
+
 /// Waits until the controller has nothing left to move (no node in `nodes` leads more than
-/// its share), then until every node in `nodes` reports all its `hosted` replicas quiet: a
-/// leader move would wake a group, and move a leader from under the test.
+/// its share), then until every node in `nodes` reports all its `hosted` replicas quiet and
+/// hibernated: a leader move would wake a group, and move a leader from under the test.
 async fn wait_all_quiet(cluster: &Cluster, nodes: &[u64], hosted: u32) {
     let client = cluster.client();
     let share = PARTITIONS.div_ceil(nodes.len() as u32);
@@ -70,13 +80,13 @@ async fn wait_all_quiet(cluster: &Cluster, nodes: &[u64], hosted: u32) {
     for id in nodes {
         let addr = cluster.nodes[cluster.node_index(*id)].addr.clone();
         wait_for(
-            &format!("node {id} to report all {hosted} replicas quiet"),
+            &format!("node {id} to report all {hosted} replicas quiet and hibernated"),
             DEADLINE,
             || {
                 let addr = addr.clone();
                 async move {
-                    let (h, q) = quiet_counts(&addr).await?;
-                    (h == hosted && q == hosted).then_some(())
+                    let (h, q, z) = quiet_counts(&addr).await?;
+                    (h == hosted && q == hosted && z == hosted).then_some(())
                 }
             },
         )
@@ -98,7 +108,7 @@ async fn leaders(client: &fjord_client::Client, topic: &str) -> BTreeMap<u32, (O
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_partitions_serve_at_once_and_fail_over() {
     let _serial = serial();
-    let mut cluster = Cluster::start_with(3, Timing::DEFAULT).await;
+    let mut cluster = Cluster::start_with(3, TIMING).await;
     let client = cluster.client();
     // Starting 150 replicas on a busy machine can outlast the client's deadline: a timed-out
     // create is unknown, not failed (and the client's retry finds it made), so wait for the
@@ -116,8 +126,9 @@ async fn quiet_partitions_serve_at_once_and_fail_over() {
     }
     wait_all_quiet(&cluster, &[1, 2, 3], PARTITIONS).await;
 
-    // Quiet partitions serve a CP read and a CP produce on the first attempt, without an
-    // election (their leader epochs do not move), also once their leaders' leases have lapsed:
+    // Quiet, hibernated partitions serve a CP read and a CP produce on the first attempt,
+    // without an election (their leader epochs do not move), also once their leaders' leases
+    // have lapsed:
     // a lease is the longest election timeout (1.2 s here), and a quiet leader does not renew
     // it. The wait lets that time pass; it does not stand in for a condition.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -186,8 +197,8 @@ async fn quiet_partitions_serve_at_once_and_fail_over() {
     }
     eprintln!("quiet partitions: CP read in {read_ms} ms, CP produce in {produce_ms} ms");
 
-    // SIGKILL the node that leads the most partitions once everything is quiet again: every
-    // partition gets a leader on the two others and takes CP writes.
+    // SIGKILL the node that leads the most partitions once everything is quiet and hibernated
+    // again: every partition gets a leader on the two others and takes CP writes.
     wait_all_quiet(&cluster, &[1, 2, 3], PARTITIONS).await;
     let before = leaders(&client, "idle").await;
     let mut led: BTreeMap<u64, u32> = BTreeMap::new();

@@ -14,7 +14,7 @@
 //! refuses one wakes, so its heartbeats reach the campaigner.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use fjord_storage::Store;
@@ -22,13 +22,14 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::{Config, SnapshotPolicy};
 
 use crate::codec;
-use crate::handle::{GroupRaft, MetaHandle, PartitionHandle};
+use crate::handle::{GroupError, GroupRaft, MetaHandle, PartitionHandle, Starter};
 use crate::log_store::GroupLogStore;
 use crate::meta_sm::MetaSm;
 use crate::network::{GroupNetworkFactory, PeerPool, RpcKind};
 use crate::partition_sm::{PartitionShared, PartitionSm};
 use crate::quiesce::{Kind, Mode, Quiescence, Wake};
 use crate::{NodeId, TypeConfig};
+use tokio::time::Instant;
 
 pub type MetaRaft = openraft::Raft<TypeConfig, MetaSm>;
 pub type PartitionRaft = openraft::Raft<TypeConfig, PartitionSm>;
@@ -114,6 +115,30 @@ impl AnyGroup {
         }
     }
 
+    /// Whether the group should hibernate now (partitions only, see
+    /// [`GroupRaft::hibernate`]).
+    pub fn hibernation_due(&self, now: Instant, after: Duration) -> bool {
+        match self {
+            AnyGroup::Meta(_) => false,
+            AnyGroup::Partition(h) => h.hibernation_due(now, after),
+        }
+    }
+
+    /// Whether the group's Raft instance runs (it is not hibernated).
+    pub fn is_running(&self) -> bool {
+        match self {
+            AnyGroup::Meta(h) => h.is_running(),
+            AnyGroup::Partition(h) => h.is_running(),
+        }
+    }
+
+    pub async fn hibernate(&self) -> bool {
+        match self {
+            AnyGroup::Meta(_) => false,
+            AnyGroup::Partition(h) => h.hibernate().await,
+        }
+    }
+
     pub async fn campaign_for_lost_leader(&self, lost: crate::NodeId) -> bool {
         match self {
             AnyGroup::Meta(h) => h.campaign_for_lost_leader(lost).await,
@@ -133,6 +158,9 @@ pub enum DispatchError {
     /// or one that woke and holds its elections.
     #[error("group {0} on this node holds its elections (quiet or just woken): pre-vote refused")]
     Quiet(u64),
+    /// The group stopped on this node, or its hibernated instance could not start again.
+    #[error("group {0} on this node cannot take messages: {1}")]
+    Stopped(u64, String),
 }
 
 /// The groups running on this node, by id.
@@ -237,38 +265,57 @@ where
     SM: openraft::storage::RaftStateMachine<TypeConfig, SnapshotData = Vec<u8>>,
     S: futures::Stream<Item = bytes::Bytes> + Send + Unpin + 'static,
 {
-    use futures::StreamExt;
+    use futures::{FutureExt, StreamExt};
     type Req = openraft::raft::AppendEntriesRequest<TypeConfig>;
     type Res = openraft::raft::StreamAppendResult<TypeConfig>;
     let quiet = g.quiescence().clone();
-    let requests = requests.scan((), move |_, bytes| {
-        let req = match codec::decode::<Req>(&bytes, "raft request") {
-            Ok(req) => {
-                if append_wakes(&quiet, &req) {
-                    quiet.wake(Wake::Activity, "append");
-                }
-                Some(req)
-            }
+    let g = g.clone();
+    async move {
+        let mut requests = requests.peekable();
+        // Wake before the instance starts again: the first append may carry entries.
+        if let Some(bytes) = std::pin::Pin::new(&mut requests).peek().await
+            && let Ok(req) = codec::decode::<Req>(bytes, "raft request")
+            && append_wakes(&quiet, &req)
+        {
+            quiet.wake(Wake::Activity, "append");
+        }
+        let raft = match g.instance().await {
+            Ok(raft) => raft,
             Err(e) => {
-                tracing::warn!(group, error = %e, "undecodable append in a replication stream: ending it");
-                None
+                let out: Result<Res, String> = Err(e.to_string());
+                return futures::stream::once(futures::future::ready(codec::encode(&out))).boxed();
             }
         };
-        futures::future::ready(req)
-    });
-    g.raft()
-        .stream_append(requests)
-        .scan(false, |failed, r| {
-            if *failed {
-                return futures::future::ready(None);
-            }
-            let out: Result<Res, String> = r.map_err(|fatal| {
-                *failed = true;
-                fatal.to_string()
-            });
-            futures::future::ready(Some(codec::encode(&out)))
-        })
-        .boxed()
+        let requests = requests.scan((), move |_, bytes| {
+            let req = match codec::decode::<Req>(&bytes, "raft request") {
+                Ok(req) => {
+                    if append_wakes(&quiet, &req) {
+                        quiet.wake(Wake::Activity, "append");
+                    }
+                    Some(req)
+                }
+                Err(e) => {
+                    tracing::warn!(group, error = %e, "undecodable append in a replication stream: ending it");
+                    None
+                }
+            };
+            futures::future::ready(req)
+        });
+        raft.stream_append(requests)
+            .scan(false, |failed, r| {
+                if *failed {
+                    return futures::future::ready(None);
+                }
+                let out: Result<Res, String> = r.map_err(|fatal| {
+                    *failed = true;
+                    fatal.to_string()
+                });
+                futures::future::ready(Some(codec::encode(&out)))
+            })
+            .boxed()
+    }
+    .flatten_stream()
+    .boxed()
 }
 
 /// Whether an append must wake a quiet replica: a quiet leader wakes on any (another node
@@ -343,31 +390,36 @@ where
     fn enc<T: serde::Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Vec<u8> {
         codec::encode(&r.map_err(|e| e.to_string()))
     }
-    let raft = g.raft();
     let quiet = g.quiescence();
+    let instance = || async {
+        g.instance()
+            .await
+            .map_err(|e: GroupError| DispatchError::Stopped(group, e.to_string()))
+    };
     Ok(match kind {
         RpcKind::Append => {
             let req: openraft::raft::AppendEntriesRequest<TypeConfig> = dec(payload)?;
             if append_wakes(quiet, &req) {
                 quiet.wake(Wake::Activity, "append");
             }
-            enc(raft.append_entries(req).await)
+            enc(instance().await?.append_entries(req).await)
         }
         RpcKind::PreVote => {
             if quiet.refuses_pre_vote() {
                 quiet.wake_leader("pre-vote");
                 return Err(DispatchError::Quiet(group));
             }
-            enc(raft.pre_vote(dec(payload)?).await)
+            enc(instance().await?.pre_vote(dec(payload)?).await)
         }
         RpcKind::Vote => {
             quiet.wake(Wake::Activity, "vote");
-            enc(raft.vote(dec(payload)?).await)
+            enc(instance().await?.vote(dec(payload)?).await)
         }
         RpcKind::TransferLeader => {
             quiet.wake(Wake::Activity, "leader transfer");
             let req: openraft::raft::TransferLeaderRequest<TypeConfig> = dec(payload)?;
-            catch_up_for_transfer(raft, &req).await;
+            let raft = instance().await?;
+            catch_up_for_transfer(&raft, &req).await;
             enc(raft.handle_transfer_leader(req).await)
         }
         RpcKind::Snapshot => {
@@ -381,12 +433,16 @@ where
                 meta,
                 snapshot: data,
             };
-            enc(raft.install_full_snapshot(vote, snapshot).await)
+            enc(instance()
+                .await?
+                .install_full_snapshot(vote, snapshot)
+                .await)
         }
     })
 }
 
-/// Starts the metadata group on this node.
+/// Starts the metadata group on this node. It never hibernates: it is one group, and the
+/// controller drives it.
 pub async fn start_meta(
     node_id: NodeId,
     cfg: &GroupConfig,
@@ -396,10 +452,19 @@ pub async fn start_meta(
     let group = fjord_meta::META_GROUP;
     let (sm, view) = MetaSm::open(group, store.clone()).map_err(|e| e.to_string())?;
     let log = GroupLogStore::new(group, store, None);
-    let raft = start(node_id, group, GroupRole::Meta, cfg, log, sm, pool).await?;
-    // The metadata group never goes quiet: the controller reads liveness off its heartbeats.
-    let quiet = Quiescence::new(group, raft.clone(), cfg.wake_grace());
-    Ok(MetaHandle::new(raft, quiet, view))
+    let config = cfg.raft_config(GroupRole::Meta, group)?;
+    // The state machine holds the applied metadata: the one made here is the only one.
+    let sm = Mutex::new(Some(sm));
+    let starter: Starter<MetaSm> = Box::new(move || {
+        let sm = sm.lock().unwrap().take();
+        let (config, log, pool) = (config.clone(), log.clone(), pool.clone());
+        Box::pin(async move {
+            let sm = sm.ok_or("the metadata group cannot start twice")?;
+            start(node_id, group, config, log, sm, pool).await
+        })
+    });
+    let core = GroupRaft::start(group, starter, cfg.wake_grace()).await?;
+    Ok(MetaHandle::new(core, view))
 }
 
 /// Starts a partition group on this node.
@@ -411,18 +476,30 @@ pub async fn start_partition(
     pool: Arc<PeerPool>,
 ) -> Result<PartitionHandle, String> {
     let shared = PartitionShared::open(group, &store).map_err(|e| e.to_string())?;
-    let sm = PartitionSm::new(shared.clone(), store.clone());
-    let log = GroupLogStore::new(group, store, Some(shared.clone()));
-    let raft = start(node_id, group, GroupRole::Partition, cfg, log, sm, pool).await?;
-    let quiet = Quiescence::new(group, raft.clone(), cfg.wake_grace());
-    Ok(PartitionHandle::new(raft, quiet, shared))
+    // The log store's in-memory tail is shared by its clones: an instance started again
+    // after hibernation reads what the last one appended, committed to redb or not.
+    let log = GroupLogStore::new(group, store.clone(), Some(shared.clone()));
+    let config = cfg.raft_config(GroupRole::Partition, group)?;
+    let sm_shared = shared.clone();
+    let starter: Starter<PartitionSm> = Box::new(move || {
+        let sm = PartitionSm::new(sm_shared.clone(), store.clone());
+        Box::pin(start(
+            node_id,
+            group,
+            config.clone(),
+            log.clone(),
+            sm,
+            pool.clone(),
+        ))
+    });
+    let core = GroupRaft::start(group, starter, cfg.wake_grace()).await?;
+    Ok(PartitionHandle::new(core, shared))
 }
 
 async fn start<SM>(
     node_id: NodeId,
     group: u64,
-    role: GroupRole,
-    cfg: &GroupConfig,
+    config: Arc<Config>,
     log: GroupLogStore,
     sm: SM,
     pool: Arc<PeerPool>,
@@ -430,7 +507,6 @@ async fn start<SM>(
 where
     SM: openraft::storage::RaftStateMachine<TypeConfig, SnapshotData = Vec<u8>>,
 {
-    let config = cfg.raft_config(role, group)?;
     openraft::Raft::new(
         node_id,
         config,

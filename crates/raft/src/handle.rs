@@ -6,7 +6,7 @@
 //! linearizable read, a leader transfer.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use fjord_meta::{MetaCommand, MetaResponse};
@@ -19,12 +19,13 @@ use openraft::raft::ClientWriteResult;
 use openraft::storage::RaftStateMachine;
 use openraft::{BasicNode, LinearizerOption, ServerState};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::meta_sm::{MetaSm, MetaView};
 use crate::order::ProposalOrder;
 use crate::partition_sm::{PartitionShared, PartitionSm};
-use crate::quiesce::{GroupView, Quiescence};
-use crate::{MetaRaft, NodeId, PartitionRaft, Request, Response, StoredBatch, TypeConfig};
+use crate::quiesce::{GroupView, Kind, Quiescence, Timers};
+use crate::{NodeId, Request, Response, StoredBatch, TypeConfig};
 
 /// Why a proposal or a linearizable read did not go through.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -75,114 +76,404 @@ pub struct Leadership {
     pub term: u64,
 }
 
-/// Watches a group's leadership.
+/// Watches a group's leadership, across the restarts of a hibernated group.
 pub struct LeadershipWatch {
-    rx: openraft::alias::WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>,
+    rx: watch::Receiver<Watched>,
+}
+
+/// What a group's leadership watch carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Watched {
+    leadership: Leadership,
+    /// The group has stopped on this node (deleted, or the node stops).
+    stopped: bool,
 }
 
 impl LeadershipWatch {
     pub fn current(&mut self) -> Leadership {
-        let m = self.rx.borrow_watched();
-        Leadership {
-            leader: m.current_leader,
-            term: m.current_term,
-        }
+        self.rx.borrow_and_update().leadership
     }
 
     /// Waits for the next change; `false` once the group has stopped.
     pub async fn changed(&mut self) -> bool {
-        self.rx.changed().await.is_ok()
+        self.rx.changed().await.is_ok() && !self.rx.borrow().stopped
     }
+}
+
+/// How long a hibernated group's instance may take to read its state back, at most.
+const RESTORE_WAIT: Duration = Duration::from_secs(10);
+
+/// Starts a group's openraft instance over its stores (again, after hibernation).
+pub(crate) type Starter<SM> = Box<
+    dyn Fn() -> futures::future::BoxFuture<'static, Result<openraft::Raft<TypeConfig, SM>, String>>
+        + Send
+        + Sync,
+>;
+
+/// A group's openraft instance while it runs, and the timer switches quiescing wants of it.
+///
+/// A quiet partition replica **hibernates** after a while ([`GroupRaft::hibernate`]): its
+/// instance is shut down, which frees the fixed per-group buffers openraft allocates
+/// (its command queue, pending responses, statistics: most of an idle replica's memory), and
+/// started again over the same stores on the first thing that needs it: a Raft message, a
+/// proposal, a read, or a switch turned on by a wake. Everything openraft needs is in the
+/// stores (vote, log, committed index) and in the partition's applied state, which stays in
+/// memory; a leader comes back as leader of the same term (openraft's leader restore).
+pub(crate) struct Instance<SM: RaftStateMachine<TypeConfig>> {
+    // A short critical section (a clone, three atomic stores): no await inside. Timer
+    // switches and hibernation go through it, so a wake racing a hibernation either finds
+    // the instance (and switches it) or finds none and starts one.
+    state: Mutex<Switched<SM>>,
+    /// Starts the instance again, in the background: set once the group's core exists.
+    restart: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+struct Switched<SM: RaftStateMachine<TypeConfig>> {
+    raft: Option<openraft::Raft<TypeConfig, SM>>,
+    tick: bool,
+    heartbeat: bool,
+    elect: bool,
+}
+
+impl<SM: RaftStateMachine<TypeConfig>> Switched<SM> {
+    fn apply(&self, raft: &openraft::Raft<TypeConfig, SM>) {
+        let rc = raft.runtime_config();
+        rc.tick(self.tick);
+        rc.heartbeat(self.heartbeat);
+        rc.elect(self.elect);
+    }
+}
+
+impl<SM: RaftStateMachine<TypeConfig>> Instance<SM> {
+    /// Records a switch and applies it to the running instance; a switch turned on while
+    /// hibernated starts the instance again.
+    fn switch(&self, on: bool, set: impl FnOnce(&mut Switched<SM>)) {
+        let mut st = self.state.lock().unwrap();
+        set(&mut st);
+        match &st.raft {
+            Some(raft) => st.apply(raft),
+            None if on => {
+                drop(st);
+                if let Some(restart) = self.restart.get() {
+                    restart();
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+impl<SM: RaftStateMachine<TypeConfig>> Timers for Arc<Instance<SM>> {
+    fn set_tick(&self, on: bool) {
+        self.switch(on, |s| s.tick = on);
+    }
+    fn set_heartbeat(&self, on: bool) {
+        self.switch(on, |s| s.heartbeat = on);
+    }
+    fn set_elect(&self, on: bool) {
+        self.switch(on, |s| s.elect = on);
+    }
+}
+
+/// Whether a group's instance may start, and since when it runs.
+struct Gate {
+    stopped: bool,
+    started_at: Instant,
+}
+
+struct Core<SM: RaftStateMachine<TypeConfig>> {
+    group: u64,
+    instance: Arc<Instance<SM>>,
+    quiet: Arc<Quiescence>,
+    starter: Starter<SM>,
+    /// Held while the instance starts or stops: one at a time.
+    gate: tokio::sync::Mutex<Gate>,
+    /// When the running instance started (a copy of the gate's, readable without waiting).
+    started_at: Mutex<Instant>,
+    /// The group as its instance last saw it, while hibernated.
+    parked: Mutex<Option<(GroupView, Leadership)>>,
+    leadership: watch::Sender<Watched>,
 }
 
 /// What every group's handle can do, whatever its state machine.
 pub struct GroupRaft<SM: RaftStateMachine<TypeConfig>> {
-    raft: openraft::Raft<TypeConfig, SM>,
-    quiet: Arc<Quiescence>,
+    core: Arc<Core<SM>>,
 }
 
 impl<SM: RaftStateMachine<TypeConfig>> Clone for GroupRaft<SM> {
     fn clone(&self) -> Self {
         GroupRaft {
-            raft: self.raft.clone(),
-            quiet: self.quiet.clone(),
+            core: self.core.clone(),
         }
     }
 }
 
+fn view_of<SM: RaftStateMachine<TypeConfig>>(raft: &openraft::Raft<TypeConfig, SM>) -> GroupView {
+    let rx = raft.metrics();
+    let m = rx.borrow_watched();
+    let joint = m.membership_config.membership().get_joint_config();
+    GroupView {
+        me: m.id,
+        leading: m.state == ServerState::Leader,
+        following: m.state == ServerState::Follower,
+        leader: m.current_leader,
+        term: m.current_term,
+        last_index: m.last_log_index,
+        committed: m.local_committed.as_ref().map(|l| l.index()),
+        applied: m.last_applied.as_ref().map(|l| l.index()),
+        voters: match joint.as_slice() {
+            [only] => only.iter().copied().collect(),
+            _ => Vec::new(),
+        },
+        matched: m
+            .replication
+            .iter()
+            .flatten()
+            .map(|(n, l)| (*n, l.as_ref().map(|l| l.index())))
+            .collect(),
+        failed: m.running_state.is_err(),
+    }
+}
+
+fn leadership_of<SM: RaftStateMachine<TypeConfig>>(
+    raft: &openraft::Raft<TypeConfig, SM>,
+) -> Leadership {
+    // Two fields read under the watch's borrow: cloning the whole metrics would copy maps
+    // on every produce.
+    let rx = raft.metrics();
+    let m = rx.borrow_watched();
+    Leadership {
+        leader: m.current_leader,
+        term: m.current_term,
+    }
+}
+
 impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
-    pub(crate) fn new(raft: openraft::Raft<TypeConfig, SM>, quiet: Arc<Quiescence>) -> Self {
-        GroupRaft { raft, quiet }
+    /// Starts the group's instance with `starter`, and its quiescing switch.
+    pub(crate) async fn start(
+        group: u64,
+        starter: Starter<SM>,
+        activity_grace: Duration,
+    ) -> Result<Self, String> {
+        let raft = starter().await?;
+        let instance = Arc::new(Instance {
+            state: Mutex::new(Switched {
+                raft: Some(raft.clone()),
+                tick: true,
+                heartbeat: true,
+                elect: true,
+            }),
+            restart: OnceLock::new(),
+        });
+        let quiet = Quiescence::new(group, instance.clone(), activity_grace);
+        let now = Instant::now();
+        let core = Arc::new(Core {
+            group,
+            instance: instance.clone(),
+            quiet,
+            starter,
+            gate: tokio::sync::Mutex::new(Gate {
+                stopped: false,
+                started_at: now,
+            }),
+            started_at: Mutex::new(now),
+            parked: Mutex::new(None),
+            leadership: watch::channel(Watched {
+                leadership: leadership_of(&raft),
+                stopped: false,
+            })
+            .0,
+        });
+        let weak = Arc::downgrade(&core);
+        let _ = instance.restart.set(Box::new(move || {
+            if let Some(core) = weak.upgrade() {
+                tokio::spawn(async move {
+                    let _ = GroupRaft { core }.instance().await;
+                });
+            }
+        }));
+        let g = GroupRaft { core };
+        g.forward_leadership(&raft);
+        Ok(g)
     }
 
-    pub(crate) fn raft(&self) -> &openraft::Raft<TypeConfig, SM> {
-        &self.raft
+    /// Copies the instance's leadership into the group's own watch, which outlives the
+    /// instance, until the instance stops.
+    fn forward_leadership(&self, raft: &openraft::Raft<TypeConfig, SM>) {
+        let mut rx = raft.metrics();
+        let core = Arc::downgrade(&self.core);
+        tokio::spawn(async move {
+            loop {
+                let now = {
+                    let m = rx.borrow_watched();
+                    Leadership {
+                        leader: m.current_leader,
+                        term: m.current_term,
+                    }
+                };
+                let Some(core) = core.upgrade() else { return };
+                core.leadership.send_if_modified(|w| {
+                    let changed = w.leadership != now && !w.stopped;
+                    if changed {
+                        w.leadership = now;
+                    }
+                    changed
+                });
+                drop(core);
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// The running instance, if the group is not hibernated.
+    fn running(&self) -> Option<openraft::Raft<TypeConfig, SM>> {
+        self.core.instance.state.lock().unwrap().raft.clone()
+    }
+
+    /// The running instance, started again first if the group is hibernated.
+    pub(crate) async fn instance(&self) -> Result<openraft::Raft<TypeConfig, SM>, GroupError> {
+        if let Some(raft) = self.running() {
+            return Ok(raft);
+        }
+        let mut gate = self.core.gate.lock().await;
+        if let Some(raft) = self.running() {
+            return Ok(raft);
+        }
+        if gate.stopped {
+            return Err(GroupError::Unavailable("the group stopped".into()));
+        }
+        let raft = (self.core.starter)().await.map_err(|e| {
+            GroupError::Unavailable(format!("cannot start group {} again: {e}", self.core.group))
+        })?;
+        // Until its core has read the stores, an instance's metrics are blank (no leader, no
+        // membership): whoever reads them through `running` must see the restored state.
+        let restored = raft
+            .wait(Some(RESTORE_WAIT))
+            .metrics(
+                |m| m.membership_config.log_id().is_some(),
+                "restore after hibernation",
+            )
+            .await;
+        if let Err(e) = restored {
+            let _ = raft.shutdown().await;
+            return Err(GroupError::Unavailable(format!(
+                "group {} did not start again: {e}",
+                self.core.group
+            )));
+        }
+        self.forward_leadership(&raft);
+        {
+            let mut st = self.core.instance.state.lock().unwrap();
+            st.apply(&raft);
+            st.raft = Some(raft.clone());
+        }
+        *self.core.parked.lock().unwrap() = None;
+        let now = Instant::now();
+        gate.started_at = now;
+        *self.core.started_at.lock().unwrap() = now;
+        crate::quiesce::note_change();
+        tracing::debug!(group = self.core.group, "hibernated group started again");
+        Ok(raft)
+    }
+
+    /// Whether the group's instance runs (it is not hibernated).
+    pub fn is_running(&self) -> bool {
+        self.core.instance.state.lock().unwrap().raft.is_some()
+    }
+
+    /// Whether the group should hibernate: it runs, and it has been quiet, and running, for
+    /// `after`.
+    pub fn hibernation_due(&self, now: Instant, after: Duration) -> bool {
+        self.is_running()
+            && self.core.quiet.quiet_for(now).is_some_and(|q| q >= after)
+            && now.saturating_duration_since(*self.core.started_at.lock().unwrap()) >= after
+    }
+
+    /// Hibernates a quiet group: shuts its instance down (see [`Instance`]). Returns whether
+    /// it did; a group that is not quiet, or whose log is not all committed and applied, keeps
+    /// running.
+    pub async fn hibernate(&self) -> bool {
+        let gate = self.core.gate.lock().await;
+        if gate.stopped {
+            return false;
+        }
+        let Some(raft) = self.running() else {
+            return false;
+        };
+        let view = view_of(&raft);
+        if view.failed || view.committed != view.last_index || view.applied != view.last_index {
+            return false;
+        }
+        *self.core.parked.lock().unwrap() = Some((view, leadership_of(&raft)));
+        drop(raft);
+        // Quiet: a message that would change the replica's state wakes it before openraft
+        // sees it, and a wake's switch takes this lock; so a replica still quiet here has
+        // nothing in flight, and whatever comes next finds no instance and starts one.
+        let taken = {
+            let mut st = self.core.instance.state.lock().unwrap();
+            if matches!(self.core.quiet.kind(), Kind::Leading | Kind::Following) {
+                st.raft.take()
+            } else {
+                None
+            }
+        };
+        let Some(raft) = taken else {
+            *self.core.parked.lock().unwrap() = None;
+            return false;
+        };
+        let _ = raft.shutdown().await;
+        drop(gate);
+        true
     }
 
     /// The group's quiescing state on this node.
     pub fn quiescence(&self) -> &Arc<Quiescence> {
-        &self.quiet
+        &self.core.quiet
     }
 
     /// The group's state as this replica sees it, for the quiescing decisions.
     pub fn view(&self) -> GroupView {
-        let rx = self.raft.metrics();
-        let m = rx.borrow_watched();
-        let joint = m.membership_config.membership().get_joint_config();
-        GroupView {
-            me: m.id,
-            leading: m.state == ServerState::Leader,
-            following: m.state == ServerState::Follower,
-            leader: m.current_leader,
-            term: m.current_term,
-            last_index: m.last_log_index,
-            committed: m.local_committed.as_ref().map(|l| l.index()),
-            applied: m.last_applied.as_ref().map(|l| l.index()),
-            voters: match joint.as_slice() {
-                [only] => only.iter().copied().collect(),
-                _ => Vec::new(),
-            },
-            matched: m
-                .replication
-                .iter()
-                .flatten()
-                .map(|(n, l)| (*n, l.as_ref().map(|l| l.index())))
-                .collect(),
-            failed: m.running_state.is_err(),
+        match self.running() {
+            Some(raft) => view_of(&raft),
+            None => self.parked().map(|(v, _)| v).unwrap_or_default(),
         }
+    }
+
+    fn parked(&self) -> Option<(GroupView, Leadership)> {
+        self.core.parked.lock().unwrap().clone()
     }
 
     /// Who leads, as this node sees it.
     pub fn leadership(&self) -> Leadership {
-        // Two fields read under the watch's borrow: cloning the whole metrics would copy maps
-        // on every produce.
-        let rx = self.raft.metrics();
-        let m = rx.borrow_watched();
-        Leadership {
-            leader: m.current_leader,
-            term: m.current_term,
+        match self.running() {
+            Some(raft) => leadership_of(&raft),
+            None => self
+                .parked()
+                .map(|(_, l)| l)
+                .unwrap_or_else(|| self.core.leadership.borrow().leadership),
         }
     }
 
     pub fn is_leader(&self) -> bool {
-        self.raft.is_leader()
+        match self.running() {
+            Some(raft) => raft.is_leader(),
+            None => self.parked().is_some_and(|(v, _)| v.leading),
+        }
     }
 
     pub fn watch_leadership(&self) -> LeadershipWatch {
         LeadershipWatch {
-            rx: self.raft.metrics(),
+            rx: self.core.leadership.subscribe(),
         }
     }
 
     /// Initializes the group with `members` (id → address) unless it already is; `true` if
     /// this call did it.
     pub async fn initialize(&self, members: &BTreeMap<NodeId, String>) -> Result<bool, String> {
-        if self
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        let raft = self.instance().await.map_err(|e| e.to_string())?;
+        if raft.is_initialized().await.map_err(|e| e.to_string())? {
             return Ok(false);
         }
         let nodes: BTreeMap<NodeId, BasicNode> = members
@@ -191,7 +482,7 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
             .collect();
         // Every member initializes with the same membership; openraft allows it and elects
         // one leader. "Already initialized" (a peer's entry arrived first) is fine.
-        match self.raft.initialize(nodes).await {
+        match raft.initialize(nodes).await {
             Ok(()) => Ok(true),
             Err(e) => {
                 tracing::debug!(error = %e, "initialize skipped");
@@ -202,56 +493,22 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
 
     /// Proposes `req` and waits until it is committed and applied.
     async fn write(&self, req: Request) -> Result<Response, GroupError> {
-        self.prepare_write().await?;
-        Ok(self.raft.client_write(req).await.map_err(write_error)?.data)
+        let raft = self.prepare_write().await?;
+        Ok(raft.client_write(req).await.map_err(write_error)?.data)
     }
 
     /// Before a proposal: wakes a quiet leader, and renews its lease if it is old. openraft's
     /// leader refuses writes without a lease (a quorum acknowledgement younger than the leader
     /// lease, the longest election timeout), and a quiet leader sends no heartbeats, so its
     /// lease lapses one lease after it went quiet. The first write after that waits for one
-    /// heartbeat round.
-    async fn prepare_write(&self) -> Result<(), GroupError> {
-        self.quiet.wake_leader("proposal");
-        if self.lease_is_fresh() {
-            return Ok(());
+    /// heartbeat round. Returns the running instance.
+    async fn prepare_write(&self) -> Result<openraft::Raft<TypeConfig, SM>, GroupError> {
+        self.core.quiet.wake_leader("proposal");
+        let raft = self.instance().await?;
+        if !lease_is_fresh(&raft) {
+            confirm_leadership(&raft, Confirm::Lease).await?;
         }
-        self.confirm_leadership(Confirm::Lease).await
-    }
-
-    /// This replica leads with a quorum acknowledgement younger than half the lease (or it
-    /// does not lead: openraft answers that itself).
-    fn lease_is_fresh(&self) -> bool {
-        let half_lease = Duration::from_millis(self.raft.config().election_timeout_max / 2);
-        let rx = self.raft.metrics();
-        let m = rx.borrow_watched();
-        if m.state != ServerState::Leader {
-            return true;
-        }
-        m.last_quorum_acked
-            .as_ref()
-            .is_some_and(|at| openraft::Instant::elapsed(&**at) < half_lease)
-    }
-
-    /// Confirms this node leads, sending a heartbeat round at once when the quorum
-    /// acknowledgement `how` asks for is not there yet, and waiting (up to one lease) for it; a
-    /// leader cut off in a minority gets an error. Returns once the state machine has applied
-    /// everything committed when the call began.
-    async fn confirm_leadership(&self, how: Confirm) -> Result<(), GroupError> {
-        let option = match how {
-            Confirm::Lease => LinearizerOption::new(None, true),
-            Confirm::ReadIndex => LinearizerOption::new(Some(Duration::ZERO), true),
-        };
-        match self.raft.ensure_linearizable(option).await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-                Err(GroupError::NotLeader {
-                    leader: f.leader_id,
-                    address: f.leader_node.map(|n| n.addr),
-                })
-            }
-            Err(e) => Err(GroupError::Unavailable(e.to_string())),
-        }
+        Ok(raft)
     }
 
     /// Campaigns now, on a follower whose leader's node the node-level failure detector
@@ -268,8 +525,11 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
     /// its own failed, the replica campaigns in the next term (voters that saw only
     /// candidates hold no lease). Returns whether a campaign was started.
     pub async fn campaign_for_lost_leader(&self, lost: NodeId) -> bool {
+        let Ok(raft) = self.instance().await else {
+            return false;
+        };
         let (me, vote, state, leader) = {
-            let rx = self.raft.metrics();
+            let rx = raft.metrics();
             let m = rx.borrow_watched();
             (m.id, m.vote, m.state, m.current_leader)
         };
@@ -281,9 +541,9 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
         }
         let started = if vote.committed && vote.leader_id.node_id == lost {
             let req = openraft::raft::TransferLeaderRequest::new(vote, me, None);
-            self.raft.handle_transfer_leader(req).await.is_ok()
+            raft.handle_transfer_leader(req).await.is_ok()
         } else if vote.leader_id.node_id == me || !vote.committed {
-            self.raft.trigger().elect(false).await.is_ok()
+            raft.trigger().elect(false).await.is_ok()
         } else {
             false
         };
@@ -301,8 +561,9 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
     /// stays awake for this term ([`Quiescence::transfer_started`]): if the transfer fails,
     /// its followers must be able to elect.
     pub async fn transfer_leader(&self, to: NodeId) -> Result<(), GroupError> {
-        self.quiet.transfer_started(self.leadership().term);
-        self.raft
+        self.core.quiet.transfer_started(self.leadership().term);
+        self.instance()
+            .await?
             .trigger()
             .transfer_leader(to)
             .await
@@ -310,9 +571,19 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
     }
 
     /// On the leader: how many log entries follower `node` lacks (`None` when this node is
-    /// not the leader or `node` is not replicated to).
+    /// not the leader or `node` is not replicated to). A hibernated leader answers from the
+    /// state it hibernated in: every live follower had its whole log then, and nothing has
+    /// been appended since.
     pub fn lag_of(&self, node: NodeId) -> Option<u64> {
-        let m = self.raft.metrics();
+        let Some(raft) = self.running() else {
+            let (view, _) = self.parked()?;
+            if !view.leading {
+                return None;
+            }
+            let matched = view.matched.iter().find(|(n, _)| *n == node)?.1;
+            return Some(view.last_index.unwrap_or(0).saturating_sub(matched.unwrap_or(0)));
+        };
+        let m = raft.metrics();
         let m = m.borrow_watched();
         let last = m.last_log_index.unwrap_or(0);
         let matched = m
@@ -334,7 +605,10 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
 
     /// `(age of the last acknowledgement, follower)` for followers heard from within `window`.
     fn acks_within(&self, window: Duration) -> Vec<(Duration, NodeId)> {
-        let m = self.raft.metrics().borrow_watched().clone();
+        let Some(raft) = self.running() else {
+            return Vec::new();
+        };
+        let m = raft.metrics().borrow_watched().clone();
         m.heartbeat
             .iter()
             .flatten()
@@ -347,8 +621,53 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
             .collect()
     }
 
+    /// Stops the group for good on this node.
     pub async fn shutdown(&self) {
-        let _ = self.raft.shutdown().await;
+        let mut gate = self.core.gate.lock().await;
+        gate.stopped = true;
+        let taken = self.core.instance.state.lock().unwrap().raft.take();
+        if let Some(raft) = taken {
+            let _ = raft.shutdown().await;
+        }
+        self.core.leadership.send_modify(|w| w.stopped = true);
+    }
+}
+
+/// This replica leads with a quorum acknowledgement younger than half the lease (or it does
+/// not lead: openraft answers that itself).
+fn lease_is_fresh<SM: RaftStateMachine<TypeConfig>>(raft: &openraft::Raft<TypeConfig, SM>) -> bool {
+    let half_lease = Duration::from_millis(raft.config().election_timeout_max / 2);
+    let rx = raft.metrics();
+    let m = rx.borrow_watched();
+    if m.state != ServerState::Leader {
+        return true;
+    }
+    m.last_quorum_acked
+        .as_ref()
+        .is_some_and(|at| openraft::Instant::elapsed(&**at) < half_lease)
+}
+
+/// Confirms this node leads, sending a heartbeat round at once when the quorum
+/// acknowledgement `how` asks for is not there yet, and waiting (up to one lease) for it; a
+/// leader cut off in a minority gets an error. Returns once the state machine has applied
+/// everything committed when the call began.
+async fn confirm_leadership<SM: RaftStateMachine<TypeConfig>>(
+    raft: &openraft::Raft<TypeConfig, SM>,
+    how: Confirm,
+) -> Result<(), GroupError> {
+    let option = match how {
+        Confirm::Lease => LinearizerOption::new(None, true),
+        Confirm::ReadIndex => LinearizerOption::new(Some(Duration::ZERO), true),
+    };
+    match raft.ensure_linearizable(option).await {
+        Ok(_) => Ok(()),
+        Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+            Err(GroupError::NotLeader {
+                leader: f.leader_id,
+                address: f.leader_node.map(|n| n.addr),
+            })
+        }
+        Err(e) => Err(GroupError::Unavailable(e.to_string())),
     }
 }
 
@@ -378,13 +697,9 @@ impl PartitionHandle {
         }
     }
 
-    pub(crate) fn new(
-        raft: PartitionRaft,
-        quiet: Arc<Quiescence>,
-        shared: Arc<PartitionShared>,
-    ) -> Self {
+    pub(crate) fn new(core: GroupRaft<PartitionSm>, shared: Arc<PartitionShared>) -> Self {
         PartitionHandle {
-            core: GroupRaft::new(raft, quiet),
+            core,
             shared,
             order: Arc::default(),
         }
@@ -407,12 +722,10 @@ impl PartitionHandle {
         // Before taking a turn: a quiet leader wakes, and one whose lease lapsed confirms it
         // still leads (a deposed quiet leader fails fast instead of taking an AP write it
         // could never commit).
-        self.core.prepare_write().await?;
+        let raft = self.core.prepare_write().await?;
         self.order.wait_turn(producer_id, base_sequence).await;
         let (responder, committed) = ProgressResponder::complete_only();
-        let submitted = self
-            .core
-            .raft
+        let submitted = raft
             .client_write_ff(Request::Batch(batch), Some(responder))
             .await;
         // Queued in the Raft core: from here it keeps its place; the next may go.
@@ -471,8 +784,8 @@ impl PartitionHandle {
     /// (Raft's ReadIndex, no lease), and has applied everything committed when the call began.
     /// A quiet leader is woken first.
     pub async fn linearizable_read(&self) -> Result<(), GroupError> {
-        self.core.quiet.wake_leader("linearizable read");
-        self.core.confirm_leadership(Confirm::ReadIndex).await
+        self.quiescence().wake_leader("linearizable read");
+        confirm_leadership(&self.core.instance().await?, Confirm::ReadIndex).await
     }
 }
 
@@ -491,15 +804,8 @@ impl std::ops::Deref for MetaHandle {
 }
 
 impl MetaHandle {
-    pub(crate) fn new(
-        raft: MetaRaft,
-        quiet: Arc<Quiescence>,
-        view: watch::Receiver<Arc<MetaView>>,
-    ) -> Self {
-        MetaHandle {
-            core: GroupRaft::new(raft, quiet),
-            view,
-        }
+    pub(crate) fn new(core: GroupRaft<MetaSm>, view: watch::Receiver<Arc<MetaView>>) -> Self {
+        MetaHandle { core, view }
     }
 
     /// The applied metadata on this node.

@@ -20,6 +20,7 @@
 //! remembered one. Idle, a heartbeat costs the same whatever the number of groups.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,6 +58,9 @@ pub struct LivenessConfig {
     /// suspected (they campaign at once, see [`crate::PartitionHandle`]'s
     /// `campaign_for_lost_leader`; a failed campaign costs one vote round, not a timeout).
     pub campaign_step: Duration,
+    /// A partition replica quiet for this long hibernates: its Raft instance stops until
+    /// something needs it ([`crate::handle::GroupRaft::hibernate`]); `None`: never.
+    pub hibernate_after: Option<Duration>,
 }
 
 /// How many of this node's partition replicas are quiet.
@@ -66,6 +70,8 @@ pub struct QuietCounts {
     pub quiet: u32,
     /// Replicas that lead their group.
     pub leading: u32,
+    /// Quiet replicas whose Raft instance is stopped until something needs it.
+    pub hibernated: u32,
 }
 
 /// A claim and the switch of the group it is about.
@@ -84,6 +90,8 @@ pub struct Liveness {
     /// Follower side: per leader, the version of its claims last applied and the groups that
     /// went quiet under them, with their epochs then.
     followed: Mutex<HashMap<NodeId, Followed>>,
+    /// A hibernation sweep is running.
+    sweeping: Arc<AtomicBool>,
 }
 
 /// A group quiet under a leader's claim: its id, its switch, and the switch's epoch then.
@@ -122,6 +130,7 @@ impl Liveness {
             detector: Mutex::new(Detector::new(cfg.suspect_after)),
             acked: Mutex::new(HashMap::new()),
             followed: Mutex::new(HashMap::new()),
+            sweeping: Arc::new(AtomicBool::new(false)),
             cfg,
             registry,
             pool,
@@ -143,6 +152,7 @@ impl Liveness {
                 Kind::Leading | Kind::Following
             ));
             c.leading += u32::from(h.leadership().leader == Some(self.me));
+            c.hibernated += u32::from(!h.is_running());
         });
         c
     }
@@ -302,6 +312,7 @@ impl Liveness {
                         quiet = counts.quiet,
                         replicas = counts.replicas,
                         leading = counts.leading,
+                        hibernated = counts.hibernated,
                         "quiet partition replicas"
                     );
                     logged = counts;
@@ -315,10 +326,10 @@ impl Liveness {
             let transitions = crate::quiesce::transitions();
             let unchanged = last_look
                 .as_ref()
-                .is_some_and(|(t, a, all_quiet)| *all_quiet && *t == transitions && *a == alive);
+                .is_some_and(|(t, a, settled)| *settled && *t == transitions && *a == alive);
             if full || !unchanged {
-                let all_quiet = self.scan(now, &is_alive, &lost, &mut idle, &mut claims, full);
-                last_look = Some((transitions, alive.clone(), all_quiet));
+                let settled = self.scan(now, &is_alive, &lost, &mut idle, &mut claims, full);
+                last_look = Some((transitions, alive.clone(), settled));
             }
             if !beat {
                 continue;
@@ -341,7 +352,8 @@ impl Liveness {
     }
 
     /// One look at every partition group, and the claims to send, rebuilt if any leading
-    /// group's mode changed.
+    /// group's mode changed. Returns whether every replica is quiet and hibernated (or not
+    /// to hibernate): nothing for a look to do until something changes.
     fn scan(
         self: &Arc<Self>,
         now: Instant,
@@ -355,6 +367,7 @@ impl Liveness {
         let mut seen: HashSet<u64> = HashSet::new();
         let mut suspicion_wakes = 0u32;
         let mut campaigns = 0u32;
+        let mut to_hibernate = Vec::new();
         // An order-independent digest of (group, epoch) of every leading group: unchanged
         // means the claims are.
         let mut digest = 0u64;
@@ -362,6 +375,17 @@ impl Liveness {
             let q = h.quiescence();
             let kind = q.kind();
             all_quiet &= matches!(kind, Kind::Leading | Kind::Following);
+            if let Some(after) = self.cfg.hibernate_after
+                && matches!(kind, Kind::Leading | Kind::Following)
+                && matches!(h, crate::group::AnyGroup::Partition(_))
+                && h.is_running()
+            {
+                // Quiet but running: not settled until it hibernates.
+                all_quiet = false;
+                if h.hibernation_due(now, after) {
+                    to_hibernate.push(h.clone());
+                }
+            }
             match kind {
                 Kind::Following => {
                     let leader = q.followed_leader().unwrap_or(0);
@@ -446,6 +470,7 @@ impl Liveness {
             }
         });
         idle.retain(|id, _| seen.contains(id));
+        self.hibernate(to_hibernate);
         if suspicion_wakes > 0 {
             tracing::info!(
                 groups = suspicion_wakes,
@@ -476,6 +501,27 @@ impl Liveness {
             claims.by_peer = by_peer.into_iter().map(|(p, l)| (p, Arc::new(l))).collect();
         }
         all_quiet
+    }
+
+    /// Hibernates `groups`, one at a time, in the background (one sweep at a time), and then
+    /// hands the memory their instances held back to the operating system: freed, it would
+    /// stay resident in the allocator's arenas.
+    fn hibernate(&self, groups: Vec<crate::group::AnyGroup>) {
+        if groups.is_empty() || self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let sweeping = self.sweeping.clone();
+        tokio::spawn(async move {
+            let mut count = 0u32;
+            for g in &groups {
+                count += u32::from(g.hibernate().await);
+            }
+            if count > 0 {
+                tracing::debug!(groups = count, "hibernated quiet groups");
+                release_free_memory();
+            }
+            sweeping.store(false, Ordering::Release);
+        });
     }
 
     /// After `delay` (the replica's rank among the group's live followers), campaigns for
@@ -592,5 +638,18 @@ impl Liveness {
                 }
             }
         }
+    }
+}
+
+/// Returns the allocator's free memory to the operating system (glibc keeps freed memory
+/// resident in its arenas; many small frees, like a sweep of stopped Raft instances, leave
+/// it there). Called once per sweep, in place: a few milliseconds at most, and no thread
+/// whose timing a deterministic simulation could not replay.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no
+    // preconditions and touches no memory in use.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -42,6 +42,12 @@ pub fn transitions() -> u64 {
     TRANSITIONS.load(Ordering::Acquire)
 }
 
+/// Bumps the transition counter for a change that is not a mode change but that whoever
+/// skips work while nothing changed must look at (a hibernated replica started again).
+pub(crate) fn note_change() {
+    TRANSITIONS.fetch_add(1, Ordering::AcqRel);
+}
+
 /// A group's state as its local replica sees it: the part of openraft's metrics the
 /// decisions need.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -295,26 +301,12 @@ impl Kind {
 }
 
 /// openraft's runtime switches of one group; a trait so that the switch can be tested without
-/// a Raft.
+/// a Raft. (The group's implementation also starts a hibernated group again when a switch
+/// turns on, see [`crate::handle`].)
 pub trait Timers: Send + Sync + 'static {
     fn set_tick(&self, on: bool);
     fn set_heartbeat(&self, on: bool);
     fn set_elect(&self, on: bool);
-}
-
-impl<SM> Timers for openraft::Raft<crate::TypeConfig, SM>
-where
-    SM: openraft::storage::RaftStateMachine<crate::TypeConfig>,
-{
-    fn set_tick(&self, on: bool) {
-        self.runtime_config().tick(on);
-    }
-    fn set_heartbeat(&self, on: bool) {
-        self.runtime_config().heartbeat(on);
-    }
-    fn set_elect(&self, on: bool) {
-        self.runtime_config().elect(on);
-    }
 }
 
 /// Why a quiet replica wakes, which decides when a follower may campaign again.
@@ -358,6 +350,8 @@ struct State {
     wakes: u64,
     /// When the replica last woke: a leader woken by a read stays awake `quiesce_after` too.
     woke_at: Option<Instant>,
+    /// When the mode last changed.
+    changed_at: Instant,
     /// The term in which this replica, as leader, started a leader transfer. openraft's
     /// leader never abandons a transfer: until another node is elected it stops heartbeating
     /// and forwards every write to the target. So the group must not go quiet in that term:
@@ -376,6 +370,7 @@ impl Quiescence {
                 held_until: None,
                 wakes: 0,
                 woke_at: None,
+                changed_at: Instant::now(),
                 transfer_term: None,
             }),
             kind: AtomicU8::new(Kind::Awake as u8),
@@ -398,6 +393,15 @@ impl Quiescence {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         TRANSITIONS.fetch_add(1, Ordering::AcqRel);
         st.mode = mode;
+        st.changed_at = Instant::now();
+    }
+
+    /// How long the replica has been quiet (leading or following a claim), if it is.
+    pub fn quiet_for(&self, now: Instant) -> Option<Duration> {
+        let st = self.state.lock().unwrap();
+        st.mode
+            .is_quiet()
+            .then(|| now.saturating_duration_since(st.changed_at))
     }
 
     /// Whether a campaign for the loss of the leader of `term` is still to be scheduled: true

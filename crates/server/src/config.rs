@@ -58,6 +58,12 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = 1000)]
     #[serde(default = "default_quiesce_ms")]
     pub quiesce_after_ms: u64,
+    /// A partition replica quiet for this long hibernates: its Raft instance stops, which
+    /// frees most of its memory, and starts again, in a few milliseconds, on the first message,
+    /// produce, read or failure that needs it. 0 keeps every instance running.
+    #[arg(long, default_value_t = 10_000)]
+    #[serde(default = "default_hibernate_ms")]
+    pub hibernate_after_ms: u64,
     /// redb page cache of this node's database, in MiB.
     #[arg(long, default_value_t = 64)]
     #[serde(default = "default_cache_mib")]
@@ -83,6 +89,9 @@ fn default_election_ms() -> u64 {
 }
 fn default_quiesce_ms() -> u64 {
     1000
+}
+fn default_hibernate_ms() -> u64 {
+    10_000
 }
 fn default_cache_mib() -> u64 {
     64

@@ -119,6 +119,8 @@ impl Node {
                     .then(|| Duration::from_millis(config.quiesce_after_ms)),
                 election_step: Duration::from_millis(config.election_timeout_ms / 2),
                 campaign_step: Duration::from_millis((config.heartbeat_interval_ms / 2).max(10)),
+                hibernate_after: (config.quiesce_after_ms > 0 && config.hibernate_after_ms > 0)
+                    .then(|| Duration::from_millis(config.hibernate_after_ms)),
             },
             registry.clone(),
             pool.clone(),

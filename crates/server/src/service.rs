@@ -164,6 +164,7 @@ impl Fjord for ClientService {
                 node_id: self.node.id,
                 hosted: counts.replicas,
                 quiet: counts.quiet,
+                hibernated: counts.hibernated,
                 leading: counts.leading,
             }),
         }))

@@ -42,7 +42,9 @@ impl TransportService {
             Err(e @ DispatchError::UnknownGroup(_)) => Err(Status::not_found(e.to_string())),
             Err(e @ DispatchError::Decode(_)) => Err(Status::invalid_argument(e.to_string())),
             // The sender's openraft takes it as an unreachable peer: a lost pre-vote.
-            Err(e @ DispatchError::Quiet(_)) => Err(Status::unavailable(e.to_string())),
+            Err(e @ (DispatchError::Quiet(_) | DispatchError::Stopped(..))) => {
+                Err(Status::unavailable(e.to_string()))
+            }
         }
     }
 }

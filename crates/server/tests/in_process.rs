@@ -48,6 +48,7 @@ async fn start_cluster(n: u64) -> Cluster {
             meta_heartbeat_interval_ms: 50,
             meta_election_timeout_ms: 300,
             quiesce_after_ms: 1000,
+            hibernate_after_ms: 2000,
             cache_size_mib: 8,
             source_address: None,
         };
