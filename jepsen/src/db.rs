@@ -165,6 +165,10 @@ impl Db {
             &options.heartbeat_interval_ms.to_string(),
             "--election-timeout-ms",
             &options.election_timeout_ms.to_string(),
+            // Partitions the workload leaves idle for a moment hibernate (their Raft
+            // instances stop) and must start again under the faults; the default is 10 s.
+            "--hibernate-after-ms",
+            "1000",
         ])
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

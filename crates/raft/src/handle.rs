@@ -581,7 +581,11 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
                 return None;
             }
             let matched = view.matched.iter().find(|(n, _)| *n == node)?.1;
-            return Some(view.last_index.unwrap_or(0).saturating_sub(matched.unwrap_or(0)));
+            return Some(
+                view.last_index
+                    .unwrap_or(0)
+                    .saturating_sub(matched.unwrap_or(0)),
+            );
         };
         let m = raft.metrics();
         let m = m.borrow_watched();

@@ -190,9 +190,10 @@ fn serve_config(id: u64, config: &SimConfig) -> ServeConfig {
         // The server's default: partitions left idle by the workload go quiet, and the
         // faults test that they wake.
         quiesce_after_ms: 1000,
-        // Sooner than the server's default, so that quiet partitions also hibernate (their
-        // Raft instances stop) and the faults test that they start again.
-        hibernate_after_ms: 2000,
+        // Far sooner than the server's default (10 s), so that partitions the workload leaves
+        // idle for a moment also hibernate (their Raft instances stop), and the faults test
+        // that they start again: a few hibernations and restarts per seed.
+        hibernate_after_ms: 300,
         cache_size_mib: 4,
         source_address: None,
     }
