@@ -289,6 +289,7 @@ peers = "1=10.0.0.1:7101,2=10.0.0.2:7101,3=10.0.0.3:7101"
         assert_eq!(cfg.meta_election_timeout_ms, 600);
         assert_eq!(cfg.cache_size_mib, 64);
         assert_eq!(cfg.quiesce_after_ms, 1000);
+        assert_eq!(cfg.hibernate_after_ms, 10_000);
         assert_eq!(cfg.advertised_address(), "10.0.0.1:7101");
     }
 
