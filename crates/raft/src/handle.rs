@@ -469,8 +469,17 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
         }
     }
 
+    /// Whether the group has a membership on this node (it was initialized here, or a leader
+    /// reached it); `false` also when its instance cannot start.
+    pub async fn is_initialized(&self) -> bool {
+        match self.instance().await {
+            Ok(raft) => raft.is_initialized().await.unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
     /// Initializes the group with `members` (id → address) unless it already is; `true` if
-    /// this call did it.
+    /// this call did it. openraft then campaigns at once.
     pub async fn initialize(&self, members: &BTreeMap<NodeId, String>) -> Result<bool, String> {
         let raft = self.instance().await.map_err(|e| e.to_string())?;
         if raft.is_initialized().await.map_err(|e| e.to_string())? {

@@ -4,8 +4,9 @@
 //! - The metadata group runs on the initial voters (`peers`). Every voter initializes it
 //!   with the same membership on first start (openraft allows this; one leader wins).
 //! - The **reconciler** watches the applied metadata and starts the partition groups this
-//!   node holds a replica of (each replica initializes its group with the same membership),
-//!   and stops and deletes the groups of deleted topics.
+//!   node holds a replica of (a new group's preferred leader initializes it and is elected
+//!   first; the other replicas initialize it only if no leader reached them within a few
+//!   election timeouts), and stops and deletes the groups of deleted topics.
 //! - A **leader reporter** per partition group tells the metadata group when this node
 //!   becomes its leader (with the term as leader epoch).
 //! - The **controller** runs on the metadata leader and moves partition leaders so that no
@@ -343,8 +344,28 @@ impl Node {
                         .iter()
                         .map(|n| (*n, self.address_of(*n).unwrap_or_default()))
                         .collect();
-                    if let Err(e) = handle.initialize(&members).await {
-                        tracing::warn!(group, error = %e, "cannot initialize partition group");
+                    // Only the preferred leader (the first replica, which the assignment
+                    // spreads evenly over the nodes) initializes a new partition at once, and
+                    // openraft's initialize campaigns: it becomes the first leader, and its
+                    // first messages bring the others the membership. Were every replica to
+                    // initialize, each would campaign, the first leaders would fall on random
+                    // replicas, and the controller would then move about half of them (16
+                    // every 3 s, each move a short pause of the partition's writes). The
+                    // others initialize only if no leader has reached them after a while:
+                    // the preferred leader's node may be down.
+                    if replicas.first() == Some(&self.id) {
+                        if let Err(e) = handle.initialize(&members).await {
+                            tracing::warn!(group, error = %e, "cannot initialize partition group");
+                        }
+                    } else if !handle.is_initialized().await {
+                        let (h, wait, g) =
+                            (handle.clone(), self.group_config.wake_grace() * 2, *group);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(wait).await;
+                            if let Err(e) = h.initialize(&members).await {
+                                tracing::warn!(group = g, error = %e, "cannot initialize partition group");
+                            }
+                        });
                     }
                     starting.push(handle.watch_leadership());
                     let me = self.clone();

@@ -13,8 +13,10 @@ use crate::data;
 use crate::error::ApiError;
 use crate::node::Node;
 
-/// How long CreateTopic waits for the new partitions to elect leaders before answering.
-const CREATE_TOPIC_LEADER_WAIT: Duration = Duration::from_secs(10);
+/// How long CreateTopic waits for the new partitions to elect leaders before answering (the
+/// topic exists either way). Well under the clients' default request timeout (10 s): a create
+/// answered after the client gave up is retried, and the retry finds the topic existing.
+const CREATE_TOPIC_LEADER_WAIT: Duration = Duration::from_secs(5);
 /// The longest `wait_ms` of a Metadata request's leader wait.
 pub const MAX_LEADER_WAIT_MS: u32 = 10_000;
 
