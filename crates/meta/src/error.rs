@@ -53,6 +53,20 @@ pub enum MetaError {
         /// Registered nodes, the upper limit.
         nodes: u32,
     },
+    /// Fewer registered nodes are alive than the topic's replication factor: a replica placed
+    /// on a dead node would leave its partition short until the node returns.
+    #[error(
+        "cannot place {replication_factor} replicas: only {live} of the {registered} registered \
+         nodes are alive; bring nodes back, or ask for a replication factor of at most {live}"
+    )]
+    NotEnoughLiveNodes {
+        /// The replication factor (the default resolved).
+        replication_factor: u32,
+        /// Registered nodes alive when the command was proposed.
+        live: u32,
+        /// Registered nodes.
+        registered: u32,
+    },
     /// The topic config breaks a limit.
     #[error("invalid topic config: {reason}")]
     InvalidConfig {
@@ -89,6 +103,7 @@ impl MetaError {
             | MetaError::UnknownTopic { .. }
             | MetaError::InvalidPartitionCount { .. }
             | MetaError::InvalidReplicationFactor { .. }
+            | MetaError::NotEnoughLiveNodes { .. }
             | MetaError::InvalidConfig { .. }
             | MetaError::InvalidAddress { .. }
             | MetaError::TopicIdsExhausted

@@ -132,6 +132,25 @@ pub enum MetaCommand {
     },
     /// Hands out a fresh producer id.
     AllocateProducerId,
+    /// Creates a topic and places its replicas on the nodes that were alive when it was
+    /// proposed. What [`MetaCommand::CreateTopic`] became: a replica placed on a dead node
+    /// leaves its partition short of a replica, or without a majority, until the node returns.
+    /// (A new variant, at the end, so that logs written before it still decode: postcard
+    /// encodes a variant by its index and has no field defaults.)
+    CreateTopicOnLive {
+        /// See [`validate_topic_name`].
+        name: String,
+        /// 1 to [`MAX_PARTITIONS_PER_TOPIC`].
+        partitions: u32,
+        /// 1 to the registered nodes, all of them in `live`; 0 asks for
+        /// `min(3, registered nodes)`.
+        replication_factor: u32,
+        /// Settings; see [`validate_topic_config`].
+        config: TopicConfig,
+        /// The nodes the proposer's failure detector saw alive (itself included). Replicas
+        /// go only on registered nodes in this list.
+        live: Vec<NodeId>,
+    },
 }
 
 /// What applying a [`MetaCommand`] produced.
@@ -166,7 +185,14 @@ impl MetaState {
                 partitions,
                 replication_factor,
                 config,
-            } => self.create_topic(name, *partitions, *replication_factor, config),
+            } => self.create_topic(name, *partitions, *replication_factor, config, None),
+            MetaCommand::CreateTopicOnLive {
+                name,
+                partitions,
+                replication_factor,
+                config,
+                live,
+            } => self.create_topic(name, *partitions, *replication_factor, config, Some(live)),
             MetaCommand::DeleteTopic { name } => self.delete_topic(name),
             MetaCommand::ReportLeader {
                 group_id,
@@ -197,6 +223,7 @@ impl MetaState {
         partitions: u32,
         requested_rf: u32,
         config: &TopicConfig,
+        live: Option<&[NodeId]>,
     ) -> Result<MetaResponse, MetaError> {
         validate_topic_name(name)?;
         if self.topics.contains_key(name) {
@@ -222,11 +249,26 @@ impl MetaState {
                 nodes,
             });
         }
+        // Replicas go on registered nodes that are alive (all registered ones for the old
+        // command, which carries no live set).
+        let node_ids: Vec<NodeId> = self
+            .nodes
+            .keys()
+            .copied()
+            .filter(|n| live.is_none_or(|l| l.contains(n)))
+            .collect();
+        let live_count = u32::try_from(node_ids.len()).unwrap_or(u32::MAX);
+        if live_count < rf {
+            return Err(MetaError::NotEnoughLiveNodes {
+                replication_factor: rf,
+                live: live_count,
+                registered: nodes,
+            });
+        }
         validate_topic_config(config)?;
         let id = self.next_topic_id.max(1);
         let next_topic_id = id.checked_add(1).ok_or(MetaError::TopicIdsExhausted)?;
 
-        let node_ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         let placement = assign_replicas(
             &node_ids,
             &self.replica_counts(),
@@ -523,6 +565,72 @@ mod tests {
         let second = topic_of(state.apply(&create("payments", 1, 1)));
         assert_eq!(second.id, 2);
         assert_eq!(state.next_topic_id, 3);
+    }
+
+    fn create_on(name: &str, partitions: u32, rf: u32, live: &[NodeId]) -> MetaCommand {
+        MetaCommand::CreateTopicOnLive {
+            name: name.into(),
+            partitions,
+            replication_factor: rf,
+            config: TopicConfig::default(),
+            live: live.to_vec(),
+        }
+    }
+
+    #[test]
+    fn replicas_go_only_on_live_nodes() {
+        let mut state = cluster(3);
+        let t = topic_of(state.apply(&create_on("t", 6, 2, &[1, 3])));
+        for p in &t.partitions {
+            assert_eq!(p.replicas.len(), 2);
+            assert!(p.replicas.iter().all(|n| [1, 3].contains(n)), "{p:?}");
+        }
+        // The default replication factor, min(3, registered nodes), needs 3 live nodes.
+        let e = rejected(&mut state, create_on("u", 1, 0, &[1, 3]));
+        assert_eq!(
+            e,
+            MetaError::NotEnoughLiveNodes {
+                replication_factor: 3,
+                live: 2,
+                registered: 3
+            }
+        );
+        assert!(
+            e.to_string()
+                .contains("only 2 of the 3 registered nodes are alive"),
+            "{e}"
+        );
+        // A live node that is not registered does not count.
+        let e = rejected(&mut state, create_on("v", 1, 3, &[1, 3, 9]));
+        assert!(
+            matches!(e, MetaError::NotEnoughLiveNodes { live: 2, .. }),
+            "{e}"
+        );
+        let all = topic_of(state.apply(&create_on("w", 3, 3, &[1, 2, 3])));
+        assert!(all.partitions.iter().all(|p| p.replicas.len() == 3));
+    }
+
+    #[test]
+    fn commands_logged_before_live_placement_still_decode() {
+        // postcard encodes a variant by its index: the old CreateTopic keeps index 1, and
+        // the new command comes after every older one.
+        let old = MetaCommand::CreateTopic {
+            name: "t".into(),
+            partitions: 2,
+            replication_factor: 3,
+            config: TopicConfig::default(),
+        };
+        let bytes = postcard::to_stdvec(&old).unwrap();
+        assert_eq!(bytes, [1, 1, b't', 2, 3, 0]);
+        assert_eq!(postcard::from_bytes::<MetaCommand>(&bytes).unwrap(), old);
+        assert_eq!(
+            postcard::to_stdvec(&create_on("t", 1, 1, &[1])).unwrap()[0],
+            5
+        );
+        // It still places replicas on every registered node, as it did.
+        let mut state = cluster(3);
+        let t = topic_of(state.apply(&old));
+        assert!(t.partitions.iter().all(|p| p.replicas.len() == 3));
     }
 
     #[test]

@@ -81,6 +81,7 @@ impl ApiError {
             ApiError::Meta(m) => match m {
                 MetaError::TopicExists { .. } => Code::AlreadyExists,
                 MetaError::UnknownTopic { .. } => Code::NotFound,
+                MetaError::NotEnoughLiveNodes { .. } => Code::FailedPrecondition,
                 _ => Code::InvalidArgument,
             },
             ApiError::Timeout(_) => Code::DeadlineExceeded,

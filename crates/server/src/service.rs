@@ -17,6 +17,9 @@ use crate::node::Node;
 /// topic exists either way). Well under the clients' default request timeout (10 s): a create
 /// answered after the client gave up is retried, and the retry finds the topic existing.
 const CREATE_TOPIC_LEADER_WAIT: Duration = Duration::from_secs(5);
+/// How long CreateTopic waits for registered nodes not heard from yet to be heard from.
+const LIVE_NODES_WAIT: Duration = Duration::from_secs(1);
+const LIVE_NODES_POLL: Duration = Duration::from_millis(50);
 /// The longest `wait_ms` of a Metadata request's leader wait.
 pub const MAX_LEADER_WAIT_MS: u32 = 10_000;
 
@@ -67,6 +70,28 @@ impl ClientService {
         match resp {
             MetaResponse::Error(e) => Err(ApiError::Meta(e).into()),
             other => Ok(other),
+        }
+    }
+
+    /// The registered nodes this node's failure detector sees alive, this node included. A
+    /// peer not heard from yet (this node started a moment ago) gets up to
+    /// [`LIVE_NODES_WAIT`] to be heard from: a node that is down costs a topic creation that
+    /// wait, a fresh cluster does not place every replica on the first nodes up.
+    async fn live_nodes(&self) -> Vec<u64> {
+        let deadline = tokio::time::Instant::now() + LIVE_NODES_WAIT;
+        loop {
+            let registered: Vec<u64> = self.node.view().state.nodes.keys().copied().collect();
+            let live: Vec<u64> = registered
+                .iter()
+                .copied()
+                .filter(|n| self.node.liveness.is_alive(*n))
+                .collect();
+            if live.len() == registered.len() || tokio::time::Instant::now() >= deadline {
+                return live;
+            }
+            // Polled: the detector hears each peer every 200 ms; this runs only while a
+            // registered node is silent.
+            tokio::time::sleep(LIVE_NODES_POLL).await;
         }
     }
 
@@ -177,13 +202,14 @@ impl Fjord for ClientService {
         req: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
         let req = req.into_inner();
-        let cmd = MetaCommand::CreateTopic {
+        let cmd = MetaCommand::CreateTopicOnLive {
             name: req.name.clone(),
             partitions: req.partitions,
             replication_factor: req.replication_factor,
             config: fjord_meta::TopicConfig {
                 max_record_bytes: req.config.map_or(0, |c| c.max_record_bytes),
             },
+            live: self.live_nodes().await,
         };
         let resp = Self::meta_result(self.node.meta_write(cmd).await?)?;
         match resp {
