@@ -5,6 +5,19 @@
 //! job, later), and both use pre-vote so a node that was cut off does not disrupt a healthy
 //! leader when it comes back.
 //!
+//! **No leader restore on a cold start.** openraft's `enable_leader_restore` (on by default)
+//! brings a node whose stored vote is its own committed vote back as leader of the same term,
+//! with no election. That is unsafe here: a leader applies, and the client is acknowledged,
+//! once a majority *other than itself* has flushed an entry, so a leader that crashed before
+//! its own fsync comes back without an acknowledged entry, and as leader of the same term it
+//! would give the next proposal that entry's log id again: the followers keep theirs (the ids
+//! match), and one offset holds different records on different replicas. Its committed index
+//! is also written lazily, so a restored leader could answer a read from a stale one. A cold
+//! start therefore always comes back as follower and a new leader is elected in a new term.
+//! Leader restore stays on only for a partition replica's instance started again after
+//! hibernation inside the same process: its log store's in-memory tail and applied state
+//! survived, so nothing it appended or applied is missing.
+//!
 //! Inbound messages also drive quiescing ([`crate::quiesce`]): a message that shows the group
 //! is active (entries, a vote, a snapshot, a leader transfer, another leader) wakes a quiet
 //! replica before openraft sees it, and a replica that holds its elections (quiet, or woken
@@ -62,7 +75,15 @@ impl GroupConfig {
         std::time::Duration::from_millis(self.election_timeout_ms * 2)
     }
 
-    pub fn raft_config(&self, role: GroupRole, group: u64) -> Result<Arc<Config>, String> {
+    /// openraft's settings for a group. `restore_leader`: whether a replica whose stored vote
+    /// is its own committed vote comes back as leader of that term (see the module doc: only
+    /// for an instance started again in the process that ran the last one).
+    pub fn raft_config(
+        &self,
+        role: GroupRole,
+        group: u64,
+        restore_leader: bool,
+    ) -> Result<Arc<Config>, String> {
         let cfg = Config {
             cluster_name: format!("fjord-group-{group}"),
             heartbeat_interval: self.heartbeat_interval_ms,
@@ -75,6 +96,7 @@ impl GroupConfig {
             // which fjord does not enable). The default of 1,024 costs every idle group
             // about 150 KB of heap.
             log_stage_capacity: Some(LOG_STAGE_CAPACITY),
+            enable_leader_restore: Some(restore_leader),
             snapshot_policy: match role {
                 GroupRole::Meta => SnapshotPolicy::LogsSinceLast(1000),
                 GroupRole::Partition => SnapshotPolicy::Never,
@@ -452,7 +474,8 @@ pub async fn start_meta(
     let group = fjord_meta::META_GROUP;
     let (sm, view) = MetaSm::open(group, store.clone()).map_err(|e| e.to_string())?;
     let log = GroupLogStore::new(group, store, None);
-    let config = cfg.raft_config(GroupRole::Meta, group)?;
+    // Never restored as leader: the metadata group starts once per process.
+    let config = cfg.raft_config(GroupRole::Meta, group, false)?;
     // The state machine holds the applied metadata: the one made here is the only one.
     let sm = Mutex::new(Some(sm));
     let starter: Starter<MetaSm> = Box::new(move || {
@@ -479,14 +502,20 @@ pub async fn start_partition(
     // The log store's in-memory tail is shared by its clones: an instance started again
     // after hibernation reads what the last one appended, committed to redb or not.
     let log = GroupLogStore::new(group, store.clone(), Some(shared.clone()));
-    let config = cfg.raft_config(GroupRole::Partition, group)?;
+    // The first instance in this process starts cold (its log may lack what it appended
+    // before a crash): no leader restore. Later ones start after hibernation over the same
+    // in-memory tail and applied state: a leader comes back as leader, without an election.
+    let cold = cfg.raft_config(GroupRole::Partition, group, false)?;
+    let warm = cfg.raft_config(GroupRole::Partition, group, true)?;
+    let started_once = std::sync::atomic::AtomicBool::new(false);
     let sm_shared = shared.clone();
     let starter: Starter<PartitionSm> = Box::new(move || {
         let sm = PartitionSm::new(sm_shared.clone(), store.clone());
+        let again = started_once.swap(true, std::sync::atomic::Ordering::AcqRel);
         Box::pin(start(
             node_id,
             group,
-            config.clone(),
+            if again { warm.clone() } else { cold.clone() },
             log.clone(),
             sm,
             pool.clone(),

@@ -765,11 +765,13 @@ impl PartitionHandle {
     /// outcome the partition rules predict for it; or earlier, if the write fails.
     pub async fn propose_ap(&self, batch: StoredBatch) -> Result<Outcome, GroupError> {
         let token = batch.token;
-        let appended = self
+        // The guard forgets the waiter when this call ends, however it ends (the caller's
+        // timeout drops this future mid-wait).
+        let (_waiter, appended) = self
             .shared
             .register_waiter(token)
             .map_err(|e| GroupError::Busy(e.to_string()))?;
-        let result = async {
+        async {
             let mut committed = self.submit(batch).await?;
             tokio::select! {
                 o = appended => {
@@ -788,9 +790,7 @@ impl PartitionHandle {
                 },
             }
         }
-        .await;
-        self.shared.cancel_waiter(token);
-        result
+        .await
     }
 
     /// Confirms this node leads, by a quorum's answer to a heartbeat sent after the call began

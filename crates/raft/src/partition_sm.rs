@@ -80,6 +80,20 @@ pub struct PartitionShared {
 #[error("{MAX_AP_WAITERS} AP produce requests are already waiting on this partition")]
 pub struct TooManyWaiters;
 
+/// An AP waiter's registration: dropping it forgets the waiter. (A waiter used to be removed
+/// only at the end of its request, so a request dropped by its timeout left it behind, and
+/// [`MAX_AP_WAITERS`] of them made every AP write to the partition Busy until a restart.)
+pub struct WaiterGuard<'a> {
+    shared: &'a PartitionShared,
+    token: u64,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.waiters.lock().unwrap().remove(&self.token);
+    }
+}
+
 impl PartitionShared {
     /// Loads the last checkpoint of `group`'s applied state.
     pub fn open(group: u64, store: &Store) -> Result<Arc<Self>, io::Error> {
@@ -115,11 +129,12 @@ impl PartitionShared {
     }
 
     /// Registers interest in the outcome of the batch proposed with `token`, known as soon as
-    /// the batch is durable in this node's log.
+    /// the batch is durable in this node's log. The waiter is forgotten when the returned
+    /// guard drops, however the request ends (answered, failed, or dropped by its timeout).
     pub fn register_waiter(
         &self,
         token: u64,
-    ) -> Result<oneshot::Receiver<Outcome>, TooManyWaiters> {
+    ) -> Result<(WaiterGuard<'_>, oneshot::Receiver<Outcome>), TooManyWaiters> {
         // Short critical section, no await inside: a std mutex is the cheapest correct tool.
         let mut w = self.waiters.lock().unwrap();
         if w.len() >= MAX_AP_WAITERS {
@@ -127,12 +142,18 @@ impl PartitionShared {
         }
         let (tx, rx) = oneshot::channel();
         w.insert(token, tx);
-        Ok(rx)
+        Ok((
+            WaiterGuard {
+                shared: self,
+                token,
+            },
+            rx,
+        ))
     }
 
-    /// Forgets a waiter (its request gave up).
-    pub fn cancel_waiter(&self, token: u64) {
-        self.waiters.lock().unwrap().remove(&token);
+    /// How many AP waiters are registered.
+    pub fn waiter_count(&self) -> usize {
+        self.waiters.lock().unwrap().len()
     }
 
     /// Runs the partition rules over entries about to be appended after the current tail.

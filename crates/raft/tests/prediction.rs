@@ -98,10 +98,11 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         log_id,
                         Request::Batch(batch(token, pid, seq, count)),
                     ));
-                    waiters.push((token, shared.register_waiter(token).unwrap()));
+                    let (guard, rx) = shared.register_waiter(token).unwrap();
+                    waiters.push((token, guard, rx));
                 }
                 log.append(new.clone(), IOFlushed::noop()).await.unwrap();
-                for (t, rx) in waiters {
+                for (t, _guard, rx) in waiters {
                     predicted.insert(
                         t,
                         rx.await
@@ -165,4 +166,36 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(run(ops))?;
     }
+}
+
+/// Regression: an AP produce dropped by its request timeout left its waiter registered (it
+/// was removed only at the end of the call), and once `MAX_AP_WAITERS` had piled up every AP
+/// write to the partition was refused as Busy until the node restarted. The waiter now goes
+/// when its registration drops, however the request ends.
+#[test]
+fn a_dropped_ap_request_leaves_no_waiter_behind() {
+    use fjord_raft::partition_sm::MAX_AP_WAITERS;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path(),
+        &StoreOptions {
+            cache_size_bytes: 4 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let shared = PartitionShared::open((1u64 << 32) | 1, &store).unwrap();
+    // More requests than the limit, each given up before its batch was durable.
+    for token in 0..(MAX_AP_WAITERS as u64 + 10) {
+        let registered = shared.register_waiter(token);
+        assert!(
+            registered.is_ok(),
+            "waiter {token} refused: earlier ones leaked"
+        );
+        drop(registered);
+    }
+    assert_eq!(shared.waiter_count(), 0);
+    // While registered, a waiter counts against the limit.
+    let (_guard, _rx) = shared.register_waiter(1).unwrap();
+    assert_eq!(shared.waiter_count(), 1);
 }
