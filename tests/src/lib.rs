@@ -139,6 +139,9 @@ impl Cluster {
                 &node.id.to_string(),
                 "--listen",
                 &node.addr,
+                // The same as its `--peers` entry, unless the test moved the node.
+                "--advertise",
+                &node.addr,
             ])
             .arg("--data-dir")
             .arg(&node.data_dir)
@@ -211,6 +214,14 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Moves a stopped node to a new address (it listens and advertises there when it starts
+    /// again; the others' `--peers` keep the old one).
+    pub fn move_node(&mut self, id: u64, addr: String) {
+        let i = self.node_index(id);
+        assert!(self.nodes[i].child.is_none(), "stop node {id} first");
+        self.nodes[i].addr = addr;
     }
 
     /// Starts a stopped or killed node again on its data directory.

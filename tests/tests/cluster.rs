@@ -715,3 +715,57 @@ async fn rolling_restart_under_writes_loses_nothing() {
         );
     }
 }
+
+/// Regression: a group's membership keeps each node's address from when the group was
+/// formed, and the transport sent every message there. A node restarted at a new address
+/// (registered anew in the metadata) was never reached by the groups formed before: its
+/// replicas stopped receiving appends for good. Messages now go by the node's current,
+/// registered address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_at_a_new_address_is_reached_there() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    client.create_topic("moved", 1, 3).await.expect("create");
+    let producer = client.producer("moved", ProducerConfig::default()).unwrap();
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        let m = producer
+            .send(ProducerRecord::new(format!("before-{i}")).with_partition(0))
+            .await
+            .unwrap();
+        acked.push((m.offset, format!("before-{i}")));
+    }
+    assert!(cluster.stop(3).is_some(), "node 3 was running");
+    let new_addr = format!("127.0.0.1:{}", fjord_tests::free_ports(1)[0]);
+    cluster.move_node(3, new_addr.clone());
+    cluster.restart(3);
+    cluster.wait_ready().await;
+    let client = cluster.client();
+    let producer = client.producer("moved", ProducerConfig::default()).unwrap();
+    for i in 0..10 {
+        let m = producer
+            .send(ProducerRecord::new(format!("after-{i}")).with_partition(0))
+            .await
+            .unwrap();
+        acked.push((m.offset, format!("after-{i}")));
+    }
+    wait_for(
+        "node 3 to hold every record at its new address",
+        DEADLINE,
+        || {
+            let addr = new_addr.clone();
+            let acked = acked.clone();
+            async move {
+                match read_from_node(&addr, "moved", 0, WireRead::ReadAp).await {
+                    Ok((got, _)) if got.len() >= acked.len() => {
+                        assert_eq!(got[..acked.len()], acked[..], "node 3 diverges");
+                        Some(())
+                    }
+                    _ => None,
+                }
+            }
+        },
+    )
+    .await;
+}

@@ -20,7 +20,7 @@
 //! remembered one. Idle, a heartbeat costs the same whatever the number of groups.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ use crate::group::GroupRegistry;
 use crate::network::PeerPool;
 use crate::quiesce::{
     Claim, Detector, Kind, Mode, Quiescence, Wake, claim_targets, election_delay, follower_accepts,
-    leader_claim, still_quiet,
+    leader_claim, majority_suspects, still_quiet,
 };
 
 /// Rounds between two looks at every quiet replica's own state (the safety net).
@@ -92,6 +92,20 @@ pub struct Liveness {
     followed: Mutex<HashMap<NodeId, Followed>>,
     /// A hibernation sweep is running.
     sweeping: Arc<AtomicBool>,
+    /// The nodes this node's detector suspects, as sent in heartbeats and answers.
+    suspects: Mutex<Vec<NodeId>>,
+    /// Each peer's latest word on whom it suspects, and when it came.
+    reports: Mutex<HashMap<NodeId, Report>>,
+    /// Bumped when a peer's report changes: the next look at the groups must not be skipped.
+    reports_changed: AtomicU64,
+    /// Wakes the heartbeat loop when a peer's report changes (a campaign may now be due).
+    reported: tokio::sync::Notify,
+}
+
+/// A peer's latest list of the nodes it suspects.
+struct Report {
+    at: Instant,
+    suspects: Vec<NodeId>,
 }
 
 /// A group quiet under a leader's claim: its id, its switch, and the switch's epoch then.
@@ -131,6 +145,10 @@ impl Liveness {
             acked: Mutex::new(HashMap::new()),
             followed: Mutex::new(HashMap::new()),
             sweeping: Arc::new(AtomicBool::new(false)),
+            suspects: Mutex::new(Vec::new()),
+            reports: Mutex::new(HashMap::new()),
+            reports_changed: AtomicU64::new(0),
+            reported: tokio::sync::Notify::new(),
             cfg,
             registry,
             pool,
@@ -140,6 +158,41 @@ impl Liveness {
     /// Whether `node` is alive as far as this node's detector knows (this node always is).
     pub fn is_alive(&self, node: NodeId) -> bool {
         node == self.me || self.detector.lock().unwrap().is_alive(node, Instant::now())
+    }
+
+    /// Records `peer`'s word on whom it suspects; a change wakes the heartbeat loop.
+    fn note_report(&self, peer: NodeId, mut suspects: Vec<NodeId>) {
+        suspects.sort_unstable();
+        suspects.dedup();
+        let now = Instant::now();
+        let changed = {
+            let mut reports = self.reports.lock().unwrap();
+            let old = reports.insert(
+                peer,
+                Report {
+                    at: now,
+                    suspects: suspects.clone(),
+                },
+            );
+            old.is_none_or(|r| r.suspects != suspects)
+        };
+        if changed {
+            self.reports_changed.fetch_add(1, Ordering::AcqRel);
+            self.reported.notify_one();
+        }
+    }
+
+    /// Whether a majority of `voters` suspect `lost`: this node and the peers whose report,
+    /// fresher than the detector's timeout, lists it ([`majority_suspects`]).
+    fn majority_suspects(&self, voters: &[NodeId], lost: NodeId) -> bool {
+        let now = Instant::now();
+        let reports = self.reports.lock().unwrap();
+        majority_suspects(voters, self.me, lost, |peer| {
+            reports.get(&peer).is_some_and(|r| {
+                now.saturating_duration_since(r.at) < self.cfg.suspect_after
+                    && r.suspects.binary_search(&lost).is_ok()
+            })
+        })
     }
 
     /// How many partition replicas this node hosts, and how many of them are quiet and lead.
@@ -161,6 +214,8 @@ impl Liveness {
     pub fn serve(&self, req: NodeHeartbeat) -> NodeHeartbeatReply {
         let from = req.from;
         self.detector.lock().unwrap().heard(from, Instant::now());
+        self.note_report(from, req.suspects.clone());
+        let suspects = self.suspects.lock().unwrap().clone();
         if !req.full {
             // Kept even when stale: the whole list, when it comes, is compared with it.
             let now = crate::quiesce::transitions();
@@ -182,6 +237,7 @@ impl Liveness {
                 from: self.me,
                 version: if intact { req.version } else { 0 },
                 refused: Vec::new(),
+                suspects,
             };
         }
         let claims: Vec<Claim> = req
@@ -209,6 +265,7 @@ impl Liveness {
             from: self.me,
             version: req.version,
             refused,
+            suspects,
         }
     }
 
@@ -264,11 +321,13 @@ impl Liveness {
             // a peer would become suspected, not up to an interval later: how soon the groups
             // it led campaign is most of a failover.
             let suspicion = self.detector.lock().unwrap().next_suspicion(Instant::now());
-            let beat = tokio::select! {
+            let mut beat = tokio::select! {
                 _ = tick.tick() => true,
                 _ = tokio::time::sleep_until(
                     suspicion.unwrap_or_else(Instant::now) + Duration::from_millis(1)
                 ), if suspicion.is_some() => false,
+                // A peer's suspicions changed: a campaign may now have its majority.
+                _ = self.reported.notified() => false,
             };
             if beat {
                 round += 1;
@@ -293,6 +352,7 @@ impl Liveness {
                 }
                 (alive, lost)
             };
+            let mut newly_lost = false;
             for p in peers.keys() {
                 let down = !alive.contains(p);
                 if down && suspected.insert(*p) {
@@ -305,6 +365,18 @@ impl Liveness {
                     tracing::info!(node = p, "peer alive again");
                 }
             }
+            {
+                let mut mine: Vec<NodeId> = lost.iter().copied().collect();
+                mine.sort_unstable();
+                let mut sent = self.suspects.lock().unwrap();
+                if *sent != mine {
+                    newly_lost = mine.iter().any(|n| sent.binary_search(n).is_err());
+                    *sent = mine;
+                }
+            }
+            // Tell the peers at once, not at the next round: the followers of the lost node's
+            // groups campaign only once a majority of voters say they suspect it.
+            beat |= newly_lost;
             if round % FULL_CHECK_ROUNDS == 1 {
                 let counts = self.counts();
                 if counts != logged {
@@ -323,7 +395,8 @@ impl Liveness {
             // alive: the look would find nothing to do. An idle node's round then costs
             // nothing per group.
             let full = round.is_multiple_of(FULL_CHECK_ROUNDS);
-            let transitions = crate::quiesce::transitions();
+            let transitions = crate::quiesce::transitions()
+                .wrapping_add(self.reports_changed.load(Ordering::Acquire).rotate_left(32));
             let unchanged = last_look
                 .as_ref()
                 .is_some_and(|(t, a, settled)| *settled && *t == transitions && *a == alive);
@@ -428,6 +501,7 @@ impl Liveness {
                 Kind::Awake => {
                     let lead = h.leadership();
                     if let Some(lost) = lead.leader.filter(|l| lost_peers.contains(l))
+                        && self.majority_suspects(&h.view().voters, lost)
                         && q.campaign_due(lead.term)
                     {
                         let delay = election_delay(
@@ -534,12 +608,14 @@ impl Liveness {
         let retry = (!delay.is_zero()).then_some(self.cfg.campaign_step / 2);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            if me.is_alive(lost) || !h.campaign_for_lost_leader(lost).await {
+            let due =
+                |me: &Liveness| !me.is_alive(lost) && me.majority_suspects(&h.view().voters, lost);
+            if !due(&me) || !h.campaign_for_lost_leader(lost).await {
                 return;
             }
             if let Some(retry) = retry {
                 tokio::time::sleep(retry).await;
-                if !me.is_alive(lost) && h.leadership().leader.is_none() {
+                if due(&me) && h.leadership().leader.is_none() {
                     h.campaign_for_lost_leader(lost).await;
                 }
             }
@@ -586,6 +662,7 @@ impl Liveness {
             from: self.me,
             version,
             full,
+            suspects: self.suspects.lock().unwrap().clone(),
             quiet: if full {
                 list.iter()
                     .map(|(c, _)| QuietGroup {
@@ -624,6 +701,7 @@ impl Liveness {
             return;
         }
         self.detector.lock().unwrap().heard(peer, Instant::now());
+        self.note_report(peer, reply.suspects.clone());
         self.acked.lock().unwrap().insert(peer, reply.version);
         if full {
             let refused: HashSet<u64> = reply.refused.into_iter().collect();

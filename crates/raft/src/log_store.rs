@@ -287,6 +287,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
                         entries: appended.index.clone(),
                     });
                 }
+                p.pending_add(&appended.index);
                 Some(appended)
             }
             None => None,
@@ -305,8 +306,9 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             Ok(d) => d,
             Err(e) => {
                 Self::settle(&self.tail, append, first, last);
-                if let Some(p) = &self.partition {
+                if let (Some(p), Some(appended)) = (&self.partition, &appended) {
                     p.invalidate_tail();
+                    p.pending_done(&appended.index);
                 }
                 callback.io_completed(Err(io::Error::other(e.to_string())));
                 return Err(io::Error::from(e));
@@ -317,6 +319,9 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         tokio::spawn(async move {
             let result = durable.wait().await;
             Self::settle(&tail, append, first, last);
+            if let (Some(p), Some(appended)) = (&partition, &appended) {
+                p.pending_done(&appended.index);
+            }
             match result {
                 Ok(()) => {
                     callback.io_completed(Ok(()));

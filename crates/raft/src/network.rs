@@ -101,11 +101,19 @@ impl Connector for SourceBoundTcpConnector {
 /// heartbeats, so that they never wait behind the groups' messages (HTTP/2 flow control, the
 /// peer's per-connection concurrency limit): a heartbeat queued behind a burst of group
 /// traffic would make a busy peer look dead.
+///
+/// It also holds the node's address book: where each peer node is now (as registered in the
+/// metadata, else as configured). A group's membership records each member's address from
+/// when the group was formed; a node that registered again at a new address would never be
+/// reached by the groups formed before, so every message goes to the address book's entry for
+/// its target first, and to the membership's only for a node the book does not know.
 pub struct PeerPool {
     connector: Arc<dyn Connector>,
     // Short critical sections (a map lookup), no await inside.
     channels: Mutex<HashMap<String, Channel>>,
     heartbeat_channels: Mutex<HashMap<String, Channel>>,
+    // Read on every message, replaced when the metadata's addresses change: a short std lock.
+    addresses: std::sync::RwLock<HashMap<NodeId, String>>,
 }
 
 impl PeerPool {
@@ -114,7 +122,29 @@ impl PeerPool {
             connector,
             channels: Mutex::new(HashMap::new()),
             heartbeat_channels: Mutex::new(HashMap::new()),
+            addresses: std::sync::RwLock::new(HashMap::new()),
         })
+    }
+
+    /// Replaces the address book (the peers' current addresses), if it changed.
+    pub fn set_addresses(&self, peers: &std::collections::BTreeMap<NodeId, String>) {
+        let same = {
+            let book = self.addresses.read().unwrap();
+            book.len() == peers.len() && peers.iter().all(|(n, a)| book.get(n) == Some(a))
+        };
+        if !same {
+            *self.addresses.write().unwrap() = peers.iter().map(|(n, a)| (*n, a.clone())).collect();
+        }
+    }
+
+    /// Where `node` is now: the address book's entry, else `known` (a membership's).
+    pub fn address_of(&self, node: NodeId, known: &str) -> String {
+        self.addresses
+            .read()
+            .unwrap()
+            .get(&node)
+            .cloned()
+            .unwrap_or_else(|| known.to_string())
     }
 
     fn cached(&self, map: &Mutex<HashMap<String, Channel>>, addr: &str) -> Result<Channel, String> {
@@ -176,7 +206,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
         GroupNetwork {
             group: self.group,
             target,
-            addr: node.addr.clone(),
+            member_addr: node.addr.clone(),
             pool: self.pool.clone(),
         }
     }
@@ -186,8 +216,17 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
 pub struct GroupNetwork {
     group: u64,
     target: NodeId,
-    addr: String,
+    /// The target's address in the group's membership: used only when the address book does
+    /// not know the target ([`PeerPool::address_of`]).
+    member_addr: String,
     pool: Arc<PeerPool>,
+}
+
+impl GroupNetwork {
+    /// Where the target is now.
+    fn addr(&self) -> String {
+        self.pool.address_of(self.target, &self.member_addr)
+    }
 }
 
 type NetErr = RPCError<TypeConfig>;
@@ -207,7 +246,8 @@ impl GroupNetwork {
         req: &Req,
         ttl: Duration,
     ) -> Result<Resp, NetErr> {
-        let mut client = self.pool.client(&self.addr).map_err(unreachable)?;
+        let addr = self.addr();
+        let mut client = self.pool.client(&addr).map_err(unreachable)?;
         let msg = GroupMessage {
             group_id: self.group,
             payload: codec::encode(req).into(),
@@ -229,11 +269,11 @@ impl GroupNetwork {
             Err(_) => {
                 return Err(network(format!(
                     "{kind:?} to node {} ({}) for group {} timed out after {ttl:?}",
-                    self.target, self.addr, self.group
+                    self.target, addr, self.group
                 )));
             }
             Ok(Err(status)) => {
-                return Err(status_error(self.target, &self.addr, self.group, status));
+                return Err(status_error(self.target, &addr, self.group, status));
             }
             Ok(Ok(r)) => r.into_inner(),
         };
@@ -328,7 +368,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
                     .map(|r| r.into_stream_result(prev, last));
                 return Ok(futures::stream::once(futures::future::ready(result)).boxed());
             }
-            let (group, target, addr) = (self.group, self.target, self.addr.clone());
+            let (group, target, addr) = (self.group, self.target, self.addr());
             let in_flight = Arc::new(InFlight::default());
             let sent = in_flight.clone();
             // The peer answers (sends its headers) once it has the first request whole.

@@ -72,6 +72,14 @@ pub struct PartitionShared {
     waiters: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
     /// The index of the last checkpoint, and the record bytes applied since.
     last_checkpoint: Mutex<(u64, u64)>,
+    /// Base offsets of the batches appended and not yet committed to the local redb (a
+    /// multiset: after a truncation an offset can be pending twice), and a watch on the
+    /// lowest of them. A leader applies an entry once a majority *other than itself* flushed
+    /// it, so the high watermark can pass batches its own redb does not hold yet; a fetch
+    /// reads redb only below the lowest pending batch, and waits for it
+    /// ([`PartitionShared::wait_stored`]).
+    pending: Mutex<std::collections::BTreeMap<u64, u32>>,
+    lowest_pending: watch::Sender<Option<u64>>,
     store: Store,
 }
 
@@ -107,6 +115,8 @@ impl PartitionShared {
             group,
             applied: Mutex::new(applied),
             hw: watch::channel(hw).0,
+            pending: Mutex::new(Default::default()),
+            lowest_pending: watch::channel(None).0,
             tail: Mutex::new(None),
             waiters: Mutex::new(HashMap::new()),
             last_checkpoint: Mutex::new((ckpt, 0)),
@@ -149,6 +159,56 @@ impl PartitionShared {
             },
             rx,
         ))
+    }
+
+    /// Notes batches (`(base_offset, log index, record_count)`) handed to the writer.
+    pub fn pending_add(&self, index: &[(u64, u64, u32)]) {
+        if index.is_empty() {
+            return;
+        }
+        let mut p = self.pending.lock().unwrap();
+        for (base, _, _) in index {
+            *p.entry(*base).or_default() += 1;
+        }
+        let lowest = p.keys().next().copied();
+        self.lowest_pending
+            .send_if_modified(|l| std::mem::replace(l, lowest) != lowest);
+    }
+
+    /// Notes batches whose write ended (committed to redb, or failed).
+    pub fn pending_done(&self, index: &[(u64, u64, u32)]) {
+        if index.is_empty() {
+            return;
+        }
+        let mut p = self.pending.lock().unwrap();
+        for (base, _, _) in index {
+            if let Some(n) = p.get_mut(base) {
+                *n -= 1;
+                if *n == 0 {
+                    p.remove(base);
+                }
+            }
+        }
+        let lowest = p.keys().next().copied();
+        self.lowest_pending
+            .send_if_modified(|l| std::mem::replace(l, lowest) != lowest);
+    }
+
+    /// Waits, at most until `deadline`, until every batch below offset `upto` is in the local
+    /// redb (none is pending below it). Returns whether they are.
+    pub async fn wait_stored(&self, upto: u64, deadline: tokio::time::Instant) -> bool {
+        let mut rx = self.lowest_pending.subscribe();
+        loop {
+            if rx.borrow_and_update().is_none_or(|l| l >= upto) {
+                return true;
+            }
+            if !matches!(
+                tokio::time::timeout_at(deadline, rx.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return false;
+            }
+        }
     }
 
     /// How many AP waiters are registered.

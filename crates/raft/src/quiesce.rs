@@ -187,6 +187,31 @@ pub fn election_delay(
     step * rank as u32
 }
 
+/// Whether a majority of a group's `voters` suspect the node of its leader `lost`: this
+/// replica, `me`, which does, and each other voter whose latest report lists it
+/// (`reports_lost`). A follower campaigns for a lost leader only then.
+///
+/// Without it, a follower cut off from every other node suspected its leader after the
+/// detection timeout, campaigned (a transfer-style vote, which skips pre-vote and the
+/// voters' leases) and, failing, kept the higher term; on healing the healthy leader saw that
+/// term and stepped down, and every partition the follower followed stalled until a new
+/// election. A node cut off hears no report, so it never has a majority; when the leader
+/// really died, the other followers' reports arrive within a heartbeat of their own
+/// suspicion. An empty `voters` (a joint membership) never campaigns this way: openraft's
+/// own timers and pre-vote still elect.
+pub fn majority_suspects(
+    voters: &[NodeId],
+    me: NodeId,
+    lost: NodeId,
+    reports_lost: impl Fn(NodeId) -> bool,
+) -> bool {
+    let agreeing = voters
+        .iter()
+        .filter(|v| **v != lost && (**v == me || reports_lost(**v)))
+        .count();
+    !voters.is_empty() && agreeing > voters.len() / 2
+}
+
 /// splitmix64's finalizer: a cheap, well-spread hash of a u64.
 pub(crate) fn mix(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -655,6 +680,25 @@ impl Quiescence {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn a_follower_cut_off_alone_never_has_a_majority_against_its_leader() {
+        // Node 3 hears nobody: no report lists leader 1.
+        assert!(!majority_suspects(&[1, 2, 3], 3, 1, |_| false));
+        // Node 2 still hears leader 1 and says nothing against it.
+        assert!(!majority_suspects(&[1, 2, 3], 3, 1, |n| n == 1));
+        // The leader died: node 2 reports it too.
+        assert!(majority_suspects(&[1, 2, 3], 3, 1, |n| n == 2));
+        // The leader's own word does not count against itself.
+        assert!(!majority_suspects(&[1, 2, 3], 3, 1, |n| n == 1 || n == 3));
+        // Five voters: this one and two others (3 of 5).
+        assert!(!majority_suspects(&[1, 2, 3, 4, 5], 2, 1, |n| n == 3));
+        assert!(majority_suspects(&[1, 2, 3, 4, 5], 2, 1, |n| n == 3 || n == 5));
+        // A single-voter group, or a joint membership (no voter list), never campaigns so.
+        assert!(!majority_suspects(&[], 2, 1, |_| true));
+        // Two voters: the survivor alone is no majority.
+        assert!(!majority_suspects(&[1, 2], 2, 1, |_| true));
+    }
 
     fn leader_view() -> GroupView {
         GroupView {

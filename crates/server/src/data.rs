@@ -36,6 +36,9 @@ pub const MAX_FETCH_BYTES: u32 = 64 << 20;
 pub const MAX_FETCH_WAIT_MS: u32 = 30_000;
 /// Batches in one fetch answer, at most.
 pub const MAX_FETCH_BATCHES: usize = 1024;
+/// How long a fetch waits for this node's own write of batches already below the high
+/// watermark (see `fetch`), at most.
+const STORED_WAIT: Duration = Duration::from_secs(2);
 
 fn find_topic(node: &Node, name: &str) -> Result<Topic, ApiError> {
     node.view()
@@ -377,6 +380,16 @@ pub async fn fetch(node: &Node, req: FetchRequest) -> Result<FetchResponse, ApiE
                 _ = node.shutdown.cancelled() => break,
             }
         }
+    }
+    // A leader applies (raising the high watermark) once a majority other than itself has a
+    // batch; its own write may still be on its way to redb, where the read looks. Wait for it
+    // (a fsync, normally well under a millisecond): an answer without the batches below the
+    // high watermark it reports would look like a lost acknowledged record. If the disk is
+    // stuck, answer with what is stored; the client asks again from where it got to.
+    if req.offset < hw {
+        shared
+            .wait_stored(hw, tokio::time::Instant::now() + STORED_WAIT)
+            .await;
     }
     let batches = if req.offset < hw {
         read_batches(node, group, req.offset, hw, max_bytes)?

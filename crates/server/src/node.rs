@@ -161,9 +161,15 @@ impl Node {
         tokio::spawn(async move { me.controller_loop().await });
         let me = self.clone();
         tokio::spawn(async move {
+            // Every round: the heartbeats' targets, and the address book every group's
+            // messages go by (a node registered again at a new address is reached there).
             let peers = {
                 let me = me.clone();
-                move || me.peer_addresses()
+                move || {
+                    let peers = me.peer_addresses();
+                    me.pool.set_addresses(&peers);
+                    peers
+                }
             };
             tokio::select! {
                 _ = me.liveness.clone().run(peers) => {}
