@@ -1240,4 +1240,388 @@ mod tests {
             }
         }
     }
+
+    /// The simulated partition again, with a network that keeps attempts: an attempt that
+    /// timed out (its handler still waiting its turn, a lease, a group's restart) may reach
+    /// the log at any later time — after a later attempt's answer, after its send gave up,
+    /// after its batch moved to a fresh producer id. Checks that nothing is appended twice,
+    /// that what is appended is in push order (all of it but the batches reported with an
+    /// unknown outcome, which may land anywhere: nothing fences an old producer id), that a
+    /// batch failed for another reason is not in the log, and that acknowledgements say
+    /// where the batch is.
+    mod late {
+        use std::collections::BTreeMap;
+
+        use fjord_storage::partition::{BatchHeader, Outcome, PartitionState};
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// Pushes a batch of this many records.
+            Push(u32),
+            /// The `i`-th attempt in the network reaches the log.
+            Arrive(usize),
+            /// The `i`-th attempt in the network is dropped before reaching the log.
+            Vanish(usize),
+            /// The `i`-th outstanding send's current attempt answers (reaching the log now
+            /// if it had not).
+            Answer(usize),
+            /// The `i`-th outstanding send's current attempt times out, and the send retries;
+            /// the attempt stays in the network if it has not reached the log.
+            Timeout(usize),
+            /// As `Timeout`, but the send runs out of retries.
+            GiveUp(usize),
+            /// The `i`-th outstanding send's current attempt, not yet in the log, is refused
+            /// (not the leader), and the send runs out of retries.
+            Refuse(usize),
+            /// The pending producer id request is answered, or fails.
+            ProducerId(bool),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (1u32..4).prop_map(Op::Push),
+                5 => any::<usize>().prop_map(Op::Arrive),
+                1 => any::<usize>().prop_map(Op::Vanish),
+                6 => any::<usize>().prop_map(Op::Answer),
+                2 => any::<usize>().prop_map(Op::Timeout),
+                1 => any::<usize>().prop_map(Op::GiveUp),
+                1 => any::<usize>().prop_map(Op::Refuse),
+                2 => prop_oneof![9 => Just(true), 1 => Just(false)].prop_map(Op::ProducerId),
+            ]
+        }
+
+        /// One attempt on its way to the log.
+        struct Attempt {
+            serial: u64,
+            id: BatchId,
+            header: BatchHeader,
+        }
+
+        /// A `Send` the partition task is performing.
+        struct Send {
+            id: BatchId,
+            header: BatchHeader,
+            /// The attempt whose answer the send waits for.
+            current: u64,
+            /// The current attempt's outcome, once it reached the log.
+            outcome: Option<Outcome>,
+            /// An earlier attempt timed out.
+            unknown: bool,
+        }
+
+        #[derive(Default)]
+        struct World {
+            seq: Option<Sequencer<BatchId>>,
+            server: PartitionState,
+            /// What the server appended: (batch, base offset), in log order.
+            log: Vec<(BatchId, u64)>,
+            counts: BTreeMap<BatchId, u32>,
+            sends: Vec<Send>,
+            network: Vec<Attempt>,
+            next_serial: u64,
+            pid_request: Option<bool>,
+            next_pid: u64,
+            acked: Vec<(BatchId, u64)>,
+            failed: BTreeMap<BatchId, ClientError>,
+            faults: bool,
+            /// What happened, to print with a failure.
+            trace: Vec<String>,
+        }
+
+        impl World {
+            fn seq(&mut self) -> &mut Sequencer<BatchId> {
+                self.seq.as_mut().unwrap()
+            }
+
+            /// A new attempt of send `i` goes out.
+            fn attempt(&mut self, i: usize) {
+                self.next_serial += 1;
+                let s = &mut self.sends[i];
+                s.current = self.next_serial;
+                s.outcome = None;
+                self.trace.push(format!(
+                    "b{} attempt {} {:?}",
+                    s.id, self.next_serial, s.header
+                ));
+                self.network.push(Attempt {
+                    serial: self.next_serial,
+                    id: s.id,
+                    header: s.header,
+                });
+            }
+
+            /// The `j`-th attempt in the network reaches the log.
+            fn arrive(&mut self, j: usize) {
+                let a = self.network.remove(j);
+                let outcome = self.server.apply(&a.header);
+                self.trace.push(format!(
+                    "b{} attempt {} reaches the log: {outcome:?}",
+                    a.id, a.serial
+                ));
+                if let Outcome::Appended { base_offset } = outcome {
+                    self.log.push((a.id, base_offset));
+                }
+                if let Some(s) = self.sends.iter_mut().find(|s| s.current == a.serial) {
+                    s.outcome = Some(outcome);
+                }
+            }
+
+            fn pending(&self, serial: u64) -> Option<usize> {
+                self.network.iter().position(|a| a.serial == serial)
+            }
+
+            fn answer(&mut self, i: usize, how: &Op) -> Result<(), TestCaseError> {
+                let current = self.sends[i].current;
+                match how {
+                    Op::Answer(_) => {
+                        if let Some(j) = self.pending(current) {
+                            self.arrive(j);
+                        }
+                        if self.sends[i].outcome.is_none() {
+                            // It vanished: the send sees a timeout.
+                            return self.answer(i, &Op::Timeout(0));
+                        }
+                    }
+                    Op::Timeout(_) => {
+                        self.trace
+                            .push(format!("b{} attempt {current} times out", self.sends[i].id));
+                        self.faults = true;
+                        self.sends[i].unknown = true;
+                        self.attempt(i);
+                        return Ok(());
+                    }
+                    Op::GiveUp(_) => self.faults = true,
+                    _ => {
+                        // Refused before reaching the log: only an attempt still on its way.
+                        let Some(j) = self.pending(current) else {
+                            return Ok(());
+                        };
+                        self.faults = true;
+                        self.network.remove(j);
+                    }
+                }
+                let s = self.sends.swap_remove(i);
+                let (result, maybe_appended) = match how {
+                    Op::Answer(_) => (
+                        match s.outcome.expect("the current attempt reached the log") {
+                            Outcome::Appended { base_offset }
+                            | Outcome::Duplicate { base_offset } => Ok(base_offset),
+                            Outcome::OutOfOrder { expected, got } => {
+                                Err(ClientError::OutOfOrderSequence(format!(
+                                    "expected {expected}, got {got}"
+                                )))
+                            }
+                        },
+                        s.unknown,
+                    ),
+                    Op::GiveUp(_) => (Err(ClientError::Timeout("lost".into())), true),
+                    _ => (
+                        Err(ClientError::Unavailable {
+                            message: "not the leader".into(),
+                            leader: None,
+                        }),
+                        s.unknown,
+                    ),
+                };
+                self.trace.push(format!(
+                    "b{} answered {result:?}, maybe appended {maybe_appended}",
+                    s.id
+                ));
+                self.seq().on_answer(s.id, result, maybe_appended);
+                Ok(())
+            }
+
+            fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
+                match op {
+                    Op::Push(n) => {
+                        let id = self.seq().pushed();
+                        self.seq().push(id, *n);
+                        self.counts.insert(id, *n);
+                    }
+                    Op::Arrive(j) if !self.network.is_empty() => {
+                        let j = j % self.network.len();
+                        self.arrive(j);
+                    }
+                    Op::Vanish(j) if !self.network.is_empty() => {
+                        self.faults = true;
+                        let j = j % self.network.len();
+                        let a = self.network.remove(j);
+                        self.trace
+                            .push(format!("b{} attempt {} vanishes", a.id, a.serial));
+                    }
+                    Op::Answer(i) | Op::Timeout(i) | Op::GiveUp(i) | Op::Refuse(i)
+                        if !self.sends.is_empty() =>
+                    {
+                        let i = i % self.sends.len();
+                        self.answer(i, op)?;
+                    }
+                    Op::ProducerId(ok) if self.pid_request.take().is_some() => {
+                        if *ok {
+                            self.next_pid += 1;
+                            let pid = self.next_pid;
+                            self.trace.push(format!("producer id {pid}"));
+                            self.seq().on_producer_id(Ok(pid));
+                        } else {
+                            self.faults = true;
+                            self.seq()
+                                .on_producer_id(Err(ClientError::Timeout("init".into())));
+                        }
+                    }
+                    _ => {}
+                }
+                self.perform()
+            }
+
+            fn perform(&mut self) -> Result<(), TestCaseError> {
+                for action in self.seq().poll_actions() {
+                    match action {
+                        Action::Send {
+                            id,
+                            producer_id,
+                            base_sequence,
+                        } => {
+                            prop_assert!(self.sends.iter().all(|s| s.id != id));
+                            let record_count = self.counts[&id];
+                            self.sends.push(Send {
+                                id,
+                                header: BatchHeader {
+                                    producer_id,
+                                    base_sequence,
+                                    record_count,
+                                },
+                                current: 0,
+                                outcome: None,
+                                unknown: false,
+                            });
+                            self.attempt(self.sends.len() - 1);
+                        }
+                        Action::RequestProducerId { fresh } => {
+                            prop_assert!(self.pid_request.is_none());
+                            self.pid_request = Some(fresh);
+                        }
+                        Action::Ack { batch, base_offset } => {
+                            if let Some(&(prev, prev_offset)) = self.acked.last() {
+                                prop_assert!(prev < batch, "acks in push order");
+                                prop_assert!(
+                                    prev_offset + u64::from(self.counts[&prev]) <= base_offset,
+                                    "acks at increasing offsets"
+                                );
+                            }
+                            prop_assert!(!self.failed.contains_key(&batch));
+                            self.trace.push(format!("ack b{batch} @{base_offset}"));
+                            self.acked.push((batch, base_offset));
+                        }
+                        Action::Fail { batch, error } => {
+                            prop_assert!(!self.acked.iter().any(|a| a.0 == batch));
+                            self.trace.push(format!("fail b{batch} {error:?}"));
+                            prop_assert!(self.failed.insert(batch, error).is_none());
+                        }
+                    }
+                }
+                Ok(())
+            }
+
+            /// Lets every send complete without faults, oldest first, then every attempt
+            /// still in the network reach the log, late.
+            fn quiesce(&mut self) -> Result<(), TestCaseError> {
+                for _ in 0..10_000 {
+                    if self.seq().is_idle() {
+                        while !self.network.is_empty() {
+                            self.arrive(0);
+                        }
+                        prop_assert!(self.seq().is_idle());
+                        return Ok(());
+                    }
+                    if self.pid_request.is_some() {
+                        self.step(&Op::ProducerId(true))?;
+                    } else {
+                        prop_assert!(!self.sends.is_empty(), "stalled: nothing in flight");
+                        let oldest = (0..self.sends.len())
+                            .min_by_key(|&i| self.sends[i].id)
+                            .unwrap();
+                        self.answer(oldest, &Op::Answer(0))?;
+                        self.perform()?;
+                    }
+                }
+                Err(TestCaseError::fail("no progress after 10,000 steps"))
+            }
+
+            fn check(&self) -> Result<(), TestCaseError> {
+                let pushed = self.counts.len();
+                prop_assert_eq!(
+                    self.acked.len() + self.failed.len(),
+                    pushed,
+                    "every batch resolved once"
+                );
+                let mut in_log = BTreeMap::new();
+                for &(id, offset) in &self.log {
+                    prop_assert!(
+                        in_log.insert(id, offset).is_none(),
+                        "batch {} appended twice: {:?}",
+                        id,
+                        self.log
+                    );
+                }
+                for &(id, offset) in &self.acked {
+                    prop_assert_eq!(in_log.get(&id), Some(&offset), "acked where it is");
+                }
+                for (id, e) in &self.failed {
+                    if !e.is_outcome_unknown() {
+                        prop_assert!(
+                            !in_log.contains_key(id),
+                            "batch {} failed with {:?} but is in the log: {:?}",
+                            id,
+                            e,
+                            self.log
+                        );
+                    }
+                }
+                // What is appended is in push order, but for batches of unknown outcome.
+                let known: Vec<BatchId> = self
+                    .log
+                    .iter()
+                    .map(|e| e.0)
+                    .filter(|id| !self.failed.get(id).is_some_and(|e| e.is_outcome_unknown()))
+                    .collect();
+                prop_assert!(
+                    known.windows(2).all(|w| w[0] < w[1]),
+                    "log out of push order: {:?}",
+                    self.log
+                );
+                if !self.faults {
+                    prop_assert!(self.failed.is_empty(), "{:?}", self.failed);
+                    let order: Vec<BatchId> = self.log.iter().map(|e| e.0).collect();
+                    prop_assert_eq!(order, (0..pushed as u64).collect::<Vec<_>>());
+                }
+                Ok(())
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            #[test]
+            fn late_attempts_never_duplicate_nor_reorder(
+                max_in_flight in 1usize..=MAX_IN_FLIGHT_BATCHES_LIMIT,
+                ops in proptest::collection::vec(op(), 1..300),
+            ) {
+                let mut w = World {
+                    seq: Some(Sequencer::new(max_in_flight, true)),
+                    ..Default::default()
+                };
+                for op in &ops {
+                    w.step(op)?;
+                }
+                w.quiesce()?;
+                let checked = w.check();
+                if checked.is_err() {
+                    eprintln!("what happened:\n  {}", w.trace.join("\n  "));
+                }
+                checked?;
+            }
+        }
+    }
 }
