@@ -28,8 +28,9 @@
 //!    before it is resolved, so a partition's records are acknowledged in send order, at
 //!    increasing offsets.
 //! 5. **A gap behind an unresolved batch is retryable.** A sequence gap proves the batch is
-//!    not in the log (had an earlier attempt appended it, this one would be a duplicate, by
-//!    rule 1). If the batch was sent while an earlier batch of the window was not yet
+//!    not in the log *yet* (had an earlier attempt appended it, this one would be a
+//!    duplicate, by rule 1); an earlier attempt of unknown outcome may still get there (rule
+//!    8). If the batch was sent while an earlier batch of the window was not yet
 //!    acknowledged, the gap may be that batch not being appended *yet* (it was overtaken, or
 //!    it failed and is being retried), even if its acknowledgement has arrived since: the
 //!    batch is *parked*. Parked batches are sent again, in sequence order, once every batch
@@ -43,10 +44,23 @@
 //!    exhausted, an unknown outcome that retries could not resolve, rule 6), the batches
 //!    after it can never be appended under their sequences. Nothing more is sent under the
 //!    producer id; once no send is in flight the window is settled: acknowledged batches are
-//!    reported, batches known not to be in the log (parked) move to a fresh producer id in
-//!    their order, and batches whose outcome stayed unknown fail with
-//!    [`ClientError::Timeout`]. A parked batch behind an acknowledged one cannot keep its
-//!    place and fails as out of order.
+//!    reported, batches known not to be in the log (parked, no attempt of unknown outcome)
+//!    move to a fresh producer id in their order, and batches whose outcome stayed unknown
+//!    fail with [`ClientError::Timeout`]. A parked batch behind an acknowledged one cannot
+//!    keep its place and fails as out of order.
+//! 8. **An attempt without an answer may still be appended, at any later time.** A timed-out
+//!    attempt may be waiting in a server handler (its turn in the partition's order, a lease
+//!    confirmation, a hibernated group's restart) or sit in a leader's log uncommitted, and
+//!    reach the log after later attempts were answered, even after its send gave up. So a
+//!    later refusal of the batch (a gap, not the leader) does not prove it is not in the log,
+//!    and only an acknowledgement settles it. Under its own producer id and sequence this is
+//!    harmless: the late attempt and the batch's other sends are one batch to the server, and
+//!    once the window has moved past the batch a late attempt is out of order. Under a fresh
+//!    id it would be a second copy: a parked batch with an attempt of unknown outcome is
+//!    never moved (rule 7) but fails with [`ClientError::Timeout`], as Kafka's idempotent
+//!    producer treats an out-of-order sequence after an unknown outcome. Nothing fences the
+//!    old id, so a batch reported with an unknown outcome may land after later batches; all
+//!    others are in the log in send order, once.
 //!
 //! Without idempotence there are no sequences to keep order: one batch at a time.
 
@@ -101,7 +115,8 @@ enum Session {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     InFlight,
-    /// Refused for a gap behind an unresolved batch: not in the log, to be sent again.
+    /// Refused for a gap behind an unresolved batch: not in the log yet, to be sent again
+    /// (an earlier attempt may still be on its way: `maybe_appended`, rule 8).
     Parked,
     Acked(u64),
     /// Failed with the entry's `error`; reported in order, like acknowledgements.
@@ -117,7 +132,8 @@ struct Entry<T> {
     producer_id: u64,
     base_sequence: u32,
     state: State,
-    /// Some attempt's outcome was unknown, and no later answer proved it not appended.
+    /// Some attempt's outcome was unknown: it may be in the log, or get there later (rule 8).
+    /// A refusal of a later attempt does not clear it.
     maybe_appended: bool,
     /// This send went out while an earlier batch of the window was unacknowledged, so a gap
     /// may be that batch arriving late (rule 5).
@@ -303,22 +319,28 @@ impl<T> Sequencer<T> {
             Err(ClientError::OutOfOrderSequence(_))
                 if idempotent && (e.sent_behind || draining) =>
             {
-                // Rule 5: not in the log; an earlier batch is not (yet) either. While the
-                // session drains, the batch is known not appended: it moves to the next id.
-                e.maybe_appended = false;
+                // Rule 5: this attempt is not in the log; an earlier batch is not (yet)
+                // either. An earlier attempt of this batch whose outcome is unknown may still
+                // be on its way: `maybe_appended` stays (rule 8).
                 if e.parks < MAX_PARKS {
                     e.state = State::Parked;
                     e.parks += 1;
                 } else {
-                    let error = ClientError::OutOfOrderSequence(format!(
-                        "batch refused for a sequence gap {MAX_PARKS} times while earlier \
-                         batches were in flight"
-                    ));
+                    let error = if e.maybe_appended {
+                        still_on_its_way("refused for a sequence gap too many times")
+                    } else {
+                        ClientError::OutOfOrderSequence(format!(
+                            "batch refused for a sequence gap {MAX_PARKS} times while earlier \
+                             batches were in flight"
+                        ))
+                    };
                     self.fail(i, error);
                 }
             }
             Err(error) => {
-                // Rules 6 and 7. A gap proves the batch is not in the log.
+                // Rules 6 and 7. A gap with every earlier batch acknowledged means the server
+                // expects a sequence that no attempt of this batch carries, so none of them
+                // will be appended either.
                 let unknown =
                     e.maybe_appended && !matches!(error, ClientError::OutOfOrderSequence(_));
                 let error = if unknown {
@@ -408,6 +430,15 @@ impl<T> Sequencer<T> {
         for (i, mut e) in entries.into_iter().enumerate() {
             match e.state {
                 State::Acked(_) | State::Failed => self.hand_back(e),
+                State::Parked if e.maybe_appended => {
+                    // Rule 8: an earlier attempt may still be appended under the old id; sent
+                    // under a new one, the batch could be appended twice.
+                    e.state = State::Failed;
+                    e.error = Some(still_on_its_way(
+                        "refused for a sequence gap when the producer id's session ended",
+                    ));
+                    self.hand_back(e);
+                }
                 State::Parked if last_acked.is_some_and(|a| a > i) => {
                     e.state = State::Failed;
                     e.error = Some(ClientError::OutOfOrderSequence(
@@ -577,6 +608,15 @@ impl<T> Sequencer<T> {
     fn debug_validate(&self) {
         debug_assert_eq!(self.validate(), Ok(()), "sequencer invariants");
     }
+}
+
+/// The error of a parked batch that cannot be sent again under its producer id while an
+/// earlier attempt of it, of unknown outcome, may still be appended (rule 8).
+fn still_on_its_way(why: &str) -> ClientError {
+    ClientError::Timeout(format!(
+        "an earlier attempt of the batch timed out and may still be appended; the last one \
+         was {why}, so it is not sent again under a new producer id"
+    ))
 }
 
 /// The error of a batch that may have been appended although its last attempt failed.
@@ -819,6 +859,49 @@ mod tests {
         assert_eq!(show(s.poll_actions()), ["pid fresh"]);
         s.on_producer_id(Ok(9));
         assert_eq!(show(s.poll_actions()), ["send b3 p9 s0"]);
+    }
+
+    #[test]
+    fn a_gap_after_a_timed_out_attempt_does_not_move_the_batch_to_a_fresh_id() {
+        // Bug: a gap refusal was taken as proof that the batch is not in the log, so when the
+        // session ended the batch moved to a fresh producer id. But its first attempt, timed
+        // out, could still be waiting in a server handler; appended late under the old id
+        // (after b1, also late), the batch was in the log twice.
+        let mut s = established(5);
+        push(&mut s, 3, 1);
+        s.poll_actions();
+        // b2's first attempt timed out; its retry reached the log before b1: a gap.
+        s.on_answer(2, gap(), true);
+        // b3 was refused for the gap too, with no attempt of unknown outcome.
+        s.on_answer(3, gap(), false);
+        assert_eq!(show(s.poll_actions()), Vec::<String>::new());
+        // b1 runs out of retries: the session ends.
+        s.on_answer(1, timeout(), true);
+        assert_eq!(
+            show(s.poll_actions()),
+            ["fail b1 Timeout", "fail b2 Timeout", "pid fresh"],
+            "b2 may still be appended under p7: its outcome is unknown"
+        );
+        s.on_producer_id(Ok(8));
+        assert_eq!(
+            show(s.poll_actions()),
+            ["send b3 p8 s0"],
+            "b3 is known not in the log"
+        );
+    }
+
+    #[test]
+    fn a_gap_after_a_timed_out_attempt_is_still_sent_again_under_its_id() {
+        // The same sequence and producer id: a late first attempt and the new one are one
+        // batch to the server.
+        let mut s = established(5);
+        push(&mut s, 2, 1);
+        s.poll_actions();
+        s.on_answer(2, gap(), true);
+        s.on_answer(1, Ok(1), false);
+        assert_eq!(show(s.poll_actions()), ["ack b1 @1", "send b2 p7 s2"]);
+        s.on_answer(2, Ok(2), false);
+        assert_eq!(show(s.poll_actions()), ["ack b2 @2"]);
     }
 
     #[test]
@@ -1612,15 +1695,19 @@ mod tests {
                     seq: Some(Sequencer::new(max_in_flight, true)),
                     ..Default::default()
                 };
-                for op in &ops {
-                    w.step(op)?;
-                }
-                w.quiesce()?;
-                let checked = w.check();
-                if checked.is_err() {
+                let run = |w: &mut World| {
+                    for op in &ops {
+                        w.step(op)?;
+                    }
+                    w.quiesce()?;
+                    w.check()
+                };
+                let result = run(&mut w);
+                if result.is_err() {
+                    // The events of the case (the last printed is the minimal one).
                     eprintln!("what happened:\n  {}", w.trace.join("\n  "));
                 }
-                checked?;
+                result?;
             }
         }
     }
