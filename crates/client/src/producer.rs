@@ -12,9 +12,12 @@
 //!
 //! # What must hold
 //! - Batches of a partition are appended in the order their records were enqueued, and
-//!   acknowledged in that order at increasing offsets, however many are in flight.
+//!   acknowledged in that order at increasing offsets, however many are in flight (a batch
+//!   that failed with an unknown outcome may land late, after later batches).
 //! - Every attempt of a batch carries the same producer id and base sequence, so a retry
-//!   after a timeout or a leader change is answered as a duplicate, never appended twice.
+//!   after a timeout or a leader change is answered as a duplicate, never appended twice. A
+//!   batch goes under a fresh producer id only when no attempt of it can still be appended
+//!   (the sequencer's rule 8).
 //! - A partition's batches take consecutive sequences; a batch that may have been appended
 //!   but was given up on (or that was refused as out of order with nothing before it in
 //!   flight) moves the partition to a fresh producer id, so later batches are never refused

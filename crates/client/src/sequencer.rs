@@ -28,8 +28,9 @@
 //!    before it is resolved, so a partition's records are acknowledged in send order, at
 //!    increasing offsets.
 //! 5. **A gap behind an unresolved batch is retryable.** A sequence gap proves the batch is
-//!    not in the log (had an earlier attempt appended it, this one would be a duplicate, by
-//!    rule 1). If the batch was sent while an earlier batch of the window was not yet
+//!    not in the log *yet* (had an earlier attempt appended it, this one would be a
+//!    duplicate, by rule 1); an earlier attempt of unknown outcome may still get there (rule
+//!    8). If the batch was sent while an earlier batch of the window was not yet
 //!    acknowledged, the gap may be that batch not being appended *yet* (it was overtaken, or
 //!    it failed and is being retried), even if its acknowledgement has arrived since: the
 //!    batch is *parked*. Parked batches are sent again, in sequence order, once every batch
@@ -43,10 +44,23 @@
 //!    exhausted, an unknown outcome that retries could not resolve, rule 6), the batches
 //!    after it can never be appended under their sequences. Nothing more is sent under the
 //!    producer id; once no send is in flight the window is settled: acknowledged batches are
-//!    reported, batches known not to be in the log (parked) move to a fresh producer id in
-//!    their order, and batches whose outcome stayed unknown fail with
-//!    [`ClientError::Timeout`]. A parked batch behind an acknowledged one cannot keep its
-//!    place and fails as out of order.
+//!    reported, batches known not to be in the log (parked, no attempt of unknown outcome)
+//!    move to a fresh producer id in their order, and batches whose outcome stayed unknown
+//!    fail with [`ClientError::Timeout`]. A parked batch behind an acknowledged one cannot
+//!    keep its place and fails as out of order.
+//! 8. **An attempt without an answer may still be appended, at any later time.** A timed-out
+//!    attempt may be waiting in a server handler (its turn in the partition's order, a lease
+//!    confirmation, a hibernated group's restart) or sit in a leader's log uncommitted, and
+//!    reach the log after later attempts were answered, even after its send gave up. So a
+//!    later refusal of the batch (a gap, not the leader) does not prove it is not in the log,
+//!    and only an acknowledgement settles it. Under its own producer id and sequence this is
+//!    harmless: the late attempt and the batch's other sends are one batch to the server, and
+//!    once the window has moved past the batch a late attempt is out of order. Under a fresh
+//!    id it would be a second copy: a parked batch with an attempt of unknown outcome is
+//!    never moved (rule 7) but fails with [`ClientError::Timeout`], as Kafka's idempotent
+//!    producer treats an out-of-order sequence after an unknown outcome. Nothing fences the
+//!    old id, so a batch reported with an unknown outcome may land after later batches; all
+//!    others are in the log in send order, once.
 //!
 //! Without idempotence there are no sequences to keep order: one batch at a time.
 
@@ -101,7 +115,8 @@ enum Session {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     InFlight,
-    /// Refused for a gap behind an unresolved batch: not in the log, to be sent again.
+    /// Refused for a gap behind an unresolved batch: not in the log yet, to be sent again
+    /// (an earlier attempt may still be on its way: `maybe_appended`, rule 8).
     Parked,
     Acked(u64),
     /// Failed with the entry's `error`; reported in order, like acknowledgements.
@@ -117,7 +132,8 @@ struct Entry<T> {
     producer_id: u64,
     base_sequence: u32,
     state: State,
-    /// Some attempt's outcome was unknown, and no later answer proved it not appended.
+    /// Some attempt's outcome was unknown: it may be in the log, or get there later (rule 8).
+    /// A refusal of a later attempt does not clear it.
     maybe_appended: bool,
     /// This send went out while an earlier batch of the window was unacknowledged, so a gap
     /// may be that batch arriving late (rule 5).
@@ -303,22 +319,28 @@ impl<T> Sequencer<T> {
             Err(ClientError::OutOfOrderSequence(_))
                 if idempotent && (e.sent_behind || draining) =>
             {
-                // Rule 5: not in the log; an earlier batch is not (yet) either. While the
-                // session drains, the batch is known not appended: it moves to the next id.
-                e.maybe_appended = false;
+                // Rule 5: this attempt is not in the log; an earlier batch is not (yet)
+                // either. An earlier attempt of this batch whose outcome is unknown may still
+                // be on its way: `maybe_appended` stays (rule 8).
                 if e.parks < MAX_PARKS {
                     e.state = State::Parked;
                     e.parks += 1;
                 } else {
-                    let error = ClientError::OutOfOrderSequence(format!(
-                        "batch refused for a sequence gap {MAX_PARKS} times while earlier \
-                         batches were in flight"
-                    ));
+                    let error = if e.maybe_appended {
+                        still_on_its_way("refused for a sequence gap too many times")
+                    } else {
+                        ClientError::OutOfOrderSequence(format!(
+                            "batch refused for a sequence gap {MAX_PARKS} times while earlier \
+                             batches were in flight"
+                        ))
+                    };
                     self.fail(i, error);
                 }
             }
             Err(error) => {
-                // Rules 6 and 7. A gap proves the batch is not in the log.
+                // Rules 6 and 7. A gap with every earlier batch acknowledged means the server
+                // expects a sequence that no attempt of this batch carries, so none of them
+                // will be appended either.
                 let unknown =
                     e.maybe_appended && !matches!(error, ClientError::OutOfOrderSequence(_));
                 let error = if unknown {
@@ -408,6 +430,15 @@ impl<T> Sequencer<T> {
         for (i, mut e) in entries.into_iter().enumerate() {
             match e.state {
                 State::Acked(_) | State::Failed => self.hand_back(e),
+                State::Parked if e.maybe_appended => {
+                    // Rule 8: an earlier attempt may still be appended under the old id; sent
+                    // under a new one, the batch could be appended twice.
+                    e.state = State::Failed;
+                    e.error = Some(still_on_its_way(
+                        "refused for a sequence gap when the producer id's session ended",
+                    ));
+                    self.hand_back(e);
+                }
                 State::Parked if last_acked.is_some_and(|a| a > i) => {
                     e.state = State::Failed;
                     e.error = Some(ClientError::OutOfOrderSequence(
@@ -577,6 +608,15 @@ impl<T> Sequencer<T> {
     fn debug_validate(&self) {
         debug_assert_eq!(self.validate(), Ok(()), "sequencer invariants");
     }
+}
+
+/// The error of a parked batch that cannot be sent again under its producer id while an
+/// earlier attempt of it, of unknown outcome, may still be appended (rule 8).
+fn still_on_its_way(why: &str) -> ClientError {
+    ClientError::Timeout(format!(
+        "an earlier attempt of the batch timed out and may still be appended; the last one \
+         was {why}, so it is not sent again under a new producer id"
+    ))
 }
 
 /// The error of a batch that may have been appended although its last attempt failed.
@@ -819,6 +859,49 @@ mod tests {
         assert_eq!(show(s.poll_actions()), ["pid fresh"]);
         s.on_producer_id(Ok(9));
         assert_eq!(show(s.poll_actions()), ["send b3 p9 s0"]);
+    }
+
+    #[test]
+    fn a_gap_after_a_timed_out_attempt_does_not_move_the_batch_to_a_fresh_id() {
+        // Bug: a gap refusal was taken as proof that the batch is not in the log, so when the
+        // session ended the batch moved to a fresh producer id. But its first attempt, timed
+        // out, could still be waiting in a server handler; appended late under the old id
+        // (after b1, also late), the batch was in the log twice.
+        let mut s = established(5);
+        push(&mut s, 3, 1);
+        s.poll_actions();
+        // b2's first attempt timed out; its retry reached the log before b1: a gap.
+        s.on_answer(2, gap(), true);
+        // b3 was refused for the gap too, with no attempt of unknown outcome.
+        s.on_answer(3, gap(), false);
+        assert_eq!(show(s.poll_actions()), Vec::<String>::new());
+        // b1 runs out of retries: the session ends.
+        s.on_answer(1, timeout(), true);
+        assert_eq!(
+            show(s.poll_actions()),
+            ["fail b1 Timeout", "fail b2 Timeout", "pid fresh"],
+            "b2 may still be appended under p7: its outcome is unknown"
+        );
+        s.on_producer_id(Ok(8));
+        assert_eq!(
+            show(s.poll_actions()),
+            ["send b3 p8 s0"],
+            "b3 is known not in the log"
+        );
+    }
+
+    #[test]
+    fn a_gap_after_a_timed_out_attempt_is_still_sent_again_under_its_id() {
+        // The same sequence and producer id: a late first attempt and the new one are one
+        // batch to the server.
+        let mut s = established(5);
+        push(&mut s, 2, 1);
+        s.poll_actions();
+        s.on_answer(2, gap(), true);
+        s.on_answer(1, Ok(1), false);
+        assert_eq!(show(s.poll_actions()), ["ack b1 @1", "send b2 p7 s2"]);
+        s.on_answer(2, Ok(2), false);
+        assert_eq!(show(s.poll_actions()), ["ack b2 @2"]);
     }
 
     #[test]
@@ -1237,6 +1320,394 @@ mod tests {
                 }
                 w.quiesce()?;
                 w.check()?;
+            }
+        }
+    }
+
+    /// The simulated partition again, with a network that keeps attempts: an attempt that
+    /// timed out (its handler still waiting its turn, a lease, a group's restart) may reach
+    /// the log at any later time — after a later attempt's answer, after its send gave up,
+    /// after its batch moved to a fresh producer id. Checks that nothing is appended twice,
+    /// that what is appended is in push order (all of it but the batches reported with an
+    /// unknown outcome, which may land anywhere: nothing fences an old producer id), that a
+    /// batch failed for another reason is not in the log, and that acknowledgements say
+    /// where the batch is.
+    mod late {
+        use std::collections::BTreeMap;
+
+        use fjord_storage::partition::{BatchHeader, Outcome, PartitionState};
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// Pushes a batch of this many records.
+            Push(u32),
+            /// The `i`-th attempt in the network reaches the log.
+            Arrive(usize),
+            /// The `i`-th attempt in the network is dropped before reaching the log.
+            Vanish(usize),
+            /// The `i`-th outstanding send's current attempt answers (reaching the log now
+            /// if it had not).
+            Answer(usize),
+            /// The `i`-th outstanding send's current attempt times out, and the send retries;
+            /// the attempt stays in the network if it has not reached the log.
+            Timeout(usize),
+            /// As `Timeout`, but the send runs out of retries.
+            GiveUp(usize),
+            /// The `i`-th outstanding send's current attempt, not yet in the log, is refused
+            /// (not the leader), and the send runs out of retries.
+            Refuse(usize),
+            /// The pending producer id request is answered, or fails.
+            ProducerId(bool),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (1u32..4).prop_map(Op::Push),
+                5 => any::<usize>().prop_map(Op::Arrive),
+                1 => any::<usize>().prop_map(Op::Vanish),
+                6 => any::<usize>().prop_map(Op::Answer),
+                2 => any::<usize>().prop_map(Op::Timeout),
+                1 => any::<usize>().prop_map(Op::GiveUp),
+                1 => any::<usize>().prop_map(Op::Refuse),
+                2 => prop_oneof![9 => Just(true), 1 => Just(false)].prop_map(Op::ProducerId),
+            ]
+        }
+
+        /// One attempt on its way to the log.
+        struct Attempt {
+            serial: u64,
+            id: BatchId,
+            header: BatchHeader,
+        }
+
+        /// A `Send` the partition task is performing.
+        struct Send {
+            id: BatchId,
+            header: BatchHeader,
+            /// The attempt whose answer the send waits for.
+            current: u64,
+            /// The current attempt's outcome, once it reached the log.
+            outcome: Option<Outcome>,
+            /// An earlier attempt timed out.
+            unknown: bool,
+        }
+
+        #[derive(Default)]
+        struct World {
+            seq: Option<Sequencer<BatchId>>,
+            server: PartitionState,
+            /// What the server appended: (batch, base offset), in log order.
+            log: Vec<(BatchId, u64)>,
+            counts: BTreeMap<BatchId, u32>,
+            sends: Vec<Send>,
+            network: Vec<Attempt>,
+            next_serial: u64,
+            pid_request: Option<bool>,
+            next_pid: u64,
+            acked: Vec<(BatchId, u64)>,
+            failed: BTreeMap<BatchId, ClientError>,
+            faults: bool,
+            /// What happened, to print with a failure.
+            trace: Vec<String>,
+        }
+
+        impl World {
+            fn seq(&mut self) -> &mut Sequencer<BatchId> {
+                self.seq.as_mut().unwrap()
+            }
+
+            /// A new attempt of send `i` goes out.
+            fn attempt(&mut self, i: usize) {
+                self.next_serial += 1;
+                let s = &mut self.sends[i];
+                s.current = self.next_serial;
+                s.outcome = None;
+                self.trace.push(format!(
+                    "b{} attempt {} {:?}",
+                    s.id, self.next_serial, s.header
+                ));
+                self.network.push(Attempt {
+                    serial: self.next_serial,
+                    id: s.id,
+                    header: s.header,
+                });
+            }
+
+            /// The `j`-th attempt in the network reaches the log.
+            fn arrive(&mut self, j: usize) {
+                let a = self.network.remove(j);
+                let outcome = self.server.apply(&a.header);
+                self.trace.push(format!(
+                    "b{} attempt {} reaches the log: {outcome:?}",
+                    a.id, a.serial
+                ));
+                if let Outcome::Appended { base_offset } = outcome {
+                    self.log.push((a.id, base_offset));
+                }
+                if let Some(s) = self.sends.iter_mut().find(|s| s.current == a.serial) {
+                    s.outcome = Some(outcome);
+                }
+            }
+
+            fn pending(&self, serial: u64) -> Option<usize> {
+                self.network.iter().position(|a| a.serial == serial)
+            }
+
+            fn answer(&mut self, i: usize, how: &Op) -> Result<(), TestCaseError> {
+                let current = self.sends[i].current;
+                match how {
+                    Op::Answer(_) => {
+                        if let Some(j) = self.pending(current) {
+                            self.arrive(j);
+                        }
+                        if self.sends[i].outcome.is_none() {
+                            // It vanished: the send sees a timeout.
+                            return self.answer(i, &Op::Timeout(0));
+                        }
+                    }
+                    Op::Timeout(_) => {
+                        self.trace
+                            .push(format!("b{} attempt {current} times out", self.sends[i].id));
+                        self.faults = true;
+                        self.sends[i].unknown = true;
+                        self.attempt(i);
+                        return Ok(());
+                    }
+                    Op::GiveUp(_) => self.faults = true,
+                    _ => {
+                        // Refused before reaching the log: only an attempt still on its way.
+                        let Some(j) = self.pending(current) else {
+                            return Ok(());
+                        };
+                        self.faults = true;
+                        self.network.remove(j);
+                    }
+                }
+                let s = self.sends.swap_remove(i);
+                let (result, maybe_appended) = match how {
+                    Op::Answer(_) => (
+                        match s.outcome.expect("the current attempt reached the log") {
+                            Outcome::Appended { base_offset }
+                            | Outcome::Duplicate { base_offset } => Ok(base_offset),
+                            Outcome::OutOfOrder { expected, got } => {
+                                Err(ClientError::OutOfOrderSequence(format!(
+                                    "expected {expected}, got {got}"
+                                )))
+                            }
+                        },
+                        s.unknown,
+                    ),
+                    Op::GiveUp(_) => (Err(ClientError::Timeout("lost".into())), true),
+                    _ => (
+                        Err(ClientError::Unavailable {
+                            message: "not the leader".into(),
+                            leader: None,
+                        }),
+                        s.unknown,
+                    ),
+                };
+                self.trace.push(format!(
+                    "b{} answered {result:?}, maybe appended {maybe_appended}",
+                    s.id
+                ));
+                self.seq().on_answer(s.id, result, maybe_appended);
+                Ok(())
+            }
+
+            fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
+                match op {
+                    Op::Push(n) => {
+                        let id = self.seq().pushed();
+                        self.seq().push(id, *n);
+                        self.counts.insert(id, *n);
+                    }
+                    Op::Arrive(j) if !self.network.is_empty() => {
+                        let j = j % self.network.len();
+                        self.arrive(j);
+                    }
+                    Op::Vanish(j) if !self.network.is_empty() => {
+                        self.faults = true;
+                        let j = j % self.network.len();
+                        let a = self.network.remove(j);
+                        self.trace
+                            .push(format!("b{} attempt {} vanishes", a.id, a.serial));
+                    }
+                    Op::Answer(i) | Op::Timeout(i) | Op::GiveUp(i) | Op::Refuse(i)
+                        if !self.sends.is_empty() =>
+                    {
+                        let i = i % self.sends.len();
+                        self.answer(i, op)?;
+                    }
+                    Op::ProducerId(ok) if self.pid_request.take().is_some() => {
+                        if *ok {
+                            self.next_pid += 1;
+                            let pid = self.next_pid;
+                            self.trace.push(format!("producer id {pid}"));
+                            self.seq().on_producer_id(Ok(pid));
+                        } else {
+                            self.faults = true;
+                            self.seq()
+                                .on_producer_id(Err(ClientError::Timeout("init".into())));
+                        }
+                    }
+                    _ => {}
+                }
+                self.perform()
+            }
+
+            fn perform(&mut self) -> Result<(), TestCaseError> {
+                for action in self.seq().poll_actions() {
+                    match action {
+                        Action::Send {
+                            id,
+                            producer_id,
+                            base_sequence,
+                        } => {
+                            prop_assert!(self.sends.iter().all(|s| s.id != id));
+                            let record_count = self.counts[&id];
+                            self.sends.push(Send {
+                                id,
+                                header: BatchHeader {
+                                    producer_id,
+                                    base_sequence,
+                                    record_count,
+                                },
+                                current: 0,
+                                outcome: None,
+                                unknown: false,
+                            });
+                            self.attempt(self.sends.len() - 1);
+                        }
+                        Action::RequestProducerId { fresh } => {
+                            prop_assert!(self.pid_request.is_none());
+                            self.pid_request = Some(fresh);
+                        }
+                        Action::Ack { batch, base_offset } => {
+                            if let Some(&(prev, prev_offset)) = self.acked.last() {
+                                prop_assert!(prev < batch, "acks in push order");
+                                prop_assert!(
+                                    prev_offset + u64::from(self.counts[&prev]) <= base_offset,
+                                    "acks at increasing offsets"
+                                );
+                            }
+                            prop_assert!(!self.failed.contains_key(&batch));
+                            self.trace.push(format!("ack b{batch} @{base_offset}"));
+                            self.acked.push((batch, base_offset));
+                        }
+                        Action::Fail { batch, error } => {
+                            prop_assert!(!self.acked.iter().any(|a| a.0 == batch));
+                            self.trace.push(format!("fail b{batch} {error:?}"));
+                            prop_assert!(self.failed.insert(batch, error).is_none());
+                        }
+                    }
+                }
+                Ok(())
+            }
+
+            /// Lets every send complete without faults, oldest first, then every attempt
+            /// still in the network reach the log, late.
+            fn quiesce(&mut self) -> Result<(), TestCaseError> {
+                for _ in 0..10_000 {
+                    if self.seq().is_idle() {
+                        while !self.network.is_empty() {
+                            self.arrive(0);
+                        }
+                        prop_assert!(self.seq().is_idle());
+                        return Ok(());
+                    }
+                    if self.pid_request.is_some() {
+                        self.step(&Op::ProducerId(true))?;
+                    } else {
+                        prop_assert!(!self.sends.is_empty(), "stalled: nothing in flight");
+                        let oldest = (0..self.sends.len())
+                            .min_by_key(|&i| self.sends[i].id)
+                            .unwrap();
+                        self.answer(oldest, &Op::Answer(0))?;
+                        self.perform()?;
+                    }
+                }
+                Err(TestCaseError::fail("no progress after 10,000 steps"))
+            }
+
+            fn check(&self) -> Result<(), TestCaseError> {
+                let pushed = self.counts.len();
+                prop_assert_eq!(
+                    self.acked.len() + self.failed.len(),
+                    pushed,
+                    "every batch resolved once"
+                );
+                let mut in_log = BTreeMap::new();
+                for &(id, offset) in &self.log {
+                    prop_assert!(
+                        in_log.insert(id, offset).is_none(),
+                        "batch {} appended twice: {:?}",
+                        id,
+                        self.log
+                    );
+                }
+                for &(id, offset) in &self.acked {
+                    prop_assert_eq!(in_log.get(&id), Some(&offset), "acked where it is");
+                }
+                for (id, e) in &self.failed {
+                    if !e.is_outcome_unknown() {
+                        prop_assert!(
+                            !in_log.contains_key(id),
+                            "batch {} failed with {:?} but is in the log: {:?}",
+                            id,
+                            e,
+                            self.log
+                        );
+                    }
+                }
+                // What is appended is in push order, but for batches of unknown outcome.
+                let known: Vec<BatchId> = self
+                    .log
+                    .iter()
+                    .map(|e| e.0)
+                    .filter(|id| !self.failed.get(id).is_some_and(|e| e.is_outcome_unknown()))
+                    .collect();
+                prop_assert!(
+                    known.windows(2).all(|w| w[0] < w[1]),
+                    "log out of push order: {:?}",
+                    self.log
+                );
+                if !self.faults {
+                    prop_assert!(self.failed.is_empty(), "{:?}", self.failed);
+                    let order: Vec<BatchId> = self.log.iter().map(|e| e.0).collect();
+                    prop_assert_eq!(order, (0..pushed as u64).collect::<Vec<_>>());
+                }
+                Ok(())
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            #[test]
+            fn late_attempts_never_duplicate_nor_reorder(
+                max_in_flight in 1usize..=MAX_IN_FLIGHT_BATCHES_LIMIT,
+                ops in proptest::collection::vec(op(), 1..300),
+            ) {
+                let mut w = World {
+                    seq: Some(Sequencer::new(max_in_flight, true)),
+                    ..Default::default()
+                };
+                let run = |w: &mut World| {
+                    for op in &ops {
+                        w.step(op)?;
+                    }
+                    w.quiesce()?;
+                    w.check()
+                };
+                let result = run(&mut w);
+                if result.is_err() {
+                    // The events of the case (the last printed is the minimal one).
+                    eprintln!("what happened:\n  {}", w.trace.join("\n  "));
+                }
+                result?;
             }
         }
     }
