@@ -199,3 +199,47 @@ fn a_dropped_ap_request_leaves_no_waiter_behind() {
     let (_guard, _rx) = shared.register_waiter(1).unwrap();
     assert_eq!(shared.waiter_count(), 1);
 }
+
+/// Regression: a leader applies a batch once the followers flushed it, possibly before its
+/// own write reached redb; a CP fetch right after the acknowledgement read redb only and
+/// answered no batch while reporting a high watermark above it. A fetch now waits until no
+/// batch below the high watermark is still on its way to redb.
+#[test]
+fn a_fetch_waits_for_the_local_write_of_batches_below_the_high_watermark() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let shared = PartitionShared::open((1u64 << 32) | 1, &store).unwrap();
+        let now = tokio::time::Instant::now;
+        // Nothing pending: at once.
+        assert!(shared.wait_stored(10, now()).await);
+        // Batches at offsets 3 and 7 handed to the writer, not yet committed.
+        shared.pending_add(&[(3, 4, 4), (7, 5, 2)]);
+        // Below the first one, nothing to wait for.
+        assert!(shared.wait_stored(3, now()).await);
+        // Past it: not stored by the deadline.
+        let deadline = now() + std::time::Duration::from_millis(50);
+        assert!(!shared.wait_stored(5, deadline).await);
+        // Its write ends while a fetch waits: the fetch goes on.
+        let waiting = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                shared
+                    .wait_stored(7, now() + std::time::Duration::from_secs(5))
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        shared.pending_done(&[(3, 4, 4)]);
+        assert!(waiting.await.unwrap());
+        // The batch at 7 is still pending.
+        assert!(!shared.wait_stored(8, now()).await);
+        shared.pending_done(&[(7, 5, 2)]);
+        assert!(shared.wait_stored(u64::MAX, now()).await);
+    });
+}
