@@ -495,13 +495,16 @@ impl Nemesis {
             .filter(|i| !self.lost_nodes.contains(i))
             .collect();
         let leads = |n: u64, view: &Option<Vec<PartitionDescription>>| {
-            view.as_ref().map_or(0, |v| {
-                v.iter().filter(|p| p.leader == Some(n)).count()
-            })
+            view.as_ref()
+                .map_or(0, |v| v.iter().filter(|p| p.leader == Some(n)).count())
         };
         let key = |n: u64| (leads(n, &settled), meta_leader == Some(n));
         let best = up.iter().map(|&n| key(n)).min();
-        let ties: Vec<u64> = up.iter().copied().filter(|&n| Some(key(n)) == best).collect();
+        let ties: Vec<u64> = up
+            .iter()
+            .copied()
+            .filter(|&n| Some(key(n)) == best)
+            .collect();
         let Some(&target) = ties.choose(rng) else {
             return Ok("skipped: no node up".to_string());
         };
@@ -525,11 +528,17 @@ impl Nemesis {
         self.net.apply(&rules)?;
         let mut changed = BTreeMap::new();
         let heal_at = Instant::now() + Duration::from_millis(cut_ms);
-        self.watch_leaders(ids, &checked, &mut changed, heal_at).await;
+        self.watch_leaders(ids, &checked, &mut changed, heal_at)
+            .await;
         self.net.apply(&BTreeSet::new())?;
         undo.rules.clear();
-        self.watch_leaders(ids, &checked, &mut changed, Instant::now() + OBSERVE_AFTER_HEAL)
-            .await;
+        self.watch_leaders(
+            ids,
+            &checked,
+            &mut changed,
+            Instant::now() + OBSERVE_AFTER_HEAL,
+        )
+        .await;
         let skipped = settled
             .is_none()
             .then(|| format!("the nodes did not agree on the leaders within {SETTLE_DEADLINE:?}"));
@@ -795,9 +804,8 @@ impl Nemesis {
                             format!("restarts {}", said.join(", "))
                         }
                     };
-                    let leader = former_leader.map_or(String::new(), |l| {
-                        format!(" (n{l} led a partition)")
-                    });
+                    let leader =
+                        former_leader.map_or(String::new(), |l| format!(" (n{l} led a partition)"));
                     format!(
                         "{lead}every node crashed at once, unsynced writes lost; {restarts}{leader}"
                     )
@@ -1041,8 +1049,15 @@ mod tests {
         let fast = some.iter().filter(|&&ms| ms < 600).count();
         assert!(some.iter().all(|&ms| ms <= 1_500));
         assert!(some.iter().any(|&ms| ms < 50), "no restart right away");
-        assert!(fast * 2 > some.len(), "{fast} of {} below 600 ms", some.len());
-        assert!(delays.iter().any(Option::is_none), "no restart at the step's end");
+        assert!(
+            fast * 2 > some.len(),
+            "{fast} of {} below 600 ms",
+            some.len()
+        );
+        assert!(
+            delays.iter().any(Option::is_none),
+            "no restart at the step's end"
+        );
     }
 
     #[test]
@@ -1051,7 +1066,12 @@ mod tests {
         let mut combined = 0;
         let mut isolations = 0;
         for seed in 0..50 {
-            for s in plan(seed, &kinds, Duration::from_secs(300), Duration::from_secs(10)) {
+            for s in plan(
+                seed,
+                &kinds,
+                Duration::from_secs(300),
+                Duration::from_secs(10),
+            ) {
                 if s.faults.contains(&FaultKind::PartitionFollower) {
                     assert_eq!(s.faults.len(), 1, "seed {seed}: {s:?}");
                     isolations += 1;
@@ -1064,10 +1084,9 @@ mod tests {
                 }
                 if let Some(slow) = s.faults.iter().position(|k| *k == FaultKind::SlowDisk) {
                     assert!(
-                        !s.faults[..slow].iter().any(|k| matches!(
-                            k,
-                            FaultKind::CrashUnsynced | FaultKind::PowerLoss
-                        )),
+                        !s.faults[..slow]
+                            .iter()
+                            .any(|k| matches!(k, FaultKind::CrashUnsynced | FaultKind::PowerLoss)),
                         "seed {seed}: a slow disk after its crash: {s:?}"
                     );
                 }
@@ -1076,7 +1095,11 @@ mod tests {
         assert!(combined > 20, "{combined} slow-disk-then-crash steps");
         assert!(isolations > 10, "{isolations} follower isolations");
         assert!(parse_faults("all").unwrap().contains(&FaultKind::SlowDisk));
-        assert!(parse_faults("all").unwrap().contains(&FaultKind::PartitionFollower));
+        assert!(
+            parse_faults("all")
+                .unwrap()
+                .contains(&FaultKind::PartitionFollower)
+        );
         assert!(parse_faults("disk").unwrap().contains(&FaultKind::SlowDisk));
     }
 

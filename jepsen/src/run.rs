@@ -374,7 +374,11 @@ pub fn analyse(out: &RunOutput) -> Result<RunSummary> {
         &events,
         &out.windows,
     );
-    if out.plan.iter().any(|s| s.faults.contains(&FaultKind::PartitionFollower)) {
+    if out
+        .plan
+        .iter()
+        .any(|s| s.faults.contains(&FaultKind::PartitionFollower))
+    {
         summary.leader_stability = Some(LeaderStability::from_checks(&out.isolations));
     }
     let dir = &out.options.out_dir;

@@ -581,7 +581,11 @@ fn fsync_delay_answers_late_and_a_crash_while_waiting_persists_nothing() {
     assert_eq!(lfs.status().fsync_delay_ms, 50);
     f.sync_all().unwrap();
     lfs.ctl(Ctl::Crash);
-    assert_eq!(fs::read(&path).unwrap(), b"a", "a delayed fsync persisted nothing");
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        b"a",
+        "a delayed fsync persisted nothing"
+    );
 
     // A long delay: while the fsync waits, another file is written and read.
     lfs.ctl(Ctl::FsyncDelay(lazyfs::control::MAX_FSYNC_DELAY_MS));
@@ -607,7 +611,11 @@ fn fsync_delay_answers_late_and_a_crash_while_waiting_persists_nothing() {
         .recv_timeout(Duration::from_millis(lazyfs::control::MAX_FSYNC_DELAY_MS) + DEADLINE)
         .expect("the delayed fsync never answered");
     waiter.join().unwrap();
-    assert_eq!(answer, Err(Some(libc::EIO)), "an fsync overtaken by a crash succeeded");
+    assert_eq!(
+        answer,
+        Err(Some(libc::EIO)),
+        "an fsync overtaken by a crash succeeded"
+    );
     assert_eq!(
         fs::read(&path).unwrap(),
         b"a",
