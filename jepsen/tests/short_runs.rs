@@ -19,7 +19,7 @@ use fjord_jepsen::run::{RunOptions, analyse, run};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Seconds of each run (the follower-isolation run is shorter, see its test).
-const DURATION_SECS: u64 = 36;
+const DURATION_SECS: u64 = 34;
 
 fn target_dir() -> PathBuf {
     // target/<profile>/deps/<this test> -> target/<profile>
