@@ -253,6 +253,15 @@ impl Db {
         }
     }
 
+    /// Makes node `id`'s fsyncs answer `ms` milliseconds late (0: on time); the node may run.
+    pub fn fsync_delay(&mut self, id: u64, ms: u64) -> Result<()> {
+        let node = self.node(id)?;
+        match &node.mount {
+            Some(m) => m.set_fsync_delay(ms),
+            None => bail!("node {id} has no lazy disk (run with disk faults enabled)"),
+        }
+    }
+
     /// Flips `bits` random bits of node `id`'s stored data. The node must be dead.
     pub fn flip_bits(
         &mut self,

@@ -4,7 +4,7 @@
 //!
 //! What must hold: the mount is gone when [`LazyMount`] is dropped (also after a panic), and
 //! nothing is asked of the filesystem while the node that uses it is still running, except
-//! "disk full".
+//! "disk full" and "slow fsyncs".
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -91,6 +91,11 @@ impl LazyMount {
     /// Writes back and fsyncs every unsynced write.
     pub fn sync(&self) -> Result<()> {
         self.command(FsCommand::Sync)
+    }
+
+    /// Makes every fsync answer `ms` milliseconds late (0: on time).
+    pub fn set_fsync_delay(&self, ms: u64) -> Result<()> {
+        self.command(FsCommand::FsyncDelay(ms))
     }
 
     /// Makes writes that grow a file fail with ENOSPC (or stops doing so).

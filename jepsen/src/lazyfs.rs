@@ -11,7 +11,7 @@
 //! # Use
 //! ```text
 //! fjord-lazyfs --backing DIR --mount DIR [--control PATH] [--max-dirty-bytes N]
-//! fjord-lazyfs --control PATH --send crash      # full on|off, eio on|off, sync, status
+//! fjord-lazyfs --control PATH --send crash      # full on|off, eio on|off, fsync-delay MS, sync, status
 //! ```
 //! The control socket (default `<mount>.lazyfs.sock`) is bound once the mount is up, so a
 //! harness waits for `status` to answer. A power loss of a node is: SIGKILL the node, send
@@ -43,6 +43,10 @@
 //! - `eio on`: every file fsync (and every write through an `O_SYNC`/`O_DSYNC` handle) fails
 //!   with `EIO` and persists nothing; the overlay stays, so the data is lost at the next crash
 //!   unless a later fsync (after `eio off`) succeeds. Directory fsync is not affected.
+//! - `fsync-delay MS`: every file fsync answers MS milliseconds late, and persists the file as
+//!   it is then (a slow disk's flush); reads, writes and other fsyncs go on meanwhile. A
+//!   `crash` while it waits wins: it persists nothing and answers `EIO`. Writes through an
+//!   `O_SYNC`/`O_DSYNC` handle are not delayed.
 //!
 //! # What is not
 //! - Namespace operations (create, mkdir, mknod, symlink, link, unlink, rmdir, rename) and

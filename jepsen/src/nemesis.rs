@@ -6,10 +6,14 @@
 //! moment ("the leader of partition 2") are resolved when the step starts, so the same seed
 //! gives the same schedule.
 //!
+//! Nodes that `kill`, `crash-unsynced` and `power-loss` take down come back after a drawn
+//! delay from 0 ms (most of them before the ~600 ms a failure detector needs to notice, so
+//! a crashed leader can be back before anyone elected another), or at the step's end.
+//!
 //! What must hold: every step is healed before the next begins and all faults are healed at
-//! the end (nodes restarted, rules cleared, clocks reset, disks writable); at most a minority
-//! of nodes is down or paused at once, except in a power loss, which takes every node down
-//! together and restarts them all.
+//! the end (nodes restarted, rules cleared, clocks reset, disks writable and fast); at most a
+//! minority of nodes is down or paused at once, except in a power loss, which takes every
+//! node down together and restarts them all.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -18,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use fjord_client::Client;
+use fjord_client::{Client, PartitionDescription};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -27,7 +31,7 @@ use tokio::sync::Mutex;
 
 use crate::db::Db;
 use crate::net::{self, CLIENT, Network, Rule};
-use crate::report::FaultWindow as Window;
+use crate::report::{FaultWindow as Window, IsolationCheck, PartitionLeader};
 
 /// One kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -63,10 +67,17 @@ pub enum FaultKind {
     DiskFull,
     /// kill -9 a node, flip random bits in its data file, restart it.
     Bitflip,
+    /// A partition leader's fsyncs answer tens to hundreds of ms late, so its followers
+    /// flush first; often followed, in the same step, by a crash-unsynced of that leader or
+    /// a power loss.
+    SlowDisk,
+    /// Cut one node that leads nothing (if any) off from the other nodes for 1-3 s, heal, and
+    /// check that the partitions it only followed kept their leader and term.
+    PartitionFollower,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 15] = [
+    pub const ALL: [FaultKind; 17] = [
         FaultKind::PartitionLeader,
         FaultKind::PartitionMetaLeader,
         FaultKind::PartitionHalves,
@@ -82,6 +93,8 @@ impl FaultKind {
         FaultKind::PowerLoss,
         FaultKind::DiskFull,
         FaultKind::Bitflip,
+        FaultKind::SlowDisk,
+        FaultKind::PartitionFollower,
     ];
 
     pub fn name(self) -> &'static str {
@@ -101,6 +114,8 @@ impl FaultKind {
             FaultKind::PowerLoss => "power-loss",
             FaultKind::DiskFull => "disk-full",
             FaultKind::Bitflip => "bitflip",
+            FaultKind::SlowDisk => "slow-disk",
+            FaultKind::PartitionFollower => "partition-follower",
         }
     }
 
@@ -108,7 +123,10 @@ impl FaultKind {
     pub fn needs_lazy_disk(self) -> bool {
         matches!(
             self,
-            FaultKind::CrashUnsynced | FaultKind::PowerLoss | FaultKind::DiskFull
+            FaultKind::CrashUnsynced
+                | FaultKind::PowerLoss
+                | FaultKind::DiskFull
+                | FaultKind::SlowDisk
         )
     }
 
@@ -137,7 +155,7 @@ impl fmt::Display for FaultKind {
 
 /// Parses a comma-separated list of fault kinds and groups: `partition` (every network
 /// fault), `process` (kill, pause), `clock`, `disk` (crash-unsynced, power-loss, disk-full,
-/// bitflip), `all`, `none`.
+/// bitflip, slow-disk), `all`, `none`.
 pub fn parse_faults(s: &str) -> Result<BTreeSet<FaultKind>, String> {
     let mut set = BTreeSet::new();
     for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
@@ -154,6 +172,7 @@ pub fn parse_faults(s: &str) -> Result<BTreeSet<FaultKind>, String> {
                 FaultKind::PowerLoss,
                 FaultKind::DiskFull,
                 FaultKind::Bitflip,
+                FaultKind::SlowDisk,
             ]),
             other => {
                 let kind = FaultKind::ALL
@@ -197,7 +216,11 @@ pub struct Step {
 
 /// Decides the whole schedule: quiet gaps of 2-5 s between fault steps of 3-10 s; one
 /// fault kind per step, or two (a network fault with a process or clock fault) in a quarter
-/// of them. Steps end at least `quiet_end` before `total`.
+/// of them. A `slow-disk` step is followed by a `crash-unsynced` or `power-loss` (when those
+/// are asked for) in 60 % of them, and a crash step is preceded by a `slow-disk` in half of
+/// them: `[slow-disk, crash]`, slow the leader, let produces through, crash it. A
+/// `partition-follower` step is alone, as its check needs. Steps end at least `quiet_end`
+/// before `total`.
 pub fn plan(
     seed: u64,
     kinds: &BTreeSet<FaultKind>,
@@ -219,12 +242,25 @@ pub fn plan(
         }
         let first = *kinds.choose(&mut rng).expect("kinds is not empty");
         let mut faults = vec![first];
-        if rng.gen_bool(0.25) && first != FaultKind::PowerLoss {
+        let crashes: Vec<FaultKind> = kinds
+            .iter()
+            .copied()
+            .filter(|k| matches!(k, FaultKind::CrashUnsynced | FaultKind::PowerLoss))
+            .collect();
+        let is_crash = matches!(first, FaultKind::CrashUnsynced | FaultKind::PowerLoss);
+        if first == FaultKind::PartitionFollower {
+            // Alone: another fault would change leaders for reasons of its own.
+        } else if first == FaultKind::SlowDisk && !crashes.is_empty() && rng.gen_bool(0.6) {
+            faults.push(*crashes.choose(&mut rng).expect("crashes is not empty"));
+        } else if is_crash && kinds.contains(&FaultKind::SlowDisk) && rng.gen_bool(0.5) {
+            faults.insert(0, FaultKind::SlowDisk);
+        } else if rng.gen_bool(0.25) && first != FaultKind::PowerLoss {
             let partners: Vec<FaultKind> = kinds
                 .iter()
                 .copied()
                 .filter(|k| {
                     *k != FaultKind::PowerLoss
+                        && *k != FaultKind::PartitionFollower
                         && ((first.is_network() && !k.is_network())
                             || (!first.is_network() && k.is_network()))
                         && !(first.is_process() && k.is_process())
@@ -245,11 +281,47 @@ pub fn plan(
     steps
 }
 
+/// When a node taken down comes back: `None` at the step's end (15 %), else after a delay
+/// from 0 ms, below 600 ms (before a failure detector notices) for more than half of them,
+/// up to 1.5 s.
+pub fn restart_delay(rng: &mut StdRng) -> Option<Duration> {
+    if rng.gen_bool(0.15) {
+        return None;
+    }
+    let ms = if rng.gen_bool(0.6) {
+        rng.gen_range(0..600)
+    } else {
+        rng.gen_range(600..=1_500)
+    };
+    Some(Duration::from_millis(ms))
+}
+
+/// How long a slowed disk's fsyncs answer late: tens to hundreds of ms.
+pub fn fsync_delay_ms(rng: &mut StdRng) -> u64 {
+    if rng.gen_bool(0.5) {
+        rng.gen_range(20..100)
+    } else {
+        rng.gen_range(100..=500)
+    }
+}
+
+fn describe_delay(d: Option<Duration>) -> String {
+    match d {
+        Some(d) => format!("{} ms", d.as_millis()),
+        None => "the step's end".to_string(),
+    }
+}
+
 /// What must be undone when a step ends.
 #[derive(Debug, Default)]
 struct Undo {
     rules: BTreeSet<Rule>,
+    /// Nodes to start at the step's end (those already restarted are left alone).
     restart: BTreeSet<u64>,
+    /// Nodes to start before the step ends: (delay from the end of the step's start, node),
+    /// in the order to start them.
+    early_restart: Vec<(Duration, u64)>,
+    slow_disk: BTreeSet<u64>,
     lose_unsynced: BTreeSet<u64>,
     resume: BTreeSet<u64>,
     clock_reset: BTreeSet<u64>,
@@ -270,6 +342,57 @@ pub struct Nemesis {
     pub lost_nodes: BTreeSet<u64>,
     /// What happened that the report should mention.
     pub notes: Vec<String>,
+    /// One client per node, asking that node only: how each node describes the topic.
+    pub node_clients: BTreeMap<u64, Client>,
+    /// The `partition-follower` checks so far.
+    pub isolations: Vec<IsolationCheck>,
+}
+
+/// How long `partition-follower` waits for every node to describe the same leaders.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(8);
+/// How long after healing a `partition-follower` keeps watching the leaders.
+const OBSERVE_AFTER_HEAL: Duration = Duration::from_secs(3);
+const OBSERVE_EVERY: Duration = Duration::from_millis(200);
+
+/// Every node's description, when all answered, have a leader for every partition and agree
+/// on each partition's leader and epoch.
+fn agreed(views: &[Option<Vec<PartitionDescription>>]) -> Option<Vec<PartitionDescription>> {
+    let first = views.first()?.as_ref()?;
+    for v in views {
+        let v = v.as_ref()?;
+        if v.len() != first.len() {
+            return None;
+        }
+        for (a, b) in v.iter().zip(first) {
+            if a.leader.is_none() || a.leader != b.leader || a.leader_epoch != b.leader_epoch {
+                return None;
+            }
+        }
+    }
+    Some(first.clone())
+}
+
+/// Every partition led by its preferred leader: leader balancing has nothing to move.
+fn balanced(partitions: &[PartitionDescription]) -> bool {
+    partitions
+        .iter()
+        .all(|p| p.leader.is_some() && p.leader == p.replicas.first().copied())
+}
+
+/// Whether `seen` describes another leader or a later epoch than `before`.
+fn leader_changed(before: &PartitionLeader, seen: &PartitionDescription) -> bool {
+    seen.leader_epoch > before.epoch || (seen.leader.is_some() && seen.leader != before.leader)
+}
+
+/// Sleeps until `until`; true if the run was stopped first.
+async fn sleep_or_stop(until: Instant, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep_until(until.into()) => false,
+        _ = stop.changed() => true,
+    }
 }
 
 fn minority(n: usize) -> usize {
@@ -287,6 +410,159 @@ impl Nemesis {
         .ok()?
         .ok()?;
         described.partitions.get(partition as usize)?.leader
+    }
+
+    /// Node `id`'s description of the topic's partitions, asked of that node only.
+    async fn describe_from(&self, id: u64) -> Option<Vec<PartitionDescription>> {
+        let client = self.node_clients.get(&id)?;
+        tokio::time::timeout(Duration::from_secs(1), client.describe_topic(&self.topic))
+            .await
+            .ok()?
+            .ok()
+            .map(|t| t.partitions)
+    }
+
+    async fn describe_all(&self, ids: &[u64]) -> Vec<Option<Vec<PartitionDescription>>> {
+        let mut views = Vec::new();
+        for &id in ids {
+            views.push(self.describe_from(id).await);
+        }
+        views
+    }
+
+    /// Watches every node's description until `until`, recording in `changed` the first
+    /// description of each `checked` partition that differs from its state before.
+    async fn watch_leaders(
+        &self,
+        ids: &[u64],
+        checked: &[PartitionLeader],
+        changed: &mut BTreeMap<u32, PartitionLeader>,
+        until: Instant,
+    ) {
+        // Bounded: one round per OBSERVE_EVERY until `until`.
+        while Instant::now() < until {
+            for view in self.describe_all(ids).await.into_iter().flatten() {
+                for before in checked {
+                    if changed.contains_key(&before.partition) {
+                        continue;
+                    }
+                    if let Some(seen) = view.iter().find(|p| p.partition == before.partition)
+                        && leader_changed(before, seen)
+                    {
+                        changed.insert(
+                            before.partition,
+                            PartitionLeader {
+                                partition: seen.partition,
+                                leader: seen.leader,
+                                epoch: seen.leader_epoch,
+                            },
+                        );
+                    }
+                }
+            }
+            tokio::time::sleep(OBSERVE_EVERY).await;
+        }
+    }
+
+    /// `partition-follower`: waits for the cluster to settle (every node describing the same
+    /// leaders, each partition led by its preferred leader if that happens in time), cuts off
+    /// a node that leads nothing (or the least, never the metadata leader when another can
+    /// go), heals after 1-3 s, watches the leaders for [`OBSERVE_AFTER_HEAL`] more, and
+    /// records which partitions it only followed changed leader or epoch meanwhile.
+    async fn isolate_follower(
+        &mut self,
+        rng: &mut StdRng,
+        ids: &[u64],
+        undo: &mut Undo,
+    ) -> Result<String> {
+        let cut_ms = rng.gen_range(1_000..=3_000);
+        let until = Instant::now() + SETTLE_DEADLINE;
+        let mut settled = None;
+        while Instant::now() < until {
+            if let Some(view) = agreed(&self.describe_all(ids).await) {
+                let done = balanced(&view);
+                settled = Some(view);
+                if done {
+                    break;
+                }
+            }
+            tokio::time::sleep(OBSERVE_EVERY).await;
+        }
+        let meta_leader = self.meta_leader().await;
+        let up: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|i| !self.lost_nodes.contains(i))
+            .collect();
+        let leads = |n: u64, view: &Option<Vec<PartitionDescription>>| {
+            view.as_ref()
+                .map_or(0, |v| v.iter().filter(|p| p.leader == Some(n)).count())
+        };
+        let key = |n: u64| (leads(n, &settled), meta_leader == Some(n));
+        let best = up.iter().map(|&n| key(n)).min();
+        let ties: Vec<u64> = up
+            .iter()
+            .copied()
+            .filter(|&n| Some(key(n)) == best)
+            .collect();
+        let Some(&target) = ties.choose(rng) else {
+            return Ok("skipped: no node up".to_string());
+        };
+        let checked: Vec<PartitionLeader> = settled
+            .iter()
+            .flatten()
+            .filter(|p| {
+                p.replicas.contains(&target)
+                    && p.leader != Some(target)
+                    && p.leader == p.replicas.first().copied()
+            })
+            .map(|p| PartitionLeader {
+                partition: p.partition,
+                leader: p.leader,
+                epoch: p.leader_epoch,
+            })
+            .collect();
+        let others: Vec<u64> = ids.iter().copied().filter(|&i| i != target).collect();
+        let rules = net::cut(&[target], &others);
+        undo.rules.extend(rules.iter().cloned());
+        self.net.apply(&rules)?;
+        let mut changed = BTreeMap::new();
+        let heal_at = Instant::now() + Duration::from_millis(cut_ms);
+        self.watch_leaders(ids, &checked, &mut changed, heal_at)
+            .await;
+        self.net.apply(&BTreeSet::new())?;
+        undo.rules.clear();
+        self.watch_leaders(
+            ids,
+            &checked,
+            &mut changed,
+            Instant::now() + OBSERVE_AFTER_HEAL,
+        )
+        .await;
+        let skipped = settled
+            .is_none()
+            .then(|| format!("the nodes did not agree on the leaders within {SETTLE_DEADLINE:?}"));
+        let changed: Vec<(PartitionLeader, PartitionLeader)> = checked
+            .iter()
+            .filter_map(|b| changed.get(&b.partition).map(|a| (b.clone(), a.clone())))
+            .collect();
+        let detail = format!(
+            "n{target} (leading {} partitions) cut off from the other nodes for {cut_ms} ms, healed; of the {} partitions it followed, {} changed leader or epoch{}",
+            leads(target, &settled),
+            checked.len(),
+            changed.len(),
+            skipped
+                .as_ref()
+                .map_or(String::new(), |why| format!(" (not checked: {why})"))
+        );
+        self.isolations.push(IsolationCheck {
+            node: target,
+            cut_ms,
+            checked,
+            changed,
+            skipped,
+        });
+        Ok(detail)
     }
 
     async fn meta_leader(&self) -> Option<u64> {
@@ -329,8 +605,35 @@ impl Nemesis {
             .filter(|i| !self.lost_nodes.contains(i) && !taken_down.contains(i))
             .collect();
         candidates.shuffle(&mut rng);
+        // The node a `slow-disk` earlier in this step slowed: the crash that follows aims at it.
+        let mut slowed: Option<u64> = None;
         for &kind in &step.faults {
+            // A crash after a slow disk waits first, so that produces go through (committed
+            // by the followers' fsyncs) while the slowed node's own fsyncs wait.
+            let lead = if slowed.is_some()
+                && matches!(kind, FaultKind::CrashUnsynced | FaultKind::PowerLoss)
+            {
+                let ms = rng.gen_range(200..=2_000);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                format!("after {ms} ms of slow fsyncs, ")
+            } else {
+                String::new()
+            };
             let detail = match kind {
+                FaultKind::SlowDisk => {
+                    let target = match self.partition_leader(&mut rng).await {
+                        Some(l) => l,
+                        None => *ids.choose(&mut rng).expect("nodes"),
+                    };
+                    let ms = fsync_delay_ms(&mut rng);
+                    self.db.lock().await.fsync_delay(target, ms)?;
+                    undo.slow_disk.insert(target);
+                    slowed = Some(target);
+                    format!("n{target} (a partition leader): every fsync answers {ms} ms late")
+                }
+                FaultKind::PartitionFollower => {
+                    self.isolate_follower(&mut rng, &ids, &mut undo).await?
+                }
                 FaultKind::PartitionLeader => {
                     let target = match self.partition_leader(&mut rng).await {
                         Some(l) => l,
@@ -400,8 +703,12 @@ impl Nemesis {
                         1
                     };
                     let mut chosen = Vec::new();
-                    // Prefer a partition leader as the first victim half of the time.
-                    if rng.gen_bool(0.5)
+                    // After a slow disk, the slowed node; else prefer a partition leader as
+                    // the first victim half of the time.
+                    if let Some(l) = slowed.filter(|l| candidates.contains(l)) {
+                        candidates.retain(|&c| c != l);
+                        candidates.insert(0, l);
+                    } else if rng.gen_bool(0.5)
                         && let Some(l) = self.partition_leader(&mut rng).await
                         && candidates.contains(&l)
                     {
@@ -419,7 +726,8 @@ impl Nemesis {
                         continue;
                     }
                     let mut db = self.db.lock().await;
-                    let mut detail = String::new();
+                    let mut detail = lead;
+                    let mut restarts = Vec::new();
                     for &id in &chosen {
                         taken_down.insert(id);
                         match kind {
@@ -427,14 +735,17 @@ impl Nemesis {
                                 db.pause(id)?;
                                 undo.resume.insert(id);
                             }
-                            FaultKind::Kill => {
+                            FaultKind::Kill | FaultKind::CrashUnsynced => {
                                 db.kill(id)?;
+                                if kind == FaultKind::CrashUnsynced {
+                                    db.lose_unsynced(id)?;
+                                }
                                 undo.restart.insert(id);
-                            }
-                            FaultKind::CrashUnsynced => {
-                                db.kill(id)?;
-                                db.lose_unsynced(id)?;
-                                undo.restart.insert(id);
+                                let delay = restart_delay(&mut rng);
+                                if let Some(d) = delay {
+                                    undo.early_restart.push((d, id));
+                                }
+                                restarts.push(format!("n{id} after {}", describe_delay(delay)));
                             }
                             FaultKind::Bitflip => {
                                 db.kill(id)?;
@@ -447,9 +758,18 @@ impl Nemesis {
                             _ => unreachable!(),
                         }
                     }
+                    if !restarts.is_empty() {
+                        detail = format!("{detail}restart {}; ", restarts.join(", "));
+                    }
                     format!("{detail}nodes {chosen:?}")
                 }
                 FaultKind::PowerLoss => {
+                    // The node to bring back first, sometimes: the one a slow disk made
+                    // lag, else a partition leader.
+                    let former_leader = match slowed {
+                        Some(l) => Some(l),
+                        None => self.partition_leader(&mut rng).await,
+                    };
                     let mut db = self.db.lock().await;
                     for &id in &ids {
                         if self.lost_nodes.contains(&id) {
@@ -463,7 +783,32 @@ impl Nemesis {
                     for &id in &undo.lose_unsynced {
                         db.lose_unsynced(id)?;
                     }
-                    "every node crashed at once, unsynced writes lost".to_string()
+                    let mut order: Vec<u64> = undo.lose_unsynced.iter().copied().collect();
+                    order.shuffle(&mut rng);
+                    if let Some(l) = former_leader.filter(|l| order.contains(l))
+                        && rng.gen_bool(0.6)
+                    {
+                        order.retain(|&i| i != l);
+                        order.insert(0, l);
+                    }
+                    let restarts = match restart_delay(&mut rng) {
+                        None => "restarts at the step's end".to_string(),
+                        Some(first) => {
+                            let mut at = first;
+                            let mut said = Vec::new();
+                            for &id in &order {
+                                undo.early_restart.push((at, id));
+                                said.push(format!("n{id} at {} ms", at.as_millis()));
+                                at += Duration::from_millis(rng.gen_range(0..=400));
+                            }
+                            format!("restarts {}", said.join(", "))
+                        }
+                    };
+                    let leader =
+                        former_leader.map_or(String::new(), |l| format!(" (n{l} led a partition)"));
+                    format!(
+                        "{lead}every node crashed at once, unsynced writes lost; {restarts}{leader}"
+                    )
                 }
                 FaultKind::ClockJump => {
                     let target = *ids.choose(&mut rng).expect("nodes");
@@ -509,6 +854,9 @@ impl Nemesis {
         let mut db = self.db.lock().await;
         for id in undo.clock_reset {
             db.set_clock(id, "+0")?;
+        }
+        for id in undo.slow_disk {
+            db.fsync_delay(id, 0)?;
         }
         for id in undo.disk_writable {
             db.disk_full(id, false)?;
@@ -606,9 +954,23 @@ impl Nemesis {
                     end_ns: None,
                 });
             }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(step.duration_ms)) => {}
-                _ = stop.changed() => {}
+            let started = Instant::now();
+            let end = started + Duration::from_millis(step.duration_ms);
+            let mut early = undo.early_restart.clone();
+            early.sort_by_key(|(delay, _)| *delay);
+            let mut stopped = false;
+            for (delay, id) in early {
+                if sleep_or_stop(started + delay, &mut stop).await {
+                    stopped = true;
+                    break;
+                }
+                let mut db = self.db.lock().await;
+                if let Err(e) = db.start(&self.net, id) {
+                    notes.push(format!("restarting n{id} failed: {e:#}"));
+                }
+            }
+            if !stopped {
+                sleep_or_stop(end, &mut stop).await;
             }
             notes.extend(self.heal(undo).await?);
             notes.append(&mut self.notes);
@@ -674,6 +1036,71 @@ mod tests {
             }
             assert!(t <= 50_000, "seed {seed}");
         }
+    }
+
+    /// Guards the fast-restart faults: a crashed leader must sometimes be back before the
+    /// ~600 ms a failure detector needs, or a leader restored with a log missing an
+    /// acknowledged entry is never exercised.
+    #[test]
+    fn restart_delays_start_at_zero_and_are_mostly_below_a_failure_detector() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let delays: Vec<Option<Duration>> = (0..2_000).map(|_| restart_delay(&mut rng)).collect();
+        let some: Vec<u128> = delays.iter().flatten().map(|d| d.as_millis()).collect();
+        let fast = some.iter().filter(|&&ms| ms < 600).count();
+        assert!(some.iter().all(|&ms| ms <= 1_500));
+        assert!(some.iter().any(|&ms| ms < 50), "no restart right away");
+        assert!(
+            fast * 2 > some.len(),
+            "{fast} of {} below 600 ms",
+            some.len()
+        );
+        assert!(
+            delays.iter().any(Option::is_none),
+            "no restart at the step's end"
+        );
+    }
+
+    #[test]
+    fn slow_disks_lead_into_crashes_and_follower_isolations_stay_alone() {
+        let kinds = parse_faults("slow-disk,crash-unsynced,power-loss,partition").unwrap();
+        let mut combined = 0;
+        let mut isolations = 0;
+        for seed in 0..50 {
+            for s in plan(
+                seed,
+                &kinds,
+                Duration::from_secs(300),
+                Duration::from_secs(10),
+            ) {
+                if s.faults.contains(&FaultKind::PartitionFollower) {
+                    assert_eq!(s.faults.len(), 1, "seed {seed}: {s:?}");
+                    isolations += 1;
+                }
+                if s.faults.len() == 2
+                    && s.faults[0] == FaultKind::SlowDisk
+                    && matches!(s.faults[1], FaultKind::CrashUnsynced | FaultKind::PowerLoss)
+                {
+                    combined += 1;
+                }
+                if let Some(slow) = s.faults.iter().position(|k| *k == FaultKind::SlowDisk) {
+                    assert!(
+                        !s.faults[..slow]
+                            .iter()
+                            .any(|k| matches!(k, FaultKind::CrashUnsynced | FaultKind::PowerLoss)),
+                        "seed {seed}: a slow disk after its crash: {s:?}"
+                    );
+                }
+            }
+        }
+        assert!(combined > 20, "{combined} slow-disk-then-crash steps");
+        assert!(isolations > 10, "{isolations} follower isolations");
+        assert!(parse_faults("all").unwrap().contains(&FaultKind::SlowDisk));
+        assert!(
+            parse_faults("all")
+                .unwrap()
+                .contains(&FaultKind::PartitionFollower)
+        );
+        assert!(parse_faults("disk").unwrap().contains(&FaultKind::SlowDisk));
     }
 
     #[test]

@@ -21,7 +21,9 @@ use crate::history::parse_jsonl;
 use crate::nemesis::{self, FaultKind, Nemesis, Step};
 use crate::net::{self, Netns, Network};
 use crate::proxy::ProxyNet;
-use crate::report::{FaultWindow as Window, RunSummary, latency_svg};
+use crate::report::{
+    FaultWindow as Window, IsolationCheck, LeaderStability, RunSummary, latency_svg,
+};
 use crate::workload::{self, Recorder, WorkloadOptions};
 
 /// Everything that defines a run.
@@ -63,6 +65,9 @@ pub struct RunOutput {
     /// Stopped early by Ctrl-C or SIGTERM: no final read, so `unseen` means nothing.
     #[serde(default)]
     pub interrupted: bool,
+    /// What each `partition-follower` fault saw of the leaders.
+    #[serde(default)]
+    pub isolations: Vec<IsolationCheck>,
 }
 
 fn parse_acks(s: &str) -> Result<Acks> {
@@ -249,6 +254,19 @@ async fn run_async(
         recorder.clone(),
         stop_rx.clone(),
     ));
+    let mut node_clients = std::collections::BTreeMap::new();
+    for &id in &ids {
+        let client = Client::connect(
+            vec![netns.advertise(id)],
+            ClientConfig {
+                request_timeout_ms: 1_000,
+                connect_timeout_ms: 500,
+                max_retries: 0,
+                ..ClientConfig::default()
+            },
+        )?;
+        node_clients.insert(id, client);
+    }
     let mut nemesis = Nemesis {
         db: db.clone(),
         net: netns.clone(),
@@ -257,6 +275,8 @@ async fn run_async(
         partitions: options.partitions,
         lost_nodes: BTreeSet::new(),
         notes: Vec::new(),
+        node_clients,
+        isolations: Vec::new(),
     };
     let rec = recorder.clone();
     let nemesis_stop = stop_rx.clone();
@@ -277,7 +297,7 @@ async fn run_async(
         _ = sigterm.recv() => interrupted = true,
     }
     stop_tx.send(true).ok();
-    let (nemesis, nemesis_out) = nemesis_task.await.context("the nemesis panicked")?;
+    let (mut nemesis, nemesis_out) = nemesis_task.await.context("the nemesis panicked")?;
     let (windows, nemesis_notes) = nemesis_out?;
     notes.extend(nemesis_notes);
     workload.await.context("the workload panicked")??;
@@ -320,6 +340,7 @@ async fn run_async(
         }
         db.shutdown();
     }
+    let isolations = std::mem::take(&mut nemesis.isolations);
     drop(nemesis);
     Ok(RunOutput {
         options,
@@ -329,6 +350,7 @@ async fn run_async(
         history,
         unread_partitions: unread,
         interrupted,
+        isolations,
     })
 }
 
@@ -344,7 +366,7 @@ pub fn analyse(out: &RunOutput) -> Result<RunSummary> {
     } else {
         nemesis::describe_plan(&out.plan)
     };
-    let summary = RunSummary::new(
+    let mut summary = RunSummary::new(
         out.options.seed,
         &out.options.acks,
         &out.options.read,
@@ -352,6 +374,13 @@ pub fn analyse(out: &RunOutput) -> Result<RunSummary> {
         &events,
         &out.windows,
     );
+    if out
+        .plan
+        .iter()
+        .any(|s| s.faults.contains(&FaultKind::PartitionFollower))
+    {
+        summary.leader_stability = Some(LeaderStability::from_checks(&out.isolations));
+    }
     let dir = &out.options.out_dir;
     std::fs::write(dir.join("report.json"), summary.to_json()?)?;
     let mut report = summary.to_text();

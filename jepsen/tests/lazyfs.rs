@@ -560,3 +560,67 @@ fn sigterm_unmounts_and_writes_back() {
     );
     assert!(!lfs.control.exists(), "control socket left behind");
 }
+
+/// Guards the slow-disk fault: with `fsync-delay` an fsync answers late yet still persists,
+/// other operations are not held up while it waits, and a crash while it waits wins (nothing
+/// persisted, the fsync fails).
+#[test]
+fn fsync_delay_answers_late_and_a_crash_while_waiting_persists_nothing() {
+    let Some(lfs) = Mounted::start(
+        "fsync_delay_answers_late_and_a_crash_while_waiting_persists_nothing",
+        &[],
+    ) else {
+        return;
+    };
+    let path = lfs.mount.join("data");
+    let mut f = File::create(&path).unwrap();
+    f.write_all(b"a").unwrap();
+
+    // A short delay: the fsync answers and persists.
+    lfs.ctl(Ctl::FsyncDelay(50));
+    assert_eq!(lfs.status().fsync_delay_ms, 50);
+    f.sync_all().unwrap();
+    lfs.ctl(Ctl::Crash);
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        b"a",
+        "a delayed fsync persisted nothing"
+    );
+
+    // A long delay: while the fsync waits, another file is written and read.
+    lfs.ctl(Ctl::FsyncDelay(lazyfs::control::MAX_FSYNC_DELAY_MS));
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(b"b", 1).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let r = f.sync_all();
+        tx.send(r.map_err(|e| errno_of(&e))).ok();
+    });
+    wait_for("the fsync to wait", || lfs.status().fsyncs_waiting == 1);
+    let other = lfs.mount.join("other");
+    fs::write(&other, b"meanwhile").unwrap();
+    assert_eq!(fs::read(&other).unwrap(), b"meanwhile");
+    assert_eq!(
+        lfs.status().fsyncs_waiting,
+        1,
+        "other operations waited for the delayed fsync"
+    );
+    assert!(rx.try_recv().is_err(), "the delayed fsync answered early");
+    lfs.ctl(Ctl::Crash);
+    let answer = rx
+        .recv_timeout(Duration::from_millis(lazyfs::control::MAX_FSYNC_DELAY_MS) + DEADLINE)
+        .expect("the delayed fsync never answered");
+    waiter.join().unwrap();
+    assert_eq!(
+        answer,
+        Err(Some(libc::EIO)),
+        "an fsync overtaken by a crash succeeded"
+    );
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        b"a",
+        "an fsync overtaken by a crash persisted data"
+    );
+    lfs.ctl(Ctl::FsyncDelay(0));
+    assert_eq!(lfs.status().fsync_delay_ms, 0);
+}

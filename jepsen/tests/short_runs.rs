@@ -1,6 +1,7 @@
 //! The short harness runs CI makes: real 3-node clusters under faults, both modes, a few fault
 //! mixes. A CP run with any anomaly that breaks CP's guarantees fails the build; the AP run
-//! must be consistent with AP's (weaker) guarantees, and its losses are printed.
+//! must be consistent with AP's (weaker) guarantees, and its losses are printed. One more run
+//! cuts single followers off and fails if a partition they only followed changed leader.
 //!
 //! Each run prints its seed; `FJORD_JEPSEN_SEED` replays one. The clusters use network
 //! namespaces when the machine allows them, else the loopback fault proxy; clock faults need
@@ -17,7 +18,8 @@ use fjord_jepsen::run::{RunOptions, analyse, run};
 /// One cluster at a time: two would fight over two cores and muddy each other's timings.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-const DURATION_SECS: u64 = 40;
+/// Seconds of each run (the follower-isolation run is shorter, see its test).
+const DURATION_SECS: u64 = 34;
 
 fn target_dir() -> PathBuf {
     // target/<profile>/deps/<this test> -> target/<profile>
@@ -74,7 +76,7 @@ fn missing_tools(faults: &std::collections::BTreeSet<FaultKind>) -> Option<Strin
     None
 }
 
-fn options(label: &str, seed: u64, faults: &str, mode: &str) -> RunOptions {
+fn options(label: &str, seed: u64, faults: &str, mode: &str, duration_secs: u64) -> RunOptions {
     let faults = parse_faults(faults).unwrap();
     let lazy = faults.iter().any(|k| k.needs_lazy_disk());
     let out = std::env::temp_dir().join(format!(
@@ -87,7 +89,7 @@ fn options(label: &str, seed: u64, faults: &str, mode: &str) -> RunOptions {
         nodes: 3,
         partitions: 3,
         replication_factor: 3,
-        duration_secs: DURATION_SECS,
+        duration_secs,
         faults,
         acks: mode.into(),
         read: mode.into(),
@@ -105,6 +107,17 @@ fn options(label: &str, seed: u64, faults: &str, mode: &str) -> RunOptions {
 
 /// Runs `faults` in the given modes on one seed; fails on any anomaly the mode forbids.
 fn mix(label: &str, faults: &str, modes: &[&str]) {
+    mix_for(label, faults, modes, DURATION_SECS, |_, _| {});
+}
+
+/// [`mix`] with a duration, and `more` checking each run's output and summary further.
+fn mix_for(
+    label: &str,
+    faults: &str,
+    modes: &[&str],
+    duration_secs: u64,
+    more: impl Fn(&fjord_jepsen::run::RunOutput, &fjord_jepsen::report::RunSummary),
+) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let seed = seed();
     let kinds = parse_faults(faults).unwrap();
@@ -114,7 +127,7 @@ fn mix(label: &str, faults: &str, modes: &[&str]) {
     }
     let mut summaries = Vec::new();
     for mode in modes {
-        let options = options(label, seed, faults, mode);
+        let options = options(label, seed, faults, mode, duration_secs);
         let dir = options.out_dir.clone();
         eprintln!(
             "{label}: seed {seed}, {mode}, faults {faults}, files in {} (replay: FJORD_JEPSEN_SEED={seed})",
@@ -135,6 +148,7 @@ fn mix(label: &str, faults: &str, modes: &[&str]) {
             "{label} seed {seed} {mode}: anomalies break {mode}'s guarantees; files in {}",
             dir.display()
         );
+        more(&out, &summary);
         if *mode == "cp" {
             assert!(
                 out.unread_partitions.is_empty(),
@@ -161,5 +175,38 @@ fn cp_under_kills_pauses_and_clock_jumps() {
 
 #[test]
 fn cp_under_disk_faults() {
-    mix("disk", "crash-unsynced,power-loss,disk-full,kill", &["cp"]);
+    mix(
+        "disk",
+        "slow-disk,crash-unsynced,power-loss,disk-full,kill",
+        &["cp"],
+    );
+}
+
+/// Guards against a cut-off follower deposing a healthy leader: a follower cut off from the
+/// other nodes for more than its failure detector's timeout campaigned (no pre-vote), and
+/// once healed its higher term made the leaders of the partitions it only followed step down.
+#[test]
+fn leaders_stay_across_follower_isolations() {
+    mix_for(
+        "follower",
+        "partition-follower",
+        &["cp"],
+        24,
+        |out, summary| {
+            let ls = summary
+                .leader_stability
+                .as_ref()
+                .expect("a partition-follower run reports leader stability");
+            assert!(
+                ls.partitions_checked > 0,
+                "no partition was checked across a follower isolation: {:?}",
+                out.isolations
+            );
+            assert_eq!(
+                ls.partitions_changed, 0,
+                "partitions changed leader across follower isolations: {:?}",
+                ls.examples
+            );
+        },
+    );
 }

@@ -9,8 +9,9 @@
 //! | `full off`  | back to normal                                                 |
 //! | `eio on`    | every file `fsync`/`fdatasync` fails with `EIO`; nothing is persisted |
 //! | `eio off`   | back to normal                                                 |
+//! | `fsync-delay MS` | every file `fsync`/`fdatasync` answers MS milliseconds late (at most [`MAX_FSYNC_DELAY_MS`]; 0 turns it off); other operations are not held up |
 //! | `sync`      | write back and fsync every overlay, like `sync(1)`             |
-//! | `status`    | `ok dirty_bytes=N dirty_files=N full=on|off eio=on|off`       |
+//! | `status`    | `ok dirty_bytes=N dirty_files=N full=on|off eio=on|off fsync_delay_ms=N fsyncs_waiting=N` |
 //!
 //! The answer is `ok` (for `status`, followed by the fields) or `err <reason>`. A command has
 //! taken full effect when its `ok` arrives. Lines are at most [`MAX_LINE_BYTES`] long; at most
@@ -35,6 +36,8 @@ use super::fs::Core;
 pub const MAX_LINE_BYTES: u64 = 256;
 /// Clients served at once.
 pub const MAX_CONNECTIONS: usize = 16;
+/// The longest fsync delay accepted: a slow disk, not a dead one.
+pub const MAX_FSYNC_DELAY_MS: u64 = 10_000;
 /// How long the blocking client waits for an answer (`sync` may write back a lot).
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -47,6 +50,8 @@ pub enum Command {
     DiskFull(bool),
     /// fsync fails with `EIO` on or off.
     FsyncEio(bool),
+    /// Every fsync answers this many milliseconds late (0: on time).
+    FsyncDelay(u64),
     /// Write back and fsync everything.
     Sync,
 }
@@ -61,6 +66,7 @@ impl fmt::Display for Command {
             Command::Crash => f.write_str("crash"),
             Command::DiskFull(on) => write!(f, "full {}", on_off(*on)),
             Command::FsyncEio(on) => write!(f, "eio {}", on_off(*on)),
+            Command::FsyncDelay(ms) => write!(f, "fsync-delay {ms}"),
             Command::Sync => f.write_str("sync"),
         }
     }
@@ -89,6 +95,10 @@ impl FromStr for Command {
             ["full", "off"] => Ok(Command::DiskFull(false)),
             ["eio", "on"] => Ok(Command::FsyncEio(true)),
             ["eio", "off"] => Ok(Command::FsyncEio(false)),
+            ["fsync-delay", ms] => match ms.parse::<u64>() {
+                Ok(ms) if ms <= MAX_FSYNC_DELAY_MS => Ok(Command::FsyncDelay(ms)),
+                _ => Err(UnknownCommand(s.to_string())),
+            },
             ["sync"] => Ok(Command::Sync),
             _ => Err(UnknownCommand(s.to_string())),
         }
@@ -104,17 +114,23 @@ pub struct Status {
     pub dirty_files: u64,
     pub disk_full: bool,
     pub fsync_eio: bool,
+    /// How late every fsync answers, in milliseconds (0: on time).
+    pub fsync_delay_ms: u64,
+    /// Delayed fsyncs that have not answered yet.
+    pub fsyncs_waiting: u64,
 }
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "dirty_bytes={} dirty_files={} full={} eio={}",
+            "dirty_bytes={} dirty_files={} full={} eio={} fsync_delay_ms={} fsyncs_waiting={}",
             self.dirty_bytes,
             self.dirty_files,
             on_off(self.disk_full),
-            on_off(self.fsync_eio)
+            on_off(self.fsync_eio),
+            self.fsync_delay_ms,
+            self.fsyncs_waiting
         )
     }
 }
@@ -132,6 +148,8 @@ impl FromStr for Status {
                 "dirty_files" => status.dirty_files = value.parse().map_err(|_| bad())?,
                 "full" => status.disk_full = value == "on",
                 "eio" => status.fsync_eio = value == "on",
+                "fsync_delay_ms" => status.fsync_delay_ms = value.parse().map_err(|_| bad())?,
+                "fsyncs_waiting" => status.fsyncs_waiting = value.parse().map_err(|_| bad())?,
                 _ => {} // Fields added later are ignored.
             }
         }
@@ -154,6 +172,7 @@ impl Controller {
             }
             Command::DiskFull(on) => self.core.set_disk_full(on),
             Command::FsyncEio(on) => self.core.set_fsync_eio(on),
+            Command::FsyncDelay(ms) => self.core.set_fsync_delay(Duration::from_millis(ms)),
             Command::Sync => self.core.sync()?,
         }
         Ok(())
@@ -306,11 +325,20 @@ mod tests {
             Command::DiskFull(false),
             Command::FsyncEio(true),
             Command::FsyncEio(false),
+            Command::FsyncDelay(0),
+            Command::FsyncDelay(250),
             Command::Sync,
         ] {
             assert_eq!(c.to_string().parse::<Command>(), Ok(c));
         }
         assert!("full maybe".parse::<Command>().is_err());
+        assert!("fsync-delay".parse::<Command>().is_err());
+        assert!("fsync-delay -1".parse::<Command>().is_err());
+        assert!(
+            format!("fsync-delay {}", MAX_FSYNC_DELAY_MS + 1)
+                .parse::<Command>()
+                .is_err()
+        );
     }
 
     #[test]
@@ -320,6 +348,8 @@ mod tests {
             dirty_files: 2,
             disk_full: true,
             fsync_eio: false,
+            fsync_delay_ms: 300,
+            fsyncs_waiting: 2,
         };
         assert_eq!(s.to_string().parse::<Status>().unwrap(), s);
     }

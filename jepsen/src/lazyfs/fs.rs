@@ -11,7 +11,10 @@
 //!   same critical section, so a `crash` sees either the whole overlay or none of it;
 //! - `State::dirty_bytes` is the sum of the overlays' `dirty_bytes()`;
 //! - an inode with an overlay or an open handle stays in the table, so its data stays reachable
-//!   after the kernel forgets it.
+//!   after the kernel forgets it;
+//! - a delayed fsync (`fsync-delay`) waits outside the lock, on a thread of its own, so other
+//!   operations go on meanwhile; it persists nothing if a `crash` came while it waited (it
+//!   answers `EIO`: the caller, if still alive, must not believe its data durable).
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
@@ -20,6 +23,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -103,10 +107,20 @@ pub(crate) struct State {
     fsync_eio: bool,
 }
 
+/// Delayed fsyncs waiting at once, each on its own thread; past this, an fsync waits its delay
+/// on the FUSE thread (holding every other operation up, as a saturated disk would).
+const MAX_DELAYED_FSYNCS: usize = 64;
+
 /// The state shared by the FUSE session and the control side.
 pub(crate) struct Core {
     root: PathBuf,
     max_dirty_bytes: u64,
+    /// How late every file fsync answers, in milliseconds (0: on time).
+    fsync_delay_ms: AtomicU64,
+    /// Crashes so far: a delayed fsync that started before a crash persists nothing.
+    crashes: AtomicU64,
+    /// Delayed fsyncs waiting on threads of their own.
+    delayed_fsyncs: AtomicUsize,
     // A std mutex: every critical section is synchronous, and holding it across a writeback is
     // what makes writeback atomic with respect to a crash.
     state: Mutex<State>,
@@ -741,6 +755,8 @@ impl State {
             dirty_files: self.dirty.len() as u64,
             disk_full: self.disk_full,
             fsync_eio: self.fsync_eio,
+            fsync_delay_ms: 0,
+            fsyncs_waiting: 0,
         }
     }
 }
@@ -751,6 +767,9 @@ impl Core {
         Ok(Self {
             root,
             max_dirty_bytes,
+            fsync_delay_ms: AtomicU64::new(0),
+            crashes: AtomicU64::new(0),
+            delayed_fsyncs: AtomicUsize::new(0),
             state: Mutex::new(state),
             notifier: OnceLock::new(),
         })
@@ -765,6 +784,7 @@ impl Core {
     pub(crate) fn crash(&self) -> (u64, u64) {
         let (lost, inos) = {
             let mut st = self.lock();
+            self.crashes.fetch_add(1, Ordering::SeqCst);
             let lost = (st.dirty.len() as u64, st.dirty_bytes);
             let inos: Vec<u64> = st.dirty.drain().map(|(ino, _)| ino).collect();
             st.dirty_bytes = 0;
@@ -798,13 +818,36 @@ impl Core {
         self.lock().fsync_eio = on;
     }
 
+    pub(crate) fn set_fsync_delay(&self, delay: Duration) {
+        self.fsync_delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    fn fsync_delay(&self) -> Duration {
+        Duration::from_millis(self.fsync_delay_ms.load(Ordering::SeqCst))
+    }
+
+    /// An fsync that started when `crashes` crashes had happened, run now: `EIO` without
+    /// persisting anything if a crash came since.
+    fn fsync_since(&self, crashes: u64, ino: u64, fh: u64, datasync: bool) -> Result<(), Errno> {
+        let mut st = self.lock();
+        if self.crashes.load(Ordering::SeqCst) != crashes {
+            return Err(Errno::EIO);
+        }
+        st.fsync(ino, fh, datasync)
+    }
+
     /// Write back and fsync every overlay, like `sync(1)`.
     pub(crate) fn sync(&self) -> io::Result<()> {
         self.lock().write_back_all(true)
     }
 
     pub(crate) fn status(&self) -> Status {
-        self.lock().status()
+        Status {
+            fsync_delay_ms: self.fsync_delay_ms.load(Ordering::SeqCst),
+            fsyncs_waiting: self.delayed_fsyncs.load(Ordering::SeqCst) as u64,
+            ..self.lock().status()
+        }
     }
 }
 
@@ -1113,9 +1156,33 @@ impl Filesystem for LazyFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let mut st = self.core.lock();
-        let r = st.fsync(ino.0, fh.0, datasync);
-        reply_empty(reply, r);
+        let delay = self.core.fsync_delay();
+        if delay.is_zero() {
+            let mut st = self.core.lock();
+            let r = st.fsync(ino.0, fh.0, datasync);
+            reply_empty(reply, r);
+            return;
+        }
+        let crashes = self.core.crashes.load(Ordering::SeqCst);
+        let core = self.core.clone();
+        if core.delayed_fsyncs.fetch_add(1, Ordering::SeqCst) >= MAX_DELAYED_FSYNCS {
+            core.delayed_fsyncs.fetch_sub(1, Ordering::SeqCst);
+            std::thread::sleep(delay);
+            reply_empty(reply, core.fsync_since(crashes, ino.0, fh.0, datasync));
+            return;
+        }
+        // A failed spawn drops `reply`, which answers EIO: the fsync did not happen.
+        let spawned = std::thread::Builder::new()
+            .name("lazyfs-slow-fsync".to_string())
+            .spawn(move || {
+                std::thread::sleep(delay);
+                reply_empty(reply, core.fsync_since(crashes, ino.0, fh.0, datasync));
+                core.delayed_fsyncs.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            self.core.delayed_fsyncs.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!("lazyfs: no thread for a delayed fsync: {e}");
+        }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
