@@ -255,6 +255,17 @@ impl Node {
                     Err(e) => last_err = e,
                 },
                 Err(GroupError::Internal(e)) => return Err(ApiError::Internal(e)),
+                Err(GroupError::NotLeader { address: None, .. }) => {
+                    // No leader known here: the leader may not reach this node (it came back
+                    // at a new address, which only this write registers). Ask each peer; only
+                    // the leader applies a forwarded write.
+                    for addr in self.peer_addresses().into_values() {
+                        match self.forward_meta_write(&addr, &cmd).await {
+                            Ok(r) => return Ok(r),
+                            Err(e) => last_err = e,
+                        }
+                    }
+                }
                 Err(e) => last_err = ApiError::NoLeader(format!("the metadata group ({e})")),
             }
             if self.shutdown.is_cancelled() {
