@@ -207,6 +207,7 @@ async fn run_node(config: ServeConfig, disk: SimDisk) -> turmoil::Result {
             cache_size_bytes: (config.cache_size_mib as usize) << 20,
             writer: WriterMode::Task {
                 commit_latency: COMMIT_LATENCY,
+                sync_delay: Some(disk.sync_delay()),
             },
         },
     )?;
