@@ -46,7 +46,7 @@ const POLL_WAIT_MS: u32 = 300;
 /// Pause after a failed fetch or topic creation.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// How often the leader watch asks each node.
-pub const LEADER_WATCH_EVERY: Duration = Duration::from_millis(100);
+pub const LEADER_WATCH_EVERY: Duration = Duration::from_millis(250);
 /// How long the leader watch waits for one node's answer.
 const LEADER_WATCH_TIMEOUT: Duration = Duration::from_millis(300);
 /// How long the topic creation may take.
@@ -88,7 +88,8 @@ pub async fn run(w: Workload, history: Shared, leaders: Leaders) -> turmoil::Res
             client_config(w.seed),
             Arc::new(ClientConnect),
         )?;
-        let until = w.heal_at + w.settle;
+        // The nemesis needs leaders until the heal; a little longer shows who leads after it.
+        let until = w.writes_until;
         tokio::spawn(watch_leaders(
             client,
             w.topic.clone(),
