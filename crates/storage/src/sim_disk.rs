@@ -12,13 +12,22 @@
 //! before it: the dead incarnation's database can no longer write (its I/O fails), even while
 //! it is being dropped, so nothing of it reaches the disk after the crash.
 //!
+//! A disk can also be made **slow**: [`SimDisk::set_sync_delay`] adds a delay to each of its
+//! fsyncs, in the simulation's time. redb's `sync_data` cannot wait (it is synchronous, on the
+//! simulation's one thread), so the delay is a [`SyncDelay`] handle that the group-commit
+//! writer in [`WriterMode::Task`](crate::WriterMode::Task) reads before each fsynced commit and
+//! sleeps for (Tokio time: turmoil's clock). The batch is not written during the wait, so a
+//! power loss then loses it, as it would lose writes whose fsync had not returned.
+//!
 //! What must hold: after `sync_data` returns, the durable image equals the volatile image;
 //! after a power loss, the volatile image equals the durable image; a fenced handle changes
 //! nothing.
 
 use std::collections::BTreeSet;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 /// Granularity of the record of unsynced writes, in bytes.
 const PAGE_BYTES: u64 = 4096;
@@ -44,10 +53,37 @@ pub struct DiskStats {
     pub pages_lost: u64,
 }
 
+/// The extra time each fsync of one disk takes, shared by the disk and its writer: the
+/// simulation changes it while the node runs. Zero for a healthy disk.
+#[derive(Debug, Clone, Default)]
+pub struct SyncDelay(Arc<AtomicU64>);
+
+impl SyncDelay {
+    /// The current delay.
+    pub fn get(&self) -> Duration {
+        Duration::from_micros(self.0.load(Ordering::Relaxed))
+    }
+
+    fn set(&self, delay: Duration) {
+        let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.0.store(micros, Ordering::Relaxed);
+    }
+}
+
+impl PartialEq for SyncDelay {
+    /// Two handles are equal when they are the same disk's.
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SyncDelay {}
+
 /// A simulated disk holding one database file. Cheap to clone; clones are the same disk.
 #[derive(Debug, Clone, Default)]
 pub struct SimDisk {
     images: Arc<Mutex<Images>>,
+    sync_delay: SyncDelay,
 }
 
 impl SimDisk {
@@ -81,6 +117,19 @@ impl SimDisk {
         images.stats.pages_lost += images.dirty_pages.len() as u64;
         images.dirty_pages.clear();
         images.volatile.clone_from(&images.durable);
+    }
+
+    /// Slows every fsync of this disk by `delay` from now on (zero: healthy again). It takes
+    /// effect for commits that start after the call, on every incarnation of the node.
+    pub fn set_sync_delay(&self, delay: Duration) {
+        self.sync_delay.set(delay);
+    }
+
+    /// The handle a task writer reads the delay from (see [`WriterMode::Task`]).
+    ///
+    /// [`WriterMode::Task`]: crate::WriterMode::Task
+    pub fn sync_delay(&self) -> SyncDelay {
+        self.sync_delay.clone()
     }
 
     /// What the disk has done so far.
@@ -238,6 +287,54 @@ mod tests {
         disk.power_loss();
         assert_eq!(disk.backend().len().unwrap(), 10);
         assert_eq!(disk.durable_len(), 10);
+    }
+
+    /// A slowed disk's fsyncs take longer in Tokio's (paused, here: simulated) time, and a
+    /// power loss during the longer wait loses the batch; healed, it is fast again.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_slow_disk_delays_fsyncs_in_simulated_time() {
+        use crate::{Op, Store, StoreOptions, WriterMode};
+        let disk = SimDisk::new();
+        let options = StoreOptions {
+            writer: WriterMode::Task {
+                commit_latency: Duration::from_millis(2),
+                sync_delay: Some(disk.sync_delay()),
+            },
+            ..Default::default()
+        };
+        let append = |index: u64| {
+            vec![Op::Append {
+                group: 1,
+                entries: vec![(index, vec![index as u8])],
+            }]
+        };
+        let store = Store::open_on(disk.backend(), &options).unwrap();
+        let t0 = tokio::time::Instant::now();
+        store.write(append(1)).await.unwrap();
+        assert_eq!(t0.elapsed(), Duration::from_millis(2));
+
+        disk.set_sync_delay(Duration::from_millis(300));
+        let t1 = tokio::time::Instant::now();
+        store.write(append(2)).await.unwrap();
+        assert_eq!(t1.elapsed(), Duration::from_millis(302));
+
+        // Power lost 100 ms into a slow fsync: the batch never reached the disk.
+        let slow = tokio::spawn({
+            let store = store.clone();
+            async move { store.write(append(3)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        disk.power_loss();
+        assert!(slow.await.unwrap().is_err(), "not acknowledged");
+        drop(store);
+
+        disk.set_sync_delay(Duration::ZERO);
+        let store = Store::open_on(disk.backend(), &options).unwrap();
+        let got = store.read_log(1, .., 100, usize::MAX).unwrap();
+        assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 2]);
+        let t2 = tokio::time::Instant::now();
+        store.write(append(3)).await.unwrap();
+        assert_eq!(t2.elapsed(), Duration::from_millis(2));
     }
 
     #[test]

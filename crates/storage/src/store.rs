@@ -144,7 +144,7 @@ impl Store {
         let db = Arc::new(db);
         let (closed_tx, closed) = watch::channel(false);
         let (failed_tx, failed) = watch::channel(None);
-        let writer = writer::spawn(db.clone(), options.writer, closed_tx, failed_tx);
+        let writer = writer::spawn(db.clone(), options.writer.clone(), closed_tx, failed_tx);
         Ok(Store {
             db,
             writer,
@@ -386,6 +386,7 @@ mod tests {
         let options = StoreOptions {
             writer: WriterMode::Task {
                 commit_latency: std::time::Duration::ZERO,
+                sync_delay: None,
             },
             ..Default::default()
         };

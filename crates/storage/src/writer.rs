@@ -15,10 +15,13 @@
 //! `Ok`; requests are applied in the order they were queued (so a truncation queued after an
 //! append removes it, and an append queued after a truncation survives it).
 
+use std::time::Duration;
+
 use redb::{Database, Durability, ReadableTable};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::StorageError;
+use crate::sim_disk::SyncDelay;
 use crate::store::{GROUP_VALUES, LOG, OFFSETS};
 
 /// Requests waiting for the writer, at most (the queue is bounded by count; bytes are bounded
@@ -75,7 +78,7 @@ pub struct WriteBatch {
 }
 
 /// Where the writer loop runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum WriterMode {
     /// A dedicated OS thread: commits (and their fsyncs) never block the async runtime.
     #[default]
@@ -84,8 +87,15 @@ pub enum WriterMode {
     /// simulated disk, where everything must run on the simulation's one thread. Each commit
     /// first waits `commit_latency` (of Tokio time, simulated time in a simulation), as an
     /// fsync would: requests arriving meanwhile wait for the next commit, and a crash during
-    /// the wait loses the batch, which nobody was answered about.
-    Task { commit_latency: std::time::Duration },
+    /// the wait loses the batch, which nobody was answered about. With a `sync_delay` (a
+    /// simulated disk's, [`SimDisk::sync_delay`]), each such wait is longer by the delay the
+    /// handle holds when the commit starts: a slow disk.
+    ///
+    /// [`SimDisk::sync_delay`]: crate::sim_disk::SimDisk::sync_delay
+    Task {
+        commit_latency: std::time::Duration,
+        sync_delay: Option<SyncDelay>,
+    },
 }
 
 /// Starts the writer; it stops when every sender is dropped, then drops its reference to
@@ -111,15 +121,18 @@ pub(crate) fn spawn(
                 })
                 .expect("spawning the storage writer thread");
         }
-        WriterMode::Task { commit_latency } => {
+        WriterMode::Task {
+            commit_latency,
+            sync_delay,
+        } => {
             tokio::spawn(async move {
                 let mut pending = Vec::with_capacity(MAX_COMMIT_REQUESTS);
                 while let Some(first) = rx.recv().await {
                     take_queued(first, &mut rx, &mut pending);
-                    if !commit_latency.is_zero()
-                        && matches!(durability(&pending), Durability::Immediate)
-                    {
-                        tokio::time::sleep(commit_latency).await;
+                    let fsync =
+                        commit_latency + sync_delay.as_ref().map_or(Duration::ZERO, SyncDelay::get);
+                    if !fsync.is_zero() && matches!(durability(&pending), Durability::Immediate) {
+                        tokio::time::sleep(fsync).await;
                     }
                     commit_taken(&db, &mut pending, &failed);
                 }

@@ -50,6 +50,17 @@ pub struct ReaderLog {
     pub reads: Vec<Read>,
 }
 
+/// A partition's leader as the client's leader watch saw it change: the leader of the
+/// highest term any node reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaderSeen {
+    /// Simulated ms since the start.
+    pub at_ms: u64,
+    pub partition: u32,
+    pub leader: u64,
+    pub term: u64,
+}
+
 /// Everything the client saw in one run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct History {
@@ -58,6 +69,10 @@ pub struct History {
     pub readers: BTreeMap<String, ReaderLog>,
     /// Faults as the driver applied them: `(simulated ms, what)`.
     pub faults: Vec<(u64, String)>,
+    /// Which node each fault with a target struck: `(simulated ms, fault and node)`.
+    pub struck: Vec<(u64, String)>,
+    /// Partitions' leaders as they changed.
+    pub leaders: Vec<LeaderSeen>,
     /// Things that went wrong outside the checked properties (a partition never became
     /// readable after the heal, the topic could not be created): liveness failures.
     pub stuck: Vec<String>,
@@ -72,6 +87,16 @@ impl History {
         let mut out = String::new();
         for (at, what) in &self.faults {
             let _ = writeln!(out, "{at:>8} fault {what}");
+        }
+        for (at, what) in &self.struck {
+            let _ = writeln!(out, "{at:>8} nemesis {what}");
+        }
+        for l in &self.leaders {
+            let _ = writeln!(
+                out,
+                "{:>8} leader p{} node{} term {}",
+                l.at_ms, l.partition, l.leader, l.term
+            );
         }
         for w in &self.writes {
             let _ = writeln!(

@@ -86,8 +86,8 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::checker::{Anomaly, Summary};
-use crate::history::History;
-use crate::nemesis::Fault;
+use crate::history::{History, LeaderSeen};
+use crate::nemesis::{Fault, Plan, Target};
 
 /// How long a simulated commit (its fsync) takes: a crash in this window loses the batch.
 pub const COMMIT_LATENCY: Duration = Duration::from_millis(2);
@@ -147,6 +147,10 @@ pub struct Run {
     pub trace: String,
     /// Simulated time the run took.
     pub simulated: Duration,
+    /// The faults, as applied.
+    pub applied: Vec<Applied>,
+    /// Each partition's leader as the client saw it change.
+    pub leaders: Vec<LeaderSeen>,
 }
 
 impl Run {
@@ -207,6 +211,7 @@ async fn run_node(config: ServeConfig, disk: SimDisk) -> turmoil::Result {
             cache_size_bytes: (config.cache_size_mib as usize) << 20,
             writer: WriterMode::Task {
                 commit_latency: COMMIT_LATENCY,
+                sync_delay: Some(disk.sync_delay()),
             },
         },
     )?;
@@ -247,11 +252,16 @@ enum Link {
     Held,
 }
 
-/// Applies faults to a running simulation, and remembers which links it cut or holds.
+/// Applies faults to a running simulation, and remembers which links it cut or holds and
+/// which nodes it stopped.
 struct Nemesis {
     disks: BTreeMap<u64, SimDisk>,
     /// Links not healthy, by host pair (smaller name first).
     links: BTreeMap<(String, String), Link>,
+    /// The leaders the client last saw, to resolve targets.
+    leaders: workload::Leaders,
+    /// Nodes down, by the target that crashed them (whose restart starts them).
+    down: BTreeMap<Target, u64>,
 }
 
 impl Nemesis {
@@ -272,10 +282,75 @@ impl Nemesis {
         self.links.insert(Self::pair(a, b), Link::Cut);
     }
 
-    fn apply(&mut self, sim: &mut turmoil::Sim<'_>, fault: Fault) {
+    /// The leader of `partition` of the highest term seen; before any was seen, its
+    /// preferred leader's likely id.
+    fn leader_of(&self, partition: u32) -> u64 {
+        let nodes = self.disks.len() as u64;
+        self.leaders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&partition)
+            .map(|seen| seen.leader)
+            .filter(|l| self.disks.contains_key(l))
+            .unwrap_or(1 + u64::from(partition) % nodes)
+    }
+
+    /// The node `target` is now.
+    fn resolve(&self, target: Target) -> u64 {
+        match target {
+            Target::Node(n) => n,
+            Target::LeaderOf(p) => self.leader_of(p),
+            Target::FollowerOf(p, k) => {
+                let leader = self.leader_of(p);
+                let followers: Vec<u64> = self
+                    .disks
+                    .keys()
+                    .copied()
+                    .filter(|n| *n != leader)
+                    .collect();
+                followers[usize::from(k) % followers.len()]
+            }
+        }
+    }
+
+    /// Power loss of `node`.
+    fn crash(&mut self, sim: &mut turmoil::Sim<'_>, node: u64) {
+        // The disk first: the dying node's teardown must not reach it.
+        self.disks[&node].power_loss();
+        self.stop(sim, node);
+    }
+
+    /// Stops `node`, whose disk has lost power.
+    fn stop(&mut self, sim: &mut turmoil::Sim<'_>, node: u64) {
+        let name = node_name(node);
+        // A machine that loses power sends nothing, so its links are cut while its tasks are
+        // dropped: their connections' closing segments never leave. (This also keeps the
+        // run deterministic: Tokio drops a runtime's tasks in an order that depends on
+        // process-wide task ids.)
+        let others: Vec<String> = self.hosts().into_iter().filter(|h| *h != name).collect();
+        for other in &others {
+            sim.partition(name.as_str(), other.as_str());
+        }
+        sim.crash(name.as_str());
+        for other in &others {
+            match self.links.get(&Self::pair(&name, other)) {
+                None => sim.repair(name.as_str(), other.as_str()),
+                Some(Link::Held) => sim.hold(name.as_str(), other.as_str()),
+                Some(Link::Cut) => {}
+            }
+        }
+    }
+
+    fn is_down(&self, node: u64) -> bool {
+        self.down.values().any(|n| *n == node)
+    }
+
+    /// Applies `fault`; says which node it struck when it had a target to resolve.
+    fn apply(&mut self, sim: &mut turmoil::Sim<'_>, fault: Fault) -> Struck {
         match fault {
             Fault::Partition(a, b) => self.cut(sim, &node_name(a), &node_name(b)),
-            Fault::Isolate(a) => {
+            Fault::Isolate(target) => {
+                let a = self.resolve(target);
                 for b in self
                     .disks
                     .keys()
@@ -285,6 +360,7 @@ impl Nemesis {
                 {
                     self.cut(sim, &node_name(a), &node_name(b));
                 }
+                return Struck::Node(a);
             }
             Fault::Hold(a, b) => {
                 let (a, b) = (node_name(a), node_name(b));
@@ -302,30 +378,82 @@ impl Nemesis {
                     sim.repair(a.as_str(), b.as_str());
                 }
             }
-            Fault::Crash(a) => {
-                let name = node_name(a);
-                // The disk first: the dying node's teardown must not reach it.
-                self.disks[&a].power_loss();
-                // A machine that loses power sends nothing, so its links are cut while its
-                // tasks are dropped: their connections' closing segments never leave. (This
-                // also keeps the run deterministic: Tokio drops a runtime's tasks in an order
-                // that depends on process-wide task ids.)
-                let others: Vec<String> = self.hosts().into_iter().filter(|h| *h != name).collect();
-                for other in &others {
-                    sim.partition(name.as_str(), other.as_str());
+            Fault::Crash(target) => {
+                let node = self.resolve(target);
+                if self.is_down(node) || self.down.contains_key(&target) {
+                    return Struck::Skipped(node);
                 }
-                sim.crash(name.as_str());
-                for other in &others {
-                    match self.links.get(&Self::pair(&name, other)) {
-                        None => sim.repair(name.as_str(), other.as_str()),
-                        Some(Link::Held) => sim.hold(name.as_str(), other.as_str()),
-                        Some(Link::Cut) => {}
+                self.crash(sim, node);
+                self.down.insert(target, node);
+                return Struck::Node(node);
+            }
+            Fault::CrashAll(partition) => {
+                let roles = [
+                    Target::LeaderOf(partition),
+                    Target::FollowerOf(partition, 0),
+                    Target::FollowerOf(partition, 1),
+                ];
+                let nodes = roles.map(|t| self.resolve(t));
+                // Every disk first: no node may sync after another lost power.
+                for node in self.disks.keys() {
+                    if !self.is_down(*node) {
+                        self.disks[node].power_loss();
                     }
                 }
+                for node in self.disks.keys().copied().collect::<Vec<_>>() {
+                    if !self.is_down(node) {
+                        self.stop(sim, node);
+                    }
+                }
+                // Whatever crashed them before, the restarts of the roles start them now.
+                self.down.clear();
+                self.down.extend(roles.into_iter().zip(nodes));
+                return Struck::Roles(nodes);
             }
-            Fault::Restart(a) => sim.bounce(node_name(a)),
+            Fault::Restart(target) => {
+                let Some(node) = self.down.remove(&target) else {
+                    return Struck::NotDown;
+                };
+                sim.bounce(node_name(node));
+                return Struck::Node(node);
+            }
+            Fault::SlowDisk(target, ms) => {
+                let node = self.resolve(target);
+                self.disks[&node].set_sync_delay(Duration::from_millis(ms));
+                return Struck::Node(node);
+            }
+            Fault::HealDisks => {
+                for disk in self.disks.values() {
+                    disk.set_sync_delay(Duration::ZERO);
+                }
+            }
         }
+        Struck::Fixed
     }
+}
+
+/// Which node a fault struck.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Struck {
+    /// The fault names its nodes (or none).
+    Fixed,
+    /// Its target was this node.
+    Node(u64),
+    /// A power loss of all: the partition's leader, then its followers, as resolved.
+    Roles([u64; 3]),
+    /// A crash skipped: its target resolved to this node, down already.
+    Skipped(u64),
+    /// A restart skipped: its crash was.
+    NotDown,
+}
+
+/// A fault as the driver applied it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Simulated ms since the start.
+    pub at_ms: u64,
+    pub fault: Fault,
+    pub struck: Struck,
 }
 
 /// Logs to the test output when `RUST_LOG` is set (the nodes' and openraft's tracing).
@@ -340,10 +468,6 @@ fn init_logging() {
 
 /// Runs the cluster, the workload and the nemesis of `seed`, and checks the history.
 pub fn run_seed(seed: u64, config: &SimConfig) -> Run {
-    init_logging();
-    watch_panics();
-    PANICS.with(|p| p.borrow_mut().clear());
-    fjord_raft::runtime::seed_thread(seed);
     let plan = nemesis::plan(
         &mut StdRng::seed_from_u64(seed),
         config.nodes,
@@ -351,6 +475,22 @@ pub fn run_seed(seed: u64, config: &SimConfig) -> Run {
         config.faults_from,
         config.heal_at,
     );
+    run_plan(seed, config, &plan)
+}
+
+/// Runs the cluster and the workload of `seed` under the faults of `plan` (which must heal
+/// by `config.heal_at`), and checks the history.
+pub fn run_plan(seed: u64, config: &SimConfig, plan: &Plan) -> Run {
+    assert!(
+        plan.heal_at <= config.heal_at,
+        "the plan heals at {:?}, after the workload's heal ({:?})",
+        plan.heal_at,
+        config.heal_at
+    );
+    init_logging();
+    watch_panics();
+    PANICS.with(|p| p.borrow_mut().clear());
+    fjord_raft::runtime::seed_thread(seed);
     let writes_until = config.heal_at + config.writes_after_heal;
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
@@ -369,6 +509,7 @@ pub fn run_seed(seed: u64, config: &SimConfig) -> Run {
         });
     }
     let history = Arc::new(Mutex::new(History::default()));
+    let leaders = workload::Leaders::default();
     sim.client(
         CLIENT,
         workload::run(
@@ -384,23 +525,33 @@ pub fn run_seed(seed: u64, config: &SimConfig) -> Run {
                 settle: config.settle,
             },
             history.clone(),
+            leaders.clone(),
         ),
     );
 
     let mut nemesis = Nemesis {
         disks,
         links: BTreeMap::new(),
+        leaders,
+        down: BTreeMap::new(),
     };
+    let mut applied = Vec::new();
     let mut steps = plan.steps.iter().peekable();
     let error = loop {
         while let Some(step) = steps.next_if(|s| s.at <= sim.elapsed()) {
-            nemesis.apply(&mut sim, step.fault);
-            let at = sim.elapsed().as_millis() as u64;
-            history
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .faults
-                .push((at, format!("{:?}", step.fault)));
+            let struck = nemesis.apply(&mut sim, step.fault);
+            let at_ms = sim.elapsed().as_millis() as u64;
+            let mut h = history.lock().unwrap_or_else(PoisonError::into_inner);
+            h.faults.push((at_ms, format!("{:?}", step.fault)));
+            if struck != Struck::Fixed {
+                h.struck
+                    .push((at_ms, format!("{:?} {struck:?}", step.fault)));
+            }
+            applied.push(Applied {
+                at_ms,
+                fault: step.fault,
+                struck,
+            });
         }
         match sim.step() {
             Ok(true) => break None,
@@ -424,5 +575,7 @@ pub fn run_seed(seed: u64, config: &SimConfig) -> Run {
         summary,
         trace: history.trace(),
         simulated,
+        applied,
+        leaders: history.leaders.clone(),
     }
 }

@@ -3,14 +3,38 @@
 //!
 //! Faults: cutting the links between two nodes, cutting one node off from the other nodes,
 //! holding the messages between two nodes (delivered late, all at once, when healed), cutting
-//! the client off from a node, healing every link, a power loss of a node (it stops at once
-//! and its disk forgets unsynced writes) and its restart. The schedule ends with every link healed and every node running,
-//! at [`Plan::heal_at`].
+//! the client off from a node, healing every link, slowing a node's disk (each fsync takes
+//! tens to hundreds of ms longer) and healing the disks, a power loss of a node (it stops at
+//! once and its disk forgets unsynced writes) and its restart, and a power loss of every node
+//! at once with the restarts in a drawn order. The schedule ends with every link and disk
+//! healed and every node running, at [`Plan::heal_at`].
+//!
+//! A fault strikes a [`Target`]: a fixed node, or the leader (or a follower) of a partition,
+//! which the driver resolves when the fault strikes from the leaders the client last saw.
+//! The schedule is a pure function of the seed; which node a target turned out to be is part
+//! of the run (the trace's `nemesis` lines).
+//!
+//! Restarts come slow (after seconds) or fast: from 0 ms, well under the failure detector's
+//! silence and the election timeout, so that a crashed leader is back before anyone noticed.
+//! The combinations aim at acknowledged writes a leader had not synced itself: its disk is
+//! slowed, produces go through (committed by the followers' fsyncs), then the leader, or every
+//! node, loses power and comes back fast.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rand::Rng;
+use rand::seq::SliceRandom;
+
+/// Which node a fault strikes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    Node(u64),
+    /// The leader of a partition: of the highest term any node reported to the client.
+    LeaderOf(u32),
+    /// The `k`-th (0 or 1), in id order, of the nodes that do not lead the partition.
+    FollowerOf(u32, u8),
+}
 
 /// One fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,17 +42,25 @@ pub enum Fault {
     /// Cuts the links between two nodes, both ways.
     Partition(u64, u64),
     /// Cuts one node off from every other node (the client still reaches it).
-    Isolate(u64),
+    Isolate(Target),
     /// Holds the messages between two nodes, both ways, until the network heals.
     Hold(u64, u64),
     /// Cuts the client off from one node.
     CutClient(u64),
     /// Restores every link.
     HealNetwork,
-    /// Power loss: the node stops at once; writes its disk had not synced are lost.
-    Crash(u64),
-    /// Starts a crashed node again on its disk.
-    Restart(u64),
+    /// Power loss: the node stops at once; writes its disk had not synced are lost. Skipped
+    /// when the target is a node already down.
+    Crash(Target),
+    /// Starts the node the matching crash stopped again on its disk.
+    Restart(Target),
+    /// Power loss of every node at once. The partition's leader and followers are resolved
+    /// now: the `Restart(LeaderOf(p))`, `Restart(FollowerOf(p, k))` that follow start them.
+    CrashAll(u32),
+    /// Each fsync of the node's disk takes this many ms longer, until the disks heal.
+    SlowDisk(Target, u64),
+    /// Every disk is fast again.
+    HealDisks,
 }
 
 /// A fault and when it strikes, in simulated time since the start.
@@ -43,17 +75,44 @@ pub struct Step {
 pub struct Plan {
     /// In time order.
     pub steps: Vec<Step>,
-    /// When the network is whole again and every node runs.
+    /// When the network and the disks are whole again and every node runs.
     pub heal_at: Duration,
+}
+
+impl Plan {
+    /// A schedule of `steps` (any order), ending with everything healed at `heal_at`.
+    pub fn of(mut steps: Vec<Step>, heal_at: Duration) -> Plan {
+        steps.extend(
+            [Fault::HealNetwork, Fault::HealDisks].map(|fault| Step { at: heal_at, fault }),
+        );
+        // Stable: a restart due at `heal_at` comes after the crash it follows.
+        steps.sort_by_key(|s| s.at);
+        Plan { steps, heal_at }
+    }
 }
 
 /// Shortest and longest pause between two faults, in ms.
 const GAP_MS: (u64, u64) = (300, 2_500);
-/// Shortest and longest time a crashed node stays down, in ms.
+/// Shortest and longest time a crashed node stays down, in ms, for a slow restart.
 const DOWN_MS: (u64, u64) = (300, 5_000);
+/// ... and for a fast one: from nothing to well under the failure detector's silence (the
+/// simulation's metadata election timeout, 1.2 s) and the groups' election timeout.
+pub const FAST_DOWN_MS: (u64, u64) = (0, 500);
+/// Pause between two restarts after a power loss of every node, in ms.
+const RESTART_GAP_MS: (u64, u64) = (0, 250);
+/// Extra time per fsync of a slowed disk, in ms.
+pub const SLOW_SYNC_MS: (u64, u64) = (30, 400);
+/// How long a disk stays slow when slowed on its own, in ms.
+const SLOW_FOR_MS: (u64, u64) = (300, 3_000);
+/// Between slowing a leader's disk and its power loss, in ms: long enough for produces to
+/// be acknowledged by the followers while the leader's fsync waits.
+const SLOW_BEFORE_CRASH_MS: (u64, u64) = (40, 400);
+
+/// The schedule draws partitions among these (the workload's topic has at least this many).
+const PARTITIONS: u32 = 3;
 
 /// Draws a schedule of faults among `nodes` (ids 1..=nodes) between `from` and `until`.
-/// At most `max_down` nodes are down at once.
+/// At most `max_down` nodes are down at once, except during a power loss of all of them.
 pub fn plan(
     rng: &mut impl Rng,
     nodes: u64,
@@ -62,54 +121,107 @@ pub fn plan(
     until: Duration,
 ) -> Plan {
     let ms = |d: Duration| d.as_millis() as u64;
+    let end = ms(until);
     let mut steps = Vec::new();
-    // Node → when it restarts.
-    let mut down: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut at = |t: u64, fault: Fault| {
+        steps.push(Step {
+            at: Duration::from_millis(t.min(end)),
+            fault,
+        })
+    };
+    // Crash target → when it restarts.
+    let mut down: BTreeMap<Target, u64> = BTreeMap::new();
     let mut t = ms(from);
     loop {
         t += rng.gen_range(GAP_MS.0..=GAP_MS.1);
-        if t >= ms(until) {
+        if t >= end {
             break;
         }
         down.retain(|_, restart| *restart > t);
         let node = rng.gen_range(1..=nodes);
         let other = 1 + (node + rng.gen_range(0..nodes - 1)) % nodes;
-        let fault = match rng.gen_range(0..100) {
-            0..20 => Fault::Partition(node.min(other), node.max(other)),
-            20..35 => Fault::Isolate(node),
-            35..45 => Fault::Hold(node.min(other), node.max(other)),
-            45..55 => Fault::CutClient(node),
-            55..70 => Fault::HealNetwork,
-            _ if down.len() < max_down && !down.contains_key(&node) => {
-                let restart = (t + rng.gen_range(DOWN_MS.0..=DOWN_MS.1)).min(ms(until));
-                down.insert(node, restart);
-                steps.push(Step {
-                    at: Duration::from_millis(restart),
-                    fault: Fault::Restart(node),
-                });
-                Fault::Crash(node)
+        let partition = rng.gen_range(0..PARTITIONS);
+        let room = down.len() < max_down;
+        match rng.gen_range(0..100) {
+            0..16 => at(t, Fault::Partition(node.min(other), node.max(other))),
+            16..28 => at(t, Fault::Isolate(Target::Node(node))),
+            28..36 => at(t, Fault::Hold(node.min(other), node.max(other))),
+            36..44 => at(t, Fault::CutClient(node)),
+            44..54 => at(t, Fault::HealNetwork),
+            54..62 => {
+                let target = if rng.gen_bool(0.5) {
+                    Target::LeaderOf(partition)
+                } else {
+                    Target::Node(node)
+                };
+                let delay = rng.gen_range(SLOW_SYNC_MS.0..=SLOW_SYNC_MS.1);
+                at(t, Fault::SlowDisk(target, delay));
+                at(
+                    t + rng.gen_range(SLOW_FOR_MS.0..=SLOW_FOR_MS.1),
+                    Fault::HealDisks,
+                );
+            }
+            // A node's power loss, its restart slow or fast.
+            62..78 if room && !down.contains_key(&Target::Node(node)) => {
+                let range = if rng.gen_bool(0.5) {
+                    FAST_DOWN_MS
+                } else {
+                    DOWN_MS
+                };
+                let restart = (t + rng.gen_range(range.0..=range.1)).min(end);
+                down.insert(Target::Node(node), restart);
+                at(t, Fault::Crash(Target::Node(node)));
+                at(restart, Fault::Restart(Target::Node(node)));
+            }
+            // The leader's disk slowed, produces through, its power lost, a fast restart.
+            78..90 if room && !down.contains_key(&Target::LeaderOf(partition)) => {
+                let target = Target::LeaderOf(partition);
+                let crash = t + rng.gen_range(SLOW_BEFORE_CRASH_MS.0..=SLOW_BEFORE_CRASH_MS.1);
+                let restart = (crash + rng.gen_range(FAST_DOWN_MS.0..=FAST_DOWN_MS.1)).min(end);
+                down.insert(target, restart);
+                at(
+                    t,
+                    Fault::SlowDisk(target, rng.gen_range(SLOW_SYNC_MS.0..=SLOW_SYNC_MS.1)),
+                );
+                at(crash, Fault::Crash(target));
+                at(restart, Fault::Restart(target));
+                at(restart, Fault::HealDisks);
+            }
+            // The same, but every node loses power; restarts in a drawn order, small gaps.
+            90..100 if down.is_empty() && nodes == 3 => {
+                let leader = Target::LeaderOf(partition);
+                let crash = t + rng.gen_range(SLOW_BEFORE_CRASH_MS.0..=SLOW_BEFORE_CRASH_MS.1);
+                at(
+                    t,
+                    Fault::SlowDisk(leader, rng.gen_range(SLOW_SYNC_MS.0..=SLOW_SYNC_MS.1)),
+                );
+                at(crash, Fault::CrashAll(partition));
+                let mut order = [
+                    leader,
+                    Target::FollowerOf(partition, 0),
+                    Target::FollowerOf(partition, 1),
+                ];
+                order.shuffle(rng);
+                let mut restart = crash + rng.gen_range(FAST_DOWN_MS.0..=FAST_DOWN_MS.1);
+                for (i, target) in order.into_iter().enumerate() {
+                    if i > 0 {
+                        restart += rng.gen_range(RESTART_GAP_MS.0..=RESTART_GAP_MS.1);
+                    }
+                    down.insert(target, restart.min(end));
+                    at(restart, Fault::Restart(target));
+                }
+                at(restart, Fault::HealDisks);
             }
             _ => continue,
-        };
-        steps.push(Step {
-            at: Duration::from_millis(t),
-            fault,
-        });
+        }
     }
-    steps.push(Step {
-        at: until,
-        fault: Fault::HealNetwork,
-    });
-    // Stable: a restart due at `until` comes after the crash it follows.
-    steps.sort_by_key(|s| s.at);
-    Plan {
-        steps,
-        heal_at: until,
-    }
+    Plan::of(steps, until)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
@@ -133,26 +245,63 @@ mod tests {
 
     #[test]
     fn every_crash_is_restarted_by_the_heal_and_few_are_down_at_once() {
+        let mut fast = 0;
+        let mut all = 0;
+        let mut leader_first = 0;
         for seed in 0..200 {
             let p = draw(seed);
             assert!(p.steps.windows(2).all(|w| w[0].at <= w[1].at));
-            assert_eq!(p.steps.last().unwrap().fault, Fault::HealNetwork);
-            let mut down = std::collections::BTreeSet::new();
+            let tail: Vec<Fault> = p.steps.iter().rev().take(2).map(|s| s.fault).collect();
+            assert!(tail.contains(&Fault::HealNetwork) && tail.contains(&Fault::HealDisks));
+            let mut down = BTreeSet::new();
+            let mut crashed_at = BTreeMap::new();
             for s in &p.steps {
                 assert!(s.at <= p.heal_at);
                 match s.fault {
-                    Fault::Crash(n) => {
-                        assert!(down.insert(n), "seed {seed}: node {n} crashed twice");
+                    Fault::Crash(t) => {
+                        assert!(down.insert(t), "seed {seed}: {t:?} crashed twice");
                         assert!(down.len() <= 1, "seed {seed}: too many down");
+                        crashed_at.insert(t, s.at);
                     }
-                    Fault::Restart(n) => assert!(down.remove(&n), "seed {seed}"),
+                    Fault::CrashAll(part) => {
+                        assert!(
+                            down.is_empty(),
+                            "seed {seed}: a power loss of all while down"
+                        );
+                        all += 1;
+                        for t in [
+                            Target::LeaderOf(part),
+                            Target::FollowerOf(part, 0),
+                            Target::FollowerOf(part, 1),
+                        ] {
+                            down.insert(t);
+                            crashed_at.insert(t, s.at);
+                        }
+                    }
+                    Fault::Restart(t) => {
+                        assert!(down.remove(&t), "seed {seed}: {t:?} restarted, not down");
+                        if s.at - crashed_at[&t] <= Duration::from_millis(FAST_DOWN_MS.1) {
+                            fast += 1;
+                        }
+                        if down.len() == 2 && matches!(t, Target::LeaderOf(_)) {
+                            leader_first += 1;
+                        }
+                    }
                     Fault::Partition(a, b) | Fault::Hold(a, b) => {
                         assert!(a < b && (1..=3).contains(&a) && b <= 3)
                     }
+                    Fault::SlowDisk(_, ms) => assert!(
+                        (SLOW_SYNC_MS.0..=SLOW_SYNC_MS.1).contains(&ms),
+                        "seed {seed}: {ms} ms"
+                    ),
                     _ => {}
                 }
             }
             assert!(down.is_empty(), "seed {seed}: {down:?} never restarted");
         }
+        // The new faults are drawn, not merely possible.
+        assert!(fast > 100, "{fast} fast restarts");
+        assert!(all > 20, "{all} power losses of every node");
+        assert!(leader_first > 5, "{leader_first} leaders restarted first");
     }
 }

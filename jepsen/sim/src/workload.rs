@@ -2,7 +2,13 @@
 //! topic, produce unique values in CP mode from a few writer tasks while one poller per
 //! partition follows it, then, once the nemesis has healed everything, read every partition
 //! from offset 0 to its end. Everything seen goes into the [`History`].
+//!
+//! A leader watch asks every node, each on its own, for the topic's leaders every
+//! [`LEADER_WATCH_EVERY`], and keeps for each partition the leader of the highest term
+//! reported ([`Leaders`]): the nemesis resolves its "leader of a partition" targets with it,
+//! and the history records each change.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -12,7 +18,7 @@ use fjord_client::{
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::history::{History, Read, ReaderLog, Write, WriteOutcome};
+use crate::history::{History, LeaderSeen, Read, ReaderLog, Write, WriteOutcome};
 use crate::net::ClientConnect;
 
 /// What the client does, and when (simulated time since the start).
@@ -39,6 +45,10 @@ const WRITER_PAUSE_MS_MAX: u64 = 50;
 const POLL_WAIT_MS: u32 = 300;
 /// Pause after a failed fetch or topic creation.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// How often the leader watch asks each node.
+pub const LEADER_WATCH_EVERY: Duration = Duration::from_millis(250);
+/// How long the leader watch waits for one node's answer.
+const LEADER_WATCH_TIMEOUT: Duration = Duration::from_millis(300);
 /// How long the topic creation may take.
 const CREATE_TOPIC_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -51,6 +61,9 @@ fn now_ms() -> u64 {
 }
 
 type Shared = Arc<Mutex<History>>;
+
+/// Each partition's leader of the highest term seen, shared with the nemesis.
+pub type Leaders = Arc<Mutex<BTreeMap<u32, LeaderSeen>>>;
 
 fn record(history: &Shared, f: impl FnOnce(&mut History)) {
     f(&mut history.lock().unwrap_or_else(PoisonError::into_inner));
@@ -68,7 +81,23 @@ fn client_config(seed: u64) -> ClientConfig {
 }
 
 /// The client host's software.
-pub async fn run(w: Workload, history: Shared) -> turmoil::Result {
+pub async fn run(w: Workload, history: Shared, leaders: Leaders) -> turmoil::Result {
+    for broker in &w.brokers {
+        let client = Client::connect_with(
+            vec![broker.clone()],
+            client_config(w.seed),
+            Arc::new(ClientConnect),
+        )?;
+        // The nemesis needs leaders until the heal; a little longer shows who leads after it.
+        let until = w.writes_until;
+        tokio::spawn(watch_leaders(
+            client,
+            w.topic.clone(),
+            until,
+            leaders.clone(),
+            history.clone(),
+        ));
+    }
     let client = Client::connect_with(
         w.brokers.clone(),
         client_config(w.seed),
@@ -176,6 +205,40 @@ pub async fn run(w: Workload, history: Shared) -> turmoil::Result {
         read_to_end(&client, &w.topic, partition, deadline, &history).await;
     }
     Ok(())
+}
+
+/// Asks one node for the topic's leaders until `until`, and keeps in `leaders` those of a
+/// higher term than known.
+async fn watch_leaders(
+    client: Client,
+    topic: String,
+    until: Duration,
+    leaders: Leaders,
+    history: Shared,
+) {
+    while now() < until {
+        if let Ok(Ok(topic)) =
+            tokio::time::timeout(LEADER_WATCH_TIMEOUT, client.describe_topic(&topic)).await
+        {
+            let at_ms = now_ms();
+            let mut known = leaders.lock().unwrap_or_else(PoisonError::into_inner);
+            for p in &topic.partitions {
+                let Some(leader) = p.leader else { continue };
+                let seen = LeaderSeen {
+                    at_ms,
+                    partition: p.partition,
+                    leader,
+                    term: p.leader_epoch,
+                };
+                let newer = known.get(&p.partition).is_none_or(|k| k.term < seen.term);
+                if newer {
+                    known.insert(p.partition, seen);
+                    record(&history, |h| h.leaders.push(seen));
+                }
+            }
+        }
+        tokio::time::sleep(LEADER_WATCH_EVERY).await;
+    }
 }
 
 fn log_of<'h>(h: &'h mut History, name: &str, partition: u32, is_final: bool) -> &'h mut Vec<Read> {
