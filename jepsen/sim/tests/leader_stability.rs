@@ -6,10 +6,11 @@
 //! replicas' refusal of premature campaigns, are there so that a node that was away cannot
 //! start an election the others would lose their leader to.
 //!
-//! **Known to fail on the current code** (bug B: the cut-off follower deposes the healthy
-//! leader after the heal), so it is `#[ignore]`d and not part of the CI seeds; run it with
-//! `cargo test -p fjord-sim --test leader_stability -- --ignored --nocapture`
-//! (`FJORD_SIM_SEEDS=N` seeds from `FJORD_SIM_FIRST=S`, default 3 from 0).
+//! Regression (bug B): the cut-off follower's detector suspected its leader and it campaigned
+//! with a transfer-style vote (no pre-vote); on healing, the healthy leader saw the higher
+//! term and stepped down. It failed on that code; a follower now campaigns only when a
+//! majority of the group's voters suspect the leader. `FJORD_SIM_SEEDS=N` seeds from
+//! `FJORD_SIM_FIRST=S`, default 3 from 0.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -87,7 +88,6 @@ fn check_seed(seed: u64, config: &SimConfig) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "bug B: a follower cut off for a while deposes healthy leaders after the heal"]
 fn a_returning_follower_leaves_healthy_leaders_alone() {
     let config = SimConfig::default();
     let first = env_u64("FJORD_SIM_FIRST").unwrap_or(0);
