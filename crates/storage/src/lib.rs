@@ -24,13 +24,15 @@
 //!   partition, written when a batch is applied (committed).
 //! - `group_values`: `(group, key) → bytes`: small per-group values (vote, committed log id,
 //!   last purged log id, state machine checkpoint, snapshot).
+//! - `node_values`: `key → bytes`: small values of the node itself (its data directory's
+//!   identity).
 
 pub mod partition;
 pub mod sim_disk;
 pub mod store;
 pub mod writer;
 
-pub use store::{Closed, Durable, GroupKey, Store, StoreOptions};
+pub use store::{Closed, Durable, GroupKey, NodeKey, Store, StoreOptions};
 pub use writer::{Op, WriteBatch, WriterMode};
 
 /// Errors of the storage layer.
