@@ -47,6 +47,16 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// Whether redb found the database file corrupt (a flipped bit, a torn page it cannot
+    /// repair): what it held can no longer be trusted.
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            StorageError::Redb(redb::Error::Corrupted(_)) => true,
+            StorageError::Redb(e) => e.to_string().contains("corrupted"),
+            _ => false,
+        }
+    }
+
     pub(crate) fn redb(e: impl Into<redb::Error>) -> Self {
         StorageError::Redb(e.into())
     }
