@@ -24,8 +24,8 @@
 //! 2. A peer records a generation above this directory's → refuse: a stale copy.
 //! 3. A peer of another cluster id → refuse.
 //! 4. A new directory (never passed the check, holds nothing) among peers that hold a cluster
-//!    that does not know it → refuse: it may have voted or acknowledged before it lost its
-//!    disk, and nobody can tell.
+//!    that does not know it (no peer records it) → refuse: it may have voted or acknowledged
+//!    before it lost its disk, and nobody can tell.
 //! 5. A new directory proceeds only once **every** initial voter answered: a cluster whose
 //!    only surviving copy is on one peer must not be re-formed by the others. When every one
 //!    of them is new too, they form the cluster together: the `roster` of their incarnations
@@ -95,7 +95,7 @@ pub struct PeerReport {
     pub peer: NodeId,
     /// Its cluster id (its metadata's, else its directory's); 0: not known.
     pub cluster_id: u64,
-    /// Whether it holds a cluster: it has metadata, or formed or joined one.
+    /// Whether it holds a cluster's state: metadata, or the roster of a cluster it formed.
     pub has_cluster: bool,
     /// What it records of the asking node, if anything.
     pub record: Option<IncarnationRecord>,
@@ -231,11 +231,30 @@ pub fn check_boot(
                 theirs: r.cluster_id,
             });
         }
-        if !me.joined && r.has_cluster && r.record.is_none() {
-            return BootVerdict::Refuse(BootRefusal::UnknownToCluster { node, peer: r.peer });
-        }
     }
     let peers = voters.iter().filter(|v| **v != node).count();
+    // A new directory that a peer holding a cluster does not know: refused, unless another
+    // peer records it (a former's roster, or the metadata, counted this very directory: a
+    // random incarnation is never guessed, and a peer that joined a moment ago may not have
+    // that record yet). Refused only once every voter answered.
+    if !me.joined {
+        let unknown_to = by_peer
+            .values()
+            .find(|r| r.has_cluster && r.record.is_none())
+            .map(|r| r.peer);
+        let known = by_peer.values().any(|r| r.record.is_some());
+        if let Some(peer) = unknown_to
+            && !known
+        {
+            if by_peer.len() < peers {
+                return BootVerdict::Wait {
+                    needed: peers,
+                    answered: by_peer.len(),
+                };
+            }
+            return BootVerdict::Refuse(BootRefusal::UnknownToCluster { node, peer });
+        }
+    }
     let needed = if me.joined {
         // With itself, a majority of the voters.
         (voters.len() / 2 + 1).saturating_sub(usize::from(voters.contains(&node)))
@@ -395,7 +414,12 @@ mod tests {
                 recorded: 101
             })
         );
-        // Even when the cluster holds no record of it (registered before identities).
+        // Even when the cluster holds no record of it (registered before identities), once
+        // every voter answered.
+        assert!(matches!(
+            check_boot(&me, &voters(3), &[cluster_peer(3, None)]),
+            BootVerdict::Wait { .. }
+        ));
         assert!(matches!(
             check_boot(&me, &voters(3), &[cluster_peer(3, None), empty_peer(2)]),
             BootVerdict::Refuse(BootRefusal::UnknownToCluster { peer: 3, .. })
@@ -459,6 +483,19 @@ mod tests {
                 }
             ));
         }
+    }
+
+    /// Regression (a new cluster's third node refused itself): node 2 formed the cluster
+    /// counting node 3 and node 1; node 3 joined and got the metadata, which does not record
+    /// node 1 yet. Node 1 is known to node 2's roster: it joins.
+    #[test]
+    fn a_late_voter_known_to_one_former_joins() {
+        let v = check_boot(
+            &new_dir(1),
+            &voters(3),
+            &[cluster_peer(2, Some((101, 0))), cluster_peer(3, None)],
+        );
+        assert!(matches!(v, BootVerdict::Proceed { form: false, .. }), "{v:?}");
     }
 
     /// Two voters formed the cluster while the third was still checking: it finds itself in

@@ -130,7 +130,11 @@ impl IdentityService {
         Ok(IdentityReply {
             from: identity.node_id,
             cluster_id,
-            has_cluster: state.is_some() || identity.joined,
+            // Holds a cluster's state: metadata, or the roster of one it formed. Not merely
+            // "passed its check": a node that joined a cluster a moment ago and has not
+            // received the metadata yet holds nothing a new node could lose, and counting it
+            // would refuse the last voter of a new cluster to start.
+            has_cluster: state.is_some() || !identity.roster.is_empty(),
             recorded: record.is_some(),
             recorded_incarnation: record.map(|r| r.incarnation).unwrap_or(0),
             recorded_generation: record.map(|r| r.generation).unwrap_or(0),
