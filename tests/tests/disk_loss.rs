@@ -185,7 +185,10 @@ async fn a_node_on_a_restored_copy_refuses_and_the_acknowledged_record_stays() {
     .await;
     // A metadata write after the registration: once a node has applied it, its log holds the
     // registration too.
-    client.create_topic("marker", 1, 3).await.expect("create marker");
+    client
+        .create_topic("marker", 1, 3)
+        .await
+        .expect("create marker");
     let l = leader_of(&client, "t").await;
     assert_ne!(l, a, "A was chosen to stay a follower");
     let z = (1..=3).find(|n| *n != l && *n != a).unwrap();

@@ -274,10 +274,8 @@ pub fn check_boot(
         .unwrap_or(0);
     let form = !me.joined && by_peer.values().all(|r| !r.has_cluster);
     if form {
-        let mut roster: BTreeMap<NodeId, u64> = by_peer
-            .values()
-            .map(|r| (r.peer, r.incarnation))
-            .collect();
+        let mut roster: BTreeMap<NodeId, u64> =
+            by_peer.values().map(|r| (r.peer, r.incarnation)).collect();
         roster.insert(node, me.incarnation);
         return BootVerdict::Proceed {
             form: true,
@@ -302,7 +300,11 @@ pub fn check_boot(
 pub fn cluster_id_of(roster: &BTreeMap<NodeId, u64>) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for (node, incarnation) in roster {
-        for b in node.to_le_bytes().into_iter().chain(incarnation.to_le_bytes()) {
+        for b in node
+            .to_le_bytes()
+            .into_iter()
+            .chain(incarnation.to_le_bytes())
+        {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
@@ -428,7 +430,11 @@ mod tests {
 
     #[test]
     fn a_restored_copy_is_refused() {
-        let v = check_boot(&joined(1, 4), &voters(3), &[cluster_peer(3, Some((101, 5)))]);
+        let v = check_boot(
+            &joined(1, 4),
+            &voters(3),
+            &[cluster_peer(3, Some((101, 5)))],
+        );
         assert!(matches!(
             v,
             BootVerdict::Refuse(BootRefusal::StaleCopy {
@@ -439,7 +445,11 @@ mod tests {
         ));
         // The generation the peers saw last is this directory's own: a plain restart.
         assert!(matches!(
-            check_boot(&joined(1, 5), &voters(3), &[cluster_peer(3, Some((101, 5)))]),
+            check_boot(
+                &joined(1, 5),
+                &voters(3),
+                &[cluster_peer(3, Some((101, 5)))]
+            ),
             BootVerdict::Proceed { form: false, .. }
         ));
     }
@@ -495,7 +505,10 @@ mod tests {
             &voters(3),
             &[cluster_peer(2, Some((101, 0))), cluster_peer(3, None)],
         );
-        assert!(matches!(v, BootVerdict::Proceed { form: false, .. }), "{v:?}");
+        assert!(
+            matches!(v, BootVerdict::Proceed { form: false, .. }),
+            "{v:?}"
+        );
     }
 
     /// Two voters formed the cluster while the third was still checking: it finds itself in
@@ -521,7 +534,11 @@ mod tests {
     #[test]
     fn answers_from_non_voters_and_itself_do_not_count() {
         let me = new_dir(1);
-        let v = check_boot(&me, &voters(3), &[empty_peer(1), empty_peer(9), empty_peer(2)]);
+        let v = check_boot(
+            &me,
+            &voters(3),
+            &[empty_peer(1), empty_peer(9), empty_peer(2)],
+        );
         assert_eq!(
             v,
             BootVerdict::Wait {

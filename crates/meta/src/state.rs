@@ -459,7 +459,9 @@ impl MetaState {
                 return Err(format!("node {node} has incarnation 0 recorded"));
             }
             if !self.nodes.contains_key(node) {
-                return Err(format!("node {node} has an incarnation but is not registered"));
+                return Err(format!(
+                    "node {node} has an incarnation but is not registered"
+                ));
             }
         }
         let mut topic_ids = BTreeSet::new();
@@ -749,8 +751,14 @@ mod tests {
             address: "a:1".into(),
         };
         assert_eq!(postcard::to_stdvec(&old).unwrap()[0], 0);
-        assert_eq!(postcard::to_stdvec(&MetaCommand::AllocateProducerId).unwrap()[0], 4);
-        assert_eq!(postcard::to_stdvec(&create_on("t", 1, 1, &[1])).unwrap()[0], 5);
+        assert_eq!(
+            postcard::to_stdvec(&MetaCommand::AllocateProducerId).unwrap()[0],
+            4
+        );
+        assert_eq!(
+            postcard::to_stdvec(&create_on("t", 1, 1, &[1])).unwrap()[0],
+            5
+        );
         let new = register(1, 9, 1, 0);
         assert_eq!(postcard::to_stdvec(&new).unwrap()[0], 6);
     }

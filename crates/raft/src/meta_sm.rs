@@ -259,6 +259,9 @@ mod tests {
         assert_eq!(view.state.next_topic_id, 4);
         let mut new = view.clone();
         new.state.cluster_id = 9;
-        assert_eq!(decode_view(&codec::encode(&new)).unwrap().state.cluster_id, 9);
+        assert_eq!(
+            decode_view(&codec::encode(&new)).unwrap().state.cluster_id,
+            9
+        );
     }
 }

@@ -221,8 +221,8 @@ where
         slot: slot.clone(),
         id: config.id,
     })
-        .max_decoding_message_size(data::MAX_PRODUCE_REQUEST_BYTES + (1 << 20))
-        .max_encoding_message_size(data::MAX_FETCH_BYTES as usize + (1 << 20));
+    .max_decoding_message_size(data::MAX_PRODUCE_REQUEST_BYTES + (1 << 20))
+    .max_encoding_message_size(data::MAX_FETCH_BYTES as usize + (1 << 20));
     let transport = RaftTransportServer::new(transport::TransportService {
         slot: slot.clone(),
         identity: identity.clone(),

@@ -482,7 +482,10 @@ mod tests {
             store.get_value(1, GroupKey::Vote).unwrap(),
             Some(b"v".to_vec())
         );
-        assert_eq!(store.get_node_value(NodeKey::Identity).unwrap(), Some(b"i".to_vec()));
+        assert_eq!(
+            store.get_node_value(NodeKey::Identity).unwrap(),
+            Some(b"i".to_vec())
+        );
         assert!(!store.holds_no_group().unwrap());
         assert_eq!(store.find_offset(1, 6).unwrap(), Some((5, 3, 2)));
         assert_eq!(store.find_offset(1, 4).unwrap(), Some((0, 1, 5)));
