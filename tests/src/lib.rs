@@ -230,6 +230,59 @@ impl Cluster {
         self.spawn(i);
     }
 
+    /// The data directory of node `id`.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.nodes[self.node_index(id)].data_dir.clone()
+    }
+
+    /// Deletes a stopped node's data directory: a lost disk.
+    pub fn wipe_data(&mut self, id: u64) {
+        let i = self.node_index(id);
+        assert!(self.nodes[i].child.is_none(), "stop node {id} first");
+        std::fs::remove_dir_all(&self.nodes[i].data_dir).expect("deleting the data directory");
+    }
+
+    /// Copies a stopped node's data directory to `to`: a backup.
+    pub fn copy_data(&self, id: u64, to: &Path) {
+        let i = self.node_index(id);
+        assert!(self.nodes[i].child.is_none(), "stop node {id} first");
+        copy_dir(&self.nodes[i].data_dir, to);
+    }
+
+    /// Replaces a stopped node's data directory with a copy of `from`: a restored backup.
+    pub fn restore_data(&mut self, id: u64, from: &Path) {
+        self.wipe_data(id);
+        let i = self.node_index(id);
+        copy_dir(from, &self.nodes[i].data_dir);
+    }
+
+    /// Waits (at most `deadline`) for node `id`'s process to exit by itself, and returns its
+    /// exit status; `None` if it still runs.
+    pub async fn wait_exit(
+        &mut self,
+        id: u64,
+        deadline: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let i = self.node_index(id);
+        let end = tokio::time::Instant::now() + deadline;
+        loop {
+            let child = self.nodes[i].child.as_mut()?;
+            if let Some(status) = child.try_wait().unwrap() {
+                self.nodes[i].child = None;
+                return Some(status);
+            }
+            if tokio::time::Instant::now() > end {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The whole log of node `id` (every run of it).
+    pub fn log_text(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.nodes[self.node_index(id)].log).unwrap_or_default()
+    }
+
     /// Waits until every running node answers Metadata with a metadata leader and all nodes.
     pub async fn wait_ready(&self) {
         let deadline = tokio::time::Instant::now() + READY_DEADLINE;
@@ -286,6 +339,20 @@ impl Drop for Cluster {
                 "the failed test's node logs are kept in {}",
                 dir.keep().display()
             );
+        }
+    }
+}
+
+/// Copies the directory `from` (files and subdirectories) to `to`, which must not exist.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("creating the copy");
+    for entry in std::fs::read_dir(from).expect("reading the directory") {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copying a file");
         }
     }
 }

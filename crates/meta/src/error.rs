@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::NodeId;
 use crate::limits::{MAX_ADDRESS_LEN, MAX_TOPIC_NAME_LEN, TOPIC_NAME_CHARS};
 
 /// Why a [`crate::MetaCommand`] was rejected.
@@ -91,6 +92,39 @@ pub enum MetaError {
     /// All 2^64 - 1 producer ids have been handed out.
     #[error("producer ids are exhausted: all {} have been used", u64::MAX - 1)]
     ProducerIdsExhausted,
+    /// A registration carried incarnation 0.
+    #[error("node {node} registered incarnation 0: incarnations are never 0")]
+    InvalidIncarnation {
+        /// The node.
+        node: NodeId,
+    },
+    /// A registration carried another cluster id than the cluster's.
+    #[error(
+        "node {node}'s data directory belongs to cluster {cluster_id:#x}, not to this cluster \
+         ({ours:#x})"
+    )]
+    OtherCluster {
+        /// The node.
+        node: NodeId,
+        /// The cluster id it registered with.
+        cluster_id: u64,
+        /// This cluster's.
+        ours: u64,
+    },
+    /// A registration carried another incarnation than the node's recorded one: another data
+    /// directory under the same node id (replacing one is `fjord serve --rebuild`'s job).
+    #[error(
+        "node {node} registered incarnation {incarnation:#x}, but the cluster records \
+         incarnation {recorded:#x} for it: another data directory under the same node id"
+    )]
+    OtherIncarnation {
+        /// The node.
+        node: NodeId,
+        /// The incarnation it registered.
+        incarnation: u64,
+        /// The one recorded.
+        recorded: u64,
+    },
 }
 
 impl MetaError {
@@ -107,7 +141,10 @@ impl MetaError {
             | MetaError::InvalidConfig { .. }
             | MetaError::InvalidAddress { .. }
             | MetaError::TopicIdsExhausted
-            | MetaError::ProducerIdsExhausted => false,
+            | MetaError::ProducerIdsExhausted
+            | MetaError::InvalidIncarnation { .. }
+            | MetaError::OtherCluster { .. }
+            | MetaError::OtherIncarnation { .. } => false,
         }
     }
 }

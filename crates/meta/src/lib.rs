@@ -13,11 +13,13 @@
 //!   shared by [`MetaState::apply`] and [`MetaState::validate`].
 //! - [`state`]: [`MetaState`], the commands that change it, its invariants and its queries.
 //! - [`assign`]: [`assign_replicas`], placement of new partitions' replicas.
+//! - [`identity`]: data directory identities and [`check_boot`], whether a node may take part.
 //! - [`balance`]: [`plan_leader_moves`], leader balancing across live nodes.
 
 pub mod assign;
 pub mod balance;
 pub mod error;
+pub mod identity;
 pub mod ids;
 pub mod limits;
 pub mod state;
@@ -25,6 +27,9 @@ pub mod state;
 pub use assign::assign_replicas;
 pub use balance::{LeaderMove, plan_leader_moves};
 pub use error::MetaError;
+pub use identity::{
+    BootRefusal, BootVerdict, DiskIdentity, IncarnationRecord, PeerReport, check_boot,
+};
 pub use ids::{GroupId, META_GROUP, NodeId, group_id, split_group_id};
 pub use limits::{
     DEFAULT_MAX_RECORD_BYTES, DEFAULT_REPLICATION_FACTOR, MAX_ADDRESS_LEN,
@@ -32,5 +37,6 @@ pub use limits::{
     validate_topic_config, validate_topic_name,
 };
 pub use state::{
-    MetaCommand, MetaResponse, MetaState, NodeInfo, PartitionAssignment, Topic, TopicConfig,
+    MetaCommand, MetaResponse, MetaState, MetaStateV1, NodeInfo, PartitionAssignment, Topic,
+    TopicConfig,
 };

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::assign::assign_replicas;
 use crate::error::{MetaError, clip};
+use crate::identity::IncarnationRecord;
 use crate::ids::{GroupId, META_GROUP, NodeId, group_id, split_group_id};
 use crate::limits::{
     DEFAULT_MAX_RECORD_BYTES, DEFAULT_REPLICATION_FACTOR, MAX_PARTITIONS_PER_TOPIC,
@@ -91,6 +92,35 @@ pub struct MetaState {
     pub next_topic_id: u32,
     /// Next producer id handed out (0 is read as 1: producer ids are never 0).
     pub next_producer_id: u64,
+    /// The cluster's id, fixed by the first registration that carries one (0: not yet).
+    pub cluster_id: u64,
+    /// Each node's registered data directory: its incarnation and latest generation (see
+    /// [`crate::identity`]).
+    pub incarnations: BTreeMap<NodeId, IncarnationRecord>,
+}
+
+/// [`MetaState`] as encoded before identities: what snapshots written by earlier versions
+/// hold (postcard encodes a struct's fields in order and has no field defaults, so a
+/// snapshot without the last two fields decodes only as this).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MetaStateV1 {
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+    pub topics: BTreeMap<String, Topic>,
+    pub next_topic_id: u32,
+    pub next_producer_id: u64,
+}
+
+impl From<MetaStateV1> for MetaState {
+    fn from(v: MetaStateV1) -> Self {
+        MetaState {
+            nodes: v.nodes,
+            topics: v.topics,
+            next_topic_id: v.next_topic_id,
+            next_producer_id: v.next_producer_id,
+            cluster_id: 0,
+            incarnations: BTreeMap::new(),
+        }
+    }
 }
 
 /// A change to the metadata, as replicated through the metadata group's log.
@@ -151,6 +181,23 @@ pub enum MetaCommand {
         /// go only on registered nodes in this list.
         live: Vec<NodeId>,
     },
+    /// Adds a node or changes its address, as [`MetaCommand::RegisterNode`], and records the
+    /// data directory it runs on (see [`crate::identity`]). The first registration with a
+    /// cluster id fixes the cluster's; one with another is rejected, and so is one with another
+    /// incarnation than the node's recorded one. The recorded generation only grows.
+    /// (At the end: logs written before it still decode.)
+    RegisterIncarnation {
+        /// The node.
+        id: NodeId,
+        /// `host:port`; see [`validate_address`].
+        address: String,
+        /// Its directory's incarnation (never 0).
+        incarnation: u64,
+        /// Its directory's generation at this start.
+        generation: u64,
+        /// Its directory's cluster id (0: not known).
+        cluster_id: u64,
+    },
 }
 
 /// What applying a [`MetaCommand`] produced.
@@ -200,6 +247,13 @@ impl MetaState {
                 epoch,
             } => self.report_leader(*group_id, *leader, *epoch),
             MetaCommand::AllocateProducerId => self.allocate_producer_id(),
+            MetaCommand::RegisterIncarnation {
+                id,
+                address,
+                incarnation,
+                generation,
+                cluster_id,
+            } => self.register_incarnation(*id, address, *incarnation, *generation, *cluster_id),
         };
         debug_assert_eq!(self.validate(), Ok(()), "invariant broken after {cmd:?}");
         result.unwrap_or_else(MetaResponse::Error)
@@ -207,6 +261,52 @@ impl MetaState {
 
     fn register_node(&mut self, id: NodeId, address: &str) -> Result<MetaResponse, MetaError> {
         validate_address(address)?;
+        self.nodes.insert(
+            id,
+            NodeInfo {
+                id,
+                address: address.to_string(),
+            },
+        );
+        Ok(MetaResponse::Ok)
+    }
+
+    fn register_incarnation(
+        &mut self,
+        id: NodeId,
+        address: &str,
+        incarnation: u64,
+        generation: u64,
+        cluster_id: u64,
+    ) -> Result<MetaResponse, MetaError> {
+        validate_address(address)?;
+        if incarnation == 0 {
+            return Err(MetaError::InvalidIncarnation { node: id });
+        }
+        if cluster_id != 0 && self.cluster_id != 0 && cluster_id != self.cluster_id {
+            return Err(MetaError::OtherCluster {
+                node: id,
+                cluster_id,
+                ours: self.cluster_id,
+            });
+        }
+        if let Some(rec) = self.incarnations.get(&id)
+            && rec.incarnation != incarnation
+        {
+            return Err(MetaError::OtherIncarnation {
+                node: id,
+                incarnation,
+                recorded: rec.incarnation,
+            });
+        }
+        if self.cluster_id == 0 {
+            self.cluster_id = cluster_id;
+        }
+        let rec = self.incarnations.entry(id).or_insert(IncarnationRecord {
+            incarnation,
+            generation,
+        });
+        rec.generation = rec.generation.max(generation);
         self.nodes.insert(
             id,
             NodeInfo {
@@ -353,6 +453,16 @@ impl MetaState {
                 return Err(format!("node key {key} holds the info of node {}", node.id));
             }
             validate_address(&node.address).map_err(|e| format!("node {key}: {e}"))?;
+        }
+        for (node, rec) in &self.incarnations {
+            if rec.incarnation == 0 {
+                return Err(format!("node {node} has incarnation 0 recorded"));
+            }
+            if !self.nodes.contains_key(node) {
+                return Err(format!(
+                    "node {node} has an incarnation but is not registered"
+                ));
+            }
         }
         let mut topic_ids = BTreeSet::new();
         let mut group_ids = BTreeSet::new();
@@ -631,6 +741,78 @@ mod tests {
         let mut state = cluster(3);
         let t = topic_of(state.apply(&old));
         assert!(t.partitions.iter().all(|p| p.replicas.len() == 3));
+    }
+
+    #[test]
+    fn commands_logged_before_incarnations_still_decode() {
+        // RegisterIncarnation is appended: every older command keeps its variant index.
+        let old = MetaCommand::RegisterNode {
+            id: 1,
+            address: "a:1".into(),
+        };
+        assert_eq!(postcard::to_stdvec(&old).unwrap()[0], 0);
+        assert_eq!(
+            postcard::to_stdvec(&MetaCommand::AllocateProducerId).unwrap()[0],
+            4
+        );
+        assert_eq!(
+            postcard::to_stdvec(&create_on("t", 1, 1, &[1])).unwrap()[0],
+            5
+        );
+        let new = register(1, 9, 1, 0);
+        assert_eq!(postcard::to_stdvec(&new).unwrap()[0], 6);
+    }
+
+    #[test]
+    fn a_snapshot_from_before_incarnations_decodes_as_the_old_shape() {
+        let old = MetaStateV1 {
+            next_topic_id: 3,
+            next_producer_id: 5,
+            ..Default::default()
+        };
+        let bytes = postcard::to_stdvec(&old).unwrap();
+        assert!(postcard::from_bytes::<MetaState>(&bytes).is_err());
+        let state: MetaState = postcard::from_bytes::<MetaStateV1>(&bytes).unwrap().into();
+        assert_eq!(state.next_topic_id, 3);
+        assert_eq!(state.cluster_id, 0);
+    }
+
+    fn register(id: NodeId, incarnation: u64, generation: u64, cluster_id: u64) -> MetaCommand {
+        MetaCommand::RegisterIncarnation {
+            id,
+            address: format!("n{id}:1"),
+            incarnation,
+            generation,
+            cluster_id,
+        }
+    }
+
+    #[test]
+    fn incarnations_are_recorded_and_generations_only_grow() {
+        let mut s = MetaState::new();
+        assert_eq!(s.apply(&register(1, 9, 2, 77)), MetaResponse::Ok);
+        assert_eq!(s.cluster_id, 77, "the first cluster id is the cluster's");
+        assert_eq!(s.nodes[&1].address, "n1:1");
+        // A late registration of an older generation (a retry) does not lower it.
+        assert_eq!(s.apply(&register(1, 9, 1, 77)), MetaResponse::Ok);
+        assert_eq!(s.incarnations[&1].generation, 2);
+        assert_eq!(s.apply(&register(1, 9, 3, 0)), MetaResponse::Ok);
+        assert_eq!(s.incarnations[&1].generation, 3);
+        // Another directory under node 1's id, or from another cluster: rejected, unchanged.
+        let before = s.clone();
+        assert!(matches!(
+            rejected(&mut s, register(1, 10, 1, 77)),
+            MetaError::OtherIncarnation { recorded: 9, .. }
+        ));
+        assert!(matches!(
+            rejected(&mut s, register(2, 5, 1, 78)),
+            MetaError::OtherCluster { ours: 77, .. }
+        ));
+        assert!(matches!(
+            rejected(&mut s, register(2, 0, 1, 77)),
+            MetaError::InvalidIncarnation { node: 2 }
+        ));
+        assert_eq!(s, before);
     }
 
     #[test]

@@ -33,6 +33,66 @@ pub struct MetaView {
     pub state: MetaState,
 }
 
+/// [`MetaView`] as snapshots written before identities encode it (see
+/// [`fjord_meta::MetaStateV1`]).
+#[derive(Serialize, Deserialize)]
+struct MetaViewV1 {
+    last_applied: Option<LogIdOf<TypeConfig>>,
+    membership: StoredMembershipOf<TypeConfig>,
+    state: fjord_meta::MetaStateV1,
+}
+
+/// Decodes a metadata snapshot, of this version or of one before identities.
+pub fn decode_view(bytes: &[u8]) -> Result<MetaView, io::Error> {
+    match codec::decode::<MetaView>(bytes, "metadata snapshot") {
+        Ok(v) => Ok(v),
+        Err(e) => match codec::decode::<MetaViewV1>(bytes, "metadata snapshot") {
+            Ok(v) => Ok(MetaView {
+                last_applied: v.last_applied,
+                membership: v.membership,
+                state: v.state.into(),
+            }),
+            Err(_) => Err(e),
+        },
+    }
+}
+
+/// Log entries [`stored_state`] reads, at most (the metadata log is snapshotted every 1,000).
+pub const MAX_STORED_META_ENTRIES: usize = 100_000;
+
+/// The metadata this node's database holds, without running the group: the last snapshot
+/// with every metadata command of the log after it applied, committed or not (a boot check
+/// reads it, see `fjord_meta::identity`: a record in any log is evidence enough). `None`
+/// when the node holds no metadata at all (no snapshot, no log entry, no vote).
+pub fn stored_state(group: u64, store: &Store) -> Result<Option<MetaState>, io::Error> {
+    let snapshot = store.get_value(group, GroupKey::Snapshot)?;
+    let vote = store.get_value(group, GroupKey::Vote)?;
+    let bounds = store.log_bounds(group)?;
+    if snapshot.is_none() && vote.is_none() && bounds.is_none() {
+        return Ok(None);
+    }
+    let view = match snapshot {
+        Some(b) => decode_view(&b)?,
+        None => MetaView::default(),
+    };
+    let mut state = view.state;
+    let mut next = view.last_applied.map(|l| l.index + 1).unwrap_or(0);
+    let mut read = 0usize;
+    while read < MAX_STORED_META_ENTRIES {
+        let page = store.read_log(group, next.., 1000, usize::MAX)?;
+        let Some((last, _)) = page.last() else { break };
+        next = last + 1;
+        read += page.len();
+        for (_, bytes) in &page {
+            let entry: codec::Entry = codec::decode(bytes, "metadata log entry")?;
+            if let EntryPayload::Normal(Request::Meta(cmd)) = entry.payload {
+                state.apply(&cmd);
+            }
+        }
+    }
+    Ok(Some(state))
+}
+
 /// openraft's state machine for the metadata group.
 pub struct MetaSm {
     group: u64,
@@ -49,7 +109,7 @@ impl MetaSm {
         store: Store,
     ) -> Result<(MetaSm, watch::Receiver<Arc<MetaView>>), io::Error> {
         let view: MetaView = match store.get_value(group, GroupKey::Snapshot)? {
-            Some(b) => codec::decode(&b, "metadata snapshot")?,
+            Some(b) => decode_view(&b)?,
             None => MetaView::default(),
         };
         let (tx, rx) = watch::channel(Arc::new(view.clone()));
@@ -147,7 +207,7 @@ impl RaftStateMachine<TypeConfig> for MetaSm {
         _meta: &SnapshotMetaOf<TypeConfig>,
         snapshot: Vec<u8>,
     ) -> Result<(), io::Error> {
-        let view: MetaView = codec::decode(&snapshot, "metadata snapshot")?;
+        let view: MetaView = decode_view(&snapshot)?;
         self.store
             .write(vec![Op::Put {
                 group: self.group,
@@ -166,7 +226,7 @@ impl RaftStateMachine<TypeConfig> for MetaSm {
         match self.store.get_value(self.group, GroupKey::Snapshot)? {
             None => Ok(None),
             Some(data) => {
-                let view: MetaView = codec::decode(&data, "metadata snapshot")?;
+                let view: MetaView = decode_view(&data)?;
                 let meta = SnapshotMetaOf::<TypeConfig> {
                     last_log_id: view.last_applied,
                     last_membership: view.membership,
@@ -177,5 +237,31 @@ impl RaftStateMachine<TypeConfig> for MetaSm {
                 }))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node upgraded from a version without identities opens its metadata snapshot.
+    #[test]
+    fn a_snapshot_from_before_identities_decodes() {
+        let old = MetaViewV1 {
+            last_applied: None,
+            membership: Default::default(),
+            state: fjord_meta::MetaStateV1 {
+                next_topic_id: 4,
+                ..Default::default()
+            },
+        };
+        let view = decode_view(&codec::encode(&old)).unwrap();
+        assert_eq!(view.state.next_topic_id, 4);
+        let mut new = view.clone();
+        new.state.cluster_id = 9;
+        assert_eq!(
+            decode_view(&codec::encode(&new)).unwrap().state.cluster_id,
+            9
+        );
     }
 }

@@ -73,6 +73,12 @@ pub struct ServeConfig {
     #[arg(long)]
     #[serde(default)]
     pub source_address: Option<std::net::IpAddr>,
+    /// Rebuild this node's data from the other nodes: for a node whose data directory was
+    /// lost, found corrupt, or restored from an older copy (the node refuses to start then,
+    /// and says so). Not implemented yet: the node exits at once.
+    #[arg(long)]
+    #[serde(default)]
+    pub rebuild: bool,
 }
 
 fn default_heartbeat_ms() -> u64 {

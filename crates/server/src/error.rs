@@ -61,6 +61,10 @@ pub enum ApiError {
     Busy(String),
     #[error("{0}")]
     Internal(String),
+    /// The node has not started its groups yet: it is checking its data directory with its
+    /// peers (see [`crate::boot`]). Retry, maybe elsewhere.
+    #[error("node {0} is starting: it is checking its data directory with its peers; retry")]
+    Starting(u64),
 }
 
 fn leader_text(leader: &Option<(u64, String)>) -> String {
@@ -73,9 +77,10 @@ fn leader_text(leader: &Option<(u64, String)>) -> String {
 impl ApiError {
     pub fn code(&self) -> Code {
         match self {
-            ApiError::NotLeader { .. } | ApiError::NoLeader(_) | ApiError::NotReplica { .. } => {
-                Code::Unavailable
-            }
+            ApiError::NotLeader { .. }
+            | ApiError::NoLeader(_)
+            | ApiError::NotReplica { .. }
+            | ApiError::Starting(_) => Code::Unavailable,
             ApiError::UnknownTopic(_) | ApiError::UnknownPartition { .. } => Code::NotFound,
             ApiError::Invalid(_) => Code::InvalidArgument,
             ApiError::Meta(m) => match m {

@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: the node's one configuration struct (flags and TOML).
+//! - [`boot`]: the data directory's identity, and the check with the peers that comes before
+//!   the node takes part in any Raft group.
 //! - [`node`]: the node itself: storage, Raft groups, the reconciler that starts the groups
 //!   the metadata assigns to it, leader reports, and the controller (leader balancing).
 //! - [`service`]: the client gRPC API (`fjord.v1.Fjord`); [`data`]: its produce and fetch
@@ -12,6 +14,7 @@
 //! [`run_on`] also takes the opened database and any stream of incoming connections, so a
 //! whole cluster can run under a simulated network, disk and clock.
 
+pub mod boot;
 pub mod config;
 pub mod data;
 pub mod error;
@@ -54,8 +57,17 @@ pub enum ServerError {
     Listen { addr: String, reason: String },
     #[error("cannot start the node: {0}")]
     Start(String),
+    /// The boot check refused this data directory, or could not read it.
+    #[error("this node must not start on its data directory: {0}")]
+    Boot(#[from] boot::BootError),
     #[error("the gRPC server failed: {0}")]
     Serve(String),
+    #[error(
+        "--rebuild is not implemented yet: a node that lost its data directory, or runs on a \
+         corrupt or older copy of it, cannot be brought back safely by this version. Keep it \
+         stopped (and keep its directory: do not delete it by hand)"
+    )]
+    RebuildNotImplemented,
 }
 
 /// Runs a node on TCP until `shutdown` completes, then stops it cleanly.
@@ -87,6 +99,9 @@ pub async fn run_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    if config.rebuild {
+        return Err(ServerError::RebuildNotImplemented);
+    }
     let store = Store::open(
         &config.data_dir,
         &StoreOptions {
@@ -96,7 +111,16 @@ pub async fn run_with(
     )
     .map_err(|e| ServerError::Storage {
         dir: config.data_dir.display().to_string(),
-        reason: e.to_string(),
+        reason: if e.is_corruption() {
+            format!(
+                "{e}. The store is corrupt and its contents cannot be trusted: do not delete \
+                 the directory by hand (a node started on an empty one is refused by its \
+                 peers); start the node with the same arguments plus --rebuild, which rebuilds \
+                 it from the other nodes"
+            )
+        } else {
+            e.to_string()
+        },
     })?;
     // Nagle off on every accepted connection: the server's `tcp_nodelay` applies only to
     // listeners tonic opens itself. With it on, a response's last frame could wait for the
@@ -153,6 +177,9 @@ pub async fn run_with(
     result
 }
 
+/// The node, once it runs: the gRPC services start before it (see [`run_on`]).
+pub type NodeSlot = Arc<std::sync::OnceLock<Arc<Node>>>;
+
 /// How long a stopping node waits for its groups to release the database.
 const DB_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -179,18 +206,29 @@ where
     IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     config.validate()?;
+    if config.rebuild {
+        return Err(ServerError::RebuildNotImplemented);
+    }
     let pool = PeerPool::new(connector);
     let cancel = CancellationToken::new();
-    let node = Node::start(&config, store, pool, clock, cancel.clone())
-        .await
-        .map_err(ServerError::Start)?;
+    // The server runs from the start: peers starting at the same time ask this node about
+    // their directories while it checks its own. Until the node runs, every other RPC is
+    // refused as unavailable.
+    let slot = NodeSlot::default();
+    let identity = boot::IdentityService::open(store.clone(), config.id).await?;
 
-    let client_api = FjordServer::new(service::ClientService { node: node.clone() })
-        .max_decoding_message_size(data::MAX_PRODUCE_REQUEST_BYTES + (1 << 20))
-        .max_encoding_message_size(data::MAX_FETCH_BYTES as usize + (1 << 20));
-    let transport = RaftTransportServer::new(transport::TransportService { node: node.clone() })
-        .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
+    let client_api = FjordServer::new(service::StartingClientService {
+        slot: slot.clone(),
+        id: config.id,
+    })
+    .max_decoding_message_size(data::MAX_PRODUCE_REQUEST_BYTES + (1 << 20))
+    .max_encoding_message_size(data::MAX_FETCH_BYTES as usize + (1 << 20));
+    let transport = RaftTransportServer::new(transport::TransportService {
+        slot: slot.clone(),
+        identity: identity.clone(),
+    })
+    .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
     let stop = cancel.clone();
     let server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS)
@@ -208,7 +246,34 @@ where
         .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
     let server = tokio::spawn(server);
 
-    node.run_background().await;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let form = tokio::select! {
+        checked = identity.check(&config, &pool) => match checked {
+            Ok(form) => form,
+            Err(e) => {
+                tracing::error!(error = %e, "refusing to start");
+                cancel.cancel();
+                let _ = server.await;
+                return Err(e.into());
+            }
+        },
+        _ = &mut shutdown => {
+            tracing::info!(node = config.id, "stopped while checking the data directory");
+            cancel.cancel();
+            let _ = server.await;
+            return Ok(());
+        }
+    };
+    let node = Node::start(&config, store, pool, clock, cancel.clone(), identity)
+        .await
+        .map_err(ServerError::Start)?;
+    let _ = slot.set(node.clone());
+    // A node that formed the cluster but stopped before it initialized the metadata group
+    // does it now (its roster says it was a former; initializing an initialized group is a
+    // no-op).
+    let form = form || !node.identity.identity().roster.is_empty();
+
+    node.run_background(form).await;
     tracing::info!(node = node.id, address = %node.address, "fjord node started");
 
     shutdown.await;

@@ -1,8 +1,11 @@
 //! A node: its storage, its Raft groups, and the background work that keeps them matching
 //! the metadata.
 //!
+//! - Before any of this, the node's data directory passed the boot check ([`crate::boot`]).
 //! - The metadata group runs on the initial voters (`peers`). Every voter initializes it
-//!   with the same membership on first start (openraft allows this; one leader wins).
+//!   with the same membership when they form the cluster together (openraft allows this; one
+//!   leader wins), and never later: a node that joins a cluster its peers already hold gets
+//!   the group from them.
 //! - The **reconciler** watches the applied metadata and starts the partition groups this
 //!   node holds a replica of (a new group's preferred leader initializes it and is elected
 //!   first; the other replicas initialize it only if no leader reached them within a few
@@ -80,6 +83,8 @@ pub struct Node {
     pub group_config: GroupConfig,
     pub clock: Arc<dyn Clock>,
     pub shutdown: CancellationToken,
+    /// The data directory's identity, registered in the metadata.
+    pub identity: Arc<crate::boot::IdentityService>,
     next_token: AtomicU64,
     pub round_robin: AtomicU32,
 }
@@ -91,6 +96,7 @@ impl Node {
         pool: Arc<PeerPool>,
         clock: Arc<dyn Clock>,
         shutdown: CancellationToken,
+        identity: Arc<crate::boot::IdentityService>,
     ) -> Result<Arc<Node>, String> {
         let group_config = GroupConfig {
             heartbeat_interval_ms: config.heartbeat_interval_ms,
@@ -140,18 +146,22 @@ impl Node {
             group_config,
             clock,
             shutdown,
+            identity,
             next_token: AtomicU64::new(fjord_raft::runtime::random_u64() | 1),
             round_robin: AtomicU32::new(0),
         }))
     }
 
-    /// Initializes the metadata group if this node never was, registers this node, and
-    /// starts the background tasks.
-    pub async fn run_background(self: &Arc<Self>) {
-        match self.meta.initialize(&self.peers).await {
-            Ok(true) => tracing::info!(peers = ?self.peers, "initialized the metadata group"),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot initialize the metadata group"),
+    /// Initializes the metadata group when this node forms a new cluster (`form`, from the
+    /// boot check: every initial voter was new), registers this node, and starts the
+    /// background tasks.
+    pub async fn run_background(self: &Arc<Self>, form: bool) {
+        if form {
+            match self.meta.initialize(&self.peers).await {
+                Ok(true) => tracing::info!(peers = ?self.peers, "initialized the metadata group"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot initialize the metadata group"),
+            }
         }
         let me = self.clone();
         tokio::spawn(async move { me.register_self().await });
@@ -219,13 +229,24 @@ impl Node {
             if self.shutdown.is_cancelled() {
                 return;
             }
-            let cmd = MetaCommand::RegisterNode {
-                id: self.id,
-                address: self.address.clone(),
-            };
+            let cmd = self.identity.registration(&self.address);
             match self.meta_write(cmd).await {
+                Ok(MetaResponse::Error(e)) => {
+                    // Deterministic: the metadata holds another directory for this node id,
+                    // or another cluster's id (the boot check saw neither, so the metadata
+                    // changed since). Retrying would give the same answer.
+                    tracing::error!(error = %e, "the metadata refused this node's registration");
+                    return;
+                }
                 Ok(_) => {
-                    tracing::info!(node = self.id, address = %self.address, "registered in the metadata");
+                    let identity = self.identity.identity();
+                    tracing::info!(
+                        node = self.id,
+                        address = %self.address,
+                        incarnation = format_args!("{:#x}", identity.incarnation),
+                        generation = identity.generation,
+                        "registered in the metadata"
+                    );
                     return;
                 }
                 Err(e) => {
@@ -370,7 +391,16 @@ impl Node {
                     // every 3 s, each move a short pause of the partition's writes). The
                     // others initialize only if no leader has reached them after a while:
                     // the preferred leader's node may be down.
-                    if replicas.first() == Some(&self.id) {
+                    // Never a group the replicas already hold: one whose leader the metadata
+                    // recorded has been initialized (this replica may have missed it while
+                    // down; it gets the membership from the leader).
+                    let held = view
+                        .state
+                        .partition_by_group(*group)
+                        .is_some_and(|(_, p)| p.leader.is_some() || p.leader_epoch > 0);
+                    if held {
+                        // Nothing to initialize.
+                    } else if replicas.first() == Some(&self.id) {
                         if let Err(e) = handle.initialize(&members).await {
                             tracing::warn!(group, error = %e, "cannot initialize partition group");
                         }

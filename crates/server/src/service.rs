@@ -27,6 +27,47 @@ pub struct ClientService {
     pub node: Arc<Node>,
 }
 
+/// The client API of a node that may still be starting: every request waits for nothing and
+/// is refused as unavailable ([`ApiError::Starting`]) until the node runs, then goes to its
+/// [`ClientService`].
+pub struct StartingClientService {
+    pub slot: crate::NodeSlot,
+    pub id: u64,
+}
+
+impl StartingClientService {
+    fn running(&self) -> Result<ClientService, Status> {
+        match self.slot.get() {
+            Some(node) => Ok(ClientService { node: node.clone() }),
+            None => Err(ApiError::Starting(self.id).into()),
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($($name:ident($req:ty) -> $resp:ty;)*) => {
+        #[tonic::async_trait]
+        impl Fjord for StartingClientService {
+            $(
+                async fn $name(&self, req: Request<$req>) -> Result<Response<$resp>, Status> {
+                    self.running()?.$name(req).await
+                }
+            )*
+        }
+    };
+}
+
+delegate! {
+    metadata(MetadataRequest) -> MetadataResponse;
+    create_topic(CreateTopicRequest) -> CreateTopicResponse;
+    delete_topic(DeleteTopicRequest) -> DeleteTopicResponse;
+    list_topics(ListTopicsRequest) -> ListTopicsResponse;
+    describe_topic(DescribeTopicRequest) -> DescribeTopicResponse;
+    init_producer(InitProducerRequest) -> InitProducerResponse;
+    produce(ProduceRequest) -> ProduceResponse;
+    fetch(FetchRequest) -> FetchResponse;
+}
+
 /// A topic as this node describes it to clients. A partition's leader is the one the
 /// metadata records, unless this node holds a replica of the partition that knows a leader of
 /// a later term: leaders reach the metadata through the metadata group, and when that

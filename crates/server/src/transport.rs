@@ -4,13 +4,16 @@
 use std::sync::Arc;
 
 use fjord_proto::raft::raft_transport_server::RaftTransport;
-use fjord_proto::raft::{GroupMessage, NodeHeartbeat, NodeHeartbeatReply};
+use fjord_proto::raft::{
+    GroupMessage, IdentityReply, IdentityRequest, NodeHeartbeat, NodeHeartbeatReply,
+};
 use fjord_raft::group::DispatchError;
 use fjord_raft::network::RpcKind;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::error::ApiError;
 use crate::node::Node;
 
 /// A controller's leader move goes only to a replica at most this many log entries behind
@@ -19,10 +22,18 @@ use crate::node::Node;
 pub const MAX_TRANSFER_LAG_ENTRIES: u64 = 32;
 
 pub struct TransportService {
-    pub node: Arc<Node>,
+    pub slot: crate::NodeSlot,
+    pub identity: Arc<crate::boot::IdentityService>,
 }
 
 impl TransportService {
+    /// The running node; a node still checking its data directory takes no group messages.
+    fn node(&self) -> Result<&Arc<Node>, Status> {
+        self.slot
+            .get()
+            .ok_or_else(|| ApiError::Starting(self.identity.identity().node_id).into())
+    }
+
     async fn dispatch(
         &self,
         kind: RpcKind,
@@ -30,7 +41,7 @@ impl TransportService {
     ) -> Result<Response<GroupMessage>, Status> {
         let msg = req.into_inner();
         match self
-            .node
+            .node()?
             .registry
             .dispatch(kind, msg.group_id, &msg.payload)
             .await
@@ -71,7 +82,7 @@ impl RaftTransport for TransportService {
             .chain(rest)
             .boxed();
         let results = self
-            .node
+            .node()?
             .registry
             .stream_append(group, requests)
             .map_err(|e| match e {
@@ -109,11 +120,21 @@ impl RaftTransport for TransportService {
         self.dispatch(RpcKind::TransferLeader, req).await
     }
 
+    async fn check_identity(
+        &self,
+        req: Request<IdentityRequest>,
+    ) -> Result<Response<IdentityReply>, Status> {
+        self.identity
+            .answer(&req.into_inner())
+            .map(Response::new)
+            .map_err(|e| ApiError::Internal(e).into())
+    }
+
     async fn heartbeat(
         &self,
         req: Request<NodeHeartbeat>,
     ) -> Result<Response<NodeHeartbeatReply>, Status> {
-        Ok(Response::new(self.node.liveness.serve(req.into_inner())))
+        Ok(Response::new(self.node()?.liveness.serve(req.into_inner())))
     }
 
     async fn meta_write(
@@ -124,7 +145,7 @@ impl RaftTransport for TransportService {
         let cmd: fjord_meta::MetaCommand = postcard::from_bytes(&msg.payload)
             .map_err(|e| Status::invalid_argument(format!("bad metadata command: {e}")))?;
         let resp = self
-            .node
+            .node()?
             .local_meta_write(cmd)
             .await
             .map_err(Status::from)?;
@@ -141,7 +162,7 @@ impl RaftTransport for TransportService {
         let msg = req.into_inner();
         let to: u64 = postcard::from_bytes(&msg.payload)
             .map_err(|e| Status::invalid_argument(format!("bad leader move: {e}")))?;
-        match self.node.registry.partition(msg.group_id) {
+        match self.node()?.registry.partition(msg.group_id) {
             Some(handle) => {
                 // A transfer only works to a replica that holds the leader's whole log when
                 // the transfer reaches it; one far behind (a node just restarted, under load)

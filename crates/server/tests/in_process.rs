@@ -51,6 +51,7 @@ async fn start_cluster(n: u64) -> Cluster {
             hibernate_after_ms: 2000,
             cache_size_mib: 8,
             source_address: None,
+            rebuild: false,
         };
         dirs.push(dir);
         let s = stop.clone();

@@ -24,13 +24,15 @@
 //!   partition, written when a batch is applied (committed).
 //! - `group_values`: `(group, key) → bytes`: small per-group values (vote, committed log id,
 //!   last purged log id, state machine checkpoint, snapshot).
+//! - `node_values`: `key → bytes`: small values of the node itself (its data directory's
+//!   identity).
 
 pub mod partition;
 pub mod sim_disk;
 pub mod store;
 pub mod writer;
 
-pub use store::{Closed, Durable, GroupKey, Store, StoreOptions};
+pub use store::{Closed, Durable, GroupKey, NodeKey, Store, StoreOptions};
 pub use writer::{Op, WriteBatch, WriterMode};
 
 /// Errors of the storage layer.
@@ -45,6 +47,16 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// Whether redb found the database file corrupt (a flipped bit, a torn page it cannot
+    /// repair): what it held can no longer be trusted.
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            StorageError::Redb(redb::Error::Corrupted(_)) => true,
+            StorageError::Redb(e) => e.to_string().contains("corrupted"),
+            _ => false,
+        }
+    }
+
     pub(crate) fn redb(e: impl Into<redb::Error>) -> Self {
         StorageError::Redb(e.into())
     }

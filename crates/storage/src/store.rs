@@ -22,6 +22,18 @@ pub(crate) const OFFSETS: TableDefinition<(u64, u64), (u64, u32)> = TableDefinit
 pub(crate) const GROUP_VALUES: TableDefinition<(u64, u8), &[u8]> =
     TableDefinition::new("group_values");
 
+/// `key → small value` of the node itself, not of a group (see [`NodeKey`]). A table of its
+/// own, created at open: a database written before it existed gains it empty.
+pub(crate) const NODE_VALUES: TableDefinition<u8, &[u8]> = TableDefinition::new("node_values");
+
+/// Keys of the node-level values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum NodeKey {
+    /// The data directory's identity (`fjord_meta::DiskIdentity`, postcard).
+    Identity = 1,
+}
+
 /// The inclusive `(first, last)` indexes of a range, or `None` when it is empty.
 pub fn index_bounds(range: &impl RangeBounds<u64>) -> Option<(u64, u64)> {
     use std::ops::Bound;
@@ -140,6 +152,7 @@ impl Store {
         txn.open_table(LOG).map_err(StorageError::redb)?;
         txn.open_table(OFFSETS).map_err(StorageError::redb)?;
         txn.open_table(GROUP_VALUES).map_err(StorageError::redb)?;
+        txn.open_table(NODE_VALUES).map_err(StorageError::redb)?;
         txn.commit().map_err(StorageError::redb)?;
         let db = Arc::new(db);
         let (closed_tx, closed) = watch::channel(false);
@@ -273,6 +286,25 @@ impl Store {
             .get((group, key as u8))
             .map_err(StorageError::redb)?
             .map(|v| v.value().to_vec()))
+    }
+
+    /// A node-level value.
+    pub fn get_node_value(&self, key: NodeKey) -> Result<Option<Vec<u8>>, StorageError> {
+        let txn = self.read_txn()?;
+        let table = txn.open_table(NODE_VALUES).map_err(StorageError::redb)?;
+        Ok(table
+            .get(key as u8)
+            .map_err(StorageError::redb)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Whether no group has stored anything: no log entry, no value.
+    pub fn holds_no_group(&self) -> Result<bool, StorageError> {
+        let txn = self.read_txn()?;
+        let log = txn.open_table(LOG).map_err(StorageError::redb)?;
+        let values = txn.open_table(GROUP_VALUES).map_err(StorageError::redb)?;
+        Ok(log.first().map_err(StorageError::redb)?.is_none()
+            && values.first().map_err(StorageError::redb)?.is_none())
     }
 
     /// The offset index entry covering `offset`: the batch with the greatest base offset not
@@ -415,6 +447,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            assert!(store.holds_no_group().unwrap());
+            assert_eq!(store.get_node_value(NodeKey::Identity).unwrap(), None);
             store
                 .write(vec![
                     Op::Append {
@@ -429,6 +463,10 @@ mod tests {
                     Op::IndexOffsets {
                         group: 1,
                         entries: vec![(0, 1, 5), (5, 3, 2)],
+                    },
+                    Op::PutNode {
+                        key: NodeKey::Identity as u8,
+                        value: b"i".to_vec(),
                     },
                 ])
                 .await
@@ -445,6 +483,11 @@ mod tests {
             store.get_value(1, GroupKey::Vote).unwrap(),
             Some(b"v".to_vec())
         );
+        assert_eq!(
+            store.get_node_value(NodeKey::Identity).unwrap(),
+            Some(b"i".to_vec())
+        );
+        assert!(!store.holds_no_group().unwrap());
         assert_eq!(store.find_offset(1, 6).unwrap(), Some((5, 3, 2)));
         assert_eq!(store.find_offset(1, 4).unwrap(), Some((0, 1, 5)));
         assert_eq!(store.offsets_from(1, 1, 10).unwrap(), vec![(5, 3, 2)]);

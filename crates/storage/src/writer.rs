@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::StorageError;
 use crate::sim_disk::SyncDelay;
-use crate::store::{GROUP_VALUES, LOG, OFFSETS};
+use crate::store::{GROUP_VALUES, LOG, NODE_VALUES, OFFSETS};
 
 /// Requests waiting for the writer, at most (the queue is bounded by count; bytes are bounded
 /// by what each request may carry: a Raft append is bounded by `max_payload_entries` and the
@@ -57,13 +57,15 @@ pub enum Op {
     },
     /// Removes everything a group has stored.
     DeleteGroup { group: u64 },
+    /// Sets a small node-level value (see [`crate::store::NodeKey`]).
+    PutNode { key: u8, value: Vec<u8> },
 }
 
 impl Op {
     fn bytes(&self) -> usize {
         match self {
             Op::Append { entries, .. } => entries.iter().map(|(_, b)| b.len() + 16).sum(),
-            Op::Put { value, .. } => value.len(),
+            Op::Put { value, .. } | Op::PutNode { value, .. } => value.len(),
             Op::IndexOffsets { entries, .. } => entries.len() * 28,
             _ => 16,
         }
@@ -240,6 +242,7 @@ fn commit(
         let mut log = txn.open_table(LOG).map_err(StorageError::redb)?;
         let mut offsets = txn.open_table(OFFSETS).map_err(StorageError::redb)?;
         let mut values = txn.open_table(GROUP_VALUES).map_err(StorageError::redb)?;
+        let mut node_values = txn.open_table(NODE_VALUES).map_err(StorageError::redb)?;
         for op in batches.iter().flat_map(|b| b.ops.iter()) {
             match op {
                 Op::Append { group, entries } => {
@@ -269,6 +272,11 @@ fn commit(
                 Op::Put { group, key, value } => {
                     values
                         .insert((*group, *key), value.as_slice())
+                        .map_err(StorageError::redb)?;
+                }
+                Op::PutNode { key, value } => {
+                    node_values
+                        .insert(*key, value.as_slice())
                         .map_err(StorageError::redb)?;
                 }
                 Op::IndexOffsets { group, entries } => {

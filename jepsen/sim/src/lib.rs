@@ -200,6 +200,7 @@ fn serve_config(id: u64, config: &SimConfig) -> ServeConfig {
         hibernate_after_ms: 300,
         cache_size_mib: 4,
         source_address: None,
+        rebuild: false,
     }
 }
 

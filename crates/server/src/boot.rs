@@ -1,0 +1,275 @@
+//! A node's start, before it takes part in any Raft group: its data directory's identity and
+//! the check with its peers ([`fjord_meta::check_boot`] decides; this module asks and
+//! stores).
+//!
+//! 1. The identity is read from the database, or made: a new directory gets a random
+//!    incarnation; one written before identities existed (it holds groups) gets one too,
+//!    marked as joined, so an upgraded node starts as before.
+//! 2. The node asks every initial voter (`RaftTransport.CheckIdentity`) what it records of
+//!    this directory, round after round with a bounded backoff, until the check proceeds or
+//!    refuses. Meanwhile it answers the same question for its peers
+//!    ([`IdentityService::answer`]) from its stored metadata, so nodes that start together
+//!    (a new cluster, a cluster back from a power loss) let each other through.
+//! 3. On proceed, the next generation (and, when the node forms a new cluster, the roster)
+//!    is written durably: only then does the node start its groups, and it registers the
+//!    generation in the metadata ([`fjord_meta::MetaCommand::RegisterIncarnation`]).
+//!    A refusal writes nothing, so the directory stays refused however often it is started.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fjord_meta::{BootRefusal, BootVerdict, DiskIdentity, NodeId, PeerReport, check_boot};
+use fjord_proto::raft::{IdentityReply, IdentityRequest};
+use fjord_raft::network::PeerPool;
+use fjord_storage::{NodeKey, Op, Store};
+
+use crate::ServeConfig;
+
+/// How long one peer's answer to a boot check may take.
+pub const CHECK_RPC_TIMEOUT: Duration = Duration::from_secs(1);
+/// The first pause between two rounds of boot checks; it doubles up to [`CHECK_BACKOFF_MAX`].
+pub const CHECK_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// The longest pause between two rounds.
+pub const CHECK_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Rounds logged one by one before the node only logs every [`CHECK_LOG_EVERY`]th.
+pub const CHECK_ROUNDS_LOGGED: u32 = 5;
+pub const CHECK_LOG_EVERY: u32 = 15;
+
+/// Why a node cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// The directory must not take part: see [`BootRefusal`].
+    #[error(
+        "{0}. This node does not vote, acknowledge or bootstrap anything. To bring it back \
+         safely, start it with the same arguments plus --rebuild (it then rejoins as a \
+         learner, catches up from the others and becomes a voter again); do not delete or \
+         replace its data directory by hand"
+    )]
+    Refused(BootRefusal),
+    /// The directory was made for another node id.
+    #[error(
+        "the data directory was created for node {found}, not for node {configured} (--id): \
+         check --id and --data-dir"
+    )]
+    WrongNode { found: NodeId, configured: NodeId },
+    #[error("cannot read or write the data directory's identity: {0}")]
+    Storage(String),
+}
+
+/// This node's identity, shared by the boot check and the answers to the peers' checks.
+pub struct IdentityService {
+    store: Store,
+    // Read by every answer, replaced once when the check proceeds: a short std lock.
+    identity: Mutex<DiskIdentity>,
+}
+
+impl IdentityService {
+    /// Reads the directory's identity, or makes and stores (durably) a new one.
+    pub async fn open(store: Store, node: NodeId) -> Result<Arc<IdentityService>, BootError> {
+        let storage = |e: fjord_storage::StorageError| BootError::Storage(e.to_string());
+        let identity = match store.get_node_value(NodeKey::Identity).map_err(storage)? {
+            Some(bytes) => {
+                let identity: DiskIdentity = postcard::from_bytes(&bytes)
+                    .map_err(|e| BootError::Storage(format!("corrupt identity: {e}")))?;
+                if identity.node_id != node {
+                    return Err(BootError::WrongNode {
+                        found: identity.node_id,
+                        configured: node,
+                    });
+                }
+                identity
+            }
+            None => {
+                let mut identity = DiskIdentity::new(node, fjord_raft::runtime::random_u64());
+                // A directory written before identities: it took part in the cluster.
+                identity.joined = !store.holds_no_group().map_err(storage)?;
+                tracing::info!(
+                    incarnation = format_args!("{:#x}", identity.incarnation),
+                    existing_data = identity.joined,
+                    "gave the data directory an identity"
+                );
+                persist(&store, &identity).await?;
+                identity
+            }
+        };
+        Ok(Arc::new(IdentityService {
+            store,
+            identity: Mutex::new(identity),
+        }))
+    }
+
+    /// The identity as stored now.
+    pub fn identity(&self) -> DiskIdentity {
+        self.identity.lock().unwrap().clone()
+    }
+
+    /// What this node records of `asker`'s directory, from its stored metadata (and, for a
+    /// voter the metadata does not record yet, the roster of the cluster this node formed).
+    pub fn answer(&self, req: &IdentityRequest) -> Result<IdentityReply, String> {
+        let identity = self.identity();
+        let state = fjord_raft::meta_sm::stored_state(fjord_meta::META_GROUP, &self.store)
+            .map_err(|e| e.to_string())?;
+        let record = state
+            .as_ref()
+            .and_then(|s| s.incarnations.get(&req.from).copied())
+            .or_else(|| {
+                identity
+                    .roster
+                    .get(&req.from)
+                    .map(|i| fjord_meta::IncarnationRecord {
+                        incarnation: *i,
+                        generation: 0,
+                    })
+            });
+        let cluster_id = state
+            .as_ref()
+            .map(|s| s.cluster_id)
+            .filter(|c| *c != 0)
+            .unwrap_or(identity.cluster_id);
+        Ok(IdentityReply {
+            from: identity.node_id,
+            cluster_id,
+            // Holds a cluster's state: metadata, or the roster of one it formed. Not merely
+            // "passed its check": a node that joined a cluster a moment ago and has not
+            // received the metadata yet holds nothing a new node could lose, and counting it
+            // would refuse the last voter of a new cluster to start.
+            has_cluster: state.is_some() || !identity.roster.is_empty(),
+            recorded: record.is_some(),
+            recorded_incarnation: record.map(|r| r.incarnation).unwrap_or(0),
+            recorded_generation: record.map(|r| r.generation).unwrap_or(0),
+            incarnation: identity.incarnation,
+        })
+    }
+
+    /// Checks with the peers until the check proceeds (then stores the next generation,
+    /// durably, and returns whether this node forms a new cluster) or refuses.
+    pub async fn check(&self, config: &ServeConfig, pool: &PeerPool) -> Result<bool, BootError> {
+        let me = self.identity();
+        let voters: BTreeSet<NodeId> = config.peers.0.keys().copied().collect();
+        let mut backoff = CHECK_BACKOFF_MIN;
+        let mut round = 0u32;
+        loop {
+            round += 1;
+            let reports = ask_peers(config, pool).await;
+            match check_boot(&me, &voters, &reports) {
+                BootVerdict::Refuse(why) => return Err(BootError::Refused(why)),
+                BootVerdict::Wait { needed, answered } => {
+                    if round <= CHECK_ROUNDS_LOGGED || round.is_multiple_of(CHECK_LOG_EVERY) {
+                        let why = if me.joined {
+                            "a majority of the voters, this node included, must answer \
+                             before it may take part"
+                        } else {
+                            "this data directory is new: every voter must answer before it \
+                             may form or join a cluster"
+                        };
+                        tracing::warn!(
+                            round,
+                            needed,
+                            answered,
+                            "waiting for peers to check this data directory with: {why}"
+                        );
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(CHECK_BACKOFF_MAX);
+                }
+                BootVerdict::Proceed {
+                    form,
+                    cluster_id,
+                    roster,
+                } => {
+                    let next = DiskIdentity {
+                        cluster_id,
+                        generation: me.generation + 1,
+                        joined: true,
+                        roster,
+                        ..me.clone()
+                    };
+                    persist(&self.store, &next).await?;
+                    tracing::info!(
+                        generation = next.generation,
+                        incarnation = format_args!("{:#x}", next.incarnation),
+                        cluster = format_args!("{:#x}", next.cluster_id),
+                        form,
+                        answered = reports.len(),
+                        "the peers know this data directory: taking part"
+                    );
+                    *self.identity.lock().unwrap() = next;
+                    return Ok(form);
+                }
+            }
+        }
+    }
+
+    /// The registration of this directory, for the metadata.
+    pub fn registration(&self, address: &str) -> fjord_meta::MetaCommand {
+        let identity = self.identity();
+        fjord_meta::MetaCommand::RegisterIncarnation {
+            id: identity.node_id,
+            address: address.to_string(),
+            incarnation: identity.incarnation,
+            generation: identity.generation,
+            cluster_id: identity.cluster_id,
+        }
+    }
+}
+
+async fn persist(store: &Store, identity: &DiskIdentity) -> Result<(), BootError> {
+    store
+        .write(vec![Op::PutNode {
+            key: NodeKey::Identity as u8,
+            value: postcard::to_stdvec(identity).expect("in-memory encoding"),
+        }])
+        .await
+        .map_err(|e| BootError::Storage(e.to_string()))
+}
+
+/// One round: asks every other voter at once; those that do not answer in time are left out.
+async fn ask_peers(config: &ServeConfig, pool: &PeerPool) -> Vec<PeerReport> {
+    let asks = config
+        .peers
+        .0
+        .iter()
+        .filter(|(id, _)| **id != config.id)
+        .map(|(id, addr)| {
+            let (id, addr) = (*id, addr.clone());
+            async move {
+                let mut client = match pool.client(&addr) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!(peer = id, error = %e, "boot check: no connection");
+                        return None;
+                    }
+                };
+                let req = IdentityRequest { from: config.id };
+                match tokio::time::timeout(CHECK_RPC_TIMEOUT, client.check_identity(req)).await {
+                    Ok(Ok(r)) => {
+                        let r = r.into_inner();
+                        (r.from == id).then(|| PeerReport {
+                            peer: id,
+                            cluster_id: r.cluster_id,
+                            has_cluster: r.has_cluster,
+                            record: r.recorded.then_some(fjord_meta::IncarnationRecord {
+                                incarnation: r.recorded_incarnation,
+                                generation: r.recorded_generation,
+                            }),
+                            incarnation: r.incarnation,
+                        })
+                    }
+                    Ok(Err(status)) => {
+                        tracing::debug!(peer = id, error = %status.message(), "boot check: no answer");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::debug!(peer = id, "boot check: timed out");
+                        None
+                    }
+                }
+            }
+        });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
