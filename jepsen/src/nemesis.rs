@@ -594,7 +594,10 @@ impl Nemesis {
                     // close, and so exit after the disk-full step healed: its supervisor
                     // (systemd's Restart=on-failure) starts it again, as the heal would have.
                     // Seen in a 30-minute run: such a node stayed down for 27 minutes.
-                    if db.log_tail(id, 5).contains("so the node stopped (fail-stop)") {
+                    if db
+                        .log_tail(id, 5)
+                        .contains("so the node stopped (fail-stop)")
+                    {
                         self.notes.push(format!(
                             "n{id} stopped on a failed write ({status}) after its step; restarted"
                         ));

@@ -125,6 +125,14 @@ pub enum MetaError {
         /// The one recorded.
         recorded: u64,
     },
+    /// A producer id block of a size outside `1..=max`.
+    #[error("a producer id block of {count} ids: ask for 1 to {max}")]
+    InvalidProducerIdBlock {
+        /// The size asked for.
+        count: u64,
+        /// [`crate::state::MAX_PRODUCER_ID_BLOCK`].
+        max: u64,
+    },
 }
 
 impl MetaError {
@@ -144,7 +152,8 @@ impl MetaError {
             | MetaError::ProducerIdsExhausted
             | MetaError::InvalidIncarnation { .. }
             | MetaError::OtherCluster { .. }
-            | MetaError::OtherIncarnation { .. } => false,
+            | MetaError::OtherIncarnation { .. }
+            | MetaError::InvalidProducerIdBlock { .. } => false,
         }
     }
 }

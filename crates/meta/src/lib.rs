@@ -37,6 +37,6 @@ pub use limits::{
     validate_topic_config, validate_topic_name,
 };
 pub use state::{
-    MetaCommand, MetaResponse, MetaState, MetaStateV1, NodeInfo, PartitionAssignment, Topic,
-    TopicConfig,
+    MAX_PRODUCER_ID_BLOCK, MetaCommand, MetaResponse, MetaState, MetaStateV1, NodeInfo,
+    PartitionAssignment, Topic, TopicConfig,
 };

@@ -198,7 +198,18 @@ pub enum MetaCommand {
         /// Its directory's cluster id (0: not known).
         cluster_id: u64,
     },
+    /// Hands out a block of `count` fresh producer ids (1 to [`MAX_PRODUCER_ID_BLOCK`]) to
+    /// the node that proposes it, which then gives them to producers from its own store,
+    /// without a metadata write: a producer can start on any node that is up, also where the
+    /// metadata group has no majority (Kafka's KIP-730). (At the end: older logs decode.)
+    AllocateProducerIdBlock {
+        /// How many ids.
+        count: u64,
+    },
 }
+
+/// Producer ids in one [`MetaCommand::AllocateProducerIdBlock`], at most.
+pub const MAX_PRODUCER_ID_BLOCK: u64 = 1 << 20;
 
 /// What applying a [`MetaCommand`] produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +222,8 @@ pub enum MetaResponse {
     ProducerId(u64),
     /// Rejected; the state is unchanged.
     Error(MetaError),
+    /// The producer ids `first..first + count`, just allocated.
+    ProducerIdBlock { first: u64, count: u64 },
 }
 
 impl MetaState {
@@ -254,6 +267,7 @@ impl MetaState {
                 generation,
                 cluster_id,
             } => self.register_incarnation(*id, address, *incarnation, *generation, *cluster_id),
+            MetaCommand::AllocateProducerIdBlock { count } => self.allocate_producer_ids(*count),
         };
         debug_assert_eq!(self.validate(), Ok(()), "invariant broken after {cmd:?}");
         result.unwrap_or_else(MetaResponse::Error)
@@ -444,6 +458,20 @@ impl MetaState {
         let id = self.next_producer_id.max(1);
         self.next_producer_id = id.checked_add(1).ok_or(MetaError::ProducerIdsExhausted)?;
         Ok(MetaResponse::ProducerId(id))
+    }
+
+    fn allocate_producer_ids(&mut self, count: u64) -> Result<MetaResponse, MetaError> {
+        if count == 0 || count > MAX_PRODUCER_ID_BLOCK {
+            return Err(MetaError::InvalidProducerIdBlock {
+                count,
+                max: MAX_PRODUCER_ID_BLOCK,
+            });
+        }
+        let first = self.next_producer_id.max(1);
+        self.next_producer_id = first
+            .checked_add(count)
+            .ok_or(MetaError::ProducerIdsExhausted)?;
+        Ok(MetaResponse::ProducerIdBlock { first, count })
     }
 
     /// Checks every invariant of the state; the error names the first one broken.
@@ -761,6 +789,39 @@ mod tests {
         );
         let new = register(1, 9, 1, 0);
         assert_eq!(postcard::to_stdvec(&new).unwrap()[0], 6);
+        let block = MetaCommand::AllocateProducerIdBlock { count: 1 };
+        assert_eq!(postcard::to_stdvec(&block).unwrap()[0], 7);
+    }
+
+    #[test]
+    fn producer_id_blocks_never_overlap_single_ids() {
+        let mut state = MetaState::default();
+        assert_eq!(
+            state.apply(&MetaCommand::AllocateProducerId),
+            MetaResponse::ProducerId(1)
+        );
+        assert_eq!(
+            state.apply(&MetaCommand::AllocateProducerIdBlock { count: 100 }),
+            MetaResponse::ProducerIdBlock {
+                first: 2,
+                count: 100
+            }
+        );
+        assert_eq!(
+            state.apply(&MetaCommand::AllocateProducerId),
+            MetaResponse::ProducerId(102)
+        );
+        for count in [0, MAX_PRODUCER_ID_BLOCK + 1] {
+            assert!(matches!(
+                state.apply(&MetaCommand::AllocateProducerIdBlock { count }),
+                MetaResponse::Error(MetaError::InvalidProducerIdBlock { .. })
+            ));
+        }
+        state.next_producer_id = u64::MAX - 5;
+        assert_eq!(
+            state.apply(&MetaCommand::AllocateProducerIdBlock { count: 10 }),
+            MetaResponse::Error(MetaError::ProducerIdsExhausted)
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::meta_sm::{MetaSm, MetaView};
 use crate::order::ProposalOrder;
 use crate::partition_sm::{PartitionShared, PartitionSm};
 use crate::quiesce::{GroupView, Kind, Quiescence, Timers};
+use crate::side::{self, DrainStep, SideQueue};
 use crate::{NodeId, Request, Response, StoredBatch, TypeConfig};
 
 /// Why a proposal or a linearizable read did not go through.
@@ -684,6 +685,14 @@ async fn confirm_leadership<SM: RaftStateMachine<TypeConfig>>(
     }
 }
 
+/// A CP write refused while the leader holds AP writes it took without a majority.
+fn holding_error() -> GroupError {
+    GroupError::Unavailable(
+        "no majority answers this leader (it holds AP writes until one does): a CP write needs one"
+            .into(),
+    )
+}
+
 /// A partition group on this node.
 #[derive(Clone)]
 pub struct PartitionHandle {
@@ -691,7 +700,22 @@ pub struct PartitionHandle {
     shared: Arc<PartitionShared>,
     /// Proposes each producer's batches in sequence order (see [`crate::order`]).
     order: Arc<ProposalOrder>,
+    /// The AP batches this leader holds while no majority answers it (see [`crate::side`]).
+    side: Arc<Mutex<SideQueue>>,
 }
+
+/// Where a submitted batch went.
+enum Submitted {
+    /// Into Raft: the receiver of its commit.
+    Raft(OneshotReceiverOf<TypeConfig, ClientWriteResult<TypeConfig>>),
+    /// Held by a leader no majority answers, with its predicted outcome (AP only).
+    Held(Outcome),
+}
+
+/// Batches the drain of held AP batches proposes at a time.
+const DRAIN_CHUNK: usize = 256;
+/// How long the drain waits before looking again at a group that cannot take its batches.
+const DRAIN_RETRY: Duration = Duration::from_millis(100);
 
 impl std::ops::Deref for PartitionHandle {
     type Target = GroupRaft<PartitionSm>;
@@ -715,6 +739,7 @@ impl PartitionHandle {
             core,
             shared,
             order: Arc::default(),
+            side: Arc::default(),
         }
     }
 
@@ -723,33 +748,200 @@ impl PartitionHandle {
         &self.shared
     }
 
+    /// How many AP batches this leader holds because no majority answers it, and whether it
+    /// holds any (see [`crate::side`]).
+    pub fn held_batches(&self) -> usize {
+        self.side.lock().unwrap().len()
+    }
+
+    fn holding(&self) -> bool {
+        self.side.lock().unwrap().active()
+    }
+
     /// Hands the batch to Raft in its producer's sequence order (waiting a bounded time
     /// for the batches before it, [`crate::order`]); returns once Raft has it queued, with
-    /// the receiver of its commit.
-    async fn submit(
-        &self,
-        batch: StoredBatch,
-    ) -> Result<OneshotReceiverOf<TypeConfig, ClientWriteResult<TypeConfig>>, GroupError> {
+    /// the receiver of its commit. An AP batch is held instead ([`crate::side`]) while this
+    /// node leads but no majority answers it, or while it still holds earlier ones.
+    async fn submit(&self, batch: StoredBatch, ap: bool) -> Result<Submitted, GroupError> {
         let (producer_id, base_sequence, count) =
             (batch.producer_id, batch.base_sequence, batch.record_count);
         // Before taking a turn: a quiet leader wakes, and one whose lease lapsed confirms it
         // still leads (a deposed quiet leader fails fast instead of taking an AP write it
-        // could never commit).
-        let raft = self.core.prepare_write().await?;
+        // could never commit). A leader that cannot confirm, because no majority answers,
+        // holds an AP batch; a CP one fails.
+        let raft = if self.holding() {
+            None
+        } else {
+            match self.core.prepare_write().await {
+                Ok(raft) => Some(raft),
+                Err(GroupError::Unavailable(why)) if ap && self.core.is_leader() => {
+                    tracing::debug!(group = self.shared.group(), %why, "no majority: holding AP writes");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if raft.is_none() && !ap {
+            return Err(holding_error());
+        }
         self.order.wait_turn(producer_id, base_sequence).await;
-        let (responder, committed) = ProgressResponder::complete_only();
-        let submitted = raft
-            .client_write_ff(Request::Batch(batch), Some(responder))
-            .await;
-        // Queued in the Raft core: from here it keeps its place; the next may go.
+        // A leader starts holding only after its lease lapsed, when openraft refuses writes,
+        // so no batch that passed the check above can reach the log after the held ones'
+        // offsets were predicted (it would have needed a quorum answer within the lease,
+        // which the holder's own check would have seen).
+        let result = match raft {
+            Some(raft) if !self.holding() => {
+                let (responder, committed) = ProgressResponder::complete_only();
+                raft.client_write_ff(Request::Batch(batch), Some(responder))
+                    .await
+                    .map(|()| Submitted::Raft(committed))
+                    .map_err(|e| GroupError::Unavailable(e.to_string()))
+            }
+            _ if ap => self.hold(batch).await.map(Submitted::Held),
+            _ => Err(holding_error()),
+        };
+        // Queued in the Raft core (or held): from here it keeps its place; the next may go.
         self.order.proposed(producer_id, base_sequence, count);
-        submitted.map_err(|e| GroupError::Unavailable(e.to_string()))?;
-        Ok(committed)
+        result
+    }
+
+    /// Holds an AP batch while no majority answers this leader: decides its outcome after the
+    /// log's last entry and the batches held before it, and starts the drain that proposes them
+    /// once a majority answers again.
+    async fn hold(&self, batch: StoredBatch) -> Result<Outcome, GroupError> {
+        let raft = self.core.instance().await?;
+        let (leading, term, last, leader) = {
+            let rx = raft.metrics();
+            let m = rx.borrow_watched();
+            (
+                m.state == ServerState::Leader,
+                m.current_term,
+                m.last_log_index,
+                m.current_leader,
+            )
+        };
+        let mut side = self.side.lock().unwrap();
+        if !side.active() {
+            if !leading {
+                return Err(GroupError::NotLeader {
+                    leader,
+                    address: None,
+                });
+            }
+            let state = self
+                .shared
+                .predicted_after(last)
+                .map_err(|e| GroupError::Internal(e.to_string()))?;
+            side.enter(term, state);
+            tracing::warn!(
+                group = self.shared.group(),
+                term,
+                "no majority answers this leader: AP writes are held until one does in this term"
+            );
+        }
+        let outcome = side
+            .push(batch)
+            .map_err(|e| GroupError::Busy(e.to_string()))?;
+        if !side.draining {
+            side.draining = true;
+            tokio::spawn(self.clone().drain());
+        }
+        Ok(outcome)
+    }
+
+    /// Proposes the held AP batches, in order, once this node leads with a majority again in
+    /// the term they were taken in; drops them if the term moved on ([`side::decide`]).
+    async fn drain(self) {
+        let group = self.shared.group();
+        loop {
+            if self.core.core.leadership.borrow().stopped {
+                let (batches, records) = self.side.lock().unwrap().leave();
+                if batches > 0 {
+                    tracing::warn!(
+                        group,
+                        batches,
+                        records,
+                        "the group stopped: held AP writes dropped"
+                    );
+                }
+                return;
+            }
+            let l = self.core.leadership();
+            let leading_in = self.core.is_leader().then_some(l.term);
+            let step = {
+                let mut s = self.side.lock().unwrap();
+                let step = side::decide(s.len(), s.term(), leading_in, l.term);
+                match step {
+                    DrainStep::Done => {
+                        s.leave();
+                        s.draining = false;
+                        tracing::info!(group, "held AP writes are all in the log");
+                        return;
+                    }
+                    DrainStep::Discard => {
+                        let taken_in = s.term();
+                        let (batches, records) = s.leave();
+                        s.draining = false;
+                        tracing::warn!(
+                            group,
+                            ?taken_in,
+                            term = l.term,
+                            batches,
+                            records,
+                            "the term moved on: AP writes held without a majority are lost"
+                        );
+                        return;
+                    }
+                    step => step,
+                }
+            };
+            if step == DrainStep::Wait {
+                tokio::time::sleep(DRAIN_RETRY).await;
+                continue;
+            }
+            let Ok(raft) = self.core.prepare_write().await else {
+                tokio::time::sleep(DRAIN_RETRY).await;
+                continue;
+            };
+            let batches = self.side.lock().unwrap().front(DRAIN_CHUNK);
+            let mut answers = Vec::with_capacity(batches.len());
+            for b in batches {
+                let (responder, committed) = ProgressResponder::complete_only();
+                if raft
+                    .client_write_ff(Request::Batch(b), Some(responder))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                answers.push(committed);
+            }
+            let sent = answers.len();
+            // The batches in the log: every one up to the first that openraft refused (a
+            // lapsed lease: not in the log, proposed again later). A leader that is deposed
+            // meanwhile answers the rest "forward to leader" too; they stay held and the
+            // term check drops them.
+            let mut in_log = 0;
+            for a in answers {
+                match a.await {
+                    Ok(Err(ClientWriteError::ForwardToLeader(_))) => break,
+                    Ok(_) => in_log += 1,
+                    Err(_) => break,
+                }
+            }
+            self.side.lock().unwrap().proposed(in_log);
+            if in_log < sent || sent == 0 {
+                tokio::time::sleep(DRAIN_RETRY).await;
+            }
+        }
     }
 
     /// CP: returns once a majority has the batch durably and it is applied.
     pub async fn propose_cp(&self, batch: StoredBatch) -> Result<Outcome, GroupError> {
-        match self.submit(batch).await?.await {
+        let Submitted::Raft(committed) = self.submit(batch, false).await? else {
+            return Err(holding_error());
+        };
+        match committed.await {
             Ok(Ok(resp)) => match resp.data {
                 Response::Batch(o) => Ok(o),
                 other => Err(GroupError::Internal(format!(
@@ -762,7 +954,8 @@ impl PartitionHandle {
     }
 
     /// AP: returns once the batch is durable in this node's (the leader's) log, with the
-    /// outcome the partition rules predict for it; or earlier, if the write fails.
+    /// outcome the partition rules predict for it; or earlier, if the write fails. A leader no
+    /// majority answers holds the batch in memory and answers at once ([`crate::side`]).
     pub async fn propose_ap(&self, batch: StoredBatch) -> Result<Outcome, GroupError> {
         let token = batch.token;
         // The guard forgets the waiter when this call ends, however it ends (the caller's
@@ -772,7 +965,10 @@ impl PartitionHandle {
             .register_waiter(token)
             .map_err(|e| GroupError::Busy(e.to_string()))?;
         async {
-            let mut committed = self.submit(batch).await?;
+            let mut committed = match self.submit(batch, true).await? {
+                Submitted::Raft(c) => c,
+                Submitted::Held(outcome) => return Ok(outcome),
+            };
             tokio::select! {
                 o = appended => {
                     // Keep the commit notice's receiver until it fires: dropping it early

@@ -15,6 +15,8 @@
 //!   tagged with its group id; and the server side that routes a message to its group.
 //! - [`group`]: building and running one group with fjord's Raft settings, and the registry
 //!   of a node's groups.
+//! - [`side`]: the AP writes a leader holds while no majority answers it (the minority side
+//!   of a network partition), and when it proposes or drops them.
 //! - [`order`]: a leader proposes each producer's batches in sequence order, though their
 //!   produce requests are handled concurrently (an optimisation; the partition rules decide).
 //! - [`runtime`]: the async runtime of the groups: Tokio, with randomness (election timeouts)
@@ -39,6 +41,7 @@ pub mod order;
 pub mod partition_sm;
 pub mod quiesce;
 pub mod runtime;
+pub mod side;
 pub mod types;
 
 pub use group::{AnyGroup, GroupConfig, GroupRegistry, GroupRole, MetaRaft, PartitionRaft};

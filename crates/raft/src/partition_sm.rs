@@ -293,6 +293,21 @@ impl PartitionShared {
         })
     }
 
+    /// The rules' state after log index `last` (the leader's last entry): where the AP
+    /// batches a leader holds without a majority take their outcomes from ([`crate::side`]).
+    pub fn predicted_after(&self, last: Option<u64>) -> Result<PartitionState, io::Error> {
+        let mut tail = self.tail.lock().unwrap();
+        if let Some(t) = &*tail
+            && t.through == last
+        {
+            return Ok(t.state.clone());
+        }
+        let t = self.rebuild_tail(&self.store, last.map_or(0, |i| i + 1))?;
+        let state = t.state.clone();
+        *tail = Some(t);
+        Ok(state)
+    }
+
     /// Forgets the tail prediction (after a truncation or a failed write).
     pub fn invalidate_tail(&self) {
         *self.tail.lock().unwrap() = None;

@@ -19,6 +19,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod node;
+pub mod producer_ids;
 pub mod service;
 pub mod transport;
 

@@ -85,6 +85,8 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// The data directory's identity, registered in the metadata.
     pub identity: Arc<crate::boot::IdentityService>,
+    /// The producer ids this node hands out (see [`crate::producer_ids`]).
+    pub producer_ids: crate::producer_ids::ProducerIds,
     next_token: AtomicU64,
     pub round_robin: AtomicU32,
 }
@@ -133,6 +135,8 @@ impl Node {
             pool.clone(),
         );
         let meta = group::start_meta(config.id, &meta_config, store.clone(), pool.clone()).await?;
+        let producer_ids = crate::producer_ids::ProducerIds::load(&store)
+            .map_err(|e| format!("cannot read the producer id block: {e}"))?;
         registry.insert(fjord_meta::META_GROUP, AnyGroup::Meta(meta.clone()));
         Ok(Arc::new(Node {
             id: config.id,
@@ -147,6 +151,7 @@ impl Node {
             clock,
             shutdown,
             identity,
+            producer_ids,
             next_token: AtomicU64::new(fjord_raft::runtime::random_u64() | 1),
             round_robin: AtomicU32::new(0),
         }))
@@ -165,6 +170,8 @@ impl Node {
         }
         let me = self.clone();
         tokio::spawn(async move { me.register_self().await });
+        // A block of producer ids before the first InitProducer, and before any partition.
+        self.producer_ids.refill_in_background(self);
         let me = self.clone();
         tokio::spawn(async move { me.reconcile_loop().await });
         let me = self.clone();

@@ -326,16 +326,8 @@ impl Fjord for ClientService {
         &self,
         _req: Request<InitProducerRequest>,
     ) -> Result<Response<InitProducerResponse>, Status> {
-        match Self::meta_result(
-            self.node
-                .meta_write(MetaCommand::AllocateProducerId)
-                .await?,
-        )? {
-            MetaResponse::ProducerId(producer_id) => {
-                Ok(Response::new(InitProducerResponse { producer_id }))
-            }
-            other => Err(Status::internal(format!("unexpected response {other:?}"))),
-        }
+        let producer_id = self.node.producer_ids.take(&self.node).await?;
+        Ok(Response::new(InitProducerResponse { producer_id }))
     }
 
     async fn produce(

@@ -32,6 +32,8 @@ pub(crate) const NODE_VALUES: TableDefinition<u8, &[u8]> = TableDefinition::new(
 pub enum NodeKey {
     /// The data directory's identity (`fjord_meta::DiskIdentity`, postcard).
     Identity = 1,
+    /// The block of producer ids this node hands out (the server's `producer_ids`).
+    ProducerIds = 2,
 }
 
 /// The inclusive `(first, last)` indexes of a range, or `None` when it is empty.

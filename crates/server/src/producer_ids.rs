@@ -1,0 +1,196 @@
+//! Producer ids handed out by this node, from blocks the metadata group allocated to it
+//! (Kafka's KIP-730): `InitProducer` makes no metadata write, so a producer can start on any
+//! node that is up, also on the minority side of a network partition where the metadata group
+//! has no majority.
+//!
+//! What must hold: no id is handed out twice in the cluster's life.
+//! - The metadata group allocates blocks and single ids from one counter, so no two blocks
+//!   (and no block and single id) overlap.
+//! - This node hands out an id only once its block's next free id is durably recorded past it
+//!   (one small write per `InitProducer`), so a restart, a crash or a power loss never hands it
+//!   out again.
+//! - A data directory restored from an old copy would; the boot check refuses to start one
+//!   (see `boot`). A wiped directory has no block and asks for a new one.
+//!
+//! A block is refilled in the background when fewer than [`REFILL_BELOW`] ids are left (the
+//! rest of the old block is abandoned: ids are plentiful); only a node with no id left at all
+//! needs the metadata group to answer an `InitProducer`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fjord_meta::{MetaCommand, MetaResponse};
+use fjord_storage::{NodeKey, Op, StorageError, Store};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::node::Node;
+
+/// Producer ids the node asks the metadata group for at a time.
+pub const BLOCK: u64 = 1000;
+/// A block with fewer ids left than this is refilled in the background.
+pub const REFILL_BELOW: u64 = 200;
+
+/// The ids `next..end` are this node's to hand out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    pub next: u64,
+    pub end: u64,
+}
+
+impl Block {
+    /// Ids left.
+    pub fn left(&self) -> u64 {
+        self.end.saturating_sub(self.next)
+    }
+
+    /// The id to hand out and the block after it, or `None` when it is used up.
+    pub fn take(&self) -> Option<(u64, Block)> {
+        (self.next < self.end).then(|| {
+            (
+                self.next,
+                Block {
+                    next: self.next + 1,
+                    end: self.end,
+                },
+            )
+        })
+    }
+}
+
+/// This node's block of producer ids.
+#[derive(Debug)]
+pub struct ProducerIds {
+    block: tokio::sync::Mutex<Block>,
+    refilling: AtomicBool,
+}
+
+impl ProducerIds {
+    /// The block recorded in `store` (none on a new directory).
+    pub fn load(store: &Store) -> Result<Self, StorageError> {
+        let block = match store.get_node_value(NodeKey::ProducerIds)? {
+            Some(b) => postcard::from_bytes(&b).map_err(|e| {
+                StorageError::CommitFailed(format!("the stored producer id block: {e}"))
+            })?,
+            None => Block::default(),
+        };
+        Ok(ProducerIds {
+            block: tokio::sync::Mutex::new(block),
+            refilling: AtomicBool::new(false),
+        })
+    }
+
+    /// Ids left in the block.
+    pub async fn left(&self) -> u64 {
+        self.block.lock().await.left()
+    }
+
+    /// Hands out a producer id: from the block, once the next free id is durably recorded; a
+    /// metadata write only if the block is used up.
+    pub async fn take(&self, node: &Arc<Node>) -> Result<u64, ApiError> {
+        let mut block = self.block.lock().await;
+        let (id, after) = match block.take() {
+            Some(t) => t,
+            None => {
+                let fresh = allocate(node).await?;
+                fresh.take().ok_or_else(|| {
+                    ApiError::Internal("the metadata group allocated an empty block".into())
+                })?
+            }
+        };
+        record(&node.store, after).await?;
+        *block = after;
+        let low = after.left() < REFILL_BELOW;
+        drop(block);
+        if low {
+            self.refill_in_background(node);
+        }
+        Ok(id)
+    }
+
+    /// Asks for a new block unless a refill is already running, until one is recorded or the
+    /// node stops.
+    pub fn refill_in_background(&self, node: &Arc<Node>) {
+        if self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let node = node.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                if node.producer_ids.left().await >= REFILL_BELOW {
+                    break;
+                }
+                match allocate(&node).await {
+                    Ok(fresh) => {
+                        let mut block = node.producer_ids.block.lock().await;
+                        if block.left() < REFILL_BELOW {
+                            match record(&node.store, fresh).await {
+                                Ok(()) => *block = fresh,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot record a producer id block")
+                                }
+                            }
+                        }
+                        if block.left() >= REFILL_BELOW {
+                            break;
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "no producer id block yet"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = node.shutdown.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            node.producer_ids.refilling.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// A fresh block from the metadata group.
+async fn allocate(node: &Node) -> Result<Block, ApiError> {
+    match node
+        .meta_write(MetaCommand::AllocateProducerIdBlock { count: BLOCK })
+        .await?
+    {
+        MetaResponse::ProducerIdBlock { first, count } => Ok(Block {
+            next: first,
+            end: first.saturating_add(count),
+        }),
+        MetaResponse::Error(e) => Err(ApiError::Meta(e)),
+        other => Err(ApiError::Internal(format!(
+            "unexpected answer to a producer id block request: {other:?}"
+        ))),
+    }
+}
+
+async fn record(store: &Store, block: Block) -> Result<(), ApiError> {
+    store
+        .write(vec![Op::PutNode {
+            key: NodeKey::ProducerIds as u8,
+            value: postcard::to_stdvec(&block).expect("a block encodes"),
+        }])
+        .await
+        .map_err(|e| ApiError::Internal(format!("cannot record the producer id block: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_hands_out_each_id_once_then_is_used_up() {
+        let mut b = Block { next: 5, end: 8 };
+        let mut got = Vec::new();
+        while let Some((id, after)) = b.take() {
+            got.push(id);
+            b = after;
+        }
+        assert_eq!(got, vec![5, 6, 7]);
+        assert_eq!(b.left(), 0);
+        assert_eq!(Block::default().take(), None);
+    }
+}
