@@ -118,10 +118,19 @@ impl ClientService {
     /// peer not heard from yet (this node started a moment ago) gets up to
     /// [`LIVE_NODES_WAIT`] to be heard from: a node that is down costs a topic creation that
     /// wait, a fresh cluster does not place every replica on the first nodes up.
+    ///
+    /// The candidates are the registered nodes this node knows of *and* its configured peers
+    /// (and itself): a node whose metadata has not applied every registration yet (it just
+    /// started) must not send a live set without the nodes it has not seen registered, which
+    /// the metadata leader would read as "not alive". The leader counts only registered ones.
     async fn live_nodes(&self) -> Vec<u64> {
         let deadline = tokio::time::Instant::now() + LIVE_NODES_WAIT;
         loop {
-            let registered: Vec<u64> = self.node.view().state.nodes.keys().copied().collect();
+            let mut registered: Vec<u64> = self.node.view().state.nodes.keys().copied().collect();
+            registered.extend(self.node.peers.keys().copied());
+            registered.push(self.node.id);
+            registered.sort_unstable();
+            registered.dedup();
             let live: Vec<u64> = registered
                 .iter()
                 .copied()
