@@ -125,6 +125,10 @@ impl Cluster {
     }
 
     fn spawn(&mut self, i: usize) {
+        self.spawn_with(i, &[]);
+    }
+
+    fn spawn_with(&mut self, i: usize, extra: &[&str]) {
         let node = &mut self.nodes[i];
         assert!(node.child.is_none(), "node {} is already running", node.id);
         let log = std::fs::OpenOptions::new()
@@ -155,6 +159,7 @@ impl Cluster {
                 "--hibernate-after-ms",
                 &self.timing.hibernate_after_ms.to_string(),
             ])
+            .args(extra)
             // FJORD_TEST_LOG: the nodes' log filter (default `info`).
             .env(
                 "RUST_LOG",
@@ -228,6 +233,12 @@ impl Cluster {
     pub fn restart(&mut self, id: u64) {
         let i = self.node_index(id);
         self.spawn(i);
+    }
+
+    /// Starts a stopped or killed node again with more `fjord serve` arguments (`--rebuild`).
+    pub fn restart_with(&mut self, id: u64, extra: &[&str]) {
+        let i = self.node_index(id);
+        self.spawn_with(i, extra);
     }
 
     /// The data directory of node `id`.

@@ -222,3 +222,122 @@ async fn a_node_on_a_restored_copy_refuses_and_the_acknowledged_record_stays() {
     cluster.restart(l);
     cp_read_keeps(&cluster, &[l, z], "t", offset, &acked).await;
 }
+
+/// `--rebuild` brings a wiped node back: the cluster makes it a learner of every group it
+/// held, it catches up, and it becomes a voter again; then it holds every record and counts
+/// toward majorities (the node that held them alone can go, and CP service continues).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_started_with_rebuild_is_a_voter_again_with_every_record() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    client.create_topic("t", 2, 3).await.expect("create topic");
+    let producer = cp_producer(&client, "t").await;
+    let values: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
+    write_cp(&producer, &values).await;
+
+    // A loses its disk. Started again with --rebuild, it is taken back.
+    let a = 1;
+    cluster.kill(a);
+    cluster.wipe_data(a);
+    cluster.restart_with(a, &["--rebuild"]);
+    // Writes go on while it rebuilds.
+    let during: Vec<String> = (0..10).map(|i| format!("during{i}")).collect();
+    write_cp(&producer, &during).await;
+    let a_client = Client::connect(
+        vec![cluster.nodes[cluster.node_index(a)].addr.clone()],
+        ClientConfig::default(),
+    )
+    .unwrap();
+    wait_for("A to be a voter of every group again", DEADLINE, || async {
+        let md = a_client.metadata().await.ok()?;
+        (md.answered_by == Some(a) && md.rebuilding.is_none() && !md.topics.is_empty())
+            .then_some(())
+    })
+    .await;
+    let log = cluster.log_text(a);
+    assert!(
+        log.contains("took this node back as a learner")
+            && log.contains("a voter of every group it holds again"),
+        "A's log does not show the rebuild:\n{}",
+        cluster.log_tail(a)
+    );
+
+    // A voter with every record: with B gone, A and C are the majority of both partitions.
+    cluster.kill(2);
+    let after = "after the rebuild".to_string();
+    let offset = write_cp(&producer, std::slice::from_ref(&after)).await[0];
+    assert_eq!(offset, 30);
+    let a_addr = cluster.nodes[cluster.node_index(a)].addr.clone();
+    let expected: Vec<String> = values
+        .iter()
+        .chain(&during)
+        .chain(std::iter::once(&after))
+        .cloned()
+        .collect();
+    wait_for("A to hold every record of partition 0", DEADLINE, || {
+        let (addr, expected) = (a_addr.clone(), expected.clone());
+        async move {
+            let (records, _) = read_from_node(&addr, "t", 0, WireRead::ReadAp).await.ok()?;
+            let got: Vec<String> = records.into_iter().map(|(_, v)| v).collect();
+            (got == expected).then_some(())
+        }
+    })
+    .await;
+    cp_read_keeps(&cluster, &[1, 3], "t", offset, &after).await;
+}
+
+/// `--rebuild` refuses where taking the node out of a group's voters would break its majority,
+/// and changes nothing: with B down, A (wiped) cannot be rebuilt; once B is back it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_refuses_while_a_group_would_lose_its_majority() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    client.create_topic("t", 1, 3).await.expect("create topic");
+    let producer = cp_producer(&client, "t").await;
+    write_cp(&producer, &["r0".to_string()]).await;
+
+    let suspected = |c: &Cluster| {
+        c.log_text(3)
+            .matches("peer suspected: no heartbeat node=2")
+            .count()
+    };
+    let before = suspected(&cluster);
+    cluster.kill(1);
+    cluster.wipe_data(1);
+    cluster.kill(2);
+    wait_for("node 3 to suspect node 2", DEADLINE, || {
+        let n = suspected(&cluster);
+        async move { (n > before).then_some(()) }
+    })
+    .await;
+    cluster.restart_with(1, &["--rebuild"]);
+    let status = cluster.wait_exit(1, DEADLINE).await;
+    let log = cluster.log_text(1);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "node 1 did not refuse:\n{}",
+        cluster.log_tail(1)
+    );
+    assert!(
+        log.contains("--rebuild refused") && log.contains("would lose its majority"),
+        "node 1's refusal does not say why:\n{}",
+        cluster.log_tail(1)
+    );
+    // Nothing changed: B back, the group serves CP with its three voters, and A rebuilds.
+    cluster.restart(2);
+    cp_read_keeps(&cluster, &[2, 3], "t", 0, "r0").await;
+    cluster.restart_with(1, &["--rebuild"]);
+    let a_client = Client::connect(
+        vec![cluster.nodes[cluster.node_index(1)].addr.clone()],
+        ClientConfig::default(),
+    )
+    .unwrap();
+    wait_for("A to be rebuilt once B is back", DEADLINE, || async {
+        let md = a_client.metadata().await.ok()?;
+        (md.answered_by == Some(1) && md.rebuilding.is_none() && !md.topics.is_empty())
+            .then_some(())
+    })
+    .await;
+}

@@ -162,6 +162,16 @@ struct ClusterOut<'a> {
     nodes: Vec<NodeOut<'a>>,
     metadata_leader: Option<u64>,
     topics: Vec<TopicOut<'a>>,
+    /// `{"node","learner_groups","groups"}` while the answering node rebuilds, else absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rebuilding: Option<RebuildOut>,
+}
+
+#[derive(Serialize)]
+struct RebuildOut {
+    node: Option<u64>,
+    learner_groups: u32,
+    groups: u32,
 }
 
 /// `{"nodes":[{"id","address"}],"metadata_leader","topics":[<topic>]}`.
@@ -174,6 +184,11 @@ pub fn cluster_json(md: &ClusterMetadata) -> String {
             .collect(),
         metadata_leader: md.metadata_leader,
         topics: md.topics.iter().map(topic_out).collect(),
+        rebuilding: md.rebuilding.map(|(learner_groups, groups)| RebuildOut {
+            node: md.answered_by,
+            learner_groups,
+            groups,
+        }),
     })
 }
 
@@ -221,7 +236,13 @@ pub fn cluster_text(md: &ClusterMetadata) -> String {
         } else {
             ""
         };
-        s.push_str(&format!("\n  {id:>3}  {address}{mark}"));
+        let rebuilding = match md.rebuilding {
+            Some((left, total)) if md.answered_by == Some(*id) => {
+                format!("  (rebuilding: a learner of {left} of its {total} groups, catching up)")
+            }
+            _ => String::new(),
+        };
+        s.push_str(&format!("\n  {id:>3}  {address}{mark}{rebuilding}"));
     }
     if md.topics.is_empty() {
         s.push_str("\ntopics: none");
@@ -350,13 +371,30 @@ mod tests {
             nodes: vec![(1, "127.0.0.1:7101".into()), (2, "127.0.0.1:7102".into())],
             metadata_leader: Some(2),
             topics: vec![topic()],
+            answered_by: Some(1),
+            rebuilding: None,
         };
         let v = parsed(cluster_json(&md));
+        assert_eq!(v.get("rebuilding"), None);
         assert_eq!(v["nodes"][1], json!({"id": 2, "address": "127.0.0.1:7102"}));
         assert_eq!(v["metadata_leader"], 2);
         assert_eq!(v["topics"][0]["topic"], "demo");
         let t = cluster_text(&md);
         assert!(t.contains("127.0.0.1:7102  (metadata leader)"), "{t}");
         assert!(t.contains("0→2 1→-"), "{t}");
+        let md = ClusterMetadata {
+            rebuilding: Some((2, 5)),
+            ..md
+        };
+        assert!(
+            cluster_text(&md)
+                .contains("127.0.0.1:7101  (rebuilding: a learner of 2 of its 5 groups"),
+            "{}",
+            cluster_text(&md)
+        );
+        assert_eq!(
+            parsed(cluster_json(&md))["rebuilding"],
+            json!({"node": 1, "learner_groups": 2, "groups": 5})
+        );
     }
 }

@@ -46,6 +46,10 @@ pub struct ClusterMetadata {
     pub metadata_leader: Option<u64>,
     /// Sorted by name.
     pub topics: Vec<TopicDescription>,
+    /// The answering node, and, while it rebuilds (`fjord serve --rebuild`), the groups it is
+    /// still a learner of and the groups it holds.
+    pub answered_by: Option<u64>,
+    pub rebuilding: Option<(u32, u32)>,
 }
 
 fn known(id: u64) -> Option<u64> {
@@ -84,10 +88,18 @@ impl From<v1::MetadataResponse> for ClusterMetadata {
         nodes.sort();
         let mut topics: Vec<TopicDescription> = m.topics.into_iter().map(Into::into).collect();
         topics.sort_by(|a, b| a.name.cmp(&b.name));
+        let answered_by = m.replicas.as_ref().map(|r| r.node_id).and_then(known);
+        let rebuilding = m
+            .replicas
+            .as_ref()
+            .filter(|r| r.rebuild_total_groups > 0)
+            .map(|r| (r.rebuilding_groups, r.rebuild_total_groups));
         ClusterMetadata {
             nodes,
             metadata_leader: known(m.metadata_leader),
             topics,
+            answered_by,
+            rebuilding,
         }
     }
 }

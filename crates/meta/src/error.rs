@@ -133,6 +133,12 @@ pub enum MetaError {
         /// [`crate::state::MAX_PRODUCER_ID_BLOCK`].
         max: u64,
     },
+    /// The command named a node that is not registered.
+    #[error("node {node} is not registered in this cluster")]
+    UnknownNode {
+        /// The node.
+        node: NodeId,
+    },
 }
 
 impl MetaError {
@@ -153,7 +159,8 @@ impl MetaError {
             | MetaError::InvalidIncarnation { .. }
             | MetaError::OtherCluster { .. }
             | MetaError::OtherIncarnation { .. }
-            | MetaError::InvalidProducerIdBlock { .. } => false,
+            | MetaError::InvalidProducerIdBlock { .. }
+            | MetaError::UnknownNode { .. } => false,
         }
     }
 }

@@ -206,6 +206,20 @@ pub enum MetaCommand {
         /// How many ids.
         count: u64,
     },
+    /// A registered node comes back on a new data directory (`fjord serve --rebuild`), after
+    /// the metadata leader made it a learner of every group it was a voter of: its recorded
+    /// incarnation becomes `incarnation`, with generation 0, so the new directory's starts
+    /// register from there. (At the end: older logs decode.)
+    RebuildIncarnation {
+        /// The node.
+        id: NodeId,
+        /// `host:port`; see [`validate_address`].
+        address: String,
+        /// The new directory's incarnation (never 0).
+        incarnation: u64,
+        /// The cluster id the new directory got from its peers (0: not known).
+        cluster_id: u64,
+    },
 }
 
 /// Producer ids in one [`MetaCommand::AllocateProducerIdBlock`], at most.
@@ -268,6 +282,12 @@ impl MetaState {
                 cluster_id,
             } => self.register_incarnation(*id, address, *incarnation, *generation, *cluster_id),
             MetaCommand::AllocateProducerIdBlock { count } => self.allocate_producer_ids(*count),
+            MetaCommand::RebuildIncarnation {
+                id,
+                address,
+                incarnation,
+                cluster_id,
+            } => self.rebuild_incarnation(*id, address, *incarnation, *cluster_id),
         };
         debug_assert_eq!(self.validate(), Ok(()), "invariant broken after {cmd:?}");
         result.unwrap_or_else(MetaResponse::Error)
@@ -458,6 +478,38 @@ impl MetaState {
         let id = self.next_producer_id.max(1);
         self.next_producer_id = id.checked_add(1).ok_or(MetaError::ProducerIdsExhausted)?;
         Ok(MetaResponse::ProducerId(id))
+    }
+
+    fn rebuild_incarnation(
+        &mut self,
+        id: NodeId,
+        address: &str,
+        incarnation: u64,
+        cluster_id: u64,
+    ) -> Result<MetaResponse, MetaError> {
+        validate_address(address)?;
+        if incarnation == 0 {
+            return Err(MetaError::InvalidIncarnation { node: id });
+        }
+        if cluster_id != 0 && self.cluster_id != 0 && cluster_id != self.cluster_id {
+            return Err(MetaError::OtherCluster {
+                node: id,
+                cluster_id,
+                ours: self.cluster_id,
+            });
+        }
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return Err(MetaError::UnknownNode { node: id });
+        };
+        node.address = address.to_string();
+        self.incarnations.insert(
+            id,
+            IncarnationRecord {
+                incarnation,
+                generation: 0,
+            },
+        );
+        Ok(MetaResponse::Ok)
     }
 
     fn allocate_producer_ids(&mut self, count: u64) -> Result<MetaResponse, MetaError> {
@@ -791,6 +843,45 @@ mod tests {
         assert_eq!(postcard::to_stdvec(&new).unwrap()[0], 6);
         let block = MetaCommand::AllocateProducerIdBlock { count: 1 };
         assert_eq!(postcard::to_stdvec(&block).unwrap()[0], 7);
+        let rebuild = MetaCommand::RebuildIncarnation {
+            id: 1,
+            address: "a:1".into(),
+            incarnation: 5,
+            cluster_id: 0,
+        };
+        assert_eq!(postcard::to_stdvec(&rebuild).unwrap()[0], 8);
+    }
+
+    #[test]
+    fn a_rebuilt_node_gets_its_new_incarnation_recorded() {
+        let mut state = MetaState::default();
+        assert_eq!(state.apply(&register(1, 9, 4, 77)), MetaResponse::Ok);
+        // Another directory under the same id is refused by a plain registration ...
+        assert!(matches!(
+            state.apply(&register(1, 10, 1, 77)),
+            MetaResponse::Error(MetaError::OtherIncarnation { .. })
+        ));
+        // ... and recorded by a rebuild, from generation 0.
+        let rebuild = |id, cluster_id| MetaCommand::RebuildIncarnation {
+            id,
+            address: "b:2".into(),
+            incarnation: 10,
+            cluster_id,
+        };
+        assert_eq!(state.apply(&rebuild(1, 77)), MetaResponse::Ok);
+        assert_eq!(state.incarnations[&1].incarnation, 10);
+        assert_eq!(state.incarnations[&1].generation, 0);
+        assert_eq!(state.nodes[&1].address, "b:2");
+        assert_eq!(state.apply(&register(1, 10, 1, 77)), MetaResponse::Ok);
+        // Only a registered node of this cluster is rebuilt.
+        assert!(matches!(
+            state.apply(&rebuild(2, 77)),
+            MetaResponse::Error(MetaError::UnknownNode { node: 2 })
+        ));
+        assert!(matches!(
+            state.apply(&rebuild(1, 78)),
+            MetaResponse::Error(MetaError::OtherCluster { .. })
+        ));
     }
 
     #[test]

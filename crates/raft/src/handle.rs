@@ -5,7 +5,7 @@
 //! A quiet leader ([`crate::quiesce`]) is woken before anything that needs it: a proposal, a
 //! linearizable read, a leader transfer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -57,6 +57,19 @@ fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> GroupE
         },
         other => GroupError::Unavailable(other.to_string()),
     }
+}
+
+/// What [`GroupRaft::promote_caught_up`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Promotion {
+    /// The learner is a voter now.
+    Promoted,
+    /// It already was.
+    AlreadyVoter,
+    /// It lacks committed entries: it holds `matched` of the `committed` log entries.
+    Lagging { matched: u64, committed: u64 },
+    /// It is neither a voter nor a learner of the group.
+    NotAMember,
 }
 
 /// How recent the quorum acknowledgement behind a leadership check must be.
@@ -607,6 +620,108 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
             .as_ref()
             .map_or(0, |l| l.index);
         Some(last.saturating_sub(matched))
+    }
+
+    /// This node's view of the group's membership: `(voters, learners)`, both empty when the
+    /// group has no membership here yet. In a joint configuration, the voters of every part.
+    pub async fn members(&self) -> Result<(BTreeSet<NodeId>, BTreeSet<NodeId>), GroupError> {
+        let raft = self.instance().await?;
+        let rx = raft.metrics();
+        let m = rx.borrow_watched();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+        Ok((voters, learners))
+    }
+
+    /// On the leader: makes voter `node` a learner (it keeps receiving the log but no longer
+    /// votes or counts toward a majority). `Ok(false)` if it was not a voter. The change
+    /// commits through the old and the new configuration (joint consensus), so it needs a
+    /// majority of the voters without `node`.
+    pub async fn demote(&self, node: NodeId) -> Result<bool, GroupError> {
+        let raft = self.instance().await?;
+        self.core.quiet.wake_leader("membership change");
+        let voters: BTreeSet<NodeId> = {
+            let rx = raft.metrics();
+            let m = rx.borrow_watched();
+            if m.state != ServerState::Leader {
+                return Err(GroupError::NotLeader {
+                    leader: m.current_leader,
+                    address: None,
+                });
+            }
+            m.membership_config.membership().voter_ids().collect()
+        };
+        // The node comes back on an empty log: without this, openraft's leader treats the
+        // reverted log as a bug and stops (it panics: "follower log reversion is not
+        // allowed"). Allowed once, for this node only, and only once it is no voter.
+        let allow_revert = |raft: openraft::Raft<TypeConfig, SM>| async move {
+            match raft.trigger().allow_next_revert(&node, true).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(GroupError::Unavailable(e.to_string())),
+                Err(e) => Err(GroupError::Unavailable(e.to_string())),
+            }
+        };
+        if !voters.contains(&node) {
+            allow_revert(raft).await?;
+            return Ok(false);
+        }
+        let rest: BTreeSet<NodeId> = voters.into_iter().filter(|v| *v != node).collect();
+        if rest.is_empty() {
+            return Err(GroupError::Unavailable(format!(
+                "node {node} is the group's only voter: it cannot be made a learner"
+            )));
+        }
+        raft.change_membership(rest, true)
+            .await
+            .map_err(write_error)?;
+        allow_revert(raft).await?;
+        Ok(true)
+    }
+
+    /// On the leader: makes learner `node` a voter again once it holds every committed entry
+    /// (its replication matched the leader's commit index).
+    pub async fn promote_caught_up(&self, node: NodeId) -> Result<Promotion, GroupError> {
+        let raft = self.instance().await?;
+        self.core.quiet.wake_leader("membership change");
+        let (voter, learner, matched, committed) = {
+            let rx = raft.metrics();
+            let m = rx.borrow_watched();
+            if m.state != ServerState::Leader {
+                return Err(GroupError::NotLeader {
+                    leader: m.current_leader,
+                    address: None,
+                });
+            }
+            let membership = m.membership_config.membership();
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&node))
+                .and_then(|l| l.as_ref().map(|l| l.index));
+            (
+                membership.voter_ids().any(|v| v == node),
+                membership.learner_ids().any(|v| v == node),
+                matched,
+                m.local_committed.as_ref().map(|l| l.index()),
+            )
+        };
+        if voter {
+            return Ok(Promotion::AlreadyVoter);
+        }
+        if !learner {
+            return Ok(Promotion::NotAMember);
+        }
+        if matched.is_none() || matched < committed {
+            return Ok(Promotion::Lagging {
+                matched: matched.map_or(0, |m| m + 1),
+                committed: committed.map_or(0, |c| c + 1),
+            });
+        }
+        raft.change_membership(openraft::ChangeMembers::AddVoterIds([node].into()), true)
+            .await
+            .map_err(write_error)?;
+        Ok(Promotion::Promoted)
     }
 
     /// On the leader: the follower that acknowledged it most recently within `window`.

@@ -45,6 +45,6 @@ pub mod side;
 pub mod types;
 
 pub use group::{AnyGroup, GroupConfig, GroupRegistry, GroupRole, MetaRaft, PartitionRaft};
-pub use handle::{GroupError, Leadership, LeadershipWatch, MetaHandle, PartitionHandle};
+pub use handle::{GroupError, Leadership, LeadershipWatch, MetaHandle, PartitionHandle, Promotion};
 pub use liveness::{Liveness, LivenessConfig, QuietCounts};
 pub use types::{NodeId, Request, Response, StoredBatch, TypeConfig};

@@ -120,6 +120,16 @@ pub fn leader_claim(
     if in_sync * 2 <= view.voters.len() {
         return None;
     }
+    // A live learner (a node catching up after `--rebuild`) gets the whole log first: a quiet
+    // leader replicates nothing, and it would never catch up to become a voter again.
+    let learner_behind = view
+        .matched
+        .iter()
+        .filter(|(n, _)| *n != view.me && !view.voters.contains(n) && alive(*n))
+        .any(|(_, m)| *m != Some(last));
+    if learner_behind {
+        return None;
+    }
     Some(Claim {
         group,
         leader: view.me,
@@ -756,6 +766,14 @@ mod tests {
             "not idle long enough"
         );
         let mut lagging = v.clone();
+        // A live learner behind keeps the group awake; a dead one does not.
+        let mut learner = v.clone();
+        learner.matched.push((4, Some(3)));
+        assert_eq!(leader_claim(9, &learner, AFTER, AFTER, |_| true), None);
+        assert_eq!(
+            leader_claim(9, &learner, AFTER, AFTER, |n| n != 4),
+            Some(CLAIM)
+        );
         lagging.matched = vec![(2, Some(7)), (3, Some(6))];
         assert_eq!(leader_claim(9, &lagging, AFTER, AFTER, |_| true), None);
         let mut uncommitted = v.clone();

@@ -32,6 +32,9 @@ pub const CHECK_RPC_TIMEOUT: Duration = Duration::from_secs(1);
 pub const CHECK_BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// The longest pause between two rounds.
 pub const CHECK_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How long the metadata leader may take to take a rebuilt node back (it changes the
+/// membership of every group the node holds).
+pub const REBUILD_RPC_TIMEOUT: Duration = Duration::from_secs(60);
 /// Rounds logged one by one before the node only logs every [`CHECK_LOG_EVERY`]th.
 pub const CHECK_ROUNDS_LOGGED: u32 = 5;
 pub const CHECK_LOG_EVERY: u32 = 15;
@@ -55,6 +58,9 @@ pub enum BootError {
     WrongNode { found: NodeId, configured: NodeId },
     #[error("cannot read or write the data directory's identity: {0}")]
     Storage(String),
+    /// The metadata leader refused to take this node back (`--rebuild`).
+    #[error("--rebuild refused: {0}")]
+    RebuildRefused(String),
 }
 
 /// This node's identity, shared by the boot check and the answers to the peers' checks.
@@ -198,6 +204,69 @@ impl IdentityService {
                     return Ok(form);
                 }
             }
+        }
+    }
+
+    /// `--rebuild`, on a new directory: asks the metadata leader, through any peer that holds
+    /// the cluster, to make this node a learner of every group it was a voter of and to record
+    /// this directory ([`crate::rebuild`]); then stores the cluster id and generation 1,
+    /// durably. Waits while no peer answers or the groups have no leader; returns the leader's
+    /// refusal (a group would lose its majority) as an error, with nothing changed.
+    pub async fn rebuild(&self, config: &ServeConfig, pool: &PeerPool) -> Result<(), BootError> {
+        let me = self.identity();
+        let mut backoff = CHECK_BACKOFF_MIN;
+        let mut round = 0u32;
+        loop {
+            round += 1;
+            let reports = ask_peers(config, pool).await;
+            let cluster_id = reports
+                .iter()
+                .find(|r| r.has_cluster && r.cluster_id != 0)
+                .map(|r| r.cluster_id);
+            let mut last = "no peer that holds the cluster answered".to_string();
+            if let Some(cluster_id) = cluster_id {
+                let req = fjord_proto::raft::RebuildRequest {
+                    node: me.node_id,
+                    incarnation: me.incarnation,
+                    cluster_id,
+                    address: config.advertised_address(),
+                };
+                for (id, addr) in config.peers.0.iter().filter(|(id, _)| **id != config.id) {
+                    let Ok(mut client) = pool.client(addr) else {
+                        continue;
+                    };
+                    match tokio::time::timeout(REBUILD_RPC_TIMEOUT, client.rebuild(req.clone()))
+                        .await
+                    {
+                        Ok(Ok(r)) => {
+                            let next = DiskIdentity {
+                                cluster_id,
+                                generation: 1,
+                                joined: true,
+                                ..me.clone()
+                            };
+                            persist(&self.store, &next).await?;
+                            tracing::warn!(
+                                learner_groups = r.into_inner().learner_groups,
+                                incarnation = format_args!("{:#x}", next.incarnation),
+                                "--rebuild: the cluster took this node back as a learner; it catches up, then becomes a voter again"
+                            );
+                            *self.identity.lock().unwrap() = next;
+                            return Ok(());
+                        }
+                        Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => {
+                            return Err(BootError::RebuildRefused(s.message().to_string()));
+                        }
+                        Ok(Err(s)) => last = format!("node {id}: {}", s.message()),
+                        Err(_) => last = format!("node {id}: no answer in time"),
+                    }
+                }
+            }
+            if round <= CHECK_ROUNDS_LOGGED || round.is_multiple_of(CHECK_LOG_EVERY) {
+                tracing::warn!(round, %last, "--rebuild: waiting for the metadata leader to take this node back");
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(CHECK_BACKOFF_MAX);
         }
     }
 

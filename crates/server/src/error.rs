@@ -59,12 +59,21 @@ pub enum ApiError {
     OutOfRange(String),
     #[error("{0}")]
     Busy(String),
+    /// Refused in the cluster's current state; the message says why and what to do.
+    #[error("{0}")]
+    Refused(String),
     #[error("{0}")]
     Internal(String),
     /// The node has not started its groups yet: it is checking its data directory with its
     /// peers (see [`crate::boot`]). Retry, maybe elsewhere.
     #[error("node {0} is starting: it is checking its data directory with its peers; retry")]
     Starting(u64),
+    /// The node rebuilds (`--rebuild`) and its metadata has not caught up yet.
+    #[error(
+        "node {0} is rebuilding (--rebuild): its metadata is still catching up from the \
+         others; ask another node"
+    )]
+    Rebuilding(u64),
 }
 
 fn leader_text(leader: &Option<(u64, String)>) -> String {
@@ -80,7 +89,8 @@ impl ApiError {
             ApiError::NotLeader { .. }
             | ApiError::NoLeader(_)
             | ApiError::NotReplica { .. }
-            | ApiError::Starting(_) => Code::Unavailable,
+            | ApiError::Starting(_)
+            | ApiError::Rebuilding(_) => Code::Unavailable,
             ApiError::UnknownTopic(_) | ApiError::UnknownPartition { .. } => Code::NotFound,
             ApiError::Invalid(_) => Code::InvalidArgument,
             ApiError::Meta(m) => match m {
@@ -94,6 +104,7 @@ impl ApiError {
             ApiError::Corrupt(_) => Code::DataLoss,
             ApiError::OutOfRange(_) => Code::OutOfRange,
             ApiError::Busy(_) => Code::ResourceExhausted,
+            ApiError::Refused(_) => Code::FailedPrecondition,
             ApiError::Internal(_) => Code::Internal,
         }
     }

@@ -20,6 +20,7 @@ pub mod data;
 pub mod error;
 pub mod node;
 pub mod producer_ids;
+pub mod rebuild;
 pub mod service;
 pub mod transport;
 
@@ -63,12 +64,6 @@ pub enum ServerError {
     Boot(#[from] boot::BootError),
     #[error("the gRPC server failed: {0}")]
     Serve(String),
-    #[error(
-        "--rebuild is not implemented yet: a node that lost its data directory, or runs on a \
-         corrupt or older copy of it, cannot be brought back safely by this version. Keep it \
-         stopped (and keep its directory: do not delete it by hand)"
-    )]
-    RebuildNotImplemented,
 }
 
 /// Runs a node on TCP until `shutdown` completes, then stops it cleanly.
@@ -101,7 +96,7 @@ pub async fn run_with(
 ) -> Result<(), ServerError> {
     config.validate()?;
     if config.rebuild {
-        return Err(ServerError::RebuildNotImplemented);
+        set_aside(&config.data_dir)?;
     }
     let store = Store::open(
         &config.data_dir,
@@ -178,6 +173,57 @@ pub async fn run_with(
     result
 }
 
+/// `--rebuild`: the data directory's old contents (lost, corrupt or an old copy) are moved
+/// aside into `<dir>/replaced-<unix seconds>/`, never deleted, and the node starts on an empty
+/// store (see [`rebuild`]). Moved inside the directory, not beside it: a data directory that is
+/// a mount point cannot be renamed.
+fn set_aside(dir: &std::path::Path) -> Result<(), ServerError> {
+    let storage = |reason: String| ServerError::Storage {
+        dir: dir.display().to_string(),
+        reason,
+    };
+    let entries: Vec<std::path::PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                !p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("replaced-"))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(storage(e.to_string())),
+    };
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = dir.join(format!("replaced-{secs}"));
+    std::fs::create_dir_all(&aside).map_err(|e| {
+        storage(format!(
+            "cannot make {} for --rebuild: {e}",
+            aside.display()
+        ))
+    })?;
+    for p in &entries {
+        let to = aside.join(p.file_name().unwrap_or_default());
+        std::fs::rename(p, &to).map_err(|e| {
+            storage(format!(
+                "cannot move {} aside for --rebuild: {e}",
+                p.display()
+            ))
+        })?;
+    }
+    tracing::warn!(
+        dir = %dir.display(),
+        aside = %aside.display(),
+        "--rebuild: the old contents of the data directory are moved aside; this node starts on a new store"
+    );
+    Ok(())
+}
+
 /// The node, once it runs: the gRPC services start before it (see [`run_on`]).
 pub type NodeSlot = Arc<std::sync::OnceLock<Arc<Node>>>;
 
@@ -207,9 +253,6 @@ where
     IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     config.validate()?;
-    if config.rebuild {
-        return Err(ServerError::RebuildNotImplemented);
-    }
     let pool = PeerPool::new(connector);
     let cancel = CancellationToken::new();
     // The server runs from the start: peers starting at the same time ask this node about
@@ -248,8 +291,15 @@ where
     let server = tokio::spawn(server);
 
     let mut shutdown = std::pin::pin!(shutdown);
+    let checked = async {
+        if config.rebuild {
+            identity.rebuild(&config, &pool).await.map(|()| false)
+        } else {
+            identity.check(&config, &pool).await
+        }
+    };
     let form = tokio::select! {
-        checked = identity.check(&config, &pool) => match checked {
+        checked = checked => match checked {
             Ok(form) => form,
             Err(e) => {
                 tracing::error!(error = %e, "refusing to start");
@@ -275,6 +325,9 @@ where
     let form = form || !node.identity.identity().roster.is_empty();
 
     node.run_background(form).await;
+    if config.rebuild {
+        tokio::spawn(rebuild::promote_until_voter(node.clone()));
+    }
     tracing::info!(node = node.id, address = %node.address, "fjord node started");
 
     shutdown.await;

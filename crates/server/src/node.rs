@@ -87,6 +87,12 @@ pub struct Node {
     pub identity: Arc<crate::boot::IdentityService>,
     /// The producer ids this node hands out (see [`crate::producer_ids`]).
     pub producer_ids: crate::producer_ids::ProducerIds,
+    /// While this node rebuilds (`--rebuild`): the groups it is still a learner of, of those
+    /// it holds (see [`crate::rebuild`]).
+    pub rebuilding: std::sync::Mutex<Option<(u32, u32)>>,
+    /// While this node rebuilds, until it is a voter of the metadata group again (its
+    /// metadata is complete): it answers clients as unavailable.
+    pub meta_behind: std::sync::atomic::AtomicBool,
     next_token: AtomicU64,
     pub round_robin: AtomicU32,
 }
@@ -152,6 +158,8 @@ impl Node {
             shutdown,
             identity,
             producer_ids,
+            rebuilding: std::sync::Mutex::new(None),
+            meta_behind: std::sync::atomic::AtomicBool::new(config.rebuild),
             next_token: AtomicU64::new(fjord_raft::runtime::random_u64() | 1),
             round_robin: AtomicU32::new(0),
         }))

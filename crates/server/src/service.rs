@@ -38,6 +38,11 @@ pub struct StartingClientService {
 impl StartingClientService {
     fn running(&self) -> Result<ClientService, Status> {
         match self.slot.get() {
+            // A rebuilding node's metadata is empty until the metadata group's log reached
+            // it: an answer from it would say that no topic exists.
+            Some(node) if node.meta_behind.load(std::sync::atomic::Ordering::Acquire) => {
+                Err(ApiError::Rebuilding(self.id).into())
+            }
             Some(node) => Ok(ClientService { node: node.clone() }),
             None => Err(ApiError::Starting(self.id).into()),
         }
@@ -217,6 +222,9 @@ impl Fjord for ClientService {
         }
         let view = self.node.view();
         let counts = self.node.liveness.counts();
+        // Copied out at once: a guard held through the answer's construction would be taken
+        // twice.
+        let rebuilding = *self.node.rebuilding.lock().unwrap();
         // Registered nodes only: a configured peer that never registered is not usable yet.
         let nodes: std::collections::BTreeMap<u64, String> = view
             .state
@@ -243,6 +251,8 @@ impl Fjord for ClientService {
                 quiet: counts.quiet,
                 hibernated: counts.hibernated,
                 leading: counts.leading,
+                rebuilding_groups: rebuilding.map_or(0, |r| r.0),
+                rebuild_total_groups: rebuilding.map_or(0, |r| r.1),
             }),
         }))
     }

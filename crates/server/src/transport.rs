@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use fjord_proto::raft::raft_transport_server::RaftTransport;
 use fjord_proto::raft::{
-    GroupMessage, IdentityReply, IdentityRequest, NodeHeartbeat, NodeHeartbeatReply,
+    ChangeVoterReply, ChangeVoterRequest, GroupMessage, IdentityReply, IdentityRequest,
+    NodeHeartbeat, NodeHeartbeatReply, RebuildReply, RebuildRequest,
 };
 use fjord_raft::group::DispatchError;
 use fjord_raft::network::RpcKind;
@@ -128,6 +129,26 @@ impl RaftTransport for TransportService {
             .answer(&req.into_inner())
             .map(Response::new)
             .map_err(|e| ApiError::Internal(e).into())
+    }
+
+    async fn rebuild(
+        &self,
+        req: Request<RebuildRequest>,
+    ) -> Result<Response<RebuildReply>, Status> {
+        let node = self.node()?;
+        let learner_groups = crate::rebuild::take_back(node, req.into_inner()).await?;
+        Ok(Response::new(RebuildReply { learner_groups }))
+    }
+
+    async fn change_voter(
+        &self,
+        req: Request<ChangeVoterRequest>,
+    ) -> Result<Response<ChangeVoterReply>, Status> {
+        let node = self.node()?;
+        let req = req.into_inner();
+        Ok(Response::new(
+            crate::rebuild::change_voter(node, req.group_id, req.node, req.promote).await?,
+        ))
     }
 
     async fn heartbeat(

@@ -1,0 +1,381 @@
+//! `fjord serve --rebuild`: bringing back a node that lost its data directory, or whose
+//! directory is corrupt or an old copy, without letting it vote on what it no longer has.
+//!
+//! 1. The node starts on a new, empty directory (the old one is moved aside, never deleted)
+//!    with a new incarnation, and starts no group.
+//! 2. It asks the metadata leader to take it back (`RaftTransport.Rebuild`). The leader checks
+//!    that every group the node is a voter of (the metadata group, each partition it holds)
+//!    keeps a majority of live voters without it ([`check_majorities`]); if one would not, it
+//!    refuses and changes nothing. Else it makes the node a *learner* of the metadata group and
+//!    asks each partition's leader to do the same (`RaftTransport.ChangeVoter`), and only then
+//!    records the new incarnation ([`fjord_meta::MetaCommand::RebuildIncarnation`]).
+//! 3. The node starts its groups: as a learner it receives every group's log (or snapshot)
+//!    but neither votes nor counts toward a majority, so it cannot help elect a leader that
+//!    lacks acknowledged records.
+//! 4. It asks each group's leader, again and again, to make it a voter; a leader does so
+//!    only once the learner holds every committed entry ([`promote_until_voter`]). The
+//!    answering node's `Metadata` says how many groups it is still a learner of.
+//!
+//! What must hold: the node is a voter of no group while it lacks any entry that group
+//! committed. Steps 2 and 3 are ordered (no group starts before every demotion committed),
+//! and a demotion commits through the joint configuration, so it needs the live majority
+//! step 2 checked.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fjord_meta::{META_GROUP, MetaCommand, MetaResponse, NodeId, group_id};
+use fjord_proto::raft::{ChangeVoterReply, ChangeVoterRequest, RebuildRequest};
+use fjord_raft::{GroupError, Promotion};
+
+use crate::error::ApiError;
+use crate::node::Node;
+
+/// How long one leader's answer to a membership change may take.
+const CHANGE_RPC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rounds over a partition's replicas to find its leader for a demotion, at most.
+const DEMOTE_ROUNDS: u32 = 20;
+/// How long a membership change may wait for its commit, at most.
+const MEMBERSHIP_CHANGE_WAIT: Duration = Duration::from_secs(5);
+/// Pause between two rounds of promotion requests.
+const PROMOTE_EVERY: Duration = Duration::from_millis(300);
+
+/// Whether taking `node` out of the voters of each group keeps a live majority. A group is
+/// `(what it is, its voters)`; the change commits through the joint configuration, so it
+/// needs a majority of the old voters and of the new ones, alive, without `node`.
+pub fn check_majorities(
+    groups: &[(String, BTreeSet<NodeId>)],
+    node: NodeId,
+    alive: impl Fn(NodeId) -> bool,
+) -> Result<(), String> {
+    for (what, voters) in groups {
+        if !voters.contains(&node) {
+            continue;
+        }
+        let rest: Vec<NodeId> = voters.iter().copied().filter(|v| *v != node).collect();
+        let live = rest.iter().filter(|v| alive(**v)).count();
+        let need = (voters.len() / 2 + 1).max(rest.len() / 2 + 1);
+        if rest.is_empty() || live < need {
+            return Err(format!(
+                "{what} would lose its majority: without node {node}, {live} of its other \
+                 voters {rest:?} are alive and {need} are needed. Bring them back first; \
+                 nothing was changed"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn no_majority(what: &str) -> ApiError {
+    ApiError::NoLeader(format!(
+        "{what}: a membership change was not committed within {MEMBERSHIP_CHANGE_WAIT:?} (no \
+         majority answered)"
+    ))
+}
+
+fn group_error(what: &str, e: GroupError) -> ApiError {
+    match e {
+        GroupError::NotLeader { leader, address } => ApiError::NotLeader {
+            this: 0,
+            what: what.to_string(),
+            leader: leader.zip(address),
+        },
+        GroupError::Busy(why) => ApiError::Busy(why),
+        GroupError::Internal(why) => ApiError::Internal(why),
+        GroupError::Unavailable(why) => ApiError::NoLeader(format!("{what} ({why})")),
+    }
+}
+
+/// On the metadata leader: takes `req.node` back as a learner of every group it is a voter
+/// of, after checking each keeps a majority, and records its new incarnation. Returns the
+/// number of groups it is a learner of.
+pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, ApiError> {
+    let target = req.node;
+    if target == node.id {
+        return Err(ApiError::Invalid(
+            "a node cannot rebuild itself through itself".into(),
+        ));
+    }
+    let view = node.view();
+    if !view.state.nodes.contains_key(&target) {
+        return Err(ApiError::Refused(format!(
+            "node {target} is not registered in this cluster: a new node starts without \
+             --rebuild"
+        )));
+    }
+    let (meta_voters, _) = node
+        .meta
+        .members()
+        .await
+        .map_err(|e| group_error("the metadata group", e))?;
+    let mut groups = vec![("the metadata group".to_string(), meta_voters)];
+    let mut partitions = Vec::new();
+    for t in view.state.topics.values() {
+        for (i, p) in t.partitions.iter().enumerate() {
+            if p.replicas.contains(&target) {
+                let what = format!("partition {i} of topic {:?}", t.name);
+                groups.push((what.clone(), p.replicas.iter().copied().collect()));
+                partitions.push((group_id(t.id, i as u32), what, p.clone()));
+            }
+        }
+    }
+    // Checked by whichever node is asked, on its own view: a refusal needs no leader (with a
+    // majority of the metadata group down there is none to ask).
+    check_majorities(&groups, target, |n| node.liveness.is_alive(n)).map_err(ApiError::Refused)?;
+    if !node.meta.is_leader() {
+        return Err(ApiError::NotLeader {
+            this: node.id,
+            what: "the metadata group".into(),
+            leader: node
+                .meta_leader()
+                .and_then(|l| node.address_of(l).map(|a| (l, a))),
+        });
+    }
+    let demoted = tokio::time::timeout(MEMBERSHIP_CHANGE_WAIT, node.meta.demote(target))
+        .await
+        .map_err(|_| no_majority("the metadata group"))?
+        .map_err(|e| group_error("the metadata group", e))?;
+    tracing::warn!(
+        node = target,
+        demoted,
+        partitions = partitions.len(),
+        "rebuilding a node: it is a learner of the metadata group; its partitions next"
+    );
+    for (g, what, p) in &partitions {
+        demote_partition(node, *g, what, target, &p.replicas, p.leader).await?;
+    }
+    if let MetaResponse::Error(e) = node
+        .meta_write(MetaCommand::RebuildIncarnation {
+            id: target,
+            address: req.address,
+            incarnation: req.incarnation,
+            cluster_id: req.cluster_id,
+        })
+        .await?
+    {
+        return Err(ApiError::Meta(e));
+    }
+    tracing::warn!(
+        node = target,
+        incarnation = format_args!("{:#x}", req.incarnation),
+        "rebuilding a node: a learner of every group it held, new directory recorded"
+    );
+    Ok(1 + partitions.len() as u32)
+}
+
+/// Makes `target` a learner of partition group `g`, at its leader (this node or another
+/// replica), trying the replicas in turn until one leads.
+async fn demote_partition(
+    node: &Arc<Node>,
+    g: u64,
+    what: &str,
+    target: NodeId,
+    replicas: &[NodeId],
+    reported: Option<NodeId>,
+) -> Result<(), ApiError> {
+    let mut order: Vec<NodeId> = reported.into_iter().collect();
+    order.extend(replicas.iter().copied().filter(|r| Some(*r) != reported));
+    order.retain(|r| *r != target);
+    let mut last = ApiError::NoLeader(what.to_string());
+    for round in 0..DEMOTE_ROUNDS {
+        for &r in &order {
+            match change_at(node, r, g, target, false).await {
+                Ok(reply) if reply.done => return Ok(()),
+                Ok(reply) => last = ApiError::NoLeader(format!("{what} ({})", reply.detail)),
+                Err(e) => last = e,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100 * u64::from(round + 1).min(5))).await;
+    }
+    Err(last)
+}
+
+/// Asks node `at` (this one, or a peer) to change `target`'s role in group `g`.
+async fn change_at(
+    node: &Arc<Node>,
+    at: NodeId,
+    g: u64,
+    target: NodeId,
+    promote: bool,
+) -> Result<ChangeVoterReply, ApiError> {
+    if at == node.id {
+        return change_voter(node, g, target, promote).await;
+    }
+    let addr = node
+        .address_of(at)
+        .ok_or_else(|| ApiError::NoLeader(format!("node {at}'s address is not known")))?;
+    let mut client = node.pool.client(&addr).map_err(ApiError::Internal)?;
+    let req = ChangeVoterRequest {
+        group_id: g,
+        node: target,
+        promote,
+    };
+    match tokio::time::timeout(CHANGE_RPC_TIMEOUT, client.change_voter(req)).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(s)) => Err(ApiError::NoLeader(format!(
+            "group {g} at node {at}: {}",
+            s.message()
+        ))),
+        Err(_) => Err(ApiError::NoLeader(format!(
+            "group {g} at node {at}: no answer within {CHANGE_RPC_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// On a group's leader: makes `target` a learner, or a voter once it caught up.
+pub async fn change_voter(
+    node: &Node,
+    g: u64,
+    target: NodeId,
+    promote: bool,
+) -> Result<ChangeVoterReply, ApiError> {
+    let what = if g == META_GROUP {
+        "the metadata group".to_string()
+    } else {
+        format!("group {g}")
+    };
+    let change = async {
+        if g == META_GROUP {
+            if promote {
+                node.meta.promote_caught_up(target).await
+            } else {
+                node.meta
+                    .demote(target)
+                    .await
+                    .map(|_| Promotion::AlreadyVoter)
+            }
+        } else {
+            let Some(h) = node.registry.partition(g) else {
+                return Err(GroupError::Unavailable(format!(
+                    "it has no replica on node {}",
+                    node.id
+                )));
+            };
+            if promote {
+                h.promote_caught_up(target).await
+            } else {
+                h.demote(target).await.map(|_| Promotion::AlreadyVoter)
+            }
+        }
+    };
+    let result = tokio::time::timeout(MEMBERSHIP_CHANGE_WAIT, change)
+        .await
+        .map_err(|_| no_majority(&what))?;
+    let reply = |done, detail: String| ChangeVoterReply { done, detail };
+    match result.map_err(|e| group_error(&what, e))? {
+        Promotion::Promoted => {
+            tracing::info!(
+                group = g,
+                node = target,
+                "a rebuilt learner caught up: a voter again"
+            );
+            Ok(reply(true, String::new()))
+        }
+        Promotion::AlreadyVoter => Ok(reply(true, String::new())),
+        Promotion::Lagging { matched, committed } => Ok(reply(
+            false,
+            format!("node {target} holds {matched} of the {committed} committed entries"),
+        )),
+        Promotion::NotAMember => Ok(reply(
+            !promote,
+            format!("node {target} is not a member of {what}"),
+        )),
+    }
+}
+
+/// On the rebuilt node: asks each group's leader, round after round, to make this node a
+/// voter again, until it is one of every group it holds (the metadata group and every
+/// partition the metadata places on it). Keeps `node.rebuilding` current.
+pub async fn promote_until_voter(node: Arc<Node>) {
+    loop {
+        let view = node.view();
+        let mut groups = vec![META_GROUP];
+        for t in view.state.topics.values() {
+            for (i, p) in t.partitions.iter().enumerate() {
+                if p.replicas.contains(&node.id) {
+                    groups.push(group_id(t.id, i as u32));
+                }
+            }
+        }
+        let mut left = 0u32;
+        for &g in &groups {
+            let members = if g == META_GROUP {
+                node.meta.members().await.map(|m| (m, node.meta.leader()))
+            } else if let Some(h) = node.registry.partition(g) {
+                h.members().await.map(|m| (m, h.leadership().leader))
+            } else {
+                left += 1;
+                continue;
+            };
+            let Ok(((voters, _), leader)) = members else {
+                left += 1;
+                continue;
+            };
+            if voters.contains(&node.id) {
+                if g == META_GROUP {
+                    node.meta_behind
+                        .store(false, std::sync::atomic::Ordering::Release);
+                }
+                continue;
+            }
+            left += 1;
+            if let Some(l) = leader.filter(|l| *l != node.id) {
+                match change_at(&node, l, g, node.id, true).await {
+                    Ok(r) if !r.done => {
+                        tracing::debug!(group = g, detail = %r.detail, "not a voter yet")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(group = g, error = %e, "promotion not answered"),
+                }
+            }
+        }
+        *node.rebuilding.lock().unwrap() = Some((left, groups.len() as u32));
+        if left == 0 && node.meta.leader().is_some() {
+            *node.rebuilding.lock().unwrap() = None;
+            tracing::warn!(
+                groups = groups.len(),
+                "rebuilt: this node is a voter of every group it holds again"
+            );
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PROMOTE_EVERY) => {}
+            _ = node.shutdown.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(voters: &[NodeId]) -> (String, BTreeSet<NodeId>) {
+        ("g".to_string(), voters.iter().copied().collect())
+    }
+
+    #[test]
+    fn a_node_is_taken_out_only_where_the_others_keep_a_majority() {
+        let all_alive = |_| true;
+        assert_eq!(check_majorities(&[group(&[1, 2, 3])], 1, all_alive), Ok(()));
+        // Of three, both others must be up: the new configuration has two voters.
+        let two_down = |n| n != 2;
+        let e = check_majorities(&[group(&[1, 2, 3])], 1, two_down).unwrap_err();
+        assert!(
+            e.contains("1 of its other voters [2, 3] are alive and 2 are needed"),
+            "{e}"
+        );
+        // Of five, three of the four others.
+        let one_more_down = |n| n != 2 && n != 3;
+        assert_eq!(
+            check_majorities(&[group(&[1, 2, 3, 4, 5])], 1, |n| n != 2),
+            Ok(())
+        );
+        assert!(check_majorities(&[group(&[1, 2, 3, 4, 5])], 1, one_more_down).is_err());
+        // A group the node is not a voter of is not checked; a sole voter cannot leave.
+        assert_eq!(check_majorities(&[group(&[2, 3])], 1, |_| false), Ok(()));
+        assert!(check_majorities(&[group(&[1])], 1, all_alive).is_err());
+        // One group short is enough to refuse.
+        assert!(check_majorities(&[group(&[1, 2, 3]), group(&[1, 4, 5])], 1, |n| n != 5).is_err());
+    }
+}
