@@ -71,6 +71,36 @@ pub struct Db {
     peers: String,
 }
 
+/// Removes everything inside `dir`, keeping `dir`.
+fn empty_dir(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        }
+        .with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Copies the tree `from` into `to` (created).
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn signal(pid: u32, sig: libc::c_int) -> Result<()> {
     // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
     let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
@@ -137,6 +167,11 @@ impl Db {
 
     /// Starts node `id`'s process in its namespace. A running node is left alone.
     pub fn start(&mut self, net: &Network, id: u64) -> Result<()> {
+        self.start_with(net, id, &[])
+    }
+
+    /// Starts node `id` with more `fjord serve` arguments (`--rebuild`).
+    pub fn start_with(&mut self, net: &Network, id: u64, extra: &[&str]) -> Result<()> {
         let options = self.options.clone();
         let peers = self.peers.clone();
         let node = self.node(id)?;
@@ -170,6 +205,7 @@ impl Db {
             "--hibernate-after-ms",
             "1000",
         ])
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -242,6 +278,45 @@ impl Db {
             Some(m) => m.crash(),
             None => bail!("node {id} has no lazy disk (run with disk faults enabled)"),
         }
+    }
+
+    /// Deletes everything in dead node `id`'s data directory: a lost disk. (Its contents, not
+    /// the directory: it may be a mount point.)
+    pub fn wipe(&mut self, id: u64) -> Result<()> {
+        let node = self.node(id)?;
+        if node.child.is_some() {
+            bail!("node {id} is running: kill it before wiping its disk");
+        }
+        empty_dir(&node.data_dir())
+    }
+
+    /// Copies dead node `id`'s data directory aside (a backup taken now, restored later by
+    /// [`Db::restore_copy`]).
+    pub fn save_copy(&mut self, id: u64) -> Result<()> {
+        let node = self.node(id)?;
+        if node.child.is_some() {
+            bail!("node {id} is running: kill it before copying its disk");
+        }
+        let copy = node.dir.join("stale-copy");
+        let _ = std::fs::remove_dir_all(&copy);
+        copy_tree(&node.data_dir(), &copy)
+    }
+
+    /// Whether node `id` has a copy saved by [`Db::save_copy`].
+    pub fn has_copy(&self, id: u64) -> bool {
+        self.nodes
+            .get(&id)
+            .is_some_and(|n| n.dir.join("stale-copy").is_dir())
+    }
+
+    /// Replaces dead node `id`'s data with the copy [`Db::save_copy`] took (then forgets it).
+    pub fn restore_copy(&mut self, id: u64) -> Result<()> {
+        self.wipe(id)?;
+        let node = self.node(id)?;
+        let copy = node.dir.join("stale-copy");
+        copy_tree(&copy, &node.data_dir())?;
+        std::fs::remove_dir_all(&copy)?;
+        Ok(())
     }
 
     /// Turns "disk full" on or off for node `id`.

@@ -74,10 +74,18 @@ pub enum FaultKind {
     /// Cut one node that leads nothing (if any) off from the other nodes for 1-3 s, heal, and
     /// check that the partitions it only followed kept their leader and term.
     PartitionFollower,
+    /// kill -9 a node, delete its data directory (a lost disk), restart it (after 0-1.5 s, or
+    /// at the step's end). A node that refuses its empty directory is started again with
+    /// `--rebuild`.
+    DiskLoss,
+    /// The first time for a node: kill -9 it, copy its data directory (a backup), restart it.
+    /// The next time: kill -9 it, put the copy back (a restored old backup), restart it; one
+    /// that refuses the old copy is started again with `--rebuild`.
+    StaleCopy,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 17] = [
+    pub const ALL: [FaultKind; 19] = [
         FaultKind::PartitionLeader,
         FaultKind::PartitionMetaLeader,
         FaultKind::PartitionHalves,
@@ -95,6 +103,8 @@ impl FaultKind {
         FaultKind::Bitflip,
         FaultKind::SlowDisk,
         FaultKind::PartitionFollower,
+        FaultKind::DiskLoss,
+        FaultKind::StaleCopy,
     ];
 
     pub fn name(self) -> &'static str {
@@ -116,6 +126,8 @@ impl FaultKind {
             FaultKind::Bitflip => "bitflip",
             FaultKind::SlowDisk => "slow-disk",
             FaultKind::PartitionFollower => "partition-follower",
+            FaultKind::DiskLoss => "disk-loss",
+            FaultKind::StaleCopy => "stale-copy",
         }
     }
 
@@ -139,6 +151,8 @@ impl FaultKind {
                 | FaultKind::CrashUnsynced
                 | FaultKind::PowerLoss
                 | FaultKind::Bitflip
+                | FaultKind::DiskLoss
+                | FaultKind::StaleCopy
         )
     }
 
@@ -173,6 +187,8 @@ pub fn parse_faults(s: &str) -> Result<BTreeSet<FaultKind>, String> {
                 FaultKind::DiskFull,
                 FaultKind::Bitflip,
                 FaultKind::SlowDisk,
+                FaultKind::DiskLoss,
+                FaultKind::StaleCopy,
             ]),
             other => {
                 let kind = FaultKind::ALL
@@ -328,7 +344,13 @@ struct Undo {
     disk_writable: BTreeSet<u64>,
     /// Nodes whose data file has flipped bits: watch how they take it.
     flipped: BTreeSet<u64>,
+    /// Nodes restarted on a lost or old directory: one that refuses it is started again
+    /// with `--rebuild`.
+    rebuild_if_refused: BTreeSet<u64>,
 }
+
+/// How long a node restarted on a lost or old directory may take to refuse it.
+const REFUSAL_WAIT: Duration = Duration::from_secs(10);
 
 /// Carries out a plan.
 pub struct Nemesis {
@@ -710,7 +732,9 @@ impl Nemesis {
                 FaultKind::Kill
                 | FaultKind::Pause
                 | FaultKind::CrashUnsynced
-                | FaultKind::Bitflip => {
+                | FaultKind::Bitflip
+                | FaultKind::DiskLoss
+                | FaultKind::StaleCopy => {
                     let count = if kind == FaultKind::Kill || kind == FaultKind::Pause {
                         rng.gen_range(1..=budget.max(1))
                     } else {
@@ -753,6 +777,39 @@ impl Nemesis {
                                 db.kill(id)?;
                                 if kind == FaultKind::CrashUnsynced {
                                     db.lose_unsynced(id)?;
+                                }
+                                undo.restart.insert(id);
+                                let delay = restart_delay(&mut rng);
+                                if let Some(d) = delay {
+                                    undo.early_restart.push((d, id));
+                                }
+                                restarts.push(format!("n{id} after {}", describe_delay(delay)));
+                            }
+                            FaultKind::DiskLoss => {
+                                db.kill(id)?;
+                                db.wipe(id)?;
+                                undo.restart.insert(id);
+                                undo.rebuild_if_refused.insert(id);
+                                let delay = restart_delay(&mut rng);
+                                if let Some(d) = delay {
+                                    undo.early_restart.push((d, id));
+                                }
+                                restarts.push(format!(
+                                    "n{id} (disk wiped) after {}",
+                                    describe_delay(delay)
+                                ));
+                            }
+                            FaultKind::StaleCopy => {
+                                db.kill(id)?;
+                                if db.has_copy(id) {
+                                    db.restore_copy(id)?;
+                                    undo.rebuild_if_refused.insert(id);
+                                    detail = format!(
+                                        "{detail}an earlier copy of n{id}'s disk put back; "
+                                    );
+                                } else {
+                                    db.save_copy(id)?;
+                                    detail = format!("{detail}n{id}'s disk copied; ");
                                 }
                                 undo.restart.insert(id);
                                 let delay = restart_delay(&mut rng);
@@ -916,6 +973,35 @@ impl Nemesis {
                 }
                 None => notes.push(format!(
                     "n{id} started on its corrupted data file and kept running"
+                )),
+            }
+        }
+        // A node restarted on a lost or old directory should refuse it; then it comes back
+        // with `--rebuild` (a learner until it caught up). One that does not refuse runs on,
+        // and the checker says what followed.
+        for &id in &undo.rebuild_if_refused {
+            let until = Instant::now() + REFUSAL_WAIT;
+            let status = loop {
+                if let Some(status) = db.exited(id) {
+                    break Some(status);
+                }
+                if Instant::now() > until {
+                    break None;
+                }
+                drop(db);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                db = self.db.lock().await;
+            };
+            match status {
+                Some(status) => {
+                    notes.push(format!(
+                        "n{id} refused its lost or old data directory ({status}): {}; restarted with --rebuild",
+                        db.log_tail(id, 1).trim()
+                    ));
+                    db.start_with(&self.net, id, &["--rebuild"])?;
+                }
+                None => notes.push(format!(
+                    "n{id} started on a lost or old data directory and kept running"
                 )),
             }
         }

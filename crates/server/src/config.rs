@@ -75,7 +75,9 @@ pub struct ServeConfig {
     pub source_address: Option<std::net::IpAddr>,
     /// Rebuild this node's data from the other nodes: for a node whose data directory was
     /// lost, found corrupt, or restored from an older copy (the node refuses to start then,
-    /// and says so). Not implemented yet: the node exits at once.
+    /// and says so). The old contents are moved aside, the node rejoins every group it held as
+    /// a learner, and becomes a voter again once it has caught up; refused (exit with a
+    /// message, nothing changed) where a group would lose its majority without it.
     #[arg(long)]
     #[serde(default)]
     pub rebuild: bool,
