@@ -403,6 +403,27 @@ impl Db {
         Some(status)
     }
 
+    /// Bytes in node `id`'s log so far.
+    pub fn log_len(&self, id: u64) -> u64 {
+        self.nodes
+            .get(&id)
+            .and_then(|n| std::fs::metadata(n.log_path()).ok())
+            .map_or(0, |m| m.len())
+    }
+
+    /// Whether node `id`'s log after byte `from` contains `text`.
+    pub fn logged_since(&self, id: u64, from: u64, text: &str) -> bool {
+        let Some(n) = self.nodes.get(&id) else {
+            return false;
+        };
+        match std::fs::read(n.log_path()) {
+            Ok(bytes) => bytes
+                .get(from as usize..)
+                .is_some_and(|b| String::from_utf8_lossy(b).contains(text)),
+            Err(_) => false,
+        }
+    }
+
     /// The last `lines` lines of node `id`'s log.
     pub fn log_tail(&self, id: u64, lines: usize) -> String {
         let Some(node) = self.nodes.get(&id) else {

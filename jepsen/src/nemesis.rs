@@ -349,6 +349,13 @@ struct Undo {
     rebuild_if_refused: BTreeSet<u64>,
 }
 
+/// Whether a node's last words say it must be started with `--rebuild`: it refused its data
+/// directory (lost, old, corrupt), or a rebuild was refused for now (a group would have lost
+/// its majority) or interrupted.
+pub fn needs_rebuild(log_tail: &str) -> bool {
+    log_tail.contains("plus --rebuild") || log_tail.contains("--rebuild refused")
+}
+
 /// How long a node restarted on a lost or old directory may take to refuse it.
 const REFUSAL_WAIT: Duration = Duration::from_secs(10);
 
@@ -364,6 +371,10 @@ pub struct Nemesis {
     pub lost_nodes: BTreeSet<u64>,
     /// What happened that the report should mention.
     pub notes: Vec<String>,
+    /// Nodes started with `--rebuild` that have not said they are voters of every group again,
+    /// with where their log stood then: they count as down (a learner counts toward no
+    /// majority), so no fault takes another node while one rebuilds.
+    pub rebuilding: BTreeMap<u64, u64>,
     /// One client per node, asking that node only: how each node describes the topic.
     pub node_clients: BTreeMap<u64, Client>,
     /// The `partition-follower` checks so far.
@@ -626,6 +637,14 @@ impl Nemesis {
                         db.start(&self.net, id)?;
                         continue;
                     }
+                    if needs_rebuild(&db.log_tail(id, 5)) {
+                        self.notes.push(format!(
+                            "n{id} refused its data directory, or its rebuild was refused ({status}); restarted with --rebuild"
+                        ));
+                        self.rebuilding.insert(id, db.log_len(id));
+                        db.start_with(&self.net, id, &["--rebuild"])?;
+                        continue;
+                    }
                     self.notes.push(format!(
                         "n{id} exited on its own ({status}); it stays down. Log tail:\n{}",
                         db.log_tail(id, 5)
@@ -634,11 +653,21 @@ impl Nemesis {
                 }
             }
         }
-        let budget = minority(n).saturating_sub(self.lost_nodes.len() + taken_down.len());
+        {
+            let db = self.db.lock().await;
+            self.rebuilding
+                .retain(|id, from| !db.logged_since(*id, *from, "rebuilt: this node is a voter"));
+        }
+        let budget = minority(n)
+            .saturating_sub(self.lost_nodes.len() + taken_down.len() + self.rebuilding.len());
         let mut candidates: Vec<u64> = ids
             .iter()
             .copied()
-            .filter(|i| !self.lost_nodes.contains(i) && !taken_down.contains(i))
+            .filter(|i| {
+                !self.lost_nodes.contains(i)
+                    && !taken_down.contains(i)
+                    && !self.rebuilding.contains_key(i)
+            })
             .collect();
         candidates.shuffle(&mut rng);
         // The node a `slow-disk` earlier in this step slowed: the crash that follows aims at it.
@@ -998,6 +1027,7 @@ impl Nemesis {
                         "n{id} refused its lost or old data directory ({status}): {}; restarted with --rebuild",
                         db.log_tail(id, 1).trim()
                     ));
+                    self.rebuilding.insert(id, db.log_len(id));
                     db.start_with(&self.net, id, &["--rebuild"])?;
                 }
                 None => notes.push(format!(
@@ -1009,6 +1039,14 @@ impl Nemesis {
         // hidden.
         for id in db.ids() {
             if let Some(status) = db.exited(id) {
+                if needs_rebuild(&db.log_tail(id, 5)) {
+                    notes.push(format!(
+                        "n{id} refused its data directory, or its rebuild was refused ({status}); restarted with --rebuild"
+                    ));
+                    self.rebuilding.insert(id, db.log_len(id));
+                    db.start_with(&self.net, id, &["--rebuild"])?;
+                    continue;
+                }
                 notes.push(format!(
                     "n{id} exited on its own ({status}); it stays down. Log tail:\n{}",
                     db.log_tail(id, 5)

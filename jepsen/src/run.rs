@@ -274,6 +274,7 @@ async fn run_async(
         topic: topic.clone(),
         partitions: options.partitions,
         lost_nodes: BTreeSet::new(),
+        rebuilding: Default::default(),
         notes: Vec::new(),
         node_clients,
         isolations: Vec::new(),
@@ -306,7 +307,14 @@ async fn run_async(
     {
         let mut db = db.lock().await;
         for id in db.ids() {
-            if !nemesis.lost_nodes.contains(&id) {
+            if nemesis.lost_nodes.contains(&id) {
+                continue;
+            }
+            let down =
+                db.exited(id).is_some() || !db.nodes.get(&id).is_some_and(|n| n.is_running());
+            if down && crate::nemesis::needs_rebuild(&db.log_tail(id, 5)) {
+                db.start_with(&netns, id, &["--rebuild"])?;
+            } else {
                 db.start(&netns, id)?;
             }
         }

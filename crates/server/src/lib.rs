@@ -325,9 +325,7 @@ where
     let form = form || !node.identity.identity().roster.is_empty();
 
     node.run_background(form).await;
-    if config.rebuild {
-        tokio::spawn(rebuild::promote_until_voter(node.clone()));
-    }
+    tokio::spawn(rebuild::promote_until_voter(node.clone(), config.rebuild));
     tracing::info!(node = node.id, address = %node.address, "fjord node started");
 
     shutdown.await;

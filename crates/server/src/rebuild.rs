@@ -38,6 +38,8 @@ const CHANGE_RPC_TIMEOUT: Duration = Duration::from_secs(10);
 const DEMOTE_ROUNDS: u32 = 20;
 /// How long a membership change may wait for its commit, at most.
 const MEMBERSHIP_CHANGE_WAIT: Duration = Duration::from_secs(5);
+/// Rounds a node started without `--rebuild` looks for groups it is a learner of.
+const QUIET_START_ROUNDS: u32 = 20;
 /// Pause between two rounds of promotion requests.
 const PROMOTE_EVERY: Duration = Duration::from_millis(300);
 
@@ -115,7 +117,17 @@ pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, Api
         for (i, p) in t.partitions.iter().enumerate() {
             if p.replicas.contains(&target) {
                 let what = format!("partition {i} of topic {:?}", t.name);
-                groups.push((what.clone(), p.replicas.iter().copied().collect()));
+                // The group's own voters where this node hosts it (the node may be a learner
+                // already, after an interrupted rebuild); else its replicas.
+                let g = group_id(t.id, i as u32);
+                let voters = match node.registry.partition(g) {
+                    Some(h) => match h.members().await {
+                        Ok((v, _)) if !v.is_empty() => v,
+                        _ => p.replicas.iter().copied().collect(),
+                    },
+                    None => p.replicas.iter().copied().collect(),
+                };
+                groups.push((what.clone(), voters));
                 partitions.push((group_id(t.id, i as u32), what, p.clone()));
             }
         }
@@ -287,8 +299,17 @@ pub async fn change_voter(
 /// On the rebuilt node: asks each group's leader, round after round, to make this node a
 /// voter again, until it is one of every group it holds (the metadata group and every
 /// partition the metadata places on it). Keeps `node.rebuilding` current.
-pub async fn promote_until_voter(node: Arc<Node>) {
+///
+/// A node started without `--rebuild` runs it too, for a few rounds and then for as long as it
+/// finds itself a learner: a rebuilt node that restarted before every group promoted it.
+pub async fn promote_until_voter(node: Arc<Node>, rebuilding: bool) {
+    // Groups whose leader said this node is a voter. Only a leader's word counts: a learner
+    // catching up replays the log from its start, whose first membership still lists it as
+    // the voter it was before it lost its disk.
+    let mut confirmed: BTreeSet<u64> = BTreeSet::new();
+    let mut round = 0u32;
     loop {
+        round += 1;
         let view = node.view();
         let mut groups = vec![META_GROUP];
         for t in view.state.topics.values() {
@@ -300,44 +321,65 @@ pub async fn promote_until_voter(node: Arc<Node>) {
         }
         let mut left = 0u32;
         for &g in &groups {
+            if confirmed.contains(&g) {
+                continue;
+            }
             let members = if g == META_GROUP {
                 node.meta.members().await.map(|m| (m, node.meta.leader()))
             } else if let Some(h) = node.registry.partition(g) {
                 h.members().await.map(|m| (m, h.leadership().leader))
             } else {
-                left += 1;
+                left += u32::from(rebuilding);
                 continue;
             };
-            let Ok(((voters, _), leader)) = members else {
-                left += 1;
+            let Ok(((voters, learners), leader)) = members else {
+                left += u32::from(rebuilding);
                 continue;
             };
-            if voters.contains(&node.id) {
-                if g == META_GROUP {
-                    node.meta_behind
-                        .store(false, std::sync::atomic::Ordering::Release);
-                }
+            if !rebuilding && !learners.contains(&node.id) {
+                // Started normally: only a group that lists this node as a learner needs it.
                 continue;
             }
-            left += 1;
-            if let Some(l) = leader.filter(|l| *l != node.id) {
-                match change_at(&node, l, g, node.id, true).await {
-                    Ok(r) if !r.done => {
-                        tracing::debug!(group = g, detail = %r.detail, "not a voter yet")
+            let answer = match leader {
+                Some(l) if l == node.id && voters.contains(&node.id) => Ok(ChangeVoterReply {
+                    done: true,
+                    detail: String::new(),
+                }),
+                Some(l) if l != node.id => change_at(&node, l, g, node.id, true).await,
+                _ => Err(ApiError::NoLeader(format!("group {g}"))),
+            };
+            match answer {
+                Ok(r) if r.done => {
+                    confirmed.insert(g);
+                    if g == META_GROUP {
+                        node.meta_behind
+                            .store(false, std::sync::atomic::Ordering::Release);
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(group = g, error = %e, "promotion not answered"),
+                }
+                Ok(r) => {
+                    left += 1;
+                    tracing::debug!(group = g, detail = %r.detail, "not a voter yet");
+                }
+                Err(e) => {
+                    left += 1;
+                    tracing::debug!(group = g, error = %e, "promotion not answered");
                 }
             }
         }
-        *node.rebuilding.lock().unwrap() = Some((left, groups.len() as u32));
-        if left == 0 && node.meta.leader().is_some() {
-            *node.rebuilding.lock().unwrap() = None;
-            tracing::warn!(
-                groups = groups.len(),
-                "rebuilt: this node is a voter of every group it holds again"
-            );
-            return;
+        if !rebuilding {
+            if left == 0 && round >= QUIET_START_ROUNDS {
+                return;
+            }
+        } else {
+            *node.rebuilding.lock().unwrap() = Some((left, groups.len() as u32));
+            if left == 0 {
+                *node.rebuilding.lock().unwrap() = None;
+                tracing::warn!(
+                    groups = groups.len(),
+                    "rebuilt: this node is a voter of every group it holds again"
+                );
+                return;
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(PROMOTE_EVERY) => {}
