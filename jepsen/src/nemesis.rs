@@ -770,9 +770,19 @@ impl Nemesis {
                         1
                     };
                     let mut chosen = Vec::new();
-                    // After a slow disk, the slowed node; else prefer a partition leader as
-                    // the first victim half of the time.
-                    if let Some(l) = slowed.filter(|l| candidates.contains(l)) {
+                    // A lost disk, half of the time, on a follower of a partition whose leader
+                    // is killed right after the wiped node restarted: the amnesiac and the
+                    // other follower (maybe behind the commit point) are then the only voters
+                    // up, the path on which an acknowledged record was lost (issue
+                    // "disk-loss"). The leader comes back at the step's end.
+                    let then_kill_leader = if kind == FaultKind::DiskLoss && rng.gen_bool(0.5) {
+                        self.partition_leader(&mut rng).await
+                    } else {
+                        None
+                    };
+                    if let Some(l) = then_kill_leader {
+                        candidates.retain(|&c| c != l);
+                    } else if let Some(l) = slowed.filter(|l| candidates.contains(l)) {
                         candidates.retain(|&c| c != l);
                         candidates.insert(0, l);
                     } else if rng.gen_bool(0.5)
@@ -813,6 +823,19 @@ impl Nemesis {
                                     undo.early_restart.push((d, id));
                                 }
                                 restarts.push(format!("n{id} after {}", describe_delay(delay)));
+                            }
+                            FaultKind::DiskLoss if then_kill_leader.is_some() => {
+                                let l = then_kill_leader.expect("checked");
+                                db.kill(id)?;
+                                db.wipe(id)?;
+                                db.start(&self.net, id)?;
+                                db.kill(l)?;
+                                taken_down.insert(l);
+                                undo.restart.insert(l);
+                                undo.rebuild_if_refused.insert(id);
+                                restarts.push(format!(
+                                    "n{id} (disk wiped) at once, then the leader n{l} killed; n{l} at the step's end"
+                                ));
                             }
                             FaultKind::DiskLoss => {
                                 db.kill(id)?;

@@ -182,6 +182,14 @@ fn cp_under_disk_faults() {
     );
 }
 
+/// Lost disks and restored old copies: a node on a wiped or stale directory must refuse it
+/// (an amnesiac voter lost CP-acknowledged records), and come back with `--rebuild` as a
+/// learner that votes again once caught up.
+#[test]
+fn cp_under_disk_loss_and_stale_copies() {
+    mix("disk-loss", "disk-loss,stale-copy", &["cp"]);
+}
+
 /// Guards against a cut-off follower deposing a healthy leader: a follower cut off from the
 /// other nodes for more than its failure detector's timeout campaigned (no pre-vote), and
 /// once healed its higher term made the leaders of the partitions it only followed step down.
