@@ -634,6 +634,18 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
         Ok((voters, learners))
     }
 
+    /// [`GroupRaft::members`] without waking a hibernated group: `None` when it is not running.
+    pub fn members_if_running(&self) -> Option<(BTreeSet<NodeId>, BTreeSet<NodeId>)> {
+        let raft = self.running()?;
+        let rx = raft.metrics();
+        let m = rx.borrow_watched();
+        let membership = m.membership_config.membership();
+        Some((
+            membership.voter_ids().collect(),
+            membership.learner_ids().collect(),
+        ))
+    }
+
     /// On the leader: makes voter `node` a learner (it keeps receiving the log but no longer
     /// votes or counts toward a majority). `Ok(false)` if it was not a voter. The change
     /// commits through the old and the new configuration (joint consensus), so it needs a

@@ -324,7 +324,24 @@ pub async fn promote_until_voter(node: Arc<Node>, rebuilding: bool) {
             if confirmed.contains(&g) {
                 continue;
             }
-            let members = if g == META_GROUP {
+            // Started normally, a node looks only at running groups: waking every hibernated
+            // group at each start would cost what hibernation saves (a learner's groups do
+            // not go quiet while it lags).
+            let members = if !rebuilding {
+                let running = if g == META_GROUP {
+                    node.meta
+                        .members_if_running()
+                        .map(|m| (m, node.meta.leader()))
+                } else {
+                    node.registry
+                        .partition(g)
+                        .and_then(|h| h.members_if_running().map(|m| (m, h.leadership().leader)))
+                };
+                match running {
+                    Some(m) => Ok(m),
+                    None => continue,
+                }
+            } else if g == META_GROUP {
                 node.meta.members().await.map(|m| (m, node.meta.leader()))
             } else if let Some(h) = node.registry.partition(g) {
                 h.members().await.map(|m| (m, h.leadership().leader))
