@@ -1002,18 +1002,9 @@ impl Nemesis {
         // never ran on the corruption, so putting the pre-flip bytes back is as if the flip
         // never happened; when it does not, it runs on, and the checker says what followed.
         for &id in &undo.flipped {
-            let until = Instant::now() + Duration::from_secs(5);
-            let status = loop {
-                if let Some(status) = db.exited(id) {
-                    break Some(status);
-                }
-                if Instant::now() > until {
-                    break None;
-                }
-                drop(db);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                db = self.db.lock().await;
-            };
+            drop(db);
+            let status = self.exit_within(id, Duration::from_secs(5)).await;
+            db = self.db.lock().await;
             match status {
                 Some(status) => {
                     notes.push(format!(
@@ -1032,18 +1023,9 @@ impl Nemesis {
         // with `--rebuild` (a learner until it caught up). One that does not refuse runs on,
         // and the checker says what followed.
         for &id in &undo.rebuild_if_refused {
-            let until = Instant::now() + REFUSAL_WAIT;
-            let status = loop {
-                if let Some(status) = db.exited(id) {
-                    break Some(status);
-                }
-                if Instant::now() > until {
-                    break None;
-                }
-                drop(db);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                db = self.db.lock().await;
-            };
+            drop(db);
+            let status = self.exit_within(id, REFUSAL_WAIT).await;
+            db = self.db.lock().await;
             match status {
                 Some(status) => {
                     notes.push(format!(
@@ -1078,6 +1060,21 @@ impl Nemesis {
             }
         }
         Ok(notes)
+    }
+
+    /// Waits (polling, at most `wait`) for node `id` to exit by itself; its status, or `None`
+    /// if it still runs.
+    async fn exit_within(&self, id: u64, wait: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + wait;
+        loop {
+            if let Some(status) = self.db.lock().await.exited(id) {
+                return Some(status);
+            }
+            if Instant::now() > until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Runs `steps`, each at its time after `t0`, recording windows; stops early when `stop`

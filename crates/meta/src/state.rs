@@ -313,17 +313,7 @@ impl MetaState {
         generation: u64,
         cluster_id: u64,
     ) -> Result<MetaResponse, MetaError> {
-        validate_address(address)?;
-        if incarnation == 0 {
-            return Err(MetaError::InvalidIncarnation { node: id });
-        }
-        if cluster_id != 0 && self.cluster_id != 0 && cluster_id != self.cluster_id {
-            return Err(MetaError::OtherCluster {
-                node: id,
-                cluster_id,
-                ours: self.cluster_id,
-            });
-        }
+        self.check_directory(id, address, incarnation, cluster_id)?;
         if let Some(rec) = self.incarnations.get(&id)
             && rec.incarnation != incarnation
         {
@@ -480,13 +470,15 @@ impl MetaState {
         Ok(MetaResponse::ProducerId(id))
     }
 
-    fn rebuild_incarnation(
-        &mut self,
+    /// What every registration of a data directory must carry: a valid address, an
+    /// incarnation, and this cluster's id (or none yet).
+    fn check_directory(
+        &self,
         id: NodeId,
         address: &str,
         incarnation: u64,
         cluster_id: u64,
-    ) -> Result<MetaResponse, MetaError> {
+    ) -> Result<(), MetaError> {
         validate_address(address)?;
         if incarnation == 0 {
             return Err(MetaError::InvalidIncarnation { node: id });
@@ -498,6 +490,17 @@ impl MetaState {
                 ours: self.cluster_id,
             });
         }
+        Ok(())
+    }
+
+    fn rebuild_incarnation(
+        &mut self,
+        id: NodeId,
+        address: &str,
+        incarnation: u64,
+        cluster_id: u64,
+    ) -> Result<MetaResponse, MetaError> {
+        self.check_directory(id, address, incarnation, cluster_id)?;
         let Some(node) = self.nodes.get_mut(&id) else {
             return Err(MetaError::UnknownNode { node: id });
         };

@@ -249,6 +249,19 @@ fn view_of<SM: RaftStateMachine<TypeConfig>>(raft: &openraft::Raft<TypeConfig, S
     }
 }
 
+/// `(voters, learners)` of an instance's membership.
+fn members_of<SM: RaftStateMachine<TypeConfig>>(
+    raft: &openraft::Raft<TypeConfig, SM>,
+) -> (BTreeSet<NodeId>, BTreeSet<NodeId>) {
+    let rx = raft.metrics();
+    let m = rx.borrow_watched();
+    let membership = m.membership_config.membership();
+    (
+        membership.voter_ids().collect(),
+        membership.learner_ids().collect(),
+    )
+}
+
 fn leadership_of<SM: RaftStateMachine<TypeConfig>>(
     raft: &openraft::Raft<TypeConfig, SM>,
 ) -> Leadership {
@@ -625,25 +638,12 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
     /// This node's view of the group's membership: `(voters, learners)`, both empty when the
     /// group has no membership here yet. In a joint configuration, the voters of every part.
     pub async fn members(&self) -> Result<(BTreeSet<NodeId>, BTreeSet<NodeId>), GroupError> {
-        let raft = self.instance().await?;
-        let rx = raft.metrics();
-        let m = rx.borrow_watched();
-        let membership = m.membership_config.membership();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
-        Ok((voters, learners))
+        Ok(members_of(&self.instance().await?))
     }
 
     /// [`GroupRaft::members`] without waking a hibernated group: `None` when it is not running.
     pub fn members_if_running(&self) -> Option<(BTreeSet<NodeId>, BTreeSet<NodeId>)> {
-        let raft = self.running()?;
-        let rx = raft.metrics();
-        let m = rx.borrow_watched();
-        let membership = m.membership_config.membership();
-        Some((
-            membership.voter_ids().collect(),
-            membership.learner_ids().collect(),
-        ))
+        self.running().map(|raft| members_of(&raft))
     }
 
     /// On the leader: makes voter `node` a learner (it keeps receiving the log but no longer
