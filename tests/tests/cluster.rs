@@ -624,12 +624,14 @@ async fn metadata_leader_failover_keeps_the_cluster_manageable() {
 async fn rolling_restart_under_writes_loses_nothing() {
     let _serial = serial();
     let mut cluster = Cluster::start(3).await;
-    // Retries spread over about a minute (like Kafka's delivery timeout), so that a hand-over
-    // slowed down by a loaded machine is waited out rather than reported as a failure.
+    // Retries spread over at least half a minute (Kafka's delivery timeout is two), so that
+    // a hand-over slowed down by a loaded machine is waited out rather than reported as a
+    // failure: 200 retries, of which at least one in four backs off, up to 1 s each.
     let client = fjord_client::Client::connect(
         cluster.brokers(),
         fjord_client::ClientConfig {
-            max_retries: 40,
+            max_retries: 200,
+            retry_backoff_ms_max: 1_000,
             ..fjord_client::ClientConfig::default()
         },
     )
@@ -697,7 +699,10 @@ async fn rolling_restart_under_writes_loses_nothing() {
     let (acked, failed) = writer.await.unwrap();
     assert!(
         failed.is_empty(),
-        "writes failed during a rolling restart: {failed:?}"
+        "writes failed during a rolling restart: {failed:?}\n{}",
+        [1, 2, 3]
+            .map(|id| format!("node {id}:\n{}", cluster.log_tail(id)))
+            .join("\n")
     );
     assert!(acked.len() > 10, "only {} writes", acked.len());
 

@@ -736,12 +736,28 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
         Ok(Promotion::Promoted)
     }
 
-    /// On the leader: the follower that acknowledged it most recently within `window`.
-    pub fn freshest_follower(&self, window: Duration) -> Option<NodeId> {
-        self.acks_within(window)
-            .into_iter()
-            .min()
-            .map(|(_, node)| node)
+    /// On the leader: the voter a stopping leader hands the group over to ([`crate::handoff::choose`]):
+    /// the least lagging of those whose node `alive` says is up or that acknowledged within
+    /// `window`.
+    pub fn handoff_target(
+        &self,
+        window: Duration,
+        alive: impl Fn(NodeId) -> bool,
+    ) -> Option<NodeId> {
+        let view = self.view();
+        let acks = self.acks_within(window);
+        let followers: Vec<crate::handoff::Follower> = view
+            .voters
+            .iter()
+            .filter(|v| **v != view.me)
+            .map(|v| crate::handoff::Follower {
+                node: *v,
+                acked: acks.iter().find(|(_, n)| n == v).map(|(age, _)| *age),
+                lag: self.lag_of(*v),
+                alive: alive(*v),
+            })
+            .collect();
+        crate::handoff::choose(&followers)
     }
 
     /// `(age of the last acknowledgement, follower)` for followers heard from within `window`.

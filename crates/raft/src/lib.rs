@@ -21,6 +21,7 @@
 //!   produce requests are handled concurrently (an optimisation; the partition rules decide).
 //! - [`runtime`]: the async runtime of the groups: Tokio, with randomness (election timeouts)
 //!   that a simulation can seed.
+//! - [`handoff`]: which follower a stopping leader hands a group over to (pure).
 //! - [`handle`]: what the server drives a group with ([`PartitionHandle`], [`MetaHandle`]),
 //!   in fjord's own types: the server never names an openraft type.
 //! - [`quiesce`]: idle groups: when a group goes quiet (no ticks, no heartbeats) and what
@@ -33,6 +34,7 @@
 pub mod codec;
 pub mod group;
 pub mod handle;
+pub mod handoff;
 pub mod liveness;
 pub mod log_store;
 pub mod meta_sm;

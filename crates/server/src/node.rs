@@ -562,7 +562,7 @@ impl Node {
     }
 
     /// Controlled shutdown: hands every leadership this node holds to the follower that
-    /// acknowledged it most recently, and waits (bounded) for the new leaders, so clients see
+    /// lacks the fewest entries ([`fjord_raft::handoff`]), and waits (bounded) for the new leaders, so clients see
     /// a leader change instead of an election timeout.
     async fn hand_off_leadership(&self) {
         let deadline = tokio::time::Instant::now() + HANDOFF_BUDGET;
@@ -573,12 +573,8 @@ impl Node {
                     // A quiet group has no recent acknowledgements: any follower whose node
                     // is alive is in sync (it accepted the claim), and the transfer wakes the
                     // group first.
-                    let Some(to) = h.freshest_follower(LIVENESS_WINDOW).or_else(|| {
-                        h.view()
-                            .voters
-                            .into_iter()
-                            .find(|v| *v != self.id && self.liveness.is_alive(*v))
-                    }) else {
+                    let Some(to) = h.handoff_target(LIVENESS_WINDOW, |v| self.liveness.is_alive(v))
+                    else {
                         continue;
                     };
                     if h.transfer_leader(to).await.is_err() {
@@ -587,13 +583,8 @@ impl Node {
                     (h.watch_leadership(), to)
                 }
                 Some(AnyGroup::Meta(h)) if h.is_leader() => {
-                    let Some(to) = h.freshest_follower(LIVENESS_WINDOW).or_else(|| {
-                        AnyGroup::Meta(h.clone())
-                            .view()
-                            .voters
-                            .into_iter()
-                            .find(|v| *v != self.id && self.liveness.is_alive(*v))
-                    }) else {
+                    let Some(to) = h.handoff_target(LIVENESS_WINDOW, |v| self.liveness.is_alive(v))
+                    else {
                         continue;
                     };
                     if h.transfer_leader(to).await.is_err() {
