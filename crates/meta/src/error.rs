@@ -139,6 +139,19 @@ pub enum MetaError {
         /// The node.
         node: NodeId,
     },
+    /// A rebuild saw another recorded incarnation than the one recorded now: another rebuild
+    /// of the node came first. Ask the peers again and retry.
+    #[error(
+        "node {node} was rebuilt meanwhile: this rebuild replaces incarnation {replaces:#x},          but the cluster records {recorded:#x} now; ask the peers again"
+    )]
+    RebuildRaced {
+        /// The node.
+        node: NodeId,
+        /// The incarnation the rebuild meant to replace.
+        replaces: u64,
+        /// The one recorded.
+        recorded: u64,
+    },
 }
 
 impl MetaError {
@@ -160,7 +173,8 @@ impl MetaError {
             | MetaError::OtherCluster { .. }
             | MetaError::OtherIncarnation { .. }
             | MetaError::InvalidProducerIdBlock { .. }
-            | MetaError::UnknownNode { .. } => false,
+            | MetaError::UnknownNode { .. }
+            | MetaError::RebuildRaced { .. } => false,
         }
     }
 }

@@ -209,7 +209,10 @@ pub enum MetaCommand {
     /// A registered node comes back on a new data directory (`fjord serve --rebuild`), after
     /// the metadata leader made it a learner of every group it was a voter of: its recorded
     /// incarnation becomes `incarnation`, with generation 0, so the new directory's starts
-    /// register from there. (At the end: older logs decode.)
+    /// register from there. Only if the record is still `replaces` (compare and set): a
+    /// request from an earlier rebuild, delayed and applied after a later one, must not put
+    /// back an incarnation whose directory may be restored from a copy. Applying the same
+    /// command twice is a no-op. (At the end: older logs decode.)
     RebuildIncarnation {
         /// The node.
         id: NodeId,
@@ -219,6 +222,8 @@ pub enum MetaCommand {
         incarnation: u64,
         /// The cluster id the new directory got from its peers (0: not known).
         cluster_id: u64,
+        /// The incarnation the rebuilding node's peers reported for it (0: none recorded).
+        replaces: u64,
     },
 }
 
@@ -287,7 +292,8 @@ impl MetaState {
                 address,
                 incarnation,
                 cluster_id,
-            } => self.rebuild_incarnation(*id, address, *incarnation, *cluster_id),
+                replaces,
+            } => self.rebuild_incarnation(*id, address, *incarnation, *cluster_id, *replaces),
         };
         debug_assert_eq!(self.validate(), Ok(()), "invariant broken after {cmd:?}");
         result.unwrap_or_else(MetaResponse::Error)
@@ -499,8 +505,20 @@ impl MetaState {
         address: &str,
         incarnation: u64,
         cluster_id: u64,
+        replaces: u64,
     ) -> Result<MetaResponse, MetaError> {
         self.check_directory(id, address, incarnation, cluster_id)?;
+        let recorded = self.recorded_incarnation(id);
+        if recorded == incarnation {
+            return Ok(MetaResponse::Ok);
+        }
+        if recorded != replaces {
+            return Err(MetaError::RebuildRaced {
+                node: id,
+                replaces,
+                recorded,
+            });
+        }
         let Some(node) = self.nodes.get_mut(&id) else {
             return Err(MetaError::UnknownNode { node: id });
         };
@@ -513,6 +531,11 @@ impl MetaState {
             },
         );
         Ok(MetaResponse::Ok)
+    }
+
+    /// The incarnation recorded for node `id` (0: none).
+    pub fn recorded_incarnation(&self, id: NodeId) -> u64 {
+        self.incarnations.get(&id).map_or(0, |r| r.incarnation)
     }
 
     fn allocate_producer_ids(&mut self, count: u64) -> Result<MetaResponse, MetaError> {
@@ -851,6 +874,7 @@ mod tests {
             address: "a:1".into(),
             incarnation: 5,
             cluster_id: 0,
+            replaces: 0,
         };
         assert_eq!(postcard::to_stdvec(&rebuild).unwrap()[0], 8);
     }
@@ -870,15 +894,41 @@ mod tests {
             address: "b:2".into(),
             incarnation: 10,
             cluster_id,
+            replaces: 9,
         };
         assert_eq!(state.apply(&rebuild(1, 77)), MetaResponse::Ok);
+        assert_eq!(state.apply(&rebuild(1, 77)), MetaResponse::Ok, "a retry");
         assert_eq!(state.incarnations[&1].incarnation, 10);
         assert_eq!(state.incarnations[&1].generation, 0);
         assert_eq!(state.nodes[&1].address, "b:2");
         assert_eq!(state.apply(&register(1, 10, 1, 77)), MetaResponse::Ok);
+        // A rebuild that saw the old record, applied after another rebuild (delayed: its
+        // node died meanwhile), does not put its incarnation back.
+        let late = MetaCommand::RebuildIncarnation {
+            id: 1,
+            address: "b:2".into(),
+            incarnation: 11,
+            cluster_id: 77,
+            replaces: 9,
+        };
+        assert_eq!(
+            state.apply(&late),
+            MetaResponse::Error(MetaError::RebuildRaced {
+                node: 1,
+                replaces: 9,
+                recorded: 10
+            })
+        );
+        assert_eq!(state.incarnations[&1].incarnation, 10);
         // Only a registered node of this cluster is rebuilt.
         assert!(matches!(
-            state.apply(&rebuild(2, 77)),
+            state.apply(&MetaCommand::RebuildIncarnation {
+                id: 2,
+                address: "b:2".into(),
+                incarnation: 10,
+                cluster_id: 77,
+                replaces: 0,
+            }),
             MetaResponse::Error(MetaError::UnknownNode { node: 2 })
         ));
         assert!(matches!(

@@ -15,11 +15,13 @@
 //!    generation in the metadata ([`fjord_meta::MetaCommand::RegisterIncarnation`]).
 //!    A refusal writes nothing, so the directory stays refused however often it is started.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fjord_meta::{BootRefusal, BootVerdict, DiskIdentity, NodeId, PeerReport, check_boot};
+use fjord_meta::{
+    BootRefusal, BootVerdict, DiskIdentity, IncarnationRecord, NodeId, PeerReport, check_boot,
+};
 use fjord_proto::raft::{IdentityReply, IdentityRequest};
 use fjord_raft::network::PeerPool;
 use fjord_storage::{NodeKey, Op, Store};
@@ -68,6 +70,8 @@ pub struct IdentityService {
     store: Store,
     // Read by every answer, replaced once when the check proceeds: a short std lock.
     identity: Mutex<DiskIdentity>,
+    // Serialises the updates of the peers' announced starts.
+    announcements: tokio::sync::Mutex<()>,
 }
 
 impl IdentityService {
@@ -102,6 +106,7 @@ impl IdentityService {
         Ok(Arc::new(IdentityService {
             store,
             identity: Mutex::new(identity),
+            announcements: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -112,11 +117,12 @@ impl IdentityService {
 
     /// What this node records of `asker`'s directory, from its stored metadata (and, for a
     /// voter the metadata does not record yet, the roster of the cluster this node formed).
-    pub fn answer(&self, req: &IdentityRequest) -> Result<IdentityReply, String> {
+    /// An announced start (`req.announce_generation > 0`) is stored first, durably.
+    pub async fn answer(&self, req: &IdentityRequest) -> Result<IdentityReply, String> {
         let identity = self.identity();
         let state = fjord_raft::meta_sm::stored_state(fjord_meta::META_GROUP, &self.store)
             .map_err(|e| e.to_string())?;
-        let record = state
+        let recorded = state
             .as_ref()
             .and_then(|s| s.incarnations.get(&req.from).copied())
             .or_else(|| {
@@ -128,6 +134,35 @@ impl IdentityService {
                         generation: 0,
                     })
             });
+        let record = {
+            // One announcement stored at a time: a read-modify-write of the peers' starts.
+            let _one = self.announcements.lock().await;
+            let mut starts = peer_starts(&self.store)?;
+            if req.announce_generation > 0 {
+                let seen = starts
+                    .entry(req.from)
+                    .or_insert(fjord_meta::IncarnationRecord {
+                        incarnation: req.incarnation,
+                        generation: 0,
+                    });
+                if seen.incarnation != req.incarnation {
+                    *seen = fjord_meta::IncarnationRecord {
+                        incarnation: req.incarnation,
+                        generation: 0,
+                    };
+                }
+                seen.generation = seen.generation.max(req.announce_generation);
+                self.store
+                    .write(vec![Op::PutNode {
+                        key: NodeKey::PeerStarts as u8,
+                        value: postcard::to_stdvec(&starts)
+                            .map_err(|e| format!("encoding the peers' starts: {e}"))?,
+                    }])
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            merge_start(recorded, starts.get(&req.from).copied())
+        };
         let cluster_id = state
             .as_ref()
             .map(|s| s.cluster_id)
@@ -151,7 +186,7 @@ impl IdentityService {
     /// Checks with the peers until the check proceeds (then stores the next generation,
     /// durably, and returns whether this node forms a new cluster) or refuses.
     pub async fn check(&self, config: &ServeConfig, pool: &PeerPool) -> Result<bool, BootError> {
-        let me = self.identity();
+        let mut me = self.identity();
         let voters: BTreeSet<NodeId> = config.peers.0.keys().copied().collect();
         let mut backoff = CHECK_BACKOFF_MIN;
         let mut round = 0u32;
@@ -191,16 +226,33 @@ impl IdentityService {
                         roster,
                         ..me.clone()
                     };
+                    // Stored here first: a crash before the announcement leaves this
+                    // directory ahead of its peers' records, never behind them.
                     persist(&self.store, &next).await?;
+                    *self.identity.lock().unwrap() = next.clone();
+                    // Every peer that answered the check (none for a single node).
+                    let needed = reports.len();
+                    let stored = announce(config, pool, &next).await;
+                    if stored < needed {
+                        tracing::warn!(
+                            stored,
+                            needed,
+                            "boot check: fewer peers stored this start than answered the check; checking again"
+                        );
+                        me = next;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(CHECK_BACKOFF_MAX);
+                        continue;
+                    }
                     tracing::info!(
                         generation = next.generation,
                         incarnation = format_args!("{:#x}", next.incarnation),
                         cluster = format_args!("{:#x}", next.cluster_id),
                         form,
                         answered = reports.len(),
+                        stored,
                         "the peers know this data directory: taking part"
                     );
-                    *self.identity.lock().unwrap() = next;
                     return Ok(form);
                 }
             }
@@ -230,6 +282,7 @@ impl IdentityService {
                     incarnation: me.incarnation,
                     cluster_id,
                     address: config.advertised_address(),
+                    replaces: reported_incarnation(&reports),
                 };
                 for (id, addr) in config.peers.0.iter().filter(|(id, _)| **id != config.id) {
                     let Ok(mut client) = pool.client(addr) else {
@@ -246,6 +299,8 @@ impl IdentityService {
                                 ..me.clone()
                             };
                             persist(&self.store, &next).await?;
+                            // Best effort: the metadata recorded this incarnation already.
+                            announce(config, pool, &next).await;
                             tracing::warn!(
                                 learner_groups = r.into_inner().learner_groups,
                                 incarnation = format_args!("{:#x}", next.incarnation),
@@ -283,6 +338,22 @@ impl IdentityService {
     }
 }
 
+/// The incarnation most of the peers that answered record for this node (0: none), which a
+/// rebuild replaces. A peer behind the others may report an older one: the rebuild is then
+/// refused as raced and asks again.
+fn reported_incarnation(reports: &[PeerReport]) -> u64 {
+    let mut counts: std::collections::BTreeMap<u64, usize> = Default::default();
+    for r in reports {
+        *counts
+            .entry(r.record.map_or(0, |rec| rec.incarnation))
+            .or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(incarnation, n)| (*n, *incarnation != 0))
+        .map_or(0, |(incarnation, _)| incarnation)
+}
+
 async fn persist(store: &Store, identity: &DiskIdentity) -> Result<(), BootError> {
     store
         .write(vec![Op::PutNode {
@@ -294,6 +365,64 @@ async fn persist(store: &Store, identity: &DiskIdentity) -> Result<(), BootError
 }
 
 /// One round: asks every other voter at once; those that do not answer in time are left out.
+/// The starts peers announced to this node.
+fn peer_starts(store: &Store) -> Result<BTreeMap<NodeId, IncarnationRecord>, String> {
+    match store
+        .get_node_value(NodeKey::PeerStarts)
+        .map_err(|e| e.to_string())?
+    {
+        Some(bytes) => postcard::from_bytes(&bytes)
+            .map_err(|e| format!("the peers' starts do not decode: {e}")),
+        None => Ok(BTreeMap::new()),
+    }
+}
+
+/// What this node reports of a peer: the metadata's record (the authority on incarnations),
+/// with the latest generation the peer announced for that incarnation; the announcement
+/// alone when the metadata has no record.
+fn merge_start(
+    recorded: Option<IncarnationRecord>,
+    announced: Option<IncarnationRecord>,
+) -> Option<IncarnationRecord> {
+    match (recorded, announced) {
+        (Some(r), Some(a)) if r.incarnation == a.incarnation => Some(IncarnationRecord {
+            incarnation: r.incarnation,
+            generation: r.generation.max(a.generation),
+        }),
+        (Some(r), _) => Some(r),
+        (None, a) => a,
+    }
+}
+
+/// Tells every peer this start (`me`, which passed the check); returns how many stored it.
+async fn announce(config: &ServeConfig, pool: &PeerPool, me: &DiskIdentity) -> usize {
+    let asks = config
+        .peers
+        .0
+        .iter()
+        .filter(|(id, _)| **id != config.id)
+        .map(|(id, addr)| {
+            let (id, addr) = (*id, addr.clone());
+            async move {
+                let mut client = pool.client(&addr).ok()?;
+                let req = IdentityRequest {
+                    from: config.id,
+                    announce_generation: me.generation,
+                    incarnation: me.incarnation,
+                };
+                match tokio::time::timeout(CHECK_RPC_TIMEOUT, client.check_identity(req)).await {
+                    Ok(Ok(r)) => (r.into_inner().from == id).then_some(()),
+                    _ => None,
+                }
+            }
+        });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .count()
+}
+
 async fn ask_peers(config: &ServeConfig, pool: &PeerPool) -> Vec<PeerReport> {
     let asks = config
         .peers
@@ -310,7 +439,10 @@ async fn ask_peers(config: &ServeConfig, pool: &PeerPool) -> Vec<PeerReport> {
                         return None;
                     }
                 };
-                let req = IdentityRequest { from: config.id };
+                let req = IdentityRequest {
+                    from: config.id,
+                    ..Default::default()
+                };
                 match tokio::time::timeout(CHECK_RPC_TIMEOUT, client.check_identity(req)).await {
                     Ok(Ok(r)) => {
                         let r = r.into_inner();

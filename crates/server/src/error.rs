@@ -97,6 +97,8 @@ impl ApiError {
                 MetaError::TopicExists { .. } => Code::AlreadyExists,
                 MetaError::UnknownTopic { .. } => Code::NotFound,
                 MetaError::NotEnoughLiveNodes { .. } => Code::FailedPrecondition,
+                // A lost compare-and-set: retry from a fresh read.
+                MetaError::RebuildRaced { .. } => Code::Aborted,
                 _ => Code::InvalidArgument,
             },
             ApiError::Timeout(_) => Code::DeadlineExceeded,

@@ -144,6 +144,9 @@ impl Node {
         let producer_ids = crate::producer_ids::ProducerIds::load(&store)
             .map_err(|e| format!("cannot read the producer id block: {e}"))?;
         registry.insert(fjord_meta::META_GROUP, AnyGroup::Meta(meta.clone()));
+        let meta_learner = meta
+            .members_if_running()
+            .is_some_and(|(_, learners)| learners.contains(&config.id));
         Ok(Arc::new(Node {
             id: config.id,
             address: config.advertised_address(),
@@ -159,7 +162,9 @@ impl Node {
             identity,
             producer_ids,
             rebuilding: std::sync::Mutex::new(None),
-            meta_behind: std::sync::atomic::AtomicBool::new(config.rebuild),
+            // Also when started normally as a learner of the metadata group (a restart in the
+            // middle of a rebuild): its metadata may still lack topics until it catches up.
+            meta_behind: std::sync::atomic::AtomicBool::new(config.rebuild || meta_learner),
             next_token: AtomicU64::new(fjord_raft::runtime::random_u64() | 1),
             round_robin: AtomicU32::new(0),
         }))

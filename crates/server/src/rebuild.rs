@@ -21,7 +21,7 @@
 //! and a demotion commits through the joint configuration, so it needs the live majority
 //! step 2 checked.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,6 +106,16 @@ pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, Api
              --rebuild"
         )));
     }
+    // A request from a rebuild that another one overtook (its node died; the request was
+    // delayed) demotes nothing. The record is checked again where it changes.
+    let recorded = view.state.recorded_incarnation(target);
+    if recorded != req.replaces && recorded != req.incarnation {
+        return Err(ApiError::Meta(fjord_meta::MetaError::RebuildRaced {
+            node: target,
+            replaces: req.replaces,
+            recorded,
+        }));
+    }
     let (meta_voters, _) = node
         .meta
         .members()
@@ -163,6 +173,7 @@ pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, Api
             address: req.address,
             incarnation: req.incarnation,
             cluster_id: req.cluster_id,
+            replaces: req.replaces,
         })
         .await?
     {
@@ -312,10 +323,30 @@ pub async fn promote_until_voter(node: Arc<Node>, rebuilding: bool) {
         round += 1;
         let view = node.view();
         let mut groups = vec![META_GROUP];
+        // Where to ask when this replica knows no leader (a learner of a quiet group hears
+        // no heartbeat): the leader the metadata reports, else the other replicas in turn.
+        let mut ask_instead: BTreeMap<u64, NodeId> = BTreeMap::new();
         for t in view.state.topics.values() {
             for (i, p) in t.partitions.iter().enumerate() {
                 if p.replicas.contains(&node.id) {
-                    groups.push(group_id(t.id, i as u32));
+                    let g = group_id(t.id, i as u32);
+                    groups.push(g);
+                    let others: Vec<NodeId> = p
+                        .replicas
+                        .iter()
+                        .copied()
+                        .filter(|r| *r != node.id)
+                        .collect();
+                    let pick = p
+                        .leader
+                        .filter(|l| *l != node.id && round % 2 == 1)
+                        .or_else(|| {
+                            (!others.is_empty())
+                                .then(|| others[(round as usize / 2) % others.len()])
+                        });
+                    if let Some(l) = pick {
+                        ask_instead.insert(g, l);
+                    }
                 }
             }
         }
@@ -357,7 +388,7 @@ pub async fn promote_until_voter(node: Arc<Node>, rebuilding: bool) {
                 // Started normally: only a group that lists this node as a learner needs it.
                 continue;
             }
-            let answer = match leader {
+            let answer = match leader.or_else(|| ask_instead.get(&g).copied()) {
                 Some(l) if l == node.id && voters.contains(&node.id) => Ok(ChangeVoterReply {
                     done: true,
                     detail: String::new(),

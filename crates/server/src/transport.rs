@@ -127,6 +127,7 @@ impl RaftTransport for TransportService {
     ) -> Result<Response<IdentityReply>, Status> {
         self.identity
             .answer(&req.into_inner())
+            .await
             .map(Response::new)
             .map_err(|e| ApiError::Internal(e).into())
     }

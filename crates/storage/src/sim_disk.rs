@@ -19,6 +19,11 @@
 //! sleeps for (Tokio time: turmoil's clock). The batch is not written during the wait, so a
 //! power loss then loses it, as it would lose writes whose fsync had not returned.
 //!
+//! A disk can be **replaced** while its node is down: [`SimDisk::copy`] takes a backup of its
+//! durable image, [`SimDisk::replace`] puts one back (an old copy restored) and
+//! [`SimDisk::wipe`] leaves it empty (a lost disk). Both fence every earlier backend, as a
+//! power loss does.
+//!
 //! What must hold: after `sync_data` returns, the durable image equals the volatile image;
 //! after a power loss, the volatile image equals the durable image; a fenced handle changes
 //! nothing.
@@ -119,6 +124,29 @@ impl SimDisk {
         images.volatile.clone_from(&images.durable);
     }
 
+    /// A copy of what is on the platter now: a backup of the disk, as a copy of a powered-off
+    /// node's data directory would hold.
+    pub fn copy(&self) -> DiskImage {
+        DiskImage(Arc::new(self.lock().durable.clone()))
+    }
+
+    /// Puts `image` on the disk in place of what it holds (an old backup put back, or an
+    /// empty image: a new disk), fencing every backend handed out so far. For a disk whose
+    /// node is down.
+    pub fn replace(&self, image: &DiskImage) {
+        let mut images = self.lock();
+        let images = &mut *images;
+        images.generation += 1;
+        images.dirty_pages.clear();
+        images.durable.clone_from(&image.0);
+        images.volatile.clone_from(&image.0);
+    }
+
+    /// Replaces the disk by an empty one (see [`SimDisk::replace`]).
+    pub fn wipe(&self) {
+        self.replace(&DiskImage::default());
+    }
+
     /// Slows every fsync of this disk by `delay` from now on (zero: healthy again). It takes
     /// effect for commits that start after the call, on every incarnation of the node.
     pub fn set_sync_delay(&self, delay: Duration) {
@@ -140,6 +168,22 @@ impl SimDisk {
     /// Bytes of the durable image.
     pub fn durable_len(&self) -> u64 {
         self.lock().durable.len() as u64
+    }
+}
+
+/// The durable contents of a [`SimDisk`] at some moment ([`SimDisk::copy`]). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct DiskImage(Arc<Vec<u8>>);
+
+impl DiskImage {
+    /// Bytes in the image.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// An empty image: a new disk.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -273,6 +317,34 @@ mod tests {
         assert!(image[PAGE_BYTES as usize..].iter().all(|b| *b == 0));
         assert_eq!(disk.stats().power_losses, 1);
         assert!(disk.stats().pages_lost >= 2);
+    }
+
+    #[test]
+    fn a_copy_put_back_or_a_wipe_replaces_the_disk_and_fences_the_old_handles() {
+        let disk = SimDisk::new();
+        let b = disk.backend();
+        b.set_len(PAGE_BYTES).unwrap();
+        b.write(0, b"old").unwrap();
+        b.sync_data().unwrap();
+        b.write(0, b"unsynced").unwrap();
+        let copy = disk.copy();
+        assert_eq!(copy.len() as u64, PAGE_BYTES);
+        b.write(0, b"new").unwrap();
+        b.sync_data().unwrap();
+
+        disk.replace(&copy);
+        assert!(b.write(0, b"x").is_err(), "the old incarnation is fenced");
+        let after = disk.backend();
+        assert_eq!(
+            &read_all(&after)[..3],
+            b"old",
+            "only what was synced was copied"
+        );
+
+        disk.wipe();
+        assert!(after.sync_data().is_err());
+        assert_eq!(disk.backend().len().unwrap(), 0);
+        assert_eq!(disk.durable_len(), 0);
     }
 
     #[test]

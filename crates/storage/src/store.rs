@@ -34,6 +34,9 @@ pub enum NodeKey {
     Identity = 1,
     /// The block of producer ids this node hands out (the server's `producer_ids`).
     ProducerIds = 2,
+    /// The starts the peers announced to this node at their boot check (the server's
+    /// `boot`): per peer, its incarnation and latest generation.
+    PeerStarts = 3,
 }
 
 /// The inclusive `(first, last)` indexes of a range, or `None` when it is empty.

@@ -79,15 +79,19 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
-use fjord_server::{Clock, Peers, ServeConfig};
-use fjord_storage::sim_disk::SimDisk;
+use fjord_server::boot::BootError;
+use fjord_server::{Clock, Peers, ServeConfig, ServerError};
+use fjord_storage::sim_disk::{DiskImage, SimDisk};
 use fjord_storage::{Store, StoreOptions, WriterMode};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::checker::{Anomaly, Summary};
 use crate::history::{History, LeaderSeen};
-use crate::nemesis::{Fault, Plan, Target};
+use crate::nemesis::{Fault, Plan, Step, Target};
+
+/// How long after a node refused its disk the operator starts it again with `--rebuild`.
+pub const REBUILD_AFTER: Duration = Duration::from_millis(300);
 
 /// How long a simulated commit (its fsync) takes: a crash in this window loses the batch.
 pub const COMMIT_LATENCY: Duration = Duration::from_millis(2);
@@ -114,6 +118,9 @@ pub struct SimConfig {
     pub settle: Duration,
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
+    /// The nemesis also wipes disks and puts old copies back ([`Fault::DiskLoss`],
+    /// [`Fault::StaleCopy`]); a node that refuses its disk is started again with `--rebuild`.
+    pub amnesia: bool,
 }
 
 impl Default for SimConfig {
@@ -132,6 +139,7 @@ impl Default for SimConfig {
             // outpace elections.
             heartbeat_interval_ms: 200,
             election_timeout_ms: 1_200,
+            amnesia: false,
         }
     }
 }
@@ -204,8 +212,34 @@ fn serve_config(id: u64, config: &SimConfig) -> ServeConfig {
     }
 }
 
-/// A node host's software: the real node on its simulated disk, until it crashes.
-async fn run_node(config: ServeConfig, disk: SimDisk) -> turmoil::Result {
+/// What the simulated operator knows of one node and does at its next start; shared by the
+/// driver and the node's software.
+#[derive(Debug, Default)]
+struct Operator {
+    /// The node refused its disk, or its rebuild was refused, since it last started: why.
+    refused: Option<String>,
+    /// Its next start is with `--rebuild` (the old contents are set aside: the disk is
+    /// wiped first). Set by a refusal, cleared by the start it applies to.
+    rebuild_next: bool,
+}
+
+type OperatorCtl = Arc<Mutex<Operator>>;
+
+fn operator(ctl: &OperatorCtl) -> std::sync::MutexGuard<'_, Operator> {
+    ctl.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A node host's software: the real node on its simulated disk, until it crashes. A node
+/// that refuses its disk stops (its host's software ends) and tells the operator.
+async fn run_node(mut config: ServeConfig, disk: SimDisk, ctl: OperatorCtl) -> turmoil::Result {
+    {
+        let mut op = operator(&ctl);
+        op.refused = None;
+        if std::mem::take(&mut op.rebuild_next) {
+            disk.wipe();
+            config.rebuild = true;
+        }
+    }
     let store = Store::open_on(
         disk.backend(),
         &StoreOptions {
@@ -217,7 +251,7 @@ async fn run_node(config: ServeConfig, disk: SimDisk) -> turmoil::Result {
         },
     )?;
     let listener = turmoil::net::TcpListener::bind(config.listen).await?;
-    fjord_server::run_on(
+    let ran = fjord_server::run_on(
         config,
         store,
         net::incoming(listener),
@@ -225,8 +259,16 @@ async fn run_node(config: ServeConfig, disk: SimDisk) -> turmoil::Result {
         Arc::new(SimClock),
         std::future::pending(),
     )
-    .await?;
-    Ok(())
+    .await;
+    match ran {
+        Err(ServerError::Boot(e @ (BootError::Refused(_) | BootError::RebuildRefused(_)))) => {
+            let mut op = operator(&ctl);
+            op.refused = Some(e.to_string());
+            op.rebuild_next = true;
+            Ok(())
+        }
+        other => Ok(other?),
+    }
 }
 
 thread_local! {
@@ -257,6 +299,11 @@ enum Link {
 /// which nodes it stopped.
 struct Nemesis {
     disks: BTreeMap<u64, SimDisk>,
+    operators: BTreeMap<u64, OperatorCtl>,
+    /// Backups of disks, taken by a `StaleCopy` and put back by the next one.
+    copies: BTreeMap<u64, DiskImage>,
+    /// Nodes that refused their disk, and when the operator starts them with `--rebuild`.
+    rebuilds: BTreeMap<u64, Duration>,
     /// Links not healthy, by host pair (smaller name first).
     links: BTreeMap<(String, String), Link>,
     /// The leaders the client last saw, to resolve targets.
@@ -346,6 +393,34 @@ impl Nemesis {
         self.down.values().any(|n| *n == node)
     }
 
+    /// The operator's part: a node that refused its disk is started again with `--rebuild`
+    /// [`REBUILD_AFTER`] later, unless the nemesis has it down (its restart then starts it
+    /// with `--rebuild`). Returns the rebuilds due at `now`.
+    fn operator_steps(&mut self, sim: &mut turmoil::Sim<'_>, now: Duration) -> Vec<Step> {
+        for (node, ctl) in &self.operators {
+            if operator(ctl).refused.take().is_some() {
+                self.rebuilds.entry(*node).or_insert(now + REBUILD_AFTER);
+            }
+        }
+        let due: Vec<u64> = self
+            .rebuilds
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(n, _)| *n)
+            .collect();
+        let mut steps = Vec::new();
+        for node in due {
+            self.rebuilds.remove(&node);
+            if !self.is_down(node) && !sim.is_host_running(node_name(node).as_str()) {
+                steps.push(Step {
+                    at: now,
+                    fault: Fault::Rebuild(node),
+                });
+            }
+        }
+        steps
+    }
+
     /// Applies `fault`; says which node it struck when it had a target to resolve.
     fn apply(&mut self, sim: &mut turmoil::Sim<'_>, fault: Fault) -> Struck {
         match fault {
@@ -379,13 +454,37 @@ impl Nemesis {
                     sim.repair(a.as_str(), b.as_str());
                 }
             }
-            Fault::Crash(target) => {
+            Fault::Crash(target) | Fault::DiskLoss(target) => {
                 let node = self.resolve(target);
                 if self.is_down(node) || self.down.contains_key(&target) {
                     return Struck::Skipped(node);
                 }
                 self.crash(sim, node);
+                if matches!(fault, Fault::DiskLoss(_)) {
+                    self.disks[&node].wipe();
+                }
                 self.down.insert(target, node);
+                return Struck::Node(node);
+            }
+            Fault::StaleCopy(node) => {
+                let target = Target::Node(node);
+                if self.is_down(node) || self.down.contains_key(&target) {
+                    return Struck::Skipped(node);
+                }
+                self.crash(sim, node);
+                let disk = &self.disks[&node];
+                match self.copies.remove(&node) {
+                    Some(copy) => disk.replace(&copy),
+                    None => {
+                        self.copies.insert(node, disk.copy());
+                    }
+                }
+                self.down.insert(target, node);
+                return Struck::Node(node);
+            }
+            Fault::Rebuild(node) => {
+                operator(&self.operators[&node]).rebuild_next = true;
+                sim.bounce(node_name(node));
                 return Struck::Node(node);
             }
             Fault::CrashAll(partition) => {
@@ -475,6 +574,7 @@ pub fn run_seed(seed: u64, config: &SimConfig) -> Run {
         config.max_down,
         config.faults_from,
         config.heal_at,
+        config.amnesia,
     );
     run_plan(seed, config, &plan)
 }
@@ -502,11 +602,15 @@ pub fn run_plan(seed: u64, config: &SimConfig, plan: &Plan) -> Run {
         .tcp_capacity(1 << 16)
         .build();
     let disks: BTreeMap<u64, SimDisk> = (1..=config.nodes).map(|n| (n, SimDisk::new())).collect();
+    let operators: BTreeMap<u64, OperatorCtl> = (1..=config.nodes)
+        .map(|n| (n, OperatorCtl::default()))
+        .collect();
     for (id, disk) in &disks {
         let serve = serve_config(*id, config);
         let disk = disk.clone();
+        let ctl = operators[id].clone();
         sim.host(node_name(*id), move || {
-            run_node(serve.clone(), disk.clone())
+            run_node(serve.clone(), disk.clone(), ctl.clone())
         });
     }
     let history = Arc::new(Mutex::new(History::default()));
@@ -532,6 +636,9 @@ pub fn run_plan(seed: u64, config: &SimConfig, plan: &Plan) -> Run {
 
     let mut nemesis = Nemesis {
         disks,
+        operators,
+        copies: BTreeMap::new(),
+        rebuilds: BTreeMap::new(),
         links: BTreeMap::new(),
         leaders,
         down: BTreeMap::new(),
@@ -539,7 +646,10 @@ pub fn run_plan(seed: u64, config: &SimConfig, plan: &Plan) -> Run {
     let mut applied = Vec::new();
     let mut steps = plan.steps.iter().peekable();
     let error = loop {
-        while let Some(step) = steps.next_if(|s| s.at <= sim.elapsed()) {
+        let now = sim.elapsed();
+        let due = nemesis.operator_steps(&mut sim, now);
+        let planned = std::iter::from_fn(|| steps.next_if(|s| s.at <= now).copied());
+        for step in due.into_iter().chain(planned) {
             let struck = nemesis.apply(&mut sim, step.fault);
             let at_ms = sim.elapsed().as_millis() as u64;
             let mut h = history.lock().unwrap_or_else(PoisonError::into_inner);

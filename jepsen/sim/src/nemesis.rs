@@ -6,7 +6,9 @@
 //! the client off from a node, healing every link, slowing a node's disk (each fsync takes
 //! tens to hundreds of ms longer) and healing the disks, a power loss of a node (it stops at
 //! once and its disk forgets unsynced writes) and its restart, and a power loss of every node
-//! at once with the restarts in a drawn order. The schedule ends with every link and disk
+//! at once with the restarts in a drawn order, a lost disk (a node back on an empty one,
+//! half of the time followed by its partition leader's power loss) and an old copy of a
+//! node's disk put back. The schedule ends with every link and disk
 //! healed and every node running, at [`Plan::heal_at`].
 //!
 //! A fault strikes a [`Target`]: a fixed node, or the leader (or a follower) of a partition,
@@ -20,7 +22,7 @@
 //! slowed, produces go through (committed by the followers' fsyncs), then the leader, or every
 //! node, loses power and comes back fast.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use rand::Rng;
@@ -61,6 +63,16 @@ pub enum Fault {
     SlowDisk(Target, u64),
     /// Every disk is fast again.
     HealDisks,
+    /// A lost disk: the node loses power and comes back (at its `Restart`) on an empty disk.
+    /// Skipped like a crash.
+    DiskLoss(Target),
+    /// The first time for a node: it loses power and a copy of its disk is taken (a backup).
+    /// The next time: it loses power and the copy is put back (an old backup restored). It
+    /// comes back at its `Restart(Node(n))`. Skipped like a crash.
+    StaleCopy(u64),
+    /// Not drawn by the plan: the operator starts a node that refused its disk again with
+    /// `--rebuild` (the driver does it, some time after the refusal).
+    Rebuild(u64),
 }
 
 /// A fault and when it strikes, in simulated time since the start.
@@ -108,17 +120,29 @@ const SLOW_FOR_MS: (u64, u64) = (300, 3_000);
 /// be acknowledged by the followers while the leader's fsync waits.
 const SLOW_BEFORE_CRASH_MS: (u64, u64) = (40, 400);
 
+/// After a node lost its disk (or got an old copy back) and restarted, how long the plan
+/// counts it as down (it refuses its disk, is started again with `--rebuild` and catches up)
+/// and draws no other such fault, in ms: two nodes without their data at once could leave a
+/// committed record on one node only, which no rebuild may take back.
+pub const REBUILD_MS: u64 = 5_000;
+/// Between a follower's restart on a wiped disk and its partition leader's power loss, in ms
+/// (the path on which amnesia lost an acknowledged record).
+const KILL_AFTER_WIPE_MS: (u64, u64) = (0, 200);
+
 /// The schedule draws partitions among these (the workload's topic has at least this many).
 const PARTITIONS: u32 = 3;
 
 /// Draws a schedule of faults among `nodes` (ids 1..=nodes) between `from` and `until`.
 /// At most `max_down` nodes are down at once, except during a power loss of all of them.
+/// `amnesia` adds lost disks and old copies put back (without it a seed draws the schedule
+/// it drew before those faults existed).
 pub fn plan(
     rng: &mut impl Rng,
     nodes: u64,
     max_down: usize,
     from: Duration,
     until: Duration,
+    amnesia: bool,
 ) -> Plan {
     let ms = |d: Duration| d.as_millis() as u64;
     let end = ms(until);
@@ -131,6 +155,10 @@ pub fn plan(
     };
     // Crash target → when it restarts.
     let mut down: BTreeMap<Target, u64> = BTreeMap::new();
+    // Until when a node without its data is taken as down (see REBUILD_MS).
+    let mut amnesia_until = 0u64;
+    // Nodes the nemesis holds a copy of the disk of.
+    let mut copied = BTreeSet::new();
     let mut t = ms(from);
     loop {
         t += rng.gen_range(GAP_MS.0..=GAP_MS.1);
@@ -141,8 +169,10 @@ pub fn plan(
         let node = rng.gen_range(1..=nodes);
         let other = 1 + (node + rng.gen_range(0..nodes - 1)) % nodes;
         let partition = rng.gen_range(0..PARTITIONS);
-        let room = down.len() < max_down;
-        match rng.gen_range(0..100) {
+        let rebuilding = usize::from(amnesia_until > t);
+        let room = down.len() + rebuilding < max_down;
+        let calm = down.is_empty() && rebuilding == 0;
+        match rng.gen_range(0..if amnesia { 112 } else { 100 }) {
             0..16 => at(t, Fault::Partition(node.min(other), node.max(other))),
             16..28 => at(t, Fault::Isolate(Target::Node(node))),
             28..36 => at(t, Fault::Hold(node.min(other), node.max(other))),
@@ -163,12 +193,7 @@ pub fn plan(
             }
             // A node's power loss, its restart slow or fast.
             62..78 if room && !down.contains_key(&Target::Node(node)) => {
-                let range = if rng.gen_bool(0.5) {
-                    FAST_DOWN_MS
-                } else {
-                    DOWN_MS
-                };
-                let restart = (t + rng.gen_range(range.0..=range.1)).min(end);
+                let restart = (t + down_for(rng)).min(end);
                 down.insert(Target::Node(node), restart);
                 at(t, Fault::Crash(Target::Node(node)));
                 at(restart, Fault::Restart(Target::Node(node)));
@@ -188,7 +213,7 @@ pub fn plan(
                 at(restart, Fault::HealDisks);
             }
             // The same, but every node loses power; restarts in a drawn order, small gaps.
-            90..100 if down.is_empty() && nodes == 3 => {
+            90..100 if calm && nodes == 3 => {
                 let leader = Target::LeaderOf(partition);
                 let crash = t + rng.gen_range(SLOW_BEFORE_CRASH_MS.0..=SLOW_BEFORE_CRASH_MS.1);
                 at(
@@ -212,10 +237,56 @@ pub fn plan(
                 }
                 at(restart, Fault::HealDisks);
             }
+            // A lost disk. Half of the time on a follower that restarts at once, its
+            // partition's leader losing power right after: the wiped node and the other
+            // follower (maybe behind the commit point) are the only voters up.
+            100..106 if calm && nodes == 3 => {
+                if rng.gen_bool(0.5) {
+                    let wiped = Target::FollowerOf(partition, rng.gen_range(0..2));
+                    let leader = Target::LeaderOf(partition);
+                    let kill = t + rng.gen_range(KILL_AFTER_WIPE_MS.0..=KILL_AFTER_WIPE_MS.1);
+                    let back = (kill + rng.gen_range(DOWN_MS.0..=DOWN_MS.1)).min(end);
+                    at(t, Fault::DiskLoss(wiped));
+                    at(t, Fault::Restart(wiped));
+                    at(kill, Fault::Crash(leader));
+                    at(back, Fault::Restart(leader));
+                    down.insert(leader, back);
+                    amnesia_until = back + REBUILD_MS;
+                } else {
+                    let target = Target::Node(node);
+                    let restart = (t + down_for(rng)).min(end);
+                    at(t, Fault::DiskLoss(target));
+                    at(restart, Fault::Restart(target));
+                    down.insert(target, restart);
+                    amnesia_until = restart + REBUILD_MS;
+                }
+            }
+            // A backup of a node's disk taken, or (the next time) put back.
+            106..112 if calm => {
+                let target = Target::Node(node);
+                let restart = (t + down_for(rng)).min(end);
+                at(t, Fault::StaleCopy(node));
+                at(restart, Fault::Restart(target));
+                down.insert(target, restart);
+                if !copied.insert(node) {
+                    copied.remove(&node);
+                    amnesia_until = restart + REBUILD_MS;
+                }
+            }
             _ => continue,
         }
     }
     Plan::of(steps, until)
+}
+
+/// How long a crashed node stays down: a fast or a slow restart, half of the time each.
+fn down_for(rng: &mut impl Rng) -> u64 {
+    let range = if rng.gen_bool(0.5) {
+        FAST_DOWN_MS
+    } else {
+        DOWN_MS
+    };
+    rng.gen_range(range.0..=range.1)
 }
 
 #[cfg(test)]
@@ -234,6 +305,7 @@ mod tests {
             1,
             Duration::from_secs(5),
             Duration::from_secs(25),
+            true,
         )
     }
 
@@ -248,6 +320,8 @@ mod tests {
         let mut fast = 0;
         let mut all = 0;
         let mut leader_first = 0;
+        let mut wiped = 0;
+        let mut copies = 0;
         for seed in 0..200 {
             let p = draw(seed);
             assert!(p.steps.windows(2).all(|w| w[0].at <= w[1].at));
@@ -257,6 +331,22 @@ mod tests {
             let mut crashed_at = BTreeMap::new();
             for s in &p.steps {
                 assert!(s.at <= p.heal_at);
+                let crash = match s.fault {
+                    Fault::Crash(t) | Fault::DiskLoss(t) => Some(t),
+                    Fault::StaleCopy(n) => Some(Target::Node(n)),
+                    _ => None,
+                };
+                match s.fault {
+                    Fault::DiskLoss(_) => wiped += 1,
+                    Fault::StaleCopy(_) => copies += 1,
+                    _ => {}
+                }
+                if let Some(t) = crash {
+                    assert!(down.insert(t), "seed {seed}: {t:?} crashed twice");
+                    assert!(down.len() <= 1, "seed {seed}: too many down");
+                    crashed_at.insert(t, s.at);
+                    continue;
+                }
                 match s.fault {
                     Fault::Crash(t) => {
                         assert!(down.insert(t), "seed {seed}: {t:?} crashed twice");
@@ -303,5 +393,7 @@ mod tests {
         assert!(fast > 100, "{fast} fast restarts");
         assert!(all > 20, "{all} power losses of every node");
         assert!(leader_first > 5, "{leader_first} leaders restarted first");
+        assert!(wiped > 20, "{wiped} lost disks");
+        assert!(copies > 20, "{copies} copies taken or put back");
     }
 }

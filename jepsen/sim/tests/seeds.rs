@@ -6,6 +6,8 @@
 //! - `FJORD_SIM_SEED=S`: run only seed S, and write its trace to a file (path printed).
 //! - `FJORD_SIM_THREADS=T`: seeds run on T threads at once (default: 2, or 1 on one core).
 //! - `FJORD_SIM_TRACE_DIR=D`: write every seed's trace to `D/seed-S.trace`.
+//! - `FJORD_SIM_AMNESIA=1`: the nemesis also wipes disks and puts old copies back (nodes that
+//!   refuse their disk are started again with `--rebuild`).
 //!
 //! Fully deterministic replays need Tokio's RNG seeded (see the crate docs):
 //! `RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR=target/sim-det cargo test -p fjord-sim`.
@@ -50,7 +52,10 @@ fn report(run: &Run, wall: std::time::Duration) {
 
 #[test]
 fn seeds() {
-    let config = SimConfig::default();
+    let config = SimConfig {
+        amnesia: std::env::var("FJORD_SIM_AMNESIA").is_ok_and(|v| v == "1"),
+        ..SimConfig::default()
+    };
     if !TOKIO_SEEDED {
         println!(
             "note: built without --cfg tokio_unstable: a seed fixes the faults, not every task interleaving"
