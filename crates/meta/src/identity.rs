@@ -35,8 +35,11 @@
 //!    once is such a directory and answers the others' checks while it checks its own, so a
 //!    whole cluster comes back.
 //!
+//! A start that proceeds is announced to the peers that answered (each stores it durably
+//! before the node takes part), so a later check sees it before the metadata records it.
+//!
 //! What it does not see: a copy taken while the node ran (the copy and the node share a
-//! generation), and a boot whose registration never reached the peers that answer. Both are
+//! generation), and a start known only to peers that do not answer the later check. Both are
 //! written down in docs/guarantees.md.
 
 use std::collections::{BTreeMap, BTreeSet};
