@@ -396,34 +396,42 @@ fn merge_start(
 
 /// Tells every peer this start (`me`, which passed the check); returns how many stored it.
 async fn announce(config: &ServeConfig, pool: &PeerPool, me: &DiskIdentity) -> usize {
-    let asks = config
-        .peers
-        .0
-        .iter()
-        .filter(|(id, _)| **id != config.id)
-        .map(|(id, addr)| {
-            let (id, addr) = (*id, addr.clone());
-            async move {
-                let mut client = pool.client(&addr).ok()?;
-                let req = IdentityRequest {
-                    from: config.id,
-                    announce_generation: me.generation,
-                    incarnation: me.incarnation,
-                };
-                match tokio::time::timeout(CHECK_RPC_TIMEOUT, client.check_identity(req)).await {
-                    Ok(Ok(r)) => (r.into_inner().from == id).then_some(()),
-                    _ => None,
-                }
-            }
-        });
-    futures::future::join_all(asks)
-        .await
-        .into_iter()
-        .flatten()
-        .count()
+    let req = IdentityRequest {
+        from: config.id,
+        announce_generation: me.generation,
+        incarnation: me.incarnation,
+    };
+    ask_each_peer(config, pool, req).await.len()
 }
 
 async fn ask_peers(config: &ServeConfig, pool: &PeerPool) -> Vec<PeerReport> {
+    let req = IdentityRequest {
+        from: config.id,
+        ..Default::default()
+    };
+    ask_each_peer(config, pool, req)
+        .await
+        .into_iter()
+        .map(|(peer, r)| PeerReport {
+            peer,
+            cluster_id: r.cluster_id,
+            has_cluster: r.has_cluster,
+            record: r.recorded.then_some(IncarnationRecord {
+                incarnation: r.recorded_incarnation,
+                generation: r.recorded_generation,
+            }),
+            incarnation: r.incarnation,
+        })
+        .collect()
+}
+
+/// Sends `req` to every peer at once; the answers of those that answered as themselves in
+/// time.
+async fn ask_each_peer(
+    config: &ServeConfig,
+    pool: &PeerPool,
+    req: IdentityRequest,
+) -> Vec<(NodeId, IdentityReply)> {
     let asks = config
         .peers
         .0
@@ -439,23 +447,10 @@ async fn ask_peers(config: &ServeConfig, pool: &PeerPool) -> Vec<PeerReport> {
                         return None;
                     }
                 };
-                let req = IdentityRequest {
-                    from: config.id,
-                    ..Default::default()
-                };
                 match tokio::time::timeout(CHECK_RPC_TIMEOUT, client.check_identity(req)).await {
                     Ok(Ok(r)) => {
                         let r = r.into_inner();
-                        (r.from == id).then(|| PeerReport {
-                            peer: id,
-                            cluster_id: r.cluster_id,
-                            has_cluster: r.has_cluster,
-                            record: r.recorded.then_some(fjord_meta::IncarnationRecord {
-                                incarnation: r.recorded_incarnation,
-                                generation: r.recorded_generation,
-                            }),
-                            incarnation: r.incarnation,
-                        })
+                        (r.from == id).then_some((id, r))
                     }
                     Ok(Err(status)) => {
                         tracing::debug!(peer = id, error = %status.message(), "boot check: no answer");
