@@ -760,6 +760,16 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
         crate::handoff::choose(&followers)
     }
 
+    /// On the leader: whether a transfer to `to` that someone asked for may go ahead
+    /// ([`crate::handoff::may_transfer`]).
+    pub fn may_transfer(
+        &self,
+        to: NodeId,
+        max_lag: u64,
+    ) -> Result<(), crate::handoff::TransferRefused> {
+        crate::handoff::may_transfer(to, &self.view().voters, self.lag_of(to), max_lag)
+    }
+
     /// `(age of the last acknowledgement, follower)` for followers heard from within `window`.
     fn acks_within(&self, window: Duration) -> Vec<(Duration, NodeId)> {
         let Some(raft) = self.running() else {

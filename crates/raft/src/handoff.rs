@@ -14,6 +14,13 @@
 //!   quiet group has no recent acknowledgements: then any live voter will do);
 //! - then the smallest lag wins (an unknown lag counts as the largest), then the most recent
 //!   acknowledgement, then the smallest id, so the choice is deterministic.
+//!
+//! A move that someone else asked for (the controller balancing leaders) passes one gate,
+//! [`may_transfer`], on the leader: the target must be a voter of the group's current
+//! (non-joint) membership, and hold all but a few of the leader's entries. A learner (a node
+//! being rebuilt) cannot win the election a transfer starts: the old leader would have stepped
+//! aside for nobody, and the group would stall until an election timeout, which also holds up
+//! the learner's own promotion.
 
 use std::time::Duration;
 
@@ -45,6 +52,42 @@ pub fn choose(followers: &[Follower]) -> Option<NodeId> {
             )
         })
         .map(|f| f.node)
+}
+
+/// Why a leader refuses to transfer leadership to a node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferRefused {
+    #[error("this node does not lead the group")]
+    NotLeading,
+    #[error("node {0} is not a voter of the group (a learner being rebuilt, or not a replica)")]
+    NotAVoter(NodeId),
+    #[error(
+        "node {node} is {lag} log entries behind (at most {max} to take leadership): not moving until it catches up"
+    )]
+    Behind { node: NodeId, lag: u64, max: u64 },
+}
+
+/// The gate for a requested transfer to `to` (see the module doc): `voters` is the leader's
+/// current membership (empty in a joint configuration), `lag` what `to` lacks (`None`: this
+/// node does not lead or does not replicate to it).
+pub fn may_transfer(
+    to: NodeId,
+    voters: &[NodeId],
+    lag: Option<u64>,
+    max_lag: u64,
+) -> Result<(), TransferRefused> {
+    let lag = lag.ok_or(TransferRefused::NotLeading)?;
+    if !voters.contains(&to) {
+        return Err(TransferRefused::NotAVoter(to));
+    }
+    if lag > max_lag {
+        return Err(TransferRefused::Behind {
+            node: to,
+            lag,
+            max: max_lag,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -100,6 +143,33 @@ mod tests {
         assert_eq!(
             choose(&[f(2, Some(1), None, true), f(3, Some(90), Some(1_000), true)]),
             Some(3)
+        );
+    }
+
+    #[test]
+    fn a_transfer_goes_only_to_a_voter_that_is_nearly_caught_up() {
+        assert_eq!(may_transfer(2, &[1, 2, 3], Some(3), 32), Ok(()));
+        // The seed that stalled: node 2, a learner being rebuilt, had caught up.
+        assert_eq!(
+            may_transfer(2, &[1, 3], Some(0), 32),
+            Err(TransferRefused::NotAVoter(2))
+        );
+        // A joint configuration: no transfer until it settles.
+        assert_eq!(
+            may_transfer(2, &[], Some(0), 32),
+            Err(TransferRefused::NotAVoter(2))
+        );
+        assert_eq!(
+            may_transfer(3, &[1, 2, 3], Some(33), 32),
+            Err(TransferRefused::Behind {
+                node: 3,
+                lag: 33,
+                max: 32
+            })
+        );
+        assert_eq!(
+            may_transfer(3, &[1, 2, 3], None, 32),
+            Err(TransferRefused::NotLeading)
         );
     }
 }

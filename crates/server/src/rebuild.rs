@@ -319,6 +319,7 @@ pub async fn promote_until_voter(node: Arc<Node>, rebuilding: bool) {
     // the voter it was before it lost its disk.
     let mut confirmed: BTreeSet<u64> = BTreeSet::new();
     let mut round = 0u32;
+    let mut was_learner = false;
     loop {
         round += 1;
         let view = node.view();
@@ -414,20 +415,22 @@ pub async fn promote_until_voter(node: Arc<Node>, rebuilding: bool) {
                 }
             }
         }
-        if !rebuilding {
-            if left == 0 && round >= QUIET_START_ROUNDS {
-                return;
-            }
-        } else {
+        // A node restarted in the middle of its rebuild (without the flag) finishes it here.
+        was_learner |= left > 0;
+        if rebuilding {
             *node.rebuilding.lock().unwrap() = Some((left, groups.len() as u32));
-            if left == 0 {
-                *node.rebuilding.lock().unwrap() = None;
-                tracing::warn!(
-                    groups = groups.len(),
-                    "rebuilt: this node is a voter of every group it holds again"
-                );
-                return;
-            }
+        }
+        if left == 0 && (rebuilding || was_learner) {
+            *node.rebuilding.lock().unwrap() = None;
+            tracing::warn!(
+                node = node.id,
+                groups = groups.len(),
+                "rebuilt: this node is a voter of every group it holds again"
+            );
+            return;
+        }
+        if !rebuilding && left == 0 && round >= QUIET_START_ROUNDS {
+            return;
         }
         tokio::select! {
             _ = tokio::time::sleep(PROMOTE_EVERY) => {}

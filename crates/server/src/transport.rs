@@ -186,25 +186,18 @@ impl RaftTransport for TransportService {
             .map_err(|e| Status::invalid_argument(format!("bad leader move: {e}")))?;
         match self.node()?.registry.partition(msg.group_id) {
             Some(handle) => {
-                // A transfer only works to a replica that holds the leader's whole log when
-                // the transfer reaches it; one far behind (a node just restarted, under load)
-                // would ignore it, and the group would stall until an election timeout.
-                match handle.lag_of(to) {
-                    None => {
-                        return Err(Status::failed_precondition(format!(
-                            "this node does not lead group {} or does not replicate to node {to}",
+                // A transfer only works to a voter that holds the leader's whole log when the
+                // transfer reaches it; a learner, or a replica far behind (a node just
+                // restarted, under load), would ignore it, and the group would stall until an
+                // election timeout.
+                handle
+                    .may_transfer(to, MAX_TRANSFER_LAG_ENTRIES)
+                    .map_err(|e| {
+                        Status::failed_precondition(format!(
+                            "not moving the leader of group {} to node {to}: {e}",
                             msg.group_id
-                        )));
-                    }
-                    Some(lag) if lag > MAX_TRANSFER_LAG_ENTRIES => {
-                        return Err(Status::failed_precondition(format!(
-                            "node {to} is {lag} log entries behind in group {} (at most \
-                             {MAX_TRANSFER_LAG_ENTRIES} to take leadership): not moving until it catches up",
-                            msg.group_id
-                        )));
-                    }
-                    Some(_) => {}
-                }
+                        ))
+                    })?;
                 handle
                     .transfer_leader(to)
                     .await

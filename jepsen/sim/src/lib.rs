@@ -73,8 +73,8 @@ pub mod net;
 pub mod workload;
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
@@ -310,6 +310,12 @@ struct Nemesis {
     leaders: workload::Leaders,
     /// Nodes down, by the target that crashed them (whose restart starts them).
     down: BTreeMap<Target, u64>,
+    /// Nodes that lost their data (a wiped disk, an old copy put back) and have not said
+    /// they are voters of every group again: while there is one, no other node loses its
+    /// data. Two nodes without their data at once is beyond what three replicas survive (a
+    /// record committed by the third and a learner could be on one voter only), which the
+    /// plan's time window ([`nemesis::REBUILD_MS`]) only estimates.
+    amnesiac: BTreeSet<u64>,
 }
 
 impl Nemesis {
@@ -456,25 +462,36 @@ impl Nemesis {
             }
             Fault::Crash(target) | Fault::DiskLoss(target) => {
                 let node = self.resolve(target);
-                if self.is_down(node) || self.down.contains_key(&target) {
+                let amnesia = matches!(fault, Fault::DiskLoss(_));
+                if self.is_down(node)
+                    || self.down.contains_key(&target)
+                    || (amnesia && !self.amnesiac.is_empty())
+                {
                     return Struck::Skipped(node);
                 }
                 self.crash(sim, node);
-                if matches!(fault, Fault::DiskLoss(_)) {
+                if amnesia {
                     self.disks[&node].wipe();
+                    self.amnesiac.insert(node);
                 }
                 self.down.insert(target, node);
                 return Struck::Node(node);
             }
             Fault::StaleCopy(node) => {
                 let target = Target::Node(node);
-                if self.is_down(node) || self.down.contains_key(&target) {
+                if self.is_down(node)
+                    || self.down.contains_key(&target)
+                    || !self.amnesiac.is_empty()
+                {
                     return Struck::Skipped(node);
                 }
                 self.crash(sim, node);
                 let disk = &self.disks[&node];
                 match self.copies.remove(&node) {
-                    Some(copy) => disk.replace(&copy),
+                    Some(copy) => {
+                        disk.replace(&copy);
+                        self.amnesiac.insert(node);
+                    }
                     None => {
                         self.copies.insert(node, disk.copy());
                     }
@@ -556,13 +573,82 @@ pub struct Applied {
     pub struck: Struck,
 }
 
-/// Logs to the test output when `RUST_LOG` is set (the nodes' and openraft's tracing).
+/// Installs the process's tracing: the rebuild watch always, and the nodes' and openraft's
+/// logs on the test output when `RUST_LOG` is set.
 fn init_logging() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let logs = std::env::var_os("RUST_LOG").is_some().then(|| {
+            tracing_subscriber::fmt::layer()
+                .with_timer(SimTime)
+                .with_ansi(false)
+                .with_test_writer()
+                .with_filter(tracing_subscriber::EnvFilter::from_default_env())
+        });
+        let watch = RebuiltWatch.with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target("fjord_server::rebuild", tracing::Level::WARN),
+        );
+        let _ = tracing_subscriber::registry()
+            .with(watch)
+            .with(logs)
             .try_init();
+    });
+}
+
+thread_local! {
+    /// Nodes that said, during the current run, that they are voters of every group again
+    /// after a rebuild (the real tier reads the same line from the node's log).
+    static REBUILT: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Catches the node's "rebuilt: ..." line (a run is on one thread: the thread-local is the run's).
+struct RebuiltWatch;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RebuiltWatch {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        #[derive(Default)]
+        struct Fields {
+            rebuilt: bool,
+            node: Option<u64>,
+        }
+        impl tracing::field::Visit for Fields {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "message" {
+                    self.rebuilt = value.starts_with("rebuilt:");
+                }
+            }
+            fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+                if field.name() == "node" {
+                    self.node = Some(value);
+                }
+            }
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.rebuilt = format!("{value:?}").starts_with("rebuilt:");
+                }
+            }
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        if let (true, Some(node)) = (fields.rebuilt, fields.node) {
+            REBUILT.with(|r| r.borrow_mut().push(node));
+        }
+    }
+}
+
+/// Stamps log lines with the simulated time (ms since the start), as the trace's lines are.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match turmoil::sim_elapsed() {
+            Some(t) => write!(w, "{:>8}", t.as_millis()),
+            None => write!(w, "{:>8}", "-"),
+        }
     }
 }
 
@@ -591,6 +677,7 @@ pub fn run_plan(seed: u64, config: &SimConfig, plan: &Plan) -> Run {
     init_logging();
     watch_panics();
     PANICS.with(|p| p.borrow_mut().clear());
+    REBUILT.with(|r| r.borrow_mut().clear());
     fjord_raft::runtime::seed_thread(seed);
     let writes_until = config.heal_at + config.writes_after_heal;
     let mut sim = turmoil::Builder::new()
@@ -642,11 +729,15 @@ pub fn run_plan(seed: u64, config: &SimConfig, plan: &Plan) -> Run {
         links: BTreeMap::new(),
         leaders,
         down: BTreeMap::new(),
+        amnesiac: BTreeSet::new(),
     };
     let mut applied = Vec::new();
     let mut steps = plan.steps.iter().peekable();
     let error = loop {
         let now = sim.elapsed();
+        for node in REBUILT.with(|r| std::mem::take(&mut *r.borrow_mut())) {
+            nemesis.amnesiac.remove(&node);
+        }
         let due = nemesis.operator_steps(&mut sim, now);
         let planned = std::iter::from_fn(|| steps.next_if(|s| s.at <= now).copied());
         for step in due.into_iter().chain(planned) {
