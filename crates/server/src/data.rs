@@ -97,6 +97,18 @@ fn local_partition(
     }
 }
 
+/// The partition a request's unkeyed records go to: in turn among the partitions this node
+/// leads (so a client that sends to one node is served there), else in turn among all
+/// (the answer then names the leader). One partition per request: a request's unkeyed
+/// records stay together.
+pub fn unkeyed_partition(turn: u32, led: &[u32], count: u32) -> u32 {
+    if led.is_empty() {
+        turn % count
+    } else {
+        led[turn as usize % led.len()]
+    }
+}
+
 fn check_records(topic: &Topic, records: &[Record]) -> Result<usize, ApiError> {
     let limit = topic.config.effective_max_record_bytes() as usize;
     let mut total = 0;
@@ -138,10 +150,17 @@ fn build_batches(
             check_partition(topic, p)?;
         }
         total += check_records(topic, &req.records)?;
-        let sticky = node
+        let turn = node
             .round_robin
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            % count;
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let led: Vec<u32> = (0..count)
+            .filter(|p| {
+                node.registry
+                    .partition(group_id(topic.id, *p))
+                    .is_some_and(|h| h.leadership().leader == Some(node.id))
+            })
+            .collect();
+        let sticky = unkeyed_partition(turn, &led, count);
         let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
         for r in req.records {
             let p = match (req.partition, &r.key) {
@@ -245,6 +264,7 @@ pub async fn produce(node: &Node, req: ProduceRequest) -> Result<Vec<PartitionRe
         let topic = &topic;
         async move {
             let count = b.record_count;
+            let producer_id = b.producer_id;
             let mut result = PartitionResult {
                 partition: p,
                 record_count: count,
@@ -259,7 +279,7 @@ pub async fn produce(node: &Node, req: ProduceRequest) -> Result<Vec<PartitionRe
                 Ok(Outcome::OutOfOrder { expected, got }) => {
                     result.error = Some(
                         ApiError::OutOfOrder {
-                            producer_id: 0,
+                            producer_id,
                             expected,
                             got,
                         }
@@ -467,4 +487,19 @@ fn read_batches(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unkeyed_partition;
+
+    #[test]
+    fn unkeyed_records_go_to_the_partitions_this_node_leads_in_turn() {
+        let picks: Vec<u32> = (0..4).map(|t| unkeyed_partition(t, &[1, 3], 4)).collect();
+        assert_eq!(picks, [1, 3, 1, 3]);
+        // Leading none: every partition in turn (the answer names each one's leader).
+        let picks: Vec<u32> = (0..5).map(|t| unkeyed_partition(t, &[], 4)).collect();
+        assert_eq!(picks, [0, 1, 2, 3, 0]);
+        assert_eq!(unkeyed_partition(u32::MAX, &[2], 4), 2);
+    }
 }

@@ -8,7 +8,8 @@
 //!   the metadata assigns to it, leader reports, and the controller (leader balancing).
 //! - [`service`]: the client gRPC API (`fjord.v1.Fjord`); [`data`]: its produce and fetch
 //!   paths; [`transport`]: the node-to-node gRPC service.
-//! - [`error`]: typed errors and their mapping to gRPC statuses.
+//! - [`error`]: typed errors and their mapping to gRPC statuses; [`edge`]: the layer every
+//!   answer leaves through (deadlines, and tonic's own codec answers, given fjord's codes).
 //!
 //! [`run_with`] takes its listener, its outbound connector and its clock from the caller;
 //! [`run_on`] also takes the opened database and any stream of incoming connections, so a
@@ -17,6 +18,7 @@
 pub mod boot;
 pub mod config;
 pub mod data;
+pub mod edge;
 pub mod error;
 pub mod node;
 pub mod producer_ids;
@@ -285,6 +287,7 @@ where
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
+        .layer(edge::EdgeLayer)
         .add_service(client_api)
         .add_service(transport)
         .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });

@@ -1,0 +1,183 @@
+"""fjord from Python: a client generated from proto/fjord.proto with grpcio-tools.
+
+Run by tests/tests/python_client.rs against a real 3-node cluster:
+
+    python3 tests/python/client_test.py HOST:PORT [HOST:PORT ...]
+
+The first address is "the single node" every unkeyed request goes to. Keyed records follow
+the leader hint in the answer, as any leader-aware client does. Every loop is bounded.
+Exits non-zero, saying what failed, on the first wrong outcome.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import grpc
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROTO_DIR = os.path.join(HERE, "..", "..", "proto")
+
+
+def generate_stubs():
+    """Generates the Python modules from the proto into a temporary directory (never committed)."""
+    out = tempfile.mkdtemp(prefix="fjord-py-")
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_DIR}",
+         f"--python_out={out}", f"--grpc_python_out={out}",
+         os.path.join(PROTO_DIR, "fjord.proto")],
+        check=True,
+    )
+    sys.path.insert(0, out)
+
+
+generate_stubs()
+import fjord_pb2 as pb  # noqa: E402
+import fjord_pb2_grpc as rpc  # noqa: E402
+
+TOPIC = "python-client"
+PARTITIONS = 3
+UNKEYED = 30
+KEYED = 12
+ATTEMPTS = 50  # per request, for transient UNAVAILABLE only
+
+
+def fail(msg):
+    print(f"FAIL: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def stub(addr):
+    return rpc.FjordStub(grpc.insecure_channel(addr))
+
+
+def call(fn, req, what, timeout=10):
+    """One RPC, retried (bounded) while the cluster says UNAVAILABLE."""
+    for _ in range(ATTEMPTS):
+        try:
+            return fn(req, timeout=timeout)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNAVAILABLE:
+                fail(f"{what}: {e.code()} {e.details()}")
+            time.sleep(0.1)
+    fail(f"{what}: still UNAVAILABLE after {ATTEMPTS} attempts")
+
+
+def produce(node, addrs, req, what):
+    """Produces `req` at `node`, following a NOT_LEADER partition error's leader hint."""
+    target = node
+    for _ in range(ATTEMPTS):
+        resp = call(stub(target).Produce, req, what)
+        (result,) = resp.results
+        if not result.HasField("error"):
+            return result
+        err = result.error
+        if err.leader_address:
+            target = err.leader_address
+        time.sleep(0.05)
+    fail(f"{what}: not acknowledged: {err.message}")
+
+
+def main():
+    addrs = sys.argv[1:]
+    node = addrs[0]
+    one = stub(node)
+
+    call(one.CreateTopic, pb.CreateTopicRequest(
+        name=TOPIC, partitions=PARTITIONS, replication_factor=3), "create topic")
+
+    # Unkeyed records, every request to the one node: each is acknowledged there.
+    redirected = 0
+    sent = {}
+    for i in range(UNKEYED):
+        value = f"unkeyed-{i}".encode()
+        req = pb.ProduceRequest(topic=TOPIC, acks=pb.ACKS_CP,
+                                records=[pb.Record(value=value)])
+        resp = call(one.Produce, req, f"unkeyed produce {i}")
+        (result,) = resp.results
+        if result.HasField("error"):
+            redirected += 1
+            result = produce(node, addrs, req, f"unkeyed produce {i}")
+        sent[value] = (result.partition, result.base_offset)
+    if redirected > 2:
+        fail(f"{redirected} of {UNKEYED} unkeyed produces to one node were not served there")
+
+    # Keyed records: murmur2 placement, the same key always in the same partition.
+    for i in range(KEYED):
+        key = f"key-{i % 4}".encode()
+        value = f"keyed-{i}".encode()
+        req = pb.ProduceRequest(topic=TOPIC, acks=pb.ACKS_CP,
+                                records=[pb.Record(key=key, value=value)])
+        result = produce(node, addrs, req, f"keyed produce {i}")
+        sent[value] = (result.partition, result.base_offset)
+    by_key = {}
+    for value, (p, _) in sent.items():
+        if value.startswith(b"keyed-"):
+            key = int(value.split(b"-")[1]) % 4
+            if by_key.setdefault(key, p) != p:
+                fail(f"key-{key} went to partitions {by_key[key]} and {p}")
+
+    # Everything reads back, at the offsets the acknowledgements gave.
+    seen = {}
+    for p in range(PARTITIONS):
+        offset = 0
+        for _ in range(ATTEMPTS):
+            req = pb.FetchRequest(topic=TOPIC, partition=p, offset=offset, read=pb.READ_AP)
+            resp = call(one.Fetch, req, f"fetch p{p}")
+            for b in resp.batches:
+                records = pb.RecordList.FromString(b.records).records
+                for k, r in enumerate(records):
+                    if b.base_offset + k >= offset:
+                        seen[r.value] = (p, b.base_offset + k)
+                offset = max(offset, b.base_offset + len(records))
+            if offset >= resp.high_watermark:
+                break
+    for value, at in sent.items():
+        if seen.get(value) != at:
+            fail(f"{value!r} acknowledged at {at}, read back at {seen.get(value)}")
+
+    # A 1 ms deadline: done or DEADLINE_EXCEEDED, never CANCELLED.
+    codes = {}
+    for i in range(20):
+        for what, fn, req in [
+            ("create", one.CreateTopic, pb.CreateTopicRequest(
+                name=f"deadline-{i}", partitions=1, replication_factor=3)),
+            ("produce", one.Produce, pb.ProduceRequest(
+                topic=TOPIC, acks=pb.ACKS_CP, records=[pb.Record(value=b"deadline")])),
+        ]:
+            try:
+                fn(req, timeout=0.001)
+                code = "OK"
+            except grpc.RpcError as e:
+                code = e.code().name
+                if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    fail(f"{what} with a 1 ms deadline: {e.code()} {e.details()}")
+            codes[code] = codes.get(code, 0) + 1
+
+    # A body that does not decode: INVALID_ARGUMENT.
+    raw = grpc.insecure_channel(node).unary_unary("/fjord.v1.Fjord/Produce")
+    try:
+        raw(b"\xff\xff\xff\xff", timeout=10)
+        fail("an undecodable body was accepted")
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.INVALID_ARGUMENT:
+            fail(f"undecodable body: {e.code()} {e.details()}")
+
+    # A message over the size limit (9 MiB for the client API): RESOURCE_EXHAUSTED.
+    big = pb.ProduceRequest(topic=TOPIC, acks=pb.ACKS_CP,
+                            records=[pb.Record(value=b"x" * (10 << 20))])
+    try:
+        one.Produce(big, timeout=30)
+        fail("an oversized message was accepted")
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+            fail(f"oversized message: {e.code()} {e.details()}")
+
+    print(f"ok: {len(sent)} records produced and read back; unkeyed redirected {redirected}; "
+          f"1 ms deadlines: {codes}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+//! A Python client generated from `proto/fjord.proto` (grpcio-tools from PyPI, installed by
+//! `.ci/run`) against a real 3-node cluster: `tests/python/client_test.py` says what it checks.
+#![allow(clippy::await_holding_lock)]
+
+use std::path::Path;
+
+use fjord_tests::{Cluster, serial};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_grpcio_client_produces_fetches_and_gets_precise_codes() {
+    let _serial = serial();
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import grpc, grpc_tools"])
+        .status()
+        .expect("python3 runs");
+    assert!(
+        probe.success(),
+        "python3 lacks grpcio/grpcio-tools: install them (`python3 -m pip install grpcio grpcio-tools`, as .ci/run does)"
+    );
+    let cluster = Cluster::start(3).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/client_test.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .args(cluster.brokers())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(300), out)
+        .await
+        .expect("the Python client finishes within 5 minutes")
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the Python client failed:\n{stdout}\n{stderr}\nnode 1 log:\n{}",
+        cluster.log_tail(1)
+    );
+    println!("{stdout}");
+}
