@@ -9,7 +9,8 @@
 //! - [`service`]: the client gRPC API (`fjord.v1.Fjord`); [`data`]: its produce and fetch
 //!   paths; [`transport`]: the node-to-node gRPC service.
 //! - [`error`]: typed errors and their mapping to gRPC statuses; [`edge`]: the layer every
-//!   answer leaves through (deadlines, and tonic's own codec answers, given fjord's codes).
+//!   answer leaves through (deadlines, and tonic's own codec answers, given fjord's codes);
+//!   [`connections`]: the bound on connections served at once.
 //!
 //! [`run_with`] takes its listener, its outbound connector and its clock from the caller;
 //! [`run_on`] also takes the opened database and any stream of incoming connections, so a
@@ -17,6 +18,7 @@
 
 pub mod boot;
 pub mod config;
+pub mod connections;
 pub mod data;
 pub mod edge;
 pub mod error;
@@ -38,7 +40,8 @@ use fjord_storage::{Store, StoreOptions};
 pub use node::{Clock, Node, SystemClock};
 use tokio_util::sync::CancellationToken;
 
-/// Concurrent client and peer connections served, at most.
+/// Concurrent client and peer connections served, at most ([`connections`]: one past it
+/// waits until another closes).
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Requests per connection being handled at once (until their answer starts), at most.
 pub const MAX_CONCURRENT_REQUESTS: usize = 256;
@@ -290,7 +293,9 @@ where
         .layer(edge::EdgeLayer)
         .add_service(client_api)
         .add_service(transport)
-        .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
+        .serve_with_incoming_shutdown(connections::limit(incoming, MAX_CONNECTIONS), async move {
+            stop.cancelled().await
+        });
     let server = tokio::spawn(server);
 
     let mut shutdown = std::pin::pin!(shutdown);
