@@ -428,13 +428,16 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                 (response, a.state.next_offset)
             };
             // Raise the high watermark before answering: an acknowledged write is readable.
+            // It only grows: a reader may already have been served up to it.
+            let group = self.shared.group;
             self.shared.hw.send_if_modified(|cur| {
-                if hw > *cur {
-                    *cur = hw;
-                    true
-                } else {
-                    false
-                }
+                assert!(
+                    hw >= *cur,
+                    "group {group}: applying {log_id} would lower the high watermark from {cur} to {hw}"
+                );
+                let raised = hw > *cur;
+                *cur = hw;
+                raised
             });
             if let Some(r) = responder {
                 r.send(response);

@@ -31,7 +31,7 @@ pub struct ServeConfig {
     #[serde(deserialize_with = "de_peers")]
     pub peers: Peers,
     /// Raft heartbeat interval of the partition groups, in milliseconds.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = defaults::HEARTBEAT_INTERVAL_MS)]
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_interval_ms: u64,
     /// Lower bound of the partition groups' randomized Raft election timeout, in
@@ -39,33 +39,33 @@ pub struct ServeConfig {
     /// `--heartbeat-interval-ms 50 --election-timeout-ms 200`, a partition whose leader dies
     /// under load has a new leader within a second) but cost more while partitions are
     /// awake: on 2 cores, 1,000 partitions starting at 50/200 never settle.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = defaults::ELECTION_TIMEOUT_MS)]
     #[serde(default = "default_election_ms")]
     pub election_timeout_ms: u64,
     /// Raft heartbeat interval of the metadata group, in milliseconds. The node-level
     /// heartbeats (the failure detector of quiet partitions) go out at most every third of
     /// the metadata election timeout.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = defaults::META_HEARTBEAT_INTERVAL_MS)]
     #[serde(default = "default_meta_heartbeat_ms")]
     pub meta_heartbeat_interval_ms: u64,
     /// Lower bound of the metadata group's randomized election timeout, in milliseconds; also
     /// how long a peer node stays silent before it is suspected.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = defaults::META_ELECTION_TIMEOUT_MS)]
     #[serde(default = "default_meta_election_ms")]
     pub meta_election_timeout_ms: u64,
     /// A partition whose leader appended nothing for this long goes quiet: no Raft ticks and
     /// no per-group heartbeats until traffic or a failure wakes it. 0 keeps every group awake.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = defaults::QUIESCE_AFTER_MS)]
     #[serde(default = "default_quiesce_ms")]
     pub quiesce_after_ms: u64,
     /// A partition replica quiet for this long hibernates: its Raft instance stops, which
     /// frees most of its memory, and starts again, in a few milliseconds, on the first message,
     /// produce, read or failure that needs it. 0 keeps every instance running.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = defaults::HIBERNATE_AFTER_MS)]
     #[serde(default = "default_hibernate_ms")]
     pub hibernate_after_ms: u64,
     /// redb page cache of this node's database, in MiB.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = defaults::CACHE_SIZE_MIB)]
     #[serde(default = "default_cache_mib")]
     pub cache_size_mib: u64,
     /// Local address this node's connections to its peers are made from (default: chosen
@@ -83,26 +83,37 @@ pub struct ServeConfig {
     pub rebuild: bool,
 }
 
+/// Every default, written once (the flags and the TOML file both take them from here).
+pub mod defaults {
+    pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
+    pub const ELECTION_TIMEOUT_MS: u64 = 600;
+    pub const META_HEARTBEAT_INTERVAL_MS: u64 = 100;
+    pub const META_ELECTION_TIMEOUT_MS: u64 = 600;
+    pub const QUIESCE_AFTER_MS: u64 = 1000;
+    pub const HIBERNATE_AFTER_MS: u64 = 10_000;
+    pub const CACHE_SIZE_MIB: u64 = 64;
+}
+
 fn default_heartbeat_ms() -> u64 {
-    100
+    defaults::HEARTBEAT_INTERVAL_MS
 }
 fn default_meta_heartbeat_ms() -> u64 {
-    100
+    defaults::META_HEARTBEAT_INTERVAL_MS
 }
 fn default_meta_election_ms() -> u64 {
-    600
+    defaults::META_ELECTION_TIMEOUT_MS
 }
 fn default_election_ms() -> u64 {
-    600
+    defaults::ELECTION_TIMEOUT_MS
 }
 fn default_quiesce_ms() -> u64 {
-    1000
+    defaults::QUIESCE_AFTER_MS
 }
 fn default_hibernate_ms() -> u64 {
-    10_000
+    defaults::HIBERNATE_AFTER_MS
 }
 fn default_cache_mib() -> u64 {
-    64
+    defaults::CACHE_SIZE_MIB
 }
 
 /// Initial metadata voters: node id → address.
