@@ -9,10 +9,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::StorageError;
-use crate::writer::{self, Op, WriteBatch, WriterMode};
+use crate::writer::{self, Op, WriterMode};
 
 /// `(group, index) → entry bytes`.
 pub(crate) const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("log");
@@ -91,7 +91,7 @@ impl Default for StoreOptions {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
-    writer: mpsc::Sender<WriteBatch>,
+    writer: writer::Queue,
     closed: watch::Receiver<bool>,
     failed: watch::Receiver<Option<String>>,
 }
@@ -203,12 +203,9 @@ impl Store {
     pub async fn submit(&self, ops: Vec<Op>) -> Result<Durable, StorageError> {
         let (tx, rx) = oneshot::channel();
         self.writer
-            .send(WriteBatch {
-                ops,
-                done: Some(tx),
-            })
+            .send(ops, Some(tx))
             .await
-            .map_err(|_| StorageError::WriterStopped)?;
+            .map_err(|()| StorageError::WriterStopped)?;
         Ok(Durable(rx))
     }
 
@@ -216,9 +213,9 @@ impl Store {
     /// For derived state that can be rebuilt from the log (offset index, checkpoints).
     pub async fn write_lazy(&self, ops: Vec<Op>) -> Result<(), StorageError> {
         self.writer
-            .send(WriteBatch { ops, done: None })
+            .send(ops, None)
             .await
-            .map_err(|_| StorageError::WriterStopped)
+            .map_err(|()| StorageError::WriterStopped)
     }
 
     fn read_txn(&self) -> Result<redb::ReadTransaction, StorageError> {

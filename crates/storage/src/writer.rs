@@ -17,17 +17,20 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use redb::{Database, Durability, ReadableTable};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::StorageError;
 use crate::sim_disk::SyncDelay;
 use crate::store::{GROUP_VALUES, LOG, NODE_VALUES, OFFSETS};
 
-/// Requests waiting for the writer, at most (the queue is bounded by count; bytes are bounded
-/// by what each request may carry: a Raft append is bounded by `max_payload_entries` and the
-/// batch size limit).
+/// Requests waiting for the writer, at most.
 pub const WRITER_QUEUE_REQUESTS: usize = 1024;
+/// Bytes of ops (as [`Op::bytes`] counts them) waiting for the writer, at most: a sender
+/// waits for room. A single request larger than this still goes through, alone.
+pub const WRITER_QUEUE_BYTES: usize = 64 << 20;
 /// Requests folded into one transaction, at most.
 pub const MAX_COMMIT_REQUESTS: usize = 512;
 /// Bytes of log entries folded into one transaction, at most (a single larger request still
@@ -77,6 +80,44 @@ impl Op {
 pub struct WriteBatch {
     pub ops: Vec<Op>,
     pub done: Option<oneshot::Sender<Result<(), String>>>,
+    /// Its share of [`WRITER_QUEUE_BYTES`], given back when the batch is dropped (committed).
+    _room: OwnedSemaphorePermit,
+}
+
+/// The writer's queue, bounded by requests and by bytes.
+#[derive(Debug, Clone)]
+pub(crate) struct Queue {
+    tx: mpsc::Sender<WriteBatch>,
+    room: Arc<Semaphore>,
+}
+
+impl Queue {
+    /// Queues `ops`, waiting for room; `Err` once the writer stopped.
+    pub(crate) async fn send(
+        &self,
+        ops: Vec<Op>,
+        done: Option<oneshot::Sender<Result<(), String>>>,
+    ) -> Result<(), ()> {
+        let bytes = ops
+            .iter()
+            .map(Op::bytes)
+            .sum::<usize>()
+            .clamp(1, WRITER_QUEUE_BYTES);
+        let room = self
+            .room
+            .clone()
+            .acquire_many_owned(bytes as u32)
+            .await
+            .map_err(|_| ())?;
+        self.tx
+            .send(WriteBatch {
+                ops,
+                done,
+                _room: room,
+            })
+            .await
+            .map_err(|_| ())
+    }
 }
 
 /// Where the writer loop runs.
@@ -108,8 +149,12 @@ pub(crate) fn spawn(
     mode: WriterMode,
     closed: tokio::sync::watch::Sender<bool>,
     failed: tokio::sync::watch::Sender<Option<String>>,
-) -> mpsc::Sender<WriteBatch> {
+) -> Queue {
     let (tx, mut rx) = mpsc::channel(WRITER_QUEUE_REQUESTS);
+    let queue = Queue {
+        tx,
+        room: Arc::new(Semaphore::new(WRITER_QUEUE_BYTES)),
+    };
     match mode {
         WriterMode::Thread => {
             std::thread::Builder::new()
@@ -142,7 +187,7 @@ pub(crate) fn spawn(
             });
         }
     }
-    tx
+    queue
 }
 
 /// Drops the writer's reference to the database. Every [`Store`](crate::Store) is gone by
@@ -328,4 +373,40 @@ fn collect_offsets(
         out.push(k.value().1);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use super::*;
+
+    fn put(bytes: usize) -> Vec<Op> {
+        vec![Op::Put {
+            group: 1,
+            key: 1,
+            value: vec![0; bytes],
+        }]
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_by_bytes_and_room_comes_back_with_the_commit() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let queue = Queue {
+            tx,
+            room: Arc::new(Semaphore::new(100)),
+        };
+        queue.send(put(60), None).await.unwrap();
+        let mut second = Box::pin(queue.send(put(60), None));
+        let mut pending = async || {
+            std::future::poll_fn(|cx| std::task::Poll::Ready(second.as_mut().poll(cx).is_pending()))
+                .await
+        };
+        assert!(pending().await, "120 bytes do not fit in a 100-byte queue");
+        let first = rx.recv().await.unwrap();
+        assert!(pending().await, "taken is not committed");
+        drop(first);
+        second.await.unwrap();
+        assert_eq!(rx.recv().await.unwrap().ops.len(), 1);
+    }
 }
