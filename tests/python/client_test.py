@@ -88,6 +88,15 @@ def main():
     call(one.CreateTopic, pb.CreateTopicRequest(
         name=TOPIC, partitions=PARTITIONS, replication_factor=3), "create topic")
 
+    # Every partition has a leader (as the node describes the topic), bounded.
+    for _ in range(ATTEMPTS):
+        topic = call(one.DescribeTopic, pb.DescribeTopicRequest(name=TOPIC), "describe").topic
+        if all(p.leader for p in topic.partitions):
+            break
+        time.sleep(0.1)
+    else:
+        fail(f"partitions without a leader: {topic}")
+
     # Unkeyed records, every request to the one node: each is acknowledged there.
     redirected = 0
     sent = {}
