@@ -17,7 +17,7 @@ use crate::disk::LazyMount;
 use crate::net::Network;
 
 /// The port every node listens on, inside its own namespace.
-pub const PORT: u16 = 7000;
+pub use crate::links::PORT;
 
 /// Where libfaketime lives on Debian (package `faketime`). The MT variant is the one for
 /// multi-threaded programs.

@@ -7,6 +7,8 @@
 //!   nonmonotonic, aborted, stale and phantom reads, each with the events that prove it.
 //! - [`report`]: statistics per run and per fault window, the latency SVG, the run summary
 //!   (JSON and text) and the Markdown table comparing CP and AP runs.
+//! - [`links`]: the fault rules' endpoints and packet-drop rules, and the node port (both
+//!   networks use it; it uses nothing: dependencies run links ← proxy ← net ← db).
 //! - [`net`]: network namespaces per node and the nftables rules that partition them.
 //! - [`proxy`]: the loopback fallback network, a userspace proxy per node.
 //! - [`db`]: the `fjord serve` processes: start, kill, pause, clock, disk faults.
@@ -21,6 +23,7 @@ pub mod db;
 pub mod disk;
 pub mod history;
 pub mod lazyfs;
+pub mod links;
 pub mod nemesis;
 pub mod net;
 pub mod proxy;

@@ -12,42 +12,13 @@
 //! first deletes namespaces left by an earlier run that was killed.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
 
-/// The client pseudo-node in [`Rule`]s.
-pub const CLIENT: u64 = 0;
+pub use crate::links::{CLIENT, PORT, Rule};
+
 const CLIENT_OCTET: u64 = 200;
-
-/// One directed packet-drop rule between two endpoints (node ids, or [`CLIENT`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Rule {
-    /// Drop every packet from `from` to `to`.
-    Drop { from: u64, to: u64 },
-    /// Drop this percentage of the packets from `from` to `to`.
-    Loss { from: u64, to: u64, percent: u8 },
-}
-
-impl fmt::Display for Rule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = |n: u64| {
-            if n == CLIENT {
-                "clients".to_string()
-            } else {
-                format!("n{n}")
-            }
-        };
-        match *self {
-            Rule::Drop { from, to } => write!(f, "{}->{} drop", name(from), name(to)),
-            Rule::Loss { from, to, percent } => {
-                write!(f, "{}->{} loss {percent}%", name(from), name(to))
-            }
-        }
-    }
-}
 
 /// Rules that cut every link between the two groups, both ways.
 pub fn cut(a: &[u64], b: &[u64]) -> BTreeSet<Rule> {
@@ -324,7 +295,7 @@ impl Network {
     /// The address node `id` listens on.
     pub fn listen(&self, id: u64) -> String {
         match self {
-            Network::Netns(_) => format!("{}:{}", ip(id), crate::db::PORT),
+            Network::Netns(_) => format!("{}:{}", ip(id), PORT),
             Network::Proxy(_) => {
                 format!("{}:{}", crate::proxy::node_ip(id), crate::proxy::NODE_PORT)
             }

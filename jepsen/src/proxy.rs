@@ -22,10 +22,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::net::{CLIENT, Rule};
+use crate::links::{CLIENT, Rule};
 
 /// The port the proxy listens on, on each node's address.
-pub const PROXY_PORT: u16 = 7000;
+pub const PROXY_PORT: u16 = crate::links::PORT;
 /// The port each node itself listens on.
 pub const NODE_PORT: u16 = 7001;
 /// Bytes forwarded per read.
