@@ -43,7 +43,7 @@ pub enum MetaError {
     InvalidPartitionCount {
         /// The count asked for.
         requested: u32,
-        /// [`MAX_PARTITIONS_PER_TOPIC`].
+        /// [`crate::limits::MAX_PARTITIONS_PER_TOPIC`].
         max: u32,
     },
     /// The replication factor is outside `1..=nodes`.

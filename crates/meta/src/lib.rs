@@ -9,8 +9,10 @@
 //!
 //! - [`ids`]: node and Raft group ids, and how a partition's group id is built.
 //! - [`error`]: [`MetaError`], the typed verdict on a rejected command.
-//! - [`limits`]: the named limits and the input checks (topic names, addresses, topic config)
-//!   shared by [`MetaState::apply`] and [`MetaState::validate`].
+//! - [`limits`]: the named limits (constants only); [`validate`]: the checks of topic names
+//!   and addresses against them, shared by [`MetaState::apply`] and [`MetaState::validate`]
+//!   (a topic config's check is in [`state`], beside the config). Dependencies run one way:
+//!   `limits` ← `error` ← `validate` ← `state`.
 //! - [`state`]: [`MetaState`], the commands that change it, its invariants and its queries.
 //! - [`assign`]: [`assign_replicas`], placement of new partitions' replicas.
 //! - [`identity`]: data directory identities and [`check_boot`], whether a node may take part.
@@ -23,6 +25,7 @@ pub mod identity;
 pub mod ids;
 pub mod limits;
 pub mod state;
+pub mod validate;
 
 pub use assign::assign_replicas;
 pub use balance::{LeaderMove, plan_leader_moves};
@@ -33,10 +36,11 @@ pub use identity::{
 pub use ids::{GroupId, META_GROUP, NodeId, group_id, split_group_id};
 pub use limits::{
     DEFAULT_MAX_RECORD_BYTES, DEFAULT_REPLICATION_FACTOR, MAX_ADDRESS_LEN,
-    MAX_PARTITIONS_PER_TOPIC, MAX_RECORD_BYTES_LIMIT, MAX_TOPIC_NAME_LEN, validate_address,
-    validate_topic_config, validate_topic_name,
+    MAX_PARTITIONS_PER_TOPIC, MAX_RECORD_BYTES_LIMIT, MAX_TOPIC_NAME_LEN,
 };
+pub use state::validate_topic_config;
 pub use state::{
     MAX_PRODUCER_ID_BLOCK, MetaCommand, MetaResponse, MetaState, MetaStateV1, NodeInfo,
     PartitionAssignment, Topic, TopicConfig,
 };
+pub use validate::{validate_address, validate_topic_name};

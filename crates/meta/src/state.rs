@@ -17,8 +17,9 @@ use crate::identity::IncarnationRecord;
 use crate::ids::{GroupId, META_GROUP, NodeId, group_id, split_group_id};
 use crate::limits::{
     DEFAULT_MAX_RECORD_BYTES, DEFAULT_REPLICATION_FACTOR, MAX_PARTITIONS_PER_TOPIC,
-    validate_address, validate_topic_config, validate_topic_name,
+    MAX_RECORD_BYTES_LIMIT,
 };
+use crate::validate::{validate_address, validate_topic_name};
 
 /// A registered node and where to reach it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -715,8 +716,45 @@ impl MetaState {
     }
 }
 
+/// Checks a topic config against its limits: `max_record_bytes` is 0 (the cluster default,
+/// [`DEFAULT_MAX_RECORD_BYTES`]) or at most [`MAX_RECORD_BYTES_LIMIT`].
+pub fn validate_topic_config(config: &TopicConfig) -> Result<(), MetaError> {
+    if config.max_record_bytes > MAX_RECORD_BYTES_LIMIT {
+        return Err(MetaError::InvalidConfig {
+            reason: format!(
+                "max_record_bytes {} is above the limit of {MAX_RECORD_BYTES_LIMIT} bytes \
+                 (16 MiB); use 1 to {MAX_RECORD_BYTES_LIMIT}, or 0 for the default of \
+                 {DEFAULT_MAX_RECORD_BYTES}",
+                config.max_record_bytes
+            ),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn config_limit() {
+        for max in [0, 1, DEFAULT_MAX_RECORD_BYTES, MAX_RECORD_BYTES_LIMIT] {
+            assert_eq!(
+                validate_topic_config(&TopicConfig {
+                    max_record_bytes: max
+                }),
+                Ok(())
+            );
+        }
+        let msg = validate_topic_config(&TopicConfig {
+            max_record_bytes: MAX_RECORD_BYTES_LIMIT + 1,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.contains("16777217") && msg.contains("limit of 16777216 bytes (16 MiB)"),
+            "{msg}"
+        );
+    }
+
     use super::*;
     use crate::limits::{MAX_RECORD_BYTES_LIMIT, MAX_TOPIC_NAME_LEN};
 
