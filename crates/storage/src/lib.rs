@@ -2,7 +2,8 @@
 //! node hosts.
 //!
 //! # Layout
-//! - [`store`]: the database, its tables, reads, and the handle to the writer.
+//! - [`store`]: the database, reads, and the handle to the writer; `tables`: the table
+//!   definitions both it and the writer use (so the writer does not import the store).
 //! - [`writer`]: the single **group-commit writer** (a thread; a task in simulations). Every
 //!   change (log appends of any group, votes, truncations, purges, offset index updates) goes
 //!   through it; it folds the requests waiting in its bounded queue into one write transaction
@@ -30,6 +31,7 @@
 pub mod partition;
 pub mod sim_disk;
 pub mod store;
+mod tables;
 pub mod writer;
 
 pub use store::{Closed, Durable, GroupKey, NodeKey, Store, StoreOptions};

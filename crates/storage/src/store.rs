@@ -8,23 +8,13 @@ use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::{oneshot, watch};
 
 use crate::StorageError;
 use crate::writer::{self, Op, WriterMode};
 
-/// `(group, index) → entry bytes`.
-pub(crate) const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("log");
-/// `(group, base_offset) → (index, record_count)`.
-pub(crate) const OFFSETS: TableDefinition<(u64, u64), (u64, u32)> = TableDefinition::new("offsets");
-/// `(group, key) → small value`.
-pub(crate) const GROUP_VALUES: TableDefinition<(u64, u8), &[u8]> =
-    TableDefinition::new("group_values");
-
-/// `key → small value` of the node itself, not of a group (see [`NodeKey`]). A table of its
-/// own, created at open: a database written before it existed gains it empty.
-pub(crate) const NODE_VALUES: TableDefinition<u8, &[u8]> = TableDefinition::new("node_values");
+use crate::tables::{GROUP_VALUES, LOG, NODE_VALUES, OFFSETS};
 
 /// Keys of the node-level values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +48,7 @@ pub fn index_bounds(range: &impl RangeBounds<u64>) -> Option<(u64, u64)> {
 /// A log entry as stored: its index and its bytes.
 pub type StoredEntry = (u64, Vec<u8>);
 
-/// Keys of [`GROUP_VALUES`].
+/// Keys of the `group_values` table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum GroupKey {

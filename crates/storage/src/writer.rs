@@ -24,11 +24,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::StorageError;
 use crate::sim_disk::SyncDelay;
-use crate::store::{GROUP_VALUES, LOG, NODE_VALUES, OFFSETS};
+use crate::tables::{GROUP_VALUES, LOG, NODE_VALUES, OFFSETS};
 
 /// Requests waiting for the writer, at most.
 pub const WRITER_QUEUE_REQUESTS: usize = 1024;
-/// Bytes of ops (as [`Op::bytes`] counts them) waiting for the writer, at most: a sender
+/// Bytes of ops (entry bytes plus a small fixed cost per entry or op) waiting for the writer, at most: a sender
 /// waits for room. A single request larger than this still goes through, alone.
 pub const WRITER_QUEUE_BYTES: usize = 64 << 20;
 /// Requests folded into one transaction, at most.
