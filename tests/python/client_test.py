@@ -65,7 +65,7 @@ def call(fn, req, what, timeout=10):
     fail(f"{what}: still UNAVAILABLE after {ATTEMPTS} attempts")
 
 
-def produce(node, addrs, req, what):
+def produce(node, req, what):
     """Produces `req` at `node`, following a NOT_LEADER partition error's leader hint."""
     target = node
     for _ in range(ATTEMPTS):
@@ -108,7 +108,7 @@ def main():
         (result,) = resp.results
         if result.HasField("error"):
             redirected += 1
-            result = produce(node, addrs, req, f"unkeyed produce {i}")
+            result = produce(node, req, f"unkeyed produce {i}")
         sent[value] = (result.partition, result.base_offset)
     if redirected > 2:
         fail(f"{redirected} of {UNKEYED} unkeyed produces to one node were not served there")
@@ -119,7 +119,7 @@ def main():
         value = f"keyed-{i}".encode()
         req = pb.ProduceRequest(topic=TOPIC, acks=pb.ACKS_CP,
                                 records=[pb.Record(key=key, value=value)])
-        result = produce(node, addrs, req, f"keyed produce {i}")
+        result = produce(node, req, f"keyed produce {i}")
         sent[value] = (result.partition, result.base_offset)
     by_key = {}
     for value, (p, _) in sent.items():

@@ -150,17 +150,24 @@ fn build_batches(
             check_partition(topic, p)?;
         }
         total += check_records(topic, &req.records)?;
-        let turn = node
-            .round_robin
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let led: Vec<u32> = (0..count)
-            .filter(|p| {
-                node.registry
-                    .partition(group_id(topic.id, *p))
-                    .is_some_and(|h| h.leadership().leader == Some(node.id))
-            })
-            .collect();
-        let sticky = unkeyed_partition(turn, &led, count);
+        // Only a request with unkeyed records and no partition looks at which partitions
+        // this node leads.
+        let unkeyed = req.partition.is_none() && req.records.iter().any(|r| r.key.is_none());
+        let sticky = if unkeyed {
+            let turn = node
+                .round_robin
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let led: Vec<u32> = (0..count)
+                .filter(|p| {
+                    node.registry
+                        .partition(group_id(topic.id, *p))
+                        .is_some_and(|h| h.leadership().leader == Some(node.id))
+                })
+                .collect();
+            unkeyed_partition(turn, &led, count)
+        } else {
+            0
+        };
         let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
         for r in req.records {
             let p = match (req.partition, &r.key) {

@@ -312,7 +312,7 @@ struct Nemesis {
     down: BTreeMap<Target, u64>,
     /// Nodes that lost their data (a wiped disk, an old copy put back) and have not said
     /// they are voters of every group again: while there is one, no other node loses its
-    /// data. Two nodes without their data at once is beyond what three replicas survive (a
+    /// data (a copy may still be taken: that is only a crash). Two nodes without their data at once is beyond what three replicas survive (a
     /// record committed by the third and a learner could be on one voter only), which the
     /// plan's time window ([`nemesis::REBUILD_MS`]) only estimates.
     amnesiac: BTreeSet<u64>,
@@ -395,6 +395,12 @@ impl Nemesis {
         }
     }
 
+    /// Whether a node other than `node` lost its data and is not rebuilt yet (`node` itself
+    /// losing it again leaves one node without its data, as before).
+    fn another_amnesiac(&self, node: u64) -> bool {
+        self.amnesiac.iter().any(|n| *n != node)
+    }
+
     fn is_down(&self, node: u64) -> bool {
         self.down.values().any(|n| *n == node)
     }
@@ -465,7 +471,7 @@ impl Nemesis {
                 let amnesia = matches!(fault, Fault::DiskLoss(_));
                 if self.is_down(node)
                     || self.down.contains_key(&target)
-                    || (amnesia && !self.amnesiac.is_empty())
+                    || (amnesia && self.another_amnesiac(node))
                 {
                     return Struck::Skipped(node);
                 }
@@ -479,9 +485,11 @@ impl Nemesis {
             }
             Fault::StaleCopy(node) => {
                 let target = Target::Node(node);
+                // Taking a copy is only a crash; putting one back is a data loss.
+                let restore = self.copies.contains_key(&node);
                 if self.is_down(node)
                     || self.down.contains_key(&target)
-                    || !self.amnesiac.is_empty()
+                    || (restore && self.another_amnesiac(node))
                 {
                     return Struck::Skipped(node);
                 }
@@ -616,11 +624,6 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RebuiltWatch {
             node: Option<u64>,
         }
         impl tracing::field::Visit for Fields {
-            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-                if field.name() == "message" {
-                    self.rebuilt = value.starts_with("rebuilt:");
-                }
-            }
             fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
                 if field.name() == "node" {
                     self.node = Some(value);

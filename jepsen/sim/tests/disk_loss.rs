@@ -72,8 +72,20 @@ fn a_wiped_or_restored_node_refuses_rebuilds_and_loses_nothing() {
             "seed {seed}: {} anomalies after a node lost its disk or got an old copy back (above)",
             run.anomalies.len()
         );
-        // Both nodes refused their disks and were rebuilt: the wiped follower and node 2 on
-        // its old copy.
+        // Every data loss of the schedule happened (none was held back)...
+        for a in &run.applied {
+            if matches!(a.fault, Fault::DiskLoss(_) | Fault::StaleCopy(_)) {
+                assert!(
+                    matches!(a.struck, Struck::Node(_)),
+                    "seed {seed}: {:?} at {} ms was not applied ({:?})",
+                    a.fault,
+                    a.at_ms,
+                    a.struck
+                );
+            }
+        }
+        // ... and both nodes refused their disks and were rebuilt: the wiped follower and
+        // node 2 on its old copy.
         let wiped = run
             .applied
             .iter()
@@ -82,10 +94,19 @@ fn a_wiped_or_restored_node_refuses_rebuilds_and_loses_nothing() {
                 _ => None,
             })
             .expect("the disk loss struck a node");
-        for node in [wiped, 2] {
+        let restored_at = run
+            .applied
+            .iter()
+            .filter(|a| a.fault == Fault::StaleCopy(2))
+            .map(|a| a.at_ms)
+            .max()
+            .expect("the old copy was put back");
+        for (node, after) in [(wiped, 0), (2, restored_at)] {
             assert!(
-                run.applied.iter().any(|a| a.fault == Fault::Rebuild(node)),
-                "seed {seed}: node {node} was never started with --rebuild: it did not refuse its disk"
+                run.applied
+                    .iter()
+                    .any(|a| a.fault == Fault::Rebuild(node) && a.at_ms > after),
+                "seed {seed}: node {node} was never started with --rebuild after {after} ms: it did not refuse its disk"
             );
         }
     }
