@@ -81,6 +81,7 @@ async fn produce(
         batches: vec![RecordBatch {
             partition: 0,
             producer_id: pid,
+            producer_epoch: 0,
             base_sequence: seq,
             record_count: 1,
             crc32c: batch::checksum(&body),
@@ -135,7 +136,7 @@ async fn read(
 }
 
 async fn init_producer(c: &mut FjordClient<Channel>) -> Result<u64, (Code, String)> {
-    c.init_producer(InitProducerRequest {})
+    c.init_producer(InitProducerRequest::default())
         .await
         .map(|r| r.into_inner().producer_id)
         .map_err(|s| (s.code(), s.message().to_string()))

@@ -297,17 +297,35 @@ impl Client {
 
     /// Allocates a cluster-unique producer id (never 0) for idempotent produce.
     pub async fn init_producer(&self) -> Result<u64, ClientError> {
+        self.init_producer_as(None).await.map(|(id, _)| id)
+    }
+
+    /// A producer id and epoch: for `name`, the named producer's id at its next epoch, which
+    /// fences every earlier instance of it (see `InitProducer` in `proto/fjord.proto`); for
+    /// `None`, a fresh unnamed id at epoch 0.
+    pub async fn init_producer_as(&self, name: Option<&str>) -> Result<(u64, u16), ClientError> {
+        let producer_name = name.map(str::to_string);
         let answer = self
-            .any_node(|mut c, t| async move {
-                c.init_producer(request(v1::InitProducerRequest {}, t))
-                    .await
+            .any_node(|mut c, t| {
+                let producer_name = producer_name.clone();
+                async move {
+                    c.init_producer(request(v1::InitProducerRequest { producer_name }, t))
+                        .await
+                }
             })
             .await?;
+        let epoch = u16::try_from(answer.producer_epoch).map_err(|_| {
+            ClientError::Protocol(format!(
+                "InitProducer answered epoch {}, over {}",
+                answer.producer_epoch,
+                u16::MAX
+            ))
+        })?;
         match answer.producer_id {
             0 => Err(ClientError::Protocol(
                 "InitProducer answered producer id 0".into(),
             )),
-            id => Ok(id),
+            id => Ok((id, epoch)),
         }
     }
 

@@ -182,6 +182,14 @@ pub struct ProducerConfig {
     /// Most encoded bytes of records the producer holds; `send` waits when the producer is
     /// full, and refuses a single record larger than this.
     pub max_pending_bytes: usize,
+    /// A stable name for this producer (Kafka's `transactional.id`), or `None`. Creating a
+    /// producer with a name fences every earlier producer created with it, in this process
+    /// or any other: the cluster refuses their batches ([`ClientError::ProducerFenced`]), so
+    /// a restarted service instance can be sure its predecessor (a "zombie" that was paused
+    /// or cut off) no longer writes. Needs `idempotent`, and a metadata majority when the
+    /// producer first sends. A named producer whose batch fails for good does not move its
+    /// later batches to a fresh producer id (that would escape the fencing): they fail too.
+    pub producer_name: Option<String>,
 }
 
 impl Default for ProducerConfig {
@@ -195,6 +203,7 @@ impl Default for ProducerConfig {
             max_in_flight_batches: DEFAULT_MAX_IN_FLIGHT_BATCHES,
             max_pending_records: DEFAULT_MAX_PENDING_RECORDS,
             max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
+            producer_name: None,
         }
     }
 }
@@ -233,6 +242,13 @@ impl ProducerConfig {
             1,
             MAX_PENDING_BYTES_LIMIT as u64,
         )?;
+        if self.producer_name.is_some() && !self.idempotent {
+            return Err(ClientError::InvalidArgument(
+                "producer_name needs idempotent: a named producer is fenced by its epoch, which \
+                 only idempotent batches carry"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 }

@@ -6,7 +6,7 @@
 //! happened" ([`ClientError::is_outcome_unknown`]). A not-leader answer keeps the leader hint
 //! the server sent so the next attempt goes straight to the leader.
 
-use fjord_proto::v1::PartitionError;
+use fjord_proto::v1::{PartitionError, ProduceErrorReason};
 use fjord_proto::{LEADER_ADDRESS_KEY, LEADER_ID_KEY};
 use tonic::Code;
 
@@ -71,6 +71,11 @@ pub enum ClientError {
     /// The server refused the operation in the cluster's current state. Fatal.
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// A newer instance of this named producer was initialised (`ProducerConfig::
+    /// producer_name`): nothing of the batch was written, and nothing this producer sends
+    /// will be. Fatal: stop this producer (Kafka's `ProducerFencedException`).
+    #[error("producer fenced: {0}")]
+    ProducerFenced(String),
     /// The requested offset is outside the stored log. Fatal.
     #[error("offset out of range: {0}")]
     OffsetOutOfRange(String),
@@ -195,7 +200,17 @@ impl ClientError {
     /// Classifies one partition's failure inside a produce answer.
     pub fn from_partition_error(err: &PartitionError) -> ClientError {
         let hint = LeaderHint::from_parts(err.leader_id, &err.leader_address);
-        Self::from_code(Code::from(err.code), err.message.clone(), hint).in_produce()
+        let message = err.message.clone();
+        match (Code::from(err.code), ProduceErrorReason::try_from(err.reason)) {
+            (Code::FailedPrecondition, Ok(ProduceErrorReason::ProducerFenced)) => {
+                ClientError::ProducerFenced(message)
+            }
+            (
+                Code::FailedPrecondition,
+                Ok(ProduceErrorReason::UnknownProducerId | ProduceErrorReason::SequenceReused),
+            ) => ClientError::FailedPrecondition(message),
+            (code, _) => Self::from_code(code, message, hint).in_produce(),
+        }
     }
 
     /// In a produce, FAILED_PRECONDITION means the batch's sequence is not the expected one.
@@ -327,6 +342,7 @@ mod tests {
             message: "m".into(),
             leader_id: id,
             leader_address: addr.into(),
+            reason: 0,
         };
         let e = ClientError::from_partition_error(&pe(Code::Unavailable, 3, "h3:7101"));
         assert_eq!(

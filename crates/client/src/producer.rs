@@ -339,8 +339,38 @@ struct Shared {
     client: Client,
     topic: String,
     config: ProducerConfig,
-    /// The producer id of partitions that have not needed a fresh one, fetched once.
-    producer_id: OnceCell<u64>,
+    /// The producer id and epoch of partitions that have not needed a fresh id, fetched
+    /// once (for a named producer, the only one it ever has).
+    producer_id: OnceCell<(u64, u16)>,
+    /// Set once a batch was refused as fenced: later requests for a fresh id fail so too.
+    fenced: std::sync::OnceLock<String>,
+}
+
+impl Shared {
+    /// The epoch batches under `producer_id` carry: the initialised one for the producer's
+    /// own id, 0 for a fresh unnamed id.
+    fn epoch_of(&self, producer_id: u64) -> u16 {
+        match self.producer_id.get() {
+            Some(&(id, epoch)) if id == producer_id => epoch,
+            _ => 0,
+        }
+    }
+
+    /// A fresh producer id for a partition whose session ended: an unnamed id, except for a
+    /// named producer, which must stay under its name to stay fenceable.
+    async fn fresh_producer_id(&self) -> Result<u64, ClientError> {
+        if let Some(why) = self.fenced.get() {
+            return Err(ClientError::ProducerFenced(why.clone()));
+        }
+        match &self.config.producer_name {
+            None => self.client.init_producer().await,
+            Some(name) => Err(ClientError::FailedPrecondition(format!(
+                "named producer {name:?}: an earlier batch of this partition failed for good, \
+                 and a named producer does not move later batches to a fresh producer id (it \
+                 would escape fencing); create the producer again"
+            ))),
+        }
+    }
 }
 
 impl Shared {
@@ -403,6 +433,7 @@ impl Producer {
                     topic,
                     config,
                     producer_id: OnceCell::new(),
+                    fenced: std::sync::OnceLock::new(),
                 }),
             }),
         })
@@ -410,6 +441,19 @@ impl Producer {
 
     pub fn topic(&self) -> &str {
         &self.inner.shared.topic
+    }
+
+    /// Initialises the producer's id and epoch now rather than at its first send, and
+    /// returns them. For a named producer ([`ProducerConfig::producer_name`]) this is the
+    /// moment every earlier instance is fenced (Kafka's `initTransactions`).
+    pub async fn init(&self) -> Result<(u64, u16), ClientError> {
+        let shared = &self.inner.shared;
+        let name = shared.config.producer_name.as_deref();
+        shared
+            .producer_id
+            .get_or_try_init(|| shared.client.init_producer_as(name))
+            .await
+            .copied()
     }
 
     pub fn config(&self) -> &ProducerConfig {
@@ -639,6 +683,9 @@ async fn run_partition(shared: Arc<Shared>, partition: u32, mut queue: mpsc::Rec
                     if let Err(ClientError::OutOfOrderSequence(why)) = &result {
                         debug!(partition = task.partition, batch = id, %why, "sequence gap");
                     }
+                    if let Err(ClientError::ProducerFenced(why)) = &result {
+                        let _ = task.shared.fenced.set(why.clone());
+                    }
                     task.window.on_answer(id, result, maybe_appended)
                 }
                 Event::ProducerId(result) => task.window.on_producer_id(result),
@@ -689,6 +736,7 @@ impl PartitionTask {
                         batches: vec![v1::RecordBatch {
                             partition: self.partition,
                             producer_id,
+                            producer_epoch: u32::from(self.shared.epoch_of(producer_id)),
                             base_sequence,
                             record_count: b.count,
                             crc32c: b.crc32c,
@@ -712,13 +760,14 @@ impl PartitionTask {
                     let shared = Arc::clone(&self.shared);
                     self.calls.push(Box::pin(async move {
                         let result = if fresh {
-                            shared.client.init_producer().await
+                            shared.fresh_producer_id().await
                         } else {
+                            let name = shared.config.producer_name.as_deref();
                             shared
                                 .producer_id
-                                .get_or_try_init(|| shared.client.init_producer())
+                                .get_or_try_init(|| shared.client.init_producer_as(name))
                                 .await
-                                .copied()
+                                .map(|&(id, _)| id)
                         };
                         Event::ProducerId(result)
                     }));
@@ -936,6 +985,7 @@ mod tests {
                 message: "not the leader".into(),
                 leader_id: 3,
                 leader_address: "h3:7101".into(),
+                reason: 0,
             }),
             ..Default::default()
         };

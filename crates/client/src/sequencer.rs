@@ -1136,6 +1136,11 @@ mod tests {
                                     "expected {expected}, got {got}"
                                 )))
                             }
+                            // One epoch only; and the client never gives one sequence to two
+                            // batches.
+                            other @ (Outcome::Fenced { .. } | Outcome::SequenceReused { .. }) => {
+                                return Err(TestCaseError::fail(format!("{other:?}")));
+                            }
                         },
                         // A second delivery is a retry after an attempt without an answer.
                         s.deliveries > 1,
@@ -1205,8 +1210,11 @@ mod tests {
                                 id,
                                 header: BatchHeader {
                                     producer_id,
+                                    producer_epoch: 0,
                                     base_sequence,
                                     record_count,
+                                    // A batch's records never change, whatever id it goes under.
+                                    crc32c: id as u32,
                                 },
                                 deliveries: 0,
                                 last: None,
@@ -1497,6 +1505,11 @@ mod tests {
                                     "expected {expected}, got {got}"
                                 )))
                             }
+                            // One epoch only; and the client never gives one sequence to two
+                            // batches.
+                            other @ (Outcome::Fenced { .. } | Outcome::SequenceReused { .. }) => {
+                                return Err(TestCaseError::fail(format!("{other:?}")));
+                            }
                         },
                         s.unknown,
                     ),
@@ -1572,8 +1585,11 @@ mod tests {
                                 id,
                                 header: BatchHeader {
                                     producer_id,
+                                    producer_epoch: 0,
                                     base_sequence,
                                     record_count,
+                                    // A batch's records never change, whatever id it goes under.
+                                    crc32c: id as u32,
                                 },
                                 current: 0,
                                 outcome: None,

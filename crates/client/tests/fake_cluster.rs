@@ -212,7 +212,10 @@ impl Fjord for FakeNode {
         st.next_producer_id += 1;
         let producer_id = st.next_producer_id;
         self.log(&mut st, "init_producer", producer_id.to_string());
-        Ok(Response::new(InitProducerResponse { producer_id }))
+        Ok(Response::new(InitProducerResponse {
+            producer_id,
+            producer_epoch: 0,
+        }))
     }
 
     async fn produce(
@@ -272,6 +275,7 @@ impl Fjord for FakeNode {
                         message: message.into(),
                         leader_id,
                         leader_address,
+                        reason: 0,
                     }),
                     ..Default::default()
                 }

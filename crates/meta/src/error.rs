@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::NodeId;
-use crate::limits::{MAX_ADDRESS_LEN, MAX_TOPIC_NAME_LEN, TOPIC_NAME_CHARS};
+use crate::limits::{MAX_ADDRESS_LEN, MAX_PRODUCER_NAME_LEN, MAX_TOPIC_NAME_LEN, TOPIC_NAME_CHARS};
 
 /// Why a [`crate::MetaCommand`] was rejected.
 ///
@@ -152,6 +152,34 @@ pub enum MetaError {
         /// The one recorded.
         recorded: u64,
     },
+    /// A producer name breaks the naming rule.
+    #[error(
+        "invalid producer name {name:?}: use 1 to {MAX_PRODUCER_NAME_LEN} bytes without control \
+         characters"
+    )]
+    InvalidProducerName {
+        /// The name as given (cut to a bounded length).
+        name: String,
+    },
+    /// The cluster holds as many named producers as it may.
+    #[error(
+        "the cluster holds {max} named producers, its limit: reuse a producer name, or use an \
+         unnamed producer"
+    )]
+    TooManyNamedProducers {
+        /// [`crate::limits::MAX_NAMED_PRODUCERS`].
+        max: usize,
+    },
+    /// A named producer was initialised as often as its epoch can count.
+    #[error(
+        "producer {name:?} has been initialised {} times, as often as its epoch counts: use \
+         another producer name",
+        u16::MAX
+    )]
+    ProducerEpochsExhausted {
+        /// The name (cut to a bounded length).
+        name: String,
+    },
 }
 
 impl MetaError {
@@ -174,7 +202,10 @@ impl MetaError {
             | MetaError::OtherIncarnation { .. }
             | MetaError::InvalidProducerIdBlock { .. }
             | MetaError::UnknownNode { .. }
-            | MetaError::RebuildRaced { .. } => false,
+            | MetaError::RebuildRaced { .. }
+            | MetaError::InvalidProducerName { .. }
+            | MetaError::TooManyNamedProducers { .. }
+            | MetaError::ProducerEpochsExhausted { .. } => false,
         }
     }
 }

@@ -35,12 +35,12 @@ pub use identity::{
 };
 pub use ids::{GroupId, META_GROUP, NodeId, group_id, split_group_id};
 pub use limits::{
-    DEFAULT_MAX_RECORD_BYTES, DEFAULT_REPLICATION_FACTOR, MAX_ADDRESS_LEN,
-    MAX_PARTITIONS_PER_TOPIC, MAX_RECORD_BYTES_LIMIT, MAX_TOPIC_NAME_LEN,
+    DEFAULT_MAX_RECORD_BYTES, DEFAULT_REPLICATION_FACTOR, MAX_ADDRESS_LEN, MAX_NAMED_PRODUCERS,
+    MAX_PARTITIONS_PER_TOPIC, MAX_PRODUCER_NAME_LEN, MAX_RECORD_BYTES_LIMIT, MAX_TOPIC_NAME_LEN,
 };
 pub use state::validate_topic_config;
 pub use state::{
-    MAX_PRODUCER_ID_BLOCK, MetaCommand, MetaResponse, MetaState, MetaStateV1, NodeInfo,
-    PartitionAssignment, Topic, TopicConfig,
+    MAX_PRODUCER_ID_BLOCK, MetaCommand, MetaResponse, MetaState, MetaStateV1, MetaStateV2,
+    NodeInfo, PartitionAssignment, ProducerCheck, Topic, TopicConfig,
 };
-pub use validate::{validate_address, validate_topic_name};
+pub use validate::{validate_address, validate_producer_name, validate_topic_name};

@@ -14,6 +14,10 @@ pub const DEFAULT_MAX_RECORD_BYTES: u64 = 1 << 20;
 pub const DEFAULT_REPLICATION_FACTOR: u32 = 3;
 /// Longest node address: a 253-byte DNS name, a colon and a 5-digit port.
 pub const MAX_ADDRESS_LEN: usize = 253 + 1 + 5;
+/// Longest producer name (Kafka's `transactional.id`), in bytes.
+pub const MAX_PRODUCER_NAME_LEN: usize = 255;
+/// Named producers the cluster remembers, at most (each costs the metadata a few dozen bytes).
+pub const MAX_NAMED_PRODUCERS: usize = 100_000;
 
 /// The characters a topic name may use, as written in error messages.
 pub(crate) const TOPIC_NAME_CHARS: &str = "[a-zA-Z0-9._-]";

@@ -16,10 +16,10 @@ use crate::error::{MetaError, clip};
 use crate::identity::IncarnationRecord;
 use crate::ids::{GroupId, META_GROUP, NodeId, group_id, split_group_id};
 use crate::limits::{
-    DEFAULT_MAX_RECORD_BYTES, DEFAULT_REPLICATION_FACTOR, MAX_PARTITIONS_PER_TOPIC,
-    MAX_RECORD_BYTES_LIMIT,
+    DEFAULT_MAX_RECORD_BYTES, DEFAULT_REPLICATION_FACTOR, MAX_NAMED_PRODUCERS,
+    MAX_PARTITIONS_PER_TOPIC, MAX_RECORD_BYTES_LIMIT,
 };
-use crate::validate::{validate_address, validate_topic_name};
+use crate::validate::{validate_address, validate_producer_name, validate_topic_name};
 
 /// A registered node and where to reach it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +98,36 @@ pub struct MetaState {
     /// Each node's registered data directory: its incarnation and latest generation (see
     /// [`crate::identity`]).
     pub incarnations: BTreeMap<NodeId, IncarnationRecord>,
+    /// Named producers (Kafka's `transactional.id`): name → producer id.
+    pub producer_names: BTreeMap<String, u64>,
+    /// The latest epoch of each named producer's id; an id not here is unnamed (epoch 0).
+    pub producer_epochs: BTreeMap<u64, u16>,
+}
+
+/// [`MetaState`] as encoded before named producers (see [`MetaStateV1`] for why).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MetaStateV2 {
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+    pub topics: BTreeMap<String, Topic>,
+    pub next_topic_id: u32,
+    pub next_producer_id: u64,
+    pub cluster_id: u64,
+    pub incarnations: BTreeMap<NodeId, IncarnationRecord>,
+}
+
+impl From<MetaStateV2> for MetaState {
+    fn from(v: MetaStateV2) -> Self {
+        MetaState {
+            nodes: v.nodes,
+            topics: v.topics,
+            next_topic_id: v.next_topic_id,
+            next_producer_id: v.next_producer_id,
+            cluster_id: v.cluster_id,
+            incarnations: v.incarnations,
+            producer_names: BTreeMap::new(),
+            producer_epochs: BTreeMap::new(),
+        }
+    }
 }
 
 /// [`MetaState`] as encoded before identities: what snapshots written by earlier versions
@@ -120,6 +150,8 @@ impl From<MetaStateV1> for MetaState {
             next_producer_id: v.next_producer_id,
             cluster_id: 0,
             incarnations: BTreeMap::new(),
+            producer_names: BTreeMap::new(),
+            producer_epochs: BTreeMap::new(),
         }
     }
 }
@@ -226,6 +258,20 @@ pub enum MetaCommand {
         /// The incarnation the rebuilding node's peers reported for it (0: none recorded).
         replaces: u64,
     },
+    /// Initialises a named producer (Kafka's `InitProducerId` with a `transactional.id`): the
+    /// first time, a fresh producer id at epoch 0; after that, the same id at the next epoch,
+    /// which fences every earlier instance (`fjord_storage::partition`, rule 2).
+    InitNamedProducer {
+        /// 1 to [`crate::MAX_PRODUCER_NAME_LEN`] bytes, no control characters.
+        name: String,
+    },
+    /// Changes nothing; answers whether producer `id` was allocated and its latest epoch, as
+    /// of this command's place in the log (a linearizable read for a node whose own view may
+    /// be behind).
+    CheckProducer {
+        /// The producer id.
+        id: u64,
+    },
 }
 
 /// Producer ids in one [`MetaCommand::AllocateProducerIdBlock`], at most.
@@ -244,6 +290,21 @@ pub enum MetaResponse {
     Error(MetaError),
     /// The producer ids `first..first + count`, just allocated.
     ProducerIdBlock { first: u64, count: u64 },
+    /// A named producer's id and new epoch.
+    ProducerEpoch { id: u64, epoch: u16 },
+    /// The answer to [`MetaCommand::CheckProducer`].
+    ProducerCheck(ProducerCheck),
+}
+
+/// What the metadata knows of a producer id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProducerCheck {
+    /// Never allocated: ids below `next` were.
+    Unallocated { next: u64 },
+    /// Allocated, unnamed: its epoch is always 0.
+    Unnamed,
+    /// A named producer's id, at its latest epoch.
+    Named { epoch: u16 },
 }
 
 impl MetaState {
@@ -295,6 +356,10 @@ impl MetaState {
                 cluster_id,
                 replaces,
             } => self.rebuild_incarnation(*id, address, *incarnation, *cluster_id, *replaces),
+            MetaCommand::InitNamedProducer { name } => self.init_named_producer(name),
+            MetaCommand::CheckProducer { id } => Ok(MetaResponse::ProducerCheck(
+                self.check_producer(*id),
+            )),
         };
         debug_assert_eq!(self.validate(), Ok(()), "invariant broken after {cmd:?}");
         result.unwrap_or_else(MetaResponse::Error)
@@ -471,6 +536,42 @@ impl MetaState {
         Ok(MetaResponse::Ok)
     }
 
+    fn init_named_producer(&mut self, name: &str) -> Result<MetaResponse, MetaError> {
+        validate_producer_name(name)?;
+        if let Some(&id) = self.producer_names.get(name) {
+            let epoch = self.producer_epochs.get(&id).copied().unwrap_or(0);
+            let next = epoch
+                .checked_add(1)
+                .ok_or_else(|| MetaError::ProducerEpochsExhausted { name: clip(name) })?;
+            self.producer_epochs.insert(id, next);
+            return Ok(MetaResponse::ProducerEpoch { id, epoch: next });
+        }
+        if self.producer_names.len() >= MAX_NAMED_PRODUCERS {
+            return Err(MetaError::TooManyNamedProducers {
+                max: MAX_NAMED_PRODUCERS,
+            });
+        }
+        let MetaResponse::ProducerId(id) = self.allocate_producer_id()? else {
+            unreachable!("allocate_producer_id answers ProducerId");
+        };
+        self.producer_names.insert(name.to_string(), id);
+        self.producer_epochs.insert(id, 0);
+        Ok(MetaResponse::ProducerEpoch { id, epoch: 0 })
+    }
+
+    /// What this state knows of producer id `id`.
+    pub fn check_producer(&self, id: u64) -> ProducerCheck {
+        let next = self.next_producer_id.max(1);
+        if id == 0 || id >= next {
+            ProducerCheck::Unallocated { next }
+        } else {
+            match self.producer_epochs.get(&id) {
+                Some(&epoch) => ProducerCheck::Named { epoch },
+                None => ProducerCheck::Unnamed,
+            }
+        }
+    }
+
     fn allocate_producer_id(&mut self) -> Result<MetaResponse, MetaError> {
         let id = self.next_producer_id.max(1);
         self.next_producer_id = id.checked_add(1).ok_or(MetaError::ProducerIdsExhausted)?;
@@ -568,6 +669,23 @@ impl MetaState {
             if !self.nodes.contains_key(node) {
                 return Err(format!(
                     "node {node} has an incarnation but is not registered"
+                ));
+            }
+        }
+        if self.producer_names.len() != self.producer_epochs.len()
+            || self.producer_names.len() > MAX_NAMED_PRODUCERS
+        {
+            return Err(format!(
+                "{} producer names but {} named producer ids (limit {MAX_NAMED_PRODUCERS})",
+                self.producer_names.len(),
+                self.producer_epochs.len()
+            ));
+        }
+        for (name, id) in &self.producer_names {
+            if !self.producer_epochs.contains_key(id) || *id == 0 || *id >= self.next_producer_id {
+                return Err(format!(
+                    "producer {name:?} has id {id}, not a named id below next_producer_id {}",
+                    self.next_producer_id
                 ));
             }
         }
@@ -1397,5 +1515,64 @@ mod tests {
             &|s| s.nodes.get_mut(&1).unwrap().id = 2,
             "holds the info of node 2",
         );
+    }
+}
+
+#[cfg(test)]
+mod named_producer_tests {
+    use super::*;
+
+    fn init(s: &mut MetaState, name: &str) -> MetaResponse {
+        s.apply(&MetaCommand::InitNamedProducer { name: name.into() })
+    }
+
+    #[test]
+    fn a_name_keeps_its_id_and_each_init_bumps_its_epoch() {
+        let mut s = MetaState::new();
+        s.apply(&MetaCommand::AllocateProducerIdBlock { count: 10 });
+        assert_eq!(
+            init(&mut s, "orders-writer"),
+            MetaResponse::ProducerEpoch { id: 11, epoch: 0 }
+        );
+        assert_eq!(
+            init(&mut s, "orders-writer"),
+            MetaResponse::ProducerEpoch { id: 11, epoch: 1 }
+        );
+        assert_eq!(
+            init(&mut s, "billing"),
+            MetaResponse::ProducerEpoch { id: 12, epoch: 0 }
+        );
+        assert_eq!(s.check_producer(11), ProducerCheck::Named { epoch: 1 });
+        assert_eq!(s.check_producer(3), ProducerCheck::Unnamed);
+        assert_eq!(
+            s.check_producer(13),
+            ProducerCheck::Unallocated { next: 13 }
+        );
+        assert_eq!(s.check_producer(0), ProducerCheck::Unallocated { next: 13 });
+        // The check is a read through the log: it changes nothing.
+        let before = s.clone();
+        assert_eq!(
+            s.apply(&MetaCommand::CheckProducer { id: 11 }),
+            MetaResponse::ProducerCheck(ProducerCheck::Named { epoch: 1 })
+        );
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn bad_names_and_exhausted_epochs_are_refused_with_the_rule() {
+        let mut s = MetaState::new();
+        for bad in ["", "a\nb", &"x".repeat(crate::MAX_PRODUCER_NAME_LEN + 1)] {
+            let MetaResponse::Error(e) = init(&mut s, bad) else {
+                panic!("{bad:?} accepted");
+            };
+            assert!(e.to_string().contains("1 to 255 bytes"), "{e}");
+        }
+        init(&mut s, "p");
+        s.producer_epochs.insert(1, u16::MAX);
+        let MetaResponse::Error(e) = init(&mut s, "p") else {
+            panic!("epoch wrapped");
+        };
+        assert!(e.to_string().contains("use another producer name"), "{e}");
+        assert_eq!(s.producer_epochs[&1], u16::MAX);
     }
 }

@@ -6,7 +6,7 @@
 //! [`crate::validate_topic_config`], is beside the config, in `state`.)
 
 use crate::error::{MetaError, clip};
-use crate::limits::{MAX_ADDRESS_LEN, MAX_TOPIC_NAME_LEN};
+use crate::limits::{MAX_ADDRESS_LEN, MAX_PRODUCER_NAME_LEN, MAX_TOPIC_NAME_LEN};
 
 /// Checks a topic name: 1 to [`MAX_TOPIC_NAME_LEN`] characters of `[a-zA-Z0-9._-]`, and not
 /// `.` or `..` (they would name directories, not topics, wherever a name becomes a path).
@@ -73,6 +73,16 @@ pub fn validate_address(addr: &str) -> Result<(), MetaError> {
         Ok(p) if p > 0 => Ok(()),
         _ => fail(format!("the port {port} is out of range")),
     }
+}
+
+/// A producer name (Kafka's `transactional.id`): 1 to [`MAX_PRODUCER_NAME_LEN`] bytes of
+/// UTF-8 without control characters.
+pub fn validate_producer_name(name: &str) -> Result<(), MetaError> {
+    if name.is_empty() || name.len() > MAX_PRODUCER_NAME_LEN || name.chars().any(char::is_control)
+    {
+        return Err(MetaError::InvalidProducerName { name: clip(name) });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

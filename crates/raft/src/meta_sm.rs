@@ -42,19 +42,37 @@ struct MetaViewV1 {
     state: fjord_meta::MetaStateV1,
 }
 
-/// Decodes a metadata snapshot, of this version or of one before identities.
+/// [`MetaView`] as snapshots written before named producers encode it (see
+/// [`fjord_meta::MetaStateV2`]).
+#[derive(Serialize, Deserialize)]
+struct MetaViewV2 {
+    last_applied: Option<LogIdOf<TypeConfig>>,
+    membership: StoredMembershipOf<TypeConfig>,
+    state: fjord_meta::MetaStateV2,
+}
+
+/// Decodes a metadata snapshot, of this version or of an earlier one. Each version appends
+/// fields to the last, so a snapshot of an earlier version ends before a later version's
+/// fields and fails to decode as that version.
 pub fn decode_view(bytes: &[u8]) -> Result<MetaView, io::Error> {
-    match codec::decode::<MetaView>(bytes, "metadata snapshot") {
-        Ok(v) => Ok(v),
-        Err(e) => match codec::decode::<MetaViewV1>(bytes, "metadata snapshot") {
+    let what = "metadata snapshot";
+    codec::decode::<MetaView>(bytes, what).or_else(|e| {
+        if let Ok(v) = codec::decode::<MetaViewV2>(bytes, what) {
+            return Ok(MetaView {
+                last_applied: v.last_applied,
+                membership: v.membership,
+                state: v.state.into(),
+            });
+        }
+        match codec::decode::<MetaViewV1>(bytes, what) {
             Ok(v) => Ok(MetaView {
                 last_applied: v.last_applied,
                 membership: v.membership,
                 state: v.state.into(),
             }),
             Err(_) => Err(e),
-        },
-    }
+        }
+    })
 }
 
 /// Log entries [`stored_state`] reads, at most (the metadata log is snapshotted every 1,000).

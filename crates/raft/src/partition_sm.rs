@@ -46,6 +46,42 @@ pub struct Applied {
     pub state: PartitionState,
 }
 
+/// [`Applied`] as checkpoints written before producer epochs encode it.
+#[derive(Deserialize)]
+struct AppliedV1 {
+    last_applied: Option<LogIdOf<TypeConfig>>,
+    membership: StoredMembershipOf<TypeConfig>,
+    state: fjord_storage::partition::PartitionStateV1,
+}
+
+/// The first byte of a checkpoint (and snapshot) of this version. A checkpoint of the first
+/// version starts with postcard's `Option` tag of `last_applied`, 0 or 1.
+const APPLIED_V2: u8 = 0xF2;
+
+impl Applied {
+    /// The checkpoint (and snapshot) encoding: a version byte, then postcard.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![APPLIED_V2];
+        out.extend_from_slice(&codec::encode(self));
+        out
+    }
+
+    /// Decodes a checkpoint or snapshot of this version or of the one before epochs.
+    pub fn decode(bytes: &[u8], what: &str) -> Result<Applied, io::Error> {
+        match bytes.split_first() {
+            Some((&APPLIED_V2, rest)) => codec::decode(rest, what),
+            _ => {
+                let v1: AppliedV1 = codec::decode(bytes, what)?;
+                Ok(Applied {
+                    last_applied: v1.last_applied,
+                    membership: v1.membership,
+                    state: v1.state.into(),
+                })
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Tail {
     /// The last log index folded into `state`.
@@ -106,7 +142,7 @@ impl PartitionShared {
     /// Loads the last checkpoint of `group`'s applied state.
     pub fn open(group: u64, store: &Store) -> Result<Arc<Self>, io::Error> {
         let applied: Applied = match store.get_value(group, GroupKey::StateMachine)? {
-            Some(b) => codec::decode(&b, "partition checkpoint")?,
+            Some(b) => Applied::decode(&b, "partition checkpoint")?,
             None => Applied::default(),
         };
         let hw = applied.state.next_offset;
@@ -348,7 +384,7 @@ impl PartitionShared {
             .write(vec![Op::Put {
                 group: self.group,
                 key: GroupKey::StateMachine as u8,
-                value: codec::encode(&a),
+                value: a.encode(),
             }])
             .await?;
         Ok(())
@@ -376,7 +412,7 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionSm {
             last_log_id: a.last_applied,
             last_membership: a.membership.clone(),
         };
-        let data = codec::encode(&a);
+        let data = a.encode();
         self.store
             .write(vec![Op::Put {
                 group: self.shared.group,
@@ -451,7 +487,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                 .write_lazy(vec![Op::Put {
                     group: self.shared.group,
                     key: GroupKey::StateMachine as u8,
-                    value: codec::encode(&a),
+                    value: a.encode(),
                 }])
                 .await?;
         }
@@ -477,7 +513,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
             ?meta,
             "installing a partition snapshot"
         );
-        let a: Applied = codec::decode(&snapshot, "partition snapshot")?;
+        let a = Applied::decode(&snapshot, "partition snapshot")?;
         let hw = a.state.next_offset;
         *self.shared.applied.lock().unwrap() = a.clone();
         self.shared.invalidate_tail();
@@ -487,7 +523,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                 Op::Put {
                     group: self.shared.group,
                     key: GroupKey::StateMachine as u8,
-                    value: codec::encode(&a),
+                    value: a.encode(),
                 },
                 Op::Put {
                     group: self.shared.group,
@@ -508,7 +544,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
         {
             None => Ok(None),
             Some(data) => {
-                let a: Applied = codec::decode(&data, "partition snapshot")?;
+                let a = Applied::decode(&data, "partition snapshot")?;
                 let meta = SnapshotMetaOf::<TypeConfig> {
                     last_log_id: a.last_applied,
                     last_membership: a.membership,

@@ -171,6 +171,7 @@ mod tests {
         StoredBatch {
             token: 0,
             producer_id,
+            producer_epoch: 0,
             base_sequence,
             record_count: count,
             crc32c: 0,

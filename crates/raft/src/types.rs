@@ -24,6 +24,8 @@ pub struct StoredBatch {
     /// log (AP acknowledgements). Not meaningful anywhere else.
     pub token: u64,
     pub producer_id: u64,
+    /// The producer's epoch (0 for an unnamed producer); see `fjord_storage::partition`.
+    pub producer_epoch: u16,
     pub base_sequence: u32,
     pub record_count: u32,
     /// CRC-32C of `records`.
@@ -38,14 +40,47 @@ impl StoredBatch {
     pub fn header(&self) -> BatchHeader {
         BatchHeader {
             producer_id: self.producer_id,
+            producer_epoch: self.producer_epoch,
             base_sequence: self.base_sequence,
             record_count: self.record_count,
+            crc32c: self.crc32c,
+        }
+    }
+}
+
+/// [`StoredBatch`] as log entries written before producer epochs hold it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredBatchV1 {
+    pub token: u64,
+    pub producer_id: u64,
+    pub base_sequence: u32,
+    pub record_count: u32,
+    pub crc32c: u32,
+    pub append_time_ms: i64,
+    pub records: Bytes,
+}
+
+impl From<StoredBatchV1> for StoredBatch {
+    fn from(b: StoredBatchV1) -> Self {
+        StoredBatch {
+            token: b.token,
+            producer_id: b.producer_id,
+            producer_epoch: 0,
+            base_sequence: b.base_sequence,
+            record_count: b.record_count,
+            crc32c: b.crc32c,
+            append_time_ms: b.append_time_ms,
+            records: b.records,
         }
     }
 }
 
 /// What a group replicates.
+///
+/// Encoded as [`RequestWire`], whose variants only ever grow at the end, so that every log
+/// entry ever written still decodes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "RequestWire", into = "RequestWire")]
 pub enum Request {
     /// A partition group's record batch.
     Batch(StoredBatch),
@@ -53,13 +88,43 @@ pub enum Request {
     Meta(MetaCommand),
 }
 
+/// How a [`Request`] is encoded in log entries and Raft messages (postcard numbers enum
+/// variants by position: append new ones at the end, never reorder).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum RequestWire {
+    /// A batch written before producer epochs (read only).
+    BatchV1(StoredBatchV1),
+    Meta(MetaCommand),
+    Batch(StoredBatch),
+}
+
+impl From<RequestWire> for Request {
+    fn from(w: RequestWire) -> Self {
+        match w {
+            RequestWire::BatchV1(b) => Request::Batch(b.into()),
+            RequestWire::Meta(c) => Request::Meta(c),
+            RequestWire::Batch(b) => Request::Batch(b),
+        }
+    }
+}
+
+impl From<Request> for RequestWire {
+    fn from(r: Request) -> Self {
+        match r {
+            Request::Batch(b) => RequestWire::Batch(b),
+            Request::Meta(c) => RequestWire::Meta(c),
+        }
+    }
+}
+
 impl std::fmt::Display for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Request::Batch(b) => write!(
                 f,
-                "batch(producer {}, seq {}, {} records, {} bytes)",
+                "batch(producer {} epoch {}, seq {}, {} records, {} bytes)",
                 b.producer_id,
+                b.producer_epoch,
                 b.base_sequence,
                 b.record_count,
                 b.records.len()
@@ -76,4 +141,30 @@ pub enum Response {
     Meta(MetaResponse),
     /// Blank and membership entries, and a request sent to the wrong kind of group.
     None,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_entry_written_before_epochs_still_decodes() {
+        let old = StoredBatchV1 {
+            token: 1,
+            producer_id: 7,
+            base_sequence: 3,
+            record_count: 2,
+            crc32c: 99,
+            append_time_ms: 5,
+            records: Bytes::from_static(b"xy"),
+        };
+        let bytes = postcard::to_stdvec(&RequestWire::BatchV1(old.clone())).unwrap();
+        let got: Request = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(got, Request::Batch(old.into()));
+        // What is written now round-trips, epoch included.
+        let mut b: StoredBatch = StoredBatchV1 { ..Default::default() }.into();
+        b.producer_epoch = 4;
+        let now = postcard::to_stdvec(&Request::Batch(b.clone())).unwrap();
+        assert_eq!(postcard::from_bytes::<Request>(&now).unwrap(), Request::Batch(b));
+    }
 }

@@ -42,6 +42,7 @@ fn batch(token: u64, producer_id: u64, base_sequence: u32, record_count: u32) ->
     StoredBatch {
         token,
         producer_id,
+        producer_epoch: 0,
         base_sequence,
         record_count,
         crc32c: fjord_proto::batch::checksum(&records),

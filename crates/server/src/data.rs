@@ -184,6 +184,7 @@ fn build_batches(
                 StoredBatch {
                     token: node.token(),
                     producer_id: 0,
+                    producer_epoch: 0,
                     base_sequence: 0,
                     record_count: records.len() as u32,
                     crc32c: batch::checksum(&body),
@@ -225,11 +226,20 @@ fn build_batches(
                 )));
             }
             total += check_records(topic, &records)?;
+            let producer_epoch = u16::try_from(b.producer_epoch).map_err(|_| {
+                ApiError::Invalid(format!(
+                    "batch {i} (partition {}): producer_epoch {} is over the limit of {}",
+                    b.partition,
+                    b.producer_epoch,
+                    u16::MAX
+                ))
+            })?;
             out.push((
                 b.partition,
                 StoredBatch {
                     token: node.token(),
                     producer_id: b.producer_id,
+                    producer_epoch,
                     base_sequence: b.base_sequence,
                     record_count: b.record_count,
                     crc32c: b.crc32c,
@@ -271,7 +281,7 @@ pub async fn produce(node: &Node, req: ProduceRequest) -> Result<Vec<PartitionRe
         let topic = &topic;
         async move {
             let count = b.record_count;
-            let producer_id = b.producer_id;
+            let (producer_id, epoch) = (b.producer_id, b.producer_epoch);
             let mut result = PartitionResult {
                 partition: p,
                 record_count: count,
@@ -289,6 +299,30 @@ pub async fn produce(node: &Node, req: ProduceRequest) -> Result<Vec<PartitionRe
                             producer_id,
                             expected,
                             got,
+                        }
+                        .to_partition_error(),
+                    );
+                }
+                Ok(Outcome::Fenced { epoch, current }) => {
+                    result.error = Some(
+                        ApiError::ProducerFenced {
+                            producer_id,
+                            epoch,
+                            current,
+                        }
+                        .to_partition_error(),
+                    );
+                }
+                Ok(Outcome::SequenceReused {
+                    base_sequence,
+                    base_offset,
+                }) => {
+                    result.error = Some(
+                        ApiError::SequenceReused {
+                            producer_id,
+                            epoch,
+                            base_sequence,
+                            base_offset,
                         }
                         .to_partition_error(),
                     );
@@ -315,14 +349,18 @@ async fn produce_partition(
         return Err(not_leader(node, topic, partition, leader));
     }
     let proposal = async {
+        // The producer's id and epoch, against the metadata (a metadata read only for an id
+        // this node's view has not seen allocated).
+        crate::producer_ids::check_batch(node, &node.view().state, b.producer_id, b.producer_epoch)
+            .await?;
         match acks {
             Acks::Cp => handle.propose_cp(b).await,
             Acks::Ap => handle.propose_ap(b).await,
         }
+        .map_err(|e| group_error(node, topic, partition, e))
     };
     match tokio::time::timeout(timeout, proposal).await {
-        Ok(Ok(outcome)) => Ok(outcome),
-        Ok(Err(e)) => Err(group_error(node, topic, partition, e)),
+        Ok(result) => result,
         Err(_) => Err(ApiError::Timeout(format!(
             "partition {partition} of topic {:?}: not acknowledged within {} ms; the outcome is unknown \
              (retry with the same producer id and sequence to avoid a duplicate)",

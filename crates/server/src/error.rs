@@ -5,7 +5,7 @@
 //! (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, DATA_LOSS).
 
 use fjord_meta::MetaError;
-use fjord_proto::v1::PartitionError;
+use fjord_proto::v1::{PartitionError, ProduceErrorReason};
 use fjord_proto::{LEADER_ADDRESS_KEY, LEADER_ID_KEY};
 use tonic::{Code, Status};
 
@@ -53,6 +53,35 @@ pub enum ApiError {
         expected: u32,
         got: u32,
     },
+    /// A newer instance of the named producer was initialised (Kafka's ProducerFenced).
+    #[error(
+        "producer {producer_id} is fenced: its epoch {epoch} is older than its latest epoch \
+         {current} (a newer instance of this named producer was initialised); nothing of the \
+         batch was written, and this instance must stop"
+    )]
+    ProducerFenced {
+        producer_id: u64,
+        epoch: u16,
+        current: u16,
+    },
+    /// A producer id InitProducer never handed out.
+    #[error(
+        "producer id {producer_id} was never allocated (ids below {next} were): get one from \
+         InitProducer"
+    )]
+    UnknownProducer { producer_id: u64, next: u64 },
+    /// Another batch under the same producer id, epoch and sequence holds other records.
+    #[error(
+        "producer {producer_id} (epoch {epoch}) already wrote a batch at sequence \
+         {base_sequence} (offset {base_offset}) with other records: two writers share this \
+         producer id; give each its own (InitProducer)"
+    )]
+    SequenceReused {
+        producer_id: u64,
+        epoch: u16,
+        base_sequence: u32,
+        base_offset: u64,
+    },
     #[error("{0}")]
     Corrupt(String),
     #[error("{0}")]
@@ -96,13 +125,18 @@ impl ApiError {
             ApiError::Meta(m) => match m {
                 MetaError::TopicExists { .. } => Code::AlreadyExists,
                 MetaError::UnknownTopic { .. } => Code::NotFound,
-                MetaError::NotEnoughLiveNodes { .. } => Code::FailedPrecondition,
+                MetaError::NotEnoughLiveNodes { .. }
+                | MetaError::TooManyNamedProducers { .. }
+                | MetaError::ProducerEpochsExhausted { .. } => Code::FailedPrecondition,
                 // A lost compare-and-set: retry from a fresh read.
                 MetaError::RebuildRaced { .. } => Code::Aborted,
                 _ => Code::InvalidArgument,
             },
             ApiError::Timeout(_) => Code::DeadlineExceeded,
-            ApiError::OutOfOrder { .. } => Code::FailedPrecondition,
+            ApiError::OutOfOrder { .. }
+            | ApiError::ProducerFenced { .. }
+            | ApiError::UnknownProducer { .. }
+            | ApiError::SequenceReused { .. } => Code::FailedPrecondition,
             ApiError::Corrupt(_) => Code::DataLoss,
             ApiError::OutOfRange(_) => Code::OutOfRange,
             ApiError::Busy(_) => Code::ResourceExhausted,
@@ -118,6 +152,17 @@ impl ApiError {
         }
     }
 
+    /// Which producer rule refused a batch, for FAILED_PRECONDITION answers.
+    fn reason(&self) -> ProduceErrorReason {
+        match self {
+            ApiError::OutOfOrder { .. } => ProduceErrorReason::OutOfOrderSequence,
+            ApiError::ProducerFenced { .. } => ProduceErrorReason::ProducerFenced,
+            ApiError::UnknownProducer { .. } => ProduceErrorReason::UnknownProducerId,
+            ApiError::SequenceReused { .. } => ProduceErrorReason::SequenceReused,
+            _ => ProduceErrorReason::Unspecified,
+        }
+    }
+
     /// The per-partition form used in produce responses.
     pub fn to_partition_error(&self) -> PartitionError {
         let (leader_id, leader_address) = self.leader().cloned().unwrap_or_default();
@@ -126,6 +171,7 @@ impl ApiError {
             message: self.to_string(),
             leader_id,
             leader_address,
+            reason: self.reason() as i32,
         }
     }
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use fjord_meta::{MetaCommand, MetaResponse};
+use fjord_meta::{MetaCommand, MetaResponse, MetaState, ProducerCheck};
 use fjord_storage::{NodeKey, Op, StorageError, Store};
 use serde::{Deserialize, Serialize};
 
@@ -150,6 +150,69 @@ impl ProducerIds {
     }
 }
 
+/// Initialises the named producer `name`: its id and new epoch, which fences its earlier
+/// instances (a metadata write).
+pub async fn init_named(node: &Node, name: String) -> Result<(u64, u16), ApiError> {
+    match node
+        .meta_write(MetaCommand::InitNamedProducer { name })
+        .await?
+    {
+        MetaResponse::ProducerEpoch { id, epoch } => Ok((id, epoch)),
+        MetaResponse::Error(e) => Err(ApiError::Meta(e)),
+        other => Err(ApiError::Internal(format!(
+            "unexpected answer to a named producer's initialisation: {other:?}"
+        ))),
+    }
+}
+
+/// Whether a batch of producer `id` at `epoch` may be proposed, by what `check` says of the
+/// id (pure). `Ok` for an id the metadata knows at this epoch or an older one (a newer epoch
+/// this node has not applied yet is the partition rules' to judge).
+pub fn verdict(check: ProducerCheck, id: u64, epoch: u16) -> Result<(), ApiError> {
+    match check {
+        ProducerCheck::Unallocated { next } => Err(ApiError::UnknownProducer {
+            producer_id: id,
+            next,
+        }),
+        ProducerCheck::Named { epoch: current } if epoch < current => {
+            Err(ApiError::ProducerFenced {
+                producer_id: id,
+                epoch,
+                current,
+            })
+        }
+        ProducerCheck::Unnamed if epoch > 0 => Err(ApiError::Invalid(format!(
+            "producer {id} is unnamed, so its epoch is 0, not {epoch}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a batch's producer id and epoch against the metadata before it is proposed (see
+/// [`verdict`]): against this node's view, and only when that view has not seen the id
+/// allocated, against the metadata group itself (a read through its log, so an id allocated
+/// anywhere before the batch was sent is known; UNAVAILABLE without a metadata majority).
+pub async fn check_batch(
+    node: &Node,
+    view: &MetaState,
+    id: u64,
+    epoch: u16,
+) -> Result<(), ApiError> {
+    if id == 0 {
+        return Ok(());
+    }
+    let local = view.check_producer(id);
+    if !matches!(local, ProducerCheck::Unallocated { .. }) {
+        return verdict(local, id, epoch);
+    }
+    match node.meta_write(MetaCommand::CheckProducer { id }).await? {
+        MetaResponse::ProducerCheck(check) => verdict(check, id, epoch),
+        other => Err(ApiError::Internal(format!(
+            "unexpected answer to a producer check: {other:?}"
+        ))),
+    }
+}
+
 /// A fresh block from the metadata group.
 async fn allocate(node: &Node) -> Result<Block, ApiError> {
     match node
@@ -180,6 +243,33 @@ async fn record(store: &Store, block: Block) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_is_checked_against_what_the_metadata_knows_of_its_producer() {
+        let code = |r: Result<(), ApiError>| r.map_err(|e| e.code());
+        let unallocated = ProducerCheck::Unallocated { next: 10 };
+        assert_eq!(
+            code(verdict(unallocated, 12, 0)),
+            Err(tonic::Code::FailedPrecondition)
+        );
+        let named = ProducerCheck::Named { epoch: 3 };
+        assert!(matches!(
+            verdict(named, 5, 2),
+            Err(ApiError::ProducerFenced {
+                producer_id: 5,
+                epoch: 2,
+                current: 3
+            })
+        ));
+        assert_eq!(code(verdict(named, 5, 3)), Ok(()));
+        // This node's view may be behind a newer epoch: the partition rules judge it.
+        assert_eq!(code(verdict(named, 5, 4)), Ok(()));
+        assert_eq!(code(verdict(ProducerCheck::Unnamed, 5, 0)), Ok(()));
+        assert_eq!(
+            code(verdict(ProducerCheck::Unnamed, 5, 1)),
+            Err(tonic::Code::InvalidArgument)
+        );
+    }
 
     #[test]
     fn a_block_hands_out_each_id_once_then_is_used_up() {

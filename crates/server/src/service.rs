@@ -343,10 +343,16 @@ impl Fjord for ClientService {
 
     async fn init_producer(
         &self,
-        _req: Request<InitProducerRequest>,
+        req: Request<InitProducerRequest>,
     ) -> Result<Response<InitProducerResponse>, Status> {
-        let producer_id = self.node.producer_ids.take(&self.node).await?;
-        Ok(Response::new(InitProducerResponse { producer_id }))
+        let (producer_id, producer_epoch) = match req.into_inner().producer_name {
+            None => (self.node.producer_ids.take(&self.node).await?, 0),
+            Some(name) => crate::producer_ids::init_named(&self.node, name).await?,
+        };
+        Ok(Response::new(InitProducerResponse {
+            producer_id,
+            producer_epoch: u32::from(producer_epoch),
+        }))
     }
 
     async fn produce(

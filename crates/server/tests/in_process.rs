@@ -203,7 +203,7 @@ async fn three_nodes_produce_and_fetch() {
     // Idempotence: the same producer batch sent twice (a retry after a lost answer) is
     // appended once; a sequence gap is refused.
     let pid = c
-        .init_producer(InitProducerRequest {})
+        .init_producer(InitProducerRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -219,6 +219,7 @@ async fn three_nodes_produce_and_fetch() {
     let batch = |seq: u32| RecordBatch {
         partition: 1,
         producer_id: pid,
+        producer_epoch: 0,
         base_sequence: seq,
         record_count: 1,
         crc32c: fjord_proto::batch::checksum(&body),

@@ -1,11 +1,26 @@
-//! The rules of a partition log, as a pure state machine: offset assignment and idempotent
-//! producer de-duplication.
+//! The rules of a partition log, as a pure state machine: offset assignment, idempotent
+//! producer de-duplication, and the fencing of producers by epoch.
 //!
 //! Every replica applies the same committed batches in the same order, so every replica
 //! assigns the same offsets and takes the same de-duplication decisions. The leader also runs
 //! these rules over its own uncommitted log tail to predict the outcome of a batch when it
 //! acknowledges before commit (AP mode): its log is never truncated while it leads, so the
 //! prediction is what commit will decide.
+//!
+//! # The rules, for a batch of an idempotent producer (id ≠ 0)
+//! 1. A producer this partition does not know (new, or forgotten) is accepted at any
+//!    sequence, and its epoch is remembered.
+//! 2. A batch of an **older epoch** than the producer's latest here is *fenced*: a newer
+//!    instance of the same named producer has written to this partition (Kafka's
+//!    `InvalidProducerEpoch`/`ProducerFenced`). Nothing of it is appended.
+//! 3. A batch of a **newer epoch** starts the producer afresh: it must start at sequence 0,
+//!    and the older epoch's batches are forgotten (a retry of one is fenced by rule 2).
+//! 4. Within an epoch, a batch whose `(base sequence, record count)` matches one of the
+//!    producer's last [`RETAINED_BATCHES_PER_PRODUCER`] batches is a *duplicate* (answered with
+//!    the original offset) if its records are the same (same CRC-32C), and *refused* if they
+//!    are not: two writers sharing a producer id, whose second batch must not be mistaken for a
+//!    retry and silently dropped.
+//! 5. Else a batch at the producer's next sequence is appended, any other is *out of order*.
 //!
 //! What must hold ([`PartitionState::validate`]): offsets are dense and increasing (a batch of
 //! n records takes `next_offset..next_offset + n`, a duplicate or refused batch takes none);
@@ -26,8 +41,14 @@ pub const MAX_PRODUCERS_PER_PARTITION: usize = 10_000;
 pub struct BatchHeader {
     /// 0 for a producer that is not idempotent.
     pub producer_id: u64,
+    /// The producer's epoch: 0 for an unnamed producer; a named producer's grows each time it
+    /// is initialised again.
+    pub producer_epoch: u16,
     pub base_sequence: u32,
     pub record_count: u32,
+    /// CRC-32C of the batch's records: tells a retry (same records) from another writer's
+    /// batch under the same producer id and sequence.
+    pub crc32c: u32,
 }
 
 /// What happened to a batch.
@@ -39,6 +60,11 @@ pub enum Outcome {
     Duplicate { base_offset: u64 },
     /// Refused: the producer's next batch must start at sequence `expected`.
     OutOfOrder { expected: u32, got: u32 },
+    /// Refused: the batch's epoch is older than `current`, the producer's latest epoch here.
+    Fenced { epoch: u16, current: u16 },
+    /// Refused: the producer's batch at this sequence, appended at `base_offset`, holds other
+    /// records.
+    SequenceReused { base_sequence: u32, base_offset: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +72,17 @@ struct SeenBatch {
     base_sequence: u32,
     record_count: u32,
     base_offset: u64,
+    /// `None` for a batch remembered from a checkpoint written before CRCs were kept: it is
+    /// recognised by its sequence alone.
+    crc32c: Option<u32>,
+}
+
+/// What a partition remembers of one producer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ProducerEntry {
+    epoch: u16,
+    /// Its latest batches, oldest first; never empty.
+    batches: VecDeque<SeenBatch>,
 }
 
 /// The committed (or, on a leader, predicted) state of one partition.
@@ -53,7 +90,45 @@ struct SeenBatch {
 pub struct PartitionState {
     /// The offset the next appended record gets (the high watermark once committed).
     pub next_offset: u64,
-    producers: BTreeMap<u64, VecDeque<SeenBatch>>,
+    producers: BTreeMap<u64, ProducerEntry>,
+}
+
+/// [`PartitionState`] as checkpoints written before producer epochs encode it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionStateV1 {
+    next_offset: u64,
+    producers: BTreeMap<u64, VecDeque<SeenBatchV1>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SeenBatchV1 {
+    base_sequence: u32,
+    record_count: u32,
+    base_offset: u64,
+}
+
+impl From<PartitionStateV1> for PartitionState {
+    fn from(v: PartitionStateV1) -> Self {
+        PartitionState {
+            next_offset: v.next_offset,
+            producers: v
+                .producers
+                .into_iter()
+                .map(|(pid, seen)| {
+                    let batches = seen
+                        .into_iter()
+                        .map(|s| SeenBatch {
+                            base_sequence: s.base_sequence,
+                            record_count: s.record_count,
+                            base_offset: s.base_offset,
+                            crc32c: None,
+                        })
+                        .collect();
+                    (pid, ProducerEntry { epoch: 0, batches })
+                })
+                .collect(),
+        }
+    }
 }
 
 impl PartitionState {
@@ -63,24 +138,40 @@ impl PartitionState {
         if let Outcome::Appended { base_offset } = outcome {
             self.next_offset = base_offset + batch.record_count as u64;
             if batch.producer_id != 0 {
-                if !self.producers.contains_key(&batch.producer_id)
-                    && self.producers.len() >= MAX_PRODUCERS_PER_PARTITION
-                {
-                    self.evict_idlest();
-                }
-                let seen = self.producers.entry(batch.producer_id).or_default();
-                if seen.len() == RETAINED_BATCHES_PER_PRODUCER {
-                    seen.pop_front();
-                }
-                seen.push_back(SeenBatch {
-                    base_sequence: batch.base_sequence,
-                    record_count: batch.record_count,
-                    base_offset,
-                });
+                self.remember(batch, base_offset);
             }
         }
         debug_assert_eq!(self.validate(), Ok(()));
         outcome
+    }
+
+    fn remember(&mut self, batch: &BatchHeader, base_offset: u64) {
+        if !self.producers.contains_key(&batch.producer_id)
+            && self.producers.len() >= MAX_PRODUCERS_PER_PARTITION
+        {
+            self.evict_idlest();
+        }
+        let entry = self
+            .producers
+            .entry(batch.producer_id)
+            .or_insert_with(|| ProducerEntry {
+                epoch: batch.producer_epoch,
+                batches: VecDeque::new(),
+            });
+        if batch.producer_epoch != entry.epoch {
+            // Rule 3: a newer epoch starts afresh (an older one never gets here).
+            entry.epoch = batch.producer_epoch;
+            entry.batches.clear();
+        }
+        if entry.batches.len() == RETAINED_BATCHES_PER_PRODUCER {
+            entry.batches.pop_front();
+        }
+        entry.batches.push_back(SeenBatch {
+            base_sequence: batch.base_sequence,
+            record_count: batch.record_count,
+            base_offset,
+            crc32c: Some(batch.crc32c),
+        });
     }
 
     fn decide(&self, batch: &BatchHeader) -> Outcome {
@@ -90,18 +181,40 @@ impl PartitionState {
         if batch.producer_id == 0 {
             return append;
         }
-        let Some(seen) = self.producers.get(&batch.producer_id) else {
-            // A producer this partition does not know (new, or forgotten): accept its batch.
+        let Some(entry) = self.producers.get(&batch.producer_id) else {
+            // Rule 1: a producer this partition does not know (new, or forgotten).
             return append;
         };
-        if let Some(dup) = seen.iter().find(|s| {
-            s.base_sequence == batch.base_sequence && s.record_count == batch.record_count
-        }) {
-            return Outcome::Duplicate {
-                base_offset: dup.base_offset,
+        if batch.producer_epoch < entry.epoch {
+            return Outcome::Fenced {
+                epoch: batch.producer_epoch,
+                current: entry.epoch,
             };
         }
-        let last = seen.back().expect("a known producer has a batch");
+        if batch.producer_epoch > entry.epoch {
+            return if batch.base_sequence == 0 {
+                append
+            } else {
+                Outcome::OutOfOrder {
+                    expected: 0,
+                    got: batch.base_sequence,
+                }
+            };
+        }
+        if let Some(same) = entry.batches.iter().find(|s| {
+            s.base_sequence == batch.base_sequence && s.record_count == batch.record_count
+        }) {
+            return match same.crc32c {
+                Some(crc) if crc != batch.crc32c => Outcome::SequenceReused {
+                    base_sequence: batch.base_sequence,
+                    base_offset: same.base_offset,
+                },
+                _ => Outcome::Duplicate {
+                    base_offset: same.base_offset,
+                },
+            };
+        }
+        let last = entry.batches.back().expect("a known producer has a batch");
         let expected = last.base_sequence.wrapping_add(last.record_count);
         if batch.base_sequence == expected {
             append
@@ -117,7 +230,7 @@ impl PartitionState {
         let idlest = self
             .producers
             .iter()
-            .min_by_key(|(pid, seen)| (seen.back().map_or(0, |s| s.base_offset), **pid))
+            .min_by_key(|(pid, e)| (e.batches.back().map_or(0, |s| s.base_offset), **pid))
             .map(|(pid, _)| *pid);
         if let Some(pid) = idlest {
             self.producers.remove(&pid);
@@ -137,7 +250,8 @@ impl PartitionState {
                 self.producers.len()
             ));
         }
-        for (pid, seen) in &self.producers {
+        for (pid, entry) in &self.producers {
+            let seen = &entry.batches;
             if seen.is_empty() || seen.len() > RETAINED_BATCHES_PER_PRODUCER {
                 return Err(format!("producer {pid} retains {} batches", seen.len()));
             }
@@ -157,18 +271,97 @@ impl PartitionState {
         Ok(())
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A batch of epoch 0 whose records are the same whenever it is sent again.
     fn b(pid: u64, seq: u32, n: u32) -> BatchHeader {
+        e(pid, 0, seq, n)
+    }
+
+    fn e(pid: u64, epoch: u16, seq: u32, n: u32) -> BatchHeader {
         BatchHeader {
             producer_id: pid,
+            producer_epoch: epoch,
             base_sequence: seq,
             record_count: n,
+            crc32c: (pid as u32) ^ seq.rotate_left(8) ^ n.rotate_left(20) ^ u32::from(epoch),
         }
+    }
+
+    #[test]
+    fn an_older_epoch_is_fenced_once_a_newer_one_wrote() {
+        let mut s = PartitionState::default();
+        assert_eq!(s.apply(&e(7, 0, 0, 2)), Outcome::Appended { base_offset: 0 });
+        // The zombie keeps writing until its successor reaches the partition.
+        assert_eq!(s.apply(&e(7, 0, 2, 1)), Outcome::Appended { base_offset: 2 });
+        // The successor (epoch 1) starts at sequence 0 ...
+        assert_eq!(
+            s.apply(&e(7, 1, 5, 1)),
+            Outcome::OutOfOrder {
+                expected: 0,
+                got: 5
+            }
+        );
+        assert_eq!(s.apply(&e(7, 1, 0, 1)), Outcome::Appended { base_offset: 3 });
+        // ... and from then on the zombie is refused, new batches and retries alike.
+        assert_eq!(
+            s.apply(&e(7, 0, 3, 1)),
+            Outcome::Fenced {
+                epoch: 0,
+                current: 1
+            }
+        );
+        assert_eq!(
+            s.apply(&e(7, 0, 0, 2)),
+            Outcome::Fenced {
+                epoch: 0,
+                current: 1
+            }
+        );
+        assert_eq!(s.apply(&e(7, 1, 0, 1)), Outcome::Duplicate { base_offset: 3 });
+        assert_eq!(s.apply(&e(7, 1, 1, 1)), Outcome::Appended { base_offset: 4 });
+        assert_eq!(s.next_offset, 5);
+    }
+
+    #[test]
+    fn another_writers_batch_under_the_same_sequence_is_refused_not_dropped() {
+        // Regression: two writers sharing a producer id (a copied id) had the second one's
+        // batch answered as a duplicate of the first, and its records silently dropped.
+        let mut s = PartitionState::default();
+        assert_eq!(s.apply(&b(3, 0, 2)), Outcome::Appended { base_offset: 0 });
+        let mut other = b(3, 0, 2);
+        other.crc32c ^= 1;
+        assert_eq!(
+            s.apply(&other),
+            Outcome::SequenceReused {
+                base_sequence: 0,
+                base_offset: 0
+            }
+        );
+        assert_eq!(s.apply(&b(3, 0, 2)), Outcome::Duplicate { base_offset: 0 });
+        assert_eq!(s.next_offset, 2);
+    }
+
+    #[test]
+    fn a_checkpoint_from_before_epochs_still_recognises_retries() {
+        let mut v1 = PartitionStateV1::default();
+        v1.next_offset = 4;
+        v1.producers.insert(
+            9,
+            VecDeque::from([SeenBatchV1 {
+                base_sequence: 0,
+                record_count: 4,
+                base_offset: 0,
+            }]),
+        );
+        let mut s = PartitionState::from(v1);
+        assert_eq!(s.validate(), Ok(()));
+        // Its CRC was not kept: recognised by the sequence alone, as before.
+        assert_eq!(s.apply(&b(9, 0, 4)), Outcome::Duplicate { base_offset: 0 });
+        assert_eq!(s.apply(&b(9, 4, 1)), Outcome::Appended { base_offset: 4 });
     }
 
     #[test]
