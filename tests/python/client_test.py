@@ -65,19 +65,45 @@ def call(fn, req, what, timeout=10):
     fail(f"{what}: still UNAVAILABLE after {ATTEMPTS} attempts")
 
 
-def produce(node, req, what):
-    """Produces `req` at `node`, following a NOT_LEADER partition error's leader hint."""
+def produce_result(node, req, what):
+    """Produces `req` at `node`, following UNAVAILABLE partition errors (and their leader
+    hint); returns the partition's result, acknowledged or refused for good."""
     target = node
     for _ in range(ATTEMPTS):
         resp = call(stub(target).Produce, req, what)
         (result,) = resp.results
-        if not result.HasField("error"):
-            return result
         err = result.error
+        if not result.HasField("error") or err.code != grpc.StatusCode.UNAVAILABLE.value[0]:
+            return result
         if err.leader_address:
             target = err.leader_address
         time.sleep(0.05)
     fail(f"{what}: not acknowledged: {err.message}")
+
+
+def produce(node, req, what):
+    """Produces `req` at `node` until it is acknowledged."""
+    result = produce_result(node, req, what)
+    if result.HasField("error"):
+        fail(f"{what}: refused: {result.error.code} {result.error.message}")
+    return result
+
+
+def one_batch(producer_id, epoch, seq, value):
+    body = pb.RecordList(records=[pb.Record(value=value)]).SerializeToString()
+    return pb.ProduceRequest(topic=TOPIC, acks=pb.ACKS_CP, batches=[pb.RecordBatch(
+        partition=0, producer_id=producer_id, producer_epoch=epoch, base_sequence=seq,
+        record_count=1, crc32c=crc32c(body), records=body)])
+
+
+def crc32c(data):
+    """CRC-32C (Castagnoli), as RecordBatch.crc32c wants it."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
 
 
 def main():
@@ -184,8 +210,26 @@ def main():
         if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
             fail(f"oversized message: {e.code()} {e.details()}")
 
+    # A named producer initialised again fences its earlier instance (a zombie).
+    first = call(one.InitProducer, pb.InitProducerRequest(producer_name="py-writer"), "init")
+    again = call(stub(addrs[-1]).InitProducer,
+                 pb.InitProducerRequest(producer_name="py-writer"), "init again")
+    if (again.producer_id, again.producer_epoch) != (first.producer_id, first.producer_epoch + 1):
+        fail(f"re-initialising a name gave {again}, after {first}")
+    pid = first.producer_id
+    produce(node, one_batch(pid, again.producer_epoch, 0, b"successor"), "successor's batch")
+    zombie = produce_result(node, one_batch(pid, first.producer_epoch, 1, b"zombie"), "zombie")
+    if (not zombie.HasField("error")
+            or zombie.error.code != grpc.StatusCode.FAILED_PRECONDITION.value[0]
+            or zombie.error.reason != pb.PRODUCER_FENCED):
+        fail(f"the zombie's batch was not fenced: {zombie}")
+    # A producer id nobody allocated.
+    forged = produce_result(node, one_batch(1 << 52, 0, 0, b"forged"), "forged id")
+    if forged.error.reason != pb.UNKNOWN_PRODUCER_ID:
+        fail(f"a forged producer id was not refused: {forged}")
+
     print(f"ok: {len(sent)} records produced and read back; unkeyed redirected {redirected}; "
-          f"1 ms deadlines: {codes}")
+          f"1 ms deadlines: {codes}; zombie fenced: {zombie.error.message}")
 
 
 if __name__ == "__main__":
