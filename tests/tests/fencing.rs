@@ -36,15 +36,13 @@ fn to(partition: u32, value: &str) -> ProducerRecord {
 async fn a_named_producer_initialised_again_fences_its_zombie() {
     let _serial = serial();
     let cluster = Cluster::start(3).await;
-    cluster
-        .client()
-        .create_topic("fenced", 2, 3)
-        .await
-        .unwrap();
+    cluster.client().create_topic("fenced", 2, 3).await.unwrap();
 
     // The first instance: its own client, as another process would have.
     let old_client = cluster.client();
-    let old = old_client.producer("fenced", named("orders-writer")).unwrap();
+    let old = old_client
+        .producer("fenced", named("orders-writer"))
+        .unwrap();
     let (id, epoch) = old.init().await.unwrap();
     assert_eq!(epoch, 0);
     old.send(to(0, "old-0")).await.unwrap();
@@ -52,7 +50,9 @@ async fn a_named_producer_initialised_again_fences_its_zombie() {
 
     // Its successor takes over the name: same id, next epoch.
     let new_client = cluster.client();
-    let new = new_client.producer("fenced", named("orders-writer")).unwrap();
+    let new = new_client
+        .producer("fenced", named("orders-writer"))
+        .unwrap();
     assert_eq!(new.init().await.unwrap(), (id, 1));
     new.send(to(0, "new-0")).await.unwrap();
 
@@ -143,7 +143,9 @@ fn batch(producer_id: u64, epoch: u32, seq: u32, value: &str) -> RecordBatch {
 async fn produce(cluster: &Cluster, b: RecordBatch) -> Option<PartitionError> {
     let mut addr = cluster.brokers()[0].clone();
     for _ in 0..20 {
-        let mut c = FjordClient::connect(format!("http://{addr}")).await.unwrap();
+        let mut c = FjordClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
         let r = c
             .produce(ProduceRequest {
                 topic: "ids".into(),
@@ -186,7 +188,10 @@ async fn unallocated_ids_and_shared_ids_are_refused_not_dropped() {
     let e = produce(&cluster, batch(1 << 50, 0, 0, "forged")).await;
     assert_eq!(
         reason(&e),
-        Some((Code::FailedPrecondition, ProduceErrorReason::UnknownProducerId)),
+        Some((
+            Code::FailedPrecondition,
+            ProduceErrorReason::UnknownProducerId
+        )),
         "{e:?}"
     );
     assert!(e.unwrap().message.contains("never allocated"));
@@ -215,7 +220,11 @@ async fn unallocated_ids_and_shared_ids_are_refused_not_dropped() {
     );
     // An unnamed producer has only epoch 0.
     let e = produce(&cluster, batch(pid, 3, 1, "epoch")).await;
-    assert_eq!(reason(&e).map(|r| r.0), Some(Code::InvalidArgument), "{e:?}");
+    assert_eq!(
+        reason(&e).map(|r| r.0),
+        Some(Code::InvalidArgument),
+        "{e:?}"
+    );
 
     let brokers = cluster.brokers();
     let records = wait_for("a CP read of partition 0", Duration::from_secs(10), || {

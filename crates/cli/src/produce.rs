@@ -55,6 +55,10 @@ pub struct ProduceArgs {
     /// How long a batch waits for more lines before it is sent, in milliseconds.
     #[arg(long, default_value_t = 5)]
     pub linger_ms: u64,
+    /// A stable name for this producer (Kafka's transactional.id): starting a producer with
+    /// a name fences every earlier one started with it, whose writes are then refused.
+    #[arg(long)]
+    pub producer_name: Option<String>,
 }
 
 pub async fn run(client: Client, out: Output, args: ProduceArgs) -> anyhow::Result<()> {
@@ -71,9 +75,17 @@ pub async fn run(client: Client, out: Output, args: ProduceArgs) -> anyhow::Resu
                 AcksArg::Ap => Acks::Ap,
             },
             linger_ms: args.linger_ms,
+            producer_name: args.producer_name.clone(),
             ..Default::default()
         },
     )?;
+    if args.producer_name.is_some() {
+        // Fence the earlier instances now, before the first line is read.
+        producer
+            .init()
+            .await
+            .context("cannot initialise the named producer")?;
+    }
 
     let (deliveries, mut acknowledged) = mpsc::channel::<(u64, Delivery)>(MAX_UNPRINTED_RECORDS);
     let printer = tokio::spawn(async move {

@@ -22,11 +22,9 @@ use rand::{Rng, SeedableRng};
 use tonic::transport::{Channel, Endpoint};
 use tracing::debug;
 
-use crate::config::{ClientConfig, FetchOptions, MAX_BROKERS, ProducerConfig, ReadMode};
-use crate::consumer::{Consumer, FetchResult, StartFrom, decode_fetch};
+use crate::config::{ClientConfig, MAX_BROKERS};
 use crate::error::ClientError;
 use crate::metadata::{ClusterMetadata, MetadataCache, TopicDescription};
-use crate::producer::Producer;
 use crate::retry::{RetryDecision, RetryState};
 
 /// Most node channels a client keeps open.
@@ -352,69 +350,6 @@ impl Client {
             };
             self.wait_or_give_up(&mut retry, err, false).await?;
         }
-    }
-
-    // ---- produce and fetch -------------------------------------------------------------
-
-    /// A producer for `topic`. Records are batched per partition and sent by background
-    /// tasks, so this must be called within a Tokio runtime's context before the first send.
-    pub fn producer(
-        &self,
-        topic: impl Into<String>,
-        config: ProducerConfig,
-    ) -> Result<Producer, ClientError> {
-        Producer::new(self.clone(), topic.into(), config)
-    }
-
-    /// Reads records of one partition from `offset`: decodes each batch (checking its
-    /// CRC-32C), numbers records from the batch's base offset and drops those below `offset`.
-    /// `ReadMode::Cp` reads at the leader (following not-leader hints); `ReadMode::Ap` at any
-    /// replica, the leader first when known, moving on to the others on failure.
-    pub async fn fetch(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        options: FetchOptions,
-    ) -> Result<FetchResult, ClientError> {
-        options.validate()?;
-        let req = v1::FetchRequest {
-            topic: topic.to_string(),
-            partition,
-            offset,
-            max_bytes: options.max_bytes,
-            max_wait_ms: options.max_wait_ms,
-            read: v1::ReadMode::from(options.read) as i32,
-        };
-        let deadline = self.request_timeout() + Duration::from_millis(options.max_wait_ms.into());
-        let route = match options.read {
-            ReadMode::Cp => Route::Leader,
-            ReadMode::Ap => Route::AnyReplica,
-        };
-        self.partition_call(
-            topic,
-            partition,
-            route,
-            deadline,
-            |mut c| {
-                let req = req.clone();
-                async move { c.fetch(request(req, deadline)).await }
-            },
-            |answer| decode_fetch(answer, partition, offset),
-            |_| {},
-        )
-        .await
-    }
-
-    /// A consumer of one partition starting at `start`.
-    pub fn consumer(
-        &self,
-        topic: impl Into<String>,
-        partition: u32,
-        start: StartFrom,
-        options: FetchOptions,
-    ) -> Consumer {
-        Consumer::new(self.clone(), topic.into(), partition, start, options)
     }
 
     // ---- plumbing ------------------------------------------------------------------------

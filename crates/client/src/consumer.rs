@@ -8,8 +8,9 @@
 
 use bytes::Bytes;
 use fjord_proto::v1;
+use std::time::Duration;
 
-use crate::client::Client;
+use crate::client::{Client, Route, request};
 use crate::config::{FetchOptions, ReadMode};
 use crate::error::ClientError;
 
@@ -271,6 +272,59 @@ fn next_position(offset: u64, result: &FetchResult) -> u64 {
         result.log_start_offset
     } else {
         result.next_offset.max(offset)
+    }
+}
+
+impl Client {
+    /// Reads records of one partition from `offset`: decodes each batch (checking its
+    /// CRC-32C), numbers records from the batch's base offset and drops those below `offset`.
+    /// `ReadMode::Cp` reads at the leader (following not-leader hints); `ReadMode::Ap` at any
+    /// replica, the leader first when known, moving on to the others on failure.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        options: FetchOptions,
+    ) -> Result<FetchResult, ClientError> {
+        options.validate()?;
+        let req = v1::FetchRequest {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            max_bytes: options.max_bytes,
+            max_wait_ms: options.max_wait_ms,
+            read: v1::ReadMode::from(options.read) as i32,
+        };
+        let deadline = self.request_timeout() + Duration::from_millis(options.max_wait_ms.into());
+        let route = match options.read {
+            ReadMode::Cp => Route::Leader,
+            ReadMode::Ap => Route::AnyReplica,
+        };
+        self.partition_call(
+            topic,
+            partition,
+            route,
+            deadline,
+            |mut c| {
+                let req = req.clone();
+                async move { c.fetch(request(req, deadline)).await }
+            },
+            |answer| decode_fetch(answer, partition, offset),
+            |_| {},
+        )
+        .await
+    }
+
+    /// A consumer of one partition starting at `start`.
+    pub fn consumer(
+        &self,
+        topic: impl Into<String>,
+        partition: u32,
+        start: StartFrom,
+        options: FetchOptions,
+    ) -> Consumer {
+        Consumer::new(self.clone(), topic.into(), partition, start, options)
     }
 }
 

@@ -201,7 +201,10 @@ impl ClientError {
     pub fn from_partition_error(err: &PartitionError) -> ClientError {
         let hint = LeaderHint::from_parts(err.leader_id, &err.leader_address);
         let message = err.message.clone();
-        match (Code::from(err.code), ProduceErrorReason::try_from(err.reason)) {
+        match (
+            Code::from(err.code),
+            ProduceErrorReason::try_from(err.reason),
+        ) {
             (Code::FailedPrecondition, Ok(ProduceErrorReason::ProducerFenced)) => {
                 ClientError::ProducerFenced(message)
             }

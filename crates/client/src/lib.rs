@@ -21,11 +21,15 @@
 //!   immediate retries at a hinted leader).
 //! - [`metadata`]: plain views of the cluster ([`TopicDescription`], [`ClusterMetadata`]),
 //!   converted from the wire types in one place, and the client's metadata cache.
-//! - `client`: [`Client`]: channels, leader-aware calls, admin operations and fetch.
-//! - [`producer`]: [`Producer`]: partition choice, per-partition batching, idempotence.
+//! - `client`: [`Client`]: channels, leader-aware calls, admin operations. It imports no
+//!   other module below: `producer` and `consumer` add their own `impl Client` blocks
+//!   ([`Client::producer`], [`Client::fetch`], [`Client::consumer`]), so dependencies run one
+//!   way.
+//! - [`producer`]: [`Producer`]: partition choice, per-partition batching, idempotence, named
+//!   producers and their fencing.
 //! - `sequencer`: the pure rules of a partition's window of batches in flight: sequences,
 //!   retries, sequence gaps, moving to a new producer id.
-//! - [`consumer`]: decoding of fetched batches, and [`Consumer`].
+//! - [`consumer`]: fetch, decoding of fetched batches, and [`Consumer`].
 //!
 //! # Guarantees
 //! - Every call has a deadline, every retry loop a bound, every queue a size.

@@ -383,6 +383,18 @@ impl Shared {
     }
 }
 
+impl Client {
+    /// A producer for `topic`. Records are batched per partition and sent by background
+    /// tasks, so this must be called within a Tokio runtime's context before the first send.
+    pub fn producer(
+        &self,
+        topic: impl Into<String>,
+        config: ProducerConfig,
+    ) -> Result<Producer, ClientError> {
+        Producer::new(self.clone(), topic.into(), config)
+    }
+}
+
 /// Produces records to one topic. Cheap to clone; clones share batches and budgets.
 /// Records enqueued before the last clone is dropped are still sent (within the runtime's
 /// life); call [`Producer::flush`] to wait for them.

@@ -357,9 +357,9 @@ impl MetaState {
                 replaces,
             } => self.rebuild_incarnation(*id, address, *incarnation, *cluster_id, *replaces),
             MetaCommand::InitNamedProducer { name } => self.init_named_producer(name),
-            MetaCommand::CheckProducer { id } => Ok(MetaResponse::ProducerCheck(
-                self.check_producer(*id),
-            )),
+            MetaCommand::CheckProducer { id } => {
+                Ok(MetaResponse::ProducerCheck(self.check_producer(*id)))
+            }
         };
         debug_assert_eq!(self.validate(), Ok(()), "invariant broken after {cmd:?}");
         result.unwrap_or_else(MetaResponse::Error)

@@ -78,8 +78,7 @@ pub fn validate_address(addr: &str) -> Result<(), MetaError> {
 /// A producer name (Kafka's `transactional.id`): 1 to [`MAX_PRODUCER_NAME_LEN`] bytes of
 /// UTF-8 without control characters.
 pub fn validate_producer_name(name: &str) -> Result<(), MetaError> {
-    if name.is_empty() || name.len() > MAX_PRODUCER_NAME_LEN || name.chars().any(char::is_control)
-    {
+    if name.is_empty() || name.len() > MAX_PRODUCER_NAME_LEN || name.chars().any(char::is_control) {
         return Err(MetaError::InvalidProducerName { name: clip(name) });
     }
     Ok(())

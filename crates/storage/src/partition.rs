@@ -64,7 +64,10 @@ pub enum Outcome {
     Fenced { epoch: u16, current: u16 },
     /// Refused: the producer's batch at this sequence, appended at `base_offset`, holds other
     /// records.
-    SequenceReused { base_sequence: u32, base_offset: u64 },
+    SequenceReused {
+        base_sequence: u32,
+        base_offset: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -294,9 +297,15 @@ mod tests {
     #[test]
     fn an_older_epoch_is_fenced_once_a_newer_one_wrote() {
         let mut s = PartitionState::default();
-        assert_eq!(s.apply(&e(7, 0, 0, 2)), Outcome::Appended { base_offset: 0 });
+        assert_eq!(
+            s.apply(&e(7, 0, 0, 2)),
+            Outcome::Appended { base_offset: 0 }
+        );
         // The zombie keeps writing until its successor reaches the partition.
-        assert_eq!(s.apply(&e(7, 0, 2, 1)), Outcome::Appended { base_offset: 2 });
+        assert_eq!(
+            s.apply(&e(7, 0, 2, 1)),
+            Outcome::Appended { base_offset: 2 }
+        );
         // The successor (epoch 1) starts at sequence 0 ...
         assert_eq!(
             s.apply(&e(7, 1, 5, 1)),
@@ -305,7 +314,10 @@ mod tests {
                 got: 5
             }
         );
-        assert_eq!(s.apply(&e(7, 1, 0, 1)), Outcome::Appended { base_offset: 3 });
+        assert_eq!(
+            s.apply(&e(7, 1, 0, 1)),
+            Outcome::Appended { base_offset: 3 }
+        );
         // ... and from then on the zombie is refused, new batches and retries alike.
         assert_eq!(
             s.apply(&e(7, 0, 3, 1)),
@@ -321,8 +333,14 @@ mod tests {
                 current: 1
             }
         );
-        assert_eq!(s.apply(&e(7, 1, 0, 1)), Outcome::Duplicate { base_offset: 3 });
-        assert_eq!(s.apply(&e(7, 1, 1, 1)), Outcome::Appended { base_offset: 4 });
+        assert_eq!(
+            s.apply(&e(7, 1, 0, 1)),
+            Outcome::Duplicate { base_offset: 3 }
+        );
+        assert_eq!(
+            s.apply(&e(7, 1, 1, 1)),
+            Outcome::Appended { base_offset: 4 }
+        );
         assert_eq!(s.next_offset, 5);
     }
 
