@@ -154,7 +154,7 @@ pub async fn run_with(
                         %reason,
                         "a storage commit failed: this node can store nothing more and stops; restart it once the disk is writable"
                     );
-                    *failure.lock().unwrap() = Some(reason);
+                    *failure.lock().unwrap() = Some(reason.to_string());
                 }
             }
         }

@@ -70,8 +70,9 @@ impl ProducerIds {
     /// The block recorded in `store` (none on a new directory).
     pub fn load(store: &Store) -> Result<Self, StorageError> {
         let block = match store.get_node_value(NodeKey::ProducerIds)? {
-            Some(b) => postcard::from_bytes(&b).map_err(|e| {
-                StorageError::CommitFailed(format!("the stored producer id block: {e}"))
+            Some(b) => postcard::from_bytes(&b).map_err(|source| StorageError::Undecodable {
+                what: "producer id block",
+                source,
             })?,
             None => Block::default(),
         };
