@@ -84,7 +84,7 @@ pub struct PartitionShared {
 }
 
 /// Why an AP waiter could not be registered.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{MAX_AP_WAITERS} AP produce requests are already waiting on this partition")]
 pub struct TooManyWaiters;
 
@@ -348,7 +348,7 @@ impl PartitionShared {
             .write(vec![Op::Put {
                 group: self.group,
                 key: GroupKey::StateMachine as u8,
-                value: codec::encode(&a),
+                value: codec::encode(&a, "partition state")?,
             }])
             .await?;
         Ok(())
@@ -376,7 +376,7 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionSm {
             last_log_id: a.last_applied,
             last_membership: a.membership.clone(),
         };
-        let data = codec::encode(&a);
+        let data = codec::encode(&a, "partition snapshot")?;
         self.store
             .write(vec![Op::Put {
                 group: self.shared.group,
@@ -451,7 +451,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                 .write_lazy(vec![Op::Put {
                     group: self.shared.group,
                     key: GroupKey::StateMachine as u8,
-                    value: codec::encode(&a),
+                    value: codec::encode(&a, "partition state")?,
                 }])
                 .await?;
         }
@@ -487,7 +487,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                 Op::Put {
                     group: self.shared.group,
                     key: GroupKey::StateMachine as u8,
-                    value: codec::encode(&a),
+                    value: codec::encode(&a, "partition state")?,
                 },
                 Op::Put {
                     group: self.shared.group,

@@ -339,8 +339,8 @@ fn group_error(node: &Node, topic: &Topic, partition: u32, e: GroupError) -> Api
             "partition {partition} of topic {:?} ({why})",
             topic.name
         )),
-        GroupError::Busy(why) => ApiError::Busy(why),
-        GroupError::Internal(why) => ApiError::Internal(why),
+        GroupError::Busy(why) => ApiError::Busy(why.to_string()),
+        GroupError::Internal(why) => ApiError::Internal(why.to_string()),
     }
 }
 

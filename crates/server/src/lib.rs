@@ -63,7 +63,7 @@ pub enum ServerError {
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: String, reason: String },
     #[error("cannot start the node: {0}")]
-    Start(String),
+    Start(#[from] node::StartError),
     /// The boot check refused this data directory, or could not read it.
     #[error("this node must not start on its data directory: {0}")]
     Boot(#[from] boot::BootError),

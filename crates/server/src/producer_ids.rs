@@ -172,7 +172,7 @@ async fn record(store: &Store, block: Block) -> Result<(), ApiError> {
     store
         .write(vec![Op::PutNode {
             key: NodeKey::ProducerIds as u8,
-            value: postcard::to_stdvec(&block).expect("a block encodes"),
+            value: fjord_raft::codec::encode(&block, "producer id block")?,
         }])
         .await
         .map_err(|e| ApiError::Internal(format!("cannot record the producer id block: {e}")))

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use fjord_meta::{META_GROUP, MetaCommand, MetaResponse, NodeId, group_id};
 use fjord_proto::raft::{ChangeVoterReply, ChangeVoterRequest, RebuildRequest};
+use fjord_raft::handle::Unavailable;
 use fjord_raft::{GroupError, Promotion};
 
 use crate::error::ApiError;
@@ -83,8 +84,8 @@ fn group_error(what: &str, e: GroupError) -> ApiError {
             what: what.to_string(),
             leader: leader.zip(address),
         },
-        GroupError::Busy(why) => ApiError::Busy(why),
-        GroupError::Internal(why) => ApiError::Internal(why),
+        GroupError::Busy(why) => ApiError::Busy(why.to_string()),
+        GroupError::Internal(why) => ApiError::Internal(why.to_string()),
         GroupError::Unavailable(why) => ApiError::NoLeader(format!("{what} ({why})")),
     }
 }
@@ -228,7 +229,7 @@ async fn change_at(
     let addr = node
         .address_of(at)
         .ok_or_else(|| ApiError::NoLeader(format!("node {at}'s address is not known")))?;
-    let mut client = node.pool.client(&addr).map_err(ApiError::Internal)?;
+    let mut client = node.pool.client(&addr)?;
     let req = ChangeVoterRequest {
         group_id: g,
         node: target,
@@ -270,10 +271,7 @@ pub async fn change_voter(
             }
         } else {
             let Some(h) = node.registry.partition(g) else {
-                return Err(GroupError::Unavailable(format!(
-                    "it has no replica on node {}",
-                    node.id
-                )));
+                return Err(Unavailable::NotHosted { node: node.id }.into());
             };
             if promote {
                 h.promote_caught_up(target).await

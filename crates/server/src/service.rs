@@ -281,7 +281,7 @@ impl Fjord for ClientService {
                     topic: Some(topic_info(&self.node, t)),
                 }))
             }
-            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+            other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
         }
     }
 
