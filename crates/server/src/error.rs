@@ -81,6 +81,9 @@ pub enum ApiError {
          others; ask another node"
     )]
     Rebuilding(u64),
+    /// A node cannot be taken out of the voters (`--rebuild`): a group would lose its majority.
+    #[error(transparent)]
+    MajorityLost(#[from] crate::rebuild::MajorityLost),
     /// A peer's Raft message that this node could not take.
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
@@ -152,7 +155,7 @@ impl ApiError {
             ApiError::Corrupt(_) => Code::DataLoss,
             ApiError::OutOfRange(_) => Code::OutOfRange,
             ApiError::Busy(_) => Code::ResourceExhausted,
-            ApiError::Refused(_) => Code::FailedPrecondition,
+            ApiError::Refused(_) | ApiError::MajorityLost(_) => Code::FailedPrecondition,
             ApiError::Internal(_) => Code::Internal,
             ApiError::Dispatch(d) => match d {
                 DispatchError::UnknownGroup(_) => Code::NotFound,

@@ -51,7 +51,7 @@ pub fn check_majorities(
     groups: &[(String, BTreeSet<NodeId>)],
     node: NodeId,
     alive: impl Fn(NodeId) -> bool,
-) -> Result<(), String> {
+) -> Result<(), MajorityLost> {
     for (what, voters) in groups {
         if !voters.contains(&node) {
             continue;
@@ -60,14 +60,30 @@ pub fn check_majorities(
         let live = rest.iter().filter(|v| alive(**v)).count();
         let need = (voters.len() / 2 + 1).max(rest.len() / 2 + 1);
         if rest.is_empty() || live < need {
-            return Err(format!(
-                "{what} would lose its majority: without node {node}, {live} of its other \
-                 voters {rest:?} are alive and {need} are needed. Bring them back first; \
-                 nothing was changed"
-            ));
+            return Err(MajorityLost {
+                what: what.clone(),
+                node,
+                live,
+                rest,
+                need,
+            });
         }
     }
     Ok(())
+}
+
+/// Taking a node out of a group's voters would leave the group without a live majority.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{what} would lose its majority: without node {node}, {live} of its other voters {rest:?} \
+     are alive and {need} are needed. Bring them back first; nothing was changed"
+)]
+pub struct MajorityLost {
+    pub what: String,
+    pub node: NodeId,
+    pub live: usize,
+    pub rest: Vec<NodeId>,
+    pub need: usize,
 }
 
 fn no_majority(what: &str) -> ApiError {
@@ -145,7 +161,7 @@ pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, Api
     }
     // Checked by whichever node is asked, on its own view: a refusal needs no leader (with a
     // majority of the metadata group down there is none to ask).
-    check_majorities(&groups, target, |n| node.liveness.is_alive(n)).map_err(ApiError::Refused)?;
+    check_majorities(&groups, target, |n| node.liveness.is_alive(n))?;
     if !node.meta.is_leader() {
         return Err(ApiError::NotLeader {
             this: node.id,
@@ -453,7 +469,8 @@ mod tests {
         let two_down = |n| n != 2;
         let e = check_majorities(&[group(&[1, 2, 3])], 1, two_down).unwrap_err();
         assert!(
-            e.contains("1 of its other voters [2, 3] are alive and 2 are needed"),
+            e.to_string()
+                .contains("1 of its other voters [2, 3] are alive and 2 are needed"),
             "{e}"
         );
         // Of five, three of the four others.
