@@ -83,7 +83,7 @@ impl GroupConfig {
         role: GroupRole,
         group: u64,
         restore_leader: bool,
-    ) -> Result<Arc<Config>, String> {
+    ) -> Result<Arc<Config>, openraft::ConfigError> {
         let cfg = Config {
             cluster_name: format!("fjord-group-{group}"),
             heartbeat_interval: self.heartbeat_interval_ms,
@@ -103,7 +103,7 @@ impl GroupConfig {
             },
             ..Default::default()
         };
-        cfg.validate().map(Arc::new).map_err(|e| e.to_string())
+        cfg.validate().map(Arc::new)
     }
 }
 
@@ -174,15 +174,41 @@ impl AnyGroup {
 pub enum DispatchError {
     #[error("group {0} is not hosted on this node")]
     UnknownGroup(u64),
-    #[error("{0}")]
-    Decode(String),
+    /// The message does not decode as the request its RPC carries.
+    #[error(transparent)]
+    Decode(#[from] codec::DecodeError),
     /// A pre-vote reached a quiet replica (its leader was alive at the last node heartbeat)
     /// or one that woke and holds its elections.
     #[error("group {0} on this node holds its elections (quiet or just woken): pre-vote refused")]
     Quiet(u64),
     /// The group stopped on this node, or its hibernated instance could not start again.
-    #[error("group {0} on this node cannot take messages: {1}")]
-    Stopped(u64, String),
+    #[error("group {group} on this node cannot take messages: {source}")]
+    Stopped {
+        group: u64,
+        #[source]
+        source: GroupError,
+    },
+    /// The answer could not be encoded (a bug).
+    #[error("group {group}: {source}")]
+    Encode {
+        group: u64,
+        #[source]
+        source: codec::EncodeError,
+    },
+}
+
+/// Why a group's Raft instance could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid Raft settings: {0}")]
+    Config(#[from] openraft::ConfigError),
+    /// The group's stored state could not be read.
+    #[error("cannot read the group's stored state: {0}")]
+    Storage(#[from] std::io::Error),
+    #[error("the metadata group cannot start twice")]
+    MetaStartedTwice,
+    #[error("{0}")]
+    Raft(#[from] openraft::errors::Fatal<TypeConfig>),
 }
 
 /// The groups running on this node, by id.
@@ -242,7 +268,7 @@ impl GroupRegistry {
     }
 
     /// Decodes an inbound message for `group`, hands it to the group's Raft and encodes the
-    /// answer (`Result<response, error text>`).
+    /// answer ([`codec::WireResult`]: the response, or the text of openraft's error).
     pub async fn dispatch(
         &self,
         kind: RpcKind,
@@ -262,12 +288,12 @@ impl GroupRegistry {
     /// each request of `requests` (the encoded AppendEntries, in order), hands them to the
     /// group's Raft as one pipelined stream, and returns the encoded results, in order. A
     /// request that does not decode ends the stream; so does a fatal error of the group,
-    /// after its result.
+    /// after its result, and a result that does not encode, as an error.
     pub fn stream_append<S>(
         &self,
         group: u64,
         requests: S,
-    ) -> Result<futures::stream::BoxStream<'static, Vec<u8>>, DispatchError>
+    ) -> Result<futures::stream::BoxStream<'static, Result<Vec<u8>, DispatchError>>, DispatchError>
     where
         S: futures::Stream<Item = bytes::Bytes> + Send + Unpin + 'static,
     {
@@ -282,7 +308,7 @@ fn serve_stream<SM, S>(
     g: &GroupRaft<SM>,
     group: u64,
     requests: S,
-) -> futures::stream::BoxStream<'static, Vec<u8>>
+) -> futures::stream::BoxStream<'static, Result<Vec<u8>, DispatchError>>
 where
     SM: openraft::storage::RaftStateMachine<TypeConfig, SnapshotData = Vec<u8>>,
     S: futures::Stream<Item = bytes::Bytes> + Send + Unpin + 'static,
@@ -292,6 +318,10 @@ where
     type Res = openraft::raft::StreamAppendResult<TypeConfig>;
     let quiet = g.quiescence().clone();
     let g = g.clone();
+    let encode = move |out: &codec::WireResult<Res>| {
+        codec::encode(out, "stream append result")
+            .map_err(|source| DispatchError::Encode { group, source })
+    };
     async move {
         let mut requests = requests.peekable();
         // Wake before the instance starts again: the first append may carry entries.
@@ -304,8 +334,8 @@ where
         let raft = match g.instance().await {
             Ok(raft) => raft,
             Err(e) => {
-                let out: Result<Res, String> = Err(e.to_string());
-                return futures::stream::once(futures::future::ready(codec::encode(&out))).boxed();
+                let out: codec::WireResult<Res> = Err(codec::RemoteError::of(e));
+                return futures::stream::once(futures::future::ready(encode(&out))).boxed();
             }
         };
         let requests = requests.scan((), move |_, bytes| {
@@ -324,15 +354,17 @@ where
             futures::future::ready(req)
         });
         raft.stream_append(requests)
-            .scan(false, |failed, r| {
+            .scan(false, move |failed, r| {
                 if *failed {
                     return futures::future::ready(None);
                 }
-                let out: Result<Res, String> = r.map_err(|fatal| {
+                let out: codec::WireResult<Res> = r.map_err(|fatal| {
                     *failed = true;
-                    fatal.to_string()
+                    codec::RemoteError::of(fatal)
                 });
-                futures::future::ready(Some(codec::encode(&out)))
+                let bytes = encode(&out);
+                *failed |= bytes.is_err();
+                futures::future::ready(Some(bytes))
             })
             .boxed()
     }
@@ -406,43 +438,49 @@ async fn handle<SM>(
 where
     SM: openraft::storage::RaftStateMachine<TypeConfig, SnapshotData = Vec<u8>>,
 {
+    /// An answer as the wire carries it (openraft's error as its text).
+    fn wire<T: serde::Serialize, E: std::fmt::Display>(
+        r: Result<T, E>,
+    ) -> Result<Vec<u8>, codec::EncodeError> {
+        codec::encode(&r.map_err(codec::RemoteError::of), "raft response")
+    }
     fn dec<T: serde::de::DeserializeOwned>(p: &[u8]) -> Result<T, DispatchError> {
-        codec::decode(p, "raft request").map_err(|e| DispatchError::Decode(e.to_string()))
+        Ok(codec::decode(p, "raft request")?)
     }
-    fn enc<T: serde::Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Vec<u8> {
-        codec::encode(&r.map_err(|e| e.to_string()))
-    }
+    let enc = |bytes: Result<Vec<u8>, codec::EncodeError>| {
+        bytes.map_err(|source| DispatchError::Encode { group, source })
+    };
     let quiet = g.quiescence();
     let instance = || async {
         g.instance()
             .await
-            .map_err(|e: GroupError| DispatchError::Stopped(group, e.to_string()))
+            .map_err(|source: GroupError| DispatchError::Stopped { group, source })
     };
-    Ok(match kind {
+    match kind {
         RpcKind::Append => {
             let req: openraft::raft::AppendEntriesRequest<TypeConfig> = dec(payload)?;
             if append_wakes(quiet, &req) {
                 quiet.wake(Wake::Activity, "append");
             }
-            enc(instance().await?.append_entries(req).await)
+            enc(wire(instance().await?.append_entries(req).await))
         }
         RpcKind::PreVote => {
             if quiet.refuses_pre_vote() {
                 quiet.wake_leader("pre-vote");
                 return Err(DispatchError::Quiet(group));
             }
-            enc(instance().await?.pre_vote(dec(payload)?).await)
+            enc(wire(instance().await?.pre_vote(dec(payload)?).await))
         }
         RpcKind::Vote => {
             quiet.wake(Wake::Activity, "vote");
-            enc(instance().await?.vote(dec(payload)?).await)
+            enc(wire(instance().await?.vote(dec(payload)?).await))
         }
         RpcKind::TransferLeader => {
             quiet.wake(Wake::Activity, "leader transfer");
             let req: openraft::raft::TransferLeaderRequest<TypeConfig> = dec(payload)?;
             let raft = instance().await?;
             catch_up_for_transfer(&raft, &req).await;
-            enc(raft.handle_transfer_leader(req).await)
+            enc(wire(raft.handle_transfer_leader(req).await))
         }
         RpcKind::Snapshot => {
             quiet.wake(Wake::Activity, "snapshot");
@@ -455,12 +493,14 @@ where
                 meta,
                 snapshot: data,
             };
-            enc(instance()
-                .await?
-                .install_full_snapshot(vote, snapshot)
-                .await)
+            enc(wire(
+                instance()
+                    .await?
+                    .install_full_snapshot(vote, snapshot)
+                    .await,
+            ))
         }
-    })
+    }
 }
 
 /// Starts the metadata group on this node. It never hibernates: it is one group, and the
@@ -470,9 +510,9 @@ pub async fn start_meta(
     cfg: &GroupConfig,
     store: Store,
     pool: Arc<PeerPool>,
-) -> Result<MetaHandle, String> {
+) -> Result<MetaHandle, StartError> {
     let group = fjord_meta::META_GROUP;
-    let (sm, view) = MetaSm::open(group, store.clone()).map_err(|e| e.to_string())?;
+    let (sm, view) = MetaSm::open(group, store.clone())?;
     let log = GroupLogStore::new(group, store, None);
     // Never restored as leader: the metadata group starts once per process.
     let config = cfg.raft_config(GroupRole::Meta, group, false)?;
@@ -482,7 +522,7 @@ pub async fn start_meta(
         let sm = sm.lock().unwrap().take();
         let (config, log, pool) = (config.clone(), log.clone(), pool.clone());
         Box::pin(async move {
-            let sm = sm.ok_or("the metadata group cannot start twice")?;
+            let sm = sm.ok_or(StartError::MetaStartedTwice)?;
             start(node_id, group, config, log, sm, pool).await
         })
     });
@@ -497,8 +537,8 @@ pub async fn start_partition(
     cfg: &GroupConfig,
     store: Store,
     pool: Arc<PeerPool>,
-) -> Result<PartitionHandle, String> {
-    let shared = PartitionShared::open(group, &store).map_err(|e| e.to_string())?;
+) -> Result<PartitionHandle, StartError> {
+    let shared = PartitionShared::open(group, &store)?;
     // The log store's in-memory tail is shared by its clones: an instance started again
     // after hibernation reads what the last one appended, committed to redb or not.
     let log = GroupLogStore::new(group, store.clone(), Some(shared.clone()));
@@ -532,7 +572,7 @@ async fn start<SM>(
     log: GroupLogStore,
     sm: SM,
     pool: Arc<PeerPool>,
-) -> Result<openraft::Raft<TypeConfig, SM>, String>
+) -> Result<openraft::Raft<TypeConfig, SM>, StartError>
 where
     SM: openraft::storage::RaftStateMachine<TypeConfig, SnapshotData = Vec<u8>>,
 {
@@ -544,5 +584,5 @@ where
         sm,
     )
     .await
-    .map_err(|e| e.to_string())
+    .map_err(StartError::from)
 }

@@ -28,7 +28,9 @@ use crate::quiesce::{GroupView, Kind, Quiescence, Timers};
 use crate::side::{self, DrainStep, SideQueue};
 use crate::{NodeId, Request, Response, StoredBatch, TypeConfig};
 
-/// Why a proposal or a linearizable read did not go through.
+/// Why a proposal, a linearizable read or a membership change did not go through. Retryable:
+/// [`GroupError::NotLeader`] (at once, at the leader) and [`GroupError::Unavailable`] and
+/// [`GroupError::Busy`] (later); [`GroupError::Internal`] is a bug.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GroupError {
     /// Another node leads (or none is known): `leader` is where to go, with its address when
@@ -39,14 +41,90 @@ pub enum GroupError {
         address: Option<String>,
     },
     /// The group cannot make progress right now (no quorum, shutting down).
-    #[error("{0}")]
-    Unavailable(String),
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
     /// Too many requests are waiting on this group.
-    #[error("{0}")]
-    Busy(String),
-    /// The state machine answered something that does not fit the request (a bug).
-    #[error("{0}")]
-    Internal(String),
+    #[error(transparent)]
+    Busy(#[from] Busy),
+    /// A bug, or local state that cannot be read.
+    #[error(transparent)]
+    Internal(#[from] Internal),
+}
+
+/// An error of openraft's, kept opaque: the server never names an openraft type.
+pub type RaftCause = Arc<dyn std::error::Error + Send + Sync>;
+
+/// Why a group cannot make progress right now.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unavailable {
+    /// The group stopped on this node (deleted, or the node stops).
+    #[error("the group stopped")]
+    Stopped,
+    /// The group has no replica on `node`.
+    #[error("it has no replica on node {node}")]
+    NotHosted { node: NodeId },
+    /// A hibernated group's instance could not be made again.
+    #[error("cannot start group {group} again: {source}")]
+    Restart {
+        group: u64,
+        #[source]
+        source: Arc<crate::group::StartError>,
+    },
+    /// A hibernated group's instance did not read its state back in time.
+    #[error("group {group} did not start again: {source}")]
+    NotRestored {
+        group: u64,
+        #[source]
+        source: RaftCause,
+    },
+    /// A CP write refused while the leader holds AP writes it took without a majority.
+    #[error(
+        "no majority answers this leader (it holds AP writes until one does): a CP write needs one"
+    )]
+    Holding,
+    /// A demotion that would leave the group without a voter.
+    #[error("node {node} is the group's only voter: it cannot be made a learner")]
+    OnlyVoter { node: NodeId },
+    /// openraft refused or failed: no quorum confirmed this leader, a membership change is
+    /// under way, the instance stopped.
+    #[error("{source}")]
+    Raft {
+        #[source]
+        source: RaftCause,
+    },
+}
+
+impl Unavailable {
+    fn raft(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Unavailable::Raft {
+            source: Arc::new(e),
+        }
+    }
+}
+
+/// Too many requests wait on a group.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Busy {
+    /// A leader no majority answers holds as many AP writes as it may.
+    #[error(transparent)]
+    SideFull(#[from] side::SideFull),
+    /// As many AP writes as allowed wait for their outcome.
+    #[error(transparent)]
+    Waiters(#[from] crate::partition_sm::TooManyWaiters),
+}
+
+/// A bug, or local state that cannot be read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Internal {
+    /// The state machine answered something that does not fit the request.
+    #[error("unexpected {what} response {got:?}")]
+    UnexpectedResponse { what: &'static str, got: Response },
+    /// The partition's state could not be read to predict held writes.
+    #[error("{source}")]
+    Storage {
+        #[source]
+        source: Arc<std::io::Error>,
+    },
 }
 
 fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> GroupError {
@@ -55,7 +133,7 @@ fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> GroupE
             leader: f.leader_id,
             address: f.leader_node.map(|n| n.addr),
         },
-        other => GroupError::Unavailable(other.to_string()),
+        other => Unavailable::raft(other).into(),
     }
 }
 
@@ -119,8 +197,10 @@ const RESTORE_WAIT: Duration = Duration::from_secs(10);
 
 /// Starts a group's openraft instance over its stores (again, after hibernation).
 pub(crate) type Starter<SM> = Box<
-    dyn Fn() -> futures::future::BoxFuture<'static, Result<openraft::Raft<TypeConfig, SM>, String>>
-        + Send
+    dyn Fn() -> futures::future::BoxFuture<
+            'static,
+            Result<openraft::Raft<TypeConfig, SM>, crate::group::StartError>,
+        > + Send
         + Sync,
 >;
 
@@ -281,7 +361,7 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
         group: u64,
         starter: Starter<SM>,
         activity_grace: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, crate::group::StartError> {
         let raft = starter().await?;
         let instance = Arc::new(Instance {
             state: Mutex::new(Switched {
@@ -369,11 +449,14 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
             return Ok(raft);
         }
         if gate.stopped {
-            return Err(GroupError::Unavailable("the group stopped".into()));
+            return Err(Unavailable::Stopped.into());
         }
-        let raft = (self.core.starter)().await.map_err(|e| {
-            GroupError::Unavailable(format!("cannot start group {} again: {e}", self.core.group))
-        })?;
+        let raft = (self.core.starter)()
+            .await
+            .map_err(|e| Unavailable::Restart {
+                group: self.core.group,
+                source: Arc::new(e),
+            })?;
         // Until its core has read the stores, an instance's metrics are blank (no leader, no
         // membership): whoever reads them through `running` must see the restored state.
         let restored = raft
@@ -385,10 +468,11 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
             .await;
         if let Err(e) = restored {
             let _ = raft.shutdown().await;
-            return Err(GroupError::Unavailable(format!(
-                "group {} did not start again: {e}",
-                self.core.group
-            )));
+            return Err(Unavailable::NotRestored {
+                group: self.core.group,
+                source: Arc::new(e),
+            }
+            .into());
         }
         self.forward_leadership(&raft);
         {
@@ -507,9 +591,9 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
 
     /// Initializes the group with `members` (id → address) unless it already is; `true` if
     /// this call did it. openraft then campaigns at once.
-    pub async fn initialize(&self, members: &BTreeMap<NodeId, String>) -> Result<bool, String> {
-        let raft = self.instance().await.map_err(|e| e.to_string())?;
-        if raft.is_initialized().await.map_err(|e| e.to_string())? {
+    pub async fn initialize(&self, members: &BTreeMap<NodeId, String>) -> Result<bool, GroupError> {
+        let raft = self.instance().await?;
+        if raft.is_initialized().await.map_err(Unavailable::raft)? {
             return Ok(false);
         }
         let nodes: BTreeMap<NodeId, BasicNode> = members
@@ -603,7 +687,7 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
             .trigger()
             .transfer_leader(to)
             .await
-            .map_err(|e| GroupError::Unavailable(e.to_string()))
+            .map_err(|e| Unavailable::raft(e).into())
     }
 
     /// On the leader: how many log entries follower `node` lacks (`None` when this node is
@@ -670,8 +754,8 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
         let allow_revert = |raft: openraft::Raft<TypeConfig, SM>| async move {
             match raft.trigger().allow_next_revert(&node, true).await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(GroupError::Unavailable(e.to_string())),
-                Err(e) => Err(GroupError::Unavailable(e.to_string())),
+                Ok(Err(e)) => Err(GroupError::from(Unavailable::raft(e))),
+                Err(e) => Err(GroupError::from(Unavailable::raft(e))),
             }
         };
         if !voters.contains(&node) {
@@ -680,9 +764,7 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
         }
         let rest: BTreeSet<NodeId> = voters.into_iter().filter(|v| *v != node).collect();
         if rest.is_empty() {
-            return Err(GroupError::Unavailable(format!(
-                "node {node} is the group's only voter: it cannot be made a learner"
-            )));
+            return Err(Unavailable::OnlyVoter { node }.into());
         }
         raft.change_membership(rest, true)
             .await
@@ -834,16 +916,13 @@ async fn confirm_leadership<SM: RaftStateMachine<TypeConfig>>(
                 address: f.leader_node.map(|n| n.addr),
             })
         }
-        Err(e) => Err(GroupError::Unavailable(e.to_string())),
+        Err(e) => Err(Unavailable::raft(e).into()),
     }
 }
 
 /// A CP write refused while the leader holds AP writes it took without a majority.
 fn holding_error() -> GroupError {
-    GroupError::Unavailable(
-        "no majority answers this leader (it holds AP writes until one does): a CP write needs one"
-            .into(),
-    )
+    Unavailable::Holding.into()
 }
 
 /// A partition group on this node.
@@ -948,7 +1027,7 @@ impl PartitionHandle {
                 raft.client_write_ff(Request::Batch(batch), Some(responder))
                     .await
                     .map(|()| Submitted::Raft(committed))
-                    .map_err(|e| GroupError::Unavailable(e.to_string()))
+                    .map_err(|e| Unavailable::raft(e).into())
             }
             _ if ap => self.hold(batch).await.map(Submitted::Held),
             _ => Err(holding_error()),
@@ -984,7 +1063,10 @@ impl PartitionHandle {
             let state = self
                 .shared
                 .predicted_after(last)
-                .map_err(|e| GroupError::Internal(e.to_string()))?;
+                .map_err(|e| Internal::Storage {
+                    source: Arc::new(e),
+                })
+                .map_err(GroupError::from)?;
             side.enter(term, state);
             tracing::warn!(
                 group = self.shared.group(),
@@ -992,9 +1074,7 @@ impl PartitionHandle {
                 "no majority answers this leader: AP writes are held until one does in this term"
             );
         }
-        let outcome = side
-            .push(batch)
-            .map_err(|e| GroupError::Busy(e.to_string()))?;
+        let outcome = side.push(batch).map_err(Busy::from)?;
         if !side.draining {
             side.draining = true;
             tokio::spawn(self.clone().drain());
@@ -1097,12 +1177,14 @@ impl PartitionHandle {
         match committed.await {
             Ok(Ok(resp)) => match resp.data {
                 Response::Batch(o) => Ok(o),
-                other => Err(GroupError::Internal(format!(
-                    "unexpected partition response {other:?}"
-                ))),
+                got => Err(Internal::UnexpectedResponse {
+                    what: "partition",
+                    got,
+                }
+                .into()),
             },
             Ok(Err(e)) => Err(write_error(RaftError::APIError(e))),
-            Err(_) => Err(GroupError::Unavailable("the group stopped".into())),
+            Err(_) => Err(Unavailable::Stopped.into()),
         }
     }
 
@@ -1113,10 +1195,7 @@ impl PartitionHandle {
         let token = batch.token;
         // The guard forgets the waiter when this call ends, however it ends (the caller's
         // timeout drops this future mid-wait).
-        let (_waiter, appended) = self
-            .shared
-            .register_waiter(token)
-            .map_err(|e| GroupError::Busy(e.to_string()))?;
+        let (_waiter, appended) = self.shared.register_waiter(token).map_err(Busy::from)?;
         async {
             let mut committed = match self.submit(batch, true).await? {
                 Submitted::Raft(c) => c,
@@ -1127,15 +1206,15 @@ impl PartitionHandle {
                     // Keep the commit notice's receiver until it fires: dropping it early
                     // makes openraft warn once per AP write.
                     tokio::spawn(async move { let _ = committed.await; });
-                    o.map_err(|_| GroupError::Unavailable("the group stopped".into()))
+                    o.map_err(|_| Unavailable::Stopped.into())
                 }
                 c = &mut committed => match c {
                     Ok(Ok(resp)) => match resp.data {
                         Response::Batch(o) => Ok(o),
-                        other => Err(GroupError::Internal(format!("unexpected partition response {other:?}"))),
+                        got => Err(Internal::UnexpectedResponse { what: "partition", got }.into()),
                     },
                     Ok(Err(e)) => Err(write_error(RaftError::APIError(e))),
-                    Err(_) => Err(GroupError::Unavailable("the group stopped".into())),
+                    Err(_) => Err(Unavailable::Stopped.into()),
                 },
             }
         }
@@ -1189,9 +1268,11 @@ impl MetaHandle {
     pub async fn write(&self, cmd: MetaCommand) -> Result<MetaResponse, GroupError> {
         match self.core.write(Request::Meta(cmd)).await? {
             Response::Meta(r) => Ok(r),
-            other => Err(GroupError::Internal(format!(
-                "unexpected metadata response {other:?}"
-            ))),
+            got => Err(Internal::UnexpectedResponse {
+                what: "metadata",
+                got,
+            }
+            .into()),
         }
     }
 }

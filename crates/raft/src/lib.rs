@@ -10,6 +10,8 @@
 //!   For a partition it also maintains the offset index in the same transaction.
 //! - [`partition_sm`]: a partition's state machine: offsets and producer de-duplication. It
 //!   holds no record bytes: the log is the partition.
+//! - [`read`]: a partition's committed batches, read back from its log through the offset
+//!   index, each checked against its CRC-32C.
 //! - [`meta_sm`]: the metadata (controller) state machine over [`fjord_meta::MetaState`].
 //! - [`network`]: the multi-group transport: one gRPC connection per peer node, every message
 //!   tagged with its group id; and the server side that routes a message to its group.
@@ -42,6 +44,7 @@ pub mod network;
 pub mod order;
 pub mod partition_sm;
 pub mod quiesce;
+pub mod read;
 pub mod runtime;
 pub mod side;
 pub mod types;
@@ -49,4 +52,5 @@ pub mod types;
 pub use group::{AnyGroup, GroupConfig, GroupRegistry, GroupRole, MetaRaft, PartitionRaft};
 pub use handle::{GroupError, Leadership, LeadershipWatch, MetaHandle, PartitionHandle, Promotion};
 pub use liveness::{Liveness, LivenessConfig, QuietCounts};
+pub use read::{CommittedBatch, ReadError, ReadLimits, committed_batches};
 pub use types::{NodeId, Request, Response, StoredBatch, TypeConfig};

@@ -168,7 +168,7 @@ impl GroupLogStore {
     fn get_log_id_value(&self, key: GroupKey) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
         match self.store.get_value(self.group, key)? {
             None => Ok(None),
-            Some(b) => codec::decode(&b, "log id"),
+            Some(b) => Ok(codec::decode(&b, "log id")?),
         }
     }
 }
@@ -226,7 +226,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             .write(vec![Op::Put {
                 group: self.group,
                 key: GroupKey::Vote as u8,
-                value: codec::encode(vote),
+                value: codec::encode(vote, "vote")?,
             }])
             .await?;
         Ok(())
@@ -241,7 +241,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             .write_lazy(vec![Op::Put {
                 group: self.group,
                 key: GroupKey::Committed as u8,
-                value: codec::encode(&committed),
+                value: codec::encode(&committed, "committed log id")?,
             }])
             .await?;
         Ok(())
@@ -250,7 +250,10 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
         match self.store.get_value(self.group, GroupKey::Committed)? {
             None => Ok(None),
-            Some(b) => codec::decode::<Option<LogIdOf<TypeConfig>>>(&b, "committed log id"),
+            Some(b) => Ok(codec::decode::<Option<LogIdOf<TypeConfig>>>(
+                &b,
+                "committed log id",
+            )?),
         }
     }
 
@@ -270,8 +273,8 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         }
         let encoded: Vec<(u64, Vec<u8>)> = entries
             .iter()
-            .map(|e| (e.index(), codec::encode(e)))
-            .collect();
+            .map(|e| Ok((e.index(), codec::encode(e, "log entry")?)))
+            .collect::<Result<_, codec::EncodeError>>()?;
         let mut ops = vec![Op::Append {
             group: self.group,
             entries: encoded,
@@ -372,7 +375,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
                 Op::Put {
                     group: self.group,
                     key: GroupKey::LastPurged as u8,
-                    value: codec::encode(&Some(log_id)),
+                    value: codec::encode(&Some(log_id), "last purged log id")?,
                 },
                 Op::PurgeTo {
                     group: self.group,

@@ -70,7 +70,7 @@ pub fn decode_view(bytes: &[u8]) -> Result<MetaView, io::Error> {
                 membership: v.membership,
                 state: v.state.into(),
             }),
-            Err(_) => Err(e),
+            Err(_) => Err(e.into()),
         }
     })
 }
@@ -157,7 +157,7 @@ impl RaftSnapshotBuilder<TypeConfig> for MetaSm {
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
         // The builder is a copy taken when openraft asked for it: a consistent state.
-        let data = codec::encode(&self.view);
+        let data = codec::encode(&self.view, "metadata snapshot")?;
         self.store
             .write(vec![Op::Put {
                 group: self.group,
@@ -273,12 +273,15 @@ mod tests {
                 ..Default::default()
             },
         };
-        let view = decode_view(&codec::encode(&old)).unwrap();
+        let view = decode_view(&codec::encode(&old, "old view").unwrap()).unwrap();
         assert_eq!(view.state.next_topic_id, 4);
         let mut new = view.clone();
         new.state.cluster_id = 9;
         assert_eq!(
-            decode_view(&codec::encode(&new)).unwrap().state.cluster_id,
+            decode_view(&codec::encode(&new, "view").unwrap())
+                .unwrap()
+                .state
+                .cluster_id,
             9
         );
     }

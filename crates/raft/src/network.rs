@@ -61,16 +61,34 @@ pub const MAX_RAFT_MESSAGE_BYTES: usize = 256 << 20;
 
 /// Makes the channel to a peer address. Injected so that a simulated network can replace TCP.
 pub trait Connector: Send + Sync + 'static {
-    fn connect(&self, addr: &str) -> Result<Channel, String>;
+    fn connect(&self, addr: &str) -> Result<Channel, ConnectError>;
+}
+
+/// Why no channel to a peer could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("invalid peer address {addr:?}: {source}")]
+    InvalidAddress {
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// The endpoint of a peer at `addr` (`host:port`), before fjord's settings.
+pub fn peer_endpoint(addr: &str) -> Result<Endpoint, ConnectError> {
+    Endpoint::from_shared(format!("http://{addr}")).map_err(|source| ConnectError::InvalidAddress {
+        addr: addr.to_string(),
+        source,
+    })
 }
 
 /// Plain TCP, HTTP/2 keep-alives so a dead peer is noticed and a healed one reconnected.
 #[derive(Debug, Default, Clone)]
 pub struct TcpConnector;
 
-fn tcp_endpoint(addr: &str) -> Result<Endpoint, String> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("invalid peer address {addr:?}: {e}"))?
+fn tcp_endpoint(addr: &str) -> Result<Endpoint, ConnectError> {
+    Ok(peer_endpoint(addr)?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(2))
@@ -79,7 +97,7 @@ fn tcp_endpoint(addr: &str) -> Result<Endpoint, String> {
 }
 
 impl Connector for TcpConnector {
-    fn connect(&self, addr: &str) -> Result<Channel, String> {
+    fn connect(&self, addr: &str) -> Result<Channel, ConnectError> {
         Ok(tcp_endpoint(addr)?.connect_lazy())
     }
 }
@@ -90,7 +108,7 @@ impl Connector for TcpConnector {
 pub struct SourceBoundTcpConnector(pub std::net::IpAddr);
 
 impl Connector for SourceBoundTcpConnector {
-    fn connect(&self, addr: &str) -> Result<Channel, String> {
+    fn connect(&self, addr: &str) -> Result<Channel, ConnectError> {
         Ok(tcp_endpoint(addr)?
             .local_address(Some(self.0))
             .connect_lazy())
@@ -147,7 +165,11 @@ impl PeerPool {
             .unwrap_or_else(|| known.to_string())
     }
 
-    fn cached(&self, map: &Mutex<HashMap<String, Channel>>, addr: &str) -> Result<Channel, String> {
+    fn cached(
+        &self,
+        map: &Mutex<HashMap<String, Channel>>,
+        addr: &str,
+    ) -> Result<Channel, ConnectError> {
         let mut map = map.lock().unwrap();
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
@@ -158,19 +180,22 @@ impl PeerPool {
     }
 
     /// The channel to `addr`, made on first use.
-    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
+    pub fn channel(&self, addr: &str) -> Result<Channel, ConnectError> {
         self.cached(&self.channels, addr)
     }
 
     /// A transport client to `addr`, with fjord's message size limits.
-    pub fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, String> {
+    pub fn client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, ConnectError> {
         Ok(RaftTransportClient::new(self.channel(addr)?)
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))
     }
 
     /// A transport client to `addr` on the heartbeat connection.
-    pub fn heartbeat_client(&self, addr: &str) -> Result<RaftTransportClient<Channel>, String> {
+    pub fn heartbeat_client(
+        &self,
+        addr: &str,
+    ) -> Result<RaftTransportClient<Channel>, ConnectError> {
         Ok(RaftTransportClient::new(
             self.cached(&self.heartbeat_channels, addr)?,
         ))
@@ -250,7 +275,7 @@ impl GroupNetwork {
         let mut client = self.pool.client(&addr).map_err(unreachable)?;
         let msg = GroupMessage {
             group_id: self.group,
-            payload: codec::encode(req).into(),
+            payload: codec::encode(req, "raft request").map_err(network)?.into(),
         };
         let ttl = match kind {
             RpcKind::Append => ttl + work_time(msg.payload.len()),
@@ -277,8 +302,8 @@ impl GroupNetwork {
             }
             Ok(Ok(r)) => r.into_inner(),
         };
-        let result: Result<Resp, String> =
-            codec::decode(&resp.payload, "raft response").map_err(|e| network(e.to_string()))?;
+        let result: codec::WireResult<Resp> =
+            codec::decode(&resp.payload, "raft response").map_err(network)?;
         result.map_err(network)
     }
 }
@@ -386,9 +411,18 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
                                 _ => return None,
                             },
                         };
+                        let payload = match codec::encode(&req, "raft request") {
+                            Ok(p) => p,
+                            Err(e) => {
+                                // Nothing more can go on this stream: close our side, as
+                                // when idle; openraft opens a new one.
+                                tracing::error!(group, error = %e, "ending a replication stream");
+                                return None;
+                            }
+                        };
                         let msg = GroupMessage {
                             group_id: group,
-                            payload: codec::encode(&req).into(),
+                            payload: payload.into(),
                         };
                         let due = sent.push(msg.payload.len(), ttl);
                         if let Some(tx) = first_due_tx.take() {
@@ -455,7 +489,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
                         }
                     };
                     in_flight.pop();
-                    match codec::decode::<Result<StreamAppendResult<TypeConfig>, String>>(
+                    match codec::decode::<codec::WireResult<StreamAppendResult<TypeConfig>>>(
                         &msg.payload,
                         "stream append result",
                     ) {

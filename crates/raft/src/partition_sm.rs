@@ -60,14 +60,14 @@ const APPLIED_V2: u8 = 0xF2;
 
 impl Applied {
     /// The checkpoint (and snapshot) encoding: a version byte, then postcard.
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self, what: &'static str) -> Result<Vec<u8>, codec::EncodeError> {
         let mut out = vec![APPLIED_V2];
-        out.extend_from_slice(&codec::encode(self));
-        out
+        out.extend_from_slice(&codec::encode(self, what)?);
+        Ok(out)
     }
 
     /// Decodes a checkpoint or snapshot of this version or of the one before epochs.
-    pub fn decode(bytes: &[u8], what: &str) -> Result<Applied, io::Error> {
+    pub fn decode(bytes: &[u8], what: &'static str) -> Result<Applied, codec::DecodeError> {
         match bytes.split_first() {
             Some((&APPLIED_V2, rest)) => codec::decode(rest, what),
             _ => {
@@ -120,7 +120,7 @@ pub struct PartitionShared {
 }
 
 /// Why an AP waiter could not be registered.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{MAX_AP_WAITERS} AP produce requests are already waiting on this partition")]
 pub struct TooManyWaiters;
 
@@ -384,7 +384,7 @@ impl PartitionShared {
             .write(vec![Op::Put {
                 group: self.group,
                 key: GroupKey::StateMachine as u8,
-                value: a.encode(),
+                value: a.encode("partition state")?,
             }])
             .await?;
         Ok(())
@@ -412,7 +412,7 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionSm {
             last_log_id: a.last_applied,
             last_membership: a.membership.clone(),
         };
-        let data = a.encode();
+        let data = a.encode("partition snapshot")?;
         self.store
             .write(vec![Op::Put {
                 group: self.shared.group,
@@ -487,7 +487,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                 .write_lazy(vec![Op::Put {
                     group: self.shared.group,
                     key: GroupKey::StateMachine as u8,
-                    value: a.encode(),
+                    value: a.encode("partition state")?,
                 }])
                 .await?;
         }
@@ -523,7 +523,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                 Op::Put {
                     group: self.shared.group,
                     key: GroupKey::StateMachine as u8,
-                    value: a.encode(),
+                    value: a.encode("partition state")?,
                 },
                 Op::Put {
                     group: self.shared.group,

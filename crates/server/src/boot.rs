@@ -59,7 +59,15 @@ pub enum BootError {
     )]
     WrongNode { found: NodeId, configured: NodeId },
     #[error("cannot read or write the data directory's identity: {0}")]
-    Storage(String),
+    Storage(#[source] fjord_storage::StorageError),
+    /// Answering a peer's check: the peers' announced starts could not be read or written.
+    #[error("cannot read or write the peers' announced starts: {0}")]
+    PeerStarts(#[source] fjord_storage::StorageError),
+    /// Answering a peer's check: the stored metadata could not be read.
+    #[error("cannot read the stored metadata: {0}")]
+    StoredMetadata(#[source] std::io::Error),
+    #[error(transparent)]
+    Encode(#[from] fjord_raft::codec::EncodeError),
     /// The metadata leader refused to take this node back (`--rebuild`).
     #[error("--rebuild refused: {0}")]
     RebuildRefused(String),
@@ -77,11 +85,15 @@ pub struct IdentityService {
 impl IdentityService {
     /// Reads the directory's identity, or makes and stores (durably) a new one.
     pub async fn open(store: Store, node: NodeId) -> Result<Arc<IdentityService>, BootError> {
-        let storage = |e: fjord_storage::StorageError| BootError::Storage(e.to_string());
+        let storage = BootError::Storage;
         let identity = match store.get_node_value(NodeKey::Identity).map_err(storage)? {
             Some(bytes) => {
-                let identity: DiskIdentity = postcard::from_bytes(&bytes)
-                    .map_err(|e| BootError::Storage(format!("corrupt identity: {e}")))?;
+                let identity: DiskIdentity = postcard::from_bytes(&bytes).map_err(|source| {
+                    BootError::Storage(fjord_storage::StorageError::Undecodable {
+                        what: "data directory identity",
+                        source,
+                    })
+                })?;
                 if identity.node_id != node {
                     return Err(BootError::WrongNode {
                         found: identity.node_id,
@@ -118,10 +130,10 @@ impl IdentityService {
     /// What this node records of `asker`'s directory, from its stored metadata (and, for a
     /// voter the metadata does not record yet, the roster of the cluster this node formed).
     /// An announced start (`req.announce_generation > 0`) is stored first, durably.
-    pub async fn answer(&self, req: &IdentityRequest) -> Result<IdentityReply, String> {
+    pub async fn answer(&self, req: &IdentityRequest) -> Result<IdentityReply, BootError> {
         let identity = self.identity();
         let state = fjord_raft::meta_sm::stored_state(fjord_meta::META_GROUP, &self.store)
-            .map_err(|e| e.to_string())?;
+            .map_err(BootError::StoredMetadata)?;
         let recorded = state
             .as_ref()
             .and_then(|s| s.incarnations.get(&req.from).copied())
@@ -155,11 +167,10 @@ impl IdentityService {
                 self.store
                     .write(vec![Op::PutNode {
                         key: NodeKey::PeerStarts as u8,
-                        value: postcard::to_stdvec(&starts)
-                            .map_err(|e| format!("encoding the peers' starts: {e}"))?,
+                        value: fjord_raft::codec::encode(&starts, "the peers' starts")?,
                     }])
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(BootError::PeerStarts)?;
             }
             merge_start(recorded, starts.get(&req.from).copied())
         };
@@ -358,21 +369,25 @@ async fn persist(store: &Store, identity: &DiskIdentity) -> Result<(), BootError
     store
         .write(vec![Op::PutNode {
             key: NodeKey::Identity as u8,
-            value: postcard::to_stdvec(identity).expect("in-memory encoding"),
+            value: fjord_raft::codec::encode(identity, "data directory identity")?,
         }])
         .await
-        .map_err(|e| BootError::Storage(e.to_string()))
+        .map_err(BootError::Storage)
 }
 
 /// One round: asks every other voter at once; those that do not answer in time are left out.
 /// The starts peers announced to this node.
-fn peer_starts(store: &Store) -> Result<BTreeMap<NodeId, IncarnationRecord>, String> {
+fn peer_starts(store: &Store) -> Result<BTreeMap<NodeId, IncarnationRecord>, BootError> {
     match store
         .get_node_value(NodeKey::PeerStarts)
-        .map_err(|e| e.to_string())?
+        .map_err(BootError::PeerStarts)?
     {
-        Some(bytes) => postcard::from_bytes(&bytes)
-            .map_err(|e| format!("the peers' starts do not decode: {e}")),
+        Some(bytes) => postcard::from_bytes(&bytes).map_err(|source| {
+            BootError::PeerStarts(fjord_storage::StorageError::Undecodable {
+                what: "peers' starts",
+                source,
+            })
+        }),
         None => Ok(BTreeMap::new()),
     }
 }

@@ -120,28 +120,45 @@ fn default_cache_mib() -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peers(pub BTreeMap<u64, String>);
 
+/// Why a peer list does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum PeersError {
+    #[error("peer {part:?} is not ID=HOST:PORT")]
+    NotIdAndAddress { part: String },
+    #[error("peer id {id:?} in {part:?} is not a positive integer")]
+    BadId { id: String, part: String },
+    #[error("peer id 0 in {part:?}: node ids start at 1")]
+    ZeroId { part: String },
+    #[error(transparent)]
+    Address(#[from] fjord_meta::MetaError),
+    #[error("peer id {0} is listed twice")]
+    Twice(u64),
+    #[error("no peers given: list at least this node as ID=HOST:PORT")]
+    None,
+}
+
 /// Parses `1=host:port,2=host:port`.
-pub fn parse_peers(s: &str) -> Result<Peers, String> {
+pub fn parse_peers(s: &str) -> Result<Peers, PeersError> {
     let mut map = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (id, addr) = part
             .split_once('=')
-            .ok_or_else(|| format!("peer {part:?} is not ID=HOST:PORT"))?;
-        let id: u64 = id
-            .trim()
-            .parse()
-            .map_err(|_| format!("peer id {id:?} in {part:?} is not a positive integer"))?;
+            .ok_or_else(|| PeersError::NotIdAndAddress { part: part.into() })?;
+        let id: u64 = id.trim().parse().map_err(|_| PeersError::BadId {
+            id: id.into(),
+            part: part.into(),
+        })?;
         if id == 0 {
-            return Err(format!("peer id 0 in {part:?}: node ids start at 1"));
+            return Err(PeersError::ZeroId { part: part.into() });
         }
         let addr = addr.trim();
-        fjord_meta::validate_address(addr).map_err(|e| e.to_string())?;
+        fjord_meta::validate_address(addr)?;
         if map.insert(id, addr.to_string()).is_some() {
-            return Err(format!("peer id {id} is listed twice"));
+            return Err(PeersError::Twice(id));
         }
     }
     if map.is_empty() {
-        return Err("no peers given: list at least this node as ID=HOST:PORT".into());
+        return Err(PeersError::None);
     }
     Ok(Peers(map))
 }

@@ -1,39 +1,32 @@
 //! The data paths: produce (validate, batch, propose, acknowledge per mode) and fetch (read
-//! committed batches from the log, long-polling on the high watermark).
+//! committed batches from the log, long-polling on the high watermark), on the domain types
+//! of [`crate::wire`], which converts the gRPC messages at the edge. The committed batches
+//! themselves are read below, next to the log ([`fjord_raft::read`]).
 //!
-//! Limits are named here; every refusal says which one applied.
+//! Limits are named here and in [`crate::wire`]; every refusal says which one applied.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::Bytes;
 use fjord_meta::{Topic, group_id};
 use fjord_proto::batch;
 use fjord_proto::partitioner::partition_for_key;
-use fjord_proto::v1::{
-    Acks, FetchRequest, FetchResponse, FetchedBatch, PartitionResult, ProduceRequest, ReadMode,
-    Record,
+use fjord_proto::v1::Record;
+use fjord_raft::{
+    GroupError, PartitionHandle, ReadError, ReadLimits, StoredBatch, committed_batches,
 };
-use fjord_raft::codec;
-use fjord_raft::{GroupError, PartitionHandle, StoredBatch};
 use fjord_storage::partition::Outcome;
 
 use crate::error::ApiError;
 use crate::node::Node;
+pub use crate::wire::MAX_FETCH_BYTES;
+use crate::wire::{Acks, Fetch, Fetched, Produce, ProduceBody, Produced, ProducerBatch, ReadMode};
 
 /// Bytes of record data in one produce request, at most (also the gRPC message limit, plus
 /// framing).
 pub const MAX_PRODUCE_REQUEST_BYTES: usize = 8 << 20;
 /// Records in one batch, at most.
 pub const MAX_BATCH_RECORDS: usize = 100_000;
-/// Default and largest acknowledgement wait of a produce.
-pub const DEFAULT_PRODUCE_TIMEOUT_MS: u32 = 10_000;
-pub const MAX_PRODUCE_TIMEOUT_MS: u32 = 60_000;
-/// Default and largest bytes of one fetch answer.
-pub const DEFAULT_FETCH_BYTES: u32 = 1 << 20;
-pub const MAX_FETCH_BYTES: u32 = 64 << 20;
-/// Largest long-poll wait of a fetch.
-pub const MAX_FETCH_WAIT_MS: u32 = 30_000;
 /// Batches in one fetch answer, at most.
 pub const MAX_FETCH_BATCHES: usize = 1024;
 /// How long a fetch waits for this node's own write of batches already below the high
@@ -130,126 +123,128 @@ fn check_records(topic: &Topic, records: &[Record]) -> Result<usize, ApiError> {
     Ok(total)
 }
 
-/// Validates a produce request and turns it into one batch per partition.
-fn build_batches(
+/// The records of a request in the simple form, placed and encoded: one batch per partition.
+fn record_batches(
     node: &Node,
     topic: &Topic,
-    req: ProduceRequest,
-) -> Result<Vec<(u32, StoredBatch)>, ApiError> {
-    let now = node.clock.now_ms();
+    records: Vec<Record>,
+    partition: Option<u32>,
+) -> Result<(Vec<(u32, StoredBatch)>, usize), ApiError> {
     let count = topic.partitions.len() as u32;
-    if !req.records.is_empty() && !req.batches.is_empty() {
-        return Err(ApiError::Invalid(
-            "a produce request carries either `records` or `batches`, not both".into(),
-        ));
+    if let Some(p) = partition {
+        check_partition(topic, p)?;
     }
+    let total = check_records(topic, &records)?;
+    // Only a request with unkeyed records and no partition looks at which partitions this
+    // node leads.
+    let unkeyed = partition.is_none() && records.iter().any(|r| r.key.is_none());
+    let sticky = if unkeyed {
+        let turn = node
+            .round_robin
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let led: Vec<u32> = (0..count)
+            .filter(|p| {
+                node.registry
+                    .partition(group_id(topic.id, *p))
+                    .is_some_and(|h| h.leadership().leader == Some(node.id))
+            })
+            .collect();
+        unkeyed_partition(turn, &led, count)
+    } else {
+        0
+    };
+    let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
+    for r in records {
+        let p = match (partition, &r.key) {
+            (Some(p), _) => p,
+            (None, Some(k)) => partition_for_key(k, count),
+            (None, None) => sticky,
+        };
+        by_partition.entry(p).or_default().push(r);
+    }
+    let now = node.clock.now_ms();
+    let out = by_partition
+        .into_iter()
+        .map(|(p, records)| {
+            let body = batch::encode(&records);
+            let batch = StoredBatch {
+                token: node.token(),
+                producer_id: 0,
+                producer_epoch: 0,
+                base_sequence: 0,
+                record_count: records.len() as u32,
+                crc32c: batch::checksum(&body),
+                append_time_ms: now,
+                records: body,
+            };
+            (p, batch)
+        })
+        .collect();
+    Ok((out, total))
+}
+
+/// The batches of a request in the producer-encoded form, each checked against its CRC, its
+/// declared count and the topic's limits.
+fn producer_batches(
+    node: &Node,
+    topic: &Topic,
+    batches: Vec<ProducerBatch>,
+) -> Result<(Vec<(u32, StoredBatch)>, usize), ApiError> {
+    let now = node.clock.now_ms();
     let mut out = Vec::new();
     let mut total = 0usize;
-    if !req.records.is_empty() {
-        if let Some(p) = req.partition {
-            check_partition(topic, p)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, b) in batches.into_iter().enumerate() {
+        let at = format!("batch {i} (partition {})", b.partition);
+        check_partition(topic, b.partition)?;
+        if !seen.insert(b.partition) {
+            return Err(ApiError::Invalid(format!(
+                "batch {i} is the second batch for partition {} in one request: send one batch per partition",
+                b.partition
+            )));
         }
-        total += check_records(topic, &req.records)?;
-        // Only a request with unkeyed records and no partition looks at which partitions
-        // this node leads.
-        let unkeyed = req.partition.is_none() && req.records.iter().any(|r| r.key.is_none());
-        let sticky = if unkeyed {
-            let turn = node
-                .round_robin
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let led: Vec<u32> = (0..count)
-                .filter(|p| {
-                    node.registry
-                        .partition(group_id(topic.id, *p))
-                        .is_some_and(|h| h.leadership().leader == Some(node.id))
-                })
-                .collect();
-            unkeyed_partition(turn, &led, count)
-        } else {
-            0
-        };
-        let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
-        for r in req.records {
-            let p = match (req.partition, &r.key) {
-                (Some(p), _) => p,
-                (None, Some(k)) => partition_for_key(k, count),
-                (None, None) => sticky,
-            };
-            by_partition.entry(p).or_default().push(r);
+        let records = batch::decode(&b.records, b.crc32c).map_err(|e| match e {
+            batch::BatchError::Checksum { .. } => ApiError::Corrupt(format!("{at}: {e}")),
+            other => ApiError::Invalid(format!("{at}: {other}")),
+        })?;
+        if records.is_empty() {
+            return Err(ApiError::Invalid(format!("{at} has no records")));
         }
-        for (p, records) in by_partition {
-            let body = batch::encode(&records);
-            out.push((
-                p,
-                StoredBatch {
-                    token: node.token(),
-                    producer_id: 0,
-                    producer_epoch: 0,
-                    base_sequence: 0,
-                    record_count: records.len() as u32,
-                    crc32c: batch::checksum(&body),
-                    append_time_ms: now,
-                    records: body,
-                },
-            ));
+        if records.len() != b.record_count as usize {
+            return Err(ApiError::Invalid(format!(
+                "{at} declares {} records but holds {}",
+                b.record_count,
+                records.len()
+            )));
         }
-    } else {
-        let mut seen = std::collections::BTreeSet::new();
-        for (i, b) in req.batches.into_iter().enumerate() {
-            check_partition(topic, b.partition)?;
-            if !seen.insert(b.partition) {
-                return Err(ApiError::Invalid(format!(
-                    "batch {i} is the second batch for partition {} in one request: send one batch per partition",
-                    b.partition
-                )));
-            }
-            let records = batch::decode(&b.records, b.crc32c).map_err(|e| match e {
-                batch::BatchError::Checksum { .. } => {
-                    ApiError::Corrupt(format!("batch {i} (partition {}): {e}", b.partition))
-                }
-                other => {
-                    ApiError::Invalid(format!("batch {i} (partition {}): {other}", b.partition))
-                }
-            })?;
-            if records.is_empty() {
-                return Err(ApiError::Invalid(format!(
-                    "batch {i} (partition {}) has no records",
-                    b.partition
-                )));
-            }
-            if records.len() != b.record_count as usize {
-                return Err(ApiError::Invalid(format!(
-                    "batch {i} (partition {}) declares {} records but holds {}",
-                    b.partition,
-                    b.record_count,
-                    records.len()
-                )));
-            }
-            total += check_records(topic, &records)?;
-            let producer_epoch = u16::try_from(b.producer_epoch).map_err(|_| {
-                ApiError::Invalid(format!(
-                    "batch {i} (partition {}): producer_epoch {} is over the limit of {}",
-                    b.partition,
-                    b.producer_epoch,
-                    u16::MAX
-                ))
-            })?;
-            out.push((
-                b.partition,
-                StoredBatch {
-                    token: node.token(),
-                    producer_id: b.producer_id,
-                    producer_epoch,
-                    base_sequence: b.base_sequence,
-                    record_count: b.record_count,
-                    crc32c: b.crc32c,
-                    append_time_ms: now,
-                    records: b.records,
-                },
-            ));
-        }
+        total += check_records(topic, &records)?;
+        out.push((
+            b.partition,
+            StoredBatch {
+                token: node.token(),
+                producer_id: b.producer_id,
+                producer_epoch: b.producer_epoch,
+                base_sequence: b.base_sequence,
+                record_count: b.record_count,
+                crc32c: b.crc32c,
+                append_time_ms: now,
+                records: b.records,
+            },
+        ));
     }
-    if out.is_empty() {
+    Ok((out, total))
+}
+
+/// Appends a produce's batches, each to its partition, concurrently; one answer per batch.
+pub async fn produce(node: &Node, req: Produce) -> Result<Vec<Produced>, ApiError> {
+    let topic = find_topic(node, &req.topic)?;
+    let (batches, total) = match req.body {
+        ProduceBody::Records { records, partition } => {
+            record_batches(node, &topic, records, partition)?
+        }
+        ProduceBody::Batches(batches) => producer_batches(node, &topic, batches)?,
+    };
+    if batches.is_empty() {
         return Err(ApiError::Invalid(
             "the produce request has no records: send at least one record or batch".into(),
         ));
@@ -259,77 +254,42 @@ fn build_batches(
             "the produce request holds {total} bytes of records, over the limit of {MAX_PRODUCE_REQUEST_BYTES}"
         )));
     }
-    Ok(out)
-}
-
-pub async fn produce(node: &Node, req: ProduceRequest) -> Result<Vec<PartitionResult>, ApiError> {
-    let topic = find_topic(node, &req.topic)?;
-    let acks = Acks::try_from(req.acks)
-        .map_err(|_| ApiError::Invalid(format!("unknown acks mode {}", req.acks)))?;
-    let timeout_ms = match req.timeout_ms {
-        0 => DEFAULT_PRODUCE_TIMEOUT_MS,
-        t if t > MAX_PRODUCE_TIMEOUT_MS => {
-            return Err(ApiError::Invalid(format!(
-                "timeout_ms {t} is over the limit of {MAX_PRODUCE_TIMEOUT_MS}"
-            )));
-        }
-        t => t,
-    };
-    let batches = build_batches(node, &topic, req)?;
-    let timeout = Duration::from_millis(timeout_ms as u64);
+    let (acks, timeout) = (req.acks, req.timeout);
     let futs = batches.into_iter().map(|(p, b)| {
         let topic = &topic;
         async move {
-            let count = b.record_count;
+            let record_count = b.record_count;
             let (producer_id, epoch) = (b.producer_id, b.producer_epoch);
-            let mut result = PartitionResult {
+            let result = produce_partition(node, topic, p, b, acks, timeout)
+                .await
+                .and_then(|outcome| match outcome {
+                    Outcome::Appended { base_offset } => Ok((base_offset, false)),
+                    Outcome::Duplicate { base_offset } => Ok((base_offset, true)),
+                    Outcome::OutOfOrder { expected, got } => Err(ApiError::OutOfOrder {
+                        producer_id,
+                        expected,
+                        got,
+                    }),
+                    Outcome::Fenced { epoch, current } => Err(ApiError::ProducerFenced {
+                        producer_id,
+                        epoch,
+                        current,
+                    }),
+                    Outcome::SequenceReused {
+                        base_sequence,
+                        base_offset,
+                    } => Err(ApiError::SequenceReused {
+                        producer_id,
+                        epoch,
+                        base_sequence,
+                        base_offset,
+                    }),
+                });
+            Produced {
                 partition: p,
-                record_count: count,
-                ..Default::default()
-            };
-            match produce_partition(node, topic, p, b, acks, timeout).await {
-                Ok(Outcome::Appended { base_offset }) => result.base_offset = base_offset,
-                Ok(Outcome::Duplicate { base_offset }) => {
-                    result.base_offset = base_offset;
-                    result.duplicate = true;
-                }
-                Ok(Outcome::OutOfOrder { expected, got }) => {
-                    result.error = Some(
-                        ApiError::OutOfOrder {
-                            producer_id,
-                            expected,
-                            got,
-                        }
-                        .to_partition_error(),
-                    );
-                }
-                Ok(Outcome::Fenced { epoch, current }) => {
-                    result.error = Some(
-                        ApiError::ProducerFenced {
-                            producer_id,
-                            epoch,
-                            current,
-                        }
-                        .to_partition_error(),
-                    );
-                }
-                Ok(Outcome::SequenceReused {
-                    base_sequence,
-                    base_offset,
-                }) => {
-                    result.error = Some(
-                        ApiError::SequenceReused {
-                            producer_id,
-                            epoch,
-                            base_sequence,
-                            base_offset,
-                        }
-                        .to_partition_error(),
-                    );
-                }
-                Err(e) => result.error = Some(e.to_partition_error()),
+                record_count,
+                result,
             }
-            result
         }
     });
     Ok(futures::future::join_all(futs).await)
@@ -377,33 +337,17 @@ fn group_error(node: &Node, topic: &Topic, partition: u32, e: GroupError) -> Api
             "partition {partition} of topic {:?} ({why})",
             topic.name
         )),
-        GroupError::Busy(why) => ApiError::Busy(why),
-        GroupError::Internal(why) => ApiError::Internal(why),
+        GroupError::Busy(why) => ApiError::Busy(why.to_string()),
+        GroupError::Internal(why) => ApiError::Internal(why.to_string()),
     }
 }
 
-pub async fn fetch(node: &Node, req: FetchRequest) -> Result<FetchResponse, ApiError> {
+/// Reads committed batches of one partition, long-polling on its high watermark.
+pub async fn fetch(node: &Node, req: Fetch) -> Result<Fetched, ApiError> {
     let topic = find_topic(node, &req.topic)?;
     check_partition(&topic, req.partition)?;
-    let mode = ReadMode::try_from(req.read)
-        .map_err(|_| ApiError::Invalid(format!("unknown read mode {}", req.read)))?;
-    let max_bytes = match req.max_bytes {
-        0 => DEFAULT_FETCH_BYTES,
-        b if b > MAX_FETCH_BYTES => {
-            return Err(ApiError::Invalid(format!(
-                "max_bytes {b} is over the limit of {MAX_FETCH_BYTES}"
-            )));
-        }
-        b => b,
-    } as usize;
-    if req.max_wait_ms > MAX_FETCH_WAIT_MS {
-        return Err(ApiError::Invalid(format!(
-            "max_wait_ms {} is over the limit of {MAX_FETCH_WAIT_MS}",
-            req.max_wait_ms
-        )));
-    }
     let handle = local_partition(node, &topic, req.partition)?;
-    if mode == ReadMode::ReadCp {
+    if req.read == ReadMode::Cp {
         // A ReadIndex read: a majority answered this node, as leader, after the fetch
         // arrived, so its committed state is current.
         handle
@@ -425,15 +369,15 @@ pub async fn fetch(node: &Node, req: FetchRequest) -> Result<FetchResponse, ApiE
             req.offset, req.partition, topic.name
         )));
     }
-    if req.offset > hw && mode == ReadMode::ReadCp {
+    if req.offset > hw && req.read == ReadMode::Cp {
         return Err(ApiError::OutOfRange(format!(
             "offset {} is beyond the end of partition {} of topic {:?} (high watermark {hw})",
             req.offset, req.partition, topic.name
         )));
     }
-    if req.offset >= hw && req.max_wait_ms > 0 {
+    if req.offset >= hw && !req.max_wait.is_zero() {
         let mut rx = shared.subscribe();
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(req.max_wait_ms as u64);
+        let deadline = tokio::time::Instant::now() + req.max_wait;
         loop {
             hw = *rx.borrow_and_update();
             if hw > req.offset {
@@ -451,87 +395,27 @@ pub async fn fetch(node: &Node, req: FetchRequest) -> Result<FetchResponse, ApiE
     // (a fsync, normally well under a millisecond): an answer without the batches below the
     // high watermark it reports would look like a lost acknowledged record. If the disk is
     // stuck, answer with what is stored; the client asks again from where it got to.
-    if req.offset < hw {
+    let batches = if req.offset < hw {
         shared
             .wait_stored(hw, tokio::time::Instant::now() + STORED_WAIT)
             .await;
-    }
-    let batches = if req.offset < hw {
-        read_batches(node, group, req.offset, hw, max_bytes)?
+        let limits = ReadLimits {
+            max_bytes: req.max_bytes,
+            max_batches: MAX_FETCH_BATCHES,
+        };
+        committed_batches(&node.store, group, req.offset, hw, limits).map_err(|e| match e {
+            ReadError::Corrupt { .. } => ApiError::Corrupt(e.to_string()),
+            ReadError::Storage(e) => ApiError::Internal(e.to_string()),
+        })?
     } else {
         Vec::new()
     };
-    Ok(FetchResponse {
+    Ok(Fetched {
         batches,
         high_watermark: hw,
         log_start_offset: log_start,
         node_id: node.id,
     })
-}
-
-/// Committed batches of `group` from the one holding `offset` on, below `hw`.
-fn read_batches(
-    node: &Node,
-    group: u64,
-    offset: u64,
-    hw: u64,
-    max_bytes: usize,
-) -> Result<Vec<FetchedBatch>, ApiError> {
-    let internal = |e: fjord_storage::StorageError| ApiError::Internal(e.to_string());
-    let Some((first_base, _, _)) = node.store.find_offset(group, offset).map_err(internal)? else {
-        return Ok(Vec::new());
-    };
-    let index: Vec<(u64, u64, u32)> = node
-        .store
-        .offsets_from(group, first_base, MAX_FETCH_BATCHES)
-        .map_err(internal)?
-        .into_iter()
-        .filter(|(base, _, _)| *base < hw)
-        .collect();
-    let (Some(first), Some(last)) = (index.first(), index.last()) else {
-        return Ok(Vec::new());
-    };
-    let wanted: HashMap<u64, (u64, u32)> = index.iter().map(|(b, i, c)| (*i, (*b, *c))).collect();
-    let entries = node
-        .store
-        .read_log(
-            group,
-            first.1..=last.1,
-            MAX_FETCH_BATCHES * 4,
-            max_bytes + 4096,
-        )
-        .map_err(internal)?;
-    let mut out = Vec::new();
-    let mut bytes = 0usize;
-    for (idx, raw) in entries {
-        let Some((base, count)) = wanted.get(&idx).copied() else {
-            continue;
-        };
-        let b = codec::stored_batch(&raw)
-            .map_err(|e| ApiError::Corrupt(e.to_string()))?
-            .ok_or_else(|| {
-                ApiError::Corrupt(format!(
-                    "group {group}: offset index points at a non-batch entry {idx}"
-                ))
-            })?;
-        batch::verify(&b.records, b.crc32c).map_err(|e| {
-            ApiError::Corrupt(format!(
-                "stored batch at offset {base} of group {group}: {e}"
-            ))
-        })?;
-        if !out.is_empty() && bytes + b.records.len() > max_bytes {
-            break;
-        }
-        bytes += b.records.len();
-        out.push(FetchedBatch {
-            base_offset: base,
-            record_count: count,
-            crc32c: b.crc32c,
-            records: Bytes::clone(&b.records),
-            append_time_ms: b.append_time_ms,
-        });
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

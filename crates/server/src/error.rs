@@ -1,4 +1,6 @@
-//! The server's typed errors, and the one place they become gRPC statuses.
+//! The server's typed errors, and the one place they become gRPC statuses: every RPC
+//! handler, client-facing or node-to-node, answers an [`ApiError`], and [`ApiError::code`]
+//! alone picks its code ([`crate::edge`] only recodes the answers tonic makes itself).
 //!
 //! Codes are chosen so a client can tell "retry, maybe elsewhere" (UNAVAILABLE, with the
 //! leader in the metadata when known), "outcome unknown" (DEADLINE_EXCEEDED) and "give up"
@@ -7,10 +9,15 @@
 use fjord_meta::MetaError;
 use fjord_proto::v1::{PartitionError, ProduceErrorReason};
 use fjord_proto::{LEADER_ADDRESS_KEY, LEADER_ID_KEY};
+use fjord_raft::GroupError;
+use fjord_raft::codec::EncodeError;
+use fjord_raft::group::DispatchError;
+use fjord_raft::handoff::TransferRefused;
+use fjord_raft::network::ConnectError;
 use tonic::{Code, Status};
 
 /// A request that failed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("this node (node {this}) is not the leader of {what}{}", leader_text(.leader))]
     NotLeader {
@@ -103,6 +110,48 @@ pub enum ApiError {
          others; ask another node"
     )]
     Rebuilding(u64),
+    /// A node cannot be taken out of the voters (`--rebuild`): a group would lose its majority.
+    #[error(transparent)]
+    MajorityLost(#[from] crate::rebuild::MajorityLost),
+    /// A peer's Raft message that this node could not take.
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
+    /// A peer's message whose payload does not decode as `what`.
+    #[error("bad {what}: {source}")]
+    Undecodable {
+        what: &'static str,
+        #[source]
+        source: postcard::Error,
+    },
+    /// A controller's leader move to a replica that cannot take over now.
+    #[error("not moving the leader of group {group} to node {to}: {source}")]
+    TransferRefused {
+        group: u64,
+        to: u64,
+        #[source]
+        source: TransferRefused,
+    },
+    /// A controller's leader move that the group could not start.
+    #[error("{source}")]
+    TransferFailed {
+        group: u64,
+        to: u64,
+        #[source]
+        source: GroupError,
+    },
+    /// A controller's leader move for a group that is no partition hosted here.
+    #[error("group {0} is not a partition hosted here")]
+    NotAPartition(u64),
+    /// A message to a peer could not be encoded (a bug).
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// No channel to a peer could be made (its address is invalid).
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// This node's stored identity or its peers' announced starts could not be read or
+    /// written.
+    #[error(transparent)]
+    Identity(#[from] crate::boot::BootError),
 }
 
 fn leader_text(leader: &Option<(u64, String)>) -> String {
@@ -140,8 +189,20 @@ impl ApiError {
             ApiError::Corrupt(_) => Code::DataLoss,
             ApiError::OutOfRange(_) => Code::OutOfRange,
             ApiError::Busy(_) => Code::ResourceExhausted,
-            ApiError::Refused(_) => Code::FailedPrecondition,
+            ApiError::Refused(_) | ApiError::MajorityLost(_) => Code::FailedPrecondition,
             ApiError::Internal(_) => Code::Internal,
+            ApiError::Dispatch(d) => match d {
+                DispatchError::UnknownGroup(_) => Code::NotFound,
+                DispatchError::Decode(_) => Code::InvalidArgument,
+                // The sender's openraft takes it as an unreachable peer: a lost message.
+                DispatchError::Quiet(_) | DispatchError::Stopped { .. } => Code::Unavailable,
+                DispatchError::Encode { .. } => Code::Internal,
+            },
+            ApiError::Undecodable { .. } => Code::InvalidArgument,
+            ApiError::TransferRefused { .. } => Code::FailedPrecondition,
+            ApiError::TransferFailed { .. } => Code::Unavailable,
+            ApiError::NotAPartition(_) => Code::NotFound,
+            ApiError::Encode(_) | ApiError::Connect(_) | ApiError::Identity(_) => Code::Internal,
         }
     }
 
@@ -188,5 +249,21 @@ impl From<ApiError> for Status {
             }
         }
         status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_raft_message_is_unavailable_and_an_unknown_group_not_found() {
+        // A peer's openraft takes UNAVAILABLE and NOT_FOUND as an unreachable peer (it backs
+        // off), anything else as a network error (see fjord_raft::network).
+        let code = |d: DispatchError| Status::from(ApiError::from(d)).code();
+        assert_eq!(code(DispatchError::UnknownGroup(7)), Code::NotFound);
+        assert_eq!(code(DispatchError::Quiet(7)), Code::Unavailable);
+        let decode = fjord_raft::codec::decode::<u64>(&[], "raft request").unwrap_err();
+        assert_eq!(code(DispatchError::Decode(decode)), Code::InvalidArgument);
     }
 }

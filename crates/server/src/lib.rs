@@ -6,8 +6,10 @@
 //!   the node takes part in any Raft group.
 //! - [`node`]: the node itself: storage, Raft groups, the reconciler that starts the groups
 //!   the metadata assigns to it, leader reports, and the controller (leader balancing).
-//! - [`service`]: the client gRPC API (`fjord.v1.Fjord`); [`data`]: its produce and fetch
-//!   paths; [`transport`]: the node-to-node gRPC service.
+//! - [`service`]: the client gRPC API (`fjord.v1.Fjord`); [`wire`]: its produce and fetch
+//!   messages as domain types and back; [`data`]: the produce and fetch paths, on those
+//!   types; [`producer_ids`]: producer ids, named producers' epochs, and the check of a
+//!   batch's producer before it is proposed; [`transport`]: the node-to-node gRPC service.
 //! - [`error`]: typed errors and their mapping to gRPC statuses; [`edge`]: the layer every
 //!   answer leaves through (deadlines, and tonic's own codec answers, given fjord's codes);
 //!   [`connections`]: the bound on connections served at once.
@@ -27,6 +29,7 @@ pub mod producer_ids;
 pub mod rebuild;
 pub mod service;
 pub mod transport;
+pub mod wire;
 
 use std::sync::Arc;
 
@@ -63,7 +66,7 @@ pub enum ServerError {
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: String, reason: String },
     #[error("cannot start the node: {0}")]
-    Start(String),
+    Start(#[from] node::StartError),
     /// The boot check refused this data directory, or could not read it.
     #[error("this node must not start on its data directory: {0}")]
     Boot(#[from] boot::BootError),
@@ -154,7 +157,7 @@ pub async fn run_with(
                         %reason,
                         "a storage commit failed: this node can store nothing more and stops; restart it once the disk is writable"
                     );
-                    *failure.lock().unwrap() = Some(reason);
+                    *failure.lock().unwrap() = Some(reason.to_string());
                 }
             }
         }

@@ -34,6 +34,8 @@ use fjord_raft::{
 use fjord_storage::Store;
 use tokio_util::sync::CancellationToken;
 
+use fjord_raft::codec;
+
 use crate::ServeConfig;
 use crate::error::ApiError;
 
@@ -51,6 +53,15 @@ pub const LIVENESS_WINDOW: Duration = Duration::from_secs(3);
 pub const HANDOFF_BUDGET: Duration = Duration::from_secs(5);
 /// Attempts of a metadata write (each waits for a leader or follows a forward).
 const META_WRITE_ATTEMPTS: u32 = 50;
+
+/// Why a node could not start its groups.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot start the metadata group: {0}")]
+    Meta(#[from] group::StartError),
+    #[error("cannot read the producer id block: {0}")]
+    ProducerIds(#[source] fjord_storage::StorageError),
+}
 
 /// Reads the wall clock; injected so a simulation can control it.
 pub trait Clock: Send + Sync + 'static {
@@ -105,7 +116,7 @@ impl Node {
         clock: Arc<dyn Clock>,
         shutdown: CancellationToken,
         identity: Arc<crate::boot::IdentityService>,
-    ) -> Result<Arc<Node>, String> {
+    ) -> Result<Arc<Node>, StartError> {
         let group_config = GroupConfig {
             heartbeat_interval_ms: config.heartbeat_interval_ms,
             election_timeout_ms: config.election_timeout_ms,
@@ -141,8 +152,8 @@ impl Node {
             pool.clone(),
         );
         let meta = group::start_meta(config.id, &meta_config, store.clone(), pool.clone()).await?;
-        let producer_ids = crate::producer_ids::ProducerIds::load(&store)
-            .map_err(|e| format!("cannot read the producer id block: {e}"))?;
+        let producer_ids =
+            crate::producer_ids::ProducerIds::load(&store).map_err(StartError::ProducerIds)?;
         registry.insert(fjord_meta::META_GROUP, AnyGroup::Meta(meta.clone()));
         let meta_learner = meta
             .members_if_running()
@@ -295,7 +306,7 @@ impl Node {
                     Ok(r) => return Ok(r),
                     Err(e) => last_err = e,
                 },
-                Err(GroupError::Internal(e)) => return Err(ApiError::Internal(e)),
+                Err(GroupError::Internal(e)) => return Err(ApiError::Internal(e.to_string())),
                 Err(GroupError::NotLeader { address: None, .. }) => {
                     // No leader known here: the leader may not reach this node (it came back
                     // at a new address, which only this write registers). Ask each peer; only
@@ -323,10 +334,10 @@ impl Node {
         addr: &str,
         cmd: &MetaCommand,
     ) -> Result<MetaResponse, ApiError> {
-        let mut client = self.pool.client(addr).map_err(ApiError::Internal)?;
+        let mut client = self.pool.client(addr)?;
         let msg = GroupMessage {
             group_id: fjord_meta::META_GROUP,
-            payload: postcard::to_stdvec(cmd).unwrap().into(),
+            payload: codec::encode(cmd, "metadata command")?.into(),
         };
         let resp = tokio::time::timeout(Duration::from_secs(5), client.meta_write(msg))
             .await
@@ -343,7 +354,7 @@ impl Node {
     pub async fn local_meta_write(&self, cmd: MetaCommand) -> Result<MetaResponse, ApiError> {
         match self.meta.write(cmd).await {
             Ok(r) => Ok(r),
-            Err(GroupError::Internal(e)) => Err(ApiError::Internal(e)),
+            Err(GroupError::Internal(e)) => Err(ApiError::Internal(e.to_string())),
             Err(e) => Err(ApiError::NoLeader(format!("the metadata group ({e})"))),
         }
     }
@@ -553,7 +564,13 @@ impl Node {
                     to = m.to,
                     "controller: moving partition leader"
                 );
-                let payload = postcard::to_stdvec(&m.to).unwrap();
+                let payload = match codec::encode(&m.to, "leader move") {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(group = m.group_id, error = %e, "controller: not moving a leader");
+                        continue;
+                    }
+                };
                 let msg = GroupMessage {
                     group_id: m.group_id,
                     payload: payload.into(),

@@ -70,8 +70,9 @@ impl ProducerIds {
     /// The block recorded in `store` (none on a new directory).
     pub fn load(store: &Store) -> Result<Self, StorageError> {
         let block = match store.get_node_value(NodeKey::ProducerIds)? {
-            Some(b) => postcard::from_bytes(&b).map_err(|e| {
-                StorageError::CommitFailed(format!("the stored producer id block: {e}"))
+            Some(b) => postcard::from_bytes(&b).map_err(|source| StorageError::Undecodable {
+                what: "producer id block",
+                source,
             })?,
             None => Block::default(),
         };
@@ -234,7 +235,7 @@ async fn record(store: &Store, block: Block) -> Result<(), ApiError> {
     store
         .write(vec![Op::PutNode {
             key: NodeKey::ProducerIds as u8,
-            value: postcard::to_stdvec(&block).expect("a block encodes"),
+            value: fjord_raft::codec::encode(&block, "producer id block")?,
         }])
         .await
         .map_err(|e| ApiError::Internal(format!("cannot record the producer id block: {e}")))

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use fjord_meta::{META_GROUP, MetaCommand, MetaResponse, NodeId, group_id};
 use fjord_proto::raft::{ChangeVoterReply, ChangeVoterRequest, RebuildRequest};
+use fjord_raft::handle::Unavailable;
 use fjord_raft::{GroupError, Promotion};
 
 use crate::error::ApiError;
@@ -50,7 +51,7 @@ pub fn check_majorities(
     groups: &[(String, BTreeSet<NodeId>)],
     node: NodeId,
     alive: impl Fn(NodeId) -> bool,
-) -> Result<(), String> {
+) -> Result<(), MajorityLost> {
     for (what, voters) in groups {
         if !voters.contains(&node) {
             continue;
@@ -59,14 +60,30 @@ pub fn check_majorities(
         let live = rest.iter().filter(|v| alive(**v)).count();
         let need = (voters.len() / 2 + 1).max(rest.len() / 2 + 1);
         if rest.is_empty() || live < need {
-            return Err(format!(
-                "{what} would lose its majority: without node {node}, {live} of its other \
-                 voters {rest:?} are alive and {need} are needed. Bring them back first; \
-                 nothing was changed"
-            ));
+            return Err(MajorityLost {
+                what: what.clone(),
+                node,
+                live,
+                rest,
+                need,
+            });
         }
     }
     Ok(())
+}
+
+/// Taking a node out of a group's voters would leave the group without a live majority.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{what} would lose its majority: without node {node}, {live} of its other voters {rest:?} \
+     are alive and {need} are needed. Bring them back first; nothing was changed"
+)]
+pub struct MajorityLost {
+    pub what: String,
+    pub node: NodeId,
+    pub live: usize,
+    pub rest: Vec<NodeId>,
+    pub need: usize,
 }
 
 fn no_majority(what: &str) -> ApiError {
@@ -83,8 +100,8 @@ fn group_error(what: &str, e: GroupError) -> ApiError {
             what: what.to_string(),
             leader: leader.zip(address),
         },
-        GroupError::Busy(why) => ApiError::Busy(why),
-        GroupError::Internal(why) => ApiError::Internal(why),
+        GroupError::Busy(why) => ApiError::Busy(why.to_string()),
+        GroupError::Internal(why) => ApiError::Internal(why.to_string()),
         GroupError::Unavailable(why) => ApiError::NoLeader(format!("{what} ({why})")),
     }
 }
@@ -144,7 +161,7 @@ pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, Api
     }
     // Checked by whichever node is asked, on its own view: a refusal needs no leader (with a
     // majority of the metadata group down there is none to ask).
-    check_majorities(&groups, target, |n| node.liveness.is_alive(n)).map_err(ApiError::Refused)?;
+    check_majorities(&groups, target, |n| node.liveness.is_alive(n))?;
     if !node.meta.is_leader() {
         return Err(ApiError::NotLeader {
             this: node.id,
@@ -228,7 +245,7 @@ async fn change_at(
     let addr = node
         .address_of(at)
         .ok_or_else(|| ApiError::NoLeader(format!("node {at}'s address is not known")))?;
-    let mut client = node.pool.client(&addr).map_err(ApiError::Internal)?;
+    let mut client = node.pool.client(&addr)?;
     let req = ChangeVoterRequest {
         group_id: g,
         node: target,
@@ -270,10 +287,7 @@ pub async fn change_voter(
             }
         } else {
             let Some(h) = node.registry.partition(g) else {
-                return Err(GroupError::Unavailable(format!(
-                    "it has no replica on node {}",
-                    node.id
-                )));
+                return Err(Unavailable::NotHosted { node: node.id }.into());
             };
             if promote {
                 h.promote_caught_up(target).await
@@ -455,7 +469,8 @@ mod tests {
         let two_down = |n| n != 2;
         let e = check_majorities(&[group(&[1, 2, 3])], 1, two_down).unwrap_err();
         assert!(
-            e.contains("1 of its other voters [2, 3] are alive and 2 are needed"),
+            e.to_string()
+                .contains("1 of its other voters [2, 3] are alive and 2 are needed"),
             "{e}"
         );
         // Of five, three of the four others.

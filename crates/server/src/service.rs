@@ -281,7 +281,7 @@ impl Fjord for ClientService {
                     topic: Some(topic_info(&self.node, t)),
                 }))
             }
-            other => Err(Status::internal(format!("unexpected response {other:?}"))),
+            other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
         }
     }
 
@@ -359,13 +359,15 @@ impl Fjord for ClientService {
         &self,
         req: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
-        let results = data::produce(&self.node, req.into_inner()).await?;
-        Ok(Response::new(ProduceResponse { results }))
+        let produce = crate::wire::Produce::try_from(req.into_inner())?;
+        let results = data::produce(&self.node, produce).await?;
+        Ok(Response::new(ProduceResponse {
+            results: results.into_iter().map(PartitionResult::from).collect(),
+        }))
     }
 
     async fn fetch(&self, req: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
-        Ok(Response::new(
-            data::fetch(&self.node, req.into_inner()).await?,
-        ))
+        let fetch = crate::wire::Fetch::try_from(req.into_inner())?;
+        Ok(Response::new(data::fetch(&self.node, fetch).await?.into()))
     }
 }

@@ -1,5 +1,6 @@
 //! The node-to-node gRPC service: Raft messages of every group, forwarded metadata writes,
-//! the controller's leader moves, and the node-level heartbeat.
+//! the controller's leader moves, and the node-level heartbeat. Its errors are [`ApiError`]s,
+//! coded in [`crate::error`] like the client-facing service's.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use fjord_proto::raft::{
     ChangeVoterReply, ChangeVoterRequest, GroupMessage, IdentityReply, IdentityRequest,
     NodeHeartbeat, NodeHeartbeatReply, RebuildReply, RebuildRequest,
 };
-use fjord_raft::group::DispatchError;
+use fjord_raft::codec;
 use fjord_raft::network::RpcKind;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -41,23 +42,16 @@ impl TransportService {
         req: Request<GroupMessage>,
     ) -> Result<Response<GroupMessage>, Status> {
         let msg = req.into_inner();
-        match self
+        let payload = self
             .node()?
             .registry
             .dispatch(kind, msg.group_id, &msg.payload)
             .await
-        {
-            Ok(payload) => Ok(Response::new(GroupMessage {
-                group_id: msg.group_id,
-                payload: payload.into(),
-            })),
-            Err(e @ DispatchError::UnknownGroup(_)) => Err(Status::not_found(e.to_string())),
-            Err(e @ DispatchError::Decode(_)) => Err(Status::invalid_argument(e.to_string())),
-            // The sender's openraft takes it as an unreachable peer: a lost pre-vote.
-            Err(e @ (DispatchError::Quiet(_) | DispatchError::Stopped(..))) => {
-                Err(Status::unavailable(e.to_string()))
-            }
-        }
+            .map_err(ApiError::from)?;
+        Ok(Response::new(GroupMessage {
+            group_id: msg.group_id,
+            payload: payload.into(),
+        }))
     }
 }
 
@@ -86,17 +80,15 @@ impl RaftTransport for TransportService {
             .node()?
             .registry
             .stream_append(group, requests)
-            .map_err(|e| match e {
-                DispatchError::UnknownGroup(_) => Status::not_found(e.to_string()),
-                _ => Status::invalid_argument(e.to_string()),
-            })?;
+            .map_err(ApiError::from)?;
         Ok(Response::new(
             results
-                .map(move |payload| {
-                    Ok(GroupMessage {
+                .map(move |payload| match payload {
+                    Ok(payload) => Ok(GroupMessage {
                         group_id: group,
                         payload: payload.into(),
-                    })
+                    }),
+                    Err(e) => Err(ApiError::from(e).into()),
                 })
                 .boxed(),
         ))
@@ -129,7 +121,7 @@ impl RaftTransport for TransportService {
             .answer(&req.into_inner())
             .await
             .map(Response::new)
-            .map_err(|e| ApiError::Internal(e).into())
+            .map_err(|e| ApiError::from(e).into())
     }
 
     async fn rebuild(
@@ -164,16 +156,17 @@ impl RaftTransport for TransportService {
         req: Request<GroupMessage>,
     ) -> Result<Response<GroupMessage>, Status> {
         let msg = req.into_inner();
-        let cmd: fjord_meta::MetaCommand = postcard::from_bytes(&msg.payload)
-            .map_err(|e| Status::invalid_argument(format!("bad metadata command: {e}")))?;
-        let resp = self
-            .node()?
-            .local_meta_write(cmd)
-            .await
-            .map_err(Status::from)?;
+        let cmd: fjord_meta::MetaCommand =
+            postcard::from_bytes(&msg.payload).map_err(|source| ApiError::Undecodable {
+                what: "metadata command",
+                source,
+            })?;
+        let resp = self.node()?.local_meta_write(cmd).await?;
         Ok(Response::new(GroupMessage {
             group_id: msg.group_id,
-            payload: postcard::to_stdvec(&resp).unwrap().into(),
+            payload: codec::encode(&resp, "metadata response")
+                .map_err(ApiError::from)?
+                .into(),
         }))
     }
 
@@ -182,9 +175,13 @@ impl RaftTransport for TransportService {
         req: Request<GroupMessage>,
     ) -> Result<Response<GroupMessage>, Status> {
         let msg = req.into_inner();
-        let to: u64 = postcard::from_bytes(&msg.payload)
-            .map_err(|e| Status::invalid_argument(format!("bad leader move: {e}")))?;
-        match self.node()?.registry.partition(msg.group_id) {
+        let to: u64 =
+            postcard::from_bytes(&msg.payload).map_err(|source| ApiError::Undecodable {
+                what: "leader move",
+                source,
+            })?;
+        let group = msg.group_id;
+        match self.node()?.registry.partition(group) {
             Some(handle) => {
                 // A transfer only works to a voter that holds the leader's whole log when the
                 // transfer reaches it; a learner, or a replica far behind (a node just
@@ -192,25 +189,17 @@ impl RaftTransport for TransportService {
                 // election timeout.
                 handle
                     .may_transfer(to, MAX_TRANSFER_LAG_ENTRIES)
-                    .map_err(|e| {
-                        Status::failed_precondition(format!(
-                            "not moving the leader of group {} to node {to}: {e}",
-                            msg.group_id
-                        ))
-                    })?;
+                    .map_err(|source| ApiError::TransferRefused { group, to, source })?;
                 handle
                     .transfer_leader(to)
                     .await
-                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                    .map_err(|source| ApiError::TransferFailed { group, to, source })?;
                 Ok(Response::new(GroupMessage {
-                    group_id: msg.group_id,
+                    group_id: group,
                     payload: Default::default(),
                 }))
             }
-            _ => Err(Status::not_found(format!(
-                "group {} is not a partition hosted here",
-                msg.group_id
-            ))),
+            _ => Err(ApiError::NotAPartition(group).into()),
         }
     }
 }

@@ -37,6 +37,8 @@ pub mod writer;
 pub use store::{Closed, Durable, GroupKey, NodeKey, Store, StoreOptions};
 pub use writer::{Op, WriteBatch, WriterMode};
 
+use std::sync::Arc;
+
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -44,8 +46,20 @@ pub enum StorageError {
     Redb(#[from] redb::Error),
     #[error("the storage writer has stopped (the node is shutting down or a write failed)")]
     WriterStopped,
-    #[error("a storage commit failed: {0}")]
-    CommitFailed(String),
+    /// The commit of a write transaction failed; every request folded into it gets the same
+    /// error, hence the shared source.
+    #[error("a storage commit failed: {source}")]
+    CommitFailed {
+        #[source]
+        source: Arc<StorageError>,
+    },
+    /// A stored value does not decode: `what` names it.
+    #[error("the stored {what} does not decode: {source}")]
+    Undecodable {
+        what: &'static str,
+        #[source]
+        source: postcard::Error,
+    },
 }
 
 impl StorageError {
@@ -55,7 +69,9 @@ impl StorageError {
         match self {
             StorageError::Redb(redb::Error::Corrupted(_)) => true,
             StorageError::Redb(e) => e.to_string().contains("corrupted"),
-            _ => false,
+            StorageError::Undecodable { .. } => true,
+            StorageError::CommitFailed { source } => source.is_corruption(),
+            StorageError::WriterStopped => false,
         }
     }
 

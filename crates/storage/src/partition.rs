@@ -245,35 +245,51 @@ impl PartitionState {
         self.producers.len()
     }
 
-    /// Checks the invariants; one message per broken fact.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the invariants; one error per broken fact.
+    pub fn validate(&self) -> Result<(), Broken> {
         if self.producers.len() > MAX_PRODUCERS_PER_PARTITION {
-            return Err(format!(
-                "{} producers retained, limit {MAX_PRODUCERS_PER_PARTITION}",
-                self.producers.len()
-            ));
+            return Err(Broken::TooManyProducers {
+                retained: self.producers.len(),
+            });
         }
         for (pid, entry) in &self.producers {
             let seen = &entry.batches;
             if seen.is_empty() || seen.len() > RETAINED_BATCHES_PER_PRODUCER {
-                return Err(format!("producer {pid} retains {} batches", seen.len()));
+                return Err(Broken::RetainedBatches {
+                    producer_id: *pid,
+                    retained: seen.len(),
+                });
             }
             for w in seen.iter().collect::<Vec<_>>().windows(2) {
                 if w[1].base_offset < w[0].base_offset + w[0].record_count as u64 {
-                    return Err(format!("producer {pid}: batch offsets not increasing"));
+                    return Err(Broken::OffsetsNotIncreasing { producer_id: *pid });
                 }
             }
             let last = seen.back().unwrap();
             if last.base_offset + last.record_count as u64 > self.next_offset {
-                return Err(format!(
-                    "producer {pid}: batch beyond next_offset {}",
-                    self.next_offset
-                ));
+                return Err(Broken::BeyondNextOffset {
+                    producer_id: *pid,
+                    next_offset: self.next_offset,
+                });
             }
         }
         Ok(())
     }
 }
+
+/// A broken invariant of [`PartitionState`] (a bug), one fact each.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Broken {
+    #[error("{retained} producers retained, limit {MAX_PRODUCERS_PER_PARTITION}")]
+    TooManyProducers { retained: usize },
+    #[error("producer {producer_id} retains {retained} batches")]
+    RetainedBatches { producer_id: u64, retained: usize },
+    #[error("producer {producer_id}: batch offsets not increasing")]
+    OffsetsNotIncreasing { producer_id: u64 },
+    #[error("producer {producer_id}: batch beyond next_offset {next_offset}")]
+    BeyondNextOffset { producer_id: u64, next_offset: u64 },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,8 +381,10 @@ mod tests {
 
     #[test]
     fn a_checkpoint_from_before_epochs_still_recognises_retries() {
-        let mut v1 = PartitionStateV1::default();
-        v1.next_offset = 4;
+        let mut v1 = PartitionStateV1 {
+            next_offset: 4,
+            ..Default::default()
+        };
         v1.producers.insert(
             9,
             VecDeque::from([SeenBatchV1 {

@@ -83,7 +83,7 @@ pub struct Store {
     db: Arc<Database>,
     writer: writer::Queue,
     closed: watch::Receiver<bool>,
-    failed: watch::Receiver<Option<String>>,
+    failed: watch::Receiver<Option<Arc<StorageError>>>,
 }
 
 /// Resolves once a node's database is closed: every [`Store`] handle dropped, the writer
@@ -165,7 +165,7 @@ impl Store {
     /// after an I/O error (a full or failing disk) until the database is reopened, so a node
     /// whose commit failed can store nothing more: it must stop (fail-stop) rather than stay
     /// up with groups that can no longer work.
-    pub async fn failed(&self) -> String {
+    pub async fn failed(&self) -> Arc<StorageError> {
         let mut rx = self.failed.clone();
         loop {
             if let Some(e) = rx.borrow_and_update().clone() {
@@ -492,13 +492,13 @@ mod tests {
 
 /// Queued writes, durable once [`Durable::wait`] returns `Ok`.
 #[derive(Debug)]
-pub struct Durable(oneshot::Receiver<Result<(), String>>);
+pub struct Durable(oneshot::Receiver<writer::CommitResult>);
 
 impl Durable {
     pub async fn wait(self) -> Result<(), StorageError> {
         match self.0.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StorageError::CommitFailed(e)),
+            Ok(Err(source)) => Err(StorageError::CommitFailed { source }),
             Err(_) => Err(StorageError::WriterStopped),
         }
     }

@@ -75,11 +75,15 @@ impl Op {
     }
 }
 
+/// What a request's waiter hears: its commit is durable, or the error of the commit it was
+/// folded into (shared by every request of that commit).
+pub type CommitResult = Result<(), Arc<StorageError>>;
+
 /// Ops applied in one transaction, in order, and who to tell when they are durable.
 #[derive(Debug)]
 pub struct WriteBatch {
     pub ops: Vec<Op>,
-    pub done: Option<oneshot::Sender<Result<(), String>>>,
+    pub done: Option<oneshot::Sender<CommitResult>>,
     /// Its share of [`WRITER_QUEUE_BYTES`], given back when the batch is dropped (committed).
     _room: OwnedSemaphorePermit,
 }
@@ -96,7 +100,7 @@ impl Queue {
     pub(crate) async fn send(
         &self,
         ops: Vec<Op>,
-        done: Option<oneshot::Sender<Result<(), String>>>,
+        done: Option<oneshot::Sender<CommitResult>>,
     ) -> Result<(), ()> {
         let bytes = ops
             .iter()
@@ -148,7 +152,7 @@ pub(crate) fn spawn(
     db: std::sync::Arc<Database>,
     mode: WriterMode,
     closed: tokio::sync::watch::Sender<bool>,
-    failed: tokio::sync::watch::Sender<Option<String>>,
+    failed: tokio::sync::watch::Sender<Option<Arc<StorageError>>>,
 ) -> Queue {
     let (tx, mut rx) = mpsc::channel(WRITER_QUEUE_REQUESTS);
     let queue = Queue {
@@ -213,7 +217,7 @@ fn commit_queued(
     first: WriteBatch,
     rx: &mut mpsc::Receiver<WriteBatch>,
     pending: &mut Vec<WriteBatch>,
-    failed: &tokio::sync::watch::Sender<Option<String>>,
+    failed: &tokio::sync::watch::Sender<Option<Arc<StorageError>>>,
 ) {
     take_queued(first, rx, pending);
     commit_taken(db, pending, failed);
@@ -242,9 +246,9 @@ fn take_queued(
 fn commit_taken(
     db: &Database,
     pending: &mut Vec<WriteBatch>,
-    failed: &tokio::sync::watch::Sender<Option<String>>,
+    failed: &tokio::sync::watch::Sender<Option<Arc<StorageError>>>,
 ) {
-    let result = commit(db, pending, durability(pending)).map_err(|e| e.to_string());
+    let result = commit(db, pending, durability(pending)).map_err(Arc::new);
     if let Err(e) = &result {
         tracing::error!(error = %e, requests = pending.len(), "storage commit failed");
         failed.send_if_modified(|f| {

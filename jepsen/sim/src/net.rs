@@ -106,10 +106,8 @@ fn with_keep_alive(endpoint: Endpoint) -> Endpoint {
 pub struct PeerConnector;
 
 impl fjord_raft::network::Connector for PeerConnector {
-    fn connect(&self, addr: &str) -> Result<Channel, String> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("invalid peer address {addr:?}: {e}"))?
-            .connect_timeout(CONNECT_TIMEOUT);
+    fn connect(&self, addr: &str) -> Result<Channel, fjord_raft::network::ConnectError> {
+        let endpoint = fjord_raft::network::peer_endpoint(addr)?.connect_timeout(CONNECT_TIMEOUT);
         Ok(with_keep_alive(endpoint).connect_with_connector_lazy(Dial))
     }
 }
