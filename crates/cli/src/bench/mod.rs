@@ -9,8 +9,8 @@
 //!   receipt, so both ends must share a clock (same host, or synchronised clocks).
 //!
 //! A run stops at `--records` or `--duration-max-secs`, whichever comes first (or Ctrl-C),
-//! then reports. Every latency sample is kept, in a bounded histogram (`histogram`), so
-//! percentiles are exact to within 0.4%. The first failed record stops the run; the report
+//! then reports. Every latency sample is counted, in a bounded HdrHistogram (`histogram`), so
+//! percentiles are exact to within 0.1%. The first failed record stops the run; the report
 //! is printed and the command exits 1 with that error.
 //!
 //! # Layout
