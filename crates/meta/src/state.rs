@@ -656,6 +656,23 @@ impl MetaState {
 
     /// Checks every invariant of the state; the error names the first one broken.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_nodes()?;
+        self.validate_named_producers()?;
+        let mut topic_ids = BTreeSet::new();
+        let mut group_ids = BTreeSet::new();
+        for (key, topic) in &self.topics {
+            if &topic.name != key {
+                return Err(format!("topic key {key:?} holds topic {:?}", topic.name));
+            }
+            self.validate_topic(topic, &mut topic_ids)?;
+            for (index, p) in topic.partitions.iter().enumerate() {
+                self.validate_partition(topic, index, p, &mut group_ids)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_nodes(&self) -> Result<(), String> {
         for (key, node) in &self.nodes {
             if node.id != *key {
                 return Err(format!("node key {key} holds the info of node {}", node.id));
@@ -672,6 +689,10 @@ impl MetaState {
                 ));
             }
         }
+        Ok(())
+    }
+
+    fn validate_named_producers(&self) -> Result<(), String> {
         if self.producer_names.len() != self.producer_epochs.len()
             || self.producer_names.len() > MAX_NAMED_PRODUCERS
         {
@@ -689,79 +710,86 @@ impl MetaState {
                 ));
             }
         }
-        let mut topic_ids = BTreeSet::new();
-        let mut group_ids = BTreeSet::new();
-        for (key, topic) in &self.topics {
-            let name = &topic.name;
-            if name != key {
-                return Err(format!("topic key {key:?} holds topic {name:?}"));
-            }
-            validate_topic_name(name).map_err(|e| e.to_string())?;
-            if topic.id == 0 {
-                return Err(format!(
-                    "topic {name:?} has id 0, which would make group 0 (meta)"
-                ));
-            }
-            if topic.id >= self.next_topic_id {
-                return Err(format!(
-                    "topic {name:?} has id {} but next_topic_id is {}: ids would be reused",
-                    topic.id, self.next_topic_id
-                ));
-            }
-            if !topic_ids.insert(topic.id) {
-                return Err(format!("topic {name:?} reuses topic id {}", topic.id));
-            }
-            validate_topic_config(&topic.config).map_err(|e| format!("topic {name:?}: {e}"))?;
-            let count = topic.partitions.len();
-            if count == 0 || count > MAX_PARTITIONS_PER_TOPIC as usize {
-                return Err(format!(
-                    "topic {name:?} has {count} partitions, outside 1..={MAX_PARTITIONS_PER_TOPIC}"
-                ));
-            }
-            let rf = topic.replication_factor as usize;
-            if rf == 0 {
-                return Err(format!("topic {name:?} has replication factor 0"));
-            }
-            for (index, p) in topic.partitions.iter().enumerate() {
-                let at = format!("topic {name:?} partition {index}");
-                if p.partition as usize != index {
-                    return Err(format!(
-                        "{at} is numbered {}: partitions must be dense",
-                        p.partition
-                    ));
-                }
-                if p.group_id != group_id(topic.id, p.partition) {
-                    return Err(format!(
-                        "{at} has group id {:#x}, expected {:#x}",
-                        p.group_id,
-                        group_id(topic.id, p.partition)
-                    ));
-                }
-                if !group_ids.insert(p.group_id) {
-                    return Err(format!("{at} reuses group id {:#x}", p.group_id));
-                }
-                if p.replicas.len() != rf {
-                    return Err(format!(
-                        "{at} has {} replicas, replication factor is {rf}",
-                        p.replicas.len()
-                    ));
-                }
-                let distinct: BTreeSet<_> = p.replicas.iter().collect();
-                if distinct.len() != p.replicas.len() {
-                    return Err(format!("{at} repeats a replica: {:?}", p.replicas));
-                }
-                if let Some(unknown) = p.replicas.iter().find(|n| !self.nodes.contains_key(n)) {
-                    return Err(format!("{at} has a replica on unknown node {unknown}"));
-                }
-                if let Some(leader) = p.leader
-                    && !p.replicas.contains(&leader)
-                {
-                    return Err(format!(
-                        "{at} is led by {leader}, not one of its replicas {:?}",
-                        p.replicas
-                    ));
-                }
-            }
+        Ok(())
+    }
+
+    /// A topic's own facts; `topic_ids` collects the ids seen so far.
+    fn validate_topic(&self, topic: &Topic, topic_ids: &mut BTreeSet<u32>) -> Result<(), String> {
+        let name = &topic.name;
+        validate_topic_name(name).map_err(|e| e.to_string())?;
+        if topic.id == 0 {
+            return Err(format!(
+                "topic {name:?} has id 0, which would make group 0 (meta)"
+            ));
+        }
+        if topic.id >= self.next_topic_id {
+            return Err(format!(
+                "topic {name:?} has id {} but next_topic_id is {}: ids would be reused",
+                topic.id, self.next_topic_id
+            ));
+        }
+        if !topic_ids.insert(topic.id) {
+            return Err(format!("topic {name:?} reuses topic id {}", topic.id));
+        }
+        validate_topic_config(&topic.config).map_err(|e| format!("topic {name:?}: {e}"))?;
+        let count = topic.partitions.len();
+        if count == 0 || count > MAX_PARTITIONS_PER_TOPIC as usize {
+            return Err(format!(
+                "topic {name:?} has {count} partitions, outside 1..={MAX_PARTITIONS_PER_TOPIC}"
+            ));
+        }
+        if topic.replication_factor == 0 {
+            return Err(format!("topic {name:?} has replication factor 0"));
+        }
+        Ok(())
+    }
+
+    /// Partition `index` of `topic`; `group_ids` collects the group ids seen so far.
+    fn validate_partition(
+        &self,
+        topic: &Topic,
+        index: usize,
+        p: &PartitionAssignment,
+        group_ids: &mut BTreeSet<GroupId>,
+    ) -> Result<(), String> {
+        let at = format!("topic {:?} partition {index}", topic.name);
+        let rf = topic.replication_factor as usize;
+        if p.partition as usize != index {
+            return Err(format!(
+                "{at} is numbered {}: partitions must be dense",
+                p.partition
+            ));
+        }
+        if p.group_id != group_id(topic.id, p.partition) {
+            return Err(format!(
+                "{at} has group id {:#x}, expected {:#x}",
+                p.group_id,
+                group_id(topic.id, p.partition)
+            ));
+        }
+        if !group_ids.insert(p.group_id) {
+            return Err(format!("{at} reuses group id {:#x}", p.group_id));
+        }
+        if p.replicas.len() != rf {
+            return Err(format!(
+                "{at} has {} replicas, replication factor is {rf}",
+                p.replicas.len()
+            ));
+        }
+        let distinct: BTreeSet<_> = p.replicas.iter().collect();
+        if distinct.len() != p.replicas.len() {
+            return Err(format!("{at} repeats a replica: {:?}", p.replicas));
+        }
+        if let Some(unknown) = p.replicas.iter().find(|n| !self.nodes.contains_key(n)) {
+            return Err(format!("{at} has a replica on unknown node {unknown}"));
+        }
+        if let Some(leader) = p.leader
+            && !p.replicas.contains(&leader)
+        {
+            return Err(format!(
+                "{at} is led by {leader}, not one of its replicas {:?}",
+                p.replicas
+            ));
         }
         Ok(())
     }

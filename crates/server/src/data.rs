@@ -342,6 +342,28 @@ fn group_error(node: &Node, topic: &Topic, partition: u32, e: GroupError) -> Api
     }
 }
 
+/// Waits until the high watermark passes `offset`, at most `max_wait`, and returns it.
+async fn long_poll(
+    node: &Node,
+    shared: &fjord_raft::partition_sm::PartitionShared,
+    offset: u64,
+    max_wait: Duration,
+) -> u64 {
+    let mut rx = shared.subscribe();
+    let deadline = tokio::time::Instant::now() + max_wait;
+    loop {
+        let hw = *rx.borrow_and_update();
+        if hw > offset {
+            return hw;
+        }
+        // A shutting-down node answers long polls at once, so it can drain and stop.
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, rx.changed()) => if !matches!(r, Ok(Ok(()))) { return hw },
+            _ = node.shutdown.cancelled() => return hw,
+        }
+    }
+}
+
 /// Reads committed batches of one partition, long-polling on its high watermark.
 pub async fn fetch(node: &Node, req: Fetch) -> Result<Fetched, ApiError> {
     let topic = find_topic(node, &req.topic)?;
@@ -376,19 +398,7 @@ pub async fn fetch(node: &Node, req: Fetch) -> Result<Fetched, ApiError> {
         )));
     }
     if req.offset >= hw && !req.max_wait.is_zero() {
-        let mut rx = shared.subscribe();
-        let deadline = tokio::time::Instant::now() + req.max_wait;
-        loop {
-            hw = *rx.borrow_and_update();
-            if hw > req.offset {
-                break;
-            }
-            // A shutting-down node answers long polls at once, so it can drain and stop.
-            tokio::select! {
-                r = tokio::time::timeout_at(deadline, rx.changed()) => if !matches!(r, Ok(Ok(()))) { break },
-                _ = node.shutdown.cancelled() => break,
-            }
-        }
+        hw = long_poll(node, shared, req.offset, req.max_wait).await;
     }
     // A leader applies (raising the high watermark) once a majority other than itself has a
     // batch; its own write may still be on its way to redb, where the read looks. Wait for it
