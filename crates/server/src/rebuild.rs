@@ -327,6 +327,72 @@ pub async fn change_voter(
 ///
 /// A node started without `--rebuild` runs it too, for a few rounds and then for as long as it
 /// finds itself a learner: a rebuilt node that restarted before every group promoted it.
+/// The groups this node holds a replica of (the metadata group first) and, for each partition,
+/// whom to ask when this replica knows no leader (a learner of a quiet group hears no
+/// heartbeat): in odd rounds the leader the metadata reports, else the other replicas in turn.
+/// Pure.
+fn promotion_plan(
+    state: &fjord_meta::MetaState,
+    me: NodeId,
+    round: u32,
+) -> (Vec<u64>, BTreeMap<u64, NodeId>) {
+    let mut groups = vec![META_GROUP];
+    let mut ask_instead = BTreeMap::new();
+    for t in state.topics.values() {
+        for (i, p) in t.partitions.iter().enumerate() {
+            if !p.replicas.contains(&me) {
+                continue;
+            }
+            let g = group_id(t.id, i as u32);
+            groups.push(g);
+            let others: Vec<NodeId> = p.replicas.iter().copied().filter(|r| *r != me).collect();
+            let pick = p.leader.filter(|l| *l != me && round % 2 == 1).or_else(|| {
+                (!others.is_empty()).then(|| others[(round as usize / 2) % others.len()])
+            });
+            if let Some(l) = pick {
+                ask_instead.insert(g, l);
+            }
+        }
+    }
+    (groups, ask_instead)
+}
+
+/// What this node's replica of a group says of its members.
+enum Membership {
+    /// `((voters, learners), leader)`.
+    Known(((BTreeSet<NodeId>, BTreeSet<NodeId>), Option<NodeId>)),
+    /// Not looked at: started normally, and the group is not running.
+    Skip,
+    /// Rebuilding, and the replica is not there or does not answer yet.
+    Unknown,
+}
+
+async fn membership(node: &Node, g: u64, rebuilding: bool) -> Membership {
+    // Started normally, a node looks only at running groups: waking every hibernated group
+    // at each start would cost what hibernation saves (a learner's groups do not go quiet
+    // while it lags).
+    if !rebuilding {
+        let running = if g == META_GROUP {
+            node.meta
+                .members_if_running()
+                .map(|m| (m, node.meta.leader()))
+        } else {
+            node.registry
+                .partition(g)
+                .and_then(|h| h.members_if_running().map(|m| (m, h.leadership().leader)))
+        };
+        return running.map_or(Membership::Skip, Membership::Known);
+    }
+    let members = if g == META_GROUP {
+        node.meta.members().await.map(|m| (m, node.meta.leader()))
+    } else if let Some(h) = node.registry.partition(g) {
+        h.members().await.map(|m| (m, h.leadership().leader))
+    } else {
+        return Membership::Unknown;
+    };
+    members.map_or(Membership::Unknown, Membership::Known)
+}
+
 pub async fn promote_until_voter(node: Arc<Node>, rebuilding: bool) {
     // Groups whose leader said this node is a voter. Only a leader's word counts: a learner
     // catching up replays the log from its start, whose first membership still lists it as
@@ -336,68 +402,19 @@ pub async fn promote_until_voter(node: Arc<Node>, rebuilding: bool) {
     let mut was_learner = false;
     loop {
         round += 1;
-        let view = node.view();
-        let mut groups = vec![META_GROUP];
-        // Where to ask when this replica knows no leader (a learner of a quiet group hears
-        // no heartbeat): the leader the metadata reports, else the other replicas in turn.
-        let mut ask_instead: BTreeMap<u64, NodeId> = BTreeMap::new();
-        for t in view.state.topics.values() {
-            for (i, p) in t.partitions.iter().enumerate() {
-                if p.replicas.contains(&node.id) {
-                    let g = group_id(t.id, i as u32);
-                    groups.push(g);
-                    let others: Vec<NodeId> = p
-                        .replicas
-                        .iter()
-                        .copied()
-                        .filter(|r| *r != node.id)
-                        .collect();
-                    let pick = p
-                        .leader
-                        .filter(|l| *l != node.id && round % 2 == 1)
-                        .or_else(|| {
-                            (!others.is_empty())
-                                .then(|| others[(round as usize / 2) % others.len()])
-                        });
-                    if let Some(l) = pick {
-                        ask_instead.insert(g, l);
-                    }
-                }
-            }
-        }
+        let (groups, ask_instead) = promotion_plan(&node.view().state, node.id, round);
         let mut left = 0u32;
         for &g in &groups {
             if confirmed.contains(&g) {
                 continue;
             }
-            // Started normally, a node looks only at running groups: waking every hibernated
-            // group at each start would cost what hibernation saves (a learner's groups do
-            // not go quiet while it lags).
-            let members = if !rebuilding {
-                let running = if g == META_GROUP {
-                    node.meta
-                        .members_if_running()
-                        .map(|m| (m, node.meta.leader()))
-                } else {
-                    node.registry
-                        .partition(g)
-                        .and_then(|h| h.members_if_running().map(|m| (m, h.leadership().leader)))
-                };
-                match running {
-                    Some(m) => Ok(m),
-                    None => continue,
+            let ((voters, learners), leader) = match membership(&node, g, rebuilding).await {
+                Membership::Known(m) => m,
+                Membership::Skip => continue,
+                Membership::Unknown => {
+                    left += 1;
+                    continue;
                 }
-            } else if g == META_GROUP {
-                node.meta.members().await.map(|m| (m, node.meta.leader()))
-            } else if let Some(h) = node.registry.partition(g) {
-                h.members().await.map(|m| (m, h.leadership().leader))
-            } else {
-                left += u32::from(rebuilding);
-                continue;
-            };
-            let Ok(((voters, learners), leader)) = members else {
-                left += u32::from(rebuilding);
-                continue;
             };
             if !rebuilding && !learners.contains(&node.id) {
                 // Started normally: only a group that lists this node as a learner needs it.
@@ -456,6 +473,42 @@ pub async fn promote_until_voter(node: Arc<Node>, rebuilding: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_learner_asks_the_reported_leader_then_each_other_replica_in_turn() {
+        let mut state = fjord_meta::MetaState::new();
+        for id in 1..=3 {
+            state.apply(&MetaCommand::RegisterNode {
+                id,
+                address: format!("127.0.0.1:{}", 7100 + id),
+            });
+        }
+        state.apply(&MetaCommand::CreateTopic {
+            name: "t".into(),
+            partitions: 1,
+            replication_factor: 3,
+            config: Default::default(),
+        });
+        let g = state.topic("t").unwrap().partitions[0].group_id;
+        state.apply(&MetaCommand::ReportLeader {
+            group_id: g,
+            leader: 2,
+            epoch: 1,
+        });
+        let (groups, _) = promotion_plan(&state, 1, 1);
+        assert_eq!(groups, vec![META_GROUP, g], "the metadata group first");
+        let asked: Vec<NodeId> = (1..=4)
+            .map(|round| promotion_plan(&state, 1, round).1[&g])
+            .collect();
+        // Odd rounds: the reported leader; even rounds: the other replicas in turn.
+        assert_eq!(asked, [2, 3, 2, 2]);
+        // A node holding no replica of the partition is asked about the metadata group only.
+        state.apply(&MetaCommand::RegisterNode {
+            id: 4,
+            address: "127.0.0.1:7104".into(),
+        });
+        assert_eq!(promotion_plan(&state, 4, 1).0, vec![META_GROUP]);
+    }
 
     fn group(voters: &[NodeId]) -> (String, BTreeSet<NodeId>) {
         ("g".to_string(), voters.iter().copied().collect())
