@@ -1,10 +1,9 @@
-//! fjord's fault-injection harness.
+//! fjord's fault-injection harness, process tier: real `fjord serve` processes, real faults.
+//!
+//! The history format and the checker live in the shared core, `fjord-harness`
+//! (`jepsen/core`); this crate keeps what acts on real processes.
 //!
 //! # Layout
-//! - [`history`]: the recorded operations, one JSON object per line, and their pairing into
-//!   invoke/completion operations.
-//! - [`checker`]: the pure check of a history: lost, unseen, duplicated, inconsistent,
-//!   nonmonotonic, aborted, stale and phantom reads, each with the events that prove it.
 //! - [`report`]: statistics per run and per fault window, the latency SVG, the run summary
 //!   (JSON and text) and the Markdown table comparing CP and AP runs.
 //! - [`links`]: the fault rules' endpoints and packet-drop rules, and the node port (both
@@ -18,10 +17,8 @@
 //! - [`nemesis`]: the seeded fault schedule and its execution.
 //! - [`workload`]: producers and consumers through fjord's Rust client, recording history.
 //! - [`run`]: one whole run, and its analysis.
-pub mod checker;
 pub mod db;
 pub mod disk;
-pub mod history;
 pub mod lazyfs;
 pub mod links;
 pub mod nemesis;

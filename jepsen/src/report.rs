@@ -19,8 +19,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checker::{AnomalyKind, CheckResult, Guarantees, check};
-use crate::history::{Event, EventType, Op, Operation, pair};
+use fjord_harness::checker::{AnomalyKind, CheckResult, Guarantees, check};
+use fjord_harness::history::{Event, EventType, Op, Operation, pair};
 
 /// A period during which the nemesis had a fault in place, as the runner recorded it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -906,7 +906,7 @@ pub fn cap_table(runs: &[RunSummary]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::ReadRecord;
+    use fjord_harness::history::ReadRecord;
 
     const MS: u64 = 1_000_000;
     const S: u64 = 1_000_000_000;

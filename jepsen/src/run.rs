@@ -17,7 +17,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
 
 use crate::db::{Db, NodeOptions};
-use crate::history::parse_jsonl;
 use crate::nemesis::{self, FaultKind, Nemesis, Step};
 use crate::net::{self, Netns, Network};
 use crate::proxy::ProxyNet;
@@ -25,6 +24,7 @@ use crate::report::{
     FaultWindow as Window, IsolationCheck, LeaderStability, RunSummary, latency_svg,
 };
 use crate::workload::{self, Recorder, WorkloadOptions};
+use fjord_harness::history::parse_jsonl;
 
 /// Everything that defines a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]

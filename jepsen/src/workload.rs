@@ -21,7 +21,7 @@ use fjord_client::{
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 
-use crate::history::{Event, EventType, Op, ReadRecord};
+use fjord_harness::history::{Event, EventType, Op, ReadRecord};
 
 /// Writes the history as events happen.
 ///

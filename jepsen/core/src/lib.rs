@@ -1,0 +1,16 @@
+//! The core of fjord's fault harness, shared by its two tiers: `fjord-jepsen` (real `fjord
+//! serve` processes in network namespaces) and `fjord-sim` (the node code under turmoil).
+//! Both record their runs in the format defined here and judge them with the one checker
+//! here, so both report the same anomaly classes in the same words.
+//!
+//! Everything here is pure data and functions: no I/O runtime, no clock, no network. Each
+//! tier keeps only its effects (running the workload against its cluster, carrying out
+//! faults) and feeds what it saw in here.
+//!
+//! # Layout
+//! - [`history`]: the recorded operations, one JSON object per line, and their pairing into
+//!   invoke/completion operations.
+//! - [`checker`]: the check of a history: lost, unseen, duplicated, inconsistent,
+//!   nonmonotonic, aborted, stale and phantom reads, each with the events that prove it.
+pub mod checker;
+pub mod history;
