@@ -12,5 +12,8 @@
 //!   invoke/completion operations.
 //! - [`checker`]: the check of a history: lost, unseen, duplicated, inconsistent,
 //!   nonmonotonic, aborted, stale and phantom reads, each with the events that prove it.
+//! - [`workload`]: the operations, the values and how producers choose partitions, and the
+//!   final read's end.
 pub mod checker;
 pub mod history;
+pub mod workload;
