@@ -1,6 +1,9 @@
 //! fjord's deterministic simulation tier: the real node code (`fjord_server::run_on`) running a
 //! whole cluster under [turmoil]'s simulated network and clock, each node on a simulated disk,
-//! with a seeded nemesis and a checker of what the client saw.
+//! with a seeded nemesis. What the client saw is recorded in the harness's shared history
+//! format and judged by the shared checker (`fjord-harness`, `jepsen/core`), the ones the
+//! process tier (`fjord-jepsen`) uses: both tiers report the same anomaly classes in the same
+//! words.
 //!
 //! One seed decides everything that is drawn at random: the fault schedule, turmoil's
 //! network (latencies), the nodes' randomness (openraft's election timeouts, proposal tokens,
@@ -10,10 +13,12 @@
 //! # Layout
 //! - [`net`]: turmoil as fjord's network: incoming connections, peer and client channels.
 //! - [`nemesis`]: the fault schedule, a pure function of the seed.
-//! - [`workload`]: the client host: topic, CP writers, pollers, final reads.
-//! - [`history`]: what the client saw; its text form is the run's trace.
-//! - [`checker`]: the CP properties, judged from the history.
-//! - [`run_seed`]: one run: hosts, faults applied on time, check.
+//! - [`workload`]: the client host: topic, CP writers, pollers, final reads (the shared
+//!   workload model, run against turmoil hosts).
+//! - [`history`]: the client's operations in the shared format, with the faults, the leaders
+//!   seen and liveness failures; its text form is the run's trace.
+//! - [`run_seed`]: one run: hosts, faults applied on time, the shared check with CP
+//!   guarantees, and liveness.
 //!
 //! # A run
 //! Three nodes (`node1`..`node3`, each a turmoil host running `fjord_server::run_on` on a
@@ -24,7 +29,8 @@
 //! off from some, crashes nodes (a power loss: the disk forgets unsynced writes) and restarts
 //! them; then it heals everything.
 //! The client stops writing a little after the heal, then reads every partition from offset 0
-//! and the checker judges the history.
+//! and the shared checker judges the history, holding it to CP acks and CP reads; a run also
+//! fails on liveness ([`Run::liveness`]: a partition not readable after the heal, a panic).
 //!
 //! # What is deterministic
 //! **Always**, for a given seed: the fault schedule (which fault, which node, at which
@@ -66,7 +72,6 @@
 //!
 //! [`SimDisk`]: fjord_storage::sim_disk::SimDisk
 
-pub mod checker;
 pub mod history;
 pub mod nemesis;
 pub mod net;
@@ -79,6 +84,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
+use fjord_harness::checker::{CheckResult, Guarantees};
 use fjord_server::boot::BootError;
 use fjord_server::{Clock, Peers, ServeConfig, ServerError};
 use fjord_storage::sim_disk::{DiskImage, SimDisk};
@@ -86,7 +92,6 @@ use fjord_storage::{Store, StoreOptions, WriterMode};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use crate::checker::{Anomaly, Summary};
 use crate::history::{History, LeaderSeen};
 use crate::nemesis::{Fault, Plan, Step, Target};
 
@@ -144,13 +149,18 @@ impl Default for SimConfig {
     }
 }
 
+/// What the simulation's workload promises: CP acks and CP reads.
+pub const GUARANTEES: Guarantees = Guarantees::CP;
+
 /// What one run found.
 #[derive(Debug, Clone)]
 pub struct Run {
     pub seed: u64,
-    /// Empty for a pass.
-    pub anomalies: Vec<Anomaly>,
-    pub summary: Summary,
+    /// The shared checker's verdict on the client's history.
+    pub check: CheckResult,
+    /// Liveness failures, which the history's checker cannot see: `stuck: ...` (something
+    /// never recovered after the heal) and `panic: ...` (a host's task panicked).
+    pub liveness: Vec<String>,
     /// The history as text: equal traces mean the same run.
     pub trace: String,
     /// Simulated time the run took.
@@ -162,8 +172,27 @@ pub struct Run {
 }
 
 impl Run {
+    /// No anomaly that breaks [`GUARANTEES`], and no liveness failure.
     pub fn passed(&self) -> bool {
-        self.anomalies.is_empty()
+        self.check.is_valid(GUARANTEES) && self.liveness.is_empty()
+    }
+
+    /// What failed, one line each: every anomaly kept, in the checker's words (`lost: value
+    /// 12 acknowledged at ...`), then the liveness failures. Empty for a pass.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (kind, count) in self.check.violations(GUARANTEES) {
+            let class = self.check.class(kind);
+            for a in &class.ops {
+                out.push(format!("{}: {}", kind.name(), a.explanation));
+            }
+            let more = count - class.ops.len() as u64;
+            if more > 0 {
+                out.push(format!("{}: {more} more", kind.name()));
+            }
+        }
+        out.extend(self.liveness.iter().cloned());
+        out
     }
 }
 
@@ -773,11 +802,14 @@ pub fn run_plan(seed: u64, config: &SimConfig, plan: &Plan) -> Run {
         history.stuck.push(format!("the simulation failed: {e}"));
     }
     history.panics = PANICS.with(|p| std::mem::take(&mut *p.borrow_mut()));
-    let (anomalies, summary) = checker::check(&history);
+    let check = fjord_harness::checker::check(&history.events);
+    let liveness = (history.stuck.iter().map(|s| format!("stuck: {s}")))
+        .chain(history.panics.iter().map(|p| format!("panic: {p}")))
+        .collect();
     Run {
         seed,
-        anomalies,
-        summary,
+        check,
+        liveness,
         trace: history.trace(),
         simulated,
         applied,

@@ -92,21 +92,21 @@ fn leader_restore_after_power_loss_keeps_acknowledged_records() {
     }
     println!(
         "seed {seed}: {:?} ({:.1?} simulated)",
-        run.summary, run.simulated
+        run.check.totals, run.simulated
     );
-    for a in &run.anomalies {
+    for a in run.problems() {
         println!("  {a}");
     }
     let path = std::env::temp_dir().join(format!("fjord-sim-leader-restore-{seed}.trace"));
     std::fs::write(&path, &run.trace).expect("writing the trace");
     println!("trace: {}", path.display());
     assert!(
-        run.summary.acked > 0,
+        run.check.totals.produces_ok > 0,
         "seed {seed}: nothing was acknowledged"
     );
     assert!(
         run.passed(),
         "seed {seed}: {} anomalies after leaders lost power with acknowledged writes they had not synced (above)",
-        run.anomalies.len()
+        run.problems().len()
     );
 }

@@ -45,7 +45,7 @@ fn check_seed(seed: u64, config: &SimConfig) -> Vec<String> {
         },
     ];
     let run = run_plan(seed, config, &Plan::of(steps, config.heal_at));
-    let mut problems: Vec<String> = run.anomalies.iter().map(|a| a.to_string()).collect();
+    let mut problems: Vec<String> = run.problems();
     let Some((at_ms, node)) = run.applied.iter().find_map(|a| match a.struck {
         Struck::Node(n) if matches!(a.fault, Fault::Isolate(_)) => Some((a.at_ms, n)),
         _ => None,

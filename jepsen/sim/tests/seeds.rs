@@ -43,9 +43,9 @@ fn report(run: &Run, wall: std::time::Duration) {
         run.seed,
         if run.passed() { "ok" } else { "FAILED" },
         run.simulated,
-        run.summary
+        run.check.totals
     );
-    for a in &run.anomalies {
+    for a in run.problems() {
         println!("  seed {}: {a}", run.seed);
     }
 }
