@@ -1037,6 +1037,19 @@ mod tests {
             .collect()
     }
 
+    /// Asserts where `a` happened: its partition, offsets and values.
+    fn is_at(a: &Anomaly, partition: u32, offsets: &[u64], values: &[u64]) {
+        assert_eq!(
+            (a.partition, &a.offsets[..], &a.values[..]),
+            (partition, offsets, values)
+        );
+    }
+
+    /// Asserts that `a`'s explanation says `text`.
+    fn says(a: &Anomaly, text: &str) {
+        assert!(a.explanation.contains(text), "{}", a.explanation);
+    }
+
     /// Asserts that exactly `kind` was found, `n` times.
     fn only(r: &CheckResult, kind: AnomalyKind, n: u64) {
         assert_eq!(r.found(), vec![(kind, n)], "{r:#?}");
@@ -1086,15 +1099,8 @@ mod tests {
         only(&r, AnomalyKind::Lost, 1);
         let a = &r.lost.ops[0];
         assert_eq!(a.events, vec![i, d, fr]);
-        assert_eq!(
-            (a.partition, &a.offsets, &a.values),
-            (0, &vec![1], &vec![11])
-        );
-        assert!(
-            a.explanation.contains("reached offset 2"),
-            "{}",
-            a.explanation
-        );
+        is_at(a, 0, &[1], &[11]);
+        says(a, "reached offset 2");
         assert_eq!(r.totals.final_read_gaps, 1);
         assert!(!r.is_valid(Guarantees::CP));
         assert!(r.is_valid(Guarantees::AP), "AP acks may lose records");
@@ -1111,15 +1117,8 @@ mod tests {
         only(&r, AnomalyKind::Unseen, 1);
         let a = &r.unseen.ops[0];
         assert_eq!(a.events, vec![i, d]);
-        assert_eq!(
-            (a.partition, &a.offsets, &a.values),
-            (0, &vec![1], &vec![11])
-        );
-        assert!(
-            a.explanation.contains("highest offset read: 0"),
-            "{}",
-            a.explanation
-        );
+        is_at(a, 0, &[1], &[11]);
+        says(a, "highest offset read: 0");
     }
 
     #[test]
@@ -1133,10 +1132,7 @@ mod tests {
         only(&r, AnomalyKind::Duplicate, 1);
         let a = &r.duplicate.ops[0];
         assert_eq!(a.events, vec![p, p]);
-        assert_eq!(
-            (a.partition, &a.offsets, &a.values),
-            (0, &vec![0, 2], &vec![10])
-        );
+        is_at(a, 0, &[0, 2], &[10]);
         assert_ne!(fr, p);
     }
 
@@ -1158,21 +1154,11 @@ mod tests {
         only(&r, AnomalyKind::Inconsistent, 2);
         let a = &r.inconsistent.ops[0];
         assert_eq!(a.events, vec![ack, p]);
-        assert_eq!(
-            (a.partition, &a.offsets, &a.values),
-            (0, &vec![1], &vec![11, 12])
-        );
-        assert!(
-            a.explanation.contains("11 (produce ack"),
-            "{}",
-            a.explanation
-        );
+        is_at(a, 0, &[1], &[11, 12]);
+        says(a, "11 (produce ack");
         let b = &r.inconsistent.ops[1];
         assert_eq!(b.events, vec![q, fr1]);
-        assert_eq!(
-            (b.partition, &b.offsets, &b.values),
-            (1, &vec![0], &vec![20, 21])
-        );
+        is_at(b, 1, &[0], &[20, 21]);
         assert!(r.is_valid(Guarantees::from_modes("cp", "ap")));
         assert!(!r.is_valid(Guarantees::CP));
     }
@@ -1228,10 +1214,7 @@ mod tests {
         only(&r, AnomalyKind::Aborted, 1);
         let a = &r.aborted.ops[0];
         assert_eq!(a.events, vec![i, f, fr]);
-        assert_eq!(
-            (a.partition, &a.offsets, &a.values),
-            (0, &vec![1], &vec![11])
-        );
+        is_at(a, 0, &[1], &[11]);
     }
 
     #[test]
@@ -1253,10 +1236,7 @@ mod tests {
         only(&r, AnomalyKind::Stale, 1);
         let a = &r.stale.ops[0];
         assert_eq!(a.events, vec![ack, i1, p1]);
-        assert_eq!(
-            (a.partition, &a.offsets, &a.values),
-            (0, &vec![1], &vec![11])
-        );
+        is_at(a, 0, &[1], &[11]);
         assert!(
             a.explanation
                 .contains("node 2 answered with high watermark 1")
@@ -1302,11 +1282,7 @@ mod tests {
         let a = &r.lost.ops[0];
         assert_eq!(a.events, vec![i, d, fr]);
         assert_eq!((&a.offsets, &a.values), (&vec![1], &vec![11]));
-        assert!(
-            a.explanation.contains("only elsewhere, first at offset 3"),
-            "{}",
-            a.explanation
-        );
+        says(a, "only elsewhere, first at offset 3");
     }
 
     #[test]
@@ -1325,10 +1301,7 @@ mod tests {
         );
         let a = &r.phantom.ops[0];
         assert_eq!(a.events, vec![fr]);
-        assert_eq!(
-            (a.partition, &a.offsets, &a.values),
-            (1, &vec![1], &vec![10])
-        );
+        is_at(a, 1, &[1], &[10]);
         assert!(
             a.explanation
                 .contains("its produce wrote it to partition 0"),
@@ -1346,10 +1319,7 @@ mod tests {
         only(&r, AnomalyKind::Phantom, 1);
         let a = &r.phantom.ops[0];
         assert_eq!(a.events, vec![fr]);
-        assert_eq!(
-            (a.partition, &a.offsets, &a.values),
-            (0, &vec![1], &vec![999])
-        );
+        is_at(a, 0, &[1], &[999]);
     }
 
     #[test]
