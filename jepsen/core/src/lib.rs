@@ -14,6 +14,9 @@
 //!   nonmonotonic, aborted, stale and phantom reads, each with the events that prove it.
 //! - [`workload`]: the operations, the values and how producers choose partitions, and the
 //!   final read's end.
+//! - [`fault`]: the fault vocabulary and the seeded fault plans ([`fault::steps`] for the
+//!   process tier, [`fault::timeline`] for the simulation).
 pub mod checker;
+pub mod fault;
 pub mod history;
 pub mod workload;

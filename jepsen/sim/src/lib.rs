@@ -1,9 +1,10 @@
 //! fjord's deterministic simulation tier: the real node code (`fjord_server::run_on`) running a
 //! whole cluster under [turmoil]'s simulated network and clock, each node on a simulated disk,
-//! with a seeded nemesis. What the client saw is recorded in the harness's shared history
-//! format and judged by the shared checker (`fjord-harness`, `jepsen/core`), the ones the
-//! process tier (`fjord-jepsen`) uses: both tiers report the same anomaly classes in the same
-//! words.
+//! with a seeded nemesis. The fault schedule is the shared core's (`fjord-harness`,
+//! `jepsen/core`: `fault::timeline`, a pure function of the seed); what the client saw is
+//! recorded in the core's history format and judged by its checker, the ones the process
+//! tier (`fjord-jepsen`) uses: both tiers report the same anomaly classes in the same words.
+//! This crate keeps the effects: turmoil hosts, links and simulated disks.
 //!
 //! One seed decides everything that is drawn at random: the fault schedule, turmoil's
 //! network (latencies), the nodes' randomness (openraft's election timeouts, proposal tokens,
@@ -12,7 +13,6 @@
 //!
 //! # Layout
 //! - [`net`]: turmoil as fjord's network: incoming connections, peer and client channels.
-//! - [`nemesis`]: the fault schedule, a pure function of the seed.
 //! - [`workload`]: the client host: topic, CP writers, pollers, final reads (the shared
 //!   workload model, run against turmoil hosts).
 //! - [`history`]: the client's operations in the shared format, with the faults, the leaders
@@ -73,7 +73,6 @@
 //! [`SimDisk`]: fjord_storage::sim_disk::SimDisk
 
 pub mod history;
-pub mod nemesis;
 pub mod net;
 pub mod workload;
 
@@ -85,6 +84,7 @@ use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use fjord_harness::checker::{CheckResult, Guarantees};
+use fjord_harness::fault::timeline::{self, Fault, Plan, Step, Target};
 use fjord_server::boot::BootError;
 use fjord_server::{Clock, Peers, ServeConfig, ServerError};
 use fjord_storage::sim_disk::{DiskImage, SimDisk};
@@ -93,7 +93,6 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::history::{History, LeaderSeen};
-use crate::nemesis::{Fault, Plan, Step, Target};
 
 /// How long after a node refused its disk the operator starts it again with `--rebuild`.
 pub const REBUILD_AFTER: Duration = Duration::from_millis(300);
@@ -343,7 +342,7 @@ struct Nemesis {
     /// they are voters of every group again: while there is one, no other node loses its
     /// data (a copy may still be taken: that is only a crash). Two nodes without their data at once is beyond what three replicas survive (a
     /// record committed by the third and a learner could be on one voter only), which the
-    /// plan's time window ([`nemesis::REBUILD_MS`]) only estimates.
+    /// plan's time window ([`timeline::REBUILD_MS`]) only estimates.
     amnesiac: BTreeSet<u64>,
 }
 
@@ -686,7 +685,7 @@ impl tracing_subscriber::fmt::time::FormatTime for SimTime {
 
 /// Runs the cluster, the workload and the nemesis of `seed`, and checks the history.
 pub fn run_seed(seed: u64, config: &SimConfig) -> Run {
-    let plan = nemesis::plan(
+    let plan = timeline::plan(
         &mut StdRng::seed_from_u64(seed),
         config.nodes,
         config.max_down,

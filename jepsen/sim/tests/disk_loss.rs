@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use fjord_sim::nemesis::{Fault, Plan, Step, Target};
+use fjord_harness::fault::timeline::{Fault, Plan, Step, Target};
 use fjord_sim::{SimConfig, Struck, run_plan};
 
 fn step(at_ms: u64, fault: Fault) -> Step {

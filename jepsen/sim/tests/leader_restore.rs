@@ -23,7 +23,7 @@
 
 use std::time::Duration;
 
-use fjord_sim::nemesis::{Fault, Plan, Step, Target};
+use fjord_harness::fault::timeline::{Fault, Plan, Step, Target};
 use fjord_sim::{SimConfig, run_plan};
 
 /// The seed that found it with this schedule (any seed does, so far).

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use fjord_sim::nemesis::{Fault, Plan, Step, Target};
+use fjord_harness::fault::timeline::{Fault, Plan, Step, Target};
 use fjord_sim::{SimConfig, Struck, run_plan};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
