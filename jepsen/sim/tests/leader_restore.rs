@@ -12,8 +12,9 @@
 //! node lost power, it was the leader of the same term again with a shorter log. It gave the
 //! entry's index to the next produce, and the followers, which held the old entry under the
 //! same log id, kept it: the acknowledged record was lost from the leader's reads, and one
-//! offset held different records on different replicas (the checker's lost writes, ack
-//! collisions, divergences, stale reads).
+//! offset held different records on different replicas (the simulation's checker of then
+//! said lost writes, ack collisions, divergences, stale reads; the shared checker's classes
+//! are lost, inconsistent and stale).
 //!
 //! The schedule here does that on purpose, once per partition and once with every node:
 //! the leader's disk slowed (each fsync 300 ms longer), produces let through for 200 ms, a
