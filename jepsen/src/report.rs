@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use fjord_harness::checker::{AnomalyKind, CheckResult, Guarantees, check};
+use fjord_harness::checker::{CheckResult, Guarantees, check};
 use fjord_harness::history::{Event, EventType, Op, Operation, pair};
 
 /// A period during which the nemesis had a fault in place, as the runner recorded it.
@@ -719,41 +719,7 @@ impl RunSummary {
         }
 
         let _ = writeln!(t, "\nanomalies:");
-        let acked = c.totals.produces_ok;
-        for k in AnomalyKind::ALL {
-            let n = c.class(k).count;
-            let verdict = match (n, k.is_violation(g)) {
-                (0, _) => "",
-                (_, true) => "  VIOLATION",
-                (_, false) => "  allowed in this mode",
-            };
-            let share = match k {
-                AnomalyKind::Lost | AnomalyKind::Unseen if n > 0 && acked > 0 => {
-                    format!(" ({:.2}% of acknowledged)", 100.0 * n as f64 / acked as f64)
-                }
-                AnomalyKind::Stale if n > 0 && c.totals.polls_ok > 0 => format!(
-                    " ({:.2}% of ok polls)",
-                    100.0 * n as f64 / c.totals.polls_ok as f64
-                ),
-                _ => String::new(),
-            };
-            let _ = writeln!(t, "  {:<13} {n:>8}{share}{verdict}", k.name());
-        }
-        if !c.totals.partitions_without_final_read.is_empty() {
-            let _ = writeln!(
-                t,
-                "  note: no final read of partitions {:?}; unseen there is inconclusive",
-                c.totals.partitions_without_final_read
-            );
-        }
-        let _ = writeln!(
-            t,
-            "  ({} acknowledged read back, {} of {} unknown produces found written, {} seeks)",
-            c.totals.acknowledged_read,
-            c.totals.unknown_read,
-            c.totals.produces_unknown,
-            c.totals.seeks
-        );
+        t.push_str(&c.counts_text(g));
 
         if let Some(ls) = &self.leader_stability {
             let _ = writeln!(
@@ -807,15 +773,9 @@ impl RunSummary {
             }
         }
 
-        let found = c.found();
-        if !found.is_empty() {
+        if !c.found().is_empty() {
             let _ = writeln!(t, "\nexamples:");
-        }
-        for (k, n) in found {
-            let _ = writeln!(t, "  {} ({n}):", k.name());
-            for a in c.class(k).ops.iter().take(EXAMPLES_PER_CLASS) {
-                let _ = writeln!(t, "    - {} [events {:?}]", a.explanation, a.events);
-            }
+            t.push_str(&c.examples_text(EXAMPLES_PER_CLASS));
         }
         t
     }

@@ -52,6 +52,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
@@ -255,6 +256,61 @@ impl CheckResult {
 
     pub fn is_valid(&self, g: Guarantees) -> bool {
         self.violations(g).is_empty()
+    }
+
+    /// The anomaly counts as both tiers print them: one line per class, marked a violation
+    /// of `g` or allowed, with the share of the operations it concerns, then the totals that
+    /// put them in proportion.
+    pub fn counts_text(&self, g: Guarantees) -> String {
+        let mut t = String::new();
+        let acked = self.totals.produces_ok;
+        for k in AnomalyKind::ALL {
+            let n = self.class(k).count;
+            let verdict = match (n, k.is_violation(g)) {
+                (0, _) => "",
+                (_, true) => "  VIOLATION",
+                (_, false) => "  allowed in this mode",
+            };
+            let share = match k {
+                AnomalyKind::Lost | AnomalyKind::Unseen if n > 0 && acked > 0 => {
+                    format!(" ({:.2}% of acknowledged)", 100.0 * n as f64 / acked as f64)
+                }
+                AnomalyKind::Stale if n > 0 && self.totals.polls_ok > 0 => format!(
+                    " ({:.2}% of ok polls)",
+                    100.0 * n as f64 / self.totals.polls_ok as f64
+                ),
+                _ => String::new(),
+            };
+            let _ = writeln!(t, "  {:<13} {n:>8}{share}{verdict}", k.name());
+        }
+        if !self.totals.partitions_without_final_read.is_empty() {
+            let _ = writeln!(
+                t,
+                "  note: no final read of partitions {:?}; unseen there is inconclusive",
+                self.totals.partitions_without_final_read
+            );
+        }
+        let _ = writeln!(
+            t,
+            "  ({} acknowledged read back, {} of {} unknown produces found written, {} seeks)",
+            self.totals.acknowledged_read,
+            self.totals.unknown_read,
+            self.totals.produces_unknown,
+            self.totals.seeks
+        );
+        t
+    }
+
+    /// Up to `per_class` anomalies of each class found, with the events that prove them.
+    pub fn examples_text(&self, per_class: usize) -> String {
+        let mut t = String::new();
+        for (k, n) in self.found() {
+            let _ = writeln!(t, "  {} ({n}):", k.name());
+            for a in self.class(k).ops.iter().take(per_class) {
+                let _ = writeln!(t, "    - {} [events {:?}]", a.explanation, a.events);
+            }
+        }
+        t
     }
 }
 
@@ -1351,6 +1407,35 @@ mod tests {
         assert_eq!(r.unseen.count, n);
         assert_eq!(r.unseen.ops.len(), MAX_EXAMPLES_PER_CLASS);
         assert_eq!(r.unseen.ops[0].values, vec![0]);
+    }
+
+    #[test]
+    fn the_counts_say_which_classes_break_the_guarantees() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        h.ack(1, 0, 11, 1);
+        h.final_read(0, &[(0, 10)]);
+        let r = check(&h.events);
+        let line = |g| {
+            r.counts_text(g)
+                .lines()
+                .find(|l| l.trim_start().starts_with("unseen"))
+                .map(str::to_string)
+        };
+        assert_eq!(
+            line(Guarantees::CP).as_deref(),
+            Some("  unseen               1 (50.00% of acknowledged)  VIOLATION")
+        );
+        assert!(
+            line(Guarantees::AP)
+                .unwrap()
+                .ends_with("allowed in this mode")
+        );
+        let examples = r.examples_text(3);
+        assert!(
+            examples.starts_with("  unseen (1):\n    - value 11 "),
+            "{examples}"
+        );
     }
 
     #[test]

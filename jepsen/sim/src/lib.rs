@@ -193,7 +193,24 @@ impl Run {
         out.extend(self.liveness.iter().cloned());
         out
     }
+
+    /// The verdict as text, in the process tier's report's words: the anomaly counts,
+    /// examples of each class found, then the liveness failures.
+    pub fn report(&self) -> String {
+        let mut t = self.check.counts_text(GUARANTEES);
+        if !self.check.found().is_empty() {
+            t.push_str("  examples:\n");
+            t.push_str(&self.check.examples_text(EXAMPLES_PER_CLASS));
+        }
+        for l in &self.liveness {
+            t.push_str(&format!("  {l}\n"));
+        }
+        t
+    }
 }
+
+/// Anomalies of each class [`Run::report`] shows.
+const EXAMPLES_PER_CLASS: usize = 3;
 
 /// The client host.
 const CLIENT: &str = "client";

@@ -45,8 +45,14 @@ fn report(run: &Run, wall: std::time::Duration) {
         run.simulated,
         run.check.totals
     );
-    for a in run.problems() {
-        println!("  seed {}: {a}", run.seed);
+    if !run.passed() {
+        // One print: the seeds' threads do not interleave within it.
+        let tagged: String = run
+            .report()
+            .lines()
+            .map(|l| format!("  seed {}: {l}\n", run.seed))
+            .collect();
+        print!("{tagged}");
     }
 }
 
