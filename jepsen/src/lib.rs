@@ -1,7 +1,8 @@
 //! fjord's fault-injection harness, process tier: real `fjord serve` processes, real faults.
 //!
-//! The history format and the checker live in the shared core, `fjord-harness`
-//! (`jepsen/core`); this crate keeps what acts on real processes.
+//! The history format, the checker, the workload model and the fault plans live in the
+//! shared core, `fjord-harness` (`jepsen/core`), which the simulation tier (`jepsen/sim`) uses
+//! too; this crate keeps what acts on real processes.
 //!
 //! # Layout
 //! - [`report`]: statistics per run and per fault window, the latency SVG, the run summary
@@ -14,8 +15,9 @@
 //! - [`lazyfs`]: `fjord-lazyfs`, a FUSE pass-through that holds writes in memory until fsync
 //!   and drops them on a simulated crash.
 //! - [`disk`]: a node's lazy filesystem, as the harness drives it.
-//! - [`nemesis`]: the seeded fault schedule and its execution.
-//! - [`workload`]: producers and consumers through fjord's Rust client, recording history.
+//! - [`nemesis`]: the execution of the core's seeded fault steps.
+//! - [`workload`]: the core's workload model run through fjord's Rust client, recording the
+//!   history.
 //! - [`run`]: one whole run, and its analysis.
 pub mod db;
 pub mod disk;

@@ -37,8 +37,9 @@
 //!   watermark are not judged. Also stale: an `ok` poll of `p` whose `high_watermark` is
 //!   below the highest one an earlier `ok` poll of `p` by the same process answered (the
 //!   earlier poll completed before this one was invoked, so the log it showed committed
-//!   must still be there); reported only when the first rule did not already report the poll.
-//!   Counted in every mode; a violation only for CP reads.
+//!   must still be there); reported only when the first rule did not already report the poll,
+//!   with the two watermarks as its offsets. Counted in every mode; a violation only for CP
+//!   reads.
 //! - **phantom**: a value observed that no produce ever invoked, or observed in a partition
 //!   other than the one its produce named.
 //! - **malformed**: the history breaks its own rules (see

@@ -3,9 +3,11 @@
 //! Both record their runs in the format defined here and judge them with the one checker
 //! here, so both report the same anomaly classes in the same words.
 //!
-//! Everything here is pure data and functions: no I/O runtime, no clock, no network. Each
-//! tier keeps only its effects (running the workload against its cluster, carrying out
-//! faults) and feeds what it saw in here.
+//! Everything here is pure data and functions: no I/O runtime, no clock, no network (its
+//! dependencies are serde, serde_json and rand). Each tier keeps only its effects (running
+//! the workload against its cluster, carrying out faults) and feeds what it saw in here. A
+//! new workload goes here once: its operations in [`history`], its rules in a checker, its
+//! pure model beside [`workload`]; each tier then adds only the loop that runs it.
 //!
 //! # Layout
 //! - [`history`]: the recorded operations, one JSON object per line, and their pairing into
