@@ -31,7 +31,8 @@ use tokio::sync::Mutex;
 
 use crate::db::Db;
 use crate::net::{self, CLIENT, Network, Rule};
-use crate::report::{FaultWindow as Window, IsolationCheck, PartitionLeader};
+use crate::report::FaultWindow as Window;
+use fjord_harness::stability::{IsolationCheck, PartitionLeader, Watch};
 
 fn describe_delay(d: Option<Duration>) -> String {
     match d {
@@ -124,9 +125,13 @@ fn balanced(partitions: &[PartitionDescription]) -> bool {
         .all(|p| p.leader.is_some() && p.leader == p.replicas.first().copied())
 }
 
-/// Whether `seen` describes another leader or a later epoch than `before`.
-fn leader_changed(before: &PartitionLeader, seen: &PartitionDescription) -> bool {
-    seen.leader_epoch > before.epoch || (seen.leader.is_some() && seen.leader != before.leader)
+/// A partition's leader as a node described it.
+fn leader_of(p: &PartitionDescription) -> PartitionLeader {
+    PartitionLeader {
+        partition: p.partition,
+        leader: p.leader,
+        epoch: p.leader_epoch,
+    }
 }
 
 /// Sleeps until `until`; true if the run was stopped first.
@@ -175,34 +180,13 @@ impl Nemesis {
         views
     }
 
-    /// Watches every node's description until `until`, recording in `changed` the first
-    /// description of each `checked` partition that differs from its state before.
-    async fn watch_leaders(
-        &self,
-        ids: &[u64],
-        checked: &[PartitionLeader],
-        changed: &mut BTreeMap<u32, PartitionLeader>,
-        until: Instant,
-    ) {
+    /// Shows `watch` every node's description until `until`.
+    async fn watch_leaders(&self, ids: &[u64], watch: &mut Watch, until: Instant) {
         // Bounded: one round per OBSERVE_EVERY until `until`.
         while Instant::now() < until {
             for view in self.describe_all(ids).await.into_iter().flatten() {
-                for before in checked {
-                    if changed.contains_key(&before.partition) {
-                        continue;
-                    }
-                    if let Some(seen) = view.iter().find(|p| p.partition == before.partition)
-                        && leader_changed(before, seen)
-                    {
-                        changed.insert(
-                            before.partition,
-                            PartitionLeader {
-                                partition: seen.partition,
-                                leader: seen.leader,
-                                epoch: seen.leader_epoch,
-                            },
-                        );
-                    }
+                for p in &view {
+                    watch.observe(leader_of(p));
                 }
             }
             tokio::time::sleep(OBSERVE_EVERY).await;
@@ -261,52 +245,34 @@ impl Nemesis {
                     && p.leader != Some(target)
                     && p.leader == p.replicas.first().copied()
             })
-            .map(|p| PartitionLeader {
-                partition: p.partition,
-                leader: p.leader,
-                epoch: p.leader_epoch,
-            })
+            .map(leader_of)
             .collect();
+        let mut watch = Watch::new(checked);
         let others: Vec<u64> = ids.iter().copied().filter(|&i| i != target).collect();
         let rules = net::cut(&[target], &others);
         undo.rules.extend(rules.iter().cloned());
         self.net.apply(&rules)?;
-        let mut changed = BTreeMap::new();
         let heal_at = Instant::now() + Duration::from_millis(cut_ms);
-        self.watch_leaders(ids, &checked, &mut changed, heal_at)
-            .await;
+        self.watch_leaders(ids, &mut watch, heal_at).await;
         self.net.apply(&BTreeSet::new())?;
         undo.rules.clear();
-        self.watch_leaders(
-            ids,
-            &checked,
-            &mut changed,
-            Instant::now() + OBSERVE_AFTER_HEAL,
-        )
-        .await;
+        self.watch_leaders(ids, &mut watch, Instant::now() + OBSERVE_AFTER_HEAL)
+            .await;
         let skipped = settled
             .is_none()
             .then(|| format!("the nodes did not agree on the leaders within {SETTLE_DEADLINE:?}"));
-        let changed: Vec<(PartitionLeader, PartitionLeader)> = checked
-            .iter()
-            .filter_map(|b| changed.get(&b.partition).map(|a| (b.clone(), a.clone())))
-            .collect();
+        let check = watch.into_check(target, cut_ms, skipped);
         let detail = format!(
             "n{target} (leading {} partitions) cut off from the other nodes for {cut_ms} ms, healed; of the {} partitions it followed, {} changed leader or epoch{}",
             leads(target, &settled),
-            checked.len(),
-            changed.len(),
-            skipped
+            check.checked.len(),
+            check.changed.len(),
+            check
+                .skipped
                 .as_ref()
                 .map_or(String::new(), |why| format!(" (not checked: {why})"))
         );
-        self.isolations.push(IsolationCheck {
-            node: target,
-            cut_ms,
-            checked,
-            changed,
-            skipped,
-        });
+        self.isolations.push(check);
         Ok(detail)
     }
 

@@ -20,13 +20,12 @@ use crate::db::{Db, NodeOptions};
 use crate::nemesis::Nemesis;
 use crate::net::{self, Netns, Network};
 use crate::proxy::ProxyNet;
-use crate::report::{
-    FaultWindow as Window, IsolationCheck, LeaderStability, RunSummary, latency_svg,
-};
+use crate::report::{FaultWindow as Window, RunSummary, latency_svg};
 use crate::workload::{self, Recorder, WorkloadOptions};
 use fjord_harness::fault::FaultKind;
 use fjord_harness::fault::steps::{self as fault_plan, Step};
 use fjord_harness::history::parse_jsonl;
+use fjord_harness::stability::{IsolationCheck, LeaderStability};
 
 /// Everything that defines a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]

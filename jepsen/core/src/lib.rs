@@ -18,7 +18,10 @@
 //!   final read's end.
 //! - [`fault`]: the fault vocabulary and the seeded fault plans ([`fault::steps`] for the
 //!   process tier, [`fault::timeline`] for the simulation).
+//! - [`stability`]: leader stability across follower isolations, judged from the leaders a
+//!   tier observed.
 pub mod checker;
 pub mod fault;
 pub mod history;
+pub mod stability;
 pub mod workload;
