@@ -1,10 +1,10 @@
-//! fjord's fault-injection harness.
+//! fjord's fault-injection harness, process tier: real `fjord serve` processes, real faults.
+//!
+//! The history format, the checker, the workload model and the fault plans live in the
+//! shared core, `fjord-harness` (`jepsen/core`), which the simulation tier (`jepsen/sim`) uses
+//! too; this crate keeps what acts on real processes.
 //!
 //! # Layout
-//! - [`history`]: the recorded operations, one JSON object per line, and their pairing into
-//!   invoke/completion operations.
-//! - [`checker`]: the pure check of a history: lost, unseen, duplicated, inconsistent,
-//!   nonmonotonic, aborted, stale and phantom reads, each with the events that prove it.
 //! - [`report`]: statistics per run and per fault window, the latency SVG, the run summary
 //!   (JSON and text) and the Markdown table comparing CP and AP runs.
 //! - [`links`]: the fault rules' endpoints and packet-drop rules, and the node port (both
@@ -15,13 +15,12 @@
 //! - [`lazyfs`]: `fjord-lazyfs`, a FUSE pass-through that holds writes in memory until fsync
 //!   and drops them on a simulated crash.
 //! - [`disk`]: a node's lazy filesystem, as the harness drives it.
-//! - [`nemesis`]: the seeded fault schedule and its execution.
-//! - [`workload`]: producers and consumers through fjord's Rust client, recording history.
+//! - [`nemesis`]: the execution of the core's seeded fault steps.
+//! - [`workload`]: the core's workload model run through fjord's Rust client, recording the
+//!   history.
 //! - [`run`]: one whole run, and its analysis.
-pub mod checker;
 pub mod db;
 pub mod disk;
-pub mod history;
 pub mod lazyfs;
 pub mod links;
 pub mod nemesis;

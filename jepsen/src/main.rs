@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use fjord_jepsen::nemesis::{FaultKind, parse_faults};
+use fjord_harness::fault::{FaultKind, parse_faults};
 use fjord_jepsen::report::{RunSummary, cap_table};
 use fjord_jepsen::run::{RunOptions, RunOutput, analyse, run};
 

@@ -1,10 +1,11 @@
-//! The nemesis: which faults happen when, decided up front from the seed ([`plan`], pure),
-//! then carried out against the cluster ([`Nemesis`]).
+//! The nemesis: the faults of a plan carried out against the cluster ([`Nemesis`]). The plan
+//! itself, which faults happen when, is decided up front from the seed by the shared core
+//! (`fjord_harness::fault::steps`), as are the fault kinds (`fjord_harness::fault::FaultKind`).
 //!
-//! The plan fixes every step's time, length, fault kinds and random choices (which node,
-//! which half, how far the clock jumps); only targets defined by the cluster's state at that
-//! moment ("the leader of partition 2") are resolved when the step starts, so the same seed
-//! gives the same schedule.
+//! The plan fixes every step's time, length, fault kinds and the seed of its random choices
+//! (which node, which half, how far the clock jumps), drawn here as the step starts; only
+//! targets defined by the cluster's state at that moment ("the leader of partition 2") are
+//! resolved from the cluster, so the same seed gives the same schedule.
 //!
 //! Nodes that `kill`, `crash-unsynced` and `power-loss` take down come back after a drawn
 //! delay from 0 ms (most of them before the ~600 ms a failure detector needs to notice, so
@@ -16,310 +17,22 @@
 //! node down together and restarts them all.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use fjord_client::{Client, PartitionDescription};
+use fjord_harness::fault::FaultKind;
+use fjord_harness::fault::steps::{Step, fsync_delay_ms, restart_delay};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::db::Db;
 use crate::net::{self, CLIENT, Network, Rule};
-use crate::report::{FaultWindow as Window, IsolationCheck, PartitionLeader};
-
-/// One kind of fault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FaultKind {
-    /// Cut the leader of one partition off from the other nodes (clients still reach it).
-    PartitionLeader,
-    /// Cut the metadata leader off from the other nodes.
-    PartitionMetaLeader,
-    /// Split the nodes into a majority and a minority.
-    PartitionHalves,
-    /// Two halves that cannot talk to each other, and one node that talks to both.
-    PartitionBridge,
-    /// One node's packets to the others are dropped; theirs to it still arrive.
-    PartitionOneWay,
-    /// The clients cannot reach one node.
-    PartitionClient,
-    /// A share of the packets between nodes is dropped.
-    PacketLoss,
-    /// kill -9 a minority of nodes; restart them when the step ends.
-    Kill,
-    /// SIGSTOP a minority of nodes; SIGCONT them when the step ends.
-    Pause,
-    /// Move one node's wall clock by up to ±10 minutes.
-    ClockJump,
-    /// Make one node's wall clock run at 0.25-4 times the real rate.
-    ClockSkew,
-    /// kill -9 a node and drop the writes its disk had not fsynced.
-    CrashUnsynced,
-    /// Every node crashes at once and loses its unsynced writes, as in a power cut.
-    PowerLoss,
-    /// One node's disk refuses writes (ENOSPC).
-    DiskFull,
-    /// kill -9 a node, flip random bits in its data file, restart it.
-    Bitflip,
-    /// A partition leader's fsyncs answer tens to hundreds of ms late, so its followers
-    /// flush first; often followed, in the same step, by a crash-unsynced of that leader or
-    /// a power loss.
-    SlowDisk,
-    /// Cut one node that leads nothing (if any) off from the other nodes for 1-3 s, heal, and
-    /// check that the partitions it only followed kept their leader and term.
-    PartitionFollower,
-    /// kill -9 a node, delete its data directory (a lost disk), restart it (after 0-1.5 s, or
-    /// at the step's end). A node that refuses its empty directory is started again with
-    /// `--rebuild`.
-    DiskLoss,
-    /// The first time for a node: kill -9 it, copy its data directory (a backup), restart it.
-    /// The next time: kill -9 it, put the copy back (a restored old backup), restart it; one
-    /// that refuses the old copy is started again with `--rebuild`.
-    StaleCopy,
-}
-
-impl FaultKind {
-    pub const ALL: [FaultKind; 19] = [
-        FaultKind::PartitionLeader,
-        FaultKind::PartitionMetaLeader,
-        FaultKind::PartitionHalves,
-        FaultKind::PartitionBridge,
-        FaultKind::PartitionOneWay,
-        FaultKind::PartitionClient,
-        FaultKind::PacketLoss,
-        FaultKind::Kill,
-        FaultKind::Pause,
-        FaultKind::ClockJump,
-        FaultKind::ClockSkew,
-        FaultKind::CrashUnsynced,
-        FaultKind::PowerLoss,
-        FaultKind::DiskFull,
-        FaultKind::Bitflip,
-        FaultKind::SlowDisk,
-        FaultKind::PartitionFollower,
-        FaultKind::DiskLoss,
-        FaultKind::StaleCopy,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            FaultKind::PartitionLeader => "partition-leader",
-            FaultKind::PartitionMetaLeader => "partition-meta-leader",
-            FaultKind::PartitionHalves => "partition-halves",
-            FaultKind::PartitionBridge => "partition-bridge",
-            FaultKind::PartitionOneWay => "partition-one-way",
-            FaultKind::PartitionClient => "partition-client",
-            FaultKind::PacketLoss => "packet-loss",
-            FaultKind::Kill => "kill",
-            FaultKind::Pause => "pause",
-            FaultKind::ClockJump => "clock-jump",
-            FaultKind::ClockSkew => "clock-skew",
-            FaultKind::CrashUnsynced => "crash-unsynced",
-            FaultKind::PowerLoss => "power-loss",
-            FaultKind::DiskFull => "disk-full",
-            FaultKind::Bitflip => "bitflip",
-            FaultKind::SlowDisk => "slow-disk",
-            FaultKind::PartitionFollower => "partition-follower",
-            FaultKind::DiskLoss => "disk-loss",
-            FaultKind::StaleCopy => "stale-copy",
-        }
-    }
-
-    /// Whether the fault needs the nodes' data on a lazy filesystem.
-    pub fn needs_lazy_disk(self) -> bool {
-        matches!(
-            self,
-            FaultKind::CrashUnsynced
-                | FaultKind::PowerLoss
-                | FaultKind::DiskFull
-                | FaultKind::SlowDisk
-        )
-    }
-
-    /// Whether the fault takes node processes down or stops them.
-    fn is_process(self) -> bool {
-        matches!(
-            self,
-            FaultKind::Kill
-                | FaultKind::Pause
-                | FaultKind::CrashUnsynced
-                | FaultKind::PowerLoss
-                | FaultKind::Bitflip
-                | FaultKind::DiskLoss
-                | FaultKind::StaleCopy
-        )
-    }
-
-    fn is_network(self) -> bool {
-        self.name().starts_with("partition") || self == FaultKind::PacketLoss
-    }
-}
-
-impl fmt::Display for FaultKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Parses a comma-separated list of fault kinds and groups: `partition` (every network
-/// fault), `process` (kill, pause), `clock`, `disk` (crash-unsynced, power-loss, disk-full,
-/// bitflip, slow-disk), `all`, `none`.
-pub fn parse_faults(s: &str) -> Result<BTreeSet<FaultKind>, String> {
-    let mut set = BTreeSet::new();
-    for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
-        match word {
-            "none" => {}
-            "all" => set.extend(FaultKind::ALL),
-            "partition" | "network" => {
-                set.extend(FaultKind::ALL.into_iter().filter(|k| k.is_network()))
-            }
-            "process" => set.extend([FaultKind::Kill, FaultKind::Pause]),
-            "clock" => set.extend([FaultKind::ClockJump, FaultKind::ClockSkew]),
-            "disk" => set.extend([
-                FaultKind::CrashUnsynced,
-                FaultKind::PowerLoss,
-                FaultKind::DiskFull,
-                FaultKind::Bitflip,
-                FaultKind::SlowDisk,
-                FaultKind::DiskLoss,
-                FaultKind::StaleCopy,
-            ]),
-            other => {
-                let kind = FaultKind::ALL
-                    .into_iter()
-                    .find(|k| k.name() == other)
-                    .ok_or_else(|| {
-                        format!(
-                            "unknown fault {other:?}: use all, none, partition, process, clock, disk, or one of {}",
-                            FaultKind::ALL.map(FaultKind::name).join(", ")
-                        )
-                    })?;
-                set.insert(kind);
-            }
-        }
-    }
-    Ok(set)
-}
-
-impl FromStr for FaultKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let set = parse_faults(s)?;
-        match set.len() {
-            1 => Ok(*set.iter().next().expect("one")),
-            _ => Err(format!("{s:?} is not a single fault kind")),
-        }
-    }
-}
-
-/// One step of the schedule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Step {
-    /// When the step starts, from the start of the workload.
-    pub at_ms: u64,
-    /// How long its faults last.
-    pub duration_ms: u64,
-    pub faults: Vec<FaultKind>,
-    /// The seed of the step's own random choices (nodes, halves, clock offsets).
-    pub seed: u64,
-}
-
-/// Decides the whole schedule: quiet gaps of 2-5 s between fault steps of 3-10 s; one
-/// fault kind per step, or two (a network fault with a process or clock fault) in a quarter
-/// of them. A `slow-disk` step is followed by a `crash-unsynced` or `power-loss` (when those
-/// are asked for) in 60 % of them, and a crash step is preceded by a `slow-disk` in half of
-/// them: `[slow-disk, crash]`, slow the leader, let produces through, crash it. A
-/// `partition-follower` step is alone, as its check needs. Steps end at least `quiet_end`
-/// before `total`.
-pub fn plan(
-    seed: u64,
-    kinds: &BTreeSet<FaultKind>,
-    total: Duration,
-    quiet_end: Duration,
-) -> Vec<Step> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let kinds: Vec<FaultKind> = kinds.iter().copied().collect();
-    let mut steps = Vec::new();
-    if kinds.is_empty() {
-        return steps;
-    }
-    let end_ms = total.saturating_sub(quiet_end).as_millis() as u64;
-    let mut t = rng.gen_range(2_000..5_000);
-    loop {
-        let duration_ms = rng.gen_range(3_000..10_000);
-        if t + duration_ms > end_ms {
-            break;
-        }
-        let first = *kinds.choose(&mut rng).expect("kinds is not empty");
-        let mut faults = vec![first];
-        let crashes: Vec<FaultKind> = kinds
-            .iter()
-            .copied()
-            .filter(|k| matches!(k, FaultKind::CrashUnsynced | FaultKind::PowerLoss))
-            .collect();
-        let is_crash = matches!(first, FaultKind::CrashUnsynced | FaultKind::PowerLoss);
-        if first == FaultKind::PartitionFollower {
-            // Alone: another fault would change leaders for reasons of its own.
-        } else if first == FaultKind::SlowDisk && !crashes.is_empty() && rng.gen_bool(0.6) {
-            faults.push(*crashes.choose(&mut rng).expect("crashes is not empty"));
-        } else if is_crash && kinds.contains(&FaultKind::SlowDisk) && rng.gen_bool(0.5) {
-            faults.insert(0, FaultKind::SlowDisk);
-        } else if rng.gen_bool(0.25) && first != FaultKind::PowerLoss {
-            let partners: Vec<FaultKind> = kinds
-                .iter()
-                .copied()
-                .filter(|k| {
-                    *k != FaultKind::PowerLoss
-                        && *k != FaultKind::PartitionFollower
-                        && ((first.is_network() && !k.is_network())
-                            || (!first.is_network() && k.is_network()))
-                        && !(first.is_process() && k.is_process())
-                })
-                .collect();
-            if let Some(second) = partners.choose(&mut rng) {
-                faults.push(*second);
-            }
-        }
-        steps.push(Step {
-            at_ms: t,
-            duration_ms,
-            faults,
-            seed: rng.r#gen(),
-        });
-        t += duration_ms + rng.gen_range(2_000..5_000);
-    }
-    steps
-}
-
-/// When a node taken down comes back: `None` at the step's end (15 %), else after a delay
-/// from 0 ms, below 600 ms (before a failure detector notices) for more than half of them,
-/// up to 1.5 s.
-pub fn restart_delay(rng: &mut StdRng) -> Option<Duration> {
-    if rng.gen_bool(0.15) {
-        return None;
-    }
-    let ms = if rng.gen_bool(0.6) {
-        rng.gen_range(0..600)
-    } else {
-        rng.gen_range(600..=1_500)
-    };
-    Some(Duration::from_millis(ms))
-}
-
-/// How long a slowed disk's fsyncs answer late: tens to hundreds of ms.
-pub fn fsync_delay_ms(rng: &mut StdRng) -> u64 {
-    if rng.gen_bool(0.5) {
-        rng.gen_range(20..100)
-    } else {
-        rng.gen_range(100..=500)
-    }
-}
+use crate::report::FaultWindow as Window;
+use fjord_harness::stability::{IsolationCheck, PartitionLeader, Watch};
 
 fn describe_delay(d: Option<Duration>) -> String {
     match d {
@@ -412,9 +125,13 @@ fn balanced(partitions: &[PartitionDescription]) -> bool {
         .all(|p| p.leader.is_some() && p.leader == p.replicas.first().copied())
 }
 
-/// Whether `seen` describes another leader or a later epoch than `before`.
-fn leader_changed(before: &PartitionLeader, seen: &PartitionDescription) -> bool {
-    seen.leader_epoch > before.epoch || (seen.leader.is_some() && seen.leader != before.leader)
+/// A partition's leader as a node described it.
+fn leader_of(p: &PartitionDescription) -> PartitionLeader {
+    PartitionLeader {
+        partition: p.partition,
+        leader: p.leader,
+        epoch: p.leader_epoch,
+    }
 }
 
 /// Sleeps until `until`; true if the run was stopped first.
@@ -463,34 +180,13 @@ impl Nemesis {
         views
     }
 
-    /// Watches every node's description until `until`, recording in `changed` the first
-    /// description of each `checked` partition that differs from its state before.
-    async fn watch_leaders(
-        &self,
-        ids: &[u64],
-        checked: &[PartitionLeader],
-        changed: &mut BTreeMap<u32, PartitionLeader>,
-        until: Instant,
-    ) {
+    /// Shows `watch` every node's description until `until`.
+    async fn watch_leaders(&self, ids: &[u64], watch: &mut Watch, until: Instant) {
         // Bounded: one round per OBSERVE_EVERY until `until`.
         while Instant::now() < until {
             for view in self.describe_all(ids).await.into_iter().flatten() {
-                for before in checked {
-                    if changed.contains_key(&before.partition) {
-                        continue;
-                    }
-                    if let Some(seen) = view.iter().find(|p| p.partition == before.partition)
-                        && leader_changed(before, seen)
-                    {
-                        changed.insert(
-                            before.partition,
-                            PartitionLeader {
-                                partition: seen.partition,
-                                leader: seen.leader,
-                                epoch: seen.leader_epoch,
-                            },
-                        );
-                    }
+                for p in &view {
+                    watch.observe(leader_of(p));
                 }
             }
             tokio::time::sleep(OBSERVE_EVERY).await;
@@ -549,52 +245,34 @@ impl Nemesis {
                     && p.leader != Some(target)
                     && p.leader == p.replicas.first().copied()
             })
-            .map(|p| PartitionLeader {
-                partition: p.partition,
-                leader: p.leader,
-                epoch: p.leader_epoch,
-            })
+            .map(leader_of)
             .collect();
+        let mut watch = Watch::new(checked);
         let others: Vec<u64> = ids.iter().copied().filter(|&i| i != target).collect();
         let rules = net::cut(&[target], &others);
         undo.rules.extend(rules.iter().cloned());
         self.net.apply(&rules)?;
-        let mut changed = BTreeMap::new();
         let heal_at = Instant::now() + Duration::from_millis(cut_ms);
-        self.watch_leaders(ids, &checked, &mut changed, heal_at)
-            .await;
+        self.watch_leaders(ids, &mut watch, heal_at).await;
         self.net.apply(&BTreeSet::new())?;
         undo.rules.clear();
-        self.watch_leaders(
-            ids,
-            &checked,
-            &mut changed,
-            Instant::now() + OBSERVE_AFTER_HEAL,
-        )
-        .await;
+        self.watch_leaders(ids, &mut watch, Instant::now() + OBSERVE_AFTER_HEAL)
+            .await;
         let skipped = settled
             .is_none()
             .then(|| format!("the nodes did not agree on the leaders within {SETTLE_DEADLINE:?}"));
-        let changed: Vec<(PartitionLeader, PartitionLeader)> = checked
-            .iter()
-            .filter_map(|b| changed.get(&b.partition).map(|a| (b.clone(), a.clone())))
-            .collect();
+        let check = watch.into_check(target, cut_ms, skipped);
         let detail = format!(
             "n{target} (leading {} partitions) cut off from the other nodes for {cut_ms} ms, healed; of the {} partitions it followed, {} changed leader or epoch{}",
             leads(target, &settled),
-            checked.len(),
-            changed.len(),
-            skipped
+            check.checked.len(),
+            check.changed.len(),
+            check
+                .skipped
                 .as_ref()
                 .map_or(String::new(), |why| format!(" (not checked: {why})"))
         );
-        self.isolations.push(IsolationCheck {
-            node: target,
-            cut_ms,
-            checked,
-            changed,
-            skipped,
-        });
+        self.isolations.push(check);
         Ok(detail)
     }
 
@@ -1141,136 +819,5 @@ impl Nemesis {
             }
         }
         Ok((windows, notes))
-    }
-}
-
-/// Which nodes are up, for the report.
-pub fn describe_plan(steps: &[Step]) -> String {
-    let mut by_kind: BTreeMap<FaultKind, usize> = BTreeMap::new();
-    for s in steps {
-        for f in &s.faults {
-            *by_kind.entry(*f).or_default() += 1;
-        }
-    }
-    by_kind
-        .iter()
-        .map(|(k, n)| format!("{k}×{n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_same_seed_gives_the_same_schedule() {
-        let kinds = parse_faults("all").unwrap();
-        let a = plan(7, &kinds, Duration::from_secs(120), Duration::from_secs(10));
-        let b = plan(7, &kinds, Duration::from_secs(120), Duration::from_secs(10));
-        let c = plan(8, &kinds, Duration::from_secs(120), Duration::from_secs(10));
-        assert_eq!(a, b);
-        assert_ne!(a, c);
-        assert!(a.len() >= 5, "{a:?}");
-    }
-
-    #[test]
-    fn steps_do_not_overlap_and_end_before_the_quiet_end() {
-        let kinds = parse_faults("partition,process").unwrap();
-        for seed in 0..50 {
-            let steps = plan(
-                seed,
-                &kinds,
-                Duration::from_secs(60),
-                Duration::from_secs(10),
-            );
-            let mut t = 0;
-            for s in &steps {
-                assert!(s.at_ms >= t, "seed {seed}: {steps:?}");
-                t = s.at_ms + s.duration_ms;
-                assert!(
-                    !(s.faults.len() == 2 && s.faults[0].is_process() && s.faults[1].is_process())
-                );
-            }
-            assert!(t <= 50_000, "seed {seed}");
-        }
-    }
-
-    /// Guards the fast-restart faults: a crashed leader must sometimes be back before the
-    /// ~600 ms a failure detector needs, or a leader restored with a log missing an
-    /// acknowledged entry is never exercised.
-    #[test]
-    fn restart_delays_start_at_zero_and_are_mostly_below_a_failure_detector() {
-        let mut rng = StdRng::seed_from_u64(1);
-        let delays: Vec<Option<Duration>> = (0..2_000).map(|_| restart_delay(&mut rng)).collect();
-        let some: Vec<u128> = delays.iter().flatten().map(|d| d.as_millis()).collect();
-        let fast = some.iter().filter(|&&ms| ms < 600).count();
-        assert!(some.iter().all(|&ms| ms <= 1_500));
-        assert!(some.iter().any(|&ms| ms < 50), "no restart right away");
-        assert!(
-            fast * 2 > some.len(),
-            "{fast} of {} below 600 ms",
-            some.len()
-        );
-        assert!(
-            delays.iter().any(Option::is_none),
-            "no restart at the step's end"
-        );
-    }
-
-    #[test]
-    fn slow_disks_lead_into_crashes_and_follower_isolations_stay_alone() {
-        let kinds = parse_faults("slow-disk,crash-unsynced,power-loss,partition").unwrap();
-        let mut combined = 0;
-        let mut isolations = 0;
-        for seed in 0..50 {
-            for s in plan(
-                seed,
-                &kinds,
-                Duration::from_secs(300),
-                Duration::from_secs(10),
-            ) {
-                if s.faults.contains(&FaultKind::PartitionFollower) {
-                    assert_eq!(s.faults.len(), 1, "seed {seed}: {s:?}");
-                    isolations += 1;
-                }
-                if s.faults.len() == 2
-                    && s.faults[0] == FaultKind::SlowDisk
-                    && matches!(s.faults[1], FaultKind::CrashUnsynced | FaultKind::PowerLoss)
-                {
-                    combined += 1;
-                }
-                if let Some(slow) = s.faults.iter().position(|k| *k == FaultKind::SlowDisk) {
-                    assert!(
-                        !s.faults[..slow]
-                            .iter()
-                            .any(|k| matches!(k, FaultKind::CrashUnsynced | FaultKind::PowerLoss)),
-                        "seed {seed}: a slow disk after its crash: {s:?}"
-                    );
-                }
-            }
-        }
-        assert!(combined > 20, "{combined} slow-disk-then-crash steps");
-        assert!(isolations > 10, "{isolations} follower isolations");
-        assert!(parse_faults("all").unwrap().contains(&FaultKind::SlowDisk));
-        assert!(
-            parse_faults("all")
-                .unwrap()
-                .contains(&FaultKind::PartitionFollower)
-        );
-        assert!(parse_faults("disk").unwrap().contains(&FaultKind::SlowDisk));
-    }
-
-    #[test]
-    fn fault_names_parse_and_unknown_ones_are_refused() {
-        assert_eq!(parse_faults("kill,pause").unwrap().len(), 2);
-        assert!(
-            parse_faults("disk")
-                .unwrap()
-                .contains(&FaultKind::PowerLoss)
-        );
-        let err = parse_faults("explode").unwrap_err();
-        assert!(err.contains("unknown fault \"explode\""), "{err}");
-        assert_eq!("clock-jump".parse::<FaultKind>(), Ok(FaultKind::ClockJump));
     }
 }

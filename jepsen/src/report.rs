@@ -19,8 +19,9 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checker::{AnomalyKind, CheckResult, Guarantees, check};
-use crate::history::{Event, EventType, Op, Operation, pair};
+use fjord_harness::checker::{CheckResult, Guarantees, check};
+use fjord_harness::history::{Event, EventType, Op, Operation, pair};
+use fjord_harness::stability::LeaderStability;
 
 /// A period during which the nemesis had a fault in place, as the runner recorded it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -541,80 +542,6 @@ pub fn latency_svg(history: &[Event], windows: &[FaultWindow]) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Leader stability across follower isolations.
-
-/// A partition's leader and its term, as the cluster described it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionLeader {
-    pub partition: u32,
-    pub leader: Option<u64>,
-    pub epoch: u64,
-}
-
-/// One `partition-follower` fault: a node that only followed some partitions was cut off from
-/// the other nodes for a while and healed. Those partitions' leaders had no reason to change:
-/// a change means the cut-off follower deposed a healthy leader.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IsolationCheck {
-    /// The node cut off.
-    pub node: u64,
-    pub cut_ms: u64,
-    /// The partitions it followed (and whose leader was their preferred one, so that leader
-    /// balancing has no reason to move them), as they were before the cut.
-    pub checked: Vec<PartitionLeader>,
-    /// Of `checked`, those some node later described with another leader or a later epoch,
-    /// during the cut or in the observation after it: the first such description.
-    pub changed: Vec<(PartitionLeader, PartitionLeader)>,
-    /// Why nothing was checked, when nothing was.
-    #[serde(default)]
-    pub skipped: Option<String>,
-}
-
-/// The report's figure: partitions whose leader changed across a follower isolation.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct LeaderStability {
-    pub isolations: u64,
-    /// Isolations that could not be checked (the cluster had not settled first).
-    pub skipped: u64,
-    pub partitions_checked: u64,
-    pub partitions_changed: u64,
-    /// One line per change, e.g. `n2 cut 1800 ms: partition 1 n1@4 -> n3@6`.
-    pub examples: Vec<String>,
-}
-
-fn leader_name(l: &PartitionLeader) -> String {
-    match l.leader {
-        Some(n) => format!("n{n}@{}", l.epoch),
-        None => format!("none@{}", l.epoch),
-    }
-}
-
-impl LeaderStability {
-    pub fn from_checks(checks: &[IsolationCheck]) -> LeaderStability {
-        let mut s = LeaderStability::default();
-        for c in checks {
-            s.isolations += 1;
-            if c.skipped.is_some() {
-                s.skipped += 1;
-            }
-            s.partitions_checked += c.checked.len() as u64;
-            s.partitions_changed += c.changed.len() as u64;
-            for (before, after) in &c.changed {
-                s.examples.push(format!(
-                    "n{} cut {} ms: partition {} {} -> {}",
-                    c.node,
-                    c.cut_ms,
-                    before.partition,
-                    leader_name(before),
-                    leader_name(after)
-                ));
-            }
-        }
-        s
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Summaries.
 
 /// Everything worth keeping about one run.
@@ -719,41 +646,7 @@ impl RunSummary {
         }
 
         let _ = writeln!(t, "\nanomalies:");
-        let acked = c.totals.produces_ok;
-        for k in AnomalyKind::ALL {
-            let n = c.class(k).count;
-            let verdict = match (n, k.is_violation(g)) {
-                (0, _) => "",
-                (_, true) => "  VIOLATION",
-                (_, false) => "  allowed in this mode",
-            };
-            let share = match k {
-                AnomalyKind::Lost | AnomalyKind::Unseen if n > 0 && acked > 0 => {
-                    format!(" ({:.2}% of acknowledged)", 100.0 * n as f64 / acked as f64)
-                }
-                AnomalyKind::Stale if n > 0 && c.totals.polls_ok > 0 => format!(
-                    " ({:.2}% of ok polls)",
-                    100.0 * n as f64 / c.totals.polls_ok as f64
-                ),
-                _ => String::new(),
-            };
-            let _ = writeln!(t, "  {:<13} {n:>8}{share}{verdict}", k.name());
-        }
-        if !c.totals.partitions_without_final_read.is_empty() {
-            let _ = writeln!(
-                t,
-                "  note: no final read of partitions {:?}; unseen there is inconclusive",
-                c.totals.partitions_without_final_read
-            );
-        }
-        let _ = writeln!(
-            t,
-            "  ({} acknowledged read back, {} of {} unknown produces found written, {} seeks)",
-            c.totals.acknowledged_read,
-            c.totals.unknown_read,
-            c.totals.produces_unknown,
-            c.totals.seeks
-        );
+        t.push_str(&c.counts_text(g));
 
         if let Some(ls) = &self.leader_stability {
             let _ = writeln!(
@@ -807,15 +700,9 @@ impl RunSummary {
             }
         }
 
-        let found = c.found();
-        if !found.is_empty() {
+        if !c.found().is_empty() {
             let _ = writeln!(t, "\nexamples:");
-        }
-        for (k, n) in found {
-            let _ = writeln!(t, "  {} ({n}):", k.name());
-            for a in c.class(k).ops.iter().take(EXAMPLES_PER_CLASS) {
-                let _ = writeln!(t, "    - {} [events {:?}]", a.explanation, a.events);
-            }
+            t.push_str(&c.examples_text(EXAMPLES_PER_CLASS));
         }
         t
     }
@@ -906,7 +793,7 @@ pub fn cap_table(runs: &[RunSummary]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::ReadRecord;
+    use fjord_harness::history::ReadRecord;
 
     const MS: u64 = 1_000_000;
     const S: u64 = 1_000_000_000;

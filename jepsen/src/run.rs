@@ -17,14 +17,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
 
 use crate::db::{Db, NodeOptions};
-use crate::history::parse_jsonl;
-use crate::nemesis::{self, FaultKind, Nemesis, Step};
+use crate::nemesis::Nemesis;
 use crate::net::{self, Netns, Network};
 use crate::proxy::ProxyNet;
-use crate::report::{
-    FaultWindow as Window, IsolationCheck, LeaderStability, RunSummary, latency_svg,
-};
+use crate::report::{FaultWindow as Window, RunSummary, latency_svg};
 use crate::workload::{self, Recorder, WorkloadOptions};
+use fjord_harness::fault::FaultKind;
+use fjord_harness::fault::steps::{self as fault_plan, Step};
+use fjord_harness::history::parse_jsonl;
+use fjord_harness::stability::{IsolationCheck, LeaderStability};
 
 /// Everything that defines a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -230,7 +231,7 @@ async fn run_async(
     let recorder = Arc::new(Recorder::create(&history, t0)?);
     let total = Duration::from_secs(options.duration_secs);
     let recovery = Duration::from_secs(options.recovery_secs);
-    let steps = nemesis::plan(options.seed, &options.faults, total, recovery);
+    let steps = fault_plan::plan(options.seed, &options.faults, total, recovery);
     std::fs::write(
         options.out_dir.join("plan.json"),
         serde_json::to_string_pretty(&steps)?,
@@ -372,7 +373,7 @@ pub fn analyse(out: &RunOutput) -> Result<RunSummary> {
     let nemesis = if faults.is_empty() {
         "none".to_string()
     } else {
-        nemesis::describe_plan(&out.plan)
+        fault_plan::describe_plan(&out.plan)
     };
     let mut summary = RunSummary::new(
         out.options.seed,

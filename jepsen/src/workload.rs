@@ -1,6 +1,8 @@
 //! The workload: concurrent producers writing unique values and consumers following every
 //! partition, through fjord's own Rust client, each operation recorded in the history; then a
-//! final read of every partition from offset 0 once the faults have healed.
+//! final read of every partition from offset 0 once the faults have healed. The operations,
+//! the values, the producers' partition choices and the final read's end are the shared
+//! model's (`fjord_harness::workload`); this module runs them against real processes.
 //!
 //! What must hold: every operation is recorded as an invoke and then exactly one completion
 //! by the same process; an operation whose outcome is unknown (timeout, broken connection,
@@ -10,7 +12,6 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,10 +19,9 @@ use anyhow::{Context, Result};
 use fjord_client::{
     Acks, Client, ClientError, FetchOptions, Producer, ProducerConfig, ProducerRecord, ReadMode,
 };
-use rand::{Rng, SeedableRng};
+use fjord_harness::history::{Event, EventType};
+use fjord_harness::workload::{self as model, FINAL_READER, FinalRead, Values};
 use tokio::sync::watch;
-
-use crate::history::{Event, EventType, Op, ReadRecord};
 
 /// Writes the history as events happen.
 ///
@@ -46,7 +46,13 @@ impl Recorder {
         self.start.elapsed().as_nanos() as u64
     }
 
-    pub fn record(&self, process: u32, kind: EventType, op: Op, error: Option<String>) {
+    pub fn record(
+        &self,
+        process: u32,
+        kind: EventType,
+        op: fjord_harness::history::Op,
+        error: Option<String>,
+    ) {
         let mut inner = self.inner.lock().expect("recorder lock");
         let event = Event {
             index: inner.0,
@@ -57,7 +63,7 @@ impl Recorder {
             error,
         };
         inner.0 += 1;
-        let line = serde_json::to_string(&event).expect("events serialize");
+        let line = event.to_jsonl();
         // A failed write of the history is fatal to the run's meaning: stop loudly.
         writeln!(inner.1, "{line}").expect("writing the history");
     }
@@ -88,10 +94,6 @@ pub struct WorkloadOptions {
     pub seed: u64,
 }
 
-fn value_of(bytes: &[u8]) -> Option<u64> {
-    std::str::from_utf8(bytes).ok()?.parse().ok()
-}
-
 fn classify(e: &ClientError) -> EventType {
     if e.is_outcome_unknown() {
         EventType::Info
@@ -107,7 +109,7 @@ pub async fn run(
     recorder: Arc<Recorder>,
     stop: watch::Receiver<bool>,
 ) -> Result<()> {
-    let next_value = Arc::new(AtomicU64::new(1));
+    let values = Arc::new(Values::default());
     let producers: Vec<Producer> = (0..options.producer_instances.max(1))
         .map(|_| {
             client.producer(
@@ -126,31 +128,23 @@ pub async fn run(
         let producer = producers[i as usize % producers.len()].clone();
         let rec = recorder.clone();
         let opts = options.clone();
-        let next = next_value.clone();
+        let values = values.clone();
         let mut stop = stop.clone();
         let p = process;
         process += 1;
         tasks.spawn(async move {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed ^ (u64::from(p) << 32));
+            let mut rng = model::producer_rng(opts.seed, u64::from(p));
             while !*stop.borrow() {
-                let partition = rng.gen_range(0..opts.partitions);
-                let value = next.fetch_add(1, Ordering::Relaxed);
-                let invoke = Op::Produce {
-                    partition,
-                    value,
-                    offset: None,
-                };
+                let partition = model::pick_partition(&mut rng, opts.partitions);
+                let value = values.next();
+                let invoke = model::produce(partition, value);
                 rec.record(p, EventType::Invoke, invoke.clone(), None);
-                let record = ProducerRecord::new(value.to_string()).with_partition(partition);
+                let record = ProducerRecord::new(model::encode(value)).with_partition(partition);
                 match tokio::time::timeout(opts.op_timeout, producer.send(record)).await {
                     Ok(Ok(meta)) => rec.record(
                         p,
                         EventType::Ok,
-                        Op::Produce {
-                            partition,
-                            value,
-                            offset: Some(meta.offset),
-                        },
+                        model::produced(partition, value, meta.offset),
                         None,
                     ),
                     Ok(Err(e)) => rec.record(p, classify(&e), invoke, Some(e.to_string())),
@@ -186,13 +180,7 @@ pub async fn run(
                     max_bytes: 64 * 1024,
                 };
                 while !*stop.borrow() {
-                    let invoke = Op::Poll {
-                        partition,
-                        from_offset: from,
-                        records: vec![],
-                        high_watermark: None,
-                        node: None,
-                    };
+                    let invoke = model::poll(partition, from);
                     rec.record(p, EventType::Invoke, invoke.clone(), None);
                     let fetched = tokio::time::timeout(
                         opts.op_timeout,
@@ -201,26 +189,19 @@ pub async fn run(
                     .await;
                     match fetched {
                         Ok(Ok(result)) => {
-                            let records: Vec<ReadRecord> = result
+                            let records = result
                                 .records
                                 .iter()
-                                .map(|r| ReadRecord {
-                                    offset: r.offset,
-                                    value: value_of(&r.value).unwrap_or(u64::MAX),
-                                })
+                                .map(|r| model::read_record(r.offset, &r.value))
                                 .collect();
-                            rec.record(
-                                p,
-                                EventType::Ok,
-                                Op::Poll {
-                                    partition,
-                                    from_offset: from,
-                                    records,
-                                    high_watermark: Some(result.high_watermark),
-                                    node: Some(result.node_id),
-                                },
-                                None,
+                            let op = model::polled(
+                                partition,
+                                from,
+                                records,
+                                result.high_watermark,
+                                result.node_id,
                             );
+                            rec.record(p, EventType::Ok, op, None);
                             from = result.next_offset;
                         }
                         Ok(Err(e)) => {
@@ -259,16 +240,12 @@ pub async fn final_reads(
     recorder: &Recorder,
     deadline: Instant,
 ) -> Result<Vec<u32>> {
-    let process = u32::MAX - 1;
+    let process = FINAL_READER;
     let mut unread = Vec::new();
     for partition in 0..partitions {
-        let invoke = Op::FinalRead {
-            partition,
-            records: vec![],
-        };
+        let mut read = FinalRead::new(partition);
+        let invoke = read.invoke();
         recorder.record(process, EventType::Invoke, invoke.clone(), None);
-        let mut records = Vec::new();
-        let mut from = 0u64;
         let mut last_error = None;
         let done = loop {
             if Instant::now() > deadline {
@@ -279,14 +256,16 @@ pub async fn final_reads(
                 max_wait_ms: 0,
                 max_bytes: 4 * 1024 * 1024,
             };
-            match client.fetch(topic, partition, from, options).await {
+            match client
+                .fetch(topic, partition, read.next_offset(), options)
+                .await
+            {
                 Ok(result) => {
-                    records.extend(result.records.iter().map(|r| ReadRecord {
-                        offset: r.offset,
-                        value: value_of(&r.value).unwrap_or(u64::MAX),
-                    }));
-                    from = result.next_offset;
-                    if from >= result.high_watermark {
+                    let records = result
+                        .records
+                        .iter()
+                        .map(|r| model::read_record(r.offset, &r.value));
+                    if read.absorb(records, result.next_offset, result.high_watermark) {
                         break true;
                     }
                 }
@@ -297,12 +276,7 @@ pub async fn final_reads(
             }
         };
         if done {
-            recorder.record(
-                process,
-                EventType::Ok,
-                Op::FinalRead { partition, records },
-                None,
-            );
+            recorder.record(process, EventType::Ok, read.into_op(), None);
         } else {
             unread.push(partition);
             recorder.record(process, EventType::Fail, invoke, last_error);

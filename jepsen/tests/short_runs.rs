@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use fjord_jepsen::nemesis::{FaultKind, parse_faults};
+use fjord_harness::fault::{FaultKind, parse_faults};
 use fjord_jepsen::report::cap_table;
 use fjord_jepsen::run::{RunOptions, analyse, run};
 

@@ -1,54 +1,15 @@
-//! What the simulated client saw: every produce with its outcome, every read, and the final
-//! reads of whole partitions. The checker judges it; its text form is the run's trace.
+//! What the simulated client saw and what the nemesis did. The client's operations are in
+//! the shared history format (`fjord_harness::history`, the one the process tier writes to
+//! `history.jsonl`) and are judged by the shared checker; beside them, what only the
+//! simulation records: the faults as applied, the nodes they struck, the partitions' leaders
+//! as they changed, and liveness failures. Its text form is the run's trace.
+//!
+//! What must hold: events are recorded in the order they happen (the simulation runs on one
+//! thread), so their indexes count up from 0 and their times never go backwards.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-/// How a produce ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriteOutcome {
-    /// Acknowledged in CP mode at this offset.
-    Acked(u64),
-    /// Failed with an error that says the record was not appended.
-    Failed(String),
-    /// Timed out or lost its connection: it may or may not have been appended.
-    Unknown(String),
-}
-
-/// One produce of one unique value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Write {
-    pub value: String,
-    pub partition: u32,
-    /// Simulated ms since the start.
-    pub invoked_ms: u64,
-    pub completed_ms: u64,
-    pub outcome: WriteOutcome,
-}
-
-/// One successful fetch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Read {
-    /// When the fetch was sent and when it was answered (simulated ms since the start).
-    pub invoked_ms: u64,
-    pub at_ms: u64,
-    /// The offset asked for.
-    pub from: u64,
-    pub high_watermark: u64,
-    /// `(offset, value)` in the order returned.
-    pub records: Vec<(u64, String)>,
-}
-
-/// The reads of one reader, in order. A reader follows one partition from offset 0.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReaderLog {
-    pub partition: u32,
-    /// A final reader reads the whole partition once the cluster is healed.
-    pub is_final: bool,
-    /// A final reader got to the high watermark its first read answered.
-    pub reached_end: bool,
-    pub reads: Vec<Read>,
-}
+use fjord_harness::history::{Event, EventType, Op};
 
 /// A partition's leader as the client's leader watch saw it change: the leader of the
 /// highest term any node reported.
@@ -64,9 +25,8 @@ pub struct LeaderSeen {
 /// Everything the client saw in one run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct History {
-    pub writes: Vec<Write>,
-    /// By reader name.
-    pub readers: BTreeMap<String, ReaderLog>,
+    /// The client's operations, in the shared format, in the order they happened.
+    pub events: Vec<Event>,
     /// Faults as the driver applied them: `(simulated ms, what)`.
     pub faults: Vec<(u64, String)>,
     /// Which node each fault with a target struck: `(simulated ms, fault and node)`.
@@ -81,8 +41,27 @@ pub struct History {
 }
 
 impl History {
-    /// The run as text, one event per line: two runs of a seed are the same run when their
-    /// traces are byte-identical.
+    /// Appends one event at `time_ns` (simulated ns since the start); it takes the next index.
+    pub fn record(
+        &mut self,
+        time_ns: u64,
+        process: u32,
+        kind: EventType,
+        op: Op,
+        error: Option<String>,
+    ) {
+        self.events.push(Event {
+            index: self.events.len() as u64,
+            time_ns,
+            process,
+            kind,
+            op,
+            error,
+        });
+    }
+
+    /// The run as text, one fact per line (each operation's event as its JSON line): two
+    /// runs of a seed are the same run when their traces are byte-identical.
     pub fn trace(&self) -> String {
         let mut out = String::new();
         for (at, what) in &self.faults {
@@ -98,22 +77,8 @@ impl History {
                 l.at_ms, l.partition, l.leader, l.term
             );
         }
-        for w in &self.writes {
-            let _ = writeln!(
-                out,
-                "{:>8} write {} p{} done {} {:?}",
-                w.invoked_ms, w.value, w.partition, w.completed_ms, w.outcome
-            );
-        }
-        for (name, log) in &self.readers {
-            for r in &log.reads {
-                let offsets: Vec<u64> = r.records.iter().map(|(o, _)| *o).collect();
-                let _ = writeln!(
-                    out,
-                    "{:>8} read {name} from {} hw {} sent {} {offsets:?}",
-                    r.at_ms, r.from, r.high_watermark, r.invoked_ms
-                );
-            }
+        for e in &self.events {
+            let _ = writeln!(out, "{:>8} {}", e.time_ns / 1_000_000, e.to_jsonl());
         }
         for s in &self.stuck {
             let _ = writeln!(out, "stuck {s}");

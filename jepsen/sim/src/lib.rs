@@ -1,6 +1,10 @@
 //! fjord's deterministic simulation tier: the real node code (`fjord_server::run_on`) running a
 //! whole cluster under [turmoil]'s simulated network and clock, each node on a simulated disk,
-//! with a seeded nemesis and a checker of what the client saw.
+//! with a seeded nemesis. The fault schedule is the shared core's (`fjord-harness`,
+//! `jepsen/core`: `fault::timeline`, a pure function of the seed); what the client saw is
+//! recorded in the core's history format and judged by its checker, the ones the process
+//! tier (`fjord-jepsen`) uses: both tiers report the same anomaly classes in the same words.
+//! This crate keeps the effects: turmoil hosts, links and simulated disks.
 //!
 //! One seed decides everything that is drawn at random: the fault schedule, turmoil's
 //! network (latencies), the nodes' randomness (openraft's election timeouts, proposal tokens,
@@ -9,11 +13,12 @@
 //!
 //! # Layout
 //! - [`net`]: turmoil as fjord's network: incoming connections, peer and client channels.
-//! - [`nemesis`]: the fault schedule, a pure function of the seed.
-//! - [`workload`]: the client host: topic, CP writers, pollers, final reads.
-//! - [`history`]: what the client saw; its text form is the run's trace.
-//! - [`checker`]: the CP properties, judged from the history.
-//! - [`run_seed`]: one run: hosts, faults applied on time, check.
+//! - [`workload`]: the client host: topic, CP writers, pollers, final reads (the shared
+//!   workload model, run against turmoil hosts).
+//! - [`history`]: the client's operations in the shared format, with the faults, the leaders
+//!   seen and liveness failures; its text form is the run's trace.
+//! - [`run_seed`]: one run: hosts, faults applied on time, the shared check with CP
+//!   guarantees, and liveness.
 //!
 //! # A run
 //! Three nodes (`node1`..`node3`, each a turmoil host running `fjord_server::run_on` on a
@@ -24,7 +29,8 @@
 //! off from some, crashes nodes (a power loss: the disk forgets unsynced writes) and restarts
 //! them; then it heals everything.
 //! The client stops writing a little after the heal, then reads every partition from offset 0
-//! and the checker judges the history.
+//! and the shared checker judges the history, holding it to CP acks and CP reads; a run also
+//! fails on liveness ([`Run::liveness`]: a partition not readable after the heal, a panic).
 //!
 //! # What is deterministic
 //! **Always**, for a given seed: the fault schedule (which fault, which node, at which
@@ -66,9 +72,7 @@
 //!
 //! [`SimDisk`]: fjord_storage::sim_disk::SimDisk
 
-pub mod checker;
 pub mod history;
-pub mod nemesis;
 pub mod net;
 pub mod workload;
 
@@ -79,6 +83,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
+use fjord_harness::checker::{CheckResult, Guarantees};
+use fjord_harness::fault::timeline::{self, Fault, Plan, Step, Target};
 use fjord_server::boot::BootError;
 use fjord_server::{Clock, Peers, ServeConfig, ServerError};
 use fjord_storage::sim_disk::{DiskImage, SimDisk};
@@ -86,9 +92,7 @@ use fjord_storage::{Store, StoreOptions, WriterMode};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use crate::checker::{Anomaly, Summary};
 use crate::history::{History, LeaderSeen};
-use crate::nemesis::{Fault, Plan, Step, Target};
 
 /// How long after a node refused its disk the operator starts it again with `--rebuild`.
 pub const REBUILD_AFTER: Duration = Duration::from_millis(300);
@@ -144,13 +148,18 @@ impl Default for SimConfig {
     }
 }
 
+/// What the simulation's workload promises: CP acks and CP reads.
+pub const GUARANTEES: Guarantees = Guarantees::CP;
+
 /// What one run found.
 #[derive(Debug, Clone)]
 pub struct Run {
     pub seed: u64,
-    /// Empty for a pass.
-    pub anomalies: Vec<Anomaly>,
-    pub summary: Summary,
+    /// The shared checker's verdict on the client's history.
+    pub check: CheckResult,
+    /// Liveness failures, which the history's checker cannot see: `stuck: ...` (something
+    /// never recovered after the heal) and `panic: ...` (a host's task panicked).
+    pub liveness: Vec<String>,
     /// The history as text: equal traces mean the same run.
     pub trace: String,
     /// Simulated time the run took.
@@ -162,10 +171,46 @@ pub struct Run {
 }
 
 impl Run {
+    /// No anomaly that breaks [`GUARANTEES`], and no liveness failure.
     pub fn passed(&self) -> bool {
-        self.anomalies.is_empty()
+        self.check.is_valid(GUARANTEES) && self.liveness.is_empty()
+    }
+
+    /// What failed, one line each: every anomaly kept, in the checker's words (`lost: value
+    /// 12 acknowledged at ...`), then the liveness failures. Empty for a pass.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (kind, count) in self.check.violations(GUARANTEES) {
+            let class = self.check.class(kind);
+            for a in &class.ops {
+                out.push(format!("{}: {}", kind.name(), a.explanation));
+            }
+            let more = count - class.ops.len() as u64;
+            if more > 0 {
+                out.push(format!("{}: {more} more", kind.name()));
+            }
+        }
+        out.extend(self.liveness.iter().cloned());
+        out
+    }
+
+    /// The verdict as text, in the process tier's report's words: the anomaly counts,
+    /// examples of each class found, then the liveness failures.
+    pub fn report(&self) -> String {
+        let mut t = self.check.counts_text(GUARANTEES);
+        if !self.check.found().is_empty() {
+            t.push_str("  examples:\n");
+            t.push_str(&self.check.examples_text(EXAMPLES_PER_CLASS));
+        }
+        for l in &self.liveness {
+            t.push_str(&format!("  {l}\n"));
+        }
+        t
     }
 }
+
+/// Anomalies of each class [`Run::report`] shows.
+const EXAMPLES_PER_CLASS: usize = 3;
 
 /// The client host.
 const CLIENT: &str = "client";
@@ -314,7 +359,7 @@ struct Nemesis {
     /// they are voters of every group again: while there is one, no other node loses its
     /// data (a copy may still be taken: that is only a crash). Two nodes without their data at once is beyond what three replicas survive (a
     /// record committed by the third and a learner could be on one voter only), which the
-    /// plan's time window ([`nemesis::REBUILD_MS`]) only estimates.
+    /// plan's time window ([`timeline::REBUILD_MS`]) only estimates.
     amnesiac: BTreeSet<u64>,
 }
 
@@ -657,7 +702,7 @@ impl tracing_subscriber::fmt::time::FormatTime for SimTime {
 
 /// Runs the cluster, the workload and the nemesis of `seed`, and checks the history.
 pub fn run_seed(seed: u64, config: &SimConfig) -> Run {
-    let plan = nemesis::plan(
+    let plan = timeline::plan(
         &mut StdRng::seed_from_u64(seed),
         config.nodes,
         config.max_down,
@@ -773,11 +818,14 @@ pub fn run_plan(seed: u64, config: &SimConfig, plan: &Plan) -> Run {
         history.stuck.push(format!("the simulation failed: {e}"));
     }
     history.panics = PANICS.with(|p| std::mem::take(&mut *p.borrow_mut()));
-    let (anomalies, summary) = checker::check(&history);
+    let check = fjord_harness::checker::check(&history.events);
+    let liveness = (history.stuck.iter().map(|s| format!("stuck: {s}")))
+        .chain(history.panics.iter().map(|p| format!("panic: {p}")))
+        .collect();
     Run {
         seed,
-        anomalies,
-        summary,
+        check,
+        liveness,
         trace: history.trace(),
         simulated,
         applied,

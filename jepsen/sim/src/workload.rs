@@ -1,7 +1,12 @@
 //! The workload, run by the simulated client host with the real `fjord-client`: create the
 //! topic, produce unique values in CP mode from a few writer tasks while one poller per
 //! partition follows it, then, once the nemesis has healed everything, read every partition
-//! from offset 0 to its end. Everything seen goes into the [`History`].
+//! from offset 0 to its end. Every operation goes into the [`History`] in the shared format.
+//! The operations, the values, the writers' partition choices and the final read's end are
+//! the shared model's (`fjord_harness::workload`), as in the process tier.
+//!
+//! Processes: writer `k` is process `k`, the poller of partition `p` is process
+//! `writers + p`, the final reads are [`FINAL_READER`]'s.
 //!
 //! A leader watch asks every node, each on its own, for the topic's leaders every
 //! [`LEADER_WATCH_EVERY`], and keeps for each partition the leader of the highest term
@@ -15,10 +20,11 @@ use std::time::Duration;
 use fjord_client::{
     Acks, Client, ClientConfig, ClientError, FetchOptions, ProducerConfig, ProducerRecord, ReadMode,
 };
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use fjord_harness::history::{EventType, Op};
+use fjord_harness::workload::{self as model, FINAL_READER, FinalRead, Values};
+use rand::Rng;
 
-use crate::history::{History, LeaderSeen, Read, ReaderLog, Write, WriteOutcome};
+use crate::history::{History, LeaderSeen};
 use crate::net::ClientConnect;
 
 /// What the client does, and when (simulated time since the start).
@@ -60,6 +66,10 @@ fn now_ms() -> u64 {
     now().as_millis() as u64
 }
 
+fn now_ns() -> u64 {
+    now().as_nanos() as u64
+}
+
 type Shared = Arc<Mutex<History>>;
 
 /// Each partition's leader of the highest term seen, shared with the nemesis.
@@ -67,6 +77,20 @@ pub type Leaders = Arc<Mutex<BTreeMap<u32, LeaderSeen>>>;
 
 fn record(history: &Shared, f: impl FnOnce(&mut History)) {
     f(&mut history.lock().unwrap_or_else(PoisonError::into_inner));
+}
+
+/// Records one event of `process` now.
+fn event(history: &Shared, process: u32, kind: EventType, op: Op, error: Option<String>) {
+    record(history, |h| h.record(now_ns(), process, kind, op, error));
+}
+
+/// How an operation that ended in `e` is recorded: unknown or failed.
+fn outcome_of(e: &ClientError) -> EventType {
+    if e.is_outcome_unknown() {
+        EventType::Info
+    } else {
+        EventType::Fail
+    }
 }
 
 fn client_config(seed: u64) -> ClientConfig {
@@ -127,41 +151,42 @@ pub async fn run(w: Workload, history: Shared, leaders: Leaders) -> turmoil::Res
             ..Default::default()
         },
     )?;
+    let values = Arc::new(Values::default());
     let mut tasks = Vec::new();
     for writer in 0..w.writers {
         let producer = producer.clone();
         let history = history.clone();
+        let values = values.clone();
         let w = w.clone();
-        let mut rng = StdRng::seed_from_u64(w.seed ^ (writer as u64 + 1) << 32);
+        let process = writer as u32;
+        // The writers' streams are numbered from 1.
+        let mut rng = model::producer_rng(w.seed, writer as u64 + 1);
         tasks.push(tokio::spawn(async move {
-            let mut k = 0u64;
             while now() < w.writes_until {
-                k += 1;
-                let value = format!("w{writer}.{k}");
-                let partition = rng.gen_range(0..w.partitions);
-                let invoked_ms = now_ms();
+                let value = values.next();
+                let partition = model::pick_partition(&mut rng, w.partitions);
+                let invoke = model::produce(partition, value);
+                event(&history, process, EventType::Invoke, invoke.clone(), None);
                 let sent = producer
-                    .send(ProducerRecord::new(value.clone()).with_partition(partition))
+                    .send(ProducerRecord::new(model::encode(value)).with_partition(partition))
                     .await;
-                let outcome = match sent {
-                    Ok(at) if at.partition == partition => WriteOutcome::Acked(at.offset),
-                    Ok(at) => WriteOutcome::Failed(format!(
-                        "acknowledged in partition {} instead",
-                        at.partition
-                    )),
-                    Err(e) if e.is_outcome_unknown() => WriteOutcome::Unknown(e.to_string()),
-                    Err(e) => WriteOutcome::Failed(e.to_string()),
+                let (kind, op, error) = match sent {
+                    Ok(at) if at.partition == partition => (
+                        EventType::Ok,
+                        model::produced(partition, value, at.offset),
+                        None,
+                    ),
+                    Ok(at) => (
+                        EventType::Fail,
+                        invoke,
+                        Some(format!(
+                            "acknowledged in partition {} instead",
+                            at.partition
+                        )),
+                    ),
+                    Err(e) => (outcome_of(&e), invoke, Some(e.to_string())),
                 };
-                let completed_ms = now_ms();
-                record(&history, |h| {
-                    h.writes.push(Write {
-                        value,
-                        partition,
-                        invoked_ms,
-                        completed_ms,
-                        outcome,
-                    })
-                });
+                event(&history, process, kind, op, error);
                 let pause = rng.gen_range(WRITER_PAUSE_MS_MIN..=WRITER_PAUSE_MS_MAX);
                 tokio::time::sleep(Duration::from_millis(pause)).await;
             }
@@ -171,8 +196,8 @@ pub async fn run(w: Workload, history: Shared, leaders: Leaders) -> turmoil::Res
         let client = client.clone();
         let history = history.clone();
         let w = w.clone();
+        let process = w.writers as u32 + partition;
         tasks.push(tokio::spawn(async move {
-            let name = format!("poll-p{partition}");
             let options = FetchOptions {
                 max_wait_ms: POLL_WAIT_MS,
                 read: ReadMode::Cp,
@@ -180,14 +205,30 @@ pub async fn run(w: Workload, history: Shared, leaders: Leaders) -> turmoil::Res
             };
             let mut next = 0u64;
             while now() < w.writes_until {
-                let invoked_ms = now_ms();
+                let invoke = model::poll(partition, next);
+                event(&history, process, EventType::Invoke, invoke.clone(), None);
                 match client.fetch(&w.topic, partition, next, options).await {
                     Ok(r) => {
-                        let read = read_of(invoked_ms, next, &r);
-                        record(&history, |h| log_of(h, &name, partition, false).push(read));
+                        let op = model::polled(
+                            partition,
+                            next,
+                            records_of(&r),
+                            r.high_watermark,
+                            r.node_id,
+                        );
+                        event(&history, process, EventType::Ok, op, None);
                         next = r.next_offset;
                     }
-                    Err(_) => tokio::time::sleep(RETRY_PAUSE).await,
+                    Err(e) => {
+                        event(
+                            &history,
+                            process,
+                            outcome_of(&e),
+                            invoke,
+                            Some(e.to_string()),
+                        );
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
                 }
             }
         }));
@@ -241,20 +282,8 @@ async fn watch_leaders(
     }
 }
 
-fn log_of<'h>(h: &'h mut History, name: &str, partition: u32, is_final: bool) -> &'h mut Vec<Read> {
-    &mut h
-        .readers
-        .entry(name.to_string())
-        .or_insert_with(|| ReaderLog {
-            partition,
-            is_final,
-            ..Default::default()
-        })
-        .reads
-}
-
-/// Reads `partition` from offset 0 up to the high watermark its first successful read gives,
-/// retrying until `deadline`.
+/// Reads `partition` from offset 0 to its end (the shared model's [`FinalRead`]), retrying
+/// until `deadline`; one operation of the [`FINAL_READER`].
 async fn read_to_end(
     client: &Client,
     topic: &str,
@@ -262,42 +291,44 @@ async fn read_to_end(
     deadline: Duration,
     history: &Shared,
 ) {
-    let name = format!("final-p{partition}");
-    record(history, |h| {
-        log_of(h, &name, partition, true);
-    });
+    let mut read = FinalRead::new(partition);
+    let invoke = read.invoke();
+    event(
+        history,
+        FINAL_READER,
+        EventType::Invoke,
+        invoke.clone(),
+        None,
+    );
     let options = FetchOptions {
         max_wait_ms: 0,
         read: ReadMode::Cp,
         ..Default::default()
     };
-    let mut next = 0u64;
-    let mut end: Option<u64> = None;
     loop {
-        if end.is_some_and(|end| next >= end) {
-            record(history, |h| {
-                if let Some(log) = h.readers.get_mut(&name) {
-                    log.reached_end = true;
-                }
-            });
-            return;
-        }
         if now() > deadline {
             let why = format!(
-                "partition {partition} was not read to its end ({end:?}) by {deadline:?}; read up to {next}"
+                "partition {partition} was not read to its end by {deadline:?}; read up to {}",
+                read.next_offset()
+            );
+            event(
+                history,
+                FINAL_READER,
+                EventType::Fail,
+                invoke,
+                Some(why.clone()),
             );
             record(history, |h| h.stuck.push(why));
             return;
         }
-        let invoked_ms = now_ms();
-        match client.fetch(topic, partition, next, options).await {
+        let from = read.next_offset();
+        match client.fetch(topic, partition, from, options).await {
             Ok(r) => {
-                let end = *end.get_or_insert(r.high_watermark);
-                let read = read_of(invoked_ms, next, &r);
-                let progressed = r.next_offset > next;
-                next = r.next_offset;
-                record(history, |h| log_of(h, &name, partition, true).push(read));
-                if !progressed && next < end {
+                if read.absorb(records_of(&r), r.next_offset, r.high_watermark) {
+                    event(history, FINAL_READER, EventType::Ok, read.into_op(), None);
+                    return;
+                }
+                if r.next_offset <= from {
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
             }
@@ -306,17 +337,10 @@ async fn read_to_end(
     }
 }
 
-/// The history's record of a fetch from `from`, sent at `invoked_ms` and answered now.
-fn read_of(invoked_ms: u64, from: u64, r: &fjord_client::FetchResult) -> Read {
-    Read {
-        invoked_ms,
-        at_ms: now_ms(),
-        from,
-        high_watermark: r.high_watermark,
-        records: r
-            .records
-            .iter()
-            .map(|c| (c.offset, String::from_utf8_lossy(&c.value).into_owned()))
-            .collect(),
-    }
+/// The records a fetch returned, as the history holds them.
+fn records_of(r: &fjord_client::FetchResult) -> Vec<fjord_harness::history::ReadRecord> {
+    r.records
+        .iter()
+        .map(|c| model::read_record(c.offset, &c.value))
+        .collect()
 }

@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use fjord_sim::nemesis::{Fault, Plan, Step, Target};
+use fjord_harness::fault::timeline::{Fault, Plan, Step, Target};
 use fjord_sim::{SimConfig, Struck, run_plan};
 
 fn step(at_ms: u64, fault: Fault) -> Step {
@@ -58,19 +58,19 @@ fn a_wiped_or_restored_node_refuses_rebuilds_and_loses_nothing() {
         }
         println!(
             "seed {seed}: {:?} ({:.1?} simulated)",
-            run.summary, run.simulated
+            run.check.totals, run.simulated
         );
-        for a in &run.anomalies {
+        for a in run.problems() {
             println!("  {a}");
         }
         assert!(
-            run.summary.acked > 0,
+            run.check.totals.produces_ok > 0,
             "seed {seed}: nothing was acknowledged"
         );
         assert!(
             run.passed(),
             "seed {seed}: {} anomalies after a node lost its disk or got an old copy back (above)",
-            run.anomalies.len()
+            run.problems().len()
         );
         // Every data loss of the schedule happened (none was held back)...
         for a in &run.applied {

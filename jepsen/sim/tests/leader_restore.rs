@@ -12,8 +12,9 @@
 //! node lost power, it was the leader of the same term again with a shorter log. It gave the
 //! entry's index to the next produce, and the followers, which held the old entry under the
 //! same log id, kept it: the acknowledged record was lost from the leader's reads, and one
-//! offset held different records on different replicas (the checker's lost writes, ack
-//! collisions, divergences, stale reads).
+//! offset held different records on different replicas (the simulation's checker of then
+//! said lost writes, ack collisions, divergences, stale reads; the shared checker's classes
+//! are lost, inconsistent and stale).
 //!
 //! The schedule here does that on purpose, once per partition and once with every node:
 //! the leader's disk slowed (each fsync 300 ms longer), produces let through for 200 ms, a
@@ -23,7 +24,7 @@
 
 use std::time::Duration;
 
-use fjord_sim::nemesis::{Fault, Plan, Step, Target};
+use fjord_harness::fault::timeline::{Fault, Plan, Step, Target};
 use fjord_sim::{SimConfig, run_plan};
 
 /// The seed that found it with this schedule (any seed does, so far).
@@ -92,21 +93,21 @@ fn leader_restore_after_power_loss_keeps_acknowledged_records() {
     }
     println!(
         "seed {seed}: {:?} ({:.1?} simulated)",
-        run.summary, run.simulated
+        run.check.totals, run.simulated
     );
-    for a in &run.anomalies {
+    for a in run.problems() {
         println!("  {a}");
     }
     let path = std::env::temp_dir().join(format!("fjord-sim-leader-restore-{seed}.trace"));
     std::fs::write(&path, &run.trace).expect("writing the trace");
     println!("trace: {}", path.display());
     assert!(
-        run.summary.acked > 0,
+        run.check.totals.produces_ok > 0,
         "seed {seed}: nothing was acknowledged"
     );
     assert!(
         run.passed(),
         "seed {seed}: {} anomalies after leaders lost power with acknowledged writes they had not synced (above)",
-        run.anomalies.len()
+        run.problems().len()
     );
 }

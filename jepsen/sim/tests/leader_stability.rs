@@ -15,7 +15,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use fjord_sim::nemesis::{Fault, Plan, Step, Target};
+use fjord_harness::fault::timeline::{Fault, Plan, Step, Target};
+use fjord_harness::stability::{LeaderStability, PartitionLeader, Watch};
 use fjord_sim::{SimConfig, Struck, run_plan};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -45,7 +46,7 @@ fn check_seed(seed: u64, config: &SimConfig) -> Vec<String> {
         },
     ];
     let run = run_plan(seed, config, &Plan::of(steps, config.heal_at));
-    let mut problems: Vec<String> = run.anomalies.iter().map(|a| a.to_string()).collect();
+    let mut problems: Vec<String> = run.problems();
     let Some((at_ms, node)) = run.applied.iter().find_map(|a| match a.struck {
         Struck::Node(n) if matches!(a.fault, Fault::Isolate(_)) => Some((a.at_ms, n)),
         _ => None,
@@ -65,22 +66,25 @@ fn check_seed(seed: u64, config: &SimConfig) -> Vec<String> {
             .map(|l| (l.partition, l.leader, l.term))
             .collect::<Vec<_>>()
     );
-    for (partition, was) in &before {
-        if was.leader == node {
-            continue;
-        }
-        for now in run
-            .leaders
-            .iter()
-            .filter(|l| l.partition == *partition && l.at_ms > at_ms)
-        {
-            problems.push(format!(
-                "p{partition}: led by node{} in term {} when node{node} (a follower) was cut off, \
-                 led by node{} in term {} at {} ms",
-                was.leader, was.term, now.leader, now.term, now.at_ms
-            ));
-        }
+    // The partitions it only followed, judged as the process tier judges its
+    // `partition-follower` faults.
+    let leader = |l: &fjord_sim::history::LeaderSeen| PartitionLeader {
+        partition: l.partition,
+        leader: Some(l.leader),
+        epoch: l.term,
+    };
+    let mut watch = Watch::new(
+        before
+            .values()
+            .filter(|was| was.leader != node)
+            .map(|was| leader(was))
+            .collect(),
+    );
+    for now in run.leaders.iter().filter(|l| l.at_ms > at_ms) {
+        watch.observe(leader(now));
     }
+    let check = watch.into_check(node, isolated_ms, None);
+    problems.extend(LeaderStability::from_checks(&[check]).examples);
     if before.len() < 3 {
         problems.push(format!("leaders of only {} partitions seen", before.len()));
     }

@@ -43,10 +43,16 @@ fn report(run: &Run, wall: std::time::Duration) {
         run.seed,
         if run.passed() { "ok" } else { "FAILED" },
         run.simulated,
-        run.summary
+        run.check.totals
     );
-    for a in &run.anomalies {
-        println!("  seed {}: {a}", run.seed);
+    if !run.passed() {
+        // One print: the seeds' threads do not interleave within it.
+        let tagged: String = run
+            .report()
+            .lines()
+            .map(|l| format!("  seed {}: {l}\n", run.seed))
+            .collect();
+        print!("{tagged}");
     }
 }
 

@@ -15,8 +15,8 @@
 
 use std::collections::HashMap;
 
-use fjord_jepsen::checker::{AnomalyKind, CheckResult, Guarantees, check};
-use fjord_jepsen::history::{Event, EventType, Op, ReadRecord};
+use fjord_harness::checker::{AnomalyKind, CheckResult, Guarantees, check};
+use fjord_harness::history::{Event, EventType, Op, ReadRecord};
 use proptest::prelude::*;
 use proptest::sample::Index;
 

@@ -93,6 +93,13 @@ pub struct Event {
     pub error: Option<String>,
 }
 
+impl Event {
+    /// The event as one line of a JSONL history (without the newline).
+    pub fn to_jsonl(&self) -> String {
+        serde_json::to_string(self).expect("an event always serializes")
+    }
+}
+
 /// Reads a history written as JSON lines.
 pub fn parse_jsonl(text: &str) -> Result<Vec<Event>, serde_json::Error> {
     text.lines()

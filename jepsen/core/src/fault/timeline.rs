@@ -1,5 +1,6 @@
-//! The nemesis: a schedule of faults decided from the seed before the run starts, so the
-//! same seed always brings the same faults at the same simulated times.
+//! The simulation's plan: a schedule of single faults decided from the seed before the run
+//! starts, so the same seed always brings the same faults at the same simulated times. The
+//! simulation (`fjord-sim`) applies each to its turmoil hosts and simulated disks.
 //!
 //! Faults: cutting the links between two nodes, cutting one node off from the other nodes,
 //! holding the messages between two nodes (delivered late, all at once, when healed), cutting

@@ -11,10 +11,10 @@
 //! it returns is an *observation* of `(partition, offset, value)`. A produce completing `info`
 //! is unknown: reading its value is fine, not reading it is fine, it is never failed or lost.
 //!
-//! - **lost**: acknowledged at offset `o` of partition `p`, its value never observed anywhere,
-//!   while some read observed an offset `> o` of `p`.
-//! - **unseen**: acknowledged, its value never observed, and no read observed an offset `> o`
-//!   of `p` (the reads simply never reached it). Under CP acks with a successful final read
+//! - **lost**: acknowledged at offset `o` of partition `p`, its value never observed at
+//!   `(p, o)` (not at all, or only elsewhere), while some read observed an offset `> o` of `p`.
+//! - **unseen**: acknowledged, its value never observed at `(p, o)`, and no read observed an
+//!   offset `> o` of `p` (the reads simply never reached it). Under CP acks with a successful final read
 //!   of `p` this is a loss at the tail; without a final read it is inconclusive (see
 //!   [`Totals::partitions_without_final_read`]).
 //! - **duplicate**: one value observed at two or more distinct `(partition, offset)`s.
@@ -34,8 +34,14 @@
 //!   `ok` completion of a produce acknowledged at some `o >= f` on `p`, yet whose
 //!   `high_watermark <= o`. Equivalently, with `m` the highest offset acknowledged on `p`
 //!   before the poll was invoked: `m >= f && high_watermark <= m`. Polls without a high
-//!   watermark are not judged. Counted in every mode; a violation only for CP reads.
-//! - **phantom**: a value observed that no produce ever invoked.
+//!   watermark are not judged. Also stale: an `ok` poll of `p` whose `high_watermark` is
+//!   below the highest one an earlier `ok` poll of `p` by the same process answered (the
+//!   earlier poll completed before this one was invoked, so the log it showed committed
+//!   must still be there); reported only when the first rule did not already report the poll,
+//!   with the two watermarks as its offsets. Counted in every mode; a violation only for CP
+//!   reads.
+//! - **phantom**: a value observed that no produce ever invoked, or observed in a partition
+//!   other than the one its produce named.
 //! - **malformed**: the history breaks its own rules (see
 //!   [`crate::history::PairingError`]), a value invoked by two produces, or an `ok` produce
 //!   without an offset. Any of these makes the other verdicts untrustworthy.
@@ -45,8 +51,9 @@
 //! [`MAX_VALUES_PER_ANOMALY`] places or values, so a pathological run cannot exhaust memory
 //! through its report.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
@@ -184,7 +191,7 @@ pub struct Totals {
     pub produces_failed: u64,
     /// Produces completing `info` or never completing.
     pub produces_unknown: u64,
-    /// Acknowledged produces whose value some read observed.
+    /// Acknowledged produces whose value some read observed at its acknowledged offset.
     pub acknowledged_read: u64,
     /// Unknown produces whose value some read observed (so they did happen).
     pub unknown_read: u64,
@@ -250,6 +257,61 @@ impl CheckResult {
 
     pub fn is_valid(&self, g: Guarantees) -> bool {
         self.violations(g).is_empty()
+    }
+
+    /// The anomaly counts as both tiers print them: one line per class, marked a violation
+    /// of `g` or allowed, with the share of the operations it concerns, then the totals that
+    /// put them in proportion.
+    pub fn counts_text(&self, g: Guarantees) -> String {
+        let mut t = String::new();
+        let acked = self.totals.produces_ok;
+        for k in AnomalyKind::ALL {
+            let n = self.class(k).count;
+            let verdict = match (n, k.is_violation(g)) {
+                (0, _) => "",
+                (_, true) => "  VIOLATION",
+                (_, false) => "  allowed in this mode",
+            };
+            let share = match k {
+                AnomalyKind::Lost | AnomalyKind::Unseen if n > 0 && acked > 0 => {
+                    format!(" ({:.2}% of acknowledged)", 100.0 * n as f64 / acked as f64)
+                }
+                AnomalyKind::Stale if n > 0 && self.totals.polls_ok > 0 => format!(
+                    " ({:.2}% of ok polls)",
+                    100.0 * n as f64 / self.totals.polls_ok as f64
+                ),
+                _ => String::new(),
+            };
+            let _ = writeln!(t, "  {:<13} {n:>8}{share}{verdict}", k.name());
+        }
+        if !self.totals.partitions_without_final_read.is_empty() {
+            let _ = writeln!(
+                t,
+                "  note: no final read of partitions {:?}; unseen there is inconclusive",
+                self.totals.partitions_without_final_read
+            );
+        }
+        let _ = writeln!(
+            t,
+            "  ({} acknowledged read back, {} of {} unknown produces found written, {} seeks)",
+            self.totals.acknowledged_read,
+            self.totals.unknown_read,
+            self.totals.produces_unknown,
+            self.totals.seeks
+        );
+        t
+    }
+
+    /// Up to `per_class` anomalies of each class found, with the events that prove them.
+    pub fn examples_text(&self, per_class: usize) -> String {
+        let mut t = String::new();
+        for (k, n) in self.found() {
+            let _ = writeln!(t, "  {} ({n}):", k.name());
+            for a in self.class(k).ops.iter().take(per_class) {
+                let _ = writeln!(t, "    - {} [events {:?}]", a.explanation, a.events);
+            }
+        }
+        t
     }
 }
 
@@ -361,6 +423,14 @@ struct Checker {
     max_read: HashMap<u32, (u64, u64)>,
     /// Per (process, partition), the last offset its polls returned and that poll's completion.
     last_polled: HashMap<(u32, u32), (u64, u64)>,
+    /// Per (process, partition), the highest high watermark its polls answered, and that
+    /// poll's completion.
+    highest_watermark: HashMap<(u32, u32), (u64, u64)>,
+    /// Acknowledged values observed at their acknowledged `(partition, offset)`.
+    acked_read_in_place: HashSet<u64>,
+    /// Produced values observed in a partition other than their produce's: the first such
+    /// `(partition, offset, event)`.
+    misplaced: HashMap<u64, (u32, u64, u64)>,
     /// Per partition any operation touched, whether an `ok` final read covered it.
     touched: HashMap<u32, bool>,
 }
@@ -481,8 +551,10 @@ impl Checker {
                 self.touched.entry(partition).or_insert(false);
                 self.out.totals.polls_ok += 1;
                 self.poll_order(op, partition, from_offset, records);
-                if let Some(hw) = *high_watermark {
-                    self.stale(op, partition, from_offset, hw);
+                if let Some(hw) = *high_watermark
+                    && !self.stale(op, partition, from_offset, hw)
+                {
+                    self.watermark_regressed(op, partition, from_offset, hw);
                 }
                 for r in records {
                     self.observe(partition, *r, done.index, Source::Poll);
@@ -572,13 +644,14 @@ impl Checker {
         }
     }
 
-    fn stale(&mut self, op: &Operation<'_>, partition: u32, from_offset: u64, hw: u64) {
+    /// The first stale rule (an acknowledgement the poll misses); whether it reported one.
+    fn stale(&mut self, op: &Operation<'_>, partition: u32, from_offset: u64, hw: u64) -> bool {
         let invoke = op.invoke.index;
         let Some(m) = self.acked_before(partition, invoke) else {
-            return;
+            return false;
         };
         if m.offset < from_offset || hw > m.offset {
-            return;
+            return false;
         }
         let done = op.completion.map_or(invoke, |c| c.index);
         let node = match op.completion.map(|c| &c.op) {
@@ -597,10 +670,57 @@ impl Checker {
                 m.offset, m.value, m.event
             ),
         });
+        true
+    }
+
+    /// The second stale rule: the high watermark went down between two polls of one process.
+    fn watermark_regressed(
+        &mut self,
+        op: &Operation<'_>,
+        partition: u32,
+        from_offset: u64,
+        hw: u64,
+    ) {
+        let invoke = op.invoke.index;
+        let done = op.completion.map_or(invoke, |c| c.index);
+        let process = op.invoke.process;
+        let highest = self
+            .highest_watermark
+            .entry((process, partition))
+            .or_insert((hw, done));
+        let (before, by) = *highest;
+        if hw >= before {
+            *highest = (hw, done);
+            return;
+        }
+        let node = match op.completion.map(|c| &c.op) {
+            Some(Op::Poll { node: Some(n), .. }) => format!("node {n}"),
+            _ => "the replica".to_string(),
+        };
+        self.out.stale.push(|| Anomaly {
+            events: vec![by, invoke, done],
+            partition,
+            offsets: vec![hw, before],
+            values: vec![],
+            explanation: format!(
+                "poll of partition {partition} from offset {from_offset} (event {invoke}) was \
+                 answered by {node} with high watermark {hw}, below the {before} process \
+                 {process}'s earlier poll of it was answered with (event {by})"
+            ),
+        });
     }
 
     fn observe(&mut self, partition: u32, r: ReadRecord, event: u64, source: Source) {
         self.out.totals.records_read += 1;
+        if let Some(p) = self.produces.get(&r.value) {
+            if p.partition != partition {
+                self.misplaced
+                    .entry(r.value)
+                    .or_insert((partition, r.offset, event));
+            } else if p.offset == Some(r.offset) {
+                self.acked_read_in_place.insert(r.value);
+            }
+        }
         let max = self.max_read.entry(partition).or_insert((r.offset, event));
         if r.offset > max.0 {
             *max = (r.offset, event);
@@ -678,10 +798,18 @@ impl Checker {
                 v
             };
             match (p.outcome, p.offset, seen) {
-                (EventType::Ok, _, Some(_)) => self.out.totals.acknowledged_read += 1,
-                (EventType::Ok, Some(o), None) => {
+                (EventType::Ok, Some(o), seen) if !self.acked_read_in_place.contains(&value) => {
                     let partition = p.partition;
                     let acked = p.completion.unwrap_or(p.invoke);
+                    // Read, but only at other places: the duplicate or phantom rules say where.
+                    let never_read = match seen {
+                        None => "was never read".to_string(),
+                        Some(s) => format!(
+                            "was never read there (only elsewhere, first at offset {} of \
+                             partition {}, event {})",
+                            s.offset, s.partition, s.event
+                        ),
+                    };
                     match self.max_read.get(&partition) {
                         Some(&(m, by)) if m > o => self.out.lost.push(|| {
                             let mut events = events();
@@ -693,7 +821,7 @@ impl Checker {
                                 values: vec![value],
                                 explanation: format!(
                                     "value {value} acknowledged at offset {o} of partition \
-                                     {partition} (event {acked}) was never read, though a read \
+                                     {partition} (event {acked}) {never_read}, though a read \
                                      (event {by}) reached offset {m}"
                                 ),
                             }
@@ -705,13 +833,14 @@ impl Checker {
                             values: vec![value],
                             explanation: format!(
                                 "value {value} acknowledged at offset {o} of partition \
-                                 {partition} (event {acked}) was never read, and no read got \
+                                 {partition} (event {acked}) {never_read}, and no read got \
                                  past it (highest offset read: {})",
                                 highest.map_or("none".to_string(), |h| h.0.to_string())
                             ),
                         }),
                     }
                 }
+                (EventType::Ok, _, Some(_)) => self.out.totals.acknowledged_read += 1,
                 (EventType::Fail, _, Some(s)) => {
                     let (partition, offset, by) = (s.partition, s.offset, s.event);
                     self.out.aborted.push(|| {
@@ -740,17 +869,22 @@ impl Checker {
 
     fn duplicates_and_phantoms(&mut self) {
         let mut dups: Vec<(u64, &Seen)> = Vec::new();
-        let mut phantoms: Vec<(u64, &Seen)> = Vec::new();
+        // (event, value, partition, offset, the partition its produce named, if any)
+        let mut phantoms: Vec<(u64, u64, u32, u64, Option<u32>)> = Vec::new();
         for (&value, seen) in &self.reads {
             if !seen.more.is_empty() {
                 dups.push((value, seen));
             }
             if !self.produces.contains_key(&value) {
-                phantoms.push((value, seen));
+                phantoms.push((seen.event, value, seen.partition, seen.offset, None));
             }
         }
+        for (&value, &(partition, offset, event)) in &self.misplaced {
+            let named = self.produces.get(&value).map(|p| p.partition);
+            phantoms.push((event, value, partition, offset, named));
+        }
         dups.sort_unstable_by_key(|&(v, s)| (s.event, v));
-        phantoms.sort_unstable_by_key(|&(v, s)| (s.event, v));
+        phantoms.sort_unstable();
         for (value, s) in dups {
             self.out.duplicate.push(|| {
                 let places = std::iter::once((s.partition, s.offset, s.event))
@@ -770,16 +904,19 @@ impl Checker {
                 }
             });
         }
-        for (value, s) in phantoms {
+        for (event, value, partition, offset, named) in phantoms {
+            let why = match named {
+                None => "no produce ever wrote it".to_string(),
+                Some(p) => format!("its produce wrote it to partition {p}"),
+            };
             self.out.phantom.push(|| Anomaly {
-                events: vec![s.event],
-                partition: s.partition,
-                offsets: vec![s.offset],
+                events: vec![event],
+                partition,
+                offsets: vec![offset],
                 values: vec![value],
                 explanation: format!(
-                    "value {value} was read at offset {} of partition {} (event {}) but no \
-                     produce ever wrote it",
-                    s.offset, s.partition, s.event
+                    "value {value} was read at offset {offset} of partition {partition} (event \
+                     {event}) but {why}"
                 ),
             });
         }
@@ -957,6 +1094,19 @@ mod tests {
             .collect()
     }
 
+    /// Asserts where `a` happened: its partition, offsets and values.
+    fn is_at(a: &Anomaly, partition: u32, offsets: &[u64], values: &[u64]) {
+        assert_eq!(
+            (a.partition, &a.offsets[..], &a.values[..]),
+            (partition, offsets, values)
+        );
+    }
+
+    /// Asserts that `a`'s explanation says `text`.
+    fn says(a: &Anomaly, text: &str) {
+        assert!(a.explanation.contains(text), "{}", a.explanation);
+    }
+
     /// Asserts that exactly `kind` was found, `n` times.
     fn only(r: &CheckResult, kind: AnomalyKind, n: u64) {
         assert_eq!(r.found(), vec![(kind, n)], "{r:#?}");
@@ -1006,15 +1156,8 @@ mod tests {
         only(&r, AnomalyKind::Lost, 1);
         let a = &r.lost.ops[0];
         assert_eq!(a.events, vec![i, d, fr]);
-        assert_eq!(
-            (a.partition, &a.offsets, &a.values),
-            (0, &vec![1], &vec![11])
-        );
-        assert!(
-            a.explanation.contains("reached offset 2"),
-            "{}",
-            a.explanation
-        );
+        is_at(a, 0, &[1], &[11]);
+        says(a, "reached offset 2");
         assert_eq!(r.totals.final_read_gaps, 1);
         assert!(!r.is_valid(Guarantees::CP));
         assert!(r.is_valid(Guarantees::AP), "AP acks may lose records");
@@ -1031,15 +1174,8 @@ mod tests {
         only(&r, AnomalyKind::Unseen, 1);
         let a = &r.unseen.ops[0];
         assert_eq!(a.events, vec![i, d]);
-        assert_eq!(
-            (a.partition, &a.offsets, &a.values),
-            (0, &vec![1], &vec![11])
-        );
-        assert!(
-            a.explanation.contains("highest offset read: 0"),
-            "{}",
-            a.explanation
-        );
+        is_at(a, 0, &[1], &[11]);
+        says(a, "highest offset read: 0");
     }
 
     #[test]
@@ -1053,10 +1189,7 @@ mod tests {
         only(&r, AnomalyKind::Duplicate, 1);
         let a = &r.duplicate.ops[0];
         assert_eq!(a.events, vec![p, p]);
-        assert_eq!(
-            (a.partition, &a.offsets, &a.values),
-            (0, &vec![0, 2], &vec![10])
-        );
+        is_at(a, 0, &[0, 2], &[10]);
         assert_ne!(fr, p);
     }
 
@@ -1078,21 +1211,11 @@ mod tests {
         only(&r, AnomalyKind::Inconsistent, 2);
         let a = &r.inconsistent.ops[0];
         assert_eq!(a.events, vec![ack, p]);
-        assert_eq!(
-            (a.partition, &a.offsets, &a.values),
-            (0, &vec![1], &vec![11, 12])
-        );
-        assert!(
-            a.explanation.contains("11 (produce ack"),
-            "{}",
-            a.explanation
-        );
+        is_at(a, 0, &[1], &[11, 12]);
+        says(a, "11 (produce ack");
         let b = &r.inconsistent.ops[1];
         assert_eq!(b.events, vec![q, fr1]);
-        assert_eq!(
-            (b.partition, &b.offsets, &b.values),
-            (1, &vec![0], &vec![20, 21])
-        );
+        is_at(b, 1, &[0], &[20, 21]);
         assert!(r.is_valid(Guarantees::from_modes("cp", "ap")));
         assert!(!r.is_valid(Guarantees::CP));
     }
@@ -1148,10 +1271,7 @@ mod tests {
         only(&r, AnomalyKind::Aborted, 1);
         let a = &r.aborted.ops[0];
         assert_eq!(a.events, vec![i, f, fr]);
-        assert_eq!(
-            (a.partition, &a.offsets, &a.values),
-            (0, &vec![1], &vec![11])
-        );
+        is_at(a, 0, &[1], &[11]);
     }
 
     #[test]
@@ -1173,10 +1293,7 @@ mod tests {
         only(&r, AnomalyKind::Stale, 1);
         let a = &r.stale.ops[0];
         assert_eq!(a.events, vec![ack, i1, p1]);
-        assert_eq!(
-            (a.partition, &a.offsets, &a.values),
-            (0, &vec![1], &vec![11])
-        );
+        is_at(a, 0, &[1], &[11]);
         assert!(
             a.explanation
                 .contains("node 2 answered with high watermark 1")
@@ -1184,6 +1301,70 @@ mod tests {
         assert!(i0 < ack);
         assert!(r.is_valid(Guarantees::from_modes("CP", "ap")));
         assert!(!r.is_valid(Guarantees::from_modes("ap", "cp")));
+    }
+
+    #[test]
+    fn a_high_watermark_going_down_between_two_polls_is_stale() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        h.ack(1, 0, 11, 1);
+        let (_, p1) = h.poll(5, 0, 0, &[(0, 10), (1, 11)], 2);
+        // From 2, so no acknowledgement is missed; but the earlier poll showed 2 committed.
+        let (i2, p2) = h.poll(5, 0, 2, &[], 1);
+        h.final_read(0, &[(0, 10), (1, 11)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Stale, 1);
+        let a = &r.stale.ops[0];
+        assert_eq!(a.events, vec![p1, i2, p2]);
+        assert_eq!((a.partition, &a.offsets), (0, &vec![1, 2]));
+        assert!(
+            a.explanation
+                .contains("node 2 with high watermark 1, below the 2"),
+            "{}",
+            a.explanation
+        );
+        assert!(r.is_valid(Guarantees::from_modes("cp", "ap")));
+        assert!(!r.is_valid(Guarantees::CP));
+    }
+
+    #[test]
+    fn an_acknowledged_value_read_only_at_another_offset_is_lost() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        let (i, d) = h.ack(1, 0, 11, 1);
+        h.ack(1, 0, 12, 2);
+        let (_, fr) = h.final_read(0, &[(0, 10), (2, 12), (3, 11)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Lost, 1);
+        let a = &r.lost.ops[0];
+        assert_eq!(a.events, vec![i, d, fr]);
+        assert_eq!((&a.offsets, &a.values), (&vec![1], &vec![11]));
+        says(a, "only elsewhere, first at offset 3");
+    }
+
+    #[test]
+    fn a_value_read_in_another_partition_than_its_produce_is_a_phantom() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        h.ack(1, 1, 20, 0);
+        h.final_read(0, &[(0, 10)]);
+        let (_, fr) = h.final_read(1, &[(0, 20), (1, 10)]);
+        let r = check(&h.events);
+        // At two places, too.
+        assert_eq!(
+            r.found(),
+            vec![(AnomalyKind::Duplicate, 1), (AnomalyKind::Phantom, 1)],
+            "{r:#?}"
+        );
+        let a = &r.phantom.ops[0];
+        assert_eq!(a.events, vec![fr]);
+        is_at(a, 1, &[1], &[10]);
+        assert!(
+            a.explanation
+                .contains("its produce wrote it to partition 0"),
+            "{}",
+            a.explanation
+        );
     }
 
     #[test]
@@ -1195,10 +1376,7 @@ mod tests {
         only(&r, AnomalyKind::Phantom, 1);
         let a = &r.phantom.ops[0];
         assert_eq!(a.events, vec![fr]);
-        assert_eq!(
-            (a.partition, &a.offsets, &a.values),
-            (0, &vec![1], &vec![999])
-        );
+        is_at(a, 0, &[1], &[999]);
     }
 
     #[test]
@@ -1230,6 +1408,35 @@ mod tests {
         assert_eq!(r.unseen.count, n);
         assert_eq!(r.unseen.ops.len(), MAX_EXAMPLES_PER_CLASS);
         assert_eq!(r.unseen.ops[0].values, vec![0]);
+    }
+
+    #[test]
+    fn the_counts_say_which_classes_break_the_guarantees() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        h.ack(1, 0, 11, 1);
+        h.final_read(0, &[(0, 10)]);
+        let r = check(&h.events);
+        let line = |g| {
+            r.counts_text(g)
+                .lines()
+                .find(|l| l.trim_start().starts_with("unseen"))
+                .map(str::to_string)
+        };
+        assert_eq!(
+            line(Guarantees::CP).as_deref(),
+            Some("  unseen               1 (50.00% of acknowledged)  VIOLATION")
+        );
+        assert!(
+            line(Guarantees::AP)
+                .unwrap()
+                .ends_with("allowed in this mode")
+        );
+        let examples = r.examples_text(3);
+        assert!(
+            examples.starts_with("  unseen (1):\n    - value 11 "),
+            "{examples}"
+        );
     }
 
     #[test]

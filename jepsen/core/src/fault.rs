@@ -1,0 +1,230 @@
+//! The fault plans: which faults a run suffers and when, decided from the seed before the run
+//! starts. Pure functions of their inputs; each tier carries the faults out (`fjord-jepsen`:
+//! namespaces, nftables, signals, lazyfs; `fjord-sim`: turmoil's links and hosts, simulated
+//! disks) and resolves what depends on the cluster's state when the fault strikes ("the
+//! leader of partition 2").
+//!
+//! Two shapes of plan, one per way of running a cluster:
+//! - [`steps`]: steps of a few seconds, each naming its [`FaultKind`]s and a seed from which
+//!   the tier draws the step's own choices (which node, which half, how long until a
+//!   restart) as it starts the step. The process tier's plan: real faults take real time,
+//!   and targets come from the live cluster.
+//! - [`timeline`]: single faults at simulated milliseconds, every choice drawn up front, and
+//!   restarts as faults of their own. The simulation's plan: replaying a seed replays the
+//!   faults to the millisecond.
+//!
+//! [`FaultKind`] is the harness's vocabulary of fault classes (`partition-leader`, `kill`,
+//! `crash-unsynced`, ...), as `--faults` takes them and reports name them.
+
+pub mod steps;
+pub mod timeline;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// One kind of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// Cut the leader of one partition off from the other nodes (clients still reach it).
+    PartitionLeader,
+    /// Cut the metadata leader off from the other nodes.
+    PartitionMetaLeader,
+    /// Split the nodes into a majority and a minority.
+    PartitionHalves,
+    /// Two halves that cannot talk to each other, and one node that talks to both.
+    PartitionBridge,
+    /// One node's packets to the others are dropped; theirs to it still arrive.
+    PartitionOneWay,
+    /// The clients cannot reach one node.
+    PartitionClient,
+    /// A share of the packets between nodes is dropped.
+    PacketLoss,
+    /// kill -9 a minority of nodes; restart them when the step ends.
+    Kill,
+    /// SIGSTOP a minority of nodes; SIGCONT them when the step ends.
+    Pause,
+    /// Move one node's wall clock by up to ±10 minutes.
+    ClockJump,
+    /// Make one node's wall clock run at 0.25-4 times the real rate.
+    ClockSkew,
+    /// kill -9 a node and drop the writes its disk had not fsynced.
+    CrashUnsynced,
+    /// Every node crashes at once and loses its unsynced writes, as in a power cut.
+    PowerLoss,
+    /// One node's disk refuses writes (ENOSPC).
+    DiskFull,
+    /// kill -9 a node, flip random bits in its data file, restart it.
+    Bitflip,
+    /// A partition leader's fsyncs answer tens to hundreds of ms late, so its followers
+    /// flush first; often followed, in the same step, by a crash-unsynced of that leader or
+    /// a power loss.
+    SlowDisk,
+    /// Cut one node that leads nothing (if any) off from the other nodes for 1-3 s, heal, and
+    /// check that the partitions it only followed kept their leader and term.
+    PartitionFollower,
+    /// kill -9 a node, delete its data directory (a lost disk), restart it (after 0-1.5 s, or
+    /// at the step's end). A node that refuses its empty directory is started again with
+    /// `--rebuild`.
+    DiskLoss,
+    /// The first time for a node: kill -9 it, copy its data directory (a backup), restart it.
+    /// The next time: kill -9 it, put the copy back (a restored old backup), restart it; one
+    /// that refuses the old copy is started again with `--rebuild`.
+    StaleCopy,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 19] = [
+        FaultKind::PartitionLeader,
+        FaultKind::PartitionMetaLeader,
+        FaultKind::PartitionHalves,
+        FaultKind::PartitionBridge,
+        FaultKind::PartitionOneWay,
+        FaultKind::PartitionClient,
+        FaultKind::PacketLoss,
+        FaultKind::Kill,
+        FaultKind::Pause,
+        FaultKind::ClockJump,
+        FaultKind::ClockSkew,
+        FaultKind::CrashUnsynced,
+        FaultKind::PowerLoss,
+        FaultKind::DiskFull,
+        FaultKind::Bitflip,
+        FaultKind::SlowDisk,
+        FaultKind::PartitionFollower,
+        FaultKind::DiskLoss,
+        FaultKind::StaleCopy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::PartitionLeader => "partition-leader",
+            FaultKind::PartitionMetaLeader => "partition-meta-leader",
+            FaultKind::PartitionHalves => "partition-halves",
+            FaultKind::PartitionBridge => "partition-bridge",
+            FaultKind::PartitionOneWay => "partition-one-way",
+            FaultKind::PartitionClient => "partition-client",
+            FaultKind::PacketLoss => "packet-loss",
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::ClockJump => "clock-jump",
+            FaultKind::ClockSkew => "clock-skew",
+            FaultKind::CrashUnsynced => "crash-unsynced",
+            FaultKind::PowerLoss => "power-loss",
+            FaultKind::DiskFull => "disk-full",
+            FaultKind::Bitflip => "bitflip",
+            FaultKind::SlowDisk => "slow-disk",
+            FaultKind::PartitionFollower => "partition-follower",
+            FaultKind::DiskLoss => "disk-loss",
+            FaultKind::StaleCopy => "stale-copy",
+        }
+    }
+
+    /// Whether the fault needs the nodes' data on a lazy filesystem.
+    pub fn needs_lazy_disk(self) -> bool {
+        matches!(
+            self,
+            FaultKind::CrashUnsynced
+                | FaultKind::PowerLoss
+                | FaultKind::DiskFull
+                | FaultKind::SlowDisk
+        )
+    }
+
+    /// Whether the fault takes node processes down or stops them.
+    pub fn is_process(self) -> bool {
+        matches!(
+            self,
+            FaultKind::Kill
+                | FaultKind::Pause
+                | FaultKind::CrashUnsynced
+                | FaultKind::PowerLoss
+                | FaultKind::Bitflip
+                | FaultKind::DiskLoss
+                | FaultKind::StaleCopy
+        )
+    }
+
+    /// Whether the fault is in the network (partitions, packet loss).
+    pub fn is_network(self) -> bool {
+        self.name().starts_with("partition") || self == FaultKind::PacketLoss
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Parses a comma-separated list of fault kinds and groups: `partition` (every network
+/// fault), `process` (kill, pause), `clock`, `disk` (crash-unsynced, power-loss, disk-full,
+/// bitflip, slow-disk), `all`, `none`.
+pub fn parse_faults(s: &str) -> Result<BTreeSet<FaultKind>, String> {
+    let mut set = BTreeSet::new();
+    for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        match word {
+            "none" => {}
+            "all" => set.extend(FaultKind::ALL),
+            "partition" | "network" => {
+                set.extend(FaultKind::ALL.into_iter().filter(|k| k.is_network()))
+            }
+            "process" => set.extend([FaultKind::Kill, FaultKind::Pause]),
+            "clock" => set.extend([FaultKind::ClockJump, FaultKind::ClockSkew]),
+            "disk" => set.extend([
+                FaultKind::CrashUnsynced,
+                FaultKind::PowerLoss,
+                FaultKind::DiskFull,
+                FaultKind::Bitflip,
+                FaultKind::SlowDisk,
+                FaultKind::DiskLoss,
+                FaultKind::StaleCopy,
+            ]),
+            other => {
+                let kind = FaultKind::ALL
+                    .into_iter()
+                    .find(|k| k.name() == other)
+                    .ok_or_else(|| {
+                        format!(
+                            "unknown fault {other:?}: use all, none, partition, process, clock, disk, or one of {}",
+                            FaultKind::ALL.map(FaultKind::name).join(", ")
+                        )
+                    })?;
+                set.insert(kind);
+            }
+        }
+    }
+    Ok(set)
+}
+
+impl FromStr for FaultKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let set = parse_faults(s)?;
+        match set.len() {
+            1 => Ok(*set.iter().next().expect("one")),
+            _ => Err(format!("{s:?} is not a single fault kind")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_names_parse_and_unknown_ones_are_refused() {
+        assert_eq!(parse_faults("kill,pause").unwrap().len(), 2);
+        assert!(
+            parse_faults("disk")
+                .unwrap()
+                .contains(&FaultKind::PowerLoss)
+        );
+        let err = parse_faults("explode").unwrap_err();
+        assert!(err.contains("unknown fault \"explode\""), "{err}");
+        assert_eq!("clock-jump".parse::<FaultKind>(), Ok(FaultKind::ClockJump));
+    }
+}

@@ -1,0 +1,27 @@
+//! The core of fjord's fault harness, shared by its two tiers: `fjord-jepsen` (real `fjord
+//! serve` processes in network namespaces) and `fjord-sim` (the node code under turmoil).
+//! Both record their runs in the format defined here and judge them with the one checker
+//! here, so both report the same anomaly classes in the same words.
+//!
+//! Everything here is pure data and functions: no I/O runtime, no clock, no network (its
+//! dependencies are serde, serde_json and rand). Each tier keeps only its effects (running
+//! the workload against its cluster, carrying out faults) and feeds what it saw in here. A
+//! new workload goes here once: its operations in [`history`], its rules in a checker, its
+//! pure model beside [`workload`]; each tier then adds only the loop that runs it.
+//!
+//! # Layout
+//! - [`history`]: the recorded operations, one JSON object per line, and their pairing into
+//!   invoke/completion operations.
+//! - [`checker`]: the check of a history: lost, unseen, duplicated, inconsistent,
+//!   nonmonotonic, aborted, stale and phantom reads, each with the events that prove it.
+//! - [`workload`]: the operations, the values and how producers choose partitions, and the
+//!   final read's end.
+//! - [`fault`]: the fault vocabulary and the seeded fault plans ([`fault::steps`] for the
+//!   process tier, [`fault::timeline`] for the simulation).
+//! - [`stability`]: leader stability across follower isolations, judged from the leaders a
+//!   tier observed.
+pub mod checker;
+pub mod fault;
+pub mod history;
+pub mod stability;
+pub mod workload;

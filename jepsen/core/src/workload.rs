@@ -1,0 +1,217 @@
+//! The workload model both tiers run, as far as it is pure: what an operation is (the
+//! history's [`Op`]s, built here), how values are chosen (unique integers from 1, written as
+//! their decimal text), how a producer picks partitions (its own seeded stream), which
+//! process the final reader is, and when a final read is done.
+//!
+//! Each tier drives this with fjord's client against its cluster (`fjord-jepsen`: real
+//! processes; `fjord-sim`: turmoil hosts) and records what happened in the history.
+//!
+//! What must hold: a value is produced at most once in a run (one [`Values`] per run); a
+//! record whose bytes are not a value reads as [`NOT_A_VALUE`], which no produce writes, so
+//! the checker calls it a phantom.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::history::{Op, ReadRecord};
+
+/// What a record that does not hold a value reads as.
+pub const NOT_A_VALUE: u64 = u64::MAX;
+
+/// The process that does the final reads (apart from producers' and consumers' numbers).
+pub const FINAL_READER: u32 = u32::MAX - 1;
+
+/// The run's unique values, from 1, shared by its producers.
+#[derive(Debug)]
+pub struct Values(AtomicU64);
+
+impl Default for Values {
+    fn default() -> Self {
+        Values(AtomicU64::new(1))
+    }
+}
+
+impl Values {
+    /// A value no one produced before in this run.
+    pub fn next(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A value as a record's payload.
+pub fn encode(value: u64) -> String {
+    value.to_string()
+}
+
+/// A record's payload as a value; [`NOT_A_VALUE`] if it is not one.
+pub fn decode(payload: &[u8]) -> u64 {
+    std::str::from_utf8(payload)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(NOT_A_VALUE)
+}
+
+/// A record read back at `offset`.
+pub fn read_record(offset: u64, payload: &[u8]) -> ReadRecord {
+    ReadRecord {
+        offset,
+        value: decode(payload),
+    }
+}
+
+/// The random stream of the producer numbered `stream` (each tier numbers its own), from
+/// which it draws its partitions.
+pub fn producer_rng(seed: u64, stream: u64) -> StdRng {
+    StdRng::seed_from_u64(seed ^ (stream << 32))
+}
+
+/// The partition a producer sends its next value to.
+pub fn pick_partition(rng: &mut impl Rng, partitions: u32) -> u32 {
+    rng.gen_range(0..partitions)
+}
+
+/// The invoke of a produce of `value` to `partition`, and its completion if not `ok`.
+pub fn produce(partition: u32, value: u64) -> Op {
+    Op::Produce {
+        partition,
+        value,
+        offset: None,
+    }
+}
+
+/// The `ok` completion of a produce acknowledged at `offset`.
+pub fn produced(partition: u32, value: u64, offset: u64) -> Op {
+    Op::Produce {
+        partition,
+        value,
+        offset: Some(offset),
+    }
+}
+
+/// The invoke of a poll of `partition` from `from_offset`, and its completion if not `ok`.
+pub fn poll(partition: u32, from_offset: u64) -> Op {
+    Op::Poll {
+        partition,
+        from_offset,
+        records: vec![],
+        high_watermark: None,
+        node: None,
+    }
+}
+
+/// The `ok` completion of a poll: what `node` answered.
+pub fn polled(
+    partition: u32,
+    from_offset: u64,
+    records: Vec<ReadRecord>,
+    high_watermark: u64,
+    node: u64,
+) -> Op {
+    Op::Poll {
+        partition,
+        from_offset,
+        records,
+        high_watermark: Some(high_watermark),
+        node: Some(node),
+    }
+}
+
+/// A final read of one partition in progress: from offset 0 to the high watermark of the
+/// latest answer. The invoke is [`FinalRead::invoke`], the `ok` completion
+/// [`FinalRead::into_op`] once [`FinalRead::absorb`] said it is done.
+#[derive(Debug, Clone)]
+pub struct FinalRead {
+    partition: u32,
+    records: Vec<ReadRecord>,
+    next: u64,
+}
+
+impl FinalRead {
+    pub fn new(partition: u32) -> FinalRead {
+        FinalRead {
+            partition,
+            records: Vec::new(),
+            next: 0,
+        }
+    }
+
+    /// The invoke (and a completion that is not `ok`).
+    pub fn invoke(&self) -> Op {
+        Op::FinalRead {
+            partition: self.partition,
+            records: vec![],
+        }
+    }
+
+    /// The offset to ask for next.
+    pub fn next_offset(&self) -> u64 {
+        self.next
+    }
+
+    /// Takes one answer: its records, the offset it says to ask next, and its high
+    /// watermark. True when the read has reached that high watermark.
+    pub fn absorb(
+        &mut self,
+        records: impl IntoIterator<Item = ReadRecord>,
+        next_offset: u64,
+        high_watermark: u64,
+    ) -> bool {
+        self.records.extend(records);
+        self.next = next_offset;
+        self.next >= high_watermark
+    }
+
+    /// The `ok` completion: every record read.
+    pub fn into_op(self) -> Op {
+        Op::FinalRead {
+            partition: self.partition,
+            records: self.records,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_unique_and_round_trip_through_a_payload() {
+        let values = Values::default();
+        let (a, b) = (values.next(), values.next());
+        assert_eq!((a, b), (1, 2));
+        assert_eq!(decode(encode(b).as_bytes()), b);
+        assert_eq!(decode(b"w0.1"), NOT_A_VALUE);
+    }
+
+    #[test]
+    fn a_final_read_ends_at_the_latest_high_watermark() {
+        let mut read = FinalRead::new(2);
+        assert!(!read.absorb([read_record(0, b"7")], 1, 3));
+        assert_eq!(read.next_offset(), 1);
+        assert!(read.absorb([read_record(1, b"8"), read_record(2, b"9")], 3, 3));
+        match read.into_op() {
+            Op::FinalRead { partition, records } => {
+                assert_eq!(partition, 2);
+                assert_eq!(
+                    records.iter().map(|r| r.value).collect::<Vec<_>>(),
+                    [7, 8, 9]
+                );
+            }
+            op => panic!("{op:?}"),
+        }
+    }
+
+    #[test]
+    fn a_producer_stream_is_a_function_of_the_seed_and_its_number() {
+        let draw = |seed, stream| {
+            let mut rng = producer_rng(seed, stream);
+            (0..20)
+                .map(|_| pick_partition(&mut rng, 3))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(5, 1), draw(5, 1));
+        assert_ne!(draw(5, 1), draw(5, 2));
+    }
+}
