@@ -63,6 +63,10 @@ struct Common {
     producers: u32,
     #[arg(long, default_value_t = 1)]
     consumers_per_partition: u32,
+    /// Processes writing as named producers that fence their own earlier instances and let
+    /// the fenced one go on writing (checked by the `zombie` rule).
+    #[arg(long, default_value_t = 1)]
+    fencing_writers: u32,
     /// An operation without an answer after this long is recorded as unknown (info).
     #[arg(long, default_value_t = 5_000)]
     op_timeout_ms: u64,
@@ -129,6 +133,7 @@ impl Common {
             read: self.read.clone(),
             producers: self.producers,
             consumers_per_partition: self.consumers_per_partition,
+            fencing_writers: self.fencing_writers,
             op_timeout_ms: self.op_timeout_ms,
             recovery_secs: self.recovery_secs,
             out_dir: out,

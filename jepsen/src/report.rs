@@ -814,6 +814,7 @@ mod tests {
                 kind,
                 op,
                 error: None,
+                instance: None,
             });
         }
 

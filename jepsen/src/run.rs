@@ -40,6 +40,8 @@ pub struct RunOptions {
     pub read: String,
     pub producers: u32,
     pub consumers_per_partition: u32,
+    /// Named-producer processes of the fencing workload.
+    pub fencing_writers: u32,
     pub op_timeout_ms: u64,
     /// Quiet time at the end of the run, after the last fault healed, with the workload on.
     pub recovery_secs: u64,
@@ -248,6 +250,7 @@ async fn run_async(
             producers: options.producers,
             producer_instances: 2,
             consumers_per_partition: options.consumers_per_partition,
+            fencing_writers: options.fencing_writers,
             op_timeout: Duration::from_millis(options.op_timeout_ms),
             produce_interval: Duration::ZERO,
             seed: options.seed,

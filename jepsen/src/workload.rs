@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use fjord_client::{
     Acks, Client, ClientError, FetchOptions, Producer, ProducerConfig, ProducerRecord, ReadMode,
 };
-use fjord_harness::history::{Event, EventType};
+use fjord_harness::history::{Event, EventType, Instance};
 use fjord_harness::workload::{self as model, FINAL_READER, FinalRead, Values};
 use tokio::sync::watch;
 
@@ -53,6 +53,18 @@ impl Recorder {
         op: fjord_harness::history::Op,
         error: Option<String>,
     ) {
+        self.record_as(process, kind, op, error, None)
+    }
+
+    /// As [`Recorder::record`], for an operation of a named producer's `instance`.
+    pub fn record_as(
+        &self,
+        process: u32,
+        kind: EventType,
+        op: fjord_harness::history::Op,
+        error: Option<String>,
+        instance: Option<fjord_harness::history::Instance>,
+    ) {
         let mut inner = self.inner.lock().expect("recorder lock");
         let event = Event {
             index: inner.0,
@@ -61,6 +73,7 @@ impl Recorder {
             kind,
             op,
             error,
+            instance,
         };
         inner.0 += 1;
         let line = event.to_jsonl();
@@ -85,6 +98,9 @@ pub struct WorkloadOptions {
     pub producers: u32,
     /// Producer instances (producer ids) the producing processes share.
     pub producer_instances: u32,
+    /// Processes writing as named producers that fence their own earlier instances (the
+    /// fencing workload, see `fjord_harness::workload::fencing_step`).
+    pub fencing_writers: u32,
     /// Consumers per partition.
     pub consumers_per_partition: u32,
     /// A produce or poll that has not completed after this long is recorded as `info`.
@@ -220,6 +236,19 @@ pub async fn run(
             });
         }
     }
+    for name in 0..options.fencing_writers {
+        let p = process;
+        process += 1;
+        tasks.spawn(fencing_writer(
+            client.clone(),
+            options.clone(),
+            recorder.clone(),
+            values.clone(),
+            stop.clone(),
+            p,
+            name,
+        ));
+    }
     while let Some(joined) = tasks.join_next().await {
         joined.context("a workload task panicked")?;
     }
@@ -229,6 +258,85 @@ pub async fn run(
         let _ = tokio::time::timeout(options.op_timeout, producer.flush()).await;
     }
     Ok(())
+}
+
+/// One fencing process (see `fjord_harness::workload::fencing_step`): writes as the named
+/// producer `name`, starts a new instance of it every few writes, and lets the fenced one
+/// write in between, recording each write with the instance that made it.
+async fn fencing_writer(
+    client: Client,
+    opts: WorkloadOptions,
+    rec: Arc<Recorder>,
+    values: Arc<Values>,
+    mut stop: watch::Receiver<bool>,
+    p: u32,
+    name: u32,
+) {
+    let config = ProducerConfig {
+        acks: opts.acks,
+        linger_ms: 0,
+        producer_name: Some(model::fencing_name(name)),
+        ..ProducerConfig::default()
+    };
+    let mut rng = model::fencing_rng(opts.seed, name);
+    let mut current: Option<(Producer, u16)> = None;
+    let mut zombie: Option<(Producer, u16)> = None;
+    let mut n = 0u64;
+    while !*stop.borrow() {
+        let (rotate, writer) = model::fencing_step(n);
+        if rotate || current.is_none() {
+            let fresh = client
+                .producer(opts.topic.clone(), config.clone())
+                .expect("a valid producer config");
+            match tokio::time::timeout(opts.op_timeout, fresh.init()).await {
+                Ok(Ok((_, epoch))) => zombie = current.replace((fresh, epoch)),
+                _ => {
+                    // No metadata majority now: try again, without counting a write.
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = stop.changed() => {}
+                    }
+                    continue;
+                }
+            }
+        }
+        let (producer, epoch) = match (writer, &zombie, &current) {
+            (model::Writer::Zombie, Some(z), _) => z,
+            (_, _, Some(c)) => c,
+            _ => unreachable!("an instance was started above"),
+        };
+        let instance = Some(Instance {
+            name,
+            epoch: *epoch,
+        });
+        let partition = model::pick_partition(&mut rng, opts.partitions);
+        let value = values.next();
+        let invoke = model::produce(partition, value);
+        rec.record_as(p, EventType::Invoke, invoke.clone(), None, instance);
+        let record = ProducerRecord::new(model::encode(value)).with_partition(partition);
+        let (kind, op, error) =
+            match tokio::time::timeout(opts.op_timeout, producer.send(record)).await {
+                Ok(Ok(meta)) => (
+                    EventType::Ok,
+                    model::produced(partition, value, meta.offset),
+                    None,
+                ),
+                Ok(Err(e)) => (classify(&e), invoke, Some(e.to_string())),
+                Err(_) => (
+                    EventType::Info,
+                    invoke,
+                    Some("no acknowledgement within the operation timeout".into()),
+                ),
+            };
+        rec.record_as(p, kind, op, error, instance);
+        n += 1;
+        if !opts.produce_interval.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(opts.produce_interval) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
 }
 
 /// Reads every partition from offset 0 up to its high watermark with CP reads, retrying

@@ -95,6 +95,7 @@ fn options(label: &str, seed: u64, faults: &str, mode: &str, duration_secs: u64)
         read: mode.into(),
         producers: 6,
         consumers_per_partition: 1,
+        fencing_writers: 1,
         op_timeout_ms: 5_000,
         recovery_secs: 8,
         out_dir: out,

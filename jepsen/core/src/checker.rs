@@ -42,6 +42,11 @@
 //!   reads.
 //! - **phantom**: a value observed that no produce ever invoked, or observed in a partition
 //!   other than the one its produce named.
+//! - **zombie**: in a partition's final read, a record of a named producer's instance (epoch
+//!   `e`) at an offset after a record of a newer instance of the same name (epoch `> e`): the
+//!   newer instance had fenced it there, so the partition must refuse its later writes.
+//!   Records of the same name must appear in non-decreasing epoch order. One anomaly per such
+//!   record.
 //! - **malformed**: the history breaks its own rules (see
 //!   [`crate::history::PairingError`]), a value invoked by two produces, or an `ok` produce
 //!   without an offset. Any of these makes the other verdicts untrustworthy.
@@ -77,10 +82,11 @@ pub enum AnomalyKind {
     Stale,
     Phantom,
     Malformed,
+    Zombie,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 9] = [
+    pub const ALL: [AnomalyKind; 10] = [
         AnomalyKind::Lost,
         AnomalyKind::Unseen,
         AnomalyKind::Duplicate,
@@ -90,6 +96,7 @@ impl AnomalyKind {
         AnomalyKind::Stale,
         AnomalyKind::Phantom,
         AnomalyKind::Malformed,
+        AnomalyKind::Zombie,
     ];
 
     pub fn name(self) -> &'static str {
@@ -103,6 +110,7 @@ impl AnomalyKind {
             AnomalyKind::Stale => "stale",
             AnomalyKind::Phantom => "phantom",
             AnomalyKind::Malformed => "malformed",
+            AnomalyKind::Zombie => "zombie",
         }
     }
 
@@ -121,7 +129,8 @@ impl AnomalyKind {
             | AnomalyKind::NonMonotonic
             | AnomalyKind::Aborted
             | AnomalyKind::Phantom
-            | AnomalyKind::Malformed => true,
+            | AnomalyKind::Malformed
+            | AnomalyKind::Zombie => true,
         }
     }
 }
@@ -221,6 +230,8 @@ pub struct CheckResult {
     pub stale: AnomalyClass,
     pub phantom: AnomalyClass,
     pub malformed: AnomalyClass,
+    #[serde(default)]
+    pub zombie: AnomalyClass,
 }
 
 impl CheckResult {
@@ -235,6 +246,7 @@ impl CheckResult {
             AnomalyKind::Stale => &self.stale,
             AnomalyKind::Phantom => &self.phantom,
             AnomalyKind::Malformed => &self.malformed,
+            AnomalyKind::Zombie => &self.zombie,
         }
     }
 
@@ -433,6 +445,8 @@ struct Checker {
     misplaced: HashMap<u64, (u32, u64, u64)>,
     /// Per partition any operation touched, whether an `ok` final read covered it.
     touched: HashMap<u32, bool>,
+    /// The named producer instance of each value produced by one.
+    instances: HashMap<u64, crate::history::Instance>,
 }
 
 impl Checker {
@@ -444,6 +458,9 @@ impl Checker {
             return;
         };
         self.touched.entry(partition).or_insert(false);
+        if let Some(instance) = op.invoke.instance {
+            self.instances.insert(value, instance);
+        }
         let outcome = op.outcome();
         let offset = match op.ok().map(|c| &c.op) {
             Some(Op::Produce { offset, .. }) => *offset,
@@ -563,6 +580,7 @@ impl Checker {
             (&Op::FinalRead { partition, .. }, Op::FinalRead { records, .. }) => {
                 self.touched.insert(partition, true);
                 self.out.totals.final_reads_ok += 1;
+                self.zombies(partition, records, done.index);
                 let mut expected = 0u64;
                 for r in records {
                     if r.offset != expected {
@@ -765,6 +783,34 @@ impl Checker {
                     && s.more.len() + 1 < MAX_VALUES_PER_ANOMALY
                 {
                     s.more.push((value, event, src));
+                }
+            }
+        }
+    }
+
+    /// The zombie rule over one final read of `partition` (records in offset order).
+    fn zombies(&mut self, partition: u32, records: &[ReadRecord], event: u64) {
+        // Per name, the newest epoch seen so far and the offset it was first seen at.
+        let mut newest: HashMap<u32, (u16, u64)> = HashMap::new();
+        for r in records {
+            let Some(i) = self.instances.get(&r.value).copied() else {
+                continue;
+            };
+            match newest.get(&i.name).copied() {
+                Some((epoch, at)) if i.epoch < epoch => self.out.zombie.push(|| Anomaly {
+                    events: vec![event],
+                    partition,
+                    offsets: vec![at, r.offset],
+                    values: vec![r.value],
+                    explanation: format!(
+                        "value {} of producer {} epoch {} is at offset {}, after epoch {epoch} \
+                         wrote at offset {at}: a fenced instance's write was appended",
+                        r.value, i.name, i.epoch, r.offset
+                    ),
+                }),
+                Some((epoch, _)) if i.epoch == epoch => {}
+                _ => {
+                    newest.insert(i.name, (i.epoch, r.offset));
                 }
             }
         }
@@ -975,6 +1021,7 @@ mod tests {
                 kind,
                 op,
                 error: None,
+                instance: None,
             });
             index
         }
@@ -1110,6 +1157,58 @@ mod tests {
     /// Asserts that exactly `kind` was found, `n` times.
     fn only(r: &CheckResult, kind: AnomalyKind, n: u64) {
         assert_eq!(r.found(), vec![(kind, n)], "{r:#?}");
+    }
+
+    /// Marks the produce invoked at event `invoke` as done by `name`'s instance at `epoch`.
+    fn by(h: &mut H, invoke: u64, name: u32, epoch: u16) {
+        h.events[invoke as usize].instance = Some(crate::history::Instance { name, epoch });
+    }
+
+    #[test]
+    fn a_fenced_instance_written_after_its_successor_is_a_zombie() {
+        let mut h = H::default();
+        // Epoch 0 writes, epoch 1 takes over, then a write of epoch 0 lands after it.
+        let (a, _) = h.ack(1, 0, 10, 0);
+        by(&mut h, a, 7, 0);
+        let (b, _) = h.ack(2, 0, 11, 1);
+        by(&mut h, b, 7, 1);
+        let (c, _) = h.ack(1, 0, 12, 2);
+        by(&mut h, c, 7, 0);
+        // Another name, and an unnamed producer, interleave freely.
+        let (d, _) = h.ack(3, 0, 13, 3);
+        by(&mut h, d, 8, 4);
+        h.ack(4, 0, 14, 4);
+        let (_, read) = h.final_read(0, &[(0, 10), (1, 11), (2, 12), (3, 13), (4, 14)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Zombie, 1);
+        let z = &r.zombie.ops[0];
+        is_at(z, 0, &[1, 2], &[12]);
+        assert_eq!(z.events, vec![read]);
+        says(
+            z,
+            "producer 7 epoch 0 is at offset 2, after epoch 1 wrote at offset 1",
+        );
+        assert!(
+            !r.is_valid(Guarantees::from_modes("ap", "ap")),
+            "a violation in AP too"
+        );
+    }
+
+    #[test]
+    fn an_older_epoch_before_the_newer_ones_first_write_is_no_zombie() {
+        let mut h = H::default();
+        let (a, _) = h.ack(1, 0, 10, 0);
+        by(&mut h, a, 7, 1);
+        let (b, _) = h.ack(2, 0, 11, 1);
+        by(&mut h, b, 7, 1);
+        // The zombie's write in another partition, before the successor reached it.
+        let (c, _) = h.ack(1, 1, 12, 0);
+        by(&mut h, c, 7, 0);
+        let (d, _) = h.ack(2, 1, 13, 1);
+        by(&mut h, d, 7, 1);
+        h.final_read(0, &[(0, 10), (1, 11)]);
+        h.final_read(1, &[(0, 12), (1, 13)]);
+        assert_eq!(check(&h.events).found(), vec![]);
     }
 
     #[test]

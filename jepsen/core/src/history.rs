@@ -91,6 +91,18 @@ pub struct Event {
     /// Why an operation failed or is unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The named producer instance that performed a produce (the fencing workload); `None`
+    /// for unnamed producers and other operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<Instance>,
+}
+
+/// One instance of a named producer: the name's number in the run and the epoch its
+/// `InitProducer` returned. A newer epoch of the same name fences the older ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Instance {
+    pub name: u32,
+    pub epoch: u16,
 }
 
 impl Event {
@@ -304,6 +316,7 @@ mod tests {
                 offset: Some(4),
             },
             error: None,
+            instance: None,
         };
         let line = serde_json::to_string(&e).unwrap();
         assert_eq!(
@@ -321,6 +334,7 @@ mod tests {
             kind,
             op,
             error: None,
+            instance: None,
         }
     }
 

@@ -172,9 +172,75 @@ impl FinalRead {
     }
 }
 
+/// The fencing workload: a process writes as a named producer, and every
+/// [`FENCING_ROTATE_EVERY`] writes starts a new instance of the name (which fences the one
+/// before). Its next `2 × FENCING_ZOMBIE_WRITES` writes alternate between the new instance
+/// (first) and the fenced one, a zombie that goes on writing as a paused or cut-off process
+/// would; then the new instance writes alone. The checker's `zombie` rule judges the result.
+pub const FENCING_ROTATE_EVERY: u64 = 20;
+/// Writes the fenced instance attempts after each rotation.
+pub const FENCING_ZOMBIE_WRITES: u64 = 3;
+
+/// Which instance of its name a fencing process's write goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writer {
+    /// The newest instance.
+    Current,
+    /// The instance the newest one fenced.
+    Zombie,
+}
+
+/// For a fencing process's `n`-th write (from 0): whether to start a new instance first, and
+/// which instance writes.
+pub fn fencing_step(n: u64) -> (bool, Writer) {
+    let rotate = n > 0 && n % FENCING_ROTATE_EVERY == 0;
+    let k = n % FENCING_ROTATE_EVERY;
+    let writer = if n >= FENCING_ROTATE_EVERY && k < 2 * FENCING_ZOMBIE_WRITES && k % 2 == 1 {
+        Writer::Zombie
+    } else {
+        Writer::Current
+    };
+    (rotate, writer)
+}
+
+/// The producer name of the run's fencing process number `name`.
+pub fn fencing_name(name: u32) -> String {
+    format!("jepsen-fencing-{name}")
+}
+
+/// The random stream a fencing process draws its partitions from (apart from producers').
+pub fn fencing_rng(seed: u64, name: u32) -> StdRng {
+    producer_rng(seed, (1 << 24) | u64::from(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fencing_process_rotates_then_lets_the_zombie_write_between_the_new_ones() {
+        let steps: Vec<(bool, Writer)> = (0..FENCING_ROTATE_EVERY + 8).map(fencing_step).collect();
+        assert!(
+            steps[..FENCING_ROTATE_EVERY as usize]
+                .iter()
+                .all(|s| *s == (false, Writer::Current))
+        );
+        use Writer::*;
+        let after: Vec<(bool, Writer)> = steps[FENCING_ROTATE_EVERY as usize..].to_vec();
+        assert_eq!(
+            after,
+            [
+                (true, Current),
+                (false, Zombie),
+                (false, Current),
+                (false, Zombie),
+                (false, Current),
+                (false, Zombie),
+                (false, Current),
+                (false, Current)
+            ]
+        );
+    }
 
     #[test]
     fn values_are_unique_and_round_trip_through_a_payload() {

@@ -63,6 +63,7 @@ impl Model {
             kind,
             op,
             error: None,
+            instance: None,
         });
         index
     }

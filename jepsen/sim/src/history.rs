@@ -50,6 +50,19 @@ impl History {
         op: Op,
         error: Option<String>,
     ) {
+        self.record_as(time_ns, process, kind, op, error, None)
+    }
+
+    /// As [`History::record`], for an operation of a named producer's `instance`.
+    pub fn record_as(
+        &mut self,
+        time_ns: u64,
+        process: u32,
+        kind: EventType,
+        op: Op,
+        error: Option<String>,
+        instance: Option<fjord_harness::history::Instance>,
+    ) {
         self.events.push(Event {
             index: self.events.len() as u64,
             time_ns,
@@ -57,6 +70,7 @@ impl History {
             kind,
             op,
             error,
+            instance,
         });
     }
 

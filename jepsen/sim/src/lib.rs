@@ -110,6 +110,8 @@ pub struct SimConfig {
     pub nodes: u64,
     pub partitions: u32,
     pub writers: usize,
+    /// Named-producer writers of the fencing workload (`fjord_harness::workload::fencing_step`).
+    pub fencing_writers: u32,
     /// Nodes down at once, at most.
     pub max_down: usize,
     /// When the nemesis starts.
@@ -133,6 +135,7 @@ impl Default for SimConfig {
             nodes: 3,
             partitions: 3,
             writers: 2,
+            fencing_writers: 1,
             max_down: 2,
             faults_from: Duration::from_secs(3),
             heal_at: Duration::from_secs(13),
@@ -760,6 +763,7 @@ pub fn run_plan(seed: u64, config: &SimConfig, plan: &Plan) -> Run {
                 partitions: config.partitions,
                 replication: config.nodes.min(3) as u32,
                 writers: config.writers,
+                fencing_writers: config.fencing_writers,
                 writes_until,
                 heal_at: config.heal_at,
                 settle: config.settle,

@@ -20,7 +20,7 @@ use std::time::Duration;
 use fjord_client::{
     Acks, Client, ClientConfig, ClientError, FetchOptions, ProducerConfig, ProducerRecord, ReadMode,
 };
-use fjord_harness::history::{EventType, Op};
+use fjord_harness::history::{EventType, Instance, Op};
 use fjord_harness::workload::{self as model, FINAL_READER, FinalRead, Values};
 use rand::Rng;
 
@@ -36,6 +36,8 @@ pub struct Workload {
     pub partitions: u32,
     pub replication: u32,
     pub writers: usize,
+    /// Named-producer writers of the fencing workload.
+    pub fencing_writers: u32,
     /// Writers and pollers stop here.
     pub writes_until: Duration,
     /// The nemesis has healed everything by then; the final reads start after it.
@@ -233,6 +235,17 @@ pub async fn run(w: Workload, history: Shared, leaders: Leaders) -> turmoil::Res
             }
         }));
     }
+    for name in 0..w.fencing_writers {
+        let process = w.writers as u32 + w.partitions + name;
+        tasks.push(tokio::spawn(fencing_writer(
+            client.clone(),
+            w.clone(),
+            history.clone(),
+            values.clone(),
+            process,
+            name,
+        )));
+    }
     for t in tasks {
         t.await?;
     }
@@ -246,6 +259,87 @@ pub async fn run(w: Workload, history: Shared, leaders: Leaders) -> turmoil::Res
         read_to_end(&client, &w.topic, partition, deadline, &history).await;
     }
     Ok(())
+}
+
+/// One fencing writer (see `fjord_harness::workload::fencing_step`): writes as the named
+/// producer `name`, starts a new instance of it every few writes, and lets the fenced one
+/// write in between, recording each write with the instance that made it.
+async fn fencing_writer(
+    client: Client,
+    w: Workload,
+    history: Shared,
+    values: Arc<Values>,
+    process: u32,
+    name: u32,
+) {
+    let config = ProducerConfig {
+        acks: Acks::Cp,
+        linger_ms: 0,
+        producer_name: Some(model::fencing_name(name)),
+        ..Default::default()
+    };
+    let mut rng = model::fencing_rng(w.seed, name);
+    let mut current: Option<(fjord_client::Producer, u16)> = None;
+    let mut zombie: Option<(fjord_client::Producer, u16)> = None;
+    let mut n = 0u64;
+    while now() < w.writes_until {
+        let (rotate, writer) = model::fencing_step(n);
+        if rotate || current.is_none() {
+            let fresh = client
+                .producer(w.topic.clone(), config.clone())
+                .expect("a valid producer config");
+            match fresh.init().await {
+                Ok((_, epoch)) => zombie = current.replace((fresh, epoch)),
+                Err(_) => {
+                    // No metadata majority now: try again, without counting a write.
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
+                }
+            }
+        }
+        let (producer, epoch) = match (writer, &zombie, &current) {
+            (model::Writer::Zombie, Some(z), _) => z,
+            (_, _, Some(c)) => c,
+            _ => unreachable!("an instance was started above"),
+        };
+        let instance = Some(Instance {
+            name,
+            epoch: *epoch,
+        });
+        let value = values.next();
+        let partition = model::pick_partition(&mut rng, w.partitions);
+        let invoke = model::produce(partition, value);
+        record(&history, |h| {
+            h.record_as(
+                now_ns(),
+                process,
+                EventType::Invoke,
+                invoke.clone(),
+                None,
+                instance,
+            )
+        });
+        let sent = producer
+            .send(ProducerRecord::new(model::encode(value)).with_partition(partition))
+            .await;
+        let (kind, op, error) = match sent {
+            Ok(at) => (
+                EventType::Ok,
+                model::produced(partition, value, at.offset),
+                None,
+            ),
+            Err(e) => (outcome_of(&e), invoke, Some(e.to_string())),
+        };
+        record(&history, |h| {
+            h.record_as(now_ns(), process, kind, op, error, instance)
+        });
+        n += 1;
+        let pause = rng.gen_range(WRITER_PAUSE_MS_MIN..=WRITER_PAUSE_MS_MAX);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+    for (p, _) in current.iter().chain(zombie.iter()) {
+        p.flush().await;
+    }
 }
 
 /// Asks one node for the topic's leaders until `until`, and keeps in `leaders` those of a
