@@ -162,9 +162,15 @@ mod tests {
         let got: Request = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(got, Request::Batch(old.into()));
         // What is written now round-trips, epoch included.
-        let mut b: StoredBatch = StoredBatchV1 { ..Default::default() }.into();
+        let mut b: StoredBatch = StoredBatchV1 {
+            ..Default::default()
+        }
+        .into();
         b.producer_epoch = 4;
         let now = postcard::to_stdvec(&Request::Batch(b.clone())).unwrap();
-        assert_eq!(postcard::from_bytes::<Request>(&now).unwrap(), Request::Batch(b));
+        assert_eq!(
+            postcard::from_bytes::<Request>(&now).unwrap(),
+            Request::Batch(b)
+        );
     }
 }
