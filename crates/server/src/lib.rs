@@ -5,7 +5,8 @@
 //! - [`boot`]: the data directory's identity, and the check with the peers that comes before
 //!   the node takes part in any Raft group.
 //! - [`node`]: the node itself: storage, Raft groups, the reconciler that starts the groups
-//!   the metadata assigns to it, leader reports, and the controller (leader balancing).
+//!   the metadata assigns to it, leader reports, and the controller (leader balancing);
+//!   [`reconcile`]: what the reconciler does (start, initialize now or later, delete), pure.
 //! - [`service`]: the client gRPC API (`fjord.v1.Fjord`); [`data`]: its produce and fetch
 //!   paths; [`transport`]: the node-to-node gRPC service.
 //! - [`error`]: typed errors and their mapping to gRPC statuses; [`edge`]: the layer every
@@ -25,6 +26,7 @@ pub mod error;
 pub mod node;
 pub mod producer_ids;
 pub mod rebuild;
+pub mod reconcile;
 pub mod service;
 pub mod transport;
 
