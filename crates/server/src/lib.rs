@@ -7,6 +7,7 @@
 //! - [`node`]: the node itself: storage, Raft groups, the reconciler that starts the groups
 //!   the metadata assigns to it, leader reports, and the controller (leader balancing);
 //!   [`reconcile`]: what the reconciler does (start, initialize now or later, delete), pure.
+//! - [`live`]: which nodes a CreateTopic proposes as alive (pure).
 //! - [`service`]: the client gRPC API (`fjord.v1.Fjord`); [`data`]: its produce and fetch
 //!   paths; [`transport`]: the node-to-node gRPC service.
 //! - [`error`]: typed errors and their mapping to gRPC statuses; [`edge`]: the layer every
@@ -23,6 +24,7 @@ pub mod connections;
 pub mod data;
 pub mod edge;
 pub mod error;
+pub mod live;
 pub mod node;
 pub mod producer_ids;
 pub mod rebuild;
