@@ -137,12 +137,11 @@ impl AnyGroup {
         }
     }
 
-    /// Whether the group should hibernate now (partitions only, see
-    /// [`GroupRaft::hibernate`]).
-    pub fn hibernation_due(&self, now: Instant, after: Duration) -> bool {
+    /// When the group's instance last started.
+    pub fn started_at(&self) -> Instant {
         match self {
-            AnyGroup::Meta(_) => false,
-            AnyGroup::Partition(h) => h.hibernation_due(now, after),
+            AnyGroup::Meta(h) => h.started_at(),
+            AnyGroup::Partition(h) => h.started_at(),
         }
     }
 

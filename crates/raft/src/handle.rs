@@ -494,12 +494,10 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
         self.core.instance.state.lock().unwrap().raft.is_some()
     }
 
-    /// Whether the group should hibernate: it runs, and it has been quiet, and running, for
-    /// `after`.
-    pub fn hibernation_due(&self, now: Instant, after: Duration) -> bool {
-        self.is_running()
-            && self.core.quiet.quiet_for(now).is_some_and(|q| q >= after)
-            && now.saturating_duration_since(*self.core.started_at.lock().unwrap()) >= after
+    /// When the group's instance last started (it hibernates only once it has run for a
+    /// while, [`crate::scan::hibernation_due`]).
+    pub fn started_at(&self) -> Instant {
+        *self.core.started_at.lock().unwrap()
     }
 
     /// Hibernates a quiet group: shuts its instance down (see [`Instance`]). Returns whether
@@ -514,7 +512,7 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
             return false;
         };
         let view = view_of(&raft);
-        if view.failed || view.committed != view.last_index || view.applied != view.last_index {
+        if !crate::quiesce::log_settled(&view) {
             return false;
         }
         *self.core.parked.lock().unwrap() = Some((view, leadership_of(&raft)));

@@ -28,8 +28,10 @@
 //!   in fjord's own types: the server never names an openraft type.
 //! - [`quiesce`]: idle groups: when a group goes quiet (no ticks, no heartbeats) and what
 //!   wakes it, as pure decisions, and the per-group switch over openraft's timers.
+//! - [`scan`]: the liveness round's look at each group (wake, campaign, claim, hibernate),
+//!   as a pure decision returning actions.
 //! - [`liveness`]: one heartbeat per peer node, the failure detector, and the driver of
-//!   quiescing.
+//!   quiescing: it gathers each group's state, asks [`scan`], and performs the actions.
 //!
 //! [`Store`]: fjord_storage::Store
 
@@ -46,6 +48,7 @@ pub mod partition_sm;
 pub mod quiesce;
 pub mod read;
 pub mod runtime;
+pub mod scan;
 pub mod side;
 pub mod types;
 

@@ -1,6 +1,8 @@
 //! Node-level liveness: one heartbeat per peer node per heartbeat interval, whatever the number
 //! of groups, a failure detector over them, and the claims of quiet groups they carry. The
-//! decisions are in [`crate::quiesce`]; this module performs them.
+//! decisions are in [`crate::quiesce`] (a group's claim, acceptance, rank) and
+//! [`crate::scan`] (what a round's look does to each group); this module gathers their inputs
+//! and performs them.
 //!
 //! Every interval, [`Liveness::run`]:
 //! 1. looks at every partition group on this node, by its mode's kind (an atomic load, so an
@@ -28,12 +30,13 @@ use fjord_proto::raft::{NodeHeartbeat, NodeHeartbeatReply, QuietGroup};
 use tokio::time::Instant;
 
 use crate::NodeId;
-use crate::group::GroupRegistry;
+use crate::group::{AnyGroup, GroupRegistry};
+use crate::handle::Leadership;
 use crate::network::PeerPool;
 use crate::quiesce::{
-    Claim, Detector, Kind, Mode, Quiescence, Wake, claim_targets, election_delay, follower_accepts,
-    leader_claim, majority_suspects, still_quiet,
+    Claim, Detector, GroupView, Kind, Quiescence, Wake, follower_accepts, majority_suspects,
 };
+use crate::scan::{self, Idle, Round, ScanAction};
 
 /// Rounds between two looks at every quiet replica's own state (the safety net).
 pub const FULL_CHECK_ROUNDS: u64 = 100;
@@ -118,18 +121,67 @@ struct Followed {
     checked_at: u64,
 }
 
-/// Since when a leader's log has not moved.
-struct Idle {
-    term: u64,
-    last: Option<u64>,
-    since: Instant,
-}
-
 /// The claims this node makes, by target peer, and their version.
 #[derive(Default)]
 struct Claims {
     version: u64,
     by_peer: HashMap<NodeId, Arc<Vec<ClaimOf>>>,
+}
+
+/// What a look performed, for the logs, and the groups to hibernate after it.
+#[derive(Default)]
+struct Done {
+    suspicion_wakes: u32,
+    campaigns: u32,
+    to_hibernate: Vec<AnyGroup>,
+}
+
+/// A live group, as a look reads it.
+struct Group<'a>(&'a AnyGroup);
+
+impl scan::Replica for Group<'_> {
+    fn kind(&self) -> Kind {
+        self.0.quiescence().kind()
+    }
+    fn is_partition(&self) -> bool {
+        matches!(self.0, AnyGroup::Partition(_))
+    }
+    fn is_running(&self) -> bool {
+        self.0.is_running()
+    }
+    fn quiet_since(&self) -> Option<Instant> {
+        self.0.quiescence().quiet_since()
+    }
+    fn started_at(&self) -> Instant {
+        self.0.started_at()
+    }
+    fn followed_leader(&self) -> Option<NodeId> {
+        self.0.quiescence().followed_leader()
+    }
+    fn followed_claim(&self) -> Option<Claim> {
+        self.0.quiescence().followed_claim()
+    }
+    fn leader_claim(&self) -> Option<Claim> {
+        self.0.quiescence().leader_claim().map(|(c, _)| c)
+    }
+    fn claiming_since(&self) -> Option<Instant> {
+        self.0.quiescence().claiming_since()
+    }
+    fn holds_elections(&self) -> bool {
+        self.0.quiescence().holds_elections()
+    }
+    fn woke_at(&self) -> Option<Instant> {
+        self.0.quiescence().woke_at()
+    }
+    fn campaigned_in(&self, term: u64) -> bool {
+        self.0.quiescence().campaigned_in(term)
+    }
+    fn leadership(&self) -> Leadership {
+        self.0.leadership()
+    }
+    fn view(&self) -> GroupView {
+        self.0.view()
+    }
 }
 
 impl Liveness {
@@ -193,6 +245,17 @@ impl Liveness {
                     && r.suspects.binary_search(&lost).is_ok()
             })
         })
+    }
+
+    /// Per peer, whom its report suspects, of the reports fresher than the detector's timeout.
+    fn fresh_reports(&self, now: Instant) -> HashMap<NodeId, Vec<NodeId>> {
+        self.reports
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, r)| now.saturating_duration_since(r.at) < self.cfg.suspect_after)
+            .map(|(peer, r)| (*peer, r.suspects.clone()))
+            .collect()
     }
 
     /// How many partition replicas this node hosts, and how many of them are quiet and lead.
@@ -335,62 +398,13 @@ impl Liveness {
             let now = Instant::now();
             let mut peers = peers();
             peers.remove(&self.me);
-            // Alive: heard from within the timeout. Lost: heard from and silent since; their
-            // groups' followers campaign at once. A peer not heard from yet (this node just
-            // started) is neither, and is left to Raft's own timers: the leader it led before
-            // the restart is most likely alive.
-            let (alive, lost) = {
-                let d = self.detector.lock().unwrap();
-                let mut alive = HashSet::new();
-                let mut lost = HashSet::new();
-                for p in peers.keys().copied() {
-                    if d.is_alive(p, now) {
-                        alive.insert(p);
-                    } else if d.went_silent(p, now) {
-                        lost.insert(p);
-                    }
-                }
-                (alive, lost)
-            };
-            let mut newly_lost = false;
-            for p in peers.keys() {
-                let down = !alive.contains(p);
-                if down && suspected.insert(*p) {
-                    tracing::info!(
-                        node = p,
-                        after_ms = self.cfg.suspect_after.as_millis() as u64,
-                        "peer suspected: no heartbeat"
-                    );
-                } else if !down && suspected.remove(p) {
-                    tracing::info!(node = p, "peer alive again");
-                }
-            }
-            {
-                let mut mine: Vec<NodeId> = lost.iter().copied().collect();
-                mine.sort_unstable();
-                let mut sent = self.suspects.lock().unwrap();
-                if *sent != mine {
-                    newly_lost = mine.iter().any(|n| sent.binary_search(n).is_err());
-                    *sent = mine;
-                }
-            }
+            let (alive, lost, newly_lost) = self.pulse(&peers, now, &mut suspected);
             // Tell the peers at once, not at the next round: the followers of the lost node's
             // groups campaign only once a majority of voters say they suspect it.
             beat |= newly_lost;
             if round % FULL_CHECK_ROUNDS == 1 {
-                let counts = self.counts();
-                if counts != logged {
-                    tracing::info!(
-                        quiet = counts.quiet,
-                        replicas = counts.replicas,
-                        leading = counts.leading,
-                        hibernated = counts.hibernated,
-                        "quiet partition replicas"
-                    );
-                    logged = counts;
-                }
+                self.log_counts(&mut logged);
             }
-            let is_alive = |n: NodeId| n == self.me || alive.contains(&n);
             // Every replica quiet at the last look, no mode changed since and the same peers
             // alive: the look would find nothing to do. An idle node's round then costs
             // nothing per group.
@@ -401,186 +415,207 @@ impl Liveness {
                 .as_ref()
                 .is_some_and(|(t, a, settled)| *settled && *t == transitions && *a == alive);
             if full || !unchanged {
-                let settled = self.scan(now, &is_alive, &lost, &mut idle, &mut claims, full);
+                let reports = self.fresh_reports(now);
+                let round = Round {
+                    me: self.me,
+                    now,
+                    full,
+                    alive: &alive,
+                    lost: &lost,
+                    reports: &reports,
+                    cfg: &self.cfg,
+                };
+                let settled = self.scan(&round, &mut idle, &mut claims);
                 last_look = Some((transitions, alive.clone(), settled));
             }
             if !beat {
                 continue;
             }
-            // One call in flight per peer: a slow or silent peer delays only its own
-            // heartbeats, never those to the others.
-            in_flight.retain(|peer, call| peers.contains_key(peer) && !call.is_finished());
-            for (peer, addr) in peers {
-                if in_flight.contains_key(&peer) {
-                    continue;
-                }
-                let list = claims.by_peer.get(&peer).cloned().unwrap_or_default();
-                let version = claims.version;
-                let me = self.clone();
-                let call =
-                    tokio::spawn(async move { me.heartbeat(peer, &addr, version, list).await });
-                in_flight.insert(peer, call);
-            }
+            self.send_heartbeats(peers, &claims, &mut in_flight);
         }
     }
 
-    /// One look at every partition group, and the claims to send, rebuilt if any leading
-    /// group's mode changed. Returns whether every replica is quiet and hibernated (or not
-    /// to hibernate): nothing for a look to do until something changes.
+    /// Who is alive and who is lost of `peers`, as the detector says at `now`; logs the
+    /// changes (`suspected`: the peers logged as down) and updates the suspects this node
+    /// reports. Returns also whether a peer was newly lost.
+    fn pulse(
+        &self,
+        peers: &BTreeMap<NodeId, String>,
+        now: Instant,
+        suspected: &mut HashSet<NodeId>,
+    ) -> (HashSet<NodeId>, HashSet<NodeId>, bool) {
+        // Alive: heard from within the timeout. Lost: heard from and silent since; their
+        // groups' followers campaign at once. A peer not heard from yet (this node just
+        // started) is neither, and is left to Raft's own timers: the leader it led before
+        // the restart is most likely alive.
+        let (alive, lost) = {
+            let d = self.detector.lock().unwrap();
+            let mut alive = HashSet::new();
+            let mut lost = HashSet::new();
+            for p in peers.keys().copied() {
+                if d.is_alive(p, now) {
+                    alive.insert(p);
+                } else if d.went_silent(p, now) {
+                    lost.insert(p);
+                }
+            }
+            (alive, lost)
+        };
+        let mut newly_lost = false;
+        for p in peers.keys() {
+            let down = !alive.contains(p);
+            if down && suspected.insert(*p) {
+                tracing::info!(
+                    node = p,
+                    after_ms = self.cfg.suspect_after.as_millis() as u64,
+                    "peer suspected: no heartbeat"
+                );
+            } else if !down && suspected.remove(p) {
+                tracing::info!(node = p, "peer alive again");
+            }
+        }
+        {
+            let mut mine: Vec<NodeId> = lost.iter().copied().collect();
+            mine.sort_unstable();
+            let mut sent = self.suspects.lock().unwrap();
+            if *sent != mine {
+                newly_lost = mine.iter().any(|n| sent.binary_search(n).is_err());
+                *sent = mine;
+            }
+        }
+        (alive, lost, newly_lost)
+    }
+
+    /// Logs how many replicas are quiet, when it changed since `logged`.
+    fn log_counts(&self, logged: &mut QuietCounts) {
+        let counts = self.counts();
+        if counts != *logged {
+            tracing::info!(
+                quiet = counts.quiet,
+                replicas = counts.replicas,
+                leading = counts.leading,
+                hibernated = counts.hibernated,
+                "quiet partition replicas"
+            );
+            *logged = counts;
+        }
+    }
+
+    /// Sends each peer its heartbeat with the claims it is a target of. One call in flight
+    /// per peer: a slow or silent peer delays only its own heartbeats, never those to the
+    /// others.
+    fn send_heartbeats(
+        self: &Arc<Self>,
+        peers: BTreeMap<NodeId, String>,
+        claims: &Claims,
+        in_flight: &mut HashMap<NodeId, tokio::task::JoinHandle<()>>,
+    ) {
+        in_flight.retain(|peer, call| peers.contains_key(peer) && !call.is_finished());
+        for (peer, addr) in peers {
+            if in_flight.contains_key(&peer) {
+                continue;
+            }
+            let list = claims.by_peer.get(&peer).cloned().unwrap_or_default();
+            let version = claims.version;
+            let me = self.clone();
+            let call = tokio::spawn(async move { me.heartbeat(peer, &addr, version, list).await });
+            in_flight.insert(peer, call);
+        }
+    }
+
+    /// One look at every group ([`scan::look`] decides, this performs), and the claims to
+    /// send, rebuilt if any leading group's mode changed. Returns whether every replica is
+    /// settled: nothing for a look to do until something changes.
     fn scan(
         self: &Arc<Self>,
-        now: Instant,
-        alive: &impl Fn(NodeId) -> bool,
-        lost_peers: &HashSet<NodeId>,
+        round: &Round,
         idle: &mut HashMap<u64, Idle>,
         claims: &mut Claims,
-        full: bool,
     ) -> bool {
-        let mut all_quiet = true;
-        let mut seen: HashSet<u64> = HashSet::new();
-        let mut suspicion_wakes = 0u32;
-        let mut campaigns = 0u32;
-        let mut to_hibernate = Vec::new();
+        let mut settled = true;
+        let mut next_idle = HashMap::new();
+        let mut done = Done::default();
         // An order-independent digest of (group, epoch) of every leading group: unchanged
         // means the claims are.
         let mut digest = 0u64;
         self.registry.for_each_group(|id, h| {
+            let look = scan::look(id, &Group(h), idle.get(&id), round);
+            settled &= look.settled;
+            if let Some(i) = look.idle {
+                next_idle.insert(id, i);
+            }
+            for action in look.actions {
+                self.perform(h, action, round.now, &mut done);
+            }
             let q = h.quiescence();
-            let kind = q.kind();
-            all_quiet &= matches!(kind, Kind::Leading | Kind::Following);
-            if let Some(after) = self.cfg.hibernate_after
-                && matches!(kind, Kind::Leading | Kind::Following)
-                && matches!(h, crate::group::AnyGroup::Partition(_))
-                && h.is_running()
-            {
-                // Quiet but running: not settled until it hibernates.
-                all_quiet = false;
-                if h.hibernation_due(now, after) {
-                    to_hibernate.push(h.clone());
-                }
-            }
-            match kind {
-                Kind::Following => {
-                    let leader = q.followed_leader().unwrap_or(0);
-                    if !alive(leader) {
-                        let view = h.view();
-                        let delay = election_delay(
-                            id,
-                            self.me,
-                            &view.voters,
-                            leader,
-                            alive,
-                            self.cfg.election_step,
-                        );
-                        suspicion_wakes +=
-                            u32::from(q.wake(Wake::LeaderSuspected(delay), "leader suspected"));
-                    } else if full
-                        && let Some(claim) = q.followed_claim()
-                        && !still_quiet(&h.view(), &claim, false)
-                    {
-                        q.wake(Wake::Activity, "state moved");
-                    }
-                }
-                Kind::Leading => {
-                    if full
-                        && let Some((claim, _)) = q.leader_claim()
-                        && !still_quiet(&h.view(), &claim, true)
-                    {
-                        q.wake(Wake::Activity, "state moved");
-                    }
-                }
-                Kind::Claiming => {
-                    // Followers that never answer (a peer that died meanwhile) must not hold
-                    // the claim forever: withdraw it, and try again with the live ones later.
-                    if let Mode::Claiming { since, .. } = q.mode()
-                        && now.saturating_duration_since(since) > self.cfg.suspect_after * 2
-                    {
-                        q.wake(Wake::Activity, "claim unanswered");
-                    }
-                }
-                Kind::Awake => {
-                    let lead = h.leadership();
-                    if let Some(lost) = lead.leader.filter(|l| lost_peers.contains(l))
-                        && self.majority_suspects(&h.view().voters, lost)
-                        && q.campaign_due(lead.term)
-                    {
-                        let delay = election_delay(
-                            id,
-                            self.me,
-                            &h.view().voters,
-                            lost,
-                            alive,
-                            self.cfg.campaign_step,
-                        );
-                        self.campaign_later(h.clone(), lost, delay);
-                        campaigns += 1;
-                    }
-                    if q.holds_elections() {
-                        // Woken, waiting out its delay; if its leader's node is now suspected,
-                        // it may campaign by its rank instead.
-                        let view = h.view();
-                        if let Some(l) = view.leader.filter(|l| *l != self.me && !alive(*l)) {
-                            let delay = election_delay(
-                                id,
-                                self.me,
-                                &view.voters,
-                                l,
-                                alive,
-                                self.cfg.election_step,
-                            );
-                            suspicion_wakes += u32::from(q.leader_suspected(delay));
-                        }
-                    }
-                    if let Some(after) = self.cfg.quiesce_after
-                        && h.leadership().leader == Some(self.me)
-                    {
-                        seen.insert(id);
-                        self.consider_claim(id, h, q, now, after, alive, idle);
-                    }
-                }
-            }
             if matches!(q.kind(), Kind::Claiming | Kind::Leading) {
                 digest = digest.wrapping_add(crate::quiesce::mix(id ^ q.epoch().rotate_left(32)));
             }
         });
-        idle.retain(|id, _| seen.contains(id));
-        self.hibernate(to_hibernate);
-        if suspicion_wakes > 0 {
+        *idle = next_idle;
+        self.hibernate(done.to_hibernate);
+        if done.suspicion_wakes > 0 {
             tracing::info!(
-                groups = suspicion_wakes,
+                groups = done.suspicion_wakes,
                 "woke quiet groups whose leader's node is suspected"
             );
         }
-        if campaigns > 0 {
+        if done.campaigns > 0 {
             tracing::info!(
-                groups = campaigns,
+                groups = done.campaigns,
                 "awake groups whose leader's node is suspected will campaign"
             );
         }
         let version = digest.max(1);
         if version != claims.version {
-            let mut by_peer: HashMap<NodeId, Vec<ClaimOf>> = HashMap::new();
+            let mut leading = Vec::new();
             self.registry.for_each_group(|_, h| {
                 let q = h.quiescence();
                 if let Some((claim, targets)) = q.leader_claim() {
-                    for t in targets {
-                        let list = by_peer.entry(t).or_default();
-                        if list.len() < MAX_CLAIMS_PER_HEARTBEAT {
-                            list.push((claim, q.clone()));
-                        }
-                    }
+                    leading.push((claim, targets, q.clone()));
                 }
             });
             claims.version = version;
-            claims.by_peer = by_peer.into_iter().map(|(p, l)| (p, Arc::new(l))).collect();
+            claims.by_peer = scan::claims_by_peer(leading, MAX_CLAIMS_PER_HEARTBEAT)
+                .into_iter()
+                .map(|(p, l)| (p, Arc::new(l)))
+                .collect();
         }
-        all_quiet
+        settled
+    }
+
+    /// Performs one action of a look at group `h`.
+    fn perform(self: &Arc<Self>, h: &AnyGroup, action: ScanAction, now: Instant, done: &mut Done) {
+        let q = h.quiescence();
+        match action {
+            ScanAction::Wake { why, reason, .. } => {
+                let woke = q.wake(why, reason);
+                if matches!(why, Wake::LeaderSuspected(_)) {
+                    done.suspicion_wakes += u32::from(woke);
+                }
+            }
+            ScanAction::Campaign {
+                lost, term, delay, ..
+            } => {
+                if q.campaign_due(term) {
+                    self.campaign_later(h.clone(), lost, delay);
+                    done.campaigns += 1;
+                }
+            }
+            ScanAction::ElectAfter { delay, .. } => {
+                done.suspicion_wakes += u32::from(q.leader_suspected(delay));
+            }
+            ScanAction::Claim { claim, targets, .. } => {
+                q.claim(claim, targets, now);
+            }
+            ScanAction::Hibernate { .. } => done.to_hibernate.push(h.clone()),
+        }
     }
 
     /// Hibernates `groups`, one at a time, in the background (one sweep at a time), and then
     /// hands the memory their instances held back to the operating system: freed, it would
     /// stay resident in the allocator's arenas.
-    fn hibernate(&self, groups: Vec<crate::group::AnyGroup>) {
+    fn hibernate(&self, groups: Vec<AnyGroup>) {
         if groups.is_empty() || self.sweeping.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -603,7 +638,7 @@ impl Liveness {
     /// A follower ranked after the first tries once more, in the next term, half a step
     /// later: when the first candidate's log was behind, the first try loses to the vote
     /// that candidate gave itself in that term.
-    fn campaign_later(self: &Arc<Self>, h: crate::group::AnyGroup, lost: NodeId, delay: Duration) {
+    fn campaign_later(self: &Arc<Self>, h: AnyGroup, lost: NodeId, delay: Duration) {
         let me = self.clone();
         let retry = (!delay.is_zero()).then_some(self.cfg.campaign_step / 2);
         tokio::spawn(async move {
@@ -620,39 +655,6 @@ impl Liveness {
                 }
             }
         });
-    }
-
-    /// An awake leader: tracks how long its log has not moved, and claims the group quiet
-    /// once the decision says so.
-    #[allow(clippy::too_many_arguments)]
-    fn consider_claim(
-        &self,
-        id: u64,
-        h: &crate::group::AnyGroup,
-        q: &Arc<Quiescence>,
-        now: Instant,
-        after: Duration,
-        alive: &impl Fn(NodeId) -> bool,
-        idle: &mut HashMap<u64, Idle>,
-    ) {
-        let view = h.view();
-        let entry = idle.entry(id).or_insert(Idle {
-            term: view.term,
-            last: view.last_index,
-            since: now,
-        });
-        if entry.term != view.term || entry.last != view.last_index {
-            *entry = Idle {
-                term: view.term,
-                last: view.last_index,
-                since: now,
-            };
-        }
-        let quiet_since = q.woke_at().map_or(entry.since, |w| w.max(entry.since));
-        let idle_for = now.saturating_duration_since(quiet_since);
-        if let Some(claim) = leader_claim(id, &view, idle_for, after, alive) {
-            q.claim(claim, claim_targets(&view, alive), now);
-        }
     }
 
     /// Sends one heartbeat to `peer`: the whole list if the peer does not hold `version`.

@@ -174,6 +174,13 @@ pub fn still_quiet(view: &GroupView, claim: &Claim, leading: bool) -> bool {
     }
 }
 
+/// Whether a replica's log is settled enough to stop its instance (hibernate): it has not
+/// failed, and everything it holds is committed and applied. Anything else keeps it running
+/// until it is.
+pub fn log_settled(view: &GroupView) -> bool {
+    !view.failed && view.committed == view.last_index && view.applied == view.last_index
+}
+
 /// How long a woken follower of a group whose leader's node is suspected waits before it may
 /// campaign. The live followers are ranked by a hash of (group, node), so each group has one
 /// first candidate (no split votes among followers woken at the same moment) and the first
@@ -431,18 +438,30 @@ impl Quiescence {
         st.changed_at = Instant::now();
     }
 
-    /// How long the replica has been quiet (leading or following a claim), if it is.
-    pub fn quiet_for(&self, now: Instant) -> Option<Duration> {
+    /// Since when the replica is quiet (leading or following a claim), if it is.
+    pub fn quiet_since(&self) -> Option<Instant> {
         let st = self.state.lock().unwrap();
-        st.mode
-            .is_quiet()
-            .then(|| now.saturating_duration_since(st.changed_at))
+        st.mode.is_quiet().then_some(st.changed_at)
+    }
+
+    /// Since when the replica offers its claim, while it is claiming.
+    pub fn claiming_since(&self) -> Option<Instant> {
+        match self.state.lock().unwrap().mode {
+            Mode::Claiming { since, .. } => Some(since),
+            _ => None,
+        }
     }
 
     /// Whether a campaign for the loss of the leader of `term` is still to be scheduled: true
     /// once per term.
     pub fn campaign_due(&self, term: u64) -> bool {
         self.campaign_term.swap(term + 1, Ordering::AcqRel) != term + 1
+    }
+
+    /// Whether a campaign for the loss of the leader of `term` was scheduled
+    /// ([`Quiescence::campaign_due`] returned true for it last).
+    pub fn campaigned_in(&self, term: u64) -> bool {
+        self.campaign_term.load(Ordering::Acquire) == term + 1
     }
 
     /// The mode's kind, without the lock.
@@ -791,6 +810,21 @@ mod tests {
         let mut failed = v;
         failed.failed = true;
         assert_eq!(leader_claim(9, &failed, AFTER, AFTER, |_| true), None);
+    }
+
+    #[test]
+    fn a_replica_hibernates_only_with_its_log_all_committed_and_applied() {
+        assert!(log_settled(&leader_view()));
+        assert!(log_settled(&GroupView::default()), "an empty log");
+        let mut uncommitted = follower_view();
+        uncommitted.last_index = Some(8);
+        assert!(!log_settled(&uncommitted));
+        let mut unapplied = follower_view();
+        unapplied.applied = Some(6);
+        assert!(!log_settled(&unapplied));
+        let mut failed = follower_view();
+        failed.failed = true;
+        assert!(!log_settled(&failed));
     }
 
     #[test]

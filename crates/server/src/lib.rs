@@ -5,7 +5,9 @@
 //! - [`boot`]: the data directory's identity, and the check with the peers that comes before
 //!   the node takes part in any Raft group.
 //! - [`node`]: the node itself: storage, Raft groups, the reconciler that starts the groups
-//!   the metadata assigns to it, leader reports, and the controller (leader balancing).
+//!   the metadata assigns to it, leader reports, and the controller (leader balancing);
+//!   [`reconcile`]: what the reconciler does (start, initialize now or later, delete), pure.
+//! - [`live`]: which nodes a CreateTopic proposes as alive (pure).
 //! - [`service`]: the client gRPC API (`fjord.v1.Fjord`); [`wire`]: its produce and fetch
 //!   messages as domain types and back; [`data`]: the produce and fetch paths, on those
 //!   types; [`producer_ids`]: producer ids, named producers' epochs, and the check of a
@@ -24,9 +26,11 @@ pub mod connections;
 pub mod data;
 pub mod edge;
 pub mod error;
+pub mod live;
 pub mod node;
 pub mod producer_ids;
 pub mod rebuild;
+pub mod reconcile;
 pub mod service;
 pub mod transport;
 pub mod wire;

@@ -9,7 +9,8 @@
 //! - The **reconciler** watches the applied metadata and starts the partition groups this
 //!   node holds a replica of (a new group's preferred leader initializes it and is elected
 //!   first; the other replicas initialize it only if no leader reached them within a few
-//!   election timeouts), and stops and deletes the groups of deleted topics.
+//!   election timeouts), and stops and deletes the groups of deleted topics
+//!   ([`crate::reconcile::plan`] decides; this module performs).
 //! - A **leader reporter** per partition group tells the metadata group when this node
 //!   becomes its leader (with the term as leader epoch).
 //! - The **controller** runs on the metadata leader and moves partition leaders so that no
@@ -38,6 +39,7 @@ use fjord_raft::codec;
 
 use crate::ServeConfig;
 use crate::error::ApiError;
+use crate::reconcile::{self, Action, Init};
 
 /// How often the controller looks at leader balance.
 pub const CONTROLLER_INTERVAL: Duration = Duration::from_secs(3);
@@ -385,98 +387,104 @@ impl Node {
         }
     }
 
+    /// Makes this node's partition groups match `view` ([`reconcile::plan`] decides, this
+    /// performs). `seen`: the partition groups this node holds data of.
     async fn reconcile(self: &Arc<Self>, view: &MetaView, seen: &mut BTreeSet<GroupId>) {
-        let wanted: BTreeMap<GroupId, Vec<NodeId>> =
-            view.state.groups_of_node(self.id).into_iter().collect();
+        let plan = reconcile::plan(
+            self.id,
+            &view.state,
+            |g| self.registry.get(g).is_some(),
+            seen,
+        );
+        *seen = plan.seen;
         let mut starting: Vec<fjord_raft::LeadershipWatch> = Vec::new();
-        for (group, replicas) in &wanted {
-            seen.insert(*group);
-            if self.registry.get(*group).is_some() {
-                continue;
-            }
-            if starting.len() >= START_BATCH {
-                Self::wait_for_leaders(&mut starting).await;
-            }
-            match group::start_partition(
-                self.id,
-                *group,
-                &self.group_config,
-                self.store.clone(),
-                self.pool.clone(),
-            )
-            .await
-            {
-                Ok(handle) => {
-                    self.registry
-                        .insert(*group, AnyGroup::Partition(handle.clone()));
-                    let members: BTreeMap<NodeId, String> = replicas
-                        .iter()
-                        .map(|n| (*n, self.address_of(*n).unwrap_or_default()))
-                        .collect();
-                    // Only the preferred leader (the first replica, which the assignment
-                    // spreads evenly over the nodes) initializes a new partition at once, and
-                    // openraft's initialize campaigns: it becomes the first leader, and its
-                    // first messages bring the others the membership. Were every replica to
-                    // initialize, each would campaign, the first leaders would fall on random
-                    // replicas, and the controller would then move about half of them (16
-                    // every 3 s, each move a short pause of the partition's writes). The
-                    // others initialize only if no leader has reached them after a while:
-                    // the preferred leader's node may be down.
-                    // Never a group the replicas already hold: one whose leader the metadata
-                    // recorded has been initialized (this replica may have missed it while
-                    // down; it gets the membership from the leader).
-                    let held = view
-                        .state
-                        .partition_by_group(*group)
-                        .is_some_and(|(_, p)| p.leader.is_some() || p.leader_epoch > 0);
-                    if held {
-                        // Nothing to initialize.
-                    } else if replicas.first() == Some(&self.id) {
-                        if let Err(e) = handle.initialize(&members).await {
-                            tracing::warn!(group, error = %e, "cannot initialize partition group");
-                        }
-                    } else if !handle.is_initialized().await {
-                        let (h, wait, g) =
-                            (handle.clone(), self.group_config.wake_grace() * 2, *group);
-                        tokio::spawn(async move {
-                            tokio::time::sleep(wait).await;
-                            if let Err(e) = h.initialize(&members).await {
-                                tracing::warn!(group = g, error = %e, "cannot initialize partition group");
-                            }
-                        });
+        for action in plan.actions {
+            match action {
+                Action::Start {
+                    group,
+                    replicas,
+                    init,
+                } => {
+                    if starting.len() >= START_BATCH {
+                        Self::wait_for_leaders(&mut starting).await;
                     }
-                    starting.push(handle.watch_leadership());
-                    let me = self.clone();
-                    let g = *group;
-                    tokio::spawn(async move { me.report_leadership(g, handle).await });
-                    tracing::info!(group, ?replicas, "started partition group");
+                    if let Some(watch) = self.start_group(group, &replicas, init).await {
+                        starting.push(watch);
+                    }
                 }
-                Err(e) => tracing::error!(group, error = %e, "cannot start partition group"),
+                Action::Delete { group } => self.delete_group(group).await,
             }
         }
-        // A group is deleted here once the metadata, having seen its topic created (its topic
-        // id is below `next_topic_id`), no longer assigns it to this node. A view that lags
-        // behind has not seen the creation, so it can never delete a live group's data.
-        let next_topic_id = view.state.next_topic_id.max(1);
-        let gone: Vec<GroupId> = seen
+    }
+
+    /// Starts this node's replica of `group`, initializes it as `init` says, and reports its
+    /// leaderships; returns its leadership watch.
+    async fn start_group(
+        self: &Arc<Self>,
+        group: GroupId,
+        replicas: &[NodeId],
+        init: Init,
+    ) -> Option<fjord_raft::LeadershipWatch> {
+        let started = group::start_partition(
+            self.id,
+            group,
+            &self.group_config,
+            self.store.clone(),
+            self.pool.clone(),
+        )
+        .await;
+        let handle = match started {
+            Ok(handle) => handle,
+            Err(e) => {
+                tracing::error!(group, error = %e, "cannot start partition group");
+                return None;
+            }
+        };
+        self.registry
+            .insert(group, AnyGroup::Partition(handle.clone()));
+        let members: BTreeMap<NodeId, String> = replicas
             .iter()
-            .copied()
-            .filter(|g| !wanted.contains_key(g) && fjord_meta::split_group_id(*g).0 < next_topic_id)
+            .map(|n| (*n, self.address_of(*n).unwrap_or_default()))
             .collect();
-        for g in gone {
-            seen.remove(&g);
-            if let Some(AnyGroup::Partition(handle)) = self.registry.remove(g) {
-                handle.shutdown().await;
+        match init {
+            Init::Held => {}
+            Init::Now => {
+                if let Err(e) = handle.initialize(&members).await {
+                    tracing::warn!(group, error = %e, "cannot initialize partition group");
+                }
             }
-            if let Err(e) = self
-                .store
-                .write(vec![fjord_storage::Op::DeleteGroup { group: g }])
-                .await
-            {
-                tracing::error!(group = g, error = %e, "cannot delete the data of a deleted partition");
-            } else {
-                tracing::info!(group = g, "deleted partition group");
+            Init::Later => {
+                if !handle.is_initialized().await {
+                    let (h, wait) = (handle.clone(), self.group_config.wake_grace() * 2);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        if let Err(e) = h.initialize(&members).await {
+                            tracing::warn!(group, error = %e, "cannot initialize partition group");
+                        }
+                    });
+                }
             }
+        }
+        let watch = handle.watch_leadership();
+        let me = self.clone();
+        tokio::spawn(async move { me.report_leadership(group, handle).await });
+        tracing::info!(group, ?replicas, "started partition group");
+        Some(watch)
+    }
+
+    /// Stops this node's replica of `group`, if it runs, and deletes its data.
+    async fn delete_group(&self, group: GroupId) {
+        if let Some(AnyGroup::Partition(handle)) = self.registry.remove(group) {
+            handle.shutdown().await;
+        }
+        if let Err(e) = self
+            .store
+            .write(vec![fjord_storage::Op::DeleteGroup { group }])
+            .await
+        {
+            tracing::error!(group, error = %e, "cannot delete the data of a deleted partition");
+        } else {
+            tracing::info!(group, "deleted partition group");
         }
     }
 

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::data;
 use crate::error::ApiError;
+use crate::live::{self, LiveSet};
 use crate::node::Node;
 
 /// How long CreateTopic waits for the new partitions to elect leaders before answering (the
@@ -119,34 +120,26 @@ impl ClientService {
         }
     }
 
-    /// The registered nodes this node's failure detector sees alive, this node included. A
-    /// peer not heard from yet (this node started a moment ago) gets up to
-    /// [`LIVE_NODES_WAIT`] to be heard from: a node that is down costs a topic creation that
-    /// wait, a fresh cluster does not place every replica on the first nodes up.
-    ///
-    /// The candidates are the registered nodes this node knows of *and* its configured peers
-    /// (and itself): a node whose metadata has not applied every registration yet (it just
-    /// started) must not send a live set without the nodes it has not seen registered, which
-    /// the metadata leader would read as "not alive". The leader counts only registered ones.
+    /// The live set of a CreateTopic ([`live::live_set`] decides): the registered nodes this
+    /// node's failure detector sees alive, this node included. A candidate not heard from yet
+    /// (this node started a moment ago) gets up to [`LIVE_NODES_WAIT`] to be heard from.
     async fn live_nodes(&self) -> Vec<u64> {
         let deadline = tokio::time::Instant::now() + LIVE_NODES_WAIT;
         loop {
-            let mut registered: Vec<u64> = self.node.view().state.nodes.keys().copied().collect();
-            registered.extend(self.node.peers.keys().copied());
-            registered.push(self.node.id);
-            registered.sort_unstable();
-            registered.dedup();
-            let live: Vec<u64> = registered
-                .iter()
-                .copied()
-                .filter(|n| self.node.liveness.is_alive(*n))
-                .collect();
-            if live.len() == registered.len() || tokio::time::Instant::now() >= deadline {
-                return live;
+            let registered: Vec<u64> = self.node.view().state.nodes.keys().copied().collect();
+            let decision = live::live_set(
+                self.node.id,
+                registered,
+                self.node.peers.keys().copied(),
+                |n| self.node.liveness.is_alive(n),
+                tokio::time::Instant::now() >= deadline,
+            );
+            match decision {
+                LiveSet::Propose(live) => return live,
+                // Polled: the detector hears each peer every 200 ms; this runs only while a
+                // registered node is silent.
+                LiveSet::Wait => tokio::time::sleep(LIVE_NODES_POLL).await,
             }
-            // Polled: the detector hears each peer every 200 ms; this runs only while a
-            // registered node is silent.
-            tokio::time::sleep(LIVE_NODES_POLL).await;
         }
     }
 
