@@ -67,6 +67,11 @@ impl OpCounts {
 }
 
 /// Latency percentiles of `ok` operations, in milliseconds.
+///
+/// Exact, from every sample: the report is made from the recorded history, which holds each
+/// operation anyway, so sorting its latencies costs nothing a histogram would save. The bench
+/// (`fjord bench`), which keeps no samples, counts them in an HdrHistogram (the `hdrhistogram`
+/// crate) instead; both report nearest-rank percentiles.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
     pub count: u64,
