@@ -449,6 +449,14 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
             last_index = Some(log_id.index());
             let (response, hw) = {
                 let mut a = self.shared.applied.lock().unwrap();
+                debug_assert!(
+                    a.last_applied
+                        .as_ref()
+                        .is_none_or(|l| l.index() < log_id.index()),
+                    "group {}: applying {log_id} after {:?}: applied indexes must increase",
+                    self.shared.group,
+                    a.last_applied
+                );
                 a.last_applied = Some(log_id);
                 let response = match entry.payload {
                     EntryPayload::Normal(Request::Batch(b)) => {

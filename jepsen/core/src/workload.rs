@@ -193,7 +193,7 @@ pub enum Writer {
 /// For a fencing process's `n`-th write (from 0): whether to start a new instance first, and
 /// which instance writes.
 pub fn fencing_step(n: u64) -> (bool, Writer) {
-    let rotate = n > 0 && n % FENCING_ROTATE_EVERY == 0;
+    let rotate = n > 0 && n.is_multiple_of(FENCING_ROTATE_EVERY);
     let k = n % FENCING_ROTATE_EVERY;
     let writer = if n >= FENCING_ROTATE_EVERY && k < 2 * FENCING_ZOMBIE_WRITES && k % 2 == 1 {
         Writer::Zombie
