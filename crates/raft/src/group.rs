@@ -40,7 +40,7 @@ use crate::log_store::GroupLogStore;
 use crate::meta_sm::MetaSm;
 use crate::network::{GroupNetworkFactory, PeerPool, RpcKind};
 use crate::partition_sm::{PartitionShared, PartitionSm};
-use crate::quiesce::{Kind, Mode, Quiescence, Wake};
+use crate::quiesce::{Kind, Mode, Quiescence, Transitions, Wake};
 use crate::{NodeId, TypeConfig};
 use tokio::time::Instant;
 
@@ -509,6 +509,7 @@ pub async fn start_meta(
     cfg: &GroupConfig,
     store: Store,
     pool: Arc<PeerPool>,
+    transitions: Transitions,
 ) -> Result<MetaHandle, StartError> {
     let group = fjord_meta::META_GROUP;
     let (sm, view) = MetaSm::open(group, store.clone())?;
@@ -525,7 +526,7 @@ pub async fn start_meta(
             start(node_id, group, config, log, sm, pool).await
         })
     });
-    let core = GroupRaft::start(group, starter, cfg.wake_grace()).await?;
+    let core = GroupRaft::start(group, starter, cfg.wake_grace(), transitions).await?;
     Ok(MetaHandle::new(core, view))
 }
 
@@ -536,6 +537,7 @@ pub async fn start_partition(
     cfg: &GroupConfig,
     store: Store,
     pool: Arc<PeerPool>,
+    transitions: Transitions,
 ) -> Result<PartitionHandle, StartError> {
     let shared = PartitionShared::open(group, &store)?;
     // The log store's in-memory tail is shared by its clones: an instance started again
@@ -560,7 +562,7 @@ pub async fn start_partition(
             pool.clone(),
         ))
     });
-    let core = GroupRaft::start(group, starter, cfg.wake_grace()).await?;
+    let core = GroupRaft::start(group, starter, cfg.wake_grace(), transitions).await?;
     Ok(PartitionHandle::new(core, shared))
 }
 

@@ -361,6 +361,7 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
         group: u64,
         starter: Starter<SM>,
         activity_grace: Duration,
+        transitions: crate::quiesce::Transitions,
     ) -> Result<Self, crate::group::StartError> {
         let raft = starter().await?;
         let instance = Arc::new(Instance {
@@ -372,7 +373,7 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
             }),
             restart: OnceLock::new(),
         });
-        let quiet = Quiescence::new(group, instance.clone(), activity_grace);
+        let quiet = Quiescence::new(group, instance.clone(), activity_grace, transitions);
         let now = Instant::now();
         let core = Arc::new(Core {
             group,
@@ -484,7 +485,7 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
         let now = Instant::now();
         gate.started_at = now;
         *self.core.started_at.lock().unwrap() = now;
-        crate::quiesce::note_change();
+        self.core.quiet.transitions().note();
         tracing::debug!(group = self.core.group, "hibernated group started again");
         Ok(raft)
     }

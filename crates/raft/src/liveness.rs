@@ -34,7 +34,8 @@ use crate::group::{AnyGroup, GroupRegistry};
 use crate::handle::Leadership;
 use crate::network::PeerPool;
 use crate::quiesce::{
-    Claim, Detector, GroupView, Kind, Quiescence, Wake, follower_accepts, majority_suspects,
+    Claim, Detector, GroupView, Kind, Quiescence, Transitions, Wake, follower_accepts,
+    majority_suspects,
 };
 use crate::scan::{self, Idle, Round, ScanAction};
 
@@ -83,6 +84,8 @@ type ClaimOf = (Claim, Arc<Quiescence>);
 /// The node-level heartbeat and the quiescing it drives.
 pub struct Liveness {
     me: NodeId,
+    /// The node's transition counter (see [`Transitions`]).
+    transitions: Transitions,
     cfg: LivenessConfig,
     registry: Arc<GroupRegistry>,
     pool: Arc<PeerPool>,
@@ -117,7 +120,7 @@ type QuietUnder = (u64, Arc<Quiescence>, u64);
 struct Followed {
     version: u64,
     groups: Vec<QuietUnder>,
-    /// The process-wide transition count when `groups` were last seen at their epochs.
+    /// The node's transition count when `groups` were last seen at their epochs.
     checked_at: u64,
 }
 
@@ -190,9 +193,11 @@ impl Liveness {
         cfg: LivenessConfig,
         registry: Arc<GroupRegistry>,
         pool: Arc<PeerPool>,
+        transitions: Transitions,
     ) -> Arc<Self> {
         Arc::new(Liveness {
             me,
+            transitions,
             detector: Mutex::new(Detector::new(cfg.suspect_after)),
             acked: Mutex::new(HashMap::new()),
             followed: Mutex::new(HashMap::new()),
@@ -205,6 +210,11 @@ impl Liveness {
             registry,
             pool,
         })
+    }
+
+    /// The node's transition counter, which every group started on the node must bump.
+    pub fn transitions(&self) -> &Transitions {
+        &self.transitions
     }
 
     /// Whether `node` is alive as far as this node's detector knows (this node always is).
@@ -281,7 +291,7 @@ impl Liveness {
         let suspects = self.suspects.lock().unwrap().clone();
         if !req.full {
             // Kept even when stale: the whole list, when it comes, is compared with it.
-            let now = crate::quiesce::transitions();
+            let now = self.transitions.get();
             let intact = self
                 .followed
                 .lock()
@@ -314,7 +324,7 @@ impl Liveness {
             })
             .collect();
         // Read before applying: a change meanwhile makes the next check look.
-        let checked_at = crate::quiesce::transitions();
+        let checked_at = self.transitions.get();
         let (refused, groups) = self.apply_claims(from, &claims);
         self.followed.lock().unwrap().insert(
             from,
@@ -409,7 +419,9 @@ impl Liveness {
             // alive: the look would find nothing to do. An idle node's round then costs
             // nothing per group.
             let full = round.is_multiple_of(FULL_CHECK_ROUNDS);
-            let transitions = crate::quiesce::transitions()
+            let transitions = self
+                .transitions
+                .get()
                 .wrapping_add(self.reports_changed.load(Ordering::Acquire).rotate_left(32));
             let unchanged = last_look
                 .as_ref()

@@ -32,20 +32,24 @@ use tokio::time::Instant;
 
 use crate::NodeId;
 
-/// Bumped by every mode change of any replica in this process (and by every new replica):
-/// unchanged, no replica changed mode. Shared by every node of a process (tests run several),
-/// which only makes a reader look more often than it must, never less.
-static TRANSITIONS: AtomicU64 = AtomicU64::new(0);
+/// One node's transition counter: bumped by every mode change of any of the node's replicas
+/// (and by every new replica, and a hibernated one started again). Unchanged, no replica of
+/// the node changed mode, so whoever skips work while nothing changed (the liveness loop) may.
+/// One per node (the node, its liveness and each of its groups hold clones), so nodes sharing
+/// a process (tests, the simulation) do not wake each other.
+#[derive(Debug, Clone, Default)]
+pub struct Transitions(Arc<AtomicU64>);
 
-/// The value of the process-wide transition counter.
-pub fn transitions() -> u64 {
-    TRANSITIONS.load(Ordering::Acquire)
-}
+impl Transitions {
+    /// The counter's value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
 
-/// Bumps the transition counter for a change that is not a mode change but that whoever
-/// skips work while nothing changed must look at (a hibernated replica started again).
-pub(crate) fn note_change() {
-    TRANSITIONS.fetch_add(1, Ordering::AcqRel);
+    /// Bumps the counter.
+    pub(crate) fn note(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// A group's state as its local replica sees it: the part of openraft's metrics the
@@ -380,6 +384,8 @@ pub struct Quiescence {
     timers: Box<dyn Timers>,
     /// How long a follower woken by activity waits before it may campaign.
     activity_grace: Duration,
+    /// The node's transition counter.
+    transitions: Transitions,
 }
 
 struct State {
@@ -402,9 +408,14 @@ struct State {
 }
 
 impl Quiescence {
-    pub fn new(group: u64, timers: impl Timers, activity_grace: Duration) -> Arc<Self> {
+    pub fn new(
+        group: u64,
+        timers: impl Timers,
+        activity_grace: Duration,
+        transitions: Transitions,
+    ) -> Arc<Self> {
         // A new replica is awake: whoever skips work while nothing changed must look again.
-        TRANSITIONS.fetch_add(1, Ordering::AcqRel);
+        transitions.note();
         Arc::new(Quiescence {
             group,
             state: Mutex::new(State {
@@ -421,7 +432,13 @@ impl Quiescence {
             campaign_term: AtomicU64::new(0),
             timers: Box::new(timers),
             activity_grace,
+            transitions,
         })
+    }
+
+    /// The node's transition counter this replica bumps.
+    pub(crate) fn transitions(&self) -> &Transitions {
+        &self.transitions
     }
 
     /// Every mode change goes through here, so the mirrors stay in step.
@@ -433,7 +450,7 @@ impl Quiescence {
         self.kind.store(mode.kind() as u8, Ordering::Release);
         self.followed.store(followed, Ordering::Release);
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        TRANSITIONS.fetch_add(1, Ordering::AcqRel);
+        self.transitions.note();
         st.mode = mode;
         st.changed_at = Instant::now();
     }
@@ -944,7 +961,12 @@ mod tests {
 
     #[test]
     fn a_lost_leader_is_campaigned_for_once_per_term() {
-        let q = Quiescence::new(9, Fake::on(), Duration::from_millis(600));
+        let q = Quiescence::new(
+            9,
+            Fake::on(),
+            Duration::from_millis(600),
+            Transitions::default(),
+        );
         assert!(q.campaign_due(0), "term 0 counts as a term");
         assert!(!q.campaign_due(0));
         assert!(q.campaign_due(4));
@@ -991,7 +1013,12 @@ mod tests {
     #[tokio::test]
     async fn a_leader_stops_its_timers_only_once_every_follower_accepted() {
         let f = Fake::on();
-        let q = Quiescence::new(9, f.clone(), Duration::from_millis(600));
+        let q = Quiescence::new(
+            9,
+            f.clone(),
+            Duration::from_millis(600),
+            Transitions::default(),
+        );
         assert!(q.claim(CLAIM, vec![2, 3], Instant::now()));
         assert!(!q.is_quiet());
         assert!(!q.accepted(&CLAIM, 2));
@@ -1010,7 +1037,7 @@ mod tests {
     async fn a_follower_woken_by_activity_campaigns_only_after_the_grace() {
         let f = Fake::on();
         let grace = Duration::from_millis(600);
-        let q = Quiescence::new(9, f.clone(), grace);
+        let q = Quiescence::new(9, f.clone(), grace, Transitions::default());
         q.follow(CLAIM);
         assert_eq!(f.get(), (false, true, true));
         assert!(q.refuses_pre_vote(), "quiet");
@@ -1026,7 +1053,7 @@ mod tests {
     async fn suspicion_of_the_leader_cuts_a_hold_short() {
         let f = Fake::on();
         let grace = Duration::from_millis(1200);
-        let q = Quiescence::new(9, f.clone(), grace);
+        let q = Quiescence::new(9, f.clone(), grace, Transitions::default());
         q.follow(CLAIM);
         q.wake(Wake::Activity, "test");
         assert!(q.holds_elections());
@@ -1053,7 +1080,7 @@ mod tests {
     async fn a_stale_grace_does_not_enable_elections_of_a_quiet_follower() {
         let f = Fake::on();
         let grace = Duration::from_millis(600);
-        let q = Quiescence::new(9, f.clone(), grace);
+        let q = Quiescence::new(9, f.clone(), grace, Transitions::default());
         q.follow(CLAIM);
         q.wake(Wake::Activity, "test");
         q.follow(CLAIM);
@@ -1067,7 +1094,12 @@ mod tests {
     #[tokio::test]
     async fn a_leader_that_started_a_transfer_never_claims_in_that_term() {
         let f = Fake::on();
-        let q = Quiescence::new(9, f.clone(), Duration::from_millis(600));
+        let q = Quiescence::new(
+            9,
+            f.clone(),
+            Duration::from_millis(600),
+            Transitions::default(),
+        );
         assert!(q.claim(CLAIM, vec![2, 3], Instant::now()));
         q.accepted(&CLAIM, 2);
         assert!(q.accepted(&CLAIM, 3));
@@ -1084,7 +1116,12 @@ mod tests {
     #[tokio::test]
     async fn a_quiet_leader_that_stepped_down_can_follow() {
         let f = Fake::on();
-        let q = Quiescence::new(9, f.clone(), Duration::from_millis(600));
+        let q = Quiescence::new(
+            9,
+            f.clone(),
+            Duration::from_millis(600),
+            Transitions::default(),
+        );
         q.claim(CLAIM, vec![], Instant::now());
         assert_eq!(
             f.get(),

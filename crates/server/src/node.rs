@@ -152,8 +152,16 @@ impl Node {
             },
             registry.clone(),
             pool.clone(),
+            fjord_raft::quiesce::Transitions::default(),
         );
-        let meta = group::start_meta(config.id, &meta_config, store.clone(), pool.clone()).await?;
+        let meta = group::start_meta(
+            config.id,
+            &meta_config,
+            store.clone(),
+            pool.clone(),
+            liveness.transitions().clone(),
+        )
+        .await?;
         let producer_ids =
             crate::producer_ids::ProducerIds::load(&store).map_err(StartError::ProducerIds)?;
         registry.insert(fjord_meta::META_GROUP, AnyGroup::Meta(meta.clone()));
@@ -431,6 +439,7 @@ impl Node {
             &self.group_config,
             self.store.clone(),
             self.pool.clone(),
+            self.liveness.transitions().clone(),
         )
         .await;
         let handle = match started {
