@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use fjord_client::{
     Acks, Client, ClientError, FetchOptions, Producer, ProducerConfig, ProducerRecord, ReadMode,
 };
-use fjord_harness::history::{Event, EventType, Instance};
+use fjord_harness::history::{Event, EventType};
 use fjord_harness::workload::{self as model, FINAL_READER, FinalRead, Values};
 use tokio::sync::watch;
 
@@ -279,17 +279,14 @@ async fn fencing_writer(
         ..ProducerConfig::default()
     };
     let mut rng = model::fencing_rng(opts.seed, name);
-    let mut current: Option<(Producer, u16)> = None;
-    let mut zombie: Option<(Producer, u16)> = None;
-    let mut n = 0u64;
+    let mut instances = model::FencingInstances::new(name);
     while !*stop.borrow() {
-        let (rotate, writer) = model::fencing_step(n);
-        if rotate || current.is_none() {
+        if instances.needs_new() {
             let fresh = client
                 .producer(opts.topic.clone(), config.clone())
                 .expect("a valid producer config");
             match tokio::time::timeout(opts.op_timeout, fresh.init()).await {
-                Ok(Ok((_, epoch))) => zombie = current.replace((fresh, epoch)),
+                Ok(Ok((_, epoch))) => instances.started(fresh, epoch),
                 _ => {
                     // No metadata majority now: try again, without counting a write.
                     tokio::select! {
@@ -300,15 +297,8 @@ async fn fencing_writer(
                 }
             }
         }
-        let (producer, epoch) = match (writer, &zombie, &current) {
-            (model::Writer::Zombie, Some(z), _) => z,
-            (_, _, Some(c)) => c,
-            _ => unreachable!("an instance was started above"),
-        };
-        let instance = Some(Instance {
-            name,
-            epoch: *epoch,
-        });
+        let (producer, instance) = instances.next_writer().expect("an instance was started");
+        let instance = Some(instance);
         let partition = model::pick_partition(&mut rng, opts.partitions);
         let value = values.next();
         let invoke = model::produce(partition, value);
@@ -329,7 +319,6 @@ async fn fencing_writer(
                 ),
             };
         rec.record_as(p, kind, op, error, instance);
-        n += 1;
         if !opts.produce_interval.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(opts.produce_interval) => {}

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::history::{Op, ReadRecord};
+use crate::history::{Instance, Op, ReadRecord};
 
 /// What a record that does not hold a value reads as.
 pub const NOT_A_VALUE: u64 = u64::MAX;
@@ -203,6 +203,62 @@ pub fn fencing_step(n: u64) -> (bool, Writer) {
     (rotate, writer)
 }
 
+/// A fencing process's instances of its name (`P`: the tier's producer handle) and its count
+/// of writes: which instance writes next, and when a new one must be started.
+#[derive(Debug)]
+pub struct FencingInstances<P> {
+    name: u32,
+    current: Option<(P, u16)>,
+    zombie: Option<(P, u16)>,
+    writes: u64,
+}
+
+impl<P> FencingInstances<P> {
+    pub fn new(name: u32) -> Self {
+        FencingInstances {
+            name,
+            current: None,
+            zombie: None,
+            writes: 0,
+        }
+    }
+
+    /// Whether a new instance must be started before the next write.
+    pub fn needs_new(&self) -> bool {
+        self.current.is_none() || fencing_step(self.writes).0
+    }
+
+    /// A new instance at `epoch` was started: the current one becomes the zombie.
+    pub fn started(&mut self, producer: P, epoch: u16) {
+        self.zombie = self.current.replace((producer, epoch));
+    }
+
+    /// The instance the next write goes through, and what to record it as; counts the write.
+    /// `None` until an instance was started.
+    pub fn next_writer(&mut self) -> Option<(&P, Instance)> {
+        let (_, writer) = fencing_step(self.writes);
+        let chosen = match (writer, &self.zombie) {
+            (Writer::Zombie, Some(z)) => Some(z),
+            _ => self.current.as_ref(),
+        };
+        let (producer, epoch) = chosen?;
+        self.writes += 1;
+        let instance = Instance {
+            name: self.name,
+            epoch: *epoch,
+        };
+        Some((producer, instance))
+    }
+
+    /// Every instance still held: the newest and the zombie.
+    pub fn all(&self) -> impl Iterator<Item = &P> {
+        self.current
+            .iter()
+            .chain(self.zombie.iter())
+            .map(|(p, _)| p)
+    }
+}
+
 /// The producer name of the run's fencing process number `name`.
 pub fn fencing_name(name: u32) -> String {
     format!("jepsen-fencing-{name}")
@@ -216,6 +272,24 @@ pub fn fencing_rng(seed: u64, name: u32) -> StdRng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fencing_instances_hand_the_writes_to_the_new_instance_and_its_zombie_in_turn() {
+        let mut f = FencingInstances::new(4);
+        assert!(f.needs_new());
+        assert!(f.next_writer().is_none(), "no instance yet");
+        f.started("a", 0);
+        for _ in 0..FENCING_ROTATE_EVERY {
+            assert!(!f.needs_new());
+            let (p, i) = f.next_writer().unwrap();
+            assert_eq!((*p, i), ("a", Instance { name: 4, epoch: 0 }));
+        }
+        assert!(f.needs_new(), "every 20 writes a new instance");
+        f.started("b", 1);
+        let writers: Vec<&str> = (0..7).map(|_| *f.next_writer().unwrap().0).collect();
+        assert_eq!(writers, ["b", "a", "b", "a", "b", "a", "b"]);
+        assert_eq!(f.all().copied().collect::<Vec<_>>(), ["b", "a"]);
+    }
 
     #[test]
     fn a_fencing_process_rotates_then_lets_the_zombie_write_between_the_new_ones() {

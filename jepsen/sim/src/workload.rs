@@ -20,7 +20,7 @@ use std::time::Duration;
 use fjord_client::{
     Acks, Client, ClientConfig, ClientError, FetchOptions, ProducerConfig, ProducerRecord, ReadMode,
 };
-use fjord_harness::history::{EventType, Instance, Op};
+use fjord_harness::history::{EventType, Op};
 use fjord_harness::workload::{self as model, FINAL_READER, FinalRead, Values};
 use rand::Rng;
 
@@ -279,17 +279,14 @@ async fn fencing_writer(
         ..Default::default()
     };
     let mut rng = model::fencing_rng(w.seed, name);
-    let mut current: Option<(fjord_client::Producer, u16)> = None;
-    let mut zombie: Option<(fjord_client::Producer, u16)> = None;
-    let mut n = 0u64;
+    let mut instances = model::FencingInstances::new(name);
     while now() < w.writes_until {
-        let (rotate, writer) = model::fencing_step(n);
-        if rotate || current.is_none() {
+        if instances.needs_new() {
             let fresh = client
                 .producer(w.topic.clone(), config.clone())
                 .expect("a valid producer config");
             match fresh.init().await {
-                Ok((_, epoch)) => zombie = current.replace((fresh, epoch)),
+                Ok((_, epoch)) => instances.started(fresh, epoch),
                 Err(_) => {
                     // No metadata majority now: try again, without counting a write.
                     tokio::time::sleep(RETRY_PAUSE).await;
@@ -297,15 +294,8 @@ async fn fencing_writer(
                 }
             }
         }
-        let (producer, epoch) = match (writer, &zombie, &current) {
-            (model::Writer::Zombie, Some(z), _) => z,
-            (_, _, Some(c)) => c,
-            _ => unreachable!("an instance was started above"),
-        };
-        let instance = Some(Instance {
-            name,
-            epoch: *epoch,
-        });
+        let (producer, instance) = instances.next_writer().expect("an instance was started");
+        let instance = Some(instance);
         let value = values.next();
         let partition = model::pick_partition(&mut rng, w.partitions);
         let invoke = model::produce(partition, value);
@@ -333,11 +323,10 @@ async fn fencing_writer(
         record(&history, |h| {
             h.record_as(now_ns(), process, kind, op, error, instance)
         });
-        n += 1;
         let pause = rng.gen_range(WRITER_PAUSE_MS_MIN..=WRITER_PAUSE_MS_MAX);
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
-    for (p, _) in current.iter().chain(zombie.iter()) {
+    for p in instances.all() {
         p.flush().await;
     }
 }
