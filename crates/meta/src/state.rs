@@ -143,16 +143,15 @@ pub struct MetaStateV1 {
 
 impl From<MetaStateV1> for MetaState {
     fn from(v: MetaStateV1) -> Self {
-        MetaState {
+        MetaStateV2 {
             nodes: v.nodes,
             topics: v.topics,
             next_topic_id: v.next_topic_id,
             next_producer_id: v.next_producer_id,
             cluster_id: 0,
             incarnations: BTreeMap::new(),
-            producer_names: BTreeMap::new(),
-            producer_epochs: BTreeMap::new(),
         }
+        .into()
     }
 }
 

@@ -79,8 +79,8 @@ impl From<StoredBatchV1> for StoredBatch {
 ///
 /// Encoded as [`RequestWire`], whose variants only ever grow at the end, so that every log
 /// entry ever written still decodes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "RequestWire", into = "RequestWire")]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(from = "RequestWire")]
 pub enum Request {
     /// A partition group's record batch.
     Batch(StoredBatch),
@@ -108,11 +108,13 @@ impl From<RequestWire> for Request {
     }
 }
 
-impl From<Request> for RequestWire {
-    fn from(r: Request) -> Self {
-        match r {
-            Request::Batch(b) => RequestWire::Batch(b),
-            Request::Meta(c) => RequestWire::Meta(c),
+/// Encoded as the [`RequestWire`] variant it decodes from, by reference: the append and send
+/// paths encode every entry, and a copy of the request first would be wasted work.
+impl Serialize for Request {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Request::Meta(c) => s.serialize_newtype_variant("RequestWire", 1, "Meta", c),
+            Request::Batch(b) => s.serialize_newtype_variant("RequestWire", 2, "Batch", b),
         }
     }
 }
