@@ -1,0 +1,341 @@
+//! Committed offsets: commits and fetches fenced by the member epoch, resets, deletion and
+//! expiry, as pure decisions.
+//!
+//! # The rules of a commit
+//! 1. A commit names a member and its epoch, or none (an **admin** or standalone commit,
+//!    epoch -1 on the wire), which only an empty group accepts (Kafka's rule: a group with
+//!    members takes commits from its members only).
+//! 2. The member must be in the group ([`GroupError::UnknownMember`]), at an epoch no newer
+//!    than its own ([`GroupError::FencedMemberEpoch`]).
+//! 3. Each partition must be **owned** by the member ([`GroupError::NotOwned`]), since an
+//!    epoch no newer than the one the commit names ([`GroupError::StaleMemberEpoch`]): a
+//!    member keeps committing the partitions it still owns while its epoch moves on, and a
+//!    member removed for silence (a zombie after a pause) commits nothing.
+//! 4. The offset is at most the partition's high watermark
+//!    ([`GroupError::OffsetAboveHighWatermark`]): no consumer was handed anything beyond it.
+//! 5. The commit is all or nothing.
+//!
+//! A fetch by a member is fenced by rule 2 (so a zombie cannot resume from offsets it should
+//! no longer see as current); an admin fetch (no member) is not.
+
+use std::collections::BTreeMap;
+
+use crate::error::GroupError;
+use crate::groups::Work;
+use crate::heartbeat::{Decision, check_group_name};
+use crate::limits::*;
+use crate::model::{Committed, Group, TopicsView, Tp};
+use crate::record::GroupRecord;
+
+/// Who commits or fetches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committer {
+    /// A member at an epoch.
+    Member { id: String, epoch: u32 },
+    /// An admin or standalone consumer: only an empty group takes its commits.
+    Admin,
+}
+
+/// One partition's commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetCommit {
+    pub tp: Tp,
+    pub offset: u64,
+    pub metadata: String,
+}
+
+fn check_member<'g>(
+    group: &'g Group,
+    id: &str,
+    epoch: u32,
+) -> Result<&'g crate::model::Member, GroupError> {
+    let m = group
+        .members
+        .get(id)
+        .ok_or_else(|| GroupError::UnknownMember {
+            group: group.name.clone(),
+            member: id.to_string(),
+        })?;
+    if epoch > m.epoch || m.left_static {
+        return Err(GroupError::FencedMemberEpoch {
+            group: group.name.clone(),
+            member: id.to_string(),
+            sent: epoch,
+            current: m.epoch,
+        });
+    }
+    Ok(m)
+}
+
+/// An offset commit, in domain types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitRequest {
+    pub group: String,
+    pub who: Committer,
+    pub offsets: Vec<OffsetCommit>,
+}
+
+/// Decides a commit. `high_watermark` gives each partition's high watermark (`None`: no such
+/// partition); `groups_held` counts the coordinator's groups, for a commit that creates one.
+pub fn commit(
+    group: Option<&Group>,
+    req: &CommitRequest,
+    topics: &TopicsView,
+    high_watermark: impl Fn(Tp) -> Option<u64>,
+    now_ms: i64,
+    groups_held: usize,
+) -> Result<Decision<()>, GroupError> {
+    let CommitRequest {
+        group: name,
+        who,
+        offsets,
+    } = req;
+    let name = name.as_str();
+    check_group_name(name)?;
+    if offsets.len() > MAX_OFFSETS_PER_REQUEST {
+        return Err(GroupError::invalid(
+            "offset commit",
+            format!(
+                "it names {} partitions; the limit is {MAX_OFFSETS_PER_REQUEST} (MAX_OFFSETS_PER_REQUEST)",
+                offsets.len()
+            ),
+        ));
+    }
+    if let Some(o) = offsets
+        .iter()
+        .find(|o| o.metadata.len() > MAX_OFFSET_METADATA_BYTES)
+    {
+        return Err(GroupError::invalid(
+            "offset metadata",
+            format!(
+                "{} bytes for {}/{}; the limit is {MAX_OFFSET_METADATA_BYTES} (MAX_OFFSET_METADATA_BYTES)",
+                o.metadata.len(),
+                topics.describe(o.tp),
+                o.tp.partition
+            ),
+        ));
+    }
+    if group.is_none() && groups_held >= MAX_GROUPS_PER_COORDINATOR {
+        return Err(GroupError::TooManyGroups {
+            limit: MAX_GROUPS_PER_COORDINATOR,
+        });
+    }
+    let empty = Group::new(name);
+    let g = group.unwrap_or(&empty);
+    match who {
+        Committer::Admin if !g.members.is_empty() => {
+            return Err(GroupError::NotEmpty {
+                group: name.to_string(),
+                members: g.members.len(),
+                what: "a commit without a member id",
+            });
+        }
+        Committer::Admin => {}
+        Committer::Member { id, epoch } => {
+            let m = check_member(g, id, *epoch)?;
+            for o in offsets {
+                let Some(at) = m.owns(o.tp) else {
+                    return Err(GroupError::NotOwned {
+                        group: name.to_string(),
+                        member: id.clone(),
+                        topic: topics.describe(o.tp),
+                        partition: o.tp.partition,
+                    });
+                };
+                if *epoch < at {
+                    return Err(GroupError::StaleMemberEpoch {
+                        group: name.to_string(),
+                        member: id.clone(),
+                        topic: topics.describe(o.tp),
+                        partition: o.tp.partition,
+                        sent: *epoch,
+                        assigned_at: at,
+                        current: m.epoch,
+                    });
+                }
+            }
+        }
+    }
+    for o in offsets {
+        let hw = high_watermark(o.tp).ok_or_else(|| GroupError::UnknownPartition {
+            what: format!("partition {}/{}", topics.describe(o.tp), o.tp.partition),
+        })?;
+        if o.offset > hw {
+            return Err(GroupError::OffsetAboveHighWatermark {
+                topic: topics.describe(o.tp),
+                partition: o.tp.partition,
+                offset: o.offset,
+                high_watermark: hw,
+            });
+        }
+    }
+    let mut w = Work::new(group, name);
+    if group.is_none() {
+        w.meta().empty_since_ms = Some(now_ms);
+    }
+    for o in offsets {
+        w.put_offset(
+            o.tp,
+            Committed {
+                offset: o.offset,
+                metadata: o.metadata.clone(),
+                commit_time_ms: now_ms,
+            },
+        );
+    }
+    Ok(Decision {
+        answer: (),
+        records: w.finish(),
+    })
+}
+
+/// The committed offsets of `tps` (all the group's when empty) as `who` may see them.
+pub fn fetch(
+    group: Option<&Group>,
+    name: &str,
+    who: &Committer,
+    tps: &[Tp],
+) -> Result<BTreeMap<Tp, Option<Committed>>, GroupError> {
+    check_group_name(name)?;
+    if tps.len() > MAX_OFFSETS_PER_REQUEST {
+        return Err(GroupError::invalid(
+            "offset fetch",
+            format!(
+                "it names {} partitions; the limit is {MAX_OFFSETS_PER_REQUEST} (MAX_OFFSETS_PER_REQUEST)",
+                tps.len()
+            ),
+        ));
+    }
+    let empty = Group::new(name);
+    let g = group.unwrap_or(&empty);
+    if let Committer::Member { id, epoch } = who {
+        check_member(g, id, *epoch)?;
+    }
+    Ok(if tps.is_empty() {
+        g.offsets
+            .iter()
+            .map(|(tp, c)| (*tp, Some(c.clone())))
+            .collect()
+    } else {
+        tps.iter()
+            .map(|tp| (*tp, g.offsets.get(tp).cloned()))
+            .collect()
+    })
+}
+
+/// Where a reset moves a partition's committed offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTo {
+    Earliest,
+    Latest,
+    Offset(u64),
+    /// From the committed offset (or, with none, from the earliest).
+    ShiftBy(i64),
+}
+
+/// A partition's readable range: `[log_start, high_watermark]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub log_start: u64,
+    pub high_watermark: u64,
+}
+
+/// Decides an offset reset of `tps` of an empty group; each new offset is clamped into its
+/// partition's bounds (as Kafka's tool does).
+pub fn reset(
+    group: Option<&Group>,
+    name: &str,
+    to: ResetTo,
+    tps: &[(Tp, Bounds)],
+    now_ms: i64,
+    groups_held: usize,
+) -> Result<Decision<BTreeMap<Tp, u64>>, GroupError> {
+    check_group_name(name)?;
+    if let Some(g) = group.filter(|g| !g.members.is_empty()) {
+        return Err(GroupError::NotEmpty {
+            group: name.to_string(),
+            members: g.members.len(),
+            what: "an offset reset",
+        });
+    }
+    if group.is_none() && groups_held >= MAX_GROUPS_PER_COORDINATOR {
+        return Err(GroupError::TooManyGroups {
+            limit: MAX_GROUPS_PER_COORDINATOR,
+        });
+    }
+    let mut w = Work::new(group, name);
+    if group.is_none() {
+        w.meta().empty_since_ms = Some(now_ms);
+    }
+    let mut answer = BTreeMap::new();
+    for (tp, b) in tps {
+        let current = w.group.offsets.get(tp).map(|c| c.offset);
+        let wanted: i128 = match to {
+            ResetTo::Earliest => b.log_start.into(),
+            ResetTo::Latest => b.high_watermark.into(),
+            ResetTo::Offset(o) => o.into(),
+            ResetTo::ShiftBy(d) => i128::from(current.unwrap_or(b.log_start)) + i128::from(d),
+        };
+        let offset = wanted.clamp(b.log_start.into(), b.high_watermark.into()) as u64;
+        w.put_offset(
+            *tp,
+            Committed {
+                offset,
+                metadata: String::new(),
+                commit_time_ms: now_ms,
+            },
+        );
+        answer.insert(*tp, offset);
+    }
+    Ok(Decision {
+        answer,
+        records: w.finish(),
+    })
+}
+
+/// Decides the deletion of an empty group: tombstones of its offsets and of itself.
+pub fn delete(group: Option<&Group>, name: &str) -> Result<Vec<GroupRecord>, GroupError> {
+    let g = group.ok_or_else(|| GroupError::UnknownGroup {
+        group: name.to_string(),
+    })?;
+    if !g.members.is_empty() {
+        return Err(GroupError::NotEmpty {
+            group: name.to_string(),
+            members: g.members.len(),
+            what: "deleting the group",
+        });
+    }
+    Ok(Work::new(Some(g), name).delete())
+}
+
+/// The records that expire `group` at `now_ms`: a group empty for `retention_ms` loses its
+/// offsets and itself; offsets of topics that no longer exist go at once.
+pub fn expire(
+    group: &Group,
+    topics: &TopicsView,
+    now_ms: i64,
+    retention_ms: i64,
+) -> Vec<GroupRecord> {
+    let expired = group.members.is_empty()
+        && group
+            .meta
+            .empty_since_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) >= retention_ms);
+    if expired {
+        return Work::new(Some(group), &group.name).delete();
+    }
+    let gone: Vec<Tp> = group
+        .offsets
+        .keys()
+        .filter(|tp| topics.partitions_of(tp.topic) <= tp.partition)
+        .copied()
+        .collect();
+    if gone.is_empty() {
+        return Vec::new();
+    }
+    let mut w = Work::new(Some(group), &group.name);
+    for tp in gone {
+        w.remove_offset(tp);
+    }
+    w.finish()
+}

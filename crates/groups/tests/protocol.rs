@@ -1,0 +1,352 @@
+//! The group protocol against a model of its members: random joins, heartbeats, leaves,
+//! static restarts and removals, each decision's records encoded, decoded and replayed, as a
+//! replica would. What must hold after every step:
+//! - no two members in the group hold a partition at once (each holds what its last answer
+//!   gave it, and gives up the rest at once, as a client does);
+//! - the replayed groups pass their invariants;
+//! - once everyone heartbeats twice with nothing changing, every subscribed partition is held
+//!   by exactly one member, and counts differ by at most one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use fjord_groups::heartbeat::{self, HeartbeatRequest, remove};
+use fjord_groups::offsets::{self, Committer, OffsetCommit};
+use fjord_groups::*;
+use proptest::prelude::*;
+
+struct Sim {
+    groups: Groups,
+    topics: TopicsView,
+    /// Members as their clients see them: id → (epoch, held partitions, instance id).
+    clients: BTreeMap<String, (u32, BTreeSet<Tp>, Option<String>)>,
+    next_id: u32,
+    now_ms: i64,
+}
+
+fn apply(groups: &mut Groups, records: &[GroupRecord]) {
+    for r in records {
+        let (k, v) = r.encode();
+        let back = GroupRecord::decode(&k, v.as_deref()).expect("decodes");
+        assert_eq!(&back, r);
+        groups.apply(&back);
+    }
+    groups.validate().expect("replayed groups are valid");
+}
+
+impl Sim {
+    fn new(partitions: u32) -> Self {
+        Sim {
+            groups: Groups::default(),
+            topics: TopicsView::new([("t".to_string(), 1, partitions)]),
+            clients: BTreeMap::new(),
+            next_id: 0,
+            now_ms: 0,
+        }
+    }
+
+    fn ctx<'a>(&'a self, id: &'a str) -> Context<'a> {
+        Context {
+            topics: &self.topics,
+            now_ms: self.now_ms,
+            groups_held: self.groups.len(),
+            new_member_id: id,
+            defaults: Defaults::default(),
+        }
+    }
+
+    fn beat(
+        &mut self,
+        member: Option<&str>,
+        instance: Option<String>,
+    ) -> Result<String, GroupError> {
+        self.now_ms += 1;
+        let fresh = format!("m{}", self.next_id);
+        self.next_id += 1;
+        let (member_id, beat, owned, instance) = match member {
+            None => (String::new(), Beat::Join, BTreeSet::new(), instance),
+            Some(id) => {
+                let (epoch, held, inst) = &self.clients[id];
+                (id.to_string(), Beat::At(*epoch), held.clone(), inst.clone())
+            }
+        };
+        let req = HeartbeatRequest {
+            group: "g".into(),
+            member_id,
+            beat: Some(beat),
+            instance_id: if beat == Beat::Join {
+                instance.clone()
+            } else {
+                None
+            },
+            subscription: Some(Subscription {
+                topics: ["t".to_string()].into(),
+                pattern: None,
+            }),
+            owned: Some(owned),
+            ..HeartbeatRequest::default()
+        };
+        let d = heartbeat::heartbeat(self.groups.get("g"), &req, &self.ctx(&fresh))?;
+        apply(&mut self.groups, &d.records);
+        let a = d.answer;
+        // A static restart fences the instance's old member id: its client is gone.
+        if let (Some(i), Beat::Join) = (&instance, beat) {
+            self.clients
+                .retain(|_, (_, _, inst)| inst.as_deref() != Some(i));
+        }
+        self.clients.insert(
+            a.member_id.clone(),
+            (a.member_epoch.unwrap(), a.assignment, instance),
+        );
+        Ok(a.member_id)
+    }
+
+    fn leave(&mut self, id: &str) {
+        let req = HeartbeatRequest {
+            group: "g".into(),
+            member_id: id.into(),
+            beat: Some(Beat::Leave),
+            ..HeartbeatRequest::default()
+        };
+        let d = heartbeat::heartbeat(self.groups.get("g"), &req, &self.ctx("unused")).unwrap();
+        apply(&mut self.groups, &d.records);
+        self.clients.remove(id);
+    }
+
+    fn expire(&mut self, id: &str) {
+        let records = remove(self.groups.get("g").unwrap(), id, self.now_ms);
+        apply(&mut self.groups, &records);
+        self.clients.remove(id);
+    }
+
+    fn check_exclusive(&self) {
+        let mut seen: BTreeMap<Tp, &str> = BTreeMap::new();
+        for (id, (_, held, _)) in &self.clients {
+            for tp in held {
+                if let Some(other) = seen.insert(*tp, id) {
+                    panic!("{tp:?} held by {other} and {id}");
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Join,
+    JoinStatic(u8),
+    Beat(usize),
+    Leave(usize),
+    Expire(usize),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        2 => Just(Step::Join),
+        1 => (0u8..3).prop_map(Step::JoinStatic),
+        8 => any::<usize>().prop_map(Step::Beat),
+        1 => any::<usize>().prop_map(Step::Leave),
+        1 => any::<usize>().prop_map(Step::Expire),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    #[test]
+    fn members_never_hold_a_partition_together_and_settle_balanced(
+        partitions in 1u32..13,
+        steps in proptest::collection::vec(step(), 1..80),
+    ) {
+        let mut sim = Sim::new(partitions);
+        for s in steps {
+            let ids: Vec<String> = sim.clients.keys().cloned().collect();
+            let pick = |i: usize| ids.get(i % ids.len().max(1)).cloned();
+            match s {
+                Step::Join => { sim.beat(None, None).unwrap(); }
+                Step::JoinStatic(i) => { sim.beat(None, Some(format!("i{i}"))).unwrap(); }
+                Step::Beat(i) => if let Some(id) = pick(i) { sim.beat(Some(&id), None).unwrap(); },
+                Step::Leave(i) => if let Some(id) = pick(i) { sim.leave(&id) },
+                Step::Expire(i) => if let Some(id) = pick(i) { sim.expire(&id) },
+            }
+            sim.check_exclusive();
+        }
+        // Settle: everyone heartbeats until nothing changes.
+        for _ in 0..6 {
+            let ids: Vec<String> = sim.clients.keys().cloned().collect();
+            for id in ids {
+                sim.beat(Some(&id), None).unwrap();
+                sim.check_exclusive();
+            }
+        }
+        let g = sim.groups.get("g");
+        if sim.clients.is_empty() {
+            prop_assert!(g.is_none_or(|g| g.members.is_empty()));
+        } else {
+            let g = g.unwrap();
+            prop_assert_eq!(g.state(), GroupState::Stable);
+            let held: usize = sim.clients.values().map(|c| c.1.len()).sum();
+            prop_assert_eq!(held, partitions as usize);
+            let counts: Vec<usize> = sim.clients.values().map(|c| c.1.len()).collect();
+            prop_assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1, "{:?}", counts);
+        }
+    }
+}
+
+#[test]
+fn a_static_member_restarting_moves_nothing() {
+    let mut sim = Sim::new(6);
+    let a = sim.beat(None, Some("svc-0".into())).unwrap();
+    let b = sim.beat(None, Some("svc-1".into())).unwrap();
+    for _ in 0..3 {
+        sim.beat(Some(&a), None).unwrap();
+        sim.beat(Some(&b), None).unwrap();
+    }
+    let before_b = sim.clients[&b].1.clone();
+    assert_eq!(before_b.len(), 3);
+    let epoch_before = sim.groups.get("g").unwrap().meta.epoch;
+    // svc-1 restarts (crashed, no leave): its new instance gets the same partitions at once.
+    let b2 = sim.beat(None, Some("svc-1".into())).unwrap();
+    assert_ne!(b2, b);
+    assert_eq!(sim.clients[&b2].1, before_b);
+    assert_eq!(
+        sim.groups.get("g").unwrap().meta.epoch,
+        epoch_before,
+        "no rebalance"
+    );
+    // The old member id is fenced.
+    let req = HeartbeatRequest {
+        group: "g".into(),
+        member_id: b.clone(),
+        beat: Some(Beat::At(2)),
+        ..HeartbeatRequest::default()
+    };
+    let err = heartbeat::heartbeat(sim.groups.get("g"), &req, &sim.ctx("x")).unwrap_err();
+    assert!(matches!(err, GroupError::UnknownMember { .. }), "{err}");
+}
+
+#[test]
+fn commits_are_fenced_by_ownership_epoch_and_high_watermark() {
+    let mut sim = Sim::new(2);
+    let a = sim.beat(None, None).unwrap();
+    sim.beat(Some(&a), None).unwrap();
+    let (epoch, held, _) = sim.clients[&a].clone();
+    assert_eq!(held.len(), 2);
+    let g = sim.groups.get("g").unwrap().clone();
+    let hw = |_tp: Tp| Some(10);
+    let c = |offset| {
+        vec![OffsetCommit {
+            tp: Tp::new(1, 0),
+            offset,
+            metadata: String::new(),
+        }]
+    };
+    let who = Committer::Member {
+        id: a.clone(),
+        epoch,
+    };
+    let ok = offsets::commit(Some(&g), &req(&who, &c(10)), &sim.topics, hw, 5, 1).unwrap();
+    assert_eq!(ok.records.len(), 1);
+    let err = offsets::commit(Some(&g), &req(&who, &c(11)), &sim.topics, hw, 5, 1).unwrap_err();
+    assert!(matches!(
+        err,
+        GroupError::OffsetAboveHighWatermark {
+            high_watermark: 10,
+            ..
+        }
+    ));
+    let newer = Committer::Member {
+        id: a.clone(),
+        epoch: epoch + 1,
+    };
+    let err = offsets::commit(Some(&g), &req(&newer, &c(1)), &sim.topics, hw, 5, 1).unwrap_err();
+    assert!(matches!(err, GroupError::FencedMemberEpoch { .. }));
+    let admin = offsets::commit(
+        Some(&g),
+        &req(&Committer::Admin, &c(1)),
+        &sim.topics,
+        hw,
+        5,
+        1,
+    );
+    assert!(matches!(admin, Err(GroupError::NotEmpty { .. })));
+    // b joins: a must give up one partition; until it did, b's commit of it is refused.
+    let b = sim.beat(None, None).unwrap();
+    sim.beat(Some(&b), None).unwrap();
+    let g = sim.groups.get("g").unwrap().clone();
+    let (b_epoch, b_held, _) = sim.clients[&b].clone();
+    assert!(b_held.is_empty(), "nothing before a revokes");
+    let moving = g.targets[&b].iter().next().copied().unwrap();
+    let cb = vec![OffsetCommit {
+        tp: moving,
+        offset: 3,
+        metadata: String::new(),
+    }];
+    let err = offsets::commit(
+        Some(&g),
+        &req(
+            &Committer::Member {
+                id: b.clone(),
+                epoch: b_epoch,
+            },
+            &cb,
+        ),
+        &sim.topics,
+        hw,
+        5,
+        1,
+    )
+    .unwrap_err();
+    assert!(matches!(err, GroupError::NotOwned { .. }), "{err}");
+    // a still owns it (pending revocation) at its old epoch, and may commit it before it lets go.
+    let ok = offsets::commit(Some(&g), &req(&who, &cb), &sim.topics, hw, 5, 1);
+    assert!(ok.is_ok(), "{ok:?}");
+    // a expires (a pause past its session): its commits are refused.
+    sim.expire(&a);
+    let g = sim.groups.get("g").unwrap().clone();
+    let err = offsets::commit(Some(&g), &req(&who, &c(1)), &sim.topics, hw, 5, 1).unwrap_err();
+    assert!(matches!(err, GroupError::UnknownMember { .. }));
+}
+
+fn req(who: &Committer, offsets: &[OffsetCommit]) -> offsets::CommitRequest {
+    offsets::CommitRequest {
+        group: "g".into(),
+        who: who.clone(),
+        offsets: offsets.to_vec(),
+    }
+}
+
+#[test]
+fn an_empty_group_expires_after_its_retention() {
+    let mut sim = Sim::new(1);
+    let a = sim.beat(None, None).unwrap();
+    sim.beat(Some(&a), None).unwrap();
+    let (epoch, _, _) = sim.clients[&a].clone();
+    let g = sim.groups.get("g").unwrap().clone();
+    let c = vec![OffsetCommit {
+        tp: Tp::new(1, 0),
+        offset: 0,
+        metadata: String::new(),
+    }];
+    let d = offsets::commit(
+        Some(&g),
+        &req(
+            &Committer::Member {
+                id: a.clone(),
+                epoch,
+            },
+            &c,
+        ),
+        &sim.topics,
+        |_| Some(0),
+        5,
+        1,
+    )
+    .unwrap();
+    apply(&mut sim.groups, &d.records);
+    sim.leave(&a);
+    let g = sim.groups.get("g").unwrap().clone();
+    let left_at = g.meta.empty_since_ms.unwrap();
+    assert!(offsets::expire(&g, &sim.topics, left_at + 99, 100).is_empty());
+    let gone = offsets::expire(&g, &sim.topics, left_at + 100, 100);
+    apply(&mut sim.groups, &gone);
+    assert!(sim.groups.get("g").is_none());
+}
