@@ -55,6 +55,8 @@ pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     peers: String,
     timing: Timing,
+    /// Flags every node starts with, besides the Raft timing.
+    extra: Vec<String>,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -92,6 +94,11 @@ impl Cluster {
 
     /// [`Cluster::start`] with the given Raft timing.
     pub async fn start_with(n: usize, timing: Timing) -> Cluster {
+        Self::start_with_args(n, timing, &[]).await
+    }
+
+    /// [`Cluster::start_with`], every node also given `extra` flags.
+    pub async fn start_with_args(n: usize, timing: Timing, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(n);
         let peers = ports
@@ -115,6 +122,7 @@ impl Cluster {
             nodes,
             peers,
             timing,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             dir: Some(dir),
         };
         for i in 0..n {
@@ -129,6 +137,7 @@ impl Cluster {
     }
 
     fn spawn_with(&mut self, i: usize, extra: &[&str]) {
+        let common = self.extra.clone();
         let node = &mut self.nodes[i];
         assert!(node.child.is_none(), "node {} is already running", node.id);
         let log = std::fs::OpenOptions::new()
@@ -159,6 +168,7 @@ impl Cluster {
                 "--hibernate-after-ms",
                 &self.timing.hibernate_after_ms.to_string(),
             ])
+            .args(&common)
             .args(extra)
             // FJORD_TEST_LOG: the nodes' log filter (default `info`).
             .env(

@@ -1,4 +1,5 @@
-//! `fjord consume`: prints records of one or all partitions of a topic.
+//! `fjord consume`: prints records of one or all partitions of a topic, or (`--group`) of
+//! the partitions a consumer group gives this member.
 //!
 //! Each partition has its own polling task (at most [`MAX_CONCURRENT_FETCHES`] fetches
 //! outstanding at once), so a quiet partition's long poll never delays a busy one; records
@@ -10,7 +11,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use fjord_client::{
-    Client, ClientError, ConsumedRecord, Consumer, FetchOptions, ReadMode, StartFrom,
+    Client, ClientError, ConsumedRecord, Consumer, FetchOptions, GroupConfig, OffsetReset,
+    ReadMode, StartFrom,
 };
 use tokio::sync::{Semaphore, mpsc};
 
@@ -65,6 +67,16 @@ pub struct ConsumeArgs {
     /// Upper bound on record bytes per fetch (at least one batch is always returned).
     #[arg(long, default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u32).range(1..=64 * 1024 * 1024))]
     pub max_bytes: u32,
+    /// Read as a member of this consumer group: the group shares the topic's partitions out
+    /// among its members, and this member starts each at its committed offset and commits
+    /// as it prints (at least once: a crash prints again what was printed since the last
+    /// commit, never skips). Ctrl-C commits and leaves the group.
+    #[arg(long, conflicts_with_all = ["partition", "offset"])]
+    pub group: Option<String>,
+    /// With --group: a static member's stable id; restarted with the same id, it gets its
+    /// partitions back without a rebalance.
+    #[arg(long, requires = "group")]
+    pub instance_id: Option<String>,
 }
 
 pub async fn run(client: Client, out: Output, args: ConsumeArgs) -> anyhow::Result<()> {
@@ -77,6 +89,9 @@ pub async fn run(client: Client, out: Output, args: ConsumeArgs) -> anyhow::Resu
             ReadArg::Ap => ReadMode::Ap,
         },
     };
+    if let Some(group) = args.group.clone() {
+        return run_group(client, out, args, group, options).await;
+    }
     let start = match (args.from_beginning, args.offset) {
         (true, _) => StartFrom::Beginning,
         (false, Some(o)) => StartFrom::Offset(o),
@@ -132,6 +147,63 @@ pub async fn run(client: Client, out: Output, args: ConsumeArgs) -> anyhow::Resu
             }
         }
     }
+}
+
+/// `--group`: one group member, printing as it polls, committing as it goes.
+async fn run_group(
+    client: Client,
+    out: Output,
+    args: ConsumeArgs,
+    group: String,
+    fetch: FetchOptions,
+) -> anyhow::Result<()> {
+    let mut config = GroupConfig::new(group.clone(), vec![args.topic.clone()]);
+    config.instance_id = args.instance_id.clone();
+    config.fetch = fetch;
+    config.client_id = "fjord-cli".into();
+    config.reset = if args.from_beginning {
+        OffsetReset::Earliest
+    } else {
+        OffsetReset::Latest
+    };
+    let mut member = client.group_consumer(config)?;
+    let mut remaining = args.count;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    'polling: loop {
+        let polled = tokio::select! {
+            _ = &mut stop => break 'polling,
+            polled = member.poll() => polled,
+        };
+        let records = match polled {
+            Ok(records) => records,
+            Err(e) if e.is_retryable() => {
+                eprintln!("warning: group {group:?}: {e}; retrying");
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read as group {group:?}")),
+        };
+        for (i, r) in records.iter().enumerate() {
+            out.emit(
+                || String::from_utf8_lossy(&r.record.value).into_owned(),
+                || record_json(&r.record),
+            )?;
+            if let Some(n) = remaining.as_mut() {
+                *n -= 1;
+                if *n == 0 {
+                    // Whatever was fetched but not printed is not committed.
+                    for rest in &records[i + 1..] {
+                        member.unconsume(&rest.topic, rest.record.partition, rest.record.offset);
+                    }
+                    break 'polling;
+                }
+            }
+        }
+    }
+    member
+        .close()
+        .await
+        .with_context(|| format!("cannot commit and leave group {group:?}"))
 }
 
 type Polled = Result<Vec<ConsumedRecord>, (u32, ClientError)>;

@@ -16,6 +16,7 @@ mod bench;
 mod cluster;
 mod consume;
 mod dev;
+mod group;
 mod output;
 mod produce;
 mod serve;
@@ -78,6 +79,9 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print records of a topic as they arrive.
     Consume(consume::ConsumeArgs),
+    /// List, describe, reset or delete consumer groups.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
     /// Show the state of the cluster.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -111,6 +115,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topic(cmd) => topic::run(client(cli.brokers)?, out, cmd).await,
         Command::Produce(args) => produce::run(client(cli.brokers)?, out, args).await,
         Command::Consume(args) => consume::run(client(cli.brokers)?, out, args).await,
+        Command::Group(cmd) => group::run(client(cli.brokers)?, out, cmd).await,
         Command::Cluster(cmd) => cluster::run(client(cli.brokers)?, out, cmd).await,
         Command::Bench(cmd) => bench::run(client(cli.brokers)?, out, cmd).await,
     }

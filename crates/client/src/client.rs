@@ -442,7 +442,7 @@ impl Client {
 
     /// Applies a retry decision: returns the error when it is time to give up, else waits
     /// as decided.
-    async fn wait_or_give_up(
+    pub(crate) async fn wait_or_give_up(
         &self,
         retry: &mut RetryState,
         err: ClientError,
@@ -481,7 +481,7 @@ impl Client {
 
     /// A request any node answers (it forwards to the metadata leader itself): rotates over
     /// the nodes, backing off between attempts.
-    async fn any_node<T, F, Fut>(&self, mut f: F) -> Result<T, ClientError>
+    pub(crate) async fn any_node<T, F, Fut>(&self, mut f: F) -> Result<T, ClientError>
     where
         F: FnMut(FjordClient<Channel>, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,

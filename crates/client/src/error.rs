@@ -99,7 +99,22 @@ pub enum ClientError {
     /// partition that was sent). Fatal.
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
+    /// The consumer group removed this member (its session timed out, its instance id was
+    /// taken over) or fenced its epoch: it owns nothing and must rejoin. The group consumer
+    /// does so by itself; a commit that got this was not written.
+    #[error("member fenced: {0}")]
+    MemberFenced(String),
+    /// An offset commit sent with an epoch older than its partition's assignment: retry after
+    /// the next heartbeat.
+    #[error("stale member epoch: {0}")]
+    StaleMemberEpoch(String),
+    /// A group consumer's partition has no committed offset and its reset policy is `None`.
+    #[error("no committed offset: {0}")]
+    NoCommittedOffset(String),
 }
+
+/// The metadata key that names why a group request was refused.
+pub const REASON_KEY: &str = "fjord-reason";
 
 fn fmt_hint(hint: &Option<LeaderHint>) -> String {
     match hint {
@@ -193,6 +208,17 @@ impl ClientError {
                     message: describe_local(status),
                 }
             }
+            Code::FailedPrecondition => match status
+                .metadata()
+                .get(REASON_KEY)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some("UNKNOWN_MEMBER_ID" | "FENCED_MEMBER_EPOCH") => {
+                    ClientError::MemberFenced(message)
+                }
+                Some("STALE_MEMBER_EPOCH") => ClientError::StaleMemberEpoch(message),
+                _ => ClientError::FailedPrecondition(message),
+            },
             code => Self::from_code(code, message, hint),
         }
     }

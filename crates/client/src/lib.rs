@@ -30,6 +30,8 @@
 //! - `sequencer`: the pure rules of a partition's window of batches in flight: sequences,
 //!   retries, sequence gaps, moving to a new producer id.
 //! - [`consumer`]: fetch, decoding of fetched batches, and [`Consumer`].
+//! - [`group`]: [`GroupConsumer`], a consumer group member (server-side assignment, commits
+//!   fenced by member epoch, at-least-once auto-commit), and the group admin calls.
 //!
 //! # Guarantees
 //! - Every call has a deadline, every retry loop a bound, every queue a size.
@@ -43,6 +45,7 @@ mod client;
 pub mod config;
 pub mod consumer;
 pub mod error;
+pub mod group;
 pub mod metadata;
 pub mod producer;
 mod retry;
@@ -52,5 +55,8 @@ pub use client::{Client, Connect, MAX_CACHED_CHANNELS, MAX_MESSAGE_BYTES, TcpCon
 pub use config::{Acks, ClientConfig, FetchOptions, ProducerConfig, ReadMode};
 pub use consumer::{ConsumedRecord, Consumer, FetchResult, StartFrom};
 pub use error::{ClientError, LeaderHint};
+pub use group::{
+    GroupConfig, GroupConsumer, GroupDescription, GroupListing, GroupRecord, OffsetReset, ResetSpec,
+};
 pub use metadata::{ClusterMetadata, PartitionDescription, TopicDescription};
 pub use producer::{Delivery, Producer, ProducerRecord, RecordMetadata};

@@ -44,6 +44,34 @@ impl Groups {
         self.groups.values()
     }
 
+    /// The records that rebuild these groups (none a tombstone): a checkpoint's content, and
+    /// what a compacted log would hold.
+    pub fn snapshot(&self) -> Vec<GroupRecord> {
+        let mut out = Vec::new();
+        for g in self.groups.values() {
+            let group = || g.name.clone();
+            out.push(GroupRecord::Meta {
+                group: group(),
+                meta: g.meta.clone(),
+            });
+            out.extend(g.members.values().map(|m| GroupRecord::Member {
+                group: group(),
+                member: m.clone(),
+            }));
+            out.extend(g.targets.iter().map(|(m, p)| GroupRecord::Target {
+                group: group(),
+                member: m.clone(),
+                partitions: p.clone(),
+            }));
+            out.extend(g.offsets.iter().map(|(tp, c)| GroupRecord::Offset {
+                group: group(),
+                tp: *tp,
+                committed: c.clone(),
+            }));
+        }
+        out
+    }
+
     /// Checks every group's invariants ([`Group::validate`]).
     pub fn validate(&self) -> Result<(), String> {
         self.groups.values().try_for_each(Group::validate)

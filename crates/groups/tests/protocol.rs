@@ -350,3 +350,15 @@ fn an_empty_group_expires_after_its_retention() {
     apply(&mut sim.groups, &gone);
     assert!(sim.groups.get("g").is_none());
 }
+
+#[test]
+fn a_snapshot_replays_to_the_same_groups() {
+    let mut sim = Sim::new(4);
+    let a = sim.beat(None, Some("i".into())).unwrap();
+    let b = sim.beat(None, None).unwrap();
+    sim.beat(Some(&a), None).unwrap();
+    sim.beat(Some(&b), None).unwrap();
+    let mut copy = Groups::default();
+    apply(&mut copy, &sim.groups.snapshot());
+    assert_eq!(copy, sim.groups);
+}

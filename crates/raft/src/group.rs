@@ -534,12 +534,13 @@ pub async fn start_meta(
 pub async fn start_partition(
     node_id: NodeId,
     group: u64,
+    kind: crate::partition_sm::PartitionKind,
     cfg: &GroupConfig,
     store: Store,
     pool: Arc<PeerPool>,
     transitions: Transitions,
 ) -> Result<PartitionHandle, StartError> {
-    let shared = PartitionShared::open(group, &store)?;
+    let shared = PartitionShared::open(group, &store, kind)?;
     // The log store's in-memory tail is shared by its clones: an instance started again
     // after hibernation reads what the last one appended, committed to redb or not.
     let log = GroupLogStore::new(group, store.clone(), Some(shared.clone()));

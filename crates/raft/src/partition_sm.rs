@@ -44,6 +44,22 @@ pub struct Applied {
     pub last_applied: Option<LogIdOf<TypeConfig>>,
     pub membership: StoredMembershipOf<TypeConfig>,
     pub state: PartitionState,
+    /// A coordinator partition's consumer groups, as its applied records replay
+    /// ([`PartitionKind::Groups`]); `None` for a data partition. Encoded after the rest
+    /// ([`APPLIED_V3`]), as the records that rebuild it.
+    #[serde(skip)]
+    pub groups: Option<fjord_groups::Groups>,
+}
+
+/// What a partition's records are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionKind {
+    /// Users' records.
+    Data,
+    /// A partition of the consumer groups' internal topic: its records are
+    /// [`fjord_groups::GroupRecord`]s, which every replica replays as it applies them, so a
+    /// new coordinator (the partition's new leader) holds its groups at once.
+    Groups,
 }
 
 /// [`Applied`] as checkpoints written before producer epochs encode it.
@@ -54,21 +70,57 @@ struct AppliedV1 {
     state: fjord_storage::partition::PartitionStateV1,
 }
 
-/// The first byte of a checkpoint (and snapshot) of this version. A checkpoint of the first
-/// version starts with postcard's `Option` tag of `last_applied`, 0 or 1.
+/// The first byte of a checkpoint (and snapshot) of the second version. A checkpoint of the
+/// first version starts with postcard's `Option` tag of `last_applied`, 0 or 1.
 const APPLIED_V2: u8 = 0xF2;
+/// The first byte of a checkpoint of this version: [`APPLIED_V2`]'s encoding, then the
+/// groups' records (postcard of `Option<Vec<(key, value)>>`, a tombstone never among them).
+const APPLIED_V3: u8 = 0xF3;
 
 impl Applied {
     /// The checkpoint (and snapshot) encoding: a version byte, then postcard.
     pub fn encode(&self, what: &'static str) -> Result<Vec<u8>, codec::EncodeError> {
-        let mut out = vec![APPLIED_V2];
+        let mut out = vec![APPLIED_V3];
         out.extend_from_slice(&codec::encode(self, what)?);
+        let groups: Option<Vec<(Vec<u8>, Vec<u8>)>> = self.groups.as_ref().map(|g| {
+            g.snapshot()
+                .iter()
+                .filter_map(|r| match r.encode() {
+                    (k, Some(v)) => Some((k, v)),
+                    (_, None) => None,
+                })
+                .collect()
+        });
+        out.extend_from_slice(&codec::encode(&groups, what)?);
         Ok(out)
     }
 
-    /// Decodes a checkpoint or snapshot of this version or of the one before epochs.
+    /// Decodes a checkpoint or snapshot of this version or of the ones before.
     pub fn decode(bytes: &[u8], what: &'static str) -> Result<Applied, codec::DecodeError> {
         match bytes.split_first() {
+            Some((&APPLIED_V3, rest)) => {
+                let (mut a, rest): (Applied, _) = postcard::take_from_bytes(rest)
+                    .map_err(|source| codec::DecodeError { what, source })?;
+                let groups: Option<Vec<(Vec<u8>, Vec<u8>)>> = codec::decode(rest, what)?;
+                a.groups = match groups {
+                    None => None,
+                    Some(records) => {
+                        let mut g = fjord_groups::Groups::default();
+                        for (k, v) in records {
+                            let r =
+                                fjord_groups::GroupRecord::decode(&k, Some(&v)).map_err(|_| {
+                                    codec::DecodeError {
+                                        what,
+                                        source: postcard::Error::DeserializeBadEncoding,
+                                    }
+                                })?;
+                            g.apply(&r);
+                        }
+                        Some(g)
+                    }
+                };
+                Ok(a)
+            }
             Some((&APPLIED_V2, rest)) => codec::decode(rest, what),
             _ => {
                 let v1: AppliedV1 = codec::decode(bytes, what)?;
@@ -76,6 +128,7 @@ impl Applied {
                     last_applied: v1.last_applied,
                     membership: v1.membership,
                     state: v1.state.into(),
+                    groups: None,
                 })
             }
         }
@@ -140,11 +193,26 @@ impl Drop for WaiterGuard<'_> {
 
 impl PartitionShared {
     /// Loads the last checkpoint of `group`'s applied state.
-    pub fn open(group: u64, store: &Store) -> Result<Arc<Self>, io::Error> {
-        let applied: Applied = match store.get_value(group, GroupKey::StateMachine)? {
+    pub fn open(group: u64, store: &Store, kind: PartitionKind) -> Result<Arc<Self>, io::Error> {
+        let mut applied: Applied = match store.get_value(group, GroupKey::StateMachine)? {
             Some(b) => Applied::decode(&b, "partition checkpoint")?,
             None => Applied::default(),
         };
+        match (kind, &applied.groups) {
+            (PartitionKind::Groups, None) => {
+                if applied.last_applied.is_some() {
+                    // Only a checkpoint written without groups: a partition that was not a
+                    // coordinator partition. Nothing to replay from it.
+                    tracing::warn!(
+                        group,
+                        "a coordinator partition's checkpoint holds no groups"
+                    );
+                }
+                applied.groups = Some(fjord_groups::Groups::default());
+            }
+            (PartitionKind::Data, Some(_)) => applied.groups = None,
+            _ => {}
+        }
         let hw = applied.state.next_offset;
         let ckpt = applied.last_applied.as_ref().map_or(0, |l| l.index());
         Ok(Arc::new(PartitionShared {
@@ -162,6 +230,12 @@ impl PartitionShared {
 
     pub fn group(&self) -> u64 {
         self.group
+    }
+
+    /// Reads the consumer groups of a coordinator partition as applied (`None` for a data
+    /// partition). `f` runs under the applied state's lock: keep it short.
+    pub fn with_groups<T>(&self, f: impl FnOnce(&fjord_groups::Groups) -> T) -> Option<T> {
+        self.applied.lock().unwrap().groups.as_ref().map(f)
     }
 
     /// The offset after the last committed record.
@@ -391,6 +465,33 @@ impl PartitionShared {
     }
 }
 
+/// Replays the group records of an applied batch. Only the coordinator writes to its
+/// partition, and every replica decodes the same bytes the same way: a record that does not
+/// decode (a bug, or corruption that passed the CRC) is skipped the same way everywhere, and
+/// logged, rather than stopping the partition.
+fn replay_groups(group: u64, index: u64, groups: &mut fjord_groups::Groups, records: &[u8]) {
+    // The CRC was checked when the batch reached this replica's log.
+    let list = match fjord_proto::batch::decode_unchecked(records) {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::error!(group, index, "a coordinator batch does not decode: {e}");
+            return;
+        }
+    };
+    for r in &list {
+        let value = (!r.value.is_empty()).then_some(&r.value[..]);
+        match fjord_groups::GroupRecord::decode(r.key.as_deref().unwrap_or(&[]), value) {
+            Ok(rec) => groups.apply(&rec),
+            Err(e) => tracing::error!(group, index, "skipping a group record: {e}"),
+        }
+    }
+    debug_assert!(
+        groups.validate().is_ok(),
+        "group {group} at {index}: {}",
+        groups.validate().unwrap_err()
+    );
+}
+
 /// openraft's state machine for a partition group.
 pub struct PartitionSm {
     shared: Arc<PartitionShared>,
@@ -461,7 +562,11 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                 let response = match entry.payload {
                     EntryPayload::Normal(Request::Batch(b)) => {
                         bytes += b.records.len() as u64;
-                        Response::Batch(a.state.apply(&b.header()))
+                        let outcome = a.state.apply(&b.header());
+                        if let (Some(groups), Outcome::Appended { .. }) = (&mut a.groups, outcome) {
+                            replay_groups(self.shared.group, log_id.index(), groups, &b.records);
+                        }
+                        Response::Batch(outcome)
                     }
                     EntryPayload::Membership(m) => {
                         a.membership = StoredMembershipOf::<TypeConfig>::new(Some(log_id), m);

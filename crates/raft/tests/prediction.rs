@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use fjord_raft::log_store::GroupLogStore;
-use fjord_raft::partition_sm::{PartitionShared, PartitionSm};
+use fjord_raft::partition_sm::{PartitionKind, PartitionShared, PartitionSm};
 use fjord_raft::{Request, StoredBatch, TypeConfig};
 use fjord_storage::partition::{Outcome, PartitionState};
 use fjord_storage::{Store, StoreOptions};
@@ -62,7 +62,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     )
     .unwrap();
     let group = (1u64 << 32) | 1;
-    let shared = PartitionShared::open(group, &store).unwrap();
+    let shared = PartitionShared::open(group, &store, PartitionKind::Data).unwrap();
     let mut log = GroupLogStore::new(group, store.clone(), Some(shared.clone()));
     let mut sm = PartitionSm::new(shared.clone(), store.clone());
 
@@ -185,7 +185,7 @@ fn a_dropped_ap_request_leaves_no_waiter_behind() {
         },
     )
     .unwrap();
-    let shared = PartitionShared::open((1u64 << 32) | 1, &store).unwrap();
+    let shared = PartitionShared::open((1u64 << 32) | 1, &store, PartitionKind::Data).unwrap();
     // More requests than the limit, each given up before its batch was durable.
     for token in 0..(MAX_AP_WAITERS as u64 + 10) {
         let registered = shared.register_waiter(token);
@@ -215,7 +215,7 @@ fn a_fetch_waits_for_the_local_write_of_batches_below_the_high_watermark() {
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
-        let shared = PartitionShared::open((1u64 << 32) | 1, &store).unwrap();
+        let shared = PartitionShared::open((1u64 << 32) | 1, &store, PartitionKind::Data).unwrap();
         let now = tokio::time::Instant::now;
         // Nothing pending: at once.
         assert!(shared.wait_stored(10, now()).await);

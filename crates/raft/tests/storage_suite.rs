@@ -5,7 +5,7 @@
 use fjord_raft::TypeConfig;
 use fjord_raft::log_store::GroupLogStore;
 use fjord_raft::meta_sm::MetaSm;
-use fjord_raft::partition_sm::{PartitionShared, PartitionSm};
+use fjord_raft::partition_sm::{PartitionKind, PartitionShared, PartitionSm};
 use fjord_storage::{Store, StoreOptions};
 use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
@@ -45,7 +45,7 @@ impl StoreBuilder<TypeConfig, GroupLogStore, PartitionSm, tempfile::TempDir> for
         )
         .unwrap();
         let group = (1u64 << 32) | 3;
-        let shared = PartitionShared::open(group, &store).unwrap();
+        let shared = PartitionShared::open(group, &store, PartitionKind::Data).unwrap();
         let sm = PartitionSm::new(shared.clone(), store.clone());
         Ok((dir, GroupLogStore::new(group, store, Some(shared)), sm))
     }

@@ -81,6 +81,20 @@ pub struct ServeConfig {
     #[arg(long)]
     #[serde(default)]
     pub rebuild: bool,
+    /// A consumer group member silent for this long is removed and its partitions go to
+    /// the others (Kafka's `group.consumer.session.timeout.ms`).
+    #[arg(long, default_value_t = defaults::GROUP_SESSION_TIMEOUT_MS)]
+    #[serde(default = "default_group_session_ms")]
+    pub group_session_timeout_ms: u32,
+    /// How often consumer group members heartbeat (told to them in each answer).
+    #[arg(long, default_value_t = defaults::GROUP_HEARTBEAT_INTERVAL_MS)]
+    #[serde(default = "default_group_heartbeat_ms")]
+    pub group_heartbeat_interval_ms: u32,
+    /// Partitions of the consumer groups' topic, when the cluster creates it (on its first
+    /// group request); fixed from then on.
+    #[arg(long, default_value_t = defaults::GROUP_PARTITIONS)]
+    #[serde(default = "default_group_partitions")]
+    pub group_partitions: u32,
 }
 
 /// Every default, written once (the flags and the TOML file both take them from here).
@@ -92,6 +106,10 @@ pub mod defaults {
     pub const QUIESCE_AFTER_MS: u64 = 1000;
     pub const HIBERNATE_AFTER_MS: u64 = 10_000;
     pub const CACHE_SIZE_MIB: u64 = 64;
+    pub const GROUP_SESSION_TIMEOUT_MS: u32 = fjord_groups::limits::DEFAULT_SESSION_TIMEOUT_MS;
+    pub const GROUP_HEARTBEAT_INTERVAL_MS: u32 =
+        fjord_groups::limits::DEFAULT_HEARTBEAT_INTERVAL_MS;
+    pub const GROUP_PARTITIONS: u32 = fjord_groups::DEFAULT_COORDINATOR_PARTITIONS;
 }
 
 fn default_heartbeat_ms() -> u64 {
@@ -114,6 +132,15 @@ fn default_hibernate_ms() -> u64 {
 }
 fn default_cache_mib() -> u64 {
     defaults::CACHE_SIZE_MIB
+}
+fn default_group_session_ms() -> u32 {
+    defaults::GROUP_SESSION_TIMEOUT_MS
+}
+fn default_group_heartbeat_ms() -> u32 {
+    defaults::GROUP_HEARTBEAT_INTERVAL_MS
+}
+fn default_group_partitions() -> u32 {
+    defaults::GROUP_PARTITIONS
 }
 
 /// Initial metadata voters: node id → address.
@@ -212,6 +239,20 @@ pub enum ConfigError {
     Cache(u64),
     #[error("cannot read config file {path}: {reason}")]
     File { path: String, reason: String },
+    #[error(
+        "group_session_timeout_ms ({session}) must be {min} to {max}, and group_heartbeat_interval_ms \
+         ({heartbeat}) {hmin} to {hmax} and below it"
+    )]
+    GroupTiming {
+        session: u32,
+        heartbeat: u32,
+        min: u32,
+        max: u32,
+        hmin: u32,
+        hmax: u32,
+    },
+    #[error("group_partitions must be 1 to {max}, got {value}")]
+    GroupPartitions { value: u32, max: u32 },
 }
 
 impl ServeConfig {
@@ -278,6 +319,31 @@ impl ServeConfig {
         }
         if !(1..=65_536).contains(&self.cache_size_mib) {
             return Err(ConfigError::Cache(self.cache_size_mib));
+        }
+        use fjord_groups::limits::*;
+        let (session, heartbeat) = (
+            self.group_session_timeout_ms,
+            self.group_heartbeat_interval_ms,
+        );
+        if !(MIN_SESSION_TIMEOUT_MS..=MAX_SESSION_TIMEOUT_MS).contains(&session)
+            || !(MIN_HEARTBEAT_INTERVAL_MS..=MAX_HEARTBEAT_INTERVAL_MS).contains(&heartbeat)
+            || heartbeat >= session
+        {
+            return Err(ConfigError::GroupTiming {
+                session,
+                heartbeat,
+                min: MIN_SESSION_TIMEOUT_MS,
+                max: MAX_SESSION_TIMEOUT_MS,
+                hmin: MIN_HEARTBEAT_INTERVAL_MS,
+                hmax: MAX_HEARTBEAT_INTERVAL_MS,
+            });
+        }
+        let max = fjord_meta::MAX_PARTITIONS_PER_TOPIC;
+        if !(1..=max).contains(&self.group_partitions) {
+            return Err(ConfigError::GroupPartitions {
+                value: self.group_partitions,
+                max,
+            });
         }
         Ok(())
     }

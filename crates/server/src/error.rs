@@ -152,7 +152,21 @@ pub enum ApiError {
     /// written.
     #[error(transparent)]
     Identity(#[from] crate::boot::BootError),
+    /// A consumer group request the group rules refused.
+    #[error(transparent)]
+    Group(#[from] fjord_groups::GroupError),
+    /// A group request to a node that does not coordinate the group: retry at the leader.
+    #[error("node {this} is not the coordinator of group {group:?}{}", leader_text(.leader))]
+    NotCoordinator {
+        this: u64,
+        group: String,
+        leader: Option<(u64, String)>,
+    },
 }
+
+/// The metadata key that names why a request was refused, where a client must act on it
+/// (see `proto/fjord.proto`'s consumer group section).
+pub const REASON_KEY: &str = "fjord-reason";
 
 fn leader_text(leader: &Option<(u64, String)>) -> String {
     match leader {
@@ -203,12 +217,46 @@ impl ApiError {
             ApiError::TransferFailed { .. } => Code::Unavailable,
             ApiError::NotAPartition(_) => Code::NotFound,
             ApiError::Encode(_) | ApiError::Connect(_) | ApiError::Identity(_) => Code::Internal,
+            ApiError::NotCoordinator { .. } => Code::Unavailable,
+            ApiError::Group(g) => {
+                use fjord_groups::GroupError as G;
+                match g {
+                    G::Invalid { .. } => Code::InvalidArgument,
+                    G::UnknownMember { .. }
+                    | G::FencedMemberEpoch { .. }
+                    | G::StaleMemberEpoch { .. }
+                    | G::NotOwned { .. }
+                    | G::NotEmpty { .. } => Code::FailedPrecondition,
+                    G::OffsetAboveHighWatermark { .. } => Code::OutOfRange,
+                    G::UnknownPartition { .. } | G::UnknownGroup { .. } => Code::NotFound,
+                    G::GroupFull { .. } | G::TooManyGroups { .. } => Code::ResourceExhausted,
+                }
+            }
         }
+    }
+
+    /// Why a group request was refused, for the [`REASON_KEY`] metadata.
+    pub fn group_reason(&self) -> Option<&'static str> {
+        use fjord_groups::GroupError as G;
+        Some(match self {
+            ApiError::NotCoordinator { .. } => "NOT_COORDINATOR",
+            ApiError::Group(G::UnknownMember { .. }) => "UNKNOWN_MEMBER_ID",
+            ApiError::Group(G::FencedMemberEpoch { .. }) => "FENCED_MEMBER_EPOCH",
+            ApiError::Group(G::StaleMemberEpoch { .. }) => "STALE_MEMBER_EPOCH",
+            ApiError::Group(G::NotOwned { .. }) => "PARTITION_NOT_OWNED",
+            ApiError::Group(G::NotEmpty { .. }) => "GROUP_NOT_EMPTY",
+            ApiError::Group(G::OffsetAboveHighWatermark { .. }) => "OFFSET_ABOVE_HIGH_WATERMARK",
+            ApiError::Group(G::GroupFull { .. }) => "GROUP_FULL",
+            ApiError::Group(G::TooManyGroups { .. }) => "TOO_MANY_GROUPS",
+            _ => return None,
+        })
     }
 
     fn leader(&self) -> Option<&(u64, String)> {
         match self {
-            ApiError::NotLeader { leader, .. } => leader.as_ref(),
+            ApiError::NotLeader { leader, .. } | ApiError::NotCoordinator { leader, .. } => {
+                leader.as_ref()
+            }
             _ => None,
         }
     }
@@ -247,6 +295,12 @@ impl From<ApiError> for Status {
             if let Ok(v) = addr.parse() {
                 status.metadata_mut().insert(LEADER_ADDRESS_KEY, v);
             }
+        }
+        if let Some(reason) = e.group_reason() {
+            status.metadata_mut().insert(
+                REASON_KEY,
+                tonic::metadata::MetadataValue::from_static(reason),
+            );
         }
         status
     }

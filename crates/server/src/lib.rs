@@ -23,9 +23,11 @@
 pub mod boot;
 pub mod config;
 pub mod connections;
+pub mod coordinator;
 pub mod data;
 pub mod edge;
 pub mod error;
+pub mod group_wire;
 pub mod live;
 pub mod node;
 pub mod producer_ids;

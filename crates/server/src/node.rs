@@ -29,6 +29,7 @@ use fjord_proto::raft::GroupMessage;
 use fjord_raft::group::{self, AnyGroup};
 use fjord_raft::meta_sm::MetaView;
 use fjord_raft::network::PeerPool;
+use fjord_raft::partition_sm::PartitionKind;
 use fjord_raft::{
     GroupConfig, GroupError, GroupRegistry, Liveness, LivenessConfig, MetaHandle, PartitionHandle,
 };
@@ -108,6 +109,10 @@ pub struct Node {
     pub meta_behind: std::sync::atomic::AtomicBool,
     next_token: AtomicU64,
     pub round_robin: AtomicU32,
+    /// The consumer group coordinators of the groups' partitions this node leads.
+    pub coordinator: crate::coordinator::Coordinator,
+    group_partitions: u32,
+    group_defaults: fjord_groups::Defaults,
 }
 
 impl Node {
@@ -188,6 +193,12 @@ impl Node {
             meta_behind: std::sync::atomic::AtomicBool::new(config.rebuild || meta_learner),
             next_token: AtomicU64::new(fjord_raft::runtime::random_u64() | 1),
             round_robin: AtomicU32::new(0),
+            coordinator: crate::coordinator::Coordinator::default(),
+            group_partitions: config.group_partitions,
+            group_defaults: fjord_groups::Defaults {
+                session_timeout_ms: config.group_session_timeout_ms,
+                heartbeat_interval_ms: config.group_heartbeat_interval_ms,
+            },
         }))
     }
 
@@ -237,6 +248,16 @@ impl Node {
         }
         out.remove(&self.id);
         out
+    }
+
+    /// Partitions of the consumer groups' topic when this node creates it.
+    pub fn group_partitions(&self) -> u32 {
+        self.group_partitions
+    }
+
+    /// The session timeout and heartbeat interval of groups that do not set their own.
+    pub fn group_defaults(&self) -> fjord_groups::Defaults {
+        self.group_defaults
     }
 
     /// A fresh token for a proposal (see `StoredBatch::token`).
@@ -412,11 +433,17 @@ impl Node {
                     group,
                     replicas,
                     init,
+                    coordinator,
                 } => {
                     if starting.len() >= START_BATCH {
                         Self::wait_for_leaders(&mut starting).await;
                     }
-                    if let Some(watch) = self.start_group(group, &replicas, init).await {
+                    let kind = if coordinator {
+                        PartitionKind::Groups
+                    } else {
+                        PartitionKind::Data
+                    };
+                    if let Some(watch) = self.start_group(group, &replicas, init, kind).await {
                         starting.push(watch);
                     }
                 }
@@ -432,10 +459,12 @@ impl Node {
         group: GroupId,
         replicas: &[NodeId],
         init: Init,
+        kind: PartitionKind,
     ) -> Option<fjord_raft::LeadershipWatch> {
         let started = group::start_partition(
             self.id,
             group,
+            kind,
             &self.group_config,
             self.store.clone(),
             self.pool.clone(),

@@ -46,6 +46,9 @@ pub enum Action {
         group: GroupId,
         replicas: Vec<NodeId>,
         init: Init,
+        /// A partition of the consumer groups' topic ([`fjord_groups::GROUPS_TOPIC`]): its
+        /// replicas replay its records into groups.
+        coordinator: bool,
     },
     /// Stop the group's replica if it runs, and delete its data.
     Delete { group: GroupId },
@@ -75,6 +78,9 @@ pub fn plan(
             group: *group,
             replicas: replicas.clone(),
             init: init_of(me, state, *group, replicas),
+            coordinator: state
+                .partition_by_group(*group)
+                .is_some_and(|(t, _)| t.name == fjord_groups::GROUPS_TOPIC),
         })
         .collect();
     let mut seen: BTreeSet<GroupId> = seen.iter().chain(wanted.keys()).copied().collect();
@@ -155,7 +161,8 @@ mod tests {
                 vec![Action::Start {
                     group: g,
                     replicas: r.clone(),
-                    init
+                    init,
+                    coordinator: false,
                 }],
                 "node {me}"
             );
@@ -181,7 +188,8 @@ mod tests {
             vec![Action::Start {
                 group: g,
                 replicas: r,
-                init: Init::Held
+                init: Init::Held,
+                coordinator: false,
             }]
         );
     }

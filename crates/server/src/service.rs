@@ -9,8 +9,10 @@ use fjord_proto::v1::fjord_server::Fjord;
 use fjord_proto::v1::*;
 use tonic::{Request, Response, Status};
 
+use crate::coordinator::{Answer, Op};
 use crate::data;
 use crate::error::ApiError;
+use crate::group_wire;
 use crate::live::{self, LiveSet};
 use crate::node::Node;
 
@@ -72,6 +74,25 @@ delegate! {
     init_producer(InitProducerRequest) -> InitProducerResponse;
     produce(ProduceRequest) -> ProduceResponse;
     fetch(FetchRequest) -> FetchResponse;
+    find_coordinator(FindCoordinatorRequest) -> FindCoordinatorResponse;
+    group_heartbeat(GroupHeartbeatRequest) -> GroupHeartbeatResponse;
+    commit_offsets(CommitOffsetsRequest) -> CommitOffsetsResponse;
+    fetch_offsets(FetchOffsetsRequest) -> FetchOffsetsResponse;
+    list_groups(ListGroupsRequest) -> ListGroupsResponse;
+    describe_group(DescribeGroupRequest) -> DescribeGroupResponse;
+    reset_offsets(ResetOffsetsRequest) -> ResetOffsetsResponse;
+    delete_group(DeleteGroupRequest) -> DeleteGroupResponse;
+}
+
+/// Refuses a client's write to one of fjord's own topics.
+fn not_internal(topic: &str, what: &str) -> Result<(), ApiError> {
+    if topic.starts_with(fjord_groups::INTERNAL_TOPIC_PREFIX) {
+        return Err(ApiError::Invalid(format!(
+            "topic {topic:?} is fjord's own (names starting with {:?} are reserved): clients cannot {what} it",
+            fjord_groups::INTERNAL_TOPIC_PREFIX
+        )));
+    }
+    Ok(())
 }
 
 /// A topic as this node describes it to clients. A partition's leader is the one the
@@ -123,7 +144,7 @@ impl ClientService {
     /// The live set of a CreateTopic ([`live::live_set`] decides): the registered nodes this
     /// node's failure detector sees alive, this node included. A candidate not heard from yet
     /// (this node started a moment ago) gets up to [`LIVE_NODES_WAIT`] to be heard from.
-    async fn live_nodes(&self) -> Vec<u64> {
+    pub(crate) async fn live_nodes(&self) -> Vec<u64> {
         let deadline = tokio::time::Instant::now() + LIVE_NODES_WAIT;
         loop {
             let registered: Vec<u64> = self.node.view().state.nodes.keys().copied().collect();
@@ -145,7 +166,7 @@ impl ClientService {
 
     /// Waits (bounded) until this node has applied topic `name` and every partition of it has
     /// a reported leader.
-    async fn wait_for_leaders(&self, name: &str) {
+    pub(crate) async fn wait_for_leaders(&self, name: &str) {
         let mut view = self.node.meta.subscribe();
         let deadline = tokio::time::Instant::now() + CREATE_TOPIC_LEADER_WAIT;
         loop {
@@ -255,6 +276,7 @@ impl Fjord for ClientService {
         req: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
         let req = req.into_inner();
+        not_internal(&req.name, "create")?;
         let cmd = MetaCommand::CreateTopicOnLive {
             name: req.name.clone(),
             partitions: req.partitions,
@@ -283,6 +305,7 @@ impl Fjord for ClientService {
         req: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         let req = req.into_inner();
+        not_internal(&req.name, "delete")?;
         Self::meta_result(
             self.node
                 .meta_write(MetaCommand::DeleteTopic {
@@ -353,6 +376,7 @@ impl Fjord for ClientService {
         req: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
         let produce = crate::wire::Produce::try_from(req.into_inner())?;
+        not_internal(&produce.topic, "produce to")?;
         let results = data::produce(&self.node, produce).await?;
         Ok(Response::new(ProduceResponse {
             results: results.into_iter().map(PartitionResult::from).collect(),
@@ -363,4 +387,181 @@ impl Fjord for ClientService {
         let fetch = crate::wire::Fetch::try_from(req.into_inner())?;
         Ok(Response::new(data::fetch(&self.node, fetch).await?.into()))
     }
+
+    async fn find_coordinator(
+        &self,
+        req: Request<FindCoordinatorRequest>,
+    ) -> Result<Response<FindCoordinatorResponse>, Status> {
+        let group = req.into_inner().group;
+        let (partition, _, leader) = self.node.coordinator.locate(&self.node, &group).await?;
+        let found = leader.and_then(|l| self.node.address_of(l).map(|a| (l, a)));
+        let (node_id, address) = found.ok_or_else(|| {
+            ApiError::NoLeader(format!(
+                "the coordinator of group {group:?} (partition {partition} of {})",
+                fjord_groups::GROUPS_TOPIC
+            ))
+        })?;
+        Ok(Response::new(FindCoordinatorResponse {
+            partition,
+            node_id,
+            address,
+        }))
+    }
+
+    async fn group_heartbeat(
+        &self,
+        req: Request<GroupHeartbeatRequest>,
+    ) -> Result<Response<GroupHeartbeatResponse>, Status> {
+        let host = req
+            .remote_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let topics = crate::coordinator::topics_view(&self.node.view().state);
+        let hb = group_wire::heartbeat_request(req.into_inner(), &topics, host)?;
+        match self
+            .node
+            .coordinator
+            .call(&self.node, Op::Heartbeat(hb))
+            .await?
+        {
+            Answer::Heartbeat(a) => Ok(Response::new(group_wire::heartbeat_response(a, &topics))),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn commit_offsets(
+        &self,
+        req: Request<CommitOffsetsRequest>,
+    ) -> Result<Response<CommitOffsetsResponse>, Status> {
+        let topics = crate::coordinator::topics_view(&self.node.view().state);
+        let c = group_wire::commit_request(req.into_inner(), &topics)?;
+        match self
+            .node
+            .coordinator
+            .call(&self.node, Op::Commit(c))
+            .await?
+        {
+            Answer::Committed => Ok(Response::new(CommitOffsetsResponse {})),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn fetch_offsets(
+        &self,
+        req: Request<FetchOffsetsRequest>,
+    ) -> Result<Response<FetchOffsetsResponse>, Status> {
+        let topics = crate::coordinator::topics_view(&self.node.view().state);
+        let (group, who, tps) = group_wire::fetch_request(req.into_inner(), &topics)?;
+        let op = Op::Fetch { group, who, tps };
+        match self.node.coordinator.call(&self.node, op).await? {
+            Answer::Offsets(o) => Ok(Response::new(FetchOffsetsResponse {
+                offsets: group_wire::committed_offsets(&o, &topics),
+            })),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn list_groups(
+        &self,
+        req: Request<ListGroupsRequest>,
+    ) -> Result<Response<ListGroupsResponse>, Status> {
+        let wanted = req.into_inner().partitions;
+        let view = self.node.view();
+        let mut out = ListGroupsResponse::default();
+        let Some(topic) = view.state.topic(fjord_groups::GROUPS_TOPIC) else {
+            return Ok(Response::new(out));
+        };
+        for p in 0..topic.partitions.len() as u32 {
+            if !wanted.is_empty() && !wanted.contains(&p) {
+                continue;
+            }
+            let local = self
+                .node
+                .registry
+                .partition(fjord_meta::group_id(topic.id, p));
+            let listed = local.and_then(|h| {
+                h.shared()
+                    .with_groups(|gs| gs.iter().map(group_wire::listing).collect::<Vec<_>>())
+            });
+            match listed {
+                Some(l) => out.groups.extend(l),
+                None => out.missing_partitions.push(p),
+            }
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn describe_group(
+        &self,
+        req: Request<DescribeGroupRequest>,
+    ) -> Result<Response<DescribeGroupResponse>, Status> {
+        let group = req.into_inner().group;
+        match self
+            .node
+            .coordinator
+            .call(&self.node, Op::Describe(group))
+            .await?
+        {
+            Answer::Described(d) => {
+                let topics = crate::coordinator::topics_view(&self.node.view().state);
+                Ok(Response::new(group_wire::describe_response(&d, &topics)))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn reset_offsets(
+        &self,
+        req: Request<ResetOffsetsRequest>,
+    ) -> Result<Response<ResetOffsetsResponse>, Status> {
+        let req = req.into_inner();
+        let topics = crate::coordinator::topics_view(&self.node.view().state);
+        let (to, topic) = group_wire::reset_request(&req, &topics)?;
+        let op = Op::Reset {
+            group: req.group,
+            to,
+            topic,
+        };
+        match self.node.coordinator.call(&self.node, op).await? {
+            Answer::Reset(moved) => {
+                let shown = moved
+                    .into_iter()
+                    .map(|(tp, o)| {
+                        (
+                            tp,
+                            Some(fjord_groups::Committed {
+                                offset: o,
+                                metadata: String::new(),
+                                commit_time_ms: 0,
+                            }),
+                        )
+                    })
+                    .collect();
+                Ok(Response::new(ResetOffsetsResponse {
+                    offsets: group_wire::committed_offsets(&shown, &topics),
+                }))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_group(
+        &self,
+        req: Request<DeleteGroupRequest>,
+    ) -> Result<Response<DeleteGroupResponse>, Status> {
+        let group = req.into_inner().group;
+        match self
+            .node
+            .coordinator
+            .call(&self.node, Op::Delete(group))
+            .await?
+        {
+            Answer::Deleted => Ok(Response::new(DeleteGroupResponse {})),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn unexpected(a: Answer) -> Status {
+    ApiError::Internal(format!("the coordinator answered {a:?}")).into()
 }

@@ -1,0 +1,844 @@
+//! Consumer groups: [`GroupConsumer`], a member of a group whose partitions the server shares
+//! out (Kafka's KIP-848 protocol), and the group admin calls ([`Client::list_groups`],
+//! [`Client::describe_group`], [`Client::reset_offsets`], [`Client::delete_group`]).
+//!
+//! # What a member guarantees
+//! 1. It reads only partitions its last heartbeat answer gave it, from their committed
+//!    offset (or the reset policy's, where none).
+//! 2. **At least once**: a commit covers only records [`GroupConsumer::poll`] handed to the
+//!    application *before* the current call (the application came back for more, so it is
+//!    done with them). A crash redelivers what was handed since the last commit; nothing is
+//!    skipped.
+//! 3. A partition the coordinator takes away is committed (with auto-commit) and dropped
+//!    before the next heartbeat says so, and only then given to another member.
+//! 4. Fenced (removed after a pause, replaced by its instance id) or silent towards its
+//!    coordinator for a session timeout, it drops every partition at once and rejoins: it
+//!    never reads on from partitions it may no longer own.
+//!
+//! Heartbeats are sent from `poll`: call it at least once per heartbeat interval (the server
+//! says how often; 5 s by default). A fetch waits at most half of it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::Duration;
+
+use fjord_proto::v1::{self, fjord_client::FjordClient};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::client::{Client, request};
+use crate::config::FetchOptions;
+use crate::consumer::ConsumedRecord;
+use crate::error::ClientError;
+use crate::retry::RetryState;
+
+/// Where a partition without a committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffsetReset {
+    /// Its first stored record.
+    #[default]
+    Earliest,
+    /// Its end: only records produced from now on.
+    Latest,
+    /// Fail with [`ClientError::NoCommittedOffset`], naming the partition.
+    None,
+}
+
+/// How a [`GroupConsumer`] joins and reads.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    pub group: String,
+    /// Topic names to read.
+    pub topics: Vec<String>,
+    /// And topics whose whole name matches this RE2-style regular expression.
+    pub pattern: Option<String>,
+    /// A static member's stable id (Kafka's `group.instance.id`): restarting with it takes the
+    /// member's partitions back without a rebalance.
+    pub instance_id: Option<String>,
+    /// Commit what was handed to the application every `auto_commit_interval`, before giving
+    /// a partition up, and at close.
+    pub auto_commit: bool,
+    pub auto_commit_interval: Duration,
+    pub reset: OffsetReset,
+    /// How long the member may take to give up partitions (server default if `None`).
+    pub rebalance_timeout_ms: Option<u32>,
+    /// "uniform" or "range" (the server's default if `None`).
+    pub assignor: Option<String>,
+    pub fetch: FetchOptions,
+    pub client_id: String,
+}
+
+impl GroupConfig {
+    pub fn new(group: impl Into<String>, topics: Vec<String>) -> Self {
+        GroupConfig {
+            group: group.into(),
+            topics,
+            pattern: None,
+            instance_id: None,
+            auto_commit: true,
+            auto_commit_interval: Duration::from_secs(5),
+            reset: OffsetReset::Earliest,
+            rebalance_timeout_ms: None,
+            assignor: None,
+            fetch: FetchOptions::default(),
+            client_id: String::from("fjord-rust"),
+        }
+    }
+}
+
+/// A record a group consumer handed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub topic: String,
+    pub record: ConsumedRecord,
+}
+
+/// A partition a member owns.
+#[derive(Debug, Clone, Default)]
+struct Owned {
+    /// The next offset to fetch; `None` until its committed offset was read.
+    position: Option<u64>,
+    /// The offset after the last record handed to the application.
+    handed: Option<u64>,
+    /// The last offset committed by this member.
+    committed: Option<u64>,
+}
+
+type Tp = (String, u32);
+
+/// A member of a consumer group (see the module doc).
+pub struct GroupConsumer {
+    client: Client,
+    config: GroupConfig,
+    coordinator: Option<String>,
+    member_id: String,
+    /// 0 until joined (and after being fenced).
+    epoch: i32,
+    heartbeat_interval: Duration,
+    session_timeout: Duration,
+    next_heartbeat: Instant,
+    last_heartbeat_ok: Instant,
+    owned: BTreeMap<Tp, Owned>,
+    /// Handed out by the previous `poll`: committable from the next one on.
+    pending_handed: BTreeMap<Tp, u64>,
+    next_commit: Instant,
+}
+
+impl Client {
+    /// A member of `config.group`; it joins on its first [`GroupConsumer::poll`].
+    pub fn group_consumer(&self, config: GroupConfig) -> Result<GroupConsumer, ClientError> {
+        config.fetch.validate()?;
+        if config.topics.is_empty() && config.pattern.is_none() {
+            return Err(ClientError::Config(
+                "a group consumer needs topics or a pattern to subscribe to".into(),
+            ));
+        }
+        let now = Instant::now();
+        Ok(GroupConsumer {
+            client: self.clone(),
+            coordinator: None,
+            member_id: String::new(),
+            epoch: 0,
+            heartbeat_interval: Duration::from_secs(5),
+            session_timeout: Duration::from_secs(45),
+            next_heartbeat: now,
+            last_heartbeat_ok: now,
+            owned: BTreeMap::new(),
+            pending_handed: BTreeMap::new(),
+            next_commit: now + config.auto_commit_interval,
+            config,
+        })
+    }
+
+    /// Which node coordinates `group`.
+    pub async fn find_coordinator(&self, group: &str) -> Result<String, ClientError> {
+        let group = group.to_string();
+        let r = self
+            .any_node(|mut c: FjordClient<Channel>, t| {
+                let req = v1::FindCoordinatorRequest {
+                    group: group.clone(),
+                };
+                async move { c.find_coordinator(request(req, t)).await }
+            })
+            .await?;
+        Ok(r.address)
+    }
+
+    /// A call to `group`'s coordinator: found through any node, followed when it moves,
+    /// retried while retryable within the client's retry bounds. `cached` keeps the
+    /// coordinator's address between calls.
+    pub(crate) async fn coordinator_call<T, F, Fut>(
+        &self,
+        group: &str,
+        cached: &mut Option<String>,
+        mut f: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(FjordClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let timeout = self.request_timeout();
+        let mut retry = RetryState::new(self.config());
+        loop {
+            let address = match cached.clone() {
+                Some(a) => a,
+                None => {
+                    let a = self.find_coordinator(group).await?;
+                    *cached = Some(a.clone());
+                    a
+                }
+            };
+            match self.call(&address, timeout, |c| f(c, timeout)).await {
+                Ok(v) => return Ok(v),
+                Err(err) => {
+                    let hinted = err.leader_hint().and_then(|h| h.address.clone());
+                    *cached = hinted.clone();
+                    self.wait_or_give_up(&mut retry, err, hinted.is_some())
+                        .await?;
+                }
+            }
+        }
+    }
+
+    /// Every group, from every coordinator partition (each node lists those it holds a
+    /// replica of; the rest are asked of other nodes).
+    pub async fn list_groups(&self) -> Result<Vec<GroupListing>, ClientError> {
+        let first = self
+            .any_node(|mut c: FjordClient<Channel>, t| async move {
+                c.list_groups(request(v1::ListGroupsRequest::default(), t))
+                    .await
+            })
+            .await?;
+        let mut groups: Vec<GroupListing> = first.groups.into_iter().map(Into::into).collect();
+        let mut missing = first.missing_partitions;
+        for address in self.metadata().await?.nodes.iter().map(|n| n.1.clone()) {
+            if missing.is_empty() {
+                break;
+            }
+            let req = v1::ListGroupsRequest {
+                partitions: missing.clone(),
+            };
+            let timeout = self.request_timeout();
+            if let Ok(r) = self
+                .call(&address, timeout, |mut c| async move {
+                    c.list_groups(request(req, timeout)).await
+                })
+                .await
+            {
+                groups.extend(r.groups.into_iter().map(Into::into));
+                missing.retain(|p| r.missing_partitions.contains(p));
+            }
+        }
+        groups.sort_by(|a, b| a.group.cmp(&b.group));
+        groups.dedup_by(|a, b| a.group == b.group);
+        Ok(groups)
+    }
+
+    /// A group's state, members and offsets, with each partition's lag in records and in
+    /// time (the age of its oldest unconsumed record).
+    pub async fn describe_group(&self, group: &str) -> Result<GroupDescription, ClientError> {
+        let mut cached = None;
+        let g = group.to_string();
+        let d = self
+            .coordinator_call(group, &mut cached, |mut c, t| {
+                let req = v1::DescribeGroupRequest { group: g.clone() };
+                async move { c.describe_group(request(req, t)).await }
+            })
+            .await?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut partitions = Vec::new();
+        for o in &d.offsets {
+            // The coordinator's node may not hold the partition: ask its leader.
+            let from = o.committed_offset.unwrap_or(0);
+            let probe = FetchOptions {
+                max_bytes: 1,
+                max_wait_ms: 0,
+                ..FetchOptions::default()
+            };
+            let fetched = self.fetch(&o.topic, o.partition, from, probe).await.ok();
+            let high_watermark = fetched
+                .as_ref()
+                .map_or(o.high_watermark, |f| f.high_watermark.max(o.high_watermark));
+            let oldest = fetched
+                .as_ref()
+                .and_then(|f| f.records.first())
+                .map(|r| r.timestamp_ms);
+            let lag_records = high_watermark.saturating_sub(from);
+            partitions.push(PartitionLag {
+                topic: o.topic.clone(),
+                partition: o.partition,
+                committed_offset: o.committed_offset,
+                high_watermark,
+                lag_records,
+                lag_ms: if lag_records == 0 {
+                    Some(0)
+                } else {
+                    oldest.map(|t| now_ms.saturating_sub(t).max(0))
+                },
+                member_id: o.member_id.clone(),
+            });
+        }
+        Ok(GroupDescription {
+            group: d.group,
+            state: d.state,
+            group_epoch: d.group_epoch,
+            assignor: d.assignor,
+            coordinator: d.coordinator,
+            members: d
+                .members
+                .into_iter()
+                .map(|m| MemberDescription {
+                    member_id: m.member_id,
+                    instance_id: m.instance_id,
+                    client_id: m.client_id,
+                    client_host: m.client_host,
+                    member_epoch: m.member_epoch,
+                    state: m.state,
+                    assigned: flatten(&m.assigned),
+                })
+                .collect(),
+            partitions,
+        })
+    }
+
+    /// Moves the committed offsets of an empty group; returns the new ones.
+    pub async fn reset_offsets(
+        &self,
+        group: &str,
+        topic: Option<&str>,
+        to: ResetSpec,
+    ) -> Result<Vec<(String, u32, u64)>, ClientError> {
+        use v1::reset_offsets_request::To;
+        let to = match to {
+            ResetSpec::Earliest => To::Earliest(true),
+            ResetSpec::Latest => To::Latest(true),
+            ResetSpec::Offset(o) => To::Offset(o),
+            ResetSpec::ShiftBy(d) => To::ShiftBy(d),
+        };
+        let req = v1::ResetOffsetsRequest {
+            group: group.to_string(),
+            topic: topic.unwrap_or_default().to_string(),
+            to: Some(to),
+        };
+        let mut cached = None;
+        let r = self
+            .coordinator_call(group, &mut cached, |mut c, t| {
+                let req = req.clone();
+                async move { c.reset_offsets(request(req, t)).await }
+            })
+            .await?;
+        Ok(r.offsets
+            .into_iter()
+            .map(|o| (o.topic, o.partition, o.offset.unwrap_or(0)))
+            .collect())
+    }
+
+    /// Deletes an empty group and its committed offsets.
+    pub async fn delete_group(&self, group: &str) -> Result<(), ClientError> {
+        let mut cached = None;
+        let g = group.to_string();
+        self.coordinator_call(group, &mut cached, |mut c, t| {
+            let req = v1::DeleteGroupRequest { group: g.clone() };
+            async move { c.delete_group(request(req, t)).await }
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+fn flatten(tps: &[v1::TopicPartitions]) -> Vec<(String, u32)> {
+    tps.iter()
+        .flat_map(|t| t.partitions.iter().map(|p| (t.topic.clone(), *p)))
+        .collect()
+}
+
+fn to_wire(tps: impl IntoIterator<Item = Tp>) -> Vec<v1::TopicPartitions> {
+    let mut by: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for (t, p) in tps {
+        by.entry(t).or_default().push(p);
+    }
+    by.into_iter()
+        .map(|(topic, partitions)| v1::TopicPartitions { topic, partitions })
+        .collect()
+}
+
+/// Where [`Client::reset_offsets`] moves offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetSpec {
+    Earliest,
+    Latest,
+    Offset(u64),
+    ShiftBy(i64),
+}
+
+/// One group in [`Client::list_groups`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupListing {
+    pub group: String,
+    pub state: String,
+    pub members: u32,
+}
+
+impl From<v1::GroupListing> for GroupListing {
+    fn from(g: v1::GroupListing) -> Self {
+        GroupListing {
+            group: g.group,
+            state: g.state,
+            members: g.members,
+        }
+    }
+}
+
+/// [`Client::describe_group`]'s answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    pub group: String,
+    pub state: String,
+    pub group_epoch: u32,
+    pub assignor: String,
+    pub coordinator: u64,
+    pub members: Vec<MemberDescription>,
+    pub partitions: Vec<PartitionLag>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberDescription {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub member_epoch: i32,
+    pub state: String,
+    pub assigned: Vec<(String, u32)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: u32,
+    pub committed_offset: Option<u64>,
+    pub high_watermark: u64,
+    pub lag_records: u64,
+    /// The age of the oldest unconsumed record, in ms (`None`: it could not be read).
+    pub lag_ms: Option<i64>,
+    pub member_id: String,
+}
+
+impl GroupConsumer {
+    /// The member id the coordinator gave (empty before the first join).
+    pub fn member_id(&self) -> &str {
+        &self.member_id
+    }
+
+    /// The member epoch (0 while not joined).
+    pub fn member_epoch(&self) -> i32 {
+        self.epoch
+    }
+
+    /// The partitions this member owns now.
+    pub fn assignment(&self) -> Vec<(String, u32)> {
+        self.owned.keys().cloned().collect()
+    }
+
+    /// Takes back records of the last `poll` from `next_offset` on in one partition: they are
+    /// fetched again and not committed (for an application that stops in the middle of what
+    /// `poll` returned).
+    pub fn unconsume(&mut self, topic: &str, partition: u32, next_offset: u64) {
+        let tp = (topic.to_string(), partition);
+        if let Some(o) = self.owned.get_mut(&tp) {
+            o.position = Some(o.position.map_or(next_offset, |p| p.min(next_offset)));
+        }
+        if let Some(h) = self.pending_handed.get_mut(&tp) {
+            *h = (*h).min(next_offset);
+        }
+    }
+
+    /// Heartbeats when due, commits when due, and returns the next records of the owned
+    /// partitions (possibly none, after waiting at most half a heartbeat interval).
+    pub async fn poll(&mut self) -> Result<Vec<GroupRecord>, ClientError> {
+        // What the last poll handed out is done with: committable now.
+        for (tp, next) in std::mem::take(&mut self.pending_handed) {
+            if let Some(o) = self.owned.get_mut(&tp) {
+                o.handed = Some(next);
+            }
+        }
+        if self.config.auto_commit && Instant::now() >= self.next_commit {
+            self.next_commit = Instant::now() + self.config.auto_commit_interval;
+            match self.commit().await {
+                Ok(()) | Err(ClientError::MemberFenced(_)) => {}
+                Err(e) if e.is_retryable() || matches!(e, ClientError::StaleMemberEpoch(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.epoch == 0 || Instant::now() >= self.next_heartbeat {
+            self.heartbeat().await?;
+        }
+        self.resolve_positions().await?;
+        self.fetch_owned().await
+    }
+
+    /// One heartbeat; applies the assignment it answers with.
+    async fn heartbeat(&mut self) -> Result<(), ClientError> {
+        if self.epoch != 0 && self.last_heartbeat_ok.elapsed() >= self.session_timeout {
+            // Silent for a whole session: the coordinator has removed us by now. Never read
+            // on from partitions that may be someone else's.
+            tracing::warn!(group = %self.config.group, "no heartbeat answered for a session timeout: dropping every partition and rejoining");
+            self.drop_all();
+        }
+        let req = v1::GroupHeartbeatRequest {
+            group: self.config.group.clone(),
+            member_id: self.member_id.clone(),
+            member_epoch: self.epoch,
+            instance_id: self.config.instance_id.clone(),
+            rebalance_timeout_ms: self.config.rebalance_timeout_ms,
+            subscription: Some(v1::Subscription {
+                topics: self.config.topics.clone(),
+                pattern: self.config.pattern.clone(),
+            }),
+            owned: Some(v1::OwnedPartitions {
+                partitions: to_wire(self.owned.keys().cloned()),
+            }),
+            assignor: self.config.assignor.clone().unwrap_or_default(),
+            client_id: self.config.client_id.clone(),
+        };
+        let group = self.config.group.clone();
+        let mut cached = self.coordinator.take();
+        let answer = self
+            .client
+            .coordinator_call(&group, &mut cached, |mut c, t| {
+                let req = req.clone();
+                async move { c.group_heartbeat(request(req, t)).await }
+            })
+            .await;
+        self.coordinator = cached;
+        match answer {
+            Ok(r) => {
+                self.last_heartbeat_ok = Instant::now();
+                self.member_id = r.member_id;
+                self.epoch = r.member_epoch;
+                self.heartbeat_interval =
+                    Duration::from_millis(r.heartbeat_interval_ms.max(1).into());
+                self.session_timeout = Duration::from_millis(r.session_timeout_ms.max(1).into());
+                self.next_heartbeat = Instant::now() + self.heartbeat_interval;
+                self.apply_assignment(flatten(&r.assignment).into_iter().collect())
+                    .await;
+                Ok(())
+            }
+            Err(ClientError::MemberFenced(why)) => {
+                tracing::warn!(group = %self.config.group, %why, "fenced: dropping every partition and rejoining");
+                self.drop_all();
+                self.next_heartbeat = Instant::now();
+                Ok(())
+            }
+            Err(e) if e.is_retryable() => {
+                // Try again soon; the session clock above decides when to give up.
+                self.next_heartbeat = Instant::now() + self.heartbeat_interval / 4;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn drop_all(&mut self) {
+        self.owned.clear();
+        self.pending_handed.clear();
+        self.epoch = 0;
+    }
+
+    /// Gives up what the answer no longer lists (committing it first), takes on what is new.
+    async fn apply_assignment(&mut self, assigned: BTreeSet<Tp>) {
+        let revoked: Vec<Tp> = self
+            .owned
+            .keys()
+            .filter(|tp| !assigned.contains(*tp))
+            .cloned()
+            .collect();
+        if !revoked.is_empty() {
+            if self.config.auto_commit {
+                // Everything handed out so far counts: the application is not reading these
+                // partitions any more once this call returns.
+                for (tp, next) in std::mem::take(&mut self.pending_handed) {
+                    if let Some(o) = self.owned.get_mut(&tp) {
+                        o.handed = Some(next);
+                    }
+                }
+                if let Err(e) = self.commit_partitions(&revoked).await {
+                    tracing::warn!(group = %self.config.group, error = %e, "cannot commit revoked partitions");
+                }
+            }
+            for tp in &revoked {
+                self.owned.remove(tp);
+                self.pending_handed.remove(tp);
+            }
+            // Say so at once: the partitions go to their new owner only then.
+            self.next_heartbeat = Instant::now();
+        }
+        for tp in assigned {
+            self.owned.entry(tp).or_default();
+        }
+    }
+
+    /// Reads the committed offset of each newly owned partition (or applies the reset policy).
+    async fn resolve_positions(&mut self) -> Result<(), ClientError> {
+        let unknown: Vec<Tp> = self
+            .owned
+            .iter()
+            .filter(|(_, o)| o.position.is_none())
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        if unknown.is_empty() || self.epoch <= 0 {
+            return Ok(());
+        }
+        let req = v1::FetchOffsetsRequest {
+            group: self.config.group.clone(),
+            member_id: self.member_id.clone(),
+            member_epoch: self.epoch,
+            partitions: to_wire(unknown.iter().cloned()),
+        };
+        let group = self.config.group.clone();
+        let mut cached = self.coordinator.take();
+        let answer = self
+            .client
+            .coordinator_call(&group, &mut cached, |mut c, t| {
+                let req = req.clone();
+                async move { c.fetch_offsets(request(req, t)).await }
+            })
+            .await;
+        self.coordinator = cached;
+        let answer = match answer {
+            Ok(a) => a,
+            Err(ClientError::MemberFenced(_)) => {
+                self.drop_all();
+                return Ok(());
+            }
+            Err(e) if e.is_retryable() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for c in answer.offsets {
+            let tp = (c.topic.clone(), c.partition);
+            let start = match c.offset {
+                Some(o) => o,
+                None => self.reset_position(&c.topic, c.partition).await?,
+            };
+            if let Some(o) = self.owned.get_mut(&tp) {
+                o.position = Some(start);
+                o.committed = c.offset;
+            }
+        }
+        Ok(())
+    }
+
+    async fn reset_position(&self, topic: &str, partition: u32) -> Result<u64, ClientError> {
+        let probe = FetchOptions {
+            max_bytes: 1,
+            max_wait_ms: 0,
+            ..self.config.fetch
+        };
+        match self.config.reset {
+            OffsetReset::None => Err(ClientError::NoCommittedOffset(format!(
+                "group {:?} has no committed offset for {topic}/{partition} and its reset policy is none",
+                self.config.group
+            ))),
+            OffsetReset::Earliest => Ok(self
+                .client
+                .fetch(topic, partition, 0, probe)
+                .await
+                .map(|f| f.log_start_offset)
+                .unwrap_or(0)),
+            OffsetReset::Latest => Ok(self
+                .client
+                .fetch(topic, partition, 0, probe)
+                .await?
+                .high_watermark),
+        }
+    }
+
+    /// Fetches every owned partition once, concurrently, waiting at most half a heartbeat
+    /// interval for records.
+    async fn fetch_owned(&mut self) -> Result<Vec<GroupRecord>, ClientError> {
+        let wait_cap = (self.heartbeat_interval / 2).as_millis() as u32;
+        let options = FetchOptions {
+            max_wait_ms: self.config.fetch.max_wait_ms.min(wait_cap),
+            ..self.config.fetch
+        };
+        let wanted: Vec<(Tp, u64)> = self
+            .owned
+            .iter()
+            .filter_map(|(tp, o)| o.position.map(|p| (tp.clone(), p)))
+            .collect();
+        if wanted.is_empty() {
+            if self.owned.is_empty() {
+                // Nothing to read yet: wait for the next heartbeat rather than spin.
+                let wait = Duration::from_millis(options.max_wait_ms.into());
+                let until = self.next_heartbeat.min(Instant::now() + wait);
+                tokio::time::sleep_until(until).await;
+            }
+            return Ok(Vec::new());
+        }
+        let client = &self.client;
+        let fetches = wanted.iter().map(|(tp, at)| async move {
+            (tp.clone(), client.fetch(&tp.0, tp.1, *at, options).await)
+        });
+        let results = futures::future::join_all(fetches).await;
+        let mut out = Vec::new();
+        for (tp, result) in results {
+            match result {
+                Ok(f) => {
+                    let Some(o) = self.owned.get_mut(&tp) else {
+                        continue;
+                    };
+                    if let Some(last) = f.records.last() {
+                        o.position = Some(last.offset + 1);
+                        self.pending_handed.insert(tp.clone(), last.offset + 1);
+                    }
+                    out.extend(f.records.into_iter().map(|record| GroupRecord {
+                        topic: tp.0.clone(),
+                        record,
+                    }));
+                }
+                Err(e) if e.is_retryable() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Commits, for every owned partition, the offset after the last record handed out before
+    /// this call's previous `poll` (synchronously).
+    pub async fn commit(&mut self) -> Result<(), ClientError> {
+        let all: Vec<Tp> = self.owned.keys().cloned().collect();
+        self.commit_partitions(&all).await
+    }
+
+    /// Commits what was handed out of `partitions` (synchronously).
+    pub async fn commit_partitions(&mut self, partitions: &[Tp]) -> Result<(), ClientError> {
+        let offsets: Vec<(Tp, u64)> = partitions
+            .iter()
+            .filter_map(|tp| {
+                let o = self.owned.get(tp)?;
+                let handed = o.handed?;
+                (o.committed != Some(handed)).then(|| (tp.clone(), handed))
+            })
+            .collect();
+        if offsets.is_empty() || self.epoch <= 0 {
+            return Ok(());
+        }
+        let req = v1::CommitOffsetsRequest {
+            group: self.config.group.clone(),
+            member_id: self.member_id.clone(),
+            member_epoch: self.epoch,
+            offsets: offsets
+                .iter()
+                .map(|((topic, partition), offset)| v1::OffsetCommit {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: *offset,
+                    metadata: String::new(),
+                })
+                .collect(),
+        };
+        let group = self.config.group.clone();
+        let mut cached = self.coordinator.take();
+        let answer = self
+            .client
+            .coordinator_call(&group, &mut cached, |mut c, t| {
+                let req = req.clone();
+                async move { c.commit_offsets(request(req, t)).await }
+            })
+            .await;
+        self.coordinator = cached;
+        match answer {
+            Ok(_) => {
+                for (tp, offset) in offsets {
+                    if let Some(o) = self.owned.get_mut(&tp) {
+                        o.committed = Some(offset);
+                    }
+                }
+                Ok(())
+            }
+            Err(ClientError::MemberFenced(why)) => {
+                self.drop_all();
+                self.next_heartbeat = Instant::now();
+                Err(ClientError::MemberFenced(why))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Commits in the background what was handed out so far; the returned handle says how
+    /// it went. The member's own state learns of it only through later commits.
+    pub fn commit_async(&self) -> tokio::task::JoinHandle<Result<(), ClientError>> {
+        let offsets: Vec<v1::OffsetCommit> = self
+            .owned
+            .iter()
+            .filter_map(|((topic, partition), o)| {
+                Some(v1::OffsetCommit {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: o.handed?,
+                    metadata: String::new(),
+                })
+            })
+            .collect();
+        let req = v1::CommitOffsetsRequest {
+            group: self.config.group.clone(),
+            member_id: self.member_id.clone(),
+            member_epoch: self.epoch,
+            offsets,
+        };
+        let (client, group, mut cached) = (
+            self.client.clone(),
+            self.config.group.clone(),
+            self.coordinator.clone(),
+        );
+        tokio::spawn(async move {
+            if req.offsets.is_empty() {
+                return Ok(());
+            }
+            client
+                .coordinator_call(&group, &mut cached, |mut c, t| {
+                    let req = req.clone();
+                    async move { c.commit_offsets(request(req, t)).await }
+                })
+                .await
+                .map(|_| ())
+        })
+    }
+
+    /// Commits (with auto-commit) and leaves the group: at once for a dynamic member; a
+    /// static member leaves its partitions to its next instance until its session times out.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        for (tp, next) in std::mem::take(&mut self.pending_handed) {
+            if let Some(o) = self.owned.get_mut(&tp) {
+                o.handed = Some(next);
+            }
+        }
+        if self.config.auto_commit {
+            let _ = self.commit().await;
+        }
+        if self.epoch <= 0 {
+            return Ok(());
+        }
+        let req = v1::GroupHeartbeatRequest {
+            group: self.config.group.clone(),
+            member_id: self.member_id.clone(),
+            member_epoch: if self.config.instance_id.is_some() {
+                -2
+            } else {
+                -1
+            },
+            ..Default::default()
+        };
+        let group = self.config.group.clone();
+        let mut cached = self.coordinator.take();
+        self.client
+            .coordinator_call(&group, &mut cached, |mut c, t| {
+                let req = req.clone();
+                async move { c.group_heartbeat(request(req, t)).await }
+            })
+            .await
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,791 @@
+//! The group coordinator: the thin layer that runs [`fjord_groups`]' decisions on the leader
+//! of each partition of the groups' topic ([`fjord_groups::GROUPS_TOPIC`]).
+//!
+//! - A group lives on one partition of that topic (its name's hash); the partition's leader
+//!   is its **coordinator**. A request for a group this node does not coordinate is refused
+//!   with the coordinator's address ([`ApiError::NotCoordinator`]).
+//! - Each coordinator partition led here has a **runner**: a task that owns the partition's
+//!   volatile state (member session clocks, cached high watermarks) and takes requests from a
+//!   bounded queue, a batch at a time. For each batch it decides every request against the
+//!   applied groups (and the batch's own earlier decisions), writes all their records as one
+//!   CP batch to the partition, and answers once it is committed and applied. A batch with
+//!   nothing to write still does a ReadIndex round: an answer is never given by a node that
+//!   is no longer leader.
+//! - On taking over (each new term) a runner first waits until the partition has applied
+//!   everything committed before ([`PartitionHandle::linearizable_read`]), then gives every
+//!   member a fresh session: silence is only counted from then on.
+//! - Every [`TICK`] it removes the members silent past their session timeout and those that
+//!   held partitions to revoke past their rebalance timeout; every [`EXPIRY_EVERY`] it expires
+//!   the offsets of groups empty for [`fjord_groups::limits::DEFAULT_OFFSET_RETENTION_MS`].
+//! - The topic itself is created on the first group request ([`Coordinator::topic`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fjord_groups::heartbeat::{self, Decision, HeartbeatAnswer, HeartbeatRequest, timing};
+use fjord_groups::limits::DEFAULT_OFFSET_RETENTION_MS;
+use fjord_groups::offsets::{self, Bounds, CommitRequest, Committer, ResetTo};
+use fjord_groups::{
+    Committed, Context, Group, GroupError, GroupRecord, MemberState, TopicsView, Tp,
+};
+use fjord_meta::{GroupId, MetaCommand, MetaResponse, Topic, group_id};
+use fjord_proto::v1::Record;
+use fjord_proto::{batch, v1::FetchRequest};
+use fjord_raft::{PartitionHandle, StoredBatch};
+use fjord_storage::partition::Outcome;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+use crate::node::Node;
+
+/// Requests waiting for one coordinator partition, at most; beyond, UNAVAILABLE (retry).
+pub const MAX_QUEUED_REQUESTS: usize = 4_096;
+/// Requests decided together and written as one batch, at most.
+pub const MAX_BATCH_REQUESTS: usize = 256;
+/// Records in one batch written to a coordinator partition, at most (a decision larger than
+/// this, a big group's deletion, is written in several).
+pub const MAX_RECORDS_PER_BATCH: usize = 10_000;
+/// How often a runner looks for members past their session or rebalance timeout.
+pub const TICK: Duration = Duration::from_millis(250);
+/// How often a runner looks for groups whose offsets expired.
+pub const EXPIRY_EVERY: Duration = Duration::from_secs(60);
+/// How long a request waits for its answer, at most: a write to the coordinator partition.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a group request asks, in domain types.
+#[derive(Debug)]
+pub enum Op {
+    Heartbeat(HeartbeatRequest),
+    Commit(CommitRequest),
+    Fetch {
+        group: String,
+        who: Committer,
+        tps: Vec<Tp>,
+    },
+    Describe(String),
+    Reset {
+        group: String,
+        to: ResetTo,
+        topic: Option<fjord_groups::TopicId>,
+    },
+    Delete(String),
+}
+
+impl Op {
+    fn group(&self) -> &str {
+        match self {
+            Op::Heartbeat(r) => &r.group,
+            Op::Commit(r) => &r.group,
+            Op::Fetch { group, .. }
+            | Op::Describe(group)
+            | Op::Reset { group, .. }
+            | Op::Delete(group) => group,
+        }
+    }
+}
+
+/// The answer to an [`Op`].
+#[derive(Debug)]
+pub enum Answer {
+    Heartbeat(HeartbeatAnswer),
+    Committed,
+    Offsets(BTreeMap<Tp, Option<Committed>>),
+    Described(Box<Described>),
+    Reset(BTreeMap<Tp, u64>),
+    Deleted,
+}
+
+/// A group as DescribeGroup shows it.
+#[derive(Debug)]
+pub struct Described {
+    pub group: Group,
+    pub session_timeout_ms: u32,
+    pub heartbeat_interval_ms: u32,
+    /// High watermarks of the partitions shown, as this node knows them.
+    pub high_watermarks: BTreeMap<Tp, u64>,
+    pub coordinator: u64,
+}
+
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<Answer, ApiError>>,
+}
+
+/// The node's coordinators: a runner per coordinator partition this node leads.
+#[derive(Default)]
+pub struct Coordinator {
+    // Short critical sections (a lookup, an insert), no await inside.
+    runners: Mutex<HashMap<GroupId, mpsc::Sender<Job>>>,
+    creating: tokio::sync::Mutex<()>,
+}
+
+/// The topics a group can subscribe to: every topic but fjord's own.
+pub fn topics_view(state: &fjord_meta::MetaState) -> TopicsView {
+    TopicsView::new(
+        state
+            .topics
+            .values()
+            .filter(|t| !t.name.starts_with(fjord_groups::INTERNAL_TOPIC_PREFIX))
+            .map(|t| (t.name.clone(), t.id, t.partitions.len() as u32)),
+    )
+}
+
+impl Coordinator {
+    /// The groups' topic, created (on live nodes, 3 replicas or as many as there are nodes)
+    /// if it does not exist yet.
+    pub async fn topic(&self, node: &Arc<Node>) -> Result<Topic, ApiError> {
+        if let Some(t) = node.view().state.topic(fjord_groups::GROUPS_TOPIC) {
+            return Ok(t.clone());
+        }
+        let _one = self.creating.lock().await;
+        if let Some(t) = node.view().state.topic(fjord_groups::GROUPS_TOPIC) {
+            return Ok(t.clone());
+        }
+        let service = crate::service::ClientService { node: node.clone() };
+        let live = service.live_nodes().await;
+        let cmd = MetaCommand::CreateTopicOnLive {
+            name: fjord_groups::GROUPS_TOPIC.to_string(),
+            partitions: node.group_partitions(),
+            replication_factor: 0,
+            config: fjord_meta::TopicConfig::default(),
+            live,
+        };
+        let created = node.meta_write(cmd).await?;
+        // Bounded: its first requests find leaders rather than UNAVAILABLE.
+        service.wait_for_leaders(fjord_groups::GROUPS_TOPIC).await;
+        match created {
+            MetaResponse::Topic(_) => node
+                .view()
+                .state
+                .topic(fjord_groups::GROUPS_TOPIC)
+                .cloned()
+                .ok_or_else(|| {
+                    ApiError::NoLeader("the metadata group (creating the groups' topic)".into())
+                }),
+            MetaResponse::Error(fjord_meta::MetaError::TopicExists { .. }) => node
+                .view()
+                .state
+                .topic(fjord_groups::GROUPS_TOPIC)
+                .cloned()
+                .ok_or_else(|| {
+                    ApiError::NoLeader("the metadata group (creating the groups' topic)".into())
+                }),
+            MetaResponse::Error(e) => Err(ApiError::Meta(e)),
+            other => Err(ApiError::Internal(format!(
+                "unexpected answer to the groups' topic creation: {other:?}"
+            ))),
+        }
+    }
+
+    /// The coordinator partition of `group` and its leader as this node knows it.
+    pub async fn locate(
+        &self,
+        node: &Arc<Node>,
+        group: &str,
+    ) -> Result<(u32, GroupId, Option<u64>), ApiError> {
+        heartbeat::check_group_name(group)?;
+        let topic = self.topic(node).await?;
+        let partition = fjord_groups::coordinator_partition(group, topic.partitions.len() as u32);
+        let gid = group_id(topic.id, partition);
+        let local = node
+            .registry
+            .partition(gid)
+            .and_then(|h| h.leadership().leader);
+        let recorded = topic.partitions[partition as usize].leader;
+        Ok((partition, gid, local.or(recorded)))
+    }
+
+    /// Runs `op` on this node's runner of the group's partition, if this node leads it.
+    pub async fn call(&self, node: &Arc<Node>, op: Op) -> Result<Answer, ApiError> {
+        let (_, gid, leader) = self.locate(node, op.group()).await?;
+        let group = op.group().to_string();
+        let not_coordinator = |leader: Option<u64>| ApiError::NotCoordinator {
+            this: node.id,
+            group: group.clone(),
+            leader: leader.and_then(|l| node.address_of(l).map(|a| (l, a))),
+        };
+        let Some(handle) = node.registry.partition(gid) else {
+            return Err(not_coordinator(leader));
+        };
+        if !handle.is_leader() {
+            return Err(not_coordinator(handle.leadership().leader.or(leader)));
+        }
+        let (reply, rx) = oneshot::channel();
+        let job = Job { op, reply };
+        let sender = self.runner(node, gid, handle);
+        match sender.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                return Err(ApiError::Busy(format!(
+                    "{MAX_QUEUED_REQUESTS} group requests are waiting on this coordinator \
+                     (MAX_QUEUED_REQUESTS); retry"
+                )));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(not_coordinator(leader_of(node, gid).or(leader)));
+            }
+        }
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(answer)) => answer,
+            // The runner stopped (leadership lost) before it answered.
+            Ok(Err(_)) => Err(not_coordinator(leader_of(node, gid))),
+            Err(_) => Err(ApiError::Timeout(format!(
+                "the coordinator did not answer within {} ms; the outcome is unknown",
+                REQUEST_TIMEOUT.as_millis()
+            ))),
+        }
+    }
+
+    fn runner(&self, node: &Arc<Node>, gid: GroupId, handle: PartitionHandle) -> mpsc::Sender<Job> {
+        let mut runners = self.runners.lock().unwrap();
+        if let Some(tx) = runners.get(&gid).filter(|tx| !tx.is_closed()) {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::channel(MAX_QUEUED_REQUESTS);
+        runners.insert(gid, tx.clone());
+        let runner = Runner {
+            node: node.clone(),
+            gid,
+            handle,
+            rx,
+            ready_term: None,
+            sessions: HashMap::new(),
+            revoking: HashMap::new(),
+            hw: HashMap::new(),
+            last_expiry: Instant::now(),
+        };
+        tokio::spawn(runner.run());
+        tx
+    }
+}
+
+fn leader_of(node: &Node, gid: GroupId) -> Option<u64> {
+    node.registry
+        .partition(gid)
+        .and_then(|h| h.leadership().leader)
+}
+
+type MemberKey = (String, String);
+
+/// A coordinator partition's runner (see the module doc).
+struct Runner {
+    node: Arc<Node>,
+    gid: GroupId,
+    handle: PartitionHandle,
+    rx: mpsc::Receiver<Job>,
+    /// The term this runner has caught up in (applied everything committed before it).
+    ready_term: Option<u64>,
+    /// When each member's session ends, unless it heartbeats.
+    sessions: HashMap<MemberKey, Instant>,
+    /// When each member asked to revoke partitions must have done so.
+    revoking: HashMap<MemberKey, Instant>,
+    /// High watermarks seen (they only grow: each is a lower bound).
+    hw: HashMap<Tp, u64>,
+    last_expiry: Instant,
+}
+
+impl Runner {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                job = self.rx.recv() => {
+                    let Some(job) = job else { break };
+                    let mut jobs = vec![job];
+                    while jobs.len() < MAX_BATCH_REQUESTS {
+                        match self.rx.try_recv() {
+                            Ok(j) => jobs.push(j),
+                            Err(_) => break,
+                        }
+                    }
+                    self.batch(jobs).await;
+                }
+                _ = tick.tick() => self.expire().await,
+                _ = self.node.shutdown.cancelled() => break,
+            }
+            if !self.handle.is_leader() {
+                break;
+            }
+        }
+        // Whatever is still queued is refused (the senders see the channel closed).
+        self.rx.close();
+        while let Ok(job) = self.rx.try_recv() {
+            let _ = job.reply.send(Err(self.not_coordinator(job.op.group())));
+        }
+    }
+
+    fn not_coordinator(&self, group: &str) -> ApiError {
+        let leader = self.handle.leadership().leader;
+        ApiError::NotCoordinator {
+            this: self.node.id,
+            group: group.to_string(),
+            leader: leader.and_then(|l| self.node.address_of(l).map(|a| (l, a))),
+        }
+    }
+
+    fn raft_error(&self, group: &str, e: fjord_raft::GroupError) -> ApiError {
+        match e {
+            fjord_raft::GroupError::NotLeader { .. } => self.not_coordinator(group),
+            fjord_raft::GroupError::Unavailable(why) => {
+                ApiError::NoLeader(format!("the coordinator of group {group:?} ({why})"))
+            }
+            fjord_raft::GroupError::Busy(why) => ApiError::Busy(why.to_string()),
+            fjord_raft::GroupError::Internal(why) => ApiError::Internal(why.to_string()),
+        }
+    }
+
+    /// Catches up once per term: everything committed before is applied here, and every
+    /// member's session starts afresh.
+    async fn ready(&mut self) -> Result<(), fjord_raft::GroupError> {
+        let term = self.handle.leadership().term;
+        if self.ready_term == Some(term) {
+            return Ok(());
+        }
+        self.handle.linearizable_read().await?;
+        self.ready_term = Some(term);
+        self.sessions.clear();
+        self.revoking.clear();
+        Ok(())
+    }
+
+    fn groups_held(&self) -> usize {
+        self.handle.shared().with_groups(|g| g.len()).unwrap_or(0)
+    }
+
+    fn applied_group(&self, name: &str) -> Option<Group> {
+        self.handle
+            .shared()
+            .with_groups(|g| g.get(name).cloned())
+            .flatten()
+    }
+
+    async fn batch(&mut self, jobs: Vec<Job>) {
+        if let Err(e) = self.ready().await {
+            for j in jobs {
+                let err = self.raft_error(j.op.group(), e.clone());
+                let _ = j.reply.send(Err(err));
+            }
+            return;
+        }
+        let view = self.node.view();
+        let topics = topics_view(&view.state);
+        let now_ms = self.node.clock.now_ms();
+        // The batch's own view of each group it touches: the applied group plus the records of
+        // the batch's earlier decisions.
+        let mut scratch: BTreeMap<String, Option<Group>> = BTreeMap::new();
+        let mut records: Vec<GroupRecord> = Vec::new();
+        let mut answers: Vec<(Job, Result<Answer, ApiError>)> = Vec::new();
+        for job in jobs {
+            let name = job.op.group().to_string();
+            if !scratch.contains_key(&name) {
+                let g = self.applied_group(&name);
+                scratch.insert(name.clone(), g);
+            }
+            let held = self.groups_held() + scratch.values().filter(|g| g.is_some()).count();
+            let hws = self.high_watermarks(&job.op, &topics).await;
+            let group = scratch.get(&name).and_then(|g| g.as_ref());
+            let decided = self.decide(&job.op, group, &topics, now_ms, held, &hws);
+            let result = match decided {
+                Ok((answer, recs)) => {
+                    let slot = scratch.get_mut(&name).expect("inserted above");
+                    for r in &recs {
+                        apply_scratch(slot, &name, r);
+                    }
+                    records.extend(recs);
+                    Ok(answer)
+                }
+                Err(e) => Err(e),
+            };
+            answers.push((job, result));
+        }
+        let written = if records.is_empty() {
+            self.handle.linearizable_read().await
+        } else {
+            self.write(records, now_ms).await
+        };
+        let now = Instant::now();
+        for (job, result) in answers {
+            let result = match (&written, result) {
+                (Err(e), Ok(_)) => Err(self.raft_error(job.op.group(), e.clone())),
+                (_, r) => r,
+            };
+            if let (Op::Heartbeat(req), Ok(Answer::Heartbeat(a))) = (&job.op, &result) {
+                self.clock_member(req, a, &scratch, now);
+            }
+            let _ = job.reply.send(result);
+        }
+    }
+
+    /// Starts, renews or ends a member's clocks after its heartbeat was answered.
+    fn clock_member(
+        &mut self,
+        req: &HeartbeatRequest,
+        a: &HeartbeatAnswer,
+        scratch: &BTreeMap<String, Option<Group>>,
+        now: Instant,
+    ) {
+        let key = (req.group.clone(), a.member_id.clone());
+        let Some(group) = scratch.get(&req.group).and_then(|g| g.as_ref()) else {
+            self.sessions.remove(&key);
+            self.revoking.remove(&key);
+            return;
+        };
+        let Some(member) = group.members.get(&a.member_id) else {
+            self.sessions.remove(&key);
+            self.revoking.remove(&key);
+            return;
+        };
+        if member.left_static {
+            // Its session runs out unless its next instance comes back: no renewal.
+            self.sessions.entry(key.clone()).or_insert(now);
+        } else {
+            let ms = a.session_timeout_ms;
+            self.sessions
+                .insert(key.clone(), now + Duration::from_millis(ms.into()));
+        }
+        if member.state == MemberState::UnrevokedPartitions {
+            let ms = member.rebalance_timeout_ms;
+            self.revoking
+                .entry(key)
+                .or_insert(now + Duration::from_millis(ms.into()));
+        } else {
+            self.revoking.remove(&key);
+        }
+    }
+
+    /// The high watermarks a commit or reset needs.
+    async fn high_watermarks(&mut self, op: &Op, topics: &TopicsView) -> BTreeMap<Tp, u64> {
+        let wanted: Vec<(Tp, u64)> = match op {
+            Op::Commit(c) => c.offsets.iter().map(|o| (o.tp, o.offset)).collect(),
+            _ => return BTreeMap::new(),
+        };
+        let mut out = BTreeMap::new();
+        for (tp, offset) in wanted {
+            if let Some(hw) = self.hw_at_least(tp, offset, topics).await {
+                out.insert(tp, hw);
+            }
+        }
+        out
+    }
+
+    /// A high watermark of `tp` at least `offset` if there is one, else the partition's
+    /// current one; `None` if the partition does not exist or cannot be asked.
+    async fn hw_at_least(&mut self, tp: Tp, offset: u64, topics: &TopicsView) -> Option<u64> {
+        if topics.partitions_of(tp.topic) <= tp.partition {
+            return None;
+        }
+        let known = self.hw.get(&tp).copied().unwrap_or(0);
+        if offset <= known {
+            return Some(known);
+        }
+        let gid = group_id(tp.topic, tp.partition);
+        let local = self.node.registry.partition(gid);
+        let mut best = known;
+        if let Some(h) = &local {
+            best = best.max(h.shared().high_watermark());
+        }
+        let leads = local.as_ref().is_some_and(|h| h.is_leader());
+        if offset > best && !leads {
+            if let Some(remote) = self.remote_hw(tp, offset, topics).await {
+                best = best.max(remote);
+            }
+        }
+        self.hw.insert(tp, best);
+        Some(best)
+    }
+
+    /// Asks the partition's leader (a CP fetch at `offset`: refused past the high watermark).
+    async fn remote_hw(&self, tp: Tp, offset: u64, topics: &TopicsView) -> Option<u64> {
+        let name = topics.name_of(tp.topic)?.to_string();
+        let view = self.node.view();
+        let leader = view
+            .state
+            .topic(&name)?
+            .partitions
+            .get(tp.partition as usize)?
+            .leader?;
+        let addr = self.node.address_of(leader)?;
+        let channel = self.node.pool.channel(&addr).ok()?;
+        let mut client = fjord_proto::v1::fjord_client::FjordClient::new(channel);
+        let mut req = tonic::Request::new(FetchRequest {
+            topic: name,
+            partition: tp.partition,
+            offset,
+            max_bytes: 1,
+            max_wait_ms: 0,
+            read: fjord_proto::v1::ReadMode::ReadCp as i32,
+        });
+        req.set_timeout(Duration::from_secs(2));
+        match client.fetch(req).await {
+            Ok(r) => Some(r.into_inner().high_watermark),
+            Err(_) => None,
+        }
+    }
+
+    fn decide(
+        &self,
+        op: &Op,
+        group: Option<&Group>,
+        topics: &TopicsView,
+        now_ms: i64,
+        held: usize,
+        hws: &BTreeMap<Tp, u64>,
+    ) -> Result<(Answer, Vec<GroupRecord>), ApiError> {
+        let defaults = self.node.group_defaults();
+        Ok(match op {
+            Op::Heartbeat(req) => {
+                let id = new_member_id(&self.node);
+                let ctx = Context {
+                    topics,
+                    now_ms,
+                    groups_held: held,
+                    new_member_id: &id,
+                    defaults,
+                };
+                let Decision { answer, records } = heartbeat::heartbeat(group, req, &ctx)?;
+                (Answer::Heartbeat(answer), records)
+            }
+            Op::Commit(req) => {
+                let d =
+                    offsets::commit(group, req, topics, |tp| hws.get(&tp).copied(), now_ms, held)?;
+                (Answer::Committed, d.records)
+            }
+            Op::Fetch {
+                group: name,
+                who,
+                tps,
+            } => (
+                Answer::Offsets(offsets::fetch(group, name, who, tps)?),
+                Vec::new(),
+            ),
+            Op::Describe(name) => {
+                let g = group.ok_or_else(|| GroupError::UnknownGroup {
+                    group: name.clone(),
+                })?;
+                let (session_timeout_ms, heartbeat_interval_ms) = timing(Some(g), defaults);
+                let mut high_watermarks = BTreeMap::new();
+                for tp in described_partitions(g) {
+                    if let Some(h) = self
+                        .node
+                        .registry
+                        .partition(group_id(tp.topic, tp.partition))
+                    {
+                        high_watermarks.insert(tp, h.shared().high_watermark());
+                    } else if let Some(h) = self.hw.get(&tp) {
+                        high_watermarks.insert(tp, *h);
+                    }
+                }
+                (
+                    Answer::Described(Box::new(Described {
+                        group: g.clone(),
+                        session_timeout_ms,
+                        heartbeat_interval_ms,
+                        high_watermarks,
+                        coordinator: self.node.id,
+                    })),
+                    Vec::new(),
+                )
+            }
+            Op::Reset {
+                group: name,
+                to,
+                topic,
+            } => {
+                let tps = self.reset_partitions(group, *topic, topics);
+                let d = offsets::reset(group, name, *to, &tps, now_ms, held)?;
+                (Answer::Reset(d.answer), d.records)
+            }
+            Op::Delete(name) => (Answer::Deleted, offsets::delete(group, name)?),
+        })
+    }
+
+    /// The partitions a reset moves, with their bounds as this node knows them: a topic's
+    /// partitions, or every partition the group committed.
+    fn reset_partitions(
+        &self,
+        group: Option<&Group>,
+        topic: Option<fjord_groups::TopicId>,
+        topics: &TopicsView,
+    ) -> Vec<(Tp, Bounds)> {
+        let tps: BTreeSet<Tp> = match topic {
+            Some(t) => (0..topics.partitions_of(t))
+                .map(|p| Tp::new(t, p))
+                .collect(),
+            None => group
+                .map(|g| g.offsets.keys().copied().collect())
+                .unwrap_or_default(),
+        };
+        tps.into_iter()
+            .filter(|tp| topics.partitions_of(tp.topic) > tp.partition)
+            .map(|tp| {
+                let local = self
+                    .node
+                    .registry
+                    .partition(group_id(tp.topic, tp.partition))
+                    .map(|h| h.shared().high_watermark());
+                let hw = local
+                    .unwrap_or(0)
+                    .max(self.hw.get(&tp).copied().unwrap_or(0));
+                (
+                    tp,
+                    Bounds {
+                        log_start: 0,
+                        high_watermark: hw,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Writes `records` to the partition, in batches of at most [`MAX_RECORDS_PER_BATCH`].
+    async fn write(
+        &self,
+        records: Vec<GroupRecord>,
+        now_ms: i64,
+    ) -> Result<(), fjord_raft::GroupError> {
+        for chunk in records.chunks(MAX_RECORDS_PER_BATCH) {
+            let list: Vec<Record> = chunk
+                .iter()
+                .map(|r| {
+                    let (key, value) = r.encode();
+                    Record {
+                        key: Some(key.into()),
+                        value: value.unwrap_or_default().into(),
+                        headers: Vec::new(),
+                        timestamp_ms: now_ms,
+                    }
+                })
+                .collect();
+            let body = batch::encode(&list);
+            let b = StoredBatch {
+                token: self.node.token(),
+                producer_id: 0,
+                producer_epoch: 0,
+                base_sequence: 0,
+                record_count: list.len() as u32,
+                crc32c: batch::checksum(&body),
+                append_time_ms: now_ms,
+                records: body,
+            };
+            match self.handle.propose_cp(b).await? {
+                Outcome::Appended { .. } => {}
+                other => {
+                    return Err(fjord_raft::GroupError::Internal(
+                        fjord_raft::handle::Internal::UnexpectedResponse {
+                            what: "coordinator batch",
+                            got: fjord_raft::Response::Batch(other),
+                        },
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the members past their session or rebalance timeout, and expires offsets.
+    async fn expire(&mut self) {
+        if !self.handle.is_leader() || self.ready().await.is_err() {
+            return;
+        }
+        let now = Instant::now();
+        let now_ms = self.node.clock.now_ms();
+        let defaults = self.node.group_defaults();
+        let mut due: Vec<(String, String)> = Vec::new();
+        let members: Vec<(MemberKey, u32)> = self
+            .handle
+            .shared()
+            .with_groups(|gs| {
+                gs.iter()
+                    .flat_map(|g| {
+                        let (session, _) = timing(Some(g), defaults);
+                        g.members
+                            .keys()
+                            .map(move |m| ((g.name.clone(), m.clone()), session))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let live: BTreeSet<&MemberKey> = members.iter().map(|(k, _)| k).collect();
+        self.sessions.retain(|k, _| live.contains(k));
+        self.revoking.retain(|k, _| live.contains(k));
+        for (key, session_ms) in &members {
+            let end = *self
+                .sessions
+                .entry(key.clone())
+                .or_insert(now + Duration::from_millis((*session_ms).into()));
+            let revoke_end = self.revoking.get(key).copied();
+            if end <= now || revoke_end.is_some_and(|r| r <= now) {
+                due.push(key.clone());
+            }
+        }
+        let mut records = Vec::new();
+        let mut scratch: BTreeMap<String, Option<Group>> = BTreeMap::new();
+        for (group, member) in &due {
+            let slot = scratch
+                .entry(group.clone())
+                .or_insert_with(|| self.applied_group(group));
+            if let Some(g) = slot.as_ref() {
+                let recs = heartbeat::remove(g, member, now_ms);
+                for r in &recs {
+                    apply_scratch(slot, group, r);
+                }
+                records.extend(recs);
+            }
+        }
+        if self.last_expiry.elapsed() >= EXPIRY_EVERY {
+            self.last_expiry = now;
+            let topics = topics_view(&self.node.view().state);
+            let expired: Vec<GroupRecord> = self
+                .handle
+                .shared()
+                .with_groups(|gs| {
+                    gs.iter()
+                        .filter(|g| !scratch.contains_key(&g.name))
+                        .flat_map(|g| {
+                            offsets::expire(g, &topics, now_ms, DEFAULT_OFFSET_RETENTION_MS)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            records.extend(expired);
+        }
+        if records.is_empty() {
+            return;
+        }
+        match self.write(records, now_ms).await {
+            Ok(()) => {
+                for key in &due {
+                    tracing::info!(group = %key.0, member = %key.1, "removed a member past its session or rebalance timeout");
+                    self.sessions.remove(key);
+                    self.revoking.remove(key);
+                }
+            }
+            Err(e) => tracing::warn!(group = self.gid, error = %e, "cannot remove expired members"),
+        }
+    }
+}
+
+fn apply_scratch(slot: &mut Option<Group>, name: &str, r: &GroupRecord) {
+    match r {
+        GroupRecord::GroupGone { .. } => *slot = None,
+        _ => slot.get_or_insert_with(|| Group::new(name)).apply(r),
+    }
+}
+
+/// The partitions DescribeGroup shows: every subscribed and every committed one.
+pub fn described_partitions(g: &Group) -> BTreeSet<Tp> {
+    let mut out: BTreeSet<Tp> = g.offsets.keys().copied().collect();
+    for (t, n) in &g.meta.subscribed {
+        out.extend((0..*n).map(|p| Tp::new(*t, p)));
+    }
+    out
+}
+
+/// A fresh member id: the node id and a random 64-bit number (the runtime's randomness,
+/// which a simulation seeds; the decisions stay pure).
+fn new_member_id(node: &Node) -> String {
+    format!("{}-{:016x}", node.id, fjord_raft::runtime::random_u64())
+}

@@ -1,0 +1,382 @@
+//! Consumer groups on a real 3-process cluster, with members that are real processes
+//! (`fjord consume --group`), killed, paused and restarted:
+//! - 3 members on 6 partitions own 2 each, every partition exactly one owner;
+//! - a SIGKILLed member's partitions are owned again and consumption resumes from the
+//!   committed offsets: no record is skipped, and redeliveries are only records of the killed
+//!   member's partitions from its last commit on;
+//! - a member paused (SIGSTOP) past its session timeout is removed, its commits are refused
+//!   (UNKNOWN_MEMBER_ID), and after SIGCONT it rejoins;
+//! - a rolling restart of static members moves no partition;
+//! - killing the coordinator's node loses no committed offset and the group carries on.
+// Each test holds `serial()` (a std mutex) for its whole run on purpose: tests run on
+// separate threads and runtimes, and must not start clusters at the same time.
+#![allow(clippy::await_holding_lock)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use fjord_client::{Client, GroupDescription, ProducerConfig, ProducerRecord};
+use fjord_proto::v1::fjord_client::FjordClient;
+use fjord_proto::v1::{CommitOffsetsRequest, OffsetCommit};
+use fjord_tests::{Cluster, Timing, serial, wait_for};
+
+const SESSION_MS: &str = "3000";
+const HEARTBEAT_MS: &str = "300";
+/// Long enough for any election and rebalance here; a bound, never a sleep.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+async fn cluster() -> Cluster {
+    Cluster::start_with_args(
+        3,
+        Timing::FAST,
+        &[
+            "--group-session-timeout-ms",
+            SESSION_MS,
+            "--group-heartbeat-interval-ms",
+            HEARTBEAT_MS,
+            "--group-partitions",
+            "4",
+        ],
+    )
+    .await
+}
+
+/// A `fjord consume --group` process, printing JSON records to a file.
+struct Member {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Member {
+    fn start(
+        cluster: &Cluster,
+        dir: &std::path::Path,
+        name: &str,
+        instance: Option<&str>,
+    ) -> Member {
+        let out = dir.join(format!("{name}.out"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&out)
+            .unwrap();
+        let mut cmd = cluster.cli();
+        cmd.args([
+            "consume",
+            "t",
+            "--group",
+            "g",
+            "--from-beginning",
+            "--format",
+            "json",
+        ]);
+        if let Some(i) = instance {
+            cmd.args(["--instance-id", i]);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning fjord consume");
+        Member { child, out }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on a child process id this test owns.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// SIGTERM: the member commits and leaves; waits for it to exit.
+    fn stop(mut self) {
+        self.signal(libc::SIGTERM);
+        self.child.wait().unwrap();
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_printed(path: &std::path::Path) -> Vec<(u32, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| {
+            (
+                v["partition"].as_u64().unwrap() as u32,
+                v["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn produce(client: &Client, from: usize, n: usize) {
+    let producer = client.producer("t", ProducerConfig::default()).unwrap();
+    for i in from..from + n {
+        producer
+            .send(ProducerRecord::new(format!("v{i}")).with_key(format!("k{i}")))
+            .await
+            .unwrap();
+    }
+}
+
+/// Waits until the group has `members` members, is stable, and every partition of `t` is
+/// owned by exactly one; returns the description.
+async fn stable_with(client: &Client, members: usize) -> GroupDescription {
+    wait_for(
+        &format!("a stable group of {members}"),
+        DEADLINE,
+        || async {
+            let d = client.describe_group("g").await.ok()?;
+            let owned: Vec<(String, u32)> =
+                d.members.iter().flat_map(|m| m.assigned.clone()).collect();
+            let distinct: BTreeSet<_> = owned.iter().cloned().collect();
+            (d.state == "STABLE"
+                && d.members.len() == members
+                && owned.len() == 6
+                && distinct.len() == 6)
+                .then_some(d)
+        },
+    )
+    .await
+}
+
+/// Waits until every partition's committed offset is its high watermark.
+async fn caught_up(client: &Client) -> GroupDescription {
+    wait_for("the group to commit everything", DEADLINE, || async {
+        let d = client.describe_group("g").await.ok()?;
+        d.partitions
+            .iter()
+            .all(|p| p.committed_offset == Some(p.high_watermark) || p.high_watermark == 0)
+            .then_some(d)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_share_partitions_and_a_killed_member_s_move_without_a_skip() {
+    let _serial = serial();
+    let cluster = cluster().await;
+    let client = cluster.client();
+    client.create_topic("t", 6, 3).await.unwrap();
+    produce(&client, 0, 300).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut members: Vec<Member> = (0..3)
+        .map(|i| Member::start(&cluster, dir.path(), &format!("m{i}"), None))
+        .collect();
+    let d = stable_with(&client, 3).await;
+    for m in &d.members {
+        assert_eq!(m.assigned.len(), 2, "{:?}", d.members);
+    }
+    caught_up(&client).await;
+
+    // SIGKILL one member: its partitions go to the others within its session timeout.
+    let victim = members.remove(0);
+    let victim_out = victim.out.clone();
+    victim.kill();
+    let after_kill = client.describe_group("g").await.unwrap();
+    produce(&client, 300, 300).await;
+    stable_with(&client, 2).await;
+    let end = caught_up(&client).await;
+    for m in members.drain(..) {
+        m.stop();
+    }
+
+    // No skip: every record of every partition was printed by some member.
+    let mut printed: BTreeMap<(u32, u64), usize> = BTreeMap::new();
+    for f in std::fs::read_dir(dir.path()).unwrap() {
+        for po in read_printed(&f.unwrap().path()) {
+            *printed.entry(po).or_default() += 1;
+        }
+    }
+    for p in &end.partitions {
+        for o in 0..p.high_watermark {
+            assert!(
+                printed.contains_key(&(p.partition, o)),
+                "{}/{o} was never delivered",
+                p.partition
+            );
+        }
+    }
+    // Redeliveries: only the killed member's partitions, from their last commit on.
+    let killed: BTreeMap<u32, u64> = read_printed(&victim_out)
+        .iter()
+        .map(|(p, _)| *p)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(|p| {
+            let c = after_kill
+                .partitions
+                .iter()
+                .find(|x| x.partition == p)
+                .and_then(|x| x.committed_offset)
+                .unwrap_or(0);
+            (p, c)
+        })
+        .collect();
+    for ((p, o), n) in &printed {
+        if *n > 1 {
+            let from = killed.get(p).unwrap_or_else(|| {
+                panic!("{p}/{o} delivered {n} times, but its partition was not the killed member's")
+            });
+            assert!(
+                o >= from,
+                "{p}/{o} redelivered though committed up to {from}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_member_is_fenced_and_rejoins() {
+    let _serial = serial();
+    let cluster = cluster().await;
+    let client = cluster.client();
+    client.create_topic("t", 6, 3).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = Member::start(&cluster, dir.path(), "a", None);
+    let before_a = stable_with(&client, 1).await;
+    let (id, epoch) = (
+        before_a.members[0].member_id.clone(),
+        before_a.members[0].member_epoch,
+    );
+    let partition = before_a.members[0].assigned[0].1;
+    let _b = Member::start(&cluster, dir.path(), "b", None);
+    stable_with(&client, 2).await;
+
+    a.signal(libc::SIGSTOP);
+    // Past its session timeout it is removed, and b owns every partition.
+    let d = wait_for("the paused member's removal", DEADLINE, || async {
+        let d = client.describe_group("g").await.ok()?;
+        (d.members.len() == 1 && d.members[0].member_id != id && d.members[0].assigned.len() == 6)
+            .then_some(d)
+    })
+    .await;
+    // Its commits are refused.
+    let coordinator = cluster.nodes[d.coordinator as usize - 1].addr.clone();
+    let mut c = FjordClient::connect(format!("http://{coordinator}"))
+        .await
+        .unwrap();
+    let refused = c
+        .commit_offsets(CommitOffsetsRequest {
+            group: "g".into(),
+            member_id: id.clone(),
+            member_epoch: epoch,
+            offsets: vec![OffsetCommit {
+                topic: "t".into(),
+                partition,
+                offset: 0,
+                metadata: String::new(),
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused
+            .metadata()
+            .get("fjord-reason")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "UNKNOWN_MEMBER_ID"
+    );
+    // Resumed, it learns it was fenced and rejoins: two members again.
+    a.signal(libc::SIGCONT);
+    stable_with(&client, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_static_members_moves_nothing() {
+    let _serial = serial();
+    let cluster = cluster().await;
+    let client = cluster.client();
+    client.create_topic("t", 6, 3).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let names = ["svc-0", "svc-1", "svc-2"];
+    let mut members: Vec<Option<Member>> = names
+        .iter()
+        .map(|n| Some(Member::start(&cluster, dir.path(), n, Some(n))))
+        .collect();
+    let before = stable_with(&client, 3).await;
+    let by_instance = |d: &GroupDescription| -> BTreeMap<String, Vec<(String, u32)>> {
+        d.members
+            .iter()
+            .map(|m| (m.instance_id.clone().unwrap(), m.assigned.clone()))
+            .collect()
+    };
+    for (i, n) in names.iter().enumerate() {
+        // Stop (it leaves as a static member: its partitions wait for it), then start again.
+        members[i].take().unwrap().stop();
+        members[i] = Some(Member::start(&cluster, dir.path(), n, Some(n)));
+        let now = stable_with(&client, 3).await;
+        assert_eq!(
+            by_instance(&now),
+            by_instance(&before),
+            "restarting {n} moved partitions"
+        );
+        assert_eq!(
+            now.group_epoch, before.group_epoch,
+            "restarting {n} rebalanced"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_coordinator_loses_no_committed_offset() {
+    let _serial = serial();
+    let mut cluster = cluster().await;
+    let client = cluster.client();
+    client.create_topic("t", 6, 3).await.unwrap();
+    produce(&client, 0, 200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let _members: Vec<Member> = (0..2)
+        .map(|i| Member::start(&cluster, dir.path(), &format!("m{i}"), None))
+        .collect();
+    stable_with(&client, 2).await;
+    let before = caught_up(&client).await;
+    cluster.kill(before.coordinator);
+    // Another node coordinates; every committed offset is still there, none lower.
+    let after = wait_for("a new coordinator", DEADLINE, || async {
+        let d = client.describe_group("g").await.ok()?;
+        (d.coordinator != before.coordinator).then_some(d)
+    })
+    .await;
+    for p in &before.partitions {
+        let now = after
+            .partitions
+            .iter()
+            .find(|x| x.partition == p.partition)
+            .unwrap();
+        assert!(
+            now.committed_offset >= p.committed_offset,
+            "{}: committed {:?} before, {:?} after",
+            p.partition,
+            p.committed_offset,
+            now.committed_offset
+        );
+    }
+    // And the group carries on: new records are consumed and committed.
+    produce(&client, 200, 100).await;
+    let end = caught_up(&client).await;
+    let total: u64 = end.partitions.iter().map(|p| p.high_watermark).sum();
+    assert_eq!(total, 300);
+}
