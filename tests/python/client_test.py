@@ -228,8 +228,87 @@ def main():
     if forged.error.reason != pb.UNKNOWN_PRODUCER_ID:
         fail(f"a forged producer id was not refused: {forged}")
 
+    groups = group_member(addrs)
+
     print(f"ok: {len(sent)} records produced and read back; unkeyed redirected {redirected}; "
-          f"1 ms deadlines: {codes}; zombie fenced: {zombie.error.message}")
+          f"1 ms deadlines: {codes}; zombie fenced: {zombie.error.message}; {groups}")
+
+
+def coordinator_call(addrs, method, req, what):
+    """A group RPC at the group's coordinator, following NOT_COORDINATOR hints (bounded)."""
+    target = call(stub(addrs[0]).FindCoordinator,
+                  pb.FindCoordinatorRequest(group=req.group), "find coordinator").address
+    for _ in range(ATTEMPTS):
+        try:
+            return getattr(stub(target), method)(req, timeout=10)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            hint = dict(e.trailing_metadata()).get("fjord-leader-address")
+            if hint:
+                target = hint
+            time.sleep(0.1)
+    fail(f"{what}: coordinator still UNAVAILABLE after {ATTEMPTS} attempts")
+
+
+def group_member(addrs):
+    """A consumer group member written against the proto alone: join, own every partition,
+    commit, read the commit back; a second member takes partitions only once the first gave
+    them up; a stale epoch and a removed member are refused with their reason."""
+    g = "py-group"
+    sub = pb.Subscription(topics=[TOPIC])
+
+    def beat(member_id, epoch, owned, what):
+        return coordinator_call(addrs, "GroupHeartbeat", pb.GroupHeartbeatRequest(
+            group=g, member_id=member_id, member_epoch=epoch, subscription=sub,
+            owned=pb.OwnedPartitions(partitions=owned)), what)
+
+    a = beat("", 0, [], "join a")
+    if sum(len(t.partitions) for t in a.assignment) != PARTITIONS:
+        fail(f"a lone member should own all {PARTITIONS} partitions: {a}")
+    owned_a = list(a.assignment)
+    coordinator_call(addrs, "CommitOffsets", pb.CommitOffsetsRequest(
+        group=g, member_id=a.member_id, member_epoch=a.member_epoch,
+        offsets=[pb.OffsetCommit(topic=TOPIC, partition=owned_a[0].partitions[0], offset=1)]),
+        "commit")
+    got = coordinator_call(addrs, "FetchOffsets", pb.FetchOffsetsRequest(
+        group=g, member_id=a.member_id, member_epoch=a.member_epoch), "fetch offsets")
+    if [o.offset for o in got.offsets] != [1]:
+        fail(f"the committed offset did not read back: {got}")
+
+    # b joins: nothing for b until a gives something up.
+    b = beat("", 0, [], "join b")
+    b = beat(b.member_id, b.member_epoch, [], "b again")
+    if b.assignment:
+        fail(f"b was given partitions a still owns: {b}")
+    a2 = beat(a.member_id, a.member_epoch, owned_a, "a learns of b")
+    beat(a2.member_id, a2.member_epoch, list(a2.assignment), "a gave up")
+    b = beat(b.member_id, b.member_epoch, [], "b after a gave up")
+    owned_b = sum(len(t.partitions) for t in b.assignment)
+    owned_a = sum(len(t.partitions) for t in a2.assignment)
+    if owned_b == 0 or owned_a + owned_b != PARTITIONS:
+        fail(f"after a gave up, a owns {owned_a} and b {owned_b} of {PARTITIONS}")
+
+    # A stale epoch is fenced; a member that left is unknown.
+    for epoch, reason in [(a2.member_epoch + 5, "FENCED_MEMBER_EPOCH")]:
+        try:
+            beat(a.member_id, epoch, [], "stale epoch")
+            fail("a heartbeat with a wrong epoch was accepted")
+        except grpc.RpcError as e:
+            if (e.code(), dict(e.trailing_metadata()).get("fjord-reason")) != (
+                    grpc.StatusCode.FAILED_PRECONDITION, reason):
+                fail(f"wrong epoch: {e.code()} {e.trailing_metadata()}")
+    beat(b.member_id, -1, [], "b leaves")
+    try:
+        coordinator_call(addrs, "CommitOffsets", pb.CommitOffsetsRequest(
+            group=g, member_id=b.member_id, member_epoch=b.member_epoch,
+            offsets=[pb.OffsetCommit(topic=TOPIC, partition=0, offset=0)]), "left member commits")
+        fail("a member that left could commit")
+    except grpc.RpcError as e:
+        if dict(e.trailing_metadata()).get("fjord-reason") != "UNKNOWN_MEMBER_ID":
+            fail(f"a left member's commit: {e.code()} {e.trailing_metadata()}")
+    return f"group: {PARTITIONS} partitions shared, commits fenced"
+
 
 
 if __name__ == "__main__":
