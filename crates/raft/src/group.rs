@@ -137,11 +137,11 @@ impl AnyGroup {
         }
     }
 
-    /// When the group's instance last started.
-    pub fn started_at(&self) -> Instant {
+    /// Since when the group's instance runs, if it does (it is not hibernated).
+    pub fn running_since(&self) -> Option<Instant> {
         match self {
-            AnyGroup::Meta(h) => h.started_at(),
-            AnyGroup::Partition(h) => h.started_at(),
+            AnyGroup::Meta(h) => h.running_since(),
+            AnyGroup::Partition(h) => h.running_since(),
         }
     }
 

@@ -25,7 +25,10 @@
 //!   that a simulation can seed.
 //! - [`handoff`]: which follower a stopping leader hands a group over to (pure).
 //! - [`handle`]: what the server drives a group with ([`PartitionHandle`], [`MetaHandle`]),
-//!   in fjord's own types: the server never names an openraft type.
+//!   in fjord's own types: the server never names an openraft type. It starts, hibernates
+//!   and stops a group's openraft instance as `lifecycle` decides.
+//! - `lifecycle`: a group's lifecycle on this node (running, starting, hibernating,
+//!   hibernated, stopped) and its timer switches, one state with pure transitions.
 //! - [`quiesce`]: idle groups: when a group goes quiet (no ticks, no heartbeats) and what
 //!   wakes it, as pure decisions, and the per-group switch over openraft's timers.
 //! - [`scan`]: the liveness round's look at each group (wake, campaign, claim, hibernate),
@@ -39,6 +42,7 @@ pub mod codec;
 pub mod group;
 pub mod handle;
 pub mod handoff;
+mod lifecycle;
 pub mod liveness;
 pub mod log_store;
 pub mod meta_sm;

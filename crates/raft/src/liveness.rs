@@ -149,14 +149,11 @@ impl scan::Replica for Group<'_> {
     fn is_partition(&self) -> bool {
         matches!(self.0, AnyGroup::Partition(_))
     }
-    fn is_running(&self) -> bool {
-        self.0.is_running()
+    fn running_since(&self) -> Option<Instant> {
+        self.0.running_since()
     }
     fn quiet_since(&self) -> Option<Instant> {
         self.0.quiescence().quiet_since()
-    }
-    fn started_at(&self) -> Instant {
-        self.0.started_at()
     }
     fn followed_leader(&self) -> Option<NodeId> {
         self.0.quiescence().followed_leader()
