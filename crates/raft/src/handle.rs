@@ -1142,49 +1142,7 @@ impl PartitionHandle {
     /// Proposes the held AP batches, in order, once this node leads with a majority again in
     /// the term they were taken in; drops them if the term moved on ([`side::decide`]).
     async fn drain(self) {
-        let group = self.shared.group();
-        loop {
-            if self.core.is_stopped() {
-                let (batches, records) = self.side.lock().unwrap().leave();
-                if batches > 0 {
-                    tracing::warn!(
-                        group,
-                        batches,
-                        records,
-                        "the group stopped: held AP writes dropped"
-                    );
-                }
-                return;
-            }
-            let l = self.core.leadership();
-            let leading_in = self.core.is_leader().then_some(l.term);
-            let step = {
-                let mut s = self.side.lock().unwrap();
-                let step = side::decide(s.len(), s.term(), leading_in, l.term);
-                match step {
-                    DrainStep::Done => {
-                        s.leave();
-                        s.draining = false;
-                        tracing::info!(group, "held AP writes are all in the log");
-                        return;
-                    }
-                    DrainStep::Discard => {
-                        let taken_in = s.term();
-                        let (batches, records) = s.leave();
-                        s.draining = false;
-                        tracing::warn!(
-                            group,
-                            ?taken_in,
-                            term = l.term,
-                            batches,
-                            records,
-                            "the term moved on: AP writes held without a majority are lost"
-                        );
-                        return;
-                    }
-                    step => step,
-                }
-            };
+        while let Some(step) = self.drain_step() {
             if step == DrainStep::Wait {
                 tokio::time::sleep(DRAIN_RETRY).await;
                 continue;
@@ -1193,37 +1151,88 @@ impl PartitionHandle {
                 tokio::time::sleep(DRAIN_RETRY).await;
                 continue;
             };
-            let batches = self.side.lock().unwrap().front(DRAIN_CHUNK);
-            let mut answers = Vec::with_capacity(batches.len());
-            for b in batches {
-                let (responder, committed) = ProgressResponder::complete_only();
-                if raft
-                    .client_write_ff(Request::Batch(b), Some(responder))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                answers.push(committed);
-            }
-            let sent = answers.len();
-            // The batches in the log: every one up to the first that openraft refused (a
-            // lapsed lease: not in the log, proposed again later). A leader that is deposed
-            // meanwhile answers the rest "forward to leader" too; they stay held and the
-            // term check drops them.
-            let mut in_log = 0;
-            for a in answers {
-                match a.await {
-                    Ok(Err(ClientWriteError::ForwardToLeader(_))) => break,
-                    Ok(_) => in_log += 1,
-                    Err(_) => break,
-                }
-            }
+            let (sent, in_log) = self.propose_held(&raft).await;
             self.side.lock().unwrap().proposed(in_log);
             if in_log < sent || sent == 0 {
                 tokio::time::sleep(DRAIN_RETRY).await;
             }
         }
+    }
+
+    /// The drain's next step ([`side::decide`]), or `None` once it is over: the group
+    /// stopped, or every held batch is in the log, or the term moved on (the batches are
+    /// lost); each logged.
+    fn drain_step(&self) -> Option<DrainStep> {
+        let group = self.shared.group();
+        if self.core.is_stopped() {
+            let (batches, records) = self.side.lock().unwrap().leave();
+            if batches > 0 {
+                tracing::warn!(
+                    group,
+                    batches,
+                    records,
+                    "the group stopped: held AP writes dropped"
+                );
+            }
+            return None;
+        }
+        let l = self.core.leadership();
+        let leading_in = self.core.is_leader().then_some(l.term);
+        let mut s = self.side.lock().unwrap();
+        match side::decide(s.len(), s.term(), leading_in, l.term) {
+            DrainStep::Done => {
+                s.leave();
+                s.draining = false;
+                tracing::info!(group, "held AP writes are all in the log");
+                None
+            }
+            DrainStep::Discard => {
+                let taken_in = s.term();
+                let (batches, records) = s.leave();
+                s.draining = false;
+                tracing::warn!(
+                    group,
+                    ?taken_in,
+                    term = l.term,
+                    batches,
+                    records,
+                    "the term moved on: AP writes held without a majority are lost"
+                );
+                None
+            }
+            step => Some(step),
+        }
+    }
+
+    /// Proposes the next held batches (up to [`DRAIN_CHUNK`]) to `raft`. Returns how many
+    /// were sent and how many of them are in the log: every one up to the first that
+    /// openraft refused (a lapsed lease: not in the log, proposed again later). A leader that
+    /// is deposed meanwhile answers the rest "forward to leader" too; they stay held and the
+    /// term check drops them.
+    async fn propose_held(&self, raft: &Raft<PartitionSm>) -> (usize, usize) {
+        let batches = self.side.lock().unwrap().front(DRAIN_CHUNK);
+        let mut answers = Vec::with_capacity(batches.len());
+        for b in batches {
+            let (responder, committed) = ProgressResponder::complete_only();
+            if raft
+                .client_write_ff(Request::Batch(b), Some(responder))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            answers.push(committed);
+        }
+        let sent = answers.len();
+        let mut in_log = 0;
+        for a in answers {
+            match a.await {
+                Ok(Err(ClientWriteError::ForwardToLeader(_))) => break,
+                Ok(_) => in_log += 1,
+                Err(_) => break,
+            }
+        }
+        (sent, in_log)
     }
 
     /// CP: returns once a majority has the batch durably and it is applied.
