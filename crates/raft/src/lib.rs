@@ -33,11 +33,15 @@
 //!   wakes it, as pure decisions, and the per-group switch over openraft's timers.
 //! - [`scan`]: the liveness round's look at each group (wake, campaign, claim, hibernate),
 //!   as a pure decision returning actions.
+//! - [`claims`]: the claims of quiet groups a node heartbeat carries: how a follower's node
+//!   answers them and what the leader's node does with the answer, as pure decisions.
 //! - [`liveness`]: one heartbeat per peer node, the failure detector, and the driver of
-//!   quiescing: it gathers each group's state, asks [`scan`], and performs the actions.
+//!   quiescing: it gathers each group's state, asks [`scan`] and [`claims`], and performs
+//!   the actions.
 //!
 //! [`Store`]: fjord_storage::Store
 
+pub mod claims;
 pub mod codec;
 pub mod group;
 pub mod handle;
