@@ -30,7 +30,7 @@ use fjord_proto::raft::{ChangeVoterReply, ChangeVoterRequest, RebuildRequest};
 use fjord_raft::handle::Unavailable;
 use fjord_raft::{GroupError, Promotion};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Invalid, NoLeaderCause, Subject};
 use crate::node::Node;
 
 /// How long one leader's answer to a membership change may take.
@@ -48,7 +48,7 @@ const PROMOTE_EVERY: Duration = Duration::from_millis(300);
 /// `(what it is, its voters)`; the change commits through the joint configuration, so it
 /// needs a majority of the old voters and of the new ones, alive, without `node`.
 pub fn check_majorities(
-    groups: &[(String, BTreeSet<NodeId>)],
+    groups: &[(Subject, BTreeSet<NodeId>)],
     node: NodeId,
     alive: impl Fn(NodeId) -> bool,
 ) -> Result<(), MajorityLost> {
@@ -79,30 +79,32 @@ pub fn check_majorities(
      are alive and {need} are needed. Bring them back first; nothing was changed"
 )]
 pub struct MajorityLost {
-    pub what: String,
+    pub what: Subject,
     pub node: NodeId,
     pub live: usize,
     pub rest: Vec<NodeId>,
     pub need: usize,
 }
 
-fn no_majority(what: &str) -> ApiError {
-    ApiError::NoLeader(format!(
-        "{what}: a membership change was not committed within {MEMBERSHIP_CHANGE_WAIT:?} (no \
-         majority answered)"
-    ))
+fn no_majority(what: &Subject) -> ApiError {
+    ApiError::no_leader(
+        what.clone(),
+        NoLeaderCause::ChangeNotCommitted {
+            within: MEMBERSHIP_CHANGE_WAIT,
+        },
+    )
 }
 
-fn group_error(what: &str, e: GroupError) -> ApiError {
+fn group_error(what: &Subject, e: GroupError) -> ApiError {
     match e {
         GroupError::NotLeader { leader, address } => ApiError::NotLeader {
             this: 0,
-            what: what.to_string(),
+            of: what.clone(),
             leader: leader.zip(address),
         },
-        GroupError::Busy(why) => ApiError::Busy(why.to_string()),
-        GroupError::Internal(why) => ApiError::Internal(why.to_string()),
-        GroupError::Unavailable(why) => ApiError::NoLeader(format!("{what} ({why})")),
+        GroupError::Busy(why) => ApiError::Busy(why),
+        GroupError::Internal(why) => ApiError::Internal(why),
+        GroupError::Unavailable(why) => ApiError::no_leader(what.clone(), why),
     }
 }
 
@@ -112,16 +114,11 @@ fn group_error(what: &str, e: GroupError) -> ApiError {
 pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, ApiError> {
     let target = req.node;
     if target == node.id {
-        return Err(ApiError::Invalid(
-            "a node cannot rebuild itself through itself".into(),
-        ));
+        return Err(Invalid::RebuildSelf.into());
     }
     let view = node.view();
     if !view.state.nodes.contains_key(&target) {
-        return Err(ApiError::Refused(format!(
-            "node {target} is not registered in this cluster: a new node starts without \
-             --rebuild"
-        )));
+        return Err(ApiError::UnregisteredNode(target));
     }
     // A request from a rebuild that another one overtook (its node died; the request was
     // delayed) demotes nothing. The record is checked again where it changes.
@@ -137,13 +134,16 @@ pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, Api
         .meta
         .members()
         .await
-        .map_err(|e| group_error("the metadata group", e))?;
-    let mut groups = vec![("the metadata group".to_string(), meta_voters)];
+        .map_err(|e| group_error(&Subject::Metadata, e))?;
+    let mut groups = vec![(Subject::Metadata, meta_voters)];
     let mut partitions = Vec::new();
     for t in view.state.topics.values() {
         for (i, p) in t.partitions.iter().enumerate() {
             if p.replicas.contains(&target) {
-                let what = format!("partition {i} of topic {:?}", t.name);
+                let what = Subject::Partition {
+                    topic: t.name.clone(),
+                    partition: i as u32,
+                };
                 // The group's own voters where this node hosts it (the node may be a learner
                 // already, after an interrupted rebuild); else its replicas.
                 let g = group_id(t.id, i as u32);
@@ -165,7 +165,7 @@ pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, Api
     if !node.meta.is_leader() {
         return Err(ApiError::NotLeader {
             this: node.id,
-            what: "the metadata group".into(),
+            of: Subject::Metadata,
             leader: node
                 .meta_leader()
                 .and_then(|l| node.address_of(l).map(|a| (l, a))),
@@ -173,8 +173,8 @@ pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, Api
     }
     let demoted = tokio::time::timeout(MEMBERSHIP_CHANGE_WAIT, node.meta.demote(target))
         .await
-        .map_err(|_| no_majority("the metadata group"))?
-        .map_err(|e| group_error("the metadata group", e))?;
+        .map_err(|_| no_majority(&Subject::Metadata))?
+        .map_err(|e| group_error(&Subject::Metadata, e))?;
     tracing::warn!(
         node = target,
         demoted,
@@ -209,7 +209,7 @@ pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, Api
 async fn demote_partition(
     node: &Arc<Node>,
     g: u64,
-    what: &str,
+    what: &Subject,
     target: NodeId,
     replicas: &[NodeId],
     reported: Option<NodeId>,
@@ -217,12 +217,19 @@ async fn demote_partition(
     let mut order: Vec<NodeId> = reported.into_iter().collect();
     order.extend(replicas.iter().copied().filter(|r| Some(*r) != reported));
     order.retain(|r| *r != target);
-    let mut last = ApiError::NoLeader(what.to_string());
+    let mut last = ApiError::no_leader(what.clone(), NoLeaderCause::NotKnown);
     for round in 0..DEMOTE_ROUNDS {
         for &r in &order {
             match change_at(node, r, g, target, false).await {
                 Ok(reply) if reply.done => return Ok(()),
-                Ok(reply) => last = ApiError::NoLeader(format!("{what} ({})", reply.detail)),
+                Ok(reply) => {
+                    last = ApiError::no_leader(
+                        what.clone(),
+                        NoLeaderCause::ChangePending {
+                            detail: reply.detail,
+                        },
+                    )
+                }
                 Err(e) => last = e,
             }
         }
@@ -242,9 +249,12 @@ async fn change_at(
     if at == node.id {
         return change_voter(node, g, target, promote).await;
     }
-    let addr = node
-        .address_of(at)
-        .ok_or_else(|| ApiError::NoLeader(format!("node {at}'s address is not known")))?;
+    let addr = node.address_of(at).ok_or_else(|| {
+        ApiError::no_leader(
+            Subject::Group(g),
+            NoLeaderCause::AddressUnknown { node: at },
+        )
+    })?;
     let mut client = node.pool.client(&addr)?;
     let req = ChangeVoterRequest {
         group_id: g,
@@ -253,13 +263,20 @@ async fn change_at(
     };
     match tokio::time::timeout(CHANGE_RPC_TIMEOUT, client.change_voter(req)).await {
         Ok(Ok(r)) => Ok(r.into_inner()),
-        Ok(Err(s)) => Err(ApiError::NoLeader(format!(
-            "group {g} at node {at}: {}",
-            s.message()
-        ))),
-        Err(_) => Err(ApiError::NoLeader(format!(
-            "group {g} at node {at}: no answer within {CHANGE_RPC_TIMEOUT:?}"
-        ))),
+        Ok(Err(s)) => Err(ApiError::no_leader(
+            Subject::Group(g),
+            NoLeaderCause::PeerRefused {
+                node: at,
+                message: s.message().to_string(),
+            },
+        )),
+        Err(_) => Err(ApiError::no_leader(
+            Subject::Group(g),
+            NoLeaderCause::PeerSilent {
+                node: at,
+                within: CHANGE_RPC_TIMEOUT,
+            },
+        )),
     }
 }
 
@@ -271,9 +288,9 @@ pub async fn change_voter(
     promote: bool,
 ) -> Result<ChangeVoterReply, ApiError> {
     let what = if g == META_GROUP {
-        "the metadata group".to_string()
+        Subject::Metadata
     } else {
-        format!("group {g}")
+        Subject::Group(g)
     };
     let change = async {
         if g == META_GROUP {
@@ -426,7 +443,10 @@ pub async fn promote_until_voter(node: Arc<Node>, rebuilding: bool) {
                     detail: String::new(),
                 }),
                 Some(l) if l != node.id => change_at(&node, l, g, node.id, true).await,
-                _ => Err(ApiError::NoLeader(format!("group {g}"))),
+                _ => Err(ApiError::no_leader(
+                    Subject::Group(g),
+                    NoLeaderCause::NotKnown,
+                )),
             };
             match answer {
                 Ok(r) if r.done => {
@@ -510,8 +530,8 @@ mod tests {
         assert_eq!(promotion_plan(&state, 4, 1).0, vec![META_GROUP]);
     }
 
-    fn group(voters: &[NodeId]) -> (String, BTreeSet<NodeId>) {
-        ("g".to_string(), voters.iter().copied().collect())
+    fn group(voters: &[NodeId]) -> (Subject, BTreeSet<NodeId>) {
+        (Subject::Group(7), voters.iter().copied().collect())
     }
 
     #[test]
