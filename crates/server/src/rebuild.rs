@@ -130,35 +130,7 @@ pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, Api
             recorded,
         }));
     }
-    let (meta_voters, _) = node
-        .meta
-        .members()
-        .await
-        .map_err(|e| group_error(&Subject::Metadata, e))?;
-    let mut groups = vec![(Subject::Metadata, meta_voters)];
-    let mut partitions = Vec::new();
-    for t in view.state.topics.values() {
-        for (i, p) in t.partitions.iter().enumerate() {
-            if p.replicas.contains(&target) {
-                let what = Subject::Partition {
-                    topic: t.name.clone(),
-                    partition: i as u32,
-                };
-                // The group's own voters where this node hosts it (the node may be a learner
-                // already, after an interrupted rebuild); else its replicas.
-                let g = group_id(t.id, i as u32);
-                let voters = match node.registry.partition(g) {
-                    Some(h) => match h.members().await {
-                        Ok((v, _)) if !v.is_empty() => v,
-                        _ => p.replicas.iter().copied().collect(),
-                    },
-                    None => p.replicas.iter().copied().collect(),
-                };
-                groups.push((what.clone(), voters));
-                partitions.push((group_id(t.id, i as u32), what, p.clone()));
-            }
-        }
-    }
+    let (groups, partitions) = voter_groups(node, &view.state, target).await?;
     // Checked by whichever node is asked, on its own view: a refusal needs no leader (with a
     // majority of the metadata group down there is none to ask).
     check_majorities(&groups, target, |n| node.liveness.is_alive(n))?;
@@ -184,11 +156,61 @@ pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, Api
     for (g, what, p) in &partitions {
         demote_partition(node, *g, what, target, &p.replicas, p.leader).await?;
     }
+    record_incarnation(node, req).await?;
+    Ok(1 + partitions.len() as u32)
+}
+
+/// A partition whose voters a rebuilt node leaves: its group, what it is, its assignment.
+type HeldPartition = (u64, Subject, fjord_meta::PartitionAssignment);
+
+/// The groups `target` may be a voter of, with their voters (the metadata group first), and
+/// the partitions among them.
+async fn voter_groups(
+    node: &Node,
+    state: &fjord_meta::MetaState,
+    target: NodeId,
+) -> Result<(Vec<(Subject, BTreeSet<NodeId>)>, Vec<HeldPartition>), ApiError> {
+    let (meta_voters, _) = node
+        .meta
+        .members()
+        .await
+        .map_err(|e| group_error(&Subject::Metadata, e))?;
+    let mut groups = vec![(Subject::Metadata, meta_voters)];
+    let mut partitions = Vec::new();
+    for t in state.topics.values() {
+        for (i, p) in t.partitions.iter().enumerate() {
+            if p.replicas.contains(&target) {
+                let what = Subject::Partition {
+                    topic: t.name.clone(),
+                    partition: i as u32,
+                };
+                // The group's own voters where this node hosts it (the node may be a learner
+                // already, after an interrupted rebuild); else its replicas.
+                let g = group_id(t.id, i as u32);
+                let voters = match node.registry.partition(g) {
+                    Some(h) => match h.members().await {
+                        Ok((v, _)) if !v.is_empty() => v,
+                        _ => p.replicas.iter().copied().collect(),
+                    },
+                    None => p.replicas.iter().copied().collect(),
+                };
+                groups.push((what.clone(), voters));
+                partitions.push((g, what, p.clone()));
+            }
+        }
+    }
+    Ok((groups, partitions))
+}
+
+/// Records the rebuilt node's new incarnation in the metadata, once it is a learner of every
+/// group it held.
+async fn record_incarnation(node: &Node, req: RebuildRequest) -> Result<(), ApiError> {
+    let (target, incarnation) = (req.node, req.incarnation);
     if let MetaResponse::Error(e) = node
         .meta_write(MetaCommand::RebuildIncarnation {
             id: target,
             address: req.address,
-            incarnation: req.incarnation,
+            incarnation,
             cluster_id: req.cluster_id,
             replaces: req.replaces,
         })
@@ -198,10 +220,10 @@ pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, Api
     }
     tracing::warn!(
         node = target,
-        incarnation = format_args!("{:#x}", req.incarnation),
+        incarnation = format_args!("{incarnation:#x}"),
         "rebuilding a node: a learner of every group it held, new directory recorded"
     );
-    Ok(1 + partitions.len() as u32)
+    Ok(())
 }
 
 /// Makes `target` a learner of partition group `g`, at its leader (this node or another
@@ -338,12 +360,6 @@ pub async fn change_voter(
     }
 }
 
-/// On the rebuilt node: asks each group's leader, round after round, to make this node a
-/// voter again, until it is one of every group it holds (the metadata group and every
-/// partition the metadata places on it). Keeps `node.rebuilding` current.
-///
-/// A node started without `--rebuild` runs it too, for a few rounds and then for as long as it
-/// finds itself a learner: a rebuilt node that restarted before every group promoted it.
 /// The groups this node holds a replica of (the metadata group first) and, for each partition,
 /// whom to ask when this replica knows no leader (a learner of a quiet group hears no
 /// heartbeat): in odd rounds the leader the metadata reports, else the other replicas in turn.
@@ -410,6 +426,68 @@ async fn membership(node: &Node, g: u64, rebuilding: bool) -> Membership {
     members.map_or(Membership::Unknown, Membership::Known)
 }
 
+/// Where a group stands after this node asked to be its voter again.
+enum GroupPromotion {
+    /// Its leader says this node is a voter.
+    Voter,
+    /// Not yet (lagging, no answer, no leader known, membership not known yet).
+    NotYet,
+    /// Not looked at, or it does not list this node as a learner (started normally).
+    NotNeeded,
+}
+
+/// Asks group `g`'s leader (else `ask_instead`) to make this node a voter of it.
+async fn promote_in(
+    node: &Arc<Node>,
+    g: u64,
+    rebuilding: bool,
+    ask_instead: Option<NodeId>,
+) -> GroupPromotion {
+    let ((voters, learners), leader) = match membership(node, g, rebuilding).await {
+        Membership::Known(m) => m,
+        Membership::Skip => return GroupPromotion::NotNeeded,
+        Membership::Unknown => return GroupPromotion::NotYet,
+    };
+    if !rebuilding && !learners.contains(&node.id) {
+        // Started normally: only a group that lists this node as a learner needs it.
+        return GroupPromotion::NotNeeded;
+    }
+    let answer = match leader.or(ask_instead) {
+        Some(l) if l == node.id && voters.contains(&node.id) => Ok(ChangeVoterReply {
+            done: true,
+            detail: String::new(),
+        }),
+        Some(l) if l != node.id => change_at(node, l, g, node.id, true).await,
+        _ => Err(ApiError::no_leader(
+            Subject::Group(g),
+            NoLeaderCause::NotKnown,
+        )),
+    };
+    match answer {
+        Ok(r) if r.done => {
+            if g == META_GROUP {
+                node.meta_behind
+                    .store(false, std::sync::atomic::Ordering::Release);
+            }
+            GroupPromotion::Voter
+        }
+        Ok(r) => {
+            tracing::debug!(group = g, detail = %r.detail, "not a voter yet");
+            GroupPromotion::NotYet
+        }
+        Err(e) => {
+            tracing::debug!(group = g, error = %e, "promotion not answered");
+            GroupPromotion::NotYet
+        }
+    }
+}
+
+/// On the rebuilt node: asks each group's leader, round after round, to make this node a
+/// voter again, until it is one of every group it holds (the metadata group and every
+/// partition the metadata places on it). Keeps `node.rebuilding` current.
+///
+/// A node started without `--rebuild` runs it too, for a few rounds and then for as long as it
+/// finds itself a learner: a rebuilt node that restarted before every group promoted it.
 pub async fn promote_until_voter(node: Arc<Node>, rebuilding: bool) {
     // Groups whose leader said this node is a voter. Only a leader's word counts: a learner
     // catching up replays the log from its start, whose first membership still lists it as
@@ -425,45 +503,12 @@ pub async fn promote_until_voter(node: Arc<Node>, rebuilding: bool) {
             if confirmed.contains(&g) {
                 continue;
             }
-            let ((voters, learners), leader) = match membership(&node, g, rebuilding).await {
-                Membership::Known(m) => m,
-                Membership::Skip => continue,
-                Membership::Unknown => {
-                    left += 1;
-                    continue;
-                }
-            };
-            if !rebuilding && !learners.contains(&node.id) {
-                // Started normally: only a group that lists this node as a learner needs it.
-                continue;
-            }
-            let answer = match leader.or_else(|| ask_instead.get(&g).copied()) {
-                Some(l) if l == node.id && voters.contains(&node.id) => Ok(ChangeVoterReply {
-                    done: true,
-                    detail: String::new(),
-                }),
-                Some(l) if l != node.id => change_at(&node, l, g, node.id, true).await,
-                _ => Err(ApiError::no_leader(
-                    Subject::Group(g),
-                    NoLeaderCause::NotKnown,
-                )),
-            };
-            match answer {
-                Ok(r) if r.done => {
+            match promote_in(&node, g, rebuilding, ask_instead.get(&g).copied()).await {
+                GroupPromotion::Voter => {
                     confirmed.insert(g);
-                    if g == META_GROUP {
-                        node.meta_behind
-                            .store(false, std::sync::atomic::Ordering::Release);
-                    }
                 }
-                Ok(r) => {
-                    left += 1;
-                    tracing::debug!(group = g, detail = %r.detail, "not a voter yet");
-                }
-                Err(e) => {
-                    left += 1;
-                    tracing::debug!(group = g, error = %e, "promotion not answered");
-                }
+                GroupPromotion::NotYet => left += 1,
+                GroupPromotion::NotNeeded => {}
             }
         }
         // A node restarted in the middle of its rebuild (without the flag) finishes it here.
