@@ -269,6 +269,20 @@ impl Starting<'_> {
         delay
     }
 
+    /// `stale-copy` on node `id`, killed: puts an earlier copy of its disk back, or takes the
+    /// copy a later step puts back; returns what it did.
+    fn swap_copy(&mut self, db: &mut Db, id: u64) -> Result<String> {
+        db.kill(id)?;
+        if db.has_copy(id) {
+            db.restore_copy(id)?;
+            self.undo.rebuild_if_refused.insert(id);
+            Ok(format!("an earlier copy of n{id}'s disk put back; "))
+        } else {
+            db.save_copy(id)?;
+            Ok(format!("n{id}'s disk copied; "))
+        }
+    }
+
     /// Takes node `id` down as `kind` says.
     fn take_down_one(
         &mut self,
@@ -316,15 +330,7 @@ impl Starting<'_> {
                 ))
             }
             (FaultKind::StaleCopy, _) => {
-                db.kill(id)?;
-                if db.has_copy(id) {
-                    db.restore_copy(id)?;
-                    self.undo.rebuild_if_refused.insert(id);
-                    note = format!("an earlier copy of n{id}'s disk put back; ");
-                } else {
-                    db.save_copy(id)?;
-                    note = format!("n{id}'s disk copied; ");
-                }
+                note = self.swap_copy(db, id)?;
                 let delay = self.restart_later(id);
                 Some(format!("n{id} after {}", describe_delay(delay)))
             }
@@ -589,14 +595,7 @@ impl Nemesis {
         lead: String,
     ) -> Result<String> {
         Ok(match kind {
-            FaultKind::SlowDisk => {
-                let target = self.partition_leader_or_any(s).await;
-                let ms = fsync_delay_ms(&mut s.rng);
-                self.db.lock().await.fsync_delay(target, ms)?;
-                s.undo.slow_disk.insert(target);
-                s.slowed = Some(target);
-                format!("n{target} (a partition leader): every fsync answers {ms} ms late")
-            }
+            FaultKind::SlowDisk => self.slow_disk(s).await?,
             FaultKind::PartitionFollower => {
                 self.isolate_follower(&mut s.rng, &s.ids, &mut s.undo)
                     .await?
@@ -630,26 +629,8 @@ impl Nemesis {
             | FaultKind::DiskLoss
             | FaultKind::StaleCopy => self.take_down(kind, s, lead).await?,
             FaultKind::PowerLoss => self.power_loss(s, lead).await?,
-            FaultKind::ClockJump => {
-                let target = s.any_node();
-                let secs: i64 = s.rng.gen_range(-600..=600);
-                self.db
-                    .lock()
-                    .await
-                    .set_clock(target, &format!("{secs:+}"))?;
-                s.undo.clock_reset.insert(target);
-                format!("n{target}'s wall clock moved by {secs:+} s")
-            }
-            FaultKind::ClockSkew => {
-                let target = s.any_node();
-                let rate = *[0.25, 0.5, 2.0, 4.0].choose(&mut s.rng).expect("rates");
-                self.db
-                    .lock()
-                    .await
-                    .set_clock(target, &format!("+0 x{rate}"))?;
-                s.undo.clock_reset.insert(target);
-                format!("n{target}'s wall clock runs at {rate}x")
-            }
+            FaultKind::ClockJump => self.jump_clock(s).await?,
+            FaultKind::ClockSkew => self.skew_clock(s).await?,
             FaultKind::DiskFull => {
                 let target = s.any_node();
                 self.db.lock().await.disk_full(target, true)?;
@@ -657,6 +638,42 @@ impl Nemesis {
                 format!("n{target}'s disk is full")
             }
         })
+    }
+
+    /// `slow-disk`: a partition leader's fsyncs answer late.
+    async fn slow_disk(&self, s: &mut Starting<'_>) -> Result<String> {
+        let target = self.partition_leader_or_any(s).await;
+        let ms = fsync_delay_ms(&mut s.rng);
+        self.db.lock().await.fsync_delay(target, ms)?;
+        s.undo.slow_disk.insert(target);
+        s.slowed = Some(target);
+        Ok(format!(
+            "n{target} (a partition leader): every fsync answers {ms} ms late"
+        ))
+    }
+
+    /// `clock-jump`: a node's wall clock moves by up to ten minutes either way.
+    async fn jump_clock(&self, s: &mut Starting<'_>) -> Result<String> {
+        let target = s.any_node();
+        let secs: i64 = s.rng.gen_range(-600..=600);
+        self.db
+            .lock()
+            .await
+            .set_clock(target, &format!("{secs:+}"))?;
+        s.undo.clock_reset.insert(target);
+        Ok(format!("n{target}'s wall clock moved by {secs:+} s"))
+    }
+
+    /// `clock-skew`: a node's wall clock runs slower or faster.
+    async fn skew_clock(&self, s: &mut Starting<'_>) -> Result<String> {
+        let target = s.any_node();
+        let rate = *[0.25, 0.5, 2.0, 4.0].choose(&mut s.rng).expect("rates");
+        self.db
+            .lock()
+            .await
+            .set_clock(target, &format!("+0 x{rate}"))?;
+        s.undo.clock_reset.insert(target);
+        Ok(format!("n{target}'s wall clock runs at {rate}x"))
     }
 
     /// A partition's leader, else any node.
