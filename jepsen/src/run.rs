@@ -190,23 +190,13 @@ async fn run_async(
     let ids: Vec<u64> = (1..=options.nodes).collect();
     let (db, client) = start_cluster(&options, &netns, &ids).await?;
     let mut notes = vec![netns.describe()];
-    let topic = "jepsen".to_string();
-    client
-        .create_topic(&topic, options.partitions, options.replication_factor)
-        .await
-        .context("creating the topic")?;
-    wait_leaders(&client, &topic, Duration::from_secs(30)).await?;
+    let topic = create_topic(&client, &options).await?;
 
     let t0 = Instant::now();
     let history = options.out_dir.join("history.jsonl");
     let recorder = Arc::new(Recorder::create(&history, t0)?);
     let total = Duration::from_secs(options.duration_secs);
-    let recovery = Duration::from_secs(options.recovery_secs);
-    let steps = fault_plan::plan(options.seed, &options.faults, total, recovery);
-    std::fs::write(
-        options.out_dir.join("plan.json"),
-        serde_json::to_string_pretty(&steps)?,
-    )?;
+    let steps = write_plan(&options, total)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let workload = tokio::spawn(workload::run(
@@ -227,16 +217,7 @@ async fn run_async(
         node_clients: node_clients(&netns, &ids)?,
         isolations: Vec::new(),
     };
-    let rec = recorder.clone();
-    let nemesis_stop = stop_rx.clone();
-    let steps_for_nemesis = steps.clone();
-    let nemesis_task = tokio::spawn(async move {
-        let mut nemesis = nemesis;
-        let out = nemesis
-            .run(&steps_for_nemesis, t0, move || rec.now_ns(), nemesis_stop)
-            .await;
-        (nemesis, out)
-    });
+    let nemesis_task = spawn_nemesis(nemesis, steps.clone(), t0, recorder.clone(), stop_rx);
 
     let interrupted = run_for(total).await?;
     stop_tx.send(true).ok();
@@ -266,6 +247,48 @@ async fn run_async(
         unread_partitions: unread,
         interrupted,
         isolations,
+    })
+}
+
+/// Creates the run's topic and waits until each of its partitions has a leader.
+async fn create_topic(client: &Client, options: &RunOptions) -> Result<String> {
+    let topic = "jepsen".to_string();
+    client
+        .create_topic(&topic, options.partitions, options.replication_factor)
+        .await
+        .context("creating the topic")?;
+    wait_leaders(client, &topic, Duration::from_secs(30)).await?;
+    Ok(topic)
+}
+
+/// The run's fault plan, drawn from its seed, also written to `plan.json`.
+fn write_plan(options: &RunOptions, total: Duration) -> Result<Vec<Step>> {
+    let recovery = Duration::from_secs(options.recovery_secs);
+    let steps = fault_plan::plan(options.seed, &options.faults, total, recovery);
+    std::fs::write(
+        options.out_dir.join("plan.json"),
+        serde_json::to_string_pretty(&steps)?,
+    )?;
+    Ok(steps)
+}
+
+/// What the nemesis did: its fault windows and notes.
+type NemesisOutput = Result<(Vec<Window>, Vec<String>)>;
+
+/// Runs the nemesis over `steps` in a task of its own, until `stop`; the task gives it back
+/// with what it did.
+fn spawn_nemesis(
+    mut nemesis: Nemesis,
+    steps: Vec<Step>,
+    t0: Instant,
+    recorder: Arc<Recorder>,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<(Nemesis, NemesisOutput)> {
+    tokio::spawn(async move {
+        let out = nemesis
+            .run(&steps, t0, move || recorder.now_ns(), stop)
+            .await;
+        (nemesis, out)
     })
 }
 
