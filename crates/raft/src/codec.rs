@@ -72,7 +72,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T
 }
 
 /// The record batch a stored log entry holds, if it holds one.
-pub fn stored_batch(bytes: &[u8]) -> Result<Option<crate::StoredBatch>, std::io::Error> {
+pub fn stored_batch(bytes: &[u8]) -> Result<Option<crate::StoredBatch>, DecodeError> {
     let entry: Entry = decode(bytes, "log entry")?;
     Ok(match entry.payload {
         openraft::EntryPayload::Normal(crate::Request::Batch(b)) => Some(b),

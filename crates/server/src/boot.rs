@@ -208,19 +208,7 @@ impl IdentityService {
                 BootVerdict::Refuse(why) => return Err(BootError::Refused(why)),
                 BootVerdict::Wait { needed, answered } => {
                     if round <= CHECK_ROUNDS_LOGGED || round.is_multiple_of(CHECK_LOG_EVERY) {
-                        let why = if me.joined {
-                            "a majority of the voters, this node included, must answer \
-                             before it may take part"
-                        } else {
-                            "this data directory is new: every voter must answer before it \
-                             may form or join a cluster"
-                        };
-                        tracing::warn!(
-                            round,
-                            needed,
-                            answered,
-                            "waiting for peers to check this data directory with: {why}"
-                        );
+                        log_wait(me.joined, round, needed, answered);
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(CHECK_BACKOFF_MAX);
@@ -237,13 +225,9 @@ impl IdentityService {
                         roster,
                         ..me.clone()
                     };
-                    // Stored here first: a crash before the announcement leaves this
-                    // directory ahead of its peers' records, never behind them.
-                    persist(&self.store, &next).await?;
-                    *self.identity.lock().unwrap() = next.clone();
+                    let stored = self.store_and_announce(config, pool, &next).await?;
                     // Every peer that answered the check (none for a single node).
                     let needed = reports.len();
-                    let stored = announce(config, pool, &next).await;
                     if stored < needed {
                         tracing::warn!(
                             stored,
@@ -268,6 +252,20 @@ impl IdentityService {
                 }
             }
         }
+    }
+
+    /// Stores this start's identity here, then announces it to the peers; how many stored it.
+    /// Stored here first: a crash before the announcement leaves this directory ahead of its
+    /// peers' records, never behind them.
+    async fn store_and_announce(
+        &self,
+        config: &ServeConfig,
+        pool: &PeerPool,
+        next: &DiskIdentity,
+    ) -> Result<usize, BootError> {
+        persist(&self.store, next).await?;
+        *self.identity.lock().unwrap() = next.clone();
+        Ok(announce(config, pool, next).await)
     }
 
     /// `--rebuild`, on a new directory: asks the metadata leader, through any peer that holds
@@ -483,4 +481,21 @@ async fn ask_each_peer(
         .into_iter()
         .flatten()
         .collect()
+}
+
+/// Says why a boot check waits: a directory that joined needs a majority, a new one every
+/// voter.
+fn log_wait(joined: bool, round: u32, needed: usize, answered: usize) {
+    let why = if joined {
+        "a majority of the voters, this node included, must answer before it may take part"
+    } else {
+        "this data directory is new: every voter must answer before it may form or join a \
+         cluster"
+    };
+    tracing::warn!(
+        round,
+        needed,
+        answered,
+        "waiting for peers to check this data directory with: {why}"
+    );
 }

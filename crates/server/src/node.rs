@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use fjord_raft::codec;
 
 use crate::ServeConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, NoLeaderCause, Subject};
 use crate::reconcile::{self, Action, Init};
 
 /// How often the controller looks at leader balance.
@@ -305,7 +305,7 @@ impl Node {
     /// Applies a metadata command through the metadata leader, wherever it is.
     pub async fn meta_write(&self, cmd: MetaCommand) -> Result<MetaResponse, ApiError> {
         let mut backoff = Duration::from_millis(20);
-        let mut last_err = ApiError::NoLeader("the metadata group".into());
+        let mut last_err = ApiError::no_leader(Subject::Metadata, NoLeaderCause::NotKnown);
         for _ in 0..META_WRITE_ATTEMPTS {
             match self.meta.write(cmd.clone()).await {
                 Ok(r) => return Ok(r),
@@ -316,7 +316,7 @@ impl Node {
                     Ok(r) => return Ok(r),
                     Err(e) => last_err = e,
                 },
-                Err(GroupError::Internal(e)) => return Err(ApiError::Internal(e.to_string())),
+                Err(GroupError::Internal(e)) => return Err(ApiError::Internal(e)),
                 Err(GroupError::NotLeader { address: None, .. }) => {
                     // No leader known here: the leader may not reach this node (it came back
                     // at a new address, which only this write registers). Ask each peer; only
@@ -328,7 +328,7 @@ impl Node {
                         }
                     }
                 }
-                Err(e) => last_err = ApiError::NoLeader(format!("the metadata group ({e})")),
+                Err(e) => last_err = ApiError::from_meta_write(e),
             }
             if self.shutdown.is_cancelled() {
                 break;
@@ -351,12 +351,13 @@ impl Node {
         };
         let resp = tokio::time::timeout(Duration::from_secs(5), client.meta_write(msg))
             .await
-            .map_err(|_| ApiError::NoLeader("the metadata group (forward timed out)".into()))?
+            .map_err(|_| ApiError::no_leader(Subject::Metadata, NoLeaderCause::ForwardTimedOut))?
             .map_err(|s| {
-                ApiError::NoLeader(format!("the metadata group (forward: {})", s.message()))
+                let message = s.message().to_string();
+                ApiError::no_leader(Subject::Metadata, NoLeaderCause::ForwardFailed { message })
             })?;
         postcard::from_bytes::<MetaResponse>(&resp.into_inner().payload)
-            .map_err(|e| ApiError::Internal(format!("bad forwarded metadata response: {e}")))
+            .map_err(ApiError::BadForwardedAnswer)
     }
 
     /// Handles a metadata write forwarded by another node: applies it here only if this node
@@ -364,8 +365,8 @@ impl Node {
     pub async fn local_meta_write(&self, cmd: MetaCommand) -> Result<MetaResponse, ApiError> {
         match self.meta.write(cmd).await {
             Ok(r) => Ok(r),
-            Err(GroupError::Internal(e)) => Err(ApiError::Internal(e.to_string())),
-            Err(e) => Err(ApiError::NoLeader(format!("the metadata group ({e})"))),
+            Err(GroupError::Internal(e)) => Err(ApiError::Internal(e)),
+            Err(e) => Err(ApiError::from_meta_write(e)),
         }
     }
 

@@ -10,7 +10,7 @@ use fjord_proto::v1::*;
 use tonic::{Request, Response, Status};
 
 use crate::data;
-use crate::error::ApiError;
+use crate::error::{ApiError, Invalid};
 use crate::live::{self, LiveSet};
 use crate::node::Node;
 
@@ -169,10 +169,11 @@ impl ClientService {
     /// a replica of the partition answers at once (its metadata is all it knows).
     async fn wait_for_other_leader(&self, w: &LeaderWait) -> Result<(), Status> {
         if w.wait_ms > MAX_LEADER_WAIT_MS {
-            return Err(ApiError::Invalid(format!(
-                "leader_wait.wait_ms {} is over the limit of {MAX_LEADER_WAIT_MS}",
-                w.wait_ms
-            ))
+            return Err(ApiError::from(Invalid::OverLimit {
+                field: "leader_wait.wait_ms",
+                value: w.wait_ms.into(),
+                limit: MAX_LEADER_WAIT_MS.into(),
+            })
             .into());
         }
         let Some(topic) = self.node.view().state.topic(&w.topic).cloned() else {
@@ -274,7 +275,11 @@ impl Fjord for ClientService {
                     topic: Some(topic_info(&self.node, t)),
                 }))
             }
-            other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
+            other => Err(ApiError::UnexpectedAnswer {
+                to: "a topic's creation",
+                got: Box::new(other),
+            }
+            .into()),
         }
     }
 
