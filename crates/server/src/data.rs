@@ -59,7 +59,7 @@ fn leader_hint(node: &Node, leader: Option<u64>) -> Option<(u64, String)> {
 
 fn not_leader(node: &Node, topic: &Topic, partition: u32, leader: Option<u64>) -> ApiError {
     ApiError::NotLeader {
-        this: node.id,
+        this: node.id(),
         what: format!("partition {partition} of topic {:?}", topic.name),
         leader: leader_hint(node, leader),
     }
@@ -72,7 +72,7 @@ fn local_partition(
     partition: u32,
 ) -> Result<PartitionHandle, ApiError> {
     let g = group_id(topic.id, partition);
-    match node.registry.partition(g) {
+    match node.partition(g) {
         Some(x) => Ok(x),
         None => {
             let p = &topic.partitions[partition as usize];
@@ -82,7 +82,7 @@ fn local_partition(
                 Err(ApiError::NotReplica {
                     topic: topic.name.clone(),
                     partition,
-                    this: node.id,
+                    this: node.id(),
                     replicas: p.replicas.clone(),
                 })
             }
@@ -139,15 +139,9 @@ fn record_batches(
     // node leads.
     let unkeyed = partition.is_none() && records.iter().any(|r| r.key.is_none());
     let sticky = if unkeyed {
-        let turn = node
-            .round_robin
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let turn = node.next_turn();
         let led: Vec<u32> = (0..count)
-            .filter(|p| {
-                node.registry
-                    .partition(group_id(topic.id, *p))
-                    .is_some_and(|h| h.leadership().leader == Some(node.id))
-            })
+            .filter(|p| node.leads(group_id(topic.id, *p)))
             .collect();
         unkeyed_partition(turn, &led, count)
     } else {
@@ -162,7 +156,7 @@ fn record_batches(
         };
         by_partition.entry(p).or_default().push(r);
     }
-    let now = node.clock.now_ms();
+    let now = node.now_ms();
     let out = by_partition
         .into_iter()
         .map(|(p, records)| {
@@ -190,7 +184,7 @@ fn producer_batches(
     topic: &Topic,
     batches: Vec<ProducerBatch>,
 ) -> Result<(Vec<(u32, StoredBatch)>, usize), ApiError> {
-    let now = node.clock.now_ms();
+    let now = node.now_ms();
     let mut out = Vec::new();
     let mut total = 0usize;
     let mut seen = std::collections::BTreeSet::new();
@@ -305,7 +299,7 @@ async fn produce_partition(
 ) -> Result<Outcome, ApiError> {
     let handle = local_partition(node, topic, partition)?;
     let leader = handle.leadership().leader;
-    if leader != Some(node.id) {
+    if leader != Some(node.id()) {
         return Err(not_leader(node, topic, partition, leader));
     }
     let proposal = async {
@@ -359,7 +353,7 @@ async fn long_poll(
         // A shutting-down node answers long polls at once, so it can drain and stop.
         tokio::select! {
             r = tokio::time::timeout_at(deadline, rx.changed()) => if !matches!(r, Ok(Ok(()))) { return hw },
-            _ = node.shutdown.cancelled() => return hw,
+            _ = node.stopping() => return hw,
         }
     }
 }
@@ -381,7 +375,7 @@ pub async fn fetch(node: &Node, req: Fetch) -> Result<Fetched, ApiError> {
     let group = shared.group();
     let mut hw = shared.high_watermark();
     let log_start = node
-        .store
+        .store()
         .first_offset(group)
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .unwrap_or(hw);
@@ -413,7 +407,7 @@ pub async fn fetch(node: &Node, req: Fetch) -> Result<Fetched, ApiError> {
             max_bytes: req.max_bytes,
             max_batches: MAX_FETCH_BATCHES,
         };
-        committed_batches(&node.store, group, req.offset, hw, limits).map_err(|e| match e {
+        committed_batches(node.store(), group, req.offset, hw, limits).map_err(|e| match e {
             ReadError::Corrupt { .. } => ApiError::Corrupt(e.to_string()),
             ReadError::Storage(e) => ApiError::Internal(e.to_string()),
         })?
@@ -424,7 +418,7 @@ pub async fn fetch(node: &Node, req: Fetch) -> Result<Fetched, ApiError> {
         batches,
         high_watermark: hw,
         log_start_offset: log_start,
-        node_id: node.id,
+        node_id: node.id(),
     })
 }
 

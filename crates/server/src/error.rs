@@ -11,9 +11,8 @@ use fjord_proto::v1::{PartitionError, ProduceErrorReason};
 use fjord_proto::{LEADER_ADDRESS_KEY, LEADER_ID_KEY};
 use fjord_raft::GroupError;
 use fjord_raft::codec::EncodeError;
-use fjord_raft::group::DispatchError;
 use fjord_raft::handoff::TransferRefused;
-use fjord_raft::network::ConnectError;
+use fjord_raft::peer::{ConnectError, DispatchError};
 use tonic::{Code, Status};
 
 /// A request that failed.
@@ -116,13 +115,6 @@ pub enum ApiError {
     /// A peer's Raft message that this node could not take.
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
-    /// A peer's message whose payload does not decode as `what`.
-    #[error("bad {what}: {source}")]
-    Undecodable {
-        what: &'static str,
-        #[source]
-        source: postcard::Error,
-    },
     /// A controller's leader move to a replica that cannot take over now.
     #[error("not moving the leader of group {group} to node {to}: {source}")]
     TransferRefused {
@@ -198,7 +190,6 @@ impl ApiError {
                 DispatchError::Quiet(_) | DispatchError::Stopped { .. } => Code::Unavailable,
                 DispatchError::Encode { .. } => Code::Internal,
             },
-            ApiError::Undecodable { .. } => Code::InvalidArgument,
             ApiError::TransferRefused { .. } => Code::FailedPrecondition,
             ApiError::TransferFailed { .. } => Code::Unavailable,
             ApiError::NotAPartition(_) => Code::NotFound,
@@ -259,7 +250,7 @@ mod tests {
     #[test]
     fn a_refused_raft_message_is_unavailable_and_an_unknown_group_not_found() {
         // A peer's openraft takes UNAVAILABLE and NOT_FOUND as an unreachable peer (it backs
-        // off), anything else as a network error (see fjord_raft::network).
+        // off), anything else as a network error (see fjord_raft::peer).
         let code = |d: DispatchError| Status::from(ApiError::from(d)).code();
         assert_eq!(code(DispatchError::UnknownGroup(7)), Code::NotFound);
         assert_eq!(code(DispatchError::Quiet(7)), Code::Unavailable);
