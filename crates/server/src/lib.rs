@@ -279,10 +279,7 @@ where
     })
     .max_decoding_message_size(data::MAX_PRODUCE_REQUEST_BYTES + (1 << 20))
     .max_encoding_message_size(data::MAX_FETCH_BYTES as usize + (1 << 20));
-    let transport = PeerServer::service(peer::PeerService {
-        slot: slot.clone(),
-        identity: identity.clone(),
-    });
+    let transport = PeerServer::service(peer::PeerService::new(slot.clone(), identity.clone()));
     let stop = cancel.clone();
     let server = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS)

@@ -26,11 +26,16 @@ pub const MAX_TRANSFER_LAG_ENTRIES: u64 = 32;
 /// while the node itself is still starting; everything else is refused as unavailable until
 /// it runs.
 pub struct PeerService {
-    pub slot: crate::NodeSlot,
-    pub identity: Arc<crate::boot::IdentityService>,
+    slot: crate::NodeSlot,
+    identity: Arc<crate::boot::IdentityService>,
 }
 
 impl PeerService {
+    /// The handler of the node that `slot` will hold, whose directory is `identity`.
+    pub fn new(slot: crate::NodeSlot, identity: Arc<crate::boot::IdentityService>) -> Self {
+        PeerService { slot, identity }
+    }
+
     /// The running node; a node still checking its data directory takes no group messages.
     fn node(&self) -> Result<&Arc<Node>, ApiError> {
         self.slot
