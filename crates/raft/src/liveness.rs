@@ -27,14 +27,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fjord_proto::raft::{NodeHeartbeat, NodeHeartbeatReply, QuietGroup};
 use tokio::time::Instant;
 
 use crate::NodeId;
 use crate::claims::{self, ClaimVerdict, Quiet, Remembered, ReplyAction};
 use crate::group::{AnyGroup, GroupRegistry};
 use crate::handle::Leadership;
-use crate::network::PeerPool;
+use crate::peer::PeerPool;
+use crate::peer::wire::{NodeHeartbeat, NodeHeartbeatReply, QuietGroup};
 use crate::quiesce::{
     Claim, Detector, GroupView, Kind, Quiescence, Transitions, Wake, majority_suspects,
 };
@@ -697,19 +697,12 @@ impl Liveness {
                 Vec::new()
             },
         };
-        let Ok(mut client) = self.pool.heartbeat_client(addr) else {
-            return;
-        };
         // An answer later than the detector's timeout is as good as none.
-        let reply = match tokio::time::timeout(self.cfg.suspect_after, client.heartbeat(req)).await
-        {
-            Ok(Ok(reply)) => reply.into_inner(),
-            Ok(Err(status)) => {
-                tracing::trace!(peer, %status, "heartbeat failed");
-                return;
-            }
-            Err(_) => {
-                tracing::trace!(peer, "heartbeat timed out");
+        let sent = self.pool.heartbeat_peer(addr);
+        let reply = match sent.heartbeat(req, self.cfg.suspect_after).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                tracing::trace!(peer, error = %e, "heartbeat failed");
                 return;
             }
         };

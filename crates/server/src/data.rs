@@ -57,7 +57,7 @@ fn leader_hint(node: &Node, leader: Option<u64>) -> Option<(u64, String)> {
 
 fn not_leader(node: &Node, topic: &Topic, partition: u32, leader: Option<u64>) -> ApiError {
     ApiError::NotLeader {
-        this: node.id,
+        this: node.id(),
         of: Subject::Partition {
             topic: topic.name.clone(),
             partition,
@@ -73,7 +73,7 @@ fn local_partition(
     partition: u32,
 ) -> Result<PartitionHandle, ApiError> {
     let g = group_id(topic.id, partition);
-    match node.registry.partition(g) {
+    match node.partition(g) {
         Some(x) => Ok(x),
         None => {
             let p = &topic.partitions[partition as usize];
@@ -83,7 +83,7 @@ fn local_partition(
                 Err(ApiError::NotReplica {
                     topic: topic.name.clone(),
                     partition,
-                    this: node.id,
+                    this: node.id(),
                     replicas: p.replicas.clone(),
                 })
             }
@@ -144,15 +144,9 @@ fn record_batches(
     // node leads.
     let unkeyed = partition.is_none() && records.iter().any(|r| r.key.is_none());
     let sticky = if unkeyed {
-        let turn = node
-            .round_robin
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let turn = node.next_turn();
         let led: Vec<u32> = (0..count)
-            .filter(|p| {
-                node.registry
-                    .partition(group_id(topic.id, *p))
-                    .is_some_and(|h| h.leadership().leader == Some(node.id))
-            })
+            .filter(|p| node.leads(group_id(topic.id, *p)))
             .collect();
         unkeyed_partition(turn, &led, count)
     } else {
@@ -167,7 +161,7 @@ fn record_batches(
         };
         by_partition.entry(p).or_default().push(r);
     }
-    let now = node.clock.now_ms();
+    let now = node.now_ms();
     let out = by_partition
         .into_iter()
         .map(|(p, records)| {
@@ -195,7 +189,7 @@ fn producer_batches(
     topic: &Topic,
     batches: Vec<ProducerBatch>,
 ) -> Result<(Vec<(u32, StoredBatch)>, usize), ApiError> {
-    let now = node.clock.now_ms();
+    let now = node.now_ms();
     let mut out = Vec::new();
     let mut total = 0usize;
     let mut seen = std::collections::BTreeSet::new();
@@ -326,7 +320,7 @@ async fn produce_partition(
 ) -> Result<Outcome, ApiError> {
     let handle = local_partition(node, topic, partition)?;
     let leader = handle.leadership().leader;
-    if leader != Some(node.id) {
+    if leader != Some(node.id()) {
         return Err(not_leader(node, topic, partition, leader));
     }
     let proposal = async {
@@ -382,7 +376,7 @@ async fn long_poll(
         // A shutting-down node answers long polls at once, so it can drain and stop.
         tokio::select! {
             r = tokio::time::timeout_at(deadline, rx.changed()) => if !matches!(r, Ok(Ok(()))) { return hw },
-            _ = node.shutdown.cancelled() => return hw,
+            _ = node.stopping() => return hw,
         }
     }
 }
@@ -403,7 +397,7 @@ pub async fn fetch(node: &Node, req: Fetch) -> Result<Fetched, ApiError> {
     let shared = handle.shared();
     let group = shared.group();
     let mut hw = shared.high_watermark();
-    let log_start = node.store.first_offset(group)?.unwrap_or(hw);
+    let log_start = node.store().first_offset(group)?.unwrap_or(hw);
     if req.offset < log_start {
         return Err(ApiError::BelowLogStart {
             topic: topic.name,
@@ -436,7 +430,7 @@ pub async fn fetch(node: &Node, req: Fetch) -> Result<Fetched, ApiError> {
             max_bytes: req.max_bytes,
             max_batches: MAX_FETCH_BATCHES,
         };
-        committed_batches(&node.store, group, req.offset, hw, limits)?
+        committed_batches(node.store(), group, req.offset, hw, limits)?
     } else {
         Vec::new()
     };
@@ -444,7 +438,7 @@ pub async fn fetch(node: &Node, req: Fetch) -> Result<Fetched, ApiError> {
         batches,
         high_watermark: hw,
         log_start_offset: log_start,
-        node_id: node.id,
+        node_id: node.id(),
     })
 }
 

@@ -13,10 +13,9 @@ use fjord_proto::batch::BatchError;
 use fjord_proto::v1::{PartitionError, ProduceErrorReason};
 use fjord_proto::{LEADER_ADDRESS_KEY, LEADER_ID_KEY};
 use fjord_raft::codec::EncodeError;
-use fjord_raft::group::DispatchError;
 use fjord_raft::handle::{Busy, Internal, Unavailable};
 use fjord_raft::handoff::TransferRefused;
-use fjord_raft::network::ConnectError;
+use fjord_raft::peer::{ConnectError, DispatchError, PeerError};
 use fjord_raft::{GroupError, ReadError};
 use fjord_storage::StorageError;
 use tonic::{Code, Status};
@@ -283,9 +282,9 @@ pub enum ApiError {
     /// The producer id block this node hands out from could not be made durable.
     #[error("cannot record the producer id block: {0}")]
     RecordProducerIds(#[source] StorageError),
-    /// The metadata leader's answer to a forwarded write does not decode.
+    /// The metadata leader's answer to a forwarded write does not decode as one.
     #[error("bad forwarded metadata response: {0}")]
-    BadForwardedAnswer(#[source] postcard::Error),
+    BadForwardedAnswer(#[source] PeerError),
     /// The node has not started its groups yet: it is checking its data directory with its
     /// peers (see [`crate::boot`]). Retry, maybe elsewhere.
     #[error("node {0} is starting: it is checking its data directory with its peers; retry")]
@@ -302,13 +301,6 @@ pub enum ApiError {
     /// A peer's Raft message that this node could not take.
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
-    /// A peer's message whose payload does not decode as `what`.
-    #[error("bad {what}: {source}")]
-    Undecodable {
-        what: &'static str,
-        #[source]
-        source: postcard::Error,
-    },
     /// A controller's leader move to a replica that cannot take over now.
     #[error("not moving the leader of group {group} to node {to}: {source}")]
     TransferRefused {
@@ -413,7 +405,6 @@ impl ApiError {
                 DispatchError::Quiet(_) | DispatchError::Stopped { .. } => Code::Unavailable,
                 DispatchError::Encode { .. } => Code::Internal,
             },
-            ApiError::Undecodable { .. } => Code::InvalidArgument,
             ApiError::TransferRefused { .. } => Code::FailedPrecondition,
             ApiError::TransferFailed { .. } => Code::Unavailable,
             ApiError::NotAPartition(_) => Code::NotFound,
@@ -474,7 +465,7 @@ mod tests {
     #[test]
     fn a_refused_raft_message_is_unavailable_and_an_unknown_group_not_found() {
         // A peer's openraft takes UNAVAILABLE and NOT_FOUND as an unreachable peer (it backs
-        // off), anything else as a network error (see fjord_raft::network).
+        // off), anything else as a network error (see fjord_raft::peer).
         let code = |d: DispatchError| Status::from(ApiError::from(d)).code();
         assert_eq!(code(DispatchError::UnknownGroup(7)), Code::NotFound);
         assert_eq!(code(DispatchError::Quiet(7)), Code::Unavailable);

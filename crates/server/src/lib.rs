@@ -11,7 +11,10 @@
 //! - [`service`]: the client gRPC API (`fjord.v1.Fjord`); [`wire`]: its produce and fetch
 //!   messages as domain types and back; [`data`]: the produce and fetch paths, on those
 //!   types; [`producer_ids`]: producer ids, named producers' epochs, and the check of a
-//!   batch's producer before it is proposed; [`transport`]: the node-to-node gRPC service.
+//!   batch's producer before it is proposed.
+//! - [`peer`]: what this node does with its peers' requests (the handler of the node-to-node
+//!   protocol, [`fjord_raft::peer`], which owns the messages, their encoding, the client and
+//!   the gRPC service); [`rebuild`]: `--rebuild`, taking back a node that lost its data.
 //! - [`error`]: typed errors and their mapping to gRPC statuses; [`edge`]: the layer every
 //!   answer leaves through (deadlines, and tonic's own codec answers, given fjord's codes);
 //!   [`connections`]: the bound on connections served at once.
@@ -28,21 +31,18 @@ pub mod edge;
 pub mod error;
 pub mod live;
 pub mod node;
+pub mod peer;
 pub mod producer_ids;
 pub mod rebuild;
 pub mod reconcile;
 pub mod service;
-pub mod transport;
 pub mod wire;
 
 use std::sync::Arc;
 
 pub use config::{ConfigError, Peers, ServeConfig};
-use fjord_proto::raft::raft_transport_server::RaftTransportServer;
 use fjord_proto::v1::fjord_server::FjordServer;
-use fjord_raft::network::{
-    Connector, MAX_RAFT_MESSAGE_BYTES, PeerPool, SourceBoundTcpConnector, TcpConnector,
-};
+use fjord_raft::peer::{Connector, PeerPool, PeerServer, SourceBoundTcpConnector, TcpConnector};
 use fjord_storage::{Store, StoreOptions};
 pub use node::{Clock, Node, SystemClock};
 use tokio_util::sync::CancellationToken;
@@ -266,8 +266,8 @@ pub type NodeSlot = Arc<std::sync::OnceLock<Arc<Node>>>;
 /// How long a stopping node waits for its groups to release the database.
 const DB_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The gRPC server of the client API and the Raft transport on `incoming`, answering from
-/// `slot` once the node runs, until `cancel`.
+/// The gRPC server of the client API and the node-to-node service (`fjord_raft::peer`) on
+/// `incoming`, answering from `slot` once the node runs, until `cancel`.
 fn serve<I, IO, IE>(
     incoming: I,
     slot: NodeSlot,
@@ -291,12 +291,7 @@ where
     })
     .max_decoding_message_size(data::MAX_PRODUCE_REQUEST_BYTES + (1 << 20))
     .max_encoding_message_size(data::MAX_FETCH_BYTES as usize + (1 << 20));
-    let transport = RaftTransportServer::new(transport::TransportService {
-        slot,
-        identity: identity.clone(),
-    })
-    .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
+    let transport = PeerServer::service(peer::PeerService::new(slot, identity.clone()));
     let stop = cancel.clone();
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS)
@@ -396,17 +391,17 @@ where
     // A node that formed the cluster but stopped before it initialized the metadata group
     // does it now (its roster says it was a former; initializing an initialized group is a
     // no-op).
-    let form = form || !node.identity.identity().roster.is_empty();
+    let form = form || !node.identity().identity().roster.is_empty();
 
     node.run_background(form).await;
     tokio::spawn(rebuild::promote_until_voter(node.clone(), config.rebuild));
-    tracing::info!(node = node.id, address = %node.address, "fjord node started");
+    tracing::info!(node = node.id(), address = %node.address(), "fjord node started");
 
     shutdown.await;
-    tracing::info!(node = node.id, "stopping");
+    tracing::info!(node = node.id(), "stopping");
     node.stop().await;
     let served = server.await;
-    tracing::info!(node = node.id, "stopped");
+    tracing::info!(node = node.id(), "stopped");
     match served {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(ServerError::Serve(e.to_string())),

@@ -25,17 +25,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use fjord_meta::{GroupId, MetaCommand, MetaResponse, NodeId};
-use fjord_proto::raft::GroupMessage;
 use fjord_raft::group::{self, AnyGroup};
 use fjord_raft::meta_sm::MetaView;
-use fjord_raft::network::PeerPool;
+use fjord_raft::peer::{PeerError, PeerPool};
 use fjord_raft::{
     GroupConfig, GroupError, GroupRegistry, Liveness, LivenessConfig, MetaHandle, PartitionHandle,
 };
 use fjord_storage::Store;
 use tokio_util::sync::CancellationToken;
-
-use fjord_raft::codec;
 
 use crate::ServeConfig;
 use crate::error::{ApiError, NoLeaderCause, Subject};
@@ -55,6 +52,10 @@ pub const LIVENESS_WINDOW: Duration = Duration::from_secs(3);
 pub const HANDOFF_BUDGET: Duration = Duration::from_secs(5);
 /// Attempts of a metadata write (each waits for a leader or follows a forward).
 const META_WRITE_ATTEMPTS: u32 = 50;
+/// How long the metadata leader may take to answer a forwarded write.
+const META_FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a partition leader may take to answer the controller's leader move.
+const LEADER_MOVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a node could not start its groups.
 #[derive(Debug, thiserror::Error)]
@@ -83,31 +84,33 @@ impl Clock for SystemClock {
     }
 }
 
-/// Everything a running node owns.
+/// Everything a running node owns. Other modules see it through the methods below, which
+/// name what they need of it.
 pub struct Node {
-    pub id: NodeId,
-    pub address: String,
-    pub peers: BTreeMap<NodeId, String>,
-    pub store: Store,
-    pub pool: Arc<PeerPool>,
-    pub registry: Arc<GroupRegistry>,
-    pub liveness: Arc<Liveness>,
-    pub meta: MetaHandle,
-    pub group_config: GroupConfig,
-    pub clock: Arc<dyn Clock>,
-    pub shutdown: CancellationToken,
+    id: NodeId,
+    address: String,
+    /// The configured peers (`--peers`), this node included.
+    peers: BTreeMap<NodeId, String>,
+    store: Store,
+    pool: Arc<PeerPool>,
+    registry: Arc<GroupRegistry>,
+    liveness: Arc<Liveness>,
+    meta: MetaHandle,
+    group_config: GroupConfig,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
     /// The data directory's identity, registered in the metadata.
-    pub identity: Arc<crate::boot::IdentityService>,
+    identity: Arc<crate::boot::IdentityService>,
     /// The producer ids this node hands out (see [`crate::producer_ids`]).
-    pub producer_ids: crate::producer_ids::ProducerIds,
+    producer_ids: crate::producer_ids::ProducerIds,
     /// While this node rebuilds (`--rebuild`): the groups it is still a learner of, of those
     /// it holds (see [`crate::rebuild`]).
-    pub rebuilding: std::sync::Mutex<Option<(u32, u32)>>,
+    rebuilding: std::sync::Mutex<Option<(u32, u32)>>,
     /// While this node rebuilds, until it is a voter of the metadata group again (its
     /// metadata is complete): it answers clients as unavailable.
-    pub meta_behind: std::sync::atomic::AtomicBool,
+    meta_behind: std::sync::atomic::AtomicBool,
     next_token: AtomicU64,
-    pub round_robin: AtomicU32,
+    round_robin: AtomicU32,
 }
 
 impl Node {
@@ -239,6 +242,121 @@ impl Node {
         out
     }
 
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The address this node registers (its peers and clients reach it there).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The ids of the configured peers (`--peers`), this node included.
+    pub fn configured_peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.peers.keys().copied()
+    }
+
+    /// The node's database.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A client of the peer node at `addr`.
+    pub fn peer(&self, addr: &str) -> fjord_raft::peer::PeerClient<'_> {
+        self.pool.peer(addr)
+    }
+
+    /// The groups running on this node.
+    pub fn groups(&self) -> &GroupRegistry {
+        &self.registry
+    }
+
+    /// This node's replica of partition group `group`, if it hosts one.
+    pub fn partition(&self, group: GroupId) -> Option<PartitionHandle> {
+        self.registry.partition(group)
+    }
+
+    /// Whether this node's replica of partition group `group` leads it.
+    pub fn leads(&self, group: GroupId) -> bool {
+        self.registry
+            .partition(group)
+            .is_some_and(|h| h.leadership().leader == Some(self.id))
+    }
+
+    /// The metadata group's replica on this node.
+    pub fn meta(&self) -> &MetaHandle {
+        &self.meta
+    }
+
+    /// Whether the failure detector hears from `node`.
+    pub fn is_alive(&self, node: NodeId) -> bool {
+        self.liveness.is_alive(node)
+    }
+
+    /// How many of this node's partition replicas are quiet, leading, hibernated.
+    pub fn quiet_counts(&self) -> fjord_raft::QuietCounts {
+        self.liveness.counts()
+    }
+
+    /// Answers a peer's node-level heartbeat.
+    pub fn answer_heartbeat(
+        &self,
+        req: fjord_raft::peer::wire::NodeHeartbeat,
+    ) -> fjord_raft::peer::wire::NodeHeartbeatReply {
+        self.liveness.serve(req)
+    }
+
+    /// The wall clock, in milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Completes once the node is stopping.
+    pub fn stopping(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.shutdown.cancelled()
+    }
+
+    /// The data directory's identity.
+    pub fn identity(&self) -> &crate::boot::IdentityService {
+        &self.identity
+    }
+
+    /// The producer ids this node hands out.
+    pub(crate) fn producer_ids(&self) -> &crate::producer_ids::ProducerIds {
+        &self.producer_ids
+    }
+
+    /// A producer id from this node's block (see [`crate::producer_ids`]).
+    pub async fn new_producer_id(self: &Arc<Self>) -> Result<u64, ApiError> {
+        self.producer_ids.take(self).await
+    }
+
+    /// While this node rebuilds: the groups it is still a learner of, of those it holds.
+    pub fn rebuild_progress(&self) -> Option<(u32, u32)> {
+        *self.rebuilding.lock().unwrap()
+    }
+
+    pub(crate) fn set_rebuild_progress(&self, progress: Option<(u32, u32)>) {
+        *self.rebuilding.lock().unwrap() = progress;
+    }
+
+    /// Whether this node's metadata may still lack what the cluster holds (it rebuilds and
+    /// is not yet a voter of the metadata group): it answers clients as unavailable.
+    pub fn is_meta_behind(&self) -> bool {
+        self.meta_behind.load(Ordering::Acquire)
+    }
+
+    /// This node is a voter of the metadata group again: its metadata is complete.
+    pub(crate) fn meta_caught_up(&self) {
+        self.meta_behind.store(false, Ordering::Release);
+    }
+
+    /// The next turn of the round-robin over partitions for unkeyed records.
+    pub fn next_turn(&self) -> u32 {
+        self.round_robin.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// A fresh token for a proposal (see `StoredBatch::token`).
     pub fn token(&self) -> u64 {
         self.next_token.fetch_add(1, Ordering::Relaxed)
@@ -344,20 +462,23 @@ impl Node {
         addr: &str,
         cmd: &MetaCommand,
     ) -> Result<MetaResponse, ApiError> {
-        let mut client = self.pool.client(addr)?;
-        let msg = GroupMessage {
-            group_id: fjord_meta::META_GROUP,
-            payload: codec::encode(cmd, "metadata command")?.into(),
-        };
-        let resp = tokio::time::timeout(Duration::from_secs(5), client.meta_write(msg))
+        self.pool
+            .peer(addr)
+            .meta_write(cmd, META_FORWARD_TIMEOUT)
             .await
-            .map_err(|_| ApiError::no_leader(Subject::Metadata, NoLeaderCause::ForwardTimedOut))?
-            .map_err(|s| {
-                let message = s.message().to_string();
-                ApiError::no_leader(Subject::Metadata, NoLeaderCause::ForwardFailed { message })
-            })?;
-        postcard::from_bytes::<MetaResponse>(&resp.into_inner().payload)
-            .map_err(ApiError::BadForwardedAnswer)
+            .map_err(|e| match e {
+                PeerError::Timeout { .. } => {
+                    ApiError::no_leader(Subject::Metadata, NoLeaderCause::ForwardTimedOut)
+                }
+                PeerError::Status { message, .. } => {
+                    ApiError::no_leader(Subject::Metadata, NoLeaderCause::ForwardFailed { message })
+                }
+                PeerError::Connect(e) => ApiError::Connect(e),
+                PeerError::Encode(e) => ApiError::Encode(e),
+                other @ (PeerError::Decode { .. } | PeerError::Raft { .. }) => {
+                    ApiError::BadForwardedAnswer(other)
+                }
+            })
     }
 
     /// Handles a metadata write forwarded by another node: applies it here only if this node
@@ -582,20 +703,12 @@ impl Node {
                     to = m.to,
                     "controller: moving partition leader"
                 );
-                let payload = match codec::encode(&m.to, "leader move") {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::error!(group = m.group_id, error = %e, "controller: not moving a leader");
-                        continue;
-                    }
-                };
-                let msg = GroupMessage {
-                    group_id: m.group_id,
-                    payload: payload.into(),
-                };
-                if let Ok(mut client) = self.pool.client(&addr) {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(2), client.move_leader(msg)).await;
+                let peer = self.pool.peer(&addr);
+                if let Err(e) = peer
+                    .move_leader(m.group_id, m.to, LEADER_MOVE_TIMEOUT)
+                    .await
+                {
+                    tracing::debug!(group = m.group_id, error = %e, "controller: leader move not done");
                 }
             }
         }

@@ -98,7 +98,7 @@ impl ProducerIds {
                 fresh.take().ok_or(ApiError::EmptyProducerIdBlock)?
             }
         };
-        record(&node.store, after).await?;
+        record(node.store(), after).await?;
         *block = after;
         let low = after.left() < REFILL_BELOW;
         drop(block);
@@ -118,14 +118,14 @@ impl ProducerIds {
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
-                if node.producer_ids.left().await >= REFILL_BELOW {
+                if node.producer_ids().left().await >= REFILL_BELOW {
                     break;
                 }
                 match allocate(&node).await {
                     Ok(fresh) => {
-                        let mut block = node.producer_ids.block.lock().await;
+                        let mut block = node.producer_ids().block.lock().await;
                         if block.left() < REFILL_BELOW {
-                            match record(&node.store, fresh).await {
+                            match record(node.store(), fresh).await {
                                 Ok(()) => *block = fresh,
                                 Err(e) => {
                                     tracing::warn!(error = %e, "cannot record a producer id block")
@@ -140,11 +140,13 @@ impl ProducerIds {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = node.shutdown.cancelled() => break,
+                    _ = node.stopping() => break,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
-            node.producer_ids.refilling.store(false, Ordering::Release);
+            node.producer_ids()
+                .refilling
+                .store(false, Ordering::Release);
         });
     }
 }

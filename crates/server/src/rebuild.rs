@@ -26,8 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fjord_meta::{META_GROUP, MetaCommand, MetaResponse, NodeId, group_id};
-use fjord_proto::raft::{ChangeVoterReply, ChangeVoterRequest, RebuildRequest};
 use fjord_raft::handle::Unavailable;
+use fjord_raft::peer::PeerError;
+use fjord_raft::peer::wire::{ChangeVoterReply, ChangeVoterRequest, RebuildRequest};
 use fjord_raft::{GroupError, Promotion};
 
 use crate::error::{ApiError, Invalid, NoLeaderCause, Subject};
@@ -113,7 +114,7 @@ fn group_error(what: &Subject, e: GroupError) -> ApiError {
 /// number of groups it is a learner of.
 pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, ApiError> {
     let target = req.node;
-    if target == node.id {
+    if target == node.id() {
         return Err(Invalid::RebuildSelf.into());
     }
     let view = node.view();
@@ -133,17 +134,17 @@ pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, Api
     let (groups, partitions) = voter_groups(node, &view.state, target).await?;
     // Checked by whichever node is asked, on its own view: a refusal needs no leader (with a
     // majority of the metadata group down there is none to ask).
-    check_majorities(&groups, target, |n| node.liveness.is_alive(n))?;
-    if !node.meta.is_leader() {
+    check_majorities(&groups, target, |n| node.is_alive(n))?;
+    if !node.meta().is_leader() {
         return Err(ApiError::NotLeader {
-            this: node.id,
+            this: node.id(),
             of: Subject::Metadata,
             leader: node
                 .meta_leader()
                 .and_then(|l| node.address_of(l).map(|a| (l, a))),
         });
     }
-    let demoted = tokio::time::timeout(MEMBERSHIP_CHANGE_WAIT, node.meta.demote(target))
+    let demoted = tokio::time::timeout(MEMBERSHIP_CHANGE_WAIT, node.meta().demote(target))
         .await
         .map_err(|_| no_majority(&Subject::Metadata))?
         .map_err(|e| group_error(&Subject::Metadata, e))?;
@@ -171,7 +172,7 @@ async fn voter_groups(
     target: NodeId,
 ) -> Result<(Vec<(Subject, BTreeSet<NodeId>)>, Vec<HeldPartition>), ApiError> {
     let (meta_voters, _) = node
-        .meta
+        .meta()
         .members()
         .await
         .map_err(|e| group_error(&Subject::Metadata, e))?;
@@ -187,7 +188,7 @@ async fn voter_groups(
                 // The group's own voters where this node hosts it (the node may be a learner
                 // already, after an interrupted rebuild); else its replicas.
                 let g = group_id(t.id, i as u32);
-                let voters = match node.registry.partition(g) {
+                let voters = match node.partition(g) {
                     Some(h) => match h.members().await {
                         Ok((v, _)) if !v.is_empty() => v,
                         _ => p.replicas.iter().copied().collect(),
@@ -268,7 +269,7 @@ async fn change_at(
     target: NodeId,
     promote: bool,
 ) -> Result<ChangeVoterReply, ApiError> {
-    if at == node.id {
+    if at == node.id() {
         return change_voter(node, g, target, promote).await;
     }
     let addr = node.address_of(at).ok_or_else(|| {
@@ -277,29 +278,31 @@ async fn change_at(
             NoLeaderCause::AddressUnknown { node: at },
         )
     })?;
-    let mut client = node.pool.client(&addr)?;
     let req = ChangeVoterRequest {
         group_id: g,
         node: target,
         promote,
     };
-    match tokio::time::timeout(CHANGE_RPC_TIMEOUT, client.change_voter(req)).await {
-        Ok(Ok(r)) => Ok(r.into_inner()),
-        Ok(Err(s)) => Err(ApiError::no_leader(
-            Subject::Group(g),
-            NoLeaderCause::PeerRefused {
-                node: at,
-                message: s.message().to_string(),
-            },
-        )),
-        Err(_) => Err(ApiError::no_leader(
-            Subject::Group(g),
-            NoLeaderCause::PeerSilent {
-                node: at,
-                within: CHANGE_RPC_TIMEOUT,
-            },
-        )),
-    }
+    node.peer(&addr)
+        .change_voter(req, CHANGE_RPC_TIMEOUT)
+        .await
+        .map_err(|e| match e {
+            PeerError::Connect(e) => ApiError::Connect(e),
+            PeerError::Timeout { .. } => ApiError::no_leader(
+                Subject::Group(g),
+                NoLeaderCause::PeerSilent {
+                    node: at,
+                    within: CHANGE_RPC_TIMEOUT,
+                },
+            ),
+            e => ApiError::no_leader(
+                Subject::Group(g),
+                NoLeaderCause::PeerRefused {
+                    node: at,
+                    message: e.message(),
+                },
+            ),
+        })
 }
 
 /// On a group's leader: makes `target` a learner, or a voter once it caught up.
@@ -317,16 +320,16 @@ pub async fn change_voter(
     let change = async {
         if g == META_GROUP {
             if promote {
-                node.meta.promote_caught_up(target).await
+                node.meta().promote_caught_up(target).await
             } else {
-                node.meta
+                node.meta()
                     .demote(target)
                     .await
                     .map(|_| Promotion::AlreadyVoter)
             }
         } else {
-            let Some(h) = node.registry.partition(g) else {
-                return Err(Unavailable::NotHosted { node: node.id }.into());
+            let Some(h) = node.partition(g) else {
+                return Err(Unavailable::NotHosted { node: node.id() }.into());
             };
             if promote {
                 h.promote_caught_up(target).await
@@ -406,19 +409,21 @@ async fn membership(node: &Node, g: u64, rebuilding: bool) -> Membership {
     // while it lags).
     if !rebuilding {
         let running = if g == META_GROUP {
-            node.meta
+            node.meta()
                 .members_if_running()
-                .map(|m| (m, node.meta.leader()))
+                .map(|m| (m, node.meta().leader()))
         } else {
-            node.registry
-                .partition(g)
+            node.partition(g)
                 .and_then(|h| h.members_if_running().map(|m| (m, h.leadership().leader)))
         };
         return running.map_or(Membership::Skip, Membership::Known);
     }
     let members = if g == META_GROUP {
-        node.meta.members().await.map(|m| (m, node.meta.leader()))
-    } else if let Some(h) = node.registry.partition(g) {
+        node.meta()
+            .members()
+            .await
+            .map(|m| (m, node.meta().leader()))
+    } else if let Some(h) = node.partition(g) {
         h.members().await.map(|m| (m, h.leadership().leader))
     } else {
         return Membership::Unknown;
@@ -448,16 +453,16 @@ async fn promote_in(
         Membership::Skip => return GroupPromotion::NotNeeded,
         Membership::Unknown => return GroupPromotion::NotYet,
     };
-    if !rebuilding && !learners.contains(&node.id) {
+    if !rebuilding && !learners.contains(&node.id()) {
         // Started normally: only a group that lists this node as a learner needs it.
         return GroupPromotion::NotNeeded;
     }
     let answer = match leader.or(ask_instead) {
-        Some(l) if l == node.id && voters.contains(&node.id) => Ok(ChangeVoterReply {
+        Some(l) if l == node.id() && voters.contains(&node.id()) => Ok(ChangeVoterReply {
             done: true,
             detail: String::new(),
         }),
-        Some(l) if l != node.id => change_at(node, l, g, node.id, true).await,
+        Some(l) if l != node.id() => change_at(node, l, g, node.id(), true).await,
         _ => Err(ApiError::no_leader(
             Subject::Group(g),
             NoLeaderCause::NotKnown,
@@ -466,8 +471,7 @@ async fn promote_in(
     match answer {
         Ok(r) if r.done => {
             if g == META_GROUP {
-                node.meta_behind
-                    .store(false, std::sync::atomic::Ordering::Release);
+                node.meta_caught_up();
             }
             GroupPromotion::Voter
         }
@@ -484,7 +488,7 @@ async fn promote_in(
 
 /// On the rebuilt node: asks each group's leader, round after round, to make this node a
 /// voter again, until it is one of every group it holds (the metadata group and every
-/// partition the metadata places on it). Keeps `node.rebuilding` current.
+/// partition the metadata places on it). Keeps the node's rebuild progress current.
 ///
 /// A node started without `--rebuild` runs it too, for a few rounds and then for as long as it
 /// finds itself a learner: a rebuilt node that restarted before every group promoted it.
@@ -497,7 +501,7 @@ pub async fn promote_until_voter(node: Arc<Node>, rebuilding: bool) {
     let mut was_learner = false;
     loop {
         round += 1;
-        let (groups, ask_instead) = promotion_plan(&node.view().state, node.id, round);
+        let (groups, ask_instead) = promotion_plan(&node.view().state, node.id(), round);
         let mut left = 0u32;
         for &g in &groups {
             if confirmed.contains(&g) {
@@ -514,12 +518,12 @@ pub async fn promote_until_voter(node: Arc<Node>, rebuilding: bool) {
         // A node restarted in the middle of its rebuild (without the flag) finishes it here.
         was_learner |= left > 0;
         if rebuilding {
-            *node.rebuilding.lock().unwrap() = Some((left, groups.len() as u32));
+            node.set_rebuild_progress(Some((left, groups.len() as u32)));
         }
         if left == 0 && (rebuilding || was_learner) {
-            *node.rebuilding.lock().unwrap() = None;
+            node.set_rebuild_progress(None);
             tracing::warn!(
-                node = node.id,
+                node = node.id(),
                 groups = groups.len(),
                 "rebuilt: this node is a voter of every group it holds again"
             );
@@ -530,7 +534,7 @@ pub async fn promote_until_voter(node: Arc<Node>, rebuilding: bool) {
         }
         tokio::select! {
             _ = tokio::time::sleep(PROMOTE_EVERY) => {}
-            _ = node.shutdown.cancelled() => return,
+            _ = node.stopping() => return,
         }
     }
 }

@@ -41,9 +41,7 @@ impl StartingClientService {
         match self.slot.get() {
             // A rebuilding node's metadata is empty until the metadata group's log reached
             // it: an answer from it would say that no topic exists.
-            Some(node) if node.meta_behind.load(std::sync::atomic::Ordering::Acquire) => {
-                Err(ApiError::Rebuilding(self.id).into())
-            }
+            Some(node) if node.is_meta_behind() => Err(ApiError::Rebuilding(self.id).into()),
             Some(node) => Ok(ClientService { node: node.clone() }),
             None => Err(ApiError::Starting(self.id).into()),
         }
@@ -88,7 +86,6 @@ pub(crate) fn topic_info(node: &Node, t: &Topic) -> TopicInfo {
             .iter()
             .map(|p| {
                 let local = node
-                    .registry
                     .partition(fjord_meta::group_id(t.id, p.partition))
                     .map(|h| h.leadership());
                 let (leader, leader_epoch) = match local {
@@ -128,10 +125,10 @@ impl ClientService {
         loop {
             let registered: Vec<u64> = self.node.view().state.nodes.keys().copied().collect();
             let decision = live::live_set(
-                self.node.id,
+                self.node.id(),
                 registered,
-                self.node.peers.keys().copied(),
-                |n| self.node.liveness.is_alive(n),
+                self.node.configured_peers(),
+                |n| self.node.is_alive(n),
                 tokio::time::Instant::now() >= deadline,
             );
             match decision {
@@ -146,7 +143,7 @@ impl ClientService {
     /// Waits (bounded) until this node has applied topic `name` and every partition of it has
     /// a reported leader.
     async fn wait_for_leaders(&self, name: &str) {
-        let mut view = self.node.meta.subscribe();
+        let mut view = self.node.meta().subscribe();
         let deadline = tokio::time::Instant::now() + CREATE_TOPIC_LEADER_WAIT;
         loop {
             let ready = view
@@ -181,7 +178,6 @@ impl ClientService {
         };
         let Some(handle) = self
             .node
-            .registry
             .partition(fjord_meta::group_id(topic.id, w.partition))
         else {
             return Ok(());
@@ -215,10 +211,8 @@ impl Fjord for ClientService {
             self.wait_for_other_leader(w).await?;
         }
         let view = self.node.view();
-        let counts = self.node.liveness.counts();
-        // Copied out at once: a guard held through the answer's construction would be taken
-        // twice.
-        let rebuilding = *self.node.rebuilding.lock().unwrap();
+        let counts = self.node.quiet_counts();
+        let rebuilding = self.node.rebuild_progress();
         // Registered nodes only: a configured peer that never registered is not usable yet.
         let nodes: std::collections::BTreeMap<u64, String> = view
             .state
@@ -240,7 +234,7 @@ impl Fjord for ClientService {
             metadata_leader: self.node.meta_leader().unwrap_or(0),
             topics,
             replicas: Some(ReplicaStatus {
-                node_id: self.node.id,
+                node_id: self.node.id(),
                 hosted: counts.replicas,
                 quiet: counts.quiet,
                 hibernated: counts.hibernated,
@@ -296,7 +290,7 @@ impl Fjord for ClientService {
                 .await?,
         )?;
         // Answer once this node's own view agrees, so its next answers do not show the topic.
-        let mut view = self.node.meta.subscribe();
+        let mut view = self.node.meta().subscribe();
         let deadline = tokio::time::Instant::now() + CREATE_TOPIC_LEADER_WAIT;
         while view.borrow_and_update().state.topic(&req.name).is_some() {
             if !matches!(
@@ -344,7 +338,7 @@ impl Fjord for ClientService {
         req: Request<InitProducerRequest>,
     ) -> Result<Response<InitProducerResponse>, Status> {
         let (producer_id, producer_epoch) = match req.into_inner().producer_name {
-            None => (self.node.producer_ids.take(&self.node).await?, 0),
+            None => (self.node.new_producer_id().await?, 0),
             Some(name) => crate::producer_ids::init_named(&self.node, name).await?,
         };
         Ok(Response::new(InitProducerResponse {

@@ -59,7 +59,7 @@ async fn start_cluster(n: u64) -> Cluster {
             run_with(
                 cfg,
                 l,
-                Arc::new(fjord_raft::network::TcpConnector),
+                Arc::new(fjord_raft::peer::TcpConnector),
                 Arc::new(SystemClock),
                 async move { s.cancelled().await },
             )
