@@ -370,16 +370,52 @@ pub fn latency_svg(history: &[Event], windows: &[FaultWindow]) -> String {
         svg,
         r#"<text x="{MARGIN_LEFT_PX}" y="16" font-size="14" font-weight="bold">fjord latency by outcome</text>"#
     );
-
     // Fault windows, behind everything, spanning both panels.
+    draw_windows(&mut svg, windows, x_of);
+    // X ticks, shared by both panels.
+    let step_s = nice_step(duration_s, 10.0);
+    let x_ticks = XTicks {
+        at_s: (0..)
+            .map(|i| i as f64 * step_s)
+            .take_while(|&t| t <= duration_s * (1.0 + 1e-9))
+            .collect(),
+        step_s,
+        duration_s,
+    };
+    let titles = [
+        "produce latency (ms, log scale)",
+        "poll latency (ms, log scale)",
+    ];
+    for (p, panel) in panels.iter().enumerate() {
+        let top = (MARGIN_TOP_PX + p as u32 * (PANEL_HEIGHT_PX + PANEL_GAP_PX)) as f64;
+        draw_panel(&mut svg, panel, top, titles[p], &x_ticks);
+    }
+    draw_legend(&mut svg);
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// The right edge of the plots.
+const PLOT_RIGHT_PX: f64 = (MARGIN_LEFT_PX + PLOT_WIDTH_PX) as f64;
+
+/// The time axis's ticks: where (seconds since the start), how far apart, and the run's
+/// length.
+struct XTicks {
+    at_s: Vec<f64>,
+    step_s: f64,
+    duration_s: f64,
+}
+
+/// Shades each fault window across both panels and labels it, in rows above them.
+fn draw_windows(svg: &mut String, windows: &[FaultWindow], x_of: impl Fn(u64) -> f64) {
     let plot_top = MARGIN_TOP_PX as f64;
     let plot_bottom = (MARGIN_TOP_PX + 2 * PANEL_HEIGHT_PX + PANEL_GAP_PX) as f64;
-    let plot_right = (MARGIN_LEFT_PX + PLOT_WIDTH_PX) as f64;
+    let plot_right = PLOT_RIGHT_PX;
     for (i, w) in windows.iter().enumerate() {
         let x0 = x_of(w.start_ns).clamp(MARGIN_LEFT_PX as f64, plot_right);
         let x1 = w
             .end_ns
-            .map_or(plot_right, x_of)
+            .map_or(plot_right, &x_of)
             .clamp(x0, plot_right)
             .max(x0 + 1.0);
         let fill = WINDOW_FILLS[i % WINDOW_FILLS.len()];
@@ -402,114 +438,123 @@ pub fn latency_svg(history: &[Event], windows: &[FaultWindow]) -> String {
             x0 + 2.0
         );
     }
+}
 
-    // X ticks, shared by both panels.
-    let step_s = nice_step(duration_s, 10.0);
-    let x_ticks: Vec<f64> = (0..)
-        .map(|i| i as f64 * step_s)
-        .take_while(|&t| t <= duration_s * (1.0 + 1e-9))
-        .collect();
+/// One panel at `top`: its title, grid and ticks, its points, its axes.
+fn draw_panel(svg: &mut String, panel: &Panel, top: f64, title: &str, x_ticks: &XTicks) {
+    let height = PANEL_HEIGHT_PX as f64;
+    let bottom = top + height;
+    let (lo, hi) = panel.decades();
+    let y_of = |l: f64| top + height * (1.0 - (l - lo as f64) / (hi - lo) as f64);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{MARGIN_LEFT_PX}" y="{:.1}" font-weight="bold">{}</text>"#,
+        top - 4.0,
+        title
+    );
+    draw_grid(svg, (lo, hi), y_of, bottom, x_ticks);
+    draw_ok(svg, panel, y_of);
+    draw_non_ok(svg, panel, y_of);
+    // Axes.
+    let _ = writeln!(
+        svg,
+        r##"<path d="M{MARGIN_LEFT_PX} {top:.1}V{bottom:.1}H{PLOT_RIGHT_PX:.1}" stroke="#000000" fill="none"/>"##
+    );
+}
 
-    let titles = [
-        "produce latency (ms, log scale)",
-        "poll latency (ms, log scale)",
-    ];
-    for (p, panel) in panels.iter().enumerate() {
-        let top = (MARGIN_TOP_PX + p as u32 * (PANEL_HEIGHT_PX + PANEL_GAP_PX)) as f64;
-        let height = PANEL_HEIGHT_PX as f64;
-        let bottom = top + height;
-        let (lo, hi) = panel.decades();
-        let y_of = |l: f64| top + height * (1.0 - (l - lo as f64) / (hi - lo) as f64);
+/// A panel's grid and y ticks at each decade `lo..=hi`, and its x ticks below `bottom`.
+fn draw_grid(
+    svg: &mut String,
+    (lo, hi): (i32, i32),
+    y_of: impl Fn(f64) -> f64,
+    bottom: f64,
+    x_ticks: &XTicks,
+) {
+    for d in lo..=hi {
+        let y = y_of(d as f64);
         let _ = writeln!(
             svg,
-            r#"<text x="{MARGIN_LEFT_PX}" y="{:.1}" font-weight="bold">{}</text>"#,
-            top - 4.0,
-            titles[p]
-        );
-        // Grid and y ticks at each decade.
-        for d in lo..=hi {
-            let y = y_of(d as f64);
-            let _ = writeln!(
-                svg,
-                r##"<line x1="{MARGIN_LEFT_PX}" y1="{y:.1}" x2="{plot_right:.1}" y2="{y:.1}" stroke="#dddddd"/>"##
-            );
-            let _ = writeln!(
-                svg,
-                r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
-                MARGIN_LEFT_PX - 6,
-                y + 4.0,
-                format_decade(d)
-            );
-        }
-        for &t in &x_ticks {
-            let x = MARGIN_LEFT_PX as f64 + t / duration_s * PLOT_WIDTH_PX as f64;
-            let _ = writeln!(
-                svg,
-                r##"<line x1="{x:.1}" y1="{bottom:.1}" x2="{x:.1}" y2="{:.1}" stroke="#000000"/>"##,
-                bottom + 4.0
-            );
-            let _ = writeln!(
-                svg,
-                r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-                bottom + 15.0,
-                format_tick(t, step_s)
-            );
-        }
-        // Ok: a min–max stroke and a median dot per pixel column.
-        let mut ranges = String::new();
-        let mut medians = String::new();
-        for (col, lat) in panel.ok_columns.iter().enumerate() {
-            if lat.is_empty() {
-                continue;
-            }
-            let mut lat = lat.clone();
-            lat.sort_unstable_by(f32::total_cmp);
-            let x = MARGIN_LEFT_PX as f64 + col as f64 + 0.5;
-            let (min, max) = (lat[0] as f64, lat[lat.len() - 1] as f64);
-            let median = lat[(lat.len() - 1) / 2] as f64;
-            if max > min {
-                let _ = write!(ranges, "M{x:.1} {:.1}V{:.1}", y_of(max), y_of(min));
-            }
-            let _ = write!(medians, "M{x:.1} {:.1}h0", y_of(median));
-        }
-        let _ = writeln!(
-            svg,
-            r#"<path class="ok-range" d="{ranges}" stroke="{COLOR_OK}" stroke-opacity="0.2" fill="none"/>"#
+            r##"<line x1="{MARGIN_LEFT_PX}" y1="{y:.1}" x2="{PLOT_RIGHT_PX:.1}" y2="{y:.1}" stroke="#dddddd"/>"##
         );
         let _ = writeln!(
             svg,
-            r#"<path class="ok" d="{medians}" stroke="{COLOR_OK}" stroke-width="3" stroke-linecap="round" fill="none"/>"#
-        );
-        // Fail and info: one dot per occupied cell.
-        for (points, color, class) in [
-            (&panel.fail, COLOR_FAIL, "fail"),
-            (&panel.info, COLOR_INFO, "info"),
-        ] {
-            let mut cells = HashSet::new();
-            let mut d = String::new();
-            for &(x, l) in points {
-                let y = y_of(l);
-                let cell = (
-                    (x.max(0.0) as u32) / NON_OK_CELL_PX,
-                    (y.max(0.0) as u32) / NON_OK_CELL_PX,
-                );
-                if cells.insert(cell) {
-                    let _ = write!(d, "M{:.1} {y:.1}h0", MARGIN_LEFT_PX as f64 + x);
-                }
-            }
-            let _ = writeln!(
-                svg,
-                r#"<path class="{class}" d="{d}" stroke="{color}" stroke-width="3" stroke-linecap="round" fill="none"/>"#
-            );
-        }
-        // Axes.
-        let _ = writeln!(
-            svg,
-            r##"<path d="M{MARGIN_LEFT_PX} {top:.1}V{bottom:.1}H{plot_right:.1}" stroke="#000000" fill="none"/>"##
+            r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
+            MARGIN_LEFT_PX - 6,
+            y + 4.0,
+            format_decade(d)
         );
     }
+    for &t in &x_ticks.at_s {
+        let x = MARGIN_LEFT_PX as f64 + t / x_ticks.duration_s * PLOT_WIDTH_PX as f64;
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{x:.1}" y1="{bottom:.1}" x2="{x:.1}" y2="{:.1}" stroke="#000000"/>"##,
+            bottom + 4.0
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            bottom + 15.0,
+            format_tick(t, x_ticks.step_s)
+        );
+    }
+}
 
-    // X axis title and legend.
+/// `ok` operations: a min–max stroke and a median dot per pixel column.
+fn draw_ok(svg: &mut String, panel: &Panel, y_of: impl Fn(f64) -> f64) {
+    let mut ranges = String::new();
+    let mut medians = String::new();
+    for (col, lat) in panel.ok_columns.iter().enumerate() {
+        if lat.is_empty() {
+            continue;
+        }
+        let mut lat = lat.clone();
+        lat.sort_unstable_by(f32::total_cmp);
+        let x = MARGIN_LEFT_PX as f64 + col as f64 + 0.5;
+        let (min, max) = (lat[0] as f64, lat[lat.len() - 1] as f64);
+        let median = lat[(lat.len() - 1) / 2] as f64;
+        if max > min {
+            let _ = write!(ranges, "M{x:.1} {:.1}V{:.1}", y_of(max), y_of(min));
+        }
+        let _ = write!(medians, "M{x:.1} {:.1}h0", y_of(median));
+    }
+    let _ = writeln!(
+        svg,
+        r#"<path class="ok-range" d="{ranges}" stroke="{COLOR_OK}" stroke-opacity="0.2" fill="none"/>"#
+    );
+    let _ = writeln!(
+        svg,
+        r#"<path class="ok" d="{medians}" stroke="{COLOR_OK}" stroke-width="3" stroke-linecap="round" fill="none"/>"#
+    );
+}
+
+/// `fail` and `info` operations: one dot per occupied cell.
+fn draw_non_ok(svg: &mut String, panel: &Panel, y_of: impl Fn(f64) -> f64) {
+    for (points, color, class) in [
+        (&panel.fail, COLOR_FAIL, "fail"),
+        (&panel.info, COLOR_INFO, "info"),
+    ] {
+        let mut cells = HashSet::new();
+        let mut d = String::new();
+        for &(x, l) in points {
+            let y = y_of(l);
+            let cell = (
+                (x.max(0.0) as u32) / NON_OK_CELL_PX,
+                (y.max(0.0) as u32) / NON_OK_CELL_PX,
+            );
+            if cells.insert(cell) {
+                let _ = write!(d, "M{:.1} {y:.1}h0", MARGIN_LEFT_PX as f64 + x);
+            }
+        }
+        let _ = writeln!(
+            svg,
+            r#"<path class="{class}" d="{d}" stroke="{color}" stroke-width="3" stroke-linecap="round" fill="none"/>"#
+        );
+    }
+}
+
+/// The x axis's title and the legend of outcomes and fault windows.
+fn draw_legend(svg: &mut String) {
     let axis_y = SVG_HEIGHT_PX - MARGIN_BOTTOM_PX + 32;
     let _ = writeln!(
         svg,
@@ -542,8 +587,6 @@ pub fn latency_svg(history: &[Event], windows: &[FaultWindow]) -> String {
         WINDOW_FILLS[0],
         x + 14
     );
-    svg.push_str("</svg>\n");
-    svg
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -622,37 +665,9 @@ impl RunSummary {
             let _ = writeln!(t, "verdict: INVALID ({})", names.join(", "));
         }
         let _ = writeln!(t, "duration: {:.3}s", s.duration_ns as f64 / 1e9);
-
-        let _ = writeln!(t, "\nfault schedule:");
-        if s.windows.is_empty() {
-            let _ = writeln!(t, "  (none)");
-        }
-        for w in &s.windows {
-            let _ = writeln!(
-                t,
-                "  {}  {}  {}",
-                span(&w.window),
-                w.window.name,
-                w.window.detail
-            );
-        }
-
-        let _ = writeln!(t, "\noperations:");
-        for (name, n) in [
-            ("produce", &s.produce),
-            ("poll", &s.poll),
-            ("final read", &s.final_read),
-        ] {
-            let _ = writeln!(
-                t,
-                "  {name:<10}  attempted {:>8}  ok {:>8}  fail {:>8}  info {:>8}",
-                n.attempted, n.ok, n.fail, n.info
-            );
-        }
-
+        schedule_text(&mut t, s);
         let _ = writeln!(t, "\nanomalies:");
         t.push_str(&c.counts_text(g));
-
         if let Some(ls) = &self.leader_stability {
             let _ = writeln!(
                 t,
@@ -663,53 +678,89 @@ impl RunSummary {
                 let _ = writeln!(t, "    - {e}");
             }
         }
-
-        let _ = writeln!(t, "\navailability (ok / attempted, by invoke time):");
-        let _ = writeln!(
-            t,
-            "  {:<40} produce {}  poll {}",
-            "overall",
-            ratio(&s.produce),
-            ratio(&s.poll)
-        );
-        let _ = writeln!(
-            t,
-            "  {:<40} produce {}  poll {}",
-            "outside fault windows",
-            ratio(&s.outside_windows.produce),
-            ratio(&s.outside_windows.poll)
-        );
-        for w in &s.windows {
-            let label = format!("{} {}", w.window.name, span(&w.window));
-            let _ = writeln!(
-                t,
-                "  {label:<40} produce {}  poll {}",
-                ratio(&w.produce),
-                ratio(&w.poll)
-            );
-        }
-
-        let _ = writeln!(t, "\nlatency of ok operations (ms):");
-        for (name, l) in [("produce", &s.produce_latency), ("poll", &s.poll_latency)] {
-            match l {
-                Some(l) => {
-                    let _ = writeln!(
-                        t,
-                        "  {name:<8} p50 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (n={})",
-                        l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms, l.count
-                    );
-                }
-                None => {
-                    let _ = writeln!(t, "  {name:<8} (no ok operations)");
-                }
-            }
-        }
-
+        availability_text(&mut t, s);
+        latency_text(&mut t, s);
         if !c.found().is_empty() {
             let _ = writeln!(t, "\nexamples:");
             t.push_str(&c.examples_text(EXAMPLES_PER_CLASS));
         }
         t
+    }
+}
+
+/// A run summary's fault schedule and operation counts.
+fn schedule_text(t: &mut String, s: &Stats) {
+    let _ = writeln!(t, "\nfault schedule:");
+    if s.windows.is_empty() {
+        let _ = writeln!(t, "  (none)");
+    }
+    for w in &s.windows {
+        let _ = writeln!(
+            t,
+            "  {}  {}  {}",
+            span(&w.window),
+            w.window.name,
+            w.window.detail
+        );
+    }
+    let _ = writeln!(t, "\noperations:");
+    for (name, n) in [
+        ("produce", &s.produce),
+        ("poll", &s.poll),
+        ("final read", &s.final_read),
+    ] {
+        let _ = writeln!(
+            t,
+            "  {name:<10}  attempted {:>8}  ok {:>8}  fail {:>8}  info {:>8}",
+            n.attempted, n.ok, n.fail, n.info
+        );
+    }
+}
+
+/// A run summary's availability: overall, outside the fault windows, and in each.
+fn availability_text(t: &mut String, s: &Stats) {
+    let _ = writeln!(t, "\navailability (ok / attempted, by invoke time):");
+    let _ = writeln!(
+        t,
+        "  {:<40} produce {}  poll {}",
+        "overall",
+        ratio(&s.produce),
+        ratio(&s.poll)
+    );
+    let _ = writeln!(
+        t,
+        "  {:<40} produce {}  poll {}",
+        "outside fault windows",
+        ratio(&s.outside_windows.produce),
+        ratio(&s.outside_windows.poll)
+    );
+    for w in &s.windows {
+        let label = format!("{} {}", w.window.name, span(&w.window));
+        let _ = writeln!(
+            t,
+            "  {label:<40} produce {}  poll {}",
+            ratio(&w.produce),
+            ratio(&w.poll)
+        );
+    }
+}
+
+/// A run summary's latency percentiles of ok operations.
+fn latency_text(t: &mut String, s: &Stats) {
+    let _ = writeln!(t, "\nlatency of ok operations (ms):");
+    for (name, l) in [("produce", &s.produce_latency), ("poll", &s.poll_latency)] {
+        match l {
+            Some(l) => {
+                let _ = writeln!(
+                    t,
+                    "  {name:<8} p50 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (n={})",
+                    l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms, l.count
+                );
+            }
+            None => {
+                let _ = writeln!(t, "  {name:<8} (no ok operations)");
+            }
+        }
     }
 }
 

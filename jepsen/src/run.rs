@@ -188,90 +188,24 @@ async fn run_async(
     netns: Arc<Network>,
 ) -> Result<RunOutput> {
     let ids: Vec<u64> = (1..=options.nodes).collect();
-    let node_options = NodeOptions {
-        fjord_bin: options.fjord_bin.clone(),
-        // `fjord serve`'s defaults.
-        heartbeat_interval_ms: 100,
-        election_timeout_ms: 600,
-        fake_clock: options.faults.contains(&FaultKind::ClockJump)
-            || options.faults.contains(&FaultKind::ClockSkew),
-        lazy_disk: options.lazyfs_bin.clone(),
-    };
-    let mut db = Db::new(&options.out_dir, &netns, &ids, node_options)?;
-    for &id in &ids {
-        db.start(&netns, id)?;
-    }
-    let brokers = db.brokers(&netns);
-    let db = Arc::new(Mutex::new(db));
-    let client = Client::connect(
-        brokers,
-        ClientConfig {
-            request_timeout_ms: 2_000,
-            connect_timeout_ms: 1_000,
-            ..ClientConfig::default()
-        },
-    )?;
+    let (db, client) = start_cluster(&options, &netns, &ids).await?;
     let mut notes = vec![netns.describe()];
-    if let Err(e) = wait_ready(&client, ids.len(), Duration::from_secs(60)).await {
-        let tails: Vec<String> = {
-            let db = db.lock().await;
-            ids.iter()
-                .map(|&id| format!("n{id}:\n{}", db.log_tail(id, 10)))
-                .collect()
-        };
-        return Err(e.context(tails.join("\n")));
-    }
-    let topic = "jepsen".to_string();
-    client
-        .create_topic(&topic, options.partitions, options.replication_factor)
-        .await
-        .context("creating the topic")?;
-    wait_leaders(&client, &topic, Duration::from_secs(30)).await?;
+    let topic = create_topic(&client, &options).await?;
 
     let t0 = Instant::now();
     let history = options.out_dir.join("history.jsonl");
     let recorder = Arc::new(Recorder::create(&history, t0)?);
     let total = Duration::from_secs(options.duration_secs);
-    let recovery = Duration::from_secs(options.recovery_secs);
-    let steps = fault_plan::plan(options.seed, &options.faults, total, recovery);
-    std::fs::write(
-        options.out_dir.join("plan.json"),
-        serde_json::to_string_pretty(&steps)?,
-    )?;
+    let steps = write_plan(&options, total)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let workload = tokio::spawn(workload::run(
         client.clone(),
-        WorkloadOptions {
-            topic: topic.clone(),
-            partitions: options.partitions,
-            acks,
-            read,
-            producers: options.producers,
-            producer_instances: 2,
-            consumers_per_partition: options.consumers_per_partition,
-            fencing_writers: options.fencing_writers,
-            op_timeout: Duration::from_millis(options.op_timeout_ms),
-            produce_interval: Duration::ZERO,
-            seed: options.seed,
-        },
+        workload_options(&options, &topic, acks, read),
         recorder.clone(),
         stop_rx.clone(),
     ));
-    let mut node_clients = std::collections::BTreeMap::new();
-    for &id in &ids {
-        let client = Client::connect(
-            vec![netns.advertise(id)],
-            ClientConfig {
-                request_timeout_ms: 1_000,
-                connect_timeout_ms: 500,
-                max_retries: 0,
-                ..ClientConfig::default()
-            },
-        )?;
-        node_clients.insert(id, client);
-    }
-    let mut nemesis = Nemesis {
+    let nemesis = Nemesis {
         db: db.clone(),
         net: netns.clone(),
         client: client.clone(),
@@ -280,27 +214,12 @@ async fn run_async(
         lost_nodes: BTreeSet::new(),
         rebuilding: Default::default(),
         notes: Vec::new(),
-        node_clients,
+        node_clients: node_clients(&netns, &ids)?,
         isolations: Vec::new(),
     };
-    let rec = recorder.clone();
-    let nemesis_stop = stop_rx.clone();
-    let steps_for_nemesis = steps.clone();
-    let nemesis_task = tokio::spawn(async move {
-        let out = nemesis
-            .run(&steps_for_nemesis, t0, move || rec.now_ns(), nemesis_stop)
-            .await;
-        (nemesis, out)
-    });
+    let nemesis_task = spawn_nemesis(nemesis, steps.clone(), t0, recorder.clone(), stop_rx);
 
-    // The run ends at its duration, or early on Ctrl-C / SIGTERM (the faults still heal).
-    let mut interrupted = false;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::time::sleep(total) => {}
-        _ = tokio::signal::ctrl_c() => interrupted = true,
-        _ = sigterm.recv() => interrupted = true,
-    }
+    let interrupted = run_for(total).await?;
     stop_tx.send(true).ok();
     let (mut nemesis, nemesis_out) = nemesis_task.await.context("the nemesis panicked")?;
     let (windows, nemesis_notes) = nemesis_out?;
@@ -308,50 +227,15 @@ async fn run_async(
     workload.await.context("the workload panicked")??;
 
     // Every fault has healed: make sure every node that should run does, then read back.
-    {
-        let mut db = db.lock().await;
-        for id in db.ids() {
-            if nemesis.lost_nodes.contains(&id) {
-                continue;
-            }
-            let down =
-                db.exited(id).is_some() || !db.nodes.get(&id).is_some_and(|n| n.is_running());
-            if down && crate::nemesis::needs_rebuild(&db.log_tail(id, 5)) {
-                db.start_with(&netns, id, &["--rebuild"])?;
-            } else {
-                db.start(&netns, id)?;
-            }
-        }
-    }
+    start_survivors(&db, &netns, &nemesis.lost_nodes).await?;
     let unread = if interrupted {
         notes.push("interrupted: no final read".into());
         Vec::new()
     } else {
-        let unread = workload::final_reads(
-            &client,
-            &topic,
-            options.partitions,
-            &recorder,
-            Instant::now() + Duration::from_secs(60),
-        )
-        .await?;
-        if !unread.is_empty() {
-            notes.push(format!(
-                "partitions {unread:?} could not be read back within 60 s of healing"
-            ));
-        }
-        unread
+        read_back(&client, &topic, options.partitions, &recorder, &mut notes).await?
     };
     recorder.flush();
-    {
-        let mut db = db.lock().await;
-        for id in db.ids() {
-            if let Some(status) = db.exited(id) {
-                notes.push(format!("n{id} had exited on its own ({status})"));
-            }
-        }
-        db.shutdown();
-    }
+    shut_down(&db, &mut notes).await;
     let isolations = std::mem::take(&mut nemesis.isolations);
     drop(nemesis);
     Ok(RunOutput {
@@ -364,6 +248,194 @@ async fn run_async(
         interrupted,
         isolations,
     })
+}
+
+/// Creates the run's topic and waits until each of its partitions has a leader.
+async fn create_topic(client: &Client, options: &RunOptions) -> Result<String> {
+    let topic = "jepsen".to_string();
+    client
+        .create_topic(&topic, options.partitions, options.replication_factor)
+        .await
+        .context("creating the topic")?;
+    wait_leaders(client, &topic, Duration::from_secs(30)).await?;
+    Ok(topic)
+}
+
+/// The run's fault plan, drawn from its seed, also written to `plan.json`.
+fn write_plan(options: &RunOptions, total: Duration) -> Result<Vec<Step>> {
+    let recovery = Duration::from_secs(options.recovery_secs);
+    let steps = fault_plan::plan(options.seed, &options.faults, total, recovery);
+    std::fs::write(
+        options.out_dir.join("plan.json"),
+        serde_json::to_string_pretty(&steps)?,
+    )?;
+    Ok(steps)
+}
+
+/// What the nemesis did: its fault windows and notes.
+type NemesisOutput = Result<(Vec<Window>, Vec<String>)>;
+
+/// Runs the nemesis over `steps` in a task of its own, until `stop`; the task gives it back
+/// with what it did.
+fn spawn_nemesis(
+    mut nemesis: Nemesis,
+    steps: Vec<Step>,
+    t0: Instant,
+    recorder: Arc<Recorder>,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<(Nemesis, NemesisOutput)> {
+    tokio::spawn(async move {
+        let out = nemesis
+            .run(&steps, t0, move || recorder.now_ns(), stop)
+            .await;
+        (nemesis, out)
+    })
+}
+
+/// Starts every node and waits until the cluster answers; on a timeout the error carries
+/// each node's last log lines.
+async fn start_cluster(
+    options: &RunOptions,
+    netns: &Arc<Network>,
+    ids: &[u64],
+) -> Result<(Arc<Mutex<Db>>, Client)> {
+    let node_options = NodeOptions {
+        fjord_bin: options.fjord_bin.clone(),
+        // `fjord serve`'s defaults.
+        heartbeat_interval_ms: 100,
+        election_timeout_ms: 600,
+        fake_clock: options.faults.contains(&FaultKind::ClockJump)
+            || options.faults.contains(&FaultKind::ClockSkew),
+        lazy_disk: options.lazyfs_bin.clone(),
+    };
+    let mut db = Db::new(&options.out_dir, netns, ids, node_options)?;
+    for &id in ids {
+        db.start(netns, id)?;
+    }
+    let brokers = db.brokers(netns);
+    let db = Arc::new(Mutex::new(db));
+    let client = Client::connect(
+        brokers,
+        ClientConfig {
+            request_timeout_ms: 2_000,
+            connect_timeout_ms: 1_000,
+            ..ClientConfig::default()
+        },
+    )?;
+    if let Err(e) = wait_ready(&client, ids.len(), Duration::from_secs(60)).await {
+        let tails: Vec<String> = {
+            let db = db.lock().await;
+            ids.iter()
+                .map(|&id| format!("n{id}:\n{}", db.log_tail(id, 10)))
+                .collect()
+        };
+        return Err(e.context(tails.join("\n")));
+    }
+    Ok((db, client))
+}
+
+/// The workload a run drives.
+fn workload_options(
+    options: &RunOptions,
+    topic: &str,
+    acks: Acks,
+    read: ReadMode,
+) -> WorkloadOptions {
+    WorkloadOptions {
+        topic: topic.to_string(),
+        partitions: options.partitions,
+        acks,
+        read,
+        producers: options.producers,
+        producer_instances: 2,
+        consumers_per_partition: options.consumers_per_partition,
+        fencing_writers: options.fencing_writers,
+        op_timeout: Duration::from_millis(options.op_timeout_ms),
+        produce_interval: Duration::ZERO,
+        seed: options.seed,
+    }
+}
+
+/// One client per node, asking that node only (how each node describes the topic).
+fn node_clients(netns: &Network, ids: &[u64]) -> Result<std::collections::BTreeMap<u64, Client>> {
+    let mut node_clients = std::collections::BTreeMap::new();
+    for &id in ids {
+        let client = Client::connect(
+            vec![netns.advertise(id)],
+            ClientConfig {
+                request_timeout_ms: 1_000,
+                connect_timeout_ms: 500,
+                max_retries: 0,
+                ..ClientConfig::default()
+            },
+        )?;
+        node_clients.insert(id, client);
+    }
+    Ok(node_clients)
+}
+
+/// Waits out the run's duration; true if Ctrl-C or SIGTERM ended it early (the faults still
+/// heal).
+async fn run_for(total: Duration) -> Result<bool> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Ok(tokio::select! {
+        _ = tokio::time::sleep(total) => false,
+        _ = tokio::signal::ctrl_c() => true,
+        _ = sigterm.recv() => true,
+    })
+}
+
+/// Starts every node that should run and does not (with `--rebuild` where it refused its
+/// directory); the `lost` ones stay down.
+async fn start_survivors(db: &Mutex<Db>, netns: &Network, lost: &BTreeSet<u64>) -> Result<()> {
+    let mut db = db.lock().await;
+    for id in db.ids() {
+        if lost.contains(&id) {
+            continue;
+        }
+        let down = db.exited(id).is_some() || !db.nodes.get(&id).is_some_and(|n| n.is_running());
+        if down && crate::nemesis::needs_rebuild(&db.log_tail(id, 5)) {
+            db.start_with(netns, id, &["--rebuild"])?;
+        } else {
+            db.start(netns, id)?;
+        }
+    }
+    Ok(())
+}
+
+/// The final reads of every partition; the partitions not read back within 60 s (noted).
+async fn read_back(
+    client: &Client,
+    topic: &str,
+    partitions: u32,
+    recorder: &Recorder,
+    notes: &mut Vec<String>,
+) -> Result<Vec<u32>> {
+    let unread = workload::final_reads(
+        client,
+        topic,
+        partitions,
+        recorder,
+        Instant::now() + Duration::from_secs(60),
+    )
+    .await?;
+    if !unread.is_empty() {
+        notes.push(format!(
+            "partitions {unread:?} could not be read back within 60 s of healing"
+        ));
+    }
+    Ok(unread)
+}
+
+/// Notes the nodes that exited on their own, then stops every node.
+async fn shut_down(db: &Mutex<Db>, notes: &mut Vec<String>) {
+    let mut db = db.lock().await;
+    for id in db.ids() {
+        if let Some(status) = db.exited(id) {
+            notes.push(format!("n{id} had exited on its own ({status})"));
+        }
+    }
+    db.shutdown();
 }
 
 /// Checks a finished run and writes `report.json`, `report.txt` and `latency.svg` next to its

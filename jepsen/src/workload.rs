@@ -145,95 +145,23 @@ pub async fn run(
         let rec = recorder.clone();
         let opts = options.clone();
         let values = values.clone();
-        let mut stop = stop.clone();
+        let stop = stop.clone();
         let p = process;
         process += 1;
-        tasks.spawn(async move {
-            let mut rng = model::producer_rng(opts.seed, u64::from(p));
-            while !*stop.borrow() {
-                let partition = model::pick_partition(&mut rng, opts.partitions);
-                let value = values.next();
-                let invoke = model::produce(partition, value);
-                rec.record(p, EventType::Invoke, invoke.clone(), None);
-                let record = ProducerRecord::new(model::encode(value)).with_partition(partition);
-                match tokio::time::timeout(opts.op_timeout, producer.send(record)).await {
-                    Ok(Ok(meta)) => rec.record(
-                        p,
-                        EventType::Ok,
-                        model::produced(partition, value, meta.offset),
-                        None,
-                    ),
-                    Ok(Err(e)) => rec.record(p, classify(&e), invoke, Some(e.to_string())),
-                    Err(_) => rec.record(
-                        p,
-                        EventType::Info,
-                        invoke,
-                        Some("no acknowledgement within the operation timeout".into()),
-                    ),
-                }
-                if !opts.produce_interval.is_zero() {
-                    tokio::select! {
-                        _ = tokio::time::sleep(opts.produce_interval) => {}
-                        _ = stop.changed() => {}
-                    }
-                }
-            }
-        });
+        tasks.spawn(producing(producer, opts, rec, values, stop, p));
     }
     for partition in 0..options.partitions {
         for _ in 0..options.consumers_per_partition {
-            let client = client.clone();
-            let rec = recorder.clone();
-            let opts = options.clone();
-            let stop = stop.clone();
             let p = process;
             process += 1;
-            tasks.spawn(async move {
-                let mut from = 0u64;
-                let fetch_options = FetchOptions {
-                    read: opts.read,
-                    max_wait_ms: 200,
-                    max_bytes: 64 * 1024,
-                };
-                while !*stop.borrow() {
-                    let invoke = model::poll(partition, from);
-                    rec.record(p, EventType::Invoke, invoke.clone(), None);
-                    let fetched = tokio::time::timeout(
-                        opts.op_timeout,
-                        client.fetch(&opts.topic, partition, from, fetch_options),
-                    )
-                    .await;
-                    match fetched {
-                        Ok(Ok(result)) => {
-                            let records = result
-                                .records
-                                .iter()
-                                .map(|r| model::read_record(r.offset, &r.value))
-                                .collect();
-                            let op = model::polled(
-                                partition,
-                                from,
-                                records,
-                                result.high_watermark,
-                                result.node_id,
-                            );
-                            rec.record(p, EventType::Ok, op, None);
-                            from = result.next_offset;
-                        }
-                        Ok(Err(e)) => {
-                            rec.record(p, classify(&e), invoke, Some(e.to_string()));
-                            // Do not spin on an unreachable cluster.
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        Err(_) => rec.record(
-                            p,
-                            EventType::Info,
-                            invoke,
-                            Some("no answer within the operation timeout".into()),
-                        ),
-                    }
-                }
-            });
+            tasks.spawn(consuming(
+                client.clone(),
+                options.clone(),
+                recorder.clone(),
+                stop.clone(),
+                p,
+                partition,
+            ));
         }
     }
     for name in 0..options.fencing_writers {
@@ -258,6 +186,103 @@ pub async fn run(
         let _ = tokio::time::timeout(options.op_timeout, producer.flush()).await;
     }
     Ok(())
+}
+
+/// Producing process `p`: sends one new value at a time to a drawn partition, recording
+/// each send and its outcome, until `stop`.
+async fn producing(
+    producer: Producer,
+    opts: WorkloadOptions,
+    rec: Arc<Recorder>,
+    values: Arc<Values>,
+    mut stop: watch::Receiver<bool>,
+    p: u32,
+) {
+    let mut rng = model::producer_rng(opts.seed, u64::from(p));
+    while !*stop.borrow() {
+        let partition = model::pick_partition(&mut rng, opts.partitions);
+        let value = values.next();
+        let invoke = model::produce(partition, value);
+        rec.record(p, EventType::Invoke, invoke.clone(), None);
+        let record = ProducerRecord::new(model::encode(value)).with_partition(partition);
+        match tokio::time::timeout(opts.op_timeout, producer.send(record)).await {
+            Ok(Ok(meta)) => rec.record(
+                p,
+                EventType::Ok,
+                model::produced(partition, value, meta.offset),
+                None,
+            ),
+            Ok(Err(e)) => rec.record(p, classify(&e), invoke, Some(e.to_string())),
+            Err(_) => rec.record(
+                p,
+                EventType::Info,
+                invoke,
+                Some("no acknowledgement within the operation timeout".into()),
+            ),
+        }
+        if !opts.produce_interval.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(opts.produce_interval) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+}
+
+/// Consuming process `p`: polls `partition` from its start onwards, recording each poll and
+/// what it read, until `stop`.
+async fn consuming(
+    client: Client,
+    opts: WorkloadOptions,
+    rec: Arc<Recorder>,
+    stop: watch::Receiver<bool>,
+    p: u32,
+    partition: u32,
+) {
+    let mut from = 0u64;
+    let fetch_options = FetchOptions {
+        read: opts.read,
+        max_wait_ms: 200,
+        max_bytes: 64 * 1024,
+    };
+    while !*stop.borrow() {
+        let invoke = model::poll(partition, from);
+        rec.record(p, EventType::Invoke, invoke.clone(), None);
+        let fetched = tokio::time::timeout(
+            opts.op_timeout,
+            client.fetch(&opts.topic, partition, from, fetch_options),
+        )
+        .await;
+        match fetched {
+            Ok(Ok(result)) => {
+                let records = result
+                    .records
+                    .iter()
+                    .map(|r| model::read_record(r.offset, &r.value))
+                    .collect();
+                let op = model::polled(
+                    partition,
+                    from,
+                    records,
+                    result.high_watermark,
+                    result.node_id,
+                );
+                rec.record(p, EventType::Ok, op, None);
+                from = result.next_offset;
+            }
+            Ok(Err(e)) => {
+                rec.record(p, classify(&e), invoke, Some(e.to_string()));
+                // Do not spin on an unreachable cluster.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(_) => rec.record(
+                p,
+                EventType::Info,
+                invoke,
+                Some("no answer within the operation timeout".into()),
+            ),
+        }
+    }
 }
 
 /// One fencing process (see `fjord_harness::workload::fencing_step`): writes as the named

@@ -239,20 +239,7 @@ pub async fn run(args: DevArgs, out: Output) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let data_dir = std::path::absolute(&args.data_dir)
         .with_context(|| format!("cannot resolve {}", args.data_dir.display()))?;
-
-    let nodes: Vec<Node> = (1..=args.nodes)
-        .map(|i| Node {
-            id: u64::from(i),
-            address: format!("127.0.0.1:{}", u32::from(args.base_port) + i - 1),
-            log: data_dir.join(format!("node{i}.log")),
-        })
-        .collect();
-    let peers = nodes
-        .iter()
-        .map(|n| format!("{}={}", n.id, n.address))
-        .collect::<Vec<_>>()
-        .join(",");
-
+    let nodes = plan_nodes(&args, &data_dir);
     eprintln!(
         "starting {} node{}; data and logs in {}",
         nodes.len(),
@@ -260,17 +247,7 @@ pub async fn run(args: DevArgs, out: Output) -> anyhow::Result<()> {
         data_dir.display()
     );
     let mut children = Children::new(nodes.len());
-    let mut started = Ok(());
-    for node in &nodes {
-        match spawn_node(&exe, node, &data_dir, &peers) {
-            Ok(child) => children.adopt(node.id, child),
-            Err(e) => {
-                started = Err(e);
-                break;
-            }
-        }
-    }
-
+    let started = start_nodes(&exe, &nodes, &data_dir, &mut children);
     let stop = match started {
         Err(e) => {
             stop_cluster(&mut children, &nodes, out).await;
@@ -279,7 +256,53 @@ pub async fn run(args: DevArgs, out: Output) -> anyhow::Result<()> {
         Ok(()) => wait_ready_then_run(&mut children, &nodes, &args, out).await?,
     };
 
-    let failure = match &stop {
+    let failure = failure_of(&stop, &nodes, &data_dir);
+    if let Some(f) = &failure {
+        eprintln!("{f}");
+    }
+    eprintln!("stopping the cluster");
+    stop_cluster(&mut children, &nodes, out).await;
+    match failure {
+        None => Ok(()),
+        Some(_) => anyhow::bail!("the dev cluster stopped because of the failure above"),
+    }
+}
+
+/// The nodes of a dev cluster: ids from 1, ports from `--base-port`, logs in `data_dir`.
+fn plan_nodes(args: &DevArgs, data_dir: &std::path::Path) -> Vec<Node> {
+    (1..=args.nodes)
+        .map(|i| Node {
+            id: u64::from(i),
+            address: format!("127.0.0.1:{}", u32::from(args.base_port) + i - 1),
+            log: data_dir.join(format!("node{i}.log")),
+        })
+        .collect()
+}
+
+/// Starts a `fjord serve` process per node, each adopted by `children`; stops at the first
+/// that cannot be started.
+fn start_nodes(
+    exe: &std::path::Path,
+    nodes: &[Node],
+    data_dir: &std::path::Path,
+    children: &mut Children,
+) -> anyhow::Result<()> {
+    let peers = nodes
+        .iter()
+        .map(|n| format!("{}={}", n.id, n.address))
+        .collect::<Vec<_>>()
+        .join(",");
+    for node in nodes {
+        let child = spawn_node(exe, node, data_dir, &peers)?;
+        children.adopt(node.id, child);
+    }
+    Ok(())
+}
+
+/// What to tell about a stop that was not asked for: a node's exit with its log's last
+/// lines, or no leader in time.
+fn failure_of(stop: &Stop, nodes: &[Node], data_dir: &std::path::Path) -> Option<String> {
+    match stop {
         Stop::Signal => None,
         Stop::NodeExited(id, status) => {
             let log = &nodes[(*id - 1) as usize].log;
@@ -295,15 +318,6 @@ pub async fn run(args: DevArgs, out: Output) -> anyhow::Result<()> {
             waited.as_secs(),
             data_dir.display()
         )),
-    };
-    if let Some(f) = &failure {
-        eprintln!("{f}");
-    }
-    eprintln!("stopping the cluster");
-    stop_cluster(&mut children, &nodes, out).await;
-    match failure {
-        None => Ok(()),
-        Some(_) => anyhow::bail!("the dev cluster stopped because of the failure above"),
     }
 }
 
@@ -325,32 +339,60 @@ async fn wait_ready_then_run(
     )?;
     let signal = shutdown_signal();
     tokio::pin!(signal);
-    let started_at = Instant::now();
     let ready_timeout = Duration::from_secs(args.ready_timeout_secs);
+    let leader = match wait_for_leader(children, &client, &mut signal, ready_timeout).await {
+        Ok(leader) => leader,
+        Err(stop) => return Ok(stop),
+    };
+    let is_default = args.nodes == 3 && args.base_port == 7101;
+    print_ready(out, nodes, leader, is_default)?;
+    tokio::select! {
+        _ = &mut signal => Ok(Stop::Signal),
+        exit = children.exits.recv() => match exit {
+            Some((id, status)) => {
+                children.signals.remove(&id);
+                Ok(Stop::NodeExited(id, status))
+            }
+            None => anyhow::bail!("lost track of the nodes"),
+        },
+    }
+}
+
+/// Probes the cluster until it reports a metadata leader (returned), or a signal, a node's
+/// exit or `ready_timeout` stops the wait.
+async fn wait_for_leader(
+    children: &mut Children,
+    client: &Client,
+    signal: &mut (impl std::future::Future + Unpin),
+    ready_timeout: Duration,
+) -> Result<u64, Stop> {
+    let started_at = Instant::now();
     let mut tick = tokio::time::interval(READY_POLL_INTERVAL);
     // A slow probe delays the next one instead of causing a burst of them.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let leader = loop {
+    loop {
         tokio::select! {
-            _ = &mut signal => return Ok(Stop::Signal),
+            _ = &mut *signal => return Err(Stop::Signal),
             Some((id, status)) = children.exits.recv() => {
                 children.signals.remove(&id);
-                return Ok(Stop::NodeExited(id, status));
+                return Err(Stop::NodeExited(id, status));
             }
             _ = tick.tick() => {
                 if let Ok(md) = client.metadata().await
                     && let Some(leader) = md.metadata_leader
                 {
-                    break leader;
+                    return Ok(leader);
                 }
                 if started_at.elapsed() >= ready_timeout {
-                    return Ok(Stop::NotReady(started_at.elapsed()));
+                    return Err(Stop::NotReady(started_at.elapsed()));
                 }
             }
         }
-    };
+    }
+}
 
-    let is_default = args.nodes == 3 && args.base_port == 7101;
+/// Prints the nodes, the metadata leader and the commands to try first.
+fn print_ready(out: Output, nodes: &[Node], leader: u64, is_default: bool) -> std::io::Result<()> {
     out.emit(
         || {
             let mut s = String::new();
@@ -381,18 +423,7 @@ async fn wait_ready_then_run(
             })
             .to_string()
         },
-    )?;
-
-    tokio::select! {
-        _ = &mut signal => Ok(Stop::Signal),
-        exit = children.exits.recv() => match exit {
-            Some((id, status)) => {
-                children.signals.remove(&id);
-                Ok(Stop::NodeExited(id, status))
-            }
-            None => anyhow::bail!("lost track of the nodes"),
-        },
-    }
+    )
 }
 
 async fn stop_cluster(children: &mut Children, nodes: &[Node], out: Output) {

@@ -6,7 +6,7 @@
 
 use anyhow::Context;
 use bytes::Bytes;
-use fjord_client::{Acks, Client, Delivery, ProducerConfig, ProducerRecord};
+use fjord_client::{Acks, Client, Delivery, Producer, ProducerConfig, ProducerRecord};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::mpsc;
 
@@ -62,7 +62,21 @@ pub struct ProduceArgs {
 }
 
 pub async fn run(client: Client, out: Output, args: ProduceArgs) -> anyhow::Result<()> {
-    // Fail before reading any input if the topic does not exist.
+    let producer = start_producer(&client, &args).await?;
+    let (deliveries, acknowledged) = mpsc::channel::<(u64, Delivery)>(MAX_UNPRINTED_RECORDS);
+    let printer = tokio::spawn(print_acks(out, acknowledged));
+    let key = args.key.map(Bytes::from);
+    let read = enqueue_lines(&producer, key, args.partition, &deliveries).await;
+    drop(deliveries);
+    // Send the last partial batches now rather than after their linger.
+    producer.flush().await;
+    printer.await.context("the output task failed")??;
+    read
+}
+
+/// The producer for `args`, once the topic is known to exist (checked before any input is
+/// read) and, for a named producer, its earlier instances fenced.
+async fn start_producer(client: &Client, args: &ProduceArgs) -> anyhow::Result<Producer> {
     client
         .partition_count(&args.topic)
         .await
@@ -86,67 +100,72 @@ pub async fn run(client: Client, out: Output, args: ProduceArgs) -> anyhow::Resu
             .await
             .context("cannot initialise the named producer")?;
     }
+    Ok(producer)
+}
 
-    let (deliveries, mut acknowledged) = mpsc::channel::<(u64, Delivery)>(MAX_UNPRINTED_RECORDS);
-    let printer = tokio::spawn(async move {
-        while let Some((line, delivery)) = acknowledged.recv().await {
-            let at = delivery
-                .await
-                .with_context(|| format!("the record from input line {line} was not written"))?;
-            out.emit(
-                || format!("partition {} offset {}", at.partition, at.offset),
-                || {
-                    to_json(&Ack {
-                        partition: at.partition,
-                        offset: at.offset,
-                    })
-                },
-            )?;
-        }
-        anyhow::Ok(())
-    });
+/// Prints each record's partition and offset once acknowledged, in input order; stops at
+/// the first record that was not written, with its error.
+async fn print_acks(
+    out: Output,
+    mut acknowledged: mpsc::Receiver<(u64, Delivery)>,
+) -> anyhow::Result<()> {
+    while let Some((line, delivery)) = acknowledged.recv().await {
+        let at = delivery
+            .await
+            .with_context(|| format!("the record from input line {line} was not written"))?;
+        out.emit(
+            || format!("partition {} offset {}", at.partition, at.offset),
+            || {
+                to_json(&Ack {
+                    partition: at.partition,
+                    offset: at.offset,
+                })
+            },
+        )?;
+    }
+    Ok(())
+}
 
-    let key = args.key.map(Bytes::from);
+/// Enqueues one record per line of standard input (without its line ending), until the
+/// input ends or the printer stops.
+async fn enqueue_lines(
+    producer: &Producer,
+    key: Option<Bytes>,
+    partition: Option<u32>,
+    deliveries: &mpsc::Sender<(u64, Delivery)>,
+) -> anyhow::Result<()> {
     let mut stdin = BufReader::new(tokio::io::stdin());
     let mut buf = Vec::new();
     let mut line_no = 0u64;
-    let read: anyhow::Result<()> = async {
-        loop {
-            buf.clear();
-            let n = (&mut stdin)
-                .take(MAX_LINE_BYTES + 1)
-                .read_until(b'\n', &mut buf)
-                .await
-                .context("cannot read standard input")?;
-            if n == 0 {
-                return Ok(());
-            }
-            line_no += 1;
-            if buf.last() == Some(&b'\n') {
+    loop {
+        buf.clear();
+        let n = (&mut stdin)
+            .take(MAX_LINE_BYTES + 1)
+            .read_until(b'\n', &mut buf)
+            .await
+            .context("cannot read standard input")?;
+        if n == 0 {
+            return Ok(());
+        }
+        line_no += 1;
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+            if buf.last() == Some(&b'\r') {
                 buf.pop();
-                if buf.last() == Some(&b'\r') {
-                    buf.pop();
-                }
-            } else if n as u64 > MAX_LINE_BYTES {
-                anyhow::bail!("input line {line_no} is longer than {MAX_LINE_BYTES} bytes");
             }
-            let mut record = ProducerRecord::new(Bytes::copy_from_slice(&buf));
-            record.key = key.clone();
-            record.partition = args.partition;
-            let delivery = producer
-                .enqueue(record)
-                .await
-                .with_context(|| format!("cannot send input line {line_no}"))?;
-            if deliveries.send((line_no, delivery)).await.is_err() {
-                // The printer stopped at a failed record; its error is the one to report.
-                return Ok(());
-            }
+        } else if n as u64 > MAX_LINE_BYTES {
+            anyhow::bail!("input line {line_no} is longer than {MAX_LINE_BYTES} bytes");
+        }
+        let mut record = ProducerRecord::new(Bytes::copy_from_slice(&buf));
+        record.key = key.clone();
+        record.partition = partition;
+        let delivery = producer
+            .enqueue(record)
+            .await
+            .with_context(|| format!("cannot send input line {line_no}"))?;
+        if deliveries.send((line_no, delivery)).await.is_err() {
+            // The printer stopped at a failed record; its error is the one to report.
+            return Ok(());
         }
     }
-    .await;
-    drop(deliveries);
-    // Send the last partial batches now rather than after their linger.
-    producer.flush().await;
-    printer.await.context("the output task failed")??;
-    read
 }

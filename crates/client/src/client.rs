@@ -665,6 +665,62 @@ impl Client {
         Ok(replicas[rotation % replicas.len()].clone())
     }
 
+    /// Where `route` sends a request about the partition when no leader is hinted: its
+    /// leader, or the replica `rotation` picks.
+    async fn route_address(
+        &self,
+        topic: &str,
+        partition: u32,
+        route: Route,
+        refresh: bool,
+        rotation: usize,
+    ) -> Result<String, ClientError> {
+        match route {
+            Route::Leader => self.leader_address(topic, partition, refresh).await,
+            Route::AnyReplica => {
+                self.replica_address(topic, partition, refresh, rotation)
+                    .await
+            }
+        }
+    }
+
+    /// What a failed attempt's error tells the cache: a topic not found is forgotten; a
+    /// leader hint is noted, and returned as the address to try at once if it resolves.
+    fn learn_from(&self, topic: &str, partition: u32, err: &ClientError) -> Option<String> {
+        if matches!(err, ClientError::NotFound(_)) {
+            // Deleted (or never there): later lookups must not trust the cache.
+            self.write_cache().forget_topic(topic);
+        }
+        if let ClientError::Unavailable { leader, .. } = err {
+            let mut cache = self.write_cache();
+            cache.note_leader(topic, partition, leader.as_ref());
+            return leader.as_ref().and_then(|h| cache.resolve_hint(h));
+        }
+        None
+    }
+
+    /// The leader whose node could not be reached (refused, reset) at `tried`, if the
+    /// request went to the cached leader: the caller then waits, at another replica, for a
+    /// new leader. Not after a timeout: a leader that is slow but alive stays leader, and the
+    /// wait would only add to the retry.
+    fn lost_leader(
+        &self,
+        topic: &str,
+        partition: u32,
+        route: Route,
+        err: &ClientError,
+        tried: &Option<String>,
+    ) -> Option<u64> {
+        match (err, route, tried) {
+            (ClientError::Transport { .. }, Route::Leader, Some(a)) => self
+                .read_cache()
+                .leader(topic, partition)
+                .filter(|(_, addr)| addr == a)
+                .map(|(id, _)| id),
+            _ => None,
+        }
+    }
+
     /// A request about one partition, routed to its leader or any replica, retried on
     /// retryable errors: at once at a hinted leader, else after a refresh and a backoff.
     /// `interpret` turns an answer into the result (and may find a per-partition error in
@@ -689,11 +745,10 @@ impl Client {
         let mut refresh = false;
         let mut rotation = 0usize;
         loop {
-            let target = match (hinted.take(), route) {
-                (Some(a), _) => Ok(a),
-                (None, Route::Leader) => self.leader_address(topic, partition, refresh).await,
-                (None, Route::AnyReplica) => {
-                    self.replica_address(topic, partition, refresh, rotation)
+            let target = match hinted.take() {
+                Some(a) => Ok(a),
+                None => {
+                    self.route_address(topic, partition, route, refresh, rotation)
                         .await
                 }
             };
@@ -714,28 +769,9 @@ impl Client {
                 Err(e) => e,
             };
             observe(&err);
-            if matches!(err, ClientError::NotFound(_)) {
-                // Deleted (or never there): later lookups must not trust the cache.
-                self.write_cache().forget_topic(topic);
-            }
-            if let ClientError::Unavailable { leader, .. } = &err {
-                let mut cache = self.write_cache();
-                cache.note_leader(topic, partition, leader.as_ref());
-                hinted = leader.as_ref().and_then(|h| cache.resolve_hint(h));
-            }
-            // The leader's node could not be reached (refused, reset): wait, at another
-            // replica, for a new leader. Not after a timeout: a leader that is slow but alive
-            // stays leader, and the wait would only add to the retry.
-            let lost = match (&err, route, &tried) {
-                (ClientError::Transport { .. }, Route::Leader, Some(a)) => self
-                    .read_cache()
-                    .leader(topic, partition)
-                    .filter(|(_, addr)| addr == a)
-                    .map(|(id, _)| id),
-                _ => None,
-            };
+            hinted = self.learn_from(topic, partition, &err);
             if hinted.is_none()
-                && let Some(lost) = lost
+                && let Some(lost) = self.lost_leader(topic, partition, route, &err, &tried)
             {
                 hinted = self.await_other_leader(topic, partition, lost).await;
             }

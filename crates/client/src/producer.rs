@@ -735,69 +735,10 @@ impl PartitionTask {
                     id,
                     producer_id,
                     base_sequence,
-                } => {
-                    let b = self
-                        .window
-                        .batch(id)
-                        .expect("a sent batch is in the window");
-                    let req = v1::ProduceRequest {
-                        topic: self.shared.topic.clone(),
-                        acks: v1::Acks::from(self.shared.config.acks) as i32,
-                        records: vec![],
-                        partition: None,
-                        batches: vec![v1::RecordBatch {
-                            partition: self.partition,
-                            producer_id,
-                            producer_epoch: u32::from(self.shared.epoch_of(producer_id)),
-                            base_sequence,
-                            record_count: b.count,
-                            crc32c: b.crc32c,
-                            records: Bytes::clone(&b.body),
-                        }],
-                        timeout_ms: u32::try_from(self.shared.client.config().request_timeout_ms)
-                            .unwrap_or(u32::MAX),
-                    };
-                    let shared = Arc::clone(&self.shared);
-                    let partition = self.partition;
-                    self.calls.push(Box::pin(async move {
-                        let (result, maybe_appended) = send_batch(&shared, partition, req).await;
-                        Event::Answer {
-                            id,
-                            result,
-                            maybe_appended,
-                        }
-                    }));
-                }
-                Action::RequestProducerId { fresh } => {
-                    let shared = Arc::clone(&self.shared);
-                    self.calls.push(Box::pin(async move {
-                        let result = if fresh {
-                            shared.fresh_producer_id().await
-                        } else {
-                            let name = shared.config.producer_name.as_deref();
-                            shared
-                                .producer_id
-                                .get_or_try_init(|| shared.client.init_producer_as(name))
-                                .await
-                                .map(|&(id, _)| id)
-                        };
-                        Event::ProducerId(result)
-                    }));
-                }
-                Action::Ack { batch, base_offset } => {
-                    for (i, (reply, _budget)) in batch.waiting.into_iter().enumerate() {
-                        let _ = reply.send(Ok(RecordMetadata {
-                            partition: self.partition,
-                            offset: base_offset + i as u64,
-                        }));
-                    }
-                }
-                Action::Fail { batch, error } => {
-                    warn!(topic = %self.shared.topic, partition = self.partition, records = batch.count, error = %error, "produce failed");
-                    for (reply, _budget) in batch.waiting {
-                        let _ = reply.send(Err(error.clone()));
-                    }
-                }
+                } => self.send(id, producer_id, base_sequence),
+                Action::RequestProducerId { fresh } => self.request_producer_id(fresh),
+                Action::Ack { batch, base_offset } => self.ack(batch, base_offset),
+                Action::Fail { batch, error } => self.fail(batch, error),
             }
         }
         let oldest = self.window.oldest_unresolved();
@@ -806,6 +747,79 @@ impl PartitionTask {
             .extract_if(.., |(below, _)| oldest.is_none_or(|o| o >= *below))
         {
             let _ = done.send(());
+        }
+    }
+
+    /// Sends batch `id` of the window under `producer_id` from `base_sequence`; its answer
+    /// comes back as an [`Event::Answer`].
+    fn send(&mut self, id: BatchId, producer_id: u64, base_sequence: u32) {
+        let b = self
+            .window
+            .batch(id)
+            .expect("a sent batch is in the window");
+        let req = v1::ProduceRequest {
+            topic: self.shared.topic.clone(),
+            acks: v1::Acks::from(self.shared.config.acks) as i32,
+            records: vec![],
+            partition: None,
+            batches: vec![v1::RecordBatch {
+                partition: self.partition,
+                producer_id,
+                producer_epoch: u32::from(self.shared.epoch_of(producer_id)),
+                base_sequence,
+                record_count: b.count,
+                crc32c: b.crc32c,
+                records: Bytes::clone(&b.body),
+            }],
+            timeout_ms: u32::try_from(self.shared.client.config().request_timeout_ms)
+                .unwrap_or(u32::MAX),
+        };
+        let shared = Arc::clone(&self.shared);
+        let partition = self.partition;
+        self.calls.push(Box::pin(async move {
+            let (result, maybe_appended) = send_batch(&shared, partition, req).await;
+            Event::Answer {
+                id,
+                result,
+                maybe_appended,
+            }
+        }));
+    }
+
+    /// Gets a producer id (a fresh one, or the producer's shared one); it comes back as an
+    /// [`Event::ProducerId`].
+    fn request_producer_id(&mut self, fresh: bool) {
+        let shared = Arc::clone(&self.shared);
+        self.calls.push(Box::pin(async move {
+            let result = if fresh {
+                shared.fresh_producer_id().await
+            } else {
+                let name = shared.config.producer_name.as_deref();
+                shared
+                    .producer_id
+                    .get_or_try_init(|| shared.client.init_producer_as(name))
+                    .await
+                    .map(|&(id, _)| id)
+            };
+            Event::ProducerId(result)
+        }));
+    }
+
+    /// Answers each record of an appended batch with its offset.
+    fn ack(&self, batch: Batch, base_offset: u64) {
+        for (i, (reply, _budget)) in batch.waiting.into_iter().enumerate() {
+            let _ = reply.send(Ok(RecordMetadata {
+                partition: self.partition,
+                offset: base_offset + i as u64,
+            }));
+        }
+    }
+
+    /// Answers each record of a failed batch with the error.
+    fn fail(&self, batch: Batch, error: ClientError) {
+        warn!(topic = %self.shared.topic, partition = self.partition, records = batch.count, error = %error, "produce failed");
+        for (reply, _budget) in batch.waiting {
+            let _ = reply.send(Err(error.clone()));
         }
     }
 }

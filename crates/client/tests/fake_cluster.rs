@@ -14,6 +14,12 @@ use ::fjord_client::{
 use bytes::Bytes;
 use fjord_proto::v1::fjord_server::{Fjord, FjordServer};
 use fjord_proto::v1::{
+    CommitOffsetsRequest, CommitOffsetsResponse, DeleteGroupRequest, DeleteGroupResponse,
+    DescribeGroupRequest, DescribeGroupResponse, FetchOffsetsRequest, FetchOffsetsResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, GroupHeartbeatRequest, GroupHeartbeatResponse,
+    ListGroupsRequest, ListGroupsResponse, ResetOffsetsRequest, ResetOffsetsResponse,
+};
+use fjord_proto::v1::{
     CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
     DescribeTopicRequest, DescribeTopicResponse, FetchRequest, FetchResponse, FetchedBatch,
     InitProducerRequest, InitProducerResponse, ListTopicsRequest, ListTopicsResponse,
@@ -402,6 +408,63 @@ impl Fjord for FakeNode {
             log_start_offset: p.log_start,
             node_id: self.id,
         }))
+    }
+
+    // The fake cluster has no consumer groups.
+    async fn find_coordinator(
+        &self,
+        _: Request<FindCoordinatorRequest>,
+    ) -> Result<Response<FindCoordinatorResponse>, Status> {
+        Err(Status::unimplemented("no groups in the fake cluster"))
+    }
+
+    async fn group_heartbeat(
+        &self,
+        _: Request<GroupHeartbeatRequest>,
+    ) -> Result<Response<GroupHeartbeatResponse>, Status> {
+        Err(Status::unimplemented("no groups in the fake cluster"))
+    }
+
+    async fn commit_offsets(
+        &self,
+        _: Request<CommitOffsetsRequest>,
+    ) -> Result<Response<CommitOffsetsResponse>, Status> {
+        Err(Status::unimplemented("no groups in the fake cluster"))
+    }
+
+    async fn fetch_offsets(
+        &self,
+        _: Request<FetchOffsetsRequest>,
+    ) -> Result<Response<FetchOffsetsResponse>, Status> {
+        Err(Status::unimplemented("no groups in the fake cluster"))
+    }
+
+    async fn list_groups(
+        &self,
+        _: Request<ListGroupsRequest>,
+    ) -> Result<Response<ListGroupsResponse>, Status> {
+        Err(Status::unimplemented("no groups in the fake cluster"))
+    }
+
+    async fn describe_group(
+        &self,
+        _: Request<DescribeGroupRequest>,
+    ) -> Result<Response<DescribeGroupResponse>, Status> {
+        Err(Status::unimplemented("no groups in the fake cluster"))
+    }
+
+    async fn reset_offsets(
+        &self,
+        _: Request<ResetOffsetsRequest>,
+    ) -> Result<Response<ResetOffsetsResponse>, Status> {
+        Err(Status::unimplemented("no groups in the fake cluster"))
+    }
+
+    async fn delete_group(
+        &self,
+        _: Request<DeleteGroupRequest>,
+    ) -> Result<Response<DeleteGroupResponse>, Status> {
+        Err(Status::unimplemented("no groups in the fake cluster"))
     }
 }
 

@@ -78,25 +78,7 @@ pub fn plan_leader_moves(
     if max_moves == 0 || live_nodes.is_empty() {
         return Vec::new();
     }
-    let mut groups: Vec<Group> = state
-        .partitions()
-        .filter_map(|p| {
-            let leader = p.leader.filter(|l| live.contains(l))?;
-            Some(Group {
-                id: p.group_id,
-                reported: leader,
-                planned: leader,
-                preferred: *p.replicas.first()?,
-                live_replicas: p
-                    .replicas
-                    .iter()
-                    .filter(|r| live.contains(r))
-                    .copied()
-                    .collect(),
-            })
-        })
-        .collect();
-    groups.sort_unstable_by_key(|g| g.id);
+    let mut groups = led_by_live(state, live);
     let share = groups.len().div_ceil(live_nodes.len());
 
     // Which groups each live node leads under the plan so far, by index into `groups`.
@@ -119,29 +101,11 @@ pub fn plan_leader_moves(
             let Some(chain) = shortest_chain(source, &groups, &leads, share) else {
                 return false;
             };
-            let after: usize = chain
-                .iter()
-                .map(|s| usize::from(groups[s.index].reported != s.to))
-                .sum();
-            let before: usize = chain
-                .iter()
-                .map(|s| usize::from(groups[s.index].reported != s.from))
-                .sum();
-            let total = moves + after - before;
+            let total = moves_with(&chain, &groups, moves);
             if total > max_moves {
                 return false;
             }
-            for step in &chain {
-                leads
-                    .get_mut(&step.from)
-                    .expect("leader is live")
-                    .remove(&step.index);
-                leads
-                    .get_mut(&step.to)
-                    .expect("target is live")
-                    .insert(step.index);
-                groups[step.index].planned = step.to;
-            }
+            apply_chain(&chain, &mut groups, &mut leads);
             moves = total;
             true
         });
@@ -159,6 +123,63 @@ pub fn plan_leader_moves(
             to: g.planned,
         })
         .collect()
+}
+
+/// The partitions whose reported leader is live, in group id order, none moved yet.
+fn led_by_live(state: &MetaState, live: &BTreeSet<NodeId>) -> Vec<Group> {
+    let mut groups: Vec<Group> = state
+        .partitions()
+        .filter_map(|p| {
+            let leader = p.leader.filter(|l| live.contains(l))?;
+            Some(Group {
+                id: p.group_id,
+                reported: leader,
+                planned: leader,
+                preferred: *p.replicas.first()?,
+                live_replicas: p
+                    .replicas
+                    .iter()
+                    .filter(|r| live.contains(r))
+                    .copied()
+                    .collect(),
+            })
+        })
+        .collect();
+    groups.sort_unstable_by_key(|g| g.id);
+    groups
+}
+
+/// The plan's move count once `chain` is applied to a plan of `moves`: a step that moves a
+/// group back to its reported leader cancels its move.
+fn moves_with(chain: &[Step], groups: &[Group], moves: usize) -> usize {
+    let after: usize = chain
+        .iter()
+        .map(|s| usize::from(groups[s.index].reported != s.to))
+        .sum();
+    let before: usize = chain
+        .iter()
+        .map(|s| usize::from(groups[s.index].reported != s.from))
+        .sum();
+    moves + after - before
+}
+
+/// Hands each group of `chain` over to its step's target in the plan.
+fn apply_chain(
+    chain: &[Step],
+    groups: &mut [Group],
+    leads: &mut BTreeMap<NodeId, BTreeSet<usize>>,
+) {
+    for step in chain {
+        leads
+            .get_mut(&step.from)
+            .expect("leader is live")
+            .remove(&step.index);
+        leads
+            .get_mut(&step.to)
+            .expect("target is live")
+            .insert(step.index);
+        groups[step.index].planned = step.to;
+    }
 }
 
 /// The shortest chain of hand-overs from `source` to a node leading at least two fewer
@@ -184,35 +205,7 @@ fn shortest_chain(
         if best.is_some_and(|((d, _, _), _)| d < distance) {
             break; // every later node is farther than the best sink found
         }
-        let mut edges: Vec<(u8, Step)> = leads[&x]
-            .iter()
-            .flat_map(|&index| {
-                let g = &groups[index];
-                g.live_replicas
-                    .iter()
-                    .filter(move |&&y| y != x)
-                    .map(move |&y| {
-                        let rank = if y == g.preferred {
-                            0
-                        } else if x != g.preferred {
-                            1
-                        } else {
-                            2
-                        };
-                        (
-                            rank,
-                            Step {
-                                index,
-                                from: x,
-                                to: y,
-                            },
-                        )
-                    })
-            })
-            .collect();
-        // Stable: within a rank, group id then replica order.
-        edges.sort_by_key(|(rank, _)| *rank);
-        for (_, step) in edges {
+        for step in hand_overs(x, groups, leads) {
             if reached.contains_key(&step.to) {
                 continue;
             }
@@ -228,14 +221,55 @@ fn shortest_chain(
             }
         }
     }
-    let (_, mut node) = best?;
+    let (_, sink) = best?;
+    Some(chain_to(sink, &reached))
+}
+
+/// The hand-overs `x` can make, in order of preference: to a group's preferred leader first,
+/// then away from a leader that is not preferred, then the rest; within a rank, group id then
+/// replica order.
+fn hand_overs(x: NodeId, groups: &[Group], leads: &BTreeMap<NodeId, BTreeSet<usize>>) -> Vec<Step> {
+    let mut edges: Vec<(u8, Step)> = leads[&x]
+        .iter()
+        .flat_map(|&index| {
+            let g = &groups[index];
+            g.live_replicas
+                .iter()
+                .filter(move |&&y| y != x)
+                .map(move |&y| {
+                    let rank = if y == g.preferred {
+                        0
+                    } else if x != g.preferred {
+                        1
+                    } else {
+                        2
+                    };
+                    (
+                        rank,
+                        Step {
+                            index,
+                            from: x,
+                            to: y,
+                        },
+                    )
+                })
+        })
+        .collect();
+    // Stable: within a rank, group id then replica order.
+    edges.sort_by_key(|(rank, _)| *rank);
+    edges.into_iter().map(|(_, step)| step).collect()
+}
+
+/// The steps from the search's source to `sink`, by how each node was reached.
+fn chain_to(sink: NodeId, reached: &BTreeMap<NodeId, (Option<Step>, usize)>) -> Vec<Step> {
+    let mut node = sink;
     let mut chain = Vec::new();
     while let (Some(step), _) = reached[&node] {
         chain.push(step);
         node = step.from;
     }
     chain.reverse();
-    Some(chain)
+    chain
 }
 
 #[cfg(test)]

@@ -197,66 +197,12 @@ pub fn check_boot(
             by_peer.insert(r.peer, r);
         }
     }
-    for r in by_peer.values() {
-        if let Some(rec) = r.record {
-            if rec.incarnation != me.incarnation {
-                let (peer, mine, recorded) = (r.peer, me.incarnation, rec.incarnation);
-                return BootVerdict::Refuse(if me.joined {
-                    BootRefusal::OtherIncarnation {
-                        node,
-                        peer,
-                        mine,
-                        recorded,
-                    }
-                } else {
-                    BootRefusal::Amnesia {
-                        node,
-                        peer,
-                        mine,
-                        recorded,
-                    }
-                });
-            }
-            if rec.generation > me.generation {
-                return BootVerdict::Refuse(BootRefusal::StaleCopy {
-                    node,
-                    peer: r.peer,
-                    mine: me.generation,
-                    recorded: rec.generation,
-                });
-            }
-        }
-        if me.cluster_id != 0 && r.cluster_id != 0 && r.cluster_id != me.cluster_id {
-            return BootVerdict::Refuse(BootRefusal::OtherCluster {
-                node,
-                peer: r.peer,
-                mine: me.cluster_id,
-                theirs: r.cluster_id,
-            });
-        }
+    if let Some(refusal) = by_peer.values().find_map(|r| contradiction(me, r)) {
+        return BootVerdict::Refuse(refusal);
     }
     let peers = voters.iter().filter(|v| **v != node).count();
-    // A new directory that a peer holding a cluster does not know: refused, unless another
-    // peer records it (a former's roster, or the metadata, counted this very directory: a
-    // random incarnation is never guessed, and a peer that joined a moment ago may not have
-    // that record yet). Refused only once every voter answered.
-    if !me.joined {
-        let unknown_to = by_peer
-            .values()
-            .find(|r| r.has_cluster && r.record.is_none())
-            .map(|r| r.peer);
-        let known = by_peer.values().any(|r| r.record.is_some());
-        if let Some(peer) = unknown_to
-            && !known
-        {
-            if by_peer.len() < peers {
-                return BootVerdict::Wait {
-                    needed: peers,
-                    answered: by_peer.len(),
-                };
-            }
-            return BootVerdict::Refuse(BootRefusal::UnknownToCluster { node, peer });
-        }
+    if let Some(verdict) = unknown_new_directory(me, &by_peer, peers) {
+        return verdict;
     }
     let needed = if me.joined {
         // With itself, a majority of the voters.
@@ -270,22 +216,103 @@ pub fn check_boot(
             answered: by_peer.len(),
         };
     }
-    let peer_cluster = by_peer
+    proceed(me, &by_peer)
+}
+
+/// What in one peer's report contradicts this directory: another incarnation of this node
+/// (an amnesiac new directory, or another copy), a newer generation (a stale copy), or
+/// another cluster.
+fn contradiction(me: &DiskIdentity, r: &PeerReport) -> Option<BootRefusal> {
+    let node = me.node_id;
+    if let Some(rec) = r.record {
+        if rec.incarnation != me.incarnation {
+            let (peer, mine, recorded) = (r.peer, me.incarnation, rec.incarnation);
+            return Some(if me.joined {
+                BootRefusal::OtherIncarnation {
+                    node,
+                    peer,
+                    mine,
+                    recorded,
+                }
+            } else {
+                BootRefusal::Amnesia {
+                    node,
+                    peer,
+                    mine,
+                    recorded,
+                }
+            });
+        }
+        if rec.generation > me.generation {
+            return Some(BootRefusal::StaleCopy {
+                node,
+                peer: r.peer,
+                mine: me.generation,
+                recorded: rec.generation,
+            });
+        }
+    }
+    if me.cluster_id != 0 && r.cluster_id != 0 && r.cluster_id != me.cluster_id {
+        return Some(BootRefusal::OtherCluster {
+            node,
+            peer: r.peer,
+            mine: me.cluster_id,
+            theirs: r.cluster_id,
+        });
+    }
+    None
+}
+
+/// A new directory that a peer holding a cluster does not know: refused, unless another
+/// peer records it (a former's roster, or the metadata, counted this very directory: a
+/// random incarnation is never guessed, and a peer that joined a moment ago may not have
+/// that record yet). Refused only once every one of the `peers` answered; `None` when the
+/// rule does not apply.
+fn unknown_new_directory(
+    me: &DiskIdentity,
+    by_peer: &BTreeMap<NodeId, &PeerReport>,
+    peers: usize,
+) -> Option<BootVerdict> {
+    if me.joined {
+        return None;
+    }
+    let unknown_to = by_peer
         .values()
-        .map(|r| r.cluster_id)
-        .find(|c| *c != 0)
-        .unwrap_or(0);
+        .find(|r| r.has_cluster && r.record.is_none())
+        .map(|r| r.peer);
+    let known = by_peer.values().any(|r| r.record.is_some());
+    let peer = unknown_to.filter(|_| !known)?;
+    if by_peer.len() < peers {
+        return Some(BootVerdict::Wait {
+            needed: peers,
+            answered: by_peer.len(),
+        });
+    }
+    Some(BootVerdict::Refuse(BootRefusal::UnknownToCluster {
+        node: me.node_id,
+        peer,
+    }))
+}
+
+/// Enough peers answered and none objected: form the cluster (every voter is new) or keep
+/// the cluster id this directory (else its peers) holds.
+fn proceed(me: &DiskIdentity, by_peer: &BTreeMap<NodeId, &PeerReport>) -> BootVerdict {
     let form = !me.joined && by_peer.values().all(|r| !r.has_cluster);
     if form {
         let mut roster: BTreeMap<NodeId, u64> =
             by_peer.values().map(|r| (r.peer, r.incarnation)).collect();
-        roster.insert(node, me.incarnation);
+        roster.insert(me.node_id, me.incarnation);
         return BootVerdict::Proceed {
             form: true,
             cluster_id: cluster_id_of(&roster),
             roster,
         };
     }
+    let peer_cluster = by_peer
+        .values()
+        .map(|r| r.cluster_id)
+        .find(|c| *c != 0)
+        .unwrap_or(0);
     BootVerdict::Proceed {
         form: false,
         cluster_id: if me.cluster_id != 0 {

@@ -432,6 +432,27 @@ impl MetaState {
                 max: MAX_PARTITIONS_PER_TOPIC,
             });
         }
+        let rf = self.replication_factor(requested_rf)?;
+        let node_ids = self.placement_nodes(live, rf)?;
+        validate_topic_config(config)?;
+        let id = self.next_topic_id.max(1);
+        let next_topic_id = id.checked_add(1).ok_or(MetaError::TopicIdsExhausted)?;
+        let partitions = self.place_partitions(id, &node_ids, partitions, rf);
+        let topic = Topic {
+            id,
+            name: name.to_string(),
+            replication_factor: rf,
+            config: config.clone(),
+            partitions,
+        };
+        self.next_topic_id = next_topic_id;
+        self.topics.insert(name.to_string(), topic.clone());
+        Ok(MetaResponse::Topic(topic))
+    }
+
+    /// A new topic's replication factor: the one requested, or the default capped by the
+    /// registered nodes; at least 1 and at most the registered nodes.
+    fn replication_factor(&self, requested_rf: u32) -> Result<u32, MetaError> {
         let nodes = u32::try_from(self.nodes.len()).unwrap_or(u32::MAX);
         let rf = if requested_rf == 0 {
             DEFAULT_REPLICATION_FACTOR.min(nodes)
@@ -444,8 +465,12 @@ impl MetaState {
                 nodes,
             });
         }
-        // Replicas go on registered nodes that are alive (all registered ones for the old
-        // command, which carries no live set).
+        Ok(rf)
+    }
+
+    /// The nodes a new topic's replicas may go on: registered nodes that are alive (all
+    /// registered ones for the old command, which carries no live set), at least `rf`.
+    fn placement_nodes(&self, live: Option<&[NodeId]>, rf: u32) -> Result<Vec<NodeId>, MetaError> {
         let node_ids: Vec<NodeId> = self
             .nodes
             .keys()
@@ -457,21 +482,29 @@ impl MetaState {
             return Err(MetaError::NotEnoughLiveNodes {
                 replication_factor: rf,
                 live: live_count,
-                registered: nodes,
+                registered: u32::try_from(self.nodes.len()).unwrap_or(u32::MAX),
             });
         }
-        validate_topic_config(config)?;
-        let id = self.next_topic_id.max(1);
-        let next_topic_id = id.checked_add(1).ok_or(MetaError::TopicIdsExhausted)?;
+        Ok(node_ids)
+    }
 
+    /// The partitions of new topic `id`, their replicas placed on `node_ids` around the
+    /// replicas and preferred leaders the other topics already hold.
+    fn place_partitions(
+        &self,
+        id: u32,
+        node_ids: &[NodeId],
+        partitions: u32,
+        rf: u32,
+    ) -> Vec<PartitionAssignment> {
         let placement = assign_replicas(
-            &node_ids,
+            node_ids,
             &self.replica_counts(),
             &self.preferred_leader_counts(),
             partitions,
             rf,
         );
-        let partitions = (0..partitions)
+        (0..partitions)
             .zip(placement)
             .map(|(partition, replicas)| PartitionAssignment {
                 partition,
@@ -480,17 +513,7 @@ impl MetaState {
                 leader: None,
                 leader_epoch: 0,
             })
-            .collect();
-        let topic = Topic {
-            id,
-            name: name.to_string(),
-            replication_factor: rf,
-            config: config.clone(),
-            partitions,
-        };
-        self.next_topic_id = next_topic_id;
-        self.topics.insert(name.to_string(), topic.clone());
-        Ok(MetaResponse::Topic(topic))
+            .collect()
     }
 
     fn delete_topic(&mut self, name: &str) -> Result<MetaResponse, MetaError> {

@@ -6,7 +6,7 @@
 //! linearizable read, a leader transfer.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fjord_meta::{MetaCommand, MetaResponse};
@@ -18,9 +18,10 @@ use openraft::impls::ProgressResponder;
 use openraft::raft::ClientWriteResult;
 use openraft::storage::RaftStateMachine;
 use openraft::{BasicNode, LinearizerOption, ServerState};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use crate::lifecycle::{self, Need, Parked, Stop, Switch, Switched, Switches};
 use crate::meta_sm::{MetaSm, MetaView};
 use crate::order::ProposalOrder;
 use crate::partition_sm::{PartitionShared, PartitionSm};
@@ -204,7 +205,10 @@ pub(crate) type Starter<SM> = Box<
         + Sync,
 >;
 
-/// A group's openraft instance while it runs, and the timer switches quiescing wants of it.
+type Raft<SM> = openraft::Raft<TypeConfig, SM>;
+
+/// A group's openraft instance through its lifecycle ([`crate::lifecycle`]), and the timer
+/// switches quiescing wants of it.
 ///
 /// A quiet partition replica **hibernates** after a while ([`GroupRaft::hibernate`]): its
 /// instance is shut down, which frees the fixed per-group buffers openraft allocates
@@ -213,91 +217,276 @@ pub(crate) type Starter<SM> = Box<
 /// proposal, a read, or a switch turned on by a wake. Everything openraft needs is in the
 /// stores (vote, log, committed index) and in the partition's applied state, which stays in
 /// memory; a leader comes back as leader of the same term (openraft's leader restore).
+///
+/// This is the effect layer of [`crate::lifecycle`]: the state lives under one lock, each
+/// transition is made under it, and what the transition returns (start an instance, shut one
+/// down) is performed outside it. Starts and shutdowns run in tasks of their own, so a caller
+/// that goes away (a client's timeout) never leaves the state starting or hibernating for
+/// good. The quiescing switch ([`Timers`]) holds this, and this holds neither the handle nor
+/// the switch: the handle holds the switch, and a cycle would keep a deleted group alive.
 pub(crate) struct Instance<SM: RaftStateMachine<TypeConfig>> {
-    // A short critical section (a clone, three atomic stores): no await inside. Timer
-    // switches and hibernation go through it, so a wake racing a hibernation either finds
-    // the instance (and switches it) or finds none and starts one.
-    state: Mutex<Switched<SM>>,
-    /// Starts the instance again, in the background: set once the group's core exists.
-    restart: OnceLock<Box<dyn Fn() + Send + Sync>>,
-}
-
-struct Switched<SM: RaftStateMachine<TypeConfig>> {
-    raft: Option<openraft::Raft<TypeConfig, SM>>,
-    tick: bool,
-    heartbeat: bool,
-    elect: bool,
-}
-
-impl<SM: RaftStateMachine<TypeConfig>> Switched<SM> {
-    fn apply(&self, raft: &openraft::Raft<TypeConfig, SM>) {
-        let rc = raft.runtime_config();
-        rc.tick(self.tick);
-        rc.heartbeat(self.heartbeat);
-        rc.elect(self.elect);
-    }
+    group: u64,
+    // The lifecycle's one lock. A short critical section: a transition, and the switches
+    // applied to the running instance (three atomic stores); no await inside. The quiescing
+    // switch takes it from sync code, with the quiescing state's lock held.
+    state: Mutex<lifecycle::State<Raft<SM>>>,
+    /// Notified when a start or a shutdown ends: whoever waits for one looks again.
+    changed: Notify,
+    starter: Starter<SM>,
+    /// Who leads, and whether the group stopped: outlives the instances.
+    leadership: watch::Sender<Watched>,
+    /// The node's transition counter: an instance started again is a change to look at.
+    transitions: crate::quiesce::Transitions,
 }
 
 impl<SM: RaftStateMachine<TypeConfig>> Instance<SM> {
-    /// Records a switch and applies it to the running instance; a switch turned on while
-    /// hibernated starts the instance again.
-    fn switch(&self, on: bool, set: impl FnOnce(&mut Switched<SM>)) {
-        let mut st = self.state.lock().unwrap();
-        set(&mut st);
-        match &st.raft {
-            Some(raft) => st.apply(raft),
-            None if on => {
-                drop(st);
-                if let Some(restart) = self.restart.get() {
-                    restart();
-                }
-            }
-            None => {}
+    fn lock(&self) -> std::sync::MutexGuard<'_, lifecycle::State<Raft<SM>>> {
+        self.state.lock().unwrap()
+    }
+
+    /// The running instance, if the group is not hibernated.
+    fn running(&self) -> Option<Raft<SM>> {
+        self.lock().raft().cloned()
+    }
+
+    /// Reads the running instance with `running`, or else, with `parked`, the group as its
+    /// last instance saw it (none once stopped); in one critical section: the reads copy a
+    /// few fields of openraft's metrics.
+    fn read<T>(
+        &self,
+        running: impl FnOnce(&Raft<SM>) -> T,
+        parked: impl FnOnce(Option<&Parked>) -> T,
+    ) -> T {
+        let st = self.lock();
+        match st.raft() {
+            Some(raft) => running(raft),
+            None => parked(st.parked()),
         }
     }
+
+    /// The running instance, started again first if the group is hibernated.
+    async fn get(self: &Arc<Self>) -> Result<Raft<SM>, GroupError> {
+        if let Some(raft) = self.running() {
+            return Ok(raft);
+        }
+        loop {
+            // Registered before the state is read: a start ending in between still wakes it.
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            let need = self.lock().need();
+            match need {
+                Need::Use(raft) => return Ok(raft),
+                Need::Stopped => return Err(Unavailable::Stopped.into()),
+                Need::Start => {
+                    return tokio::spawn(self.clone().start())
+                        .await
+                        .unwrap_or_else(|_| Err(Unavailable::Stopped.into()));
+                }
+                Need::Wait => changed.await,
+            }
+        }
+    }
+
+    /// Performs the start a transition handed over (the state is `Starting`), and ends it:
+    /// `Running` with the new instance, or back to `Hibernated`.
+    async fn start(self: Arc<Self>) -> Result<Raft<SM>, GroupError> {
+        // Ends the start as failed on every way out but success, a panic included: waiters
+        // must never wait on a start nobody performs.
+        struct Failed<'a, SM: RaftStateMachine<TypeConfig>>(Option<&'a Instance<SM>>);
+        impl<SM: RaftStateMachine<TypeConfig>> Drop for Failed<'_, SM> {
+            fn drop(&mut self) {
+                if let Some(i) = self.0 {
+                    i.state
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .start_failed();
+                    i.changed.notify_waiters();
+                }
+            }
+        }
+        let mut failed = Failed(Some(&*self));
+        let group = self.group;
+        let raft = (self.starter)().await.map_err(|e| Unavailable::Restart {
+            group,
+            source: Arc::new(e),
+        })?;
+        // Until its core has read the stores, an instance's metrics are blank (no leader, no
+        // membership): whoever reads them through `running` must see the restored state.
+        let restored = raft
+            .wait(Some(RESTORE_WAIT))
+            .metrics(
+                |m| m.membership_config.log_id().is_some(),
+                "restore after hibernation",
+            )
+            .await;
+        if let Err(e) = restored {
+            let _ = raft.shutdown().await;
+            return Err(Unavailable::NotRestored {
+                group,
+                source: Arc::new(e),
+            }
+            .into());
+        }
+        self.forward_leadership(&raft);
+        let applied = {
+            let mut st = self.lock();
+            let switches = st.started(raft.clone(), Instant::now());
+            if let Some(s) = switches {
+                apply_switches(&raft, s);
+            }
+            switches.is_some()
+        };
+        failed.0 = None;
+        self.changed.notify_waiters();
+        if !applied {
+            // No start was under way (the rules rule it out): never two instances.
+            let _ = raft.shutdown().await;
+            return Err(Unavailable::Stopped.into());
+        }
+        self.transitions.note();
+        tracing::debug!(group, "hibernated group started again");
+        Ok(raft)
+    }
+
+    /// Performs, in the background, the start a switch handed over.
+    fn start_in_background(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.clone().start().await {
+                tracing::warn!(group = me.group, error = %e, "a woken group did not start again");
+            }
+        });
+    }
+
+    /// Records a switch quiescing turned, and performs what it asks.
+    fn switch(self: &Arc<Self>, which: Switch, on: bool) {
+        let mut st = self.lock();
+        match st.switch(which, on) {
+            Switched::Apply(raft, switches) => apply_switches(&raft, switches),
+            Switched::Start => {
+                drop(st);
+                self.start_in_background();
+            }
+            Switched::Nothing => {}
+        }
+    }
+
+    /// Hibernates the group if its instance runs, `quiet` says it is quiet (asked under the
+    /// lock) and its log is settled: shuts the instance down. Returns whether it did.
+    async fn hibernate(self: &Arc<Self>, quiet: impl FnOnce() -> bool) -> bool {
+        let taken = {
+            let mut st = self.lock();
+            // Quiet: a message that would change the replica's state wakes it before
+            // openraft sees it, and a wake's switch takes this lock; so a replica still
+            // quiet here has nothing in flight, and whatever comes next waits for the
+            // shutdown and starts an instance.
+            let quiet = quiet();
+            st.hibernate(quiet, |raft| {
+                let view = view_of(raft);
+                crate::quiesce::log_settled(&view).then(|| Parked {
+                    view,
+                    leadership: leadership_of(raft),
+                })
+            })
+        };
+        let Some(raft) = taken else {
+            return false;
+        };
+        let me = self.clone();
+        let ended = tokio::spawn(async move {
+            let _ = raft.shutdown().await;
+            let start = me.lock().hibernated();
+            me.changed.notify_waiters();
+            if start {
+                me.start_in_background();
+            }
+        });
+        let _ = ended.await;
+        true
+    }
+
+    /// Stops the group for good: waits for a start or a shutdown under way, then shuts the
+    /// instance down.
+    async fn stop(&self) {
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            let stop = self.lock().stop();
+            match stop {
+                Stop::ShutDown(raft) => {
+                    let _ = raft.shutdown().await;
+                    break;
+                }
+                Stop::Done => break,
+                Stop::Wait => changed.await,
+            }
+        }
+        self.leadership.send_modify(|w| w.stopped = true);
+    }
+
+    /// Copies the instance's leadership into the group's own watch, which outlives the
+    /// instance, until the instance stops.
+    fn forward_leadership(self: &Arc<Self>, raft: &Raft<SM>) {
+        let mut rx = raft.metrics();
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let now = {
+                    let m = rx.borrow_watched();
+                    Leadership {
+                        leader: m.current_leader,
+                        term: m.current_term,
+                    }
+                };
+                let Some(me) = me.upgrade() else { return };
+                me.leadership.send_if_modified(|w| {
+                    let changed = w.leadership != now && !w.stopped;
+                    if changed {
+                        w.leadership = now;
+                    }
+                    changed
+                });
+                drop(me);
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+fn apply_switches<SM: RaftStateMachine<TypeConfig>>(raft: &Raft<SM>, s: Switches) {
+    let rc = raft.runtime_config();
+    rc.tick(s.tick);
+    rc.heartbeat(s.heartbeat);
+    rc.elect(s.elect);
 }
 
 impl<SM: RaftStateMachine<TypeConfig>> Timers for Arc<Instance<SM>> {
     fn set_tick(&self, on: bool) {
-        self.switch(on, |s| s.tick = on);
+        self.switch(Switch::Tick, on);
     }
     fn set_heartbeat(&self, on: bool) {
-        self.switch(on, |s| s.heartbeat = on);
+        self.switch(Switch::Heartbeat, on);
     }
     fn set_elect(&self, on: bool) {
-        self.switch(on, |s| s.elect = on);
+        self.switch(Switch::Elect, on);
     }
-}
-
-/// Whether a group's instance may start, and since when it runs.
-struct Gate {
-    stopped: bool,
-    started_at: Instant,
-}
-
-struct Core<SM: RaftStateMachine<TypeConfig>> {
-    group: u64,
-    instance: Arc<Instance<SM>>,
-    quiet: Arc<Quiescence>,
-    starter: Starter<SM>,
-    /// Held while the instance starts or stops: one at a time.
-    gate: tokio::sync::Mutex<Gate>,
-    /// When the running instance started (a copy of the gate's, readable without waiting).
-    started_at: Mutex<Instant>,
-    /// The group as its instance last saw it, while hibernated.
-    parked: Mutex<Option<(GroupView, Leadership)>>,
-    leadership: watch::Sender<Watched>,
 }
 
 /// What every group's handle can do, whatever its state machine.
 pub struct GroupRaft<SM: RaftStateMachine<TypeConfig>> {
-    core: Arc<Core<SM>>,
+    instance: Arc<Instance<SM>>,
+    quiet: Arc<Quiescence>,
 }
 
 impl<SM: RaftStateMachine<TypeConfig>> Clone for GroupRaft<SM> {
     fn clone(&self) -> Self {
         GroupRaft {
-            core: self.core.clone(),
+            instance: self.instance.clone(),
+            quiet: self.quiet.clone(),
         }
     }
 }
@@ -365,217 +554,89 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
     ) -> Result<Self, crate::group::StartError> {
         let raft = starter().await?;
         let instance = Arc::new(Instance {
-            state: Mutex::new(Switched {
-                raft: Some(raft.clone()),
-                tick: true,
-                heartbeat: true,
-                elect: true,
-            }),
-            restart: OnceLock::new(),
-        });
-        let quiet = Quiescence::new(group, instance.clone(), activity_grace, transitions);
-        let now = Instant::now();
-        let core = Arc::new(Core {
             group,
-            instance: instance.clone(),
-            quiet,
+            state: Mutex::new(lifecycle::State::running(raft.clone(), Instant::now())),
+            changed: Notify::new(),
             starter,
-            gate: tokio::sync::Mutex::new(Gate {
-                stopped: false,
-                started_at: now,
-            }),
-            started_at: Mutex::new(now),
-            parked: Mutex::new(None),
             leadership: watch::channel(Watched {
                 leadership: leadership_of(&raft),
                 stopped: false,
             })
             .0,
+            transitions: transitions.clone(),
         });
-        let weak = Arc::downgrade(&core);
-        let _ = instance.restart.set(Box::new(move || {
-            if let Some(core) = weak.upgrade() {
-                tokio::spawn(async move {
-                    let _ = GroupRaft { core }.instance().await;
-                });
-            }
-        }));
-        let g = GroupRaft { core };
-        g.forward_leadership(&raft);
-        Ok(g)
-    }
-
-    /// Copies the instance's leadership into the group's own watch, which outlives the
-    /// instance, until the instance stops.
-    fn forward_leadership(&self, raft: &openraft::Raft<TypeConfig, SM>) {
-        let mut rx = raft.metrics();
-        let core = Arc::downgrade(&self.core);
-        tokio::spawn(async move {
-            loop {
-                let now = {
-                    let m = rx.borrow_watched();
-                    Leadership {
-                        leader: m.current_leader,
-                        term: m.current_term,
-                    }
-                };
-                let Some(core) = core.upgrade() else { return };
-                core.leadership.send_if_modified(|w| {
-                    let changed = w.leadership != now && !w.stopped;
-                    if changed {
-                        w.leadership = now;
-                    }
-                    changed
-                });
-                drop(core);
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
+        let quiet = Quiescence::new(group, instance.clone(), activity_grace, transitions);
+        instance.forward_leadership(&raft);
+        Ok(GroupRaft { instance, quiet })
     }
 
     /// The running instance, if the group is not hibernated.
-    fn running(&self) -> Option<openraft::Raft<TypeConfig, SM>> {
-        self.core.instance.state.lock().unwrap().raft.clone()
+    fn running(&self) -> Option<Raft<SM>> {
+        self.instance.running()
     }
 
     /// The running instance, started again first if the group is hibernated.
-    pub(crate) async fn instance(&self) -> Result<openraft::Raft<TypeConfig, SM>, GroupError> {
-        if let Some(raft) = self.running() {
-            return Ok(raft);
-        }
-        let mut gate = self.core.gate.lock().await;
-        if let Some(raft) = self.running() {
-            return Ok(raft);
-        }
-        if gate.stopped {
-            return Err(Unavailable::Stopped.into());
-        }
-        let raft = (self.core.starter)()
-            .await
-            .map_err(|e| Unavailable::Restart {
-                group: self.core.group,
-                source: Arc::new(e),
-            })?;
-        // Until its core has read the stores, an instance's metrics are blank (no leader, no
-        // membership): whoever reads them through `running` must see the restored state.
-        let restored = raft
-            .wait(Some(RESTORE_WAIT))
-            .metrics(
-                |m| m.membership_config.log_id().is_some(),
-                "restore after hibernation",
-            )
-            .await;
-        if let Err(e) = restored {
-            let _ = raft.shutdown().await;
-            return Err(Unavailable::NotRestored {
-                group: self.core.group,
-                source: Arc::new(e),
-            }
-            .into());
-        }
-        self.forward_leadership(&raft);
-        {
-            let mut st = self.core.instance.state.lock().unwrap();
-            st.apply(&raft);
-            st.raft = Some(raft.clone());
-        }
-        *self.core.parked.lock().unwrap() = None;
-        let now = Instant::now();
-        gate.started_at = now;
-        *self.core.started_at.lock().unwrap() = now;
-        self.core.quiet.transitions().note();
-        tracing::debug!(group = self.core.group, "hibernated group started again");
-        Ok(raft)
+    pub(crate) async fn instance(&self) -> Result<Raft<SM>, GroupError> {
+        self.instance.get().await
     }
 
     /// Whether the group's instance runs (it is not hibernated).
     pub fn is_running(&self) -> bool {
-        self.core.instance.state.lock().unwrap().raft.is_some()
+        self.instance.lock().raft().is_some()
     }
 
-    /// When the group's instance last started (it hibernates only once it has run for a
-    /// while, [`crate::scan::hibernation_due`]).
-    pub fn started_at(&self) -> Instant {
-        *self.core.started_at.lock().unwrap()
+    /// Since when the group's instance runs, if it does (it hibernates only once it has run
+    /// for a while, [`crate::scan::hibernation_due`]).
+    pub fn running_since(&self) -> Option<Instant> {
+        self.instance.lock().running_since()
+    }
+
+    /// Whether the group stopped on this node.
+    fn is_stopped(&self) -> bool {
+        self.instance.lock().is_stopped()
     }
 
     /// Hibernates a quiet group: shuts its instance down (see [`Instance`]). Returns whether
     /// it did; a group that is not quiet, or whose log is not all committed and applied, keeps
     /// running.
     pub async fn hibernate(&self) -> bool {
-        let gate = self.core.gate.lock().await;
-        if gate.stopped {
-            return false;
-        }
-        let Some(raft) = self.running() else {
-            return false;
-        };
-        let view = view_of(&raft);
-        if !crate::quiesce::log_settled(&view) {
-            return false;
-        }
-        *self.core.parked.lock().unwrap() = Some((view, leadership_of(&raft)));
-        drop(raft);
-        // Quiet: a message that would change the replica's state wakes it before openraft
-        // sees it, and a wake's switch takes this lock; so a replica still quiet here has
-        // nothing in flight, and whatever comes next finds no instance and starts one.
-        let taken = {
-            let mut st = self.core.instance.state.lock().unwrap();
-            if matches!(self.core.quiet.kind(), Kind::Leading | Kind::Following) {
-                st.raft.take()
-            } else {
-                None
-            }
-        };
-        let Some(raft) = taken else {
-            *self.core.parked.lock().unwrap() = None;
-            return false;
-        };
-        let _ = raft.shutdown().await;
-        drop(gate);
-        true
+        let quiet = &self.quiet;
+        self.instance
+            .hibernate(|| matches!(quiet.kind(), Kind::Leading | Kind::Following))
+            .await
     }
 
     /// The group's quiescing state on this node.
     pub fn quiescence(&self) -> &Arc<Quiescence> {
-        &self.core.quiet
+        &self.quiet
     }
 
-    /// The group's state as this replica sees it, for the quiescing decisions.
+    /// The group's state as this replica sees it, for the quiescing decisions: a hibernated
+    /// one's as it hibernated.
     pub fn view(&self) -> GroupView {
-        match self.running() {
-            Some(raft) => view_of(&raft),
-            None => self.parked().map(|(v, _)| v).unwrap_or_default(),
-        }
-    }
-
-    fn parked(&self) -> Option<(GroupView, Leadership)> {
-        self.core.parked.lock().unwrap().clone()
+        self.instance.read(view_of, |parked| {
+            parked.map(|p| p.view.clone()).unwrap_or_default()
+        })
     }
 
     /// Who leads, as this node sees it.
     pub fn leadership(&self) -> Leadership {
-        match self.running() {
-            Some(raft) => leadership_of(&raft),
-            None => self
-                .parked()
-                .map(|(_, l)| l)
-                .unwrap_or_else(|| self.core.leadership.borrow().leadership),
-        }
+        self.instance.read(leadership_of, |parked| match parked {
+            Some(p) => p.leadership,
+            None => self.instance.leadership.borrow().leadership,
+        })
     }
 
     pub fn is_leader(&self) -> bool {
-        match self.running() {
-            Some(raft) => raft.is_leader(),
-            None => self.parked().is_some_and(|(v, _)| v.leading),
-        }
+        self.instance.read(
+            |raft| raft.is_leader(),
+            |parked| parked.is_some_and(|p| p.view.leading),
+        )
     }
 
     pub fn watch_leadership(&self) -> LeadershipWatch {
         LeadershipWatch {
-            rx: self.core.leadership.subscribe(),
+            rx: self.instance.leadership.subscribe(),
         }
     }
 
@@ -622,7 +683,7 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
     /// lease lapses one lease after it went quiet. The first write after that waits for one
     /// heartbeat round. Returns the running instance.
     async fn prepare_write(&self) -> Result<openraft::Raft<TypeConfig, SM>, GroupError> {
-        self.core.quiet.wake_leader("proposal");
+        self.quiet.wake_leader("proposal");
         let raft = self.instance().await?;
         if !lease_is_fresh(&raft) {
             confirm_leadership(&raft, Confirm::Lease).await?;
@@ -680,7 +741,7 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
     /// stays awake for this term ([`Quiescence::transfer_started`]): if the transfer fails,
     /// its followers must be able to elect.
     pub async fn transfer_leader(&self, to: NodeId) -> Result<(), GroupError> {
-        self.core.quiet.transfer_started(self.leadership().term);
+        self.quiet.transfer_started(self.leadership().term);
         self.instance()
             .await?
             .trigger()
@@ -694,28 +755,31 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
     /// state it hibernated in: every live follower had its whole log then, and nothing has
     /// been appended since.
     pub fn lag_of(&self, node: NodeId) -> Option<u64> {
-        let Some(raft) = self.running() else {
-            let (view, _) = self.parked()?;
+        let running = |raft: &Raft<SM>| {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            let last = m.last_log_index.unwrap_or(0);
+            let matched = m
+                .replication
+                .as_ref()?
+                .get(&node)?
+                .as_ref()
+                .map_or(0, |l| l.index);
+            Some(last.saturating_sub(matched))
+        };
+        let parked = |parked: Option<&Parked>| {
+            let view = &parked?.view;
             if !view.leading {
                 return None;
             }
             let matched = view.matched.iter().find(|(n, _)| *n == node)?.1;
-            return Some(
+            Some(
                 view.last_index
                     .unwrap_or(0)
                     .saturating_sub(matched.unwrap_or(0)),
-            );
+            )
         };
-        let m = raft.metrics();
-        let m = m.borrow_watched();
-        let last = m.last_log_index.unwrap_or(0);
-        let matched = m
-            .replication
-            .as_ref()?
-            .get(&node)?
-            .as_ref()
-            .map_or(0, |l| l.index);
-        Some(last.saturating_sub(matched))
+        self.instance.read(running, parked)
     }
 
     /// This node's view of the group's membership: `(voters, learners)`, both empty when the
@@ -735,7 +799,7 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
     /// majority of the voters without `node`.
     pub async fn demote(&self, node: NodeId) -> Result<bool, GroupError> {
         let raft = self.instance().await?;
-        self.core.quiet.wake_leader("membership change");
+        self.quiet.wake_leader("membership change");
         let voters: BTreeSet<NodeId> = {
             let rx = raft.metrics();
             let m = rx.borrow_watched();
@@ -776,7 +840,7 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
     /// (its replication matched the leader's commit index).
     pub async fn promote_caught_up(&self, node: NodeId) -> Result<Promotion, GroupError> {
         let raft = self.instance().await?;
-        self.core.quiet.wake_leader("membership change");
+        self.quiet.wake_leader("membership change");
         let (voter, learner, matched, committed) = {
             let rx = raft.metrics();
             let m = rx.borrow_watched();
@@ -871,13 +935,7 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
 
     /// Stops the group for good on this node.
     pub async fn shutdown(&self) {
-        let mut gate = self.core.gate.lock().await;
-        gate.stopped = true;
-        let taken = self.core.instance.state.lock().unwrap().raft.take();
-        if let Some(raft) = taken {
-            let _ = raft.shutdown().await;
-        }
-        self.core.leadership.send_modify(|w| w.stopped = true);
+        self.instance.stop().await;
     }
 }
 
@@ -1084,49 +1142,7 @@ impl PartitionHandle {
     /// Proposes the held AP batches, in order, once this node leads with a majority again in
     /// the term they were taken in; drops them if the term moved on ([`side::decide`]).
     async fn drain(self) {
-        let group = self.shared.group();
-        loop {
-            if self.core.core.leadership.borrow().stopped {
-                let (batches, records) = self.side.lock().unwrap().leave();
-                if batches > 0 {
-                    tracing::warn!(
-                        group,
-                        batches,
-                        records,
-                        "the group stopped: held AP writes dropped"
-                    );
-                }
-                return;
-            }
-            let l = self.core.leadership();
-            let leading_in = self.core.is_leader().then_some(l.term);
-            let step = {
-                let mut s = self.side.lock().unwrap();
-                let step = side::decide(s.len(), s.term(), leading_in, l.term);
-                match step {
-                    DrainStep::Done => {
-                        s.leave();
-                        s.draining = false;
-                        tracing::info!(group, "held AP writes are all in the log");
-                        return;
-                    }
-                    DrainStep::Discard => {
-                        let taken_in = s.term();
-                        let (batches, records) = s.leave();
-                        s.draining = false;
-                        tracing::warn!(
-                            group,
-                            ?taken_in,
-                            term = l.term,
-                            batches,
-                            records,
-                            "the term moved on: AP writes held without a majority are lost"
-                        );
-                        return;
-                    }
-                    step => step,
-                }
-            };
+        while let Some(step) = self.drain_step() {
             if step == DrainStep::Wait {
                 tokio::time::sleep(DRAIN_RETRY).await;
                 continue;
@@ -1135,37 +1151,88 @@ impl PartitionHandle {
                 tokio::time::sleep(DRAIN_RETRY).await;
                 continue;
             };
-            let batches = self.side.lock().unwrap().front(DRAIN_CHUNK);
-            let mut answers = Vec::with_capacity(batches.len());
-            for b in batches {
-                let (responder, committed) = ProgressResponder::complete_only();
-                if raft
-                    .client_write_ff(Request::Batch(b), Some(responder))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                answers.push(committed);
-            }
-            let sent = answers.len();
-            // The batches in the log: every one up to the first that openraft refused (a
-            // lapsed lease: not in the log, proposed again later). A leader that is deposed
-            // meanwhile answers the rest "forward to leader" too; they stay held and the
-            // term check drops them.
-            let mut in_log = 0;
-            for a in answers {
-                match a.await {
-                    Ok(Err(ClientWriteError::ForwardToLeader(_))) => break,
-                    Ok(_) => in_log += 1,
-                    Err(_) => break,
-                }
-            }
+            let (sent, in_log) = self.propose_held(&raft).await;
             self.side.lock().unwrap().proposed(in_log);
             if in_log < sent || sent == 0 {
                 tokio::time::sleep(DRAIN_RETRY).await;
             }
         }
+    }
+
+    /// The drain's next step ([`side::decide`]), or `None` once it is over: the group
+    /// stopped, or every held batch is in the log, or the term moved on (the batches are
+    /// lost); each logged.
+    fn drain_step(&self) -> Option<DrainStep> {
+        let group = self.shared.group();
+        if self.core.is_stopped() {
+            let (batches, records) = self.side.lock().unwrap().leave();
+            if batches > 0 {
+                tracing::warn!(
+                    group,
+                    batches,
+                    records,
+                    "the group stopped: held AP writes dropped"
+                );
+            }
+            return None;
+        }
+        let l = self.core.leadership();
+        let leading_in = self.core.is_leader().then_some(l.term);
+        let mut s = self.side.lock().unwrap();
+        match side::decide(s.len(), s.term(), leading_in, l.term) {
+            DrainStep::Done => {
+                s.leave();
+                s.draining = false;
+                tracing::info!(group, "held AP writes are all in the log");
+                None
+            }
+            DrainStep::Discard => {
+                let taken_in = s.term();
+                let (batches, records) = s.leave();
+                s.draining = false;
+                tracing::warn!(
+                    group,
+                    ?taken_in,
+                    term = l.term,
+                    batches,
+                    records,
+                    "the term moved on: AP writes held without a majority are lost"
+                );
+                None
+            }
+            step => Some(step),
+        }
+    }
+
+    /// Proposes the next held batches (up to [`DRAIN_CHUNK`]) to `raft`. Returns how many
+    /// were sent and how many of them are in the log: every one up to the first that
+    /// openraft refused (a lapsed lease: not in the log, proposed again later). A leader that
+    /// is deposed meanwhile answers the rest "forward to leader" too; they stay held and the
+    /// term check drops them.
+    async fn propose_held(&self, raft: &Raft<PartitionSm>) -> (usize, usize) {
+        let batches = self.side.lock().unwrap().front(DRAIN_CHUNK);
+        let mut answers = Vec::with_capacity(batches.len());
+        for b in batches {
+            let (responder, committed) = ProgressResponder::complete_only();
+            if raft
+                .client_write_ff(Request::Batch(b), Some(responder))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            answers.push(committed);
+        }
+        let sent = answers.len();
+        let mut in_log = 0;
+        for a in answers {
+            match a.await {
+                Ok(Err(ClientWriteError::ForwardToLeader(_))) => break,
+                Ok(_) => in_log += 1,
+                Err(_) => break,
+            }
+        }
+        (sent, in_log)
     }
 
     /// CP: returns once a majority has the batch durably and it is applied.

@@ -1,7 +1,8 @@
 //! Node-level liveness: one heartbeat per peer node per heartbeat interval, whatever the number
 //! of groups, a failure detector over them, and the claims of quiet groups they carry. The
-//! decisions are in [`crate::quiesce`] (a group's claim, acceptance, rank) and
-//! [`crate::scan`] (what a round's look does to each group); this module gathers their inputs
+//! decisions are in [`crate::quiesce`] (a group's claim, acceptance, rank), [`crate::scan`]
+//! (what a round's look does to each group) and [`crate::claims`] (the answer to a list of
+//! claims or to its bare version, and what an answer does); this module gathers their inputs
 //! and performs them.
 //!
 //! Every interval, [`Liveness::run`]:
@@ -26,16 +27,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fjord_proto::raft::{NodeHeartbeat, NodeHeartbeatReply, QuietGroup};
 use tokio::time::Instant;
 
 use crate::NodeId;
+use crate::claims::{self, ClaimVerdict, Quiet, Remembered, ReplyAction};
 use crate::group::{AnyGroup, GroupRegistry};
 use crate::handle::Leadership;
-use crate::network::PeerPool;
+use crate::peer::PeerPool;
+use crate::peer::wire::{NodeHeartbeat, NodeHeartbeatReply, QuietGroup};
 use crate::quiesce::{
-    Claim, Detector, GroupView, Kind, Quiescence, Transitions, Wake, follower_accepts,
-    majority_suspects,
+    Claim, Detector, GroupView, Kind, Quiescence, Transitions, Wake, majority_suspects,
 };
 use crate::scan::{self, Idle, Round, ScanAction};
 
@@ -114,14 +115,22 @@ struct Report {
     suspects: Vec<NodeId>,
 }
 
-/// A group quiet under a leader's claim: its id, its switch, and the switch's epoch then.
-type QuietUnder = (u64, Arc<Quiescence>, u64);
+/// Follower side: what this node remembers of a leader's last whole list of claims.
+type Followed = Remembered<Arc<Quiescence>>;
 
-struct Followed {
-    version: u64,
-    groups: Vec<QuietUnder>,
-    /// The node's transition count when `groups` were last seen at their epochs.
-    checked_at: u64,
+impl claims::Epoch for Arc<Quiescence> {
+    fn epoch(&self) -> u64 {
+        Quiescence::epoch(self)
+    }
+}
+
+impl claims::Follower for AnyGroup {
+    fn followed_claim(&self) -> Option<Claim> {
+        self.quiescence().followed_claim()
+    }
+    fn view(&self) -> GroupView {
+        AnyGroup::view(self)
+    }
 }
 
 /// The claims this node makes, by target peer, and their version.
@@ -149,14 +158,11 @@ impl scan::Replica for Group<'_> {
     fn is_partition(&self) -> bool {
         matches!(self.0, AnyGroup::Partition(_))
     }
-    fn is_running(&self) -> bool {
-        self.0.is_running()
+    fn running_since(&self) -> Option<Instant> {
+        self.0.running_since()
     }
     fn quiet_since(&self) -> Option<Instant> {
         self.0.quiescence().quiet_since()
-    }
-    fn started_at(&self) -> Instant {
-        self.0.started_at()
     }
     fn followed_leader(&self) -> Option<NodeId> {
         self.0.quiescence().followed_leader()
@@ -297,15 +303,7 @@ impl Liveness {
                 .lock()
                 .unwrap()
                 .get_mut(&from)
-                .is_some_and(|f| {
-                    let intact = f.version == req.version
-                        && (f.checked_at == now
-                            || f.groups.iter().all(|(_, q, epoch)| q.epoch() == *epoch));
-                    if intact {
-                        f.checked_at = now;
-                    }
-                    intact
-                });
+                .is_some_and(|f| f.holds(req.version, now));
             return NodeHeartbeatReply {
                 from: self.me,
                 version: if intact { req.version } else { 0 },
@@ -328,7 +326,7 @@ impl Liveness {
         let (refused, groups) = self.apply_claims(from, &claims);
         self.followed.lock().unwrap().insert(
             from,
-            Followed {
+            Remembered {
                 version: req.version,
                 groups,
                 checked_at,
@@ -342,34 +340,44 @@ impl Liveness {
         }
     }
 
-    /// A whole list of claims from `from`: returns the groups refused, and those now quiet
-    /// under it with their epochs.
-    fn apply_claims(&self, from: NodeId, claims: &[Claim]) -> (Vec<u64>, Vec<QuietUnder>) {
+    /// A whole list of claims from `from` ([`claims::serve_claims`] and [`claims::left_out`]
+    /// decide, this performs): returns the groups refused, and those now quiet under it.
+    fn apply_claims(
+        &self,
+        from: NodeId,
+        claims: &[Claim],
+    ) -> (Vec<u64>, Vec<Quiet<Arc<Quiescence>>>) {
+        let list: Vec<(Claim, Option<AnyGroup>)> = claims
+            .iter()
+            .map(|c| (*c, self.registry.get(c.group)))
+            .collect();
+        let verdicts = claims::serve_claims(&list);
         let mut refused = Vec::new();
         let mut quiet = Vec::new();
-        for claim in claims {
-            let Some(h) = self.registry.get(claim.group) else {
-                refused.push(claim.group);
-                continue;
-            };
-            let q = h.quiescence();
-            if q.followed_claim() != Some(*claim) {
-                if !follower_accepts(&h.view(), claim) {
+        for ((claim, h), verdict) in list.iter().zip(verdicts) {
+            let q = match (verdict, h) {
+                (ClaimVerdict::Holds, Some(h)) => h.quiescence(),
+                (ClaimVerdict::Follow, Some(h)) => {
+                    h.quiescence().follow(*claim);
+                    h.quiescence()
+                }
+                _ => {
                     refused.push(claim.group);
                     continue;
                 }
-                q.follow(*claim);
-            }
-            quiet.push((claim.group, q.clone(), q.epoch()));
+            };
+            quiet.push(Quiet {
+                group: claim.group,
+                switch: q.clone(),
+                epoch: q.epoch(),
+            });
         }
         // Groups quiet under `from` that its list leaves out have woken there.
-        let listed: HashSet<u64> = claims.iter().map(|c| c.group).collect();
         let before = self.followed.lock().unwrap().remove(&from);
+        let before = before.map(|f| f.groups).unwrap_or_default();
         let mut woke = 0u32;
-        for (group, q, _) in before.map(|f| f.groups).unwrap_or_default() {
-            if !listed.contains(&group) && q.followed_claim().is_some_and(|c| c.leader == from) {
-                woke += u32::from(q.wake(Wake::Activity, "leader no longer claims"));
-            }
+        for q in claims::left_out(from, claims, &before, |q| q.followed_claim()) {
+            woke += u32::from(q.wake(Wake::Activity, "leader no longer claims"));
         }
         if woke > 0 {
             tracing::debug!(leader = from, groups = woke, "leader woke groups");
@@ -689,19 +697,12 @@ impl Liveness {
                 Vec::new()
             },
         };
-        let Ok(mut client) = self.pool.heartbeat_client(addr) else {
-            return;
-        };
         // An answer later than the detector's timeout is as good as none.
-        let reply = match tokio::time::timeout(self.cfg.suspect_after, client.heartbeat(req)).await
-        {
-            Ok(Ok(reply)) => reply.into_inner(),
-            Ok(Err(status)) => {
-                tracing::trace!(peer, %status, "heartbeat failed");
-                return;
-            }
-            Err(_) => {
-                tracing::trace!(peer, "heartbeat timed out");
+        let sent = self.pool.heartbeat_peer(addr);
+        let reply = match sent.heartbeat(req, self.cfg.suspect_after).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                tracing::trace!(peer, error = %e, "heartbeat failed");
                 return;
             }
         };
@@ -718,15 +719,17 @@ impl Liveness {
         self.note_report(peer, reply.suspects.clone());
         self.acked.lock().unwrap().insert(peer, reply.version);
         if full {
-            let refused: HashSet<u64> = reply.refused.into_iter().collect();
-            for (claim, q) in list.iter() {
-                if refused.contains(&claim.group) {
-                    // Only the claim that was refused: a newer one may be on its way.
-                    if q.leader_claim().is_some_and(|(c, _)| c == *claim) {
+            let actions =
+                claims::apply_reply(&list, &reply.refused, |q| q.leader_claim().map(|(c, _)| c));
+            for ((claim, q), action) in list.iter().zip(actions) {
+                match action {
+                    ReplyAction::Accepted => {
+                        q.accepted(claim, peer);
+                    }
+                    ReplyAction::Wake => {
                         q.wake(Wake::Activity, "claim refused");
                     }
-                } else {
-                    q.accepted(claim, peer);
+                    ReplyAction::Nothing => {}
                 }
             }
         }

@@ -30,7 +30,15 @@ use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 
 use crate::TypeConfig;
 use crate::codec::{self, Entry};
-use crate::partition_sm::PartitionShared;
+use crate::partition_sm::{Appended, PartitionShared};
+
+/// An append's entries in the tail: its number and the indexes it covers.
+struct Held {
+    tail: Arc<Mutex<Tail>>,
+    append: u64,
+    first: u64,
+    last: u64,
+}
 
 /// Entries read from redb in one call, at most.
 const MAX_READ_ENTRIES: usize = 4096;
@@ -165,6 +173,79 @@ impl GroupLogStore {
         }
     }
 
+    /// The writes of an append: its entries and, for a partition, the offset index of its
+    /// batches, which the partition then counts as pending (see [`PartitionShared::on_append`]).
+    fn append_ops(&self, entries: &[Entry]) -> Result<(Vec<Op>, Option<Appended>), io::Error> {
+        let encoded: Vec<(u64, Vec<u8>)> = entries
+            .iter()
+            .map(|e| Ok((e.index(), codec::encode(e, "log entry")?)))
+            .collect::<Result<_, codec::EncodeError>>()?;
+        let mut ops = vec![Op::Append {
+            group: self.group,
+            entries: encoded,
+        }];
+        let appended = match &self.partition {
+            Some(p) => {
+                let appended = p
+                    .on_append(&self.store, entries)
+                    .inspect_err(|_| p.invalidate_tail())?;
+                if !appended.index.is_empty() {
+                    ops.push(Op::IndexOffsets {
+                        group: self.group,
+                        entries: appended.index.clone(),
+                    });
+                }
+                p.pending_add(&appended.index);
+                Some(appended)
+            }
+            None => None,
+        };
+        Ok((ops, appended))
+    }
+
+    /// Holds `entries` in the tail, readable until they are durable; returns the append's
+    /// number.
+    fn hold(&self, entries: Vec<Entry>) -> u64 {
+        let mut t = self.tail.lock().unwrap();
+        t.appends += 1;
+        let append = t.appends;
+        for e in entries {
+            t.entries.insert(e.index(), (append, e));
+        }
+        append
+    }
+
+    /// Once an append's write is durable (or failed): drops its entries from the tail,
+    /// settles the partition's pending index, and tells openraft; on success the partition
+    /// announces the batches' outcomes.
+    async fn once_durable(
+        durable: fjord_storage::Durable,
+        held: Held,
+        partition: Option<Arc<PartitionShared>>,
+        appended: Option<Appended>,
+        callback: IOFlushed<TypeConfig>,
+    ) {
+        let result = durable.wait().await;
+        Self::settle(&held.tail, held.append, held.first, held.last);
+        if let (Some(p), Some(appended)) = (&partition, &appended) {
+            p.pending_done(&appended.index);
+        }
+        match result {
+            Ok(()) => {
+                callback.io_completed(Ok(()));
+                if let (Some(p), Some(appended)) = (&partition, appended) {
+                    p.notify_appended(appended.outcomes);
+                }
+            }
+            Err(e) => {
+                if let Some(p) = &partition {
+                    p.invalidate_tail();
+                }
+                callback.io_completed(Err(io::Error::other(e.to_string())));
+            }
+        }
+    }
+
     fn get_log_id_value(&self, key: GroupKey) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
         match self.store.get_value(self.group, key)? {
             None => Ok(None),
@@ -271,40 +352,9 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             callback.io_completed(Ok(()));
             return Ok(());
         }
-        let encoded: Vec<(u64, Vec<u8>)> = entries
-            .iter()
-            .map(|e| Ok((e.index(), codec::encode(e, "log entry")?)))
-            .collect::<Result<_, codec::EncodeError>>()?;
-        let mut ops = vec![Op::Append {
-            group: self.group,
-            entries: encoded,
-        }];
-        let appended = match &self.partition {
-            Some(p) => {
-                let appended = p
-                    .on_append(&self.store, &entries)
-                    .inspect_err(|_| p.invalidate_tail())?;
-                if !appended.index.is_empty() {
-                    ops.push(Op::IndexOffsets {
-                        group: self.group,
-                        entries: appended.index.clone(),
-                    });
-                }
-                p.pending_add(&appended.index);
-                Some(appended)
-            }
-            None => None,
-        };
+        let (ops, appended) = self.append_ops(&entries)?;
         let (first, last) = (entries[0].index(), entries[entries.len() - 1].index());
-        let append = {
-            let mut t = self.tail.lock().unwrap();
-            t.appends += 1;
-            let append = t.appends;
-            for e in entries {
-                t.entries.insert(e.index(), (append, e));
-            }
-            append
-        };
+        let append = self.hold(entries);
         let durable = match self.store.submit(ops).await {
             Ok(d) => d,
             Err(e) => {
@@ -317,29 +367,16 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
                 return Err(io::Error::from(e));
             }
         };
-        let tail = self.tail.clone();
+        let held = Held {
+            tail: self.tail.clone(),
+            append,
+            first,
+            last,
+        };
         let partition = self.partition.clone();
-        tokio::spawn(async move {
-            let result = durable.wait().await;
-            Self::settle(&tail, append, first, last);
-            if let (Some(p), Some(appended)) = (&partition, &appended) {
-                p.pending_done(&appended.index);
-            }
-            match result {
-                Ok(()) => {
-                    callback.io_completed(Ok(()));
-                    if let (Some(p), Some(appended)) = (&partition, appended) {
-                        p.notify_appended(appended.outcomes);
-                    }
-                }
-                Err(e) => {
-                    if let Some(p) = &partition {
-                        p.invalidate_tail();
-                    }
-                    callback.io_completed(Err(io::Error::other(e.to_string())));
-                }
-            }
-        });
+        tokio::spawn(Self::once_durable(
+            durable, held, partition, appended, callback,
+        ));
         Ok(())
     }
 

@@ -348,7 +348,7 @@ impl Kind {
 
 /// openraft's runtime switches of one group; a trait so that the switch can be tested without
 /// a Raft. (The group's implementation also starts a hibernated group again when a switch
-/// turns on, see [`crate::handle`].)
+/// turns on, see [`crate::handle`] and `crate::lifecycle`.)
 pub trait Timers: Send + Sync + 'static {
     fn set_tick(&self, on: bool);
     fn set_heartbeat(&self, on: bool);
@@ -434,11 +434,6 @@ impl Quiescence {
             activity_grace,
             transitions,
         })
-    }
-
-    /// The node's transition counter this replica bumps.
-    pub(crate) fn transitions(&self) -> &Transitions {
-        &self.transitions
     }
 
     /// Every mode change goes through here, so the mirrors stay in step.

@@ -36,7 +36,28 @@ pub enum ReadError {
     /// A stored batch fails its check or the index points at something else: data, never
     /// silently skipped.
     #[error("group {group}: {what}")]
-    Corrupt { group: u64, what: String },
+    Corrupt {
+        group: u64,
+        #[source]
+        what: Corruption,
+    },
+}
+
+/// What is wrong with a stored batch.
+#[derive(Debug, thiserror::Error)]
+pub enum Corruption {
+    /// The log entry does not decode.
+    #[error(transparent)]
+    Entry(#[from] codec::DecodeError),
+    /// The offset index points at an entry that holds no batch.
+    #[error("offset index points at a non-batch entry {index}")]
+    NotABatch { index: u64 },
+    /// The batch's records fail their CRC or do not decode.
+    #[error("stored batch at offset {base_offset}: {source}")]
+    Batch {
+        base_offset: u64,
+        source: batch::BatchError,
+    },
 }
 
 /// How much one read returns, at most.
@@ -76,7 +97,7 @@ pub fn committed_batches(
         limits.max_batches * 4,
         limits.max_bytes + 4096,
     )?;
-    let corrupt = |what: String| ReadError::Corrupt { group, what };
+    let corrupt = |what: Corruption| ReadError::Corrupt { group, what };
     let mut out = Vec::new();
     let mut bytes = 0usize;
     for (idx, raw) in entries {
@@ -84,10 +105,14 @@ pub fn committed_batches(
             continue;
         };
         let b = codec::stored_batch(&raw)
-            .map_err(|e| corrupt(e.to_string()))?
-            .ok_or_else(|| corrupt(format!("offset index points at a non-batch entry {idx}")))?;
-        batch::verify(&b.records, b.crc32c)
-            .map_err(|e| corrupt(format!("stored batch at offset {base}: {e}")))?;
+            .map_err(|e| corrupt(e.into()))?
+            .ok_or_else(|| corrupt(Corruption::NotABatch { index: idx }))?;
+        batch::verify(&b.records, b.crc32c).map_err(|source| {
+            corrupt(Corruption::Batch {
+                base_offset: base,
+                source,
+            })
+        })?;
         if !out.is_empty() && bytes + b.records.len() > limits.max_bytes {
             break;
         }

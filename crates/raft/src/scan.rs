@@ -50,12 +50,10 @@ pub trait Replica {
     fn kind(&self) -> Kind;
     /// A partition group (the metadata group never hibernates).
     fn is_partition(&self) -> bool;
-    /// Its Raft instance runs (it is not hibernated).
-    fn is_running(&self) -> bool;
+    /// Since when its Raft instance runs, if it does (it is not hibernated).
+    fn running_since(&self) -> Option<Instant>;
     /// Since when it is quiet (leading or following a claim), if it is.
     fn quiet_since(&self) -> Option<Instant>;
-    /// When its Raft instance last started.
-    fn started_at(&self) -> Instant;
     /// The leader it follows quietly.
     fn followed_leader(&self) -> Option<NodeId>;
     /// The claim it follows quietly.
@@ -206,10 +204,13 @@ fn hibernation(
 ) -> (Option<ScanAction>, bool) {
     let quiet = matches!(kind, Kind::Leading | Kind::Following);
     match round.cfg.hibernate_after {
-        Some(after) if quiet && r.is_partition() && r.is_running() => {
-            let due = hibernation_due(round.now, r.quiet_since(), r.started_at(), after);
-            (due.then_some(ScanAction::Hibernate { group }), false)
-        }
+        Some(after) if quiet && r.is_partition() => match r.running_since() {
+            Some(started_at) => {
+                let due = hibernation_due(round.now, r.quiet_since(), started_at, after);
+                (due.then_some(ScanAction::Hibernate { group }), false)
+            }
+            None => (None, true),
+        },
         _ => (None, quiet),
     }
 }
@@ -354,9 +355,8 @@ mod tests {
     struct Fake {
         kind: Kind,
         partition: bool,
-        running: bool,
+        running_since: Option<Instant>,
         quiet_since: Option<Instant>,
-        started_at: Instant,
         followed: Option<Claim>,
         leader_claim: Option<Claim>,
         claiming_since: Option<Instant>,
@@ -375,14 +375,11 @@ mod tests {
         fn is_partition(&self) -> bool {
             self.partition
         }
-        fn is_running(&self) -> bool {
-            self.running
+        fn running_since(&self) -> Option<Instant> {
+            self.running_since
         }
         fn quiet_since(&self) -> Option<Instant> {
             self.quiet_since
-        }
-        fn started_at(&self) -> Instant {
-            self.started_at
         }
         fn followed_leader(&self) -> Option<NodeId> {
             self.followed.map(|c| c.leader)
@@ -426,9 +423,8 @@ mod tests {
         Fake {
             kind: Kind::Awake,
             partition: true,
-            running: true,
+            running_since: Some(t0),
             quiet_since: None,
-            started_at: t0,
             followed: None,
             leader_claim: None,
             claiming_since: None,
@@ -839,13 +835,13 @@ mod tests {
         assert_eq!((early.actions.as_slice(), early.settled), (&[][..], false));
         // Started again (woken by a message, then quiet again) too recently.
         let restarted = Fake {
-            started_at: t0 + MS,
+            running_since: Some(t0 + MS),
             ..quiet_follower(t0)
         };
         assert_eq!(actions(&at(t0 + after).look(9, &restarted, None)), []);
         // Hibernated already: settled.
         let parked = Fake {
-            running: false,
+            running_since: None,
             ..quiet_follower(t0)
         };
         assert_eq!(

@@ -22,8 +22,8 @@ use std::time::Duration;
 use fjord_meta::{
     BootRefusal, BootVerdict, DiskIdentity, IncarnationRecord, NodeId, PeerReport, check_boot,
 };
-use fjord_proto::raft::{IdentityReply, IdentityRequest};
-use fjord_raft::network::PeerPool;
+use fjord_raft::peer::wire::{IdentityReply, IdentityRequest, RebuildRequest};
+use fjord_raft::peer::{PeerError, PeerPool};
 use fjord_storage::{NodeKey, Op, Store};
 
 use crate::ServeConfig;
@@ -208,19 +208,7 @@ impl IdentityService {
                 BootVerdict::Refuse(why) => return Err(BootError::Refused(why)),
                 BootVerdict::Wait { needed, answered } => {
                     if round <= CHECK_ROUNDS_LOGGED || round.is_multiple_of(CHECK_LOG_EVERY) {
-                        let why = if me.joined {
-                            "a majority of the voters, this node included, must answer \
-                             before it may take part"
-                        } else {
-                            "this data directory is new: every voter must answer before it \
-                             may form or join a cluster"
-                        };
-                        tracing::warn!(
-                            round,
-                            needed,
-                            answered,
-                            "waiting for peers to check this data directory with: {why}"
-                        );
+                        log_wait(me.joined, round, needed, answered);
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(CHECK_BACKOFF_MAX);
@@ -237,13 +225,9 @@ impl IdentityService {
                         roster,
                         ..me.clone()
                     };
-                    // Stored here first: a crash before the announcement leaves this
-                    // directory ahead of its peers' records, never behind them.
-                    persist(&self.store, &next).await?;
-                    *self.identity.lock().unwrap() = next.clone();
+                    let stored = self.store_and_announce(config, pool, &next).await?;
                     // Every peer that answered the check (none for a single node).
                     let needed = reports.len();
-                    let stored = announce(config, pool, &next).await;
                     if stored < needed {
                         tracing::warn!(
                             stored,
@@ -270,6 +254,20 @@ impl IdentityService {
         }
     }
 
+    /// Stores this start's identity here, then announces it to the peers; how many stored it.
+    /// Stored here first: a crash before the announcement leaves this directory ahead of its
+    /// peers' records, never behind them.
+    async fn store_and_announce(
+        &self,
+        config: &ServeConfig,
+        pool: &PeerPool,
+        next: &DiskIdentity,
+    ) -> Result<usize, BootError> {
+        persist(&self.store, next).await?;
+        *self.identity.lock().unwrap() = next.clone();
+        Ok(announce(config, pool, next).await)
+    }
+
     /// `--rebuild`, on a new directory: asks the metadata leader, through any peer that holds
     /// the cluster, to make this node a learner of every group it was a voter of and to record
     /// this directory ([`crate::rebuild`]); then stores the cluster id and generation 1,
@@ -288,7 +286,7 @@ impl IdentityService {
                 .map(|r| r.cluster_id);
             let mut last = "no peer that holds the cluster answered".to_string();
             if let Some(cluster_id) = cluster_id {
-                let req = fjord_proto::raft::RebuildRequest {
+                let req = RebuildRequest {
                     node: me.node_id,
                     incarnation: me.incarnation,
                     cluster_id,
@@ -296,13 +294,12 @@ impl IdentityService {
                     replaces: reported_incarnation(&reports),
                 };
                 for (id, addr) in config.peers.0.iter().filter(|(id, _)| **id != config.id) {
-                    let Ok(mut client) = pool.client(addr) else {
-                        continue;
-                    };
-                    match tokio::time::timeout(REBUILD_RPC_TIMEOUT, client.rebuild(req.clone()))
+                    match pool
+                        .peer(addr)
+                        .rebuild(req.clone(), REBUILD_RPC_TIMEOUT)
                         .await
                     {
-                        Ok(Ok(r)) => {
+                        Ok(r) => {
                             let next = DiskIdentity {
                                 cluster_id,
                                 generation: 1,
@@ -313,18 +310,20 @@ impl IdentityService {
                             // Best effort: the metadata recorded this incarnation already.
                             announce(config, pool, &next).await;
                             tracing::warn!(
-                                learner_groups = r.into_inner().learner_groups,
+                                learner_groups = r.learner_groups,
                                 incarnation = format_args!("{:#x}", next.incarnation),
                                 "--rebuild: the cluster took this node back as a learner; it catches up, then becomes a voter again"
                             );
                             *self.identity.lock().unwrap() = next;
                             return Ok(());
                         }
-                        Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition => {
-                            return Err(BootError::RebuildRefused(s.message().to_string()));
+                        Err(e) if e.code() == Some(tonic::Code::FailedPrecondition) => {
+                            return Err(BootError::RebuildRefused(e.message()));
                         }
-                        Ok(Err(s)) => last = format!("node {id}: {}", s.message()),
-                        Err(_) => last = format!("node {id}: no answer in time"),
+                        Err(PeerError::Timeout { .. }) => {
+                            last = format!("node {id}: no answer in time")
+                        }
+                        Err(e) => last = format!("node {id}: {}", e.message()),
                     }
                 }
             }
@@ -455,24 +454,14 @@ async fn ask_each_peer(
         .map(|(id, addr)| {
             let (id, addr) = (*id, addr.clone());
             async move {
-                let mut client = match pool.client(&addr) {
-                    Ok(c) => c,
+                match pool
+                    .peer(&addr)
+                    .check_identity(req, CHECK_RPC_TIMEOUT)
+                    .await
+                {
+                    Ok(r) => (r.from == id).then_some((id, r)),
                     Err(e) => {
-                        tracing::debug!(peer = id, error = %e, "boot check: no connection");
-                        return None;
-                    }
-                };
-                match tokio::time::timeout(CHECK_RPC_TIMEOUT, client.check_identity(req)).await {
-                    Ok(Ok(r)) => {
-                        let r = r.into_inner();
-                        (r.from == id).then_some((id, r))
-                    }
-                    Ok(Err(status)) => {
-                        tracing::debug!(peer = id, error = %status.message(), "boot check: no answer");
-                        None
-                    }
-                    Err(_) => {
-                        tracing::debug!(peer = id, "boot check: timed out");
+                        tracing::debug!(peer = id, error = %e, "boot check: no answer");
                         None
                     }
                 }
@@ -483,4 +472,21 @@ async fn ask_each_peer(
         .into_iter()
         .flatten()
         .collect()
+}
+
+/// Says why a boot check waits: a directory that joined needs a majority, a new one every
+/// voter.
+fn log_wait(joined: bool, round: u32, needed: usize, answered: usize) {
+    let why = if joined {
+        "a majority of the voters, this node included, must answer before it may take part"
+    } else {
+        "this data directory is new: every voter must answer before it may form or join a \
+         cluster"
+    };
+    tracing::warn!(
+        round,
+        needed,
+        answered,
+        "waiting for peers to check this data directory with: {why}"
+    );
 }

@@ -37,7 +37,7 @@ use fjord_storage::partition::Outcome;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, NoLeaderCause, Subject};
 use crate::node::Node;
 
 /// Requests waiting for one coordinator partition, at most; beyond, UNAVAILABLE (retry).
@@ -156,26 +156,21 @@ impl Coordinator {
         // Bounded: its first requests find leaders rather than UNAVAILABLE.
         service.wait_for_leaders(fjord_groups::GROUPS_TOPIC).await;
         match created {
-            MetaResponse::Topic(_) => node
-                .view()
-                .state
-                .topic(fjord_groups::GROUPS_TOPIC)
-                .cloned()
-                .ok_or_else(|| {
-                    ApiError::NoLeader("the metadata group (creating the groups' topic)".into())
-                }),
+            MetaResponse::Topic(t) => Ok(t),
             MetaResponse::Error(fjord_meta::MetaError::TopicExists { .. }) => node
                 .view()
                 .state
                 .topic(fjord_groups::GROUPS_TOPIC)
                 .cloned()
-                .ok_or_else(|| {
-                    ApiError::NoLeader("the metadata group (creating the groups' topic)".into())
+                .ok_or(ApiError::NoLeader {
+                    of: Subject::Metadata,
+                    why: NoLeaderCause::NotKnown,
                 }),
             MetaResponse::Error(e) => Err(ApiError::Meta(e)),
-            other => Err(ApiError::Internal(format!(
-                "unexpected answer to the groups' topic creation: {other:?}"
-            ))),
+            other => Err(ApiError::UnexpectedAnswer {
+                to: "the groups' topic creation",
+                got: Box::new(other),
+            }),
         }
     }
 
@@ -189,10 +184,7 @@ impl Coordinator {
         let topic = self.topic(node).await?;
         let partition = fjord_groups::coordinator_partition(group, topic.partitions.len() as u32);
         let gid = group_id(topic.id, partition);
-        let local = node
-            .registry
-            .partition(gid)
-            .and_then(|h| h.leadership().leader);
+        let local = node.partition(gid).and_then(|h| h.leadership().leader);
         let recorded = topic.partitions[partition as usize].leader;
         Ok((partition, gid, local.or(recorded)))
     }
@@ -202,11 +194,11 @@ impl Coordinator {
         let (_, gid, leader) = self.locate(node, op.group()).await?;
         let group = op.group().to_string();
         let not_coordinator = |leader: Option<u64>| ApiError::NotCoordinator {
-            this: node.id,
+            this: node.id(),
             group: group.clone(),
             leader: leader.and_then(|l| node.address_of(l).map(|a| (l, a))),
         };
-        let Some(handle) = node.registry.partition(gid) else {
+        let Some(handle) = node.partition(gid) else {
             return Err(not_coordinator(leader));
         };
         if !handle.is_leader() {
@@ -218,10 +210,9 @@ impl Coordinator {
         match sender.try_send(job) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                return Err(ApiError::Busy(format!(
-                    "{MAX_QUEUED_REQUESTS} group requests are waiting on this coordinator \
-                     (MAX_QUEUED_REQUESTS); retry"
-                )));
+                return Err(ApiError::CoordinatorQueueFull {
+                    limit: MAX_QUEUED_REQUESTS,
+                });
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 return Err(not_coordinator(leader_of(node, gid).or(leader)));
@@ -231,10 +222,10 @@ impl Coordinator {
             Ok(Ok(answer)) => answer,
             // The runner stopped (leadership lost) before it answered.
             Ok(Err(_)) => Err(not_coordinator(leader_of(node, gid))),
-            Err(_) => Err(ApiError::Timeout(format!(
-                "the coordinator did not answer within {} ms; the outcome is unknown",
-                REQUEST_TIMEOUT.as_millis()
-            ))),
+            Err(_) => Err(ApiError::GroupTimeout {
+                group,
+                timeout: REQUEST_TIMEOUT,
+            }),
         }
     }
 
@@ -262,9 +253,7 @@ impl Coordinator {
 }
 
 fn leader_of(node: &Node, gid: GroupId) -> Option<u64> {
-    node.registry
-        .partition(gid)
-        .and_then(|h| h.leadership().leader)
+    node.partition(gid).and_then(|h| h.leadership().leader)
 }
 
 type MemberKey = (String, String);
@@ -304,7 +293,7 @@ impl Runner {
                     self.batch(jobs).await;
                 }
                 _ = tick.tick() => self.expire().await,
-                _ = self.node.shutdown.cancelled() => break,
+                _ = self.node.stopping() => break,
             }
             if !self.handle.is_leader() {
                 break;
@@ -320,7 +309,7 @@ impl Runner {
     fn not_coordinator(&self, group: &str) -> ApiError {
         let leader = self.handle.leadership().leader;
         ApiError::NotCoordinator {
-            this: self.node.id,
+            this: self.node.id(),
             group: group.to_string(),
             leader: leader.and_then(|l| self.node.address_of(l).map(|a| (l, a))),
         }
@@ -329,11 +318,12 @@ impl Runner {
     fn raft_error(&self, group: &str, e: fjord_raft::GroupError) -> ApiError {
         match e {
             fjord_raft::GroupError::NotLeader { .. } => self.not_coordinator(group),
-            fjord_raft::GroupError::Unavailable(why) => {
-                ApiError::NoLeader(format!("the coordinator of group {group:?} ({why})"))
-            }
-            fjord_raft::GroupError::Busy(why) => ApiError::Busy(why.to_string()),
-            fjord_raft::GroupError::Internal(why) => ApiError::Internal(why.to_string()),
+            fjord_raft::GroupError::Unavailable(why) => ApiError::NoLeader {
+                of: Subject::Group(self.gid),
+                why: NoLeaderCause::Unavailable(why),
+            },
+            fjord_raft::GroupError::Busy(why) => ApiError::Busy(why),
+            fjord_raft::GroupError::Internal(why) => ApiError::Internal(why),
         }
     }
 
@@ -372,7 +362,7 @@ impl Runner {
         }
         let view = self.node.view();
         let topics = topics_view(&view.state);
-        let now_ms = self.node.clock.now_ms();
+        let now_ms = self.node.now_ms();
         // The batch's own view of each group it touches: the applied group plus the records of
         // the batch's earlier decisions.
         let mut scratch: BTreeMap<String, Option<Group>> = BTreeMap::new();
@@ -482,7 +472,7 @@ impl Runner {
             return Some(known);
         }
         let gid = group_id(tp.topic, tp.partition);
-        let local = self.node.registry.partition(gid);
+        let local = self.node.partition(gid);
         let mut best = known;
         if let Some(h) = &local {
             best = best.max(h.shared().high_watermark());
@@ -508,7 +498,7 @@ impl Runner {
             .get(tp.partition as usize)?
             .leader?;
         let addr = self.node.address_of(leader)?;
-        let channel = self.node.pool.channel(&addr).ok()?;
+        let channel = self.node.channel(&addr).ok()?;
         let mut client = fjord_proto::v1::fjord_client::FjordClient::new(channel);
         let mut req = tonic::Request::new(FetchRequest {
             topic: name,
@@ -568,11 +558,7 @@ impl Runner {
                 let (session_timeout_ms, heartbeat_interval_ms) = timing(Some(g), defaults);
                 let mut high_watermarks = BTreeMap::new();
                 for tp in described_partitions(g) {
-                    if let Some(h) = self
-                        .node
-                        .registry
-                        .partition(group_id(tp.topic, tp.partition))
-                    {
+                    if let Some(h) = self.node.partition(group_id(tp.topic, tp.partition)) {
                         high_watermarks.insert(tp, h.shared().high_watermark());
                     } else if let Some(h) = self.hw.get(&tp) {
                         high_watermarks.insert(tp, *h);
@@ -584,7 +570,7 @@ impl Runner {
                         session_timeout_ms,
                         heartbeat_interval_ms,
                         high_watermarks,
-                        coordinator: self.node.id,
+                        coordinator: self.node.id(),
                     })),
                     Vec::new(),
                 )
@@ -623,7 +609,6 @@ impl Runner {
             .map(|tp| {
                 let local = self
                     .node
-                    .registry
                     .partition(group_id(tp.topic, tp.partition))
                     .map(|h| h.shared().high_watermark());
                 let hw = local
@@ -691,7 +676,7 @@ impl Runner {
             return;
         }
         let now = Instant::now();
-        let now_ms = self.node.clock.now_ms();
+        let now_ms = self.node.now_ms();
         let defaults = self.node.group_defaults();
         let mut due: Vec<(String, String)> = Vec::new();
         let members: Vec<(MemberKey, u32)> = self
@@ -787,5 +772,5 @@ pub fn described_partitions(g: &Group) -> BTreeSet<Tp> {
 /// A fresh member id: the node id and a random 64-bit number (the runtime's randomness,
 /// which a simulation seeds; the decisions stay pure).
 fn new_member_id(node: &Node) -> String {
-    format!("{}-{:016x}", node.id, fjord_raft::runtime::random_u64())
+    format!("{}-{:016x}", node.id(), fjord_raft::runtime::random_u64())
 }

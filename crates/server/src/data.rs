@@ -12,12 +12,10 @@ use fjord_meta::{Topic, group_id};
 use fjord_proto::batch;
 use fjord_proto::partitioner::partition_for_key;
 use fjord_proto::v1::Record;
-use fjord_raft::{
-    GroupError, PartitionHandle, ReadError, ReadLimits, StoredBatch, committed_batches,
-};
+use fjord_raft::{GroupError, PartitionHandle, ReadLimits, StoredBatch, committed_batches};
 use fjord_storage::partition::Outcome;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Invalid, NoLeaderCause, Subject};
 use crate::node::Node;
 pub use crate::wire::MAX_FETCH_BYTES;
 use crate::wire::{Acks, Fetch, Fetched, Produce, ProduceBody, Produced, ProducerBatch, ReadMode};
@@ -59,8 +57,11 @@ fn leader_hint(node: &Node, leader: Option<u64>) -> Option<(u64, String)> {
 
 fn not_leader(node: &Node, topic: &Topic, partition: u32, leader: Option<u64>) -> ApiError {
     ApiError::NotLeader {
-        this: node.id,
-        what: format!("partition {partition} of topic {:?}", topic.name),
+        this: node.id(),
+        of: Subject::Partition {
+            topic: topic.name.clone(),
+            partition,
+        },
         leader: leader_hint(node, leader),
     }
 }
@@ -72,7 +73,7 @@ fn local_partition(
     partition: u32,
 ) -> Result<PartitionHandle, ApiError> {
     let g = group_id(topic.id, partition);
-    match node.registry.partition(g) {
+    match node.partition(g) {
         Some(x) => Ok(x),
         None => {
             let p = &topic.partitions[partition as usize];
@@ -82,7 +83,7 @@ fn local_partition(
                 Err(ApiError::NotReplica {
                     topic: topic.name.clone(),
                     partition,
-                    this: node.id,
+                    this: node.id(),
                     replicas: p.replicas.clone(),
                 })
             }
@@ -108,17 +109,21 @@ fn check_records(topic: &Topic, records: &[Record]) -> Result<usize, ApiError> {
     for (i, r) in records.iter().enumerate() {
         let size = batch::record_size(r);
         if size > limit {
-            return Err(ApiError::Invalid(format!(
-                "record {i} is {size} bytes (key + value + headers), over the topic's max_record_bytes of {limit}"
-            )));
+            return Err(Invalid::RecordTooLarge {
+                index: i,
+                bytes: size,
+                limit,
+            }
+            .into());
         }
         total += size;
     }
     if records.len() > MAX_BATCH_RECORDS {
-        return Err(ApiError::Invalid(format!(
-            "a batch has {} records, over the limit of {MAX_BATCH_RECORDS}",
-            records.len()
-        )));
+        return Err(Invalid::TooManyRecords {
+            count: records.len(),
+            limit: MAX_BATCH_RECORDS,
+        }
+        .into());
     }
     Ok(total)
 }
@@ -139,15 +144,9 @@ fn record_batches(
     // node leads.
     let unkeyed = partition.is_none() && records.iter().any(|r| r.key.is_none());
     let sticky = if unkeyed {
-        let turn = node
-            .round_robin
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let turn = node.next_turn();
         let led: Vec<u32> = (0..count)
-            .filter(|p| {
-                node.registry
-                    .partition(group_id(topic.id, *p))
-                    .is_some_and(|h| h.leadership().leader == Some(node.id))
-            })
+            .filter(|p| node.leads(group_id(topic.id, *p)))
             .collect();
         unkeyed_partition(turn, &led, count)
     } else {
@@ -162,7 +161,7 @@ fn record_batches(
         };
         by_partition.entry(p).or_default().push(r);
     }
-    let now = node.clock.now_ms();
+    let now = node.now_ms();
     let out = by_partition
         .into_iter()
         .map(|(p, records)| {
@@ -190,32 +189,48 @@ fn producer_batches(
     topic: &Topic,
     batches: Vec<ProducerBatch>,
 ) -> Result<(Vec<(u32, StoredBatch)>, usize), ApiError> {
-    let now = node.clock.now_ms();
+    let now = node.now_ms();
     let mut out = Vec::new();
     let mut total = 0usize;
     let mut seen = std::collections::BTreeSet::new();
     for (i, b) in batches.into_iter().enumerate() {
-        let at = format!("batch {i} (partition {})", b.partition);
-        check_partition(topic, b.partition)?;
-        if !seen.insert(b.partition) {
-            return Err(ApiError::Invalid(format!(
-                "batch {i} is the second batch for partition {} in one request: send one batch per partition",
-                b.partition
-            )));
+        let partition = b.partition;
+        check_partition(topic, partition)?;
+        if !seen.insert(partition) {
+            return Err(Invalid::SecondBatch {
+                batch: i,
+                partition,
+            }
+            .into());
         }
-        let records = batch::decode(&b.records, b.crc32c).map_err(|e| match e {
-            batch::BatchError::Checksum { .. } => ApiError::Corrupt(format!("{at}: {e}")),
-            other => ApiError::Invalid(format!("{at}: {other}")),
+        let records = batch::decode(&b.records, b.crc32c).map_err(|source| match source {
+            batch::BatchError::Checksum { .. } => ApiError::CorruptBatch {
+                batch: i,
+                partition,
+                source,
+            },
+            source => Invalid::Malformed {
+                batch: i,
+                partition,
+                source,
+            }
+            .into(),
         })?;
         if records.is_empty() {
-            return Err(ApiError::Invalid(format!("{at} has no records")));
+            return Err(Invalid::EmptyBatch {
+                batch: i,
+                partition,
+            }
+            .into());
         }
         if records.len() != b.record_count as usize {
-            return Err(ApiError::Invalid(format!(
-                "{at} declares {} records but holds {}",
-                b.record_count,
-                records.len()
-            )));
+            return Err(Invalid::CountMismatch {
+                batch: i,
+                partition,
+                declared: b.record_count,
+                held: records.len(),
+            }
+            .into());
         }
         total += check_records(topic, &records)?;
         out.push((
@@ -245,14 +260,14 @@ pub async fn produce(node: &Node, req: Produce) -> Result<Vec<Produced>, ApiErro
         ProduceBody::Batches(batches) => producer_batches(node, &topic, batches)?,
     };
     if batches.is_empty() {
-        return Err(ApiError::Invalid(
-            "the produce request has no records: send at least one record or batch".into(),
-        ));
+        return Err(Invalid::NoRecords.into());
     }
     if total > MAX_PRODUCE_REQUEST_BYTES {
-        return Err(ApiError::Invalid(format!(
-            "the produce request holds {total} bytes of records, over the limit of {MAX_PRODUCE_REQUEST_BYTES}"
-        )));
+        return Err(Invalid::RequestTooLarge {
+            bytes: total,
+            limit: MAX_PRODUCE_REQUEST_BYTES,
+        }
+        .into());
     }
     let (acks, timeout) = (req.acks, req.timeout);
     let futs = batches.into_iter().map(|(p, b)| {
@@ -305,7 +320,7 @@ async fn produce_partition(
 ) -> Result<Outcome, ApiError> {
     let handle = local_partition(node, topic, partition)?;
     let leader = handle.leadership().leader;
-    if leader != Some(node.id) {
+    if leader != Some(node.id()) {
         return Err(not_leader(node, topic, partition, leader));
     }
     let proposal = async {
@@ -321,24 +336,26 @@ async fn produce_partition(
     };
     match tokio::time::timeout(timeout, proposal).await {
         Ok(result) => result,
-        Err(_) => Err(ApiError::Timeout(format!(
-            "partition {partition} of topic {:?}: not acknowledged within {} ms; the outcome is unknown \
-             (retry with the same producer id and sequence to avoid a duplicate)",
-            topic.name,
-            timeout.as_millis()
-        ))),
+        Err(_) => Err(ApiError::Timeout {
+            topic: topic.name.clone(),
+            partition,
+            timeout,
+        }),
     }
 }
 
 fn group_error(node: &Node, topic: &Topic, partition: u32, e: GroupError) -> ApiError {
     match e {
         GroupError::NotLeader { leader, .. } => not_leader(node, topic, partition, leader),
-        GroupError::Unavailable(why) => ApiError::NoLeader(format!(
-            "partition {partition} of topic {:?} ({why})",
-            topic.name
-        )),
-        GroupError::Busy(why) => ApiError::Busy(why.to_string()),
-        GroupError::Internal(why) => ApiError::Internal(why.to_string()),
+        GroupError::Unavailable(why) => ApiError::no_leader(
+            Subject::Partition {
+                topic: topic.name.clone(),
+                partition,
+            },
+            NoLeaderCause::Unavailable(why),
+        ),
+        GroupError::Busy(why) => ApiError::Busy(why),
+        GroupError::Internal(why) => ApiError::Internal(why),
     }
 }
 
@@ -359,7 +376,7 @@ async fn long_poll(
         // A shutting-down node answers long polls at once, so it can drain and stop.
         tokio::select! {
             r = tokio::time::timeout_at(deadline, rx.changed()) => if !matches!(r, Ok(Ok(()))) { return hw },
-            _ = node.shutdown.cancelled() => return hw,
+            _ = node.stopping() => return hw,
         }
     }
 }
@@ -380,22 +397,22 @@ pub async fn fetch(node: &Node, req: Fetch) -> Result<Fetched, ApiError> {
     let shared = handle.shared();
     let group = shared.group();
     let mut hw = shared.high_watermark();
-    let log_start = node
-        .store
-        .first_offset(group)
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .unwrap_or(hw);
+    let log_start = node.store().first_offset(group)?.unwrap_or(hw);
     if req.offset < log_start {
-        return Err(ApiError::OutOfRange(format!(
-            "offset {} is below the log start offset {log_start} of partition {} of topic {:?}",
-            req.offset, req.partition, topic.name
-        )));
+        return Err(ApiError::BelowLogStart {
+            topic: topic.name,
+            partition: req.partition,
+            offset: req.offset,
+            log_start,
+        });
     }
     if req.offset > hw && req.read == ReadMode::Cp {
-        return Err(ApiError::OutOfRange(format!(
-            "offset {} is beyond the end of partition {} of topic {:?} (high watermark {hw})",
-            req.offset, req.partition, topic.name
-        )));
+        return Err(ApiError::BeyondEnd {
+            topic: topic.name,
+            partition: req.partition,
+            offset: req.offset,
+            high_watermark: hw,
+        });
     }
     if req.offset >= hw && !req.max_wait.is_zero() {
         hw = long_poll(node, shared, req.offset, req.max_wait).await;
@@ -413,10 +430,7 @@ pub async fn fetch(node: &Node, req: Fetch) -> Result<Fetched, ApiError> {
             max_bytes: req.max_bytes,
             max_batches: MAX_FETCH_BATCHES,
         };
-        committed_batches(&node.store, group, req.offset, hw, limits).map_err(|e| match e {
-            ReadError::Corrupt { .. } => ApiError::Corrupt(e.to_string()),
-            ReadError::Storage(e) => ApiError::Internal(e.to_string()),
-        })?
+        committed_batches(node.store(), group, req.offset, hw, limits)?
     } else {
         Vec::new()
     };
@@ -424,7 +438,7 @@ pub async fn fetch(node: &Node, req: Fetch) -> Result<Fetched, ApiError> {
         batches,
         high_watermark: hw,
         log_start_offset: log_start,
-        node_id: node.id,
+        node_id: node.id(),
     })
 }
 

@@ -6,29 +6,178 @@
 //! leader in the metadata when known), "outcome unknown" (DEADLINE_EXCEEDED) and "give up"
 //! (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, DATA_LOSS).
 
-use fjord_meta::MetaError;
+use std::time::Duration;
+
+use fjord_meta::{MetaError, MetaResponse, NodeId};
+use fjord_proto::batch::BatchError;
 use fjord_proto::v1::{PartitionError, ProduceErrorReason};
 use fjord_proto::{LEADER_ADDRESS_KEY, LEADER_ID_KEY};
-use fjord_raft::GroupError;
 use fjord_raft::codec::EncodeError;
-use fjord_raft::group::DispatchError;
+use fjord_raft::handle::{Busy, Internal, Unavailable};
 use fjord_raft::handoff::TransferRefused;
-use fjord_raft::network::ConnectError;
+use fjord_raft::peer::{ConnectError, DispatchError, PeerError};
+use fjord_raft::{GroupError, ReadError};
+use fjord_storage::StorageError;
 use tonic::{Code, Status};
+
+/// What a leader is asked of: the metadata group, a partition, or a Raft group by its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    Metadata,
+    Partition {
+        topic: String,
+        partition: u32,
+    },
+    Group(u64),
+    /// A consumer group's coordinator (the leader of its `__fjord_groups` partition).
+    Coordinator {
+        group: String,
+        partition: u32,
+    },
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Metadata => write!(f, "the metadata group"),
+            Subject::Partition { topic, partition } => {
+                write!(f, "partition {partition} of topic {topic:?}")
+            }
+            Subject::Group(g) => write!(f, "group {g}"),
+            Subject::Coordinator { group, partition } => write!(
+                f,
+                "the coordinator of consumer group {group:?} (partition {partition} of {})",
+                fjord_groups::GROUPS_TOPIC
+            ),
+        }
+    }
+}
+
+/// Why a [`Subject`] has no leader that answered (all retryable).
+#[derive(Debug, thiserror::Error)]
+pub enum NoLeaderCause {
+    /// None is known here.
+    #[error("")]
+    NotKnown,
+    /// The node asked does not lead.
+    #[error(" (not the leader)")]
+    NotLeaderHere,
+    /// The group cannot make progress right now.
+    #[error(" ({0})")]
+    Unavailable(#[from] Unavailable),
+    /// The metadata group holds as many waiting writes as it may (a metadata write retries).
+    #[error(" ({0})")]
+    Busy(#[from] Busy),
+    /// A membership change did not commit in time.
+    #[error(": a membership change was not committed within {within:?} (no majority answered)")]
+    ChangeNotCommitted { within: Duration },
+    /// The leader asked has not made the change yet; `detail` is its answer.
+    #[error(" ({detail})")]
+    ChangePending { detail: String },
+    /// The node to ask has no known address.
+    #[error(": node {node}'s address is not known")]
+    AddressUnknown { node: NodeId },
+    /// The node asked answered with an error status.
+    #[error(" at node {node}: {message}")]
+    PeerRefused { node: NodeId, message: String },
+    /// The node asked did not answer in time.
+    #[error(" at node {node}: no answer within {within:?}")]
+    PeerSilent { node: NodeId, within: Duration },
+    /// A metadata write forwarded to the leader got no answer in time.
+    #[error(" (forward timed out)")]
+    ForwardTimedOut,
+    /// A metadata write forwarded to the leader failed there.
+    #[error(" (forward: {message})")]
+    ForwardFailed { message: String },
+}
+
+/// A request that breaks a rule of its own: INVALID_ARGUMENT, each case with its limit.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    #[error("unknown acks mode {0}")]
+    UnknownAcks(i32),
+    #[error("unknown read mode {0}")]
+    UnknownReadMode(i32),
+    /// A numeric field of the request over its limit.
+    #[error("{field} {value} is over the limit of {limit}")]
+    OverLimit {
+        field: &'static str,
+        value: u64,
+        limit: u64,
+    },
+    #[error("a produce request carries either `records` or `batches`, not both")]
+    RecordsAndBatches,
+    #[error("the produce request has no records: send at least one record or batch")]
+    NoRecords,
+    #[error("the produce request holds {bytes} bytes of records, over the limit of {limit}")]
+    RequestTooLarge { bytes: usize, limit: usize },
+    #[error(
+        "record {index} is {bytes} bytes (key + value + headers), over the topic's \
+         max_record_bytes of {limit}"
+    )]
+    RecordTooLarge {
+        index: usize,
+        bytes: usize,
+        limit: usize,
+    },
+    #[error("a batch has {count} records, over the limit of {limit}")]
+    TooManyRecords { count: usize, limit: usize },
+    #[error(
+        "batch {batch} (partition {partition}): producer_epoch {epoch} is over the limit of {}",
+        u16::MAX
+    )]
+    EpochTooLarge {
+        batch: usize,
+        partition: u32,
+        epoch: u32,
+    },
+    #[error(
+        "batch {batch} is the second batch for partition {partition} in one request: send one \
+         batch per partition"
+    )]
+    SecondBatch { batch: usize, partition: u32 },
+    /// A producer batch whose body does not decode (a CRC mismatch is [`ApiError::CorruptBatch`]).
+    #[error("batch {batch} (partition {partition}): {source}")]
+    Malformed {
+        batch: usize,
+        partition: u32,
+        source: BatchError,
+    },
+    #[error("batch {batch} (partition {partition}) has no records")]
+    EmptyBatch { batch: usize, partition: u32 },
+    #[error("batch {batch} (partition {partition}) declares {declared} records but holds {held}")]
+    CountMismatch {
+        batch: usize,
+        partition: u32,
+        declared: u32,
+        held: usize,
+    },
+    #[error("producer {producer_id} is unnamed, so its epoch is 0, not {epoch}")]
+    UnnamedEpoch { producer_id: u64, epoch: u16 },
+    #[error("a node cannot rebuild itself through itself")]
+    RebuildSelf,
+    /// A client's create, delete or produce on one of fjord's own topics.
+    #[error(
+        "topic {topic:?} is fjord's own (names starting with {:?} are reserved): clients cannot {action} it",
+        fjord_groups::INTERNAL_TOPIC_PREFIX
+    )]
+    ReservedTopic { topic: String, action: &'static str },
+}
 
 /// A request that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("this node (node {this}) is not the leader of {what}{}", leader_text(.leader))]
+    #[error("this node (node {this}) is not the leader of {of}{}", leader_text(.leader))]
     NotLeader {
         this: u64,
-        what: String,
+        of: Subject,
         leader: Option<(u64, String)>,
     },
     #[error(
-        "{0} has no leader at the moment (an election is in progress or a majority is unreachable); retry"
+        "{of}{why} has no leader at the moment (an election is in progress or a majority is \
+         unreachable); retry"
     )]
-    NoLeader(String),
+    NoLeader { of: Subject, why: NoLeaderCause },
     #[error("unknown topic {0:?}")]
     UnknownTopic(String),
     #[error("topic {topic:?} has no partition {partition}: it has {count} partitions (0 to {})", .count.saturating_sub(1))]
@@ -46,12 +195,21 @@ pub enum ApiError {
         this: u64,
         replicas: Vec<u64>,
     },
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
     #[error(transparent)]
     Meta(#[from] MetaError),
-    #[error("{0}")]
-    Timeout(String),
+    /// A produce not acknowledged in time: its outcome is unknown.
+    #[error(
+        "partition {partition} of topic {topic:?}: not acknowledged within {} ms; the outcome \
+         is unknown (retry with the same producer id and sequence to avoid a duplicate)",
+        .timeout.as_millis()
+    )]
+    Timeout {
+        topic: String,
+        partition: u32,
+        timeout: Duration,
+    },
     #[error(
         "batch sequence out of order for producer {producer_id}: expected base sequence {expected}, got {got}"
     )]
@@ -89,17 +247,63 @@ pub enum ApiError {
         base_sequence: u32,
         base_offset: u64,
     },
-    #[error("{0}")]
-    Corrupt(String),
-    #[error("{0}")]
-    OutOfRange(String),
-    #[error("{0}")]
-    Busy(String),
-    /// Refused in the cluster's current state; the message says why and what to do.
-    #[error("{0}")]
-    Refused(String),
-    #[error("{0}")]
-    Internal(String),
+    /// A producer batch whose bytes do not match its CRC.
+    #[error("batch {batch} (partition {partition}): {source}")]
+    CorruptBatch {
+        batch: usize,
+        partition: u32,
+        source: BatchError,
+    },
+    /// A read of committed batches failed: corrupt stored data, or storage.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(
+        "offset {offset} is below the log start offset {log_start} of partition {partition} of \
+         topic {topic:?}"
+    )]
+    BelowLogStart {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        log_start: u64,
+    },
+    #[error(
+        "offset {offset} is beyond the end of partition {partition} of topic {topic:?} (high \
+         watermark {high_watermark})"
+    )]
+    BeyondEnd {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        high_watermark: u64,
+    },
+    /// Too many requests wait on a group.
+    #[error(transparent)]
+    Busy(#[from] Busy),
+    /// A rebuild of a node the metadata does not know.
+    #[error("node {0} is not registered in this cluster: a new node starts without --rebuild")]
+    UnregisteredNode(NodeId),
+    /// A group's bug, or local state it cannot read.
+    #[error(transparent)]
+    Internal(#[from] Internal),
+    /// This node's storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The metadata group answered something that does not fit the command (a bug).
+    #[error("unexpected answer to {to}: {got:?}")]
+    UnexpectedAnswer {
+        to: &'static str,
+        got: Box<MetaResponse>,
+    },
+    /// The metadata group allocated a producer id block without ids (a bug).
+    #[error("the metadata group allocated an empty block")]
+    EmptyProducerIdBlock,
+    /// The producer id block this node hands out from could not be made durable.
+    #[error("cannot record the producer id block: {0}")]
+    RecordProducerIds(#[source] StorageError),
+    /// The metadata leader's answer to a forwarded write does not decode as one.
+    #[error("bad forwarded metadata response: {0}")]
+    BadForwardedAnswer(#[source] PeerError),
     /// The node has not started its groups yet: it is checking its data directory with its
     /// peers (see [`crate::boot`]). Retry, maybe elsewhere.
     #[error("node {0} is starting: it is checking its data directory with its peers; retry")]
@@ -116,13 +320,6 @@ pub enum ApiError {
     /// A peer's Raft message that this node could not take.
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
-    /// A peer's message whose payload does not decode as `what`.
-    #[error("bad {what}: {source}")]
-    Undecodable {
-        what: &'static str,
-        #[source]
-        source: postcard::Error,
-    },
     /// A controller's leader move to a replica that cannot take over now.
     #[error("not moving the leader of group {group} to node {to}: {source}")]
     TransferRefused {
@@ -152,6 +349,19 @@ pub enum ApiError {
     /// written.
     #[error(transparent)]
     Identity(#[from] crate::boot::BootError),
+    /// A consumer group request whose answer did not come within the coordinator's time: its
+    /// outcome is unknown.
+    #[error(
+        "the coordinator of group {group:?} did not answer within {} ms; the outcome is unknown",
+        .timeout.as_millis()
+    )]
+    GroupTimeout { group: String, timeout: Duration },
+    /// The coordinator's queue is full: retry.
+    #[error("{limit} group requests are waiting on this coordinator (MAX_QUEUED_REQUESTS); retry")]
+    CoordinatorQueueFull { limit: usize },
+    /// The coordinator answered a request with another request's answer (a bug).
+    #[error("the coordinator answered {to} with an answer of another kind")]
+    UnexpectedGroupAnswer { to: &'static str },
     /// A consumer group request the group rules refused.
     #[error(transparent)]
     Group(#[from] fjord_groups::GroupError),
@@ -176,10 +386,30 @@ fn leader_text(leader: &Option<(u64, String)>) -> String {
 }
 
 impl ApiError {
+    /// `of` has no leader, for `why`.
+    pub fn no_leader(of: Subject, why: impl Into<NoLeaderCause>) -> ApiError {
+        ApiError::NoLeader {
+            of,
+            why: why.into(),
+        }
+    }
+
+    /// A metadata write's group error: a bug stays internal, anything else is "no leader,
+    /// retry".
+    pub fn from_meta_write(e: GroupError) -> ApiError {
+        let why = match e {
+            GroupError::Internal(e) => return ApiError::Internal(e),
+            GroupError::NotLeader { .. } => NoLeaderCause::NotLeaderHere,
+            GroupError::Unavailable(u) => NoLeaderCause::Unavailable(u),
+            GroupError::Busy(b) => NoLeaderCause::Busy(b),
+        };
+        ApiError::no_leader(Subject::Metadata, why)
+    }
+
     pub fn code(&self) -> Code {
         match self {
             ApiError::NotLeader { .. }
-            | ApiError::NoLeader(_)
+            | ApiError::NoLeader { .. }
             | ApiError::NotReplica { .. }
             | ApiError::Starting(_)
             | ApiError::Rebuilding(_) => Code::Unavailable,
@@ -195,16 +425,25 @@ impl ApiError {
                 MetaError::RebuildRaced { .. } => Code::Aborted,
                 _ => Code::InvalidArgument,
             },
-            ApiError::Timeout(_) => Code::DeadlineExceeded,
+            ApiError::Timeout { .. } => Code::DeadlineExceeded,
             ApiError::OutOfOrder { .. }
             | ApiError::ProducerFenced { .. }
             | ApiError::UnknownProducer { .. }
             | ApiError::SequenceReused { .. } => Code::FailedPrecondition,
-            ApiError::Corrupt(_) => Code::DataLoss,
-            ApiError::OutOfRange(_) => Code::OutOfRange,
+            ApiError::CorruptBatch { .. } => Code::DataLoss,
+            ApiError::Read(r) => match r {
+                ReadError::Corrupt { .. } => Code::DataLoss,
+                ReadError::Storage(_) => Code::Internal,
+            },
+            ApiError::BelowLogStart { .. } | ApiError::BeyondEnd { .. } => Code::OutOfRange,
             ApiError::Busy(_) => Code::ResourceExhausted,
-            ApiError::Refused(_) | ApiError::MajorityLost(_) => Code::FailedPrecondition,
-            ApiError::Internal(_) => Code::Internal,
+            ApiError::UnregisteredNode(_) | ApiError::MajorityLost(_) => Code::FailedPrecondition,
+            ApiError::Internal(_)
+            | ApiError::Storage(_)
+            | ApiError::UnexpectedAnswer { .. }
+            | ApiError::EmptyProducerIdBlock
+            | ApiError::RecordProducerIds(_)
+            | ApiError::BadForwardedAnswer(_) => Code::Internal,
             ApiError::Dispatch(d) => match d {
                 DispatchError::UnknownGroup(_) => Code::NotFound,
                 DispatchError::Decode(_) => Code::InvalidArgument,
@@ -212,12 +451,15 @@ impl ApiError {
                 DispatchError::Quiet(_) | DispatchError::Stopped { .. } => Code::Unavailable,
                 DispatchError::Encode { .. } => Code::Internal,
             },
-            ApiError::Undecodable { .. } => Code::InvalidArgument,
             ApiError::TransferRefused { .. } => Code::FailedPrecondition,
             ApiError::TransferFailed { .. } => Code::Unavailable,
             ApiError::NotAPartition(_) => Code::NotFound,
             ApiError::Encode(_) | ApiError::Connect(_) | ApiError::Identity(_) => Code::Internal,
-            ApiError::NotCoordinator { .. } => Code::Unavailable,
+            ApiError::NotCoordinator { .. } | ApiError::CoordinatorQueueFull { .. } => {
+                Code::Unavailable
+            }
+            ApiError::GroupTimeout { .. } => Code::DeadlineExceeded,
+            ApiError::UnexpectedGroupAnswer { .. } => Code::Internal,
             ApiError::Group(g) => {
                 use fjord_groups::GroupError as G;
                 match g {
@@ -313,11 +555,96 @@ mod tests {
     #[test]
     fn a_refused_raft_message_is_unavailable_and_an_unknown_group_not_found() {
         // A peer's openraft takes UNAVAILABLE and NOT_FOUND as an unreachable peer (it backs
-        // off), anything else as a network error (see fjord_raft::network).
+        // off), anything else as a network error (see fjord_raft::peer).
         let code = |d: DispatchError| Status::from(ApiError::from(d)).code();
         assert_eq!(code(DispatchError::UnknownGroup(7)), Code::NotFound);
         assert_eq!(code(DispatchError::Quiet(7)), Code::Unavailable);
         let decode = fjord_raft::codec::decode::<u64>(&[], "raft request").unwrap_err();
         assert_eq!(code(DispatchError::Decode(decode)), Code::InvalidArgument);
+    }
+
+    #[test]
+    fn each_kind_keeps_its_code_and_says_what_it_is_about() {
+        let partition = || Subject::Partition {
+            topic: "t".into(),
+            partition: 2,
+        };
+        let e = ApiError::no_leader(partition(), NoLeaderCause::NotKnown);
+        assert_eq!(e.code(), Code::Unavailable);
+        assert!(
+            e.to_string()
+                .starts_with("partition 2 of topic \"t\" has no leader at the moment"),
+            "{e}"
+        );
+        let e = ApiError::no_leader(Subject::Metadata, NoLeaderCause::ForwardTimedOut);
+        assert!(
+            e.to_string()
+                .starts_with("the metadata group (forward timed out) has no leader"),
+            "{e}"
+        );
+        let e = ApiError::NotLeader {
+            this: 1,
+            of: Subject::Group(9),
+            leader: Some((2, "a:1".into())),
+        };
+        assert_eq!(e.code(), Code::Unavailable);
+        assert_eq!(
+            e.to_string(),
+            "this node (node 1) is not the leader of group 9; the leader is node 2 at a:1"
+        );
+        let e = ApiError::from(Invalid::RecordTooLarge {
+            index: 3,
+            bytes: 20,
+            limit: 10,
+        });
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.to_string()
+                .contains("over the topic's max_record_bytes of 10"),
+            "{e}"
+        );
+        let e = ApiError::from(Invalid::OverLimit {
+            field: "max_wait_ms",
+            value: 40_000,
+            limit: 30_000,
+        });
+        assert_eq!(
+            e.to_string(),
+            "max_wait_ms 40000 is over the limit of 30000"
+        );
+        let corrupt = ApiError::CorruptBatch {
+            batch: 0,
+            partition: 1,
+            source: BatchError::Checksum {
+                expected: 1,
+                actual: 2,
+            },
+        };
+        assert_eq!(corrupt.code(), Code::DataLoss);
+        let timeout = ApiError::Timeout {
+            topic: "t".into(),
+            partition: 0,
+            timeout: Duration::from_millis(5),
+        };
+        assert_eq!(timeout.code(), Code::DeadlineExceeded);
+        assert!(timeout.to_string().contains("not acknowledged within 5 ms"));
+        let below = ApiError::BelowLogStart {
+            topic: "t".into(),
+            partition: 0,
+            offset: 1,
+            log_start: 5,
+        };
+        assert_eq!(below.code(), Code::OutOfRange);
+        assert_eq!(
+            ApiError::UnregisteredNode(4).code(),
+            Code::FailedPrecondition
+        );
+        assert_eq!(ApiError::EmptyProducerIdBlock.code(), Code::Internal);
+        // A metadata write that reached no leader is retried elsewhere, not given up on.
+        let e = ApiError::from_meta_write(GroupError::NotLeader {
+            leader: None,
+            address: None,
+        });
+        assert_eq!(e.code(), Code::Unavailable);
     }
 }

@@ -11,7 +11,10 @@
 //! - [`service`]: the client gRPC API (`fjord.v1.Fjord`); [`wire`]: its produce and fetch
 //!   messages as domain types and back; [`data`]: the produce and fetch paths, on those
 //!   types; [`producer_ids`]: producer ids, named producers' epochs, and the check of a
-//!   batch's producer before it is proposed; [`transport`]: the node-to-node gRPC service.
+//!   batch's producer before it is proposed.
+//! - [`peer`]: what this node does with its peers' requests (the handler of the node-to-node
+//!   protocol, [`fjord_raft::peer`], which owns the messages, their encoding, the client and
+//!   the gRPC service); [`rebuild`]: `--rebuild`, taking back a node that lost its data.
 //! - [`error`]: typed errors and their mapping to gRPC statuses; [`edge`]: the layer every
 //!   answer leaves through (deadlines, and tonic's own codec answers, given fjord's codes);
 //!   [`connections`]: the bound on connections served at once.
@@ -30,21 +33,18 @@ pub mod error;
 pub mod group_wire;
 pub mod live;
 pub mod node;
+pub mod peer;
 pub mod producer_ids;
 pub mod rebuild;
 pub mod reconcile;
 pub mod service;
-pub mod transport;
 pub mod wire;
 
 use std::sync::Arc;
 
 pub use config::{ConfigError, Peers, ServeConfig};
-use fjord_proto::raft::raft_transport_server::RaftTransportServer;
 use fjord_proto::v1::fjord_server::FjordServer;
-use fjord_raft::network::{
-    Connector, MAX_RAFT_MESSAGE_BYTES, PeerPool, SourceBoundTcpConnector, TcpConnector,
-};
+use fjord_raft::peer::{Connector, PeerPool, PeerServer, SourceBoundTcpConnector, TcpConnector};
 use fjord_storage::{Store, StoreOptions};
 pub use node::{Clock, Node, SystemClock};
 use tokio_util::sync::CancellationToken;
@@ -112,7 +112,33 @@ pub async fn run_with(
     if config.rebuild {
         set_aside(&config.data_dir)?;
     }
-    let store = Store::open(
+    let store = open_store(&config)?;
+    let incoming = without_nagle(listener);
+    let closed = store.closed();
+    let dir = config.data_dir.display().to_string();
+    let (shutdown, failure) = or_on_storage_failure(&store, shutdown);
+    let result = run_on(config, store, incoming, connector, clock, shutdown).await;
+    // Close the database before the process exits: a database still open at exit needs a
+    // repair pass at the next start (seconds per GiB held).
+    if closed.wait(DB_CLOSE_WAIT).await {
+        tracing::info!("database closed");
+    } else {
+        tracing::warn!(
+            "the database was not closed in time; the next start will check it (slower)"
+        );
+    }
+    if let Some(reason) = failure.lock().unwrap().take() {
+        return Err(ServerError::Storage {
+            dir,
+            reason: format!("a write failed, so the node stopped (fail-stop): {reason}"),
+        });
+    }
+    result
+}
+
+/// The node's database in `config.data_dir`; a corrupt one is refused with what to do.
+fn open_store(config: &ServeConfig) -> Result<Store, ServerError> {
+    Store::open(
         &config.data_dir,
         &StoreOptions {
             cache_size_bytes: (config.cache_size_mib as usize) << 20,
@@ -131,11 +157,16 @@ pub async fn run_with(
         } else {
             e.to_string()
         },
-    })?;
-    // Nagle off on every accepted connection: the server's `tcp_nodelay` applies only to
-    // listeners tonic opens itself. With it on, a response's last frame could wait for the
-    // client's delayed ACK (40 ms): that was the p99 of one-at-a-time produces.
-    let incoming = tokio_stream::StreamExt::map(
+    })
+}
+
+/// The listener's connections, with Nagle off on each: the server's `tcp_nodelay` applies
+/// only to listeners tonic opens itself. With it on, a response's last frame could wait for
+/// the client's delayed ACK (40 ms): that was the p99 of one-at-a-time produces.
+fn without_nagle(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::StreamExt::map(
         tokio_stream::wrappers::TcpListenerStream::new(listener),
         |conn| {
             if let Ok(c) = &conn
@@ -145,46 +176,39 @@ pub async fn run_with(
             }
             conn
         },
-    );
-    let closed = store.closed();
-    // Fail-stop: once a commit failed, redb refuses every later write, and every group on
-    // this node fails with it. Staying up would leave failed leaders whose replication
-    // streams keep their followers from electing; stopping lets the failure detector act.
-    let dir = config.data_dir.display().to_string();
-    let failure = Arc::new(std::sync::Mutex::new(None::<String>));
-    let shutdown = {
-        let storage = store.clone();
-        let failure = failure.clone();
-        async move {
-            tokio::select! {
-                _ = shutdown => {}
-                reason = storage.failed() => {
-                    tracing::error!(
-                        %reason,
-                        "a storage commit failed: this node can store nothing more and stops; restart it once the disk is writable"
-                    );
-                    *failure.lock().unwrap() = Some(reason.to_string());
-                }
+    )
+}
+
+/// Why a storage commit failed, once one did.
+type StorageFailure = Arc<std::sync::Mutex<Option<String>>>;
+
+/// `shutdown`, or a failed storage commit, whichever comes first; the failure's reason is
+/// kept. Fail-stop: once a commit failed, redb refuses every later write, and every group on
+/// this node fails with it. Staying up would leave failed leaders whose replication streams
+/// keep their followers from electing; stopping lets the failure detector act.
+fn or_on_storage_failure(
+    store: &Store,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (
+    impl std::future::Future<Output = ()> + Send + 'static,
+    StorageFailure,
+) {
+    let failure = StorageFailure::default();
+    let storage = store.clone();
+    let failed = failure.clone();
+    let either = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            reason = storage.failed() => {
+                tracing::error!(
+                    %reason,
+                    "a storage commit failed: this node can store nothing more and stops; restart it once the disk is writable"
+                );
+                *failed.lock().unwrap() = Some(reason.to_string());
             }
         }
     };
-    let result = run_on(config, store, incoming, connector, clock, shutdown).await;
-    // Close the database before the process exits: a database still open at exit needs a
-    // repair pass at the next start (seconds per GiB held).
-    if closed.wait(DB_CLOSE_WAIT).await {
-        tracing::info!("database closed");
-    } else {
-        tracing::warn!(
-            "the database was not closed in time; the next start will check it (slower)"
-        );
-    }
-    if let Some(reason) = failure.lock().unwrap().take() {
-        return Err(ServerError::Storage {
-            dir,
-            reason: format!("a write failed, so the node stopped (fail-stop): {reason}"),
-        });
-    }
-    result
+    (either, failure)
 }
 
 /// `--rebuild`: the data directory's old contents (lost, corrupt or an old copy) are moved
@@ -244,6 +268,83 @@ pub type NodeSlot = Arc<std::sync::OnceLock<Arc<Node>>>;
 /// How long a stopping node waits for its groups to release the database.
 const DB_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The gRPC server of the client API and the node-to-node service (`fjord_raft::peer`) on
+/// `incoming`, answering from `slot` once the node runs, until `cancel`.
+fn serve<I, IO, IE>(
+    incoming: I,
+    slot: NodeSlot,
+    config: &ServeConfig,
+    identity: &Arc<boot::IdentityService>,
+    cancel: &CancellationToken,
+) -> impl std::future::Future<Output = Result<(), tonic::transport::Error>> + Send + 'static
+where
+    I: futures::Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    let client_api = FjordServer::new(service::StartingClientService {
+        slot: slot.clone(),
+        id: config.id,
+    })
+    .max_decoding_message_size(data::MAX_PRODUCE_REQUEST_BYTES + (1 << 20))
+    .max_encoding_message_size(data::MAX_FETCH_BYTES as usize + (1 << 20));
+    let transport = PeerServer::service(peer::PeerService::new(slot, identity.clone()));
+    let stop = cancel.clone();
+    tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        // A peer cancels the RPCs that outlive its timeout. Under a burst (thousands of
+        // groups starting at once), more than h2's default 20 can be cancelled while still
+        // queued, and h2 would then close the whole connection (its defence against rapid
+        // resets), failing every group's RPC on it at once and feeding the burst.
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS))
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
+        .layer(edge::EdgeLayer)
+        .add_service(client_api)
+        .add_service(transport)
+        .serve_with_incoming_shutdown(connections::limit(incoming, MAX_CONNECTIONS), async move {
+            stop.cancelled().await
+        })
+}
+
+/// Checks the data directory with the peers (with `--rebuild`, has the metadata leader
+/// take this node back as a learner). `Some(form)` to start, `form` if this node forms the
+/// cluster; `None` if `shutdown` came first.
+async fn check_directory(
+    config: &ServeConfig,
+    identity: &boot::IdentityService,
+    pool: &PeerPool,
+    shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Result<Option<bool>, ServerError> {
+    let checked = async {
+        if config.rebuild {
+            identity.rebuild(config, pool).await.map(|()| false)
+        } else {
+            identity.check(config, pool).await
+        }
+    };
+    tokio::select! {
+        checked = checked => match checked {
+            Ok(form) => Ok(Some(form)),
+            Err(e) => {
+                tracing::error!(error = %e, "refusing to start");
+                Err(e.into())
+            }
+        },
+        _ = shutdown => {
+            tracing::info!(node = config.id, "stopped while checking the data directory");
+            Ok(None)
+        }
+    }
+}
+
 /// Runs a node on everything the caller supplies: its opened database, its incoming
 /// connections, its outbound connector and its clock (`config.listen` and `config.data_dir`
 /// are not used). A simulation passes a database on a simulated disk and connections from a
@@ -275,61 +376,14 @@ where
     let slot = NodeSlot::default();
     let identity = boot::IdentityService::open(store.clone(), config.id).await?;
 
-    let client_api = FjordServer::new(service::StartingClientService {
-        slot: slot.clone(),
-        id: config.id,
-    })
-    .max_decoding_message_size(data::MAX_PRODUCE_REQUEST_BYTES + (1 << 20))
-    .max_encoding_message_size(data::MAX_FETCH_BYTES as usize + (1 << 20));
-    let transport = RaftTransportServer::new(transport::TransportService {
-        slot: slot.clone(),
-        identity: identity.clone(),
-    })
-    .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES);
-    let stop = cancel.clone();
-    let server = tonic::transport::Server::builder()
-        .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        // A peer cancels the RPCs that outlive its timeout. Under a burst (thousands of
-        // groups starting at once), more than h2's default 20 can be cancelled while still
-        // queued, and h2 would then close the whole connection (its defence against rapid
-        // resets), failing every group's RPC on it at once and feeding the burst.
-        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESET_STREAMS))
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
-        .layer(edge::EdgeLayer)
-        .add_service(client_api)
-        .add_service(transport)
-        .serve_with_incoming_shutdown(connections::limit(incoming, MAX_CONNECTIONS), async move {
-            stop.cancelled().await
-        });
-    let server = tokio::spawn(server);
-
+    let server = tokio::spawn(serve(incoming, slot.clone(), &config, &identity, &cancel));
     let mut shutdown = std::pin::pin!(shutdown);
-    let checked = async {
-        if config.rebuild {
-            identity.rebuild(&config, &pool).await.map(|()| false)
-        } else {
-            identity.check(&config, &pool).await
-        }
-    };
-    let form = tokio::select! {
-        checked = checked => match checked {
-            Ok(form) => form,
-            Err(e) => {
-                tracing::error!(error = %e, "refusing to start");
-                cancel.cancel();
-                let _ = server.await;
-                return Err(e.into());
-            }
-        },
-        _ = &mut shutdown => {
-            tracing::info!(node = config.id, "stopped while checking the data directory");
+    let form = match check_directory(&config, &identity, &pool, shutdown.as_mut()).await {
+        Ok(Some(form)) => form,
+        stopped => {
             cancel.cancel();
             let _ = server.await;
-            return Ok(());
+            return stopped.map(|_| ());
         }
     };
     let node = Node::start(&config, store, pool, clock, cancel.clone(), identity)
@@ -339,17 +393,17 @@ where
     // A node that formed the cluster but stopped before it initialized the metadata group
     // does it now (its roster says it was a former; initializing an initialized group is a
     // no-op).
-    let form = form || !node.identity.identity().roster.is_empty();
+    let form = form || !node.identity().identity().roster.is_empty();
 
     node.run_background(form).await;
     tokio::spawn(rebuild::promote_until_voter(node.clone(), config.rebuild));
-    tracing::info!(node = node.id, address = %node.address, "fjord node started");
+    tracing::info!(node = node.id(), address = %node.address(), "fjord node started");
 
     shutdown.await;
-    tracing::info!(node = node.id, "stopping");
+    tracing::info!(node = node.id(), "stopping");
     node.stop().await;
     let served = server.await;
-    tracing::info!(node = node.id, "stopped");
+    tracing::info!(node = node.id(), "stopped");
     match served {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(ServerError::Serve(e.to_string())),

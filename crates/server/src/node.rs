@@ -25,21 +25,18 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use fjord_meta::{GroupId, MetaCommand, MetaResponse, NodeId};
-use fjord_proto::raft::GroupMessage;
 use fjord_raft::group::{self, AnyGroup};
 use fjord_raft::meta_sm::MetaView;
-use fjord_raft::network::PeerPool;
 use fjord_raft::partition_sm::PartitionKind;
+use fjord_raft::peer::{PeerError, PeerPool};
 use fjord_raft::{
     GroupConfig, GroupError, GroupRegistry, Liveness, LivenessConfig, MetaHandle, PartitionHandle,
 };
 use fjord_storage::Store;
 use tokio_util::sync::CancellationToken;
 
-use fjord_raft::codec;
-
 use crate::ServeConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, NoLeaderCause, Subject};
 use crate::reconcile::{self, Action, Init};
 
 /// How often the controller looks at leader balance.
@@ -56,6 +53,10 @@ pub const LIVENESS_WINDOW: Duration = Duration::from_secs(3);
 pub const HANDOFF_BUDGET: Duration = Duration::from_secs(5);
 /// Attempts of a metadata write (each waits for a leader or follows a forward).
 const META_WRITE_ATTEMPTS: u32 = 50;
+/// How long the metadata leader may take to answer a forwarded write.
+const META_FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a partition leader may take to answer the controller's leader move.
+const LEADER_MOVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a node could not start its groups.
 #[derive(Debug, thiserror::Error)]
@@ -84,33 +85,35 @@ impl Clock for SystemClock {
     }
 }
 
-/// Everything a running node owns.
+/// Everything a running node owns. Other modules see it through the methods below, which
+/// name what they need of it.
 pub struct Node {
-    pub id: NodeId,
-    pub address: String,
-    pub peers: BTreeMap<NodeId, String>,
-    pub store: Store,
-    pub pool: Arc<PeerPool>,
-    pub registry: Arc<GroupRegistry>,
-    pub liveness: Arc<Liveness>,
-    pub meta: MetaHandle,
-    pub group_config: GroupConfig,
-    pub clock: Arc<dyn Clock>,
-    pub shutdown: CancellationToken,
+    id: NodeId,
+    address: String,
+    /// The configured peers (`--peers`), this node included.
+    peers: BTreeMap<NodeId, String>,
+    store: Store,
+    pool: Arc<PeerPool>,
+    registry: Arc<GroupRegistry>,
+    liveness: Arc<Liveness>,
+    meta: MetaHandle,
+    group_config: GroupConfig,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
     /// The data directory's identity, registered in the metadata.
-    pub identity: Arc<crate::boot::IdentityService>,
+    identity: Arc<crate::boot::IdentityService>,
     /// The producer ids this node hands out (see [`crate::producer_ids`]).
-    pub producer_ids: crate::producer_ids::ProducerIds,
+    producer_ids: crate::producer_ids::ProducerIds,
     /// While this node rebuilds (`--rebuild`): the groups it is still a learner of, of those
     /// it holds (see [`crate::rebuild`]).
-    pub rebuilding: std::sync::Mutex<Option<(u32, u32)>>,
+    rebuilding: std::sync::Mutex<Option<(u32, u32)>>,
     /// While this node rebuilds, until it is a voter of the metadata group again (its
     /// metadata is complete): it answers clients as unavailable.
-    pub meta_behind: std::sync::atomic::AtomicBool,
+    meta_behind: std::sync::atomic::AtomicBool,
     next_token: AtomicU64,
-    pub round_robin: AtomicU32,
+    round_robin: AtomicU32,
     /// The consumer group coordinators of the groups' partitions this node leads.
-    pub coordinator: crate::coordinator::Coordinator,
+    coordinator: crate::coordinator::Coordinator,
     group_partitions: u32,
     group_defaults: fjord_groups::Defaults,
 }
@@ -250,6 +253,136 @@ impl Node {
         out
     }
 
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The address this node registers (its peers and clients reach it there).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The ids of the configured peers (`--peers`), this node included.
+    pub fn configured_peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.peers.keys().copied()
+    }
+
+    /// The node's database.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A client of the peer node at `addr`.
+    pub fn peer(&self, addr: &str) -> fjord_raft::peer::PeerClient<'_> {
+        self.pool.peer(addr)
+    }
+
+    /// The groups running on this node.
+    pub fn groups(&self) -> &GroupRegistry {
+        &self.registry
+    }
+
+    /// This node's replica of partition group `group`, if it hosts one.
+    pub fn partition(&self, group: GroupId) -> Option<PartitionHandle> {
+        self.registry.partition(group)
+    }
+
+    /// Whether this node's replica of partition group `group` leads it.
+    pub fn leads(&self, group: GroupId) -> bool {
+        self.registry
+            .partition(group)
+            .is_some_and(|h| h.leadership().leader == Some(self.id))
+    }
+
+    /// The metadata group's replica on this node.
+    pub fn meta(&self) -> &MetaHandle {
+        &self.meta
+    }
+
+    /// Whether the failure detector hears from `node`.
+    pub fn is_alive(&self, node: NodeId) -> bool {
+        self.liveness.is_alive(node)
+    }
+
+    /// How many of this node's partition replicas are quiet, leading, hibernated.
+    pub fn quiet_counts(&self) -> fjord_raft::QuietCounts {
+        self.liveness.counts()
+    }
+
+    /// Answers a peer's node-level heartbeat.
+    pub fn answer_heartbeat(
+        &self,
+        req: fjord_raft::peer::wire::NodeHeartbeat,
+    ) -> fjord_raft::peer::wire::NodeHeartbeatReply {
+        self.liveness.serve(req)
+    }
+
+    /// The wall clock, in milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Completes once the node is stopping.
+    pub fn stopping(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.shutdown.cancelled()
+    }
+
+    /// The data directory's identity.
+    pub fn identity(&self) -> &crate::boot::IdentityService {
+        &self.identity
+    }
+
+    /// The producer ids this node hands out.
+    pub(crate) fn producer_ids(&self) -> &crate::producer_ids::ProducerIds {
+        &self.producer_ids
+    }
+
+    /// A producer id from this node's block (see [`crate::producer_ids`]).
+    pub async fn new_producer_id(self: &Arc<Self>) -> Result<u64, ApiError> {
+        self.producer_ids.take(self).await
+    }
+
+    /// While this node rebuilds: the groups it is still a learner of, of those it holds.
+    pub fn rebuild_progress(&self) -> Option<(u32, u32)> {
+        *self.rebuilding.lock().unwrap()
+    }
+
+    pub(crate) fn set_rebuild_progress(&self, progress: Option<(u32, u32)>) {
+        *self.rebuilding.lock().unwrap() = progress;
+    }
+
+    /// Whether this node's metadata may still lack what the cluster holds (it rebuilds and
+    /// is not yet a voter of the metadata group): it answers clients as unavailable.
+    pub fn is_meta_behind(&self) -> bool {
+        self.meta_behind.load(Ordering::Acquire)
+    }
+
+    /// This node is a voter of the metadata group again: its metadata is complete.
+    pub(crate) fn meta_caught_up(&self) {
+        self.meta_behind.store(false, Ordering::Release);
+    }
+
+    /// The next turn of the round-robin over partitions for unkeyed records.
+    pub fn next_turn(&self) -> u32 {
+        self.round_robin.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The consumer group coordinators of the groups' partitions this node leads.
+    pub fn coordinator(&self) -> &crate::coordinator::Coordinator {
+        &self.coordinator
+    }
+
+    /// A channel to the node at `addr` (the pool's shared connection), for the client API's
+    /// own calls between nodes (a coordinator asking a partition's leader for its high
+    /// watermark).
+    pub fn channel(
+        &self,
+        addr: &str,
+    ) -> Result<tonic::transport::Channel, fjord_raft::peer::ConnectError> {
+        self.pool.channel(addr)
+    }
+
     /// Partitions of the consumer groups' topic when this node creates it.
     pub fn group_partitions(&self) -> u32 {
         self.group_partitions
@@ -326,7 +459,7 @@ impl Node {
     /// Applies a metadata command through the metadata leader, wherever it is.
     pub async fn meta_write(&self, cmd: MetaCommand) -> Result<MetaResponse, ApiError> {
         let mut backoff = Duration::from_millis(20);
-        let mut last_err = ApiError::NoLeader("the metadata group".into());
+        let mut last_err = ApiError::no_leader(Subject::Metadata, NoLeaderCause::NotKnown);
         for _ in 0..META_WRITE_ATTEMPTS {
             match self.meta.write(cmd.clone()).await {
                 Ok(r) => return Ok(r),
@@ -337,7 +470,7 @@ impl Node {
                     Ok(r) => return Ok(r),
                     Err(e) => last_err = e,
                 },
-                Err(GroupError::Internal(e)) => return Err(ApiError::Internal(e.to_string())),
+                Err(GroupError::Internal(e)) => return Err(ApiError::Internal(e)),
                 Err(GroupError::NotLeader { address: None, .. }) => {
                     // No leader known here: the leader may not reach this node (it came back
                     // at a new address, which only this write registers). Ask each peer; only
@@ -349,7 +482,7 @@ impl Node {
                         }
                     }
                 }
-                Err(e) => last_err = ApiError::NoLeader(format!("the metadata group ({e})")),
+                Err(e) => last_err = ApiError::from_meta_write(e),
             }
             if self.shutdown.is_cancelled() {
                 break;
@@ -365,19 +498,23 @@ impl Node {
         addr: &str,
         cmd: &MetaCommand,
     ) -> Result<MetaResponse, ApiError> {
-        let mut client = self.pool.client(addr)?;
-        let msg = GroupMessage {
-            group_id: fjord_meta::META_GROUP,
-            payload: codec::encode(cmd, "metadata command")?.into(),
-        };
-        let resp = tokio::time::timeout(Duration::from_secs(5), client.meta_write(msg))
+        self.pool
+            .peer(addr)
+            .meta_write(cmd, META_FORWARD_TIMEOUT)
             .await
-            .map_err(|_| ApiError::NoLeader("the metadata group (forward timed out)".into()))?
-            .map_err(|s| {
-                ApiError::NoLeader(format!("the metadata group (forward: {})", s.message()))
-            })?;
-        postcard::from_bytes::<MetaResponse>(&resp.into_inner().payload)
-            .map_err(|e| ApiError::Internal(format!("bad forwarded metadata response: {e}")))
+            .map_err(|e| match e {
+                PeerError::Timeout { .. } => {
+                    ApiError::no_leader(Subject::Metadata, NoLeaderCause::ForwardTimedOut)
+                }
+                PeerError::Status { message, .. } => {
+                    ApiError::no_leader(Subject::Metadata, NoLeaderCause::ForwardFailed { message })
+                }
+                PeerError::Connect(e) => ApiError::Connect(e),
+                PeerError::Encode(e) => ApiError::Encode(e),
+                other @ (PeerError::Decode { .. } | PeerError::Raft { .. }) => {
+                    ApiError::BadForwardedAnswer(other)
+                }
+            })
     }
 
     /// Handles a metadata write forwarded by another node: applies it here only if this node
@@ -385,8 +522,8 @@ impl Node {
     pub async fn local_meta_write(&self, cmd: MetaCommand) -> Result<MetaResponse, ApiError> {
         match self.meta.write(cmd).await {
             Ok(r) => Ok(r),
-            Err(GroupError::Internal(e)) => Err(ApiError::Internal(e.to_string())),
-            Err(e) => Err(ApiError::NoLeader(format!("the metadata group ({e})"))),
+            Err(GroupError::Internal(e)) => Err(ApiError::Internal(e)),
+            Err(e) => Err(ApiError::from_meta_write(e)),
         }
     }
 
@@ -610,20 +747,12 @@ impl Node {
                     to = m.to,
                     "controller: moving partition leader"
                 );
-                let payload = match codec::encode(&m.to, "leader move") {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::error!(group = m.group_id, error = %e, "controller: not moving a leader");
-                        continue;
-                    }
-                };
-                let msg = GroupMessage {
-                    group_id: m.group_id,
-                    payload: payload.into(),
-                };
-                if let Ok(mut client) = self.pool.client(&addr) {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(2), client.move_leader(msg)).await;
+                let peer = self.pool.peer(&addr);
+                if let Err(e) = peer
+                    .move_leader(m.group_id, m.to, LEADER_MOVE_TIMEOUT)
+                    .await
+                {
+                    tracing::debug!(group = m.group_id, error = %e, "controller: leader move not done");
                 }
             }
         }

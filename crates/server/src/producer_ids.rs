@@ -24,7 +24,7 @@ use fjord_meta::{MetaCommand, MetaResponse, MetaState, ProducerCheck};
 use fjord_storage::{NodeKey, Op, StorageError, Store};
 use serde::{Deserialize, Serialize};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Invalid};
 use crate::node::Node;
 
 /// Producer ids the node asks the metadata group for at a time.
@@ -95,12 +95,10 @@ impl ProducerIds {
             Some(t) => t,
             None => {
                 let fresh = allocate(node).await?;
-                fresh.take().ok_or_else(|| {
-                    ApiError::Internal("the metadata group allocated an empty block".into())
-                })?
+                fresh.take().ok_or(ApiError::EmptyProducerIdBlock)?
             }
         };
-        record(&node.store, after).await?;
+        record(node.store(), after).await?;
         *block = after;
         let low = after.left() < REFILL_BELOW;
         drop(block);
@@ -120,14 +118,14 @@ impl ProducerIds {
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
-                if node.producer_ids.left().await >= REFILL_BELOW {
+                if node.producer_ids().left().await >= REFILL_BELOW {
                     break;
                 }
                 match allocate(&node).await {
                     Ok(fresh) => {
-                        let mut block = node.producer_ids.block.lock().await;
+                        let mut block = node.producer_ids().block.lock().await;
                         if block.left() < REFILL_BELOW {
-                            match record(&node.store, fresh).await {
+                            match record(node.store(), fresh).await {
                                 Ok(()) => *block = fresh,
                                 Err(e) => {
                                     tracing::warn!(error = %e, "cannot record a producer id block")
@@ -142,11 +140,13 @@ impl ProducerIds {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = node.shutdown.cancelled() => break,
+                    _ = node.stopping() => break,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
-            node.producer_ids.refilling.store(false, Ordering::Release);
+            node.producer_ids()
+                .refilling
+                .store(false, Ordering::Release);
         });
     }
 }
@@ -160,9 +160,10 @@ pub async fn init_named(node: &Node, name: String) -> Result<(u64, u16), ApiErro
     {
         MetaResponse::ProducerEpoch { id, epoch } => Ok((id, epoch)),
         MetaResponse::Error(e) => Err(ApiError::Meta(e)),
-        other => Err(ApiError::Internal(format!(
-            "unexpected answer to a named producer's initialisation: {other:?}"
-        ))),
+        other => Err(ApiError::UnexpectedAnswer {
+            to: "a named producer's initialisation",
+            got: Box::new(other),
+        }),
     }
 }
 
@@ -182,9 +183,11 @@ pub fn verdict(check: ProducerCheck, id: u64, epoch: u16) -> Result<(), ApiError
                 current,
             })
         }
-        ProducerCheck::Unnamed if epoch > 0 => Err(ApiError::Invalid(format!(
-            "producer {id} is unnamed, so its epoch is 0, not {epoch}"
-        ))),
+        ProducerCheck::Unnamed if epoch > 0 => Err(Invalid::UnnamedEpoch {
+            producer_id: id,
+            epoch,
+        }
+        .into()),
         _ => Ok(()),
     }
 }
@@ -208,9 +211,10 @@ pub async fn check_batch(
     }
     match node.meta_write(MetaCommand::CheckProducer { id }).await? {
         MetaResponse::ProducerCheck(check) => verdict(check, id, epoch),
-        other => Err(ApiError::Internal(format!(
-            "unexpected answer to a producer check: {other:?}"
-        ))),
+        other => Err(ApiError::UnexpectedAnswer {
+            to: "a producer check",
+            got: Box::new(other),
+        }),
     }
 }
 
@@ -225,9 +229,10 @@ async fn allocate(node: &Node) -> Result<Block, ApiError> {
             end: first.saturating_add(count),
         }),
         MetaResponse::Error(e) => Err(ApiError::Meta(e)),
-        other => Err(ApiError::Internal(format!(
-            "unexpected answer to a producer id block request: {other:?}"
-        ))),
+        other => Err(ApiError::UnexpectedAnswer {
+            to: "a producer id block request",
+            got: Box::new(other),
+        }),
     }
 }
 
@@ -238,7 +243,7 @@ async fn record(store: &Store, block: Block) -> Result<(), ApiError> {
             value: fjord_raft::codec::encode(&block, "producer id block")?,
         }])
         .await
-        .map_err(|e| ApiError::Internal(format!("cannot record the producer id block: {e}")))
+        .map_err(ApiError::RecordProducerIds)
 }
 
 #[cfg(test)]

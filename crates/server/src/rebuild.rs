@@ -26,11 +26,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fjord_meta::{META_GROUP, MetaCommand, MetaResponse, NodeId, group_id};
-use fjord_proto::raft::{ChangeVoterReply, ChangeVoterRequest, RebuildRequest};
 use fjord_raft::handle::Unavailable;
+use fjord_raft::peer::PeerError;
+use fjord_raft::peer::wire::{ChangeVoterReply, ChangeVoterRequest, RebuildRequest};
 use fjord_raft::{GroupError, Promotion};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Invalid, NoLeaderCause, Subject};
 use crate::node::Node;
 
 /// How long one leader's answer to a membership change may take.
@@ -48,7 +49,7 @@ const PROMOTE_EVERY: Duration = Duration::from_millis(300);
 /// `(what it is, its voters)`; the change commits through the joint configuration, so it
 /// needs a majority of the old voters and of the new ones, alive, without `node`.
 pub fn check_majorities(
-    groups: &[(String, BTreeSet<NodeId>)],
+    groups: &[(Subject, BTreeSet<NodeId>)],
     node: NodeId,
     alive: impl Fn(NodeId) -> bool,
 ) -> Result<(), MajorityLost> {
@@ -79,30 +80,32 @@ pub fn check_majorities(
      are alive and {need} are needed. Bring them back first; nothing was changed"
 )]
 pub struct MajorityLost {
-    pub what: String,
+    pub what: Subject,
     pub node: NodeId,
     pub live: usize,
     pub rest: Vec<NodeId>,
     pub need: usize,
 }
 
-fn no_majority(what: &str) -> ApiError {
-    ApiError::NoLeader(format!(
-        "{what}: a membership change was not committed within {MEMBERSHIP_CHANGE_WAIT:?} (no \
-         majority answered)"
-    ))
+fn no_majority(what: &Subject) -> ApiError {
+    ApiError::no_leader(
+        what.clone(),
+        NoLeaderCause::ChangeNotCommitted {
+            within: MEMBERSHIP_CHANGE_WAIT,
+        },
+    )
 }
 
-fn group_error(what: &str, e: GroupError) -> ApiError {
+fn group_error(what: &Subject, e: GroupError) -> ApiError {
     match e {
         GroupError::NotLeader { leader, address } => ApiError::NotLeader {
             this: 0,
-            what: what.to_string(),
+            of: what.clone(),
             leader: leader.zip(address),
         },
-        GroupError::Busy(why) => ApiError::Busy(why.to_string()),
-        GroupError::Internal(why) => ApiError::Internal(why.to_string()),
-        GroupError::Unavailable(why) => ApiError::NoLeader(format!("{what} ({why})")),
+        GroupError::Busy(why) => ApiError::Busy(why),
+        GroupError::Internal(why) => ApiError::Internal(why),
+        GroupError::Unavailable(why) => ApiError::no_leader(what.clone(), why),
     }
 }
 
@@ -111,17 +114,12 @@ fn group_error(what: &str, e: GroupError) -> ApiError {
 /// number of groups it is a learner of.
 pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, ApiError> {
     let target = req.node;
-    if target == node.id {
-        return Err(ApiError::Invalid(
-            "a node cannot rebuild itself through itself".into(),
-        ));
+    if target == node.id() {
+        return Err(Invalid::RebuildSelf.into());
     }
     let view = node.view();
     if !view.state.nodes.contains_key(&target) {
-        return Err(ApiError::Refused(format!(
-            "node {target} is not registered in this cluster: a new node starts without \
-             --rebuild"
-        )));
+        return Err(ApiError::UnregisteredNode(target));
     }
     // A request from a rebuild that another one overtook (its node died; the request was
     // delayed) demotes nothing. The record is checked again where it changes.
@@ -133,48 +131,23 @@ pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, Api
             recorded,
         }));
     }
-    let (meta_voters, _) = node
-        .meta
-        .members()
-        .await
-        .map_err(|e| group_error("the metadata group", e))?;
-    let mut groups = vec![("the metadata group".to_string(), meta_voters)];
-    let mut partitions = Vec::new();
-    for t in view.state.topics.values() {
-        for (i, p) in t.partitions.iter().enumerate() {
-            if p.replicas.contains(&target) {
-                let what = format!("partition {i} of topic {:?}", t.name);
-                // The group's own voters where this node hosts it (the node may be a learner
-                // already, after an interrupted rebuild); else its replicas.
-                let g = group_id(t.id, i as u32);
-                let voters = match node.registry.partition(g) {
-                    Some(h) => match h.members().await {
-                        Ok((v, _)) if !v.is_empty() => v,
-                        _ => p.replicas.iter().copied().collect(),
-                    },
-                    None => p.replicas.iter().copied().collect(),
-                };
-                groups.push((what.clone(), voters));
-                partitions.push((group_id(t.id, i as u32), what, p.clone()));
-            }
-        }
-    }
+    let (groups, partitions) = voter_groups(node, &view.state, target).await?;
     // Checked by whichever node is asked, on its own view: a refusal needs no leader (with a
     // majority of the metadata group down there is none to ask).
-    check_majorities(&groups, target, |n| node.liveness.is_alive(n))?;
-    if !node.meta.is_leader() {
+    check_majorities(&groups, target, |n| node.is_alive(n))?;
+    if !node.meta().is_leader() {
         return Err(ApiError::NotLeader {
-            this: node.id,
-            what: "the metadata group".into(),
+            this: node.id(),
+            of: Subject::Metadata,
             leader: node
                 .meta_leader()
                 .and_then(|l| node.address_of(l).map(|a| (l, a))),
         });
     }
-    let demoted = tokio::time::timeout(MEMBERSHIP_CHANGE_WAIT, node.meta.demote(target))
+    let demoted = tokio::time::timeout(MEMBERSHIP_CHANGE_WAIT, node.meta().demote(target))
         .await
-        .map_err(|_| no_majority("the metadata group"))?
-        .map_err(|e| group_error("the metadata group", e))?;
+        .map_err(|_| no_majority(&Subject::Metadata))?
+        .map_err(|e| group_error(&Subject::Metadata, e))?;
     tracing::warn!(
         node = target,
         demoted,
@@ -184,11 +157,61 @@ pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, Api
     for (g, what, p) in &partitions {
         demote_partition(node, *g, what, target, &p.replicas, p.leader).await?;
     }
+    record_incarnation(node, req).await?;
+    Ok(1 + partitions.len() as u32)
+}
+
+/// A partition whose voters a rebuilt node leaves: its group, what it is, its assignment.
+type HeldPartition = (u64, Subject, fjord_meta::PartitionAssignment);
+
+/// The groups `target` may be a voter of, with their voters (the metadata group first), and
+/// the partitions among them.
+async fn voter_groups(
+    node: &Node,
+    state: &fjord_meta::MetaState,
+    target: NodeId,
+) -> Result<(Vec<(Subject, BTreeSet<NodeId>)>, Vec<HeldPartition>), ApiError> {
+    let (meta_voters, _) = node
+        .meta()
+        .members()
+        .await
+        .map_err(|e| group_error(&Subject::Metadata, e))?;
+    let mut groups = vec![(Subject::Metadata, meta_voters)];
+    let mut partitions = Vec::new();
+    for t in state.topics.values() {
+        for (i, p) in t.partitions.iter().enumerate() {
+            if p.replicas.contains(&target) {
+                let what = Subject::Partition {
+                    topic: t.name.clone(),
+                    partition: i as u32,
+                };
+                // The group's own voters where this node hosts it (the node may be a learner
+                // already, after an interrupted rebuild); else its replicas.
+                let g = group_id(t.id, i as u32);
+                let voters = match node.partition(g) {
+                    Some(h) => match h.members().await {
+                        Ok((v, _)) if !v.is_empty() => v,
+                        _ => p.replicas.iter().copied().collect(),
+                    },
+                    None => p.replicas.iter().copied().collect(),
+                };
+                groups.push((what.clone(), voters));
+                partitions.push((g, what, p.clone()));
+            }
+        }
+    }
+    Ok((groups, partitions))
+}
+
+/// Records the rebuilt node's new incarnation in the metadata, once it is a learner of every
+/// group it held.
+async fn record_incarnation(node: &Node, req: RebuildRequest) -> Result<(), ApiError> {
+    let (target, incarnation) = (req.node, req.incarnation);
     if let MetaResponse::Error(e) = node
         .meta_write(MetaCommand::RebuildIncarnation {
             id: target,
             address: req.address,
-            incarnation: req.incarnation,
+            incarnation,
             cluster_id: req.cluster_id,
             replaces: req.replaces,
         })
@@ -198,10 +221,10 @@ pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, Api
     }
     tracing::warn!(
         node = target,
-        incarnation = format_args!("{:#x}", req.incarnation),
+        incarnation = format_args!("{incarnation:#x}"),
         "rebuilding a node: a learner of every group it held, new directory recorded"
     );
-    Ok(1 + partitions.len() as u32)
+    Ok(())
 }
 
 /// Makes `target` a learner of partition group `g`, at its leader (this node or another
@@ -209,7 +232,7 @@ pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, Api
 async fn demote_partition(
     node: &Arc<Node>,
     g: u64,
-    what: &str,
+    what: &Subject,
     target: NodeId,
     replicas: &[NodeId],
     reported: Option<NodeId>,
@@ -217,12 +240,19 @@ async fn demote_partition(
     let mut order: Vec<NodeId> = reported.into_iter().collect();
     order.extend(replicas.iter().copied().filter(|r| Some(*r) != reported));
     order.retain(|r| *r != target);
-    let mut last = ApiError::NoLeader(what.to_string());
+    let mut last = ApiError::no_leader(what.clone(), NoLeaderCause::NotKnown);
     for round in 0..DEMOTE_ROUNDS {
         for &r in &order {
             match change_at(node, r, g, target, false).await {
                 Ok(reply) if reply.done => return Ok(()),
-                Ok(reply) => last = ApiError::NoLeader(format!("{what} ({})", reply.detail)),
+                Ok(reply) => {
+                    last = ApiError::no_leader(
+                        what.clone(),
+                        NoLeaderCause::ChangePending {
+                            detail: reply.detail,
+                        },
+                    )
+                }
                 Err(e) => last = e,
             }
         }
@@ -239,28 +269,40 @@ async fn change_at(
     target: NodeId,
     promote: bool,
 ) -> Result<ChangeVoterReply, ApiError> {
-    if at == node.id {
+    if at == node.id() {
         return change_voter(node, g, target, promote).await;
     }
-    let addr = node
-        .address_of(at)
-        .ok_or_else(|| ApiError::NoLeader(format!("node {at}'s address is not known")))?;
-    let mut client = node.pool.client(&addr)?;
+    let addr = node.address_of(at).ok_or_else(|| {
+        ApiError::no_leader(
+            Subject::Group(g),
+            NoLeaderCause::AddressUnknown { node: at },
+        )
+    })?;
     let req = ChangeVoterRequest {
         group_id: g,
         node: target,
         promote,
     };
-    match tokio::time::timeout(CHANGE_RPC_TIMEOUT, client.change_voter(req)).await {
-        Ok(Ok(r)) => Ok(r.into_inner()),
-        Ok(Err(s)) => Err(ApiError::NoLeader(format!(
-            "group {g} at node {at}: {}",
-            s.message()
-        ))),
-        Err(_) => Err(ApiError::NoLeader(format!(
-            "group {g} at node {at}: no answer within {CHANGE_RPC_TIMEOUT:?}"
-        ))),
-    }
+    node.peer(&addr)
+        .change_voter(req, CHANGE_RPC_TIMEOUT)
+        .await
+        .map_err(|e| match e {
+            PeerError::Connect(e) => ApiError::Connect(e),
+            PeerError::Timeout { .. } => ApiError::no_leader(
+                Subject::Group(g),
+                NoLeaderCause::PeerSilent {
+                    node: at,
+                    within: CHANGE_RPC_TIMEOUT,
+                },
+            ),
+            e => ApiError::no_leader(
+                Subject::Group(g),
+                NoLeaderCause::PeerRefused {
+                    node: at,
+                    message: e.message(),
+                },
+            ),
+        })
 }
 
 /// On a group's leader: makes `target` a learner, or a voter once it caught up.
@@ -271,23 +313,23 @@ pub async fn change_voter(
     promote: bool,
 ) -> Result<ChangeVoterReply, ApiError> {
     let what = if g == META_GROUP {
-        "the metadata group".to_string()
+        Subject::Metadata
     } else {
-        format!("group {g}")
+        Subject::Group(g)
     };
     let change = async {
         if g == META_GROUP {
             if promote {
-                node.meta.promote_caught_up(target).await
+                node.meta().promote_caught_up(target).await
             } else {
-                node.meta
+                node.meta()
                     .demote(target)
                     .await
                     .map(|_| Promotion::AlreadyVoter)
             }
         } else {
-            let Some(h) = node.registry.partition(g) else {
-                return Err(Unavailable::NotHosted { node: node.id }.into());
+            let Some(h) = node.partition(g) else {
+                return Err(Unavailable::NotHosted { node: node.id() }.into());
             };
             if promote {
                 h.promote_caught_up(target).await
@@ -321,12 +363,6 @@ pub async fn change_voter(
     }
 }
 
-/// On the rebuilt node: asks each group's leader, round after round, to make this node a
-/// voter again, until it is one of every group it holds (the metadata group and every
-/// partition the metadata places on it). Keeps `node.rebuilding` current.
-///
-/// A node started without `--rebuild` runs it too, for a few rounds and then for as long as it
-/// finds itself a learner: a rebuilt node that restarted before every group promoted it.
 /// The groups this node holds a replica of (the metadata group first) and, for each partition,
 /// whom to ask when this replica knows no leader (a learner of a quiet group hears no
 /// heartbeat): in odd rounds the leader the metadata reports, else the other replicas in turn.
@@ -373,19 +409,21 @@ async fn membership(node: &Node, g: u64, rebuilding: bool) -> Membership {
     // while it lags).
     if !rebuilding {
         let running = if g == META_GROUP {
-            node.meta
+            node.meta()
                 .members_if_running()
-                .map(|m| (m, node.meta.leader()))
+                .map(|m| (m, node.meta().leader()))
         } else {
-            node.registry
-                .partition(g)
+            node.partition(g)
                 .and_then(|h| h.members_if_running().map(|m| (m, h.leadership().leader)))
         };
         return running.map_or(Membership::Skip, Membership::Known);
     }
     let members = if g == META_GROUP {
-        node.meta.members().await.map(|m| (m, node.meta.leader()))
-    } else if let Some(h) = node.registry.partition(g) {
+        node.meta()
+            .members()
+            .await
+            .map(|m| (m, node.meta().leader()))
+    } else if let Some(h) = node.partition(g) {
         h.members().await.map(|m| (m, h.leadership().leader))
     } else {
         return Membership::Unknown;
@@ -393,6 +431,67 @@ async fn membership(node: &Node, g: u64, rebuilding: bool) -> Membership {
     members.map_or(Membership::Unknown, Membership::Known)
 }
 
+/// Where a group stands after this node asked to be its voter again.
+enum GroupPromotion {
+    /// Its leader says this node is a voter.
+    Voter,
+    /// Not yet (lagging, no answer, no leader known, membership not known yet).
+    NotYet,
+    /// Not looked at, or it does not list this node as a learner (started normally).
+    NotNeeded,
+}
+
+/// Asks group `g`'s leader (else `ask_instead`) to make this node a voter of it.
+async fn promote_in(
+    node: &Arc<Node>,
+    g: u64,
+    rebuilding: bool,
+    ask_instead: Option<NodeId>,
+) -> GroupPromotion {
+    let ((voters, learners), leader) = match membership(node, g, rebuilding).await {
+        Membership::Known(m) => m,
+        Membership::Skip => return GroupPromotion::NotNeeded,
+        Membership::Unknown => return GroupPromotion::NotYet,
+    };
+    if !rebuilding && !learners.contains(&node.id()) {
+        // Started normally: only a group that lists this node as a learner needs it.
+        return GroupPromotion::NotNeeded;
+    }
+    let answer = match leader.or(ask_instead) {
+        Some(l) if l == node.id() && voters.contains(&node.id()) => Ok(ChangeVoterReply {
+            done: true,
+            detail: String::new(),
+        }),
+        Some(l) if l != node.id() => change_at(node, l, g, node.id(), true).await,
+        _ => Err(ApiError::no_leader(
+            Subject::Group(g),
+            NoLeaderCause::NotKnown,
+        )),
+    };
+    match answer {
+        Ok(r) if r.done => {
+            if g == META_GROUP {
+                node.meta_caught_up();
+            }
+            GroupPromotion::Voter
+        }
+        Ok(r) => {
+            tracing::debug!(group = g, detail = %r.detail, "not a voter yet");
+            GroupPromotion::NotYet
+        }
+        Err(e) => {
+            tracing::debug!(group = g, error = %e, "promotion not answered");
+            GroupPromotion::NotYet
+        }
+    }
+}
+
+/// On the rebuilt node: asks each group's leader, round after round, to make this node a
+/// voter again, until it is one of every group it holds (the metadata group and every
+/// partition the metadata places on it). Keeps the node's rebuild progress current.
+///
+/// A node started without `--rebuild` runs it too, for a few rounds and then for as long as it
+/// finds itself a learner: a rebuilt node that restarted before every group promoted it.
 pub async fn promote_until_voter(node: Arc<Node>, rebuilding: bool) {
     // Groups whose leader said this node is a voter. Only a leader's word counts: a learner
     // catching up replays the log from its start, whose first membership still lists it as
@@ -402,59 +501,29 @@ pub async fn promote_until_voter(node: Arc<Node>, rebuilding: bool) {
     let mut was_learner = false;
     loop {
         round += 1;
-        let (groups, ask_instead) = promotion_plan(&node.view().state, node.id, round);
+        let (groups, ask_instead) = promotion_plan(&node.view().state, node.id(), round);
         let mut left = 0u32;
         for &g in &groups {
             if confirmed.contains(&g) {
                 continue;
             }
-            let ((voters, learners), leader) = match membership(&node, g, rebuilding).await {
-                Membership::Known(m) => m,
-                Membership::Skip => continue,
-                Membership::Unknown => {
-                    left += 1;
-                    continue;
-                }
-            };
-            if !rebuilding && !learners.contains(&node.id) {
-                // Started normally: only a group that lists this node as a learner needs it.
-                continue;
-            }
-            let answer = match leader.or_else(|| ask_instead.get(&g).copied()) {
-                Some(l) if l == node.id && voters.contains(&node.id) => Ok(ChangeVoterReply {
-                    done: true,
-                    detail: String::new(),
-                }),
-                Some(l) if l != node.id => change_at(&node, l, g, node.id, true).await,
-                _ => Err(ApiError::NoLeader(format!("group {g}"))),
-            };
-            match answer {
-                Ok(r) if r.done => {
+            match promote_in(&node, g, rebuilding, ask_instead.get(&g).copied()).await {
+                GroupPromotion::Voter => {
                     confirmed.insert(g);
-                    if g == META_GROUP {
-                        node.meta_behind
-                            .store(false, std::sync::atomic::Ordering::Release);
-                    }
                 }
-                Ok(r) => {
-                    left += 1;
-                    tracing::debug!(group = g, detail = %r.detail, "not a voter yet");
-                }
-                Err(e) => {
-                    left += 1;
-                    tracing::debug!(group = g, error = %e, "promotion not answered");
-                }
+                GroupPromotion::NotYet => left += 1,
+                GroupPromotion::NotNeeded => {}
             }
         }
         // A node restarted in the middle of its rebuild (without the flag) finishes it here.
         was_learner |= left > 0;
         if rebuilding {
-            *node.rebuilding.lock().unwrap() = Some((left, groups.len() as u32));
+            node.set_rebuild_progress(Some((left, groups.len() as u32)));
         }
         if left == 0 && (rebuilding || was_learner) {
-            *node.rebuilding.lock().unwrap() = None;
+            node.set_rebuild_progress(None);
             tracing::warn!(
-                node = node.id,
+                node = node.id(),
                 groups = groups.len(),
                 "rebuilt: this node is a voter of every group it holds again"
             );
@@ -465,7 +534,7 @@ pub async fn promote_until_voter(node: Arc<Node>, rebuilding: bool) {
         }
         tokio::select! {
             _ = tokio::time::sleep(PROMOTE_EVERY) => {}
-            _ = node.shutdown.cancelled() => return,
+            _ = node.stopping() => return,
         }
     }
 }
@@ -510,8 +579,8 @@ mod tests {
         assert_eq!(promotion_plan(&state, 4, 1).0, vec![META_GROUP]);
     }
 
-    fn group(voters: &[NodeId]) -> (String, BTreeSet<NodeId>) {
-        ("g".to_string(), voters.iter().copied().collect())
+    fn group(voters: &[NodeId]) -> (Subject, BTreeSet<NodeId>) {
+        (Subject::Group(7), voters.iter().copied().collect())
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::coordinator::{Answer, Op};
 use crate::data;
-use crate::error::ApiError;
+use crate::error::{ApiError, Invalid};
 use crate::group_wire;
 use crate::live::{self, LiveSet};
 use crate::node::Node;
@@ -43,9 +43,7 @@ impl StartingClientService {
         match self.slot.get() {
             // A rebuilding node's metadata is empty until the metadata group's log reached
             // it: an answer from it would say that no topic exists.
-            Some(node) if node.meta_behind.load(std::sync::atomic::Ordering::Acquire) => {
-                Err(ApiError::Rebuilding(self.id).into())
-            }
+            Some(node) if node.is_meta_behind() => Err(ApiError::Rebuilding(self.id).into()),
             Some(node) => Ok(ClientService { node: node.clone() }),
             None => Err(ApiError::Starting(self.id).into()),
         }
@@ -85,12 +83,13 @@ delegate! {
 }
 
 /// Refuses a client's write to one of fjord's own topics.
-fn not_internal(topic: &str, what: &str) -> Result<(), ApiError> {
+fn not_internal(topic: &str, action: &'static str) -> Result<(), ApiError> {
     if topic.starts_with(fjord_groups::INTERNAL_TOPIC_PREFIX) {
-        return Err(ApiError::Invalid(format!(
-            "topic {topic:?} is fjord's own (names starting with {:?} are reserved): clients cannot {what} it",
-            fjord_groups::INTERNAL_TOPIC_PREFIX
-        )));
+        return Err(Invalid::ReservedTopic {
+            topic: topic.to_string(),
+            action,
+        }
+        .into());
     }
     Ok(())
 }
@@ -109,7 +108,6 @@ pub(crate) fn topic_info(node: &Node, t: &Topic) -> TopicInfo {
             .iter()
             .map(|p| {
                 let local = node
-                    .registry
                     .partition(fjord_meta::group_id(t.id, p.partition))
                     .map(|h| h.leadership());
                 let (leader, leader_epoch) = match local {
@@ -149,10 +147,10 @@ impl ClientService {
         loop {
             let registered: Vec<u64> = self.node.view().state.nodes.keys().copied().collect();
             let decision = live::live_set(
-                self.node.id,
+                self.node.id(),
                 registered,
-                self.node.peers.keys().copied(),
-                |n| self.node.liveness.is_alive(n),
+                self.node.configured_peers(),
+                |n| self.node.is_alive(n),
                 tokio::time::Instant::now() >= deadline,
             );
             match decision {
@@ -167,7 +165,7 @@ impl ClientService {
     /// Waits (bounded) until this node has applied topic `name` and every partition of it has
     /// a reported leader.
     pub(crate) async fn wait_for_leaders(&self, name: &str) {
-        let mut view = self.node.meta.subscribe();
+        let mut view = self.node.meta().subscribe();
         let deadline = tokio::time::Instant::now() + CREATE_TOPIC_LEADER_WAIT;
         loop {
             let ready = view
@@ -190,10 +188,11 @@ impl ClientService {
     /// a replica of the partition answers at once (its metadata is all it knows).
     async fn wait_for_other_leader(&self, w: &LeaderWait) -> Result<(), Status> {
         if w.wait_ms > MAX_LEADER_WAIT_MS {
-            return Err(ApiError::Invalid(format!(
-                "leader_wait.wait_ms {} is over the limit of {MAX_LEADER_WAIT_MS}",
-                w.wait_ms
-            ))
+            return Err(ApiError::from(Invalid::OverLimit {
+                field: "leader_wait.wait_ms",
+                value: w.wait_ms.into(),
+                limit: MAX_LEADER_WAIT_MS.into(),
+            })
             .into());
         }
         let Some(topic) = self.node.view().state.topic(&w.topic).cloned() else {
@@ -201,7 +200,6 @@ impl ClientService {
         };
         let Some(handle) = self
             .node
-            .registry
             .partition(fjord_meta::group_id(topic.id, w.partition))
         else {
             return Ok(());
@@ -235,10 +233,8 @@ impl Fjord for ClientService {
             self.wait_for_other_leader(w).await?;
         }
         let view = self.node.view();
-        let counts = self.node.liveness.counts();
-        // Copied out at once: a guard held through the answer's construction would be taken
-        // twice.
-        let rebuilding = *self.node.rebuilding.lock().unwrap();
+        let counts = self.node.quiet_counts();
+        let rebuilding = self.node.rebuild_progress();
         // Registered nodes only: a configured peer that never registered is not usable yet.
         let nodes: std::collections::BTreeMap<u64, String> = view
             .state
@@ -260,7 +256,7 @@ impl Fjord for ClientService {
             metadata_leader: self.node.meta_leader().unwrap_or(0),
             topics,
             replicas: Some(ReplicaStatus {
-                node_id: self.node.id,
+                node_id: self.node.id(),
                 hosted: counts.replicas,
                 quiet: counts.quiet,
                 hibernated: counts.hibernated,
@@ -296,7 +292,11 @@ impl Fjord for ClientService {
                     topic: Some(topic_info(&self.node, t)),
                 }))
             }
-            other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
+            other => Err(ApiError::UnexpectedAnswer {
+                to: "a topic's creation",
+                got: Box::new(other),
+            }
+            .into()),
         }
     }
 
@@ -314,7 +314,7 @@ impl Fjord for ClientService {
                 .await?,
         )?;
         // Answer once this node's own view agrees, so its next answers do not show the topic.
-        let mut view = self.node.meta.subscribe();
+        let mut view = self.node.meta().subscribe();
         let deadline = tokio::time::Instant::now() + CREATE_TOPIC_LEADER_WAIT;
         while view.borrow_and_update().state.topic(&req.name).is_some() {
             if !matches!(
@@ -362,7 +362,7 @@ impl Fjord for ClientService {
         req: Request<InitProducerRequest>,
     ) -> Result<Response<InitProducerResponse>, Status> {
         let (producer_id, producer_epoch) = match req.into_inner().producer_name {
-            None => (self.node.producer_ids.take(&self.node).await?, 0),
+            None => (self.node.new_producer_id().await?, 0),
             Some(name) => crate::producer_ids::init_named(&self.node, name).await?,
         };
         Ok(Response::new(InitProducerResponse {
@@ -393,13 +393,11 @@ impl Fjord for ClientService {
         req: Request<FindCoordinatorRequest>,
     ) -> Result<Response<FindCoordinatorResponse>, Status> {
         let group = req.into_inner().group;
-        let (partition, _, leader) = self.node.coordinator.locate(&self.node, &group).await?;
+        let (partition, _, leader) = self.node.coordinator().locate(&self.node, &group).await?;
         let found = leader.and_then(|l| self.node.address_of(l).map(|a| (l, a)));
-        let (node_id, address) = found.ok_or_else(|| {
-            ApiError::NoLeader(format!(
-                "the coordinator of group {group:?} (partition {partition} of {})",
-                fjord_groups::GROUPS_TOPIC
-            ))
+        let (node_id, address) = found.ok_or(ApiError::NoLeader {
+            of: crate::error::Subject::Coordinator { group, partition },
+            why: crate::error::NoLeaderCause::NotKnown,
         })?;
         Ok(Response::new(FindCoordinatorResponse {
             partition,
@@ -420,7 +418,7 @@ impl Fjord for ClientService {
         let hb = group_wire::heartbeat_request(req.into_inner(), &topics, host)?;
         match self
             .node
-            .coordinator
+            .coordinator()
             .call(&self.node, Op::Heartbeat(hb))
             .await?
         {
@@ -437,7 +435,7 @@ impl Fjord for ClientService {
         let c = group_wire::commit_request(req.into_inner(), &topics)?;
         match self
             .node
-            .coordinator
+            .coordinator()
             .call(&self.node, Op::Commit(c))
             .await?
         {
@@ -453,7 +451,7 @@ impl Fjord for ClientService {
         let topics = crate::coordinator::topics_view(&self.node.view().state);
         let (group, who, tps) = group_wire::fetch_request(req.into_inner(), &topics)?;
         let op = Op::Fetch { group, who, tps };
-        match self.node.coordinator.call(&self.node, op).await? {
+        match self.node.coordinator().call(&self.node, op).await? {
             Answer::Offsets(o) => Ok(Response::new(FetchOffsetsResponse {
                 offsets: group_wire::committed_offsets(&o, &topics),
             })),
@@ -475,10 +473,7 @@ impl Fjord for ClientService {
             if !wanted.is_empty() && !wanted.contains(&p) {
                 continue;
             }
-            let local = self
-                .node
-                .registry
-                .partition(fjord_meta::group_id(topic.id, p));
+            let local = self.node.partition(fjord_meta::group_id(topic.id, p));
             let listed = local.and_then(|h| {
                 h.shared()
                     .with_groups(|gs| gs.iter().map(group_wire::listing).collect::<Vec<_>>())
@@ -498,7 +493,7 @@ impl Fjord for ClientService {
         let group = req.into_inner().group;
         match self
             .node
-            .coordinator
+            .coordinator()
             .call(&self.node, Op::Describe(group))
             .await?
         {
@@ -522,7 +517,7 @@ impl Fjord for ClientService {
             to,
             topic,
         };
-        match self.node.coordinator.call(&self.node, op).await? {
+        match self.node.coordinator().call(&self.node, op).await? {
             Answer::Reset(moved) => {
                 let shown = moved
                     .into_iter()
@@ -552,7 +547,7 @@ impl Fjord for ClientService {
         let group = req.into_inner().group;
         match self
             .node
-            .coordinator
+            .coordinator()
             .call(&self.node, Op::Delete(group))
             .await?
         {
@@ -562,6 +557,9 @@ impl Fjord for ClientService {
     }
 }
 
-fn unexpected(a: Answer) -> Status {
-    ApiError::Internal(format!("the coordinator answered {a:?}")).into()
+fn unexpected(_: Answer) -> Status {
+    ApiError::UnexpectedGroupAnswer {
+        to: "a group request",
+    }
+    .into()
 }

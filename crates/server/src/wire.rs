@@ -12,7 +12,7 @@ use bytes::Bytes;
 use fjord_proto::v1::{self, PartitionResult, ProduceRequest, Record};
 use fjord_raft::CommittedBatch;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Invalid};
 
 /// Default and largest acknowledgement wait of a produce.
 pub const DEFAULT_PRODUCE_TIMEOUT_MS: u32 = 10_000;
@@ -82,22 +82,23 @@ impl TryFrom<ProduceRequest> for Produce {
         let acks = match v1::Acks::try_from(req.acks) {
             Ok(v1::Acks::Cp) => Acks::Cp,
             Ok(v1::Acks::Ap) => Acks::Ap,
-            Err(_) => return Err(ApiError::Invalid(format!("unknown acks mode {}", req.acks))),
+            Err(_) => return Err(Invalid::UnknownAcks(req.acks).into()),
         };
         let timeout_ms = match req.timeout_ms {
             0 => DEFAULT_PRODUCE_TIMEOUT_MS,
             t if t > MAX_PRODUCE_TIMEOUT_MS => {
-                return Err(ApiError::Invalid(format!(
-                    "timeout_ms {t} is over the limit of {MAX_PRODUCE_TIMEOUT_MS}"
-                )));
+                return Err(Invalid::OverLimit {
+                    field: "timeout_ms",
+                    value: t.into(),
+                    limit: MAX_PRODUCE_TIMEOUT_MS.into(),
+                }
+                .into());
             }
             t => t,
         };
         let body = match (req.records.is_empty(), req.batches.is_empty()) {
             (false, false) => {
-                return Err(ApiError::Invalid(
-                    "a produce request carries either `records` or `batches`, not both".into(),
-                ));
+                return Err(Invalid::RecordsAndBatches.into());
             }
             // An empty request is refused after the topic is looked up (an unknown topic is
             // NOT_FOUND first), by `data::produce`.
@@ -123,13 +124,10 @@ impl TryFrom<ProduceRequest> for Produce {
 }
 
 fn producer_batch(i: usize, b: v1::RecordBatch) -> Result<ProducerBatch, ApiError> {
-    let producer_epoch = u16::try_from(b.producer_epoch).map_err(|_| {
-        ApiError::Invalid(format!(
-            "batch {i} (partition {}): producer_epoch {} is over the limit of {}",
-            b.partition,
-            b.producer_epoch,
-            u16::MAX
-        ))
+    let producer_epoch = u16::try_from(b.producer_epoch).map_err(|_| Invalid::EpochTooLarge {
+        batch: i,
+        partition: b.partition,
+        epoch: b.producer_epoch,
     })?;
     Ok(ProducerBatch {
         partition: b.partition,
@@ -187,22 +185,27 @@ impl TryFrom<v1::FetchRequest> for Fetch {
         let read = match v1::ReadMode::try_from(req.read) {
             Ok(v1::ReadMode::ReadCp) => ReadMode::Cp,
             Ok(v1::ReadMode::ReadAp) => ReadMode::Ap,
-            Err(_) => return Err(ApiError::Invalid(format!("unknown read mode {}", req.read))),
+            Err(_) => return Err(Invalid::UnknownReadMode(req.read).into()),
         };
         let max_bytes = match req.max_bytes {
             0 => DEFAULT_FETCH_BYTES,
             b if b > MAX_FETCH_BYTES => {
-                return Err(ApiError::Invalid(format!(
-                    "max_bytes {b} is over the limit of {MAX_FETCH_BYTES}"
-                )));
+                return Err(Invalid::OverLimit {
+                    field: "max_bytes",
+                    value: b.into(),
+                    limit: MAX_FETCH_BYTES.into(),
+                }
+                .into());
             }
             b => b,
         };
         if req.max_wait_ms > MAX_FETCH_WAIT_MS {
-            return Err(ApiError::Invalid(format!(
-                "max_wait_ms {} is over the limit of {MAX_FETCH_WAIT_MS}",
-                req.max_wait_ms
-            )));
+            return Err(Invalid::OverLimit {
+                field: "max_wait_ms",
+                value: req.max_wait_ms.into(),
+                limit: MAX_FETCH_WAIT_MS.into(),
+            }
+            .into());
         }
         Ok(Fetch {
             topic: req.topic,

@@ -52,6 +52,10 @@ async fn start_cluster(n: u64) -> Cluster {
             cache_size_mib: 8,
             source_address: None,
             rebuild: false,
+            group_session_timeout_ms: ::fjord_server::config::defaults::GROUP_SESSION_TIMEOUT_MS,
+            group_heartbeat_interval_ms:
+                ::fjord_server::config::defaults::GROUP_HEARTBEAT_INTERVAL_MS,
+            group_partitions: ::fjord_server::config::defaults::GROUP_PARTITIONS,
         };
         dirs.push(dir);
         let s = stop.clone();
@@ -59,7 +63,7 @@ async fn start_cluster(n: u64) -> Cluster {
             run_with(
                 cfg,
                 l,
-                Arc::new(fjord_raft::network::TcpConnector),
+                Arc::new(fjord_raft::peer::TcpConnector),
                 Arc::new(SystemClock),
                 async move { s.cancelled().await },
             )

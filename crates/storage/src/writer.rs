@@ -288,68 +288,103 @@ fn commit(
     let mut txn = db.begin_write().map_err(StorageError::redb)?;
     txn.set_durability(durability).map_err(StorageError::redb)?;
     {
-        let mut log = txn.open_table(LOG).map_err(StorageError::redb)?;
-        let mut offsets = txn.open_table(OFFSETS).map_err(StorageError::redb)?;
-        let mut values = txn.open_table(GROUP_VALUES).map_err(StorageError::redb)?;
-        let mut node_values = txn.open_table(NODE_VALUES).map_err(StorageError::redb)?;
+        let mut tables = Tables {
+            log: txn.open_table(LOG).map_err(StorageError::redb)?,
+            offsets: txn.open_table(OFFSETS).map_err(StorageError::redb)?,
+            values: txn.open_table(GROUP_VALUES).map_err(StorageError::redb)?,
+            node_values: txn.open_table(NODE_VALUES).map_err(StorageError::redb)?,
+        };
         for op in batches.iter().flat_map(|b| b.ops.iter()) {
-            match op {
-                Op::Append { group, entries } => {
-                    for (index, bytes) in entries {
-                        log.insert((*group, *index), bytes.as_slice())
-                            .map_err(StorageError::redb)?;
-                    }
-                }
-                Op::TruncateFrom { group, index } => {
-                    log.retain_in((*group, *index)..=(*group, u64::MAX), |_, _| false)
-                        .map_err(StorageError::redb)?;
-                    // Index entries grow with the log index: the doomed ones are at the end.
-                    let doomed = collect_offsets(&offsets, *group, true, |idx| idx >= *index)?;
-                    for base in doomed {
-                        offsets.remove((*group, base)).map_err(StorageError::redb)?;
-                    }
-                }
-                Op::PurgeTo { group, index } => {
-                    log.retain_in((*group, 0)..=(*group, *index), |_, _| false)
-                        .map_err(StorageError::redb)?;
-                    // ... and the purged ones at the start.
-                    let doomed = collect_offsets(&offsets, *group, false, |idx| idx <= *index)?;
-                    for base in doomed {
-                        offsets.remove((*group, base)).map_err(StorageError::redb)?;
-                    }
-                }
-                Op::Put { group, key, value } => {
-                    values
-                        .insert((*group, *key), value.as_slice())
-                        .map_err(StorageError::redb)?;
-                }
-                Op::PutNode { key, value } => {
-                    node_values
-                        .insert(*key, value.as_slice())
-                        .map_err(StorageError::redb)?;
-                }
-                Op::IndexOffsets { group, entries } => {
-                    for (base, index, count) in entries {
-                        offsets
-                            .insert((*group, *base), (*index, *count))
-                            .map_err(StorageError::redb)?;
-                    }
-                }
-                Op::DeleteGroup { group } => {
-                    log.retain_in((*group, 0)..=(*group, u64::MAX), |_, _| false)
-                        .map_err(StorageError::redb)?;
-                    offsets
-                        .retain_in((*group, 0)..=(*group, u64::MAX), |_, _| false)
-                        .map_err(StorageError::redb)?;
-                    values
-                        .retain_in((*group, 0)..=(*group, u8::MAX), |_, _| false)
-                        .map_err(StorageError::redb)?;
-                }
-            }
+            tables.apply(op)?;
         }
     }
     txn.commit().map_err(StorageError::redb)?;
     Ok(())
+}
+
+/// The tables a commit writes, open in its transaction.
+struct Tables<'txn> {
+    log: redb::Table<'txn, (u64, u64), &'static [u8]>,
+    offsets: redb::Table<'txn, (u64, u64), (u64, u32)>,
+    values: redb::Table<'txn, (u64, u8), &'static [u8]>,
+    node_values: redb::Table<'txn, u8, &'static [u8]>,
+}
+
+impl Tables<'_> {
+    fn apply(&mut self, op: &Op) -> Result<(), StorageError> {
+        match op {
+            Op::Append { group, entries } => {
+                for (index, bytes) in entries {
+                    self.log
+                        .insert((*group, *index), bytes.as_slice())
+                        .map_err(StorageError::redb)?;
+                }
+            }
+            Op::TruncateFrom { group, index } => {
+                self.log
+                    .retain_in((*group, *index)..=(*group, u64::MAX), |_, _| false)
+                    .map_err(StorageError::redb)?;
+                // Index entries grow with the log index: the doomed ones are at the end.
+                self.remove_offsets(*group, true, |idx| idx >= *index)?;
+            }
+            Op::PurgeTo { group, index } => {
+                self.log
+                    .retain_in((*group, 0)..=(*group, *index), |_, _| false)
+                    .map_err(StorageError::redb)?;
+                // ... and the purged ones at the start.
+                self.remove_offsets(*group, false, |idx| idx <= *index)?;
+            }
+            Op::Put { group, key, value } => {
+                self.values
+                    .insert((*group, *key), value.as_slice())
+                    .map_err(StorageError::redb)?;
+            }
+            Op::PutNode { key, value } => {
+                self.node_values
+                    .insert(*key, value.as_slice())
+                    .map_err(StorageError::redb)?;
+            }
+            Op::IndexOffsets { group, entries } => {
+                for (base, index, count) in entries {
+                    self.offsets
+                        .insert((*group, *base), (*index, *count))
+                        .map_err(StorageError::redb)?;
+                }
+            }
+            Op::DeleteGroup { group } => self.delete_group(*group)?,
+        }
+        Ok(())
+    }
+
+    /// Removes `group`'s index entries whose log index matches `doomed` (see
+    /// [`collect_offsets`]).
+    fn remove_offsets(
+        &mut self,
+        group: u64,
+        from_end: bool,
+        doomed: impl Fn(u64) -> bool,
+    ) -> Result<(), StorageError> {
+        for base in collect_offsets(&self.offsets, group, from_end, doomed)? {
+            self.offsets
+                .remove((group, base))
+                .map_err(StorageError::redb)?;
+        }
+        Ok(())
+    }
+
+    /// Removes everything `group` stored: its log, its offset index and its values.
+    fn delete_group(&mut self, group: u64) -> Result<(), StorageError> {
+        self.log
+            .retain_in((group, 0)..=(group, u64::MAX), |_, _| false)
+            .map_err(StorageError::redb)?;
+        self.offsets
+            .retain_in((group, 0)..=(group, u64::MAX), |_, _| false)
+            .map_err(StorageError::redb)?;
+        self.values
+            .retain_in((group, 0)..=(group, u8::MAX), |_, _| false)
+            .map_err(StorageError::redb)?;
+        Ok(())
+    }
 }
 
 /// Base offsets of `group`'s index entries whose log index matches `doomed`, scanning from

@@ -421,6 +421,86 @@ struct Slot {
     more: Vec<(u64, u64, Source)>,
 }
 
+/// A produce's events: its invoke and its completion, if any.
+fn events_of(p: &Produce) -> Vec<u64> {
+    let mut v = vec![p.invoke];
+    v.extend(p.completion);
+    v
+}
+
+/// Value `value`, acknowledged at offset `o`, was never read there: lost if a read reached
+/// past it (`max_read`: the highest offset read in its partition, and by which event), else
+/// unseen.
+fn unread_ack(
+    out: &mut CheckResult,
+    value: u64,
+    p: &Produce,
+    o: u64,
+    seen: Option<&Seen>,
+    max_read: Option<(u64, u64)>,
+) {
+    let partition = p.partition;
+    let acked = p.completion.unwrap_or(p.invoke);
+    // Read, but only at other places: the duplicate or phantom rules say where.
+    let never_read = match seen {
+        None => "was never read".to_string(),
+        Some(s) => format!(
+            "was never read there (only elsewhere, first at offset {} of \
+             partition {}, event {})",
+            s.offset, s.partition, s.event
+        ),
+    };
+    match max_read {
+        Some((m, by)) if m > o => out.lost.push(|| {
+            let mut events = events_of(p);
+            events.push(by);
+            Anomaly {
+                events,
+                partition,
+                offsets: vec![o],
+                values: vec![value],
+                explanation: format!(
+                    "value {value} acknowledged at offset {o} of partition \
+                     {partition} (event {acked}) {never_read}, though a read \
+                     (event {by}) reached offset {m}"
+                ),
+            }
+        }),
+        highest => out.unseen.push(|| Anomaly {
+            events: events_of(p),
+            partition,
+            offsets: vec![o],
+            values: vec![value],
+            explanation: format!(
+                "value {value} acknowledged at offset {o} of partition \
+                 {partition} (event {acked}) {never_read}, and no read got \
+                 past it (highest offset read: {})",
+                highest.map_or("none".to_string(), |h| h.0.to_string())
+            ),
+        }),
+    }
+}
+
+/// Value `value`'s produce failed (definitely not written), yet a read found it (`s`).
+fn read_after_failure(out: &mut CheckResult, value: u64, p: &Produce, s: &Seen) {
+    let (partition, offset, by) = (s.partition, s.offset, s.event);
+    out.aborted.push(|| {
+        let mut events = events_of(p);
+        events.push(by);
+        Anomaly {
+            events,
+            partition,
+            offsets: vec![offset],
+            values: vec![value],
+            explanation: format!(
+                "value {value}'s produce failed (definitely not written), yet a \
+                 read (event {by}) found it at offset {offset} of partition \
+                 {partition}"
+            ),
+        }
+    });
+}
+
 #[derive(Default)]
 struct Checker {
     out: CheckResult,
@@ -838,73 +918,13 @@ impl Checker {
             let p = self.produces[value];
             let value = *value;
             let seen = self.reads.get(&value);
-            let events = || {
-                let mut v = vec![p.invoke];
-                v.extend(p.completion);
-                v
-            };
             match (p.outcome, p.offset, seen) {
                 (EventType::Ok, Some(o), seen) if !self.acked_read_in_place.contains(&value) => {
-                    let partition = p.partition;
-                    let acked = p.completion.unwrap_or(p.invoke);
-                    // Read, but only at other places: the duplicate or phantom rules say where.
-                    let never_read = match seen {
-                        None => "was never read".to_string(),
-                        Some(s) => format!(
-                            "was never read there (only elsewhere, first at offset {} of \
-                             partition {}, event {})",
-                            s.offset, s.partition, s.event
-                        ),
-                    };
-                    match self.max_read.get(&partition) {
-                        Some(&(m, by)) if m > o => self.out.lost.push(|| {
-                            let mut events = events();
-                            events.push(by);
-                            Anomaly {
-                                events,
-                                partition,
-                                offsets: vec![o],
-                                values: vec![value],
-                                explanation: format!(
-                                    "value {value} acknowledged at offset {o} of partition \
-                                     {partition} (event {acked}) {never_read}, though a read \
-                                     (event {by}) reached offset {m}"
-                                ),
-                            }
-                        }),
-                        highest => self.out.unseen.push(|| Anomaly {
-                            events: events(),
-                            partition,
-                            offsets: vec![o],
-                            values: vec![value],
-                            explanation: format!(
-                                "value {value} acknowledged at offset {o} of partition \
-                                 {partition} (event {acked}) {never_read}, and no read got \
-                                 past it (highest offset read: {})",
-                                highest.map_or("none".to_string(), |h| h.0.to_string())
-                            ),
-                        }),
-                    }
+                    let max_read = self.max_read.get(&p.partition).copied();
+                    unread_ack(&mut self.out, value, &p, o, seen, max_read);
                 }
                 (EventType::Ok, _, Some(_)) => self.out.totals.acknowledged_read += 1,
-                (EventType::Fail, _, Some(s)) => {
-                    let (partition, offset, by) = (s.partition, s.offset, s.event);
-                    self.out.aborted.push(|| {
-                        let mut events = events();
-                        events.push(by);
-                        Anomaly {
-                            events,
-                            partition,
-                            offsets: vec![offset],
-                            values: vec![value],
-                            explanation: format!(
-                                "value {value}'s produce failed (definitely not written), yet a \
-                                 read (event {by}) found it at offset {offset} of partition \
-                                 {partition}"
-                            ),
-                        }
-                    });
-                }
+                (EventType::Fail, _, Some(s)) => read_after_failure(&mut self.out, value, &p, s),
                 (EventType::Info | EventType::Invoke, _, Some(_)) => {
                     self.out.totals.unknown_read += 1;
                 }

@@ -257,6 +257,9 @@ fn serve_config(id: u64, config: &SimConfig) -> ServeConfig {
         cache_size_mib: 4,
         source_address: None,
         rebuild: false,
+        group_session_timeout_ms: fjord_server::config::defaults::GROUP_SESSION_TIMEOUT_MS,
+        group_heartbeat_interval_ms: fjord_server::config::defaults::GROUP_HEARTBEAT_INTERVAL_MS,
+        group_partitions: fjord_server::config::defaults::GROUP_PARTITIONS,
     }
 }
 
@@ -485,27 +488,8 @@ impl Nemesis {
     fn apply(&mut self, sim: &mut turmoil::Sim<'_>, fault: Fault) -> Struck {
         match fault {
             Fault::Partition(a, b) => self.cut(sim, &node_name(a), &node_name(b)),
-            Fault::Isolate(target) => {
-                let a = self.resolve(target);
-                for b in self
-                    .disks
-                    .keys()
-                    .copied()
-                    .filter(|b| *b != a)
-                    .collect::<Vec<_>>()
-                {
-                    self.cut(sim, &node_name(a), &node_name(b));
-                }
-                return Struck::Node(a);
-            }
-            Fault::Hold(a, b) => {
-                let (a, b) = (node_name(a), node_name(b));
-                // A cut link stays cut: holding it would revive it.
-                if let Entry::Vacant(link) = self.links.entry(Self::pair(&a, &b)) {
-                    sim.hold(a.as_str(), b.as_str());
-                    link.insert(Link::Held);
-                }
-            }
+            Fault::Isolate(target) => return self.isolate(sim, target),
+            Fault::Hold(a, b) => self.hold(sim, a, b),
             Fault::CutClient(a) => self.cut(sim, CLIENT, &node_name(a)),
             Fault::HealNetwork => {
                 for ((a, b), _) in std::mem::take(&mut self.links) {
@@ -514,75 +498,15 @@ impl Nemesis {
                     sim.repair(a.as_str(), b.as_str());
                 }
             }
-            Fault::Crash(target) | Fault::DiskLoss(target) => {
-                let node = self.resolve(target);
-                let amnesia = matches!(fault, Fault::DiskLoss(_));
-                if self.is_down(node)
-                    || self.down.contains_key(&target)
-                    || (amnesia && self.another_amnesiac(node))
-                {
-                    return Struck::Skipped(node);
-                }
-                self.crash(sim, node);
-                if amnesia {
-                    self.disks[&node].wipe();
-                    self.amnesiac.insert(node);
-                }
-                self.down.insert(target, node);
-                return Struck::Node(node);
-            }
-            Fault::StaleCopy(node) => {
-                let target = Target::Node(node);
-                // Taking a copy is only a crash; putting one back is a data loss.
-                let restore = self.copies.contains_key(&node);
-                if self.is_down(node)
-                    || self.down.contains_key(&target)
-                    || (restore && self.another_amnesiac(node))
-                {
-                    return Struck::Skipped(node);
-                }
-                self.crash(sim, node);
-                let disk = &self.disks[&node];
-                match self.copies.remove(&node) {
-                    Some(copy) => {
-                        disk.replace(&copy);
-                        self.amnesiac.insert(node);
-                    }
-                    None => {
-                        self.copies.insert(node, disk.copy());
-                    }
-                }
-                self.down.insert(target, node);
-                return Struck::Node(node);
-            }
+            Fault::Crash(target) => return self.power_loss(sim, target, false),
+            Fault::DiskLoss(target) => return self.power_loss(sim, target, true),
+            Fault::StaleCopy(node) => return self.stale_copy(sim, node),
             Fault::Rebuild(node) => {
                 operator(&self.operators[&node]).rebuild_next = true;
                 sim.bounce(node_name(node));
                 return Struck::Node(node);
             }
-            Fault::CrashAll(partition) => {
-                let roles = [
-                    Target::LeaderOf(partition),
-                    Target::FollowerOf(partition, 0),
-                    Target::FollowerOf(partition, 1),
-                ];
-                let nodes = roles.map(|t| self.resolve(t));
-                // Every disk first: no node may sync after another lost power.
-                for node in self.disks.keys() {
-                    if !self.is_down(*node) {
-                        self.disks[node].power_loss();
-                    }
-                }
-                for node in self.disks.keys().copied().collect::<Vec<_>>() {
-                    if !self.is_down(node) {
-                        self.stop(sim, node);
-                    }
-                }
-                // Whatever crashed them before, the restarts of the roles start them now.
-                self.down.clear();
-                self.down.extend(roles.into_iter().zip(nodes));
-                return Struck::Roles(nodes);
-            }
+            Fault::CrashAll(partition) => return self.crash_all(sim, partition),
             Fault::Restart(target) => {
                 let Some(node) = self.down.remove(&target) else {
                     return Struck::NotDown;
@@ -602,6 +526,102 @@ impl Nemesis {
             }
         }
         Struck::Fixed
+    }
+
+    /// Cuts `target` off from every other node.
+    fn isolate(&mut self, sim: &mut turmoil::Sim<'_>, target: Target) -> Struck {
+        let a = self.resolve(target);
+        for b in self
+            .disks
+            .keys()
+            .copied()
+            .filter(|b| *b != a)
+            .collect::<Vec<_>>()
+        {
+            self.cut(sim, &node_name(a), &node_name(b));
+        }
+        Struck::Node(a)
+    }
+
+    /// Holds the messages between `a` and `b` until the network heals.
+    fn hold(&mut self, sim: &mut turmoil::Sim<'_>, a: u64, b: u64) {
+        let (a, b) = (node_name(a), node_name(b));
+        // A cut link stays cut: holding it would revive it.
+        if let Entry::Vacant(link) = self.links.entry(Self::pair(&a, &b)) {
+            sim.hold(a.as_str(), b.as_str());
+            link.insert(Link::Held);
+        }
+    }
+
+    /// `target`'s power loss, its disk wiped too when `amnesia` (a lost disk); skipped when
+    /// it is down already, or when it would be a second node without its data.
+    fn power_loss(&mut self, sim: &mut turmoil::Sim<'_>, target: Target, amnesia: bool) -> Struck {
+        let node = self.resolve(target);
+        if self.is_down(node)
+            || self.down.contains_key(&target)
+            || (amnesia && self.another_amnesiac(node))
+        {
+            return Struck::Skipped(node);
+        }
+        self.crash(sim, node);
+        if amnesia {
+            self.disks[&node].wipe();
+            self.amnesiac.insert(node);
+        }
+        self.down.insert(target, node);
+        Struck::Node(node)
+    }
+
+    /// `node`'s power loss, with a copy of its disk taken, or the earlier copy put back.
+    fn stale_copy(&mut self, sim: &mut turmoil::Sim<'_>, node: u64) -> Struck {
+        let target = Target::Node(node);
+        // Taking a copy is only a crash; putting one back is a data loss.
+        let restore = self.copies.contains_key(&node);
+        if self.is_down(node)
+            || self.down.contains_key(&target)
+            || (restore && self.another_amnesiac(node))
+        {
+            return Struck::Skipped(node);
+        }
+        self.crash(sim, node);
+        let disk = &self.disks[&node];
+        match self.copies.remove(&node) {
+            Some(copy) => {
+                disk.replace(&copy);
+                self.amnesiac.insert(node);
+            }
+            None => {
+                self.copies.insert(node, disk.copy());
+            }
+        }
+        self.down.insert(target, node);
+        Struck::Node(node)
+    }
+
+    /// Every node's power loss at once; the partition's roles, resolved now, are the ones
+    /// their restarts start.
+    fn crash_all(&mut self, sim: &mut turmoil::Sim<'_>, partition: u32) -> Struck {
+        let roles = [
+            Target::LeaderOf(partition),
+            Target::FollowerOf(partition, 0),
+            Target::FollowerOf(partition, 1),
+        ];
+        let nodes = roles.map(|t| self.resolve(t));
+        // Every disk first: no node may sync after another lost power.
+        for node in self.disks.keys() {
+            if !self.is_down(*node) {
+                self.disks[node].power_loss();
+            }
+        }
+        for node in self.disks.keys().copied().collect::<Vec<_>>() {
+            if !self.is_down(node) {
+                self.stop(sim, node);
+            }
+        }
+        // Whatever crashed them before, the restarts of the roles start them now.
+        self.down.clear();
+        self.down.extend(roles.into_iter().zip(nodes));
+        Struck::Roles(nodes)
     }
 }
 
@@ -739,6 +759,40 @@ pub fn run_plan(seed: u64, config: &SimConfig, plan: &Plan) -> Run {
         .max_message_latency(Duration::from_millis(20))
         .tcp_capacity(1 << 16)
         .build();
+    let (disks, operators) = add_nodes(&mut sim, config);
+    let history = Arc::new(Mutex::new(History::default()));
+    let leaders = workload::Leaders::default();
+    sim.client(
+        CLIENT,
+        workload::run(
+            workload_of(seed, config, writes_until),
+            history.clone(),
+            leaders.clone(),
+        ),
+    );
+    let mut nemesis = Nemesis {
+        disks,
+        operators,
+        copies: BTreeMap::new(),
+        rebuilds: BTreeMap::new(),
+        links: BTreeMap::new(),
+        leaders,
+        down: BTreeMap::new(),
+        amnesiac: BTreeSet::new(),
+    };
+    let (applied, error) = drive(&mut sim, &mut nemesis, plan, &history);
+    let simulated = sim.elapsed();
+    drop(sim);
+    fjord_raft::runtime::unseed_thread();
+    let history = std::mem::take(&mut *history.lock().unwrap_or_else(PoisonError::into_inner));
+    checked(seed, history, error, simulated, applied)
+}
+
+/// Adds a host per node, each on its own simulated disk with its operator's controls.
+fn add_nodes(
+    sim: &mut turmoil::Sim<'_>,
+    config: &SimConfig,
+) -> (BTreeMap<u64, SimDisk>, BTreeMap<u64, OperatorCtl>) {
     let disks: BTreeMap<u64, SimDisk> = (1..=config.nodes).map(|n| (n, SimDisk::new())).collect();
     let operators: BTreeMap<u64, OperatorCtl> = (1..=config.nodes)
         .map(|n| (n, OperatorCtl::default()))
@@ -751,38 +805,34 @@ pub fn run_plan(seed: u64, config: &SimConfig, plan: &Plan) -> Run {
             run_node(serve.clone(), disk.clone(), ctl.clone())
         });
     }
-    let history = Arc::new(Mutex::new(History::default()));
-    let leaders = workload::Leaders::default();
-    sim.client(
-        CLIENT,
-        workload::run(
-            workload::Workload {
-                seed,
-                brokers: (1..=config.nodes).map(node_address).collect(),
-                topic: "sim".into(),
-                partitions: config.partitions,
-                replication: config.nodes.min(3) as u32,
-                writers: config.writers,
-                fencing_writers: config.fencing_writers,
-                writes_until,
-                heal_at: config.heal_at,
-                settle: config.settle,
-            },
-            history.clone(),
-            leaders.clone(),
-        ),
-    );
+    (disks, operators)
+}
 
-    let mut nemesis = Nemesis {
-        disks,
-        operators,
-        copies: BTreeMap::new(),
-        rebuilds: BTreeMap::new(),
-        links: BTreeMap::new(),
-        leaders,
-        down: BTreeMap::new(),
-        amnesiac: BTreeSet::new(),
-    };
+/// The client host's workload for `seed`.
+fn workload_of(seed: u64, config: &SimConfig, writes_until: Duration) -> workload::Workload {
+    workload::Workload {
+        seed,
+        brokers: (1..=config.nodes).map(node_address).collect(),
+        topic: "sim".into(),
+        partitions: config.partitions,
+        replication: config.nodes.min(3) as u32,
+        writers: config.writers,
+        fencing_writers: config.fencing_writers,
+        writes_until,
+        heal_at: config.heal_at,
+        settle: config.settle,
+    }
+}
+
+/// Steps the simulation to its end, applying the operator's rebuilds and the plan's faults
+/// as they come due and recording each; returns them, and the simulation's error if it
+/// failed.
+fn drive(
+    sim: &mut turmoil::Sim<'_>,
+    nemesis: &mut Nemesis,
+    plan: &Plan,
+    history: &Mutex<History>,
+) -> (Vec<Applied>, Option<String>) {
     let mut applied = Vec::new();
     let mut steps = plan.steps.iter().peekable();
     let error = loop {
@@ -790,10 +840,10 @@ pub fn run_plan(seed: u64, config: &SimConfig, plan: &Plan) -> Run {
         for node in REBUILT.with(|r| std::mem::take(&mut *r.borrow_mut())) {
             nemesis.amnesiac.remove(&node);
         }
-        let due = nemesis.operator_steps(&mut sim, now);
+        let due = nemesis.operator_steps(sim, now);
         let planned = std::iter::from_fn(|| steps.next_if(|s| s.at <= now).copied());
         for step in due.into_iter().chain(planned) {
-            let struck = nemesis.apply(&mut sim, step.fault);
+            let struck = nemesis.apply(sim, step.fault);
             let at_ms = sim.elapsed().as_millis() as u64;
             let mut h = history.lock().unwrap_or_else(PoisonError::into_inner);
             h.faults.push((at_ms, format!("{:?}", step.fault)));
@@ -813,11 +863,17 @@ pub fn run_plan(seed: u64, config: &SimConfig, plan: &Plan) -> Run {
             Err(e) => break Some(e.to_string()),
         }
     };
-    let simulated = sim.elapsed();
-    drop(sim);
-    fjord_raft::runtime::unseed_thread();
+    (applied, error)
+}
 
-    let mut history = std::mem::take(&mut *history.lock().unwrap_or_else(PoisonError::into_inner));
+/// The run's outcome: its history checked, with what got stuck or panicked.
+fn checked(
+    seed: u64,
+    mut history: History,
+    error: Option<String>,
+    simulated: Duration,
+    applied: Vec<Applied>,
+) -> Run {
     if let Some(e) = error {
         history.stuck.push(format!("the simulation failed: {e}"));
     }

@@ -105,9 +105,9 @@ fn with_keep_alive(endpoint: Endpoint) -> Endpoint {
 #[derive(Debug, Default)]
 pub struct PeerConnector;
 
-impl fjord_raft::network::Connector for PeerConnector {
-    fn connect(&self, addr: &str) -> Result<Channel, fjord_raft::network::ConnectError> {
-        let endpoint = fjord_raft::network::peer_endpoint(addr)?.connect_timeout(CONNECT_TIMEOUT);
+impl fjord_raft::peer::Connector for PeerConnector {
+    fn connect(&self, addr: &str) -> Result<Channel, fjord_raft::peer::ConnectError> {
+        let endpoint = fjord_raft::peer::peer_endpoint(addr)?.connect_timeout(CONNECT_TIMEOUT);
         Ok(with_keep_alive(endpoint).connect_with_connector_lazy(Dial))
     }
 }
@@ -123,6 +123,6 @@ impl fjord_client::Connect for ClientConnect {
 }
 
 /// The connectors, shared.
-pub fn peer_connector() -> Arc<dyn fjord_raft::network::Connector> {
+pub fn peer_connector() -> Arc<dyn fjord_raft::peer::Connector> {
     Arc::new(PeerConnector)
 }

@@ -108,43 +108,15 @@ fn client_config(seed: u64) -> ClientConfig {
 
 /// The client host's software.
 pub async fn run(w: Workload, history: Shared, leaders: Leaders) -> turmoil::Result {
-    for broker in &w.brokers {
-        let client = Client::connect_with(
-            vec![broker.clone()],
-            client_config(w.seed),
-            Arc::new(ClientConnect),
-        )?;
-        // The nemesis needs leaders until the heal; a little longer shows who leads after it.
-        let until = w.writes_until;
-        tokio::spawn(watch_leaders(
-            client,
-            w.topic.clone(),
-            until,
-            leaders.clone(),
-            history.clone(),
-        ));
-    }
+    watch_every_node(&w, &history, &leaders)?;
     let client = Client::connect_with(
         w.brokers.clone(),
         client_config(w.seed),
         Arc::new(ClientConnect),
     )?;
-    loop {
-        match client
-            .create_topic(&w.topic, w.partitions, w.replication)
-            .await
-        {
-            Ok(_) | Err(ClientError::AlreadyExists(_)) => break,
-            Err(e) if now() > CREATE_TOPIC_DEADLINE => {
-                record(&history, |h| {
-                    h.stuck.push(format!("the topic could not be created: {e}"))
-                });
-                return Ok(());
-            }
-            Err(_) => tokio::time::sleep(RETRY_PAUSE).await,
-        }
+    if !create_topic(&client, &w, &history).await {
+        return Ok(());
     }
-
     let producer = client.producer(
         w.topic.clone(),
         ProducerConfig {
@@ -156,84 +128,21 @@ pub async fn run(w: Workload, history: Shared, leaders: Leaders) -> turmoil::Res
     let values = Arc::new(Values::default());
     let mut tasks = Vec::new();
     for writer in 0..w.writers {
-        let producer = producer.clone();
-        let history = history.clone();
-        let values = values.clone();
-        let w = w.clone();
-        let process = writer as u32;
-        // The writers' streams are numbered from 1.
-        let mut rng = model::producer_rng(w.seed, writer as u64 + 1);
-        tasks.push(tokio::spawn(async move {
-            while now() < w.writes_until {
-                let value = values.next();
-                let partition = model::pick_partition(&mut rng, w.partitions);
-                let invoke = model::produce(partition, value);
-                event(&history, process, EventType::Invoke, invoke.clone(), None);
-                let sent = producer
-                    .send(ProducerRecord::new(model::encode(value)).with_partition(partition))
-                    .await;
-                let (kind, op, error) = match sent {
-                    Ok(at) if at.partition == partition => (
-                        EventType::Ok,
-                        model::produced(partition, value, at.offset),
-                        None,
-                    ),
-                    Ok(at) => (
-                        EventType::Fail,
-                        invoke,
-                        Some(format!(
-                            "acknowledged in partition {} instead",
-                            at.partition
-                        )),
-                    ),
-                    Err(e) => (outcome_of(&e), invoke, Some(e.to_string())),
-                };
-                event(&history, process, kind, op, error);
-                let pause = rng.gen_range(WRITER_PAUSE_MS_MIN..=WRITER_PAUSE_MS_MAX);
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-            }
-        }));
+        tasks.push(tokio::spawn(write_values(
+            producer.clone(),
+            w.clone(),
+            history.clone(),
+            values.clone(),
+            writer,
+        )));
     }
     for partition in 0..w.partitions {
-        let client = client.clone();
-        let history = history.clone();
-        let w = w.clone();
-        let process = w.writers as u32 + partition;
-        tasks.push(tokio::spawn(async move {
-            let options = FetchOptions {
-                max_wait_ms: POLL_WAIT_MS,
-                read: ReadMode::Cp,
-                ..Default::default()
-            };
-            let mut next = 0u64;
-            while now() < w.writes_until {
-                let invoke = model::poll(partition, next);
-                event(&history, process, EventType::Invoke, invoke.clone(), None);
-                match client.fetch(&w.topic, partition, next, options).await {
-                    Ok(r) => {
-                        let op = model::polled(
-                            partition,
-                            next,
-                            records_of(&r),
-                            r.high_watermark,
-                            r.node_id,
-                        );
-                        event(&history, process, EventType::Ok, op, None);
-                        next = r.next_offset;
-                    }
-                    Err(e) => {
-                        event(
-                            &history,
-                            process,
-                            outcome_of(&e),
-                            invoke,
-                            Some(e.to_string()),
-                        );
-                        tokio::time::sleep(RETRY_PAUSE).await;
-                    }
-                }
-            }
-        }));
+        tasks.push(tokio::spawn(poll_partition(
+            client.clone(),
+            w.clone(),
+            history.clone(),
+            partition,
+        )));
     }
     for name in 0..w.fencing_writers {
         let process = w.writers as u32 + w.partitions + name;
@@ -259,6 +168,123 @@ pub async fn run(w: Workload, history: Shared, leaders: Leaders) -> turmoil::Res
         read_to_end(&client, &w.topic, partition, deadline, &history).await;
     }
     Ok(())
+}
+
+/// Starts a leader watch on each node, each through a client of its own.
+fn watch_every_node(w: &Workload, history: &Shared, leaders: &Leaders) -> turmoil::Result {
+    for broker in &w.brokers {
+        let client = Client::connect_with(
+            vec![broker.clone()],
+            client_config(w.seed),
+            Arc::new(ClientConnect),
+        )?;
+        // The nemesis needs leaders until the heal; a little longer shows who leads after it.
+        let until = w.writes_until;
+        tokio::spawn(watch_leaders(
+            client,
+            w.topic.clone(),
+            until,
+            leaders.clone(),
+            history.clone(),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates the topic, retrying until [`CREATE_TOPIC_DEADLINE`]; false (and the history says
+/// why) if it could not be.
+async fn create_topic(client: &Client, w: &Workload, history: &Shared) -> bool {
+    loop {
+        match client
+            .create_topic(&w.topic, w.partitions, w.replication)
+            .await
+        {
+            Ok(_) | Err(ClientError::AlreadyExists(_)) => return true,
+            Err(e) if now() > CREATE_TOPIC_DEADLINE => {
+                record(history, |h| {
+                    h.stuck.push(format!("the topic could not be created: {e}"))
+                });
+                return false;
+            }
+            Err(_) => tokio::time::sleep(RETRY_PAUSE).await,
+        }
+    }
+}
+
+/// Writer `writer` (process `writer`): sends new values to drawn partitions, a short drawn
+/// pause apart, until the writes end.
+async fn write_values(
+    producer: fjord_client::Producer,
+    w: Workload,
+    history: Shared,
+    values: Arc<Values>,
+    writer: usize,
+) {
+    let process = writer as u32;
+    // The writers' streams are numbered from 1.
+    let mut rng = model::producer_rng(w.seed, writer as u64 + 1);
+    while now() < w.writes_until {
+        let value = values.next();
+        let partition = model::pick_partition(&mut rng, w.partitions);
+        let invoke = model::produce(partition, value);
+        event(&history, process, EventType::Invoke, invoke.clone(), None);
+        let sent = producer
+            .send(ProducerRecord::new(model::encode(value)).with_partition(partition))
+            .await;
+        let (kind, op, error) = match sent {
+            Ok(at) if at.partition == partition => (
+                EventType::Ok,
+                model::produced(partition, value, at.offset),
+                None,
+            ),
+            Ok(at) => (
+                EventType::Fail,
+                invoke,
+                Some(format!(
+                    "acknowledged in partition {} instead",
+                    at.partition
+                )),
+            ),
+            Err(e) => (outcome_of(&e), invoke, Some(e.to_string())),
+        };
+        event(&history, process, kind, op, error);
+        let pause = rng.gen_range(WRITER_PAUSE_MS_MIN..=WRITER_PAUSE_MS_MAX);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+}
+
+/// The poller of `partition` (process `writers + partition`): follows it from offset 0
+/// until the writes end.
+async fn poll_partition(client: Client, w: Workload, history: Shared, partition: u32) {
+    let process = w.writers as u32 + partition;
+    let options = FetchOptions {
+        max_wait_ms: POLL_WAIT_MS,
+        read: ReadMode::Cp,
+        ..Default::default()
+    };
+    let mut next = 0u64;
+    while now() < w.writes_until {
+        let invoke = model::poll(partition, next);
+        event(&history, process, EventType::Invoke, invoke.clone(), None);
+        match client.fetch(&w.topic, partition, next, options).await {
+            Ok(r) => {
+                let op =
+                    model::polled(partition, next, records_of(&r), r.high_watermark, r.node_id);
+                event(&history, process, EventType::Ok, op, None);
+                next = r.next_offset;
+            }
+            Err(e) => {
+                event(
+                    &history,
+                    process,
+                    outcome_of(&e),
+                    invoke,
+                    Some(e.to_string()),
+                );
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
 }
 
 /// One fencing writer (see `fjord_harness::workload::fencing_step`): writes as the named

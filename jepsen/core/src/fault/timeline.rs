@@ -147,137 +147,176 @@ pub fn plan(
 ) -> Plan {
     let ms = |d: Duration| d.as_millis() as u64;
     let end = ms(until);
-    let mut steps = Vec::new();
-    let mut at = |t: u64, fault: Fault| {
-        steps.push(Step {
-            at: Duration::from_millis(t.min(end)),
-            fault,
-        })
+    let mut s = Schedule {
+        end,
+        steps: Vec::new(),
+        down: BTreeMap::new(),
+        amnesia_until: 0,
+        copied: BTreeSet::new(),
     };
-    // Crash target → when it restarts.
-    let mut down: BTreeMap<Target, u64> = BTreeMap::new();
-    // Until when a node without its data is taken as down (see REBUILD_MS).
-    let mut amnesia_until = 0u64;
-    // Nodes the nemesis holds a copy of the disk of.
-    let mut copied = BTreeSet::new();
     let mut t = ms(from);
     loop {
         t += rng.gen_range(GAP_MS.0..=GAP_MS.1);
         if t >= end {
             break;
         }
-        down.retain(|_, restart| *restart > t);
+        s.down.retain(|_, restart| *restart > t);
         let node = rng.gen_range(1..=nodes);
         let other = 1 + (node + rng.gen_range(0..nodes - 1)) % nodes;
         let partition = rng.gen_range(0..PARTITIONS);
-        let rebuilding = usize::from(amnesia_until > t);
-        let room = down.len() + rebuilding < max_down;
-        let calm = down.is_empty() && rebuilding == 0;
+        let rebuilding = usize::from(s.amnesia_until > t);
+        let room = s.down.len() + rebuilding < max_down;
+        let calm = s.down.is_empty() && rebuilding == 0;
         match rng.gen_range(0..if amnesia { 112 } else { 100 }) {
-            0..16 => at(t, Fault::Partition(node.min(other), node.max(other))),
-            16..28 => at(t, Fault::Isolate(Target::Node(node))),
-            28..36 => at(t, Fault::Hold(node.min(other), node.max(other))),
-            36..44 => at(t, Fault::CutClient(node)),
-            44..54 => at(t, Fault::HealNetwork),
-            54..62 => {
-                let target = if rng.gen_bool(0.5) {
-                    Target::LeaderOf(partition)
-                } else {
-                    Target::Node(node)
-                };
-                let delay = rng.gen_range(SLOW_SYNC_MS.0..=SLOW_SYNC_MS.1);
-                at(t, Fault::SlowDisk(target, delay));
-                at(
-                    t + rng.gen_range(SLOW_FOR_MS.0..=SLOW_FOR_MS.1),
-                    Fault::HealDisks,
-                );
-            }
+            0..16 => s.at(t, Fault::Partition(node.min(other), node.max(other))),
+            16..28 => s.at(t, Fault::Isolate(Target::Node(node))),
+            28..36 => s.at(t, Fault::Hold(node.min(other), node.max(other))),
+            36..44 => s.at(t, Fault::CutClient(node)),
+            44..54 => s.at(t, Fault::HealNetwork),
+            54..62 => s.slow_disk(rng, t, node, partition),
             // A node's power loss, its restart slow or fast.
-            62..78 if room && !down.contains_key(&Target::Node(node)) => {
-                let restart = (t + down_for(rng)).min(end);
-                down.insert(Target::Node(node), restart);
-                at(t, Fault::Crash(Target::Node(node)));
-                at(restart, Fault::Restart(Target::Node(node)));
+            62..78 if room && !s.down.contains_key(&Target::Node(node)) => {
+                s.crash_node(rng, t, node)
             }
             // The leader's disk slowed, produces through, its power lost, a fast restart.
-            78..90 if room && !down.contains_key(&Target::LeaderOf(partition)) => {
-                let target = Target::LeaderOf(partition);
-                let crash = t + rng.gen_range(SLOW_BEFORE_CRASH_MS.0..=SLOW_BEFORE_CRASH_MS.1);
-                let restart = (crash + rng.gen_range(FAST_DOWN_MS.0..=FAST_DOWN_MS.1)).min(end);
-                down.insert(target, restart);
-                at(
-                    t,
-                    Fault::SlowDisk(target, rng.gen_range(SLOW_SYNC_MS.0..=SLOW_SYNC_MS.1)),
-                );
-                at(crash, Fault::Crash(target));
-                at(restart, Fault::Restart(target));
-                at(restart, Fault::HealDisks);
+            78..90 if room && !s.down.contains_key(&Target::LeaderOf(partition)) => {
+                s.crash_slowed_leader(rng, t, partition)
             }
             // The same, but every node loses power; restarts in a drawn order, small gaps.
-            90..100 if calm && nodes == 3 => {
-                let leader = Target::LeaderOf(partition);
-                let crash = t + rng.gen_range(SLOW_BEFORE_CRASH_MS.0..=SLOW_BEFORE_CRASH_MS.1);
-                at(
-                    t,
-                    Fault::SlowDisk(leader, rng.gen_range(SLOW_SYNC_MS.0..=SLOW_SYNC_MS.1)),
-                );
-                at(crash, Fault::CrashAll(partition));
-                let mut order = [
-                    leader,
-                    Target::FollowerOf(partition, 0),
-                    Target::FollowerOf(partition, 1),
-                ];
-                order.shuffle(rng);
-                let mut restart = crash + rng.gen_range(FAST_DOWN_MS.0..=FAST_DOWN_MS.1);
-                for (i, target) in order.into_iter().enumerate() {
-                    if i > 0 {
-                        restart += rng.gen_range(RESTART_GAP_MS.0..=RESTART_GAP_MS.1);
-                    }
-                    down.insert(target, restart.min(end));
-                    at(restart, Fault::Restart(target));
-                }
-                at(restart, Fault::HealDisks);
-            }
-            // A lost disk. Half of the time on a follower that restarts at once, its
-            // partition's leader losing power right after: the wiped node and the other
-            // follower (maybe behind the commit point) are the only voters up.
-            100..106 if calm && nodes == 3 => {
-                if rng.gen_bool(0.5) {
-                    let wiped = Target::FollowerOf(partition, rng.gen_range(0..2));
-                    let leader = Target::LeaderOf(partition);
-                    let kill = t + rng.gen_range(KILL_AFTER_WIPE_MS.0..=KILL_AFTER_WIPE_MS.1);
-                    let back = (kill + rng.gen_range(DOWN_MS.0..=DOWN_MS.1)).min(end);
-                    at(t, Fault::DiskLoss(wiped));
-                    at(t, Fault::Restart(wiped));
-                    at(kill, Fault::Crash(leader));
-                    at(back, Fault::Restart(leader));
-                    down.insert(leader, back);
-                    amnesia_until = back + REBUILD_MS;
-                } else {
-                    let target = Target::Node(node);
-                    let restart = (t + down_for(rng)).min(end);
-                    at(t, Fault::DiskLoss(target));
-                    at(restart, Fault::Restart(target));
-                    down.insert(target, restart);
-                    amnesia_until = restart + REBUILD_MS;
-                }
-            }
+            90..100 if calm && nodes == 3 => s.crash_all(rng, t, partition),
+            100..106 if calm && nodes == 3 => s.lose_disk(rng, t, node, partition),
             // A backup of a node's disk taken, or (the next time) put back.
-            106..112 if calm => {
-                let target = Target::Node(node);
-                let restart = (t + down_for(rng)).min(end);
-                at(t, Fault::StaleCopy(node));
-                at(restart, Fault::Restart(target));
-                down.insert(target, restart);
-                if !copied.insert(node) {
-                    copied.remove(&node);
-                    amnesia_until = restart + REBUILD_MS;
-                }
-            }
+            106..112 if calm => s.stale_copy(rng, t, node),
             _ => continue,
         }
     }
-    Plan::of(steps, until)
+    Plan::of(s.steps, until)
+}
+
+/// A schedule being drawn, and what it must remember to draw the next faults.
+struct Schedule {
+    /// When the schedule ends, in ms: no fault strikes later.
+    end: u64,
+    steps: Vec<Step>,
+    /// Crash target → when it restarts.
+    down: BTreeMap<Target, u64>,
+    /// Until when a node without its data is taken as down (see REBUILD_MS).
+    amnesia_until: u64,
+    /// Nodes the nemesis holds a copy of the disk of.
+    copied: BTreeSet<u64>,
+}
+
+impl Schedule {
+    /// `fault` strikes at `t` ms (at the end, if later).
+    fn at(&mut self, t: u64, fault: Fault) {
+        self.steps.push(Step {
+            at: Duration::from_millis(t.min(self.end)),
+            fault,
+        })
+    }
+
+    /// A disk slowed for a while: a partition leader's or a node's.
+    fn slow_disk(&mut self, rng: &mut impl Rng, t: u64, node: u64, partition: u32) {
+        let target = if rng.gen_bool(0.5) {
+            Target::LeaderOf(partition)
+        } else {
+            Target::Node(node)
+        };
+        let delay = rng.gen_range(SLOW_SYNC_MS.0..=SLOW_SYNC_MS.1);
+        self.at(t, Fault::SlowDisk(target, delay));
+        self.at(
+            t + rng.gen_range(SLOW_FOR_MS.0..=SLOW_FOR_MS.1),
+            Fault::HealDisks,
+        );
+    }
+
+    /// A node's power loss, its restart slow or fast.
+    fn crash_node(&mut self, rng: &mut impl Rng, t: u64, node: u64) {
+        let restart = (t + down_for(rng)).min(self.end);
+        self.down.insert(Target::Node(node), restart);
+        self.at(t, Fault::Crash(Target::Node(node)));
+        self.at(restart, Fault::Restart(Target::Node(node)));
+    }
+
+    /// A partition leader's disk slowed, produces through, its power lost, a fast restart.
+    fn crash_slowed_leader(&mut self, rng: &mut impl Rng, t: u64, partition: u32) {
+        let target = Target::LeaderOf(partition);
+        let crash = t + rng.gen_range(SLOW_BEFORE_CRASH_MS.0..=SLOW_BEFORE_CRASH_MS.1);
+        let restart = (crash + rng.gen_range(FAST_DOWN_MS.0..=FAST_DOWN_MS.1)).min(self.end);
+        self.down.insert(target, restart);
+        self.at(
+            t,
+            Fault::SlowDisk(target, rng.gen_range(SLOW_SYNC_MS.0..=SLOW_SYNC_MS.1)),
+        );
+        self.at(crash, Fault::Crash(target));
+        self.at(restart, Fault::Restart(target));
+        self.at(restart, Fault::HealDisks);
+    }
+
+    /// A partition leader's disk slowed, then every node loses power; restarts in a drawn
+    /// order, small gaps.
+    fn crash_all(&mut self, rng: &mut impl Rng, t: u64, partition: u32) {
+        let leader = Target::LeaderOf(partition);
+        let crash = t + rng.gen_range(SLOW_BEFORE_CRASH_MS.0..=SLOW_BEFORE_CRASH_MS.1);
+        self.at(
+            t,
+            Fault::SlowDisk(leader, rng.gen_range(SLOW_SYNC_MS.0..=SLOW_SYNC_MS.1)),
+        );
+        self.at(crash, Fault::CrashAll(partition));
+        let mut order = [
+            leader,
+            Target::FollowerOf(partition, 0),
+            Target::FollowerOf(partition, 1),
+        ];
+        order.shuffle(rng);
+        let mut restart = crash + rng.gen_range(FAST_DOWN_MS.0..=FAST_DOWN_MS.1);
+        for (i, target) in order.into_iter().enumerate() {
+            if i > 0 {
+                restart += rng.gen_range(RESTART_GAP_MS.0..=RESTART_GAP_MS.1);
+            }
+            self.down.insert(target, restart.min(self.end));
+            self.at(restart, Fault::Restart(target));
+        }
+        self.at(restart, Fault::HealDisks);
+    }
+
+    /// A lost disk. Half of the time on a follower that restarts at once, its partition's
+    /// leader losing power right after: the wiped node and the other follower (maybe behind
+    /// the commit point) are the only voters up.
+    fn lose_disk(&mut self, rng: &mut impl Rng, t: u64, node: u64, partition: u32) {
+        if rng.gen_bool(0.5) {
+            let wiped = Target::FollowerOf(partition, rng.gen_range(0..2));
+            let leader = Target::LeaderOf(partition);
+            let kill = t + rng.gen_range(KILL_AFTER_WIPE_MS.0..=KILL_AFTER_WIPE_MS.1);
+            let back = (kill + rng.gen_range(DOWN_MS.0..=DOWN_MS.1)).min(self.end);
+            self.at(t, Fault::DiskLoss(wiped));
+            self.at(t, Fault::Restart(wiped));
+            self.at(kill, Fault::Crash(leader));
+            self.at(back, Fault::Restart(leader));
+            self.down.insert(leader, back);
+            self.amnesia_until = back + REBUILD_MS;
+        } else {
+            let target = Target::Node(node);
+            let restart = (t + down_for(rng)).min(self.end);
+            self.at(t, Fault::DiskLoss(target));
+            self.at(restart, Fault::Restart(target));
+            self.down.insert(target, restart);
+            self.amnesia_until = restart + REBUILD_MS;
+        }
+    }
+
+    /// A backup of a node's disk taken, or (the next time) put back.
+    fn stale_copy(&mut self, rng: &mut impl Rng, t: u64, node: u64) {
+        let target = Target::Node(node);
+        let restart = (t + down_for(rng)).min(self.end);
+        self.at(t, Fault::StaleCopy(node));
+        self.at(restart, Fault::Restart(target));
+        self.down.insert(target, restart);
+        if !self.copied.insert(node) {
+            self.copied.remove(&node);
+            self.amnesia_until = restart + REBUILD_MS;
+        }
+    }
 }
 
 /// How long a crashed node stays down: a fast or a slow restart, half of the time each.
