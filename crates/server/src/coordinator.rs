@@ -478,10 +478,11 @@ impl Runner {
             best = best.max(h.shared().high_watermark());
         }
         let leads = local.as_ref().is_some_and(|h| h.is_leader());
-        if offset > best && !leads {
-            if let Some(remote) = self.remote_hw(tp, offset, topics).await {
-                best = best.max(remote);
-            }
+        if offset > best
+            && !leads
+            && let Some(remote) = self.remote_hw(tp, offset, topics).await
+        {
+            best = best.max(remote);
         }
         self.hw.insert(tp, best);
         Some(best)
