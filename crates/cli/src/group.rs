@@ -101,6 +101,14 @@ async fn describe(client: &Client, out: Output, group: &str) -> anyhow::Result<(
         .await
         .with_context(|| format!("cannot describe group {group:?}"))?;
     if out.is_json() {
+        out.line(&describe_json(&d).to_string())?;
+        return Ok(());
+    }
+    describe_text(out, &d)
+}
+
+fn describe_json(d: &fjord_client::GroupDescription) -> serde_json::Value {
+    {
         let members: Vec<_> = d
             .members
             .iter()
@@ -124,14 +132,15 @@ async fn describe(client: &Client, out: Output, group: &str) -> anyhow::Result<(
                 })
             })
             .collect();
-        let v = json!({
+        json!({
             "group": d.group, "state": d.state, "group_epoch": d.group_epoch,
             "assignor": d.assignor, "coordinator": d.coordinator,
             "members": members, "partitions": partitions,
-        });
-        out.line(&v.to_string())?;
-        return Ok(());
+        })
     }
+}
+
+fn describe_text(out: Output, d: &fjord_client::GroupDescription) -> anyhow::Result<()> {
     out.line(&format!(
         "group {} ({}), epoch {}, assignor {}, coordinator node {}",
         d.group, d.state, d.group_epoch, d.assignor, d.coordinator

@@ -146,37 +146,10 @@ pub fn heartbeat(
     let beat = check(req)?;
     let mut w = Work::new(group, &req.group);
     let (session_timeout_ms, heartbeat_interval_ms) = timing(group, ctx.defaults);
-    let left = |member_id: String, records| Decision {
-        answer: HeartbeatAnswer {
-            member_id,
-            member_epoch: None,
-            heartbeat_interval_ms,
-            session_timeout_ms,
-            assignment: BTreeSet::new(),
-            state: None,
-        },
-        records,
-    };
     let id = match beat {
         Beat::Leave | Beat::StaticLeave => {
-            if group.is_none() || !w.group.members.contains_key(&req.member_id) {
-                // Leaving twice, or after removal: nothing to do.
-                return Ok(left(req.member_id.clone(), Vec::new()));
-            }
-            if beat == Beat::StaticLeave {
-                let mut m = w.group.members[&req.member_id].clone();
-                if m.instance_id.is_none() {
-                    return Err(GroupError::invalid(
-                        "member epoch",
-                        "-2 (a static leave) needs an instance id; leave with -1",
-                    ));
-                }
-                m.left_static = true;
-                w.put_member(m);
-            } else {
-                drop_member(&mut w, &req.member_id, ctx.now_ms);
-            }
-            return Ok(left(req.member_id.clone(), w.finish()));
+            let timing = (session_timeout_ms, heartbeat_interval_ms);
+            return leave(w, group.is_some(), req, beat, ctx.now_ms, timing);
         }
         Beat::Join => join(&mut w, group.is_none(), req, ctx)?,
         Beat::At(epoch) => beat_at(&w.group, req, epoch)?,
@@ -206,6 +179,49 @@ pub fn heartbeat(
         state: Some(next.state),
     };
     w.put_member(next);
+    Ok(Decision {
+        answer,
+        records: w.finish(),
+    })
+}
+
+/// Rule 5: a leave, or a static leave.
+fn leave(
+    mut w: Work,
+    known_group: bool,
+    req: &HeartbeatRequest,
+    beat: Beat,
+    now_ms: i64,
+    (session_timeout_ms, heartbeat_interval_ms): (u32, u32),
+) -> Result<Decision<HeartbeatAnswer>, GroupError> {
+    let answer = HeartbeatAnswer {
+        member_id: req.member_id.clone(),
+        member_epoch: None,
+        heartbeat_interval_ms,
+        session_timeout_ms,
+        assignment: BTreeSet::new(),
+        state: None,
+    };
+    if !known_group || !w.group.members.contains_key(&req.member_id) {
+        // Leaving twice, or after removal: nothing to do.
+        return Ok(Decision {
+            answer,
+            records: Vec::new(),
+        });
+    }
+    if beat == Beat::StaticLeave {
+        let mut m = w.group.members[&req.member_id].clone();
+        if m.instance_id.is_none() {
+            return Err(GroupError::invalid(
+                "member epoch",
+                "-2 (a static leave) needs an instance id; leave with -1",
+            ));
+        }
+        m.left_static = true;
+        w.put_member(m);
+    } else {
+        drop_member(&mut w, &req.member_id, now_ms);
+    }
     Ok(Decision {
         answer,
         records: w.finish(),

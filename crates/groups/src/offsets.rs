@@ -67,6 +67,104 @@ fn check_member<'g>(
     Ok(m)
 }
 
+/// Rule 1's limits: the group name, the partition count, each metadata's size.
+fn check_commit_limits(
+    name: &str,
+    offsets: &[OffsetCommit],
+    topics: &TopicsView,
+) -> Result<(), GroupError> {
+    check_group_name(name)?;
+    if offsets.len() > MAX_OFFSETS_PER_REQUEST {
+        return Err(GroupError::invalid(
+            "offset commit",
+            format!(
+                "it names {} partitions; the limit is {MAX_OFFSETS_PER_REQUEST} (MAX_OFFSETS_PER_REQUEST)",
+                offsets.len()
+            ),
+        ));
+    }
+    match offsets
+        .iter()
+        .find(|o| o.metadata.len() > MAX_OFFSET_METADATA_BYTES)
+    {
+        Some(o) => Err(GroupError::invalid(
+            "offset metadata",
+            format!(
+                "{} bytes for {}/{}; the limit is {MAX_OFFSET_METADATA_BYTES} (MAX_OFFSET_METADATA_BYTES)",
+                o.metadata.len(),
+                topics.describe(o.tp),
+                o.tp.partition
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Rules 1 to 3: who may commit these partitions.
+fn check_committer(
+    g: &Group,
+    who: &Committer,
+    offsets: &[OffsetCommit],
+    topics: &TopicsView,
+) -> Result<(), GroupError> {
+    let (id, epoch) = match who {
+        Committer::Admin if !g.members.is_empty() => {
+            return Err(GroupError::NotEmpty {
+                group: g.name.clone(),
+                members: g.members.len(),
+                what: "a commit without a member id",
+            });
+        }
+        Committer::Admin => return Ok(()),
+        Committer::Member { id, epoch } => (id, *epoch),
+    };
+    let m = check_member(g, id, epoch)?;
+    for o in offsets {
+        let Some(at) = m.owns(o.tp) else {
+            return Err(GroupError::NotOwned {
+                group: g.name.clone(),
+                member: id.clone(),
+                topic: topics.describe(o.tp),
+                partition: o.tp.partition,
+            });
+        };
+        if epoch < at {
+            return Err(GroupError::StaleMemberEpoch {
+                group: g.name.clone(),
+                member: id.clone(),
+                topic: topics.describe(o.tp),
+                partition: o.tp.partition,
+                sent: epoch,
+                assigned_at: at,
+                current: m.epoch,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Rule 4.
+fn check_high_watermarks(
+    offsets: &[OffsetCommit],
+    topics: &TopicsView,
+    high_watermark: impl Fn(Tp) -> Option<u64>,
+) -> Result<(), GroupError> {
+    for o in offsets {
+        let hw = high_watermark(o.tp).ok_or_else(|| GroupError::UnknownPartition {
+            what: format!("partition {}/{}", topics.describe(o.tp), o.tp.partition),
+        })?;
+        if o.offset > hw {
+            return Err(GroupError::OffsetAboveHighWatermark {
+                topic: topics.describe(o.tp),
+                partition: o.tp.partition,
+                offset: o.offset,
+                high_watermark: hw,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// An offset commit, in domain types.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitRequest {
@@ -91,84 +189,15 @@ pub fn commit(
         offsets,
     } = req;
     let name = name.as_str();
-    check_group_name(name)?;
-    if offsets.len() > MAX_OFFSETS_PER_REQUEST {
-        return Err(GroupError::invalid(
-            "offset commit",
-            format!(
-                "it names {} partitions; the limit is {MAX_OFFSETS_PER_REQUEST} (MAX_OFFSETS_PER_REQUEST)",
-                offsets.len()
-            ),
-        ));
-    }
-    if let Some(o) = offsets
-        .iter()
-        .find(|o| o.metadata.len() > MAX_OFFSET_METADATA_BYTES)
-    {
-        return Err(GroupError::invalid(
-            "offset metadata",
-            format!(
-                "{} bytes for {}/{}; the limit is {MAX_OFFSET_METADATA_BYTES} (MAX_OFFSET_METADATA_BYTES)",
-                o.metadata.len(),
-                topics.describe(o.tp),
-                o.tp.partition
-            ),
-        ));
-    }
+    check_commit_limits(name, offsets, topics)?;
     if group.is_none() && groups_held >= MAX_GROUPS_PER_COORDINATOR {
         return Err(GroupError::TooManyGroups {
             limit: MAX_GROUPS_PER_COORDINATOR,
         });
     }
     let empty = Group::new(name);
-    let g = group.unwrap_or(&empty);
-    match who {
-        Committer::Admin if !g.members.is_empty() => {
-            return Err(GroupError::NotEmpty {
-                group: name.to_string(),
-                members: g.members.len(),
-                what: "a commit without a member id",
-            });
-        }
-        Committer::Admin => {}
-        Committer::Member { id, epoch } => {
-            let m = check_member(g, id, *epoch)?;
-            for o in offsets {
-                let Some(at) = m.owns(o.tp) else {
-                    return Err(GroupError::NotOwned {
-                        group: name.to_string(),
-                        member: id.clone(),
-                        topic: topics.describe(o.tp),
-                        partition: o.tp.partition,
-                    });
-                };
-                if *epoch < at {
-                    return Err(GroupError::StaleMemberEpoch {
-                        group: name.to_string(),
-                        member: id.clone(),
-                        topic: topics.describe(o.tp),
-                        partition: o.tp.partition,
-                        sent: *epoch,
-                        assigned_at: at,
-                        current: m.epoch,
-                    });
-                }
-            }
-        }
-    }
-    for o in offsets {
-        let hw = high_watermark(o.tp).ok_or_else(|| GroupError::UnknownPartition {
-            what: format!("partition {}/{}", topics.describe(o.tp), o.tp.partition),
-        })?;
-        if o.offset > hw {
-            return Err(GroupError::OffsetAboveHighWatermark {
-                topic: topics.describe(o.tp),
-                partition: o.tp.partition,
-                offset: o.offset,
-                high_watermark: hw,
-            });
-        }
-    }
+    check_committer(group.unwrap_or(&empty), who, offsets, topics)?;
+    check_high_watermarks(offsets, topics, high_watermark)?;
     let mut w = Work::new(group, name);
     if group.is_none() {
         w.meta().empty_since_ms = Some(now_ms);

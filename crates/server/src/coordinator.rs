@@ -552,30 +552,7 @@ impl Runner {
                 Answer::Offsets(offsets::fetch(group, name, who, tps)?),
                 Vec::new(),
             ),
-            Op::Describe(name) => {
-                let g = group.ok_or_else(|| GroupError::UnknownGroup {
-                    group: name.clone(),
-                })?;
-                let (session_timeout_ms, heartbeat_interval_ms) = timing(Some(g), defaults);
-                let mut high_watermarks = BTreeMap::new();
-                for tp in described_partitions(g) {
-                    if let Some(h) = self.node.partition(group_id(tp.topic, tp.partition)) {
-                        high_watermarks.insert(tp, h.shared().high_watermark());
-                    } else if let Some(h) = self.hw.get(&tp) {
-                        high_watermarks.insert(tp, *h);
-                    }
-                }
-                (
-                    Answer::Described(Box::new(Described {
-                        group: g.clone(),
-                        session_timeout_ms,
-                        heartbeat_interval_ms,
-                        high_watermarks,
-                        coordinator: self.node.id(),
-                    })),
-                    Vec::new(),
-                )
-            }
+            Op::Describe(name) => (self.describe(group, name, defaults)?, Vec::new()),
             Op::Reset {
                 group: name,
                 to,
@@ -587,6 +564,34 @@ impl Runner {
             }
             Op::Delete(name) => (Answer::Deleted, offsets::delete(group, name)?),
         })
+    }
+
+    /// A group as DescribeGroup shows it, with the high watermarks this node knows.
+    fn describe(
+        &self,
+        group: Option<&Group>,
+        name: &str,
+        defaults: fjord_groups::Defaults,
+    ) -> Result<Answer, ApiError> {
+        let g = group.ok_or_else(|| GroupError::UnknownGroup {
+            group: name.to_string(),
+        })?;
+        let (session_timeout_ms, heartbeat_interval_ms) = timing(Some(g), defaults);
+        let mut high_watermarks = BTreeMap::new();
+        for tp in described_partitions(g) {
+            if let Some(h) = self.node.partition(group_id(tp.topic, tp.partition)) {
+                high_watermarks.insert(tp, h.shared().high_watermark());
+            } else if let Some(h) = self.hw.get(&tp) {
+                high_watermarks.insert(tp, *h);
+            }
+        }
+        Ok(Answer::Described(Box::new(Described {
+            group: g.clone(),
+            session_timeout_ms,
+            heartbeat_interval_ms,
+            high_watermarks,
+            coordinator: self.node.id(),
+        })))
     }
 
     /// The partitions a reset moves, with their bounds as this node knows them: a topic's
@@ -678,8 +683,44 @@ impl Runner {
         }
         let now = Instant::now();
         let now_ms = self.node.now_ms();
+        let due = self.members_due(now);
+        let mut records = Vec::new();
+        let mut scratch: BTreeMap<String, Option<Group>> = BTreeMap::new();
+        for (group, member) in &due {
+            let slot = scratch
+                .entry(group.clone())
+                .or_insert_with(|| self.applied_group(group));
+            if let Some(g) = slot.as_ref() {
+                let recs = heartbeat::remove(g, member, now_ms);
+                for r in &recs {
+                    apply_scratch(slot, group, r);
+                }
+                records.extend(recs);
+            }
+        }
+        if self.last_expiry.elapsed() >= EXPIRY_EVERY {
+            self.last_expiry = now;
+            records.extend(self.expired_offsets(&scratch, now_ms));
+        }
+        if records.is_empty() {
+            return;
+        }
+        match self.write(records, now_ms).await {
+            Ok(()) => {
+                for key in &due {
+                    tracing::info!(group = %key.0, member = %key.1, "removed a member past its session or rebalance timeout");
+                    self.sessions.remove(key);
+                    self.revoking.remove(key);
+                }
+            }
+            Err(e) => tracing::warn!(group = self.gid, error = %e, "cannot remove expired members"),
+        }
+    }
+
+    /// The members whose session or rebalance timeout passed. A member this runner has no
+    /// clock for yet (it just took over) gets a whole session from now.
+    fn members_due(&mut self, now: Instant) -> Vec<MemberKey> {
         let defaults = self.node.group_defaults();
-        let mut due: Vec<(String, String)> = Vec::new();
         let members: Vec<(MemberKey, u32)> = self
             .handle
             .shared()
@@ -697,6 +738,7 @@ impl Runner {
         let live: BTreeSet<&MemberKey> = members.iter().map(|(k, _)| k).collect();
         self.sessions.retain(|k, _| live.contains(k));
         self.revoking.retain(|k, _| live.contains(k));
+        let mut due = Vec::new();
         for (key, session_ms) in &members {
             let end = *self
                 .sessions
@@ -707,50 +749,26 @@ impl Runner {
                 due.push(key.clone());
             }
         }
-        let mut records = Vec::new();
-        let mut scratch: BTreeMap<String, Option<Group>> = BTreeMap::new();
-        for (group, member) in &due {
-            let slot = scratch
-                .entry(group.clone())
-                .or_insert_with(|| self.applied_group(group));
-            if let Some(g) = slot.as_ref() {
-                let recs = heartbeat::remove(g, member, now_ms);
-                for r in &recs {
-                    apply_scratch(slot, group, r);
-                }
-                records.extend(recs);
-            }
-        }
-        if self.last_expiry.elapsed() >= EXPIRY_EVERY {
-            self.last_expiry = now;
-            let topics = topics_view(&self.node.view().state);
-            let expired: Vec<GroupRecord> = self
-                .handle
-                .shared()
-                .with_groups(|gs| {
-                    gs.iter()
-                        .filter(|g| !scratch.contains_key(&g.name))
-                        .flat_map(|g| {
-                            offsets::expire(g, &topics, now_ms, DEFAULT_OFFSET_RETENTION_MS)
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            records.extend(expired);
-        }
-        if records.is_empty() {
-            return;
-        }
-        match self.write(records, now_ms).await {
-            Ok(()) => {
-                for key in &due {
-                    tracing::info!(group = %key.0, member = %key.1, "removed a member past its session or rebalance timeout");
-                    self.sessions.remove(key);
-                    self.revoking.remove(key);
-                }
-            }
-            Err(e) => tracing::warn!(group = self.gid, error = %e, "cannot remove expired members"),
-        }
+        due
+    }
+
+    /// The records that expire the offsets of groups empty past the retention (groups the
+    /// caller already changed are left for the next round).
+    fn expired_offsets(
+        &self,
+        changed: &BTreeMap<String, Option<Group>>,
+        now_ms: i64,
+    ) -> Vec<GroupRecord> {
+        let topics = topics_view(&self.node.view().state);
+        self.handle
+            .shared()
+            .with_groups(|gs| {
+                gs.iter()
+                    .filter(|g| !changed.contains_key(&g.name))
+                    .flat_map(|g| offsets::expire(g, &topics, now_ms, DEFAULT_OFFSET_RETENTION_MS))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
