@@ -21,7 +21,7 @@ use openraft::{BasicNode, LinearizerOption, ServerState};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::lifecycle::{self, Need, Parked, Stop, Switch, Switched, Switches};
+use crate::lifecycle::{self, Failed, Need, Parked, Stop, Switch, Switched, Switches};
 use crate::meta_sm::{MetaSm, MetaView};
 use crate::order::ProposalOrder;
 use crate::partition_sm::{PartitionShared, PartitionSm};
@@ -120,6 +120,9 @@ pub enum Internal {
     /// The state machine answered something that does not fit the request.
     #[error("unexpected {what} response {got:?}")]
     UnexpectedResponse { what: &'static str, got: Response },
+    /// Starting a hibernated group's instance again panicked (the log has the panic).
+    #[error("starting group {group} again panicked")]
+    StartPanicked { group: u64 },
     /// The partition's state could not be read to predict held writes.
     #[error("{source}")]
     Storage {
@@ -220,10 +223,13 @@ type Raft<SM> = openraft::Raft<TypeConfig, SM>;
 ///
 /// This is the effect layer of [`crate::lifecycle`]: the state lives under one lock, each
 /// transition is made under it, and what the transition returns (start an instance, shut one
-/// down) is performed outside it. Starts and shutdowns run in tasks of their own, so a caller
-/// that goes away (a client's timeout) never leaves the state starting or hibernating for
-/// good. The quiescing switch ([`Timers`]) holds this, and this holds neither the handle nor
-/// the switch: the handle holds the switch, and a cycle would keep a deleted group alive.
+/// down, try a failed start again after a backoff) is performed outside it. Starts and
+/// shutdowns run in tasks of their own, so a caller that goes away (a client's timeout) never
+/// leaves the state starting or hibernating for good; and each task owns a duty
+/// ([`StartDuty`], [`HibernationDuty`]) that makes the ending transition when dropped, so
+/// neither does a task that fails, panics or never runs. The quiescing switch ([`Timers`])
+/// holds this, and this holds neither the handle nor the switch: the handle holds the switch,
+/// and a cycle would keep a deleted group alive.
 pub(crate) struct Instance<SM: RaftStateMachine<TypeConfig>> {
     group: u64,
     // The lifecycle's one lock. A short critical section: a transition, and the switches
@@ -279,38 +285,34 @@ impl<SM: RaftStateMachine<TypeConfig>> Instance<SM> {
                 Need::Use(raft) => return Ok(raft),
                 Need::Stopped => return Err(Unavailable::Stopped.into()),
                 Need::Start => {
-                    return tokio::spawn(self.clone().start())
-                        .await
-                        .unwrap_or_else(|_| Err(Unavailable::Stopped.into()));
+                    let duty = StartDuty::new(self);
+                    return match tokio::spawn(self.clone().start(duty)).await {
+                        Ok(started) => started,
+                        Err(e) if e.is_panic() => {
+                            Err(Internal::StartPanicked { group: self.group }.into())
+                        }
+                        // Cancelled: only a runtime shutting down (and the node with it)
+                        // drops a task unfinished.
+                        Err(_) => Err(Unavailable::Stopped.into()),
+                    };
                 }
                 Need::Wait => changed.await,
             }
         }
     }
 
-    /// Performs the start a transition handed over (the state is `Starting`), and ends it:
-    /// `Running` with the new instance, or back to `Hibernated`.
-    async fn start(self: Arc<Self>) -> Result<Raft<SM>, GroupError> {
-        // Ends the start as failed on every way out but success, a panic included: waiters
-        // must never wait on a start nobody performs.
-        struct Failed<'a, SM: RaftStateMachine<TypeConfig>>(Option<&'a Instance<SM>>);
-        impl<SM: RaftStateMachine<TypeConfig>> Drop for Failed<'_, SM> {
-            fn drop(&mut self) {
-                if let Some(i) = self.0 {
-                    i.state
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .start_failed();
-                    i.changed.notify_waiters();
-                }
-            }
-        }
-        let mut failed = Failed(Some(&*self));
+    /// Performs the start a transition handed over (the state is `Starting`; `duty` ends it
+    /// as failed on every way out but success), and ends it: `Running` with the new instance.
+    async fn start(self: Arc<Self>, duty: StartDuty<SM>) -> Result<Raft<SM>, GroupError> {
         let group = self.group;
         let raft = (self.starter)().await.map_err(|e| Unavailable::Restart {
             group,
             source: Arc::new(e),
         })?;
+        // openraft starts an instance with every timer on: a quiet follower's would tick,
+        // and campaign, while it reads its state back. It gets the switches quiescing wants
+        // now, and again when the start ends (one turned meanwhile is recorded, not applied).
+        apply_switches(&raft, self.lock().switches());
         // Until its core has read the stores, an instance's metrics are blank (no leader, no
         // membership): whoever reads them through `running` must see the restored state.
         let restored = raft
@@ -337,7 +339,7 @@ impl<SM: RaftStateMachine<TypeConfig>> Instance<SM> {
             }
             switches.is_some()
         };
-        failed.0 = None;
+        duty.done();
         self.changed.notify_waiters();
         if !applied {
             // No start was under way (the rules rule it out): never two instances.
@@ -349,12 +351,29 @@ impl<SM: RaftStateMachine<TypeConfig>> Instance<SM> {
         Ok(raft)
     }
 
-    /// Performs, in the background, the start a switch handed over.
+    /// Performs, in the background, the start a transition handed over (a switch turned on, a
+    /// wake after a hibernation, a retry).
     fn start_in_background(self: &Arc<Self>) {
+        // Taken before the task is spawned: a task that never runs still ends the start.
+        let duty = StartDuty::new(self);
         let me = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = me.clone().start().await {
+        spawn_if_running(async move {
+            if let Err(e) = me.clone().start(duty).await {
                 tracing::warn!(group = me.group, error = %e, "a woken group did not start again");
+            }
+        });
+    }
+
+    /// Tries a failed start again after `after` ([`Failed::Retry`]), if the group still
+    /// backs off for `retry` then. Holds the group weakly: a deleted group is not kept.
+    fn retry_start_after(self: &Arc<Self>, after: Duration, retry: u64) {
+        let me = Arc::downgrade(self);
+        spawn_if_running(async move {
+            tokio::time::sleep(after).await;
+            let Some(me) = me.upgrade() else { return };
+            let start = me.lock().retry(retry);
+            if start {
+                me.start_in_background();
             }
         });
     }
@@ -393,14 +412,11 @@ impl<SM: RaftStateMachine<TypeConfig>> Instance<SM> {
         let Some(raft) = taken else {
             return false;
         };
-        let me = self.clone();
+        // Taken before the task is spawned: a task that never runs still ends the shutdown.
+        let duty = HibernationDuty(self.clone());
         let ended = tokio::spawn(async move {
             let _ = raft.shutdown().await;
-            let start = me.lock().hibernated();
-            me.changed.notify_waiters();
-            if start {
-                me.start_in_background();
-            }
+            drop(duty);
         });
         let _ = ended.await;
         true
@@ -462,6 +478,72 @@ fn apply_switches<SM: RaftStateMachine<TypeConfig>>(raft: &Raft<SM>, s: Switches
     rc.tick(s.tick);
     rc.heartbeat(s.heartbeat);
     rc.elect(s.elect);
+}
+
+/// The start a transition handed over ([`Need::Start`], [`Switched::Start`], a wake after a
+/// hibernation, a retry): until [`StartDuty::done`], dropping it ends the start as failed, on
+/// every way out but success: an error, a panic, a task that never ran. Waiters must never
+/// wait on a start nobody performs, and an awake replica's failed start is tried again.
+struct StartDuty<SM: RaftStateMachine<TypeConfig>>(Option<Arc<Instance<SM>>>);
+
+impl<SM: RaftStateMachine<TypeConfig>> StartDuty<SM> {
+    fn new(instance: &Arc<Instance<SM>>) -> Self {
+        StartDuty(Some(instance.clone()))
+    }
+
+    /// The start ended ([`lifecycle::State::started`] was called).
+    fn done(mut self) {
+        self.0 = None;
+    }
+}
+
+impl<SM: RaftStateMachine<TypeConfig>> Drop for StartDuty<SM> {
+    fn drop(&mut self) {
+        let Some(i) = self.0.take() else { return };
+        let failed = i
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .start_failed();
+        i.changed.notify_waiters();
+        if let Failed::Retry { after, retry } = failed {
+            tracing::warn!(
+                group = i.group,
+                ?after,
+                "a start failed while the group's tick is on: trying again"
+            );
+            i.retry_start_after(after, retry);
+        }
+    }
+}
+
+/// The shutdown a hibernation handed over ([`lifecycle::State::hibernate`]): dropping it ends
+/// the shutdown ([`lifecycle::State::hibernated`]) and performs what follows, however the
+/// shutdown's task ends, a panic or a task that never ran included: otherwise the group would
+/// stay hibernating, and every need and stop would wait for good.
+struct HibernationDuty<SM: RaftStateMachine<TypeConfig>>(Arc<Instance<SM>>);
+
+impl<SM: RaftStateMachine<TypeConfig>> Drop for HibernationDuty<SM> {
+    fn drop(&mut self) {
+        let i = &self.0;
+        let start = i
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .hibernated();
+        i.changed.notify_waiters();
+        if start {
+            i.start_in_background();
+        }
+    }
+}
+
+/// Spawns `task` if a runtime runs. A duty's drop may spawn as the runtime shuts down, with
+/// none left to spawn on; the task is dropped then, and its own duties end what it owned.
+fn spawn_if_running(task: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(task);
+    }
 }
 
 impl<SM: RaftStateMachine<TypeConfig>> Timers for Arc<Instance<SM>> {

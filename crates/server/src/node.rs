@@ -67,6 +67,43 @@ pub enum StartError {
     ProducerIds(#[source] fjord_storage::StorageError),
 }
 
+/// The partition groups' and the metadata group's Raft settings, from the node's.
+fn group_configs(config: &ServeConfig) -> (GroupConfig, GroupConfig) {
+    let partitions = GroupConfig {
+        heartbeat_interval_ms: config.heartbeat_interval_ms,
+        election_timeout_ms: config.election_timeout_ms,
+        quiesce_after_ms: config.quiesce_after_ms,
+    };
+    let meta = GroupConfig {
+        heartbeat_interval_ms: config.meta_heartbeat_interval_ms,
+        election_timeout_ms: config.meta_election_timeout_ms,
+        quiesce_after_ms: config.quiesce_after_ms,
+    };
+    (partitions, meta)
+}
+
+/// The node-level failure detector's and quiescing's settings, from the node's.
+fn liveness_config(config: &ServeConfig) -> LivenessConfig {
+    LivenessConfig {
+        // Three heartbeats per detector timeout, each way, and an answer to each: a peer is
+        // heard from six times per timeout. Idle, these heartbeats and the metadata group's
+        // are most of what a node does: they follow the metadata group's (slower) timing,
+        // not the partitions'.
+        interval: Duration::from_millis(
+            config
+                .meta_heartbeat_interval_ms
+                .max(config.meta_election_timeout_ms / 3),
+        ),
+        suspect_after: Duration::from_millis(config.meta_election_timeout_ms),
+        quiesce_after: (config.quiesce_after_ms > 0)
+            .then(|| Duration::from_millis(config.quiesce_after_ms)),
+        election_step: Duration::from_millis(config.election_timeout_ms / 2),
+        campaign_step: Duration::from_millis((config.heartbeat_interval_ms / 2).max(10)),
+        hibernate_after: (config.quiesce_after_ms > 0 && config.hibernate_after_ms > 0)
+            .then(|| Duration::from_millis(config.hibernate_after_ms)),
+    }
+}
+
 /// Reads the wall clock; injected so a simulation can control it.
 pub trait Clock: Send + Sync + 'static {
     fn now_ms(&self) -> i64;
@@ -127,37 +164,11 @@ impl Node {
         shutdown: CancellationToken,
         identity: Arc<crate::boot::IdentityService>,
     ) -> Result<Arc<Node>, StartError> {
-        let group_config = GroupConfig {
-            heartbeat_interval_ms: config.heartbeat_interval_ms,
-            election_timeout_ms: config.election_timeout_ms,
-            quiesce_after_ms: config.quiesce_after_ms,
-        };
-        let meta_config = GroupConfig {
-            heartbeat_interval_ms: config.meta_heartbeat_interval_ms,
-            election_timeout_ms: config.meta_election_timeout_ms,
-            quiesce_after_ms: config.quiesce_after_ms,
-        };
+        let (group_config, meta_config) = group_configs(config);
         let registry = GroupRegistry::new();
         let liveness = Liveness::new(
             config.id,
-            LivenessConfig {
-                // Three heartbeats per detector timeout, each way, and an answer to each:
-                // a peer is heard from six times per timeout. Idle, these heartbeats and the
-                // metadata group's are most of what a node does: they follow the metadata
-                // group's (slower) timing, not the partitions'.
-                interval: Duration::from_millis(
-                    config
-                        .meta_heartbeat_interval_ms
-                        .max(config.meta_election_timeout_ms / 3),
-                ),
-                suspect_after: Duration::from_millis(config.meta_election_timeout_ms),
-                quiesce_after: (config.quiesce_after_ms > 0)
-                    .then(|| Duration::from_millis(config.quiesce_after_ms)),
-                election_step: Duration::from_millis(config.election_timeout_ms / 2),
-                campaign_step: Duration::from_millis((config.heartbeat_interval_ms / 2).max(10)),
-                hibernate_after: (config.quiesce_after_ms > 0 && config.hibernate_after_ms > 0)
-                    .then(|| Duration::from_millis(config.hibernate_after_ms)),
-            },
+            liveness_config(config),
             registry.clone(),
             pool.clone(),
             fjord_raft::quiesce::Transitions::default(),
