@@ -320,6 +320,11 @@ impl ServeConfig {
         if !(1..=65_536).contains(&self.cache_size_mib) {
             return Err(ConfigError::Cache(self.cache_size_mib));
         }
+        self.validate_groups()
+    }
+
+    /// The consumer group settings.
+    fn validate_groups(&self) -> Result<(), ConfigError> {
         use fjord_groups::limits::*;
         let (session, heartbeat) = (
             self.group_session_timeout_ms,
