@@ -12,6 +12,9 @@
 //!   messages as domain types and back; [`data`]: the produce and fetch paths, on those
 //!   types; [`producer_ids`]: producer ids, named producers' epochs, and the check of a
 //!   batch's producer before it is proposed.
+//! - [`coordinator`]: consumer group coordinators, one runner per `__fjord_groups` partition
+//!   this node leads, running [`fjord_groups`]' decisions; [`group_wire`]: the group
+//!   messages as domain types and back.
 //! - [`peer`]: what this node does with its peers' requests (the handler of the node-to-node
 //!   protocol, [`fjord_raft::peer`], which owns the messages, their encoding, the client and
 //!   the gRPC service); [`rebuild`]: `--rebuild`, taking back a node that lost its data.
