@@ -36,7 +36,11 @@
 //! - `close` (`flush`/`release`) persists nothing, as with the page cache.
 //! - `crash` drops every overlay at once: every file returns to its content and size at its
 //!   last fsync. Sending `crash` while the node is still running models a machine that lost
-//!   power and keeps serving; the harness normally SIGKILLs the node first, then crashes.
+//!   power and keeps serving; the harness normally SIGKILLs the node first, then crashes. So
+//!   that a process that lives on never believes a lost write durable, the next fsync through
+//!   each handle that was open on a file the crash took writes from answers `EIO` (once, as
+//!   Linux reports a writeback error to each open file), also an fsync called before the crash
+//!   that lazyfs only received after it.
 //! - `full on`: writes that end past the file's current size, growing truncates and growing
 //!   `fallocate` fail with `ENOSPC`; overwrites inside a file still succeed (as on a full disk
 //!   where the blocks are already allocated). Namespace operations are not affected.
@@ -45,8 +49,9 @@
 //!   unless a later fsync (after `eio off`) succeeds. Directory fsync is not affected.
 //! - `fsync-delay MS`: every file fsync answers MS milliseconds late, and persists the file as
 //!   it is then (a slow disk's flush); reads, writes and other fsyncs go on meanwhile. A
-//!   `crash` while it waits wins: it persists nothing and answers `EIO`. Writes through an
-//!   `O_SYNC`/`O_DSYNC` handle are not delayed.
+//!   `crash` while it waits wins: it persists nothing and answers `EIO`. `status` counts it in
+//!   `fsyncs_waiting` exactly until it answers, so a `crash` sent after seeing it counted wins.
+//!   Writes through an `O_SYNC`/`O_DSYNC` handle are not delayed.
 //!
 //! # What is not
 //! - Namespace operations (create, mkdir, mknod, symlink, link, unlink, rmdir, rename) and

@@ -580,6 +580,12 @@ fn fsync_delay_answers_late_and_a_crash_while_waiting_persists_nothing() {
     lfs.ctl(Ctl::FsyncDelay(50));
     assert_eq!(lfs.status().fsync_delay_ms, 50);
     f.sync_all().unwrap();
+    // Counted until it answers, no longer: the count seen below is the next fsync's alone.
+    assert_eq!(
+        lfs.status().fsyncs_waiting,
+        0,
+        "an fsync that answered is still counted as waiting"
+    );
     lfs.ctl(Ctl::Crash);
     assert_eq!(
         fs::read(&path).unwrap(),
@@ -623,4 +629,54 @@ fn fsync_delay_answers_late_and_a_crash_while_waiting_persists_nothing() {
     );
     lfs.ctl(Ctl::FsyncDelay(0));
     assert_eq!(lfs.status().fsync_delay_ms, 0);
+}
+
+/// Guards against a lost write reported durable: a crash that drops a file's unsynced writes
+/// makes the next fsync through every handle open on it fail, whenever that fsync reaches
+/// lazyfs (here: after the crash, as an fsync called just before it may), delayed or not.
+#[test]
+fn a_crash_fails_the_next_fsync_of_each_handle_that_lost_writes() {
+    let Some(lfs) = Mounted::start(
+        "a_crash_fails_the_next_fsync_of_each_handle_that_lost_writes",
+        &[],
+    ) else {
+        return;
+    };
+    let path = lfs.mount.join("data");
+    let untouched = lfs.mount.join("untouched");
+    let mut f = File::create(&path).unwrap();
+    f.write_all(b"a").unwrap();
+    f.sync_all().unwrap();
+    let reader = File::open(&path).unwrap();
+    let mut other = File::create(&untouched).unwrap();
+    other.write_all(b"kept").unwrap();
+    other.sync_all().unwrap();
+
+    for delay_ms in [0, 50] {
+        lfs.ctl(Ctl::FsyncDelay(delay_ms));
+        f.write_all_at(b"b", 1).unwrap();
+        lfs.ctl(Ctl::Crash);
+        let e = f.sync_all().unwrap_err();
+        assert_eq!(
+            errno_of(&e),
+            Some(libc::EIO),
+            "delay {delay_ms} ms: the fsync of a write a crash lost succeeded"
+        );
+        let e = reader.sync_data().unwrap_err();
+        assert_eq!(
+            errno_of(&e),
+            Some(libc::EIO),
+            "delay {delay_ms} ms: another handle open on the file was not told"
+        );
+        // Told once per handle; a handle opened after the crash, or on a file that lost
+        // nothing, has nothing to be told.
+        f.sync_all().unwrap();
+        reader.sync_data().unwrap();
+        File::open(&path).unwrap().sync_all().unwrap();
+        other.sync_all().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"a", "delay {delay_ms} ms");
+        assert_eq!(fs::read(&untouched).unwrap(), b"kept");
+    }
+    assert_eq!(lfs.status().fsyncs_waiting, 0);
+    lfs.ctl(Ctl::FsyncDelay(0));
 }

@@ -4,7 +4,7 @@
 //!
 //! | request     | effect                                                         |
 //! |-------------|----------------------------------------------------------------|
-//! | `crash`     | drop every overlay: all unsynced writes and size changes lost  |
+//! | `crash`     | drop every overlay: all unsynced writes and size changes lost; the next fsync through each handle open on a file that lost some answers `EIO` |
 //! | `full on`   | writes that grow a file, growing truncates and fallocate fail with `ENOSPC` |
 //! | `full off`  | back to normal                                                 |
 //! | `eio on`    | every file `fsync`/`fdatasync` fails with `EIO`; nothing is persisted |

@@ -14,7 +14,12 @@
 //!   after the kernel forgets it;
 //! - a delayed fsync (`fsync-delay`) waits outside the lock, on a thread of its own, so other
 //!   operations go on meanwhile; it persists nothing if a `crash` came while it waited (it
-//!   answers `EIO`: the caller, if still alive, must not believe its data durable).
+//!   answers `EIO`: the caller, if still alive, must not believe its data durable);
+//! - a delayed fsync is counted in `fsyncs_waiting` from before it reads the crash count until
+//!   before it answers, so a harness that saw it waiting knows a `crash` it sends next wins;
+//! - a `crash` that drops a file's overlay marks every handle open on that file: the next fsync
+//!   through each answers `EIO` (once, like Linux's writeback error reporting), whenever that
+//!   fsync reached lazyfs, so no write a crash lost is ever reported durable.
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
@@ -73,6 +78,9 @@ enum Handle {
         writable: bool,
         /// Opened with `O_SYNC`/`O_DSYNC`: every write is an fsync too.
         sync_writes: bool,
+        /// A crash dropped unsynced writes of this file while the handle was open, and no fsync
+        /// through it has answered `EIO` for that yet.
+        lost_writes: bool,
     },
     Dir {
         ino: u64,
@@ -111,6 +119,68 @@ pub(crate) struct State {
 /// on the FUSE thread (holding every other operation up, as a saturated disk would).
 const MAX_DELAYED_FSYNCS: usize = 64;
 
+/// An fsync answering late, counted in [`Core::delayed_fsyncs`] from its creation until just
+/// before its answer, and answered exactly once: by [`DelayedFsync::run`], or with `EIO` when
+/// dropped unrun (a thread that could not be spawned, a panic).
+struct DelayedFsync {
+    core: Arc<Core>,
+    /// The crash count when the fsync arrived, read after it was counted as waiting.
+    crashes: u64,
+    ino: u64,
+    fh: u64,
+    datasync: bool,
+    delay: Duration,
+    reply: Option<ReplyEmpty>,
+}
+
+impl DelayedFsync {
+    fn new(
+        core: Arc<Core>,
+        ino: u64,
+        fh: u64,
+        datasync: bool,
+        delay: Duration,
+        reply: ReplyEmpty,
+    ) -> Self {
+        // Counted first: a harness that sees the count knows the crash count below is read, so
+        // a crash it sends next is seen by `fsync_since`.
+        core.delayed_fsyncs.fetch_add(1, Ordering::SeqCst);
+        let crashes = core.crashes.load(Ordering::SeqCst);
+        Self {
+            core,
+            crashes,
+            ino,
+            fh,
+            datasync,
+            delay,
+            reply: Some(reply),
+        }
+    }
+
+    /// Wait the delay, then fsync unless a crash came meanwhile, and answer.
+    fn run(mut self) {
+        std::thread::sleep(self.delay);
+        let r = self
+            .core
+            .fsync_since(self.crashes, self.ino, self.fh, self.datasync);
+        self.answer(r);
+    }
+
+    /// Stop counting this fsync as waiting, then answer: once answered, it is not counted.
+    fn answer(&mut self, r: Result<(), Errno>) {
+        if let Some(reply) = self.reply.take() {
+            self.core.delayed_fsyncs.fetch_sub(1, Ordering::SeqCst);
+            reply_empty(reply, r);
+        }
+    }
+}
+
+impl Drop for DelayedFsync {
+    fn drop(&mut self) {
+        self.answer(Err(Errno::EIO));
+    }
+}
+
 /// The state shared by the FUSE session and the control side.
 pub(crate) struct Core {
     root: PathBuf,
@@ -119,7 +189,7 @@ pub(crate) struct Core {
     fsync_delay_ms: AtomicU64,
     /// Crashes so far: a delayed fsync that started before a crash persists nothing.
     crashes: AtomicU64,
-    /// Delayed fsyncs waiting on threads of their own.
+    /// Delayed fsyncs not answered yet (each a [`DelayedFsync`]).
     delayed_fsyncs: AtomicUsize,
     // A std mutex: every critical section is synchronous, and holding it across a writeback is
     // what makes writeback atomic with respect to a crash.
@@ -414,6 +484,9 @@ impl State {
     }
 
     fn fsync(&mut self, ino: u64, fh: u64, datasync: bool) -> Result<(), Errno> {
+        if self.take_lost_writes(fh) {
+            return Err(Errno::EIO);
+        }
         if self.fsync_eio {
             return Err(Errno::EIO);
         }
@@ -457,6 +530,36 @@ impl State {
             self.fsync(ino, fh, true)?;
         }
         Ok(data.len() as u32)
+    }
+
+    /// Whether a crash lost writes of the file open as `fh` since an fsync through `fh` last
+    /// said so; saying so now, as the `EIO` of the fsync asking.
+    fn take_lost_writes(&mut self, fh: u64) -> bool {
+        match self.handles.get_mut(&fh) {
+            Some(Handle::File { lost_writes, .. }) => std::mem::take(lost_writes),
+            _ => false,
+        }
+    }
+
+    /// Drop every overlay and mark the handles open on their files (their next fsync fails).
+    /// Returns what was lost as (files, bytes) and the inodes whose sizes went back.
+    fn crash(&mut self) -> ((u64, u64), Vec<u64>) {
+        let lost = (self.dirty.len() as u64, self.dirty_bytes);
+        let inos: Vec<u64> = self.dirty.drain().map(|(ino, _)| ino).collect();
+        self.dirty_bytes = 0;
+        for handle in self.handles.values_mut() {
+            if let Handle::File {
+                ino, lost_writes, ..
+            } = handle
+                && inos.contains(ino)
+            {
+                *lost_writes = true;
+            }
+        }
+        for &ino in &inos {
+            self.collect(ino);
+        }
+        (lost, inos)
     }
 
     /// A name was removed from the backing tree; `meta` is what it named.
@@ -528,6 +631,7 @@ impl State {
             file: Arc::new(file),
             writable,
             sync_writes: flags & libc::O_DSYNC != 0,
+            lost_writes: false,
         }))
     }
 
@@ -572,6 +676,7 @@ impl State {
             file: Arc::new(file),
             writable: true,
             sync_writes: flags & libc::O_DSYNC != 0,
+            lost_writes: false,
         });
         Ok((attr, fh))
     }
@@ -785,13 +890,7 @@ impl Core {
         let (lost, inos) = {
             let mut st = self.lock();
             self.crashes.fetch_add(1, Ordering::SeqCst);
-            let lost = (st.dirty.len() as u64, st.dirty_bytes);
-            let inos: Vec<u64> = st.dirty.drain().map(|(ino, _)| ino).collect();
-            st.dirty_bytes = 0;
-            for &ino in &inos {
-                st.collect(ino);
-            }
-            (lost, inos)
+            st.crash()
         };
         // Sizes went back: the kernel must not keep using the ones it cached (an O_APPEND
         // write positions itself from the cached size). Outside the lock, in case the kernel
@@ -828,10 +927,11 @@ impl Core {
     }
 
     /// An fsync that started when `crashes` crashes had happened, run now: `EIO` without
-    /// persisting anything if a crash came since.
+    /// persisting anything if a crash came since (which reports any writes it lost, too).
     fn fsync_since(&self, crashes: u64, ino: u64, fh: u64, datasync: bool) -> Result<(), Errno> {
         let mut st = self.lock();
         if self.crashes.load(Ordering::SeqCst) != crashes {
+            st.take_lost_writes(fh);
             return Err(Errno::EIO);
         }
         st.fsync(ino, fh, datasync)
@@ -1163,24 +1263,17 @@ impl Filesystem for LazyFs {
             reply_empty(reply, r);
             return;
         }
-        let crashes = self.core.crashes.load(Ordering::SeqCst);
-        let core = self.core.clone();
-        if core.delayed_fsyncs.fetch_add(1, Ordering::SeqCst) >= MAX_DELAYED_FSYNCS {
-            core.delayed_fsyncs.fetch_sub(1, Ordering::SeqCst);
-            std::thread::sleep(delay);
-            reply_empty(reply, core.fsync_since(crashes, ino.0, fh.0, datasync));
+        let already_waiting = self.core.delayed_fsyncs.load(Ordering::SeqCst);
+        let fsync = DelayedFsync::new(self.core.clone(), ino.0, fh.0, datasync, delay, reply);
+        if already_waiting >= MAX_DELAYED_FSYNCS {
+            fsync.run();
             return;
         }
-        // A failed spawn drops `reply`, which answers EIO: the fsync did not happen.
+        // A failed spawn drops `fsync`, which answers EIO: the fsync did not happen.
         let spawned = std::thread::Builder::new()
             .name("lazyfs-slow-fsync".to_string())
-            .spawn(move || {
-                std::thread::sleep(delay);
-                reply_empty(reply, core.fsync_since(crashes, ino.0, fh.0, datasync));
-                core.delayed_fsyncs.fetch_sub(1, Ordering::SeqCst);
-            });
+            .spawn(move || fsync.run());
         if let Err(e) = spawned {
-            self.core.delayed_fsyncs.fetch_sub(1, Ordering::SeqCst);
             tracing::warn!("lazyfs: no thread for a delayed fsync: {e}");
         }
     }
