@@ -247,11 +247,12 @@ pub struct Totals {
     pub group_polls_ok: u64,
     #[serde(default)]
     pub group_records: u64,
-    /// Members' commits acknowledged, and refused (`fail`: fenced, not owned, stale epoch).
+    /// Members' commits acknowledged, and not (`fail` or unknown: fenced, not owned, no
+    /// coordinator).
     #[serde(default)]
     pub group_commits_ok: u64,
     #[serde(default)]
-    pub group_commits_refused: u64,
+    pub group_commits_not_ok: u64,
     /// Stretches of one member incarnation owning one partition (see the group rules).
     #[serde(default)]
     pub group_ownerships: u64,
@@ -380,12 +381,12 @@ impl CheckResult {
             let _ = writeln!(
                 t,
                 "  (group: {} polls handed out {} records in {} ownerships; {} commits \
-                 acknowledged, {} refused; {drained})",
+                 acknowledged, {} not; {drained})",
                 t_.group_polls_ok,
                 t_.group_records,
                 t_.group_ownerships,
                 t_.group_commits_ok,
-                t_.group_commits_refused
+                t_.group_commits_not_ok
             );
         }
         t

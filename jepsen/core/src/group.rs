@@ -37,6 +37,9 @@ pub const SESSION_TIMEOUT_MS: u64 = 2_000;
 /// The coordinator's heartbeat interval in the harness's clusters
 /// (`--group-heartbeat-interval-ms`); a poll waits at most half of it.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 200;
+/// Partitions of the groups' internal topic in the harness's clusters (`--group-partitions`):
+/// the run has one group, and more would only add Raft groups to tick.
+pub const COORDINATOR_PARTITIONS: u32 = 1;
 /// A member commits what it was handed every this many polls.
 pub const COMMIT_EVERY_POLLS: u32 = 3;
 /// Crashes of one member in a run, at most.
@@ -130,6 +133,15 @@ impl MemberPlan {
     }
 }
 
+/// A record a member handed out at `offset` of `partition`, as the history holds it.
+pub fn handed(partition: u32, offset: u64, payload: &[u8]) -> GroupRecord {
+    GroupRecord {
+        partition,
+        offset,
+        value: crate::workload::decode(payload),
+    }
+}
+
 /// The invoke of a member's poll, and its completion if not `ok`, with the member's state
 /// after it.
 pub fn poll(member: u32, incarnation: u32, owned: Option<Membership>) -> Op {
@@ -150,6 +162,11 @@ pub fn polled(member: u32, incarnation: u32, records: Vec<GroupRecord>, owned: M
         owned: Some(owned),
     }
 }
+
+/// How a commit that returned an error is recorded: unknown, always. The client retries a
+/// commit whose attempt timed out or found no coordinator, so even a refusal (fenced, not
+/// owned) may follow an earlier attempt that took effect.
+pub const FAILED_COMMIT: crate::history::EventType = crate::history::EventType::Info;
 
 /// A member's commit of `offsets` (invoke and completion alike).
 pub fn commit(member: u32, incarnation: u32, offsets: Vec<PartitionOffset>) -> Op {

@@ -72,6 +72,7 @@
 //!
 //! [`SimDisk`]: fjord_storage::sim_disk::SimDisk
 
+pub mod group;
 pub mod history;
 pub mod net;
 pub mod workload;
@@ -112,6 +113,8 @@ pub struct SimConfig {
     pub writers: usize,
     /// Named-producer writers of the fencing workload (`fjord_harness::workload::fencing_step`).
     pub fencing_writers: u32,
+    /// Members of the consumer-group workload (`fjord_harness::group`); 0 runs none.
+    pub group_members: u32,
     /// Nodes down at once, at most.
     pub max_down: usize,
     /// When the nemesis starts.
@@ -136,6 +139,7 @@ impl Default for SimConfig {
             partitions: 3,
             writers: 2,
             fencing_writers: 1,
+            group_members: fjord_harness::group::GROUP_MEMBERS,
             max_down: 2,
             faults_from: Duration::from_secs(3),
             heal_at: Duration::from_secs(13),
@@ -257,9 +261,12 @@ fn serve_config(id: u64, config: &SimConfig) -> ServeConfig {
         cache_size_mib: 4,
         source_address: None,
         rebuild: false,
-        group_session_timeout_ms: fjord_server::config::defaults::GROUP_SESSION_TIMEOUT_MS,
-        group_heartbeat_interval_ms: fjord_server::config::defaults::GROUP_HEARTBEAT_INTERVAL_MS,
-        group_partitions: fjord_server::config::defaults::GROUP_PARTITIONS,
+        // Short, so that the group workload's crashes and pauses move partitions in a run.
+        group_session_timeout_ms: fjord_harness::group::SESSION_TIMEOUT_MS as u32,
+        group_heartbeat_interval_ms: fjord_harness::group::HEARTBEAT_INTERVAL_MS as u32,
+        // One coordinator partition: the run has one group, and sixteen more Raft groups
+        // would double a seed's cost.
+        group_partitions: fjord_harness::group::COORDINATOR_PARTITIONS,
     }
 }
 
@@ -818,6 +825,7 @@ fn workload_of(seed: u64, config: &SimConfig, writes_until: Duration) -> workloa
         replication: config.nodes.min(3) as u32,
         writers: config.writers,
         fencing_writers: config.fencing_writers,
+        group_members: config.group_members,
         writes_until,
         heal_at: config.heal_at,
         settle: config.settle,

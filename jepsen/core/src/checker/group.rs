@@ -340,11 +340,11 @@ impl Rules {
     ) {
         match op.outcome() {
             EventType::Fail => {
-                out.totals.group_commits_refused += 1;
+                out.totals.group_commits_not_ok += 1;
                 return;
             }
             EventType::Ok => out.totals.group_commits_ok += 1,
-            EventType::Info | EventType::Invoke => {}
+            EventType::Info | EventType::Invoke => out.totals.group_commits_not_ok += 1,
         }
         let mut events = vec![op.invoke.index];
         events.extend(op.completion.map(|c| c.index));
@@ -559,7 +559,7 @@ mod tests {
         assert_eq!(r.found(), vec![], "{r:#?}");
         let t = &r.totals;
         assert_eq!((t.group_polls_ok, t.group_records), (7, 9));
-        assert_eq!((t.group_commits_ok, t.group_commits_refused), (2, 1));
+        assert_eq!((t.group_commits_ok, t.group_commits_not_ok), (2, 2));
         assert_eq!((t.group_ownerships, t.group_drained), (4, Some(true)));
         assert!(
             r.counts_text(Guarantees::CP)
