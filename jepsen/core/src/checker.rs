@@ -354,7 +354,10 @@ impl CheckResult {
                 ),
                 _ => String::new(),
             };
-            let _ = writeln!(t, "  {:<13} {n:>8}{share}{verdict}", k.name());
+            // Names longer than the column eat into the count's width, keeping the counts
+            // aligned.
+            let width = 21usize.saturating_sub(k.name().len().max(13)).max(1);
+            let _ = writeln!(t, "  {:<13} {n:>width$}{share}{verdict}", k.name());
         }
         if !self.totals.partitions_without_final_read.is_empty() {
             let _ = writeln!(
