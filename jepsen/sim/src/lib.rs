@@ -15,6 +15,8 @@
 //! - [`net`]: turmoil as fjord's network: incoming connections, peer and client channels.
 //! - [`workload`]: the client host: topic, CP writers, pollers, final reads (the shared
 //!   workload model, run against turmoil hosts).
+//! - [`group`]: the consumer-group workload's members (crashing and pausing on their seeded
+//!   plans) and the drain after the final reads.
 //! - [`history`]: the client's operations in the shared format, with the faults, the leaders
 //!   seen and liveness failures; its text form is the run's trace.
 //! - [`run_seed`]: one run: hosts, faults applied on time, the shared check with CP
@@ -24,12 +26,13 @@
 //! Three nodes (`node1`..`node3`, each a turmoil host running `fjord_server::run_on` on a
 //! [`SimDisk`] with the group-commit writer as a task) and a client host. The client creates a
 //! topic (3 partitions, replication 3) and writes unique values in CP mode from a few tasks
-//! while one poller per partition follows it with CP reads. From [`SimConfig::faults_from`]
+//! while one poller per partition follows it with CP reads, and the members of one consumer
+//! group ([`SimConfig::group_members`]) share its partitions. From [`SimConfig::faults_from`]
 //! to [`SimConfig::heal_at`] the nemesis partitions, isolates and delays nodes, cuts the client
 //! off from some, crashes nodes (a power loss: the disk forgets unsynced writes) and restarts
 //! them; then it heals everything.
-//! The client stops writing a little after the heal, then reads every partition from offset 0
-//! and the shared checker judges the history, holding it to CP acks and CP reads; a run also
+//! The client stops writing a little after the heal, then reads every partition from offset 0,
+//! lets the group read on to those ends, and the shared checker judges the history, holding it to CP acks and CP reads; a run also
 //! fails on liveness ([`Run::liveness`]: a partition not readable after the heal, a panic).
 //!
 //! # What is deterministic
