@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::disk::LazyMount;
 use crate::net::Network;
+use fjord_harness::group as model;
 
 /// The port every node listens on, inside its own namespace.
 pub use crate::links::PORT;
@@ -204,6 +205,16 @@ impl Db {
             // instances stop) and must start again under the faults; the default is 10 s.
             "--hibernate-after-ms",
             "1000",
+        ])
+        // The consumer-group workload's: short sessions, so that its crashes and pauses move
+        // partitions within a run; one coordinator partition for its one group.
+        .args([
+            "--group-session-timeout-ms",
+            &model::SESSION_TIMEOUT_MS.to_string(),
+            "--group-heartbeat-interval-ms",
+            &model::HEARTBEAT_INTERVAL_MS.to_string(),
+            "--group-partitions",
+            &model::COORDINATOR_PARTITIONS.to_string(),
         ])
         .args(extra)
         .env("RUST_LOG", "info")

@@ -18,9 +18,12 @@
 //! - [`nemesis`]: the execution of the core's seeded fault steps.
 //! - [`workload`]: the core's workload model run through fjord's Rust client, recording the
 //!   history.
+//! - [`group`]: the core's consumer-group workload: members that poll, commit, crash and
+//!   pause, and the drain after the final reads.
 //! - [`run`]: one whole run, and its analysis.
 pub mod db;
 pub mod disk;
+pub mod group;
 pub mod lazyfs;
 pub mod links;
 pub mod nemesis;

@@ -67,6 +67,11 @@ struct Common {
     /// the fenced one go on writing (checked by the `zombie` rule).
     #[arg(long, default_value_t = 1)]
     fencing_writers: u32,
+    /// Members of the consumer group that reads the topic beside the consumers, crashing and
+    /// pausing on a seeded plan (checked by the group rules: poll-skip, nonmonotonic-poll,
+    /// duplicate-delivery, committed-too-far, lost-write); 0 runs none.
+    #[arg(long, default_value_t = fjord_harness::group::GROUP_MEMBERS)]
+    group_members: u32,
     /// An operation without an answer after this long is recorded as unknown (info).
     #[arg(long, default_value_t = 5_000)]
     op_timeout_ms: u64,
@@ -134,6 +139,7 @@ impl Common {
             producers: self.producers,
             consumers_per_partition: self.consumers_per_partition,
             fencing_writers: self.fencing_writers,
+            group_members: self.group_members,
             op_timeout_ms: self.op_timeout_ms,
             recovery_secs: self.recovery_secs,
             out_dir: out,

@@ -144,6 +144,8 @@ enum Kind {
     Produce,
     Poll,
     FinalRead,
+    /// The consumer group's operations: judged by the checker, not plotted or counted here.
+    Group,
 }
 
 fn kind(op: &Operation<'_>) -> Kind {
@@ -151,6 +153,7 @@ fn kind(op: &Operation<'_>) -> Kind {
         Op::Produce { .. } => Kind::Produce,
         Op::Poll { .. } => Kind::Poll,
         Op::FinalRead { .. } => Kind::FinalRead,
+        Op::GroupPoll { .. } | Op::GroupCommit { .. } | Op::GroupDrain { .. } => Kind::Group,
     }
 }
 
@@ -193,6 +196,7 @@ pub fn stats(history: &[Event], windows: &[FaultWindow]) -> Stats {
                 s.final_read.count(outcome);
                 continue;
             }
+            Kind::Group => continue,
         }
         let t = op.invoke.time_ns;
         let mut in_any = false;
@@ -349,7 +353,7 @@ pub fn latency_svg(history: &[Event], windows: &[FaultWindow]) -> String {
         let panel = match kind(&op) {
             Kind::Produce => &mut panels[0],
             Kind::Poll => &mut panels[1],
-            Kind::FinalRead => continue,
+            Kind::FinalRead | Kind::Group => continue,
         };
         if let Some(ns) = op.latency_ns() {
             let x = x_of(op.invoke.time_ns) - MARGIN_LEFT_PX as f64;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
 
 use crate::db::{Db, NodeOptions};
+use crate::group::{self, Group, MemberOptions};
 use crate::nemesis::Nemesis;
 use crate::net::{self, Netns, Network};
 use crate::proxy::ProxyNet;
@@ -42,6 +43,9 @@ pub struct RunOptions {
     pub consumers_per_partition: u32,
     /// Named-producer processes of the fencing workload.
     pub fencing_writers: u32,
+    /// Members of the consumer-group workload (`fjord_harness::group`); 0 runs none.
+    #[serde(default)]
+    pub group_members: u32,
     pub op_timeout_ms: u64,
     /// Quiet time at the end of the run, after the last fault healed, with the workload on.
     pub recovery_secs: u64,
@@ -205,6 +209,8 @@ async fn run_async(
         recorder.clone(),
         stop_rx.clone(),
     ));
+    let group = Arc::new(Group::default());
+    let mut members = spawn_members(&options, &client, &topic, read, &recorder, &group, &stop_rx)?;
     let nemesis = Nemesis {
         db: db.clone(),
         net: netns.clone(),
@@ -232,8 +238,17 @@ async fn run_async(
         notes.push("interrupted: no final read".into());
         Vec::new()
     } else {
-        read_back(&client, &topic, options.partitions, &recorder, &mut notes).await?
+        let read = read_back(&client, &topic, options.partitions, &recorder, &mut notes).await?;
+        if options.group_members > 0 && read.unread.is_empty() {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            if !group::drain(&group, read.ends, deadline, &recorder).await {
+                notes.push("the consumer group did not read every partition to its end within 60 s: lost-write is inconclusive".into());
+            }
+        }
+        read.unread
     };
+    group.stop();
+    while members.join_next().await.is_some() {}
     recorder.flush();
     shut_down(&db, &mut notes).await;
     let isolations = std::mem::take(&mut nemesis.isolations);
@@ -334,6 +349,37 @@ async fn start_cluster(
     Ok((db, client))
 }
 
+/// Starts the consumer group's members (processes after the workload's); crashes and
+/// pauses until `stop`.
+fn spawn_members(
+    options: &RunOptions,
+    client: &Client,
+    topic: &str,
+    read: ReadMode,
+    recorder: &Arc<Recorder>,
+    group: &Arc<Group>,
+    stop: &watch::Receiver<bool>,
+) -> Result<tokio::task::JoinSet<()>> {
+    let first = options.producers
+        + options.partitions * options.consumers_per_partition
+        + options.fencing_writers;
+    let opts = MemberOptions {
+        topic: topic.to_string(),
+        read,
+        seed: options.seed,
+        op_timeout: Duration::from_millis(options.op_timeout_ms),
+    };
+    group::spawn(
+        client,
+        &opts,
+        options.group_members,
+        first,
+        recorder,
+        group,
+        stop,
+    )
+}
+
 /// The workload a run drives.
 fn workload_options(
     options: &RunOptions,
@@ -403,15 +449,15 @@ async fn start_survivors(db: &Mutex<Db>, netns: &Network, lost: &BTreeSet<u64>) 
     Ok(())
 }
 
-/// The final reads of every partition; the partitions not read back within 60 s (noted).
+/// The final reads of every partition; the partitions not read back within 60 s are noted.
 async fn read_back(
     client: &Client,
     topic: &str,
     partitions: u32,
     recorder: &Recorder,
     notes: &mut Vec<String>,
-) -> Result<Vec<u32>> {
-    let unread = workload::final_reads(
+) -> Result<workload::FinalReads> {
+    let read = workload::final_reads(
         client,
         topic,
         partitions,
@@ -419,12 +465,13 @@ async fn read_back(
         Instant::now() + Duration::from_secs(60),
     )
     .await?;
-    if !unread.is_empty() {
+    if !read.unread.is_empty() {
         notes.push(format!(
-            "partitions {unread:?} could not be read back within 60 s of healing"
+            "partitions {:?} could not be read back within 60 s of healing",
+            read.unread
         ));
     }
-    Ok(unread)
+    Ok(read)
 }
 
 /// Notes the nodes that exited on their own, then stops every node.

@@ -9,6 +9,7 @@
 //! or the harness's own deadline) is `info`, never `fail`; produced values are unique across
 //! the run; every loop stops by itself at the run's end.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -353,6 +354,15 @@ async fn fencing_writer(
     }
 }
 
+/// What the final reads found.
+#[derive(Debug, Clone, Default)]
+pub struct FinalReads {
+    /// Partitions not read to their end by the deadline.
+    pub unread: Vec<u32>,
+    /// The end (high watermark) each partition was read to.
+    pub ends: BTreeMap<u32, u64>,
+}
+
 /// Reads every partition from offset 0 up to its high watermark with CP reads, retrying
 /// until `deadline`; records each as one `final_read` operation.
 pub async fn final_reads(
@@ -361,9 +371,10 @@ pub async fn final_reads(
     partitions: u32,
     recorder: &Recorder,
     deadline: Instant,
-) -> Result<Vec<u32>> {
+) -> Result<FinalReads> {
     let process = FINAL_READER;
     let mut unread = Vec::new();
+    let mut ends = BTreeMap::new();
     for partition in 0..partitions {
         let mut read = FinalRead::new(partition);
         let invoke = read.invoke();
@@ -398,6 +409,7 @@ pub async fn final_reads(
             }
         };
         if done {
+            ends.insert(partition, read.next_offset());
             recorder.record(process, EventType::Ok, read.into_op(), None);
         } else {
             unread.push(partition);
@@ -405,5 +417,5 @@ pub async fn final_reads(
         }
     }
     recorder.flush();
-    Ok(unread)
+    Ok(FinalReads { unread, ends })
 }

@@ -96,6 +96,7 @@ fn options(label: &str, seed: u64, faults: &str, mode: &str, duration_secs: u64)
         producers: 6,
         consumers_per_partition: 1,
         fencing_writers: 1,
+        group_members: fjord_harness::group::GROUP_MEMBERS,
         op_timeout_ms: 5_000,
         recovery_secs: 8,
         out_dir: out,

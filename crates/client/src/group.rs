@@ -122,6 +122,8 @@ pub struct GroupConsumer {
     /// Handed out by the previous `poll`: committable from the next one on.
     pending_handed: BTreeMap<Tp, u64>,
     next_commit: Instant,
+    /// How many times it dropped every partition (see [`GroupConsumer::session`]).
+    sessions: u64,
 }
 
 impl Client {
@@ -146,6 +148,7 @@ impl Client {
             owned: BTreeMap::new(),
             pending_handed: BTreeMap::new(),
             next_commit: now + config.auto_commit_interval,
+            sessions: 0,
             config,
         })
     }
@@ -442,6 +445,39 @@ impl GroupConsumer {
         self.owned.keys().cloned().collect()
     }
 
+    /// How many times this member dropped every partition at once (fenced, or silent towards
+    /// its coordinator for a session timeout) to join again. It owned a partition without a
+    /// break between two calls when [`GroupConsumer::assignment`] lists it after both and
+    /// this count did not change: one call cannot lose and win back a partition otherwise.
+    pub fn session(&self) -> u64 {
+        self.sessions
+    }
+
+    /// The offsets [`GroupConsumer::commit`] would send now (none while not joined).
+    pub fn pending_commit(&self) -> Vec<(String, u32, u64)> {
+        let all: Vec<Tp> = self.owned.keys().cloned().collect();
+        self.to_commit(&all)
+            .into_iter()
+            .map(|((topic, partition), offset)| (topic, partition, offset))
+            .collect()
+    }
+
+    /// What committing `partitions` sends: each one's offset after the records handed out,
+    /// where not committed already.
+    fn to_commit(&self, partitions: &[Tp]) -> Vec<(Tp, u64)> {
+        if self.epoch <= 0 {
+            return Vec::new();
+        }
+        partitions
+            .iter()
+            .filter_map(|tp| {
+                let o = self.owned.get(tp)?;
+                let handed = o.handed?;
+                (o.committed != Some(handed)).then(|| (tp.clone(), handed))
+            })
+            .collect()
+    }
+
     /// Takes back records of the last `poll` from `next_offset` on in one partition: they are
     /// fetched again and not committed (for an application that stops in the middle of what
     /// `poll` returned).
@@ -542,6 +578,7 @@ impl GroupConsumer {
     }
 
     fn drop_all(&mut self) {
+        self.sessions += 1;
         self.owned.clear();
         self.pending_handed.clear();
         self.epoch = 0;
@@ -714,15 +751,8 @@ impl GroupConsumer {
 
     /// Commits what was handed out of `partitions` (synchronously).
     pub async fn commit_partitions(&mut self, partitions: &[Tp]) -> Result<(), ClientError> {
-        let offsets: Vec<(Tp, u64)> = partitions
-            .iter()
-            .filter_map(|tp| {
-                let o = self.owned.get(tp)?;
-                let handed = o.handed?;
-                (o.committed != Some(handed)).then(|| (tp.clone(), handed))
-            })
-            .collect();
-        if offsets.is_empty() || self.epoch <= 0 {
+        let offsets = self.to_commit(partitions);
+        if offsets.is_empty() {
             return Ok(());
         }
         let req = v1::CommitOffsetsRequest {

@@ -47,6 +47,10 @@
 //!   newer instance had fenced it there, so the partition must refuse its later writes.
 //!   Records of the same name must appear in non-decreasing epoch order. One anomaly per such
 //!   record.
+//! - The consumer-group rules (**poll-skip**, **nonmonotonic-poll**, **duplicate-delivery**,
+//!   **committed-too-far**, **lost-write**) are `group`'s, in its module doc. The records a
+//!   member handed out are observations too (of the rules above that judge observations:
+//!   lost, unseen, duplicate, inconsistent, aborted, phantom).
 //! - **malformed**: the history breaks its own rules (see
 //!   [`crate::history::PairingError`]), a value invoked by two produces, or an `ok` produce
 //!   without an offset. Any of these makes the other verdicts untrustworthy.
@@ -63,6 +67,8 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::history::{Event, EventType, Op, Operation, ReadRecord, pair};
+
+mod group;
 
 /// Anomalies kept (with explanations) per class; the count is always exact.
 pub const MAX_EXAMPLES_PER_CLASS: usize = 1_000;
@@ -83,10 +89,15 @@ pub enum AnomalyKind {
     Phantom,
     Malformed,
     Zombie,
+    PollSkip,
+    NonMonotonicPoll,
+    DuplicateDelivery,
+    CommittedTooFar,
+    LostWrite,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 10] = [
+    pub const ALL: [AnomalyKind; 15] = [
         AnomalyKind::Lost,
         AnomalyKind::Unseen,
         AnomalyKind::Duplicate,
@@ -97,6 +108,11 @@ impl AnomalyKind {
         AnomalyKind::Phantom,
         AnomalyKind::Malformed,
         AnomalyKind::Zombie,
+        AnomalyKind::PollSkip,
+        AnomalyKind::NonMonotonicPoll,
+        AnomalyKind::DuplicateDelivery,
+        AnomalyKind::CommittedTooFar,
+        AnomalyKind::LostWrite,
     ];
 
     pub fn name(self) -> &'static str {
@@ -111,6 +127,11 @@ impl AnomalyKind {
             AnomalyKind::Phantom => "phantom",
             AnomalyKind::Malformed => "malformed",
             AnomalyKind::Zombie => "zombie",
+            AnomalyKind::PollSkip => "poll-skip",
+            AnomalyKind::NonMonotonicPoll => "nonmonotonic-poll",
+            AnomalyKind::DuplicateDelivery => "duplicate-delivery",
+            AnomalyKind::CommittedTooFar => "committed-too-far",
+            AnomalyKind::LostWrite => "lost-write",
         }
     }
 
@@ -119,10 +140,15 @@ impl AnomalyKind {
     /// AP acks (leader-only) may lose records, and may see an acknowledged offset later
     /// overwritten; AP reads (any replica) may be stale and may show a replica's divergent,
     /// later truncated suffix. Nothing excuses duplicates, aborted reads, phantoms, skips or
-    /// rewinds within a replica's dense log, or a malformed history.
+    /// rewinds within a replica's dense log, or a malformed history. A group member reading
+    /// AP may follow a replica's divergent suffix (so may skip, rewind or redeliver); nothing
+    /// excuses a commit beyond what a member was handed (commits are CP in every mode).
     pub fn is_violation(self, g: Guarantees) -> bool {
         match self {
-            AnomalyKind::Lost | AnomalyKind::Unseen => g.durable_acks,
+            AnomalyKind::Lost | AnomalyKind::Unseen | AnomalyKind::LostWrite => g.durable_acks,
+            AnomalyKind::PollSkip
+            | AnomalyKind::NonMonotonicPoll
+            | AnomalyKind::DuplicateDelivery => g.linearizable_reads,
             AnomalyKind::Inconsistent => g.durable_acks && g.linearizable_reads,
             AnomalyKind::Stale => g.linearizable_reads,
             AnomalyKind::Duplicate
@@ -130,7 +156,8 @@ impl AnomalyKind {
             | AnomalyKind::Aborted
             | AnomalyKind::Phantom
             | AnomalyKind::Malformed
-            | AnomalyKind::Zombie => true,
+            | AnomalyKind::Zombie
+            | AnomalyKind::CommittedTooFar => true,
         }
     }
 }
@@ -215,6 +242,24 @@ pub struct Totals {
     pub final_read_gaps: u64,
     /// Partitions some operation touched but no final read succeeded on, ascending.
     pub partitions_without_final_read: Vec<u32>,
+    /// Consumer-group members' `ok` polls, and the records they handed out.
+    #[serde(default)]
+    pub group_polls_ok: u64,
+    #[serde(default)]
+    pub group_records: u64,
+    /// Members' commits acknowledged, and not (`fail` or unknown: fenced, not owned, no
+    /// coordinator).
+    #[serde(default)]
+    pub group_commits_ok: u64,
+    #[serde(default)]
+    pub group_commits_not_ok: u64,
+    /// Stretches of one member incarnation owning one partition (see the group rules).
+    #[serde(default)]
+    pub group_ownerships: u64,
+    /// Whether the group drained every partition to its end (`None`: no drain in the
+    /// history; the lost-write rule judges only after a successful one).
+    #[serde(default)]
+    pub group_drained: Option<bool>,
 }
 
 /// Everything [`check`] found, one field per class (see the module doc for the rules).
@@ -232,6 +277,16 @@ pub struct CheckResult {
     pub malformed: AnomalyClass,
     #[serde(default)]
     pub zombie: AnomalyClass,
+    #[serde(default)]
+    pub poll_skip: AnomalyClass,
+    #[serde(default)]
+    pub nonmonotonic_poll: AnomalyClass,
+    #[serde(default)]
+    pub duplicate_delivery: AnomalyClass,
+    #[serde(default)]
+    pub committed_too_far: AnomalyClass,
+    #[serde(default)]
+    pub lost_write: AnomalyClass,
 }
 
 impl CheckResult {
@@ -247,6 +302,11 @@ impl CheckResult {
             AnomalyKind::Phantom => &self.phantom,
             AnomalyKind::Malformed => &self.malformed,
             AnomalyKind::Zombie => &self.zombie,
+            AnomalyKind::PollSkip => &self.poll_skip,
+            AnomalyKind::NonMonotonicPoll => &self.nonmonotonic_poll,
+            AnomalyKind::DuplicateDelivery => &self.duplicate_delivery,
+            AnomalyKind::CommittedTooFar => &self.committed_too_far,
+            AnomalyKind::LostWrite => &self.lost_write,
         }
     }
 
@@ -294,7 +354,10 @@ impl CheckResult {
                 ),
                 _ => String::new(),
             };
-            let _ = writeln!(t, "  {:<13} {n:>8}{share}{verdict}", k.name());
+            // Names longer than the column eat into the count's width, keeping the counts
+            // aligned.
+            let width = 21usize.saturating_sub(k.name().len().max(13)).max(1);
+            let _ = writeln!(t, "  {:<13} {n:>width$}{share}{verdict}", k.name());
         }
         if !self.totals.partitions_without_final_read.is_empty() {
             let _ = writeln!(
@@ -311,6 +374,24 @@ impl CheckResult {
             self.totals.produces_unknown,
             self.totals.seeks
         );
+        let t_ = &self.totals;
+        if t_.group_polls_ok > 0 {
+            let drained = match t_.group_drained {
+                Some(true) => "drained",
+                Some(false) => "NOT drained: lost-write is inconclusive",
+                None => "no drain",
+            };
+            let _ = writeln!(
+                t,
+                "  (group: {} polls handed out {} records in {} ownerships; {} commits \
+                 acknowledged, {} not; {drained})",
+                t_.group_polls_ok,
+                t_.group_records,
+                t_.group_ownerships,
+                t_.group_commits_ok,
+                t_.group_commits_not_ok
+            );
+        }
         t
     }
 
@@ -358,6 +439,20 @@ pub fn check(history: &[Event]) -> CheckResult {
     for op in &paired.operations {
         c.read(op);
     }
+    let acked: Vec<group::Acked> = c
+        .produce_order
+        .iter()
+        .filter_map(|value| {
+            let p = &c.produces[value];
+            Some(group::Acked {
+                value: *value,
+                partition: p.partition,
+                offset: p.offset?,
+                events: [p.invoke, p.completion?],
+            })
+        })
+        .collect();
+    group::check(&paired.operations, &acked, &mut c.out);
     c.finish()
 }
 
@@ -367,6 +462,7 @@ enum Source {
     Ack,
     Poll,
     FinalRead,
+    GroupPoll,
 }
 
 impl Source {
@@ -375,6 +471,7 @@ impl Source {
             Source::Ack => "produce ack",
             Source::Poll => "poll",
             Source::FinalRead => "final read",
+            Source::GroupPoll => "group poll",
         }
     }
 }
@@ -668,6 +765,16 @@ impl Checker {
                     }
                     expected = r.offset.saturating_add(1);
                     self.observe(partition, *r, done.index, Source::FinalRead);
+                }
+            }
+            // Its own rules are `group`'s; what it handed out is observed like any read.
+            (Op::GroupPoll { .. }, Op::GroupPoll { records, .. }) => {
+                for r in records {
+                    let read = ReadRecord {
+                        offset: r.offset,
+                        value: r.value,
+                    };
+                    self.observe(r.partition, read, done.index, Source::GroupPoll);
                 }
             }
             _ => {}

@@ -6,7 +6,9 @@
 //! operation outstanding, so an invoke and its completion are paired by process.
 //!
 //! What must hold: `index` counts up from 0 with no gaps; `time_ns` never goes backwards; a
-//! completion's op has the same `f`, `partition` and (for produce) `value` as its invoke.
+//! completion's op has the same `f`, `partition` and (for produce) `value` as its invoke
+//! (for the consumer-group operations: the same `member` and `incarnation`, and for a commit
+//! the same `offsets`).
 //!
 //! [`pair`] joins each invoke with its completion into an [`Operation`]; it never fails, but
 //! reports every way the history breaks these rules as a [`PairingError`], so a checker can
@@ -63,16 +65,74 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         records: Vec<ReadRecord>,
     },
+    /// One `poll` of a consumer-group member: the harness's member number `member` (stable
+    /// across restarts) in its `incarnation` (a new one after each simulated crash). On `ok`,
+    /// `records` is what it handed out, in order; every completion carries `owned`, the
+    /// member's state right after the call (see [`Membership`]).
+    GroupPoll {
+        member: u32,
+        incarnation: u32,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        records: Vec<GroupRecord>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owned: Option<Membership>,
+    },
+    /// One synchronous offset commit of a member: the offsets it sends, on the invoke and the
+    /// completion alike.
+    GroupCommit {
+        member: u32,
+        incarnation: u32,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        offsets: Vec<PartitionOffset>,
+    },
+    /// The members reading on, after the faults healed and the writes ended, until the group
+    /// has handed out every partition up to its end. On `ok`, `ends` are those ends (each
+    /// partition's high watermark when the drain began); `fail` if the deadline passed first.
+    GroupDrain {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ends: Vec<PartitionOffset>,
+    },
 }
 
 impl Op {
+    /// The partition the operation is about; 0 for the consumer-group operations, which span
+    /// partitions.
     pub fn partition(&self) -> u32 {
         match self {
             Op::Produce { partition, .. }
             | Op::Poll { partition, .. }
             | Op::FinalRead { partition, .. } => *partition,
+            Op::GroupPoll { .. } | Op::GroupCommit { .. } | Op::GroupDrain { .. } => 0,
         }
     }
+}
+
+/// A record a consumer-group member handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub partition: u32,
+    pub offset: u64,
+    pub value: u64,
+}
+
+/// An offset of a partition: a commit's, or where a drain ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PartitionOffset {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// A group member's state after a call: its member epoch, its `session` (how many times it
+/// dropped every partition, fenced or silent for a session timeout, and joined again) and
+/// the partitions it owns. A member owns a partition *continuously* between two calls when
+/// both list it and the session is the same: a partition cannot be lost and won back within
+/// one call otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Membership {
+    pub epoch: i32,
+    pub session: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<u32>,
 }
 
 /// One line of the history.
@@ -158,7 +218,8 @@ pub enum PairingError {
         process: u32,
         outstanding: u64,
     },
-    /// A completion whose `f`, `partition`, `value` or `from_offset` differ from its invoke's.
+    /// A completion whose `f`, `partition`, `value` or `from_offset` (a group operation's
+    /// `member`, `incarnation` or `offsets`) differ from its invoke's.
     MismatchedCompletion { invoke: u64, completion: u64 },
     /// An `index` that does not count up by one from 0 (the history is paired in index order).
     IndexGap { event: u64, expected: u64 },
@@ -240,6 +301,31 @@ fn same_operation(invoke: &Op, completion: &Op) -> bool {
             },
         ) => p1 == p2 && f1 == f2,
         (Op::FinalRead { partition: p1, .. }, Op::FinalRead { partition: p2, .. }) => p1 == p2,
+        (
+            Op::GroupPoll {
+                member: m1,
+                incarnation: i1,
+                ..
+            },
+            Op::GroupPoll {
+                member: m2,
+                incarnation: i2,
+                ..
+            },
+        ) => (m1, i1) == (m2, i2),
+        (
+            Op::GroupCommit {
+                member: m1,
+                incarnation: i1,
+                offsets: o1,
+            },
+            Op::GroupCommit {
+                member: m2,
+                incarnation: i2,
+                offsets: o2,
+            },
+        ) => (m1, i1, o1) == (m2, i2, o2),
+        (Op::GroupDrain { .. }, Op::GroupDrain { .. }) => true,
         _ => false,
     }
 }

@@ -13,15 +13,20 @@
 //! - [`history`]: the recorded operations, one JSON object per line, and their pairing into
 //!   invoke/completion operations.
 //! - [`checker`]: the check of a history: lost, unseen, duplicated, inconsistent,
-//!   nonmonotonic, aborted, stale and phantom reads, each with the events that prove it.
+//!   nonmonotonic, aborted, stale and phantom reads, zombie writes, and the consumer-group
+//!   rules (poll-skip, nonmonotonic-poll, duplicate-delivery, committed-too-far,
+//!   lost-write), each with the events that prove it.
 //! - [`workload`]: the operations, the values and how producers choose partitions, and the
 //!   final read's end.
+//! - [`group`]: the consumer-group workload's model: members, their seeded crashes, pauses
+//!   and commits, its operations, and the drain's end.
 //! - [`fault`]: the fault vocabulary and the seeded fault plans ([`fault::steps`] for the
 //!   process tier, [`fault::timeline`] for the simulation).
 //! - [`stability`]: leader stability across follower isolations, judged from the leaders a
 //!   tier observed.
 pub mod checker;
 pub mod fault;
+pub mod group;
 pub mod history;
 pub mod stability;
 pub mod workload;

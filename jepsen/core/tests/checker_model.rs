@@ -92,7 +92,7 @@ impl Model {
     fn records_mut(&mut self, at: usize) -> &mut Vec<ReadRecord> {
         match &mut self.events[at].op {
             Op::Poll { records, .. } | Op::FinalRead { records, .. } => records,
-            Op::Produce { .. } => panic!("event {at} is not a read"),
+            _ => panic!("event {at} is not a read"),
         }
     }
 

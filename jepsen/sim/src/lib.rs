@@ -15,6 +15,8 @@
 //! - [`net`]: turmoil as fjord's network: incoming connections, peer and client channels.
 //! - [`workload`]: the client host: topic, CP writers, pollers, final reads (the shared
 //!   workload model, run against turmoil hosts).
+//! - [`group`]: the consumer-group workload's members (crashing and pausing on their seeded
+//!   plans) and the drain after the final reads.
 //! - [`history`]: the client's operations in the shared format, with the faults, the leaders
 //!   seen and liveness failures; its text form is the run's trace.
 //! - [`run_seed`]: one run: hosts, faults applied on time, the shared check with CP
@@ -24,12 +26,13 @@
 //! Three nodes (`node1`..`node3`, each a turmoil host running `fjord_server::run_on` on a
 //! [`SimDisk`] with the group-commit writer as a task) and a client host. The client creates a
 //! topic (3 partitions, replication 3) and writes unique values in CP mode from a few tasks
-//! while one poller per partition follows it with CP reads. From [`SimConfig::faults_from`]
+//! while one poller per partition follows it with CP reads, and the members of one consumer
+//! group ([`SimConfig::group_members`]) share its partitions. From [`SimConfig::faults_from`]
 //! to [`SimConfig::heal_at`] the nemesis partitions, isolates and delays nodes, cuts the client
 //! off from some, crashes nodes (a power loss: the disk forgets unsynced writes) and restarts
 //! them; then it heals everything.
-//! The client stops writing a little after the heal, then reads every partition from offset 0
-//! and the shared checker judges the history, holding it to CP acks and CP reads; a run also
+//! The client stops writing a little after the heal, then reads every partition from offset 0,
+//! lets the group read on to those ends, and the shared checker judges the history, holding it to CP acks and CP reads; a run also
 //! fails on liveness ([`Run::liveness`]: a partition not readable after the heal, a panic).
 //!
 //! # What is deterministic
@@ -72,6 +75,7 @@
 //!
 //! [`SimDisk`]: fjord_storage::sim_disk::SimDisk
 
+pub mod group;
 pub mod history;
 pub mod net;
 pub mod workload;
@@ -112,6 +116,8 @@ pub struct SimConfig {
     pub writers: usize,
     /// Named-producer writers of the fencing workload (`fjord_harness::workload::fencing_step`).
     pub fencing_writers: u32,
+    /// Members of the consumer-group workload (`fjord_harness::group`); 0 runs none.
+    pub group_members: u32,
     /// Nodes down at once, at most.
     pub max_down: usize,
     /// When the nemesis starts.
@@ -136,6 +142,7 @@ impl Default for SimConfig {
             partitions: 3,
             writers: 2,
             fencing_writers: 1,
+            group_members: fjord_harness::group::GROUP_MEMBERS,
             max_down: 2,
             faults_from: Duration::from_secs(3),
             heal_at: Duration::from_secs(13),
@@ -257,9 +264,12 @@ fn serve_config(id: u64, config: &SimConfig) -> ServeConfig {
         cache_size_mib: 4,
         source_address: None,
         rebuild: false,
-        group_session_timeout_ms: fjord_server::config::defaults::GROUP_SESSION_TIMEOUT_MS,
-        group_heartbeat_interval_ms: fjord_server::config::defaults::GROUP_HEARTBEAT_INTERVAL_MS,
-        group_partitions: fjord_server::config::defaults::GROUP_PARTITIONS,
+        // Short, so that the group workload's crashes and pauses move partitions in a run.
+        group_session_timeout_ms: fjord_harness::group::SESSION_TIMEOUT_MS as u32,
+        group_heartbeat_interval_ms: fjord_harness::group::HEARTBEAT_INTERVAL_MS as u32,
+        // One coordinator partition: the run has one group, and sixteen more Raft groups
+        // would double a seed's cost.
+        group_partitions: fjord_harness::group::COORDINATOR_PARTITIONS,
     }
 }
 
@@ -818,6 +828,7 @@ fn workload_of(seed: u64, config: &SimConfig, writes_until: Duration) -> workloa
         replication: config.nodes.min(3) as u32,
         writers: config.writers,
         fencing_writers: config.fencing_writers,
+        group_members: config.group_members,
         writes_until,
         heal_at: config.heal_at,
         settle: config.settle,

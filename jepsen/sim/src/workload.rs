@@ -5,8 +5,12 @@
 //! The operations, the values, the writers' partition choices and the final read's end are
 //! the shared model's (`fjord_harness::workload`), as in the process tier.
 //!
+//! The consumer group's members (`crate::group`) read the topic beside them, and once the
+//! final reads know each partition's end, read on until the group has handed out everything.
+//!
 //! Processes: writer `k` is process `k`, the poller of partition `p` is process
-//! `writers + p`, the final reads are [`FINAL_READER`]'s.
+//! `writers + p`, then the fencing writers, then the group's members; the final reads are
+//! [`FINAL_READER`]'s.
 //!
 //! A leader watch asks every node, each on its own, for the topic's leaders every
 //! [`LEADER_WATCH_EVERY`], and keeps for each partition the leader of the highest term
@@ -38,6 +42,8 @@ pub struct Workload {
     pub writers: usize,
     /// Named-producer writers of the fencing workload.
     pub fencing_writers: u32,
+    /// Members of the consumer-group workload (`crate::group`).
+    pub group_members: u32,
     /// Writers and pollers stop here.
     pub writes_until: Duration,
     /// The nemesis has healed everything by then; the final reads start after it.
@@ -60,7 +66,7 @@ const LEADER_WATCH_TIMEOUT: Duration = Duration::from_millis(300);
 /// How long the topic creation may take.
 const CREATE_TOPIC_DEADLINE: Duration = Duration::from_secs(30);
 
-fn now() -> Duration {
+pub(crate) fn now() -> Duration {
     turmoil::sim_elapsed().unwrap_or_default()
 }
 
@@ -72,22 +78,28 @@ fn now_ns() -> u64 {
     now().as_nanos() as u64
 }
 
-type Shared = Arc<Mutex<History>>;
+pub(crate) type Shared = Arc<Mutex<History>>;
 
 /// Each partition's leader of the highest term seen, shared with the nemesis.
 pub type Leaders = Arc<Mutex<BTreeMap<u32, LeaderSeen>>>;
 
-fn record(history: &Shared, f: impl FnOnce(&mut History)) {
+pub(crate) fn record(history: &Shared, f: impl FnOnce(&mut History)) {
     f(&mut history.lock().unwrap_or_else(PoisonError::into_inner));
 }
 
 /// Records one event of `process` now.
-fn event(history: &Shared, process: u32, kind: EventType, op: Op, error: Option<String>) {
+pub(crate) fn event(
+    history: &Shared,
+    process: u32,
+    kind: EventType,
+    op: Op,
+    error: Option<String>,
+) {
     record(history, |h| h.record(now_ns(), process, kind, op, error));
 }
 
 /// How an operation that ended in `e` is recorded: unknown or failed.
-fn outcome_of(e: &ClientError) -> EventType {
+pub(crate) fn outcome_of(e: &ClientError) -> EventType {
     if e.is_outcome_unknown() {
         EventType::Info
     } else {
@@ -155,6 +167,19 @@ pub async fn run(w: Workload, history: Shared, leaders: Leaders) -> turmoil::Res
             name,
         )));
     }
+    let group = Arc::new(crate::group::Group::default());
+    let first_member = w.writers as u32 + w.partitions + w.fencing_writers;
+    let mut members = Vec::new();
+    for m in 0..w.group_members {
+        members.push(tokio::spawn(crate::group::member(
+            client.clone(),
+            w.clone(),
+            history.clone(),
+            group.clone(),
+            m,
+            fjord_harness::group::member_process(first_member, m),
+        )));
+    }
     for t in tasks {
         t.await?;
     }
@@ -164,8 +189,18 @@ pub async fn run(w: Workload, history: Shared, leaders: Leaders) -> turmoil::Res
         tokio::time::sleep(RETRY_PAUSE).await;
     }
     let deadline = w.heal_at + w.settle;
+    let mut ends = BTreeMap::new();
     for partition in 0..w.partitions {
-        read_to_end(&client, &w.topic, partition, deadline, &history).await;
+        if let Some(end) = read_to_end(&client, &w.topic, partition, deadline, &history).await {
+            ends.insert(partition, end);
+        }
+    }
+    if w.group_members > 0 && ends.len() == w.partitions as usize {
+        crate::group::drain(&group, ends, deadline, &history).await;
+    }
+    group.stop();
+    for m in members {
+        m.await?;
     }
     Ok(())
 }
@@ -392,14 +427,15 @@ async fn watch_leaders(
 }
 
 /// Reads `partition` from offset 0 to its end (the shared model's [`FinalRead`]), retrying
-/// until `deadline`; one operation of the [`FINAL_READER`].
+/// until `deadline`; one operation of the [`FINAL_READER`]. Returns the partition's end (its
+/// high watermark then), if it was read to it.
 async fn read_to_end(
     client: &Client,
     topic: &str,
     partition: u32,
     deadline: Duration,
     history: &Shared,
-) {
+) -> Option<u64> {
     let mut read = FinalRead::new(partition);
     let invoke = read.invoke();
     event(
@@ -428,14 +464,15 @@ async fn read_to_end(
                 Some(why.clone()),
             );
             record(history, |h| h.stuck.push(why));
-            return;
+            return None;
         }
         let from = read.next_offset();
         match client.fetch(topic, partition, from, options).await {
             Ok(r) => {
                 if read.absorb(records_of(&r), r.next_offset, r.high_watermark) {
+                    let end = read.next_offset();
                     event(history, FINAL_READER, EventType::Ok, read.into_op(), None);
-                    return;
+                    return Some(end);
                 }
                 if r.next_offset <= from {
                     tokio::time::sleep(RETRY_PAUSE).await;
