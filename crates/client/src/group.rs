@@ -124,6 +124,9 @@ pub struct GroupConsumer {
     next_commit: Instant,
     /// How many times it dropped every partition (see [`GroupConsumer::session`]).
     sessions: u64,
+    /// A partition's fatal fetch error, held back while other partitions' records were handed
+    /// out; the next `poll` returns it.
+    deferred: Option<ClientError>,
 }
 
 impl Client {
@@ -149,6 +152,7 @@ impl Client {
             pending_handed: BTreeMap::new(),
             next_commit: now + config.auto_commit_interval,
             sessions: 0,
+            deferred: None,
             config,
         })
     }
@@ -500,6 +504,9 @@ impl GroupConsumer {
                 o.handed = Some(next);
             }
         }
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
         if self.config.auto_commit && Instant::now() >= self.next_commit {
             self.next_commit = Instant::now() + self.config.auto_commit_interval;
             match self.commit().await {
@@ -720,6 +727,7 @@ impl GroupConsumer {
         });
         let results = futures::future::join_all(fetches).await;
         let mut out = Vec::new();
+        let mut failed = None;
         for (tp, result) in results {
             match result {
                 Ok(f) => {
@@ -736,10 +744,19 @@ impl GroupConsumer {
                     }));
                 }
                 Err(e) if e.is_retryable() => {}
-                Err(e) => return Err(e),
+                Err(e) => failed = failed.or(Some(e)),
             }
         }
-        Ok(out)
+        match failed {
+            // The other partitions' records are already marked handed out: hand them out, and
+            // report the error on the next poll (else they would be committed unseen).
+            Some(e) if !out.is_empty() => {
+                self.deferred = Some(e);
+                Ok(out)
+            }
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 
     /// Commits, for every owned partition, the offset after the last record handed out before
