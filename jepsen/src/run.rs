@@ -185,6 +185,25 @@ async fn wait_leaders(client: &Client, topic: &str, deadline: Duration) -> Resul
     }
 }
 
+/// After the final reads reached every partition's end: the group's members read to those
+/// ends too, so that lost-write can be judged (at most 60 s).
+async fn drain_group(
+    options: &RunOptions,
+    group: &Arc<Group>,
+    ends: std::collections::BTreeMap<u32, u64>,
+    all_read: bool,
+    recorder: &Arc<Recorder>,
+    notes: &mut Vec<String>,
+) {
+    if options.group_members == 0 || !all_read {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    if !group::drain(group, ends, deadline, recorder).await {
+        notes.push("the consumer group did not read every partition to its end within 60 s: lost-write is inconclusive".into());
+    }
+}
+
 async fn run_async(
     options: RunOptions,
     acks: Acks,
@@ -239,12 +258,15 @@ async fn run_async(
         Vec::new()
     } else {
         let read = read_back(&client, &topic, options.partitions, &recorder, &mut notes).await?;
-        if options.group_members > 0 && read.unread.is_empty() {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            if !group::drain(&group, read.ends, deadline, &recorder).await {
-                notes.push("the consumer group did not read every partition to its end within 60 s: lost-write is inconclusive".into());
-            }
-        }
+        drain_group(
+            &options,
+            &group,
+            read.ends,
+            read.unread.is_empty(),
+            &recorder,
+            &mut notes,
+        )
+        .await;
         read.unread
     };
     group.stop();

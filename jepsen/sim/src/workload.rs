@@ -119,25 +119,14 @@ fn client_config(seed: u64) -> ClientConfig {
 }
 
 /// The client host's software.
-pub async fn run(w: Workload, history: Shared, leaders: Leaders) -> turmoil::Result {
-    watch_every_node(&w, &history, &leaders)?;
-    let client = Client::connect_with(
-        w.brokers.clone(),
-        client_config(w.seed),
-        Arc::new(ClientConnect),
-    )?;
-    if !create_topic(&client, &w, &history).await {
-        return Ok(());
-    }
-    let producer = client.producer(
-        w.topic.clone(),
-        ProducerConfig {
-            acks: Acks::Cp,
-            linger_ms: 2,
-            ..Default::default()
-        },
-    )?;
-    let values = Arc::new(Values::default());
+/// The writers (plain and fencing) and one poller per partition.
+fn spawn_writers_and_pollers(
+    client: &Client,
+    producer: &fjord_client::Producer,
+    w: &Workload,
+    history: &Shared,
+    values: &Arc<Values>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     for writer in 0..w.writers {
         tasks.push(tokio::spawn(write_values(
@@ -167,19 +156,53 @@ pub async fn run(w: Workload, history: Shared, leaders: Leaders) -> turmoil::Res
             name,
         )));
     }
-    let group = Arc::new(crate::group::Group::default());
+    tasks
+}
+
+/// The consumer group's members.
+fn spawn_members(
+    client: &Client,
+    w: &Workload,
+    history: &Shared,
+    group: &Arc<crate::group::Group>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let first_member = w.writers as u32 + w.partitions + w.fencing_writers;
-    let mut members = Vec::new();
-    for m in 0..w.group_members {
-        members.push(tokio::spawn(crate::group::member(
-            client.clone(),
-            w.clone(),
-            history.clone(),
-            group.clone(),
-            m,
-            fjord_harness::group::member_process(first_member, m),
-        )));
+    (0..w.group_members)
+        .map(|m| {
+            tokio::spawn(crate::group::member(
+                client.clone(),
+                w.clone(),
+                history.clone(),
+                group.clone(),
+                m,
+                fjord_harness::group::member_process(first_member, m),
+            ))
+        })
+        .collect()
+}
+
+pub async fn run(w: Workload, history: Shared, leaders: Leaders) -> turmoil::Result {
+    watch_every_node(&w, &history, &leaders)?;
+    let client = Client::connect_with(
+        w.brokers.clone(),
+        client_config(w.seed),
+        Arc::new(ClientConnect),
+    )?;
+    if !create_topic(&client, &w, &history).await {
+        return Ok(());
     }
+    let producer = client.producer(
+        w.topic.clone(),
+        ProducerConfig {
+            acks: Acks::Cp,
+            linger_ms: 2,
+            ..Default::default()
+        },
+    )?;
+    let values = Arc::new(Values::default());
+    let tasks = spawn_writers_and_pollers(&client, &producer, &w, &history, &values);
+    let group = Arc::new(crate::group::Group::default());
+    let members = spawn_members(&client, &w, &history, &group);
     for t in tasks {
         t.await?;
     }
