@@ -204,6 +204,29 @@ async fn drain_group(
     }
 }
 
+/// The nemesis of a run, before its first fault.
+fn new_nemesis(
+    options: &RunOptions,
+    db: &Arc<tokio::sync::Mutex<Db>>,
+    netns: &Arc<Network>,
+    client: &Client,
+    topic: &str,
+    ids: &[u64],
+) -> Result<Nemesis> {
+    Ok(Nemesis {
+        db: db.clone(),
+        net: netns.clone(),
+        client: client.clone(),
+        topic: topic.to_string(),
+        partitions: options.partitions,
+        lost_nodes: BTreeSet::new(),
+        rebuilding: Default::default(),
+        notes: Vec::new(),
+        node_clients: node_clients(netns, ids)?,
+        isolations: Vec::new(),
+    })
+}
+
 async fn run_async(
     options: RunOptions,
     acks: Acks,
@@ -230,18 +253,7 @@ async fn run_async(
     ));
     let group = Arc::new(Group::default());
     let mut members = spawn_members(&options, &client, &topic, read, &recorder, &group, &stop_rx)?;
-    let nemesis = Nemesis {
-        db: db.clone(),
-        net: netns.clone(),
-        client: client.clone(),
-        topic: topic.clone(),
-        partitions: options.partitions,
-        lost_nodes: BTreeSet::new(),
-        rebuilding: Default::default(),
-        notes: Vec::new(),
-        node_clients: node_clients(&netns, &ids)?,
-        isolations: Vec::new(),
-    };
+    let nemesis = new_nemesis(&options, &db, &netns, &client, &topic, &ids)?;
     let nemesis_task = spawn_nemesis(nemesis, steps.clone(), t0, recorder.clone(), stop_rx);
 
     let interrupted = run_for(total).await?;
