@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use fjord_client::{Client, ClientError, FetchOptions, GroupConfig, GroupConsumer, ReadMode};
 use fjord_harness::group::{self as model, DRAINER, MemberPlan, Progress, Step};
-use fjord_harness::history::{EventType, Membership, PartitionOffset};
+use fjord_harness::history::{EventType, Membership};
 use tokio::sync::watch;
 
 use crate::workload::Recorder;
@@ -216,16 +216,10 @@ async fn commit(
     incarnation: u32,
     p: u32,
 ) {
-    let offsets: Vec<PartitionOffset> = c
-        .pending_commit()
-        .into_iter()
-        .filter(|(t, _, _)| *t == opts.topic)
-        .map(|(_, partition, offset)| PartitionOffset { partition, offset })
-        .collect();
-    if offsets.is_empty() {
+    let Some(op) = model::pending_commit(member, incarnation, c.pending_commit(), &opts.topic)
+    else {
         return;
-    }
-    let op = model::commit(member, incarnation, offsets);
+    };
     rec.record(p, EventType::Invoke, op.clone(), None);
     match c.commit().await {
         Ok(()) => rec.record(p, EventType::Ok, op, None),

@@ -434,6 +434,21 @@ pub struct PartitionLag {
 }
 
 impl GroupConsumer {
+    /// A call to this member's group coordinator, remembering where it is between calls.
+    async fn at_coordinator<T, F, Fut>(&mut self, f: F) -> Result<T, ClientError>
+    where
+        F: FnMut(FjordClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut cached = self.coordinator.take();
+        let answer = self
+            .client
+            .coordinator_call(&self.config.group, &mut cached, f)
+            .await;
+        self.coordinator = cached;
+        answer
+    }
+
     /// The member id the coordinator gave (empty before the first join).
     pub fn member_id(&self) -> &str {
         &self.member_id
@@ -546,16 +561,12 @@ impl GroupConsumer {
             assignor: self.config.assignor.clone().unwrap_or_default(),
             client_id: self.config.client_id.clone(),
         };
-        let group = self.config.group.clone();
-        let mut cached = self.coordinator.take();
         let answer = self
-            .client
-            .coordinator_call(&group, &mut cached, |mut c, t| {
+            .at_coordinator(|mut c, t| {
                 let req = req.clone();
                 async move { c.group_heartbeat(request(req, t)).await }
             })
             .await;
-        self.coordinator = cached;
         match answer {
             Ok(r) => {
                 self.last_heartbeat_ok = Instant::now();
@@ -641,16 +652,12 @@ impl GroupConsumer {
             member_epoch: self.epoch,
             partitions: to_wire(unknown.iter().cloned()),
         };
-        let group = self.config.group.clone();
-        let mut cached = self.coordinator.take();
         let answer = self
-            .client
-            .coordinator_call(&group, &mut cached, |mut c, t| {
+            .at_coordinator(|mut c, t| {
                 let req = req.clone();
                 async move { c.fetch_offsets(request(req, t)).await }
             })
             .await;
-        self.coordinator = cached;
         let answer = match answer {
             Ok(a) => a,
             Err(ClientError::MemberFenced(_)) => {
@@ -786,16 +793,12 @@ impl GroupConsumer {
                 })
                 .collect(),
         };
-        let group = self.config.group.clone();
-        let mut cached = self.coordinator.take();
         let answer = self
-            .client
-            .coordinator_call(&group, &mut cached, |mut c, t| {
+            .at_coordinator(|mut c, t| {
                 let req = req.clone();
                 async move { c.commit_offsets(request(req, t)).await }
             })
             .await;
-        self.coordinator = cached;
         match answer {
             Ok(_) => {
                 for (tp, offset) in offsets {
@@ -878,14 +881,11 @@ impl GroupConsumer {
             },
             ..Default::default()
         };
-        let group = self.config.group.clone();
-        let mut cached = self.coordinator.take();
-        self.client
-            .coordinator_call(&group, &mut cached, |mut c, t| {
-                let req = req.clone();
-                async move { c.group_heartbeat(request(req, t)).await }
-            })
-            .await
-            .map(|_| ())
+        self.at_coordinator(|mut c, t| {
+            let req = req.clone();
+            async move { c.group_heartbeat(request(req, t)).await }
+        })
+        .await
+        .map(|_| ())
     }
 }

@@ -168,6 +168,23 @@ pub fn polled(member: u32, incarnation: u32, records: Vec<GroupRecord>, owned: M
 /// owned) may follow an earlier attempt that took effect.
 pub const FAILED_COMMIT: crate::history::EventType = crate::history::EventType::Info;
 
+/// The commit a member is about to send, as the history records it: its pending
+/// `(topic, partition, offset)`s of the workload's `topic`; `None` when there is nothing to
+/// commit.
+pub fn pending_commit(
+    member: u32,
+    incarnation: u32,
+    pending: impl IntoIterator<Item = (String, u32, u64)>,
+    topic: &str,
+) -> Option<Op> {
+    let offsets: Vec<PartitionOffset> = pending
+        .into_iter()
+        .filter(|(t, _, _)| t == topic)
+        .map(|(_, partition, offset)| PartitionOffset { partition, offset })
+        .collect();
+    (!offsets.is_empty()).then(|| commit(member, incarnation, offsets))
+}
+
 /// A member's commit of `offsets` (invoke and completion alike).
 pub fn commit(member: u32, incarnation: u32, offsets: Vec<PartitionOffset>) -> Op {
     Op::GroupCommit {

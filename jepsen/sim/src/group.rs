@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use fjord_client::{Client, FetchOptions, GroupConfig, GroupConsumer, ReadMode};
 use fjord_harness::group::{self as model, DRAINER, MemberPlan, Progress, Step};
-use fjord_harness::history::{EventType, Membership, PartitionOffset};
+use fjord_harness::history::{EventType, Membership};
 
 use crate::workload::{Shared, Workload, event, now, outcome_of, record};
 
@@ -156,16 +156,9 @@ async fn commit(
     incarnation: u32,
     process: u32,
 ) {
-    let offsets: Vec<PartitionOffset> = c
-        .pending_commit()
-        .into_iter()
-        .filter(|(t, _, _)| *t == w.topic)
-        .map(|(_, partition, offset)| PartitionOffset { partition, offset })
-        .collect();
-    if offsets.is_empty() {
+    let Some(op) = model::pending_commit(member, incarnation, c.pending_commit(), &w.topic) else {
         return;
-    }
-    let op = model::commit(member, incarnation, offsets);
+    };
     event(history, process, EventType::Invoke, op.clone(), None);
     match c.commit().await {
         Ok(()) => event(history, process, EventType::Ok, op, None),
