@@ -847,7 +847,51 @@ pub fn cap_table(runs: &[RunSummary]) -> String {
             verdict
         );
     }
+    group_table(&mut t, runs);
     t
+}
+
+/// The consumer group's side of [`cap_table`]: one row per run that had group members (the
+/// group's own state is always written CP; the mode is that of the records it reads).
+fn group_table(t: &mut String, runs: &[RunSummary]) {
+    let with_group: Vec<_> = runs
+        .iter()
+        .filter(|r| r.check.totals.group_polls_ok > 0 || r.check.totals.group_commits_ok > 0)
+        .collect();
+    if with_group.is_empty() {
+        return;
+    }
+    t.push_str(
+        "\n| seed | acks/read | group records handed out | commits ok/not ok | \
+         ownerships | drained | poll-skip | nonmonotonic-poll | duplicate-delivery | \
+         committed-too-far | lost-write |\n",
+    );
+    t.push_str("|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|\n");
+    for r in with_group {
+        let c = &r.check;
+        let drained = match c.totals.group_drained {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "n/a",
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {}/{} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} |",
+            r.seed,
+            cell(&r.acks),
+            cell(&r.read),
+            c.totals.group_records,
+            c.totals.group_commits_ok,
+            c.totals.group_commits_not_ok,
+            c.totals.group_ownerships,
+            drained,
+            c.poll_skip.count,
+            c.nonmonotonic_poll.count,
+            c.duplicate_delivery.count,
+            c.committed_too_far.count,
+            c.lost_write.count,
+        );
+    }
 }
 
 #[cfg(test)]
@@ -1110,5 +1154,19 @@ mod tests {
                 .starts_with("| 7 | ap/ap | partition halves | 3/4 | 75.00% | n/a | 1 (33.33%) |")
         );
         assert!(lines[3].ends_with("| valid |"));
+    }
+
+    #[test]
+    fn the_cap_table_adds_a_group_table_for_runs_with_members() {
+        let mut with_group = run("cp", "cp", false);
+        let t = &mut with_group.check.totals;
+        (t.group_polls_ok, t.group_records, t.group_commits_ok) = (4, 120, 9);
+        (t.group_commits_not_ok, t.group_ownerships, t.group_drained) = (2, 5, Some(true));
+        with_group.check.duplicate_delivery.count = 1;
+        let table = cap_table(&[with_group, run("ap", "ap", true)]);
+        let lines: Vec<_> = table.lines().collect();
+        assert_eq!(lines.len(), 8, "{table}");
+        assert!(lines[5].starts_with("| seed | acks/read | group records handed out"));
+        assert_eq!(lines[7], "| 7 | cp/cp | 120 | 9/2 | 5 | yes | 0 | 0 | 1 | 0 | 0 |");
     }
 }
