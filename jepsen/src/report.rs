@@ -1167,6 +1167,9 @@ mod tests {
         let lines: Vec<_> = table.lines().collect();
         assert_eq!(lines.len(), 8, "{table}");
         assert!(lines[5].starts_with("| seed | acks/read | group records handed out"));
-        assert_eq!(lines[7], "| 7 | cp/cp | 120 | 9/2 | 5 | yes | 0 | 0 | 1 | 0 | 0 |");
+        assert_eq!(
+            lines[7],
+            "| 7 | cp/cp | 120 | 9/2 | 5 | yes | 0 | 0 | 1 | 0 | 0 |"
+        );
     }
 }

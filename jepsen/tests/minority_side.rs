@@ -12,6 +12,10 @@
 //! node hands out producer ids from its own block; the held writes are lost once the
 //! majority side elected another leader, and the test shows that too.
 //!
+//! Then the same for a consumer group: its coordinator and the client cut off together
+//! (heartbeats and commits refused), the client on the majority side (a new coordinator keeps
+//! the member, its partition and its committed offset), healed.
+//!
 //! Needs root (network namespaces) and `ip`/`nft`; without them it says why and returns.
 
 use std::collections::BTreeMap;
@@ -29,6 +33,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 const TOPIC: &str = "sides";
+const GROUP: &str = "sides-group";
 /// How long a wait for the cluster to reach a state may take, at most.
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -390,5 +395,203 @@ async fn scenario(net: &Network, ids: &[u64]) -> Result<u64, String> {
         .map_err(|e| format!("CP read after the heal: {e:?}"))?;
     assert_eq!((records, hw), (expected, 3));
     println!("healed: the 5 AP writes held on the minority side are lost; the replicas agree");
+    group_scenario(net, ids, &clients).await?;
     Ok(leader)
+}
+
+/// The group rows of the table: a member of group [`GROUP`] owns the partition and commits;
+/// its coordinator is cut off with the client (heartbeats and commits refused), then the
+/// client reaches the majority side, whose new coordinator keeps the member, its partition
+/// and its committed offset.
+async fn group_scenario(
+    net: &Network,
+    ids: &[u64],
+    clients: &BTreeMap<u64, FjordClient<Channel>>,
+) -> Result<(), String> {
+    let coordinator = eventually("the group's coordinator", || {
+        let mut c = clients[&ids[0]].clone();
+        async move { find_coordinator(&mut c).await }
+    })
+    .await;
+    let mut at_coordinator = clients[&coordinator].clone();
+    let joined = eventually("the member to own the partition", || {
+        let mut c = at_coordinator.clone();
+        async move { join_and_own(&mut c).await }
+    })
+    .await;
+    let (member, epoch) = (joined.member_id.clone(), joined.member_epoch);
+    commit(&mut at_coordinator, &member, epoch, 1)
+        .await
+        .map_err(|e| format!("a commit at the coordinator: {e:?}"))?;
+    let others: Vec<u64> = ids.iter().copied().filter(|&i| i != coordinator).collect();
+    println!("group: n{coordinator} coordinates, member {member} at epoch {epoch} committed 1");
+
+    // The minority side: the coordinator and the client. Every group answer waits for a
+    // majority (a write, or a ReadIndex round when nothing changes): refused.
+    net.apply(&net::cut(&[coordinator, CLIENT], &others))
+        .unwrap();
+    let hb = heartbeat(&mut at_coordinator, &member, epoch).await;
+    assert!(
+        matches!(&hb, Err((Code::Unavailable | Code::DeadlineExceeded, _))),
+        "a heartbeat at the coordinator on the minority side: {hb:?}"
+    );
+    let c = commit(&mut at_coordinator, &member, epoch, 2).await;
+    assert!(
+        matches!(&c, Err((Code::Unavailable | Code::DeadlineExceeded, _))),
+        "a commit at the coordinator on the minority side: {c:?}"
+    );
+    println!("group: minority side: heartbeat and commit refused");
+
+    // The majority side elects a new coordinator, which keeps the member (sessions count from
+    // its takeover), its partition, and the offset committed before the cut.
+    let mut majority = others.clone();
+    majority.push(CLIENT);
+    net.apply(&net::cut(&[coordinator], &majority)).unwrap();
+    let new_coordinator = eventually("a coordinator on the majority side", || {
+        let cs: Vec<FjordClient<Channel>> = others.iter().map(|o| clients[o].clone()).collect();
+        async move {
+            for mut c in cs {
+                match find_coordinator(&mut c).await {
+                    Some(n) if n != coordinator => return Some(n),
+                    _ => {}
+                }
+            }
+            None
+        }
+    })
+    .await;
+    let mut at_new = clients[&new_coordinator].clone();
+    let answer = eventually("a heartbeat at the new coordinator", || {
+        let mut c = at_new.clone();
+        let member = member.clone();
+        async move { heartbeat(&mut c, &member, epoch).await.ok() }
+    })
+    .await;
+    assert_eq!(answer.member_epoch, epoch, "the member kept its epoch");
+    assert_eq!(owned(&answer), vec![0], "the member kept its partition");
+    assert_eq!(committed(&mut at_new).await?, Some(1));
+    commit(&mut at_new, &member, epoch, 2)
+        .await
+        .map_err(|e| format!("a commit at the new coordinator: {e:?}"))?;
+    println!("group: majority side: n{new_coordinator} coordinates, the member and offset 1 kept");
+
+    net.apply(&Default::default()).unwrap();
+    eventually(
+        "the old coordinator's node to lead clients to offset 2",
+        || {
+            let mut healed = clients[&coordinator].clone();
+            async move {
+                let now = find_coordinator(&mut healed).await?;
+                let mut c = clients[&now].clone();
+                (committed(&mut c).await.ok()? == Some(2)).then_some(())
+            }
+        },
+    )
+    .await;
+    println!("group: healed: the offset committed on the majority side is served everywhere");
+    Ok(())
+}
+
+async fn find_coordinator(c: &mut FjordClient<Channel>) -> Option<u64> {
+    let r = c
+        .find_coordinator(v1::FindCoordinatorRequest {
+            group: GROUP.into(),
+        })
+        .await
+        .ok()?
+        .into_inner();
+    (r.node_id != 0).then_some(r.node_id)
+}
+
+fn owned(answer: &v1::GroupHeartbeatResponse) -> Vec<u32> {
+    answer
+        .assignment
+        .iter()
+        .filter(|t| t.topic == TOPIC)
+        .flat_map(|t| t.partitions.iter().copied())
+        .collect()
+}
+
+/// Joins (or, once joined, heartbeats) until the member owns partition 0; `None` until then.
+async fn join_and_own(c: &mut FjordClient<Channel>) -> Option<v1::GroupHeartbeatResponse> {
+    let mut answer = heartbeat(c, "", 0).await.ok()?;
+    for _ in 0..20 {
+        if owned(&answer) == [0] {
+            return Some(answer);
+        }
+        answer = heartbeat(c, &answer.member_id.clone(), answer.member_epoch)
+            .await
+            .ok()?;
+    }
+    None
+}
+
+/// A heartbeat of member `member` at `epoch` (0 with no member id: a join) that says it owns
+/// partition 0 unless it is joining.
+async fn heartbeat(
+    c: &mut FjordClient<Channel>,
+    member: &str,
+    epoch: i32,
+) -> Result<v1::GroupHeartbeatResponse, (Code, String)> {
+    let joining = epoch == 0;
+    let owned = (!joining).then(|| v1::OwnedPartitions {
+        partitions: vec![v1::TopicPartitions {
+            topic: TOPIC.into(),
+            partitions: vec![0],
+        }],
+    });
+    c.group_heartbeat(v1::GroupHeartbeatRequest {
+        group: GROUP.into(),
+        member_id: member.into(),
+        member_epoch: epoch,
+        subscription: joining.then(|| v1::Subscription {
+            topics: vec![TOPIC.into()],
+            pattern: None,
+        }),
+        owned,
+        ..Default::default()
+    })
+    .await
+    .map(tonic::Response::into_inner)
+    .map_err(|s| (s.code(), s.message().to_string()))
+}
+
+async fn commit(
+    c: &mut FjordClient<Channel>,
+    member: &str,
+    epoch: i32,
+    offset: u64,
+) -> Result<(), (Code, String)> {
+    c.commit_offsets(v1::CommitOffsetsRequest {
+        group: GROUP.into(),
+        member_id: member.into(),
+        member_epoch: epoch,
+        offsets: vec![v1::OffsetCommit {
+            topic: TOPIC.into(),
+            partition: 0,
+            offset,
+            metadata: String::new(),
+        }],
+    })
+    .await
+    .map(|_| ())
+    .map_err(|s| (s.code(), s.message().to_string()))
+}
+
+/// The group's committed offset of partition 0, by an admin fetch.
+async fn committed(c: &mut FjordClient<Channel>) -> Result<Option<u64>, String> {
+    let r = c
+        .fetch_offsets(v1::FetchOffsetsRequest {
+            group: GROUP.into(),
+            member_id: String::new(),
+            member_epoch: -1,
+            partitions: vec![],
+        })
+        .await
+        .map_err(|s| format!("an admin offset fetch: {s}"))?
+        .into_inner();
+    Ok(r.offsets
+        .iter()
+        .find(|o| o.topic == TOPIC && o.partition == 0)
+        .and_then(|o| o.offset))
 }
