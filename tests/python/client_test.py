@@ -229,9 +229,11 @@ def main():
         fail(f"a forged producer id was not refused: {forged}")
 
     groups = group_member(addrs)
+    configured = group_config(addrs)
 
     print(f"ok: {len(sent)} records produced and read back; unkeyed redirected {redirected}; "
-          f"1 ms deadlines: {codes}; zombie fenced: {zombie.error.message}; {groups}")
+          f"1 ms deadlines: {codes}; zombie fenced: {zombie.error.message}; {groups}; "
+          f"{configured}")
 
 
 def coordinator_call(addrs, method, req, what):
@@ -309,6 +311,46 @@ def group_member(addrs):
             fail(f"a left member's commit: {e.code()} {e.trailing_metadata()}")
     return f"group: {PARTITIONS} partitions shared, commits fenced"
 
+
+
+def group_config(addrs):
+    """AlterGroupConfig: a group configured before it has a member shows its own settings in
+    DescribeGroup; a value outside its limits, or a setting both set and reset, is
+    INVALID_ARGUMENT; a reset is the server's default again."""
+    g = "py-configured"
+    got = coordinator_call(addrs, "AlterGroupConfig", pb.AlterGroupConfigRequest(
+        group=g, session_timeout_ms=2000, heartbeat_interval_ms=500, assignor="range"),
+        "alter group config")
+    if (got.session_timeout_ms, got.heartbeat_interval_ms, got.assignor) != (2000, 500, "range") \
+            or not (got.session_timeout_override and got.heartbeat_interval_override
+                    and got.assignor_override):
+        fail(f"the group's own settings were not in force: {got}")
+    d = coordinator_call(addrs, "DescribeGroup", pb.DescribeGroupRequest(group=g), "describe")
+    if (d.state, d.session_timeout_ms, d.session_timeout_override, d.assignor) != (
+            "EMPTY", 2000, True, "range"):
+        fail(f"DescribeGroup does not show the group's own settings: {d}")
+    bad = [
+        (pb.AlterGroupConfigRequest(group=g, session_timeout_ms=10), "MIN_SESSION_TIMEOUT_MS"),
+        (pb.AlterGroupConfigRequest(group=g, heartbeat_interval_ms=5000), "session timeout"),
+        (pb.AlterGroupConfigRequest(group=g, assignor="sticky"), "uniform"),
+        (pb.AlterGroupConfigRequest(group=g, session_timeout_ms=3000,
+                                    reset_session_timeout=True), "both set and reset"),
+        (pb.AlterGroupConfigRequest(group=g), "changes nothing"),
+    ]
+    for req, says in bad:
+        try:
+            coordinator_call(addrs, "AlterGroupConfig", req, "bad group config")
+            fail(f"a bad group config was accepted: {req}")
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.INVALID_ARGUMENT or says not in e.details():
+                fail(f"bad group config {req}: {e.code()} {e.details()}")
+    reset = coordinator_call(addrs, "AlterGroupConfig", pb.AlterGroupConfigRequest(
+        group=g, reset_session_timeout=True, reset_heartbeat_interval=True, reset_assignor=True),
+        "reset group config")
+    if reset.session_timeout_override or reset.heartbeat_interval_override \
+            or reset.assignor_override:
+        fail(f"a reset left an override: {reset}")
+    return f"group config: set, shown, {len(bad)} bad ones refused, reset"
 
 
 if __name__ == "__main__":

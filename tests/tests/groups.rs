@@ -7,7 +7,12 @@
 //! - a member paused (SIGSTOP) past its session timeout is removed, its commits are refused
 //!   (UNKNOWN_MEMBER_ID), and after SIGCONT it rejoins;
 //! - a rolling restart of static members moves no partition;
-//! - killing the coordinator's node loses no committed offset and the group carries on.
+//! - killing the coordinator's node loses no committed offset and the group carries on;
+//! - a group's own session timeout (AlterGroupConfig, set before the group has a member)
+//!   removes a SIGKILLed member long before the server's default would, and is still in
+//!   force after the coordinator's node is killed;
+//! - the committed offsets of a group all of whose members left expire after the server's
+//!   offset retention, and the group is deleted; a group with a live member keeps its own.
 // Each test holds `serial()` (a std mutex) for its whole run on purpose: tests run on
 // separate threads and runtimes, and must not start clusters at the same time.
 #![allow(clippy::await_holding_lock)]
@@ -28,19 +33,21 @@ const HEARTBEAT_MS: &str = "300";
 const DEADLINE: Duration = Duration::from_secs(60);
 
 async fn cluster() -> Cluster {
-    Cluster::start_with_args(
-        3,
-        Timing::FAST,
-        &[
-            "--group-session-timeout-ms",
-            SESSION_MS,
-            "--group-heartbeat-interval-ms",
-            HEARTBEAT_MS,
-            "--group-partitions",
-            "4",
-        ],
-    )
-    .await
+    cluster_with(SESSION_MS, &[]).await
+}
+
+/// A cluster whose groups' default session timeout is `session_ms`, with `extra` flags.
+async fn cluster_with(session_ms: &str, extra: &[&str]) -> Cluster {
+    let mut args = vec![
+        "--group-session-timeout-ms",
+        session_ms,
+        "--group-heartbeat-interval-ms",
+        HEARTBEAT_MS,
+        "--group-partitions",
+        "4",
+    ];
+    args.extend_from_slice(extra);
+    Cluster::start_with_args(3, Timing::FAST, &args).await
 }
 
 /// A `fjord consume --group` process, printing JSON records to a file.
@@ -56,6 +63,17 @@ impl Member {
         name: &str,
         instance: Option<&str>,
     ) -> Member {
+        Self::start_in(cluster, dir, name, "g", instance)
+    }
+
+    /// A member of `group`.
+    fn start_in(
+        cluster: &Cluster,
+        dir: &std::path::Path,
+        name: &str,
+        group: &str,
+        instance: Option<&str>,
+    ) -> Member {
         let out = dir.join(format!("{name}.out"));
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -67,7 +85,7 @@ impl Member {
             "consume",
             "t",
             "--group",
-            "g",
+            group,
             "--from-beginning",
             "--format",
             "json",
@@ -157,8 +175,12 @@ async fn stable_with(client: &Client, members: usize) -> GroupDescription {
 
 /// Waits until every partition's committed offset is its high watermark.
 async fn caught_up(client: &Client) -> GroupDescription {
+    caught_up_in(client, "g").await
+}
+
+async fn caught_up_in(client: &Client, group: &str) -> GroupDescription {
     wait_for("the group to commit everything", DEADLINE, || async {
-        let d = client.describe_group("g").await.ok()?;
+        let d = client.describe_group(group).await.ok()?;
         d.partitions
             .iter()
             .all(|p| p.committed_offset == Some(p.high_watermark) || p.high_watermark == 0)
@@ -379,4 +401,139 @@ async fn killing_the_coordinator_loses_no_committed_offset() {
     let end = caught_up(&client).await;
     let total: u64 = end.partitions.iter().map(|p| p.high_watermark).sum();
     assert_eq!(total, 300);
+}
+
+/// `fjord group ARGS --format json`: its one JSON line.
+fn group_cli(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
+    let out = cluster
+        .cli()
+        .arg("group")
+        .args(args)
+        .args(["--format", "json"])
+        .output()
+        .expect("running fjord group");
+    assert!(
+        out.status.success(),
+        "fjord group {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_s_own_session_timeout_removes_a_killed_member_and_survives_failover() {
+    let _serial = serial();
+    // The server's default session timeout (120 s) is past DEADLINE: only the group's own
+    // (2 s) can remove a killed member in time.
+    let mut cluster = cluster_with("120000", &[]).await;
+    let client = cluster.client();
+    client.create_topic("t", 6, 3).await.unwrap();
+    // Configured before it has a member: the group is created, empty.
+    let set = group_cli(
+        &cluster,
+        &["alter-config", "g", "--session-timeout-ms", "2000"],
+    );
+    assert_eq!(set["session_timeout_ms"], 2000, "{set}");
+    assert_eq!(set["session_timeout_override"], true, "{set}");
+    assert_eq!(set["heartbeat_interval_ms"], 300, "{set}");
+    assert_eq!(set["heartbeat_interval_override"], false, "{set}");
+    let d = client.describe_group("g").await.unwrap();
+    assert_eq!(d.state, "EMPTY");
+    assert_eq!(
+        (
+            d.settings.session_timeout_ms,
+            d.settings.session_timeout_override
+        ),
+        (2000, true)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut members: Vec<Member> = (0..2)
+        .map(|i| Member::start(&cluster, dir.path(), &format!("m{i}"), None))
+        .collect();
+    stable_with(&client, 2).await;
+    // SIGKILL one: its partitions move to the other after the group's session timeout.
+    members.remove(0).kill();
+    let before = stable_with(&client, 1).await;
+
+    // Kill the coordinator's node: the new coordinator has the override from the log.
+    cluster.kill(before.coordinator);
+    let after = wait_for("a new coordinator", DEADLINE, || async {
+        let d = client.describe_group("g").await.ok()?;
+        (d.coordinator != before.coordinator).then_some(d)
+    })
+    .await;
+    assert_eq!(
+        (
+            after.settings.session_timeout_ms,
+            after.settings.session_timeout_override
+        ),
+        (2000, true)
+    );
+    let shown = group_cli(&cluster, &["describe", "g"]);
+    assert_eq!(shown["session_timeout_ms"], 2000, "{shown}");
+    assert_eq!(shown["session_timeout_override"], true, "{shown}");
+    // And in force there: the last member, killed, is removed well before 120 s.
+    members.remove(0).kill();
+    wait_for("the last killed member's removal", DEADLINE, || async {
+        let d = client.describe_group("g").await.ok()?;
+        (d.members.is_empty() && d.state == "EMPTY").then_some(())
+    })
+    .await;
+    // A bad value is refused, naming its limit.
+    let refused = cluster
+        .cli()
+        .args(["group", "alter-config", "g", "--session-timeout-ms", "10"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("MIN_SESSION_TIMEOUT_MS"), "{stderr}");
+    // Reset: the server's default again.
+    let reset = group_cli(&cluster, &["alter-config", "g", "--reset-session-timeout"]);
+    assert_eq!(reset["session_timeout_ms"], 120000, "{reset}");
+    assert_eq!(reset["session_timeout_override"], false, "{reset}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_group_s_offsets_expire_after_the_retention_and_the_group_goes() {
+    let _serial = serial();
+    let cluster = cluster_with(SESSION_MS, &["--group-offset-retention-ms", "2000"]).await;
+    let client = cluster.client();
+    client.create_topic("t", 6, 3).await.unwrap();
+    produce(&client, 0, 60).await;
+    let dir = tempfile::tempdir().unwrap();
+    // "live" keeps a member throughout; "g" commits and then its only member leaves.
+    let _live = Member::start_in(&cluster, dir.path(), "live", "live", None);
+    let leaving = Member::start(&cluster, dir.path(), "leaving", None);
+    caught_up_in(&client, "live").await;
+    let committed = caught_up(&client).await;
+    assert!(
+        committed
+            .partitions
+            .iter()
+            .any(|p| p.committed_offset > Some(0)),
+        "{committed:?}"
+    );
+    leaving.stop();
+    wait_for("group g to expire and go", DEADLINE, || async {
+        let listed = client.list_groups().await.ok()?;
+        let gone = !listed.iter().any(|l| l.group == "g");
+        let not_found = matches!(
+            client.describe_group("g").await,
+            Err(fjord_client::ClientError::NotFound(_))
+        );
+        (gone && not_found).then_some(())
+    })
+    .await;
+    // The group with a member kept every committed offset.
+    let live = client.describe_group("live").await.unwrap();
+    assert_eq!(live.members.len(), 1);
+    assert!(
+        live.partitions
+            .iter()
+            .all(|p| p.committed_offset == Some(p.high_watermark) || p.high_watermark == 0)
+            && live.partitions.iter().any(|p| p.committed_offset > Some(0)),
+        "{live:?}"
+    );
 }

@@ -1,7 +1,8 @@
-//! `fjord group list|describe|reset-offsets|delete`: consumer group administration.
+//! `fjord group list|describe|reset-offsets|delete|alter-config`: consumer group
+//! administration.
 
 use anyhow::Context;
-use fjord_client::{Client, ResetSpec};
+use fjord_client::{Client, GroupConfigChange, GroupSettings, ResetSpec, SettingChange};
 use serde_json::json;
 
 use crate::output::Output;
@@ -28,8 +29,48 @@ pub enum GroupCommand {
         #[arg(long, group = "to", allow_hyphen_values = true)]
         shift_by: Option<i64>,
     },
-    /// Delete a group that has no members, with its committed offsets.
+    /// Delete a group that has no members, with its committed offsets and its config.
     Delete { group: String },
+    /// Set or reset a group's own session timeout, heartbeat interval and assignor (a reset
+    /// one is the server's default again); creates the group, empty, if it does not exist.
+    /// Prints the settings in force.
+    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true)))]
+    AlterConfig {
+        group: String,
+        /// How long a silent member stays in the group: 1000 to 3600000 ms.
+        #[arg(long, group = "change", conflicts_with = "reset_session_timeout")]
+        session_timeout_ms: Option<u32>,
+        /// How often members heartbeat: 100 to 600000 ms, below the session timeout.
+        #[arg(long, group = "change", conflicts_with = "reset_heartbeat_interval")]
+        heartbeat_interval_ms: Option<u32>,
+        /// The group's assignor, whatever its members ask for.
+        #[arg(long, group = "change", conflicts_with = "reset_assignor")]
+        assignor: Option<AssignorName>,
+        /// Back to the server's session timeout.
+        #[arg(long, group = "change")]
+        reset_session_timeout: bool,
+        /// Back to the server's heartbeat interval.
+        #[arg(long, group = "change")]
+        reset_heartbeat_interval: bool,
+        /// Back to the assignor the members ask for.
+        #[arg(long, group = "change")]
+        reset_assignor: bool,
+    },
+}
+
+/// The server-side assignors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AssignorName {
+    Uniform,
+    Range,
+}
+
+fn change<T>(set: Option<T>, reset: bool) -> SettingChange<T> {
+    match (set, reset) {
+        (Some(v), _) => SettingChange::Set(v),
+        (None, true) => SettingChange::Reset,
+        (None, false) => SettingChange::Keep,
+    }
 }
 
 pub async fn run(client: Client, out: Output, command: GroupCommand) -> anyhow::Result<()> {
@@ -80,6 +121,37 @@ pub async fn run(client: Client, out: Output, command: GroupCommand) -> anyhow::
                     },
                 )?;
             }
+        }
+        GroupCommand::AlterConfig {
+            group,
+            session_timeout_ms,
+            heartbeat_interval_ms,
+            assignor,
+            reset_session_timeout,
+            reset_heartbeat_interval,
+            reset_assignor,
+        } => {
+            let assignor = assignor.map(|a| match a {
+                AssignorName::Uniform => "uniform".to_string(),
+                AssignorName::Range => "range".to_string(),
+            });
+            let change = GroupConfigChange {
+                session_timeout_ms: change(session_timeout_ms, reset_session_timeout),
+                heartbeat_interval_ms: change(heartbeat_interval_ms, reset_heartbeat_interval),
+                assignor: change(assignor, reset_assignor),
+            };
+            let s = client
+                .alter_group_config(&group, &change)
+                .await
+                .with_context(|| format!("cannot alter the config of group {group:?}"))?;
+            out.emit(
+                || format!("group {group}: {}", settings_text(&s)),
+                || {
+                    let mut j = settings_json(&s);
+                    j["group"] = json!(group);
+                    j.to_string()
+                },
+            )?;
         }
         GroupCommand::Delete { group } => {
             client
@@ -132,19 +204,52 @@ fn describe_json(d: &fjord_client::GroupDescription) -> serde_json::Value {
                 })
             })
             .collect();
-        json!({
-            "group": d.group, "state": d.state, "group_epoch": d.group_epoch,
-            "assignor": d.assignor, "coordinator": d.coordinator,
-            "members": members, "partitions": partitions,
-        })
+        let mut j = settings_json(&d.settings);
+        for (k, v) in [
+            ("group", json!(d.group)),
+            ("state", json!(d.state)),
+            ("group_epoch", json!(d.group_epoch)),
+            ("coordinator", json!(d.coordinator)),
+            ("members", json!(members)),
+            ("partitions", json!(partitions)),
+        ] {
+            j[k] = v;
+        }
+        j
     }
+}
+
+/// A group's settings in force, each with whether it is the group's own.
+fn settings_json(s: &GroupSettings) -> serde_json::Value {
+    json!({
+        "session_timeout_ms": s.session_timeout_ms,
+        "session_timeout_override": s.session_timeout_override,
+        "heartbeat_interval_ms": s.heartbeat_interval_ms,
+        "heartbeat_interval_override": s.heartbeat_interval_override,
+        "assignor": s.assignor,
+        "assignor_override": s.assignor_override,
+    })
+}
+
+fn settings_text(s: &GroupSettings) -> String {
+    let whose = |own: bool| if own { "the group's" } else { "default" };
+    format!(
+        "session timeout {} ms ({}), heartbeat interval {} ms ({}), assignor {} ({})",
+        s.session_timeout_ms,
+        whose(s.session_timeout_override),
+        s.heartbeat_interval_ms,
+        whose(s.heartbeat_interval_override),
+        s.assignor,
+        whose(s.assignor_override)
+    )
 }
 
 fn describe_text(out: Output, d: &fjord_client::GroupDescription) -> anyhow::Result<()> {
     out.line(&format!(
-        "group {} ({}), epoch {}, assignor {}, coordinator node {}",
-        d.group, d.state, d.group_epoch, d.assignor, d.coordinator
+        "group {} ({}), epoch {}, coordinator node {}",
+        d.group, d.state, d.group_epoch, d.coordinator
     ))?;
+    out.line(&format!("  {}", settings_text(&d.settings)))?;
     for m in &d.members {
         let parts: Vec<String> = m.assigned.iter().map(|(t, p)| format!("{t}/{p}")).collect();
         out.line(&format!(

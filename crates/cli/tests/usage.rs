@@ -40,3 +40,27 @@ fn a_bad_acks_mode_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("sometimes"));
 }
+
+#[test]
+fn group_alter_config_needs_one_change_and_never_sets_and_resets_one_setting() {
+    for args in [
+        vec!["group", "alter-config", "g"],
+        vec![
+            "group",
+            "alter-config",
+            "g",
+            "--session-timeout-ms",
+            "5000",
+            "--reset-session-timeout",
+        ],
+        vec!["group", "alter-config", "g", "--assignor", "sticky"],
+    ] {
+        let out = fjord().args(&args).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

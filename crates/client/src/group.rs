@@ -1,6 +1,7 @@
 //! Consumer groups: [`GroupConsumer`], a member of a group whose partitions the server shares
 //! out (Kafka's KIP-848 protocol), and the group admin calls ([`Client::list_groups`],
-//! [`Client::describe_group`], [`Client::reset_offsets`], [`Client::delete_group`]).
+//! [`Client::describe_group`], [`Client::reset_offsets`], [`Client::delete_group`],
+//! [`Client::alter_group_config`]).
 //!
 //! # What a member guarantees
 //! 1. It reads only partitions its last heartbeat answer gave it, from their committed
@@ -288,10 +289,17 @@ impl Client {
             });
         }
         Ok(GroupDescription {
+            settings: GroupSettings {
+                session_timeout_ms: d.session_timeout_ms,
+                session_timeout_override: d.session_timeout_override,
+                heartbeat_interval_ms: d.heartbeat_interval_ms,
+                heartbeat_interval_override: d.heartbeat_interval_override,
+                assignor: d.assignor,
+                assignor_override: d.assignor_override,
+            },
             group: d.group,
             state: d.state,
             group_epoch: d.group_epoch,
-            assignor: d.assignor,
             coordinator: d.coordinator,
             members: d
                 .members
@@ -353,6 +361,45 @@ impl Client {
         .await?;
         Ok(())
     }
+
+    /// Sets or clears a group's own session timeout, heartbeat interval and assignor (a
+    /// cleared one is the server's default again); creates the group, empty, if it does not
+    /// exist. Returns the settings in force after the change. A value outside its limits is
+    /// refused ([`ClientError`] with INVALID_ARGUMENT, naming the limit).
+    pub async fn alter_group_config(
+        &self,
+        group: &str,
+        change: &GroupConfigChange,
+    ) -> Result<GroupSettings, ClientError> {
+        let (session_timeout_ms, reset_session_timeout) = change.session_timeout_ms.into_wire();
+        let (heartbeat_interval_ms, reset_heartbeat_interval) =
+            change.heartbeat_interval_ms.into_wire();
+        let (assignor, reset_assignor) = change.assignor.clone().into_wire();
+        let req = v1::AlterGroupConfigRequest {
+            group: group.to_string(),
+            session_timeout_ms,
+            heartbeat_interval_ms,
+            assignor,
+            reset_session_timeout,
+            reset_heartbeat_interval,
+            reset_assignor,
+        };
+        let mut cached = None;
+        let r = self
+            .coordinator_call(group, &mut cached, |mut c, t| {
+                let req = req.clone();
+                async move { c.alter_group_config(request(req, t)).await }
+            })
+            .await?;
+        Ok(GroupSettings {
+            session_timeout_ms: r.session_timeout_ms,
+            session_timeout_override: r.session_timeout_override,
+            heartbeat_interval_ms: r.heartbeat_interval_ms,
+            heartbeat_interval_override: r.heartbeat_interval_override,
+            assignor: r.assignor,
+            assignor_override: r.assignor_override,
+        })
+    }
 }
 
 fn flatten(tps: &[v1::TopicPartitions]) -> Vec<(String, u32)> {
@@ -380,6 +427,53 @@ pub enum ResetSpec {
     ShiftBy(i64),
 }
 
+/// What [`Client::alter_group_config`] does to one setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SettingChange<T> {
+    /// Leaves it as it is.
+    #[default]
+    Keep,
+    /// The group's own value from now on.
+    Set(T),
+    /// Back to the server's default.
+    Reset,
+}
+
+impl<T> SettingChange<T> {
+    /// The request's value and reset flag.
+    fn into_wire(self) -> (Option<T>, bool) {
+        match self {
+            SettingChange::Keep => (None, false),
+            SettingChange::Set(v) => (Some(v), false),
+            SettingChange::Reset => (None, true),
+        }
+    }
+}
+
+/// [`Client::alter_group_config`]'s changes; [`SettingChange::Keep`] for the settings left alone.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupConfigChange {
+    /// 1,000 to 3,600,000 ms.
+    pub session_timeout_ms: SettingChange<u32>,
+    /// 100 to 600,000 ms, and below the session timeout in force.
+    pub heartbeat_interval_ms: SettingChange<u32>,
+    /// "uniform" or "range".
+    pub assignor: SettingChange<String>,
+}
+
+/// A group's settings in force, each with whether it is the group's own (an override set by
+/// [`Client::alter_group_config`]) or the server's default (for the assignor: the one its
+/// first member asked for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSettings {
+    pub session_timeout_ms: u32,
+    pub session_timeout_override: bool,
+    pub heartbeat_interval_ms: u32,
+    pub heartbeat_interval_override: bool,
+    pub assignor: String,
+    pub assignor_override: bool,
+}
+
 /// One group in [`Client::list_groups`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupListing {
@@ -404,7 +498,8 @@ pub struct GroupDescription {
     pub group: String,
     pub state: String,
     pub group_epoch: u32,
-    pub assignor: String,
+    /// The session timeout, heartbeat interval and assignor in force.
+    pub settings: GroupSettings,
     pub coordinator: u64,
     pub members: Vec<MemberDescription>,
     pub partitions: Vec<PartitionLag>,

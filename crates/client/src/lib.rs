@@ -56,7 +56,8 @@ pub use config::{Acks, ClientConfig, FetchOptions, ProducerConfig, ReadMode};
 pub use consumer::{ConsumedRecord, Consumer, FetchResult, StartFrom};
 pub use error::{ClientError, LeaderHint};
 pub use group::{
-    GroupConfig, GroupConsumer, GroupDescription, GroupListing, GroupRecord, OffsetReset, ResetSpec,
+    GroupConfig, GroupConfigChange, GroupConsumer, GroupDescription, GroupListing, GroupRecord,
+    GroupSettings, OffsetReset, ResetSpec, SettingChange,
 };
 pub use metadata::{ClusterMetadata, PartitionDescription, TopicDescription};
 pub use producer::{Delivery, Producer, ProducerRecord, RecordMetadata};

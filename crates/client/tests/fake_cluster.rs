@@ -14,10 +14,11 @@ use ::fjord_client::{
 use bytes::Bytes;
 use fjord_proto::v1::fjord_server::{Fjord, FjordServer};
 use fjord_proto::v1::{
-    CommitOffsetsRequest, CommitOffsetsResponse, DeleteGroupRequest, DeleteGroupResponse,
-    DescribeGroupRequest, DescribeGroupResponse, FetchOffsetsRequest, FetchOffsetsResponse,
-    FindCoordinatorRequest, FindCoordinatorResponse, GroupHeartbeatRequest, GroupHeartbeatResponse,
-    ListGroupsRequest, ListGroupsResponse, ResetOffsetsRequest, ResetOffsetsResponse,
+    AlterGroupConfigRequest, AlterGroupConfigResponse, CommitOffsetsRequest, CommitOffsetsResponse,
+    DeleteGroupRequest, DeleteGroupResponse, DescribeGroupRequest, DescribeGroupResponse,
+    FetchOffsetsRequest, FetchOffsetsResponse, FindCoordinatorRequest, FindCoordinatorResponse,
+    GroupHeartbeatRequest, GroupHeartbeatResponse, ListGroupsRequest, ListGroupsResponse,
+    ResetOffsetsRequest, ResetOffsetsResponse,
 };
 use fjord_proto::v1::{
     CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
@@ -464,6 +465,13 @@ impl Fjord for FakeNode {
         &self,
         _: Request<DeleteGroupRequest>,
     ) -> Result<Response<DeleteGroupResponse>, Status> {
+        Err(Status::unimplemented("no groups in the fake cluster"))
+    }
+
+    async fn alter_group_config(
+        &self,
+        _: Request<AlterGroupConfigRequest>,
+    ) -> Result<Response<AlterGroupConfigResponse>, Status> {
         Err(Status::unimplemented("no groups in the fake cluster"))
     }
 }

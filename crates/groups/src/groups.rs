@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{Group, GroupMeta, Member};
+use crate::model::{Group, GroupConfig, GroupMeta, Member};
 use crate::record::GroupRecord;
 
 /// The groups of one coordinator partition: the replay of its committed records.
@@ -68,6 +68,12 @@ impl Groups {
                 tp: *tp,
                 committed: c.clone(),
             }));
+            if !g.config.is_default() {
+                out.push(GroupRecord::Config {
+                    group: group(),
+                    config: g.config,
+                });
+            }
         }
         out
     }
@@ -102,6 +108,8 @@ impl Group {
             GroupRecord::OffsetGone { tp, .. } => {
                 self.offsets.remove(tp);
             }
+            GroupRecord::Config { config, .. } => self.config = *config,
+            GroupRecord::ConfigGone { .. } => self.config = GroupConfig::default(),
         }
     }
 }
@@ -188,6 +196,20 @@ impl Work {
         }
     }
 
+    /// Sets the group's overrides: a config record, or its tombstone when it overrides
+    /// nothing.
+    pub fn set_config(&mut self, config: GroupConfig) {
+        if self.group.config == config {
+            return;
+        }
+        let group = self.group.name.clone();
+        self.record(if config.is_default() {
+            GroupRecord::ConfigGone { group }
+        } else {
+            GroupRecord::Config { group, config }
+        });
+    }
+
     /// Bumps the group epoch: the assignment must be computed again.
     pub fn bump_epoch(&mut self) {
         let m = self.meta();
@@ -211,7 +233,8 @@ impl Work {
         self.records
     }
 
-    /// Records the group's removal: every member, target and offset, then the group.
+    /// Records the group's removal: every member, target, offset and override, then the
+    /// group.
     pub fn delete(mut self) -> Vec<GroupRecord> {
         for id in self.group.members.keys().cloned().collect::<Vec<_>>() {
             self.remove_member(&id);
@@ -219,6 +242,7 @@ impl Work {
         for tp in self.group.offsets.keys().copied().collect::<Vec<_>>() {
             self.remove_offset(tp);
         }
+        self.set_config(GroupConfig::default());
         let group = self.group.name.clone();
         self.records.push(GroupRecord::GroupGone { group });
         self.records

@@ -70,7 +70,8 @@ pub struct HeartbeatRequest {
     pub rebalance_timeout_ms: Option<u32>,
     /// `None`: unchanged since the last heartbeat (required on a join).
     pub subscription: Option<Subscription>,
-    /// The assignor the member asks for; used when the group has no members yet.
+    /// The assignor the member asks for; recorded when the group has no members yet, and used
+    /// unless the group has an assignor of its own ([`crate::config`], rule 5).
     pub assignor: Option<Assignor>,
     /// What the member owns; `None`: unknown (it is then taken to own what it must revoke).
     pub owned: Option<BTreeSet<Tp>>,
@@ -127,14 +128,11 @@ pub struct Decision<T> {
     pub records: Vec<GroupRecord>,
 }
 
-/// The session timeout and heartbeat interval of a group.
+/// The session timeout and heartbeat interval in force for a group: its own, else the
+/// server's defaults ([`crate::config::effective`]).
 pub fn timing(group: Option<&Group>, defaults: Defaults) -> (u32, u32) {
-    let s = group.map(|g| g.meta.settings).unwrap_or_default();
-    (
-        s.session_timeout_ms.unwrap_or(defaults.session_timeout_ms),
-        s.heartbeat_interval_ms
-            .unwrap_or(defaults.heartbeat_interval_ms),
-    )
+    let e = crate::config::effective(group, defaults);
+    (e.session_timeout_ms, e.heartbeat_interval_ms)
 }
 
 /// Decides a heartbeat of `req` on `group` (`None`: the coordinator holds no such group).
@@ -480,7 +478,7 @@ fn compute_target(w: &mut Work, topics: &TopicsView) {
         })
         .collect();
     let target = assign(
-        w.group.meta.settings.assignor,
+        w.group.assignor(),
         &members,
         &w.group.meta.subscribed,
         &w.group.targets,

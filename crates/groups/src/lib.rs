@@ -21,9 +21,12 @@
 //! - [`assign`]: the uniform (sticky) and range assignors.
 //! - [`reconcile`]: a member's move to its target: revoke first, assign once released.
 //! - [`heartbeat`]: join, heartbeat, leave, and removal on timeout.
+//! - [`config`]: a group's overrides of the server's defaults (AlterGroupConfig), and the
+//!   settings in force.
 //! - [`offsets`]: commits and fetches fenced by member epoch, resets, deletion, expiry.
 
 pub mod assign;
+pub mod config;
 pub mod error;
 pub mod groups;
 pub mod heartbeat;
@@ -59,8 +62,8 @@ pub use error::GroupError;
 pub use groups::Groups;
 pub use heartbeat::{Beat, Context, Decision, Defaults, HeartbeatAnswer, HeartbeatRequest};
 pub use model::{
-    Assignor, Committed, Group, GroupMeta, GroupSettings, GroupState, Member, MemberState,
-    Subscription, TopicId, TopicInfo, TopicsView, Tp,
+    Assignor, Committed, Group, GroupConfig, GroupMeta, GroupSettings, GroupState, Member,
+    MemberState, Subscription, TopicId, TopicInfo, TopicsView, Tp,
 };
 pub use offsets::{Bounds, Committer, OffsetCommit, ResetTo};
 pub use record::GroupRecord;

@@ -42,5 +42,9 @@ pub const DEFAULT_REBALANCE_TIMEOUT_MS: u32 = 300_000;
 /// A member's rebalance timeout, at most.
 pub const MAX_REBALANCE_TIMEOUT_MS: u32 = 3_600_000;
 /// How long the committed offsets of a group with no members are kept (Kafka's
-/// `offsets.retention.minutes`: 7 days).
+/// `offsets.retention.minutes`: 7 days), unless the server sets another retention.
 pub const DEFAULT_OFFSET_RETENTION_MS: i64 = 7 * 24 * 3_600_000;
+/// The offset retention a server may set, from this…
+pub const MIN_OFFSET_RETENTION_MS: i64 = 1_000;
+/// …to this (a year).
+pub const MAX_OFFSET_RETENTION_MS: i64 = 365 * 24 * 3_600_000;

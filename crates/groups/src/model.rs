@@ -152,12 +152,39 @@ pub enum Assignor {
     Range,
 }
 
-/// A group's own settings (overrides of the server's defaults, within the named limits).
+/// What the group's members chose, kept in its meta record: the assignor the first member to
+/// join the empty group asked for.
+///
+/// The two timing fields are never set: a group's overrides are its [`GroupConfig`], a record
+/// of their own. They stay so that meta records keep their layout (old logs still decode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct GroupSettings {
+    /// Unused (see above): always `None`.
+    pub session_timeout_ms: Option<u32>,
+    /// Unused (see above): always `None`.
+    pub heartbeat_interval_ms: Option<u32>,
+    /// The assignor the members asked for; the group's [`GroupConfig::assignor`], if set,
+    /// wins over it.
+    pub assignor: Assignor,
+}
+
+/// A group's own configuration, set by an admin (AlterGroupConfig): each setting overrides
+/// the server's default, `None` is the server's default. Kafka's group configs
+/// `group.consumer.session.timeout.ms` and `group.consumer.heartbeat.interval.ms`, and the
+/// assignor. Checked against the named limits when set ([`crate::config`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct GroupConfig {
     pub session_timeout_ms: Option<u32>,
     pub heartbeat_interval_ms: Option<u32>,
-    pub assignor: Assignor,
+    /// The assignor, whatever the members ask for.
+    pub assignor: Option<Assignor>,
+}
+
+impl GroupConfig {
+    /// Whether it overrides nothing.
+    pub fn is_default(&self) -> bool {
+        *self == GroupConfig::default()
+    }
 }
 
 /// A committed offset.
@@ -197,6 +224,8 @@ pub struct Group {
     pub offsets: BTreeMap<Tp, Committed>,
     /// Who owns each owned partition, and since which epoch: derived from the members.
     pub owners: BTreeMap<Tp, (String, u32)>,
+    /// The group's overrides of the server's defaults.
+    pub config: GroupConfig,
 }
 
 /// A group's state as `describe` shows it (Kafka's consumer group states).
@@ -270,9 +299,15 @@ impl Group {
             .find(|m| m.instance_id.as_deref() == Some(instance_id))
     }
 
-    /// Whether the group holds nothing worth keeping: no members and no offsets.
+    /// Whether the group holds nothing worth keeping: no members, no offsets, no overrides.
     pub fn is_vacant(&self) -> bool {
-        self.members.is_empty() && self.offsets.is_empty()
+        self.members.is_empty() && self.offsets.is_empty() && self.config.is_default()
+    }
+
+    /// The assignor in force: the group's own ([`GroupConfig::assignor`]), else the one its
+    /// members asked for ([`GroupSettings::assignor`], uniform by default).
+    pub fn assignor(&self) -> Assignor {
+        self.config.assignor.unwrap_or(self.meta.settings.assignor)
     }
 
     /// The invariants of the module doc; `Err` names the first that does not hold.

@@ -337,28 +337,41 @@ pub fn delete(group: Option<&Group>, name: &str) -> Result<Vec<GroupRecord>, Gro
     Ok(Work::new(Some(g), name).delete())
 }
 
-/// The records that expire `group` at `now_ms`: a group empty for `retention_ms` loses its
-/// offsets and itself; offsets of topics that no longer exist go at once.
+/// The records that expire `group` at `now_ms` (Kafka's offset retention):
+/// - a group with members keeps its offsets, however old (a static member that left
+///   for a restart is still a member);
+/// - in an empty group, an offset expires once `retention_ms` passed since the later of the
+///   group becoming empty and the offset's commit (an admin commit to a long-empty group lives
+///   a whole retention);
+/// - once every offset expired, an empty group that overrides nothing ([`crate::config`]) is
+///   deleted; one with overrides stays, without offsets;
+/// - offsets of topics (or partitions) that no longer exist go at once.
 pub fn expire(
     group: &Group,
     topics: &TopicsView,
     now_ms: i64,
     retention_ms: i64,
 ) -> Vec<GroupRecord> {
-    let expired = group.members.is_empty()
-        && group
-            .meta
-            .empty_since_ms
-            .is_some_and(|t| now_ms.saturating_sub(t) >= retention_ms);
-    if expired {
-        return Work::new(Some(group), &group.name).delete();
-    }
+    let past = |since: i64| now_ms.saturating_sub(since) >= retention_ms;
+    let empty_since = group
+        .meta
+        .empty_since_ms
+        .filter(|_| group.members.is_empty());
     let gone: Vec<Tp> = group
         .offsets
-        .keys()
-        .filter(|tp| topics.partitions_of(tp.topic) <= tp.partition)
-        .copied()
+        .iter()
+        .filter(|(tp, c)| {
+            topics.partitions_of(tp.topic) <= tp.partition
+                || empty_since.is_some_and(|t| past(t.max(c.commit_time_ms)))
+        })
+        .map(|(tp, _)| *tp)
         .collect();
+    let deleted = empty_since.is_some_and(past)
+        && gone.len() == group.offsets.len()
+        && group.config.is_default();
+    if deleted {
+        return Work::new(Some(group), &group.name).delete();
+    }
     if gone.is_empty() {
         return Vec::new();
     }

@@ -13,6 +13,7 @@
 //! | group, member id      | [`Member`]            | the member left or was removed          |
 //! | group, member id      | its target partitions | (with the member's)                     |
 //! | group, topic/partition| [`Committed`]         | the offset expired, was reset or deleted|
+//! | group (config)        | [`GroupConfig`]       | every override cleared, or the group gone|
 //!
 //! Encoding: a kind byte, then postcard, for the key; postcard for the value. Record types
 //! only ever get new kinds (old logs still decode): a changed value is a new kind.
@@ -21,7 +22,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Committed, GroupMeta, Member, Tp};
+use crate::model::{Committed, GroupConfig, GroupMeta, Member, Tp};
 
 /// One change to a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,12 +61,23 @@ pub enum GroupRecord {
         group: String,
         tp: Tp,
     },
+    /// The group's overrides of the server's defaults (never all `None`: that is
+    /// [`GroupRecord::ConfigGone`]).
+    Config {
+        group: String,
+        config: GroupConfig,
+    },
+    /// The group overrides nothing: the server's defaults apply.
+    ConfigGone {
+        group: String,
+    },
 }
 
 const META: u8 = 0;
 const MEMBER: u8 = 1;
 const TARGET: u8 = 2;
 const OFFSET: u8 = 3;
+const CONFIG: u8 = 4;
 
 /// Bytes that are not a record this version knows.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,7 +119,9 @@ impl GroupRecord {
             | GroupRecord::Target { group, .. }
             | GroupRecord::TargetGone { group, .. }
             | GroupRecord::Offset { group, .. }
-            | GroupRecord::OffsetGone { group, .. } => group,
+            | GroupRecord::OffsetGone { group, .. }
+            | GroupRecord::Config { group, .. }
+            | GroupRecord::ConfigGone { group } => group,
         }
     }
 
@@ -151,6 +165,10 @@ impl GroupRecord {
             GroupRecord::OffsetGone { group, tp } => {
                 (key_of(OFFSET, &OffsetKey { group, tp: *tp }), None)
             }
+            GroupRecord::Config { group, config } => {
+                (key_of(CONFIG, group), Some(value_of(config)))
+            }
+            GroupRecord::ConfigGone { group } => (key_of(CONFIG, group), None),
         }
     }
 
@@ -215,6 +233,16 @@ impl GroupRecord {
                         committed: postcard::from_bytes(v).map_err(bad)?,
                     },
                     None => GroupRecord::OffsetGone { group, tp },
+                }
+            }
+            CONFIG => {
+                let group: String = postcard::from_bytes(body).map_err(bad)?;
+                match value {
+                    Some(v) => GroupRecord::Config {
+                        group,
+                        config: postcard::from_bytes(v).map_err(bad)?,
+                    },
+                    None => GroupRecord::ConfigGone { group },
                 }
             }
             other => return Err(DecodeError(format!("unknown record kind {other}"))),
@@ -287,9 +315,18 @@ mod tests {
                 },
             },
             GroupRecord::OffsetGone {
-                group: g,
+                group: g.clone(),
                 tp: Tp::new(1, 2),
             },
+            GroupRecord::Config {
+                group: g.clone(),
+                config: GroupConfig {
+                    session_timeout_ms: Some(2_000),
+                    heartbeat_interval_ms: None,
+                    assignor: Some(crate::model::Assignor::Range),
+                },
+            },
+            GroupRecord::ConfigGone { group: g },
         ];
         for r in records {
             let (k, v) = r.encode();
@@ -314,6 +351,24 @@ mod tests {
         let (k2, v2) = GroupRecord::OffsetGone { group: g, tp }.encode();
         assert_eq!(k1, k2);
         assert!(v2.is_none());
+    }
+
+    #[test]
+    fn a_config_and_its_tombstone_share_a_key_apart_from_the_meta_s() {
+        let g = "g".to_string();
+        let (k1, _) = GroupRecord::Config {
+            group: g.clone(),
+            config: GroupConfig {
+                session_timeout_ms: Some(1_000),
+                ..GroupConfig::default()
+            },
+        }
+        .encode();
+        let (k2, v2) = GroupRecord::ConfigGone { group: g.clone() }.encode();
+        let (k3, _) = GroupRecord::GroupGone { group: g }.encode();
+        assert_eq!(k1, k2);
+        assert!(v2.is_none());
+        assert_ne!(k1, k3);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use fjord_groups::config::{self, AlterConfigRequest, Change};
 use fjord_groups::heartbeat::{self, HeartbeatRequest, remove};
 use fjord_groups::offsets::{self, Committer, OffsetCommit};
 use fjord_groups::*;
@@ -21,6 +22,8 @@ struct Sim {
     clients: BTreeMap<String, (u32, BTreeSet<Tp>, Option<String>)>,
     next_id: u32,
     now_ms: i64,
+    /// The assignor a joining member asks for.
+    join_assignor: Option<Assignor>,
 }
 
 fn apply(groups: &mut Groups, records: &[GroupRecord]) {
@@ -41,6 +44,7 @@ impl Sim {
             clients: BTreeMap::new(),
             next_id: 0,
             now_ms: 0,
+            join_assignor: None,
         }
     }
 
@@ -83,6 +87,11 @@ impl Sim {
                 pattern: None,
             }),
             owned: Some(owned),
+            assignor: if beat == Beat::Join {
+                self.join_assignor
+            } else {
+                None
+            },
             ..HeartbeatRequest::default()
         };
         let d = heartbeat::heartbeat(self.groups.get("g"), &req, &self.ctx(&fresh))?;
@@ -337,7 +346,7 @@ fn an_empty_group_expires_after_its_retention() {
         ),
         &sim.topics,
         |_| Some(0),
-        5,
+        sim.now_ms,
         1,
     )
     .unwrap();
@@ -361,4 +370,202 @@ fn a_snapshot_replays_to_the_same_groups() {
     let mut copy = Groups::default();
     apply(&mut copy, &sim.groups.snapshot());
     assert_eq!(copy, sim.groups);
+}
+
+impl Sim {
+    fn alter(&mut self, req: AlterConfigRequest) -> config::Effective {
+        let d = config::alter(
+            self.groups.get("g"),
+            &req,
+            Defaults::default(),
+            self.now_ms,
+            self.groups.len(),
+        )
+        .unwrap();
+        apply(&mut self.groups, &d.records);
+        d.answer
+    }
+
+    /// An admin commit of `offset` to t/0 at `now_ms`.
+    fn admin_commit(&mut self, offset: u64) {
+        let c = vec![OffsetCommit {
+            tp: Tp::new(1, 0),
+            offset,
+            metadata: String::new(),
+        }];
+        let d = offsets::commit(
+            self.groups.get("g"),
+            &req(&Committer::Admin, &c),
+            &self.topics,
+            |_| Some(offset),
+            self.now_ms,
+            self.groups.len(),
+        )
+        .unwrap();
+        apply(&mut self.groups, &d.records);
+    }
+}
+
+fn assignor_only(a: Change<Assignor>) -> AlterConfigRequest {
+    AlterConfigRequest {
+        group: "g".into(),
+        assignor: a,
+        ..AlterConfigRequest::default()
+    }
+}
+
+#[test]
+fn a_group_s_own_assignor_wins_over_its_members_and_a_change_reassigns() {
+    let mut sim = Sim::new(4);
+    sim.join_assignor = Some(Assignor::Range);
+    let a = sim.beat(None, None).unwrap();
+    sim.beat(Some(&a), None).unwrap();
+    assert_eq!(sim.groups.get("g").unwrap().assignor(), Assignor::Range);
+    // The group's own assignor: the epoch moves, and the next heartbeat assigns with it.
+    let epoch = sim.groups.get("g").unwrap().meta.epoch;
+    let e = sim.alter(assignor_only(Change::Set(Assignor::Uniform)));
+    assert_eq!(e.assignor, Assignor::Uniform);
+    let g = sim.groups.get("g").unwrap();
+    assert_eq!(g.meta.epoch, epoch + 1);
+    sim.beat(Some(&a), None).unwrap();
+    let g = sim.groups.get("g").unwrap();
+    assert_eq!(g.meta.assignment_epoch, g.meta.epoch);
+    assert_eq!(g.state(), GroupState::Stable);
+    // A member joining the emptied group asks for range: the group's own still holds.
+    sim.leave(&a);
+    let b = sim.beat(None, None).unwrap();
+    let g = sim.groups.get("g").unwrap();
+    assert_eq!(g.meta.settings.assignor, Assignor::Range);
+    assert_eq!(g.assignor(), Assignor::Uniform);
+    // Reset: back to what the members asked for.
+    let epoch = g.meta.epoch;
+    let e = sim.alter(assignor_only(Change::Reset));
+    assert_eq!((e.assignor, e.overrides.assignor), (Assignor::Range, None));
+    assert_eq!(sim.groups.get("g").unwrap().meta.epoch, epoch + 1);
+    // Setting the assignor already in force moves nothing.
+    let e = sim.alter(assignor_only(Change::Set(Assignor::Range)));
+    assert_eq!(e.overrides.assignor, Some(Assignor::Range));
+    assert_eq!(sim.groups.get("g").unwrap().meta.epoch, epoch + 1);
+    sim.beat(Some(&b), None).unwrap();
+}
+
+#[test]
+fn the_next_heartbeat_answer_carries_the_group_s_timing() {
+    let mut sim = Sim::new(2);
+    let a = sim.beat(None, None).unwrap();
+    sim.alter(AlterConfigRequest {
+        group: "g".into(),
+        session_timeout_ms: Change::Set(2_000),
+        heartbeat_interval_ms: Change::Set(400),
+        assignor: Change::Keep,
+    });
+    let (epoch, held, _) = sim.clients[&a].clone();
+    let req = HeartbeatRequest {
+        group: "g".into(),
+        member_id: a.clone(),
+        beat: Some(Beat::At(epoch)),
+        owned: Some(held),
+        ..HeartbeatRequest::default()
+    };
+    let d = heartbeat::heartbeat(sim.groups.get("g"), &req, &sim.ctx("x")).unwrap();
+    assert_eq!(d.answer.session_timeout_ms, 2_000);
+    assert_eq!(d.answer.heartbeat_interval_ms, 400);
+    // The timeout the coordinator clocks sessions with.
+    let g = sim.groups.get("g").unwrap();
+    assert_eq!(
+        heartbeat::timing(Some(g), Defaults::default()),
+        (2_000, 400)
+    );
+}
+
+#[test]
+fn a_group_with_members_never_expires() {
+    let mut sim = Sim::new(1);
+    let a = sim.beat(None, Some("svc".into())).unwrap();
+    sim.beat(Some(&a), None).unwrap();
+    let (epoch, _, _) = sim.clients[&a].clone();
+    let c = vec![OffsetCommit {
+        tp: Tp::new(1, 0),
+        offset: 0,
+        metadata: String::new(),
+    }];
+    let d = offsets::commit(
+        sim.groups.get("g"),
+        &req(
+            &Committer::Member {
+                id: a.clone(),
+                epoch,
+            },
+            &c,
+        ),
+        &sim.topics,
+        |_| Some(0),
+        sim.now_ms,
+        1,
+    )
+    .unwrap();
+    apply(&mut sim.groups, &d.records);
+    let g = sim.groups.get("g").unwrap().clone();
+    assert!(offsets::expire(&g, &sim.topics, i64::MAX, 1).is_empty());
+    // A static member that left for a restart is still a member: nothing expires either.
+    let leave = HeartbeatRequest {
+        group: "g".into(),
+        member_id: a.clone(),
+        beat: Some(Beat::StaticLeave),
+        ..HeartbeatRequest::default()
+    };
+    let d = heartbeat::heartbeat(Some(&g), &leave, &sim.ctx("x")).unwrap();
+    apply(&mut sim.groups, &d.records);
+    let g = sim.groups.get("g").unwrap().clone();
+    assert!(g.members[&a].left_static);
+    assert!(offsets::expire(&g, &sim.topics, i64::MAX, 1).is_empty());
+}
+
+#[test]
+fn an_admin_commit_to_a_long_empty_group_lives_a_whole_retention() {
+    let mut sim = Sim::new(1);
+    sim.now_ms = 1_000;
+    sim.admin_commit(0);
+    // Long after the group became empty, another commit: it is kept a retention from then.
+    sim.now_ms = 50_000;
+    sim.admin_commit(0);
+    let g = sim.groups.get("g").unwrap().clone();
+    assert_eq!(g.meta.empty_since_ms, Some(1_000));
+    assert!(offsets::expire(&g, &sim.topics, 50_000 + 99, 100).is_empty());
+    let gone = offsets::expire(&g, &sim.topics, 50_000 + 100, 100);
+    apply(&mut sim.groups, &gone);
+    assert!(sim.groups.get("g").is_none());
+}
+
+#[test]
+fn an_empty_group_with_overrides_keeps_them_when_its_offsets_expire() {
+    let mut sim = Sim::new(1);
+    sim.admin_commit(0);
+    sim.alter(AlterConfigRequest {
+        group: "g".into(),
+        session_timeout_ms: Change::Set(2_000),
+        heartbeat_interval_ms: Change::Set(400),
+        assignor: Change::Keep,
+    });
+    let g = sim.groups.get("g").unwrap().clone();
+    let gone = offsets::expire(&g, &sim.topics, 1_000, 100);
+    apply(&mut sim.groups, &gone);
+    let g = sim.groups.get("g").unwrap().clone();
+    assert!(g.offsets.is_empty());
+    assert_eq!(g.config.session_timeout_ms, Some(2_000));
+    // Nothing more to expire while it overrides anything...
+    assert!(offsets::expire(&g, &sim.topics, 2_000, 100).is_empty());
+    // ...and once it overrides nothing, it goes at the next round.
+    sim.alter(AlterConfigRequest {
+        group: "g".into(),
+        session_timeout_ms: Change::Reset,
+        heartbeat_interval_ms: Change::Reset,
+        assignor: Change::Keep,
+    });
+    let g = sim.groups.get("g").unwrap().clone();
+    apply(
+        &mut sim.groups,
+        &offsets::expire(&g, &sim.topics, 2_000, 100),
+    );
+    assert!(sim.groups.get("g").is_none());
 }

@@ -95,6 +95,14 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = defaults::GROUP_PARTITIONS)]
     #[serde(default = "default_group_partitions")]
     pub group_partitions: u32,
+    /// How long the committed offsets of a consumer group with no members are kept, in
+    /// milliseconds (Kafka's `offsets.retention.minutes`): from the later of the group becoming
+    /// empty and the commit. A group whose offsets all expired is deleted, unless it has a config
+    /// of its own. 1,000 (MIN_OFFSET_RETENTION_MS) to 31,536,000,000 (a year,
+    /// MAX_OFFSET_RETENTION_MS); checked a quarter of it apart, every 250 ms to 60 s.
+    #[arg(long, default_value_t = defaults::GROUP_OFFSET_RETENTION_MS)]
+    #[serde(default = "default_group_retention_ms")]
+    pub group_offset_retention_ms: u64,
 }
 
 /// Every default, written once (the flags and the TOML file both take them from here).
@@ -110,6 +118,8 @@ pub mod defaults {
     pub const GROUP_HEARTBEAT_INTERVAL_MS: u32 =
         fjord_groups::limits::DEFAULT_HEARTBEAT_INTERVAL_MS;
     pub const GROUP_PARTITIONS: u32 = fjord_groups::DEFAULT_COORDINATOR_PARTITIONS;
+    pub const GROUP_OFFSET_RETENTION_MS: u64 =
+        fjord_groups::limits::DEFAULT_OFFSET_RETENTION_MS as u64;
 }
 
 fn default_heartbeat_ms() -> u64 {
@@ -135,6 +145,9 @@ fn default_cache_mib() -> u64 {
 }
 fn default_group_session_ms() -> u32 {
     defaults::GROUP_SESSION_TIMEOUT_MS
+}
+fn default_group_retention_ms() -> u64 {
+    defaults::GROUP_OFFSET_RETENTION_MS
 }
 fn default_group_heartbeat_ms() -> u32 {
     defaults::GROUP_HEARTBEAT_INTERVAL_MS
@@ -253,6 +266,11 @@ pub enum ConfigError {
     },
     #[error("group_partitions must be 1 to {max}, got {value}")]
     GroupPartitions { value: u32, max: u32 },
+    #[error(
+        "group_offset_retention_ms must be {min} to {max} (MIN_OFFSET_RETENTION_MS to \
+         MAX_OFFSET_RETENTION_MS), got {value}"
+    )]
+    GroupRetention { value: u64, min: i64, max: i64 },
 }
 
 impl ServeConfig {
@@ -350,6 +368,14 @@ impl ServeConfig {
                 max,
             });
         }
+        let retention = i64::try_from(self.group_offset_retention_ms).unwrap_or(i64::MAX);
+        if !(MIN_OFFSET_RETENTION_MS..=MAX_OFFSET_RETENTION_MS).contains(&retention) {
+            return Err(ConfigError::GroupRetention {
+                value: self.group_offset_retention_ms,
+                min: MIN_OFFSET_RETENTION_MS,
+                max: MAX_OFFSET_RETENTION_MS,
+            });
+        }
         Ok(())
     }
 
@@ -441,5 +467,18 @@ cache_size_mib = 16
         ))
         .unwrap_err();
         assert!(matches!(e, ConfigError::Quiesce { .. }), "{e}");
+        for bad in [999, 31_536_000_001u64] {
+            let e = from_toml(&format!(
+                "id = 1\n{base}peers = \"1=a:1\"\ngroup_offset_retention_ms = {bad}"
+            ))
+            .unwrap_err();
+            assert!(matches!(e, ConfigError::GroupRetention { .. }), "{e}");
+            assert!(e.to_string().contains("MIN_OFFSET_RETENTION_MS"), "{e}");
+        }
+        let ok = from_toml(&format!(
+            "id = 1\n{base}peers = \"1=a:1\"\ngroup_offset_retention_ms = 2000"
+        ))
+        .unwrap();
+        assert_eq!(ok.group_offset_retention_ms, 2_000);
     }
 }

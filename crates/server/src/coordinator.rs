@@ -15,16 +15,19 @@
 //!   everything committed before ([`PartitionHandle::linearizable_read`]), then gives every
 //!   member a fresh session: silence is only counted from then on.
 //! - Every [`TICK`] it removes the members silent past their session timeout and those that
-//!   held partitions to revoke past their rebalance timeout; every [`EXPIRY_EVERY`] it expires
-//!   the offsets of groups empty for [`fjord_groups::limits::DEFAULT_OFFSET_RETENTION_MS`].
+//!   held partitions to revoke past their rebalance timeout; every [`expiry_every`] of the
+//!   node's offset retention (`--group-offset-retention-ms`, 7 days by default) it expires the
+//!   offsets of empty groups past it ([`offsets::expire`]).
+//! - A group config change (AlterGroupConfig) that changes the session timeout restarts the
+//!   session clock of each of the group's members with the new timeout.
 //! - The topic itself is created on the first group request ([`Coordinator::topic`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fjord_groups::config::{self, AlterConfigRequest, Effective};
 use fjord_groups::heartbeat::{self, Decision, HeartbeatAnswer, HeartbeatRequest, timing};
-use fjord_groups::limits::DEFAULT_OFFSET_RETENTION_MS;
 use fjord_groups::offsets::{self, Bounds, CommitRequest, Committer, ResetTo};
 use fjord_groups::{
     Committed, Context, Group, GroupError, GroupRecord, MemberState, TopicsView, Tp,
@@ -49,8 +52,18 @@ pub const MAX_BATCH_REQUESTS: usize = 256;
 pub const MAX_RECORDS_PER_BATCH: usize = 10_000;
 /// How often a runner looks for members past their session or rebalance timeout.
 pub const TICK: Duration = Duration::from_millis(250);
-/// How often a runner looks for groups whose offsets expired.
-pub const EXPIRY_EVERY: Duration = Duration::from_secs(60);
+/// How often a runner looks for groups whose offsets expired, at most…
+pub const MAX_EXPIRY_EVERY: Duration = Duration::from_secs(60);
+/// …and at least (a runner looks no more often than it ticks).
+pub const MIN_EXPIRY_EVERY: Duration = TICK;
+
+/// How often a runner looks for expired offsets under an offset retention of `retention_ms`:
+/// a quarter of it, within [`MIN_EXPIRY_EVERY`] and [`MAX_EXPIRY_EVERY`], so that a short
+/// retention expires promptly and a long one costs a look a minute.
+pub fn expiry_every(retention_ms: i64) -> Duration {
+    let quarter = Duration::from_millis(u64::try_from(retention_ms / 4).unwrap_or(0));
+    quarter.clamp(MIN_EXPIRY_EVERY, MAX_EXPIRY_EVERY)
+}
 /// How long a request waits for its answer, at most: a write to the coordinator partition.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -71,6 +84,7 @@ pub enum Op {
         topic: Option<fjord_groups::TopicId>,
     },
     Delete(String),
+    AlterConfig(AlterConfigRequest),
 }
 
 impl Op {
@@ -78,6 +92,7 @@ impl Op {
         match self {
             Op::Heartbeat(r) => &r.group,
             Op::Commit(r) => &r.group,
+            Op::AlterConfig(r) => &r.group,
             Op::Fetch { group, .. }
             | Op::Describe(group)
             | Op::Reset { group, .. }
@@ -95,14 +110,16 @@ pub enum Answer {
     Described(Box<Described>),
     Reset(BTreeMap<Tp, u64>),
     Deleted,
+    /// The group's settings in force after an AlterGroupConfig.
+    Configured(Effective),
 }
 
 /// A group as DescribeGroup shows it.
 #[derive(Debug)]
 pub struct Described {
     pub group: Group,
-    pub session_timeout_ms: u32,
-    pub heartbeat_interval_ms: u32,
+    /// The settings in force, and which are the group's own.
+    pub settings: Effective,
     /// High watermarks of the partitions shown, as this node knows them.
     pub high_watermarks: BTreeMap<Tp, u64>,
     pub coordinator: u64,
@@ -402,8 +419,14 @@ impl Runner {
                 (Err(e), Ok(_)) => Err(self.raft_error(job.op.group(), e.clone())),
                 (_, r) => r,
             };
-            if let (Op::Heartbeat(req), Ok(Answer::Heartbeat(a))) = (&job.op, &result) {
-                self.clock_member(req, a, &scratch, now);
+            match (&job.op, &result) {
+                (Op::Heartbeat(req), Ok(Answer::Heartbeat(a))) => {
+                    self.clock_member(req, a, &scratch, now);
+                }
+                (Op::AlterConfig(req), Ok(Answer::Configured(e))) => {
+                    self.reclock_group(&req.group, e.session_timeout_ms, &scratch, now);
+                }
+                _ => {}
             }
             let _ = job.reply.send(result);
         }
@@ -443,6 +466,33 @@ impl Runner {
                 .or_insert(now + Duration::from_millis(ms.into()));
         } else {
             self.revoking.remove(&key);
+        }
+    }
+
+    /// Restarts the session clock of each member of `group` with `session_ms` (rule 4 of
+    /// [`fjord_groups::config`]): a shorter timeout applies from now, not from the next
+    /// heartbeat.
+    fn reclock_group(
+        &mut self,
+        group: &str,
+        session_ms: u32,
+        scratch: &BTreeMap<String, Option<Group>>,
+        now: Instant,
+    ) {
+        let Some(g) = scratch.get(group).and_then(|g| g.as_ref()) else {
+            return;
+        };
+        let end = now + Duration::from_millis(session_ms.into());
+        for (id, m) in &g.members {
+            let key = (group.to_string(), id.clone());
+            match self.sessions.get_mut(&key) {
+                // A static member that left keeps the end it had: its session is not renewed.
+                Some(e) if m.left_static => *e = (*e).min(end),
+                Some(e) => *e = end,
+                None => {
+                    self.sessions.insert(key, end);
+                }
+            }
         }
     }
 
@@ -563,6 +613,10 @@ impl Runner {
                 (Answer::Reset(d.answer), d.records)
             }
             Op::Delete(name) => (Answer::Deleted, offsets::delete(group, name)?),
+            Op::AlterConfig(req) => {
+                let d = config::alter(group, req, defaults, now_ms, held)?;
+                (Answer::Configured(d.answer), d.records)
+            }
         })
     }
 
@@ -576,7 +630,7 @@ impl Runner {
         let g = group.ok_or_else(|| GroupError::UnknownGroup {
             group: name.to_string(),
         })?;
-        let (session_timeout_ms, heartbeat_interval_ms) = timing(Some(g), defaults);
+        let settings = config::effective(Some(g), defaults);
         let mut high_watermarks = BTreeMap::new();
         for tp in described_partitions(g) {
             if let Some(h) = self.node.partition(group_id(tp.topic, tp.partition)) {
@@ -587,8 +641,7 @@ impl Runner {
         }
         Ok(Answer::Described(Box::new(Described {
             group: g.clone(),
-            session_timeout_ms,
-            heartbeat_interval_ms,
+            settings,
             high_watermarks,
             coordinator: self.node.id(),
         })))
@@ -698,9 +751,10 @@ impl Runner {
                 records.extend(recs);
             }
         }
-        if self.last_expiry.elapsed() >= EXPIRY_EVERY {
+        let retention_ms = self.node.group_offset_retention_ms();
+        if self.last_expiry.elapsed() >= expiry_every(retention_ms) {
             self.last_expiry = now;
-            records.extend(self.expired_offsets(&scratch, now_ms));
+            records.extend(self.expired_offsets(&scratch, now_ms, retention_ms));
         }
         if records.is_empty() {
             return;
@@ -758,6 +812,7 @@ impl Runner {
         &self,
         changed: &BTreeMap<String, Option<Group>>,
         now_ms: i64,
+        retention_ms: i64,
     ) -> Vec<GroupRecord> {
         let topics = topics_view(&self.node.view().state);
         self.handle
@@ -765,7 +820,7 @@ impl Runner {
             .with_groups(|gs| {
                 gs.iter()
                     .filter(|g| !changed.contains_key(&g.name))
-                    .flat_map(|g| offsets::expire(g, &topics, now_ms, DEFAULT_OFFSET_RETENTION_MS))
+                    .flat_map(|g| offsets::expire(g, &topics, now_ms, retention_ms))
                     .collect()
             })
             .unwrap_or_default()
@@ -792,4 +847,18 @@ pub fn described_partitions(g: &Group) -> BTreeSet<Tp> {
 /// which a simulation seeds; the decisions stay pure).
 fn new_member_id(node: &Node) -> String {
     format!("{}-{:016x}", node.id(), fjord_raft::runtime::random_u64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fjord_groups::limits::{DEFAULT_OFFSET_RETENTION_MS, MIN_OFFSET_RETENTION_MS};
+
+    #[test]
+    fn a_short_retention_is_looked_at_promptly_and_a_long_one_once_a_minute() {
+        assert_eq!(expiry_every(2_000), Duration::from_millis(500));
+        assert_eq!(expiry_every(MIN_OFFSET_RETENTION_MS), MIN_EXPIRY_EVERY);
+        assert_eq!(expiry_every(DEFAULT_OFFSET_RETENTION_MS), MAX_EXPIRY_EVERY);
+        assert_eq!(expiry_every(-1), MIN_EXPIRY_EVERY);
+    }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use fjord_groups::config::{AlterConfigRequest, Change, Effective};
 use fjord_groups::heartbeat::{Beat, HeartbeatAnswer, HeartbeatRequest};
 use fjord_groups::offsets::{CommitRequest, Committer, OffsetCommit, ResetTo};
 use fjord_groups::{
@@ -229,6 +230,56 @@ pub fn reset_request(
     Ok((to, topic))
 }
 
+/// One setting of an AlterGroupConfig: set, reset, or (neither) kept; both is refused.
+fn change<T>(what: &'static str, set: Option<T>, reset: bool) -> Result<Change<T>, ApiError> {
+    match (set, reset) {
+        (Some(_), true) => Err(invalid(what, "both set and reset: send one or the other")),
+        (Some(v), false) => Ok(Change::Set(v)),
+        (None, true) => Ok(Change::Reset),
+        (None, false) => Ok(Change::Keep),
+    }
+}
+
+pub fn alter_config_request(
+    req: pb::AlterGroupConfigRequest,
+) -> Result<AlterConfigRequest, ApiError> {
+    let assignor = match req.assignor.as_deref() {
+        None => None,
+        Some("") => {
+            return Err(invalid(
+                "assignor",
+                "empty: say \"uniform\" or \"range\", or reset it",
+            ));
+        }
+        Some(name) => assignor(name)?,
+    };
+    Ok(AlterConfigRequest {
+        session_timeout_ms: change(
+            "session timeout",
+            req.session_timeout_ms,
+            req.reset_session_timeout,
+        )?,
+        heartbeat_interval_ms: change(
+            "heartbeat interval",
+            req.heartbeat_interval_ms,
+            req.reset_heartbeat_interval,
+        )?,
+        assignor: change("assignor", assignor, req.reset_assignor)?,
+        group: req.group,
+    })
+}
+
+pub fn alter_config_response(e: &Effective) -> pb::AlterGroupConfigResponse {
+    pb::AlterGroupConfigResponse {
+        session_timeout_ms: e.session_timeout_ms,
+        session_timeout_override: e.overrides.session_timeout_ms.is_some(),
+        heartbeat_interval_ms: e.heartbeat_interval_ms,
+        heartbeat_interval_override: e.overrides.heartbeat_interval_ms.is_some(),
+        assignor: assignor_name(e.assignor).to_string(),
+        assignor_override: e.overrides.assignor.is_some(),
+    }
+}
+
 pub fn state_name(s: GroupState) -> &'static str {
     match s {
         GroupState::Empty => "EMPTY",
@@ -297,11 +348,14 @@ pub fn describe_response(d: &Described, topics: &TopicsView) -> pb::DescribeGrou
         state: state_name(g.state()).to_string(),
         group_epoch: g.meta.epoch,
         assignment_epoch: g.meta.assignment_epoch,
-        assignor: assignor_name(g.meta.settings.assignor).to_string(),
-        session_timeout_ms: d.session_timeout_ms,
-        heartbeat_interval_ms: d.heartbeat_interval_ms,
+        assignor: assignor_name(d.settings.assignor).to_string(),
+        session_timeout_ms: d.settings.session_timeout_ms,
+        heartbeat_interval_ms: d.settings.heartbeat_interval_ms,
         members,
         offsets,
         coordinator: d.coordinator,
+        session_timeout_override: d.settings.overrides.session_timeout_ms.is_some(),
+        heartbeat_interval_override: d.settings.overrides.heartbeat_interval_ms.is_some(),
+        assignor_override: d.settings.overrides.assignor.is_some(),
     }
 }

@@ -153,6 +153,7 @@ pub struct Node {
     coordinator: crate::coordinator::Coordinator,
     group_partitions: u32,
     group_defaults: fjord_groups::Defaults,
+    group_offset_retention_ms: i64,
 }
 
 impl Node {
@@ -213,6 +214,9 @@ impl Node {
                 session_timeout_ms: config.group_session_timeout_ms,
                 heartbeat_interval_ms: config.group_heartbeat_interval_ms,
             },
+            // Validated: at most MAX_OFFSET_RETENTION_MS.
+            group_offset_retention_ms: i64::try_from(config.group_offset_retention_ms)
+                .unwrap_or(fjord_groups::limits::MAX_OFFSET_RETENTION_MS),
         }))
     }
 
@@ -402,6 +406,11 @@ impl Node {
     /// The session timeout and heartbeat interval of groups that do not set their own.
     pub fn group_defaults(&self) -> fjord_groups::Defaults {
         self.group_defaults
+    }
+
+    /// How long the offsets of a group with no members are kept (`--group-offset-retention-ms`).
+    pub fn group_offset_retention_ms(&self) -> i64 {
+        self.group_offset_retention_ms
     }
 
     /// A fresh token for a proposal (see `StoredBatch::token`).

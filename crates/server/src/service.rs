@@ -80,6 +80,7 @@ delegate! {
     describe_group(DescribeGroupRequest) -> DescribeGroupResponse;
     reset_offsets(ResetOffsetsRequest) -> ResetOffsetsResponse;
     delete_group(DeleteGroupRequest) -> DeleteGroupResponse;
+    alter_group_config(AlterGroupConfigRequest) -> AlterGroupConfigResponse;
 }
 
 /// Refuses a client's write to one of fjord's own topics.
@@ -552,6 +553,22 @@ impl Fjord for ClientService {
             .await?
         {
             Answer::Deleted => Ok(Response::new(DeleteGroupResponse {})),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn alter_group_config(
+        &self,
+        req: Request<AlterGroupConfigRequest>,
+    ) -> Result<Response<AlterGroupConfigResponse>, Status> {
+        let alter = group_wire::alter_config_request(req.into_inner())?;
+        match self
+            .node
+            .coordinator()
+            .call(&self.node, Op::AlterConfig(alter))
+            .await?
+        {
+            Answer::Configured(e) => Ok(Response::new(group_wire::alter_config_response(&e))),
             other => Err(unexpected(other)),
         }
     }

@@ -56,6 +56,7 @@ async fn start_cluster(n: u64) -> Cluster {
             group_heartbeat_interval_ms:
                 ::fjord_server::config::defaults::GROUP_HEARTBEAT_INTERVAL_MS,
             group_partitions: ::fjord_server::config::defaults::GROUP_PARTITIONS,
+            group_offset_retention_ms: ::fjord_server::config::defaults::GROUP_OFFSET_RETENTION_MS,
         };
         dirs.push(dir);
         let s = stop.clone();

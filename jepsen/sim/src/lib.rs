@@ -270,6 +270,7 @@ fn serve_config(id: u64, config: &SimConfig) -> ServeConfig {
         // One coordinator partition: the run has one group, and sixteen more Raft groups
         // would double a seed's cost.
         group_partitions: fjord_harness::group::COORDINATOR_PARTITIONS,
+        group_offset_retention_ms: fjord_server::config::defaults::GROUP_OFFSET_RETENTION_MS,
     }
 }
 
