@@ -11,6 +11,8 @@
 //!   CP batch to the partition, and answers once it is committed and applied. A batch with
 //!   nothing to write still does a ReadIndex round: an answer is never given by a node that
 //!   is no longer leader.
+//! - A runner starts when this node becomes the partition's leader (and on a request, if
+//!   none runs); it stops when the node no longer leads it.
 //! - On taking over (each new term) a runner first waits until the partition has applied
 //!   everything committed before ([`PartitionHandle::linearizable_read`]), then gives every
 //!   member a fresh session: silence is only counted from then on.
@@ -246,7 +248,19 @@ impl Coordinator {
         }
     }
 
-    fn runner(&self, node: &Arc<Node>, gid: GroupId, handle: PartitionHandle) -> mpsc::Sender<Job> {
+    /// Starts the runner of coordinator partition `gid` if none runs (this node just became
+    /// its leader).
+    pub(crate) fn start_runner(&self, node: &Arc<Node>, gid: GroupId, handle: PartitionHandle) {
+        self.runner(node, gid, handle);
+    }
+
+    /// The runner of coordinator partition `gid`, started if none runs.
+    fn runner(
+        &self,
+        node: &Arc<Node>,
+        gid: GroupId,
+        handle: PartitionHandle,
+    ) -> mpsc::Sender<Job> {
         let mut runners = self.runners.lock().unwrap();
         if let Some(tx) = runners.get(&gid).filter(|tx| !tx.is_closed()) {
             return tx.clone();

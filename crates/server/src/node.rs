@@ -662,7 +662,8 @@ impl Node {
         }
         let watch = handle.watch_leadership();
         let me = self.clone();
-        tokio::spawn(async move { me.report_leadership(group, handle).await });
+        let coordinator = kind == PartitionKind::Groups;
+        tokio::spawn(async move { me.report_leadership(group, handle, coordinator).await });
         tracing::info!(group, ?replicas, "started partition group");
         Some(watch)
     }
@@ -700,12 +701,25 @@ impl Node {
         starting.clear();
     }
 
-    /// Reports to the metadata group each time this node becomes the leader of `group`.
-    async fn report_leadership(self: Arc<Self>, group: GroupId, handle: PartitionHandle) {
+    /// Reports to the metadata group each time this node becomes the leader of `group`; for
+    /// a partition of the groups' topic (`coordinator`), also starts its coordinator's runner
+    /// then, so that silent members are removed and offsets expire without waiting for a
+    /// group request.
+    async fn report_leadership(
+        self: Arc<Self>,
+        group: GroupId,
+        handle: PartitionHandle,
+        coordinator: bool,
+    ) {
         let mut watch = handle.watch_leadership();
         let mut reported_term = 0u64;
+        let mut runner_term = 0u64;
         loop {
             let fjord_raft::Leadership { leader, term } = watch.current();
+            if coordinator && leader == Some(self.id) && term > runner_term {
+                runner_term = term;
+                self.coordinator.start_runner(&self, group, handle.clone());
+            }
             if leader == Some(self.id) && term > reported_term {
                 let cmd = MetaCommand::ReportLeader {
                     group_id: group,
