@@ -9,12 +9,14 @@
 #   bench/fjord.sh wipe           # stop, then delete the data dir
 #
 # Environment: BENCH_BASE [/tmp/fjord-bench], FJORD_BASE_PORT [17101] (ports 17101-17103, away
-# from the dev default 7101 so a developer's cluster is not hit).
+# from the dev default 7101 so a developer's cluster is not hit), FJORD_BIN [target/release/fjord],
+# FJORD_SERVE_ARGS [none]: flags for every node's `fjord serve` (`fjord dev -- FLAGS`), split on
+# spaces, e.g. FJORD_SERVE_ARGS="--group-heartbeat-interval-ms 500".
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 source "$HERE/lib.sh"
 ROOT="$(cd "$HERE/.." && pwd)"
-FJORD="$ROOT/target/release/fjord"
+FJORD="${FJORD_BIN:-$ROOT/target/release/fjord}"
 FJORD_DIR="$BENCH_BASE/fjord"
 FJORD_BASE_PORT="${FJORD_BASE_PORT:-17101}"
 BROKERS="127.0.0.1:$FJORD_BASE_PORT,127.0.0.1:$((FJORD_BASE_PORT + 1)),127.0.0.1:$((FJORD_BASE_PORT + 2))"
@@ -28,7 +30,9 @@ start() {
   local p; p="$(dev_pid)"
   [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null && die "fjord dev already running (pid $p)"
   mkdir -p "$FJORD_DIR"
-  setsid "$FJORD" dev --data-dir "$FJORD_DIR" --base-port "$FJORD_BASE_PORT" \
+  local serve=()
+  if [[ -n "${FJORD_SERVE_ARGS:-}" ]]; then read -r -a serve <<< "$FJORD_SERVE_ARGS"; serve=(-- "${serve[@]}"); fi
+  setsid "$FJORD" dev --data-dir "$FJORD_DIR" --base-port "$FJORD_BASE_PORT" "${serve[@]}" \
     > "$BENCH_BASE/fjord-dev.out" 2> "$BENCH_BASE/fjord-dev.err" < /dev/null &
   echo $! > "$BENCH_BASE/fjord-dev.pid"
   local deadline=$((SECONDS + 60))

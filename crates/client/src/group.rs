@@ -554,6 +554,13 @@ impl GroupConsumer {
         self.epoch
     }
 
+    /// How often this member heartbeats: as the coordinator's last answer said (5 s until
+    /// the first one). A change of the group (a member joining or leaving) reaches a member
+    /// on its next heartbeat, so rebalances take about one or two of these.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
+    }
+
     /// The partitions this member owns now.
     pub fn assignment(&self) -> Vec<(String, u32)> {
         self.owned.keys().cloned().collect()
@@ -627,6 +634,12 @@ impl GroupConsumer {
         }
         if self.epoch == 0 || Instant::now() >= self.next_heartbeat {
             self.heartbeat().await?;
+            if self.next_heartbeat <= Instant::now() {
+                // It just gave partitions up (or was fenced): say so now, not after this
+                // poll's fetch wait, since their new owner waits for it (Kafka's consumer
+                // acknowledges a revocation at once too). One extra heartbeat at most.
+                self.heartbeat().await?;
+            }
         }
         self.resolve_positions().await?;
         self.fetch_owned().await

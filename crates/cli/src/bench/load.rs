@@ -41,7 +41,7 @@ fn now_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-fn micros(d: std::time::Duration) -> u64 {
+pub fn micros(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
@@ -153,9 +153,23 @@ impl Counters {
         self.producing_stopped.store(true, Ordering::Relaxed);
     }
 
-    fn fail(&self) {
+    pub fn fail(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         self.stop(StoppedBy::Error);
+    }
+
+    /// Counts received records, given their value sizes, within the target; returns how
+    /// many were counted (the first ones).
+    pub fn count_consumed(&self, sizes: &[u64]) -> u64 {
+        let counted = self.claim_consumed(sizes.len() as u64);
+        let bytes: u64 = sizes[..counted as usize].iter().sum();
+        self.consumed_bytes.fetch_add(bytes, Ordering::Relaxed);
+        counted
+    }
+
+    /// The consumers' target, in records.
+    pub fn target(&self) -> u64 {
+        self.target.load(Ordering::Relaxed)
     }
 
     /// Counts up to `n` received records within the target; returns how many were counted.
@@ -170,7 +184,7 @@ impl Counters {
         before.saturating_add(n).min(target.max(before)) - before
     }
 
-    fn consumers_done(&self) -> bool {
+    pub fn consumers_done(&self) -> bool {
         self.consuming_stopped.load(Ordering::Relaxed)
             || self.consumed() >= self.target.load(Ordering::Relaxed)
     }

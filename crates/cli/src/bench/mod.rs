@@ -1,4 +1,5 @@
-//! `fjord bench produce|consume|e2e`: load a running cluster and measure it.
+//! `fjord bench produce|consume|e2e|group-consume|group-rebalance|group-idle`: load a
+//! running cluster and measure it.
 //!
 //! - `produce`: producers send `--records` records as fast as the window allows (or one at
 //!   a time with `--one-at-a-time`); latency is from the send call to the acknowledgement.
@@ -7,6 +8,16 @@
 //! - `e2e`: producers and consumers run together; latency is from the producer's clock at
 //!   the send call (carried in the value's first [`STAMP_BYTES`] bytes) to the consumer's
 //!   receipt, so both ends must share a clock (same host, or synchronised clocks).
+//! - `group-consume`: `consume` through a consumer group of `--members` members (each its own
+//!   client and connections), committing as they go; measured once the group is settled
+//!   (every partition owned once, fair shares), with `consume`'s read mode and fetch sizes so
+//!   the two compare; latency is that of each member's poll.
+//! - `group-rebalance`: the time from a member joining a settled group until it is settled
+//!   again, `--repeats` times; min, median and max.
+//! - `group-idle`: creates `--groups` groups with committed offsets and no members, then
+//!   reports the CPU (% of one core) and RSS of the server processes given by `--pids`.
+//!
+//! (See `group` for what each group mode measures exactly.)
 //!
 //! A run stops at `--records` or `--duration-max-secs`, whichever comes first (or Ctrl-C),
 //! then reports. Every latency sample is counted, in a bounded HdrHistogram (`histogram`), so
@@ -17,9 +28,13 @@
 //! - `histogram`: the log-bucket latency histogram.
 //! - `progress`: the progress line on standard error.
 //! - `load`: producers and consumers, and what they count.
+//! - `group`: the consumer group modes.
+//! - `procfs`: CPU time and RSS of processes, from `/proc`.
 
+mod group;
 mod histogram;
 mod load;
+mod procfs;
 mod progress;
 
 use std::io::IsTerminal;
@@ -27,7 +42,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use fjord_client::{Acks, Client, ClientError, FetchOptions, ProducerConfig, ReadMode, StartFrom};
+use fjord_client::{
+    Acks, Client, ClientConfig, ClientError, FetchOptions, ProducerConfig, ReadMode, StartFrom,
+};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -54,25 +71,52 @@ const MAX_PRODUCERS: u64 = 256;
 
 pub const AFTER_HELP: &str = "\
 Every run prints one report: text, or with --format json one object:
-  {\"mode\":\"produce|consume|e2e\",\"topic\",\"partitions\",
+  {\"mode\":\"produce|consume|e2e|group-consume\",\"topic\",\"partitions\",
    \"records_produced\",\"records_consumed\",\"errors\",
    \"stopped_by\":\"count|time|signal|error\",\"elapsed_secs\",
    \"records_per_sec\",\"mb_per_sec\",
-   \"latency_of\":\"ack|fetch|end_to_end\",\"latency_samples\",
+   \"latency_of\":\"ack|fetch|end_to_end|poll\",\"latency_samples\",
    \"latency_ms_p50\",\"latency_ms_p99\",\"latency_ms_p999\",\"latency_ms_max\",
    \"settings\":{\"records\",\"record_size_bytes\",\"keys\",\"partition\",\"producers\",
      \"in_flight_batches\",\"batch_max_bytes\",\"linger_ms\",\"acks\",\"read\",
-     \"one_at_a_time\",\"duration_max_secs\"}}
+     \"one_at_a_time\",\"duration_max_secs\",\"members\",\"group\",\"include_join\"}}
 records_per_sec and mb_per_sec count what was produced (produce) or consumed (consume,
-e2e); MB are 1,000,000 bytes of record values. latency_ms_* are milliseconds (to the
-microsecond, within 0.4%), null without samples; settings that do not apply to the mode
-are null. The exit status is 1 if a record failed (the report is printed first).
+e2e, group-consume); MB are 1,000,000 bytes of record values. latency_ms_* are milliseconds
+(to the microsecond, within 0.4%), null without samples; settings that do not apply to the
+mode are null. The exit status is 1 if a record failed (the report is printed first).
+
+group-consume reads what `consume` reads (from the start, or from the group's committed
+offsets, to the high watermarks at the start), each record counted once, with the same
+--read and fetch sizes; its clock starts once the group is settled (every partition owned
+by exactly one member, each holding its fair share) unless --include-join.
+group-rebalance prints
+  {\"mode\":\"group-rebalance\",\"topic\",\"partitions\",\"group\",\"members\",\"repeats\",
+   \"heartbeat_interval_ms\",\"max_wait_ms\",\"initial_settle_ms\",\"rebalance_ms\":[..],
+   \"rebalance_ms_min\",\"rebalance_ms_median\",\"rebalance_ms_max\",\"leave_settle_ms\":[..]}
+rebalance_ms: from the last member's creation until every partition is owned by exactly
+one member and each holds its fair share, as the members see it after their polls (a view
+lags by at most one fetch wait, max_wait_ms). A member learns of a change on its next
+heartbeat (heartbeat_interval_ms, the server's --group-heartbeat-interval-ms), so expect
+one to two intervals.
+group-idle prints
+  {\"mode\":\"group-idle\",\"topic\",\"partitions\",\"groups\",\"group_prefix\",
+   \"offsets_per_group\",\"create_secs\",\"groups_per_sec\",\"pids\":[..],
+   \"baseline\":{\"secs\",\"core_pct\",\"core_pct_per_pid\":[..]}|null,
+   \"idle\":{..the same..},\"core_pct_added\",\"rss_kib_before\":[..],\"rss_kib_after\":[..],
+   \"rss_bytes_per_group\",\"settle_secs\"}
+core_pct is % of one core (100 = one core busy), from utime+stime in /proc/PID/stat;
+baseline is measured before the groups are created, idle after them and --settle-secs;
+rss_bytes_per_group is the growth of all the processes' VmRSS together, per group. Each
+group ends as Kafka's idle groups do: committed offsets (one per partition), no members.
 
 Examples (against `fjord dev`):
   fjord bench produce --records 200000 --record-size 100
   fjord bench produce --one-at-a-time --records 2000
   fjord bench consume --records 200000
-  fjord bench e2e --records 100000 --producers 2 --format json";
+  fjord bench e2e --records 100000 --producers 2 --format json
+  fjord bench group-consume --records 200000 --members 3
+  fjord bench group-rebalance --partitions 100 --members 10 --repeats 5
+  fjord bench group-idle --groups 10000 --pids 4242,4243,4244   (bench/groups.sh runs all three)";
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
@@ -113,6 +157,36 @@ pub enum BenchCommand {
         #[command(flatten)]
         read: ReadArgs,
     },
+    /// Read a topic's records from the beginning through a consumer group; throughput, and
+    /// latency per poll.
+    #[command(name = "group-consume", after_help = AFTER_HELP)]
+    GroupConsume {
+        /// Topic to read.
+        #[arg(long, default_value = DEFAULT_TOPIC)]
+        topic: String,
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        read: ReadArgs,
+        /// Members of the group (1 to 100), each with its own client and connections.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=group::MAX_MEMBERS as i64))]
+        members: u32,
+        /// Group to read as [default: a fresh one per run]; one with committed offsets
+        /// reads on from them.
+        #[arg(long)]
+        group: Option<String>,
+        /// Start the clock when the members are created, so that joining and the first
+        /// rebalance count, rather than once the group is settled.
+        #[arg(long)]
+        include_join: bool,
+    },
+    /// Time a member joining a settled group until every partition is owned again.
+    #[command(name = "group-rebalance", after_help = AFTER_HELP)]
+    GroupRebalance(group::RebalanceArgs),
+    /// Create groups with committed offsets and no members, then measure the servers' CPU
+    /// and memory while they sit idle.
+    #[command(name = "group-idle", after_help = AFTER_HELP)]
+    GroupIdle(group::IdleArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -195,6 +269,9 @@ pub enum LatencyOf {
     Ack,
     Fetch,
     EndToEnd,
+    /// A group member's poll: a fetch of each partition it owns, and any heartbeat or
+    /// commit due.
+    Poll,
 }
 
 #[derive(Debug, Serialize)]
@@ -211,6 +288,9 @@ struct Settings {
     read: Option<&'static str>,
     one_at_a_time: bool,
     duration_max_secs: u64,
+    members: Option<u64>,
+    group: Option<String>,
+    include_join: Option<bool>,
 }
 
 /// The report: the documented JSON shape, field for field.
@@ -297,6 +377,9 @@ fn settings(
         read: read.map(|r| read_name(r.read)),
         one_at_a_time,
         duration_max_secs: run.duration_max_secs,
+        members: None,
+        group: None,
+        include_join: None,
     }
 }
 
@@ -376,7 +459,10 @@ struct Measured {
     latencies: anyhow::Result<Histogram>,
 }
 
-pub async fn run(client: Client, out: Output, command: BenchCommand) -> anyhow::Result<()> {
+/// Runs a benchmark against the cluster at `brokers` (group members make clients of their
+/// own there).
+pub async fn run(brokers: Vec<String>, out: Output, command: BenchCommand) -> anyhow::Result<()> {
+    let client = Client::connect(brokers.clone(), ClientConfig::default())?;
     let show_progress = std::io::stderr().is_terminal() && !out.is_json();
     let counters = Arc::new(Counters::default());
     let measured = match command {
@@ -417,10 +503,51 @@ pub async fn run(client: Client, out: Output, command: BenchCommand) -> anyhow::
             )
             .await?
         }
+        BenchCommand::GroupConsume {
+            topic,
+            run,
+            read,
+            members,
+            group,
+            include_join,
+        } => {
+            let args = group::GroupConsumeArgs {
+                topic,
+                run: &run,
+                read: &read,
+                members,
+                group,
+                include_join,
+            };
+            group::bench_group_consume(&client, &brokers, &counters, args, show_progress).await?
+        }
+        BenchCommand::GroupRebalance(args) => {
+            return group::bench_group_rebalance(&client, &brokers, out, args).await;
+        }
+        BenchCommand::GroupIdle(args) => {
+            check_pids(&args.pids)?;
+            return group::bench_group_idle(client, out, args, show_progress).await;
+        }
     };
     let (report, error) = report(&counters, measured);
     out.emit(|| report_text(&report), || to_json(&report))?;
     error.map_or(Ok(()), Err)
+}
+
+/// Checks `--pids`: 1 to [`procfs::MAX_PIDS`] distinct positive pids.
+fn check_pids(pids: &[u32]) -> anyhow::Result<()> {
+    let distinct: std::collections::BTreeSet<u32> = pids.iter().copied().collect();
+    anyhow::ensure!(
+        !pids.is_empty() && pids.len() <= procfs::MAX_PIDS,
+        "--pids takes 1 to {} processes (MAX_PIDS), got {}",
+        procfs::MAX_PIDS,
+        pids.len()
+    );
+    anyhow::ensure!(
+        distinct.len() == pids.len() && !distinct.contains(&0),
+        "--pids must be distinct positive process ids, got {pids:?}"
+    );
+    Ok(())
 }
 
 async fn bench_produce(
@@ -665,6 +792,7 @@ fn report_text(r: &Report) -> String {
         LatencyOf::Ack => "send to acknowledgement",
         LatencyOf::Fetch => "per fetch",
         LatencyOf::EndToEnd => "send to receipt",
+        LatencyOf::Poll => "per member poll",
     };
     let f = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
     s.push_str(&format!(
@@ -679,4 +807,20 @@ fn report_text(r: &Report) -> String {
         s.push_str(&format!("\nerrors: {}", r.errors));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pids_are_distinct_positive_and_bounded() {
+        assert!(check_pids(&[11, 12, 13]).is_ok());
+        assert!(check_pids(&[]).is_err());
+        assert!(check_pids(&[11, 11]).is_err());
+        assert!(check_pids(&[0]).is_err());
+        let many: Vec<u32> = (1..=procfs::MAX_PIDS as u32 + 1).collect();
+        assert!(check_pids(&many).is_err());
+        assert!(check_pids(&many[..procfs::MAX_PIDS]).is_ok());
+    }
 }
