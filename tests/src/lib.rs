@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use fjord_client::{Client, ClientConfig};
 
+pub mod group;
+
 /// How long a cluster may take to elect its metadata leader and register every node.
 pub const READY_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -137,27 +139,35 @@ impl Cluster {
     }
 
     fn spawn_with(&mut self, i: usize, extra: &[&str]) {
-        let common = self.extra.clone();
-        let node = &mut self.nodes[i];
+        let node = &self.nodes[i];
         assert!(node.child.is_none(), "node {} is already running", node.id);
+        let mut command = self.serve_command(node.id, &node.addr, &node.data_dir, &node.log);
+        let child = command.args(extra).spawn().expect("spawning fjord serve");
+        self.nodes[i].child = Some(child);
+    }
+
+    /// `fjord serve` as node `id`, listening and advertising at `addr`, on `data_dir`, with
+    /// this cluster's peers, timing and common flags, its output appended to `log`.
+    fn serve_command(&self, id: u64, addr: &str, data_dir: &Path, log: &Path) -> Command {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&node.log)
+            .open(log)
             .unwrap();
-        let child = Command::new(fjord_bin())
+        let mut command = Command::new(fjord_bin());
+        command
             .args([
                 "serve",
                 "--id",
-                &node.id.to_string(),
+                &id.to_string(),
                 "--listen",
-                &node.addr,
+                addr,
                 // The same as its `--peers` entry, unless the test moved the node.
                 "--advertise",
-                &node.addr,
+                addr,
             ])
             .arg("--data-dir")
-            .arg(&node.data_dir)
+            .arg(data_dir)
             .args([
                 "--peers",
                 &self.peers,
@@ -168,8 +178,7 @@ impl Cluster {
                 "--hibernate-after-ms",
                 &self.timing.hibernate_after_ms.to_string(),
             ])
-            .args(&common)
-            .args(extra)
+            .args(&self.extra)
             // FJORD_TEST_LOG: the nodes' log filter (default `info`).
             .env(
                 "RUST_LOG",
@@ -177,10 +186,34 @@ impl Cluster {
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
+            .stderr(log);
+        command
+    }
+
+    /// A second `fjord serve --id <id>` while node `id` runs (a duplicate `--id`): on a new
+    /// port, on `data_dir` (`None`: a new empty directory, as on another machine).
+    pub fn start_duplicate(&self, id: u64, data_dir: Option<&Path>) -> Duplicate {
+        self.start_duplicate_with(id, data_dir, &[])
+    }
+
+    /// [`Cluster::start_duplicate`] with more `fjord serve` arguments.
+    pub fn start_duplicate_with(
+        &self,
+        id: u64,
+        data_dir: Option<&Path>,
+        extra: &[&str],
+    ) -> Duplicate {
+        let dir = self.dir.as_ref().expect("the cluster's directory").path();
+        let n = std::fs::read_dir(dir).map_or(0, |d| d.count());
+        let log = dir.join(format!("duplicate{n}-of-node{id}.log"));
+        let own_dir = dir.join(format!("duplicate{n}-of-node{id}"));
+        let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+        let child = self
+            .serve_command(id, &addr, data_dir.unwrap_or(&own_dir), &log)
+            .args(extra)
             .spawn()
-            .expect("spawning fjord serve");
-        node.child = Some(child);
+            .expect("spawning a duplicate fjord serve");
+        Duplicate { child, log }
     }
 
     pub fn brokers(&self) -> Vec<String> {
@@ -208,6 +241,29 @@ impl Cluster {
         if let Some(mut c) = self.nodes[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL to every running node at the same moment (a power loss), then reaps them.
+    pub fn kill_all(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(c) = &mut n.child {
+                let _ = c.kill();
+            }
+        }
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.wait();
+            }
+        }
+    }
+
+    /// Whether node `id`'s process runs (it was started and has not exited).
+    pub fn is_running(&mut self, id: u64) -> bool {
+        let i = self.node_index(id);
+        match &mut self.nodes[i].child {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
         }
     }
 
@@ -285,18 +341,39 @@ impl Cluster {
         deadline: Duration,
     ) -> Option<std::process::ExitStatus> {
         let i = self.node_index(id);
-        let end = tokio::time::Instant::now() + deadline;
-        loop {
-            let child = self.nodes[i].child.as_mut()?;
-            if let Some(status) = child.try_wait().unwrap() {
-                self.nodes[i].child = None;
-                return Some(status);
-            }
-            if tokio::time::Instant::now() > end {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let status = wait_child(self.nodes[i].child.as_mut()?, deadline).await;
+        if status.is_some() {
+            self.nodes[i].child = None;
         }
+        status
+    }
+
+    /// Waits for node `id`, started on a lost or older data directory, to refuse it: it exits
+    /// with a failure, and its log says what it found (`expect`) and that `--rebuild` brings
+    /// it back.
+    pub async fn assert_refused(&mut self, id: u64, expect: &str) {
+        let status = self.wait_exit(id, REFUSAL_DEADLINE).await;
+        assert_refused_with(&format!("node {id}"), status, &self.log_text(id), expect);
+    }
+
+    /// Waits until node `id`, started with `--rebuild`, is a voter of every group it holds
+    /// again (it answers Metadata itself, with nothing left to rebuild).
+    pub async fn wait_rebuilt(&self, id: u64) {
+        let client = Client::connect(
+            vec![self.nodes[self.node_index(id)].addr.clone()],
+            ClientConfig::default(),
+        )
+        .unwrap();
+        wait_for(
+            &format!("node {id} to be a voter of every group again"),
+            READY_DEADLINE,
+            || async {
+                let md = client.metadata().await.ok()?;
+                (md.answered_by == Some(id) && md.rebuilding.is_none() && !md.topics.is_empty())
+                    .then_some(())
+            },
+        )
+        .await;
     }
 
     /// The whole log of node `id` (every run of it).
@@ -330,10 +407,7 @@ impl Cluster {
 
     /// The last lines of a node's log, for failure messages.
     pub fn log_tail(&self, id: u64) -> String {
-        let i = self.node_index(id);
-        let text = std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        tail(&self.log_text(id))
     }
 
     /// A `fjord` command pointed at this cluster.
@@ -362,6 +436,78 @@ impl Drop for Cluster {
             );
         }
     }
+}
+
+/// How long a node started on a lost or older data directory may take to refuse it (its
+/// peers answer its check within seconds).
+pub const REFUSAL_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A second `fjord serve` with a running node's id ([`Cluster::start_duplicate`]); killed
+/// when dropped.
+pub struct Duplicate {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Duplicate {
+    /// Waits (at most `deadline`) for the process to exit; `None` if it still runs.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        wait_child(&mut self.child, deadline).await
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Duplicate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (at most `deadline`) for `child` to exit, and returns its exit status; `None` if it
+/// still runs.
+async fn wait_child(child: &mut Child, deadline: Duration) -> Option<std::process::ExitStatus> {
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if tokio::time::Instant::now() > end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asserts that `who` refused its data directory: it exited (`status`) with a failure, and
+/// its `log` says what it found (`expect`) and that `--rebuild` brings it back.
+pub fn assert_refused_with(
+    who: &str,
+    status: Option<std::process::ExitStatus>,
+    log: &str,
+    expect: &str,
+) {
+    let Some(status) = status else {
+        panic!(
+            "{who} started on a lost or old data directory and did not refuse:\n{}",
+            tail(log)
+        );
+    };
+    assert!(!status.success(), "{who} exited with {status}");
+    assert!(
+        log.contains(expect) && log.contains("--rebuild"),
+        "{who}'s message does not say what was found ({expect:?}) and what to run:\n{}",
+        tail(log)
+    );
+}
+
+/// The last 40 lines of `text`, for failure messages.
+pub fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 /// Copies the directory `from` (files and subdirectories) to `to`, which must not exist.

@@ -13,8 +13,6 @@ use fjord_proto::v1::ReadMode as WireRead;
 use fjord_tests::{Cluster, read_from_node, serial, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-/// How long a refused node may take to say so and exit (its peers answer within seconds).
-const REFUSAL_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The node that leads partition 0 of `topic`, as the cluster reports it.
 async fn leader_of(client: &Client, topic: &str) -> u64 {
@@ -105,24 +103,6 @@ async fn lone_survivor_serves_no_read_without(
     }
 }
 
-/// Waits for a refused node to exit, and checks its status and message.
-async fn assert_refused(cluster: &mut Cluster, id: u64, expect: &str) {
-    let status = cluster.wait_exit(id, REFUSAL_DEADLINE).await;
-    let log = cluster.log_text(id);
-    let Some(status) = status else {
-        panic!(
-            "node {id} started on a lost or old data directory and did not refuse:\n{}",
-            cluster.log_tail(id)
-        );
-    };
-    assert!(!status.success(), "node {id} exited with {status}");
-    assert!(
-        log.contains(expect) && log.contains("--rebuild"),
-        "node {id}'s message does not say what was found ({expect:?}) and what to run:\n{}",
-        cluster.log_tail(id)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_on_a_wiped_disk_refuses_and_the_acknowledged_record_stays() {
     let _serial = serial();
@@ -146,14 +126,14 @@ async fn a_node_on_a_wiped_disk_refuses_and_the_acknowledged_record_stays() {
     cluster.restart(a);
     cluster.restart(z);
 
-    assert_refused(&mut cluster, a, "lost its data").await;
+    cluster.assert_refused(a, "lost its data").await;
     lone_survivor_serves_no_read_without(&cluster, z, "t", offset, &acked).await;
     // The node that holds the record returns: it is served.
     cluster.restart(l);
     cp_read_keeps(&cluster, &[l, z], "t", offset, &acked).await;
     // And A, started again on its empty directory, is refused again.
     cluster.restart(a);
-    assert_refused(&mut cluster, a, "lost its data").await;
+    cluster.assert_refused(a, "lost its data").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,7 +197,7 @@ async fn a_node_on_a_restored_copy_refuses_and_the_acknowledged_record_stays() {
     cluster.restart(a);
     cluster.restart(z);
 
-    assert_refused(&mut cluster, a, "older copy").await;
+    cluster.assert_refused(a, "older copy").await;
     lone_survivor_serves_no_read_without(&cluster, z, "t", offset, &acked).await;
     cluster.restart(l);
     cp_read_keeps(&cluster, &[l, z], "t", offset, &acked).await;
@@ -244,17 +224,7 @@ async fn a_wiped_node_started_with_rebuild_is_a_voter_again_with_every_record() 
     // Writes go on while it rebuilds.
     let during: Vec<String> = (0..10).map(|i| format!("during{i}")).collect();
     write_cp(&producer, &during).await;
-    let a_client = Client::connect(
-        vec![cluster.nodes[cluster.node_index(a)].addr.clone()],
-        ClientConfig::default(),
-    )
-    .unwrap();
-    wait_for("A to be a voter of every group again", DEADLINE, || async {
-        let md = a_client.metadata().await.ok()?;
-        (md.answered_by == Some(a) && md.rebuilding.is_none() && !md.topics.is_empty())
-            .then_some(())
-    })
-    .await;
+    cluster.wait_rebuilt(a).await;
     let log = cluster.log_text(a);
     assert!(
         log.contains("took this node back as a learner")
@@ -329,15 +299,5 @@ async fn rebuild_refuses_while_a_group_would_lose_its_majority() {
     cluster.restart(2);
     cp_read_keeps(&cluster, &[2, 3], "t", 0, "r0").await;
     cluster.restart_with(1, &["--rebuild"]);
-    let a_client = Client::connect(
-        vec![cluster.nodes[cluster.node_index(1)].addr.clone()],
-        ClientConfig::default(),
-    )
-    .unwrap();
-    wait_for("A to be rebuilt once B is back", DEADLINE, || async {
-        let md = a_client.metadata().await.ok()?;
-        (md.answered_by == Some(1) && md.rebuilding.is_none() && !md.topics.is_empty())
-            .then_some(())
-    })
-    .await;
+    cluster.wait_rebuilt(1).await;
 }

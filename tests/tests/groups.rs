@@ -25,6 +25,7 @@ use std::time::Duration;
 use fjord_client::{Client, GroupDescription, ProducerConfig, ProducerRecord};
 use fjord_proto::v1::fjord_client::FjordClient;
 use fjord_proto::v1::{CommitOffsetsRequest, OffsetCommit};
+use fjord_tests::group::{caught_up, stable};
 use fjord_tests::{Cluster, Timing, serial, wait_for};
 
 const SESSION_MS: &str = "3000";
@@ -152,43 +153,6 @@ async fn produce(client: &Client, from: usize, n: usize) {
     }
 }
 
-/// Waits until the group has `members` members, is stable, and every partition of `t` is
-/// owned by exactly one; returns the description.
-async fn stable_with(client: &Client, members: usize) -> GroupDescription {
-    wait_for(
-        &format!("a stable group of {members}"),
-        DEADLINE,
-        || async {
-            let d = client.describe_group("g").await.ok()?;
-            let owned: Vec<(String, u32)> =
-                d.members.iter().flat_map(|m| m.assigned.clone()).collect();
-            let distinct: BTreeSet<_> = owned.iter().cloned().collect();
-            (d.state == "STABLE"
-                && d.members.len() == members
-                && owned.len() == 6
-                && distinct.len() == 6)
-                .then_some(d)
-        },
-    )
-    .await
-}
-
-/// Waits until every partition's committed offset is its high watermark.
-async fn caught_up(client: &Client) -> GroupDescription {
-    caught_up_in(client, "g").await
-}
-
-async fn caught_up_in(client: &Client, group: &str) -> GroupDescription {
-    wait_for("the group to commit everything", DEADLINE, || async {
-        let d = client.describe_group(group).await.ok()?;
-        d.partitions
-            .iter()
-            .all(|p| p.committed_offset == Some(p.high_watermark) || p.high_watermark == 0)
-            .then_some(d)
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_share_partitions_and_a_killed_member_s_move_without_a_skip() {
     let _serial = serial();
@@ -200,11 +164,11 @@ async fn members_share_partitions_and_a_killed_member_s_move_without_a_skip() {
     let mut members: Vec<Member> = (0..3)
         .map(|i| Member::start(&cluster, dir.path(), &format!("m{i}"), None))
         .collect();
-    let d = stable_with(&client, 3).await;
+    let d = stable(&client, "g", 6, 3).await;
     for m in &d.members {
         assert_eq!(m.assigned.len(), 2, "{:?}", d.members);
     }
-    caught_up(&client).await;
+    caught_up(&client, "g", 300).await;
 
     // SIGKILL one member: its partitions go to the others within its session timeout.
     let victim = members.remove(0);
@@ -212,8 +176,8 @@ async fn members_share_partitions_and_a_killed_member_s_move_without_a_skip() {
     victim.kill();
     let after_kill = client.describe_group("g").await.unwrap();
     produce(&client, 300, 300).await;
-    stable_with(&client, 2).await;
-    let end = caught_up(&client).await;
+    stable(&client, "g", 6, 2).await;
+    let end = caught_up(&client, "g", 600).await;
     for m in members.drain(..) {
         m.stop();
     }
@@ -271,14 +235,14 @@ async fn a_paused_member_is_fenced_and_rejoins() {
     client.create_topic("t", 6, 3).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let a = Member::start(&cluster, dir.path(), "a", None);
-    let before_a = stable_with(&client, 1).await;
+    let before_a = stable(&client, "g", 6, 1).await;
     let (id, epoch) = (
         before_a.members[0].member_id.clone(),
         before_a.members[0].member_epoch,
     );
     let partition = before_a.members[0].assigned[0].1;
     let _b = Member::start(&cluster, dir.path(), "b", None);
-    stable_with(&client, 2).await;
+    stable(&client, "g", 6, 2).await;
 
     a.signal(libc::SIGSTOP);
     // Past its session timeout it is removed, and b owns every partition.
@@ -323,7 +287,7 @@ async fn a_paused_member_is_fenced_and_rejoins() {
     );
     // Resumed, it learns it was fenced and rejoins: two members again.
     a.signal(libc::SIGCONT);
-    stable_with(&client, 2).await;
+    stable(&client, "g", 6, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,7 +302,7 @@ async fn a_rolling_restart_of_static_members_moves_nothing() {
         .iter()
         .map(|n| Some(Member::start(&cluster, dir.path(), n, Some(n))))
         .collect();
-    let before = stable_with(&client, 3).await;
+    let before = stable(&client, "g", 6, 3).await;
     let by_instance = |d: &GroupDescription| -> BTreeMap<String, Vec<(String, u32)>> {
         d.members
             .iter()
@@ -349,7 +313,7 @@ async fn a_rolling_restart_of_static_members_moves_nothing() {
         // Stop (it leaves as a static member: its partitions wait for it), then start again.
         members[i].take().unwrap().stop();
         members[i] = Some(Member::start(&cluster, dir.path(), n, Some(n)));
-        let now = stable_with(&client, 3).await;
+        let now = stable(&client, "g", 6, 3).await;
         assert_eq!(
             by_instance(&now),
             by_instance(&before),
@@ -373,8 +337,8 @@ async fn killing_the_coordinator_loses_no_committed_offset() {
     let _members: Vec<Member> = (0..2)
         .map(|i| Member::start(&cluster, dir.path(), &format!("m{i}"), None))
         .collect();
-    stable_with(&client, 2).await;
-    let before = caught_up(&client).await;
+    stable(&client, "g", 6, 2).await;
+    let before = caught_up(&client, "g", 200).await;
     cluster.kill(before.coordinator);
     // Another node coordinates; every committed offset is still there, none lower.
     let after = wait_for("a new coordinator", DEADLINE, || async {
@@ -398,7 +362,7 @@ async fn killing_the_coordinator_loses_no_committed_offset() {
     }
     // And the group carries on: new records are consumed and committed.
     produce(&client, 200, 100).await;
-    let end = caught_up(&client).await;
+    let end = caught_up(&client, "g", 300).await;
     let total: u64 = end.partitions.iter().map(|p| p.high_watermark).sum();
     assert_eq!(total, 300);
 }
@@ -451,10 +415,10 @@ async fn a_group_s_own_session_timeout_removes_a_killed_member_and_survives_fail
     let mut members: Vec<Member> = (0..2)
         .map(|i| Member::start(&cluster, dir.path(), &format!("m{i}"), None))
         .collect();
-    stable_with(&client, 2).await;
+    stable(&client, "g", 6, 2).await;
     // SIGKILL one: its partitions move to the other after the group's session timeout.
     members.remove(0).kill();
-    let before = stable_with(&client, 1).await;
+    let before = stable(&client, "g", 6, 1).await;
 
     // Kill the coordinator's node: the new coordinator has the override from the log.
     cluster.kill(before.coordinator);
@@ -506,8 +470,8 @@ async fn an_empty_group_s_offsets_expire_after_the_retention_and_the_group_goes(
     // "live" keeps a member throughout; "g" commits and then its only member leaves.
     let _live = Member::start_in(&cluster, dir.path(), "live", "live", None);
     let leaving = Member::start(&cluster, dir.path(), "leaving", None);
-    caught_up_in(&client, "live").await;
-    let committed = caught_up(&client).await;
+    caught_up(&client, "live", 0).await;
+    let committed = caught_up(&client, "g", 0).await;
     assert!(
         committed
             .partitions

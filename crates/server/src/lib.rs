@@ -17,7 +17,8 @@
 //!   messages as domain types and back.
 //! - [`peer`]: what this node does with its peers' requests (the handler of the node-to-node
 //!   protocol, [`fjord_raft::peer`], which owns the messages, their encoding, the client and
-//!   the gRPC service); [`rebuild`]: `--rebuild`, taking back a node that lost its data.
+//!   the gRPC service); [`rebuild`]: `--rebuild`, taking back a node that lost its data;
+//!   [`dir_lock`]: one process at a time on a data directory.
 //! - [`error`]: typed errors and their mapping to gRPC statuses; [`edge`]: the layer every
 //!   answer leaves through (deadlines, and tonic's own codec answers, given fjord's codes);
 //!   [`connections`]: the bound on connections served at once.
@@ -31,6 +32,7 @@ pub mod config;
 pub mod connections;
 pub mod coordinator;
 pub mod data;
+pub mod dir_lock;
 pub mod edge;
 pub mod error;
 pub mod group_wire;
@@ -112,6 +114,11 @@ pub async fn run_with(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    // Held until this function returns, after the database is closed.
+    let _lock = dir_lock::DirLock::acquire(&config.data_dir).map_err(|e| ServerError::Storage {
+        dir: config.data_dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
     if config.rebuild {
         set_aside(&config.data_dir)?;
     }
@@ -217,7 +224,8 @@ fn or_on_storage_failure(
 /// `--rebuild`: the data directory's old contents (lost, corrupt or an old copy) are moved
 /// aside into `<dir>/replaced-<unix seconds>/`, never deleted, and the node starts on an empty
 /// store (see [`rebuild`]). Moved inside the directory, not beside it: a data directory that is
-/// a mount point cannot be renamed.
+/// a mount point cannot be renamed. The lock file stays: this process holds it
+/// ([`dir_lock`]), so no other process runs on the directory.
 fn set_aside(dir: &std::path::Path) -> Result<(), ServerError> {
     let storage = |reason: String| ServerError::Storage {
         dir: dir.display().to_string(),
@@ -229,7 +237,7 @@ fn set_aside(dir: &std::path::Path) -> Result<(), ServerError> {
             .filter(|p| {
                 !p.file_name()
                     .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("replaced-"))
+                    .is_some_and(|n| n.starts_with("replaced-") || n == dir_lock::LOCK_FILE)
             })
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
