@@ -277,6 +277,11 @@ def group_member(addrs):
         group=g, member_id=a.member_id, member_epoch=a.member_epoch), "fetch offsets")
     if [o.offset for o in got.offsets] != [1]:
         fail(f"the committed offset did not read back: {got}")
+    # Lag in records and in time, from the server: every partition shows both.
+    d = coordinator_call(addrs, "DescribeGroup", pb.DescribeGroupRequest(group=g), "describe")
+    for o in d.offsets:
+        if not o.HasField("lag_ms") or (o.lag_records == 0 and o.lag_ms != 0) or o.lag_ms < 0:
+            fail(f"DescribeGroup's lag of {o.topic}/{o.partition} is not what it says: {o}")
 
     # b joins: nothing for b until a gives something up.
     b = beat("", 0, [], "join b")

@@ -479,6 +479,25 @@ async fn an_empty_group_s_offsets_expire_after_the_retention_and_the_group_goes(
             .any(|p| p.committed_offset > Some(0)),
         "{committed:?}"
     );
+    // Lag in time, from the server: 0 for a caught-up group; for a group reset to the
+    // earliest offsets, the age of each partition's first record, read by the coordinator.
+    let live = client.describe_group("live").await.unwrap();
+    assert!(
+        live.partitions.iter().all(|p| p.lag_ms == Some(0)),
+        "{live:?}"
+    );
+    client
+        .reset_offsets("lagging", Some("t"), fjord_client::ResetSpec::Earliest)
+        .await
+        .unwrap();
+    let lagging = client.describe_group("lagging").await.unwrap();
+    assert_eq!(lagging.partitions.len(), 6, "{lagging:?}");
+    for p in &lagging.partitions {
+        assert_eq!(p.lag_records, p.high_watermark, "{lagging:?}");
+        if p.high_watermark > 0 {
+            assert!(p.lag_ms.is_some_and(|ms| ms >= 0), "{lagging:?}");
+        }
+    }
     leaving.stop();
     // Its coordinator's node dies before the retention has passed: the new coordinator
     // expires the offsets by itself, without any request for the group (ListGroups reads

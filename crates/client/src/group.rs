@@ -253,41 +253,19 @@ impl Client {
                 async move { c.describe_group(request(req, t)).await }
             })
             .await?;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let mut partitions = Vec::new();
-        for o in &d.offsets {
-            // The coordinator's node may not hold the partition: ask its leader.
-            let from = o.committed_offset.unwrap_or(0);
-            let probe = FetchOptions {
-                max_bytes: 1,
-                max_wait_ms: 0,
-                ..FetchOptions::default()
-            };
-            let fetched = self.fetch(&o.topic, o.partition, from, probe).await.ok();
-            let high_watermark = fetched
-                .as_ref()
-                .map_or(o.high_watermark, |f| f.high_watermark.max(o.high_watermark));
-            let oldest = fetched
-                .as_ref()
-                .and_then(|f| f.records.first())
-                .map(|r| r.timestamp_ms);
-            let lag_records = high_watermark.saturating_sub(from);
-            partitions.push(PartitionLag {
+        let partitions = d
+            .offsets
+            .iter()
+            .map(|o| PartitionLag {
                 topic: o.topic.clone(),
                 partition: o.partition,
                 committed_offset: o.committed_offset,
-                high_watermark,
-                lag_records,
-                lag_ms: if lag_records == 0 {
-                    Some(0)
-                } else {
-                    oldest.map(|t| now_ms.saturating_sub(t).max(0))
-                },
+                high_watermark: o.high_watermark,
+                lag_records: o.lag_records,
+                lag_ms: o.lag_ms,
                 member_id: o.member_id.clone(),
-            });
-        }
+            })
+            .collect();
         Ok(GroupDescription {
             settings: GroupSettings {
                 session_timeout_ms: d.session_timeout_ms,

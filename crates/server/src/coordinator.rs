@@ -255,12 +255,7 @@ impl Coordinator {
     }
 
     /// The runner of coordinator partition `gid`, started if none runs.
-    fn runner(
-        &self,
-        node: &Arc<Node>,
-        gid: GroupId,
-        handle: PartitionHandle,
-    ) -> mpsc::Sender<Job> {
+    fn runner(&self, node: &Arc<Node>, gid: GroupId, handle: PartitionHandle) -> mpsc::Sender<Job> {
         let mut runners = self.runners.lock().unwrap();
         if let Some(tx) = runners.get(&gid).filter(|tx| !tx.is_closed()) {
             return tx.clone();

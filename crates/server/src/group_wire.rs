@@ -340,6 +340,8 @@ pub fn describe_response(d: &Described, topics: &TopicsView) -> pb::DescribeGrou
                     .get(&tp)
                     .map(|(m, _)| m.clone())
                     .unwrap_or_default(),
+                // Filled in by `crate::lag` once the runner has answered.
+                lag_ms: None,
             })
         })
         .collect();

@@ -14,7 +14,8 @@
 //!   batch's producer before it is proposed.
 //! - [`coordinator`]: consumer group coordinators, one runner per `__fjord_groups` partition
 //!   this node leads, running [`fjord_groups`]' decisions; [`group_wire`]: the group
-//!   messages as domain types and back.
+//!   messages as domain types and back; [`lag`]: a description's lag in time (one record
+//!   read per partition, outside the runner).
 //! - [`peer`]: what this node does with its peers' requests (the handler of the node-to-node
 //!   protocol, [`fjord_raft::peer`], which owns the messages, their encoding, the client and
 //!   the gRPC service); [`rebuild`]: `--rebuild`, taking back a node that lost its data;
@@ -36,6 +37,7 @@ pub mod dir_lock;
 pub mod edge;
 pub mod error;
 pub mod group_wire;
+pub mod lag;
 pub mod live;
 pub mod node;
 pub mod peer;

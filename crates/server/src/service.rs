@@ -500,7 +500,9 @@ impl Fjord for ClientService {
         {
             Answer::Described(d) => {
                 let topics = crate::coordinator::topics_view(&self.node.view().state);
-                Ok(Response::new(group_wire::describe_response(&d, &topics)))
+                let mut described = group_wire::describe_response(&d, &topics);
+                crate::lag::fill(&self.node, &mut described.offsets).await;
+                Ok(Response::new(described))
             }
             other => Err(unexpected(other)),
         }
