@@ -67,8 +67,14 @@ async def measure(pids, secs, hz):
     return cpu_use(before, after, time.monotonic() - started, hz), after
 
 
+# Attempts at creating one consumer before the run fails.
+CREATE_ATTEMPTS = 20
+
+
 async def create_consumers(js, args, prefix):
+    from nats.errors import TimeoutError as NatsTimeoutError
     from nats.js.api import AckPolicy, ConsumerConfig
+    from nats.js.errors import ServiceUnavailableError
 
     slots = asyncio.Semaphore(args.concurrency)
     done = 0
@@ -77,16 +83,33 @@ async def create_consumers(js, args, prefix):
         nonlocal done
         name = f"{prefix}{i}"
         async with slots:
-            await js.add_consumer(args.stream, ConsumerConfig(
-                durable_name=name, ack_policy=AckPolicy.EXPLICIT, num_replicas=3),
-                timeout=args.request_timeout)
-            sub = await js.pull_subscribe_bind(durable=name, stream=args.stream)
-            try:
-                msgs = await sub.fetch(1, timeout=args.request_timeout)
-                for m in msgs:
-                    await m.ack_sync(timeout=args.request_timeout)
-            finally:
-                await sub.unsubscribe()
+            # The meta leader answers "no responders" (503) or nothing while it is busy
+            # creating others: retry, a bounded number of times (creating is idempotent).
+            for attempt in range(CREATE_ATTEMPTS):
+                try:
+                    await js.add_consumer(args.stream, ConsumerConfig(
+                        durable_name=name, ack_policy=AckPolicy.EXPLICIT, num_replicas=3),
+                        timeout=args.request_timeout)
+                    break
+                except (ServiceUnavailableError, NatsTimeoutError, asyncio.TimeoutError):
+                    if attempt + 1 == CREATE_ATTEMPTS:
+                        raise
+                    await asyncio.sleep(0.2 * (attempt + 1))
+            # A new consumer answers once its own Raft group elected a leader: until then a
+            # fetch gets "no responders" too.
+            for attempt in range(CREATE_ATTEMPTS):
+                sub = await js.pull_subscribe_bind(durable=name, stream=args.stream)
+                try:
+                    msgs = await sub.fetch(1, timeout=args.request_timeout)
+                    for m in msgs:
+                        await m.ack_sync(timeout=args.request_timeout)
+                    break
+                except (ServiceUnavailableError, NatsTimeoutError, asyncio.TimeoutError):
+                    if attempt + 1 == CREATE_ATTEMPTS:
+                        raise
+                    await asyncio.sleep(0.2 * (attempt + 1))
+                finally:
+                    await sub.unsubscribe()
             done += 1
 
     tasks = [asyncio.create_task(one(i)) for i in range(args.consumers)]
@@ -115,8 +138,10 @@ async def run(args):
     rss_before = [r for _, r in sample(args.pids)]
     nc = await nats.connect(servers=args.urls.split(","), connect_timeout=args.request_timeout)
     js = nc.jetstream(timeout=args.request_timeout)
+    # nats-server 2.15 gives a stream 1,000 consumers at most unless the stream sets a
+    # limit of its own (a value <= 0 means its default): set one above the count.
     await js.add_stream(name=args.stream, subjects=[f"{args.stream}.>"], num_replicas=3,
-                        storage=StorageType.FILE)
+                        storage=StorageType.FILE, max_consumers=max(args.consumers, 1000) + 1)
     await js.publish(f"{args.stream}.m", b"jetstream_consumers", timeout=args.request_timeout)
     baseline = (await measure(args.pids, args.baseline_secs, hz))[0] if args.baseline_secs > 0 else None
     prefix = f"idle{random.randrange(16**8):08x}-"
