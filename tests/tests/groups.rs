@@ -12,7 +12,10 @@
 //!   removes a SIGKILLed member long before the server's default would, and is still in
 //!   force after the coordinator's node is killed;
 //! - the committed offsets of a group all of whose members left expire after the server's
-//!   offset retention, and the group is deleted; a group with a live member keeps its own.
+//!   offset retention, and the group is deleted; a group with a live member keeps its own;
+//! - a held heartbeat (a long poll, `wait_ms`) is answered as soon as the group changes: a
+//!   member's when another joins (with its revocation), the joining member's when the first
+//!   gave its partitions up.
 // Each test holds `serial()` (a std mutex) for its whole run on purpose: tests run on
 // separate threads and runtimes, and must not start clusters at the same time.
 #![allow(clippy::await_holding_lock)]
@@ -24,7 +27,7 @@ use std::time::Duration;
 
 use fjord_client::{Client, GroupDescription, ProducerConfig, ProducerRecord};
 use fjord_proto::v1::fjord_client::FjordClient;
-use fjord_proto::v1::{CommitOffsetsRequest, OffsetCommit};
+use fjord_proto::v1::{self, CommitOffsetsRequest, OffsetCommit};
 use fjord_tests::group::{caught_up, stable};
 use fjord_tests::{Cluster, Timing, serial, wait_for};
 
@@ -522,4 +525,104 @@ async fn an_empty_group_s_offsets_expire_after_the_retention_and_the_group_goes(
             && live.partitions.iter().any(|p| p.committed_offset > Some(0)),
         "{live:?}"
     );
+}
+
+/// One heartbeat of a raw member of group "h" subscribed to "t", owning `owned` ("t"'s
+/// partitions), letting the coordinator hold it `wait_ms`.
+async fn raw_heartbeat(
+    mut c: FjordClient<tonic::transport::Channel>,
+    member: &str,
+    epoch: i32,
+    owned: &BTreeSet<u32>,
+    wait_ms: Option<u32>,
+) -> v1::GroupHeartbeatResponse {
+    c.group_heartbeat(v1::GroupHeartbeatRequest {
+        group: "h".into(),
+        member_id: member.into(),
+        member_epoch: epoch,
+        subscription: Some(v1::Subscription {
+            topics: vec!["t".into()],
+            pattern: None,
+        }),
+        owned: Some(v1::OwnedPartitions {
+            partitions: vec![v1::TopicPartitions {
+                topic: "t".into(),
+                partitions: owned.iter().copied().collect(),
+            }],
+        }),
+        wait_ms,
+        ..Default::default()
+    })
+    .await
+    .expect("a heartbeat answer")
+    .into_inner()
+}
+
+fn partitions_of(a: &v1::GroupHeartbeatResponse) -> BTreeSet<u32> {
+    a.assignment
+        .iter()
+        .filter(|t| t.topic == "t")
+        .flat_map(|t| t.partitions.iter().copied())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_heartbeat_is_answered_as_soon_as_the_group_changes() {
+    let _serial = serial();
+    // Heartbeats may be held up to 5 minutes, far past DEADLINE: only an answer given early,
+    // when the group changes, lets this test pass.
+    let args = [
+        "--group-session-timeout-ms",
+        "600000",
+        "--group-heartbeat-interval-ms",
+        "300000",
+    ];
+    let cluster = Cluster::start_with_args(3, Timing::FAST, &args).await;
+    let client = cluster.client();
+    client.create_topic("t", 4, 3).await.unwrap();
+    let coordinator = client.find_coordinator("h").await.unwrap();
+    let connect = || async {
+        FjordClient::connect(format!("http://{coordinator}"))
+            .await
+            .unwrap()
+    };
+    let hold = Some(300_000);
+
+    // a joins alone and owns every partition; its next heartbeat has no news: held.
+    let none = BTreeSet::new();
+    let a = raw_heartbeat(connect().await, "", 0, &none, None).await;
+    let a_owned = partitions_of(&a);
+    assert_eq!(a_owned.len(), 4, "{a:?}");
+    let (a_id, a_epoch) = (a.member_id.clone(), a.member_epoch);
+    let held_a = {
+        let (c, id, owned) = (connect().await, a_id.clone(), a_owned.clone());
+        tokio::spawn(async move { raw_heartbeat(c, &id, a_epoch, &owned, hold).await })
+    };
+
+    // b joins: a's held heartbeat is answered with partitions to give up.
+    let b = raw_heartbeat(connect().await, "", 0, &none, None).await;
+    let a_keeps = partitions_of(
+        &tokio::time::timeout(DEADLINE, held_a)
+            .await
+            .expect("a's held heartbeat answered when b joined")
+            .unwrap(),
+    );
+    assert_eq!(a_keeps.len(), 2, "a keeps half: {a_keeps:?}");
+    assert!(a_keeps.is_subset(&a_owned));
+
+    // b waits for a's partitions, held; a gives them up: b's held heartbeat gets them.
+    let held_b = {
+        let (c, id, owned) = (connect().await, b.member_id.clone(), partitions_of(&b));
+        let epoch = b.member_epoch;
+        tokio::spawn(async move { raw_heartbeat(c, &id, epoch, &owned, hold).await })
+    };
+    let a = raw_heartbeat(connect().await, &a_id, a_epoch, &a_keeps, hold).await;
+    assert!(a.member_epoch > a_epoch, "a's revocation is news: {a:?}");
+    let b_owns = partitions_of(
+        &tokio::time::timeout(DEADLINE, held_b)
+            .await
+            .expect("b's held heartbeat answered when a gave its partitions up")
+            .unwrap(),
+    );
+    assert_eq!(b_owns, &a_owned - &a_keeps);
 }

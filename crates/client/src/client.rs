@@ -81,7 +81,16 @@ struct Inner {
     /// Retry jitter and partition choice. A std mutex: one draw at a time, never held across
     /// an await.
     rng: Mutex<StdRng>,
+    /// Group heartbeats this client lets coordinators hold at once
+    /// ([`MAX_HELD_HEARTBEATS`]).
+    held_heartbeats: Arc<tokio::sync::Semaphore>,
 }
+
+/// Group heartbeats one client lets coordinators hold at once (long polls, see
+/// [`crate::group`]); beyond, a member's heartbeat is answered at once and the member hears of
+/// a rebalance at its next one. A held request takes one of the server's requests per
+/// connection (256) until it is answered: this leaves most of them to other requests.
+pub const MAX_HELD_HEARTBEATS: usize = 64;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -188,8 +197,15 @@ impl Client {
                 next_node: AtomicUsize::new(0),
                 connect,
                 rng: Mutex::new(rng),
+                held_heartbeats: Arc::new(tokio::sync::Semaphore::new(MAX_HELD_HEARTBEATS)),
             }),
         })
+    }
+
+    /// A permit to let a coordinator hold a heartbeat, if fewer than [`MAX_HELD_HEARTBEATS`]
+    /// are held now.
+    pub(crate) fn hold_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.inner.held_heartbeats.clone().try_acquire_owned().ok()
     }
 
     /// The configuration the client was made with.

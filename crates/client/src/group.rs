@@ -16,8 +16,15 @@
 //!    coordinator for a session timeout, it drops every partition at once and rejoins: it
 //!    never reads on from partitions it may no longer own.
 //!
-//! Heartbeats are sent from `poll`: call it at least once per heartbeat interval (the server
-//! says how often; 5 s by default). A fetch waits at most half of it.
+//! Heartbeats are **long polls** sent from `poll` and left in flight (a spawned task): each
+//! asks the coordinator to hold its answer while it has no news for the member (`wait_ms`, one
+//! heartbeat interval), so a rebalance reaches the member as soon as it starts, not at its next
+//! heartbeat. `poll` applies an answer when it arrives (a fetch wait ends early for it) and
+//! sends the next heartbeat: at once after a held answer, after news, or after giving
+//! partitions up; a heartbeat interval after the last one otherwise (a coordinator that does not
+//! hold answers, or beyond the [`crate::MAX_HELD_HEARTBEATS`] one client lets be held
+//! at once). One heartbeat is in flight at a time. Call `poll` at least once per heartbeat
+//! interval (the server says how often; 5 s by default): a fetch waits at most half of it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -107,6 +114,73 @@ struct Owned {
 
 type Tp = (String, u32);
 
+/// What a heartbeat task returns: the answer, where the coordinator is now, and when the
+/// answer came (the member's session restarted just before: an answer applied later, after a
+/// pause of the application, counts from then).
+type HeartbeatOutput = (
+    Result<v1::GroupHeartbeatResponse, ClientError>,
+    Option<String>,
+    Instant,
+);
+
+/// What a heartbeat in flight said when it was sent.
+#[derive(Debug, Clone)]
+struct Sent {
+    at: Instant,
+    epoch: i32,
+    owned: BTreeSet<Tp>,
+}
+
+/// The heartbeat in flight.
+struct InFlight {
+    sent: Sent,
+    task: tokio::task::JoinHandle<HeartbeatOutput>,
+}
+
+/// A heartbeat's outcome, not applied yet.
+struct Arrived {
+    sent: Sent,
+    output: Result<HeartbeatOutput, tokio::task::JoinError>,
+}
+
+/// A fetch wait raced against the heartbeat in flight.
+enum Raced<T> {
+    Done(T),
+    Heartbeat(Result<HeartbeatOutput, tokio::task::JoinError>),
+}
+
+/// Runs `fut` unless the heartbeat in flight ends first: then it is taken out of `inflight`
+/// (the caller applies it) and `fut` is dropped.
+async fn or_heartbeat<T>(
+    inflight: &mut Option<InFlight>,
+    fut: impl Future<Output = T>,
+) -> Result<T, Arrived> {
+    let Some(hb) = inflight.as_mut() else {
+        return Ok(fut.await);
+    };
+    let raced = tokio::select! {
+        v = fut => Raced::Done(v),
+        out = &mut hb.task => Raced::Heartbeat(out),
+    };
+    match raced {
+        Raced::Done(v) => Ok(v),
+        Raced::Heartbeat(output) => {
+            let sent = inflight.take().map(|h| h.sent).expect("in flight above");
+            Err(Arrived { sent, output })
+        }
+    }
+}
+
+/// Why [`GroupConsumer::fetch_owned`] returned no records.
+enum FetchEnd {
+    Failed(ClientError),
+    /// The heartbeat in flight was answered first.
+    Heartbeat(Box<Arrived>),
+}
+
+/// Rounds of "apply an answer, send the next heartbeat" one `poll` makes at most.
+const MAX_HEARTBEAT_ROUNDS: usize = 4;
+
 /// A member of a consumer group (see the module doc).
 pub struct GroupConsumer {
     client: Client,
@@ -119,6 +193,10 @@ pub struct GroupConsumer {
     session_timeout: Duration,
     next_heartbeat: Instant,
     last_heartbeat_ok: Instant,
+    /// The heartbeat in flight (at most one, besides a leave).
+    inflight: Option<InFlight>,
+    /// A heartbeat's outcome that ended a fetch wait, to apply.
+    arrived: Option<Arrived>,
     owned: BTreeMap<Tp, Owned>,
     /// Handed out by the previous `poll`: committable from the next one on.
     pending_handed: BTreeMap<Tp, u64>,
@@ -149,6 +227,8 @@ impl Client {
             session_timeout: Duration::from_secs(45),
             next_heartbeat: now,
             last_heartbeat_ok: now,
+            inflight: None,
+            arrived: None,
             owned: BTreeMap::new(),
             pending_handed: BTreeMap::new(),
             next_commit: now + config.auto_commit_interval,
@@ -179,13 +259,30 @@ impl Client {
         &self,
         group: &str,
         cached: &mut Option<String>,
+        f: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(FjordClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.coordinator_call_held(group, cached, Duration::ZERO, f)
+            .await
+    }
+
+    /// [`Client::coordinator_call`] for a call the coordinator may hold up to `hold` (a long
+    /// poll): each attempt's deadline is the request timeout plus `hold`.
+    pub(crate) async fn coordinator_call_held<T, F, Fut>(
+        &self,
+        group: &str,
+        cached: &mut Option<String>,
+        hold: Duration,
         mut f: F,
     ) -> Result<T, ClientError>
     where
         F: FnMut(FjordClient<Channel>, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let timeout = self.request_timeout();
+        let timeout = self.request_timeout() + hold;
         let mut retry = RetryState::new(self.config());
         loop {
             let address = match cached.clone() {
@@ -506,6 +603,12 @@ pub struct PartitionLag {
     pub member_id: String,
 }
 
+impl Drop for GroupConsumer {
+    fn drop(&mut self) {
+        self.give_up_heartbeat();
+    }
+}
+
 impl GroupConsumer {
     /// A call to this member's group coordinator, remembering where it is between calls.
     async fn at_coordinator<T, F, Fut>(&mut self, f: F) -> Result<T, ClientError>
@@ -533,8 +636,9 @@ impl GroupConsumer {
     }
 
     /// How often this member heartbeats: as the coordinator's last answer said (5 s until
-    /// the first one). A change of the group (a member joining or leaving) reaches a member
-    /// on its next heartbeat, so rebalances take about one or two of these.
+    /// the first one). A coordinator holds a heartbeat with no news up to this long and
+    /// answers it as soon as the group changes, so a rebalance reaches the member at once (a
+    /// coordinator that does not hold heartbeats: at the member's next one).
     pub fn heartbeat_interval(&self) -> Duration {
         self.heartbeat_interval
     }
@@ -610,27 +714,68 @@ impl GroupConsumer {
                 Err(e) => return Err(e),
             }
         }
-        if self.epoch == 0 || Instant::now() >= self.next_heartbeat {
-            self.heartbeat().await?;
-            if self.next_heartbeat <= Instant::now() {
-                // It just gave partitions up (or was fenced): say so now, not after this
-                // poll's fetch wait, since their new owner waits for it (Kafka's consumer
-                // acknowledges a revocation at once too). One extra heartbeat at most.
-                self.heartbeat().await?;
+        self.heartbeats().await?;
+        self.resolve_positions().await?;
+        match self.fetch_owned().await {
+            Ok(records) => Ok(records),
+            Err(FetchEnd::Failed(e)) => Err(e),
+            Err(FetchEnd::Heartbeat(arrived)) => {
+                // The fetch was dropped unanswered (nothing handed out): apply the answer now.
+                self.arrived = Some(*arrived);
+                self.heartbeats().await?;
+                Ok(Vec::new())
             }
         }
-        self.resolve_positions().await?;
-        self.fetch_owned().await
     }
 
-    /// One heartbeat; applies the assignment it answers with.
-    async fn heartbeat(&mut self) -> Result<(), ClientError> {
+    /// Applies the heartbeat answer that arrived, if any, and sends the next heartbeat when
+    /// due. A join is waited for here (nothing can be read before it); other heartbeats stay
+    /// in flight while `poll` reads.
+    async fn heartbeats(&mut self) -> Result<(), ClientError> {
         if self.epoch != 0 && self.last_heartbeat_ok.elapsed() >= self.session_timeout {
             // Silent for a whole session: the coordinator has removed us by now. Never read
             // on from partitions that may be someone else's.
             tracing::warn!(group = %self.config.group, "no heartbeat answered for a session timeout: dropping every partition and rejoining");
             self.drop_all();
         }
+        for _ in 0..MAX_HEARTBEAT_ROUNDS {
+            if self.arrived.is_none()
+                && let Some(hb) = self
+                    .inflight
+                    .take_if(|h| h.task.is_finished() || self.epoch == 0)
+            {
+                // Finished (no wait), or a join (waited for).
+                let output = hb.task.await;
+                self.arrived = Some(Arrived {
+                    sent: hb.sent,
+                    output,
+                });
+            }
+            if let Some(arrived) = self.arrived.take() {
+                self.apply_heartbeat(arrived).await?;
+            }
+            if self.inflight.is_none() && Instant::now() >= self.next_heartbeat {
+                self.send_heartbeat();
+            }
+            if self.epoch != 0 || self.inflight.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a heartbeat in the background (a long poll: see the module doc).
+    fn send_heartbeat(&mut self) {
+        let owned: BTreeSet<Tp> = self.owned.keys().cloned().collect();
+        // Joins are never held; beyond the client's bound, neither is a heartbeat.
+        let permit = (self.epoch > 0)
+            .then(|| self.client.hold_permit())
+            .flatten();
+        let hold = if permit.is_some() {
+            self.heartbeat_interval
+        } else {
+            Duration::ZERO
+        };
         let req = v1::GroupHeartbeatRequest {
             group: self.config.group.clone(),
             member_id: self.member_id.clone(),
@@ -642,28 +787,71 @@ impl GroupConsumer {
                 pattern: self.config.pattern.clone(),
             }),
             owned: Some(v1::OwnedPartitions {
-                partitions: to_wire(self.owned.keys().cloned()),
+                partitions: to_wire(owned.iter().cloned()),
             }),
             assignor: self.config.assignor.clone().unwrap_or_default(),
             client_id: self.config.client_id.clone(),
+            wait_ms: (!hold.is_zero()).then(|| hold.as_millis().min(u32::MAX as u128) as u32),
         };
-        let answer = self
-            .at_coordinator(|mut c, t| {
-                let req = req.clone();
-                async move { c.group_heartbeat(request(req, t)).await }
-            })
-            .await;
+        let (client, group, mut cached) = (
+            self.client.clone(),
+            self.config.group.clone(),
+            self.coordinator.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let answer = client
+                .coordinator_call_held(&group, &mut cached, hold, |mut c, t| {
+                    let req = req.clone();
+                    async move { c.group_heartbeat(request(req, t)).await }
+                })
+                .await;
+            drop(permit);
+            (answer, cached, Instant::now())
+        });
+        let sent = Sent {
+            at: Instant::now(),
+            epoch: self.epoch,
+            owned,
+        };
+        self.inflight = Some(InFlight { sent, task });
+    }
+
+    /// Applies a heartbeat's outcome: the assignment it answers with, and when to send the
+    /// next (at once after news or a held answer, a heartbeat interval after the last one
+    /// otherwise).
+    async fn apply_heartbeat(&mut self, arrived: Arrived) -> Result<(), ClientError> {
+        let Arrived { sent, output } = arrived;
+        let (answer, answered_at) = match output {
+            Ok((answer, cached, at)) => {
+                self.coordinator = cached;
+                (answer, at)
+            }
+            // A panic in the task (a bug): try again, as after a timeout.
+            Err(e) => (
+                Err(ClientError::Timeout(format!(
+                    "the heartbeat task ended: {e}"
+                ))),
+                Instant::now(),
+            ),
+        };
         match answer {
             Ok(r) => {
-                self.last_heartbeat_ok = Instant::now();
+                let now = Instant::now();
+                self.last_heartbeat_ok = answered_at;
                 self.member_id = r.member_id;
                 self.epoch = r.member_epoch;
                 self.heartbeat_interval =
                     Duration::from_millis(r.heartbeat_interval_ms.max(1).into());
                 self.session_timeout = Duration::from_millis(r.session_timeout_ms.max(1).into());
-                self.next_heartbeat = Instant::now() + self.heartbeat_interval;
-                self.apply_assignment(flatten(&r.assignment).into_iter().collect())
-                    .await;
+                let assigned: BTreeSet<Tp> = flatten(&r.assignment).into_iter().collect();
+                let news = r.member_epoch != sent.epoch || assigned != sent.owned;
+                self.next_heartbeat = if news {
+                    now
+                } else {
+                    // Held (answered about an interval after it was sent): the next at once.
+                    (sent.at + self.heartbeat_interval).max(now)
+                };
+                self.apply_assignment(assigned).await;
                 Ok(())
             }
             Err(ClientError::MemberFenced(why)) => {
@@ -681,11 +869,23 @@ impl GroupConsumer {
         }
     }
 
+    /// Drops every partition, to rejoin at once. A heartbeat in flight is given up: its
+    /// answer is about the member dropped.
     fn drop_all(&mut self) {
         self.sessions += 1;
         self.owned.clear();
         self.pending_handed.clear();
         self.epoch = 0;
+        self.next_heartbeat = Instant::now();
+        self.give_up_heartbeat();
+    }
+
+    /// Aborts the heartbeat in flight and forgets an answer not applied yet.
+    fn give_up_heartbeat(&mut self) {
+        if let Some(hb) = self.inflight.take() {
+            hb.task.abort();
+        }
+        self.arrived = None;
     }
 
     /// Gives up what the answer no longer lists (committing it first), takes on what is new.
@@ -793,8 +993,9 @@ impl GroupConsumer {
     }
 
     /// Fetches every owned partition once, concurrently, waiting at most half a heartbeat
-    /// interval for records.
-    async fn fetch_owned(&mut self) -> Result<Vec<GroupRecord>, ClientError> {
+    /// interval for records, or until the heartbeat in flight is answered (then nothing is
+    /// handed out: the fetches are dropped unanswered).
+    async fn fetch_owned(&mut self) -> Result<Vec<GroupRecord>, FetchEnd> {
         let wait_cap = (self.heartbeat_interval / 2).as_millis() as u32;
         let options = FetchOptions {
             max_wait_ms: self.config.fetch.max_wait_ms.min(wait_cap),
@@ -807,10 +1008,18 @@ impl GroupConsumer {
             .collect();
         if wanted.is_empty() {
             if self.owned.is_empty() {
-                // Nothing to read yet: wait for the next heartbeat rather than spin.
-                let wait = Duration::from_millis(options.max_wait_ms.into());
-                let until = self.next_heartbeat.min(Instant::now() + wait);
-                tokio::time::sleep_until(until).await;
+                // Nothing to read yet: wait for the next heartbeat's answer (or for the time
+                // to send it) rather than spin.
+                let wait = Instant::now() + Duration::from_millis(options.max_wait_ms.into());
+                let until = if self.inflight.is_some() {
+                    wait
+                } else {
+                    self.next_heartbeat.min(wait)
+                };
+                let sleep = tokio::time::sleep_until(until);
+                or_heartbeat(&mut self.inflight, sleep)
+                    .await
+                    .map_err(|a| FetchEnd::Heartbeat(Box::new(a)))?;
             }
             return Ok(Vec::new());
         }
@@ -818,7 +1027,9 @@ impl GroupConsumer {
         let fetches = wanted.iter().map(|(tp, at)| async move {
             (tp.clone(), client.fetch(&tp.0, tp.1, *at, options).await)
         });
-        let results = futures::future::join_all(fetches).await;
+        let results = or_heartbeat(&mut self.inflight, futures::future::join_all(fetches))
+            .await
+            .map_err(|a| FetchEnd::Heartbeat(Box::new(a)))?;
         let mut out = Vec::new();
         let mut failed = None;
         for (tp, result) in results {
@@ -847,7 +1058,7 @@ impl GroupConsumer {
                 self.deferred = Some(e);
                 Ok(out)
             }
-            Some(e) => Err(e),
+            Some(e) => Err(FetchEnd::Failed(e)),
             None => Ok(out),
         }
     }
@@ -946,6 +1157,8 @@ impl GroupConsumer {
     /// Commits (with auto-commit) and leaves the group: at once for a dynamic member; a
     /// static member leaves its partitions to its next instance until its session times out.
     pub async fn close(mut self) -> Result<(), ClientError> {
+        // A held heartbeat's answer no longer matters: the leave below answers it.
+        self.give_up_heartbeat();
         for (tp, next) in std::mem::take(&mut self.pending_handed) {
             if let Some(o) = self.owned.get_mut(&tp) {
                 o.handed = Some(next);

@@ -51,7 +51,9 @@ pub mod producer;
 mod retry;
 mod sequencer;
 
-pub use client::{Client, Connect, MAX_CACHED_CHANNELS, MAX_MESSAGE_BYTES, TcpConnect};
+pub use client::{
+    Client, Connect, MAX_CACHED_CHANNELS, MAX_HELD_HEARTBEATS, MAX_MESSAGE_BYTES, TcpConnect,
+};
 pub use config::{Acks, ClientConfig, FetchOptions, ProducerConfig, ReadMode};
 pub use consumer::{ConsumedRecord, Consumer, FetchResult, StartFrom};
 pub use error::{ClientError, LeaderHint};

@@ -183,6 +183,26 @@ pub fn heartbeat(
     })
 }
 
+/// Whether a coordinator may hold back answer `a` to `req`, whose decision writes `records` (a long-poll heartbeat, KIP-848
+/// has none): only when it is news to no one. That is a heartbeat (not a join or a leave)
+/// whose decision writes nothing and whose answer tells the member nothing it does not know:
+/// the epoch it sent, exactly the partitions it says it owns, nothing to revoke. A member
+/// waiting for partitions another member still owns ([`MemberState::UnreleasedPartitions`])
+/// may be held too: their release is a write to the group, which re-decides held heartbeats.
+/// A member that does not say what it owns is never held (it may hold more than it knows).
+pub fn may_hold(req: &HeartbeatRequest, a: &HeartbeatAnswer, records: &[GroupRecord]) -> bool {
+    let Some(Beat::At(sent)) = req.beat else {
+        return false;
+    };
+    records.is_empty()
+        && a.member_epoch == Some(sent)
+        && req.owned.as_ref() == Some(&a.assignment)
+        && matches!(
+            a.state,
+            Some(MemberState::Stable | MemberState::UnreleasedPartitions)
+        )
+}
+
 /// Rule 5: a leave, or a static leave.
 fn leave(
     mut w: Work,
@@ -488,4 +508,137 @@ fn compute_target(w: &mut Work, topics: &TopicsView) {
     }
     let epoch = w.group.meta.epoch;
     w.meta().assignment_epoch = epoch;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::groups::Groups;
+
+    fn topics() -> TopicsView {
+        TopicsView::new([("t".to_string(), 1, 4)])
+    }
+
+    fn request(member_id: &str, beat: Beat, owned: Option<BTreeSet<Tp>>) -> HeartbeatRequest {
+        HeartbeatRequest {
+            group: "g".into(),
+            member_id: member_id.into(),
+            beat: Some(beat),
+            subscription: Some(Subscription {
+                topics: ["t".to_string()].into(),
+                pattern: None,
+            }),
+            owned,
+            ..HeartbeatRequest::default()
+        }
+    }
+
+    /// Decides `req` on `groups` (with `fresh` for a joining member's id) and applies it.
+    fn decide(
+        groups: &mut Groups,
+        req: &HeartbeatRequest,
+        fresh: &str,
+    ) -> Decision<HeartbeatAnswer> {
+        let topics = topics();
+        let ctx = Context {
+            topics: &topics,
+            now_ms: 1,
+            groups_held: groups.len(),
+            new_member_id: fresh,
+            defaults: Defaults::default(),
+        };
+        let d = heartbeat(groups.get("g"), req, &ctx).expect("decided");
+        for r in &d.records {
+            groups.apply(r);
+        }
+        d
+    }
+
+    /// A member alone in the group, settled: its id, epoch and partitions.
+    fn settled(groups: &mut Groups) -> (String, u32, BTreeSet<Tp>) {
+        let d = decide(groups, &request("", Beat::Join, Some(BTreeSet::new())), "a");
+        let a = d.answer;
+        (a.member_id, a.member_epoch.unwrap(), a.assignment)
+    }
+
+    #[test]
+    fn a_settled_member_s_heartbeat_may_be_held() {
+        let mut groups = Groups::default();
+        let (id, epoch, owned) = settled(&mut groups);
+        assert_eq!(owned.len(), 4);
+        let req = request(&id, Beat::At(epoch), Some(owned));
+        let d = decide(&mut groups, &req, "unused");
+        assert!(may_hold(&req, &d.answer, &d.records));
+    }
+
+    #[test]
+    fn joins_leaves_and_members_that_do_not_say_what_they_own_are_answered_at_once() {
+        let mut groups = Groups::default();
+        let join = request("", Beat::Join, Some(BTreeSet::new()));
+        let d = decide(&mut groups, &join, "a");
+        assert!(!may_hold(&join, &d.answer, &d.records));
+        let (id, epoch) = (d.answer.member_id.clone(), d.answer.member_epoch.unwrap());
+        let unknown = request(&id, Beat::At(epoch), None);
+        let d = decide(&mut groups, &unknown, "unused");
+        assert!(!may_hold(&unknown, &d.answer, &d.records));
+        let leave = request(&id, Beat::Leave, None);
+        let d = decide(&mut groups, &leave, "unused");
+        assert!(!may_hold(&leave, &d.answer, &d.records));
+    }
+
+    #[test]
+    fn a_member_that_must_revoke_or_is_behind_is_answered_at_once() {
+        let mut groups = Groups::default();
+        let (a, epoch, owned) = settled(&mut groups);
+        // A second member joins: the first must give partitions up.
+        let b = decide(
+            &mut groups,
+            &request("", Beat::Join, Some(BTreeSet::new())),
+            "b",
+        );
+        assert!(b.answer.assignment.is_empty(), "b waits for a's partitions");
+        let req = request(&a, Beat::At(epoch), Some(owned.clone()));
+        let d = decide(&mut groups, &req, "unused");
+        assert_eq!(d.answer.state, Some(MemberState::UnrevokedPartitions));
+        assert!(!may_hold(&req, &d.answer, &d.records));
+        // The member says it owns less than it was given (it lost the answer before): news.
+        let mut less = owned.clone();
+        less.pop_first();
+        let req = request(&a, Beat::At(epoch), Some(less));
+        let d = decide(&mut groups, &req, "unused");
+        assert!(!may_hold(&req, &d.answer, &d.records));
+    }
+
+    #[test]
+    fn a_member_waiting_for_another_s_partitions_may_be_held_until_they_are_released() {
+        let mut groups = Groups::default();
+        let (a, epoch, owned) = settled(&mut groups);
+        let joined = decide(
+            &mut groups,
+            &request("", Beat::Join, Some(BTreeSet::new())),
+            "b",
+        );
+        let (b, b_epoch) = (joined.answer.member_id, joined.answer.member_epoch.unwrap());
+        let req = request(&b, Beat::At(b_epoch), Some(BTreeSet::new()));
+        let d = decide(&mut groups, &req, "unused");
+        assert_eq!(d.answer.state, Some(MemberState::UnreleasedPartitions));
+        assert!(may_hold(&req, &d.answer, &d.records));
+        // The first member revokes (a write to the group: held heartbeats are re-decided)…
+        let asked = decide(
+            &mut groups,
+            &request(&a, Beat::At(epoch), Some(owned)),
+            "unused",
+        );
+        let keep = asked.answer.assignment;
+        let revoked = decide(
+            &mut groups,
+            &request(&a, Beat::At(epoch), Some(keep)),
+            "unused",
+        );
+        assert!(!revoked.records.is_empty());
+        // …and the waiting member's re-decided heartbeat has news: it is answered.
+        let d = decide(&mut groups, &req, "unused");
+        assert!(!d.answer.assignment.is_empty());
+        assert!(!may_hold(&req, &d.answer, &d.records));
+    }
 }

@@ -109,6 +109,16 @@ fn value_of(body: &impl Serialize) -> Vec<u8> {
 }
 
 impl GroupRecord {
+    /// Whether it may change a heartbeat's answer: everything but committed offsets. A
+    /// coordinator decides its held heartbeats again after such a record
+    /// ([`crate::heartbeat::may_hold`]).
+    pub fn changes_members(&self) -> bool {
+        !matches!(
+            self,
+            GroupRecord::Offset { .. } | GroupRecord::OffsetGone { .. }
+        )
+    }
+
     /// The group the record is about.
     pub fn group(&self) -> &str {
         match self {

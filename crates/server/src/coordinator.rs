@@ -22,14 +22,26 @@
 //!   offsets of empty groups past it ([`offsets::expire`]).
 //! - A group config change (AlterGroupConfig) that changes the session timeout restarts the
 //!   session clock of each of the group's members with the new timeout.
+//! - **Held heartbeats** (a long poll, `wait_ms`): a heartbeat that is news to no one
+//!   ([`heartbeat::may_hold`]) is parked instead of answered, until its deadline (its wait, at
+//!   most the heartbeat interval in force) or until records that may change its answer are
+//!   written for its group (by a batch, or by a removal on timeout: anything but committed
+//!   offsets, [`GroupRecord::changes_members`]), whichever comes first. Then it is decided again, in
+//!   the next batch, as if just received: parked again if still news to no one and before its
+//!   deadline, else answered through the batch's write or ReadIndex like any request. So a
+//!   member hears of a rebalance as soon as it starts, not at its next heartbeat. A parked
+//!   member's session does not run out; it restarts when the answer is sent. At most
+//!   [`MAX_PARKED_HEARTBEATS`] are parked per runner; a member's new request answers its
+//!   parked one; a stopping runner answers every parked one NOT_COORDINATOR.
 //! - The topic itself is created on the first group request ([`Coordinator::topic`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fjord_groups::config::{self, AlterConfigRequest, Effective};
 use fjord_groups::heartbeat::{self, Decision, HeartbeatAnswer, HeartbeatRequest, timing};
+use fjord_groups::limits::MAX_HEARTBEAT_INTERVAL_MS;
 use fjord_groups::offsets::{self, Bounds, CommitRequest, Committer, ResetTo};
 use fjord_groups::{
     Committed, Context, Group, GroupError, GroupRecord, MemberState, TopicsView, Tp,
@@ -66,13 +78,22 @@ pub fn expiry_every(retention_ms: i64) -> Duration {
     let quarter = Duration::from_millis(u64::try_from(retention_ms / 4).unwrap_or(0));
     quarter.clamp(MIN_EXPIRY_EVERY, MAX_EXPIRY_EVERY)
 }
-/// How long a request waits for its answer, at most: a write to the coordinator partition.
+/// How long a request waits for its answer, at most: a write to the coordinator partition
+/// (plus, for a held heartbeat, its wait).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Heartbeats a runner holds (parks) at once, at most (one per member at most); beyond, a
+/// heartbeat is answered at once.
+pub const MAX_PARKED_HEARTBEATS: usize = 65_536;
 
 /// What a group request asks, in domain types.
 #[derive(Debug)]
 pub enum Op {
-    Heartbeat(HeartbeatRequest),
+    /// A heartbeat, and how long the member lets the coordinator hold its answer when it is
+    /// news to no one (0: answer at once; clamped to the heartbeat interval in force).
+    Heartbeat {
+        req: HeartbeatRequest,
+        wait_ms: u32,
+    },
     Commit(CommitRequest),
     Fetch {
         group: String,
@@ -92,13 +113,33 @@ pub enum Op {
 impl Op {
     fn group(&self) -> &str {
         match self {
-            Op::Heartbeat(r) => &r.group,
+            Op::Heartbeat { req, .. } => &req.group,
             Op::Commit(r) => &r.group,
             Op::AlterConfig(r) => &r.group,
             Op::Fetch { group, .. }
             | Op::Describe(group)
             | Op::Reset { group, .. }
             | Op::Delete(group) => group,
+        }
+    }
+
+    /// How long its answer may be held, at most.
+    fn max_hold(&self) -> Duration {
+        match self {
+            Op::Heartbeat { wait_ms, .. } => {
+                Duration::from_millis((*wait_ms).min(MAX_HEARTBEAT_INTERVAL_MS).into())
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The member a heartbeat is from (none for a join, or another request).
+    fn member(&self) -> Option<MemberKey> {
+        match self {
+            Op::Heartbeat { req, .. } if !req.member_id.is_empty() => {
+                Some((req.group.clone(), req.member_id.clone()))
+            }
+            _ => None,
         }
     }
 }
@@ -130,6 +171,14 @@ pub struct Described {
 struct Job {
     op: Op,
     reply: oneshot::Sender<Result<Answer, ApiError>>,
+    /// A held heartbeat's deadline, from when it was first parked (`None`: not parked yet).
+    until: Option<Instant>,
+}
+
+/// A heartbeat held back (see the module doc).
+struct Parked {
+    job: Job,
+    until: Instant,
 }
 
 /// The node's coordinators: a runner per coordinator partition this node leads.
@@ -224,7 +273,12 @@ impl Coordinator {
             return Err(not_coordinator(handle.leadership().leader.or(leader)));
         }
         let (reply, rx) = oneshot::channel();
-        let job = Job { op, reply };
+        let timeout = REQUEST_TIMEOUT + op.max_hold();
+        let job = Job {
+            op,
+            reply,
+            until: None,
+        };
         let sender = self.runner(node, gid, handle);
         match sender.try_send(job) {
             Ok(()) => {}
@@ -237,14 +291,11 @@ impl Coordinator {
                 return Err(not_coordinator(leader_of(node, gid).or(leader)));
             }
         }
-        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(answer)) => answer,
             // The runner stopped (leadership lost) before it answered.
             Ok(Err(_)) => Err(not_coordinator(leader_of(node, gid))),
-            Err(_) => Err(ApiError::GroupTimeout {
-                group,
-                timeout: REQUEST_TIMEOUT,
-            }),
+            Err(_) => Err(ApiError::GroupTimeout { group, timeout }),
         }
     }
 
@@ -272,6 +323,8 @@ impl Coordinator {
             revoking: HashMap::new(),
             hw: HashMap::new(),
             last_expiry: Instant::now(),
+            parked: BTreeMap::new(),
+            woken: VecDeque::new(),
         };
         tokio::spawn(runner.run());
         tx
@@ -299,6 +352,12 @@ struct Runner {
     /// High watermarks seen (they only grow: each is a lower bound).
     hw: HashMap<Tp, u64>,
     last_expiry: Instant,
+    /// Held heartbeats, by member (ordered: they are woken in a deterministic order, for the
+    /// simulation's replays).
+    parked: BTreeMap<MemberKey, Parked>,
+    /// Held heartbeats to decide again (their group changed, or their deadline came), first
+    /// in the next batch.
+    woken: VecDeque<Job>,
 }
 
 impl Runner {
@@ -306,30 +365,125 @@ impl Runner {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                job = self.rx.recv() => {
-                    let Some(job) = job else { break };
-                    let mut jobs = vec![job];
-                    while jobs.len() < MAX_BATCH_REQUESTS {
-                        match self.rx.try_recv() {
-                            Ok(j) => jobs.push(j),
-                            Err(_) => break,
-                        }
+            if !self.woken.is_empty() {
+                let take = self.woken.len().min(MAX_BATCH_REQUESTS);
+                let mut jobs: Vec<Job> = self.woken.drain(..take).collect();
+                self.fill(&mut jobs);
+                self.batch(jobs).await;
+            } else {
+                let deadline = self.parked.values().map(|p| p.until).min();
+                tokio::select! {
+                    job = self.rx.recv() => {
+                        let Some(job) = job else { break };
+                        let mut jobs = vec![job];
+                        self.fill(&mut jobs);
+                        self.batch(jobs).await;
                     }
-                    self.batch(jobs).await;
+                    _ = tick.tick() => self.expire().await,
+                    _ = sleep_until_some(deadline) => self.wake_due(Instant::now()),
+                    _ = self.node.stopping() => break,
                 }
-                _ = tick.tick() => self.expire().await,
-                _ = self.node.stopping() => break,
             }
             if !self.handle.is_leader() {
                 break;
             }
         }
-        // Whatever is still queued is refused (the senders see the channel closed).
+        // Whatever is still queued or held is refused (the senders see the channel closed).
         self.rx.close();
+        let held: Vec<Job> = std::mem::take(&mut self.parked)
+            .into_values()
+            .map(|p| p.job)
+            .collect();
+        let woken: Vec<Job> = self.woken.drain(..).collect();
+        for job in held.into_iter().chain(woken) {
+            let _ = job.reply.send(Err(self.not_coordinator(job.op.group())));
+        }
         while let Ok(job) = self.rx.try_recv() {
             let _ = job.reply.send(Err(self.not_coordinator(job.op.group())));
         }
+    }
+
+    /// Adds queued requests to `jobs`, up to [`MAX_BATCH_REQUESTS`]. A member's new request
+    /// goes after its held heartbeat, which is answered now (not held again).
+    fn fill(&mut self, jobs: &mut Vec<Job>) {
+        while jobs.len() < MAX_BATCH_REQUESTS {
+            match self.rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let now = Instant::now();
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs.drain(..) {
+            if let Some(mut p) = job.op.member().and_then(|k| self.parked.remove(&k)) {
+                p.job.until = Some(now);
+                out.push(p.job);
+            }
+            out.push(job);
+        }
+        *jobs = out;
+    }
+
+    /// Decides again the held heartbeats whose deadline came, and forgets those whose caller
+    /// is gone (its session then runs from its last answer).
+    fn wake_due(&mut self, now: Instant) {
+        let due: Vec<MemberKey> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| p.until <= now || p.job.reply.is_closed())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            if let Some(p) = self.parked.remove(&key)
+                && !p.job.reply.is_closed()
+            {
+                self.woken.push_back(p.job);
+            }
+        }
+    }
+
+    /// Decides again the held heartbeats of `groups` (records were written for them), and
+    /// forgets those whose caller is gone.
+    fn wake_groups(&mut self, groups: &BTreeSet<String>) {
+        if groups.is_empty() || self.parked.is_empty() {
+            return;
+        }
+        let keys: Vec<MemberKey> = self
+            .parked
+            .keys()
+            .filter(|k| groups.contains(&k.0))
+            .cloned()
+            .collect();
+        for key in keys {
+            if let Some(p) = self.parked.remove(&key)
+                && !p.job.reply.is_closed()
+            {
+                self.woken.push_back(p.job);
+            }
+        }
+    }
+
+    /// Holds `job` (a heartbeat news to no one, see [`heartbeat::may_hold`]) if its deadline
+    /// is still ahead and there is room; gives it back otherwise, to be answered.
+    fn park(&mut self, mut job: Job, a: &HeartbeatAnswer, now: Instant) -> Option<Job> {
+        let wait = job
+            .op
+            .max_hold()
+            .min(Duration::from_millis(a.heartbeat_interval_ms.into()));
+        let until = *job.until.get_or_insert(now + wait);
+        let Some(key) = job.op.member() else {
+            return Some(job);
+        };
+        if until <= now || self.parked.len() >= MAX_PARKED_HEARTBEATS {
+            return Some(job);
+        }
+        if let Some(mut old) = self.parked.remove(&key) {
+            // Two heartbeats of one member in a batch: the older one is answered.
+            old.job.until = Some(now);
+            self.woken.push_back(old.job);
+        }
+        self.parked.insert(key, Parked { job, until });
+        None
     }
 
     fn not_coordinator(&self, group: &str) -> ApiError {
@@ -393,6 +547,7 @@ impl Runner {
         // the batch's earlier decisions.
         let mut scratch: BTreeMap<String, Option<Group>> = BTreeMap::new();
         let mut records: Vec<GroupRecord> = Vec::new();
+        let mut changed: BTreeSet<String> = BTreeSet::new();
         let mut answers: Vec<(Job, Result<Answer, ApiError>)> = Vec::new();
         for job in jobs {
             let name = job.op.group().to_string();
@@ -405,10 +560,22 @@ impl Runner {
             let group = scratch.get(&name).and_then(|g| g.as_ref());
             let decided = self.decide(&job.op, group, &topics, now_ms, held, &hws);
             let result = match decided {
+                Ok((Answer::Heartbeat(a), recs)) if may_hold(&job.op, &a, &recs) => {
+                    match self.park(job, &a, Instant::now()) {
+                        None => continue,
+                        Some(job) => {
+                            answers.push((job, Ok(Answer::Heartbeat(a))));
+                            continue;
+                        }
+                    }
+                }
                 Ok((answer, recs)) => {
                     let slot = scratch.get_mut(&name).expect("inserted above");
                     for r in &recs {
                         apply_scratch(slot, &name, r);
+                    }
+                    if recs.iter().any(GroupRecord::changes_members) {
+                        changed.insert(name);
                     }
                     records.extend(recs);
                     Ok(answer)
@@ -417,11 +584,18 @@ impl Runner {
             };
             answers.push((job, result));
         }
+        if answers.is_empty() {
+            // Every request was held: nothing to write, nobody to answer yet.
+            return;
+        }
         let written = if records.is_empty() {
             self.handle.linearizable_read().await
         } else {
             self.write(records, now_ms).await
         };
+        if written.is_ok() {
+            self.wake_groups(&changed);
+        }
         let now = Instant::now();
         for (job, result) in answers {
             let result = match (&written, result) {
@@ -429,7 +603,7 @@ impl Runner {
                 (_, r) => r,
             };
             match (&job.op, &result) {
-                (Op::Heartbeat(req), Ok(Answer::Heartbeat(a))) => {
+                (Op::Heartbeat { req, .. }, Ok(Answer::Heartbeat(a))) => {
                     self.clock_member(req, a, &scratch, now);
                 }
                 (Op::AlterConfig(req), Ok(Answer::Configured(e))) => {
@@ -586,7 +760,7 @@ impl Runner {
     ) -> Result<(Answer, Vec<GroupRecord>), ApiError> {
         let defaults = self.node.group_defaults();
         Ok(match op {
-            Op::Heartbeat(req) => {
+            Op::Heartbeat { req, .. } => {
                 let id = new_member_id(&self.node);
                 let ctx = Context {
                     topics,
@@ -744,6 +918,7 @@ impl Runner {
             return;
         }
         let now = Instant::now();
+        self.wake_due(now);
         let now_ms = self.node.now_ms();
         let due = self.members_due(now);
         let mut records = Vec::new();
@@ -770,6 +945,8 @@ impl Runner {
         }
         match self.write(records, now_ms).await {
             Ok(()) => {
+                let changed: BTreeSet<String> = scratch.keys().cloned().collect();
+                self.wake_groups(&changed);
                 for key in &due {
                     tracing::info!(group = %key.0, member = %key.1, "removed a member past its session or rebalance timeout");
                     self.sessions.remove(key);
@@ -803,6 +980,10 @@ impl Runner {
         self.revoking.retain(|k, _| live.contains(k));
         let mut due = Vec::new();
         for (key, session_ms) in &members {
+            if self.parked.contains_key(key) {
+                // Held: alive; its session restarts when the answer is sent.
+                continue;
+            }
             let end = *self
                 .sessions
                 .entry(key.clone())
@@ -833,6 +1014,23 @@ impl Runner {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+/// Whether `op`'s answer `a`, whose decision writes `records`, may be held back: a heartbeat
+/// that asked to be ([`Op::max_hold`]) and is news to no one ([`heartbeat::may_hold`]).
+fn may_hold(op: &Op, a: &HeartbeatAnswer, records: &[GroupRecord]) -> bool {
+    match op {
+        Op::Heartbeat { req, wait_ms } => *wait_ms > 0 && heartbeat::may_hold(req, a, records),
+        _ => false,
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -416,11 +416,13 @@ impl Fjord for ClientService {
             .map(|a| a.ip().to_string())
             .unwrap_or_default();
         let topics = crate::coordinator::topics_view(&self.node.view().state);
-        let hb = group_wire::heartbeat_request(req.into_inner(), &topics, host)?;
+        let req = req.into_inner();
+        let wait_ms = req.wait_ms.unwrap_or(0);
+        let hb = group_wire::heartbeat_request(req, &topics, host)?;
         match self
             .node
             .coordinator()
-            .call(&self.node, Op::Heartbeat(hb))
+            .call(&self.node, Op::Heartbeat { req: hb, wait_ms })
             .await?
         {
             Answer::Heartbeat(a) => Ok(Response::new(group_wire::heartbeat_response(a, &topics))),
