@@ -359,7 +359,9 @@ async fn wait_ready_then_run(
     let signal = shutdown_signal();
     tokio::pin!(signal);
     let ready_timeout = Duration::from_secs(args.ready_timeout_secs);
-    let leader = match wait_for_leader(children, &client, &mut signal, ready_timeout).await {
+    let leader = match wait_for_leader(children, &client, &mut signal, ready_timeout, nodes.len())
+        .await
+    {
         Ok(leader) => leader,
         Err(stop) => return Ok(stop),
     };
@@ -377,13 +379,15 @@ async fn wait_ready_then_run(
     }
 }
 
-/// Probes the cluster until it reports a metadata leader (returned), or a signal, a node's
-/// exit or `ready_timeout` stops the wait.
+/// Probes the cluster until it reports a metadata leader (returned) and all `expected` nodes
+/// registered (so that a topic with a replica on each can be created at once), or a signal, a
+/// node's exit or `ready_timeout` stops the wait.
 async fn wait_for_leader(
     children: &mut Children,
     client: &Client,
     signal: &mut (impl std::future::Future + Unpin),
     ready_timeout: Duration,
+    expected: usize,
 ) -> Result<u64, Stop> {
     let started_at = Instant::now();
     let mut tick = tokio::time::interval(READY_POLL_INTERVAL);
@@ -399,6 +403,7 @@ async fn wait_for_leader(
             _ = tick.tick() => {
                 if let Ok(md) = client.metadata().await
                     && let Some(leader) = md.metadata_leader
+                    && md.nodes.len() >= expected
                 {
                     return Ok(leader);
                 }
