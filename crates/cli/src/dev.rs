@@ -359,12 +359,11 @@ async fn wait_ready_then_run(
     let signal = shutdown_signal();
     tokio::pin!(signal);
     let ready_timeout = Duration::from_secs(args.ready_timeout_secs);
-    let leader = match wait_for_leader(children, &client, &mut signal, ready_timeout, nodes.len())
-        .await
-    {
-        Ok(leader) => leader,
-        Err(stop) => return Ok(stop),
-    };
+    let leader =
+        match wait_for_leader(children, &client, &mut signal, ready_timeout, nodes.len()).await {
+            Ok(leader) => leader,
+            Err(stop) => return Ok(stop),
+        };
     let is_default = args.nodes == 3 && args.base_port == 7101;
     print_ready(out, nodes, leader, is_default)?;
     tokio::select! {
