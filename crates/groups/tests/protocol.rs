@@ -329,28 +329,13 @@ fn an_empty_group_expires_after_its_retention() {
     let a = sim.beat(None, None).unwrap();
     sim.beat(Some(&a), None).unwrap();
     let (epoch, _, _) = sim.clients[&a].clone();
-    let g = sim.groups.get("g").unwrap().clone();
-    let c = vec![OffsetCommit {
-        tp: Tp::new(1, 0),
-        offset: 0,
-        metadata: String::new(),
-    }];
-    let d = offsets::commit(
-        Some(&g),
-        &req(
-            &Committer::Member {
-                id: a.clone(),
-                epoch,
-            },
-            &c,
-        ),
-        &sim.topics,
-        |_| Some(0),
-        sim.now_ms,
-        1,
-    )
-    .unwrap();
-    apply(&mut sim.groups, &d.records);
+    sim.commit_as(
+        &Committer::Member {
+            id: a.clone(),
+            epoch,
+        },
+        0,
+    );
     sim.leave(&a);
     let g = sim.groups.get("g").unwrap().clone();
     let left_at = g.meta.empty_since_ms.unwrap();
@@ -388,6 +373,11 @@ impl Sim {
 
     /// An admin commit of `offset` to t/0 at `now_ms`.
     fn admin_commit(&mut self, offset: u64) {
+        self.commit_as(&Committer::Admin, offset);
+    }
+
+    /// A commit of `offset` to t/0 by `who` at `now_ms`, applied.
+    fn commit_as(&mut self, who: &Committer, offset: u64) {
         let c = vec![OffsetCommit {
             tp: Tp::new(1, 0),
             offset,
@@ -395,7 +385,7 @@ impl Sim {
         }];
         let d = offsets::commit(
             self.groups.get("g"),
-            &req(&Committer::Admin, &c),
+            &req(who, &c),
             &self.topics,
             |_| Some(offset),
             self.now_ms,
@@ -484,27 +474,13 @@ fn a_group_with_members_never_expires() {
     let a = sim.beat(None, Some("svc".into())).unwrap();
     sim.beat(Some(&a), None).unwrap();
     let (epoch, _, _) = sim.clients[&a].clone();
-    let c = vec![OffsetCommit {
-        tp: Tp::new(1, 0),
-        offset: 0,
-        metadata: String::new(),
-    }];
-    let d = offsets::commit(
-        sim.groups.get("g"),
-        &req(
-            &Committer::Member {
-                id: a.clone(),
-                epoch,
-            },
-            &c,
-        ),
-        &sim.topics,
-        |_| Some(0),
-        sim.now_ms,
-        1,
-    )
-    .unwrap();
-    apply(&mut sim.groups, &d.records);
+    sim.commit_as(
+        &Committer::Member {
+            id: a.clone(),
+            epoch,
+        },
+        0,
+    );
     let g = sim.groups.get("g").unwrap().clone();
     assert!(offsets::expire(&g, &sim.topics, i64::MAX, 1).is_empty());
     // A static member that left for a restart is still a member: nothing expires either.
