@@ -47,6 +47,7 @@ pub mod consumer;
 pub mod error;
 pub mod group;
 pub mod metadata;
+pub mod offsets;
 pub mod producer;
 mod retry;
 mod sequencer;
@@ -62,4 +63,5 @@ pub use group::{
     GroupSettings, OffsetReset, ResetSpec, SettingChange,
 };
 pub use metadata::{ClusterMetadata, PartitionDescription, TopicDescription};
+pub use offsets::{ListedOffset, OffsetSpec};
 pub use producer::{Delivery, Producer, ProducerRecord, RecordMetadata};

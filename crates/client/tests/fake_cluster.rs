@@ -15,9 +15,10 @@ use bytes::Bytes;
 use fjord_proto::v1::fjord_server::{Fjord, FjordServer};
 use fjord_proto::v1::{
     AlterGroupConfigRequest, AlterGroupConfigResponse, CommitOffsetsRequest, CommitOffsetsResponse,
-    DeleteGroupRequest, DeleteGroupResponse, DescribeGroupRequest, DescribeGroupResponse,
-    FetchOffsetsRequest, FetchOffsetsResponse, FindCoordinatorRequest, FindCoordinatorResponse,
-    GroupHeartbeatRequest, GroupHeartbeatResponse, ListGroupsRequest, ListGroupsResponse,
+    DeleteGroupRequest, DeleteGroupResponse, DeleteRecordsRequest, DeleteRecordsResponse,
+    DescribeGroupRequest, DescribeGroupResponse, FetchOffsetsRequest, FetchOffsetsResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, GroupHeartbeatRequest, GroupHeartbeatResponse,
+    ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse,
     ResetOffsetsRequest, ResetOffsetsResponse,
 };
 use fjord_proto::v1::{
@@ -473,6 +474,20 @@ impl Fjord for FakeNode {
         _: Request<AlterGroupConfigRequest>,
     ) -> Result<Response<AlterGroupConfigResponse>, Status> {
         Err(Status::unimplemented("no groups in the fake cluster"))
+    }
+
+    async fn delete_records(
+        &self,
+        _: Request<DeleteRecordsRequest>,
+    ) -> Result<Response<DeleteRecordsResponse>, Status> {
+        Err(Status::unimplemented("no deletion in the fake cluster"))
+    }
+
+    async fn list_offsets(
+        &self,
+        _: Request<ListOffsetsRequest>,
+    ) -> Result<Response<ListOffsetsResponse>, Status> {
+        Err(Status::unimplemented("no offsets in the fake cluster"))
     }
 }
 

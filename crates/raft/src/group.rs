@@ -87,9 +87,17 @@ impl GroupConfig {
             // about 150 KB of heap.
             log_stage_capacity: Some(LOG_STAGE_CAPACITY),
             enable_leader_restore: Some(restore_leader),
+            // A partition snapshots when its log start offset moved (retention, DeleteRecords)
+            // or, for a coordinator partition, every so many entries: `PartitionHandle::
+            // purge_if_due` asks for it. Its snapshot ends before the first record kept, and
+            // nothing it covers is worth keeping (openraft keeps 1,000 entries by default).
             snapshot_policy: match role {
                 GroupRole::Meta => SnapshotPolicy::LogsSinceLast(1000),
                 GroupRole::Partition => SnapshotPolicy::Never,
+            },
+            max_in_snapshot_log_to_keep: match role {
+                GroupRole::Meta => 1000,
+                GroupRole::Partition => 0,
             },
             ..Default::default()
         };

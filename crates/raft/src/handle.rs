@@ -1317,6 +1317,35 @@ impl PartitionHandle {
         (sent, in_log)
     }
 
+    /// Moves the log start offset up to `offset` (records below it are deleted; clamped to
+    /// the high watermark), CP: returns the log start offset once a majority has the entry
+    /// and it is applied.
+    pub async fn delete_records(&self, offset: u64) -> Result<u64, GroupError> {
+        if self.holding() {
+            return Err(holding_error());
+        }
+        match self.core.write(Request::DeleteRecords { offset }).await? {
+            Response::DeleteRecords { log_start_offset } => Ok(log_start_offset),
+            got => Err(Internal::UnexpectedResponse {
+                what: "partition",
+                got,
+            }
+            .into()),
+        }
+    }
+
+    /// Asks openraft for a snapshot when one is due ([`PartitionShared::purge_due`]): it
+    /// then purges the log behind it. Returns whether one was asked for.
+    pub async fn purge_if_due(&self) -> bool {
+        if !self.shared.purge_due() {
+            return false;
+        }
+        match self.core.instance().await {
+            Ok(raft) => raft.trigger().snapshot().await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
     /// CP: returns once a majority has the batch durably and it is applied.
     pub async fn propose_cp(&self, batch: StoredBatch) -> Result<Outcome, GroupError> {
         let Submitted::Raft(committed) = self.submit(batch, false).await? else {

@@ -40,6 +40,11 @@ struct Held {
     last: u64,
 }
 
+/// Log entries one step of a purge deletes, at most: a purge runs in steps of this many, each
+/// its own write (sharing the commit of whatever else is queued), so deleting a long prefix
+/// never holds the writer for long and produces keep their latency.
+pub const PURGE_STEP_ENTRIES: u64 = 512;
+
 /// Entries read from redb in one call, at most.
 const MAX_READ_ENTRIES: usize = 4096;
 /// Bytes read from redb in one call, at most (past the first entry).
@@ -64,6 +69,8 @@ pub struct GroupLogStore {
     partition: Option<Arc<PartitionShared>>,
     // Short critical sections (map inserts, removals, a range copy), no await inside.
     tail: Arc<Mutex<Tail>>,
+    /// Whether a task is deleting this group's purged entries (one at a time).
+    purging: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl GroupLogStore {
@@ -73,7 +80,74 @@ impl GroupLogStore {
             store,
             partition,
             tail: Arc::default(),
+            purging: Arc::default(),
         }
+    }
+
+    /// Deletes, in steps of [`PURGE_STEP_ENTRIES`], the stored entries at or below the last
+    /// purged log id (durable before this starts, so what a crash interrupts is finished at
+    /// the next start: [`RaftLogStorage::get_log_state`] calls this too). One task per group;
+    /// a purge while it runs is picked up by it.
+    fn delete_purged(&self) {
+        use std::sync::atomic::Ordering;
+        if self.purging.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match this.purge_step().await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(group = this.group, error = %e, "deleting purged entries")
+                    }
+                }
+                this.purging.store(false, Ordering::Release);
+                // A purge that came after the last step but saw the flag still set.
+                if this.purge_step_needed().unwrap_or(false)
+                    && !this.purging.swap(true, Ordering::AcqRel)
+                {
+                    continue;
+                }
+                break;
+            }
+        });
+    }
+
+    /// Whether stored entries remain at or below the last purged index.
+    fn purge_step_needed(&self) -> Result<bool, io::Error> {
+        let Some(purged) = self.get_log_id_value(GroupKey::LastPurged)? else {
+            return Ok(false);
+        };
+        Ok(self
+            .store
+            .first_log_index(self.group)?
+            .is_some_and(|first| first <= purged.index()))
+    }
+
+    /// Deletes one step; whether there may be more.
+    async fn purge_step(&self) -> Result<bool, io::Error> {
+        let Some(purged) = self.get_log_id_value(GroupKey::LastPurged)? else {
+            return Ok(false);
+        };
+        let Some(first) = self
+            .store
+            .first_log_index(self.group)?
+            .filter(|f| *f <= purged.index())
+        else {
+            return Ok(false);
+        };
+        let upto = purged
+            .index()
+            .min(first.saturating_add(PURGE_STEP_ENTRIES - 1));
+        self.store
+            .write(vec![Op::PurgeTo {
+                group: self.group,
+                index: upto,
+            }])
+            .await?;
+        Ok(upto < purged.index())
     }
 
     /// Entries `start..=end`, each from the tail if it is there (the newest version of that
@@ -193,6 +267,7 @@ impl GroupLogStore {
                     ops.push(Op::IndexOffsets {
                         group: self.group,
                         entries: appended.index.clone(),
+                        times: appended.times.clone(),
                     });
                 }
                 p.pending_add(&appended.index);
@@ -278,6 +353,10 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged = self.get_log_id_value(GroupKey::LastPurged)?;
+        if last_purged.is_some() && self.purge_step_needed()? {
+            // A purge a crash interrupted.
+            self.delete_purged();
+        }
         let pending_last = {
             let t = self.tail.lock().unwrap();
             t.entries.last_key_value().map(|(_, (_, e))| e.log_id())
@@ -407,19 +486,16 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             let kept = t.entries.split_off(&(log_id.index() + 1));
             t.entries = kept;
         }
+        // openraft's core waits for this call: record the purge durably and delete the
+        // entries in the background, in steps.
         self.store
-            .write(vec![
-                Op::Put {
-                    group: self.group,
-                    key: GroupKey::LastPurged as u8,
-                    value: codec::encode(&Some(log_id), "last purged log id")?,
-                },
-                Op::PurgeTo {
-                    group: self.group,
-                    index: log_id.index(),
-                },
-            ])
+            .write(vec![Op::Put {
+                group: self.group,
+                key: GroupKey::LastPurged as u8,
+                value: codec::encode(&Some(log_id), "last purged log id")?,
+            }])
             .await?;
+        self.delete_purged();
         Ok(())
     }
 }

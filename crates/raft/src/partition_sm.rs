@@ -16,9 +16,9 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use fjord_storage::partition::{Outcome, PartitionState};
+use fjord_storage::partition::{Outcome, PartitionState, PartitionStateV2};
 use fjord_storage::store::GroupKey;
-use fjord_storage::{Op, Store};
+use fjord_storage::{BatchRow, Op, Store, TimeRow};
 use futures::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::entry::RaftEntry;
@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use crate::codec::{self, Entry};
-use crate::{Request, Response, TypeConfig};
+use crate::{Request, Response, StoredBatch, TypeConfig};
 
 /// Applied entries between two checkpoints of the state machine, at most. A restart
 /// re-applies at most this many entries (plus what was committed but not yet applied).
@@ -37,6 +37,9 @@ pub const CHECKPOINT_EVERY_ENTRIES: u64 = 1024;
 pub const CHECKPOINT_EVERY_BYTES: u64 = 32 << 20;
 /// AP produce requests waiting for their batch to reach the leader's disk, per partition.
 pub const MAX_AP_WAITERS: usize = 4096;
+/// Applied entries of a coordinator partition between two snapshots (after which its log is
+/// purged: the snapshot holds every group).
+pub const GROUPS_SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
 
 /// The applied state of a partition, as checkpointed.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -70,17 +73,66 @@ struct AppliedV1 {
     state: fjord_storage::partition::PartitionStateV1,
 }
 
+/// [`Applied`] as checkpoints of versions 2 and 3 encode it (before retention).
+#[derive(Deserialize)]
+struct AppliedV2 {
+    last_applied: Option<LogIdOf<TypeConfig>>,
+    membership: StoredMembershipOf<TypeConfig>,
+    state: PartitionStateV2,
+}
+
 /// The first byte of a checkpoint (and snapshot) of the second version. A checkpoint of the
 /// first version starts with postcard's `Option` tag of `last_applied`, 0 or 1.
 const APPLIED_V2: u8 = 0xF2;
-/// The first byte of a checkpoint of this version: [`APPLIED_V2`]'s encoding, then the
+/// The first byte of a checkpoint of the third version: [`APPLIED_V2`]'s encoding, then the
 /// groups' records (postcard of `Option<Vec<(key, value)>>`, a tombstone never among them).
 const APPLIED_V3: u8 = 0xF3;
+/// The first byte of a checkpoint of this version: as [`APPLIED_V3`], with the partition
+/// state's log start offset, position and largest timestamp.
+const APPLIED_V4: u8 = 0xF4;
+
+/// A decoded checkpoint, and whether it was written before retention: its partition state
+/// then lacks the position, which the batch index supplies ([`PartitionShared::open`]).
+pub struct Decoded {
+    pub applied: Applied,
+    pub before_retention: bool,
+}
+
+/// Applies a batch to the partition rules, and places it (position, time index) when it was
+/// appended. The one place both the state machine and the leader's prediction of its log
+/// tail decide a batch, so they cannot disagree.
+pub fn apply_batch(
+    state: &mut PartitionState,
+    b: &StoredBatch,
+    index: u64,
+) -> (Outcome, Option<(BatchRow, Option<TimeRow>)>) {
+    let outcome = state.apply(&b.header());
+    let placed = match outcome {
+        Outcome::Appended { base_offset } if b.record_count > 0 => {
+            let bytes = b.records.len() as u32;
+            let place = state.place(bytes as u64, b.max_timestamp_ms);
+            let row = BatchRow {
+                base_offset,
+                index,
+                record_count: b.record_count,
+                position: place.position,
+                bytes,
+            };
+            let time = place.raised_time.map(|timestamp_ms| TimeRow {
+                timestamp_ms,
+                base_offset,
+            });
+            Some((row, time))
+        }
+        _ => None,
+    };
+    (outcome, placed)
+}
 
 impl Applied {
     /// The checkpoint (and snapshot) encoding: a version byte, then postcard.
     pub fn encode(&self, what: &'static str) -> Result<Vec<u8>, codec::EncodeError> {
-        let mut out = vec![APPLIED_V3];
+        let mut out = vec![APPLIED_V4];
         out.extend_from_slice(&codec::encode(self, what)?);
         let groups: Option<Vec<(Vec<u8>, Vec<u8>)>> = self.groups.as_ref().map(|g| {
             g.snapshot()
@@ -97,42 +149,106 @@ impl Applied {
 
     /// Decodes a checkpoint or snapshot of this version or of the ones before.
     pub fn decode(bytes: &[u8], what: &'static str) -> Result<Applied, codec::DecodeError> {
-        match bytes.split_first() {
-            Some((&APPLIED_V3, rest)) => {
-                let (mut a, rest): (Applied, _) = postcard::take_from_bytes(rest)
-                    .map_err(|source| codec::DecodeError { what, source })?;
-                let groups: Option<Vec<(Vec<u8>, Vec<u8>)>> = codec::decode(rest, what)?;
-                a.groups = match groups {
-                    None => None,
-                    Some(records) => {
-                        let mut g = fjord_groups::Groups::default();
-                        for (k, v) in records {
-                            let r =
-                                fjord_groups::GroupRecord::decode(&k, Some(&v)).map_err(|_| {
-                                    codec::DecodeError {
-                                        what,
-                                        source: postcard::Error::DeserializeBadEncoding,
-                                    }
-                                })?;
-                            g.apply(&r);
-                        }
-                        Some(g)
-                    }
-                };
-                Ok(a)
+        Ok(Self::decode_versioned(bytes, what)?.applied)
+    }
+
+    /// As [`Applied::decode`], saying whether it was written before retention.
+    pub fn decode_versioned(
+        bytes: &[u8],
+        what: &'static str,
+    ) -> Result<Decoded, codec::DecodeError> {
+        let bad = |source| codec::DecodeError { what, source };
+        let (applied, rest, before_retention) = match bytes.split_first() {
+            Some((&APPLIED_V4, rest)) => {
+                let (a, rest): (Applied, _) = postcard::take_from_bytes(rest).map_err(bad)?;
+                (a, Some(rest), false)
             }
-            Some((&APPLIED_V2, rest)) => codec::decode(rest, what),
+            Some((&APPLIED_V3, rest)) => {
+                let (a, rest): (AppliedV2, _) = postcard::take_from_bytes(rest).map_err(bad)?;
+                (a.upgrade(), Some(rest), true)
+            }
+            Some((&APPLIED_V2, rest)) => (
+                codec::decode::<AppliedV2>(rest, what)?.upgrade(),
+                None,
+                true,
+            ),
             _ => {
                 let v1: AppliedV1 = codec::decode(bytes, what)?;
-                Ok(Applied {
+                let applied = Applied {
                     last_applied: v1.last_applied,
                     membership: v1.membership,
                     state: v1.state.into(),
                     groups: None,
-                })
+                };
+                (applied, None, true)
             }
+        };
+        let mut applied = applied;
+        if let Some(rest) = rest {
+            applied.groups = decode_groups(rest, what)?;
+        }
+        Ok(Decoded {
+            applied,
+            before_retention,
+        })
+    }
+
+    /// Applies one committed entry, as every replica does in log order; returns the answer
+    /// for its proposer and the record bytes it applied.
+    pub fn apply_entry(&mut self, group: u64, entry: Entry) -> (Response, u64) {
+        let log_id = entry.log_id();
+        self.last_applied = Some(log_id);
+        match entry.payload {
+            EntryPayload::Normal(Request::Batch(b)) => {
+                let (outcome, _) = apply_batch(&mut self.state, &b, log_id.index());
+                if let (Some(groups), Outcome::Appended { .. }) = (&mut self.groups, outcome) {
+                    replay_groups(group, log_id.index(), groups, &b.records);
+                }
+                (Response::Batch(outcome), b.records.len() as u64)
+            }
+            EntryPayload::Normal(Request::DeleteRecords { offset }) => {
+                let log_start_offset = self.state.delete_before(offset);
+                (Response::DeleteRecords { log_start_offset }, 0)
+            }
+            EntryPayload::Membership(m) => {
+                self.membership = StoredMembershipOf::<TypeConfig>::new(Some(log_id), m);
+                (Response::None, 0)
+            }
+            _ => (Response::None, 0),
         }
     }
+}
+
+impl AppliedV2 {
+    fn upgrade(self) -> Applied {
+        Applied {
+            last_applied: self.last_applied,
+            membership: self.membership,
+            state: self.state.upgrade(0),
+            groups: None,
+        }
+    }
+}
+
+/// The groups of a checkpoint of version 3 or later: the records that rebuild them.
+fn decode_groups(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<Option<fjord_groups::Groups>, codec::DecodeError> {
+    let groups: Option<Vec<(Vec<u8>, Vec<u8>)>> = codec::decode(bytes, what)?;
+    let Some(records) = groups else {
+        return Ok(None);
+    };
+    let mut g = fjord_groups::Groups::default();
+    for (k, v) in records {
+        let r =
+            fjord_groups::GroupRecord::decode(&k, Some(&v)).map_err(|_| codec::DecodeError {
+                what,
+                source: postcard::Error::DeserializeBadEncoding,
+            })?;
+        g.apply(&r);
+    }
+    Ok(Some(g))
 }
 
 #[derive(Debug)]
@@ -145,8 +261,10 @@ struct Tail {
 /// What an append decided, for the log store to write and then announce.
 #[derive(Debug, Default)]
 pub struct Appended {
-    /// Offset index entries `(base_offset, log index, record_count)` of the appended batches.
-    pub index: Vec<(u64, u64, u32)>,
+    /// Batch index rows of the appended batches.
+    pub index: Vec<BatchRow>,
+    /// The time index rows they add.
+    pub times: Vec<TimeRow>,
     /// `(token, outcome)` of every appended batch.
     pub outcomes: Vec<(u64, Outcome)>,
 }
@@ -170,6 +288,28 @@ pub struct PartitionShared {
     pending: Mutex<std::collections::BTreeMap<u64, u32>>,
     lowest_pending: watch::Sender<Option<u64>>,
     store: Store,
+    kind: PartitionKind,
+    /// What the last snapshot covers, for [`PartitionShared::purge_due`].
+    snapshot: Mutex<SnapshotMark>,
+}
+
+/// What a partition's last snapshot covers, and the log start offset its purge was last
+/// asked for at.
+#[derive(Debug, Clone, Copy, Default)]
+struct SnapshotMark {
+    /// The last log index in the snapshot.
+    index: Option<u64>,
+    /// The log start offset when a snapshot (and purge) was last asked for.
+    asked_at_start: u64,
+}
+
+/// A partition's applied extent ([`PartitionShared::bounds`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub log_start_offset: u64,
+    pub next_offset: u64,
+    pub next_position: u64,
+    pub max_timestamp_ms: Option<i64>,
 }
 
 /// Why an AP waiter could not be registered.
@@ -195,8 +335,28 @@ impl PartitionShared {
     /// Loads the last checkpoint of `group`'s applied state.
     pub fn open(group: u64, store: &Store, kind: PartitionKind) -> Result<Arc<Self>, io::Error> {
         let mut applied: Applied = match store.get_value(group, GroupKey::StateMachine)? {
-            Some(b) => Applied::decode(&b, "partition checkpoint")?,
+            Some(b) => {
+                let d = Applied::decode_versioned(&b, "partition checkpoint")?;
+                let mut applied = d.applied;
+                if d.before_retention {
+                    // The position after the last applied batch, as the converted index knows it.
+                    let next = applied.state.next_offset;
+                    applied.state.next_position = match next.checked_sub(1) {
+                        Some(last) => store
+                            .find_offset(group, last)?
+                            .map_or(0, |r| r.end_position()),
+                        None => 0,
+                    };
+                }
+                applied
+            }
             None => Applied::default(),
+        };
+        let snapshot_index = match store.get_value(group, GroupKey::Snapshot)? {
+            Some(b) => Applied::decode(&b, "partition snapshot")?
+                .last_applied
+                .map(|l| l.index()),
+            None => None,
         };
         match (kind, &applied.groups) {
             (PartitionKind::Groups, None) => {
@@ -225,7 +385,80 @@ impl PartitionShared {
             waiters: Mutex::new(HashMap::new()),
             last_checkpoint: Mutex::new((ckpt, 0)),
             store: store.clone(),
+            kind,
+            snapshot: Mutex::new(SnapshotMark {
+                index: snapshot_index,
+                asked_at_start: 0,
+            }),
         }))
+    }
+
+    /// The first offset still readable (the replicated log start offset).
+    pub fn log_start_offset(&self) -> u64 {
+        self.applied.lock().unwrap().state.log_start_offset
+    }
+
+    /// The applied partition state's log start offset, next offset, position and largest
+    /// timestamp, read under one lock.
+    pub fn bounds(&self) -> Bounds {
+        let a = self.applied.lock().unwrap();
+        Bounds {
+            log_start_offset: a.state.log_start_offset,
+            next_offset: a.state.next_offset,
+            next_position: a.state.next_position,
+            max_timestamp_ms: a.state.max_timestamp_ms,
+        }
+    }
+
+    /// Whether a snapshot should be built now, so that openraft purges the log behind it: a
+    /// data partition whose log start offset moved since the last one was asked for, or a
+    /// coordinator partition [`GROUPS_SNAPSHOT_EVERY_ENTRIES`] entries past its last snapshot.
+    /// Marks it asked.
+    pub fn purge_due(&self) -> bool {
+        let (start, applied) = {
+            let a = self.applied.lock().unwrap();
+            (a.state.log_start_offset, a.last_applied.map(|l| l.index()))
+        };
+        let mut mark = self.snapshot.lock().unwrap();
+        let due = match self.kind {
+            PartitionKind::Data => start > mark.asked_at_start,
+            PartitionKind::Groups => applied.is_some_and(|a| {
+                a >= mark.index.map_or(0, |i| i + 1) + GROUPS_SNAPSHOT_EVERY_ENTRIES
+            }),
+        };
+        if due {
+            mark.asked_at_start = start;
+        }
+        due
+    }
+
+    /// The last log index the next snapshot may cover: everything applied for a coordinator
+    /// partition (the snapshot holds its groups); for a data partition, the entry before the
+    /// first batch holding a record at or after the log start offset (its records stay in
+    /// the log), or everything applied when no such batch is left.
+    fn snapshot_target(&self) -> Result<Option<u64>, io::Error> {
+        let (start, applied) = {
+            let a = self.applied.lock().unwrap();
+            (a.state.log_start_offset, a.last_applied.map(|l| l.index()))
+        };
+        let Some(applied) = applied else {
+            return Ok(None);
+        };
+        if self.kind == PartitionKind::Groups {
+            return Ok(Some(applied));
+        }
+        let kept = match self.store.find_offset(self.group, start)? {
+            Some(r) if r.end_offset() > start => Some(r.index),
+            _ => self
+                .store
+                .offsets_from(self.group, start, 1)?
+                .first()
+                .map(|r| r.index),
+        };
+        Ok(match kept {
+            Some(index) => index.checked_sub(1).map(|i| i.min(applied)),
+            None => Some(applied),
+        })
     }
 
     pub fn group(&self) -> u64 {
@@ -271,14 +504,14 @@ impl PartitionShared {
         ))
     }
 
-    /// Notes batches (`(base_offset, log index, record_count)`) handed to the writer.
-    pub fn pending_add(&self, index: &[(u64, u64, u32)]) {
+    /// Notes batches handed to the writer.
+    pub fn pending_add(&self, index: &[BatchRow]) {
         if index.is_empty() {
             return;
         }
         let mut p = self.pending.lock().unwrap();
-        for (base, _, _) in index {
-            *p.entry(*base).or_default() += 1;
+        for r in index {
+            *p.entry(r.base_offset).or_default() += 1;
         }
         let lowest = p.keys().next().copied();
         self.lowest_pending
@@ -286,16 +519,16 @@ impl PartitionShared {
     }
 
     /// Notes batches whose write ended (committed to redb, or failed).
-    pub fn pending_done(&self, index: &[(u64, u64, u32)]) {
+    pub fn pending_done(&self, index: &[BatchRow]) {
         if index.is_empty() {
             return;
         }
         let mut p = self.pending.lock().unwrap();
-        for (base, _, _) in index {
-            if let Some(n) = p.get_mut(base) {
+        for r in index {
+            if let Some(n) = p.get_mut(&r.base_offset) {
                 *n -= 1;
                 if *n == 0 {
-                    p.remove(base);
+                    p.remove(&r.base_offset);
                 }
             }
         }
@@ -348,13 +581,14 @@ impl PartitionShared {
                         format!("group {} entry {}: {err}", self.group, e.index()),
                     )
                 })?;
-                let outcome = tail.state.apply(&b.header());
-                if let Outcome::Appended { base_offset } = outcome
-                    && b.record_count > 0
-                {
-                    out.index.push((base_offset, e.index(), b.record_count));
+                let (outcome, placed) = apply_batch(&mut tail.state, b, e.index());
+                if let Some((row, time)) = placed {
+                    out.index.push(row);
+                    out.times.extend(time);
                 }
                 out.outcomes.push((b.token, outcome));
+            } else if let EntryPayload::Normal(Request::DeleteRecords { offset }) = &e.payload {
+                tail.state.delete_before(*offset);
             }
             tail.through = Some(e.index());
         }
@@ -370,9 +604,9 @@ impl PartitionShared {
         };
         let start = applied_index.map_or(0, |i| i + 1);
         if start > next {
-            // The state machine is ahead of the log: only after a snapshot was installed
-            // (fjord's partitions never purge through snapshots). Predict from it as is.
-            tracing::warn!(
+            // The state machine is ahead of the log: only after a snapshot was installed.
+            // Predict from it as is.
+            tracing::debug!(
                 group = self.group,
                 next,
                 start,
@@ -391,8 +625,14 @@ impl PartitionShared {
             }
             for (index, bytes) in chunk {
                 let e: Entry = codec::decode(&bytes, "log entry")?;
-                if let EntryPayload::Normal(Request::Batch(b)) = &e.payload {
-                    state.apply(&b.header());
+                match &e.payload {
+                    EntryPayload::Normal(Request::Batch(b)) => {
+                        apply_batch(&mut state, b, index);
+                    }
+                    EntryPayload::Normal(Request::DeleteRecords { offset }) => {
+                        state.delete_before(*offset);
+                    }
+                    _ => {}
                 }
                 at = index + 1;
             }
@@ -507,25 +747,95 @@ impl PartitionSm {
 impl RaftSnapshotBuilder<TypeConfig> for PartitionSm {
     type SnapshotData = Vec<u8>;
 
+    /// A snapshot holds state only, never records: the partition state (log start offset,
+    /// offsets, positions, producers) and a coordinator partition's groups, as of its last
+    /// log index. For a data partition that index is the entry before the first batch still
+    /// holding a record at or after the log start offset ([`PartitionShared::snapshot_target`]),
+    /// so the log openraft purges behind it holds only deleted records. The state there is
+    /// the previous snapshot's rolled forward through the log up to it (those entries are
+    /// still in the log: nothing is purged beyond a snapshot). The applied checkpoint is
+    /// written durably with it, so a restart never needs an entry the purge removed.
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
-        let a = self.shared.applied.lock().unwrap().clone();
-        let meta = SnapshotMetaOf::<TypeConfig> {
-            last_log_id: a.last_applied,
-            last_membership: a.membership.clone(),
+        let group = self.shared.group;
+        let previous = match self.store.get_value(group, GroupKey::Snapshot)? {
+            Some(b) => Applied::decode(&b, "partition snapshot")?,
+            None => Applied::default(),
         };
-        let data = a.encode("partition snapshot")?;
+        let from = previous.last_applied.map(|l| l.index());
+        let target = self.shared.snapshot_target()?;
+        let applied = self.shared.applied.lock().unwrap().clone();
+        let mut snap = if target <= from {
+            previous
+        } else if target == applied.last_applied.map(|l| l.index()) {
+            applied.clone()
+        } else {
+            roll_forward(
+                &self.store,
+                group,
+                previous,
+                target.expect("above the previous"),
+            )?
+        };
+        // Everything the snapshot covers is purged behind it: nothing below its next offset
+        // is readable on a replica that installs it.
+        let next = snap.state.next_offset;
+        snap.state.delete_before(next);
+        let meta = SnapshotMetaOf::<TypeConfig> {
+            last_log_id: snap.last_applied,
+            last_membership: snap.membership.clone(),
+        };
+        let data = snap.encode("partition snapshot")?;
         self.store
-            .write(vec![Op::Put {
-                group: self.shared.group,
-                key: GroupKey::Snapshot as u8,
-                value: data.clone(),
-            }])
+            .write(vec![
+                Op::Put {
+                    group,
+                    key: GroupKey::StateMachine as u8,
+                    value: applied.encode("partition state")?,
+                },
+                Op::Put {
+                    group,
+                    key: GroupKey::Snapshot as u8,
+                    value: data.clone(),
+                },
+            ])
             .await?;
+        self.shared.snapshot.lock().unwrap().index = snap.last_applied.map(|l| l.index());
         Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
             meta,
             snapshot: data,
         })
     }
+}
+
+/// `state` rolled forward through the log entries after it, up to index `to`.
+fn roll_forward(
+    store: &Store,
+    group: u64,
+    mut state: Applied,
+    to: u64,
+) -> Result<Applied, io::Error> {
+    let mut at = state.last_applied.map_or(0, |l| l.index() + 1);
+    while at <= to {
+        let chunk = store.read_log(group, at..=to, 1024, 16 << 20)?;
+        let Some(&(last, _)) = chunk.last() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("group {group}: the log lacks index {at}, below the snapshot's {to}"),
+            ));
+        };
+        for (index, bytes) in chunk {
+            if index != at {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("group {group}: log hole at {at} (found {index})"),
+                ));
+            }
+            state.apply_entry(group, codec::decode(&bytes, "log entry")?);
+            at = index + 1;
+        }
+        at = at.max(last + 1);
+    }
+    Ok(state)
 }
 
 impl RaftStateMachine<TypeConfig> for PartitionSm {
@@ -558,22 +868,8 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                     self.shared.group,
                     a.last_applied
                 );
-                a.last_applied = Some(log_id);
-                let response = match entry.payload {
-                    EntryPayload::Normal(Request::Batch(b)) => {
-                        bytes += b.records.len() as u64;
-                        let outcome = a.state.apply(&b.header());
-                        if let (Some(groups), Outcome::Appended { .. }) = (&mut a.groups, outcome) {
-                            replay_groups(self.shared.group, log_id.index(), groups, &b.records);
-                        }
-                        Response::Batch(outcome)
-                    }
-                    EntryPayload::Membership(m) => {
-                        a.membership = StoredMembershipOf::<TypeConfig>::new(Some(log_id), m);
-                        Response::None
-                    }
-                    _ => Response::None,
-                };
+                let (response, applied_bytes) = a.apply_entry(self.shared.group, entry);
+                bytes += applied_bytes;
                 (response, a.state.next_offset)
             };
             // Raise the high watermark before answering: an acknowledged write is readable.
@@ -619,16 +915,22 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
         meta: &SnapshotMetaOf<TypeConfig>,
         snapshot: Vec<u8>,
     ) -> Result<(), io::Error> {
-        // fjord never purges a partition's log through snapshots (its log is its data), so a
-        // snapshot only arrives if a replica was rebuilt from one: take its state as is.
-        tracing::warn!(
+        // A replica that missed entries its leader has purged (their records were deleted):
+        // it takes the state as of the snapshot, and the entries after it come by replication.
+        tracing::info!(
             group = self.shared.group,
             ?meta,
             "installing a partition snapshot"
         );
-        let a = Applied::decode(&snapshot, "partition snapshot")?;
+        let mut a = Applied::decode(&snapshot, "partition snapshot")?;
+        if self.shared.kind == PartitionKind::Data {
+            a.groups = None;
+        } else if a.groups.is_none() {
+            a.groups = Some(fjord_groups::Groups::default());
+        }
         let hw = a.state.next_offset;
         *self.shared.applied.lock().unwrap() = a.clone();
+        self.shared.snapshot.lock().unwrap().index = a.last_applied.map(|l| l.index());
         self.shared.invalidate_tail();
         self.shared.hw.send_replace(hw);
         self.store

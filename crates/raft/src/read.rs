@@ -78,22 +78,26 @@ pub fn committed_batches(
     hw: u64,
     limits: ReadLimits,
 ) -> Result<Vec<CommittedBatch>, ReadError> {
-    let Some((first_base, _, _)) = store.find_offset(group, offset)? else {
-        return Ok(Vec::new());
+    // The batch holding `offset`, or (when it was deleted, or compacted away) the first after.
+    let first_base = match store.find_offset(group, offset)? {
+        Some(r) if r.end_offset() > offset => r.base_offset,
+        _ => offset,
     };
-    let index: Vec<(u64, u64, u32)> = store
+    let index: Vec<fjord_storage::BatchRow> = store
         .offsets_from(group, first_base, limits.max_batches)?
         .into_iter()
-        .filter(|(base, _, _)| *base < hw)
+        .filter(|r| r.base_offset < hw)
         .collect();
     let (Some(first), Some(last)) = (index.first(), index.last()) else {
         return Ok(Vec::new());
     };
-    let wanted: std::collections::HashMap<u64, (u64, u32)> =
-        index.iter().map(|(b, i, c)| (*i, (*b, *c))).collect();
+    let wanted: std::collections::HashMap<u64, (u64, u32)> = index
+        .iter()
+        .map(|r| (r.index, (r.base_offset, r.record_count)))
+        .collect();
     let entries = store.read_log(
         group,
-        first.1..=last.1,
+        first.index..=last.index,
         limits.max_batches * 4,
         limits.max_bytes + 4096,
     )?;

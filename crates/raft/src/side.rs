@@ -176,6 +176,7 @@ mod tests {
             record_count: count,
             crc32c: 0,
             append_time_ms: 0,
+            max_timestamp_ms: 0,
             records: Bytes::from(vec![0u8; 10]),
         }
     }

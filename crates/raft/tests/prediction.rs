@@ -37,6 +37,16 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+fn row(base_offset: u64, index: u64, record_count: u32) -> fjord_storage::BatchRow {
+    fjord_storage::BatchRow {
+        base_offset,
+        index,
+        record_count,
+        position: 0,
+        bytes: 0,
+    }
+}
+
 fn batch(token: u64, producer_id: u64, base_sequence: u32, record_count: u32) -> StoredBatch {
     let records = Bytes::from(vec![b'x'; record_count as usize]);
     StoredBatch {
@@ -47,6 +57,7 @@ fn batch(token: u64, producer_id: u64, base_sequence: u32, record_count: u32) ->
         record_count,
         crc32c: fjord_proto::batch::checksum(&records),
         append_time_ms: 0,
+        max_timestamp_ms: 0,
         records,
     }
 }
@@ -139,7 +150,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             let openraft::EntryPayload::Normal(Request::Batch(b)) = &e.payload else {
                 continue;
             };
-            let outcome = model.apply(&b.header());
+            let (outcome, _) = fjord_raft::partition_sm::apply_batch(&mut model, b, e.index());
             prop_assert_eq!(
                 predicted.get(&b.token),
                 Some(&outcome),
@@ -147,8 +158,12 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 e.index()
             );
             if let Outcome::Appended { base_offset } = outcome {
+                let row = store
+                    .find_offset(group, base_offset)
+                    .unwrap()
+                    .map(|r| (r.base_offset, r.index, r.record_count));
                 prop_assert_eq!(
-                    store.find_offset(group, base_offset).unwrap(),
+                    row,
                     Some((base_offset, e.index(), b.record_count)),
                     "offset index of entry {}",
                     e.index()
@@ -220,7 +235,7 @@ fn a_fetch_waits_for_the_local_write_of_batches_below_the_high_watermark() {
         // Nothing pending: at once.
         assert!(shared.wait_stored(10, now()).await);
         // Batches at offsets 3 and 7 handed to the writer, not yet committed.
-        shared.pending_add(&[(3, 4, 4), (7, 5, 2)]);
+        shared.pending_add(&[row(3, 4, 4), row(7, 5, 2)]);
         // Below the first one, nothing to wait for.
         assert!(shared.wait_stored(3, now()).await);
         // Past it: not stored by the deadline.
@@ -236,11 +251,11 @@ fn a_fetch_waits_for_the_local_write_of_batches_below_the_high_watermark() {
             })
         };
         tokio::task::yield_now().await;
-        shared.pending_done(&[(3, 4, 4)]);
+        shared.pending_done(&[row(3, 4, 4)]);
         assert!(waiting.await.unwrap());
         // The batch at 7 is still pending.
         assert!(!shared.wait_stored(8, now()).await);
-        shared.pending_done(&[(7, 5, 2)]);
+        shared.pending_done(&[row(7, 5, 2)]);
         assert!(shared.wait_stored(u64::MAX, now()).await);
     });
 }

@@ -103,6 +103,14 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = defaults::GROUP_OFFSET_RETENTION_MS)]
     #[serde(default = "default_group_retention_ms")]
     pub group_offset_retention_ms: u64,
+    /// How often retention looks at the partitions, in milliseconds: the leader of each
+    /// deletes what expired by its topic's `retention_ms` and `retention_bytes`, and every
+    /// replica purges its log behind the log start offset. 10 to 300,000 (Kafka's
+    /// `log.retention.check.interval.ms`, 5 minutes by default; a round here costs a few
+    /// reads per partition with retention by size, and one per expiry with retention by time).
+    #[arg(long, default_value_t = defaults::RETENTION_CHECK_INTERVAL_MS)]
+    #[serde(default = "default_retention_check_ms")]
+    pub retention_check_interval_ms: u64,
 }
 
 /// Every default, written once (the flags and the TOML file both take them from here).
@@ -120,6 +128,7 @@ pub mod defaults {
     pub const GROUP_PARTITIONS: u32 = fjord_groups::DEFAULT_COORDINATOR_PARTITIONS;
     pub const GROUP_OFFSET_RETENTION_MS: u64 =
         fjord_groups::limits::DEFAULT_OFFSET_RETENTION_MS as u64;
+    pub const RETENTION_CHECK_INTERVAL_MS: u64 = 1000;
 }
 
 fn default_heartbeat_ms() -> u64 {
@@ -148,6 +157,9 @@ fn default_group_session_ms() -> u32 {
 }
 fn default_group_retention_ms() -> u64 {
     defaults::GROUP_OFFSET_RETENTION_MS
+}
+fn default_retention_check_ms() -> u64 {
+    defaults::RETENTION_CHECK_INTERVAL_MS
 }
 fn default_group_heartbeat_ms() -> u32 {
     defaults::GROUP_HEARTBEAT_INTERVAL_MS
@@ -228,6 +240,8 @@ fn de_peers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Peers, D::Error> {
 pub enum ConfigError {
     #[error("node id must be a positive integer, got 0")]
     ZeroId,
+    #[error("retention_check_interval_ms must be 10 to 300000, got {0}")]
+    RetentionCheckInterval(u64),
     #[error(
         "node {id} is not listed in peers ({peers}): list every initial node, this one included"
     )]
@@ -338,10 +352,19 @@ impl ServeConfig {
         if !(1..=65_536).contains(&self.cache_size_mib) {
             return Err(ConfigError::Cache(self.cache_size_mib));
         }
+        self.validate_retention()?;
         self.validate_groups()
     }
 
     /// The consumer group settings.
+    fn validate_retention(&self) -> Result<(), ConfigError> {
+        let ms = self.retention_check_interval_ms;
+        if !(10..=300_000).contains(&ms) {
+            return Err(ConfigError::RetentionCheckInterval(ms));
+        }
+        Ok(())
+    }
+
     fn validate_groups(&self) -> Result<(), ConfigError> {
         use fjord_groups::limits::*;
         let (session, heartbeat) = (

@@ -895,6 +895,7 @@ impl Runner {
                 record_count: list.len() as u32,
                 crc32c: batch::checksum(&body),
                 append_time_ms: now_ms,
+                max_timestamp_ms: now_ms,
                 records: body,
             };
             match self.handle.propose_cp(b).await? {

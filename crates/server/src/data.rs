@@ -19,6 +19,7 @@ use crate::error::{ApiError, Invalid, NoLeaderCause, Subject};
 use crate::node::Node;
 pub use crate::wire::MAX_FETCH_BYTES;
 use crate::wire::{Acks, Fetch, Fetched, Produce, ProduceBody, Produced, ProducerBatch, ReadMode};
+use crate::wire::{DeleteRecords, ListOffsets, OffsetFound, OffsetQuery};
 
 /// Bytes of record data in one produce request, at most (also the gRPC message limit, plus
 /// framing).
@@ -128,6 +129,22 @@ fn check_records(topic: &Topic, records: &[Record]) -> Result<usize, ApiError> {
     Ok(total)
 }
 
+/// The largest timestamp of `records`, a record without one (0) counting as `append_time_ms`
+/// (as a consumer sees it).
+fn max_timestamp(records: &[Record], append_time_ms: i64) -> i64 {
+    records
+        .iter()
+        .map(|r| {
+            if r.timestamp_ms != 0 {
+                r.timestamp_ms
+            } else {
+                append_time_ms
+            }
+        })
+        .max()
+        .unwrap_or(append_time_ms)
+}
+
 /// The records of a request in the simple form, placed and encoded: one batch per partition.
 fn record_batches(
     node: &Node,
@@ -174,6 +191,7 @@ fn record_batches(
                 record_count: records.len() as u32,
                 crc32c: batch::checksum(&body),
                 append_time_ms: now,
+                max_timestamp_ms: max_timestamp(&records, now),
                 records: body,
             };
             (p, batch)
@@ -243,6 +261,7 @@ fn producer_batches(
                 record_count: b.record_count,
                 crc32c: b.crc32c,
                 append_time_ms: now,
+                max_timestamp_ms: max_timestamp(&records, now),
                 records: b.records,
             },
         ));
@@ -397,7 +416,7 @@ pub async fn fetch(node: &Node, req: Fetch) -> Result<Fetched, ApiError> {
     let shared = handle.shared();
     let group = shared.group();
     let mut hw = shared.high_watermark();
-    let log_start = node.store().first_offset(group)?.unwrap_or(hw);
+    let log_start = shared.log_start_offset();
     if req.offset < log_start {
         return Err(ApiError::BelowLogStart {
             topic: topic.name,
@@ -441,6 +460,121 @@ pub async fn fetch(node: &Node, req: Fetch) -> Result<Fetched, ApiError> {
         node_id: node.id(),
     })
 }
+
+/// Deletes a partition's records below an offset (CP, on its leader): the new log start offset.
+pub async fn delete_records(node: &Node, req: DeleteRecords) -> Result<u64, ApiError> {
+    let topic = find_topic(node, &req.topic)?;
+    check_partition(&topic, req.partition)?;
+    let handle = local_partition(node, &topic, req.partition)?;
+    let hw = handle.shared().high_watermark();
+    let before = req.before.unwrap_or(hw);
+    if before > hw {
+        return Err(ApiError::BeyondEnd {
+            topic: topic.name,
+            partition: req.partition,
+            offset: before,
+            high_watermark: hw,
+        });
+    }
+    match tokio::time::timeout(req.timeout, handle.delete_records(before)).await {
+        Ok(result) => result.map_err(|e| group_error(node, &topic, req.partition, e)),
+        Err(_) => Err(ApiError::Timeout {
+            topic: topic.name.clone(),
+            partition: req.partition,
+            timeout: req.timeout,
+        }),
+    }
+}
+
+/// Finds an offset of a partition: earliest, latest, or the first record at or after a time.
+pub async fn list_offsets(node: &Node, req: ListOffsets) -> Result<OffsetFound, ApiError> {
+    let topic = find_topic(node, &req.topic)?;
+    check_partition(&topic, req.partition)?;
+    let handle = local_partition(node, &topic, req.partition)?;
+    if req.read == ReadMode::Cp {
+        handle
+            .linearizable_read()
+            .await
+            .map_err(|e| group_error(node, &topic, req.partition, e))?;
+    }
+    let shared = handle.shared();
+    let hw = shared.high_watermark();
+    let log_start = shared.log_start_offset();
+    let mut found = OffsetFound {
+        offset: None,
+        timestamp_ms: -1,
+        log_start_offset: log_start,
+        high_watermark: hw,
+        node_id: node.id(),
+    };
+    match req.query {
+        OffsetQuery::Latest => found.offset = Some(hw),
+        OffsetQuery::Earliest => found.offset = Some(log_start),
+        OffsetQuery::ByTime(ts) => {
+            shared
+                .wait_stored(hw, tokio::time::Instant::now() + STORED_WAIT)
+                .await;
+            if let Some((offset, at)) = offset_for_time(node, shared.group(), ts, log_start, hw)? {
+                found.offset = Some(offset);
+                found.timestamp_ms = at;
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The first committed record at or after `log_start` whose timestamp is at least `ts`, found
+/// through the time index: the first batch whose running largest timestamp reached `ts` holds
+/// a record that reached it; later records may be older (producers' clocks), earlier ones are
+/// all older. With the record's timestamp.
+fn offset_for_time(
+    node: &Node,
+    group: u64,
+    ts: i64,
+    log_start: u64,
+    hw: u64,
+) -> Result<Option<(u64, i64)>, ApiError> {
+    let Some(row) = node.store().offset_for_time(group, ts)? else {
+        return Ok(None);
+    };
+    let from = row.base_offset.max(log_start);
+    if from >= hw {
+        return Ok(None);
+    }
+    let limits = ReadLimits {
+        max_bytes: 1 << 20,
+        max_batches: TIME_SEARCH_BATCHES,
+    };
+    let batches = committed_batches(node.store(), group, from, hw, limits)?;
+    for b in &batches {
+        let records = batch::decode_unchecked(&b.records).map_err(|source| {
+            fjord_raft::ReadError::Corrupt {
+                group,
+                what: fjord_raft::read::Corruption::Batch {
+                    base_offset: b.base_offset,
+                    source,
+                },
+            }
+        })?;
+        for (i, r) in records.iter().enumerate() {
+            let offset = b.base_offset + i as u64;
+            let at = if r.timestamp_ms != 0 {
+                r.timestamp_ms
+            } else {
+                b.append_time_ms
+            };
+            if offset >= from && at >= ts {
+                return Ok(Some((offset, at)));
+            }
+        }
+    }
+    // The batch that raised the largest timestamp to `ts` was deleted (below the log start)
+    // and no record of the next batches reached it: the first record kept.
+    Ok(batches.first().map(|b| (from.max(b.base_offset), ts)))
+}
+
+/// Batches a search by time reads past the time index's answer, at most.
+const TIME_SEARCH_BATCHES: usize = 16;
 
 #[cfg(test)]
 mod tests {

@@ -98,6 +98,8 @@ pub enum Invalid {
     UnknownAcks(i32),
     #[error("unknown read mode {0}")]
     UnknownReadMode(i32),
+    #[error("unknown offset query {0} (OFFSET_LATEST 0, OFFSET_EARLIEST 1, OFFSET_BY_TIME 2)")]
+    UnknownOffsetQuery(i32),
     /// A numeric field of the request over its limit.
     #[error("{field} {value} is over the limit of {limit}")]
     OverLimit {
@@ -377,6 +379,9 @@ pub enum ApiError {
 /// The metadata key that names why a request was refused, where a client must act on it
 /// (see `proto/fjord.proto`'s consumer group section).
 pub const REASON_KEY: &str = "fjord-reason";
+/// The metadata key that carries a partition's log start offset when an offset below it was
+/// asked for (OUT_OF_RANGE).
+pub const LOG_START_KEY: &str = "fjord-log-start-offset";
 
 fn leader_text(leader: &Option<(u64, String)>) -> String {
     match leader {
@@ -537,6 +542,11 @@ impl From<ApiError> for Status {
             if let Ok(v) = addr.parse() {
                 status.metadata_mut().insert(LEADER_ADDRESS_KEY, v);
             }
+        }
+        if let ApiError::BelowLogStart { log_start, .. } = &e
+            && let Ok(v) = log_start.to_string().parse()
+        {
+            status.metadata_mut().insert(LOG_START_KEY, v);
         }
         if let Some(reason) = e.group_reason() {
             status.metadata_mut().insert(

@@ -44,6 +44,7 @@ pub mod peer;
 pub mod producer_ids;
 pub mod rebuild;
 pub mod reconcile;
+pub mod retention;
 pub mod service;
 pub mod wire;
 

@@ -154,6 +154,7 @@ pub struct Node {
     group_partitions: u32,
     group_defaults: fjord_groups::Defaults,
     group_offset_retention_ms: i64,
+    retention_check_interval_ms: u64,
 }
 
 impl Node {
@@ -215,6 +216,7 @@ impl Node {
                 heartbeat_interval_ms: config.group_heartbeat_interval_ms,
             },
             // Validated: at most MAX_OFFSET_RETENTION_MS.
+            retention_check_interval_ms: config.retention_check_interval_ms,
             group_offset_retention_ms: i64::try_from(config.group_offset_retention_ms)
                 .unwrap_or(fjord_groups::limits::MAX_OFFSET_RETENTION_MS),
         }))
@@ -239,6 +241,9 @@ impl Node {
         tokio::spawn(async move { me.reconcile_loop().await });
         let me = self.clone();
         tokio::spawn(async move { me.controller_loop().await });
+        let me = self.clone();
+        let every = std::time::Duration::from_millis(self.retention_check_interval_ms);
+        tokio::spawn(crate::retention::run(me, every, crate::retention::policy));
         let me = self.clone();
         tokio::spawn(async move {
             // Every round: the heartbeats' targets, and the address book every group's

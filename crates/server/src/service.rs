@@ -81,6 +81,8 @@ delegate! {
     reset_offsets(ResetOffsetsRequest) -> ResetOffsetsResponse;
     delete_group(DeleteGroupRequest) -> DeleteGroupResponse;
     alter_group_config(AlterGroupConfigRequest) -> AlterGroupConfigResponse;
+    delete_records(DeleteRecordsRequest) -> DeleteRecordsResponse;
+    list_offsets(ListOffsetsRequest) -> ListOffsetsResponse;
 }
 
 /// Refuses a client's write to one of fjord's own topics.
@@ -387,6 +389,26 @@ impl Fjord for ClientService {
     async fn fetch(&self, req: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
         let fetch = crate::wire::Fetch::try_from(req.into_inner())?;
         Ok(Response::new(data::fetch(&self.node, fetch).await?.into()))
+    }
+
+    async fn delete_records(
+        &self,
+        req: Request<DeleteRecordsRequest>,
+    ) -> Result<Response<DeleteRecordsResponse>, Status> {
+        let req = crate::wire::DeleteRecords::try_from(req.into_inner())?;
+        not_internal(&req.topic, "delete records of")?;
+        let log_start_offset = data::delete_records(&self.node, req).await?;
+        Ok(Response::new(DeleteRecordsResponse { log_start_offset }))
+    }
+
+    async fn list_offsets(
+        &self,
+        req: Request<ListOffsetsRequest>,
+    ) -> Result<Response<ListOffsetsResponse>, Status> {
+        let req = crate::wire::ListOffsets::try_from(req.into_inner())?;
+        Ok(Response::new(
+            data::list_offsets(&self.node, req).await?.into(),
+        ))
     }
 
     async fn find_coordinator(

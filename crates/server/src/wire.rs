@@ -182,11 +182,7 @@ impl TryFrom<v1::FetchRequest> for Fetch {
     type Error = ApiError;
 
     fn try_from(req: v1::FetchRequest) -> Result<Self, ApiError> {
-        let read = match v1::ReadMode::try_from(req.read) {
-            Ok(v1::ReadMode::ReadCp) => ReadMode::Cp,
-            Ok(v1::ReadMode::ReadAp) => ReadMode::Ap,
-            Err(_) => return Err(Invalid::UnknownReadMode(req.read).into()),
-        };
+        let read = read_mode(req.read)?;
         let max_bytes = match req.max_bytes {
             0 => DEFAULT_FETCH_BYTES,
             b if b > MAX_FETCH_BYTES => {
@@ -215,6 +211,110 @@ impl TryFrom<v1::FetchRequest> for Fetch {
             max_wait: Duration::from_millis(u64::from(req.max_wait_ms)),
             read,
         })
+    }
+}
+
+/// A DeleteRecords request, checked.
+#[derive(Debug, Clone)]
+pub struct DeleteRecords {
+    pub topic: String,
+    pub partition: u32,
+    /// `None`: everything committed.
+    pub before: Option<u64>,
+    pub timeout: Duration,
+}
+
+impl TryFrom<v1::DeleteRecordsRequest> for DeleteRecords {
+    type Error = ApiError;
+
+    fn try_from(req: v1::DeleteRecordsRequest) -> Result<Self, ApiError> {
+        let timeout_ms = match req.timeout_ms {
+            0 => DEFAULT_PRODUCE_TIMEOUT_MS,
+            t if t > MAX_PRODUCE_TIMEOUT_MS => {
+                return Err(Invalid::OverLimit {
+                    field: "timeout_ms",
+                    value: t.into(),
+                    limit: MAX_PRODUCE_TIMEOUT_MS.into(),
+                }
+                .into());
+            }
+            t => t,
+        };
+        Ok(DeleteRecords {
+            topic: req.topic,
+            partition: req.partition,
+            before: (!req.all).then_some(req.before_offset),
+            timeout: Duration::from_millis(timeout_ms.into()),
+        })
+    }
+}
+
+/// Which offset a ListOffsets request looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetQuery {
+    Latest,
+    Earliest,
+    ByTime(i64),
+}
+
+/// A ListOffsets request, checked.
+#[derive(Debug, Clone)]
+pub struct ListOffsets {
+    pub topic: String,
+    pub partition: u32,
+    pub query: OffsetQuery,
+    pub read: ReadMode,
+}
+
+impl TryFrom<v1::ListOffsetsRequest> for ListOffsets {
+    type Error = ApiError;
+
+    fn try_from(req: v1::ListOffsetsRequest) -> Result<Self, ApiError> {
+        let read = read_mode(req.read)?;
+        let query = match v1::OffsetQuery::try_from(req.query) {
+            Ok(v1::OffsetQuery::OffsetLatest) => OffsetQuery::Latest,
+            Ok(v1::OffsetQuery::OffsetEarliest) => OffsetQuery::Earliest,
+            Ok(v1::OffsetQuery::OffsetByTime) => OffsetQuery::ByTime(req.timestamp_ms),
+            Err(_) => return Err(Invalid::UnknownOffsetQuery(req.query).into()),
+        };
+        Ok(ListOffsets {
+            topic: req.topic,
+            partition: req.partition,
+            query,
+            read,
+        })
+    }
+}
+
+/// A ListOffsets answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetFound {
+    /// `None`: searching by time, no record reached it.
+    pub offset: Option<u64>,
+    pub timestamp_ms: i64,
+    pub log_start_offset: u64,
+    pub high_watermark: u64,
+    pub node_id: u64,
+}
+
+impl From<OffsetFound> for v1::ListOffsetsResponse {
+    fn from(f: OffsetFound) -> Self {
+        v1::ListOffsetsResponse {
+            offset: f.offset.unwrap_or(f.high_watermark),
+            found: f.offset.is_some(),
+            timestamp_ms: f.timestamp_ms,
+            log_start_offset: f.log_start_offset,
+            high_watermark: f.high_watermark,
+            node_id: f.node_id,
+        }
+    }
+}
+
+fn read_mode(read: i32) -> Result<ReadMode, ApiError> {
+    match v1::ReadMode::try_from(read) {
+        Ok(v1::ReadMode::ReadCp) => Ok(ReadMode::Cp),
+        Ok(v1::ReadMode::ReadAp) => Ok(ReadMode::Ap),
+        Err(_) => Err(Invalid::UnknownReadMode(read).into()),
     }
 }
 

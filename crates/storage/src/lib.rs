@@ -21,8 +21,13 @@
 //! # Tables
 //! - `log`: `(group, index) → entry bytes`: the Raft log of every group. For a partition
 //!   this *is* the partition's data: a record batch's bytes are stored here and nowhere else.
-//! - `offsets`: `(group, base_offset) → (index, record_count)`: the offset index of a
-//!   partition, written when a batch is applied (committed).
+//! - `batches`: `(group, base_offset) → (index, record_count, position, bytes)`: the batch
+//!   (offset) index of a partition, written with the append of each batch; `position` counts
+//!   the partition's record bytes before the batch (retention by size compares positions).
+//!   It replaced `offsets` (`→ (index, record_count)`), converted at open.
+//! - `times`: `(group, timestamp) → base_offset`: the time index, a row each time a batch
+//!   raised the partition's largest record timestamp (Kafka's semantics: searching by time
+//!   uses the largest timestamp so far, monotonic even when producers' clocks disagree).
 //! - `group_values`: `(group, key) → bytes`: small per-group values (vote, committed log id,
 //!   last purged log id, state machine checkpoint, snapshot).
 //! - `node_values`: `key → bytes`: small values of the node itself (its data directory's
@@ -38,6 +43,40 @@ pub use store::{Closed, Durable, GroupKey, NodeKey, Store, StoreOptions};
 pub use writer::{Op, WriteBatch, WriterMode};
 
 use std::sync::Arc;
+
+/// A row of the batch index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchRow {
+    /// The offset of the batch's first record.
+    pub base_offset: u64,
+    /// The log index of the entry holding it.
+    pub index: u64,
+    pub record_count: u32,
+    /// The partition's record bytes before this batch.
+    pub position: u64,
+    /// Its record bytes.
+    pub bytes: u32,
+}
+
+impl BatchRow {
+    /// The offset after its last record.
+    pub fn end_offset(&self) -> u64 {
+        self.base_offset + self.record_count as u64
+    }
+
+    /// The position after it.
+    pub fn end_position(&self) -> u64 {
+        self.position + self.bytes as u64
+    }
+}
+
+/// A row of the time index: from `base_offset` on, the partition's largest record timestamp
+/// is at least `timestamp_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeRow {
+    pub timestamp_ms: i64,
+    pub base_offset: u64,
+}
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]

@@ -94,6 +94,47 @@ pub struct PartitionState {
     /// The offset the next appended record gets (the high watermark once committed).
     pub next_offset: u64,
     producers: BTreeMap<u64, ProducerEntry>,
+    /// The first offset still readable: raised by retention and DeleteRecords (a replicated
+    /// [`PartitionState::delete_before`]), never above `next_offset`, never lowered.
+    pub log_start_offset: u64,
+    /// Record bytes appended since the partition began: the position the next batch starts at.
+    /// Retention by size compares positions (as Kafka compares segment file positions).
+    pub next_position: u64,
+    /// The largest record timestamp appended so far (Kafka's time index: it only grows, so a
+    /// search by time is monotonic even when producers' clocks disagree). `None` before the
+    /// first batch, and for a log written before timestamps were indexed.
+    pub max_timestamp_ms: Option<i64>,
+}
+
+/// Where an appended batch sits in the partition, beyond its offsets: what the batch index
+/// and the time index record of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// The record bytes appended before it.
+    pub position: u64,
+    /// `Some(ts)` when the batch raised the partition's largest timestamp to `ts`: the time
+    /// index gains `ts → base offset`.
+    pub raised_time: Option<i64>,
+}
+
+/// [`PartitionState`] as checkpoints written before retention encode it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionStateV2 {
+    next_offset: u64,
+    producers: BTreeMap<u64, ProducerEntry>,
+}
+
+impl PartitionStateV2 {
+    /// The state, with its log start at 0, its position at `next_position` (what the batch
+    /// index knew) and no timestamp seen.
+    pub fn upgrade(self, next_position: u64) -> PartitionState {
+        PartitionState {
+            next_offset: self.next_offset,
+            producers: self.producers,
+            next_position,
+            ..PartitionState::default()
+        }
+    }
 }
 
 /// [`PartitionState`] as checkpoints written before producer epochs encode it.
@@ -130,6 +171,7 @@ impl From<PartitionStateV1> for PartitionState {
                     (pid, ProducerEntry { epoch: 0, batches })
                 })
                 .collect(),
+            ..PartitionState::default()
         }
     }
 }
@@ -146,6 +188,29 @@ impl PartitionState {
         }
         debug_assert_eq!(self.validate(), Ok(()));
         outcome
+    }
+
+    /// Records where an appended batch of `record_bytes` bytes whose largest record timestamp
+    /// is `max_timestamp_ms` sits; call right after [`PartitionState::apply`] answered
+    /// `Appended` for it.
+    pub fn place(&mut self, record_bytes: u64, max_timestamp_ms: i64) -> Placement {
+        let position = self.next_position;
+        self.next_position += record_bytes;
+        let raised = self.max_timestamp_ms.is_none_or(|m| max_timestamp_ms > m);
+        if raised {
+            self.max_timestamp_ms = Some(max_timestamp_ms);
+        }
+        Placement {
+            position,
+            raised_time: raised.then_some(max_timestamp_ms),
+        }
+    }
+
+    /// Moves the log start offset up to `offset` (clamped to `next_offset`; a start already
+    /// past it stays). Returns the log start offset after.
+    pub fn delete_before(&mut self, offset: u64) -> u64 {
+        self.log_start_offset = self.log_start_offset.max(offset.min(self.next_offset));
+        self.log_start_offset
     }
 
     fn remember(&mut self, batch: &BatchHeader, base_offset: u64) {
@@ -247,6 +312,12 @@ impl PartitionState {
 
     /// Checks the invariants; one error per broken fact.
     pub fn validate(&self) -> Result<(), Broken> {
+        if self.log_start_offset > self.next_offset {
+            return Err(Broken::StartBeyondEnd {
+                log_start_offset: self.log_start_offset,
+                next_offset: self.next_offset,
+            });
+        }
         if self.producers.len() > MAX_PRODUCERS_PER_PARTITION {
             return Err(Broken::TooManyProducers {
                 retained: self.producers.len(),
@@ -288,6 +359,11 @@ pub enum Broken {
     OffsetsNotIncreasing { producer_id: u64 },
     #[error("producer {producer_id}: batch beyond next_offset {next_offset}")]
     BeyondNextOffset { producer_id: u64, next_offset: u64 },
+    #[error("log start offset {log_start_offset} beyond next_offset {next_offset}")]
+    StartBeyondEnd {
+        log_start_offset: u64,
+        next_offset: u64,
+    },
 }
 
 #[cfg(test)]

@@ -14,7 +14,8 @@ use tokio::sync::{oneshot, watch};
 use crate::StorageError;
 use crate::writer::{self, Op, WriterMode};
 
-use crate::tables::{GROUP_VALUES, LOG, NODE_VALUES, OFFSETS};
+use crate::tables::{BATCHES, GROUP_VALUES, LOG, NODE_VALUES, OFFSETS, TIMES};
+use crate::{BatchRow, TimeRow};
 
 /// Keys of the node-level values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,9 +146,11 @@ impl Store {
         // Create the tables once so readers never meet a missing table.
         let txn = db.begin_write().map_err(StorageError::redb)?;
         txn.open_table(LOG).map_err(StorageError::redb)?;
-        txn.open_table(OFFSETS).map_err(StorageError::redb)?;
+        txn.open_table(BATCHES).map_err(StorageError::redb)?;
+        txn.open_table(TIMES).map_err(StorageError::redb)?;
         txn.open_table(GROUP_VALUES).map_err(StorageError::redb)?;
         txn.open_table(NODE_VALUES).map_err(StorageError::redb)?;
+        convert_offsets(&txn)?;
         txn.commit().map_err(StorageError::redb)?;
         let db = Arc::new(db);
         let (closed_tx, closed) = watch::channel(false);
@@ -243,6 +246,19 @@ impl Store {
         Ok(out)
     }
 
+    /// The index of `group`'s first stored log entry, if any.
+    pub fn first_log_index(&self, group: u64) -> Result<Option<u64>, StorageError> {
+        let txn = self.read_txn()?;
+        let table = txn.open_table(LOG).map_err(StorageError::redb)?;
+        let mut range = table
+            .range((group, 0)..=(group, u64::MAX))
+            .map_err(StorageError::redb)?;
+        match range.next() {
+            None => Ok(None),
+            Some(item) => Ok(Some(item.map_err(StorageError::redb)?.0.value().1)),
+        }
+    }
+
     /// The first and last log entries of `group`, if any.
     pub fn log_bounds(
         &self,
@@ -299,37 +315,29 @@ impl Store {
             && values.first().map_err(StorageError::redb)?.is_none())
     }
 
-    /// The offset index entry covering `offset`: the batch with the greatest base offset not
-    /// above it, as `(base_offset, log index, record_count)`.
-    pub fn find_offset(
-        &self,
-        group: u64,
-        offset: u64,
-    ) -> Result<Option<(u64, u64, u32)>, StorageError> {
+    /// The batch index row covering `offset`: the batch with the greatest base offset not
+    /// above it.
+    pub fn find_offset(&self, group: u64, offset: u64) -> Result<Option<BatchRow>, StorageError> {
         let txn = self.read_txn()?;
-        let table = txn.open_table(OFFSETS).map_err(StorageError::redb)?;
+        let table = txn.open_table(BATCHES).map_err(StorageError::redb)?;
         let mut range = table
             .range((group, 0)..=(group, offset))
             .map_err(StorageError::redb)?;
         match range.next_back() {
             None => Ok(None),
-            Some(item) => {
-                let (k, v) = item.map_err(StorageError::redb)?;
-                let (index, count) = v.value();
-                Ok(Some((k.value().1, index, count)))
-            }
+            Some(item) => Ok(Some(batch_row(item.map_err(StorageError::redb)?))),
         }
     }
 
-    /// Offset index entries of `group` from base offset `from` on, at most `max` of them.
+    /// Batch index rows of `group` from base offset `from` on, at most `max` of them.
     pub fn offsets_from(
         &self,
         group: u64,
         from: u64,
         max: usize,
-    ) -> Result<Vec<(u64, u64, u32)>, StorageError> {
+    ) -> Result<Vec<BatchRow>, StorageError> {
         let txn = self.read_txn()?;
-        let table = txn.open_table(OFFSETS).map_err(StorageError::redb)?;
+        let table = txn.open_table(BATCHES).map_err(StorageError::redb)?;
         let mut out = Vec::new();
         for item in table
             .range((group, from)..=(group, u64::MAX))
@@ -338,23 +346,40 @@ impl Store {
             if out.len() >= max {
                 break;
             }
-            let (k, v) = item.map_err(StorageError::redb)?;
-            let (index, count) = v.value();
-            out.push((k.value().1, index, count));
+            out.push(batch_row(item.map_err(StorageError::redb)?));
         }
         Ok(out)
     }
 
     /// The smallest base offset still indexed for `group`.
     pub fn first_offset(&self, group: u64) -> Result<Option<u64>, StorageError> {
+        Ok(self
+            .offsets_from(group, 0, 1)?
+            .first()
+            .map(|r| r.base_offset))
+    }
+
+    /// The base offset of the first batch from which the partition's largest timestamp is at
+    /// least `timestamp_ms` (the time index), or `None` when no batch reached it.
+    pub fn offset_for_time(
+        &self,
+        group: u64,
+        timestamp_ms: i64,
+    ) -> Result<Option<TimeRow>, StorageError> {
         let txn = self.read_txn()?;
-        let table = txn.open_table(OFFSETS).map_err(StorageError::redb)?;
+        let table = txn.open_table(TIMES).map_err(StorageError::redb)?;
         let mut range = table
-            .range((group, 0)..=(group, u64::MAX))
+            .range((group, timestamp_ms)..=(group, i64::MAX))
             .map_err(StorageError::redb)?;
         match range.next() {
             None => Ok(None),
-            Some(item) => Ok(Some(item.map_err(StorageError::redb)?.0.value().1)),
+            Some(item) => {
+                let (k, v) = item.map_err(StorageError::redb)?;
+                Ok(Some(TimeRow {
+                    timestamp_ms: k.value().1,
+                    base_offset: v.value(),
+                }))
+            }
         }
     }
 
@@ -368,6 +393,66 @@ impl Store {
         }
         Ok(out.into_iter().collect())
     }
+}
+
+/// A stored row of the batch index: its key and its value.
+type StoredBatchRow<'a> = (
+    redb::AccessGuard<'a, (u64, u64)>,
+    redb::AccessGuard<'a, (u64, u32, u64, u32)>,
+);
+
+fn batch_row((k, v): StoredBatchRow<'_>) -> BatchRow {
+    let (index, record_count, position, bytes) = v.value();
+    BatchRow {
+        base_offset: k.value().1,
+        index,
+        record_count,
+        position,
+        bytes,
+    }
+}
+
+/// Converts the batch index written before retention (`offsets`) into `batches`, then
+/// deletes it. The old rows knew no sizes: a batch's size is taken as its log entry's (the
+/// records plus a few bytes of header), and positions add them up from the first batch kept.
+/// Such a log has no time index rows: searching by time finds only batches appended after.
+fn convert_offsets(txn: &redb::WriteTransaction) -> Result<(), StorageError> {
+    let Ok(old) = txn.open_table(OFFSETS) else {
+        return Ok(());
+    };
+    let rows: Vec<((u64, u64), (u64, u32))> = old
+        .iter()
+        .map_err(StorageError::redb)?
+        .map(|item| item.map(|(k, v)| (k.value(), v.value())))
+        .collect::<Result<_, _>>()
+        .map_err(StorageError::redb)?;
+    drop(old);
+    if !rows.is_empty() {
+        tracing::info!(
+            rows = rows.len(),
+            "converting the batch index to the retention layout"
+        );
+    }
+    let log = txn.open_table(LOG).map_err(StorageError::redb)?;
+    let mut batches = txn.open_table(BATCHES).map_err(StorageError::redb)?;
+    let mut position = (u64::MAX, 0u64);
+    for ((group, base), (index, count)) in rows {
+        if position.0 != group {
+            position = (group, 0);
+        }
+        let bytes = log
+            .get((group, index))
+            .map_err(StorageError::redb)?
+            .map_or(0, |v| v.value().len() as u32);
+        batches
+            .insert((group, base), (index, count, position.1, bytes))
+            .map_err(StorageError::redb)?;
+        position.1 += bytes as u64;
+    }
+    drop(batches);
+    drop(log);
+    txn.delete_table(OFFSETS).map_err(StorageError::redb)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -434,6 +519,16 @@ mod tests {
         assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 2, 3]);
     }
 
+    fn row(base_offset: u64, index: u64, record_count: u32, position: u64) -> BatchRow {
+        BatchRow {
+            base_offset,
+            index,
+            record_count,
+            position,
+            bytes: 40,
+        }
+    }
+
     #[tokio::test]
     async fn data_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -454,7 +549,11 @@ mod tests {
                     },
                     Op::IndexOffsets {
                         group: 1,
-                        entries: vec![(0, 1, 5), (5, 3, 2)],
+                        entries: vec![row(0, 1, 5, 0), row(5, 3, 2, 40)],
+                        times: vec![TimeRow {
+                            timestamp_ms: 7,
+                            base_offset: 5,
+                        }],
                     },
                     Op::PutNode {
                         key: NodeKey::Identity as u8,
@@ -480,9 +579,14 @@ mod tests {
             Some(b"i".to_vec())
         );
         assert!(!store.holds_no_group().unwrap());
-        assert_eq!(store.find_offset(1, 6).unwrap(), Some((5, 3, 2)));
-        assert_eq!(store.find_offset(1, 4).unwrap(), Some((0, 1, 5)));
-        assert_eq!(store.offsets_from(1, 1, 10).unwrap(), vec![(5, 3, 2)]);
+        assert_eq!(store.find_offset(1, 6).unwrap(), Some(row(5, 3, 2, 40)));
+        assert_eq!(store.find_offset(1, 4).unwrap(), Some(row(0, 1, 5, 0)));
+        assert_eq!(
+            store.offsets_from(1, 1, 10).unwrap(),
+            vec![row(5, 3, 2, 40)]
+        );
+        assert_eq!(store.offset_for_time(1, 3).unwrap().unwrap().base_offset, 5);
+        assert_eq!(store.offset_for_time(1, 8).unwrap(), None);
         assert_eq!(
             store.read_log(1, 1..2, 10, 10).unwrap(),
             vec![(1, b"a".to_vec())]

@@ -24,7 +24,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::StorageError;
 use crate::sim_disk::SyncDelay;
-use crate::tables::{GROUP_VALUES, LOG, NODE_VALUES, OFFSETS};
+use crate::tables::{BATCHES, GROUP_VALUES, LOG, NODE_VALUES, TIMES};
+use crate::{BatchRow, TimeRow};
 
 /// Requests waiting for the writer, at most.
 pub const WRITER_QUEUE_REQUESTS: usize = 1024;
@@ -54,9 +55,11 @@ pub enum Op {
     /// Sets a small per-group value.
     Put { group: u64, key: u8, value: Vec<u8> },
     /// Adds offset index entries: `(base_offset, log index, record count)`.
+    /// Index rows of appended batches, and the time index rows they add.
     IndexOffsets {
         group: u64,
-        entries: Vec<(u64, u64, u32)>,
+        entries: Vec<BatchRow>,
+        times: Vec<TimeRow>,
     },
     /// Removes everything a group has stored.
     DeleteGroup { group: u64 },
@@ -69,7 +72,7 @@ impl Op {
         match self {
             Op::Append { entries, .. } => entries.iter().map(|(_, b)| b.len() + 16).sum(),
             Op::Put { value, .. } | Op::PutNode { value, .. } => value.len(),
-            Op::IndexOffsets { entries, .. } => entries.len() * 28,
+            Op::IndexOffsets { entries, times, .. } => entries.len() * 32 + times.len() * 24,
             _ => 16,
         }
     }
@@ -290,7 +293,8 @@ fn commit(
     {
         let mut tables = Tables {
             log: txn.open_table(LOG).map_err(StorageError::redb)?,
-            offsets: txn.open_table(OFFSETS).map_err(StorageError::redb)?,
+            batches: txn.open_table(BATCHES).map_err(StorageError::redb)?,
+            times: txn.open_table(TIMES).map_err(StorageError::redb)?,
             values: txn.open_table(GROUP_VALUES).map_err(StorageError::redb)?,
             node_values: txn.open_table(NODE_VALUES).map_err(StorageError::redb)?,
         };
@@ -305,7 +309,8 @@ fn commit(
 /// The tables a commit writes, open in its transaction.
 struct Tables<'txn> {
     log: redb::Table<'txn, (u64, u64), &'static [u8]>,
-    offsets: redb::Table<'txn, (u64, u64), (u64, u32)>,
+    batches: redb::Table<'txn, (u64, u64), (u64, u32, u64, u32)>,
+    times: redb::Table<'txn, (u64, i64), u64>,
     values: redb::Table<'txn, (u64, u8), &'static [u8]>,
     node_values: redb::Table<'txn, u8, &'static [u8]>,
 }
@@ -325,14 +330,22 @@ impl Tables<'_> {
                     .retain_in((*group, *index)..=(*group, u64::MAX), |_, _| false)
                     .map_err(StorageError::redb)?;
                 // Index entries grow with the log index: the doomed ones are at the end.
-                self.remove_offsets(*group, true, |idx| idx >= *index)?;
+                let removed = self.remove_offsets(*group, true, |idx| idx >= *index)?;
+                if let Some(&lowest) = removed.last() {
+                    self.remove_times_from(*group, lowest)?;
+                }
             }
             Op::PurgeTo { group, index } => {
                 self.log
                     .retain_in((*group, 0)..=(*group, *index), |_, _| false)
                     .map_err(StorageError::redb)?;
                 // ... and the purged ones at the start.
-                self.remove_offsets(*group, false, |idx| idx <= *index)?;
+                if !self
+                    .remove_offsets(*group, false, |idx| idx <= *index)?
+                    .is_empty()
+                {
+                    self.remove_times_below(*group)?;
+                }
             }
             Op::Put { group, key, value } => {
                 self.values
@@ -344,10 +357,22 @@ impl Tables<'_> {
                     .insert(*key, value.as_slice())
                     .map_err(StorageError::redb)?;
             }
-            Op::IndexOffsets { group, entries } => {
-                for (base, index, count) in entries {
-                    self.offsets
-                        .insert((*group, *base), (*index, *count))
+            Op::IndexOffsets {
+                group,
+                entries,
+                times,
+            } => {
+                for r in entries {
+                    self.batches
+                        .insert(
+                            (*group, r.base_offset),
+                            (r.index, r.record_count, r.position, r.bytes),
+                        )
+                        .map_err(StorageError::redb)?;
+                }
+                for t in times {
+                    self.times
+                        .insert((*group, t.timestamp_ms), t.base_offset)
                         .map_err(StorageError::redb)?;
                 }
             }
@@ -358,16 +383,70 @@ impl Tables<'_> {
 
     /// Removes `group`'s index entries whose log index matches `doomed` (see
     /// [`collect_offsets`]).
+    /// Returns their base offsets, in the order scanned.
     fn remove_offsets(
         &mut self,
         group: u64,
         from_end: bool,
         doomed: impl Fn(u64) -> bool,
-    ) -> Result<(), StorageError> {
-        for base in collect_offsets(&self.offsets, group, from_end, doomed)? {
-            self.offsets
-                .remove((group, base))
+    ) -> Result<Vec<u64>, StorageError> {
+        let doomed = collect_offsets(&self.batches, group, from_end, doomed)?;
+        for base in &doomed {
+            self.batches
+                .remove((group, *base))
                 .map_err(StorageError::redb)?;
+        }
+        Ok(doomed)
+    }
+
+    /// Removes the time index rows of batches from base offset `from` on (truncated).
+    fn remove_times_from(&mut self, group: u64, from: u64) -> Result<(), StorageError> {
+        let mut doomed = Vec::new();
+        for item in self
+            .times
+            .range((group, i64::MIN)..=(group, i64::MAX))
+            .map_err(StorageError::redb)?
+            .rev()
+        {
+            let (k, v) = item.map_err(StorageError::redb)?;
+            if v.value() < from {
+                break;
+            }
+            doomed.push(k.value().1);
+        }
+        for ts in doomed {
+            self.times.remove((group, ts)).map_err(StorageError::redb)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the time index rows of batches no longer indexed (purged), except the last of
+    /// them: its timestamp is still the largest seen by the first batches kept, until a later
+    /// row.
+    fn remove_times_below(&mut self, group: u64) -> Result<(), StorageError> {
+        let first_kept = self
+            .batches
+            .range((group, 0)..=(group, u64::MAX))
+            .map_err(StorageError::redb)?
+            .next()
+            .transpose()
+            .map_err(StorageError::redb)?
+            .map_or(u64::MAX, |(k, _)| k.value().1);
+        let mut below = Vec::new();
+        for item in self
+            .times
+            .range((group, i64::MIN)..=(group, i64::MAX))
+            .map_err(StorageError::redb)?
+        {
+            let (k, v) = item.map_err(StorageError::redb)?;
+            if v.value() >= first_kept {
+                break;
+            }
+            below.push(k.value().1);
+        }
+        below.pop();
+        for ts in below {
+            self.times.remove((group, ts)).map_err(StorageError::redb)?;
         }
         Ok(())
     }
@@ -377,8 +456,11 @@ impl Tables<'_> {
         self.log
             .retain_in((group, 0)..=(group, u64::MAX), |_, _| false)
             .map_err(StorageError::redb)?;
-        self.offsets
+        self.batches
             .retain_in((group, 0)..=(group, u64::MAX), |_, _| false)
+            .map_err(StorageError::redb)?;
+        self.times
+            .retain_in((group, i64::MIN)..=(group, i64::MAX), |_, _| false)
             .map_err(StorageError::redb)?;
         self.values
             .retain_in((group, 0)..=(group, u8::MAX), |_, _| false)
@@ -390,7 +472,7 @@ impl Tables<'_> {
 /// Base offsets of `group`'s index entries whose log index matches `doomed`, scanning from
 /// the end (`from_end`) or the start, and stopping at the first entry that does not match.
 fn collect_offsets(
-    table: &redb::Table<(u64, u64), (u64, u32)>,
+    table: &redb::Table<(u64, u64), (u64, u32, u64, u32)>,
     group: u64,
     from_end: bool,
     doomed: impl Fn(u64) -> bool,

@@ -271,6 +271,7 @@ fn serve_config(id: u64, config: &SimConfig) -> ServeConfig {
         // would double a seed's cost.
         group_partitions: fjord_harness::group::COORDINATOR_PARTITIONS,
         group_offset_retention_ms: fjord_server::config::defaults::GROUP_OFFSET_RETENTION_MS,
+        retention_check_interval_ms: fjord_server::config::defaults::RETENTION_CHECK_INTERVAL_MS,
     }
 }
 

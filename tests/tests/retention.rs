@@ -1,0 +1,255 @@
+//! The log's lifecycle on real 3-node clusters: DeleteRecords, the log start offset alike on
+//! every replica, reads below it refused with the start offset, and a follower that was down
+//! while the start moved past its log catching up by installing a snapshot.
+// Each test holds `serial()` (a std mutex) for its whole run on purpose: tests run on
+// separate threads and runtimes, and must not start clusters at the same time.
+#![allow(clippy::await_holding_lock)]
+
+use std::time::Duration;
+
+use fjord_client::{Acks, Client, OffsetSpec, ProducerConfig, ProducerRecord, ReadMode};
+use fjord_proto::v1;
+use fjord_proto::v1::fjord_client::FjordClient;
+use fjord_tests::{Cluster, serial, wait_for};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Produces `values` to partition 0 of `topic`, CP, one at a time.
+async fn produce(client: &Client, topic: &str, values: impl IntoIterator<Item = String>) {
+    let producer = client
+        .producer(
+            topic,
+            ProducerConfig {
+                acks: Acks::Cp,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    for v in values {
+        producer
+            .send(ProducerRecord::new(v).with_partition(0))
+            .await
+            .expect("send");
+    }
+}
+
+/// What node `addr`'s own replica holds of partition 0, read AP from it alone: its log start
+/// offset, its high watermark, and every record from the start on.
+async fn replica(addr: &str, topic: &str) -> Option<(u64, u64, Vec<(u64, Vec<u8>)>)> {
+    let mut c = FjordClient::connect(format!("http://{addr}")).await.ok()?;
+    let listed = c
+        .list_offsets(v1::ListOffsetsRequest {
+            topic: topic.into(),
+            partition: 0,
+            query: v1::OffsetQuery::OffsetEarliest as i32,
+            read: v1::ReadMode::ReadAp as i32,
+            ..Default::default()
+        })
+        .await
+        .ok()?
+        .into_inner();
+    let (start, hw) = (listed.log_start_offset, listed.high_watermark);
+    let mut out = Vec::new();
+    let mut offset = start;
+    while offset < hw {
+        let r = c
+            .fetch(v1::FetchRequest {
+                topic: topic.into(),
+                partition: 0,
+                offset,
+                read: v1::ReadMode::ReadAp as i32,
+                ..Default::default()
+            })
+            .await
+            .ok()?
+            .into_inner();
+        if r.batches.is_empty() {
+            break;
+        }
+        for b in r.batches {
+            let records = fjord_proto::batch::decode(&b.records, b.crc32c).expect("CRC");
+            for (i, rec) in records.into_iter().enumerate() {
+                let o = b.base_offset + i as u64;
+                if o >= offset {
+                    out.push((o, rec.value.to_vec()));
+                }
+            }
+            offset = b.base_offset + b.record_count as u64;
+        }
+    }
+    Some((start, hw, out))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_records_moves_the_start_alike_and_reads_below_it_are_out_of_range() {
+    let _serial = serial();
+    let cluster = Cluster::start_with_args(
+        3,
+        fjord_tests::Timing::FAST,
+        &["--retention-check-interval-ms", "100"],
+    )
+    .await;
+    let client = cluster.client();
+    client.create_topic("lifecycle", 1, 3).await.unwrap();
+    produce(&client, "lifecycle", (0..50).map(|i| format!("v{i}"))).await;
+
+    let start = client
+        .delete_records("lifecycle", 0, Some(20))
+        .await
+        .unwrap();
+    assert_eq!(start, 20);
+    // Asking again, or lower, moves nothing back.
+    assert_eq!(
+        client
+            .delete_records("lifecycle", 0, Some(5))
+            .await
+            .unwrap(),
+        20
+    );
+    // Beyond the high watermark: refused.
+    let err = client
+        .delete_records("lifecycle", 0, Some(51))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("beyond the end"), "{err}");
+
+    let earliest = client
+        .list_offset("lifecycle", 0, OffsetSpec::Earliest, ReadMode::Cp)
+        .await
+        .unwrap();
+    assert_eq!((earliest.offset, earliest.high_watermark), (Some(20), 50));
+
+    // A fetch below the start: OUT_OF_RANGE, the start in the message and the metadata.
+    let leader = client.describe_topic("lifecycle").await.unwrap().partitions[0]
+        .leader
+        .unwrap();
+    let addr = &cluster.nodes[cluster.node_index(leader)].addr;
+    let mut raw = FjordClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let status = raw
+        .fetch(v1::FetchRequest {
+            topic: "lifecycle".into(),
+            partition: 0,
+            offset: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("log start offset 20"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        status
+            .metadata()
+            .get("fjord-log-start-offset")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        "20"
+    );
+
+    // Every replica's log starts at 20 and holds the same records after it.
+    let want: Vec<(u64, Vec<u8>)> = (20..50)
+        .map(|i| (i, format!("v{i}").into_bytes()))
+        .collect();
+    for node in &cluster.nodes {
+        let got = wait_for("the replica to apply the deletion", DEADLINE, || {
+            let addr = node.addr.clone();
+            async move {
+                replica(&addr, "lifecycle")
+                    .await
+                    .filter(|(start, hw, _)| *start == 20 && *hw == 50)
+            }
+        })
+        .await;
+        assert_eq!(got.2, want, "node {}", node.id);
+    }
+
+    // Everything: the start is the high watermark, and a consumer from the beginning waits
+    // at it.
+    assert_eq!(
+        client.delete_records("lifecycle", 0, None).await.unwrap(),
+        50
+    );
+    let from_start = client
+        .list_offset("lifecycle", 0, OffsetSpec::Earliest, ReadMode::Cp)
+        .await
+        .unwrap();
+    assert_eq!(from_start.offset, Some(50));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_down_while_the_start_moved_past_its_log_installs_a_snapshot() {
+    let _serial = serial();
+    let mut cluster = Cluster::start_with_args(
+        3,
+        fjord_tests::Timing::FAST,
+        &["--retention-check-interval-ms", "100"],
+    )
+    .await;
+    let client = cluster.client();
+    client.create_topic("snap", 1, 3).await.unwrap();
+    produce(&client, "snap", (0..30).map(|i| format!("a{i}"))).await;
+    let leader = client.describe_topic("snap").await.unwrap().partitions[0]
+        .leader
+        .unwrap();
+    let follower = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|id| *id != leader)
+        .unwrap();
+    // The follower has the first 30 records; then it is down while 200 more arrive and the
+    // start moves to 200, past everything it holds.
+    wait_for("the follower to hold 30 records", DEADLINE, || {
+        let addr = cluster.nodes[cluster.node_index(follower)].addr.clone();
+        async move { replica(&addr, "snap").await.filter(|(_, hw, _)| *hw == 30) }
+    })
+    .await;
+    cluster.kill(follower);
+    produce(&client, "snap", (30..230).map(|i| format!("b{i}"))).await;
+    assert_eq!(
+        client.delete_records("snap", 0, Some(200)).await.unwrap(),
+        200
+    );
+    // The leader and the other follower purge their logs behind the start: the leader can
+    // only bring the returning follower up to date with a snapshot.
+    cluster.restart(follower);
+    let want: Vec<(u64, Vec<u8>)> = (200..230)
+        .map(|i| (i, format!("b{i}").into_bytes()))
+        .collect();
+    let got = wait_for("the restarted follower to catch up", DEADLINE, || {
+        let addr = cluster.nodes[cluster.node_index(follower)].addr.clone();
+        async move {
+            replica(&addr, "snap")
+                .await
+                .filter(|(start, hw, _)| *start == 200 && *hw == 230)
+        }
+    })
+    .await;
+    assert_eq!(got.2, want, "the follower's log from the start on");
+    let log = cluster.log_text(follower);
+    assert!(
+        log.contains("installing a partition snapshot"),
+        "the follower caught up without a snapshot: the leader's log was not purged"
+    );
+    // It keeps replicating after the snapshot.
+    produce(&client, "snap", (230..240).map(|i| format!("c{i}"))).await;
+    wait_for(
+        "the follower to replicate after the snapshot",
+        DEADLINE,
+        || {
+            let addr = cluster.nodes[cluster.node_index(follower)].addr.clone();
+            async move {
+                replica(&addr, "snap")
+                    .await
+                    .filter(|(_, hw, r)| *hw == 240 && r.len() == 40)
+            }
+        },
+    )
+    .await;
+}
