@@ -216,8 +216,17 @@ async fn a_follower_down_while_the_start_moved_past_its_log_installs_a_snapshot(
         client.delete_records("snap", 0, Some(200)).await.unwrap(),
         200
     );
-    // The leader and the other follower purge their logs behind the start: the leader can
-    // only bring the returning follower up to date with a snapshot.
+    // The leader purges its log behind the start (once no replication reads it): it can
+    // then only bring the returning follower up to date with a snapshot.
+    wait_for("the leader to purge its log", DEADLINE, || {
+        let log = cluster.log_text(leader);
+        // Any group but the metadata group (0): the topic's only partition.
+        let purged = log
+            .lines()
+            .any(|l| l.contains("purging the log") && !l.contains("group=0 "));
+        async move { purged.then_some(()) }
+    })
+    .await;
     cluster.restart(follower);
     let want: Vec<(u64, Vec<u8>)> = (200..230)
         .map(|i| (i, format!("b{i}").into_bytes()))
@@ -252,4 +261,94 @@ async fn a_follower_down_while_the_start_moved_past_its_log_installs_a_snapshot(
         },
     )
     .await;
+}
+
+/// Runs `fjord ARGS --format json` against the cluster; its stdout lines as JSON values.
+fn cli_json(cluster: &Cluster, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = cluster
+        .cli()
+        .args(args)
+        .args(["--format", "json"])
+        .output()
+        .expect("running fjord");
+    assert!(
+        out.status.success(),
+        "fjord {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_by_time_uses_the_running_largest_timestamp() {
+    let _serial = serial();
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    client.create_topic("times", 1, 3).await.unwrap();
+    let producer = client
+        .producer(
+            "times",
+            ProducerConfig {
+                acks: Acks::Cp,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    // Offsets 0..6 with producer timestamps out of order: 1000, 3000, 2000, 4000, 2500, 5000.
+    let stamps = [1000, 3000, 2000, 4000, 2500, 5000];
+    for (i, ts) in stamps.iter().enumerate() {
+        producer
+            .send(
+                ProducerRecord::new(format!("t{i}"))
+                    .with_partition(0)
+                    .with_timestamp_ms(*ts),
+            )
+            .await
+            .unwrap();
+    }
+    let at = |t: i64| {
+        let client = client.clone();
+        async move {
+            client
+                .list_offset("times", 0, OffsetSpec::Time(t), ReadMode::Cp)
+                .await
+                .unwrap()
+        }
+    };
+    // The first record at or after the time, searched from the first batch whose running
+    // largest timestamp reached it: 2000 is first reached by offset 1 (3000).
+    assert_eq!(
+        (at(2000).await.offset, at(2000).await.timestamp_ms),
+        (Some(1), Some(3000))
+    );
+    assert_eq!(at(500).await.offset, Some(0));
+    assert_eq!(at(3500).await.offset, Some(3));
+    assert_eq!(at(4500).await.offset, Some(5));
+    let none = at(6000).await;
+    assert_eq!((none.offset, none.or_end()), (None, 6));
+
+    // The CLI: offsets at a time, a consumer from a time, and a deletion.
+    let rows = cli_json(&cluster, &["topic", "offsets", "times", "--time", "3500"]);
+    assert_eq!(rows[0]["at_time"], 3);
+    let read = cli_json(
+        &cluster,
+        &["consume", "times", "--from-time", "3500", "--count", "3"],
+    );
+    let offsets: Vec<u64> = read.iter().map(|r| r["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, [3, 4, 5]);
+    let rows = cli_json(
+        &cluster,
+        &["topic", "delete-records", "times", "--before", "2"],
+    );
+    assert_eq!(rows[0]["log_start_offset"], 2);
+    let rows = cli_json(&cluster, &["topic", "offsets", "times"]);
+    assert_eq!(
+        (rows[0]["earliest"].clone(), rows[0]["latest"].clone()),
+        (2.into(), 6.into())
+    );
+    // Searching below the start answers the first record kept.
+    assert_eq!(at(500).await.offset, Some(2));
 }

@@ -54,6 +54,13 @@ pub struct ConsumeArgs {
     /// Start at this offset (in every partition read).
     #[arg(long)]
     pub offset: Option<u64>,
+    /// Start at the first record at or after this time, in every partition read (each
+    /// partition's time index): RFC 3339 (2026-12-01T10:00:00Z), before now (-1h, -30m,
+    /// -2d, -45s) or milliseconds since the epoch. A partition with no record that recent
+    /// starts at its end.
+    #[arg(long, value_parser = crate::time_arg::parse, allow_hyphen_values = true,
+          conflicts_with_all = ["from_beginning", "offset", "group"])]
+    pub from_time: Option<crate::time_arg::TimeArg>,
     /// Stop after this many records (default: run until Ctrl-C).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
@@ -108,9 +115,20 @@ pub async fn run(client: Client, out: Output, args: ConsumeArgs) -> anyhow::Resu
         }
     };
 
+    let at = args.from_time.map(|t| t.resolve(crate::time_arg::now_ms()));
     let (tx, mut rx) = mpsc::channel(MAX_QUEUED_POLLS);
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_FETCHES));
     for p in partitions {
+        let start = match at {
+            None => start,
+            Some(t) => StartFrom::Offset(
+                client
+                    .list_offset(&topic, p, fjord_client::OffsetSpec::Time(t), options.read)
+                    .await
+                    .with_context(|| format!("cannot find time {t} in {topic}/{p}"))?
+                    .or_end(),
+            ),
+        };
         let consumer = client.consumer(topic.clone(), p, start, options);
         tokio::spawn(poll_partition(consumer, tx.clone(), Arc::clone(&slots)));
     }

@@ -19,8 +19,10 @@ mod dev;
 mod group;
 mod output;
 mod produce;
+mod records;
 mod serve;
 mod signals;
+mod time_arg;
 mod topic;
 
 use std::io::IsTerminal;

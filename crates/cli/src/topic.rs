@@ -26,6 +26,32 @@ pub enum TopicCommand {
     Describe { name: String },
     /// Delete a topic and all its records.
     Delete { name: String },
+    /// Delete the records below an offset (Kafka's DeleteRecords): moves the log start
+    /// offset, CP. Prints each partition's new log start offset.
+    #[command(group(clap::ArgGroup::new("upto").required(true)))]
+    DeleteRecords {
+        name: String,
+        /// Only this partition (default: every partition of the topic).
+        #[arg(long)]
+        partition: Option<u32>,
+        /// Records below this offset are deleted.
+        #[arg(long, group = "upto")]
+        before: Option<u64>,
+        /// Every record committed now is deleted.
+        #[arg(long, group = "upto")]
+        all: bool,
+    },
+    /// Show each partition's earliest (log start) and latest (high watermark) offsets, and
+    /// with --time the first offset at or after a time.
+    Offsets {
+        name: String,
+        /// Only this partition (default: every partition of the topic).
+        #[arg(long)]
+        partition: Option<u32>,
+        /// RFC 3339 (2026-12-01T10:00:00Z), before now (-1h, -30m, -2d) or ms since the epoch.
+        #[arg(long, value_parser = crate::time_arg::parse, allow_hyphen_values = true)]
+        time: Option<crate::time_arg::TimeArg>,
+    },
 }
 
 pub async fn run(client: Client, out: Output, command: TopicCommand) -> anyhow::Result<()> {
@@ -87,6 +113,20 @@ pub async fn run(client: Client, out: Output, command: TopicCommand) -> anyhow::
                 || json!({"deleted": name}).to_string(),
             )?;
         }
+        TopicCommand::DeleteRecords {
+            name,
+            partition,
+            before,
+            all,
+        } => {
+            let before = if all { None } else { before };
+            crate::records::delete_records(&client, out, &name, partition, before).await?;
+        }
+        TopicCommand::Offsets {
+            name,
+            partition,
+            time,
+        } => crate::records::offsets(&client, out, &name, partition, time).await?,
     }
     Ok(())
 }

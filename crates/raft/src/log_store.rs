@@ -488,6 +488,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         }
         // openraft's core waits for this call: record the purge durably and delete the
         // entries in the background, in steps.
+        tracing::info!(group = self.group, upto = log_id.index(), "purging the log");
         self.store
             .write(vec![Op::Put {
                 group: self.group,

@@ -293,15 +293,20 @@ pub struct PartitionShared {
     snapshot: Mutex<SnapshotMark>,
 }
 
-/// What a partition's last snapshot covers, and the log start offset its purge was last
-/// asked for at.
+/// What a partition's last snapshot covers, and when one was last asked for.
 #[derive(Debug, Clone, Copy, Default)]
 struct SnapshotMark {
     /// The last log index in the snapshot.
     index: Option<u64>,
-    /// The log start offset when a snapshot (and purge) was last asked for.
-    asked_at_start: u64,
+    /// The log start offset when the last snapshot was built (0 when none was, this run).
+    built_at_start: u64,
+    /// The log start offset when a snapshot was last asked for, and when.
+    asked: Option<(u64, std::time::Instant)>,
 }
+
+/// How long an asked-for snapshot may take to be built before it is asked for again
+/// (openraft drops a request while it builds another).
+const SNAPSHOT_ASK_AGAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A partition's applied extent ([`PartitionShared::bounds`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -388,7 +393,7 @@ impl PartitionShared {
             kind,
             snapshot: Mutex::new(SnapshotMark {
                 index: snapshot_index,
-                asked_at_start: 0,
+                ..SnapshotMark::default()
             }),
         }))
     }
@@ -420,14 +425,18 @@ impl PartitionShared {
             (a.state.log_start_offset, a.last_applied.map(|l| l.index()))
         };
         let mut mark = self.snapshot.lock().unwrap();
-        let due = match self.kind {
-            PartitionKind::Data => start > mark.asked_at_start,
+        let wanted = match self.kind {
+            PartitionKind::Data => start > mark.built_at_start,
             PartitionKind::Groups => applied.is_some_and(|a| {
                 a >= mark.index.map_or(0, |i| i + 1) + GROUPS_SNAPSHOT_EVERY_ENTRIES
             }),
         };
+        let asked_already = mark
+            .asked
+            .is_some_and(|(at, when)| at >= start && when.elapsed() < SNAPSHOT_ASK_AGAIN);
+        let due = wanted && !asked_already;
         if due {
-            mark.asked_at_start = start;
+            mark.asked = Some((start, std::time::Instant::now()));
         }
         due
     }
@@ -436,12 +445,9 @@ impl PartitionShared {
     /// partition (the snapshot holds its groups); for a data partition, the entry before the
     /// first batch holding a record at or after the log start offset (its records stay in
     /// the log), or everything applied when no such batch is left.
-    fn snapshot_target(&self) -> Result<Option<u64>, io::Error> {
-        let (start, applied) = {
-            let a = self.applied.lock().unwrap();
-            (a.state.log_start_offset, a.last_applied.map(|l| l.index()))
-        };
-        let Some(applied) = applied else {
+    fn snapshot_target(&self, applied: &Applied) -> Result<Option<u64>, io::Error> {
+        let start = applied.state.log_start_offset;
+        let Some(applied) = applied.last_applied.map(|l| l.index()) else {
             return Ok(None);
         };
         if self.kind == PartitionKind::Groups {
@@ -762,8 +768,9 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionSm {
             None => Applied::default(),
         };
         let from = previous.last_applied.map(|l| l.index());
-        let target = self.shared.snapshot_target()?;
         let applied = self.shared.applied.lock().unwrap().clone();
+        let target = self.shared.snapshot_target(&applied)?;
+        let built_at_start = applied.state.log_start_offset;
         let mut snap = if target <= from {
             previous
         } else if target == applied.last_applied.map(|l| l.index()) {
@@ -799,7 +806,11 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionSm {
                 },
             ])
             .await?;
-        self.shared.snapshot.lock().unwrap().index = snap.last_applied.map(|l| l.index());
+        {
+            let mut mark = self.shared.snapshot.lock().unwrap();
+            mark.index = snap.last_applied.map(|l| l.index());
+            mark.built_at_start = built_at_start;
+        }
         Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
             meta,
             snapshot: data,
