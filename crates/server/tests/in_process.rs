@@ -57,6 +57,8 @@ async fn start_cluster(n: u64) -> Cluster {
                 ::fjord_server::config::defaults::GROUP_HEARTBEAT_INTERVAL_MS,
             group_partitions: ::fjord_server::config::defaults::GROUP_PARTITIONS,
             group_offset_retention_ms: ::fjord_server::config::defaults::GROUP_OFFSET_RETENTION_MS,
+            min_free_disk_bytes: None,
+            disk_check_interval_ms: ::fjord_server::config::defaults::DISK_CHECK_INTERVAL_MS,
         };
         dirs.push(dir);
         let s = stop.clone();
