@@ -111,6 +111,16 @@ pub enum ClientError {
     /// A group consumer's partition has no committed offset and its reset policy is `None`.
     #[error("no committed offset: {0}")]
     NoCommittedOffset(String),
+    /// The partition leader's disk is below its free-space threshold
+    /// (`--min-free-disk-bytes`; the message names the node, its free space and the
+    /// threshold). Nothing of the batch was written (not an unknown outcome: a producer whose
+    /// earlier attempt of the batch timed out reports [`ClientError::Timeout`] instead), and
+    /// the leader accepts produces again by itself once space is freed. Not retried by the
+    /// client: a disk fills for minutes or hours, not milliseconds, and a producer retrying
+    /// within its backoff would only spin; the caller sends the records again later (a new
+    /// send: new sequence numbers, no duplicate since nothing was written).
+    #[error("disk full: {0}")]
+    DiskFull(String),
 }
 
 /// The metadata key that names why a group request was refused.
@@ -173,6 +183,13 @@ impl ClientError {
         )
     }
 
+    /// Whether the operation was refused for now and may succeed later, with nothing of it
+    /// done: retry after seconds or minutes, not at once ([`ClientError::DiskFull`]). Not
+    /// [`ClientError::is_retryable`]: the client does not retry these by itself.
+    pub fn is_retryable_later(&self) -> bool {
+        matches!(self, ClientError::DiskFull(_))
+    }
+
     /// Whether the operation may have taken effect although it reported failure (a timeout,
     /// or a connection lost after the request may have been sent).
     pub fn is_outcome_unknown(&self) -> bool {
@@ -219,6 +236,15 @@ impl ClientError {
                 Some("STALE_MEMBER_EPOCH") => ClientError::StaleMemberEpoch(message),
                 _ => ClientError::FailedPrecondition(message),
             },
+            Code::ResourceExhausted
+                if status
+                    .metadata()
+                    .get(REASON_KEY)
+                    .and_then(|v| v.to_str().ok())
+                    == Some("DISK_FULL") =>
+            {
+                ClientError::DiskFull(message)
+            }
             code => Self::from_code(code, message, hint),
         }
     }
@@ -238,6 +264,9 @@ impl ClientError {
                 Code::FailedPrecondition,
                 Ok(ProduceErrorReason::UnknownProducerId | ProduceErrorReason::SequenceReused),
             ) => ClientError::FailedPrecondition(message),
+            (Code::ResourceExhausted, Ok(ProduceErrorReason::DiskFull)) => {
+                ClientError::DiskFull(message)
+            }
             (code, _) => Self::from_code(code, message, hint).in_produce(),
         }
     }
@@ -385,5 +414,29 @@ mod tests {
         assert!(e.is_retryable() && e.is_outcome_unknown());
         let e = ClientError::from_partition_error(&pe(Code::DataLoss, 0, ""));
         assert!(matches!(e, ClientError::Corrupt(_)) && !e.is_retryable());
+    }
+
+    #[test]
+    fn a_full_disk_is_handed_to_the_caller_as_nothing_written_retry_later() {
+        let full = PartitionError {
+            code: Code::ResourceExhausted as i32,
+            message: "node 2's data directory /x has 812.0 MiB free".into(),
+            leader_id: 0,
+            leader_address: String::new(),
+            reason: ProduceErrorReason::DiskFull as i32,
+        };
+        let e = ClientError::from_partition_error(&full);
+        assert!(matches!(e, ClientError::DiskFull(_)), "{e:?}");
+        assert!(!e.is_retryable() && !e.is_outcome_unknown() && e.is_retryable_later());
+        assert!(e.to_string().starts_with("disk full: node 2's"), "{e}");
+        let mut status = tonic::Status::resource_exhausted("full");
+        status
+            .metadata_mut()
+            .insert(REASON_KEY, MetadataValue::from_static("DISK_FULL"));
+        let e = ClientError::from_status(&status, "n1:1");
+        assert!(matches!(e, ClientError::DiskFull(_)), "{e:?}");
+        // Another RESOURCE_EXHAUSTED (a message over the size limit) stays fatal, as before.
+        let e = ClientError::from_status(&tonic::Status::resource_exhausted("too big"), "n1:1");
+        assert!(matches!(e, ClientError::Server { .. }) && !e.is_retryable_later());
     }
 }

@@ -24,6 +24,9 @@
 //!   because of a gap the client cannot know about.
 //! - Records, bytes, queues, batches and batches in flight are all bounded (see
 //!   [`crate::config`]).
+//! - A batch refused because the leader's disk is low on space fails at once with
+//!   [`ClientError::DiskFull`] (nothing written; not retried, so a producer does not spin
+//!   against a full disk): the caller sends its records again later.
 
 use std::collections::HashMap;
 use std::future::Future;

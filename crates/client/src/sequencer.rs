@@ -620,10 +620,11 @@ fn still_on_its_way(why: &str) -> ClientError {
 }
 
 /// The error of a batch that may have been appended although its last attempt failed.
-/// A retryable error that says nothing was appended becomes a timeout (outcome unknown);
-/// fatal errors stay as they are.
+/// A retryable error that says nothing was appended, now or later (a full disk: this
+/// attempt was refused, an earlier one may be in the log), becomes a timeout (outcome
+/// unknown); fatal errors stay as they are.
 fn unknown_outcome(error: ClientError) -> ClientError {
-    if error.is_retryable() && !error.is_outcome_unknown() {
+    if (error.is_retryable() || error.is_retryable_later()) && !error.is_outcome_unknown() {
         ClientError::Timeout(format!(
             "an earlier attempt may have appended the batch; the last one failed: {error}"
         ))
@@ -635,6 +636,15 @@ fn unknown_outcome(error: ClientError) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_after_an_unknown_outcome_is_an_unknown_outcome() {
+        // The refusal covers its own attempt only: an earlier, timed-out one may be in the log.
+        let e = unknown_outcome(ClientError::DiskFull("node 1 is low on space".into()));
+        assert!(e.is_outcome_unknown(), "{e:?}");
+        let e = unknown_outcome(ClientError::InvalidArgument("too big".into()));
+        assert!(matches!(e, ClientError::InvalidArgument(_)));
+    }
 
     type Seq = Sequencer<BatchId>;
 

@@ -111,6 +111,21 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = defaults::RETENTION_CHECK_INTERVAL_MS)]
     #[serde(default = "default_retention_check_ms")]
     pub retention_check_interval_ms: u64,
+    /// Free space, in bytes, below which this node refuses produces to the partitions it
+    /// leads (RESOURCE_EXHAUSTED, reason DISK_FULL), before a write could fail for lack of
+    /// space (a failed write stops the node). Fetches, replication, metadata and consumer
+    /// groups go on; produces resume by themselves once free space is an eighth of this
+    /// (64 MiB at most) above it. Default: 1 GiB, or 5% of the data directory's filesystem
+    /// if that is smaller (room for what continues while produces are refused). 0 turns
+    /// the check off.
+    #[arg(long)]
+    #[serde(default)]
+    pub min_free_disk_bytes: Option<u64>,
+    /// How often the free space of the data directory's filesystem is read, in
+    /// milliseconds (10 to 60,000).
+    #[arg(long, default_value_t = defaults::DISK_CHECK_INTERVAL_MS)]
+    #[serde(default = "default_disk_check_ms")]
+    pub disk_check_interval_ms: u64,
 }
 
 /// Every default, written once (the flags and the TOML file both take them from here).
@@ -129,7 +144,11 @@ pub mod defaults {
     pub const GROUP_OFFSET_RETENTION_MS: u64 =
         fjord_groups::limits::DEFAULT_OFFSET_RETENTION_MS as u64;
     pub const RETENTION_CHECK_INTERVAL_MS: u64 = 1000;
+    pub const DISK_CHECK_INTERVAL_MS: u64 = 500;
 }
+
+/// The range of `disk_check_interval_ms`.
+pub const DISK_CHECK_INTERVAL_MS_RANGE: std::ops::RangeInclusive<u64> = 10..=60_000;
 
 fn default_heartbeat_ms() -> u64 {
     defaults::HEARTBEAT_INTERVAL_MS
@@ -166,6 +185,9 @@ fn default_group_heartbeat_ms() -> u32 {
 }
 fn default_group_partitions() -> u32 {
     defaults::GROUP_PARTITIONS
+}
+fn default_disk_check_ms() -> u64 {
+    defaults::DISK_CHECK_INTERVAL_MS
 }
 
 /// Initial metadata voters: node id → address.
@@ -285,6 +307,8 @@ pub enum ConfigError {
          MAX_OFFSET_RETENTION_MS), got {value}"
     )]
     GroupRetention { value: u64, min: i64, max: i64 },
+    #[error("disk_check_interval_ms must be {} to {}, got {value}", DISK_CHECK_INTERVAL_MS_RANGE.start(), DISK_CHECK_INTERVAL_MS_RANGE.end())]
+    DiskCheckInterval { value: u64 },
 }
 
 impl ServeConfig {
@@ -353,6 +377,11 @@ impl ServeConfig {
             return Err(ConfigError::Cache(self.cache_size_mib));
         }
         self.validate_retention()?;
+        if !DISK_CHECK_INTERVAL_MS_RANGE.contains(&self.disk_check_interval_ms) {
+            return Err(ConfigError::DiskCheckInterval {
+                value: self.disk_check_interval_ms,
+            });
+        }
         self.validate_groups()
     }
 
@@ -446,6 +475,8 @@ peers = "1=10.0.0.1:7101,2=10.0.0.2:7101,3=10.0.0.3:7101"
         assert_eq!(cfg.cache_size_mib, 64);
         assert_eq!(cfg.quiesce_after_ms, 1000);
         assert_eq!(cfg.hibernate_after_ms, 10_000);
+        assert_eq!(cfg.min_free_disk_bytes, None);
+        assert_eq!(cfg.disk_check_interval_ms, 500);
         assert_eq!(cfg.advertised_address(), "10.0.0.1:7101");
     }
 
@@ -503,5 +534,19 @@ cache_size_mib = 16
         ))
         .unwrap();
         assert_eq!(ok.group_offset_retention_ms, 2_000);
+        let e = from_toml(&format!(
+            "id = 1\n{base}peers = \"1=a:1\"\ndisk_check_interval_ms = 5"
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("disk_check_interval_ms must be 10 to 60000"),
+            "{e}"
+        );
+        let ok = from_toml(&format!(
+            "id = 1\n{base}peers = \"1=a:1\"\nmin_free_disk_bytes = 0"
+        ))
+        .unwrap();
+        assert_eq!(ok.min_free_disk_bytes, Some(0));
     }
 }

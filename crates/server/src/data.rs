@@ -342,6 +342,9 @@ async fn produce_partition(
     if leader != Some(node.id()) {
         return Err(not_leader(node, topic, partition, leader));
     }
+    // Only here, at the leader of a client produce: replication, consumer group writes and
+    // deletes are never refused for space (see `crate::disk`).
+    node.disk().check_produce()?;
     let proposal = async {
         // The producer's id and epoch, against the metadata (a metadata read only for an id
         // this node's view has not seen allocated).

@@ -5,6 +5,9 @@
 //! Codes are chosen so a client can tell "retry, maybe elsewhere" (UNAVAILABLE, with the
 //! leader in the metadata when known), "outcome unknown" (DEADLINE_EXCEEDED) and "give up"
 //! (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, DATA_LOSS).
+//! RESOURCE_EXHAUSTED is a limit of the moment: a full queue, or a leader whose disk is
+//! below its free-space threshold (`fjord-reason: DISK_FULL`; nothing was written, retry
+//! later rather than at once).
 
 use std::time::Duration;
 
@@ -374,6 +377,11 @@ pub enum ApiError {
         group: String,
         leader: Option<(u64, String)>,
     },
+    /// A produce to a partition this node leads while its disk is below
+    /// `--min-free-disk-bytes` (see [`crate::disk`]): nothing was written; retry later, once
+    /// space is freed.
+    #[error(transparent)]
+    DiskFull(#[from] crate::disk::DiskFull),
 }
 
 /// The metadata key that names why a request was refused, where a client must act on it
@@ -441,7 +449,7 @@ impl ApiError {
                 ReadError::Storage(_) => Code::Internal,
             },
             ApiError::BelowLogStart { .. } | ApiError::BeyondEnd { .. } => Code::OutOfRange,
-            ApiError::Busy(_) => Code::ResourceExhausted,
+            ApiError::Busy(_) | ApiError::DiskFull(_) => Code::ResourceExhausted,
             ApiError::UnregisteredNode(_) | ApiError::MajorityLost(_) => Code::FailedPrecondition,
             ApiError::Internal(_)
             | ApiError::Storage(_)
@@ -482,10 +490,12 @@ impl ApiError {
         }
     }
 
-    /// Why a group request was refused, for the [`REASON_KEY`] metadata.
-    pub fn group_reason(&self) -> Option<&'static str> {
+    /// Why a request was refused, where a client must act on it, for the [`REASON_KEY`]
+    /// metadata.
+    pub fn reason_text(&self) -> Option<&'static str> {
         use fjord_groups::GroupError as G;
         Some(match self {
+            ApiError::DiskFull(_) => "DISK_FULL",
             ApiError::NotCoordinator { .. } => "NOT_COORDINATOR",
             ApiError::Group(G::UnknownMember { .. }) => "UNKNOWN_MEMBER_ID",
             ApiError::Group(G::FencedMemberEpoch { .. }) => "FENCED_MEMBER_EPOCH",
@@ -508,9 +518,11 @@ impl ApiError {
         }
     }
 
-    /// Which producer rule refused a batch, for FAILED_PRECONDITION answers.
+    /// Which producer rule refused a batch (FAILED_PRECONDITION answers), or that the
+    /// leader's disk is full (RESOURCE_EXHAUSTED).
     fn reason(&self) -> ProduceErrorReason {
         match self {
+            ApiError::DiskFull(_) => ProduceErrorReason::DiskFull,
             ApiError::OutOfOrder { .. } => ProduceErrorReason::OutOfOrderSequence,
             ApiError::ProducerFenced { .. } => ProduceErrorReason::ProducerFenced,
             ApiError::UnknownProducer { .. } => ProduceErrorReason::UnknownProducerId,
@@ -548,7 +560,7 @@ impl From<ApiError> for Status {
         {
             status.metadata_mut().insert(LOG_START_KEY, v);
         }
-        if let Some(reason) = e.group_reason() {
+        if let Some(reason) = e.reason_text() {
             status.metadata_mut().insert(
                 REASON_KEY,
                 tonic::metadata::MetadataValue::from_static(reason),
@@ -656,5 +668,33 @@ mod tests {
             address: None,
         });
         assert_eq!(e.code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn a_full_disk_is_resource_exhausted_with_its_reason() {
+        let e = ApiError::from(crate::disk::DiskFull {
+            node: 2,
+            dir: "/x".into(),
+            available_bytes: 812 << 20,
+            min_free_bytes: 1 << 30,
+            by_default: false,
+        });
+        let pe = e.to_partition_error();
+        assert_eq!(pe.code, Code::ResourceExhausted as i32);
+        assert_eq!(pe.reason, ProduceErrorReason::DiskFull as i32);
+        assert!(
+            pe.message.contains("--min-free-disk-bytes"),
+            "{}",
+            pe.message
+        );
+        let status = Status::from(e);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status
+                .metadata()
+                .get(REASON_KEY)
+                .and_then(|v| v.to_str().ok()),
+            Some("DISK_FULL")
+        );
     }
 }

@@ -19,14 +19,16 @@
 //! - [`peer`]: what this node does with its peers' requests (the handler of the node-to-node
 //!   protocol, [`fjord_raft::peer`], which owns the messages, their encoding, the client and
 //!   the gRPC service); [`rebuild`]: `--rebuild`, taking back a node that lost its data;
-//!   [`dir_lock`]: one process at a time on a data directory.
+//!   [`dir_lock`]: one process at a time on a data directory; [`disk`]: produces refused
+//!   while the data directory's filesystem is low on space (a full disk is not a dead node).
 //! - [`error`]: typed errors and their mapping to gRPC statuses; [`edge`]: the layer every
 //!   answer leaves through (deadlines, and tonic's own codec answers, given fjord's codes);
 //!   [`connections`]: the bound on connections served at once.
 //!
 //! [`run_with`] takes its listener, its outbound connector and its clock from the caller;
-//! [`run_on`] also takes the opened database and any stream of incoming connections, so a
-//! whole cluster can run under a simulated network, disk and clock.
+//! [`run_on`] also takes the opened database, any stream of incoming connections and the
+//! probe of free disk space, so a whole cluster can run under a simulated network, disk and
+//! clock.
 
 pub mod boot;
 pub mod config;
@@ -34,6 +36,7 @@ pub mod connections;
 pub mod coordinator;
 pub mod data;
 pub mod dir_lock;
+pub mod disk;
 pub mod edge;
 pub mod error;
 pub mod group_wire;
@@ -130,7 +133,8 @@ pub async fn run_with(
     let closed = store.closed();
     let dir = config.data_dir.display().to_string();
     let (shutdown, failure) = or_on_storage_failure(&store, shutdown);
-    let result = run_on(config, store, incoming, connector, clock, shutdown).await;
+    let space = Arc::new(disk::Statvfs::new(&config.data_dir));
+    let result = run_on(config, store, incoming, connector, clock, space, shutdown).await;
     // Close the database before the process exits: a database still open at exit needs a
     // repair pass at the next start (seconds per GiB held).
     if closed.wait(DB_CLOSE_WAIT).await {
@@ -360,8 +364,9 @@ async fn check_directory(
 }
 
 /// Runs a node on everything the caller supplies: its opened database, its incoming
-/// connections, its outbound connector and its clock (`config.listen` and `config.data_dir`
-/// are not used). A simulation passes a database on a simulated disk and connections from a
+/// connections, its outbound connector, its clock and the probe of its disk's free space
+/// (`config.listen` and `config.data_dir` are not used, except to name the directory in
+/// messages). A simulation passes a database on a simulated disk and connections from a
 /// simulated network.
 pub async fn run_on<I, IO, IE>(
     config: ServeConfig,
@@ -369,6 +374,7 @@ pub async fn run_on<I, IO, IE>(
     incoming: I,
     connector: Arc<dyn Connector>,
     clock: Arc<dyn Clock>,
+    space: Arc<dyn disk::SpaceProbe>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError>
 where
@@ -410,6 +416,14 @@ where
     let form = form || !node.identity().identity().roster.is_empty();
 
     node.run_background(form).await;
+    if node.disk().enabled() {
+        tokio::spawn(disk::watch_space(
+            node.disk().clone(),
+            space,
+            std::time::Duration::from_millis(config.disk_check_interval_ms),
+            cancel.clone(),
+        ));
+    }
     tokio::spawn(rebuild::promote_until_voter(node.clone(), config.rebuild));
     tracing::info!(node = node.id(), address = %node.address(), "fjord node started");
 

@@ -155,6 +155,8 @@ pub struct Node {
     group_defaults: fjord_groups::Defaults,
     group_offset_retention_ms: i64,
     retention_check_interval_ms: u64,
+    /// Whether this node's disk has room for produces (see [`crate::disk`]).
+    disk: Arc<crate::disk::DiskGate>,
 }
 
 impl Node {
@@ -219,6 +221,11 @@ impl Node {
             retention_check_interval_ms: config.retention_check_interval_ms,
             group_offset_retention_ms: i64::try_from(config.group_offset_retention_ms)
                 .unwrap_or(fjord_groups::limits::MAX_OFFSET_RETENTION_MS),
+            disk: Arc::new(crate::disk::DiskGate::new(
+                config.id,
+                &config.data_dir,
+                config.min_free_disk_bytes,
+            )),
         }))
     }
 
@@ -416,6 +423,11 @@ impl Node {
     /// How long the offsets of a group with no members are kept (`--group-offset-retention-ms`).
     pub fn group_offset_retention_ms(&self) -> i64 {
         self.group_offset_retention_ms
+    }
+
+    /// Whether this node's disk has room for produces (fed by [`crate::disk::watch_space`]).
+    pub fn disk(&self) -> &Arc<crate::disk::DiskGate> {
+        &self.disk
     }
 
     /// A fresh token for a proposal (see `StoredBatch::token`).

@@ -59,6 +59,8 @@ async fn start_cluster(n: u64) -> Cluster {
             group_offset_retention_ms: ::fjord_server::config::defaults::GROUP_OFFSET_RETENTION_MS,
             retention_check_interval_ms:
                 ::fjord_server::config::defaults::RETENTION_CHECK_INTERVAL_MS,
+            min_free_disk_bytes: None,
+            disk_check_interval_ms: ::fjord_server::config::defaults::DISK_CHECK_INTERVAL_MS,
         };
         dirs.push(dir);
         let s = stop.clone();

@@ -272,6 +272,10 @@ fn serve_config(id: u64, config: &SimConfig) -> ServeConfig {
         group_partitions: fjord_harness::group::COORDINATOR_PARTITIONS,
         group_offset_retention_ms: fjord_server::config::defaults::GROUP_OFFSET_RETENTION_MS,
         retention_check_interval_ms: fjord_server::config::defaults::RETENTION_CHECK_INTERVAL_MS,
+        // Off: the simulated disk does not run out of space (and the sampler would read it
+        // on the blocking pool, outside the simulation's scheduling).
+        min_free_disk_bytes: Some(0),
+        disk_check_interval_ms: fjord_server::config::defaults::DISK_CHECK_INTERVAL_MS,
     }
 }
 
@@ -320,6 +324,13 @@ async fn run_node(mut config: ServeConfig, disk: SimDisk, ctl: OperatorCtl) -> t
         net::incoming(listener),
         net::peer_connector(),
         Arc::new(SimClock),
+        // Not sampled: the free-space check is off in the simulation (see `serve_config`).
+        Arc::new(fjord_server::disk::FixedSpace::new(
+            fjord_server::disk::Space {
+                available_bytes: u64::MAX,
+                total_bytes: u64::MAX,
+            },
+        )),
         std::future::pending(),
     )
     .await;
