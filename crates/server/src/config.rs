@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use fjord_meta::{CleanupPolicy, LogDefaults};
 use serde::Deserialize;
 
 /// Settings of one `fjord serve` process.
@@ -103,6 +104,39 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = defaults::GROUP_OFFSET_RETENTION_MS)]
     #[serde(default = "default_group_retention_ms")]
     pub group_offset_retention_ms: u64,
+    /// `retention_ms` of topics that do not set their own (Kafka's `log.retention.ms`): how
+    /// long records are kept, in ms. -1 (unlimited) or 1 to 3,153,600,000,000
+    /// (MAX_CONFIG_DURATION_MS, 100 years). Each node resolves defaults with its own flags:
+    /// give every node the same.
+    #[arg(long, default_value_t = defaults::RETENTION_MS, allow_negative_numbers = true)]
+    #[serde(default = "default_retention_ms")]
+    pub default_retention_ms: i64,
+    /// `retention_bytes` of topics that do not set their own (Kafka's `log.retention.bytes`):
+    /// the bytes a partition keeps. -1 (unlimited) or 1,048,576 (MIN_RETENTION_BYTES) to 2^50
+    /// (MAX_RETENTION_BYTES).
+    #[arg(long, default_value_t = defaults::RETENTION_BYTES, allow_negative_numbers = true)]
+    #[serde(default = "default_retention_bytes")]
+    pub default_retention_bytes: i64,
+    /// `cleanup_policy` of topics that do not set their own (Kafka's `log.cleanup.policy`):
+    /// `delete`, `compact` or `compact,delete`.
+    #[arg(long, default_value_t = defaults::CLEANUP_POLICY)]
+    #[serde(
+        default = "default_cleanup_policy",
+        deserialize_with = "de_cleanup_policy"
+    )]
+    pub default_cleanup_policy: CleanupPolicy,
+    /// `delete_retention_ms` of topics that do not set their own (Kafka's
+    /// `log.cleaner.delete.retention.ms`): how long a tombstone survives compaction, in ms.
+    /// 0 to 3,153,600,000,000 (MAX_CONFIG_DURATION_MS).
+    #[arg(long, default_value_t = defaults::DELETE_RETENTION_MS)]
+    #[serde(default = "default_delete_retention_ms")]
+    pub default_delete_retention_ms: i64,
+    /// `min_compaction_lag_ms` of topics that do not set their own (Kafka's
+    /// `log.cleaner.min.compaction.lag.ms`): how long a record stays uncompacted at least, in
+    /// ms. 0 to 3,153,600,000,000 (MAX_CONFIG_DURATION_MS).
+    #[arg(long, default_value_t = defaults::MIN_COMPACTION_LAG_MS)]
+    #[serde(default = "default_min_compaction_lag_ms")]
+    pub default_min_compaction_lag_ms: i64,
 }
 
 /// Every default, written once (the flags and the TOML file both take them from here).
@@ -120,6 +154,11 @@ pub mod defaults {
     pub const GROUP_PARTITIONS: u32 = fjord_groups::DEFAULT_COORDINATOR_PARTITIONS;
     pub const GROUP_OFFSET_RETENTION_MS: u64 =
         fjord_groups::limits::DEFAULT_OFFSET_RETENTION_MS as u64;
+    pub const RETENTION_MS: i64 = fjord_meta::DEFAULT_RETENTION_MS;
+    pub const RETENTION_BYTES: i64 = fjord_meta::DEFAULT_RETENTION_BYTES;
+    pub const CLEANUP_POLICY: fjord_meta::CleanupPolicy = fjord_meta::CleanupPolicy::Delete;
+    pub const DELETE_RETENTION_MS: i64 = fjord_meta::DEFAULT_DELETE_RETENTION_MS;
+    pub const MIN_COMPACTION_LAG_MS: i64 = fjord_meta::DEFAULT_MIN_COMPACTION_LAG_MS;
 }
 
 fn default_heartbeat_ms() -> u64 {
@@ -154,6 +193,28 @@ fn default_group_heartbeat_ms() -> u32 {
 }
 fn default_group_partitions() -> u32 {
     defaults::GROUP_PARTITIONS
+}
+fn default_retention_ms() -> i64 {
+    defaults::RETENTION_MS
+}
+fn default_retention_bytes() -> i64 {
+    defaults::RETENTION_BYTES
+}
+fn default_cleanup_policy() -> CleanupPolicy {
+    defaults::CLEANUP_POLICY
+}
+fn default_delete_retention_ms() -> i64 {
+    defaults::DELETE_RETENTION_MS
+}
+fn default_min_compaction_lag_ms() -> i64 {
+    defaults::MIN_COMPACTION_LAG_MS
+}
+
+/// A cleanup policy in a TOML file, spelt as on the command line (`compact,delete`).
+fn de_cleanup_policy<'de, D: serde::Deserializer<'de>>(d: D) -> Result<CleanupPolicy, D::Error> {
+    String::deserialize(d)?
+        .parse()
+        .map_err(serde::de::Error::custom)
 }
 
 /// Initial metadata voters: node id → address.
@@ -271,6 +332,10 @@ pub enum ConfigError {
          MAX_OFFSET_RETENTION_MS), got {value}"
     )]
     GroupRetention { value: u64, min: i64, max: i64 },
+    /// A `default_*` log setting outside the limits a topic's own value has. (The error is
+    /// in the message, not a source: printed as a chain it would say it twice.)
+    #[error("the default log settings (--default-*, default_* in a file): {0}")]
+    LogDefault(fjord_meta::MetaError),
 }
 
 impl ServeConfig {
@@ -338,7 +403,21 @@ impl ServeConfig {
         if !(1..=65_536).contains(&self.cache_size_mib) {
             return Err(ConfigError::Cache(self.cache_size_mib));
         }
+        self.log_defaults()
+            .validate()
+            .map_err(ConfigError::LogDefault)?;
         self.validate_groups()
+    }
+
+    /// The log settings of topics that do not set their own (`default_*`).
+    pub fn log_defaults(&self) -> LogDefaults {
+        LogDefaults {
+            retention_ms: self.default_retention_ms,
+            retention_bytes: self.default_retention_bytes,
+            cleanup_policy: self.default_cleanup_policy,
+            delete_retention_ms: self.default_delete_retention_ms,
+            min_compaction_lag_ms: self.default_min_compaction_lag_ms,
+        }
     }
 
     /// The consumer group settings.
@@ -424,6 +503,43 @@ peers = "1=10.0.0.1:7101,2=10.0.0.2:7101,3=10.0.0.3:7101"
         assert_eq!(cfg.quiesce_after_ms, 1000);
         assert_eq!(cfg.hibernate_after_ms, 10_000);
         assert_eq!(cfg.advertised_address(), "10.0.0.1:7101");
+        assert_eq!(cfg.log_defaults(), LogDefaults::default());
+    }
+
+    #[test]
+    fn log_defaults_take_the_limits_of_a_topics_own_values() {
+        let base = "id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\npeers = \"1=a:1\"\n";
+        let cfg = from_toml(&format!(
+            "{base}default_retention_ms = -1\ndefault_retention_bytes = 1073741824\n\
+             default_cleanup_policy = \"compact,delete\"\ndefault_delete_retention_ms = 0\n\
+             default_min_compaction_lag_ms = 5000"
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.log_defaults(),
+            LogDefaults {
+                retention_ms: -1,
+                retention_bytes: 1 << 30,
+                cleanup_policy: CleanupPolicy::CompactDelete,
+                delete_retention_ms: 0,
+                min_compaction_lag_ms: 5000,
+            }
+        );
+        for (bad, says) in [
+            ("default_retention_ms = 0", "retention_ms = \"0\""),
+            ("default_retention_bytes = 100", "MIN_RETENTION_BYTES"),
+            ("default_delete_retention_ms = -5", "delete_retention_ms"),
+            (
+                "default_min_compaction_lag_ms = 3153600000001",
+                "MAX_CONFIG_DURATION_MS",
+            ),
+        ] {
+            let e = from_toml(&format!("{base}{bad}")).unwrap_err();
+            assert!(matches!(e, ConfigError::LogDefault(_)), "{bad}: {e}");
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+        let e = from_toml(&format!("{base}default_cleanup_policy = \"shred\"")).unwrap_err();
+        assert!(e.to_string().contains("\"compact,delete\""), "{e}");
     }
 
     #[test]

@@ -213,7 +213,7 @@ impl Coordinator {
         }
         let service = crate::service::ClientService { node: node.clone() };
         let live = service.live_nodes().await;
-        let cmd = MetaCommand::CreateTopicOnLive {
+        let cmd = MetaCommand::CreateTopicWithConfig {
             name: fjord_groups::GROUPS_TOPIC.to_string(),
             partitions: node.group_partitions(),
             replication_factor: 0,

@@ -154,6 +154,8 @@ pub struct Node {
     group_partitions: u32,
     group_defaults: fjord_groups::Defaults,
     group_offset_retention_ms: i64,
+    /// The log settings of topics that do not set their own (`--default-*`, validated).
+    log_defaults: fjord_meta::LogDefaults,
 }
 
 impl Node {
@@ -217,6 +219,7 @@ impl Node {
             // Validated: at most MAX_OFFSET_RETENTION_MS.
             group_offset_retention_ms: i64::try_from(config.group_offset_retention_ms)
                 .unwrap_or(fjord_groups::limits::MAX_OFFSET_RETENTION_MS),
+            log_defaults: config.log_defaults(),
         }))
     }
 
@@ -411,6 +414,37 @@ impl Node {
     /// How long the offsets of a group with no members are kept (`--group-offset-retention-ms`).
     pub fn group_offset_retention_ms(&self) -> i64 {
         self.group_offset_retention_ms
+    }
+
+    /// The log settings of topics that do not set their own (`--default-*`).
+    pub fn log_defaults(&self) -> fjord_meta::LogDefaults {
+        self.log_defaults
+    }
+
+    /// The log settings in force for topic `name` (its own, else this node's defaults), as
+    /// of this node's applied metadata; `None` for a topic it does not know.
+    pub fn topic_log_config(&self, name: &str) -> Option<fjord_meta::EffectiveLogConfig> {
+        let view = self.view();
+        Some(view.state.topic(name)?.config.effective(&self.log_defaults))
+    }
+
+    /// [`Node::topic_log_config`] of the topic with id `topic_id`.
+    pub fn topic_log_config_by_id(&self, topic_id: u32) -> Option<fjord_meta::EffectiveLogConfig> {
+        let view = self.view();
+        Some(
+            view.state
+                .topic_by_id(topic_id)?
+                .config
+                .effective(&self.log_defaults),
+        )
+    }
+
+    /// The log settings in force for partition group `group`: its topic's
+    /// ([`Node::topic_log_config`]); `None` for the metadata group and unknown groups.
+    pub fn partition_log_config(&self, group: GroupId) -> Option<fjord_meta::EffectiveLogConfig> {
+        let view = self.view();
+        let (topic, _) = view.state.partition_by_group(group)?;
+        Some(topic.config.effective(&self.log_defaults))
     }
 
     /// A fresh token for a proposal (see `StoredBatch::token`).

@@ -57,6 +57,11 @@ async fn start_cluster(n: u64) -> Cluster {
                 ::fjord_server::config::defaults::GROUP_HEARTBEAT_INTERVAL_MS,
             group_partitions: ::fjord_server::config::defaults::GROUP_PARTITIONS,
             group_offset_retention_ms: ::fjord_server::config::defaults::GROUP_OFFSET_RETENTION_MS,
+            default_retention_ms: ::fjord_server::config::defaults::RETENTION_MS,
+            default_retention_bytes: ::fjord_server::config::defaults::RETENTION_BYTES,
+            default_cleanup_policy: ::fjord_server::config::defaults::CLEANUP_POLICY,
+            default_delete_retention_ms: ::fjord_server::config::defaults::DELETE_RETENTION_MS,
+            default_min_compaction_lag_ms: ::fjord_server::config::defaults::MIN_COMPACTION_LAG_MS,
         };
         dirs.push(dir);
         let s = stop.clone();

@@ -271,6 +271,11 @@ fn serve_config(id: u64, config: &SimConfig) -> ServeConfig {
         // would double a seed's cost.
         group_partitions: fjord_harness::group::COORDINATOR_PARTITIONS,
         group_offset_retention_ms: fjord_server::config::defaults::GROUP_OFFSET_RETENTION_MS,
+        default_retention_ms: fjord_server::config::defaults::RETENTION_MS,
+        default_retention_bytes: fjord_server::config::defaults::RETENTION_BYTES,
+        default_cleanup_policy: fjord_server::config::defaults::CLEANUP_POLICY,
+        default_delete_retention_ms: fjord_server::config::defaults::DELETE_RETENTION_MS,
+        default_min_compaction_lag_ms: fjord_server::config::defaults::MIN_COMPACTION_LAG_MS,
     }
 }
 
