@@ -903,7 +903,7 @@ impl Runner {
                     return Err(fjord_raft::GroupError::Internal(
                         fjord_raft::handle::Internal::UnexpectedResponse {
                             what: "coordinator batch",
-                            got: fjord_raft::Response::Batch(other),
+                            got: Box::new(fjord_raft::Response::Batch(other)),
                         },
                     ));
                 }
