@@ -506,6 +506,20 @@ peers = "1=10.0.0.1:7101,2=10.0.0.2:7101,3=10.0.0.3:7101"
         assert_eq!(cfg.log_defaults(), LogDefaults::default());
     }
 
+    /// The per-node configs in `deploy/config`, every key written out.
+    #[test]
+    fn deploy_configs_parse() {
+        for (id, text) in [
+            (1, include_str!("../../../deploy/config/node1.toml")),
+            (2, include_str!("../../../deploy/config/node2.toml")),
+            (3, include_str!("../../../deploy/config/node3.toml")),
+        ] {
+            let cfg = from_toml(text).unwrap_or_else(|e| panic!("node{id}.toml: {e}"));
+            assert_eq!(cfg.id, id);
+            assert_eq!(cfg.log_defaults(), LogDefaults::default());
+        }
+    }
+
     #[test]
     fn log_defaults_take_the_limits_of_a_topics_own_values() {
         let base = "id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\npeers = \"1=a:1\"\n";
