@@ -230,10 +230,11 @@ def main():
 
     groups = group_member(addrs)
     configured = group_config(addrs)
+    topic_configured = topic_config(addrs)
 
     print(f"ok: {len(sent)} records produced and read back; unkeyed redirected {redirected}; "
           f"1 ms deadlines: {codes}; zombie fenced: {zombie.error.message}; {groups}; "
-          f"{configured}")
+          f"{configured}; {topic_configured}")
 
 
 def coordinator_call(addrs, method, req, what):
@@ -356,6 +357,39 @@ def group_config(addrs):
             or reset.assignor_override:
         fail(f"a reset left an override: {reset}")
     return f"group config: set, shown, {len(bad)} bad ones refused, reset"
+
+
+def topic_config(addrs):
+    """AlterTopicConfig on the live topic: set two settings and reset one; every node's
+    DescribeTopic shows the topic's own values and the values in force; a value outside its
+    limits is INVALID_ARGUMENT naming the limit."""
+    one = stub(addrs[0])
+    got = call(one.AlterTopicConfig, pb.AlterTopicConfigRequest(
+        name=TOPIC, set={"retention_ms": "60000", "cleanup_policy": "compact,delete"},
+        reset=["retention_bytes"]), "alter topic config").topic
+    if (got.config.retention_ms, got.config.cleanup_policy) != (60000, "compact,delete") \
+            or got.config.HasField("retention_bytes") or got.effective.retention_bytes != -1:
+        fail(f"the alter's answer does not show the change: {got}")
+    for addr in addrs:
+        for _ in range(ATTEMPTS):
+            t = call(stub(addr).DescribeTopic, pb.DescribeTopicRequest(name=TOPIC),
+                     f"describe at {addr}").topic
+            if t.config.HasField("retention_ms") and t.config.retention_ms == 60000 \
+                    and t.effective.retention_ms == 60000 \
+                    and t.effective.cleanup_policy == "compact,delete":
+                break
+            time.sleep(0.1)
+        else:
+            fail(f"{addr} does not describe the altered config: {t}")
+    try:
+        one.AlterTopicConfig(pb.AlterTopicConfigRequest(
+            name=TOPIC, set={"retention_ms": "0"}), timeout=10)
+        fail("retention_ms = 0 was accepted")
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.INVALID_ARGUMENT \
+                or "MAX_CONFIG_DURATION_MS" not in e.details():
+            fail(f"retention_ms = 0: {e.code()} {e.details()}")
+    return "topic config: altered, shown on every node, a bad value refused"
 
 
 if __name__ == "__main__":

@@ -267,6 +267,100 @@ async fn bad_command_lines_get_clear_errors() {
     assert!(err.contains("not an address"), "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_settings_are_set_altered_and_described() {
+    let _serial = serial();
+    let cluster = Cluster::start(3).await;
+    let mut c = cluster.cli();
+    c.args([
+        "topic",
+        "create",
+        "events",
+        "--partitions",
+        "1",
+        "--config",
+        "retention_bytes=1073741824",
+        "--config",
+        "cleanup_policy=compact,delete",
+    ]);
+    let (ok, out, err) = run(c, None);
+    assert!(ok, "topic create --config failed: {out}{err}");
+
+    let mut c = cluster.cli();
+    c.args([
+        "topic",
+        "alter",
+        "events",
+        "--set",
+        "retention_ms=60000",
+        "--set",
+        "cleanup_policy=compact",
+        "--reset",
+        "retention_bytes",
+    ]);
+    let (ok, out, err) = run(c, None);
+    assert!(ok, "topic alter failed: {out}{err}");
+    assert!(out.contains("altered topic events"), "{out}");
+
+    // Text: each setting's value in force and whose it is. (Polled: the node asked may apply
+    // the alter a moment after the one that made it.)
+    let at = &cluster;
+    let describe = |format: &'static str, shows: &'static str| {
+        wait_for(
+            "a describe that shows the alter",
+            Duration::from_secs(60),
+            move || async move {
+                let mut c = at.cli();
+                c.args(["topic", "describe", "events", "--format", format]);
+                let (ok, out, _) = run(c, None);
+                let squeezed = out.split_whitespace().collect::<Vec<_>>().join(" ");
+                (ok && squeezed.contains(shows)).then_some(out)
+            },
+        )
+    };
+    let out = describe("text", "retention_ms 60000 topic").await;
+    let line = |key: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(key))
+            .unwrap_or_else(|| panic!("no {key} line in:\n{out}"))
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(line("retention_ms"), ["60000", "topic"]);
+    assert_eq!(line("cleanup_policy"), ["compact", "topic"]);
+    assert_eq!(line("retention_bytes"), ["-1", "default"]);
+    assert_eq!(line("delete_retention_ms"), ["86400000", "default"]);
+
+    // JSON: the same, keyed by setting.
+    let out = describe("json", r#""retention_ms":{"value":60000"#).await;
+    let d = &json_lines(&out)[0];
+    assert_eq!(
+        d["config"]["retention_ms"],
+        serde_json::json!({"value": 60000, "default": false})
+    );
+    assert_eq!(
+        d["config"]["retention_bytes"],
+        serde_json::json!({"value": -1, "default": true})
+    );
+    assert_eq!(d["config"]["cleanup_policy"]["value"], "compact");
+
+    // A value outside its limits: refused, naming the key and the limit; a malformed flag.
+    let mut c = cluster.cli();
+    c.args(["topic", "alter", "events", "--set", "retention_ms=0"]);
+    let (ok, _, err) = run(c, None);
+    assert!(!ok);
+    assert!(
+        err.contains("retention_ms") && err.contains("MAX_CONFIG_DURATION_MS"),
+        "{err}"
+    );
+    let mut c = cluster.cli();
+    c.args(["topic", "alter", "events", "--set", "retention_ms"]);
+    let (ok, _, err) = run(c, None);
+    assert!(!ok);
+    assert!(err.contains("KEY=VALUE"), "{err}");
+}
+
 /// One JSON report from `fjord bench ... --format json`.
 fn bench_report(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
     let mut c = cluster.cli();

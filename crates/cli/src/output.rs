@@ -9,8 +9,11 @@
 
 use std::io::Write;
 
-use fjord_client::{ClusterMetadata, ConsumedRecord, PartitionDescription, TopicDescription};
+use fjord_client::{
+    ClusterMetadata, ConfigEntry, ConsumedRecord, PartitionDescription, TopicDescription,
+};
 use serde::Serialize;
+use serde::ser::SerializeMap;
 
 /// The `--format` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -127,10 +130,40 @@ struct TopicOut<'a> {
     topic: &'a str,
     replication_factor: u32,
     partitions: Vec<PartitionOut<'a>>,
+    config: ConfigOut,
+}
+
+/// A topic's settings as a JSON object in key order: `{"retention_ms": {"value": 604800000,
+/// "default": true}, ...}`. A value is a number where it is one (`cleanup_policy` is a
+/// string), `null` when the server did not say.
+struct ConfigOut(Vec<ConfigEntry>);
+
+#[derive(Serialize)]
+struct SettingOut {
+    value: serde_json::Value,
+    default: bool,
+}
+
+impl Serialize for ConfigOut {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for e in &self.0 {
+            let value = match e.value.as_deref() {
+                None => serde_json::Value::Null,
+                Some(v) => v
+                    .parse::<i64>()
+                    .map_or_else(|_| v.into(), serde_json::Value::from),
+            };
+            let default = e.is_default();
+            map.serialize_entry(e.key, &SettingOut { value, default })?;
+        }
+        map.end()
+    }
 }
 
 fn topic_out(t: &TopicDescription) -> TopicOut<'_> {
     TopicOut {
+        config: ConfigOut(t.config_entries()),
         topic: &t.name,
         replication_factor: t.replication_factor,
         partitions: t
@@ -146,7 +179,8 @@ fn topic_out(t: &TopicDescription) -> TopicOut<'_> {
     }
 }
 
-/// `{"topic","replication_factor","partitions":[{"partition","leader","leader_epoch","replicas"}]}`.
+/// `{"topic","replication_factor","partitions":[{"partition","leader","leader_epoch","replicas"}],
+/// "config":{"<key>":{"value","default"}}}`.
 pub fn topic_json(t: &TopicDescription) -> String {
     to_json(&topic_out(t))
 }
@@ -200,7 +234,20 @@ fn join_ids(ids: &[u64]) -> String {
     ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
 }
 
-/// A topic's partitions as an aligned table, one line per partition.
+/// A topic's settings as an aligned table, one line per setting: its value in force, and
+/// whether that is the topic's own (`topic`) or the cluster default (`default`).
+pub fn config_text(t: &TopicDescription) -> String {
+    let mut s = format!("{:<22}  {:>20}  SOURCE", "CONFIG", "VALUE");
+    for e in t.config_entries() {
+        let value = e.value.as_deref().or(e.own.as_deref()).unwrap_or("?");
+        let source = if e.is_default() { "default" } else { "topic" };
+        s.push_str(&format!("\n{:<22}  {value:>20}  {source}", e.key));
+    }
+    s
+}
+
+/// A topic's partitions as an aligned table, one line per partition, then its settings
+/// ([`config_text`]).
 pub fn topic_text(t: &TopicDescription) -> String {
     let mut s = format!(
         "topic {}: {} partitions, replication factor {}\n",
@@ -221,6 +268,8 @@ pub fn topic_text(t: &TopicDescription) -> String {
             join_ids(&p.replicas)
         ));
     }
+    s.push_str("\n\n");
+    s.push_str(&config_text(t));
     s
 }
 
@@ -269,6 +318,7 @@ pub fn cluster_text(md: &ClusterMetadata) -> String {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use fjord_client::{EffectiveSettings, TopicSettings};
     use serde_json::{Value, json};
 
     fn parsed(s: String) -> Value {
@@ -349,7 +399,18 @@ mod tests {
                     replicas: vec![3, 1, 2],
                 },
             ],
-            max_record_bytes: None,
+            config: TopicSettings {
+                retention_ms: Some(60_000),
+                ..Default::default()
+            },
+            effective: Some(EffectiveSettings {
+                retention_ms: 60_000,
+                retention_bytes: -1,
+                cleanup_policy: "delete".into(),
+                delete_retention_ms: 86_400_000,
+                min_compaction_lag_ms: 0,
+                max_record_bytes: 1 << 20,
+            }),
         }
     }
 
@@ -360,9 +421,23 @@ mod tests {
         assert_eq!(v["partitions"][0]["leader"], 2);
         assert_eq!(v["partitions"][1]["leader"], Value::Null);
         assert_eq!(v["partitions"][0]["replicas"], json!([2, 3, 1]));
+        assert_eq!(
+            v["config"]["retention_ms"],
+            json!({"value": 60000, "default": false})
+        );
+        assert_eq!(
+            v["config"]["cleanup_policy"],
+            json!({"value": "delete", "default": true})
+        );
+        let keys: Vec<&String> = v["config"].as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 6, "{keys:?}");
         let t = topic_text(&topic());
         assert!(t.contains("       4  2,3,1"), "{t}");
         assert!(t.lines().nth(3).unwrap().contains("       -"), "{t}");
+        let line = |key: &str| t.lines().find(|l| l.starts_with(key)).unwrap().to_string();
+        assert!(line("retention_ms ").ends_with("60000  topic"), "{t}");
+        assert!(line("retention_bytes").ends_with("-1  default"), "{t}");
+        assert!(line("cleanup_policy").ends_with("delete  default"), "{t}");
     }
 
     #[test]

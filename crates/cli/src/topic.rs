@@ -1,10 +1,10 @@
-//! `fjord topic create|list|describe|delete`.
+//! `fjord topic create|list|describe|alter|delete`.
 
 use anyhow::Context;
-use fjord_client::Client;
+use fjord_client::{Client, TopicSettings};
 use serde_json::json;
 
-use crate::output::{Output, topic_json, topic_text};
+use crate::output::{Output, config_text, topic_json, topic_text};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TopicCommand {
@@ -19,11 +19,34 @@ pub enum TopicCommand {
         /// the cluster is smaller.
         #[arg(long, visible_alias = "replication-factor")]
         replication: Option<u32>,
+        /// A setting of the topic's own, KEY=VALUE (repeatable): retention_ms,
+        /// retention_bytes, cleanup_policy, delete_retention_ms, min_compaction_lag_ms,
+        /// max_record_bytes. Unset keys take the cluster default.
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        config: Vec<(String, String)>,
     },
     /// List topics (json: one object per topic).
     List,
-    /// Show a topic's partitions, leaders and replicas.
+    /// Show a topic's partitions, leaders and replicas, and each setting in force (the
+    /// topic's own, or the cluster default).
     Describe { name: String },
+    /// Change a live topic's settings: set some, reset others to the cluster default.
+    #[command(
+        after_help = "Example:\n  fjord topic alter orders --set retention_ms=60000 \
+        --set cleanup_policy=compact --reset retention_bytes\n\nKeys: retention_ms (-1: \
+        unlimited), retention_bytes (per partition, -1: unlimited), cleanup_policy (delete, \
+        compact or compact,delete), delete_retention_ms, min_compaction_lag_ms, \
+        max_record_bytes. The server checks the limits and names them when it refuses."
+    )]
+    Alter {
+        name: String,
+        /// KEY=VALUE to set (repeatable).
+        #[arg(long, value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        set: Vec<(String, String)>,
+        /// KEY to reset to the cluster default (repeatable).
+        #[arg(long, value_name = "KEY")]
+        reset: Vec<String>,
+    },
     /// Delete a topic and all its records.
     Delete { name: String },
     /// Delete the records below an offset (Kafka's DeleteRecords): moves the log start
@@ -54,15 +77,28 @@ pub enum TopicCommand {
     },
 }
 
+/// `KEY=VALUE`, split at the first `=` (a value may hold more).
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
 pub async fn run(client: Client, out: Output, command: TopicCommand) -> anyhow::Result<()> {
     match command {
         TopicCommand::Create {
             name,
             partitions,
             replication,
+            config,
         } => {
+            let mut settings = TopicSettings::default();
+            for (k, v) in &config {
+                settings.set(k, v)?;
+            }
             let t = client
-                .create_topic(&name, partitions, replication.unwrap_or(0))
+                .create_topic_with(&name, partitions, replication.unwrap_or(0), &settings)
                 .await
                 .with_context(|| format!("cannot create topic {name:?}"))?;
             out.emit(
@@ -103,6 +139,16 @@ pub async fn run(client: Client, out: Output, command: TopicCommand) -> anyhow::
                 .with_context(|| format!("cannot describe topic {name:?}"))?;
             out.emit(|| topic_text(&t), || topic_json(&t))?;
         }
+        TopicCommand::Alter { name, set, reset } => {
+            let t = client
+                .alter_topic_config(&name, &set, &reset)
+                .await
+                .with_context(|| format!("cannot alter the config of topic {name:?}"))?;
+            out.emit(
+                || format!("altered topic {}\n{}", t.name, config_text(&t)),
+                || topic_json(&t),
+            )?;
+        }
         TopicCommand::Delete { name } => {
             client
                 .delete_topic(&name)
@@ -129,4 +175,20 @@ pub async fn run(client: Client, out: Output, command: TopicCommand) -> anyhow::
         } => crate::records::offsets(&client, out, &name, partition, time).await?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_value_splits_at_the_first_equals() {
+        assert_eq!(
+            parse_key_value("cleanup_policy=compact,delete"),
+            Ok(("cleanup_policy".into(), "compact,delete".into()))
+        );
+        assert_eq!(parse_key_value("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert!(parse_key_value("retention_ms").is_err());
+        assert!(parse_key_value("=5").is_err());
+    }
 }

@@ -24,7 +24,7 @@ use tracing::debug;
 
 use crate::config::{ClientConfig, MAX_BROKERS};
 use crate::error::ClientError;
-use crate::metadata::{ClusterMetadata, MetadataCache, TopicDescription};
+use crate::metadata::{ClusterMetadata, MetadataCache, TopicDescription, TopicSettings};
 use crate::retry::{RetryDecision, RetryState};
 
 /// Most node channels a client keeps open.
@@ -246,11 +246,29 @@ impl Client {
         partitions: u32,
         replication_factor: u32,
     ) -> Result<TopicDescription, ClientError> {
+        self.create_topic_with(
+            name,
+            partitions,
+            replication_factor,
+            &TopicSettings::default(),
+        )
+        .await
+    }
+
+    /// [`Client::create_topic`] with settings of its own (a value outside its limits is
+    /// refused, [`ClientError::InvalidArgument`] naming the limit).
+    pub async fn create_topic_with(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        config: &TopicSettings,
+    ) -> Result<TopicDescription, ClientError> {
         let req = v1::CreateTopicRequest {
             name: name.to_string(),
             partitions,
             replication_factor,
-            config: None,
+            config: Some(config.to_wire()),
         };
         let answer = self
             .any_node(|mut c, t| {
@@ -307,6 +325,48 @@ impl Client {
             .topic
             .map(TopicDescription::from)
             .ok_or_else(|| ClientError::Protocol("describe topic answer carries no topic".into()))
+    }
+
+    /// Changes a topic's settings: sets each `(key, value)` of `set` (`("retention_ms",
+    /// "60000")`), resets each key of `reset` to the cluster default, keeps the others; all or
+    /// nothing. Keys are [`crate::TOPIC_CONFIG_KEYS`]; an unknown key, a value outside its
+    /// limits, a key named twice or no key at all is [`ClientError::InvalidArgument`] (the
+    /// message names the key and the limit). Returns the topic as changed, as the node that
+    /// made the change describes it.
+    pub async fn alter_topic_config<K, V, R>(
+        &self,
+        name: &str,
+        set: &[(K, V)],
+        reset: &[R],
+    ) -> Result<TopicDescription, ClientError>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+        R: AsRef<str>,
+    {
+        let mut map = std::collections::HashMap::new();
+        for (k, v) in set {
+            let k = k.as_ref();
+            if map.insert(k.to_string(), v.as_ref().to_string()).is_some() {
+                return Err(ClientError::InvalidArgument(format!(
+                    "topic config key {k} is set twice: give each key once"
+                )));
+            }
+        }
+        let req = v1::AlterTopicConfigRequest {
+            name: name.to_string(),
+            set: map,
+            reset: reset.iter().map(|k| k.as_ref().to_string()).collect(),
+        };
+        let answer = self
+            .any_node(|mut c, t| {
+                let req = req.clone();
+                async move { c.alter_topic_config(request(req, t)).await }
+            })
+            .await?;
+        answer.topic.map(TopicDescription::from).ok_or_else(|| {
+            ClientError::Protocol("alter topic config answer carries no topic".into())
+        })
     }
 
     /// Allocates a cluster-unique producer id (never 0) for idempotent produce.

@@ -19,8 +19,9 @@
 //! - [`error`]: [`ClientError`], retryable or fatal, and the classification of gRPC statuses.
 //! - `retry`: the pure retry decision (bounded attempts, jittered exponential backoff,
 //!   immediate retries at a hinted leader).
-//! - [`metadata`]: plain views of the cluster ([`TopicDescription`], [`ClusterMetadata`]),
-//!   converted from the wire types in one place, and the client's metadata cache.
+//! - [`metadata`]: plain views of the cluster ([`TopicDescription`], [`ClusterMetadata`],
+//!   a topic's settings: [`TopicSettings`], [`EffectiveSettings`]), converted from the wire
+//!   types in one place, and the client's metadata cache.
 //! - `client`: [`Client`]: channels, leader-aware calls, admin operations. It imports no
 //!   other module below: `producer` and `consumer` add their own `impl Client` blocks
 //!   ([`Client::producer`], [`Client::fetch`], [`Client::consumer`]), so dependencies run one
@@ -62,6 +63,9 @@ pub use group::{
     GroupConfig, GroupConfigChange, GroupConsumer, GroupDescription, GroupListing, GroupRecord,
     GroupSettings, OffsetReset, ResetSpec, SettingChange,
 };
-pub use metadata::{ClusterMetadata, PartitionDescription, TopicDescription};
+pub use metadata::{
+    ClusterMetadata, ConfigEntry, EffectiveSettings, PartitionDescription, TOPIC_CONFIG_KEYS,
+    TopicDescription, TopicSettings,
+};
 pub use offsets::{ListedOffset, OffsetSpec};
 pub use producer::{Delivery, Producer, ProducerRecord, RecordMetadata};

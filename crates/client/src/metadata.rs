@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use fjord_proto::v1;
 
-use crate::error::LeaderHint;
+use crate::error::{ClientError, LeaderHint};
 
 /// One partition of a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,9 +32,184 @@ pub struct TopicDescription {
     pub replication_factor: u32,
     /// Sorted by partition index.
     pub partitions: Vec<PartitionDescription>,
-    /// Largest accepted record (key + value + headers) in bytes; `None` means the cluster
-    /// default (1 MiB).
+    /// The settings the topic sets itself.
+    pub config: TopicSettings,
+    /// Every setting in force, as the answering node resolves the defaults; `None` from a
+    /// server that does not say.
+    pub effective: Option<EffectiveSettings>,
+}
+
+/// The keys of a topic's settings, in the order descriptions list them (see `TopicConfig` in
+/// `proto/fjord.proto` for their meaning and limits).
+pub const TOPIC_CONFIG_KEYS: [&str; 6] = [
+    "retention_ms",
+    "retention_bytes",
+    "cleanup_policy",
+    "delete_retention_ms",
+    "min_compaction_lag_ms",
+    "max_record_bytes",
+];
+
+/// A topic's own settings; `None` where it takes the cluster default. The server checks the
+/// limits.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TopicSettings {
+    /// -1: unlimited.
+    pub retention_ms: Option<i64>,
+    /// Per partition; -1: unlimited.
+    pub retention_bytes: Option<i64>,
+    /// `delete`, `compact` or `compact,delete`.
+    pub cleanup_policy: Option<String>,
+    pub delete_retention_ms: Option<i64>,
+    pub min_compaction_lag_ms: Option<i64>,
+    /// Largest accepted record (key + value + headers), in bytes.
     pub max_record_bytes: Option<u64>,
+}
+
+/// A topic's settings in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectiveSettings {
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub cleanup_policy: String,
+    pub delete_retention_ms: i64,
+    pub min_compaction_lag_ms: i64,
+    pub max_record_bytes: u64,
+}
+
+/// One setting of a topic as a description lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigEntry {
+    /// One of [`TOPIC_CONFIG_KEYS`].
+    pub key: &'static str,
+    /// The value in force; `None` when the server did not say.
+    pub value: Option<String>,
+    /// The topic's own value; `None` when it takes the cluster default.
+    pub own: Option<String>,
+}
+
+impl ConfigEntry {
+    /// Whether the topic takes the cluster default for this setting.
+    pub fn is_default(&self) -> bool {
+        self.own.is_none()
+    }
+}
+
+impl TopicSettings {
+    /// Sets `key` to `value` as text (`retention_ms`, `60000`): one of [`TOPIC_CONFIG_KEYS`],
+    /// a decimal integer or, for `cleanup_policy`, a policy. Only the form is checked here;
+    /// the server checks the limits.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ClientError> {
+        let int = || {
+            value.parse::<i64>().map_err(|_| {
+                ClientError::InvalidArgument(format!(
+                    "topic config {key} = {value:?} is not a decimal integer"
+                ))
+            })
+        };
+        match key {
+            "retention_ms" => self.retention_ms = Some(int()?),
+            "retention_bytes" => self.retention_bytes = Some(int()?),
+            "cleanup_policy" => self.cleanup_policy = Some(value.to_string()),
+            "delete_retention_ms" => self.delete_retention_ms = Some(int()?),
+            "min_compaction_lag_ms" => self.min_compaction_lag_ms = Some(int()?),
+            "max_record_bytes" => {
+                let v = u64::try_from(int()?).map_err(|_| {
+                    ClientError::InvalidArgument(format!(
+                        "topic config max_record_bytes = {value:?} is negative"
+                    ))
+                })?;
+                self.max_record_bytes = Some(v);
+            }
+            _ => {
+                return Err(ClientError::InvalidArgument(format!(
+                    "unknown topic config key {key:?}: the keys are {}",
+                    TOPIC_CONFIG_KEYS.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The value of `key` as text, if the topic sets it.
+    pub fn get(&self, key: &str) -> Option<String> {
+        match key {
+            "retention_ms" => self.retention_ms.map(|v| v.to_string()),
+            "retention_bytes" => self.retention_bytes.map(|v| v.to_string()),
+            "cleanup_policy" => self.cleanup_policy.clone(),
+            "delete_retention_ms" => self.delete_retention_ms.map(|v| v.to_string()),
+            "min_compaction_lag_ms" => self.min_compaction_lag_ms.map(|v| v.to_string()),
+            "max_record_bytes" => self.max_record_bytes.map(|v| v.to_string()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn to_wire(&self) -> v1::TopicConfig {
+        v1::TopicConfig {
+            max_record_bytes: self.max_record_bytes.unwrap_or(0),
+            retention_ms: self.retention_ms,
+            retention_bytes: self.retention_bytes,
+            cleanup_policy: self.cleanup_policy.clone(),
+            delete_retention_ms: self.delete_retention_ms,
+            min_compaction_lag_ms: self.min_compaction_lag_ms,
+        }
+    }
+}
+
+impl From<v1::TopicConfig> for TopicSettings {
+    fn from(c: v1::TopicConfig) -> Self {
+        TopicSettings {
+            retention_ms: c.retention_ms,
+            retention_bytes: c.retention_bytes,
+            cleanup_policy: c.cleanup_policy,
+            delete_retention_ms: c.delete_retention_ms,
+            min_compaction_lag_ms: c.min_compaction_lag_ms,
+            max_record_bytes: known(c.max_record_bytes),
+        }
+    }
+}
+
+impl EffectiveSettings {
+    /// The value of `key` as text.
+    pub fn get(&self, key: &str) -> Option<String> {
+        Some(match key {
+            "retention_ms" => self.retention_ms.to_string(),
+            "retention_bytes" => self.retention_bytes.to_string(),
+            "cleanup_policy" => self.cleanup_policy.clone(),
+            "delete_retention_ms" => self.delete_retention_ms.to_string(),
+            "min_compaction_lag_ms" => self.min_compaction_lag_ms.to_string(),
+            "max_record_bytes" => self.max_record_bytes.to_string(),
+            _ => return None,
+        })
+    }
+}
+
+impl From<v1::EffectiveTopicConfig> for EffectiveSettings {
+    fn from(e: v1::EffectiveTopicConfig) -> Self {
+        EffectiveSettings {
+            retention_ms: e.retention_ms,
+            retention_bytes: e.retention_bytes,
+            cleanup_policy: e.cleanup_policy,
+            delete_retention_ms: e.delete_retention_ms,
+            min_compaction_lag_ms: e.min_compaction_lag_ms,
+            max_record_bytes: e.max_record_bytes,
+        }
+    }
+}
+
+impl TopicDescription {
+    /// Every setting, in [`TOPIC_CONFIG_KEYS`] order: its value in force and whether it is
+    /// the topic's own or the default.
+    pub fn config_entries(&self) -> Vec<ConfigEntry> {
+        TOPIC_CONFIG_KEYS
+            .iter()
+            .map(|key| ConfigEntry {
+                key,
+                value: self.effective.as_ref().and_then(|e| e.get(key)),
+                own: self.config.get(key),
+            })
+            .collect()
+    }
 }
 
 /// The cluster as one node sees it.
@@ -76,7 +251,8 @@ impl From<v1::TopicInfo> for TopicDescription {
             name: t.name,
             replication_factor: t.replication_factor,
             partitions,
-            max_record_bytes: t.config.map(|c| c.max_record_bytes).and_then(known),
+            config: t.config.map(TopicSettings::from).unwrap_or_default(),
+            effective: t.effective.map(EffectiveSettings::from),
         }
     }
 }
@@ -265,6 +441,17 @@ mod tests {
                 ],
                 config: Some(v1::TopicConfig {
                     max_record_bytes: 0,
+                    retention_ms: Some(60_000),
+                    cleanup_policy: Some("compact".into()),
+                    ..Default::default()
+                }),
+                effective: Some(v1::EffectiveTopicConfig {
+                    max_record_bytes: 1 << 20,
+                    retention_ms: 60_000,
+                    retention_bytes: -1,
+                    cleanup_policy: "compact".into(),
+                    delete_retention_ms: 86_400_000,
+                    min_compaction_lag_ms: 0,
                 }),
             }],
         })
@@ -276,10 +463,51 @@ mod tests {
         assert_eq!(md.nodes[0], (1, "h1:7101".to_string()));
         assert_eq!(md.metadata_leader, None);
         let t = &md.topics[0];
-        assert_eq!(t.max_record_bytes, None);
+        assert_eq!(t.config.max_record_bytes, None);
+        assert_eq!(t.config.retention_ms, Some(60_000));
         assert_eq!(t.partitions[0].partition, 0);
         assert_eq!(t.partitions[0].leader, Some(3));
         assert_eq!(t.partitions[1].leader, None);
+    }
+
+    #[test]
+    fn config_entries_say_the_value_in_force_and_whose_it_is() {
+        let md = sample();
+        let entries = md.topics[0].config_entries();
+        let keys: Vec<&str> = entries.iter().map(|e| e.key).collect();
+        assert_eq!(keys, TOPIC_CONFIG_KEYS);
+        let by_key = |k: &str| entries.iter().find(|e| e.key == k).unwrap().clone();
+        let r = by_key("retention_ms");
+        assert_eq!((r.value.as_deref(), r.is_default()), (Some("60000"), false));
+        let b = by_key("retention_bytes");
+        assert_eq!((b.value.as_deref(), b.is_default()), (Some("-1"), true));
+        assert_eq!(by_key("max_record_bytes").value.as_deref(), Some("1048576"));
+    }
+
+    #[test]
+    fn settings_parse_their_form_and_name_the_keys() {
+        let mut s = TopicSettings::default();
+        s.set("retention_ms", "-1").unwrap();
+        s.set("cleanup_policy", "compact,delete").unwrap();
+        s.set("max_record_bytes", "2048").unwrap();
+        assert_eq!(s.get("retention_ms").as_deref(), Some("-1"));
+        let wire = s.to_wire();
+        assert_eq!(
+            (
+                wire.retention_ms,
+                wire.max_record_bytes,
+                wire.retention_bytes
+            ),
+            (Some(-1), 2048, None)
+        );
+        let e = s.set("retention.ms", "1").unwrap_err().to_string();
+        assert!(
+            e.contains("the keys are retention_ms, retention_bytes"),
+            "{e}"
+        );
+        let e = s.set("retention_ms", "7d").unwrap_err().to_string();
+        assert!(e.contains("not a decimal integer"), "{e}");
+        assert!(s.set("max_record_bytes", "-1").is_err());
     }
 
     #[test]

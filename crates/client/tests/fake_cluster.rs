@@ -22,11 +22,11 @@ use fjord_proto::v1::{
     ResetOffsetsRequest, ResetOffsetsResponse,
 };
 use fjord_proto::v1::{
-    CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
-    DescribeTopicRequest, DescribeTopicResponse, FetchRequest, FetchResponse, FetchedBatch,
-    InitProducerRequest, InitProducerResponse, ListTopicsRequest, ListTopicsResponse,
-    MetadataRequest, MetadataResponse, Node, PartitionError, PartitionInfo, PartitionResult,
-    ProduceRequest, ProduceResponse, TopicInfo,
+    AlterTopicConfigRequest, AlterTopicConfigResponse, CreateTopicRequest, CreateTopicResponse,
+    DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest, DescribeTopicResponse,
+    FetchRequest, FetchResponse, FetchedBatch, InitProducerRequest, InitProducerResponse,
+    ListTopicsRequest, ListTopicsResponse, MetadataRequest, MetadataResponse, Node, PartitionError,
+    PartitionInfo, PartitionResult, ProduceRequest, ProduceResponse, TopicInfo,
 };
 use fjord_proto::{LEADER_ADDRESS_KEY, LEADER_ID_KEY};
 use tonic::{Code, Request, Response, Status};
@@ -93,6 +93,7 @@ fn topic_info(name: &str, parts: &[Partition]) -> TopicInfo {
             })
             .collect(),
         config: None,
+        effective: None,
     }
 }
 
@@ -210,6 +211,15 @@ impl Fjord for FakeNode {
                 })
             })
             .ok_or_else(|| Status::not_found(format!("topic {name} does not exist")))
+    }
+
+    async fn alter_topic_config(
+        &self,
+        _: Request<AlterTopicConfigRequest>,
+    ) -> Result<Response<AlterTopicConfigResponse>, Status> {
+        Err(Status::unimplemented(
+            "no topic configs in the fake cluster",
+        ))
     }
 
     async fn init_producer(

@@ -276,7 +276,9 @@ fn chain_to(sink: NodeId, reached: &BTreeMap<NodeId, (Option<Step>, usize)>) -> 
 mod tests {
     use super::*;
     use crate::ids::group_id;
-    use crate::state::{MetaCommand, MetaResponse, PartitionAssignment, Topic, TopicConfig};
+    use crate::legacy::TopicConfigV1;
+    use crate::state::{MetaCommand, MetaResponse, PartitionAssignment, Topic};
+    use crate::topic_config::TopicConfig;
 
     /// A state with nodes `1..=nodes` and one topic (id 1) whose partitions have the given
     /// replicas and reported leaders.
@@ -440,7 +442,7 @@ mod tests {
             name: "t".into(),
             partitions: 6,
             replication_factor: 3,
-            config: TopicConfig::default(),
+            config: TopicConfigV1::default(),
         }) else {
             panic!()
         };

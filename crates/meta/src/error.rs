@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config_key::ConfigKey;
 use crate::ids::NodeId;
 use crate::limits::{MAX_ADDRESS_LEN, MAX_PRODUCER_NAME_LEN, MAX_TOPIC_NAME_LEN, TOPIC_NAME_CHARS};
 
@@ -68,7 +69,8 @@ pub enum MetaError {
         /// Registered nodes.
         registered: u32,
     },
-    /// The topic config breaks a limit.
+    /// The topic config breaks a limit. (No longer made: a setting outside its limits is
+    /// [`MetaError::InvalidConfigValue`]. Kept so the variants after it keep their encoding.)
     #[error("invalid topic config: {reason}")]
     InvalidConfig {
         /// Which setting, its value and its limit.
@@ -180,6 +182,38 @@ pub enum MetaError {
         /// The name (cut to a bounded length).
         name: String,
     },
+    /// A topic setting outside its limits, or not a value of its type.
+    #[error("invalid topic config {key} = {value:?}: use {}", .key.rule())]
+    InvalidConfigValue {
+        /// The setting.
+        key: ConfigKey,
+        /// The value as given (cut to a bounded length).
+        value: String,
+    },
+    /// A topic config key that no setting has.
+    #[error(
+        "unknown topic config key {key:?}: the keys are {}",
+        ConfigKey::names()
+    )]
+    UnknownConfigKey {
+        /// The key as given (cut to a bounded length).
+        key: String,
+    },
+    /// An alter that names a key twice: set twice, or both set and reset.
+    #[error(
+        "topic config key {key} is given twice (set twice, or both set and reset): give each \
+         key once"
+    )]
+    ConfigKeyRepeated {
+        /// The key.
+        key: ConfigKey,
+    },
+    /// An alter that sets and resets nothing.
+    #[error(
+        "the alter changes nothing: set or reset at least one of {}",
+        ConfigKey::names()
+    )]
+    NoConfigChange,
 }
 
 impl MetaError {
@@ -205,7 +239,11 @@ impl MetaError {
             | MetaError::RebuildRaced { .. }
             | MetaError::InvalidProducerName { .. }
             | MetaError::TooManyNamedProducers { .. }
-            | MetaError::ProducerEpochsExhausted { .. } => false,
+            | MetaError::ProducerEpochsExhausted { .. }
+            | MetaError::InvalidConfigValue { .. }
+            | MetaError::UnknownConfigKey { .. }
+            | MetaError::ConfigKeyRepeated { .. }
+            | MetaError::NoConfigChange => false,
         }
     }
 }

@@ -19,7 +19,29 @@ pub const MAX_PRODUCER_NAME_LEN: usize = 255;
 /// Named producers the cluster remembers, at most (each costs the metadata a few dozen bytes).
 pub const MAX_NAMED_PRODUCERS: usize = 100_000;
 
+/// `retention_ms` or `retention_bytes` without a limit (Kafka's -1).
+pub const UNLIMITED: i64 = -1;
+/// Longest duration a topic setting may name, in milliseconds: 100 years of 365 days.
+pub const MAX_CONFIG_DURATION_MS: i64 = 100 * 365 * 86_400_000;
+/// Smallest finite `retention_bytes`: 1 MiB (a partition keeps at least one full-size
+/// record at the default `max_record_bytes`).
+pub const MIN_RETENTION_BYTES: i64 = 1 << 20;
+/// Largest finite `retention_bytes`: 2^50 bytes (1 PiB).
+pub const MAX_RETENTION_BYTES: i64 = 1 << 50;
+/// `retention_ms` of a topic that does not set it, unless the server's
+/// `--default-retention-ms` says otherwise: 7 days (Kafka's `log.retention.hours` of 168).
+pub const DEFAULT_RETENTION_MS: i64 = 7 * 86_400_000;
+/// `retention_bytes` by default: unlimited (Kafka's `log.retention.bytes`).
+pub const DEFAULT_RETENTION_BYTES: i64 = UNLIMITED;
+/// `delete_retention_ms` by default: 1 day (Kafka's `log.cleaner.delete.retention.ms`).
+pub const DEFAULT_DELETE_RETENTION_MS: i64 = 86_400_000;
+/// `min_compaction_lag_ms` by default: 0 (Kafka's `log.cleaner.min.compaction.lag.ms`).
+pub const DEFAULT_MIN_COMPACTION_LAG_MS: i64 = 0;
+
 /// The characters a topic name may use, as written in error messages.
 pub(crate) const TOPIC_NAME_CHARS: &str = "[a-zA-Z0-9._-]";
 
 const _: () = assert!(DEFAULT_MAX_RECORD_BYTES <= MAX_RECORD_BYTES_LIMIT);
+const _: () = assert!(DEFAULT_RETENTION_MS >= 1 && DEFAULT_RETENTION_MS <= MAX_CONFIG_DURATION_MS);
+const _: () = assert!(DEFAULT_DELETE_RETENTION_MS <= MAX_CONFIG_DURATION_MS);
+const _: () = assert!(MIN_RETENTION_BYTES as u64 >= DEFAULT_MAX_RECORD_BYTES);

@@ -15,10 +15,9 @@ use crate::assign::assign_replicas;
 use crate::error::{MetaError, clip};
 use crate::identity::IncarnationRecord;
 use crate::ids::{GroupId, META_GROUP, NodeId, group_id, split_group_id};
-use crate::limits::{
-    DEFAULT_MAX_RECORD_BYTES, DEFAULT_REPLICATION_FACTOR, MAX_NAMED_PRODUCERS,
-    MAX_PARTITIONS_PER_TOPIC, MAX_RECORD_BYTES_LIMIT,
-};
+use crate::legacy::TopicConfigV1;
+use crate::limits::{DEFAULT_REPLICATION_FACTOR, MAX_NAMED_PRODUCERS, MAX_PARTITIONS_PER_TOPIC};
+use crate::topic_config::{ConfigChange, TopicConfig, validate_topic_config};
 use crate::validate::{validate_address, validate_producer_name, validate_topic_name};
 
 /// A registered node and where to reach it.
@@ -28,25 +27,6 @@ pub struct NodeInfo {
     pub id: NodeId,
     /// `host:port` of its gRPC endpoint.
     pub address: String,
-}
-
-/// Per-topic settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct TopicConfig {
-    /// Largest record accepted, in bytes; 0 means the cluster default
-    /// ([`DEFAULT_MAX_RECORD_BYTES`]). At most [`crate::MAX_RECORD_BYTES_LIMIT`].
-    pub max_record_bytes: u64,
-}
-
-impl TopicConfig {
-    /// The record size limit in force, with 0 resolved to [`DEFAULT_MAX_RECORD_BYTES`].
-    pub fn effective_max_record_bytes(&self) -> u64 {
-        if self.max_record_bytes == 0 {
-            DEFAULT_MAX_RECORD_BYTES
-        } else {
-            self.max_record_bytes
-        }
-    }
 }
 
 /// Where one partition's replicas live and who last reported leading it.
@@ -104,57 +84,6 @@ pub struct MetaState {
     pub producer_epochs: BTreeMap<u64, u16>,
 }
 
-/// [`MetaState`] as encoded before named producers (see [`MetaStateV1`] for why).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct MetaStateV2 {
-    pub nodes: BTreeMap<NodeId, NodeInfo>,
-    pub topics: BTreeMap<String, Topic>,
-    pub next_topic_id: u32,
-    pub next_producer_id: u64,
-    pub cluster_id: u64,
-    pub incarnations: BTreeMap<NodeId, IncarnationRecord>,
-}
-
-impl From<MetaStateV2> for MetaState {
-    fn from(v: MetaStateV2) -> Self {
-        MetaState {
-            nodes: v.nodes,
-            topics: v.topics,
-            next_topic_id: v.next_topic_id,
-            next_producer_id: v.next_producer_id,
-            cluster_id: v.cluster_id,
-            incarnations: v.incarnations,
-            producer_names: BTreeMap::new(),
-            producer_epochs: BTreeMap::new(),
-        }
-    }
-}
-
-/// [`MetaState`] as encoded before identities: what snapshots written by earlier versions
-/// hold (postcard encodes a struct's fields in order and has no field defaults, so a
-/// snapshot without the last two fields decodes only as this).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct MetaStateV1 {
-    pub nodes: BTreeMap<NodeId, NodeInfo>,
-    pub topics: BTreeMap<String, Topic>,
-    pub next_topic_id: u32,
-    pub next_producer_id: u64,
-}
-
-impl From<MetaStateV1> for MetaState {
-    fn from(v: MetaStateV1) -> Self {
-        MetaStateV2 {
-            nodes: v.nodes,
-            topics: v.topics,
-            next_topic_id: v.next_topic_id,
-            next_producer_id: v.next_producer_id,
-            cluster_id: 0,
-            incarnations: BTreeMap::new(),
-        }
-        .into()
-    }
-}
-
 /// A change to the metadata, as replicated through the metadata group's log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaCommand {
@@ -173,8 +102,8 @@ pub enum MetaCommand {
         partitions: u32,
         /// 1 to the registered nodes; 0 asks for `min(3, registered nodes)`.
         replication_factor: u32,
-        /// Settings; see [`validate_topic_config`].
-        config: TopicConfig,
+        /// Settings, in the shape before the log settings.
+        config: TopicConfigV1,
     },
     /// Deletes a topic. Its id is not reused.
     DeleteTopic {
@@ -207,8 +136,8 @@ pub enum MetaCommand {
         /// 1 to the registered nodes, all of them in `live`; 0 asks for
         /// `min(3, registered nodes)`.
         replication_factor: u32,
-        /// Settings; see [`validate_topic_config`].
-        config: TopicConfig,
+        /// Settings, in the shape before the log settings.
+        config: TopicConfigV1,
         /// The nodes the proposer's failure detector saw alive (itself included). Replicas
         /// go only on registered nodes in this list.
         live: Vec<NodeId>,
@@ -271,6 +200,31 @@ pub enum MetaCommand {
         /// The producer id.
         id: u64,
     },
+    /// Creates a topic as [`MetaCommand::CreateTopicOnLive`] does, with a config that may
+    /// carry the log settings (`retention_ms`, ...): what `CreateTopicOnLive` became. (At the
+    /// end, and the older commands keep [`TopicConfigV1`]: older logs decode.)
+    CreateTopicWithConfig {
+        /// See [`validate_topic_name`].
+        name: String,
+        /// 1 to [`MAX_PARTITIONS_PER_TOPIC`].
+        partitions: u32,
+        /// 1 to the registered nodes, all of them in `live`; 0 asks for
+        /// `min(3, registered nodes)`.
+        replication_factor: u32,
+        /// Settings; see [`validate_topic_config`].
+        config: TopicConfig,
+        /// The nodes the proposer's failure detector saw alive (itself included).
+        live: Vec<NodeId>,
+    },
+    /// Changes a topic's settings: sets some, resets others to the cluster default, keeps the
+    /// rest; all or nothing (see [`ConfigChange::check`]). Answers the topic as changed.
+    /// (At the end: older logs decode.)
+    AlterTopicConfig {
+        /// The topic.
+        name: String,
+        /// What to set and reset.
+        change: ConfigChange,
+    },
 }
 
 /// Producer ids in one [`MetaCommand::AllocateProducerIdBlock`], at most.
@@ -325,14 +279,28 @@ impl MetaState {
                 partitions,
                 replication_factor,
                 config,
-            } => self.create_topic(name, *partitions, *replication_factor, config, None),
+            } => {
+                let config = config.clone().into();
+                self.create_topic(name, *partitions, *replication_factor, &config, None)
+            }
             MetaCommand::CreateTopicOnLive {
                 name,
                 partitions,
                 replication_factor,
                 config,
                 live,
+            } => {
+                let config = config.clone().into();
+                self.create_topic(name, *partitions, *replication_factor, &config, Some(live))
+            }
+            MetaCommand::CreateTopicWithConfig {
+                name,
+                partitions,
+                replication_factor,
+                config,
+                live,
             } => self.create_topic(name, *partitions, *replication_factor, config, Some(live)),
+            MetaCommand::AlterTopicConfig { name, change } => self.alter_topic_config(name, change),
             MetaCommand::DeleteTopic { name } => self.delete_topic(name),
             MetaCommand::ReportLeader {
                 group_id,
@@ -523,6 +491,19 @@ impl MetaState {
             Some(_) => Ok(MetaResponse::Ok),
             None => Err(MetaError::UnknownTopic { name: clip(name) }),
         }
+    }
+
+    fn alter_topic_config(
+        &mut self,
+        name: &str,
+        change: &ConfigChange,
+    ) -> Result<MetaResponse, MetaError> {
+        let topic = self
+            .topics
+            .get_mut(name)
+            .ok_or_else(|| MetaError::UnknownTopic { name: clip(name) })?;
+        topic.config = topic.config.altered(change)?;
+        Ok(MetaResponse::Topic(topic.clone()))
     }
 
     fn report_leader(
@@ -821,6 +802,11 @@ impl MetaState {
         self.topics.get(name)
     }
 
+    /// The topic with id `id` (ids are never reused, so at most one).
+    pub fn topic_by_id(&self, id: u32) -> Option<&Topic> {
+        self.topics.values().find(|t| t.id == id)
+    }
+
     /// The topic and partition of partition group `g`; `None` for the metadata group and
     /// unknown groups.
     pub fn partition_by_group(&self, g: GroupId) -> Option<(&Topic, &PartitionAssignment)> {
@@ -884,47 +870,12 @@ impl MetaState {
     }
 }
 
-/// Checks a topic config against its limits: `max_record_bytes` is 0 (the cluster default,
-/// [`DEFAULT_MAX_RECORD_BYTES`]) or at most [`MAX_RECORD_BYTES_LIMIT`].
-pub fn validate_topic_config(config: &TopicConfig) -> Result<(), MetaError> {
-    if config.max_record_bytes > MAX_RECORD_BYTES_LIMIT {
-        return Err(MetaError::InvalidConfig {
-            reason: format!(
-                "max_record_bytes {} is above the limit of {MAX_RECORD_BYTES_LIMIT} bytes \
-                 (16 MiB); use 1 to {MAX_RECORD_BYTES_LIMIT}, or 0 for the default of \
-                 {DEFAULT_MAX_RECORD_BYTES}",
-                config.max_record_bytes
-            ),
-        });
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn config_limit() {
-        for max in [0, 1, DEFAULT_MAX_RECORD_BYTES, MAX_RECORD_BYTES_LIMIT] {
-            assert_eq!(
-                validate_topic_config(&TopicConfig {
-                    max_record_bytes: max
-                }),
-                Ok(())
-            );
-        }
-        let msg = validate_topic_config(&TopicConfig {
-            max_record_bytes: MAX_RECORD_BYTES_LIMIT + 1,
-        })
-        .unwrap_err()
-        .to_string();
-        assert!(
-            msg.contains("16777217") && msg.contains("limit of 16777216 bytes (16 MiB)"),
-            "{msg}"
-        );
-    }
-
     use super::*;
-    use crate::limits::{MAX_RECORD_BYTES_LIMIT, MAX_TOPIC_NAME_LEN};
+    use crate::config_key::ConfigKey;
+    use crate::limits::{DEFAULT_MAX_RECORD_BYTES, MAX_RECORD_BYTES_LIMIT, MAX_TOPIC_NAME_LEN};
+    use crate::topic_config::{CleanupPolicy, ConfigSetting};
 
     fn cluster(nodes: u64) -> MetaState {
         let mut state = MetaState::new();
@@ -943,7 +894,7 @@ mod tests {
             name: name.into(),
             partitions,
             replication_factor: rf,
-            config: TopicConfig::default(),
+            config: TopicConfigV1::default(),
         }
     }
 
@@ -994,7 +945,7 @@ mod tests {
             name: name.into(),
             partitions,
             replication_factor: rf,
-            config: TopicConfig::default(),
+            config: TopicConfigV1::default(),
             live: live.to_vec(),
         }
     }
@@ -1040,7 +991,7 @@ mod tests {
             name: "t".into(),
             partitions: 2,
             replication_factor: 3,
-            config: TopicConfig::default(),
+            config: TopicConfigV1::default(),
         };
         let bytes = postcard::to_stdvec(&old).unwrap();
         assert_eq!(bytes, [1, 1, b't', 2, 3, 0]);
@@ -1176,14 +1127,16 @@ mod tests {
 
     #[test]
     fn a_snapshot_from_before_incarnations_decodes_as_the_old_shape() {
-        let old = MetaStateV1 {
+        let old = crate::legacy::MetaStateV1 {
             next_topic_id: 3,
             next_producer_id: 5,
             ..Default::default()
         };
         let bytes = postcard::to_stdvec(&old).unwrap();
         assert!(postcard::from_bytes::<MetaState>(&bytes).is_err());
-        let state: MetaState = postcard::from_bytes::<MetaStateV1>(&bytes).unwrap().into();
+        let state: MetaState = postcard::from_bytes::<crate::legacy::MetaStateV1>(&bytes)
+            .unwrap()
+            .into();
         assert_eq!(state.next_topic_id, 3);
         assert_eq!(state.cluster_id, 0);
     }
@@ -1353,13 +1306,43 @@ mod tests {
             name: "t".into(),
             partitions: 1,
             replication_factor: 1,
-            config: TopicConfig {
+            config: TopicConfigV1 {
                 max_record_bytes: MAX_RECORD_BYTES_LIMIT + 1,
             },
         };
         let e = rejected(&mut state, cmd);
-        assert!(matches!(e, MetaError::InvalidConfig { .. }), "{e:?}");
-        assert!(e.to_string().contains("limit of 16777216 bytes"), "{e}");
+        assert_eq!(
+            e,
+            MetaError::InvalidConfigValue {
+                key: ConfigKey::MaxRecordBytes,
+                value: "16777217".into()
+            }
+        );
+        assert!(e.to_string().contains("1 to 16777216 bytes"), "{e}");
+        let cmd = |config| MetaCommand::CreateTopicWithConfig {
+            name: "t".into(),
+            partitions: 1,
+            replication_factor: 1,
+            config,
+            live: vec![1],
+        };
+        let e = rejected(
+            &mut state,
+            cmd(TopicConfig {
+                retention_bytes: Some(1),
+                ..Default::default()
+            }),
+        );
+        assert!(e.to_string().contains("MIN_RETENTION_BYTES"), "{e}");
+        let config = TopicConfig {
+            max_record_bytes: MAX_RECORD_BYTES_LIMIT,
+            retention_ms: Some(-1),
+            cleanup_policy: Some(CleanupPolicy::CompactDelete),
+            ..Default::default()
+        };
+        let t = topic_of(state.apply(&cmd(config.clone())));
+        assert_eq!(t.config, config);
+        assert_eq!(state.topic("t").unwrap().config, config);
     }
 
     #[test]
@@ -1368,12 +1351,152 @@ mod tests {
             TopicConfig::default().effective_max_record_bytes(),
             DEFAULT_MAX_RECORD_BYTES
         );
+        let own = TopicConfig {
+            max_record_bytes: 10,
+            ..Default::default()
+        };
+        assert_eq!(own.effective_max_record_bytes(), 10);
+    }
+
+    fn alter(name: &str, set: &[ConfigSetting], reset: &[ConfigKey]) -> MetaCommand {
+        MetaCommand::AlterTopicConfig {
+            name: name.into(),
+            change: ConfigChange {
+                set: set.to_vec(),
+                reset: reset.to_vec(),
+            },
+        }
+    }
+
+    #[test]
+    fn alter_topic_config_changes_only_the_named_keys() {
+        let mut state = cluster(3);
+        let created = topic_of(state.apply(&create("t", 2, 3)));
+        let t = topic_of(state.apply(&alter(
+            "t",
+            &[
+                ConfigSetting::RetentionMs(60_000),
+                ConfigSetting::CleanupPolicy(CleanupPolicy::Compact),
+                ConfigSetting::MaxRecordBytes(100),
+            ],
+            &[],
+        )));
+        assert_eq!(t.config.retention_ms, Some(60_000));
+        assert_eq!(t.config.cleanup_policy, Some(CleanupPolicy::Compact));
+        assert_eq!(t.config.max_record_bytes, 100);
+        assert_eq!(t.config.retention_bytes, None);
+        // Only the config changed: same id, placement and leaders.
         assert_eq!(
+            (t.id, &t.partitions),
+            (created.id, &created.partitions),
+            "an alter moves nothing"
+        );
+        assert_eq!(state.topic("t"), Some(&t));
+        let t = topic_of(state.apply(&alter(
+            "t",
+            &[ConfigSetting::RetentionBytes(-1)],
+            &[ConfigKey::RetentionMs, ConfigKey::MaxRecordBytes],
+        )));
+        assert_eq!(
+            t.config,
             TopicConfig {
-                max_record_bytes: 10
+                retention_bytes: Some(-1),
+                cleanup_policy: Some(CleanupPolicy::Compact),
+                ..Default::default()
             }
-            .effective_max_record_bytes(),
-            10
+        );
+    }
+
+    #[test]
+    fn a_bad_alter_changes_nothing_and_says_why() {
+        let mut state = cluster(1);
+        topic_of(state.apply(&create("t", 1, 1)));
+        let e = rejected(
+            &mut state,
+            alter("nope", &[ConfigSetting::RetentionMs(1)], &[]),
+        );
+        assert_eq!(
+            e,
+            MetaError::UnknownTopic {
+                name: "nope".into()
+            }
+        );
+        let e = rejected(
+            &mut state,
+            alter(
+                "t",
+                &[
+                    ConfigSetting::RetentionMs(5),
+                    ConfigSetting::DeleteRetentionMs(-1),
+                ],
+                &[],
+            ),
+        );
+        assert!(
+            e.to_string().contains("delete_retention_ms = \"-1\""),
+            "{e}"
+        );
+        let e = rejected(
+            &mut state,
+            alter(
+                "t",
+                &[ConfigSetting::RetentionMs(5)],
+                &[ConfigKey::RetentionMs],
+            ),
+        );
+        assert_eq!(
+            e,
+            MetaError::ConfigKeyRepeated {
+                key: ConfigKey::RetentionMs
+            }
+        );
+        assert_eq!(
+            rejected(&mut state, alter("t", &[], &[])),
+            MetaError::NoConfigChange
+        );
+    }
+
+    #[test]
+    fn commands_logged_before_log_settings_still_decode() {
+        // The new commands come after every older one, and the older create commands keep
+        // the config shape they were logged with.
+        let old = MetaCommand::CreateTopicOnLive {
+            name: "t".into(),
+            partitions: 1,
+            replication_factor: 1,
+            config: TopicConfigV1 {
+                max_record_bytes: 7,
+            },
+            live: vec![1],
+        };
+        let bytes = postcard::to_stdvec(&old).unwrap();
+        assert_eq!(bytes, [5, 1, b't', 1, 1, 7, 1, 1]);
+        assert_eq!(postcard::from_bytes::<MetaCommand>(&bytes).unwrap(), old);
+        let check = MetaCommand::CheckProducer { id: 1 };
+        assert_eq!(postcard::to_stdvec(&check).unwrap()[0], 10);
+        let with_config = MetaCommand::CreateTopicWithConfig {
+            name: "t".into(),
+            partitions: 1,
+            replication_factor: 1,
+            config: TopicConfig::default(),
+            live: vec![1],
+        };
+        assert_eq!(postcard::to_stdvec(&with_config).unwrap()[0], 11);
+        let a = alter("t", &[ConfigSetting::RetentionMs(1)], &[]);
+        assert_eq!(postcard::to_stdvec(&a).unwrap()[0], 12);
+        assert_eq!(
+            postcard::from_bytes::<MetaCommand>(&postcard::to_stdvec(&a).unwrap()).unwrap(),
+            a
+        );
+        // The old command's topic gets the cluster defaults for the log settings.
+        let mut state = cluster(1);
+        let t = topic_of(state.apply(&old));
+        assert_eq!(
+            t.config,
+            TopicConfig {
+                max_record_bytes: 7,
+                ..Default::default()
+            }
         );
     }
 

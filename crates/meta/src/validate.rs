@@ -2,8 +2,9 @@
 //!
 //! The same functions guard [`crate::MetaState::apply`] (reject a bad command) and
 //! [`crate::MetaState::validate`] (a state holding a bad name or address is corrupt), so the
-//! two can never disagree about what is allowed. (A topic config's check,
-//! [`crate::validate_topic_config`], is beside the config, in `state`.)
+//! two can never disagree about what is allowed. (A topic config's checks,
+//! [`crate::validate_topic_config`] and the rest, are beside the config, in
+//! [`crate::topic_config`].)
 
 use crate::error::{MetaError, clip};
 use crate::limits::{MAX_ADDRESS_LEN, MAX_PRODUCER_NAME_LEN, MAX_TOPIC_NAME_LEN};

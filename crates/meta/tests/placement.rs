@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use fjord_meta::{
-    GroupId, LeaderMove, MetaCommand, MetaResponse, MetaState, NodeId, TopicConfig,
+    GroupId, LeaderMove, MetaCommand, MetaResponse, MetaState, NodeId, TopicConfigV1,
     assign_replicas, plan_leader_moves,
 };
 use proptest::prelude::*;
@@ -63,7 +63,7 @@ proptest! {
                 name: format!("t{i}"),
                 partitions: *partitions,
                 replication_factor: rf.index(nodes as usize) as u32 + 1,
-                config: TopicConfig::default(),
+                config: TopicConfigV1::default(),
             };
             prop_assert!(matches!(state.apply(&cmd), MetaResponse::Topic(_)));
             prop_assert!(spread(&state.replica_counts()) <= 1, "{:?}", state.replica_counts());
@@ -113,7 +113,7 @@ fn case(rf_all: bool) -> impl Strategy<Value = Case> {
                         name: format!("t{i}"),
                         partitions,
                         replication_factor: rf,
-                        config: TopicConfig::default(),
+                        config: TopicConfigV1::default(),
                     };
                     assert!(matches!(state.apply(&cmd), MetaResponse::Topic(_)));
                 }

@@ -7,7 +7,8 @@
 use std::collections::BTreeSet;
 
 use fjord_meta::{
-    MAX_RECORD_BYTES_LIMIT, MetaCommand, MetaResponse, MetaState, TopicConfig, group_id,
+    CleanupPolicy, ConfigChange, ConfigKey, ConfigSetting, MAX_RECORD_BYTES_LIMIT, MetaCommand,
+    MetaError, MetaResponse, MetaState, TopicConfig, TopicConfigV1, group_id,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -52,8 +53,26 @@ fn command() -> impl Strategy<Value = MetaCommand> {
                 name,
                 partitions,
                 replication_factor,
-                config: TopicConfig { max_record_bytes },
+                config: TopicConfigV1 { max_record_bytes },
             }
+        });
+    let create_with = (topic_name(), 1u32..4, 0u32..3, topic_config()).prop_map(
+        |(name, partitions, replication_factor, config)| MetaCommand::CreateTopicWithConfig {
+            name,
+            partitions,
+            replication_factor,
+            config,
+            live: (1..=6).collect(),
+        },
+    );
+    let alter = (
+        topic_name(),
+        prop::collection::vec(setting(), 0..4),
+        prop::collection::vec(select(ConfigKey::ALL.to_vec()), 0..3),
+    )
+        .prop_map(|(name, set, reset)| MetaCommand::AlterTopicConfig {
+            name,
+            change: ConfigChange { set, reset },
         });
     let delete = topic_name().prop_map(|name| MetaCommand::DeleteTopic { name });
     let report =
@@ -70,7 +89,137 @@ fn command() -> impl Strategy<Value = MetaCommand> {
         1 => delete,
         4 => report,
         1 => Just(MetaCommand::AllocateProducerId),
+        2 => create_with,
+        4 => alter,
     ]
+}
+
+/// Values at, inside and just past each limit.
+fn duration() -> impl Strategy<Value = i64> {
+    select(vec![
+        -2,
+        -1,
+        0,
+        1,
+        60_000,
+        3_153_600_000_000,
+        3_153_600_000_001,
+    ])
+}
+
+fn bytes() -> impl Strategy<Value = i64> {
+    select(vec![
+        -2,
+        -1,
+        0,
+        (1 << 20) - 1,
+        1 << 20,
+        1 << 50,
+        (1 << 50) + 1,
+    ])
+}
+
+fn policy() -> impl Strategy<Value = CleanupPolicy> {
+    select(vec![
+        CleanupPolicy::Delete,
+        CleanupPolicy::Compact,
+        CleanupPolicy::CompactDelete,
+    ])
+}
+
+fn setting() -> impl Strategy<Value = ConfigSetting> {
+    prop_oneof![
+        duration().prop_map(ConfigSetting::RetentionMs),
+        bytes().prop_map(ConfigSetting::RetentionBytes),
+        policy().prop_map(ConfigSetting::CleanupPolicy),
+        duration().prop_map(ConfigSetting::DeleteRetentionMs),
+        duration().prop_map(ConfigSetting::MinCompactionLagMs),
+        select(vec![
+            0,
+            1,
+            MAX_RECORD_BYTES_LIMIT,
+            MAX_RECORD_BYTES_LIMIT + 1
+        ])
+        .prop_map(ConfigSetting::MaxRecordBytes),
+    ]
+}
+
+fn topic_config() -> impl Strategy<Value = TopicConfig> {
+    (
+        select(vec![
+            0,
+            1,
+            MAX_RECORD_BYTES_LIMIT,
+            MAX_RECORD_BYTES_LIMIT + 1,
+        ]),
+        proptest::option::of(duration()),
+        proptest::option::of(bytes()),
+        proptest::option::of(policy()),
+        proptest::option::of(duration()),
+        proptest::option::of(duration()),
+    )
+        .prop_map(|(max, rms, rb, cp, drms, lag)| TopicConfig {
+            max_record_bytes: max,
+            retention_ms: rms,
+            retention_bytes: rb,
+            cleanup_policy: cp,
+            delete_retention_ms: drms,
+            min_compaction_lag_ms: lag,
+        })
+}
+
+/// The limits of each setting, written out again as the model (not through the crate's
+/// checks).
+fn model_valid(s: ConfigSetting) -> bool {
+    const CENTURY_MS: i64 = 100 * 365 * 24 * 3600 * 1000;
+    match s {
+        ConfigSetting::RetentionMs(v) => v == -1 || (1..=CENTURY_MS).contains(&v),
+        ConfigSetting::RetentionBytes(v) => v == -1 || ((1 << 20)..=(1 << 50)).contains(&v),
+        ConfigSetting::CleanupPolicy(_) => true,
+        ConfigSetting::DeleteRetentionMs(v) | ConfigSetting::MinCompactionLagMs(v) => {
+            (0..=CENTURY_MS).contains(&v)
+        }
+        ConfigSetting::MaxRecordBytes(v) => v <= 16 << 20,
+    }
+}
+
+/// The config an alter should produce from `old`, by the model: `None` if it must be refused.
+fn model_alter(old: &TopicConfig, change: &ConfigChange) -> Option<TopicConfig> {
+    let keys: Vec<ConfigKey> = change
+        .set
+        .iter()
+        .map(|s| s.key())
+        .chain(change.reset.iter().copied())
+        .collect();
+    let distinct: BTreeSet<ConfigKey> = keys.iter().copied().collect();
+    if keys.is_empty()
+        || distinct.len() != keys.len()
+        || !change.set.iter().all(|s| model_valid(*s))
+    {
+        return None;
+    }
+    let mut c = old.clone();
+    for s in &change.set {
+        match *s {
+            ConfigSetting::RetentionMs(v) => c.retention_ms = Some(v),
+            ConfigSetting::RetentionBytes(v) => c.retention_bytes = Some(v),
+            ConfigSetting::CleanupPolicy(p) => c.cleanup_policy = Some(p),
+            ConfigSetting::DeleteRetentionMs(v) => c.delete_retention_ms = Some(v),
+            ConfigSetting::MinCompactionLagMs(v) => c.min_compaction_lag_ms = Some(v),
+            ConfigSetting::MaxRecordBytes(v) => c.max_record_bytes = v,
+        }
+    }
+    for k in &change.reset {
+        match k {
+            ConfigKey::RetentionMs => c.retention_ms = None,
+            ConfigKey::RetentionBytes => c.retention_bytes = None,
+            ConfigKey::CleanupPolicy => c.cleanup_policy = None,
+            ConfigKey::DeleteRetentionMs => c.delete_retention_ms = None,
+            ConfigKey::MinCompactionLagMs => c.min_compaction_lag_ms = None,
+            ConfigKey::MaxRecordBytes => c.max_record_bytes = 0,
+        }
+    }
+    Some(c)
 }
 
 /// Whether `state` is the default (counters 0) or `new()` (counters 1) start.
@@ -100,7 +249,32 @@ proptest! {
             let resp = state.apply(cmd);
             prop_assert_eq!(state.validate(), Ok(()), "after {:?}", cmd);
             match (&resp, cmd) {
-                (MetaResponse::Error(_), _) => prop_assert_eq!(&state, &before, "rejected {:?} changed state", cmd),
+                (MetaResponse::Error(e), _) => {
+                    prop_assert_eq!(&state, &before, "rejected {:?} changed state", cmd);
+                    if let MetaCommand::AlterTopicConfig { name, change } = cmd
+                        && let Some(t) = before.topic(name)
+                    {
+                        prop_assert_eq!(model_alter(&t.config, change), None, "{:?} refused: {}", cmd, e);
+                    }
+                    if let MetaCommand::CreateTopicWithConfig { config, .. } = cmd
+                        && matches!(e, MetaError::InvalidConfigValue { .. })
+                    {
+                        prop_assert!(!config.settings().all(model_valid), "{:?} refused: {}", cmd, e);
+                    }
+                }
+                (MetaResponse::Topic(t), MetaCommand::AlterTopicConfig { name, change }) => {
+                    let old = before.topic(name).expect("an alter of a topic that exists");
+                    prop_assert_eq!(Some(t.config.clone()), model_alter(&old.config, change));
+                    prop_assert_eq!(&t.partitions, &old.partitions, "an alter moves nothing");
+                    prop_assert_eq!(state.topic(name), Some(t));
+                }
+                (MetaResponse::Topic(t), MetaCommand::CreateTopicWithConfig { name, config, .. }) => {
+                    prop_assert!(config.settings().all(model_valid), "{:?} accepted", config);
+                    prop_assert_eq!(&t.config, config);
+                    prop_assert!(topics.insert(name.clone()), "created {} twice", name);
+                    prop_assert!(t.id > last_topic_id, "topic id {} after {}", t.id, last_topic_id);
+                    last_topic_id = t.id;
+                }
                 (MetaResponse::Topic(t), MetaCommand::CreateTopic { name, partitions, .. }) => {
                     prop_assert!(topics.insert(name.clone()), "created {} twice", name);
                     prop_assert!(t.id > last_topic_id, "topic id {} after {}", t.id, last_topic_id);
@@ -151,6 +325,19 @@ proptest! {
         prop_assert_eq!(a, b);
     }
 
+    /// Snapshots and log entries are postcard: every command and state decodes as itself.
+    #[test]
+    fn commands_and_states_round_trip_through_postcard(commands in prop::collection::vec(command(), 0..60)) {
+        let mut state = MetaState::new();
+        for cmd in &commands {
+            let bytes = postcard::to_stdvec(cmd).expect("encode");
+            prop_assert_eq!(&postcard::from_bytes::<MetaCommand>(&bytes).expect("decode"), cmd);
+            state.apply(cmd);
+        }
+        let bytes = postcard::to_stdvec(&state).expect("encode");
+        prop_assert_eq!(postcard::from_bytes::<MetaState>(&bytes).expect("decode"), state);
+    }
+
     #[test]
     fn snapshot_round_trips_through_json(commands in prop::collection::vec(command(), 0..60)) {
         let mut state = MetaState::new();
@@ -175,7 +362,7 @@ fn commands_and_responses_round_trip_through_json() {
             name: "t".into(),
             partitions: 2,
             replication_factor: 1,
-            config: TopicConfig {
+            config: TopicConfigV1 {
                 max_record_bytes: 5,
             },
         },
@@ -183,7 +370,7 @@ fn commands_and_responses_round_trip_through_json() {
             name: "t".into(),
             partitions: 2,
             replication_factor: 1,
-            config: TopicConfig::default(),
+            config: TopicConfigV1::default(),
         },
         MetaCommand::ReportLeader {
             group_id: group_id(1, 0),

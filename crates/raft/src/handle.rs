@@ -117,9 +117,13 @@ pub enum Busy {
 /// A bug, or local state that cannot be read.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Internal {
-    /// The state machine answered something that does not fit the request.
+    /// The state machine answered something that does not fit the request. (Boxed: a
+    /// response may hold a whole topic, and this error travels in every group's results.)
     #[error("unexpected {what} response {got:?}")]
-    UnexpectedResponse { what: &'static str, got: Response },
+    UnexpectedResponse {
+        what: &'static str,
+        got: Box<Response>,
+    },
     /// Starting a hibernated group's instance again panicked (the log has the panic).
     #[error("starting group {group} again panicked")]
     StartPanicked { group: u64 },
@@ -1328,7 +1332,7 @@ impl PartitionHandle {
             Response::DeleteRecords { log_start_offset } => Ok(log_start_offset),
             got => Err(Internal::UnexpectedResponse {
                 what: "partition",
-                got,
+                got: Box::new(got),
             }
             .into()),
         }
@@ -1356,7 +1360,7 @@ impl PartitionHandle {
                 Response::Batch(o) => Ok(o),
                 got => Err(Internal::UnexpectedResponse {
                     what: "partition",
-                    got,
+                    got: Box::new(got),
                 }
                 .into()),
             },
@@ -1388,7 +1392,11 @@ impl PartitionHandle {
                 c = &mut committed => match c {
                     Ok(Ok(resp)) => match resp.data {
                         Response::Batch(o) => Ok(o),
-                        got => Err(Internal::UnexpectedResponse { what: "partition", got }.into()),
+                        got => Err(Internal::UnexpectedResponse {
+                            what: "partition",
+                            got: Box::new(got),
+                        }
+                        .into()),
                     },
                     Ok(Err(e)) => Err(write_error(RaftError::APIError(e))),
                     Err(_) => Err(Unavailable::Stopped.into()),
@@ -1447,7 +1455,7 @@ impl MetaHandle {
             Response::Meta(r) => Ok(r),
             got => Err(Internal::UnexpectedResponse {
                 what: "metadata",
-                got,
+                got: Box::new(got),
             }
             .into()),
         }

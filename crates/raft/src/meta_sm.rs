@@ -33,6 +33,21 @@ pub struct MetaView {
     pub state: MetaState,
 }
 
+/// The first byte of a metadata snapshot in today's format, before the encoded
+/// [`MetaView`]. Snapshots of earlier formats start with the `Option` tag of `last_applied`
+/// (0 or 1), so no snapshot of one format can be taken for another. The next format that
+/// changes a shape inside the state (not only appending at its end) takes the next byte.
+pub const VIEW_FORMAT: u8 = 4;
+
+/// [`MetaView`] as snapshots written before the log settings encode it, without a format byte
+/// (see [`fjord_meta::MetaStateV3`]).
+#[derive(Serialize, Deserialize)]
+struct MetaViewV3 {
+    last_applied: Option<LogIdOf<TypeConfig>>,
+    membership: StoredMembershipOf<TypeConfig>,
+    state: fjord_meta::MetaStateV3,
+}
+
 /// [`MetaView`] as snapshots written before identities encode it (see
 /// [`fjord_meta::MetaStateV1`]).
 #[derive(Serialize, Deserialize)]
@@ -51,28 +66,42 @@ struct MetaViewV2 {
     state: fjord_meta::MetaStateV2,
 }
 
-/// Decodes a metadata snapshot, of this version or of an earlier one. Each version appends
-/// fields to the last, so a snapshot of an earlier version ends before a later version's
-/// fields and fails to decode as that version.
+/// Encodes a metadata snapshot: [`VIEW_FORMAT`], then the view.
+pub fn encode_view(view: &MetaView) -> Result<Vec<u8>, codec::EncodeError> {
+    codec::encode(&(VIEW_FORMAT, view), "metadata snapshot")
+}
+
+/// Decodes a metadata snapshot, of this format or of an earlier one.
 pub fn decode_view(bytes: &[u8]) -> Result<MetaView, io::Error> {
     let what = "metadata snapshot";
-    codec::decode::<MetaView>(bytes, what).or_else(|e| {
-        if let Ok(v) = codec::decode::<MetaViewV2>(bytes, what) {
-            return Ok(MetaView {
-                last_applied: v.last_applied,
-                membership: v.membership,
-                state: v.state.into(),
-            });
-        }
-        match codec::decode::<MetaViewV1>(bytes, what) {
-            Ok(v) => Ok(MetaView {
-                last_applied: v.last_applied,
-                membership: v.membership,
-                state: v.state.into(),
-            }),
-            Err(_) => Err(e.into()),
-        }
-    })
+    if bytes.first() == Some(&VIEW_FORMAT) {
+        let (_, view) = codec::decode::<(u8, MetaView)>(bytes, what)?;
+        return Ok(view);
+    }
+    decode_unmarked_view(bytes)
+}
+
+/// Decodes a snapshot written before [`VIEW_FORMAT`]. Each of those formats appended fields
+/// to the last, so one of an earlier format ends before a later one's fields and fails to
+/// decode as it: the newest is tried first.
+fn decode_unmarked_view(bytes: &[u8]) -> Result<MetaView, io::Error> {
+    let what = "metadata snapshot";
+    let convert = |last_applied, membership, state: MetaState| MetaView {
+        last_applied,
+        membership,
+        state,
+    };
+    codec::decode::<MetaViewV3>(bytes, what)
+        .map(|v| convert(v.last_applied, v.membership, v.state.into()))
+        .or_else(|e| {
+            if let Ok(v) = codec::decode::<MetaViewV2>(bytes, what) {
+                return Ok(convert(v.last_applied, v.membership, v.state.into()));
+            }
+            match codec::decode::<MetaViewV1>(bytes, what) {
+                Ok(v) => Ok(convert(v.last_applied, v.membership, v.state.into())),
+                Err(_) => Err(e.into()),
+            }
+        })
 }
 
 /// Log entries [`stored_state`] reads, at most (the metadata log is snapshotted every 1,000).
@@ -157,7 +186,7 @@ impl RaftSnapshotBuilder<TypeConfig> for MetaSm {
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
         // The builder is a copy taken when openraft asked for it: a consistent state.
-        let data = codec::encode(&self.view, "metadata snapshot")?;
+        let data = encode_view(&self.view)?;
         self.store
             .write(vec![Op::Put {
                 group: self.group,
@@ -278,11 +307,80 @@ mod tests {
         let mut new = view.clone();
         new.state.cluster_id = 9;
         assert_eq!(
-            decode_view(&codec::encode(&new, "view").unwrap())
+            decode_view(&encode_view(&new).unwrap())
                 .unwrap()
                 .state
                 .cluster_id,
             9
+        );
+    }
+
+    fn old_topic() -> fjord_meta::TopicV1 {
+        fjord_meta::TopicV1 {
+            id: 1,
+            name: "orders".into(),
+            replication_factor: 1,
+            config: fjord_meta::TopicConfigV1 {
+                max_record_bytes: 300,
+            },
+            partitions: vec![fjord_meta::PartitionAssignment {
+                partition: 0,
+                group_id: fjord_meta::group_id(1, 0),
+                replicas: vec![1],
+                leader: None,
+                leader_epoch: 0,
+            }],
+        }
+    }
+
+    /// A node upgraded from a version without log settings opens its metadata snapshot, and
+    /// the snapshot it writes next cannot be taken for an older format.
+    #[test]
+    fn a_snapshot_from_before_log_settings_decodes() {
+        let old = MetaViewV3 {
+            last_applied: None,
+            membership: Default::default(),
+            state: fjord_meta::MetaStateV3 {
+                nodes: [(
+                    1,
+                    fjord_meta::NodeInfo {
+                        id: 1,
+                        address: "h:1".into(),
+                    },
+                )]
+                .into(),
+                topics: [("orders".to_string(), old_topic())].into(),
+                next_topic_id: 2,
+                next_producer_id: 3,
+                ..Default::default()
+            },
+        };
+        let bytes = codec::encode(&old, "old view").unwrap();
+        assert!(bytes[0] <= 1, "an Option tag");
+        let view = decode_view(&bytes).unwrap();
+        let t = view.state.topic("orders").unwrap();
+        assert_eq!(t.config.max_record_bytes, 300);
+        assert_eq!(t.config.retention_ms, None);
+        assert_eq!(view.state.validate(), Ok(()));
+
+        let mut new = view.clone();
+        new.state
+            .topics
+            .get_mut("orders")
+            .unwrap()
+            .config
+            .retention_ms = Some(60_000);
+        let bytes = encode_view(&new).unwrap();
+        assert_eq!(bytes[0], VIEW_FORMAT);
+        assert!(codec::decode::<MetaViewV3>(&bytes, "v").is_err());
+        let back = decode_view(&bytes).unwrap();
+        assert_eq!(back.state, new.state);
+        // A snapshot of an empty state too (its old and new encodings would otherwise be
+        // the same bytes).
+        let empty = MetaView::default();
+        assert_eq!(
+            decode_view(&encode_view(&empty).unwrap()).unwrap().state,
+            empty.state
         );
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use fjord_meta::{CleanupPolicy, LogDefaults};
 use serde::Deserialize;
 
 /// Settings of one `fjord serve` process.
@@ -126,6 +127,39 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = defaults::DISK_CHECK_INTERVAL_MS)]
     #[serde(default = "default_disk_check_ms")]
     pub disk_check_interval_ms: u64,
+    /// `retention_ms` of topics that do not set their own (Kafka's `log.retention.ms`): how
+    /// long records are kept, in ms. -1 (unlimited) or 1 to 3,153,600,000,000
+    /// (MAX_CONFIG_DURATION_MS, 100 years). Each node resolves defaults with its own flags:
+    /// give every node the same.
+    #[arg(long, default_value_t = defaults::RETENTION_MS, allow_negative_numbers = true)]
+    #[serde(default = "default_retention_ms")]
+    pub default_retention_ms: i64,
+    /// `retention_bytes` of topics that do not set their own (Kafka's `log.retention.bytes`):
+    /// the bytes a partition keeps. -1 (unlimited) or 1,048,576 (MIN_RETENTION_BYTES) to 2^50
+    /// (MAX_RETENTION_BYTES).
+    #[arg(long, default_value_t = defaults::RETENTION_BYTES, allow_negative_numbers = true)]
+    #[serde(default = "default_retention_bytes")]
+    pub default_retention_bytes: i64,
+    /// `cleanup_policy` of topics that do not set their own (Kafka's `log.cleanup.policy`):
+    /// `delete`, `compact` or `compact,delete`.
+    #[arg(long, default_value_t = defaults::CLEANUP_POLICY)]
+    #[serde(
+        default = "default_cleanup_policy",
+        deserialize_with = "de_cleanup_policy"
+    )]
+    pub default_cleanup_policy: CleanupPolicy,
+    /// `delete_retention_ms` of topics that do not set their own (Kafka's
+    /// `log.cleaner.delete.retention.ms`): how long a tombstone survives compaction, in ms.
+    /// 0 to 3,153,600,000,000 (MAX_CONFIG_DURATION_MS).
+    #[arg(long, default_value_t = defaults::DELETE_RETENTION_MS)]
+    #[serde(default = "default_delete_retention_ms")]
+    pub default_delete_retention_ms: i64,
+    /// `min_compaction_lag_ms` of topics that do not set their own (Kafka's
+    /// `log.cleaner.min.compaction.lag.ms`): how long a record stays uncompacted at least, in
+    /// ms. 0 to 3,153,600,000,000 (MAX_CONFIG_DURATION_MS).
+    #[arg(long, default_value_t = defaults::MIN_COMPACTION_LAG_MS)]
+    #[serde(default = "default_min_compaction_lag_ms")]
+    pub default_min_compaction_lag_ms: i64,
 }
 
 /// Every default, written once (the flags and the TOML file both take them from here).
@@ -145,6 +179,11 @@ pub mod defaults {
         fjord_groups::limits::DEFAULT_OFFSET_RETENTION_MS as u64;
     pub const RETENTION_CHECK_INTERVAL_MS: u64 = 1000;
     pub const DISK_CHECK_INTERVAL_MS: u64 = 500;
+    pub const RETENTION_MS: i64 = fjord_meta::DEFAULT_RETENTION_MS;
+    pub const RETENTION_BYTES: i64 = fjord_meta::DEFAULT_RETENTION_BYTES;
+    pub const CLEANUP_POLICY: fjord_meta::CleanupPolicy = fjord_meta::CleanupPolicy::Delete;
+    pub const DELETE_RETENTION_MS: i64 = fjord_meta::DEFAULT_DELETE_RETENTION_MS;
+    pub const MIN_COMPACTION_LAG_MS: i64 = fjord_meta::DEFAULT_MIN_COMPACTION_LAG_MS;
 }
 
 /// The range of `disk_check_interval_ms`.
@@ -188,6 +227,28 @@ fn default_group_partitions() -> u32 {
 }
 fn default_disk_check_ms() -> u64 {
     defaults::DISK_CHECK_INTERVAL_MS
+}
+fn default_retention_ms() -> i64 {
+    defaults::RETENTION_MS
+}
+fn default_retention_bytes() -> i64 {
+    defaults::RETENTION_BYTES
+}
+fn default_cleanup_policy() -> CleanupPolicy {
+    defaults::CLEANUP_POLICY
+}
+fn default_delete_retention_ms() -> i64 {
+    defaults::DELETE_RETENTION_MS
+}
+fn default_min_compaction_lag_ms() -> i64 {
+    defaults::MIN_COMPACTION_LAG_MS
+}
+
+/// A cleanup policy in a TOML file, spelt as on the command line (`compact,delete`).
+fn de_cleanup_policy<'de, D: serde::Deserializer<'de>>(d: D) -> Result<CleanupPolicy, D::Error> {
+    String::deserialize(d)?
+        .parse()
+        .map_err(serde::de::Error::custom)
 }
 
 /// Initial metadata voters: node id → address.
@@ -309,6 +370,10 @@ pub enum ConfigError {
     GroupRetention { value: u64, min: i64, max: i64 },
     #[error("disk_check_interval_ms must be {} to {}, got {value}", DISK_CHECK_INTERVAL_MS_RANGE.start(), DISK_CHECK_INTERVAL_MS_RANGE.end())]
     DiskCheckInterval { value: u64 },
+    /// A `default_*` log setting outside the limits a topic's own value has. (The error is
+    /// in the message, not a source: printed as a chain it would say it twice.)
+    #[error("the default log settings (--default-*, default_* in a file): {0}")]
+    LogDefault(fjord_meta::MetaError),
 }
 
 impl ServeConfig {
@@ -382,7 +447,21 @@ impl ServeConfig {
                 value: self.disk_check_interval_ms,
             });
         }
+        self.log_defaults()
+            .validate()
+            .map_err(ConfigError::LogDefault)?;
         self.validate_groups()
+    }
+
+    /// The log settings of topics that do not set their own (`default_*`).
+    pub fn log_defaults(&self) -> LogDefaults {
+        LogDefaults {
+            retention_ms: self.default_retention_ms,
+            retention_bytes: self.default_retention_bytes,
+            cleanup_policy: self.default_cleanup_policy,
+            delete_retention_ms: self.default_delete_retention_ms,
+            min_compaction_lag_ms: self.default_min_compaction_lag_ms,
+        }
     }
 
     /// The consumer group settings.
@@ -478,6 +557,57 @@ peers = "1=10.0.0.1:7101,2=10.0.0.2:7101,3=10.0.0.3:7101"
         assert_eq!(cfg.min_free_disk_bytes, None);
         assert_eq!(cfg.disk_check_interval_ms, 500);
         assert_eq!(cfg.advertised_address(), "10.0.0.1:7101");
+        assert_eq!(cfg.log_defaults(), LogDefaults::default());
+    }
+
+    /// The per-node configs in `deploy/config`, every key written out.
+    #[test]
+    fn deploy_configs_parse() {
+        for (id, text) in [
+            (1, include_str!("../../../deploy/config/node1.toml")),
+            (2, include_str!("../../../deploy/config/node2.toml")),
+            (3, include_str!("../../../deploy/config/node3.toml")),
+        ] {
+            let cfg = from_toml(text).unwrap_or_else(|e| panic!("node{id}.toml: {e}"));
+            assert_eq!(cfg.id, id);
+            assert_eq!(cfg.log_defaults(), LogDefaults::default());
+        }
+    }
+
+    #[test]
+    fn log_defaults_take_the_limits_of_a_topics_own_values() {
+        let base = "id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\npeers = \"1=a:1\"\n";
+        let cfg = from_toml(&format!(
+            "{base}default_retention_ms = -1\ndefault_retention_bytes = 1073741824\n\
+             default_cleanup_policy = \"compact,delete\"\ndefault_delete_retention_ms = 0\n\
+             default_min_compaction_lag_ms = 5000"
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.log_defaults(),
+            LogDefaults {
+                retention_ms: -1,
+                retention_bytes: 1 << 30,
+                cleanup_policy: CleanupPolicy::CompactDelete,
+                delete_retention_ms: 0,
+                min_compaction_lag_ms: 5000,
+            }
+        );
+        for (bad, says) in [
+            ("default_retention_ms = 0", "retention_ms = \"0\""),
+            ("default_retention_bytes = 100", "MIN_RETENTION_BYTES"),
+            ("default_delete_retention_ms = -5", "delete_retention_ms"),
+            (
+                "default_min_compaction_lag_ms = 3153600000001",
+                "MAX_CONFIG_DURATION_MS",
+            ),
+        ] {
+            let e = from_toml(&format!("{base}{bad}")).unwrap_err();
+            assert!(matches!(e, ConfigError::LogDefault(_)), "{bad}: {e}");
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+        let e = from_toml(&format!("{base}default_cleanup_policy = \"shred\"")).unwrap_err();
+        assert!(e.to_string().contains("\"compact,delete\""), "{e}");
     }
 
     #[test]

@@ -213,7 +213,7 @@ impl Coordinator {
         }
         let service = crate::service::ClientService { node: node.clone() };
         let live = service.live_nodes().await;
-        let cmd = MetaCommand::CreateTopicOnLive {
+        let cmd = MetaCommand::CreateTopicWithConfig {
             name: fjord_groups::GROUPS_TOPIC.to_string(),
             partitions: node.group_partitions(),
             replication_factor: 0,
@@ -904,7 +904,7 @@ impl Runner {
                     return Err(fjord_raft::GroupError::Internal(
                         fjord_raft::handle::Internal::UnexpectedResponse {
                             what: "coordinator batch",
-                            got: fjord_raft::Response::Batch(other),
+                            got: Box::new(fjord_raft::Response::Batch(other)),
                         },
                     ));
                 }

@@ -586,6 +586,40 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_topic_config_is_an_invalid_argument_naming_key_value_and_limit() {
+        let e = ApiError::from(MetaError::InvalidConfigValue {
+            key: fjord_meta::ConfigKey::RetentionBytes,
+            value: "5".into(),
+        });
+        assert_eq!(e.code(), Code::InvalidArgument);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("retention_bytes = \"5\"") && msg.contains("MIN_RETENTION_BYTES"),
+            "{msg}"
+        );
+        for e in [
+            MetaError::UnknownConfigKey { key: "x".into() },
+            MetaError::NoConfigChange,
+            MetaError::ConfigKeyRepeated {
+                key: fjord_meta::ConfigKey::CleanupPolicy,
+            },
+        ] {
+            assert_eq!(ApiError::from(e).code(), Code::InvalidArgument);
+        }
+        let internal = ApiError::from(Invalid::ReservedTopic {
+            topic: "__fjord_groups".into(),
+            action: "alter the config of",
+        });
+        assert_eq!(internal.code(), Code::InvalidArgument);
+        assert!(
+            internal
+                .to_string()
+                .contains("clients cannot alter the config of it"),
+            "{internal}"
+        );
+    }
+
+    #[test]
     fn each_kind_keeps_its_code_and_says_what_it_is_about() {
         let partition = || Subject::Partition {
             topic: "t".into(),

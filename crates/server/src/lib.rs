@@ -11,7 +11,8 @@
 //! - [`service`]: the client gRPC API (`fjord.v1.Fjord`); [`wire`]: its produce and fetch
 //!   messages as domain types and back; [`data`]: the produce and fetch paths, on those
 //!   types; [`producer_ids`]: producer ids, named producers' epochs, and the check of a
-//!   batch's producer before it is proposed.
+//!   batch's producer before it is proposed; [`topic_wire`]: a topic's settings (config,
+//!   settings in force, alters) as domain types and back.
 //! - [`coordinator`]: consumer group coordinators, one runner per `__fjord_groups` partition
 //!   this node leads, running [`fjord_groups`]' decisions; [`group_wire`]: the group
 //!   messages as domain types and back; [`lag`]: a description's lag in time (one record
@@ -49,6 +50,7 @@ pub mod rebuild;
 pub mod reconcile;
 pub mod retention;
 pub mod service;
+pub mod topic_wire;
 pub mod wire;
 
 use std::sync::Arc;

@@ -157,6 +157,8 @@ pub struct Node {
     retention_check_interval_ms: u64,
     /// Whether this node's disk has room for produces (see [`crate::disk`]).
     disk: Arc<crate::disk::DiskGate>,
+    /// The log settings of topics that do not set their own (`--default-*`, validated).
+    log_defaults: fjord_meta::LogDefaults,
 }
 
 impl Node {
@@ -226,6 +228,7 @@ impl Node {
                 &config.data_dir,
                 config.min_free_disk_bytes,
             )),
+            log_defaults: config.log_defaults(),
         }))
     }
 
@@ -428,6 +431,37 @@ impl Node {
     /// Whether this node's disk has room for produces (fed by [`crate::disk::watch_space`]).
     pub fn disk(&self) -> &Arc<crate::disk::DiskGate> {
         &self.disk
+    }
+
+    /// The log settings of topics that do not set their own (`--default-*`).
+    pub fn log_defaults(&self) -> fjord_meta::LogDefaults {
+        self.log_defaults
+    }
+
+    /// The log settings in force for topic `name` (its own, else this node's defaults), as
+    /// of this node's applied metadata; `None` for a topic it does not know.
+    pub fn topic_log_config(&self, name: &str) -> Option<fjord_meta::EffectiveLogConfig> {
+        let view = self.view();
+        Some(view.state.topic(name)?.config.effective(&self.log_defaults))
+    }
+
+    /// [`Node::topic_log_config`] of the topic with id `topic_id`.
+    pub fn topic_log_config_by_id(&self, topic_id: u32) -> Option<fjord_meta::EffectiveLogConfig> {
+        let view = self.view();
+        Some(
+            view.state
+                .topic_by_id(topic_id)?
+                .config
+                .effective(&self.log_defaults),
+        )
+    }
+
+    /// The log settings in force for partition group `group`: its topic's
+    /// ([`Node::topic_log_config`]); `None` for the metadata group and unknown groups.
+    pub fn partition_log_config(&self, group: GroupId) -> Option<fjord_meta::EffectiveLogConfig> {
+        let view = self.view();
+        let (topic, _) = view.state.partition_by_group(group)?;
+        Some(topic.config.effective(&self.log_defaults))
     }
 
     /// A fresh token for a proposal (see `StoredBatch::token`).

@@ -113,7 +113,7 @@ fn init_of(me: NodeId, state: &MetaState, group: GroupId, replicas: &[NodeId]) -
 
 #[cfg(test)]
 mod tests {
-    use fjord_meta::{MetaCommand, MetaResponse, TopicConfig, group_id};
+    use fjord_meta::{MetaCommand, MetaResponse, TopicConfigV1, group_id};
 
     use super::*;
 
@@ -135,7 +135,7 @@ mod tests {
             name: name.into(),
             partitions,
             replication_factor: 3,
-            config: TopicConfig::default(),
+            config: TopicConfigV1::default(),
         });
         let MetaResponse::Topic(t) = resp else {
             panic!("{resp:?}")

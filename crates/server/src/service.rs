@@ -15,6 +15,7 @@ use crate::error::{ApiError, Invalid};
 use crate::group_wire;
 use crate::live::{self, LiveSet};
 use crate::node::Node;
+use crate::topic_wire;
 
 /// How long CreateTopic waits for the new partitions to elect leaders before answering (the
 /// topic exists either way). Well under the clients' default request timeout (10 s): a create
@@ -69,6 +70,7 @@ delegate! {
     delete_topic(DeleteTopicRequest) -> DeleteTopicResponse;
     list_topics(ListTopicsRequest) -> ListTopicsResponse;
     describe_topic(DescribeTopicRequest) -> DescribeTopicResponse;
+    alter_topic_config(AlterTopicConfigRequest) -> AlterTopicConfigResponse;
     init_producer(InitProducerRequest) -> InitProducerResponse;
     produce(ProduceRequest) -> ProduceResponse;
     fetch(FetchRequest) -> FetchResponse;
@@ -97,7 +99,8 @@ fn not_internal(topic: &str, action: &'static str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A topic as this node describes it to clients. A partition's leader is the one the
+/// A topic as this node describes it to clients, with its settings in force as this node
+/// resolves the defaults ([`Node::log_defaults`]). A partition's leader is the one the
 /// metadata records, unless this node holds a replica of the partition that knows a leader of
 /// a later term: leaders reach the metadata through the metadata group, and when that
 /// group's leader died with the partition's (on the same node), the record stays stale until
@@ -128,9 +131,10 @@ pub(crate) fn topic_info(node: &Node, t: &Topic) -> TopicInfo {
                 }
             })
             .collect(),
-        config: Some(TopicConfig {
-            max_record_bytes: t.config.max_record_bytes,
-        }),
+        config: Some(topic_wire::config_to_wire(&t.config)),
+        effective: Some(topic_wire::effective_to_wire(
+            &t.config.effective(&node.log_defaults()),
+        )),
     }
 }
 
@@ -161,6 +165,22 @@ impl ClientService {
                 // Polled: the detector hears each peer every 200 ms; this runs only while a
                 // registered node is silent.
                 LiveSet::Wait => tokio::time::sleep(LIVE_NODES_POLL).await,
+            }
+        }
+    }
+
+    /// Waits (bounded by [`CREATE_TOPIC_LEADER_WAIT`]) until this node's applied metadata
+    /// satisfies `done`, so that its next answers show a write it just made through the
+    /// metadata leader.
+    async fn wait_for_local_view(&self, done: impl Fn(&fjord_meta::MetaState) -> bool) {
+        let mut view = self.node.meta().subscribe();
+        let deadline = tokio::time::Instant::now() + CREATE_TOPIC_LEADER_WAIT;
+        while !done(&view.borrow_and_update().state) {
+            if !matches!(
+                tokio::time::timeout_at(deadline, view.changed()).await,
+                Ok(Ok(()))
+            ) {
+                break;
             }
         }
     }
@@ -276,13 +296,11 @@ impl Fjord for ClientService {
     ) -> Result<Response<CreateTopicResponse>, Status> {
         let req = req.into_inner();
         not_internal(&req.name, "create")?;
-        let cmd = MetaCommand::CreateTopicOnLive {
+        let cmd = MetaCommand::CreateTopicWithConfig {
             name: req.name.clone(),
             partitions: req.partitions,
             replication_factor: req.replication_factor,
-            config: fjord_meta::TopicConfig {
-                max_record_bytes: req.config.map_or(0, |c| c.max_record_bytes),
-            },
+            config: topic_wire::config_from_wire(req.config)?,
             live: self.live_nodes().await,
         };
         let resp = Self::meta_result(self.node.meta_write(cmd).await?)?;
@@ -317,16 +335,8 @@ impl Fjord for ClientService {
                 .await?,
         )?;
         // Answer once this node's own view agrees, so its next answers do not show the topic.
-        let mut view = self.node.meta().subscribe();
-        let deadline = tokio::time::Instant::now() + CREATE_TOPIC_LEADER_WAIT;
-        while view.borrow_and_update().state.topic(&req.name).is_some() {
-            if !matches!(
-                tokio::time::timeout_at(deadline, view.changed()).await,
-                Ok(Ok(()))
-            ) {
-                break;
-            }
-        }
+        self.wait_for_local_view(|s| s.topic(&req.name).is_none())
+            .await;
         Ok(Response::new(DeleteTopicResponse {}))
     }
 
@@ -358,6 +368,38 @@ impl Fjord for ClientService {
         Ok(Response::new(DescribeTopicResponse {
             topic: Some(topic_info(&self.node, t)),
         }))
+    }
+
+    async fn alter_topic_config(
+        &self,
+        req: Request<AlterTopicConfigRequest>,
+    ) -> Result<Response<AlterTopicConfigResponse>, Status> {
+        let req = req.into_inner();
+        not_internal(&req.name, "alter the config of")?;
+        let change = topic_wire::alter_request(&req)?;
+        let cmd = MetaCommand::AlterTopicConfig {
+            name: req.name.clone(),
+            change,
+        };
+        match Self::meta_result(self.node.meta_write(cmd).await?)? {
+            MetaResponse::Topic(altered) => {
+                // Answer once this node's own view has the change (or a later one), so that
+                // its next describe shows it.
+                self.wait_for_local_view(|s| {
+                    s.topic(&req.name)
+                        .is_none_or(|t| t.id != altered.id || t.config == altered.config)
+                })
+                .await;
+                Ok(Response::new(AlterTopicConfigResponse {
+                    topic: Some(topic_info(&self.node, &altered)),
+                }))
+            }
+            other => Err(ApiError::UnexpectedAnswer {
+                to: "a topic's config change",
+                got: Box::new(other),
+            }
+            .into()),
+        }
     }
 
     async fn init_producer(

@@ -61,6 +61,11 @@ async fn start_cluster(n: u64) -> Cluster {
                 ::fjord_server::config::defaults::RETENTION_CHECK_INTERVAL_MS,
             min_free_disk_bytes: None,
             disk_check_interval_ms: ::fjord_server::config::defaults::DISK_CHECK_INTERVAL_MS,
+            default_retention_ms: ::fjord_server::config::defaults::RETENTION_MS,
+            default_retention_bytes: ::fjord_server::config::defaults::RETENTION_BYTES,
+            default_cleanup_policy: ::fjord_server::config::defaults::CLEANUP_POLICY,
+            default_delete_retention_ms: ::fjord_server::config::defaults::DELETE_RETENTION_MS,
+            default_min_compaction_lag_ms: ::fjord_server::config::defaults::MIN_COMPACTION_LAG_MS,
         };
         dirs.push(dir);
         let s = stop.clone();

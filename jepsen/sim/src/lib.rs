@@ -276,6 +276,11 @@ fn serve_config(id: u64, config: &SimConfig) -> ServeConfig {
         // on the blocking pool, outside the simulation's scheduling).
         min_free_disk_bytes: Some(0),
         disk_check_interval_ms: fjord_server::config::defaults::DISK_CHECK_INTERVAL_MS,
+        default_retention_ms: fjord_server::config::defaults::RETENTION_MS,
+        default_retention_bytes: fjord_server::config::defaults::RETENTION_BYTES,
+        default_cleanup_policy: fjord_server::config::defaults::CLEANUP_POLICY,
+        default_delete_retention_ms: fjord_server::config::defaults::DELETE_RETENTION_MS,
+        default_min_compaction_lag_ms: fjord_server::config::defaults::MIN_COMPACTION_LAG_MS,
     }
 }
 
