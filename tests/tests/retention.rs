@@ -352,3 +352,87 @@ async fn replay_by_time_uses_the_running_largest_timestamp() {
     // Searching below the start answers the first record kept.
     assert_eq!(at(500).await.offset, Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_time_and_by_size_moves_the_start_on_every_replica() {
+    let _serial = serial();
+    let cluster = Cluster::start_with_args(
+        3,
+        fjord_tests::Timing::FAST,
+        &["--retention-check-interval-ms", "100"],
+    )
+    .await;
+    let client = cluster.client();
+
+    // By time: records stamped two minutes ago expire under a one-minute retention, records
+    // stamped now stay.
+    client.create_topic("by-time", 1, 3).await.unwrap();
+    client
+        .alter_topic_config("by-time", &[("retention_ms", "60000")], &[] as &[&str])
+        .await
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let producer = client
+        .producer(
+            "by-time",
+            ProducerConfig {
+                acks: Acks::Cp,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    for i in 0..25 {
+        let ts = if i < 20 { now - 120_000 } else { now };
+        producer
+            .send(
+                ProducerRecord::new(format!("r{i}"))
+                    .with_partition(0)
+                    .with_timestamp_ms(ts),
+            )
+            .await
+            .unwrap();
+    }
+    let want: Vec<(u64, Vec<u8>)> = (20..25)
+        .map(|i| (i, format!("r{i}").into_bytes()))
+        .collect();
+    for node in &cluster.nodes {
+        let got = wait_for("the expired records to be deleted", DEADLINE, || {
+            let addr = node.addr.clone();
+            async move {
+                replica(&addr, "by-time")
+                    .await
+                    .filter(|(start, hw, _)| *start == 20 && *hw == 25)
+            }
+        })
+        .await;
+        assert_eq!(got.2, want, "node {}", node.id);
+    }
+
+    // By size: 1 MiB kept (the smallest limit), 3 MiB written in 64 KiB records.
+    client.create_topic("by-size", 1, 3).await.unwrap();
+    client
+        .alter_topic_config("by-size", &[("retention_bytes", "1048576")], &[] as &[&str])
+        .await
+        .unwrap();
+    let value = "x".repeat(64 << 10);
+    produce(&client, "by-size", (0..48).map(|_| value.clone())).await;
+    for node in &cluster.nodes {
+        let (start, hw, records) = wait_for("the oldest records to be deleted", DEADLINE, || {
+            let addr = node.addr.clone();
+            async move {
+                replica(&addr, "by-size")
+                    .await
+                    .filter(|(start, hw, _)| *hw == 48 && *start > 0)
+            }
+        })
+        .await;
+        // What is kept fits the limit plus its slack (an eighth, at least 1 MiB), and is the
+        // newest records.
+        let kept = (hw - start) * (64 << 10);
+        assert!(kept <= 2 << 20, "node {} keeps {kept} bytes", node.id);
+        assert_eq!(records.len() as u64, hw - start);
+    }
+}

@@ -85,14 +85,18 @@ pub fn plan(r: Retention, e: &Extent) -> Option<u64> {
     (start > e.log_start_offset).then_some(start)
 }
 
-/// The retention of `topic`'s partitions: none for internal topics (a coordinator partition
-/// purges behind its snapshots instead).
-// TODO(log-lifecycle): the topic's retention_ms / retention_bytes with the cluster defaults.
-pub fn policy(_node: &Node, topic: &Topic) -> Retention {
+/// The retention of `topic`'s partitions: its settings, or this node's defaults where it has
+/// none. None for internal topics: a coordinator partition's records are its groups' state,
+/// kept in its snapshots (its log is purged behind them).
+pub fn policy(node: &Node, topic: &Topic) -> Retention {
     if topic.name.starts_with(fjord_groups::INTERNAL_TOPIC_PREFIX) {
         return Retention::default();
     }
-    Retention::default()
+    let c = topic.config.effective(&node.log_defaults());
+    Retention {
+        ms: c.delete_after_ms().and_then(|ms| u64::try_from(ms).ok()),
+        bytes: c.delete_beyond_bytes(),
+    }
 }
 
 /// Runs retention rounds until the node stops.
