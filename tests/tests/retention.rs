@@ -351,6 +351,36 @@ async fn replay_by_time_uses_the_running_largest_timestamp() {
     );
     // Searching below the start answers the first record kept.
     assert_eq!(at(500).await.offset, Some(2));
+    // A consumer group's offsets reset to a time (the coordinator looks each partition up).
+    let rows = cli_json(
+        &cluster,
+        &[
+            "group",
+            "reset-offsets",
+            "replayers",
+            "--topic",
+            "times",
+            "--to-time",
+            "3500",
+        ],
+    );
+    assert_eq!(
+        (rows[0]["partition"].clone(), rows[0]["offset"].clone()),
+        (0.into(), 3.into())
+    );
+    let rows = cli_json(
+        &cluster,
+        &[
+            "group",
+            "reset-offsets",
+            "replayers",
+            "--topic",
+            "times",
+            "--to-time",
+            "9999",
+        ],
+    );
+    assert_eq!(rows[0]["offset"], 6, "no record that recent: the end");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,6 +28,11 @@ pub enum GroupCommand {
         to_offset: Option<u64>,
         #[arg(long, group = "to", allow_hyphen_values = true)]
         shift_by: Option<i64>,
+        /// To each partition's first record at or after this time (its end where none is
+        /// that recent): RFC 3339 (2026-12-01T10:00:00Z), before now (-1h, -30m, -2d) or ms
+        /// since the epoch.
+        #[arg(long, group = "to", value_parser = crate::time_arg::parse, allow_hyphen_values = true)]
+        to_time: Option<crate::time_arg::TimeArg>,
     },
     /// Delete a group that has no members, with its committed offsets and its config.
     Delete { group: String },
@@ -98,14 +103,17 @@ pub async fn run(client: Client, out: Output, command: GroupCommand) -> anyhow::
             to_latest,
             to_offset,
             shift_by,
+            to_time,
         } => {
-            let to = match (to_earliest, to_latest, to_offset, shift_by) {
+            let to = match (to_earliest, to_latest, to_offset, shift_by, to_time) {
                 (true, ..) => ResetSpec::Earliest,
                 (_, true, ..) => ResetSpec::Latest,
-                (_, _, Some(o), _) => ResetSpec::Offset(o),
-                (_, _, _, Some(d)) => ResetSpec::ShiftBy(d),
+                (_, _, Some(o), ..) => ResetSpec::Offset(o),
+                (_, _, _, Some(d), _) => ResetSpec::ShiftBy(d),
+                (.., Some(t)) => ResetSpec::Time(t.resolve(crate::time_arg::now_ms())),
                 _ => anyhow::bail!(
-                    "say where to: --to-earliest, --to-latest, --to-offset or --shift-by"
+                    "say where to: --to-earliest, --to-latest, --to-offset, --shift-by or \
+                     --to-time"
                 ),
             };
             let moved = client

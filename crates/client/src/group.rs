@@ -406,6 +406,7 @@ impl Client {
             ResetSpec::Latest => To::Latest(true),
             ResetSpec::Offset(o) => To::Offset(o),
             ResetSpec::ShiftBy(d) => To::ShiftBy(d),
+            ResetSpec::Time(t) => To::TimestampMs(t),
         };
         let req = v1::ResetOffsetsRequest {
             group: group.to_string(),
@@ -500,6 +501,8 @@ pub enum ResetSpec {
     Latest,
     Offset(u64),
     ShiftBy(i64),
+    /// The first record at or after this time (ms since the epoch), or the end.
+    Time(i64),
 }
 
 /// What [`Client::alter_group_config`] does to one setting.

@@ -260,13 +260,20 @@ pub enum ResetTo {
     Offset(u64),
     /// From the committed offset (or, with none, from the earliest).
     ShiftBy(i64),
+    /// To the first record at or after this time (ms since the epoch; the partition's time
+    /// index), or the end where no record is that recent.
+    Time(i64),
 }
 
-/// A partition's readable range: `[log_start, high_watermark]`.
+/// A partition's readable range: `[log_start, high_watermark]`, and for a reset by time the
+/// offset found for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bounds {
     pub log_start: u64,
     pub high_watermark: u64,
+    /// The first offset at or after a reset's time; `None`: no record that recent (or not
+    /// looked up).
+    pub at_time: Option<u64>,
 }
 
 /// Decides an offset reset of `tps` of an empty group; each new offset is clamped into its
@@ -304,6 +311,7 @@ pub fn reset(
             ResetTo::Latest => b.high_watermark.into(),
             ResetTo::Offset(o) => o.into(),
             ResetTo::ShiftBy(d) => i128::from(current.unwrap_or(b.log_start)) + i128::from(d),
+            ResetTo::Time(_) => b.at_time.unwrap_or(b.high_watermark).into(),
         };
         let offset = wanted.clamp(b.log_start.into(), b.high_watermark.into()) as u64;
         w.put_offset(
@@ -380,4 +388,31 @@ pub fn expire(
         w.remove_offset(tp);
     }
     w.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reset_by_time_moves_to_the_offset_found_or_the_end_within_bounds() {
+        let tp = |p| Tp::new(1, p);
+        let bounds = |log_start, high_watermark, at_time| Bounds {
+            log_start,
+            high_watermark,
+            at_time,
+        };
+        let tps = [
+            (tp(0), bounds(0, 10, Some(4))),
+            (tp(1), bounds(0, 10, None)),
+            (tp(2), bounds(6, 10, Some(2))),
+        ];
+        let d = reset(None, "g", ResetTo::Time(1000), &tps, 5, 0).unwrap();
+        let got: Vec<u64> = d.answer.values().copied().collect();
+        assert_eq!(
+            got,
+            [4, 10, 6],
+            "found; none that recent: the end; below the start: the start"
+        );
+    }
 }

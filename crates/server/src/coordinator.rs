@@ -360,6 +360,13 @@ struct Runner {
     woken: VecDeque<Job>,
 }
 
+/// What a decision needs looked up first: high watermarks (commits), and the offsets a reset
+/// by time moves to.
+struct Lookups {
+    hws: BTreeMap<Tp, u64>,
+    times: BTreeMap<Tp, u64>,
+}
+
 impl Runner {
     async fn run(mut self) {
         let mut tick = tokio::time::interval(TICK);
@@ -556,9 +563,12 @@ impl Runner {
                 scratch.insert(name.clone(), g);
             }
             let held = self.groups_held() + scratch.values().filter(|g| g.is_some()).count();
-            let hws = self.high_watermarks(&job.op, &topics).await;
             let group = scratch.get(&name).and_then(|g| g.as_ref());
-            let decided = self.decide(&job.op, group, &topics, now_ms, held, &hws);
+            let lookups = Lookups {
+                hws: self.high_watermarks(&job.op, &topics).await,
+                times: self.time_offsets(&job.op, group, &topics).await,
+            };
+            let decided = self.decide(&job.op, group, &topics, now_ms, held, &lookups);
             let result = match decided {
                 Ok((Answer::Heartbeat(a), recs)) if may_hold(&job.op, &a, &recs) => {
                     match self.park(job, &a, Instant::now()) {
@@ -756,8 +766,9 @@ impl Runner {
         topics: &TopicsView,
         now_ms: i64,
         held: usize,
-        hws: &BTreeMap<Tp, u64>,
+        lookups: &Lookups,
     ) -> Result<(Answer, Vec<GroupRecord>), ApiError> {
+        let hws = &lookups.hws;
         let defaults = self.node.group_defaults();
         Ok(match op {
             Op::Heartbeat { req, .. } => {
@@ -791,7 +802,7 @@ impl Runner {
                 to,
                 topic,
             } => {
-                let tps = self.reset_partitions(group, *topic, topics);
+                let tps = self.reset_partitions(group, *topic, topics, &lookups.times);
                 let d = offsets::reset(group, name, *to, &tps, now_ms, held)?;
                 (Answer::Reset(d.answer), d.records)
             }
@@ -832,12 +843,12 @@ impl Runner {
 
     /// The partitions a reset moves, with their bounds as this node knows them: a topic's
     /// partitions, or every partition the group committed.
-    fn reset_partitions(
-        &self,
+    /// The partitions a reset moves: the topic's, or every one the group committed.
+    fn reset_tps(
         group: Option<&Group>,
         topic: Option<fjord_groups::TopicId>,
         topics: &TopicsView,
-    ) -> Vec<(Tp, Bounds)> {
+    ) -> BTreeSet<Tp> {
         let tps: BTreeSet<Tp> = match topic {
             Some(t) => (0..topics.partitions_of(t))
                 .map(|p| Tp::new(t, p))
@@ -848,23 +859,91 @@ impl Runner {
         };
         tps.into_iter()
             .filter(|tp| topics.partitions_of(tp.topic) > tp.partition)
+            .collect()
+    }
+
+    fn reset_partitions(
+        &self,
+        group: Option<&Group>,
+        topic: Option<fjord_groups::TopicId>,
+        topics: &TopicsView,
+        times: &BTreeMap<Tp, u64>,
+    ) -> Vec<(Tp, Bounds)> {
+        Self::reset_tps(group, topic, topics)
+            .into_iter()
             .map(|tp| {
                 let local = self
                     .node
                     .partition(group_id(tp.topic, tp.partition))
-                    .map(|h| h.shared().high_watermark());
+                    .map(|h| h.shared().bounds());
                 let hw = local
-                    .unwrap_or(0)
+                    .map_or(0, |b| b.next_offset)
                     .max(self.hw.get(&tp).copied().unwrap_or(0));
-                (
-                    tp,
-                    Bounds {
-                        log_start: 0,
-                        high_watermark: hw,
-                    },
-                )
+                let bounds = Bounds {
+                    log_start: local.map_or(0, |b| b.log_start_offset).min(hw),
+                    high_watermark: hw,
+                    at_time: times.get(&tp).copied(),
+                };
+                (tp, bounds)
             })
             .collect()
+    }
+
+    /// For a reset by time: each partition's first offset at or after the time, from this
+    /// node's replica where it has one, else from the partition's leader (ListOffsets, CP,
+    /// 2 s). A partition with no record that recent, or that cannot be asked, is left out
+    /// (the reset moves it to its end).
+    async fn time_offsets(
+        &self,
+        op: &Op,
+        group: Option<&Group>,
+        topics: &TopicsView,
+    ) -> BTreeMap<Tp, u64> {
+        let Op::Reset {
+            to: fjord_groups::offsets::ResetTo::Time(ts),
+            topic,
+            ..
+        } = op
+        else {
+            return BTreeMap::new();
+        };
+        let mut out = BTreeMap::new();
+        for tp in Self::reset_tps(group, *topic, topics) {
+            let found = match self.node.partition(group_id(tp.topic, tp.partition)) {
+                Some(h) => crate::data::local_offset_for_time(&self.node, &h, *ts)
+                    .ok()
+                    .flatten(),
+                None => self.remote_time_offset(tp, *ts, topics).await,
+            };
+            if let Some(o) = found {
+                out.insert(tp, o);
+            }
+        }
+        out
+    }
+
+    async fn remote_time_offset(&self, tp: Tp, ts: i64, topics: &TopicsView) -> Option<u64> {
+        let name = topics.name_of(tp.topic)?.to_string();
+        let view = self.node.view();
+        let leader = view
+            .state
+            .topic(&name)?
+            .partitions
+            .get(tp.partition as usize)?
+            .leader?;
+        let addr = self.node.address_of(leader)?;
+        let channel = self.node.channel(&addr).ok()?;
+        let mut client = fjord_proto::v1::fjord_client::FjordClient::new(channel);
+        let mut req = tonic::Request::new(fjord_proto::v1::ListOffsetsRequest {
+            topic: name,
+            partition: tp.partition,
+            query: fjord_proto::v1::OffsetQuery::OffsetByTime as i32,
+            timestamp_ms: ts,
+            read: fjord_proto::v1::ReadMode::ReadCp as i32,
+        });
+        req.set_timeout(Duration::from_secs(2));
+        let r = client.list_offsets(req).await.ok()?.into_inner();
+        r.found.then_some(r.offset)
     }
 
     /// Writes `records` to the partition, in batches of at most [`MAX_RECORDS_PER_BATCH`].

@@ -526,6 +526,18 @@ pub async fn list_offsets(node: &Node, req: ListOffsets) -> Result<OffsetFound, 
     Ok(found)
 }
 
+/// The first committed offset at or after time `ts` in this node's replica of a partition
+/// (as applied here), or `None` when no record is that recent.
+pub(crate) fn local_offset_for_time(
+    node: &Node,
+    handle: &PartitionHandle,
+    ts: i64,
+) -> Result<Option<u64>, ApiError> {
+    let shared = handle.shared();
+    let (start, hw) = (shared.log_start_offset(), shared.high_watermark());
+    Ok(offset_for_time(node, shared.group(), ts, start, hw)?.map(|(o, _)| o))
+}
+
 /// The first committed record at or after `log_start` whose timestamp is at least `ts`, found
 /// through the time index: the first batch whose running largest timestamp reached `ts` holds
 /// a record that reached it; later records may be older (producers' clocks), earlier ones are

@@ -215,6 +215,7 @@ pub fn reset_request(
         Some(To::Latest(true)) => ResetTo::Latest,
         Some(To::Offset(o)) => ResetTo::Offset(o),
         Some(To::ShiftBy(d)) => ResetTo::ShiftBy(d),
+        Some(To::TimestampMs(t)) => ResetTo::Time(t),
         _ => {
             return Err(invalid(
                 "offset reset",
