@@ -231,10 +231,11 @@ def main():
     groups = group_member(addrs)
     configured = group_config(addrs)
     topic_configured = topic_config(addrs)
+    lifecycle_checked = lifecycle(addrs)
 
     print(f"ok: {len(sent)} records produced and read back; unkeyed redirected {redirected}; "
           f"1 ms deadlines: {codes}; zombie fenced: {zombie.error.message}; {groups}; "
-          f"{configured}; {topic_configured}")
+          f"{configured}; {topic_configured}; {lifecycle_checked}")
 
 
 def coordinator_call(addrs, method, req, what):
@@ -390,6 +391,57 @@ def topic_config(addrs):
                 or "MAX_CONFIG_DURATION_MS" not in e.details():
             fail(f"retention_ms = 0: {e.code()} {e.details()}")
     return "topic config: altered, shown on every node, a bad value refused"
+
+
+def at_leader(addrs, method, req, what):
+    """Calls `method` on each node until one answers (the others are not the leader)."""
+    last = None
+    for _ in range(ATTEMPTS):
+        for addr in addrs:
+            try:
+                return getattr(stub(addr), method)(req, timeout=10), addr
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    fail(f"{what} at {addr}: {e.code()} {e.details()}")
+                last = e
+        time.sleep(0.1)
+    fail(f"{what}: no leader answered: {last}")
+
+
+def lifecycle(addrs):
+    """DeleteRecords moves partition 0's log start offset (CP, at its leader); a fetch below
+    it is OUT_OF_RANGE with the start in `fjord-log-start-offset`; ListOffsets answers the
+    earliest, the latest and by time; an unknown offset query is INVALID_ARGUMENT."""
+    latest, leader = at_leader(addrs, "ListOffsets", pb.ListOffsetsRequest(
+        topic=TOPIC, partition=0, query=pb.OFFSET_LATEST), "list latest")
+    if latest.high_watermark < 2:
+        fail(f"partition 0 holds too few records for the check: {latest}")
+    cut = latest.high_watermark // 2
+    deleted = call(stub(leader).DeleteRecords, pb.DeleteRecordsRequest(
+        topic=TOPIC, partition=0, before_offset=cut), "delete records")
+    if deleted.log_start_offset != cut:
+        fail(f"DeleteRecords before {cut} answered {deleted}")
+    try:
+        stub(leader).Fetch(pb.FetchRequest(topic=TOPIC, partition=0, offset=0), timeout=10)
+        fail("a fetch below the log start offset was answered")
+    except grpc.RpcError as e:
+        start = dict(e.trailing_metadata() or ()).get("fjord-log-start-offset")
+        if e.code() != grpc.StatusCode.OUT_OF_RANGE or start != str(cut):
+            fail(f"fetch below the start: {e.code()} {e.details()} (start {start})")
+    earliest = call(stub(leader).ListOffsets, pb.ListOffsetsRequest(
+        topic=TOPIC, partition=0, query=pb.OFFSET_EARLIEST), "list earliest")
+    by_time = call(stub(leader).ListOffsets, pb.ListOffsetsRequest(
+        topic=TOPIC, partition=0, query=pb.OFFSET_BY_TIME, timestamp_ms=0), "list by time")
+    if earliest.offset != cut or not by_time.found or by_time.offset != cut:
+        fail(f"after the deletion: earliest {earliest}, by time {by_time}")
+    try:
+        stub(leader).ListOffsets(pb.ListOffsetsRequest(topic=TOPIC, partition=0, query=9),
+                                 timeout=10)
+        fail("an unknown offset query was accepted")
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.INVALID_ARGUMENT:
+            fail(f"unknown offset query: {e.code()} {e.details()}")
+    return f"lifecycle: log start moved to {cut}, reads below it OUT_OF_RANGE"
 
 
 if __name__ == "__main__":
