@@ -275,6 +275,25 @@ impl SpaceProbe for Statvfs {
     }
 }
 
+/// A filesystem's free space plus half of what deletions freed inside the node's database
+/// file: redb reuses the pages deleted log entries leave (retention, DeleteRecords, deleted
+/// topics) but does not give them back to the filesystem, so without them a node refusing
+/// produces would never resume by deleting data. Half, because freed pages are shared with
+/// the index rows and page overhead, and reuse is not byte for byte.
+#[derive(Debug, Clone)]
+pub struct WithFreedPages<P> {
+    pub fs: P,
+    pub freed: fjord_storage::store::ReusableBytes,
+}
+
+impl<P: SpaceProbe> SpaceProbe for WithFreedPages<P> {
+    fn sample(&self) -> std::io::Result<Space> {
+        let mut s = self.fs.sample()?;
+        s.available_bytes = s.available_bytes.saturating_add(self.freed.get() / 2);
+        Ok(s)
+    }
+}
+
 /// A probe that answers what it was last set to: a simulated or test disk.
 #[derive(Debug)]
 pub struct FixedSpace(Mutex<Space>);

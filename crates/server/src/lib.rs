@@ -135,7 +135,10 @@ pub async fn run_with(
     let closed = store.closed();
     let dir = config.data_dir.display().to_string();
     let (shutdown, failure) = or_on_storage_failure(&store, shutdown);
-    let space = Arc::new(disk::Statvfs::new(&config.data_dir));
+    let space = Arc::new(disk::WithFreedPages {
+        fs: disk::Statvfs::new(&config.data_dir),
+        freed: store.reusable_counter(),
+    });
     let result = run_on(config, store, incoming, connector, clock, space, shutdown).await;
     // Close the database before the process exits: a database still open at exit needs a
     // repair pass at the next start (seconds per GiB held).

@@ -85,6 +85,17 @@ pub struct Store {
     writer: writer::Queue,
     closed: watch::Receiver<bool>,
     failed: watch::Receiver<Option<Arc<StorageError>>>,
+    reusable: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Reads [`Store::reusable_bytes`] without holding the database.
+#[derive(Debug, Clone)]
+pub struct ReusableBytes(Arc<std::sync::atomic::AtomicU64>);
+
+impl ReusableBytes {
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Resolves once a node's database is closed: every [`Store`] handle dropped, the writer
@@ -155,12 +166,20 @@ impl Store {
         let db = Arc::new(db);
         let (closed_tx, closed) = watch::channel(false);
         let (failed_tx, failed) = watch::channel(None);
-        let writer = writer::spawn(db.clone(), options.writer.clone(), closed_tx, failed_tx);
+        let reusable = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let writer = writer::spawn(
+            db.clone(),
+            options.writer.clone(),
+            closed_tx,
+            failed_tx,
+            reusable.clone(),
+        );
         Ok(Store {
             db,
             writer,
             closed,
             failed,
+            reusable,
         })
     }
 
@@ -178,6 +197,19 @@ impl Store {
                 return std::future::pending().await;
             }
         }
+    }
+
+    /// About how many bytes inside the database file deletions freed for later writes (this
+    /// run's deletions of log entries, less what was written since; 0 at open): redb reuses
+    /// freed pages but does not shrink its file, so a filesystem's free space does not show
+    /// them.
+    pub fn reusable_bytes(&self) -> u64 {
+        self.reusable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// [`Store::reusable_bytes`] as a handle that does not keep the database open.
+    pub fn reusable_counter(&self) -> ReusableBytes {
+        ReusableBytes(self.reusable.clone())
     }
 
     /// What resolves once every handle of this database is dropped and it is closed.
@@ -485,6 +517,36 @@ mod tests {
         assert_eq!(got.last().unwrap().1, vec![99]);
         // Another group is untouched by group 7's operations.
         assert!(store.read_log(8, .., 100, usize::MAX).unwrap().is_empty());
+    }
+
+    /// Deleting log entries counts their bytes as reusable inside the file; writing takes them
+    /// back.
+    #[tokio::test]
+    async fn deleted_log_bytes_count_as_reusable_until_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let entries = (1..=10).map(|i| (i, vec![0u8; 1000])).collect();
+        store
+            .write(vec![Op::Append { group: 7, entries }])
+            .await
+            .unwrap();
+        assert_eq!(store.reusable_bytes(), 0);
+        store
+            .write(vec![Op::PurgeTo { group: 7, index: 4 }])
+            .await
+            .unwrap();
+        assert_eq!(store.reusable_bytes(), 4000);
+        let counter = store.reusable_counter();
+        store
+            .write(vec![Op::Append {
+                group: 7,
+                entries: vec![(11, vec![0u8; 1500])],
+            }])
+            .await
+            .unwrap();
+        assert_eq!(counter.get(), 2500);
+        store.write(vec![Op::DeleteGroup { group: 7 }]).await.unwrap();
+        assert_eq!(counter.get(), 2500 + 6000 + 1500);
     }
 
     /// The simulation's way of opening a store: a task writer on a simulated disk. What was

@@ -18,6 +18,7 @@
 use std::time::Duration;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{Database, Durability, ReadableTable};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -156,6 +157,7 @@ pub(crate) fn spawn(
     mode: WriterMode,
     closed: tokio::sync::watch::Sender<bool>,
     failed: tokio::sync::watch::Sender<Option<Arc<StorageError>>>,
+    reusable: Arc<AtomicU64>,
 ) -> Queue {
     let (tx, mut rx) = mpsc::channel(WRITER_QUEUE_REQUESTS);
     let queue = Queue {
@@ -169,7 +171,7 @@ pub(crate) fn spawn(
                 .spawn(move || {
                     let mut pending = Vec::with_capacity(MAX_COMMIT_REQUESTS);
                     while let Some(first) = rx.blocking_recv() {
-                        commit_queued(&db, first, &mut rx, &mut pending, &failed);
+                        commit_queued(&db, first, &mut rx, &mut pending, &failed, &reusable);
                     }
                     finish(db, &closed);
                 })
@@ -188,7 +190,7 @@ pub(crate) fn spawn(
                     if !fsync.is_zero() && matches!(durability(&pending), Durability::Immediate) {
                         tokio::time::sleep(fsync).await;
                     }
-                    commit_taken(&db, &mut pending, &failed);
+                    commit_taken(&db, &mut pending, &failed, &reusable);
                 }
                 finish(db, &closed);
             });
@@ -221,9 +223,10 @@ fn commit_queued(
     rx: &mut mpsc::Receiver<WriteBatch>,
     pending: &mut Vec<WriteBatch>,
     failed: &tokio::sync::watch::Sender<Option<Arc<StorageError>>>,
+    reusable: &AtomicU64,
 ) {
     take_queued(first, rx, pending);
-    commit_taken(db, pending, failed);
+    commit_taken(db, pending, failed, reusable);
 }
 
 /// Moves `first` and whatever else is queued (within the limits) into `pending`.
@@ -250,8 +253,16 @@ fn commit_taken(
     db: &Database,
     pending: &mut Vec<WriteBatch>,
     failed: &tokio::sync::watch::Sender<Option<Arc<StorageError>>>,
+    reusable: &AtomicU64,
 ) {
     let result = commit(db, pending, durability(pending)).map_err(Arc::new);
+    if let Ok(net) = &result {
+        // Bytes deleted become pages the file reuses; bytes written take them first.
+        let _ = reusable.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+            Some(r.saturating_add_signed(*net))
+        });
+    }
+    let result = result.map(|_| ());
     if let Err(e) = &result {
         tracing::error!(error = %e, requests = pending.len(), "storage commit failed");
         failed.send_if_modified(|f| {
@@ -283,15 +294,17 @@ fn durability(batches: &[WriteBatch]) -> Durability {
     }
 }
 
+/// Commits `batches` in one transaction; returns the log bytes it deleted less those it wrote.
 fn commit(
     db: &Database,
     batches: &[WriteBatch],
     durability: Durability,
-) -> Result<(), StorageError> {
+) -> Result<i64, StorageError> {
     let mut txn = db.begin_write().map_err(StorageError::redb)?;
     txn.set_durability(durability).map_err(StorageError::redb)?;
-    {
+    let net = {
         let mut tables = Tables {
+            freed: 0,
             log: txn.open_table(LOG).map_err(StorageError::redb)?,
             batches: txn.open_table(BATCHES).map_err(StorageError::redb)?,
             times: txn.open_table(TIMES).map_err(StorageError::redb)?,
@@ -301,13 +314,16 @@ fn commit(
         for op in batches.iter().flat_map(|b| b.ops.iter()) {
             tables.apply(op)?;
         }
-    }
+        tables.freed
+    };
     txn.commit().map_err(StorageError::redb)?;
-    Ok(())
+    Ok(net)
 }
 
 /// The tables a commit writes, open in its transaction.
 struct Tables<'txn> {
+    /// Log bytes deleted less log bytes written so far.
+    freed: i64,
     log: redb::Table<'txn, (u64, u64), &'static [u8]>,
     batches: redb::Table<'txn, (u64, u64), (u64, u32, u64, u32)>,
     times: redb::Table<'txn, (u64, i64), u64>,
@@ -320,14 +336,19 @@ impl Tables<'_> {
         match op {
             Op::Append { group, entries } => {
                 for (index, bytes) in entries {
+                    self.freed -= bytes.len() as i64;
                     self.log
                         .insert((*group, *index), bytes.as_slice())
                         .map_err(StorageError::redb)?;
                 }
             }
             Op::TruncateFrom { group, index } => {
+                let freed = &mut self.freed;
                 self.log
-                    .retain_in((*group, *index)..=(*group, u64::MAX), |_, _| false)
+                    .retain_in((*group, *index)..=(*group, u64::MAX), |_, v| {
+                        *freed += v.len() as i64;
+                        false
+                    })
                     .map_err(StorageError::redb)?;
                 // Index entries grow with the log index: the doomed ones are at the end.
                 let removed = self.remove_offsets(*group, true, |idx| idx >= *index)?;
@@ -336,8 +357,12 @@ impl Tables<'_> {
                 }
             }
             Op::PurgeTo { group, index } => {
+                let freed = &mut self.freed;
                 self.log
-                    .retain_in((*group, 0)..=(*group, *index), |_, _| false)
+                    .retain_in((*group, 0)..=(*group, *index), |_, v| {
+                        *freed += v.len() as i64;
+                        false
+                    })
                     .map_err(StorageError::redb)?;
                 // ... and the purged ones at the start.
                 if !self
@@ -453,8 +478,12 @@ impl Tables<'_> {
 
     /// Removes everything `group` stored: its log, its offset index and its values.
     fn delete_group(&mut self, group: u64) -> Result<(), StorageError> {
+        let freed = &mut self.freed;
         self.log
-            .retain_in((group, 0)..=(group, u64::MAX), |_, _| false)
+            .retain_in((group, 0)..=(group, u64::MAX), |_, v| {
+                *freed += v.len() as i64;
+                false
+            })
             .map_err(StorageError::redb)?;
         self.batches
             .retain_in((group, 0)..=(group, u64::MAX), |_, _| false)
