@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use fjord_client::{Acks, Client, OffsetSpec, ProducerConfig, ProducerRecord, ReadMode};
+use fjord_client::{
+    Acks, Client, FetchOptions, OffsetSpec, ProducerConfig, ProducerRecord, ReadMode, StartFrom,
+};
 use fjord_proto::v1;
 use fjord_proto::v1::fjord_client::FjordClient;
 use fjord_tests::{Cluster, serial, wait_for};
@@ -288,6 +290,12 @@ async fn replay_by_time_uses_the_running_largest_timestamp() {
     let cluster = Cluster::start(3).await;
     let client = cluster.client();
     client.create_topic("times", 1, 3).await.unwrap();
+    // The records are stamped in 1970: without this, the default retention (7 days) would
+    // delete them.
+    client
+        .alter_topic_config("times", &[("retention_ms", "-1")], &[] as &[&str])
+        .await
+        .unwrap();
     let producer = client
         .producer(
             "times",
@@ -465,4 +473,161 @@ async fn retention_by_time_and_by_size_moves_the_start_on_every_replica() {
         assert!(kept <= 2 << 20, "node {} keeps {kept} bytes", node.id);
         assert_eq!(records.len() as u64, hw - start);
     }
+}
+
+/// Every record node `addr`'s replica of partition 0 holds from its log start on, as
+/// `(offset, key, value)`, compacted batches read by their offsets (AP, from it alone).
+async fn replica_records(addr: &str, topic: &str) -> Option<(u64, Vec<(u64, String, String)>)> {
+    let mut c = FjordClient::connect(format!("http://{addr}")).await.ok()?;
+    let mut out = Vec::new();
+    let mut offset = 0;
+    let mut hw = 0;
+    for _ in 0..100_000 {
+        let r = c
+            .fetch(v1::FetchRequest {
+                topic: topic.into(),
+                partition: 0,
+                offset,
+                read: v1::ReadMode::ReadAp as i32,
+                ..Default::default()
+            })
+            .await
+            .ok()?
+            .into_inner();
+        hw = r.high_watermark;
+        if r.batches.is_empty() {
+            break;
+        }
+        for b in r.batches {
+            let records = fjord_proto::batch::decode(&b.records, b.crc32c).expect("CRC");
+            let deltas: Vec<u64> = if b.offset_deltas.is_empty() {
+                (0..records.len() as u64).collect()
+            } else {
+                b.offset_deltas.iter().map(|d| u64::from(*d)).collect()
+            };
+            for (d, rec) in deltas.into_iter().zip(records) {
+                let o = b.base_offset + d;
+                if o >= offset {
+                    let key =
+                        String::from_utf8_lossy(rec.key.as_deref().unwrap_or(b"")).into_owned();
+                    out.push((o, key, String::from_utf8_lossy(&rec.value).into_owned()));
+                }
+            }
+            offset = b.base_offset + b.record_count as u64;
+        }
+    }
+    Some((hw, out))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_keeps_the_last_record_of_each_key_on_every_replica() {
+    let _serial = serial();
+    let cluster = Cluster::start_with_args(
+        3,
+        fjord_tests::Timing::FAST,
+        &["--retention-check-interval-ms", "100"],
+    )
+    .await;
+    let client = cluster.client();
+    client.create_topic("latest", 1, 3).await.unwrap();
+    client
+        .alter_topic_config(
+            "latest",
+            &[("cleanup_policy", "compact"), ("delete_retention_ms", "1")],
+            &[] as &[&str],
+        )
+        .await
+        .unwrap();
+    let producer = client
+        .producer(
+            "latest",
+            ProducerConfig {
+                acks: Acks::Cp,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    // 20,000 records over 100 keys, 100-byte values; keys 0 to 9 end with a tombstone
+    // halfway (records 10,000 to 10,009) and get nothing after.
+    const N: usize = 20_000;
+    let mut last: std::collections::BTreeMap<String, String> = Default::default();
+    let mut deliveries = Vec::new();
+    for i in 0..N {
+        let k = i % 100;
+        if k < 10 && i >= 10_000 + 100 {
+            continue;
+        }
+        let key = format!("key-{k:02}");
+        let value = if k < 10 && i >= 10_000 {
+            String::new()
+        } else {
+            format!("{i:0>100}")
+        };
+        if value.is_empty() {
+            last.remove(&key);
+        } else {
+            last.insert(key.clone(), value.clone());
+        }
+        let record = ProducerRecord::new(value).with_key(key).with_partition(0);
+        deliveries.push(producer.enqueue(record).await.unwrap());
+    }
+    for d in deliveries {
+        d.await.unwrap();
+    }
+    // Every replica, read from offset 0: the last value of every key, tombstoned keys gone,
+    // at most the 90 live keys plus the uncompacted tail (under 64 KiB: 650 records).
+    let want: Vec<(String, String)> = last.into_iter().collect();
+    for node in &cluster.nodes {
+        let (hw, records) = wait_for("the replica to compact", DEADLINE, || {
+            let addr = node.addr.clone();
+            async move {
+                replica_records(&addr, "latest")
+                    .await
+                    .filter(|(_, r)| r.len() <= 90 + 650)
+            }
+        })
+        .await;
+        assert!(
+            hw as usize >= N - 9_900 + 10,
+            "node {}: high watermark {hw}",
+            node.id
+        );
+        // Offsets increase; each key's last record read is its last value.
+        assert!(records.windows(2).all(|w| w[0].0 < w[1].0));
+        let mut got: std::collections::BTreeMap<String, String> = Default::default();
+        for (_, k, v) in &records {
+            if v.is_empty() {
+                got.remove(k);
+            } else {
+                got.insert(k.clone(), v.clone());
+            }
+        }
+        assert_eq!(
+            got.into_iter().collect::<Vec<_>>(),
+            want,
+            "node {}",
+            node.id
+        );
+        // No tombstoned key is left at all below the tail: its tombstone went too.
+        let tombstoned = records
+            .iter()
+            .filter(|(o, k, _)| *o < 10_100 && k.as_str() < "key-10")
+            .count();
+        assert_eq!(tombstoned, 0, "node {}: tombstoned keys left", node.id);
+    }
+    // The Rust client's consumer reads the compacted partition from the start too.
+    let options = FetchOptions {
+        max_wait_ms: 0,
+        ..Default::default()
+    };
+    let mut consumer = client.consumer("latest", 0, StartFrom::Beginning, options);
+    let mut read = 0;
+    for _ in 0..10_000 {
+        let batch = consumer.poll().await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        read += batch.len();
+    }
+    assert!((90..=90 + 650).contains(&read), "the consumer read {read}");
 }

@@ -67,20 +67,14 @@ pub(crate) fn decode_fetch(
         }
         let decoded = fjord_proto::batch::decode(&batch.records, batch.crc32c)
             .map_err(|e| ClientError::Corrupt(format!("{}: {e}", where_())))?;
-        if decoded.len() != batch.record_count as usize {
-            return Err(ClientError::Corrupt(format!(
-                "{}: declares {} records but holds {}",
-                where_(),
-                batch.record_count,
-                decoded.len()
-            )));
-        }
+        let deltas = record_deltas(batch, decoded.len())
+            .map_err(|why| ClientError::Corrupt(format!("{}: {why}", where_())))?;
         batch_floor = batch
             .base_offset
-            .checked_add(decoded.len() as u64)
+            .checked_add(batch.record_count as u64)
             .ok_or_else(|| ClientError::Protocol(format!("{}: offsets overflow", where_())))?;
-        for (i, r) in decoded.into_iter().enumerate() {
-            let record_offset = batch.base_offset + i as u64;
+        for (delta, r) in deltas.into_iter().zip(decoded) {
+            let record_offset = batch.base_offset + delta as u64;
             if record_offset < offset {
                 continue;
             }
@@ -98,7 +92,9 @@ pub(crate) fn decode_fetch(
             });
         }
     }
-    let next_offset = records.last().map_or(offset, |r| r.offset + 1);
+    // After the last batch returned, even where compaction left its end (or all of it)
+    // without records.
+    let next_offset = batch_floor.max(offset);
     Ok(FetchResult {
         records,
         high_watermark: answer.high_watermark,
@@ -106,6 +102,34 @@ pub(crate) fn decode_fetch(
         next_offset,
         node_id: answer.node_id,
     })
+}
+
+/// The offset of each of a batch's `held` records from its base offset: dense as produced,
+/// or as a compacted batch lists them (increasing, within its span).
+fn record_deltas(batch: &v1::FetchedBatch, held: usize) -> Result<Vec<u32>, String> {
+    if batch.offset_deltas.is_empty() {
+        // Compaction removed every record of the batch: it only spans its offsets.
+        if held == 0 {
+            return Ok(Vec::new());
+        }
+        if held != batch.record_count as usize {
+            return Err(format!(
+                "declares {} records but holds {held}",
+                batch.record_count
+            ));
+        }
+        return Ok((0..batch.record_count).collect());
+    }
+    let d = &batch.offset_deltas;
+    let increasing = d.windows(2).all(|w| w[0] < w[1]);
+    if d.len() != held || !increasing || d.last().is_some_and(|l| *l >= batch.record_count) {
+        return Err(format!(
+            "a compacted batch of span {} lists {} offsets for {held} records",
+            batch.record_count,
+            d.len()
+        ));
+    }
+    Ok(d.clone())
 }
 
 /// Where a [`Consumer`] starts.
@@ -352,6 +376,7 @@ mod tests {
             crc32c: fjord_proto::batch::checksum(&body),
             records: body,
             append_time_ms,
+            offset_deltas: Vec::new(),
         }
     }
 

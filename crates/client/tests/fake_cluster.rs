@@ -352,6 +352,7 @@ impl Fjord for FakeNode {
                 crc32c: b.crc32c,
                 records: b.records,
                 append_time_ms: 1_000,
+                offset_deltas: Vec::new(),
             });
             p.next_offset += u64::from(b.record_count);
             if std::mem::take(&mut st.faults.lose_next_produce_ack) {

@@ -1338,6 +1338,32 @@ impl PartitionHandle {
         }
     }
 
+    /// Asks every replica to compact the partition below `req.upto` (CP: returns once a
+    /// majority applied the request; each replica then compacts its own log, see
+    /// [`crate::compaction`]).
+    pub async fn request_compaction(&self, req: crate::CompactRequest) -> Result<(), GroupError> {
+        if self.holding() {
+            return Err(holding_error());
+        }
+        self.core.write(Request::Compact(req)).await.map(|_| ())
+    }
+
+    /// Carries out the latest compaction request on this replica, in a task of its own, if
+    /// one is pending and none runs. Returns whether one was started.
+    pub fn compact_in_background(&self, store: &fjord_storage::Store) -> bool {
+        if self.shared.compact_request().is_none() || !self.shared.start_compacting() {
+            return false;
+        }
+        let (store, shared) = (store.clone(), self.shared.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::compaction::run(&store, &shared).await {
+                tracing::warn!(group = shared.group(), error = %e, "compaction failed");
+            }
+            shared.done_compacting();
+        });
+        true
+    }
+
     /// Asks openraft for a snapshot when one is due ([`PartitionShared::purge_due`]): it
     /// then purges the log behind it. Returns whether one was asked for.
     pub async fn purge_if_due(&self) -> bool {

@@ -45,6 +45,7 @@
 
 pub mod claims;
 pub mod codec;
+pub mod compaction;
 pub mod group;
 pub mod handle;
 pub mod handoff;
@@ -66,4 +67,4 @@ pub use group::{AnyGroup, GroupConfig, GroupRegistry, GroupRole, MetaRaft, Parti
 pub use handle::{GroupError, Leadership, LeadershipWatch, MetaHandle, PartitionHandle, Promotion};
 pub use liveness::{Liveness, LivenessConfig, QuietCounts};
 pub use read::{CommittedBatch, ReadError, ReadLimits, committed_batches};
-pub use types::{NodeId, Request, Response, StoredBatch, TypeConfig};
+pub use types::{CompactRequest, Compaction, NodeId, Request, Response, StoredBatch, TypeConfig};

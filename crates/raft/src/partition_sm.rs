@@ -47,6 +47,9 @@ pub struct Applied {
     pub last_applied: Option<LogIdOf<TypeConfig>>,
     pub membership: StoredMembershipOf<TypeConfig>,
     pub state: PartitionState,
+    /// The latest compaction asked of this partition (a [`Request::Compact`]), which each
+    /// replica carries out on its own log (`crate::compaction`).
+    pub compact: Option<crate::CompactRequest>,
     /// A coordinator partition's consumer groups, as its applied records replay
     /// ([`PartitionKind::Groups`]); `None` for a data partition. Encoded after the rest
     /// ([`APPLIED_V3`]), as the records that rebuild it.
@@ -109,7 +112,7 @@ pub fn apply_batch(
     let outcome = state.apply(&b.header());
     let placed = match outcome {
         Outcome::Appended { base_offset } if b.record_count > 0 => {
-            let bytes = b.records.len() as u32;
+            let bytes = b.original_bytes();
             let place = state.place(bytes as u64, b.max_timestamp_ms);
             let row = BatchRow {
                 base_offset,
@@ -178,6 +181,7 @@ impl Applied {
                     last_applied: v1.last_applied,
                     membership: v1.membership,
                     state: v1.state.into(),
+                    compact: None,
                     groups: None,
                 };
                 (applied, None, true)
@@ -210,6 +214,13 @@ impl Applied {
                 let log_start_offset = self.state.delete_before(offset);
                 (Response::DeleteRecords { log_start_offset }, 0)
             }
+            EntryPayload::Normal(Request::Compact(c)) => {
+                let upto = c.upto.min(self.state.next_offset);
+                if self.compact.is_none_or(|p| p.upto < upto) {
+                    self.compact = Some(crate::CompactRequest { upto, ..c });
+                }
+                (Response::None, 0)
+            }
             EntryPayload::Membership(m) => {
                 self.membership = StoredMembershipOf::<TypeConfig>::new(Some(log_id), m);
                 (Response::None, 0)
@@ -225,6 +236,7 @@ impl AppliedV2 {
             last_applied: self.last_applied,
             membership: self.membership,
             state: self.state.upgrade(0),
+            compact: None,
             groups: None,
         }
     }
@@ -289,6 +301,8 @@ pub struct PartitionShared {
     lowest_pending: watch::Sender<Option<u64>>,
     store: Store,
     kind: PartitionKind,
+    /// Whether a compaction task runs for this partition (one at a time).
+    compacting: std::sync::atomic::AtomicBool,
     /// What the last snapshot covers, for [`PartitionShared::purge_due`].
     snapshot: Mutex<SnapshotMark>,
 }
@@ -391,11 +405,30 @@ impl PartitionShared {
             last_checkpoint: Mutex::new((ckpt, 0)),
             store: store.clone(),
             kind,
+            compacting: Default::default(),
             snapshot: Mutex::new(SnapshotMark {
                 index: snapshot_index,
                 ..SnapshotMark::default()
             }),
         }))
+    }
+
+    /// Marks a compaction task started; `false` when one runs already.
+    pub fn start_compacting(&self) -> bool {
+        !self
+            .compacting
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Marks the compaction task ended.
+    pub fn done_compacting(&self) {
+        self.compacting
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The latest compaction asked of this partition, as applied.
+    pub fn compact_request(&self) -> Option<crate::CompactRequest> {
+        self.applied.lock().unwrap().compact
     }
 
     /// The first offset still readable (the replicated log start offset).
@@ -581,7 +614,7 @@ impl PartitionShared {
             if let EntryPayload::Normal(Request::Batch(b)) = &e.payload {
                 // Every replica checks the producer's CRC before the batch reaches its disk:
                 // a batch corrupted on the way is an error, never stored data.
-                fjord_proto::batch::verify(&b.records, b.crc32c).map_err(|err| {
+                fjord_proto::batch::verify(&b.records, b.stored_crc()).map_err(|err| {
                     io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!("group {} entry {}: {err}", self.group, e.index()),

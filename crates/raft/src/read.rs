@@ -26,6 +26,9 @@ pub struct CommittedBatch {
     pub append_time_ms: i64,
     /// An encoded `fjord.v1.RecordList`.
     pub records: Bytes,
+    /// Empty, or (a compacted batch) the offset of each record in `records` from
+    /// `base_offset`: compaction removed the others. `record_count` stays the batch's span.
+    pub offset_deltas: Vec<u32>,
 }
 
 /// Why a read failed.
@@ -111,7 +114,7 @@ pub fn committed_batches(
         let b = codec::stored_batch(&raw)
             .map_err(|e| corrupt(e.into()))?
             .ok_or_else(|| corrupt(Corruption::NotABatch { index: idx }))?;
-        batch::verify(&b.records, b.crc32c).map_err(|source| {
+        batch::verify(&b.records, b.stored_crc()).map_err(|source| {
             corrupt(Corruption::Batch {
                 base_offset: base,
                 source,
@@ -124,8 +127,9 @@ pub fn committed_batches(
         out.push(CommittedBatch {
             base_offset: base,
             record_count: count,
-            crc32c: b.crc32c,
+            crc32c: b.stored_crc(),
             append_time_ms: b.append_time_ms,
+            offset_deltas: b.compaction.map(|c| c.offset_deltas).unwrap_or_default(),
             records: b.records,
         });
     }

@@ -178,6 +178,7 @@ mod tests {
             append_time_ms: 0,
             max_timestamp_ms: 0,
             records: Bytes::from(vec![0u8; 10]),
+            compaction: None,
         }
     }
 

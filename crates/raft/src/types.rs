@@ -37,9 +37,41 @@ pub struct StoredBatch {
     pub max_timestamp_ms: i64,
     /// An encoded `fjord.v1.RecordList`.
     pub records: Bytes,
+    /// Set once compaction removed records from the batch: `records` then holds the kept
+    /// ones, and the rest of the batch is as the producer sent it (the partition rules see
+    /// the same batch). Encoded as its own [`RequestWire`] variant.
+    #[serde(skip)]
+    pub compaction: Option<Box<Compaction>>,
+}
+
+/// What compaction changed in a batch (`crate::compaction`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compaction {
+    /// The offset of each kept record from the batch's base offset, increasing; as many as
+    /// `records` holds.
+    pub offset_deltas: Vec<u32>,
+    /// The batch's record bytes as produced (its span of the partition's positions).
+    pub original_bytes: u32,
+    /// CRC-32C of the kept records (`crc32c` stays the producer's: the partition rules
+    /// remember it to tell a retry from another batch).
+    pub records_crc: u32,
 }
 
 impl StoredBatch {
+    /// The CRC-32C of `records` as stored.
+    pub fn stored_crc(&self) -> u32 {
+        self.compaction
+            .as_ref()
+            .map_or(self.crc32c, |c| c.records_crc)
+    }
+
+    /// Its record bytes as produced, whatever compaction removed.
+    pub fn original_bytes(&self) -> u32 {
+        self.compaction
+            .as_ref()
+            .map_or(self.records.len() as u32, |c| c.original_bytes)
+    }
+
     pub fn header(&self) -> BatchHeader {
         BatchHeader {
             producer_id: self.producer_id,
@@ -77,6 +109,7 @@ impl From<StoredBatchV2> for StoredBatch {
             append_time_ms: b.append_time_ms,
             max_timestamp_ms: b.append_time_ms,
             records: b.records,
+            compaction: None,
         }
     }
 }
@@ -105,6 +138,7 @@ impl From<StoredBatchV1> for StoredBatch {
             append_time_ms: b.append_time_ms,
             max_timestamp_ms: b.append_time_ms,
             records: b.records,
+            compaction: None,
         }
     }
 }
@@ -124,6 +158,18 @@ pub enum Request {
     /// (retention, or a DeleteRecords request). Every replica applies it at the same log
     /// index, so the start offset is the same everywhere.
     DeleteRecords { offset: u64 },
+    /// A compacted partition's records below `upto` are compacted as of `now_ms` (tombstones
+    /// older than `delete_retention_ms` go): every replica compacts its own log the same way,
+    /// in the background (`crate::compaction`).
+    Compact(CompactRequest),
+}
+
+/// What a [`Request::Compact`] asks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactRequest {
+    pub upto: u64,
+    pub now_ms: i64,
+    pub delete_retention_ms: i64,
 }
 
 /// How a [`Request`] is encoded in log entries and Raft messages (postcard numbers enum
@@ -137,6 +183,8 @@ enum RequestWire {
     BatchV2(StoredBatchV2),
     Batch(StoredBatch),
     DeleteRecords(u64),
+    CompactedBatch(StoredBatch, Compaction),
+    Compact(CompactRequest),
 }
 
 impl From<RequestWire> for Request {
@@ -147,6 +195,11 @@ impl From<RequestWire> for Request {
             RequestWire::BatchV2(b) => Request::Batch(b.into()),
             RequestWire::Batch(b) => Request::Batch(b),
             RequestWire::DeleteRecords(offset) => Request::DeleteRecords { offset },
+            RequestWire::CompactedBatch(mut b, c) => {
+                b.compaction = Some(Box::new(c));
+                Request::Batch(b)
+            }
+            RequestWire::Compact(c) => Request::Compact(c),
         }
     }
 }
@@ -157,7 +210,17 @@ impl Serialize for Request {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Request::Meta(c) => s.serialize_newtype_variant("RequestWire", 1, "Meta", c),
-            Request::Batch(b) => s.serialize_newtype_variant("RequestWire", 3, "Batch", b),
+            Request::Batch(b) => match &b.compaction {
+                None => s.serialize_newtype_variant("RequestWire", 3, "Batch", b),
+                Some(c) => {
+                    use serde::ser::SerializeTupleVariant;
+                    let mut t = s.serialize_tuple_variant("RequestWire", 5, "CompactedBatch", 2)?;
+                    t.serialize_field(b)?;
+                    t.serialize_field(c.as_ref())?;
+                    t.end()
+                }
+            },
+            Request::Compact(c) => s.serialize_newtype_variant("RequestWire", 6, "Compact", c),
             Request::DeleteRecords { offset } => {
                 s.serialize_newtype_variant("RequestWire", 4, "DeleteRecords", offset)
             }
@@ -179,6 +242,7 @@ impl std::fmt::Display for Request {
             ),
             Request::Meta(c) => write!(f, "meta({c:?})"),
             Request::DeleteRecords { offset } => write!(f, "delete-records(before {offset})"),
+            Request::Compact(c) => write!(f, "compact(below {}, at {})", c.upto, c.now_ms),
         }
     }
 }
@@ -224,8 +288,26 @@ mod tests {
         let now = postcard::to_stdvec(&Request::Batch(b.clone())).unwrap();
         assert_eq!(
             postcard::from_bytes::<Request>(&now).unwrap(),
-            Request::Batch(b)
+            Request::Batch(b.clone())
         );
+        let mut compacted = b.clone();
+        compacted.compaction = Some(Box::new(Compaction {
+            offset_deltas: vec![0, 3],
+            original_bytes: 40,
+            records_crc: 7,
+        }));
+        let bytes = postcard::to_stdvec(&Request::Batch(compacted.clone())).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<Request>(&bytes).unwrap(),
+            Request::Batch(compacted)
+        );
+        let c = Request::Compact(CompactRequest {
+            upto: 9,
+            now_ms: 5,
+            delete_retention_ms: 1,
+        });
+        let bytes = postcard::to_stdvec(&c).unwrap();
+        assert_eq!(postcard::from_bytes::<Request>(&bytes).unwrap(), c);
         let delete = postcard::to_stdvec(&Request::DeleteRecords { offset: 12 }).unwrap();
         assert_eq!(
             postcard::from_bytes::<Request>(&delete).unwrap(),

@@ -59,6 +59,7 @@ fn batch(token: u64, producer_id: u64, base_sequence: u32, record_count: u32) ->
         append_time_ms: 0,
         max_timestamp_ms: 0,
         records,
+        compaction: None,
     }
 }
 

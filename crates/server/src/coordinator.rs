@@ -564,9 +564,16 @@ impl Runner {
             }
             let held = self.groups_held() + scratch.values().filter(|g| g.is_some()).count();
             let group = scratch.get(&name).and_then(|g| g.as_ref());
+            let times = match self.time_offsets(&job.op, group, &topics).await {
+                Ok(t) => t,
+                Err(e) => {
+                    answers.push((job, Err(e)));
+                    continue;
+                }
+            };
             let lookups = Lookups {
                 hws: self.high_watermarks(&job.op, &topics).await,
-                times: self.time_offsets(&job.op, group, &topics).await,
+                times,
             };
             let decided = self.decide(&job.op, group, &topics, now_ms, held, &lookups);
             let result = match decided {
@@ -889,61 +896,94 @@ impl Runner {
             .collect()
     }
 
-    /// For a reset by time: each partition's first offset at or after the time, from this
-    /// node's replica where it has one, else from the partition's leader (ListOffsets, CP,
-    /// 2 s). A partition with no record that recent, or that cannot be asked, is left out
-    /// (the reset moves it to its end).
+    /// For a reset by time: each partition's first offset at or after the time (absent: no
+    /// record that recent), as its leader finds it: this node's replica when it leads, else
+    /// the leader asked (ListOffsets, CP, 2 s). A partition whose leader cannot answer fails
+    /// the reset (a follower's replica may lag: it could move the offset past records).
     async fn time_offsets(
         &self,
         op: &Op,
         group: Option<&Group>,
         topics: &TopicsView,
-    ) -> BTreeMap<Tp, u64> {
+    ) -> Result<BTreeMap<Tp, u64>, ApiError> {
         let Op::Reset {
             to: fjord_groups::offsets::ResetTo::Time(ts),
             topic,
             ..
         } = op
         else {
-            return BTreeMap::new();
+            return Ok(BTreeMap::new());
         };
         let mut out = BTreeMap::new();
         for tp in Self::reset_tps(group, *topic, topics) {
-            let found = match self.node.partition(group_id(tp.topic, tp.partition)) {
-                Some(h) => crate::data::local_offset_for_time(&self.node, &h, *ts)
-                    .ok()
-                    .flatten(),
-                None => self.remote_time_offset(tp, *ts, topics).await,
+            let local = self
+                .node
+                .partition(group_id(tp.topic, tp.partition))
+                .filter(|h| h.is_leader());
+            let found = match local {
+                Some(h) => {
+                    h.linearizable_read()
+                        .await
+                        .map_err(|e| self.lookup_failed(tp, topics, e.to_string()))?;
+                    crate::data::local_offset_for_time(&self.node, &h, *ts)?
+                }
+                None => self.remote_time_offset(tp, *ts, topics).await?,
             };
             if let Some(o) = found {
                 out.insert(tp, o);
             }
         }
-        out
+        Ok(out)
     }
 
-    async fn remote_time_offset(&self, tp: Tp, ts: i64, topics: &TopicsView) -> Option<u64> {
-        let name = topics.name_of(tp.topic)?.to_string();
+    /// A reset by time could not look `tp` up: its leader is not known or did not answer.
+    fn lookup_failed(&self, tp: Tp, topics: &TopicsView, why: String) -> ApiError {
+        ApiError::no_leader(
+            crate::error::Subject::Partition {
+                topic: topics.name_of(tp.topic).unwrap_or("?").to_string(),
+                partition: tp.partition,
+            },
+            crate::error::NoLeaderCause::Lookup(why),
+        )
+    }
+
+    async fn remote_time_offset(
+        &self,
+        tp: Tp,
+        ts: i64,
+        topics: &TopicsView,
+    ) -> Result<Option<u64>, ApiError> {
+        let fail = |why: &str| self.lookup_failed(tp, topics, why.to_string());
+        let name = topics
+            .name_of(tp.topic)
+            .ok_or_else(|| fail("unknown topic"))?;
         let view = self.node.view();
         let leader = view
             .state
-            .topic(&name)?
-            .partitions
-            .get(tp.partition as usize)?
-            .leader?;
-        let addr = self.node.address_of(leader)?;
-        let channel = self.node.channel(&addr).ok()?;
+            .topic(name)
+            .and_then(|t| t.partitions.get(tp.partition as usize))
+            .and_then(|p| p.leader)
+            .ok_or_else(|| fail("no leader known"))?;
+        let addr = self
+            .node
+            .address_of(leader)
+            .ok_or_else(|| fail("the leader's address is not known"))?;
+        let channel = self.node.channel(&addr).map_err(|e| fail(&e.to_string()))?;
         let mut client = fjord_proto::v1::fjord_client::FjordClient::new(channel);
         let mut req = tonic::Request::new(fjord_proto::v1::ListOffsetsRequest {
-            topic: name,
+            topic: name.to_string(),
             partition: tp.partition,
             query: fjord_proto::v1::OffsetQuery::OffsetByTime as i32,
             timestamp_ms: ts,
             read: fjord_proto::v1::ReadMode::ReadCp as i32,
         });
         req.set_timeout(Duration::from_secs(2));
-        let r = client.list_offsets(req).await.ok()?.into_inner();
-        r.found.then_some(r.offset)
+        let r = client
+            .list_offsets(req)
+            .await
+            .map_err(|s| fail(&format!("ListOffsets at node {leader}: {}", s.message())))?
+            .into_inner();
+        Ok(r.found.then_some(r.offset))
     }
 
     /// Writes `records` to the partition, in batches of at most [`MAX_RECORDS_PER_BATCH`].
@@ -976,6 +1016,7 @@ impl Runner {
                 append_time_ms: now_ms,
                 max_timestamp_ms: now_ms,
                 records: body,
+                compaction: None,
             };
             match self.handle.propose_cp(b).await? {
                 Outcome::Appended { .. } => {}

@@ -193,6 +193,7 @@ fn record_batches(
                 append_time_ms: now,
                 max_timestamp_ms: max_timestamp(&records, now),
                 records: body,
+                compaction: None,
             };
             (p, batch)
         })
@@ -263,6 +264,7 @@ fn producer_batches(
                 append_time_ms: now,
                 max_timestamp_ms: max_timestamp(&records, now),
                 records: b.records,
+                compaction: None,
             },
         ));
     }

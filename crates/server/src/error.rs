@@ -71,6 +71,9 @@ pub enum NoLeaderCause {
     /// The metadata group holds as many waiting writes as it may (a metadata write retries).
     #[error(" ({0})")]
     Busy(#[from] Busy),
+    /// A lookup at the leader (a reset by time) failed.
+    #[error(": looking the offset up failed: {0}")]
+    Lookup(String),
     /// A membership change did not commit in time.
     #[error(": a membership change was not committed within {within:?} (no majority answered)")]
     ChangeNotCommitted { within: Duration },

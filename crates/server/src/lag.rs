@@ -116,7 +116,15 @@ pub fn read_probe(answer: &FetchResponse, offset: u64) -> Probe {
             return None;
         }
         let records = fjord_proto::batch::decode(&b.records, b.crc32c).ok()?;
-        let r = records.get((offset - b.base_offset) as usize)?;
+        // A compacted batch lists its records' offsets: the first kept at or after `offset`.
+        let at = if b.offset_deltas.is_empty() {
+            (offset - b.base_offset) as usize
+        } else {
+            b.offset_deltas
+                .iter()
+                .position(|d| b.base_offset + u64::from(*d) >= offset)?
+        };
+        let r = records.get(at)?;
         Some(if r.timestamp_ms != 0 {
             r.timestamp_ms
         } else {
@@ -150,6 +158,7 @@ mod tests {
             crc32c: fjord_proto::batch::checksum(&body),
             records: body,
             append_time_ms,
+            offset_deltas: Vec::new(),
         }
     }
 

@@ -40,6 +40,35 @@ pub struct Retention {
     pub ms: Option<u64>,
     /// The partition keeps at most about this many record bytes.
     pub bytes: Option<u64>,
+    /// Set when the topic is compacted.
+    pub compact: Option<Compact>,
+}
+
+/// A compacted topic's settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compact {
+    /// Records younger than this stay uncompacted.
+    pub min_lag_ms: i64,
+    /// How long a tombstone survives compaction.
+    pub delete_retention_ms: i64,
+}
+
+/// Record bytes written since the last compaction request, at least, before the next one.
+pub const MIN_DIRTY_BYTES: u64 = 64 << 10;
+
+/// Whether to ask for a compaction, and below which offset: once the record bytes since the
+/// last request (`dirty_bytes`, from offset `dirty_from` on) are at least [`MIN_DIRTY_BYTES`]
+/// and at least what the last compaction kept (`clean_bytes`: Kafka's
+/// `min.cleanable.dirty.ratio` of 0.5, so the work of a pass, which reads the whole
+/// partition, stays proportional to what was written since), up to `cleanable` (the high
+/// watermark, or the first record younger than `min_compaction_lag_ms`).
+pub fn plan_compaction(
+    dirty_from: u64,
+    cleanable: u64,
+    dirty_bytes: u64,
+    clean_bytes: u64,
+) -> Option<u64> {
+    (cleanable > dirty_from && dirty_bytes >= MIN_DIRTY_BYTES.max(clean_bytes)).then_some(cleanable)
 }
 
 /// What [`plan`] looks at.
@@ -96,6 +125,10 @@ pub fn policy(node: &Node, topic: &Topic) -> Retention {
     Retention {
         ms: c.delete_after_ms().and_then(|ms| u64::try_from(ms).ok()),
         bytes: c.delete_beyond_bytes(),
+        compact: c.cleanup_policy.compacts().then_some(Compact {
+            min_lag_ms: c.min_compaction_lag_ms,
+            delete_retention_ms: c.delete_retention_ms,
+        }),
     }
 }
 
@@ -128,9 +161,17 @@ async fn round(
                 continue;
             };
             handle.purge_if_due().await;
+            if let Some(c) = retention.compact {
+                handle.compact_in_background(node.store());
+                if handle.is_leader()
+                    && let Err(e) = ask_compaction(node, &handle, c).await
+                {
+                    tracing::debug!(group, error = %e, "compaction: not asked");
+                }
+            }
             if proposed >= MAX_DELETES_PER_ROUND
                 || !handle.is_leader()
-                || retention == Retention::default()
+                || (retention.ms.is_none() && retention.bytes.is_none())
             {
                 continue;
             }
@@ -157,6 +198,58 @@ async fn round(
         }
     }
     quiet_until.retain(|g, _| node.partition(*g).is_some());
+}
+
+/// Asks for a compaction of the partition (it leads) when [`plan_compaction`] says so.
+async fn ask_compaction(node: &Node, handle: &PartitionHandle, c: Compact) -> Result<(), String> {
+    let shared = handle.shared();
+    let group = shared.group();
+    let store = node.store();
+    let hw = shared.high_watermark();
+    let start = shared.log_start_offset();
+    let dirty_from = shared
+        .compact_request()
+        .map_or(start, |r| r.upto.max(start));
+    let now = node.now_ms();
+    let cleanable = if c.min_lag_ms > 0 {
+        let cutoff = now.saturating_sub(c.min_lag_ms);
+        store
+            .offset_for_time(group, cutoff)
+            .map_err(|e| e.to_string())?
+            .map_or(hw, |t| t.base_offset.min(hw))
+    } else {
+        hw
+    };
+    let position = |offset: u64| -> Result<u64, String> {
+        Ok(
+            match store
+                .find_offset(group, offset)
+                .map_err(|e| e.to_string())?
+            {
+                Some(r) if r.end_offset() > offset => r.position,
+                Some(r) => r.end_position(),
+                None => 0,
+            },
+        )
+    };
+    // The applied state's position is the one at the high watermark.
+    let end = shared.bounds().next_position;
+    let dirty = end.saturating_sub(position(dirty_from)?);
+    let clean = fjord_raft::compaction::progress(store, group)
+        .map_err(|e| e.to_string())?
+        .clean_bytes;
+    let Some(upto) = plan_compaction(dirty_from, cleanable, dirty, clean) else {
+        return Ok(());
+    };
+    let req = fjord_raft::CompactRequest {
+        upto,
+        now_ms: now,
+        delete_retention_ms: c.delete_retention_ms,
+    };
+    handle
+        .request_compaction(req)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Gathers the extent and decides. With the decision, for retention by time alone: when
@@ -256,6 +349,7 @@ mod tests {
         let r = Retention {
             ms: Some(1000),
             bytes: None,
+            compact: None,
         };
         let mut e = extent(rows(&[100; 5]));
         e.rows.clear();
@@ -275,6 +369,7 @@ mod tests {
         let r = Retention {
             ms: None,
             bytes: Some(8 << 20),
+            compact: None,
         };
         // 9 MiB held, the limit 8 MiB and the slack 1 MiB: not yet.
         let e = extent(rows(&[1 << 20; 9]));
@@ -291,7 +386,7 @@ mod tests {
             sizes in proptest::collection::vec(1u32..(4 << 20), 1..64),
             limit in (1u64 << 20)..(64 << 20),
         ) {
-            let r = Retention { ms: None, bytes: Some(limit) };
+            let r = Retention { ms: None, bytes: Some(limit), compact: None };
             let e = extent(rows(&sizes));
             if let Some(start) = plan(r, &e) {
                 let row = e.rows.iter().find(|row| row.base_offset == start);

@@ -339,6 +339,7 @@ impl From<Fetched> for v1::FetchResponse {
                     crc32c: b.crc32c,
                     records: b.records,
                     append_time_ms: b.append_time_ms,
+                    offset_deltas: b.offset_deltas,
                 })
                 .collect(),
             high_watermark: f.high_watermark,

@@ -58,6 +58,8 @@ pub enum GroupKey {
     LastPurged = 3,
     StateMachine = 4,
     Snapshot = 5,
+    /// A compacted partition's compaction progress on this replica.
+    Compacted = 6,
 }
 
 /// Settings of the database.
@@ -545,7 +547,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(counter.get(), 2500);
-        store.write(vec![Op::DeleteGroup { group: 7 }]).await.unwrap();
+        store
+            .write(vec![Op::DeleteGroup { group: 7 }])
+            .await
+            .unwrap();
         assert_eq!(counter.get(), 2500 + 6000 + 1500);
     }
 

@@ -50,6 +50,13 @@ pub enum Op {
     /// Removes the log entries of a group at `index` and after, and the offset index entries
     /// pointing at them.
     TruncateFrom { group: u64, index: u64 },
+    /// Replaces the log entry at `index` if it is still there (compaction rewrites an entry in
+    /// place; a purge may have deleted it meanwhile, and must not be undone).
+    ReplaceIfPresent {
+        group: u64,
+        index: u64,
+        bytes: Vec<u8>,
+    },
     /// Removes the log entries of a group up to and including `index`, and the offset index
     /// entries pointing at them.
     PurgeTo { group: u64, index: u64 },
@@ -72,6 +79,7 @@ impl Op {
     fn bytes(&self) -> usize {
         match self {
             Op::Append { entries, .. } => entries.iter().map(|(_, b)| b.len() + 16).sum(),
+            Op::ReplaceIfPresent { bytes, .. } => bytes.len() + 16,
             Op::Put { value, .. } | Op::PutNode { value, .. } => value.len(),
             Op::IndexOffsets { entries, times, .. } => entries.len() * 32 + times.len() * 24,
             _ => 16,
@@ -337,6 +345,23 @@ impl Tables<'_> {
             Op::Append { group, entries } => {
                 for (index, bytes) in entries {
                     self.freed -= bytes.len() as i64;
+                    self.log
+                        .insert((*group, *index), bytes.as_slice())
+                        .map_err(StorageError::redb)?;
+                }
+            }
+            Op::ReplaceIfPresent {
+                group,
+                index,
+                bytes,
+            } => {
+                let old = self
+                    .log
+                    .get((*group, *index))
+                    .map_err(StorageError::redb)?
+                    .map(|v| v.value().len());
+                if let Some(old) = old {
+                    self.freed += old as i64 - bytes.len() as i64;
                     self.log
                         .insert((*group, *index), bytes.as_slice())
                         .map_err(StorageError::redb)?;
