@@ -574,7 +574,9 @@ fn offset_for_time(
             }
         })?;
         for (i, r) in records.iter().enumerate() {
-            let offset = b.base_offset + i as u64;
+            // A compacted batch lists its records' offsets.
+            let delta = b.offset_deltas.get(i).map_or(i as u64, |d| u64::from(*d));
+            let offset = b.base_offset + delta;
             let at = if r.timestamp_ms != 0 {
                 r.timestamp_ms
             } else {
