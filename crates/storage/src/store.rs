@@ -554,6 +554,92 @@ mod tests {
         assert_eq!(counter.get(), 2500 + 6000 + 1500);
     }
 
+    /// The time index follows the batch index: a truncation removes the rows of the batches
+    /// it removes, a purge those of purged batches except the last (its timestamp is still
+    /// the largest the first kept batches saw).
+    #[tokio::test]
+    async fn time_rows_follow_truncations_and_purges() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let entries = (1..=5).map(|i| (i, vec![0u8; 10])).collect();
+        let rows = (0..5u64)
+            .map(|i| BatchRow {
+                base_offset: i * 10,
+                index: i + 1,
+                record_count: 10,
+                position: i * 100,
+                bytes: 100,
+            })
+            .collect();
+        // Batches at offsets 0..50 with largest timestamps 100, 300, (250), 400, (350).
+        let times = [(100, 0), (300, 10), (400, 30)]
+            .map(|(timestamp_ms, base_offset)| TimeRow {
+                timestamp_ms,
+                base_offset,
+            })
+            .to_vec();
+        store
+            .write(vec![
+                Op::Append { group: 1, entries },
+                Op::IndexOffsets {
+                    group: 1,
+                    entries: rows,
+                    times,
+                },
+            ])
+            .await
+            .unwrap();
+        let at = |t| store.offset_for_time(1, t).unwrap().map(|r| r.base_offset);
+        assert_eq!((at(250), at(301), at(401)), (Some(10), Some(30), None));
+        // Truncating from log index 4 (offset 30) removes the 400 row.
+        store
+            .write(vec![Op::TruncateFrom { group: 1, index: 4 }])
+            .await
+            .unwrap();
+        assert_eq!(at(301), None);
+        // Purging up to index 2 (offsets 0..20): the 300 row stays, the 100 row goes.
+        store
+            .write(vec![Op::PurgeTo { group: 1, index: 2 }])
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .offset_for_time(1, i64::MIN)
+                .unwrap()
+                .unwrap()
+                .timestamp_ms,
+            300
+        );
+        assert_eq!(store.first_offset(1).unwrap(), Some(20));
+    }
+
+    /// A database written before retention (batch index `offsets` without sizes) opens with
+    /// its index converted: sizes from the log entries, positions adding them up.
+    #[test]
+    fn an_index_written_before_retention_is_converted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Database::create(dir.path().join("fjord.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut log = txn.open_table(LOG).unwrap();
+                log.insert((3, 1), &[0u8; 30][..]).unwrap();
+                log.insert((3, 2), &[0u8; 50][..]).unwrap();
+                let mut old = txn.open_table(OFFSETS).unwrap();
+                old.insert((3, 0), (1, 4)).unwrap();
+                old.insert((3, 4), (2, 6)).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+        let rows = store.offsets_from(3, 0, 10).unwrap();
+        let got: Vec<(u64, u64, u64, u32)> = rows
+            .iter()
+            .map(|r| (r.base_offset, r.index, r.position, r.bytes))
+            .collect();
+        assert_eq!(got, [(0, 1, 0, 30), (4, 2, 30, 50)]);
+    }
+
     /// The simulation's way of opening a store: a task writer on a simulated disk. What was
     /// acknowledged survives a power loss, and the dead incarnation cannot write after it.
     #[tokio::test(flavor = "current_thread")]
