@@ -93,28 +93,41 @@ struct Loaded {
     records: Vec<Record>,
 }
 
-/// Reads the batches whose base offsets are in `from..upto`, at most [`STEP_ENTRIES`] of
-/// them; returns them and where the next read starts.
+/// Reads the batches from the one holding offset `from` on, below `upto`, at most
+/// [`STEP_ENTRIES`] of them (and 64 MiB); returns them and where the next read starts (after
+/// the last batch actually read).
 fn load(
     store: &Store,
     group: u64,
     from: u64,
     upto: u64,
 ) -> Result<(Vec<Loaded>, Option<u64>), io::Error> {
+    let first_base = match store.find_offset(group, from)? {
+        Some(r) if r.end_offset() > from => r.base_offset,
+        _ => from,
+    };
     let rows: Vec<_> = store
-        .offsets_from(group, from, STEP_ENTRIES)?
+        .offsets_from(group, first_base, STEP_ENTRIES)?
         .into_iter()
         .filter(|r| r.base_offset < upto)
         .collect();
     let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
         return Ok((Vec::new(), None));
     };
-    let next = (rows.len() == STEP_ENTRIES).then(|| last.end_offset());
+    let raws = store.read_log(group, first.index..=last.index, STEP_ENTRIES * 4, 64 << 20)?;
+    if raws.is_empty() {
+        // Purged meanwhile: nothing left to compact here.
+        return Ok((Vec::new(), None));
+    }
+    let read_through = raws.last().map_or(0, |(i, _)| *i);
+    let next = match rows.iter().find(|r| r.index > read_through) {
+        // The read stopped at its byte limit: go on from the first batch it did not reach.
+        Some(r) => Some(r.base_offset),
+        None => (rows.len() == STEP_ENTRIES).then(|| last.end_offset()),
+    };
     let base_of: HashMap<u64, u64> = rows.iter().map(|r| (r.index, r.base_offset)).collect();
     let mut out = Vec::new();
-    for (index, raw) in
-        store.read_log(group, first.index..=last.index, STEP_ENTRIES * 4, 64 << 20)?
-    {
+    for (index, raw) in raws {
         let Some(&base) = base_of.get(&index) else {
             continue;
         };

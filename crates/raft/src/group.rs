@@ -276,6 +276,7 @@ pub async fn start_partition(
     transitions: Transitions,
 ) -> Result<PartitionHandle, StartError> {
     let shared = PartitionShared::open(group, &store, kind)?;
+    shared.rebuild_time_index().await?;
     // The log store's in-memory tail is shared by its clones: an instance started again
     // after hibernation reads what the last one appended, committed to redb or not.
     let log = GroupLogStore::new(group, store.clone(), Some(shared.clone()));

@@ -100,7 +100,10 @@ impl GroupLogStore {
                     Ok(true) => continue,
                     Ok(false) => {}
                     Err(e) => {
-                        tracing::warn!(group = this.group, error = %e, "deleting purged entries")
+                        // A failed write: the node stops (fail-stop), or the next purge retries.
+                        tracing::warn!(group = this.group, error = %e, "deleting purged entries");
+                        this.purging.store(false, Ordering::Release);
+                        break;
                     }
                 }
                 this.purging.store(false, Ordering::Release);
@@ -367,9 +370,14 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
                 last_log_id: Some(last),
             });
         }
+        // Entries at or below the last purged id may still be stored (a deletion under way,
+        // or interrupted): the log ends at the later of the two.
         let last = match self.store.log_bounds(self.group)? {
             None => last_purged,
-            Some((_, (_, bytes))) => Some(codec::decode::<Entry>(&bytes, "log entry")?.log_id()),
+            Some((_, (_, bytes))) => {
+                let stored = codec::decode::<Entry>(&bytes, "log entry")?.log_id();
+                std::cmp::max(Some(stored), last_purged)
+            }
         };
         Ok(LogState {
             last_purged_log_id: last_purged,

@@ -305,6 +305,11 @@ pub struct PartitionShared {
     compacting: std::sync::atomic::AtomicBool,
     /// What the last snapshot covers, for [`PartitionShared::purge_due`].
     snapshot: Mutex<SnapshotMark>,
+    /// Held by a snapshot build and a snapshot install, for their whole length.
+    snapshot_io: tokio::sync::Mutex<()>,
+    /// Set when the checkpoint was written before the time index existed: it is rebuilt from
+    /// the log before the group starts ([`PartitionShared::rebuild_time_index`]).
+    needs_time_index: std::sync::atomic::AtomicBool,
 }
 
 /// What a partition's last snapshot covers, and when one was last asked for.
@@ -353,9 +358,11 @@ impl Drop for WaiterGuard<'_> {
 impl PartitionShared {
     /// Loads the last checkpoint of `group`'s applied state.
     pub fn open(group: u64, store: &Store, kind: PartitionKind) -> Result<Arc<Self>, io::Error> {
+        let mut before_retention = false;
         let mut applied: Applied = match store.get_value(group, GroupKey::StateMachine)? {
             Some(b) => {
                 let d = Applied::decode_versioned(&b, "partition checkpoint")?;
+                before_retention = d.before_retention;
                 let mut applied = d.applied;
                 if d.before_retention {
                     // The position after the last applied batch, as the converted index knows it.
@@ -406,11 +413,74 @@ impl PartitionShared {
             store: store.clone(),
             kind,
             compacting: Default::default(),
+            snapshot_io: tokio::sync::Mutex::new(()),
+            needs_time_index: std::sync::atomic::AtomicBool::new(before_retention),
             snapshot: Mutex::new(SnapshotMark {
                 index: snapshot_index,
                 ..SnapshotMark::default()
             }),
         }))
+    }
+
+    /// For a partition whose checkpoint was written before the time index existed: builds its
+    /// time index from its log (every batch's largest timestamp; entries written then hold
+    /// their append time) and the applied state's largest timestamp, then checkpoints, once,
+    /// before the group starts. Without it, retention by time would see no row for the old
+    /// records and take them for expired.
+    pub async fn rebuild_time_index(&self) -> Result<(), io::Error> {
+        use std::sync::atomic::Ordering;
+        if !self.needs_time_index.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let applied_index = self.applied.lock().unwrap().last_applied.map(|l| l.index());
+        let (mut max, mut applied_max, mut from, mut clear) = (None::<i64>, None, 0u64, true);
+        loop {
+            let rows = self.store.offsets_from(self.group, from, 4096)?;
+            let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+                break;
+            };
+            let entries: HashMap<u64, Vec<u8>> = self
+                .store
+                .read_log(self.group, first.index..=last.index, usize::MAX, usize::MAX)?
+                .into_iter()
+                .collect();
+            let mut times = Vec::new();
+            for r in &rows {
+                let Some(raw) = entries.get(&r.index) else {
+                    continue;
+                };
+                let Some(b) = codec::stored_batch(raw)? else {
+                    continue;
+                };
+                if max.is_none_or(|m| b.max_timestamp_ms > m) {
+                    max = Some(b.max_timestamp_ms);
+                    times.push(TimeRow {
+                        timestamp_ms: b.max_timestamp_ms,
+                        base_offset: r.base_offset,
+                    });
+                }
+                if applied_index.is_some_and(|a| r.index <= a) {
+                    applied_max = max;
+                }
+            }
+            self.store
+                .write(vec![Op::PutTimes {
+                    group: self.group,
+                    times,
+                    clear,
+                }])
+                .await?;
+            clear = false;
+            from = last.end_offset();
+        }
+        self.applied.lock().unwrap().state.max_timestamp_ms = applied_max;
+        self.checkpoint_now().await?;
+        self.needs_time_index.store(false, Ordering::Release);
+        tracing::info!(
+            group = self.group,
+            "time index built from the log (written before it existed)"
+        );
+        Ok(())
     }
 
     /// Marks a compaction task started; `false` when one runs already.
@@ -479,7 +549,7 @@ impl PartitionShared {
     /// first batch holding a record at or after the log start offset (its records stay in
     /// the log), or everything applied when no such batch is left.
     fn snapshot_target(&self, applied: &Applied) -> Result<Option<u64>, io::Error> {
-        let start = applied.state.log_start_offset;
+        let (start, next_offset) = (applied.state.log_start_offset, applied.state.next_offset);
         let Some(applied) = applied.last_applied.map(|l| l.index()) else {
             return Ok(None);
         };
@@ -496,7 +566,10 @@ impl PartitionShared {
         };
         Ok(match kept {
             Some(index) => index.checked_sub(1).map(|i| i.min(applied)),
-            None => Some(applied),
+            // Every batch is below the start: the whole applied log can go.
+            None if start >= next_offset => Some(applied),
+            // A batch at or after the start is applied but not in the index: keep everything.
+            None => None,
         })
     }
 
@@ -795,6 +868,9 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionSm {
     /// still in the log: nothing is purged beyond a snapshot). The applied checkpoint is
     /// written durably with it, so a restart never needs an entry the purge removed.
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
+        // One snapshot build or install at a time: openraft builds in a task of its own,
+        // which could otherwise write an older snapshot over one just installed.
+        let _io = self.shared.snapshot_io.lock().await;
         let group = self.shared.group;
         let previous = match self.store.get_value(group, GroupKey::Snapshot)? {
             Some(b) => Applied::decode(&b, "partition snapshot")?,
@@ -802,28 +878,41 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionSm {
         };
         let from = previous.last_applied.map(|l| l.index());
         let applied = self.shared.applied.lock().unwrap().clone();
-        let target = self.shared.snapshot_target(&applied)?;
+        // The target comes from this replica's batch index, which must hold every batch the
+        // state applied first (a leader applies before its own write of a batch lands).
+        let indexed = self
+            .shared
+            .wait_stored(
+                applied.state.next_offset,
+                tokio::time::Instant::now() + SNAPSHOT_STORED_WAIT,
+            )
+            .await;
+        let target = if indexed {
+            self.shared.snapshot_target(&applied)?
+        } else {
+            None
+        };
         let built_at_start = applied.state.log_start_offset;
-        let mut snap = if target <= from {
-            previous
-        } else if target == applied.last_applied.map(|l| l.index()) {
+        if target <= from {
+            return Ok(stored_snapshot(previous, "partition snapshot")?);
+        }
+        let mut snap = if target == applied.last_applied.map(|l| l.index()) {
             applied.clone()
         } else {
-            roll_forward(
-                &self.store,
-                group,
-                previous,
-                target.expect("above the previous"),
-            )?
+            let to = target.expect("above the previous");
+            match roll_forward(&self.store, group, previous.clone(), to) {
+                Ok(s) => s,
+                Err(e) => {
+                    // Whatever it is, an error here would stop the group: keep the last one.
+                    tracing::warn!(group, error = %e, "a snapshot was not built");
+                    return Ok(stored_snapshot(previous, "partition snapshot")?);
+                }
+            }
         };
         // Everything the snapshot covers is purged behind it: nothing below its next offset
         // is readable on a replica that installs it.
         let next = snap.state.next_offset;
         snap.state.delete_before(next);
-        let meta = SnapshotMetaOf::<TypeConfig> {
-            last_log_id: snap.last_applied,
-            last_membership: snap.membership.clone(),
-        };
         let data = snap.encode("partition snapshot")?;
         self.store
             .write(vec![
@@ -844,11 +933,33 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionSm {
             mark.index = snap.last_applied.map(|l| l.index());
             mark.built_at_start = built_at_start;
         }
+        let meta = SnapshotMetaOf::<TypeConfig> {
+            last_log_id: snap.last_applied,
+            last_membership: snap.membership.clone(),
+        };
         Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
             meta,
             snapshot: data,
         })
     }
+}
+
+/// How long a snapshot build waits for this replica's own write of the batches it applied.
+const SNAPSHOT_STORED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The snapshot `a` as stored, unchanged (openraft ignores one no newer than its own).
+fn stored_snapshot(
+    a: Applied,
+    what: &'static str,
+) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, codec::EncodeError> {
+    let meta = SnapshotMetaOf::<TypeConfig> {
+        last_log_id: a.last_applied,
+        last_membership: a.membership.clone(),
+    };
+    Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
+        meta,
+        snapshot: a.encode(what)?,
+    })
 }
 
 /// `state` rolled forward through the log entries after it, up to index `to`.
@@ -966,6 +1077,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
             ?meta,
             "installing a partition snapshot"
         );
+        let _io = self.shared.snapshot_io.lock().await;
         let mut a = Applied::decode(&snapshot, "partition snapshot")?;
         if self.shared.kind == PartitionKind::Data {
             a.groups = None;
@@ -988,6 +1100,17 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                     group: self.shared.group,
                     key: GroupKey::Snapshot as u8,
                     value: snapshot,
+                },
+                // The index rows of the entries the snapshot replaces go (openraft purges the
+                // entries), and the time index starts from the snapshot's largest timestamp.
+                Op::ResetIndexTo {
+                    group: self.shared.group,
+                    index: a.last_applied.map_or(0, |l| l.index()),
+                    next_offset: hw,
+                    time: a.state.max_timestamp_ms.map(|timestamp_ms| TimeRow {
+                        timestamp_ms,
+                        base_offset: hw,
+                    }),
                 },
             ])
             .await?;

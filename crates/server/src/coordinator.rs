@@ -925,7 +925,7 @@ impl Runner {
                     h.linearizable_read()
                         .await
                         .map_err(|e| self.lookup_failed(tp, topics, e.to_string()))?;
-                    crate::data::local_offset_for_time(&self.node, &h, *ts)?
+                    crate::data::local_offset_for_time(&self.node, &h, *ts).await?
                 }
                 None => self.remote_time_offset(tp, *ts, topics).await?,
             };

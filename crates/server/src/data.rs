@@ -530,13 +530,16 @@ pub async fn list_offsets(node: &Node, req: ListOffsets) -> Result<OffsetFound, 
 
 /// The first committed offset at or after time `ts` in this node's replica of a partition
 /// (as applied here), or `None` when no record is that recent.
-pub(crate) fn local_offset_for_time(
+pub(crate) async fn local_offset_for_time(
     node: &Node,
     handle: &PartitionHandle,
     ts: i64,
 ) -> Result<Option<u64>, ApiError> {
     let shared = handle.shared();
     let (start, hw) = (shared.log_start_offset(), shared.high_watermark());
+    shared
+        .wait_stored(hw, tokio::time::Instant::now() + STORED_WAIT)
+        .await;
     Ok(offset_for_time(node, shared.group(), ts, start, hw)?.map(|(o, _)| o))
 }
 

@@ -29,6 +29,9 @@ use crate::node::Node;
 /// Partitions whose expired records one round proposes to delete, at most (the rest wait
 /// for the next round).
 pub const MAX_DELETES_PER_ROUND: usize = 256;
+/// How long a round waits for a leader's own write of the batches it applied.
+const STORED_WAIT: Duration = Duration::from_secs(1);
+
 /// Batch index rows one decision by size reads, at most: a start that must move further
 /// moves this far, and again next round.
 pub const MAX_SIZE_SCAN_ROWS: usize = 4096;
@@ -136,7 +139,7 @@ pub fn policy(node: &Node, topic: &Topic) -> Retention {
 pub async fn run(node: Arc<Node>, interval: Duration, policy: impl Fn(&Node, &Topic) -> Retention) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut quiet_until: HashMap<u64, i64> = HashMap::new();
+    let mut quiet_until: HashMap<u64, (i64, u64)> = HashMap::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -149,7 +152,7 @@ pub async fn run(node: Arc<Node>, interval: Duration, policy: impl Fn(&Node, &To
 async fn round(
     node: &Node,
     policy: &impl Fn(&Node, &Topic) -> Retention,
-    quiet_until: &mut HashMap<u64, i64>,
+    quiet_until: &mut HashMap<u64, (i64, u64)>,
 ) {
     let view = node.view();
     let mut proposed = 0;
@@ -176,7 +179,22 @@ async fn round(
                 continue;
             }
             let now = node.now_ms();
-            if retention.bytes.is_none() && quiet_until.get(&group).is_some_and(|t| now < *t) {
+            // A partition with nothing to expire before a deadline waits for it, unless its
+            // retention changed since.
+            let quiet = quiet_until
+                .get(&group)
+                .is_some_and(|(t, ms)| now < *t && retention.ms == Some(*ms));
+            if retention.bytes.is_none() && quiet {
+                continue;
+            }
+            // What the decision reads (the batch and time index) must hold every committed
+            // batch: the leader applies before its own write of a batch lands.
+            let hw = handle.shared().high_watermark();
+            if !handle
+                .shared()
+                .wait_stored(hw, tokio::time::Instant::now() + STORED_WAIT)
+                .await
+            {
                 continue;
             }
             match decide(node, &handle, retention, now) {
@@ -189,8 +207,8 @@ async fn round(
                     }
                 }
                 Ok((None, next)) => {
-                    if let Some(t) = next {
-                        quiet_until.insert(group, t);
+                    if let (Some(t), Some(ms)) = (next, retention.ms) {
+                        quiet_until.insert(group, (t, ms));
                     }
                 }
                 Err(e) => tracing::warn!(group, error = %e, "retention: cannot read the index"),
@@ -275,6 +293,12 @@ fn decide(
     if let Some(ms) = r.ms {
         let cutoff = now.saturating_sub(ms.min(i64::MAX as u64) as i64);
         e.first_unexpired = store.offset_for_time(group, cutoff)?.map(|t| t.base_offset);
+        // No batch reached the cutoff: everything expired, but only when the partition's
+        // largest timestamp says so (a time index without a row for it, or a partition whose
+        // largest timestamp is unknown, keeps its records).
+        if e.first_unexpired.is_none() && bounds.max_timestamp_ms.is_none_or(|m| m >= cutoff) {
+            e.first_unexpired = Some(bounds.log_start_offset);
+        }
         let nothing_expired = match e.first_unexpired {
             Some(f) => f <= bounds.log_start_offset,
             None => hw <= bounds.log_start_offset,

@@ -63,6 +63,23 @@ pub enum Op {
     /// Sets a small per-group value.
     Put { group: u64, key: u8, value: Vec<u8> },
     /// Adds offset index entries: `(base_offset, log index, record count)`.
+    /// After a snapshot was installed at log index `index`, whose partition state's next
+    /// offset is `next_offset`: removes the batch index rows of entries at or below `index`
+    /// (whatever their offsets: a replica's discarded tail can hold rows out of offset order)
+    /// and the time index rows below `next_offset`, and adds `time` (the snapshot's largest
+    /// timestamp, from `next_offset` on).
+    ResetIndexTo {
+        group: u64,
+        index: u64,
+        next_offset: u64,
+        time: Option<TimeRow>,
+    },
+    /// Adds time index rows, after removing every one of the group first when `clear`.
+    PutTimes {
+        group: u64,
+        times: Vec<TimeRow>,
+        clear: bool,
+    },
     /// Index rows of appended batches, and the time index rows they add.
     IndexOffsets {
         group: u64,
@@ -427,6 +444,28 @@ impl Tables<'_> {
                 }
             }
             Op::DeleteGroup { group } => self.delete_group(*group)?,
+            Op::PutTimes {
+                group,
+                times,
+                clear,
+            } => {
+                if *clear {
+                    self.times
+                        .retain_in((*group, i64::MIN)..=(*group, i64::MAX), |_, _| false)
+                        .map_err(StorageError::redb)?;
+                }
+                for t in times {
+                    self.times
+                        .insert((*group, t.timestamp_ms), t.base_offset)
+                        .map_err(StorageError::redb)?;
+                }
+            }
+            Op::ResetIndexTo {
+                group,
+                index,
+                next_offset,
+                time,
+            } => self.reset_index_to(*group, *index, *next_offset, *time)?,
         }
         Ok(())
     }
@@ -447,6 +486,51 @@ impl Tables<'_> {
                 .map_err(StorageError::redb)?;
         }
         Ok(doomed)
+    }
+
+    fn reset_index_to(
+        &mut self,
+        group: u64,
+        index: u64,
+        next_offset: u64,
+        time: Option<TimeRow>,
+    ) -> Result<(), StorageError> {
+        let mut doomed = Vec::new();
+        for item in self
+            .batches
+            .range((group, 0)..=(group, u64::MAX))
+            .map_err(StorageError::redb)?
+        {
+            let (k, v) = item.map_err(StorageError::redb)?;
+            if v.value().0 <= index {
+                doomed.push(k.value().1);
+            }
+        }
+        for base in doomed {
+            self.batches
+                .remove((group, base))
+                .map_err(StorageError::redb)?;
+        }
+        let mut old = Vec::new();
+        for item in self
+            .times
+            .range((group, i64::MIN)..=(group, i64::MAX))
+            .map_err(StorageError::redb)?
+        {
+            let (k, v) = item.map_err(StorageError::redb)?;
+            if v.value() < next_offset {
+                old.push(k.value().1);
+            }
+        }
+        for ts in old {
+            self.times.remove((group, ts)).map_err(StorageError::redb)?;
+        }
+        if let Some(t) = time {
+            self.times
+                .insert((group, t.timestamp_ms), t.base_offset)
+                .map_err(StorageError::redb)?;
+        }
+        Ok(())
     }
 
     /// Removes the time index rows of batches from base offset `from` on (truncated).
