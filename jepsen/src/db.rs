@@ -34,6 +34,8 @@ pub struct NodeOptions {
     pub fake_clock: bool,
     /// Put the node's data directory on a lazy filesystem that can lose unsynced writes.
     pub lazy_disk: Option<PathBuf>,
+    /// `--retention-check-interval-ms`, when the run has retention (else the default).
+    pub retention_check_interval_ms: Option<u64>,
 }
 
 /// One node.
@@ -216,6 +218,13 @@ impl Db {
             "--group-partitions",
             &model::COORDINATOR_PARTITIONS.to_string(),
         ])
+        .args(
+            options
+                .retention_check_interval_ms
+                .map(|ms| ["--retention-check-interval-ms".to_string(), ms.to_string()])
+                .into_iter()
+                .flatten(),
+        )
         .args(extra)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -432,6 +441,31 @@ impl Db {
                 .get(from as usize..)
                 .is_some_and(|b| String::from_utf8_lossy(b).contains(text)),
             Err(_) => false,
+        }
+    }
+
+    /// Node `id`'s log after byte `from`.
+    pub fn log_since(&self, id: u64, from: u64) -> String {
+        let Some(n) = self.nodes.get(&id) else {
+            return String::new();
+        };
+        match std::fs::read(n.log_path()) {
+            Ok(bytes) => bytes
+                .get(from as usize..)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// How many lines of node `id`'s log contain `text`.
+    pub fn count_logged(&self, id: u64, text: &str) -> usize {
+        let Some(n) = self.nodes.get(&id) else {
+            return 0;
+        };
+        match std::fs::read(n.log_path()) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).matches(text).count(),
+            Err(_) => 0,
         }
     }
 

@@ -20,6 +20,8 @@
 //!   history.
 //! - [`group`]: the core's consumer-group workload: members that poll, commit, crash and
 //!   pause, and the drain after the final reads.
+//! - [`retention`]: the core's log-lifecycle workload: the run's retention, the deleter,
+//!   log-start lookups, and every replica's bounds once the run is quiet.
 //! - [`run`]: one whole run, and its analysis.
 pub mod db;
 pub mod disk;
@@ -30,5 +32,6 @@ pub mod nemesis;
 pub mod net;
 pub mod proxy;
 pub mod report;
+pub mod retention;
 pub mod run;
 pub mod workload;

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use fjord_harness::fault::{FaultKind, parse_faults};
 use fjord_jepsen::report::{RunSummary, cap_table};
-use fjord_jepsen::run::{RunOptions, RunOutput, analyse, run};
+use fjord_jepsen::run::{RetentionOptions, RunOptions, RunOutput, analyse, run};
 
 #[derive(Parser)]
 #[command(name = "fjord-jepsen", about = "Fault-injection harness for fjord")]
@@ -75,6 +75,17 @@ struct Common {
     /// An operation without an answer after this long is recorded as unknown (info).
     #[arg(long, default_value_t = 5_000)]
     op_timeout_ms: u64,
+    /// The log lifecycle: a short retention on the run's topic (`--retention-ms`), a process
+    /// issuing DeleteRecords below acknowledged offsets, readers moving to the log start,
+    /// the nemesis deleting across a follower held down (`follower-behind-purge`) and as a
+    /// power loss strikes, and every replica's log start compared once quiet (checked by
+    /// expired/lost, below-log-start, log-start-regressed, diverged-start). Runs no
+    /// consumer group.
+    #[arg(long)]
+    retention: bool,
+    /// The topic's retention_ms with `--retention`.
+    #[arg(long, default_value_t = fjord_harness::retention::DEFAULT_RETENTION_MS)]
+    retention_ms: u64,
     /// Where the run's files go (default: jepsen/runs/<time>-<seed>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -147,6 +158,9 @@ impl Common {
             lazyfs_bin,
             netns_prefix: fjord_jepsen::net::unique_prefix(),
             network: self.network.clone(),
+            retention: self.retention.then_some(RetentionOptions {
+                retention_ms: self.retention_ms,
+            }),
         })
     }
 }

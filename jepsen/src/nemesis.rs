@@ -11,6 +11,11 @@
 //! delay from 0 ms (most of them before the ~600 ms a failure detector needs to notice, so
 //! a crashed leader can be back before anyone elected another), or at the step's end.
 //!
+//! In runs with retention the nemesis also deletes records (each `DeleteRecords` recorded in
+//! the history, by the process `fjord_harness::retention::NEMESIS`): a `follower-behind-purge`
+//! holds a follower down across one and across its leader's purge, so that it comes back
+//! behind the purge and installs a snapshot; a `power-loss` strikes while one is in flight.
+//!
 //! What must hold: every step is healed before the next begins and all faults are healed at
 //! the end (nodes restarted, rules cleared, clocks reset, disks writable and fast); at most a
 //! minority of nodes is down or paused at once, except in a power loss, which takes every
@@ -22,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use fjord_client::{Client, PartitionDescription};
-use fjord_harness::fault::FaultKind;
 use fjord_harness::fault::steps::{Step, fsync_delay_ms, restart_delay};
+use fjord_harness::fault::{CLOCK_JUMP_MAX_SECS, CLOCK_RATES, FaultKind};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -32,6 +37,10 @@ use tokio::sync::Mutex;
 use crate::db::Db;
 use crate::net::{self, CLIENT, Network, Rule};
 use crate::report::FaultWindow as Window;
+use crate::retention::{self, PurgeLag};
+use crate::workload::Recorder;
+use fjord_client::{OffsetSpec, ReadMode};
+use fjord_harness::retention::{CHECK_INTERVAL_MS, NEMESIS};
 use fjord_harness::stability::{IsolationCheck, PartitionLeader, Watch};
 
 fn describe_delay(d: Option<Duration>) -> String {
@@ -60,6 +69,9 @@ struct Undo {
     /// Nodes restarted on a lost or old directory: one that refuses it is started again
     /// with `--rebuild`.
     rebuild_if_refused: BTreeSet<u64>,
+    /// A `follower-behind-purge`'s follower, restarted: where its log stood at the restart,
+    /// to look for the snapshot it should install.
+    purge_lag: Option<(PurgeLag, u64)>,
 }
 
 /// Whether a node's last words say it must be started with `--rebuild`: it refused its data
@@ -92,7 +104,27 @@ pub struct Nemesis {
     pub node_clients: BTreeMap<u64, Client>,
     /// The `partition-follower` checks so far.
     pub isolations: Vec<IsolationCheck>,
+    /// In runs with retention: how the nemesis deletes records.
+    pub deletes: Option<Deletes>,
+    /// The `follower-behind-purge` faults so far.
+    pub purge_lags: Vec<PurgeLag>,
 }
+
+/// What the nemesis needs to delete records, in runs with retention.
+pub struct Deletes {
+    pub recorder: Arc<Recorder>,
+    pub op_timeout: Duration,
+    /// A `DeleteRecords` sent as a power loss struck: awaited before the next one.
+    pub inflight: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// How long a `follower-behind-purge` follower stays down before the `DeleteRecords`, while
+/// records arrive that it will not have.
+const DOWN_BEFORE_DELETE: Duration = Duration::from_secs(1);
+/// How long it waits for another node to purge a partition's log behind the new start.
+const PURGE_WAIT: Duration = Duration::from_secs(10);
+/// How long after its restart the follower may take to install the snapshot.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
 
 /// How long `partition-follower` waits for every node to describe the same leaders.
 const SETTLE_DEADLINE: Duration = Duration::from_secs(8);
@@ -629,6 +661,7 @@ impl Nemesis {
             | FaultKind::DiskLoss
             | FaultKind::StaleCopy => self.take_down(kind, s, lead).await?,
             FaultKind::PowerLoss => self.power_loss(s, lead).await?,
+            FaultKind::FollowerBehindPurge => self.follower_behind_purge(s).await?,
             FaultKind::ClockJump => self.jump_clock(s).await?,
             FaultKind::ClockSkew => self.skew_clock(s).await?,
             FaultKind::DiskFull => {
@@ -655,7 +688,7 @@ impl Nemesis {
     /// `clock-jump`: a node's wall clock moves by up to ten minutes either way.
     async fn jump_clock(&self, s: &mut Starting<'_>) -> Result<String> {
         let target = s.any_node();
-        let secs: i64 = s.rng.gen_range(-600..=600);
+        let secs: i64 = s.rng.gen_range(-CLOCK_JUMP_MAX_SECS..=CLOCK_JUMP_MAX_SECS);
         self.db
             .lock()
             .await
@@ -667,7 +700,7 @@ impl Nemesis {
     /// `clock-skew`: a node's wall clock runs slower or faster.
     async fn skew_clock(&self, s: &mut Starting<'_>) -> Result<String> {
         let target = s.any_node();
-        let rate = *[0.25, 0.5, 2.0, 4.0].choose(&mut s.rng).expect("rates");
+        let rate = *CLOCK_RATES.choose(&mut s.rng).expect("rates");
         self.db
             .lock()
             .await
@@ -740,6 +773,160 @@ impl Nemesis {
         Ok(format!("{detail}nodes {chosen:?}"))
     }
 
+    /// The high watermark of `partition` (CP), if its leader answers in time.
+    async fn high_watermark(&self, partition: u32) -> Option<u64> {
+        let listed =
+            self.client
+                .list_offset(&self.topic, partition, OffsetSpec::Latest, ReadMode::Cp);
+        Some(
+            tokio::time::timeout(Duration::from_secs(2), listed)
+                .await
+                .ok()?
+                .ok()?
+                .high_watermark,
+        )
+    }
+
+    /// Waits (at most `within`) until one of `from`'s nodes logged a purge of `partition`'s
+    /// log after the byte its log had reached; whether one did.
+    async fn wait_for_purge(
+        &self,
+        partition: u32,
+        from: &BTreeMap<u64, u64>,
+        within: Duration,
+    ) -> bool {
+        let until = Instant::now() + within;
+        loop {
+            {
+                let db = self.db.lock().await;
+                if from
+                    .iter()
+                    .any(|(&id, &at)| retention::purged_partition(&db.log_since(id, at), partition))
+                {
+                    return true;
+                }
+            }
+            if Instant::now() > until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A partition (drawn) and one of its followers that may go down (drawn); `None` when
+    /// the topic cannot be described or no follower may go.
+    async fn pick_follower(&self, s: &mut Starting<'_>) -> Option<(u32, Option<u64>, u64)> {
+        let partition = s.rng.gen_range(0..self.partitions);
+        let described = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.client.describe_topic(&self.topic),
+        )
+        .await;
+        let p = described
+            .ok()?
+            .ok()?
+            .partitions
+            .into_iter()
+            .nth(partition as usize)?;
+        let followers: Vec<u64> = p
+            .replicas
+            .iter()
+            .copied()
+            .filter(|r| Some(*r) != p.leader && s.candidates.contains(r))
+            .collect();
+        let node = *followers.choose(&mut s.rng).filter(|_| s.budget > 0)?;
+        Some((partition, p.leader, node))
+    }
+
+    /// `follower-behind-purge`: kills a follower of a partition; with retention, deletes the
+    /// partition's records up to its high watermark a second later, waits for the leader to
+    /// purge its log behind the new start, and restarts the follower (which must then install
+    /// a snapshot: the heal looks for it). Without retention, the follower stays down for the
+    /// step.
+    async fn follower_behind_purge(&mut self, s: &mut Starting<'_>) -> Result<String> {
+        let Some((partition, leader, node)) = self.pick_follower(s).await else {
+            return Ok("skipped: no follower may go down".to_string());
+        };
+        s.candidates.retain(|&c| c != node);
+        s.taken_down.insert(node);
+        s.undo.restart.insert(node);
+        let down_at = Instant::now();
+        self.db.lock().await.kill(node)?;
+        let who = format!("n{node} (a follower of partition {partition}) killed");
+        if self.deletes.is_none() {
+            return Ok(format!(
+                "{who} for the step (no retention: nothing to purge)"
+            ));
+        }
+        tokio::time::sleep(DOWN_BEFORE_DELETE).await;
+        // The leader's purge is what leaves the follower behind (a follower that purged
+        // changes nothing for it; a leader may purge later than its followers, while its
+        // replication to the dead node still reads the log): watch the leader's log, or
+        // every other node's when there was none.
+        let watched: BTreeMap<u64, u64> = {
+            let db = self.db.lock().await;
+            s.ids
+                .iter()
+                .filter(|&&i| i != node && leader.is_none_or(|l| l == i))
+                .map(|&i| (i, db.log_len(i)))
+                .collect()
+        };
+        let start = self.delete_to_the_end(partition).await;
+        let purged = start.is_some() && self.wait_for_purge(partition, &watched, PURGE_WAIT).await;
+        tokio::time::sleep(Duration::from_millis(CHECK_INTERVAL_MS)).await;
+        let mut db = self.db.lock().await;
+        let log_from = db.log_len(node);
+        db.start(&self.net, node)?;
+        let lag = PurgeLag {
+            node,
+            partition,
+            start,
+            purged,
+            down_ms: down_at.elapsed().as_millis() as u64,
+            installed_snapshot: false,
+        };
+        let detail = format!("{who}; {}", lag.so_far());
+        s.undo.purge_lag = Some((lag, log_from));
+        Ok(detail)
+    }
+
+    /// A `DeleteRecords` (recorded) of `partition` up to its high watermark; the start it
+    /// answered, if it succeeded. Only in runs with retention.
+    async fn delete_to_the_end(&self, partition: u32) -> Option<u64> {
+        let deletes = self.deletes.as_ref()?;
+        let hw = self.high_watermark(partition).await?;
+        let (rec, timeout) = (&deletes.recorder, deletes.op_timeout);
+        let target = (partition, hw);
+        retention::delete(&self.client, &self.topic, target, rec, NEMESIS, timeout).await
+    }
+
+    /// In runs with retention, right before a power loss: a `DeleteRecords` of a partition up
+    /// to its high watermark, sent (not awaited), so that the power goes while it and the
+    /// purges it starts are under way; what to say.
+    async fn delete_as_power_goes(&mut self, s: &mut Starting<'_>) -> String {
+        let partition = s.rng.gen_range(0..self.partitions);
+        let after_ms = s.rng.gen_range(0..=10);
+        if self.deletes.is_none() {
+            return String::new();
+        }
+        let Some(hw) = self.high_watermark(partition).await else {
+            return String::new();
+        };
+        let Some(deletes) = self.deletes.as_mut() else {
+            return String::new();
+        };
+        if let Some(previous) = deletes.inflight.take() {
+            let _ = previous.await;
+        }
+        let (client, topic) = (self.client.clone(), self.topic.clone());
+        let (rec, timeout) = (deletes.recorder.clone(), deletes.op_timeout);
+        deletes.inflight = Some(tokio::spawn(async move {
+            retention::delete(&client, &topic, (partition, hw), &rec, NEMESIS, timeout).await;
+        }));
+        tokio::time::sleep(Duration::from_millis(after_ms)).await;
+        format!("{after_ms} ms into a DeleteRecords below {hw} of partition {partition}, ")
+    }
+
     /// `power-loss`: every node up crashes at once and loses its unsynced writes; they come
     /// back one after another (sometimes the former leader first), or at the step's end.
     async fn power_loss(&mut self, s: &mut Starting<'_>, lead: String) -> Result<String> {
@@ -749,6 +936,7 @@ impl Nemesis {
             Some(l) => Some(l),
             None => self.partition_leader(&mut s.rng).await,
         };
+        let lead = format!("{lead}{}", self.delete_as_power_goes(s).await);
         let mut db = self.db.lock().await;
         for &id in &s.ids {
             if self.lost_nodes.contains(&id) {
@@ -796,6 +984,23 @@ impl Nemesis {
             self.net.apply(&BTreeSet::new())?;
         }
         self.undo_node_faults(&undo, &mut notes).await?;
+        if let Some(deletes) = self.deletes.as_mut()
+            && let Some(inflight) = deletes.inflight.take()
+        {
+            let _ = inflight.await;
+        }
+        if let Some((mut lag, from)) = undo.purge_lag {
+            lag.installed_snapshot = self
+                .logged_within(
+                    lag.node,
+                    from,
+                    retention::SNAPSHOT_INSTALL_LINE,
+                    SNAPSHOT_WAIT,
+                )
+                .await;
+            notes.push(lag.describe());
+            self.purge_lags.push(lag);
+        }
         // A node restarted on a corrupted file should refuse it (fail-stop). When it does, it
         // never ran on the corruption, so putting the pre-flip bytes back is as if the flip
         // never happened; when it does not, it runs on, and the checker says what followed.
@@ -902,6 +1107,21 @@ impl Nemesis {
             }
         }
         Ok(())
+    }
+
+    /// Waits (polling, at most `wait`) for node `id`'s log after byte `from` to contain
+    /// `text`; whether it did.
+    async fn logged_within(&self, id: u64, from: u64, text: &str, wait: Duration) -> bool {
+        let until = Instant::now() + wait;
+        loop {
+            if self.db.lock().await.logged_since(id, from, text) {
+                return true;
+            }
+            if Instant::now() > until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Waits (polling, at most `wait`) for node `id` to exit by itself; its status, or `None`

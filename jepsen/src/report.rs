@@ -108,13 +108,16 @@ pub fn percentile_ns(sorted: &[u64], q: f64) -> u64 {
     sorted[rank - 1]
 }
 
-/// Produce and poll outcomes within one fault window.
+/// Produce, poll and `DeleteRecords` outcomes within one fault window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WindowStats {
     #[serde(flatten)]
     pub window: FaultWindow,
     pub produce: OpCounts,
     pub poll: OpCounts,
+    /// `DeleteRecords` invoked in the window (the log lifecycle; none without it).
+    #[serde(default)]
+    pub delete: OpCounts,
 }
 
 /// Produce and poll outcomes of operations invoked outside every fault window.
@@ -132,6 +135,9 @@ pub struct Stats {
     pub produce: OpCounts,
     pub poll: OpCounts,
     pub final_read: OpCounts,
+    /// `DeleteRecords` (the log lifecycle; none without it).
+    #[serde(default)]
+    pub delete: OpCounts,
     pub produce_latency: Option<Latency>,
     pub poll_latency: Option<Latency>,
     pub windows: Vec<WindowStats>,
@@ -144,8 +150,11 @@ enum Kind {
     Produce,
     Poll,
     FinalRead,
-    /// The consumer group's operations: judged by the checker, not plotted or counted here.
-    Group,
+    /// `DeleteRecords`: counted overall and per window, not plotted.
+    Delete,
+    /// The consumer group's operations and the log lifecycle's lookups: judged by the
+    /// checker, not plotted or counted here.
+    Other,
 }
 
 fn kind(op: &Operation<'_>) -> Kind {
@@ -153,7 +162,13 @@ fn kind(op: &Operation<'_>) -> Kind {
         Op::Produce { .. } => Kind::Produce,
         Op::Poll { .. } => Kind::Poll,
         Op::FinalRead { .. } => Kind::FinalRead,
-        Op::GroupPoll { .. } | Op::GroupCommit { .. } | Op::GroupDrain { .. } => Kind::Group,
+        Op::DeleteRecords { .. } => Kind::Delete,
+        Op::GroupPoll { .. }
+        | Op::GroupCommit { .. }
+        | Op::GroupDrain { .. }
+        | Op::Retention { .. }
+        | Op::ListEarliest { .. }
+        | Op::ReplicaStarts { .. } => Kind::Other,
     }
 }
 
@@ -173,6 +188,7 @@ pub fn stats(history: &[Event], windows: &[FaultWindow]) -> Stats {
                 window: w.clone(),
                 produce: OpCounts::default(),
                 poll: OpCounts::default(),
+                delete: OpCounts::default(),
             })
             .collect(),
         ..Stats::default()
@@ -196,7 +212,8 @@ pub fn stats(history: &[Event], windows: &[FaultWindow]) -> Stats {
                 s.final_read.count(outcome);
                 continue;
             }
-            Kind::Group => continue,
+            Kind::Delete => s.delete.count(outcome),
+            Kind::Other => continue,
         }
         let t = op.invoke.time_ns;
         let mut in_any = false;
@@ -204,12 +221,14 @@ pub fn stats(history: &[Event], windows: &[FaultWindow]) -> Stats {
             in_any = true;
             match k {
                 Kind::Produce => w.produce.count(outcome),
+                Kind::Delete => w.delete.count(outcome),
                 _ => w.poll.count(outcome),
             }
         }
         if !in_any {
             match k {
                 Kind::Produce => s.outside_windows.produce.count(outcome),
+                Kind::Delete => {}
                 _ => s.outside_windows.poll.count(outcome),
             }
         }
@@ -353,7 +372,7 @@ pub fn latency_svg(history: &[Event], windows: &[FaultWindow]) -> String {
         let panel = match kind(&op) {
             Kind::Produce => &mut panels[0],
             Kind::Poll => &mut panels[1],
-            Kind::FinalRead | Kind::Group => continue,
+            Kind::FinalRead | Kind::Delete | Kind::Other => continue,
         };
         if let Some(ns) = op.latency_ns() {
             let x = x_of(op.invoke.time_ns) - MARGIN_LEFT_PX as f64;
@@ -708,11 +727,15 @@ fn schedule_text(t: &mut String, s: &Stats) {
         );
     }
     let _ = writeln!(t, "\noperations:");
-    for (name, n) in [
+    let mut kinds = vec![
         ("produce", &s.produce),
         ("poll", &s.poll),
         ("final read", &s.final_read),
-    ] {
+    ];
+    if s.delete.attempted > 0 {
+        kinds.push(("delete", &s.delete));
+    }
+    for (name, n) in kinds {
         let _ = writeln!(
             t,
             "  {name:<10}  attempted {:>8}  ok {:>8}  fail {:>8}  info {:>8}",
@@ -740,9 +763,14 @@ fn availability_text(t: &mut String, s: &Stats) {
     );
     for w in &s.windows {
         let label = format!("{} {}", w.window.name, span(&w.window));
+        let deletes = if w.delete.attempted > 0 {
+            format!("  DeleteRecords {}", ratio(&w.delete))
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             t,
-            "  {label:<40} produce {}  poll {}",
+            "  {label:<40} produce {}  poll {}{deletes}",
             ratio(&w.produce),
             ratio(&w.poll)
         );
@@ -934,6 +962,7 @@ mod tests {
             partition: 0,
             value,
             offset,
+            timestamp_ms: None,
         }
     }
 
@@ -944,6 +973,7 @@ mod tests {
             records: vec![],
             high_watermark: Some(0),
             node: None,
+            log_start_offset: None,
         }
     }
 
@@ -1104,6 +1134,7 @@ mod tests {
                 .into_iter()
                 .map(|(offset, value)| ReadRecord { offset, value })
                 .collect(),
+            log_start_offset: None,
         };
         h.op(9, fr, 4 * S, MS, EventType::Ok);
         let windows = [window("partition", S, Some(3 * S))];

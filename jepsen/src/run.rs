@@ -6,7 +6,7 @@
 //! whether it succeeded, failed or panicked (they are owned by values whose `Drop` cleans
 //! up); the workload and the nemesis stop by themselves at the run's end.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,10 +22,12 @@ use crate::nemesis::Nemesis;
 use crate::net::{self, Netns, Network};
 use crate::proxy::ProxyNet;
 use crate::report::{FaultWindow as Window, RunSummary, latency_svg};
+use crate::retention::{self, PurgeLag};
 use crate::workload::{self, Recorder, WorkloadOptions};
 use fjord_harness::fault::FaultKind;
 use fjord_harness::fault::steps::{self as fault_plan, Step};
 use fjord_harness::history::parse_jsonl;
+use fjord_harness::retention::{self as lifecycle, Bounds};
 use fjord_harness::stability::{IsolationCheck, LeaderStability};
 
 /// Everything that defines a run.
@@ -56,6 +58,17 @@ pub struct RunOptions {
     pub netns_prefix: String,
     /// `auto` (namespaces when possible, else the loopback proxy), `netns` or `proxy`.
     pub network: String,
+    /// The log lifecycle (`fjord_harness::retention`): a short retention on the run's topic,
+    /// the deleter's `DeleteRecords`, and the nemesis's deletions; `None`: off.
+    #[serde(default)]
+    pub retention: Option<RetentionOptions>,
+}
+
+/// A run's log lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionOptions {
+    /// The topic's `retention_ms` during the workload.
+    pub retention_ms: u64,
 }
 
 /// What a run produced, besides the files.
@@ -75,6 +88,12 @@ pub struct RunOutput {
     /// What each `partition-follower` fault saw of the leaders.
     #[serde(default)]
     pub isolations: Vec<IsolationCheck>,
+    /// How each `follower-behind-purge` fault went.
+    #[serde(default)]
+    pub purge_lags: Vec<PurgeLag>,
+    /// Per node, how many partition snapshots it installed (its log's lines saying so).
+    #[serde(default)]
+    pub snapshot_installs: BTreeMap<u64, usize>,
 }
 
 fn parse_acks(s: &str) -> Result<Acks> {
@@ -195,7 +214,7 @@ async fn drain_group(
     recorder: &Arc<Recorder>,
     notes: &mut Vec<String>,
 ) {
-    if options.group_members == 0 || !all_read {
+    if options.group_members == 0 || options.retention.is_some() || !all_read {
         return;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -212,8 +231,18 @@ fn new_nemesis(
     client: &Client,
     topic: &str,
     ids: &[u64],
+    recorder: &Arc<Recorder>,
 ) -> Result<Nemesis> {
     Ok(Nemesis {
+        deletes: options
+            .retention
+            .is_some()
+            .then(|| crate::nemesis::Deletes {
+                recorder: recorder.clone(),
+                op_timeout: Duration::from_millis(options.op_timeout_ms),
+                inflight: None,
+            }),
+        purge_lags: Vec::new(),
         db: db.clone(),
         net: netns.clone(),
         client: client.clone(),
@@ -243,6 +272,7 @@ async fn run_async(
     let recorder = Arc::new(Recorder::create(&history, t0)?);
     let total = Duration::from_secs(options.duration_secs);
     let steps = write_plan(&options, total)?;
+    start_retention(&client, &topic, &options, &recorder, &mut notes).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let workload = tokio::spawn(workload::run(
@@ -253,7 +283,7 @@ async fn run_async(
     ));
     let group = Arc::new(Group::default());
     let mut members = spawn_members(&options, &client, &topic, read, &recorder, &group, &stop_rx)?;
-    let nemesis = new_nemesis(&options, &db, &netns, &client, &topic, &ids)?;
+    let nemesis = new_nemesis(&options, &db, &netns, &client, &topic, &ids, &recorder)?;
     let nemesis_task = spawn_nemesis(nemesis, steps.clone(), t0, recorder.clone(), stop_rx);
 
     let interrupted = run_for(total).await?;
@@ -269,7 +299,9 @@ async fn run_async(
         notes.push("interrupted: no final read".into());
         Vec::new()
     } else {
-        let read = read_back(&client, &topic, options.partitions, &recorder, &mut notes).await?;
+        let addresses = ids.iter().map(|&id| (id, netns.advertise(id))).collect();
+        let replicas = (addresses, &nemesis.lost_nodes);
+        let read = read_all(&client, &topic, &options, &recorder, replicas, &mut notes).await?;
         drain_group(
             &options,
             &group,
@@ -284,8 +316,10 @@ async fn run_async(
     group.stop();
     while members.join_next().await.is_some() {}
     recorder.flush();
+    let snapshot_installs = count_snapshot_installs(&db, &mut notes).await;
     shut_down(&db, &mut notes).await;
     let isolations = std::mem::take(&mut nemesis.isolations);
+    let purge_lags = std::mem::take(&mut nemesis.purge_lags);
     drop(nemesis);
     Ok(RunOutput {
         options,
@@ -296,7 +330,105 @@ async fn run_async(
         unread_partitions: unread,
         interrupted,
         isolations,
+        purge_lags,
+        snapshot_installs,
     })
+}
+
+/// With retention: sets it on the topic (recorded) before the workload starts, with the
+/// run's clock bound; notes that no consumer group runs.
+async fn start_retention(
+    client: &Client,
+    topic: &str,
+    options: &RunOptions,
+    recorder: &Recorder,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let Some(r) = options.retention else {
+        return Ok(());
+    };
+    let skew = lifecycle::clock_bound_ms(&options.faults, options.duration_secs * 1_000);
+    retention::set(client, topic, Some(r.retention_ms), skew, recorder).await?;
+    if options.group_members > 0 {
+        notes.push(
+            "retention: no consumer group (GroupConsumer does not move a position below the \
+             log start to it, so its members would stop at the first deletion)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Once the faults healed: with retention, turns it off; the final reads; with retention,
+/// every replica's own bounds of every partition (`replicas`: each node's address, and the
+/// nodes left down).
+async fn read_all(
+    client: &Client,
+    topic: &str,
+    options: &RunOptions,
+    recorder: &Recorder,
+    (addresses, down): (BTreeMap<u64, String>, &BTreeSet<u64>),
+    notes: &mut Vec<String>,
+) -> Result<workload::FinalReads> {
+    if options.retention.is_some() {
+        stop_retention(client, topic, options, recorder, notes).await;
+    }
+    let read = read_back(client, topic, options.partitions, recorder, notes).await?;
+    if options.retention.is_some() {
+        let replicas = partition_replicas(client, topic).await;
+        retention::replica_starts(topic, &replicas, &addresses, down, recorder).await;
+    }
+    Ok(read)
+}
+
+/// Turns the topic's retention off once the writes ended (recorded), and waits out the
+/// retention rounds already under way, so that the final reads and the replicas' bounds are
+/// not a moving target. A failure is noted: the checker judges by what the reads saw anyway.
+async fn stop_retention(
+    client: &Client,
+    topic: &str,
+    options: &RunOptions,
+    recorder: &Recorder,
+    notes: &mut Vec<String>,
+) {
+    let skew = lifecycle::clock_bound_ms(&options.faults, options.duration_secs * 1_000);
+    if let Err(e) = retention::set(client, topic, None, skew, recorder).await {
+        notes.push(format!(
+            "retention could not be turned off before the final reads: {e:#}"
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(2 * lifecycle::CHECK_INTERVAL_MS)).await;
+}
+
+/// Each partition's replicas, as the cluster describes them (empty if it does not answer).
+async fn partition_replicas(client: &Client, topic: &str) -> BTreeMap<u32, Vec<u64>> {
+    match tokio::time::timeout(Duration::from_secs(10), client.describe_topic(topic)).await {
+        Ok(Ok(t)) => t
+            .partitions
+            .into_iter()
+            .map(|p| (p.partition, p.replicas))
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+/// Per node, the partition snapshots it installed in the run (from its log), also noted.
+async fn count_snapshot_installs(db: &Mutex<Db>, notes: &mut Vec<String>) -> BTreeMap<u64, usize> {
+    let db = db.lock().await;
+    let counts: BTreeMap<u64, usize> = db
+        .ids()
+        .into_iter()
+        .map(|id| (id, db.count_logged(id, retention::SNAPSHOT_INSTALL_LINE)))
+        .collect();
+    if counts.values().any(|&n| n > 0) {
+        let listed: Vec<String> = counts.iter().map(|(id, n)| format!("n{id} {n}")).collect();
+        notes.push(format!(
+            "partition snapshots installed (\"{}\" in the node logs): {}",
+            retention::SNAPSHOT_INSTALL_LINE,
+            listed.join(", ")
+        ));
+    }
+    counts
 }
 
 /// Creates the run's topic and waits until each of its partitions has a leader.
@@ -313,7 +445,16 @@ async fn create_topic(client: &Client, options: &RunOptions) -> Result<String> {
 /// The run's fault plan, drawn from its seed, also written to `plan.json`.
 fn write_plan(options: &RunOptions, total: Duration) -> Result<Vec<Step>> {
     let recovery = Duration::from_secs(options.recovery_secs);
-    let steps = fault_plan::plan(options.seed, &options.faults, total, recovery);
+    let mut steps = fault_plan::plan(options.seed, &options.faults, total, recovery);
+    if options.retention.is_some() {
+        // The log lifecycle's own faults, when asked for: a follower held down across a
+        // deletion, and a power loss during one.
+        let wanted: Vec<FaultKind> = [FaultKind::FollowerBehindPurge, FaultKind::PowerLoss]
+            .into_iter()
+            .filter(|k| options.faults.contains(k))
+            .collect();
+        fault_plan::ensure(&mut steps, &wanted);
+    }
     std::fs::write(
         options.out_dir.join("plan.json"),
         serde_json::to_string_pretty(&steps)?,
@@ -356,6 +497,7 @@ async fn start_cluster(
         fake_clock: options.faults.contains(&FaultKind::ClockJump)
             || options.faults.contains(&FaultKind::ClockSkew),
         lazy_disk: options.lazyfs_bin.clone(),
+        retention_check_interval_ms: options.retention.map(|_| lifecycle::CHECK_INTERVAL_MS),
     };
     let mut db = Db::new(&options.out_dir, netns, ids, node_options)?;
     for &id in ids {
@@ -403,15 +545,13 @@ fn spawn_members(
         seed: options.seed,
         op_timeout: Duration::from_millis(options.op_timeout_ms),
     };
-    group::spawn(
-        client,
-        &opts,
-        options.group_members,
-        first,
-        recorder,
-        group,
-        stop,
-    )
+    // No group with retention: see the note `run_async` leaves.
+    let members = if options.retention.is_some() {
+        0
+    } else {
+        options.group_members
+    };
+    group::spawn(client, &opts, members, first, recorder, group, stop)
 }
 
 /// The workload a run drives.
@@ -433,6 +573,9 @@ fn workload_options(
         op_timeout: Duration::from_millis(options.op_timeout_ms),
         produce_interval: Duration::ZERO,
         seed: options.seed,
+        lifecycle: options
+            .retention
+            .map(|_| Arc::new(Bounds::new(options.partitions))),
     }
 }
 

@@ -14,13 +14,15 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use fjord_client::{
-    Acks, Client, ClientError, FetchOptions, Producer, ProducerConfig, ProducerRecord, ReadMode,
+    Acks, Client, ClientError, FetchOptions, OffsetSpec, Producer, ProducerConfig, ProducerRecord,
+    ReadMode,
 };
 use fjord_harness::history::{Event, EventType};
+use fjord_harness::retention::Bounds;
 use fjord_harness::workload::{self as model, FINAL_READER, FinalRead, Values};
 use tokio::sync::watch;
 
@@ -31,20 +33,38 @@ use tokio::sync::watch;
 /// and file order the same.
 pub struct Recorder {
     start: Instant,
+    /// The wall clock (ms since the Unix epoch) at `start`.
+    start_wall_ms: i64,
     inner: Mutex<(u64, BufWriter<File>)>,
 }
 
 impl Recorder {
     pub fn create(path: &Path, start: Instant) -> Result<Recorder> {
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .context("the wall clock is before 1970")?;
+        let start_wall_ms = now.saturating_sub(start.elapsed()).as_millis() as i64;
         Ok(Recorder {
             start,
+            start_wall_ms,
             inner: Mutex::new((0, BufWriter::new(file))),
         })
     }
 
     pub fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
+    }
+
+    /// The wall clock at the history's time 0, in ms since the Unix epoch.
+    pub fn start_wall_ms(&self) -> i64 {
+        self.start_wall_ms
+    }
+
+    /// The wall clock now, in ms since the Unix epoch, as the history's clock counts it
+    /// (what the producers stamp records with: the checker maps it back exactly).
+    pub fn wall_ms(&self) -> i64 {
+        self.start_wall_ms + (self.now_ns() / 1_000_000) as i64
     }
 
     pub fn record(
@@ -109,6 +129,10 @@ pub struct WorkloadOptions {
     /// Pause between a producing process's operations (0 = as fast as acknowledgements come).
     pub produce_interval: Duration,
     pub seed: u64,
+    /// With the log lifecycle (`fjord_harness::retention`): what the workload learns of
+    /// each partition's bounds. Producers then stamp their records with the harness's wall
+    /// clock, and the deleter runs beside them.
+    pub lifecycle: Option<Arc<Bounds>>,
 }
 
 fn classify(e: &ClientError) -> EventType {
@@ -178,6 +202,21 @@ pub async fn run(
             name,
         ));
     }
+    if let Some(bounds) = &options.lifecycle {
+        let deleter = crate::retention::DeleterOptions {
+            topic: options.topic.clone(),
+            partitions: options.partitions,
+            seed: options.seed,
+            op_timeout: options.op_timeout,
+        };
+        tasks.spawn(crate::retention::deleter(
+            client.clone(),
+            deleter,
+            bounds.clone(),
+            recorder.clone(),
+            stop.clone(),
+        ));
+    }
     while let Some(joined) = tasks.join_next().await {
         joined.context("a workload task panicked")?;
     }
@@ -203,16 +242,15 @@ async fn producing(
     while !*stop.borrow() {
         let partition = model::pick_partition(&mut rng, opts.partitions);
         let value = values.next();
-        let invoke = model::produce(partition, value);
+        let (record, stamp) = new_record(&opts, &rec, partition, value);
+        let invoke = model::produce_at(partition, value, stamp);
         rec.record(p, EventType::Invoke, invoke.clone(), None);
-        let record = ProducerRecord::new(model::encode(value)).with_partition(partition);
         match tokio::time::timeout(opts.op_timeout, producer.send(record)).await {
-            Ok(Ok(meta)) => rec.record(
-                p,
-                EventType::Ok,
-                model::produced(partition, value, meta.offset),
-                None,
-            ),
+            Ok(Ok(meta)) => {
+                acked(&opts, partition, meta.offset);
+                let done = model::produced_at(partition, value, meta.offset, stamp);
+                rec.record(p, EventType::Ok, done, None)
+            }
             Ok(Err(e)) => rec.record(p, classify(&e), invoke, Some(e.to_string())),
             Err(_) => rec.record(
                 p,
@@ -230,8 +268,34 @@ async fn producing(
     }
 }
 
-/// Consuming process `p`: polls `partition` from its start onwards, recording each poll and
-/// what it read, until `stop`.
+/// The record carrying `value` to `partition`, stamped with the harness's wall clock when the
+/// run has retention (its timestamp, to record with the produce).
+fn new_record(
+    opts: &WorkloadOptions,
+    rec: &Recorder,
+    partition: u32,
+    value: u64,
+) -> (ProducerRecord, Option<i64>) {
+    let record = ProducerRecord::new(model::encode(value)).with_partition(partition);
+    match opts.lifecycle {
+        Some(_) => {
+            let now = rec.wall_ms();
+            (record.with_timestamp_ms(now), Some(now))
+        }
+        None => (record, None),
+    }
+}
+
+/// A produce to `partition` was acknowledged at `offset`: the deleter may delete below it.
+fn acked(opts: &WorkloadOptions, partition: u32, offset: u64) {
+    if let Some(bounds) = &opts.lifecycle {
+        bounds.acked(partition, offset);
+    }
+}
+
+/// Consuming process `p`: polls `partition` from its start onwards, recording each poll, what
+/// it read and the log start the answer reported, until `stop`. A position below the log
+/// start (its records were deleted) moves to the start, which it looks up (recorded).
 async fn consuming(
     client: Client,
     opts: WorkloadOptions,
@@ -261,15 +325,32 @@ async fn consuming(
                     .iter()
                     .map(|r| model::read_record(r.offset, &r.value))
                     .collect();
-                let op = model::polled(
-                    partition,
-                    from,
-                    records,
-                    result.high_watermark,
-                    result.node_id,
-                );
+                let bounds = (result.high_watermark, result.log_start_offset);
+                let op = model::polled_from(partition, from, records, bounds, result.node_id);
                 rec.record(p, EventType::Ok, op, None);
-                from = result.next_offset;
+                if let Some(b) = &opts.lifecycle {
+                    b.started(partition, result.log_start_offset);
+                }
+                from = model::past_log_start(result.next_offset, result.log_start_offset);
+            }
+            Ok(Err(e @ ClientError::OffsetOutOfRange(_))) => {
+                rec.record(p, classify(&e), invoke, Some(e.to_string()));
+                let lookup = (p, opts.op_timeout);
+                let start = crate::retention::list_earliest(
+                    &client,
+                    &opts.topic,
+                    partition,
+                    opts.read,
+                    &rec,
+                    lookup,
+                )
+                .await;
+                let moved = start.map(|s| model::past_log_start(from, s));
+                match moved {
+                    Some(to) if to != from => from = to,
+                    // Not below the start (past the end?), or no answer: do not spin.
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
             }
             Ok(Err(e)) => {
                 rec.record(p, classify(&e), invoke, Some(e.to_string()));
@@ -327,16 +408,16 @@ async fn fencing_writer(
         let instance = Some(instance);
         let partition = model::pick_partition(&mut rng, opts.partitions);
         let value = values.next();
-        let invoke = model::produce(partition, value);
+        let (record, stamp) = new_record(&opts, &rec, partition, value);
+        let invoke = model::produce_at(partition, value, stamp);
         rec.record_as(p, EventType::Invoke, invoke.clone(), None, instance);
-        let record = ProducerRecord::new(model::encode(value)).with_partition(partition);
         let (kind, op, error) =
             match tokio::time::timeout(opts.op_timeout, producer.send(record)).await {
-                Ok(Ok(meta)) => (
-                    EventType::Ok,
-                    model::produced(partition, value, meta.offset),
-                    None,
-                ),
+                Ok(Ok(meta)) => {
+                    acked(&opts, partition, meta.offset);
+                    let done = model::produced_at(partition, value, meta.offset, stamp);
+                    (EventType::Ok, done, None)
+                }
                 Ok(Err(e)) => (classify(&e), invoke, Some(e.to_string())),
                 Err(_) => (
                     EventType::Info,
@@ -354,6 +435,23 @@ async fn fencing_writer(
     }
 }
 
+/// A final read whose offset was out of range: deleted below where it got to, so it goes on
+/// from the log start (looked up, CP); why not, if it cannot (the start is not above it, or
+/// no answer).
+async fn to_log_start(client: &Client, topic: &str, read: &mut FinalRead) -> Result<(), String> {
+    let partition = read.partition();
+    let at = read.next_offset();
+    let listed = client
+        .list_offset(topic, partition, OffsetSpec::Earliest, ReadMode::Cp)
+        .await
+        .map_err(|e| e.to_string())?;
+    read.log_start(listed.log_start_offset);
+    if read.next_offset() == at {
+        return Err(format!("offset {at} out of range"));
+    }
+    Ok(())
+}
+
 /// What the final reads found.
 #[derive(Debug, Clone, Default)]
 pub struct FinalReads {
@@ -363,8 +461,9 @@ pub struct FinalReads {
     pub ends: BTreeMap<u32, u64>,
 }
 
-/// Reads every partition from offset 0 up to its high watermark with CP reads, retrying
-/// until `deadline`; records each as one `final_read` operation.
+/// Reads every partition from its log start (offset 0 unless records were deleted) up to its
+/// high watermark with CP reads, retrying until `deadline`; records each as one
+/// `final_read` operation, with the highest log start its answers reported.
 pub async fn final_reads(
     client: &Client,
     topic: &str,
@@ -398,8 +497,16 @@ pub async fn final_reads(
                         .records
                         .iter()
                         .map(|r| model::read_record(r.offset, &r.value));
-                    if read.absorb(records, result.next_offset, result.high_watermark) {
+                    let done = read.absorb(records, result.next_offset, result.high_watermark);
+                    read.log_start(result.log_start_offset);
+                    if done {
                         break true;
+                    }
+                }
+                Err(ClientError::OffsetOutOfRange(_)) => {
+                    if let Err(why) = to_log_start(client, topic, &mut read).await {
+                        last_error = Some(why);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
                 Err(e) => {

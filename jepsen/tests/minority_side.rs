@@ -194,6 +194,7 @@ fn each_side_of_a_partition_does_what_the_guarantees_table_says() {
             election_timeout_ms: 600,
             fake_clock: false,
             lazy_disk: None,
+            retention_check_interval_ms: None,
         },
     )
     .unwrap();

@@ -1,7 +1,9 @@
 //! The short harness runs CI makes: real 3-node clusters under faults, both modes, a few fault
 //! mixes. A CP run with any anomaly that breaks CP's guarantees fails the build; the AP run
 //! must be consistent with AP's (weaker) guarantees, and its losses are printed. One more run
-//! cuts single followers off and fails if a partition they only followed changed leader.
+//! cuts single followers off and fails if a partition they only followed changed leader; one
+//! runs the log lifecycle (retention, DeleteRecords, a follower behind the purge, a power
+//! loss during a deletion).
 //!
 //! Each run prints its seed; `FJORD_JEPSEN_SEED` replays one. The clusters use network
 //! namespaces when the machine allows them, else the loopback fault proxy; clock faults need
@@ -13,7 +15,7 @@ use std::sync::Mutex;
 
 use fjord_harness::fault::{FaultKind, parse_faults};
 use fjord_jepsen::report::cap_table;
-use fjord_jepsen::run::{RunOptions, analyse, run};
+use fjord_jepsen::run::{RetentionOptions, RunOptions, analyse, run};
 
 /// One cluster at a time: two would fight over two cores and muddy each other's timings.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -76,7 +78,13 @@ fn missing_tools(faults: &std::collections::BTreeSet<FaultKind>) -> Option<Strin
     None
 }
 
-fn options(label: &str, seed: u64, faults: &str, mode: &str, duration_secs: u64) -> RunOptions {
+fn options(
+    label: &str,
+    seed: u64,
+    faults: &str,
+    mode: &str,
+    (duration_secs, retention): (u64, Option<RetentionOptions>),
+) -> RunOptions {
     let faults = parse_faults(faults).unwrap();
     let lazy = faults.iter().any(|k| k.needs_lazy_disk());
     let out = std::env::temp_dir().join(format!(
@@ -104,6 +112,7 @@ fn options(label: &str, seed: u64, faults: &str, mode: &str, duration_secs: u64)
         lazyfs_bin: lazy.then(|| target_dir().join("fjord-lazyfs")),
         netns_prefix: fjord_jepsen::net::unique_prefix(),
         network: "auto".into(),
+        retention,
     }
 }
 
@@ -120,6 +129,17 @@ fn mix_for(
     duration_secs: u64,
     more: impl Fn(&fjord_jepsen::run::RunOutput, &fjord_jepsen::report::RunSummary),
 ) {
+    mix_with(label, faults, modes, (duration_secs, None), more);
+}
+
+/// [`mix_for`] with the log lifecycle on or off.
+fn mix_with(
+    label: &str,
+    faults: &str,
+    modes: &[&str],
+    (duration_secs, retention): (u64, Option<RetentionOptions>),
+    more: impl Fn(&fjord_jepsen::run::RunOutput, &fjord_jepsen::report::RunSummary),
+) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let seed = seed();
     let kinds = parse_faults(faults).unwrap();
@@ -129,7 +149,7 @@ fn mix_for(
     }
     let mut summaries = Vec::new();
     for mode in modes {
-        let options = options(label, seed, faults, mode, duration_secs);
+        let options = options(label, seed, faults, mode, (duration_secs, retention));
         let dir = options.out_dir.clone();
         eprintln!(
             "{label}: seed {seed}, {mode}, faults {faults}, files in {} (replay: FJORD_JEPSEN_SEED={seed})",
@@ -217,6 +237,57 @@ fn leaders_stay_across_follower_isolations() {
                 "partitions changed leader across follower isolations: {:?}",
                 ls.examples
             );
+        },
+    );
+}
+
+/// The log lifecycle (issue log-lifecycle): a 10 s retention on the topic, DeleteRecords below
+/// acknowledged offsets now and then, a follower held down across one until another replica
+/// purged its log behind the new start (it must come back by installing a snapshot), and a
+/// power loss while a DeleteRecords is in flight. Deleted records must be expired by policy
+/// (asked for, or old enough for any clock); an acknowledged record deleted otherwise is
+/// lost, which fails the run.
+#[test]
+fn cp_with_retention_a_follower_behind_the_purge_and_a_power_loss_during_a_deletion() {
+    let retention = Some(RetentionOptions {
+        retention_ms: 10_000,
+    });
+    mix_with(
+        "retention",
+        "follower-behind-purge,power-loss",
+        &["cp"],
+        // 40 s: room for two steps in every plan, so that both faults get one.
+        (40, retention),
+        |out, summary| {
+            let r = &summary.check.totals.retention;
+            assert!(r.deletes_ok > 0, "no DeleteRecords succeeded: {r:?}");
+            assert!(
+                r.expired_by_delete > 0,
+                "no record was deleted by a DeleteRecords: {r:?}"
+            );
+            assert!(
+                !out.purge_lags.is_empty(),
+                "no follower was held down across a deletion: {:?}",
+                out.plan
+            );
+            for lag in out
+                .purge_lags
+                .iter()
+                .filter(|l| l.start.is_some() && l.purged)
+            {
+                assert!(
+                    lag.installed_snapshot,
+                    "a follower behind the purge caught up without a snapshot: {lag:?}"
+                );
+            }
+            for w in summary.stats.windows.iter() {
+                if w.window.name == "power-loss" {
+                    assert!(
+                        w.delete.attempted > 0,
+                        "a power loss without a DeleteRecords in flight: {w:?}"
+                    );
+                }
+            }
         },
     );
 }

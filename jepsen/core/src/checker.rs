@@ -47,6 +47,12 @@
 //!   newer instance had fenced it there, so the partition must refuse its later writes.
 //!   Records of the same name must appear in non-decreasing epoch order. One anomaly per such
 //!   record.
+//! - With the log lifecycle (`DeleteRecords`, retention): an acknowledged record that no
+//!   final read returned, at an offset below a log start some read reported, is **expired**
+//!   (allowed) if a `DeleteRecords` asked for it or it was old enough to expire by time, and
+//!   **lost** otherwise; these rules and **below-log-start**, **log-start-regressed** and
+//!   **diverged-start** are `retention`'s, in its module doc. The lost and unseen
+//!   rules above judge the records at or above every log start seen.
 //! - The consumer-group rules (**poll-skip**, **nonmonotonic-poll**, **duplicate-delivery**,
 //!   **committed-too-far**, **lost-write**) are `group`'s, in its module doc. The records a
 //!   member handed out are observations too (of the rules above that judge observations:
@@ -69,6 +75,7 @@ use serde::{Deserialize, Serialize};
 use crate::history::{Event, EventType, Op, Operation, ReadRecord, pair};
 
 mod group;
+mod retention;
 
 /// Anomalies kept (with explanations) per class; the count is always exact.
 pub const MAX_EXAMPLES_PER_CLASS: usize = 1_000;
@@ -94,10 +101,14 @@ pub enum AnomalyKind {
     DuplicateDelivery,
     CommittedTooFar,
     LostWrite,
+    Expired,
+    BelowLogStart,
+    LogStartRegressed,
+    DivergedStart,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 15] = [
+    pub const ALL: [AnomalyKind; 19] = [
         AnomalyKind::Lost,
         AnomalyKind::Unseen,
         AnomalyKind::Duplicate,
@@ -113,6 +124,10 @@ impl AnomalyKind {
         AnomalyKind::DuplicateDelivery,
         AnomalyKind::CommittedTooFar,
         AnomalyKind::LostWrite,
+        AnomalyKind::Expired,
+        AnomalyKind::BelowLogStart,
+        AnomalyKind::LogStartRegressed,
+        AnomalyKind::DivergedStart,
     ];
 
     pub fn name(self) -> &'static str {
@@ -132,6 +147,10 @@ impl AnomalyKind {
             AnomalyKind::DuplicateDelivery => "duplicate-delivery",
             AnomalyKind::CommittedTooFar => "committed-too-far",
             AnomalyKind::LostWrite => "lost-write",
+            AnomalyKind::Expired => "expired",
+            AnomalyKind::BelowLogStart => "below-log-start",
+            AnomalyKind::LogStartRegressed => "log-start-regressed",
+            AnomalyKind::DivergedStart => "diverged-start",
         }
     }
 
@@ -143,8 +162,15 @@ impl AnomalyKind {
     /// rewinds within a replica's dense log, or a malformed history. A group member reading
     /// AP may follow a replica's divergent suffix (so may skip, rewind or redeliver); nothing
     /// excuses a commit beyond what a member was handed (commits are CP in every mode).
+    /// An expired record was deleted by policy, which is no anomaly in any mode (it is a
+    /// class to count them, and to show why each was allowed). A log start going down for
+    /// one reader is stale (AP replicas lag); a replica serving records below its own start,
+    /// or replicas disagreeing on the start once quiet, break the replicated log itself.
     pub fn is_violation(self, g: Guarantees) -> bool {
         match self {
+            AnomalyKind::Expired => false,
+            AnomalyKind::LogStartRegressed => g.linearizable_reads,
+            AnomalyKind::BelowLogStart | AnomalyKind::DivergedStart => true,
             AnomalyKind::Lost | AnomalyKind::Unseen | AnomalyKind::LostWrite => g.durable_acks,
             AnomalyKind::PollSkip
             | AnomalyKind::NonMonotonicPoll
@@ -260,6 +286,27 @@ pub struct Totals {
     /// history; the lost-write rule judges only after a successful one).
     #[serde(default)]
     pub group_drained: Option<bool>,
+    /// The log lifecycle's operations and what the expiry rules decided.
+    #[serde(default)]
+    pub retention: RetentionTotals,
+}
+
+/// The log lifecycle in a history (see `retention`'s rules).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionTotals {
+    /// The smallest `retention_ms` the history set (`None`: no retention by time).
+    pub retention_ms: Option<u64>,
+    /// How far ahead of the harness a node's clock may have been, in ms.
+    pub max_clock_skew_ms: u64,
+    pub deletes_attempted: u64,
+    pub deletes_ok: u64,
+    pub deletes_failed: u64,
+    pub deletes_unknown: u64,
+    /// Log start offsets observed (polls, lookups, deletes, final reads, replicas).
+    pub start_observations: u64,
+    /// Expired records: by a `DeleteRecords`, and by time.
+    pub expired_by_delete: u64,
+    pub expired_by_time: u64,
 }
 
 /// Everything [`check`] found, one field per class (see the module doc for the rules).
@@ -287,6 +334,14 @@ pub struct CheckResult {
     pub committed_too_far: AnomalyClass,
     #[serde(default)]
     pub lost_write: AnomalyClass,
+    #[serde(default)]
+    pub expired: AnomalyClass,
+    #[serde(default)]
+    pub below_log_start: AnomalyClass,
+    #[serde(default)]
+    pub log_start_regressed: AnomalyClass,
+    #[serde(default)]
+    pub diverged_start: AnomalyClass,
 }
 
 impl CheckResult {
@@ -307,6 +362,10 @@ impl CheckResult {
             AnomalyKind::DuplicateDelivery => &self.duplicate_delivery,
             AnomalyKind::CommittedTooFar => &self.committed_too_far,
             AnomalyKind::LostWrite => &self.lost_write,
+            AnomalyKind::Expired => &self.expired,
+            AnomalyKind::BelowLogStart => &self.below_log_start,
+            AnomalyKind::LogStartRegressed => &self.log_start_regressed,
+            AnomalyKind::DivergedStart => &self.diverged_start,
         }
     }
 
@@ -342,10 +401,13 @@ impl CheckResult {
             let verdict = match (n, k.is_violation(g)) {
                 (0, _) => "",
                 (_, true) => "  VIOLATION",
+                (_, false) if k == AnomalyKind::Expired => "  deleted by policy: allowed",
                 (_, false) => "  allowed in this mode",
             };
             let share = match k {
-                AnomalyKind::Lost | AnomalyKind::Unseen if n > 0 && acked > 0 => {
+                AnomalyKind::Lost | AnomalyKind::Unseen | AnomalyKind::Expired
+                    if n > 0 && acked > 0 =>
+                {
                     format!(" ({:.2}% of acknowledged)", 100.0 * n as f64 / acked as f64)
                 }
                 AnomalyKind::Stale if n > 0 && self.totals.polls_ok > 0 => format!(
@@ -375,6 +437,7 @@ impl CheckResult {
             self.totals.seeks
         );
         let t_ = &self.totals;
+        lifecycle_text(&mut t, &t_.retention);
         if t_.group_polls_ok > 0 {
             let drained = match t_.group_drained {
                 Some(true) => "drained",
@@ -408,6 +471,30 @@ impl CheckResult {
     }
 }
 
+/// The log lifecycle's line of the counts, when the history has one.
+fn lifecycle_text(t: &mut String, r: &RetentionTotals) {
+    if r.deletes_attempted == 0 && r.retention_ms.is_none() {
+        return;
+    }
+    let retention = r
+        .retention_ms
+        .map_or("off".to_string(), |ms| format!("{ms} ms"));
+    let _ = writeln!(
+        t,
+        "  (log lifecycle: retention {retention}, clocks up to {} ms ahead; {} DeleteRecords: \
+         {} ok, {} failed, {} unknown; {} expired by a DeleteRecords, {} by time; {} log \
+         starts observed)",
+        r.max_clock_skew_ms,
+        r.deletes_attempted,
+        r.deletes_ok,
+        r.deletes_failed,
+        r.deletes_unknown,
+        r.expired_by_delete,
+        r.expired_by_time,
+        r.start_observations
+    );
+}
+
 /// Checks a history; see the module doc for the exact rules.
 pub fn check(history: &[Event]) -> CheckResult {
     let paired = pair(history);
@@ -438,12 +525,19 @@ pub fn check(history: &[Event]) -> CheckResult {
     c.index_acks();
     for op in &paired.operations {
         c.read(op);
+        c.lifecycle.operation(op, &mut c.out);
     }
+    c.lifecycle.index();
+    // A record below a log start some read saw was deleted: whether by policy is the
+    // lifecycle rules' to say, not lost-write's.
     let acked: Vec<group::Acked> = c
         .produce_order
         .iter()
         .filter_map(|value| {
             let p = &c.produces[value];
+            if c.lifecycle.gone(p.partition, p.offset?).is_some() {
+                return None;
+            }
             Some(group::Acked {
                 value: *value,
                 partition: p.partition,
@@ -481,6 +575,9 @@ impl Source {
 struct Produce {
     partition: u32,
     invoke: u64,
+    /// When it was invoked, and the timestamp it set on its record, if any.
+    invoke_ns: u64,
+    timestamp_ms: Option<i64>,
     completion: Option<u64>,
     outcome: EventType,
     /// The acknowledged offset (only for `ok`).
@@ -624,12 +721,18 @@ struct Checker {
     touched: HashMap<u32, bool>,
     /// The named producer instance of each value produced by one.
     instances: HashMap<u64, crate::history::Instance>,
+    /// Acknowledged values a final read returned at their acknowledged place.
+    final_in_place: HashSet<u64>,
+    lifecycle: retention::Lifecycle,
 }
 
 impl Checker {
     fn produce(&mut self, op: &Operation<'_>) {
         let Op::Produce {
-            partition, value, ..
+            partition,
+            value,
+            timestamp_ms,
+            ..
         } = op.invoke.op
         else {
             return;
@@ -662,6 +765,8 @@ impl Checker {
         let p = Produce {
             partition,
             invoke,
+            invoke_ns: op.invoke.time_ns,
+            timestamp_ms,
             completion,
             outcome,
             offset,
@@ -754,11 +859,18 @@ impl Checker {
                     self.observe(partition, *r, done.index, Source::Poll);
                 }
             }
-            (&Op::FinalRead { partition, .. }, Op::FinalRead { records, .. }) => {
+            (
+                &Op::FinalRead { partition, .. },
+                Op::FinalRead {
+                    records,
+                    log_start_offset,
+                    ..
+                },
+            ) => {
                 self.touched.insert(partition, true);
                 self.out.totals.final_reads_ok += 1;
                 self.zombies(partition, records, done.index);
-                let mut expected = 0u64;
+                let mut expected = log_start_offset.unwrap_or(0);
                 for r in records {
                     if r.offset != expected {
                         self.out.totals.final_read_gaps += 1;
@@ -924,6 +1036,9 @@ impl Checker {
                     .or_insert((partition, r.offset, event));
             } else if p.offset == Some(r.offset) {
                 self.acked_read_in_place.insert(r.value);
+                if source == Source::FinalRead {
+                    self.final_in_place.insert(r.value);
+                }
             }
         }
         let max = self.max_read.entry(partition).or_insert((r.offset, event));
@@ -1009,6 +1124,7 @@ impl Checker {
         self.inconsistent();
         let t = &mut self.out.totals;
         t.distinct_values_read = self.reads.len() as u64;
+        t.retention = std::mem::take(&mut self.lifecycle.totals);
         let mut missing: Vec<u32> = self
             .touched
             .iter()
@@ -1021,10 +1137,20 @@ impl Checker {
     }
 
     fn lost_and_aborted(&mut self) {
-        for value in &self.produce_order {
-            let p = self.produces[value];
-            let value = *value;
+        let order = std::mem::take(&mut self.produce_order);
+        for &value in &order {
+            let p = self.produces[&value];
             let seen = self.reads.get(&value);
+            let gone = match p.offset {
+                Some(o) if !self.final_in_place.contains(&value) => {
+                    self.lifecycle.gone(p.partition, o)
+                }
+                _ => None,
+            };
+            if let (EventType::Ok, Some(o), Some(gone)) = (p.outcome, p.offset, gone) {
+                self.below_start(value, &p, o, gone);
+                continue;
+            }
             match (p.outcome, p.offset, seen) {
                 (EventType::Ok, Some(o), seen) if !self.acked_read_in_place.contains(&value) => {
                     let max_read = self.max_read.get(&p.partition).copied();
@@ -1037,6 +1163,44 @@ impl Checker {
                 }
                 _ => {}
             }
+        }
+        self.produce_order = order;
+    }
+
+    /// An acknowledged record no final read returned, below a log start seen at `gone`:
+    /// expired or lost, as the lifecycle rules say.
+    fn below_start(&mut self, value: u64, p: &Produce, o: u64, gone: retention::StartPoint) {
+        let partition = p.partition;
+        let fate = self
+            .lifecycle
+            .fate(partition, o, (p.timestamp_ms, p.invoke_ns), gone);
+        let why = self.lifecycle.explain(&fate, o, p.timestamp_ms);
+        let acked = p.completion.unwrap_or(p.invoke);
+        let mut events = events_of(p);
+        events.push(gone.event);
+        let explanation = format!(
+            "value {value} acknowledged at offset {o} of partition {partition} (event {acked}) \
+             is below the log start {} seen by event {}: {why}",
+            gone.start, gone.event
+        );
+        let anomaly = || Anomaly {
+            events,
+            partition,
+            offsets: vec![o],
+            values: vec![value],
+            explanation,
+        };
+        let totals = &mut self.lifecycle.totals;
+        match fate {
+            retention::Fate::ByDelete(_) => {
+                totals.expired_by_delete += 1;
+                self.out.expired.push(anomaly);
+            }
+            retention::Fate::ByTime { .. } => {
+                totals.expired_by_time += 1;
+                self.out.expired.push(anomaly);
+            }
+            retention::Fate::Lost { .. } => self.out.lost.push(anomaly),
         }
     }
 
@@ -1132,18 +1296,25 @@ mod tests {
     use super::*;
     use crate::history::{EventType as T, ReadRecord};
 
-    /// A hand-written history; every event is 1ms after the previous one.
+    /// A hand-written history; every event is 1ms after the previous one (plus what
+    /// [`H::wait`] added).
     #[derive(Default)]
     struct H {
         events: Vec<Event>,
+        waited_ns: u64,
     }
 
     impl H {
+        /// Lets `ms` pass before the next event.
+        fn wait(&mut self, ms: u64) {
+            self.waited_ns += ms * 1_000_000;
+        }
+
         fn push(&mut self, process: u32, kind: T, op: Op) -> u64 {
             let index = self.events.len() as u64;
             self.events.push(Event {
                 index,
-                time_ns: index * 1_000_000,
+                time_ns: index * 1_000_000 + self.waited_ns,
                 process,
                 kind,
                 op,
@@ -1158,6 +1329,7 @@ mod tests {
                 partition,
                 value,
                 offset: None,
+                timestamp_ms: None,
             };
             self.push(process, T::Invoke, op)
         }
@@ -1174,6 +1346,7 @@ mod tests {
                 partition,
                 value,
                 offset,
+                timestamp_ms: None,
             };
             self.push(process, kind, op)
         }
@@ -1204,6 +1377,7 @@ mod tests {
                 records: vec![],
                 high_watermark: None,
                 node: None,
+                log_start_offset: None,
             };
             self.push(process, T::Invoke, op)
         }
@@ -1222,6 +1396,7 @@ mod tests {
                 records: recs(records),
                 high_watermark: Some(high_watermark),
                 node: Some(2),
+                log_start_offset: None,
             };
             self.push(process, T::Ok, op)
         }
@@ -1239,6 +1414,73 @@ mod tests {
             (i, d)
         }
 
+        /// An operation of `process` that completed as `kind`: (invoke, completion).
+        fn op(&mut self, process: u32, invoke: Op, kind: T, done: Op) -> (u64, u64) {
+            let i = self.push(process, T::Invoke, invoke);
+            let d = self.push(process, kind, done);
+            (i, d)
+        }
+
+        /// The run's retention: `ms` (`None`: none by time), clocks up to `skew` ms ahead,
+        /// the history's time 0 at wall time 0.
+        fn retention(&mut self, ms: Option<u64>, skew: u64) {
+            let op = crate::retention::set_retention(ms, skew, 0);
+            self.op(900, op.clone(), T::Ok, op);
+        }
+
+        /// A DeleteRecords of `before` on `partition` that completed as `kind` (`ok`:
+        /// answering `before` as the new start).
+        fn delete(&mut self, partition: u32, before: u64, kind: T) -> (u64, u64) {
+            let done = match kind {
+                T::Ok => crate::retention::deleted(partition, before, before),
+                _ => crate::retention::delete(partition, before),
+            };
+            self.op(901, crate::retention::delete(partition, before), kind, done)
+        }
+
+        /// An `ok` poll by `process` whose answer reported the log start `start`.
+        fn poll_at_start(
+            &mut self,
+            process: u32,
+            partition: u32,
+            from: u64,
+            records: &[(u64, u64)],
+            start: u64,
+        ) -> (u64, u64) {
+            let done = crate::workload::polled_from(partition, from, recs(records), (99, start), 2);
+            self.op(process, crate::workload::poll(partition, from), T::Ok, done)
+        }
+
+        /// A final read of `partition` from the log start `start`.
+        fn final_read_from(
+            &mut self,
+            partition: u32,
+            start: u64,
+            records: &[(u64, u64)],
+        ) -> (u64, u64) {
+            let done = Op::FinalRead {
+                partition,
+                records: recs(records),
+                log_start_offset: Some(start),
+            };
+            let invoke = Op::FinalRead {
+                partition,
+                records: vec![],
+                log_start_offset: None,
+            };
+            self.op(1_000, invoke, T::Ok, done)
+        }
+
+        /// A produce acknowledged at `offset`, stamped with the wall time it was invoked at
+        /// (the history's time 0 is wall time 0).
+        fn ack_stamped(&mut self, partition: u32, value: u64, offset: u64) -> (u64, u64) {
+            let now_ms = (self.events.len() as u64 * 1_000_000 + self.waited_ns) / 1_000_000;
+            let ts = Some(now_ms as i64);
+            let invoke = crate::workload::produce_at(partition, value, ts);
+            let done = crate::workload::produced_at(partition, value, offset, ts);
+            self.op(1, invoke, T::Ok, done)
+        }
+
         fn final_read(&mut self, partition: u32, records: &[(u64, u64)]) -> (u64, u64) {
             let process = 1_000;
             let i = self.push(
@@ -1247,6 +1489,7 @@ mod tests {
                 Op::FinalRead {
                     partition,
                     records: vec![],
+                    log_start_offset: None,
                 },
             );
             let d = self.push(
@@ -1255,6 +1498,7 @@ mod tests {
                 Op::FinalRead {
                     partition,
                     records: recs(records),
+                    log_start_offset: None,
                 },
             );
             (i, d)
@@ -1674,5 +1918,185 @@ mod tests {
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains(r#""duplicate":{"count":1"#), "{json}");
         assert_eq!(serde_json::from_str::<CheckResult>(&json).unwrap(), r);
+    }
+
+    #[test]
+    fn a_record_below_the_log_start_that_no_delete_asked_for_and_not_old_is_lost() {
+        let mut h = H::default();
+        h.retention(Some(20_000), 1_000);
+        h.ack_stamped(0, 10, 0);
+        let (i1, d1) = h.ack_stamped(0, 11, 1);
+        h.ack_stamped(0, 12, 2);
+        h.ack_stamped(0, 13, 3);
+        // Asked to delete below 1: offset 0 goes by policy; the start then moves to 3.
+        h.delete(0, 1, T::Ok);
+        let (_, seen) = h.poll_at_start(5, 0, 3, &[(3, 13)], 3);
+        h.final_read_from(0, 3, &[(3, 13)]);
+        let r = check(&h.events);
+        assert_eq!(
+            r.found(),
+            vec![(AnomalyKind::Lost, 2), (AnomalyKind::Expired, 1)],
+            "{r:#?}"
+        );
+        let lost = &r.lost.ops[0];
+        assert_eq!(lost.events, vec![i1, d1, seen]);
+        is_at(lost, 0, &[1], &[11]);
+        says(lost, "below the log start 3 seen by event");
+        says(
+            lost,
+            "no DeleteRecords invoked before then asked for offset 1",
+        );
+        says(lost, "too young to expire");
+        is_at(&r.expired.ops[0], 0, &[0], &[10]);
+        says(&r.expired.ops[0], "a DeleteRecords below 1");
+        let t = &r.totals.retention;
+        assert_eq!((t.expired_by_delete, t.expired_by_time), (1, 0));
+        assert_eq!((t.deletes_attempted, t.deletes_ok), (1, 1));
+        assert!(!r.is_valid(Guarantees::CP));
+        assert!(r.is_valid(Guarantees::AP), "AP acks may lose records");
+    }
+
+    #[test]
+    fn without_retention_a_record_below_the_start_is_lost_unless_a_delete_asked_for_it() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        h.ack(1, 0, 11, 1);
+        h.wait(3_600_000);
+        h.final_read_from(0, 2, &[]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Lost, 2);
+        says(&r.lost.ops[0], "no retention by time was set");
+    }
+
+    #[test]
+    fn a_record_older_than_the_retention_expired_by_time() {
+        let mut h = H::default();
+        h.retention(Some(20_000), 1_000);
+        h.ack_stamped(0, 10, 0);
+        h.ack_stamped(0, 11, 1);
+        h.wait(21_000);
+        h.ack_stamped(0, 12, 2);
+        // Retention moved the start past both old records.
+        h.final_read_from(0, 2, &[(2, 12)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Expired, 2);
+        says(&r.expired.ops[0], "it expired by time");
+        assert_eq!(r.totals.retention.expired_by_time, 2);
+        assert!(r.is_valid(Guarantees::CP));
+        let text = r.counts_text(Guarantees::CP);
+        assert!(
+            text.contains(
+                "  expired              2 (66.67% of acknowledged)  deleted by policy: allowed"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("log lifecycle: retention 20000 ms"), "{text}");
+    }
+
+    #[test]
+    fn clocks_ahead_let_a_record_expire_early_by_the_skew_and_no_more() {
+        let mut h = H::default();
+        h.retention(Some(20_000), 10_000);
+        h.ack_stamped(0, 10, 0);
+        h.ack_stamped(1, 20, 0);
+        // Partition 0's record was seen gone at ~12 s: a node 10 s ahead may have seen it
+        // 22 s old. Partition 1's at ~9 s: at most 19 s old for any node.
+        h.wait(9_000);
+        h.final_read_from(1, 1, &[]);
+        h.wait(3_000);
+        h.final_read_from(0, 1, &[]);
+        let r = check(&h.events);
+        assert_eq!(
+            r.found(),
+            vec![(AnomalyKind::Lost, 1), (AnomalyKind::Expired, 1)],
+            "{r:#?}"
+        );
+        is_at(&r.lost.ops[0], 1, &[0], &[20]);
+        is_at(&r.expired.ops[0], 0, &[0], &[10]);
+    }
+
+    #[test]
+    fn any_delete_invoked_before_the_start_passed_covers_but_a_later_one_does_not() {
+        let mut h = H::default();
+        h.retention(Some(20_000), 1_000);
+        for (v, o) in (10..16).zip(0..) {
+            h.ack_stamped(0, v, o);
+        }
+        // Failed and unknown deletes may have been applied: they cover.
+        h.delete(0, 2, T::Fail);
+        h.delete(0, 4, T::Info);
+        h.poll_at_start(5, 0, 5, &[(5, 15)], 5);
+        // Too late: offset 4 was already seen gone.
+        h.delete(0, 5, T::Ok);
+        h.final_read_from(0, 5, &[(5, 15)]);
+        let r = check(&h.events);
+        assert_eq!(
+            r.found(),
+            vec![(AnomalyKind::Lost, 1), (AnomalyKind::Expired, 4)],
+            "{r:#?}"
+        );
+        is_at(&r.lost.ops[0], 0, &[4], &[14]);
+        says(&r.expired.ops[0], "a DeleteRecords below 4");
+        says(&r.expired.ops[0], "unknown");
+        let t = &r.totals.retention;
+        assert_eq!(
+            (t.deletes_ok, t.deletes_failed, t.deletes_unknown),
+            (1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn records_below_a_reported_start_starts_going_back_and_diverged_replicas_are_anomalies() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        h.ack(1, 0, 11, 1);
+        h.ack(1, 0, 12, 2);
+        h.delete(0, 1, T::Ok);
+        // A replica answering with a record below the start it reports.
+        let (_, bad) = h.poll_at_start(5, 0, 0, &[(0, 10), (1, 11)], 1);
+        // The same process then sees the start lower.
+        h.poll_at_start(5, 0, 2, &[(2, 12)], 1);
+        let (_, back) = h.poll_at_start(5, 0, 3, &[], 0);
+        h.final_read_from(0, 1, &[(1, 11), (2, 12)]);
+        let replicas = [(1, 1), (2, 1), (3, 0)]
+            .map(|(node, start)| crate::history::ReplicaBounds {
+                node,
+                log_start_offset: start,
+                high_watermark: 3,
+            })
+            .to_vec();
+        let (_, quiet) = h.op(
+            902,
+            crate::retention::replica_starts(0, vec![]),
+            T::Ok,
+            crate::retention::replica_starts(0, replicas),
+        );
+        let r = check(&h.events);
+        assert_eq!(
+            r.found(),
+            vec![
+                (AnomalyKind::Expired, 1),
+                (AnomalyKind::BelowLogStart, 1),
+                (AnomalyKind::LogStartRegressed, 1),
+                (AnomalyKind::DivergedStart, 1)
+            ],
+            "{r:#?}"
+        );
+        is_at(&r.below_log_start.ops[0], 0, &[0], &[10]);
+        assert_eq!(r.below_log_start.ops[0].events[1], bad);
+        says(&r.log_start_regressed.ops[0], "at 0 (event");
+        assert_eq!(r.log_start_regressed.ops[0].events[1], back);
+        says(&r.diverged_start.ops[0], "n3 start 0 high watermark 3");
+        assert_eq!(r.diverged_start.ops[0].events, vec![quiet]);
+        let ap = r.violations(Guarantees::AP);
+        assert_eq!(
+            ap,
+            vec![
+                (AnomalyKind::BelowLogStart, 1),
+                (AnomalyKind::DivergedStart, 1)
+            ],
+            "an AP reader may see an older start"
+        );
+        assert_eq!(r.violations(Guarantees::CP).len(), 3);
     }
 }

@@ -74,10 +74,15 @@ pub enum FaultKind {
     /// The next time: kill -9 it, put the copy back (a restored old backup), restart it; one
     /// that refuses the old copy is started again with `--rebuild`.
     StaleCopy,
+    /// kill -9 a follower of a partition and keep it down across a move of that partition's
+    /// log start (a `DeleteRecords`, in runs with retention) until its leader purged its log
+    /// behind the start; then restart it: it is behind the purge and must install a
+    /// snapshot. Without retention, a follower killed for the step.
+    FollowerBehindPurge,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 19] = [
+    pub const ALL: [FaultKind; 20] = [
         FaultKind::PartitionLeader,
         FaultKind::PartitionMetaLeader,
         FaultKind::PartitionHalves,
@@ -97,6 +102,7 @@ impl FaultKind {
         FaultKind::PartitionFollower,
         FaultKind::DiskLoss,
         FaultKind::StaleCopy,
+        FaultKind::FollowerBehindPurge,
     ];
 
     pub fn name(self) -> &'static str {
@@ -120,6 +126,7 @@ impl FaultKind {
             FaultKind::PartitionFollower => "partition-follower",
             FaultKind::DiskLoss => "disk-loss",
             FaultKind::StaleCopy => "stale-copy",
+            FaultKind::FollowerBehindPurge => "follower-behind-purge",
         }
     }
 
@@ -145,6 +152,7 @@ impl FaultKind {
                 | FaultKind::Bitflip
                 | FaultKind::DiskLoss
                 | FaultKind::StaleCopy
+                | FaultKind::FollowerBehindPurge
         )
     }
 
@@ -152,6 +160,34 @@ impl FaultKind {
     pub fn is_network(self) -> bool {
         self.name().starts_with("partition") || self == FaultKind::PacketLoss
     }
+}
+
+/// The farthest a `clock-jump` moves a node's wall clock, either way, in seconds.
+pub const CLOCK_JUMP_MAX_SECS: i64 = 600;
+/// The rates a `clock-skew` makes a node's wall clock run at.
+pub const CLOCK_RATES: [f64; 4] = [0.25, 0.5, 2.0, 4.0];
+/// Time a node may run before the workload starts (start-up, the topic's creation), which a
+/// skewed clock also counts: see [`max_clock_ahead_ms`].
+pub const CLOCK_SETUP_SLACK_MS: u64 = 120_000;
+
+/// How far ahead of the real time a node's wall clock may be at any moment of a run of
+/// `run_ms` under `kinds`, in ms: 0 without clock faults. A `clock-jump` moves it by up to
+/// [`CLOCK_JUMP_MAX_SECS`]; a `clock-skew` at rate `r` puts it `(r - 1)` times the node's
+/// uptime ahead at once (libfaketime applies the rate to the time since the process
+/// started: measured, a node running 4 s and then set to 4x reads 13 s ahead), and the
+/// uptime is at most the run plus [`CLOCK_SETUP_SLACK_MS`]. One clock fault at a time (a
+/// step's clocks are reset at its end), so the larger of the two.
+pub fn max_clock_ahead_ms(kinds: &BTreeSet<FaultKind>, run_ms: u64) -> u64 {
+    let mut ahead = 0;
+    if kinds.contains(&FaultKind::ClockJump) {
+        ahead = CLOCK_JUMP_MAX_SECS as u64 * 1_000;
+    }
+    if kinds.contains(&FaultKind::ClockSkew) {
+        let fastest = CLOCK_RATES.iter().copied().fold(1.0, f64::max);
+        let uptime = run_ms.saturating_add(CLOCK_SETUP_SLACK_MS);
+        ahead = ahead.max(((fastest - 1.0) * uptime as f64).ceil() as u64);
+    }
+    ahead
 }
 
 impl fmt::Display for FaultKind {
@@ -226,5 +262,28 @@ mod tests {
         let err = parse_faults("explode").unwrap_err();
         assert!(err.contains("unknown fault \"explode\""), "{err}");
         assert_eq!("clock-jump".parse::<FaultKind>(), Ok(FaultKind::ClockJump));
+        assert_eq!(
+            "follower-behind-purge".parse::<FaultKind>(),
+            Ok(FaultKind::FollowerBehindPurge)
+        );
+    }
+
+    #[test]
+    fn clocks_run_ahead_only_under_clock_faults_and_by_the_larger_bound() {
+        let run = 60_000;
+        assert_eq!(
+            max_clock_ahead_ms(&parse_faults("all").unwrap(), run),
+            600_000
+        );
+        assert_eq!(max_clock_ahead_ms(&parse_faults("kill").unwrap(), run), 0);
+        // 4x for 60 s plus the set-up slack: 3 × 180 s.
+        assert_eq!(
+            max_clock_ahead_ms(&parse_faults("clock-skew").unwrap(), run),
+            540_000
+        );
+        assert_eq!(
+            max_clock_ahead_ms(&parse_faults("clock").unwrap(), 1_800_000),
+            3 * 1_920_000
+        );
     }
 }

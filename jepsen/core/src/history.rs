@@ -8,7 +8,8 @@
 //! What must hold: `index` counts up from 0 with no gaps; `time_ns` never goes backwards; a
 //! completion's op has the same `f`, `partition` and (for produce) `value` as its invoke
 //! (for the consumer-group operations: the same `member` and `incarnation`, and for a commit
-//! the same `offsets`).
+//! the same `offsets`; for a `delete_records` the same `before`, for a `retention` the same
+//! `retention_ms`).
 //!
 //! [`pair`] joins each invoke with its completion into an [`Operation`]; it never fails, but
 //! reports every way the history breaks these rules as a [`PairingError`], so a checker can
@@ -46,6 +47,10 @@ pub enum Op {
         value: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         offset: Option<u64>,
+        /// The record's own timestamp (ms since the Unix epoch) when the producer set one;
+        /// `None`: the leader stamps its append time. Retention by time goes by it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timestamp_ms: Option<i64>,
     },
     /// One consumer poll of `partition` starting at `from_offset`. On `ok`, `records` is what
     /// came back (in offset order) and `high_watermark` is what the answering replica said.
@@ -58,12 +63,57 @@ pub enum Op {
         high_watermark: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         node: Option<u64>,
+        /// The partition's log start offset as the answering replica reported it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        log_start_offset: Option<u64>,
     },
-    /// The read of a whole partition from offset 0 after the faults have healed (CP read).
+    /// The read of a whole partition from its log start (offset 0 while nothing was
+    /// deleted) after the faults have healed (CP read).
     FinalRead {
         partition: u32,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         records: Vec<ReadRecord>,
+        /// The highest log start offset its answers reported; `None` in histories without
+        /// the log lifecycle (then the read started at 0).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        log_start_offset: Option<u64>,
+    },
+    /// The retention the run set on its topic (`AlterTopicConfig`): records whose running
+    /// largest timestamp is older than `retention_ms` may be deleted (`None`: retention
+    /// turned off again). With it, what the checker needs to judge deletions by time:
+    /// `start_wall_ms`, the harness's wall clock (ms since the Unix epoch) at `time_ns` 0 of
+    /// the history, and `max_clock_skew_ms`, how far a node's wall clock may run ahead of
+    /// the harness's (the clock faults' bound plus a tolerance).
+    Retention {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retention_ms: Option<u64>,
+        max_clock_skew_ms: u64,
+        start_wall_ms: i64,
+    },
+    /// A `DeleteRecords` of `partition`'s records below `before`. On `ok`, the log start
+    /// offset the leader answered with.
+    DeleteRecords {
+        partition: u32,
+        before: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        log_start_offset: Option<u64>,
+    },
+    /// A `ListOffsets` of `partition`'s earliest offset (a reader finding where its log now
+    /// starts). On `ok`, the log start offset and high watermark answered.
+    ListEarliest {
+        partition: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        log_start_offset: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        high_watermark: Option<u64>,
+    },
+    /// After the run healed and went quiet: each replica's own bounds of `partition`
+    /// (`ListOffsets` earliest, AP, asked of that node alone). On `ok`, every replica that
+    /// answered.
+    ReplicaStarts {
+        partition: u32,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        replicas: Vec<ReplicaBounds>,
     },
     /// One `poll` of a consumer-group member: the harness's member number `member` (stable
     /// across restarts) in its `incarnation` (a new one after each simulated crash). On `ok`,
@@ -96,13 +146,19 @@ pub enum Op {
 
 impl Op {
     /// The partition the operation is about; 0 for the consumer-group operations, which span
-    /// partitions.
+    /// partitions, and for the retention setting, which is the topic's.
     pub fn partition(&self) -> u32 {
         match self {
             Op::Produce { partition, .. }
             | Op::Poll { partition, .. }
-            | Op::FinalRead { partition, .. } => *partition,
-            Op::GroupPoll { .. } | Op::GroupCommit { .. } | Op::GroupDrain { .. } => 0,
+            | Op::FinalRead { partition, .. }
+            | Op::DeleteRecords { partition, .. }
+            | Op::ListEarliest { partition, .. }
+            | Op::ReplicaStarts { partition, .. } => *partition,
+            Op::GroupPoll { .. }
+            | Op::GroupCommit { .. }
+            | Op::GroupDrain { .. }
+            | Op::Retention { .. } => 0,
         }
     }
 }
@@ -113,6 +169,14 @@ pub struct GroupRecord {
     pub partition: u32,
     pub offset: u64,
     pub value: u64,
+}
+
+/// One replica's bounds of a partition, as it answered for itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ReplicaBounds {
+    pub node: u64,
+    pub log_start_offset: u64,
+    pub high_watermark: u64,
 }
 
 /// An offset of a partition: a commit's, or where a drain ends.
@@ -326,6 +390,30 @@ fn same_operation(invoke: &Op, completion: &Op) -> bool {
             },
         ) => (m1, i1, o1) == (m2, i2, o2),
         (Op::GroupDrain { .. }, Op::GroupDrain { .. }) => true,
+        (
+            Op::Retention {
+                retention_ms: r1, ..
+            },
+            Op::Retention {
+                retention_ms: r2, ..
+            },
+        ) => r1 == r2,
+        (
+            Op::DeleteRecords {
+                partition: p1,
+                before: b1,
+                ..
+            },
+            Op::DeleteRecords {
+                partition: p2,
+                before: b2,
+                ..
+            },
+        ) => (p1, b1) == (p2, b2),
+        (Op::ListEarliest { partition: p1, .. }, Op::ListEarliest { partition: p2, .. })
+        | (Op::ReplicaStarts { partition: p1, .. }, Op::ReplicaStarts { partition: p2, .. }) => {
+            p1 == p2
+        }
         _ => false,
     }
 }
@@ -400,6 +488,7 @@ mod tests {
                 partition: 1,
                 value: 9,
                 offset: Some(4),
+                timestamp_ms: None,
             },
             error: None,
             instance: None,
@@ -429,6 +518,7 @@ mod tests {
             partition: 0,
             value,
             offset: None,
+            timestamp_ms: None,
         }
     }
 

@@ -13,13 +13,17 @@
 //! - [`history`]: the recorded operations, one JSON object per line, and their pairing into
 //!   invoke/completion operations.
 //! - [`checker`]: the check of a history: lost, unseen, duplicated, inconsistent,
-//!   nonmonotonic, aborted, stale and phantom reads, zombie writes, and the consumer-group
+//!   nonmonotonic, aborted, stale and phantom reads, zombie writes, the consumer-group
 //!   rules (poll-skip, nonmonotonic-poll, duplicate-delivery, committed-too-far,
-//!   lost-write), each with the events that prove it.
+//!   lost-write) and the log-lifecycle rules (expired, below-log-start,
+//!   log-start-regressed, diverged-start), each with the events that prove it.
 //! - [`workload`]: the operations, the values and how producers choose partitions, and the
 //!   final read's end.
 //! - [`group`]: the consumer-group workload's model: members, their seeded crashes, pauses
 //!   and commits, its operations, and the drain's end.
+//! - [`retention`]: the log-lifecycle workload's model: the run's short retention, the
+//!   deleter's seeded `DeleteRecords`, the bounds readers learn, and the clock bound that
+//!   deletions by time are judged with.
 //! - [`fault`]: the fault vocabulary and the seeded fault plans ([`fault::steps`] for the
 //!   process tier, [`fault::timeline`] for the simulation).
 //! - [`stability`]: leader stability across follower isolations, judged from the leaders a
@@ -28,5 +32,6 @@ pub mod checker;
 pub mod fault;
 pub mod group;
 pub mod history;
+pub mod retention;
 pub mod stability;
 pub mod workload;

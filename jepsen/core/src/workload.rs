@@ -74,19 +74,31 @@ pub fn pick_partition(rng: &mut impl Rng, partitions: u32) -> u32 {
 
 /// The invoke of a produce of `value` to `partition`, and its completion if not `ok`.
 pub fn produce(partition: u32, value: u64) -> Op {
-    Op::Produce {
-        partition,
-        value,
-        offset: None,
-    }
+    produce_at(partition, value, None)
 }
 
 /// The `ok` completion of a produce acknowledged at `offset`.
 pub fn produced(partition: u32, value: u64, offset: u64) -> Op {
+    produced_at(partition, value, offset, None)
+}
+
+/// [`produce`] of a record the producer stamped with `timestamp_ms` (when `Some`).
+pub fn produce_at(partition: u32, value: u64, timestamp_ms: Option<i64>) -> Op {
+    Op::Produce {
+        partition,
+        value,
+        offset: None,
+        timestamp_ms,
+    }
+}
+
+/// [`produced`] of a record the producer stamped with `timestamp_ms` (when `Some`).
+pub fn produced_at(partition: u32, value: u64, offset: u64, timestamp_ms: Option<i64>) -> Op {
     Op::Produce {
         partition,
         value,
         offset: Some(offset),
+        timestamp_ms,
     }
 }
 
@@ -98,6 +110,7 @@ pub fn poll(partition: u32, from_offset: u64) -> Op {
         records: vec![],
         high_watermark: None,
         node: None,
+        log_start_offset: None,
     }
 }
 
@@ -115,17 +128,44 @@ pub fn polled(
         records,
         high_watermark: Some(high_watermark),
         node: Some(node),
+        log_start_offset: None,
     }
 }
 
-/// A final read of one partition in progress: from offset 0 to the high watermark of the
-/// latest answer. The invoke is [`FinalRead::invoke`], the `ok` completion
-/// [`FinalRead::into_op`] once [`FinalRead::absorb`] said it is done.
+/// [`polled`], with the log start offset the answer reported.
+pub fn polled_from(
+    partition: u32,
+    from_offset: u64,
+    records: Vec<ReadRecord>,
+    (high_watermark, log_start_offset): (u64, u64),
+    node: u64,
+) -> Op {
+    Op::Poll {
+        partition,
+        from_offset,
+        records,
+        high_watermark: Some(high_watermark),
+        node: Some(node),
+        log_start_offset: Some(log_start_offset),
+    }
+}
+
+/// Where a reader goes on from `at` after an answer that reported the log start `start`:
+/// to the start when `at` fell below it (its records were deleted), else nowhere else.
+pub fn past_log_start(at: u64, start: u64) -> u64 {
+    at.max(start)
+}
+
+/// A final read of one partition in progress: from its log start (0 unless told otherwise)
+/// to the high watermark of the latest answer. The invoke is [`FinalRead::invoke`], the `ok`
+/// completion [`FinalRead::into_op`] once [`FinalRead::absorb`] said it is done.
 #[derive(Debug, Clone)]
 pub struct FinalRead {
     partition: u32,
     records: Vec<ReadRecord>,
     next: u64,
+    /// The highest log start offset seen, when the tier reports them.
+    log_start: Option<u64>,
 }
 
 impl FinalRead {
@@ -134,7 +174,12 @@ impl FinalRead {
             partition,
             records: Vec::new(),
             next: 0,
+            log_start: None,
         }
+    }
+
+    pub fn partition(&self) -> u32 {
+        self.partition
     }
 
     /// The invoke (and a completion that is not `ok`).
@@ -142,12 +187,20 @@ impl FinalRead {
         Op::FinalRead {
             partition: self.partition,
             records: vec![],
+            log_start_offset: None,
         }
     }
 
     /// The offset to ask for next.
     pub fn next_offset(&self) -> u64 {
         self.next
+    }
+
+    /// An answer (or a `ListOffsets`) reported the log start `start`: remembered, and the
+    /// read goes on from it if it had fallen below (the records in between were deleted).
+    pub fn log_start(&mut self, start: u64) {
+        self.log_start = Some(self.log_start.map_or(start, |s| s.max(start)));
+        self.next = past_log_start(self.next, start);
     }
 
     /// Takes one answer: its records, the offset it says to ask next, and its high
@@ -168,6 +221,7 @@ impl FinalRead {
         Op::FinalRead {
             partition: self.partition,
             records: self.records,
+            log_start_offset: self.log_start,
         }
     }
 }
@@ -332,12 +386,40 @@ mod tests {
         assert_eq!(read.next_offset(), 1);
         assert!(read.absorb([read_record(1, b"8"), read_record(2, b"9")], 3, 3));
         match read.into_op() {
-            Op::FinalRead { partition, records } => {
-                assert_eq!(partition, 2);
+            Op::FinalRead {
+                partition,
+                records,
+                log_start_offset,
+            } => {
+                assert_eq!((partition, log_start_offset), (2, None));
                 assert_eq!(
                     records.iter().map(|r| r.value).collect::<Vec<_>>(),
                     [7, 8, 9]
                 );
+            }
+            op => panic!("{op:?}"),
+        }
+    }
+
+    #[test]
+    fn a_final_read_goes_on_from_a_log_start_that_passed_it() {
+        let mut read = FinalRead::new(0);
+        read.log_start(5);
+        assert_eq!(read.next_offset(), 5);
+        assert!(!read.absorb([read_record(5, b"1"), read_record(6, b"2")], 7, 20));
+        // Deleted meanwhile up to 10: the read skips ahead; a lower start later changes nothing.
+        read.log_start(10);
+        read.log_start(8);
+        assert_eq!(read.next_offset(), 10);
+        assert!(read.absorb([read_record(10, b"3")], 11, 11));
+        match read.into_op() {
+            Op::FinalRead {
+                records,
+                log_start_offset,
+                ..
+            } => {
+                assert_eq!(records.len(), 3);
+                assert_eq!(log_start_offset, Some(10));
             }
             op => panic!("{op:?}"),
         }

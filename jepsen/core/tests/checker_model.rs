@@ -102,6 +102,7 @@ impl Model {
             partition,
             value,
             offset: None,
+            timestamp_ms: None,
         };
         self.push(SYNTHETIC, EventType::Invoke, op.clone());
         self.push(SYNTHETIC, kind, op);
@@ -147,6 +148,7 @@ fn complete(
                 partition,
                 value,
                 offset,
+                timestamp_ms: None,
             };
             m.push(process, kind, op);
         }
@@ -173,6 +175,7 @@ fn complete(
                     records,
                     high_watermark: Some(len),
                     node: Some(u64::from(param % 3)),
+                    log_start_offset: None,
                 };
                 m.push(process, EventType::Ok, op);
             } else {
@@ -190,6 +193,7 @@ fn complete(
                     records: vec![],
                     high_watermark: None,
                     node: None,
+                    log_start_offset: None,
                 };
                 m.push(process, kind, op);
             }
@@ -220,6 +224,7 @@ fn simulate(partitions: u32, producers: u32, consumers: u32, steps: &[Step]) -> 
                 partition,
                 value,
                 offset: None,
+                timestamp_ms: None,
             };
             m.push(process, EventType::Invoke, op);
             pending.insert(process, Pending::Produce { partition, value });
@@ -231,6 +236,7 @@ fn simulate(partitions: u32, producers: u32, consumers: u32, steps: &[Step]) -> 
                 records: vec![],
                 high_watermark: None,
                 node: None,
+                log_start_offset: None,
             };
             m.push(process, EventType::Invoke, op);
             let len = m.logs[partition as usize].len() as u64;
@@ -255,6 +261,7 @@ fn simulate(partitions: u32, producers: u32, consumers: u32, steps: &[Step]) -> 
         let op = Op::FinalRead {
             partition,
             records: vec![],
+            log_start_offset: None,
         };
         m.push(FINAL_READER, EventType::Invoke, op);
         let records = m.logs[partition as usize]
@@ -265,7 +272,11 @@ fn simulate(partitions: u32, producers: u32, consumers: u32, steps: &[Step]) -> 
         m.push(
             FINAL_READER,
             EventType::Ok,
-            Op::FinalRead { partition, records },
+            Op::FinalRead {
+                partition,
+                records,
+                log_start_offset: None,
+            },
         );
     }
     m
@@ -301,6 +312,7 @@ fn drop_acknowledged(m: &mut Model, pick: Index) -> Option<()> {
                 partition,
                 value,
                 offset: Some(o),
+                timestamp_ms: _,
             } if e.kind == EventType::Ok && o + 1 < m.logs[partition as usize].len() as u64 => {
                 Some((partition, o, value))
             }

@@ -475,6 +475,7 @@ mod tests {
                 Op::FinalRead {
                     partition: 0,
                     records: vec![],
+                    log_start_offset: None,
                 },
             );
             self.push(
@@ -483,6 +484,7 @@ mod tests {
                 Op::FinalRead {
                     partition: 0,
                     records,
+                    log_start_offset: None,
                 },
             );
         }

@@ -96,6 +96,31 @@ pub fn plan(
     steps
 }
 
+/// Makes sure each of `wanted` has a step: a kind that no step has takes over, alone, the
+/// first step it can take without leaving another of `wanted` with none. A plan with at
+/// least as many steps as `wanted` gets them all. Steps keep their times, lengths and
+/// seeds, so the plan stays a function of the seed. For runs that must exercise a fault
+/// (with retention: a follower held down across a deletion, a power loss during one).
+pub fn ensure(steps: &mut [Step], wanted: &[FaultKind]) {
+    for &kind in wanted {
+        if steps.iter().any(|s| s.faults.contains(&kind)) {
+            continue;
+        }
+        let holding =
+            |steps: &[Step], f: &FaultKind| steps.iter().filter(|s| s.faults.contains(f)).count();
+        let free = (0..steps.len()).find(|&i| {
+            steps[i]
+                .faults
+                .iter()
+                .filter(|f| wanted.contains(f))
+                .all(|f| holding(steps, f) > 1)
+        });
+        if let Some(i) = free {
+            steps[i].faults = vec![kind];
+        }
+    }
+}
+
 /// When a node taken down comes back: `None` at the step's end (15 %), else after a delay
 /// from 0 ms, below 600 ms (before a failure detector notices) for more than half of them,
 /// up to 1.5 s.
@@ -193,6 +218,47 @@ mod tests {
             delays.iter().any(Option::is_none),
             "no restart at the step's end"
         );
+    }
+
+    #[test]
+    fn ensured_kinds_take_over_steps_of_their_own() {
+        let kinds = parse_faults("kill,pause,follower-behind-purge,power-loss").unwrap();
+        let wanted = [FaultKind::FollowerBehindPurge, FaultKind::PowerLoss];
+        for seed in 0..50 {
+            let plain = plan(
+                seed,
+                &kinds,
+                Duration::from_secs(34),
+                Duration::from_secs(8),
+            );
+            let mut steps = plain.clone();
+            ensure(&mut steps, &wanted);
+            if steps.len() >= wanted.len() {
+                for kind in wanted {
+                    assert!(
+                        steps.iter().any(|s| s.faults.contains(&kind)),
+                        "seed {seed}: no {kind} in {steps:?}"
+                    );
+                }
+            }
+            for (a, b) in steps.iter().zip(&plain) {
+                assert_eq!(
+                    (a.at_ms, a.duration_ms, a.seed),
+                    (b.at_ms, b.duration_ms, b.seed)
+                );
+            }
+        }
+        // One step for two kinds: the first takes it, the second finds none to take.
+        let mut one = vec![Step {
+            at_ms: 2_000,
+            duration_ms: 3_000,
+            faults: vec![FaultKind::Kill, FaultKind::PartitionHalves],
+            seed: 1,
+        }];
+        ensure(&mut one, &wanted);
+        assert_eq!(one[0].faults, vec![FaultKind::FollowerBehindPurge]);
+        ensure(&mut one, &wanted);
+        assert_eq!(one[0].faults, vec![FaultKind::FollowerBehindPurge], "kept");
     }
 
     #[test]
