@@ -631,3 +631,49 @@ async fn compaction_keeps_the_last_record_of_each_key_on_every_replica() {
     }
     assert!((90..=90 + 650).contains(&read), "the consumer read {read}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_member_moves_past_deleted_records() {
+    let _serial = serial();
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    client.create_topic("gone", 1, 3).await.unwrap();
+    produce(&client, "gone", (0..20).map(|i| format!("g{i}"))).await;
+    // A member reads the first 20 and commits, then leaves.
+    let config = fjord_client::GroupConfig::new("readers", vec!["gone".into()]);
+    let mut member = client.group_consumer(config.clone()).unwrap();
+    let mut seen = 0;
+    for _ in 0..1_000 {
+        seen += member.poll().await.unwrap().len();
+        if seen >= 20 {
+            break;
+        }
+    }
+    assert_eq!(seen, 20);
+    member.commit().await.unwrap();
+    member.close().await.unwrap();
+    // 20 more, then everything below 30 is deleted: the committed offset (20) is gone.
+    produce(&client, "gone", (20..40).map(|i| format!("g{i}"))).await;
+    assert_eq!(
+        client.delete_records("gone", 0, Some(30)).await.unwrap(),
+        30
+    );
+    // A member again: its position is out of range, and the earliest reset moves it to 30.
+    let mut member = client.group_consumer(config).unwrap();
+    let mut offsets = Vec::new();
+    for _ in 0..1_000 {
+        offsets.extend(
+            member
+                .poll()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.record.offset),
+        );
+        if offsets.len() >= 10 {
+            break;
+        }
+    }
+    assert_eq!(offsets, (30..40).collect::<Vec<u64>>());
+    member.close().await.unwrap();
+}

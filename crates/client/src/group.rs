@@ -971,28 +971,24 @@ impl GroupConsumer {
     }
 
     async fn reset_position(&self, topic: &str, partition: u32) -> Result<u64, ClientError> {
-        let probe = FetchOptions {
-            max_bytes: 1,
-            max_wait_ms: 0,
-            ..self.config.fetch
+        use crate::offsets::OffsetSpec;
+        let spec = match self.config.reset {
+            OffsetReset::None => {
+                return Err(ClientError::NoCommittedOffset(format!(
+                    "group {:?} has no committed offset (or it is out of range) for \
+                     {topic}/{partition} and its reset policy is none",
+                    self.config.group
+                )));
+            }
+            OffsetReset::Earliest => OffsetSpec::Earliest,
+            OffsetReset::Latest => OffsetSpec::Latest,
         };
-        match self.config.reset {
-            OffsetReset::None => Err(ClientError::NoCommittedOffset(format!(
-                "group {:?} has no committed offset for {topic}/{partition} and its reset policy is none",
-                self.config.group
-            ))),
-            OffsetReset::Earliest => Ok(self
-                .client
-                .fetch(topic, partition, 0, probe)
-                .await
-                .map(|f| f.log_start_offset)
-                .unwrap_or(0)),
-            OffsetReset::Latest => Ok(self
-                .client
-                .fetch(topic, partition, 0, probe)
-                .await?
-                .high_watermark),
-        }
+        let read = self.config.fetch.read;
+        Ok(self
+            .client
+            .list_offset(topic, partition, spec, read)
+            .await?
+            .or_end())
     }
 
     /// Fetches every owned partition once, concurrently, waiting at most half a heartbeat
@@ -1042,8 +1038,11 @@ impl GroupConsumer {
                         continue;
                     };
                     if let Some(last) = f.records.last() {
-                        o.position = Some(last.offset + 1);
                         self.pending_handed.insert(tp.clone(), last.offset + 1);
+                    }
+                    // Past what was read, also where compaction left batches without records.
+                    if o.position.is_some_and(|p| f.next_offset > p) {
+                        o.position = Some(f.next_offset);
                     }
                     out.extend(f.records.into_iter().map(|record| GroupRecord {
                         topic: tp.0.clone(),
@@ -1051,6 +1050,19 @@ impl GroupConsumer {
                     }));
                 }
                 Err(e) if e.is_retryable() => {}
+                // The position's records were deleted (retention, DeleteRecords): move on as
+                // the reset policy says, as Kafka's consumer does.
+                Err(ClientError::OffsetOutOfRange(why)) => {
+                    match self.reset_position(&tp.0, tp.1).await {
+                        Ok(p) => {
+                            tracing::info!(topic = %tp.0, partition = tp.1, %why, position = p, "position out of range: reset");
+                            if let Some(o) = self.owned.get_mut(&tp) {
+                                o.position = Some(p);
+                            }
+                        }
+                        Err(e) => failed = failed.or(Some(e)),
+                    }
+                }
                 Err(e) => failed = failed.or(Some(e)),
             }
         }

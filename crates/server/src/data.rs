@@ -471,6 +471,12 @@ pub async fn delete_records(node: &Node, req: DeleteRecords) -> Result<u64, ApiE
     let topic = find_topic(node, &req.topic)?;
     check_partition(&topic, req.partition)?;
     let handle = local_partition(node, &topic, req.partition)?;
+    // Leadership first, with a current high watermark: a follower, or a new leader still
+    // applying, must not answer "beyond the end" for an offset the partition holds.
+    handle
+        .linearizable_read()
+        .await
+        .map_err(|e| group_error(node, &topic, req.partition, e))?;
     let hw = handle.shared().high_watermark();
     let before = req.before.unwrap_or(hw);
     if before > hw {
