@@ -36,8 +36,12 @@ async fn produce(client: &Client, topic: &str, values: impl IntoIterator<Item = 
 }
 
 /// What node `addr`'s own replica holds of partition 0, read AP from it alone: its log start
-/// offset, its high watermark, and every record from the start on.
-async fn replica(addr: &str, topic: &str) -> Option<(u64, u64, Vec<(u64, Vec<u8>)>)> {
+/// offset, its high watermark, and every record from the start on as `(offset, key, value)`,
+/// compacted batches read at the offsets they list.
+async fn replica_records(
+    addr: &str,
+    topic: &str,
+) -> Option<(u64, u64, Vec<(u64, String, String)>)> {
     let mut c = FjordClient::connect(format!("http://{addr}")).await.ok()?;
     let listed = c
         .list_offsets(v1::ListOffsetsRequest {
@@ -51,6 +55,7 @@ async fn replica(addr: &str, topic: &str) -> Option<(u64, u64, Vec<(u64, Vec<u8>
         .ok()?
         .into_inner();
     let (start, hw) = (listed.log_start_offset, listed.high_watermark);
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let mut out = Vec::new();
     let mut offset = start;
     while offset < hw {
@@ -70,16 +75,32 @@ async fn replica(addr: &str, topic: &str) -> Option<(u64, u64, Vec<(u64, Vec<u8>
         }
         for b in r.batches {
             let records = fjord_proto::batch::decode(&b.records, b.crc32c).expect("CRC");
-            for (i, rec) in records.into_iter().enumerate() {
-                let o = b.base_offset + i as u64;
+            let deltas: Vec<u64> = if b.offset_deltas.is_empty() {
+                (0..records.len() as u64).collect()
+            } else {
+                b.offset_deltas.iter().map(|d| u64::from(*d)).collect()
+            };
+            for (d, rec) in deltas.into_iter().zip(records) {
+                let o = b.base_offset + d;
                 if o >= offset {
-                    out.push((o, rec.value.to_vec()));
+                    let key = text(rec.key.as_deref().unwrap_or(b""));
+                    out.push((o, key, text(&rec.value)));
                 }
             }
             offset = b.base_offset + b.record_count as u64;
         }
     }
     Some((start, hw, out))
+}
+
+/// [`replica_records`] without keys, values as bytes.
+async fn replica(addr: &str, topic: &str) -> Option<(u64, u64, Vec<(u64, Vec<u8>)>)> {
+    let (start, hw, records) = replica_records(addr, topic).await?;
+    let values = records
+        .into_iter()
+        .map(|(o, _, v)| (o, v.into_bytes()))
+        .collect();
+    Some((start, hw, values))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,50 +496,6 @@ async fn retention_by_time_and_by_size_moves_the_start_on_every_replica() {
     }
 }
 
-/// Every record node `addr`'s replica of partition 0 holds from its log start on, as
-/// `(offset, key, value)`, compacted batches read by their offsets (AP, from it alone).
-async fn replica_records(addr: &str, topic: &str) -> Option<(u64, Vec<(u64, String, String)>)> {
-    let mut c = FjordClient::connect(format!("http://{addr}")).await.ok()?;
-    let mut out = Vec::new();
-    let mut offset = 0;
-    let mut hw = 0;
-    for _ in 0..100_000 {
-        let r = c
-            .fetch(v1::FetchRequest {
-                topic: topic.into(),
-                partition: 0,
-                offset,
-                read: v1::ReadMode::ReadAp as i32,
-                ..Default::default()
-            })
-            .await
-            .ok()?
-            .into_inner();
-        hw = r.high_watermark;
-        if r.batches.is_empty() {
-            break;
-        }
-        for b in r.batches {
-            let records = fjord_proto::batch::decode(&b.records, b.crc32c).expect("CRC");
-            let deltas: Vec<u64> = if b.offset_deltas.is_empty() {
-                (0..records.len() as u64).collect()
-            } else {
-                b.offset_deltas.iter().map(|d| u64::from(*d)).collect()
-            };
-            for (d, rec) in deltas.into_iter().zip(records) {
-                let o = b.base_offset + d;
-                if o >= offset {
-                    let key =
-                        String::from_utf8_lossy(rec.key.as_deref().unwrap_or(b"")).into_owned();
-                    out.push((o, key, String::from_utf8_lossy(&rec.value).into_owned()));
-                }
-            }
-            offset = b.base_offset + b.record_count as u64;
-        }
-    }
-    Some((hw, out))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_keeps_the_last_record_of_each_key_on_every_replica() {
     let _serial = serial();
@@ -578,12 +555,12 @@ async fn compaction_keeps_the_last_record_of_each_key_on_every_replica() {
     // at most the 90 live keys plus the uncompacted tail (under 64 KiB: 650 records).
     let want: Vec<(String, String)> = last.into_iter().collect();
     for node in &cluster.nodes {
-        let (hw, records) = wait_for("the replica to compact", DEADLINE, || {
+        let (_, hw, records) = wait_for("the replica to compact", DEADLINE, || {
             let addr = node.addr.clone();
             async move {
                 replica_records(&addr, "latest")
                     .await
-                    .filter(|(_, r)| r.len() <= 90 + 650)
+                    .filter(|(_, _, r)| r.len() <= 90 + 650)
             }
         })
         .await;

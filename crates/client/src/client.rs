@@ -114,6 +114,16 @@ pub(crate) enum Route {
     AnyReplica,
 }
 
+impl Route {
+    /// Where a read in `read` mode goes: CP to the leader, AP to any replica.
+    pub(crate) fn for_read(read: crate::config::ReadMode) -> Route {
+        match read {
+            crate::config::ReadMode::Cp => Route::Leader,
+            crate::config::ReadMode::Ap => Route::AnyReplica,
+        }
+    }
+}
+
 /// Wraps a message with the deadline the server should know about (`grpc-timeout`).
 pub(crate) fn request<M>(message: M, timeout: Duration) -> tonic::Request<M> {
     let mut r = tonic::Request::new(message);

@@ -321,10 +321,7 @@ impl Client {
             read: v1::ReadMode::from(options.read) as i32,
         };
         let deadline = self.request_timeout() + Duration::from_millis(options.max_wait_ms.into());
-        let route = match options.read {
-            ReadMode::Cp => Route::Leader,
-            ReadMode::Ap => Route::AnyReplica,
-        };
+        let route = Route::for_read(options.read);
         self.partition_call(
             topic,
             partition,

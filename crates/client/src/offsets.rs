@@ -59,10 +59,7 @@ impl Client {
             read: v1::ReadMode::from(read) as i32,
         };
         let deadline = self.request_timeout();
-        let route = match read {
-            ReadMode::Cp => Route::Leader,
-            ReadMode::Ap => Route::AnyReplica,
-        };
+        let route = Route::for_read(read);
         self.partition_call(
             topic,
             partition,

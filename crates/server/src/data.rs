@@ -405,19 +405,30 @@ async fn long_poll(
     }
 }
 
-/// Reads committed batches of one partition, long-polling on its high watermark.
-pub async fn fetch(node: &Node, req: Fetch) -> Result<Fetched, ApiError> {
-    let topic = find_topic(node, &req.topic)?;
-    check_partition(&topic, req.partition)?;
-    let handle = local_partition(node, &topic, req.partition)?;
-    if req.read == ReadMode::Cp {
-        // A ReadIndex read: a majority answered this node, as leader, after the fetch
-        // arrived, so its committed state is current.
+/// This node's replica of a partition, ready to be read in `read` mode: for CP, a ReadIndex
+/// read confirmed that it leads (a majority answered it after the call began), so its
+/// committed state is current.
+async fn readable_partition(
+    node: &Node,
+    topic: &str,
+    partition: u32,
+    read: ReadMode,
+) -> Result<(Topic, PartitionHandle), ApiError> {
+    let topic = find_topic(node, topic)?;
+    check_partition(&topic, partition)?;
+    let handle = local_partition(node, &topic, partition)?;
+    if read == ReadMode::Cp {
         handle
             .linearizable_read()
             .await
-            .map_err(|e| group_error(node, &topic, req.partition, e))?;
+            .map_err(|e| group_error(node, &topic, partition, e))?;
     }
+    Ok((topic, handle))
+}
+
+/// Reads committed batches of one partition, long-polling on its high watermark.
+pub async fn fetch(node: &Node, req: Fetch) -> Result<Fetched, ApiError> {
+    let (topic, handle) = readable_partition(node, &req.topic, req.partition, req.read).await?;
     let shared = handle.shared();
     let group = shared.group();
     let mut hw = shared.high_watermark();
@@ -468,15 +479,9 @@ pub async fn fetch(node: &Node, req: Fetch) -> Result<Fetched, ApiError> {
 
 /// Deletes a partition's records below an offset (CP, on its leader): the new log start offset.
 pub async fn delete_records(node: &Node, req: DeleteRecords) -> Result<u64, ApiError> {
-    let topic = find_topic(node, &req.topic)?;
-    check_partition(&topic, req.partition)?;
-    let handle = local_partition(node, &topic, req.partition)?;
     // Leadership first, with a current high watermark: a follower, or a new leader still
     // applying, must not answer "beyond the end" for an offset the partition holds.
-    handle
-        .linearizable_read()
-        .await
-        .map_err(|e| group_error(node, &topic, req.partition, e))?;
+    let (topic, handle) = readable_partition(node, &req.topic, req.partition, ReadMode::Cp).await?;
     let hw = handle.shared().high_watermark();
     let before = req.before.unwrap_or(hw);
     if before > hw {
@@ -499,15 +504,7 @@ pub async fn delete_records(node: &Node, req: DeleteRecords) -> Result<u64, ApiE
 
 /// Finds an offset of a partition: earliest, latest, or the first record at or after a time.
 pub async fn list_offsets(node: &Node, req: ListOffsets) -> Result<OffsetFound, ApiError> {
-    let topic = find_topic(node, &req.topic)?;
-    check_partition(&topic, req.partition)?;
-    let handle = local_partition(node, &topic, req.partition)?;
-    if req.read == ReadMode::Cp {
-        handle
-            .linearizable_read()
-            .await
-            .map_err(|e| group_error(node, &topic, req.partition, e))?;
-    }
+    let (_, handle) = readable_partition(node, &req.topic, req.partition, req.read).await?;
     let shared = handle.shared();
     let hw = shared.high_watermark();
     let log_start = shared.log_start_offset();

@@ -29,6 +29,15 @@ use crate::node::Node;
 /// Partitions whose expired records one round proposes to delete, at most (the rest wait
 /// for the next round).
 pub const MAX_DELETES_PER_ROUND: usize = 256;
+/// A partition retention by time need not look at before `until`, as long as its
+/// `retention_ms` and its high watermark stay what they were.
+#[derive(Debug, Clone, Copy)]
+struct Quiet {
+    until: i64,
+    retention_ms: u64,
+    high_watermark: u64,
+}
+
 /// How long a round waits for a leader's own write of the batches it applied.
 const STORED_WAIT: Duration = Duration::from_secs(1);
 
@@ -139,7 +148,7 @@ pub fn policy(node: &Node, topic: &Topic) -> Retention {
 pub async fn run(node: Arc<Node>, interval: Duration, policy: impl Fn(&Node, &Topic) -> Retention) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut quiet_until: HashMap<u64, (i64, u64)> = HashMap::new();
+    let mut quiet_until: HashMap<u64, Quiet> = HashMap::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -152,7 +161,7 @@ pub async fn run(node: Arc<Node>, interval: Duration, policy: impl Fn(&Node, &To
 async fn round(
     node: &Node,
     policy: &impl Fn(&Node, &Topic) -> Retention,
-    quiet_until: &mut HashMap<u64, (i64, u64)>,
+    quiet_until: &mut HashMap<u64, Quiet>,
 ) {
     let view = node.view();
     let mut proposed = 0;
@@ -180,10 +189,11 @@ async fn round(
             }
             let now = node.now_ms();
             // A partition with nothing to expire before a deadline waits for it, unless its
-            // retention changed since.
-            let quiet = quiet_until
-                .get(&group)
-                .is_some_and(|(t, ms)| now < *t && retention.ms == Some(*ms));
+            // retention changed or records came since (a record may carry an old timestamp).
+            let hw_now = handle.shared().high_watermark();
+            let quiet = quiet_until.get(&group).is_some_and(|q| {
+                now < q.until && retention.ms == Some(q.retention_ms) && hw_now == q.high_watermark
+            });
             if retention.bytes.is_none() && quiet {
                 continue;
             }
@@ -207,8 +217,16 @@ async fn round(
                     }
                 }
                 Ok((None, next)) => {
-                    if let (Some(t), Some(ms)) = (next, retention.ms) {
-                        quiet_until.insert(group, (t, ms));
+                    if let (Some(until), Some(retention_ms)) = (next, retention.ms) {
+                        let high_watermark = hw;
+                        quiet_until.insert(
+                            group,
+                            Quiet {
+                                until,
+                                retention_ms,
+                                high_watermark,
+                            },
+                        );
                     }
                 }
                 Err(e) => tracing::warn!(group, error = %e, "retention: cannot read the index"),

@@ -84,18 +84,7 @@ impl TryFrom<ProduceRequest> for Produce {
             Ok(v1::Acks::Ap) => Acks::Ap,
             Err(_) => return Err(Invalid::UnknownAcks(req.acks).into()),
         };
-        let timeout_ms = match req.timeout_ms {
-            0 => DEFAULT_PRODUCE_TIMEOUT_MS,
-            t if t > MAX_PRODUCE_TIMEOUT_MS => {
-                return Err(Invalid::OverLimit {
-                    field: "timeout_ms",
-                    value: t.into(),
-                    limit: MAX_PRODUCE_TIMEOUT_MS.into(),
-                }
-                .into());
-            }
-            t => t,
-        };
+        let timeout_ms = write_timeout_ms(req.timeout_ms)?;
         let body = match (req.records.is_empty(), req.batches.is_empty()) {
             (false, false) => {
                 return Err(Invalid::RecordsAndBatches.into());
@@ -214,6 +203,20 @@ impl TryFrom<v1::FetchRequest> for Fetch {
     }
 }
 
+/// A write's `timeout_ms`: 0 is the default, more than the limit is refused.
+fn write_timeout_ms(t: u32) -> Result<u32, ApiError> {
+    match t {
+        0 => Ok(DEFAULT_PRODUCE_TIMEOUT_MS),
+        t if t > MAX_PRODUCE_TIMEOUT_MS => Err(Invalid::OverLimit {
+            field: "timeout_ms",
+            value: t.into(),
+            limit: MAX_PRODUCE_TIMEOUT_MS.into(),
+        }
+        .into()),
+        t => Ok(t),
+    }
+}
+
 /// A DeleteRecords request, checked.
 #[derive(Debug, Clone)]
 pub struct DeleteRecords {
@@ -228,18 +231,7 @@ impl TryFrom<v1::DeleteRecordsRequest> for DeleteRecords {
     type Error = ApiError;
 
     fn try_from(req: v1::DeleteRecordsRequest) -> Result<Self, ApiError> {
-        let timeout_ms = match req.timeout_ms {
-            0 => DEFAULT_PRODUCE_TIMEOUT_MS,
-            t if t > MAX_PRODUCE_TIMEOUT_MS => {
-                return Err(Invalid::OverLimit {
-                    field: "timeout_ms",
-                    value: t.into(),
-                    limit: MAX_PRODUCE_TIMEOUT_MS.into(),
-                }
-                .into());
-            }
-            t => t,
-        };
+        let timeout_ms = write_timeout_ms(req.timeout_ms)?;
         Ok(DeleteRecords {
             topic: req.topic,
             partition: req.partition,
