@@ -15,32 +15,16 @@ generated from proto/fjord.proto with grpcio-tools into a temporary directory.
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 
 import grpc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PROTO_DIR = os.path.join(HERE, "..", "proto")
 TIMEOUT_S = 5
 
-
-def generate_stubs():
-    out = tempfile.mkdtemp(prefix="fjord-py-")
-    subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_DIR}",
-         f"--python_out={out}", f"--grpc_python_out={out}",
-         os.path.join(PROTO_DIR, "fjord.proto")],
-        check=True,
-    )
-    sys.path.insert(0, out)
-
-
-generate_stubs()
-import fjord_pb2 as pb  # noqa: E402
-import fjord_pb2_grpc as rpc  # noqa: E402
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "python"))
+from fjord_stubs import pb, rpc  # noqa: E402 (generates them)
 
 
 def one_round(stubs, topic, partitions):

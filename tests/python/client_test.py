@@ -9,33 +9,11 @@ the leader hint in the answer, as any leader-aware client does. Every loop is bo
 Exits non-zero, saying what failed, on the first wrong outcome.
 """
 
-import os
-import subprocess
 import sys
-import tempfile
 import time
 
 import grpc
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-PROTO_DIR = os.path.join(HERE, "..", "..", "proto")
-
-
-def generate_stubs():
-    """Generates the Python modules from the proto into a temporary directory (never committed)."""
-    out = tempfile.mkdtemp(prefix="fjord-py-")
-    subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_DIR}",
-         f"--python_out={out}", f"--grpc_python_out={out}",
-         os.path.join(PROTO_DIR, "fjord.proto")],
-        check=True,
-    )
-    sys.path.insert(0, out)
-
-
-generate_stubs()
-import fjord_pb2 as pb  # noqa: E402
-import fjord_pb2_grpc as rpc  # noqa: E402
+from fjord_stubs import pb, rpc  # generates the modules from the proto
 
 TOPIC = "python-client"
 PARTITIONS = 3

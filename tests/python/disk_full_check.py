@@ -10,32 +10,10 @@ partition, RESOURCE_EXHAUSTED with reason DISK_FULL and a message naming the set
 other nodes answer UNAVAILABLE, not the leader). Exits non-zero, saying what failed.
 """
 
-import os
-import subprocess
 import sys
-import tempfile
 
 import grpc
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-PROTO_DIR = os.path.join(HERE, "..", "..", "proto")
-
-
-def generate_stubs():
-    """Generates the Python modules from the proto into a temporary directory (never committed)."""
-    out = tempfile.mkdtemp(prefix="fjord-py-")
-    subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_DIR}",
-         f"--python_out={out}", f"--grpc_python_out={out}",
-         os.path.join(PROTO_DIR, "fjord.proto")],
-        check=True,
-    )
-    sys.path.insert(0, out)
-
-
-generate_stubs()
-import fjord_pb2 as pb  # noqa: E402
-import fjord_pb2_grpc as rpc  # noqa: E402
+from fjord_stubs import pb, rpc  # generates the modules from the proto
 
 
 def main():

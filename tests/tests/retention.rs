@@ -16,17 +16,33 @@ use fjord_tests::{Cluster, serial, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
+/// A 3-node cluster whose retention rounds run every 100 ms.
+async fn retention_cluster() -> Cluster {
+    let flags = ["--retention-check-interval-ms", "100"];
+    Cluster::start_with_args(3, fjord_tests::Timing::FAST, &flags).await
+}
+
+/// Creates `topic` (1 partition, 3 replicas) with the settings `set`.
+async fn topic_with(client: &Client, topic: &str, set: &[(&str, &str)]) {
+    client.create_topic(topic, 1, 3).await.unwrap();
+    client
+        .alter_topic_config(topic, set, &[] as &[&str])
+        .await
+        .unwrap();
+}
+
+/// A CP producer to `topic`.
+fn cp_producer(client: &Client, topic: &str) -> fjord_client::Producer {
+    let config = ProducerConfig {
+        acks: Acks::Cp,
+        ..Default::default()
+    };
+    client.producer(topic, config).unwrap()
+}
+
 /// Produces `values` to partition 0 of `topic`, CP, one at a time.
 async fn produce(client: &Client, topic: &str, values: impl IntoIterator<Item = String>) {
-    let producer = client
-        .producer(
-            topic,
-            ProducerConfig {
-                acks: Acks::Cp,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let producer = cp_producer(client, topic);
     for v in values {
         producer
             .send(ProducerRecord::new(v).with_partition(0))
@@ -106,12 +122,7 @@ async fn replica(addr: &str, topic: &str) -> Option<(u64, u64, Vec<(u64, Vec<u8>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_records_moves_the_start_alike_and_reads_below_it_are_out_of_range() {
     let _serial = serial();
-    let cluster = Cluster::start_with_args(
-        3,
-        fjord_tests::Timing::FAST,
-        &["--retention-check-interval-ms", "100"],
-    )
-    .await;
+    let cluster = retention_cluster().await;
     let client = cluster.client();
     client.create_topic("lifecycle", 1, 3).await.unwrap();
     produce(&client, "lifecycle", (0..50).map(|i| format!("v{i}"))).await;
@@ -208,12 +219,7 @@ async fn delete_records_moves_the_start_alike_and_reads_below_it_are_out_of_rang
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_down_while_the_start_moved_past_its_log_installs_a_snapshot() {
     let _serial = serial();
-    let mut cluster = Cluster::start_with_args(
-        3,
-        fjord_tests::Timing::FAST,
-        &["--retention-check-interval-ms", "100"],
-    )
-    .await;
+    let mut cluster = retention_cluster().await;
     let client = cluster.client();
     client.create_topic("snap", 1, 3).await.unwrap();
     produce(&client, "snap", (0..30).map(|i| format!("a{i}"))).await;
@@ -310,22 +316,10 @@ async fn replay_by_time_uses_the_running_largest_timestamp() {
     let _serial = serial();
     let cluster = Cluster::start(3).await;
     let client = cluster.client();
-    client.create_topic("times", 1, 3).await.unwrap();
     // The records are stamped in 1970: without this, the default retention (7 days) would
     // delete them.
-    client
-        .alter_topic_config("times", &[("retention_ms", "-1")], &[] as &[&str])
-        .await
-        .unwrap();
-    let producer = client
-        .producer(
-            "times",
-            ProducerConfig {
-                acks: Acks::Cp,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    topic_with(&client, "times", &[("retention_ms", "-1")]).await;
+    let producer = cp_producer(&client, "times");
     // Offsets 0..6 with producer timestamps out of order: 1000, 3000, 2000, 4000, 2500, 5000.
     let stamps = [1000, 3000, 2000, 4000, 2500, 5000];
     for (i, ts) in stamps.iter().enumerate() {
@@ -415,34 +409,17 @@ async fn replay_by_time_uses_the_running_largest_timestamp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_by_time_and_by_size_moves_the_start_on_every_replica() {
     let _serial = serial();
-    let cluster = Cluster::start_with_args(
-        3,
-        fjord_tests::Timing::FAST,
-        &["--retention-check-interval-ms", "100"],
-    )
-    .await;
+    let cluster = retention_cluster().await;
     let client = cluster.client();
 
     // By time: records stamped two minutes ago expire under a one-minute retention, records
     // stamped now stay.
-    client.create_topic("by-time", 1, 3).await.unwrap();
-    client
-        .alter_topic_config("by-time", &[("retention_ms", "60000")], &[] as &[&str])
-        .await
-        .unwrap();
+    topic_with(&client, "by-time", &[("retention_ms", "60000")]).await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let producer = client
-        .producer(
-            "by-time",
-            ProducerConfig {
-                acks: Acks::Cp,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let producer = cp_producer(&client, "by-time");
     for i in 0..25 {
         let ts = if i < 20 { now - 120_000 } else { now };
         producer
@@ -471,11 +448,7 @@ async fn retention_by_time_and_by_size_moves_the_start_on_every_replica() {
     }
 
     // By size: 1 MiB kept (the smallest limit), 3 MiB written in 64 KiB records.
-    client.create_topic("by-size", 1, 3).await.unwrap();
-    client
-        .alter_topic_config("by-size", &[("retention_bytes", "1048576")], &[] as &[&str])
-        .await
-        .unwrap();
+    topic_with(&client, "by-size", &[("retention_bytes", "1048576")]).await;
     let value = "x".repeat(64 << 10);
     produce(&client, "by-size", (0..48).map(|_| value.clone())).await;
     for node in &cluster.nodes {
@@ -499,31 +472,11 @@ async fn retention_by_time_and_by_size_moves_the_start_on_every_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_keeps_the_last_record_of_each_key_on_every_replica() {
     let _serial = serial();
-    let cluster = Cluster::start_with_args(
-        3,
-        fjord_tests::Timing::FAST,
-        &["--retention-check-interval-ms", "100"],
-    )
-    .await;
+    let cluster = retention_cluster().await;
     let client = cluster.client();
-    client.create_topic("latest", 1, 3).await.unwrap();
-    client
-        .alter_topic_config(
-            "latest",
-            &[("cleanup_policy", "compact"), ("delete_retention_ms", "1")],
-            &[] as &[&str],
-        )
-        .await
-        .unwrap();
-    let producer = client
-        .producer(
-            "latest",
-            ProducerConfig {
-                acks: Acks::Cp,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let compact = [("cleanup_policy", "compact"), ("delete_retention_ms", "1")];
+    topic_with(&client, "latest", &compact).await;
+    let producer = cp_producer(&client, "latest");
     // 20,000 records over 100 keys, 100-byte values; keys 0 to 9 end with a tombstone
     // halfway (records 10,000 to 10,009) and get nothing after.
     const N: usize = 20_000;

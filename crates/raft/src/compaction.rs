@@ -245,6 +245,7 @@ pub async fn run(store: &Store, shared: &PartitionShared) -> Result<usize, io::E
     };
     let done = progress(store, group)?;
     if done.request == req {
+        shared.compacted(req);
         return Ok(0);
     }
     let start = shared.log_start_offset();
@@ -291,6 +292,7 @@ pub async fn run(store: &Store, shared: &PartitionShared) -> Result<usize, io::E
             value: codec::encode(&progress, "compaction progress")?,
         }])
         .await?;
+    shared.compacted(req);
     tracing::info!(group, upto, rewritten, keys = latest.len(), "compacted");
     Ok(rewritten)
 }

@@ -1351,7 +1351,7 @@ impl PartitionHandle {
     /// Carries out the latest compaction request on this replica, in a task of its own, if
     /// one is pending and none runs. Returns whether one was started.
     pub fn compact_in_background(&self, store: &fjord_storage::Store) -> bool {
-        if self.shared.compact_request().is_none() || !self.shared.start_compacting() {
+        if !self.shared.compaction_pending() || !self.shared.start_compacting() {
             return false;
         }
         let (store, shared) = (store.clone(), self.shared.clone());

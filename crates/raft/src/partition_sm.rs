@@ -303,6 +303,9 @@ pub struct PartitionShared {
     kind: PartitionKind,
     /// Whether a compaction task runs for this partition (one at a time).
     compacting: std::sync::atomic::AtomicBool,
+    /// The last compaction request this replica carried out, as far as this process knows
+    /// (its stored progress says it across restarts).
+    compacted: Mutex<Option<crate::CompactRequest>>,
     /// What the last snapshot covers, for [`PartitionShared::purge_due`].
     snapshot: Mutex<SnapshotMark>,
     /// Held by a snapshot build and a snapshot install, for their whole length.
@@ -413,6 +416,7 @@ impl PartitionShared {
             store: store.clone(),
             kind,
             compacting: Default::default(),
+            compacted: Mutex::new(None),
             snapshot_io: tokio::sync::Mutex::new(()),
             needs_time_index: std::sync::atomic::AtomicBool::new(before_retention),
             snapshot: Mutex::new(SnapshotMark {
@@ -481,6 +485,18 @@ impl PartitionShared {
             "time index built from the log (written before it existed)"
         );
         Ok(())
+    }
+
+    /// Whether a compaction request was applied that this replica has not carried out yet
+    /// (without a read of its stored progress, once this process carried one out).
+    pub fn compaction_pending(&self) -> bool {
+        let req = self.compact_request();
+        req.is_some() && *self.compacted.lock().unwrap() != req
+    }
+
+    /// Notes that this replica carried out compaction request `req`.
+    pub fn compacted(&self, req: crate::CompactRequest) {
+        *self.compacted.lock().unwrap() = Some(req);
     }
 
     /// Marks a compaction task started; `false` when one runs already.
