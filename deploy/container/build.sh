@@ -86,7 +86,7 @@ printf '127.0.0.1 localhost\n::1 localhost\n' > "$root/etc/hosts"
 
 echo "root file system in $root:"
 ( cd "$root" && find . -type f | sort | sed 's/^\./  /' )
-cat "$manifest" | sed 's/^/  package: /'
+sed 's/^/  package: /' "$manifest"
 
 if [ "$(id -u)" = 0 ] && command -v chroot >/dev/null; then
   chroot --userspec=$uid:$uid "$root" /usr/local/bin/fjord --version
