@@ -64,9 +64,16 @@ impl Serve {
             if line.starts_with('-')
                 && let Some(long) = line.split_whitespace().find(|w| w.starts_with("--"))
             {
-                flags.insert(long.trim_start_matches("--").trim_end_matches(',').to_string());
+                flags.insert(
+                    long.trim_start_matches("--")
+                        .trim_end_matches(',')
+                        .to_string(),
+                );
             }
-            for (_, rest) in line.match_indices("[env: ").map(|(i, _)| line.split_at(i + 6)) {
+            for (_, rest) in line
+                .match_indices("[env: ")
+                .map(|(i, _)| line.split_at(i + 6))
+            {
                 let name = rest.split(['=', ']']).next().unwrap_or_default();
                 env.insert(name.to_string());
             }
@@ -139,7 +146,10 @@ fn peers(s: &str) -> BTreeMap<u64, (String, u16)> {
         .map(|part| {
             let (id, addr) = part.split_once('=').expect("ID=HOST:PORT");
             let (host, _) = addr.rsplit_once(':').expect("HOST:PORT");
-            (id.parse().expect("numeric id"), (host.to_string(), port_of(addr)))
+            (
+                id.parse().expect("numeric id"),
+                (host.to_string(), port_of(addr)),
+            )
         })
         .collect()
 }
@@ -228,7 +238,10 @@ fn image(serve: &Serve) -> Image {
         .iter()
         .map(|k| port_of(&image.env[*k]))
         .collect();
-    assert_eq!(image.exposed, ports, "EXPOSE the client, peer and metrics ports");
+    assert_eq!(
+        image.exposed, ports,
+        "EXPOSE the client, peer and metrics ports"
+    );
     image
 }
 
@@ -239,9 +252,15 @@ fn the_containerfile_builds_from_scratch_and_sets_real_flags() {
     assert_eq!(image.env["FJORD_DATA_DIR"], "/var/lib/fjord");
     let build = read("container/build.sh");
     assert!(build.contains(IMAGE), "build.sh tags {IMAGE}");
-    assert!(build.contains("ldd"), "build.sh copies the libraries ldd lists");
+    assert!(
+        build.contains("ldd"),
+        "build.sh copies the libraries ldd lists"
+    );
     let uid = image.user.split(':').next().unwrap();
-    assert!(build.contains(&format!("uid={uid}")), "build.sh's user is the image's USER");
+    assert!(
+        build.contains(&format!("uid={uid}")),
+        "build.sh's user is the image's USER"
+    );
 }
 
 /// A compose service's environment, whether a map or a list of K=V.
@@ -306,7 +325,11 @@ fn the_compose_file_runs_three_nodes_that_agree() {
             })
             .collect();
         let advertise = setting("FJORD_ADVERTISE").expect("FJORD_ADVERTISE");
-        assert_eq!(published.get(&listen), Some(&advertise), "{name}: advertise");
+        assert_eq!(
+            published.get(&listen),
+            Some(&advertise),
+            "{name}: advertise"
+        );
         assert!(published.contains_key(&metrics), "{name}: metrics port");
         let data_dir = setting("FJORD_DATA_DIR").unwrap();
         let mounts: Vec<&str> = svc["volumes"]
@@ -315,14 +338,21 @@ fn the_compose_file_runs_three_nodes_that_agree() {
             .iter()
             .map(|v| s(v, "volumes").split(':').nth(1).unwrap_or_default())
             .collect();
-        assert!(mounts.contains(&data_dir.as_str()), "{name}: a volume at {data_dir}");
+        assert!(
+            mounts.contains(&data_dir.as_str()),
+            "{name}: a volume at {data_dir}"
+        );
         let check: Vec<&str> = svc["healthcheck"]["test"]
             .as_array()
             .expect("healthcheck")
             .iter()
             .map(|a| s(a, "test"))
             .collect();
-        assert_eq!(check[..2], ["CMD", "/usr/local/bin/fjord"], "{name}: exec form");
+        assert_eq!(
+            check[..2],
+            ["CMD", "/usr/local/bin/fjord"],
+            "{name}: exec form"
+        );
         assert!(check.contains(&format!("127.0.0.1:{listen}").as_str()));
     }
     assert_eq!(all_peers.len(), 1, "every node has the same peers");
@@ -330,7 +360,11 @@ fn the_compose_file_runs_three_nodes_that_agree() {
     let listed = peers(all_peers.first().unwrap());
     assert_eq!(listed.len(), services.len(), "one peer per node");
     for (id, (host, port)) in &listed {
-        assert_eq!(ids.get(id), Some(host), "peer {id} is the service with that id");
+        assert_eq!(
+            ids.get(id),
+            Some(host),
+            "peer {id} is the service with that id"
+        );
         assert_eq!(*port, peer_port, "peer {id}: the peer port");
     }
 }
@@ -396,7 +430,10 @@ fn the_kubernetes_manifests_agree_with_the_flags_and_each_other() {
     let replicas = spec["replicas"].as_u64().unwrap();
     let start = spec["ordinals"]["start"].as_u64().unwrap_or(0);
     assert_eq!(start, 1, "ordinals start at 1: node ids start at 1");
-    assert_eq!(spec["podManagementPolicy"], "Parallel", "a new cluster needs all its peers");
+    assert_eq!(
+        spec["podManagementPolicy"], "Parallel",
+        "a new cluster needs all its peers"
+    );
     let pod = &spec["template"];
     let labels = &pod["metadata"]["labels"];
     assert!(selects(&spec["selector"]["matchLabels"], labels));
@@ -414,7 +451,10 @@ fn the_kubernetes_manifests_agree_with_the_flags_and_each_other() {
             && let Some((_, rest)) = v.split_once("$(")
         {
             let var = rest.split(')').next().unwrap();
-            assert!(env_list[..i].iter().any(|p| p["name"] == var), "{name}: $({var})");
+            assert!(
+                env_list[..i].iter().any(|p| p["name"] == var),
+                "{name}: $({var})"
+            );
         }
         env.insert(name, e.clone());
     }
@@ -439,7 +479,10 @@ fn the_kubernetes_manifests_agree_with_the_flags_and_each_other() {
     assert_eq!(named_port(ports, "peer"), peer);
     assert_eq!(named_port(ports, "metrics"), metrics);
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
-        assert_eq!(c[probe]["grpc"]["port"], client, "{probe}: gRPC health, client port");
+        assert_eq!(
+            c[probe]["grpc"]["port"], client,
+            "{probe}: gRPC health, client port"
+        );
     }
     let annotations = &pod["metadata"]["annotations"];
     assert_eq!(annotations["prometheus.io/port"], metrics.to_string());
@@ -486,7 +529,10 @@ fn the_kubernetes_manifests_agree_with_the_flags_and_each_other() {
             .find(|m| m["name"] == name)
             .map(|m| s(&m["mountPath"], "mountPath").to_string())
     };
-    let claim = s(&spec["volumeClaimTemplates"][0]["metadata"]["name"], "claim");
+    let claim = s(
+        &spec["volumeClaimTemplates"][0]["metadata"]["name"],
+        "claim",
+    );
     assert_eq!(mount_of(claim), Some(value("FJORD_DATA_DIR")));
     assert!(image.volumes.contains(&value("FJORD_DATA_DIR")));
     let secret_volume = pod["spec"]["volumes"]
@@ -497,7 +543,10 @@ fn the_kubernetes_manifests_agree_with_the_flags_and_each_other() {
         .expect("a Secret volume for TLS");
     let tls_dir = mount_of(s(&secret_volume["name"], "volume")).expect("TLS mounted");
     for k in ["FJORD_TLS_CERT", "FJORD_TLS_KEY", "FJORD_TLS_CA"] {
-        assert!(value(k).starts_with(&format!("{tls_dir}/")), "{k} under {tls_dir}");
+        assert!(
+            value(k).starts_with(&format!("{tls_dir}/")),
+            "{k} under {tls_dir}"
+        );
     }
 
     // The pod runs as the image's user.
@@ -534,7 +583,10 @@ fn serve_refuses(args: &[&str], env: &[(&str, &str)], says: &str) {
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert!(!status.success(), "{args:?} {env:?}: {err}");
-    assert!(err.contains(says), "{args:?} {env:?}: expected {says:?} in: {err}");
+    assert!(
+        err.contains(says),
+        "{args:?} {env:?}: expected {says:?} in: {err}"
+    );
 }
 
 /// A flag beats its FJORD_* variable, which beats the --config file: seen in which node id
@@ -553,7 +605,11 @@ fn flags_beat_environment_which_beats_the_file() {
     .unwrap();
     let file = file.to_str().unwrap();
     serve_refuses(&["--config", file], &[], "node 1 is not listed");
-    serve_refuses(&["--config", file], &[("FJORD_ID", "2")], "node 2 is not listed");
+    serve_refuses(
+        &["--config", file],
+        &[("FJORD_ID", "2")],
+        "node 2 is not listed",
+    );
     serve_refuses(
         &["--config", file, "--id", "3"],
         &[("FJORD_ID", "2")],
