@@ -281,6 +281,82 @@ fn environment(service: &Value) -> BTreeMap<String, String> {
     }
 }
 
+/// What one compose service says of its node: its id, host name and peers.
+struct ComposeNode {
+    id: u64,
+    host: String,
+    peers: String,
+}
+
+/// Checks one compose service: real variables and flags, the client port published where
+/// the node advertises it, the metrics port published, a volume at the data directory, a
+/// healthcheck in exec form against the client port.
+fn compose_node(serve: &Serve, image: &Image, name: &str, svc: &Value) -> ComposeNode {
+    assert_eq!(s(&svc["image"], "image"), IMAGE, "{name}");
+    let env = environment(svc);
+    for k in env.keys().filter(|k| k.starts_with("FJORD_")) {
+        serve.check_env(k, "compose.yaml");
+    }
+    let command = svc["command"].as_array().cloned().unwrap_or_default();
+    for a in command.iter().map(|a| s(a, "command")) {
+        if a.starts_with("--") {
+            serve.check_flag(a, "compose.yaml");
+        }
+    }
+    let setting = |k: &str| {
+        env.get(k)
+            .or(image.env.get(k))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name}: {k} not set"))
+    };
+    let listen = port_of(&setting("FJORD_LISTEN"));
+    let metrics = port_of(&setting("FJORD_METRICS_LISTEN"));
+    let published: BTreeMap<u16, String> = svc["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| {
+            let (host, container) = s(p, "ports").rsplit_once(':').expect("HOST:CONTAINER");
+            (container.parse().unwrap(), host.to_string())
+        })
+        .collect();
+    let advertise = setting("FJORD_ADVERTISE");
+    assert_eq!(
+        published.get(&listen),
+        Some(&advertise),
+        "{name}: advertise"
+    );
+    assert!(published.contains_key(&metrics), "{name}: metrics port");
+    let data_dir = setting("FJORD_DATA_DIR");
+    let mounts: Vec<&str> = svc["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .map(|v| s(v, "volumes").split(':').nth(1).unwrap_or_default())
+        .collect();
+    assert!(
+        mounts.contains(&data_dir.as_str()),
+        "{name}: a volume at {data_dir}"
+    );
+    let check: Vec<&str> = svc["healthcheck"]["test"]
+        .as_array()
+        .expect("healthcheck")
+        .iter()
+        .map(|a| s(a, "test"))
+        .collect();
+    assert_eq!(
+        check[..2],
+        ["CMD", "/usr/local/bin/fjord"],
+        "{name}: exec form"
+    );
+    assert!(check.contains(&format!("127.0.0.1:{listen}").as_str()));
+    ComposeNode {
+        id: setting("FJORD_ID").parse().expect("numeric FJORD_ID"),
+        host: svc["hostname"].as_str().unwrap_or(name).to_string(),
+        peers: setting("FJORD_PEERS"),
+    }
+}
+
 #[test]
 fn the_compose_file_runs_three_nodes_that_agree() {
     let serve = Serve::from_help();
@@ -289,72 +365,13 @@ fn the_compose_file_runs_three_nodes_that_agree() {
     assert_eq!(docs.len(), 1);
     let services = docs[0]["services"].as_object().expect("services");
     assert_eq!(services.len(), 3, "three nodes");
-
-    let mut ids = BTreeMap::new();
-    let mut all_peers = BTreeSet::new();
-    for (name, svc) in services {
-        assert_eq!(s(&svc["image"], "image"), IMAGE, "{name}");
-        let env = environment(svc);
-        for k in env.keys().filter(|k| k.starts_with("FJORD_")) {
-            serve.check_env(k, "compose.yaml");
-        }
-        if let Some(args) = svc["command"].as_array() {
-            for a in args.iter().map(|a| s(a, "command")) {
-                if a.starts_with("--") {
-                    serve.check_flag(a, "compose.yaml");
-                }
-            }
-        }
-        let setting = |k: &str| env.get(k).or(image.env.get(k)).cloned();
-        let id: u64 = setting("FJORD_ID").expect("FJORD_ID").parse().unwrap();
-        let host = svc["hostname"].as_str().unwrap_or(name);
-        assert!(ids.insert(id, host.to_string()).is_none(), "id {id} twice");
-        all_peers.insert(setting("FJORD_PEERS").expect("FJORD_PEERS"));
-
-        // The client port is published where the node advertises it; metrics are published.
-        let listen = port_of(&setting("FJORD_LISTEN").unwrap());
-        let metrics = port_of(&setting("FJORD_METRICS_LISTEN").unwrap());
-        let published: BTreeMap<u16, String> = svc["ports"]
-            .as_array()
-            .expect("ports")
-            .iter()
-            .map(|p| {
-                let p = s(p, "ports");
-                let (host, container) = p.rsplit_once(':').expect("HOST:CONTAINER");
-                (container.parse().unwrap(), host.to_string())
-            })
-            .collect();
-        let advertise = setting("FJORD_ADVERTISE").expect("FJORD_ADVERTISE");
-        assert_eq!(
-            published.get(&listen),
-            Some(&advertise),
-            "{name}: advertise"
-        );
-        assert!(published.contains_key(&metrics), "{name}: metrics port");
-        let data_dir = setting("FJORD_DATA_DIR").unwrap();
-        let mounts: Vec<&str> = svc["volumes"]
-            .as_array()
-            .expect("volumes")
-            .iter()
-            .map(|v| s(v, "volumes").split(':').nth(1).unwrap_or_default())
-            .collect();
-        assert!(
-            mounts.contains(&data_dir.as_str()),
-            "{name}: a volume at {data_dir}"
-        );
-        let check: Vec<&str> = svc["healthcheck"]["test"]
-            .as_array()
-            .expect("healthcheck")
-            .iter()
-            .map(|a| s(a, "test"))
-            .collect();
-        assert_eq!(
-            check[..2],
-            ["CMD", "/usr/local/bin/fjord"],
-            "{name}: exec form"
-        );
-        assert!(check.contains(&format!("127.0.0.1:{listen}").as_str()));
-    }
+    let nodes: Vec<ComposeNode> = services
+        .iter()
+        .map(|(name, svc)| compose_node(&serve, &image, name, svc))
+        .collect();
+    let ids: BTreeMap<u64, &str> = nodes.iter().map(|n| (n.id, n.host.as_str())).collect();
+    assert_eq!(ids.len(), nodes.len(), "distinct ids");
+    let all_peers: BTreeSet<&str> = nodes.iter().map(|n| n.peers.as_str()).collect();
     assert_eq!(all_peers.len(), 1, "every node has the same peers");
     let peer_port = port_of(&image.env["FJORD_PEER_LISTEN"]);
     let listed = peers(all_peers.first().unwrap());
@@ -362,7 +379,7 @@ fn the_compose_file_runs_three_nodes_that_agree() {
     for (id, (host, port)) in &listed {
         assert_eq!(
             ids.get(id),
-            Some(host),
+            Some(&host.as_str()),
             "peer {id} is the service with that id"
         );
         assert_eq!(*port, peer_port, "peer {id}: the peer port");
@@ -415,6 +432,149 @@ fn selects(selector: &Value, labels: &Value) -> bool {
         .all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// The StatefulSet's pod and its fjord container, with the container's environment.
+struct Pod<'a> {
+    sts: &'a Value,
+    template: &'a Value,
+    container: &'a Value,
+    env: BTreeMap<String, Value>,
+    image: &'a Image,
+}
+
+impl<'a> Pod<'a> {
+    /// Checks the environment (real variables; `$(VAR)` refers to one defined before it).
+    fn new(serve: &Serve, image: &'a Image, sts: &'a Value) -> Self {
+        let template = &sts["spec"]["template"];
+        let container = &template["spec"]["containers"][0];
+        let list = container["env"].as_array().expect("env");
+        let mut env = BTreeMap::new();
+        for (i, e) in list.iter().enumerate() {
+            let name = s(&e["name"], "env name").to_string();
+            serve.check_env(&name, "statefulset.yaml");
+            if let Some(v) = e["value"].as_str()
+                && let Some((_, rest)) = v.split_once("$(")
+            {
+                let var = rest.split(')').next().unwrap();
+                assert!(
+                    list[..i].iter().any(|p| p["name"] == var),
+                    "{name}: $({var})"
+                );
+            }
+            env.insert(name, e.clone());
+        }
+        Pod {
+            sts,
+            template,
+            container,
+            env,
+            image,
+        }
+    }
+
+    /// A setting's value: the container's variable, else the image's.
+    fn value(&self, k: &str) -> String {
+        self.env
+            .get(k)
+            .and_then(|e| e["value"].as_str())
+            .map(str::to_string)
+            .or_else(|| self.image.env.get(k).cloned())
+            .unwrap_or_else(|| panic!("{k} not set"))
+    }
+
+    fn labels(&self) -> &Value {
+        &self.template["metadata"]["labels"]
+    }
+}
+
+/// Flags, container ports, the gRPC probes and the metrics annotation name the same ports.
+fn check_k8s_ports(pod: &Pod) {
+    let ports = &pod.container["ports"];
+    let client = port_of(&pod.value("FJORD_LISTEN"));
+    assert_eq!(named_port(ports, "client"), client);
+    assert_eq!(
+        named_port(ports, "peer"),
+        port_of(&pod.value("FJORD_PEER_LISTEN"))
+    );
+    let metrics = port_of(&pod.value("FJORD_METRICS_LISTEN"));
+    assert_eq!(named_port(ports, "metrics"), metrics);
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        let port = &pod.container[probe]["grpc"]["port"];
+        assert_eq!(*port, client, "{probe}: gRPC health, client port");
+    }
+    let annotations = &pod.template["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/port"], metrics.to_string());
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+}
+
+/// The headless Service gives the names FJORD_PEERS lists: one per replica, ids = ordinals.
+fn check_k8s_peers(pod: &Pod, headless: &Value) {
+    let spec = &pod.sts["spec"];
+    let replicas = spec["replicas"].as_u64().unwrap();
+    let start = spec["ordinals"]["start"].as_u64().unwrap_or(0);
+    assert_eq!(start, 1, "ordinals start at 1: node ids start at 1");
+    assert_eq!(
+        pod.env["FJORD_ID"]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    );
+    let name = s(&headless["metadata"]["name"], "name");
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    assert_eq!(headless["spec"]["publishNotReadyAddresses"], true);
+    assert!(selects(&headless["spec"]["selector"], pod.labels()));
+    let peer = port_of(&pod.value("FJORD_PEER_LISTEN"));
+    let svc_port = headless["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "peer")
+        .expect("headless service port peer");
+    assert_eq!(svc_port["port"], peer);
+    let listed = peers(&pod.value("FJORD_PEERS"));
+    assert_eq!(listed.len() as u64, replicas, "one peer per replica");
+    for (ordinal, (id, (host, port))) in (start..).zip(&listed) {
+        assert_eq!(*id, ordinal, "peer ids are the ordinals");
+        assert_eq!(*host, format!("fjord-{ordinal}.{name}"));
+        assert_eq!(*port, peer);
+    }
+    let client = port_of(&pod.value("FJORD_LISTEN"));
+    assert_eq!(
+        pod.value("FJORD_ADVERTISE"),
+        format!("$(POD_NAME).{name}:{client}")
+    );
+}
+
+/// Data on a claim per pod at the data directory; TLS files in a mounted Secret; the
+/// image's user.
+fn check_k8s_storage(pod: &Pod) {
+    let mounts = pod.container["volumeMounts"].as_array().unwrap();
+    let mount_of = |name: &str| {
+        mounts
+            .iter()
+            .find(|m| m["name"] == name)
+            .map(|m| s(&m["mountPath"], "mountPath").to_string())
+    };
+    let claim = &pod.sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"];
+    let data_dir = pod.value("FJORD_DATA_DIR");
+    assert_eq!(mount_of(s(claim, "claim")), Some(data_dir.clone()));
+    assert!(pod.image.volumes.contains(&data_dir));
+    let secret_volume = pod.template["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["secret"].is_object())
+        .expect("a Secret volume for TLS");
+    let tls_dir = mount_of(s(&secret_volume["name"], "volume")).expect("TLS mounted");
+    for k in ["FJORD_TLS_CERT", "FJORD_TLS_KEY", "FJORD_TLS_CA"] {
+        assert!(
+            pod.value(k).starts_with(&format!("{tls_dir}/")),
+            "{k} under {tls_dir}"
+        );
+    }
+    let security = &pod.template["spec"]["securityContext"];
+    let uid = pod.image.user.split(':').next().unwrap();
+    assert_eq!(security["runAsUser"].to_string(), uid);
+    assert_eq!(security["runAsNonRoot"], true);
+}
+
 #[test]
 fn the_kubernetes_manifests_agree_with_the_flags_and_each_other() {
     let serve = Serve::from_help();
@@ -426,133 +586,32 @@ fn the_kubernetes_manifests_agree_with_the_flags_and_each_other() {
             .unwrap_or_else(|| panic!("no {kind} {name}"))
     };
     let sts = get("StatefulSet", "fjord");
-    let spec = &sts["spec"];
-    let replicas = spec["replicas"].as_u64().unwrap();
-    let start = spec["ordinals"]["start"].as_u64().unwrap_or(0);
-    assert_eq!(start, 1, "ordinals start at 1: node ids start at 1");
+    let pod = Pod::new(&serve, &image, sts);
+    assert_eq!(s(&pod.container["image"], "image"), IMAGE);
+    assert!(selects(
+        &sts["spec"]["selector"]["matchLabels"],
+        pod.labels()
+    ));
     assert_eq!(
-        spec["podManagementPolicy"], "Parallel",
+        sts["spec"]["podManagementPolicy"], "Parallel",
         "a new cluster needs all its peers"
     );
-    let pod = &spec["template"];
-    let labels = &pod["metadata"]["labels"];
-    assert!(selects(&spec["selector"]["matchLabels"], labels));
-    let c = &pod["spec"]["containers"][0];
-    assert_eq!(s(&c["image"], "image"), IMAGE);
-
-    // The environment: real variables; the id from the pod's ordinal.
-    let env_list = c["env"].as_array().unwrap();
-    let mut env = BTreeMap::new();
-    for (i, e) in env_list.iter().enumerate() {
-        let name = s(&e["name"], "env name").to_string();
-        serve.check_env(&name, "statefulset.yaml");
-        // $(VAR) refers to a variable defined before it.
-        if let Some(v) = e["value"].as_str()
-            && let Some((_, rest)) = v.split_once("$(")
-        {
-            let var = rest.split(')').next().unwrap();
-            assert!(
-                env_list[..i].iter().any(|p| p["name"] == var),
-                "{name}: $({var})"
-            );
-        }
-        env.insert(name, e.clone());
-    }
-    assert_eq!(
-        env["FJORD_ID"]["valueFrom"]["fieldRef"]["fieldPath"],
-        "metadata.labels['apps.kubernetes.io/pod-index']"
+    check_k8s_ports(&pod);
+    check_k8s_peers(
+        &pod,
+        get("Service", s(&sts["spec"]["serviceName"], "serviceName")),
     );
-    let value = |k: &str| {
-        env.get(k)
-            .and_then(|e| e["value"].as_str())
-            .map(str::to_string)
-            .or_else(|| image.env.get(k).cloned())
-            .unwrap_or_else(|| panic!("{k} not set"))
-    };
-
-    // Ports: flags, container ports, probes, services and the metrics annotation.
-    let ports = &c["ports"];
-    let client = port_of(&value("FJORD_LISTEN"));
-    let peer = port_of(&value("FJORD_PEER_LISTEN"));
-    let metrics = port_of(&value("FJORD_METRICS_LISTEN"));
-    assert_eq!(named_port(ports, "client"), client);
-    assert_eq!(named_port(ports, "peer"), peer);
-    assert_eq!(named_port(ports, "metrics"), metrics);
-    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
-        assert_eq!(
-            c[probe]["grpc"]["port"], client,
-            "{probe}: gRPC health, client port"
-        );
-    }
-    let annotations = &pod["metadata"]["annotations"];
-    assert_eq!(annotations["prometheus.io/port"], metrics.to_string());
-    assert_eq!(annotations["prometheus.io/scrape"], "true");
-
-    // The headless Service gives the names FJORD_PEERS lists, one per replica.
-    let headless_name = s(&spec["serviceName"], "serviceName");
-    let headless = get("Service", headless_name);
-    assert_eq!(headless["spec"]["clusterIP"], "None");
-    assert_eq!(headless["spec"]["publishNotReadyAddresses"], true);
-    assert!(selects(&headless["spec"]["selector"], labels));
-    let peer_svc_port = headless["spec"]["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "peer")
-        .expect("headless service port peer");
-    assert_eq!(peer_svc_port["port"], peer);
-    let listed = peers(&value("FJORD_PEERS"));
-    assert_eq!(listed.len() as u64, replicas, "one peer per replica");
-    for (ordinal, (id, (host, port))) in (start..).zip(&listed) {
-        assert_eq!(*id, ordinal, "peer ids are the ordinals");
-        assert_eq!(*host, format!("fjord-{ordinal}.{headless_name}"));
-        assert_eq!(*port, peer);
-    }
-    assert_eq!(
-        value("FJORD_ADVERTISE"),
-        format!("$(POD_NAME).{headless_name}:{client}")
-    );
-
+    check_k8s_storage(&pod);
     // The client Service, and the budget: one node of three at a time.
     let client_svc = get("Service", "fjord");
-    assert!(selects(&client_svc["spec"]["selector"], labels));
+    assert!(selects(&client_svc["spec"]["selector"], pod.labels()));
     assert_eq!(client_svc["spec"]["ports"][0]["targetPort"], "client");
     let pdb = get("PodDisruptionBudget", "fjord");
     assert_eq!(pdb["spec"]["maxUnavailable"], 1);
-    assert!(selects(&pdb["spec"]["selector"]["matchLabels"], labels));
-
-    // Data on a claim per pod at the data directory; TLS files from a mounted Secret.
-    let mounts = c["volumeMounts"].as_array().unwrap();
-    let mount_of = |name: &str| {
-        mounts
-            .iter()
-            .find(|m| m["name"] == name)
-            .map(|m| s(&m["mountPath"], "mountPath").to_string())
-    };
-    let claim = s(
-        &spec["volumeClaimTemplates"][0]["metadata"]["name"],
-        "claim",
-    );
-    assert_eq!(mount_of(claim), Some(value("FJORD_DATA_DIR")));
-    assert!(image.volumes.contains(&value("FJORD_DATA_DIR")));
-    let secret_volume = pod["spec"]["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["secret"].is_object())
-        .expect("a Secret volume for TLS");
-    let tls_dir = mount_of(s(&secret_volume["name"], "volume")).expect("TLS mounted");
-    for k in ["FJORD_TLS_CERT", "FJORD_TLS_KEY", "FJORD_TLS_CA"] {
-        assert!(
-            value(k).starts_with(&format!("{tls_dir}/")),
-            "{k} under {tls_dir}"
-        );
-    }
-
-    // The pod runs as the image's user.
-    let uid = image.user.split(':').next().unwrap();
-    assert_eq!(pod["spec"]["securityContext"]["runAsUser"].to_string(), uid);
-    assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+    assert!(selects(
+        &pdb["spec"]["selector"]["matchLabels"],
+        pod.labels()
+    ));
 }
 
 /// Runs `fjord serve` with these arguments and environment; it must stop at its
