@@ -314,24 +314,31 @@ pub fn validate_user_name(name: &str) -> Result<(), MetaError> {
     })
 }
 
-/// Checks a principal as an ACL entry or `--superusers` names it: `User:NAME` with a valid
-/// user name, or [`ANY_PRINCIPAL`]; at most [`MAX_PRINCIPAL_LEN`] bytes.
+/// Checks a principal as an ACL entry or `--superusers` names it: `User:NAME` with a name of
+/// 1 to [`MAX_USER_NAME_LEN`] bytes without control characters (a token user's name, or
+/// what `--tls-principal-rules` made of a certificate's subject, e.g. `CN=alice,O=acme` with
+/// the rule `DEFAULT`), or [`ANY_PRINCIPAL`].
 pub fn validate_principal(principal: &str) -> Result<(), MetaError> {
     let invalid = |reason: String| MetaError::InvalidAcl {
         reason: format!("principal {:?}: {reason}", clip(principal)),
     };
     if principal.len() > MAX_PRINCIPAL_LEN {
-        return Err(invalid(format!("it is {} bytes long", principal.len())));
-    }
-    if principal == ANY_PRINCIPAL {
-        return Ok(());
+        return Err(invalid(format!(
+            "it is {} bytes long, over {MAX_PRINCIPAL_LEN}",
+            principal.len()
+        )));
     }
     let Some(name) = principal.strip_prefix(USER_PREFIX) else {
         return Err(invalid(format!(
             "a principal is {USER_PREFIX}NAME or {ANY_PRINCIPAL}"
         )));
     };
-    validate_user_name(name).map_err(|e| invalid(e.to_string()))
+    if name.is_empty() || name.chars().any(char::is_control) {
+        return Err(invalid(
+            "the name after User: is empty or has control characters".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks an ACL entry: its principal, a resource name of 1 to [`MAX_RESOURCE_NAME_LEN`]
