@@ -349,6 +349,13 @@ impl Fjord for ClientService {
             self.wait_for_other_leader(w).await?;
         }
         let view = self.node.view();
+        // A topic asked for by name that the principal may not describe is refused rather
+        // than left out, so a client learns why (Kafka's TOPIC_AUTHORIZATION_FAILED).
+        for name in &req.topics {
+            if view.state.topic(name).is_some() {
+                caller.require(Operation::Describe, Resource::topic(name))?;
+            }
+        }
         let counts = self.node.quiet_counts();
         let rebuilding = self.node.rebuild_progress();
         // Registered nodes only: a configured peer that never registered is not usable yet.
