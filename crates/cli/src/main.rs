@@ -84,7 +84,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run one node of a cluster until SIGINT or SIGTERM.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Run a local cluster of N nodes (separate processes) until Ctrl-C.
     Dev(dev::DevArgs),
     /// Create, list, describe or delete topics.
@@ -135,7 +135,7 @@ fn client(brokers: Vec<String>, token: Option<String>) -> anyhow::Result<Client>
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = Output { format: cli.format };
     match cli.command {
-        Command::Serve(args) => serve::run(args).await,
+        Command::Serve(args) => serve::run(*args).await,
         Command::Dev(args) => dev::run(args, out).await,
         Command::Topic(cmd) => topic::run(client(cli.brokers, cli.token)?, out, cmd).await,
         Command::Produce(args) => produce::run(client(cli.brokers, cli.token)?, out, args).await,

@@ -335,7 +335,8 @@ mod tests {
             (Code::FailedPrecondition, "FailedPrecondition", false),
             (Code::OutOfRange, "OffsetOutOfRange", false),
             (Code::DataLoss, "Corrupt", false),
-            (Code::PermissionDenied, "Server", false),
+            (Code::PermissionDenied, "PermissionDenied", false),
+            (Code::Unauthenticated, "Unauthenticated", false),
             (Code::Internal, "Server", false),
         ];
         for (code, name, retryable) in cases {
