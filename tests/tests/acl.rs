@@ -114,21 +114,8 @@ async fn send(client: &Client, topic: &str) -> Result<(), ClientError> {
 async fn identities_and_acls_are_enforced_on_a_secure_cluster() {
     let _serial = serial();
     let (mut cluster, tokens) = start_secure(3, &["alice", "bob", "carol"]).await;
-    let node = cluster.brokers()[0].clone();
     let admin = client_as(&cluster, &tokens["admin"]);
-    let alice = client_as(&cluster, &tokens["alice"]);
-
-    // No token: UNAUTHENTICATED, saying what is missing; a wrong token too.
-    let e = cluster.client().metadata().await.unwrap_err();
-    let ClientError::Unauthenticated(msg) = &e else {
-        panic!("expected UNAUTHENTICATED, got {e:?}")
-    };
-    assert!(msg.contains("bearer token"), "{msg}");
-    let forged = tokens["alice"].replace("alice", "admin");
-    let e = client_as(&cluster, &forged).metadata().await.unwrap_err();
-    assert!(matches!(e, ClientError::Unauthenticated(_)), "{e:?}");
-
-    // The superuser creates topics and grants alice write on `a`.
+    requests_without_identity_are_refused(&cluster, &tokens["alice"]).await;
     for t in ["a", "b", "c1"] {
         admin.create_topic(t, 1, 3).await.unwrap();
     }
@@ -141,12 +128,39 @@ async fn identities_and_acls_are_enforced_on_a_secure_cluster() {
         ))
         .await
         .unwrap();
+    a_writer_of_a_writes_only_a(&cluster, &tokens["alice"]).await;
+    let deny_c1 = a_deny_beats_an_allow(&cluster, &admin, &tokens["alice"]).await;
+    group_requests_are_checked(&cluster, &admin, &tokens["carol"]).await;
+    the_superuser_does_everything(&admin).await;
+    the_cli_takes_its_token_from_the_environment(&cluster, &tokens["admin"]).await;
+    // ACLs survive a power loss of every node.
+    restart_secure(&mut cluster, &tokens["admin"]).await;
+    acls_survived(&cluster, &tokens, &deny_c1).await;
+    a_deleted_user_no_longer_authenticates(&cluster, &admin, &tokens["bob"]).await;
+}
 
+/// No token: UNAUTHENTICATED, saying what is missing; a forged token too.
+async fn requests_without_identity_are_refused(cluster: &Cluster, alice: &str) {
+    // No token: UNAUTHENTICATED, saying what is missing; a wrong token too.
+    let e = cluster.client().metadata().await.unwrap_err();
+    let ClientError::Unauthenticated(msg) = &e else {
+        panic!("expected UNAUTHENTICATED, got {e:?}")
+    };
+    assert!(msg.contains("bearer token"), "{msg}");
+    let forged = alice.replace("alice", "admin");
+    let e = client_as(cluster, &forged).metadata().await.unwrap_err();
+    assert!(matches!(e, ClientError::Unauthenticated(_)), "{e:?}");
+}
+
+/// alice, allowed to write `a`, writes it, but neither reads `a` nor writes `b`.
+async fn a_writer_of_a_writes_only_a(cluster: &Cluster, token: &str) {
+    let node = cluster.brokers()[0].clone();
+    let alice = client_as(cluster, token);
     // alice writes `a`, but neither reads `a` nor writes `b`.
     send(&alice, "a").await.unwrap();
-    let s = raw_fetch(&node, &tokens["alice"], "a").await.unwrap_err();
+    let s = raw_fetch(&node, token, "a").await.unwrap_err();
     denied_status(s, &["User:alice", "read", "topic \"a\""]);
-    let s = raw_produce(&node, &tokens["alice"], "b").await.unwrap_err();
+    let s = raw_produce(&node, token, "b").await.unwrap_err();
     denied_status(s, &["User:alice", "write", "topic \"b\""]);
     denied(
         send(&alice, "b").await.unwrap_err(),
@@ -169,7 +183,12 @@ async fn identities_and_acls_are_enforced_on_a_secure_cluster() {
         alice.delete_topic("a").await.unwrap_err(),
         &["delete", "topic \"a\""],
     );
+}
 
+/// Everything on topics starting with `c`, but a deny of writing `c1`: the deny wins.
+async fn a_deny_beats_an_allow(cluster: &Cluster, admin: &Client, token: &str) -> AclEntry {
+    let node = cluster.brokers()[0].clone();
+    let alice = client_as(cluster, token);
     // Deny beats allow: everything on topics starting with `c`, but not writing `c1`.
     let mut all_c = allow("User:alice", ResourceType::Topic, "c", Operation::All);
     all_c.pattern_type = PatternType::Prefixed;
@@ -177,31 +196,35 @@ async fn identities_and_acls_are_enforced_on_a_secure_cluster() {
     deny_c1.permission = Permission::Deny;
     admin.add_acl(&all_c).await.unwrap();
     admin.add_acl(&deny_c1).await.unwrap();
-    let s = raw_produce(&node, &tokens["alice"], "c1")
-        .await
-        .unwrap_err();
+    let s = raw_produce(&node, token, "c1").await.unwrap_err();
     denied_status(s, &["User:alice", "write", "topic \"c1\"", "denied by"]);
     // Reading `c1` is allowed by the prefix entry (wait for a leader to answer it).
     wait_for("alice reads c1", DEADLINE, || async {
         let leader = alice.describe_topic("c1").await.ok()?.partitions[0].leader?;
         let addr = cluster.brokers()[leader as usize - 1].clone();
-        raw_fetch(&addr, &tokens["alice"], "c1").await.ok()
+        raw_fetch(&addr, token, "c1").await.ok()
     })
     .await;
 
-    group_requests_are_checked(&cluster, &admin, &tokens["carol"]).await;
+    deny_c1
+}
 
+/// The superuser does everything, with no ACL entry of its own.
+async fn the_superuser_does_everything(admin: &Client) {
     // The superuser does everything, with no ACL entry of its own.
-    send(&admin, "b").await.unwrap();
+    send(admin, "b").await.unwrap();
     admin.create_topic("z", 1, 1).await.unwrap();
     admin.delete_topic("z").await.unwrap();
     let acls = admin.list_acls(Some("User:alice")).await.unwrap();
     assert_eq!(acls.len(), 3, "{acls:?}");
+}
 
+/// The CLI: a token from FJORD_TOKEN; JSON listing; no token refused; a user created.
+async fn the_cli_takes_its_token_from_the_environment(cluster: &Cluster, admin: &str) {
     // The CLI: a token from FJORD_TOKEN; JSON listing; no token refused.
     let out = cluster
         .cli()
-        .env("FJORD_TOKEN", &tokens["admin"])
+        .env("FJORD_TOKEN", admin)
         .args([
             "acl",
             "list",
@@ -236,21 +259,25 @@ async fn identities_and_acls_are_enforced_on_a_secure_cluster() {
     );
     let out = cluster
         .cli()
-        .env("FJORD_TOKEN", &tokens["admin"])
+        .env("FJORD_TOKEN", admin)
         .args(["user", "create", "dave", "--format", "json"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let dave = client_as(&cluster, created["token"].as_str().unwrap());
+    let dave = client_as(cluster, created["token"].as_str().unwrap());
     assert!(
         dave.list_topics().await.unwrap().is_empty(),
         "nothing allowed"
     );
+}
 
-    // ACLs survive a power loss of every node.
-    restart_secure(&mut cluster, &tokens["admin"]).await;
-    let alice = client_as(&cluster, &tokens["alice"]);
+async fn acls_survived(
+    cluster: &Cluster,
+    tokens: &std::collections::BTreeMap<String, String>,
+    deny_c1: &AclEntry,
+) {
+    let alice = client_as(cluster, &tokens["alice"]);
     send(&alice, "a").await.unwrap();
     for addr in cluster.brokers() {
         let s = raw_produce(&addr, &tokens["alice"], "b").await.unwrap_err();
@@ -259,13 +286,15 @@ async fn identities_and_acls_are_enforced_on_a_secure_cluster() {
             .list_acls(None)
             .await
             .unwrap();
-        assert!(listed.contains(&deny_c1), "{listed:?}");
+        assert!(listed.contains(deny_c1), "{listed:?}");
     }
+}
 
+async fn a_deleted_user_no_longer_authenticates(cluster: &Cluster, admin: &Client, token: &str) {
     // A deleted user no longer authenticates, on any node.
     admin.delete_user("bob").await.unwrap();
     for addr in cluster.brokers() {
-        let bob = client_at(vec![addr.clone()], &tokens["bob"]);
+        let bob = client_at(vec![addr.clone()], token);
         wait_for(&format!("bob refused at {addr}"), DEADLINE, || async {
             matches!(bob.metadata().await, Err(ClientError::Unauthenticated(_))).then_some(())
         })

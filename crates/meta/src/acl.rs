@@ -569,6 +569,125 @@ mod tests {
         assert!("everything".parse::<Operation>().is_err());
     }
 
+    fn cred(b: u8) -> UserRecord {
+        UserRecord {
+            salt: vec![b; USER_SALT_BYTES],
+            hash: vec![b; USER_HASH_BYTES],
+        }
+    }
+
+    /// The commands that change users and ACL entries, as the metadata applies them.
+    #[test]
+    fn user_and_acl_commands_keep_their_rules() {
+        use crate::{MetaCommand as C, MetaError as E, MetaResponse as R, MetaState};
+        let mut s = MetaState::new();
+        let create = |name: &str, b| C::CreateUser {
+            name: name.into(),
+            credential: cred(b),
+        };
+        assert_eq!(s.apply(&create("alice", 1)), R::Ok);
+        assert!(matches!(
+            s.apply(&create("alice", 2)),
+            R::Error(E::UserExists { .. })
+        ));
+        assert_eq!(s.users["alice"], cred(1), "unchanged by the refused create");
+        assert!(matches!(
+            s.apply(&create("a b", 1)),
+            R::Error(E::InvalidUserName { .. })
+        ));
+        let short = C::CreateUser {
+            name: "bob".into(),
+            credential: UserRecord {
+                salt: vec![],
+                hash: vec![0; USER_HASH_BYTES],
+            },
+        };
+        assert!(matches!(
+            s.apply(&short),
+            R::Error(E::InvalidCredential { .. })
+        ));
+        let entry = allow_topic(ALICE, "a", Operation::Write);
+        assert_eq!(
+            s.apply(&C::AddAcl {
+                entry: entry.clone()
+            }),
+            R::Ok
+        );
+        assert_eq!(
+            s.apply(&C::AddAcl {
+                entry: entry.clone()
+            }),
+            R::Ok,
+            "idempotent"
+        );
+        assert_eq!(s.acls.len(), 1);
+        let mut bad = entry.clone();
+        bad.principal = "alice".into();
+        assert!(matches!(
+            s.apply(&C::AddAcl { entry: bad }),
+            R::Error(E::InvalidAcl { .. })
+        ));
+        assert_eq!(
+            s.apply(&C::RemoveAcl {
+                entry: entry.clone()
+            }),
+            R::Ok
+        );
+        assert!(matches!(
+            s.apply(&C::RemoveAcl { entry }),
+            R::Error(E::UnknownAcl { .. })
+        ));
+        assert_eq!(
+            s.apply(&C::DeleteUser {
+                name: "alice".into()
+            }),
+            R::Ok
+        );
+        assert!(matches!(
+            s.apply(&C::DeleteUser {
+                name: "alice".into()
+            }),
+            R::Error(E::UnknownUser { .. })
+        ));
+        assert_eq!(s.validate(), Ok(()));
+    }
+
+    #[test]
+    fn users_and_acl_entries_are_bounded() {
+        use crate::limits::{MAX_ACLS, MAX_USERS};
+        use crate::{MetaCommand as C, MetaError as E, MetaResponse as R, MetaState};
+        let mut s = MetaState::new();
+        for i in 0..MAX_USERS {
+            s.users.insert(format!("u{i}"), cred(0));
+        }
+        let over = C::CreateUser {
+            name: "one-more".into(),
+            credential: cred(0),
+        };
+        assert_eq!(s.apply(&over), R::Error(E::TooManyUsers { max: MAX_USERS }));
+        for i in 0..MAX_ACLS {
+            s.acls
+                .insert(allow_topic(ALICE, &format!("t{i}"), Operation::Read));
+        }
+        let existing = allow_topic(ALICE, "t0", Operation::Read);
+        assert_eq!(
+            s.apply(&C::AddAcl { entry: existing }),
+            R::Ok,
+            "already there"
+        );
+        let new = allow_topic(ALICE, "new", Operation::Read);
+        assert_eq!(
+            s.apply(&C::AddAcl { entry: new }),
+            R::Error(E::TooManyAcls { max: MAX_ACLS })
+        );
+        assert!(
+            E::TooManyAcls { max: MAX_ACLS }
+                .to_string()
+                .contains("MAX_ACLS"),
+            "the message names the limit"
+        );
+    }
+
     fn op() -> impl Strategy<Value = Operation> {
         prop::sample::select(vec![
             Operation::Read,
