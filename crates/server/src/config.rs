@@ -677,6 +677,29 @@ cache_size_mib = 16
     }
 
     #[test]
+    fn security_settings_parse_and_bad_ones_are_refused() {
+        let base = "id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\npeers = \"1=a:1\"\n";
+        let open = from_toml(base).unwrap();
+        assert_eq!(open.authentication, crate::auth::Authentication::None);
+        assert_eq!(open.authorization, crate::auth::Authorization::None);
+        assert_eq!(open.tls_principal_rules, "DEFAULT");
+        let secure = from_toml(&format!(
+            "{base}authentication = \"required\"\nauthorization = \"acl\"\n\
+             superusers = [\"User:admin\", \"User:ops\"]\n\
+             tls_principal_rules = 'RULE:^CN=([^,]+),O=acme$/$1/L,DEFAULT'\n"
+        ))
+        .unwrap();
+        let gate = secure.gate().unwrap();
+        assert_eq!(gate.superusers, ["User:admin", "User:ops"]);
+        assert_eq!(gate.rules.map("CN=Bob,O=acme").as_deref(), Some("bob"));
+        let e = from_toml(&format!("{base}superusers = [\"admin\"]\n")).unwrap_err();
+        assert!(matches!(e, ConfigError::Superuser(_)), "{e}");
+        assert!(e.to_string().contains("User:NAME"), "{e}");
+        let e = from_toml(&format!("{base}tls_principal_rules = \"RULE:x\"\n")).unwrap_err();
+        assert!(e.to_string().contains("--tls-principal-rules"), "{e}");
+    }
+
+    #[test]
     fn bad_files_say_what_is_wrong() {
         let base = "listen = \"127.0.0.1:1\"\ndata_dir = \"d\"\n";
         let e = from_toml(&format!("id = 1\n{base}peers = \"1=nohost\"")).unwrap_err();
