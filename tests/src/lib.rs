@@ -12,6 +12,7 @@ use std::time::Duration;
 use fjord_client::{Client, ClientConfig};
 
 pub mod group;
+pub mod secure;
 
 /// How long a cluster may take to elect its metadata leader and register every node.
 pub const READY_DEADLINE: Duration = Duration::from_secs(60);

@@ -37,3 +37,45 @@ async fn a_python_grpcio_client_produces_fetches_and_gets_precise_codes() {
     );
     println!("{stdout}");
 }
+
+/// `tests/python/auth_check.py` against a cluster with authentication and ACLs on: the
+/// Python client connects with a token and produces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_grpcio_client_connects_with_a_token_and_produces() {
+    use fjord_client::security::{AclEntry, Operation, PatternType, Permission, ResourceType};
+    let _serial = serial();
+    let (cluster, tokens) = fjord_tests::secure::start_secure(3, &["py"]).await;
+    let admin = fjord_tests::secure::client_as(&cluster, &tokens["admin"]);
+    admin.create_topic("py-secure", 1, 3).await.unwrap();
+    admin
+        .add_acl(&AclEntry {
+            principal: "User:py".into(),
+            resource_type: ResourceType::Topic,
+            pattern_type: PatternType::Literal,
+            resource_name: "py-secure".into(),
+            operation: Operation::Write,
+            permission: Permission::Allow,
+        })
+        .await
+        .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/auth_check.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg("py-secure")
+        .args(cluster.brokers())
+        .env("FJORD_TOKEN", &tokens["py"])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), out)
+        .await
+        .expect("the Python client finishes within 2 minutes")
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the Python client failed:\n{stdout}\n{stderr}\nnode 1 log:\n{}",
+        cluster.log_tail(1)
+    );
+    assert!(stdout.contains("produced at offset"), "{stdout}");
+}

@@ -4,6 +4,7 @@
 //! - `serve`: one node (`fjord_server::run`) until SIGINT/SIGTERM.
 //! - `dev`: a local cluster of `fjord serve` child processes.
 //! - `topic`, `produce`, `consume`, `cluster`: client commands over `fjord_client`.
+//! - `security`: `fjord user` and `fjord acl`.
 //! - `bench`: load generators and measurements (`fjord bench produce|consume|e2e`).
 //! - `output`: text or JSON-lines output, and the JSON shapes.
 //! - `signals`: waiting for SIGINT/SIGTERM.
@@ -20,6 +21,7 @@ mod group;
 mod output;
 mod produce;
 mod records;
+mod security;
 mod serve;
 mod signals;
 mod time_arg;
@@ -61,6 +63,17 @@ struct Cli {
     )]
     brokers: Vec<String>,
 
+    /// A bearer token (from `fjord user create`), sent with every request.
+    #[arg(
+        long,
+        global = true,
+        env = "FJORD_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        display_order = 902
+    )]
+    token: Option<String>,
+
     /// Output format: text, or json (one JSON object per line).
     #[arg(long, global = true, value_enum, default_value_t = Format::Text, display_order = 901)]
     format: Format,
@@ -72,7 +85,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run one node of a cluster until SIGINT or SIGTERM.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Run a local cluster of N nodes (separate processes) until Ctrl-C.
     Dev(dev::DevArgs),
     /// Create, list, describe or delete topics.
@@ -88,6 +101,12 @@ enum Command {
     /// Show the state of the cluster.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Create, list or delete users (bearer-token identities).
+    #[command(subcommand)]
+    User(security::UserCommand),
+    /// Add, list or remove ACL entries.
+    #[command(subcommand)]
+    Acl(security::AclCommand),
     /// Measure throughput and latency of a running cluster.
     #[command(subcommand, after_help = bench::AFTER_HELP)]
     Bench(bench::BenchCommand),
@@ -106,20 +125,26 @@ fn init_tracing(default_directive: &str) {
         .init();
 }
 
-fn client(brokers: Vec<String>) -> anyhow::Result<Client> {
-    Ok(Client::connect(brokers, ClientConfig::default())?)
+fn client(brokers: Vec<String>, token: Option<String>) -> anyhow::Result<Client> {
+    let config = ClientConfig {
+        token: token.map(fjord_client::Token),
+        ..ClientConfig::default()
+    };
+    Ok(Client::connect(brokers, config)?)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = Output { format: cli.format };
     match cli.command {
-        Command::Serve(args) => serve::run(args).await,
+        Command::Serve(args) => serve::run(*args).await,
         Command::Dev(args) => dev::run(args, out).await,
-        Command::Topic(cmd) => topic::run(client(cli.brokers)?, out, cmd).await,
-        Command::Produce(args) => produce::run(client(cli.brokers)?, out, args).await,
-        Command::Consume(args) => consume::run(client(cli.brokers)?, out, args).await,
-        Command::Group(cmd) => group::run(client(cli.brokers)?, out, cmd).await,
-        Command::Cluster(cmd) => cluster::run(client(cli.brokers)?, out, cmd).await,
+        Command::Topic(cmd) => topic::run(client(cli.brokers, cli.token)?, out, cmd).await,
+        Command::Produce(args) => produce::run(client(cli.brokers, cli.token)?, out, args).await,
+        Command::Consume(args) => consume::run(client(cli.brokers, cli.token)?, out, args).await,
+        Command::Group(cmd) => group::run(client(cli.brokers, cli.token)?, out, cmd).await,
+        Command::Cluster(cmd) => cluster::run(client(cli.brokers, cli.token)?, out, cmd).await,
+        Command::User(cmd) => security::run_user(client(cli.brokers, cli.token)?, out, cmd).await,
+        Command::Acl(cmd) => security::run_acl(client(cli.brokers, cli.token)?, out, cmd).await,
         Command::Bench(cmd) => bench::run(cli.brokers, out, cmd).await,
     }
 }
@@ -478,6 +503,47 @@ mod tests {
             panic!("not dev")
         };
         assert!(args.serve_args.is_empty());
+    }
+
+    #[test]
+    fn acl_flags_parse_and_bad_values_are_refused() {
+        let cli = parse(&[
+            "acl",
+            "add",
+            "--principal",
+            "User:alice",
+            "--operation",
+            "write",
+            "--resource-type",
+            "topic",
+            "--resource",
+            "a",
+            "--token",
+            "t",
+        ])
+        .unwrap();
+        assert_eq!(cli.token.as_deref(), Some("t"));
+        assert!(matches!(
+            cli.command,
+            Command::Acl(security::AclCommand::Add(_))
+        ));
+        assert!(
+            parse(&[
+                "acl",
+                "add",
+                "--principal",
+                "User:a",
+                "--operation",
+                "everything",
+                "--resource-type",
+                "topic",
+                "--resource",
+                "a",
+            ])
+            .is_err()
+        );
+        assert!(parse(&["user", "create", "alice"]).is_ok());
+        assert!(parse(&["acl", "list", "--format", "json"]).is_ok());
     }
 
     #[test]

@@ -78,6 +78,8 @@ struct Inner {
     next_node: AtomicUsize,
     /// Makes the channels.
     connect: Arc<dyn Connect>,
+    /// Sent with every request.
+    credentials: Credentials,
     /// Retry jitter and partition choice. A std mutex: one draw at a time, never held across
     /// an await.
     rng: Mutex<StdRng>,
@@ -123,6 +125,38 @@ impl Route {
         }
     }
 }
+
+/// Adds the configured bearer token to every request (see [`ClientConfig::token`]).
+#[derive(Clone)]
+pub struct Credentials {
+    bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Credentials {
+    /// From a token checked by [`ClientConfig::validate`].
+    fn new(token: Option<&crate::config::Token>) -> Result<Self, ClientError> {
+        let bearer = token
+            .map(|t| {
+                format!("Bearer {}", t.0).parse().map_err(|_| {
+                    ClientError::Config("the token is not a valid header value".into())
+                })
+            })
+            .transpose()?;
+        Ok(Credentials { bearer })
+    }
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(b) = &self.bearer {
+            req.metadata_mut().insert("authorization", b.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A client stub to one node, sending the credentials.
+pub type Stub = FjordClient<tonic::service::interceptor::InterceptedService<Channel, Credentials>>;
 
 /// Wraps a message with the deadline the server should know about (`grpc-timeout`).
 pub(crate) fn request<M>(message: M, timeout: Duration) -> tonic::Request<M> {
@@ -197,9 +231,11 @@ impl Client {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_entropy(),
         };
+        let credentials = Credentials::new(config.token.as_ref())?;
         Ok(Client {
             inner: Arc::new(Inner {
                 config,
+                credentials,
                 bootstrap,
                 channels: Mutex::new(HashMap::new()),
                 metadata: RwLock::new(MetadataCache::default()),
@@ -493,12 +529,13 @@ impl Client {
         f: F,
     ) -> Result<T, ClientError>
     where
-        F: FnOnce(FjordClient<Channel>) -> Fut,
+        F: FnOnce(Stub) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let client = FjordClient::new(self.channel(address)?)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let client =
+            FjordClient::with_interceptor(self.channel(address)?, self.inner.credentials.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
         match tokio::time::timeout(deadline, f(client)).await {
             Err(_) => Err(ClientError::Timeout(format!(
                 "no answer from {address} within {} ms",
@@ -569,7 +606,7 @@ impl Client {
     /// the nodes, backing off between attempts.
     pub(crate) async fn any_node<T, F, Fut>(&self, mut f: F) -> Result<T, ClientError>
     where
-        F: FnMut(FjordClient<Channel>, Duration) -> Fut,
+        F: FnMut(Stub, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let timeout = self.request_timeout();
@@ -823,7 +860,7 @@ impl Client {
         mut observe: impl FnMut(&ClientError),
     ) -> Result<T, ClientError>
     where
-        F: FnMut(FjordClient<Channel>) -> Fut,
+        F: FnMut(Stub) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
         let mut retry = RetryState::new(&self.inner.config);

@@ -84,6 +84,22 @@ pub struct ClientConfig {
     /// Seeds the client's randomness (retry jitter, a producer's first sticky partition), so
     /// that a simulation replays the same run; `None` draws it from the OS.
     pub rng_seed: Option<u64>,
+    /// A bearer token (`fjord user create`), sent on every call as `authorization: Bearer
+    /// <token>`; `None` sends none.
+    pub token: Option<Token>,
+}
+
+/// Longest bearer token the client sends, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 1024;
+
+/// A bearer token; its `Debug` does not show it (a config is logged).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(pub String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
 }
 
 impl Default for ClientConfig {
@@ -95,6 +111,7 @@ impl Default for ClientConfig {
             retry_backoff_ms_initial: DEFAULT_RETRY_BACKOFF_MS_INITIAL,
             retry_backoff_ms_max: DEFAULT_RETRY_BACKOFF_MS_MAX,
             rng_seed: None,
+            token: None,
         }
     }
 }
@@ -132,6 +149,16 @@ impl ClientConfig {
             self.retry_backoff_ms_initial,
             MAX_RETRY_BACKOFF_MS,
         )?;
+        if let Some(Token(t)) = &self.token
+            && (t.is_empty()
+                || t.len() > MAX_TOKEN_BYTES
+                || !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(ClientError::Config(format!(
+                "the token must be 1 to {MAX_TOKEN_BYTES} visible ASCII characters (got {} bytes)",
+                t.len()
+            )));
+        }
         Ok(())
     }
 }

@@ -121,6 +121,14 @@ pub enum ClientError {
     /// send: new sequence numbers, no duplicate since nothing was written).
     #[error("disk full: {0}")]
     DiskFull(String),
+    /// The request carried no identity where the cluster requires one, or a token that is
+    /// not valid (malformed, of a deleted user, wrong). Fatal: set `ClientConfig::token`.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The ACLs do not allow this principal the operation on the resource (the message names
+    /// the three). Fatal.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
 }
 
 /// The metadata key that names why a group request was refused.
@@ -289,6 +297,8 @@ impl ClientError {
             Code::FailedPrecondition => ClientError::FailedPrecondition(message),
             Code::OutOfRange => ClientError::OffsetOutOfRange(message),
             Code::DataLoss => ClientError::Corrupt(message),
+            Code::Unauthenticated => ClientError::Unauthenticated(message),
+            Code::PermissionDenied => ClientError::PermissionDenied(message),
             code => ClientError::Server { code, message },
         }
     }
@@ -325,7 +335,8 @@ mod tests {
             (Code::FailedPrecondition, "FailedPrecondition", false),
             (Code::OutOfRange, "OffsetOutOfRange", false),
             (Code::DataLoss, "Corrupt", false),
-            (Code::PermissionDenied, "Server", false),
+            (Code::PermissionDenied, "PermissionDenied", false),
+            (Code::Unauthenticated, "Unauthenticated", false),
             (Code::Internal, "Server", false),
         ];
         for (code, name, retryable) in cases {

@@ -30,9 +30,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
-use fjord_proto::v1::{self, fjord_client::FjordClient};
+use fjord_proto::v1;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use crate::client::{Client, request};
 use crate::config::FetchOptions;
@@ -242,7 +241,7 @@ impl Client {
     pub async fn find_coordinator(&self, group: &str) -> Result<String, ClientError> {
         let group = group.to_string();
         let r = self
-            .any_node(|mut c: FjordClient<Channel>, t| {
+            .any_node(|mut c: crate::client::Stub, t| {
                 let req = v1::FindCoordinatorRequest {
                     group: group.clone(),
                 };
@@ -262,7 +261,7 @@ impl Client {
         f: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(FjordClient<Channel>, Duration) -> Fut,
+        F: FnMut(crate::client::Stub, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         self.coordinator_call_held(group, cached, Duration::ZERO, f)
@@ -279,7 +278,7 @@ impl Client {
         mut f: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(FjordClient<Channel>, Duration) -> Fut,
+        F: FnMut(crate::client::Stub, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let timeout = self.request_timeout() + hold;
@@ -309,7 +308,7 @@ impl Client {
     /// replica of; the rest are asked of other nodes).
     pub async fn list_groups(&self) -> Result<Vec<GroupListing>, ClientError> {
         let first = self
-            .any_node(|mut c: FjordClient<Channel>, t| async move {
+            .any_node(|mut c: crate::client::Stub, t| async move {
                 c.list_groups(request(v1::ListGroupsRequest::default(), t))
                     .await
             })
@@ -616,7 +615,7 @@ impl GroupConsumer {
     /// A call to this member's group coordinator, remembering where it is between calls.
     async fn at_coordinator<T, F, Fut>(&mut self, f: F) -> Result<T, ClientError>
     where
-        F: FnMut(FjordClient<Channel>, Duration) -> Fut,
+        F: FnMut(crate::client::Stub, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let mut cached = self.coordinator.take();

@@ -51,12 +51,13 @@ pub mod metadata;
 pub mod offsets;
 pub mod producer;
 mod retry;
+pub mod security;
 mod sequencer;
 
 pub use client::{
     Client, Connect, MAX_CACHED_CHANNELS, MAX_HELD_HEARTBEATS, MAX_MESSAGE_BYTES, TcpConnect,
 };
-pub use config::{Acks, ClientConfig, FetchOptions, ProducerConfig, ReadMode};
+pub use config::{Acks, ClientConfig, FetchOptions, ProducerConfig, ReadMode, Token};
 pub use consumer::{ConsumedRecord, Consumer, FetchResult, StartFrom};
 pub use error::{ClientError, LeaderHint};
 pub use group::{
@@ -69,3 +70,4 @@ pub use metadata::{
 };
 pub use offsets::{ListedOffset, OffsetSpec};
 pub use producer::{Delivery, Producer, ProducerRecord, RecordMetadata};
+pub use security::{AclEntry, CreatedUser};

@@ -500,6 +500,48 @@ impl Fjord for FakeNode {
     ) -> Result<Response<ListOffsetsResponse>, Status> {
         Err(Status::unimplemented("no offsets in the fake cluster"))
     }
+
+    async fn create_user(
+        &self,
+        _: Request<fjord_proto::v1::CreateUserRequest>,
+    ) -> Result<Response<fjord_proto::v1::CreateUserResponse>, Status> {
+        Err(Status::unimplemented("no users in the fake cluster"))
+    }
+
+    async fn delete_user(
+        &self,
+        _: Request<fjord_proto::v1::DeleteUserRequest>,
+    ) -> Result<Response<fjord_proto::v1::DeleteUserResponse>, Status> {
+        Err(Status::unimplemented("no users in the fake cluster"))
+    }
+
+    async fn list_users(
+        &self,
+        _: Request<fjord_proto::v1::ListUsersRequest>,
+    ) -> Result<Response<fjord_proto::v1::ListUsersResponse>, Status> {
+        Err(Status::unimplemented("no users in the fake cluster"))
+    }
+
+    async fn add_acl(
+        &self,
+        _: Request<fjord_proto::v1::AddAclRequest>,
+    ) -> Result<Response<fjord_proto::v1::AddAclResponse>, Status> {
+        Err(Status::unimplemented("no ACLs in the fake cluster"))
+    }
+
+    async fn remove_acl(
+        &self,
+        _: Request<fjord_proto::v1::RemoveAclRequest>,
+    ) -> Result<Response<fjord_proto::v1::RemoveAclResponse>, Status> {
+        Err(Status::unimplemented("no ACLs in the fake cluster"))
+    }
+
+    async fn list_acls(
+        &self,
+        _: Request<fjord_proto::v1::ListAclsRequest>,
+    ) -> Result<Response<fjord_proto::v1::ListAclsResponse>, Status> {
+        Err(Status::unimplemented("no ACLs in the fake cluster"))
+    }
 }
 
 struct Cluster {

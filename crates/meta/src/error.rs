@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config_key::ConfigKey;
 use crate::ids::NodeId;
-use crate::limits::{MAX_ADDRESS_LEN, MAX_PRODUCER_NAME_LEN, MAX_TOPIC_NAME_LEN, TOPIC_NAME_CHARS};
+use crate::limits::{
+    MAX_ADDRESS_LEN, MAX_PRODUCER_NAME_LEN, MAX_TOPIC_NAME_LEN, MAX_USER_NAME_LEN, TOPIC_NAME_CHARS,
+};
 
 /// Why a [`crate::MetaCommand`] was rejected.
 ///
@@ -214,6 +216,61 @@ pub enum MetaError {
         ConfigKey::names()
     )]
     NoConfigChange,
+    /// A user name breaks the naming rule.
+    #[error(
+        "invalid user name {name:?}: {reason}; use 1 to {MAX_USER_NAME_LEN} characters of \
+         [a-zA-Z0-9._-]"
+    )]
+    InvalidUserName {
+        /// The name as given (cut to a bounded length).
+        name: String,
+        /// What in particular is wrong with it.
+        reason: String,
+    },
+    /// CreateUser named a user that exists.
+    #[error("user {name:?} already exists (delete it first to issue a new token)")]
+    UserExists {
+        /// The user.
+        name: String,
+    },
+    /// The command named a user that does not exist.
+    #[error("unknown user {name:?}")]
+    UnknownUser {
+        /// The name as given (cut to a bounded length).
+        name: String,
+    },
+    /// The cluster holds [`crate::limits::MAX_USERS`] users.
+    #[error("the cluster holds {max} users, its limit (MAX_USERS): delete one first")]
+    TooManyUsers {
+        /// [`crate::limits::MAX_USERS`].
+        max: usize,
+    },
+    /// A user's salt or hash is not of its length (a bug of the proposer).
+    #[error("the credential of user {name:?} is malformed: {reason}")]
+    InvalidCredential {
+        /// The user.
+        name: String,
+        /// Which part and its length.
+        reason: String,
+    },
+    /// An ACL entry breaks a rule.
+    #[error("invalid ACL entry: {reason}")]
+    InvalidAcl {
+        /// Which part and the rule.
+        reason: String,
+    },
+    /// The cluster holds [`crate::limits::MAX_ACLS`] ACL entries.
+    #[error("the cluster holds {max} ACL entries, its limit (MAX_ACLS): remove one first")]
+    TooManyAcls {
+        /// [`crate::limits::MAX_ACLS`].
+        max: usize,
+    },
+    /// RemoveAcl named an entry that does not exist.
+    #[error("no such ACL entry: {entry}")]
+    UnknownAcl {
+        /// The entry, as written by its `Display`.
+        entry: String,
+    },
 }
 
 impl MetaError {
@@ -243,7 +300,15 @@ impl MetaError {
             | MetaError::InvalidConfigValue { .. }
             | MetaError::UnknownConfigKey { .. }
             | MetaError::ConfigKeyRepeated { .. }
-            | MetaError::NoConfigChange => false,
+            | MetaError::NoConfigChange
+            | MetaError::InvalidUserName { .. }
+            | MetaError::UserExists { .. }
+            | MetaError::UnknownUser { .. }
+            | MetaError::TooManyUsers { .. }
+            | MetaError::InvalidCredential { .. }
+            | MetaError::InvalidAcl { .. }
+            | MetaError::TooManyAcls { .. }
+            | MetaError::UnknownAcl { .. } => false,
         }
     }
 }

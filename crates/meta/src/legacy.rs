@@ -6,12 +6,13 @@
 //!
 //! | shape | what it lacks | carried by |
 //! |---|---|---|
-//! | [`MetaStateV1`] | identities, named producers, log settings | the oldest snapshots |
+//! | [`MetaStateV1`] | identities, named producers, log settings, users and ACLs | the oldest snapshots |
 //! | [`MetaStateV2`] | named producers, log settings | snapshots before named producers |
-//! | [`MetaStateV3`] | log settings (its topics are [`TopicV1`]) | snapshots before log settings |
+//! | [`MetaStateV3`] | log settings (its topics are [`TopicV1`]), users and ACLs | snapshots before log settings |
+//! | [`MetaStateV4`] | users and ACLs | snapshots of format 4, before users and ACLs |
 //! | [`TopicConfigV1`] | the log settings | those snapshots' topics, and the commands `CreateTopic` and `CreateTopicOnLive` |
 //!
-//! Snapshots from [`MetaStateV3`] on are told apart by a format byte (see `fjord_raft`'s
+//! Snapshots from [`MetaStateV4`] on are told apart by a format byte (see `fjord_raft`'s
 //! `meta_sm`), the earlier ones by trying the newest shape first: each appended fields to the
 //! last, so an older snapshot ends before a newer shape's fields.
 
@@ -67,6 +68,36 @@ fn topics(old: BTreeMap<String, TopicV1>) -> BTreeMap<String, Topic> {
     old.into_iter().map(|(k, t)| (k, t.into())).collect()
 }
 
+/// [`MetaState`] as encoded before users and ACLs (snapshot format 4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MetaStateV4 {
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+    pub topics: BTreeMap<String, Topic>,
+    pub next_topic_id: u32,
+    pub next_producer_id: u64,
+    pub cluster_id: u64,
+    pub incarnations: BTreeMap<NodeId, IncarnationRecord>,
+    pub producer_names: BTreeMap<String, u64>,
+    pub producer_epochs: BTreeMap<u64, u16>,
+}
+
+impl From<MetaStateV4> for MetaState {
+    fn from(v: MetaStateV4) -> Self {
+        MetaState {
+            nodes: v.nodes,
+            topics: v.topics,
+            next_topic_id: v.next_topic_id,
+            next_producer_id: v.next_producer_id,
+            cluster_id: v.cluster_id,
+            incarnations: v.incarnations,
+            producer_names: v.producer_names,
+            producer_epochs: v.producer_epochs,
+            users: BTreeMap::new(),
+            acls: Default::default(),
+        }
+    }
+}
+
 /// [`MetaState`] as encoded before log settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct MetaStateV3 {
@@ -82,7 +113,7 @@ pub struct MetaStateV3 {
 
 impl From<MetaStateV3> for MetaState {
     fn from(v: MetaStateV3) -> Self {
-        MetaState {
+        MetaStateV4 {
             nodes: v.nodes,
             topics: topics(v.topics),
             next_topic_id: v.next_topic_id,
@@ -92,6 +123,7 @@ impl From<MetaStateV3> for MetaState {
             producer_names: v.producer_names,
             producer_epochs: v.producer_epochs,
         }
+        .into()
     }
 }
 
@@ -207,6 +239,39 @@ mod tests {
         assert_eq!(t.partitions[0].leader_epoch, 3);
         assert_eq!(state.producer_epochs[&5], 2);
         assert_eq!(state.next_topic_id, 2);
+    }
+
+    /// A snapshot of format 4 (before users and ACLs) decodes, and today's shape, with
+    /// users and ACLs, does not decode as it.
+    #[test]
+    fn a_snapshot_from_before_users_and_acls_decodes() {
+        let v4 = MetaStateV4 {
+            nodes: old_state().nodes,
+            topics: topics(old_state().topics),
+            next_topic_id: 2,
+            next_producer_id: 7,
+            cluster_id: 9,
+            incarnations: BTreeMap::new(),
+            producer_names: BTreeMap::from([("p".into(), 5)]),
+            producer_epochs: BTreeMap::from([(5, 2)]),
+        };
+        let bytes = postcard::to_stdvec(&v4).unwrap();
+        let state: MetaState = postcard::from_bytes::<MetaStateV4>(&bytes).unwrap().into();
+        assert_eq!(state.validate(), Ok(()));
+        assert!(state.users.is_empty() && state.acls.is_empty());
+        assert_eq!(state.topic("orders").unwrap().config.max_record_bytes, 4096);
+        assert_eq!(state.producer_epochs[&5], 2);
+
+        let mut new = state.clone();
+        new.users.insert(
+            "alice".into(),
+            crate::acl::UserRecord {
+                salt: vec![1; crate::acl::USER_SALT_BYTES],
+                hash: vec![2; crate::acl::USER_HASH_BYTES],
+            },
+        );
+        let bytes = postcard::to_stdvec(&new).unwrap();
+        assert_eq!(postcard::from_bytes::<MetaState>(&bytes).unwrap(), new);
     }
 
     #[test]

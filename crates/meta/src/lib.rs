@@ -21,7 +21,10 @@
 //! - [`assign`]: [`assign_replicas`], placement of new partitions' replicas.
 //! - [`identity`]: data directory identities and [`check_boot`], whether a node may take part.
 //! - [`balance`]: [`plan_leader_moves`], leader balancing across live nodes.
+//! - [`acl`]: users and ACL entries kept in the state, and [`acl::authorize`], the decision
+//!   whether a principal may do an operation on a resource.
 
+pub mod acl;
 pub mod assign;
 pub mod balance;
 pub mod config_key;
@@ -42,12 +45,13 @@ pub use identity::{
     BootRefusal, BootVerdict, DiskIdentity, IncarnationRecord, PeerReport, check_boot,
 };
 pub use ids::{GroupId, META_GROUP, NodeId, group_id, split_group_id};
-pub use legacy::{MetaStateV1, MetaStateV2, MetaStateV3, TopicConfigV1, TopicV1};
+pub use legacy::{MetaStateV1, MetaStateV2, MetaStateV3, MetaStateV4, TopicConfigV1, TopicV1};
 pub use limits::{
     DEFAULT_DELETE_RETENTION_MS, DEFAULT_MAX_RECORD_BYTES, DEFAULT_MIN_COMPACTION_LAG_MS,
-    DEFAULT_REPLICATION_FACTOR, DEFAULT_RETENTION_BYTES, DEFAULT_RETENTION_MS, MAX_ADDRESS_LEN,
-    MAX_CONFIG_DURATION_MS, MAX_NAMED_PRODUCERS, MAX_PARTITIONS_PER_TOPIC, MAX_PRODUCER_NAME_LEN,
-    MAX_RECORD_BYTES_LIMIT, MAX_RETENTION_BYTES, MAX_TOPIC_NAME_LEN, MIN_RETENTION_BYTES,
+    DEFAULT_REPLICATION_FACTOR, DEFAULT_RETENTION_BYTES, DEFAULT_RETENTION_MS, MAX_ACLS,
+    MAX_ADDRESS_LEN, MAX_CONFIG_DURATION_MS, MAX_NAMED_PRODUCERS, MAX_PARTITIONS_PER_TOPIC,
+    MAX_PRINCIPAL_LEN, MAX_PRODUCER_NAME_LEN, MAX_RECORD_BYTES_LIMIT, MAX_RESOURCE_NAME_LEN,
+    MAX_RETENTION_BYTES, MAX_TOPIC_NAME_LEN, MAX_USER_NAME_LEN, MAX_USERS, MIN_RETENTION_BYTES,
     UNLIMITED,
 };
 pub use state::{

@@ -45,3 +45,15 @@ const _: () = assert!(DEFAULT_MAX_RECORD_BYTES <= MAX_RECORD_BYTES_LIMIT);
 const _: () = assert!(DEFAULT_RETENTION_MS >= 1 && DEFAULT_RETENTION_MS <= MAX_CONFIG_DURATION_MS);
 const _: () = assert!(DEFAULT_DELETE_RETENTION_MS <= MAX_CONFIG_DURATION_MS);
 const _: () = assert!(MIN_RETENTION_BYTES as u64 >= DEFAULT_MAX_RECORD_BYTES);
+
+/// Users (bearer-token identities) the cluster holds, at most.
+pub const MAX_USERS: usize = 10_000;
+/// ACL entries the cluster holds, at most (each request is checked against the entries, so
+/// this bounds the cost of a check too).
+pub const MAX_ACLS: usize = 10_000;
+/// Longest user name, in bytes (names are ASCII).
+pub const MAX_USER_NAME_LEN: usize = 128;
+/// Longest principal: `User:` and a user name.
+pub const MAX_PRINCIPAL_LEN: usize = 5 + MAX_USER_NAME_LEN;
+/// Longest resource name or prefix in an ACL entry, in bytes.
+pub const MAX_RESOURCE_NAME_LEN: usize = 255;

@@ -11,12 +11,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::acl::{
+    AclEntry, USER_HASH_BYTES, USER_SALT_BYTES, UserRecord, validate_acl, validate_user_name,
+};
 use crate::assign::assign_replicas;
 use crate::error::{MetaError, clip};
 use crate::identity::IncarnationRecord;
 use crate::ids::{GroupId, META_GROUP, NodeId, group_id, split_group_id};
 use crate::legacy::TopicConfigV1;
-use crate::limits::{DEFAULT_REPLICATION_FACTOR, MAX_NAMED_PRODUCERS, MAX_PARTITIONS_PER_TOPIC};
+use crate::limits::{
+    DEFAULT_REPLICATION_FACTOR, MAX_ACLS, MAX_NAMED_PRODUCERS, MAX_PARTITIONS_PER_TOPIC, MAX_USERS,
+};
 use crate::topic_config::{ConfigChange, TopicConfig, validate_topic_config};
 use crate::validate::{validate_address, validate_producer_name, validate_topic_name};
 
@@ -82,6 +87,11 @@ pub struct MetaState {
     pub producer_names: BTreeMap<String, u64>,
     /// The latest epoch of each named producer's id; an id not here is unnamed (epoch 0).
     pub producer_epochs: BTreeMap<u64, u16>,
+    /// Users (bearer-token identities) by name: a salted hash of their secret only. At most
+    /// [`crate::limits::MAX_USERS`].
+    pub users: BTreeMap<String, UserRecord>,
+    /// ACL entries, at most [`crate::limits::MAX_ACLS`] (see [`crate::acl`]).
+    pub acls: BTreeSet<AclEntry>,
 }
 
 /// A change to the metadata, as replicated through the metadata group's log.
@@ -225,6 +235,46 @@ pub enum MetaCommand {
         /// What to set and reset.
         change: ConfigChange,
     },
+    /// Creates a user with a credential the proposer made (a random secret's salted hash:
+    /// this state machine draws no random numbers). Rejected if the user exists.
+    /// (At the end: older logs decode.)
+    CreateUser {
+        /// See [`crate::acl::validate_user_name`].
+        name: String,
+        /// The salt and hash.
+        credential: UserRecord,
+    },
+    /// Deletes a user: its token no longer authenticates. Its ACL entries stay (as in Kafka).
+    DeleteUser {
+        /// The user.
+        name: String,
+    },
+    /// Adds an ACL entry (adding one that exists changes nothing).
+    AddAcl {
+        /// See [`crate::acl::validate_acl`].
+        entry: AclEntry,
+    },
+    /// Removes an ACL entry; rejected if there is no such entry.
+    RemoveAcl {
+        /// The entry.
+        entry: AclEntry,
+    },
+}
+
+/// Checks a credential's salt and hash lengths.
+fn validate_credential(name: &str, cred: &UserRecord) -> Result<(), MetaError> {
+    for (what, len, want) in [
+        ("salt", cred.salt.len(), USER_SALT_BYTES),
+        ("hash", cred.hash.len(), USER_HASH_BYTES),
+    ] {
+        if len != want {
+            return Err(MetaError::InvalidCredential {
+                name: clip(name),
+                reason: format!("its {what} is {len} bytes, not {want}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Producer ids in one [`MetaCommand::AllocateProducerIdBlock`], at most.
@@ -327,9 +377,54 @@ impl MetaState {
             MetaCommand::CheckProducer { id } => {
                 Ok(MetaResponse::ProducerCheck(self.check_producer(*id)))
             }
+            MetaCommand::CreateUser { name, credential } => self.create_user(name, credential),
+            MetaCommand::DeleteUser { name } => self.delete_user(name),
+            MetaCommand::AddAcl { entry } => self.add_acl(entry),
+            MetaCommand::RemoveAcl { entry } => self.remove_acl(entry),
         };
         debug_assert_eq!(self.validate(), Ok(()), "invariant broken after {cmd:?}");
         result.unwrap_or_else(MetaResponse::Error)
+    }
+
+    fn create_user(&mut self, name: &str, cred: &UserRecord) -> Result<MetaResponse, MetaError> {
+        validate_user_name(name)?;
+        validate_credential(name, cred)?;
+        if self.users.contains_key(name) {
+            return Err(MetaError::UserExists {
+                name: name.to_string(),
+            });
+        }
+        if self.users.len() >= MAX_USERS {
+            return Err(MetaError::TooManyUsers { max: MAX_USERS });
+        }
+        self.users.insert(name.to_string(), cred.clone());
+        Ok(MetaResponse::Ok)
+    }
+
+    fn delete_user(&mut self, name: &str) -> Result<MetaResponse, MetaError> {
+        match self.users.remove(name) {
+            Some(_) => Ok(MetaResponse::Ok),
+            None => Err(MetaError::UnknownUser { name: clip(name) }),
+        }
+    }
+
+    fn add_acl(&mut self, entry: &AclEntry) -> Result<MetaResponse, MetaError> {
+        validate_acl(entry)?;
+        if !self.acls.contains(entry) && self.acls.len() >= MAX_ACLS {
+            return Err(MetaError::TooManyAcls { max: MAX_ACLS });
+        }
+        self.acls.insert(entry.clone());
+        Ok(MetaResponse::Ok)
+    }
+
+    fn remove_acl(&mut self, entry: &AclEntry) -> Result<MetaResponse, MetaError> {
+        if self.acls.remove(entry) {
+            Ok(MetaResponse::Ok)
+        } else {
+            Err(MetaError::UnknownAcl {
+                entry: clip(&entry.to_string()),
+            })
+        }
     }
 
     fn register_node(&mut self, id: NodeId, address: &str) -> Result<MetaResponse, MetaError> {
@@ -661,6 +756,7 @@ impl MetaState {
     pub fn validate(&self) -> Result<(), String> {
         self.validate_nodes()?;
         self.validate_named_producers()?;
+        self.validate_security()?;
         let mut topic_ids = BTreeSet::new();
         let mut group_ids = BTreeSet::new();
         for (key, topic) in &self.topics {
@@ -671,6 +767,30 @@ impl MetaState {
             for (index, p) in topic.partitions.iter().enumerate() {
                 self.validate_partition(topic, index, p, &mut group_ids)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Users and ACL entries: within their limits, each valid as its command checks it.
+    fn validate_security(&self) -> Result<(), String> {
+        if self.users.len() > MAX_USERS {
+            return Err(format!(
+                "{} users, over MAX_USERS {MAX_USERS}",
+                self.users.len()
+            ));
+        }
+        if self.acls.len() > MAX_ACLS {
+            return Err(format!(
+                "{} ACL entries, over MAX_ACLS {MAX_ACLS}",
+                self.acls.len()
+            ));
+        }
+        for (name, cred) in &self.users {
+            validate_user_name(name).map_err(|e| e.to_string())?;
+            validate_credential(name, cred).map_err(|e| e.to_string())?;
+        }
+        for e in &self.acls {
+            validate_acl(e).map_err(|e| e.to_string())?;
         }
         Ok(())
     }

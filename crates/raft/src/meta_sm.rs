@@ -37,7 +37,19 @@ pub struct MetaView {
 /// [`MetaView`]. Snapshots of earlier formats start with the `Option` tag of `last_applied`
 /// (0 or 1), so no snapshot of one format can be taken for another. The next format that
 /// changes a shape inside the state (not only appending at its end) takes the next byte.
-pub const VIEW_FORMAT: u8 = 4;
+pub const VIEW_FORMAT: u8 = 5;
+
+/// The format byte of snapshots written before users and ACLs (see
+/// [`fjord_meta::MetaStateV4`]).
+pub const VIEW_FORMAT_V4: u8 = 4;
+
+/// [`MetaView`] as snapshots of [`VIEW_FORMAT_V4`] encode it.
+#[derive(Serialize, Deserialize)]
+struct MetaViewV4 {
+    last_applied: Option<LogIdOf<TypeConfig>>,
+    membership: StoredMembershipOf<TypeConfig>,
+    state: fjord_meta::MetaStateV4,
+}
 
 /// [`MetaView`] as snapshots written before the log settings encode it, without a format byte
 /// (see [`fjord_meta::MetaStateV3`]).
@@ -77,6 +89,14 @@ pub fn decode_view(bytes: &[u8]) -> Result<MetaView, io::Error> {
     if bytes.first() == Some(&VIEW_FORMAT) {
         let (_, view) = codec::decode::<(u8, MetaView)>(bytes, what)?;
         return Ok(view);
+    }
+    if bytes.first() == Some(&VIEW_FORMAT_V4) {
+        let (_, v) = codec::decode::<(u8, MetaViewV4)>(bytes, what)?;
+        return Ok(MetaView {
+            last_applied: v.last_applied,
+            membership: v.membership,
+            state: v.state.into(),
+        });
     }
     decode_unmarked_view(bytes)
 }
@@ -313,6 +333,38 @@ mod tests {
                 .cluster_id,
             9
         );
+    }
+
+    /// A node upgraded from a version without users and ACLs (format 4) opens its metadata
+    /// snapshot; the snapshot it writes next is of today's format and keeps its users.
+    #[test]
+    fn a_snapshot_from_before_users_and_acls_decodes() {
+        let old = MetaViewV4 {
+            last_applied: None,
+            membership: Default::default(),
+            state: fjord_meta::MetaStateV4 {
+                next_topic_id: 6,
+                cluster_id: 3,
+                ..Default::default()
+            },
+        };
+        let bytes = codec::encode(&(VIEW_FORMAT_V4, &old), "old view").unwrap();
+        let view = decode_view(&bytes).unwrap();
+        assert_eq!(view.state.next_topic_id, 6);
+        assert_eq!(view.state.cluster_id, 3);
+        assert!(view.state.users.is_empty());
+        let mut new = view.clone();
+        new.state.acls.insert(fjord_meta::acl::AclEntry {
+            principal: "User:alice".into(),
+            resource_type: fjord_meta::acl::ResourceType::Topic,
+            pattern_type: fjord_meta::acl::PatternType::Literal,
+            resource_name: "a".into(),
+            operation: fjord_meta::acl::Operation::Write,
+            permission: fjord_meta::acl::Permission::Allow,
+        });
+        let bytes = encode_view(&new).unwrap();
+        assert_eq!(bytes[0], VIEW_FORMAT);
+        assert_eq!(decode_view(&bytes).unwrap().state, new.state);
     }
 
     fn old_topic() -> fjord_meta::TopicV1 {

@@ -160,6 +160,28 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = defaults::MIN_COMPACTION_LAG_MS)]
     #[serde(default = "default_min_compaction_lag_ms")]
     pub default_min_compaction_lag_ms: i64,
+    /// `none` (default): a request without a bearer token or client certificate is
+    /// `User:ANONYMOUS`; `required`: it is refused (UNAUTHENTICATED). A bad token is refused
+    /// either way.
+    #[arg(long, value_enum, default_value_t = crate::auth::Authentication::None)]
+    #[serde(default)]
+    pub authentication: crate::auth::Authentication,
+    /// `none` (default): everyone may do everything; `acl`: every client RPC checks its
+    /// permission against the ACL entries (`fjord acl add`). Name `--superusers` first.
+    #[arg(long, value_enum, default_value_t = crate::auth::Authorization::None)]
+    #[serde(default)]
+    pub authorization: crate::auth::Authorization,
+    /// Principals that pass every ACL check, so turning authorization on cannot lock the
+    /// operator out: `User:admin,User:ops`.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub superusers: Vec<String>,
+    /// How a client certificate's subject becomes a principal, in Kafka's
+    /// `ssl.principal.mapping.rules` form: `RULE:^CN=([^,]+),O=acme$/$1/L,DEFAULT` (see
+    /// `fjord_server::principal_rules`). Default `DEFAULT`: the whole subject.
+    #[arg(long, default_value = crate::principal_rules::DEFAULT_RULES)]
+    #[serde(default = "default_principal_rules")]
+    pub tls_principal_rules: String,
 }
 
 /// Every default, written once (the flags and the TOML file both take them from here).
@@ -189,6 +211,9 @@ pub mod defaults {
 /// The range of `disk_check_interval_ms`.
 pub const DISK_CHECK_INTERVAL_MS_RANGE: std::ops::RangeInclusive<u64> = 10..=60_000;
 
+fn default_principal_rules() -> String {
+    crate::principal_rules::DEFAULT_RULES.to_string()
+}
 fn default_heartbeat_ms() -> u64 {
     defaults::HEARTBEAT_INTERVAL_MS
 }
@@ -321,6 +346,10 @@ fn de_peers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Peers, D::Error> {
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error(transparent)]
+    PrincipalRules(#[from] crate::principal_rules::RulesError),
+    #[error("--superusers: {0}")]
+    Superuser(String),
     #[error("node id must be a positive integer, got 0")]
     ZeroId,
     #[error("retention_check_interval_ms must be 10 to 300000, got {0}")]
@@ -442,6 +471,7 @@ impl ServeConfig {
             return Err(ConfigError::Cache(self.cache_size_mib));
         }
         self.validate_retention()?;
+        self.gate()?;
         if !DISK_CHECK_INTERVAL_MS_RANGE.contains(&self.disk_check_interval_ms) {
             return Err(ConfigError::DiskCheckInterval {
                 value: self.disk_check_interval_ms,
@@ -451,6 +481,20 @@ impl ServeConfig {
             .validate()
             .map_err(ConfigError::LogDefault)?;
         self.validate_groups()
+    }
+
+    /// The authentication and authorization settings, checked.
+    pub fn gate(&self) -> Result<crate::auth::Gate, ConfigError> {
+        for s in &self.superusers {
+            fjord_meta::acl::validate_principal(s)
+                .map_err(|e| ConfigError::Superuser(e.to_string()))?;
+        }
+        Ok(crate::auth::Gate {
+            authentication: self.authentication,
+            authorization: self.authorization,
+            superusers: self.superusers.clone(),
+            rules: crate::principal_rules::PrincipalRules::parse(&self.tls_principal_rules)?,
+        })
     }
 
     /// The log settings of topics that do not set their own (`default_*`).
@@ -630,6 +674,29 @@ cache_size_mib = 16
         .unwrap();
         assert_eq!(cfg.peers.0[&2], "127.0.0.1:7102");
         assert_eq!(cfg.advertised_address(), "node2.example:7102");
+    }
+
+    #[test]
+    fn security_settings_parse_and_bad_ones_are_refused() {
+        let base = "id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\npeers = \"1=a:1\"\n";
+        let open = from_toml(base).unwrap();
+        assert_eq!(open.authentication, crate::auth::Authentication::None);
+        assert_eq!(open.authorization, crate::auth::Authorization::None);
+        assert_eq!(open.tls_principal_rules, "DEFAULT");
+        let secure = from_toml(&format!(
+            "{base}authentication = \"required\"\nauthorization = \"acl\"\n\
+             superusers = [\"User:admin\", \"User:ops\"]\n\
+             tls_principal_rules = 'RULE:^CN=([^,]+),O=acme$/$1/L,DEFAULT'\n"
+        ))
+        .unwrap();
+        let gate = secure.gate().unwrap();
+        assert_eq!(gate.superusers, ["User:admin", "User:ops"]);
+        assert_eq!(gate.rules.map("CN=Bob,O=acme").as_deref(), Some("bob"));
+        let e = from_toml(&format!("{base}superusers = [\"admin\"]\n")).unwrap_err();
+        assert!(matches!(e, ConfigError::Superuser(_)), "{e}");
+        assert!(e.to_string().contains("User:NAME"), "{e}");
+        let e = from_toml(&format!("{base}tls_principal_rules = \"RULE:x\"\n")).unwrap_err();
+        assert!(e.to_string().contains("--tls-principal-rules"), "{e}");
     }
 
     #[test]

@@ -211,7 +211,7 @@ impl Coordinator {
         if let Some(t) = node.view().state.topic(fjord_groups::GROUPS_TOPIC) {
             return Ok(t.clone());
         }
-        let service = crate::service::ClientService { node: node.clone() };
+        let service = crate::service::ClientService::internal(node.clone());
         let live = service.live_nodes().await;
         let cmd = MetaCommand::CreateTopicWithConfig {
             name: fjord_groups::GROUPS_TOPIC.to_string(),

@@ -170,6 +170,14 @@ pub enum Invalid {
         fjord_groups::INTERNAL_TOPIC_PREFIX
     )]
     ReservedTopic { topic: String, action: &'static str },
+    #[error("the request has no {field}")]
+    MissingField { field: &'static str },
+    #[error("{field} {value} is unknown: use one of {names}")]
+    UnknownEnum {
+        field: &'static str,
+        value: i32,
+        names: &'static str,
+    },
 }
 
 /// A request that failed.
@@ -385,6 +393,20 @@ pub enum ApiError {
     /// space is freed.
     #[error(transparent)]
     DiskFull(#[from] crate::disk::DiskFull),
+    /// A request without a valid identity (see [`crate::auth`]).
+    #[error(transparent)]
+    Unauthenticated(#[from] crate::auth::AuthError),
+    /// A principal the ACLs do not allow the operation on the resource.
+    #[error(
+        "{principal} may not {operation} {resource}: {why} (add an ACL entry with `fjord acl \
+         add`, or ask an operator)"
+    )]
+    PermissionDenied {
+        principal: String,
+        operation: fjord_meta::acl::Operation,
+        resource: String,
+        why: String,
+    },
 }
 
 /// The metadata key that names why a request was refused, where a client must act on it
@@ -432,9 +454,13 @@ impl ApiError {
             ApiError::UnknownTopic(_) | ApiError::UnknownPartition { .. } => Code::NotFound,
             ApiError::Invalid(_) => Code::InvalidArgument,
             ApiError::Meta(m) => match m {
-                MetaError::TopicExists { .. } => Code::AlreadyExists,
-                MetaError::UnknownTopic { .. } => Code::NotFound,
+                MetaError::TopicExists { .. } | MetaError::UserExists { .. } => Code::AlreadyExists,
+                MetaError::UnknownTopic { .. }
+                | MetaError::UnknownUser { .. }
+                | MetaError::UnknownAcl { .. } => Code::NotFound,
                 MetaError::NotEnoughLiveNodes { .. }
+                | MetaError::TooManyUsers { .. }
+                | MetaError::TooManyAcls { .. }
                 | MetaError::TooManyNamedProducers { .. }
                 | MetaError::ProducerEpochsExhausted { .. } => Code::FailedPrecondition,
                 // A lost compare-and-set: retry from a fresh read.
@@ -476,6 +502,8 @@ impl ApiError {
             }
             ApiError::GroupTimeout { .. } => Code::DeadlineExceeded,
             ApiError::UnexpectedGroupAnswer { .. } => Code::Internal,
+            ApiError::Unauthenticated(_) => Code::Unauthenticated,
+            ApiError::PermissionDenied { .. } => Code::PermissionDenied,
             ApiError::Group(g) => {
                 use fjord_groups::GroupError as G;
                 match g {
@@ -499,6 +527,8 @@ impl ApiError {
         use fjord_groups::GroupError as G;
         Some(match self {
             ApiError::DiskFull(_) => "DISK_FULL",
+            ApiError::Unauthenticated(_) => "NOT_AUTHENTICATED",
+            ApiError::PermissionDenied { .. } => "NOT_AUTHORIZED",
             ApiError::NotCoordinator { .. } => "NOT_COORDINATOR",
             ApiError::Group(G::UnknownMember { .. }) => "UNKNOWN_MEMBER_ID",
             ApiError::Group(G::FencedMemberEpoch { .. }) => "FENCED_MEMBER_EPOCH",

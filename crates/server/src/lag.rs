@@ -94,7 +94,7 @@ async fn probe(node: Arc<Node>, topic: String, partition: u32, offset: u64) -> O
         .partition(fjord_meta::group_id(t.id, partition))
         .is_some();
     let answer = if local {
-        let service = ClientService { node: node.clone() };
+        let service = ClientService::internal(node.clone());
         // (this node's own replica: an AP read, as any replica answers it)
         let call = service.fetch(tonic::Request::new(req));
         tokio::time::timeout(PROBE_TIMEOUT, call).await.ok()?.ok()?

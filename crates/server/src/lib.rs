@@ -22,6 +22,9 @@
 //!   the gRPC service); [`rebuild`]: `--rebuild`, taking back a node that lost its data;
 //!   [`dir_lock`]: one process at a time on a data directory; [`disk`]: produces refused
 //!   while the data directory's filesystem is low on space (a full disk is not a dead node).
+//! - [`auth`]: a request's principal (bearer tokens, client certificates through
+//!   [`principal_rules`]) and the ACL check every client RPC makes; [`auth_wire`]: users' and
+//!   ACL entries' messages as domain types and back.
 //! - [`error`]: typed errors and their mapping to gRPC statuses; [`edge`]: the layer every
 //!   answer leaves through (deadlines, and tonic's own codec answers, given fjord's codes);
 //!   [`connections`]: the bound on connections served at once.
@@ -31,6 +34,8 @@
 //! probe of free disk space, so a whole cluster can run under a simulated network, disk and
 //! clock.
 
+pub mod auth;
+pub mod auth_wire;
 pub mod boot;
 pub mod config;
 pub mod connections;
@@ -45,6 +50,7 @@ pub mod lag;
 pub mod live;
 pub mod node;
 pub mod peer;
+pub mod principal_rules;
 pub mod producer_ids;
 pub mod rebuild;
 pub mod reconcile;
@@ -313,6 +319,12 @@ where
     let client_api = FjordServer::new(service::StartingClientService {
         slot: slot.clone(),
         id: config.id,
+        gate: std::sync::Arc::new(config.gate().unwrap_or_else(|e| {
+            // `validate` checked the settings before the node started: refuse everything
+            // rather than serve without the checks asked for.
+            tracing::error!(error = %e, "invalid security settings: refusing every client request");
+            auth::Gate::closed()
+        })),
     })
     .max_decoding_message_size(data::MAX_PRODUCE_REQUEST_BYTES + (1 << 20))
     .max_encoding_message_size(data::MAX_FETCH_BYTES as usize + (1 << 20));

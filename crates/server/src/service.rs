@@ -4,11 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fjord_meta::acl::{Decision, Operation, Resource, ResourceType};
 use fjord_meta::{MetaCommand, MetaResponse, Topic};
 use fjord_proto::v1::fjord_server::Fjord;
 use fjord_proto::v1::*;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Gate;
 use crate::coordinator::{Answer, Op};
 use crate::data;
 use crate::error::{ApiError, Invalid};
@@ -29,6 +31,9 @@ pub const MAX_LEADER_WAIT_MS: u32 = 10_000;
 
 pub struct ClientService {
     pub node: Arc<Node>,
+    /// How requests are authenticated and authorized ([`Gate::open`] for the node's own
+    /// in-process calls).
+    pub gate: Arc<Gate>,
 }
 
 /// The client API of a node that may still be starting: every request waits for nothing and
@@ -37,6 +42,7 @@ pub struct ClientService {
 pub struct StartingClientService {
     pub slot: crate::NodeSlot,
     pub id: u64,
+    pub gate: Arc<Gate>,
 }
 
 impl StartingClientService {
@@ -45,7 +51,10 @@ impl StartingClientService {
             // A rebuilding node's metadata is empty until the metadata group's log reached
             // it: an answer from it would say that no topic exists.
             Some(node) if node.is_meta_behind() => Err(ApiError::Rebuilding(self.id).into()),
-            Some(node) => Ok(ClientService { node: node.clone() }),
+            Some(node) => Ok(ClientService {
+                node: node.clone(),
+                gate: self.gate.clone(),
+            }),
             None => Err(ApiError::Starting(self.id).into()),
         }
     }
@@ -85,6 +94,70 @@ delegate! {
     alter_group_config(AlterGroupConfigRequest) -> AlterGroupConfigResponse;
     delete_records(DeleteRecordsRequest) -> DeleteRecordsResponse;
     list_offsets(ListOffsetsRequest) -> ListOffsetsResponse;
+    create_user(CreateUserRequest) -> CreateUserResponse;
+    delete_user(DeleteUserRequest) -> DeleteUserResponse;
+    list_users(ListUsersRequest) -> ListUsersResponse;
+    add_acl(AddAclRequest) -> AddAclResponse;
+    remove_acl(RemoveAclRequest) -> RemoveAclResponse;
+    list_acls(ListAclsRequest) -> ListAclsResponse;
+}
+
+/// Who sent a request, and the metadata its permissions are checked against. Each RPC names
+/// the permission it needs (the operation and the resource, Kafka's mapping; written in
+/// `proto/fjord.proto`) through [`Caller::require`].
+pub(crate) struct Caller {
+    gate: Arc<Gate>,
+    principal: String,
+    view: Arc<fjord_raft::meta_sm::MetaView>,
+}
+
+impl Caller {
+    /// PERMISSION_DENIED unless the principal may do `op` on `resource`.
+    fn require(&self, op: Operation, resource: Resource<'_>) -> Result<(), ApiError> {
+        self.gate
+            .check(&self.principal, op, resource, &self.view.state)
+    }
+
+    /// Whether the principal may do `op` on `resource` (for lists, which show only what the
+    /// principal may describe).
+    fn may(&self, op: Operation, resource: Resource<'_>) -> bool {
+        self.gate
+            .decide(&self.principal, op, resource, &self.view.state)
+            == Decision::Allow
+    }
+
+    /// Create on the cluster, or else on the topic (Kafka's CreateTopics).
+    fn require_create_topic(&self, topic: &str) -> Result<(), ApiError> {
+        if self.may(Operation::Create, Resource::cluster()) {
+            return Ok(());
+        }
+        self.require(Operation::Create, Resource::topic(topic))
+    }
+
+    /// Write on the cluster, or an allow of write on some topic (Kafka's rule for an
+    /// idempotent producer's InitProducerId).
+    fn require_init_producer(&self) -> Result<(), ApiError> {
+        if self.gate.allows_some(
+            &self.principal,
+            Operation::Write,
+            ResourceType::Topic,
+            &self.view.state,
+        ) {
+            return Ok(());
+        }
+        self.require(Operation::Write, Resource::cluster())
+    }
+
+    /// Read on the group and on every topic the commit names.
+    fn require_commit(&self, req: &CommitOffsetsRequest) -> Result<(), ApiError> {
+        self.require(Operation::Read, Resource::group(&req.group))?;
+        let topics: std::collections::BTreeSet<&str> =
+            req.offsets.iter().map(|o| o.topic.as_str()).collect();
+        for t in topics {
+            self.require(Operation::Read, Resource::topic(t))?;
+        }
+        Ok(())
+    }
 }
 
 /// Refuses a client's write to one of fjord's own topics.
@@ -139,6 +212,25 @@ pub(crate) fn topic_info(node: &Node, t: &Topic) -> TopicInfo {
 }
 
 impl ClientService {
+    /// The service for this node's own in-process calls: no identity is checked.
+    pub(crate) fn internal(node: Arc<Node>) -> ClientService {
+        ClientService {
+            node,
+            gate: Gate::open(),
+        }
+    }
+
+    /// The request's principal (UNAUTHENTICATED if it has none it may have).
+    pub(crate) fn caller<T>(&self, req: &Request<T>) -> Result<Caller, ApiError> {
+        let view = self.node.view();
+        let principal = self.gate.principal(req, &view.state)?;
+        Ok(Caller {
+            gate: self.gate.clone(),
+            principal,
+            view,
+        })
+    }
+
     fn meta_result(resp: MetaResponse) -> Result<MetaResponse, Status> {
         match resp {
             MetaResponse::Error(e) => Err(ApiError::Meta(e).into()),
@@ -251,11 +343,19 @@ impl Fjord for ClientService {
         &self,
         req: Request<MetadataRequest>,
     ) -> Result<Response<MetadataResponse>, Status> {
+        let caller = self.caller(&req)?;
         let req = req.into_inner();
         if let Some(w) = &req.leader_wait {
             self.wait_for_other_leader(w).await?;
         }
         let view = self.node.view();
+        // A topic asked for by name that the principal may not describe is refused rather
+        // than left out, so a client learns why (Kafka's TOPIC_AUTHORIZATION_FAILED).
+        for name in &req.topics {
+            if view.state.topic(name).is_some() {
+                caller.require(Operation::Describe, Resource::topic(name))?;
+            }
+        }
         let counts = self.node.quiet_counts();
         let rebuilding = self.node.rebuild_progress();
         // Registered nodes only: a configured peer that never registered is not usable yet.
@@ -267,7 +367,9 @@ impl Fjord for ClientService {
             .collect();
         let mut topics = Vec::new();
         for t in view.state.topics.values() {
-            if req.topics.is_empty() || req.topics.iter().any(|n| n == &t.name) {
+            if (req.topics.is_empty() || req.topics.iter().any(|n| n == &t.name))
+                && caller.may(Operation::Describe, Resource::topic(&t.name))
+            {
                 topics.push(topic_info(&self.node, t));
             }
         }
@@ -294,7 +396,9 @@ impl Fjord for ClientService {
         &self,
         req: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
+        let caller = self.caller(&req)?;
         let req = req.into_inner();
+        caller.require_create_topic(&req.name)?;
         not_internal(&req.name, "create")?;
         let cmd = MetaCommand::CreateTopicWithConfig {
             name: req.name.clone(),
@@ -325,7 +429,9 @@ impl Fjord for ClientService {
         &self,
         req: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
+        let caller = self.caller(&req)?;
         let req = req.into_inner();
+        caller.require(Operation::Delete, Resource::topic(&req.name))?;
         not_internal(&req.name, "delete")?;
         Self::meta_result(
             self.node
@@ -342,14 +448,16 @@ impl Fjord for ClientService {
 
     async fn list_topics(
         &self,
-        _req: Request<ListTopicsRequest>,
+        req: Request<ListTopicsRequest>,
     ) -> Result<Response<ListTopicsResponse>, Status> {
+        let caller = self.caller(&req)?;
         let view = self.node.view();
         Ok(Response::new(ListTopicsResponse {
             topics: view
                 .state
                 .topics
                 .values()
+                .filter(|t| caller.may(Operation::Describe, Resource::topic(&t.name)))
                 .map(|t| topic_info(&self.node, t))
                 .collect(),
         }))
@@ -359,7 +467,9 @@ impl Fjord for ClientService {
         &self,
         req: Request<DescribeTopicRequest>,
     ) -> Result<Response<DescribeTopicResponse>, Status> {
+        let caller = self.caller(&req)?;
         let req = req.into_inner();
+        caller.require(Operation::Describe, Resource::topic(&req.name))?;
         let view = self.node.view();
         let t = view
             .state
@@ -374,7 +484,9 @@ impl Fjord for ClientService {
         &self,
         req: Request<AlterTopicConfigRequest>,
     ) -> Result<Response<AlterTopicConfigResponse>, Status> {
+        let caller = self.caller(&req)?;
         let req = req.into_inner();
+        caller.require(Operation::Alter, Resource::topic(&req.name))?;
         not_internal(&req.name, "alter the config of")?;
         let change = topic_wire::alter_request(&req)?;
         let cmd = MetaCommand::AlterTopicConfig {
@@ -406,6 +518,7 @@ impl Fjord for ClientService {
         &self,
         req: Request<InitProducerRequest>,
     ) -> Result<Response<InitProducerResponse>, Status> {
+        self.caller(&req)?.require_init_producer()?;
         let (producer_id, producer_epoch) = match req.into_inner().producer_name {
             None => (self.node.new_producer_id().await?, 0),
             Some(name) => crate::producer_ids::init_named(&self.node, name).await?,
@@ -420,7 +533,9 @@ impl Fjord for ClientService {
         &self,
         req: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
+        let caller = self.caller(&req)?;
         let produce = crate::wire::Produce::try_from(req.into_inner())?;
+        caller.require(Operation::Write, Resource::topic(&produce.topic))?;
         not_internal(&produce.topic, "produce to")?;
         let results = data::produce(&self.node, produce).await?;
         Ok(Response::new(ProduceResponse {
@@ -429,6 +544,8 @@ impl Fjord for ClientService {
     }
 
     async fn fetch(&self, req: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
+        let caller = self.caller(&req)?;
+        caller.require(Operation::Read, Resource::topic(&req.get_ref().topic))?;
         let fetch = crate::wire::Fetch::try_from(req.into_inner())?;
         Ok(Response::new(data::fetch(&self.node, fetch).await?.into()))
     }
@@ -437,6 +554,8 @@ impl Fjord for ClientService {
         &self,
         req: Request<DeleteRecordsRequest>,
     ) -> Result<Response<DeleteRecordsResponse>, Status> {
+        let caller = self.caller(&req)?;
+        caller.require(Operation::Delete, Resource::topic(&req.get_ref().topic))?;
         let req = crate::wire::DeleteRecords::try_from(req.into_inner())?;
         not_internal(&req.topic, "delete records of")?;
         let log_start_offset = data::delete_records(&self.node, req).await?;
@@ -447,6 +566,8 @@ impl Fjord for ClientService {
         &self,
         req: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
+        let caller = self.caller(&req)?;
+        caller.require(Operation::Describe, Resource::topic(&req.get_ref().topic))?;
         let req = crate::wire::ListOffsets::try_from(req.into_inner())?;
         Ok(Response::new(
             data::list_offsets(&self.node, req).await?.into(),
@@ -457,7 +578,9 @@ impl Fjord for ClientService {
         &self,
         req: Request<FindCoordinatorRequest>,
     ) -> Result<Response<FindCoordinatorResponse>, Status> {
+        let caller = self.caller(&req)?;
         let group = req.into_inner().group;
+        caller.require(Operation::Describe, Resource::group(&group))?;
         let (partition, _, leader) = self.node.coordinator().locate(&self.node, &group).await?;
         let found = leader.and_then(|l| self.node.address_of(l).map(|a| (l, a)));
         let (node_id, address) = found.ok_or(ApiError::NoLeader {
@@ -475,6 +598,8 @@ impl Fjord for ClientService {
         &self,
         req: Request<GroupHeartbeatRequest>,
     ) -> Result<Response<GroupHeartbeatResponse>, Status> {
+        let caller = self.caller(&req)?;
+        caller.require(Operation::Read, Resource::group(&req.get_ref().group))?;
         let host = req
             .remote_addr()
             .map(|a| a.ip().to_string())
@@ -498,6 +623,7 @@ impl Fjord for ClientService {
         &self,
         req: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
+        self.caller(&req)?.require_commit(req.get_ref())?;
         let topics = crate::coordinator::topics_view(&self.node.view().state);
         let c = group_wire::commit_request(req.into_inner(), &topics)?;
         match self
@@ -515,6 +641,8 @@ impl Fjord for ClientService {
         &self,
         req: Request<FetchOffsetsRequest>,
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
+        let caller = self.caller(&req)?;
+        caller.require(Operation::Read, Resource::group(&req.get_ref().group))?;
         let topics = crate::coordinator::topics_view(&self.node.view().state);
         let (group, who, tps) = group_wire::fetch_request(req.into_inner(), &topics)?;
         let op = Op::Fetch { group, who, tps };
@@ -530,6 +658,7 @@ impl Fjord for ClientService {
         &self,
         req: Request<ListGroupsRequest>,
     ) -> Result<Response<ListGroupsResponse>, Status> {
+        let caller = self.caller(&req)?;
         let wanted = req.into_inner().partitions;
         let view = self.node.view();
         let mut out = ListGroupsResponse::default();
@@ -546,7 +675,10 @@ impl Fjord for ClientService {
                     .with_groups(|gs| gs.iter().map(group_wire::listing).collect::<Vec<_>>())
             });
             match listed {
-                Some(l) => out.groups.extend(l),
+                Some(l) => out.groups.extend(
+                    l.into_iter()
+                        .filter(|g| caller.may(Operation::Describe, Resource::group(&g.group))),
+                ),
                 None => out.missing_partitions.push(p),
             }
         }
@@ -557,7 +689,9 @@ impl Fjord for ClientService {
         &self,
         req: Request<DescribeGroupRequest>,
     ) -> Result<Response<DescribeGroupResponse>, Status> {
+        let caller = self.caller(&req)?;
         let group = req.into_inner().group;
+        caller.require(Operation::Describe, Resource::group(&group))?;
         match self
             .node
             .coordinator()
@@ -578,7 +712,9 @@ impl Fjord for ClientService {
         &self,
         req: Request<ResetOffsetsRequest>,
     ) -> Result<Response<ResetOffsetsResponse>, Status> {
+        let caller = self.caller(&req)?;
         let req = req.into_inner();
+        caller.require(Operation::Read, Resource::group(&req.group))?;
         let topics = crate::coordinator::topics_view(&self.node.view().state);
         let (to, topic) = group_wire::reset_request(&req, &topics)?;
         let op = Op::Reset {
@@ -613,7 +749,9 @@ impl Fjord for ClientService {
         &self,
         req: Request<DeleteGroupRequest>,
     ) -> Result<Response<DeleteGroupResponse>, Status> {
+        let caller = self.caller(&req)?;
         let group = req.into_inner().group;
+        caller.require(Operation::Delete, Resource::group(&group))?;
         match self
             .node
             .coordinator()
@@ -629,6 +767,8 @@ impl Fjord for ClientService {
         &self,
         req: Request<AlterGroupConfigRequest>,
     ) -> Result<Response<AlterGroupConfigResponse>, Status> {
+        let caller = self.caller(&req)?;
+        caller.require(Operation::Alter, Resource::group(&req.get_ref().group))?;
         let alter = group_wire::alter_config_request(req.into_inner())?;
         match self
             .node
@@ -639,6 +779,104 @@ impl Fjord for ClientService {
             Answer::Configured(e) => Ok(Response::new(group_wire::alter_config_response(&e))),
             other => Err(unexpected(other)),
         }
+    }
+
+    async fn create_user(
+        &self,
+        req: Request<CreateUserRequest>,
+    ) -> Result<Response<CreateUserResponse>, Status> {
+        let caller = self.caller(&req)?;
+        caller.require(Operation::Alter, Resource::cluster())?;
+        let name = req.into_inner().name;
+        fjord_meta::acl::validate_user_name(&name).map_err(ApiError::Meta)?;
+        let (token, credential) = crate::auth::new_token(&name);
+        let cmd = MetaCommand::CreateUser {
+            name: name.clone(),
+            credential: credential.clone(),
+        };
+        Self::meta_result(self.node.meta_write(cmd).await?)?;
+        // Answer once this node knows the user, so the token works here at once.
+        self.wait_for_local_view(|s| s.users.get(&name) == Some(&credential))
+            .await;
+        Ok(Response::new(CreateUserResponse {
+            principal: format!("{}{name}", fjord_meta::acl::USER_PREFIX),
+            token,
+        }))
+    }
+
+    async fn delete_user(
+        &self,
+        req: Request<DeleteUserRequest>,
+    ) -> Result<Response<DeleteUserResponse>, Status> {
+        let caller = self.caller(&req)?;
+        caller.require(Operation::Alter, Resource::cluster())?;
+        let name = req.into_inner().name;
+        let cmd = MetaCommand::DeleteUser { name: name.clone() };
+        Self::meta_result(self.node.meta_write(cmd).await?)?;
+        self.wait_for_local_view(|s| !s.users.contains_key(&name))
+            .await;
+        Ok(Response::new(DeleteUserResponse {}))
+    }
+
+    async fn list_users(
+        &self,
+        req: Request<ListUsersRequest>,
+    ) -> Result<Response<ListUsersResponse>, Status> {
+        let caller = self.caller(&req)?;
+        caller.require(Operation::Describe, Resource::cluster())?;
+        Ok(Response::new(ListUsersResponse {
+            principals: caller
+                .view
+                .state
+                .users
+                .keys()
+                .map(|n| format!("{}{n}", fjord_meta::acl::USER_PREFIX))
+                .collect(),
+        }))
+    }
+
+    async fn add_acl(
+        &self,
+        req: Request<AddAclRequest>,
+    ) -> Result<Response<AddAclResponse>, Status> {
+        let caller = self.caller(&req)?;
+        caller.require(Operation::Alter, Resource::cluster())?;
+        let entry = crate::auth_wire::entry_from_wire(req.into_inner().entry)?;
+        let cmd = MetaCommand::AddAcl {
+            entry: entry.clone(),
+        };
+        Self::meta_result(self.node.meta_write(cmd).await?)?;
+        self.wait_for_local_view(|s| s.acls.contains(&entry)).await;
+        Ok(Response::new(AddAclResponse {}))
+    }
+
+    async fn remove_acl(
+        &self,
+        req: Request<RemoveAclRequest>,
+    ) -> Result<Response<RemoveAclResponse>, Status> {
+        let caller = self.caller(&req)?;
+        caller.require(Operation::Alter, Resource::cluster())?;
+        let entry = crate::auth_wire::entry_from_wire(req.into_inner().entry)?;
+        let cmd = MetaCommand::RemoveAcl {
+            entry: entry.clone(),
+        };
+        Self::meta_result(self.node.meta_write(cmd).await?)?;
+        self.wait_for_local_view(|s| !s.acls.contains(&entry)).await;
+        Ok(Response::new(RemoveAclResponse {}))
+    }
+
+    async fn list_acls(
+        &self,
+        req: Request<ListAclsRequest>,
+    ) -> Result<Response<ListAclsResponse>, Status> {
+        let caller = self.caller(&req)?;
+        caller.require(Operation::Describe, Resource::cluster())?;
+        let principal = req.into_inner().principal;
+        Ok(Response::new(ListAclsResponse {
+            entries: fjord_meta::acl::entries_of(&caller.view.state.acls, principal.as_deref())
+                .map(crate::auth_wire::entry_to_wire)
+                .collect(),
+        }))
     }
 }
 

@@ -66,6 +66,10 @@ async fn start_cluster(n: u64) -> Cluster {
             default_cleanup_policy: ::fjord_server::config::defaults::CLEANUP_POLICY,
             default_delete_retention_ms: ::fjord_server::config::defaults::DELETE_RETENTION_MS,
             default_min_compaction_lag_ms: ::fjord_server::config::defaults::MIN_COMPACTION_LAG_MS,
+            authentication: ::fjord_server::auth::Authentication::None,
+            authorization: ::fjord_server::auth::Authorization::None,
+            superusers: Vec::new(),
+            tls_principal_rules: ::fjord_server::principal_rules::DEFAULT_RULES.into(),
         };
         dirs.push(dir);
         let s = stop.clone();
