@@ -160,6 +160,11 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = defaults::MIN_COMPACTION_LAG_MS)]
     #[serde(default = "default_min_compaction_lag_ms")]
     pub default_min_compaction_lag_ms: i64,
+    /// Address of an HTTP endpoint serving this node's Prometheus metrics at `/metrics`
+    /// (text format), e.g. 0.0.0.0:9101. Off by default.
+    #[arg(long)]
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Every default, written once (the flags and the TOML file both take them from here).

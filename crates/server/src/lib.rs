@@ -22,6 +22,9 @@
 //!   the gRPC service); [`rebuild`]: `--rebuild`, taking back a node that lost its data;
 //!   [`dir_lock`]: one process at a time on a data directory; [`disk`]: produces refused
 //!   while the data directory's filesystem is low on space (a full disk is not a dead node).
+//! - [`metrics`]: the node's Prometheus metrics; [`metrics_http`]: their endpoint
+//!   (`--metrics-listen`); [`probes`]: the gRPC health service and server reflection on the
+//!   client port.
 //! - [`error`]: typed errors and their mapping to gRPC statuses; [`edge`]: the layer every
 //!   answer leaves through (deadlines, and tonic's own codec answers, given fjord's codes);
 //!   [`connections`]: the bound on connections served at once.
@@ -43,8 +46,11 @@ pub mod error;
 pub mod group_wire;
 pub mod lag;
 pub mod live;
+pub mod metrics;
+pub mod metrics_http;
 pub mod node;
 pub mod peer;
+pub mod probes;
 pub mod producer_ids;
 pub mod rebuild;
 pub mod reconcile;
@@ -298,6 +304,7 @@ fn serve<I, IO, IE>(
     slot: NodeSlot,
     config: &ServeConfig,
     identity: &Arc<boot::IdentityService>,
+    health: &tonic_health::server::HealthReporter,
     cancel: &CancellationToken,
 ) -> impl std::future::Future<Output = Result<(), tonic::transport::Error>> + Send + 'static
 where
@@ -331,6 +338,9 @@ where
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
         .layer(edge::EdgeLayer)
         .add_service(client_api)
+        .add_service(probes::health_service(health))
+        .add_service(probes::reflection_v1())
+        .add_service(probes::reflection_v1alpha())
         .add_service(transport)
         .serve_with_incoming_shutdown(connections::limit(incoming, MAX_CONNECTIONS), async move {
             stop.cancelled().await
@@ -400,8 +410,26 @@ where
     // refused as unavailable.
     let slot = NodeSlot::default();
     let identity = boot::IdentityService::open(store.clone(), config.id).await?;
+    let health = probes::starting().await;
+    if let Some(addr) = config.metrics_listen {
+        let listener =
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| ServerError::Listen {
+                    addr: format!("{addr} (--metrics-listen)"),
+                    reason: e.to_string(),
+                })?;
+        tokio::spawn(metrics_http::serve(listener, slot.clone(), cancel.clone()));
+    }
 
-    let server = tokio::spawn(serve(incoming, slot.clone(), &config, &identity, &cancel));
+    let server = tokio::spawn(serve(
+        incoming,
+        slot.clone(),
+        &config,
+        &identity,
+        &health,
+        &cancel,
+    ));
     let mut shutdown = std::pin::pin!(shutdown);
     let form = match check_directory(&config, &identity, &pool, shutdown.as_mut()).await {
         Ok(Some(form)) => form,
@@ -430,10 +458,20 @@ where
         ));
     }
     tokio::spawn(rebuild::promote_until_voter(node.clone(), config.rebuild));
+    let draining = CancellationToken::new();
+    let ready = tokio::spawn(probes::serving_when_ready(
+        health.clone(),
+        node.clone(),
+        draining.clone(),
+    ));
     tracing::info!(node = node.id(), address = %node.address(), "fjord node started");
 
     shutdown.await;
     tracing::info!(node = node.id(), "stopping");
+    // Health says NOT_SERVING before anything stops, so that probes take the node out first.
+    draining.cancel();
+    let _ = ready.await;
+    probes::set(&health, tonic_health::ServingStatus::NotServing).await;
     node.stop().await;
     let served = server.await;
     tracing::info!(node = node.id(), "stopped");
