@@ -371,11 +371,13 @@ impl Snapshot {
 /// are left out: reading them would take a request to another node per scrape). Sorted by
 /// group; past [`MAX_GROUP_LAG_SERIES`] groups, the rest are summed as [`OTHER_GROUPS`].
 fn group_lag(node: &Node) -> Vec<(String, u64)> {
+    /// A group's committed offsets: `(topic id, partition, offset)`.
+    type CommittedOffsets = Vec<(u32, u32, u64)>;
     let meta = node.view();
     let Some(topic) = meta.state.topic(fjord_groups::GROUPS_TOPIC) else {
         return Vec::new();
     };
-    let mut committed: Vec<(String, Vec<(u32, u32, u64)>)> = Vec::new();
+    let mut committed: Vec<(String, CommittedOffsets)> = Vec::new();
     for p in &topic.partitions {
         let Some(h) = node.partition(fjord_meta::group_id(topic.id, p.partition)) else {
             continue;
