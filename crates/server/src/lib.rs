@@ -381,8 +381,9 @@ async fn check_directory(
 /// Runs a node on everything the caller supplies: its opened database, its incoming
 /// connections, its outbound connector, its clock and the probe of its disk's free space
 /// (`config.listen` and `config.data_dir` are not used, except to name the directory in
-/// messages). A simulation passes a database on a simulated disk and connections from a
-/// simulated network.
+/// messages; `config.metrics_listen`, when set, is bound on the host's network). A
+/// simulation passes a database on a simulated disk and connections from a simulated
+/// network.
 pub async fn run_on<I, IO, IE>(
     config: ServeConfig,
     store: Store,

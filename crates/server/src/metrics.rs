@@ -331,21 +331,26 @@ impl Snapshot {
     pub fn take(node: &Node) -> Snapshot {
         let mut s = Snapshot::default();
         let meta = node.view();
-        node.groups().for_each_partition(|gid, h| {
+        // The views first, the liveness asked after: no other lock is taken while the
+        // registry's is held.
+        let mut views = Vec::new();
+        node.groups()
+            .for_each_partition(|gid, h| views.push((gid, h.view())));
+        for (gid, view) in views {
             let (topic, partition) = fjord_meta::split_group_id(gid);
             let expected = meta
                 .state
                 .topic_by_id(topic)
                 .and_then(|t| t.partitions.get(partition as usize))
                 .map_or(&[][..], |p| &p.replicas[..]);
-            let r = replica_state(&h.view(), expected, |n| node.is_alive(n));
+            let r = replica_state(&view, expected, |n| node.is_alive(n));
             s.replicas += 1;
             s.leaderless += u64::from(r.leaderless);
             s.leading += u64::from(r.leading);
             s.under_replicated += u64::from(r.under_replicated);
             s.uncommitted_sum += r.uncommitted;
             s.uncommitted_max = s.uncommitted_max.max(r.uncommitted);
-        });
+        }
         let quiet = node.quiet_counts();
         s.quiet = u64::from(quiet.quiet);
         s.hibernated = u64::from(quiet.hibernated);
