@@ -9,7 +9,9 @@
 //!   the test fails if promtool is missing, unless FJORD_SKIP_PROMTOOL=1);
 //! - a node still checking its data directory with its peers (started alone, its peers
 //!   not up) answers the gRPC health service NOT_SERVING, for "" and "fjord.v1.Fjord", and
-//!   its metrics endpoint 503; the running cluster's nodes answer SERVING.
+//!   its metrics endpoint 503; the running cluster's nodes answer SERVING;
+//! - a node told to stop (SIGTERM) tells its health watchers NOT_SERVING, ends their streams,
+//!   and exits cleanly.
 #![allow(clippy::await_holding_lock)]
 
 use std::io::{Read, Write};
@@ -313,4 +315,48 @@ async fn a_node_checking_its_directory_is_not_serving() {
     assert_eq!(status, 503, "{body}");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_tells_its_health_watchers_not_serving_and_exits() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(1).await;
+    let addr = cluster.nodes[0].addr.clone();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: "fjord.v1.Fjord".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(DEADLINE, watch.message())
+        .await
+        .expect("a first health status")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+    let stopper = tokio::task::spawn_blocking(move || {
+        let status = cluster.stop(1);
+        (cluster, status)
+    });
+    let mut seen = Vec::new();
+    let ended = tokio::time::timeout(DEADLINE, async {
+        while let Ok(Some(m)) = watch.message().await {
+            seen.push(m.status());
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the health watch did not end; saw {seen:?}");
+    assert_eq!(seen, vec![ServingStatus::NotServing]);
+    let (cluster, status) = stopper.await.unwrap();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the node did not exit cleanly ({status:?}): {}",
+        cluster.log_tail(1)
+    );
 }

@@ -474,6 +474,7 @@ where
     let _ = ready.await;
     probes::set(&health, tonic_health::ServingStatus::NotServing).await;
     node.stop().await;
+    probes::stopped(&health).await;
     let served = server.await;
     tracing::info!(node = node.id(), "stopped");
     match served {

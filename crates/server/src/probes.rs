@@ -34,6 +34,16 @@ pub async fn set(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
+/// Once the node has stopped: removes the statuses, which ends every health Watch stream
+/// (each has seen NOT_SERVING by then), so that the server's graceful shutdown does not wait
+/// on them forever.
+pub async fn stopped(reporter: &HealthReporter) {
+    let mut reporter = reporter.clone();
+    for service in ["", CLIENT_SERVICE] {
+        reporter.clear_service_status(service).await;
+    }
+}
+
 /// The health service answering from `reporter`.
 pub fn health_service(reporter: &HealthReporter) -> HealthServer<HealthService> {
     HealthServer::new(HealthService::from_health_reporter(reporter.clone()))
