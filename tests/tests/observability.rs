@@ -9,7 +9,8 @@
 //!   the test fails if promtool is missing, unless FJORD_SKIP_PROMTOOL=1);
 //! - a node still checking its data directory with its peers (started alone, its peers
 //!   not up) answers the gRPC health service NOT_SERVING, for "" and "fjord.v1.Fjord", and
-//!   its metrics endpoint 503; the running cluster's nodes answer SERVING;
+//!   its metrics endpoint 503, and (`--log-format json`) logs one JSON object per line; the
+//!   running cluster's nodes answer SERVING;
 //! - a node told to stop (SIGTERM) tells its health watchers NOT_SERVING, ends their streams,
 //!   and exits cleanly.
 #![allow(clippy::await_holding_lock)]
@@ -295,7 +296,7 @@ async fn a_node_checking_its_directory_is_not_serving() {
         .args(["serve", "--id", "1", "--listen", &addr, "--peers", &peers])
         .arg("--data-dir")
         .arg(dir.path().join("node1"))
-        .args(["--metrics-listen", &metrics])
+        .args(["--metrics-listen", &metrics, "--log-format", "json"])
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -315,6 +316,17 @@ async fn a_node_checking_its_directory_is_not_serving() {
     assert_eq!(status, 503, "{body}");
     let _ = child.kill();
     let _ = child.wait();
+    // --log-format json: every line one JSON object, with its level and message.
+    let log = std::fs::read_to_string(dir.path().join("node1.log")).unwrap();
+    assert!(log.lines().count() >= 1, "no log lines");
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
