@@ -465,69 +465,106 @@ fn saturating_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+impl Snapshot {
+    /// The gauges without labels: `(name, help, value)`.
+    fn gauges(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut gauges = vec![
+            (
+                "fjord_partition_replicas",
+                "Partition replicas this node holds",
+                self.replicas,
+            ),
+            (
+                "fjord_partitions_leading",
+                "Partition replicas on this node that lead their partition",
+                self.leading,
+            ),
+            (
+                "fjord_partitions_leaderless",
+                "Partition replicas on this node that know of no leader",
+                self.leaderless,
+            ),
+            (
+                "fjord_partitions_under_replicated",
+                "Partitions this node leads where, in its view, a replica is missing from the \
+                 voters, suspected, or more than 1000 entries behind",
+                self.under_replicated,
+            ),
+            (
+                "fjord_partitions_quiet",
+                "Partition replicas on this node that are quiet (no Raft ticks or heartbeats)",
+                self.quiet,
+            ),
+            (
+                "fjord_partitions_hibernated",
+                "Quiet partition replicas on this node whose Raft instance is stopped",
+                self.hibernated,
+            ),
+            (
+                "fjord_raft_uncommitted_entries",
+                "Sum over the partitions this node leads of their last log index less their \
+                 commit index",
+                self.uncommitted_sum,
+            ),
+            (
+                "fjord_raft_uncommitted_entries_max",
+                "Largest last log index less commit index of a partition this node leads",
+                self.uncommitted_max,
+            ),
+        ];
+        if let Some(available) = self.disk_available {
+            gauges.push((
+                "fjord_disk_available_bytes",
+                "Bytes free in the data directory's filesystem for this node (with pages redb \
+                 can reuse)",
+                available,
+            ));
+            gauges.push((
+                "fjord_disk_min_free_bytes",
+                "Free space below which this node refuses produces (--min-free-disk-bytes in \
+                 force)",
+                self.disk_min_free,
+            ));
+        }
+        gauges.push((
+            "fjord_disk_refusing_produces",
+            "1 while this node refuses produces for lack of disk space",
+            u64::from(self.disk_refusing),
+        ));
+        gauges
+    }
+
+    /// The counters: `(name without _total, help, value)`.
+    fn counters(&self) -> [(&'static str, &'static str, u64); 3] {
+        [
+            (
+                "fjord_raft_elections_started",
+                "Elections this node's replicas started (terms in which one voted for itself)",
+                self.elections,
+            ),
+            (
+                "fjord_raft_leader_changes",
+                "New leaders this node's replicas saw (a later term with a known leader); each \
+                 replica of a group counts it",
+                self.leader_changes,
+            ),
+            (
+                "fjord_produce_refused_disk",
+                "Produce batches refused because this node's disk was low on space",
+                self.refused_for_disk,
+            ),
+        ]
+    }
+}
+
 impl Collector for Snapshot {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let g = |v: u64| saturating_i64(v);
-        gauge(
-            &mut e,
-            "fjord_partition_replicas",
-            "Partition replicas this node holds",
-            g(self.replicas),
-        )?;
-        gauge(
-            &mut e,
-            "fjord_partitions_leading",
-            "Partition replicas on this node that lead their partition",
-            g(self.leading),
-        )?;
-        gauge(
-            &mut e,
-            "fjord_partitions_leaderless",
-            "Partition replicas on this node that know of no leader",
-            g(self.leaderless),
-        )?;
-        gauge(
-            &mut e,
-            "fjord_partitions_under_replicated",
-            "Partitions this node leads where, in its view, a replica is missing from the voters, suspected, or more than 1000 entries behind",
-            g(self.under_replicated),
-        )?;
-        gauge(
-            &mut e,
-            "fjord_partitions_quiet",
-            "Partition replicas on this node that are quiet (no Raft ticks or heartbeats)",
-            g(self.quiet),
-        )?;
-        gauge(
-            &mut e,
-            "fjord_partitions_hibernated",
-            "Quiet partition replicas on this node whose Raft instance is stopped",
-            g(self.hibernated),
-        )?;
-        gauge(
-            &mut e,
-            "fjord_raft_uncommitted_entries",
-            "Sum over the partitions this node leads of their last log index less their commit index",
-            g(self.uncommitted_sum),
-        )?;
-        gauge(
-            &mut e,
-            "fjord_raft_uncommitted_entries_max",
-            "Largest last log index less commit index of a partition this node leads",
-            g(self.uncommitted_max),
-        )?;
-        counter(
-            &mut e,
-            "fjord_raft_elections_started",
-            "Elections this node's replicas started (terms in which one voted for itself)",
-            self.elections,
-        )?;
-        counter(
-            &mut e,
-            "fjord_raft_leader_changes",
-            "New leaders this node's replicas saw (a later term with a known leader); each replica of a group counts it",
-            self.leader_changes,
-        )?;
+        for (name, help, v) in self.gauges() {
+            gauge(&mut e, name, help, saturating_i64(v))?;
+        }
+        for (name, help, v) in self.counters() {
+            counter(&mut e, name, help, v)?;
+        }
         if let Some(h) = &self.fsync {
             histogram(
                 &mut e,
@@ -547,7 +584,8 @@ impl Collector for Snapshot {
         if !self.group_lag.is_empty() {
             let mut family = e.encode_descriptor(
                 "fjord_consumer_group_lag_records",
-                "Records behind the high watermark, summed over a consumer group's committed partitions, for the groups this node coordinates.",
+                "Records behind the high watermark, summed over a consumer group's committed \
+                 partitions, for the groups this node coordinates.",
                 None,
                 MetricType::Gauge,
             )?;
@@ -555,35 +593,9 @@ impl Collector for Snapshot {
                 let labels = GroupLabel {
                     group: group.clone(),
                 };
-                ConstGauge::new(g(*lag)).encode(family.encode_family(&labels)?)?;
+                ConstGauge::new(saturating_i64(*lag)).encode(family.encode_family(&labels)?)?;
             }
         }
-        if let Some(available) = self.disk_available {
-            gauge(
-                &mut e,
-                "fjord_disk_available_bytes",
-                "Bytes free in the data directory's filesystem for this node (with pages redb can reuse)",
-                g(available),
-            )?;
-            gauge(
-                &mut e,
-                "fjord_disk_min_free_bytes",
-                "Free space below which this node refuses produces (--min-free-disk-bytes in force)",
-                g(self.disk_min_free),
-            )?;
-        }
-        gauge(
-            &mut e,
-            "fjord_disk_refusing_produces",
-            "1 while this node refuses produces for lack of disk space",
-            i64::from(self.disk_refusing),
-        )?;
-        counter(
-            &mut e,
-            "fjord_produce_refused_disk",
-            "Produce batches refused because this node's disk was low on space",
-            self.refused_for_disk,
-        )?;
         Ok(())
     }
 }
