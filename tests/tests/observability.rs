@@ -6,7 +6,8 @@
 //!   partition without a leader, fsyncs and group commits counted, an election and a
 //!   leader, the group's lag of 11 records on its coordinator, the disk's free space;
 //! - `promtool check metrics` accepts each node's output (Debian's `prometheus` package;
-//!   the test fails if promtool is missing, unless FJORD_SKIP_PROMTOOL=1);
+//!   the test fails if promtool is missing, unless FJORD_SKIP_PROMTOOL=1), `promtool check
+//!   rules` accepts deploy/prometheus/alerts.yml, and every metric its rules name is served;
 //! - a node still checking its data directory with its peers (started alone, its peers
 //!   not up) answers the gRPC health service NOT_SERVING, for "" and "fjord.v1.Fjord", and
 //!   its metrics endpoint 503, and (`--log-format json`) logs one JSON object per line; the
@@ -106,6 +107,50 @@ fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
+}
+
+/// `promtool check rules` accepts deploy/prometheus/alerts.yml, and every fjord metric its
+/// expressions name is one the nodes serve.
+fn alert_rules_check(scrapes: &[String]) {
+    let rules =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/alerts.yml");
+    let text = std::fs::read_to_string(&rules).expect("deploy/prometheus/alerts.yml");
+    let families: std::collections::BTreeSet<&str> = scrapes
+        .iter()
+        .flat_map(|s| s.lines())
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    let mut named = 0;
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if !word.starts_with("fjord_") {
+            continue;
+        }
+        let family = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| word.strip_suffix(s).filter(|f| families.contains(f)))
+            .unwrap_or(word);
+        assert!(
+            families.contains(family),
+            "alerts.yml names {word}, which no node serves"
+        );
+        named += 1;
+    }
+    assert!(named > 0, "alerts.yml names no fjord metric");
+    match Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool check rules refused alerts.yml:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        // promtool_check has already failed or been skipped (FJORD_SKIP_PROMTOOL=1).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("cannot run promtool: {e}"),
+    }
 }
 
 fn run_cli(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> String {
@@ -277,6 +322,7 @@ async fn every_node_serves_plausible_metrics_that_promtool_accepts() {
         assert!(sample(text, "fjord_disk_available_bytes").is_some_and(|b| b > 0.0));
         promtool_check(text);
     }
+    alert_rules_check(&scrapes);
     // Only the group's coordinator reports it.
     let reporting = scrapes.iter().filter(|t| sample(t, &lag_series).is_some());
     assert_eq!(reporting.count(), 1);

@@ -25,10 +25,11 @@ mod signals;
 mod time_arg;
 mod topic;
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use fjord_client::{Client, ClientConfig};
 use tracing_subscriber::EnvFilter;
 
@@ -164,8 +165,17 @@ fn is_unreachable(e: &anyhow::Error) -> bool {
     })
 }
 
+/// The command line, with `fjord serve`'s environment variables and `--config` file applied
+/// (see `serve`: a flag beats its `FJORD_*` variable, which beats the file).
+fn parse_cli(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+    let mut command = serve::with_env(Cli::command());
+    let args = serve::with_config_file(&command, args)?;
+    let matches = command.try_get_matches_from_mut(args)?;
+    Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut command))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli(std::env::args_os().collect()).unwrap_or_else(|e| e.exit());
     init_tracing(
         match cli.command {
             Command::Serve(_) | Command::Dev(_) => "info",
@@ -205,15 +215,20 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+        serve::with_env(Cli::command()).debug_assert();
     }
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("fjord").chain(args.iter().copied()))
+        parse_cli(
+            std::iter::once("fjord")
+                .chain(args.iter().copied())
+                .map(OsString::from)
+                .collect(),
+        )
     }
 
     #[test]
@@ -224,7 +239,7 @@ mod tests {
                 LogFormat::Text
             );
         }
-        let cli = parse(&["serve", "--log-format", "json", "--config", "x.toml"]).unwrap();
+        let cli = parse(&["--log-format", "json", "cluster", "status"]).unwrap();
         assert_eq!(cli.log_format, LogFormat::Json);
         assert!(parse(&["--log-format", "xml", "cluster", "status"]).is_err());
     }
@@ -244,16 +259,26 @@ mod tests {
         assert_eq!(cli.format, Format::Json);
     }
 
-    #[test]
-    fn serve_takes_a_file_or_flags_but_not_both() {
-        let cli = parse(&["serve", "--config", "node.toml"]).unwrap();
-        let Command::Serve(args) = cli.command else {
+    fn serve_config(args: &[&str]) -> Result<fjord_server::ServeConfig, clap::Error> {
+        let mut full = vec!["serve"];
+        full.extend_from_slice(args);
+        let Command::Serve(serve) = parse(&full)?.command else {
             panic!("not serve")
         };
-        assert!(args.config.is_some() && args.node.is_none());
+        Ok(serve.node.expect("settings given"))
+    }
 
-        let cli = parse(&[
-            "serve",
+    /// A config file in a directory of its own, removed with the returned guard.
+    fn config_file(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fjord.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path.display().to_string())
+    }
+
+    #[test]
+    fn serve_takes_flags_a_file_or_both_and_flags_win() {
+        let node = serve_config(&[
             "--id",
             "1",
             "--listen",
@@ -264,19 +289,100 @@ mod tests {
             "1=127.0.0.1:7101",
         ])
         .unwrap();
-        let Command::Serve(args) = cli.command else {
-            panic!("not serve")
-        };
-        let node = args.node.expect("flags given");
         assert_eq!(node.id, 1);
 
-        let e = parse(&["serve", "--config", "x.toml", "--id", "1"]).unwrap_err();
-        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let (_dir, path) = config_file(
+            "id = 1\nlisten = \"0.0.0.0:7101\"\ndata_dir = \"/var/lib/fjord\"\n\
+             rebuild = true\ndefault_retention_ms = -1\n\
+             [peers]\n1 = \"a:7101\"\n2 = \"b:7101\"\n",
+        );
+        let node = serve_config(&["--config", &path]).unwrap();
+        assert_eq!((node.id, node.listen.port()), (1, 7101));
+        assert_eq!(node.peers.0.len(), 2);
+        assert!(node.rebuild);
+        assert_eq!(node.default_retention_ms, -1);
+        // A flag beats the file; keys the flag does not name stay the file's.
+        let node = serve_config(&[
+            "--config",
+            &path,
+            "--id",
+            "2",
+            "--election-timeout-ms",
+            "900",
+        ])
+        .unwrap();
+        assert_eq!((node.id, node.election_timeout_ms), (2, 900));
+        assert_eq!(node.data_dir, std::path::PathBuf::from("/var/lib/fjord"));
+
         let e = parse(&["serve", "--id", "1"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
         // Neither a file nor flags: clap lists the flags and shows both usages.
         let e = parse(&["serve"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        // A file that leaves a required setting out, when no flag gives it.
+        let (_dir, partial) = config_file("id = 1\nlisten = \"0.0.0.0:7101\"\n");
+        let e = parse(&["serve", "--config", &partial]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let node = serve_config(&["--config", &partial, "--data-dir", "d", "--peers", "1=a:1"]);
+        assert_eq!(node.unwrap().id, 1);
+    }
+
+    #[test]
+    fn serve_refuses_a_file_it_cannot_use() {
+        for (text, says) in [
+            ("id = 1\nnot_a_flag = 3\n", "unknown key \"not_a_flag\""),
+            ("config = \"other.toml\"\n", "unknown key \"config\""),
+            ("rebuild = 1\n", "rebuild must be true or false"),
+            ("id = [[1]]\n", "nested array"),
+            ("id = \n", "config file"),
+        ] {
+            let (_dir, path) = config_file(text);
+            let e = parse(&["serve", "--config", &path]).unwrap_err();
+            assert!(e.to_string().contains(says), "{text:?}: {e}");
+        }
+        let e = parse(&["serve", "--config", "/nonexistent/fjord.toml"]).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/fjord.toml"), "{e}");
+        // A value of the wrong type is refused by the flag's own parser.
+        let (_dir, path) = config_file(
+            "id = \"one\"\nlisten = \"0.0.0.0:1\"\ndata_dir = \"d\"\npeers = \"1=a:1\"\n",
+        );
+        let e = parse(&["serve", "--config", &path]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{e}");
+    }
+
+    /// The deploy/ example files read through the flags give what the server's own TOML
+    /// reader gives.
+    #[test]
+    fn a_config_file_reads_as_the_server_reads_it() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/config");
+        for n in 1..=3 {
+            let path = dir.join(format!("node{n}.toml"));
+            let by_flags = serve_config(&["--config", path.to_str().unwrap()]).unwrap();
+            let by_serde = fjord_server::ServeConfig::from_toml_file(&path).unwrap();
+            assert_eq!(
+                format!("{by_flags:?}"),
+                format!("{by_serde:?}"),
+                "node{n}.toml"
+            );
+        }
+    }
+
+    #[test]
+    fn every_serve_flag_has_its_environment_variable() {
+        assert_eq!(serve::env_name("data-dir"), "FJORD_DATA_DIR");
+        let command = serve::with_env(Cli::command());
+        let serve = command.find_subcommand("serve").unwrap();
+        let mut seen = 0;
+        for arg in serve.get_arguments() {
+            let long = arg.get_long().expect("serve flags are long");
+            let env = arg.get_env().and_then(|e| e.to_str()).unwrap_or_default();
+            assert_eq!(env, serve::env_name(long), "--{long}");
+            seen += 1;
+        }
+        assert!(seen >= 20, "only {seen} serve flags");
+        // The client commands' flags are left alone.
+        let produce = command.find_subcommand("produce").unwrap();
+        assert!(produce.get_arguments().all(|a| a.get_env().is_none()));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::order::ProposalOrder;
 use crate::partition_sm::{PartitionShared, PartitionSm};
 use crate::quiesce::{GroupView, Kind, Quiescence, Timers};
 use crate::side::{self, DrainStep, SideQueue};
+use crate::voters;
 use crate::{NodeId, Request, Response, StoredBatch, TypeConfig};
 
 /// Why a proposal, a linearizable read or a membership change did not go through. Retryable:
@@ -663,6 +664,56 @@ fn members_of<SM: RaftStateMachine<TypeConfig>>(
     )
 }
 
+/// On the leader: the group's voter configurations (one when uniform, old then new when
+/// joint), its learners, how far `node`'s replication matched and the commit index.
+#[allow(clippy::type_complexity)]
+fn leader_membership<SM: RaftStateMachine<TypeConfig>>(
+    raft: &openraft::Raft<TypeConfig, SM>,
+    node: NodeId,
+) -> Result<
+    (
+        Vec<BTreeSet<NodeId>>,
+        BTreeSet<NodeId>,
+        Option<u64>,
+        Option<u64>,
+    ),
+    GroupError,
+> {
+    let rx = raft.metrics();
+    let m = rx.borrow_watched();
+    if m.state != ServerState::Leader {
+        return Err(GroupError::NotLeader {
+            leader: m.current_leader,
+            address: None,
+        });
+    }
+    let membership = m.membership_config.membership();
+    let matched = m
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&node))
+        .and_then(|l| l.as_ref().map(|l| l.index));
+    Ok((
+        membership.get_joint_config().clone(),
+        membership.learner_ids().collect(),
+        matched,
+        m.local_committed.as_ref().map(|l| l.index()),
+    ))
+}
+
+/// On the leader: finishes an unfinished joint configuration (its new voters alone; voters
+/// of the old part only stay as learners). Adding no voter to a joint configuration is
+/// openraft's way to ask for its final uniform one.
+async fn finish_joint<SM: RaftStateMachine<TypeConfig>>(
+    raft: &openraft::Raft<TypeConfig, SM>,
+) -> Result<(), GroupError> {
+    tracing::warn!("finishing a joint configuration an earlier leader left unfinished");
+    raft.change_membership(openraft::ChangeMembers::AddVoterIds(BTreeSet::new()), true)
+        .await
+        .map_err(write_error)?;
+    Ok(())
+}
+
 fn leadership_of<SM: RaftStateMachine<TypeConfig>>(
     raft: &openraft::Raft<TypeConfig, SM>,
 ) -> Leadership {
@@ -933,17 +984,8 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
     pub async fn demote(&self, node: NodeId) -> Result<bool, GroupError> {
         let raft = self.instance().await?;
         self.quiet.wake_leader("membership change");
-        let voters: BTreeSet<NodeId> = {
-            let rx = raft.metrics();
-            let m = rx.borrow_watched();
-            if m.state != ServerState::Leader {
-                return Err(GroupError::NotLeader {
-                    leader: m.current_leader,
-                    address: None,
-                });
-            }
-            m.membership_config.membership().voter_ids().collect()
-        };
+        let (configs, learners, _, _) = leader_membership(&raft, node)?;
+        let standing = voters::standing(&configs, &learners, node);
         // The node comes back on an empty log: without this, openraft's leader treats the
         // reverted log as a bug and stops (it panics: "follower log reversion is not
         // allowed"). Allowed once, for this node only, and only once it is no voter.
@@ -954,64 +996,48 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
                 Err(e) => Err(GroupError::from(Unavailable::raft(e))),
             }
         };
-        if !voters.contains(&node) {
-            allow_revert(raft).await?;
-            return Ok(false);
+        match voters::demote_step(&configs, &standing, node) {
+            voters::DemoteStep::NotVoter => {
+                allow_revert(raft).await?;
+                return Ok(false);
+            }
+            voters::DemoteStep::OnlyVoter => return Err(Unavailable::OnlyVoter { node }.into()),
+            voters::DemoteStep::Finish => finish_joint(&raft).await?,
+            voters::DemoteStep::Keep(rest) => {
+                raft.change_membership(rest, true)
+                    .await
+                    .map_err(write_error)?;
+            }
         }
-        let rest: BTreeSet<NodeId> = voters.into_iter().filter(|v| *v != node).collect();
-        if rest.is_empty() {
-            return Err(Unavailable::OnlyVoter { node }.into());
-        }
-        raft.change_membership(rest, true)
-            .await
-            .map_err(write_error)?;
         allow_revert(raft).await?;
         Ok(true)
     }
 
     /// On the leader: makes learner `node` a voter again once it holds every committed entry
-    /// (its replication matched the leader's commit index).
+    /// (its replication matched the leader's commit index). A joint configuration left by an
+    /// earlier leader is finished first ([`voters`]): until then the node is no voter.
     pub async fn promote_caught_up(&self, node: NodeId) -> Result<Promotion, GroupError> {
         let raft = self.instance().await?;
         self.quiet.wake_leader("membership change");
-        let (voter, learner, matched, committed) = {
-            let rx = raft.metrics();
-            let m = rx.borrow_watched();
-            if m.state != ServerState::Leader {
-                return Err(GroupError::NotLeader {
-                    leader: m.current_leader,
-                    address: None,
-                });
+        let (configs, learners, matched, committed) = leader_membership(&raft, node)?;
+        let standing = voters::standing(&configs, &learners, node);
+        match voters::promote_step(&standing, matched, committed) {
+            voters::PromoteStep::AlreadyVoter => Ok(Promotion::AlreadyVoter),
+            voters::PromoteStep::NotAMember => Ok(Promotion::NotAMember),
+            voters::PromoteStep::Lagging { matched, committed } => {
+                Ok(Promotion::Lagging { matched, committed })
             }
-            let membership = m.membership_config.membership();
-            let matched = m
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&node))
-                .and_then(|l| l.as_ref().map(|l| l.index));
-            (
-                membership.voter_ids().any(|v| v == node),
-                membership.learner_ids().any(|v| v == node),
-                matched,
-                m.local_committed.as_ref().map(|l| l.index()),
-            )
-        };
-        if voter {
-            return Ok(Promotion::AlreadyVoter);
+            voters::PromoteStep::Finish => {
+                finish_joint(&raft).await?;
+                Ok(Promotion::Promoted)
+            }
+            voters::PromoteStep::Add => {
+                raft.change_membership(openraft::ChangeMembers::AddVoterIds([node].into()), true)
+                    .await
+                    .map_err(write_error)?;
+                Ok(Promotion::Promoted)
+            }
         }
-        if !learner {
-            return Ok(Promotion::NotAMember);
-        }
-        if matched.is_none() || matched < committed {
-            return Ok(Promotion::Lagging {
-                matched: matched.map_or(0, |m| m + 1),
-                committed: committed.map_or(0, |c| c + 1),
-            });
-        }
-        raft.change_membership(openraft::ChangeMembers::AddVoterIds([node].into()), true)
-            .await
-            .map_err(write_error)?;
-        Ok(Promotion::Promoted)
     }
 
     /// On the leader: the voter a stopping leader hands the group over to ([`crate::handoff::choose`]):

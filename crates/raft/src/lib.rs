@@ -62,6 +62,7 @@ pub mod runtime;
 pub mod scan;
 pub mod side;
 pub mod types;
+pub mod voters;
 
 pub use group::{AnyGroup, GroupConfig, GroupRegistry, GroupRole, MetaRaft, PartitionRaft};
 pub use handle::{GroupError, Leadership, LeadershipWatch, MetaHandle, PartitionHandle, Promotion};
