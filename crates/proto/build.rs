@@ -1,4 +1,8 @@
-//! Compiles `proto/*.proto` with protox (pure Rust), so no system `protoc` is needed.
+//! Compiles `proto/*.proto` with protox (pure Rust), so no system `protoc` is needed, and
+//! writes the client API's file descriptor set (`fjord.proto` alone: server reflection must
+//! not describe the node-to-node service) for server reflection.
+use prost::Message;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
     let files = [format!("{root}/fjord.proto"), format!("{root}/raft.proto")];
@@ -7,5 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let fds = protox::compile(&files, [root])?;
     tonic_prost_build::configure().bytes(".").compile_fds(fds)?;
+    let client = protox::compile([&files[0]], [root])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("fjord_v1_descriptor.bin"), client.encode_to_vec())?;
     Ok(())
 }

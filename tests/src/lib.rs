@@ -102,6 +102,17 @@ impl Cluster {
 
     /// [`Cluster::start_with`], every node also given `extra` flags.
     pub async fn start_with_args(n: usize, timing: Timing, extra: &[&str]) -> Cluster {
+        Self::start_with_node_args(n, timing, extra, |_| Vec::new()).await
+    }
+
+    /// [`Cluster::start_with_args`], node `id` also given `node_args(id)` at this first
+    /// start (not at restarts): for flags that differ per node, such as a port.
+    pub async fn start_with_node_args(
+        n: usize,
+        timing: Timing,
+        extra: &[&str],
+        node_args: impl Fn(u64) -> Vec<String>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(n);
         let peers = ports
@@ -129,7 +140,9 @@ impl Cluster {
             dir: Some(dir),
         };
         for i in 0..n {
-            c.spawn(i);
+            let args = node_args(i as u64 + 1);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            c.spawn_with(i, &args);
         }
         c.wait_ready().await;
         c

@@ -1,5 +1,7 @@
 //! A Python client generated from `proto/fjord.proto` (grpcio-tools from PyPI, installed by
-//! `.ci/run`) against a real 3-node cluster: `tests/python/client_test.py` says what it checks.
+//! `.ci/run`) against a real 3-node cluster: `tests/python/client_test.py` says what it checks;
+//! `tests/python/health_reflection_test.py` checks the health service and server reflection
+//! with the standard Python packages (grpcio-health-checking, grpcio-reflection).
 #![allow(clippy::await_holding_lock)]
 
 use std::path::Path;
@@ -78,4 +80,38 @@ async fn a_python_grpcio_client_connects_with_a_token_and_produces() {
         cluster.log_tail(1)
     );
     assert!(stdout.contains("produced at offset"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_client_checks_health_and_lists_the_api_by_reflection() {
+    let _serial = serial();
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import grpc, grpc_health.v1, grpc_reflection.v1alpha"])
+        .status()
+        .expect("python3 runs");
+    assert!(
+        probe.success(),
+        "python3 lacks grpcio-health-checking/grpcio-reflection: install them \
+         (`python3 -m pip install \"grpcio-health-checking==1.85.*\" \"grpcio-reflection==1.85.*\"`, \
+         as .ci/run does)"
+    );
+    let cluster = Cluster::start(3).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/health_reflection_test.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .args(cluster.brokers())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), out)
+        .await
+        .expect("the Python check finishes within 2 minutes")
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the Python health and reflection check failed:\n{stdout}\n{stderr}\nnode 1 log:\n{}",
+        cluster.log_tail(1)
+    );
+    println!("{stdout}");
 }

@@ -78,6 +78,18 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = Format::Text, display_order = 901)]
     format: Format,
 
+    /// Log format on standard error: text, or json (one JSON object per line, for log
+    /// shippers: timestamp, level, target, fields, span).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "FJORD_LOG_FORMAT",
+        default_value_t = LogFormat::Text,
+        display_order = 902
+    )]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -112,17 +124,28 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
+/// How logs are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
 /// Logs go to standard error. Nodes log at `info` by default; client commands only show
 /// errors, so their standard error stays readable. `RUST_LOG` overrides both.
-fn init_tracing(default_directive: &str) {
+fn init_tracing(default_directive: &str, format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_directive));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match format {
         // Colour codes only for a terminal: `fjord dev` sends node logs to files.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
 }
 
 fn client(brokers: Vec<String>, token: Option<String>) -> anyhow::Result<Client> {
@@ -178,10 +201,13 @@ fn parse_cli(args: Vec<OsString>) -> Result<Cli, clap::Error> {
 
 fn main() -> ExitCode {
     let cli = parse_cli(std::env::args_os().collect()).unwrap_or_else(|e| e.exit());
-    init_tracing(match cli.command {
-        Command::Serve(_) | Command::Dev(_) => "info",
-        _ => "error",
-    });
+    init_tracing(
+        match cli.command {
+            Command::Serve(_) | Command::Dev(_) => "info",
+            _ => "error",
+        },
+        cli.log_format,
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -228,6 +254,19 @@ mod tests {
                 .map(OsString::from)
                 .collect(),
         )
+    }
+
+    #[test]
+    fn log_format_is_text_unless_json_is_asked_for() {
+        if std::env::var_os("FJORD_LOG_FORMAT").is_none() {
+            assert_eq!(
+                parse(&["cluster", "status"]).unwrap().log_format,
+                LogFormat::Text
+            );
+        }
+        let cli = parse(&["--log-format", "json", "cluster", "status"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert!(parse(&["--log-format", "xml", "cluster", "status"]).is_err());
     }
 
     #[test]

@@ -21,6 +21,11 @@ pub mod raft {
 pub mod batch;
 pub mod partitioner;
 
+/// The encoded `FileDescriptorSet` of `proto/fjord.proto` (the client API and its
+/// imports), for server reflection. The node-to-node protocol is not in it.
+pub const CLIENT_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/fjord_v1_descriptor.bin"));
+
 /// Response metadata key carrying the leader's node id on a not-leader error.
 pub const LEADER_ID_KEY: &str = "fjord-leader-id";
 /// Response metadata key carrying the leader's address on a not-leader error.

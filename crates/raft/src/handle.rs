@@ -248,6 +248,48 @@ pub(crate) struct Instance<SM: RaftStateMachine<TypeConfig>> {
     leadership: watch::Sender<Watched>,
     /// The node's transition counter: an instance started again is a change to look at.
     transitions: crate::quiesce::Transitions,
+    /// The latest term in which this replica voted for itself, and the latest term in which
+    /// it saw a leader: what the node's election counters have counted (across restarts of
+    /// a hibernated instance).
+    marks: Mutex<ElectionMarks>,
+}
+
+/// See [`Instance`]'s `marks`.
+#[derive(Debug, Clone, Copy, Default)]
+struct ElectionMarks {
+    self_vote_term: u64,
+    leader_term: u64,
+}
+
+impl ElectionMarks {
+    /// The marks of the state an instance starts in: what it shows then was counted before
+    /// (or happened before this process), not an election seen now.
+    fn of<SM: RaftStateMachine<TypeConfig>>(raft: &Raft<SM>) -> Self {
+        let mut marks = ElectionMarks::default();
+        marks.count(
+            &raft.metrics().borrow_watched(),
+            &crate::quiesce::Transitions::default(),
+        );
+        marks
+    }
+
+    /// Counts, on `counters`, an election this replica started and a leader it sees that
+    /// the marks have not counted yet.
+    fn count(
+        &mut self,
+        m: &openraft::RaftMetrics<TypeConfig>,
+        counters: &crate::quiesce::Transitions,
+    ) {
+        let vote = &m.vote.leader_id;
+        if vote.node_id == m.id && vote.term > self.self_vote_term {
+            self.self_vote_term = vote.term;
+            counters.note_election();
+        }
+        if m.current_leader.is_some() && m.current_term > self.leader_term {
+            self.leader_term = m.current_term;
+            counters.note_leader_change();
+        }
+    }
 }
 
 impl<SM: RaftStateMachine<TypeConfig>> Instance<SM> {
@@ -462,6 +504,10 @@ impl<SM: RaftStateMachine<TypeConfig>> Instance<SM> {
                     }
                 };
                 let Some(me) = me.upgrade() else { return };
+                me.marks
+                    .lock()
+                    .unwrap()
+                    .count(&rx.borrow_watched(), &me.transitions);
                 me.leadership.send_if_modified(|w| {
                     let changed = w.leadership != now && !w.stopped;
                     if changed {
@@ -701,6 +747,7 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
             })
             .0,
             transitions: transitions.clone(),
+            marks: Mutex::new(ElectionMarks::of(&raft)),
         });
         let quiet = Quiescence::new(group, instance.clone(), activity_grace, transitions);
         instance.forward_leadership(&raft);

@@ -37,18 +37,49 @@ use crate::NodeId;
 /// the node changed mode, so whoever skips work while nothing changed (the liveness loop) may.
 /// One per node (the node, its liveness and each of its groups hold clones), so nodes sharing
 /// a process (tests, the simulation) do not wake each other.
+///
+/// It also carries the node's election counters (for its metrics), which every group's
+/// leadership watch bumps: they need the same one-per-node handle.
 #[derive(Debug, Clone, Default)]
-pub struct Transitions(Arc<AtomicU64>);
+pub struct Transitions(Arc<Counters>);
+
+#[derive(Debug, Default)]
+struct Counters {
+    transitions: AtomicU64,
+    elections: AtomicU64,
+    leaders: AtomicU64,
+}
 
 impl Transitions {
     /// The counter's value.
     pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
+        self.0.transitions.load(Ordering::Acquire)
     }
 
     /// Bumps the counter.
     pub(crate) fn note(&self) {
-        self.0.fetch_add(1, Ordering::AcqRel);
+        self.0.transitions.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Elections this node's replicas started (terms in which a replica here voted for
+    /// itself), as their leadership watches saw them: a watch sees the latest state, so two
+    /// campaigns in quick succession may count once.
+    pub fn elections_started(&self) -> u64 {
+        self.0.elections.load(Ordering::Relaxed)
+    }
+
+    /// Leaders this node's replicas saw elected (a later term with a known leader), whoever
+    /// they are: each replica of a group counts the group's new leader once.
+    pub fn leader_changes(&self) -> u64 {
+        self.0.leaders.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn note_election(&self) {
+        self.0.elections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn note_leader_change(&self) {
+        self.0.leaders.fetch_add(1, Ordering::Relaxed);
     }
 }
 

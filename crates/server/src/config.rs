@@ -182,6 +182,11 @@ pub struct ServeConfig {
     #[arg(long, default_value = crate::principal_rules::DEFAULT_RULES)]
     #[serde(default = "default_principal_rules")]
     pub tls_principal_rules: String,
+    /// Address of an HTTP endpoint serving this node's Prometheus metrics at `/metrics`
+    /// (text format), e.g. 0.0.0.0:9101. Off by default.
+    #[arg(long)]
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Every default, written once (the flags and the TOML file both take them from here).

@@ -295,11 +295,15 @@ pub async fn produce(node: &Node, req: Produce) -> Result<Vec<Produced>, ApiErro
         let topic = &topic;
         async move {
             let record_count = b.record_count;
+            let bytes = b.records.len() as u64;
             let (producer_id, epoch) = (b.producer_id, b.producer_epoch);
             let result = produce_partition(node, topic, p, b, acks, timeout)
                 .await
                 .and_then(|outcome| match outcome {
-                    Outcome::Appended { base_offset } => Ok((base_offset, false)),
+                    Outcome::Appended { base_offset } => {
+                        node.metrics().appended(u64::from(record_count), bytes);
+                        Ok((base_offset, false))
+                    }
                     Outcome::Duplicate { base_offset } => Ok((base_offset, true)),
                     Outcome::OutOfOrder { expected, got } => Err(ApiError::OutOfOrder {
                         producer_id,
@@ -469,6 +473,15 @@ pub async fn fetch(node: &Node, req: Fetch) -> Result<Fetched, ApiError> {
     } else {
         Vec::new()
     };
+    let (records, bytes) = batches.iter().fold((0u64, 0u64), |(r, b), batch| {
+        let kept = if batch.offset_deltas.is_empty() {
+            u64::from(batch.record_count)
+        } else {
+            batch.offset_deltas.len() as u64
+        };
+        (r + kept, b + batch.records.len() as u64)
+    });
+    node.metrics().fetched(records, bytes);
     Ok(Fetched {
         batches,
         high_watermark: hw,

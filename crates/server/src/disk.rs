@@ -151,6 +151,8 @@ pub struct DiskGate {
     /// `--min-free-disk-bytes`.
     setting: Option<u64>,
     state: watch::Sender<DiskState>,
+    /// Produce batches refused so far (for the metrics).
+    refused: std::sync::atomic::AtomicU64,
 }
 
 impl DiskGate {
@@ -162,6 +164,7 @@ impl DiskGate {
             dir: dir.display().to_string(),
             setting,
             state: watch::Sender::new(DiskState::default()),
+            refused: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -207,9 +210,18 @@ impl DiskGate {
     /// `Err` while produces are refused, saying why.
     pub fn check_produce(&self) -> Result<(), DiskFull> {
         match self.refusal(self.state()) {
-            Some(e) => Err(e),
+            Some(e) => {
+                self.refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(e)
+            }
             None => Ok(()),
         }
+    }
+
+    /// Produce batches [`DiskGate::check_produce`] refused so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn refusal(&self, state: DiskState) -> Option<DiskFull> {

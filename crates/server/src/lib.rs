@@ -25,6 +25,9 @@
 //! - [`auth`]: a request's principal (bearer tokens, client certificates through
 //!   [`principal_rules`]) and the ACL check every client RPC makes; [`auth_wire`]: users' and
 //!   ACL entries' messages as domain types and back.
+//! - [`metrics`]: the node's Prometheus metrics; [`metrics_http`]: their endpoint
+//!   (`--metrics-listen`); [`probes`]: the gRPC health service and server reflection on the
+//!   client port.
 //! - [`error`]: typed errors and their mapping to gRPC statuses; [`edge`]: the layer every
 //!   answer leaves through (deadlines, and tonic's own codec answers, given fjord's codes);
 //!   [`connections`]: the bound on connections served at once.
@@ -48,9 +51,12 @@ pub mod error;
 pub mod group_wire;
 pub mod lag;
 pub mod live;
+pub mod metrics;
+pub mod metrics_http;
 pub mod node;
 pub mod peer;
 pub mod principal_rules;
+pub mod probes;
 pub mod producer_ids;
 pub mod rebuild;
 pub mod reconcile;
@@ -304,6 +310,7 @@ fn serve<I, IO, IE>(
     slot: NodeSlot,
     config: &ServeConfig,
     identity: &Arc<boot::IdentityService>,
+    health: &tonic_health::server::HealthReporter,
     cancel: &CancellationToken,
 ) -> impl std::future::Future<Output = Result<(), tonic::transport::Error>> + Send + 'static
 where
@@ -343,6 +350,9 @@ where
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
         .layer(edge::EdgeLayer)
         .add_service(client_api)
+        .add_service(probes::health_service(health))
+        .add_service(probes::reflection_v1())
+        .add_service(probes::reflection_v1alpha())
         .add_service(transport)
         .serve_with_incoming_shutdown(connections::limit(incoming, MAX_CONNECTIONS), async move {
             stop.cancelled().await
@@ -383,8 +393,9 @@ async fn check_directory(
 /// Runs a node on everything the caller supplies: its opened database, its incoming
 /// connections, its outbound connector, its clock and the probe of its disk's free space
 /// (`config.listen` and `config.data_dir` are not used, except to name the directory in
-/// messages). A simulation passes a database on a simulated disk and connections from a
-/// simulated network.
+/// messages; `config.metrics_listen`, when set, is bound on the host's network). A
+/// simulation passes a database on a simulated disk and connections from a simulated
+/// network.
 pub async fn run_on<I, IO, IE>(
     config: ServeConfig,
     store: Store,
@@ -412,8 +423,26 @@ where
     // refused as unavailable.
     let slot = NodeSlot::default();
     let identity = boot::IdentityService::open(store.clone(), config.id).await?;
+    let health = probes::starting().await;
+    if let Some(addr) = config.metrics_listen {
+        let listener =
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| ServerError::Listen {
+                    addr: format!("{addr} (--metrics-listen)"),
+                    reason: e.to_string(),
+                })?;
+        tokio::spawn(metrics_http::serve(listener, slot.clone(), cancel.clone()));
+    }
 
-    let server = tokio::spawn(serve(incoming, slot.clone(), &config, &identity, &cancel));
+    let server = tokio::spawn(serve(
+        incoming,
+        slot.clone(),
+        &config,
+        &identity,
+        &health,
+        &cancel,
+    ));
     let mut shutdown = std::pin::pin!(shutdown);
     let form = match check_directory(&config, &identity, &pool, shutdown.as_mut()).await {
         Ok(Some(form)) => form,
@@ -442,11 +471,22 @@ where
         ));
     }
     tokio::spawn(rebuild::promote_until_voter(node.clone(), config.rebuild));
+    let draining = CancellationToken::new();
+    let ready = tokio::spawn(probes::serving_when_ready(
+        health.clone(),
+        node.clone(),
+        draining.clone(),
+    ));
     tracing::info!(node = node.id(), address = %node.address(), "fjord node started");
 
     shutdown.await;
     tracing::info!(node = node.id(), "stopping");
+    // Health says NOT_SERVING before anything stops, so that probes take the node out first.
+    draining.cancel();
+    let _ = ready.await;
+    probes::set(&health, tonic_health::ServingStatus::NotServing).await;
     node.stop().await;
+    probes::stopped(&health).await;
     let served = server.await;
     tracing::info!(node = node.id(), "stopped");
     match served {

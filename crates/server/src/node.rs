@@ -159,6 +159,8 @@ pub struct Node {
     disk: Arc<crate::disk::DiskGate>,
     /// The log settings of topics that do not set their own (`--default-*`, validated).
     log_defaults: fjord_meta::LogDefaults,
+    /// The metrics the request paths record (see [`crate::metrics`]).
+    metrics: crate::metrics::Metrics,
 }
 
 impl Node {
@@ -229,6 +231,7 @@ impl Node {
                 config.min_free_disk_bytes,
             )),
             log_defaults: config.log_defaults(),
+            metrics: crate::metrics::Metrics::new(),
         }))
     }
 
@@ -338,6 +341,16 @@ impl Node {
     /// How many of this node's partition replicas are quiet, leading, hibernated.
     pub fn quiet_counts(&self) -> fjord_raft::QuietCounts {
         self.liveness.counts()
+    }
+
+    /// The metrics the request paths record (see [`crate::metrics`]).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// The node's transition and election counters (see [`crate::metrics`]).
+    pub fn transitions(&self) -> &fjord_raft::quiesce::Transitions {
+        self.liveness.transitions()
     }
 
     /// Answers a peer's node-level heartbeat.

@@ -16,6 +16,7 @@ use crate::data;
 use crate::error::{ApiError, Invalid};
 use crate::group_wire;
 use crate::live::{self, LiveSet};
+use crate::metrics::Outcome;
 use crate::node::Node;
 use crate::topic_wire;
 
@@ -533,21 +534,43 @@ impl Fjord for ClientService {
         &self,
         req: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
+        let started = std::time::Instant::now();
         let caller = self.caller(&req)?;
         let produce = crate::wire::Produce::try_from(req.into_inner())?;
         caller.require(Operation::Write, Resource::topic(&produce.topic))?;
-        not_internal(&produce.topic, "produce to")?;
-        let results = data::produce(&self.node, produce).await?;
+        let acks = produce.acks;
+        let results = match not_internal(&produce.topic, "produce to") {
+            Ok(()) => data::produce(&self.node, produce).await,
+            Err(e) => Err(e),
+        };
+        let outcome = match &results {
+            Ok(r) if r.iter().all(|p| p.result.is_ok()) => Outcome::Ok,
+            _ => Outcome::Error,
+        };
+        self.node
+            .metrics()
+            .produce_done(acks, outcome, started.elapsed());
         Ok(Response::new(ProduceResponse {
-            results: results.into_iter().map(PartitionResult::from).collect(),
+            results: results?.into_iter().map(PartitionResult::from).collect(),
         }))
     }
 
     async fn fetch(&self, req: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
         let caller = self.caller(&req)?;
         caller.require(Operation::Read, Resource::topic(&req.get_ref().topic))?;
+        let started = std::time::Instant::now();
         let fetch = crate::wire::Fetch::try_from(req.into_inner())?;
-        Ok(Response::new(data::fetch(&self.node, fetch).await?.into()))
+        let read = fetch.read;
+        let fetched = data::fetch(&self.node, fetch).await;
+        let outcome = if fetched.is_ok() {
+            Outcome::Ok
+        } else {
+            Outcome::Error
+        };
+        self.node
+            .metrics()
+            .fetch_done(read, outcome, started.elapsed());
+        Ok(Response::new(fetched?.into()))
     }
 
     async fn delete_records(

@@ -60,6 +60,7 @@ async fn start_cluster(n: u64) -> Cluster {
             retention_check_interval_ms:
                 ::fjord_server::config::defaults::RETENTION_CHECK_INTERVAL_MS,
             min_free_disk_bytes: None,
+            metrics_listen: None,
             disk_check_interval_ms: ::fjord_server::config::defaults::DISK_CHECK_INTERVAL_MS,
             default_retention_ms: ::fjord_server::config::defaults::RETENTION_MS,
             default_retention_bytes: ::fjord_server::config::defaults::RETENTION_BYTES,

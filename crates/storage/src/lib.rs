@@ -9,6 +9,8 @@
 //!   through it; it folds the requests waiting in its bounded queue into one write transaction
 //!   and one fsync, and only then answers each request. So nothing is acknowledged before it
 //!   is durable, and many groups share one fsync.
+//! - [`stats`]: what the writer measures of its commits (fsync latency, requests folded into
+//!   each), as atomic histograms the node's metrics read.
 //! - [`sim_disk`]: a simulated disk (memory that loses unsynced writes on a power loss), on
 //!   which a simulation opens the database with [`Store::open_on`] and
 //!   [`WriterMode::Task`].
@@ -35,6 +37,7 @@
 
 pub mod partition;
 pub mod sim_disk;
+pub mod stats;
 pub mod store;
 mod tables;
 pub mod writer;

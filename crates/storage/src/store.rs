@@ -88,6 +88,7 @@ pub struct Store {
     closed: watch::Receiver<bool>,
     failed: watch::Receiver<Option<Arc<StorageError>>>,
     reusable: Arc<std::sync::atomic::AtomicU64>,
+    stats: Arc<crate::stats::CommitStats>,
 }
 
 /// Reads [`Store::reusable_bytes`] without holding the database.
@@ -169,12 +170,14 @@ impl Store {
         let (closed_tx, closed) = watch::channel(false);
         let (failed_tx, failed) = watch::channel(None);
         let reusable = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stats = Arc::new(crate::stats::CommitStats::default());
         let writer = writer::spawn(
             db.clone(),
             options.writer.clone(),
             closed_tx,
             failed_tx,
             reusable.clone(),
+            stats.clone(),
         );
         Ok(Store {
             db,
@@ -182,6 +185,7 @@ impl Store {
             closed,
             failed,
             reusable,
+            stats,
         })
     }
 
@@ -207,6 +211,12 @@ impl Store {
     /// them.
     pub fn reusable_bytes(&self) -> u64 {
         self.reusable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The writer's measurements of its commits (fsync latency, requests per commit), for
+    /// the node's metrics.
+    pub fn commit_stats(&self) -> &Arc<crate::stats::CommitStats> {
+        &self.stats
     }
 
     /// [`Store::reusable_bytes`] as a handle that does not keep the database open.

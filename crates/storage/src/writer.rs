@@ -25,6 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::StorageError;
 use crate::sim_disk::SyncDelay;
+use crate::stats::CommitStats;
 use crate::tables::{BATCHES, GROUP_VALUES, LOG, NODE_VALUES, TIMES};
 use crate::{BatchRow, TimeRow};
 
@@ -183,6 +184,7 @@ pub(crate) fn spawn(
     closed: tokio::sync::watch::Sender<bool>,
     failed: tokio::sync::watch::Sender<Option<Arc<StorageError>>>,
     reusable: Arc<AtomicU64>,
+    stats: Arc<CommitStats>,
 ) -> Queue {
     let (tx, mut rx) = mpsc::channel(WRITER_QUEUE_REQUESTS);
     let queue = Queue {
@@ -196,7 +198,15 @@ pub(crate) fn spawn(
                 .spawn(move || {
                     let mut pending = Vec::with_capacity(MAX_COMMIT_REQUESTS);
                     while let Some(first) = rx.blocking_recv() {
-                        commit_queued(&db, first, &mut rx, &mut pending, &failed, &reusable);
+                        commit_queued(
+                            &db,
+                            first,
+                            &mut rx,
+                            &mut pending,
+                            &failed,
+                            &reusable,
+                            &stats,
+                        );
                     }
                     finish(db, &closed);
                 })
@@ -215,7 +225,7 @@ pub(crate) fn spawn(
                     if !fsync.is_zero() && matches!(durability(&pending), Durability::Immediate) {
                         tokio::time::sleep(fsync).await;
                     }
-                    commit_taken(&db, &mut pending, &failed, &reusable);
+                    commit_taken(&db, &mut pending, &failed, &reusable, &stats);
                 }
                 finish(db, &closed);
             });
@@ -249,9 +259,10 @@ fn commit_queued(
     pending: &mut Vec<WriteBatch>,
     failed: &tokio::sync::watch::Sender<Option<Arc<StorageError>>>,
     reusable: &AtomicU64,
+    stats: &CommitStats,
 ) {
     take_queued(first, rx, pending);
-    commit_taken(db, pending, failed, reusable);
+    commit_taken(db, pending, failed, reusable, stats);
 }
 
 /// Moves `first` and whatever else is queued (within the limits) into `pending`.
@@ -279,8 +290,17 @@ fn commit_taken(
     pending: &mut Vec<WriteBatch>,
     failed: &tokio::sync::watch::Sender<Option<Arc<StorageError>>>,
     reusable: &AtomicU64,
+    stats: &CommitStats,
 ) {
-    let result = commit(db, pending, durability(pending)).map_err(Arc::new);
+    let durability = durability(pending);
+    let started = std::time::Instant::now();
+    let result = commit(db, pending, durability).map_err(Arc::new);
+    if result.is_ok() {
+        if matches!(durability, Durability::Immediate) {
+            stats.fsync_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        stats.batch_requests.observe(pending.len() as f64);
+    }
     if let Ok(net) = &result {
         // Bytes deleted become pages the file reuses; bytes written take them first.
         let _ = reusable.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {

@@ -275,6 +275,7 @@ fn serve_config(id: u64, config: &SimConfig) -> ServeConfig {
         // Off: the simulated disk does not run out of space (and the sampler would read it
         // on the blocking pool, outside the simulation's scheduling).
         min_free_disk_bytes: Some(0),
+        metrics_listen: None,
         disk_check_interval_ms: fjord_server::config::defaults::DISK_CHECK_INTERVAL_MS,
         default_retention_ms: fjord_server::config::defaults::RETENTION_MS,
         default_retention_bytes: fjord_server::config::defaults::RETENTION_BYTES,
