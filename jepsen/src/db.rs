@@ -118,7 +118,7 @@ impl Db {
     pub fn new(root: &Path, net: &Network, ids: &[u64], options: NodeOptions) -> Result<Db> {
         let peers = ids
             .iter()
-            .map(|&id| format!("{id}={}", net.advertise(id)))
+            .map(|&id| format!("{id}={}", net.peer_advertise(id)))
             .collect::<Vec<_>>()
             .join(",");
         let mut nodes = BTreeMap::new();
@@ -194,6 +194,7 @@ impl Db {
             &net.listen(id),
         ])
         .args(["--advertise", &net.advertise(id)])
+        .args(["--peer-listen", &net.peer_listen(id)])
         .arg("--data-dir")
         .arg(node.data_dir())
         .args([

@@ -46,7 +46,10 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 
 pub struct NodeProc {
     pub id: u64,
+    /// Its client address (`--listen`, `--advertise`).
     pub addr: String,
+    /// Its peer address (`--peer-listen`, its `--peers` entry).
+    pub peer_addr: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -102,19 +105,22 @@ impl Cluster {
     /// [`Cluster::start_with`], every node also given `extra` flags.
     pub async fn start_with_args(n: usize, timing: Timing, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports = free_ports(n);
-        let peers = ports
+        let ports = free_ports(2 * n);
+        let (client_ports, peer_ports) = ports.split_at(n);
+        let peers = peer_ports
             .iter()
             .enumerate()
             .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
-        let nodes = ports
+        let nodes = client_ports
             .iter()
+            .zip(peer_ports)
             .enumerate()
-            .map(|(i, p)| NodeProc {
+            .map(|(i, (p, pp))| NodeProc {
                 id: i as u64 + 1,
                 addr: format!("127.0.0.1:{p}"),
+                peer_addr: format!("127.0.0.1:{pp}"),
                 data_dir: dir.path().join(format!("node{}", i + 1)),
                 log: dir.path().join(format!("node{}.log", i + 1)),
                 child: None,
@@ -141,14 +147,22 @@ impl Cluster {
     fn spawn_with(&mut self, i: usize, extra: &[&str]) {
         let node = &self.nodes[i];
         assert!(node.child.is_none(), "node {} is already running", node.id);
-        let mut command = self.serve_command(node.id, &node.addr, &node.data_dir, &node.log);
+        let addrs = [node.addr.as_str(), node.peer_addr.as_str()];
+        let mut command = self.serve_command(node.id, addrs, &node.data_dir, &node.log);
         let child = command.args(extra).spawn().expect("spawning fjord serve");
         self.nodes[i].child = Some(child);
     }
 
-    /// `fjord serve` as node `id`, listening and advertising at `addr`, on `data_dir`, with
-    /// this cluster's peers, timing and common flags, its output appended to `log`.
-    fn serve_command(&self, id: u64, addr: &str, data_dir: &Path, log: &Path) -> Command {
+    /// `fjord serve` as node `id`, listening and advertising at `client` and listening for
+    /// its peers at `peer` (`[client, peer]`), on `data_dir`, with this cluster's peers,
+    /// timing and common flags, its output appended to `log`.
+    fn serve_command(
+        &self,
+        id: u64,
+        [addr, peer]: [&str; 2],
+        data_dir: &Path,
+        log: &Path,
+    ) -> Command {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -162,9 +176,11 @@ impl Cluster {
                 &id.to_string(),
                 "--listen",
                 addr,
-                // The same as its `--peers` entry, unless the test moved the node.
                 "--advertise",
                 addr,
+                // The same as its `--peers` entry, unless the test moved the node.
+                "--peer-listen",
+                peer,
             ])
             .arg("--data-dir")
             .arg(data_dir)
@@ -207,9 +223,11 @@ impl Cluster {
         let n = std::fs::read_dir(dir).map_or(0, |d| d.count());
         let log = dir.join(format!("duplicate{n}-of-node{id}.log"));
         let own_dir = dir.join(format!("duplicate{n}-of-node{id}"));
-        let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+        let ports = free_ports(2);
+        let addr = format!("127.0.0.1:{}", ports[0]);
+        let peer = format!("127.0.0.1:{}", ports[1]);
         let child = self
-            .serve_command(id, &addr, data_dir.unwrap_or(&own_dir), &log)
+            .serve_command(id, [&addr, &peer], data_dir.unwrap_or(&own_dir), &log)
             .args(extra)
             .spawn()
             .expect("spawning a duplicate fjord serve");
@@ -287,12 +305,20 @@ impl Cluster {
         }
     }
 
-    /// Moves a stopped node to a new address (it listens and advertises there when it starts
-    /// again; the others' `--peers` keep the old one).
-    pub fn move_node(&mut self, id: u64, addr: String) {
+    /// Moves a stopped node to new client and peer addresses: it listens and advertises
+    /// there when it starts again, and every node started from then on has it at `peer_addr`
+    /// in its `--peers` (the running ones keep the old entry until restarted).
+    pub fn move_node(&mut self, id: u64, addr: String, peer_addr: String) {
         let i = self.node_index(id);
         assert!(self.nodes[i].child.is_none(), "stop node {id} first");
         self.nodes[i].addr = addr;
+        self.nodes[i].peer_addr = peer_addr;
+        self.peers = self
+            .nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.peer_addr))
+            .collect::<Vec<_>>()
+            .join(",");
     }
 
     /// Starts a stopped or killed node again on its data directory.

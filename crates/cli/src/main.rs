@@ -222,7 +222,7 @@ mod tests {
             "--data-dir",
             "d",
             "--peers",
-            "1=127.0.0.1:7101",
+            "1=127.0.0.1:7201",
         ])
         .unwrap();
         let Command::Serve(args) = cli.command else {

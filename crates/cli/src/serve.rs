@@ -13,10 +13,12 @@ const MISSING: &str = "give either --config FILE, or --id, --listen, --data-dir 
 #[derive(Debug, clap::Args)]
 #[command(override_usage = "fjord serve --config FILE\n       \
     fjord serve --id N --listen ADDR --data-dir DIR --peers ID=HOST:PORT,... [OPTIONS]")]
-#[command(after_help = "Example (node 1 of 3):\n  \
+#[command(
+    after_help = "Example (node 1 of 3; clients on 7101, the other nodes on 7201):\n  \
     fjord serve --id 1 --listen 127.0.0.1:7101 --data-dir /var/lib/fjord \\\n    \
-    --peers 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103\n\n\
-    Logs go to standard error; set RUST_LOG (default: info) to change the level.")]
+    --peers 1=127.0.0.1:7201,2=127.0.0.1:7202,3=127.0.0.1:7203\n\n\
+    Logs go to standard error; set RUST_LOG (default: info) to change the level."
+)]
 pub struct ServeArgs {
     /// Read the node's settings from this TOML file (keys as the flags, with underscores:
     /// id, listen, data_dir, peers, ...) instead of from flags.
@@ -46,6 +48,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         id,
         listen = %config.listen,
+        peer_listen = %config.peer_listen_address()?,
         data_dir = %config.data_dir.display(),
         advertise = %config.advertised_address(),
         "starting node"

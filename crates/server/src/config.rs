@@ -15,19 +15,29 @@ pub struct ServeConfig {
     /// This node's id: a positive integer, unique in the cluster and listed in `peers`.
     #[arg(long)]
     pub id: u64,
-    /// Address to listen on for clients and peers, e.g. 127.0.0.1:7101.
+    /// Address to listen on for clients (the client API, `fjord.v1.Fjord`, only), e.g.
+    /// 127.0.0.1:7101.
     #[arg(long)]
     pub listen: SocketAddr,
-    /// Address other nodes and clients use to reach this node; defaults to this node's
-    /// entry in `peers`.
+    /// Address to listen on for the other nodes (the node-to-node service only, never the
+    /// client API): default `listen`'s IP with the port of this node's own entry in `peers`.
+    /// Must differ from `listen`.
+    #[arg(long)]
+    #[serde(default)]
+    pub peer_listen: Option<SocketAddr>,
+    /// The client address this node registers in the metadata, which clients are sent to
+    /// (leader hints). Default: `listen`, or, when `listen`'s IP is unspecified (0.0.0.0 or
+    /// ::), the host of this node's own entry in `peers` with `listen`'s port.
     #[arg(long)]
     #[serde(default)]
     pub advertise: Option<String>,
     /// Directory holding this node's data (created if missing).
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// The initial voters of the metadata group, as `ID=HOST:PORT` pairs separated by
-    /// commas, this node included: `1=10.0.0.1:7101,2=10.0.0.2:7101,3=10.0.0.3:7101`.
+    /// The initial voters of the metadata group and where the nodes reach each other: their
+    /// *peer* addresses (`peer_listen`), as `ID=HOST:PORT` pairs separated by commas, this
+    /// node included: `1=10.0.0.1:7201,2=10.0.0.2:7201,3=10.0.0.3:7201`. Node-to-node traffic
+    /// only ever goes to these addresses: list every node, the same line on each.
     #[arg(long, value_parser = parse_peers)]
     #[serde(deserialize_with = "de_peers")]
     pub peers: Peers,
@@ -332,6 +342,17 @@ pub enum ConfigError {
     #[error("advertise address {0:?} is invalid: {1}")]
     Advertise(String, String),
     #[error(
+        "the client address (listen, {0}) and the peer address (peer_listen, {0}) are the same: \
+         the client API and the node-to-node service need a port each. The peers list \
+         (--peers) names the nodes' peer addresses: give this node's entry there another port \
+         than --listen, or set --peer-listen"
+    )]
+    SameListen(SocketAddr),
+    #[error(
+        "this node's own entry in peers ({0:?}) has no valid port; --peer-listen cannot default to it"
+    )]
+    OwnPeerPort(String),
+    #[error(
         "{prefix}election_timeout_ms ({election}) must be at least 3 x {prefix}heartbeat_interval_ms ({heartbeat}) so that heartbeats keep a leader in place"
     )]
     Timeouts {
@@ -409,6 +430,10 @@ impl ServeConfig {
         if let Some(a) = &self.advertise {
             fjord_meta::validate_address(a)
                 .map_err(|e| ConfigError::Advertise(a.clone(), e.to_string()))?;
+        }
+        let peer_listen = self.peer_listen_address()?;
+        if peer_listen == self.listen {
+            return Err(ConfigError::SameListen(self.listen));
         }
         for (prefix, heartbeat, election) in [
             ("", self.heartbeat_interval_ms, self.election_timeout_ms),
@@ -510,15 +535,39 @@ impl ServeConfig {
         Ok(())
     }
 
-    /// The address this node tells others to use.
+    /// The client address this node registers in the metadata and clients are sent to:
+    /// `advertise`, else `listen` when its IP is specified, else the host of this node's own
+    /// `peers` entry with `listen`'s port.
     pub fn advertised_address(&self) -> String {
-        self.advertise.clone().unwrap_or_else(|| {
-            self.peers
-                .0
-                .get(&self.id)
-                .cloned()
-                .unwrap_or_else(|| self.listen.to_string())
-        })
+        if let Some(a) = &self.advertise {
+            return a.clone();
+        }
+        if !self.listen.ip().is_unspecified() {
+            return self.listen.to_string();
+        }
+        match self.own_peer_address().and_then(|a| a.rsplit_once(':')) {
+            Some((host, _)) => format!("{host}:{}", self.listen.port()),
+            None => self.listen.to_string(),
+        }
+    }
+
+    /// This node's own entry in `peers`: the address the other nodes dial.
+    pub fn own_peer_address(&self) -> Option<&str> {
+        self.peers.0.get(&self.id).map(String::as_str)
+    }
+
+    /// Where the node-to-node service listens: `peer_listen`, else `listen`'s IP with the
+    /// port of this node's own `peers` entry.
+    pub fn peer_listen_address(&self) -> Result<SocketAddr, ConfigError> {
+        if let Some(a) = self.peer_listen {
+            return Ok(a);
+        }
+        let own = self.own_peer_address().unwrap_or_default();
+        let port = own
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .ok_or_else(|| ConfigError::OwnPeerPort(own.to_string()))?;
+        Ok(SocketAddr::new(self.listen.ip(), port))
     }
 }
 
@@ -541,7 +590,7 @@ mod tests {
 id = 1
 listen = "0.0.0.0:7101"
 data_dir = "/var/lib/fjord"
-peers = "1=10.0.0.1:7101,2=10.0.0.2:7101,3=10.0.0.3:7101"
+peers = "1=10.0.0.1:7201,2=10.0.0.2:7201,3=10.0.0.3:7201"
 "#,
         )
         .unwrap();
@@ -557,6 +606,10 @@ peers = "1=10.0.0.1:7101,2=10.0.0.2:7101,3=10.0.0.3:7101"
         assert_eq!(cfg.min_free_disk_bytes, None);
         assert_eq!(cfg.disk_check_interval_ms, 500);
         assert_eq!(cfg.advertised_address(), "10.0.0.1:7101");
+        assert_eq!(
+            cfg.peer_listen_address().unwrap(),
+            "0.0.0.0:7201".parse().unwrap()
+        );
         assert_eq!(cfg.log_defaults(), LogDefaults::default());
     }
 
@@ -576,7 +629,7 @@ peers = "1=10.0.0.1:7101,2=10.0.0.2:7101,3=10.0.0.3:7101"
 
     #[test]
     fn log_defaults_take_the_limits_of_a_topics_own_values() {
-        let base = "id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\npeers = \"1=a:1\"\n";
+        let base = "id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\npeers = \"1=a:2\"\n";
         let cfg = from_toml(&format!(
             "{base}default_retention_ms = -1\ndefault_retention_bytes = 1073741824\n\
              default_cleanup_policy = \"compact,delete\"\ndefault_delete_retention_ms = 0\n\
@@ -623,13 +676,43 @@ election_timeout_ms = 300
 quiesce_after_ms = 0
 cache_size_mib = 16
 [peers]
-1 = "127.0.0.1:7101"
-2 = "127.0.0.1:7102"
+1 = "127.0.0.1:7201"
+2 = "127.0.0.1:7202"
 "#,
         )
         .unwrap();
-        assert_eq!(cfg.peers.0[&2], "127.0.0.1:7102");
+        assert_eq!(cfg.peers.0[&2], "127.0.0.1:7202");
         assert_eq!(cfg.advertised_address(), "node2.example:7102");
+    }
+
+    /// The client and peer addresses: defaults, and the same port twice refused.
+    #[test]
+    fn client_and_peer_addresses() {
+        let base = "id = 1\ndata_dir = \"d\"\npeers = \"1=node1.example:7201\"\n";
+        let cfg = from_toml(&format!("{base}listen = \"127.0.0.1:7101\"")).unwrap();
+        assert_eq!(cfg.advertised_address(), "127.0.0.1:7101");
+        assert_eq!(
+            cfg.peer_listen_address().unwrap(),
+            "127.0.0.1:7201".parse().unwrap()
+        );
+        let cfg = from_toml(&format!("{base}listen = \"0.0.0.0:7101\"")).unwrap();
+        assert_eq!(cfg.advertised_address(), "node1.example:7101");
+        let cfg = from_toml(&format!(
+            "{base}listen = \"0.0.0.0:7101\"\npeer_listen = \"10.1.1.1:7301\""
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.peer_listen_address().unwrap(),
+            "10.1.1.1:7301".parse().unwrap()
+        );
+        let e = from_toml(&format!("{base}listen = \"127.0.0.1:7201\"")).unwrap_err();
+        assert!(matches!(e, ConfigError::SameListen(_)), "{e}");
+        assert!(e.to_string().contains("--peer-listen"), "{e}");
+        let e = from_toml(&format!(
+            "{base}listen = \"127.0.0.1:7101\"\npeer_listen = \"127.0.0.1:7101\""
+        ))
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::SameListen(_)), "{e}");
     }
 
     #[test]
@@ -637,35 +720,35 @@ cache_size_mib = 16
         let base = "listen = \"127.0.0.1:1\"\ndata_dir = \"d\"\n";
         let e = from_toml(&format!("id = 1\n{base}peers = \"1=nohost\"")).unwrap_err();
         assert!(e.to_string().contains("nohost"), "{e}");
-        let e = from_toml(&format!("id = 1\n{base}peers = \"1=a:1\"\ncolour = 3")).unwrap_err();
+        let e = from_toml(&format!("id = 1\n{base}peers = \"1=a:2\"\ncolour = 3")).unwrap_err();
         assert!(e.to_string().contains("colour"), "{e}");
-        let e = from_toml(&format!("id = 9\n{base}peers = \"1=a:1\"")).unwrap_err();
+        let e = from_toml(&format!("id = 9\n{base}peers = \"1=a:2\"")).unwrap_err();
         assert!(matches!(e, ConfigError::NotInPeers { .. }), "{e}");
         let e = from_toml(&format!(
-            "id = 1\n{base}peers = \"1=a:1\"\nelection_timeout_ms = 100"
+            "id = 1\n{base}peers = \"1=a:2\"\nelection_timeout_ms = 100"
         ))
         .unwrap_err();
         assert!(matches!(e, ConfigError::Timeouts { .. }), "{e}");
         let e = from_toml(&format!(
-            "id = 1\n{base}peers = \"1=a:1\"\nquiesce_after_ms = 20"
+            "id = 1\n{base}peers = \"1=a:2\"\nquiesce_after_ms = 20"
         ))
         .unwrap_err();
         assert!(matches!(e, ConfigError::Quiesce { .. }), "{e}");
         for bad in [999, 31_536_000_001u64] {
             let e = from_toml(&format!(
-                "id = 1\n{base}peers = \"1=a:1\"\ngroup_offset_retention_ms = {bad}"
+                "id = 1\n{base}peers = \"1=a:2\"\ngroup_offset_retention_ms = {bad}"
             ))
             .unwrap_err();
             assert!(matches!(e, ConfigError::GroupRetention { .. }), "{e}");
             assert!(e.to_string().contains("MIN_OFFSET_RETENTION_MS"), "{e}");
         }
         let ok = from_toml(&format!(
-            "id = 1\n{base}peers = \"1=a:1\"\ngroup_offset_retention_ms = 2000"
+            "id = 1\n{base}peers = \"1=a:2\"\ngroup_offset_retention_ms = 2000"
         ))
         .unwrap();
         assert_eq!(ok.group_offset_retention_ms, 2_000);
         let e = from_toml(&format!(
-            "id = 1\n{base}peers = \"1=a:1\"\ndisk_check_interval_ms = 5"
+            "id = 1\n{base}peers = \"1=a:2\"\ndisk_check_interval_ms = 5"
         ))
         .unwrap_err();
         assert!(
@@ -674,7 +757,7 @@ cache_size_mib = 16
             "{e}"
         );
         let ok = from_toml(&format!(
-            "id = 1\n{base}peers = \"1=a:1\"\nmin_free_disk_bytes = 0"
+            "id = 1\n{base}peers = \"1=a:2\"\nmin_free_disk_bytes = 0"
         ))
         .unwrap();
         assert_eq!(ok.min_free_disk_bytes, Some(0));

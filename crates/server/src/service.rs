@@ -459,7 +459,7 @@ impl Fjord for ClientService {
     ) -> Result<Response<FindCoordinatorResponse>, Status> {
         let group = req.into_inner().group;
         let (partition, _, leader) = self.node.coordinator().locate(&self.node, &group).await?;
-        let found = leader.and_then(|l| self.node.address_of(l).map(|a| (l, a)));
+        let found = leader.and_then(|l| self.node.client_address_of(l).map(|a| (l, a)));
         let (node_id, address) = found.ok_or(ApiError::NoLeader {
             of: crate::error::Subject::Coordinator { group, partition },
             why: crate::error::NoLeaderCause::NotKnown,
