@@ -170,6 +170,41 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = defaults::MIN_COMPACTION_LAG_MS)]
     #[serde(default = "default_min_compaction_lag_ms")]
     pub default_min_compaction_lag_ms: i64,
+    /// TLS: this node's certificate chain, PEM. Given with `tls_key` and `tls_ca`, TLS is on
+    /// for both listeners and for the connections to the peers: it is served to clients and
+    /// peers, and presented to the peers as this node's client certificate (mutual TLS
+    /// between nodes). It must name (DNS or IP subject alternative name) the host of this
+    /// node's `peers` entry and of its client address (`advertise`). Read again every
+    /// `tls_reload_interval_ms`: a replaced file is served without a restart.
+    #[arg(long, value_name = "PEM")]
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the private key of `tls_cert`, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM")]
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// TLS: the CA bundle, PEM, that verifies the peers' certificates and the clients'.
+    /// A peer's certificate must also name the host of one of the `peers` addresses (or one
+    /// of `tls_peer_names`): any other certificate, a client's, is refused on the peer port.
+    #[arg(long, value_name = "PEM")]
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// TLS: whether the client listener asks clients for a certificate from the CA: `none`,
+    /// `optional` (the default with TLS) or `required`.
+    #[arg(long, value_enum, value_name = "none|optional|required")]
+    #[serde(default)]
+    pub tls_client_auth: Option<crate::tls::ClientAuth>,
+    /// TLS: the names (DNS names or IP addresses, separated by commas) one of which a peer's
+    /// certificate must carry, instead of the hosts of the `peers` addresses.
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    #[serde(default)]
+    pub tls_peer_names: Vec<String>,
+    /// TLS: how often the certificate and key files are read again, in milliseconds (100 to
+    /// 3,600,000). A new pair is used for every handshake from then on; a pair that does not
+    /// load (unreadable, mismatched) is logged as an error and the old one stays.
+    #[arg(long, default_value_t = defaults::TLS_RELOAD_INTERVAL_MS)]
+    #[serde(default = "default_tls_reload_ms")]
+    pub tls_reload_interval_ms: u64,
 }
 
 /// Every default, written once (the flags and the TOML file both take them from here).
@@ -194,6 +229,7 @@ pub mod defaults {
     pub const CLEANUP_POLICY: fjord_meta::CleanupPolicy = fjord_meta::CleanupPolicy::Delete;
     pub const DELETE_RETENTION_MS: i64 = fjord_meta::DEFAULT_DELETE_RETENTION_MS;
     pub const MIN_COMPACTION_LAG_MS: i64 = fjord_meta::DEFAULT_MIN_COMPACTION_LAG_MS;
+    pub const TLS_RELOAD_INTERVAL_MS: u64 = 10_000;
 }
 
 /// The range of `disk_check_interval_ms`.
@@ -237,6 +273,9 @@ fn default_group_partitions() -> u32 {
 }
 fn default_disk_check_ms() -> u64 {
     defaults::DISK_CHECK_INTERVAL_MS
+}
+fn default_tls_reload_ms() -> u64 {
+    defaults::TLS_RELOAD_INTERVAL_MS
 }
 fn default_retention_ms() -> i64 {
     defaults::RETENTION_MS
@@ -391,6 +430,14 @@ pub enum ConfigError {
     GroupRetention { value: u64, min: i64, max: i64 },
     #[error("disk_check_interval_ms must be {} to {}, got {value}", DISK_CHECK_INTERVAL_MS_RANGE.start(), DISK_CHECK_INTERVAL_MS_RANGE.end())]
     DiskCheckInterval { value: u64 },
+    #[error(
+        "TLS needs tls_cert, tls_key and tls_ca together (mutual TLS between nodes needs the CA); missing: {0}"
+    )]
+    TlsIncomplete(&'static str),
+    #[error("{0} is a TLS setting: give tls_cert, tls_key and tls_ca to turn TLS on")]
+    TlsOff(&'static str),
+    #[error("tls_reload_interval_ms must be 100 to 3600000, got {0}")]
+    TlsReloadInterval(u64),
     /// A `default_*` log setting outside the limits a topic's own value has. (The error is
     /// in the message, not a source: printed as a chain it would say it twice.)
     #[error("the default log settings (--default-*, default_* in a file): {0}")]
@@ -435,6 +482,7 @@ impl ServeConfig {
         if peer_listen == self.listen {
             return Err(ConfigError::SameListen(self.listen));
         }
+        self.tls_settings()?;
         for (prefix, heartbeat, election) in [
             ("", self.heartbeat_interval_ms, self.election_timeout_ms),
             (
@@ -554,6 +602,46 @@ impl ServeConfig {
     /// This node's own entry in `peers`: the address the other nodes dial.
     pub fn own_peer_address(&self) -> Option<&str> {
         self.peers.0.get(&self.id).map(String::as_str)
+    }
+
+    /// The TLS settings (`None`: TLS off), checked: the certificate, key and CA come
+    /// together, and the other TLS settings only with them.
+    pub fn tls_settings(&self) -> Result<Option<crate::tls::TlsSettings>, ConfigError> {
+        if !crate::tls::RELOAD_INTERVAL_MS_RANGE.contains(&self.tls_reload_interval_ms) {
+            return Err(ConfigError::TlsReloadInterval(self.tls_reload_interval_ms));
+        }
+        let (cert, key, ca) = match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (None, None, None) => {
+                if self.tls_client_auth.is_some() {
+                    return Err(ConfigError::TlsOff("tls_client_auth"));
+                }
+                if !self.tls_peer_names.is_empty() {
+                    return Err(ConfigError::TlsOff("tls_peer_names"));
+                }
+                return Ok(None);
+            }
+            (Some(c), Some(k), Some(a)) => (c, k, a),
+            (c, k, _) => {
+                let missing = if c.is_none() {
+                    "tls_cert"
+                } else if k.is_none() {
+                    "tls_key"
+                } else {
+                    "tls_ca"
+                };
+                return Err(ConfigError::TlsIncomplete(missing));
+            }
+        };
+        Ok(Some(crate::tls::TlsSettings {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+            client_auth: self
+                .tls_client_auth
+                .unwrap_or(crate::tls::ClientAuth::Optional),
+            peer_names: self.tls_peer_names.clone(),
+            reload_every: std::time::Duration::from_millis(self.tls_reload_interval_ms),
+        }))
     }
 
     /// Where the node-to-node service listens: `peer_listen`, else `listen`'s IP with the

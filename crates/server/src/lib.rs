@@ -51,6 +51,7 @@ pub mod rebuild;
 pub mod reconcile;
 pub mod retention;
 pub mod service;
+pub mod tls;
 pub mod topic_wire;
 pub mod wire;
 
@@ -92,6 +93,8 @@ pub enum ServerError {
     Boot(#[from] boot::BootError),
     #[error("the gRPC server failed: {0}")]
     Serve(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Runs a node on TCP until `shutdown` completes, then stops it cleanly.
@@ -102,13 +105,26 @@ pub async fn run(
     config.validate()?;
     let listener = bind(config.listen).await?;
     let peer_listener = bind(config.peer_listen_address()?).await?;
-    let connector: Arc<dyn Connector> = match config.source_address {
-        Some(source) => Arc::new(SourceBoundTcpConnector(source)),
-        None => Arc::new(TcpConnector),
+    let tls = match config.tls_settings()? {
+        Some(settings) => {
+            let tls = tls::NodeTls::load(&settings, config.peers.0.values())?;
+            tokio::spawn(tls::reload_loop(
+                Arc::downgrade(&tls.key),
+                settings.reload_every,
+            ));
+            Some(tls)
+        }
+        None => None,
+    };
+    let connector: Arc<dyn Connector> = match (&tls, config.source_address) {
+        (Some(tls), source) => Arc::new(tls.connector(source)),
+        (None, Some(source)) => Arc::new(SourceBoundTcpConnector(source)),
+        (None, None) => Arc::new(TcpConnector),
     };
     let listeners = Listeners {
         client: listener,
         peers: peer_listener,
+        tls,
     };
     run_with(
         config,
@@ -135,6 +151,8 @@ pub struct Listeners {
     pub client: tokio::net::TcpListener,
     /// The node-to-node service's (`--peer-listen`).
     pub peers: tokio::net::TcpListener,
+    /// TLS on both (`None`: plaintext); the caller's connector should match it.
+    pub tls: Option<tls::NodeTls>,
 }
 
 /// Runs a node on the given listeners, connector and clock, with its database in
@@ -156,8 +174,15 @@ pub async fn run_with(
         set_aside(&config.data_dir)?;
     }
     let store = open_store(&config)?;
-    let client = without_nagle(listeners.client);
-    let peers = without_nagle(listeners.peers);
+    let (client_accept, peer_accept) = match &listeners.tls {
+        Some(t) => (
+            tls::Accept::Tls(t.client.clone(), None),
+            tls::Accept::Tls(t.peers.clone(), Some(t.peer_names.clone())),
+        ),
+        None => (tls::Accept::Plain, tls::Accept::Plain),
+    };
+    let client = tls::incoming(without_nagle(listeners.client), client_accept);
+    let peers = tls::incoming(without_nagle(listeners.peers), peer_accept);
     let closed = store.closed();
     let dir = config.data_dir.display().to_string();
     let (shutdown, failure) = or_on_storage_failure(&store, shutdown);

@@ -475,8 +475,7 @@ impl Fjord for ClientService {
         &self,
         req: Request<GroupHeartbeatRequest>,
     ) -> Result<Response<GroupHeartbeatResponse>, Status> {
-        let host = req
-            .remote_addr()
+        let host = crate::tls::remote_addr(&req)
             .map(|a| a.ip().to_string())
             .unwrap_or_default();
         let topics = crate::coordinator::topics_view(&self.node.view().state);

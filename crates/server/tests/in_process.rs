@@ -23,6 +23,7 @@ async fn start_cluster(n: u64) -> Cluster {
         listeners.push(::fjord_server::Listeners {
             client: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
             peers: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            tls: None,
         });
     }
     let addrs: Vec<String> = listeners
@@ -70,6 +71,12 @@ async fn start_cluster(n: u64) -> Cluster {
             default_cleanup_policy: ::fjord_server::config::defaults::CLEANUP_POLICY,
             default_delete_retention_ms: ::fjord_server::config::defaults::DELETE_RETENTION_MS,
             default_min_compaction_lag_ms: ::fjord_server::config::defaults::MIN_COMPACTION_LAG_MS,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            tls_client_auth: None,
+            tls_peer_names: Vec::new(),
+            tls_reload_interval_ms: ::fjord_server::config::defaults::TLS_RELOAD_INTERVAL_MS,
         };
         dirs.push(dir);
         let s = stop.clone();

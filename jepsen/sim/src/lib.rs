@@ -292,6 +292,12 @@ fn serve_config(id: u64, config: &SimConfig) -> ServeConfig {
         default_cleanup_policy: fjord_server::config::defaults::CLEANUP_POLICY,
         default_delete_retention_ms: fjord_server::config::defaults::DELETE_RETENTION_MS,
         default_min_compaction_lag_ms: fjord_server::config::defaults::MIN_COMPACTION_LAG_MS,
+        tls_cert: None,
+        tls_key: None,
+        tls_ca: None,
+        tls_client_auth: None,
+        tls_peer_names: Vec::new(),
+        tls_reload_interval_ms: fjord_server::config::defaults::TLS_RELOAD_INTERVAL_MS,
     }
 }
 

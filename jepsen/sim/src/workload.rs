@@ -115,6 +115,7 @@ fn client_config(seed: u64) -> ClientConfig {
         retry_backoff_ms_initial: 50,
         retry_backoff_ms_max: 500,
         rng_seed: Some(seed),
+        tls: None,
     }
 }
 
