@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use fjord_client::{Client, ClientConfig};
 
+pub mod certs;
 pub mod group;
 
 /// How long a cluster may take to elect its metadata leader and register every node.
@@ -62,6 +63,8 @@ pub struct Cluster {
     timing: Timing,
     /// Flags every node starts with, besides the Raft timing.
     extra: Vec<String>,
+    /// How this harness's own clients connect (TLS settings of a TLS cluster).
+    client_config: ClientConfig,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -104,6 +107,17 @@ impl Cluster {
 
     /// [`Cluster::start_with`], every node also given `extra` flags.
     pub async fn start_with_args(n: usize, timing: Timing, extra: &[&str]) -> Cluster {
+        Self::start_with_client(n, timing, extra, ClientConfig::default()).await
+    }
+
+    /// [`Cluster::start_with_args`], the harness's clients (readiness, [`Cluster::client`])
+    /// connecting with `client_config` (a TLS cluster's CA).
+    pub async fn start_with_client(
+        n: usize,
+        timing: Timing,
+        extra: &[&str],
+        client_config: ClientConfig,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(2 * n);
         let (client_ports, peer_ports) = ports.split_at(n);
@@ -131,6 +145,7 @@ impl Cluster {
             peers,
             timing,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            client_config,
             dir: Some(dir),
         };
         for i in 0..n {
@@ -243,7 +258,7 @@ impl Cluster {
     }
 
     pub fn client(&self) -> Client {
-        Client::connect(self.brokers(), ClientConfig::default()).expect("client")
+        Client::connect(self.brokers(), self.client_config.clone()).expect("client")
     }
 
     pub fn node_index(&self, id: u64) -> usize {
@@ -387,7 +402,7 @@ impl Cluster {
     pub async fn wait_rebuilt(&self, id: u64) {
         let client = Client::connect(
             vec![self.nodes[self.node_index(id)].addr.clone()],
-            ClientConfig::default(),
+            self.client_config.clone(),
         )
         .unwrap();
         wait_for(
@@ -411,7 +426,7 @@ impl Cluster {
     pub async fn wait_ready(&self) {
         let deadline = tokio::time::Instant::now() + READY_DEADLINE;
         for n in self.nodes.iter().filter(|n| n.child.is_some()) {
-            let client = Client::connect(vec![n.addr.clone()], ClientConfig::default()).unwrap();
+            let client = Client::connect(vec![n.addr.clone()], self.client_config.clone()).unwrap();
             loop {
                 if let Ok(m) = client.metadata().await
                     && m.metadata_leader.is_some()

@@ -64,8 +64,43 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = Format::Text, display_order = 901)]
     format: Format,
 
+    #[command(flatten)]
+    tls: TlsArgs,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// TLS to the nodes (client commands): with a CA, every broker address is dialed with TLS
+/// (`https://`).
+#[derive(Debug, clap::Args)]
+struct TlsArgs {
+    /// CA bundle (PEM) that verifies the nodes' certificates; turns TLS on.
+    #[arg(long, global = true, env = "FJORD_TLS_CA", value_name = "PEM", display_order = 902)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for nodes that ask for one (`--tls-client-auth`).
+    #[arg(long, global = true, env = "FJORD_TLS_CERT", value_name = "PEM", display_order = 903)]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "FJORD_TLS_KEY", value_name = "PEM", display_order = 904)]
+    tls_key: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The client's TLS settings; `None` without a CA.
+    fn load(&self) -> anyhow::Result<Option<fjord_client::ClientTls>> {
+        match &self.tls_ca {
+            Some(ca) => Ok(Some(fjord_client::ClientTls::from_files(
+                ca,
+                self.tls_cert.as_deref(),
+                self.tls_key.as_deref(),
+            )?)),
+            None if self.tls_cert.is_some() || self.tls_key.is_some() => {
+                anyhow::bail!("--tls-cert and --tls-key need --tls-ca (FJORD_TLS_CA)")
+            }
+            None => Ok(None),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,8 +140,12 @@ fn init_tracing(default_directive: &str) {
         .init();
 }
 
-fn client(brokers: Vec<String>) -> anyhow::Result<Client> {
-    Ok(Client::connect(brokers, ClientConfig::default())?)
+fn client(brokers: Vec<String>, tls: &TlsArgs) -> anyhow::Result<Client> {
+    let config = ClientConfig {
+        tls: tls.load()?,
+        ..ClientConfig::default()
+    };
+    Ok(Client::connect(brokers, config)?)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -114,12 +153,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Dev(args) => dev::run(args, out).await,
-        Command::Topic(cmd) => topic::run(client(cli.brokers)?, out, cmd).await,
-        Command::Produce(args) => produce::run(client(cli.brokers)?, out, args).await,
-        Command::Consume(args) => consume::run(client(cli.brokers)?, out, args).await,
-        Command::Group(cmd) => group::run(client(cli.brokers)?, out, cmd).await,
-        Command::Cluster(cmd) => cluster::run(client(cli.brokers)?, out, cmd).await,
-        Command::Bench(cmd) => bench::run(cli.brokers, out, cmd).await,
+        Command::Topic(cmd) => topic::run(client(cli.brokers, &cli.tls)?, out, cmd).await,
+        Command::Produce(args) => produce::run(client(cli.brokers, &cli.tls)?, out, args).await,
+        Command::Consume(args) => consume::run(client(cli.brokers, &cli.tls)?, out, args).await,
+        Command::Group(cmd) => group::run(client(cli.brokers, &cli.tls)?, out, cmd).await,
+        Command::Cluster(cmd) => cluster::run(client(cli.brokers, &cli.tls)?, out, cmd).await,
+        Command::Bench(cmd) => {
+            let config = ClientConfig {
+                tls: cli.tls.load()?,
+                ..ClientConfig::default()
+            };
+            bench::run(cli.brokers, config, out, cmd).await
+        }
     }
 }
 
