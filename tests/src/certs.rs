@@ -52,9 +52,10 @@ impl TestPki {
     /// first, then the certificate, each by a rename).
     pub fn issue(&self, name: &str, cn: &str, org: &str, sans: &[&str]) -> Issued {
         let mut params =
-            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name.push(DnType::OrganizationName, org);
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, org);
         params.distinguished_name.push(DnType::CommonName, cn);
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().unwrap();

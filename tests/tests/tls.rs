@@ -100,9 +100,8 @@ async fn metadata_at(endpoint: Endpoint) -> Result<(), String> {
 
 /// TLS settings trusting the test CA, with `identity` as the client certificate if given.
 fn tls_config(ca: &Path, identity: Option<&Issued>) -> ClientTlsConfig {
-    let mut t = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(
-        std::fs::read(ca).unwrap(),
-    ));
+    let mut t =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()));
     if let Some(i) = identity {
         t = t.identity(Identity::from_pem(
             std::fs::read(&i.cert).unwrap(),
@@ -202,7 +201,10 @@ async fn presented_certificate(addr: &str, ca: &Path) -> Option<Vec<u8>> {
     let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").ok()?;
     let connect = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp);
-    let tls = tokio::time::timeout(CALL_TIMEOUT, connect).await.ok()?.ok()?;
+    let tls = tokio::time::timeout(CALL_TIMEOUT, connect)
+        .await
+        .ok()?
+        .ok()?;
     Some(tls.get_ref().1.peer_certificates()?.first()?.to_vec())
 }
 
@@ -212,10 +214,15 @@ async fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
     let t = tls_cluster("optional", false).await;
     let ca = t.pki.ca();
     let addr = t.cluster.nodes[0].addr.clone();
-    let old = presented_certificate(&addr, &ca).await.expect("a handshake");
-    let new = t
-        .pki
-        .issue("node", "fjord-node-renewed", "fjord", &["127.0.0.1", "localhost"]);
+    let old = presented_certificate(&addr, &ca)
+        .await
+        .expect("a handshake");
+    let new = t.pki.issue(
+        "node",
+        "fjord-node-renewed",
+        "fjord",
+        &["127.0.0.1", "localhost"],
+    );
     assert_ne!(old, new.der, "a new certificate");
     for node in &t.cluster.nodes {
         wait_for(

@@ -76,13 +76,31 @@ struct Cli {
 #[derive(Debug, clap::Args)]
 struct TlsArgs {
     /// CA bundle (PEM) that verifies the nodes' certificates; turns TLS on.
-    #[arg(long, global = true, env = "FJORD_TLS_CA", value_name = "PEM", display_order = 902)]
+    #[arg(
+        long,
+        global = true,
+        env = "FJORD_TLS_CA",
+        value_name = "PEM",
+        display_order = 902
+    )]
     tls_ca: Option<std::path::PathBuf>,
     /// Client certificate (PEM), for nodes that ask for one (`--tls-client-auth`).
-    #[arg(long, global = true, env = "FJORD_TLS_CERT", value_name = "PEM", display_order = 903)]
+    #[arg(
+        long,
+        global = true,
+        env = "FJORD_TLS_CERT",
+        value_name = "PEM",
+        display_order = 903
+    )]
     tls_cert: Option<std::path::PathBuf>,
     /// The client certificate's private key (PEM).
-    #[arg(long, global = true, env = "FJORD_TLS_KEY", value_name = "PEM", display_order = 904)]
+    #[arg(
+        long,
+        global = true,
+        env = "FJORD_TLS_KEY",
+        value_name = "PEM",
+        display_order = 904
+    )]
     tls_key: Option<std::path::PathBuf>,
 }
 
@@ -275,6 +293,40 @@ mod tests {
         };
         let node = args.node.expect("flags given");
         assert_eq!(node.id, 1);
+
+        // The TLS flags of `serve` are the node's, not the client commands' (global) ones.
+        let cli = parse(&[
+            "serve",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:7101",
+            "--data-dir",
+            "d",
+            "--peers",
+            "1=127.0.0.1:7201",
+            "--tls-cert",
+            "n.pem",
+            "--tls-key",
+            "n.key",
+            "--tls-ca",
+            "ca.pem",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        let node = args.node.expect("flags given");
+        assert_eq!(
+            node.tls_cert.as_deref(),
+            Some(std::path::Path::new("n.pem"))
+        );
+        assert!(node.tls_settings().unwrap().is_some());
+        let cli = parse(&["--tls-ca", "ca.pem", "cluster", "status"]).unwrap();
+        assert_eq!(
+            cli.tls.tls_ca.as_deref(),
+            Some(std::path::Path::new("ca.pem"))
+        );
 
         let e = parse(&["serve", "--config", "x.toml", "--id", "1"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
