@@ -36,6 +36,8 @@ pub struct NodeOptions {
     pub lazy_disk: Option<PathBuf>,
     /// `--retention-check-interval-ms`, when the run has retention (else the default).
     pub retention_check_interval_ms: Option<u64>,
+    /// TLS on (`--tls-cert`, `--tls-key`, `--tls-ca`), with these files.
+    pub tls: Option<crate::tls::RunTls>,
 }
 
 /// One node.
@@ -226,6 +228,7 @@ impl Db {
                 .into_iter()
                 .flatten(),
         )
+        .args(options.tls.iter().flat_map(|t| t.serve_args()))
         .args(extra)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

@@ -108,6 +108,13 @@ pub async fn run(
     let tls = match config.tls_settings()? {
         Some(settings) => {
             let tls = tls::NodeTls::load(&settings, config.peers.0.values())?;
+            tracing::info!(
+                cert = %settings.cert.display(),
+                ca = %settings.ca.display(),
+                client_auth = ?settings.client_auth,
+                reload_every_ms = settings.reload_every.as_millis() as u64,
+                "TLS on both listeners; mutual TLS between nodes"
+            );
             tokio::spawn(tls::reload_loop(
                 Arc::downgrade(&tls.key),
                 settings.reload_every,
