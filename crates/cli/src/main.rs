@@ -121,6 +121,8 @@ impl TlsArgs {
     }
 }
 
+// Parsed once per process: the node's settings (Serve) being the largest costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run one node of a cluster until SIGINT or SIGTERM.
