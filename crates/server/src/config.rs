@@ -803,6 +803,31 @@ cache_size_mib = 16
         assert!(matches!(e, ConfigError::SameListen(_)), "{e}");
     }
 
+    /// TLS: all three files or none; the other TLS keys only with them; the reload bound.
+    #[test]
+    fn tls_settings() {
+        let base = "id = 1\nlisten = \"127.0.0.1:7101\"\ndata_dir = \"d\"\npeers = \"1=a:7201\"\n";
+        let files = "tls_cert = \"n.pem\"\ntls_key = \"n.key\"\ntls_ca = \"ca.pem\"\n";
+        assert!(from_toml(base).unwrap().tls_settings().unwrap().is_none());
+        let cfg = from_toml(&format!(
+            "{base}{files}tls_client_auth = \"required\"\ntls_peer_names = [\"n1.example\"]"
+        ))
+        .unwrap();
+        let tls = cfg.tls_settings().unwrap().unwrap();
+        assert_eq!(tls.client_auth, crate::tls::ClientAuth::Required);
+        assert_eq!(tls.peer_names, ["n1.example"]);
+        assert_eq!(tls.reload_every, std::time::Duration::from_secs(10));
+        let defaults = from_toml(&format!("{base}{files}")).unwrap();
+        let tls = defaults.tls_settings().unwrap().unwrap();
+        assert_eq!(tls.client_auth, crate::tls::ClientAuth::Optional);
+        let e = from_toml(&format!("{base}tls_cert = \"n.pem\"\ntls_key = \"n.key\"")).unwrap_err();
+        assert!(e.to_string().contains("missing: tls_ca"), "{e}");
+        let e = from_toml(&format!("{base}tls_client_auth = \"optional\"")).unwrap_err();
+        assert!(matches!(e, ConfigError::TlsOff("tls_client_auth")), "{e}");
+        let e = from_toml(&format!("{base}{files}tls_reload_interval_ms = 50")).unwrap_err();
+        assert!(matches!(e, ConfigError::TlsReloadInterval(50)), "{e}");
+    }
+
     #[test]
     fn bad_files_say_what_is_wrong() {
         let base = "listen = \"127.0.0.1:1\"\ndata_dir = \"d\"\n";
