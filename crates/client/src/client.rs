@@ -923,6 +923,19 @@ mod tests {
             ok(&[" ", ""]).unwrap_err(),
             ClientError::Config(_)
         ));
+        // https:// needs a CA; with TLS settings, http:// is refused and HOST:PORT is https.
+        let e = ok(&["https://127.0.0.1:7101"]).unwrap_err();
+        assert!(e.to_string().contains("--tls-ca"), "{e}");
+        let tls = ClientConfig {
+            tls: Some(crate::ClientTls {
+                ca_pem: Vec::new(),
+                identity: None,
+            }),
+            ..ClientConfig::default()
+        };
+        assert!(endpoint("127.0.0.1:7101", &tls).is_ok());
+        assert!(endpoint("https://n1.example:7101", &tls).is_ok());
+        assert!(endpoint("http://127.0.0.1:7101", &tls).is_err());
     }
 
     #[test]
