@@ -27,7 +27,8 @@ BROKERS="127.0.0.1:$PORT,127.0.0.1:$((PORT + 1)),127.0.0.1:$((PORT + 2))"
 [[ -x "$FJORD" ]] || die "no $FJORD: run 'bench/fjord.sh build'"
 
 DIR="$BENCH_BASE/failover"
-PEERS="1=127.0.0.1:$PORT,2=127.0.0.1:$((PORT + 1)),3=127.0.0.1:$((PORT + 2))"
+# The nodes' peer ports (--peers), 100 above their client ports (as `fjord dev`).
+PEERS="1=127.0.0.1:$((PORT + 100)),2=127.0.0.1:$((PORT + 101)),3=127.0.0.1:$((PORT + 102))"
 declare -A PID
 stop_all() {
   for p in "${PID[@]}"; do kill -KILL "$p" 2>/dev/null || true; done

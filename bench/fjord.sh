@@ -8,7 +8,7 @@
 #   bench/fjord.sh stop           # SIGTERM `fjord dev` (it stops its nodes), KILL after 20 s
 #   bench/fjord.sh wipe           # stop, then delete the data dir
 #
-# Environment: BENCH_BASE [/tmp/fjord-bench], FJORD_BASE_PORT [17101] (ports 17101-17103, away
+# Environment: BENCH_BASE [/tmp/fjord-bench], FJORD_BASE_PORT [17101] (clients 17101-17103, peers 17201-17203, away
 # from the dev default 7101 so a developer's cluster is not hit), FJORD_BIN [target/release/fjord],
 # FJORD_SERVE_ARGS [none]: flags for every node's `fjord serve` (`fjord dev -- FLAGS`), split on
 # spaces, e.g. FJORD_SERVE_ARGS="--group-heartbeat-interval-ms 500".

@@ -36,6 +36,8 @@ pub struct NodeOptions {
     pub lazy_disk: Option<PathBuf>,
     /// `--retention-check-interval-ms`, when the run has retention (else the default).
     pub retention_check_interval_ms: Option<u64>,
+    /// TLS on (`--tls-cert`, `--tls-key`, `--tls-ca`), with these files.
+    pub tls: Option<crate::tls::RunTls>,
 }
 
 /// One node.
@@ -118,7 +120,7 @@ impl Db {
     pub fn new(root: &Path, net: &Network, ids: &[u64], options: NodeOptions) -> Result<Db> {
         let peers = ids
             .iter()
-            .map(|&id| format!("{id}={}", net.advertise(id)))
+            .map(|&id| format!("{id}={}", net.peer_advertise(id)))
             .collect::<Vec<_>>()
             .join(",");
         let mut nodes = BTreeMap::new();
@@ -194,6 +196,7 @@ impl Db {
             &net.listen(id),
         ])
         .args(["--advertise", &net.advertise(id)])
+        .args(["--peer-listen", &net.peer_listen(id)])
         .arg("--data-dir")
         .arg(node.data_dir())
         .args([
@@ -225,6 +228,7 @@ impl Db {
                 .into_iter()
                 .flatten(),
         )
+        .args(options.tls.iter().flat_map(|t| t.serve_args()))
         .args(extra)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

@@ -34,4 +34,5 @@ pub mod proxy;
 pub mod report;
 pub mod retention;
 pub mod run;
+pub mod tls;
 pub mod workload;

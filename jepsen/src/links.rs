@@ -1,14 +1,17 @@
 //! Who talks to whom in a run: the endpoints of the fault rules (node ids, and [`CLIENT`]
-//! for the clients), the packet-drop rules themselves, and the port a node's peers and
-//! clients reach it on. Both networks ([`crate::net`]'s namespaces and [`crate::proxy`]'s
+//! for the clients), the packet-drop rules themselves, and the ports a node's clients and
+//! peers reach it on. Both networks ([`crate::net`]'s namespaces and [`crate::proxy`]'s
 //! loopback proxy) and the node launcher ([`crate::db`]) depend on this, and it on nothing.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// The port a node is reached on: inside its namespace, or where the proxy listens for it.
+/// The port a node's clients reach it on: inside its namespace, or where the proxy listens
+/// for it.
 pub const PORT: u16 = 7000;
+/// The port a node's peers reach it on (its `--peers` entry), likewise.
+pub const PEER_PORT: u16 = 7100;
 
 /// The client pseudo-node in [`Rule`]s.
 pub const CLIENT: u64 = 0;

@@ -16,7 +16,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-pub use crate::links::{CLIENT, PORT, Rule};
+pub use crate::links::{CLIENT, PEER_PORT, PORT, Rule};
 
 const CLIENT_OCTET: u64 = 200;
 
@@ -302,13 +302,38 @@ impl Network {
         }
     }
 
-    /// The address peers and clients reach node `id` at.
+    /// The address clients reach node `id` at.
     pub fn advertise(&self, id: u64) -> String {
         match self {
             Network::Netns(_) => self.listen(id),
             Network::Proxy(_) => {
                 format!("{}:{}", crate::proxy::node_ip(id), crate::proxy::PROXY_PORT)
             }
+        }
+    }
+
+    /// The address node `id` listens on for its peers.
+    pub fn peer_listen(&self, id: u64) -> String {
+        match self {
+            Network::Netns(_) => format!("{}:{}", ip(id), PEER_PORT),
+            Network::Proxy(_) => format!(
+                "{}:{}",
+                crate::proxy::node_ip(id),
+                crate::proxy::NODE_PEER_PORT
+            ),
+        }
+    }
+
+    /// The address the other nodes reach node `id` at (its `--peers` entry): behind the
+    /// same faults as its client address.
+    pub fn peer_advertise(&self, id: u64) -> String {
+        match self {
+            Network::Netns(_) => self.peer_listen(id),
+            Network::Proxy(_) => format!(
+                "{}:{}",
+                crate::proxy::node_ip(id),
+                crate::proxy::PEER_PROXY_PORT
+            ),
         }
     }
 

@@ -1,8 +1,9 @@
 //! The fallback network, for machines where network namespaces cannot be made: every node on
 //! its own loopback address (`127.0.0.1{id}`), behind a userspace proxy that the harness runs.
 //!
-//! Node `i` listens on `127.0.0.(10+i):7001` and is known to everyone (peers and clients) as
-//! `127.0.0.(10+i):7000`, where the proxy listens. Nodes make their peer connections from their
+//! Node `i` listens for clients on `127.0.0.(10+i):7001` and is known to them as
+//! `127.0.0.(10+i):7000`, where the proxy listens; likewise for its peers on
+//! `127.0.0.(10+i):7002`, known to them as `127.0.0.(10+i):7100` (a proxy of its own). Nodes make their peer connections from their
 //! own address (`fjord serve --source-address`), so the proxy knows which node a connection
 //! comes from; any other source is a client. A `Drop` rule stalls the bytes of that direction
 //! (they wait in the socket buffers, as TCP would retransmit them, until the rule heals or a
@@ -26,8 +27,12 @@ use crate::links::{CLIENT, Rule};
 
 /// The port the proxy listens on, on each node's address.
 pub const PROXY_PORT: u16 = crate::links::PORT;
-/// The port each node itself listens on.
+/// The port each node itself listens on for clients.
 pub const NODE_PORT: u16 = 7001;
+/// The port the proxy of the peer traffic listens on, on each node's address.
+pub const PEER_PROXY_PORT: u16 = crate::links::PEER_PORT;
+/// The port each node itself listens on for its peers.
+pub const NODE_PEER_PORT: u16 = 7002;
 /// Bytes forwarded per read.
 const CHUNK_BYTES: usize = 64 * 1024;
 
@@ -51,16 +56,21 @@ pub struct ProxyNet {
 }
 
 impl ProxyNet {
-    /// Starts one proxy per node. Must be called inside the tokio runtime.
+    /// Starts two proxies per node (its client port, its peer port). Must be called inside
+    /// the tokio runtime.
     pub async fn start(nodes: &[u64]) -> Result<ProxyNet> {
         let (rules, _) = watch::channel(BTreeSet::new());
         let mut tasks = JoinSet::new();
-        for &id in nodes {
-            let front = SocketAddr::new(node_ip(id), PROXY_PORT);
+        let ports = [(PROXY_PORT, NODE_PORT), (PEER_PROXY_PORT, NODE_PEER_PORT)];
+        for (&id, (front_port, back_port)) in nodes
+            .iter()
+            .flat_map(|id| ports.iter().map(move |p| (id, *p)))
+        {
+            let front = SocketAddr::new(node_ip(id), front_port);
             let listener = TcpListener::bind(front)
                 .await
                 .with_context(|| format!("binding the proxy of n{id} on {front}"))?;
-            let back = SocketAddr::new(node_ip(id), NODE_PORT);
+            let back = SocketAddr::new(node_ip(id), back_port);
             let rules_rx = rules.subscribe();
             let nodes = nodes.to_vec();
             tasks.spawn(async move {

@@ -62,6 +62,10 @@ pub struct RunOptions {
     /// the deleter's `DeleteRecords`, and the nemesis's deletions; `None`: off.
     #[serde(default)]
     pub retention: Option<RetentionOptions>,
+    /// TLS on the nodes and the clients (a CA and a node certificate made for the run in
+    /// `<out_dir>/tls/`).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// A run's log lifecycle.
@@ -251,7 +255,7 @@ fn new_nemesis(
         lost_nodes: BTreeSet::new(),
         rebuilding: Default::default(),
         notes: Vec::new(),
-        node_clients: node_clients(netns, ids)?,
+        node_clients: node_clients(netns, ids, client.config().tls.clone())?,
         isolations: Vec::new(),
     })
 }
@@ -498,7 +502,14 @@ async fn start_cluster(
             || options.faults.contains(&FaultKind::ClockSkew),
         lazy_disk: options.lazyfs_bin.clone(),
         retention_check_interval_ms: options.retention.map(|_| lifecycle::CHECK_INTERVAL_MS),
+        tls: if options.tls {
+            let max_id = ids.iter().copied().max().unwrap_or(0);
+            Some(crate::tls::generate(&options.out_dir.join("tls"), max_id)?)
+        } else {
+            None
+        },
     };
+    let client_tls = node_options.tls.as_ref().map(|t| t.client()).transpose()?;
     let mut db = Db::new(&options.out_dir, netns, ids, node_options)?;
     for &id in ids {
         db.start(netns, id)?;
@@ -510,6 +521,7 @@ async fn start_cluster(
         ClientConfig {
             request_timeout_ms: 2_000,
             connect_timeout_ms: 1_000,
+            tls: client_tls,
             ..ClientConfig::default()
         },
     )?;
@@ -580,7 +592,11 @@ fn workload_options(
 }
 
 /// One client per node, asking that node only (how each node describes the topic).
-fn node_clients(netns: &Network, ids: &[u64]) -> Result<std::collections::BTreeMap<u64, Client>> {
+fn node_clients(
+    netns: &Network,
+    ids: &[u64],
+    tls: Option<fjord_client::ClientTls>,
+) -> Result<std::collections::BTreeMap<u64, Client>> {
     let mut node_clients = std::collections::BTreeMap::new();
     for &id in ids {
         let client = Client::connect(
@@ -589,6 +605,7 @@ fn node_clients(netns: &Network, ids: &[u64]) -> Result<std::collections::BTreeM
                 request_timeout_ms: 1_000,
                 connect_timeout_ms: 500,
                 max_retries: 0,
+                tls: tls.clone(),
                 ..ClientConfig::default()
             },
         )?;

@@ -195,6 +195,7 @@ fn each_side_of_a_partition_does_what_the_guarantees_table_says() {
             fake_clock: false,
             lazy_disk: None,
             retention_check_interval_ms: None,
+            tls: None,
         },
     )
     .unwrap();

@@ -113,6 +113,7 @@ fn options(
         netns_prefix: fjord_jepsen::net::unique_prefix(),
         network: "auto".into(),
         retention,
+        tls: false,
     }
 }
 
@@ -183,6 +184,41 @@ fn mix_with(
         let _ = std::fs::remove_dir_all(&dir);
     }
     eprintln!("{}", cap_table(&summaries));
+}
+
+/// TLS on (`run --tls`: a CA and node certificate made for the run, mutual TLS between the
+/// nodes, clients trusting the CA): CP under partitions and process faults keeps its
+/// guarantees, and every partition reads back after healing.
+#[test]
+fn cp_with_tls_under_partitions_and_process_faults() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let seed = seed();
+    let faults = "partition,process";
+    let mut options = options("tls", seed, faults, "cp", (DURATION_SECS, None));
+    options.tls = true;
+    let dir = options.out_dir.clone();
+    eprintln!(
+        "tls: seed {seed}, cp, faults {faults}, files in {} (replay: FJORD_JEPSEN_SEED={seed})",
+        dir.display()
+    );
+    let out = run(options).unwrap_or_else(|e| panic!("tls seed {seed}: {e:#}"));
+    let summary = analyse(&out).unwrap();
+    eprintln!("{}", summary.to_text());
+    assert!(
+        summary.check.totals.produces_ok > 0,
+        "tls seed {seed}: nothing was acknowledged"
+    );
+    assert!(
+        summary.is_valid(),
+        "tls seed {seed}: anomalies break CP's guarantees; files in {}",
+        dir.display()
+    );
+    assert!(
+        out.unread_partitions.is_empty(),
+        "tls seed {seed}: partitions {:?} unreadable after healing",
+        out.unread_partitions
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use fjord_client::{Client, ClientConfig};
 
+pub mod certs;
 pub mod group;
 pub mod secure;
 
@@ -47,7 +48,10 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 
 pub struct NodeProc {
     pub id: u64,
+    /// Its client address (`--listen`, `--advertise`).
     pub addr: String,
+    /// Its peer address (`--peer-listen`, its `--peers` entry).
+    pub peer_addr: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -60,6 +64,8 @@ pub struct Cluster {
     timing: Timing,
     /// Flags every node starts with, besides the Raft timing.
     extra: Vec<String>,
+    /// How this harness's own clients connect (TLS settings of a TLS cluster).
+    client_config: ClientConfig,
     dir: Option<tempfile::TempDir>,
 }
 
@@ -102,7 +108,7 @@ impl Cluster {
 
     /// [`Cluster::start_with`], every node also given `extra` flags.
     pub async fn start_with_args(n: usize, timing: Timing, extra: &[&str]) -> Cluster {
-        Self::start_with_node_args(n, timing, extra, |_| Vec::new()).await
+        Self::start_with_options(n, timing, extra, |_| Vec::new(), ClientConfig::default()).await
     }
 
     /// [`Cluster::start_with_args`], node `id` also given `node_args(id)` at this first
@@ -113,20 +119,45 @@ impl Cluster {
         extra: &[&str],
         node_args: impl Fn(u64) -> Vec<String>,
     ) -> Cluster {
+        Self::start_with_options(n, timing, extra, node_args, ClientConfig::default()).await
+    }
+
+    /// [`Cluster::start_with_args`], the harness's clients (readiness, [`Cluster::client`])
+    /// connecting with `client_config` (a TLS cluster's CA).
+    pub async fn start_with_client(
+        n: usize,
+        timing: Timing,
+        extra: &[&str],
+        client_config: ClientConfig,
+    ) -> Cluster {
+        Self::start_with_options(n, timing, extra, |_| Vec::new(), client_config).await
+    }
+
+    /// [`Cluster::start_with_node_args`] and [`Cluster::start_with_client`] together.
+    pub async fn start_with_options(
+        n: usize,
+        timing: Timing,
+        extra: &[&str],
+        node_args: impl Fn(u64) -> Vec<String>,
+        client_config: ClientConfig,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports = free_ports(n);
-        let peers = ports
+        let ports = free_ports(2 * n);
+        let (client_ports, peer_ports) = ports.split_at(n);
+        let peers = peer_ports
             .iter()
             .enumerate()
             .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
-        let nodes = ports
+        let nodes = client_ports
             .iter()
+            .zip(peer_ports)
             .enumerate()
-            .map(|(i, p)| NodeProc {
+            .map(|(i, (p, pp))| NodeProc {
                 id: i as u64 + 1,
                 addr: format!("127.0.0.1:{p}"),
+                peer_addr: format!("127.0.0.1:{pp}"),
                 data_dir: dir.path().join(format!("node{}", i + 1)),
                 log: dir.path().join(format!("node{}.log", i + 1)),
                 child: None,
@@ -137,6 +168,7 @@ impl Cluster {
             peers,
             timing,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            client_config,
             dir: Some(dir),
         };
         for i in 0..n {
@@ -155,14 +187,22 @@ impl Cluster {
     fn spawn_with(&mut self, i: usize, extra: &[&str]) {
         let node = &self.nodes[i];
         assert!(node.child.is_none(), "node {} is already running", node.id);
-        let mut command = self.serve_command(node.id, &node.addr, &node.data_dir, &node.log);
+        let addrs = [node.addr.as_str(), node.peer_addr.as_str()];
+        let mut command = self.serve_command(node.id, addrs, &node.data_dir, &node.log);
         let child = command.args(extra).spawn().expect("spawning fjord serve");
         self.nodes[i].child = Some(child);
     }
 
-    /// `fjord serve` as node `id`, listening and advertising at `addr`, on `data_dir`, with
-    /// this cluster's peers, timing and common flags, its output appended to `log`.
-    fn serve_command(&self, id: u64, addr: &str, data_dir: &Path, log: &Path) -> Command {
+    /// `fjord serve` as node `id`, listening and advertising at `client` and listening for
+    /// its peers at `peer` (`[client, peer]`), on `data_dir`, with this cluster's peers,
+    /// timing and common flags, its output appended to `log`.
+    fn serve_command(
+        &self,
+        id: u64,
+        [addr, peer]: [&str; 2],
+        data_dir: &Path,
+        log: &Path,
+    ) -> Command {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -176,9 +216,11 @@ impl Cluster {
                 &id.to_string(),
                 "--listen",
                 addr,
-                // The same as its `--peers` entry, unless the test moved the node.
                 "--advertise",
                 addr,
+                // The same as its `--peers` entry, unless the test moved the node.
+                "--peer-listen",
+                peer,
             ])
             .arg("--data-dir")
             .arg(data_dir)
@@ -221,9 +263,11 @@ impl Cluster {
         let n = std::fs::read_dir(dir).map_or(0, |d| d.count());
         let log = dir.join(format!("duplicate{n}-of-node{id}.log"));
         let own_dir = dir.join(format!("duplicate{n}-of-node{id}"));
-        let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+        let ports = free_ports(2);
+        let addr = format!("127.0.0.1:{}", ports[0]);
+        let peer = format!("127.0.0.1:{}", ports[1]);
         let child = self
-            .serve_command(id, &addr, data_dir.unwrap_or(&own_dir), &log)
+            .serve_command(id, [&addr, &peer], data_dir.unwrap_or(&own_dir), &log)
             .args(extra)
             .spawn()
             .expect("spawning a duplicate fjord serve");
@@ -239,7 +283,7 @@ impl Cluster {
     }
 
     pub fn client(&self) -> Client {
-        Client::connect(self.brokers(), ClientConfig::default()).expect("client")
+        Client::connect(self.brokers(), self.client_config.clone()).expect("client")
     }
 
     pub fn node_index(&self, id: u64) -> usize {
@@ -301,12 +345,20 @@ impl Cluster {
         }
     }
 
-    /// Moves a stopped node to a new address (it listens and advertises there when it starts
-    /// again; the others' `--peers` keep the old one).
-    pub fn move_node(&mut self, id: u64, addr: String) {
+    /// Moves a stopped node to new client and peer addresses: it listens and advertises
+    /// there when it starts again, and every node started from then on has it at `peer_addr`
+    /// in its `--peers` (the running ones keep the old entry until restarted).
+    pub fn move_node(&mut self, id: u64, addr: String, peer_addr: String) {
         let i = self.node_index(id);
         assert!(self.nodes[i].child.is_none(), "stop node {id} first");
         self.nodes[i].addr = addr;
+        self.nodes[i].peer_addr = peer_addr;
+        self.peers = self
+            .nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.peer_addr))
+            .collect::<Vec<_>>()
+            .join(",");
     }
 
     /// Starts a stopped or killed node again on its data directory.
@@ -375,7 +427,7 @@ impl Cluster {
     pub async fn wait_rebuilt(&self, id: u64) {
         let client = Client::connect(
             vec![self.nodes[self.node_index(id)].addr.clone()],
-            ClientConfig::default(),
+            self.client_config.clone(),
         )
         .unwrap();
         wait_for(
@@ -399,7 +451,7 @@ impl Cluster {
     pub async fn wait_ready(&self) {
         let deadline = tokio::time::Instant::now() + READY_DEADLINE;
         for n in self.nodes.iter().filter(|n| n.child.is_some()) {
-            let client = Client::connect(vec![n.addr.clone()], ClientConfig::default()).unwrap();
+            let client = Client::connect(vec![n.addr.clone()], self.client_config.clone()).unwrap();
             loop {
                 if let Ok(m) = client.metadata().await
                     && m.metadata_leader.is_some()

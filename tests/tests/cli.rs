@@ -225,6 +225,23 @@ async fn bad_command_lines_get_clear_errors() {
     assert!(!ok);
     assert!(err.contains("not listed in peers"), "{err}");
 
+    // The client port given as this node's peer address: one port cannot serve both.
+    let mut c = Command::new(fjord_bin());
+    c.args([
+        "serve",
+        "--id",
+        "1",
+        "--listen",
+        "127.0.0.1:7101",
+        "--peers",
+        "1=127.0.0.1:7101",
+    ])
+    .arg("--data-dir")
+    .arg(dir.path());
+    let (ok, _, err) = run(c, None);
+    assert!(!ok);
+    assert!(err.contains("--peer-listen"), "{err}");
+
     // Topic commands against a cluster: an invalid name and too many replicas.
     let cluster = Cluster::start(3).await;
     let mut c = cluster.cli();

@@ -722,10 +722,10 @@ async fn rolling_restart_under_writes_loses_nothing() {
 }
 
 /// Regression: a group's membership keeps each node's address from when the group was
-/// formed, and the transport sent every message there. A node restarted at a new address
-/// (registered anew in the metadata) was never reached by the groups formed before: its
-/// replicas stopped receiving appends for good. Messages now go by the node's current,
-/// registered address.
+/// formed, and the transport sent every message there. A node restarted at new addresses
+/// was never reached by the groups formed before: its replicas stopped receiving appends for
+/// good. Messages now go by the node's configured peer address (`--peers`, changed on every
+/// node), and clients find it at its new, registered client address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_at_a_new_address_is_reached_there() {
     let _serial = serial();
@@ -741,10 +741,15 @@ async fn a_node_restarted_at_a_new_address_is_reached_there() {
             .unwrap();
         acked.push((m.offset, format!("before-{i}")));
     }
-    assert!(cluster.stop(3).is_some(), "node 3 was running");
-    let new_addr = format!("127.0.0.1:{}", fjord_tests::free_ports(1)[0]);
-    cluster.move_node(3, new_addr.clone());
-    cluster.restart(3);
+    for id in [3, 2, 1] {
+        assert!(cluster.stop(id).is_some(), "node {id} was running");
+    }
+    let ports = fjord_tests::free_ports(2);
+    let new_addr = format!("127.0.0.1:{}", ports[0]);
+    cluster.move_node(3, new_addr.clone(), format!("127.0.0.1:{}", ports[1]));
+    for id in [1, 2, 3] {
+        cluster.restart(id);
+    }
     cluster.wait_ready().await;
     let client = cluster.client();
     let producer = client.producer("moved", ProducerConfig::default()).unwrap();

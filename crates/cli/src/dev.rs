@@ -38,7 +38,8 @@ const MAX_SERVE_ARGS: usize = 64;
 
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Node i listens on 127.0.0.1:(base-port + i - 1), keeps its data in \
+    after_help = "Node i listens for clients on 127.0.0.1:(base-port + i - 1) and for the other \
+    nodes on 127.0.0.1:(base-port + 100 + i - 1), keeps its data in \
     DATA_DIR/node<i> and logs to DATA_DIR/node<i>.log. Ctrl-C (or SIGTERM) stops all nodes; \
     the data stays for the next run."
 )]
@@ -63,9 +64,15 @@ pub struct DevArgs {
 
 struct Node {
     id: u64,
+    /// Its client address (`--listen`).
     address: String,
+    /// Its peer address (its `--peers` entry, `--peer-listen` by default).
+    peer_address: String,
     log: PathBuf,
 }
+
+/// A node's peer port is its client port plus this (clients 7101-7103, peers 7201-7203).
+const PEER_PORT_OFFSET: u32 = 100;
 
 /// Why the cluster is being stopped.
 enum Stop {
@@ -240,7 +247,7 @@ fn first_steps(nodes: &[Node], is_default: bool) -> Vec<String> {
 }
 
 pub async fn run(args: DevArgs, out: Output) -> anyhow::Result<()> {
-    let last_port = u32::from(args.base_port) + args.nodes - 1;
+    let last_port = u32::from(args.base_port) + args.nodes - 1 + PEER_PORT_OFFSET;
     anyhow::ensure!(
         args.base_port > 0 && last_port <= u32::from(u16::MAX),
         "ports {}..={last_port} do not fit in 1..=65535: choose another --base-port",
@@ -292,6 +299,10 @@ fn plan_nodes(args: &DevArgs, data_dir: &std::path::Path) -> Vec<Node> {
         .map(|i| Node {
             id: u64::from(i),
             address: format!("127.0.0.1:{}", u32::from(args.base_port) + i - 1),
+            peer_address: format!(
+                "127.0.0.1:{}",
+                u32::from(args.base_port) + i - 1 + PEER_PORT_OFFSET
+            ),
             log: data_dir.join(format!("node{i}.log")),
         })
         .collect()
@@ -308,7 +319,7 @@ fn start_nodes(
 ) -> anyhow::Result<()> {
     let peers = nodes
         .iter()
-        .map(|n| format!("{}={}", n.id, n.address))
+        .map(|n| format!("{}={}", n.id, n.peer_address))
         .collect::<Vec<_>>()
         .join(",");
     for node in nodes {
@@ -476,6 +487,7 @@ mod tests {
             .map(|i| Node {
                 id: i,
                 address: format!("127.0.0.1:{}", base + i - 1),
+                peer_address: format!("127.0.0.1:{}", base + i + 99),
                 log: PathBuf::from(format!("node{i}.log")),
             })
             .collect()

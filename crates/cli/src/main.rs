@@ -89,11 +89,65 @@ struct Cli {
         display_order = 902
     )]
     log_format: LogFormat,
+    #[command(flatten)]
+    tls: TlsArgs,
 
     #[command(subcommand)]
     command: Command,
 }
 
+/// TLS to the nodes (client commands): with a CA, every broker address is dialed with TLS
+/// (`https://`).
+#[derive(Debug, clap::Args)]
+struct TlsArgs {
+    /// CA bundle (PEM) that verifies the nodes' certificates; turns TLS on.
+    #[arg(
+        long,
+        global = true,
+        env = "FJORD_TLS_CA",
+        value_name = "PEM",
+        display_order = 902
+    )]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for nodes that ask for one (`--tls-client-auth`).
+    #[arg(
+        long,
+        global = true,
+        env = "FJORD_TLS_CERT",
+        value_name = "PEM",
+        display_order = 903
+    )]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "FJORD_TLS_KEY",
+        value_name = "PEM",
+        display_order = 904
+    )]
+    tls_key: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The client's TLS settings; `None` without a CA.
+    fn load(&self) -> anyhow::Result<Option<fjord_client::ClientTls>> {
+        match &self.tls_ca {
+            Some(ca) => Ok(Some(fjord_client::ClientTls::from_files(
+                ca,
+                self.tls_cert.as_deref(),
+                self.tls_key.as_deref(),
+            )?)),
+            None if self.tls_cert.is_some() || self.tls_key.is_some() => {
+                anyhow::bail!("--tls-cert and --tls-key need --tls-ca (FJORD_TLS_CA)")
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+// Parsed once per process: the node's settings (Serve) being the largest costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run one node of a cluster until SIGINT or SIGTERM.
@@ -148,9 +202,10 @@ fn init_tracing(default_directive: &str, format: LogFormat) {
     }
 }
 
-fn client(brokers: Vec<String>, token: Option<String>) -> anyhow::Result<Client> {
+fn client(brokers: Vec<String>, token: Option<String>, tls: &TlsArgs) -> anyhow::Result<Client> {
     let config = ClientConfig {
         token: token.map(fjord_client::Token),
+        tls: tls.load()?,
         ..ClientConfig::default()
     };
     Ok(Client::connect(brokers, config)?)
@@ -161,14 +216,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(*args).await,
         Command::Dev(args) => dev::run(args, out).await,
-        Command::Topic(cmd) => topic::run(client(cli.brokers, cli.token)?, out, cmd).await,
-        Command::Produce(args) => produce::run(client(cli.brokers, cli.token)?, out, args).await,
-        Command::Consume(args) => consume::run(client(cli.brokers, cli.token)?, out, args).await,
-        Command::Group(cmd) => group::run(client(cli.brokers, cli.token)?, out, cmd).await,
-        Command::Cluster(cmd) => cluster::run(client(cli.brokers, cli.token)?, out, cmd).await,
-        Command::User(cmd) => security::run_user(client(cli.brokers, cli.token)?, out, cmd).await,
-        Command::Acl(cmd) => security::run_acl(client(cli.brokers, cli.token)?, out, cmd).await,
-        Command::Bench(cmd) => bench::run(cli.brokers, out, cmd).await,
+        Command::Topic(cmd) => {
+            topic::run(client(cli.brokers, cli.token, &cli.tls)?, out, cmd).await
+        }
+        Command::Produce(args) => {
+            produce::run(client(cli.brokers, cli.token, &cli.tls)?, out, args).await
+        }
+        Command::Consume(args) => {
+            consume::run(client(cli.brokers, cli.token, &cli.tls)?, out, args).await
+        }
+        Command::Group(cmd) => {
+            group::run(client(cli.brokers, cli.token, &cli.tls)?, out, cmd).await
+        }
+        Command::Cluster(cmd) => {
+            cluster::run(client(cli.brokers, cli.token, &cli.tls)?, out, cmd).await
+        }
+        Command::User(cmd) => {
+            security::run_user(client(cli.brokers, cli.token, &cli.tls)?, out, cmd).await
+        }
+        Command::Acl(cmd) => {
+            security::run_acl(client(cli.brokers, cli.token, &cli.tls)?, out, cmd).await
+        }
+        Command::Bench(cmd) => {
+            let config = ClientConfig {
+                tls: cli.tls.load()?,
+                token: cli.token.map(fjord_client::Token),
+                ..ClientConfig::default()
+            };
+            bench::run(cli.brokers, config, out, cmd).await
+        }
     }
 }
 
@@ -311,7 +387,7 @@ mod tests {
             "--data-dir",
             "d",
             "--peers",
-            "1=127.0.0.1:7101",
+            "1=127.0.0.1:7201",
         ])
         .unwrap();
         assert_eq!(node.id, 1);
@@ -338,6 +414,40 @@ mod tests {
         .unwrap();
         assert_eq!((node.id, node.election_timeout_ms), (2, 900));
         assert_eq!(node.data_dir, std::path::PathBuf::from("/var/lib/fjord"));
+
+        // The TLS flags of `serve` are the node's, not the client commands' (global) ones.
+        let cli = parse(&[
+            "serve",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:7101",
+            "--data-dir",
+            "d",
+            "--peers",
+            "1=127.0.0.1:7201",
+            "--tls-cert",
+            "n.pem",
+            "--tls-key",
+            "n.key",
+            "--tls-ca",
+            "ca.pem",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        let node = args.node.expect("flags given");
+        assert_eq!(
+            node.tls_cert.as_deref(),
+            Some(std::path::Path::new("n.pem"))
+        );
+        assert!(node.tls_settings().unwrap().is_some());
+        let cli = parse(&["--tls-ca", "ca.pem", "cluster", "status"]).unwrap();
+        assert_eq!(
+            cli.tls.tls_ca.as_deref(),
+            Some(std::path::Path::new("ca.pem"))
+        );
 
         let e = parse(&["serve", "--id", "1"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);

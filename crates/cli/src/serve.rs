@@ -29,13 +29,15 @@ pub const ENV_PREFIX: &str = "FJORD_";
 #[derive(Debug, clap::Args)]
 #[command(override_usage = "fjord serve --config FILE [OPTIONS]\n       \
     fjord serve --id N --listen ADDR --data-dir DIR --peers ID=HOST:PORT,... [OPTIONS]")]
-#[command(after_help = "Example (node 1 of 3):\n  \
+#[command(
+    after_help = "Example (node 1 of 3; clients on 7101, the other nodes on 7201):\n  \
     fjord serve --id 1 --listen 127.0.0.1:7101 --data-dir /var/lib/fjord \\\n    \
-    --peers 1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103\n\n\
+    --peers 1=127.0.0.1:7201,2=127.0.0.1:7202,3=127.0.0.1:7203\n\n\
     Every flag can also come from an environment variable, FJORD_ and the flag in upper snake\n\
     case (--data-dir: FJORD_DATA_DIR), or from a key of the --config file, the flag with\n\
     underscores (data_dir). A flag beats its environment variable, which beats the file.\n\n\
-    Logs go to standard error; set RUST_LOG (default: info) to change the level.")]
+    Logs go to standard error; set RUST_LOG (default: info) to change the level."
+)]
 pub struct ServeArgs {
     /// Read settings from this TOML file (keys as the flags, with underscores: id, listen,
     /// data_dir, peers, ...); flags and FJORD_* environment variables override its keys.
@@ -211,6 +213,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         id,
         listen = %config.listen,
+        peer_listen = %config.peer_listen_address()?,
         data_dir = %config.data_dir.display(),
         advertise = %config.advertised_address(),
         "starting node"

@@ -165,11 +165,31 @@ pub(crate) fn request<M>(message: M, timeout: Duration) -> tonic::Request<M> {
     r
 }
 
-/// Checks that `address` is `host:port` (or a URI with a scheme) and builds its endpoint.
+/// Checks that `address` is `host:port` (or a URI with a scheme) and builds its endpoint:
+/// `https://` when the config has TLS settings (a `host:port` is then dialed with TLS too).
 fn endpoint(address: &str, config: &ClientConfig) -> Result<Endpoint, ClientError> {
     let invalid =
         |why: String| ClientError::Config(format!("broker address {address:?} is invalid: {why}"));
-    let uri = if address.contains("://") {
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let uri = if let Some(rest) = address.strip_prefix("http://") {
+        if config.tls.is_some() {
+            return Err(invalid(
+                "http:// with TLS settings: give HOST:PORT or https://".into(),
+            ));
+        }
+        format!("http://{rest}")
+    } else if address.starts_with("https://") {
+        if config.tls.is_none() {
+            return Err(invalid(
+                "https:// needs a CA to verify the node (--tls-ca, FJORD_TLS_CA)".into(),
+            ));
+        }
+        address.to_string()
+    } else if address.contains("://") {
         address.to_string()
     } else {
         let (host, port) = address
@@ -180,9 +200,19 @@ fn endpoint(address: &str, config: &ClientConfig) -> Result<Endpoint, ClientErro
         }
         port.parse::<u16>()
             .map_err(|_| invalid(format!("port {port:?} is not a number from 0 to 65535")))?;
-        format!("http://{address}")
+        format!("{scheme}://{address}")
     };
-    let endpoint = Endpoint::from_shared(uri).map_err(|e| invalid(e.to_string()))?;
+    let mut endpoint = Endpoint::from_shared(uri).map_err(|e| invalid(e.to_string()))?;
+    if let Some(tls) = &config.tls {
+        let mut t = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem));
+        if let Some((cert, key)) = &tls.identity {
+            t = t.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint
+            .tls_config(t)
+            .map_err(|e| invalid(format!("TLS settings: {e}")))?;
+    }
     Ok(endpoint
         .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
         .tcp_nodelay(true)
@@ -930,6 +960,19 @@ mod tests {
             ok(&[" ", ""]).unwrap_err(),
             ClientError::Config(_)
         ));
+        // https:// needs a CA; with TLS settings, http:// is refused and HOST:PORT is https.
+        let e = ok(&["https://127.0.0.1:7101"]).unwrap_err();
+        assert!(e.to_string().contains("--tls-ca"), "{e}");
+        let tls = ClientConfig {
+            tls: Some(crate::ClientTls {
+                ca_pem: Vec::new(),
+                identity: None,
+            }),
+            ..ClientConfig::default()
+        };
+        assert!(endpoint("127.0.0.1:7101", &tls).is_ok());
+        assert!(endpoint("https://n1.example:7101", &tls).is_ok());
+        assert!(endpoint("http://127.0.0.1:7101", &tls).is_err());
     }
 
     #[test]

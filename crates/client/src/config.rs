@@ -87,6 +87,9 @@ pub struct ClientConfig {
     /// A bearer token (`fjord user create`), sent on every call as `authorization: Bearer
     /// <token>`; `None` sends none.
     pub token: Option<Token>,
+    /// TLS to the nodes (every address is then dialed as `https://`); `None`: plaintext,
+    /// unless an address is given as `https://`, which needs this.
+    pub tls: Option<ClientTls>,
 }
 
 /// Longest bearer token the client sends, in bytes.
@@ -102,6 +105,64 @@ impl std::fmt::Debug for Token {
     }
 }
 
+/// Most bytes of a CA, certificate or key file [`ClientTls::from_files`] reads.
+pub const MAX_TLS_FILE_BYTES: u64 = 1 << 20;
+
+/// TLS settings of a client, as PEM texts: the CA bundle that verifies the nodes'
+/// certificates (which must name the host dialed), and, for mutual TLS (a node with
+/// `--tls-client-auth required`, or to be known by a certificate), the client's certificate
+/// and key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    pub ca_pem: Vec<u8>,
+    /// The client's certificate chain and private key, PEM; both or neither.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ClientTls")
+            .field("ca_pem_bytes", &self.ca_pem.len())
+            .field("identity", &self.identity.is_some())
+            .finish()
+    }
+}
+
+impl ClientTls {
+    /// Reads the CA bundle `ca` and, if given, the certificate `cert` and key `key` (both or
+    /// neither).
+    pub fn from_files(
+        ca: &std::path::Path,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<ClientTls, ClientError> {
+        let read = |p: &std::path::Path| -> Result<Vec<u8>, ClientError> {
+            let bad = |e: String| ClientError::Config(format!("cannot read {}: {e}", p.display()));
+            let len = std::fs::metadata(p).map_err(|e| bad(e.to_string()))?.len();
+            if len > MAX_TLS_FILE_BYTES {
+                return Err(bad(format!(
+                    "{len} bytes, more than MAX_TLS_FILE_BYTES ({MAX_TLS_FILE_BYTES})"
+                )));
+            }
+            std::fs::read(p).map_err(|e| bad(e.to_string()))
+        };
+        let identity = match (cert, key) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            (None, None) => None,
+            _ => {
+                return Err(ClientError::Config(
+                    "a TLS client certificate needs its key, and a key its certificate".into(),
+                ));
+            }
+        };
+        Ok(ClientTls {
+            ca_pem: read(ca)?,
+            identity,
+        })
+    }
+}
+
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
@@ -112,6 +173,7 @@ impl Default for ClientConfig {
             retry_backoff_ms_max: DEFAULT_RETRY_BACKOFF_MS_MAX,
             rng_seed: None,
             token: None,
+            tls: None,
         }
     }
 }

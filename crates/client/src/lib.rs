@@ -57,7 +57,7 @@ mod sequencer;
 pub use client::{
     Client, Connect, MAX_CACHED_CHANNELS, MAX_HELD_HEARTBEATS, MAX_MESSAGE_BYTES, TcpConnect,
 };
-pub use config::{Acks, ClientConfig, FetchOptions, ProducerConfig, ReadMode, Token};
+pub use config::{Acks, ClientConfig, ClientTls, FetchOptions, ProducerConfig, ReadMode, Token};
 pub use consumer::{ConsumedRecord, Consumer, FetchResult, StartFrom};
 pub use error::{ClientError, LeaderHint};
 pub use group::{

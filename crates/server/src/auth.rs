@@ -76,12 +76,10 @@ pub enum AuthError {
     Rejected,
 }
 
-/// A client certificate's verified subject, e.g. `CN=alice,O=acme`.
-///
-/// STUB, for the lead to wire: `fjord_server::tls::client_cert_subject(req)` (the transport
-/// work) answers it; until then no request has a certificate.
-fn cert_subject<T>(_req: &tonic::Request<T>) -> Option<String> {
-    None
+/// A client certificate's verified subject, e.g. `CN=alice,O=acme` (the TLS handshake
+/// checked it against `--tls-ca`); `None` without TLS or without a client certificate.
+fn cert_subject<T>(req: &tonic::Request<T>) -> Option<String> {
+    crate::tls::client_cert_subject(req)
 }
 
 /// The settings a node checks requests with (from its config; fixed while it runs).

@@ -15,19 +15,29 @@ pub struct ServeConfig {
     /// This node's id: a positive integer, unique in the cluster and listed in `peers`.
     #[arg(long)]
     pub id: u64,
-    /// Address to listen on for clients and peers, e.g. 127.0.0.1:7101.
+    /// Address to listen on for clients (the client API, `fjord.v1.Fjord`, only), e.g.
+    /// 127.0.0.1:7101.
     #[arg(long)]
     pub listen: SocketAddr,
-    /// Address other nodes and clients use to reach this node; defaults to this node's
-    /// entry in `peers`.
+    /// Address to listen on for the other nodes (the node-to-node service only, never the
+    /// client API): default `listen`'s IP with the port of this node's own entry in `peers`.
+    /// Must differ from `listen`.
+    #[arg(long)]
+    #[serde(default)]
+    pub peer_listen: Option<SocketAddr>,
+    /// The client address this node registers in the metadata, which clients are sent to
+    /// (leader hints). Default: `listen`, or, when `listen`'s IP is unspecified (0.0.0.0 or
+    /// ::), the host of this node's own entry in `peers` with `listen`'s port.
     #[arg(long)]
     #[serde(default)]
     pub advertise: Option<String>,
     /// Directory holding this node's data (created if missing).
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// The initial voters of the metadata group, as `ID=HOST:PORT` pairs separated by
-    /// commas, this node included: `1=10.0.0.1:7101,2=10.0.0.2:7101,3=10.0.0.3:7101`.
+    /// The initial voters of the metadata group and where the nodes reach each other: their
+    /// *peer* addresses (`peer_listen`), as `ID=HOST:PORT` pairs separated by commas, this
+    /// node included: `1=10.0.0.1:7201,2=10.0.0.2:7201,3=10.0.0.3:7201`. Node-to-node traffic
+    /// only ever goes to these addresses: list every node, the same line on each.
     #[arg(long, value_parser = parse_peers)]
     #[serde(deserialize_with = "de_peers")]
     pub peers: Peers,
@@ -187,6 +197,41 @@ pub struct ServeConfig {
     #[arg(long)]
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS: this node's certificate chain, PEM. Given with `tls_key` and `tls_ca`, TLS is on
+    /// for both listeners and for the connections to the peers: it is served to clients and
+    /// peers, and presented to the peers as this node's client certificate (mutual TLS
+    /// between nodes). It must name (DNS or IP subject alternative name) the host of this
+    /// node's `peers` entry and of its client address (`advertise`). Read again every
+    /// `tls_reload_interval_ms`: a replaced file is served without a restart.
+    #[arg(long, value_name = "PEM")]
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the private key of `tls_cert`, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM")]
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// TLS: the CA bundle, PEM, that verifies the peers' certificates and the clients'.
+    /// A peer's certificate must also name the host of one of the `peers` addresses (or one
+    /// of `tls_peer_names`): any other certificate, a client's, is refused on the peer port.
+    #[arg(long, value_name = "PEM")]
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// TLS: whether the client listener asks clients for a certificate from the CA: `none`,
+    /// `optional` (the default with TLS) or `required`.
+    #[arg(long, value_enum, value_name = "none|optional|required")]
+    #[serde(default)]
+    pub tls_client_auth: Option<crate::tls::ClientAuth>,
+    /// TLS: the names (DNS names or IP addresses, separated by commas) one of which a peer's
+    /// certificate must carry, instead of the hosts of the `peers` addresses.
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    #[serde(default)]
+    pub tls_peer_names: Vec<String>,
+    /// TLS: how often the certificate and key files are read again, in milliseconds (100 to
+    /// 3,600,000). A new pair is used for every handshake from then on; a pair that does not
+    /// load (unreadable, mismatched) is logged as an error and the old one stays.
+    #[arg(long, default_value_t = defaults::TLS_RELOAD_INTERVAL_MS)]
+    #[serde(default = "default_tls_reload_ms")]
+    pub tls_reload_interval_ms: u64,
 }
 
 /// Every default, written once (the flags and the TOML file both take them from here).
@@ -211,6 +256,7 @@ pub mod defaults {
     pub const CLEANUP_POLICY: fjord_meta::CleanupPolicy = fjord_meta::CleanupPolicy::Delete;
     pub const DELETE_RETENTION_MS: i64 = fjord_meta::DEFAULT_DELETE_RETENTION_MS;
     pub const MIN_COMPACTION_LAG_MS: i64 = fjord_meta::DEFAULT_MIN_COMPACTION_LAG_MS;
+    pub const TLS_RELOAD_INTERVAL_MS: u64 = 10_000;
 }
 
 /// The range of `disk_check_interval_ms`.
@@ -257,6 +303,9 @@ fn default_group_partitions() -> u32 {
 }
 fn default_disk_check_ms() -> u64 {
     defaults::DISK_CHECK_INTERVAL_MS
+}
+fn default_tls_reload_ms() -> u64 {
+    defaults::TLS_RELOAD_INTERVAL_MS
 }
 fn default_retention_ms() -> i64 {
     defaults::RETENTION_MS
@@ -366,6 +415,17 @@ pub enum ConfigError {
     #[error("advertise address {0:?} is invalid: {1}")]
     Advertise(String, String),
     #[error(
+        "the client address (listen, {0}) and the peer address (peer_listen, {0}) are the same: \
+         the client API and the node-to-node service need a port each. The peers list \
+         (--peers) names the nodes' peer addresses: give this node's entry there another port \
+         than --listen, or set --peer-listen"
+    )]
+    SameListen(SocketAddr),
+    #[error(
+        "this node's own entry in peers ({0:?}) has no valid port; --peer-listen cannot default to it"
+    )]
+    OwnPeerPort(String),
+    #[error(
         "{prefix}election_timeout_ms ({election}) must be at least 3 x {prefix}heartbeat_interval_ms ({heartbeat}) so that heartbeats keep a leader in place"
     )]
     Timeouts {
@@ -404,6 +464,14 @@ pub enum ConfigError {
     GroupRetention { value: u64, min: i64, max: i64 },
     #[error("disk_check_interval_ms must be {} to {}, got {value}", DISK_CHECK_INTERVAL_MS_RANGE.start(), DISK_CHECK_INTERVAL_MS_RANGE.end())]
     DiskCheckInterval { value: u64 },
+    #[error(
+        "TLS needs tls_cert, tls_key and tls_ca together (mutual TLS between nodes needs the CA); missing: {0}"
+    )]
+    TlsIncomplete(&'static str),
+    #[error("{0} is a TLS setting: give tls_cert, tls_key and tls_ca to turn TLS on")]
+    TlsOff(&'static str),
+    #[error("tls_reload_interval_ms must be 100 to 3600000, got {0}")]
+    TlsReloadInterval(u64),
     /// A `default_*` log setting outside the limits a topic's own value has. (The error is
     /// in the message, not a source: printed as a chain it would say it twice.)
     #[error("the default log settings (--default-*, default_* in a file): {0}")]
@@ -444,6 +512,11 @@ impl ServeConfig {
             fjord_meta::validate_address(a)
                 .map_err(|e| ConfigError::Advertise(a.clone(), e.to_string()))?;
         }
+        let peer_listen = self.peer_listen_address()?;
+        if peer_listen == self.listen {
+            return Err(ConfigError::SameListen(self.listen));
+        }
+        self.tls_settings()?;
         for (prefix, heartbeat, election) in [
             ("", self.heartbeat_interval_ms, self.election_timeout_ms),
             (
@@ -559,15 +632,79 @@ impl ServeConfig {
         Ok(())
     }
 
-    /// The address this node tells others to use.
+    /// The client address this node registers in the metadata and clients are sent to:
+    /// `advertise`, else `listen` when its IP is specified, else the host of this node's own
+    /// `peers` entry with `listen`'s port.
     pub fn advertised_address(&self) -> String {
-        self.advertise.clone().unwrap_or_else(|| {
-            self.peers
-                .0
-                .get(&self.id)
-                .cloned()
-                .unwrap_or_else(|| self.listen.to_string())
-        })
+        if let Some(a) = &self.advertise {
+            return a.clone();
+        }
+        if !self.listen.ip().is_unspecified() {
+            return self.listen.to_string();
+        }
+        match self.own_peer_address().and_then(|a| a.rsplit_once(':')) {
+            Some((host, _)) => format!("{host}:{}", self.listen.port()),
+            None => self.listen.to_string(),
+        }
+    }
+
+    /// This node's own entry in `peers`: the address the other nodes dial.
+    pub fn own_peer_address(&self) -> Option<&str> {
+        self.peers.0.get(&self.id).map(String::as_str)
+    }
+
+    /// The TLS settings (`None`: TLS off), checked: the certificate, key and CA come
+    /// together, and the other TLS settings only with them.
+    pub fn tls_settings(&self) -> Result<Option<crate::tls::TlsSettings>, ConfigError> {
+        if !crate::tls::RELOAD_INTERVAL_MS_RANGE.contains(&self.tls_reload_interval_ms) {
+            return Err(ConfigError::TlsReloadInterval(self.tls_reload_interval_ms));
+        }
+        let (cert, key, ca) = match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (None, None, None) => {
+                if self.tls_client_auth.is_some() {
+                    return Err(ConfigError::TlsOff("tls_client_auth"));
+                }
+                if !self.tls_peer_names.is_empty() {
+                    return Err(ConfigError::TlsOff("tls_peer_names"));
+                }
+                return Ok(None);
+            }
+            (Some(c), Some(k), Some(a)) => (c, k, a),
+            (c, k, _) => {
+                let missing = if c.is_none() {
+                    "tls_cert"
+                } else if k.is_none() {
+                    "tls_key"
+                } else {
+                    "tls_ca"
+                };
+                return Err(ConfigError::TlsIncomplete(missing));
+            }
+        };
+        Ok(Some(crate::tls::TlsSettings {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+            client_auth: self
+                .tls_client_auth
+                .unwrap_or(crate::tls::ClientAuth::Optional),
+            peer_names: self.tls_peer_names.clone(),
+            reload_every: std::time::Duration::from_millis(self.tls_reload_interval_ms),
+        }))
+    }
+
+    /// Where the node-to-node service listens: `peer_listen`, else `listen`'s IP with the
+    /// port of this node's own `peers` entry.
+    pub fn peer_listen_address(&self) -> Result<SocketAddr, ConfigError> {
+        if let Some(a) = self.peer_listen {
+            return Ok(a);
+        }
+        let own = self.own_peer_address().unwrap_or_default();
+        let port = own
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .ok_or_else(|| ConfigError::OwnPeerPort(own.to_string()))?;
+        Ok(SocketAddr::new(self.listen.ip(), port))
     }
 }
 
@@ -590,7 +727,7 @@ mod tests {
 id = 1
 listen = "0.0.0.0:7101"
 data_dir = "/var/lib/fjord"
-peers = "1=10.0.0.1:7101,2=10.0.0.2:7101,3=10.0.0.3:7101"
+peers = "1=10.0.0.1:7201,2=10.0.0.2:7201,3=10.0.0.3:7201"
 "#,
         )
         .unwrap();
@@ -606,6 +743,10 @@ peers = "1=10.0.0.1:7101,2=10.0.0.2:7101,3=10.0.0.3:7101"
         assert_eq!(cfg.min_free_disk_bytes, None);
         assert_eq!(cfg.disk_check_interval_ms, 500);
         assert_eq!(cfg.advertised_address(), "10.0.0.1:7101");
+        assert_eq!(
+            cfg.peer_listen_address().unwrap(),
+            "0.0.0.0:7201".parse().unwrap()
+        );
         assert_eq!(cfg.log_defaults(), LogDefaults::default());
     }
 
@@ -625,7 +766,7 @@ peers = "1=10.0.0.1:7101,2=10.0.0.2:7101,3=10.0.0.3:7101"
 
     #[test]
     fn log_defaults_take_the_limits_of_a_topics_own_values() {
-        let base = "id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\npeers = \"1=a:1\"\n";
+        let base = "id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\npeers = \"1=a:2\"\n";
         let cfg = from_toml(&format!(
             "{base}default_retention_ms = -1\ndefault_retention_bytes = 1073741824\n\
              default_cleanup_policy = \"compact,delete\"\ndefault_delete_retention_ms = 0\n\
@@ -672,13 +813,68 @@ election_timeout_ms = 300
 quiesce_after_ms = 0
 cache_size_mib = 16
 [peers]
-1 = "127.0.0.1:7101"
-2 = "127.0.0.1:7102"
+1 = "127.0.0.1:7201"
+2 = "127.0.0.1:7202"
 "#,
         )
         .unwrap();
-        assert_eq!(cfg.peers.0[&2], "127.0.0.1:7102");
+        assert_eq!(cfg.peers.0[&2], "127.0.0.1:7202");
         assert_eq!(cfg.advertised_address(), "node2.example:7102");
+    }
+
+    /// The client and peer addresses: defaults, and the same port twice refused.
+    #[test]
+    fn client_and_peer_addresses() {
+        let base = "id = 1\ndata_dir = \"d\"\npeers = \"1=node1.example:7201\"\n";
+        let cfg = from_toml(&format!("{base}listen = \"127.0.0.1:7101\"")).unwrap();
+        assert_eq!(cfg.advertised_address(), "127.0.0.1:7101");
+        assert_eq!(
+            cfg.peer_listen_address().unwrap(),
+            "127.0.0.1:7201".parse().unwrap()
+        );
+        let cfg = from_toml(&format!("{base}listen = \"0.0.0.0:7101\"")).unwrap();
+        assert_eq!(cfg.advertised_address(), "node1.example:7101");
+        let cfg = from_toml(&format!(
+            "{base}listen = \"0.0.0.0:7101\"\npeer_listen = \"10.1.1.1:7301\""
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.peer_listen_address().unwrap(),
+            "10.1.1.1:7301".parse().unwrap()
+        );
+        let e = from_toml(&format!("{base}listen = \"127.0.0.1:7201\"")).unwrap_err();
+        assert!(matches!(e, ConfigError::SameListen(_)), "{e}");
+        assert!(e.to_string().contains("--peer-listen"), "{e}");
+        let e = from_toml(&format!(
+            "{base}listen = \"127.0.0.1:7101\"\npeer_listen = \"127.0.0.1:7101\""
+        ))
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::SameListen(_)), "{e}");
+    }
+
+    /// TLS: all three files or none; the other TLS keys only with them; the reload bound.
+    #[test]
+    fn tls_settings() {
+        let base = "id = 1\nlisten = \"127.0.0.1:7101\"\ndata_dir = \"d\"\npeers = \"1=a:7201\"\n";
+        let files = "tls_cert = \"n.pem\"\ntls_key = \"n.key\"\ntls_ca = \"ca.pem\"\n";
+        assert!(from_toml(base).unwrap().tls_settings().unwrap().is_none());
+        let cfg = from_toml(&format!(
+            "{base}{files}tls_client_auth = \"required\"\ntls_peer_names = [\"n1.example\"]"
+        ))
+        .unwrap();
+        let tls = cfg.tls_settings().unwrap().unwrap();
+        assert_eq!(tls.client_auth, crate::tls::ClientAuth::Required);
+        assert_eq!(tls.peer_names, ["n1.example"]);
+        assert_eq!(tls.reload_every, std::time::Duration::from_secs(10));
+        let defaults = from_toml(&format!("{base}{files}")).unwrap();
+        let tls = defaults.tls_settings().unwrap().unwrap();
+        assert_eq!(tls.client_auth, crate::tls::ClientAuth::Optional);
+        let e = from_toml(&format!("{base}tls_cert = \"n.pem\"\ntls_key = \"n.key\"")).unwrap_err();
+        assert!(e.to_string().contains("missing: tls_ca"), "{e}");
+        let e = from_toml(&format!("{base}tls_client_auth = \"optional\"")).unwrap_err();
+        assert!(matches!(e, ConfigError::TlsOff("tls_client_auth")), "{e}");
+        let e = from_toml(&format!("{base}{files}tls_reload_interval_ms = 50")).unwrap_err();
+        assert!(matches!(e, ConfigError::TlsReloadInterval(50)), "{e}");
     }
 
     #[test]
@@ -709,35 +905,35 @@ cache_size_mib = 16
         let base = "listen = \"127.0.0.1:1\"\ndata_dir = \"d\"\n";
         let e = from_toml(&format!("id = 1\n{base}peers = \"1=nohost\"")).unwrap_err();
         assert!(e.to_string().contains("nohost"), "{e}");
-        let e = from_toml(&format!("id = 1\n{base}peers = \"1=a:1\"\ncolour = 3")).unwrap_err();
+        let e = from_toml(&format!("id = 1\n{base}peers = \"1=a:2\"\ncolour = 3")).unwrap_err();
         assert!(e.to_string().contains("colour"), "{e}");
-        let e = from_toml(&format!("id = 9\n{base}peers = \"1=a:1\"")).unwrap_err();
+        let e = from_toml(&format!("id = 9\n{base}peers = \"1=a:2\"")).unwrap_err();
         assert!(matches!(e, ConfigError::NotInPeers { .. }), "{e}");
         let e = from_toml(&format!(
-            "id = 1\n{base}peers = \"1=a:1\"\nelection_timeout_ms = 100"
+            "id = 1\n{base}peers = \"1=a:2\"\nelection_timeout_ms = 100"
         ))
         .unwrap_err();
         assert!(matches!(e, ConfigError::Timeouts { .. }), "{e}");
         let e = from_toml(&format!(
-            "id = 1\n{base}peers = \"1=a:1\"\nquiesce_after_ms = 20"
+            "id = 1\n{base}peers = \"1=a:2\"\nquiesce_after_ms = 20"
         ))
         .unwrap_err();
         assert!(matches!(e, ConfigError::Quiesce { .. }), "{e}");
         for bad in [999, 31_536_000_001u64] {
             let e = from_toml(&format!(
-                "id = 1\n{base}peers = \"1=a:1\"\ngroup_offset_retention_ms = {bad}"
+                "id = 1\n{base}peers = \"1=a:2\"\ngroup_offset_retention_ms = {bad}"
             ))
             .unwrap_err();
             assert!(matches!(e, ConfigError::GroupRetention { .. }), "{e}");
             assert!(e.to_string().contains("MIN_OFFSET_RETENTION_MS"), "{e}");
         }
         let ok = from_toml(&format!(
-            "id = 1\n{base}peers = \"1=a:1\"\ngroup_offset_retention_ms = 2000"
+            "id = 1\n{base}peers = \"1=a:2\"\ngroup_offset_retention_ms = 2000"
         ))
         .unwrap();
         assert_eq!(ok.group_offset_retention_ms, 2_000);
         let e = from_toml(&format!(
-            "id = 1\n{base}peers = \"1=a:1\"\ndisk_check_interval_ms = 5"
+            "id = 1\n{base}peers = \"1=a:2\"\ndisk_check_interval_ms = 5"
         ))
         .unwrap_err();
         assert!(
@@ -746,7 +942,7 @@ cache_size_mib = 16
             "{e}"
         );
         let ok = from_toml(&format!(
-            "id = 1\n{base}peers = \"1=a:1\"\nmin_free_disk_bytes = 0"
+            "id = 1\n{base}peers = \"1=a:2\"\nmin_free_disk_bytes = 0"
         ))
         .unwrap();
         assert_eq!(ok.min_free_disk_bytes, Some(0));

@@ -264,7 +264,7 @@ impl Coordinator {
         let not_coordinator = |leader: Option<u64>| ApiError::NotCoordinator {
             this: node.id(),
             group: group.clone(),
-            leader: leader.and_then(|l| node.address_of(l).map(|a| (l, a))),
+            leader: leader.and_then(|l| node.client_address_of(l).map(|a| (l, a))),
         };
         let Some(handle) = node.partition(gid) else {
             return Err(not_coordinator(leader));
@@ -498,7 +498,7 @@ impl Runner {
         ApiError::NotCoordinator {
             this: self.node.id(),
             group: group.to_string(),
-            leader: leader.and_then(|l| self.node.address_of(l).map(|a| (l, a))),
+            leader: leader.and_then(|l| self.node.client_address_of(l).map(|a| (l, a))),
         }
     }
 
@@ -748,7 +748,7 @@ impl Runner {
             .partitions
             .get(tp.partition as usize)?
             .leader?;
-        let addr = self.node.address_of(leader)?;
+        let addr = self.node.client_address_of(leader)?;
         let channel = self.node.channel(&addr).ok()?;
         let mut client = fjord_proto::v1::fjord_client::FjordClient::new(channel);
         let mut req = tonic::Request::new(FetchRequest {
@@ -966,7 +966,7 @@ impl Runner {
             .ok_or_else(|| fail("no leader known"))?;
         let addr = self
             .node
-            .address_of(leader)
+            .client_address_of(leader)
             .ok_or_else(|| fail("the leader's address is not known"))?;
         let channel = self.node.channel(&addr).map_err(|e| fail(&e.to_string()))?;
         let mut client = fjord_proto::v1::fjord_client::FjordClient::new(channel);

@@ -53,7 +53,7 @@ fn check_partition(topic: &Topic, partition: u32) -> Result<(), ApiError> {
 }
 
 fn leader_hint(node: &Node, leader: Option<u64>) -> Option<(u64, String)> {
-    leader.and_then(|l| node.address_of(l).map(|a| (l, a)))
+    leader.and_then(|l| node.client_address_of(l).map(|a| (l, a)))
 }
 
 fn not_leader(node: &Node, topic: &Topic, partition: u32, leader: Option<u64>) -> ApiError {

@@ -100,7 +100,7 @@ async fn probe(node: Arc<Node>, topic: String, partition: u32, offset: u64) -> O
         tokio::time::timeout(PROBE_TIMEOUT, call).await.ok()?.ok()?
     } else {
         let leader = t.partitions.get(partition as usize)?.leader?;
-        let channel = node.channel(&node.address_of(leader)?).ok()?;
+        let channel = node.channel(&node.client_address_of(leader)?).ok()?;
         let mut req = tonic::Request::new(req);
         req.set_timeout(PROBE_TIMEOUT);
         FjordClient::new(channel).fetch(req).await.ok()?

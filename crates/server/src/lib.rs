@@ -32,8 +32,9 @@
 //!   answer leaves through (deadlines, and tonic's own codec answers, given fjord's codes);
 //!   [`connections`]: the bound on connections served at once.
 //!
-//! [`run_with`] takes its listener, its outbound connector and its clock from the caller;
-//! [`run_on`] also takes the opened database, any stream of incoming connections and the
+//! [`run_with`] takes its two listeners (clients, peers), its outbound connector and its
+//! clock from the caller; [`run_on`] also takes the opened database, any two streams of
+//! incoming connections and the
 //! probe of free disk space, so a whole cluster can run under a simulated network, disk and
 //! clock.
 
@@ -62,6 +63,7 @@ pub mod rebuild;
 pub mod reconcile;
 pub mod retention;
 pub mod service;
+pub mod tls;
 pub mod topic_wire;
 pub mod wire;
 
@@ -103,6 +105,8 @@ pub enum ServerError {
     Boot(#[from] boot::BootError),
     #[error("the gRPC server failed: {0}")]
     Serve(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Runs a node on TCP until `shutdown` completes, then stops it cleanly.
@@ -111,24 +115,70 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.validate()?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| ServerError::Listen {
-            addr: config.listen.to_string(),
-            reason: e.to_string(),
-        })?;
-    let connector: Arc<dyn Connector> = match config.source_address {
-        Some(source) => Arc::new(SourceBoundTcpConnector(source)),
-        None => Arc::new(TcpConnector),
+    let listener = bind(config.listen).await?;
+    let peer_listener = bind(config.peer_listen_address()?).await?;
+    let tls = match config.tls_settings()? {
+        Some(settings) => {
+            let tls = tls::NodeTls::load(&settings, config.peers.0.values())?;
+            tracing::info!(
+                cert = %settings.cert.display(),
+                ca = %settings.ca.display(),
+                client_auth = ?settings.client_auth,
+                reload_every_ms = settings.reload_every.as_millis() as u64,
+                "TLS on both listeners; mutual TLS between nodes"
+            );
+            tokio::spawn(tls::reload_loop(
+                Arc::downgrade(&tls.key),
+                settings.reload_every,
+            ));
+            Some(tls)
+        }
+        None => None,
     };
-    run_with(config, listener, connector, Arc::new(SystemClock), shutdown).await
+    let connector: Arc<dyn Connector> = match (&tls, config.source_address) {
+        (Some(tls), source) => Arc::new(tls.connector(source)),
+        (None, Some(source)) => Arc::new(SourceBoundTcpConnector(source)),
+        (None, None) => Arc::new(TcpConnector),
+    };
+    let listeners = Listeners {
+        client: listener,
+        peers: peer_listener,
+        tls,
+    };
+    run_with(
+        config,
+        listeners,
+        connector,
+        Arc::new(SystemClock),
+        shutdown,
+    )
+    .await
 }
 
-/// Runs a node on the given listener, connector and clock, with its database in
+async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ServerError::Listen {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// A node's two TCP listeners.
+pub struct Listeners {
+    /// The client API's (`--listen`).
+    pub client: tokio::net::TcpListener,
+    /// The node-to-node service's (`--peer-listen`).
+    pub peers: tokio::net::TcpListener,
+    /// TLS on both (`None`: plaintext); the caller's connector should match it.
+    pub tls: Option<tls::NodeTls>,
+}
+
+/// Runs a node on the given listeners, connector and clock, with its database in
 /// `config.data_dir`.
 pub async fn run_with(
     config: ServeConfig,
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     connector: Arc<dyn Connector>,
     clock: Arc<dyn Clock>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -143,7 +193,15 @@ pub async fn run_with(
         set_aside(&config.data_dir)?;
     }
     let store = open_store(&config)?;
-    let incoming = without_nagle(listener);
+    let (client_accept, peer_accept) = match &listeners.tls {
+        Some(t) => (
+            tls::Accept::Tls(t.client.clone(), None),
+            tls::Accept::Tls(t.peers.clone(), Some(t.peer_names.clone())),
+        ),
+        None => (tls::Accept::Plain, tls::Accept::Plain),
+    };
+    let client = tls::incoming(without_nagle(listeners.client), client_accept);
+    let peers = tls::incoming(without_nagle(listeners.peers), peer_accept);
     let closed = store.closed();
     let dir = config.data_dir.display().to_string();
     let (shutdown, failure) = or_on_storage_failure(&store, shutdown);
@@ -151,7 +209,10 @@ pub async fn run_with(
         fs: disk::Statvfs::new(&config.data_dir),
         freed: store.reusable_counter(),
     });
-    let result = run_on(config, store, incoming, connector, clock, space, shutdown).await;
+    let result = run_on(
+        config, store, client, peers, connector, clock, space, shutdown,
+    )
+    .await;
     // Close the database before the process exits: a database still open at exit needs a
     // repair pass at the next start (seconds per GiB held).
     if closed.wait(DB_CLOSE_WAIT).await {
@@ -303,13 +364,13 @@ pub type NodeSlot = Arc<std::sync::OnceLock<Arc<Node>>>;
 /// How long a stopping node waits for its groups to release the database.
 const DB_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The gRPC server of the client API and the node-to-node service (`fjord_raft::peer`) on
-/// `incoming`, answering from `slot` once the node runs, until `cancel`.
+/// The gRPC server of the client API (`fjord.v1.Fjord`) on `incoming` (the client
+/// listener), answering from `slot` once the node runs, until `cancel`. The node-to-node
+/// service is not served here: see [`serve_peers`].
 fn serve<I, IO, IE>(
     incoming: I,
     slot: NodeSlot,
     config: &ServeConfig,
-    identity: &Arc<boot::IdentityService>,
     health: &tonic_health::server::HealthReporter,
     cancel: &CancellationToken,
 ) -> impl std::future::Future<Output = Result<(), tonic::transport::Error>> + Send + 'static
@@ -335,8 +396,49 @@ where
     })
     .max_decoding_message_size(data::MAX_PRODUCE_REQUEST_BYTES + (1 << 20))
     .max_encoding_message_size(data::MAX_FETCH_BYTES as usize + (1 << 20));
+    let stop = cancel.clone();
+    server_builder()
+        .add_service(client_api)
+        .add_service(probes::health_service(health))
+        .add_service(probes::reflection_v1())
+        .add_service(probes::reflection_v1alpha())
+        .serve_with_incoming_shutdown(connections::limit(incoming, MAX_CONNECTIONS), async move {
+            stop.cancelled().await
+        })
+}
+
+/// The gRPC server of the node-to-node service ([`fjord_raft::peer`], with the boot
+/// identity check) on `incoming` (the peer listener) only: a client that reaches the client
+/// port cannot call Append, Vote or MetaWrite.
+fn serve_peers<I, IO, IE>(
+    incoming: I,
+    slot: NodeSlot,
+    identity: &Arc<boot::IdentityService>,
+    cancel: &CancellationToken,
+) -> impl std::future::Future<Output = Result<(), tonic::transport::Error>> + Send + 'static
+where
+    I: futures::Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
     let transport = PeerServer::service(peer::PeerService::new(slot, identity.clone()));
     let stop = cancel.clone();
+    server_builder()
+        .add_service(transport)
+        .serve_with_incoming_shutdown(connections::limit(incoming, MAX_CONNECTIONS), async move {
+            stop.cancelled().await
+        })
+}
+
+/// The settings both gRPC servers share.
+fn server_builder() -> tonic::transport::Server<
+    tower::layer::util::Stack<edge::EdgeLayer, tower::layer::util::Identity>,
+> {
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
@@ -349,14 +451,6 @@ where
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
         .layer(edge::EdgeLayer)
-        .add_service(client_api)
-        .add_service(probes::health_service(health))
-        .add_service(probes::reflection_v1())
-        .add_service(probes::reflection_v1alpha())
-        .add_service(transport)
-        .serve_with_incoming_shutdown(connections::limit(incoming, MAX_CONNECTIONS), async move {
-            stop.cancelled().await
-        })
 }
 
 /// Checks the data directory with the peers (with `--rebuild`, has the metadata leader
@@ -391,22 +485,24 @@ async fn check_directory(
 }
 
 /// Runs a node on everything the caller supplies: its opened database, its incoming
-/// connections, its outbound connector, its clock and the probe of its disk's free space
-/// (`config.listen` and `config.data_dir` are not used, except to name the directory in
-/// messages; `config.metrics_listen`, when set, is bound on the host's network). A
-/// simulation passes a database on a simulated disk and connections from a simulated
-/// network.
-pub async fn run_on<I, IO, IE>(
+/// connections (`client`: the client API's; `peers`: the node-to-node service's), its
+/// outbound connector, its clock and the probe of its disk's free space (`config.listen`,
+/// `config.peer_listen` and `config.data_dir` are not used, except to name the directory in
+/// messages; `config.metrics_listen`, when set, is bound on the host's network). A simulation passes a database on a simulated disk and connections from a
+/// simulated network.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_on<C, P, IO, PIO, IE, PIE>(
     config: ServeConfig,
     store: Store,
-    incoming: I,
+    client: C,
+    peers: P,
     connector: Arc<dyn Connector>,
     clock: Arc<dyn Clock>,
     space: Arc<dyn disk::SpaceProbe>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError>
 where
-    I: futures::Stream<Item = Result<IO, IE>> + Send + 'static,
+    C: futures::Stream<Item = Result<IO, IE>> + Send + 'static,
     IO: tokio::io::AsyncRead
         + tokio::io::AsyncWrite
         + tonic::transport::server::Connected
@@ -414,6 +510,14 @@ where
         + Send
         + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    P: futures::Stream<Item = Result<PIO, PIE>> + Send + 'static,
+    PIO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    PIE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     config.validate()?;
     let pool = PeerPool::new(connector);
@@ -435,20 +539,15 @@ where
         tokio::spawn(metrics_http::serve(listener, slot.clone(), cancel.clone()));
     }
 
-    let server = tokio::spawn(serve(
-        incoming,
-        slot.clone(),
-        &config,
-        &identity,
-        &health,
-        &cancel,
-    ));
+    let server = tokio::spawn(serve(client, slot.clone(), &config, &health, &cancel));
+    let peer_server = tokio::spawn(serve_peers(peers, slot.clone(), &identity, &cancel));
     let mut shutdown = std::pin::pin!(shutdown);
     let form = match check_directory(&config, &identity, &pool, shutdown.as_mut()).await {
         Ok(Some(form)) => form,
         stopped => {
             cancel.cancel();
             let _ = server.await;
+            let _ = peer_server.await;
             return stopped.map(|_| ());
         }
     };
@@ -488,10 +587,14 @@ where
     node.stop().await;
     probes::stopped(&health).await;
     let served = server.await;
+    let peers_served = peer_server.await;
     tracing::info!(node = node.id(), "stopped");
-    match served {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(ServerError::Serve(e.to_string())),
-        Err(e) => Err(ServerError::Serve(e.to_string())),
+    for served in [served, peers_served] {
+        match served {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(ServerError::Serve(e.to_string())),
+            Err(e) => return Err(ServerError::Serve(e.to_string())),
+        }
     }
+    Ok(())
 }

@@ -260,7 +260,8 @@ impl Node {
         let me = self.clone();
         tokio::spawn(async move {
             // Every round: the heartbeats' targets, and the address book every group's
-            // messages go by (a node registered again at a new address is reached there).
+            // messages go by (the configured peer addresses, over those a group's membership
+            // recorded when it was formed).
             let peers = {
                 let me = me.clone();
                 move || {
@@ -276,12 +277,10 @@ impl Node {
         });
     }
 
-    /// The other nodes and their addresses: those registered, and the configured peers.
+    /// The other nodes and their peer addresses (`--peers`; the metadata holds the client
+    /// addresses only).
     fn peer_addresses(&self) -> BTreeMap<NodeId, String> {
         let mut out = self.peers.clone();
-        for (id, n) in &self.view().state.nodes {
-            out.insert(*id, n.address.clone());
-        }
         out.remove(&self.id);
         out
     }
@@ -291,7 +290,8 @@ impl Node {
         self.id
     }
 
-    /// The address this node registers (its peers and clients reach it there).
+    /// The client address this node registers (clients reach it there; peers reach it at
+    /// its `--peers` entry).
     pub fn address(&self) -> &str {
         &self.address
     }
@@ -487,14 +487,19 @@ impl Node {
         self.meta.view()
     }
 
-    /// The address of `node`: as registered, else as configured.
-    pub fn address_of(&self, node: NodeId) -> Option<String> {
+    /// The client address of `node`, as registered in the metadata (its `--advertise`):
+    /// where clients are sent (leader hints), and where this node calls another's client API.
+    pub fn client_address_of(&self, node: NodeId) -> Option<String> {
         self.view()
             .state
             .nodes
             .get(&node)
             .map(|n| n.address.clone())
-            .or_else(|| self.peers.get(&node).cloned())
+    }
+
+    /// The peer address of `node`, as configured (`--peers`): where node-to-node RPCs go.
+    pub fn peer_address_of(&self, node: NodeId) -> Option<String> {
+        self.peers.get(&node).cloned()
     }
 
     /// The metadata leader this node knows of.
@@ -703,7 +708,7 @@ impl Node {
             .insert(group, AnyGroup::Partition(handle.clone()));
         let members: BTreeMap<NodeId, String> = replicas
             .iter()
-            .map(|n| (*n, self.address_of(*n).unwrap_or_default()))
+            .map(|n| (*n, self.peer_address_of(*n).unwrap_or_default()))
             .collect();
         match init {
             Init::Held => {}
@@ -836,7 +841,7 @@ impl Node {
             let moves =
                 fjord_meta::plan_leader_moves(&view.state, &live, MAX_LEADER_MOVES_PER_ROUND);
             for m in moves {
-                let Some(addr) = self.address_of(m.from) else {
+                let Some(addr) = self.peer_address_of(m.from) else {
                     continue;
                 };
                 tracing::info!(

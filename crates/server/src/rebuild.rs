@@ -141,7 +141,7 @@ pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, Api
             of: Subject::Metadata,
             leader: node
                 .meta_leader()
-                .and_then(|l| node.address_of(l).map(|a| (l, a))),
+                .and_then(|l| node.client_address_of(l).map(|a| (l, a))),
         });
     }
     let demoted = tokio::time::timeout(MEMBERSHIP_CHANGE_WAIT, node.meta().demote(target))
@@ -272,7 +272,7 @@ async fn change_at(
     if at == node.id() {
         return change_voter(node, g, target, promote).await;
     }
-    let addr = node.address_of(at).ok_or_else(|| {
+    let addr = node.peer_address_of(at).ok_or_else(|| {
         ApiError::no_leader(
             Subject::Group(g),
             NoLeaderCause::AddressUnknown { node: at },

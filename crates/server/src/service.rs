@@ -605,7 +605,7 @@ impl Fjord for ClientService {
         let group = req.into_inner().group;
         caller.require(Operation::Describe, Resource::group(&group))?;
         let (partition, _, leader) = self.node.coordinator().locate(&self.node, &group).await?;
-        let found = leader.and_then(|l| self.node.address_of(l).map(|a| (l, a)));
+        let found = leader.and_then(|l| self.node.client_address_of(l).map(|a| (l, a)));
         let (node_id, address) = found.ok_or(ApiError::NoLeader {
             of: crate::error::Subject::Coordinator { group, partition },
             why: crate::error::NoLeaderCause::NotKnown,
@@ -623,8 +623,7 @@ impl Fjord for ClientService {
     ) -> Result<Response<GroupHeartbeatResponse>, Status> {
         let caller = self.caller(&req)?;
         caller.require(Operation::Read, Resource::group(&req.get_ref().group))?;
-        let host = req
-            .remote_addr()
+        let host = crate::tls::remote_addr(&req)
             .map(|a| a.ip().to_string())
             .unwrap_or_default();
         let topics = crate::coordinator::topics_view(&self.node.view().state);

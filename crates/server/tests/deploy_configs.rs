@@ -27,10 +27,23 @@ fn deploy_configs_load_and_agree() {
     assert_eq!(ids, BTreeSet::from([1, 2, 3]), "distinct ids");
     for c in &configs {
         assert_eq!(c.peers.0, configs[0].peers.0, "node {}: same peers", c.id);
+        let own = &c.peers.0[&c.id];
+        let host = own.rsplit_once(':').unwrap().0;
         assert_eq!(
             c.advertised_address(),
-            c.peers.0[&c.id],
-            "node {} advertises its own entry in peers",
+            format!("{host}:{}", c.listen.port()),
+            "node {} advertises the host of its own entry in peers, with the client port",
+            c.id
+        );
+        let peer_listen = c.peer_listen_address().unwrap();
+        assert_ne!(
+            peer_listen, c.listen,
+            "node {}: a peer port of its own",
+            c.id
+        );
+        assert!(
+            own.ends_with(&format!(":{}", peer_listen.port())),
+            "node {}",
             c.id
         );
     }

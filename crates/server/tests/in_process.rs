@@ -20,16 +20,20 @@ struct Cluster {
 async fn start_cluster(n: u64) -> Cluster {
     let mut listeners = Vec::new();
     for _ in 0..n {
-        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+        listeners.push(::fjord_server::Listeners {
+            client: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            peers: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            tls: None,
+        });
     }
     let addrs: Vec<String> = listeners
         .iter()
-        .map(|l| l.local_addr().unwrap().to_string())
+        .map(|l| l.client.local_addr().unwrap().to_string())
         .collect();
-    let peers = addrs
+    let peers = listeners
         .iter()
         .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
+        .map(|(i, l)| format!("{}={}", i + 1, l.peers.local_addr().unwrap()))
         .collect::<Vec<_>>()
         .join(",");
     let stop = CancellationToken::new();
@@ -39,7 +43,8 @@ async fn start_cluster(n: u64) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let cfg = ServeConfig {
             id: i as u64 + 1,
-            listen: l.local_addr().unwrap(),
+            listen: l.client.local_addr().unwrap(),
+            peer_listen: Some(l.peers.local_addr().unwrap()),
             advertise: None,
             data_dir: dir.path().to_path_buf(),
             peers: ::fjord_server::config::parse_peers(&peers).unwrap(),
@@ -71,6 +76,12 @@ async fn start_cluster(n: u64) -> Cluster {
             authorization: ::fjord_server::auth::Authorization::None,
             superusers: Vec::new(),
             tls_principal_rules: ::fjord_server::principal_rules::DEFAULT_RULES.into(),
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            tls_client_auth: None,
+            tls_peer_names: Vec::new(),
+            tls_reload_interval_ms: ::fjord_server::config::defaults::TLS_RELOAD_INTERVAL_MS,
         };
         dirs.push(dir);
         let s = stop.clone();

@@ -233,6 +233,11 @@ fn node_address(id: u64) -> String {
     format!("{}:{}", node_name(id), net::NODE_PORT)
 }
 
+/// Where node `id`'s peers reach it (its `peers` entry).
+fn node_peer_address(id: u64) -> String {
+    format!("{}:{}", node_name(id), net::PEER_PORT)
+}
+
 /// Every node reads the simulation's wall clock.
 struct SimClock;
 
@@ -246,9 +251,15 @@ fn serve_config(id: u64, config: &SimConfig) -> ServeConfig {
     ServeConfig {
         id,
         listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, net::NODE_PORT)),
+        peer_listen: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, net::PEER_PORT))),
+        // The host of its `peers` entry with the client port: `node_address(id)`.
         advertise: None,
         data_dir: "/simulated".into(),
-        peers: Peers((1..=config.nodes).map(|n| (n, node_address(n))).collect()),
+        peers: Peers(
+            (1..=config.nodes)
+                .map(|n| (n, node_peer_address(n)))
+                .collect(),
+        ),
         heartbeat_interval_ms: config.heartbeat_interval_ms,
         election_timeout_ms: config.election_timeout_ms,
         // The simulation keeps one time scale for every group and the failure detector.
@@ -286,6 +297,12 @@ fn serve_config(id: u64, config: &SimConfig) -> ServeConfig {
         authorization: fjord_server::auth::Authorization::None,
         superusers: Vec::new(),
         tls_principal_rules: fjord_server::principal_rules::DEFAULT_RULES.into(),
+        tls_cert: None,
+        tls_key: None,
+        tls_ca: None,
+        tls_client_auth: None,
+        tls_peer_names: Vec::new(),
+        tls_reload_interval_ms: fjord_server::config::defaults::TLS_RELOAD_INTERVAL_MS,
     }
 }
 
@@ -328,10 +345,12 @@ async fn run_node(mut config: ServeConfig, disk: SimDisk, ctl: OperatorCtl) -> t
         },
     )?;
     let listener = turmoil::net::TcpListener::bind(config.listen).await?;
+    let peer_listener = turmoil::net::TcpListener::bind(config.peer_listen_address()?).await?;
     let ran = fjord_server::run_on(
         config,
         store,
         net::incoming(listener),
+        net::incoming(peer_listener),
         net::peer_connector(),
         Arc::new(SimClock),
         // Not sampled: the free-space check is off in the simulation (see `serve_config`).

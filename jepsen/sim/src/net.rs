@@ -17,8 +17,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-/// Port every simulated node listens on.
+/// Port every simulated node listens on for clients.
 pub const NODE_PORT: u16 = 7100;
+/// Port every simulated node listens on for its peers.
+pub const PEER_PORT: u16 = 7200;
 /// Keep-alive ping interval and timeout of every simulated channel.
 const KEEP_ALIVE: Duration = Duration::from_millis(1_000);
 /// Time allowed to open a simulated connection.

@@ -116,6 +116,7 @@ fn client_config(seed: u64) -> ClientConfig {
         retry_backoff_ms_max: 500,
         rng_seed: Some(seed),
         token: None,
+        tls: None,
     }
 }
 

@@ -461,8 +461,13 @@ struct Measured {
 
 /// Runs a benchmark against the cluster at `brokers` (group members make clients of their
 /// own there).
-pub async fn run(brokers: Vec<String>, out: Output, command: BenchCommand) -> anyhow::Result<()> {
-    let client = Client::connect(brokers.clone(), ClientConfig::default())?;
+pub async fn run(
+    brokers: Vec<String>,
+    config: ClientConfig,
+    out: Output,
+    command: BenchCommand,
+) -> anyhow::Result<()> {
+    let client = Client::connect(brokers.clone(), config)?;
     let show_progress = std::io::stderr().is_terminal() && !out.is_json();
     let counters = Arc::new(Counters::default());
     let measured = match command {

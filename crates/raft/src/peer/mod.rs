@@ -56,6 +56,7 @@ pub use client::{APPEND_MIN_BYTES_PER_SEC, PeerClient, PeerError};
 pub use network::{GroupNetwork, GroupNetworkFactory};
 pub use pool::{
     ConnectError, Connector, PeerPool, SourceBoundTcpConnector, TcpConnector, peer_endpoint,
+    tcp_endpoint,
 };
 pub use server::{DispatchError, PeerHandler, PeerServer};
 pub use stream::STREAM_IDLE;

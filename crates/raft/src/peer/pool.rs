@@ -42,7 +42,9 @@ pub fn peer_endpoint(addr: &str) -> Result<Endpoint, ConnectError> {
 #[derive(Debug, Default, Clone)]
 pub struct TcpConnector;
 
-fn tcp_endpoint(addr: &str) -> Result<Endpoint, ConnectError> {
+/// The endpoint of a peer at `addr` with fjord's TCP settings: a connect timeout, Nagle off,
+/// HTTP/2 keep-alives (a TLS connector dials through it too).
+pub fn tcp_endpoint(addr: &str) -> Result<Endpoint, ConnectError> {
     Ok(peer_endpoint(addr)?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)

@@ -1,0 +1,833 @@
+//! TLS on both listeners and on the connections to the peers (rustls, ring provider).
+//!
+//! - One certificate per node (`--tls-cert`, `--tls-key`): served on the client and peer
+//!   listeners, and presented as the client certificate on the connections this node opens
+//!   to its peers. [`ReloadingKey`] holds it behind a lock, and [`reload_loop`] reads the
+//!   files again every `--tls-reload-interval-ms`: a fresh handshake gets the new
+//!   certificate without a restart; a file that does not load keeps the old one (logged).
+//! - One CA bundle (`--tls-ca`): verifies the peers' certificates (both ways) and the
+//!   clients' (`--tls-client-auth`).
+//! - Between nodes, mutual TLS always: the peer listener requires a certificate from the CA
+//!   and then that it names ([`PeerNames`]: a DNS or IP subject alternative name) the host of
+//!   one of the `--peers` addresses, or one of `--tls-peer-names`; any other certificate
+//!   (a client's) is refused there.
+//! - The incoming TCP connections are wrapped here ([`incoming`]), the handshakes run
+//!   concurrently and bounded in number and time; [`Conn`] carries the verified client
+//!   certificate to the handlers ([`client_cert_subject`]).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tonic::transport::server::Connected;
+
+/// How long a TLS handshake on a listener may take before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes in progress on one listener, at most (one more waits to be accepted).
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
+/// How long opening a TLS connection to a peer (TCP and handshake) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The range of `tls_reload_interval_ms`.
+pub const RELOAD_INTERVAL_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=3_600_000;
+/// Bytes of a certificate, key or CA file read, at most.
+pub const MAX_PEM_FILE_BYTES: u64 = 1 << 20;
+
+/// Whether the client listener asks clients for a certificate (`--tls-client-auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No client certificate is asked for.
+    None,
+    /// A client may present one (verified against the CA); clients without one are served.
+    Optional,
+    /// Every client must present a certificate from the CA.
+    Required,
+}
+
+/// A node's TLS files and settings, from its configuration.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    pub client_auth: ClientAuth,
+    /// Names a peer's certificate may carry; empty: the hosts of the peers' addresses.
+    pub peer_names: Vec<String>,
+    pub reload_every: Duration,
+}
+
+/// Why TLS could not be set up, or a file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{path} holds no PEM certificate")]
+    NoCertificate { path: String },
+    #[error("{path} holds no usable PEM private key: {reason}")]
+    Key { path: String, reason: String },
+    #[error("the certificate {cert} and the key {key} do not go together: {reason}")]
+    Mismatch {
+        cert: String,
+        key: String,
+        reason: String,
+    },
+    #[error("the CA bundle {path} is unusable: {reason}")]
+    Ca { path: String, reason: String },
+    #[error("cannot set up TLS: {0}")]
+    Setup(String),
+}
+
+/// The crypto provider every TLS object here uses: ring (no aws-lc in the build). rustls
+/// 0.23.48 deprecates it for lacking post-quantum key exchange; it is still supported.
+#[allow(deprecated)]
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let read = |reason: String| TlsError::Read {
+        path: path.display().to_string(),
+        reason,
+    };
+    let len = std::fs::metadata(path)
+        .map_err(|e| read(e.to_string()))?
+        .len();
+    if len > MAX_PEM_FILE_BYTES {
+        return Err(read(format!(
+            "{len} bytes, more than MAX_PEM_FILE_BYTES ({MAX_PEM_FILE_BYTES})"
+        )));
+    }
+    std::fs::read(path).map_err(|e| read(e.to_string()))
+}
+
+/// The certificates of a PEM text.
+fn certificates(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(certs)
+}
+
+/// A certificate chain and its key, from PEM texts (`cert_path`, `key_path` name them in
+/// errors); refused if the key is not the certificate's.
+pub fn certified_key(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<CertifiedKey, TlsError> {
+    let certs = certificates(cert_pem, cert_path)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Key {
+        path: key_path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    CertifiedKey::from_der(certs, key, &provider()).map_err(|e| TlsError::Mismatch {
+        cert: cert_path.display().to_string(),
+        key: key_path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// The CA bundle at `path`.
+pub fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let pem = read_file(path)?;
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(&pem, path)? {
+        roots.add(cert).map_err(|e| TlsError::Ca {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// The node's certificate and key, replaced when their files change ([`reload_loop`]).
+pub struct ReloadingKey {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+    /// The files' contents last looked at (loaded or refused): a change is a difference.
+    seen: std::sync::Mutex<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ReloadingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingKey")
+            .field("cert", &self.cert_path)
+            .field("key", &self.key_path)
+            .finish()
+    }
+}
+
+impl ReloadingKey {
+    /// Loads the certificate and key; an error if they do not load.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<ReloadingKey>, TlsError> {
+        let (cert, key) = (read_file(cert_path)?, read_file(key_path)?);
+        let loaded = certified_key(&cert, &key, cert_path, key_path)?;
+        Ok(Arc::new(ReloadingKey {
+            cert_path: cert_path.to_path_buf(),
+            key_path: key_path.to_path_buf(),
+            current: RwLock::new(Arc::new(loaded)),
+            seen: std::sync::Mutex::new((cert, key)),
+        }))
+    }
+
+    /// The certificate and key in use.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the files; if they changed, loads them, or keeps the old key and logs why not.
+    /// `Ok(true)` when a new key is in use.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let (cert, key) = (read_file(&self.cert_path)?, read_file(&self.key_path)?);
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.0 == cert && seen.1 == key {
+                return Ok(false);
+            }
+            *seen = (cert.clone(), key.clone());
+        }
+        let loaded = certified_key(&cert, &key, &self.cert_path, &self.key_path)?;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(loaded);
+        Ok(true)
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadingKey {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for ReloadingKey {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Reads the node's certificate files every `every` until `key` is dropped; a new
+/// certificate is logged with its serial, a file that does not load is logged as an error
+/// (the old certificate stays in use).
+pub async fn reload_loop(key: Weak<ReloadingKey>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(key) = key.upgrade() else { return };
+        match key.reload_if_changed() {
+            Ok(false) => {}
+            Ok(true) => tracing::info!(
+                cert = %key.cert_path.display(),
+                serial = %serial_of(&key.current()).unwrap_or_default(),
+                "TLS: loaded a new certificate; new connections get it"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                "TLS: the certificate files changed but do not load; the old certificate stays in use"
+            ),
+        }
+    }
+}
+
+/// The serial number of a key's certificate, in hex.
+fn serial_of(key: &CertifiedKey) -> Option<String> {
+    let der = key.cert.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(cert.raw_serial_as_string())
+}
+
+/// The names a peer's certificate may carry (one is enough): DNS names (case-insensitive;
+/// a `*.` wildcard in the certificate covers one leftmost label) or IP addresses.
+#[derive(Debug, Clone)]
+pub struct PeerNames(Vec<String>);
+
+impl PeerNames {
+    /// `names` if given, else the hosts of `peers` (`host:port`).
+    pub fn new<'a>(names: &[String], peers: impl IntoIterator<Item = &'a String>) -> PeerNames {
+        if !names.is_empty() {
+            return PeerNames(names.to_vec());
+        }
+        PeerNames(
+            peers
+                .into_iter()
+                .filter_map(|a| a.rsplit_once(':').map(|(h, _)| unbracket(h).to_string()))
+                .collect(),
+        )
+    }
+
+    /// Whether the end-entity certificate `der` names one of these.
+    pub fn permit(&self, der: &[u8]) -> bool {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+            return false;
+        };
+        let Ok(Some(san)) = cert.subject_alternative_name() else {
+            return false;
+        };
+        san.value.general_names.iter().any(|name| match name {
+            x509_parser::extensions::GeneralName::DNSName(dns) => {
+                self.0.iter().any(|n| dns_matches(dns, n))
+            }
+            x509_parser::extensions::GeneralName::IPAddress(bytes) => {
+                self.0.iter().any(|n| ip_matches(bytes, n))
+            }
+            _ => false,
+        })
+    }
+}
+
+fn unbracket(host: &str) -> &str {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+fn dns_matches(in_cert: &str, name: &str) -> bool {
+    if in_cert.eq_ignore_ascii_case(name) {
+        return true;
+    }
+    match (in_cert.strip_prefix("*."), name.split_once('.')) {
+        (Some(suffix), Some((label, rest))) => {
+            !label.is_empty() && suffix.eq_ignore_ascii_case(rest)
+        }
+        _ => false,
+    }
+}
+
+fn ip_matches(in_cert: &[u8], name: &str) -> bool {
+    match name.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => in_cert == ip.octets(),
+        Ok(IpAddr::V6(ip)) => in_cert == ip.octets(),
+        Err(_) => false,
+    }
+}
+
+/// A node's TLS: the acceptors of its two listeners and the configuration of its outbound
+/// peer connections, all on one [`ReloadingKey`].
+pub struct NodeTls {
+    pub client: tokio_rustls::TlsAcceptor,
+    pub peers: tokio_rustls::TlsAcceptor,
+    pub peer_names: Arc<PeerNames>,
+    pub outbound: Arc<ClientConfig>,
+    pub key: Arc<ReloadingKey>,
+}
+
+impl NodeTls {
+    /// Loads the files of `settings`; the peer listener accepts certificates naming one of
+    /// `peer_addresses`' hosts (or `settings.peer_names`).
+    pub fn load<'a>(
+        settings: &TlsSettings,
+        peer_addresses: impl IntoIterator<Item = &'a String>,
+    ) -> Result<NodeTls, TlsError> {
+        let key = ReloadingKey::load(&settings.cert, &settings.key)?;
+        let roots = roots(&settings.ca)?;
+        let setup = |e: &dyn std::fmt::Display| TlsError::Setup(e.to_string());
+        let verifier = |optional: bool| {
+            let b = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
+            let b = if optional {
+                b.allow_unauthenticated()
+            } else {
+                b
+            };
+            b.build().map_err(|e| setup(&e))
+        };
+        let client_verifier = match settings.client_auth {
+            ClientAuth::None => WebPkiClientVerifier::no_client_auth(),
+            ClientAuth::Optional => verifier(true)?,
+            ClientAuth::Required => verifier(false)?,
+        };
+        let server = |v| -> Result<Arc<ServerConfig>, TlsError> {
+            let mut c = ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| setup(&e))?
+                .with_client_cert_verifier(v)
+                .with_cert_resolver(key.clone());
+            c.alpn_protocols = vec![b"h2".to_vec()];
+            Ok(Arc::new(c))
+        };
+        let mut outbound = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| setup(&e))?
+            .with_root_certificates(roots.clone())
+            .with_client_cert_resolver(key.clone());
+        outbound.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(NodeTls {
+            client: server(client_verifier)?.into(),
+            peers: server(verifier(false)?)?.into(),
+            peer_names: Arc::new(PeerNames::new(&settings.peer_names, peer_addresses)),
+            outbound: Arc::new(outbound),
+            key,
+        })
+    }
+
+    /// The connector of this node's peer connections, from `source` if given.
+    pub fn connector(&self, source: Option<IpAddr>) -> TlsPeerConnector {
+        TlsPeerConnector {
+            config: self.outbound.clone(),
+            source,
+        }
+    }
+}
+
+/// What a handler learns of its connection ([`Connected`]).
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub remote_addr: Option<SocketAddr>,
+    /// The client's certificate chain, verified against the CA (end-entity first); `None`
+    /// without TLS or without a client certificate.
+    pub peer_certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+}
+
+/// An accepted connection: plain TCP, or TLS over it.
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Connected for Conn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        match self {
+            Conn::Plain(s) => ConnInfo {
+                remote_addr: s.peer_addr().ok(),
+                peer_certs: None,
+            },
+            Conn::Tls(s) => {
+                let (tcp, session) = s.get_ref();
+                ConnInfo {
+                    remote_addr: tcp.peer_addr().ok(),
+                    peer_certs: session
+                        .peer_certificates()
+                        .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect())),
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(s) => s.is_write_vectored(),
+            Conn::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// How one listener's connections are accepted.
+#[derive(Clone)]
+pub enum Accept {
+    /// Plaintext.
+    Plain,
+    /// TLS; with `Some(names)`, a client certificate must name one of `names` (the peer
+    /// listener), or the connection is dropped after the handshake.
+    Tls(tokio_rustls::TlsAcceptor, Option<Arc<PeerNames>>),
+}
+
+/// The connections of `tcp`, accepted as `accept` says. TLS handshakes run concurrently (at
+/// most [`MAX_PENDING_HANDSHAKES`], each within [`HANDSHAKE_TIMEOUT`]); a failed one is
+/// logged and dropped, never handed on.
+pub fn incoming<S>(
+    tcp: S,
+    accept: Accept,
+) -> Pin<Box<dyn Stream<Item = std::io::Result<Conn>> + Send>>
+where
+    S: Stream<Item = std::io::Result<TcpStream>> + Send + 'static,
+{
+    let (acceptor, names) = match accept {
+        Accept::Plain => {
+            return Box::pin(tokio_stream::StreamExt::map(tcp, |c| c.map(Conn::Plain)));
+        }
+        Accept::Tls(acceptor, names) => (acceptor, names),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(MAX_PENDING_HANDSHAKES);
+    tokio::spawn(async move {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+        let mut tcp = std::pin::pin!(tcp);
+        loop {
+            let conn = tokio::select! {
+                c = futures::StreamExt::next(&mut tcp) => c,
+                _ = tx.closed() => return,
+            };
+            let conn = match conn {
+                None => return,
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "accepting a connection failed");
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (acceptor, names, tx) = (acceptor.clone(), names.clone(), tx.clone());
+            tokio::spawn(async move {
+                let _slot = slot;
+                if let Some(tls) = handshake(&acceptor, conn, names.as_deref()).await {
+                    let _ = tx.send(Ok(Conn::Tls(Box::new(tls)))).await;
+                }
+            });
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// The server side of one handshake; `None` (logged) if it fails, times out, or the
+/// client's certificate names none of `names`.
+async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    conn: TcpStream,
+    names: Option<&PeerNames>,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let from = conn.peer_addr().ok();
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(?from, error = %e, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(?from, "TLS handshake timed out");
+            return None;
+        }
+    };
+    if let Some(names) = names {
+        let named = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .is_some_and(|c| names.permit(c.as_ref()));
+        if !named {
+            tracing::warn!(
+                ?from,
+                subject = ?tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| subject_of(c.as_ref())),
+                "refused a connection on the peer port: its certificate names no peer (--peers hosts or --tls-peer-names)"
+            );
+            return None;
+        }
+    }
+    Some(tls)
+}
+
+/// The subject of the verified client certificate of `req`'s connection, RFC 4514-style
+/// (`CN=alice,O=acme`: the most specific attribute first, special characters escaped);
+/// `None` without TLS or without a client certificate.
+pub fn client_cert_subject<T>(req: &tonic::Request<T>) -> Option<String> {
+    let info = req.extensions().get::<ConnInfo>()?;
+    subject_of(info.peer_certs.as_ref()?.first()?.as_ref())
+}
+
+/// The remote address of `req`'s connection (tonic's own `remote_addr` does not know
+/// [`Conn`]).
+pub fn remote_addr<T>(req: &tonic::Request<T>) -> Option<SocketAddr> {
+    req.extensions()
+        .get::<ConnInfo>()
+        .and_then(|i| i.remote_addr)
+        .or_else(|| req.remote_addr())
+}
+
+/// The RFC 4514 subject of the certificate `der`.
+pub fn subject_of(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let registry = x509_parser::objects::oid_registry();
+    let rdns: Vec<String> = cert
+        .subject()
+        .iter_rdn()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|attr| {
+                    let key = x509_parser::objects::oid2abbrev(attr.attr_type(), registry)
+                        .map(str::to_string)
+                        .unwrap_or_else(|_| attr.attr_type().to_id_string());
+                    let value = match attr.as_str() {
+                        Ok(s) => escape_rfc4514(s),
+                        Err(_) => format!("#{}", hex(attr.attr_value().data)),
+                    };
+                    format!("{key}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    // RFC 4514: the last RDN of the sequence first.
+    Some(rdns.into_iter().rev().collect::<Vec<_>>().join(","))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A value escaped as RFC 4514 section 2.4 says.
+fn escape_rfc4514(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let last = s.chars().count().saturating_sub(1);
+    for (i, c) in s.chars().enumerate() {
+        let special = matches!(c, '"' | '+' | ',' | ';' | '<' | '>' | '\\')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if c == '\0' {
+            out.push_str("\\00");
+        } else {
+            if special {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Outbound peer connections over TLS: the CA verifies the peer's certificate (which must
+/// name the host dialed), and this node's certificate is its client certificate.
+pub struct TlsPeerConnector {
+    config: Arc<ClientConfig>,
+    source: Option<IpAddr>,
+}
+
+impl fjord_raft::peer::Connector for TlsPeerConnector {
+    fn connect(
+        &self,
+        addr: &str,
+    ) -> Result<tonic::transport::Channel, fjord_raft::peer::ConnectError> {
+        let dial = Dial {
+            config: self.config.clone(),
+            source: self.source,
+        };
+        Ok(fjord_raft::peer::tcp_endpoint(addr)?.connect_with_connector_lazy(dial))
+    }
+}
+
+/// Dials `host:port` and makes a TLS connection over it: tonic's connector.
+#[derive(Clone)]
+struct Dial {
+    config: Arc<ClientConfig>,
+    source: Option<IpAddr>,
+}
+
+type DialFuture = Pin<
+    Box<
+        dyn std::future::Future<
+                Output = std::io::Result<
+                    hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
+                >,
+            > + Send,
+    >,
+>;
+
+impl tower::Service<http::Uri> for Dial {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = DialFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let dial = this.dial(uri);
+            match tokio::time::timeout(CONNECT_TIMEOUT, dial).await {
+                Ok(r) => r.map(hyper_util::rt::TokioIo::new),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "TLS connection to a peer timed out (CONNECT_TIMEOUT)",
+                )),
+            }
+        })
+    }
+}
+
+impl Dial {
+    async fn dial(
+        &self,
+        uri: http::Uri,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
+        let host = unbracket(
+            uri.host()
+                .ok_or_else(|| invalid("no host in the address"))?,
+        );
+        let port = uri
+            .port_u16()
+            .ok_or_else(|| invalid("no port in the address"))?;
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|_| invalid("the host is not a valid DNS name or IP address"))?;
+        let tcp = self.tcp(host, port).await?;
+        tcp.set_nodelay(true)?;
+        tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(name, tcp)
+            .await
+    }
+
+    async fn tcp(&self, host: &str, port: u16) -> std::io::Result<TcpStream> {
+        let Some(source) = self.source else {
+            return TcpStream::connect((host, port)).await;
+        };
+        let mut last = None;
+        for addr in tokio::net::lookup_host((host, port)).await? {
+            let socket = match addr {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.bind(SocketAddr::new(source, 0))?;
+            match socket.connect(addr).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("the host resolves to no address")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_names_and_wildcards() {
+        assert!(dns_matches("Node1.Example", "node1.example"));
+        assert!(dns_matches("*.fjord.svc", "fjord-0.fjord.svc"));
+        assert!(!dns_matches("*.fjord.svc", "a.b.fjord.svc"));
+        assert!(!dns_matches("*.fjord.svc", "fjord.svc"));
+        assert!(ip_matches(&[127, 0, 0, 1], "127.0.0.1"));
+        assert!(!ip_matches(&[127, 0, 0, 1], "127.0.0.2"));
+        assert!(!ip_matches(&[127, 0, 0, 1], "localhost"));
+    }
+
+    #[test]
+    fn rfc4514_escapes() {
+        assert_eq!(escape_rfc4514("a,b"), "a\\,b");
+        assert_eq!(escape_rfc4514(" x "), "\\ x\\ ");
+        assert_eq!(escape_rfc4514("#1"), "\\#1");
+    }
+
+    fn cert(cn: &str, sans: &[&str]) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let mut params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "acme");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        (params.self_signed(&key).unwrap(), key)
+    }
+
+    #[test]
+    fn subject_and_peer_names_of_a_certificate() {
+        let (c, _) = cert("alice", &["node1.example", "127.0.0.1"]);
+        assert_eq!(subject_of(c.der()).as_deref(), Some("CN=alice,O=acme"));
+        let peers = ["node1.example:7201".to_string()];
+        assert!(PeerNames::new(&[], &peers).permit(c.der()));
+        let peers = ["127.0.0.1:7201".to_string()];
+        assert!(PeerNames::new(&[], &peers).permit(c.der()));
+        let peers = ["node2.example:7201".to_string()];
+        assert!(!PeerNames::new(&[], &peers).permit(c.der()));
+        assert!(PeerNames::new(&["node1.example".into()], &peers).permit(c.der()));
+    }
+
+    #[test]
+    fn a_bad_new_file_keeps_the_old_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        let (c1, k1) = cert("one", &["a"]);
+        std::fs::write(&cert_path, c1.pem()).unwrap();
+        std::fs::write(&key_path, k1.serialize_pem()).unwrap();
+        let key = ReloadingKey::load(&cert_path, &key_path).unwrap();
+        assert!(!key.reload_if_changed().unwrap());
+        // A new certificate without its key: refused, the old one stays.
+        let (c2, k2) = cert("two", &["a"]);
+        std::fs::write(&cert_path, c2.pem()).unwrap();
+        assert!(matches!(
+            key.reload_if_changed(),
+            Err(TlsError::Mismatch { .. })
+        ));
+        assert_eq!(key.current().cert[0].as_ref(), c1.der().as_ref());
+        std::fs::write(&key_path, k2.serialize_pem()).unwrap();
+        assert!(key.reload_if_changed().unwrap());
+        assert_eq!(key.current().cert[0].as_ref(), c2.der().as_ref());
+        std::fs::write(&cert_path, "garbage").unwrap();
+        assert!(key.reload_if_changed().is_err());
+        assert_eq!(key.current().cert[0].as_ref(), c2.der().as_ref());
+    }
+}

@@ -1,0 +1,75 @@
+//! `fjord-jepsen run --tls`: a CA and one node certificate made with rcgen into the run's
+//! directory (`<out>/tls/`), the nodes started with TLS on, the clients trusting the CA.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
+
+/// A run's TLS files.
+#[derive(Debug, Clone)]
+pub struct RunTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Makes a CA and a node certificate naming every address a node of either network has
+/// (`10.77.0.<id>`, `127.0.0.<10+id>`, for ids up to `max_id`), in `dir`.
+pub fn generate(dir: &Path, max_id: u64) -> Result<RunTls> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "fjord-jepsen CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    for id in 1..=max_id {
+        names.push(crate::net::ip(id));
+        names.push(crate::proxy::node_ip(id).to_string());
+    }
+    let mut params = CertificateParams::new(names)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "fjord-jepsen node");
+    params.use_authority_key_identifier_extension = true;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &*ca)?;
+    let files = RunTls {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("node.pem"),
+        key: dir.join("node.key"),
+    };
+    std::fs::write(&files.ca, ca.pem())?;
+    std::fs::write(&files.cert, cert.pem())?;
+    std::fs::write(&files.key, key.serialize_pem())?;
+    Ok(files)
+}
+
+impl RunTls {
+    /// The flags of `fjord serve`.
+    pub fn serve_args(&self) -> Vec<String> {
+        let path = |p: &Path| p.display().to_string();
+        vec![
+            "--tls-cert".into(),
+            path(&self.cert),
+            "--tls-key".into(),
+            path(&self.key),
+            "--tls-ca".into(),
+            path(&self.ca),
+        ]
+    }
+
+    /// The clients' settings: trusting the CA.
+    pub fn client(&self) -> Result<fjord_client::ClientTls> {
+        Ok(fjord_client::ClientTls::from_files(&self.ca, None, None)?)
+    }
+}

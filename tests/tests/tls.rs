@@ -1,0 +1,240 @@
+//! TLS on real 3-node clusters (`fjord serve` processes, certificates from a test CA made
+//! with rcgen): plaintext clients refused, clients trusting the CA served, client
+//! certificates required when asked for, a certificate replaced on disk served without a
+//! restart, and a client certificate (valid, from the CA, naming no peer) refused on the
+//! peer port.
+// Each test holds `serial()` (a std mutex) for its whole run on purpose: tests run on
+// separate threads and runtimes, and must not start clusters at the same time.
+#![allow(clippy::await_holding_lock)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fjord_client::{ClientConfig, ClientTls, FetchOptions, ProducerConfig, ProducerRecord};
+use fjord_proto::raft::IdentityRequest;
+use fjord_proto::raft::raft_transport_client::RaftTransportClient;
+use fjord_proto::v1::fjord_client::FjordClient;
+use fjord_tests::certs::{Issued, TestPki};
+use fjord_tests::{Cluster, Timing, serial, wait_for};
+use rustls_pki_types::pem::PemObject;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+/// Bound on one call whose failure is expected.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A TLS cluster and its certificates.
+struct TlsCluster {
+    cluster: Cluster,
+    pki: TestPki,
+    /// The alice client certificate: from the CA, naming no peer.
+    alice: Issued,
+    _dir: tempfile::TempDir,
+}
+
+/// A 3-node cluster with TLS on (one node certificate for 127.0.0.1, read every 100 ms),
+/// `--tls-client-auth client_auth`; the harness's client presents alice's certificate when
+/// `with_cert`.
+async fn tls_cluster(client_auth: &str, with_cert: bool) -> TlsCluster {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), "fjord test CA");
+    let node = pki.issue("node", "fjord-node", "fjord", &["127.0.0.1", "localhost"]);
+    let alice = pki.issue("alice", "alice", "acme", &["alice.example"]);
+    let ca = pki.ca();
+    let paths = [&node.cert, &node.key, &ca].map(|p| p.display().to_string());
+    let flags = [
+        "--tls-cert",
+        &paths[0],
+        "--tls-key",
+        &paths[1],
+        "--tls-ca",
+        &paths[2],
+        "--tls-client-auth",
+        client_auth,
+        "--tls-reload-interval-ms",
+        "100",
+    ];
+    let cert = with_cert.then_some((alice.cert.as_path(), alice.key.as_path()));
+    let config = ClientConfig {
+        tls: Some(ClientTls::from_files(&ca, cert.map(|c| c.0), cert.map(|c| c.1)).unwrap()),
+        ..ClientConfig::default()
+    };
+    let cluster = Cluster::start_with_client(3, Timing::FAST, &flags, config).await;
+    TlsCluster {
+        cluster,
+        pki,
+        alice,
+        _dir: dir,
+    }
+}
+
+/// Creates `topic`, produces `n` records to it and reads them back.
+async fn produce_and_fetch(client: &fjord_client::Client, topic: &str, n: usize) {
+    client.create_topic(topic, 1, 3).await.expect("create");
+    let producer = client.producer(topic, ProducerConfig::default()).unwrap();
+    for i in 0..n {
+        producer
+            .send(ProducerRecord::new(format!("v{i}")).with_partition(0))
+            .await
+            .expect("send");
+    }
+    let got = client
+        .fetch(topic, 0, 0, FetchOptions::default())
+        .await
+        .expect("fetch");
+    assert_eq!(got.records.len(), n, "{:?}", got.records);
+}
+
+/// A Metadata call to `addr` on `endpoint`'s settings, bounded.
+async fn metadata_at(endpoint: Endpoint) -> Result<(), String> {
+    let channel = endpoint.timeout(CALL_TIMEOUT).connect_lazy();
+    let mut client = FjordClient::new(channel);
+    let call = client.metadata(fjord_proto::v1::MetadataRequest::default());
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(s)) => Err(format!("{s:?}")),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// TLS settings trusting the test CA, with `identity` as the client certificate if given.
+fn tls_config(ca: &Path, identity: Option<&Issued>) -> ClientTlsConfig {
+    let mut t =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()));
+    if let Some(i) = identity {
+        t = t.identity(Identity::from_pem(
+            std::fs::read(&i.cert).unwrap(),
+            std::fs::read(&i.key).unwrap(),
+        ));
+    }
+    t
+}
+
+fn https(addr: &str, tls: ClientTlsConfig) -> Endpoint {
+    Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_are_served_plaintext_refused_and_peer_port_refuses_client_certificates() {
+    let _serial = serial();
+    let t = tls_cluster("optional", false).await;
+    // A client trusting the CA (no certificate of its own: optional) produces and fetches.
+    produce_and_fetch(&t.cluster.client(), "secure", 5).await;
+    let ca = t.pki.ca();
+    for node in &t.cluster.nodes {
+        // Plaintext is refused.
+        let plain = Endpoint::from_shared(format!("http://{}", node.addr)).unwrap();
+        let refused = metadata_at(plain).await;
+        assert!(refused.is_err(), "node {}: plaintext was served", node.id);
+        // A client certificate from the CA is accepted on the client port...
+        metadata_at(https(&node.addr, tls_config(&ca, Some(&t.alice))))
+            .await
+            .unwrap_or_else(|e| panic!("node {}: alice on the client port: {e}", node.id));
+        // ... and refused on the peer port: it names no peer.
+        let peer = https(&node.peer_addr, tls_config(&ca, Some(&t.alice)))
+            .timeout(CALL_TIMEOUT)
+            .connect_lazy();
+        let mut client = RaftTransportClient::new(peer);
+        let call = client.check_identity(IdentityRequest::default());
+        let answer = tokio::time::timeout(CALL_TIMEOUT, call).await;
+        assert!(
+            !matches!(answer, Ok(Ok(_))),
+            "node {}: the peer port answered a client certificate: {answer:?}",
+            node.id
+        );
+        // So is a connection without a certificate.
+        let peer = https(&node.peer_addr, tls_config(&ca, None))
+            .timeout(CALL_TIMEOUT)
+            .connect_lazy();
+        let mut client = RaftTransportClient::new(peer);
+        let call = client.check_identity(IdentityRequest::default());
+        let answer = tokio::time::timeout(CALL_TIMEOUT, call).await;
+        assert!(
+            !matches!(answer, Ok(Ok(_))),
+            "node {}: the peer port answered without a certificate: {answer:?}",
+            node.id
+        );
+        let log = t.cluster.log_text(node.id);
+        assert!(
+            log.contains("refused a connection on the peer port"),
+            "node {}: the refusal is logged",
+            node.id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_client_auth_refuses_a_client_without_a_certificate() {
+    let _serial = serial();
+    let t = tls_cluster("required", true).await;
+    // The harness's client presents alice's certificate: served.
+    produce_and_fetch(&t.cluster.client(), "mutual", 3).await;
+    let ca = t.pki.ca();
+    for node in &t.cluster.nodes {
+        let without = metadata_at(https(&node.addr, tls_config(&ca, None))).await;
+        assert!(
+            without.is_err(),
+            "node {}: a client without a certificate was served",
+            node.id
+        );
+    }
+}
+
+/// The certificate `addr` presents in a fresh handshake (client port: no client
+/// certificate needed with `optional`), DER.
+async fn presented_certificate(addr: &str, ca: &Path) -> Option<Vec<u8>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).ok()? {
+        roots.add(c.ok()?).ok()?;
+    }
+    #[allow(deprecated)] // ring, as the server: no post-quantum key exchange
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").ok()?;
+    let connect = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp);
+    let tls = tokio::time::timeout(CALL_TIMEOUT, connect)
+        .await
+        .ok()?
+        .ok()?;
+    Some(tls.get_ref().1.peer_certificates()?.first()?.to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
+    let _serial = serial();
+    let t = tls_cluster("optional", false).await;
+    let ca = t.pki.ca();
+    let addr = t.cluster.nodes[0].addr.clone();
+    let old = presented_certificate(&addr, &ca)
+        .await
+        .expect("a handshake");
+    let new = t.pki.issue(
+        "node",
+        "fjord-node-renewed",
+        "fjord",
+        &["127.0.0.1", "localhost"],
+    );
+    assert_ne!(old, new.der, "a new certificate");
+    for node in &t.cluster.nodes {
+        wait_for(
+            &format!("node {} to serve the new certificate", node.id),
+            DEADLINE,
+            || {
+                let (addr, ca, want) = (node.addr.clone(), ca.clone(), new.der.clone());
+                async move { (presented_certificate(&addr, &ca).await? == want).then_some(()) }
+            },
+        )
+        .await;
+    }
+    // The nodes reconnect to each other with it, and the cluster keeps working.
+    produce_and_fetch(&t.cluster.client(), "renewed", 3).await;
+}
