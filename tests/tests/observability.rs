@@ -332,11 +332,15 @@ async fn every_node_serves_plausible_metrics_that_promtool_accepts() {
 async fn a_node_checking_its_directory_is_not_serving() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
-    let ports = free_ports(4);
+    let ports = free_ports(5);
     let addr = format!("127.0.0.1:{}", ports[0]);
     let metrics = format!("127.0.0.1:{}", ports[3]);
-    // Node 1 of 3, alone: it asks its peers about its directory until they answer.
-    let peers = format!("1={addr},2=127.0.0.1:{},3=127.0.0.1:{}", ports[1], ports[2]);
+    // Node 1 of 3, alone: it asks its peers about its directory until they answer (its own
+    // peer port is ports[4]; the client port is not a peer address).
+    let peers = format!(
+        "1=127.0.0.1:{},2=127.0.0.1:{},3=127.0.0.1:{}",
+        ports[4], ports[1], ports[2]
+    );
     let log = std::fs::File::create(dir.path().join("node1.log")).unwrap();
     let mut child = Command::new(fjord_bin())
         .args(["serve", "--id", "1", "--listen", &addr, "--peers", &peers])
