@@ -16,6 +16,7 @@ use fjord_client::{Acks, Client, ClientConfig, ReadMode};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
 
+use crate::compaction::{CompactionHits, CompactionOptions};
 use crate::db::{Db, NodeOptions};
 use crate::group::{self, Group, MemberOptions};
 use crate::nemesis::Nemesis;
@@ -62,6 +63,10 @@ pub struct RunOptions {
     /// the deleter's `DeleteRecords`, and the nemesis's deletions; `None`: off.
     #[serde(default)]
     pub retention: Option<RetentionOptions>,
+    /// Compaction (`fjord_harness::compaction`): the topic compacts, records carry keys,
+    /// power losses are timed by compaction passes; `None`: off.
+    #[serde(default)]
+    pub compaction: Option<CompactionOptions>,
 }
 
 /// A run's log lifecycle.
@@ -94,6 +99,9 @@ pub struct RunOutput {
     /// Per node, how many partition snapshots it installed (its log's lines saying so).
     #[serde(default)]
     pub snapshot_installs: BTreeMap<u64, usize>,
+    /// In compaction runs: how many power losses struck a compaction pass.
+    #[serde(default)]
+    pub compaction_hits: Option<CompactionHits>,
 }
 
 fn parse_acks(s: &str) -> Result<Acks> {
@@ -214,7 +222,7 @@ async fn drain_group(
     recorder: &Arc<Recorder>,
     notes: &mut Vec<String>,
 ) {
-    if options.group_members == 0 || options.retention.is_some() || !all_read {
+    if options.group_members == 0 || no_group(options) || !all_read {
         return;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -243,6 +251,7 @@ fn new_nemesis(
                 inflight: None,
             }),
         purge_lags: Vec::new(),
+        compaction: options.compaction.map(|_| CompactionHits::default()),
         db: db.clone(),
         net: netns.clone(),
         client: client.clone(),
@@ -273,6 +282,7 @@ async fn run_async(
     let total = Duration::from_secs(options.duration_secs);
     let steps = write_plan(&options, total)?;
     start_retention(&client, &topic, &options, &recorder, &mut notes).await?;
+    start_compaction(&client, &topic, &options, &recorder, &mut notes).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let workload = tokio::spawn(workload::run(
@@ -320,6 +330,10 @@ async fn run_async(
     shut_down(&db, &mut notes).await;
     let isolations = std::mem::take(&mut nemesis.isolations);
     let purge_lags = std::mem::take(&mut nemesis.purge_lags);
+    let compaction_hits = nemesis.compaction.take();
+    if let Some(hits) = &compaction_hits {
+        notes.push(hits.describe());
+    }
     drop(nemesis);
     Ok(RunOutput {
         options,
@@ -332,7 +346,38 @@ async fn run_async(
         isolations,
         purge_lags,
         snapshot_installs,
+        compaction_hits,
     })
+}
+
+/// Whether the run has no consumer group: with retention (see [`start_retention`]'s note)
+/// or compaction (a member's poll-skip rule would take the offsets compaction removed for
+/// skipped records).
+fn no_group(options: &RunOptions) -> bool {
+    options.retention.is_some() || options.compaction.is_some()
+}
+
+/// With compaction: sets it on the topic (recorded) before the workload starts; notes that
+/// no consumer group runs.
+async fn start_compaction(
+    client: &Client,
+    topic: &str,
+    options: &RunOptions,
+    recorder: &Recorder,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let Some(c) = options.compaction else {
+        return Ok(());
+    };
+    crate::compaction::set(client, topic, c, options.retention.is_some(), recorder).await?;
+    if options.group_members > 0 && options.retention.is_none() {
+        notes.push(
+            "compaction: no consumer group (its poll-skip rule would take the offsets \
+             compaction removed for skipped records)"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// With retention: sets it on the topic (recorded) before the workload starts, with the
@@ -446,12 +491,13 @@ async fn create_topic(client: &Client, options: &RunOptions) -> Result<String> {
 fn write_plan(options: &RunOptions, total: Duration) -> Result<Vec<Step>> {
     let recovery = Duration::from_secs(options.recovery_secs);
     let mut steps = fault_plan::plan(options.seed, &options.faults, total, recovery);
-    if options.retention.is_some() {
+    if options.retention.is_some() || options.compaction.is_some() {
         // The log lifecycle's own faults, when asked for: a follower held down across a
-        // deletion, and a power loss during one.
+        // deletion (with retention), and a power loss during a deletion or a compaction.
         let wanted: Vec<FaultKind> = [FaultKind::FollowerBehindPurge, FaultKind::PowerLoss]
             .into_iter()
             .filter(|k| options.faults.contains(k))
+            .filter(|k| options.retention.is_some() || *k == FaultKind::PowerLoss)
             .collect();
         fault_plan::ensure(&mut steps, &wanted);
     }
@@ -497,7 +543,9 @@ async fn start_cluster(
         fake_clock: options.faults.contains(&FaultKind::ClockJump)
             || options.faults.contains(&FaultKind::ClockSkew),
         lazy_disk: options.lazyfs_bin.clone(),
-        retention_check_interval_ms: options.retention.map(|_| lifecycle::CHECK_INTERVAL_MS),
+        retention_check_interval_ms: (options.retention.is_some()
+            || options.compaction.is_some())
+        .then_some(lifecycle::CHECK_INTERVAL_MS),
     };
     let mut db = Db::new(&options.out_dir, netns, ids, node_options)?;
     for &id in ids {
@@ -545,8 +593,8 @@ fn spawn_members(
         seed: options.seed,
         op_timeout: Duration::from_millis(options.op_timeout_ms),
     };
-    // No group with retention: see the note `run_async` leaves.
-    let members = if options.retention.is_some() {
+    // No group with retention or compaction: see the notes they leave.
+    let members = if no_group(options) {
         0
     } else {
         options.group_members
@@ -576,6 +624,7 @@ fn workload_options(
         lifecycle: options
             .retention
             .map(|_| Arc::new(Bounds::new(options.partitions))),
+        keyed: options.compaction.is_some(),
     }
 }
 

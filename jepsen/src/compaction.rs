@@ -1,0 +1,160 @@
+//! Compaction against real processes (the shared model: `fjord_harness::compaction`): the
+//! run's topic set to compact before the workload (recorded), and the node log lines that
+//! tell when a replica's compaction pass is under way, by which the nemesis times its power
+//! losses (`power-loss` during compaction).
+//!
+//! What must hold: a power loss counts as striking a compaction only when the node's log,
+//! read after it was killed, shows a pass started and not finished for some partition.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
+use fjord_client::{Client, ClientError};
+use fjord_harness::compaction as model;
+use fjord_harness::history::EventType;
+use serde::{Deserialize, Serialize};
+
+use crate::workload::Recorder;
+
+/// The log line of a replica starting a compaction pass of a partition (`group=` follows).
+pub const PASS_START_LINE: &str = "compaction pass started";
+/// The log line of a replica that finished one (`fjord_raft::compaction`'s "compacted").
+pub const PASS_DONE_LINE: &str = "compaction: compacted";
+/// The process that sets the topic's compaction.
+pub const SETTER: u32 = u32::MAX - 6;
+
+/// A run's compaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactionOptions {
+    /// The topic's `min_compaction_lag_ms`.
+    pub min_compaction_lag_ms: u64,
+}
+
+/// How the power losses of a compaction run went.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactionHits {
+    /// Power losses in the run.
+    pub power_losses: u64,
+    /// Of those, the ones that waited for a pass to start and saw one.
+    pub timed_by_a_pass: u64,
+    /// Of those, the ones that struck while some node was mid-pass (its log shows a pass
+    /// started and not finished).
+    pub mid_pass: u64,
+}
+
+impl CompactionHits {
+    pub fn describe(&self) -> String {
+        format!(
+            "power loss during compaction: {} power losses, {} right after a compaction pass \
+             started, {} while a node was mid-pass",
+            self.power_losses, self.timed_by_a_pass, self.mid_pass
+        )
+    }
+}
+
+fn classify(e: &ClientError) -> EventType {
+    if e.is_outcome_unknown() {
+        EventType::Info
+    } else {
+        EventType::Fail
+    }
+}
+
+/// Sets the topic's `cleanup_policy` (`compact`, or `compact,delete` with retention) and
+/// `min_compaction_lag_ms`, and records it.
+pub async fn set(
+    client: &Client,
+    topic: &str,
+    opts: CompactionOptions,
+    with_retention: bool,
+    rec: &Recorder,
+) -> Result<()> {
+    let policy = model::cleanup_policy(with_retention);
+    let op = model::set_compaction(policy, opts.min_compaction_lag_ms);
+    rec.record(SETTER, EventType::Invoke, op.clone(), None);
+    let lag = opts.min_compaction_lag_ms.to_string();
+    let set = [
+        ("cleanup_policy", policy),
+        ("min_compaction_lag_ms", lag.as_str()),
+    ];
+    match client.alter_topic_config(topic, &set, &[] as &[&str]).await {
+        Ok(_) => {
+            rec.record(SETTER, EventType::Ok, op, None);
+            Ok(())
+        }
+        Err(e) => {
+            rec.record(SETTER, classify(&e), op, Some(e.to_string()));
+            bail!("setting cleanup_policy = {policy} on {topic}: {e}")
+        }
+    }
+}
+
+/// The `group=` of a log line, if it has one.
+fn group_of(line: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("group="))
+        .and_then(|g| g.parse().ok())
+}
+
+/// The groups (partitions) whose compaction pass `log` (a node's log from some point on)
+/// shows started and not finished.
+pub fn mid_pass(log: &str) -> Vec<u64> {
+    let mut open: BTreeMap<u64, bool> = BTreeMap::new();
+    for line in log.lines() {
+        let started = line.contains(PASS_START_LINE);
+        if !started && !line.contains(PASS_DONE_LINE) {
+            continue;
+        }
+        if let Some(g) = group_of(line) {
+            open.insert(g, started);
+        }
+    }
+    open.into_iter().filter(|&(_, o)| o).map(|(g, _)| g).collect()
+}
+
+/// Node `id`'s log after byte `from`, read from there only (the nemesis reads it every few
+/// ms while it waits for a pass; the whole log may be megabytes). Empty if unreadable.
+pub fn log_after(db: &crate::db::Db, id: u64, from: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Some(node) = db.nodes.get(&id) else {
+        return String::new();
+    };
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(node.log_path()).and_then(|mut f| {
+        f.seek(SeekFrom::Start(from))?;
+        f.read_to_end(&mut bytes)
+    });
+    match read {
+        Ok(_) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Whether `log` shows a compaction pass started.
+pub fn pass_started(log: &str) -> bool {
+    log.contains(PASS_START_LINE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pass_is_under_way_from_its_start_line_to_its_compacted_line() {
+        let log = "2026-12-06T15:34:58Z  INFO fjord_raft::compaction: compaction pass started \
+                   group=4294967298 upto=37\n\
+                   2026-12-06T15:34:58Z  INFO fjord_raft::compaction: compaction pass started \
+                   group=4294967297 upto=12\n\
+                   2026-12-06T15:34:58Z  INFO fjord_raft::compaction: compacted \
+                   group=4294967297 upto=12 rewritten=3 keys=50\n";
+        assert_eq!(mid_pass(log), vec![4294967298]);
+        assert!(pass_started(log));
+        assert!(mid_pass("").is_empty());
+        let done = format!(
+            "{log}2026-12-06T15:34:59Z  INFO fjord_raft::compaction: compacted \
+             group=4294967298 upto=37 rewritten=1 keys=50\n"
+        );
+        assert!(mid_pass(&done).is_empty());
+        assert!(!pass_started("purging the log group=1"));
+    }
+}
