@@ -7,14 +7,24 @@
 //! read after it was killed, shows a pass started and not finished for some partition.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use fjord_client::{Client, ClientError};
+use fjord_client::{Acks, Client, ClientError, Producer, ProducerConfig, ProducerRecord};
 use fjord_harness::compaction as model;
 use fjord_harness::history::EventType;
+use fjord_harness::workload::{encode, produce, produced};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
 
+use crate::db::Db;
 use crate::workload::Recorder;
+
+/// How long, past `min_compaction_lag_ms`, the filler waits for a compaction covering it.
+const COVER_WAIT: Duration = Duration::from_secs(20);
+/// Pause between two looks at the node logs meanwhile.
+const COVER_POLL: Duration = Duration::from_millis(250);
 
 /// The log line of a replica starting a compaction pass of a partition (`group=` follows).
 pub const PASS_START_LINE: &str = "compaction pass started";
@@ -130,6 +140,128 @@ pub fn log_after(db: &crate::db::Db, id: u64, from: u64) -> String {
     }
 }
 
+/// The `upto=` of a log line, if it has one.
+fn upto_of(line: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("upto="))
+        .and_then(|g| g.parse().ok())
+}
+
+/// The highest `upto` of the compactions `log` shows finished on a data topic's `partition`
+/// (a group whose low half is the partition and whose high half, the topic's id, is not 0).
+pub fn compacted_upto(log: &str, partition: u32) -> Option<u64> {
+    log.lines()
+        .filter(|l| l.contains(PASS_DONE_LINE))
+        .filter(|l| group_of(l).is_some_and(|g| g >> 32 != 0 && g as u32 == partition))
+        .filter_map(upto_of)
+        .max()
+}
+
+/// Writer `i` of the filler: its share of every partition's filler records, one at a time,
+/// each recorded; per partition, the lowest offset acknowledged.
+async fn fill(
+    producer: Producer,
+    (partitions, i): (u32, u32),
+    rec: Arc<Recorder>,
+    timeout: Duration,
+) -> BTreeMap<u32, u64> {
+    let process = model::FILLER_PROCESS - i;
+    let mut first = BTreeMap::new();
+    let mine = (0..partitions)
+        .flat_map(|p| (0..model::FILLER_RECORDS).map(move |n| (p, n)))
+        .skip(i as usize)
+        .step_by(model::FILLER_WRITERS as usize);
+    for (partition, n) in mine {
+        let (value, key) = model::filler(partition, n);
+        let record = ProducerRecord::new(encode(value))
+            .with_partition(partition)
+            .with_key(model::key_bytes(key));
+        let invoke = model::keyed(produce(partition, value), key);
+        rec.record(process, EventType::Invoke, invoke.clone(), None);
+        match tokio::time::timeout(timeout, producer.send(record)).await {
+            Ok(Ok(meta)) => {
+                let done = model::keyed(produced(partition, value, meta.offset), key);
+                rec.record(process, EventType::Ok, done, None);
+                let f = first.entry(partition).or_insert(meta.offset);
+                *f = (*f).min(meta.offset);
+            }
+            Ok(Err(e)) => rec.record(process, classify(&e), invoke, Some(e.to_string())),
+            Err(_) => {
+                let why = "no acknowledgement within the operation timeout".to_string();
+                rec.record(process, EventType::Info, invoke, Some(why));
+            }
+        }
+    }
+    first
+}
+
+/// Once the writes ended and the faults healed: the filler (see
+/// `fjord_harness::compaction::FILLER_RECORDS`), then a wait (at most the lag plus
+/// [`COVER_WAIT`]) until some node finished a compaction of each partition past the filler's
+/// first record, so that the final read sees a log compacted through every record the
+/// workload wrote. What to note.
+pub async fn settle(
+    client: &Client,
+    topic: &str,
+    (partitions, opts, timeout): (u32, CompactionOptions, Duration),
+    rec: &Arc<Recorder>,
+    db: &Mutex<Db>,
+) -> Result<Vec<String>> {
+    let config = ProducerConfig {
+        acks: Acks::Cp,
+        linger_ms: 2,
+        ..ProducerConfig::default()
+    };
+    let producer = client.producer(topic.to_string(), config)?;
+    let from: BTreeMap<u64, u64> = {
+        let db = db.lock().await;
+        db.ids().into_iter().map(|id| (id, db.log_len(id))).collect()
+    };
+    let mut writers = tokio::task::JoinSet::new();
+    for i in 0..model::FILLER_WRITERS {
+        let (producer, rec) = (producer.clone(), rec.clone());
+        writers.spawn(fill(producer, (partitions, i), rec, timeout));
+    }
+    let mut first: BTreeMap<u32, u64> = BTreeMap::new();
+    while let Some(done) = writers.join_next().await {
+        for (p, o) in done? {
+            let f = first.entry(p).or_insert(o);
+            *f = (*f).min(o);
+        }
+    }
+    rec.flush();
+    let began = Instant::now();
+    let deadline = began + Duration::from_millis(opts.min_compaction_lag_ms) + COVER_WAIT;
+    // Bounded by the deadline.
+    let uncovered = loop {
+        let logs: Vec<String> = {
+            let db = db.lock().await;
+            from.iter().map(|(&id, &at)| log_after(&db, id, at)).collect()
+        };
+        let uncovered: Vec<u32> = first
+            .iter()
+            .filter(|&(&p, &f)| !logs.iter().any(|l| compacted_upto(l, p).is_some_and(|u| u > f)))
+            .map(|(&p, _)| p)
+            .collect();
+        if uncovered.is_empty() || Instant::now() > deadline {
+            break uncovered;
+        }
+        tokio::time::sleep(COVER_POLL).await;
+    };
+    let waited = began.elapsed().as_millis();
+    Ok(vec![if uncovered.is_empty() {
+        format!(
+            "compaction: after the filler, a compaction covered every record the workload \
+             wrote in every partition {first:?} (filler's first offsets) within {waited} ms"
+        )
+    } else {
+        format!(
+            "compaction: partitions {uncovered:?} were not compacted past the filler within \
+             {waited} ms: their final reads check fewer latest records"
+        )
+    }])
+}
+
 /// Whether `log` shows a compaction pass started.
 pub fn pass_started(log: &str) -> bool {
     log.contains(PASS_START_LINE)
@@ -156,5 +288,15 @@ mod tests {
         );
         assert!(mid_pass(&done).is_empty());
         assert!(!pass_started("purging the log group=1"));
+    }
+
+    #[test]
+    fn the_highest_finished_compaction_of_a_partition_is_read_from_its_lines() {
+        let log = "INFO fjord_raft::compaction: compacted group=4294967298 upto=37 rewritten=1\n\
+                   INFO fjord_raft::compaction: compacted group=4294967298 upto=90 rewritten=1\n\
+                   INFO fjord_raft::compaction: compaction pass started group=4294967298 upto=120\n\
+                   INFO fjord_raft::compaction: compacted group=2 upto=500 rewritten=1\n";
+        assert_eq!(compacted_upto(log, 2), Some(90));
+        assert_eq!(compacted_upto(log, 1), None);
     }
 }

@@ -305,6 +305,10 @@ async fn run_async(
 
     // Every fault has healed: make sure every node that should run does, then read back.
     start_survivors(&db, &netns, &nemesis.lost_nodes).await?;
+    if let (Some(c), false) = (options.compaction, interrupted) {
+        let how = (options.partitions, c, Duration::from_millis(options.op_timeout_ms));
+        notes.extend(crate::compaction::settle(&client, &topic, how, &recorder, &db).await?);
+    }
     let unread = if interrupted {
         notes.push("interrupted: no final read".into());
         Vec::new()

@@ -21,6 +21,26 @@ pub const MIN_COMPACTION_LAG_MS: u64 = 2_000;
 /// Padding bytes of every key, so that compaction's dirty threshold fills quickly.
 pub const KEY_PAD: usize = 200;
 
+/// Once the writes end, the filler: this many records per partition, with keys of their own
+/// ([`filler_key`]), so that the records since the last compaction pass the server's dirty
+/// threshold (64 KiB) and a last compaction covers every record the workload wrote: the
+/// latest record of each of its keys then sits in a compacted part of the log, where the
+/// final read checks it was kept.
+pub const FILLER_RECORDS: u32 = 400;
+/// Concurrent filler writes (one process each).
+pub const FILLER_WRITERS: u32 = 40;
+/// The filler's values start here, far above the workload's.
+pub const FILLER_VALUES: u64 = 1 << 40;
+/// The filler's process numbers: `FILLER_PROCESS - i` for writer `i`.
+pub const FILLER_PROCESS: u32 = u32::MAX - 100;
+
+/// The filler's `n`-th record of `partition`: its value and its key (outside the workload's
+/// key space).
+pub fn filler(partition: u32, n: u32) -> (u64, u32) {
+    let value = FILLER_VALUES + u64::from(partition) * u64::from(FILLER_RECORDS) + u64::from(n);
+    (value, KEYS + n % KEYS)
+}
+
 /// The key of the record carrying `value`.
 pub fn key_of(value: u64) -> u32 {
     (value % u64::from(KEYS)) as u32
@@ -72,6 +92,15 @@ mod tests {
         assert_ne!(key_bytes(3), key_bytes(4));
         assert!(key_bytes(3).starts_with(b"k03-"));
         assert_eq!(key_bytes(3).len(), 4 + KEY_PAD);
+    }
+
+    #[test]
+    fn filler_values_are_unique_and_keys_are_outside_the_workloads() {
+        let all: std::collections::BTreeSet<u64> = (0..3)
+            .flat_map(|p| (0..FILLER_RECORDS).map(move |n| filler(p, n).0))
+            .collect();
+        assert_eq!(all.len(), 3 * FILLER_RECORDS as usize);
+        assert!((0..FILLER_RECORDS).all(|n| (KEYS..2 * KEYS).contains(&filler(1, n).1)));
     }
 
     #[test]
