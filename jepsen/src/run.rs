@@ -305,17 +305,14 @@ async fn run_async(
 
     // Every fault has healed: make sure every node that should run does, then read back.
     start_survivors(&db, &netns, &nemesis.lost_nodes).await?;
-    if let (Some(c), false) = (options.compaction, interrupted) {
-        let how = (options.partitions, c, Duration::from_millis(options.op_timeout_ms));
-        notes.extend(crate::compaction::settle(&client, &topic, how, &recorder, &db).await?);
-    }
     let unread = if interrupted {
         notes.push("interrupted: no final read".into());
         Vec::new()
     } else {
         let addresses = ids.iter().map(|&id| (id, netns.advertise(id))).collect();
         let replicas = (addresses, &nemesis.lost_nodes);
-        let read = read_all(&client, &topic, &options, &recorder, replicas, &mut notes).await?;
+        let (run, rec) = ((&client, &*db), &recorder);
+        let read = read_all(run, &topic, &options, rec, replicas, &mut notes).await?;
         drain_group(
             &options,
             &group,
@@ -408,19 +405,24 @@ async fn start_retention(
     Ok(())
 }
 
-/// Once the faults healed: with retention, turns it off; the final reads; with retention,
-/// every replica's own bounds of every partition (`replicas`: each node's address, and the
-/// nodes left down).
+/// Once the faults healed: with retention, turns it off; with compaction, the filler and a
+/// last compaction (after retention is off, so that it does not delete what the final read
+/// is to check); the final reads; with retention, every replica's own bounds of every
+/// partition (`replicas`: each node's address, and the nodes left down).
 async fn read_all(
-    client: &Client,
+    (client, db): (&Client, &Mutex<Db>),
     topic: &str,
     options: &RunOptions,
-    recorder: &Recorder,
+    recorder: &Arc<Recorder>,
     (addresses, down): (BTreeMap<u64, String>, &BTreeSet<u64>),
     notes: &mut Vec<String>,
 ) -> Result<workload::FinalReads> {
     if options.retention.is_some() {
         stop_retention(client, topic, options, recorder, notes).await;
+    }
+    if let Some(c) = options.compaction {
+        let how = (options.partitions, c, Duration::from_millis(options.op_timeout_ms));
+        notes.extend(crate::compaction::settle(client, topic, how, recorder, db).await?);
     }
     let read = read_back(client, topic, options.partitions, recorder, notes).await?;
     if options.retention.is_some() {
