@@ -119,7 +119,10 @@ pub fn mid_pass(log: &str) -> Vec<u64> {
             open.insert(g, started);
         }
     }
-    open.into_iter().filter(|&(_, o)| o).map(|(g, _)| g).collect()
+    open.into_iter()
+        .filter(|&(_, o)| o)
+        .map(|(g, _)| g)
+        .collect()
 }
 
 /// Node `id`'s log after byte `from`, read from there only (the nemesis reads it every few
@@ -215,7 +218,10 @@ pub async fn settle(
     let producer = client.producer(topic.to_string(), config)?;
     let from: BTreeMap<u64, u64> = {
         let db = db.lock().await;
-        db.ids().into_iter().map(|id| (id, db.log_len(id))).collect()
+        db.ids()
+            .into_iter()
+            .map(|id| (id, db.log_len(id)))
+            .collect()
     };
     let mut writers = tokio::task::JoinSet::new();
     for i in 0..model::FILLER_WRITERS {
@@ -236,11 +242,17 @@ pub async fn settle(
     let uncovered = loop {
         let logs: Vec<String> = {
             let db = db.lock().await;
-            from.iter().map(|(&id, &at)| log_after(&db, id, at)).collect()
+            from.iter()
+                .map(|(&id, &at)| log_after(&db, id, at))
+                .collect()
         };
         let uncovered: Vec<u32> = first
             .iter()
-            .filter(|&(&p, &f)| !logs.iter().any(|l| compacted_upto(l, p).is_some_and(|u| u > f)))
+            .filter(|&(&p, &f)| {
+                !logs
+                    .iter()
+                    .any(|l| compacted_upto(l, p).is_some_and(|u| u > f))
+            })
             .map(|(&p, _)| p)
             .collect();
         if uncovered.is_empty() || Instant::now() > deadline {

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use fjord_harness::fault::{FaultKind, parse_faults};
-use fjord_jepsen::report::{RunSummary, cap_table};
 use fjord_jepsen::compaction::CompactionOptions;
+use fjord_jepsen::report::{RunSummary, cap_table};
 use fjord_jepsen::run::{RetentionOptions, RunOptions, RunOutput, analyse, run};
 
 #[derive(Parser)]

@@ -1026,7 +1026,10 @@ impl Nemesis {
             s.undo.lose_unsynced.insert(id);
             s.undo.restart.insert(id);
         }
-        let lead = format!("{lead}{}", count_mid_pass(&mut self.compaction, &db, &passes_from));
+        let lead = format!(
+            "{lead}{}",
+            count_mid_pass(&mut self.compaction, &db, &passes_from)
+        );
         // Every node is down at the same moment before any loses its cache.
         for &id in &s.undo.lose_unsynced {
             db.lose_unsynced(id)?;

@@ -421,7 +421,11 @@ async fn read_all(
         stop_retention(client, topic, options, recorder, notes).await;
     }
     if let Some(c) = options.compaction {
-        let how = (options.partitions, c, Duration::from_millis(options.op_timeout_ms));
+        let how = (
+            options.partitions,
+            c,
+            Duration::from_millis(options.op_timeout_ms),
+        );
         notes.extend(crate::compaction::settle(client, topic, how, recorder, db).await?);
     }
     let read = read_back(client, topic, options.partitions, recorder, notes).await?;
@@ -549,9 +553,8 @@ async fn start_cluster(
         fake_clock: options.faults.contains(&FaultKind::ClockJump)
             || options.faults.contains(&FaultKind::ClockSkew),
         lazy_disk: options.lazyfs_bin.clone(),
-        retention_check_interval_ms: (options.retention.is_some()
-            || options.compaction.is_some())
-        .then_some(lifecycle::CHECK_INTERVAL_MS),
+        retention_check_interval_ms: (options.retention.is_some() || options.compaction.is_some())
+            .then_some(lifecycle::CHECK_INTERVAL_MS),
     };
     let mut db = Db::new(&options.out_dir, netns, ids, node_options)?;
     for &id in ids {

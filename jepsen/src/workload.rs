@@ -295,7 +295,11 @@ fn new_record(
 }
 
 /// A produce's `op` with the key of its `value`, in runs with compaction.
-fn keyed(opts: &WorkloadOptions, op: fjord_harness::history::Op, value: u64) -> fjord_harness::history::Op {
+fn keyed(
+    opts: &WorkloadOptions,
+    op: fjord_harness::history::Op,
+    value: u64,
+) -> fjord_harness::history::Op {
     match opts.keyed {
         true => compaction::keyed(op, compaction::key_of(value)),
         false => op,

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use fjord_harness::fault::{FaultKind, parse_faults};
-use fjord_jepsen::report::cap_table;
 use fjord_jepsen::compaction::CompactionOptions;
+use fjord_jepsen::report::cap_table;
 use fjord_jepsen::run::{RetentionOptions, RunOptions, analyse, run};
 
 /// One cluster at a time: two would fight over two cores and muddy each other's timings.

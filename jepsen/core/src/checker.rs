@@ -2218,7 +2218,10 @@ mod tests {
         assert!(r.is_valid(Guarantees::CP));
         let c = &r.totals.compaction;
         assert_eq!((c.keyed_acked, c.compacted, c.poll_gaps), (4, 2, 1));
-        assert!(r.counts_text(Guarantees::CP).contains("superseded: allowed"));
+        assert!(
+            r.counts_text(Guarantees::CP)
+                .contains("superseded: allowed")
+        );
     }
 
     #[test]
@@ -2239,7 +2242,10 @@ mod tests {
             vec![(AnomalyKind::Lost, 1), (AnomalyKind::CompactedLatest, 1)]
         );
         is_at(&r.compacted_latest.ops[0], 0, &[0], &[10]);
-        says(&r.compacted_latest.ops[0], "the latest value of a key is gone");
+        says(
+            &r.compacted_latest.ops[0],
+            "the latest value of a key is gone",
+        );
         is_at(&r.lost.ops[0], 0, &[1], &[11]);
         assert!(!r.is_valid(Guarantees::CP));
         assert!(r.is_valid(Guarantees::AP));

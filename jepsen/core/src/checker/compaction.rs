@@ -43,8 +43,11 @@ pub(super) fn latest_by_key(
             note(p.partition, key, o, value);
         }
         if let Some(s) = reads.get(&value) {
-            let places = std::iter::once((s.partition, s.offset))
-                .chain(s.more.iter().map(|&(partition, offset, _)| (partition, offset)));
+            let places = std::iter::once((s.partition, s.offset)).chain(
+                s.more
+                    .iter()
+                    .map(|&(partition, offset, _)| (partition, offset)),
+            );
             for (partition, offset) in places.filter(|&(part, _)| part == p.partition) {
                 note(partition, key, offset, value);
             }
