@@ -2252,6 +2252,34 @@ mod tests {
     }
 
     #[test]
+    fn without_a_final_read_a_superseded_record_skipped_by_polls_is_compacted() {
+        let mut h = H::default();
+        compacting(&mut h);
+        ack_keyed(&mut h, 0, 10, 1, 0);
+        ack_keyed(&mut h, 0, 11, 2, 1);
+        ack_keyed(&mut h, 0, 12, 1, 2);
+        ack_keyed(&mut h, 0, 13, 2, 3);
+        // A lagging consumer reads after compaction removed 0 and 1, each superseded (1 by
+        // the acknowledged 3, never read): compacted. Key 2's latest (3) is not reached.
+        h.poll(5, 0, 0, &[(2, 12)], 4);
+        let r = check(&h.events);
+        assert_eq!(
+            r.found(),
+            vec![(AnomalyKind::Unseen, 1), (AnomalyKind::Compacted, 2)]
+        );
+        assert_eq!(r.totals.compaction.poll_gaps, 1);
+        // A read past it: key 2's latest, never read, is lost.
+        ack_keyed(&mut h, 0, 14, 3, 4);
+        h.poll(5, 0, 3, &[(4, 14)], 5);
+        let r = check(&h.events);
+        assert_eq!(
+            r.found(),
+            vec![(AnomalyKind::Lost, 1), (AnomalyKind::Compacted, 2)]
+        );
+        is_at(&r.lost.ops[0], 0, &[3], &[13]);
+    }
+
+    #[test]
     fn without_compaction_keys_change_nothing_and_skips_stay_nonmonotonic() {
         let mut h = H::default();
         ack_keyed(&mut h, 0, 10, 1, 0);
