@@ -23,6 +23,7 @@
 //! - [`retention`]: the core's log-lifecycle workload: the run's retention, the deleter,
 //!   log-start lookups, and every replica's bounds once the run is quiet.
 //! - [`run`]: one whole run, and its analysis.
+pub mod compaction;
 pub mod db;
 pub mod disk;
 pub mod group;

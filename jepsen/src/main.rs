@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use fjord_harness::fault::{FaultKind, parse_faults};
+use fjord_jepsen::compaction::CompactionOptions;
 use fjord_jepsen::report::{RunSummary, cap_table};
 use fjord_jepsen::run::{RetentionOptions, RunOptions, RunOutput, analyse, run};
 
@@ -91,6 +92,16 @@ struct Common {
     /// Not with --retention (its replica probes dial plaintext).
     #[arg(long)]
     tls: bool,
+    /// Compaction: the run's topic gets cleanup_policy=compact (compact,delete with
+    /// `--retention`) and a short `--min-compaction-lag-ms`; every record carries a key from
+    /// a small key space (50 per partition); power losses strike right after a node starts
+    /// a compaction pass (checked by compacted / compacted-latest: a record missing from the
+    /// final read must be superseded by a later one of its key). Runs no consumer group.
+    #[arg(long)]
+    compaction: bool,
+    /// The topic's min_compaction_lag_ms with `--compaction`.
+    #[arg(long, default_value_t = fjord_harness::compaction::MIN_COMPACTION_LAG_MS)]
+    min_compaction_lag_ms: u64,
     /// Where the run's files go (default: jepsen/runs/<time>-<seed>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -172,6 +183,9 @@ impl Common {
                 retention_ms: self.retention_ms,
             }),
             tls: self.tls,
+            compaction: self.compaction.then_some(CompactionOptions {
+                min_compaction_lag_ms: self.min_compaction_lag_ms,
+            }),
         })
     }
 }
@@ -267,6 +281,9 @@ fn one_run(options: RunOptions) -> Result<RunSummary> {
         std::process::exit(2);
     }
     println!("{}", summary.to_text());
+    if let Some(hits) = &out.compaction_hits {
+        println!("{}", hits.describe());
+    }
     for note in &out.notes {
         println!("note: {note}");
     }

@@ -108,6 +108,9 @@ pub struct Nemesis {
     pub deletes: Option<Deletes>,
     /// The `follower-behind-purge` faults so far.
     pub purge_lags: Vec<PurgeLag>,
+    /// In runs with compaction: how its power losses went (they wait for a compaction pass
+    /// to start before they strike).
+    pub compaction: Option<crate::compaction::CompactionHits>,
 }
 
 /// What the nemesis needs to delete records, in runs with retention.
@@ -117,6 +120,12 @@ pub struct Deletes {
     /// A `DeleteRecords` sent as a power loss struck: awaited before the next one.
     pub inflight: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// How long a power loss in a compaction run waits for some node to start a compaction
+/// pass before it strikes anyway.
+const PASS_WAIT: Duration = Duration::from_secs(5);
+/// How often it looks at the node logs meanwhile: often, since a pass may be short.
+const PASS_POLL: Duration = Duration::from_millis(2);
 
 /// How long a `follower-behind-purge` follower stays down before the `DeleteRecords`, while
 /// records arrive that it will not have.
@@ -131,6 +140,32 @@ const SETTLE_DEADLINE: Duration = Duration::from_secs(8);
 /// How long after healing a `partition-follower` keeps watching the leaders.
 const OBSERVE_AFTER_HEAL: Duration = Duration::from_secs(3);
 const OBSERVE_EVERY: Duration = Duration::from_millis(200);
+
+/// In runs with compaction (`hits`), once every node is down: counts the power loss, and
+/// whether some node's log (from where `Nemesis::await_compaction_pass` began) shows a pass
+/// started and not finished; what to say.
+fn count_mid_pass(
+    hits: &mut Option<crate::compaction::CompactionHits>,
+    db: &Db,
+    from: &BTreeMap<u64, u64>,
+) -> String {
+    let Some(hits) = hits.as_mut() else {
+        return String::new();
+    };
+    hits.power_losses += 1;
+    let mid: Vec<String> = from
+        .iter()
+        .filter_map(|(&id, &at)| {
+            let groups = crate::compaction::mid_pass(&crate::compaction::log_after(db, id, at));
+            (!groups.is_empty()).then(|| format!("n{id} groups {groups:?}"))
+        })
+        .collect();
+    if mid.is_empty() {
+        return "no node was mid-pass; ".to_string();
+    }
+    hits.mid_pass += 1;
+    format!("mid compaction pass: {}; ", mid.join(", "))
+}
 
 /// Every node's description, when all answered, have a leader for every partition and agree
 /// on each partition's leader and epoch.
@@ -927,6 +962,49 @@ impl Nemesis {
         format!("{after_ms} ms into a DeleteRecords below {hw} of partition {partition}, ")
     }
 
+    /// In runs with compaction, right before a power loss: waits (at most [`PASS_WAIT`]) for
+    /// some node to log the start of a compaction pass, so that the power goes while it is
+    /// under way; where each node's log stood when the wait began, and what to say.
+    async fn await_compaction_pass(&mut self, ids: &[u64]) -> (BTreeMap<u64, u64>, String) {
+        if self.compaction.is_none() {
+            return (BTreeMap::new(), String::new());
+        }
+        let from: BTreeMap<u64, u64> = {
+            let db = self.db.lock().await;
+            ids.iter()
+                .filter(|i| !self.lost_nodes.contains(i))
+                .map(|&i| (i, db.log_len(i)))
+                .collect()
+        };
+        let began = Instant::now();
+        // Bounded by PASS_WAIT.
+        let started = loop {
+            let db = self.db.lock().await;
+            let node = from.iter().find(|&(&id, &at)| {
+                crate::compaction::pass_started(&crate::compaction::log_after(&db, id, at))
+            });
+            if let Some((&id, _)) = node {
+                break Some(id);
+            }
+            drop(db);
+            if began.elapsed() > PASS_WAIT {
+                break None;
+            }
+            tokio::time::sleep(PASS_POLL).await;
+        };
+        let waited = began.elapsed().as_millis();
+        let said = match started {
+            Some(id) => {
+                if let Some(hits) = self.compaction.as_mut() {
+                    hits.timed_by_a_pass += 1;
+                }
+                format!("right after n{id} started a compaction pass ({waited} ms wait), ")
+            }
+            None => format!("no compaction pass started within {waited} ms, "),
+        };
+        (from, said)
+    }
+
     /// `power-loss`: every node up crashes at once and loses its unsynced writes; they come
     /// back one after another (sometimes the former leader first), or at the step's end.
     async fn power_loss(&mut self, s: &mut Starting<'_>, lead: String) -> Result<String> {
@@ -937,6 +1015,8 @@ impl Nemesis {
             None => self.partition_leader(&mut s.rng).await,
         };
         let lead = format!("{lead}{}", self.delete_as_power_goes(s).await);
+        let (passes_from, pass_lead) = self.await_compaction_pass(&s.ids).await;
+        let lead = format!("{lead}{pass_lead}");
         let mut db = self.db.lock().await;
         for &id in &s.ids {
             if self.lost_nodes.contains(&id) {
@@ -946,6 +1026,10 @@ impl Nemesis {
             s.undo.lose_unsynced.insert(id);
             s.undo.restart.insert(id);
         }
+        let lead = format!(
+            "{lead}{}",
+            count_mid_pass(&mut self.compaction, &db, &passes_from)
+        );
         // Every node is down at the same moment before any loses its cache.
         for &id in &s.undo.lose_unsynced {
             db.lose_unsynced(id)?;

@@ -167,6 +167,7 @@ fn kind(op: &Operation<'_>) -> Kind {
         | Op::GroupCommit { .. }
         | Op::GroupDrain { .. }
         | Op::Retention { .. }
+        | Op::Compaction { .. }
         | Op::ListEarliest { .. }
         | Op::ReplicaStarts { .. } => Kind::Other,
     }
@@ -963,6 +964,7 @@ mod tests {
             value,
             offset,
             timestamp_ms: None,
+            key: None,
         }
     }
 

@@ -16,6 +16,7 @@ use fjord_client::{Acks, Client, ClientConfig, ReadMode};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
 
+use crate::compaction::{CompactionHits, CompactionOptions};
 use crate::db::{Db, NodeOptions};
 use crate::group::{self, Group, MemberOptions};
 use crate::nemesis::Nemesis;
@@ -66,6 +67,10 @@ pub struct RunOptions {
     /// `<out_dir>/tls/`).
     #[serde(default)]
     pub tls: bool,
+    /// Compaction (`fjord_harness::compaction`): the topic compacts, records carry keys,
+    /// power losses are timed by compaction passes; `None`: off.
+    #[serde(default)]
+    pub compaction: Option<CompactionOptions>,
 }
 
 /// A run's log lifecycle.
@@ -98,6 +103,9 @@ pub struct RunOutput {
     /// Per node, how many partition snapshots it installed (its log's lines saying so).
     #[serde(default)]
     pub snapshot_installs: BTreeMap<u64, usize>,
+    /// In compaction runs: how many power losses struck a compaction pass.
+    #[serde(default)]
+    pub compaction_hits: Option<CompactionHits>,
 }
 
 fn parse_acks(s: &str) -> Result<Acks> {
@@ -218,7 +226,7 @@ async fn drain_group(
     recorder: &Arc<Recorder>,
     notes: &mut Vec<String>,
 ) {
-    if options.group_members == 0 || options.retention.is_some() || !all_read {
+    if options.group_members == 0 || no_group(options) || !all_read {
         return;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -247,6 +255,7 @@ fn new_nemesis(
                 inflight: None,
             }),
         purge_lags: Vec::new(),
+        compaction: options.compaction.map(|_| CompactionHits::default()),
         db: db.clone(),
         net: netns.clone(),
         client: client.clone(),
@@ -277,6 +286,7 @@ async fn run_async(
     let total = Duration::from_secs(options.duration_secs);
     let steps = write_plan(&options, total)?;
     start_retention(&client, &topic, &options, &recorder, &mut notes).await?;
+    start_compaction(&client, &topic, &options, &recorder, &mut notes).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let workload = tokio::spawn(workload::run(
@@ -305,7 +315,8 @@ async fn run_async(
     } else {
         let addresses = ids.iter().map(|&id| (id, netns.advertise(id))).collect();
         let replicas = (addresses, &nemesis.lost_nodes);
-        let read = read_all(&client, &topic, &options, &recorder, replicas, &mut notes).await?;
+        let (run, rec) = ((&client, &*db), &recorder);
+        let read = read_all(run, &topic, &options, rec, replicas, &mut notes).await?;
         drain_group(
             &options,
             &group,
@@ -324,6 +335,10 @@ async fn run_async(
     shut_down(&db, &mut notes).await;
     let isolations = std::mem::take(&mut nemesis.isolations);
     let purge_lags = std::mem::take(&mut nemesis.purge_lags);
+    let compaction_hits = nemesis.compaction.take();
+    if let Some(hits) = &compaction_hits {
+        notes.push(hits.describe());
+    }
     drop(nemesis);
     Ok(RunOutput {
         options,
@@ -336,7 +351,38 @@ async fn run_async(
         isolations,
         purge_lags,
         snapshot_installs,
+        compaction_hits,
     })
+}
+
+/// Whether the run has no consumer group: with retention (see [`start_retention`]'s note)
+/// or compaction (a member's poll-skip rule would take the offsets compaction removed for
+/// skipped records).
+fn no_group(options: &RunOptions) -> bool {
+    options.retention.is_some() || options.compaction.is_some()
+}
+
+/// With compaction: sets it on the topic (recorded) before the workload starts; notes that
+/// no consumer group runs.
+async fn start_compaction(
+    client: &Client,
+    topic: &str,
+    options: &RunOptions,
+    recorder: &Recorder,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let Some(c) = options.compaction else {
+        return Ok(());
+    };
+    crate::compaction::set(client, topic, c, options.retention.is_some(), recorder).await?;
+    if options.group_members > 0 && options.retention.is_none() {
+        notes.push(
+            "compaction: no consumer group (its poll-skip rule would take the offsets \
+             compaction removed for skipped records)"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// With retention: sets it on the topic (recorded) before the workload starts, with the
@@ -363,19 +409,28 @@ async fn start_retention(
     Ok(())
 }
 
-/// Once the faults healed: with retention, turns it off; the final reads; with retention,
-/// every replica's own bounds of every partition (`replicas`: each node's address, and the
-/// nodes left down).
+/// Once the faults healed: with retention, turns it off; with compaction, the filler and a
+/// last compaction (after retention is off, so that it does not delete what the final read
+/// is to check); the final reads; with retention, every replica's own bounds of every
+/// partition (`replicas`: each node's address, and the nodes left down).
 async fn read_all(
-    client: &Client,
+    (client, db): (&Client, &Mutex<Db>),
     topic: &str,
     options: &RunOptions,
-    recorder: &Recorder,
+    recorder: &Arc<Recorder>,
     (addresses, down): (BTreeMap<u64, String>, &BTreeSet<u64>),
     notes: &mut Vec<String>,
 ) -> Result<workload::FinalReads> {
     if options.retention.is_some() {
         stop_retention(client, topic, options, recorder, notes).await;
+    }
+    if let Some(c) = options.compaction {
+        let how = (
+            options.partitions,
+            c,
+            Duration::from_millis(options.op_timeout_ms),
+        );
+        notes.extend(crate::compaction::settle(client, topic, how, recorder, db).await?);
     }
     let read = read_back(client, topic, options.partitions, recorder, notes).await?;
     if options.retention.is_some() {
@@ -450,12 +505,13 @@ async fn create_topic(client: &Client, options: &RunOptions) -> Result<String> {
 fn write_plan(options: &RunOptions, total: Duration) -> Result<Vec<Step>> {
     let recovery = Duration::from_secs(options.recovery_secs);
     let mut steps = fault_plan::plan(options.seed, &options.faults, total, recovery);
-    if options.retention.is_some() {
+    if options.retention.is_some() || options.compaction.is_some() {
         // The log lifecycle's own faults, when asked for: a follower held down across a
-        // deletion, and a power loss during one.
+        // deletion (with retention), and a power loss during a deletion or a compaction.
         let wanted: Vec<FaultKind> = [FaultKind::FollowerBehindPurge, FaultKind::PowerLoss]
             .into_iter()
             .filter(|k| options.faults.contains(k))
+            .filter(|k| options.retention.is_some() || *k == FaultKind::PowerLoss)
             .collect();
         fault_plan::ensure(&mut steps, &wanted);
     }
@@ -501,7 +557,8 @@ async fn start_cluster(
         fake_clock: options.faults.contains(&FaultKind::ClockJump)
             || options.faults.contains(&FaultKind::ClockSkew),
         lazy_disk: options.lazyfs_bin.clone(),
-        retention_check_interval_ms: options.retention.map(|_| lifecycle::CHECK_INTERVAL_MS),
+        retention_check_interval_ms: (options.retention.is_some() || options.compaction.is_some())
+            .then_some(lifecycle::CHECK_INTERVAL_MS),
         tls: if options.tls {
             let max_id = ids.iter().copied().max().unwrap_or(0);
             Some(crate::tls::generate(&options.out_dir.join("tls"), max_id)?)
@@ -557,8 +614,8 @@ fn spawn_members(
         seed: options.seed,
         op_timeout: Duration::from_millis(options.op_timeout_ms),
     };
-    // No group with retention: see the note `run_async` leaves.
-    let members = if options.retention.is_some() {
+    // No group with retention or compaction: see the notes they leave.
+    let members = if no_group(options) {
         0
     } else {
         options.group_members
@@ -588,6 +645,7 @@ fn workload_options(
         lifecycle: options
             .retention
             .map(|_| Arc::new(Bounds::new(options.partitions))),
+        keyed: options.compaction.is_some(),
     }
 }
 

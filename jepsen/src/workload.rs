@@ -21,6 +21,7 @@ use fjord_client::{
     Acks, Client, ClientError, FetchOptions, OffsetSpec, Producer, ProducerConfig, ProducerRecord,
     ReadMode,
 };
+use fjord_harness::compaction;
 use fjord_harness::history::{Event, EventType};
 use fjord_harness::retention::Bounds;
 use fjord_harness::workload::{self as model, FINAL_READER, FinalRead, Values};
@@ -133,6 +134,9 @@ pub struct WorkloadOptions {
     /// each partition's bounds. Producers then stamp their records with the harness's wall
     /// clock, and the deleter runs beside them.
     pub lifecycle: Option<Arc<Bounds>>,
+    /// With compaction (`fjord_harness::compaction`): every record carries the key of its
+    /// value, recorded with its produce.
+    pub keyed: bool,
 }
 
 fn classify(e: &ClientError) -> EventType {
@@ -243,12 +247,13 @@ async fn producing(
         let partition = model::pick_partition(&mut rng, opts.partitions);
         let value = values.next();
         let (record, stamp) = new_record(&opts, &rec, partition, value);
-        let invoke = model::produce_at(partition, value, stamp);
+        let invoke = keyed(&opts, model::produce_at(partition, value, stamp), value);
         rec.record(p, EventType::Invoke, invoke.clone(), None);
         match tokio::time::timeout(opts.op_timeout, producer.send(record)).await {
             Ok(Ok(meta)) => {
                 acked(&opts, partition, meta.offset);
                 let done = model::produced_at(partition, value, meta.offset, stamp);
+                let done = keyed(&opts, done, value);
                 rec.record(p, EventType::Ok, done, None)
             }
             Ok(Err(e)) => rec.record(p, classify(&e), invoke, Some(e.to_string())),
@@ -276,13 +281,28 @@ fn new_record(
     partition: u32,
     value: u64,
 ) -> (ProducerRecord, Option<i64>) {
-    let record = ProducerRecord::new(model::encode(value)).with_partition(partition);
+    let mut record = ProducerRecord::new(model::encode(value)).with_partition(partition);
+    if opts.keyed {
+        record = record.with_key(compaction::key_bytes(compaction::key_of(value)));
+    }
     match opts.lifecycle {
         Some(_) => {
             let now = rec.wall_ms();
             (record.with_timestamp_ms(now), Some(now))
         }
         None => (record, None),
+    }
+}
+
+/// A produce's `op` with the key of its `value`, in runs with compaction.
+fn keyed(
+    opts: &WorkloadOptions,
+    op: fjord_harness::history::Op,
+    value: u64,
+) -> fjord_harness::history::Op {
+    match opts.keyed {
+        true => compaction::keyed(op, compaction::key_of(value)),
+        false => op,
     }
 }
 
@@ -409,13 +429,14 @@ async fn fencing_writer(
         let partition = model::pick_partition(&mut rng, opts.partitions);
         let value = values.next();
         let (record, stamp) = new_record(&opts, &rec, partition, value);
-        let invoke = model::produce_at(partition, value, stamp);
+        let invoke = keyed(&opts, model::produce_at(partition, value, stamp), value);
         rec.record_as(p, EventType::Invoke, invoke.clone(), None, instance);
         let (kind, op, error) =
             match tokio::time::timeout(opts.op_timeout, producer.send(record)).await {
                 Ok(Ok(meta)) => {
                     acked(&opts, partition, meta.offset);
                     let done = model::produced_at(partition, value, meta.offset, stamp);
+                    let done = keyed(&opts, done, value);
                     (EventType::Ok, done, None)
                 }
                 Ok(Err(e)) => (classify(&e), invoke, Some(e.to_string())),

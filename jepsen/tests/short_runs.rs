@@ -3,7 +3,8 @@
 //! must be consistent with AP's (weaker) guarantees, and its losses are printed. One more run
 //! cuts single followers off and fails if a partition they only followed changed leader; one
 //! runs the log lifecycle (retention, DeleteRecords, a follower behind the purge, a power
-//! loss during a deletion).
+//! loss during a deletion); one runs compaction (keyed records, a power loss timed by a
+//! compaction pass).
 //!
 //! Each run prints its seed; `FJORD_JEPSEN_SEED` replays one. The clusters use network
 //! namespaces when the machine allows them, else the loopback fault proxy; clock faults need
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use fjord_harness::fault::{FaultKind, parse_faults};
+use fjord_jepsen::compaction::CompactionOptions;
 use fjord_jepsen::report::cap_table;
 use fjord_jepsen::run::{RetentionOptions, RunOptions, analyse, run};
 
@@ -83,7 +85,7 @@ fn options(
     seed: u64,
     faults: &str,
     mode: &str,
-    (duration_secs, retention): (u64, Option<RetentionOptions>),
+    (duration_secs, retention, compaction): Lifecycle,
 ) -> RunOptions {
     let faults = parse_faults(faults).unwrap();
     let lazy = faults.iter().any(|k| k.needs_lazy_disk());
@@ -114,8 +116,12 @@ fn options(
         network: "auto".into(),
         retention,
         tls: false,
+        compaction,
     }
 }
+
+/// A run's duration, and its log lifecycle: retention and compaction, each on or off.
+type Lifecycle = (u64, Option<RetentionOptions>, Option<CompactionOptions>);
 
 /// Runs `faults` in the given modes on one seed; fails on any anomaly the mode forbids.
 fn mix(label: &str, faults: &str, modes: &[&str]) {
@@ -130,7 +136,7 @@ fn mix_for(
     duration_secs: u64,
     more: impl Fn(&fjord_jepsen::run::RunOutput, &fjord_jepsen::report::RunSummary),
 ) {
-    mix_with(label, faults, modes, (duration_secs, None), more);
+    mix_with(label, faults, modes, (duration_secs, None, None), more);
 }
 
 /// [`mix_for`] with the log lifecycle on or off.
@@ -138,7 +144,7 @@ fn mix_with(
     label: &str,
     faults: &str,
     modes: &[&str],
-    (duration_secs, retention): (u64, Option<RetentionOptions>),
+    lifecycle: Lifecycle,
     more: impl Fn(&fjord_jepsen::run::RunOutput, &fjord_jepsen::report::RunSummary),
 ) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -150,7 +156,7 @@ fn mix_with(
     }
     let mut summaries = Vec::new();
     for mode in modes {
-        let options = options(label, seed, faults, mode, (duration_secs, retention));
+        let options = options(label, seed, faults, mode, lifecycle);
         let dir = options.out_dir.clone();
         eprintln!(
             "{label}: seed {seed}, {mode}, faults {faults}, files in {} (replay: FJORD_JEPSEN_SEED={seed})",
@@ -194,7 +200,7 @@ fn cp_with_tls_under_partitions_and_process_faults() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let seed = seed();
     let faults = "partition,process";
-    let mut options = options("tls", seed, faults, "cp", (DURATION_SECS, None));
+    let mut options = options("tls", seed, faults, "cp", (DURATION_SECS, None, None));
     options.tls = true;
     let dir = options.out_dir.clone();
     eprintln!(
@@ -293,7 +299,7 @@ fn cp_with_retention_a_follower_behind_the_purge_and_a_power_loss_during_a_delet
         "follower-behind-purge,power-loss",
         &["cp"],
         // 40 s: room for two steps in every plan, so that both faults get one.
-        (40, retention),
+        (40, retention, None),
         |out, summary| {
             let r = &summary.check.totals.retention;
             assert!(r.deletes_ok > 0, "no DeleteRecords succeeded: {r:?}");
@@ -324,6 +330,36 @@ fn cp_with_retention_a_follower_behind_the_purge_and_a_power_loss_during_a_delet
                     );
                 }
             }
+        },
+    );
+}
+
+/// Compaction (issue log-lifecycle): the topic compacts (`min_compaction_lag_ms` 2 s), every
+/// record carries one of 50 keys per partition, and a power loss strikes right after a node
+/// starts a compaction pass. A record missing from the final read must be superseded by a
+/// later one of its key (`compacted`); the latest record of a key gone (`compacted-latest`)
+/// or an unsuperseded one never read (`lost`) fails the run.
+#[test]
+fn cp_with_compaction_and_a_power_loss_during_a_compaction() {
+    let compaction = Some(CompactionOptions {
+        min_compaction_lag_ms: fjord_harness::compaction::MIN_COMPACTION_LAG_MS,
+    });
+    mix_with(
+        "compaction",
+        "power-loss",
+        &["cp"],
+        (DURATION_SECS, None, compaction),
+        |out, summary| {
+            let c = &summary.check.totals.compaction;
+            assert!(c.cleanup_policy.is_some(), "no compaction recorded: {c:?}");
+            assert!(c.keyed_acked > 0, "no keyed record acknowledged: {c:?}");
+            assert!(c.compacted > 0, "compaction removed nothing: {c:?}");
+            let hits = out.compaction_hits.as_ref().expect("compaction hits");
+            assert!(hits.power_losses > 0, "no power loss: {:?}", out.plan);
+            assert!(
+                hits.timed_by_a_pass > 0,
+                "no power loss came right after a compaction pass started: {hits:?}"
+            );
         },
     );
 }

@@ -248,6 +248,8 @@ pub async fn run(store: &Store, shared: &PartitionShared) -> Result<usize, io::E
         shared.compacted(req);
         return Ok(0);
     }
+    // The harness times power losses by this line (a pass under way until "compacted").
+    tracing::info!(group, upto = req.upto, "compaction pass started");
     let start = shared.log_start_offset();
     let dirty_from = done.clean_upto.clamp(start, req.upto.max(start));
     let (latest, upto) = latest_offsets(store, group, dirty_from, req.upto)?;

@@ -57,6 +57,11 @@
 //!   **committed-too-far**, **lost-write**) are `group`'s, in its module doc. The records a
 //!   member handed out are observations too (of the rules above that judge observations:
 //!   lost, unseen, duplicate, inconsistent, aborted, phantom).
+//! - With compaction (a keyed workload on a compacting topic): an acknowledged keyed record
+//!   missing from the final read is **compacted** (allowed) if a later record of its key is
+//!   known at a higher offset of its partition, and **compacted-latest** if it is the latest
+//!   of its key yet some read had seen it; polls may skip removed offsets. These rules are
+//!   `compaction`'s, in its module doc.
 //! - **malformed**: the history breaks its own rules (see
 //!   [`crate::history::PairingError`]), a value invoked by two produces, or an `ok` produce
 //!   without an offset. Any of these makes the other verdicts untrustworthy.
@@ -74,6 +79,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::history::{Event, EventType, Op, Operation, ReadRecord, pair};
 
+mod compaction;
 mod group;
 mod retention;
 
@@ -105,10 +111,12 @@ pub enum AnomalyKind {
     BelowLogStart,
     LogStartRegressed,
     DivergedStart,
+    Compacted,
+    CompactedLatest,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 19] = [
+    pub const ALL: [AnomalyKind; 21] = [
         AnomalyKind::Lost,
         AnomalyKind::Unseen,
         AnomalyKind::Duplicate,
@@ -128,6 +136,8 @@ impl AnomalyKind {
         AnomalyKind::BelowLogStart,
         AnomalyKind::LogStartRegressed,
         AnomalyKind::DivergedStart,
+        AnomalyKind::Compacted,
+        AnomalyKind::CompactedLatest,
     ];
 
     pub fn name(self) -> &'static str {
@@ -151,6 +161,8 @@ impl AnomalyKind {
             AnomalyKind::BelowLogStart => "below-log-start",
             AnomalyKind::LogStartRegressed => "log-start-regressed",
             AnomalyKind::DivergedStart => "diverged-start",
+            AnomalyKind::Compacted => "compacted",
+            AnomalyKind::CompactedLatest => "compacted-latest",
         }
     }
 
@@ -164,14 +176,18 @@ impl AnomalyKind {
     /// excuses a commit beyond what a member was handed (commits are CP in every mode).
     /// An expired record was deleted by policy, which is no anomaly in any mode (it is a
     /// class to count them, and to show why each was allowed). A log start going down for
-    /// one reader is stale (AP replicas lag); a replica serving records below its own start,
+    /// one reader is stale (AP replicas lag); a compacted record was superseded, which is
+    /// no anomaly either, but the latest record of a key gone is a lost one; a replica serving records below its own start,
     /// or replicas disagreeing on the start once quiet, break the replicated log itself.
     pub fn is_violation(self, g: Guarantees) -> bool {
         match self {
-            AnomalyKind::Expired => false,
+            AnomalyKind::Expired | AnomalyKind::Compacted => false,
             AnomalyKind::LogStartRegressed => g.linearizable_reads,
             AnomalyKind::BelowLogStart | AnomalyKind::DivergedStart => true,
-            AnomalyKind::Lost | AnomalyKind::Unseen | AnomalyKind::LostWrite => g.durable_acks,
+            AnomalyKind::Lost
+            | AnomalyKind::Unseen
+            | AnomalyKind::LostWrite
+            | AnomalyKind::CompactedLatest => g.durable_acks,
             AnomalyKind::PollSkip
             | AnomalyKind::NonMonotonicPoll
             | AnomalyKind::DuplicateDelivery => g.linearizable_reads,
@@ -289,6 +305,23 @@ pub struct Totals {
     /// The log lifecycle's operations and what the expiry rules decided.
     #[serde(default)]
     pub retention: RetentionTotals,
+    /// Compaction, when the history's topic compacts.
+    #[serde(default)]
+    pub compaction: CompactionTotals,
+}
+
+/// Compaction in a history (see `compaction`'s rules).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactionTotals {
+    /// The `cleanup_policy` the history set (`None`: its topic does not compact).
+    pub cleanup_policy: Option<String>,
+    pub min_compaction_lag_ms: u64,
+    /// Acknowledged records that carried a key.
+    pub keyed_acked: u64,
+    /// Acknowledged records compaction removed (superseded by a later one of their key).
+    pub compacted: u64,
+    /// Places where a poll's records skipped offsets (removed by compaction).
+    pub poll_gaps: u64,
 }
 
 /// The log lifecycle in a history (see `retention`'s rules).
@@ -342,6 +375,10 @@ pub struct CheckResult {
     pub log_start_regressed: AnomalyClass,
     #[serde(default)]
     pub diverged_start: AnomalyClass,
+    #[serde(default)]
+    pub compacted: AnomalyClass,
+    #[serde(default)]
+    pub compacted_latest: AnomalyClass,
 }
 
 impl CheckResult {
@@ -366,6 +403,8 @@ impl CheckResult {
             AnomalyKind::BelowLogStart => &self.below_log_start,
             AnomalyKind::LogStartRegressed => &self.log_start_regressed,
             AnomalyKind::DivergedStart => &self.diverged_start,
+            AnomalyKind::Compacted => &self.compacted,
+            AnomalyKind::CompactedLatest => &self.compacted_latest,
         }
     }
 
@@ -402,10 +441,14 @@ impl CheckResult {
                 (0, _) => "",
                 (_, true) => "  VIOLATION",
                 (_, false) if k == AnomalyKind::Expired => "  deleted by policy: allowed",
+                (_, false) if k == AnomalyKind::Compacted => "  superseded: allowed",
                 (_, false) => "  allowed in this mode",
             };
             let share = match k {
-                AnomalyKind::Lost | AnomalyKind::Unseen | AnomalyKind::Expired
+                AnomalyKind::Lost
+                | AnomalyKind::Unseen
+                | AnomalyKind::Expired
+                | AnomalyKind::Compacted
                     if n > 0 && acked > 0 =>
                 {
                     format!(" ({:.2}% of acknowledged)", 100.0 * n as f64 / acked as f64)
@@ -438,6 +481,15 @@ impl CheckResult {
         );
         let t_ = &self.totals;
         lifecycle_text(&mut t, &t_.retention);
+        if let Some(policy) = &t_.compaction.cleanup_policy {
+            let c = &t_.compaction;
+            let _ = writeln!(
+                t,
+                "  (compaction: cleanup_policy {policy}, min_compaction_lag_ms {}; {} keyed \
+                 records acknowledged, {} compacted; {} gaps skipped by polls)",
+                c.min_compaction_lag_ms, c.keyed_acked, c.compacted, c.poll_gaps
+            );
+        }
         if t_.group_polls_ok > 0 {
             let drained = match t_.group_drained {
                 Some(true) => "drained",
@@ -582,6 +634,8 @@ struct Produce {
     outcome: EventType,
     /// The acknowledged offset (only for `ok`).
     offset: Option<u64>,
+    /// The record's key (compaction runs).
+    key: Option<u32>,
 }
 
 /// An acknowledgement on the per-partition timeline; `offset` is the running maximum.
@@ -724,14 +778,31 @@ struct Checker {
     /// Acknowledged values a final read returned at their acknowledged place.
     final_in_place: HashSet<u64>,
     lifecycle: retention::Lifecycle,
+    /// Whether the history's topic compacts (a `compaction` operation set it).
+    compacting: bool,
+    /// Per (partition, key), the highest offset a record of the key is known at, and its
+    /// value (filled before the lost rules run).
+    latest_key: HashMap<(u32, u32), (u64, u64)>,
 }
 
 impl Checker {
     fn produce(&mut self, op: &Operation<'_>) {
+        if let Op::Compaction {
+            cleanup_policy,
+            min_compaction_lag_ms,
+        } = &op.invoke.op
+        {
+            self.compacting = true;
+            let c = &mut self.out.totals.compaction;
+            c.cleanup_policy = Some(cleanup_policy.clone());
+            c.min_compaction_lag_ms = *min_compaction_lag_ms;
+            return;
+        }
         let Op::Produce {
             partition,
             value,
             timestamp_ms,
+            key,
             ..
         } = op.invoke.op
         else {
@@ -746,6 +817,9 @@ impl Checker {
             Some(Op::Produce { offset, .. }) => *offset,
             _ => None,
         };
+        if outcome == EventType::Ok && key.is_some() {
+            self.out.totals.compaction.keyed_acked += 1;
+        }
         match outcome {
             EventType::Ok => self.out.totals.produces_ok += 1,
             EventType::Fail => self.out.totals.produces_failed += 1,
@@ -770,6 +844,7 @@ impl Checker {
             completion,
             outcome,
             offset,
+            key,
         };
         match self.produces.entry(value) {
             Entry::Occupied(first) => {
@@ -916,7 +991,10 @@ impl Checker {
         let mut expected = from_offset;
         let mut previous: Option<ReadRecord> = None;
         for r in records {
-            if r.offset != expected {
+            if r.offset > expected && self.compacting {
+                // Offsets compaction removed (see `compaction`'s rules).
+                self.out.totals.compaction.poll_gaps += 1;
+            } else if r.offset != expected {
                 let kind = if r.offset > expected {
                     "skip"
                 } else {
@@ -1137,10 +1215,12 @@ impl Checker {
     }
 
     fn lost_and_aborted(&mut self) {
+        if self.compacting {
+            self.latest_key = compaction::latest_by_key(&self.produces, &self.reads);
+        }
         let order = std::mem::take(&mut self.produce_order);
         for &value in &order {
             let p = self.produces[&value];
-            let seen = self.reads.get(&value);
             let gone = match p.offset {
                 Some(o) if !self.final_in_place.contains(&value) => {
                     self.lifecycle.gone(p.partition, o)
@@ -1151,6 +1231,10 @@ impl Checker {
                 self.below_start(value, &p, o, gone);
                 continue;
             }
+            if self.compaction_fate(value, &p) {
+                continue;
+            }
+            let seen = self.reads.get(&value);
             match (p.outcome, p.offset, seen) {
                 (EventType::Ok, Some(o), seen) if !self.acked_read_in_place.contains(&value) => {
                     let max_read = self.max_read.get(&p.partition).copied();
@@ -1330,6 +1414,7 @@ mod tests {
                 value,
                 offset: None,
                 timestamp_ms: None,
+                key: None,
             };
             self.push(process, T::Invoke, op)
         }
@@ -1347,6 +1432,7 @@ mod tests {
                 value,
                 offset,
                 timestamp_ms: None,
+                key: None,
             };
             self.push(process, kind, op)
         }
@@ -2098,5 +2184,127 @@ mod tests {
             "an AP reader may see an older start"
         );
         assert_eq!(r.violations(Guarantees::CP).len(), 3);
+    }
+
+    /// A keyed acknowledged produce of `value` (key `key`) at `offset` of `partition`.
+    fn ack_keyed(h: &mut H, partition: u32, value: u64, key: u32, offset: u64) -> (u64, u64) {
+        use crate::compaction::keyed;
+        let invoke = keyed(crate::workload::produce(partition, value), key);
+        let done = keyed(crate::workload::produced(partition, value, offset), key);
+        h.op(1, invoke, T::Ok, done)
+    }
+
+    fn compacting(h: &mut H) {
+        let op = crate::compaction::set_compaction("compact", 2_000);
+        h.op(902, op.clone(), T::Ok, op);
+    }
+
+    #[test]
+    fn a_superseded_record_missing_from_the_final_read_is_compacted_and_allowed() {
+        let mut h = H::default();
+        compacting(&mut h);
+        ack_keyed(&mut h, 0, 10, 1, 0);
+        ack_keyed(&mut h, 0, 11, 2, 1);
+        ack_keyed(&mut h, 0, 12, 1, 2);
+        ack_keyed(&mut h, 0, 13, 2, 3);
+        // A poll saw the log before compaction, the final read after: gaps at 0 and 1.
+        h.poll(5, 0, 0, &[(0, 10), (1, 11), (2, 12), (3, 13)], 4);
+        h.poll(6, 0, 0, &[(2, 12), (3, 13)], 4);
+        h.final_read(0, &[(2, 12), (3, 13)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Compacted, 2);
+        is_at(&r.compacted.ops[0], 0, &[0, 2], &[10, 12]);
+        says(&r.compacted.ops[0], "superseded by value 12");
+        assert!(r.is_valid(Guarantees::CP));
+        let c = &r.totals.compaction;
+        assert_eq!((c.keyed_acked, c.compacted, c.poll_gaps), (4, 2, 1));
+        assert!(
+            r.counts_text(Guarantees::CP)
+                .contains("superseded: allowed")
+        );
+    }
+
+    #[test]
+    fn the_latest_record_of_a_key_gone_is_compacted_latest_or_lost() {
+        let mut h = H::default();
+        compacting(&mut h);
+        ack_keyed(&mut h, 0, 10, 1, 0);
+        ack_keyed(&mut h, 0, 11, 2, 1);
+        ack_keyed(&mut h, 0, 12, 3, 2);
+        ack_keyed(&mut h, 0, 13, 4, 3);
+        // Offset 0 (key 1's latest) was read, then is gone; offset 1 (key 2's latest) was
+        // never read: lost.
+        h.poll(5, 0, 0, &[(0, 10)], 4);
+        h.final_read(0, &[(2, 12), (3, 13)]);
+        let r = check(&h.events);
+        assert_eq!(
+            r.found(),
+            vec![(AnomalyKind::Lost, 1), (AnomalyKind::CompactedLatest, 1)]
+        );
+        is_at(&r.compacted_latest.ops[0], 0, &[0], &[10]);
+        says(
+            &r.compacted_latest.ops[0],
+            "the latest value of a key is gone",
+        );
+        is_at(&r.lost.ops[0], 0, &[1], &[11]);
+        assert!(!r.is_valid(Guarantees::CP));
+        assert!(r.is_valid(Guarantees::AP));
+    }
+
+    #[test]
+    fn without_a_final_read_a_superseded_record_skipped_by_polls_is_compacted() {
+        let mut h = H::default();
+        compacting(&mut h);
+        ack_keyed(&mut h, 0, 10, 1, 0);
+        ack_keyed(&mut h, 0, 11, 2, 1);
+        ack_keyed(&mut h, 0, 12, 1, 2);
+        ack_keyed(&mut h, 0, 13, 2, 3);
+        // A lagging consumer reads after compaction removed 0 and 1, each superseded (1 by
+        // the acknowledged 3, never read): compacted. Key 2's latest (3) is not reached.
+        h.poll(5, 0, 0, &[(2, 12)], 4);
+        let r = check(&h.events);
+        assert_eq!(
+            r.found(),
+            vec![(AnomalyKind::Unseen, 1), (AnomalyKind::Compacted, 2)]
+        );
+        assert_eq!(r.totals.compaction.poll_gaps, 1);
+        // A read past it: key 2's latest, never read, is lost.
+        ack_keyed(&mut h, 0, 14, 3, 4);
+        h.poll(5, 0, 3, &[(4, 14)], 5);
+        let r = check(&h.events);
+        assert_eq!(
+            r.found(),
+            vec![(AnomalyKind::Lost, 1), (AnomalyKind::Compacted, 2)]
+        );
+        is_at(&r.lost.ops[0], 0, &[3], &[13]);
+    }
+
+    #[test]
+    fn without_compaction_keys_change_nothing_and_skips_stay_nonmonotonic() {
+        let mut h = H::default();
+        ack_keyed(&mut h, 0, 10, 1, 0);
+        ack_keyed(&mut h, 0, 11, 1, 1);
+        h.poll(5, 0, 0, &[(1, 11)], 2);
+        h.final_read(0, &[(1, 11)]);
+        let r = check(&h.events);
+        assert_eq!(
+            r.found(),
+            vec![(AnomalyKind::Lost, 1), (AnomalyKind::NonMonotonic, 1)]
+        );
+    }
+
+    #[test]
+    fn a_record_read_at_another_offset_stays_inconsistent_under_compaction() {
+        let mut h = H::default();
+        compacting(&mut h);
+        ack_keyed(&mut h, 0, 10, 1, 0);
+        ack_keyed(&mut h, 0, 11, 1, 1);
+        // The latest record of key 1 moved to offset 0.
+        h.final_read(0, &[(0, 11)]);
+        let r = check(&h.events);
+        assert_eq!(r.inconsistent.count, 1, "{r:#?}");
+        // Value 11 is not at its acknowledged offset 1, and no read reached past 0.
+        is_at(&r.unseen.ops[0], 0, &[1], &[11]);
+        assert!(!r.is_valid(Guarantees::CP));
     }
 }

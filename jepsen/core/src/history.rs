@@ -51,6 +51,11 @@ pub enum Op {
         /// `None`: the leader stamps its append time. Retention by time goes by it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timestamp_ms: Option<i64>,
+        /// The record's key, by its number in the run's key space (runs with compaction,
+        /// `crate::compaction`); `None`: an unkeyed record. Compaction keeps the latest
+        /// record of each key in its partition.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<u32>,
     },
     /// One consumer poll of `partition` starting at `from_offset`. On `ok`, `records` is what
     /// came back (in offset order) and `high_watermark` is what the answering replica said.
@@ -89,6 +94,14 @@ pub enum Op {
         retention_ms: Option<u64>,
         max_clock_skew_ms: u64,
         start_wall_ms: i64,
+    },
+    /// The compaction the run set on its topic (`AlterTopicConfig`, before the workload):
+    /// `cleanup_policy` (`compact` or `compact,delete`), and how long a record stays
+    /// uncompacted (`min_compaction_lag_ms`). With it, a keyed record may be removed once a
+    /// later record of its key is in its partition; the rest keep their offsets.
+    Compaction {
+        cleanup_policy: String,
+        min_compaction_lag_ms: u64,
     },
     /// A `DeleteRecords` of `partition`'s records below `before`. On `ok`, the log start
     /// offset the leader answered with.
@@ -158,7 +171,8 @@ impl Op {
             Op::GroupPoll { .. }
             | Op::GroupCommit { .. }
             | Op::GroupDrain { .. }
-            | Op::Retention { .. } => 0,
+            | Op::Retention { .. }
+            | Op::Compaction { .. } => 0,
         }
     }
 }
@@ -391,6 +405,16 @@ fn same_operation(invoke: &Op, completion: &Op) -> bool {
         ) => (m1, i1, o1) == (m2, i2, o2),
         (Op::GroupDrain { .. }, Op::GroupDrain { .. }) => true,
         (
+            Op::Compaction {
+                cleanup_policy: c1,
+                min_compaction_lag_ms: l1,
+            },
+            Op::Compaction {
+                cleanup_policy: c2,
+                min_compaction_lag_ms: l2,
+            },
+        ) => (c1, l1) == (c2, l2),
+        (
             Op::Retention {
                 retention_ms: r1, ..
             },
@@ -489,6 +513,7 @@ mod tests {
                 value: 9,
                 offset: Some(4),
                 timestamp_ms: None,
+                key: None,
             },
             error: None,
             instance: None,
@@ -519,6 +544,7 @@ mod tests {
             value,
             offset: None,
             timestamp_ms: None,
+            key: None,
         }
     }
 

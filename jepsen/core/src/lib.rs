@@ -29,6 +29,7 @@
 //! - [`stability`]: leader stability across follower isolations, judged from the leaders a
 //!   tier observed.
 pub mod checker;
+pub mod compaction;
 pub mod fault;
 pub mod group;
 pub mod history;

@@ -89,6 +89,7 @@ pub fn produce_at(partition: u32, value: u64, timestamp_ms: Option<i64>) -> Op {
         value,
         offset: None,
         timestamp_ms,
+        key: None,
     }
 }
 
@@ -99,6 +100,7 @@ pub fn produced_at(partition: u32, value: u64, offset: u64, timestamp_ms: Option
         value,
         offset: Some(offset),
         timestamp_ms,
+        key: None,
     }
 }
 

@@ -103,6 +103,7 @@ impl Model {
             value,
             offset: None,
             timestamp_ms: None,
+            key: None,
         };
         self.push(SYNTHETIC, EventType::Invoke, op.clone());
         self.push(SYNTHETIC, kind, op);
@@ -149,6 +150,7 @@ fn complete(
                 value,
                 offset,
                 timestamp_ms: None,
+                key: None,
             };
             m.push(process, kind, op);
         }
@@ -225,6 +227,7 @@ fn simulate(partitions: u32, producers: u32, consumers: u32, steps: &[Step]) -> 
                 value,
                 offset: None,
                 timestamp_ms: None,
+                key: None,
             };
             m.push(process, EventType::Invoke, op);
             pending.insert(process, Pending::Produce { partition, value });
@@ -312,7 +315,7 @@ fn drop_acknowledged(m: &mut Model, pick: Index) -> Option<()> {
                 partition,
                 value,
                 offset: Some(o),
-                timestamp_ms: _,
+                ..
             } if e.kind == EventType::Ok && o + 1 < m.logs[partition as usize].len() as u64 => {
                 Some((partition, o, value))
             }

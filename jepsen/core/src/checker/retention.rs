@@ -36,8 +36,8 @@
 //!   start: after the run healed and went quiet, every replica applied the same
 //!   `DeleteRecords` entries, so all must report the same start.
 //!
-//! Not judged: retention by size (the harness sets no `retention_bytes`), compaction (fjord
-//! has none yet).
+//! Not judged here: retention by size (the harness sets no `retention_bytes`); compaction
+//! (records removed above the log start) is `compaction`'s.
 
 use std::collections::HashMap;
 
