@@ -18,6 +18,7 @@ mod cluster;
 mod consume;
 mod dev;
 mod group;
+mod health;
 mod output;
 mod produce;
 mod records;
@@ -173,6 +174,9 @@ enum Command {
     /// Add, list or remove ACL entries.
     #[command(subcommand)]
     Acl(security::AclCommand),
+    /// Ask each node in --brokers whether it serves (grpc.health.v1.Health); exits 0 only if
+    /// every one answers SERVING: for probes and scripts.
+    Health(health::HealthArgs),
     /// Measure throughput and latency of a running cluster.
     #[command(subcommand, after_help = bench::AFTER_HELP)]
     Bench(bench::BenchCommand),
@@ -236,6 +240,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Acl(cmd) => {
             security::run_acl(client(cli.brokers, cli.token, &cli.tls)?, out, cmd).await
+        }
+        Command::Health(args) => {
+            let config = ClientConfig {
+                tls: cli.tls.load()?,
+                token: cli.token.map(fjord_client::Token),
+                ..ClientConfig::default()
+            };
+            health::run(cli.brokers, config, out, args).await
         }
         Command::Bench(cmd) => {
             let config = ClientConfig {

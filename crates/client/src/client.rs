@@ -167,7 +167,7 @@ pub(crate) fn request<M>(message: M, timeout: Duration) -> tonic::Request<M> {
 
 /// Checks that `address` is `host:port` (or a URI with a scheme) and builds its endpoint:
 /// `https://` when the config has TLS settings (a `host:port` is then dialed with TLS too).
-fn endpoint(address: &str, config: &ClientConfig) -> Result<Endpoint, ClientError> {
+pub(crate) fn endpoint(address: &str, config: &ClientConfig) -> Result<Endpoint, ClientError> {
     let invalid =
         |why: String| ClientError::Config(format!("broker address {address:?} is invalid: {why}"));
     let scheme = if config.tls.is_some() {

@@ -47,6 +47,7 @@ pub mod config;
 pub mod consumer;
 pub mod error;
 pub mod group;
+pub mod health;
 pub mod metadata;
 pub mod offsets;
 pub mod producer;
