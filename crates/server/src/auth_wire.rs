@@ -13,6 +13,7 @@ pub fn entry_from_wire(e: Option<pb::AclEntry>) -> Result<AclEntry, ApiError> {
         Ok(pb::AclResourceType::Topic) => ResourceType::Topic,
         Ok(pb::AclResourceType::Group) => ResourceType::Group,
         Ok(pb::AclResourceType::Cluster) => ResourceType::Cluster,
+        Ok(pb::AclResourceType::Producer) => ResourceType::Producer,
         _ => {
             return Err(unknown(
                 "resource_type",
@@ -73,6 +74,7 @@ pub fn entry_to_wire(e: &AclEntry) -> pb::AclEntry {
             ResourceType::Topic => pb::AclResourceType::Topic,
             ResourceType::Group => pb::AclResourceType::Group,
             ResourceType::Cluster => pb::AclResourceType::Cluster,
+            ResourceType::Producer => pb::AclResourceType::Producer,
         } as i32,
         pattern_type: match e.pattern_type {
             PatternType::Literal => pb::AclPatternType::Literal,
