@@ -691,6 +691,40 @@ cache_size_mib = 16
     }
 
     #[test]
+    fn superusers_flags_split_on_semicolons_and_repeat() {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
+        use clap::Parser;
+        let base = [
+            "fjord",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:1",
+            "--data-dir",
+            "d",
+            "--peers",
+            "1=a:1",
+        ];
+        let parse = |extra: &[&str]| {
+            Flags::try_parse_from(base.iter().chain(extra))
+                .map(|f| f.serve.superusers)
+                .unwrap()
+        };
+        assert_eq!(
+            parse(&["--superusers", "User:CN=a,O=x;User:ops"]),
+            ["User:CN=a,O=x", "User:ops"]
+        );
+        assert_eq!(
+            parse(&["--superusers", "User:a", "--superusers", "User:b"]),
+            ["User:a", "User:b"]
+        );
+    }
+
+    #[test]
     fn security_settings_parse_and_bad_ones_are_refused() {
         let base = "id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\npeers = \"1=a:1\"\n";
         let open = from_toml(base).unwrap();
