@@ -136,7 +136,6 @@ fn from_wire(e: v1::AclEntry) -> Result<AclEntry, ClientError> {
             Ok(v1::AclResourceType::Group) => ResourceType::Group,
             Ok(v1::AclResourceType::Cluster) => ResourceType::Cluster,
             Ok(v1::AclResourceType::Producer) => ResourceType::Producer,
-            Ok(v1::AclResourceType::Producer) => ResourceType::Producer,
             _ => return Err(bad("resource type")),
         },
         pattern_type: match v1::AclPatternType::try_from(e.pattern_type) {

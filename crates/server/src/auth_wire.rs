@@ -109,6 +109,14 @@ mod tests {
             permission: Permission::Deny,
         };
         assert_eq!(entry_from_wire(Some(entry_to_wire(&e))).unwrap(), e);
+        let producer = AclEntry {
+            resource_type: ResourceType::Producer,
+            ..e.clone()
+        };
+        assert_eq!(
+            entry_from_wire(Some(entry_to_wire(&producer))).unwrap(),
+            producer
+        );
         let mut bad = entry_to_wire(&e);
         bad.operation = 0;
         let err = entry_from_wire(Some(bad)).unwrap_err().to_string();

@@ -380,8 +380,9 @@ impl ClientService {
         }
     }
 
-    /// The topics a ResetOffsets may move, checked: read on `req.topic`, or (none named) on
-    /// every topic the group has committed offsets for, as the coordinator answers now.
+    /// The topics a ResetOffsets may move, checked: `req.topic` (its read checked by the
+    /// caller), or (none named) every topic the group has committed offsets for, as the
+    /// coordinator answers now, each needing read.
     /// `Some(set)`: the reset moves only those (a topic committed meanwhile is left alone,
     /// and no lookup by time runs on it); `None` with authorization off.
     async fn require_reset(
@@ -394,7 +395,6 @@ impl ClientService {
             return Ok(None);
         }
         if !req.topic.is_empty() {
-            caller.require(Operation::Read, Resource::topic(&req.topic))?;
             return Ok(topics.by_name.get(&req.topic).map(|t| [t.id].into()));
         }
         let op = Op::Fetch {
@@ -850,6 +850,10 @@ impl Fjord for ClientService {
         let caller = self.caller(&req)?;
         let req = req.into_inner();
         caller.require(Operation::Read, Resource::group(&req.group))?;
+        if !req.topic.is_empty() {
+            // Before the name is resolved: a refusal does not tell whether it exists.
+            caller.require(Operation::Read, Resource::topic(&req.topic))?;
+        }
         let topics = crate::coordinator::topics_view(&self.node.view().state);
         let (to, topic) = group_wire::reset_request(&req, &topics)?;
         let within = self.require_reset(&caller, &req, &topics).await?;
@@ -1052,4 +1056,42 @@ fn unexpected(_: Answer) -> Status {
         to: "a group request",
     }
     .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> fjord_groups::TopicsView {
+        fjord_groups::TopicsView::new([
+            ("orders".to_string(), 1, 1),
+            ("orders.eu".to_string(), 2, 1),
+            ("secret".to_string(), 3, 1),
+        ])
+    }
+
+    fn sub(topics: &[&str], pattern: Option<&str>) -> Subscription {
+        Subscription {
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            pattern: pattern.map(String::from),
+        }
+    }
+
+    #[test]
+    fn a_pattern_loses_the_topics_the_member_may_not_describe() {
+        let public = |t: &str| t != "secret";
+        // Every match describable: the pattern stays.
+        let mut s = sub(&[], Some("orders.*"));
+        hide_undescribable(&mut s, &view(), public).unwrap();
+        assert_eq!(s, sub(&[], Some("orders.*")));
+        // One match hidden: the describable matches, by name, with the literal names.
+        let mut s = sub(&["orders"], Some(".*"));
+        hide_undescribable(&mut s, &view(), public).unwrap();
+        assert_eq!(s, sub(&["orders", "orders.eu"], None));
+        // No pattern: unchanged; a bad pattern: refused.
+        let mut s = sub(&["secret"], None);
+        hide_undescribable(&mut s, &view(), public).unwrap();
+        assert_eq!(s, sub(&["secret"], None));
+        assert!(hide_undescribable(&mut sub(&[], Some("(")), &view(), public).is_err());
+    }
 }
