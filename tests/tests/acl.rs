@@ -409,6 +409,25 @@ async fn group_requests_are_checked(cluster: &Cluster, admin: &Client, carol: &s
     }
 }
 
+/// Adds (or removes) `entry` through `admin` and waits until every node has applied it (each
+/// node checks against its own copy of the metadata).
+async fn acl_everywhere(cluster: &Cluster, admin: &Client, entry: &AclEntry, present: bool) {
+    if present {
+        admin.add_acl(entry).await.unwrap();
+    } else {
+        admin.remove_acl(entry).await.unwrap();
+    }
+    let token = admin_token_of(admin);
+    for addr in cluster.brokers() {
+        let at = client_at(vec![addr.clone()], &token);
+        wait_for(&format!("{entry} applied at {addr}"), DEADLINE, || async {
+            let listed = at.list_acls(Some(entry.principal.as_str())).await.ok()?;
+            (listed.contains(entry) == present).then_some(())
+        })
+        .await;
+    }
+}
+
 /// The coordinator of `group` as `token` finds it, polled until one answers.
 async fn coordinator_of(cluster: &Cluster, group: &str, token: &str) -> String {
     let node = cluster.brokers()[0].clone();
@@ -454,7 +473,7 @@ async fn named_producers_need_write_on_their_name(cluster: &Cluster, admin: &Cli
         Operation::Write,
     );
     mine.pattern_type = PatternType::Prefixed;
-    admin.add_acl(&mine).await.unwrap();
+    acl_everywhere(cluster, admin, &mine, true).await;
     let r = stub(&node)
         .await
         .init_producer(with_token(init(Some("orders-7")), alice))
@@ -484,7 +503,7 @@ async fn named_producers_need_write_on_their_name(cluster: &Cluster, admin: &Cli
         String::from_utf8_lossy(&out.stdout).contains("producer"),
         "{out:?}"
     );
-    admin.remove_acl(&mine).await.unwrap();
+    acl_everywhere(cluster, admin, &mine, false).await;
 }
 
 /// The token `admin` sends (the CLI needs it as text).
@@ -560,15 +579,13 @@ async fn resets_and_offsets_are_checked_per_topic(cluster: &Cluster, admin: &Cli
         .commit_offsets(with_token(commit, &admin_token))
         .await
         .expect("the admin's commit to the empty group r");
-    admin
-        .add_acl(&allow(
-            "User:carol",
-            ResourceType::Group,
-            "r",
-            Operation::Read,
-        ))
-        .await
-        .unwrap();
+    acl_everywhere(
+        cluster,
+        admin,
+        &allow("User:carol", ResourceType::Group, "r", Operation::Read),
+        true,
+    )
+    .await;
     let reset = |topic: &str| ResetOffsetsRequest {
         group: "r".into(),
         topic: topic.into(),
@@ -632,15 +649,13 @@ async fn resets_and_offsets_are_checked_per_topic(cluster: &Cluster, admin: &Cli
 /// carol (reads `a` only) subscribes: naming `b` (or `nope`) is refused naming it; a pattern
 /// matching `a` and `b` gets `a` only, and the group shows `a` as her subscription.
 async fn subscriptions_are_checked(cluster: &Cluster, admin: &Client, carol: &str) {
-    admin
-        .add_acl(&allow(
-            "User:carol",
-            ResourceType::Group,
-            "p",
-            Operation::Read,
-        ))
-        .await
-        .unwrap();
+    acl_everywhere(
+        cluster,
+        admin,
+        &allow("User:carol", ResourceType::Group, "p", Operation::Read),
+        true,
+    )
+    .await;
     let coordinator = coordinator_of(cluster, "p", carol).await;
     let beat = |topics: &[&str], pattern: Option<&str>| GroupHeartbeatRequest {
         group: "p".into(),
@@ -712,7 +727,7 @@ async fn only_a_superuser_manages_a_superuser(admin: &Client, cluster: &Cluster,
         "cluster",
         Operation::Alter,
     );
-    admin.add_acl(&alter).await.unwrap();
+    acl_everywhere(cluster, admin, &alter, true).await;
     let as_carol = client_as(cluster, carol);
     denied(
         as_carol.delete_user("admin").await.unwrap_err(),
@@ -724,7 +739,7 @@ async fn only_a_superuser_manages_a_superuser(admin: &Client, cluster: &Cluster,
     );
     as_carol.create_user("erin").await.unwrap();
     as_carol.delete_user("erin").await.unwrap();
-    admin.remove_acl(&alter).await.unwrap();
+    acl_everywhere(cluster, admin, &alter, false).await;
     for reserved in ["ANONYMOUS", "*"] {
         let e = admin.create_user(reserved).await.unwrap_err();
         assert!(
@@ -737,7 +752,7 @@ async fn only_a_superuser_manages_a_superuser(admin: &Client, cluster: &Cluster,
 /// A `*` entry gives carol every topic but `__fjord_groups`; naming it is refused.
 async fn wildcards_do_not_reach_internal_topics(cluster: &Cluster, admin: &Client, carol: &str) {
     let every = allow("User:carol", ResourceType::Topic, "*", Operation::Describe);
-    admin.add_acl(&every).await.unwrap();
+    acl_everywhere(cluster, admin, &every, true).await;
     let node = cluster.brokers()[0].clone();
     let listed = stub(&node)
         .await
@@ -765,5 +780,5 @@ async fn wildcards_do_not_reach_internal_topics(cluster: &Cluster, admin: &Clien
         admin_sees.topics.iter().any(|t| t.name == "__fjord_groups"),
         "a superuser reaches it"
     );
-    admin.remove_acl(&every).await.unwrap();
+    acl_everywhere(cluster, admin, &every, false).await;
 }
