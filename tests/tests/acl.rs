@@ -124,15 +124,13 @@ async fn identities_and_acls_are_enforced_on_a_secure_cluster() {
     for t in ["a", "b", "c1"] {
         admin.create_topic(t, 1, 3).await.unwrap();
     }
-    admin
-        .add_acl(&allow(
-            "User:alice",
-            ResourceType::Topic,
-            "a",
-            Operation::Write,
-        ))
-        .await
-        .unwrap();
+    acl_everywhere(
+        &cluster,
+        &admin,
+        &allow("User:alice", ResourceType::Topic, "a", Operation::Write),
+        true,
+    )
+    .await;
     a_writer_of_a_writes_only_a(&cluster, &tokens["alice"]).await;
     let deny_c1 = a_deny_beats_an_allow(&cluster, &admin, &tokens["alice"]).await;
     group_requests_are_checked(&cluster, &admin, &tokens["carol"]).await;
@@ -205,8 +203,8 @@ async fn a_deny_beats_an_allow(cluster: &Cluster, admin: &Client, token: &str) -
     all_c.pattern_type = PatternType::Prefixed;
     let mut deny_c1 = allow("User:alice", ResourceType::Topic, "c1", Operation::Write);
     deny_c1.permission = Permission::Deny;
-    admin.add_acl(&all_c).await.unwrap();
-    admin.add_acl(&deny_c1).await.unwrap();
+    acl_everywhere(cluster, admin, &all_c, true).await;
+    acl_everywhere(cluster, admin, &deny_c1, true).await;
     let s = raw_produce(&node, token, "c1").await.unwrap_err();
     denied_status(
         s,
@@ -324,24 +322,20 @@ async fn a_deleted_user_no_longer_authenticates(cluster: &Cluster, admin: &Clien
 /// carol may read group `g` and topic `a`: she joins `g` and commits to `a`; a heartbeat of
 /// group `h` and a commit to topic `b` are refused.
 async fn group_requests_are_checked(cluster: &Cluster, admin: &Client, carol: &str) {
-    admin
-        .add_acl(&allow(
-            "User:carol",
-            ResourceType::Group,
-            "g",
-            Operation::Read,
-        ))
-        .await
-        .unwrap();
-    admin
-        .add_acl(&allow(
-            "User:carol",
-            ResourceType::Topic,
-            "a",
-            Operation::Read,
-        ))
-        .await
-        .unwrap();
+    acl_everywhere(
+        cluster,
+        admin,
+        &allow("User:carol", ResourceType::Group, "g", Operation::Read),
+        true,
+    )
+    .await;
+    acl_everywhere(
+        cluster,
+        admin,
+        &allow("User:carol", ResourceType::Topic, "a", Operation::Read),
+        true,
+    )
+    .await;
     let node = cluster.brokers()[0].clone();
     let beat = |group: &str| GroupHeartbeatRequest {
         group: group.into(),
