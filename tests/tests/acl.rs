@@ -627,6 +627,8 @@ async fn resets_and_offsets_are_checked_per_topic(cluster: &Cluster, admin: &Cli
         .into_inner();
     let topics: Vec<&str> = described.offsets.iter().map(|o| o.topic.as_str()).collect();
     assert_eq!(topics, ["a"]);
+    // The lag in time of `a` (which carol reads) is read, from whichever node leads it.
+    assert!(described.offsets[0].lag_ms.is_some(), "{described:?}");
     // The admin sees both.
     let described = stub(&coordinator)
         .await

@@ -822,6 +822,7 @@ impl Fjord for ClientService {
         req: Request<DescribeGroupRequest>,
     ) -> Result<Response<DescribeGroupResponse>, Status> {
         let caller = self.caller(&req)?;
+        let credential = req.metadata().get(crate::auth::AUTHORIZATION_KEY).cloned();
         let group = req.into_inner().group;
         caller.require(Operation::Describe, Resource::group(&group))?;
         match self
@@ -836,7 +837,9 @@ impl Fjord for ClientService {
                 described
                     .offsets
                     .retain(|o| caller.may_describe_topic(&o.topic));
-                crate::lag::fill(&self.node, &mut described.offsets).await;
+                // The lag in time reads a record: only of topics the principal may read.
+                let readable = |t: &str| caller.may(Operation::Read, Resource::topic(t));
+                crate::lag::fill(&self.node, &mut described.offsets, readable, credential).await;
                 Ok(Response::new(described))
             }
             other => Err(unexpected(other)),
