@@ -5,7 +5,11 @@
 //! nor write `b`, each refusal PERMISSION_DENIED naming the principal, the operation and the
 //! resource; a deny beats an allow; group heartbeats and offset commits are checked; the
 //! superuser does everything; ACLs survive a restart of every node; a deleted user no longer
-//! authenticates. The CLI takes its token from FJORD_TOKEN.
+//! authenticates. The CLI takes its token from FJORD_TOKEN. And the security review's fixes:
+//! a named producer needs write on its name; ResetOffsets needs read on the topics it moves;
+//! a heartbeat's subscription is checked (literal names refused, pattern matches hidden);
+//! Metadata refuses existing and missing names alike; offsets are shown only for describable
+//! topics; only a superuser manages a superuser's user; `*` does not reach `__fjord*`.
 // Each test holds `serial()` (a std mutex) for its whole run on purpose: tests run on
 // separate threads and runtimes, and must not start clusters at the same time.
 #![allow(clippy::await_holding_lock)]
@@ -16,8 +20,9 @@ use fjord_client::security::{AclEntry, Operation, PatternType, Permission, Resou
 use fjord_client::{Client, ClientError, ProducerConfig, ProducerRecord};
 use fjord_proto::v1::fjord_client::FjordClient;
 use fjord_proto::v1::{
-    CommitOffsetsRequest, FetchRequest, FindCoordinatorRequest, GroupHeartbeatRequest,
-    OffsetCommit, ProduceRequest, Record, Subscription,
+    CommitOffsetsRequest, DescribeGroupRequest, FetchOffsetsRequest, FetchRequest,
+    FindCoordinatorRequest, GroupHeartbeatRequest, InitProducerRequest, MetadataRequest,
+    OffsetCommit, ProduceRequest, Record, ResetOffsetsRequest, Subscription, reset_offsets_request,
 };
 use fjord_tests::secure::{client_as, client_at, restart_secure, start_secure, with_token};
 use fjord_tests::{Cluster, serial, wait_for};
@@ -119,18 +124,22 @@ async fn identities_and_acls_are_enforced_on_a_secure_cluster() {
     for t in ["a", "b", "c1"] {
         admin.create_topic(t, 1, 3).await.unwrap();
     }
-    admin
-        .add_acl(&allow(
-            "User:alice",
-            ResourceType::Topic,
-            "a",
-            Operation::Write,
-        ))
-        .await
-        .unwrap();
+    acl_everywhere(
+        &cluster,
+        &admin,
+        &allow("User:alice", ResourceType::Topic, "a", Operation::Write),
+        true,
+    )
+    .await;
     a_writer_of_a_writes_only_a(&cluster, &tokens["alice"]).await;
     let deny_c1 = a_deny_beats_an_allow(&cluster, &admin, &tokens["alice"]).await;
     group_requests_are_checked(&cluster, &admin, &tokens["carol"]).await;
+    named_producers_need_write_on_their_name(&cluster, &admin, &tokens["alice"]).await;
+    metadata_refuses_existing_and_missing_names_alike(&cluster, &tokens["alice"]).await;
+    resets_and_offsets_are_checked_per_topic(&cluster, &admin, &tokens["carol"]).await;
+    subscriptions_are_checked(&cluster, &admin, &tokens["carol"]).await;
+    only_a_superuser_manages_a_superuser(&admin, &cluster, &tokens["carol"]).await;
+    wildcards_do_not_reach_internal_topics(&cluster, &admin, &tokens["carol"]).await;
     the_superuser_does_everything(&admin).await;
     the_cli_takes_its_token_from_the_environment(&cluster, &tokens["admin"]).await;
     // ACLs survive a power loss of every node.
@@ -194,10 +203,18 @@ async fn a_deny_beats_an_allow(cluster: &Cluster, admin: &Client, token: &str) -
     all_c.pattern_type = PatternType::Prefixed;
     let mut deny_c1 = allow("User:alice", ResourceType::Topic, "c1", Operation::Write);
     deny_c1.permission = Permission::Deny;
-    admin.add_acl(&all_c).await.unwrap();
-    admin.add_acl(&deny_c1).await.unwrap();
+    acl_everywhere(cluster, admin, &all_c, true).await;
+    acl_everywhere(cluster, admin, &deny_c1, true).await;
     let s = raw_produce(&node, token, "c1").await.unwrap_err();
-    denied_status(s, &["User:alice", "write", "topic \"c1\"", "denied by"]);
+    denied_status(
+        s,
+        &[
+            "User:alice",
+            "write",
+            "topic \"c1\"",
+            "an ACL entry denies it",
+        ],
+    );
     // Reading `c1` is allowed by the prefix entry (wait for a leader to answer it).
     wait_for("alice reads c1", DEADLINE, || async {
         let leader = alice.describe_topic("c1").await.ok()?.partitions[0].leader?;
@@ -305,24 +322,20 @@ async fn a_deleted_user_no_longer_authenticates(cluster: &Cluster, admin: &Clien
 /// carol may read group `g` and topic `a`: she joins `g` and commits to `a`; a heartbeat of
 /// group `h` and a commit to topic `b` are refused.
 async fn group_requests_are_checked(cluster: &Cluster, admin: &Client, carol: &str) {
-    admin
-        .add_acl(&allow(
-            "User:carol",
-            ResourceType::Group,
-            "g",
-            Operation::Read,
-        ))
-        .await
-        .unwrap();
-    admin
-        .add_acl(&allow(
-            "User:carol",
-            ResourceType::Topic,
-            "a",
-            Operation::Read,
-        ))
-        .await
-        .unwrap();
+    acl_everywhere(
+        cluster,
+        admin,
+        &allow("User:carol", ResourceType::Group, "g", Operation::Read),
+        true,
+    )
+    .await;
+    acl_everywhere(
+        cluster,
+        admin,
+        &allow("User:carol", ResourceType::Topic, "a", Operation::Read),
+        true,
+    )
+    .await;
     let node = cluster.brokers()[0].clone();
     let beat = |group: &str| GroupHeartbeatRequest {
         group: group.into(),
@@ -388,4 +401,380 @@ async fn group_requests_are_checked(cluster: &Cluster, admin: &Client, carol: &s
     if let Err(s) = r {
         assert_ne!(s.code(), Code::PermissionDenied, "{s:?}");
     }
+}
+
+/// Adds (or removes) `entry` through `admin` and waits until every node has applied it (each
+/// node checks against its own copy of the metadata).
+async fn acl_everywhere(cluster: &Cluster, admin: &Client, entry: &AclEntry, present: bool) {
+    if present {
+        admin.add_acl(entry).await.unwrap();
+    } else {
+        admin.remove_acl(entry).await.unwrap();
+    }
+    let token = admin_token_of(admin);
+    for addr in cluster.brokers() {
+        let at = client_at(vec![addr.clone()], &token);
+        wait_for(&format!("{entry} applied at {addr}"), DEADLINE, || async {
+            let listed = at.list_acls(Some(entry.principal.as_str())).await.ok()?;
+            (listed.contains(entry) == present).then_some(())
+        })
+        .await;
+    }
+}
+
+/// The coordinator of `group` as `token` finds it, polled until one answers.
+async fn coordinator_of(cluster: &Cluster, group: &str, token: &str) -> String {
+    let node = cluster.brokers()[0].clone();
+    wait_for(&format!("the coordinator of {group}"), DEADLINE, || async {
+        let found = stub(&node)
+            .await
+            .find_coordinator(with_token(
+                FindCoordinatorRequest {
+                    group: group.into(),
+                },
+                token,
+            ))
+            .await
+            .ok()?
+            .into_inner();
+        Some(found.address)
+    })
+    .await
+}
+
+/// A named InitProducer needs write on the producer resource of its name; an unnamed one,
+/// write on some topic (alice writes `a`).
+async fn named_producers_need_write_on_their_name(cluster: &Cluster, admin: &Client, alice: &str) {
+    let node = cluster.brokers()[0].clone();
+    let init = |name: Option<&str>| InitProducerRequest {
+        producer_name: name.map(String::from),
+    };
+    stub(&node)
+        .await
+        .init_producer(with_token(init(None), alice))
+        .await
+        .expect("an unnamed producer: write on some topic is enough");
+    let s = stub(&node)
+        .await
+        .init_producer(with_token(init(Some("payments-1")), alice))
+        .await
+        .unwrap_err();
+    denied_status(s, &["User:alice", "write", "producer \"payments-1\""]);
+    let mut mine = allow(
+        "User:alice",
+        ResourceType::Producer,
+        "orders-",
+        Operation::Write,
+    );
+    mine.pattern_type = PatternType::Prefixed;
+    acl_everywhere(cluster, admin, &mine, true).await;
+    let r = stub(&node)
+        .await
+        .init_producer(with_token(init(Some("orders-7")), alice))
+        .await;
+    assert!(r.is_ok(), "{r:?}");
+    let s = stub(&node)
+        .await
+        .init_producer(with_token(init(Some("payments-1")), alice))
+        .await
+        .unwrap_err();
+    denied_status(s, &["producer \"payments-1\""]);
+    // The CLI names the new resource type.
+    let out = cluster
+        .cli()
+        .env("FJORD_TOKEN", admin_token_of(admin))
+        .args([
+            "acl",
+            "list",
+            "--principal",
+            "User:alice",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("producer"),
+        "{out:?}"
+    );
+    acl_everywhere(cluster, admin, &mine, false).await;
+}
+
+/// The token `admin` sends (the CLI needs it as text).
+fn admin_token_of(admin: &Client) -> String {
+    admin
+        .config()
+        .token
+        .as_ref()
+        .map(|t| t.0.clone())
+        .unwrap_or_default()
+}
+
+/// alice may describe `a` but not `b`, and no topic named `nope` exists: asking Metadata for
+/// `b` or for `nope` is the same PERMISSION_DENIED; a leader wait on `b` is refused first.
+async fn metadata_refuses_existing_and_missing_names_alike(cluster: &Cluster, alice: &str) {
+    let node = cluster.brokers()[0].clone();
+    let ask = |topics: &[&str]| MetadataRequest {
+        topics: topics.iter().map(|t| t.to_string()).collect(),
+        leader_wait: None,
+    };
+    for name in ["b", "nope"] {
+        let s = stub(&node)
+            .await
+            .metadata(with_token(ask(&[name]), alice))
+            .await
+            .unwrap_err();
+        denied_status(s, &["User:alice", "describe", &format!("topic \"{name}\"")]);
+    }
+    let got = stub(&node)
+        .await
+        .metadata(with_token(ask(&["a"]), alice))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.topics.len(), 1);
+    let mut waiting = ask(&[]);
+    waiting.leader_wait = Some(fjord_proto::v1::LeaderWait {
+        topic: "b".into(),
+        partition: 0,
+        unreachable_leader: 1,
+        wait_ms: 10_000,
+    });
+    let s = stub(&node)
+        .await
+        .metadata(with_token(waiting, alice))
+        .await
+        .unwrap_err();
+    denied_status(s, &["describe", "topic \"b\""]);
+}
+
+/// Group `r` has offsets on `a` (carol reads it) and `b` (she may not): resetting all of them
+/// or `b` is refused naming `b`; resetting `a` is not refused; FetchOffsets and DescribeGroup
+/// show her only `a`.
+async fn resets_and_offsets_are_checked_per_topic(cluster: &Cluster, admin: &Client, carol: &str) {
+    let admin_token = admin_token_of(admin);
+    let coordinator = coordinator_of(cluster, "r", &admin_token).await;
+    let commit = CommitOffsetsRequest {
+        group: "r".into(),
+        member_id: String::new(),
+        member_epoch: -1,
+        offsets: ["a", "b"]
+            .iter()
+            .map(|t| OffsetCommit {
+                topic: t.to_string(),
+                partition: 0,
+                offset: 0,
+                metadata: String::new(),
+            })
+            .collect(),
+    };
+    stub(&coordinator)
+        .await
+        .commit_offsets(with_token(commit, &admin_token))
+        .await
+        .expect("the admin's commit to the empty group r");
+    acl_everywhere(
+        cluster,
+        admin,
+        &allow("User:carol", ResourceType::Group, "r", Operation::Read),
+        true,
+    )
+    .await;
+    let reset = |topic: &str| ResetOffsetsRequest {
+        group: "r".into(),
+        topic: topic.into(),
+        to: Some(reset_offsets_request::To::TimestampMs(0)),
+    };
+    for topic in ["", "b"] {
+        let s = stub(&coordinator)
+            .await
+            .reset_offsets(with_token(reset(topic), carol))
+            .await
+            .unwrap_err();
+        denied_status(s, &["User:carol", "read", "topic \"b\""]);
+    }
+    let r = stub(&coordinator)
+        .await
+        .reset_offsets(with_token(reset("a"), carol))
+        .await;
+    if let Err(s) = r {
+        assert_ne!(s.code(), Code::PermissionDenied, "{s:?}");
+    }
+    let fetched = stub(&coordinator)
+        .await
+        .fetch_offsets(with_token(
+            FetchOffsetsRequest {
+                group: "r".into(),
+                member_id: String::new(),
+                member_epoch: -1,
+                partitions: Vec::new(),
+            },
+            carol,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let topics: Vec<&str> = fetched.offsets.iter().map(|o| o.topic.as_str()).collect();
+    assert_eq!(topics, ["a"]);
+    let described = stub(&coordinator)
+        .await
+        .describe_group(with_token(
+            DescribeGroupRequest { group: "r".into() },
+            carol,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let topics: Vec<&str> = described.offsets.iter().map(|o| o.topic.as_str()).collect();
+    assert_eq!(topics, ["a"]);
+    // The lag in time of `a` (which carol reads) is read, from whichever node leads it.
+    assert!(described.offsets[0].lag_ms.is_some(), "{described:?}");
+    // The admin sees both.
+    let described = stub(&coordinator)
+        .await
+        .describe_group(with_token(
+            DescribeGroupRequest { group: "r".into() },
+            &admin_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(described.offsets.len(), 2, "{described:?}");
+}
+
+/// carol (reads `a` only) subscribes: naming `b` (or `nope`) is refused naming it; a pattern
+/// matching `a` and `b` gets `a` only, and the group shows `a` as her subscription.
+async fn subscriptions_are_checked(cluster: &Cluster, admin: &Client, carol: &str) {
+    acl_everywhere(
+        cluster,
+        admin,
+        &allow("User:carol", ResourceType::Group, "p", Operation::Read),
+        true,
+    )
+    .await;
+    let coordinator = coordinator_of(cluster, "p", carol).await;
+    let beat = |topics: &[&str], pattern: Option<&str>| GroupHeartbeatRequest {
+        group: "p".into(),
+        member_epoch: 0,
+        rebalance_timeout_ms: Some(10_000),
+        subscription: Some(Subscription {
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            pattern: pattern.map(String::from),
+        }),
+        ..Default::default()
+    };
+    let s = stub(&coordinator)
+        .await
+        .group_heartbeat(with_token(beat(&["a", "b", "nope"], None), carol))
+        .await
+        .unwrap_err();
+    assert!(!s.message().contains("\"a\""), "{s:?}");
+    denied_status(s, &["User:carol", "describe", "\"b\"", "\"nope\""]);
+    let joined = stub(&coordinator)
+        .await
+        .group_heartbeat(with_token(beat(&[], Some("a|b")), carol))
+        .await
+        .unwrap()
+        .into_inner();
+    // Heartbeat on (the member's epoch as each answer gives it) until it owns something.
+    let member = std::sync::Mutex::new(joined);
+    let assigned = wait_for("carol's assignment", DEADLINE, || async {
+        let mut next = beat(&[], Some("a|b"));
+        {
+            let m = member.lock().unwrap();
+            next.member_id = m.member_id.clone();
+            next.member_epoch = m.member_epoch;
+        }
+        let answer = stub(&coordinator)
+            .await
+            .group_heartbeat(with_token(next, carol))
+            .await
+            .ok()?
+            .into_inner();
+        *member.lock().unwrap() = answer.clone();
+        (!answer.assignment.is_empty()).then_some(answer)
+    })
+    .await;
+    let topics: Vec<&str> = assigned
+        .assignment
+        .iter()
+        .map(|t| t.topic.as_str())
+        .collect();
+    assert_eq!(topics, ["a"]);
+    let described = stub(&coordinator)
+        .await
+        .describe_group(with_token(
+            DescribeGroupRequest { group: "p".into() },
+            &admin_token_of(admin),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let sub = described.members[0].subscription.clone().unwrap();
+    assert_eq!((sub.topics, sub.pattern), (vec!["a".to_string()], None));
+}
+
+/// carol, allowed to alter the cluster, manages users but not the superuser's; `*` and
+/// `ANONYMOUS` are no user names.
+async fn only_a_superuser_manages_a_superuser(admin: &Client, cluster: &Cluster, carol: &str) {
+    let alter = allow(
+        "User:carol",
+        ResourceType::Cluster,
+        "cluster",
+        Operation::Alter,
+    );
+    acl_everywhere(cluster, admin, &alter, true).await;
+    let as_carol = client_as(cluster, carol);
+    denied(
+        as_carol.delete_user("admin").await.unwrap_err(),
+        &["User:carol", "superuser"],
+    );
+    denied(
+        as_carol.create_user("admin").await.unwrap_err(),
+        &["User:carol", "superuser"],
+    );
+    as_carol.create_user("erin").await.unwrap();
+    as_carol.delete_user("erin").await.unwrap();
+    acl_everywhere(cluster, admin, &alter, false).await;
+    for reserved in ["ANONYMOUS", "*"] {
+        let e = admin.create_user(reserved).await.unwrap_err();
+        assert!(
+            matches!(e, ClientError::InvalidArgument(_)),
+            "{reserved}: {e:?}"
+        );
+    }
+}
+
+/// A `*` entry gives carol every topic but `__fjord_groups`; naming it is refused.
+async fn wildcards_do_not_reach_internal_topics(cluster: &Cluster, admin: &Client, carol: &str) {
+    let every = allow("User:carol", ResourceType::Topic, "*", Operation::Describe);
+    acl_everywhere(cluster, admin, &every, true).await;
+    let node = cluster.brokers()[0].clone();
+    let listed = stub(&node)
+        .await
+        .metadata(with_token(MetadataRequest::default(), carol))
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = listed.topics.iter().map(|t| t.name.as_str()).collect();
+    assert!(names.contains(&"b"), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("__fjord")), "{names:?}");
+    let s = stub(&node)
+        .await
+        .metadata(with_token(
+            MetadataRequest {
+                topics: vec!["__fjord_groups".into()],
+                leader_wait: None,
+            },
+            carol,
+        ))
+        .await
+        .unwrap_err();
+    denied_status(s, &["topic \"__fjord_groups\""]);
+    let admin_sees = admin.metadata().await.unwrap();
+    assert!(
+        admin_sees.topics.iter().any(|t| t.name == "__fjord_groups"),
+        "a superuser reaches it"
+    );
+    acl_everywhere(cluster, admin, &every, false).await;
 }

@@ -705,6 +705,23 @@ mod tests {
         );
         assert!(parse(&["user", "create", "alice"]).is_ok());
         assert!(parse(&["acl", "list", "--format", "json"]).is_ok());
+        assert!(
+            parse(&[
+                "acl",
+                "add",
+                "--principal",
+                "User:a",
+                "--operation",
+                "write",
+                "--resource-type",
+                "producer",
+                "--resource",
+                "app-",
+                "--pattern",
+                "prefixed",
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

@@ -30,7 +30,8 @@ pub struct AclArgs {
     /// read, write, create, delete, alter, describe or all.
     #[arg(long)]
     operation: Operation,
-    /// topic, group or cluster.
+    /// topic, group, cluster or producer (a named producer's name: a named InitProducer
+    /// needs write on it).
     #[arg(long)]
     resource_type: ResourceType,
     /// A name, a prefix (with --pattern prefixed), or `*` for every resource of the type;
@@ -70,7 +71,8 @@ pub enum AclCommand {
         --resource-type topic --resource orders\n  fjord acl add --principal User:alice \
         --operation read --resource-type group --resource app- --pattern prefixed\n  fjord acl \
         add --principal User:* --operation all --resource-type topic --resource secret- \
-        --pattern prefixed --deny"
+        --pattern prefixed --deny\n  fjord acl add --principal User:app --operation write \
+        --resource-type producer --resource app- --pattern prefixed"
     )]
     Add(AclArgs),
     /// List the ACL entries (json: one object per entry).

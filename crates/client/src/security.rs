@@ -108,6 +108,7 @@ fn to_wire(e: &AclEntry) -> v1::AclEntry {
             ResourceType::Topic => v1::AclResourceType::Topic,
             ResourceType::Group => v1::AclResourceType::Group,
             ResourceType::Cluster => v1::AclResourceType::Cluster,
+            ResourceType::Producer => v1::AclResourceType::Producer,
         } as i32,
         pattern_type: match e.pattern_type {
             PatternType::Literal => v1::AclPatternType::Literal,
@@ -134,6 +135,7 @@ fn from_wire(e: v1::AclEntry) -> Result<AclEntry, ClientError> {
             Ok(v1::AclResourceType::Topic) => ResourceType::Topic,
             Ok(v1::AclResourceType::Group) => ResourceType::Group,
             Ok(v1::AclResourceType::Cluster) => ResourceType::Cluster,
+            Ok(v1::AclResourceType::Producer) => ResourceType::Producer,
             _ => return Err(bad("resource type")),
         },
         pattern_type: match v1::AclPatternType::try_from(e.pattern_type) {

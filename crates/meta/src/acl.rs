@@ -3,11 +3,16 @@
 //!
 //! The model is Kafka's (`kafka.security.authorizer.AclAuthorizer`): a principal is
 //! `User:NAME`; an ACL entry names a principal (or every one, `User:*`), a resource type
-//! (topic, group, cluster), a resource pattern (a literal name, `*` for every name, or a
+//! (topic, group, cluster, producer: a named producer's name, Kafka's TransactionalId), a
+//! resource pattern (a literal name, `*` for every name, or a
 //! prefix), an operation and whether it allows or denies. A request is allowed when the
 //! principal is a superuser, or when no matching entry denies and one allows; deny wins.
 //! Read, write, delete and alter imply describe (an allow of one of them allows a describe),
 //! as in Kafka; a deny denies exactly its operation (or every one, for `all`).
+//!
+//! fjord's own topics ([`INTERNAL_TOPIC_PREFIX`], e.g. `__fjord_groups`) are not matched by a
+//! `*` literal nor by a prefix unless the prefix itself starts with [`INTERNAL_TOPIC_PREFIX`]:
+//! only an entry naming them (literally, or by such a prefix) or a superuser reaches them.
 //!
 //! Users are stored as a salted hash of their secret only ([`UserRecord`]); hashing and
 //! checking tokens is the server's (this crate does no I/O and draws no random numbers).
@@ -31,6 +36,9 @@ pub const ANONYMOUS: &str = "User:ANONYMOUS";
 pub const ANY_RESOURCE: &str = "*";
 /// The name of the one cluster resource (Kafka's `kafka-cluster`).
 pub const CLUSTER_RESOURCE: &str = "cluster";
+/// The prefix of fjord's own topics (the same as `fjord_groups::INTERNAL_TOPIC_PREFIX`): a
+/// `*` or a prefix not starting with it does not match them.
+pub const INTERNAL_TOPIC_PREFIX: &str = "__fjord";
 
 /// A kind of resource an ACL entry protects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -38,6 +46,9 @@ pub enum ResourceType {
     Topic,
     Group,
     Cluster,
+    /// A named producer (InitProducer's `producer_name`, Kafka's TransactionalId). Appended
+    /// last: postcard encodes a variant by its index, so older encodings stay readable.
+    Producer,
 }
 
 /// How an ACL entry's resource name matches a resource's name.
@@ -98,7 +109,12 @@ macro_rules! names {
     };
 }
 
-names!(ResourceType { Topic = "topic", Group = "group", Cluster = "cluster" });
+names!(ResourceType {
+    Topic = "topic",
+    Group = "group",
+    Cluster = "cluster",
+    Producer = "producer",
+});
 names!(PatternType { Literal = "literal", Prefixed = "prefixed" });
 names!(Operation {
     Read = "read",
@@ -144,13 +160,25 @@ impl fmt::Display for AclEntry {
     }
 }
 
-/// A user's stored credential: a salt and SHA-256(salt ‖ secret), never the secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A user's stored credential: a salt and SHA-256(salt ‖ secret), never the secret. Its
+/// `Debug` shows neither (logs must not carry material for an offline guess).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRecord {
     /// [`USER_SALT_BYTES`] random bytes.
     pub salt: Vec<u8>,
     /// [`USER_HASH_BYTES`] bytes.
     pub hash: Vec<u8>,
+}
+
+impl fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "UserRecord {{ salt: <{} bytes>, hash: <{} bytes> }}",
+            self.salt.len(),
+            self.hash.len()
+        )
+    }
 }
 
 /// Bytes of a user's salt.
@@ -178,6 +206,12 @@ impl<'a> Resource<'a> {
             name,
         }
     }
+    pub fn producer(name: &'a str) -> Self {
+        Resource {
+            resource_type: ResourceType::Producer,
+            name,
+        }
+    }
     pub fn cluster() -> Resource<'static> {
         Resource {
             resource_type: ResourceType::Cluster,
@@ -190,7 +224,7 @@ impl fmt::Display for Resource<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.resource_type {
             ResourceType::Cluster => f.write_str("the cluster"),
-            t => write!(f, "{t} {:?}", self.name),
+            t => write!(f, "{t} {:?}", clip(self.name)),
         }
     }
 }
@@ -204,7 +238,8 @@ pub enum Decision {
     Deny(DenyReason),
 }
 
-/// Why [`authorize`] refused.
+/// Why [`authorize`] refused. Its `Display` does not quote the denying entry (a client is
+/// told that an entry denies, not which pattern: that would show other names).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DenyReason {
     /// This entry denies (the first that matches, in the entries' order).
@@ -216,7 +251,7 @@ pub enum DenyReason {
 impl fmt::Display for DenyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DenyReason::DeniedBy(e) => write!(f, "denied by the ACL entry: {e}"),
+            DenyReason::DeniedBy(_) => f.write_str("an ACL entry denies it"),
             DenyReason::NoAllow => f.write_str("no ACL entry allows it"),
         }
     }
@@ -232,7 +267,7 @@ pub fn authorize<'a>(
     acls: impl IntoIterator<Item = &'a AclEntry>,
     superusers: &[String],
 ) -> Decision {
-    if superusers.iter().any(|s| s == principal) {
+    if is_superuser(principal, superusers) {
         return Decision::Allow;
     }
     let mut allowed = false;
@@ -266,7 +301,7 @@ pub fn allows_some<'a>(
     acls: impl IntoIterator<Item = &'a AclEntry>,
     superusers: &[String],
 ) -> bool {
-    superusers.iter().any(|s| s == principal)
+    is_superuser(principal, superusers)
         || acls.into_iter().any(|e| {
             e.resource_type == kind
                 && e.permission == Permission::Allow
@@ -275,15 +310,36 @@ pub fn allows_some<'a>(
         })
 }
 
+/// Whether `principal` is one of `superusers`.
+pub fn is_superuser(principal: &str, superusers: &[String]) -> bool {
+    superusers.iter().any(|s| s == principal)
+}
+
+/// Whether entry `e` names `principal` (itself or [`ANY_PRINCIPAL`]).
+pub fn names_principal(e: &AclEntry, principal: &str) -> bool {
+    e.principal == principal || e.principal == ANY_PRINCIPAL
+}
+
 fn applies_to(e: &AclEntry, principal: &str, resource: Resource<'_>) -> bool {
-    (e.principal == principal || e.principal == ANY_PRINCIPAL)
+    names_principal(e, principal)
         && e.resource_type == resource.resource_type
-        && match e.pattern_type {
-            PatternType::Literal => {
-                e.resource_name == ANY_RESOURCE || e.resource_name == resource.name
-            }
-            PatternType::Prefixed => resource.name.starts_with(&e.resource_name),
+        && name_matches(e, resource)
+}
+
+/// Whether `e`'s pattern matches `resource`'s name; an internal topic only by its literal
+/// name or a prefix that starts with [`INTERNAL_TOPIC_PREFIX`].
+fn name_matches(e: &AclEntry, resource: Resource<'_>) -> bool {
+    let internal = resource.resource_type == ResourceType::Topic
+        && resource.name.starts_with(INTERNAL_TOPIC_PREFIX);
+    match e.pattern_type {
+        PatternType::Literal => {
+            e.resource_name == resource.name || (e.resource_name == ANY_RESOURCE && !internal)
         }
+        PatternType::Prefixed => {
+            resource.name.starts_with(&e.resource_name)
+                && (!internal || e.resource_name.starts_with(INTERNAL_TOPIC_PREFIX))
+        }
+    }
 }
 
 /// Whether an allow of `granted` allows `asked`: itself, `all`, and Kafka's implications.
@@ -294,10 +350,13 @@ fn allows(granted: Operation, asked: Operation) -> bool {
         || (asked == Describe && matches!(granted, Read | Write | Delete | Alter))
 }
 
-/// Checks a user name: 1 to [`MAX_USER_NAME_LEN`] characters of `[a-zA-Z0-9._-]`, not `*`.
+/// Checks a user name: 1 to [`MAX_USER_NAME_LEN`] characters of `[a-zA-Z0-9._-]`, not `*`
+/// and not `ANONYMOUS` (whose principals mean every principal and no identity).
 pub fn validate_user_name(name: &str) -> Result<(), MetaError> {
     let reason = if name.is_empty() {
         "it is empty".to_string()
+    } else if name == ANY_RESOURCE || Some(name) == ANONYMOUS.strip_prefix(USER_PREFIX) {
+        "it is reserved (User:* is every principal, User:ANONYMOUS no identity)".to_string()
     } else if name.len() > MAX_USER_NAME_LEN {
         format!("it is {} bytes long", name.len())
     } else if let Some((at, bad)) = name
@@ -371,6 +430,26 @@ pub fn validate_acl(e: &AclEntry) -> Result<(), MetaError> {
         ));
     }
     Ok(())
+}
+
+/// Checks a principal a request would be known by (a user's, or one mapped from a client
+/// certificate): [`validate_principal`], and neither [`ANY_PRINCIPAL`] nor [`ANONYMOUS`].
+pub fn validate_identity(principal: &str) -> Result<(), MetaError> {
+    validate_principal(principal)?;
+    if principal == ANY_PRINCIPAL || principal == ANONYMOUS {
+        return Err(MetaError::InvalidAcl {
+            reason: format!("principal {principal:?} is reserved: it cannot be an identity"),
+        });
+    }
+    Ok(())
+}
+
+/// The entries of `acls` that can apply to `principal`: its own and [`ANY_PRINCIPAL`]'s (a
+/// request's view, taken once so that each check does not scan every entry).
+pub fn entries_for<'a>(acls: &'a BTreeSet<AclEntry>, principal: &str) -> Vec<&'a AclEntry> {
+    acls.iter()
+        .filter(|e| names_principal(e, principal))
+        .collect()
 }
 
 /// The entries of `acls` that name `principal` (or every one, with `None`).
@@ -567,6 +646,136 @@ mod tests {
         assert_eq!(validate_user_name("svc-1.prod_x"), Ok(()));
         assert_eq!("PREFIXED".parse(), Ok(PatternType::Prefixed));
         assert!("everything".parse::<Operation>().is_err());
+    }
+
+    #[test]
+    fn internal_topics_need_a_literal_name_or_an_internal_prefix() {
+        let internal = "__fjord_groups";
+        let any = allow_topic(ALICE, ANY_RESOURCE, Operation::Read);
+        let prefix = |p: &str| {
+            entry(
+                ALICE,
+                ResourceType::Topic,
+                PatternType::Prefixed,
+                p,
+                Operation::Read,
+                Permission::Allow,
+            )
+        };
+        let read = |acls: &[AclEntry], t| {
+            authorize(ALICE, Operation::Read, Resource::topic(t), acls, &[]) == Decision::Allow
+        };
+        assert!(read(std::slice::from_ref(&any), "orders"));
+        assert!(
+            !read(std::slice::from_ref(&any), internal),
+            "* does not reach it"
+        );
+        assert!(!read(&[prefix("")], internal));
+        assert!(!read(&[prefix("_")], internal));
+        assert!(read(&[prefix("__fjord")], internal));
+        assert!(read(&[prefix("__fjord_g")], internal));
+        assert!(read(
+            &[allow_topic(ALICE, internal, Operation::Read)],
+            internal
+        ));
+        assert!(
+            authorize(
+                ALICE,
+                Operation::Read,
+                Resource::topic(internal),
+                &[any],
+                &[ALICE.to_string()]
+            ) == Decision::Allow
+        );
+        // A group of that name is no internal topic.
+        let any_group = entry(
+            ALICE,
+            ResourceType::Group,
+            PatternType::Literal,
+            "*",
+            Operation::Read,
+            Permission::Allow,
+        );
+        assert_eq!(
+            authorize(
+                ALICE,
+                Operation::Read,
+                Resource::group(internal),
+                &[any_group],
+                &[]
+            ),
+            Decision::Allow
+        );
+        assert_eq!(INTERNAL_TOPIC_PREFIX, "__fjord");
+    }
+
+    #[test]
+    fn a_named_producer_is_its_own_resource() {
+        let acls = [entry(
+            ALICE,
+            ResourceType::Producer,
+            PatternType::Prefixed,
+            "app-",
+            Operation::Write,
+            Permission::Allow,
+        )];
+        let w = |name| {
+            authorize(
+                ALICE,
+                Operation::Write,
+                Resource::producer(name),
+                &acls,
+                &[],
+            )
+        };
+        assert_eq!(w("app-1"), Decision::Allow);
+        assert_eq!(w("other"), Decision::Deny(DenyReason::NoAllow));
+        assert_eq!(
+            authorize(
+                ALICE,
+                Operation::Write,
+                Resource::topic("app-1"),
+                &acls,
+                &[]
+            ),
+            Decision::Deny(DenyReason::NoAllow)
+        );
+        assert_eq!("producer".parse(), Ok(ResourceType::Producer));
+        // Appended: the earlier variants keep their postcard encodings.
+        for (t, index) in [
+            (ResourceType::Topic, 0u8),
+            (ResourceType::Group, 1),
+            (ResourceType::Cluster, 2),
+            (ResourceType::Producer, 3),
+        ] {
+            assert_eq!(postcard::to_stdvec(&t).unwrap(), [index]);
+        }
+    }
+
+    #[test]
+    fn reserved_names_are_no_identity_and_secrets_stay_out_of_debug() {
+        assert!(validate_user_name("*").is_err());
+        assert!(validate_user_name("ANONYMOUS").is_err());
+        assert_eq!(validate_user_name("anonymous-svc"), Ok(()));
+        assert!(validate_identity(ANY_PRINCIPAL).is_err());
+        assert!(validate_identity(ANONYMOUS).is_err());
+        assert!(validate_identity("User:a\u{0}").is_err());
+        assert_eq!(validate_identity("User:CN=a,O=b"), Ok(()));
+        let rec = cred(0xab);
+        let shown = format!("{rec:?}");
+        assert!(!shown.contains("171") && !shown.contains("ab"), "{shown}");
+        let deny = entry(
+            ANY_PRINCIPAL,
+            ResourceType::Topic,
+            PatternType::Prefixed,
+            "hidden-",
+            Operation::Read,
+            Permission::Deny,
+        );
+        let why = DenyReason::DeniedBy(deny).to_string();
+        assert!(!why.contains("hidden-"), "{why}");
+        let clipped = Resource::topic(&"x".repeat(10_000)).to_string();
+        assert!(clipped.len() < 1_000, "{}", clipped.len());
     }
 
     fn cred(b: u8) -> UserRecord {

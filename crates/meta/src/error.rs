@@ -332,7 +332,7 @@ const MAX_ECHOED_CHARS: usize = 300;
 
 /// `s`, cut to [`MAX_ECHOED_CHARS`] characters with a marker, so an error stays bounded even
 /// when the input was not.
-pub(crate) fn clip(s: &str) -> String {
+pub fn clip(s: &str) -> String {
     match s.char_indices().nth(MAX_ECHOED_CHARS) {
         None => s.to_string(),
         Some((cut, _)) => format!("{}... ({} bytes in all)", &s[..cut], s.len()),

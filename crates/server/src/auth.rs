@@ -1,9 +1,10 @@
 //! Who a client request comes from, and whether it may do what it asks.
 //!
 //! A request's principal ([`Gate::principal`]): its bearer token (`authorization: Bearer
-//! <token>`, a user created with CreateUser, checked against the salted hash the metadata
+//! <token>`, the scheme in any case, a user created with CreateUser, checked against the salted hash the metadata
 //! keeps), else its verified client certificate's subject mapped by `--tls-principal-rules`
-//! ([`crate::principal_rules`]), else `User:ANONYMOUS`, refused with UNAUTHENTICATED when
+//! ([`crate::principal_rules`]; a name that is not a valid identity, see
+//! [`acl::validate_identity`], counts as unmapped and is logged), else `User:ANONYMOUS`, refused with UNAUTHENTICATED when
 //! `--authentication required`. A token that does not check out is refused whatever the
 //! setting. Whether the principal may do an operation on a resource is
 //! [`fjord_meta::acl::authorize`]'s decision, with `--authorization acl`; a refusal is
@@ -16,8 +17,8 @@ use std::sync::Arc;
 
 use fjord_meta::MetaState;
 use fjord_meta::acl::{
-    self, ANONYMOUS, Decision, Operation, Resource, ResourceType, USER_HASH_BYTES, USER_PREFIX,
-    USER_SALT_BYTES, UserRecord,
+    self, ANONYMOUS, AclEntry, Decision, Operation, Resource, ResourceType, USER_HASH_BYTES,
+    USER_PREFIX, USER_SALT_BYTES, UserRecord,
 };
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -119,13 +120,13 @@ impl Gate {
             let token = value
                 .to_str()
                 .ok()
-                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(bearer_token)
                 .ok_or(AuthError::NotBearer)?;
-            return check_token(token.trim(), state);
+            return check_token(token, state);
         }
         if let Some(subject) = cert_subject(req) {
-            match self.rules.map(&subject) {
-                Some(name) => return Ok(format!("{USER_PREFIX}{name}")),
+            match self.principal_of_subject(&subject) {
+                Some(principal) => return Ok(principal),
                 None if self.authentication == Authentication::Required => {
                     return Err(AuthError::UnmappedCertificate { subject });
                 }
@@ -138,18 +139,48 @@ impl Gate {
         }
     }
 
-    /// Whether `principal` may do `op` on `resource`.
+    /// The principal a certificate's subject maps to, if the rules map it to a valid
+    /// identity ([`acl::validate_identity`]); a mapped name that is not one is logged and
+    /// counts as unmapped.
+    pub fn principal_of_subject(&self, subject: &str) -> Option<String> {
+        let principal = format!("{USER_PREFIX}{}", self.rules.map(subject)?);
+        match acl::validate_identity(&principal) {
+            Ok(()) => Some(principal),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "--tls-principal-rules mapped a client certificate to an invalid principal:                      the certificate is taken as unmapped"
+                );
+                None
+            }
+        }
+    }
+
+    /// The ACL entries that can apply to `principal` (its own and `User:*`'s), taken once
+    /// per request: every check of the request reads only these.
+    pub fn entries_for(&self, principal: &str, state: &MetaState) -> Vec<AclEntry> {
+        match self.authorization {
+            Authorization::None => Vec::new(),
+            Authorization::Acl => acl::entries_for(&state.acls, principal)
+                .into_iter()
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Whether `principal` may do `op` on `resource`, by `entries` (from
+    /// [`Gate::entries_for`]).
     pub fn decide(
         &self,
         principal: &str,
         op: Operation,
         resource: Resource<'_>,
-        state: &MetaState,
+        entries: &[AclEntry],
     ) -> Decision {
         match self.authorization {
             Authorization::None => Decision::Allow,
             Authorization::Acl => {
-                acl::authorize(principal, op, resource, &state.acls, &self.superusers)
+                acl::authorize(principal, op, resource, entries, &self.superusers)
             }
         }
     }
@@ -160,16 +191,11 @@ impl Gate {
         principal: &str,
         op: Operation,
         resource: Resource<'_>,
-        state: &MetaState,
+        entries: &[AclEntry],
     ) -> Result<(), ApiError> {
-        match self.decide(principal, op, resource, state) {
+        match self.decide(principal, op, resource, entries) {
             Decision::Allow => Ok(()),
-            Decision::Deny(why) => Err(ApiError::PermissionDenied {
-                principal: principal.to_string(),
-                operation: op,
-                resource: resource.to_string(),
-                why: why.to_string(),
-            }),
+            Decision::Deny(why) => Err(denied(principal, op, &resource.to_string(), &why)),
         }
     }
 
@@ -180,11 +206,40 @@ impl Gate {
         principal: &str,
         op: Operation,
         kind: ResourceType,
-        state: &MetaState,
+        entries: &[AclEntry],
     ) -> bool {
         self.authorization == Authorization::None
-            || acl::allows_some(principal, op, kind, &state.acls, &self.superusers)
+            || acl::allows_some(principal, op, kind, entries, &self.superusers)
     }
+
+    /// Whether `principal` is a configured superuser.
+    pub fn is_superuser(&self, principal: &str) -> bool {
+        acl::is_superuser(principal, &self.superusers)
+    }
+}
+
+/// The PERMISSION_DENIED of `principal` doing `op` on `resource` (already clipped).
+pub fn denied(
+    principal: &str,
+    op: Operation,
+    resource: &str,
+    why: &impl std::fmt::Display,
+) -> ApiError {
+    ApiError::PermissionDenied {
+        principal: fjord_meta::error::clip(principal),
+        operation: op,
+        resource: resource.to_string(),
+        why: why.to_string(),
+    }
+}
+
+/// The token of an `authorization` value `Bearer <token>`, the scheme in any case (RFC 7235:
+/// schemes are case-insensitive).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 /// A fresh token for `user` and the credential the metadata keeps for it. The secret comes
@@ -304,6 +359,18 @@ mod tests {
             gate.principal(&request(Some("Basic x")), &state),
             Err(AuthError::NotBearer)
         );
+        for scheme in ["bearer", "BEARER", "BeArEr"] {
+            let v = format!("{scheme} {token}");
+            assert_eq!(
+                gate.principal(&request(Some(&v)), &state),
+                Ok("User:alice".into()),
+                "{scheme}"
+            );
+        }
+        assert_eq!(
+            gate.principal(&request(Some("Bearerx")), &state),
+            Err(AuthError::NotBearer)
+        );
         // A bad token is refused even without required authentication.
         gate.authentication = Authentication::None;
         assert_eq!(
@@ -314,14 +381,13 @@ mod tests {
 
     #[test]
     fn acl_authorization_names_principal_operation_and_resource() {
-        let state = MetaState::new();
         let gate = Gate {
             authorization: Authorization::Acl,
             superusers: vec!["User:admin".into()],
             ..Gate::default()
         };
         let e = gate
-            .check("User:alice", Operation::Write, Resource::topic("b"), &state)
+            .check("User:alice", Operation::Write, Resource::topic("b"), &[])
             .unwrap_err();
         let msg = e.to_string();
         assert!(
@@ -330,13 +396,93 @@ mod tests {
         );
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         assert!(
-            gate.check("User:admin", Operation::Alter, Resource::cluster(), &state)
+            gate.check("User:admin", Operation::Alter, Resource::cluster(), &[])
                 .is_ok()
         );
         assert!(
             Gate::default()
-                .check("User:x", Operation::Delete, Resource::topic("t"), &state)
+                .check("User:x", Operation::Delete, Resource::topic("t"), &[])
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_refusal_clips_the_name_and_does_not_quote_the_denying_entry() {
+        use fjord_meta::acl::{PatternType, Permission};
+        let gate = Gate {
+            authorization: Authorization::Acl,
+            ..Gate::default()
+        };
+        let deny = AclEntry {
+            principal: "User:*".into(),
+            resource_type: ResourceType::Topic,
+            pattern_type: PatternType::Prefixed,
+            resource_name: "secret-prefix-".into(),
+            operation: Operation::Read,
+            permission: Permission::Deny,
+        };
+        let e = gate
+            .check(
+                "User:alice",
+                Operation::Read,
+                Resource::topic("secret-prefix-x"),
+                &[deny],
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("secret-prefix-\""), "{e}");
+        let long = "t".repeat(100_000);
+        let e = gate
+            .check("User:alice", Operation::Read, Resource::topic(&long), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 1_000, "{} bytes", e.len());
+    }
+
+    #[test]
+    fn the_entries_of_a_request_are_its_principal_s_and_everyone_s() {
+        use fjord_meta::acl::{PatternType, Permission};
+        let mut state = MetaState::new();
+        for p in ["User:alice", "User:bob", "User:*"] {
+            state.acls.insert(AclEntry {
+                principal: p.into(),
+                resource_type: ResourceType::Topic,
+                pattern_type: PatternType::Literal,
+                resource_name: "t".into(),
+                operation: Operation::Read,
+                permission: Permission::Allow,
+            });
+        }
+        let gate = Gate {
+            authorization: Authorization::Acl,
+            ..Gate::default()
+        };
+        let mine: Vec<String> = gate
+            .entries_for("User:alice", &state)
+            .into_iter()
+            .map(|e| e.principal)
+            .collect();
+        assert_eq!(mine, ["User:*", "User:alice"]);
+        assert!(Gate::default().entries_for("User:alice", &state).is_empty());
+    }
+
+    #[test]
+    fn a_certificate_mapped_to_an_invalid_identity_is_unmapped() {
+        let gate = Gate {
+            rules: PrincipalRules::parse("RULE:^CN=([^,]*),.*$/$1/,DEFAULT").unwrap(),
+            ..Gate::default()
+        };
+        assert_eq!(
+            gate.principal_of_subject("CN=alice,O=acme"),
+            Some("User:alice".into())
+        );
+        assert_eq!(gate.principal_of_subject("CN=*,O=acme"), None);
+        assert_eq!(gate.principal_of_subject("CN=ANONYMOUS,O=acme"), None);
+        assert_eq!(gate.principal_of_subject("CN=a\u{7}b,O=x"), None);
+        // DEFAULT: the whole subject, commas included.
+        assert_eq!(
+            gate.principal_of_subject("O=acme"),
+            Some("User:O=acme".into())
         );
     }
 

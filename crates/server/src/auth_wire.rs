@@ -13,6 +13,7 @@ pub fn entry_from_wire(e: Option<pb::AclEntry>) -> Result<AclEntry, ApiError> {
         Ok(pb::AclResourceType::Topic) => ResourceType::Topic,
         Ok(pb::AclResourceType::Group) => ResourceType::Group,
         Ok(pb::AclResourceType::Cluster) => ResourceType::Cluster,
+        Ok(pb::AclResourceType::Producer) => ResourceType::Producer,
         _ => {
             return Err(unknown(
                 "resource_type",
@@ -73,6 +74,7 @@ pub fn entry_to_wire(e: &AclEntry) -> pb::AclEntry {
             ResourceType::Topic => pb::AclResourceType::Topic,
             ResourceType::Group => pb::AclResourceType::Group,
             ResourceType::Cluster => pb::AclResourceType::Cluster,
+            ResourceType::Producer => pb::AclResourceType::Producer,
         } as i32,
         pattern_type: match e.pattern_type {
             PatternType::Literal => pb::AclPatternType::Literal,
@@ -107,6 +109,14 @@ mod tests {
             permission: Permission::Deny,
         };
         assert_eq!(entry_from_wire(Some(entry_to_wire(&e))).unwrap(), e);
+        let producer = AclEntry {
+            resource_type: ResourceType::Producer,
+            ..e.clone()
+        };
+        assert_eq!(
+            entry_from_wire(Some(entry_to_wire(&producer))).unwrap(),
+            producer
+        );
         let mut bad = entry_to_wire(&e);
         bad.operation = 0;
         let err = entry_from_wire(Some(bad)).unwrap_err().to_string();

@@ -182,8 +182,10 @@ pub struct ServeConfig {
     #[serde(default)]
     pub authorization: crate::auth::Authorization,
     /// Principals that pass every ACL check, so turning authorization on cannot lock the
-    /// operator out: `User:admin,User:ops`.
-    #[arg(long, value_delimiter = ',')]
+    /// operator out: `User:admin;User:ops`, or the flag repeated. Separated by `;` (not `,`:
+    /// a name mapped from a certificate's subject, `User:CN=admin,O=acme`, holds commas).
+    /// `User:*` and `User:ANONYMOUS` are refused.
+    #[arg(long, value_delimiter = ';')]
     #[serde(default)]
     pub superusers: Vec<String>,
     /// How a client certificate's subject becomes a principal, in Kafka's
@@ -261,6 +263,19 @@ pub mod defaults {
 
 /// The range of `disk_check_interval_ms`.
 pub const DISK_CHECK_INTERVAL_MS_RANGE: std::ops::RangeInclusive<u64> = 10..=60_000;
+
+/// One `--superusers` principal: an identity ([`fjord_meta::acl::validate_identity`]: not
+/// `User:*` nor `User:ANONYMOUS`), and not a list written with the old `,` separator.
+fn check_superuser(s: &str) -> Result<(), ConfigError> {
+    if s.contains(",User:") {
+        return Err(ConfigError::Superuser(format!(
+            "{:?} looks like a list separated by ','; separate superusers with ';' or repeat \
+             --superusers (a certificate's name may hold commas)",
+            fjord_meta::error::clip(s)
+        )));
+    }
+    fjord_meta::acl::validate_identity(s).map_err(|e| ConfigError::Superuser(e.to_string()))
+}
 
 fn default_principal_rules() -> String {
     crate::principal_rules::DEFAULT_RULES.to_string()
@@ -564,8 +579,7 @@ impl ServeConfig {
     /// The authentication and authorization settings, checked.
     pub fn gate(&self) -> Result<crate::auth::Gate, ConfigError> {
         for s in &self.superusers {
-            fjord_meta::acl::validate_principal(s)
-                .map_err(|e| ConfigError::Superuser(e.to_string()))?;
+            check_superuser(s)?;
         }
         Ok(crate::auth::Gate {
             authentication: self.authentication,
@@ -878,6 +892,40 @@ cache_size_mib = 16
     }
 
     #[test]
+    fn superusers_flags_split_on_semicolons_and_repeat() {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            serve: ServeConfig,
+        }
+        use clap::Parser;
+        let base = [
+            "fjord",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:1",
+            "--data-dir",
+            "d",
+            "--peers",
+            "1=a:1",
+        ];
+        let parse = |extra: &[&str]| {
+            Flags::try_parse_from(base.iter().chain(extra))
+                .map(|f| f.serve.superusers)
+                .unwrap()
+        };
+        assert_eq!(
+            parse(&["--superusers", "User:CN=a,O=x;User:ops"]),
+            ["User:CN=a,O=x", "User:ops"]
+        );
+        assert_eq!(
+            parse(&["--superusers", "User:a", "--superusers", "User:b"]),
+            ["User:a", "User:b"]
+        );
+    }
+
+    #[test]
     fn security_settings_parse_and_bad_ones_are_refused() {
         let base = "id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\npeers = \"1=a:1\"\n";
         let open = from_toml(base).unwrap();
@@ -893,6 +941,15 @@ cache_size_mib = 16
         let gate = secure.gate().unwrap();
         assert_eq!(gate.superusers, ["User:admin", "User:ops"]);
         assert_eq!(gate.rules.map("CN=Bob,O=acme").as_deref(), Some("bob"));
+        for bad in ["User:*", "User:ANONYMOUS", "User:a,User:b"] {
+            let e = from_toml(&format!("{base}superusers = [{bad:?}]\n")).unwrap_err();
+            assert!(e.to_string().contains("--superusers"), "{bad}: {e}");
+        }
+        let ok = from_toml(&format!("{base}superusers = [\"User:CN=admin,O=acme\"]\n"))
+            .unwrap()
+            .gate()
+            .unwrap();
+        assert_eq!(ok.superusers, ["User:CN=admin,O=acme"]);
         let e = from_toml(&format!("{base}superusers = [\"admin\"]\n")).unwrap_err();
         assert!(matches!(e, ConfigError::Superuser(_)), "{e}");
         assert!(e.to_string().contains("User:NAME"), "{e}");

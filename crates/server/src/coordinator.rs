@@ -105,6 +105,9 @@ pub enum Op {
         group: String,
         to: ResetTo,
         topic: Option<fjord_groups::TopicId>,
+        /// With ACLs: the topics the caller was checked for (read); the reset moves, and
+        /// looks up by time, only these. `None`: every one.
+        within: Option<BTreeSet<fjord_groups::TopicId>>,
     },
     Delete(String),
     AlterConfig(AlterConfigRequest),
@@ -808,8 +811,10 @@ impl Runner {
                 group: name,
                 to,
                 topic,
+                within,
             } => {
-                let tps = self.reset_partitions(group, *topic, topics, &lookups.times);
+                let tps =
+                    self.reset_partitions(group, *topic, within.as_ref(), topics, &lookups.times);
                 let d = offsets::reset(group, name, *to, &tps, now_ms, held)?;
                 (Answer::Reset(d.answer), d.records)
             }
@@ -854,6 +859,7 @@ impl Runner {
     fn reset_tps(
         group: Option<&Group>,
         topic: Option<fjord_groups::TopicId>,
+        within: Option<&BTreeSet<fjord_groups::TopicId>>,
         topics: &TopicsView,
     ) -> BTreeSet<Tp> {
         let tps: BTreeSet<Tp> = match topic {
@@ -866,6 +872,7 @@ impl Runner {
         };
         tps.into_iter()
             .filter(|tp| topics.partitions_of(tp.topic) > tp.partition)
+            .filter(|tp| within.is_none_or(|w| w.contains(&tp.topic)))
             .collect()
     }
 
@@ -873,10 +880,11 @@ impl Runner {
         &self,
         group: Option<&Group>,
         topic: Option<fjord_groups::TopicId>,
+        within: Option<&BTreeSet<fjord_groups::TopicId>>,
         topics: &TopicsView,
         times: &BTreeMap<Tp, u64>,
     ) -> Vec<(Tp, Bounds)> {
-        Self::reset_tps(group, topic, topics)
+        Self::reset_tps(group, topic, within, topics)
             .into_iter()
             .map(|tp| {
                 let local = self
@@ -909,13 +917,14 @@ impl Runner {
         let Op::Reset {
             to: fjord_groups::offsets::ResetTo::Time(ts),
             topic,
+            within,
             ..
         } = op
         else {
             return Ok(BTreeMap::new());
         };
         let mut out = BTreeMap::new();
-        for tp in Self::reset_tps(group, *topic, topics) {
+        for tp in Self::reset_tps(group, *topic, within.as_ref(), topics) {
             let local = self
                 .node
                 .partition(group_id(tp.topic, tp.partition))

@@ -5,7 +5,10 @@
 //! partition afterwards, outside the runner (it never holds up the group's other requests):
 //! from this node's replica when it has one, else from the partition's leader. At most
 //! [`MAX_LAG_PROBES`] partitions per description, [`PROBES_AT_ONCE`] at a time, each within
-//! [`PROBE_TIMEOUT`]; a partition not read has no `lag_ms`.
+//! [`PROBE_TIMEOUT`]; a partition not read has no `lag_ms`. Only partitions of topics the
+//! requester may read are read; a leader elsewhere is asked through its client API with the
+//! requester's own `authorization` metadata (so a requester known by a client certificate
+//! gets no `lag_ms` for those while authentication is required: no internal read path yet).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +17,7 @@ use fjord_proto::v1::fjord_client::FjordClient;
 use fjord_proto::v1::fjord_server::Fjord;
 use fjord_proto::v1::{FetchRequest, FetchResponse, PartitionOffset, ReadMode};
 use futures::stream::{self, StreamExt};
+use tonic::metadata::AsciiMetadataValue;
 
 use crate::node::Node;
 use crate::service::ClientService;
@@ -34,21 +38,36 @@ pub struct Probe {
 }
 
 /// Reads each partition's oldest unconsumed record and fills in `lag_ms` (and a fresher high
-/// watermark and `lag_records`).
-pub async fn fill(node: &Arc<Node>, offsets: &mut [PartitionOffset]) {
-    let wanted: Vec<(String, u32, u64)> = offsets
+/// watermark and `lag_records`), for the topics `readable` allows; `credential` is the
+/// requester's `authorization` metadata, sent along to a leader elsewhere.
+pub async fn fill(
+    node: &Arc<Node>,
+    offsets: &mut [PartitionOffset],
+    readable: impl Fn(&str) -> bool,
+    credential: Option<AsciiMetadataValue>,
+) {
+    let wanted: Vec<Option<(String, u32, u64)>> = offsets
         .iter()
         .take(MAX_LAG_PROBES)
         .map(|o| {
-            (
-                o.topic.clone(),
-                o.partition,
-                o.committed_offset.unwrap_or(0),
-            )
+            readable(&o.topic).then(|| {
+                (
+                    o.topic.clone(),
+                    o.partition,
+                    o.committed_offset.unwrap_or(0),
+                )
+            })
         })
         .collect();
     let found: Vec<Option<Probe>> = stream::iter(wanted)
-        .map(|(topic, partition, offset)| probe(node.clone(), topic, partition, offset))
+        .map(|w| {
+            let credential = credential.clone();
+            let node = node.clone();
+            async move {
+                let (topic, partition, offset) = w?;
+                probe(node, topic, partition, offset, credential).await
+            }
+        })
         .buffered(PROBES_AT_ONCE)
         .collect()
         .await;
@@ -79,7 +98,13 @@ pub fn lag_ms(lag_records: u64, oldest_ms: Option<i64>, now_ms: i64) -> Option<i
 }
 
 /// One record of `topic`/`partition` at `offset`: from this node's replica, else its leader.
-async fn probe(node: Arc<Node>, topic: String, partition: u32, offset: u64) -> Option<Probe> {
+async fn probe(
+    node: Arc<Node>,
+    topic: String,
+    partition: u32,
+    offset: u64,
+    credential: Option<AsciiMetadataValue>,
+) -> Option<Probe> {
     let req = FetchRequest {
         topic: topic.clone(),
         partition,
@@ -103,6 +128,9 @@ async fn probe(node: Arc<Node>, topic: String, partition: u32, offset: u64) -> O
         let channel = node.channel(&node.client_address_of(leader)?).ok()?;
         let mut req = tonic::Request::new(req);
         req.set_timeout(PROBE_TIMEOUT);
+        if let Some(c) = credential {
+            req.metadata_mut().insert(crate::auth::AUTHORIZATION_KEY, c);
+        }
         FjordClient::new(channel).fetch(req).await.ok()?
     };
     Some(read_probe(&answer.into_inner(), offset))

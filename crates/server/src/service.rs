@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fjord_meta::acl::{Decision, Operation, Resource, ResourceType};
+use fjord_meta::acl::{AclEntry, Decision, Operation, Resource, ResourceType};
 use fjord_meta::{MetaCommand, MetaResponse, Topic};
 use fjord_proto::v1::fjord_server::Fjord;
 use fjord_proto::v1::*;
@@ -110,21 +110,80 @@ pub(crate) struct Caller {
     gate: Arc<Gate>,
     principal: String,
     view: Arc<fjord_raft::meta_sm::MetaView>,
+    /// The ACL entries that can apply to the principal ([`Gate::entries_for`]), taken once.
+    acls: Vec<AclEntry>,
 }
 
 impl Caller {
     /// PERMISSION_DENIED unless the principal may do `op` on `resource`.
     fn require(&self, op: Operation, resource: Resource<'_>) -> Result<(), ApiError> {
-        self.gate
-            .check(&self.principal, op, resource, &self.view.state)
+        self.gate.check(&self.principal, op, resource, &self.acls)
     }
 
     /// Whether the principal may do `op` on `resource` (for lists, which show only what the
     /// principal may describe).
     fn may(&self, op: Operation, resource: Resource<'_>) -> bool {
-        self.gate
-            .decide(&self.principal, op, resource, &self.view.state)
-            == Decision::Allow
+        self.gate.decide(&self.principal, op, resource, &self.acls) == Decision::Allow
+    }
+
+    /// PERMISSION_DENIED naming every topic of `names` the principal may not do `op` on (in
+    /// one error, clipped), else Ok.
+    fn require_topics<'a>(
+        &self,
+        op: Operation,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), ApiError> {
+        let refused: std::collections::BTreeSet<&str> = names
+            .into_iter()
+            .filter(|n| !self.may(op, Resource::topic(n)))
+            .collect();
+        match refused.len() {
+            0 => Ok(()),
+            1 => self.require(op, Resource::topic(refused.first().copied().unwrap_or(""))),
+            n => {
+                let listed: Vec<String> = refused
+                    .iter()
+                    .take(MAX_NAMED_IN_REFUSAL)
+                    .map(|t| format!("{:?}", fjord_meta::error::clip(t)))
+                    .collect();
+                let more = n.saturating_sub(MAX_NAMED_IN_REFUSAL);
+                let tail = if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                };
+                Err(crate::auth::denied(
+                    &self.principal,
+                    op,
+                    &format!("topics {}{tail}", listed.join(", ")),
+                    &fjord_meta::acl::DenyReason::NoAllow,
+                ))
+            }
+        }
+    }
+
+    /// Whether the principal may describe topic `name` (offsets and assignments show only
+    /// those).
+    fn may_describe_topic(&self, name: &str) -> bool {
+        self.may(Operation::Describe, Resource::topic(name))
+    }
+
+    /// Only a superuser may create or delete a user whose principal is a superuser (an
+    /// alter-cluster principal could otherwise mint a superuser's token).
+    fn require_superuser_for_user(&self, name: &str) -> Result<(), ApiError> {
+        let principal = format!("{}{name}", fjord_meta::acl::USER_PREFIX);
+        if self.gate.authorization == crate::auth::Authorization::None
+            || !self.gate.is_superuser(&principal)
+            || self.gate.is_superuser(&self.principal)
+        {
+            return Ok(());
+        }
+        Err(crate::auth::denied(
+            &self.principal,
+            Operation::Alter,
+            &format!("the superuser {:?}", fjord_meta::error::clip(&principal)),
+            &"only a superuser may create or delete a superuser's user",
+        ))
     }
 
     /// Create on the cluster, or else on the topic (Kafka's CreateTopics).
@@ -135,23 +194,42 @@ impl Caller {
         self.require(Operation::Create, Resource::topic(topic))
     }
 
-    /// Write on the cluster, or an allow of write on some topic (Kafka's rule for an
-    /// idempotent producer's InitProducerId).
-    fn require_init_producer(&self) -> Result<(), ApiError> {
-        if self.gate.allows_some(
-            &self.principal,
-            Operation::Write,
-            ResourceType::Topic,
-            &self.view.state,
-        ) {
+    /// Write on the cluster, or: for an unnamed producer an allow of write on some topic
+    /// (Kafka's rule for an idempotent producer's InitProducerId); for a named one write on
+    /// the producer resource of its name (Kafka's write on the TransactionalId), so that
+    /// only who may use a name can fence or exhaust it.
+    fn require_init_producer(&self, name: Option<&str>) -> Result<(), ApiError> {
+        if self.may(Operation::Write, Resource::cluster()) {
             return Ok(());
         }
-        self.require(Operation::Write, Resource::cluster())
+        match name {
+            Some(name) => self.require(Operation::Write, Resource::producer(name)),
+            None if self.gate.allows_some(
+                &self.principal,
+                Operation::Write,
+                ResourceType::Topic,
+                &self.acls,
+            ) =>
+            {
+                Ok(())
+            }
+            None => self.require(Operation::Write, Resource::cluster()),
+        }
     }
 
-    /// Read on the group and on every topic the commit names.
+    /// Read on the group and on every topic the commit names. The commit's offset count is
+    /// bounded first, so that a huge request is refused before any per-topic check.
     fn require_commit(&self, req: &CommitOffsetsRequest) -> Result<(), ApiError> {
         self.require(Operation::Read, Resource::group(&req.group))?;
+        let max = fjord_groups::limits::MAX_OFFSETS_PER_REQUEST;
+        if req.offsets.len() > max {
+            return Err(Invalid::OverLimit {
+                field: "offsets",
+                value: req.offsets.len() as u64,
+                limit: max as u64,
+            }
+            .into());
+        }
         let topics: std::collections::BTreeSet<&str> =
             req.offsets.iter().map(|o| o.topic.as_str()).collect();
         for t in topics {
@@ -160,6 +238,9 @@ impl Caller {
         Ok(())
     }
 }
+
+/// Topics named in one PERMISSION_DENIED, at most (the rest are counted).
+const MAX_NAMED_IN_REFUSAL: usize = 10;
 
 /// Refuses a client's write to one of fjord's own topics.
 fn not_internal(topic: &str, action: &'static str) -> Result<(), ApiError> {
@@ -227,6 +308,7 @@ impl ClientService {
         let principal = self.gate.principal(req, &view.state)?;
         Ok(Caller {
             gate: self.gate.clone(),
+            acls: self.gate.entries_for(&principal, &view.state),
             principal,
             view,
         })
@@ -299,6 +381,40 @@ impl ClientService {
         }
     }
 
+    /// The topics a ResetOffsets may move, checked: `req.topic` (its read checked by the
+    /// caller), or (none named) every topic the group has committed offsets for, as the
+    /// coordinator answers now, each needing read.
+    /// `Some(set)`: the reset moves only those (a topic committed meanwhile is left alone,
+    /// and no lookup by time runs on it); `None` with authorization off.
+    async fn require_reset(
+        &self,
+        caller: &Caller,
+        req: &ResetOffsetsRequest,
+        topics: &fjord_groups::TopicsView,
+    ) -> Result<Option<std::collections::BTreeSet<fjord_groups::TopicId>>, ApiError> {
+        if self.gate.authorization == crate::auth::Authorization::None {
+            return Ok(None);
+        }
+        if !req.topic.is_empty() {
+            return Ok(topics.by_name.get(&req.topic).map(|t| [t.id].into()));
+        }
+        let op = Op::Fetch {
+            group: req.group.clone(),
+            who: fjord_groups::offsets::Committer::Admin,
+            tps: Vec::new(),
+        };
+        let Answer::Offsets(committed) = self.node.coordinator().call(&self.node, op).await? else {
+            return Err(ApiError::UnexpectedGroupAnswer {
+                to: "a reset's offset fetch",
+            });
+        };
+        let ids: std::collections::BTreeSet<fjord_groups::TopicId> =
+            committed.keys().map(|tp| tp.topic).collect();
+        let names: Vec<&str> = ids.iter().filter_map(|id| topics.name_of(*id)).collect();
+        caller.require_topics(Operation::Read, names)?;
+        Ok(Some(ids))
+    }
+
     /// A Metadata request's leader wait: until this node's replica of the partition knows a
     /// leader other than the one the client could not reach, at most `wait_ms`. A node without
     /// a replica of the partition answers at once (its metadata is all it knows).
@@ -346,17 +462,16 @@ impl Fjord for ClientService {
     ) -> Result<Response<MetadataResponse>, Status> {
         let caller = self.caller(&req)?;
         let req = req.into_inner();
+        // A topic asked for by name that the principal may not describe is refused rather
+        // than left out, so a client learns why (Kafka's TOPIC_AUTHORIZATION_FAILED); whether
+        // it exists or not (the same answer: a refusal does not tell which names exist), and
+        // before any leader wait (whose duration would tell).
+        caller.require_topics(Operation::Describe, req.topics.iter().map(String::as_str))?;
         if let Some(w) = &req.leader_wait {
+            caller.require(Operation::Describe, Resource::topic(&w.topic))?;
             self.wait_for_other_leader(w).await?;
         }
         let view = self.node.view();
-        // A topic asked for by name that the principal may not describe is refused rather
-        // than left out, so a client learns why (Kafka's TOPIC_AUTHORIZATION_FAILED).
-        for name in &req.topics {
-            if view.state.topic(name).is_some() {
-                caller.require(Operation::Describe, Resource::topic(name))?;
-            }
-        }
         let counts = self.node.quiet_counts();
         let rebuilding = self.node.rebuild_progress();
         // Registered nodes only: a configured peer that never registered is not usable yet.
@@ -519,7 +634,8 @@ impl Fjord for ClientService {
         &self,
         req: Request<InitProducerRequest>,
     ) -> Result<Response<InitProducerResponse>, Status> {
-        self.caller(&req)?.require_init_producer()?;
+        self.caller(&req)?
+            .require_init_producer(req.get_ref().producer_name.as_deref())?;
         let (producer_id, producer_epoch) = match req.into_inner().producer_name {
             None => (self.node.new_producer_id().await?, 0),
             Some(name) => crate::producer_ids::init_named(&self.node, name).await?,
@@ -627,7 +743,13 @@ impl Fjord for ClientService {
             .map(|a| a.ip().to_string())
             .unwrap_or_default();
         let topics = crate::coordinator::topics_view(&self.node.view().state);
-        let req = req.into_inner();
+        let mut req = req.into_inner();
+        if let Some(sub) = &mut req.subscription {
+            caller.require_topics(Operation::Describe, sub.topics.iter().map(String::as_str))?;
+            if self.gate.authorization == crate::auth::Authorization::Acl {
+                hide_undescribable(sub, &topics, |t| caller.may_describe_topic(t))?;
+            }
+        }
         let wait_ms = req.wait_ms.unwrap_or(0);
         let hb = group_wire::heartbeat_request(req, &topics, host)?;
         match self
@@ -636,7 +758,14 @@ impl Fjord for ClientService {
             .call(&self.node, Op::Heartbeat { req: hb, wait_ms })
             .await?
         {
-            Answer::Heartbeat(a) => Ok(Response::new(group_wire::heartbeat_response(a, &topics))),
+            Answer::Heartbeat(a) => {
+                let mut resp = group_wire::heartbeat_response(a, &topics);
+                // A pattern stored before a topic it may not describe appeared: not shown
+                // (its next heartbeat's subscription leaves the topic out).
+                resp.assignment
+                    .retain(|tp| caller.may_describe_topic(&tp.topic));
+                Ok(Response::new(resp))
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -670,7 +799,10 @@ impl Fjord for ClientService {
         let op = Op::Fetch { group, who, tps };
         match self.node.coordinator().call(&self.node, op).await? {
             Answer::Offsets(o) => Ok(Response::new(FetchOffsetsResponse {
-                offsets: group_wire::committed_offsets(&o, &topics),
+                offsets: group_wire::committed_offsets(&o, &topics)
+                    .into_iter()
+                    .filter(|o| caller.may_describe_topic(&o.topic))
+                    .collect(),
             })),
             other => Err(unexpected(other)),
         }
@@ -712,6 +844,7 @@ impl Fjord for ClientService {
         req: Request<DescribeGroupRequest>,
     ) -> Result<Response<DescribeGroupResponse>, Status> {
         let caller = self.caller(&req)?;
+        let credential = req.metadata().get(crate::auth::AUTHORIZATION_KEY).cloned();
         let group = req.into_inner().group;
         caller.require(Operation::Describe, Resource::group(&group))?;
         match self
@@ -723,7 +856,12 @@ impl Fjord for ClientService {
             Answer::Described(d) => {
                 let topics = crate::coordinator::topics_view(&self.node.view().state);
                 let mut described = group_wire::describe_response(&d, &topics);
-                crate::lag::fill(&self.node, &mut described.offsets).await;
+                described
+                    .offsets
+                    .retain(|o| caller.may_describe_topic(&o.topic));
+                // The lag in time reads a record: only of topics the principal may read.
+                let readable = |t: &str| caller.may(Operation::Read, Resource::topic(t));
+                crate::lag::fill(&self.node, &mut described.offsets, readable, credential).await;
                 Ok(Response::new(described))
             }
             other => Err(unexpected(other)),
@@ -737,12 +875,18 @@ impl Fjord for ClientService {
         let caller = self.caller(&req)?;
         let req = req.into_inner();
         caller.require(Operation::Read, Resource::group(&req.group))?;
+        if !req.topic.is_empty() {
+            // Before the name is resolved: a refusal does not tell whether it exists.
+            caller.require(Operation::Read, Resource::topic(&req.topic))?;
+        }
         let topics = crate::coordinator::topics_view(&self.node.view().state);
         let (to, topic) = group_wire::reset_request(&req, &topics)?;
+        let within = self.require_reset(&caller, &req, &topics).await?;
         let op = Op::Reset {
             group: req.group,
             to,
             topic,
+            within,
         };
         match self.node.coordinator().call(&self.node, op).await? {
             Answer::Reset(moved) => {
@@ -810,6 +954,7 @@ impl Fjord for ClientService {
         let caller = self.caller(&req)?;
         caller.require(Operation::Alter, Resource::cluster())?;
         let name = req.into_inner().name;
+        caller.require_superuser_for_user(&name)?;
         fjord_meta::acl::validate_user_name(&name).map_err(ApiError::Meta)?;
         let (token, credential) = crate::auth::new_token(&name);
         let cmd = MetaCommand::CreateUser {
@@ -833,6 +978,7 @@ impl Fjord for ClientService {
         let caller = self.caller(&req)?;
         caller.require(Operation::Alter, Resource::cluster())?;
         let name = req.into_inner().name;
+        caller.require_superuser_for_user(&name)?;
         let cmd = MetaCommand::DeleteUser { name: name.clone() };
         Self::meta_result(self.node.meta_write(cmd).await?)?;
         self.wait_for_local_view(|s| !s.users.contains_key(&name))
@@ -902,9 +1048,75 @@ impl Fjord for ClientService {
     }
 }
 
+/// Under ACLs, a subscription's pattern leaves out the topics the member may not describe
+/// (KIP-848): when some topic it matches now is one, the pattern is replaced by the names it
+/// matches that the member may describe (with the literal names), so the coordinator never
+/// assigns, nor shows, the others. A pattern whose matches are all describable is kept (the
+/// topics created later are checked at the member's next heartbeat, which sends its
+/// subscription again).
+fn hide_undescribable(
+    sub: &mut Subscription,
+    topics: &fjord_groups::TopicsView,
+    may_describe: impl Fn(&str) -> bool,
+) -> Result<(), ApiError> {
+    let Some(pattern) = &sub.pattern else {
+        return Ok(());
+    };
+    let re = fjord_groups::subscription::compile(pattern).map_err(ApiError::from)?;
+    let matched: Vec<&String> = topics.by_name.keys().filter(|n| re.is_match(n)).collect();
+    if matched.iter().all(|n| may_describe(n)) {
+        return Ok(());
+    }
+    sub.pattern = None;
+    for n in matched {
+        if may_describe(n) && !sub.topics.contains(n) {
+            sub.topics.push(n.clone());
+        }
+    }
+    Ok(())
+}
+
 fn unexpected(_: Answer) -> Status {
     ApiError::UnexpectedGroupAnswer {
         to: "a group request",
     }
     .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> fjord_groups::TopicsView {
+        fjord_groups::TopicsView::new([
+            ("orders".to_string(), 1, 1),
+            ("orders.eu".to_string(), 2, 1),
+            ("secret".to_string(), 3, 1),
+        ])
+    }
+
+    fn sub(topics: &[&str], pattern: Option<&str>) -> Subscription {
+        Subscription {
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            pattern: pattern.map(String::from),
+        }
+    }
+
+    #[test]
+    fn a_pattern_loses_the_topics_the_member_may_not_describe() {
+        let public = |t: &str| t != "secret";
+        // Every match describable: the pattern stays.
+        let mut s = sub(&[], Some("orders.*"));
+        hide_undescribable(&mut s, &view(), public).unwrap();
+        assert_eq!(s, sub(&[], Some("orders.*")));
+        // One match hidden: the describable matches, by name, with the literal names.
+        let mut s = sub(&["orders"], Some(".*"));
+        hide_undescribable(&mut s, &view(), public).unwrap();
+        assert_eq!(s, sub(&["orders", "orders.eu"], None));
+        // No pattern: unchanged; a bad pattern: refused.
+        let mut s = sub(&["secret"], None);
+        hide_undescribable(&mut s, &view(), public).unwrap();
+        assert_eq!(s, sub(&["secret"], None));
+        assert!(hide_undescribable(&mut sub(&[], Some("(")), &view(), public).is_err());
+    }
 }
