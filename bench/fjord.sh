@@ -11,7 +11,8 @@
 # Environment: BENCH_BASE [/tmp/fjord-bench], FJORD_BASE_PORT [17101] (clients 17101-17103, peers 17201-17203, away
 # from the dev default 7101 so a developer's cluster is not hit), FJORD_BIN [target/release/fjord],
 # FJORD_SERVE_ARGS [none]: flags for every node's `fjord serve` (`fjord dev -- FLAGS`), split on
-# spaces, e.g. FJORD_SERVE_ARGS="--group-heartbeat-interval-ms 500".
+# spaces, e.g. FJORD_SERVE_ARGS="--group-heartbeat-interval-ms 500"; FJORD_DEV_ARGS [none]:
+# flags for `fjord dev` itself, e.g. FJORD_DEV_ARGS="--metrics-base-port 19101".
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 source "$HERE/lib.sh"
@@ -30,9 +31,10 @@ start() {
   local p; p="$(dev_pid)"
   [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null && die "fjord dev already running (pid $p)"
   mkdir -p "$FJORD_DIR"
-  local serve=()
+  local serve=() dev=()
+  if [[ -n "${FJORD_DEV_ARGS:-}" ]]; then read -r -a dev <<< "$FJORD_DEV_ARGS"; fi
   if [[ -n "${FJORD_SERVE_ARGS:-}" ]]; then read -r -a serve <<< "$FJORD_SERVE_ARGS"; serve=(-- "${serve[@]}"); fi
-  setsid "$FJORD" dev --data-dir "$FJORD_DIR" --base-port "$FJORD_BASE_PORT" "${serve[@]}" \
+  setsid "$FJORD" dev --data-dir "$FJORD_DIR" --base-port "$FJORD_BASE_PORT" "${dev[@]}" "${serve[@]}" \
     > "$BENCH_BASE/fjord-dev.out" 2> "$BENCH_BASE/fjord-dev.err" < /dev/null &
   echo $! > "$BENCH_BASE/fjord-dev.pid"
   local deadline=$((SECONDS + 60))

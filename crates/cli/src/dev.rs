@@ -56,6 +56,9 @@ pub struct DevArgs {
     /// How long to wait for the cluster to elect a metadata leader, in seconds.
     #[arg(long, default_value_t = 30)]
     pub ready_timeout_secs: u64,
+    /// Serve Prometheus metrics: node N on 127.0.0.1:(this + N - 1) (`--metrics-listen`).
+    #[arg(long, value_name = "PORT")]
+    pub metrics_base_port: Option<u16>,
     /// Flags given to every node's `fjord serve`, after `--` (at most 64), e.g.
     /// `fjord dev -- --group-heartbeat-interval-ms 500`.
     #[arg(last = true, value_name = "SERVE_FLAGS")]
@@ -246,7 +249,14 @@ fn first_steps(nodes: &[Node], is_default: bool) -> Vec<String> {
     ]
 }
 
-pub async fn run(args: DevArgs, out: Output) -> anyhow::Result<()> {
+/// Runs the cluster; `tls`: the client TLS settings (`--tls-ca`, `FJORD_TLS_CA`) its
+/// readiness probe uses, for nodes started with TLS (their `--tls-*` flags after `--`, or the
+/// `FJORD_TLS_*` variables they inherit).
+pub async fn run(
+    args: DevArgs,
+    out: Output,
+    tls: Option<fjord_client::ClientTls>,
+) -> anyhow::Result<()> {
     let last_port = u32::from(args.base_port) + args.nodes - 1 + PEER_PORT_OFFSET;
     anyhow::ensure!(
         args.base_port > 0 && last_port <= u32::from(u16::MAX),
@@ -272,13 +282,19 @@ pub async fn run(args: DevArgs, out: Output) -> anyhow::Result<()> {
         data_dir.display()
     );
     let mut children = Children::new(nodes.len());
-    let started = start_nodes(&exe, &nodes, &data_dir, &args.serve_args, &mut children);
+    let started = start_nodes(
+        &exe,
+        &nodes,
+        &data_dir,
+        (&args.serve_args, args.metrics_base_port),
+        &mut children,
+    );
     let stop = match started {
         Err(e) => {
             stop_cluster(&mut children, &nodes, out).await;
             return Err(e);
         }
-        Ok(()) => wait_ready_then_run(&mut children, &nodes, &args, out).await?,
+        Ok(()) => wait_ready_then_run(&mut children, &nodes, &args, out, tls).await?,
     };
 
     let failure = failure_of(&stop, &nodes, &data_dir);
@@ -314,7 +330,7 @@ fn start_nodes(
     exe: &std::path::Path,
     nodes: &[Node],
     data_dir: &std::path::Path,
-    serve_args: &[String],
+    (serve_args, metrics_base_port): (&[String], Option<u16>),
     children: &mut Children,
 ) -> anyhow::Result<()> {
     let peers = nodes
@@ -323,7 +339,16 @@ fn start_nodes(
         .collect::<Vec<_>>()
         .join(",");
     for node in nodes {
-        let child = spawn_node(exe, node, data_dir, &peers, serve_args)?;
+        let mut serve_args = serve_args.to_vec();
+        if let Some(base) = metrics_base_port {
+            let port = u64::from(base) + node.id - 1;
+            anyhow::ensure!(
+                port <= u64::from(u16::MAX),
+                "--metrics-base-port {base} is too high"
+            );
+            serve_args.extend(["--metrics-listen".to_string(), format!("127.0.0.1:{port}")]);
+        }
+        let child = spawn_node(exe, node, data_dir, &peers, &serve_args)?;
         children.adopt(node.id, child);
     }
     Ok(())
@@ -357,6 +382,7 @@ async fn wait_ready_then_run(
     nodes: &[Node],
     args: &DevArgs,
     out: Output,
+    tls: Option<fjord_client::ClientTls>,
 ) -> anyhow::Result<Stop> {
     let client = Client::connect(
         nodes.iter().map(|n| n.address.clone()).collect(),
@@ -364,6 +390,7 @@ async fn wait_ready_then_run(
             request_timeout_ms: READY_PROBE_TIMEOUT_MS,
             connect_timeout_ms: READY_PROBE_TIMEOUT_MS,
             max_retries: 0,
+            tls,
             ..Default::default()
         },
     )?;

@@ -219,7 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = Output { format: cli.format };
     match cli.command {
         Command::Serve(args) => serve::run(*args).await,
-        Command::Dev(args) => dev::run(args, out).await,
+        Command::Dev(args) => dev::run(args, out, cli.tls.load()?).await,
         Command::Topic(cmd) => {
             topic::run(client(cli.brokers, cli.token, &cli.tls)?, out, cmd).await
         }
