@@ -4,6 +4,9 @@
 //! for it, or NOT_FOUND for a produce); until then the answer is UNAVAILABLE. Also for a
 //! node whose own metadata log lacks the topic (it was down when the topic was created).
 
+// `serial()` keeps cluster tests one at a time: its guard is meant to span the test.
+#![allow(clippy::await_holding_lock)]
+
 use std::time::Duration;
 
 use fjord_proto::v1::fjord_client::FjordClient;
