@@ -887,7 +887,7 @@ impl Client {
         deadline: Duration,
         mut attempt: F,
         mut interpret: impl FnMut(R) -> Result<T, ClientError>,
-        mut observe: impl FnMut(&ClientError),
+        mut observe: impl FnMut(&ClientError, bool),
     ) -> Result<T, ClientError>
     where
         F: FnMut(Stub) -> Fut,
@@ -921,7 +921,7 @@ impl Client {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
-            observe(&err);
+            observe(&err, tried.is_some());
             hinted = self.learn_from(topic, partition, &err);
             if hinted.is_none()
                 && let Some(lost) = self.lost_leader(topic, partition, route, &err, &tried)

@@ -332,7 +332,7 @@ impl Client {
                 async move { c.fetch(request(req, deadline)).await }
             },
             |answer| decode_fetch(answer, partition, offset),
-            |_| {},
+            |_, _| {},
         )
         .await
     }

@@ -78,7 +78,7 @@ impl Client {
                     high_watermark: a.high_watermark,
                 })
             },
-            |_| {},
+            |_, _| {},
         )
         .await
     }
@@ -111,7 +111,7 @@ impl Client {
                 async move { c.delete_records(request(req, deadline)).await }
             },
             |a: v1::DeleteRecordsResponse| Ok(a.log_start_offset),
-            |_| {},
+            |_, _| {},
         )
         .await
     }

@@ -320,6 +320,24 @@ pub(crate) fn interpret_produce(
     Ok(result.base_offset)
 }
 
+/// Whether a produce attempt that failed with `e` may have appended its batch all the same:
+/// an unknown outcome (timeout, lost connection), or an attempt that reached a node (`sent`)
+/// and came back UNAVAILABLE (a proposal cut short by a lost leadership or a stopping group
+/// answers so, with or without a leader hint) or with an answer the client cannot read. A
+/// refusal of the batch itself (NOT_FOUND, INVALID_ARGUMENT, a sequence gap, a full disk, a
+/// fenced producer) is given before anything is proposed; an attempt that never reached a
+/// node (no route to the leader) appended nothing.
+pub(crate) fn may_have_appended(e: &ClientError, sent: bool) -> bool {
+    e.is_outcome_unknown()
+        || (sent
+            && matches!(
+                e,
+                ClientError::Unavailable { .. }
+                    | ClientError::Server { .. }
+                    | ClientError::Protocol(_)
+            ))
+}
+
 // ---- effects -------------------------------------------------------------------------------
 
 struct Pending {
@@ -849,7 +867,7 @@ async fn send_batch(
                 async move { c.produce(request(req, deadline)).await }
             },
             |answer| interpret_produce(answer, partition, count),
-            |e| maybe_appended |= e.is_outcome_unknown(),
+            |e, sent| maybe_appended |= may_have_appended(e, sent),
         )
         .await
         .map_err(ClientError::in_produce);
@@ -983,6 +1001,26 @@ mod tests {
     fn produce_answer(result: v1::PartitionResult) -> v1::ProduceResponse {
         v1::ProduceResponse {
             results: vec![result],
+        }
+    }
+
+    #[test]
+    fn only_answers_given_before_proposing_prove_nothing_was_appended() {
+        let unavailable = ClientError::Unavailable {
+            message: "not the leader".into(),
+            leader: None,
+        };
+        assert!(may_have_appended(&unavailable, true));
+        assert!(!may_have_appended(&unavailable, false), "never sent");
+        assert!(may_have_appended(&ClientError::Timeout("t".into()), false));
+        for definite in [
+            ClientError::NotFound("topic".into()),
+            ClientError::InvalidArgument("big".into()),
+            ClientError::OutOfOrderSequence("gap".into()),
+            ClientError::DiskFull("full".into()),
+            ClientError::ProducerFenced("old".into()),
+        ] {
+            assert!(!may_have_appended(&definite, true), "{definite:?}");
         }
     }
 

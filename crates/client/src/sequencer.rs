@@ -620,17 +620,30 @@ fn still_on_its_way(why: &str) -> ClientError {
 }
 
 /// The error of a batch that may have been appended although its last attempt failed.
-/// A retryable error that says nothing was appended, now or later (a full disk: this
-/// attempt was refused, an earlier one may be in the log), becomes a timeout (outcome
-/// unknown); fatal errors stay as they are.
+///
+/// A later attempt's refusal speaks for that attempt only: an earlier attempt of unknown
+/// outcome (a timeout, a lost connection) may be in the log all the same. So every error
+/// becomes a timeout (outcome unknown), the definite-looking ones too: a NOT_FOUND for the
+/// topic from a node whose metadata is behind, a not-leader, a full disk, a fenced producer.
+/// Only errors that are a property of the batch itself, which the earlier attempt carried as
+/// well and so was refused for too, stay as they are ([`is_about_the_request`]).
 fn unknown_outcome(error: ClientError) -> ClientError {
-    if (error.is_retryable() || error.is_retryable_later()) && !error.is_outcome_unknown() {
+    if error.is_outcome_unknown() || is_about_the_request(&error) {
+        error
+    } else {
         ClientError::Timeout(format!(
             "an earlier attempt may have appended the batch; the last one failed: {error}"
         ))
-    } else {
-        error
     }
+}
+
+/// Whether `error` refuses the request for what it is (its size, its fields, the client's
+/// configuration), so that every attempt of the same batch was refused alike.
+fn is_about_the_request(error: &ClientError) -> bool {
+    matches!(
+        error,
+        ClientError::InvalidArgument(_) | ClientError::Config(_)
+    )
 }
 
 #[cfg(test)]
@@ -644,6 +657,33 @@ mod tests {
         assert!(e.is_outcome_unknown(), "{e:?}");
         let e = unknown_outcome(ClientError::InvalidArgument("too big".into()));
         assert!(matches!(e, ClientError::InvalidArgument(_)));
+    }
+
+    #[test]
+    fn a_definite_refusal_after_an_unknown_outcome_is_an_unknown_outcome() {
+        // A node whose metadata is behind says the topic does not exist; another is not the
+        // leader; the producer was fenced: none of these says the timed-out attempt is not
+        // in the log.
+        for refusal in [
+            ClientError::NotFound("topic \"t\" does not exist".into()),
+            ClientError::Unavailable {
+                message: "not the leader".into(),
+                leader: None,
+            },
+            ClientError::ProducerFenced("epoch 0 is older than 1".into()),
+            ClientError::FailedPrecondition("no".into()),
+            ClientError::Server {
+                code: tonic::Code::Internal,
+                message: "boom".into(),
+            },
+            ClientError::Closed,
+        ] {
+            let e = unknown_outcome(refusal.clone());
+            assert!(e.is_outcome_unknown(), "{refusal:?} became {e:?}");
+            assert!(e.to_string().contains(&refusal.to_string()), "{e}");
+        }
+        let t = unknown_outcome(ClientError::Timeout("no answer".into()));
+        assert_eq!(t.to_string(), "timed out (outcome unknown): no answer");
     }
 
     type Seq = Sequencer<BatchId>;

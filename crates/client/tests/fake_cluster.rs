@@ -50,6 +50,9 @@ struct Partition {
 struct Faults {
     /// Append the next produce, then answer DEADLINE_EXCEEDED as if the ack timed out.
     lose_next_produce_ack: bool,
+    /// With `lose_next_produce_ack`: once the ack was lost, answer the produces after it
+    /// NOT_FOUND for the topic, as a restarted node whose metadata is behind would.
+    topic_unknown_after_lost_ack: bool,
     /// Refuse the next produce as out of order.
     refuse_next_produce_sequence: bool,
     /// Answer every Metadata with UNAVAILABLE (an election that does not end).
@@ -278,6 +281,12 @@ impl Fjord for FakeNode {
                     b.partition, b.producer_id, b.base_sequence, b.record_count
                 ),
             ));
+            if st.faults.topic_unknown_after_lost_ack && !st.faults.lose_next_produce_ack {
+                return Err(Status::not_found(format!(
+                    "topic {:?} does not exist",
+                    req.topic
+                )));
+            }
             let parts = st
                 .topics
                 .get_mut(&req.topic)
@@ -736,6 +745,39 @@ async fn a_timed_out_append_is_retried_as_a_duplicate_not_appended_twice() {
         .unwrap();
     let values: Vec<&[u8]> = r.records.iter().map(|r| &r.value[..]).collect();
     assert_eq!(values, [&b"once"[..], b"twice?"]);
+}
+
+#[tokio::test]
+async fn a_topic_not_found_after_a_timed_out_attempt_is_an_unknown_outcome() {
+    let cluster = Cluster::start(1).await;
+    let client = cluster.client(fast_retries());
+    client.create_topic("t", 1, 1).await.unwrap();
+    cluster.with(|s| {
+        s.faults.lose_next_produce_ack = true;
+        s.faults.topic_unknown_after_lost_ack = true;
+    });
+
+    let producer = client.producer("t", no_linger()).unwrap();
+    let e = producer
+        .send(ProducerRecord::new("maybe"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.is_outcome_unknown(),
+        "the first attempt was appended: the NOT_FOUND of the second must not say it was \
+         not: {e:?}"
+    );
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    let produces = cluster.calls("produce");
+    assert_eq!(produces.len(), 2, "{produces:?}");
+    // And it was indeed appended.
+    cluster.with(|s| s.faults.topic_unknown_after_lost_ack = false);
+    let r = client
+        .fetch("t", 0, 0, FetchOptions::default())
+        .await
+        .unwrap();
+    let values: Vec<&[u8]> = r.records.iter().map(|r| &r.value[..]).collect();
+    assert_eq!(values, [&b"maybe"[..]]);
 }
 
 #[tokio::test]

@@ -330,6 +330,14 @@ pub enum ApiError {
          others; ask another node"
     )]
     Rebuilding(u64),
+    /// The node has just started and its applied metadata does not hold its own
+    /// registration of this start yet, so it may lack topics the cluster has: it would
+    /// answer "no such topic" for one that exists ([`crate::meta_gate`]).
+    #[error(
+        "node {0}'s metadata is catching up with the metadata group since it started; retry, \
+         or ask another node"
+    )]
+    MetaCatchingUp(u64),
     /// A node cannot be taken out of the voters (`--rebuild`): a group would lose its majority.
     #[error(transparent)]
     MajorityLost(#[from] crate::rebuild::MajorityLost),
@@ -450,7 +458,8 @@ impl ApiError {
             | ApiError::NoLeader { .. }
             | ApiError::NotReplica { .. }
             | ApiError::Starting(_)
-            | ApiError::Rebuilding(_) => Code::Unavailable,
+            | ApiError::Rebuilding(_)
+            | ApiError::MetaCatchingUp(_) => Code::Unavailable,
             ApiError::UnknownTopic(_) | ApiError::UnknownPartition { .. } => Code::NotFound,
             ApiError::Invalid(_) => Code::InvalidArgument,
             ApiError::Meta(m) => match m {

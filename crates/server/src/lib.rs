@@ -52,6 +52,7 @@ pub mod error;
 pub mod group_wire;
 pub mod lag;
 pub mod live;
+pub mod meta_gate;
 pub mod metrics;
 pub mod metrics_http;
 pub mod node;

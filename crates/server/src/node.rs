@@ -147,6 +147,9 @@ pub struct Node {
     /// While this node rebuilds, until it is a voter of the metadata group again (its
     /// metadata is complete): it answers clients as unavailable.
     meta_behind: std::sync::atomic::AtomicBool,
+    /// Whether the applied metadata has shown this start's own registration (see
+    /// [`crate::meta_gate`]): until then it may lack topics, and clients are refused.
+    meta_current: std::sync::atomic::AtomicBool,
     next_token: AtomicU64,
     round_robin: AtomicU32,
     /// The consumer group coordinators of the groups' partitions this node leads.
@@ -213,6 +216,7 @@ impl Node {
             // Also when started normally as a learner of the metadata group (a restart in the
             // middle of a rebuild): its metadata may still lack topics until it catches up.
             meta_behind: std::sync::atomic::AtomicBool::new(config.rebuild || meta_learner),
+            meta_current: std::sync::atomic::AtomicBool::new(false),
             next_token: AtomicU64::new(fjord_raft::runtime::random_u64() | 1),
             round_robin: AtomicU32::new(0),
             coordinator: crate::coordinator::Coordinator::default(),
@@ -248,6 +252,8 @@ impl Node {
         }
         let me = self.clone();
         tokio::spawn(async move { me.register_self().await });
+        let me = self.clone();
+        tokio::spawn(async move { me.await_meta_current().await });
         // A block of producer ids before the first InitProducer, and before any partition.
         self.producer_ids.refill_in_background(self);
         let me = self.clone();
@@ -404,6 +410,46 @@ impl Node {
     /// This node is a voter of the metadata group again: its metadata is complete.
     pub(crate) fn meta_caught_up(&self) {
         self.meta_behind.store(false, Ordering::Release);
+    }
+
+    /// Whether this node answers clients from its metadata now (see [`crate::meta_gate`]).
+    pub fn metadata_gate(&self) -> crate::meta_gate::MetadataGate {
+        let current = self.meta_current.load(Ordering::Acquire)
+            || crate::meta_gate::caught_up_in(&self.this_start(), &self.view());
+        crate::meta_gate::decide(self.is_meta_behind(), current)
+    }
+
+    /// This start, as it registers itself in the metadata.
+    fn this_start(&self) -> crate::meta_gate::ThisStart {
+        let identity = self.identity.identity();
+        crate::meta_gate::ThisStart {
+            node: self.id,
+            incarnation: identity.incarnation,
+            generation: identity.generation,
+        }
+    }
+
+    /// Waits (on the metadata view's changes, no polling) until the applied metadata shows
+    /// this start's registration, then lets clients in for good: the metadata only grows
+    /// from there. Ends early at shutdown.
+    async fn await_meta_current(self: Arc<Self>) {
+        let start = self.this_start();
+        let mut views = self.meta.subscribe();
+        loop {
+            if crate::meta_gate::caught_up_in(&start, &views.borrow_and_update()) {
+                self.meta_current.store(true, Ordering::Release);
+                tracing::info!(
+                    node = self.id,
+                    generation = start.generation,
+                    "the applied metadata holds this start's registration: answering clients"
+                );
+                return;
+            }
+            tokio::select! {
+                changed = views.changed() => if changed.is_err() { return },
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
     }
 
     /// The next turn of the round-robin over partitions for unkeyed records.

@@ -74,15 +74,17 @@ pub fn reflection_v1alpha() -> tonic_reflection::server::v1alpha::ServerReflecti
         .expect("the compiled-in descriptor sets are valid")
 }
 
-/// Sets SERVING once the node takes client requests: at once, or for a rebuilding node once
-/// its metadata caught up (polled; it takes seconds to minutes), unless `cancel` comes first.
+/// Sets SERVING once the node takes client requests: once its applied metadata holds this
+/// start's registration ([`crate::meta_gate`]), and for a rebuilding node once it is a
+/// metadata voter again (polled; it takes up to seconds, minutes for a rebuild), unless
+/// `cancel` comes first.
 pub async fn serving_when_ready(
     reporter: HealthReporter,
     node: std::sync::Arc<crate::Node>,
     cancel: tokio_util::sync::CancellationToken,
 ) {
     let mut poll = tokio::time::interval(std::time::Duration::from_millis(100));
-    while node.is_meta_behind() {
+    while node.metadata_gate() != crate::meta_gate::MetadataGate::Serve {
         tokio::select! {
             _ = poll.tick() => {}
             _ = cancel.cancelled() => return,

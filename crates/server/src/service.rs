@@ -49,13 +49,21 @@ pub struct StartingClientService {
 impl StartingClientService {
     fn running(&self) -> Result<ClientService, Status> {
         match self.slot.get() {
-            // A rebuilding node's metadata is empty until the metadata group's log reached
-            // it: an answer from it would say that no topic exists.
-            Some(node) if node.is_meta_behind() => Err(ApiError::Rebuilding(self.id).into()),
-            Some(node) => Ok(ClientService {
-                node: node.clone(),
-                gate: self.gate.clone(),
-            }),
+            // A rebuilding or just restarted node's metadata may lack topics until the
+            // metadata group's log reached it: an answer from it would say that no topic
+            // exists.
+            Some(node) => match node.metadata_gate() {
+                crate::meta_gate::MetadataGate::Serve => Ok(ClientService {
+                    node: node.clone(),
+                    gate: self.gate.clone(),
+                }),
+                crate::meta_gate::MetadataGate::Rebuilding => {
+                    Err(ApiError::Rebuilding(self.id).into())
+                }
+                crate::meta_gate::MetadataGate::CatchingUp => {
+                    Err(ApiError::MetaCatchingUp(self.id).into())
+                }
+            },
             None => Err(ApiError::Starting(self.id).into()),
         }
     }
