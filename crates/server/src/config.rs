@@ -927,7 +927,7 @@ cache_size_mib = 16
 
     #[test]
     fn security_settings_parse_and_bad_ones_are_refused() {
-        let base = "id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\npeers = \"1=a:1\"\n";
+        let base = "id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\npeers = \"1=a:2\"\n";
         let open = from_toml(base).unwrap();
         assert_eq!(open.authentication, crate::auth::Authentication::None);
         assert_eq!(open.authorization, crate::auth::Authorization::None);
