@@ -206,13 +206,17 @@ fn init_tracing(default_directive: &str, format: LogFormat) {
     }
 }
 
-fn client(brokers: Vec<String>, token: Option<String>, tls: &TlsArgs) -> anyhow::Result<Client> {
-    let config = ClientConfig {
+/// The client settings every command shares: the token and the TLS files.
+fn client_config(token: Option<String>, tls: &TlsArgs) -> anyhow::Result<ClientConfig> {
+    Ok(ClientConfig {
         token: token.map(fjord_client::Token),
         tls: tls.load()?,
         ..ClientConfig::default()
-    };
-    Ok(Client::connect(brokers, config)?)
+    })
+}
+
+fn client(brokers: Vec<String>, token: Option<String>, tls: &TlsArgs) -> anyhow::Result<Client> {
+    Ok(Client::connect(brokers, client_config(token, tls)?)?)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -242,20 +246,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             security::run_acl(client(cli.brokers, cli.token, &cli.tls)?, out, cmd).await
         }
         Command::Health(args) => {
-            let config = ClientConfig {
-                tls: cli.tls.load()?,
-                token: cli.token.map(fjord_client::Token),
-                ..ClientConfig::default()
-            };
+            let config = client_config(cli.token, &cli.tls)?;
             health::run(cli.brokers, config, out, args).await
         }
         Command::Bench(cmd) => {
-            let config = ClientConfig {
-                tls: cli.tls.load()?,
-                token: cli.token.map(fjord_client::Token),
-                ..ClientConfig::default()
-            };
-            bench::run(cli.brokers, config, out, cmd).await
+            bench::run(cli.brokers, client_config(cli.token, &cli.tls)?, out, cmd).await
         }
     }
 }
