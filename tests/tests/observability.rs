@@ -396,12 +396,18 @@ async fn a_stopping_node_tells_its_health_watchers_not_serving_and_exits() {
         .await
         .unwrap()
         .into_inner();
-    let first = tokio::time::timeout(DEADLINE, watch.message())
-        .await
-        .expect("a first health status")
-        .unwrap()
-        .unwrap();
-    assert_eq!(first.status(), ServingStatus::Serving);
+    // A started node serves once its metadata holds this start's registration, which may
+    // come a moment after the cluster reports a leader: NOT_SERVING may come first.
+    let serving = tokio::time::timeout(DEADLINE, async {
+        while let Ok(Some(m)) = watch.message().await {
+            if m.status() == ServingStatus::Serving {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(serving, Ok(true), "the node never reported SERVING");
     let stopper = tokio::task::spawn_blocking(move || {
         let status = cluster.stop(1);
         (cluster, status)
