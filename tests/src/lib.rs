@@ -18,6 +18,34 @@ pub mod secure;
 /// How long a cluster may take to elect its metadata leader and register every node.
 pub const READY_DEADLINE: Duration = Duration::from_secs(60);
 
+/// Runs `cmd` to its end, `stdin` written to its standard input (else none): whether it
+/// succeeded, its stdout and its stderr.
+pub fn run_command(mut cmd: Command, stdin: Option<&str>) -> (bool, String, String) {
+    use std::io::Write;
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn fjord");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The `fjord` binary under test.
 pub fn fjord_bin() -> PathBuf {
     if let Ok(p) = std::env::var("FJORD_BIN") {

@@ -4,35 +4,13 @@
 // separate threads and runtimes, and must not start clusters at the same time.
 #![allow(clippy::await_holding_lock)]
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use fjord_tests::{Cluster, fjord_bin, serial, wait_for};
 
-fn run(mut cmd: Command, stdin: Option<&str>) -> (bool, String, String) {
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn fjord");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+fn run(cmd: Command, stdin: Option<&str>) -> (bool, String, String) {
+    fjord_tests::run_command(cmd, stdin)
 }
 
 fn json_lines(s: &str) -> Vec<serde_json::Value> {

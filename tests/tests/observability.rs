@@ -155,30 +155,10 @@ fn alert_rules_check(scrapes: &[String]) {
 
 fn run_cli(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> String {
     let mut c = cluster.cli();
-    c.args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("spawning fjord");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "fjord {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    c.args(args);
+    let (ok, stdout, stderr) = fjord_tests::run_command(c, stdin);
+    assert!(ok, "fjord {args:?} failed: {stderr}");
+    stdout
 }
 
 async fn health(addr: &str, service: &str) -> Result<ServingStatus, tonic::Status> {

@@ -149,7 +149,8 @@ impl Gate {
             Err(e) => {
                 tracing::warn!(
                     error = %e,
-                    "--tls-principal-rules mapped a client certificate to an invalid principal:                      the certificate is taken as unmapped"
+                    "--tls-principal-rules mapped a client certificate to an invalid principal: \
+                     the certificate is taken as unmapped"
                 );
                 None
             }
