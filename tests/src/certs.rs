@@ -47,6 +47,22 @@ impl TestPki {
         self.dir.join("ca.pem")
     }
 
+    /// `fjord serve` flags for TLS with `node`'s certificate and this CA, clients asked for a
+    /// certificate as `client_auth` says (none, optional, required).
+    pub fn serve_flags(&self, node: &Issued, client_auth: &str) -> Vec<String> {
+        let path = |p: &Path| p.display().to_string();
+        vec![
+            "--tls-cert".into(),
+            path(&node.cert),
+            "--tls-key".into(),
+            path(&node.key),
+            "--tls-ca".into(),
+            path(&self.ca()),
+            "--tls-client-auth".into(),
+            client_auth.into(),
+        ]
+    }
+
     /// Issues a certificate for `sans` (DNS names or IP addresses) with subject
     /// `O=<org>,CN=<cn>`, written to `<name>.pem` and `<name>.key` (replacing them: the key
     /// first, then the certificate, each by a rename).

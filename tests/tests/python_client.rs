@@ -135,17 +135,8 @@ async fn a_python_grpcio_client_connects_with_tls_and_produces() {
     let node = pki.issue("node", "fjord-node", "fjord", &["127.0.0.1", "localhost"]);
     let alice = pki.issue("alice", "alice", "acme", &["alice.example"]);
     let ca = pki.ca();
-    let paths = [&node.cert, &node.key, &ca].map(|p| p.display().to_string());
-    let flags = [
-        "--tls-cert",
-        &paths[0],
-        "--tls-key",
-        &paths[1],
-        "--tls-ca",
-        &paths[2],
-        "--tls-client-auth",
-        "required",
-    ];
+    let flags = pki.serve_flags(&node, "required");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let tls = fjord_client::ClientTls::from_files(&ca, Some(&alice.cert), Some(&alice.key));
     let config = fjord_client::ClientConfig {
         tls: Some(tls.unwrap()),

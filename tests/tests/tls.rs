@@ -42,19 +42,9 @@ async fn tls_cluster(client_auth: &str, with_cert: bool) -> TlsCluster {
     let node = pki.issue("node", "fjord-node", "fjord", &["127.0.0.1", "localhost"]);
     let alice = pki.issue("alice", "alice", "acme", &["alice.example"]);
     let ca = pki.ca();
-    let paths = [&node.cert, &node.key, &ca].map(|p| p.display().to_string());
-    let flags = [
-        "--tls-cert",
-        &paths[0],
-        "--tls-key",
-        &paths[1],
-        "--tls-ca",
-        &paths[2],
-        "--tls-client-auth",
-        client_auth,
-        "--tls-reload-interval-ms",
-        "100",
-    ];
+    let mut flags = pki.serve_flags(&node, client_auth);
+    flags.extend(["--tls-reload-interval-ms".into(), "100".into()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let cert = with_cert.then_some((alice.cert.as_path(), alice.key.as_path()));
     let config = ClientConfig {
         tls: Some(ClientTls::from_files(&ca, cert.map(|c| c.0), cert.map(|c| c.1)).unwrap()),
