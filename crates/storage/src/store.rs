@@ -692,6 +692,63 @@ mod tests {
         }
     }
 
+    /// Lazy writes are held for the next commit: in order before what comes after them, and
+    /// written at a clean close even when nothing followed them.
+    #[tokio::test]
+    async fn lazy_writes_join_the_next_commit_and_are_kept_at_a_clean_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |key: GroupKey, v: &[u8]| Op::Put {
+            group: 1,
+            key: key as u8,
+            value: v.to_vec(),
+        };
+        {
+            let store = Store::open(dir.path(), &StoreOptions::default()).unwrap();
+            store
+                .write_lazy(vec![put(GroupKey::Committed, b"c1")])
+                .await
+                .unwrap();
+            // A durable write after it overwrites it: queue order holds in the shared commit.
+            store
+                .write(vec![put(GroupKey::Committed, b"c2")])
+                .await
+                .unwrap();
+            assert_eq!(
+                store.get_value(1, GroupKey::Committed).unwrap(),
+                Some(b"c2".to_vec())
+            );
+            store
+                .write_lazy(vec![put(GroupKey::StateMachine, b"s")])
+                .await
+                .unwrap();
+            store.write(vec![put(GroupKey::Vote, b"v")]).await.unwrap();
+            assert_eq!(
+                store.get_value(1, GroupKey::StateMachine).unwrap(),
+                Some(b"s".to_vec()),
+                "a lazy write is in the commit of the durable write after it"
+            );
+            // Nothing follows this one: the writer commits it when it stops.
+            store
+                .write_lazy(vec![put(GroupKey::Committed, b"c3")])
+                .await
+                .unwrap();
+        }
+        let store = loop {
+            match Store::open(dir.path(), &StoreOptions::default()) {
+                Ok(s) => break s,
+                Err(_) => std::thread::yield_now(),
+            }
+        };
+        assert_eq!(
+            store.get_value(1, GroupKey::Committed).unwrap(),
+            Some(b"c3".to_vec())
+        );
+        assert_eq!(
+            store.get_value(1, GroupKey::Vote).unwrap(),
+            Some(b"v".to_vec())
+        );
+    }
+
     #[tokio::test]
     async fn data_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();

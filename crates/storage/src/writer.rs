@@ -197,17 +197,13 @@ pub(crate) fn spawn(
                 .name("fjord-storage-writer".into())
                 .spawn(move || {
                     let mut pending = Vec::with_capacity(MAX_COMMIT_REQUESTS);
-                    while let Some(first) = rx.blocking_recv() {
-                        commit_queued(
-                            &db,
-                            first,
-                            &mut rx,
-                            &mut pending,
-                            &failed,
-                            &reusable,
-                            &stats,
-                        );
+                    while let Some(next) = rx.blocking_recv() {
+                        take_queued(next, &mut rx, &mut pending);
+                        if next_step(&pending) == Step::Commit {
+                            commit_taken(&db, &mut pending, &failed, &reusable, &stats);
+                        }
                     }
+                    commit_leftovers(&db, &mut pending, &failed, &reusable, &stats);
                     finish(db, &closed);
                 })
                 .expect("spawning the storage writer thread");
@@ -218,8 +214,11 @@ pub(crate) fn spawn(
         } => {
             tokio::spawn(async move {
                 let mut pending = Vec::with_capacity(MAX_COMMIT_REQUESTS);
-                while let Some(first) = rx.recv().await {
-                    take_queued(first, &mut rx, &mut pending);
+                while let Some(next) = rx.recv().await {
+                    take_queued(next, &mut rx, &mut pending);
+                    if next_step(&pending) == Step::Defer {
+                        continue;
+                    }
                     let fsync =
                         commit_latency + sync_delay.as_ref().map_or(Duration::ZERO, SyncDelay::get);
                     if !fsync.is_zero() && matches!(durability(&pending), Durability::Immediate) {
@@ -227,6 +226,7 @@ pub(crate) fn spawn(
                     }
                     commit_taken(&db, &mut pending, &failed, &reusable, &stats);
                 }
+                commit_leftovers(&db, &mut pending, &failed, &reusable, &stats);
                 finish(db, &closed);
             });
         }
@@ -250,29 +250,60 @@ fn finish(db: std::sync::Arc<Database>, closed: &tokio::sync::watch::Sender<bool
     closed.send_replace(clean);
 }
 
-/// Folds `first` and whatever else is queued (within the limits) into one transaction,
-/// commits it, and only then answers each request.
-fn commit_queued(
+/// Lazy requests (nobody waits for them) folded into the next commit, at most: past this
+/// many, they commit on their own, without an fsync.
+pub const MAX_DEFERRED_REQUESTS: usize = 64;
+
+/// What the writer does with what it has taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Commit it now.
+    Commit,
+    /// Hold it for the next commit: only lazy requests, few of them.
+    Defer,
+}
+
+/// Whether to commit `pending` now. Requests someone waits for commit at once. Lazy ones
+/// (derived state rebuilt from the log after a crash: the committed index, checkpoints) wait
+/// for the next request and join its transaction, up to [`MAX_DEFERRED_REQUESTS`]: before, each
+/// was a transaction of its own (its own header, allocator and table-root pages) between two
+/// appends, whose pages the next append's fsync then flushed too. Holding them in memory
+/// loses nothing a commit without an fsync kept: both are gone after a crash, and both are
+/// written by the next durable commit; the writer commits what it holds when it stops.
+fn next_step(pending: &[WriteBatch]) -> Step {
+    if pending.iter().any(|b| b.done.is_some()) || pending.len() >= MAX_DEFERRED_REQUESTS {
+        Step::Commit
+    } else {
+        Step::Defer
+    }
+}
+
+/// Commits lazy requests still held when the queue closed.
+fn commit_leftovers(
     db: &Database,
-    first: WriteBatch,
-    rx: &mut mpsc::Receiver<WriteBatch>,
     pending: &mut Vec<WriteBatch>,
     failed: &tokio::sync::watch::Sender<Option<Arc<StorageError>>>,
     reusable: &AtomicU64,
     stats: &CommitStats,
 ) {
-    take_queued(first, rx, pending);
-    commit_taken(db, pending, failed, reusable, stats);
+    if !pending.is_empty() {
+        commit_taken(db, pending, failed, reusable, stats);
+    }
 }
 
-/// Moves `first` and whatever else is queued (within the limits) into `pending`.
+/// Moves `first` and whatever else is queued into `pending` (which may hold deferred lazy
+/// requests), within the limits.
 fn take_queued(
     first: WriteBatch,
     rx: &mut mpsc::Receiver<WriteBatch>,
     pending: &mut Vec<WriteBatch>,
 ) {
-    let mut bytes = first.ops.iter().map(Op::bytes).sum::<usize>();
     pending.push(first);
+    let mut bytes = pending
+        .iter()
+        .flat_map(|b| b.ops.iter())
+        .map(Op::bytes)
+        .sum::<usize>();
     while pending.len() < MAX_COMMIT_REQUESTS && bytes < MAX_COMMIT_BYTES {
         match rx.try_recv() {
             Ok(req) => {
@@ -327,9 +358,10 @@ fn commit_taken(
 
 /// How `batches` must be committed: with an fsync (`Immediate`, explicit because
 /// acknowledgements depend on it) when anyone waits for one of them. Requests nobody waits for
-/// (`Store::write_lazy`: derived state such as the offset index and the committed index,
-/// rebuilt from the log after a crash) commit without one and become durable with the next
-/// fsynced commit. Before, each of them cost an fsync of its own, which the next append then
+/// (`Store::write_lazy`: derived state such as the committed index and checkpoints, rebuilt
+/// from the log after a crash) normally join the next such commit ([`next_step`]); past
+/// [`MAX_DEFERRED_REQUESTS`] of them, or at the writer's stop, they commit without one and
+/// become durable with the next fsynced commit. Before, each of them cost an fsync of its own, which the next append then
 /// waited for (one-at-a-time produces paid two fsyncs).
 fn durability(batches: &[WriteBatch]) -> Durability {
     if batches.iter().any(|b| b.done.is_some()) {
@@ -666,6 +698,25 @@ mod tests {
             key: 1,
             value: vec![0; bytes],
         }]
+    }
+
+    fn batch(lazy: bool) -> WriteBatch {
+        let room = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        WriteBatch {
+            ops: put(1),
+            done: (!lazy).then(|| oneshot::channel().0),
+            _room: room,
+        }
+    }
+
+    #[test]
+    fn lazy_requests_wait_for_the_next_commit_within_a_bound() {
+        assert_eq!(next_step(&[batch(true)]), Step::Defer);
+        assert_eq!(next_step(&[batch(true), batch(false)]), Step::Commit);
+        assert_eq!(next_step(&[batch(false)]), Step::Commit);
+        let many: Vec<_> = (0..MAX_DEFERRED_REQUESTS).map(|_| batch(true)).collect();
+        assert_eq!(next_step(&many), Step::Commit);
+        assert_eq!(next_step(&many[1..]), Step::Defer);
     }
 
     #[tokio::test]
