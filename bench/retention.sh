@@ -11,7 +11,7 @@
 #
 # bytes/time: the topic (RF 3) is created, each node's data dir measured (the fixed overhead:
 # a node with the topic and no records), then `fjord bench produce` writes while every node's
-# data dir (`du -sb`) and fjord.redb (its size) are sampled every second, and every replica's
+# data dir (its disk space, `du -s -B1`) and fjord.redb (its length) are sampled every second, and every replica's
 # log start offset and high watermark (ListOffsets, AP, from each node itself:
 # bench/replica_offsets.py). Once the load ends, the run waits (<= 60 s) for the replicas'
 # start offsets to settle, then takes their final offsets and sizes.
@@ -99,21 +99,26 @@ create_topic() {
   die "topic $name not served by every node after 30 s"
 }
 
-# size_of PATH: `du -sb` of PATH, 0 if it is not there.
+# size_of PATH: `du -sb` of PATH (apparent size: a file's length, holes included), 0 if it
+# is not there.
 size_of() { local b; b="$(du -sb "$1" 2>/dev/null | cut -f1 || true)"; echo "${b:-0}"; }
 
-# node_sizes: one JSON array per node: [du -sb of the data dir, size of fjord.redb].
+# used_by PATH: the disk space PATH takes, in bytes (`du -s -B1`: allocated blocks, what `df`
+# counts and what fills a disk; a file grown by ftruncate takes none for its unwritten part).
+used_by() { local b; b="$(du -s -B1 "$1" 2>/dev/null | cut -f1 || true)"; echo "${b:-0}"; }
+
+# node_sizes: one JSON array per node: [disk space of the data dir, length of fjord.redb].
 node_sizes() {
   local i out=""
   for i in 1 2 3; do
-    out+="${out:+,}[$(size_of "$FJORD_DIR/node$i"),$(size_of "$FJORD_DIR/node$i/fjord.redb")]"
+    out+="${out:+,}[$(used_by "$FJORD_DIR/node$i"),$(size_of "$FJORD_DIR/node$i/fjord.redb")]"
   done
   echo "[$out]"
 }
 
 # sample_disk FILE PID DIR SUB: every second while PID lives (<= SAMPLE_MAX samples), a line
-# "unix_secs du1 sub1 du2 sub2 du3 sub3": per node i, `du -sb` of DIR/node-dir i and the size
-# of SUB in it (fjord: DIR=$FJORD_DIR, node<i>, fjord.redb; the peer: $NATS_DIR, n<i>, the
+# "unix_secs du1 sub1 du2 sub2 du3 sub3": per node i, the disk space DIR/node-dir i takes
+# (`used_by`) and the apparent size of SUB in it (fjord: DIR=$FJORD_DIR, node<i>, fjord.redb; the peer: $NATS_DIR, n<i>, the
 # stream's directory).
 sample_disk() {
   local file="$1" pid="$2" dir="$3" prefix="$4" sub="$5" n=0
@@ -121,7 +126,7 @@ sample_disk() {
     local line i
     line="$(date +%s.%N | cut -c1-14)"
     for i in 1 2 3; do
-      line+=" $(size_of "$dir/$prefix$i") $(size_of "$dir/$prefix$i/$sub")"
+      line+=" $(used_by "$dir/$prefix$i") $(size_of "$dir/$prefix$i/$sub")"
     done
     echo "$line" >> "$file"
     n=$((n + 1)); sleep 1

@@ -1,6 +1,6 @@
 """Summarizes bench/retention.sh results: python3 bench/retention_summary.py FILE.jsonl [...]
 
-bytes/time runs: per node, the largest data dir (`du -sb`) and fjord.redb seen during the
+bytes/time runs: per node, the largest disk space of the data dir (`du -s -B1`: allocated blocks) and length of fjord.redb seen during the
 load, against the bound 1.25 x (what retention keeps) + the fixed overhead (the node's data
 dir with the topic and no records); what retention keeps is retention_bytes x partitions, or
 for retention_ms the produce rate x retention_ms; the most record bytes one replica held
@@ -70,7 +70,7 @@ def disk_run(r):
         du = max(s[1 + 2 * n] for s in samples) if samples else 0
         redb = max(s[2 + 2 * n] for s in samples) if samples else 0
         after = r["sizes_after"][n][0]
-        print(f"  node{n + 1}: max du {du / MIB:.1f} MiB, max fjord.redb {redb / MIB:.1f} MiB "
+        print(f"  node{n + 1}: max disk use {du / MIB:.1f} MiB, max fjord.redb length {redb / MIB:.1f} MiB "
               f"({du / kept:.2f}x kept; {'within' if du <= bound else 'OVER'} the bound); "
               f"after settling {after / MIB:.1f} MiB; WARN/ERROR log lines "
               f"{r['warn_error_lines_per_node'][n]}")
@@ -101,7 +101,7 @@ def peer_run(r):
           f"bound 1.25 x kept + overhead = {bound / MIB:.1f} MiB")
     for n in range(3):
         du = max(s[1 + 2 * n] for s in samples) if samples else 0
-        print(f"  n{n + 1}: max du {du / MIB:.1f} MiB ({du / kept:.2f}x kept; "
+        print(f"  n{n + 1}: max disk use {du / MIB:.1f} MiB ({du / kept:.2f}x kept; "
               f"{'within' if du <= bound else 'OVER'} the bound); after {r['sizes_after'][n] / MIB:.1f} MiB")
 
 

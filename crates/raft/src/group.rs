@@ -53,6 +53,8 @@ pub struct GroupConfig {
     pub election_timeout_ms: u64,
     /// A partition group whose leader appended nothing for this long goes quiet; 0: never.
     pub quiesce_after_ms: u64,
+    /// Where the node's partitions note a moved log start (shared by all of them).
+    pub start_moves: Arc<crate::StartMoves>,
 }
 
 /// Slots of openraft's per-stage latency ring buffers (see [`GroupConfig::raft_config`]).
@@ -276,6 +278,7 @@ pub async fn start_partition(
     transitions: Transitions,
 ) -> Result<PartitionHandle, StartError> {
     let shared = PartitionShared::open(group, &store, kind)?;
+    shared.note_start_moves_in(cfg.start_moves.clone());
     shared.rebuild_time_index().await?;
     // The log store's in-memory tail is shared by its clones: an instance started again
     // after hibernation reads what the last one appended, committed to redb or not.

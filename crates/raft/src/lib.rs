@@ -61,6 +61,7 @@ pub mod read;
 pub mod runtime;
 pub mod scan;
 pub mod side;
+pub mod start_moves;
 pub mod types;
 pub mod voters;
 
@@ -68,4 +69,5 @@ pub use group::{AnyGroup, GroupConfig, GroupRegistry, GroupRole, MetaRaft, Parti
 pub use handle::{GroupError, Leadership, LeadershipWatch, MetaHandle, PartitionHandle, Promotion};
 pub use liveness::{Liveness, LivenessConfig, QuietCounts};
 pub use read::{CommittedBatch, ReadError, ReadLimits, committed_batches};
+pub use start_moves::StartMoves;
 pub use types::{CompactRequest, Compaction, NodeId, Request, Response, StoredBatch, TypeConfig};

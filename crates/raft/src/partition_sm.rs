@@ -313,6 +313,9 @@ pub struct PartitionShared {
     /// Set when the checkpoint was written before the time index existed: it is rebuilt from
     /// the log before the group starts ([`PartitionShared::rebuild_time_index`]).
     needs_time_index: std::sync::atomic::AtomicBool,
+    /// Where this replica notes that applying an entry moved its log start offset (the
+    /// node's retention task then asks for the snapshot that lets the log be purged).
+    start_moves: std::sync::OnceLock<Arc<crate::StartMoves>>,
 }
 
 /// What a partition's last snapshot covers, and when one was last asked for.
@@ -359,6 +362,11 @@ impl Drop for WaiterGuard<'_> {
 }
 
 impl PartitionShared {
+    /// Notes in `moves` each time an applied entry moves this replica's log start offset.
+    pub fn note_start_moves_in(&self, moves: Arc<crate::StartMoves>) {
+        let _ = self.start_moves.set(moves);
+    }
+
     /// Loads the last checkpoint of `group`'s applied state.
     pub fn open(group: u64, store: &Store, kind: PartitionKind) -> Result<Arc<Self>, io::Error> {
         let mut before_retention = false;
@@ -419,6 +427,7 @@ impl PartitionShared {
             compacted: Mutex::new(None),
             snapshot_io: tokio::sync::Mutex::new(()),
             needs_time_index: std::sync::atomic::AtomicBool::new(before_retention),
+            start_moves: std::sync::OnceLock::new(),
             snapshot: Mutex::new(SnapshotMark {
                 index: snapshot_index,
                 ..SnapshotMark::default()
@@ -1029,8 +1038,9 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id();
             last_index = Some(log_id.index());
-            let (response, hw) = {
+            let (response, hw, start_moved) = {
                 let mut a = self.shared.applied.lock().unwrap();
+                let start = a.state.log_start_offset;
                 debug_assert!(
                     a.last_applied
                         .as_ref()
@@ -1041,8 +1051,15 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                 );
                 let (response, applied_bytes) = a.apply_entry(self.shared.group, entry);
                 bytes += applied_bytes;
-                (response, a.state.next_offset)
+                (
+                    response,
+                    a.state.next_offset,
+                    a.state.log_start_offset > start,
+                )
             };
+            if start_moved && let Some(m) = self.shared.start_moves.get() {
+                m.note(self.shared.group);
+            }
             // Raise the high watermark before answering: an acknowledged write is readable.
             // It only grows: a reader may already have been served up to it.
             let group = self.shared.group;

@@ -69,15 +69,18 @@ pub enum StartError {
 
 /// The partition groups' and the metadata group's Raft settings, from the node's.
 fn group_configs(config: &ServeConfig) -> (GroupConfig, GroupConfig) {
+    let start_moves = Arc::new(fjord_raft::StartMoves::default());
     let partitions = GroupConfig {
         heartbeat_interval_ms: config.heartbeat_interval_ms,
         election_timeout_ms: config.election_timeout_ms,
         quiesce_after_ms: config.quiesce_after_ms,
+        start_moves: start_moves.clone(),
     };
     let meta = GroupConfig {
         heartbeat_interval_ms: config.meta_heartbeat_interval_ms,
         election_timeout_ms: config.meta_election_timeout_ms,
         quiesce_after_ms: config.quiesce_after_ms,
+        start_moves,
     };
     (partitions, meta)
 }
@@ -310,6 +313,12 @@ impl Node {
     /// The node's database.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Where this node's partitions note a moved log start ([`crate::retention::run`] waits
+    /// on it).
+    pub fn start_moves(&self) -> Arc<fjord_raft::StartMoves> {
+        self.group_config.start_moves.clone()
     }
 
     /// A client of the peer node at `addr`.

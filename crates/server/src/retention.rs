@@ -149,12 +149,24 @@ pub async fn run(node: Arc<Node>, interval: Duration, policy: impl Fn(&Node, &To
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut quiet_until: HashMap<u64, Quiet> = HashMap::new();
+    let moves = node.start_moves();
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tick.tick() => round(&node, &policy, &mut quiet_until).await,
+            groups = moves.next() => purge_moved(&node, &groups).await,
             _ = node.stopping() => return,
         }
-        round(&node, &policy, &mut quiet_until).await;
+    }
+}
+
+/// Asks for the snapshot that purges each of `groups`' logs behind its new start, as soon as
+/// this replica applied the move (not at the next round: the log would hold up to two check
+/// intervals of writes more).
+async fn purge_moved(node: &Node, groups: &[u64]) {
+    for &group in groups {
+        if let Some(handle) = node.partition(group) {
+            handle.purge_if_due().await;
+        }
     }
 }
 
