@@ -378,6 +378,8 @@ impl Starting<'_> {
                 None
             }
             (FaultKind::Kill | FaultKind::CrashUnsynced, _) => {
+                // Restarted at the step's end even if losing its writes fails.
+                self.undo.restart.insert(id);
                 db.kill(id)?;
                 if kind == FaultKind::CrashUnsynced {
                     db.lose_unsynced(id)?;
