@@ -134,7 +134,7 @@ impl Db {
                 paused: false,
                 mount: None,
             };
-            std::fs::write(node.clock_file(), "+0\n")?;
+            std::fs::write(node.clock_file(), format!("{}\n", crate::clock::NEUTRAL))?;
             if let Some(lazyfs_bin) = &options.lazy_disk {
                 let backing = node.dir.join("backing");
                 std::fs::create_dir_all(&backing)?;
@@ -281,8 +281,9 @@ impl Db {
         Ok(())
     }
 
-    /// Sets node `id`'s wall-clock offset (libfaketime syntax, e.g. `+120` seconds, `-30`,
-    /// or `+0 x1.5` for a rate). Takes effect on the node's next clock read.
+    /// Sets node `id`'s wall clock (a libfaketime spec, made by [`crate::clock`]: `+120 x1`,
+    /// `+0 x1.5`; every spec names its rate, since libfaketime keeps the last one it read).
+    /// Takes effect on the node's next clock read.
     pub fn set_clock(&mut self, id: u64, spec: &str) -> Result<()> {
         let node = self.node(id)?;
         // Write then rename, so the node never reads a half-written file.
@@ -290,6 +291,26 @@ impl Db {
         std::fs::write(&tmp, format!("{spec}\n"))?;
         std::fs::rename(&tmp, node.clock_file())?;
         Ok(())
+    }
+
+    /// Sets every node's clock file to the neutral spec; then reads them all back: the
+    /// nodes whose file does not hold it, with what it holds (see [`crate::clock`]).
+    pub fn reset_clocks(&mut self) -> Vec<String> {
+        let mut files = BTreeMap::new();
+        for id in self.ids() {
+            let set = self.set_clock(id, crate::clock::NEUTRAL);
+            let read = self
+                .nodes
+                .get(&id)
+                .map(|n| std::fs::read_to_string(n.clock_file()).map_err(|e| e.to_string()));
+            let contents = match (set, read) {
+                (Err(e), _) => Err(format!("not reset: {e:#}")),
+                (Ok(()), Some(r)) => r,
+                (Ok(()), None) => Err("no such node".to_string()),
+            };
+            files.insert(id, contents);
+        }
+        crate::clock::not_neutral(&files)
     }
 
     /// Drops every write node `id`'s disk had not fsynced. The node must be dead.

@@ -11,6 +11,7 @@
 //!   networks use it; it uses nothing: dependencies run links ← proxy ← net ← db).
 //! - [`net`]: network namespaces per node and the nftables rules that partition them.
 //! - [`proxy`]: the loopback fallback network, a userspace proxy per node.
+//! - [`clock`]: the libfaketime specs of the clock faults, and how libfaketime reads them.
 //! - [`db`]: the `fjord serve` processes: start, kill, pause, clock, disk faults.
 //! - [`lazyfs`]: `fjord-lazyfs`, a FUSE pass-through that holds writes in memory until fsync
 //!   and drops them on a simulated crash.
@@ -23,6 +24,7 @@
 //! - [`retention`]: the core's log-lifecycle workload: the run's retention, the deleter,
 //!   log-start lookups, and every replica's bounds once the run is quiet.
 //! - [`run`]: one whole run, and its analysis.
+pub mod clock;
 pub mod compaction;
 pub mod db;
 pub mod disk;

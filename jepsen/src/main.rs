@@ -89,7 +89,7 @@ struct Common {
     retention_ms: u64,
     /// TLS on: a CA and a node certificate are made for the run (in `<out>/tls/`), every
     /// node serves TLS on both ports (mutual TLS between nodes) and the clients trust the CA.
-    /// Not with --retention (its replica probes dial plaintext).
+    /// The probes that dial one node directly (`--retention`'s replica bounds) trust it too.
     #[arg(long)]
     tls: bool,
     /// Compaction: the run's topic gets cleanup_policy=compact (compact,delete with
@@ -128,11 +128,6 @@ impl Common {
         let faults = parse_faults(&self.faults).map_err(anyhow::Error::msg)?;
         if !(3..=5).contains(&self.nodes) {
             bail!("--nodes must be 3, 4 or 5, not {}", self.nodes);
-        }
-        if self.tls && self.retention {
-            bail!(
-                "--tls with --retention is not supported yet (the replica probes dial plaintext)"
-            );
         }
         let seed = self.seed.unwrap_or_else(rand::random);
         let fjord_bin = match &self.fjord_bin {

@@ -74,6 +74,17 @@ struct Undo {
     purge_lag: Option<(PurgeLag, u64)>,
 }
 
+/// What starting a step did.
+#[derive(Debug, Default)]
+struct Started {
+    /// What to undo at the step's end: everything the faults that started did.
+    undo: Undo,
+    /// Each fault that started: its name and what it did.
+    described: Vec<(String, String)>,
+    /// The fault that failed to start, and why (the step's later faults were not started).
+    failed: Option<String>,
+}
+
 /// Whether a node's last words say it must be started with `--rebuild`: it refused its data
 /// directory (lost, old, corrupt), or a rebuild was refused for now (a group would have lost
 /// its majority) or interrupted.
@@ -367,6 +378,8 @@ impl Starting<'_> {
                 None
             }
             (FaultKind::Kill | FaultKind::CrashUnsynced, _) => {
+                // Restarted at the step's end even if losing its writes fails.
+                self.undo.restart.insert(id);
                 db.kill(id)?;
                 if kind == FaultKind::CrashUnsynced {
                     db.lose_unsynced(id)?;
@@ -566,12 +579,9 @@ impl Nemesis {
         meta.metadata_leader
     }
 
-    /// Starts the faults of `step`; returns what to undo and a description of each fault.
-    async fn start(
-        &mut self,
-        step: &Step,
-        taken_down: &mut BTreeSet<u64>,
-    ) -> Result<(Undo, Vec<(String, String)>)> {
+    /// Starts the faults of `step`; what to undo (also what the faults started before one
+    /// failed did), a description of each fault, and what failed. An error: nothing started.
+    async fn start(&mut self, step: &Step, taken_down: &mut BTreeSet<u64>) -> Result<Started> {
         let mut rng = StdRng::seed_from_u64(step.seed);
         let ids: Vec<u64> = self.db.lock().await.ids();
         self.tend_exited(&ids).await?;
@@ -602,16 +612,26 @@ impl Nemesis {
             slowed: None,
             taken_down,
         };
-        let mut described = Vec::new();
+        let mut started = Started::default();
         for &kind in &step.faults {
             let lead = s.wait_for_slow_fsyncs(kind).await;
-            let detail = self.start_fault(kind, &mut s, lead).await?;
-            described.push((kind.name().to_string(), detail));
+            match self.start_fault(kind, &mut s, lead).await {
+                Ok(detail) => started.described.push((kind.name().to_string(), detail)),
+                Err(e) => {
+                    started.failed = Some(format!("{}: {e:#}", kind.name()));
+                    break;
+                }
+            }
         }
-        if !s.undo.rules.is_empty() {
-            self.net.apply(&s.undo.rules)?;
+        if !s.undo.rules.is_empty()
+            && let Err(e) = self.net.apply(&s.undo.rules)
+        {
+            started
+                .failed
+                .get_or_insert(format!("network rules: {e:#}"));
         }
-        Ok((s.undo, described))
+        started.undo = s.undo;
+        Ok(started)
     }
 
     /// Before a step's faults: a node that exited since the last step is restarted if it
@@ -724,11 +744,12 @@ impl Nemesis {
     async fn jump_clock(&self, s: &mut Starting<'_>) -> Result<String> {
         let target = s.any_node();
         let secs: i64 = s.rng.gen_range(-CLOCK_JUMP_MAX_SECS..=CLOCK_JUMP_MAX_SECS);
+        // Recorded before it is set: a clock set is a clock reset, whatever follows.
+        s.undo.clock_reset.insert(target);
         self.db
             .lock()
             .await
-            .set_clock(target, &format!("{secs:+}"))?;
-        s.undo.clock_reset.insert(target);
+            .set_clock(target, &crate::clock::jump(secs))?;
         Ok(format!("n{target}'s wall clock moved by {secs:+} s"))
     }
 
@@ -736,11 +757,11 @@ impl Nemesis {
     async fn skew_clock(&self, s: &mut Starting<'_>) -> Result<String> {
         let target = s.any_node();
         let rate = *CLOCK_RATES.choose(&mut s.rng).expect("rates");
+        s.undo.clock_reset.insert(target);
         self.db
             .lock()
             .await
-            .set_clock(target, &format!("+0 x{rate}"))?;
-        s.undo.clock_reset.insert(target);
+            .set_clock(target, &crate::clock::skew(rate))?;
         Ok(format!("n{target}'s wall clock runs at {rate}x"))
     }
 
@@ -1106,7 +1127,7 @@ impl Nemesis {
     async fn undo_node_faults(&self, undo: &Undo, notes: &mut Vec<String>) -> Result<()> {
         let mut db = self.db.lock().await;
         for &id in &undo.clock_reset {
-            db.set_clock(id, "+0")?;
+            db.set_clock(id, crate::clock::NEUTRAL)?;
         }
         for &id in &undo.slow_disk {
             db.fsync_delay(id, 0)?;
@@ -1242,13 +1263,21 @@ impl Nemesis {
             }
             let mut taken_down = BTreeSet::new();
             let start_ns = now_ns();
-            let (undo, described) = match self.start(step, &mut taken_down).await {
+            let Started {
+                undo,
+                described,
+                failed,
+            } = match self.start(step, &mut taken_down).await {
                 Ok(x) => x,
-                Err(e) => {
-                    notes.push(format!("step at {} ms failed to start: {e:#}", step.at_ms));
-                    (Undo::default(), Vec::new())
-                }
+                Err(e) => Started {
+                    failed: Some(format!("{e:#}")),
+                    ..Started::default()
+                },
             };
+            if let Some(why) = failed {
+                // What did start is still undone at the step's end.
+                notes.push(format!("step at {} ms failed to start: {why}", step.at_ms));
+            }
             let first = windows.len();
             for (name, detail) in described {
                 windows.push(Window {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use fjord_client::{Client, ClientError, OffsetSpec, ReadMode};
+use fjord_client::{Client, ClientError, ClientTls, OffsetSpec, ReadMode};
 use fjord_harness::history::{EventType, ReplicaBounds};
 use fjord_harness::retention::{self as model, Bounds, Deleter};
 use fjord_proto::v1;
@@ -177,12 +177,15 @@ pub async fn deleter(
     }
 }
 
-/// One replica's own bounds of `partition`, asked of node `address` alone (AP).
-async fn replica_bounds(address: &str, topic: &str, partition: u32) -> Option<(u64, u64)> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .ok()?
-        .connect_timeout(REPLICA_TIMEOUT)
-        .timeout(REPLICA_TIMEOUT);
+/// One replica's own bounds of `partition`, asked of node `address` alone (AP), over TLS
+/// with the run's client settings `tls` when it has them.
+async fn replica_bounds(
+    address: &str,
+    tls: Option<&ClientTls>,
+    topic: &str,
+    partition: u32,
+) -> Option<(u64, u64)> {
+    let endpoint = crate::tls::endpoint(address, tls, REPLICA_TIMEOUT).ok()?;
     let channel = tokio::time::timeout(REPLICA_TIMEOUT, endpoint.connect())
         .await
         .ok()?
@@ -204,11 +207,12 @@ async fn replica_bounds(address: &str, topic: &str, partition: u32) -> Option<(u
 /// Every replica of every partition: its own log start and high watermark, asked until all
 /// replicas up agree or [`REPLICAS_AGREE_WITHIN`] passed; then recorded, one
 /// `replica_starts` per partition (`fail` when no replica answered). `replicas`: each
-/// partition's replicas; `addresses`: each node's; `down`: nodes left down.
+/// partition's replicas; `addresses`: each node's, dialed with the run's client TLS settings
+/// `tls` if any; `down`: nodes left down.
 pub async fn replica_starts(
     topic: &str,
     replicas: &BTreeMap<u32, Vec<u64>>,
-    addresses: &BTreeMap<u64, String>,
+    (addresses, tls): (&BTreeMap<u64, String>, Option<&ClientTls>),
     down: &BTreeSet<u64>,
     rec: &Recorder,
 ) {
@@ -224,7 +228,7 @@ pub async fn replica_starts(
                 let Some(address) = addresses.get(&node) else {
                     continue;
                 };
-                match replica_bounds(address, topic, partition).await {
+                match replica_bounds(address, tls, topic, partition).await {
                     Some((log_start_offset, high_watermark)) => got.push(ReplicaBounds {
                         node,
                         log_start_offset,

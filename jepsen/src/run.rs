@@ -306,6 +306,7 @@ async fn run_async(
     let (windows, nemesis_notes) = nemesis_out?;
     notes.extend(nemesis_notes);
     workload.await.context("the workload panicked")??;
+    check_clocks(&options, &db, &mut notes).await;
 
     // Every fault has healed: make sure every node that should run does, then read back.
     start_survivors(&db, &netns, &nemesis.lost_nodes).await?;
@@ -435,7 +436,8 @@ async fn read_all(
     let read = read_back(client, topic, options.partitions, recorder, notes).await?;
     if options.retention.is_some() {
         let replicas = partition_replicas(client, topic).await;
-        retention::replica_starts(topic, &replicas, &addresses, down, recorder).await;
+        let dial = (&addresses, client.config().tls.as_ref());
+        retention::replica_starts(topic, &replicas, dial, down, recorder).await;
     }
     Ok(read)
 }
@@ -681,6 +683,27 @@ async fn run_for(total: Duration) -> Result<bool> {
         _ = tokio::signal::ctrl_c() => true,
         _ = sigterm.recv() => true,
     })
+}
+
+/// Once the nemesis stopped: every node's clock file set to the neutral spec (each step
+/// reset its own clocks; this covers a run stopped mid-step) and read back, so that the final
+/// reads run on real clocks; with clock faults, the report says so, or which files disagree.
+async fn check_clocks(options: &RunOptions, db: &Mutex<Db>, notes: &mut Vec<String>) {
+    let wrong = db.lock().await.reset_clocks();
+    let clock_faults = options.faults.contains(&FaultKind::ClockJump)
+        || options.faults.contains(&FaultKind::ClockSkew);
+    if !wrong.is_empty() {
+        notes.push(format!(
+            "clocks: not every clock file was reset to {:?} before the final reads: {}",
+            crate::clock::NEUTRAL,
+            wrong.join(", ")
+        ));
+    } else if clock_faults {
+        notes.push(format!(
+            "clocks: every node's clock file reads {:?} (the real time) before the final reads",
+            crate::clock::NEUTRAL
+        ));
+    }
 }
 
 /// Starts every node that should run and does not (with `--rebuild` where it refused its

@@ -1,5 +1,6 @@
 //! `fjord-jepsen run --tls`: a CA and one node certificate made with rcgen into the run's
-//! directory (`<out>/tls/`), the nodes started with TLS on, the clients trusting the CA.
+//! directory (`<out>/tls/`), the nodes started with TLS on, the clients trusting the CA; and
+//! the endpoint of the probes that dial one node directly ([`endpoint`]), with the same trust.
 
 use std::path::{Path, PathBuf};
 
@@ -71,5 +72,46 @@ impl RunTls {
     /// The clients' settings: trusting the CA.
     pub fn client(&self) -> Result<fjord_client::ClientTls> {
         Ok(fjord_client::ClientTls::from_files(&self.ca, None, None)?)
+    }
+}
+
+/// The endpoint of node `address` (`host:port`) alone, for the probes that dial one node
+/// directly rather than through the cluster's client (a replica's own bounds): with the
+/// run's client TLS settings (`tls`, those of [`RunTls::client`]) over https, else plain
+/// http; at most `timeout` to connect and per request.
+pub fn endpoint(
+    address: &str,
+    tls: Option<&fjord_client::ClientTls>,
+    timeout: std::time::Duration,
+) -> Result<tonic::transport::Endpoint> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{address}"))
+        .with_context(|| format!("node address {address:?}"))?;
+    if let Some(tls) = tls {
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem));
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint.tls_config(config).context("TLS settings")?;
+    }
+    Ok(endpoint.connect_timeout(timeout).timeout(timeout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_probe_dials_https_with_the_runs_ca_and_http_without() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = generate(dir.path(), 3).unwrap();
+        let tls = files.client().unwrap();
+        let timeout = std::time::Duration::from_secs(1);
+        let secure = endpoint("10.77.0.1:7000", Some(&tls), timeout).unwrap();
+        assert_eq!(secure.uri().scheme_str(), Some("https"));
+        let plain = endpoint("10.77.0.1:7000", None, timeout).unwrap();
+        assert_eq!(plain.uri().scheme_str(), Some("http"));
+        assert!(endpoint("not an address", None, timeout).is_err());
     }
 }

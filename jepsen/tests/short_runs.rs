@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use fjord_harness::fault::{FaultKind, parse_faults};
+use fjord_harness::history::{EventType, Op, parse_jsonl};
 use fjord_jepsen::compaction::CompactionOptions;
 use fjord_jepsen::report::cap_table;
 use fjord_jepsen::run::{RetentionOptions, RunOptions, analyse, run};
@@ -193,14 +194,18 @@ fn mix_with(
 }
 
 /// TLS on (`run --tls`: a CA and node certificate made for the run, mutual TLS between the
-/// nodes, clients trusting the CA): CP under partitions and process faults keeps its
-/// guarantees, and every partition reads back after healing.
+/// nodes, clients trusting the CA), with retention: CP under partitions and process faults
+/// keeps its guarantees, every partition reads back after healing, and the replica probes
+/// (which dial each node directly) get every partition's bounds over TLS.
 #[test]
 fn cp_with_tls_under_partitions_and_process_faults() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let seed = seed();
     let faults = "partition,process";
-    let mut options = options("tls", seed, faults, "cp", (DURATION_SECS, None, None));
+    let retention = Some(RetentionOptions {
+        retention_ms: 10_000,
+    });
+    let mut options = options("tls", seed, faults, "cp", (DURATION_SECS, retention, None));
     options.tls = true;
     let dir = options.out_dir.clone();
     eprintln!(
@@ -224,6 +229,19 @@ fn cp_with_tls_under_partitions_and_process_faults() {
         "tls seed {seed}: partitions {:?} unreadable after healing",
         out.unread_partitions
     );
+    let history = std::fs::read_to_string(&out.history).unwrap();
+    let probed = parse_jsonl(&history)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == EventType::Ok)
+        .filter(|e| matches!(&e.op, Op::ReplicaStarts { replicas, .. } if !replicas.is_empty()))
+        .count();
+    assert_eq!(
+        probed,
+        3,
+        "tls seed {seed}: not every partition's replicas answered the probes over TLS; files in {}",
+        dir.display()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -234,7 +252,22 @@ fn cp_and_ap_under_partitions() {
 
 #[test]
 fn cp_under_kills_pauses_and_clock_jumps() {
-    mix("process-clock", "process,clock", &["cp"]);
+    mix_for(
+        "process-clock",
+        "process,clock",
+        &["cp"],
+        DURATION_SECS,
+        |out, _| {
+            // Every clock fault undone: each node's clock file back at the real time.
+            assert!(
+                out.notes
+                    .iter()
+                    .any(|n| n.starts_with("clocks: every node's clock file reads")),
+                "a clock was not reset before the final reads: {:?}",
+                out.notes
+            );
+        },
+    );
 }
 
 #[test]
