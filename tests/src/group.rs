@@ -112,7 +112,10 @@ pub async fn reads_led_elsewhere(admin: &Client, user: &Client, topic: &str, gro
     let d = user.describe_group(group).await.expect("describe");
     let leaders = wait_for("every partition's leader", GROUP_DEADLINE, || async {
         let t = admin.describe_topic(topic).await.ok()?;
-        t.partitions.iter().map(|p| p.leader).collect::<Option<Vec<u64>>>()
+        t.partitions
+            .iter()
+            .map(|p| p.leader)
+            .collect::<Option<Vec<u64>>>()
     })
     .await;
     let elsewhere: Vec<u32> = (0..ELSEWHERE_PARTITIONS)

@@ -317,7 +317,9 @@ async fn every_node_serves_plausible_metrics_that_promtool_accepts() {
     let seconds = sample(reporting[0], &seconds_series);
     assert!(seconds.is_some_and(|s| s >= 0.0), "{seconds:?}");
     assert!(reporting[0].contains("# TYPE fjord_consumer_group_lag_seconds gauge"));
-    let aged = scrapes.iter().filter(|t| sample(t, &seconds_series).is_some());
+    let aged = scrapes
+        .iter()
+        .filter(|t| sample(t, &seconds_series).is_some());
     assert_eq!(aged.count(), 1);
 }
 

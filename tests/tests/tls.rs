@@ -14,9 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fjord_client::security::{AclEntry, Operation, PatternType, Permission, ResourceType};
-use fjord_client::{
-    Client, ClientConfig, ClientTls, FetchOptions, ProducerConfig, ProducerRecord,
-};
+use fjord_client::{Client, ClientConfig, ClientTls, FetchOptions, ProducerConfig, ProducerRecord};
 use fjord_proto::raft::IdentityRequest;
 use fjord_proto::raft::raft_transport_client::RaftTransportClient;
 use fjord_proto::v1::fjord_client::FjordClient;
@@ -253,13 +251,13 @@ async fn a_principal_known_by_its_certificate_sees_the_lag_of_partitions_led_els
     let node = pki.issue("node", "fjord-node", "fjord", &["127.0.0.1", "localhost"]);
     let admin = pki.issue("admin", "admin", "acme", &["admin.example"]);
     let dave = pki.issue("dave", "dave", "acme", &["dave.example"]);
-    // No tokens anywhere: `CN=admin,O=acme` is User:admin (the superuser), `CN=dave,O=acme`
+    // No tokens anywhere: `O=acme,CN=admin` is User:admin (the superuser), `O=acme,CN=dave`
     // User:dave.
     let mut flags = pki.serve_flags(&node, "required");
     flags.extend(SECURE_FLAGS.iter().map(|f| f.to_string()));
     flags.extend([
         "--tls-principal-rules".into(),
-        "RULE:^CN=([^,]+),O=acme$/$1/L,DEFAULT".into(),
+        "RULE:^O=acme,CN=([^,]+)$/$1/L,DEFAULT".into(),
     ]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let cluster =

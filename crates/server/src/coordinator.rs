@@ -47,8 +47,8 @@ use fjord_groups::{
     Committed, Context, Group, GroupError, GroupRecord, MemberState, TopicsView, Tp,
 };
 use fjord_meta::{GroupId, MetaCommand, MetaResponse, Topic, group_id};
-use fjord_proto::v1::Record;
 use fjord_proto::batch;
+use fjord_proto::v1::Record;
 use fjord_raft::{PartitionHandle, StoredBatch};
 use fjord_storage::partition::Outcome;
 use tokio::sync::{mpsc, oneshot};

@@ -117,7 +117,9 @@ async fn probe(node: &Node, topic: String, partition: u32, offset: u64) -> Optio
         record_time_at: Some(offset),
     };
     let of = Subject::Partition { topic, partition };
-    let r = crate::partition_read::ask(node, leader, of, req).await.ok()?;
+    let r = crate::partition_read::ask(node, leader, of, req)
+        .await
+        .ok()?;
     Some(Probe {
         high_watermark: r.high_watermark,
         oldest_ms: r.timestamp_ms,

@@ -750,19 +750,37 @@ mod tests {
         g.add(5, Some(2_500));
         g.add(3, None);
         g.add(1, Some(-7));
-        assert_eq!(g, GroupLag { records: 9, seconds: Some(2.5) });
+        assert_eq!(
+            g,
+            GroupLag {
+                records: 9,
+                seconds: Some(2.5)
+            }
+        );
         let mut unread = GroupLag::default();
         unread.add(4, None);
         assert_eq!(unread.seconds, None);
         let mut other = unread;
         other.merge(g);
-        assert_eq!(other, GroupLag { records: 13, seconds: Some(2.5) });
+        assert_eq!(
+            other,
+            GroupLag {
+                records: 13,
+                seconds: Some(2.5)
+            }
+        );
     }
 
     #[test]
     fn the_lag_families_render_and_a_group_without_a_read_has_no_seconds() {
-        let read = GroupLag { records: 3, seconds: Some(1.5) };
-        let unread = GroupLag { records: 2, seconds: None };
+        let read = GroupLag {
+            records: 3,
+            seconds: Some(1.5),
+        };
+        let unread = GroupLag {
+            records: 2,
+            seconds: None,
+        };
         let snapshot = Snapshot {
             group_lag: vec![("a".into(), read), ("b".into(), unread)],
             ..Default::default()
@@ -772,10 +790,22 @@ mod tests {
         let mut om = String::new();
         prometheus_client::encoding::text::encode_registry(&mut om, &scraped).unwrap();
         let text = to_prometheus_text(&om);
-        assert!(text.contains("fjord_consumer_group_lag_records{group=\"b\"} 2"), "{text}");
-        assert!(text.contains("# TYPE fjord_consumer_group_lag_seconds gauge"), "{text}");
-        assert!(text.contains("fjord_consumer_group_lag_seconds{group=\"a\"} 1.5"), "{text}");
-        assert!(!text.contains("fjord_consumer_group_lag_seconds{group=\"b\"}"), "{text}");
+        assert!(
+            text.contains("fjord_consumer_group_lag_records{group=\"b\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE fjord_consumer_group_lag_seconds gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fjord_consumer_group_lag_seconds{group=\"a\"} 1.5"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("fjord_consumer_group_lag_seconds{group=\"b\"}"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -13,9 +13,9 @@ use tonic::transport::Channel;
 use super::pool::{ConnectError, Lane, PeerPool};
 use super::wire::{
     self, AppendRequest, AppendResponse, ChangeVoterReply, ChangeVoterRequest, DecodeError,
-    EncodeError, IdentityReply, IdentityRequest, NodeHeartbeat, NodeHeartbeatReply,
-    PartitionRead, PartitionReadReply, RebuildReply, RebuildRequest, RemoteError, Snapshot, SnapshotReply, TransferLeader, TransferLeaderReply,
-    Vote, VoteReply,
+    EncodeError, IdentityReply, IdentityRequest, NodeHeartbeat, NodeHeartbeatReply, PartitionRead,
+    PartitionReadReply, RebuildReply, RebuildRequest, RemoteError, Snapshot, SnapshotReply,
+    TransferLeader, TransferLeaderReply, Vote, VoteReply,
 };
 use crate::{NodeId, TypeConfig};
 
