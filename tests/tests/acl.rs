@@ -9,7 +9,9 @@
 //! a named producer needs write on its name; ResetOffsets needs read on the topics it moves;
 //! a heartbeat's subscription is checked (literal names refused, pattern matches hidden);
 //! Metadata refuses existing and missing names alike; offsets are shown only for describable
-//! topics; only a superuser manages a superuser's user; `*` does not reach `__fjord*`.
+//! topics; only a superuser manages a superuser's user; `*` does not reach `__fjord*`. And a
+//! reset by time and DescribeGroup's lag in time reach partitions led by another node than
+//! the group's coordinator (read there over the node-to-node service, no token forwarded).
 // Each test holds `serial()` (a std mutex) for its whole run on purpose: tests run on
 // separate threads and runtimes, and must not start clusters at the same time.
 #![allow(clippy::await_holding_lock)]
@@ -24,6 +26,7 @@ use fjord_proto::v1::{
     FindCoordinatorRequest, GroupHeartbeatRequest, InitProducerRequest, MetadataRequest,
     OffsetCommit, ProduceRequest, Record, ResetOffsetsRequest, Subscription, reset_offsets_request,
 };
+use fjord_tests::group::reads_led_elsewhere;
 use fjord_tests::secure::{client_as, client_at, restart_secure, start_secure, with_token};
 use fjord_tests::{Cluster, serial, wait_for};
 use tonic::Code;
@@ -146,6 +149,32 @@ async fn identities_and_acls_are_enforced_on_a_secure_cluster() {
     restart_secure(&mut cluster, &tokens["admin"]).await;
     acls_survived(&cluster, &tokens, &deny_c1).await;
     a_deleted_user_no_longer_authenticates(&cluster, &admin, &tokens["bob"]).await;
+}
+
+/// The rights a reader of `topic` and `group` needs to reset the group and see its lag.
+fn reader_of(principal: &str, topic: &str, group: &str) -> Vec<AclEntry> {
+    let mut out = Vec::new();
+    for op in [Operation::Read, Operation::Describe] {
+        out.push(allow(principal, ResourceType::Topic, topic, op));
+        out.push(allow(principal, ResourceType::Group, group, op));
+    }
+    out
+}
+
+/// dave (a token, read and describe on topic `spread` and group `spread-readers`) resets the
+/// group by time and describes it: for the partitions another node than the coordinator
+/// leads, the coordinator reads at their leader over the node-to-node service (the peer
+/// port, its own identity: no token travels), after checking dave's rights itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_by_time_and_lag_reach_partitions_led_by_another_node() {
+    let _serial = serial();
+    let (cluster, tokens) = start_secure(3, &["dave"]).await;
+    let admin = client_as(&cluster, &tokens["admin"]);
+    for entry in reader_of("User:dave", "spread", "spread-readers") {
+        acl_everywhere(&cluster, &admin, &entry, true).await;
+    }
+    let dave = client_as(&cluster, &tokens["dave"]);
+    reads_led_elsewhere(&admin, &dave, "spread", "spread-readers").await;
 }
 
 /// No token: UNAUTHENTICATED, saying what is missing; a forged token too.

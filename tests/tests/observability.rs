@@ -4,7 +4,9 @@
 //!   15 records, the series are there with plausible values: 15 records in across the nodes
 //!   (only leaders count), at least 19 out, latency histograms by acks and read mode, no
 //!   partition without a leader, fsyncs and group commits counted, an election and a
-//!   leader, the group's lag of 11 records on its coordinator, the disk's free space;
+//!   leader, the group's lag of 11 records on its coordinator and its lag in seconds (the
+//!   age of its oldest unconsumed record, read from the coordinator's replica), the disk's
+//!   free space;
 //! - `promtool check metrics` accepts each node's output (Debian's `prometheus` package;
 //!   the test fails if promtool is missing, unless FJORD_SKIP_PROMTOOL=1), `promtool check
 //!   rules` accepts deploy/prometheus/alerts.yml, and every metric its rules name is served;
@@ -244,14 +246,16 @@ async fn every_node_serves_plausible_metrics_that_promtool_accepts() {
     // Gauges are read at scrape time: poll until the group's commit and every leader are in
     // the nodes' views.
     let lag_series = format!("fjord_consumer_group_lag_records{{group=\"{GROUP}\"}}");
+    let seconds_series = format!("fjord_consumer_group_lag_seconds{{group=\"{GROUP}\"}}");
     let scrapes = wait_for(
         "the group's lag and every partition's leader",
         DEADLINE,
         || {
             let scrapes = scrape_all(&ports);
             let lag = total(&scrapes, &lag_series);
+            let aged = scrapes.iter().any(|t| sample(t, &seconds_series).is_some());
             let leaderless = total(&scrapes, "fjord_partitions_leaderless");
-            std::future::ready((lag == 11.0 && leaderless == 0.0).then_some(scrapes))
+            std::future::ready((lag == 11.0 && aged && leaderless == 0.0).then_some(scrapes))
         },
     )
     .await;
@@ -303,9 +307,20 @@ async fn every_node_serves_plausible_metrics_that_promtool_accepts() {
         promtool_check(text);
     }
     alert_rules_check(&scrapes);
-    // Only the group's coordinator reports it.
-    let reporting = scrapes.iter().filter(|t| sample(t, &lag_series).is_some());
-    assert_eq!(reporting.count(), 1);
+    // Only the group's coordinator reports it, in records and in seconds (11 records left:
+    // the oldest one's age, never negative).
+    let reporting: Vec<&String> = scrapes
+        .iter()
+        .filter(|t| sample(t, &lag_series).is_some())
+        .collect();
+    assert_eq!(reporting.len(), 1);
+    let seconds = sample(reporting[0], &seconds_series);
+    assert!(seconds.is_some_and(|s| s >= 0.0), "{seconds:?}");
+    assert!(reporting[0].contains("# TYPE fjord_consumer_group_lag_seconds gauge"));
+    let aged = scrapes
+        .iter()
+        .filter(|t| sample(t, &seconds_series).is_some());
+    assert_eq!(aged.count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

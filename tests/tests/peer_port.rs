@@ -1,6 +1,7 @@
 //! The node-to-node service is served on the peer port only: a client that reaches a node's
-//! client port cannot call Append, Vote, MetaWrite or the boot check, and the cluster works
-//! with its traffic split over two ports.
+//! client port cannot call Append, Vote, MetaWrite, the boot check or ReadPartition (a
+//! coordinator's read of a partition, trusted as a peer's), and the cluster works with its
+//! traffic split over two ports.
 // Each test holds `serial()` (a std mutex) for its whole run on purpose: tests run on
 // separate threads and runtimes, and must not start clusters at the same time.
 #![allow(clippy::await_holding_lock)]
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use fjord_client::{FetchOptions, ProducerConfig, ProducerRecord};
 use fjord_proto::raft::raft_transport_client::RaftTransportClient;
-use fjord_proto::raft::{GroupMessage, IdentityRequest};
+use fjord_proto::raft::{GroupMessage, IdentityRequest, ReadPartitionRequest};
 use fjord_tests::{Cluster, serial};
 
 /// A transport client of `addr`, with a bound on each call.
@@ -53,6 +54,18 @@ async fn the_client_port_does_not_serve_the_node_to_node_service() {
             "CheckIdentity: {check:?}"
         );
 
+        let read = ReadPartitionRequest {
+            group_id: 1 << 32,
+            offset_for_time: Some(0),
+            record_time_at: Some(0),
+        };
+        let refused = c.read_partition(read).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::Unimplemented,
+            "ReadPartition: {refused:?}"
+        );
+
         // The peer port serves it (whatever it answers to an empty request, it is not
         // "unimplemented").
         let mut p = transport(&node.peer_addr).await;
@@ -62,6 +75,16 @@ async fn the_client_port_does_not_serve_the_node_to_node_service() {
             "the peer port of node {} answers the boot check: {answered:?}",
             node.id
         );
+        // A partition read of a group the node hosts no partition of: NOT_FOUND.
+        let unknown = p
+            .read_partition(ReadPartitionRequest {
+                group_id: u64::MAX,
+                offset_for_time: None,
+                record_time_at: Some(0),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
     }
 
     // The cluster works with its traffic split: produce and read back, every replica.

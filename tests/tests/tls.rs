@@ -2,7 +2,9 @@
 //! with rcgen): plaintext clients refused, clients trusting the CA served, client
 //! certificates required when asked for, a certificate replaced on disk served without a
 //! restart, and a client certificate (valid, from the CA, naming no peer) refused on the
-//! peer port.
+//! peer port. With authentication required and principals from client certificates only
+//! (`--tls-principal-rules`), a group's reset by time and its lag in time reach partitions
+//! led by another node than its coordinator (read there over the node-to-node service).
 // Each test holds `serial()` (a std mutex) for its whole run on purpose: tests run on
 // separate threads and runtimes, and must not start clusters at the same time.
 #![allow(clippy::await_holding_lock)]
@@ -11,11 +13,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fjord_client::{ClientConfig, ClientTls, FetchOptions, ProducerConfig, ProducerRecord};
+use fjord_client::security::{AclEntry, Operation, PatternType, Permission, ResourceType};
+use fjord_client::{Client, ClientConfig, ClientTls, FetchOptions, ProducerConfig, ProducerRecord};
 use fjord_proto::raft::IdentityRequest;
 use fjord_proto::raft::raft_transport_client::RaftTransportClient;
 use fjord_proto::v1::fjord_client::FjordClient;
 use fjord_tests::certs::{Issued, TestPki};
+use fjord_tests::group::reads_led_elsewhere;
+use fjord_tests::secure::SECURE_FLAGS;
 use fjord_tests::{Cluster, Timing, serial, wait_for};
 use rustls_pki_types::pem::PemObject;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
@@ -227,4 +232,64 @@ async fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
     }
     // The nodes reconnect to each other with it, and the cluster keeps working.
     produce_and_fetch(&t.cluster.client(), "renewed", 3).await;
+}
+
+/// The settings of a client trusting `pki`'s CA and presenting `who`'s certificate.
+fn presenting(pki: &TestPki, who: &Issued) -> ClientConfig {
+    let tls = ClientTls::from_files(&pki.ca(), Some(&who.cert), Some(&who.key)).unwrap();
+    ClientConfig {
+        tls: Some(tls),
+        ..ClientConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_known_by_its_certificate_sees_the_lag_of_partitions_led_elsewhere() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), "fjord test CA");
+    let node = pki.issue("node", "fjord-node", "fjord", &["127.0.0.1", "localhost"]);
+    let admin = pki.issue("admin", "admin", "acme", &["admin.example"]);
+    let dave = pki.issue("dave", "dave", "acme", &["dave.example"]);
+    // No tokens anywhere: `O=acme,CN=admin` is User:admin (the superuser), `O=acme,CN=dave`
+    // User:dave.
+    let mut flags = pki.serve_flags(&node, "required");
+    flags.extend(SECURE_FLAGS.iter().map(|f| f.to_string()));
+    flags.extend([
+        "--tls-principal-rules".into(),
+        "RULE:^O=acme,CN=([^,]+)$/$1/L,DEFAULT".into(),
+    ]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let cluster =
+        Cluster::start_with_client(3, Timing::FAST, &flags, presenting(&pki, &admin)).await;
+    let admin_client = cluster.client();
+    let mut entries = Vec::new();
+    for op in [Operation::Read, Operation::Describe] {
+        for (resource_type, name) in [
+            (ResourceType::Topic, "spread"),
+            (ResourceType::Group, "spread-readers"),
+        ] {
+            entries.push(AclEntry {
+                principal: "User:dave".into(),
+                resource_type,
+                pattern_type: PatternType::Literal,
+                resource_name: name.into(),
+                operation: op,
+                permission: Permission::Allow,
+            });
+        }
+    }
+    for e in &entries {
+        admin_client.add_acl(e).await.expect("add an ACL");
+    }
+    for addr in cluster.brokers() {
+        let at = Client::connect(vec![addr.clone()], presenting(&pki, &admin)).unwrap();
+        wait_for(&format!("dave's ACLs at {addr}"), DEADLINE, || async {
+            let listed = at.list_acls(Some("User:dave")).await.ok()?;
+            entries.iter().all(|e| listed.contains(e)).then_some(())
+        })
+        .await;
+    }
+    let dave_client = Client::connect(cluster.brokers(), presenting(&pki, &dave)).unwrap();
+    reads_led_elsewhere(&admin_client, &dave_client, "spread", "spread-readers").await;
 }

@@ -9,7 +9,8 @@ use fjord_meta::{MetaCommand, MetaResponse, NodeId};
 use fjord_raft::GroupRegistry;
 use fjord_raft::peer::wire::{
     ChangeVoterReply, ChangeVoterRequest, IdentityReply, IdentityRequest, NodeHeartbeat,
-    NodeHeartbeatReply, QuietGroup, RebuildReply, RebuildRequest,
+    NodeHeartbeatReply, PartitionRead, PartitionReadReply, QuietGroup, RebuildReply,
+    RebuildRequest,
 };
 use fjord_raft::peer::{DispatchError, PeerHandler, PeerPool, PeerServer, TcpConnector};
 use tonic::{Code, Status};
@@ -96,6 +97,20 @@ impl PeerHandler for Echo {
         )))
     }
 
+    async fn read_partition(&self, req: PartitionRead) -> Result<PartitionReadReply, TestError> {
+        if req.group_id != 5 {
+            return Err(TestError::Dispatch(DispatchError::UnknownGroup(
+                req.group_id,
+            )));
+        }
+        Ok(PartitionReadReply {
+            high_watermark: 10,
+            offset: req.offset_for_time.map(|t| t as u64),
+            timestamp_ms: req.record_time_at.map(|o| o as i64 * 100),
+            log_start_offset: 2,
+        })
+    }
+
     fn heartbeat(&self, req: NodeHeartbeat) -> Result<NodeHeartbeatReply, TestError> {
         Ok(NodeHeartbeatReply {
             from: 9,
@@ -169,6 +184,27 @@ async fn every_rpc_reaches_the_handler_typed_and_its_errors_keep_their_codes() {
     let e = peer.rebuild(rebuild, TTL).await.unwrap_err();
     assert_eq!(e.code(), Some(Code::FailedPrecondition));
     assert_eq!(e.message(), "node 3 would take a majority with it");
+
+    let read = PartitionRead {
+        group_id: 5,
+        offset_for_time: None,
+        record_time_at: Some(3),
+    };
+    assert_eq!(
+        peer.read_partition(read, TTL).await.unwrap(),
+        PartitionReadReply {
+            high_watermark: 10,
+            offset: None,
+            timestamp_ms: Some(300),
+            log_start_offset: 2,
+        }
+    );
+    let elsewhere = PartitionRead {
+        group_id: 6,
+        ..read
+    };
+    let e = peer.read_partition(elsewhere, TTL).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::NotFound), "{e}");
 
     let beat = NodeHeartbeat {
         from: 1,

@@ -47,8 +47,8 @@ use fjord_groups::{
     Committed, Context, Group, GroupError, GroupRecord, MemberState, TopicsView, Tp,
 };
 use fjord_meta::{GroupId, MetaCommand, MetaResponse, Topic, group_id};
+use fjord_proto::batch;
 use fjord_proto::v1::Record;
-use fjord_proto::{batch, v1::FetchRequest};
 use fjord_raft::{PartitionHandle, StoredBatch};
 use fjord_storage::partition::Outcome;
 use tokio::sync::{mpsc, oneshot};
@@ -367,7 +367,16 @@ struct Runner {
 /// by time moves to.
 struct Lookups {
     hws: BTreeMap<Tp, u64>,
-    times: BTreeMap<Tp, u64>,
+    resets: BTreeMap<Tp, Looked>,
+}
+
+/// What a reset looked up of one partition.
+#[derive(Debug, Clone, Copy, Default)]
+struct Looked {
+    /// The first offset at or after the reset's time.
+    at_time: Option<u64>,
+    /// The leader's `(log start, high watermark)`, when another node was asked.
+    remote: Option<(u64, u64)>,
 }
 
 impl Runner {
@@ -567,7 +576,7 @@ impl Runner {
             }
             let held = self.groups_held() + scratch.values().filter(|g| g.is_some()).count();
             let group = scratch.get(&name).and_then(|g| g.as_ref());
-            let times = match self.time_offsets(&job.op, group, &topics).await {
+            let resets = match self.reset_lookups(&job.op, group, &topics).await {
                 Ok(t) => t,
                 Err(e) => {
                     answers.push((job, Err(e)));
@@ -576,7 +585,7 @@ impl Runner {
             };
             let lookups = Lookups {
                 hws: self.high_watermarks(&job.op, &topics).await,
-                times,
+                resets,
             };
             let decided = self.decide(&job.op, group, &topics, now_ms, held, &lookups);
             let result = match decided {
@@ -733,7 +742,7 @@ impl Runner {
         let leads = local.as_ref().is_some_and(|h| h.is_leader());
         if offset > best
             && !leads
-            && let Some(remote) = self.remote_hw(tp, offset, topics).await
+            && let Some(remote) = self.remote_hw(tp, topics).await
         {
             best = best.max(remote);
         }
@@ -741,8 +750,11 @@ impl Runner {
         Some(best)
     }
 
-    /// Asks the partition's leader (a CP fetch at `offset`: refused past the high watermark).
-    async fn remote_hw(&self, tp: Tp, offset: u64, topics: &TopicsView) -> Option<u64> {
+    /// Asks the partition's leader, another node, for its high watermark over the
+    /// node-to-node service ([`crate::partition_read`]: the peer port, this node's identity;
+    /// the committer's rights were checked before the commit reached the runner). Any
+    /// replica's high watermark is committed, so it never lets an offset past the end.
+    async fn remote_hw(&self, tp: Tp, topics: &TopicsView) -> Option<u64> {
         let name = topics.name_of(tp.topic)?.to_string();
         let view = self.node.view();
         let leader = view
@@ -751,22 +763,17 @@ impl Runner {
             .partitions
             .get(tp.partition as usize)?
             .leader?;
-        let addr = self.node.client_address_of(leader)?;
-        let channel = self.node.channel(&addr).ok()?;
-        let mut client = fjord_proto::v1::fjord_client::FjordClient::new(channel);
-        let mut req = tonic::Request::new(FetchRequest {
+        let req = fjord_raft::peer::wire::PartitionRead {
+            group_id: group_id(tp.topic, tp.partition),
+            offset_for_time: None,
+            record_time_at: None,
+        };
+        let of = crate::error::Subject::Partition {
             topic: name,
             partition: tp.partition,
-            offset,
-            max_bytes: 1,
-            max_wait_ms: 0,
-            read: fjord_proto::v1::ReadMode::ReadCp as i32,
-        });
-        req.set_timeout(Duration::from_secs(2));
-        match client.fetch(req).await {
-            Ok(r) => Some(r.into_inner().high_watermark),
-            Err(_) => None,
-        }
+        };
+        let r = crate::partition_read::ask(&self.node, leader, of, req).await;
+        r.ok().map(|r| r.high_watermark)
     }
 
     fn decide(
@@ -814,7 +821,7 @@ impl Runner {
                 within,
             } => {
                 let tps =
-                    self.reset_partitions(group, *topic, within.as_ref(), topics, &lookups.times);
+                    self.reset_partitions(group, *topic, within.as_ref(), topics, &lookups.resets);
                 let d = offsets::reset(group, name, *to, &tps, now_ms, held)?;
                 (Answer::Reset(d.answer), d.records)
             }
@@ -876,71 +883,77 @@ impl Runner {
             .collect()
     }
 
+    /// Each partition a reset moves, with its bounds: the leader's when it was asked (another
+    /// node leads it and this node holds no replica, or a reset by time), else this node's
+    /// replica's; the high watermark at least the one this coordinator knows.
     fn reset_partitions(
         &self,
         group: Option<&Group>,
         topic: Option<fjord_groups::TopicId>,
         within: Option<&BTreeSet<fjord_groups::TopicId>>,
         topics: &TopicsView,
-        times: &BTreeMap<Tp, u64>,
+        looked: &BTreeMap<Tp, Looked>,
     ) -> Vec<(Tp, Bounds)> {
         Self::reset_tps(group, topic, within, topics)
             .into_iter()
             .map(|tp| {
+                let l = looked.get(&tp).copied().unwrap_or_default();
                 let local = self
                     .node
                     .partition(group_id(tp.topic, tp.partition))
-                    .map(|h| h.shared().bounds());
-                let hw = local
-                    .map_or(0, |b| b.next_offset)
-                    .max(self.hw.get(&tp).copied().unwrap_or(0));
+                    .map(|h| h.shared().bounds())
+                    .map(|b| (b.log_start_offset, b.next_offset));
+                let (log_start, hw) = l.remote.or(local).unwrap_or((0, 0));
+                let hw = hw.max(self.hw.get(&tp).copied().unwrap_or(0));
                 let bounds = Bounds {
-                    log_start: local.map_or(0, |b| b.log_start_offset).min(hw),
+                    log_start: log_start.min(hw),
                     high_watermark: hw,
-                    at_time: times.get(&tp).copied(),
+                    at_time: l.at_time,
                 };
                 (tp, bounds)
             })
             .collect()
     }
 
-    /// For a reset by time: each partition's first offset at or after the time (absent: no
-    /// record that recent), as its leader finds it: this node's replica when it leads, else
-    /// the leader asked (ListOffsets, CP, 2 s). A partition whose leader cannot answer fails
+    /// What a reset needs of each partition it moves that this node cannot tell alone: for a
+    /// reset by time, the first offset at or after the time (absent: no record that recent),
+    /// as its leader finds it after a ReadIndex (this node's replica when it leads); for a
+    /// partition this node holds no replica of, its leader's bounds. Another node is asked
+    /// over the peer port (`ReadPartition`, 2 s). A partition whose leader cannot answer fails
     /// the reset (a follower's replica may lag: it could move the offset past records).
-    async fn time_offsets(
+    async fn reset_lookups(
         &self,
         op: &Op,
         group: Option<&Group>,
         topics: &TopicsView,
-    ) -> Result<BTreeMap<Tp, u64>, ApiError> {
+    ) -> Result<BTreeMap<Tp, Looked>, ApiError> {
         let Op::Reset {
-            to: fjord_groups::offsets::ResetTo::Time(ts),
-            topic,
-            within,
-            ..
+            to, topic, within, ..
         } = op
         else {
             return Ok(BTreeMap::new());
         };
+        let ts = match to {
+            ResetTo::Time(ts) => Some(*ts),
+            _ => None,
+        };
         let mut out = BTreeMap::new();
         for tp in Self::reset_tps(group, *topic, within.as_ref(), topics) {
-            let local = self
-                .node
-                .partition(group_id(tp.topic, tp.partition))
-                .filter(|h| h.is_leader());
-            let found = match local {
-                Some(h) => {
+            let local = self.node.partition(group_id(tp.topic, tp.partition));
+            let looked = match (local, ts) {
+                (Some(h), Some(ts)) if h.is_leader() => {
                     h.linearizable_read()
                         .await
                         .map_err(|e| self.lookup_failed(tp, topics, e.to_string()))?;
-                    crate::data::local_offset_for_time(&self.node, &h, *ts).await?
+                    Looked {
+                        at_time: crate::data::local_offset_for_time(&self.node, &h, ts).await?,
+                        remote: None,
+                    }
                 }
-                None => self.remote_time_offset(tp, *ts, topics).await?,
+                (Some(_), None) => Looked::default(),
+                (_, ts) => self.remote_lookup(tp, ts, topics).await?,
             };
-            if let Some(o) = found {
-                out.insert(tp, o);
-            }
+            out.insert(tp, looked);
         }
         Ok(out)
     }
@@ -956,12 +969,16 @@ impl Runner {
         )
     }
 
-    async fn remote_time_offset(
+    /// Asks `tp`'s leader, another node, for its bounds and (`ts`) the first offset at or
+    /// after a time, over the node-to-node service ([`crate::partition_read`]: the peer port,
+    /// this node's identity). The requester's rights on the topic were checked before the
+    /// reset reached the runner.
+    async fn remote_lookup(
         &self,
         tp: Tp,
-        ts: i64,
+        ts: Option<i64>,
         topics: &TopicsView,
-    ) -> Result<Option<u64>, ApiError> {
+    ) -> Result<Looked, ApiError> {
         let fail = |why: &str| self.lookup_failed(tp, topics, why.to_string());
         let name = topics
             .name_of(tp.topic)
@@ -973,26 +990,20 @@ impl Runner {
             .and_then(|t| t.partitions.get(tp.partition as usize))
             .and_then(|p| p.leader)
             .ok_or_else(|| fail("no leader known"))?;
-        let addr = self
-            .node
-            .client_address_of(leader)
-            .ok_or_else(|| fail("the leader's address is not known"))?;
-        let channel = self.node.channel(&addr).map_err(|e| fail(&e.to_string()))?;
-        let mut client = fjord_proto::v1::fjord_client::FjordClient::new(channel);
-        let mut req = tonic::Request::new(fjord_proto::v1::ListOffsetsRequest {
+        let req = fjord_raft::peer::wire::PartitionRead {
+            group_id: group_id(tp.topic, tp.partition),
+            offset_for_time: ts,
+            record_time_at: None,
+        };
+        let of = crate::error::Subject::Partition {
             topic: name.to_string(),
             partition: tp.partition,
-            query: fjord_proto::v1::OffsetQuery::OffsetByTime as i32,
-            timestamp_ms: ts,
-            read: fjord_proto::v1::ReadMode::ReadCp as i32,
-        });
-        req.set_timeout(Duration::from_secs(2));
-        let r = client
-            .list_offsets(req)
-            .await
-            .map_err(|s| fail(&format!("ListOffsets at node {leader}: {}", s.message())))?
-            .into_inner();
-        Ok(r.found.then_some(r.offset))
+        };
+        let r = crate::partition_read::ask(&self.node, leader, of, req).await?;
+        Ok(Looked {
+            at_time: r.offset,
+            remote: Some((r.log_start_offset, r.high_watermark)),
+        })
     }
 
     /// Writes `records` to the partition, in batches of at most [`MAX_RECORDS_PER_BATCH`].

@@ -30,7 +30,7 @@ pub const MAX_BATCH_RECORDS: usize = 100_000;
 pub const MAX_FETCH_BATCHES: usize = 1024;
 /// How long a fetch waits for this node's own write of batches already below the high
 /// watermark (see `fetch`), at most.
-const STORED_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const STORED_WAIT: Duration = Duration::from_secs(2);
 
 fn find_topic(node: &Node, name: &str) -> Result<Topic, ApiError> {
     node.view()

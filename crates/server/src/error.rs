@@ -92,6 +92,9 @@ pub enum NoLeaderCause {
     /// A metadata write forwarded to the leader got no answer in time.
     #[error(" (forward timed out)")]
     ForwardTimedOut,
+    /// A peer's read of this node's replica (`ReadPartition`) did not finish in time.
+    #[error(": the read did not finish within {within:?}")]
+    ReadTimedOut { within: Duration },
     /// A metadata write forwarded to the leader failed there.
     #[error(" (forward: {message})")]
     ForwardFailed { message: String },
@@ -360,7 +363,8 @@ pub enum ApiError {
         #[source]
         source: GroupError,
     },
-    /// A controller's leader move for a group that is no partition hosted here.
+    /// A peer's request about a partition (a controller's leader move, a partition read) for
+    /// a group that is no partition hosted here.
     #[error("group {0} is not a partition hosted here")]
     NotAPartition(u64),
     /// A message to a peer could not be encoded (a bug).

@@ -56,6 +56,7 @@ pub mod meta_gate;
 pub mod metrics;
 pub mod metrics_http;
 pub mod node;
+pub mod partition_read;
 pub mod peer;
 pub mod principal_rules;
 pub mod probes;

@@ -8,7 +8,8 @@
 //! - **Computed at scrape time** from state the node keeps anyway ([`Snapshot::take`]):
 //!   partitions without a leader, under-replicated, quiet and hibernated; Raft commit lag;
 //!   the storage writer's fsync and batch histograms ([`fjord_storage::stats`]); election
-//!   counters ([`fjord_raft::quiesce::Transitions`]); consumer group lag; disk space.
+//!   counters ([`fjord_raft::quiesce::Transitions`]); consumer group lag in records and in
+//!   seconds (one bounded read of this node's store per lagging partition); disk space.
 //!
 //! Names start with `fjord_`, are in base units (seconds, bytes) and end in `_total`,
 //! `_seconds` or `_bytes` where that applies; labels are few and bounded (a consumer group
@@ -39,6 +40,10 @@ use crate::wire::{Acks, ReadMode};
 pub const MAX_GROUP_LAG_SERIES: usize = 1_000;
 /// The `group` label of the lag of the groups past [`MAX_GROUP_LAG_SERIES`].
 pub const OTHER_GROUPS: &str = "__other";
+/// Partitions whose oldest unconsumed record one scrape reads, at most, for the lag in
+/// seconds (each read is one batch of this node's store; the partitions past it are left
+/// out of that scrape's lag in seconds).
+pub const MAX_LAG_READS_PER_SCRAPE: usize = 256;
 /// A follower whose log is more than this many entries behind its leader's makes the
 /// partition under-replicated (as does a follower that is missing, a learner, or suspected).
 pub const UNDER_REPLICATED_LAG_ENTRIES: u64 = 1_000;
@@ -273,8 +278,8 @@ pub struct Snapshot {
     commit_batch: Option<HistogramSnapshot>,
     elections: u64,
     leader_changes: u64,
-    /// Lag in records by consumer group, for the groups this node coordinates.
-    group_lag: Vec<(String, u64)>,
+    /// Lag by consumer group, for the groups this node coordinates.
+    group_lag: Vec<(String, GroupLag)>,
     disk_available: Option<u64>,
     disk_min_free: u64,
     disk_refusing: bool,
@@ -370,12 +375,45 @@ impl Snapshot {
     }
 }
 
-/// The lag in records of each consumer group this node coordinates (it leads the group's
-/// partition of the groups' topic): for each committed offset, the high watermark of this
-/// node's replica of the partition less the offset (partitions this node holds no replica of
-/// are left out: reading them would take a request to another node per scrape). Sorted by
-/// group; past [`MAX_GROUP_LAG_SERIES`] groups, the rest are summed as [`OTHER_GROUPS`].
-fn group_lag(node: &Node) -> Vec<(String, u64)> {
+/// One consumer group's lag as a scrape sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GroupLag {
+    /// Records behind, summed over its partitions.
+    pub records: u64,
+    /// The age of its oldest unconsumed record, in seconds: the largest over the partitions
+    /// read (0 for one with nothing to consume); `None` when none was read.
+    pub seconds: Option<f64>,
+}
+
+impl GroupLag {
+    /// Adds one partition's lag: `records` behind, its oldest unconsumed record `age_ms` old
+    /// (`None`: not read).
+    pub fn add(&mut self, records: u64, age_ms: Option<i64>) {
+        self.records = self.records.saturating_add(records);
+        if let Some(ms) = age_ms {
+            let s = ms.max(0) as f64 / 1000.0;
+            self.seconds = Some(self.seconds.map_or(s, |m| m.max(s)));
+        }
+    }
+
+    /// Folds another group's lag in (the series of the groups past the limit): records
+    /// summed, the oldest record's age the larger.
+    pub fn merge(&mut self, other: GroupLag) {
+        self.records = self.records.saturating_add(other.records);
+        if let Some(s) = other.seconds {
+            self.seconds = Some(self.seconds.map_or(s, |m| m.max(s)));
+        }
+    }
+}
+
+/// The lag of each consumer group this node coordinates (it leads the group's partition of
+/// the groups' topic), for each committed offset of a partition this node holds a replica
+/// of (the others are left out: reading them would take a request to another node per
+/// scrape): in records, that replica's high watermark less the offset; in seconds, the age
+/// of the record at the offset, read from that replica's store (no wait, no network), at
+/// most [`MAX_LAG_READS_PER_SCRAPE`] reads per scrape. Sorted by group; past
+/// [`MAX_GROUP_LAG_SERIES`] groups, the rest are folded into [`OTHER_GROUPS`].
+fn group_lag(node: &Node) -> Vec<(String, GroupLag)> {
     /// A group's committed offsets: `(topic id, partition, offset)`.
     type CommittedOffsets = Vec<(u32, u32, u64)>;
     let meta = node.view();
@@ -402,20 +440,33 @@ fn group_lag(node: &Node) -> Vec<(String, u64)> {
         });
     }
     committed.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut out: Vec<(String, u64)> = Vec::new();
-    let mut other = None;
+    let now_ms = node.now_ms();
+    let mut reads_left = MAX_LAG_READS_PER_SCRAPE;
+    let mut out: Vec<(String, GroupLag)> = Vec::new();
+    let mut other: Option<GroupLag> = None;
     for (i, (name, offsets)) in committed.into_iter().enumerate() {
-        let lag: u64 = offsets
-            .iter()
-            .filter_map(|(t, p, offset)| {
-                let h = node.partition(fjord_meta::group_id(*t, *p))?;
-                Some(h.shared().high_watermark().saturating_sub(*offset))
-            })
-            .sum();
+        let mut lag = GroupLag::default();
+        for (t, p, offset) in offsets {
+            let Some(h) = node.partition(fjord_meta::group_id(t, p)) else {
+                continue;
+            };
+            let records = h.shared().high_watermark().saturating_sub(offset);
+            let age_ms = if records == 0 {
+                Some(0)
+            } else if reads_left > 0 {
+                reads_left -= 1;
+                crate::lag::read_replica(node, &h, offset)
+                    .ok()
+                    .and_then(|probe| crate::lag::lag_ms(records, probe.oldest_ms, now_ms))
+            } else {
+                None
+            };
+            lag.add(records, age_ms);
+        }
         if i < MAX_GROUP_LAG_SERIES {
             out.push((name, lag));
         } else {
-            *other.get_or_insert(0u64) += lag;
+            other.get_or_insert_with(GroupLag::default).merge(lag);
         }
     }
     if let Some(lag) = other {
@@ -593,7 +644,30 @@ impl Collector for Snapshot {
                 let labels = GroupLabel {
                     group: group.clone(),
                 };
-                ConstGauge::new(saturating_i64(*lag)).encode(family.encode_family(&labels)?)?;
+                ConstGauge::new(saturating_i64(lag.records))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        if self.group_lag.iter().any(|(_, l)| l.seconds.is_some()) {
+            let mut family = e.encode_descriptor(
+                "fjord_consumer_group_lag_seconds",
+                &format!(
+                    "Age of the oldest record a consumer group has not consumed (0 when \
+                     nothing is left), the largest over its committed partitions, for the \
+                     groups this node coordinates. Only partitions with a replica on this \
+                     node are read, at most {MAX_LAG_READS_PER_SCRAPE} per scrape."
+                ),
+                None,
+                MetricType::Gauge,
+            )?;
+            for (group, lag) in &self.group_lag {
+                let Some(seconds) = lag.seconds else {
+                    continue;
+                };
+                let labels = GroupLabel {
+                    group: group.clone(),
+                };
+                ConstGauge::new(seconds).encode(family.encode_family(&labels)?)?;
             }
         }
         Ok(())
@@ -666,6 +740,71 @@ mod tests {
             "# HELP fjord_x_total Things.\n# TYPE fjord_x_total counter\nfjord_x_total 3\n\
              # HELP fjord_y_seconds Time.\n# TYPE fjord_y_seconds histogram\n\
              fjord_y_seconds_sum 1.0\n"
+        );
+    }
+
+    #[test]
+    fn a_group_s_lag_in_seconds_is_its_oldest_partition_s_and_unread_ones_are_left_out() {
+        let mut g = GroupLag::default();
+        g.add(0, Some(0));
+        g.add(5, Some(2_500));
+        g.add(3, None);
+        g.add(1, Some(-7));
+        assert_eq!(
+            g,
+            GroupLag {
+                records: 9,
+                seconds: Some(2.5)
+            }
+        );
+        let mut unread = GroupLag::default();
+        unread.add(4, None);
+        assert_eq!(unread.seconds, None);
+        let mut other = unread;
+        other.merge(g);
+        assert_eq!(
+            other,
+            GroupLag {
+                records: 13,
+                seconds: Some(2.5)
+            }
+        );
+    }
+
+    #[test]
+    fn the_lag_families_render_and_a_group_without_a_read_has_no_seconds() {
+        let read = GroupLag {
+            records: 3,
+            seconds: Some(1.5),
+        };
+        let unread = GroupLag {
+            records: 2,
+            seconds: None,
+        };
+        let snapshot = Snapshot {
+            group_lag: vec![("a".into(), read), ("b".into(), unread)],
+            ..Default::default()
+        };
+        let mut scraped = Registry::default();
+        scraped.register_collector(Box::new(snapshot));
+        let mut om = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut om, &scraped).unwrap();
+        let text = to_prometheus_text(&om);
+        assert!(
+            text.contains("fjord_consumer_group_lag_records{group=\"b\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE fjord_consumer_group_lag_seconds gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fjord_consumer_group_lag_seconds{group=\"a\"} 1.5"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("fjord_consumer_group_lag_seconds{group=\"b\"}"),
+            "{text}"
         );
     }
 

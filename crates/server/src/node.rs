@@ -471,16 +471,6 @@ impl Node {
         &self.coordinator
     }
 
-    /// A channel to the node at `addr` (the pool's shared connection), for the client API's
-    /// own calls between nodes (a coordinator asking a partition's leader for its high
-    /// watermark).
-    pub fn channel(
-        &self,
-        addr: &str,
-    ) -> Result<tonic::transport::Channel, fjord_raft::peer::ConnectError> {
-        self.pool.channel(addr)
-    }
-
     /// Partitions of the consumer groups' topic when this node creates it.
     pub fn group_partitions(&self) -> u32 {
         self.group_partitions
@@ -543,7 +533,8 @@ impl Node {
     }
 
     /// The client address of `node`, as registered in the metadata (its `--advertise`):
-    /// where clients are sent (leader hints), and where this node calls another's client API.
+    /// where clients are sent (leader and coordinator hints). Nodes never call each other's
+    /// client API (see [`crate::partition_read`]).
     pub fn client_address_of(&self, node: NodeId) -> Option<String> {
         self.view()
             .state

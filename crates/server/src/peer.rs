@@ -1,7 +1,8 @@
 //! What this node does with its peers' requests: the [`PeerHandler`] of the node-to-node
 //! service ([`fjord_raft::peer`] decodes, encodes and delivers Raft messages to the groups).
 //! Forwarded metadata writes, the controller's leader moves, the changes of a `--rebuild`,
-//! the boot check's questions and the node-level heartbeat. Its errors are [`ApiError`]s,
+//! the boot check's questions, a coordinator's reads of a partition led here
+//! ([`crate::partition_read`]) and the node-level heartbeat. Its errors are [`ApiError`]s,
 //! coded in [`crate::error`] like the client-facing service's.
 
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use fjord_raft::GroupRegistry;
 use fjord_raft::peer::PeerHandler;
 use fjord_raft::peer::wire::{
     ChangeVoterReply, ChangeVoterRequest, IdentityReply, IdentityRequest, NodeHeartbeat,
-    NodeHeartbeatReply, RebuildReply, RebuildRequest,
+    NodeHeartbeatReply, PartitionRead, PartitionReadReply, RebuildReply, RebuildRequest,
 };
 
 use crate::error::ApiError;
@@ -82,6 +83,10 @@ impl PeerHandler for PeerService {
     async fn rebuild(&self, req: RebuildRequest) -> Result<RebuildReply, ApiError> {
         let learner_groups = crate::rebuild::take_back(self.node()?, req).await?;
         Ok(RebuildReply { learner_groups })
+    }
+
+    async fn read_partition(&self, req: PartitionRead) -> Result<PartitionReadReply, ApiError> {
+        crate::partition_read::answer(self.node()?, req).await
     }
 
     fn heartbeat(&self, req: NodeHeartbeat) -> Result<NodeHeartbeatReply, ApiError> {

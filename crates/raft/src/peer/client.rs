@@ -13,9 +13,9 @@ use tonic::transport::Channel;
 use super::pool::{ConnectError, Lane, PeerPool};
 use super::wire::{
     self, AppendRequest, AppendResponse, ChangeVoterReply, ChangeVoterRequest, DecodeError,
-    EncodeError, IdentityReply, IdentityRequest, NodeHeartbeat, NodeHeartbeatReply, RebuildReply,
-    RebuildRequest, RemoteError, Snapshot, SnapshotReply, TransferLeader, TransferLeaderReply,
-    Vote, VoteReply,
+    EncodeError, IdentityReply, IdentityRequest, NodeHeartbeat, NodeHeartbeatReply, PartitionRead,
+    PartitionReadReply, RebuildReply, RebuildRequest, RemoteError, Snapshot, SnapshotReply,
+    TransferLeader, TransferLeaderReply, Vote, VoteReply,
 };
 use crate::{NodeId, TypeConfig};
 
@@ -356,6 +356,20 @@ impl<'p> PeerClient<'p> {
     ) -> Result<RebuildReply, PeerError> {
         self.call("Rebuild", ttl, |mut c| async move {
             c.rebuild(fjord_proto::raft::RebuildRequest::from(req))
+                .await
+        })
+        .await
+        .map(Into::into)
+    }
+
+    /// Reads the peer's replica of a partition, for a client request this node authorized.
+    pub async fn read_partition(
+        &self,
+        req: PartitionRead,
+        ttl: Duration,
+    ) -> Result<PartitionReadReply, PeerError> {
+        self.call("ReadPartition", ttl, |mut c| async move {
+            c.read_partition(fjord_proto::raft::ReadPartitionRequest::from(req))
                 .await
         })
         .await

@@ -11,6 +11,7 @@
 //! | `ChangeVoter` | "make this node a learner / a voter again" of a group | a `--rebuild` (the metadata leader, then the rebuilt node) |
 //! | `CheckIdentity` | "what do you know of my data directory?", or "I start as this generation" | a starting node's boot check |
 //! | `Rebuild` | "take me back as a learner" | a node started with `--rebuild` |
+//! | `ReadPartition` | "read your replica of this partition": a reset by time's offset (after a ReadIndex), a record's timestamp (lag in time), the high watermark (a commit) | a group coordinator, for a client request it authorized, when another node leads the partition |
 //! | `Heartbeat` | node-level liveness, and the claims of quiet groups | [`crate::liveness`], every interval, to every peer |
 //!
 //! # Layout

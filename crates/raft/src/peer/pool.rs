@@ -136,12 +136,6 @@ impl PeerPool {
         Ok(c)
     }
 
-    /// The connection every group shares to `addr`, for a call of the client API between
-    /// nodes (a group coordinator asking a partition's leader for its high watermark).
-    pub fn channel(&self, addr: &str) -> Result<Channel, ConnectError> {
-        self.cached(&self.channels, addr)
-    }
-
     /// A client of the peer at `addr`, on the connection every group shares.
     pub fn peer(&self, addr: &str) -> PeerClient<'_> {
         PeerClient::new(self, addr, Lane::Groups)

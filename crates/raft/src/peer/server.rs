@@ -17,8 +17,8 @@ use super::MAX_RAFT_MESSAGE_BYTES;
 use super::deliver;
 use super::wire::{
     self, ChangeVoterReply, ChangeVoterRequest, DecodeError, EncodeError, IdentityReply,
-    IdentityRequest, NodeHeartbeat, NodeHeartbeatReply, RaftRequest, RebuildReply, RebuildRequest,
-    RpcKind,
+    IdentityRequest, NodeHeartbeat, NodeHeartbeatReply, PartitionRead, PartitionReadReply,
+    RaftRequest, RebuildReply, RebuildRequest, RpcKind,
 };
 use crate::group::GroupRegistry;
 use crate::handle::GroupError;
@@ -94,6 +94,13 @@ pub trait PeerHandler: Send + Sync + 'static {
         &self,
         req: RebuildRequest,
     ) -> impl Future<Output = Result<RebuildReply, Self::Error>> + Send;
+
+    /// A read of this node's replica of a partition, for a client request the asking node
+    /// authorized itself (this service trusts its peers).
+    fn read_partition(
+        &self,
+        req: PartitionRead,
+    ) -> impl Future<Output = Result<PartitionReadReply, Self::Error>> + Send;
 
     /// A peer's node-level heartbeat.
     fn heartbeat(&self, req: NodeHeartbeat) -> Result<NodeHeartbeatReply, Self::Error>;
@@ -281,6 +288,14 @@ impl<H: PeerHandler> RaftTransport for PeerServer<H> {
         req: Request<pb::RebuildRequest>,
     ) -> Result<Response<pb::RebuildReply>, Status> {
         let reply = self.handler.rebuild(req.into_inner().into()).await;
+        Ok(Response::new(reply.map_err(status::<H>)?.into()))
+    }
+
+    async fn read_partition(
+        &self,
+        req: Request<pb::ReadPartitionRequest>,
+    ) -> Result<Response<pb::ReadPartitionReply>, Status> {
+        let reply = self.handler.read_partition(req.into_inner().into()).await;
         Ok(Response::new(reply.map_err(status::<H>)?.into()))
     }
 

@@ -4,7 +4,7 @@
 //! - **Group messages** (Raft messages, forwarded metadata writes, leader moves) travel as a
 //!   `GroupMessage`: the group id and a postcard payload of fjord's or openraft's own types.
 //!   A Raft answer is a [`WireResult`]: openraft's response, or the text of its error.
-//! - **Node messages** (identity, rebuild, change voter, heartbeat) have their own protobuf
+//! - **Node messages** (identity, rebuild, change voter, partition read, heartbeat) have their own protobuf
 //!   messages in `proto/raft.proto`; the types here mirror them field for field, and the
 //!   `From` conversions below are the only place the generated types are read or built.
 //!
@@ -256,6 +256,33 @@ pub struct ChangeVoterReply {
     pub detail: String,
 }
 
+/// `ReadPartition`: a read of the receiver's replica of a partition, for a client request
+/// the asking node authorized itself. Each part is answered when asked (see
+/// `proto/raft.proto`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionRead {
+    /// The partition's Raft group.
+    pub group_id: u64,
+    /// The first offset whose record's timestamp is at least this (ms), after a ReadIndex:
+    /// the receiver must lead.
+    pub offset_for_time: Option<i64>,
+    /// The timestamp of the record at this offset, in the replica as it is.
+    pub record_time_at: Option<u64>,
+}
+
+/// `ReadPartition`'s answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionReadReply {
+    /// The replica's high watermark.
+    pub high_watermark: u64,
+    /// For `offset_for_time`: the offset found (`None`: no record that recent).
+    pub offset: Option<u64>,
+    /// For `record_time_at`: the record's timestamp (`None`: not there, or not stored yet).
+    pub timestamp_ms: Option<i64>,
+    /// The replica's log start offset.
+    pub log_start_offset: u64,
+}
+
 /// A node's heartbeat to a peer (see `proto/raft.proto` and [`crate::liveness`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeHeartbeat {
@@ -321,6 +348,13 @@ mirror!(RebuildReply <=> RebuildReply { learner_groups });
 mirror!(ChangeVoterRequest <=> ChangeVoterRequest { group_id, node, promote });
 mirror!(ChangeVoterReply <=> ChangeVoterReply { done, detail });
 mirror!(QuietGroup <=> QuietGroup { group_id, term, last_index });
+mirror!(PartitionRead <=> ReadPartitionRequest { group_id, offset_for_time, record_time_at });
+mirror!(PartitionReadReply <=> ReadPartitionReply {
+    high_watermark,
+    offset,
+    timestamp_ms,
+    log_start_offset,
+});
 
 impl From<NodeHeartbeat> for pb::NodeHeartbeat {
     fn from(m: NodeHeartbeat) -> Self {
@@ -386,6 +420,25 @@ mod tests {
         assert_eq!(
             RebuildRequest::from(pb::RebuildRequest::from(rebuild.clone())),
             rebuild
+        );
+        let read = PartitionRead {
+            group_id: 5 << 32 | 2,
+            offset_for_time: Some(-1),
+            record_time_at: None,
+        };
+        assert_eq!(
+            PartitionRead::from(pb::ReadPartitionRequest::from(read)),
+            read
+        );
+        let reply = PartitionReadReply {
+            high_watermark: 9,
+            offset: None,
+            timestamp_ms: Some(1_700_000_000_000),
+            log_start_offset: 4,
+        };
+        assert_eq!(
+            PartitionReadReply::from(pb::ReadPartitionReply::from(reply)),
+            reply
         );
     }
 
