@@ -17,6 +17,9 @@
 #   fjord latency       --acks cp --record-size 100  --records FJ_RECORDS_LAT --one-at-a-time
 #                       --linger-ms 0 (the default 5 ms linger would add 5 ms to every record)
 #   fjord consume-1k    --read cp, the produce-1k topic from the beginning
+#   fjord produce-1k-p1, produce-100-p1, latency-p1: the three produce cases again into a topic
+#                       of ONE partition, against the peer's one stream (the cases above use
+#                       FJ_PARTITIONS, default 3, each its own Raft group; set P1=0 to skip)
 # Every fjord run is bounded by --duration-max-secs MAX_SECS, every peer phase by MAX_SECS.
 #
 # Output: one JSON line per run in $BENCH_BASE/results-<time>.jsonl: system, round, case, the
@@ -33,6 +36,7 @@ FJ_RECORDS_100="${FJ_RECORDS_100:-200000}"
 FJ_RECORDS_LAT="${FJ_RECORDS_LAT:-3000}"
 FJ_PRODUCERS="${FJ_PRODUCERS:-2}"
 FJ_PARTITIONS="${FJ_PARTITIONS:-3}"
+P1="${P1:-1}"
 (( ROUNDS >= 1 && ROUNDS <= 10 )) || die "ROUNDS must be 1..10"
 
 cleanup() {
@@ -97,6 +101,21 @@ for round in $(seq 1 "$ROUNDS"); do
   measure "$servers" -- "$HERE/fjord.sh" bench consume --topic "bench-r$round-1k" --read cp \
     --records "$FJ_RECORDS_1K" --duration-max-secs "$MAX_SECS" > "$BENCH_BASE/last.cpu"
   record fjord "$round" consume-1k
+  if [[ "$P1" == 1 ]]; then
+    one=(--partitions 1 --replication-factor 3 --duration-max-secs "$MAX_SECS")
+    settle
+    measure "$servers" -- "$HERE/fjord.sh" bench produce --topic "bench-r$round-1k-p1" "${one[@]}" \
+      --acks cp --record-size 1024 --records "$FJ_RECORDS_1K" --producers "$FJ_PRODUCERS" > "$BENCH_BASE/last.cpu"
+    record fjord "$round" produce-1k-p1
+    settle
+    measure "$servers" -- "$HERE/fjord.sh" bench produce --topic "bench-r$round-100-p1" "${one[@]}" \
+      --acks cp --record-size 100 --records "$FJ_RECORDS_100" --producers "$FJ_PRODUCERS" > "$BENCH_BASE/last.cpu"
+    record fjord "$round" produce-100-p1
+    settle
+    measure "$servers" -- "$HERE/fjord.sh" bench produce --topic "bench-r$round-lat-p1" "${one[@]}" \
+      --acks cp --record-size 100 --records "$FJ_RECORDS_LAT" --one-at-a-time --linger-ms 0 > "$BENCH_BASE/last.cpu"
+    record fjord "$round" latency-p1
+  fi
   "$HERE/fjord.sh" wipe
 done
 log "done: $(uptime); summarize with: python3 $HERE/summarize.py $OUT"

@@ -68,8 +68,16 @@ METRICS = [
      "≥2× JetStream", lambda q, f: q >= 2),
 ]
 
+# The produce cases again, fjord with ONE partition (one Raft group) against the peer's one stream.
+METRICS += [
+    (name + ", 1 partition", unit, d, fc + "-p1", ff, pc, pf, target, met)
+    for name, unit, d, fc, ff, pc, pf, target, met in METRICS
+    if fc in ("produce-1k", "produce-100", "latency")
+]
+
 CPU_CASES = [("fjord", "produce-1k"), ("fjord", "produce-100"), ("fjord", "latency"),
-             ("fjord", "consume-1k"), ("jetstream", "size-1024"), ("jetstream", "size-100")]
+             ("fjord", "consume-1k"), ("fjord", "produce-1k-p1"), ("fjord", "produce-100-p1"),
+             ("fjord", "latency-p1"), ("jetstream", "size-1024"), ("jetstream", "size-100")]
 
 
 def main():
