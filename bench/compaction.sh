@@ -21,7 +21,9 @@
 # consumer (`fjord consume --from-beginning --format json`) reads the partition from offset
 # 0, and both are checked against the producer's writes: each key's latest value present,
 # below the last pass's `upto` one record per key, and the tail measured. The cleaner's passes
-# (their times, from each node's log) go in the results too.
+# (their times, from each node's log) go in the results too. Then TAIL_RECORDS more records
+# (continuing the indexes: `--index-base RECORDS`), fewer than the next pass waits for, and
+# the same check again: they stay as the uncompacted tail after the last pass's upto.
 #
 # ab/latency: per round, the same load on a compacted topic (KEYS keys) and on a topic with
 # the default policy (delete, no limit), each on a fresh cluster, alternating (which goes
@@ -35,7 +37,7 @@
 #
 # Environment (defaults): BENCH_BASE [/tmp/fjord-bench], FJORD_BASE_PORT [17101],
 # FJORD_SERVE_ARGS [none], RECORD_SIZE [1024], KEYS [1000], PARTITIONS [1], SETTLE_SECS [900],
-# AB_RECORDS [500000], PRODUCERS [2], PRELOAD [300000], LAT_RECORDS [10000],
+# TAIL_RECORDS [500], AB_RECORDS [500000], PRODUCERS [2], PRELOAD [300000], LAT_RECORDS [10000],
 # MAX_SECS [600] (each load's --duration-max-secs).
 set -Eeuo pipefail
 trap 'echo "bench/compaction.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
@@ -54,6 +56,7 @@ AB_RECORDS="${AB_RECORDS:-500000}"
 PRODUCERS="${PRODUCERS:-2}"
 PRELOAD="${PRELOAD:-300000}"
 LAT_RECORDS="${LAT_RECORDS:-10000}"
+TAIL_RECORDS="${TAIL_RECORDS:-500}"
 MAX_SECS="${MAX_SECS:-600}"
 SAMPLE_MAX=7200
 MODE="${1:-}"
@@ -178,6 +181,17 @@ proof() {
     --records "$records" --keys "$keys" --logs "$LOGS" \
     --consumed "$BENCH_BASE/compaction-$STAMP-consumed.jsonl")" || crc=$?
   echo "$check" >&2
+  # The tail: TAIL_RECORDS more records (continuing the indexes), fewer than the leader waits
+  # for before it asks for the next pass, stay uncompacted after the last pass's upto.
+  local tail_check="" trc=0
+  "$FJORD" bench produce --brokers "$BROKERS" --format json --topic "$topic" --acks cp \
+    --record-size "$RECORD_SIZE" --records "$TAIL_RECORDS" --keys "$keys" --index-values \
+    --index-base "$records" --producers 1 > "$BENCH_BASE/tail.out"
+  local tail_waited; tail_waited="$(settle_compaction)"
+  log "$run: $TAIL_RECORDS more records; settled after ${tail_waited} s: $(compaction_state)"
+  tail_check="$(python3 "$HERE/compaction_check.py" replicas --topic "$topic" --nodes "$BROKERS" \
+    --records $((records + TAIL_RECORDS)) --keys "$keys" --logs "$LOGS")" || trc=$?
+  echo "$tail_check" >&2
   local passes; passes="$(python3 "$HERE/compaction_check.py" passes --logs "$LOGS" | jq -sc .)"
   for i in 1 2 3; do cp "$FJORD_DIR/node$i.log" "$BENCH_BASE/compaction-$STAMP-$run.node$i.log"; done
   local warn; warn="$({ grep -hcE ' (WARN|ERROR) ' "$FJORD_DIR"/node?.log || true; } | paste -sd, -)"
@@ -188,11 +202,14 @@ proof() {
     --argjson load "$load_before" --argjson records "$records" --argjson keys "$keys" \
     --argjson record_size "$RECORD_SIZE" --arg serve "${FJORD_SERVE_ARGS:-}" \
     --argjson warn "[$warn]" --argjson rc "$rc" --argjson check_rc "$crc" \
+    --argjson tail_check "$(jq -sc . <<< "$tail_check")" --argjson tail_rc "$trc" \
+    --argjson tail_records "$TAIL_RECORDS" \
     '{run: $run, records: $records, keys: $keys, record_size: $record_size,
       serve_args: $serve, loadavg_1m_before: $load, exit: $rc, check_exit: $check_rc,
       produce: $produce, load_start: $t0, load_end: $t_end, settle_waited_s: $waited,
       empty_sizes: $empty, sizes_at_load_end: $at_load_end, sizes_after: $after,
-      check: $check, passes: $passes, warn_error_lines_per_node: $warn,
+      check: $check, tail_records: $tail_records, tail_check: $tail_check,
+      tail_check_exit: $tail_rc, passes: $passes, warn_error_lines_per_node: $warn,
       disk_samples: $disk}' >> "$RESULTS"
 }
 

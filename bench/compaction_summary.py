@@ -64,6 +64,13 @@ def proof(r):
               f"{row['below_upto_duplicate_keys']} duplicated), tail {row['tail']:,} "
               f"(span {row['tail_span']:,}); latest_ok {row['latest_ok']} (missing "
               f"{row['keys_missing']}, stale {row['keys_stale']}); digest {row['digest']}")
+    for row in r.get("tail_check") or []:
+        if "summary" in row:
+            print(f"  after {r['tail_records']} more records: {json.dumps(row['summary'])}")
+        else:
+            print(f"  node {row['node']}: read {row['records']:,}: below upto {row['clean_upto']}: "
+                  f"{row['below_upto']:,} ({row['below_upto_duplicate_keys']} keys duplicated), "
+                  f"tail {row['tail']:,} (span {row['tail_span']:,}); latest_ok {row['latest_ok']}")
     for n in r["passes"]:
         c = cleaner(n["passes"], r["load_end"], r["record_size"])
         print(f"  cleaner node {n['node']}: {json.dumps(c)}")
@@ -83,8 +90,8 @@ def load_rows(rows):
     for kind, rs in kinds.items():
         med = lambda k: statistics.median(x["produce"][k] for x in rs)  # noqa: E731
         print(f"median {kind:<15} {med('records_per_sec'):>9,.0f} rec/s {med('mb_per_sec'):>6.1f} "
-              f"MB/s  p50 {med('latency_ms_p50')} p99 {med('latency_ms_p99')} p99.9 "
-              f"{med('latency_ms_p999')} ms  ({len(rs)} runs)")
+              f"MB/s  p50 {med('latency_ms_p50'):.3f} p99 {med('latency_ms_p99'):.3f} p99.9 "
+              f"{med('latency_ms_p999'):.3f} ms  ({len(rs)} runs)")
 
 
 def disk_full(r):

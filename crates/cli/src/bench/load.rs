@@ -203,6 +203,7 @@ pub struct ProduceLoad {
     filler: Bytes,
     keys: Option<u64>,
     index_values: bool,
+    index_base: u64,
     partition: Option<u32>,
     producers: u64,
     one_at_a_time: bool,
@@ -227,6 +228,7 @@ impl ProduceLoad {
             filler: Bytes::from(vec![b'x'; args.record_size as usize]),
             keys: args.keys,
             index_values: args.index_values,
+            index_base: args.index_base,
             partition: args.partition,
             producers: args.producers,
             one_at_a_time,
@@ -234,8 +236,9 @@ impl ProduceLoad {
         }
     }
 
-    /// The `i`-th record of the run.
+    /// The `i`-th record of the run (its index: `i` from --index-base on).
     fn record(&self, i: u64) -> ProducerRecord {
+        let i = self.index_base.saturating_add(i);
         let value = match self.stamp {
             Some(stamp) => {
                 let mut v = BytesMut::with_capacity(self.filler.len());

@@ -231,6 +231,11 @@ pub struct ProduceArgs {
     /// least 20.
     #[arg(long)]
     pub index_values: bool,
+    /// Number the run's records from this index on (their keys and, with --index-values,
+    /// their values): a second run with --index-base N continues one of N records, as if
+    /// it went on.
+    #[arg(long, default_value_t = 0)]
+    pub index_base: u64,
     /// Concurrent producers (each its own producer id, batches and window).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=MAX_PRODUCERS))]
     pub producers: u64,
