@@ -545,21 +545,45 @@ async fn compaction_keeps_the_last_record_of_each_key_on_every_replica() {
             .count();
         assert_eq!(tombstoned, 0, "node {}: tombstoned keys left", node.id);
     }
-    // The Rust client's consumer reads the compacted partition from the start too.
+    // Every replica ends with the same records, offsets included: compaction runs on each
+    // from the same replicated requests over the same log.
+    wait_for("the replicas to hold the same records", DEADLINE, || {
+        let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.clone()).collect();
+        async move {
+            let mut held = Vec::new();
+            for addr in &addrs {
+                held.push(replica_records(addr, "latest").await?.2);
+            }
+            held.windows(2).all(|w| w[0] == w[1]).then_some(())
+        }
+    })
+    .await;
+    // The Rust client's consumer reads the compacted partition from the start too, and sees
+    // the last value of every key.
     let options = FetchOptions {
         max_wait_ms: 0,
         ..Default::default()
     };
     let mut consumer = client.consumer("latest", 0, StartFrom::Beginning, options);
     let mut read = 0;
+    let mut got: std::collections::BTreeMap<String, String> = Default::default();
     for _ in 0..10_000 {
         let batch = consumer.poll().await.unwrap();
         if batch.is_empty() {
             break;
         }
         read += batch.len();
+        for r in batch {
+            let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or(b"")).into_owned();
+            if r.value.is_empty() {
+                got.remove(&key);
+            } else {
+                got.insert(key, String::from_utf8_lossy(&r.value).into_owned());
+            }
+        }
     }
     assert!((90..=90 + 650).contains(&read), "the consumer read {read}");
+    assert_eq!(got.into_iter().collect::<Vec<_>>(), want, "the consumer");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,6 +28,10 @@ use super::{ProduceArgs, StoppedBy};
 
 /// Bytes at the start of every `e2e` value: a magic, the run's id and the send time.
 pub const STAMP_BYTES: usize = 16;
+
+/// Bytes at the start of every value with `--index-values`: the record's index in the run,
+/// in decimal, zero-padded (u64::MAX has 20 digits).
+pub const INDEX_VALUE_BYTES: usize = 20;
 const STAMP_MAGIC: [u8; 4] = *b"FJBE";
 /// Deliveries one producer awaits at once (its own budgets bound them too).
 pub const MAX_UNAWAITED_DELIVERIES: usize = 100_000;
@@ -198,6 +202,8 @@ pub struct ProduceLoad {
     records: u64,
     filler: Bytes,
     keys: Option<u64>,
+    index_values: bool,
+    index_base: u64,
     partition: Option<u32>,
     producers: u64,
     one_at_a_time: bool,
@@ -221,6 +227,8 @@ impl ProduceLoad {
             records,
             filler: Bytes::from(vec![b'x'; args.record_size as usize]),
             keys: args.keys,
+            index_values: args.index_values,
+            index_base: args.index_base,
             partition: args.partition,
             producers: args.producers,
             one_at_a_time,
@@ -228,13 +236,20 @@ impl ProduceLoad {
         }
     }
 
-    /// The `i`-th record of the run.
+    /// The `i`-th record of the run (its index: `i` from --index-base on).
     fn record(&self, i: u64) -> ProducerRecord {
+        let i = self.index_base.saturating_add(i);
         let value = match self.stamp {
             Some(stamp) => {
                 let mut v = BytesMut::with_capacity(self.filler.len());
                 v.extend_from_slice(&stamp.encode(now_micros()));
                 v.extend_from_slice(&self.filler[STAMP_BYTES..]);
+                v.freeze()
+            }
+            None if self.index_values => {
+                let mut v = BytesMut::with_capacity(self.filler.len());
+                v.extend_from_slice(format!("{i:0w$}", w = INDEX_VALUE_BYTES).as_bytes());
+                v.extend_from_slice(&self.filler[INDEX_VALUE_BYTES.min(self.filler.len())..]);
                 v.freeze()
             }
             None => self.filler.clone(),

@@ -224,6 +224,18 @@ pub struct ProduceArgs {
     /// Send every record to this partition.
     #[arg(long)]
     pub partition: Option<u32>,
+    /// Start each value with the record's index in the run, as INDEX_VALUE_BYTES (20)
+    /// decimal digits, the rest filler: a reader can then tell which write of a key it holds
+    /// (bench/compaction.sh checks that compaction kept each key's last). With one producer
+    /// the indexes of a partition are written in order. `produce` only; --record-size at
+    /// least 20.
+    #[arg(long)]
+    pub index_values: bool,
+    /// Number the run's records from this index on (their keys and, with --index-values,
+    /// their values): a second run with --index-base N continues one of N records, as if
+    /// it went on.
+    #[arg(long, default_value_t = 0)]
+    pub index_base: u64,
     /// Concurrent producers (each its own producer id, batches and window).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=MAX_PRODUCERS))]
     pub producers: u64,
@@ -389,6 +401,25 @@ fn check_record_size(produce: &ProduceArgs) -> anyhow::Result<()> {
         anyhow::bail!(
             "--record-size must be at least {STAMP_BYTES} for e2e: each value starts with a \
              {STAMP_BYTES}-byte send timestamp, got {}",
+            produce.record_size
+        );
+    }
+    Ok(())
+}
+
+/// Checks `--index-values` against the mode and the record size.
+fn check_index_values(produce: &ProduceArgs, e2e: bool) -> anyhow::Result<()> {
+    if !produce.index_values {
+        return Ok(());
+    }
+    if e2e {
+        anyhow::bail!("--index-values is for produce: e2e values start with a send timestamp");
+    }
+    if produce.record_size < load::INDEX_VALUE_BYTES as u64 {
+        anyhow::bail!(
+            "--record-size must be at least {} with --index-values: each value starts with \
+             its record's index, got {}",
+            load::INDEX_VALUE_BYTES,
             produce.record_size
         );
     }
@@ -564,6 +595,7 @@ async fn bench_produce(
     one_at_a_time: bool,
     show_progress: bool,
 ) -> anyhow::Result<Measured> {
+    check_index_values(produce, false)?;
     let partitions = ensure_topic(client, t).await?;
     check_partition(produce, &t.topic, partitions)?;
     let load = ProduceLoad::new(
@@ -658,6 +690,7 @@ async fn bench_end_to_end(
     show_progress: bool,
 ) -> anyhow::Result<Measured> {
     check_record_size(produce)?;
+    check_index_values(produce, true)?;
     let partitions = ensure_topic(client, t).await?;
     check_partition(produce, &t.topic, partitions)?;
     // Consumers start at each partition's current end, before anything is produced.
