@@ -19,7 +19,9 @@
 //!   `delete_retention_ms` at `now_ms`. At and above `upto`: everything.
 //! - **Bounded.** At most [`MAX_COMPACTION_KEYS`] keys per pass (beyond, the pass stops at the
 //!   offset where the map filled, the same on every replica); entries are read and rewritten
-//!   [`STEP_ENTRIES`] at a time, each step its own write, so produces keep their latency.
+//!   [`STEP_ENTRIES`] at a time, each step its own write, and a pass pauses after each step as
+//!   long as the step took ([`Pacer`]), so produces keep their latency and most of their
+//!   throughput.
 //! - A rewrite never brings back an entry a purge deleted meanwhile (`Op::ReplaceIfPresent`).
 
 use std::collections::HashMap;
@@ -36,6 +38,38 @@ use openraft::entry::RaftEntry;
 use crate::codec::{self, Entry};
 use crate::partition_sm::PartitionShared;
 use crate::{CompactRequest, Compaction, Request, StoredBatch};
+
+/// The longest pause [`Pacer`] takes after one step.
+pub const MAX_STEP_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Paces a pass: after each step (a read of [`STEP_ENTRIES`] entries, and their rewrite), it
+/// waits as long as the step took (at most [`MAX_STEP_PAUSE`]), so a pass works at most half
+/// of the time and leaves the rest to produces and fetches. Unpaced, the cleaner took a
+/// fifth of saturated produce throughput (docs/benchmarks.md, "Compaction"). Kafka's
+/// cleaner has a rate limit of its own (`log.cleaner.io.max.bytes.per.second`, unlimited by
+/// default); this one needs no setting, and a pass on an idle node still runs at half speed.
+struct Pacer {
+    step_began: tokio::time::Instant,
+}
+
+impl Pacer {
+    fn new() -> Self {
+        Pacer {
+            step_began: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Ends a step: waits [`pause_after`] it, and starts the next.
+    async fn step_done(&mut self) {
+        tokio::time::sleep(pause_after(self.step_began.elapsed())).await;
+        self.step_began = tokio::time::Instant::now();
+    }
+}
+
+/// How long to wait after a step that took `step`: as long, at most [`MAX_STEP_PAUSE`].
+pub fn pause_after(step: std::time::Duration) -> std::time::Duration {
+    step.min(MAX_STEP_PAUSE)
+}
 
 /// Keys one pass remembers, at most.
 pub const MAX_COMPACTION_KEYS: usize = 1_000_000;
@@ -152,15 +186,19 @@ fn load(
 
 /// The last offset of each key below `upto` (from `start`), and the offset the pass may
 /// compact below: `upto`, or where [`MAX_COMPACTION_KEYS`] keys filled the map.
-fn latest_offsets(
+async fn latest_offsets(
     store: &Store,
     group: u64,
     start: u64,
     upto: u64,
+    pacer: &mut Pacer,
 ) -> Result<(HashMap<Bytes, u64>, u64), io::Error> {
     let mut latest: HashMap<Bytes, u64> = HashMap::new();
     let mut from = Some(start);
     while let Some(at) = from {
+        if at != start {
+            pacer.step_done().await;
+        }
         let (loaded, next) = load(store, group, at, upto)?;
         for l in &loaded {
             let EntryPayload::Normal(Request::Batch(b)) = &l.entry.payload else {
@@ -252,12 +290,14 @@ pub async fn run(store: &Store, shared: &PartitionShared) -> Result<usize, io::E
     tracing::info!(group, upto = req.upto, "compaction pass started");
     let start = shared.log_start_offset();
     let dirty_from = done.clean_upto.clamp(start, req.upto.max(start));
-    let (latest, upto) = latest_offsets(store, group, dirty_from, req.upto)?;
+    let mut pacer = Pacer::new();
+    let (latest, upto) = latest_offsets(store, group, dirty_from, req.upto, &mut pacer).await?;
     let pass = CompactRequest { upto, ..req };
     let mut rewritten = 0usize;
     let mut clean_bytes = 0u64;
     let mut from = Some(start);
     while let Some(at) = from {
+        pacer.step_done().await;
         let (loaded, next) = load(store, group, at, upto)?;
         let mut ops = Vec::new();
         for l in &loaded {
@@ -310,6 +350,17 @@ mod tests {
             headers: Vec::new(),
             timestamp_ms: ts,
         }
+    }
+
+    #[test]
+    fn a_pass_pauses_as_long_as_each_step_took_within_a_bound() {
+        use std::time::Duration;
+        assert_eq!(pause_after(Duration::ZERO), Duration::ZERO);
+        assert_eq!(
+            pause_after(Duration::from_millis(7)),
+            Duration::from_millis(7)
+        );
+        assert_eq!(pause_after(Duration::from_secs(3)), MAX_STEP_PAUSE);
     }
 
     #[test]
