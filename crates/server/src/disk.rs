@@ -26,8 +26,9 @@
 //! retention or a deleted topic frees, but hands space back to the filesystem only as the
 //! free tail of its file shrinks (a 648 MiB file stayed 648 MiB after its only 300 MiB topic
 //! was deleted); until then new data fills the freed pages without the filesystem's free
-//! space changing, and the check goes by the filesystem. Counting the bytes the storage
-//! writer frees and adding them to the free space is the follow-up.
+//! space changing. So the probe adds part of what the storage writer freed inside the file
+//! ([`WithFreedPages`]) to the filesystem's free space: deleting records makes room for
+//! produces without the file shrinking.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -117,8 +118,9 @@ pub fn next(state: DiskState, setting: Option<u64>, space: Space) -> DiskState {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "node {node}'s data directory {dir} has {} free, below --min-free-disk-bytes {}{}: \
-     produces are refused until the filesystem has space again (more disk, other files \
-     removed), and resume by themselves at {} free; nothing of this batch was written. \
+     produces are refused until there is space again (records deleted by retention, \
+     `fjord topic delete-records` or a deleted topic; more disk; other files removed), and \
+     resume by themselves at {} free; nothing of this batch was written. \
      Fetches, replication and consumer groups continue",
     fmt_bytes(*.available_bytes),
     fmt_bytes(*.min_free_bytes),
