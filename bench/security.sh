@@ -6,6 +6,7 @@
 #
 #   bench/security.sh tls [ROUNDS]      # TLS on both ports (mutual TLS between nodes) vs plaintext
 #   bench/security.sh metrics [ROUNDS]  # --metrics-listen scraped every second vs no metrics port
+#   bench/security.sh scrape-cost [N]   # the nodes' CPU per scrape of /metrics (N scrapes of each)
 #
 # Each side, per round: CP produce throughput (THR_RECORDS records of 1 KiB, 2 producers,
 # 3 partitions, RF 3) and one-at-a-time CP latency (LAT_RECORDS records of 100 B,
@@ -110,6 +111,40 @@ run() {
   cluster wipe >/dev/null 2>&1 || true
 }
 
+# scrape_cost SCRAPES: on a fresh cluster with metrics ports and SCRAPE_TOPICS topics of 3
+# partitions, the nodes' CPU over SCRAPES scrapes of each node (one after the other) against
+# their CPU over as long without scrapes; prints the CPU seconds one scrape of one node costs.
+# From it, what scraping costs at any interval: per-scrape CPU / interval, as a share of a core.
+scrape_cost() {
+  local scrapes="$1" t p pids before mid after t0 t1 t2
+  FJORD="$FJORD_B"
+  cluster wipe >/dev/null 2>&1 || true
+  FJORD_BIN="$FJORD_B" FJORD_DEV_ARGS="--metrics-base-port $METRICS_BASE_PORT" "$HERE/fjord.sh" start
+  for t in $(seq 1 "${SCRAPE_TOPICS:-10}"); do
+    "$FJORD_B" topic create "scrape-$t" --partitions 3 --replication-factor 3 --brokers "$BROKERS" >/dev/null
+  done
+  pids="$(cluster pids | tr '
+' ' ')"
+  ticks() { local s=0 q; for q in $pids; do s=$((s + $(proc_ticks "$q"))); done; echo "$s"; }
+  t0="$(date +%s.%N)"; before="$(ticks)"
+  for _ in $(seq 1 "$scrapes"); do
+    for p in 0 1 2; do
+      curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$((METRICS_BASE_PORT + p))/metrics"
+    done
+  done
+  t1="$(date +%s.%N)"; mid="$(ticks)"
+  sleep "$(echo "$t1 - $t0" | bc)"
+  t2="$(date +%s.%N)"; after="$(ticks)"
+  local hz; hz="$(getconf CLK_TCK)"
+  jq -nc --argjson scrapes "$scrapes" --argjson busy "$((mid - before))" --argjson idle "$((after - mid))" \
+    --argjson hz "$hz" --arg secs "$(echo "$t1 - $t0" | bc)" --arg bytes \
+    "$(curl -s "http://127.0.0.1:$METRICS_BASE_PORT/metrics" | wc -c)" \
+    '{scrapes: $scrapes, nodes: 3, scrape_secs: ($secs|tonumber), node_ticks_scraping: $busy,
+      node_ticks_idle_as_long: $idle, clk_tck: $hz, exposition_bytes: ($bytes|tonumber),
+      cpu_secs_per_scrape: ((($busy - $idle) / $hz) / ($scrapes * 3))}' | tee -a "$RESULTS"
+  cluster wipe >/dev/null 2>&1 || true
+}
+
 # alternate ROUNDS SIDE_A SIDE_B: both loads on each side, in turn.
 alternate() {
   local rounds="$1" a="$2" b="$3" r kind
@@ -126,7 +161,8 @@ case "$MODE" in
   tls) make_certs; alternate "${2:-3}" tls plain ;;
   metrics) alternate "${2:-3}" scraped unscraped ;;
   metrics-build) alternate "${2:-3}" unscraped base ;;
-  *) echo "usage: $0 tls [ROUNDS] | metrics [ROUNDS] | metrics-build [ROUNDS]" >&2; exit 2 ;;
+  scrape-cost) scrape_cost "${2:-300}" ;;
+  *) echo "usage: $0 tls [ROUNDS] | metrics [ROUNDS] | metrics-build [ROUNDS] | scrape-cost [SCRAPES]" >&2; exit 2 ;;
 esac
 log "results: $RESULTS"
 echo "$RESULTS"

@@ -19,9 +19,9 @@
 //!   `delete_retention_ms` at `now_ms`. At and above `upto`: everything.
 //! - **Bounded.** At most [`MAX_COMPACTION_KEYS`] keys per pass (beyond, the pass stops at the
 //!   offset where the map filled, the same on every replica); entries are read and rewritten
-//!   [`STEP_ENTRIES`] at a time, each step its own write, and a pass pauses after each step as
-//!   long as the step took ([`Pacer`]), so produces keep their latency and most of their
-//!   throughput.
+//!   [`STEP_ENTRIES`] at a time, each step its own write, and a pass pauses after each step
+//!   three times as long as the step took ([`Pacer`]), so produces keep their latency and most
+//!   of their throughput.
 //! - A rewrite never brings back an entry a purge deleted meanwhile (`Op::ReplaceIfPresent`).
 
 use std::collections::HashMap;
@@ -40,14 +40,17 @@ use crate::partition_sm::PartitionShared;
 use crate::{CompactRequest, Compaction, Request, StoredBatch};
 
 /// The longest pause [`Pacer`] takes after one step.
-pub const MAX_STEP_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+pub const MAX_STEP_PAUSE: std::time::Duration = std::time::Duration::from_millis(300);
+/// A pass pauses this many times as long as each step took: it works at most a quarter of
+/// the time.
+pub const PAUSE_PER_STEP_TIME: u32 = 3;
 
 /// Paces a pass: after each step (a read of [`STEP_ENTRIES`] entries, and their rewrite), it
-/// waits as long as the step took (at most [`MAX_STEP_PAUSE`]), so a pass works at most half
-/// of the time and leaves the rest to produces and fetches. Unpaced, the cleaner took a
+/// waits [`PAUSE_PER_STEP_TIME`] times as long as the step took (at most [`MAX_STEP_PAUSE`]),
+/// so a pass works at most a quarter of the time and leaves the rest to produces and fetches. Unpaced, the cleaner took a
 /// fifth of saturated produce throughput (docs/benchmarks.md, "Compaction"). Kafka's
 /// cleaner has a rate limit of its own (`log.cleaner.io.max.bytes.per.second`, unlimited by
-/// default); this one needs no setting, and a pass on an idle node still runs at half speed.
+/// default); this one needs no setting, and a pass on an idle node still runs at a quarter of its speed.
 struct Pacer {
     step_began: tokio::time::Instant,
 }
@@ -66,9 +69,10 @@ impl Pacer {
     }
 }
 
-/// How long to wait after a step that took `step`: as long, at most [`MAX_STEP_PAUSE`].
+/// How long to wait after a step that took `step`: [`PAUSE_PER_STEP_TIME`] times as long, at
+/// most [`MAX_STEP_PAUSE`].
 pub fn pause_after(step: std::time::Duration) -> std::time::Duration {
-    step.min(MAX_STEP_PAUSE)
+    step.saturating_mul(PAUSE_PER_STEP_TIME).min(MAX_STEP_PAUSE)
 }
 
 /// Keys one pass remembers, at most.
@@ -358,7 +362,7 @@ mod tests {
         assert_eq!(pause_after(Duration::ZERO), Duration::ZERO);
         assert_eq!(
             pause_after(Duration::from_millis(7)),
-            Duration::from_millis(7)
+            Duration::from_millis(21)
         );
         assert_eq!(pause_after(Duration::from_secs(3)), MAX_STEP_PAUSE);
     }

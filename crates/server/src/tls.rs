@@ -91,9 +91,31 @@ pub enum TlsError {
 
 /// The crypto provider every TLS object here uses: ring (no aws-lc in the build). rustls
 /// 0.23.48 deprecates it for lacking post-quantum key exchange; it is still supported.
+/// Its cipher suites, with the AES-128-GCM ones first ([`prefer_aes_128`]).
 #[allow(deprecated)]
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut p = rustls::crypto::ring::default_provider();
+    prefer_aes_128(&mut p.cipher_suites);
+    Arc::new(p)
+}
+
+/// Moves the AES-128-GCM suites ahead of the others, keeping their order otherwise. ring's
+/// default order puts AES-256-GCM first; AES-128-GCM has fewer rounds, is as much a TLS 1.3
+/// mandatory suite, and is what Go's TLS and most browsers choose first. Every byte a
+/// produce carries is encrypted three times and decrypted three times (client to leader,
+/// leader to each follower), so the bulk cipher is most of what TLS costs a produce
+/// (docs/benchmarks.md, "The cost of TLS and of metrics"). The listeners choose by this
+/// order, not the client's (`ignore_client_order`), so that clients of any TLS library get it.
+fn prefer_aes_128(suites: &mut [rustls::SupportedCipherSuite]) {
+    use rustls::CipherSuite as C;
+    suites.sort_by_key(|s| {
+        !matches!(
+            s.suite(),
+            C::TLS13_AES_128_GCM_SHA256
+                | C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        )
+    });
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -368,6 +390,7 @@ impl NodeTls {
                 .with_client_cert_verifier(v)
                 .with_cert_resolver(key.clone());
             c.alpn_protocols = vec![b"h2".to_vec()];
+            c.ignore_client_order = true;
             Ok(Arc::new(c))
         };
         let mut outbound = ClientConfig::builder_with_provider(provider())
@@ -759,6 +782,30 @@ impl Dial {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aes_128_gcm_comes_first_and_no_suite_is_dropped() {
+        use rustls::CipherSuite as C;
+        #[allow(deprecated)]
+        let all = rustls::crypto::ring::default_provider().cipher_suites;
+        let p = provider();
+        assert_eq!(p.cipher_suites.len(), all.len());
+        assert_eq!(p.cipher_suites[0].suite(), C::TLS13_AES_128_GCM_SHA256);
+        let tls13: Vec<C> = p
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .filter(|s| format!("{s:?}").starts_with("TLS13"))
+            .collect();
+        assert_eq!(
+            tls13,
+            vec![
+                C::TLS13_AES_128_GCM_SHA256,
+                C::TLS13_AES_256_GCM_SHA384,
+                C::TLS13_CHACHA20_POLY1305_SHA256
+            ]
+        );
+    }
 
     #[test]
     fn dns_names_and_wildcards() {
