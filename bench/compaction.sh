@@ -44,10 +44,7 @@ trap 'echo "bench/compaction.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 HERE="$(cd "$(dirname "$0")" && pwd)"
 source "$HERE/lib.sh"
 ROOT="$(cd "$HERE/.." && pwd)"
-FJORD="${FJORD_BIN:-$ROOT/target/release/fjord}"
-export BENCH_BASE FJORD_BASE_PORT="${FJORD_BASE_PORT:-17101}"
-FJORD_DIR="$BENCH_BASE/fjord"
-BROKERS="127.0.0.1:$FJORD_BASE_PORT,127.0.0.1:$((FJORD_BASE_PORT + 1)),127.0.0.1:$((FJORD_BASE_PORT + 2))"
+source "$HERE/cluster.sh"
 RECORD_SIZE="${RECORD_SIZE:-1024}"
 KEYS="${KEYS:-1000}"
 PARTITIONS="${PARTITIONS:-1}"
@@ -58,58 +55,13 @@ PRELOAD="${PRELOAD:-300000}"
 LAT_RECORDS="${LAT_RECORDS:-10000}"
 TAIL_RECORDS="${TAIL_RECORDS:-500}"
 MAX_SECS="${MAX_SECS:-600}"
-SAMPLE_MAX=7200
 MODE="${1:-}"
 STAMP="$(date +%Y%m%d-%H%M%S)"
 RESULTS="$BENCH_BASE/compaction-$STAMP.jsonl"
 LOGS="$FJORD_DIR/node1.log,$FJORD_DIR/node2.log,$FJORD_DIR/node3.log"
 
 mkdir -p "$BENCH_BASE"
-cluster() { "$HERE/fjord.sh" "$@"; }
 trap 'cluster wipe >/dev/null 2>&1 || true' EXIT
-fjord() { "$FJORD" --brokers "$BROKERS" "$@"; }
-fresh_cluster() { cluster wipe; cluster start; }
-
-# create_topic NAME PARTITIONS [KEY=VALUE...]: RF 3; waits (<= 30 s) until every node answers
-# ListOffsets for each partition.
-create_topic() {
-  local name="$1" parts="$2"; shift 2
-  local cfg=() kv
-  for kv in "$@"; do cfg+=(--config "$kv"); done
-  fjord topic create "$name" --partitions "$parts" --replication 3 "${cfg[@]}" >&2
-  local deadline=$((SECONDS + 30))
-  while (( SECONDS < deadline )); do
-    if ! python3 "$HERE/replica_offsets.py" --topic "$name" --partitions "$parts" --nodes "$BROKERS" \
-        | grep -q '"error"'; then return 0; fi
-    sleep 0.5
-  done
-  die "topic $name not served by every node after 30 s"
-}
-
-size_of() { local b; b="$(du -sb "$1" 2>/dev/null | cut -f1 || true)"; echo "${b:-0}"; }
-
-# node_sizes: per node [du -sb of the data dir, size of fjord.redb].
-node_sizes() {
-  local i out=""
-  for i in 1 2 3; do
-    out+="${out:+,}[$(size_of "$FJORD_DIR/node$i"),$(size_of "$FJORD_DIR/node$i/fjord.redb")]"
-  done
-  echo "[$out]"
-}
-
-# sample_disk FILE PID: every second while PID lives (<= SAMPLE_MAX), "unix_secs du1 redb1 ...".
-sample_disk() {
-  local file="$1" pid="$2" n=0
-  while kill -0 "$pid" 2>/dev/null && (( n < SAMPLE_MAX )); do
-    local line i
-    line="$(date +%s.%N | cut -c1-14)"
-    for i in 1 2 3; do
-      line+=" $(size_of "$FJORD_DIR/node$i") $(size_of "$FJORD_DIR/node$i/fjord.redb")"
-    done
-    echo "$line" >> "$file"
-    n=$((n + 1)); sleep 1
-  done
-}
 
 # compaction_state: per node "passes-started passes-done last-upto", one line.
 compaction_state() {
@@ -159,7 +111,7 @@ proof() {
     --records "$records" --keys "$keys" --index-values --producers 1 \
     --duration-max-secs "$MAX_SECS" > "$BENCH_BASE/last.out" &
   local bench_pid=$!
-  sample_disk "$disk" "$bench_pid" &
+  sample_disk "$disk" "$bench_pid" "$FJORD_DIR" node fjord.redb &
   local sampler=$!
   local rc=0; wait "$bench_pid" || rc=$?
   local t_end; t_end="$(date +%s.%N)"

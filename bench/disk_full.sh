@@ -31,10 +31,7 @@ trap 'echo "bench/disk_full.sh: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 HERE="$(cd "$(dirname "$0")" && pwd)"
 source "$HERE/lib.sh"
 ROOT="$(cd "$HERE/.." && pwd)"
-FJORD="${FJORD_BIN:-$ROOT/target/release/fjord}"
-export BENCH_BASE FJORD_BASE_PORT="${FJORD_BASE_PORT:-17101}"
-FJORD_DIR="$BENCH_BASE/fjord"
-BROKERS="127.0.0.1:$FJORD_BASE_PORT,127.0.0.1:$((FJORD_BASE_PORT + 1)),127.0.0.1:$((FJORD_BASE_PORT + 2))"
+source "$HERE/cluster.sh"
 FS_BYTES="${FS_BYTES:-1073741824}"
 MIN_FREE="${MIN_FREE:-268435456}"
 RECORD_SIZE="${RECORD_SIZE:-1024}"
@@ -49,7 +46,6 @@ OUT="$BENCH_BASE/disk-full-$STAMP"
 
 [[ "$(id -u)" == 0 ]] || die "needs root (mounts a tmpfs per node)"
 mkdir -p "$BENCH_BASE"
-fjord() { "$FJORD" --brokers "$BROKERS" "$@"; }
 now() { date +%s.%N | cut -c1-14; }
 
 unmount_all() {
