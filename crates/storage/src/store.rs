@@ -692,6 +692,21 @@ mod tests {
         }
     }
 
+    /// Opens the database at `dir` again once the last store on it is dropped: the writer
+    /// thread holds it until its queue closes; wait for that.
+    fn reopen(dir: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match Store::open(dir, &StoreOptions::default()) {
+                Ok(s) => return s,
+                Err(e) if std::time::Instant::now() > deadline => {
+                    panic!("the database was not released within 30 s: {e}")
+                }
+                Err(_) => std::thread::yield_now(),
+            }
+        }
+    }
+
     /// Lazy writes are held for the next commit: in order before what comes after them, and
     /// written at a clean close even when nothing followed them.
     #[tokio::test]
@@ -733,12 +748,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let store = loop {
-            match Store::open(dir.path(), &StoreOptions::default()) {
-                Ok(s) => break s,
-                Err(_) => std::thread::yield_now(),
-            }
-        };
+        let store = reopen(dir.path());
         assert_eq!(
             store.get_value(1, GroupKey::Committed).unwrap(),
             Some(b"c3".to_vec())
@@ -783,13 +793,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        // The writer thread holds the database until its queue closes; wait for that.
-        let store = loop {
-            match Store::open(dir.path(), &StoreOptions::default()) {
-                Ok(s) => break s,
-                Err(_) => std::thread::yield_now(),
-            }
-        };
+        let store = reopen(dir.path());
         assert_eq!(
             store.get_value(1, GroupKey::Vote).unwrap(),
             Some(b"v".to_vec())
