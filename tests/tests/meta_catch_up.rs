@@ -105,25 +105,19 @@ async fn restarted_nodes_never_deny_an_existing_topic() {
     }
 
     for round in 0..2 {
-        cluster.kill_all();
-        for id in 1..=3 {
-            cluster.restart(id);
-        }
-        let asks: Vec<_> = cluster
-            .brokers()
-            .into_iter()
-            .map(|addr| tokio::spawn(never_denied(addr, TOPIC)))
-            .collect();
-        for ask in asks {
-            let refusals = ask.await.unwrap();
-            eprintln!("meta_catch_up: round {round}: {refusals} retryable refusals first");
-        }
+        restart_all_and_ask(&mut cluster, TOPIC, &format!("round {round}")).await;
     }
 
     // Node 3 misses a topic's creation, then every node loses power: node 3 starts on a
     // metadata log without the topic and gets the rest only once a leader is elected.
     cluster.kill(3);
     client.create_topic(LATE, 1, 2).await.unwrap();
+    restart_all_and_ask(&mut cluster, LATE, "lagging node round").await;
+}
+
+/// Every node loses power and restarts; each is then asked about `topic` from the moment it
+/// listens ([`never_denied`]), all at once.
+async fn restart_all_and_ask(cluster: &mut Cluster, topic: &'static str, label: &str) {
     cluster.kill_all();
     for id in 1..=3 {
         cluster.restart(id);
@@ -131,10 +125,10 @@ async fn restarted_nodes_never_deny_an_existing_topic() {
     let asks: Vec<_> = cluster
         .brokers()
         .into_iter()
-        .map(|addr| tokio::spawn(never_denied(addr, LATE)))
+        .map(|addr| tokio::spawn(never_denied(addr, topic)))
         .collect();
     for ask in asks {
         let refusals = ask.await.unwrap();
-        eprintln!("meta_catch_up: lagging node round: {refusals} retryable refusals first");
+        eprintln!("meta_catch_up: {label}: {refusals} retryable refusals first");
     }
 }
