@@ -470,6 +470,55 @@ async fn retention_by_time_and_by_size_moves_the_start_on_every_replica() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_size_acts_when_the_limit_is_passed_not_at_the_next_round() {
+    let _serial = serial();
+    // Rounds every 5 minutes (the longest allowed): after the first, at start-up, none runs
+    // within this test, so only the leader's size trigger can move the start.
+    let flags = ["--retention-check-interval-ms", "300000"];
+    let cluster = Cluster::start_with_args(3, fjord_tests::Timing::FAST, &flags).await;
+    let client = cluster.client();
+    topic_with(&client, "by-size", &[("retention_bytes", "1048576")]).await;
+    let value = "x".repeat(64 << 10);
+    produce(&client, "by-size", (0..48).map(|_| value.clone())).await;
+    for node in &cluster.nodes {
+        let (start, hw, records) = wait_for("the oldest records to be deleted", DEADLINE, || {
+            let addr = node.addr.clone();
+            async move {
+                replica(&addr, "by-size")
+                    .await
+                    .filter(|(start, hw, _)| *hw == 48 && *start > 0)
+            }
+        })
+        .await;
+        let kept = (hw - start) * (64 << 10);
+        assert!(kept <= 2 << 20, "node {} keeps {kept} bytes", node.id);
+        assert_eq!(records.len() as u64, hw - start);
+        assert!(records.iter().all(|(_, v)| *v == value.as_bytes()));
+    }
+    // Written on: the start keeps following, and settles alike on every replica.
+    produce(&client, "by-size", (0..48).map(|_| value.clone())).await;
+    let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.clone()).collect();
+    let starts = wait_for("the replicas to settle on one start", DEADLINE, || {
+        let addrs = addrs.clone();
+        async move {
+            let mut starts = Vec::new();
+            for addr in &addrs {
+                let (start, hw, _) = replica(addr, "by-size").await?;
+                (hw == 96).then_some(())?;
+                starts.push(start);
+            }
+            starts.windows(2).all(|w| w[0] == w[1]).then_some(starts)
+        }
+    })
+    .await;
+    let kept = (96 - starts[0]) * (64 << 10);
+    assert!(
+        kept <= 2 << 20,
+        "the replicas keep {kept} bytes from {starts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_keeps_the_last_record_of_each_key_on_every_replica() {
     let _serial = serial();
     let cluster = retention_cluster().await;

@@ -53,8 +53,9 @@ pub struct GroupConfig {
     pub election_timeout_ms: u64,
     /// A partition group whose leader appended nothing for this long goes quiet; 0: never.
     pub quiesce_after_ms: u64,
-    /// Where the node's partitions note a moved log start (shared by all of them).
-    pub start_moves: Arc<crate::StartMoves>,
+    /// Where the node's partitions note a moved log start or a passed size trigger, for the
+    /// node's retention task (shared by all of them).
+    pub retention_notes: Arc<crate::RetentionNotes>,
 }
 
 /// Slots of openraft's per-stage latency ring buffers (see [`GroupConfig::raft_config`]).
@@ -278,7 +279,7 @@ pub async fn start_partition(
     transitions: Transitions,
 ) -> Result<PartitionHandle, StartError> {
     let shared = PartitionShared::open(group, &store, kind)?;
-    shared.note_start_moves_in(cfg.start_moves.clone());
+    shared.note_retention_in(cfg.retention_notes.clone());
     shared.rebuild_time_index().await?;
     // The log store's in-memory tail is shared by its clones: an instance started again
     // after hibernation reads what the last one appended, committed to redb or not.

@@ -58,10 +58,10 @@ pub mod partition_sm;
 pub mod peer;
 pub mod quiesce;
 pub mod read;
+pub mod retention_notes;
 pub mod runtime;
 pub mod scan;
 pub mod side;
-pub mod start_moves;
 pub mod types;
 pub mod voters;
 
@@ -69,5 +69,5 @@ pub use group::{AnyGroup, GroupConfig, GroupRegistry, GroupRole, MetaRaft, Parti
 pub use handle::{GroupError, Leadership, LeadershipWatch, MetaHandle, PartitionHandle, Promotion};
 pub use liveness::{Liveness, LivenessConfig, QuietCounts};
 pub use read::{CommittedBatch, ReadError, ReadLimits, committed_batches};
-pub use start_moves::StartMoves;
+pub use retention_notes::{Noted, RetentionNotes};
 pub use types::{CompactRequest, Compaction, NodeId, Request, Response, StoredBatch, TypeConfig};

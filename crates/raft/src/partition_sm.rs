@@ -314,8 +314,15 @@ pub struct PartitionShared {
     /// the log before the group starts ([`PartitionShared::rebuild_time_index`]).
     needs_time_index: std::sync::atomic::AtomicBool,
     /// Where this replica notes that applying an entry moved its log start offset (the
-    /// node's retention task then asks for the snapshot that lets the log be purged).
-    start_moves: std::sync::OnceLock<Arc<crate::StartMoves>>,
+    /// node's retention task then asks for the snapshot that lets the log be purged), or
+    /// passed [`PartitionShared::arm_size_trigger`]'s position.
+    retention_notes: std::sync::OnceLock<Arc<crate::RetentionNotes>>,
+    /// The applied position (record bytes since the partition began) at which to note the
+    /// group grown; `u64::MAX`: none. Set by the retention task on the leader, cleared when
+    /// passed (noted once). It starts at 0: a replica's first apply asks the retention task
+    /// to look (it arms the trigger if this replica leads with retention by size, else
+    /// disarms it; a replica that becomes leader later is armed at the next round).
+    size_trigger: std::sync::atomic::AtomicU64,
 }
 
 /// What a partition's last snapshot covers, and when one was last asked for.
@@ -362,9 +369,37 @@ impl Drop for WaiterGuard<'_> {
 }
 
 impl PartitionShared {
-    /// Notes in `moves` each time an applied entry moves this replica's log start offset.
-    pub fn note_start_moves_in(&self, moves: Arc<crate::StartMoves>) {
-        let _ = self.start_moves.set(moves);
+    /// Notes in `notes` each time an applied entry moves this replica's log start offset or
+    /// passes the size trigger.
+    pub fn note_retention_in(&self, notes: Arc<crate::RetentionNotes>) {
+        let _ = self.retention_notes.set(notes);
+    }
+
+    /// Notes the group grown (once) when the applied position reaches `position`; `None`
+    /// disarms. If it is reached already, the group is noted now.
+    pub fn arm_size_trigger(&self, position: Option<u64>) {
+        use std::sync::atomic::Ordering;
+        let at = position.unwrap_or(u64::MAX);
+        self.size_trigger.store(at, Ordering::Release);
+        // An apply between the decision and this store would not have seen the trigger.
+        let applied = self.applied.lock().unwrap().state.next_position;
+        self.check_size_trigger(applied);
+    }
+
+    /// Called with the applied position after each apply: notes the group once the trigger
+    /// is reached.
+    fn check_size_trigger(&self, applied_position: u64) {
+        use std::sync::atomic::Ordering;
+        let at = self.size_trigger.load(Ordering::Acquire);
+        if applied_position >= at
+            && self
+                .size_trigger
+                .compare_exchange(at, u64::MAX, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            && let Some(n) = self.retention_notes.get()
+        {
+            n.note_grown(self.group);
+        }
     }
 
     /// Loads the last checkpoint of `group`'s applied state.
@@ -427,7 +462,8 @@ impl PartitionShared {
             compacted: Mutex::new(None),
             snapshot_io: tokio::sync::Mutex::new(()),
             needs_time_index: std::sync::atomic::AtomicBool::new(before_retention),
-            start_moves: std::sync::OnceLock::new(),
+            retention_notes: std::sync::OnceLock::new(),
+            size_trigger: std::sync::atomic::AtomicU64::new(0),
             snapshot: Mutex::new(SnapshotMark {
                 index: snapshot_index,
                 ..SnapshotMark::default()
@@ -1038,7 +1074,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_id = entry.log_id();
             last_index = Some(log_id.index());
-            let (response, hw, start_moved) = {
+            let (response, hw, start_moved, position) = {
                 let mut a = self.shared.applied.lock().unwrap();
                 let start = a.state.log_start_offset;
                 debug_assert!(
@@ -1055,11 +1091,13 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                     response,
                     a.state.next_offset,
                     a.state.log_start_offset > start,
+                    a.state.next_position,
                 )
             };
-            if start_moved && let Some(m) = self.shared.start_moves.get() {
-                m.note(self.shared.group);
+            if start_moved && let Some(m) = self.shared.retention_notes.get() {
+                m.note_moved(self.shared.group);
             }
+            self.shared.check_size_trigger(position);
             // Raise the high watermark before answering: an acknowledged write is readable.
             // It only grows: a reader may already have been served up to it.
             let group = self.shared.group;

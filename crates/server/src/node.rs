@@ -69,18 +69,18 @@ pub enum StartError {
 
 /// The partition groups' and the metadata group's Raft settings, from the node's.
 fn group_configs(config: &ServeConfig) -> (GroupConfig, GroupConfig) {
-    let start_moves = Arc::new(fjord_raft::StartMoves::default());
+    let retention_notes = Arc::new(fjord_raft::RetentionNotes::default());
     let partitions = GroupConfig {
         heartbeat_interval_ms: config.heartbeat_interval_ms,
         election_timeout_ms: config.election_timeout_ms,
         quiesce_after_ms: config.quiesce_after_ms,
-        start_moves: start_moves.clone(),
+        retention_notes: retention_notes.clone(),
     };
     let meta = GroupConfig {
         heartbeat_interval_ms: config.meta_heartbeat_interval_ms,
         election_timeout_ms: config.meta_election_timeout_ms,
         quiesce_after_ms: config.quiesce_after_ms,
-        start_moves,
+        retention_notes,
     };
     (partitions, meta)
 }
@@ -315,10 +315,10 @@ impl Node {
         &self.store
     }
 
-    /// Where this node's partitions note a moved log start ([`crate::retention::run`] waits
-    /// on it).
-    pub fn start_moves(&self) -> Arc<fjord_raft::StartMoves> {
-        self.group_config.start_moves.clone()
+    /// Where this node's partitions note a moved log start or a passed size trigger
+    /// ([`crate::retention::run`] waits on it).
+    pub fn retention_notes(&self) -> Arc<fjord_raft::RetentionNotes> {
+        self.group_config.retention_notes.clone()
     }
 
     /// A client of the peer node at `addr`.
@@ -530,6 +530,11 @@ impl Node {
     /// The applied metadata on this node.
     pub fn view(&self) -> Arc<MetaView> {
         self.meta.view()
+    }
+
+    /// The applied metadata on this node, each time it changes.
+    pub fn view_changes(&self) -> tokio::sync::watch::Receiver<Arc<MetaView>> {
+        self.meta.subscribe()
     }
 
     /// The client address of `node`, as registered in the metadata (its `--advertise`):

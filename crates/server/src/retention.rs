@@ -16,11 +16,11 @@
 //! than `retention_ms`, as Kafka deletes a segment whose largest timestamp is older. A leader
 //! whose clock runs ahead deletes early, as a Kafka broker's would.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fjord_meta::{Topic, group_id};
+use fjord_meta::{Topic, group_id, split_group_id};
 use fjord_raft::PartitionHandle;
 use fjord_storage::BatchRow;
 
@@ -98,6 +98,30 @@ pub struct Extent {
     pub first_unexpired: Option<u64>,
 }
 
+/// What a partition may hold over its `retention_bytes` before its start moves: an eighth,
+/// at least 1 MiB (deletion comes in steps, not one small entry per produce).
+pub fn size_slack(limit: u64) -> u64 {
+    (limit / 8).max(1 << 20)
+}
+
+/// The position (record bytes since the partition began) at which a partition whose log
+/// starts at `start` (a batch boundary, or inside the batch `e.rows` begins with) next holds
+/// more than its limit and slack, by size; `None` without retention by size.
+pub fn size_trigger(r: Retention, e: &Extent, start: u64) -> Option<u64> {
+    let limit = r.bytes?;
+    let kept_from = e
+        .rows
+        .iter()
+        .find(|row| row.end_offset() > start)
+        .map_or(e.end_position, |row| row.position);
+    Some(
+        kept_from
+            .saturating_add(limit)
+            .saturating_add(size_slack(limit))
+            .saturating_add(1),
+    )
+}
+
 /// The log start offset retention moves the partition to, if it moves.
 ///
 /// By size, the start moves only once the partition holds an eighth over its limit (at
@@ -111,8 +135,7 @@ pub fn plan(r: Retention, e: &Extent) -> Option<u64> {
     }
     if let (Some(limit), Some(first)) = (r.bytes, e.rows.first()) {
         let held = e.end_position.saturating_sub(first.position);
-        let slack = (limit / 8).max(1 << 20);
-        if held > limit.saturating_add(slack) {
+        if held > limit.saturating_add(size_slack(limit)) {
             let keep_from = e.end_position - limit;
             let cut = e
                 .rows
@@ -144,17 +167,134 @@ pub fn policy(node: &Node, topic: &Topic) -> Retention {
     }
 }
 
-/// Runs retention rounds until the node stops.
+/// Runs retention rounds until the node stops; between rounds, acts on what the partitions'
+/// applies note ([`fjord_raft::RetentionNotes`]): a moved start is purged behind at once, and
+/// a partition whose records passed its size limit is decided at once.
 pub async fn run(node: Arc<Node>, interval: Duration, policy: impl Fn(&Node, &Topic) -> Retention) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut quiet_until: HashMap<u64, Quiet> = HashMap::new();
-    let moves = node.start_moves();
+    let notes = node.retention_notes();
+    let mut grown = Paced::new(interval.min(MIN_SIZE_DECISION_GAP));
+    let mut views = node.view_changes();
+    let mut policies: HashMap<u32, Retention> = HashMap::new();
     loop {
+        let due = grown.next_due();
         tokio::select! {
             _ = tick.tick() => round(&node, &policy, &mut quiet_until).await,
-            groups = moves.next() => purge_moved(&node, &groups).await,
+            noted = notes.next() => {
+                purge_moved(&node, &noted.moved).await;
+                grown.add(noted.grown, tokio::time::Instant::now());
+            }
+            // A topic whose retention changed is decided again now (its size trigger was
+            // set for the settings before), not at the next round.
+            Ok(()) = views.changed() => {
+                let view = views.borrow_and_update().clone();
+                let changed = retention_changed(&node, &view.state, &policy, &mut policies);
+                grown.add(changed, tokio::time::Instant::now());
+            }
+            _ = sleep_until_some(due) => {}
             _ = node.stopping() => return,
+        }
+        let now = tokio::time::Instant::now();
+        let groups = grown.take_due(now);
+        if !groups.is_empty() {
+            decide_grown(&node, &policy, &groups, &mut quiet_until).await;
+            grown.decided(&groups, tokio::time::Instant::now());
+        }
+    }
+}
+
+/// A partition is decided by size at most once in this long on its size trigger (between
+/// rounds): a partition that fills fast moves its start in steps of at least this long's
+/// writes, not one small DeleteRecords entry (and snapshot, and purge) per batch.
+pub const MIN_SIZE_DECISION_GAP: Duration = Duration::from_millis(100);
+
+/// The groups this node holds of topics whose retention is not what `seen` remembers (or
+/// that `seen` does not know); `seen` is brought up to date.
+fn retention_changed(
+    node: &Node,
+    state: &fjord_meta::MetaState,
+    policy: &impl Fn(&Node, &Topic) -> Retention,
+    seen: &mut HashMap<u32, Retention>,
+) -> BTreeSet<u64> {
+    let mut groups = BTreeSet::new();
+    for topic in state.topics.values() {
+        let r = policy(node, topic);
+        if seen.insert(topic.id, r) != Some(r) {
+            groups.extend(
+                (0..topic.partitions.len() as u32)
+                    .map(|p| group_id(topic.id, p))
+                    .filter(|g| node.partition(*g).is_some()),
+            );
+        }
+    }
+    seen.retain(|id, _| state.topic_by_id(*id).is_some());
+    groups
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Groups noted grown, waiting until [`MIN_SIZE_DECISION_GAP`] passed since each one's last
+/// decision on its trigger (both bounded by the partitions the node holds).
+struct Paced {
+    gap: Duration,
+    waiting: BTreeSet<u64>,
+    last: HashMap<u64, tokio::time::Instant>,
+}
+
+impl Paced {
+    fn new(gap: Duration) -> Self {
+        Paced {
+            gap,
+            waiting: BTreeSet::new(),
+            last: HashMap::new(),
+        }
+    }
+
+    fn add(&mut self, groups: BTreeSet<u64>, now: tokio::time::Instant) {
+        self.waiting.extend(groups);
+        // Forget decisions older than the gap: they hold nothing back.
+        self.last.retain(|_, at| now.duration_since(*at) < self.gap);
+    }
+
+    fn due_at(&self, group: u64) -> Option<tokio::time::Instant> {
+        self.last.get(&group).map(|at| *at + self.gap)
+    }
+
+    /// When the first waiting group may be decided (`None`: none waits).
+    fn next_due(&self) -> Option<tokio::time::Instant> {
+        let mut first = None;
+        for &g in &self.waiting {
+            let Some(at) = self.due_at(g) else {
+                return Some(tokio::time::Instant::now());
+            };
+            first = Some(first.map_or(at, |f: tokio::time::Instant| f.min(at)));
+        }
+        first
+    }
+
+    /// Takes the waiting groups that may be decided at `now`.
+    fn take_due(&mut self, now: tokio::time::Instant) -> BTreeSet<u64> {
+        let due: BTreeSet<u64> = self
+            .waiting
+            .iter()
+            .copied()
+            .filter(|&g| self.due_at(g).is_none_or(|at| at <= now))
+            .collect();
+        self.waiting.retain(|g| !due.contains(g));
+        due
+    }
+
+    fn decided(&mut self, groups: &BTreeSet<u64>, now: tokio::time::Instant) {
+        for &g in groups {
+            self.last.insert(g, now);
         }
     }
 }
@@ -162,10 +302,29 @@ pub async fn run(node: Arc<Node>, interval: Duration, policy: impl Fn(&Node, &To
 /// Asks for the snapshot that purges each of `groups`' logs behind its new start, as soon as
 /// this replica applied the move (not at the next round: the log would hold up to two check
 /// intervals of writes more).
-async fn purge_moved(node: &Node, groups: &[u64]) {
+async fn purge_moved(node: &Node, groups: &BTreeSet<u64>) {
     for &group in groups {
         if let Some(handle) = node.partition(group) {
             handle.purge_if_due().await;
+        }
+    }
+}
+
+/// Decides, for each of `groups` (partitions whose records passed their size trigger),
+/// whether retention moves its start, without waiting for the next round.
+async fn decide_grown(
+    node: &Node,
+    policy: &impl Fn(&Node, &Topic) -> Retention,
+    groups: &BTreeSet<u64>,
+    quiet_until: &mut HashMap<u64, Quiet>,
+) {
+    let view = node.view();
+    for &group in groups {
+        let Some(topic) = view.state.topic_by_id(split_group_id(group).0) else {
+            continue;
+        };
+        if let Some(handle) = node.partition(group) {
+            consider(node, &handle, policy(node, topic), quiet_until).await;
         }
     }
 }
@@ -193,59 +352,92 @@ async fn round(
                     tracing::debug!(group, error = %e, "compaction: not asked");
                 }
             }
-            if proposed >= MAX_DELETES_PER_ROUND
-                || !handle.is_leader()
-                || (retention.ms.is_none() && retention.bytes.is_none())
+            if proposed < MAX_DELETES_PER_ROUND
+                && consider(node, &handle, retention, quiet_until).await
             {
-                continue;
-            }
-            let now = node.now_ms();
-            // A partition with nothing to expire before a deadline waits for it, unless its
-            // retention changed or records came since (a record may carry an old timestamp).
-            let hw_now = handle.shared().high_watermark();
-            let quiet = quiet_until.get(&group).is_some_and(|q| {
-                now < q.until && retention.ms == Some(q.retention_ms) && hw_now == q.high_watermark
-            });
-            if retention.bytes.is_none() && quiet {
-                continue;
-            }
-            // What the decision reads (the batch and time index) must hold every committed
-            // batch: the leader applies before its own write of a batch lands.
-            let hw = handle.shared().high_watermark();
-            if !handle
-                .shared()
-                .wait_stored(hw, tokio::time::Instant::now() + STORED_WAIT)
-                .await
-            {
-                continue;
-            }
-            match decide(node, &handle, retention, now) {
-                Ok((Some(start), _)) => {
-                    proposed += 1;
-                    quiet_until.remove(&group);
-                    match handle.delete_records(start).await {
-                        Ok(s) => tracing::debug!(group, start = s, "retention moved the log start"),
-                        Err(e) => tracing::debug!(group, error = %e, "retention: delete not done"),
-                    }
-                }
-                Ok((None, next)) => {
-                    if let (Some(until), Some(retention_ms)) = (next, retention.ms) {
-                        let high_watermark = hw;
-                        quiet_until.insert(
-                            group,
-                            Quiet {
-                                until,
-                                retention_ms,
-                                high_watermark,
-                            },
-                        );
-                    }
-                }
-                Err(e) => tracing::warn!(group, error = %e, "retention: cannot read the index"),
+                proposed += 1;
             }
         }
     }
     quiet_until.retain(|g, _| node.partition(*g).is_some());
+}
+
+/// On the partition's leader: decides whether retention moves its log start offset, and if
+/// so proposes the move (CP). Then sets the position at which the partition's records pass
+/// its size limit next ([`fjord_raft::partition_sm::PartitionShared::arm_size_trigger`]),
+/// so that it is decided again as soon as they do. Returns whether a move was proposed.
+async fn consider(
+    node: &Node,
+    handle: &PartitionHandle,
+    retention: Retention,
+    quiet_until: &mut HashMap<u64, Quiet>,
+) -> bool {
+    let shared = handle.shared();
+    let group = shared.group();
+    if !handle.is_leader() || (retention.ms.is_none() && retention.bytes.is_none()) {
+        shared.arm_size_trigger(None);
+        return false;
+    }
+    let now = node.now_ms();
+    // A partition with nothing to expire before a deadline waits for it, unless its
+    // retention changed or records came since (a record may carry an old timestamp).
+    let hw_now = shared.high_watermark();
+    let quiet = quiet_until.get(&group).is_some_and(|q| {
+        now < q.until && retention.ms == Some(q.retention_ms) && hw_now == q.high_watermark
+    });
+    if retention.bytes.is_none() && quiet {
+        return false;
+    }
+    // What the decision reads (the batch and time index) must hold every committed
+    // batch: the leader applies before its own write of a batch lands.
+    let hw = shared.high_watermark();
+    if !shared
+        .wait_stored(hw, tokio::time::Instant::now() + STORED_WAIT)
+        .await
+    {
+        return false;
+    }
+    match decide(node, handle, retention, now) {
+        Ok(Decision {
+            start: Some(start),
+            trigger,
+            ..
+        }) => {
+            quiet_until.remove(&group);
+            match handle.delete_records(start).await {
+                Ok(s) => {
+                    tracing::debug!(group, start = s, "retention moved the log start");
+                    shared.arm_size_trigger(trigger);
+                }
+                // The next round tries again.
+                Err(e) => tracing::debug!(group, error = %e, "retention: delete not done"),
+            }
+            true
+        }
+        Ok(Decision {
+            start: None,
+            next_check,
+            trigger,
+        }) => {
+            shared.arm_size_trigger(trigger);
+            if let (Some(until), Some(retention_ms)) = (next_check, retention.ms) {
+                let high_watermark = hw;
+                quiet_until.insert(
+                    group,
+                    Quiet {
+                        until,
+                        retention_ms,
+                        high_watermark,
+                    },
+                );
+            }
+            false
+        }
+        Err(e) => {
+            tracing::warn!(group, error = %e, "retention: cannot read the index");
+            false
+        }
+    }
 }
 
 /// Asks for a compaction of the partition (it leads) when [`plan_compaction`] says so.
@@ -300,15 +492,25 @@ async fn ask_compaction(node: &Node, handle: &PartitionHandle, c: Compact) -> Re
         .map_err(|e| e.to_string())
 }
 
-/// Gathers the extent and decides. With the decision, for retention by time alone: when
-/// nothing expired, the time before which nothing will (the oldest kept record's running
-/// largest timestamp plus `retention_ms`).
+/// What [`decide`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Decision {
+    /// The log start offset to move to.
+    start: Option<u64>,
+    /// For retention by time alone, when nothing expired: the time before which nothing
+    /// will (the oldest kept record's running largest timestamp plus `retention_ms`).
+    next_check: Option<i64>,
+    /// For retention by size: [`size_trigger`] once the start is where it is decided to be.
+    trigger: Option<u64>,
+}
+
+/// Gathers the extent and decides.
 fn decide(
     node: &Node,
     handle: &PartitionHandle,
     r: Retention,
     now: i64,
-) -> Result<(Option<u64>, Option<i64>), fjord_storage::StorageError> {
+) -> Result<Decision, fjord_storage::StorageError> {
     let shared = handle.shared();
     let group = shared.group();
     let bounds = shared.bounds();
@@ -362,7 +564,12 @@ fn decide(
             None => 0,
         };
     }
-    Ok((plan(r, &e), next_check))
+    let start = plan(r, &e);
+    Ok(Decision {
+        start,
+        next_check,
+        trigger: size_trigger(r, &e, start.unwrap_or(e.log_start_offset)),
+    })
 }
 
 #[cfg(test)]
@@ -433,6 +640,62 @@ mod tests {
         assert_eq!(plan(r, &e), Some(20));
     }
 
+    #[test]
+    fn a_grown_partition_waits_for_the_gap_since_its_last_decision() {
+        let gap = Duration::from_millis(100);
+        let t0 = tokio::time::Instant::now();
+        let mut p = Paced::new(gap);
+        p.add(BTreeSet::from([1, 2]), t0);
+        assert_eq!(
+            p.take_due(t0),
+            BTreeSet::from([1, 2]),
+            "never decided: due at once"
+        );
+        p.decided(&BTreeSet::from([1, 2]), t0);
+        assert_eq!(p.next_due(), None);
+        let t1 = t0 + Duration::from_millis(30);
+        p.add(BTreeSet::from([1, 3]), t1);
+        assert_eq!(p.take_due(t1), BTreeSet::from([3]));
+        assert_eq!(p.next_due(), Some(t0 + gap), "1 waits for its gap");
+        assert!(p.take_due(t0 + gap - Duration::from_millis(1)).is_empty());
+        assert_eq!(p.take_due(t0 + gap), BTreeSet::from([1]));
+        assert_eq!(p.next_due(), None);
+    }
+
+    #[test]
+    fn the_size_trigger_is_where_the_next_move_is_due() {
+        let r = Retention {
+            ms: None,
+            bytes: Some(8 << 20),
+            compact: None,
+        };
+        let all = rows(&[1 << 20; 16]);
+        // Armed with 2 batches held: due past 8 + 1 MiB from the start's batch.
+        let trigger = size_trigger(r, &extent(all[..2].to_vec()), 0).unwrap();
+        assert_eq!(trigger, (9 << 20) + 1);
+        for n in 1..=16 {
+            let e = extent(all[..n].to_vec());
+            assert_eq!(
+                plan(r, &e).is_some(),
+                e.end_position >= trigger,
+                "{n} batches"
+            );
+        }
+        // After a move to offset 20 (batch 3), it counts from there.
+        let e = extent(all[..10].to_vec());
+        assert_eq!(plan(r, &e), Some(20));
+        assert_eq!(size_trigger(r, &e, 20), Some((2 << 20) + (9 << 20) + 1));
+        // A start inside a batch counts from that batch; past every row, from the end.
+        assert_eq!(size_trigger(r, &e, 25), Some((2 << 20) + (9 << 20) + 1));
+        assert_eq!(size_trigger(r, &e, 100), Some((10 << 20) + (9 << 20) + 1));
+        let by_time = Retention {
+            ms: Some(1000),
+            bytes: None,
+            compact: None,
+        };
+        assert_eq!(size_trigger(by_time, &e, 0), None);
+    }
+
     proptest! {
         /// What is kept fits the limit, and only whole batches before the cut go.
         #[test]
@@ -448,7 +711,7 @@ mod tests {
                 prop_assert!(e.end_position - kept_from <= limit);
                 prop_assert!(start > e.log_start_offset && start <= e.high_watermark);
             } else {
-                prop_assert!(e.end_position <= limit + (limit / 8).max(1 << 20));
+                prop_assert!(e.end_position <= limit + size_slack(limit));
             }
         }
     }
