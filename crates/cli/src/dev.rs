@@ -324,6 +324,21 @@ fn plan_nodes(args: &DevArgs, data_dir: &std::path::Path) -> Vec<Node> {
         .collect()
 }
 
+/// The `--worker-threads` each local node gets: the machine's cores shared among the nodes
+/// (at least 1 each), so that the nodes together run no more threads than there are cores;
+/// `None` when the flags after `--` or the environment set it already.
+fn node_workers(
+    serve_args: &[String],
+    set_in_env: bool,
+    cores: usize,
+    nodes: usize,
+) -> Option<usize> {
+    let given = serve_args
+        .iter()
+        .any(|a| a == "--worker-threads" || a.starts_with("--worker-threads="));
+    (!given && !set_in_env).then(|| (cores / nodes.max(1)).clamp(1, 1024))
+}
+
 /// Starts a `fjord serve` process per node, each adopted by `children`; stops at the first
 /// that cannot be started.
 fn start_nodes(
@@ -338,8 +353,17 @@ fn start_nodes(
         .map(|n| format!("{}={}", n.id, n.peer_address))
         .collect::<Vec<_>>()
         .join(",");
+    let workers = node_workers(
+        serve_args,
+        std::env::var_os(crate::serve::env_name("worker-threads")).is_some(),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        nodes.len(),
+    );
     for node in nodes {
         let mut serve_args = serve_args.to_vec();
+        if let Some(n) = workers {
+            serve_args.extend(["--worker-threads".to_string(), n.to_string()]);
+        }
         if let Some(base) = metrics_base_port {
             let port = u64::from(base) + node.id - 1;
             anyhow::ensure!(
@@ -508,6 +532,24 @@ async fn stop_cluster(children: &mut Children, nodes: &[Node], out: Output) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_nodes_share_the_cores_unless_told_otherwise() {
+        assert_eq!(node_workers(&[], false, 2, 3), Some(1));
+        assert_eq!(node_workers(&[], false, 16, 3), Some(5));
+        assert_eq!(node_workers(&[], false, 8, 1), Some(8));
+        let given = ["--worker-threads".to_string(), "4".to_string()];
+        assert_eq!(node_workers(&given, false, 2, 3), None);
+        assert_eq!(
+            node_workers(&["--worker-threads=4".to_string()], false, 2, 3),
+            None
+        );
+        assert_eq!(
+            node_workers(&[], true, 2, 3),
+            None,
+            "FJORD_WORKER_THREADS is set"
+        );
+    }
 
     fn nodes(n: u64, base: u64) -> Vec<Node> {
         (1..=n)

@@ -114,6 +114,13 @@ pub struct ServeConfig {
     #[arg(long, default_value_t = defaults::GROUP_OFFSET_RETENTION_MS)]
     #[serde(default = "default_group_retention_ms")]
     pub group_offset_retention_ms: u64,
+    /// Threads of the node's async runtime, 1 to 1024. Default: one per core. Nodes that
+    /// share a machine should share its cores (`fjord dev` gives each of its nodes cores /
+    /// nodes, at least 1): more runnable threads than cores make every hand-off between
+    /// tasks a wake-up on another thread, which one-at-a-time produces wait for.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[serde(default)]
+    pub worker_threads: Option<u16>,
     /// How often retention looks at the partitions, in milliseconds: the leader of each
     /// deletes what expired by its topic's `retention_ms` and `retention_bytes`, and every
     /// replica purges its log behind the log start offset. 10 to 300,000 (Kafka's

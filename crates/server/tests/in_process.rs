@@ -62,6 +62,7 @@ async fn start_cluster(n: u64) -> Cluster {
                 ::fjord_server::config::defaults::GROUP_HEARTBEAT_INTERVAL_MS,
             group_partitions: ::fjord_server::config::defaults::GROUP_PARTITIONS,
             group_offset_retention_ms: ::fjord_server::config::defaults::GROUP_OFFSET_RETENTION_MS,
+            worker_threads: None,
             retention_check_interval_ms:
                 ::fjord_server::config::defaults::RETENTION_CHECK_INTERVAL_MS,
             min_free_disk_bytes: None,

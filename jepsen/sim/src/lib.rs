@@ -282,6 +282,7 @@ fn serve_config(id: u64, config: &SimConfig) -> ServeConfig {
         // would double a seed's cost.
         group_partitions: fjord_harness::group::COORDINATOR_PARTITIONS,
         group_offset_retention_ms: fjord_server::config::defaults::GROUP_OFFSET_RETENTION_MS,
+        worker_threads: None,
         retention_check_interval_ms: fjord_server::config::defaults::RETENTION_CHECK_INTERVAL_MS,
         // Off: the simulated disk does not run out of space (and the sampler would read it
         // on the blocking pool, outside the simulation's scheduling).
