@@ -186,8 +186,7 @@ async fn presented_certificate(addr: &str, ca: &Path) -> Option<Vec<u8>> {
     for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).ok()? {
         roots.add(c.ok()?).ok()?;
     }
-    #[allow(deprecated)] // ring, as the server: no post-quantum key exchange
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .ok()?
