@@ -447,25 +447,30 @@ async fn retention_by_time_and_by_size_moves_the_start_on_every_replica() {
         assert_eq!(got.2, want, "node {}", node.id);
     }
 
-    // By size: 1 MiB kept (the smallest limit), 3 MiB written in 64 KiB records.
-    topic_with(&client, "by-size", &[("retention_bytes", "1048576")]).await;
+    fill_past_one_mib(&cluster, &client, "by-size").await;
+}
+
+/// Creates `topic` with a `retention_bytes` of 1 MiB (the smallest limit) and writes 3 MiB
+/// in 48 records of 64 KiB: every replica's start moves, and what it keeps fits the limit
+/// plus its slack (an eighth, at least 1 MiB) and is the newest records.
+async fn fill_past_one_mib(cluster: &Cluster, client: &Client, topic: &str) {
+    topic_with(client, topic, &[("retention_bytes", "1048576")]).await;
     let value = "x".repeat(64 << 10);
-    produce(&client, "by-size", (0..48).map(|_| value.clone())).await;
+    produce(client, topic, (0..48).map(|_| value.clone())).await;
     for node in &cluster.nodes {
         let (start, hw, records) = wait_for("the oldest records to be deleted", DEADLINE, || {
             let addr = node.addr.clone();
             async move {
-                replica(&addr, "by-size")
+                replica(&addr, topic)
                     .await
                     .filter(|(start, hw, _)| *hw == 48 && *start > 0)
             }
         })
         .await;
-        // What is kept fits the limit plus its slack (an eighth, at least 1 MiB), and is the
-        // newest records.
         let kept = (hw - start) * (64 << 10);
         assert!(kept <= 2 << 20, "node {} keeps {kept} bytes", node.id);
         assert_eq!(records.len() as u64, hw - start);
+        assert!(records.iter().all(|(_, v)| *v == value.as_bytes()));
     }
 }
 
@@ -477,24 +482,8 @@ async fn retention_by_size_acts_when_the_limit_is_passed_not_at_the_next_round()
     let flags = ["--retention-check-interval-ms", "300000"];
     let cluster = Cluster::start_with_args(3, fjord_tests::Timing::FAST, &flags).await;
     let client = cluster.client();
-    topic_with(&client, "by-size", &[("retention_bytes", "1048576")]).await;
+    fill_past_one_mib(&cluster, &client, "by-size").await;
     let value = "x".repeat(64 << 10);
-    produce(&client, "by-size", (0..48).map(|_| value.clone())).await;
-    for node in &cluster.nodes {
-        let (start, hw, records) = wait_for("the oldest records to be deleted", DEADLINE, || {
-            let addr = node.addr.clone();
-            async move {
-                replica(&addr, "by-size")
-                    .await
-                    .filter(|(start, hw, _)| *hw == 48 && *start > 0)
-            }
-        })
-        .await;
-        let kept = (hw - start) * (64 << 10);
-        assert!(kept <= 2 << 20, "node {} keeps {kept} bytes", node.id);
-        assert_eq!(records.len() as u64, hw - start);
-        assert!(records.iter().all(|(_, v)| *v == value.as_bytes()));
-    }
     // Written on: the start keeps following, and settles alike on every replica.
     produce(&client, "by-size", (0..48).map(|_| value.clone())).await;
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr.clone()).collect();
