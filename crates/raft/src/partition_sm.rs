@@ -379,7 +379,10 @@ impl PartitionShared {
     /// disarms. If it is reached already, the group is noted now.
     pub fn arm_size_trigger(&self, position: Option<u64>) {
         use std::sync::atomic::Ordering;
-        let at = position.unwrap_or(u64::MAX);
+        let Some(at) = position else {
+            self.size_trigger.store(u64::MAX, Ordering::Release);
+            return;
+        };
         self.size_trigger.store(at, Ordering::Release);
         // An apply between the decision and this store would not have seen the trigger.
         let applied = self.applied.lock().unwrap().state.next_position;

@@ -59,11 +59,15 @@ fn leader_hint(node: &Node, leader: Option<u64>) -> Option<(u64, String)> {
 fn not_leader(node: &Node, topic: &Topic, partition: u32, leader: Option<u64>) -> ApiError {
     ApiError::NotLeader {
         this: node.id(),
-        of: Subject::Partition {
-            topic: topic.name.clone(),
-            partition,
-        },
+        of: partition_subject(topic, partition),
         leader: leader_hint(node, leader),
+    }
+}
+
+fn partition_subject(topic: &Topic, partition: u32) -> Subject {
+    Subject::Partition {
+        topic: topic.name.clone(),
+        partition,
     }
 }
 
@@ -360,7 +364,7 @@ async fn produce_partition(
             Acks::Cp => handle.propose_cp(b).await,
             Acks::Ap => handle.propose_ap(b).await,
         }
-        .map_err(|e| group_error(node, topic, partition, e))
+        .map_err(|e| group_error(node, partition_subject(topic, partition), e))
     };
     match tokio::time::timeout(timeout, proposal).await {
         Ok(result) => result,
@@ -372,16 +376,16 @@ async fn produce_partition(
     }
 }
 
-fn group_error(node: &Node, topic: &Topic, partition: u32, e: GroupError) -> ApiError {
+/// A local group's refusal as the client's error about `of`: a leader hint when this node
+/// does not lead, "no leader, retry" when the group cannot answer now.
+pub(crate) fn group_error(node: &Node, of: Subject, e: GroupError) -> ApiError {
     match e {
-        GroupError::NotLeader { leader, .. } => not_leader(node, topic, partition, leader),
-        GroupError::Unavailable(why) => ApiError::no_leader(
-            Subject::Partition {
-                topic: topic.name.clone(),
-                partition,
-            },
-            NoLeaderCause::Unavailable(why),
-        ),
+        GroupError::NotLeader { leader, .. } => ApiError::NotLeader {
+            this: node.id(),
+            of,
+            leader: leader_hint(node, leader),
+        },
+        GroupError::Unavailable(why) => ApiError::no_leader(of, NoLeaderCause::Unavailable(why)),
         GroupError::Busy(why) => ApiError::Busy(why),
         GroupError::Internal(why) => ApiError::Internal(why),
     }
@@ -425,7 +429,7 @@ async fn readable_partition(
         handle
             .linearizable_read()
             .await
-            .map_err(|e| group_error(node, &topic, partition, e))?;
+            .map_err(|e| group_error(node, partition_subject(&topic, partition), e))?;
     }
     Ok((topic, handle))
 }
@@ -506,7 +510,9 @@ pub async fn delete_records(node: &Node, req: DeleteRecords) -> Result<u64, ApiE
         });
     }
     match tokio::time::timeout(req.timeout, handle.delete_records(before)).await {
-        Ok(result) => result.map_err(|e| group_error(node, &topic, req.partition, e)),
+        Ok(result) => {
+            result.map_err(|e| group_error(node, partition_subject(&topic, req.partition), e))
+        }
         Err(_) => Err(ApiError::Timeout {
             topic: topic.name.clone(),
             partition: req.partition,

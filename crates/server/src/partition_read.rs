@@ -21,7 +21,6 @@
 use std::time::Duration;
 
 use fjord_meta::NodeId;
-use fjord_raft::GroupError;
 use fjord_raft::peer::PeerError;
 use fjord_raft::peer::wire::{PartitionRead, PartitionReadReply};
 
@@ -98,7 +97,7 @@ async fn read(node: &Node, req: PartitionRead) -> Result<PartitionReadReply, Api
         handle
             .linearizable_read()
             .await
-            .map_err(|e| group_error(node, group, e))?;
+            .map_err(|e| crate::data::group_error(node, Subject::Group(group), e))?;
         reply.offset = crate::data::local_offset_for_time(node, &handle, ts).await?;
     }
     if let Some(offset) = req.record_time_at {
@@ -110,20 +109,4 @@ async fn read(node: &Node, req: PartitionRead) -> Result<PartitionReadReply, Api
     reply.high_watermark = shared.high_watermark();
     reply.log_start_offset = shared.log_start_offset();
     Ok(reply)
-}
-
-/// A ReadIndex that failed: this node does not lead `group` (with the leader it knows), or
-/// the group cannot answer now.
-fn group_error(node: &Node, group: u64, e: GroupError) -> ApiError {
-    let of = Subject::Group(group);
-    match e {
-        GroupError::NotLeader { leader, .. } => ApiError::NotLeader {
-            this: node.id(),
-            of,
-            leader: leader.and_then(|l| node.client_address_of(l).map(|a| (l, a))),
-        },
-        GroupError::Unavailable(why) => ApiError::no_leader(of, NoLeaderCause::Unavailable(why)),
-        GroupError::Busy(why) => ApiError::Busy(why),
-        GroupError::Internal(why) => ApiError::Internal(why),
-    }
 }
