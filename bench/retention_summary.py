@@ -3,7 +3,10 @@
 bytes/time runs: per node, the largest disk space of the data dir (`du -s -B1`: allocated blocks) and length of fjord.redb seen during the
 load, against the bound 1.25 x (what retention keeps) + the fixed overhead (the node's data
 dir with the topic and no records); what retention keeps is retention_bytes x partitions, or
-for retention_ms the produce rate x retention_ms; the most record bytes one replica held
+for retention_ms the most bytes written within any retention_ms of the run (from the per-second
+samples of the high watermark: each sample against the high watermark retention_ms before it,
+linear between samples, per partition, summed; the average rate x retention_ms is printed beside it, and
+understates what was kept when the rate rose during the run); the most record bytes one replica held
 (high watermark - log start offset, x the record size, the largest sample per partition,
 summed); and whether every replica ended with the same log start offset and high watermark.
 peer-bytes/peer-time runs (JetStream): the same for the stream's store dirs.
@@ -44,6 +47,43 @@ def held_bytes(path, record_size):
     return sum(most.values())
 
 
+def most_written_within(path, record_size, ms):
+    """The most record bytes written within any `ms` of the run: per partition, for each
+    sample, the highest high watermark any replica had answered by then, against that
+    running high watermark `ms` earlier (linear between the two samples around that time;
+    none before the first sample); the largest, summed over partitions."""
+    series = {}
+    with open(path) as f:
+        for line in f:
+            try:
+                o = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "error" in o:
+                continue
+            series.setdefault(o["partition"], []).append((o["t"], o["high_watermark"]))
+    total = 0
+    for points in series.values():
+        points.sort()
+        # The running highest watermark: a lagging replica's answer does not lower it.
+        best, hw = [], 0
+        for t, h in points:
+            hw = max(hw, h)
+            best.append((t, hw))
+        most, j = 0, 0
+        for t, h in best:
+            at = t - ms / 1000
+            if at < best[0][0]:
+                continue
+            while best[j + 1][0] < at:
+                j += 1
+            (t0, h0), (t1, h1) = best[j], best[j + 1]
+            then = h0 if t1 == t0 else h0 + (h1 - h0) * (at - t0) / (t1 - t0)
+            most = max(most, h - then)
+        total += most * record_size
+    return total
+
+
 def disk_run(r):
     cfg = dict(kv.split("=", 1) for kv in r["config"].split())
     p = r["produce"]
@@ -54,8 +94,10 @@ def disk_run(r):
         kept_what = f"retention_bytes {int(cfg['retention_bytes']) / MIB:.0f} MiB x {parts}"
     else:
         ms = int(cfg["retention_ms"])
-        kept = p["mb_per_sec"] * 1e6 * ms / 1000
-        kept_what = f"{p['mb_per_sec']:.1f} MB/s x {ms} ms"
+        average = p["mb_per_sec"] * 1e6 * ms / 1000
+        kept = most_written_within(r["offset_samples"], size, ms)
+        kept_what = (f"the most written within {ms} ms; the average rate, {p['mb_per_sec']:.1f} "
+                     f"MB/s x {ms} ms, is {average / MIB:.1f} MiB")
     samples = disk_samples(r["disk_samples"])
     overhead = max(e[0] for e in r["empty_sizes"])
     bound = 1.25 * kept + overhead
