@@ -281,6 +281,7 @@ pub async fn start_partition(
     let shared = PartitionShared::open(group, &store, kind)?;
     shared.note_retention_in(cfg.retention_notes.clone());
     shared.rebuild_time_index().await?;
+    shared.recover_time_rows().await?;
     // The log store's in-memory tail is shared by its clones: an instance started again
     // after hibernation reads what the last one appended, committed to redb or not.
     let log = GroupLogStore::new(group, store.clone(), Some(shared.clone()));

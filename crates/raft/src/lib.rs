@@ -62,6 +62,7 @@ pub mod retention_notes;
 pub mod runtime;
 pub mod scan;
 pub mod side;
+pub mod time_rows;
 pub mod types;
 pub mod voters;
 

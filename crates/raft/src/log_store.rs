@@ -71,6 +71,25 @@ pub struct GroupLogStore {
     tail: Arc<Mutex<Tail>>,
     /// Whether a task is deleting this group's purged entries (one at a time).
     purging: Arc<std::sync::atomic::AtomicBool>,
+    /// For a partition: one more than the committed index last saved (0: none yet).
+    committed_saved: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A partition saves its committed log id once it moved this many entries past the one it
+/// saved last, not at every commit: the id is not needed for safety (openraft saves none by
+/// default; a node restarted with an older one applies the rest once a leader commits again,
+/// and one older than the applied state counts as the applied state), and writing it each
+/// time put a page of its own into every one-at-a-time produce's commit.
+pub const SAVE_COMMITTED_EVERY_ENTRIES: u64 = 256;
+
+/// Whether a partition saves the committed index `index`, having saved `saved` last (`None`:
+/// none this run). An index below the saved one (a log truncated behind it cannot be, but a
+/// snapshot's can be anywhere) is saved at once.
+pub fn committed_save_due(saved: Option<u64>, index: u64) -> bool {
+    match saved {
+        None => true,
+        Some(s) => index < s || index >= s.saturating_add(SAVE_COMMITTED_EVERY_ENTRIES),
+    }
 }
 
 impl GroupLogStore {
@@ -81,6 +100,7 @@ impl GroupLogStore {
             partition,
             tail: Arc::default(),
             purging: Arc::default(),
+            committed_saved: Arc::default(),
         }
     }
 
@@ -266,11 +286,19 @@ impl GroupLogStore {
                 let appended = p
                     .on_append(&self.store, entries)
                     .inspect_err(|_| p.invalidate_tail())?;
-                if !appended.index.is_empty() {
+                if !appended.index.is_empty() || !appended.times.is_empty() {
                     ops.push(Op::IndexOffsets {
                         group: self.group,
                         entries: appended.index.clone(),
                         times: appended.times.clone(),
+                    });
+                }
+                // The time index rows are written in bulk, with the marker saying up to where.
+                if let Some((_, through)) = appended.times_write {
+                    ops.push(Op::Put {
+                        group: self.group,
+                        key: GroupKey::TimeRowsThrough as u8,
+                        value: through.to_be_bytes().to_vec(),
                     });
                 }
                 p.pending_add(&appended.index);
@@ -307,6 +335,9 @@ impl GroupLogStore {
         Self::settle(&held.tail, held.append, held.first, held.last);
         if let (Some(p), Some(appended)) = (&partition, &appended) {
             p.pending_done(&appended.index);
+            if let Some((write, _)) = appended.times_write {
+                p.times_written(write);
+            }
         }
         match result {
             Ok(()) => {
@@ -404,7 +435,19 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         &mut self,
         committed: Option<LogIdOf<TypeConfig>>,
     ) -> Result<(), io::Error> {
-        // Not needed for safety (it only speeds up recovery), so it does not wait for fsync.
+        // Not needed for safety (it only speeds up recovery), so it does not wait for fsync;
+        // a partition saves it every so many entries (see [`SAVE_COMMITTED_EVERY_ENTRIES`]).
+        if self.partition.is_some()
+            && let Some(c) = &committed
+        {
+            use std::sync::atomic::Ordering;
+            let saved = self.committed_saved.load(Ordering::Acquire).checked_sub(1);
+            if !committed_save_due(saved, c.index) {
+                return Ok(());
+            }
+            self.committed_saved
+                .store(c.index.saturating_add(1), Ordering::Release);
+        }
         self.store
             .write_lazy(vec![Op::Put {
                 group: self.group,
@@ -449,6 +492,9 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
                 if let (Some(p), Some(appended)) = (&self.partition, &appended) {
                     p.invalidate_tail();
                     p.pending_done(&appended.index);
+                    if let Some((write, _)) = appended.times_write {
+                        p.times_written(write);
+                    }
                 }
                 callback.io_completed(Err(io::Error::other(e.to_string())));
                 return Err(io::Error::from(e));
@@ -472,19 +518,25 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         last_log_id: Option<LogIdOf<TypeConfig>>,
     ) -> Result<(), io::Error> {
         let from = last_log_id.as_ref().map_or(0, |l| l.index() + 1);
+        let mut ops = vec![Op::TruncateFrom {
+            group: self.group,
+            index: from,
+        }];
         if let Some(p) = &self.partition {
             p.invalidate_tail();
+            if let Some(through) = p.times_truncated(from) {
+                ops.push(Op::Put {
+                    group: self.group,
+                    key: GroupKey::TimeRowsThrough as u8,
+                    value: through.to_be_bytes().to_vec(),
+                });
+            }
         }
         {
             let mut t = self.tail.lock().unwrap();
             let _removed = t.entries.split_off(&from);
         }
-        self.store
-            .write(vec![Op::TruncateFrom {
-                group: self.group,
-                index: from,
-            }])
-            .await?;
+        self.store.write(ops).await?;
         Ok(())
     }
 
@@ -506,5 +558,27 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
             .await?;
         self.delete_purged();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_saves_its_committed_index_every_so_many_entries() {
+        assert!(committed_save_due(None, 0));
+        assert!(committed_save_due(None, 7));
+        assert!(!committed_save_due(Some(7), 7));
+        assert!(!committed_save_due(
+            Some(7),
+            7 + SAVE_COMMITTED_EVERY_ENTRIES - 1
+        ));
+        assert!(committed_save_due(
+            Some(7),
+            7 + SAVE_COMMITTED_EVERY_ENTRIES
+        ));
+        // Lower than the one saved (a snapshot's): saved at once.
+        assert!(committed_save_due(Some(700), 3));
     }
 }

@@ -275,8 +275,11 @@ struct Tail {
 pub struct Appended {
     /// Batch index rows of the appended batches.
     pub index: Vec<BatchRow>,
-    /// The time index rows they add.
+    /// The time index rows to write with them: those this append and the ones before it
+    /// added, every so many batches ([`crate::time_rows`]); none in between.
     pub times: Vec<TimeRow>,
+    /// When `times` are written: the write's number and the marker stored with them.
+    pub times_write: Option<(u64, u64)>,
     /// `(token, outcome)` of every appended batch.
     pub outcomes: Vec<(u64, Outcome)>,
 }
@@ -323,6 +326,8 @@ pub struct PartitionShared {
     /// to look (it arms the trigger if this replica leads with retention by size, else
     /// disarms it; a replica that becomes leader later is armed at the next round).
     size_trigger: std::sync::atomic::AtomicU64,
+    /// The time index rows not stored yet ([`crate::time_rows`]).
+    time_rows: Mutex<crate::time_rows::TimeRows>,
 }
 
 /// What a partition's last snapshot covers, and when one was last asked for.
@@ -467,6 +472,7 @@ impl PartitionShared {
             needs_time_index: std::sync::atomic::AtomicBool::new(before_retention),
             retention_notes: std::sync::OnceLock::new(),
             size_trigger: std::sync::atomic::AtomicU64::new(0),
+            time_rows: Mutex::new(crate::time_rows::TimeRows::new(None)),
             snapshot: Mutex::new(SnapshotMark {
                 index: snapshot_index,
                 ..SnapshotMark::default()
@@ -747,8 +753,11 @@ impl PartitionShared {
         }
         let tail = tail_guard.as_mut().expect("tail was just set");
         let mut out = Appended::default();
+        let (mut rows, mut batches, mut bytes) = (Vec::new(), 0u64, 0u64);
         for e in entries {
             if let EntryPayload::Normal(Request::Batch(b)) = &e.payload {
+                batches += 1;
+                bytes = bytes.saturating_add(b.records.len() as u64);
                 // Every replica checks the producer's CRC before the batch reaches its disk:
                 // a batch corrupted on the way is an error, never stored data.
                 fjord_proto::batch::verify(&b.records, b.stored_crc()).map_err(|err| {
@@ -760,7 +769,7 @@ impl PartitionShared {
                 let (outcome, placed) = apply_batch(&mut tail.state, b, e.index());
                 if let Some((row, time)) = placed {
                     out.index.push(row);
-                    out.times.extend(time);
+                    rows.extend(time.map(|t| (e.index(), t)));
                 }
                 out.outcomes.push((b.token, outcome));
             } else if let EntryPayload::Normal(Request::DeleteRecords { offset }) = &e.payload {
@@ -768,7 +777,126 @@ impl PartitionShared {
             }
             tail.through = Some(e.index());
         }
+        let last = entries.last().map_or(first, |e| e.index());
+        if let Some(w) = self
+            .time_rows
+            .lock()
+            .unwrap()
+            .appended(rows, batches, bytes, last)
+        {
+            out.times = w.rows;
+            out.times_write = Some((w.write, w.through));
+        }
         Ok(out)
+    }
+
+    /// The write of time index rows `write` ended (see [`Appended::times_write`]).
+    pub fn times_written(&self, write: u64) {
+        self.time_rows.lock().unwrap().written(write);
+    }
+
+    /// After the log was truncated from log index `from`: the marker to store with the
+    /// truncation, if the stored one is past it ([`crate::time_rows::TimeRows::truncated`]).
+    pub fn times_truncated(&self, from: u64) -> Option<u64> {
+        self.time_rows.lock().unwrap().truncated(from)
+    }
+
+    /// The first time index row whose timestamp is at least `ts`: among the stored rows, or
+    /// else among those not stored yet (which are all newer).
+    pub fn offset_for_time(&self, ts: i64) -> Result<Option<TimeRow>, fjord_storage::StorageError> {
+        if let Some(row) = self.store.offset_for_time(self.group, ts)? {
+            return Ok(Some(row));
+        }
+        Ok(self.time_rows.lock().unwrap().first_at_or_after(ts))
+    }
+
+    /// Before the group starts (and again after a hibernation): stores the time index rows
+    /// of the entries at and after the stored marker, which a crash (or a stop) may have
+    /// left unwritten, rebuilt from the log: at most [`crate::time_rows::WRITE_EVERY_BATCHES`]
+    /// batches or [`crate::time_rows::WRITE_EVERY_BYTES`] bytes read back (and one batch).
+    pub async fn recover_time_rows(&self) -> Result<(), io::Error> {
+        let Some(raw) = self
+            .store
+            .get_value(self.group, GroupKey::TimeRowsThrough)?
+        else {
+            // A data dir from before the marker holds every row; this run's first append
+            // stores one.
+            *self.time_rows.lock().unwrap() = crate::time_rows::TimeRows::new(None);
+            return Ok(());
+        };
+        let marker = u64::from_be_bytes(raw.as_slice().try_into().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "group {}: a time index marker of {} bytes",
+                    self.group,
+                    raw.len()
+                ),
+            )
+        })?);
+        // Every row of a batch below the marker is stored, so the last stored row holds the
+        // largest timestamp up to there, and no batch between it and the marker raised it.
+        let last = self.store.last_time_row(self.group)?;
+        let mut max = last.map(|r| r.timestamp_ms);
+        let mut from = last.map_or(0, |r| r.base_offset);
+        let (mut times, mut through) = (Vec::new(), marker);
+        loop {
+            let chunk = self.store.offsets_from(self.group, from, 4096)?;
+            let Some(next) = chunk.last().map(BatchRow::end_offset) else {
+                break;
+            };
+            for rows in chunk
+                .iter()
+                .filter(|r| r.index >= marker)
+                .collect::<Vec<_>>()
+                .chunks(64)
+            {
+                let (first, end) = (rows[0].index, rows[rows.len() - 1].index);
+                let entries: HashMap<u64, Vec<u8>> = self
+                    .store
+                    .read_log(self.group, first..=end, usize::MAX, usize::MAX)?
+                    .into_iter()
+                    .collect();
+                for r in rows {
+                    through = through.max(r.index.saturating_add(1));
+                    let Some(raw) = entries.get(&r.index) else {
+                        continue;
+                    };
+                    let Some(b) = codec::stored_batch(raw)? else {
+                        continue;
+                    };
+                    if max.is_none_or(|m| b.max_timestamp_ms > m) {
+                        max = Some(b.max_timestamp_ms);
+                        times.push(TimeRow {
+                            timestamp_ms: b.max_timestamp_ms,
+                            base_offset: r.base_offset,
+                        });
+                    }
+                }
+            }
+            if next <= from {
+                break;
+            }
+            from = next;
+        }
+        if through > marker || !times.is_empty() {
+            self.store
+                .write(vec![
+                    Op::PutTimes {
+                        group: self.group,
+                        times,
+                        clear: false,
+                    },
+                    Op::Put {
+                        group: self.group,
+                        key: GroupKey::TimeRowsThrough as u8,
+                        value: through.to_be_bytes().to_vec(),
+                    },
+                ])
+                .await?;
+        }
+        *self.time_rows.lock().unwrap() = crate::time_rows::TimeRows::new(Some(through));
+        Ok(())
     }
 
     /// The rules' state just before log index `next`: the applied state, plus every entry
@@ -1163,8 +1291,15 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
         self.shared.snapshot.lock().unwrap().index = a.last_applied.map(|l| l.index());
         self.shared.invalidate_tail();
         self.shared.hw.send_replace(hw);
+        let index = a.last_applied.map_or(0, |l| l.index());
+        let through = self.shared.time_rows.lock().unwrap().reset(index);
         self.store
             .write(vec![
+                Op::Put {
+                    group: self.shared.group,
+                    key: GroupKey::TimeRowsThrough as u8,
+                    value: through.to_be_bytes().to_vec(),
+                },
                 Op::Put {
                     group: self.shared.group,
                     key: GroupKey::StateMachine as u8,
@@ -1179,7 +1314,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                 // entries), and the time index starts from the snapshot's largest timestamp.
                 Op::ResetIndexTo {
                     group: self.shared.group,
-                    index: a.last_applied.map_or(0, |l| l.index()),
+                    index,
                     next_offset: hw,
                     time: a.state.max_timestamp_ms.map(|timestamp_ms| TimeRow {
                         timestamp_ms,

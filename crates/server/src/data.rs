@@ -541,7 +541,7 @@ pub async fn list_offsets(node: &Node, req: ListOffsets) -> Result<OffsetFound, 
             shared
                 .wait_stored(hw, tokio::time::Instant::now() + STORED_WAIT)
                 .await;
-            if let Some((offset, at)) = offset_for_time(node, shared.group(), ts, log_start, hw)? {
+            if let Some((offset, at)) = offset_for_time(node, shared, ts, log_start, hw)? {
                 found.offset = Some(offset);
                 found.timestamp_ms = at;
             }
@@ -562,7 +562,7 @@ pub(crate) async fn local_offset_for_time(
     shared
         .wait_stored(hw, tokio::time::Instant::now() + STORED_WAIT)
         .await;
-    Ok(offset_for_time(node, shared.group(), ts, start, hw)?.map(|(o, _)| o))
+    Ok(offset_for_time(node, shared, ts, start, hw)?.map(|(o, _)| o))
 }
 
 /// The first committed record at or after `log_start` whose timestamp is at least `ts`, found
@@ -571,12 +571,13 @@ pub(crate) async fn local_offset_for_time(
 /// all older. With the record's timestamp.
 fn offset_for_time(
     node: &Node,
-    group: u64,
+    shared: &fjord_raft::partition_sm::PartitionShared,
     ts: i64,
     log_start: u64,
     hw: u64,
 ) -> Result<Option<(u64, i64)>, ApiError> {
-    let Some(row) = node.store().offset_for_time(group, ts)? else {
+    let group = shared.group();
+    let Some(row) = shared.offset_for_time(ts)? else {
         return Ok(None);
     };
     let from = row.base_offset.max(log_start);

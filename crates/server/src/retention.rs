@@ -453,8 +453,8 @@ async fn ask_compaction(node: &Node, handle: &PartitionHandle, c: Compact) -> Re
     let now = node.now_ms();
     let cleanable = if c.min_lag_ms > 0 {
         let cutoff = now.saturating_sub(c.min_lag_ms);
-        store
-            .offset_for_time(group, cutoff)
+        shared
+            .offset_for_time(cutoff)
             .map_err(|e| e.to_string())?
             .map_or(hw, |t| t.base_offset.min(hw))
     } else {
@@ -524,7 +524,7 @@ fn decide(
     let mut next_check = None;
     if let Some(ms) = r.ms {
         let cutoff = now.saturating_sub(ms.min(i64::MAX as u64) as i64);
-        e.first_unexpired = store.offset_for_time(group, cutoff)?.map(|t| t.base_offset);
+        e.first_unexpired = shared.offset_for_time(cutoff)?.map(|t| t.base_offset);
         // No batch reached the cutoff: everything expired, but only when the partition's
         // largest timestamp says so (a time index without a row for it, or a partition whose
         // largest timestamp is unknown, keeps its records).
@@ -538,8 +538,8 @@ fn decide(
         if nothing_expired {
             // The oldest kept running timestamp says when something will; a record appended
             // from now on expires a retention from now at the earliest.
-            let oldest = store
-                .offset_for_time(group, i64::MIN)?
+            let oldest = shared
+                .offset_for_time(i64::MIN)?
                 .map(|t| t.timestamp_ms)
                 .filter(|_| hw > bounds.log_start_offset);
             let ms = ms.min(i64::MAX as u64) as i64;

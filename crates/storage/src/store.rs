@@ -60,6 +60,10 @@ pub enum GroupKey {
     Snapshot = 5,
     /// A compacted partition's compaction progress on this replica.
     Compacted = 6,
+    /// The log index below which every batch's time index row is stored (big-endian u64):
+    /// rows are written in bulk (`fjord_raft::time_rows`), and a start rebuilds those of
+    /// the entries from here on. Absent: every row is stored (a data dir from before).
+    TimeRowsThrough = 7,
 }
 
 /// Settings of the database.
@@ -416,6 +420,26 @@ impl Store {
             .range((group, timestamp_ms)..=(group, i64::MAX))
             .map_err(StorageError::redb)?;
         match range.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = item.map_err(StorageError::redb)?;
+                Ok(Some(TimeRow {
+                    timestamp_ms: k.value().1,
+                    base_offset: v.value(),
+                }))
+            }
+        }
+    }
+
+    /// The group's time index row with the largest timestamp (its partition's largest
+    /// timestamp among the rows stored).
+    pub fn last_time_row(&self, group: u64) -> Result<Option<TimeRow>, StorageError> {
+        let txn = self.read_txn()?;
+        let table = txn.open_table(TIMES).map_err(StorageError::redb)?;
+        let mut range = table
+            .range((group, i64::MIN)..=(group, i64::MAX))
+            .map_err(StorageError::redb)?;
+        match range.next_back() {
             None => Ok(None),
             Some(item) => {
                 let (k, v) = item.map_err(StorageError::redb)?;
