@@ -30,20 +30,25 @@ def disk_samples(path):
     return rows
 
 
-def held_bytes(path, record_size):
-    """The largest (hw - start) per partition over the samples of the leader's answers, summed
-    over partitions (each partition's largest, wherever it was)."""
-    most = {}
+def offset_samples(path):
+    """The replicas' answers in an offsets sample file (lines that are not one are skipped)."""
     with open(path) as f:
         for line in f:
             try:
                 o = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if "error" in o:
-                continue
-            held = (o["high_watermark"] - o["log_start_offset"]) * record_size
-            most[o["partition"]] = max(most.get(o["partition"], 0), held)
+            if "error" not in o:
+                yield o
+
+
+def held_bytes(path, record_size):
+    """The largest (hw - start) per partition over the samples of the leader's answers, summed
+    over partitions (each partition's largest, wherever it was)."""
+    most = {}
+    for o in offset_samples(path):
+        held = (o["high_watermark"] - o["log_start_offset"]) * record_size
+        most[o["partition"]] = max(most.get(o["partition"], 0), held)
     return sum(most.values())
 
 
@@ -53,15 +58,8 @@ def most_written_within(path, record_size, ms):
     running high watermark `ms` earlier (linear between the two samples around that time;
     none before the first sample); the largest, summed over partitions."""
     series = {}
-    with open(path) as f:
-        for line in f:
-            try:
-                o = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "error" in o:
-                continue
-            series.setdefault(o["partition"], []).append((o["t"], o["high_watermark"]))
+    for o in offset_samples(path):
+        series.setdefault(o["partition"], []).append((o["t"], o["high_watermark"]))
     total = 0
     for points in series.values():
         points.sort()

@@ -157,7 +157,13 @@ impl AnyGroup {
     pub async fn hibernate(&self) -> bool {
         match self {
             AnyGroup::Meta(_) => false,
-            AnyGroup::Partition(h) => h.hibernate().await,
+            AnyGroup::Partition(h) => {
+                let hibernated = h.hibernate().await;
+                if hibernated {
+                    h.shared().store_time_rows().await;
+                }
+                hibernated
+            }
         }
     }
 

@@ -1173,10 +1173,11 @@ impl std::ops::Deref for PartitionHandle {
 }
 
 impl PartitionHandle {
-    /// Stops the group, then checkpoints its applied state, so that the next start does not
-    /// read back the log to rebuild it.
+    /// Stops the group, then stores its held time index rows and checkpoints its applied
+    /// state, so that the next start does not read back the log to rebuild them.
     pub async fn shutdown(&self) {
         self.core.shutdown().await;
+        self.shared.store_time_rows().await;
         if let Err(e) = self.shared.checkpoint_now().await {
             tracing::warn!(group = self.shared.group(), error = %e, "cannot checkpoint a stopped partition");
         }

@@ -494,33 +494,14 @@ impl PartitionShared {
         let (mut max, mut applied_max, mut from, mut clear) = (None::<i64>, None, 0u64, true);
         loop {
             let rows = self.store.offsets_from(self.group, from, 4096)?;
-            let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+            let Some(last) = rows.last().copied() else {
                 break;
             };
-            let entries: HashMap<u64, Vec<u8>> = self
-                .store
-                .read_log(self.group, first.index..=last.index, usize::MAX, usize::MAX)?
-                .into_iter()
-                .collect();
-            let mut times = Vec::new();
-            for r in &rows {
-                let Some(raw) = entries.get(&r.index) else {
-                    continue;
-                };
-                let Some(b) = codec::stored_batch(raw)? else {
-                    continue;
-                };
-                if max.is_none_or(|m| b.max_timestamp_ms > m) {
-                    max = Some(b.max_timestamp_ms);
-                    times.push(TimeRow {
-                        timestamp_ms: b.max_timestamp_ms,
-                        base_offset: r.base_offset,
-                    });
-                }
+            let times = self.raises(&rows, &mut max, |r, max| {
                 if applied_index.is_some_and(|a| r.index <= a) {
                     applied_max = max;
                 }
-            }
+            })?;
             self.store
                 .write(vec![Op::PutTimes {
                     group: self.group,
@@ -539,6 +520,40 @@ impl PartitionShared {
             "time index built from the log (written before it existed)"
         );
         Ok(())
+    }
+
+    /// Reads back the log entries of `rows` (batch index rows, in order) and returns the time
+    /// index rows of the batches that raised the largest timestamp `max` (carried from the
+    /// rows before); calls `each` with every row and `max` after its batch.
+    fn raises(
+        &self,
+        rows: &[BatchRow],
+        max: &mut Option<i64>,
+        mut each: impl FnMut(&BatchRow, Option<i64>),
+    ) -> Result<Vec<TimeRow>, io::Error> {
+        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+            return Ok(Vec::new());
+        };
+        let entries: HashMap<u64, Vec<u8>> = self
+            .store
+            .read_log(self.group, first.index..=last.index, usize::MAX, usize::MAX)?
+            .into_iter()
+            .collect();
+        let mut times = Vec::new();
+        for r in rows {
+            if let Some(raw) = entries.get(&r.index)
+                && let Some(b) = codec::stored_batch(raw)?
+                && max.is_none_or(|m| b.max_timestamp_ms > m)
+            {
+                *max = Some(b.max_timestamp_ms);
+                times.push(TimeRow {
+                    timestamp_ms: b.max_timestamp_ms,
+                    base_offset: r.base_offset,
+                });
+            }
+            each(r, *max);
+        }
+        Ok(times)
     }
 
     /// Whether a compaction request was applied that this replica has not carried out yet
@@ -801,6 +816,33 @@ impl PartitionShared {
         self.time_rows.lock().unwrap().truncated(from)
     }
 
+    /// Stores the time index rows held in memory (a partition going quiet: hibernating or
+    /// stopping), so that an idle replica holds none and the next start rebuilds none.
+    pub async fn store_time_rows(&self) {
+        let Some(w) = self.time_rows.lock().unwrap().take_all() else {
+            return;
+        };
+        let result = self
+            .store
+            .write(vec![
+                Op::IndexOffsets {
+                    group: self.group,
+                    entries: Vec::new(),
+                    times: w.rows,
+                },
+                Op::Put {
+                    group: self.group,
+                    key: GroupKey::TimeRowsThrough as u8,
+                    value: w.through.to_be_bytes().to_vec(),
+                },
+            ])
+            .await;
+        self.times_written(w.write);
+        if let Err(e) = result {
+            tracing::warn!(group = self.group, error = %e, "cannot store the time index rows");
+        }
+    }
+
     /// The first time index row whose timestamp is at least `ts`: among the stored rows, or
     /// else among those not stored yet (which are all newer).
     pub fn offset_for_time(&self, ts: i64) -> Result<Option<TimeRow>, fjord_storage::StorageError> {
@@ -845,34 +887,11 @@ impl PartitionShared {
             let Some(next) = chunk.last().map(BatchRow::end_offset) else {
                 break;
             };
-            for rows in chunk
-                .iter()
-                .filter(|r| r.index >= marker)
-                .collect::<Vec<_>>()
-                .chunks(64)
-            {
-                let (first, end) = (rows[0].index, rows[rows.len() - 1].index);
-                let entries: HashMap<u64, Vec<u8>> = self
-                    .store
-                    .read_log(self.group, first..=end, usize::MAX, usize::MAX)?
-                    .into_iter()
-                    .collect();
-                for r in rows {
+            let after: Vec<BatchRow> = chunk.into_iter().filter(|r| r.index >= marker).collect();
+            for rows in after.chunks(64) {
+                times.extend(self.raises(rows, &mut max, |r, _| {
                     through = through.max(r.index.saturating_add(1));
-                    let Some(raw) = entries.get(&r.index) else {
-                        continue;
-                    };
-                    let Some(b) = codec::stored_batch(raw)? else {
-                        continue;
-                    };
-                    if max.is_none_or(|m| b.max_timestamp_ms > m) {
-                        max = Some(b.max_timestamp_ms);
-                        times.push(TimeRow {
-                            timestamp_ms: b.max_timestamp_ms,
-                            base_offset: r.base_offset,
-                        });
-                    }
-                }
+                })?);
             }
             if next <= from {
                 break;

@@ -38,6 +38,8 @@ pub struct TimeRows {
     /// The marker last handed to a write (or found stored at the start): every row of a batch
     /// below this log index is stored, or is in `writing`. `None`: none this run yet.
     through: Option<u64>,
+    /// The last log index appended this run.
+    last: Option<u64>,
 }
 
 /// Rows (and the marker) to write in an append's commit.
@@ -74,6 +76,7 @@ impl TimeRows {
         self.waiting.extend(rows);
         self.batches = self.batches.saturating_add(batches);
         self.bytes = self.bytes.saturating_add(bytes);
+        self.last = Some(last);
         // Each batch adds at most one row: as many wait as batches at most.
         if self.through.is_some()
             && self.batches < WRITE_EVERY_BATCHES
@@ -81,6 +84,11 @@ impl TimeRows {
         {
             return None;
         }
+        Some(self.hand_over(last))
+    }
+
+    /// Hands every waiting row to a write, whose marker is `last + 1`.
+    fn hand_over(&mut self, last: u64) -> TimesWrite {
         let write = self.next_write;
         self.next_write += 1;
         let handed = std::mem::take(&mut self.waiting);
@@ -90,11 +98,20 @@ impl TimeRows {
         self.bytes = 0;
         let through = last.saturating_add(1);
         self.through = Some(through);
-        Some(TimesWrite {
+        TimesWrite {
             write,
             rows,
             through,
-        })
+        }
+    }
+
+    /// For a partition going quiet (hibernating, stopping): the write that stores every
+    /// waiting row, so that none is held in memory, if any waits.
+    pub fn take_all(&mut self) -> Option<TimesWrite> {
+        match self.last {
+            Some(last) if !self.waiting.is_empty() => Some(self.hand_over(last)),
+            _ => None,
+        }
     }
 
     /// The write `write` ended (durable, or failed: a failed write stops the node).
@@ -107,6 +124,7 @@ impl TimeRows {
     /// it, removes them). Returns the marker to store with the truncation when the one
     /// stored is past `from`.
     pub fn truncated(&mut self, from: u64) -> Option<u64> {
+        self.last = self.last.map(|l| l.min(from.saturating_sub(1)));
         self.waiting.retain(|(i, _)| *i < from);
         for rows in self.writing.values_mut() {
             rows.retain(|(i, _)| *i < from);
@@ -127,6 +145,7 @@ impl TimeRows {
         self.writing.clear();
         self.batches = 0;
         self.bytes = 0;
+        self.last = Some(index);
         let through = index.saturating_add(1);
         self.through = Some(through);
         through
@@ -225,5 +244,18 @@ mod tests {
             .appended(vec![(2, row(2, 1))], 1, 1, 2)
             .expect("the bytes reached");
         assert_eq!((w.rows.len(), w.through), (2, 3));
+    }
+
+    #[test]
+    fn a_quiet_partition_stores_what_waits() {
+        let mut t = TimeRows::new(Some(0));
+        assert_eq!(t.take_all(), None, "nothing appended");
+        t.appended(vec![(1, row(1, 0))], 1, 10, 1);
+        t.appended(vec![], 1, 10, 2);
+        let w = t.take_all().expect("a row waits");
+        assert_eq!((w.rows, w.through), (vec![row(1, 0)], 3));
+        assert_eq!(t.take_all(), None, "nothing waits any more");
+        t.written(w.write);
+        assert_eq!(t.first_at_or_after(0), None);
     }
 }

@@ -3,7 +3,7 @@
 //! drives the real log store through appends, a crash (everything dropped without a clean
 //! stop), a truncation and a second crash, and checks after each step that a lookup by time
 //! answers what a time index with a row for every raising batch answers, and after each
-//! start that the stored rows alone do.
+//! start (and once the partition goes quiet) that the stored rows alone do.
 
 use bytes::Bytes;
 use fjord_raft::log_store::GroupLogStore;
@@ -151,7 +151,15 @@ async fn time_rows_held_in_memory_survive_crashes_and_truncations() {
     check(&r, &log, false, "after the truncation");
     crash(r).await;
 
-    let r = start(dir.path()).await;
+    let mut r = start(dir.path()).await;
     check(&r, &log, true, "stored after the second crash");
     check(&r, &log, false, "after the second crash");
+
+    // A partition going quiet (hibernating, stopping) stores what waits in memory.
+    let quiet: Vec<i64> = (0..10).map(|i| 9_000 + i).collect();
+    append(&mut r, 2, log.len() as u64 + 1, &quiet).await;
+    log.extend(&quiet);
+    r.shared.store_time_rows().await;
+    check(&r, &log, true, "stored once quiet");
+    check(&r, &log, false, "once quiet");
 }
