@@ -295,11 +295,7 @@ impl GroupLogStore {
                 }
                 // The time index rows are written in bulk, with the marker saying up to where.
                 if let Some((_, through)) = appended.times_write {
-                    ops.push(Op::Put {
-                        group: self.group,
-                        key: GroupKey::TimeRowsThrough as u8,
-                        value: through.to_be_bytes().to_vec(),
-                    });
+                    ops.push(crate::time_rows::marker_op(self.group, through));
                 }
                 p.pending_add(&appended.index);
                 Some(appended)
@@ -525,11 +521,7 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         if let Some(p) = &self.partition {
             p.invalidate_tail();
             if let Some(through) = p.times_truncated(from) {
-                ops.push(Op::Put {
-                    group: self.group,
-                    key: GroupKey::TimeRowsThrough as u8,
-                    value: through.to_be_bytes().to_vec(),
-                });
+                ops.push(crate::time_rows::marker_op(self.group, through));
             }
         }
         {

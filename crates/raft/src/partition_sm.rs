@@ -824,18 +824,7 @@ impl PartitionShared {
         };
         let result = self
             .store
-            .write(vec![
-                Op::IndexOffsets {
-                    group: self.group,
-                    entries: Vec::new(),
-                    times: w.rows,
-                },
-                Op::Put {
-                    group: self.group,
-                    key: GroupKey::TimeRowsThrough as u8,
-                    value: w.through.to_be_bytes().to_vec(),
-                },
-            ])
+            .write(crate::time_rows::rows_ops(self.group, w.rows, w.through))
             .await;
         self.times_written(w.write);
         if let Err(e) = result {
@@ -863,10 +852,9 @@ impl PartitionShared {
         else {
             // A data dir from before the marker holds every row; this run's first append
             // stores one.
-            *self.time_rows.lock().unwrap() = crate::time_rows::TimeRows::new(None);
             return Ok(());
         };
-        let marker = u64::from_be_bytes(raw.as_slice().try_into().map_err(|_| {
+        let marker = crate::time_rows::decode_marker(&raw).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
@@ -875,7 +863,7 @@ impl PartitionShared {
                     raw.len()
                 ),
             )
-        })?);
+        })?;
         // Every row of a batch below the marker is stored, so the last stored row holds the
         // largest timestamp up to there, and no batch between it and the marker raised it.
         let last = self.store.last_time_row(self.group)?;
@@ -900,18 +888,7 @@ impl PartitionShared {
         }
         if through > marker || !times.is_empty() {
             self.store
-                .write(vec![
-                    Op::PutTimes {
-                        group: self.group,
-                        times,
-                        clear: false,
-                    },
-                    Op::Put {
-                        group: self.group,
-                        key: GroupKey::TimeRowsThrough as u8,
-                        value: through.to_be_bytes().to_vec(),
-                    },
-                ])
+                .write(crate::time_rows::rows_ops(self.group, times, through))
                 .await?;
         }
         *self.time_rows.lock().unwrap() = crate::time_rows::TimeRows::new(Some(through));
@@ -1314,11 +1291,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
         let through = self.shared.time_rows.lock().unwrap().reset(index);
         self.store
             .write(vec![
-                Op::Put {
-                    group: self.shared.group,
-                    key: GroupKey::TimeRowsThrough as u8,
-                    value: through.to_be_bytes().to_vec(),
-                },
+                crate::time_rows::marker_op(self.shared.group, through),
                 Op::Put {
                     group: self.shared.group,
                     key: GroupKey::StateMachine as u8,

@@ -12,7 +12,8 @@
 
 use std::collections::BTreeMap;
 
-use fjord_storage::TimeRow;
+use fjord_storage::store::GroupKey;
+use fjord_storage::{Op, TimeRow};
 
 /// Rows join an append's commit once this many batches were appended since the last rows
 /// did (one produce in a thousand, one at a time: the commit that carries them, with a few
@@ -50,6 +51,32 @@ pub struct TimesWrite {
     pub rows: Vec<TimeRow>,
     /// The marker: every row of a batch below this log index is stored once this commits.
     pub through: u64,
+}
+
+/// The write of the marker `through` of `group` (see [`GroupKey::TimeRowsThrough`]).
+pub fn marker_op(group: u64, through: u64) -> Op {
+    Op::Put {
+        group,
+        key: GroupKey::TimeRowsThrough as u8,
+        value: through.to_be_bytes().to_vec(),
+    }
+}
+
+/// The marker as stored, or `None` when the value is not one.
+pub fn decode_marker(value: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(value.try_into().ok()?))
+}
+
+/// The writes that store `rows` of `group` and then the marker `through`.
+pub fn rows_ops(group: u64, rows: Vec<TimeRow>, through: u64) -> Vec<Op> {
+    vec![
+        Op::PutTimes {
+            group,
+            times: rows,
+            clear: false,
+        },
+        marker_op(group, through),
+    ]
 }
 
 impl TimeRows {
@@ -244,6 +271,15 @@ mod tests {
             .appended(vec![(2, row(2, 1))], 1, 1, 2)
             .expect("the bytes reached");
         assert_eq!((w.rows.len(), w.through), (2, 3));
+    }
+
+    #[test]
+    fn the_marker_is_read_back_as_written() {
+        let Op::Put { value, .. } = marker_op(1, 4711) else {
+            panic!("a put");
+        };
+        assert_eq!(decode_marker(&value), Some(4711));
+        assert_eq!(decode_marker(&[1, 2, 3]), None);
     }
 
     #[test]

@@ -419,16 +419,10 @@ impl Store {
         let mut range = table
             .range((group, timestamp_ms)..=(group, i64::MAX))
             .map_err(StorageError::redb)?;
-        match range.next() {
-            None => Ok(None),
-            Some(item) => {
-                let (k, v) = item.map_err(StorageError::redb)?;
-                Ok(Some(TimeRow {
-                    timestamp_ms: k.value().1,
-                    base_offset: v.value(),
-                }))
-            }
-        }
+        range
+            .next()
+            .map(|item| item.map(time_row).map_err(StorageError::redb))
+            .transpose()
     }
 
     /// The group's time index row with the largest timestamp (its partition's largest
@@ -439,16 +433,10 @@ impl Store {
         let mut range = table
             .range((group, i64::MIN)..=(group, i64::MAX))
             .map_err(StorageError::redb)?;
-        match range.next_back() {
-            None => Ok(None),
-            Some(item) => {
-                let (k, v) = item.map_err(StorageError::redb)?;
-                Ok(Some(TimeRow {
-                    timestamp_ms: k.value().1,
-                    base_offset: v.value(),
-                }))
-            }
-        }
+        range
+            .next_back()
+            .map(|item| item.map(time_row).map_err(StorageError::redb))
+            .transpose()
     }
 
     /// Every group that has anything stored (log entries or values).
@@ -468,6 +456,19 @@ type StoredBatchRow<'a> = (
     redb::AccessGuard<'a, (u64, u64)>,
     redb::AccessGuard<'a, (u64, u32, u64, u32)>,
 );
+
+/// A stored row of the time index as a [`TimeRow`].
+fn time_row(
+    (k, v): (
+        redb::AccessGuard<'_, (u64, i64)>,
+        redb::AccessGuard<'_, u64>,
+    ),
+) -> TimeRow {
+    TimeRow {
+        timestamp_ms: k.value().1,
+        base_offset: v.value(),
+    }
+}
 
 fn batch_row((k, v): StoredBatchRow<'_>) -> BatchRow {
     let (index, record_count, position, bytes) = v.value();
