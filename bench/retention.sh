@@ -11,8 +11,10 @@
 #
 # bytes/time: the topic (RF 3) is created, each node's data dir measured (the fixed overhead:
 # a node with the topic and no records), then `fjord bench produce` writes while every node's
-# data dir (its disk space, `du -s -B1`) and fjord.redb (its length) are sampled every second, and every replica's
-# log start offset and high watermark (ListOffsets, AP, from each node itself:
+# data dir (its disk space, `du -s -B1`) and fjord.redb (its length) are sampled every second
+# (a file's disk space grows as pages are first written and falls only when redb shortens
+# the file, so the samples miss little of its peak), and every replica's log start offset and high watermark
+# every OFFSETS_EVERY seconds (ListOffsets, AP, from each node itself:
 # bench/replica_offsets.py). Once the load ends, the run waits (<= 60 s) for the replicas'
 # start offsets to settle, then takes their final offsets and sizes.
 # ab/latency: per round, the same load on a topic with retention_bytes small enough that
@@ -37,6 +39,7 @@
 # AB_RETENTION_BYTES [8388608], AB_RECORDS [1500000], AB_PARTITIONS [3] (also latency's),
 # LAT_RECORDS [10000], LAT_RECORD_SIZE [16384], LAT_RETENTION_BYTES [1048576] (deletion every
 # round even one record at a time: the leader deletes once a partition holds 1 MiB over),
+# OFFSETS_EVERY [0.1]: seconds between two rounds of asking every replica its offsets,
 # PRODUCERS [2], MAX_SECS [600] (each load's --duration-max-secs), PRODUCE_ARGS [none]: more
 # `fjord bench produce` flags for bytes/time (time: "--in-flight 1 --batch-max-bytes 65536
 # --linger-ms 1", with TIME_PRODUCERS [1] producers: a lighter load), KEEP_DATA [0]:
@@ -59,6 +62,7 @@ LAT_RECORDS="${LAT_RECORDS:-10000}"
 LAT_RECORD_SIZE="${LAT_RECORD_SIZE:-16384}"
 LAT_RETENTION_BYTES="${LAT_RETENTION_BYTES:-1048576}"
 PRODUCERS="${PRODUCERS:-2}"
+OFFSETS_EVERY="${OFFSETS_EVERY:-0.1}"
 MAX_SECS="${MAX_SECS:-600}"
 # Bounds of the waits below, in seconds.
 SETTLE_SECS=60
@@ -110,7 +114,7 @@ disk_run() {
   sample_disk "$disk" "$bench_pid" "$FJORD_DIR" node fjord.redb &
   local sampler=$!
   python3 "$HERE/replica_offsets.py" --topic "$topic" --partitions "$parts" --nodes "$BROKERS" \
-    --every 1 --count "$SAMPLE_MAX" > "$offs" 2>/dev/null &
+    --every "$OFFSETS_EVERY" --count "$((SAMPLE_MAX * 10))" > "$offs" 2>/dev/null &
   local offs_pid=$!
   local rc=0; wait "$bench_pid" || rc=$?
   wait "$sampler" || true

@@ -1397,12 +1397,17 @@ impl PartitionHandle {
 
     /// Moves the log start offset up to `offset` (records below it are deleted; clamped to
     /// the high watermark), CP: returns the log start offset once a majority has the entry
-    /// and it is applied.
-    pub async fn delete_records(&self, offset: u64) -> Result<u64, GroupError> {
+    /// and it is applied. With a `min_position` above 0, only if the partition's position has
+    /// reached it when the entry applies ([`Request::DeleteRecords`]).
+    pub async fn delete_records(&self, offset: u64, min_position: u64) -> Result<u64, GroupError> {
         if self.holding() {
             return Err(holding_error());
         }
-        match self.core.write(Request::DeleteRecords { offset }).await? {
+        let req = Request::DeleteRecords {
+            offset,
+            min_position,
+        };
+        match self.core.write(req).await? {
             Response::DeleteRecords { log_start_offset } => Ok(log_start_offset),
             got => Err(Internal::UnexpectedResponse {
                 what: "partition",

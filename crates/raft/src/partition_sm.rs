@@ -210,8 +210,11 @@ impl Applied {
                 }
                 (Response::Batch(outcome), b.records.len() as u64)
             }
-            EntryPayload::Normal(Request::DeleteRecords { offset }) => {
-                let log_start_offset = self.state.delete_before(offset);
+            EntryPayload::Normal(Request::DeleteRecords {
+                offset,
+                min_position,
+            }) => {
+                let log_start_offset = self.state.delete_before_at(offset, min_position);
                 (Response::DeleteRecords { log_start_offset }, 0)
             }
             EntryPayload::Normal(Request::Compact(c)) => {
@@ -320,10 +323,10 @@ pub struct PartitionShared {
     /// node's retention task then asks for the snapshot that lets the log be purged), or
     /// passed [`PartitionShared::arm_size_trigger`]'s position.
     retention_notes: std::sync::OnceLock<Arc<crate::RetentionNotes>>,
-    /// The applied position (record bytes since the partition began) at which to note the
-    /// group grown; `u64::MAX`: none. Set by the retention task on the leader, cleared when
-    /// passed (noted once). It starts at 0: a replica's first apply asks the retention task
-    /// to look (it arms the trigger if this replica leads with retention by size, else
+    /// The position (record bytes since the partition began, appended or applied) at which
+    /// to note the group grown; `u64::MAX`: none. Set by the retention task on the leader,
+    /// cleared when passed (noted once). It starts at 0: a replica's first append or apply
+    /// asks the retention task to look (it arms the trigger if this replica leads with retention by size, else
     /// disarms it; a replica that becomes leader later is armed at the next round).
     size_trigger: std::sync::atomic::AtomicU64,
     /// The time index rows not stored yet ([`crate::time_rows`]).
@@ -389,17 +392,25 @@ impl PartitionShared {
             return;
         };
         self.size_trigger.store(at, Ordering::Release);
-        // An apply between the decision and this store would not have seen the trigger.
-        let applied = self.applied.lock().unwrap().state.next_position;
-        self.check_size_trigger(applied);
+        // An append between the decision and this store would not have seen the trigger.
+        self.check_size_trigger(self.appended_position());
     }
 
-    /// Called with the applied position after each apply: notes the group once the trigger
-    /// is reached.
-    fn check_size_trigger(&self, applied_position: u64) {
+    /// The position (record bytes since the partition began) after the last entry this
+    /// replica appended, committed or not; the applied one when it has no prediction.
+    pub fn appended_position(&self) -> u64 {
+        let applied = self.applied.lock().unwrap().state.next_position;
+        let tail = self.tail.lock().unwrap();
+        tail.as_ref()
+            .map_or(applied, |t| t.state.next_position.max(applied))
+    }
+
+    /// Called with the appended (and the applied) position after each append and apply:
+    /// notes the group once the trigger is reached.
+    fn check_size_trigger(&self, position: u64) {
         use std::sync::atomic::Ordering;
         let at = self.size_trigger.load(Ordering::Acquire);
-        if applied_position >= at
+        if position >= at
             && self
                 .size_trigger
                 .compare_exchange(at, u64::MAX, Ordering::AcqRel, Ordering::Acquire)
@@ -787,11 +798,20 @@ impl PartitionShared {
                     rows.extend(time.map(|t| (e.index(), t)));
                 }
                 out.outcomes.push((b.token, outcome));
-            } else if let EntryPayload::Normal(Request::DeleteRecords { offset }) = &e.payload {
-                tail.state.delete_before(*offset);
+            } else if let EntryPayload::Normal(Request::DeleteRecords {
+                offset,
+                min_position,
+            }) = &e.payload
+            {
+                tail.state.delete_before_at(*offset, *min_position);
             }
             tail.through = Some(e.index());
         }
+        let appended_position = tail.state.next_position;
+        drop(tail_guard);
+        // Retention by size counts what the leader appended: deciding only once the
+        // records are applied lets the batches in flight behind them pile up first.
+        self.check_size_trigger(appended_position);
         let last = entries.last().map_or(first, |e| e.index());
         if let Some(w) = self
             .time_rows
@@ -929,8 +949,11 @@ impl PartitionShared {
                     EntryPayload::Normal(Request::Batch(b)) => {
                         apply_batch(&mut state, b, index);
                     }
-                    EntryPayload::Normal(Request::DeleteRecords { offset }) => {
-                        state.delete_before(*offset);
+                    EntryPayload::Normal(Request::DeleteRecords {
+                        offset,
+                        min_position,
+                    }) => {
+                        state.delete_before_at(*offset, *min_position);
                     }
                     _ => {}
                 }
@@ -1120,6 +1143,15 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionSm {
             let mut mark = self.shared.snapshot.lock().unwrap();
             mark.index = snap.last_applied.map(|l| l.index());
             mark.built_at_start = built_at_start;
+            // A snapshot asked for while this one was built was dropped by openraft.
+            mark.asked = None;
+        }
+        // The start moved on while this was built: the log behind it waits for the next
+        // snapshot, asked for now rather than at the next move (a step of writes later).
+        if self.shared.log_start_offset() > built_at_start
+            && let Some(n) = self.shared.retention_notes.get()
+        {
+            n.note_moved(group);
         }
         let meta = SnapshotMetaOf::<TypeConfig> {
             last_log_id: snap.last_applied,

@@ -29,7 +29,7 @@ pub struct RetentionNotes {
 pub struct Noted {
     /// Groups whose applied log start offset moved.
     pub moved: BTreeSet<u64>,
-    /// Groups (this node leads) whose applied records passed their size trigger.
+    /// Groups (this node leads) whose records passed their size trigger.
     pub grown: BTreeSet<u64>,
 }
 
@@ -47,7 +47,7 @@ impl RetentionNotes {
         self.wake.notify_one();
     }
 
-    /// Notes that `group`'s applied records passed its size trigger.
+    /// Notes that `group`'s records (appended or applied) passed its size trigger.
     pub fn note_grown(&self, group: u64) {
         self.noted.lock().unwrap().grown.insert(group);
         self.wake.notify_one();

@@ -156,8 +156,11 @@ pub enum Request {
     Meta(MetaCommand),
     /// A partition's records below `offset` are deleted: the log start offset moves up to it
     /// (retention, or a DeleteRecords request). Every replica applies it at the same log
-    /// index, so the start offset is the same everywhere.
-    DeleteRecords { offset: u64 },
+    /// index, so the start offset is the same everywhere. With a `min_position` above 0 it
+    /// applies only if the partition's position (record bytes since it began) has reached
+    /// it by then: retention by size counts what its leader appended, not only what was
+    /// committed, and a log where those appends did not come to pass keeps its records.
+    DeleteRecords { offset: u64, min_position: u64 },
     /// A compacted partition's records below `upto` are compacted as of `now_ms` (tombstones
     /// older than `delete_retention_ms` go): every replica compacts its own log the same way,
     /// in the background (`crate::compaction`).
@@ -185,6 +188,8 @@ enum RequestWire {
     DeleteRecords(u64),
     CompactedBatch(StoredBatch, Compaction),
     Compact(CompactRequest),
+    /// A [`Request::DeleteRecords`] with a `min_position`.
+    DeleteRecordsAt(u64, u64),
 }
 
 impl From<RequestWire> for Request {
@@ -194,7 +199,14 @@ impl From<RequestWire> for Request {
             RequestWire::Meta(c) => Request::Meta(c),
             RequestWire::BatchV2(b) => Request::Batch(b.into()),
             RequestWire::Batch(b) => Request::Batch(b),
-            RequestWire::DeleteRecords(offset) => Request::DeleteRecords { offset },
+            RequestWire::DeleteRecords(offset) => Request::DeleteRecords {
+                offset,
+                min_position: 0,
+            },
+            RequestWire::DeleteRecordsAt(offset, min_position) => Request::DeleteRecords {
+                offset,
+                min_position,
+            },
             RequestWire::CompactedBatch(mut b, c) => {
                 b.compaction = Some(Box::new(c));
                 Request::Batch(b)
@@ -221,8 +233,19 @@ impl Serialize for Request {
                 }
             },
             Request::Compact(c) => s.serialize_newtype_variant("RequestWire", 6, "Compact", c),
-            Request::DeleteRecords { offset } => {
-                s.serialize_newtype_variant("RequestWire", 4, "DeleteRecords", offset)
+            Request::DeleteRecords {
+                offset,
+                min_position: 0,
+            } => s.serialize_newtype_variant("RequestWire", 4, "DeleteRecords", offset),
+            Request::DeleteRecords {
+                offset,
+                min_position,
+            } => {
+                use serde::ser::SerializeTupleVariant;
+                let mut t = s.serialize_tuple_variant("RequestWire", 7, "DeleteRecordsAt", 2)?;
+                t.serialize_field(offset)?;
+                t.serialize_field(min_position)?;
+                t.end()
             }
         }
     }
@@ -241,7 +264,17 @@ impl std::fmt::Display for Request {
                 b.records.len()
             ),
             Request::Meta(c) => write!(f, "meta({c:?})"),
-            Request::DeleteRecords { offset } => write!(f, "delete-records(before {offset})"),
+            Request::DeleteRecords {
+                offset,
+                min_position: 0,
+            } => write!(f, "delete-records(before {offset})"),
+            Request::DeleteRecords {
+                offset,
+                min_position,
+            } => write!(
+                f,
+                "delete-records(before {offset}, once at position {min_position})"
+            ),
             Request::Compact(c) => write!(f, "compact(below {}, at {})", c.upto, c.now_ms),
         }
     }
@@ -308,10 +341,22 @@ mod tests {
         });
         let bytes = postcard::to_stdvec(&c).unwrap();
         assert_eq!(postcard::from_bytes::<Request>(&bytes).unwrap(), c);
-        let delete = postcard::to_stdvec(&Request::DeleteRecords { offset: 12 }).unwrap();
+        for min_position in [0, 77] {
+            let d = Request::DeleteRecords {
+                offset: 12,
+                min_position,
+            };
+            let bytes = postcard::to_stdvec(&d).unwrap();
+            assert_eq!(postcard::from_bytes::<Request>(&bytes).unwrap(), d);
+        }
+        // One without a position is written as before it existed.
         assert_eq!(
-            postcard::from_bytes::<Request>(&delete).unwrap(),
-            Request::DeleteRecords { offset: 12 }
+            postcard::to_stdvec(&Request::DeleteRecords {
+                offset: 12,
+                min_position: 0
+            })
+            .unwrap(),
+            postcard::to_stdvec(&RequestWire::DeleteRecords(12)).unwrap()
         );
     }
 

@@ -509,7 +509,7 @@ pub async fn delete_records(node: &Node, req: DeleteRecords) -> Result<u64, ApiE
             high_watermark: hw,
         });
     }
-    match tokio::time::timeout(req.timeout, handle.delete_records(before)).await {
+    match tokio::time::timeout(req.timeout, handle.delete_records(before, 0)).await {
         Ok(result) => {
             result.map_err(|e| group_error(node, partition_subject(&topic, req.partition), e))
         }

@@ -88,7 +88,9 @@ pub fn plan_compaction(
 pub struct Extent {
     pub log_start_offset: u64,
     pub high_watermark: u64,
-    /// The position (record bytes since the partition began) at the high watermark.
+    /// The position (record bytes since the partition began) at the end of what the leader
+    /// appended (committed or not: the batches in flight count, so that the start moves
+    /// before they land, not after).
     pub end_position: u64,
     /// The first batch index rows from the batch holding the log start offset on, in order
     /// (at most [`MAX_SIZE_SCAN_ROWS`]); empty when retention by size is off.
@@ -98,15 +100,22 @@ pub struct Extent {
     pub first_unexpired: Option<u64>,
 }
 
-/// What a partition may hold over its `retention_bytes` before its start moves: an eighth,
-/// at least 1 MiB (deletion comes in steps, not one small entry per produce).
-pub fn size_slack(limit: u64) -> u64 {
-    (limit / 8).max(1 << 20)
+/// What a partition whose `retention_bytes` is `limit` holds when its start moves: the
+/// limit less a sixteenth, so that the writes landing while the move is committed stay
+/// within the limit.
+pub fn size_due(limit: u64) -> u64 {
+    limit - limit / 16
+}
+
+/// What a partition whose `retention_bytes` is `limit` keeps after a move: the limit less an
+/// eighth (deletion comes in steps of a sixteenth, not one small entry per produce).
+pub fn size_kept(limit: u64) -> u64 {
+    limit - limit / 8
 }
 
 /// The position (record bytes since the partition began) at which a partition whose log
 /// starts at `start` (a batch boundary, or inside the batch `e.rows` begins with) next holds
-/// more than its limit and slack, by size; `None` without retention by size.
+/// more than [`size_due`], by size; `None` without retention by size.
 pub fn size_trigger(r: Retention, e: &Extent, start: u64) -> Option<u64> {
     let limit = r.bytes?;
     let kept_from = e
@@ -114,19 +123,16 @@ pub fn size_trigger(r: Retention, e: &Extent, start: u64) -> Option<u64> {
         .iter()
         .find(|row| row.end_offset() > start)
         .map_or(e.end_position, |row| row.position);
-    Some(
-        kept_from
-            .saturating_add(limit)
-            .saturating_add(size_slack(limit))
-            .saturating_add(1),
-    )
+    Some(kept_from.saturating_add(size_due(limit)).saturating_add(1))
 }
 
 /// The log start offset retention moves the partition to, if it moves.
 ///
-/// By size, the start moves only once the partition holds an eighth over its limit (at
-/// least 1 MiB over), to the first batch from which what is kept fits the limit: deletion
-/// comes in steps, not one small entry per produce.
+/// By size, the start moves once the partition holds more than its limit less a sixteenth
+/// (what its leader appended counts), to the first batch from which what is kept fits the
+/// limit less an eighth: `retention_bytes` is the most a partition holds (the writes that
+/// land while a move is committed fit in the sixteenth left), and deletion comes in steps,
+/// not one small entry per produce.
 pub fn plan(r: Retention, e: &Extent) -> Option<u64> {
     let mut start = e.log_start_offset;
     if r.ms.is_some() {
@@ -135,8 +141,8 @@ pub fn plan(r: Retention, e: &Extent) -> Option<u64> {
     }
     if let (Some(limit), Some(first)) = (r.bytes, e.rows.first()) {
         let held = e.end_position.saturating_sub(first.position);
-        if held > limit.saturating_add(size_slack(limit)) {
-            let keep_from = e.end_position - limit;
+        if held > size_due(limit) {
+            let keep_from = e.end_position - size_kept(limit);
             let cut = e
                 .rows
                 .iter()
@@ -208,7 +214,7 @@ pub async fn run(node: Arc<Node>, interval: Duration, policy: impl Fn(&Node, &To
 /// A partition is decided by size at most once in this long on its size trigger (between
 /// rounds): a partition that fills fast moves its start in steps of at least this long's
 /// writes, not one small DeleteRecords entry (and snapshot, and purge) per batch.
-pub const MIN_SIZE_DECISION_GAP: Duration = Duration::from_millis(100);
+pub const MIN_SIZE_DECISION_GAP: Duration = Duration::from_millis(20);
 
 /// The groups this node holds of topics whose retention is not what `seen` remembers (or
 /// that `seen` does not know); `seen` is brought up to date.
@@ -401,10 +407,11 @@ async fn consider(
         Ok(Decision {
             start: Some(start),
             trigger,
+            min_position,
             ..
         }) => {
             quiet_until.remove(&group);
-            match handle.delete_records(start).await {
+            match handle.delete_records(start, min_position).await {
                 Ok(s) => {
                     tracing::debug!(group, start = s, "retention moved the log start");
                     shared.arm_size_trigger(trigger);
@@ -418,6 +425,7 @@ async fn consider(
             start: None,
             next_check,
             trigger,
+            ..
         }) => {
             shared.arm_size_trigger(trigger);
             if let (Some(until), Some(retention_ms)) = (next_check, retention.ms) {
@@ -502,6 +510,9 @@ struct Decision {
     next_check: Option<i64>,
     /// For retention by size: [`size_trigger`] once the start is where it is decided to be.
     trigger: Option<u64>,
+    /// For retention by size: the position the move counted on ([`Extent::end_position`]);
+    /// the move applies only if the partition has reached it by then.
+    min_position: u64,
 }
 
 /// Gathers the extent and decides.
@@ -556,19 +567,16 @@ fn decide(
             .into_iter()
             .filter(|row| row.base_offset < hw)
             .collect();
-        // The position at the high watermark: after the last committed batch.
-        e.end_position = match hw.checked_sub(1) {
-            Some(last) => store
-                .find_offset(group, last)?
-                .map_or(0, |row| row.end_position()),
-            None => 0,
-        };
+        // The position after the last batch this leader appended, committed or not: the
+        // move applies after them, so they count (and it applies only if they do land).
+        e.end_position = shared.appended_position().max(bounds.next_position);
     }
     let start = plan(r, &e);
     Ok(Decision {
         start,
         next_check,
         trigger: size_trigger(r, &e, start.unwrap_or(e.log_start_offset)),
+        min_position: if r.bytes.is_some() { e.end_position } else { 0 },
     })
 }
 
@@ -626,18 +634,37 @@ mod tests {
     }
 
     #[test]
-    fn by_size_nothing_moves_within_the_slack() {
+    fn by_size_a_move_is_due_a_sixteenth_below_the_limit_and_keeps_an_eighth_below_it() {
         let r = Retention {
             ms: None,
-            bytes: Some(8 << 20),
+            bytes: Some(16 << 20),
             compact: None,
         };
-        // 9 MiB held, the limit 8 MiB and the slack 1 MiB: not yet.
-        let e = extent(rows(&[1 << 20; 9]));
+        // 15 MiB held, the limit 16 MiB: nothing moves.
+        let e = extent(rows(&[1 << 20; 15]));
         assert_eq!(plan(r, &e), None);
-        // 10 MiB: down to the last 8.
-        let e = extent(rows(&[1 << 20; 10]));
+        // 16 MiB: more than the limit less a sixteenth: down to the last 14 (the limit less
+        // an eighth).
+        let e = extent(rows(&[1 << 20; 16]));
         assert_eq!(plan(r, &e), Some(20));
+    }
+
+    #[test]
+    fn by_size_what_the_leader_appended_counts_but_the_start_stays_within_the_committed() {
+        let r = Retention {
+            ms: None,
+            bytes: Some(16 << 20),
+            compact: None,
+        };
+        // 10 MiB committed and 6 more appended: down to the last 14 of the 16, a cut among
+        // the committed batches.
+        let mut e = extent(rows(&[1 << 20; 10]));
+        e.end_position = 16 << 20;
+        assert_eq!(plan(r, &e), Some(20));
+        // 20 MiB appended beyond the committed: the start goes no further than the high
+        // watermark.
+        e.end_position = 30 << 20;
+        assert_eq!(plan(r, &e), Some(100));
     }
 
     #[test]
@@ -666,14 +693,14 @@ mod tests {
     fn the_size_trigger_is_where_the_next_move_is_due() {
         let r = Retention {
             ms: None,
-            bytes: Some(8 << 20),
+            bytes: Some(16 << 20),
             compact: None,
         };
-        let all = rows(&[1 << 20; 16]);
-        // Armed with 2 batches held: due past 8 + 1 MiB from the start's batch.
+        let all = rows(&[1 << 20; 24]);
+        // Armed with 2 batches held: due past 15 MiB from the start's batch.
         let trigger = size_trigger(r, &extent(all[..2].to_vec()), 0).unwrap();
-        assert_eq!(trigger, (9 << 20) + 1);
-        for n in 1..=16 {
+        assert_eq!(trigger, (15 << 20) + 1);
+        for n in 1..=24 {
             let e = extent(all[..n].to_vec());
             assert_eq!(
                 plan(r, &e).is_some(),
@@ -681,13 +708,13 @@ mod tests {
                 "{n} batches"
             );
         }
-        // After a move to offset 20 (batch 3), it counts from there.
-        let e = extent(all[..10].to_vec());
-        assert_eq!(plan(r, &e), Some(20));
-        assert_eq!(size_trigger(r, &e, 20), Some((2 << 20) + (9 << 20) + 1));
+        // After a move to offset 60 (batch 7), it counts from there.
+        let e = extent(all[..20].to_vec());
+        assert_eq!(plan(r, &e), Some(60));
+        assert_eq!(size_trigger(r, &e, 60), Some((6 << 20) + (15 << 20) + 1));
         // A start inside a batch counts from that batch; past every row, from the end.
-        assert_eq!(size_trigger(r, &e, 25), Some((2 << 20) + (9 << 20) + 1));
-        assert_eq!(size_trigger(r, &e, 100), Some((10 << 20) + (9 << 20) + 1));
+        assert_eq!(size_trigger(r, &e, 65), Some((6 << 20) + (15 << 20) + 1));
+        assert_eq!(size_trigger(r, &e, 300), Some((20 << 20) + (15 << 20) + 1));
         let by_time = Retention {
             ms: Some(1000),
             bytes: None,
@@ -697,21 +724,31 @@ mod tests {
     }
 
     proptest! {
-        /// What is kept fits the limit, and only whole batches before the cut go.
+        /// What is kept fits the limit less the slack, and at least that much of it is kept
+        /// unless the start reached the high watermark; only whole batches before the cut go;
+        /// nothing moves within the limit. `appended` bytes beyond the committed batches count
+        /// as held.
         #[test]
         fn by_size_what_is_kept_fits_and_the_cut_is_a_batch_boundary(
             sizes in proptest::collection::vec(1u32..(4 << 20), 1..64),
             limit in (1u64 << 20)..(64 << 20),
+            appended in 0u64..(16 << 20),
         ) {
             let r = Retention { ms: None, bytes: Some(limit), compact: None };
-            let e = extent(rows(&sizes));
+            let mut e = extent(rows(&sizes));
+            e.end_position += appended;
+            let keep = size_kept(limit);
             if let Some(start) = plan(r, &e) {
                 let row = e.rows.iter().find(|row| row.base_offset == start);
-                let kept_from = row.map_or(e.end_position, |row| row.position);
-                prop_assert!(e.end_position - kept_from <= limit);
+                let kept_from = row.map_or(e.end_position - appended, |row| row.position);
+                // (Unless what is in flight alone is more: the start stops at the committed.)
+                prop_assert!(e.end_position - kept_from <= keep || start == e.high_watermark);
                 prop_assert!(start > e.log_start_offset && start <= e.high_watermark);
+                // The batch before the cut would not have fitted.
+                let before = e.rows.iter().rev().find(|row| row.base_offset < start).unwrap();
+                prop_assert!(start == e.high_watermark || e.end_position - before.position > keep);
             } else {
-                prop_assert!(e.end_position <= limit + size_slack(limit));
+                prop_assert!(e.end_position <= size_due(limit));
             }
         }
     }

@@ -213,6 +213,16 @@ impl PartitionState {
         self.log_start_offset
     }
 
+    /// [`PartitionState::delete_before`], only if the position has reached `min_position`
+    /// (a move decided by counting appends that may not have come to pass); else nothing.
+    /// Returns the log start offset after.
+    pub fn delete_before_at(&mut self, offset: u64, min_position: u64) -> u64 {
+        if self.next_position >= min_position {
+            self.delete_before(offset);
+        }
+        self.log_start_offset
+    }
+
     fn remember(&mut self, batch: &BatchHeader, base_offset: u64) {
         if !self.producers.contains_key(&batch.producer_id)
             && self.producers.len() >= MAX_PRODUCERS_PER_PARTITION
