@@ -213,6 +213,7 @@ pub async fn settle(
     let config = ProducerConfig {
         acks: Acks::Cp,
         linger_ms: 2,
+        max_batch_bytes: fjord_harness::retention::PRODUCER_MAX_BATCH_BYTES,
         ..ProducerConfig::default()
     };
     let producer = client.producer(topic.to_string(), config)?;

@@ -87,6 +87,13 @@ struct Common {
     /// The topic's retention_ms with `--retention`.
     #[arg(long, default_value_t = fjord_harness::retention::DEFAULT_RETENTION_MS)]
     retention_ms: u64,
+    /// The topic's retention_bytes with `--retention` (per partition; 0: none by size).
+    #[arg(long, default_value_t = fjord_harness::retention::DEFAULT_RETENTION_BYTES)]
+    retention_bytes: u64,
+    /// With `--retention`: no deleter process, so that partitions fill up to their
+    /// retention_bytes (with a long `--retention-ms`, retention by size does the deleting).
+    #[arg(long)]
+    no_deleter: bool,
     /// TLS on: a CA and a node certificate are made for the run (in `<out>/tls/`), every
     /// node serves TLS on both ports (mutual TLS between nodes) and the clients trust the CA.
     /// The probes that dial one node directly (`--retention`'s replica bounds) trust it too.
@@ -176,6 +183,8 @@ impl Common {
             network: self.network.clone(),
             retention: self.retention.then_some(RetentionOptions {
                 retention_ms: self.retention_ms,
+                retention_bytes: (self.retention_bytes > 0).then_some(self.retention_bytes),
+                no_deleter: self.no_deleter,
             }),
             tls: self.tls,
             compaction: self.compaction.then_some(CompactionOptions {

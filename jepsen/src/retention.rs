@@ -42,19 +42,28 @@ fn classify(e: &ClientError) -> EventType {
     }
 }
 
-/// Sets the topic's `retention_ms` (`None`: no limit) and records it, with the clock bound
-/// the checker judges deletions by time with.
+/// Sets the topic's `retention_ms` and `retention_bytes` (`None`: no limit) and records them,
+/// with the clock bound the checker judges deletions by time with.
 pub async fn set(
     client: &Client,
     topic: &str,
-    retention_ms: Option<u64>,
+    (retention_ms, retention_bytes): (Option<u64>, Option<u64>),
     max_clock_skew_ms: u64,
     rec: &Recorder,
 ) -> Result<()> {
-    let op = model::set_retention(retention_ms, max_clock_skew_ms, rec.start_wall_ms());
+    let op = model::set_retention(
+        retention_ms,
+        retention_bytes,
+        max_clock_skew_ms,
+        rec.start_wall_ms(),
+    );
     rec.record(model::SETTER, EventType::Invoke, op.clone(), None);
-    let value = retention_ms.map_or("-1".to_string(), |ms| ms.to_string());
-    let set = [("retention_ms", value.as_str())];
+    let text = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
+    let (value, bytes) = (text(retention_ms), text(retention_bytes));
+    let set = [
+        ("retention_ms", value.as_str()),
+        ("retention_bytes", bytes.as_str()),
+    ];
     match client.alter_topic_config(topic, &set, &[] as &[&str]).await {
         Ok(_) => {
             rec.record(model::SETTER, EventType::Ok, op, None);
@@ -62,7 +71,7 @@ pub async fn set(
         }
         Err(e) => {
             rec.record(model::SETTER, classify(&e), op, Some(e.to_string()));
-            bail!("setting retention_ms = {value} on {topic}: {e}")
+            bail!("setting retention_ms = {value}, retention_bytes = {bytes} on {topic}: {e}")
         }
     }
 }
@@ -279,6 +288,30 @@ pub fn purged_partition(log: &str, partition: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The checker's rule by size counts on `record_bytes_bound` being at least what fjord
+    /// stores of each harness record.
+    #[test]
+    fn a_harness_record_is_stored_in_no_more_than_its_bound() {
+        for value in [1, 99, 123_456, u64::MAX - 1] {
+            for key in [None, Some(0), Some(49)] {
+                for timestamp_ms in [0, 1_796_616_804_863, i64::MIN, i64::MAX] {
+                    let record = v1::Record {
+                        key: key.map(|k| fjord_harness::compaction::key_bytes(k).into()),
+                        value: fjord_harness::workload::encode(value).into_bytes().into(),
+                        headers: vec![],
+                        timestamp_ms,
+                    };
+                    let stored = fjord_proto::batch::encode(&[record]).len() as u64;
+                    let bound = model::record_bytes_bound(value, key);
+                    assert!(
+                        stored <= bound,
+                        "{value} {key:?} {timestamp_ms}: {stored} > {bound}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn a_purge_line_names_its_partition_by_its_group() {

@@ -78,6 +78,13 @@ pub struct RunOptions {
 pub struct RetentionOptions {
     /// The topic's `retention_ms` during the workload.
     pub retention_ms: u64,
+    /// The topic's `retention_bytes` during the workload (`None`: none by size).
+    #[serde(default)]
+    pub retention_bytes: Option<u64>,
+    /// No deleter process: records go by retention (and the nemesis's deletions) only, so
+    /// that a partition fills up to its `retention_bytes`.
+    #[serde(default)]
+    pub no_deleter: bool,
 }
 
 /// What a run produced, besides the files.
@@ -399,7 +406,8 @@ async fn start_retention(
         return Ok(());
     };
     let skew = lifecycle::clock_bound_ms(&options.faults, options.duration_secs * 1_000);
-    retention::set(client, topic, Some(r.retention_ms), skew, recorder).await?;
+    let policy = (Some(r.retention_ms), r.retention_bytes);
+    retention::set(client, topic, policy, skew, recorder).await?;
     if options.group_members > 0 {
         notes.push(
             "retention: no consumer group (GroupConsumer does not move a position below the \
@@ -453,7 +461,7 @@ async fn stop_retention(
     notes: &mut Vec<String>,
 ) {
     let skew = lifecycle::clock_bound_ms(&options.faults, options.duration_secs * 1_000);
-    if let Err(e) = retention::set(client, topic, None, skew, recorder).await {
+    if let Err(e) = retention::set(client, topic, (None, None), skew, recorder).await {
         notes.push(format!(
             "retention could not be turned off before the final reads: {e:#}"
         ));
@@ -647,6 +655,7 @@ fn workload_options(
         lifecycle: options
             .retention
             .map(|_| Arc::new(Bounds::new(options.partitions))),
+        deleter: options.retention.is_some_and(|r| !r.no_deleter),
         keyed: options.compaction.is_some(),
     }
 }

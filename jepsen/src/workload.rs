@@ -134,6 +134,9 @@ pub struct WorkloadOptions {
     /// each partition's bounds. Producers then stamp their records with the harness's wall
     /// clock, and the deleter runs beside them.
     pub lifecycle: Option<Arc<Bounds>>,
+    /// With the log lifecycle: whether the deleter runs (off, deletions come from retention
+    /// and the nemesis alone).
+    pub deleter: bool,
     /// With compaction (`fjord_harness::compaction`): every record carries the key of its
     /// value, recorded with its produce.
     pub keyed: bool,
@@ -162,6 +165,7 @@ pub async fn run(
                 ProducerConfig {
                     acks: options.acks,
                     linger_ms: 2,
+                    max_batch_bytes: fjord_harness::retention::PRODUCER_MAX_BATCH_BYTES,
                     ..ProducerConfig::default()
                 },
             )
@@ -206,7 +210,7 @@ pub async fn run(
             name,
         ));
     }
-    if let Some(bounds) = &options.lifecycle {
+    if let Some(bounds) = options.lifecycle.as_ref().filter(|_| options.deleter) {
         let deleter = crate::retention::DeleterOptions {
             topic: options.topic.clone(),
             partitions: options.partitions,
@@ -402,6 +406,7 @@ async fn fencing_writer(
     let config = ProducerConfig {
         acks: opts.acks,
         linger_ms: 0,
+        max_batch_bytes: fjord_harness::retention::PRODUCER_MAX_BATCH_BYTES,
         producer_name: Some(model::fencing_name(name)),
         ..ProducerConfig::default()
     };

@@ -204,6 +204,8 @@ fn cp_with_tls_under_partitions_and_process_faults() {
     let faults = "partition,process";
     let retention = Some(RetentionOptions {
         retention_ms: 10_000,
+        retention_bytes: Some(fjord_harness::retention::DEFAULT_RETENTION_BYTES),
+        no_deleter: false,
     });
     let mut options = options("tls", seed, faults, "cp", (DURATION_SECS, retention, None));
     options.tls = true;
@@ -316,7 +318,8 @@ fn leaders_stay_across_follower_isolations() {
     );
 }
 
-/// The log lifecycle (issue log-lifecycle): a 10 s retention on the topic, DeleteRecords below
+/// The log lifecycle (issue log-lifecycle): a 10 s retention on the topic (and 1 MiB per
+/// partition by size), DeleteRecords below
 /// acknowledged offsets now and then, a follower held down across one until another replica
 /// purged its log behind the new start (it must come back by installing a snapshot), and a
 /// power loss while a DeleteRecords is in flight. Deleted records must be expired by policy
@@ -326,6 +329,8 @@ fn leaders_stay_across_follower_isolations() {
 fn cp_with_retention_a_follower_behind_the_purge_and_a_power_loss_during_a_deletion() {
     let retention = Some(RetentionOptions {
         retention_ms: 10_000,
+        retention_bytes: Some(fjord_harness::retention::DEFAULT_RETENTION_BYTES),
+        no_deleter: false,
     });
     mix_with(
         "retention",

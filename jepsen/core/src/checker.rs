@@ -329,6 +329,9 @@ pub struct CompactionTotals {
 pub struct RetentionTotals {
     /// The smallest `retention_ms` the history set (`None`: no retention by time).
     pub retention_ms: Option<u64>,
+    /// The smallest `retention_bytes` the history set (`None`: no retention by size).
+    #[serde(default)]
+    pub retention_bytes: Option<u64>,
     /// How far ahead of the harness a node's clock may have been, in ms.
     pub max_clock_skew_ms: u64,
     pub deletes_attempted: u64,
@@ -340,6 +343,9 @@ pub struct RetentionTotals {
     /// Expired records: by a `DeleteRecords`, and by time.
     pub expired_by_delete: u64,
     pub expired_by_time: u64,
+    /// Expired records that only retention by size explains.
+    #[serde(default)]
+    pub expired_by_size: u64,
 }
 
 /// Everything [`check`] found, one field per class (see the module doc for the rules).
@@ -525,17 +531,20 @@ impl CheckResult {
 
 /// The log lifecycle's line of the counts, when the history has one.
 fn lifecycle_text(t: &mut String, r: &RetentionTotals) {
-    if r.deletes_attempted == 0 && r.retention_ms.is_none() {
+    if r.deletes_attempted == 0 && r.retention_ms.is_none() && r.retention_bytes.is_none() {
         return;
     }
     let retention = r
         .retention_ms
         .map_or("off".to_string(), |ms| format!("{ms} ms"));
+    let by_size = r
+        .retention_bytes
+        .map_or("off".to_string(), |b| format!("{b} bytes"));
     let _ = writeln!(
         t,
-        "  (log lifecycle: retention {retention}, clocks up to {} ms ahead; {} DeleteRecords: \
-         {} ok, {} failed, {} unknown; {} expired by a DeleteRecords, {} by time; {} log \
-         starts observed)",
+        "  (log lifecycle: retention {retention}, by size {by_size}, clocks up to {} ms ahead; \
+         {} DeleteRecords: {} ok, {} failed, {} unknown; {} expired by a DeleteRecords, {} by \
+         time, {} by size; {} log starts observed)",
         r.max_clock_skew_ms,
         r.deletes_attempted,
         r.deletes_ok,
@@ -543,6 +552,7 @@ fn lifecycle_text(t: &mut String, r: &RetentionTotals) {
         r.deletes_unknown,
         r.expired_by_delete,
         r.expired_by_time,
+        r.expired_by_size,
         r.start_observations
     );
 }
@@ -1284,6 +1294,10 @@ impl Checker {
                 totals.expired_by_time += 1;
                 self.out.expired.push(anomaly);
             }
+            retention::Fate::BySize { .. } => {
+                totals.expired_by_size += 1;
+                self.out.expired.push(anomaly);
+            }
             retention::Fate::Lost { .. } => self.out.lost.push(anomaly),
         }
     }
@@ -1510,7 +1524,13 @@ mod tests {
         /// The run's retention: `ms` (`None`: none by time), clocks up to `skew` ms ahead,
         /// the history's time 0 at wall time 0.
         fn retention(&mut self, ms: Option<u64>, skew: u64) {
-            let op = crate::retention::set_retention(ms, skew, 0);
+            let op = crate::retention::set_retention(ms, None, skew, 0);
+            self.op(900, op.clone(), T::Ok, op);
+        }
+
+        /// The run's retention by size: `bytes` per partition, none by time.
+        fn retention_by_size(&mut self, bytes: u64) {
+            let op = crate::retention::set_retention(None, Some(bytes), 0, 0);
             self.op(900, op.clone(), T::Ok, op);
         }
 
@@ -2077,6 +2097,47 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("log lifecycle: retention 20000 ms"), "{text}");
+    }
+
+    #[test]
+    fn by_size_a_record_expires_only_once_enough_could_have_been_written_after_it() {
+        use crate::retention::{PRODUCER_MAX_BATCH_BYTES, record_bytes_bound, size_kept};
+        let limit = 1 << 20;
+        // Offsets a partition's end must have passed for offset 0 to go by size (the
+        // partitions' largest records carry values 11 and 21).
+        let record = record_bytes_bound(21, None);
+        assert_eq!(record, record_bytes_bound(11, None));
+        let enough = (size_kept(limit) - PRODUCER_MAX_BATCH_BYTES as u64) / record;
+        let mut h = H::default();
+        h.retention_by_size(limit);
+        h.ack(1, 0, 10, 0);
+        h.ack(1, 1, 20, 0);
+        // Both partitions seen to start past offset 0; then a produce acknowledged in each:
+        // partition 0's far enough on that its start may have moved by size, partition 1's
+        // not (its end was below that when the start moved).
+        h.poll_at_start(2, 0, 1, &[], 1);
+        h.poll_at_start(2, 1, 1, &[], 1);
+        h.ack(1, 0, 11, enough + 1);
+        h.ack(1, 1, 21, enough);
+        h.final_read_from(0, 1, &[(enough + 1, 11)]);
+        h.final_read_from(1, 1, &[(enough, 21)]);
+        let r = check(&h.events);
+        assert_eq!(
+            r.found(),
+            vec![(AnomalyKind::Lost, 1), (AnomalyKind::Expired, 1)],
+            "{r:#?}"
+        );
+        is_at(&r.expired.ops[0], 0, &[0], &[10]);
+        says(&r.expired.ops[0], "it may have expired by size");
+        is_at(&r.lost.ops[0], 1, &[0], &[20]);
+        says(
+            &r.lost.ops[0],
+            "bytes could have been written from its batch on",
+        );
+        assert_eq!(r.totals.retention.expired_by_size, 1);
+        assert!(!r.is_valid(Guarantees::CP));
+        let text = r.counts_text(Guarantees::CP);
+        assert!(text.contains("by size 1048576 bytes"), "{text}");
     }
 
     #[test]

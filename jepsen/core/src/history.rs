@@ -89,9 +89,14 @@ pub enum Op {
     /// `start_wall_ms`, the harness's wall clock (ms since the Unix epoch) at `time_ns` 0 of
     /// the history, and `max_clock_skew_ms`, how far a node's wall clock may run ahead of
     /// the harness's (the clock faults' bound plus a tolerance).
+    /// With `retention_bytes`, a partition may also delete a batch once more than
+    /// `crate::retention::size_kept` of it was written after the batch began (`None`: no
+    /// retention by size; histories before it have none).
     Retention {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retention_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retention_bytes: Option<u64>,
         max_clock_skew_ms: u64,
         start_wall_ms: i64,
     },
@@ -416,12 +421,16 @@ fn same_operation(invoke: &Op, completion: &Op) -> bool {
         ) => (c1, l1) == (c2, l2),
         (
             Op::Retention {
-                retention_ms: r1, ..
+                retention_ms: r1,
+                retention_bytes: b1,
+                ..
             },
             Op::Retention {
-                retention_ms: r2, ..
+                retention_ms: r2,
+                retention_bytes: b2,
+                ..
             },
-        ) => r1 == r2,
+        ) => (r1, b1) == (r2, b2),
         (
             Op::DeleteRecords {
                 partition: p1,

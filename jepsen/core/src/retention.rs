@@ -31,6 +31,34 @@ use crate::history::{Op, ReplicaBounds};
 /// The run's `retention_ms` unless told otherwise: short, so that records expire by time
 /// within a run.
 pub const DEFAULT_RETENTION_MS: u64 = 20_000;
+/// The run's `retention_bytes` unless told otherwise: the smallest a topic may have, so that
+/// a partition moves its start by size many times within a run.
+pub const DEFAULT_RETENTION_BYTES: u64 = 1 << 20;
+/// The largest batch the harness's producers send, in bytes as the client counts them: a
+/// record's batch began at most this far before it ([`size_kept`]'s rule in the checker).
+pub const PRODUCER_MAX_BATCH_BYTES: usize = 16 << 10;
+/// The most bytes the harness's record carrying `value` (with `key`, in runs with
+/// compaction) takes in a stored batch: fjord stores a record as the prost encoding of a
+/// `Record` within the batch's `RecordList` (a tag and a length, then the key, the value and
+/// a timestamp of at most 10 varint bytes, each field with its tag and length).
+pub fn record_bytes_bound(value: u64, key: Option<u32>) -> u64 {
+    fn varint_len(n: u64) -> u64 {
+        u64::from((64 - n.max(1).leading_zeros()).div_ceil(7))
+    }
+    let field = |len: u64| 1 + varint_len(len) + len;
+    let value_len = crate::workload::encode(value).len() as u64;
+    let key_len = key.map_or(0, |k| field(crate::compaction::key_bytes(k).len() as u64));
+    let record = field(value_len) + key_len + 1 + 10;
+    field(record)
+}
+
+/// What a partition whose `retention_bytes` is `limit` keeps, at least, after fjord's
+/// retention by size moved its start: a batch goes only once more than this was written
+/// after it began (fjord's `retention::size_kept`: the limit less an eighth).
+pub fn size_kept(limit: u64) -> u64 {
+    limit - limit / 8
+}
+
 /// `--retention-check-interval-ms` of the harness's nodes when retention is on: each
 /// partition leader's retention round (and every replica's purge) this often.
 pub const CHECK_INTERVAL_MS: u64 = 500;
@@ -138,9 +166,15 @@ impl Deleter {
 }
 
 /// The retention set on the run's topic (`None`: turned off), invoke and completion alike.
-pub fn set_retention(retention_ms: Option<u64>, max_clock_skew_ms: u64, start_wall_ms: i64) -> Op {
+pub fn set_retention(
+    retention_ms: Option<u64>,
+    retention_bytes: Option<u64>,
+    max_clock_skew_ms: u64,
+    start_wall_ms: i64,
+) -> Op {
     Op::Retention {
         retention_ms,
+        retention_bytes,
         max_clock_skew_ms,
         start_wall_ms,
     }

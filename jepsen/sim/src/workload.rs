@@ -198,6 +198,7 @@ pub async fn run(w: Workload, history: Shared, leaders: Leaders) -> turmoil::Res
         ProducerConfig {
             acks: Acks::Cp,
             linger_ms: 2,
+            max_batch_bytes: fjord_harness::retention::PRODUCER_MAX_BATCH_BYTES,
             ..Default::default()
         },
     )?;
@@ -361,6 +362,7 @@ async fn fencing_writer(
     let config = ProducerConfig {
         acks: Acks::Cp,
         linger_ms: 0,
+        max_batch_bytes: fjord_harness::retention::PRODUCER_MAX_BATCH_BYTES,
         producer_name: Some(model::fencing_name(name)),
         ..Default::default()
     };

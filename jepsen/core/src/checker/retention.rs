@@ -12,7 +12,8 @@
 //!   `before > o` and was invoked before the gone point's completion, whatever its outcome:
 //!   one that failed or timed out may still have been applied.
 //! - The retention: the smallest `retention_ms` any `retention` operation set (none: no
-//!   retention by time), with the largest `max_clock_skew_ms`. A record's *timestamp* is
+//!   retention by time) and the smallest `retention_bytes` (none: no retention by size),
+//!   with the largest `max_clock_skew_ms`. A record's *timestamp* is
 //!   the one its produce set; without one, the time its produce was invoked minus the skew
 //!   (the leader's append time is no earlier).
 //!
@@ -22,10 +23,16 @@
 //!   `DeleteRecords` before its gone point, or old enough to have expired by then: its
 //!   timestamp plus `retention_ms` is below the gone point's wall time plus
 //!   `max_clock_skew_ms`. A leader deletes by its own clock, which the clock faults move
-//!   ahead, so the rule lets it be ahead by the skew and no more.
+//!   ahead, so the rule lets it be ahead by the skew and no more. Or, with retention by
+//!   size, it may have had more than `size_kept(retention_bytes)` written after its batch
+//!   began: a move by size applies at a log index where that much was appended after the
+//!   batch, so the partition's offsets then ended below the first offset acknowledged to a
+//!   produce invoked after the gone point (the *end bound*), and at most
+//!   `(end bound - offset) * R + PRODUCER_MAX_BATCH_BYTES` bytes were written from its batch
+//!   on, `R` being the largest `record_bytes_bound` of any record produced to the partition.
 //! - **lost** (the checker's class): such a record that is neither: it was deleted while no
-//!   `DeleteRecords` asked for it and while it was too young for any clock the cluster
-//!   could have had.
+//!   `DeleteRecords` asked for it, while it was too young for any clock the cluster could
+//!   have had, and before enough was written after it for retention by size.
 //! - **below-log-start**: an `ok` poll that returned a record below the log start the same
 //!   answer reported (the replica served a record it says is deleted).
 //! - **log-start-regressed**: an observation of a partition's log start lower than one the
@@ -36,18 +43,19 @@
 //!   start: after the run healed and went quiet, every replica applied the same
 //!   `DeleteRecords` entries, so all must report the same start.
 //!
-//! Not judged here: retention by size (the harness sets no `retention_bytes`); compaction
-//! (records removed above the log start) is `compaction`'s.
+//! Not judged here: compaction (records removed above the log start) is `compaction`'s.
 
 use std::collections::HashMap;
 
 use super::{Anomaly, CheckResult};
 use crate::history::{EventType, Op, Operation, ReadRecord, ReplicaBounds};
+use crate::retention::{PRODUCER_MAX_BATCH_BYTES, record_bytes_bound, size_kept};
 
-/// What the run set, for the rules by time.
+/// What the run set, for the rules by time and size.
 #[derive(Debug, Clone, Copy)]
 struct Policy {
     retention_ms: Option<u64>,
+    retention_bytes: Option<u64>,
     max_clock_skew_ms: u64,
     start_wall_ms: i64,
 }
@@ -79,6 +87,11 @@ pub(super) struct Lifecycle {
     policy: Option<Policy>,
     deletes: HashMap<u32, Vec<DeletePoint>>,
     starts: HashMap<u32, Vec<StartPoint>>,
+    /// Per partition, `(invoke, offset)` of each acknowledged produce; once indexed, sorted
+    /// by invoke and `offset` the lowest from there on.
+    acked: HashMap<u32, Vec<(u64, u64)>>,
+    /// Per partition, the most bytes any record produced to it takes stored.
+    record_max: HashMap<u32, u64>,
     /// Per (process, partition), the highest start it observed and the event observing it.
     seen_by: HashMap<(u32, u32), (u64, u64)>,
     pub totals: super::RetentionTotals,
@@ -87,8 +100,18 @@ pub(super) struct Lifecycle {
 /// How an acknowledged record below the log start went.
 pub(super) enum Fate {
     ByDelete(DeletePoint),
-    ByTime { latest_clock_ms: i64 },
-    Lost { latest_clock_ms: Option<i64> },
+    ByTime {
+        latest_clock_ms: i64,
+    },
+    /// At most `most_bytes` could have been written from its batch on by then, more than
+    /// retention by size keeps.
+    BySize {
+        most_bytes: u64,
+    },
+    Lost {
+        latest_clock_ms: Option<i64>,
+        most_bytes: Option<u64>,
+    },
 }
 
 fn outcome_name(o: EventType) -> &'static str {
@@ -107,11 +130,37 @@ impl Lifecycle {
             (
                 &Op::Retention {
                     retention_ms,
+                    retention_bytes,
                     max_clock_skew_ms,
                     start_wall_ms,
                 },
                 _,
-            ) => self.policy(retention_ms, max_clock_skew_ms, start_wall_ms),
+            ) => self.policy(
+                (retention_ms, retention_bytes),
+                max_clock_skew_ms,
+                start_wall_ms,
+            ),
+            (
+                &Op::Produce {
+                    partition,
+                    value,
+                    key,
+                    ..
+                },
+                done,
+            ) => {
+                let max = self.record_max.entry(partition).or_default();
+                *max = (*max).max(record_bytes_bound(value, key));
+                if let Some(Op::Produce {
+                    offset: Some(o), ..
+                }) = done
+                {
+                    self.acked
+                        .entry(partition)
+                        .or_default()
+                        .push((op.invoke.index, *o));
+                }
+            }
             (
                 &Op::DeleteRecords {
                     partition, before, ..
@@ -163,18 +212,27 @@ impl Lifecycle {
         }
     }
 
-    fn policy(&mut self, retention_ms: Option<u64>, skew: u64, start_wall_ms: i64) {
+    fn policy(
+        &mut self,
+        (retention_ms, retention_bytes): (Option<u64>, Option<u64>),
+        skew: u64,
+        start_wall_ms: i64,
+    ) {
         let p = self.policy.get_or_insert(Policy {
             retention_ms,
+            retention_bytes,
             max_clock_skew_ms: skew,
             start_wall_ms,
         });
-        p.retention_ms = match (p.retention_ms, retention_ms) {
+        let least = |a: Option<u64>, b: Option<u64>| match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        p.retention_ms = least(p.retention_ms, retention_ms);
+        p.retention_bytes = least(p.retention_bytes, retention_bytes);
         p.max_clock_skew_ms = p.max_clock_skew_ms.max(skew);
         self.totals.retention_ms = p.retention_ms;
+        self.totals.retention_bytes = p.retention_bytes;
         self.totals.max_clock_skew_ms = p.max_clock_skew_ms;
     }
 
@@ -237,8 +295,17 @@ impl Lifecycle {
         });
     }
 
-    /// Sorts the timelines and makes them running maxima.
+    /// Sorts the timelines and makes them running maxima (the acknowledgements: suffix
+    /// minima).
     pub fn index(&mut self) {
+        for acked in self.acked.values_mut() {
+            acked.sort_unstable();
+            let mut lowest = u64::MAX;
+            for a in acked.iter_mut().rev() {
+                lowest = lowest.min(a.1);
+                a.1 = lowest;
+            }
+        }
         for timeline in self.deletes.values_mut() {
             timeline.sort_by_key(|d| d.at);
             let mut best: Option<DeletePoint> = None;
@@ -270,6 +337,21 @@ impl Lifecycle {
         timeline.get(i).copied()
     }
 
+    /// The most record bytes `partition` can have had from the batch of `offset` on when an
+    /// observation completed at event `by` (the end bound: see the module doc); `None` when
+    /// no produce invoked after it was acknowledged (no bound).
+    fn most_written_from(&self, partition: u32, offset: u64, by: u64) -> Option<u64> {
+        let acked = self.acked.get(&partition)?;
+        let i = acked.partition_point(|(invoke, _)| *invoke <= by);
+        let end = acked.get(i)?.1;
+        let record = self.record_max.get(&partition).copied().unwrap_or(u64::MAX);
+        Some(
+            end.saturating_sub(offset)
+                .saturating_mul(record)
+                .saturating_add(PRODUCER_MAX_BATCH_BYTES as u64),
+        )
+    }
+
     /// The highest `DeleteRecords` of `partition` invoked before event `by`, if it asked for
     /// more than `offset`.
     fn covering(&self, partition: u32, offset: u64, by: u64) -> Option<DeletePoint> {
@@ -294,24 +376,32 @@ impl Lifecycle {
         let Some(p) = self.policy else {
             return Fate::Lost {
                 latest_clock_ms: None,
+                most_bytes: None,
             };
         };
         let skew = i64::try_from(p.max_clock_skew_ms).unwrap_or(i64::MAX);
         let wall = |ns: u64| p.start_wall_ms.saturating_add((ns / 1_000_000) as i64);
         let latest_clock_ms = wall(gone.time_ns).saturating_add(skew);
-        let Some(retention) = p.retention_ms else {
-            return Fate::Lost {
-                latest_clock_ms: Some(latest_clock_ms),
-            };
-        };
-        let stamped = timestamp_ms.unwrap_or_else(|| wall(invoke_ns).saturating_sub(skew));
-        let retention = i64::try_from(retention).unwrap_or(i64::MAX);
-        if stamped.saturating_add(retention) < latest_clock_ms {
-            Fate::ByTime { latest_clock_ms }
-        } else {
-            Fate::Lost {
-                latest_clock_ms: Some(latest_clock_ms),
+        if let Some(retention) = p.retention_ms {
+            let stamped = timestamp_ms.unwrap_or_else(|| wall(invoke_ns).saturating_sub(skew));
+            let retention = i64::try_from(retention).unwrap_or(i64::MAX);
+            if stamped.saturating_add(retention) < latest_clock_ms {
+                return Fate::ByTime { latest_clock_ms };
             }
+        }
+        let mut most_bytes = None;
+        if let Some(limit) = p.retention_bytes {
+            let most = self.most_written_from(partition, offset, gone.event);
+            if most.is_none_or(|m| m > size_kept(limit)) {
+                return Fate::BySize {
+                    most_bytes: most.unwrap_or(u64::MAX),
+                };
+            }
+            most_bytes = most;
+        }
+        Fate::Lost {
+            latest_clock_ms: p.retention_ms.map(|_| latest_clock_ms),
+            most_bytes,
         }
     }
 
@@ -322,6 +412,7 @@ impl Lifecycle {
             None => "its produce's invoke time less the clock skew".to_string(),
         };
         let retention = self.policy.and_then(|p| p.retention_ms);
+        let by_size = self.policy.and_then(|p| p.retention_bytes);
         match fate {
             Fate::ByDelete(d) => format!(
                 "a DeleteRecords below {} (event {}, {}) asked for it",
@@ -334,15 +425,35 @@ impl Lifecycle {
                  the latest clock a node could have had then",
                 retention.unwrap_or(0)
             ),
-            Fate::Lost { latest_clock_ms } => {
+            Fate::BySize { most_bytes } => format!(
+                "it may have expired by size: up to {most_bytes} bytes could have been written \
+                 from its batch on by then, more than the {} that retention_bytes {} keeps",
+                by_size.map_or(0, size_kept),
+                by_size.unwrap_or(0)
+            ),
+            Fate::Lost {
+                latest_clock_ms,
+                most_bytes,
+            } => {
                 let time = match (retention, latest_clock_ms) {
                     (Some(r), Some(c)) => format!(
-                        "and it was too young to expire: {stamp} plus retention_ms {r} is not \
+                        "it was too young to expire: {stamp} plus retention_ms {r} is not \
                          before {c}, the latest clock a node could have had then"
                     ),
-                    _ => "and no retention by time was set".to_string(),
+                    _ => "no retention by time was set".to_string(),
                 };
-                format!("no DeleteRecords invoked before then asked for offset {offset}, {time}")
+                let size = match (by_size, most_bytes) {
+                    (Some(limit), Some(m)) => format!(
+                        "and at most {m} bytes could have been written from its batch on by \
+                         then, not more than the {} that retention_bytes {limit} keeps",
+                        size_kept(limit)
+                    ),
+                    _ => "and no retention by size was set".to_string(),
+                };
+                format!(
+                    "no DeleteRecords invoked before then asked for offset {offset}, {time}, \
+                     {size}"
+                )
             }
         }
     }
