@@ -63,11 +63,42 @@ pub fn fjord_bin() -> PathBuf {
     bin
 }
 
-/// Free loopback ports (bound then released; the kernel does not hand them out again soon).
+/// Free loopback ports for nodes to listen on: bound then released, and below the kernel's
+/// ephemeral range where it can be read, because a port from that range (what binding port 0
+/// gives) can be handed to any process's outgoing connection before the node binds it (a
+/// restarted node then failed with "Address already in use").
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|low| *low > 20_000);
+    let Some(low) = low else {
+        let listeners: Vec<_> = (0..n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        return listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+    };
+    // A start that differs between processes and calls, then a walk through the ports from
+    // 10,000 up to the ephemeral range, keeping the ones that bind.
+    let span = u32::from(low) - 10_000;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    let mut listeners = Vec::new();
+    for step in 0..span {
+        if listeners.len() == n {
+            break;
+        }
+        let port = 10_000 + (seed.wrapping_add(step.wrapping_mul(7_919)) % span) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(l);
+        }
+    }
+    assert_eq!(listeners.len(), n, "no {n} free ports below {low}");
     listeners
         .iter()
         .map(|l| l.local_addr().unwrap().port())

@@ -602,6 +602,14 @@ mod tests {
         out
     }
 
+    fn by_size(limit: u64) -> Retention {
+        Retention {
+            ms: None,
+            bytes: Some(limit),
+            compact: None,
+        }
+    }
+
     fn extent(rows: Vec<BatchRow>) -> Extent {
         let last = *rows.last().unwrap();
         Extent {
@@ -635,11 +643,7 @@ mod tests {
 
     #[test]
     fn by_size_a_move_is_due_a_sixteenth_below_the_limit_and_keeps_an_eighth_below_it() {
-        let r = Retention {
-            ms: None,
-            bytes: Some(16 << 20),
-            compact: None,
-        };
+        let r = by_size(16 << 20);
         // 15 MiB held, the limit 16 MiB: nothing moves.
         let e = extent(rows(&[1 << 20; 15]));
         assert_eq!(plan(r, &e), None);
@@ -651,11 +655,7 @@ mod tests {
 
     #[test]
     fn by_size_what_the_leader_appended_counts_but_the_start_stays_within_the_committed() {
-        let r = Retention {
-            ms: None,
-            bytes: Some(16 << 20),
-            compact: None,
-        };
+        let r = by_size(16 << 20);
         // 10 MiB committed and 6 more appended: down to the last 14 of the 16, a cut among
         // the committed batches.
         let mut e = extent(rows(&[1 << 20; 10]));
@@ -691,11 +691,7 @@ mod tests {
 
     #[test]
     fn the_size_trigger_is_where_the_next_move_is_due() {
-        let r = Retention {
-            ms: None,
-            bytes: Some(16 << 20),
-            compact: None,
-        };
+        let r = by_size(16 << 20);
         let all = rows(&[1 << 20; 24]);
         // Armed with 2 batches held: due past 15 MiB from the start's batch.
         let trigger = size_trigger(r, &extent(all[..2].to_vec()), 0).unwrap();
@@ -734,7 +730,7 @@ mod tests {
             limit in (1u64 << 20)..(64 << 20),
             appended in 0u64..(16 << 20),
         ) {
-            let r = Retention { ms: None, bytes: Some(limit), compact: None };
+            let r = by_size(limit);
             let mut e = extent(rows(&sizes));
             e.end_position += appended;
             let keep = size_kept(limit);
