@@ -326,8 +326,9 @@ pub struct PartitionShared {
     /// The position (record bytes since the partition began, appended or applied) at which
     /// to note the group grown; `u64::MAX`: none. Set by the retention task on the leader,
     /// cleared when passed (noted once). It starts at 0: a replica's first append or apply
-    /// asks the retention task to look (it arms the trigger if this replica leads with retention by size, else
-    /// disarms it; a replica that becomes leader later is armed at the next round).
+    /// asks the retention task to look (it arms the trigger if this replica leads with
+    /// retention by size, else disarms it; a replica that becomes leader later is armed at
+    /// the next round).
     size_trigger: std::sync::atomic::AtomicU64,
     /// The time index rows not stored yet ([`crate::time_rows`]).
     time_rows: Mutex<crate::time_rows::TimeRows>,

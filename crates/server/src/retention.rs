@@ -569,7 +569,7 @@ fn decide(
             .collect();
         // The position after the last batch this leader appended, committed or not: the
         // move applies after them, so they count (and it applies only if they do land).
-        e.end_position = shared.appended_position().max(bounds.next_position);
+        e.end_position = shared.appended_position();
     }
     let start = plan(r, &e);
     Ok(Decision {

@@ -589,7 +589,7 @@ pub fn check(history: &[Event]) -> CheckResult {
         c.read(op);
         c.lifecycle.operation(op, &mut c.out);
     }
-    c.lifecycle.index();
+    c.lifecycle.index(&c.produces);
     // A record below a log start some read saw was deleted: whether by policy is the
     // lifecycle rules' to say, not lost-write's.
     let acked: Vec<group::Acked> = c

@@ -141,27 +141,6 @@ impl Lifecycle {
                 start_wall_ms,
             ),
             (
-                &Op::Produce {
-                    partition,
-                    value,
-                    key,
-                    ..
-                },
-                done,
-            ) => {
-                let max = self.record_max.entry(partition).or_default();
-                *max = (*max).max(record_bytes_bound(value, key));
-                if let Some(Op::Produce {
-                    offset: Some(o), ..
-                }) = done
-                {
-                    self.acked
-                        .entry(partition)
-                        .or_default()
-                        .push((op.invoke.index, *o));
-                }
-            }
-            (
                 &Op::DeleteRecords {
                     partition, before, ..
                 },
@@ -295,9 +274,20 @@ impl Lifecycle {
         });
     }
 
-    /// Sorts the timelines and makes them running maxima (the acknowledgements: suffix
-    /// minima).
-    pub fn index(&mut self) {
+    /// Sorts the timelines and makes them running maxima; takes the run's produces (by
+    /// value) for the rule by size: each partition's acknowledgements by invoke, made suffix
+    /// minima, and its largest record.
+    pub fn index<'a>(&mut self, produces: impl IntoIterator<Item = (&'a u64, &'a super::Produce)>) {
+        for (&value, p) in produces {
+            let max = self.record_max.entry(p.partition).or_default();
+            *max = (*max).max(record_bytes_bound(value, p.key));
+            if let Some(o) = p.offset {
+                self.acked
+                    .entry(p.partition)
+                    .or_default()
+                    .push((p.invoke, o));
+            }
+        }
         for acked in self.acked.values_mut() {
             acked.sort_unstable();
             let mut lowest = u64::MAX;
