@@ -325,10 +325,11 @@ async fn start<SM>(
 where
     SM: openraft::storage::RaftStateMachine<TypeConfig, SnapshotData = Vec<u8>>,
 {
+    let purged = log.purge_mark();
     openraft::Raft::new(
         node_id,
         config,
-        GroupNetworkFactory::new(group, pool),
+        GroupNetworkFactory::new(group, pool, purged),
         log,
         sm,
     )

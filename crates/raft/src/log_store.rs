@@ -73,6 +73,29 @@ pub struct GroupLogStore {
     purging: Arc<std::sync::atomic::AtomicBool>,
     /// For a partition: one more than the committed index last saved (0: none yet).
     committed_saved: Arc<std::sync::atomic::AtomicU64>,
+    /// How far this replica's log is purged, for its replication streams.
+    purged: PurgeMark,
+}
+
+/// How far a group's log is purged on this node, shared with the group's network: a leader's
+/// replication request that needs an entry at or below it is from a replication session
+/// openraft has given up (see [`crate::peer::stream`]).
+#[derive(Clone, Default, Debug)]
+pub struct PurgeMark(Arc<std::sync::atomic::AtomicU64>);
+
+impl PurgeMark {
+    /// The last purged index (`None`: nothing purged).
+    pub fn get(&self) -> Option<u64> {
+        self.0
+            .load(std::sync::atomic::Ordering::Acquire)
+            .checked_sub(1)
+    }
+
+    /// Records a purge through `index` (never moves back).
+    pub fn raise(&self, index: u64) {
+        self.0
+            .fetch_max(index.saturating_add(1), std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// A partition saves its committed log id once it moved this many entries past the one it
@@ -101,7 +124,13 @@ impl GroupLogStore {
             tail: Arc::default(),
             purging: Arc::default(),
             committed_saved: Arc::default(),
+            purged: PurgeMark::default(),
         }
+    }
+
+    /// How far this log is purged, as it moves.
+    pub fn purge_mark(&self) -> PurgeMark {
+        self.purged.clone()
     }
 
     /// Deletes, in steps of [`PURGE_STEP_ENTRIES`], the stored entries at or below the last
@@ -383,6 +412,9 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged = self.get_log_id_value(GroupKey::LastPurged)?;
+        if let Some(p) = &last_purged {
+            self.purged.raise(p.index());
+        }
         if last_purged.is_some() && self.purge_step_needed()? {
             // A purge a crash interrupted.
             self.delete_purged();
@@ -533,6 +565,9 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
+        // Before the entries leave the tail: a replication read that finds them gone is
+        // then recognised as stale.
+        self.purged.raise(log_id.index());
         {
             let mut t = self.tail.lock().unwrap();
             let kept = t.entries.split_off(&(log_id.index() + 1));

@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, Stream, StreamExt};
 use openraft::AnyError;
@@ -22,17 +21,26 @@ use openraft::raft::{
 
 use super::client::{PeerClient, PeerError};
 use super::pool::PeerPool;
+use super::stream::{Opening, opening};
+use crate::log_store::PurgeMark;
 use crate::{NodeId, TypeConfig};
 
 /// Gives openraft, for one group, a client per target node.
 pub struct GroupNetworkFactory {
     group: u64,
     pool: Arc<PeerPool>,
+    purged: PurgeMark,
 }
 
 impl GroupNetworkFactory {
-    pub fn new(group: u64, pool: Arc<PeerPool>) -> Self {
-        GroupNetworkFactory { group, pool }
+    /// `purged`: how far the group's log on this node is purged (its log store's
+    /// [`PurgeMark`]), which ends a replication stream openraft has given up.
+    pub fn new(group: u64, pool: Arc<PeerPool>, purged: PurgeMark) -> Self {
+        GroupNetworkFactory {
+            group,
+            pool,
+            purged,
+        }
     }
 }
 
@@ -45,6 +53,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
             target,
             member_addr: node.addr.clone(),
             pool: self.pool.clone(),
+            purged: self.purged.clone(),
         }
     }
 }
@@ -57,6 +66,7 @@ pub struct GroupNetwork {
     /// not know the target ([`PeerPool::address_of`]).
     member_addr: String,
     pool: Arc<PeerPool>,
+    purged: PurgeMark,
 }
 
 type NetErr = RPCError<TypeConfig>;
@@ -89,33 +99,38 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
     /// which costs the peer far less than a stream.
     fn stream_append<'s, S>(
         &'s mut self,
-        mut input: S,
+        input: S,
         option: RPCOption,
     ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, NetErr>>, NetErr>>
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
         Box::pin(async move {
-            let Some(first) = input.next().await else {
+            let ttl = option.hard_ttl();
+            let (first, rest) = match opening(input).await {
+                Opening::Empty => return Ok(futures::stream::empty().boxed()),
+                Opening::Lone(first) => {
+                    let prev = first.prev_log_id;
+                    let last = first.entries.last().map(|e| e.log_id()).or(prev);
+                    let result = self
+                        .peer()
+                        .append(self.group, &first, ttl)
+                        .await
+                        .map(|r| r.into_stream_result(prev, last))
+                        .map_err(|e| self.error(e));
+                    return Ok(futures::stream::once(futures::future::ready(result)).boxed());
+                }
+                Opening::Stream(first, rest) => (first, rest),
+            };
+            let Some(results) = self
+                .peer()
+                .stream_append(self.group, first, rest, self.purged.clone(), ttl)
+                .await
+                .map_err(|e| self.error(e))?
+            else {
+                // A given-up session's request: nothing sent; openraft takes up its newer one.
                 return Ok(futures::stream::empty().boxed());
             };
-            let ttl = option.hard_ttl();
-            if let Some(None) = input.next().now_or_never() {
-                let prev = first.prev_log_id;
-                let last = first.entries.last().map(|e| e.log_id()).or(prev);
-                let result = self
-                    .peer()
-                    .append(self.group, &first, ttl)
-                    .await
-                    .map(|r| r.into_stream_result(prev, last))
-                    .map_err(|e| self.error(e));
-                return Ok(futures::stream::once(futures::future::ready(result)).boxed());
-            }
-            let results = self
-                .peer()
-                .stream_append(self.group, first, input, ttl)
-                .await
-                .map_err(|e| self.error(e))?;
             let this: &GroupNetwork = self;
             Ok(results.map(move |r| r.map_err(|e| this.error(e))).boxed())
         })

@@ -7,12 +7,25 @@
 //! a late one ends the stream with an error (a stalled or cut-off follower looks the same as
 //! with one RPC at a time). The stream closes after [`STREAM_IDLE`] with nothing to send, so
 //! an idle group holds no stream on its peers' connections.
+//!
+//! openraft's replication sessions share one request generator state per follower, so a
+//! session's requests must stop being taken the moment openraft is done with it:
+//! - when openraft drops the results (it ended the session: a conflict, an error), the
+//!   requests end too; otherwise HTTP/2 would go on pulling requests of the old session
+//!   from the state the next session uses;
+//! - a request that needs an entry this node has purged ends the stream: openraft purges a
+//!   leader's log only when no replication it tracks needs it, so the request is from a
+//!   session it has given up (a follower that lost its log, then installed a snapshot). Such
+//!   a session reads nothing from the purged range and sends an empty request in its place
+//!   instead, again and again, and its follower (holding the snapshot) accepts each one,
+//!   so openraft would never take up its newer session: the follower would get nothing more.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fjord_proto::raft::GroupMessage;
+use futures::FutureExt;
 use futures::stream::{BoxStream, Stream, StreamExt};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
@@ -22,33 +35,87 @@ use tonic::Streaming;
 use super::client::APPEND_MIN_BYTES_PER_SEC;
 use super::client::{PeerClient, PeerError, work_time};
 use super::wire::{self, AppendRequest, StreamResult};
+use crate::log_store::PurgeMark;
 
 /// How long a replication stream stays open with nothing to send.
 pub const STREAM_IDLE: Duration = Duration::from_secs(1);
 
 const RPC: &str = "StreamAppend";
 
+/// How openraft opens a replication session: with nothing, with one request (a heartbeat), or
+/// with a request and more to come.
+pub enum Opening {
+    Empty,
+    Lone(AppendRequest),
+    Stream(AppendRequest, BoxStream<'static, AppendRequest>),
+}
+
+/// Takes the first request of `input` and finds out whether more follow. openraft makes its
+/// next request at once when it has more to send than one request carries: that one is kept.
+pub async fn opening<S>(mut input: S) -> Opening
+where
+    S: Stream<Item = AppendRequest> + Send + Unpin + 'static,
+{
+    let Some(first) = input.next().await else {
+        return Opening::Empty;
+    };
+    match input.next().now_or_never() {
+        Some(None) => Opening::Lone(first),
+        Some(Some(second)) => {
+            Opening::Stream(first, futures::stream::iter([second]).chain(input).boxed())
+        }
+        None => Opening::Stream(first, input.boxed()),
+    }
+}
+
+/// Whether `req` needs an entry at or below `purged` (this node's last purged index): then it
+/// is from a replication session openraft has given up (see the module doc). A request with
+/// entries is sent whatever they are: it makes progress.
+pub fn given_up(req: &AppendRequest, purged: Option<u64>) -> bool {
+    let Some(purged) = purged else {
+        return false;
+    };
+    req.entries.is_empty() && req.prev_log_id.is_none_or(|prev| prev.index < purged)
+}
+
 impl PeerClient<'_> {
     /// Streams `first` and then `rest` (all appends of `group`) to the peer; returns its
     /// results, in order. Each is due within `ttl` plus the work time of the appends up to
     /// its own. The stream is opened with `first` in hand, and closed after [`STREAM_IDLE`]
-    /// with nothing from `rest`, or when `rest` ends.
+    /// with nothing from `rest`, when `rest` ends, when the results are dropped, or at a
+    /// request of a given-up session ([`given_up`] with `purged`, this node's log's purge
+    /// mark). `None`: `first` is such a request; nothing was sent.
     pub async fn stream_append<S>(
         &self,
         group: u64,
         first: AppendRequest,
         rest: S,
+        purged: PurgeMark,
         ttl: Duration,
-    ) -> Result<BoxStream<'static, Result<StreamResult, PeerError>>, PeerError>
+    ) -> Result<Option<BoxStream<'static, Result<StreamResult, PeerError>>>, PeerError>
     where
         S: Stream<Item = AppendRequest> + Send + Unpin + 'static,
     {
+        if given_up(&first, purged.get()) {
+            return Ok(None);
+        }
         let in_flight = Arc::new(InFlight::default());
         // The peer answers (sends its headers) once it has the first request whole.
         let (first_due_tx, first_due) = oneshot::channel::<Instant>();
-        let requests = requests(group, first, rest, in_flight.clone(), first_due_tx, ttl);
+        // Dropped with the results (or here, if the stream does not open): ends the requests.
+        let (taken, dropped) = oneshot::channel::<()>();
+        let ends = Ends { dropped, purged };
+        let requests = requests(
+            group,
+            first,
+            rest,
+            ends,
+            in_flight.clone(),
+            first_due_tx,
+            ttl,
+        );
         let answers = self.open(requests, first_due, ttl).await?;
-        Ok(self.results(answers, in_flight))
+        Ok(Some(self.results(answers, in_flight, taken)))
     }
 
     /// Opens the stream and waits for the peer's headers, until the first request's answer is
@@ -83,16 +150,18 @@ impl PeerClient<'_> {
     }
 
     /// The peer's results, each read by its deadline; the stream ends after the first error.
+    /// `taken` lives as long as the results are read (see [`Ends`]).
     fn results(
         &self,
         answers: Streaming<GroupMessage>,
         in_flight: Arc<InFlight>,
+        taken: oneshot::Sender<()>,
     ) -> BoxStream<'static, Result<StreamResult, PeerError>> {
         let peer = self.call_to(RPC);
-        futures::stream::unfold(Some(answers), move |answers| {
+        futures::stream::unfold(Some((answers, taken)), move |state| {
             let (in_flight, peer) = (in_flight.clone(), peer.clone());
             async move {
-                let mut answers = answers?;
+                let (mut answers, taken) = state?;
                 let next = match next_answer(&mut answers, &in_flight).await {
                     Ok(next) => next?,
                     Err(after) => return Some((Err(peer.timeout(after)), None)),
@@ -103,7 +172,7 @@ impl PeerClient<'_> {
                 };
                 in_flight.pop();
                 match wire::decode_stream_result(&msg.payload) {
-                    Ok(Ok(result)) => Some((Ok(result), Some(answers))),
+                    Ok(Ok(result)) => Some((Ok(result), Some((answers, taken)))),
                     Ok(Err(fatal)) => Some((Err(peer.refused(fatal)), None)),
                     Err(e) => Some((Err(peer.undecodable(e)), None)),
                 }
@@ -113,13 +182,22 @@ impl PeerClient<'_> {
     }
 }
 
+/// What ends a stream's requests besides idleness: its results dropped (the sender half of
+/// `dropped` lives with them), or a request of a given-up session (by `purged`).
+struct Ends {
+    dropped: oneshot::Receiver<()>,
+    purged: PurgeMark,
+}
+
 /// The requests of a stream, encoded as they come: `first`, then each of `rest` until it
-/// ends or sends nothing for [`STREAM_IDLE`]. Each is recorded in `in_flight` with its
-/// deadline; the first one's also goes to `first_due`.
+/// ends, sends nothing for [`STREAM_IDLE`], or [`Ends`] says so. Each is recorded in
+/// `in_flight` with its deadline; the first one's also goes to `first_due`. Once they end,
+/// `rest` (openraft's request generator) is dropped.
 fn requests<S>(
     group: u64,
     first: AppendRequest,
     rest: S,
+    ends: Ends,
     in_flight: Arc<InFlight>,
     first_due: oneshot::Sender<Instant>,
     ttl: Duration,
@@ -128,17 +206,26 @@ where
     S: Stream<Item = AppendRequest> + Send + Unpin + 'static,
 {
     futures::stream::unfold(
-        (Some(first), rest, Some(first_due)),
-        move |(first, mut rest, mut first_due)| {
+        (Some(first), rest, ends, Some(first_due)),
+        move |(first, mut rest, mut ends, mut first_due)| {
             let in_flight = in_flight.clone();
             async move {
                 let req = match first {
                     Some(r) => r,
-                    None => match tokio::time::timeout(STREAM_IDLE, rest.next()).await {
-                        Ok(Some(r)) => r,
-                        // Idle, or openraft ended the session: close our side.
-                        _ => return None,
-                    },
+                    None => {
+                        let next = tokio::select! {
+                            biased;
+                            // The results were dropped: openraft ended this session.
+                            _ = &mut ends.dropped => return None,
+                            next = tokio::time::timeout(STREAM_IDLE, rest.next()) => next,
+                        };
+                        match next {
+                            Ok(Some(r)) if !given_up(&r, ends.purged.get()) => r,
+                            // Idle, openraft ended the session, or it gave it up: close
+                            // our side.
+                            _ => return None,
+                        }
+                    }
                 };
                 let payload = match wire::encode_request(&req) {
                     Ok(p) => p,
@@ -153,7 +240,10 @@ where
                 if let Some(tx) = first_due.take() {
                     let _ = tx.send(due);
                 }
-                Some((wire::group_message(group, payload), (None, rest, first_due)))
+                Some((
+                    wire::group_message(group, payload),
+                    (None, rest, ends, first_due),
+                ))
             }
         },
     )
@@ -218,5 +308,175 @@ impl InFlight {
     }
     fn pop(&self) {
         self.due.lock().unwrap().answers.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use fjord_meta::MetaCommand;
+    use openraft::alias::{EntryOf, VoteOf};
+    use openraft::entry::RaftEntry;
+
+    use super::*;
+    use crate::{Request, TypeConfig};
+
+    fn log_id(index: u64) -> openraft::alias::LogIdOf<TypeConfig> {
+        openraft::testing::log_id::<TypeConfig>(1, 1, index)
+    }
+
+    /// A request after `prev` carrying `entries` entries.
+    fn append(prev: Option<u64>, entries: u64) -> AppendRequest {
+        let first = prev.map_or(1, |p| p + 1);
+        AppendRequest {
+            vote: VoteOf::<TypeConfig>::new_committed(1, 1),
+            prev_log_id: prev.map(log_id),
+            leader_commit: None,
+            entries: (first..first + entries)
+                .map(|i| {
+                    EntryOf::<TypeConfig>::new_normal(
+                        log_id(i),
+                        Request::Meta(MetaCommand::AllocateProducerId),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// openraft's request generator as the transport sees it: `ready` requests at once, then
+    /// one more each time it is polled, forever; `dropped` is set when it is dropped.
+    fn generator(
+        ready: Vec<AppendRequest>,
+        then: AppendRequest,
+        dropped: Arc<AtomicBool>,
+    ) -> BoxStream<'static, AppendRequest> {
+        struct OnDrop(Arc<AtomicBool>);
+        impl Drop for OnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let guard = OnDrop(dropped);
+        futures::stream::iter(ready)
+            .chain(futures::stream::repeat_with(move || {
+                let _ = &guard;
+                then.clone()
+            }))
+            .boxed()
+    }
+
+    /// A request's position and size (requests have no `PartialEq`).
+    fn shape(r: &AppendRequest) -> (Option<u64>, usize) {
+        (r.prev_log_id.map(|l| l.index), r.entries.len())
+    }
+
+    fn sent(msg: &GroupMessage) -> AppendRequest {
+        super::super::wire::decode_append(&msg.payload).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_request_openraft_has_ready_at_the_opening_is_sent() {
+        let reqs = vec![
+            append(Some(0), 64),
+            append(Some(64), 64),
+            append(Some(128), 3),
+        ];
+        match opening(futures::stream::iter(reqs.clone())).await {
+            Opening::Stream(first, rest) => {
+                let mut got = vec![first];
+                got.extend(rest.collect::<Vec<_>>().await);
+                let shapes = |v: &[AppendRequest]| v.iter().map(shape).collect::<Vec<_>>();
+                assert_eq!(shapes(&got), shapes(&reqs));
+            }
+            _ => panic!("three requests open a stream"),
+        }
+        assert!(matches!(
+            opening(futures::stream::iter([append(Some(5), 0)])).await,
+            Opening::Lone(_)
+        ));
+        assert!(matches!(
+            opening(futures::stream::empty()).await,
+            Opening::Empty
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_requests_end_and_release_openraft_when_the_results_are_dropped() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let rest = generator(vec![], append(Some(10), 1), dropped.clone());
+        let (taken, gone) = oneshot::channel::<()>();
+        let ends = Ends {
+            dropped: gone,
+            purged: PurgeMark::default(),
+        };
+        let (due, _) = oneshot::channel();
+        let in_flight = Arc::new(InFlight::default());
+        let reqs = requests(
+            7,
+            append(Some(9), 1),
+            rest,
+            ends,
+            in_flight,
+            due,
+            STREAM_IDLE,
+        );
+        let mut reqs = std::pin::pin!(reqs);
+        for _ in 0..3 {
+            assert!(reqs.next().await.is_some());
+        }
+        drop(taken);
+        assert!(
+            reqs.next().await.is_none(),
+            "requests went on after the results were dropped"
+        );
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "openraft's generator was kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_given_up_session_ends_at_its_first_request_that_needs_a_purged_entry() {
+        let purged = PurgeMark::default();
+        // Entries are sent whatever the mark; an empty request is judged by its position.
+        assert!(!given_up(&append(Some(3), 0), purged.get()));
+        purged.raise(100);
+        assert!(!given_up(&append(Some(50), 2), purged.get()));
+        assert!(given_up(&append(Some(50), 0), purged.get()));
+        assert!(given_up(&append(None, 0), purged.get()));
+        assert!(!given_up(&append(Some(100), 0), purged.get()));
+        assert!(!given_up(&append(Some(120), 0), purged.get()));
+
+        // The session sent 51..=64, then finds 65.. purged and sends empty requests after
+        // 64 in their place (openraft's pipeline with nothing read), forever.
+        let dropped = Arc::new(AtomicBool::new(false));
+        let rest = generator(
+            vec![append(Some(50), 14)],
+            append(Some(64), 0),
+            dropped.clone(),
+        );
+        let (_taken, gone) = oneshot::channel::<()>();
+        let ends = Ends {
+            dropped: gone,
+            purged: purged.clone(),
+        };
+        let (due, _) = oneshot::channel();
+        let in_flight = Arc::new(InFlight::default());
+        let reqs = requests(
+            7,
+            append(Some(40), 10),
+            rest,
+            ends,
+            in_flight,
+            due,
+            STREAM_IDLE,
+        );
+        let got: Vec<_> = reqs.map(|m| shape(&sent(&m))).collect().await;
+        assert_eq!(got, vec![(Some(40), 10), (Some(50), 14)]);
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "openraft's generator was kept"
+        );
     }
 }
