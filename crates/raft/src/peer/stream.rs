@@ -13,12 +13,18 @@
 //! - when openraft drops the results (it ended the session: a conflict, an error), the
 //!   requests end too; otherwise HTTP/2 would go on pulling requests of the old session
 //!   from the state the next session uses;
-//! - a request that needs an entry this node has purged ends the stream: openraft purges a
-//!   leader's log only when no replication it tracks needs it, so the request is from a
-//!   session it has given up (a follower that lost its log, then installed a snapshot). Such
-//!   a session reads nothing from the purged range and sends an empty request in its place
-//!   instead, again and again, and its follower (holding the snapshot) accepts each one,
-//!   so openraft would never take up its newer session: the follower would get nothing more.
+//! - a request that follows an entry this node has purged ends the stream: openraft purges a
+//!   leader's log only up to where the replication it tracks has got (a probe or a stream
+//!   starts at or after the purge point; a purge waits for what is in flight), so the request
+//!   is from a session it has given up (a follower that lost its log, then installed a
+//!   snapshot). Such a session reads nothing from the purged range and sends an empty
+//!   request in its place, again and again, and its follower (holding the snapshot) accepts
+//!   each one, so openraft would never take up its newer session: the follower would get
+//!   nothing more. (Where a purge is still deleting, the read can instead return entries
+//!   from later on, which would leave a gap after the request's previous entry: given up
+//!   too.) openraft's heartbeats, and its lone request carrying a new commit index (whose
+//!   previous entry is the last one the follower acknowledged, possibly below the purge
+//!   point), are one-request sessions, sent as unary calls and never judged.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -68,14 +74,14 @@ where
     }
 }
 
-/// Whether `req` needs an entry at or below `purged` (this node's last purged index): then it
-/// is from a replication session openraft has given up (see the module doc). A request with
-/// entries is sent whatever they are: it makes progress.
+/// Whether `req` of a streamed session follows an entry below `purged` (this node's last
+/// purged index), so that it needs entries at or below it: then it is from a replication
+/// session openraft has given up (see the module doc).
 pub fn given_up(req: &AppendRequest, purged: Option<u64>) -> bool {
     let Some(purged) = purged else {
         return false;
     };
-    req.entries.is_empty() && req.prev_log_id.is_none_or(|prev| prev.index < purged)
+    req.prev_log_id.is_none_or(|prev| prev.index < purged)
 }
 
 impl PeerClient<'_> {
@@ -439,21 +445,26 @@ mod tests {
     #[tokio::test]
     async fn a_given_up_session_ends_at_its_first_request_that_needs_a_purged_entry() {
         let purged = PurgeMark::default();
-        // Entries are sent whatever the mark; an empty request is judged by its position.
         assert!(!given_up(&append(Some(3), 0), purged.get()));
+        assert!(!given_up(&append(None, 2), purged.get()));
         purged.raise(100);
-        assert!(!given_up(&append(Some(50), 2), purged.get()));
         assert!(given_up(&append(Some(50), 0), purged.get()));
         assert!(given_up(&append(None, 0), purged.get()));
+        // Entries from a read of a range a purge is still deleting: a gap after 50.
+        assert!(given_up(&append(Some(50), 2), purged.get()));
         assert!(!given_up(&append(Some(100), 0), purged.get()));
+        assert!(!given_up(&append(Some(100), 3), purged.get()));
         assert!(!given_up(&append(Some(120), 0), purged.get()));
 
-        // The session sent 51..=64, then finds 65.. purged and sends empty requests after
-        // 64 in their place (openraft's pipeline with nothing read), forever.
+        // A session sends 61..=70; the leader gives it up and purges through 100; the
+        // session, reading nothing from there, sends empty requests after 70 in their place
+        // (openraft's pipeline with nothing read), forever.
+        let purged = PurgeMark::default();
+        purged.raise(60);
         let dropped = Arc::new(AtomicBool::new(false));
         let rest = generator(
-            vec![append(Some(50), 14)],
-            append(Some(64), 0),
+            vec![append(Some(64), 6)],
+            append(Some(70), 0),
             dropped.clone(),
         );
         let (_taken, gone) = oneshot::channel::<()>();
@@ -465,15 +476,21 @@ mod tests {
         let in_flight = Arc::new(InFlight::default());
         let reqs = requests(
             7,
-            append(Some(40), 10),
+            append(Some(60), 4),
             rest,
             ends,
             in_flight,
             due,
             STREAM_IDLE,
         );
-        let got: Vec<_> = reqs.map(|m| shape(&sent(&m))).collect().await;
-        assert_eq!(got, vec![(Some(40), 10), (Some(50), 14)]);
+        let mut reqs = std::pin::pin!(reqs);
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(shape(&sent(&reqs.next().await.unwrap())));
+        }
+        assert_eq!(got, vec![(Some(60), 4), (Some(64), 6), (Some(70), 0)]);
+        purged.raise(100);
+        assert!(reqs.next().await.is_none(), "a given-up session went on");
         assert!(
             dropped.load(Ordering::SeqCst),
             "openraft's generator was kept"
