@@ -604,12 +604,20 @@ impl Node {
             match self.meta.write(cmd.clone()).await {
                 Ok(r) => return Ok(r),
                 Err(GroupError::NotLeader {
-                    address: Some(addr),
-                    ..
-                }) => match self.forward_meta_write(&addr, &cmd).await {
-                    Ok(r) => return Ok(r),
-                    Err(e) => last_err = e,
-                },
+                    leader,
+                    address: Some(member_addr),
+                }) => {
+                    // The address in the group's membership is where the leader was when it
+                    // joined; one that came back at a new address is where the address book
+                    // (`--peers`) says.
+                    let addr = leader.map_or(member_addr.clone(), |id| {
+                        self.pool.address_of(id, &member_addr)
+                    });
+                    match self.forward_meta_write(&addr, &cmd).await {
+                        Ok(r) => return Ok(r),
+                        Err(e) => last_err = e,
+                    }
+                }
                 Err(GroupError::Internal(e)) => return Err(ApiError::Internal(e)),
                 Err(GroupError::NotLeader { address: None, .. }) => {
                     // No leader known here: the leader may not reach this node (it came back
