@@ -377,6 +377,32 @@ mod tests {
         (r.prev_log_id.map(|l| l.index), r.entries.len())
     }
 
+    /// A session's requests as the transport sends them: `first`, then what [`generator`]
+    /// makes of `ready` and `then`; with the sender whose drop stands for the results
+    /// dropped, and the flag set once openraft's generator is dropped.
+    fn session(
+        first: AppendRequest,
+        ready: Vec<AppendRequest>,
+        then: AppendRequest,
+        purged: PurgeMark,
+    ) -> (
+        impl Stream<Item = GroupMessage>,
+        oneshot::Sender<()>,
+        Arc<AtomicBool>,
+    ) {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let rest = generator(ready, then, dropped.clone());
+        let (taken, gone) = oneshot::channel::<()>();
+        let ends = Ends {
+            dropped: gone,
+            purged,
+        };
+        let (due, _) = oneshot::channel();
+        let in_flight = Arc::new(InFlight::default());
+        let reqs = requests(7, first, rest, ends, in_flight, due, STREAM_IDLE);
+        (reqs, taken, dropped)
+    }
+
     fn sent(msg: &GroupMessage) -> AppendRequest {
         super::super::wire::decode_append(&msg.payload).unwrap()
     }
@@ -409,23 +435,11 @@ mod tests {
 
     #[tokio::test]
     async fn the_requests_end_and_release_openraft_when_the_results_are_dropped() {
-        let dropped = Arc::new(AtomicBool::new(false));
-        let rest = generator(vec![], append(Some(10), 1), dropped.clone());
-        let (taken, gone) = oneshot::channel::<()>();
-        let ends = Ends {
-            dropped: gone,
-            purged: PurgeMark::default(),
-        };
-        let (due, _) = oneshot::channel();
-        let in_flight = Arc::new(InFlight::default());
-        let reqs = requests(
-            7,
+        let (reqs, taken, dropped) = session(
             append(Some(9), 1),
-            rest,
-            ends,
-            in_flight,
-            due,
-            STREAM_IDLE,
+            vec![],
+            append(Some(10), 1),
+            PurgeMark::default(),
         );
         let mut reqs = std::pin::pin!(reqs);
         for _ in 0..3 {
@@ -461,27 +475,11 @@ mod tests {
         // (openraft's pipeline with nothing read), forever.
         let purged = PurgeMark::default();
         purged.raise(60);
-        let dropped = Arc::new(AtomicBool::new(false));
-        let rest = generator(
+        let (reqs, _taken, dropped) = session(
+            append(Some(60), 4),
             vec![append(Some(64), 6)],
             append(Some(70), 0),
-            dropped.clone(),
-        );
-        let (_taken, gone) = oneshot::channel::<()>();
-        let ends = Ends {
-            dropped: gone,
-            purged: purged.clone(),
-        };
-        let (due, _) = oneshot::channel();
-        let in_flight = Arc::new(InFlight::default());
-        let reqs = requests(
-            7,
-            append(Some(60), 4),
-            rest,
-            ends,
-            in_flight,
-            due,
-            STREAM_IDLE,
+            purged.clone(),
         );
         let mut reqs = std::pin::pin!(reqs);
         let mut got = Vec::new();
