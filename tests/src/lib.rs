@@ -72,33 +72,27 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
         .filter(|low| *low > 20_000);
-    let Some(low) = low else {
-        let listeners: Vec<_> = (0..n)
+    let listeners: Vec<_> = match low {
+        None => (0..n)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        return listeners
-            .iter()
-            .map(|l| l.local_addr().unwrap().port())
-            .collect();
+            .collect(),
+        Some(low) => {
+            // A start that differs between processes and calls, then a walk through the
+            // ports from 10,000 up to the ephemeral range, keeping the ones that bind.
+            let span = u32::from(low) - 10_000;
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+                ^ std::process::id().wrapping_mul(2_654_435_761);
+            let listeners: Vec<_> = (0..span)
+                .map(|step| 10_000 + (seed.wrapping_add(step.wrapping_mul(7_919)) % span) as u16)
+                .filter_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
+                .take(n)
+                .collect();
+            assert_eq!(listeners.len(), n, "no {n} free ports below {low}");
+            listeners
+        }
     };
-    // A start that differs between processes and calls, then a walk through the ports from
-    // 10,000 up to the ephemeral range, keeping the ones that bind.
-    let span = u32::from(low) - 10_000;
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos())
-        ^ std::process::id().wrapping_mul(2_654_435_761);
-    let mut listeners = Vec::new();
-    for step in 0..span {
-        if listeners.len() == n {
-            break;
-        }
-        let port = 10_000 + (seed.wrapping_add(step.wrapping_mul(7_919)) % span) as u16;
-        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            listeners.push(l);
-        }
-    }
-    assert_eq!(listeners.len(), n, "no {n} free ports below {low}");
     listeners
         .iter()
         .map(|l| l.local_addr().unwrap().port())
