@@ -6,8 +6,10 @@
 //! the leader replicates an entry while its own fsync runs, and the Raft core takes the next
 //! proposals meanwhile (they join the next commit). openraft's `IOFlushed` is called only
 //! once the commit holding the entries returned: an entry is never reported durable before
-//! its fsync. Votes, truncations and purges wait for their commit; the writer commits in
-//! queue order, so each of them lands after every append queued before it.
+//! its fsync. Votes and truncations wait for their commit; a purge only queues its write
+//! (the log as this store shows it starts after the purge at once). The writer commits in
+//! queue order, and nothing after a failed commit, so each of them lands after every write
+//! queued before it: a purge after the snapshot it follows.
 //!
 //! For a partition group the store also runs the partition rules over the log as it is
 //! appended ([`PartitionShared::on_append`]) and writes the offset index entries of the new
@@ -75,6 +77,10 @@ pub struct GroupLogStore {
     committed_saved: Arc<std::sync::atomic::AtomicU64>,
     /// How far this replica's log is purged, for its replication streams.
     purged: PurgeMark,
+    /// The last purge openraft asked for in this process, which may not be durable yet
+    /// ([`RaftLogStorage::purge`] only queues it): the log as this store shows it starts
+    /// after it.
+    purged_id: Arc<Mutex<Option<LogIdOf<TypeConfig>>>>,
 }
 
 /// How far a group's log is purged on this node, shared with the group's network: a leader's
@@ -115,6 +121,13 @@ pub fn committed_save_due(saved: Option<u64>, index: u64) -> bool {
     }
 }
 
+/// The last index the first step of a purge through `purged` deletes, the log's first stored
+/// index being `first`; `None` when nothing stored is at or below it.
+pub fn first_purge_step(first: Option<u64>, purged: u64) -> Option<u64> {
+    let first = first.filter(|f| *f <= purged)?;
+    Some(purged.min(first.saturating_add(PURGE_STEP_ENTRIES - 1)))
+}
+
 impl GroupLogStore {
     pub fn new(group: u64, store: Store, partition: Option<Arc<PartitionShared>>) -> Self {
         GroupLogStore {
@@ -125,6 +138,7 @@ impl GroupLogStore {
             purging: Arc::default(),
             committed_saved: Arc::default(),
             purged: PurgeMark::default(),
+            purged_id: Arc::default(),
         }
     }
 
@@ -134,9 +148,10 @@ impl GroupLogStore {
     }
 
     /// Deletes, in steps of [`PURGE_STEP_ENTRIES`], the stored entries at or below the last
-    /// purged log id (durable before this starts, so what a crash interrupts is finished at
-    /// the next start: [`RaftLogStorage::get_log_state`] calls this too). One task per group;
-    /// a purge while it runs is picked up by it.
+    /// purged log id as stored (durable: what a crash interrupts is finished at the next
+    /// start, [`RaftLogStorage::get_log_state`] calls this too; a purge whose write is not yet
+    /// durable is deleted once it is). One task per group; a purge while it runs is picked
+    /// up by it.
     fn delete_purged(&self) {
         use std::sync::atomic::Ordering;
         if self.purging.swap(true, Ordering::AcqRel) {
@@ -183,16 +198,10 @@ impl GroupLogStore {
         let Some(purged) = self.get_log_id_value(GroupKey::LastPurged)? else {
             return Ok(false);
         };
-        let Some(first) = self
-            .store
-            .first_log_index(self.group)?
-            .filter(|f| *f <= purged.index())
-        else {
+        let first = self.store.first_log_index(self.group)?;
+        let Some(upto) = first_purge_step(first, purged.index()) else {
             return Ok(false);
         };
-        let upto = purged
-            .index()
-            .min(first.saturating_add(PURGE_STEP_ENTRIES - 1));
         self.store
             .write(vec![Op::PurgeTo {
                 group: self.group,
@@ -209,6 +218,14 @@ impl GroupLogStore {
     /// read only below the tail's last contiguous run, which covers a leader's replication
     /// reads of what it just appended.
     fn read_range(&self, start: u64, end: u64) -> Result<Vec<Entry>, io::Error> {
+        // Entries a queued purge removes may still be stored: the log starts after it.
+        let start = match self.purged.get() {
+            Some(p) => start.max(p.saturating_add(1)),
+            None => start,
+        };
+        if start > end {
+            return Ok(Vec::new());
+        }
         let mut pending: BTreeMap<u64, Entry> = {
             let t = self.tail.lock().unwrap();
             t.entries
@@ -411,14 +428,16 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let last_purged = self.get_log_id_value(GroupKey::LastPurged)?;
-        if let Some(p) = &last_purged {
+        let stored_purged = self.get_log_id_value(GroupKey::LastPurged)?;
+        if let Some(p) = &stored_purged {
             self.purged.raise(p.index());
         }
-        if last_purged.is_some() && self.purge_step_needed()? {
-            // A purge a crash interrupted.
+        if stored_purged.is_some() && self.purge_step_needed()? {
+            // A purge a crash interrupted, or one whose first step is not yet durable (the
+            // task that deletes the rest then waits for it: one at a time).
             self.delete_purged();
         }
+        let last_purged = std::cmp::max(stored_purged, *self.purged_id.lock().unwrap());
         let pending_last = {
             let t = self.tail.lock().unwrap();
             t.entries.last_key_value().map(|(_, (_, e))| e.log_id())
@@ -569,21 +588,48 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         // then recognised as stale.
         self.purged.raise(log_id.index());
         {
+            let mut p = self.purged_id.lock().unwrap();
+            *p = std::cmp::max(*p, Some(log_id));
+        }
+        {
             let mut t = self.tail.lock().unwrap();
             let kept = t.entries.split_off(&(log_id.index() + 1));
             t.entries = kept;
         }
-        // openraft's core waits for this call: record the purge durably and delete the
-        // entries in the background, in steps.
+        // openraft's core waits for this call, so it only queues the purge: the last purged
+        // id with the first step of the deletion, in one commit (what retention purges at
+        // each move of the start is usually one step), and the rest is deleted in steps once
+        // that is durable. Nothing here needs the purge durable before the core goes on: the
+        // id and the entries it removes change in one transaction, so a crash before it finds
+        // the log as it was, behind a snapshot written before it (the writer commits in
+        // order, and nothing once a commit failed); the entries have left the tail, and a
+        // replication read of them is given up (`PurgeMark`).
         tracing::info!(group = self.group, upto = log_id.index(), "purging the log");
-        self.store
-            .write(vec![Op::Put {
+        let mut ops = vec![Op::Put {
+            group: self.group,
+            key: GroupKey::LastPurged as u8,
+            value: codec::encode(&Some(log_id), "last purged log id")?,
+        }];
+        let first = self.store.first_log_index(self.group)?;
+        if let Some(upto) = first_purge_step(first, log_id.index()) {
+            ops.push(Op::PurgeTo {
                 group: self.group,
-                key: GroupKey::LastPurged as u8,
-                value: codec::encode(&Some(log_id), "last purged log id")?,
-            }])
-            .await?;
-        self.delete_purged();
+                index: upto,
+            });
+        }
+        let durable = self.store.submit(ops).await?;
+        let this = self.clone();
+        tokio::spawn(async move {
+            match durable.wait().await {
+                Ok(()) => {
+                    if this.purge_step_needed().unwrap_or(true) {
+                        this.delete_purged();
+                    }
+                }
+                // The node stops (fail-stop): the writer commits nothing more.
+                Err(e) => tracing::warn!(group = this.group, error = %e, "purging the log"),
+            }
+        });
         Ok(())
     }
 }
@@ -591,6 +637,18 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_purge_deletes_at_most_a_step_at_a_time() {
+        // Nothing stored, or nothing at or below the purge.
+        assert_eq!(first_purge_step(None, 10), None);
+        assert_eq!(first_purge_step(Some(11), 10), None);
+        // A short purge is one step.
+        assert_eq!(first_purge_step(Some(3), 10), Some(10));
+        assert_eq!(first_purge_step(Some(10), 10), Some(10));
+        // A long one starts with a full step.
+        assert_eq!(first_purge_step(Some(1), 10_000), Some(PURGE_STEP_ENTRIES));
+    }
 
     #[test]
     fn a_partition_saves_its_committed_index_every_so_many_entries() {

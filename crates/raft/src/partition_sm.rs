@@ -316,6 +316,11 @@ pub struct PartitionShared {
     snapshot: Mutex<SnapshotMark>,
     /// Held by a snapshot build and a snapshot install, for their whole length.
     snapshot_io: tokio::sync::Mutex<()>,
+    /// The newest snapshot this process built, while its write is not known durable (set
+    /// and cleared under `snapshot_io`, or cleared by the build's commit): a build hands
+    /// openraft its snapshot before the write is durable, and openraft sends it, and the
+    /// next build starts from it, rather than from an older stored one.
+    newest_snapshot: Mutex<Option<Arc<Vec<u8>>>>,
     /// Set when the checkpoint was written before the time index existed: it is rebuilt from
     /// the log before the group starts ([`PartitionShared::rebuild_time_index`]).
     needs_time_index: std::sync::atomic::AtomicBool,
@@ -481,6 +486,7 @@ impl PartitionShared {
             compacting: Default::default(),
             compacted: Mutex::new(None),
             snapshot_io: tokio::sync::Mutex::new(()),
+            newest_snapshot: Mutex::new(None),
             needs_time_index: std::sync::atomic::AtomicBool::new(before_retention),
             retention_notes: std::sync::OnceLock::new(),
             size_trigger: std::sync::atomic::AtomicU64::new(0),
@@ -672,6 +678,18 @@ impl PartitionShared {
 
     pub fn group(&self) -> u64 {
         self.group
+    }
+
+    /// The newest snapshot: the one this process last built or installed, else the stored
+    /// one.
+    fn newest_snapshot(&self) -> Result<Option<Arc<Vec<u8>>>, io::Error> {
+        if let Some(s) = self.newest_snapshot.lock().unwrap().clone() {
+            return Ok(Some(s));
+        }
+        Ok(self
+            .store
+            .get_value(self.group, GroupKey::Snapshot)?
+            .map(Arc::new))
     }
 
     /// Reads the consumer groups of a coordinator partition as applied (`None` for a data
@@ -1084,7 +1102,7 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionSm {
         // which could otherwise write an older snapshot over one just installed.
         let _io = self.shared.snapshot_io.lock().await;
         let group = self.shared.group;
-        let previous = match self.store.get_value(group, GroupKey::Snapshot)? {
+        let previous = match self.shared.newest_snapshot()? {
             Some(b) => Applied::decode(&b, "partition snapshot")?,
             None => Applied::default(),
         };
@@ -1126,8 +1144,15 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionSm {
         let next = snap.state.next_offset;
         snap.state.delete_before(next);
         let data = snap.encode("partition snapshot")?;
-        self.store
-            .write(vec![
+        // Queued, not waited for: openraft purges the log behind the snapshot only after this
+        // returns, and that purge is written after it (the writer commits in order, and
+        // commits nothing once a commit failed), so the log is never purged behind a
+        // snapshot that is not durable; a crash before the commit finds the older snapshot
+        // and the log it needs. Not waiting takes a commit off every retention move's way to
+        // the purge.
+        let durable = self
+            .store
+            .submit(vec![
                 Op::Put {
                     group,
                     key: GroupKey::StateMachine as u8,
@@ -1140,6 +1165,19 @@ impl RaftSnapshotBuilder<TypeConfig> for PartitionSm {
                 },
             ])
             .await?;
+        let newest = Arc::new(data.clone());
+        *self.shared.newest_snapshot.lock().unwrap() = Some(newest.clone());
+        // Once durable, the stored snapshot is the newest: the copy in memory goes (an idle
+        // partition holds none).
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            if durable.wait().await.is_ok() {
+                let mut n = shared.newest_snapshot.lock().unwrap();
+                if n.as_ref().is_some_and(|n| Arc::ptr_eq(n, &newest)) {
+                    *n = None;
+                }
+            }
+        });
         {
             let mut mark = self.shared.snapshot.lock().unwrap();
             mark.index = snap.last_applied.map(|l| l.index());
@@ -1348,16 +1386,15 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                 },
             ])
             .await?;
+        // Durable: the stored snapshot is the newest.
+        *self.shared.newest_snapshot.lock().unwrap() = None;
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>, io::Error> {
-        match self
-            .store
-            .get_value(self.shared.group, GroupKey::Snapshot)?
-        {
+        match self.shared.newest_snapshot()? {
             None => Ok(None),
             Some(data) => {
                 let a = Applied::decode(&data, "partition snapshot")?;
@@ -1367,7 +1404,7 @@ impl RaftStateMachine<TypeConfig> for PartitionSm {
                 };
                 Ok(Some(SnapshotOf::<TypeConfig, Vec<u8>> {
                     meta,
-                    snapshot: data,
+                    snapshot: Arc::unwrap_or_clone(data),
                 }))
             }
         }

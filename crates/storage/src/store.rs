@@ -204,7 +204,9 @@ impl Store {
                 return e;
             }
             if rx.changed().await.is_err() {
-                return std::future::pending().await;
+                // The writer is gone while this store (one of its senders) lives: it
+                // panicked, and nothing more commits.
+                return Arc::new(StorageError::WriterStopped);
             }
         }
     }

@@ -204,7 +204,7 @@ pub(crate) fn spawn(
                         }
                     }
                     commit_leftovers(&db, &mut pending, &failed, &reusable, &stats);
-                    finish(db, &closed);
+                    finish(db, &closed, &failed);
                 })
                 .expect("spawning the storage writer thread");
         }
@@ -227,7 +227,7 @@ pub(crate) fn spawn(
                     commit_taken(&db, &mut pending, &failed, &reusable, &stats);
                 }
                 commit_leftovers(&db, &mut pending, &failed, &reusable, &stats);
-                finish(db, &closed);
+                finish(db, &closed, &failed);
             });
         }
     }
@@ -237,9 +237,15 @@ pub(crate) fn spawn(
 /// Drops the writer's reference to the database. Every [`Store`](crate::Store) is gone by
 /// now (each holds a sender), and the writer holds the last reference: dropping it closes
 /// the database cleanly (redb marks the file as needing no repair at the next open).
-fn finish(db: std::sync::Arc<Database>, closed: &tokio::sync::watch::Sender<bool>) {
-    // Make the last lazy writes durable too.
-    if let Err(e) = commit(&db, &[], Durability::Immediate) {
+fn finish(
+    db: std::sync::Arc<Database>,
+    closed: &tokio::sync::watch::Sender<bool>,
+    failed: &tokio::sync::watch::Sender<Option<Arc<StorageError>>>,
+) {
+    // Make the last lazy writes durable too (none after a failed commit).
+    if failed.borrow().is_none()
+        && let Err(e) = commit(&db, &[], Durability::Immediate)
+    {
         tracing::warn!(error = %e, "final storage commit failed");
     }
     let clean = std::sync::Arc::strong_count(&db) == 1;
@@ -325,7 +331,17 @@ fn commit_taken(
 ) {
     let durability = durability(pending);
     let started = std::time::Instant::now();
-    let result = commit(db, pending, durability).map_err(Arc::new);
+    // After a failed commit nothing more commits: every later request gets that commit's
+    // error. A caller may queue a write before the one it depends on is durable (a snapshot,
+    // then the purge of the log behind it; lazy writes before the next durable commit),
+    // trusting that a later commit is never durable without the earlier ones. redb refuses
+    // writes after an I/O error anyway; this holds it for every error.
+    let earlier = failed.borrow().clone();
+    let refused = earlier.is_some();
+    let result = match earlier {
+        Some(e) => Err(e),
+        None => commit(db, pending, durability).map_err(Arc::new),
+    };
     if result.is_ok() {
         if matches!(durability, Durability::Immediate) {
             stats.fsync_seconds.observe(started.elapsed().as_secs_f64());
@@ -339,7 +355,9 @@ fn commit_taken(
         });
     }
     let result = result.map(|_| ());
-    if let Err(e) = &result {
+    if let Err(e) = &result
+        && !refused
+    {
         tracing::error!(error = %e, requests = pending.len(), "storage commit failed");
         failed.send_if_modified(|f| {
             let first = f.is_none();
@@ -717,6 +735,48 @@ mod tests {
         let many: Vec<_> = (0..MAX_DEFERRED_REQUESTS).map(|_| batch(true)).collect();
         assert_eq!(next_step(&many), Step::Commit);
         assert_eq!(next_step(&many[1..]), Step::Defer);
+    }
+
+    /// Once a commit failed, nothing more commits: a later request hears that error and its
+    /// ops are not written, so a request queued behind one it depends on is never durable
+    /// without it.
+    #[test]
+    fn nothing_commits_after_a_failed_commit() {
+        use redb::ReadableDatabase;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("fjord.redb")).unwrap();
+        let (failed, _) = tokio::sync::watch::channel(None);
+        let (reusable, stats) = (AtomicU64::new(0), CommitStats::default());
+        let send = |pending: &mut Vec<WriteBatch>, key: u8| {
+            let (tx, rx) = oneshot::channel();
+            let room = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+            pending.push(WriteBatch {
+                ops: vec![Op::Put {
+                    group: 1,
+                    key,
+                    value: vec![key],
+                }],
+                done: Some(tx),
+                _room: room,
+            });
+            rx
+        };
+        let stored = |key: u8| {
+            let txn = db.begin_read().unwrap();
+            let table = txn.open_table(crate::tables::GROUP_VALUES).unwrap();
+            table.get((1, key)).unwrap().is_some()
+        };
+        let mut pending = Vec::new();
+        let mut first = send(&mut pending, 1);
+        commit_taken(&db, &mut pending, &failed, &reusable, &stats);
+        assert!(first.try_recv().unwrap().is_ok());
+        assert!(stored(1));
+
+        failed.send_replace(Some(Arc::new(StorageError::WriterStopped)));
+        let mut second = send(&mut pending, 2);
+        commit_taken(&db, &mut pending, &failed, &reusable, &stats);
+        assert!(second.try_recv().unwrap().is_err());
+        assert!(!stored(2), "a request after a failed commit was written");
     }
 
     #[tokio::test]
