@@ -62,6 +62,10 @@
 //!   known at a higher offset of its partition, and **compacted-latest** if it is the latest
 //!   of its key yet some read had seen it; polls may skip removed offsets. These rules are
 //!   `compaction`'s, in its module doc.
+//! - **unrecovered**: a partition some operation touched that no final read covered. The
+//!   final reads come once every fault has healed (every node up and connected), so in any
+//!   mode a partition not read back then did not recover: a violation (a cluster that
+//!   stopped serving would otherwise pass, its unseen records inconclusive).
 //! - **malformed**: the history breaks its own rules (see
 //!   [`crate::history::PairingError`]), a value invoked by two produces, or an `ok` produce
 //!   without an offset. Any of these makes the other verdicts untrustworthy.
@@ -113,10 +117,11 @@ pub enum AnomalyKind {
     DivergedStart,
     Compacted,
     CompactedLatest,
+    Unrecovered,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 21] = [
+    pub const ALL: [AnomalyKind; 22] = [
         AnomalyKind::Lost,
         AnomalyKind::Unseen,
         AnomalyKind::Duplicate,
@@ -138,6 +143,7 @@ impl AnomalyKind {
         AnomalyKind::DivergedStart,
         AnomalyKind::Compacted,
         AnomalyKind::CompactedLatest,
+        AnomalyKind::Unrecovered,
     ];
 
     pub fn name(self) -> &'static str {
@@ -163,6 +169,7 @@ impl AnomalyKind {
             AnomalyKind::DivergedStart => "diverged-start",
             AnomalyKind::Compacted => "compacted",
             AnomalyKind::CompactedLatest => "compacted-latest",
+            AnomalyKind::Unrecovered => "unrecovered",
         }
     }
 
@@ -199,7 +206,8 @@ impl AnomalyKind {
             | AnomalyKind::Phantom
             | AnomalyKind::Malformed
             | AnomalyKind::Zombie
-            | AnomalyKind::CommittedTooFar => true,
+            | AnomalyKind::CommittedTooFar
+            | AnomalyKind::Unrecovered => true,
         }
     }
 }
@@ -385,6 +393,8 @@ pub struct CheckResult {
     pub compacted: AnomalyClass,
     #[serde(default)]
     pub compacted_latest: AnomalyClass,
+    #[serde(default)]
+    pub unrecovered: AnomalyClass,
 }
 
 impl CheckResult {
@@ -411,6 +421,7 @@ impl CheckResult {
             AnomalyKind::DivergedStart => &self.diverged_start,
             AnomalyKind::Compacted => &self.compacted,
             AnomalyKind::CompactedLatest => &self.compacted_latest,
+            AnomalyKind::Unrecovered => &self.unrecovered,
         }
     }
 
@@ -1220,7 +1231,20 @@ impl Checker {
             .map(|(&p, _)| p)
             .collect();
         missing.sort_unstable();
-        t.partitions_without_final_read = missing;
+        for &p in &missing {
+            self.out.unrecovered.push(|| Anomaly {
+                events: Vec::new(),
+                partition: p,
+                offsets: Vec::new(),
+                values: Vec::new(),
+                explanation: format!(
+                    "partition {p}: no final read of it succeeded once the faults had healed \
+                     (every node up and connected): it did not recover, and whether its \
+                     acknowledged records survived is unknown"
+                ),
+            });
+        }
+        self.out.totals.partitions_without_final_read = missing;
         self.out
     }
 
@@ -1719,6 +1743,25 @@ mod tests {
             (4, 0, 0)
         );
         assert!(t.partitions_without_final_read.is_empty());
+    }
+
+    /// A partition that no final read covered did not recover once the faults healed: a
+    /// violation in every mode (a cluster that stopped serving would otherwise pass).
+    #[test]
+    fn a_partition_never_read_back_is_unrecovered_in_every_mode() {
+        let mut h = H::default();
+        h.ack(1, 0, 100, 0);
+        h.ack(2, 1, 200, 0);
+        h.poll(5, 1, 0, &[(0, 200)], 1);
+        h.final_read(0, &[(0, 100)]);
+        let r = check(&h.events);
+        assert_eq!(r.found(), vec![(AnomalyKind::Unrecovered, 1)]);
+        assert_eq!(r.unrecovered.ops[0].partition, 1);
+        assert_eq!(r.totals.partitions_without_final_read, vec![1]);
+        assert!(!r.is_valid(Guarantees::CP));
+        assert!(!r.is_valid(Guarantees::AP));
+        h.final_read(1, &[(0, 200)]);
+        assert_eq!(check(&h.events).found(), vec![]);
     }
 
     #[test]
@@ -2324,9 +2367,14 @@ mod tests {
         // the acknowledged 3, never read): compacted. Key 2's latest (3) is not reached.
         h.poll(5, 0, 0, &[(2, 12)], 4);
         let r = check(&h.events);
+        // Without a final read the partition counts as unrecovered.
         assert_eq!(
             r.found(),
-            vec![(AnomalyKind::Unseen, 1), (AnomalyKind::Compacted, 2)]
+            vec![
+                (AnomalyKind::Unseen, 1),
+                (AnomalyKind::Compacted, 2),
+                (AnomalyKind::Unrecovered, 1)
+            ]
         );
         assert_eq!(r.totals.compaction.poll_gaps, 1);
         // A read past it: key 2's latest, never read, is lost.
@@ -2335,7 +2383,11 @@ mod tests {
         let r = check(&h.events);
         assert_eq!(
             r.found(),
-            vec![(AnomalyKind::Lost, 1), (AnomalyKind::Compacted, 2)]
+            vec![
+                (AnomalyKind::Lost, 1),
+                (AnomalyKind::Compacted, 2),
+                (AnomalyKind::Unrecovered, 1)
+            ]
         );
         is_at(&r.lost.ops[0], 0, &[3], &[13]);
     }

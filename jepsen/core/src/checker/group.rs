@@ -28,7 +28,8 @@
 //!   when it handed out nothing of it yet.
 //! - **lost-write**: when a drain completed `ok`, an acknowledged produce at an offset below
 //!   its partition's end that no member ever handed out (with its value, at that offset).
-//!   Without a successful drain this rule judges nothing (see [`super::Totals::group_drained`]).
+//!   Without a successful drain this rule judges nothing (see [`super::Totals::group_drained`]),
+//!   and a drain that was tried and did not succeed is **unrecovered** (the checker's rule).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -394,7 +395,23 @@ impl Rules {
                 let ends = ends.iter().map(|e| (e.partition, e.offset)).collect();
                 self.drained = Some((ends, at));
             }
-            _ if out.totals.group_drained.is_none() => out.totals.group_drained = Some(false),
+            _ if out.totals.group_drained.is_none() => {
+                out.totals.group_drained = Some(false);
+                // Once every fault healed and the final reads reached every partition's end,
+                // a group whose members cannot read to those ends did not recover.
+                out.unrecovered.push(|| Anomaly {
+                    events: vec![op.invoke.index],
+                    partition: 0,
+                    offsets: vec![],
+                    values: vec![],
+                    explanation: format!(
+                        "the consumer group's drain (event {}) did not read every partition to \
+                         the end the final reads found, once the faults had healed: the group \
+                         did not recover, and lost-write judges nothing",
+                        op.invoke.index
+                    ),
+                });
+            }
             _ => {}
         }
     }
@@ -710,11 +727,18 @@ mod tests {
             (d, vec![2], vec![102])
         );
         assert!(r.is_valid(Guarantees::AP), "AP acks may lose records");
-        // Without a successful drain, nothing is judged.
+        // Without a drain, nothing is judged.
         h.events.truncate(h.events.len() - 2);
         let r = check(&h.events);
         assert_eq!(r.found(), vec![], "{r:#?}");
         assert_eq!(r.totals.group_drained, None);
+        // A drain tried and failed: the group did not recover, and lost-write judges nothing.
+        h.push(crate::group::DRAINER, T::Invoke, crate::group::drain());
+        h.push(crate::group::DRAINER, T::Info, crate::group::drain());
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Unrecovered, 1);
+        assert_eq!(r.totals.group_drained, Some(false));
+        assert!(!r.is_valid(Guarantees::AP));
     }
 
     #[test]
