@@ -621,11 +621,8 @@ impl RaftLogStorage<TypeConfig> for GroupLogStore {
         let this = self.clone();
         tokio::spawn(async move {
             match durable.wait().await {
-                Ok(()) => {
-                    if this.purge_step_needed().unwrap_or(true) {
-                        this.delete_purged();
-                    }
-                }
+                // Deletes what the first step left, if anything (it looks first).
+                Ok(()) => this.delete_purged(),
                 // The node stops (fail-stop): the writer commits nothing more.
                 Err(e) => tracing::warn!(group = this.group, error = %e, "purging the log"),
             }
