@@ -47,6 +47,11 @@ impl TestPki {
         self.dir.join("ca.pem")
     }
 
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
     /// `fjord serve` flags for TLS with `node`'s certificate and this CA, clients asked for a
     /// certificate as `client_auth` says (none, optional, required).
     pub fn serve_flags(&self, node: &Issued, client_auth: &str) -> Vec<String> {
@@ -87,7 +92,9 @@ impl TestPki {
     }
 }
 
-fn write_atomically(path: &Path, text: &str) {
+/// Replaces the file at `path` with `text` by a rename, so that a reader sees the old file
+/// or the new one, never half of one.
+pub fn write_atomically(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();

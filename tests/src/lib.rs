@@ -335,6 +335,12 @@ impl Cluster {
         self.brokers().join(",")
     }
 
+    /// Changes how this harness's own clients connect from now on (a TLS cluster whose CA
+    /// was replaced).
+    pub fn set_client_config(&mut self, config: ClientConfig) {
+        self.client_config = config;
+    }
+
     pub fn client(&self) -> Client {
         Client::connect(self.brokers(), self.client_config.clone()).expect("client")
     }

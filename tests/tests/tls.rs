@@ -1,7 +1,8 @@
 //! TLS on real 3-node clusters (`fjord serve` processes, certificates from a test CA made
 //! with rcgen): plaintext clients refused, clients trusting the CA served, client
 //! certificates required when asked for, a certificate replaced on disk served without a
-//! restart, and a client certificate (valid, from the CA, naming no peer) refused on the
+//! restart, a CA rotated on disk (old and new, then the new certificates, then the new CA
+//! alone) without a restart, and a client certificate (valid, from the CA, naming no peer) refused on the
 //! peer port. With authentication required and principals from client certificates only
 //! (`--tls-principal-rules`), a group's reset by time and its lag in time reach partitions
 //! led by another node than its coordinator (read there over the node-to-node service).
@@ -18,7 +19,7 @@ use fjord_client::{Client, ClientConfig, ClientTls, FetchOptions, ProducerConfig
 use fjord_proto::raft::IdentityRequest;
 use fjord_proto::raft::raft_transport_client::RaftTransportClient;
 use fjord_proto::v1::fjord_client::FjordClient;
-use fjord_tests::certs::{Issued, TestPki};
+use fjord_tests::certs::{Issued, TestPki, write_atomically};
 use fjord_tests::group::reads_led_elsewhere;
 use fjord_tests::secure::SECURE_FLAGS;
 use fjord_tests::{Cluster, Timing, serial, wait_for};
@@ -231,6 +232,85 @@ async fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
     }
     // The nodes reconnect to each other with it, and the cluster keeps working.
     produce_and_fetch(&t.cluster.client(), "renewed", 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_rotated_on_disk_is_trusted_without_a_restart() {
+    let _serial = serial();
+    let mut t = tls_cluster("optional", false).await;
+    let ca = t.pki.ca();
+    let next = TestPki::new(&t._dir.path().join("next"), "fjord next CA");
+    let bob = next.issue("bob", "bob", "acme", &["bob.example"]);
+    let accepts = |addr: String, ca: std::path::PathBuf, who: Issued| async move {
+        metadata_at(https(&addr, tls_config(&ca, Some(&who)))).await
+    };
+    // Before: the nodes trust the first CA only; bob's certificate is refused.
+    for node in &t.cluster.nodes {
+        assert!(
+            accepts(node.addr.clone(), ca.clone(), bob.clone())
+                .await
+                .is_err(),
+            "node {} accepted a certificate from a CA it was not given",
+            node.id
+        );
+    }
+    // 1. Both CAs in the bundle: every node comes to accept bob, without a restart.
+    write_atomically(&ca, &format!("{}{}", t.pki.ca_pem(), next.ca_pem()));
+    for node in &t.cluster.nodes {
+        wait_for(
+            &format!("node {} to trust the new CA", node.id),
+            DEADLINE,
+            || {
+                let f = accepts(node.addr.clone(), ca.clone(), bob.clone());
+                async move { f.await.ok() }
+            },
+        )
+        .await;
+    }
+    // 2. The node certificate from the new CA, in place of the old one (key first).
+    let renewed = next.issue("node", "fjord-node", "fjord", &["127.0.0.1", "localhost"]);
+    // (`tls_cluster` gave the nodes `node.pem` and `node.key` of the first CA's directory.)
+    let (cert_path, key_path) = (
+        t._dir.path().join("node.pem"),
+        t._dir.path().join("node.key"),
+    );
+    write_atomically(&key_path, &std::fs::read_to_string(&renewed.key).unwrap());
+    write_atomically(&cert_path, &std::fs::read_to_string(&renewed.cert).unwrap());
+    for node in &t.cluster.nodes {
+        wait_for(
+            &format!("node {} to serve the new CA's certificate", node.id),
+            DEADLINE,
+            || {
+                let (addr, ca, want) = (node.addr.clone(), ca.clone(), renewed.der.clone());
+                async move { (presented_certificate(&addr, &ca).await? == want).then_some(()) }
+            },
+        )
+        .await;
+    }
+    // 3. The new CA alone: a certificate from the old one (alice's) is refused from now on.
+    write_atomically(&ca, &next.ca_pem());
+    for node in &t.cluster.nodes {
+        wait_for(
+            &format!("node {} to drop the old CA", node.id),
+            DEADLINE,
+            || {
+                let f = accepts(node.addr.clone(), ca.clone(), t.alice.clone());
+                async move { f.await.is_err().then_some(()) }
+            },
+        )
+        .await;
+    }
+    // A node restarted now knows only the new CA and certificate: the others reach it and
+    // it reaches them over new connections, verified both ways against what they reloaded
+    // (it learns the metadata leader and every node), and the cluster works.
+    t.cluster.set_client_config(ClientConfig {
+        tls: Some(ClientTls::from_files(&ca, None, None).unwrap()),
+        ..ClientConfig::default()
+    });
+    t.cluster.kill(3);
+    t.cluster.restart(3);
+    t.cluster.wait_ready().await;
+    produce_and_fetch(&t.cluster.client(), "rotated", 3).await;
 }
 
 /// The settings of a client trusting `pki`'s CA and presenting `who`'s certificate.

@@ -130,7 +130,7 @@ pub async fn run(
                 "TLS on both listeners; mutual TLS between nodes"
             );
             tokio::spawn(tls::reload_loop(
-                Arc::downgrade(&tls.key),
+                Arc::downgrade(&tls),
                 settings.reload_every,
             ));
             Some(tls)
@@ -173,7 +173,7 @@ pub struct Listeners {
     /// The node-to-node service's (`--peer-listen`).
     pub peers: tokio::net::TcpListener,
     /// TLS on both (`None`: plaintext); the caller's connector should match it.
-    pub tls: Option<tls::NodeTls>,
+    pub tls: Option<Arc<tls::NodeTls>>,
 }
 
 /// Runs a node on the given listeners, connector and clock, with its database in
@@ -197,8 +197,8 @@ pub async fn run_with(
     let store = open_store(&config)?;
     let (client_accept, peer_accept) = match &listeners.tls {
         Some(t) => (
-            tls::Accept::Tls(t.client.clone(), None),
-            tls::Accept::Tls(t.peers.clone(), Some(t.peer_names.clone())),
+            tls::Accept::Tls(t.clone(), tls::Listener::Client),
+            tls::Accept::Tls(t.clone(), tls::Listener::Peers),
         ),
         None => (tls::Accept::Plain, tls::Accept::Plain),
     };

@@ -6,7 +6,11 @@
 //!   files again every `--tls-reload-interval-ms`: a fresh handshake gets the new
 //!   certificate without a restart; a file that does not load keeps the old one (logged).
 //! - One CA bundle (`--tls-ca`): verifies the peers' certificates (both ways) and the
-//!   clients' (`--tls-client-auth`).
+//!   clients' (`--tls-client-auth`). [`reload_loop`] reads it again too: a new bundle
+//!   rebuilds both listeners' acceptors and the outbound configuration ([`NodeTls`]), which
+//!   new connections get; a bundle that does not load keeps the old one (logged). Rotating a
+//!   CA without a restart needs that: old and new CA in the bundle on every node, then the
+//!   new certificates, then the new CA alone.
 //! - Between nodes, mutual TLS always: the peer listener requires a certificate from the CA
 //!   and then that it names ([`PeerNames`]: a DNS or IP subject alternative name) the host of
 //!   one of the `--peers` addresses, or one of `--tls-peer-names`; any other certificate
@@ -168,11 +172,10 @@ pub fn certified_key(
     })
 }
 
-/// The CA bundle at `path`.
-pub fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
-    let pem = read_file(path)?;
+/// The CA bundle `pem`, read from `path` (named in errors).
+fn roots_of(pem: &[u8], path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
-    for cert in certificates(&pem, path)? {
+    for cert in certificates(pem, path)? {
         roots.add(cert).map_err(|e| TlsError::Ca {
             path: path.display().to_string(),
             reason: e.to_string(),
@@ -256,23 +259,35 @@ impl rustls::client::ResolvesClientCert for ReloadingKey {
     }
 }
 
-/// Reads the node's certificate files every `every` until `key` is dropped; a new
-/// certificate is logged with its serial, a file that does not load is logged as an error
-/// (the old certificate stays in use).
-pub async fn reload_loop(key: Weak<ReloadingKey>, every: Duration) {
+/// Reads the node's certificate, key and CA files every `every` until `tls` is dropped: a
+/// new certificate is logged with its serial, a new CA bundle with its number of
+/// certificates, a file that does not load as an error (the old certificate or bundle stays
+/// in use).
+pub async fn reload_loop(tls: Weak<NodeTls>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
-        let Some(key) = key.upgrade() else { return };
-        match key.reload_if_changed() {
+        let Some(tls) = tls.upgrade() else { return };
+        match tls.key.reload_if_changed() {
             Ok(false) => {}
             Ok(true) => tracing::info!(
-                cert = %key.cert_path.display(),
-                serial = %serial_of(&key.current()).unwrap_or_default(),
+                cert = %tls.key.cert_path.display(),
+                serial = %serial_of(&tls.key.current()).unwrap_or_default(),
                 "TLS: loaded a new certificate; new connections get it"
             ),
             Err(e) => tracing::error!(
                 error = %e,
                 "TLS: the certificate files changed but do not load; the old certificate stays in use"
+            ),
+        }
+        match tls.reload_ca_if_changed() {
+            Ok(false) => {}
+            Ok(true) => tracing::info!(
+                ca = %tls.ca_path.display(),
+                "TLS: loaded a new CA bundle; new connections are verified against it"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                "TLS: the CA bundle changed but does not load; the old one stays in use"
             ),
         }
     }
@@ -350,25 +365,22 @@ fn ip_matches(in_cert: &[u8], name: &str) -> bool {
     }
 }
 
-/// A node's TLS: the acceptors of its two listeners and the configuration of its outbound
-/// peer connections, all on one [`ReloadingKey`].
-pub struct NodeTls {
-    pub client: tokio_rustls::TlsAcceptor,
-    pub peers: tokio_rustls::TlsAcceptor,
-    pub peer_names: Arc<PeerNames>,
-    pub outbound: Arc<ClientConfig>,
-    pub key: Arc<ReloadingKey>,
+/// What a node's CA bundle decides: the acceptors of its two listeners (which clients and
+/// peers they verify) and the configuration of its outbound peer connections, built together
+/// from one bundle and replaced together when the bundle changes ([`NodeTls::reload_ca_if_changed`]).
+struct Verifying {
+    client: tokio_rustls::TlsAcceptor,
+    peers: tokio_rustls::TlsAcceptor,
+    outbound: Arc<ClientConfig>,
 }
 
-impl NodeTls {
-    /// Loads the files of `settings`; the peer listener accepts certificates naming one of
-    /// `peer_addresses`' hosts (or `settings.peer_names`).
-    pub fn load<'a>(
-        settings: &TlsSettings,
-        peer_addresses: impl IntoIterator<Item = &'a String>,
-    ) -> Result<NodeTls, TlsError> {
-        let key = ReloadingKey::load(&settings.cert, &settings.key)?;
-        let roots = roots(&settings.ca)?;
+impl Verifying {
+    /// The configurations verifying against `roots`, presenting `key`'s certificate.
+    fn build(
+        roots: &Arc<RootCertStore>,
+        client_auth: ClientAuth,
+        key: &Arc<ReloadingKey>,
+    ) -> Result<Verifying, TlsError> {
         let setup = |e: &dyn std::fmt::Display| TlsError::Setup(e.to_string());
         let verifier = |optional: bool| {
             let b = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
@@ -379,7 +391,7 @@ impl NodeTls {
             };
             b.build().map_err(|e| setup(&e))
         };
-        let client_verifier = match settings.client_auth {
+        let client_verifier = match client_auth {
             ClientAuth::None => WebPkiClientVerifier::no_client_auth(),
             ClientAuth::Optional => verifier(true)?,
             ClientAuth::Required => verifier(false)?,
@@ -400,19 +412,105 @@ impl NodeTls {
             .with_root_certificates(roots.clone())
             .with_client_cert_resolver(key.clone());
         outbound.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(NodeTls {
+        Ok(Verifying {
             client: server(client_verifier)?.into(),
             peers: server(verifier(false)?)?.into(),
-            peer_names: Arc::new(PeerNames::new(&settings.peer_names, peer_addresses)),
             outbound: Arc::new(outbound),
-            key,
         })
+    }
+}
+
+/// Which of a node's listeners a connection came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The client API's: client certificates as `--tls-client-auth` says.
+    Client,
+    /// The node-to-node service's: a certificate naming a peer, always.
+    Peers,
+}
+
+/// A node's TLS: its certificate and key ([`ReloadingKey`]) and what its CA bundle decides,
+/// both read again from their files every `--tls-reload-interval-ms` ([`reload_loop`]). Each
+/// new connection, accepted or dialled, takes the configuration current at its start; open
+/// connections keep theirs.
+pub struct NodeTls {
+    pub peer_names: Arc<PeerNames>,
+    pub key: Arc<ReloadingKey>,
+    ca_path: PathBuf,
+    client_auth: ClientAuth,
+    verifying: RwLock<Arc<Verifying>>,
+    /// The CA file's contents last looked at (loaded or refused): a change is a difference.
+    ca_seen: std::sync::Mutex<Vec<u8>>,
+}
+
+impl NodeTls {
+    /// Loads the files of `settings`; the peer listener accepts certificates naming one of
+    /// `peer_addresses`' hosts (or `settings.peer_names`).
+    pub fn load<'a>(
+        settings: &TlsSettings,
+        peer_addresses: impl IntoIterator<Item = &'a String>,
+    ) -> Result<Arc<NodeTls>, TlsError> {
+        let key = ReloadingKey::load(&settings.cert, &settings.key)?;
+        let ca = read_file(&settings.ca)?;
+        let verifying =
+            Verifying::build(&roots_of(&ca, &settings.ca)?, settings.client_auth, &key)?;
+        Ok(Arc::new(NodeTls {
+            peer_names: Arc::new(PeerNames::new(&settings.peer_names, peer_addresses)),
+            key,
+            ca_path: settings.ca.clone(),
+            client_auth: settings.client_auth,
+            verifying: RwLock::new(Arc::new(verifying)),
+            ca_seen: std::sync::Mutex::new(ca),
+        }))
+    }
+
+    fn verifying(&self) -> Arc<Verifying> {
+        self.verifying
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The acceptor a new connection to `listener` gets.
+    pub fn acceptor(&self, listener: Listener) -> tokio_rustls::TlsAcceptor {
+        let v = self.verifying();
+        match listener {
+            Listener::Client => v.client.clone(),
+            Listener::Peers => v.peers.clone(),
+        }
+    }
+
+    /// The configuration a new outbound peer connection gets.
+    pub fn outbound(&self) -> Arc<ClientConfig> {
+        self.verifying().outbound.clone()
+    }
+
+    /// Reads the CA bundle; if it changed, verifies new connections against it from now on,
+    /// or keeps the old one when it does not load. `Ok(true)` when a new bundle is in use.
+    /// (Rotating a CA: a bundle with the old and the new CA on every node first, then the new
+    /// certificates, then the new CA alone: docs/operations.md.)
+    pub fn reload_ca_if_changed(&self) -> Result<bool, TlsError> {
+        let ca = read_file(&self.ca_path)?;
+        {
+            let mut seen = self.ca_seen.lock().unwrap_or_else(|e| e.into_inner());
+            if *seen == ca {
+                return Ok(false);
+            }
+            seen.clone_from(&ca);
+        }
+        let verifying =
+            Verifying::build(&roots_of(&ca, &self.ca_path)?, self.client_auth, &self.key)?;
+        *self
+            .verifying
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(verifying);
+        Ok(true)
     }
 
     /// The connector of this node's peer connections, from `source` if given.
-    pub fn connector(&self, source: Option<IpAddr>) -> TlsPeerConnector {
+    pub fn connector(self: &Arc<Self>, source: Option<IpAddr>) -> TlsPeerConnector {
         TlsPeerConnector {
-            config: self.outbound.clone(),
+            tls: self.clone(),
             source,
         }
     }
@@ -518,9 +616,10 @@ impl AsyncWrite for Conn {
 pub enum Accept {
     /// Plaintext.
     Plain,
-    /// TLS; with `Some(names)`, a client certificate must name one of `names` (the peer
-    /// listener), or the connection is dropped after the handshake.
-    Tls(tokio_rustls::TlsAcceptor, Option<Arc<PeerNames>>),
+    /// TLS, with the node's configuration for that listener current when each connection
+    /// comes; on the peer listener a client certificate must name a peer
+    /// ([`NodeTls::peer_names`]), or the connection is dropped after the handshake.
+    Tls(Arc<NodeTls>, Listener),
 }
 
 /// The connections of `tcp`, accepted as `accept` says. TLS handshakes run concurrently (at
@@ -533,11 +632,11 @@ pub fn incoming<S>(
 where
     S: Stream<Item = std::io::Result<TcpStream>> + Send + 'static,
 {
-    let (acceptor, names) = match accept {
+    let (tls, listener) = match accept {
         Accept::Plain => {
             return Box::pin(tokio_stream::StreamExt::map(tcp, |c| c.map(Conn::Plain)));
         }
-        Accept::Tls(acceptor, names) => (acceptor, names),
+        Accept::Tls(tls, listener) => (tls, listener),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(MAX_PENDING_HANDSHAKES);
     tokio::spawn(async move {
@@ -559,7 +658,9 @@ where
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let (acceptor, names, tx) = (acceptor.clone(), names.clone(), tx.clone());
+            let acceptor = tls.acceptor(listener);
+            let names = (listener == Listener::Peers).then(|| tls.peer_names.clone());
+            let tx = tx.clone();
             tokio::spawn(async move {
                 let _slot = slot;
                 if let Some(tls) = handshake(&acceptor, conn, names.as_deref()).await {
@@ -680,7 +781,7 @@ fn escape_rfc4514(s: &str) -> String {
 /// Outbound peer connections over TLS: the CA verifies the peer's certificate (which must
 /// name the host dialed), and this node's certificate is its client certificate.
 pub struct TlsPeerConnector {
-    config: Arc<ClientConfig>,
+    tls: Arc<NodeTls>,
     source: Option<IpAddr>,
 }
 
@@ -690,7 +791,7 @@ impl fjord_raft::peer::Connector for TlsPeerConnector {
         addr: &str,
     ) -> Result<tonic::transport::Channel, fjord_raft::peer::ConnectError> {
         let dial = Dial {
-            config: self.config.clone(),
+            tls: self.tls.clone(),
             source: self.source,
         };
         Ok(fjord_raft::peer::tcp_endpoint(addr)?.connect_with_connector_lazy(dial))
@@ -700,7 +801,7 @@ impl fjord_raft::peer::Connector for TlsPeerConnector {
 /// Dials `host:port` and makes a TLS connection over it: tonic's connector.
 #[derive(Clone)]
 struct Dial {
-    config: Arc<ClientConfig>,
+    tls: Arc<NodeTls>,
     source: Option<IpAddr>,
 }
 
@@ -755,7 +856,7 @@ impl Dial {
             .map_err(|_| invalid("the host is not a valid DNS name or IP address"))?;
         let tcp = self.tcp(host, port).await?;
         tcp.set_nodelay(true)?;
-        tokio_rustls::TlsConnector::from(self.config.clone())
+        tokio_rustls::TlsConnector::from(self.tls.outbound())
             .connect(name, tcp)
             .await
     }
@@ -851,6 +952,50 @@ mod tests {
         let peers = ["node2.example:7201".to_string()];
         assert!(!PeerNames::new(&[], &peers).permit(c.der()));
         assert!(PeerNames::new(&["node1.example".into()], &peers).permit(c.der()));
+    }
+
+    #[test]
+    fn a_new_ca_bundle_is_used_and_a_bad_one_keeps_the_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |n: &str| dir.path().join(n);
+        let (node, node_key) = cert("node", &["127.0.0.1"]);
+        let (ca1, _) = cert("ca one", &["ca1"]);
+        let (ca2, _) = cert("ca two", &["ca2"]);
+        std::fs::write(path("node.pem"), node.pem()).unwrap();
+        std::fs::write(path("node.key"), node_key.serialize_pem()).unwrap();
+        std::fs::write(path("ca.pem"), ca1.pem()).unwrap();
+        let settings = TlsSettings {
+            cert: path("node.pem"),
+            key: path("node.key"),
+            ca: path("ca.pem"),
+            client_auth: ClientAuth::Optional,
+            peer_names: vec![],
+            reload_every: Duration::from_millis(100),
+        };
+        let tls = NodeTls::load(&settings, &["127.0.0.1:1".to_string()]).unwrap();
+        let first = tls.outbound();
+        assert!(!tls.reload_ca_if_changed().unwrap());
+        assert!(
+            Arc::ptr_eq(&first, &tls.outbound()),
+            "unchanged file, same config"
+        );
+        // Both CAs: a new configuration for new connections.
+        std::fs::write(path("ca.pem"), format!("{}{}", ca1.pem(), ca2.pem())).unwrap();
+        assert!(tls.reload_ca_if_changed().unwrap());
+        let second = tls.outbound();
+        assert!(!Arc::ptr_eq(&first, &second));
+        // A bundle without a certificate is refused, and the last good one stays in use,
+        // also at the next look (the same bad contents are not tried again).
+        std::fs::write(path("ca.pem"), "garbage").unwrap();
+        assert!(matches!(
+            tls.reload_ca_if_changed(),
+            Err(TlsError::NoCertificate { .. })
+        ));
+        assert!(!tls.reload_ca_if_changed().unwrap());
+        assert!(Arc::ptr_eq(&second, &tls.outbound()));
+        std::fs::write(path("ca.pem"), ca2.pem()).unwrap();
+        assert!(tls.reload_ca_if_changed().unwrap());
+        assert!(!Arc::ptr_eq(&second, &tls.outbound()));
     }
 
     #[test]
