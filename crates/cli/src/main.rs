@@ -388,6 +388,18 @@ mod tests {
     }
 
     #[test]
+    fn a_file_s_list_of_superusers_keeps_names_with_commas_whole() {
+        let (_dir, path) = config_file(
+            "id = 1\nlisten = \"127.0.0.1:7101\"\ndata_dir = \"d\"\n\
+             peers = \"1=127.0.0.1:7201\"\ntls_peer_names = [\"a.example\", \"b.example\"]\n\
+             superusers = [\"User:admin\", \"User:CN=ops,O=acme\"]\n",
+        );
+        let node = serve_config(&["--config", &path]).unwrap();
+        assert_eq!(node.superusers, ["User:admin", "User:CN=ops,O=acme"]);
+        assert_eq!(node.tls_peer_names, ["a.example", "b.example"]);
+    }
+
+    #[test]
     fn serve_takes_flags_a_file_or_both_and_flags_win() {
         let node = serve_config(&[
             "--id",

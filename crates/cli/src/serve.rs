@@ -175,13 +175,16 @@ fn add_file_args(
             }
             continue;
         }
-        out.push(format!("--{long}={}", flag_value(&key, value)?).into());
+        let delimiter = arg.get_value_delimiter().unwrap_or(',');
+        out.push(format!("--{long}={}", flag_value(&key, value, delimiter)?).into());
     }
     Ok(())
 }
 
-/// A TOML value as it is written on the command line.
-fn flag_value(key: &str, value: &toml::Value) -> Result<String, String> {
+/// A TOML value as it is written on the command line: an array's items joined by the flag's
+/// own delimiter (`;` for `--superusers`, whose names may hold commas), a table's entries as
+/// `k=v,k=v`.
+fn flag_value(key: &str, value: &toml::Value, delimiter: char) -> Result<String, String> {
     let scalar = |v: &toml::Value| match v {
         toml::Value::String(s) => Ok(s.clone()),
         toml::Value::Integer(i) => Ok(i.to_string()),
@@ -197,7 +200,7 @@ fn flag_value(key: &str, value: &toml::Value) -> Result<String, String> {
             .iter()
             .map(scalar)
             .collect::<Result<Vec<_>, _>>()?
-            .join(",")),
+            .join(&delimiter.to_string())),
         toml::Value::Table(entries) => Ok(entries
             .iter()
             .map(|(k, v)| Ok(format!("{k}={}", scalar(v)?)))
