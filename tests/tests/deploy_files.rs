@@ -488,18 +488,29 @@ fn check_k8s_ports(pod: &Pod) {
     );
     let metrics = port_of(&pod.value("FJORD_METRICS_LISTEN"));
     assert_eq!(named_port(ports, "metrics"), metrics);
+    // `fjord health`, asking FJORD_BROKERS: the node's own client address, as advertised.
+    // The kubelet expands `$(VAR)` in a probe's command only from variables with a literal
+    // value, so a reference to one built from POD_NAME would reach `fjord health` unexpanded:
+    // the address comes from the container's environment instead, where POD_NAME is filled
+    // in (it must come before the variable naming it).
+    assert_eq!(pod.value("FJORD_BROKERS"), pod.value("FJORD_ADVERTISE"));
+    assert_eq!(port_of(&pod.value("FJORD_BROKERS")), client, "client port");
+    let names: Vec<&str> = pod.container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    let at = |n: &str| names.iter().position(|x| *x == n).unwrap();
+    assert!(at("POD_NAME") < at("FJORD_BROKERS"), "POD_NAME first");
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
-        // `fjord health --brokers $(FJORD_ADVERTISE)`: the node's own client address.
-        let command = &pod.container[probe]["exec"]["command"];
-        assert_eq!(command[0], "/usr/local/bin/fjord", "{probe}");
-        assert_eq!(command[1], "health", "{probe}: fjord health");
-        assert_eq!(command[2], "--brokers", "{probe}");
-        assert_eq!(command[3], "$(FJORD_ADVERTISE)", "{probe}");
-        assert_eq!(
-            port_of(&pod.value("FJORD_ADVERTISE")),
-            client,
-            "{probe}: client port"
-        );
+        let command: Vec<&str> = pod.container[probe]["exec"]["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        assert_eq!(command, ["/usr/local/bin/fjord", "health"], "{probe}");
     }
     let annotations = &pod.template["metadata"]["annotations"];
     assert_eq!(annotations["prometheus.io/port"], metrics.to_string());
