@@ -235,9 +235,10 @@ pub struct ServeConfig {
     #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
     #[serde(default)]
     pub tls_peer_names: Vec<String>,
-    /// TLS: how often the certificate and key files are read again, in milliseconds (100 to
-    /// 3,600,000). A new pair is used for every handshake from then on; a pair that does not
-    /// load (unreadable, mismatched) is logged as an error and the old one stays.
+    /// TLS: how often the certificate, key and CA files are read again, in milliseconds (100
+    /// to 3,600,000). A new pair, or a new CA bundle, is used for every handshake from then
+    /// on; a file that does not load (unreadable, mismatched) is logged as an error and the
+    /// old one stays.
     #[arg(long, default_value_t = defaults::TLS_RELOAD_INTERVAL_MS)]
     #[serde(default = "default_tls_reload_ms")]
     pub tls_reload_interval_ms: u64,
