@@ -300,4 +300,37 @@ async fn rebuild_refuses_while_a_group_would_lose_its_majority() {
     cp_read_keeps(&cluster, &[2, 3], "t", 0, "r0").await;
     cluster.restart_with(1, &["--rebuild"]);
     cluster.wait_rebuilt(1).await;
+
+    // A refused --rebuild of a node whose directory holds its store changes nothing either:
+    // what it set aside is put back, and the node starts on it without --rebuild.
+    let before = suspected(&cluster);
+    cluster.kill(2);
+    wait_for("node 3 to suspect node 2 again", DEADLINE, || {
+        let n = suspected(&cluster);
+        async move { (n > before).then_some(()) }
+    })
+    .await;
+    cluster.kill(1);
+    let listing = |c: &Cluster| -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(c.data_dir(1))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let files = listing(&cluster);
+    cluster.restart_with(1, &["--rebuild"]);
+    let status = cluster.wait_exit(1, DEADLINE).await;
+    let log = cluster.log_text(1);
+    assert!(
+        status.is_some_and(|s| !s.success())
+            && log.contains("old contents are back where they were"),
+        "node 1's refused rebuild did not put its directory back:\n{}",
+        cluster.log_tail(1)
+    );
+    // The same entries (the earlier rebuild's `replaced-*` among them), none set aside.
+    assert_eq!(listing(&cluster), files);
+    cluster.restart(2);
+    cluster.restart(1);
+    cluster.wait_ready().await;
+    cp_read_keeps(&cluster, &[1, 2, 3], "t", 0, "r0").await;
 }

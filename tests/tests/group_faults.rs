@@ -481,6 +481,24 @@ async fn a_duplicate_id_and_an_old_copy_of_the_coordinator_s_node_are_refused() 
     let status = other.wait_exit(REFUSAL_DEADLINE).await;
     assert_refused_with("the duplicate", status, &other.log_text(), "lost its data");
 
+    f.phase("the same, restarted with --rebuild as the refusal suggests: it waits, the node stays");
+    let other = f.cluster.start_duplicate_with(c, None, &["--rebuild"]);
+    wait_for(
+        &format!("the duplicate's rebuild to be turned away while node {c} runs"),
+        REFUSAL_DEADLINE,
+        || {
+            let log = other.log_text();
+            async move { log.contains(&format!("node {c} is alive")).then_some(()) }
+        },
+    )
+    .await;
+    drop(other);
+    assert!(
+        f.cluster.is_running(c),
+        "node {c} stopped:\n{}",
+        f.cluster.log_tail(c)
+    );
+
     f.phase("a second process with the coordinator's --id on its data directory, with and without --rebuild");
     let dir = f.cluster.data_dir(c);
     for extra in [&[][..], &["--rebuild"][..]] {

@@ -88,7 +88,8 @@ pub struct ServeConfig {
     /// lost, found corrupt, or restored from an older copy (the node refuses to start then,
     /// and says so). The old contents are moved aside, the node rejoins every group it held as
     /// a learner, and becomes a voter again once it has caught up; refused (exit with a
-    /// message, nothing changed) where a group would lose its majority without it.
+    /// message, the old contents put back) where a group would lose its majority without
+    /// it; waits while a node with this id still answers heartbeats (a duplicate --id).
     #[arg(long)]
     #[serde(default)]
     pub rebuild: bool,

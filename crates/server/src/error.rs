@@ -302,6 +302,14 @@ pub enum ApiError {
     /// A rebuild of a node the metadata does not know.
     #[error("node {0} is not registered in this cluster: a new node starts without --rebuild")]
     UnregisteredNode(NodeId),
+    /// A rebuild of a node that answers heartbeats: its directory is not lost.
+    #[error(
+        "node {0} is alive (it answers this node's heartbeats): a rebuild takes back a node \
+         whose data directory was lost, so it waits until node {0} is down. If another \
+         process runs with --id {0} (on another machine, with another data directory), stop \
+         this one; nothing was changed"
+    )]
+    RebuildOfLiveNode(NodeId),
     /// A group's bug, or local state it cannot read.
     #[error(transparent)]
     Internal(#[from] Internal),
@@ -493,6 +501,9 @@ impl ApiError {
             ApiError::BelowLogStart { .. } | ApiError::BeyondEnd { .. } => Code::OutOfRange,
             ApiError::Busy(_) | ApiError::DiskFull(_) => Code::ResourceExhausted,
             ApiError::UnregisteredNode(_) | ApiError::MajorityLost(_) => Code::FailedPrecondition,
+            // The rebuilding node asks again: a node that just died is suspected within the
+            // failure detector's timeout.
+            ApiError::RebuildOfLiveNode(_) => Code::Unavailable,
             ApiError::Internal(_)
             | ApiError::Storage(_)
             | ApiError::UnexpectedAnswer { .. }

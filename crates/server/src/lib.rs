@@ -191,9 +191,12 @@ pub async fn run_with(
         dir: config.data_dir.display().to_string(),
         reason: e.to_string(),
     })?;
-    if config.rebuild {
-        set_aside(&config.data_dir)?;
-    }
+    let aside = if config.rebuild {
+        set_aside(&config.data_dir)?
+    } else {
+        None
+    };
+    let data_dir = config.data_dir.clone();
     let store = open_store(&config)?;
     let (client_accept, peer_accept) = match &listeners.tls {
         Some(t) => (
@@ -217,12 +220,36 @@ pub async fn run_with(
     .await;
     // Close the database before the process exits: a database still open at exit needs a
     // repair pass at the next start (seconds per GiB held).
-    if closed.wait(DB_CLOSE_WAIT).await {
+    let db_closed = closed.wait(DB_CLOSE_WAIT).await;
+    if db_closed {
         tracing::info!("database closed");
     } else {
         tracing::warn!(
             "the database was not closed in time; the next start will check it (slower)"
         );
+    }
+    // A refused --rebuild changes nothing: the contents it set aside go back.
+    if let (Err(ServerError::Boot(boot::BootError::RebuildRefused(_))), Some(aside)) =
+        (&result, &aside)
+    {
+        let put = if db_closed {
+            put_back(&data_dir, aside)
+        } else {
+            Err("the new store was still open".into())
+        };
+        match put {
+            Ok(()) => tracing::warn!(
+                dir = %data_dir.display(),
+                "--rebuild refused: the data directory's old contents are back where they were"
+            ),
+            Err(e) => tracing::error!(
+                dir = %data_dir.display(),
+                aside = %aside.display(),
+                error = %e,
+                "--rebuild refused, and the old contents could not be put back: they are in the \
+                 directory named here; move them back by hand before a start without --rebuild"
+            ),
+        }
     }
     if let Some(reason) = failure.lock().unwrap().take() {
         return Err(ServerError::Storage {
@@ -313,7 +340,7 @@ fn or_on_storage_failure(
 /// store (see [`rebuild`]). Moved inside the directory, not beside it: a data directory that is
 /// a mount point cannot be renamed. The lock file stays: this process holds it
 /// ([`dir_lock`]), so no other process runs on the directory.
-fn set_aside(dir: &std::path::Path) -> Result<(), ServerError> {
+fn set_aside(dir: &std::path::Path) -> Result<Option<std::path::PathBuf>, ServerError> {
     let storage = |reason: String| ServerError::Storage {
         dir: dir.display().to_string(),
         reason,
@@ -327,11 +354,11 @@ fn set_aside(dir: &std::path::Path) -> Result<(), ServerError> {
                     .is_some_and(|n| n.starts_with("replaced-") || n == dir_lock::LOCK_FILE)
             })
             .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(storage(e.to_string())),
     };
     if entries.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -357,7 +384,38 @@ fn set_aside(dir: &std::path::Path) -> Result<(), ServerError> {
         aside = %aside.display(),
         "--rebuild: the old contents of the data directory are moved aside; this node starts on a new store"
     );
-    Ok(())
+    Ok(Some(aside))
+}
+
+/// Undoes [`set_aside`] after a refused rebuild: removes what the start made in `dir` (the
+/// new store), keeping the lock file and earlier `replaced-*` directories, and moves the
+/// contents of `aside` back.
+fn put_back(dir: &std::path::Path, aside: &std::path::Path) -> Result<(), String> {
+    let keep = |p: &std::path::Path| {
+        p == aside
+            || p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("replaced-") || n == dir_lock::LOCK_FILE)
+    };
+    let entries = |d: &std::path::Path| -> Result<Vec<std::path::PathBuf>, String> {
+        std::fs::read_dir(d)
+            .map_err(|e| format!("cannot read {}: {e}", d.display()))?
+            .map(|e| e.map(|e| e.path()).map_err(|e| e.to_string()))
+            .collect()
+    };
+    for p in entries(dir)?.into_iter().filter(|p| !keep(p)) {
+        let removed = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        removed.map_err(|e| format!("cannot remove {}: {e}", p.display()))?;
+    }
+    for p in entries(aside)? {
+        let to = dir.join(p.file_name().unwrap_or_default());
+        std::fs::rename(&p, &to).map_err(|e| format!("cannot move {} back: {e}", p.display()))?;
+    }
+    std::fs::remove_dir(aside).map_err(|e| format!("cannot remove {}: {e}", aside.display()))
 }
 
 /// The node, once it runs: the gRPC services start before it (see [`run_on`]).

@@ -131,6 +131,15 @@ pub async fn take_back(node: &Arc<Node>, req: RebuildRequest) -> Result<u32, Api
             recorded,
         }));
     }
+    // A node that answers heartbeats runs: a second process started with its --id (another
+    // machine, another directory; refused at its boot check, then restarted with --rebuild
+    // as that refusal suggests) must not take its place, demoting it and splitting one id
+    // between two processes. A node whose disk was lost has stopped or restarted without its
+    // groups (a starting node answers no heartbeat): the failure detector suspects it within
+    // its timeout, and the rebuild, asking again, goes on.
+    if node.is_alive(target) {
+        return Err(ApiError::RebuildOfLiveNode(target));
+    }
     let (groups, partitions) = voter_groups(node, &view.state, target).await?;
     // Checked by whichever node is asked, on its own view: a refusal needs no leader (with a
     // majority of the metadata group down there is none to ask).
