@@ -237,6 +237,12 @@ impl Coordinator {
                     of: Subject::Metadata,
                     why: NoLeaderCause::NotKnown,
                 }),
+            // As Kafka's coordinator lookup while its offsets topic cannot be created: a retry
+            // succeeds once enough nodes are up (the topic is not made with fewer replicas,
+            // which it would keep for good).
+            MetaResponse::Error(e @ fjord_meta::MetaError::NotEnoughLiveNodes { .. }) => {
+                Err(ApiError::GroupsTopicNotYet(e))
+            }
             MetaResponse::Error(e) => Err(ApiError::Meta(e)),
             other => Err(ApiError::UnexpectedAnswer {
                 to: "the groups' topic creation",

@@ -302,6 +302,13 @@ pub enum ApiError {
     /// A rebuild of a node the metadata does not know.
     #[error("node {0} is not registered in this cluster: a new node starts without --rebuild")]
     UnregisteredNode(NodeId),
+    /// The consumer groups' internal topic, created at the first group request, cannot be
+    /// created yet: too few of the nodes are alive for its replicas.
+    #[error(
+        "the consumer groups' topic is created at the first group request and cannot be yet: \
+         {0}; retry once the nodes are up"
+    )]
+    GroupsTopicNotYet(fjord_meta::MetaError),
     /// A rebuild of a node that answers heartbeats: its directory is not lost.
     #[error(
         "node {0} is alive (it answers this node's heartbeats): a rebuild takes back a node \
@@ -503,7 +510,7 @@ impl ApiError {
             ApiError::UnregisteredNode(_) | ApiError::MajorityLost(_) => Code::FailedPrecondition,
             // The rebuilding node asks again: a node that just died is suspected within the
             // failure detector's timeout.
-            ApiError::RebuildOfLiveNode(_) => Code::Unavailable,
+            ApiError::RebuildOfLiveNode(_) | ApiError::GroupsTopicNotYet(_) => Code::Unavailable,
             ApiError::Internal(_)
             | ApiError::Storage(_)
             | ApiError::UnexpectedAnswer { .. }
@@ -752,6 +759,21 @@ mod tests {
             ApiError::UnregisteredNode(4).code(),
             Code::FailedPrecondition
         );
+        // Both retried by the caller: a rebuild waits for the node it replaces to be down,
+        // a group request for the nodes its topic needs.
+        assert_eq!(ApiError::RebuildOfLiveNode(2).code(), Code::Unavailable);
+        let too_few = fjord_meta::MetaError::NotEnoughLiveNodes {
+            replication_factor: 3,
+            live: 2,
+            registered: 3,
+        };
+        assert_eq!(
+            ApiError::Meta(too_few.clone()).code(),
+            Code::FailedPrecondition
+        );
+        let e = ApiError::GroupsTopicNotYet(too_few);
+        assert_eq!(e.code(), Code::Unavailable);
+        assert!(e.to_string().contains("consumer groups' topic"), "{e}");
         assert_eq!(ApiError::EmptyProducerIdBlock.code(), Code::Internal);
         // A metadata write that reached no leader is retried elsewhere, not given up on.
         let e = ApiError::from_meta_write(GroupError::NotLeader {
