@@ -843,8 +843,8 @@ impl Nemesis {
         )
     }
 
-    /// Waits (at most `within`) until one of `from`'s nodes logged a purge of `partition`'s
-    /// log after the byte its log had reached; whether one did.
+    /// Waits (at most `within`) until one of `from`'s nodes logged two purges of
+    /// `partition`'s log after the byte its log had reached; whether one did.
     async fn wait_for_purge(
         &self,
         partition: u32,
@@ -855,10 +855,9 @@ impl Nemesis {
         loop {
             {
                 let db = self.db.lock().await;
-                if from
-                    .iter()
-                    .any(|(&id, &at)| retention::purged_partition(&db.log_since(id, at), partition))
-                {
+                if from.iter().any(|(&id, &at)| {
+                    retention::partition_purges(&db.log_since(id, at), partition) >= 2
+                }) {
                     return true;
                 }
             }
@@ -915,10 +914,15 @@ impl Nemesis {
             ));
         }
         tokio::time::sleep(DOWN_BEFORE_DELETE).await;
+        let start = self.delete_to_the_end(partition).await;
         // The leader's purge is what leaves the follower behind (a follower that purged
         // changes nothing for it; a leader may purge later than its followers, while its
         // replication to the dead node still reads the log): watch the leader's log, or
-        // every other node's when there was none.
+        // every other node's when there was none, from the DeleteRecords' answer on. Its
+        // second purge of the partition from then on comes from a snapshot built after the
+        // DeleteRecords applied (snapshots are built one at a time), so it reaches past what
+        // the follower holds; the first may come from a build that was under way already (a
+        // retention by time moves the start every round), and reach less far.
         let watched: BTreeMap<u64, u64> = {
             let db = self.db.lock().await;
             s.ids
@@ -927,7 +931,6 @@ impl Nemesis {
                 .map(|&i| (i, db.log_len(i)))
                 .collect()
         };
-        let start = self.delete_to_the_end(partition).await;
         let purged = start.is_some() && self.wait_for_purge(partition, &watched, PURGE_WAIT).await;
         tokio::time::sleep(Duration::from_millis(CHECK_INTERVAL_MS)).await;
         let mut db = self.db.lock().await;

@@ -272,17 +272,20 @@ pub async fn replica_starts(
     }
 }
 
-/// Whether `log` (a node's log from some point on) says the Raft log of a data topic's
-/// `partition` was purged: a purge line of a group whose low half is the partition and whose
-/// high half (the topic's id) is not 0 (the metadata group). The run has one data topic.
-pub fn purged_partition(log: &str, partition: u32) -> bool {
-    log.lines().filter(|l| l.contains(PURGE_LINE)).any(|l| {
-        let group = l
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("group="))
-            .and_then(|g| g.parse::<u64>().ok());
-        group.is_some_and(|g| g >> 32 != 0 && g as u32 == partition)
-    })
+/// How many times `log` (a node's log from some point on) says the Raft log of a data
+/// topic's `partition` was purged: purge lines of a group whose low half is the partition and
+/// whose high half (the topic's id) is not 0 (the metadata group). The run has one data topic.
+pub fn partition_purges(log: &str, partition: u32) -> usize {
+    log.lines()
+        .filter(|l| l.contains(PURGE_LINE))
+        .filter(|l| {
+            let group = l
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("group="))
+                .and_then(|g| g.parse::<u64>().ok());
+            group.is_some_and(|g| g >> 32 != 0 && g as u32 == partition)
+        })
+        .count()
 }
 
 #[cfg(test)]
@@ -318,13 +321,14 @@ mod tests {
         let log = "2026-12-06T15:34:58Z  INFO fjord_raft::log_store: purging the log \
                    group=4294967298 upto=37\n\
                    2026-12-06T15:35:00Z  INFO fjord_raft::log_store: purging the log group=0 upto=9";
-        assert!(purged_partition(log, 2));
-        assert!(!purged_partition(log, 1));
-        assert!(
-            !purged_partition(log, 0),
+        assert_eq!(partition_purges(log, 2), 1);
+        assert_eq!(partition_purges(log, 1), 0);
+        assert_eq!(
+            partition_purges(log, 0),
+            0,
             "the metadata group is no partition"
         );
-        assert!(!purged_partition("nothing here group=4294967298", 2));
+        assert_eq!(partition_purges("nothing here group=4294967298", 2), 0);
     }
 }
 
