@@ -36,7 +36,7 @@ struct TlsCluster {
     pki: TestPki,
     /// The alice client certificate: from the CA, naming no peer.
     alice: Issued,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// A 3-node cluster with TLS on (one node certificate for 127.0.0.1, read every 100 ms),
@@ -61,7 +61,7 @@ async fn tls_cluster(client_auth: &str, with_cert: bool) -> TlsCluster {
         cluster,
         pki,
         alice,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -203,6 +203,21 @@ async fn presented_certificate(addr: &str, ca: &Path) -> Option<Vec<u8>> {
     Some(tls.get_ref().1.peer_certificates()?.first()?.to_vec())
 }
 
+/// Waits until every node of `cluster` presents `cert` (`what`) to a client trusting `ca`.
+async fn wait_serving(cluster: &Cluster, ca: &Path, cert: &Issued, what: &str) {
+    for node in &cluster.nodes {
+        wait_for(
+            &format!("node {} to serve {what}", node.id),
+            DEADLINE,
+            || {
+                let (addr, want) = (node.addr.clone(), cert.der.clone());
+                async move { (presented_certificate(&addr, ca).await? == want).then_some(()) }
+            },
+        )
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
     let _serial = serial();
@@ -219,17 +234,7 @@ async fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
         &["127.0.0.1", "localhost"],
     );
     assert_ne!(old, new.der, "a new certificate");
-    for node in &t.cluster.nodes {
-        wait_for(
-            &format!("node {} to serve the new certificate", node.id),
-            DEADLINE,
-            || {
-                let (addr, ca, want) = (node.addr.clone(), ca.clone(), new.der.clone());
-                async move { (presented_certificate(&addr, &ca).await? == want).then_some(()) }
-            },
-        )
-        .await;
-    }
+    wait_serving(&t.cluster, &ca, &new, "the new certificate").await;
     // The nodes reconnect to each other with it, and the cluster keeps working.
     produce_and_fetch(&t.cluster.client(), "renewed", 3).await;
 }
@@ -239,7 +244,7 @@ async fn a_ca_rotated_on_disk_is_trusted_without_a_restart() {
     let _serial = serial();
     let mut t = tls_cluster("optional", false).await;
     let ca = t.pki.ca();
-    let next = TestPki::new(&t._dir.path().join("next"), "fjord next CA");
+    let next = TestPki::new(&t.dir.path().join("next"), "fjord next CA");
     let bob = next.issue("bob", "bob", "acme", &["bob.example"]);
     let accepts = |addr: String, ca: std::path::PathBuf, who: Issued| async move {
         metadata_at(https(&addr, tls_config(&ca, Some(&who)))).await
@@ -270,23 +275,10 @@ async fn a_ca_rotated_on_disk_is_trusted_without_a_restart() {
     // 2. The node certificate from the new CA, in place of the old one (key first).
     let renewed = next.issue("node", "fjord-node", "fjord", &["127.0.0.1", "localhost"]);
     // (`tls_cluster` gave the nodes `node.pem` and `node.key` of the first CA's directory.)
-    let (cert_path, key_path) = (
-        t._dir.path().join("node.pem"),
-        t._dir.path().join("node.key"),
-    );
+    let (cert_path, key_path) = (t.dir.path().join("node.pem"), t.dir.path().join("node.key"));
     write_atomically(&key_path, &std::fs::read_to_string(&renewed.key).unwrap());
     write_atomically(&cert_path, &std::fs::read_to_string(&renewed.cert).unwrap());
-    for node in &t.cluster.nodes {
-        wait_for(
-            &format!("node {} to serve the new CA's certificate", node.id),
-            DEADLINE,
-            || {
-                let (addr, ca, want) = (node.addr.clone(), ca.clone(), renewed.der.clone());
-                async move { (presented_certificate(&addr, &ca).await? == want).then_some(()) }
-            },
-        )
-        .await;
-    }
+    wait_serving(&t.cluster, &ca, &renewed, "the new CA's certificate").await;
     // 3. The new CA alone: a certificate from the old one (alice's) is refused from now on.
     write_atomically(&ca, &next.ca_pem());
     for node in &t.cluster.nodes {

@@ -348,11 +348,7 @@ fn set_aside(dir: &std::path::Path) -> Result<Option<std::path::PathBuf>, Server
     let entries: Vec<std::path::PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                !p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("replaced-") || n == dir_lock::LOCK_FILE)
-            })
+            .filter(|p| !stays_in_place(p))
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(storage(e.to_string())),
@@ -387,23 +383,25 @@ fn set_aside(dir: &std::path::Path) -> Result<Option<std::path::PathBuf>, Server
     Ok(Some(aside))
 }
 
+/// What `--rebuild` leaves where it is in a data directory: the lock file (this process holds
+/// it) and the `replaced-*` directories of rebuilds.
+fn stays_in_place(p: &std::path::Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("replaced-") || n == dir_lock::LOCK_FILE)
+}
+
 /// Undoes [`set_aside`] after a refused rebuild: removes what the start made in `dir` (the
-/// new store), keeping the lock file and earlier `replaced-*` directories, and moves the
-/// contents of `aside` back.
+/// new store), keeping what [`stays_in_place`] (`aside` among it), and moves the contents of
+/// `aside` back.
 fn put_back(dir: &std::path::Path, aside: &std::path::Path) -> Result<(), String> {
-    let keep = |p: &std::path::Path| {
-        p == aside
-            || p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("replaced-") || n == dir_lock::LOCK_FILE)
-    };
     let entries = |d: &std::path::Path| -> Result<Vec<std::path::PathBuf>, String> {
         std::fs::read_dir(d)
             .map_err(|e| format!("cannot read {}: {e}", d.display()))?
             .map(|e| e.map(|e| e.path()).map_err(|e| e.to_string()))
             .collect()
     };
-    for p in entries(dir)?.into_iter().filter(|p| !keep(p)) {
+    for p in entries(dir)?.into_iter().filter(|p| !stays_in_place(p)) {
         let removed = if p.is_dir() {
             std::fs::remove_dir_all(&p)
         } else {

@@ -260,9 +260,8 @@ impl rustls::client::ResolvesClientCert for ReloadingKey {
 }
 
 /// Reads the node's certificate, key and CA files every `every` until `tls` is dropped: a
-/// new certificate is logged with its serial, a new CA bundle with its number of
-/// certificates, a file that does not load as an error (the old certificate or bundle stays
-/// in use).
+/// new certificate is logged with its serial, a new CA bundle with its path, a file that does
+/// not load as an error (the old certificate or bundle stays in use).
 pub async fn reload_loop(tls: Weak<NodeTls>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
