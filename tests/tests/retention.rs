@@ -404,6 +404,27 @@ async fn replay_by_time_uses_the_running_largest_timestamp() {
         ],
     );
     assert_eq!(rows[0]["offset"], 6, "no record that recent: the end");
+
+    // The record that reached a time deleted, and the next one older (its producer's clock
+    // behind): the answer is the first record kept after it, whose own time is not the one
+    // asked for, so no timestamp is given.
+    for (i, ts) in [(6, 6000), (7, 1000)] {
+        producer
+            .send(
+                ProducerRecord::new(format!("t{i}"))
+                    .with_partition(0)
+                    .with_timestamp_ms(ts),
+            )
+            .await
+            .unwrap();
+    }
+    let rows = cli_json(
+        &cluster,
+        &["topic", "delete-records", "times", "--before", "7"],
+    );
+    assert_eq!(rows[0]["log_start_offset"], 7);
+    let after = at(5500).await;
+    assert_eq!((after.offset, after.timestamp_ms), (Some(7), None));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

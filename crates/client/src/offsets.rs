@@ -24,7 +24,9 @@ pub enum OffsetSpec {
 pub struct ListedOffset {
     /// The offset; `None` only for [`OffsetSpec::Time`] when no record reached the time.
     pub offset: Option<u64>,
-    /// For [`OffsetSpec::Time`]: the found record's timestamp.
+    /// For [`OffsetSpec::Time`]: the found record's timestamp; `None` too when the record
+    /// that reached the time is no longer stored (deleted or compacted away) and the offset is
+    /// the first kept after it (the server's -1).
     pub timestamp_ms: Option<i64>,
     pub log_start_offset: u64,
     pub high_watermark: u64,
@@ -72,7 +74,9 @@ impl Client {
             |a: v1::ListOffsetsResponse| {
                 Ok(ListedOffset {
                     offset: a.found.then_some(a.offset),
-                    timestamp_ms: (a.found && matches!(spec, OffsetSpec::Time(_)))
+                    timestamp_ms: (a.found
+                        && matches!(spec, OffsetSpec::Time(_))
+                        && a.timestamp_ms != -1)
                         .then_some(a.timestamp_ms),
                     log_start_offset: a.log_start_offset,
                     high_watermark: a.high_watermark,

@@ -66,10 +66,18 @@ pub enum Corruption {
 /// How much one read returns, at most.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadLimits {
-    /// Bytes of records (the first batch is returned whole even when larger).
+    /// Bytes of records, and of a compacted batch's offset deltas at their largest encoding
+    /// ([`answer_bytes`]), so that an answer's size follows it (the first batch is returned
+    /// whole even when larger).
     pub max_bytes: usize,
     /// Batches.
     pub max_batches: usize,
+}
+
+/// What a batch counts against [`ReadLimits::max_bytes`]: its records' bytes and its offset
+/// deltas (a compacted batch's, at most 5 bytes each as protobuf varints).
+pub fn answer_bytes(records: usize, offset_deltas: usize) -> usize {
+    records + 5 * offset_deltas
 }
 
 /// The committed batches of `group` from the one holding `offset` on, below `hw`, within
@@ -120,16 +128,19 @@ pub fn committed_batches(
                 source,
             })
         })?;
-        if !out.is_empty() && bytes + b.records.len() > limits.max_bytes {
+        let crc32c = b.stored_crc();
+        let offset_deltas = b.compaction.map(|c| c.offset_deltas).unwrap_or_default();
+        let size = answer_bytes(b.records.len(), offset_deltas.len());
+        if !out.is_empty() && bytes + size > limits.max_bytes {
             break;
         }
-        bytes += b.records.len();
+        bytes += size;
         out.push(CommittedBatch {
             base_offset: base,
             record_count: count,
-            crc32c: b.stored_crc(),
+            crc32c,
             append_time_ms: b.append_time_ms,
-            offset_deltas: b.compaction.map(|c| c.offset_deltas).unwrap_or_default(),
+            offset_deltas,
             records: b.records,
         });
     }

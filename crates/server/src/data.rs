@@ -568,7 +568,8 @@ pub(crate) async fn local_offset_for_time(
 /// The first committed record at or after `log_start` whose timestamp is at least `ts`, found
 /// through the time index: the first batch whose running largest timestamp reached `ts` holds
 /// a record that reached it; later records may be older (producers' clocks), earlier ones are
-/// all older. With the record's timestamp.
+/// all older. With the record's timestamp, or -1 for the position after a record that reached
+/// `ts` and is no longer stored (see the end).
 fn offset_for_time(
     node: &Node,
     shared: &fjord_raft::partition_sm::PartitionShared,
@@ -613,9 +614,11 @@ fn offset_for_time(
             }
         }
     }
-    // The batch that raised the largest timestamp to `ts` was deleted (below the log start)
-    // and no record of the next batches reached it: the first record kept.
-    Ok(batches.first().map(|b| (from.max(b.base_offset), ts)))
+    // The record that raised the largest timestamp to `ts` is no longer stored (deleted below
+    // the log start, or compacted away) and no record of the next batches reaches it: the
+    // first record kept after it, where a replay from `ts` misses nothing, with no timestamp
+    // (-1): its own is older than `ts`.
+    Ok(batches.first().map(|b| (from.max(b.base_offset), -1)))
 }
 
 /// Batches a search by time reads past the time index's answer, at most.

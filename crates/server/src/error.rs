@@ -299,6 +299,17 @@ pub enum ApiError {
     /// Too many requests wait on a group.
     #[error(transparent)]
     Busy(#[from] Busy),
+    /// An answer that would be larger than a node sends (tonic's own refusal would be
+    /// OUT_OF_RANGE, which fjord uses for offsets).
+    #[error(
+        "the answer to {rpc} would be {bytes} bytes, over the limit of {limit} bytes for one \
+         answer: ask for less (fewer topics, a smaller max_bytes)"
+    )]
+    AnswerTooLarge {
+        rpc: &'static str,
+        bytes: usize,
+        limit: usize,
+    },
     /// A rebuild of a node the metadata does not know.
     #[error("node {0} is not registered in this cluster: a new node starts without --rebuild")]
     UnregisteredNode(NodeId),
@@ -506,7 +517,9 @@ impl ApiError {
                 ReadError::Storage(_) => Code::Internal,
             },
             ApiError::BelowLogStart { .. } | ApiError::BeyondEnd { .. } => Code::OutOfRange,
-            ApiError::Busy(_) | ApiError::DiskFull(_) => Code::ResourceExhausted,
+            ApiError::Busy(_) | ApiError::DiskFull(_) | ApiError::AnswerTooLarge { .. } => {
+                Code::ResourceExhausted
+            }
             ApiError::UnregisteredNode(_) | ApiError::MajorityLost(_) => Code::FailedPrecondition,
             // The rebuilding node asks again: a node that just died is suspected within the
             // failure detector's timeout.

@@ -453,7 +453,7 @@ where
         })),
     })
     .max_decoding_message_size(data::MAX_PRODUCE_REQUEST_BYTES + (1 << 20))
-    .max_encoding_message_size(data::MAX_FETCH_BYTES as usize + (1 << 20));
+    .max_encoding_message_size(service::MAX_ANSWER_BYTES);
     let stop = cancel.clone();
     server_builder()
         .add_service(client_api)

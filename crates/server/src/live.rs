@@ -1,4 +1,4 @@
-//! The live set a CreateTopic proposes ([`fjord_meta::MetaCommand::CreateTopicOnLive`]): the
+//! The live set a CreateTopic proposes (the `live` of [`fjord_meta::MetaCommand::CreateTopicWithConfig`]): the
 //! nodes this node's failure detector sees alive, as a pure decision; [`crate::service`]
 //! gathers the inputs, waits while the decision says so, and proposes.
 //!

@@ -29,6 +29,26 @@ const LIVE_NODES_WAIT: Duration = Duration::from_secs(1);
 const LIVE_NODES_POLL: Duration = Duration::from_millis(50);
 /// The longest `wait_ms` of a Metadata request's leader wait.
 pub const MAX_LEADER_WAIT_MS: u32 = 10_000;
+/// The largest answer a node sends: a fetch's largest `max_bytes` and room for the batches'
+/// framing. A larger one is refused as [`ApiError::AnswerTooLarge`] (RESOURCE_EXHAUSTED).
+pub const MAX_ANSWER_BYTES: usize = crate::wire::MAX_FETCH_BYTES as usize + (1 << 20);
+
+/// `answer`, unless it is larger than a node sends ([`MAX_ANSWER_BYTES`]).
+fn within_answer_limit<M: prost::Message>(
+    rpc: &'static str,
+    answer: Response<M>,
+) -> Result<Response<M>, Status> {
+    let bytes = answer.get_ref().encoded_len();
+    if bytes > MAX_ANSWER_BYTES {
+        return Err(ApiError::AnswerTooLarge {
+            rpc,
+            bytes,
+            limit: MAX_ANSWER_BYTES,
+        }
+        .into());
+    }
+    Ok(answer)
+}
 
 pub struct ClientService {
     pub node: Arc<Node>,
@@ -75,7 +95,8 @@ macro_rules! delegate {
         impl Fjord for StartingClientService {
             $(
                 async fn $name(&self, req: Request<$req>) -> Result<Response<$resp>, Status> {
-                    self.running()?.$name(req).await
+                    let answer = self.running()?.$name(req).await?;
+                    within_answer_limit(stringify!($name), answer)
                 }
             )*
         }
@@ -1107,6 +1128,31 @@ mod tests {
             topics: topics.iter().map(|t| t.to_string()).collect(),
             pattern: pattern.map(String::from),
         }
+    }
+
+    #[test]
+    fn an_answer_over_the_limit_is_resource_exhausted_not_out_of_range() {
+        let batch = |bytes: usize| FetchedBatch {
+            records: vec![0; bytes].into(),
+            ..FetchedBatch::default()
+        };
+        let answer = |bytes| {
+            Response::new(FetchResponse {
+                batches: vec![batch(bytes)],
+                ..FetchResponse::default()
+            })
+        };
+        // The largest max_bytes, with room for the framing: sent.
+        let fits = answer(crate::wire::MAX_FETCH_BYTES as usize);
+        assert!(within_answer_limit("fetch", fits).is_ok());
+        let status = within_answer_limit("fetch", answer(MAX_ANSWER_BYTES)).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            status.message().contains("answer to fetch")
+                && status.message().contains(&MAX_ANSWER_BYTES.to_string()),
+            "{}",
+            status.message()
+        );
     }
 
     #[test]
