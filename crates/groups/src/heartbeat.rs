@@ -70,8 +70,9 @@ pub struct HeartbeatRequest {
     pub rebalance_timeout_ms: Option<u32>,
     /// `None`: unchanged since the last heartbeat (required on a join).
     pub subscription: Option<Subscription>,
-    /// The assignor the member asks for; recorded when the group has no members yet, and used
-    /// unless the group has an assignor of its own ([`crate::config`], rule 5).
+    /// The assignor the member asks for; recorded when the group has no members yet (absent:
+    /// the default, uniform), and used unless the group has an assignor of its own
+    /// ([`crate::config`], rule 5).
     pub assignor: Option<Assignor>,
     /// What the member owns; `None`: unknown (it is then taken to own what it must revoke).
     pub owned: Option<BTreeSet<Tp>>,
@@ -391,9 +392,9 @@ fn join(
         });
     }
     if w.group.members.is_empty() {
-        if let Some(a) = req.assignor {
-            w.meta().settings.assignor = a;
-        }
+        // The first member's choice, or the default: an earlier generation's members' choice
+        // left with them.
+        w.meta().settings.assignor = req.assignor.unwrap_or_default();
         w.meta().empty_since_ms = None;
     }
     w.put_member(Member {

@@ -545,3 +545,17 @@ fn an_empty_group_with_overrides_keeps_them_when_its_offsets_expire() {
     );
     assert!(sim.groups.get("g").is_none());
 }
+
+#[test]
+fn a_member_joining_an_emptied_group_without_an_assignor_gets_the_default() {
+    let mut sim = Sim::new(4);
+    sim.join_assignor = Some(Assignor::Range);
+    let a = sim.beat(None, None).unwrap();
+    assert_eq!(sim.groups.get("g").unwrap().assignor(), Assignor::Range);
+    // The members that chose range left; the next one names none: uniform, as the proto says.
+    sim.leave(&a);
+    sim.join_assignor = None;
+    sim.beat(None, None).unwrap();
+    let g = sim.groups.get("g").unwrap();
+    assert_eq!(g.assignor(), Assignor::Uniform);
+}
