@@ -40,7 +40,7 @@ struct Common {
     /// Seed of the fault schedule and of the workload's choices (random when absent).
     #[arg(long)]
     seed: Option<u64>,
-    /// Nodes in the cluster (3 or 5).
+    /// Nodes in the cluster (3 to 5).
     #[arg(long, default_value_t = 3)]
     nodes: u64,
     #[arg(long, default_value_t = 3)]
@@ -50,7 +50,8 @@ struct Common {
     duration_secs: u64,
     #[arg(long, default_value_t = 8)]
     recovery_secs: u64,
-    /// Faults: comma-separated kinds or groups (all, none, partition, process, clock, disk).
+    /// Faults: comma-separated kinds or groups (all, none, partition or network, process, clock,
+    /// disk).
     #[arg(long, default_value = "partition,process,clock")]
     faults: String,
     /// Acknowledgement mode: cp or ap.
@@ -70,7 +71,7 @@ struct Common {
     fencing_writers: u32,
     /// Members of the consumer group that reads the topic beside the consumers, crashing and
     /// pausing on a seeded plan (checked by the group rules: poll-skip, nonmonotonic-poll,
-    /// duplicate-delivery, committed-too-far, lost-write); 0 runs none.
+    /// duplicate-delivery, committed-too-far, fenced-commit, lost-write); 0 runs none.
     #[arg(long, default_value_t = fjord_harness::group::GROUP_MEMBERS)]
     group_members: u32,
     /// An operation without an answer after this long is recorded as unknown (info).
@@ -152,14 +153,10 @@ impl Common {
                 )?),
                 None => None,
             };
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
         let out = self
             .out
             .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("jepsen/runs/{stamp}-{seed}")))
+            .unwrap_or_else(|| default_out(seed))
             .join(label);
         Ok(RunOptions {
             seed,
@@ -194,6 +191,15 @@ impl Common {
     }
 }
 
+/// Where a run's (or a `cap`'s runs') directory goes without `--out`: `jepsen/runs/<time>-<seed>`.
+fn default_out(seed: u64) -> PathBuf {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    PathBuf::from(format!("jepsen/runs/{stamp}-{seed}"))
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -211,24 +217,23 @@ fn main() -> Result<()> {
         }
         Cmd::Cap(common) => {
             let mut summaries = Vec::new();
-            let mut root = None;
-            let mut seed = common.seed.unwrap_or_else(rand::random);
+            let seed = common.seed.unwrap_or_else(rand::random);
+            // Both modes' runs in one directory, with the table beside them.
+            let root = common.out.clone().unwrap_or_else(|| default_out(seed));
             for mode in ["cp", "ap"] {
                 let mut c = common.clone();
                 c.acks = mode.into();
                 c.read = mode.into();
                 c.seed = Some(seed);
+                c.out = Some(root.clone());
                 let options = c.options(&format!("{mode}-{mode}"))?;
-                seed = options.seed;
-                root = options.out_dir.parent().map(PathBuf::from);
                 summaries.push(one_run(options)?);
             }
             let table = cap_table(&summaries);
             println!("{table}");
-            if let Some(root) = root {
-                std::fs::write(root.join("cap.md"), &table)?;
-                eprintln!("fjord-jepsen: wrote {}", root.join("cap.md").display());
-            }
+            std::fs::create_dir_all(&root)?;
+            std::fs::write(root.join("cap.md"), &table)?;
+            eprintln!("fjord-jepsen: wrote {}", root.join("cap.md").display());
             summaries.iter().all(RunSummary::is_valid)
         }
         Cmd::Table { dirs } => {

@@ -893,9 +893,9 @@ fn group_table(t: &mut String, runs: &[RunSummary]) {
     t.push_str(
         "\n| seed | acks/read | group records handed out | commits ok/not ok | \
          ownerships | drained | poll-skip | nonmonotonic-poll | duplicate-delivery | \
-         committed-too-far | lost-write |\n",
+         committed-too-far | fenced-commit | lost-write |\n",
     );
-    t.push_str("|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|\n");
+    t.push_str("|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|\n");
     for r in with_group {
         let c = &r.check;
         let drained = match c.totals.group_drained {
@@ -905,7 +905,7 @@ fn group_table(t: &mut String, runs: &[RunSummary]) {
         };
         let _ = writeln!(
             t,
-            "| {} | {}/{} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {}/{} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.seed,
             cell(&r.acks),
             cell(&r.read),
@@ -918,6 +918,7 @@ fn group_table(t: &mut String, runs: &[RunSummary]) {
             c.nonmonotonic_poll.count,
             c.duplicate_delivery.count,
             c.committed_too_far.count,
+            c.fenced_commit.count,
             c.lost_write.count,
         );
     }
@@ -1202,7 +1203,7 @@ mod tests {
         assert!(lines[5].starts_with("| seed | acks/read | group records handed out"));
         assert_eq!(
             lines[7],
-            "| 7 | cp/cp | 120 | 9/2 | 5 | yes | 0 | 0 | 1 | 0 | 0 |"
+            "| 7 | cp/cp | 120 | 9/2 | 5 | yes | 0 | 0 | 1 | 0 | 0 | 0 |"
         );
     }
 }

@@ -355,7 +355,14 @@ async fn consuming(
                 if let Some(b) = &opts.lifecycle {
                     b.started(partition, result.log_start_offset);
                 }
-                from = model::past_log_start(result.next_offset, result.log_start_offset);
+                let last = result.records.last().map(|r| r.offset);
+                from = model::next_poll_from(
+                    from,
+                    last,
+                    result.next_offset,
+                    result.log_start_offset,
+                    opts.keyed,
+                );
             }
             Ok(Err(e @ ClientError::OffsetOutOfRange(_))) => {
                 rec.record(p, classify(&e), invoke, Some(e.to_string()));

@@ -9,7 +9,8 @@
 //! Each run prints its seed; `FJORD_JEPSEN_SEED` replays one. The clusters use network
 //! namespaces when the machine allows them, else the loopback fault proxy; clock faults need
 //! libfaketime and disk faults need FUSE and `fjord-lazyfs`: a mix whose tools are missing is
-//! skipped with a message saying why.
+//! skipped with a message saying why. With `FJORD_JEPSEN_REQUIRE=1` (CI sets it) nothing is
+//! skipped or replaced: a missing tool fails the test, and the clusters must get namespaces.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -19,6 +20,12 @@ use fjord_harness::history::{EventType, Op, parse_jsonl};
 use fjord_jepsen::compaction::CompactionOptions;
 use fjord_jepsen::report::cap_table;
 use fjord_jepsen::run::{RetentionOptions, RunOptions, analyse, run};
+
+/// Whether every run must run as written (`FJORD_JEPSEN_REQUIRE=1`, set by CI): no mix skipped
+/// for a missing tool, no loopback proxy in place of network namespaces.
+fn required() -> bool {
+    std::env::var_os("FJORD_JEPSEN_REQUIRE").is_some_and(|v| v == "1")
+}
 
 /// One cluster at a time: two would fight over two cores and muddy each other's timings.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -114,7 +121,7 @@ fn options(
         fjord_bin: fjord_bin(),
         lazyfs_bin: lazy.then(|| target_dir().join("fjord-lazyfs")),
         netns_prefix: fjord_jepsen::net::unique_prefix(),
-        network: "auto".into(),
+        network: if required() { "netns" } else { "auto" }.into(),
         retention,
         tls: false,
         compaction,
@@ -152,6 +159,7 @@ fn mix_with(
     let seed = seed();
     let kinds = parse_faults(faults).unwrap();
     if let Some(why) = missing_tools(&kinds) {
+        assert!(!required(), "{label} ({faults}) cannot run: {why}");
         eprintln!("SKIPPED {label} ({faults}): {why}");
         return;
     }

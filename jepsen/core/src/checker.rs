@@ -12,7 +12,10 @@
 //! is unknown: reading its value is fine, not reading it is fine, it is never failed or lost.
 //!
 //! - **lost**: acknowledged at offset `o` of partition `p`, its value never observed at
-//!   `(p, o)` (not at all, or only elsewhere), while some read observed an offset `> o` of `p`.
+//!   `(p, o)` (not at all, or only elsewhere), while some read observed an offset `> o` of `p`;
+//!   or observed at `(p, o)` but missing from an `ok` final read of `p` (the log lost it after
+//!   it was read: its tail cut, or the offset given to another record), unless a log start
+//!   seen is above `o` or compaction removed it (the lifecycle rules below judge those).
 //! - **unseen**: acknowledged, its value never observed at `(p, o)`, and no read observed an
 //!   offset `> o` of `p` (the reads simply never reached it). Under CP acks with a successful final read
 //!   of `p` this is a loss at the tail; without a final read it is inconclusive (see
@@ -25,8 +28,11 @@
 //!   `r(i).offset + 1`. A higher offset is a *skip*, a lower or equal one a *rewind*; each
 //!   break is one anomaly. Between polls: if a process's previous poll of `p` that returned
 //!   records ended at offset `l` and this poll asks for `f = l + 1`, the rule above already
-//!   demands `r0 = l + 1`; if `f != l + 1` the consumer *seeked* (the runner does that after
-//!   errors), which is counted in [`Totals::seeks`] and is not an anomaly. Empty polls do not
+//!   demands `r0 = l + 1`; if `f != l + 1` the consumer *seeked* (the runners do that after
+//!   errors and past a log start that moved, and in compacting runs go where the answer
+//!   said; otherwise they go on from `l + 1`, so a server that skipped records shows it in
+//!   the next poll: [`crate::workload::next_poll_from`]), which is counted in
+//!   [`Totals::seeks`] and is not an anomaly. Empty polls do not
 //!   move `l`. Final reads are not held to this rule (a gap there is counted in
 //!   [`Totals::final_read_gaps`] and shows up as `lost` if it hides an acknowledged record).
 //! - **aborted**: a value whose produce completed `fail` (definitely not written), observed.
@@ -54,7 +60,7 @@
 //!   **diverged-start** are `retention`'s, in its module doc. The lost and unseen
 //!   rules above judge the records at or above every log start seen.
 //! - The consumer-group rules (**poll-skip**, **nonmonotonic-poll**, **duplicate-delivery**,
-//!   **committed-too-far**, **lost-write**) are `group`'s, in its module doc. The records a
+//!   **committed-too-far**, **fenced-commit**, **lost-write**) are `group`'s, in its module doc. The records a
 //!   member handed out are observations too (of the rules above that judge observations:
 //!   lost, unseen, duplicate, inconsistent, aborted, phantom).
 //! - With compaction (a keyed workload on a compacting topic): an acknowledged keyed record
@@ -110,6 +116,7 @@ pub enum AnomalyKind {
     NonMonotonicPoll,
     DuplicateDelivery,
     CommittedTooFar,
+    FencedCommit,
     LostWrite,
     Expired,
     BelowLogStart,
@@ -121,7 +128,7 @@ pub enum AnomalyKind {
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 22] = [
+    pub const ALL: [AnomalyKind; 23] = [
         AnomalyKind::Lost,
         AnomalyKind::Unseen,
         AnomalyKind::Duplicate,
@@ -136,6 +143,7 @@ impl AnomalyKind {
         AnomalyKind::NonMonotonicPoll,
         AnomalyKind::DuplicateDelivery,
         AnomalyKind::CommittedTooFar,
+        AnomalyKind::FencedCommit,
         AnomalyKind::LostWrite,
         AnomalyKind::Expired,
         AnomalyKind::BelowLogStart,
@@ -162,6 +170,7 @@ impl AnomalyKind {
             AnomalyKind::NonMonotonicPoll => "nonmonotonic-poll",
             AnomalyKind::DuplicateDelivery => "duplicate-delivery",
             AnomalyKind::CommittedTooFar => "committed-too-far",
+            AnomalyKind::FencedCommit => "fenced-commit",
             AnomalyKind::LostWrite => "lost-write",
             AnomalyKind::Expired => "expired",
             AnomalyKind::BelowLogStart => "below-log-start",
@@ -180,7 +189,8 @@ impl AnomalyKind {
     /// later truncated suffix. Nothing excuses duplicates, aborted reads, phantoms, skips or
     /// rewinds within a replica's dense log, or a malformed history. A group member reading
     /// AP may follow a replica's divergent suffix (so may skip, rewind or redeliver); nothing
-    /// excuses a commit beyond what a member was handed (commits are CP in every mode).
+    /// excuses a commit beyond what a member was handed, or one acknowledged to a member
+    /// that had lost its partition (commits are CP in every mode).
     /// An expired record was deleted by policy, which is no anomaly in any mode (it is a
     /// class to count them, and to show why each was allowed). A log start going down for
     /// one reader is stale (AP replicas lag); a compacted record was superseded, which is
@@ -207,6 +217,7 @@ impl AnomalyKind {
             | AnomalyKind::Malformed
             | AnomalyKind::Zombie
             | AnomalyKind::CommittedTooFar
+            | AnomalyKind::FencedCommit
             | AnomalyKind::Unrecovered => true,
         }
     }
@@ -380,6 +391,8 @@ pub struct CheckResult {
     #[serde(default)]
     pub committed_too_far: AnomalyClass,
     #[serde(default)]
+    pub fenced_commit: AnomalyClass,
+    #[serde(default)]
     pub lost_write: AnomalyClass,
     #[serde(default)]
     pub expired: AnomalyClass,
@@ -414,6 +427,7 @@ impl CheckResult {
             AnomalyKind::NonMonotonicPoll => &self.nonmonotonic_poll,
             AnomalyKind::DuplicateDelivery => &self.duplicate_delivery,
             AnomalyKind::CommittedTooFar => &self.committed_too_far,
+            AnomalyKind::FencedCommit => &self.fenced_commit,
             AnomalyKind::LostWrite => &self.lost_write,
             AnomalyKind::Expired => &self.expired,
             AnomalyKind::BelowLogStart => &self.below_log_start,
@@ -750,6 +764,29 @@ fn unread_ack(
     }
 }
 
+/// Value `value`, acknowledged at offset `o` and read there (first by event `read_at`), is not in
+/// the final read of its partition at or above every log start seen, nor compacted away: the
+/// log lost it after it was read (its tail cut, or the offset given to another record).
+fn vanished(out: &mut CheckResult, value: u64, p: &Produce, o: u64, read_at: u64) {
+    let partition = p.partition;
+    let acked = p.completion.unwrap_or(p.invoke);
+    out.lost.push(|| {
+        let mut events = events_of(p);
+        events.push(read_at);
+        Anomaly {
+            events,
+            partition,
+            offsets: vec![o],
+            values: vec![value],
+            explanation: format!(
+                "value {value} acknowledged at offset {o} of partition {partition} (event \
+                 {acked}) was read there (event {read_at}), but the final read of partition \
+                 {partition} does not hold it: the log lost it after it was read"
+            ),
+        }
+    });
+}
+
 /// Value `value`'s produce failed (definitely not written), yet a read found it (`s`).
 fn read_after_failure(out: &mut CheckResult, value: u64, p: &Produce, s: &Seen) {
     let (partition, offset, by) = (s.partition, s.offset, s.event);
@@ -787,8 +824,9 @@ struct Checker {
     /// Per (process, partition), the highest high watermark its polls answered, and that
     /// poll's completion.
     highest_watermark: HashMap<(u32, u32), (u64, u64)>,
-    /// Acknowledged values observed at their acknowledged `(partition, offset)`.
-    acked_read_in_place: HashSet<u64>,
+    /// Acknowledged values observed at their acknowledged `(partition, offset)`: the first
+    /// such observation's event.
+    acked_read_in_place: HashMap<u64, u64>,
     /// Produced values observed in a partition other than their produce's: the first such
     /// `(partition, offset, event)`.
     misplaced: HashMap<u64, (u32, u64, u64)>,
@@ -1134,7 +1172,7 @@ impl Checker {
                     .entry(r.value)
                     .or_insert((partition, r.offset, event));
             } else if p.offset == Some(r.offset) {
-                self.acked_read_in_place.insert(r.value);
+                self.acked_read_in_place.entry(r.value).or_insert(event);
                 if source == Source::FinalRead {
                     self.final_in_place.insert(r.value);
                 }
@@ -1270,9 +1308,18 @@ impl Checker {
             }
             let seen = self.reads.get(&value);
             match (p.outcome, p.offset, seen) {
-                (EventType::Ok, Some(o), seen) if !self.acked_read_in_place.contains(&value) => {
+                (EventType::Ok, Some(o), seen)
+                    if !self.acked_read_in_place.contains_key(&value) =>
+                {
                     let max_read = self.max_read.get(&p.partition).copied();
                     unread_ack(&mut self.out, value, &p, o, seen, max_read);
+                }
+                (EventType::Ok, Some(o), Some(_))
+                    if self.touched.get(&p.partition) == Some(&true)
+                        && !self.final_in_place.contains(&value) =>
+                {
+                    let read_at = self.acked_read_in_place[&value];
+                    vanished(&mut self.out, value, &p, o, read_at);
                 }
                 (EventType::Ok, _, Some(_)) => self.out.totals.acknowledged_read += 1,
                 (EventType::Fail, _, Some(s)) => read_after_failure(&mut self.out, value, &p, s),
@@ -1710,6 +1757,48 @@ mod tests {
         h.final_read(0, &[(0, 10), (1, 11)]);
         h.final_read(1, &[(0, 12), (1, 13)]);
         assert_eq!(check(&h.events).found(), vec![]);
+    }
+
+    #[test]
+    fn an_acknowledged_record_read_and_then_cut_from_the_tail_is_lost() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        let (_, acked) = h.ack(1, 0, 11, 1);
+        let (_, polled) = h.poll(5, 0, 0, &[(0, 10), (1, 11)], 2);
+        h.final_read(0, &[(0, 10)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Lost, 1);
+        let l = &r.lost.ops[0];
+        is_at(l, 0, &[1], &[11]);
+        assert!(l.events.contains(&acked) && l.events.contains(&polled));
+        says(
+            l,
+            "was read there (event 5), but the final read of partition 0 does not hold it",
+        );
+        assert!(!r.is_valid(Guarantees::from_modes("cp", "cp")));
+        assert!(
+            !r.is_valid(Guarantees::from_modes("cp", "ap")),
+            "a CP acknowledgement lost whatever the reads"
+        );
+        assert!(
+            r.is_valid(Guarantees::from_modes("ap", "ap")),
+            "AP may lose it"
+        );
+    }
+
+    #[test]
+    fn an_acknowledged_record_read_and_then_overwritten_is_lost_under_ap_reads_too() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        h.poll(5, 0, 0, &[(0, 10)], 1);
+        h.produce_ends(2, 0, 20, T::Info);
+        h.final_read(0, &[(0, 20)]);
+        let r = check(&h.events);
+        assert_eq!(
+            r.found(),
+            vec![(AnomalyKind::Lost, 1), (AnomalyKind::Inconsistent, 1)]
+        );
+        assert!(!r.is_valid(Guarantees::from_modes("cp", "ap")));
     }
 
     #[test]
@@ -2181,6 +2270,25 @@ mod tests {
         assert!(!r.is_valid(Guarantees::CP));
         let text = r.counts_text(Guarantees::CP);
         assert!(text.contains("by size 1048576 bytes"), "{text}");
+    }
+
+    #[test]
+    fn by_size_a_deletion_seen_after_the_last_produce_is_bounded_by_the_log_s_end() {
+        let mut h = H::default();
+        h.retention_by_size(1 << 20);
+        h.ack(1, 0, 10, 0);
+        h.ack(1, 0, 11, 1);
+        h.ack(1, 0, 12, 2);
+        // No produce after the deletion was seen: the log ended at 3 (a final read shows
+        // it), three small records, far below what retention by size keeps.
+        h.final_read_from(0, 2, &[(2, 12)]);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Lost, 2);
+        says(
+            &r.lost.ops[0],
+            "bytes could have been written from its batch on",
+        );
+        assert!(!r.is_valid(Guarantees::CP));
     }
 
     #[test]

@@ -196,9 +196,9 @@ impl fmt::Display for FaultKind {
     }
 }
 
-/// Parses a comma-separated list of fault kinds and groups: `partition` (every network
-/// fault), `process` (kill, pause), `clock`, `disk` (crash-unsynced, power-loss, disk-full,
-/// bitflip, slow-disk), `all`, `none`.
+/// Parses a comma-separated list of fault kinds and groups: `partition` or `network` (every
+/// network fault), `process` (kill, pause), `clock`, `disk` (crash-unsynced, power-loss,
+/// disk-full, bitflip, slow-disk, disk-loss, stale-copy), `all`, `none`.
 pub fn parse_faults(s: &str) -> Result<BTreeSet<FaultKind>, String> {
     let mut set = BTreeSet::new();
     for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {

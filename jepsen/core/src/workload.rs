@@ -158,6 +158,27 @@ pub fn past_log_start(at: u64, start: u64) -> u64 {
     at.max(start)
 }
 
+/// Where a consumer that polled from `from` goes on: after the last record the answer held
+/// (`last_read`), or from `from` again when it held none; then past the log start the answer
+/// reported. Not where the answer said to go on (`next_offset`), unless compaction may have
+/// removed offsets (`compacting`): a server that skipped records in its answer must then show
+/// the gap in the next poll, which the checker's order rule judges; a consumer that took its
+/// word would count it as a seek.
+pub fn next_poll_from(
+    from: u64,
+    last_read: Option<u64>,
+    next_offset: u64,
+    log_start: u64,
+    compacting: bool,
+) -> u64 {
+    let at = match (compacting, last_read) {
+        (true, _) => next_offset,
+        (false, Some(last)) => last.saturating_add(1),
+        (false, None) => from,
+    };
+    past_log_start(at, log_start)
+}
+
 /// A final read of one partition in progress: from its log start (0 unless told otherwise)
 /// to the high watermark of the latest answer. The invoke is [`FinalRead::invoke`], the `ok`
 /// completion [`FinalRead::into_op`] once [`FinalRead::absorb`] said it is done.
@@ -379,6 +400,18 @@ mod tests {
         assert_eq!((a, b), (1, 2));
         assert_eq!(decode(encode(b).as_bytes()), b);
         assert_eq!(decode(b"w0.1"), NOT_A_VALUE);
+    }
+
+    #[test]
+    fn a_consumer_goes_on_after_what_it_read_not_where_the_answer_said() {
+        // Records 0 and 1 read, the answer claiming the next is 4: the next poll asks for 2,
+        // so that a server skipping 2 and 3 shows it to the checker.
+        assert_eq!(next_poll_from(0, Some(1), 4, 0, false), 2);
+        // Nothing read: the same offset again, past a log start that moved.
+        assert_eq!(next_poll_from(2, None, 9, 0, false), 2);
+        assert_eq!(next_poll_from(2, None, 9, 5, false), 5);
+        // Compaction removes offsets: the answer's word is taken.
+        assert_eq!(next_poll_from(0, Some(1), 4, 0, true), 4);
     }
 
     #[test]

@@ -332,7 +332,8 @@ async fn poll_partition(client: Client, w: Workload, history: Shared, partition:
                 let op =
                     model::polled(partition, next, records_of(&r), r.high_watermark, r.node_id);
                 event(&history, process, EventType::Ok, op, None);
-                next = r.next_offset;
+                let last = r.records.last().map(|r| r.offset);
+                next = model::next_poll_from(next, last, r.next_offset, r.log_start_offset, false);
             }
             Err(e) => {
                 event(

@@ -71,7 +71,7 @@ impl Checker {
             return false;
         }
         // Without a final read, one read in place is read back, whatever came after.
-        if !finally_read && self.acked_read_in_place.contains(&value) {
+        if !finally_read && self.acked_read_in_place.contains_key(&value) {
             return false;
         }
         let acked = p.completion.unwrap_or(p.invoke);
@@ -91,7 +91,7 @@ impl Checker {
                 });
                 true
             }
-            _ if finally_read && self.acked_read_in_place.contains(&value) => {
+            _ if finally_read && self.acked_read_in_place.contains_key(&value) => {
                 self.out.compacted_latest.push(|| Anomaly {
                     events: events_of(p),
                     partition,

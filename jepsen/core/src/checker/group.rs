@@ -26,6 +26,14 @@
 //! - **committed-too-far**: a commit that may have taken effect of an offset beyond what its
 //!   ownership handed out: above its last record of that partition plus one, or any offset
 //!   when it handed out nothing of it yet.
+//! - **fenced-commit**: an acknowledged commit of a partition by a member incarnation whose
+//!   ownership of it began before another incarnation's ownership of it was opened (that
+//!   poll's completion) and before the commit was invoked: the partition had changed hands
+//!   meanwhile (a partition has one owner at a time, and a member cannot lose it and win it
+//!   back within one call; [`crate::history::Membership`]), so the member had lost it (left
+//!   silent past its session timeout, or fenced) and the coordinator must refuse its commit.
+//!   Not judged for an ownership across a poll whose completion did not say what the member
+//!   owned (it may have given the partition up there).
 //! - **lost-write**: when a drain completed `ok`, an acknowledged produce at an offset below
 //!   its partition's end that no member ever handed out (with its value, at that offset).
 //!   Without a successful drain this rule judges nothing (see [`super::Totals::group_drained`]),
@@ -56,6 +64,9 @@ struct Ownership {
     opened_by: u64,
     /// Its latest record: offset and the completion that handed it out.
     last: Option<(u64, u64)>,
+    /// Whether a poll of its member completed, while it was open, without saying what the
+    /// member owned (the fenced-commit rule does not judge it).
+    uncertain: bool,
 }
 
 impl Ownership {
@@ -214,7 +225,12 @@ impl Rules {
                 state.open.retain(|p, _| now.contains(p));
             }
             // An old or broken completion: the ownerships go on as they were.
-            None => now.extend(state.open.keys()),
+            None => {
+                now.extend(state.open.keys());
+                for &at in state.open.values() {
+                    self.ownerships[at].uncertain = true;
+                }
+            }
         }
         for p in now {
             if state.open.contains_key(&p) {
@@ -228,6 +244,7 @@ impl Rules {
                 start: invoke,
                 opened_by: done,
                 last: None,
+                uncertain: false,
             });
         }
     }
@@ -354,6 +371,11 @@ impl Rules {
             let owner = state
                 .and_then(|s| s.open.get(&c.partition))
                 .map(|&at| &self.ownerships[at]);
+            if op.outcome() == EventType::Ok
+                && let Some(o) = owner
+            {
+                self.fenced(op, o, c, out);
+            }
             let limit = owner.and_then(|o| o.last).map(|(l, by)| (l + 1, by));
             if limit.is_some_and(|(l, _)| c.offset <= l) {
                 continue;
@@ -386,6 +408,49 @@ impl Rules {
                 }
             });
         }
+    }
+
+    /// The fenced-commit rule for the acknowledged commit `op` of `c` by the ownership `mine`.
+    fn fenced(
+        &self,
+        op: &Operation<'_>,
+        mine: &Ownership,
+        c: &PartitionOffset,
+        out: &mut CheckResult,
+    ) {
+        if mine.uncertain {
+            return;
+        }
+        let invoke = op.invoke.index;
+        let Some(other) = self.ownerships.iter().find(|o| {
+            o.partition == c.partition
+                && (o.member, o.incarnation) != (mine.member, mine.incarnation)
+                && o.opened_by > mine.opened_by
+                && o.opened_by < invoke
+        }) else {
+            return;
+        };
+        let p = c.partition;
+        out.fenced_commit.push(|| {
+            let mut events = vec![mine.opened_by, other.opened_by, invoke];
+            events.extend(op.completion.map(|d| d.index));
+            Anomaly {
+                events,
+                partition: p,
+                offsets: vec![c.offset],
+                values: vec![],
+                explanation: format!(
+                    "{} owned partition {p} since event {} and its commit of offset {} \
+                     (event {invoke}) was acknowledged, though {} had taken the partition \
+                     over before (event {}): a member that lost its partition must be refused",
+                    mine.who(),
+                    mine.opened_by,
+                    c.offset,
+                    other.who(),
+                    other.opened_by
+                ),
+            }
+        });
     }
 
     fn drain(&mut self, op: &Operation<'_>, out: &mut CheckResult) {
@@ -648,6 +713,55 @@ mod tests {
         only(&r, AnomalyKind::NonMonotonicPoll, 1);
         let x = &r.nonmonotonic_poll.ops[0];
         assert_eq!((x.events[1], x.offsets.clone()), (b, vec![2, 1]));
+    }
+
+    #[test]
+    fn a_commit_acknowledged_after_the_partition_changed_hands_is_a_fenced_commit() {
+        let mut h = H::default();
+        h.produced(0..12);
+        h.poll(
+            0,
+            0,
+            0,
+            &[0],
+            &[0..=9].into_iter().flatten().collect::<Vec<_>>(),
+        );
+        // Member 0 pauses past its session timeout; member 1 takes the partition over and
+        // commits; then member 0, back, commits what it was handed: it must be refused.
+        let over = h.poll(1, 0, 0, &[0], &[0, 1]);
+        h.commit(1, 0, 2, T::Ok);
+        let late = h.commit(0, 0, 8, T::Ok);
+        // Refused or unknown: no anomaly.
+        h.commit(0, 0, 9, T::Fail);
+        h.commit(0, 0, 9, T::Info);
+        // Member 0 polls again in a new session (it was removed), without the partition.
+        h.poll(0, 0, 1, &[], &[]);
+        h.final_read(0..12);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::FencedCommit, 1);
+        let x = &r.fenced_commit.ops[0];
+        assert!(x.events.contains(&over) && x.events.contains(&late));
+        assert!(
+            x.explanation
+                .contains("member 1 incarnation 0 had taken the partition over"),
+            "{}",
+            x.explanation
+        );
+        assert!(!r.is_valid(Guarantees::AP), "commits are CP in every mode");
+    }
+
+    #[test]
+    fn a_commit_after_a_poll_that_did_not_say_what_was_owned_is_not_judged() {
+        let mut h = H::default();
+        h.produced(0..4);
+        h.poll(0, 0, 0, &[0], &[0, 1]);
+        // A poll whose answer was lost: member 0 may have given the partition up there.
+        h.push(10, T::Invoke, crate::group::poll(0, 0, None));
+        h.push(10, T::Info, crate::group::poll(0, 0, None));
+        h.poll(1, 0, 0, &[0], &[2]);
+        h.commit(0, 0, 2, T::Ok);
+        h.final_read(0..4);
+        assert_eq!(check(&h.events).fenced_commit.count, 0);
     }
 
     #[test]

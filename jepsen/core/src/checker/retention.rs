@@ -27,7 +27,9 @@
 //!   size, it may have had more than `size_kept(retention_bytes)` written after its batch
 //!   began: a move by size applies at a log index where that much was appended after the
 //!   batch, so the partition's offsets then ended below the first offset acknowledged to a
-//!   produce invoked after the gone point (the *end bound*), and at most
+//!   produce invoked after the gone point, or, when none was, below the highest end anything
+//!   showed (a poll's high watermark, past an acknowledged offset, past a final read's last
+//!   record: a committed end only grows, so in CP that bounds it): the *end bound*; and at most
 //!   `(end bound - offset) * R + PRODUCER_MAX_BATCH_BYTES` bytes were written from its batch
 //!   on, `R` being the largest `record_bytes_bound` of any record produced to the partition.
 //! - **lost** (the checker's class): such a record that is neither: it was deleted while no
@@ -92,6 +94,9 @@ pub(super) struct Lifecycle {
     acked: HashMap<u32, Vec<(u64, u64)>>,
     /// Per partition, the most bytes any record produced to it takes stored.
     record_max: HashMap<u32, u64>,
+    /// Per partition, the highest end of its log anything showed: a poll's high watermark,
+    /// past an acknowledged offset, past the last record of a final read.
+    ends: HashMap<u32, u64>,
     /// Per (process, partition), the highest start it observed and the event observing it.
     seen_by: HashMap<(u32, u32), (u64, u64)>,
     pub totals: super::RetentionTotals,
@@ -158,14 +163,20 @@ impl Lifecycle {
             (
                 &Op::Poll { partition, .. },
                 Some(Op::Poll {
-                    log_start_offset: Some(s),
+                    log_start_offset,
                     records,
                     node,
+                    high_watermark,
                     ..
                 }),
             ) => {
-                self.observe(op, partition, *s, out);
-                below_log_start(op, partition, *s, records, *node, out);
+                if let Some(hw) = *high_watermark {
+                    self.end(partition, hw);
+                }
+                if let Some(s) = *log_start_offset {
+                    self.observe(op, partition, s, out);
+                    below_log_start(op, partition, s, records, *node, out);
+                }
             }
             (
                 &Op::ListEarliest { partition, .. },
@@ -177,10 +188,18 @@ impl Lifecycle {
             (
                 &Op::FinalRead { partition, .. },
                 Some(Op::FinalRead {
-                    log_start_offset: Some(s),
+                    log_start_offset,
+                    records,
                     ..
                 }),
-            ) => self.observe(op, partition, *s, out),
+            ) => {
+                if let Some(last) = records.last() {
+                    self.end(partition, last.offset.saturating_add(1));
+                }
+                if let Some(s) = *log_start_offset {
+                    self.observe(op, partition, s, out);
+                }
+            }
             (&Op::ReplicaStarts { partition, .. }, Some(Op::ReplicaStarts { replicas, .. })) => {
                 for r in replicas {
                     self.push_start(op, partition, r.log_start_offset);
@@ -189,6 +208,12 @@ impl Lifecycle {
             }
             _ => {}
         }
+    }
+
+    /// Something showed `partition`'s log reaching `end`.
+    fn end(&mut self, partition: u32, end: u64) {
+        let e = self.ends.entry(partition).or_default();
+        *e = (*e).max(end);
     }
 
     fn policy(
@@ -286,6 +311,7 @@ impl Lifecycle {
                     .entry(p.partition)
                     .or_default()
                     .push((p.invoke, o));
+                self.end(p.partition, o.saturating_add(1));
             }
         }
         for acked in self.acked.values_mut() {
@@ -329,11 +355,13 @@ impl Lifecycle {
 
     /// The most record bytes `partition` can have had from the batch of `offset` on when an
     /// observation completed at event `by` (the end bound: see the module doc); `None` when
-    /// no produce invoked after it was acknowledged (no bound).
+    /// nothing bounds its log's end.
     fn most_written_from(&self, partition: u32, offset: u64, by: u64) -> Option<u64> {
-        let acked = self.acked.get(&partition)?;
-        let i = acked.partition_point(|(invoke, _)| *invoke <= by);
-        let end = acked.get(i)?.1;
+        let after = self.acked.get(&partition).and_then(|acked| {
+            let i = acked.partition_point(|(invoke, _)| *invoke <= by);
+            acked.get(i).map(|a| a.1)
+        });
+        let end = after.or_else(|| self.ends.get(&partition).copied())?;
         let record = self.record_max.get(&partition).copied().unwrap_or(u64::MAX);
         Some(
             end.saturating_sub(offset)
