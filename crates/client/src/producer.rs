@@ -327,6 +327,17 @@ pub(crate) fn interpret_produce(
 /// refusal of the batch itself (NOT_FOUND, INVALID_ARGUMENT, a sequence gap, a full disk, a
 /// fenced producer) is given before anything is proposed; an attempt that never reached a
 /// node (no route to the leader) appended nothing.
+/// The longest acknowledgement wait a produce may ask of the server (ProduceRequest's
+/// `timeout_ms`: more is INVALID_ARGUMENT).
+const MAX_PRODUCE_TIMEOUT_MS: u64 = 60_000;
+
+/// The `timeout_ms` a produce asks for: the client's request timeout, at most the server's
+/// limit (a longer request timeout still waits that long for the answer: the server answers
+/// DEADLINE_EXCEEDED at its limit, and the batch is retried).
+fn produce_timeout_ms(request_timeout_ms: u64) -> u32 {
+    request_timeout_ms.min(MAX_PRODUCE_TIMEOUT_MS) as u32
+}
+
 pub(crate) fn may_have_appended(e: &ClientError, sent: bool) -> bool {
     e.is_outcome_unknown()
         || (sent
@@ -792,8 +803,7 @@ impl PartitionTask {
                 crc32c: b.crc32c,
                 records: Bytes::clone(&b.body),
             }],
-            timeout_ms: u32::try_from(self.shared.client.config().request_timeout_ms)
-                .unwrap_or(u32::MAX),
+            timeout_ms: produce_timeout_ms(self.shared.client.config().request_timeout_ms),
         };
         let shared = Arc::clone(&self.shared);
         let partition = self.partition;
@@ -869,8 +879,7 @@ async fn send_batch(
             |answer| interpret_produce(answer, partition, count),
             |e, sent| maybe_appended |= may_have_appended(e, sent),
         )
-        .await
-        .map_err(ClientError::in_produce);
+        .await;
     (result, maybe_appended)
 }
 

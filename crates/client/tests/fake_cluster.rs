@@ -26,7 +26,7 @@ use fjord_proto::v1::{
     DeleteTopicRequest, DeleteTopicResponse, DescribeTopicRequest, DescribeTopicResponse,
     FetchRequest, FetchResponse, FetchedBatch, InitProducerRequest, InitProducerResponse,
     ListTopicsRequest, ListTopicsResponse, MetadataRequest, MetadataResponse, Node, PartitionError,
-    PartitionInfo, PartitionResult, ProduceRequest, ProduceResponse, TopicInfo,
+    PartitionInfo, PartitionResult, ProduceErrorReason, ProduceRequest, ProduceResponse, TopicInfo,
 };
 use fjord_proto::{LEADER_ADDRESS_KEY, LEADER_ID_KEY};
 use tonic::{Code, Request, Response, Status};
@@ -55,6 +55,10 @@ struct Faults {
     topic_unknown_after_lost_ack: bool,
     /// Refuse the next produce as out of order.
     refuse_next_produce_sequence: bool,
+    /// Refuse the next produce with FAILED_PRECONDITION and this reason.
+    refuse_next_produce_with: Option<ProduceErrorReason>,
+    /// The `timeout_ms` of each produce request, in order.
+    produce_timeouts: Vec<u32>,
     /// Answer every Metadata with UNAVAILABLE (an election that does not end).
     metadata_unavailable: bool,
     /// Hold the next produce of a batch with this base sequence until another produce has
@@ -271,6 +275,7 @@ impl Fjord for FakeNode {
         if let Some(tx) = &st.produces_answered {
             tx.send_modify(|n| *n += 1);
         }
+        st.faults.produce_timeouts.push(req.timeout_ms);
         let mut results = Vec::new();
         for b in req.batches {
             st.calls.push((
@@ -319,6 +324,14 @@ impl Fjord for FakeNode {
             }
             if fjord_proto::batch::decode(&b.records, b.crc32c).is_err() {
                 results.push(error(Code::DataLoss, "crc mismatch", 0, String::new()));
+                continue;
+            }
+            if let Some(reason) = st.faults.refuse_next_produce_with.take() {
+                let mut refused = error(Code::FailedPrecondition, "refused", 0, String::new());
+                if let Some(e) = refused.error.as_mut() {
+                    e.reason = reason as i32;
+                }
+                results.push(refused);
                 continue;
             }
             if std::mem::take(&mut st.faults.refuse_next_produce_sequence) {
@@ -798,6 +811,43 @@ async fn an_out_of_order_refusal_moves_the_partition_to_a_fresh_producer_id() {
     let produces = cluster.calls("produce");
     assert_eq!(produces.last().unwrap().1, "p0 pid2 seq0 n1");
     assert_eq!(cluster.calls("init_producer").len(), 2);
+}
+
+#[tokio::test]
+async fn a_sequence_reused_or_unknown_producer_refusal_is_not_called_out_of_order() {
+    let cluster = Cluster::start(1).await;
+    let client = cluster.client(fast_retries());
+    client.create_topic("t", 1, 1).await.unwrap();
+    let producer = client.producer("t", no_linger()).unwrap();
+    producer.send(ProducerRecord::new("a")).await.unwrap();
+    for reason in [
+        ProduceErrorReason::SequenceReused,
+        ProduceErrorReason::UnknownProducerId,
+    ] {
+        cluster.with(|s| s.faults.refuse_next_produce_with = Some(reason));
+        let e = producer.send(ProducerRecord::new("b")).await.unwrap_err();
+        assert!(
+            matches!(e, ClientError::FailedPrecondition(_)),
+            "{reason:?}: {e:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_request_timeout_over_the_server_s_produce_limit_asks_for_the_limit() {
+    let cluster = Cluster::start(1).await;
+    let config = ClientConfig {
+        request_timeout_ms: 120_000,
+        ..fast_retries()
+    };
+    let client = cluster.client(config);
+    client.create_topic("t", 1, 1).await.unwrap();
+    let producer = client.producer("t", no_linger()).unwrap();
+    producer.send(ProducerRecord::new("a")).await.unwrap();
+    assert_eq!(
+        cluster.with(|s| s.faults.produce_timeouts.clone()),
+        [60_000]
+    );
 }
 
 #[tokio::test]

@@ -480,6 +480,32 @@ struct GroupLabel {
     group: String,
 }
 
+impl GroupLabel {
+    /// The label of a group named `name`, escaped as the text format asks (the encoder writes
+    /// label values as they are, and a group name may hold `"` and `\`: unescaped, one
+    /// group's name could end the value, add labels of its own, or make the whole scrape
+    /// fail to parse).
+    fn new(name: &str) -> GroupLabel {
+        GroupLabel {
+            group: escape_label_value(name),
+        }
+    }
+}
+
+/// A label value in the Prometheus text format: `\`, `"` and line feeds escaped.
+fn escape_label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Writes one gauge without labels.
 fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
     let g = ConstGauge::new(v);
@@ -641,9 +667,7 @@ impl Collector for Snapshot {
                 MetricType::Gauge,
             )?;
             for (group, lag) in &self.group_lag {
-                let labels = GroupLabel {
-                    group: group.clone(),
-                };
+                let labels = GroupLabel::new(group);
                 ConstGauge::new(saturating_i64(lag.records))
                     .encode(family.encode_family(&labels)?)?;
             }
@@ -664,9 +688,7 @@ impl Collector for Snapshot {
                 let Some(seconds) = lag.seconds else {
                     continue;
                 };
-                let labels = GroupLabel {
-                    group: group.clone(),
-                };
+                let labels = GroupLabel::new(group);
                 ConstGauge::new(seconds).encode(family.encode_family(&labels)?)?;
             }
         }
@@ -768,6 +790,31 @@ mod tests {
                 records: 13,
                 seconds: Some(2.5)
             }
+        );
+    }
+
+    #[test]
+    fn a_group_name_with_quotes_and_backslashes_stays_inside_its_label() {
+        let lag = GroupLag {
+            records: 1,
+            seconds: None,
+        };
+        let snapshot = Snapshot {
+            group_lag: vec![("x\",node=\"7".into(), lag), ("a\\".into(), lag)],
+            ..Default::default()
+        };
+        let mut scraped = Registry::default();
+        scraped.register_collector(Box::new(snapshot));
+        let mut om = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut om, &scraped).unwrap();
+        let text = to_prometheus_text(&om);
+        assert!(
+            text.contains(r#"fjord_consumer_group_lag_records{group="x\",node=\"7"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"fjord_consumer_group_lag_records{group="a\\"} 1"#),
+            "{text}"
         );
     }
 
