@@ -10,7 +10,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(&files, [root])?;
-    tonic_prost_build::configure().bytes(".").compile_fds(fds)?;
+    // Every service and client decodes with `FjordCodec` (prost's, with the produce check of
+    // `src/codec.rs`).
+    tonic_prost_build::configure()
+        .bytes(".")
+        .codec_path("crate::codec::FjordCodec")
+        .compile_fds(fds)?;
     let client = protox::compile([&files[0]], [root])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("fjord_v1_descriptor.bin"), client.encode_to_vec())?;

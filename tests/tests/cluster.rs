@@ -376,6 +376,54 @@ async fn bad_input_gets_precise_errors() {
         .await
         .unwrap_err();
     assert_eq!(s.code(), tonic::Code::NotFound, "{s}");
+    // Counted on the wire before decoding (decoded, an empty record or header takes ~48 times
+    // its bytes): 100,001 empty records; a record with 100,001 empty headers, as a record and
+    // in a producer-encoded batch.
+    use fjord_proto::v1::{Header, Record, RecordBatch};
+    let records = |records: Vec<Record>| fjord_proto::v1::ProduceRequest {
+        topic: "small".into(),
+        records,
+        partition: Some(0),
+        ..Default::default()
+    };
+    let s = raw
+        .produce(records(vec![Record::default(); 100_001]))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s}");
+    assert!(
+        s.message().contains("100001 records; the limit is 100000")
+            && s.message().contains("counted before decoding"),
+        "{s}"
+    );
+    let headed = Record {
+        value: b"v".to_vec().into(),
+        headers: vec![Header::default(); 100_001],
+        ..Default::default()
+    };
+    let s = raw
+        .produce(records(vec![headed.clone()]))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s}");
+    assert!(s.message().contains("100001 record headers"), "{s}");
+    let body = fjord_proto::batch::encode(std::slice::from_ref(&headed));
+    let s = raw
+        .produce(fjord_proto::v1::ProduceRequest {
+            topic: "small".into(),
+            batches: vec![RecordBatch {
+                partition: 0,
+                record_count: 1,
+                crc32c: fjord_proto::batch::checksum(&body),
+                records: body,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s}");
+    assert!(s.message().contains("100001 record headers"), "{s}");
     let s = raw
         .metadata(fjord_proto::v1::MetadataRequest {
             topics: vec![],

@@ -5,6 +5,8 @@
 //! - [`batch`]: the record batch body format (an encoded `RecordList` and its CRC-32C),
 //!   shared by producers, the server's checks and consumers.
 //! - [`partitioner`]: the stable key hash that maps keys to partitions (Kafka's murmur2).
+//! - [`codec`], [`prescan`]: the services' gRPC codec, which counts a produce's records,
+//!   headers and batches on the wire before decoding it.
 //!
 //! The core of the server never sees generated types: conversions live at the gRPC edge.
 
@@ -19,7 +21,9 @@ pub mod raft {
 }
 
 pub mod batch;
+pub mod codec;
 pub mod partitioner;
+pub mod prescan;
 
 /// The encoded `FileDescriptorSet` of `proto/fjord.proto` (the client API and its
 /// imports), for server reflection. The node-to-node protocol is not in it.

@@ -25,7 +25,7 @@ use crate::wire::{DeleteRecords, ListOffsets, OffsetFound, OffsetQuery};
 /// framing).
 pub const MAX_PRODUCE_REQUEST_BYTES: usize = 8 << 20;
 /// Records in one batch, at most.
-pub const MAX_BATCH_RECORDS: usize = 100_000;
+pub const MAX_BATCH_RECORDS: usize = fjord_proto::prescan::MAX_RECORDS;
 /// Batches in one fetch answer, at most.
 pub const MAX_FETCH_BATCHES: usize = 1024;
 /// How long a fetch waits for this node's own write of batches already below the high
@@ -212,6 +212,17 @@ fn producer_batches(
     topic: &Topic,
     batches: Vec<ProducerBatch>,
 ) -> Result<(Vec<(u32, StoredBatch)>, usize), ApiError> {
+    // Counted on the wire before any is decoded: each batch's records, and the headers of all
+    // (decoding makes a struct of each, many times its bytes when empty).
+    let mut counted = fjord_proto::prescan::Counts::default();
+    for b in &batches {
+        let c = fjord_proto::prescan::record_list(&b.records);
+        counted.records = counted.records.max(c.records);
+        counted.headers += c.headers;
+    }
+    if let Some(why) = counted.over_limit() {
+        return Err(Invalid::OverWireLimit(why).into());
+    }
     let now = node.now_ms();
     let mut out = Vec::new();
     let mut total = 0usize;

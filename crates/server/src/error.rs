@@ -133,6 +133,9 @@ pub enum Invalid {
     },
     #[error("a batch has {count} records, over the limit of {limit}")]
     TooManyRecords { count: usize, limit: usize },
+    /// Counted on the wire before decoding ([`fjord_proto::prescan`]).
+    #[error("the produce request's batches hold {0} (counted before decoding)")]
+    OverWireLimit(String),
     #[error(
         "batch {batch} (partition {partition}): producer_epoch {epoch} is over the limit of {}",
         u16::MAX

@@ -1,0 +1,197 @@
+//! Counting the repeated messages of a produce on the wire, before decoding it.
+//!
+//! prost builds a struct for every message it decodes: an empty `Record` is 2 bytes on the
+//! wire and 96 in memory, an empty `Header` 2 and 56. A 9 MiB request of empty records would
+//! take ~450 MB once decoded, before any check of the server's could refuse it. So the
+//! records, headers and batches of a `ProduceRequest` (and of a batch body, a `RecordList`)
+//! are counted on the wire first, and a count over its limit is refused without decoding.
+//!
+//! The walk reads each field's key and skips its payload, descending only into `Record`s (to
+//! count their headers): linear in the bytes, no allocation. Malformed input stops the count
+//! where it breaks; the decoding that follows reports the error.
+
+/// Records one produce request may hold in the `records` form, or one batch in its body.
+pub const MAX_RECORDS: usize = 100_000;
+/// Record headers one produce request may hold, over all its records and batches.
+pub const MAX_HEADERS: usize = 100_000;
+/// Batches one produce request may hold (one per partition, and a topic has at most 1,024).
+pub const MAX_BATCHES: usize = 1_024;
+
+/// What a produce request or a batch body holds, counted on the wire.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub records: usize,
+    pub headers: usize,
+    pub batches: usize,
+}
+
+impl Counts {
+    /// The first limit these counts pass, as a message naming it; `None` within them.
+    pub fn over_limit(&self) -> Option<String> {
+        let over = |what: &str, n: usize, limit: usize, per: &str| {
+            (n > limit).then(|| format!("{n} {what}; the limit is {limit} {per}"))
+        };
+        over("records", self.records, MAX_RECORDS, "per request or batch")
+            .or_else(|| over("record headers", self.headers, MAX_HEADERS, "per request"))
+            .or_else(|| over("batches", self.batches, MAX_BATCHES, "per request"))
+    }
+}
+
+/// `ProduceRequest`'s field numbers (proto/fjord.proto).
+const PRODUCE_RECORDS: u32 = 3;
+const PRODUCE_BATCHES: u32 = 5;
+/// `RecordList.records` and `Record.headers`.
+const LIST_RECORDS: u32 = 1;
+const RECORD_HEADERS: u32 = 3;
+
+/// The records (with their headers) and batches of an encoded `ProduceRequest`. A batch's
+/// body is not looked into: [`record_list`] counts it.
+pub fn produce_request(buf: &[u8]) -> Counts {
+    let mut c = Counts::default();
+    each_field(buf, |field, payload| match (field, payload) {
+        (PRODUCE_RECORDS, Some(record)) => {
+            c.records += 1;
+            c.headers += count(record, RECORD_HEADERS);
+        }
+        (PRODUCE_BATCHES, Some(_)) => c.batches += 1,
+        _ => {}
+    });
+    c
+}
+
+/// The records and headers of an encoded `RecordList` (a batch body).
+pub fn record_list(body: &[u8]) -> Counts {
+    let mut c = Counts::default();
+    each_field(body, |field, payload| {
+        if let (LIST_RECORDS, Some(record)) = (field, payload) {
+            c.records += 1;
+            c.headers += count(record, RECORD_HEADERS);
+        }
+    });
+    c
+}
+
+/// How many length-delimited fields numbered `field` `buf` holds at its top level.
+fn count(buf: &[u8], field: u32) -> usize {
+    let mut n = 0;
+    each_field(buf, |f, payload| {
+        if f == field && payload.is_some() {
+            n += 1;
+        }
+    });
+    n
+}
+
+/// Calls `f` with each top-level field's number and, for a length-delimited one, its payload;
+/// stops at the first malformed key or length.
+fn each_field(mut buf: &[u8], mut f: impl FnMut(u32, Option<&[u8]>)) {
+    while !buf.is_empty() {
+        let Some(key) = varint(&mut buf) else {
+            return;
+        };
+        let Ok(field) = u32::try_from(key >> 3) else {
+            return;
+        };
+        let skip = match key & 7 {
+            0 => match varint(&mut buf) {
+                Some(_) => 0,
+                None => return,
+            },
+            1 => 8,
+            5 => 4,
+            2 => {
+                let Some(len) = varint(&mut buf).and_then(|l| usize::try_from(l).ok()) else {
+                    return;
+                };
+                let Some((payload, rest)) = buf.split_at_checked(len) else {
+                    return;
+                };
+                f(field, Some(payload));
+                buf = rest;
+                continue;
+            }
+            _ => return,
+        };
+        let Some(rest) = buf.get(skip..) else {
+            return;
+        };
+        f(field, None);
+        buf = rest;
+    }
+}
+
+/// Reads a base-128 varint off the front of `buf` (at most 10 bytes).
+fn varint(buf: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        let (&b, rest) = buf.split_first()?;
+        *buf = rest;
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::{Header, ProduceRequest, Record, RecordBatch, RecordList};
+    use prost::Message;
+
+    fn record(headers: usize) -> Record {
+        Record {
+            key: Some(b"k".to_vec().into()),
+            value: b"v".to_vec().into(),
+            headers: vec![Header::default(); headers],
+            timestamp_ms: 7,
+        }
+    }
+
+    #[test]
+    fn counts_agree_with_what_prost_decodes() {
+        let req = ProduceRequest {
+            topic: "t".into(),
+            records: vec![record(0), record(3), Record::default(), record(1)],
+            partition: Some(2),
+            batches: vec![RecordBatch::default(); 2],
+            timeout_ms: 100,
+            ..Default::default()
+        };
+        let c = produce_request(&req.encode_to_vec());
+        assert_eq!((c.records, c.headers, c.batches), (4, 4, 2));
+        let list = RecordList {
+            records: vec![record(2), record(5)],
+        };
+        let c = record_list(&list.encode_to_vec());
+        assert_eq!((c.records, c.headers, c.batches), (2, 7, 0));
+    }
+
+    #[test]
+    fn a_request_of_empty_records_over_the_limit_is_refused_before_decoding() {
+        // 2 bytes per empty record on the wire.
+        let wire: Vec<u8> = [0x1a, 0x00].repeat(MAX_RECORDS + 1);
+        let c = produce_request(&wire);
+        assert_eq!(c.records, MAX_RECORDS + 1);
+        assert!(c.over_limit().unwrap().contains("the limit is 100000"));
+        let fine = produce_request(&[0x1a, 0x00].repeat(MAX_RECORDS));
+        assert_eq!(fine.over_limit(), None);
+    }
+
+    #[test]
+    fn malformed_input_stops_the_count_without_a_panic() {
+        for wire in [&[0xff; 11][..], &[0x1a, 0x05, 0x00], &[0x1b], &[0x09, 1, 2]] {
+            let _ = produce_request(wire);
+            let _ = record_list(wire);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_are_counted_without_a_panic(wire in proptest::collection::vec(0u8..=255, 0..512)) {
+            let _ = produce_request(&wire);
+            let _ = record_list(&wire);
+        }
+    }
+}
