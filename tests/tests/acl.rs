@@ -24,7 +24,8 @@ use fjord_proto::v1::fjord_client::FjordClient;
 use fjord_proto::v1::{
     CommitOffsetsRequest, DescribeGroupRequest, FetchOffsetsRequest, FetchRequest,
     FindCoordinatorRequest, GroupHeartbeatRequest, InitProducerRequest, MetadataRequest,
-    OffsetCommit, ProduceRequest, Record, ResetOffsetsRequest, Subscription, reset_offsets_request,
+    OffsetCommit, ProduceRequest, Record, ResetOffsetsRequest, Subscription, TopicPartitions,
+    reset_offsets_request,
 };
 use fjord_tests::group::reads_led_elsewhere;
 use fjord_tests::secure::{client_as, client_at, restart_secure, start_secure, with_token};
@@ -645,6 +646,29 @@ async fn resets_and_offsets_are_checked_per_topic(cluster: &Cluster, admin: &Cli
         .into_inner();
     let topics: Vec<&str> = fetched.offsets.iter().map(|o| o.topic.as_str()).collect();
     assert_eq!(topics, ["a"]);
+    // Naming topics she may not describe, existing (`b`) or not (`nope`), answers alike:
+    // nothing of them (a NOT_FOUND for `nope` alone would tell which names exist).
+    let named = stub(&coordinator)
+        .await
+        .fetch_offsets(with_token(
+            FetchOffsetsRequest {
+                group: "r".into(),
+                member_id: String::new(),
+                member_epoch: -1,
+                partitions: ["b", "nope"]
+                    .iter()
+                    .map(|t| TopicPartitions {
+                        topic: t.to_string(),
+                        partitions: vec![0],
+                    })
+                    .collect(),
+            },
+            carol,
+        ))
+        .await
+        .expect("topics carol may not describe are left out, existing or not")
+        .into_inner();
+    assert!(named.offsets.is_empty(), "{named:?}");
     let described = stub(&coordinator)
         .await
         .describe_group(with_token(
@@ -741,6 +765,29 @@ async fn subscriptions_are_checked(cluster: &Cluster, admin: &Client, carol: &st
         .into_inner();
     let sub = described.members[0].subscription.clone().unwrap();
     assert_eq!((sub.topics, sub.pattern), (vec!["a".to_string()], None));
+    // The admin joins subscribing to `b`: carol's view of the group names no `b` anywhere.
+    stub(&coordinator)
+        .await
+        .group_heartbeat(with_token(beat(&["b"], None), &admin_token_of(admin)))
+        .await
+        .expect("the admin joins group p");
+    let seen = stub(&coordinator)
+        .await
+        .describe_group(with_token(
+            DescribeGroupRequest { group: "p".into() },
+            carol,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(seen.members.len(), 2, "{seen:?}");
+    for m in &seen.members {
+        for tps in [&m.assigned, &m.pending_revocation, &m.target] {
+            assert!(tps.iter().all(|t| t.topic != "b"), "{seen:?}");
+        }
+        let sub = m.subscription.clone().unwrap_or_default();
+        assert!(!sub.topics.contains(&"b".to_string()), "{seen:?}");
+    }
 }
 
 /// carol, allowed to alter the cluster, manages users but not the superuser's; `*` and

@@ -824,7 +824,17 @@ impl Fjord for ClientService {
         let caller = self.caller(&req)?;
         caller.require(Operation::Read, Resource::group(&req.get_ref().group))?;
         let topics = crate::coordinator::topics_view(&self.node.view().state);
-        let (group, who, tps) = group_wire::fetch_request(req.into_inner(), &topics)?;
+        // Topics the principal may not describe are not looked up (their answer is left out
+        // below anyway): an unknown one would answer NOT_FOUND, telling which names exist.
+        let mut req = req.into_inner();
+        let named = !req.partitions.is_empty();
+        req.partitions
+            .retain(|t| caller.may_describe_topic(&t.topic));
+        if named && req.partitions.is_empty() {
+            // Every topic named is hidden (none named would mean all of them).
+            return Ok(Response::new(FetchOffsetsResponse::default()));
+        }
+        let (group, who, tps) = group_wire::fetch_request(req, &topics)?;
         let op = Op::Fetch { group, who, tps };
         match self.node.coordinator().call(&self.node, op).await? {
             Answer::Offsets(o) => Ok(Response::new(FetchOffsetsResponse {
@@ -887,6 +897,15 @@ impl Fjord for ClientService {
                 described
                     .offsets
                     .retain(|o| caller.may_describe_topic(&o.topic));
+                // The members' topics too: only those the principal may describe.
+                for m in &mut described.members {
+                    for tps in [&mut m.assigned, &mut m.pending_revocation, &mut m.target] {
+                        tps.retain(|t| caller.may_describe_topic(&t.topic));
+                    }
+                    if let Some(sub) = m.subscription.as_mut() {
+                        sub.topics.retain(|t| caller.may_describe_topic(t));
+                    }
+                }
                 // The lag in time reads a record: only of topics the principal may read.
                 let readable = |t: &str| caller.may(Operation::Read, Resource::topic(t));
                 crate::lag::fill(&self.node, &mut described.offsets, readable).await;
