@@ -276,8 +276,11 @@ pub struct ProducerConfig {
     /// or any other: the cluster refuses their batches ([`ClientError::ProducerFenced`]), so
     /// a restarted service instance can be sure its predecessor (a "zombie" that was paused
     /// or cut off) no longer writes. Needs `idempotent`, and a metadata majority when the
-    /// producer first sends. A named producer whose batch fails for good does not move its
-    /// later batches to a fresh producer id (that would escape the fencing): they fail too.
+    /// producer first sends. A named producer whose batch fails for good (out of order, a
+    /// full disk, a batch the server refused) does not move its later batches to a fresh
+    /// producer id (that would escape the fencing): every later batch to that partition fails
+    /// too, for as long as this instance lives. Create the producer again (a new instance:
+    /// InitProducer gives the name a newer epoch, whose sequences start again).
     pub producer_name: Option<String>,
 }
 

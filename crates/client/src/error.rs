@@ -65,7 +65,8 @@ pub enum ClientError {
     /// A producer batch's sequence number is not the one the partition expects. The producer
     /// sends a batch refused this way again while an earlier batch of its window may still
     /// close the gap; when it reaches the caller it is fatal for that batch, and the producer
-    /// starts a new producer id for the partition's next batches.
+    /// starts a new producer id for the partition's next batches (a named producer cannot:
+    /// see `ProducerConfig::producer_name`).
     #[error("out-of-order producer sequence: {0}")]
     OutOfOrderSequence(String),
     /// The server refused the operation in the cluster's current state. Fatal.
@@ -118,7 +119,9 @@ pub enum ClientError {
     /// the leader accepts produces again by itself once space is freed. Not retried by the
     /// client: a disk fills for minutes or hours, not milliseconds, and a producer retrying
     /// within its backoff would only spin; the caller sends the records again later (a new
-    /// send: new sequence numbers, no duplicate since nothing was written).
+    /// send: new sequence numbers, no duplicate since nothing was written). A named producer
+    /// (`ProducerConfig::producer_name`) cannot: its partition's later batches fail too (see
+    /// there), so the caller creates the producer again first.
     #[error("disk full: {0}")]
     DiskFull(String),
     /// The request carried no identity where the cluster requires one, or a token that is

@@ -608,11 +608,18 @@ impl Producer {
             .queues
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(q) = queues.get(&partition).filter(|q| !q.is_closed()) {
-            return q.clone();
-        }
+        // A closed queue: its task is gone (its runtime shut down, or it panicked) with batches
+        // perhaps in flight under the shared producer id, so its successor takes a fresh id
+        // rather than reusing sequences the partition may hold (a reused sequence with the
+        // same count and checksum would be answered as a duplicate, at the old records' offset).
+        let replaces = match queues.get(&partition) {
+            Some(q) if !q.is_closed() => return q.clone(),
+            Some(_) => true,
+            None => false,
+        };
         let (tx, rx) = mpsc::channel(PARTITION_QUEUE_CAPACITY);
-        tokio::spawn(run_partition(Arc::clone(&self.inner.shared), partition, rx));
+        let shared = Arc::clone(&self.inner.shared);
+        tokio::spawn(run_partition(shared, partition, rx, replaces));
         queues.insert(partition, tx.clone());
         tx
     }
@@ -676,13 +683,22 @@ struct PartitionTask {
 
 /// One partition's task: batches what arrives and keeps up to `max_in_flight_batches` of
 /// them in flight, in order (see [`crate::sequencer`]).
-async fn run_partition(shared: Arc<Shared>, partition: u32, mut queue: mpsc::Receiver<Command>) {
+async fn run_partition(
+    shared: Arc<Shared>,
+    partition: u32,
+    mut queue: mpsc::Receiver<Command>,
+    replaces: bool,
+) {
+    let mut window = Sequencer::new(
+        shared.config.max_in_flight_batches,
+        shared.config.idempotent,
+    );
+    if replaces {
+        window.start_fresh();
+    }
     let mut task = PartitionTask {
         batches: Accumulator::new(shared.limits()),
-        window: Sequencer::new(
-            shared.config.max_in_flight_batches,
-            shared.config.idempotent,
-        ),
+        window,
         shared,
         partition,
         calls: FuturesUnordered::new(),

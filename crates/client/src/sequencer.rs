@@ -200,6 +200,15 @@ impl<T> Sequencer<T> {
         }
     }
 
+    /// Starts with a fresh producer id instead of the producer's shared one (a task that
+    /// replaces one that died: the shared id's sequences on this partition are unknown).
+    /// Without idempotence there is no id to change.
+    pub(crate) fn start_fresh(&mut self) {
+        if self.idempotent && self.session == Session::Unset {
+            self.session = Session::NeedsFresh;
+        }
+    }
+
     /// Queues a batch of `count` records (at least 1) to be sent after those queued before.
     pub(crate) fn push(&mut self, batch: T, count: u32) -> BatchId {
         debug_assert!(count > 0, "a batch has records");
@@ -737,6 +746,19 @@ mod tests {
         s.on_answer(0, Ok(0), false);
         assert_eq!(show(s.poll_actions()), ["ack b0 @0"]);
         s
+    }
+
+    #[test]
+    fn a_task_replacing_one_that_died_asks_for_a_fresh_producer_id() {
+        let mut s = Seq::new(5, true);
+        s.start_fresh();
+        push(&mut s, 1, 1);
+        assert_eq!(show(s.poll_actions()), ["pid fresh"]);
+        // Without idempotence there is no producer id to change.
+        let mut s = Seq::new(5, false);
+        s.start_fresh();
+        push(&mut s, 1, 1);
+        assert_eq!(show(s.poll_actions()), ["send b0 p0 s0"]);
     }
 
     #[test]
