@@ -320,13 +320,6 @@ pub(crate) fn interpret_produce(
     Ok(result.base_offset)
 }
 
-/// Whether a produce attempt that failed with `e` may have appended its batch all the same:
-/// an unknown outcome (timeout, lost connection), or an attempt that reached a node (`sent`)
-/// and came back UNAVAILABLE (a proposal cut short by a lost leadership or a stopping group
-/// answers so, with or without a leader hint) or with an answer the client cannot read. A
-/// refusal of the batch itself (NOT_FOUND, INVALID_ARGUMENT, a sequence gap, a full disk, a
-/// fenced producer) is given before anything is proposed; an attempt that never reached a
-/// node (no route to the leader) appended nothing.
 /// The longest acknowledgement wait a produce may ask of the server (ProduceRequest's
 /// `timeout_ms`: more is INVALID_ARGUMENT).
 const MAX_PRODUCE_TIMEOUT_MS: u64 = 60_000;
@@ -338,6 +331,13 @@ fn produce_timeout_ms(request_timeout_ms: u64) -> u32 {
     request_timeout_ms.min(MAX_PRODUCE_TIMEOUT_MS) as u32
 }
 
+/// Whether a produce attempt that failed with `e` may have appended its batch all the same:
+/// an unknown outcome (timeout, lost connection), or an attempt that reached a node (`sent`)
+/// and came back UNAVAILABLE (a proposal cut short by a lost leadership or a stopping group
+/// answers so, with or without a leader hint) or with an answer the client cannot read. A
+/// refusal of the batch itself (NOT_FOUND, INVALID_ARGUMENT, a sequence gap, a full disk, a
+/// fenced producer) is given before anything is proposed; an attempt that never reached a
+/// node (no route to the leader) appended nothing.
 pub(crate) fn may_have_appended(e: &ClientError, sent: bool) -> bool {
     e.is_outcome_unknown()
         || (sent

@@ -6,9 +6,11 @@
 //! records, headers and batches of a `ProduceRequest` (and of a batch body, a `RecordList`)
 //! are counted on the wire first, and a count over its limit is refused without decoding.
 //!
-//! The walk reads each field's key and skips its payload, descending only into `Record`s (to
-//! count their headers): linear in the bytes, no allocation. Malformed input stops the count
-//! where it breaks; the decoding that follows reports the error.
+//! The walk reads each field's key and skips its payload (a group to its matching end, as
+//! prost skips it), descending only into `Record`s (to count their headers): linear in the
+//! bytes, no allocation. A walk that cannot go on to the end (malformed, or groups nested
+//! deeper than prost decodes) is refused as such: a count that stopped early could be too
+//! low.
 
 /// Records one produce request may hold in the `records` form, or one batch in its body.
 pub const MAX_RECORDS: usize = 100_000;
@@ -23,6 +25,8 @@ pub struct Counts {
     pub records: usize,
     pub headers: usize,
     pub batches: usize,
+    /// The walk stopped before the end: the counts are not all of it.
+    pub malformed: bool,
 }
 
 impl Counts {
@@ -31,6 +35,9 @@ impl Counts {
         let over = |what: &str, n: usize, limit: usize, per: &str| {
             (n > limit).then(|| format!("{n} {what}; the limit is {limit} {per}"))
         };
+        if self.malformed {
+            return Some("bytes that do not parse as protobuf".to_string());
+        }
         over("records", self.records, MAX_RECORDS, "per request or batch")
             .or_else(|| over("record headers", self.headers, MAX_HEADERS, "per request"))
             .or_else(|| over("batches", self.batches, MAX_BATCHES, "per request"))
@@ -48,76 +55,110 @@ const RECORD_HEADERS: u32 = 3;
 /// body is not looked into: [`record_list`] counts it.
 pub fn produce_request(buf: &[u8]) -> Counts {
     let mut c = Counts::default();
-    each_field(buf, |field, payload| match (field, payload) {
+    let mut inner_ok = true;
+    let complete = each_field(buf, |field, payload| match (field, payload) {
         (PRODUCE_RECORDS, Some(record)) => {
             c.records += 1;
-            c.headers += count(record, RECORD_HEADERS);
+            let (n, ok) = count(record, RECORD_HEADERS);
+            c.headers += n;
+            inner_ok &= ok;
         }
         (PRODUCE_BATCHES, Some(_)) => c.batches += 1,
         _ => {}
     });
+    c.malformed = !(complete && inner_ok);
     c
 }
 
 /// The records and headers of an encoded `RecordList` (a batch body).
 pub fn record_list(body: &[u8]) -> Counts {
     let mut c = Counts::default();
-    each_field(body, |field, payload| {
+    let mut inner_ok = true;
+    let complete = each_field(body, |field, payload| {
         if let (LIST_RECORDS, Some(record)) = (field, payload) {
             c.records += 1;
-            c.headers += count(record, RECORD_HEADERS);
+            let (n, ok) = count(record, RECORD_HEADERS);
+            c.headers += n;
+            inner_ok &= ok;
         }
     });
+    c.malformed = !(complete && inner_ok);
     c
 }
 
-/// How many length-delimited fields numbered `field` `buf` holds at its top level.
-fn count(buf: &[u8], field: u32) -> usize {
+/// How many length-delimited fields numbered `field` `buf` holds at its top level, and
+/// whether the walk reached the end.
+fn count(buf: &[u8], field: u32) -> (usize, bool) {
     let mut n = 0;
-    each_field(buf, |f, payload| {
+    let complete = each_field(buf, |f, payload| {
         if f == field && payload.is_some() {
             n += 1;
         }
     });
-    n
+    (n, complete)
 }
 
+/// Groups nested deeper than this are refused (prost's own recursion limit is 100).
+const MAX_GROUP_DEPTH: u32 = 100;
+
 /// Calls `f` with each top-level field's number and, for a length-delimited one, its payload;
-/// stops at the first malformed key or length.
-fn each_field(mut buf: &[u8], mut f: impl FnMut(u32, Option<&[u8]>)) {
+/// true when the walk reached the end, false when it stopped at a malformed key, length or
+/// group.
+fn each_field(mut buf: &[u8], mut f: impl FnMut(u32, Option<&[u8]>)) -> bool {
     while !buf.is_empty() {
-        let Some(key) = varint(&mut buf) else {
-            return;
-        };
-        let Ok(field) = u32::try_from(key >> 3) else {
-            return;
-        };
-        let skip = match key & 7 {
-            0 => match varint(&mut buf) {
-                Some(_) => 0,
-                None => return,
-            },
-            1 => 8,
-            5 => 4,
-            2 => {
-                let Some(len) = varint(&mut buf).and_then(|l| usize::try_from(l).ok()) else {
-                    return;
-                };
-                let Some((payload, rest)) = buf.split_at_checked(len) else {
-                    return;
-                };
-                f(field, Some(payload));
-                buf = rest;
-                continue;
-            }
-            _ => return,
-        };
-        let Some(rest) = buf.get(skip..) else {
-            return;
-        };
-        f(field, None);
-        buf = rest;
+        match next_field(&mut buf, 0) {
+            Some(Field::Value(field, payload)) => f(field, payload),
+            // An end of group with no group open.
+            Some(Field::GroupEnd(_)) | None => return false,
+        }
     }
+    true
+}
+
+/// One field read off the front of a message.
+enum Field<'a> {
+    /// Its number and, when length-delimited, its payload (a group is skipped whole).
+    Value(u32, Option<&'a [u8]>),
+    /// The end of the group numbered so.
+    GroupEnd(u32),
+}
+
+/// Reads one field off `buf` (`depth`: groups already open around it); `None` when malformed.
+fn next_field<'a>(buf: &mut &'a [u8], depth: u32) -> Option<Field<'a>> {
+    let key = varint(buf)?;
+    let field = u32::try_from(key >> 3).ok()?;
+    let skip = match key & 7 {
+        0 => {
+            varint(buf)?;
+            0
+        }
+        1 => 8,
+        5 => 4,
+        2 => {
+            let len = usize::try_from(varint(buf)?).ok()?;
+            let (payload, rest) = buf.split_at_checked(len)?;
+            *buf = rest;
+            return Some(Field::Value(field, Some(payload)));
+        }
+        3 => {
+            // A group (prost skips one of an unknown field whole): to its matching end.
+            if depth >= MAX_GROUP_DEPTH {
+                return None;
+            }
+            loop {
+                match next_field(buf, depth + 1)? {
+                    Field::GroupEnd(end) if end == field => break,
+                    Field::GroupEnd(_) => return None,
+                    Field::Value(..) => {}
+                }
+            }
+            return Some(Field::Value(field, None));
+        }
+        4 => return Some(Field::GroupEnd(field)),
+        _ => return None,
+    };
+    *buf = buf.get(skip..)?;
+    Some(Field::Value(field, None))
 }
 
 /// Reads a base-128 varint off the front of `buf` (at most 10 bytes).
@@ -180,11 +221,37 @@ mod tests {
     }
 
     #[test]
-    fn malformed_input_stops_the_count_without_a_panic() {
-        for wire in [&[0xff; 11][..], &[0x1a, 0x05, 0x00], &[0x1b], &[0x09, 1, 2]] {
-            let _ = produce_request(wire);
-            let _ = record_list(wire);
+    fn malformed_input_is_refused_without_a_panic() {
+        for wire in [&[0xff; 11][..], &[0x1a, 0x05, 0x00], &[0x1b], &[0x09, 1, 2], &[0x7c]] {
+            assert!(produce_request(wire).over_limit().is_some(), "{wire:?}");
+            assert!(record_list(wire).over_limit().is_some(), "{wire:?}");
         }
+        // A record whose headers do not parse.
+        assert!(produce_request(&[0x1a, 0x02, 0x1a, 0x05]).malformed);
+    }
+
+    #[test]
+    fn a_group_does_not_hide_what_follows_it() {
+        // An empty group of an unknown field (15; prost skips it), then records.
+        let mut wire = vec![0x0a, 0x01, b't', 0x7b, 0x7c];
+        wire.extend([0x1a, 0x00].repeat(MAX_RECORDS + 1));
+        assert_eq!(produce_request(&wire).records, MAX_RECORDS + 1);
+        let decoded = ProduceRequest::decode(&wire[..]).unwrap();
+        assert_eq!(decoded.records.len(), MAX_RECORDS + 1, "prost decodes them all");
+        // Nested groups, and one holding a field of each kind, skipped whole.
+        let mut body = vec![0x13, 0x1b, 0x08, 0x01, 0x1c, 0x14];
+        body.extend([0x0a, 0x00].repeat(3));
+        let c = record_list(&body);
+        assert_eq!((c.records, c.malformed), (3, false));
+        // A group inside a record does not hide its headers.
+        let record = [0x2b, 0x2c, 0x1a, 0x00, 0x1a, 0x00];
+        let mut wire = vec![0x1a, record.len() as u8];
+        wire.extend(record);
+        assert_eq!(produce_request(&wire).headers, 2);
+        // Groups nested past the limit, or not closed, or closed by another number.
+        let deep = [0x7b].repeat(MAX_GROUP_DEPTH as usize + 1);
+        assert!(produce_request(&deep).malformed);
+        assert!(produce_request(&[0x7b, 0x84, 0x01]).malformed);
     }
 
     proptest::proptest! {

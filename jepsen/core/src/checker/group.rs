@@ -27,8 +27,9 @@
 //!   ownership handed out: above its last record of that partition plus one, or any offset
 //!   when it handed out nothing of it yet.
 //! - **fenced-commit**: an acknowledged commit of a partition by a member incarnation whose
-//!   ownership of it began before another incarnation's ownership of it was opened (that
-//!   poll's completion) and before the commit was invoked: the partition had changed hands
+//!   ownership of it was opened (its poll's completion) before another incarnation's poll
+//!   that opened an ownership of it was invoked, that poll having completed before the
+//!   commit was invoked: the partition had changed hands
 //!   meanwhile (a partition has one owner at a time, and a member cannot lose it and win it
 //!   back within one call; [`crate::history::Membership`]), so the member had lost it (left
 //!   silent past its session timeout, or fenced) and the coordinator must refuse its commit.
@@ -425,7 +426,7 @@ impl Rules {
         let Some(other) = self.ownerships.iter().find(|o| {
             o.partition == c.partition
                 && (o.member, o.incarnation) != (mine.member, mine.incarnation)
-                && o.opened_by > mine.opened_by
+                && o.start > mine.opened_by
                 && o.opened_by < invoke
         }) else {
             return;
