@@ -222,7 +222,13 @@ mod tests {
 
     #[test]
     fn malformed_input_is_refused_without_a_panic() {
-        for wire in [&[0xff; 11][..], &[0x1a, 0x05, 0x00], &[0x1b], &[0x09, 1, 2], &[0x7c]] {
+        for wire in [
+            &[0xff; 11][..],
+            &[0x1a, 0x05, 0x00],
+            &[0x1b],
+            &[0x09, 1, 2],
+            &[0x7c],
+        ] {
             assert!(produce_request(wire).over_limit().is_some(), "{wire:?}");
             assert!(record_list(wire).over_limit().is_some(), "{wire:?}");
         }
@@ -237,7 +243,11 @@ mod tests {
         wire.extend([0x1a, 0x00].repeat(MAX_RECORDS + 1));
         assert_eq!(produce_request(&wire).records, MAX_RECORDS + 1);
         let decoded = ProduceRequest::decode(&wire[..]).unwrap();
-        assert_eq!(decoded.records.len(), MAX_RECORDS + 1, "prost decodes them all");
+        assert_eq!(
+            decoded.records.len(),
+            MAX_RECORDS + 1,
+            "prost decodes them all"
+        );
         // Nested groups, and one holding a field of each kind, skipped whole.
         let mut body = vec![0x13, 0x1b, 0x08, 0x01, 0x1c, 0x14];
         body.extend([0x0a, 0x00].repeat(3));
