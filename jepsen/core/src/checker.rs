@@ -771,39 +771,43 @@ fn vanished(out: &mut CheckResult, value: u64, p: &Produce, o: u64, read_at: u64
     let partition = p.partition;
     let acked = p.completion.unwrap_or(p.invoke);
     out.lost.push(|| {
-        let mut events = events_of(p);
-        events.push(read_at);
-        Anomaly {
-            events,
-            partition,
-            offsets: vec![o],
-            values: vec![value],
-            explanation: format!(
-                "value {value} acknowledged at offset {o} of partition {partition} (event \
-                 {acked}) was read there (event {read_at}), but the final read of partition \
-                 {partition} does not hold it: the log lost it after it was read"
-            ),
-        }
+        let explanation = format!(
+            "value {value} acknowledged at offset {o} of partition {partition} (event {acked}) \
+             was read there (event {read_at}), but the final read of partition {partition} \
+             does not hold it: the log lost it after it was read"
+        );
+        read_anomaly(p, read_at, (partition, o, value), explanation)
     });
+}
+
+/// An anomaly about value `value` of produce `p`, at `offset` of `partition`, shown by the
+/// read `read` (its events: the produce's, then the read's).
+fn read_anomaly(
+    p: &Produce,
+    read: u64,
+    (partition, offset, value): (u32, u64, u64),
+    explanation: String,
+) -> Anomaly {
+    let mut events = events_of(p);
+    events.push(read);
+    Anomaly {
+        events,
+        partition,
+        offsets: vec![offset],
+        values: vec![value],
+        explanation,
+    }
 }
 
 /// Value `value`'s produce failed (definitely not written), yet a read found it (`s`).
 fn read_after_failure(out: &mut CheckResult, value: u64, p: &Produce, s: &Seen) {
     let (partition, offset, by) = (s.partition, s.offset, s.event);
     out.aborted.push(|| {
-        let mut events = events_of(p);
-        events.push(by);
-        Anomaly {
-            events,
-            partition,
-            offsets: vec![offset],
-            values: vec![value],
-            explanation: format!(
-                "value {value}'s produce failed (definitely not written), yet a \
-                 read (event {by}) found it at offset {offset} of partition \
-                 {partition}"
-            ),
-        }
+        let explanation = format!(
+            "value {value}'s produce failed (definitely not written), yet a read (event {by}) \
+             found it at offset {offset} of partition {partition}"
+        );
+        read_anomaly(p, by, (partition, offset, value), explanation)
     });
 }
 
