@@ -22,10 +22,10 @@ use fjord_client::security::{AclEntry, Operation, PatternType, Permission, Resou
 use fjord_client::{Client, ClientError, ProducerConfig, ProducerRecord};
 use fjord_proto::v1::fjord_client::FjordClient;
 use fjord_proto::v1::{
-    CommitOffsetsRequest, DescribeGroupRequest, FetchOffsetsRequest, FetchRequest,
-    FindCoordinatorRequest, GroupHeartbeatRequest, InitProducerRequest, MetadataRequest,
-    OffsetCommit, ProduceRequest, Record, ResetOffsetsRequest, Subscription, TopicPartitions,
-    reset_offsets_request,
+    CommitOffsetsRequest, DescribeGroupRequest, DescribeGroupResponse, FetchOffsetsRequest,
+    FetchRequest, FindCoordinatorRequest, GroupHeartbeatRequest, InitProducerRequest,
+    MetadataRequest, OffsetCommit, ProduceRequest, Record, ResetOffsetsRequest, Subscription,
+    TopicPartitions, reset_offsets_request,
 };
 use fjord_tests::group::reads_led_elsewhere;
 use fjord_tests::secure::{client_as, client_at, restart_secure, start_secure, with_token};
@@ -453,6 +453,21 @@ async fn acl_everywhere(cluster: &Cluster, admin: &Client, entry: &AclEntry, pre
 }
 
 /// The coordinator of `group` as `token` finds it, polled until one answers.
+/// Group `group` as `token` sees it (DescribeGroup at its coordinator).
+async fn describe(coordinator: &str, group: &str, token: &str) -> DescribeGroupResponse {
+    stub(coordinator)
+        .await
+        .describe_group(with_token(
+            DescribeGroupRequest {
+                group: group.into(),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn coordinator_of(cluster: &Cluster, group: &str, token: &str) -> String {
     let node = cluster.brokers()[0].clone();
     wait_for(&format!("the coordinator of {group}"), DEADLINE, || async {
@@ -669,29 +684,13 @@ async fn resets_and_offsets_are_checked_per_topic(cluster: &Cluster, admin: &Cli
         .expect("topics carol may not describe are left out, existing or not")
         .into_inner();
     assert!(named.offsets.is_empty(), "{named:?}");
-    let described = stub(&coordinator)
-        .await
-        .describe_group(with_token(
-            DescribeGroupRequest { group: "r".into() },
-            carol,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let described = describe(&coordinator, "r", carol).await;
     let topics: Vec<&str> = described.offsets.iter().map(|o| o.topic.as_str()).collect();
     assert_eq!(topics, ["a"]);
     // The lag in time of `a` (which carol reads) is read, from whichever node leads it.
     assert!(described.offsets[0].lag_ms.is_some(), "{described:?}");
     // The admin sees both.
-    let described = stub(&coordinator)
-        .await
-        .describe_group(with_token(
-            DescribeGroupRequest { group: "r".into() },
-            &admin_token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let described = describe(&coordinator, "r", &admin_token).await;
     assert_eq!(described.offsets.len(), 2, "{described:?}");
 }
 
@@ -754,15 +753,7 @@ async fn subscriptions_are_checked(cluster: &Cluster, admin: &Client, carol: &st
         .map(|t| t.topic.as_str())
         .collect();
     assert_eq!(topics, ["a"]);
-    let described = stub(&coordinator)
-        .await
-        .describe_group(with_token(
-            DescribeGroupRequest { group: "p".into() },
-            &admin_token_of(admin),
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let described = describe(&coordinator, "p", &admin_token_of(admin)).await;
     let sub = described.members[0].subscription.clone().unwrap();
     assert_eq!((sub.topics, sub.pattern), (vec!["a".to_string()], None));
     // The admin joins subscribing to `b`: carol's view of the group names no `b` anywhere.
@@ -771,15 +762,7 @@ async fn subscriptions_are_checked(cluster: &Cluster, admin: &Client, carol: &st
         .group_heartbeat(with_token(beat(&["b"], None), &admin_token_of(admin)))
         .await
         .expect("the admin joins group p");
-    let seen = stub(&coordinator)
-        .await
-        .describe_group(with_token(
-            DescribeGroupRequest { group: "p".into() },
-            carol,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let seen = describe(&coordinator, "p", carol).await;
     assert_eq!(seen.members.len(), 2, "{seen:?}");
     for m in &seen.members {
         for tps in [&m.assigned, &m.pending_revocation, &m.target] {

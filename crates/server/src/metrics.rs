@@ -793,6 +793,15 @@ mod tests {
         );
     }
 
+    /// `snapshot` as a scrape renders it (the Prometheus text format).
+    fn scrape_text(snapshot: Snapshot) -> String {
+        let mut scraped = Registry::default();
+        scraped.register_collector(Box::new(snapshot));
+        let mut om = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut om, &scraped).unwrap();
+        to_prometheus_text(&om)
+    }
+
     #[test]
     fn a_group_name_with_quotes_and_backslashes_stays_inside_its_label() {
         let lag = GroupLag {
@@ -803,11 +812,7 @@ mod tests {
             group_lag: vec![("x\",node=\"7".into(), lag), ("a\\".into(), lag)],
             ..Default::default()
         };
-        let mut scraped = Registry::default();
-        scraped.register_collector(Box::new(snapshot));
-        let mut om = String::new();
-        prometheus_client::encoding::text::encode_registry(&mut om, &scraped).unwrap();
-        let text = to_prometheus_text(&om);
+        let text = scrape_text(snapshot);
         assert!(
             text.contains(r#"fjord_consumer_group_lag_records{group="x\",node=\"7"} 1"#),
             "{text}"
@@ -832,11 +837,7 @@ mod tests {
             group_lag: vec![("a".into(), read), ("b".into(), unread)],
             ..Default::default()
         };
-        let mut scraped = Registry::default();
-        scraped.register_collector(Box::new(snapshot));
-        let mut om = String::new();
-        prometheus_client::encoding::text::encode_registry(&mut om, &scraped).unwrap();
-        let text = to_prometheus_text(&om);
+        let text = scrape_text(snapshot);
         assert!(
             text.contains("fjord_consumer_group_lag_records{group=\"b\"} 2"),
             "{text}"

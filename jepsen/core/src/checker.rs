@@ -735,19 +735,11 @@ fn unread_ack(
     };
     match max_read {
         Some((m, by)) if m > o => out.lost.push(|| {
-            let mut events = events_of(p);
-            events.push(by);
-            Anomaly {
-                events,
-                partition,
-                offsets: vec![o],
-                values: vec![value],
-                explanation: format!(
-                    "value {value} acknowledged at offset {o} of partition \
-                     {partition} (event {acked}) {never_read}, though a read \
-                     (event {by}) reached offset {m}"
-                ),
-            }
+            let explanation = format!(
+                "value {value} acknowledged at offset {o} of partition {partition} (event \
+                 {acked}) {never_read}, though a read (event {by}) reached offset {m}"
+            );
+            read_anomaly(p, by, (partition, o, value), explanation)
         }),
         highest => out.unseen.push(|| Anomaly {
             events: events_of(p),

@@ -122,6 +122,8 @@ impl Timeline {
 #[derive(Default)]
 struct Rules {
     ownerships: Vec<Ownership>,
+    /// Per partition, its ownerships (indices into `ownerships`), in the order they opened.
+    by_partition: HashMap<u32, Vec<usize>>,
     members: HashMap<(u32, u32), MemberState>,
     /// Commits that may have taken effect, by invoke.
     possible: Timeline,
@@ -238,6 +240,10 @@ impl Rules {
                 continue;
             }
             state.open.insert(p, self.ownerships.len());
+            self.by_partition
+                .entry(p)
+                .or_default()
+                .push(self.ownerships.len());
             self.ownerships.push(Ownership {
                 member: key.0,
                 incarnation: key.1,
@@ -423,9 +429,9 @@ impl Rules {
             return;
         }
         let invoke = op.invoke.index;
-        let Some(other) = self.ownerships.iter().find(|o| {
-            o.partition == c.partition
-                && (o.member, o.incarnation) != (mine.member, mine.incarnation)
+        let of_partition = self.by_partition.get(&c.partition).into_iter().flatten();
+        let Some(other) = of_partition.map(|&at| &self.ownerships[at]).find(|o| {
+            (o.member, o.incarnation) != (mine.member, mine.incarnation)
                 && o.start > mine.opened_by
                 && o.opened_by < invoke
         }) else {
