@@ -93,6 +93,11 @@ pub enum ClientError {
     /// The producer was shut down before the record was acknowledged. Fatal.
     #[error("producer is closed")]
     Closed,
+    /// The producer's task for the record's partition stopped (its runtime shut down, or it
+    /// panicked) before the record's outcome was known: the record may have been written.
+    /// Fatal for this record; the producer replaces the task for later records.
+    #[error("outcome unknown: {0}")]
+    Abandoned(String),
     /// The server answered with a status the client has no better name for. Fatal.
     #[error("server error ({code:?}): {message}")]
     Server { code: Code, message: String },
@@ -206,7 +211,7 @@ impl ClientError {
     pub fn is_outcome_unknown(&self) -> bool {
         matches!(
             self,
-            ClientError::Timeout(_) | ClientError::Transport { .. }
+            ClientError::Timeout(_) | ClientError::Transport { .. } | ClientError::Abandoned(_)
         )
     }
 

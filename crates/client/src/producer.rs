@@ -121,11 +121,21 @@ impl Future for Delivery {
     type Output = Result<RecordMetadata, ClientError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // A dropped sender means the partition task is gone (runtime shut down, or a panic).
+        // A dropped sender means the partition task is gone (runtime shut down, or a panic),
+        // perhaps after sending the record: its outcome is unknown, not refused.
         Pin::new(&mut self.rx)
             .poll(cx)
-            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+            .map(|r| r.unwrap_or_else(|_| Err(abandoned())))
     }
+}
+
+/// What a [`Delivery`] whose partition task is gone resolves to.
+fn abandoned() -> ClientError {
+    ClientError::Abandoned(
+        "the producer's task for this partition stopped (runtime shut down or a panic) \
+         before the record was acknowledged; it may have been written"
+            .into(),
+    )
 }
 
 // ---- pure decisions ------------------------------------------------------------------------
@@ -902,6 +912,17 @@ async fn send_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_delivery_whose_task_is_gone_is_an_unknown_outcome() {
+        // The partition task may have sent the record before it stopped: "closed" would tell
+        // the caller it was not written.
+        let (reply, rx) = oneshot::channel::<Result<RecordMetadata, ClientError>>();
+        drop(reply);
+        let e = Delivery { rx }.await.unwrap_err();
+        assert!(matches!(e, ClientError::Abandoned(_)), "{e:?}");
+        assert!(e.is_outcome_unknown() && !e.is_retryable(), "{e:?}");
+    }
 
     fn limits(max_bytes: usize, max_records: usize, linger_ms: u64) -> BatchLimits {
         BatchLimits {
