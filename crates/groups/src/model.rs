@@ -40,15 +40,40 @@ pub struct TopicInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TopicsView {
     pub by_name: BTreeMap<String, TopicInfo>,
+    /// Every topic id below this one was handed out by the metadata this view was taken
+    /// from (ids are never reused): an id below it that `by_name` lacks was deleted; one at
+    /// or above it may be a topic this view has not learned of yet.
+    pub next_id: TopicId,
 }
 
 impl TopicsView {
+    /// A view of `topics`, knowing of no topic id above the largest of theirs.
     pub fn new(topics: impl IntoIterator<Item = (String, TopicId, u32)>) -> Self {
-        TopicsView {
-            by_name: topics
-                .into_iter()
-                .map(|(name, id, partitions)| (name, TopicInfo { id, partitions }))
-                .collect(),
+        let by_name: BTreeMap<String, TopicInfo> = topics
+            .into_iter()
+            .map(|(name, id, partitions)| (name, TopicInfo { id, partitions }))
+            .collect();
+        let next_id = by_name
+            .values()
+            .map(|t| t.id.saturating_add(1))
+            .max()
+            .unwrap_or(0);
+        TopicsView { by_name, next_id }
+    }
+
+    /// The view, knowing that the metadata handed out every id below `next_id`.
+    pub fn with_next_id(mut self, next_id: TopicId) -> Self {
+        self.next_id = self.next_id.max(next_id);
+        self
+    }
+
+    /// Whether `tp` is known to be gone: its topic was deleted (an id this view's metadata
+    /// handed out, no longer there), or the topic has fewer partitions. A topic id this
+    /// view never saw is not gone: the view may be behind the metadata that created it.
+    pub fn is_gone(&self, tp: Tp) -> bool {
+        match self.by_name.values().find(|t| t.id == tp.topic) {
+            Some(t) => t.partitions <= tp.partition,
+            None => tp.topic < self.next_id,
         }
     }
 

@@ -351,9 +351,10 @@ pub fn delete(group: Option<&Group>, name: &str) -> Result<Vec<GroupRecord>, Gro
 /// - in an empty group, an offset expires once `retention_ms` passed since the later of the
 ///   group becoming empty and the offset's commit (an admin commit to a long-empty group lives
 ///   a whole retention);
-/// - once every offset expired, an empty group that overrides nothing ([`crate::config`]) is
-///   deleted; one with overrides stays, without offsets;
-/// - offsets of topics (or partitions) that no longer exist go at once.
+/// - once every offset expired (or at once, if it holds none), an empty group that overrides
+///   nothing ([`crate::config`]) is deleted; one with overrides stays, without offsets;
+/// - offsets of topics (or partitions) that no longer exist go at once; a topic the view does
+///   not know of yet (a coordinator whose metadata is behind) is not one of them.
 pub fn expire(
     group: &Group,
     topics: &TopicsView,
@@ -369,14 +370,15 @@ pub fn expire(
         .offsets
         .iter()
         .filter(|(tp, c)| {
-            topics.partitions_of(tp.topic) <= tp.partition
-                || empty_since.is_some_and(|t| past(t.max(c.commit_time_ms)))
+            topics.is_gone(**tp) || empty_since.is_some_and(|t| past(t.max(c.commit_time_ms)))
         })
         .map(|(tp, _)| *tp)
         .collect();
-    let deleted = empty_since.is_some_and(past)
-        && gone.len() == group.offsets.len()
-        && group.config.is_default();
+    // An empty group with nothing left to keep goes at once (Kafka drops such a group at its
+    // next cleanup): waiting out the retention would let joins and leaves under many names
+    // hold the coordinator's group slots for days.
+    let deleted =
+        empty_since.is_some() && gone.len() == group.offsets.len() && group.config.is_default();
     if deleted {
         return Work::new(Some(group), &group.name).delete();
     }
@@ -393,6 +395,55 @@ pub fn expire(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_group_without_offsets_goes_at_the_next_pass() {
+        let mut g = Group::new("g");
+        g.meta.empty_since_ms = Some(1_000);
+        let records = expire(&g, &TopicsView::default(), 1_001, 7 * 86_400_000);
+        assert!(
+            records
+                .iter()
+                .any(|r| matches!(r, GroupRecord::GroupGone { .. })),
+            "{records:?}"
+        );
+    }
+
+    #[test]
+    fn offsets_of_a_topic_the_view_has_not_learned_of_are_kept() {
+        // A coordinator whose metadata is behind (restarted, cut off from the metadata
+        // leader) must not take a topic created since for a deleted one.
+        let mut g = Group::new("g");
+        g.meta.empty_since_ms = Some(1_000);
+        for topic in [1, 5] {
+            g.offsets.insert(
+                Tp::new(topic, 0),
+                Committed {
+                    offset: 7,
+                    metadata: String::new(),
+                    commit_time_ms: 1_000,
+                },
+            );
+        }
+        let behind = TopicsView::new([("a".to_string(), 1, 1), ("b".to_string(), 2, 1)]);
+        assert_eq!(behind.next_id, 3);
+        assert!(
+            expire(&g, &behind, 2_000, 60_000).is_empty(),
+            "topic 5 is news"
+        );
+
+        // The same view once its metadata handed out id 5 and more: topic 5 was deleted.
+        let after = behind.with_next_id(9);
+        let records = expire(&g, &after, 2_000, 60_000);
+        let gone: Vec<Tp> = records
+            .iter()
+            .filter_map(|r| match r {
+                GroupRecord::OffsetGone { tp, .. } => Some(*tp),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(gone, [Tp::new(5, 0)], "{records:?}");
+    }
 
     #[test]
     fn a_reset_by_time_moves_to_the_offset_found_or_the_end_within_bounds() {

@@ -201,6 +201,7 @@ pub fn topics_view(state: &fjord_meta::MetaState) -> TopicsView {
             .filter(|t| !t.name.starts_with(fjord_groups::INTERNAL_TOPIC_PREFIX))
             .map(|t| (t.name.clone(), t.id, t.partitions.len() as u32)),
     )
+    .with_next_id(state.next_topic_id)
 }
 
 impl Coordinator {
