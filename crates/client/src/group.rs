@@ -304,6 +304,32 @@ impl Client {
         }
     }
 
+    /// One attempt of a coordinator call, not retried: for an asynchronous commit, whose retry
+    /// could land after a later commit and move the offset back (Kafka's `commitAsync` does
+    /// not retry either).
+    pub(crate) async fn coordinator_call_once<T, F, Fut>(
+        &self,
+        group: &str,
+        cached: &mut Option<String>,
+        f: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnOnce(crate::client::Stub, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let timeout = self.request_timeout();
+        let address = match cached.clone() {
+            Some(a) => a,
+            None => self.find_coordinator(group).await?,
+        };
+        let result = self.call(&address, timeout, |c| f(c, timeout)).await;
+        *cached = match &result {
+            Ok(_) => Some(address),
+            Err(err) => err.leader_hint().and_then(|h| h.address.clone()),
+        };
+        result
+    }
+
     /// Every group, from every coordinator partition (each node lists those it holds a
     /// replica of; the rest are asked of other nodes).
     pub async fn list_groups(&self) -> Result<Vec<GroupListing>, ClientError> {
@@ -1129,7 +1155,9 @@ impl GroupConsumer {
     }
 
     /// Commits in the background what was handed out so far; the returned handle says how
-    /// it went. The member's own state learns of it only through later commits.
+    /// it went. The member's own state learns of it only through later commits. Sent once,
+    /// never retried (a retry could land after a later commit and move the offset back): a
+    /// failed asynchronous commit is made good by the next commit.
     pub fn commit_async(&self) -> tokio::task::JoinHandle<Result<(), ClientError>> {
         let offsets: Vec<v1::OffsetCommit> = self
             .owned
@@ -1159,9 +1187,8 @@ impl GroupConsumer {
                 return Ok(());
             }
             client
-                .coordinator_call(&group, &mut cached, |mut c, t| {
-                    let req = req.clone();
-                    async move { c.commit_offsets(request(req, t)).await }
+                .coordinator_call_once(&group, &mut cached, |mut c, t| async move {
+                    c.commit_offsets(request(req, t)).await
                 })
                 .await
                 .map(|_| ())
