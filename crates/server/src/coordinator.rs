@@ -590,10 +590,14 @@ impl Runner {
                     continue;
                 }
             };
-            let lookups = Lookups {
-                hws: self.high_watermarks(&job.op, &topics).await,
-                resets,
+            let hws = match self.high_watermarks(&job.op, &topics).await {
+                Ok(h) => h,
+                Err(e) => {
+                    answers.push((job, Err(e)));
+                    continue;
+                }
             };
+            let lookups = Lookups { hws, resets };
             let decided = self.decide(&job.op, group, &topics, now_ms, held, &lookups);
             let result = match decided {
                 Ok((Answer::Heartbeat(a), recs)) if may_hold(&job.op, &a, &recs) => {
@@ -715,30 +719,43 @@ impl Runner {
         }
     }
 
-    /// The high watermarks a commit or reset needs.
-    async fn high_watermarks(&mut self, op: &Op, topics: &TopicsView) -> BTreeMap<Tp, u64> {
+    /// The high watermarks a commit or reset needs; an error when an offset is above what
+    /// this node knows and the partition's leader could not confirm it (an election, a
+    /// leader out of reach): the commit is then retryable, not out of range.
+    async fn high_watermarks(
+        &mut self,
+        op: &Op,
+        topics: &TopicsView,
+    ) -> Result<BTreeMap<Tp, u64>, ApiError> {
         let wanted: Vec<(Tp, u64)> = match op {
             Op::Commit(c) => c.offsets.iter().map(|o| (o.tp, o.offset)).collect(),
-            _ => return BTreeMap::new(),
+            _ => return Ok(BTreeMap::new()),
         };
         let mut out = BTreeMap::new();
         for (tp, offset) in wanted {
-            if let Some(hw) = self.hw_at_least(tp, offset, topics).await {
+            if let Some(hw) = self.hw_at_least(tp, offset, topics).await? {
                 out.insert(tp, hw);
             }
         }
-        out
+        Ok(out)
     }
 
     /// A high watermark of `tp` at least `offset` if there is one, else the partition's
-    /// current one; `None` if the partition does not exist or cannot be asked.
-    async fn hw_at_least(&mut self, tp: Tp, offset: u64, topics: &TopicsView) -> Option<u64> {
+    /// current one as its leader (this node, or the leader asked) knows it; `None` if the
+    /// partition does not exist; an error if `offset` is above what this node knows and
+    /// the leader could not be asked.
+    async fn hw_at_least(
+        &mut self,
+        tp: Tp,
+        offset: u64,
+        topics: &TopicsView,
+    ) -> Result<Option<u64>, ApiError> {
         if topics.partitions_of(tp.topic) <= tp.partition {
-            return None;
+            return Ok(None);
         }
         let known = self.hw.get(&tp).copied().unwrap_or(0);
         if offset <= known {
-            return Some(known);
+            return Ok(Some(known));
         }
         let gid = group_id(tp.topic, tp.partition);
         let local = self.node.partition(gid);
@@ -747,40 +764,41 @@ impl Runner {
             best = best.max(h.shared().high_watermark());
         }
         let leads = local.as_ref().is_some_and(|h| h.is_leader());
-        if offset > best
-            && !leads
-            && let Some(remote) = self.remote_hw(tp, topics).await
-        {
-            best = best.max(remote);
+        if offset > best && !leads {
+            best = best.max(self.remote_hw(tp, topics).await?);
         }
         self.hw.insert(tp, best);
-        Some(best)
+        Ok(Some(best))
     }
 
     /// Asks the partition's leader, another node, for its high watermark over the
     /// node-to-node service ([`crate::partition_read`]: the peer port, this node's identity;
     /// the committer's rights were checked before the commit reached the runner). Any
     /// replica's high watermark is committed, so it never lets an offset past the end.
-    async fn remote_hw(&self, tp: Tp, topics: &TopicsView) -> Option<u64> {
-        let name = topics.name_of(tp.topic)?.to_string();
+    async fn remote_hw(&self, tp: Tp, topics: &TopicsView) -> Result<u64, ApiError> {
+        let Some(name) = topics.name_of(tp.topic).map(str::to_string) else {
+            return Err(ApiError::UnknownTopic(format!("topic id {}", tp.topic)));
+        };
+        let of = crate::error::Subject::Partition {
+            topic: name.clone(),
+            partition: tp.partition,
+        };
         let view = self.node.view();
-        let leader = view
+        let Some(leader) = view
             .state
-            .topic(&name)?
-            .partitions
-            .get(tp.partition as usize)?
-            .leader?;
+            .topic(&name)
+            .and_then(|t| t.partitions.get(tp.partition as usize))
+            .and_then(|p| p.leader)
+        else {
+            return Err(ApiError::no_leader(of, NoLeaderCause::NotKnown));
+        };
         let req = fjord_raft::peer::wire::PartitionRead {
             group_id: group_id(tp.topic, tp.partition),
             offset_for_time: None,
             record_time_at: None,
         };
-        let of = crate::error::Subject::Partition {
-            topic: name,
-            partition: tp.partition,
-        };
-        let r = crate::partition_read::ask(&self.node, leader, of, req).await;
-        r.ok().map(|r| r.high_watermark)
+        let r = crate::partition_read::ask(&self.node, leader, of, req).await?;
+        Ok(r.high_watermark)
     }
 
     fn decide(
