@@ -110,6 +110,11 @@ pub enum ClientError {
     /// does so by itself; a commit that got this was not written.
     #[error("member fenced: {0}")]
     MemberFenced(String),
+    /// A newer member joined the group with this member's instance id (a second process given
+    /// the same `instance_id`): this consumer owns nothing and must not rejoin with it. Fatal:
+    /// every later poll of the consumer fails with it (Kafka's FENCED_INSTANCE_ID).
+    #[error("instance fenced: {0}")]
+    InstanceFenced(String),
     /// An offset commit sent with an epoch older than its partition's assignment: retry after
     /// the next heartbeat.
     #[error("stale member epoch: {0}")]
@@ -250,6 +255,7 @@ impl ClientError {
                     ClientError::MemberFenced(message)
                 }
                 Some("STALE_MEMBER_EPOCH") => ClientError::StaleMemberEpoch(message),
+                Some("FENCED_INSTANCE_ID") => ClientError::InstanceFenced(message),
                 _ => ClientError::FailedPrecondition(message),
             },
             Code::ResourceExhausted

@@ -205,6 +205,8 @@ pub struct GroupConsumer {
     /// A partition's fatal fetch error, held back while other partitions' records were handed
     /// out; the next `poll` returns it.
     deferred: Option<ClientError>,
+    /// Set once a newer member took this one's instance id: every later poll fails with it.
+    fenced_for_good: Option<ClientError>,
 }
 
 impl Client {
@@ -233,6 +235,7 @@ impl Client {
             next_commit: now + config.auto_commit_interval,
             sessions: 0,
             deferred: None,
+            fenced_for_good: None,
             config,
         })
     }
@@ -731,6 +734,9 @@ impl GroupConsumer {
                 o.handed = Some(next);
             }
         }
+        if let Some(e) = &self.fenced_for_good {
+            return Err(e.clone());
+        }
         if let Some(e) = self.deferred.take() {
             return Err(e);
         }
@@ -881,6 +887,14 @@ impl GroupConsumer {
                 };
                 self.apply_assignment(assigned).await;
                 Ok(())
+            }
+            Err(e @ ClientError::InstanceFenced(_)) => {
+                // Rejoining with the instance id would take the partitions back from the
+                // member that replaced this one, which would do the same: never.
+                tracing::error!(group = %self.config.group, error = %e, "fenced for good: another member holds this instance id");
+                self.drop_all();
+                self.fenced_for_good = Some(e.clone());
+                Err(e)
             }
             Err(ClientError::MemberFenced(why)) => {
                 tracing::warn!(group = %self.config.group, %why, "fenced: dropping every partition and rejoining");

@@ -13,6 +13,19 @@ pub enum GroupError {
         "member {member:?} is not a member of group {group:?}: rejoin the group with member epoch 0"
     )]
     UnknownMember { group: String, member: String },
+    /// A member replaced by a newer member with its instance id (a static member started
+    /// again, or a second process given the same instance id): it must not rejoin with that
+    /// instance id, or the two would take the partitions from each other for ever. Fatal for
+    /// the member (Kafka's FENCED_INSTANCE_ID).
+    #[error(
+        "member {member:?} of group {group:?} was replaced by a newer member with its instance id {instance:?}: \
+         this consumer is fenced for good; give every consumer process its own instance id"
+    )]
+    FencedInstance {
+        group: String,
+        member: String,
+        instance: String,
+    },
     /// The member's epoch is not one the coordinator can accept: it was fenced (for example
     /// after a pause past its session timeout). It must give up its partitions and rejoin.
     #[error(

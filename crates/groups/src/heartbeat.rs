@@ -365,6 +365,18 @@ fn join(
         .as_deref()
         .and_then(|i| w.group.member_by_instance(i))
         .cloned();
+    if let Some(old) = &replaced
+        && !req.member_id.is_empty()
+        && old.id != req.member_id
+    {
+        // A member that was replaced rejoining with its old id (a new process comes without
+        // one): taking the place back would start a tug of war between two live processes.
+        return Err(GroupError::FencedInstance {
+            group: req.group.clone(),
+            member: req.member_id.clone(),
+            instance: old.instance_id.clone().unwrap_or_default(),
+        });
+    }
     if let Some(old) = replaced {
         // A static member restarting: it takes the old instance's place as it was.
         let target = w.group.targets.get(&old.id).cloned();
@@ -418,6 +430,15 @@ fn join(
 /// Rule 2.
 fn beat_at(group: &Group, req: &HeartbeatRequest, epoch: u32) -> Result<String, GroupError> {
     let Some(m) = group.members.get(&req.member_id) else {
+        if let Some(instance) = req.instance_id.as_deref()
+            && group.member_by_instance(instance).is_some()
+        {
+            return Err(GroupError::FencedInstance {
+                group: req.group.clone(),
+                member: req.member_id.clone(),
+                instance: instance.to_string(),
+            });
+        }
         return Err(GroupError::UnknownMember {
             group: req.group.clone(),
             member: req.member_id.clone(),

@@ -230,6 +230,27 @@ fn a_static_member_restarting_moves_nothing() {
     };
     let err = heartbeat::heartbeat(sim.groups.get("g"), &req, &sim.ctx("x")).unwrap_err();
     assert!(matches!(err, GroupError::UnknownMember { .. }), "{err}");
+    // The old process, still alive, heartbeats with its instance id (as the client does):
+    // told it is fenced for good, not to rejoin.
+    let with_instance = HeartbeatRequest {
+        instance_id: Some("svc-1".into()),
+        ..req.clone()
+    };
+    let err = heartbeat::heartbeat(sim.groups.get("g"), &with_instance, &sim.ctx("x")).unwrap_err();
+    assert!(matches!(err, GroupError::FencedInstance { .. }), "{err}");
+    // Nor may it rejoin under its old member id and take the partitions back (two live
+    // processes with one instance id would take them from each other for ever).
+    let rejoin = HeartbeatRequest {
+        beat: Some(Beat::Join),
+        subscription: Some(Subscription {
+            topics: ["t".to_string()].into(),
+            pattern: None,
+        }),
+        ..with_instance
+    };
+    let err = heartbeat::heartbeat(sim.groups.get("g"), &rejoin, &sim.ctx("x")).unwrap_err();
+    assert!(matches!(err, GroupError::FencedInstance { .. }), "{err}");
+    assert_eq!(sim.clients[&b2].1, before_b, "b2 keeps its partitions");
 }
 
 #[test]

@@ -556,6 +556,7 @@ impl ApiError {
                 match g {
                     G::Invalid { .. } => Code::InvalidArgument,
                     G::UnknownMember { .. }
+                    | G::FencedInstance { .. }
                     | G::FencedMemberEpoch { .. }
                     | G::StaleMemberEpoch { .. }
                     | G::NotOwned { .. }
@@ -579,6 +580,7 @@ impl ApiError {
             ApiError::NotCoordinator { .. } => "NOT_COORDINATOR",
             ApiError::Group(G::UnknownMember { .. }) => "UNKNOWN_MEMBER_ID",
             ApiError::Group(G::FencedMemberEpoch { .. }) => "FENCED_MEMBER_EPOCH",
+            ApiError::Group(G::FencedInstance { .. }) => "FENCED_INSTANCE_ID",
             ApiError::Group(G::StaleMemberEpoch { .. }) => "STALE_MEMBER_EPOCH",
             ApiError::Group(G::NotOwned { .. }) => "PARTITION_NOT_OWNED",
             ApiError::Group(G::NotEmpty { .. }) => "GROUP_NOT_EMPTY",
