@@ -97,10 +97,11 @@ impl Member {
         if let Some(i) = instance {
             cmd.args(["--instance-id", i]);
         }
+        let err = std::fs::File::create(dir.join(format!("{name}.err"))).unwrap();
         let child = cmd
             .stdin(Stdio::null())
             .stdout(file)
-            .stderr(Stdio::null())
+            .stderr(err)
             .spawn()
             .expect("spawning fjord consume");
         Member { child, out }
@@ -154,6 +155,41 @@ async fn produce(client: &Client, from: usize, n: usize) {
             .await
             .unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_the_same_instance_id_fences_the_first_for_good() {
+    let _serial = serial();
+    let cluster = cluster().await;
+    let client = cluster.client();
+    client.create_topic("t", 6, 3).await.unwrap();
+    produce(&client, 0, 100).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Member::start(&cluster, dir.path(), "first", Some("same"));
+    let before = stable(&client, "g", 6, 1).await;
+    caught_up(&client, "g", 100).await;
+
+    // A second process given the same instance id (an operator's copy-paste): it takes the
+    // place over; the first is told it is fenced and stops, instead of rejoining and taking
+    // the partitions back (which the second would then do too, for ever).
+    let second = Member::start(&cluster, dir.path(), "second", Some("same"));
+    let status = wait_for("the first process to stop", DEADLINE, || {
+        let s = first.child.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    assert!(!status.success(), "{status:?}");
+    let stderr = std::fs::read_to_string(dir.path().join("first.err")).unwrap();
+    assert!(stderr.contains("instance fenced"), "{stderr}");
+    let after = stable(&client, "g", 6, 1).await;
+    assert_ne!(after.members[0].member_id, before.members[0].member_id);
+
+    // The second keeps the group to itself: it reads what comes next, under the same id.
+    produce(&client, 100, 100).await;
+    let end = caught_up(&client, "g", 200).await;
+    assert_eq!(end.members.len(), 1, "{:?}", end.members);
+    assert_eq!(end.members[0].member_id, after.members[0].member_id);
+    second.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
