@@ -50,6 +50,10 @@ struct Echo {
 impl PeerHandler for Echo {
     type Error = TestError;
 
+    fn node_id(&self) -> NodeId {
+        9
+    }
+
     fn groups(&self) -> Result<&GroupRegistry, TestError> {
         Ok(&self.groups)
     }
@@ -238,7 +242,14 @@ async fn every_rpc_reaches_the_handler_typed_and_its_errors_keep_their_codes() {
         openraft::alias::VoteOf::<fjord_raft::TypeConfig>::new(1, 1),
         None,
     );
-    let e = peer.vote(12, &vote, TTL).await.unwrap_err();
+    let e = peer.vote(12, 9, &vote, TTL).await.unwrap_err();
     assert_eq!(e.code(), Some(Code::NotFound), "{e}");
     assert!(e.is_unreachable());
+
+    // A Raft message meant for another node (the sender's address for node 3 reaches node
+    // 9): refused before any group sees it, so node 9 cannot answer as node 3 and count
+    // twice towards a majority.
+    let e = peer.vote(12, 3, &vote, TTL).await.unwrap_err();
+    assert!(!e.is_unreachable(), "{e}");
+    assert!(e.to_string().contains("for node 3 reached node 9"), "{e}");
 }

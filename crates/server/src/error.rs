@@ -539,6 +539,7 @@ impl ApiError {
                 // The sender's openraft takes it as an unreachable peer: a lost message.
                 DispatchError::Quiet(_) | DispatchError::Stopped { .. } => Code::Unavailable,
                 DispatchError::Encode { .. } => Code::Internal,
+                DispatchError::Misdirected { .. } => Code::FailedPrecondition,
             },
             ApiError::TransferRefused { .. } => Code::FailedPrecondition,
             ApiError::TransferFailed { .. } => Code::Unavailable,

@@ -29,12 +29,19 @@ pub const MAX_TRANSFER_LAG_ENTRIES: u64 = 32;
 pub struct PeerService {
     slot: crate::NodeSlot,
     identity: Arc<crate::boot::IdentityService>,
+    /// This node's id (its directory's, fixed for the process).
+    node_id: NodeId,
 }
 
 impl PeerService {
     /// The handler of the node that `slot` will hold, whose directory is `identity`.
     pub fn new(slot: crate::NodeSlot, identity: Arc<crate::boot::IdentityService>) -> Self {
-        PeerService { slot, identity }
+        let node_id = identity.identity().node_id;
+        PeerService {
+            slot,
+            identity,
+            node_id,
+        }
     }
 
     /// The running node; a node still checking its data directory takes no group messages.
@@ -47,6 +54,10 @@ impl PeerService {
 
 impl PeerHandler for PeerService {
     type Error = ApiError;
+
+    fn node_id(&self) -> NodeId {
+        self.node_id
+    }
 
     fn groups(&self) -> Result<&GroupRegistry, ApiError> {
         Ok(self.node()?.groups())

@@ -210,13 +210,14 @@ impl<'p> PeerClient<'p> {
     pub async fn append(
         &self,
         group: u64,
+        to: NodeId,
         req: &AppendRequest,
         ttl: Duration,
     ) -> Result<AppendResponse, PeerError> {
         const RPC: &str = "Append";
         let payload = wire::encode_request(req)?;
         let ttl = ttl + work_time(payload.len());
-        let msg = wire::group_message(group, payload);
+        let msg = wire::raft_message(group, to, payload);
         let answer = self
             .call(RPC, ttl, |mut c| async move { c.append(msg).await })
             .await?;
@@ -227,11 +228,12 @@ impl<'p> PeerClient<'p> {
     pub async fn vote(
         &self,
         group: u64,
+        to: NodeId,
         req: &Vote,
         ttl: Duration,
     ) -> Result<VoteReply, PeerError> {
         const RPC: &str = "Vote";
-        let msg = wire::group_message(group, wire::encode_request(req)?);
+        let msg = wire::raft_message(group, to, wire::encode_request(req)?);
         let answer = self
             .call(RPC, ttl, |mut c| async move { c.vote(msg).await })
             .await?;
@@ -242,11 +244,12 @@ impl<'p> PeerClient<'p> {
     pub async fn pre_vote(
         &self,
         group: u64,
+        to: NodeId,
         req: &Vote,
         ttl: Duration,
     ) -> Result<VoteReply, PeerError> {
         const RPC: &str = "PreVote";
-        let msg = wire::group_message(group, wire::encode_request(req)?);
+        let msg = wire::raft_message(group, to, wire::encode_request(req)?);
         let answer = self
             .call(RPC, ttl, |mut c| async move { c.pre_vote(msg).await })
             .await?;
@@ -257,12 +260,13 @@ impl<'p> PeerClient<'p> {
     pub async fn snapshot(
         &self,
         group: u64,
+        to: NodeId,
         vote: &openraft::alias::VoteOf<TypeConfig>,
         snapshot: &Snapshot,
         ttl: Duration,
     ) -> Result<SnapshotReply, PeerError> {
         const RPC: &str = "Snapshot";
-        let msg = wire::group_message(group, wire::encode_snapshot(vote, snapshot)?);
+        let msg = wire::raft_message(group, to, wire::encode_snapshot(vote, snapshot)?);
         let answer = self
             .call(RPC, ttl, |mut c| async move { c.snapshot(msg).await })
             .await?;
@@ -273,11 +277,12 @@ impl<'p> PeerClient<'p> {
     pub async fn transfer_leader(
         &self,
         group: u64,
+        to: NodeId,
         req: &TransferLeader,
         ttl: Duration,
     ) -> Result<TransferLeaderReply, PeerError> {
         const RPC: &str = "TransferLeader";
-        let msg = wire::group_message(group, wire::encode_request(req)?);
+        let msg = wire::raft_message(group, to, wire::encode_request(req)?);
         let answer = self
             .call(
                 RPC,

@@ -114,7 +114,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
                     let last = first.entries.last().map(|e| e.log_id()).or(prev);
                     let result = self
                         .peer()
-                        .append(self.group, &first, ttl)
+                        .append(self.group, self.target, &first, ttl)
                         .await
                         .map(|r| r.into_stream_result(prev, last))
                         .map_err(|e| self.error(e));
@@ -124,7 +124,14 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
             };
             let Some(results) = self
                 .peer()
-                .stream_append(self.group, first, rest, self.purged.clone(), ttl)
+                .stream_append(
+                    self.group,
+                    self.target,
+                    first,
+                    rest,
+                    self.purged.clone(),
+                    ttl,
+                )
                 .await
                 .map_err(|e| self.error(e))?
             else {
@@ -143,7 +150,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
     ) -> Result<AppendEntriesResponse<TypeConfig>, NetErr> {
         let r = self
             .peer()
-            .append(self.group, &rpc, option.hard_ttl())
+            .append(self.group, self.target, &rpc, option.hard_ttl())
             .await;
         r.map_err(|e| self.error(e))
     }
@@ -153,7 +160,10 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, NetErr> {
-        let r = self.peer().vote(self.group, &rpc, option.hard_ttl()).await;
+        let r = self
+            .peer()
+            .vote(self.group, self.target, &rpc, option.hard_ttl())
+            .await;
         r.map_err(|e| self.error(e))
     }
 
@@ -164,7 +174,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
     ) -> Result<VoteResponse<TypeConfig>, NetErr> {
         let r = self
             .peer()
-            .pre_vote(self.group, &rpc, option.hard_ttl())
+            .pre_vote(self.group, self.target, &rpc, option.hard_ttl())
             .await;
         r.map_err(|e| self.error(e))
     }
@@ -179,7 +189,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
         let peer = self.peer();
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
-            r = peer.snapshot(self.group, &vote, &snapshot, option.hard_ttl()) => {
+            r = peer.snapshot(self.group, self.target, &vote, &snapshot, option.hard_ttl()) => {
                 r.map_err(|e| match self.error(e) {
                     RPCError::Unreachable(u) => StreamingError::Unreachable(u),
                     RPCError::Timeout(t) => StreamingError::Timeout(t),
@@ -196,7 +206,7 @@ impl RaftNetworkV2<TypeConfig> for GroupNetwork {
     ) -> Result<TransferLeaderResponse<TypeConfig>, NetErr> {
         let r = self
             .peer()
-            .transfer_leader(self.group, &req, option.hard_ttl())
+            .transfer_leader(self.group, self.target, &req, option.hard_ttl())
             .await;
         r.map_err(|e| self.error(e))
     }

@@ -43,6 +43,18 @@ pub enum DispatchError {
         #[source]
         source: GroupError,
     },
+    /// A Raft request meant for another node reached this one: the sender's address for that
+    /// node reaches this node (its `--peers` edited, an address reused). Answering it would
+    /// let this node count as two voters.
+    #[error(
+        "a message of group {group} for node {to} reached node {this}: the sender's address \
+         for node {to} reaches node {this} (check --peers)"
+    )]
+    Misdirected {
+        group: u64,
+        to: NodeId,
+        this: NodeId,
+    },
     /// The answer could not be encoded (a bug).
     #[error("group {group}: {source}")]
     Encode {
@@ -59,6 +71,9 @@ pub trait PeerHandler: Send + Sync + 'static {
     /// The handler's failures; each answers its request with the status its crate maps it
     /// to. A [`DispatchError`] becomes one.
     type Error: From<DispatchError> + Into<Status> + Send;
+
+    /// This node's id: Raft requests meant for another node are refused.
+    fn node_id(&self) -> NodeId;
 
     /// The groups Raft messages go to; an error while this node takes none (it is starting).
     fn groups(&self) -> Result<&GroupRegistry, Self::Error>;
@@ -119,6 +134,15 @@ impl<H: PeerHandler> PeerServer<H> {
             .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
     }
 
+    /// Refuses a Raft request meant for another node (`to` 0: not said).
+    fn addressed_here(&self, group: u64, to: NodeId) -> Result<(), H::Error> {
+        let this = self.handler.node_id();
+        if to != 0 && to != this {
+            return Err(DispatchError::Misdirected { group, to, this }.into());
+        }
+        Ok(())
+    }
+
     /// This node's replica of `group`.
     fn group(&self, group: u64) -> Result<AnyGroup, H::Error> {
         self.handler
@@ -136,6 +160,7 @@ impl<H: PeerHandler> PeerServer<H> {
         let msg = req.into_inner();
         let group = msg.group_id;
         let answer = async {
+            self.addressed_here(group, msg.to)?;
             let g = self.group(group)?;
             let req = RaftRequest::decode(kind, &msg.payload).map_err(DispatchError::from)?;
             let answer = deliver::deliver(&g, group, req).await?;
@@ -172,6 +197,7 @@ impl<H: PeerHandler> RaftTransport for PeerServer<H> {
             return Ok(Response::new(futures::stream::empty().boxed()));
         };
         let group = first.group_id;
+        self.addressed_here(group, first.to).map_err(status::<H>)?;
         let rest = input
             .take_while(move |m| future::ready(matches!(m, Ok(m) if m.group_id == group)))
             .filter_map(|m| future::ready(m.ok().map(|m| m.payload)));

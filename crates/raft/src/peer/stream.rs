@@ -41,6 +41,7 @@ use tonic::Streaming;
 use super::client::APPEND_MIN_BYTES_PER_SEC;
 use super::client::{PeerClient, PeerError, work_time};
 use super::wire::{self, AppendRequest, StreamResult};
+use crate::NodeId;
 use crate::log_store::PurgeMark;
 
 /// How long a replication stream stays open with nothing to send.
@@ -94,6 +95,7 @@ impl PeerClient<'_> {
     pub async fn stream_append<S>(
         &self,
         group: u64,
+        to: NodeId,
         first: AppendRequest,
         rest: S,
         purged: PurgeMark,
@@ -113,6 +115,7 @@ impl PeerClient<'_> {
         let ends = Ends { dropped, purged };
         let requests = requests(
             group,
+            to,
             first,
             rest,
             ends,
@@ -201,6 +204,7 @@ struct Ends {
 /// `rest` (openraft's request generator) is dropped.
 fn requests<S>(
     group: u64,
+    to: NodeId,
     first: AppendRequest,
     rest: S,
     ends: Ends,
@@ -247,7 +251,7 @@ where
                     let _ = tx.send(due);
                 }
                 Some((
-                    wire::group_message(group, payload),
+                    wire::raft_message(group, to, payload),
                     (None, rest, ends, first_due),
                 ))
             }
@@ -399,7 +403,7 @@ mod tests {
         };
         let (due, _) = oneshot::channel();
         let in_flight = Arc::new(InFlight::default());
-        let reqs = requests(7, first, rest, ends, in_flight, due, STREAM_IDLE);
+        let reqs = requests(7, 2, first, rest, ends, in_flight, due, STREAM_IDLE);
         (reqs, taken, dropped)
     }
 

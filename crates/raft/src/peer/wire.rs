@@ -150,11 +150,21 @@ impl RemoteError {
 /// A Raft RPC's answer as the wire carries it.
 pub type WireResult<T> = Result<T, RemoteError>;
 
-/// A group message of `group` carrying `payload`.
+/// A group message of `group` carrying `payload` (an answer, or one of fjord's own).
 pub fn group_message(group: u64, payload: impl Into<Bytes>) -> pb::GroupMessage {
     pb::GroupMessage {
         group_id: group,
         payload: payload.into(),
+        to: 0,
+    }
+}
+
+/// A Raft request of `group` for node `to`, carrying `payload`.
+pub fn raft_message(group: u64, to: NodeId, payload: impl Into<Bytes>) -> pb::GroupMessage {
+    pb::GroupMessage {
+        group_id: group,
+        payload: payload.into(),
+        to,
     }
 }
 
