@@ -420,6 +420,14 @@ impl Cluster {
             .join(",");
     }
 
+    /// Starts a stopped node again with `peers` as its `--peers` (an operator's edit), in
+    /// place of the cluster's; nodes started later get the cluster's.
+    pub fn restart_with_peers(&mut self, id: u64, peers: &str) {
+        let kept = std::mem::replace(&mut self.peers, peers.to_string());
+        self.restart(id);
+        self.peers = kept;
+    }
+
     /// Starts a stopped or killed node again on its data directory.
     pub fn restart(&mut self, id: u64) {
         let i = self.node_index(id);

@@ -692,3 +692,28 @@ fn flags_beat_environment_which_beats_the_file() {
         "node 1 is not listed in peers (8=",
     );
 }
+
+/// The alert rules select the scrape job `fjord`, and the scrape example names its job so,
+/// scraping the compose file's published metrics ports.
+#[test]
+fn the_scrape_example_names_the_job_the_alerts_select() {
+    let alerts = read("prometheus/alerts.yml");
+    assert!(alerts.contains(r#"up{job="fjord"}"#), "alerts.yml");
+    let scrape = &yaml_docs("prometheus/scrape.yml")[0];
+    let job = &scrape["scrape_configs"][0];
+    assert_eq!(job["job_name"], "fjord", "{scrape}");
+    let targets: Vec<&str> = job["static_configs"][0]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let compose = read("compose/compose.yaml");
+    for t in &targets {
+        let port = t.rsplit(':').next().unwrap();
+        assert!(
+            compose.contains(&format!("{port}:9101")),
+            "{t}: not a metrics port compose.yaml publishes"
+        );
+    }
+}

@@ -1,7 +1,9 @@
 //! The node-to-node service is served on the peer port only: a client that reaches a node's
 //! client port cannot call Append, Vote, MetaWrite, the boot check or ReadPartition (a
 //! coordinator's read of a partition, trusted as a peer's), and the cluster works with its
-//! traffic split over two ports.
+//! traffic split over two ports. A node's Raft request reaching another node than the one
+//! it was meant for (an address edited in `--peers`, or reused) is refused: that node cannot
+//! answer as two voters.
 // Each test holds `serial()` (a std mutex) for its whole run on purpose: tests run on
 // separate threads and runtimes, and must not start clusters at the same time.
 #![allow(clippy::await_holding_lock)]
@@ -102,4 +104,76 @@ async fn the_client_port_does_not_serve_the_node_to_node_service() {
         .await
         .expect("fetch");
     assert_eq!(got.records.len(), 5, "{:?}", got.records);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reached_at_another_node_s_address_does_not_count_twice() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(5).await;
+    let client = cluster.client();
+    client.create_topic("t", 1, 5).await.unwrap();
+    let cp = |c: &fjord_client::Client| {
+        c.producer(
+            "t",
+            ProducerConfig {
+                acks: fjord_client::Acks::Cp,
+                ..ProducerConfig::default()
+            },
+        )
+        .unwrap()
+    };
+    cp(&client)
+        .send(ProducerRecord::new("before"))
+        .await
+        .unwrap();
+
+    // Node 1 comes back with node 2's peer address pointing at node 3 (an operator's edit of
+    // --peers, or an address handed to another machine).
+    cluster.stop(1);
+    let node3_peer = cluster.nodes[cluster.node_index(3)].peer_addr.clone();
+    let peers: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            let addr = if n.id == 2 { &node3_peer } else { &n.peer_addr };
+            format!("{}={addr}", n.id)
+        })
+        .collect();
+    cluster.restart_with_peers(1, &peers.join(","));
+    let node1 = cluster.nodes[cluster.node_index(1)].addr.clone();
+    let cli = cluster.cli();
+    let program = cli.get_program().to_owned();
+    fjord_tests::wait_for("node 1 to serve again", Duration::from_secs(60), || {
+        let ok = std::process::Command::new(&program)
+            .args(["health", "--brokers", &node1])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        async move { ok.then_some(()) }
+    })
+    .await;
+
+    // Only nodes 1 and 3 run: 2 of 5 replicas, no majority. Node 3 must not answer node 1's
+    // requests meant for node 2 as well as its own: then 1, "2" and 3 would be 3 of 5, and
+    // a CP produce would be acknowledged with two copies (it was, before the check).
+    for id in [2, 4, 5] {
+        cluster.kill(id);
+    }
+    let config = fjord_client::ClientConfig {
+        // Long enough for node 1 and node 3 to elect a leader between them, had they a
+        // majority.
+        request_timeout_ms: 5_000,
+        max_retries: 4,
+        ..fjord_client::ClientConfig::default()
+    };
+    let lone = fjord_client::Client::connect(vec![node1.clone()], config).unwrap();
+    let refused = cp(&lone).send(ProducerRecord::new("after")).await;
+    assert!(
+        refused.is_err(),
+        "a CP produce was acknowledged by 2 of 5 replicas: {refused:?}"
+    );
+    let logs = format!("{}{}", cluster.log_text(1), cluster.log_text(3));
+    assert!(
+        logs.contains("for node 2 reached node 3"),
+        "the misdirected requests were not refused by name"
+    );
 }

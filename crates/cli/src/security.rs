@@ -155,9 +155,10 @@ pub async fn run_user(client: Client, out: Output, command: UserCommand) -> anyh
         }
         UserCommand::Delete { name } => {
             client.delete_user(&name).await?;
-            if !out.is_json() {
-                out.line(&format!("deleted User:{name}"))?;
-            }
+            out.emit(
+                || format!("deleted User:{name}"),
+                || serde_json::json!({ "deleted": format!("User:{name}") }).to_string(),
+            )?;
         }
     }
     Ok(())
@@ -168,16 +169,18 @@ pub async fn run_acl(client: Client, out: Output, command: AclCommand) -> anyhow
         AclCommand::Add(args) => {
             let e = args.entry();
             client.add_acl(&e).await?;
-            if !out.is_json() {
-                out.line(&format!("added: {e}"))?;
-            }
+            out.emit(
+                || format!("added: {e}"),
+                || format!("{{\"added\":{}}}", acl_json(&e)),
+            )?;
         }
         AclCommand::Remove(args) => {
             let e = args.entry();
             client.remove_acl(&e).await?;
-            if !out.is_json() {
-                out.line(&format!("removed: {e}"))?;
-            }
+            out.emit(
+                || format!("removed: {e}"),
+                || format!("{{\"removed\":{}}}", acl_json(&e)),
+            )?;
         }
         AclCommand::List { principal } => {
             let entries = client.list_acls(principal.as_deref()).await?;

@@ -44,7 +44,10 @@ pub async fn check(
         .timeout(timeout)
         .connect()
         .await
-        .map_err(|e| ClientError::Config(format!("cannot reach {address}: {e}")))?;
+        .map_err(|e| ClientError::Transport {
+            address: address.to_string(),
+            message: e.to_string(),
+        })?;
     let mut req = tonic::Request::new(HealthCheckRequest {
         service: service.to_string(),
     });
@@ -61,10 +64,6 @@ pub async fn check(
             _ => Health::Unknown,
         }),
         Err(s) if s.code() == tonic::Code::NotFound => Ok(Health::Unknown),
-        Err(s) => Err(ClientError::Config(format!(
-            "{address} did not answer the health check: {}: {}",
-            s.code(),
-            s.message()
-        ))),
+        Err(s) => Err(ClientError::from_status(&s, address)),
     }
 }

@@ -294,6 +294,19 @@ pub fn reset(
             what: "an offset reset",
         });
     }
+    if tps.is_empty() {
+        // Nothing named and nothing committed: most likely a mistyped group name, which
+        // must not pass for a reset done (nor create the group).
+        return Err(match group {
+            None => GroupError::UnknownGroup {
+                group: name.to_string(),
+            },
+            Some(_) => GroupError::invalid(
+                "offset reset",
+                format!("group {name:?} has no committed offsets to reset: name a topic"),
+            ),
+        });
+    }
     if group.is_none() && groups_held >= MAX_GROUPS_PER_COORDINATOR {
         return Err(GroupError::TooManyGroups {
             limit: MAX_GROUPS_PER_COORDINATOR,
@@ -395,6 +408,15 @@ pub fn expire(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reset_with_nothing_to_reset_is_refused() {
+        let e = reset(None, "typo", ResetTo::Earliest, &[], 5, 0).unwrap_err();
+        assert!(matches!(e, GroupError::UnknownGroup { .. }), "{e}");
+        let g = Group::new("g");
+        let e = reset(Some(&g), "g", ResetTo::Earliest, &[], 5, 1).unwrap_err();
+        assert!(matches!(e, GroupError::Invalid { .. }), "{e}");
+    }
 
     #[test]
     fn an_empty_group_without_offsets_goes_at_the_next_pass() {

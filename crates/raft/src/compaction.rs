@@ -80,7 +80,10 @@ pub const MAX_COMPACTION_KEYS: usize = 1_000_000;
 /// Log entries read (and rewritten) per step.
 pub const STEP_ENTRIES: usize = 256;
 
-/// A record's offset and effective timestamp (its own, else its batch's append time).
+/// A record's offset and effective timestamp: its own or its batch's append time, whichever
+/// is later (a record whose producer clock lags, or that carries an old timestamp, is not
+/// taken for older than its place in the log: a tombstone stays `delete_retention_ms` after
+/// it was written at least).
 fn placed(b: &StoredBatch, base: u64, records: &[Record]) -> Vec<(u64, i64)> {
     let deltas: Vec<u64> = match &b.compaction {
         Some(c) => c.offset_deltas.iter().map(|d| u64::from(*d)).collect(),
@@ -90,11 +93,7 @@ fn placed(b: &StoredBatch, base: u64, records: &[Record]) -> Vec<(u64, i64)> {
         .into_iter()
         .zip(records)
         .map(|(d, r)| {
-            let ts = if r.timestamp_ms != 0 {
-                r.timestamp_ms
-            } else {
-                b.append_time_ms
-            };
+            let ts = r.timestamp_ms.max(b.append_time_ms);
             (base + d, ts)
         })
         .collect()
@@ -154,8 +153,11 @@ fn load(
     };
     let raws = store.read_log(group, first.index..=last.index, STEP_ENTRIES * 4, 64 << 20)?;
     if raws.is_empty() {
-        // Purged meanwhile: nothing left to compact here.
-        return Ok((Vec::new(), None));
+        // Purged between the two reads (retention moved the start): these records are gone,
+        // but the batches after them are not: go on after them. Stopping here would leave
+        // the rest of the range unmapped and unrewritten, and yet marked clean.
+        let next = (rows.len() == STEP_ENTRIES).then(|| last.end_offset());
+        return Ok((Vec::new(), next));
     }
     let read_through = raws.last().map_or(0, |(i, _)| *i);
     let next = match rows.iter().find(|r| r.index > read_through) {
@@ -388,5 +390,32 @@ mod tests {
         assert!(keeps(&rec(Some("u"), "", 9_500), 7, 9_500, &latest, &req));
         // At or above upto, everything stays.
         assert!(keeps(&rec(Some("a"), "older", 1), 8, 1, &latest, &req));
+    }
+
+    #[test]
+    fn a_record_is_never_taken_for_older_than_its_batch() {
+        // A tombstone whose producer's clock is a day behind (or mirrored with its old
+        // timestamp) would otherwise vanish at the first pass, before readers behind saw it.
+        let b = StoredBatch {
+            token: 0,
+            producer_id: 0,
+            producer_epoch: 0,
+            base_sequence: 0,
+            record_count: 3,
+            crc32c: 0,
+            append_time_ms: 90_000,
+            max_timestamp_ms: 95_000,
+            records: Bytes::new(),
+            compaction: None,
+        };
+        let records = [
+            rec(Some("t"), "", 1_000),
+            rec(Some("u"), "", 0),
+            rec(Some("v"), "x", 95_000),
+        ];
+        assert_eq!(
+            placed(&b, 40, &records),
+            [(40, 90_000), (41, 90_000), (42, 95_000)]
+        );
     }
 }

@@ -166,13 +166,16 @@ impl TimeRows {
     }
 
     /// After a snapshot replaced the log through log index `index` (its rows are the
-    /// snapshot's): forgets every row; the marker to store is `index + 1`.
+    /// snapshot's): forgets the rows of batches at or below it; the marker to store is
+    /// `index + 1`. Rows of entries after it stay: openraft keeps a follower's entries after
+    /// the snapshot when its entry at `index` matches the snapshot's, and those entries' rows
+    /// are stored by nothing else until a restart rebuilds them.
     pub fn reset(&mut self, index: u64) -> u64 {
-        self.waiting.clear();
-        self.writing.clear();
-        self.batches = 0;
-        self.bytes = 0;
-        self.last = Some(index);
+        self.waiting.retain(|(i, _)| *i > index);
+        for rows in self.writing.values_mut() {
+            rows.retain(|(i, _)| *i > index);
+        }
+        self.last = Some(self.last.map_or(index, |l| l.max(index)));
         let through = index.saturating_add(1);
         self.through = Some(through);
         through
@@ -258,6 +261,29 @@ mod tests {
         assert_eq!(t.reset(9), 10);
         assert_eq!(t.first_at_or_after(i64::MIN), None);
         assert_eq!(t.appended(vec![], 1, 10, 10), None, "the marker is known");
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_rows_of_the_entries_after_it() {
+        // A follower appended entries 3..6; the snapshot it installs ends at 4 and openraft
+        // keeps 5 and 6: their rows are not stored anywhere else.
+        let mut t = TimeRows::new(Some(3));
+        t.appended(
+            vec![
+                (3, row(5, 1)),
+                (4, row(6, 2)),
+                (5, row(7, 3)),
+                (6, row(9, 4)),
+            ],
+            4,
+            40,
+            6,
+        );
+        assert_eq!(t.reset(4), 5);
+        assert_eq!(t.first_at_or_after(i64::MIN), Some(row(7, 3)));
+        assert_eq!(t.first_at_or_after(8), Some(row(9, 4)));
+        let w = t.take_all().expect("the kept rows wait to be stored");
+        assert_eq!((w.rows, w.through), (vec![row(7, 3), row(9, 4)], 7));
     }
 
     #[test]

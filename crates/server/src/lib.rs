@@ -91,24 +91,49 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// connection is closed.
 pub const MAX_PENDING_RESET_STREAMS: usize = 1024;
 
-/// Why a node stopped with an error.
+/// Why a node stopped with an error. Each message holds its cause's (none is a `source`, so
+/// that `{:#}` does not print the cause twice).
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("invalid configuration: {0}")]
-    Config(#[from] ConfigError),
+    Config(ConfigError),
     #[error("cannot open the data directory {dir}: {reason}")]
     Storage { dir: String, reason: String },
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: String, reason: String },
     #[error("cannot start the node: {0}")]
-    Start(#[from] node::StartError),
+    Start(node::StartError),
     /// The boot check refused this data directory, or could not read it.
     #[error("this node must not start on its data directory: {0}")]
-    Boot(#[from] boot::BootError),
+    Boot(boot::BootError),
     #[error("the gRPC server failed: {0}")]
     Serve(String),
     #[error("TLS: {0}")]
-    Tls(#[from] tls::TlsError),
+    Tls(tls::TlsError),
+}
+
+impl From<ConfigError> for ServerError {
+    fn from(e: ConfigError) -> Self {
+        ServerError::Config(e)
+    }
+}
+
+impl From<node::StartError> for ServerError {
+    fn from(e: node::StartError) -> Self {
+        ServerError::Start(e)
+    }
+}
+
+impl From<boot::BootError> for ServerError {
+    fn from(e: boot::BootError) -> Self {
+        ServerError::Boot(e)
+    }
+}
+
+impl From<tls::TlsError> for ServerError {
+    fn from(e: tls::TlsError) -> Self {
+        ServerError::Tls(e)
+    }
 }
 
 /// Runs a node on TCP until `shutdown` completes, then stops it cleanly.
