@@ -58,6 +58,12 @@ pub struct GroupConfig {
     pub retention_notes: Arc<crate::RetentionNotes>,
 }
 
+/// How long a follower may take to receive and durably install a snapshot, beyond its bytes'
+/// transfer time (see `PeerClient::snapshot`). openraft's default (200 ms) is shorter than
+/// one fsync of a slow disk: a follower behind the purge (it can catch up only from a
+/// snapshot) would never finish an install, and its group would stay a replica short.
+pub const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 10_000;
+
 /// Slots of openraft's per-stage latency ring buffers (see [`GroupConfig::raft_config`]).
 const LOG_STAGE_CAPACITY: u64 = 8;
 
@@ -84,6 +90,7 @@ impl GroupConfig {
             election_timeout_max: self.election_timeout_ms * 2,
             max_payload_entries: MAX_PAYLOAD_ENTRIES,
             enable_pre_vote: Some(true),
+            install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
             // openraft allocates, for every group, six ring buffers of this many slots to
             // time log entries through their stages (for its optional runtime statistics,
             // which fjord does not enable). The default of 1,024 costs every idle group

@@ -266,7 +266,9 @@ impl<'p> PeerClient<'p> {
         ttl: Duration,
     ) -> Result<SnapshotReply, PeerError> {
         const RPC: &str = "Snapshot";
-        let msg = wire::raft_message(group, to, wire::encode_snapshot(vote, snapshot)?);
+        let payload = wire::encode_snapshot(vote, snapshot)?;
+        let ttl = ttl + work_time(payload.len());
+        let msg = wire::raft_message(group, to, payload);
         let answer = self
             .call(RPC, ttl, |mut c| async move { c.snapshot(msg).await })
             .await?;
