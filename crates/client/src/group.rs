@@ -219,10 +219,23 @@ impl Client {
             ));
         }
         let now = Instant::now();
+        // A dynamic member names itself (Kafka's KIP-1082): a join whose answer was lost and
+        // that is retried comes back under the same id, instead of leaving behind a second
+        // member that holds partitions until its session times out. Drawn from the OS-seeded
+        // generator, not the client's (which a test may seed alike for every client). A
+        // static member joins without one: its instance id finds its place.
+        let member_id = match config.instance_id {
+            Some(_) => String::new(),
+            None => format!(
+                "c-{:016x}{:016x}",
+                rand::random::<u64>(),
+                rand::random::<u64>()
+            ),
+        };
         Ok(GroupConsumer {
             client: self.clone(),
             coordinator: None,
-            member_id: String::new(),
+            member_id,
             epoch: 0,
             heartbeat_interval: Duration::from_secs(5),
             session_timeout: Duration::from_secs(45),

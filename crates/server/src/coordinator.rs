@@ -61,9 +61,11 @@ use crate::node::Node;
 pub const MAX_QUEUED_REQUESTS: usize = 4_096;
 /// Requests decided together and written as one batch, at most.
 pub const MAX_BATCH_REQUESTS: usize = 256;
-/// Records in one batch written to a coordinator partition, at most (a decision larger than
-/// this, a big group's deletion, is written in several).
-pub const MAX_RECORDS_PER_BATCH: usize = 10_000;
+/// Records in one batch written to a coordinator partition, at most. Batches are cut between
+/// decisions, so that a decision (a commit of up to MAX_OFFSETS_PER_REQUEST offsets with its
+/// group's record, a rebalance) is applied whole or not at all; only a decision larger than
+/// this (a big group's deletion, which a retry completes) is written in several.
+pub const MAX_RECORDS_PER_BATCH: usize = fjord_groups::limits::MAX_OFFSETS_PER_REQUEST + 64;
 /// How often a runner looks for members past their session or rebalance timeout.
 pub const TICK: Duration = Duration::from_millis(250);
 /// How often a runner looks for groups whose offsets expired, at most…
@@ -572,7 +574,7 @@ impl Runner {
         // The batch's own view of each group it touches: the applied group plus the records of
         // the batch's earlier decisions.
         let mut scratch: BTreeMap<String, Option<Group>> = BTreeMap::new();
-        let mut records: Vec<GroupRecord> = Vec::new();
+        let mut decisions: Vec<Vec<GroupRecord>> = Vec::new();
         let mut changed: BTreeSet<String> = BTreeSet::new();
         let mut answers: Vec<(Job, Result<Answer, ApiError>)> = Vec::new();
         for job in jobs {
@@ -617,7 +619,7 @@ impl Runner {
                     if recs.iter().any(GroupRecord::changes_members) {
                         changed.insert(name);
                     }
-                    records.extend(recs);
+                    decisions.push(recs);
                     Ok(answer)
                 }
                 Err(e) => Err(e),
@@ -628,10 +630,10 @@ impl Runner {
             // Every request was held: nothing to write, nobody to answer yet.
             return;
         }
-        let written = if records.is_empty() {
+        let written = if decisions.iter().all(Vec::is_empty) {
             self.handle.linearizable_read().await
         } else {
-            self.write(records, now_ms).await
+            self.write(decisions, now_ms).await
         };
         if written.is_ok() {
             self.wake_groups(&changed);
@@ -1031,13 +1033,14 @@ impl Runner {
         })
     }
 
-    /// Writes `records` to the partition, in batches of at most [`MAX_RECORDS_PER_BATCH`].
+    /// Writes the records of `decisions` to the partition, in batches of at most
+    /// [`MAX_RECORDS_PER_BATCH`] cut between decisions ([`pack`]).
     async fn write(
         &self,
-        records: Vec<GroupRecord>,
+        decisions: Vec<Vec<GroupRecord>>,
         now_ms: i64,
     ) -> Result<(), fjord_raft::GroupError> {
-        for chunk in records.chunks(MAX_RECORDS_PER_BATCH) {
+        for chunk in pack(decisions, MAX_RECORDS_PER_BATCH) {
             let list: Vec<Record> = chunk
                 .iter()
                 .map(|r| {
@@ -1087,7 +1090,7 @@ impl Runner {
         self.wake_due(now);
         let now_ms = self.node.now_ms();
         let due = self.members_due(now);
-        let mut records = Vec::new();
+        let mut decisions: Vec<Vec<GroupRecord>> = Vec::new();
         let mut scratch: BTreeMap<String, Option<Group>> = BTreeMap::new();
         for (group, member) in &due {
             let slot = scratch
@@ -1098,18 +1101,18 @@ impl Runner {
                 for r in &recs {
                     apply_scratch(slot, group, r);
                 }
-                records.extend(recs);
+                decisions.push(recs);
             }
         }
         let retention_ms = self.node.group_offset_retention_ms();
         if self.last_expiry.elapsed() >= expiry_every(retention_ms) {
             self.last_expiry = now;
-            records.extend(self.expired_offsets(&scratch, now_ms, retention_ms));
+            decisions.extend(self.expired_offsets(&scratch, now_ms, retention_ms));
         }
-        if records.is_empty() {
+        if decisions.iter().all(Vec::is_empty) {
             return;
         }
-        match self.write(records, now_ms).await {
+        match self.write(decisions, now_ms).await {
             Ok(()) => {
                 let changed: BTreeSet<String> = scratch.keys().cloned().collect();
                 self.wake_groups(&changed);
@@ -1169,18 +1172,46 @@ impl Runner {
         changed: &BTreeMap<String, Option<Group>>,
         now_ms: i64,
         retention_ms: i64,
-    ) -> Vec<GroupRecord> {
+    ) -> Vec<Vec<GroupRecord>> {
         let topics = topics_view(&self.node.view().state);
         self.handle
             .shared()
             .with_groups(|gs| {
                 gs.iter()
                     .filter(|g| !changed.contains_key(&g.name))
-                    .flat_map(|g| offsets::expire(g, &topics, now_ms, retention_ms))
+                    .map(|g| offsets::expire(g, &topics, now_ms, retention_ms))
+                    .filter(|d| !d.is_empty())
                     .collect()
             })
             .unwrap_or_default()
     }
+}
+
+/// The records of `decisions`, in order, cut into batches of at most `max` records between
+/// decisions; a decision of more than `max` records alone is cut within.
+fn pack(decisions: Vec<Vec<GroupRecord>>, max: usize) -> Vec<Vec<GroupRecord>> {
+    let mut out: Vec<Vec<GroupRecord>> = Vec::new();
+    let mut current: Vec<GroupRecord> = Vec::new();
+    for d in decisions {
+        if !current.is_empty() && current.len() + d.len() > max {
+            out.push(std::mem::take(&mut current));
+        }
+        if d.len() > max {
+            let mut d = d;
+            while d.len() > max {
+                let rest = d.split_off(max);
+                out.push(d);
+                d = rest;
+            }
+            current = d;
+        } else {
+            current.extend(d);
+        }
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
 }
 
 /// Whether `op`'s answer `a`, whose decision writes `records`, may be held back: a heartbeat
@@ -1226,6 +1257,22 @@ fn new_member_id(node: &Node) -> String {
 mod tests {
     use super::*;
     use fjord_groups::limits::{DEFAULT_OFFSET_RETENTION_MS, MIN_OFFSET_RETENTION_MS};
+
+    #[test]
+    fn batches_are_cut_between_decisions() {
+        let r = |i: usize| GroupRecord::GroupGone {
+            group: format!("g{i}"),
+        };
+        let d = |from: usize, n: usize| (from..from + n).map(r).collect::<Vec<_>>();
+        let sizes = |p: Vec<Vec<GroupRecord>>| p.iter().map(Vec::len).collect::<Vec<_>>();
+        // 3 + 4 would pass 5: the second decision starts a batch of its own.
+        assert_eq!(sizes(pack(vec![d(0, 3), d(3, 4), d(7, 1)], 5)), [3, 5]);
+        // One decision of 12 is cut within (5, 5, 2), and the next joins its tail.
+        assert_eq!(sizes(pack(vec![d(0, 12), d(12, 2)], 5)), [5, 5, 4]);
+        let all: Vec<GroupRecord> = pack(vec![d(0, 12), d(12, 2)], 5).concat();
+        assert_eq!(all, d(0, 14), "in order, none lost");
+        assert!(pack(vec![Vec::new()], 5).is_empty());
+    }
 
     #[test]
     fn a_short_retention_is_looked_at_promptly_and_a_long_one_once_a_minute() {
