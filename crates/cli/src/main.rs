@@ -485,6 +485,20 @@ mod tests {
     }
 
     #[test]
+    fn a_node_s_file_may_set_its_log_format_and_no_client_flag() {
+        let base = "id = 1\nlisten = \"0.0.0.0:1\"\ndata_dir = \"d\"\npeers = \"1=a:1\"\n";
+        let (_dir, path) = config_file(&format!("{base}log_format = \"json\"\n"));
+        let cli = parse(&["serve", "--config", &path]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        // The flag beats the file.
+        let cli = parse(&["--log-format", "text", "serve", "--config", &path]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Text);
+        let (_dir, path) = config_file(&format!("{base}brokers = \"a:1\"\n"));
+        let e = parse(&["serve", "--config", &path]).unwrap_err();
+        assert!(e.to_string().contains("unknown key \"brokers\""), "{e}");
+    }
+
+    #[test]
     fn serve_refuses_a_file_it_cannot_use() {
         for (text, says) in [
             ("id = 1\nnot_a_flag = 3\n", "unknown key \"not_a_flag\""),

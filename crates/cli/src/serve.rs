@@ -82,6 +82,9 @@ pub fn with_env(cli: clap::Command) -> clap::Command {
     })
 }
 
+/// The one global flag a config file may set for a node.
+const NODE_GLOBAL_FLAG: &str = "log-format";
+
 /// The command line with the settings of `serve --config FILE` (or `FJORD_CONFIG`) added as
 /// flags, for the keys that neither a flag nor an environment variable sets. Any other command
 /// line comes back unchanged; so does one that does not parse, for clap to report.
@@ -118,7 +121,16 @@ pub fn with_config_file(
         )
     };
     let table = read_table(path).map_err(file_error)?;
-    args.extend(file_args(serve, &table, explicit).map_err(file_error)?);
+    // The flags a node takes: its own, and of the global ones the log format (the others,
+    // --brokers, --format, --token..., are a client's).
+    let flags: Vec<&clap::Arg> = serve
+        .get_arguments()
+        .chain(
+            cli.get_arguments()
+                .filter(|a| a.get_long() == Some(NODE_GLOBAL_FLAG)),
+        )
+        .collect();
+    args.extend(file_args(&flags, &table, explicit).map_err(file_error)?);
     Ok(args)
 }
 
@@ -133,7 +145,7 @@ fn read_table(path: &Path) -> Result<toml::Table, String> {
 /// table or array as the value of a flag is written as on the command line (`peers`:
 /// `1=a:7101,2=b:7101`). Unknown keys are refused, as is `config`.
 pub fn file_args(
-    serve: &clap::Command,
+    serve: &[&clap::Arg],
     table: &toml::Table,
     explicit: impl Fn(&str) -> bool,
 ) -> Result<Vec<OsString>, String> {
@@ -143,7 +155,7 @@ pub fn file_args(
 }
 
 fn add_file_args(
-    serve: &clap::Command,
+    serve: &[&clap::Arg],
     prefix: &str,
     table: &toml::Table,
     explicit: &dyn Fn(&str) -> bool,
@@ -153,7 +165,7 @@ fn add_file_args(
         let key = format!("{prefix}{key}");
         let long = key.replace('_', "-");
         let arg = serve
-            .get_arguments()
+            .iter()
             .find(|a| a.get_long() == Some(long.as_str()) && long != "config");
         let Some(arg) = arg else {
             match value {

@@ -35,6 +35,13 @@ pub fn parse(s: &str) -> Result<TimeArg, String> {
         return parse_ago(rel).map(TimeArg::Ago);
     }
     if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() {
+        if s.len() == 10 {
+            // Seconds since the epoch (today's are 10 digits) read as milliseconds would be
+            // a day in early 1970, and the read would start at the beginning.
+            return Err(format!(
+                "{s:?} looks like seconds since the Unix epoch: give milliseconds ({s}000)"
+            ));
+        }
         return s
             .parse()
             .map(TimeArg::At)
@@ -84,7 +91,12 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
     };
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+    if !(1..=12).contains(&mo)
+        || !(1..=days_in_month(y, mo)).contains(&d)
+        || h > 23
+        || mi > 59
+        || sec > 60
+    {
         return None;
     }
     let mut rest = &s[19..];
@@ -110,6 +122,9 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
             };
             let oh: i64 = rest.get(1..3)?.parse().ok()?;
             let om: i64 = rest.get(4..6)?.parse().ok()?;
+            if oh > 23 || om > 59 {
+                return None;
+            }
             sign * (oh * 60 + om)
         }
         _ => return None,
@@ -117,6 +132,16 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
     let days = days_from_civil(y, mo, d);
     let secs = days * 86_400 + h * 3_600 + mi * 60 + sec - offset_min * 60;
     Some(secs * 1_000 + ms)
+}
+
+/// The days of month `m` (1 to 12) of year `y`.
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -151,6 +176,16 @@ mod tests {
         );
         assert_eq!(parse("1764583200000"), Ok(TimeArg::At(1_764_583_200_000)));
         assert!(parse("2026-13-01T00:00:00Z").is_err());
+        assert!(parse("2026-02-31T00:00:00Z").is_err(), "no 31 February");
+        assert!(
+            parse("2026-02-29T00:00:00Z").is_err(),
+            "2026 is not a leap year"
+        );
+        assert!(parse("1900-02-29T00:00:00Z").is_err(), "nor 1900");
+        assert!(parse("2026-12-01T10:00:00+99:99").is_err());
+        assert!(parse("2026-12-01T10:00:00+24:00").is_err());
+        assert!(parse("1796660549").unwrap_err().contains("seconds"));
+        assert_eq!(parse("3500"), Ok(TimeArg::At(3500)));
         assert!(parse("2026-12-01 10:00").is_err());
         assert!(parse("yesterday").unwrap_err().contains("RFC 3339"));
     }
