@@ -133,8 +133,15 @@ fn check_records(topic: &Topic, records: &[Record]) -> Result<usize, ApiError> {
     Ok(total)
 }
 
+/// How far ahead of the leader's clock a batch's timestamp counts, at most, for the time
+/// index and retention by time (Redpanda's `storage_ignore_timestamps_in_future_sec`, Kafka's
+/// `log.message.timestamp.after.max.ms`): the partition's largest timestamp only grows, so
+/// one record stamped years ahead would otherwise hold retention by time (and the compaction
+/// lag) back for years. Records keep their own timestamps.
+pub const MAX_TIMESTAMP_AHEAD_MS: i64 = 3_600_000;
+
 /// The largest timestamp of `records`, a record without one (0) counting as `append_time_ms`
-/// (as a consumer sees it).
+/// (as a consumer sees it), at most [`MAX_TIMESTAMP_AHEAD_MS`] past `append_time_ms`.
 fn max_timestamp(records: &[Record], append_time_ms: i64) -> i64 {
     records
         .iter()
@@ -147,6 +154,7 @@ fn max_timestamp(records: &[Record], append_time_ms: i64) -> i64 {
         })
         .max()
         .unwrap_or(append_time_ms)
+        .min(append_time_ms.saturating_add(MAX_TIMESTAMP_AHEAD_MS))
 }
 
 /// The records of a request in the simple form, placed and encoded: one batch per partition.
@@ -637,7 +645,23 @@ const TIME_SEARCH_BATCHES: usize = 16;
 
 #[cfg(test)]
 mod tests {
-    use super::unkeyed_partition;
+    use super::{MAX_TIMESTAMP_AHEAD_MS, Record, max_timestamp, unkeyed_partition};
+
+    #[test]
+    fn a_timestamp_far_ahead_counts_at_most_an_hour_ahead() {
+        let at = |ts: i64| Record {
+            timestamp_ms: ts,
+            ..Record::default()
+        };
+        assert_eq!(max_timestamp(&[at(5_000), at(0)], 9_000), 9_000);
+        assert_eq!(max_timestamp(&[at(12_000)], 9_000), 12_000);
+        // One record stamped for the year 292,278,994 would hold retention by time back for
+        // ever (the partition's largest timestamp only grows).
+        assert_eq!(
+            max_timestamp(&[at(i64::MAX), at(1)], 9_000),
+            9_000 + MAX_TIMESTAMP_AHEAD_MS
+        );
+    }
 
     #[test]
     fn unkeyed_records_go_to_the_partitions_this_node_leads_in_turn() {
