@@ -279,7 +279,7 @@ fn describe_text(out: Output, d: &fjord_client::GroupDescription) -> anyhow::Res
             p.partition,
             p.committed_offset.map_or("-".into(), |o| o.to_string()),
             p.high_watermark,
-            p.lag_records,
+            p.lag_records.map_or("?".into(), |l| l.to_string()),
             p.lag_ms.map_or("?".into(), |l| l.to_string()),
             if p.member_id.is_empty() {
                 "-"

@@ -641,7 +641,8 @@ pub struct PartitionLag {
     pub partition: u32,
     pub committed_offset: Option<u64>,
     pub high_watermark: u64,
-    pub lag_records: u64,
+    /// Records not yet consumed (`None`: the high watermark is unknown, not "caught up").
+    pub lag_records: Option<u64>,
     /// The age of the oldest unconsumed record, in ms (`None`: it could not be read).
     pub lag_ms: Option<i64>,
     pub member_id: String,

@@ -329,13 +329,13 @@ pub fn describe_response(d: &Described, topics: &TopicsView) -> pb::DescribeGrou
         .filter_map(|tp| {
             let topic = topics.name_of(tp.topic)?.to_string();
             let committed = g.offsets.get(&tp).map(|c| c.offset);
-            let hw = d.high_watermarks.get(&tp).copied().unwrap_or(0);
+            let hw = d.high_watermarks.get(&tp).copied();
             Some(pb::PartitionOffset {
                 topic,
                 partition: tp.partition,
                 committed_offset: committed,
-                high_watermark: hw,
-                lag_records: hw.saturating_sub(committed.unwrap_or(0)),
+                high_watermark: hw.unwrap_or(0),
+                lag_records: hw.map(|hw| hw.saturating_sub(committed.unwrap_or(0))),
                 member_id: g
                     .owners
                     .get(&tp)

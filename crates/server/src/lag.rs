@@ -86,10 +86,11 @@ pub async fn fill(
 /// Folds what a read found into a partition's entry.
 pub fn apply(o: &mut PartitionOffset, p: Probe, now_ms: i64) {
     o.high_watermark = o.high_watermark.max(p.high_watermark);
-    o.lag_records = o
+    let records = o
         .high_watermark
         .saturating_sub(o.committed_offset.unwrap_or(0));
-    o.lag_ms = lag_ms(o.lag_records, p.oldest_ms, now_ms);
+    o.lag_records = Some(records);
+    o.lag_ms = lag_ms(records, p.oldest_ms, now_ms);
 }
 
 /// The lag in time: 0 with nothing to consume, else the oldest unconsumed record's age (never
@@ -256,7 +257,7 @@ mod tests {
         );
         assert_eq!(
             (o.high_watermark, o.lag_records, o.lag_ms),
-            (10, 6, Some(100))
+            (10, Some(6), Some(100))
         );
     }
 }
