@@ -301,13 +301,28 @@ pub fn allows_some<'a>(
     acls: impl IntoIterator<Item = &'a AclEntry>,
     superusers: &[String],
 ) -> bool {
-    is_superuser(principal, superusers)
-        || acls.into_iter().any(|e| {
-            e.resource_type == kind
-                && e.permission == Permission::Allow
-                && (e.principal == principal || e.principal == ANY_PRINCIPAL)
-                && allows(e.operation, op)
-        })
+    if is_superuser(principal, superusers) {
+        return true;
+    }
+    let mut allowed = false;
+    for e in acls {
+        if e.resource_type != kind || !names_principal(e, principal) {
+            continue;
+        }
+        match e.permission {
+            // A deny of every resource of the type (literal `*`) wins, as in Kafka.
+            Permission::Deny
+                if e.pattern_type == PatternType::Literal
+                    && e.resource_name == ANY_RESOURCE
+                    && (e.operation == op || e.operation == Operation::All) =>
+            {
+                return false;
+            }
+            Permission::Allow if allows(e.operation, op) => allowed = true,
+            _ => {}
+        }
+    }
+    allowed
 }
 
 /// Whether `principal` is one of `superusers`.
@@ -326,10 +341,12 @@ fn applies_to(e: &AclEntry, principal: &str, resource: Resource<'_>) -> bool {
         && name_matches(e, resource)
 }
 
-/// Whether `e`'s pattern matches `resource`'s name; an internal topic only by its literal
-/// name or a prefix that starts with [`INTERNAL_TOPIC_PREFIX`].
+/// Whether `e`'s pattern matches `resource`'s name. An allow reaches an internal topic only by
+/// its literal name or a prefix that starts with [`INTERNAL_TOPIC_PREFIX`] (a grant of every
+/// topic does not open fjord's own); a deny reaches it by any pattern that matches (deny wins).
 fn name_matches(e: &AclEntry, resource: Resource<'_>) -> bool {
-    let internal = resource.resource_type == ResourceType::Topic
+    let internal = e.permission == Permission::Allow
+        && resource.resource_type == ResourceType::Topic
         && resource.name.starts_with(INTERNAL_TOPIC_PREFIX);
     match e.pattern_type {
         PatternType::Literal => {
@@ -707,6 +724,48 @@ mod tests {
             Decision::Allow
         );
         assert_eq!(INTERNAL_TOPIC_PREFIX, "__fjord");
+    }
+
+    #[test]
+    fn a_deny_of_every_topic_reaches_internal_ones_and_refuses_by_type() {
+        let internal = "__fjord_groups";
+        let allow_internal = allow_topic(ALICE, internal, Operation::Read);
+        let deny_all = entry(
+            ALICE,
+            ResourceType::Topic,
+            PatternType::Literal,
+            ANY_RESOURCE,
+            Operation::All,
+            Permission::Deny,
+        );
+        // Deny wins, also over a grant of fjord's own topic.
+        assert!(matches!(
+            authorize(
+                ALICE,
+                Operation::Read,
+                Resource::topic(internal),
+                &[allow_internal.clone(), deny_all.clone()],
+                &[]
+            ),
+            Decision::Deny(DenyReason::DeniedBy(_))
+        ));
+        // Asked of no topic in particular (an idempotent producer's id): a deny of every
+        // topic refuses, as Kafka's check by resource type does; one of a single topic not.
+        let allow_write = allow_topic(ALICE, "orders", Operation::Write);
+        let some = |acls: &[AclEntry]| {
+            allows_some(ALICE, Operation::Write, ResourceType::Topic, acls, &[])
+        };
+        assert!(some(std::slice::from_ref(&allow_write)));
+        assert!(!some(&[allow_write.clone(), deny_all]));
+        let deny_one = entry(
+            ALICE,
+            ResourceType::Topic,
+            PatternType::Literal,
+            "other",
+            Operation::Write,
+            Permission::Deny,
+        );
+        assert!(some(&[allow_write, deny_one]));
     }
 
     #[test]

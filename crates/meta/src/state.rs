@@ -259,6 +259,15 @@ pub enum MetaCommand {
         /// The entry.
         entry: AclEntry,
     },
+    /// Deletes the topic `name` if it is still the one with id `id`: a delete retried after a
+    /// timeout (its first attempt committed) must not delete a topic created since under the
+    /// same name. Rejected as unknown otherwise.
+    DeleteTopicId {
+        /// The topic.
+        name: String,
+        /// Its id when the delete was asked for.
+        id: u32,
+    },
 }
 
 /// Checks a credential's salt and hash lengths.
@@ -381,6 +390,10 @@ impl MetaState {
             MetaCommand::DeleteUser { name } => self.delete_user(name),
             MetaCommand::AddAcl { entry } => self.add_acl(entry),
             MetaCommand::RemoveAcl { entry } => self.remove_acl(entry),
+            MetaCommand::DeleteTopicId { name, id } => match self.topics.get(name.as_str()) {
+                Some(t) if t.id == *id => self.delete_topic(name),
+                _ => Err(MetaError::UnknownTopic { name: clip(name) }),
+            },
         };
         debug_assert_eq!(self.validate(), Ok(()), "invariant broken after {cmd:?}");
         result.unwrap_or_else(MetaResponse::Error)
@@ -389,10 +402,17 @@ impl MetaState {
     fn create_user(&mut self, name: &str, cred: &UserRecord) -> Result<MetaResponse, MetaError> {
         validate_user_name(name)?;
         validate_credential(name, cred)?;
-        if self.users.contains_key(name) {
-            return Err(MetaError::UserExists {
-                name: name.to_string(),
-            });
+        match self.users.get(name) {
+            // The same credential (its salt is drawn afresh for each request): this very
+            // request again, retried after a forward timed out once it had committed. Its
+            // caller must get its token, not "exists" for a user whose secret it threw away.
+            Some(existing) if existing == cred => return Ok(MetaResponse::Ok),
+            Some(_) => {
+                return Err(MetaError::UserExists {
+                    name: name.to_string(),
+                });
+            }
+            None => {}
         }
         if self.users.len() >= MAX_USERS {
             return Err(MetaError::TooManyUsers { max: MAX_USERS });
@@ -1644,8 +1664,50 @@ mod tests {
         assert_eq!(e, MetaError::UnknownTopic { name: "t".into() });
         assert_eq!(e.to_string(), "unknown topic \"t\"");
 
+        // A delete by id, retried after its first attempt committed and the name was taken
+        // again, leaves the new topic alone.
+        let again = topic_of(state.apply(&create("t", 1, 1)));
+        let by_old_id = MetaCommand::DeleteTopicId {
+            name: "t".into(),
+            id: old.id,
+        };
+        assert_eq!(
+            rejected(&mut state, by_old_id),
+            MetaError::UnknownTopic { name: "t".into() }
+        );
+        assert_eq!(state.topic("t").map(|t| t.id), Some(again.id));
+        let by_id = MetaCommand::DeleteTopicId {
+            name: "t".into(),
+            id: again.id,
+        };
+        assert_eq!(state.apply(&by_id), MetaResponse::Ok);
+        assert_eq!(state.topic("t"), None);
+
         let new = topic_of(state.apply(&create("t", 2, 2)));
         assert!(new.id > old.id, "topic id {} reused", new.id);
+    }
+
+    #[test]
+    fn a_create_user_applied_twice_is_one_creation() {
+        let mut state = cluster(1);
+        let cred = |b: u8| crate::acl::UserRecord {
+            salt: vec![b; crate::acl::USER_SALT_BYTES],
+            hash: vec![b; crate::acl::USER_HASH_BYTES],
+        };
+        let create = |b| MetaCommand::CreateUser {
+            name: "bob".into(),
+            credential: cred(b),
+        };
+        assert_eq!(state.apply(&create(1)), MetaResponse::Ok);
+        // The same request retried (its forward timed out after it committed): its caller
+        // gets its token.
+        assert_eq!(state.apply(&create(1)), MetaResponse::Ok);
+        // Another request for the name: refused, the first secret stays.
+        assert_eq!(
+            rejected(&mut state, create(2)),
+            MetaError::UserExists { name: "bob".into() }
+        );
+        assert_eq!(state.users.get("bob"), Some(&cred(1)));
     }
 
     #[test]

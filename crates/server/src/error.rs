@@ -178,6 +178,9 @@ pub enum Invalid {
     ReservedTopic { topic: String, action: &'static str },
     #[error("the request has no {field}")]
     MissingField { field: &'static str },
+    /// An ACL entry the metadata would store but that could never match.
+    #[error("invalid ACL entry: {0}")]
+    Acl(String),
     #[error("{field} {value} is unknown: use one of {names}")]
     UnknownEnum {
         field: &'static str,

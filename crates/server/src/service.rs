@@ -578,13 +578,19 @@ impl Fjord for ClientService {
         let req = req.into_inner();
         caller.require(Operation::Delete, Resource::topic(&req.name))?;
         not_internal(&req.name, "delete")?;
-        Self::meta_result(
-            self.node
-                .meta_write(MetaCommand::DeleteTopic {
-                    name: req.name.clone(),
-                })
-                .await?,
-        )?;
+        // By id when this node knows the topic: the write is retried when its forward times
+        // out, and a retry whose first attempt committed must not delete a topic created
+        // since under the same name.
+        let cmd = match self.node.view().state.topic(&req.name) {
+            Some(t) => MetaCommand::DeleteTopicId {
+                name: req.name.clone(),
+                id: t.id,
+            },
+            None => MetaCommand::DeleteTopic {
+                name: req.name.clone(),
+            },
+        };
+        Self::meta_result(self.node.meta_write(cmd).await?)?;
         // Answer once this node's own view agrees, so its next answers do not show the topic.
         self.wait_for_local_view(|s| s.topic(&req.name).is_none())
             .await;
@@ -1057,6 +1063,19 @@ impl Fjord for ClientService {
         let caller = self.caller(&req)?;
         caller.require(Operation::Alter, Resource::cluster())?;
         let entry = crate::auth_wire::entry_from_wire(req.into_inner().entry)?;
+        if entry.pattern_type == fjord_meta::acl::PatternType::Prefixed
+            && entry.resource_name.contains('*')
+        {
+            // No name holds `*`: such an entry would match nothing, and a "deny every
+            // resource" written so would silently deny nothing. (Refused here, not in the
+            // metadata's apply, which must accept what older versions accepted.)
+            return Err(ApiError::from(Invalid::Acl(format!(
+                "the prefix {:?} holds '*', which no resource name does: for every resource \
+                 use the literal name \"*\"",
+                entry.resource_name
+            )))
+            .into());
+        }
         let cmd = MetaCommand::AddAcl {
             entry: entry.clone(),
         };

@@ -114,8 +114,9 @@ pub type CommitResult = Result<(), Arc<StorageError>>;
 pub struct WriteBatch {
     pub ops: Vec<Op>,
     pub done: Option<oneshot::Sender<CommitResult>>,
-    /// Its share of [`WRITER_QUEUE_BYTES`], given back when the batch is dropped (committed).
-    _room: OwnedSemaphorePermit,
+    /// Its share of [`WRITER_QUEUE_BYTES`], given back when the batch is dropped (committed),
+    /// or when the writer defers it ([`release_deferred`]).
+    room: Option<OwnedSemaphorePermit>,
 }
 
 /// The writer's queue, bounded by requests and by bytes.
@@ -147,7 +148,7 @@ impl Queue {
             .send(WriteBatch {
                 ops,
                 done,
-                _room: room,
+                room: Some(room),
             })
             .await
             .map_err(|_| ())
@@ -199,8 +200,11 @@ pub(crate) fn spawn(
                     let mut pending = Vec::with_capacity(MAX_COMMIT_REQUESTS);
                     while let Some(next) = rx.blocking_recv() {
                         take_queued(next, &mut rx, &mut pending);
-                        if next_step(&pending) == Step::Commit {
-                            commit_taken(&db, &mut pending, &failed, &reusable, &stats);
+                        match next_step(&pending) {
+                            Step::Commit => {
+                                commit_taken(&db, &mut pending, &failed, &reusable, &stats);
+                            }
+                            Step::Defer => release_deferred(&mut pending),
                         }
                     }
                     commit_leftovers(&db, &mut pending, &failed, &reusable, &stats);
@@ -217,6 +221,7 @@ pub(crate) fn spawn(
                 while let Some(next) = rx.recv().await {
                     take_queued(next, &mut rx, &mut pending);
                     if next_step(&pending) == Step::Defer {
+                        release_deferred(&mut pending);
                         continue;
                     }
                     let fsync =
@@ -281,6 +286,17 @@ fn next_step(pending: &[WriteBatch]) -> Step {
         Step::Commit
     } else {
         Step::Defer
+    }
+}
+
+/// Gives back the queue room of the lazy requests the writer holds for the next commit. They
+/// would otherwise keep it until a request someone waits for arrives, and one too large for
+/// the room left waits for them: the semaphore is fair, so every sender after it waits too,
+/// and nothing ever arrives to commit them (every write of the node stalled). What they
+/// hold is bounded by [`MAX_DEFERRED_REQUESTS`] small requests.
+fn release_deferred(pending: &mut [WriteBatch]) {
+    for b in pending {
+        b.room = None;
     }
 }
 
@@ -723,7 +739,7 @@ mod tests {
         WriteBatch {
             ops: put(1),
             done: (!lazy).then(|| oneshot::channel().0),
-            _room: room,
+            room: Some(room),
         }
     }
 
@@ -757,7 +773,7 @@ mod tests {
                     value: vec![key],
                 }],
                 done: Some(tx),
-                _room: room,
+                room: Some(room),
             });
             rx
         };
@@ -777,6 +793,29 @@ mod tests {
         commit_taken(&db, &mut pending, &failed, &reusable, &stats);
         assert!(second.try_recv().unwrap().is_err());
         assert!(!stored(2), "a request after a failed commit was written");
+    }
+
+    #[tokio::test]
+    async fn a_deferred_lazy_request_holds_no_room() {
+        // A lazy request held for the next commit, then a request needing all the room: it
+        // must get it (before, it waited for the lazy one's room, which only a later request
+        // would have freed, and every other sender queued behind it).
+        let (tx, mut rx) = mpsc::channel(16);
+        let queue = Queue {
+            tx,
+            room: Arc::new(Semaphore::new(100)),
+        };
+        queue.send(put(1), None).await.unwrap();
+        let mut pending = Vec::new();
+        let first = rx.recv().await.unwrap();
+        take_queued(first, &mut rx, &mut pending);
+        assert_eq!(next_step(&pending), Step::Defer);
+        release_deferred(&mut pending);
+        let (done, _rx) = oneshot::channel();
+        tokio::time::timeout(Duration::from_secs(10), queue.send(put(100), Some(done)))
+            .await
+            .expect("the whole room is free while the lazy request waits")
+            .unwrap();
     }
 
     #[tokio::test]
