@@ -23,11 +23,21 @@ pub async fn run(
     args: HealthArgs,
 ) -> anyhow::Result<()> {
     let mut not_serving = Vec::new();
+    // The first node that could not be asked: kept typed, so that `main` gives its hint
+    // (is the cluster running?) for an unreachable node.
+    let mut first_error: Option<fjord_client::ClientError> = None;
+    let mut first_broker = String::new();
     for b in &brokers {
         let status = match health::check(b, &config, &args.service).await {
             Ok(h) => h,
             Err(e) => {
-                not_serving.push(format!("{b}: {e}"));
+                // The first one's error ends the message, as its cause.
+                if first_error.is_none() {
+                    first_error = Some(e);
+                    first_broker = b.clone();
+                } else {
+                    not_serving.push(format!("{b}: {e}"));
+                }
                 continue;
             }
         };
@@ -44,8 +54,15 @@ pub async fn run(
             not_serving.push(format!("{b}: {name}"));
         }
     }
+    if first_error.is_some() {
+        not_serving.push(first_broker);
+    }
     if !not_serving.is_empty() {
-        anyhow::bail!("not serving: {}", not_serving.join("; "));
+        let what = format!("not serving: {}", not_serving.join("; "));
+        return Err(match first_error {
+            Some(e) => anyhow::Error::new(e).context(what),
+            None => anyhow::anyhow!(what),
+        });
     }
     Ok(())
 }

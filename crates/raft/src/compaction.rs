@@ -80,10 +80,11 @@ pub const MAX_COMPACTION_KEYS: usize = 1_000_000;
 /// Log entries read (and rewritten) per step.
 pub const STEP_ENTRIES: usize = 256;
 
-/// A record's offset and effective timestamp: its own or its batch's append time, whichever
-/// is later (a record whose producer clock lags, or that carries an old timestamp, is not
-/// taken for older than its place in the log: a tombstone stays `delete_retention_ms` after
-/// it was written at least).
+/// A record's offset and effective timestamp: its own, within its batch's append time and
+/// [`crate::types::MAX_TIMESTAMP_AHEAD_MS`] past it (a record whose producer clock lags, or
+/// that carries an old timestamp, is not taken for older than its place in the log: a
+/// tombstone stays `delete_retention_ms` after it was written at least; one stamped years
+/// ahead does not stay for years).
 fn placed(b: &StoredBatch, base: u64, records: &[Record]) -> Vec<(u64, i64)> {
     let deltas: Vec<u64> = match &b.compaction {
         Some(c) => c.offset_deltas.iter().map(|d| u64::from(*d)).collect(),
@@ -93,7 +94,11 @@ fn placed(b: &StoredBatch, base: u64, records: &[Record]) -> Vec<(u64, i64)> {
         .into_iter()
         .zip(records)
         .map(|(d, r)| {
-            let ts = r.timestamp_ms.max(b.append_time_ms);
+            let ts = r.timestamp_ms.clamp(
+                b.append_time_ms,
+                b.append_time_ms
+                    .saturating_add(crate::types::MAX_TIMESTAMP_AHEAD_MS),
+            );
             (base + d, ts)
         })
         .collect()
@@ -401,7 +406,7 @@ mod tests {
             producer_id: 0,
             producer_epoch: 0,
             base_sequence: 0,
-            record_count: 3,
+            record_count: 4,
             crc32c: 0,
             append_time_ms: 90_000,
             max_timestamp_ms: 95_000,
@@ -412,10 +417,16 @@ mod tests {
             rec(Some("t"), "", 1_000),
             rec(Some("u"), "", 0),
             rec(Some("v"), "x", 95_000),
+            rec(Some("w"), "", i64::MAX),
         ];
         assert_eq!(
             placed(&b, 40, &records),
-            [(40, 90_000), (41, 90_000), (42, 95_000)]
+            [
+                (40, 90_000),
+                (41, 90_000),
+                (42, 95_000),
+                (43, 90_000 + crate::types::MAX_TIMESTAMP_AHEAD_MS)
+            ]
         );
     }
 }

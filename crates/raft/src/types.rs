@@ -16,6 +16,14 @@ openraft::declare_raft_types!(
         AsyncRuntime = crate::runtime::FjordRuntime,
 );
 
+/// How far past its batch's append time a record's timestamp counts, at most, for the time
+/// index, retention by time and compaction (Redpanda's `storage_ignore_timestamps_in_future_sec`,
+/// Kafka's `log.message.timestamp.after.max.ms`): the partition's largest timestamp only grows,
+/// so one record stamped years ahead would otherwise hold retention by time (and the
+/// compaction lag) back for years. Records keep their own timestamps. A partition that took
+/// such a record before this bound existed keeps its largest timestamp.
+pub const MAX_TIMESTAMP_AHEAD_MS: i64 = 3_600_000;
+
 /// A record batch as a partition stores it: the producer's encoded records, untouched, and
 /// what the partition rules need.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

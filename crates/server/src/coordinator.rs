@@ -592,6 +592,13 @@ impl Runner {
                     continue;
                 }
             };
+            if let Op::Commit(c) = &job.op
+                && let Err(e) =
+                    offsets::check_commit_without_high_watermarks(group, c, &topics, held)
+            {
+                answers.push((job, Err(ApiError::Group(e))));
+                continue;
+            }
             let hws = match self.high_watermarks(&job.op, &topics).await {
                 Ok(h) => h,
                 Err(e) => {
@@ -766,8 +773,18 @@ impl Runner {
             best = best.max(h.shared().high_watermark());
         }
         let leads = local.as_ref().is_some_and(|h| h.is_leader());
-        if offset > best && !leads {
-            best = best.max(self.remote_hw(tp, topics).await?);
+        if offset > best {
+            best = best.max(match &local {
+                // A leader just elected may not have committed an entry of its term yet: its
+                // high watermark is current once a read index confirms it.
+                Some(h) if leads => {
+                    h.linearizable_read().await.map_err(|e| {
+                        crate::data::group_error(&self.node, Subject::Group(gid), e)
+                    })?;
+                    h.shared().high_watermark()
+                }
+                _ => self.remote_hw(tp, topics).await?,
+            });
         }
         self.hw.insert(tp, best);
         Ok(Some(best))
@@ -796,7 +813,10 @@ impl Runner {
         };
         let req = fjord_raft::peer::wire::PartitionRead {
             group_id: group_id(tp.topic, tp.partition),
-            offset_for_time: None,
+            // A lookup by time makes the leader confirm itself with a read index first (its
+            // high watermark is then current, not a just-elected leader's or a deposed one's);
+            // the time asked, past every record, costs one index seek.
+            offset_for_time: Some(i64::MAX),
             record_time_at: None,
         };
         let r = crate::partition_read::ask(&self.node, leader, of, req).await?;

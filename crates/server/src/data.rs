@@ -133,12 +133,7 @@ fn check_records(topic: &Topic, records: &[Record]) -> Result<usize, ApiError> {
     Ok(total)
 }
 
-/// How far ahead of the leader's clock a batch's timestamp counts, at most, for the time
-/// index and retention by time (Redpanda's `storage_ignore_timestamps_in_future_sec`, Kafka's
-/// `log.message.timestamp.after.max.ms`): the partition's largest timestamp only grows, so
-/// one record stamped years ahead would otherwise hold retention by time (and the compaction
-/// lag) back for years. Records keep their own timestamps.
-pub const MAX_TIMESTAMP_AHEAD_MS: i64 = 3_600_000;
+pub use fjord_raft::types::MAX_TIMESTAMP_AHEAD_MS;
 
 /// The largest timestamp of `records`, a record without one (0) counting as `append_time_ms`
 /// (as a consumer sees it), at most [`MAX_TIMESTAMP_AHEAD_MS`] past `append_time_ms`.
