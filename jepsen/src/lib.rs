@@ -34,6 +34,7 @@ pub mod links;
 pub mod nemesis;
 pub mod net;
 pub mod proxy;
+pub mod replicas;
 pub mod report;
 pub mod retention;
 pub mod run;

@@ -169,7 +169,8 @@ fn kind(op: &Operation<'_>) -> Kind {
         | Op::Retention { .. }
         | Op::Compaction { .. }
         | Op::ListEarliest { .. }
-        | Op::ReplicaStarts { .. } => Kind::Other,
+        | Op::ReplicaStarts { .. }
+        | Op::ReplicaRead { .. } => Kind::Other,
     }
 }
 

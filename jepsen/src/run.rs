@@ -442,10 +442,15 @@ async fn read_all(
         notes.extend(crate::compaction::settle(client, topic, how, recorder, db).await?);
     }
     let read = read_back(client, topic, options.partitions, recorder, notes).await?;
+    let replicas = partition_replicas(client, topic).await;
+    let dial = (&addresses, client.config().tls.as_ref());
     if options.retention.is_some() {
-        let replicas = partition_replicas(client, topic).await;
-        let dial = (&addresses, client.config().tls.as_ref());
         retention::replica_starts(topic, &replicas, dial, down, recorder).await;
+    }
+    if options.compaction.is_none() {
+        // Each replica's own copy against the final read (replicas still compacting may
+        // hold more records than the leader: not in compacting runs).
+        crate::replicas::read_replicas(topic, &replicas, dial, down, recorder).await;
     }
     Ok(read)
 }

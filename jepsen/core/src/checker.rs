@@ -91,6 +91,7 @@ use crate::history::{Event, EventType, Op, Operation, ReadRecord, pair};
 
 mod compaction;
 mod group;
+mod replicas;
 mod retention;
 
 /// Anomalies kept (with explanations) per class; the count is always exact.
@@ -125,10 +126,11 @@ pub enum AnomalyKind {
     Compacted,
     CompactedLatest,
     Unrecovered,
+    ReplicaDiverged,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 23] = [
+    pub const ALL: [AnomalyKind; 24] = [
         AnomalyKind::Lost,
         AnomalyKind::Unseen,
         AnomalyKind::Duplicate,
@@ -152,6 +154,7 @@ impl AnomalyKind {
         AnomalyKind::Compacted,
         AnomalyKind::CompactedLatest,
         AnomalyKind::Unrecovered,
+        AnomalyKind::ReplicaDiverged,
     ];
 
     pub fn name(self) -> &'static str {
@@ -179,6 +182,7 @@ impl AnomalyKind {
             AnomalyKind::Compacted => "compacted",
             AnomalyKind::CompactedLatest => "compacted-latest",
             AnomalyKind::Unrecovered => "unrecovered",
+            AnomalyKind::ReplicaDiverged => "replica-diverged",
         }
     }
 
@@ -218,7 +222,8 @@ impl AnomalyKind {
             | AnomalyKind::Zombie
             | AnomalyKind::CommittedTooFar
             | AnomalyKind::FencedCommit
-            | AnomalyKind::Unrecovered => true,
+            | AnomalyKind::Unrecovered
+            | AnomalyKind::ReplicaDiverged => true,
         }
     }
 }
@@ -408,6 +413,9 @@ pub struct CheckResult {
     pub compacted_latest: AnomalyClass,
     #[serde(default)]
     pub unrecovered: AnomalyClass,
+    /// Histories before replica reads have none.
+    #[serde(default)]
+    pub replica_diverged: AnomalyClass,
 }
 
 impl CheckResult {
@@ -436,6 +444,7 @@ impl CheckResult {
             AnomalyKind::Compacted => &self.compacted,
             AnomalyKind::CompactedLatest => &self.compacted_latest,
             AnomalyKind::Unrecovered => &self.unrecovered,
+            AnomalyKind::ReplicaDiverged => &self.replica_diverged,
         }
     }
 
@@ -634,6 +643,7 @@ pub fn check(history: &[Event]) -> CheckResult {
         })
         .collect();
     group::check(&paired.operations, &acked, &mut c.out);
+    replicas::check(&paired.operations, &mut c.out);
     c.finish()
 }
 
@@ -1654,6 +1664,24 @@ mod tests {
             self.op(1, invoke, T::Ok, done)
         }
 
+        /// One replica's own copy of `partition`, read from node `node`.
+        fn replica_read(
+            &mut self,
+            partition: u32,
+            node: u64,
+            (start, hw): (u64, u64),
+            records: &[(u64, u64)],
+        ) -> (u64, u64) {
+            let read = |records| Op::ReplicaRead {
+                partition,
+                node,
+                log_start_offset: start,
+                high_watermark: hw,
+                records,
+            };
+            self.op(1_100, read(vec![]), T::Ok, read(recs(records)))
+        }
+
         fn final_read(&mut self, partition: u32, records: &[(u64, u64)]) -> (u64, u64) {
             let process = 1_000;
             let i = self.push(
@@ -2523,5 +2551,34 @@ mod tests {
         // Value 11 is not at its acknowledged offset 1, and no read reached past 0.
         is_at(&r.unseen.ops[0], 0, &[1], &[11]);
         assert!(!r.is_valid(Guarantees::CP));
+    }
+
+    #[test]
+    fn a_replica_whose_copy_differs_from_the_final_read_has_diverged() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        h.ack(1, 0, 11, 1);
+        h.ack(1, 0, 12, 2);
+        h.final_read(0, &[(0, 10), (1, 11), (2, 12)]);
+        // A replica with the same records, one behind (its high watermark 2), and one whose
+        // log starts later: the same log.
+        h.replica_read(0, 1, (0, 3), &[(0, 10), (1, 11), (2, 12)]);
+        h.replica_read(0, 2, (0, 2), &[(0, 10), (1, 11)]);
+        h.replica_read(0, 3, (1, 3), &[(1, 11), (2, 12)]);
+        assert_eq!(check(&h.events).replica_diverged.count, 0);
+
+        // Another record at an offset, and a hole: both diverged, in every mode.
+        h.replica_read(0, 2, (0, 3), &[(0, 10), (1, 99), (2, 12)]);
+        h.replica_read(0, 3, (0, 3), &[(0, 10), (2, 12)]);
+        let r = check(&h.events);
+        assert_eq!(r.replica_diverged.count, 2, "{:?}", r.replica_diverged);
+        let first = &r.replica_diverged.ops[0];
+        assert!(
+            first.explanation.contains("value 99"),
+            "{}",
+            first.explanation
+        );
+        assert!(AnomalyKind::ReplicaDiverged.is_violation(Guarantees::AP));
+        assert!(!r.is_valid(Guarantees::AP));
     }
 }

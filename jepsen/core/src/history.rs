@@ -133,6 +133,20 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         replicas: Vec<ReplicaBounds>,
     },
+    /// After the final reads: one replica's own copy of `partition` (AP fetches asked of
+    /// node `node` alone), from its log start to its high watermark. On `ok`, what it holds:
+    /// every record of it must be the final read's at that offset, and it must hold every
+    /// record of the final read between its start and its high watermark.
+    ReplicaRead {
+        partition: u32,
+        node: u64,
+        #[serde(default)]
+        log_start_offset: u64,
+        #[serde(default)]
+        high_watermark: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        records: Vec<ReadRecord>,
+    },
     /// One `poll` of a consumer-group member: the harness's member number `member` (stable
     /// across restarts) in its `incarnation` (a new one after each simulated crash). On `ok`,
     /// `records` is what it handed out, in order; every completion carries `owned`, the
@@ -172,7 +186,8 @@ impl Op {
             | Op::FinalRead { partition, .. }
             | Op::DeleteRecords { partition, .. }
             | Op::ListEarliest { partition, .. }
-            | Op::ReplicaStarts { partition, .. } => *partition,
+            | Op::ReplicaStarts { partition, .. }
+            | Op::ReplicaRead { partition, .. } => *partition,
             Op::GroupPoll { .. }
             | Op::GroupCommit { .. }
             | Op::GroupDrain { .. }
