@@ -170,7 +170,8 @@ fn kind(op: &Operation<'_>) -> Kind {
         | Op::Compaction { .. }
         | Op::ListEarliest { .. }
         | Op::ReplicaStarts { .. }
-        | Op::ReplicaRead { .. } => Kind::Other,
+        | Op::ReplicaRead { .. }
+        | Op::NodeExited { .. } => Kind::Other,
     }
 }
 

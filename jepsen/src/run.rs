@@ -340,7 +340,10 @@ async fn run_async(
     while members.join_next().await.is_some() {}
     recorder.flush();
     let snapshot_installs = count_snapshot_installs(&db, &mut notes).await;
-    shut_down(&db, &mut notes).await;
+    for &id in &nemesis.lost_nodes {
+        record_exit(&recorder, id, "during the run; it stayed down");
+    }
+    shut_down(&db, &recorder, &mut notes).await;
     let isolations = std::mem::take(&mut nemesis.isolations);
     let purge_lags = std::mem::take(&mut nemesis.purge_lags);
     let compaction_hits = nemesis.compaction.take();
@@ -763,15 +766,29 @@ async fn read_back(
     Ok(read)
 }
 
-/// Notes the nodes that exited on their own, then stops every node.
-async fn shut_down(db: &Mutex<Db>, notes: &mut Vec<String>) {
+/// Notes and records the nodes that exited on their own, then stops every node.
+async fn shut_down(db: &Mutex<Db>, recorder: &Recorder, notes: &mut Vec<String>) {
     let mut db = db.lock().await;
     for id in db.ids() {
         if let Some(status) = db.exited(id) {
             notes.push(format!("n{id} had exited on its own ({status})"));
+            record_exit(recorder, id, &status.to_string());
         }
     }
+    recorder.flush();
     db.shutdown();
+}
+
+/// Records that node `id` exited on its own (the checker's crashed class).
+fn record_exit(recorder: &Recorder, id: u64, status: &str) {
+    let op = fjord_harness::history::Op::NodeExited {
+        node: id,
+        status: status.to_string(),
+    };
+    let process = crate::replicas::REPLICA_READER + 1;
+    use fjord_harness::history::EventType;
+    recorder.record(process, EventType::Invoke, op.clone(), None);
+    recorder.record(process, EventType::Ok, op, None);
 }
 
 /// Checks a finished run and writes `report.json`, `report.txt` and `latency.svg` next to its

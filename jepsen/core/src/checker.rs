@@ -68,6 +68,11 @@
 //!   known at a higher offset of its partition, and **compacted-latest** if it is the latest
 //!   of its key yet some read had seen it; polls may skip removed offsets. These rules are
 //!   `compaction`'s, in its module doc.
+//! - **replica-diverged**: a replica's own copy of a partition, read after the final reads,
+//!   that holds another record than the final read at some offset, or lacks one within its
+//!   own range (`replicas`' rule, in its module doc). A violation in every mode.
+//! - **crashed**: a node that exited on its own (`node_exited`): no fault asked for it, so
+//!   it is a bug, in every mode, even when the others kept serving.
 //! - **unrecovered**: a partition some operation touched that no final read covered. The
 //!   final reads come once every fault has healed (every node up and connected), so in any
 //!   mode a partition not read back then did not recover: a violation (a cluster that
@@ -127,10 +132,11 @@ pub enum AnomalyKind {
     CompactedLatest,
     Unrecovered,
     ReplicaDiverged,
+    Crashed,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 24] = [
+    pub const ALL: [AnomalyKind; 25] = [
         AnomalyKind::Lost,
         AnomalyKind::Unseen,
         AnomalyKind::Duplicate,
@@ -155,6 +161,7 @@ impl AnomalyKind {
         AnomalyKind::CompactedLatest,
         AnomalyKind::Unrecovered,
         AnomalyKind::ReplicaDiverged,
+        AnomalyKind::Crashed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -183,6 +190,7 @@ impl AnomalyKind {
             AnomalyKind::CompactedLatest => "compacted-latest",
             AnomalyKind::Unrecovered => "unrecovered",
             AnomalyKind::ReplicaDiverged => "replica-diverged",
+            AnomalyKind::Crashed => "crashed",
         }
     }
 
@@ -223,7 +231,8 @@ impl AnomalyKind {
             | AnomalyKind::CommittedTooFar
             | AnomalyKind::FencedCommit
             | AnomalyKind::Unrecovered
-            | AnomalyKind::ReplicaDiverged => true,
+            | AnomalyKind::ReplicaDiverged
+            | AnomalyKind::Crashed => true,
         }
     }
 }
@@ -416,6 +425,9 @@ pub struct CheckResult {
     /// Histories before replica reads have none.
     #[serde(default)]
     pub replica_diverged: AnomalyClass,
+    /// A node that exited on its own: histories before it have none.
+    #[serde(default)]
+    pub crashed: AnomalyClass,
 }
 
 impl CheckResult {
@@ -445,6 +457,7 @@ impl CheckResult {
             AnomalyKind::CompactedLatest => &self.compacted_latest,
             AnomalyKind::Unrecovered => &self.unrecovered,
             AnomalyKind::ReplicaDiverged => &self.replica_diverged,
+            AnomalyKind::Crashed => &self.crashed,
         }
     }
 
@@ -644,6 +657,22 @@ pub fn check(history: &[Event]) -> CheckResult {
         .collect();
     group::check(&paired.operations, &acked, &mut c.out);
     replicas::check(&paired.operations, &mut c.out);
+    for op in &paired.operations {
+        if let Some(done) = op.completion
+            && let Op::NodeExited { node, status } = &done.op
+        {
+            c.out.crashed.push(|| Anomaly {
+                events: vec![done.index],
+                partition: 0,
+                offsets: vec![],
+                values: vec![],
+                explanation: format!(
+                    "node {node} exited on its own ({status}): a panic, an abort or an error \
+                     exit no fault asked for"
+                ),
+            });
+        }
+    }
     c.finish()
 }
 
@@ -2565,13 +2594,18 @@ mod tests {
         h.replica_read(0, 1, (0, 3), &[(0, 10), (1, 11), (2, 12)]);
         h.replica_read(0, 2, (0, 2), &[(0, 10), (1, 11)]);
         h.replica_read(0, 3, (1, 3), &[(1, 11), (2, 12)]);
-        assert_eq!(check(&h.events).replica_diverged.count, 0);
+        assert!(check(&h.events).found().is_empty());
 
         // Another record at an offset, and a hole: both diverged, in every mode.
         h.replica_read(0, 2, (0, 3), &[(0, 10), (1, 99), (2, 12)]);
         h.replica_read(0, 3, (0, 3), &[(0, 10), (2, 12)]);
         let r = check(&h.events);
-        assert_eq!(r.replica_diverged.count, 2, "{:?}", r.replica_diverged);
+        assert_eq!(
+            r.found(),
+            vec![(AnomalyKind::ReplicaDiverged, 2)],
+            "{:?}",
+            r.replica_diverged
+        );
         let first = &r.replica_diverged.ops[0];
         assert!(
             first.explanation.contains("value 99"),
@@ -2579,6 +2613,23 @@ mod tests {
             first.explanation
         );
         assert!(AnomalyKind::ReplicaDiverged.is_violation(Guarantees::AP));
+        assert!(!r.is_valid(Guarantees::AP));
+    }
+
+    #[test]
+    fn a_node_that_exited_on_its_own_is_a_crash_in_every_mode() {
+        let mut h = H::default();
+        h.ack(1, 0, 10, 0);
+        h.final_read(0, &[(0, 10)]);
+        assert_eq!(check(&h.events).crashed.count, 0);
+        let exited = Op::NodeExited {
+            node: 2,
+            status: "signal: 6 (SIGABRT)".into(),
+        };
+        h.op(1_200, exited.clone(), T::Ok, exited);
+        let r = check(&h.events);
+        only(&r, AnomalyKind::Crashed, 1);
+        assert!(r.crashed.ops[0].explanation.contains("node 2"));
         assert!(!r.is_valid(Guarantees::AP));
     }
 }

@@ -133,6 +133,10 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         replicas: Vec<ReplicaBounds>,
     },
+    /// Node `node`'s process exited without the harness stopping it (a panic, an abort, an
+    /// error exit), outside the exits a fault causes on purpose (a refused data directory, a
+    /// fail-stop on a full disk): recorded as one `ok` operation when the harness saw it.
+    NodeExited { node: u64, status: String },
     /// After the final reads: one replica's own copy of `partition` (AP fetches asked of
     /// node `node` alone), from its log start to its high watermark. On `ok`, what it holds:
     /// every record of it must be the final read's at that offset, and it must hold every
@@ -191,6 +195,7 @@ impl Op {
             Op::GroupPoll { .. }
             | Op::GroupCommit { .. }
             | Op::GroupDrain { .. }
+            | Op::NodeExited { .. }
             | Op::Retention { .. }
             | Op::Compaction { .. } => 0,
         }
@@ -462,6 +467,19 @@ fn same_operation(invoke: &Op, completion: &Op) -> bool {
         | (Op::ReplicaStarts { partition: p1, .. }, Op::ReplicaStarts { partition: p2, .. }) => {
             p1 == p2
         }
+        (
+            Op::ReplicaRead {
+                partition: p1,
+                node: n1,
+                ..
+            },
+            Op::ReplicaRead {
+                partition: p2,
+                node: n2,
+                ..
+            },
+        ) => (p1, n1) == (p2, n2),
+        (Op::NodeExited { node: n1, .. }, Op::NodeExited { node: n2, .. }) => n1 == n2,
         _ => false,
     }
 }
