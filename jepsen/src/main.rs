@@ -133,7 +133,23 @@ fn sibling(name: &str) -> Option<PathBuf> {
 
 impl Common {
     fn options(&self, label: &str) -> Result<RunOptions> {
-        let faults = parse_faults(&self.faults).map_err(anyhow::Error::msg)?;
+        let mut faults = parse_faults(&self.faults).map_err(anyhow::Error::msg)?;
+        if self.retention {
+            // Under clock faults the rule by time must allow for a node's clock minutes
+            // ahead, which excuses nearly every deletion: retention runs leave them out, so
+            // that the rule stays sharp (the runs without retention have them).
+            let dropped: Vec<String> = [FaultKind::ClockJump, FaultKind::ClockSkew]
+                .into_iter()
+                .filter(|k| faults.remove(k))
+                .map(|k| k.to_string())
+                .collect();
+            if !dropped.is_empty() {
+                eprintln!(
+                    "note: --retention leaves out {} (the rule by time would excuse any deletion)",
+                    dropped.join(", ")
+                );
+            }
+        }
         if !(3..=5).contains(&self.nodes) {
             bail!("--nodes must be 3, 4 or 5, not {}", self.nodes);
         }
