@@ -316,6 +316,12 @@ pub enum ApiError {
         bytes: usize,
         limit: usize,
     },
+    /// A topic whose partitions would take the cluster past its bound.
+    #[error(
+        "the cluster holds {held} partitions; {asked} more would pass the limit of {limit} \
+         (MAX_CLUSTER_PARTITIONS): delete topics first"
+    )]
+    TooManyPartitions { held: u64, asked: u64, limit: u64 },
     /// A rebuild of a node the metadata does not know.
     #[error("node {0} is not registered in this cluster: a new node starts without --rebuild")]
     UnregisteredNode(NodeId),
@@ -523,9 +529,10 @@ impl ApiError {
                 ReadError::Storage(_) => Code::Internal,
             },
             ApiError::BelowLogStart { .. } | ApiError::BeyondEnd { .. } => Code::OutOfRange,
-            ApiError::Busy(_) | ApiError::DiskFull(_) | ApiError::AnswerTooLarge { .. } => {
-                Code::ResourceExhausted
-            }
+            ApiError::Busy(_)
+            | ApiError::DiskFull(_)
+            | ApiError::AnswerTooLarge { .. }
+            | ApiError::TooManyPartitions { .. } => Code::ResourceExhausted,
             ApiError::UnregisteredNode(_) | ApiError::MajorityLost(_) => Code::FailedPrecondition,
             // The rebuilding node asks again: a node that just died is suspected within the
             // failure detector's timeout.

@@ -31,6 +31,9 @@ const LIVE_NODES_POLL: Duration = Duration::from_millis(50);
 pub const MAX_LEADER_WAIT_MS: u32 = 10_000;
 /// The largest answer a node sends: a fetch's largest `max_bytes` and room for the batches'
 /// framing. A larger one is refused as [`ApiError::AnswerTooLarge`] (RESOURCE_EXHAUSTED).
+/// Partitions the cluster holds at most (over every topic, fjord's own included); a topic
+/// that would pass it is refused (RESOURCE_EXHAUSTED).
+pub const MAX_CLUSTER_PARTITIONS: u64 = 100_000;
 pub const MAX_ANSWER_BYTES: usize = crate::wire::MAX_FETCH_BYTES as usize + (1 << 20);
 
 /// `answer`, unless it is larger than a node sends ([`MAX_ANSWER_BYTES`]).
@@ -545,6 +548,27 @@ impl Fjord for ClientService {
         let req = req.into_inner();
         caller.require_create_topic(&req.name)?;
         not_internal(&req.name, "create")?;
+        // Every partition is a Raft group on each of its replicas: bounded, so that a client
+        // allowed to create topics cannot make the metadata (copied whole at each change) and
+        // the nodes' groups grow without end. Checked against this node's view (a guard, not
+        // a replicated rule: the metadata's apply accepts what it always did).
+        let held: u64 = self
+            .node
+            .view()
+            .state
+            .topics
+            .values()
+            .map(|t| t.partitions.len() as u64)
+            .sum();
+        let asked = u64::from(req.partitions);
+        if held.saturating_add(asked) > MAX_CLUSTER_PARTITIONS {
+            return Err(ApiError::TooManyPartitions {
+                held,
+                asked,
+                limit: MAX_CLUSTER_PARTITIONS,
+            }
+            .into());
+        }
         let cmd = MetaCommand::CreateTopicWithConfig {
             name: req.name.clone(),
             partitions: req.partitions,
