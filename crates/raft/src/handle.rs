@@ -79,6 +79,10 @@ pub enum Unavailable {
         #[source]
         source: RaftCause,
     },
+    /// An AP write a leader without a majority would hold, while its own log is not all
+    /// stored yet: it cannot tell the write's offsets (retry).
+    #[error("this leader's log is not all stored yet ({0}): retry")]
+    TailNotStored(String),
     /// A CP write refused while the leader holds AP writes it took without a majority.
     #[error(
         "no majority answers this leader (it holds AP writes until one does): a CP write needs one"
@@ -1283,7 +1287,12 @@ impl PartitionHandle {
                 .map_err(|e| Internal::Storage {
                     source: Arc::new(e),
                 })
-                .map_err(GroupError::from)?;
+                .map_err(GroupError::from)?
+                .ok_or_else(|| {
+                    GroupError::from(Unavailable::TailNotStored(format!(
+                        "entries up to {last:?} are not all in the store"
+                    )))
+                })?;
             side.enter(term, state);
             tracing::warn!(
                 group = self.shared.group(),

@@ -794,7 +794,15 @@ impl PartitionShared {
         let mut tail_guard = self.tail.lock().unwrap();
         let continues = matches!(&*tail_guard, Some(t) if t.through.map_or(0, |i| i + 1) == first);
         if !continues {
-            *tail_guard = Some(self.rebuild_tail(store, first)?);
+            let (t, complete) = self.rebuild_tail(store, first)?;
+            if !complete {
+                tracing::error!(
+                    group = self.group,
+                    first,
+                    "rebuilding the offset prediction before an append found entries not stored yet"
+                );
+            }
+            *tail_guard = Some(t);
         }
         let tail = tail_guard.as_mut().expect("tail was just set");
         let mut out = Appended::default();
@@ -935,8 +943,9 @@ impl PartitionShared {
     }
 
     /// The rules' state just before log index `next`: the applied state, plus every entry
-    /// of the log between it and `next`.
-    fn rebuild_tail(&self, store: &Store, next: u64) -> Result<Tail, io::Error> {
+    /// of the log between it and `next`; and whether the stored log held all of them (an
+    /// entry appended but not yet stored is not there: the state then stops before it).
+    fn rebuild_tail(&self, store: &Store, next: u64) -> Result<(Tail, bool), io::Error> {
         let (applied_index, mut state) = {
             let a = self.applied.lock().unwrap();
             (a.last_applied.as_ref().map(|l| l.index()), a.state.clone())
@@ -951,10 +960,13 @@ impl PartitionShared {
                 start,
                 "appending below the applied index"
             );
-            return Ok(Tail {
-                through: next.checked_sub(1),
-                state,
-            });
+            return Ok((
+                Tail {
+                    through: next.checked_sub(1),
+                    state,
+                },
+                true,
+            ));
         }
         let mut at = start;
         while at < next {
@@ -979,25 +991,35 @@ impl PartitionShared {
                 at = index + 1;
             }
         }
-        Ok(Tail {
-            through: next.checked_sub(1),
-            state,
-        })
+        Ok((
+            Tail {
+                through: next.checked_sub(1),
+                state,
+            },
+            at >= next,
+        ))
     }
 
     /// The rules' state after log index `last` (the leader's last entry): where the AP
     /// batches a leader holds without a majority take their outcomes from ([`crate::side`]).
-    pub fn predicted_after(&self, last: Option<u64>) -> Result<PartitionState, io::Error> {
+    /// `Ok(None)` when the entries up to `last` are not all stored yet (a prediction from
+    /// what is stored would place held batches at offsets already given).
+    pub fn predicted_after(&self, last: Option<u64>) -> Result<Option<PartitionState>, io::Error> {
         let mut tail = self.tail.lock().unwrap();
         if let Some(t) = &*tail
             && t.through == last
         {
-            return Ok(t.state.clone());
+            return Ok(Some(t.state.clone()));
         }
-        let t = self.rebuild_tail(&self.store, last.map_or(0, |i| i + 1))?;
+        let next = last.map_or(0, |i| i + 1);
+        let (t, complete) = self.rebuild_tail(&self.store, next)?;
+        if !complete {
+            // Refused (the batch is answered as unavailable), never guessed.
+            return Ok(None);
+        }
         let state = t.state.clone();
         *tail = Some(t);
-        Ok(state)
+        Ok(Some(state))
     }
 
     /// Forgets the tail prediction (after a truncation or a failed write).
