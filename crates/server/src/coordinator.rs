@@ -577,13 +577,23 @@ impl Runner {
         let mut decisions: Vec<Vec<GroupRecord>> = Vec::new();
         let mut changed: BTreeSet<String> = BTreeSet::new();
         let mut answers: Vec<(Job, Result<Answer, ApiError>)> = Vec::new();
+        // Groups the applied state holds already (counted by `groups_held`).
+        let mut existed: BTreeSet<String> = BTreeSet::new();
         for job in jobs {
             let name = job.op.group().to_string();
             if !scratch.contains_key(&name) {
                 let g = self.applied_group(&name);
+                if g.is_some() {
+                    existed.insert(name.clone());
+                }
                 scratch.insert(name.clone(), g);
             }
-            let held = self.groups_held() + scratch.values().filter(|g| g.is_some()).count();
+            // The applied groups, and those the batch's earlier decisions created.
+            let held = self.groups_held()
+                + scratch
+                    .iter()
+                    .filter(|(n, g)| g.is_some() && !existed.contains(*n))
+                    .count();
             let group = scratch.get(&name).and_then(|g| g.as_ref());
             let resets = match self.reset_lookups(&job.op, group, &topics).await {
                 Ok(t) => t,

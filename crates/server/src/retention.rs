@@ -350,13 +350,16 @@ async fn round(
                 continue;
             };
             handle.purge_if_due().await;
-            if let Some(c) = retention.compact {
-                handle.compact_in_background(node.store());
-                if handle.is_leader()
-                    && let Err(e) = ask_compaction(node, &handle, c).await
-                {
-                    tracing::debug!(group, error = %e, "compaction: not asked");
-                }
+            // A replicated compaction request this replica has not carried out yet is carried
+            // out whatever the topic's policy is now: a policy changed from compact to delete
+            // after the request was applied would otherwise leave this replica's contents
+            // unlike the others' for good.
+            handle.compact_in_background(node.store());
+            if let Some(c) = retention.compact
+                && handle.is_leader()
+                && let Err(e) = ask_compaction(node, &handle, c).await
+            {
+                tracing::debug!(group, error = %e, "compaction: not asked");
             }
             if proposed < MAX_DELETES_PER_ROUND
                 && consider(node, &handle, retention, quiet_until).await
