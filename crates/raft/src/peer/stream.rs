@@ -114,8 +114,7 @@ impl PeerClient<'_> {
         let (taken, dropped) = oneshot::channel::<()>();
         let ends = Ends { dropped, purged };
         let requests = requests(
-            group,
-            to,
+            (group, to),
             first,
             rest,
             ends,
@@ -201,10 +200,9 @@ struct Ends {
 /// The requests of a stream, encoded as they come: `first`, then each of `rest` until it
 /// ends, sends nothing for [`STREAM_IDLE`], or [`Ends`] says so. Each is recorded in
 /// `in_flight` with its deadline; the first one's also goes to `first_due`. Once they end,
-/// `rest` (openraft's request generator) is dropped.
+/// `rest` (openraft's request generator) is dropped. Each is a Raft request of `group` for node `to`.
 fn requests<S>(
-    group: u64,
-    to: NodeId,
+    (group, to): (u64, NodeId),
     first: AppendRequest,
     rest: S,
     ends: Ends,
@@ -403,7 +401,7 @@ mod tests {
         };
         let (due, _) = oneshot::channel();
         let in_flight = Arc::new(InFlight::default());
-        let reqs = requests(7, 2, first, rest, ends, in_flight, due, STREAM_IDLE);
+        let reqs = requests((7, 2), first, rest, ends, in_flight, due, STREAM_IDLE);
         (reqs, taken, dropped)
     }
 
