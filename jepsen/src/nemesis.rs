@@ -92,6 +92,18 @@ pub fn needs_rebuild(log_tail: &str) -> bool {
     log_tail.contains("plus --rebuild") || log_tail.contains("--rebuild refused")
 }
 
+/// Whether a node's last log lines show it stopped on a failed write (a full disk):
+/// a fail-stop a fault caused, which its supervisor restarts.
+pub fn fail_stopped(log_tail: &str) -> bool {
+    log_tail.contains("so the node stopped (fail-stop)")
+}
+
+/// Whether a node's exit was one a fault causes on purpose (a fail-stop on a full disk, a
+/// refused or lost data directory), not a crash.
+pub fn deliberate_exit(log_tail: &str) -> bool {
+    fail_stopped(log_tail) || needs_rebuild(log_tail)
+}
+
 /// How long a node restarted on a lost or old directory may take to refuse it.
 const REFUSAL_WAIT: Duration = Duration::from_secs(10);
 
@@ -647,10 +659,7 @@ impl Nemesis {
             // close, and so exit after the disk-full step healed: its supervisor
             // (systemd's Restart=on-failure) starts it again, as the heal would have.
             // Seen in a 30-minute run: such a node stayed down for 27 minutes.
-            if db
-                .log_tail(id, 5)
-                .contains("so the node stopped (fail-stop)")
-            {
+            if fail_stopped(&db.log_tail(id, 5)) {
                 self.notes.push(format!(
                     "n{id} stopped on a failed write ({status}) after its step; restarted"
                 ));
@@ -1199,6 +1208,13 @@ impl Nemesis {
         let mut db = self.db.lock().await;
         for id in db.ids() {
             if let Some(status) = db.exited(id) {
+                if fail_stopped(&db.log_tail(id, 5)) {
+                    notes.push(format!(
+                        "n{id} stopped on a failed write ({status}) after its step; restarted"
+                    ));
+                    db.start(&self.net, id)?;
+                    continue;
+                }
                 if needs_rebuild(&db.log_tail(id, 5)) {
                     notes.push(format!(
                         "n{id} refused its data directory, or its rebuild was refused ({status}); restarted with --rebuild"

@@ -316,7 +316,16 @@ async fn run_async(
     check_clocks(&options, &db, &mut notes).await;
 
     // Every fault has healed: make sure every node that should run does, then read back.
-    start_survivors(&db, &netns, &nemesis.lost_nodes).await?;
+    for (id, status) in start_survivors(&db, &netns, &nemesis.lost_nodes).await? {
+        notes.push(format!(
+            "n{id} had exited on its own ({status}); started again"
+        ));
+        record_exit(
+            &recorder,
+            id,
+            &format!("{status}, found after the faults healed"),
+        );
+    }
     let unread = if interrupted {
         notes.push("interrupted: no final read".into());
         Vec::new()
@@ -725,20 +734,33 @@ async fn check_clocks(options: &RunOptions, db: &Mutex<Db>, notes: &mut Vec<Stri
 
 /// Starts every node that should run and does not (with `--rebuild` where it refused its
 /// directory); the `lost` ones stay down.
-async fn start_survivors(db: &Mutex<Db>, netns: &Network, lost: &BTreeSet<u64>) -> Result<()> {
+/// Returns the nodes found exited on their own (not as a fault made them), with their status.
+async fn start_survivors(
+    db: &Mutex<Db>,
+    netns: &Network,
+    lost: &BTreeSet<u64>,
+) -> Result<Vec<(u64, String)>> {
     let mut db = db.lock().await;
+    let mut crashed = Vec::new();
     for id in db.ids() {
         if lost.contains(&id) {
             continue;
         }
-        let down = db.exited(id).is_some() || !db.nodes.get(&id).is_some_and(|n| n.is_running());
-        if down && crate::nemesis::needs_rebuild(&db.log_tail(id, 5)) {
+        let exited = db.exited(id);
+        let tail = db.log_tail(id, 5);
+        if let Some(status) = &exited
+            && !crate::nemesis::deliberate_exit(&tail)
+        {
+            crashed.push((id, status.to_string()));
+        }
+        let down = exited.is_some() || !db.nodes.get(&id).is_some_and(|n| n.is_running());
+        if down && crate::nemesis::needs_rebuild(&tail) {
             db.start_with(netns, id, &["--rebuild"])?;
         } else {
             db.start(netns, id)?;
         }
     }
-    Ok(())
+    Ok(crashed)
 }
 
 /// The final reads of every partition; the partitions not read back within 60 s are noted.
@@ -771,8 +793,17 @@ async fn shut_down(db: &Mutex<Db>, recorder: &Recorder, notes: &mut Vec<String>)
     let mut db = db.lock().await;
     for id in db.ids() {
         if let Some(status) = db.exited(id) {
-            notes.push(format!("n{id} had exited on its own ({status})"));
-            record_exit(recorder, id, &status.to_string());
+            let tail = db.log_tail(id, 5);
+            if crate::nemesis::deliberate_exit(&tail) {
+                // A full disk's fail-stop, or a refused directory or rebuild, still under
+                // way at the end: what a fault caused, not a crash.
+                notes.push(format!(
+                    "n{id} had exited ({status}) as a fault made it (fail-stop or a refused directory)"
+                ));
+            } else {
+                notes.push(format!("n{id} had exited on its own ({status})"));
+                record_exit(recorder, id, &status.to_string());
+            }
         }
     }
     recorder.flush();

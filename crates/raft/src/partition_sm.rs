@@ -969,12 +969,16 @@ impl PartitionShared {
             ));
         }
         let mut at = start;
-        while at < next {
+        'read: while at < next {
             let chunk = store.read_log(self.group, at..next, 4096, 64 << 20)?;
             if chunk.is_empty() {
                 break;
             }
             for (index, bytes) in chunk {
+                if index != at {
+                    // A hole in the stored log: stop before it (incomplete).
+                    break 'read;
+                }
                 let e: Entry = codec::decode(&bytes, "log entry")?;
                 match &e.payload {
                     EntryPayload::Normal(Request::Batch(b)) => {

@@ -29,11 +29,11 @@ const LIVE_NODES_WAIT: Duration = Duration::from_secs(1);
 const LIVE_NODES_POLL: Duration = Duration::from_millis(50);
 /// The longest `wait_ms` of a Metadata request's leader wait.
 pub const MAX_LEADER_WAIT_MS: u32 = 10_000;
-/// The largest answer a node sends: a fetch's largest `max_bytes` and room for the batches'
-/// framing. A larger one is refused as [`ApiError::AnswerTooLarge`] (RESOURCE_EXHAUSTED).
 /// Partitions the cluster holds at most (over every topic, fjord's own included); a topic
 /// that would pass it is refused (RESOURCE_EXHAUSTED).
 pub const MAX_CLUSTER_PARTITIONS: u64 = 100_000;
+/// The largest answer a node sends: a fetch's largest `max_bytes` and room for the batches'
+/// framing. A larger one is refused as [`ApiError::AnswerTooLarge`] (RESOURCE_EXHAUSTED).
 pub const MAX_ANSWER_BYTES: usize = crate::wire::MAX_FETCH_BYTES as usize + (1 << 20);
 
 /// `answer`, unless it is larger than a node sends ([`MAX_ANSWER_BYTES`]).
@@ -552,16 +552,19 @@ impl Fjord for ClientService {
         // allowed to create topics cannot make the metadata (copied whole at each change) and
         // the nodes' groups grow without end. Checked against this node's view (a guard, not
         // a replicated rule: the metadata's apply accepts what it always did).
-        let held: u64 = self
-            .node
-            .view()
+        // A topic that exists already is the metadata's to answer (ALREADY_EXISTS: a retried
+        // create finds its own topic).
+        let view = self.node.view();
+        let held: u64 = view
             .state
             .topics
             .values()
             .map(|t| t.partitions.len() as u64)
             .sum();
         let asked = u64::from(req.partitions);
-        if held.saturating_add(asked) > MAX_CLUSTER_PARTITIONS {
+        if view.state.topic(&req.name).is_none()
+            && held.saturating_add(asked) > MAX_CLUSTER_PARTITIONS
+        {
             return Err(ApiError::TooManyPartitions {
                 held,
                 asked,
