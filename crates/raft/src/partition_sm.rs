@@ -969,16 +969,20 @@ impl PartitionShared {
             ));
         }
         let mut at = start;
+        // The first entry read may be past `start` (a log that begins at index 1 with
+        // nothing applied); after it, each must follow the one before.
+        let mut first = true;
         'read: while at < next {
             let chunk = store.read_log(self.group, at..next, 4096, 64 << 20)?;
             if chunk.is_empty() {
                 break;
             }
             for (index, bytes) in chunk {
-                if index != at {
+                if index != at && !first {
                     // A hole in the stored log: stop before it (incomplete).
                     break 'read;
                 }
+                first = false;
                 let e: Entry = codec::decode(&bytes, "log entry")?;
                 match &e.payload {
                     EntryPayload::Normal(Request::Batch(b)) => {
