@@ -59,8 +59,8 @@ pub async fn read_replicas(
     rec.flush();
 }
 
-/// Node `address`'s own copy of `partition`: its log start, its high watermark as its first
-/// answer gave it, and every record from the start up to that watermark.
+/// Node `address`'s own copy of `partition`: its log start, its high watermark as it first
+/// answered, and every record from the start up to that watermark.
 async fn read_replica(
     address: &str,
     tls: Option<&ClientTls>,
@@ -73,28 +73,13 @@ async fn read_replica(
         .map_err(|_| format!("connecting to {address} timed out"))?
         .map_err(|e| format!("connecting to {address}: {e}"))?;
     let mut c = FjordClient::new(channel).max_decoding_message_size(64 << 20);
-    let first = fetch(&mut c, topic, partition, 0).await;
-    let (start, end) = match first {
-        Ok(r) => (r.log_start_offset, r.high_watermark),
-        // Below its log start: the answer's status says so; ask where the log starts.
-        Err(_) => {
-            let o = tokio::time::timeout(
-                CALL_TIMEOUT,
-                c.list_offsets(v1::ListOffsetsRequest {
-                    topic: topic.to_string(),
-                    partition,
-                    query: v1::OffsetQuery::OffsetEarliest as i32,
-                    read: v1::ReadMode::ReadAp as i32,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .map_err(|_| "ListOffsets timed out".to_string())?
-            .map_err(|s| format!("ListOffsets: {}", s.message()))?
-            .into_inner();
-            (o.log_start_offset, o.high_watermark)
-        }
-    };
+    let (start, end) = tokio::time::timeout(
+        CALL_TIMEOUT,
+        crate::retention::own_bounds(&mut c, topic, partition),
+    )
+    .await
+    .map_err(|_| "ListOffsets timed out".to_string())?
+    .map_err(|s| format!("ListOffsets: {}", s.message()))?;
     let mut records = Vec::new();
     let mut next = start;
     for _ in 0..MAX_FETCHES {

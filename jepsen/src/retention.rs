@@ -199,7 +199,19 @@ async fn replica_bounds(
         .await
         .ok()?
         .ok()?;
-    let answer = FjordClient::new(channel)
+    own_bounds(&mut FjordClient::new(channel), topic, partition)
+        .await
+        .ok()
+}
+
+/// The log start and high watermark of `partition` as the node `c` is connected to holds
+/// them itself (ListOffsets earliest, AP).
+pub(crate) async fn own_bounds(
+    c: &mut FjordClient<tonic::transport::Channel>,
+    topic: &str,
+    partition: u32,
+) -> Result<(u64, u64), tonic::Status> {
+    let answer = c
         .list_offsets(v1::ListOffsetsRequest {
             topic: topic.to_string(),
             partition,
@@ -207,10 +219,9 @@ async fn replica_bounds(
             read: v1::ReadMode::ReadAp as i32,
             ..Default::default()
         })
-        .await
-        .ok()?
+        .await?
         .into_inner();
-    Some((answer.log_start_offset, answer.high_watermark))
+    Ok((answer.log_start_offset, answer.high_watermark))
 }
 
 /// Every replica of every partition: its own log start and high watermark, asked until all

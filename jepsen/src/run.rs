@@ -747,14 +747,17 @@ async fn start_survivors(
             continue;
         }
         let exited = db.exited(id);
+        let down = exited.is_some() || !db.nodes.get(&id).is_some_and(|n| n.is_running());
+        if !down {
+            continue;
+        }
         let tail = db.log_tail(id, 5);
         if let Some(status) = &exited
             && !crate::nemesis::deliberate_exit(&tail)
         {
             crashed.push((id, status.to_string()));
         }
-        let down = exited.is_some() || !db.nodes.get(&id).is_some_and(|n| n.is_running());
-        if down && crate::nemesis::needs_rebuild(&tail) {
+        if crate::nemesis::needs_rebuild(&tail) {
             db.start_with(netns, id, &["--rebuild"])?;
         } else {
             db.start(netns, id)?;

@@ -300,24 +300,29 @@ impl Client {
         let timeout = self.request_timeout() + hold;
         let mut retry = RetryState::new(self.config());
         loop {
-            let address = match cached.clone() {
-                Some(a) => a,
-                None => {
-                    let a = self.find_coordinator(group).await?;
-                    *cached = Some(a.clone());
-                    a
-                }
-            };
+            let address = self.coordinator_address(group, cached).await?;
             match self.call(&address, timeout, |c| f(c, timeout)).await {
                 Ok(v) => return Ok(v),
                 Err(err) => {
-                    let hinted = err.leader_hint().and_then(|h| h.address.clone());
-                    *cached = hinted.clone();
-                    self.wait_or_give_up(&mut retry, err, hinted.is_some())
-                        .await?;
+                    let hinted = follow_hint(cached, &err);
+                    self.wait_or_give_up(&mut retry, err, hinted).await?;
                 }
             }
         }
+    }
+
+    /// `group`'s coordinator: the `cached` address, else found through any node (and cached).
+    async fn coordinator_address(
+        &self,
+        group: &str,
+        cached: &mut Option<String>,
+    ) -> Result<String, ClientError> {
+        if let Some(a) = cached.clone() {
+            return Ok(a);
+        }
+        let a = self.find_coordinator(group).await?;
+        *cached = Some(a.clone());
+        Ok(a)
     }
 
     /// One attempt of a coordinator call, not retried: for an asynchronous commit, whose retry
@@ -334,15 +339,11 @@ impl Client {
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let timeout = self.request_timeout();
-        let address = match cached.clone() {
-            Some(a) => a,
-            None => self.find_coordinator(group).await?,
-        };
+        let address = self.coordinator_address(group, cached).await?;
         let result = self.call(&address, timeout, |c| f(c, timeout)).await;
-        *cached = match &result {
-            Ok(_) => Some(address),
-            Err(err) => err.leader_hint().and_then(|h| h.address.clone()),
-        };
+        if let Err(err) = &result {
+            follow_hint(cached, err);
+        }
         result
     }
 
@@ -1256,4 +1257,11 @@ impl GroupConsumer {
         .await
         .map(|_| ())
     }
+}
+
+/// After a failed coordinator call: the next goes where the answer's hint points, else to a
+/// coordinator found anew. Whether there was a hint.
+fn follow_hint(cached: &mut Option<String>, err: &ClientError) -> bool {
+    *cached = err.leader_hint().and_then(|h| h.address.clone());
+    cached.is_some()
 }

@@ -551,9 +551,8 @@ impl Fjord for ClientService {
         // Every partition is a Raft group on each of its replicas: bounded, so that a client
         // allowed to create topics cannot make the metadata (copied whole at each change) and
         // the nodes' groups grow without end. Checked against this node's view (a guard, not
-        // a replicated rule: the metadata's apply accepts what it always did).
-        // A topic that exists already is the metadata's to answer (ALREADY_EXISTS: a retried
-        // create finds its own topic).
+        // a replicated rule: the metadata's apply accepts what it always did); a topic that
+        // exists already is left to the metadata's ALREADY_EXISTS (a retried create).
         let view = self.node.view();
         let held: u64 = view
             .state
