@@ -6,7 +6,9 @@
 //!
 //! What must hold: only batches whose base offset is below the high watermark the caller
 //! passes are returned (the caller passes a committed one); batches come in offset order, each
-//! whole, checked; a corrupt entry is an error ([`ReadError::Corrupt`]), never skipped.
+//! whole, checked; a corrupt entry, or an index row that does not match its entry (another
+//! kind of entry, another record count), is an error ([`ReadError::Corrupt`]), never skipped
+//! and never served under the row's offsets.
 
 use bytes::Bytes;
 use fjord_proto::batch;
@@ -55,6 +57,18 @@ pub enum Corruption {
     /// The offset index points at an entry that holds no batch.
     #[error("offset index points at a non-batch entry {index}")]
     NotABatch { index: u64 },
+    /// The offset index row and the entry it points at disagree on the batch's record count:
+    /// the row belongs to another entry (the offsets it would give the records are wrong).
+    #[error(
+        "offset index row of offset {base_offset} says {indexed} records, its entry {index} \
+         holds a batch of {stored}"
+    )]
+    CountMismatch {
+        base_offset: u64,
+        index: u64,
+        indexed: u32,
+        stored: u32,
+    },
     /// The batch's records fail their CRC or do not decode.
     #[error("stored batch at offset {base_offset}: {source}")]
     Batch {
@@ -122,6 +136,14 @@ pub fn committed_batches(
         let b = codec::stored_batch(&raw)
             .map_err(|e| corrupt(e.into()))?
             .ok_or_else(|| corrupt(Corruption::NotABatch { index: idx }))?;
+        if b.record_count != count {
+            return Err(corrupt(Corruption::CountMismatch {
+                base_offset: base,
+                index: idx,
+                indexed: count,
+                stored: b.record_count,
+            }));
+        }
         batch::verify(&b.records, b.stored_crc()).map_err(|source| {
             corrupt(Corruption::Batch {
                 base_offset: base,
