@@ -462,7 +462,10 @@ async fn read_all(
     if options.compaction.is_none() {
         // Each replica's own copy against the final read (replicas still compacting may
         // hold more records than the leader: not in compacting runs).
-        crate::replicas::read_replicas(topic, &replicas, dial, down, recorder).await;
+        notes.extend(
+            crate::replicas::read_replicas(topic, &replicas, dial, down, &read.ends, recorder)
+                .await,
+        );
     }
     Ok(read)
 }
