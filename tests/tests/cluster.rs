@@ -424,6 +424,35 @@ async fn bad_input_gets_precise_errors() {
         .unwrap_err();
     assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s}");
     assert!(s.message().contains("100001 record headers"), "{s}");
+    // The other requests' repeated fields too: 10,001 empty offsets to commit (~300 MB had
+    // 9 MiB of them been decoded, before any check), 10,001 topics asked of Metadata.
+    let s = raw
+        .commit_offsets(fjord_proto::v1::CommitOffsetsRequest {
+            group: "g".into(),
+            member_epoch: -1,
+            offsets: vec![fjord_proto::v1::OffsetCommit::default(); 10_001],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s}");
+    assert!(
+        s.message()
+            .contains("CommitOffsetsRequest holds 10001 offsets; the limit is 10000"),
+        "{s}"
+    );
+    let s = raw
+        .metadata(fjord_proto::v1::MetadataRequest {
+            topics: vec![String::new(); 10_001],
+            leader_wait: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s}");
+    assert!(
+        s.message().contains("10001 topics; the limit is 10000"),
+        "{s}"
+    );
     let s = raw
         .metadata(fjord_proto::v1::MetadataRequest {
             topics: vec![],

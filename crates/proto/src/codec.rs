@@ -2,7 +2,10 @@
 //! `ProduceRequest` whose records, headers or batches, counted on the wire
 //! ([`crate::prescan`]), pass their limits is refused (INVALID_ARGUMENT, naming the limit)
 //! without being decoded: decoding builds a struct per record and header, ~48 times the
-//! bytes of an empty one, before the server's own checks (or its authentication) run.
+//! bytes of an empty one, before the server's own checks (or its authentication) run. The
+//! other requests with repeated message, string or map fields (metadata topics, topic
+//! settings, a heartbeat's subscription and owned partitions, offsets to commit or fetch)
+//! are counted the same way against their handlers' limits.
 
 use std::any::TypeId;
 use std::marker::PhantomData;
@@ -59,12 +62,53 @@ impl<U: Message + Default + 'static> Decoder for FjordDecoder<U> {
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         if TypeId::of::<U>() == TypeId::of::<crate::v1::ProduceRequest>() {
             check_produce(buf.chunk(), buf.remaining())?;
+        } else if let Some((name, fields)) = counted::<U>() {
+            check_counts(name, fields, buf.chunk(), buf.remaining())?;
         }
         self.inner.decode(buf)
     }
 
     fn buffer_settings(&self) -> BufferSettings {
         self.inner.buffer_settings()
+    }
+}
+
+/// The request type's name and its counted fields ([`crate::prescan::counted_fields`]),
+/// when it has any.
+fn counted<U: 'static>() -> Option<(&'static str, &'static [crate::prescan::Counted])> {
+    use crate::v1;
+    let id = TypeId::of::<U>();
+    let name = if id == TypeId::of::<v1::MetadataRequest>() {
+        "MetadataRequest"
+    } else if id == TypeId::of::<v1::AlterTopicConfigRequest>() {
+        "AlterTopicConfigRequest"
+    } else if id == TypeId::of::<v1::GroupHeartbeatRequest>() {
+        "GroupHeartbeatRequest"
+    } else if id == TypeId::of::<v1::CommitOffsetsRequest>() {
+        "CommitOffsetsRequest"
+    } else if id == TypeId::of::<v1::FetchOffsetsRequest>() {
+        "FetchOffsetsRequest"
+    } else {
+        return None;
+    };
+    Some((name, crate::prescan::counted_fields(name)))
+}
+
+/// The counts check of a request other than a produce (see [`counted`]).
+fn check_counts(
+    name: &str,
+    fields: &[crate::prescan::Counted],
+    chunk: &[u8],
+    total: usize,
+) -> Result<(), Status> {
+    if chunk.len() < total {
+        return Ok(());
+    }
+    match crate::prescan::over_limit(chunk, fields) {
+        Some(why) => Err(Status::invalid_argument(format!(
+            "the {name} holds {why} (counted before decoding)"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -113,5 +157,65 @@ mod tests {
         let e = check_produce(&headers, headers.len()).unwrap_err();
         assert!(e.message().contains("record headers"), "{}", e.message());
         assert!(check_produce(&[0x1a, 0x00], 2).is_ok());
+    }
+
+    #[test]
+    fn requests_with_too_many_entries_are_refused_before_decoding() {
+        use crate::v1;
+        use prost::Message;
+        let (name, fields) = counted::<v1::CommitOffsetsRequest>().unwrap();
+        // 10,001 empty offsets: 2 bytes each on the wire.
+        let wire: Vec<u8> = [0x22, 0x00].repeat(crate::prescan::MAX_PARTITION_ENTRIES + 1);
+        let e = check_counts(name, fields, &wire, wire.len()).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message()
+                .contains("CommitOffsetsRequest holds 10001 offsets; the limit is 10000"),
+            "{}",
+            e.message()
+        );
+        let fine: Vec<u8> = [0x22, 0x00].repeat(crate::prescan::MAX_PARTITION_ENTRIES);
+        assert!(check_counts(name, fields, &fine, fine.len()).is_ok());
+        // A heartbeat's subscription, counted across repeats of the (singular) field,
+        // which prost merges.
+        let sub = v1::Subscription {
+            topics: vec!["t".into(); 600],
+            pattern: None,
+        };
+        let one = v1::GroupHeartbeatRequest {
+            subscription: Some(sub),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let twice = [one.clone(), one.clone()].concat();
+        assert_eq!(
+            v1::GroupHeartbeatRequest::decode(&twice[..])
+                .unwrap()
+                .subscription
+                .unwrap()
+                .topics
+                .len(),
+            1_200
+        );
+        let (name, fields) = counted::<v1::GroupHeartbeatRequest>().unwrap();
+        assert!(check_counts(name, fields, &one, one.len()).is_ok());
+        let e = check_counts(name, fields, &twice, twice.len()).unwrap_err();
+        assert!(
+            e.message()
+                .contains("1200 subscribed topics; the limit is 1000")
+        );
+        // A map's entries (topic settings).
+        let alter = v1::AlterTopicConfigRequest {
+            name: "t".into(),
+            set: (0..65).map(|i| (format!("k{i}"), "1".into())).collect(),
+            reset: vec![],
+        }
+        .encode_to_vec();
+        let (name, fields) = counted::<v1::AlterTopicConfigRequest>().unwrap();
+        assert!(check_counts(name, fields, &alter, alter.len()).is_err());
+        // Types without counted fields, and bytes that do not parse.
+        assert!(counted::<v1::FetchRequest>().is_none());
+        let (name, fields) = counted::<v1::MetadataRequest>().unwrap();
+        assert!(check_counts(name, fields, &[0x0a, 0x05], 2).is_err());
     }
 }

@@ -1,10 +1,15 @@
-//! Counting the repeated messages of a produce on the wire, before decoding it.
+//! Counting the repeated messages of a request on the wire, before decoding it.
 //!
 //! prost builds a struct for every message it decodes: an empty `Record` is 2 bytes on the
 //! wire and 96 in memory, an empty `Header` 2 and 56. A 9 MiB request of empty records would
 //! take ~450 MB once decoded, before any check of the server's could refuse it. So the
 //! records, headers and batches of a `ProduceRequest` (and of a batch body, a `RecordList`)
 //! are counted on the wire first, and a count over its limit is refused without decoding.
+//!
+//! Every other client request with a repeated message, string or map field is counted the
+//! same way ([`counted_fields`], [`over_limit`]), against the limits its handler applies
+//! after decoding: 9 MiB of empty `OffsetCommit`s would otherwise take ~300 MB, before
+//! authentication.
 //!
 //! The walk reads each field's key and skips its payload (a group to its matching end, as
 //! prost skips it), descending only into `Record`s (to count their headers): linear in the
@@ -84,6 +89,118 @@ pub fn record_list(body: &[u8]) -> Counts {
     });
     c.malformed = !(complete && inner_ok);
     c
+}
+
+/// Entries of a repeated field (or map) one request may hold, where the request's own limit
+/// is not stated elsewhere: topics named in a `MetadataRequest`.
+pub const MAX_METADATA_TOPICS: usize = 10_000;
+/// Keys one `AlterTopicConfigRequest` may set or reset (each list).
+pub const MAX_CONFIG_KEYS: usize = 64;
+/// Topics a member's subscription may name (the groups' `MAX_SUBSCRIBED_TOPICS`).
+pub const MAX_SUBSCRIBED_TOPICS: usize = 1_000;
+/// Partitions (or topic entries) one offsets request or heartbeat may name (the groups'
+/// `MAX_OFFSETS_PER_REQUEST`).
+pub const MAX_PARTITION_ENTRIES: usize = 10_000;
+
+/// A repeated field of a request, counted on the wire: the path of field numbers from the
+/// request's top level to it (each step before the last a message field, singular or
+/// repeated: prost merges a singular message field that comes twice, appending its repeated
+/// fields), what it is, and how many entries a request may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Counted {
+    pub path: &'static [u32],
+    pub what: &'static str,
+    pub limit: usize,
+}
+
+/// The repeated message, string and map fields of every client request but `Produce`
+/// ([`produce_request`] counts its own): an empty entry is 2 bytes on the wire and 24 to 96
+/// once decoded. Numbers from proto/fjord.proto.
+pub fn counted_fields(request: &str) -> &'static [Counted] {
+    const METADATA: &[Counted] = &[Counted {
+        path: &[1],
+        what: "topics",
+        limit: MAX_METADATA_TOPICS,
+    }];
+    const ALTER_TOPIC_CONFIG: &[Counted] = &[
+        Counted {
+            path: &[2],
+            what: "settings",
+            limit: MAX_CONFIG_KEYS,
+        },
+        Counted {
+            path: &[3],
+            what: "keys to reset",
+            limit: MAX_CONFIG_KEYS,
+        },
+    ];
+    const HEARTBEAT: &[Counted] = &[
+        Counted {
+            path: &[6, 1],
+            what: "subscribed topics",
+            limit: MAX_SUBSCRIBED_TOPICS,
+        },
+        Counted {
+            path: &[7, 1],
+            what: "owned topic entries",
+            limit: MAX_PARTITION_ENTRIES,
+        },
+    ];
+    const COMMIT_OFFSETS: &[Counted] = &[Counted {
+        path: &[4],
+        what: "offsets",
+        limit: MAX_PARTITION_ENTRIES,
+    }];
+    const FETCH_OFFSETS: &[Counted] = &[Counted {
+        path: &[4],
+        what: "topic entries",
+        limit: MAX_PARTITION_ENTRIES,
+    }];
+    match request {
+        "MetadataRequest" => METADATA,
+        "AlterTopicConfigRequest" => ALTER_TOPIC_CONFIG,
+        "GroupHeartbeatRequest" => HEARTBEAT,
+        "CommitOffsetsRequest" => COMMIT_OFFSETS,
+        "FetchOffsetsRequest" => FETCH_OFFSETS,
+        _ => &[],
+    }
+}
+
+/// The first of `fields` that `buf` holds more entries of than its limit, as a message
+/// naming it; `None` within them all. A walk that cannot reach the end is refused too (a
+/// count that stopped early could be too low).
+pub fn over_limit(buf: &[u8], fields: &[Counted]) -> Option<String> {
+    for c in fields {
+        let (n, complete) = count_path(buf, c.path);
+        if !complete {
+            return Some("bytes that do not parse as protobuf".to_string());
+        }
+        if n > c.limit {
+            return Some(format!("{n} {}; the limit is {}", c.what, c.limit));
+        }
+    }
+    None
+}
+
+/// How many length-delimited fields at `path` `buf` holds (summed over every message on
+/// the way), and whether every walk reached its end.
+fn count_path(buf: &[u8], path: &[u32]) -> (usize, bool) {
+    match path {
+        [] => (0, true),
+        [last] => count(buf, *last),
+        [first, rest @ ..] => {
+            let mut n = 0usize;
+            let mut inner_ok = true;
+            let complete = each_field(buf, |f, payload| {
+                if let (true, Some(inner)) = (f == *first, payload) {
+                    let (k, ok) = count_path(inner, rest);
+                    n = n.saturating_add(k);
+                    inner_ok &= ok;
+                }
+            });
+            (n, complete && inner_ok)
+        }
+    }
 }
 
 /// How many length-delimited fields numbered `field` `buf` holds at its top level, and

@@ -513,11 +513,18 @@ impl Fjord for ClientService {
             .iter()
             .map(|(id, n)| (*id, n.address.clone()))
             .collect();
+        // The named topics by lookup, each once (a request names at most
+        // MAX_METADATA_TOPICS, counted before decoding), in name order as the whole list.
+        let named: std::collections::BTreeSet<&str> =
+            req.topics.iter().map(String::as_str).collect();
+        let wanted: Box<dyn Iterator<Item = &fjord_meta::Topic>> = if named.is_empty() {
+            Box::new(view.state.topics.values())
+        } else {
+            Box::new(named.into_iter().filter_map(|n| view.state.topic(n)))
+        };
         let mut topics = Vec::new();
-        for t in view.state.topics.values() {
-            if (req.topics.is_empty() || req.topics.iter().any(|n| n == &t.name))
-                && caller.may(Operation::Describe, Resource::topic(&t.name))
-            {
+        for t in wanted {
+            if caller.may(Operation::Describe, Resource::topic(&t.name)) {
                 topics.push(topic_info(&self.node, t));
             }
         }
@@ -1178,6 +1185,15 @@ fn unexpected(_: Answer) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wire_counts_are_the_handlers_limits() {
+        // A request the handler would take is never refused before decoding.
+        use fjord_groups::limits as g;
+        use fjord_proto::prescan as p;
+        assert_eq!(p::MAX_SUBSCRIBED_TOPICS, g::MAX_SUBSCRIBED_TOPICS);
+        assert_eq!(p::MAX_PARTITION_ENTRIES, g::MAX_OFFSETS_PER_REQUEST);
+    }
 
     fn view() -> fjord_groups::TopicsView {
         fjord_groups::TopicsView::new([
