@@ -226,6 +226,29 @@ async fn unallocated_ids_and_shared_ids_are_refused_not_dropped() {
         "{e:?}"
     );
 
+    // A named producer's epoch that InitProducer never issued (anyone allowed to write the
+    // topic could otherwise fence the real producer there for good with epoch 65535).
+    let named = c
+        .init_producer(InitProducerRequest {
+            producer_name: Some("payments".into()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (nid, nepoch) = (named.producer_id, named.producer_epoch);
+    let e = produce(&cluster, batch(nid, u32::from(u16::MAX), 0, "forged-epoch")).await;
+    assert_eq!(
+        reason(&e).map(|r| r.0),
+        Some(Code::InvalidArgument),
+        "{e:?}"
+    );
+    assert!(e.unwrap().message.contains("was never issued"));
+    // The real producer is not fenced: its batch goes in (and is a duplicate on retry).
+    assert_eq!(
+        produce(&cluster, batch(nid, nepoch, 0, "named")).await,
+        None
+    );
+
     let brokers = cluster.brokers();
     let records = wait_for("a CP read of partition 0", Duration::from_secs(10), || {
         let brokers = brokers.clone();
@@ -241,5 +264,8 @@ async fn unallocated_ids_and_shared_ids_are_refused_not_dropped() {
         }
     })
     .await;
-    assert_eq!(records, [(0, "first".to_string())]);
+    assert_eq!(
+        records,
+        [(0, "first".to_string()), (1, "named".to_string())]
+    );
 }

@@ -168,6 +168,16 @@ pub enum Invalid {
     },
     #[error("producer {producer_id} is unnamed, so its epoch is 0, not {epoch}")]
     UnnamedEpoch { producer_id: u64, epoch: u16 },
+    /// A named producer's epoch above the latest its InitProducer issued.
+    #[error(
+        "epoch {epoch} of producer {producer_id} was never issued (its latest is {current}): \
+         a producer's epoch comes from InitProducer"
+    )]
+    EpochNotIssued {
+        producer_id: u64,
+        epoch: u16,
+        current: u16,
+    },
     #[error("a node cannot rebuild itself through itself")]
     RebuildSelf,
     /// A client's create, delete or produce on one of fjord's own topics.

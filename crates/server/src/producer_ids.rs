@@ -167,34 +167,75 @@ pub async fn init_named(node: &Node, name: String) -> Result<(u64, u16), ApiErro
     }
 }
 
+/// What the metadata's view of a batch's producer says of the batch.
+#[derive(Debug)]
+pub enum Verdict {
+    Accept,
+    Refuse(ApiError),
+    /// This node's view may be behind (an id it has not seen allocated, an epoch above the
+    /// latest it knows): ask the metadata group itself.
+    Confirm,
+}
+
+impl Verdict {
+    /// The refusal's message, if refused.
+    pub fn refused(&self) -> Option<String> {
+        match self {
+            Verdict::Refuse(e) => Some(e.to_string()),
+            _ => None,
+        }
+    }
+}
+
 /// Whether a batch of producer `id` at `epoch` may be proposed, by what `check` says of the
-/// id (pure). `Ok` for an id the metadata knows at this epoch or an older one (a newer epoch
-/// this node has not applied yet is the partition rules' to judge).
-pub fn verdict(check: ProducerCheck, id: u64, epoch: u16) -> Result<(), ApiError> {
+/// id (pure): accepted at the latest epoch or, for the partition rules to fence, an older
+/// one; an id not allocated or an epoch above the latest is refused when `check` is the
+/// metadata group's own answer (`authoritative`), and confirmed with it when it is this
+/// node's view. An epoch never issued is a forged one: taken, it would fence the real
+/// producer on the partition for good, by anyone allowed to write the topic.
+pub fn verdict(check: ProducerCheck, id: u64, epoch: u16, authoritative: bool) -> Verdict {
     match check {
-        ProducerCheck::Unallocated { next } => Err(ApiError::UnknownProducer {
+        ProducerCheck::Unallocated { .. } | ProducerCheck::Named { .. } if !authoritative => {
+            match check {
+                ProducerCheck::Named { epoch: current } if epoch <= current => {
+                    verdict(check, id, epoch, true)
+                }
+                _ => Verdict::Confirm,
+            }
+        }
+        ProducerCheck::Unallocated { next } => Verdict::Refuse(ApiError::UnknownProducer {
             producer_id: id,
             next,
         }),
         ProducerCheck::Named { epoch: current } if epoch < current => {
-            Err(ApiError::ProducerFenced {
+            Verdict::Refuse(ApiError::ProducerFenced {
                 producer_id: id,
                 epoch,
                 current,
             })
         }
-        ProducerCheck::Unnamed if epoch > 0 => Err(Invalid::UnnamedEpoch {
-            producer_id: id,
-            epoch,
-        }
-        .into()),
-        _ => Ok(()),
+        ProducerCheck::Named { epoch: current } if epoch > current => Verdict::Refuse(
+            Invalid::EpochNotIssued {
+                producer_id: id,
+                epoch,
+                current,
+            }
+            .into(),
+        ),
+        ProducerCheck::Unnamed if epoch > 0 => Verdict::Refuse(
+            Invalid::UnnamedEpoch {
+                producer_id: id,
+                epoch,
+            }
+            .into(),
+        ),
+        _ => Verdict::Accept,
     }
 }
 
 /// Checks a batch's producer id and epoch against the metadata before it is proposed (see
-/// [`verdict`]): against this node's view, and only when that view has not seen the id
-/// allocated, against the metadata group itself (a read through its log, so an id allocated
+/// [`verdict`]): against this node's view, and when that view may be behind, against the
+/// metadata group itself (a read through its log, so an id allocated or an epoch issued
 /// anywhere before the batch was sent is known; UNAVAILABLE without a metadata majority).
 pub async fn check_batch(
     node: &Node,
@@ -205,12 +246,17 @@ pub async fn check_batch(
     if id == 0 {
         return Ok(());
     }
-    let local = view.check_producer(id);
-    if !matches!(local, ProducerCheck::Unallocated { .. }) {
-        return verdict(local, id, epoch);
-    }
-    match node.meta_write(MetaCommand::CheckProducer { id }).await? {
-        MetaResponse::ProducerCheck(check) => verdict(check, id, epoch),
+    let answer = match verdict(view.check_producer(id), id, epoch, false) {
+        Verdict::Accept => return Ok(()),
+        Verdict::Refuse(e) => return Err(e),
+        Verdict::Confirm => node.meta_write(MetaCommand::CheckProducer { id }).await?,
+    };
+    match answer {
+        MetaResponse::ProducerCheck(check) => match verdict(check, id, epoch, true) {
+            Verdict::Accept => Ok(()),
+            Verdict::Refuse(e) => Err(e),
+            Verdict::Confirm => unreachable!("an authoritative check confirms nothing"),
+        },
         other => Err(ApiError::UnexpectedAnswer {
             to: "a producer check",
             got: Box::new(other),
@@ -252,28 +298,50 @@ mod tests {
 
     #[test]
     fn a_batch_is_checked_against_what_the_metadata_knows_of_its_producer() {
-        let code = |r: Result<(), ApiError>| r.map_err(|e| e.code());
+        let code = |v: Verdict| match v {
+            Verdict::Accept => Ok(()),
+            Verdict::Refuse(e) => Err(e.code()),
+            Verdict::Confirm => Err(tonic::Code::Unknown),
+        };
         let unallocated = ProducerCheck::Unallocated { next: 10 };
+        assert!(matches!(
+            verdict(unallocated, 12, 0, false),
+            Verdict::Confirm
+        ));
         assert_eq!(
-            code(verdict(unallocated, 12, 0)),
+            code(verdict(unallocated, 12, 0, true)),
             Err(tonic::Code::FailedPrecondition)
         );
         let named = ProducerCheck::Named { epoch: 3 };
-        assert!(matches!(
-            verdict(named, 5, 2),
-            Err(ApiError::ProducerFenced {
-                producer_id: 5,
-                epoch: 2,
-                current: 3
-            })
-        ));
-        assert_eq!(code(verdict(named, 5, 3)), Ok(()));
-        // This node's view may be behind a newer epoch: the partition rules judge it.
-        assert_eq!(code(verdict(named, 5, 4)), Ok(()));
-        assert_eq!(code(verdict(ProducerCheck::Unnamed, 5, 0)), Ok(()));
-        assert_eq!(
-            code(verdict(ProducerCheck::Unnamed, 5, 1)),
-            Err(tonic::Code::InvalidArgument)
+        for authoritative in [false, true] {
+            assert!(matches!(
+                verdict(named, 5, 2, authoritative),
+                Verdict::Refuse(ApiError::ProducerFenced {
+                    producer_id: 5,
+                    epoch: 2,
+                    current: 3
+                })
+            ));
+            assert_eq!(code(verdict(named, 5, 3, authoritative)), Ok(()));
+            assert_eq!(
+                code(verdict(ProducerCheck::Unnamed, 5, 0, authoritative)),
+                Ok(())
+            );
+            assert_eq!(
+                code(verdict(ProducerCheck::Unnamed, 5, 1, authoritative)),
+                Err(tonic::Code::InvalidArgument)
+            );
+        }
+        // This node's view may be behind a newer epoch: the metadata group decides; an epoch
+        // it never issued is refused (it would fence the real producer for good).
+        assert!(matches!(verdict(named, 5, 4, false), Verdict::Confirm));
+        let forged = verdict(named, 5, u16::MAX, true);
+        assert_eq!(code(forged), Err(tonic::Code::InvalidArgument));
+        assert!(
+            verdict(named, 5, 4, true)
+                .refused()
+                .unwrap()
+                .contains("epoch 4 of producer 5 was never issued (its latest is 3)")
         );
     }
 
