@@ -570,6 +570,11 @@ impl Quiescence {
         if st.mode != Mode::Awake || st.transfer_term == Some(claim.term) {
             return false;
         }
+        // A follower woken with its elections held, elected since (a leader transfer), and
+        // now going quiet as leader: the hold ends here. Kept, it would outlive its timer
+        // (which acts only on an awake replica) and this replica, a follower again one day,
+        // would never campaign and would refuse every pre-vote.
+        self.end_hold(&mut st);
         if targets.is_empty() {
             self.set_mode(&mut st, Mode::Leading { claim, targets });
             self.timers.set_heartbeat(false);
@@ -737,12 +742,18 @@ impl Quiescence {
         });
     }
 
-    /// Re-enables elections after a wake's delay, unless the replica went quiet or woke again
-    /// since.
+    /// Re-enables elections after a wake's delay, unless the replica woke again since (a
+    /// later hold decides) or is a quiet follower again (its next wake holds anew).
     fn may_campaign(&self, wakes: u64) {
         let mut st = self.state.lock().unwrap();
-        if st.wakes == wakes && st.mode == Mode::Awake {
-            st.held_until = None;
+        if st.wakes == wakes && !matches!(st.mode, Mode::Following(_)) {
+            self.end_hold(&mut st);
+        }
+    }
+
+    /// Ends any hold of elections: they are on, pre-votes are answered.
+    fn end_hold(&self, st: &mut State) {
+        if st.held_until.take().is_some() {
             self.timers.set_elect(true);
         }
     }
@@ -1073,6 +1084,53 @@ mod tests {
         tokio::time::sleep(grace + Duration::from_millis(1)).await;
         assert_eq!(f.get(), (true, true, true));
         assert!(!q.refuses_pre_vote());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_does_not_outlive_a_transfer_that_made_the_follower_leader() {
+        let f = Fake::on();
+        let grace = Duration::from_millis(1200);
+        let q = Quiescence::new(9, f.clone(), grace, Transitions::default());
+        q.follow(CLAIM);
+        // Woken by the transfer's message: elections held.
+        assert!(q.wake(Wake::Activity, "test"));
+        assert!(q.holds_elections());
+        // Elected by the transfer, idle: it goes quiet as leader before the hold's end.
+        let led = Claim { term: 2, ..CLAIM };
+        assert!(q.claim(led, vec![2, 3], Instant::now()));
+        assert!(!q.holds_elections(), "a leader holds no elections");
+        assert!(q.accepted(&led, 2) || q.accepted(&led, 3));
+        tokio::time::sleep(grace + Duration::from_millis(1)).await;
+        // Woken as leader, then a follower again (deposed while awake): it campaigns and
+        // answers pre-votes.
+        assert!(q.wake(Wake::Activity, "test"));
+        assert_eq!(f.get(), (true, true, true));
+        assert!(!q.refuses_pre_vote());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_ends_at_its_timer_even_if_the_replica_claimed_meanwhile() {
+        let f = Fake::on();
+        let grace = Duration::from_millis(1200);
+        let q = Quiescence::new(9, f.clone(), grace, Transitions::default());
+        q.follow(CLAIM);
+        assert!(q.wake(Wake::Activity, "test"));
+        // The timer's end, with the replica not awake (a claim offered): the hold ends.
+        {
+            let mut st = q.state.lock().unwrap();
+            q.set_mode(
+                &mut st,
+                Mode::Claiming {
+                    claim: CLAIM,
+                    pending: vec![2],
+                    targets: vec![2],
+                    since: Instant::now(),
+                },
+            );
+        }
+        tokio::time::sleep(grace + Duration::from_millis(1)).await;
+        assert!(!q.holds_elections());
+        assert!(f.get().2, "elections on");
     }
 
     #[tokio::test(start_paused = true)]
