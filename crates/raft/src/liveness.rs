@@ -92,6 +92,11 @@ pub struct Liveness {
     pool: Arc<PeerPool>,
     // The locks below guard short sections (map updates and lookups), no await inside.
     detector: Mutex<Detector>,
+    /// When each peer's last heartbeat *request* came. The detector also counts answers to
+    /// this node's own heartbeats; a quiet follower's claim is a lease only while its leader's
+    /// requests (which carry the claims) arrive: with the link from the leader down and the
+    /// one to it up, the leader answers, yet its claims and appends never come.
+    requested: Mutex<HashMap<NodeId, Instant>>,
     /// Leader side: the version of our claims each peer holds (from its last answer).
     acked: Mutex<HashMap<NodeId, u64>>,
     /// Follower side: per leader, the version of its claims last applied and the groups that
@@ -205,6 +210,7 @@ impl Liveness {
             me,
             transitions,
             detector: Mutex::new(Detector::new(cfg.suspect_after)),
+            requested: Mutex::new(HashMap::new()),
             acked: Mutex::new(HashMap::new()),
             followed: Mutex::new(HashMap::new()),
             sweeping: Arc::new(AtomicBool::new(false)),
@@ -292,7 +298,9 @@ impl Liveness {
     /// Answers a peer's heartbeat.
     pub fn serve(&self, req: NodeHeartbeat) -> NodeHeartbeatReply {
         let from = req.from;
-        self.detector.lock().unwrap().heard(from, Instant::now());
+        let now = Instant::now();
+        self.detector.lock().unwrap().heard(from, now);
+        self.requested.lock().unwrap().insert(from, now);
         self.note_report(from, req.suspects.clone());
         let suspects = self.suspects.lock().unwrap().clone();
         if !req.full {
@@ -396,7 +404,7 @@ impl Liveness {
         let mut logged = QuietCounts::default();
         let mut in_flight: HashMap<NodeId, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut round = 0u64;
-        let mut last_look: Option<(u64, HashSet<NodeId>, bool)> = None;
+        let mut last_look: Option<(u64, HashSet<NodeId>, HashSet<NodeId>, bool)> = None;
         loop {
             // Heartbeats go out every interval; the look at the groups also happens the moment
             // a peer would become suspected, not up to an interval later: how soon the groups
@@ -431,9 +439,10 @@ impl Liveness {
                 .transitions
                 .get()
                 .wrapping_add(self.reports_changed.load(Ordering::Acquire).rotate_left(32));
-            let unchanged = last_look
-                .as_ref()
-                .is_some_and(|(t, a, settled)| *settled && *t == transitions && *a == alive);
+            let requesting = self.requesting(&peers, now);
+            let unchanged = last_look.as_ref().is_some_and(|(t, a, r, settled)| {
+                *settled && *t == transitions && *a == alive && *r == requesting
+            });
             if full || !unchanged {
                 let reports = self.fresh_reports(now);
                 let round = Round {
@@ -441,18 +450,33 @@ impl Liveness {
                     now,
                     full,
                     alive: &alive,
+                    requesting: &requesting,
                     lost: &lost,
                     reports: &reports,
                     cfg: &self.cfg,
                 };
                 let settled = self.scan(&round, &mut idle, &mut claims);
-                last_look = Some((transitions, alive.clone(), settled));
+                last_look = Some((transitions, alive.clone(), requesting, settled));
             }
             if !beat {
                 continue;
             }
             self.send_heartbeats(peers, &claims, &mut in_flight);
         }
+    }
+
+    /// The peers whose heartbeat requests came within the detector's timeout.
+    fn requesting(&self, peers: &BTreeMap<NodeId, String>, now: Instant) -> HashSet<NodeId> {
+        let requested = self.requested.lock().unwrap();
+        peers
+            .keys()
+            .copied()
+            .filter(|p| {
+                requested
+                    .get(p)
+                    .is_some_and(|t| now.saturating_duration_since(*t) < self.cfg.suspect_after)
+            })
+            .collect()
     }
 
     /// Who is alive and who is lost of `peers`, as the detector says at `now`; logs the

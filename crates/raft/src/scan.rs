@@ -83,6 +83,9 @@ pub struct Round<'a> {
     pub full: bool,
     /// The peers heard from within the detector's timeout (this node always counts as alive).
     pub alive: &'a HashSet<NodeId>,
+    /// The peers whose own heartbeat requests (which carry their claims) came within the
+    /// detector's timeout.
+    pub requesting: &'a HashSet<NodeId>,
     /// The peers heard from and silent since.
     pub lost: &'a HashSet<NodeId>,
     /// Per peer, the nodes its latest report (fresher than the detector's timeout) suspects,
@@ -94,6 +97,11 @@ pub struct Round<'a> {
 impl Round<'_> {
     pub fn is_alive(&self, node: NodeId) -> bool {
         node == self.me || self.alive.contains(&node)
+    }
+
+    /// Whether `node`'s heartbeat requests reach this node (its claims renew here).
+    pub fn is_requesting(&self, node: NodeId) -> bool {
+        node == self.me || self.requesting.contains(&node)
     }
 
     /// Whether a majority of `voters` suspect `lost` (this node does).
@@ -236,7 +244,9 @@ fn following<'v>(
     actions: &mut Vec<ScanAction>,
 ) {
     let leader = r.followed_leader().unwrap_or(0);
-    if !round.is_alive(leader) {
+    // The claim is a lease renewed by the leader's own requests: answers to this node's
+    // heartbeats alone (the link from the leader down) do not keep it.
+    if !round.is_alive(leader) || !round.is_requesting(leader) {
         let delay = round.delay(group, &view().voters, leader, round.cfg.election_step);
         actions.push(wake(
             group,
@@ -486,6 +496,7 @@ mod tests {
         now: Instant,
         full: bool,
         alive: HashSet<NodeId>,
+        requesting: HashSet<NodeId>,
         lost: HashSet<NodeId>,
         reports: HashMap<NodeId, Vec<NodeId>>,
         cfg: LivenessConfig,
@@ -498,6 +509,7 @@ mod tests {
                 now,
                 full: false,
                 alive: HashSet::from([1, 3]),
+                requesting: HashSet::from([1, 3]),
                 lost: HashSet::new(),
                 reports: HashMap::new(),
                 cfg: cfg(),
@@ -508,6 +520,7 @@ mod tests {
         fn leader_lost(now: Instant, reported: bool) -> World {
             World {
                 alive: HashSet::from([3]),
+                requesting: HashSet::from([3]),
                 lost: HashSet::from([1]),
                 reports: if reported {
                     HashMap::from([(3, vec![1])])
@@ -524,6 +537,7 @@ mod tests {
                 now: self.now,
                 full: self.full,
                 alive: &self.alive,
+                requesting: &self.requesting,
                 lost: &self.lost,
                 reports: &self.reports,
                 cfg: &self.cfg,
@@ -599,6 +613,28 @@ mod tests {
                 }]
             );
         }
+    }
+
+    #[test]
+    fn a_quiet_follower_whose_leader_answers_but_sends_nothing_wakes() {
+        // The link from node 1 is down, the one to it up: node 1 answers this node's
+        // heartbeats (alive), but its own requests, which carry its claims, never come.
+        let t0 = Instant::now();
+        let mut w = World::calm(t0);
+        w.requesting = HashSet::from([3]);
+        let l = w.look(9, &quiet_follower(t0), None);
+        let [ScanAction::Wake { why, reason, .. }] = l.actions.as_slice() else {
+            panic!("{:?}", l.actions);
+        };
+        assert_eq!(*reason, "leader suspected");
+        assert!(matches!(why, Wake::LeaderSuspected(_)), "{why:?}");
+        // Its requests coming again: a quiet follower stays quiet.
+        assert!(
+            World::calm(t0)
+                .look(9, &quiet_follower(t0), None)
+                .actions
+                .is_empty()
+        );
     }
 
     #[test]
