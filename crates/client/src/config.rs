@@ -33,16 +33,17 @@ pub const MAX_BROKERS: usize = 1_024;
 pub const DEFAULT_LINGER_MS: u64 = 5;
 /// Largest accepted `linger_ms`.
 pub const MAX_LINGER_MS: u64 = 60_000;
-/// Default largest batch, in encoded bytes. Well under the server's default 4 MiB request
-/// limit and a multiple of the 1 MiB default record limit's typical record.
+/// Default largest batch, in encoded bytes. Well under the server's 8 MiB of records per
+/// produce request and a multiple of the 1 MiB default record limit's typical record.
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 512 * 1024;
-/// Largest accepted `max_batch_bytes`.
-pub const MAX_BATCH_BYTES_LIMIT: usize = 16 * 1024 * 1024;
+/// Largest accepted `max_batch_bytes`: the server takes at most 8 MiB of records in one
+/// produce request (a larger batch would be refused every time it was sent).
+pub const MAX_BATCH_BYTES_LIMIT: usize = 8 * 1024 * 1024;
 /// Default largest batch, in records.
 pub const DEFAULT_MAX_BATCH_RECORDS: usize = 10_000;
-/// Largest accepted `max_batch_records` (a batch's record count is a u32 on the wire, and
-/// sequence numbers advance by it).
-pub const MAX_BATCH_RECORDS_LIMIT: usize = 1_000_000;
+/// Largest accepted `max_batch_records`: the server takes at most 100,000 records in one
+/// batch (`fjord_proto::prescan::MAX_RECORDS`).
+pub const MAX_BATCH_RECORDS_LIMIT: usize = fjord_proto::prescan::MAX_RECORDS;
 /// Default batches of one partition in flight at once.
 pub const DEFAULT_MAX_IN_FLIGHT_BATCHES: usize = 5;
 /// Largest accepted `max_in_flight_batches`: the server remembers the last 5 batches of each

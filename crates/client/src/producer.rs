@@ -320,6 +320,19 @@ pub(crate) fn interpret_produce(
             result.record_count
         )));
     }
+    // Every record's offset must fit: an answer that places the batch past the end of the
+    // offset space is not one (the records would be told wrapped offsets).
+    if result
+        .base_offset
+        .checked_add(u64::from(count))
+        .is_none_or(|end| end > i64::MAX as u64)
+    {
+        return Err(ClientError::Protocol(format!(
+            "partition {partition}: the answer places {count} records at offset {}, past the \
+             end of the offset space",
+            result.base_offset
+        )));
+    }
     if result.duplicate {
         debug!(
             partition,
@@ -342,21 +355,28 @@ fn produce_timeout_ms(request_timeout_ms: u64) -> u32 {
 }
 
 /// Whether a produce attempt that failed with `e` may have appended its batch all the same:
-/// an unknown outcome (timeout, lost connection), or an attempt that reached a node (`sent`)
-/// and came back UNAVAILABLE (a proposal cut short by a lost leadership or a stopping group
-/// answers so, with or without a leader hint) or with an answer the client cannot read. A
-/// refusal of the batch itself (NOT_FOUND, INVALID_ARGUMENT, a sequence gap, a full disk, a
-/// fenced producer) is given before anything is proposed; an attempt that never reached a
-/// node (no route to the leader) appended nothing.
+/// only one that reached a node (`sent`: before it, a timeout or a lost connection belongs
+/// to a metadata lookup, and nothing was asked to append), and then unless `e` is a refusal
+/// of the batch given before anything is proposed (NOT_FOUND, INVALID_ARGUMENT, a sequence
+/// gap or reuse, a full disk, a fenced producer, a refused principal, the client's own
+/// configuration). Everything else may follow a proposal: UNAVAILABLE (a proposal cut short
+/// by a lost leadership or a stopping group answers so), a timeout, a lost connection, an
+/// answer the client cannot read or cannot take (too large: tonic's OUT_OF_RANGE), a server
+/// error.
 pub(crate) fn may_have_appended(e: &ClientError, sent: bool) -> bool {
-    e.is_outcome_unknown()
-        || (sent
-            && matches!(
-                e,
-                ClientError::Unavailable { .. }
-                    | ClientError::Server { .. }
-                    | ClientError::Protocol(_)
-            ))
+    sent && !matches!(
+        e,
+        ClientError::NotFound(_)
+            | ClientError::InvalidArgument(_)
+            | ClientError::OutOfOrderSequence(_)
+            | ClientError::FailedPrecondition(_)
+            | ClientError::DiskFull(_)
+            | ClientError::ProducerFenced(_)
+            | ClientError::Unauthenticated(_)
+            | ClientError::PermissionDenied(_)
+            | ClientError::Config(_)
+            | ClientError::AlreadyExists(_)
+    )
 }
 
 // ---- effects -------------------------------------------------------------------------------
@@ -537,6 +557,14 @@ impl Producer {
             timestamp_ms: record.timestamp_ms,
         };
         let size = wire.encoded_len() + RECORD_FRAMING_BYTES;
+        if size > crate::config::MAX_BATCH_BYTES_LIMIT {
+            // Alone in its batch, still more than one produce request may hold.
+            return Err(ClientError::InvalidArgument(format!(
+                "a record of {size} encoded bytes exceeds the {} bytes of records one produce \
+                 request may hold",
+                crate::config::MAX_BATCH_BYTES_LIMIT
+            )));
+        }
         let byte_permits = u32::try_from(size)
             .ok()
             .filter(|_| size <= shared.config.max_pending_bytes)
@@ -1058,7 +1086,14 @@ mod tests {
         };
         assert!(may_have_appended(&unavailable, true));
         assert!(!may_have_appended(&unavailable, false), "never sent");
-        assert!(may_have_appended(&ClientError::Timeout("t".into()), false));
+        // A timeout or lost connection before any produce went out (a metadata lookup).
+        assert!(!may_have_appended(&ClientError::Timeout("t".into()), false));
+        assert!(may_have_appended(&ClientError::Timeout("t".into()), true));
+        // An answer the client could not take: the batch may be in the log.
+        assert!(may_have_appended(
+            &ClientError::OffsetOutOfRange("response too large".into()),
+            true
+        ));
         for definite in [
             ClientError::NotFound("topic".into()),
             ClientError::InvalidArgument("big".into()),
@@ -1118,5 +1153,17 @@ mod tests {
             interpret_produce(produce_answer(gap), 2, 5),
             Err(ClientError::OutOfOrderSequence(_))
         ));
+        // An offset the batch's records cannot all have (a buggy or hostile server): no
+        // panic, no wrapped offsets.
+        for base_offset in [u64::MAX - 2, i64::MAX as u64] {
+            let past = v1::PartitionResult {
+                partition: 2,
+                base_offset,
+                record_count: 5,
+                ..Default::default()
+            };
+            let e = interpret_produce(produce_answer(past), 2, 5).unwrap_err();
+            assert!(matches!(e, ClientError::Protocol(_)), "{e:?}");
+        }
     }
 }
