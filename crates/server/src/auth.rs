@@ -258,7 +258,12 @@ pub fn new_token(user: &str) -> (String, UserRecord) {
 /// The principal a token authenticates, by the metadata's users.
 pub fn check_token(token: &str, state: &MetaState) -> Result<String, AuthError> {
     let (user, secret) = parse_token(token).ok_or(AuthError::Malformed)?;
-    let rec = state.users.get(user).ok_or(AuthError::Rejected)?;
+    // A user that does not exist costs the same hash as one that does: the answer's time
+    // does not tell which user names exist.
+    let Some(rec) = state.users.get(user) else {
+        let _ = std::hint::black_box(hash(&[0u8; USER_SALT_BYTES], &secret));
+        return Err(AuthError::Rejected);
+    };
     if rec.hash.len() == USER_HASH_BYTES && constant_time_eq(&hash(&rec.salt, &secret), &rec.hash) {
         Ok(format!("{USER_PREFIX}{user}"))
     } else {

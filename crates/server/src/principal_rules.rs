@@ -129,8 +129,10 @@ impl PrincipalRules {
                     caps.expand(replacement, &mut out);
                     let out = match case {
                         Case::Keep => out,
-                        Case::Lower => out.to_lowercase(),
-                        Case::Upper => out.to_uppercase(),
+                        // ASCII only: Unicode case mapping would make a name of other
+                        // letters (the Kelvin sign lowers to `k`) another principal's.
+                        Case::Lower => out.to_ascii_lowercase(),
+                        Case::Upper => out.to_ascii_uppercase(),
                     };
                     if !out.is_empty() {
                         return Some(out);

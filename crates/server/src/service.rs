@@ -720,8 +720,10 @@ impl Fjord for ClientService {
     ) -> Result<Response<ProduceResponse>, Status> {
         let started = std::time::Instant::now();
         let caller = self.caller(&req)?;
+        // The permission first: a caller that may not write the topic learns nothing from
+        // what else its request got wrong.
+        caller.require(Operation::Write, Resource::topic(&req.get_ref().topic))?;
         let produce = crate::wire::Produce::try_from(req.into_inner())?;
-        caller.require(Operation::Write, Resource::topic(&produce.topic))?;
         let acks = produce.acks;
         let results = match not_internal(&produce.topic, "produce to") {
             Ok(()) => data::produce(&self.node, produce).await,

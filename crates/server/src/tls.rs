@@ -344,7 +344,13 @@ fn unbracket(host: &str) -> &str {
         .unwrap_or(host)
 }
 
+/// A DNS name of a certificate against an expected peer name. A peer named by an IP address
+/// matches only an IP address of the certificate ([`ip_matches`]): a DNS name `10.0.0.1`, or
+/// a wildcard `*.0.0.1`, in a certificate is not that address.
 fn dns_matches(in_cert: &str, name: &str) -> bool {
+    if name.parse::<IpAddr>().is_ok() {
+        return false;
+    }
     if in_cert.eq_ignore_ascii_case(name) {
         return true;
     }
@@ -757,16 +763,23 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A value escaped as RFC 4514 section 2.4 says.
+/// A value escaped as RFC 4514 section 2.4 says. The two separators of the rendered subject,
+/// `,` (between attributes) and `+` (within one), are escaped as hex pairs (`\2C`, `\2B`, as
+/// RFC 4514 allows): a value never holds a bare separator, so a mapping rule that splits
+/// at commas (`[^,]+`) cannot be fooled by a common name such as `x,OU=admins`.
 fn escape_rfc4514(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let last = s.chars().count().saturating_sub(1);
     for (i, c) in s.chars().enumerate() {
-        let special = matches!(c, '"' | '+' | ',' | ';' | '<' | '>' | '\\')
+        let special = matches!(c, '"' | ';' | '<' | '>' | '\\')
             || (i == 0 && (c == '#' || c == ' '))
             || (i == last && c == ' ');
         if c == '\0' {
             out.push_str("\\00");
+        } else if c == ',' {
+            out.push_str("\\2C");
+        } else if c == '+' {
+            out.push_str("\\2B");
         } else {
             if special {
                 out.push('\\');
@@ -914,13 +927,19 @@ mod tests {
         assert!(!dns_matches("*.fjord.svc", "a.b.fjord.svc"));
         assert!(!dns_matches("*.fjord.svc", "fjord.svc"));
         assert!(ip_matches(&[127, 0, 0, 1], "127.0.0.1"));
+        // A peer named by its address is matched by an IP address only.
+        assert!(!dns_matches("10.0.0.1", "10.0.0.1"));
+        assert!(!dns_matches("*.0.0.1", "10.0.0.1"));
+        assert!(!dns_matches("::1", "::1"));
         assert!(!ip_matches(&[127, 0, 0, 1], "127.0.0.2"));
         assert!(!ip_matches(&[127, 0, 0, 1], "localhost"));
     }
 
     #[test]
     fn rfc4514_escapes() {
-        assert_eq!(escape_rfc4514("a,b"), "a\\,b");
+        assert_eq!(escape_rfc4514("a,b"), "a\\2Cb");
+        assert_eq!(escape_rfc4514("x,OU=admins"), "x\\2COU=admins");
+        assert_eq!(escape_rfc4514("a+b"), "a\\2Bb");
         assert_eq!(escape_rfc4514(" x "), "\\ x\\ ");
         assert_eq!(escape_rfc4514("#1"), "\\#1");
     }
