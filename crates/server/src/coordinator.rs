@@ -997,18 +997,23 @@ impl Runner {
         let mut out = BTreeMap::new();
         for tp in Self::reset_tps(group, *topic, within.as_ref(), topics) {
             let local = self.node.partition(group_id(tp.topic, tp.partition));
-            let looked = match (local, ts) {
-                (Some(h), Some(ts)) if h.is_leader() => {
+            // The bounds a reset clamps to come from a leader past a read index: a lagging
+            // follower's (or a deposed leader's) would put "latest" below the end.
+            let looked = match local {
+                Some(h) if h.is_leader() => {
                     h.linearizable_read()
                         .await
                         .map_err(|e| self.lookup_failed(tp, topics, e.to_string()))?;
+                    let at_time = match ts {
+                        Some(ts) => crate::data::local_offset_for_time(&self.node, &h, ts).await?,
+                        None => None,
+                    };
                     Looked {
-                        at_time: crate::data::local_offset_for_time(&self.node, &h, ts).await?,
+                        at_time,
                         remote: None,
                     }
                 }
-                (Some(_), None) => Looked::default(),
-                (_, ts) => self.remote_lookup(tp, ts, topics).await?,
+                _ => self.remote_lookup(tp, ts, topics).await?,
             };
             out.insert(tp, looked);
         }
@@ -1047,9 +1052,11 @@ impl Runner {
             .and_then(|t| t.partitions.get(tp.partition as usize))
             .and_then(|p| p.leader)
             .ok_or_else(|| fail("no leader known"))?;
+        // A lookup by time is answered past a read index; one of the bounds alone asks for
+        // the latest time (whose answer it ignores) to be answered so too.
         let req = fjord_raft::peer::wire::PartitionRead {
             group_id: group_id(tp.topic, tp.partition),
-            offset_for_time: ts,
+            offset_for_time: Some(ts.unwrap_or(i64::MAX)),
             record_time_at: None,
         };
         let of = crate::error::Subject::Partition {
@@ -1058,7 +1065,7 @@ impl Runner {
         };
         let r = crate::partition_read::ask(&self.node, leader, of, req).await?;
         Ok(Looked {
-            at_time: r.offset,
+            at_time: if ts.is_some() { r.offset } else { None },
             remote: Some((r.log_start_offset, r.high_watermark)),
         })
     }

@@ -927,6 +927,13 @@ impl Node {
         let deadline = tokio::time::Instant::now() + HANDOFF_BUDGET;
         let mut moving = Vec::new();
         for g in self.registry.ids() {
+            // The budget bounds the starting of transfers too: a hibernated leader is
+            // restarted first (up to seconds each), and a node leading thousands of them
+            // would otherwise outlast any stop timeout of its supervisor.
+            if tokio::time::Instant::now() >= deadline {
+                tracing::info!("hand-off budget spent: the remaining leaderships go by election");
+                break;
+            }
             let (watch, to) = match self.registry.get(g) {
                 Some(AnyGroup::Partition(h)) if h.leadership().leader == Some(self.id) => {
                     // A quiet group has no recent acknowledgements: any follower whose node
@@ -936,7 +943,10 @@ impl Node {
                     else {
                         continue;
                     };
-                    if h.transfer_leader(to).await.is_err() {
+                    if !matches!(
+                        tokio::time::timeout_at(deadline, h.transfer_leader(to)).await,
+                        Ok(Ok(_))
+                    ) {
                         continue;
                     }
                     (h.watch_leadership(), to)
@@ -946,7 +956,10 @@ impl Node {
                     else {
                         continue;
                     };
-                    if h.transfer_leader(to).await.is_err() {
+                    if !matches!(
+                        tokio::time::timeout_at(deadline, h.transfer_leader(to)).await,
+                        Ok(Ok(_))
+                    ) {
                         continue;
                     }
                     (h.watch_leadership(), to)
