@@ -31,6 +31,9 @@ pub const REPLICA_READER: u32 = u32::MAX - 200;
 pub const CATCH_UP_WITHIN: Duration = Duration::from_secs(30);
 /// How often a replica behind is asked its bounds again while it catches up.
 const CATCH_UP_POLL: Duration = Duration::from_millis(50);
+/// Empty answers below its high watermark, in a row at one offset, after which a replica is
+/// taken to lack what it does not serve.
+const EMPTY_ANSWERS: u32 = 5;
 
 /// What reading one replica gave: its log start, its high watermark, the records it served
 /// from the start up to that watermark, and why it stopped short, if it did.
@@ -134,8 +137,10 @@ async fn read_replica(
             Ok(_) | Err(_) => tokio::time::sleep(CATCH_UP_POLL).await,
         }
     };
+    let mut start = start;
     let mut records = Vec::new();
     let mut next = start;
+    let mut empty = 0u32;
     for _ in 0..MAX_FETCHES {
         if next >= end {
             return Ok(ReplicaCopy {
@@ -147,6 +152,26 @@ async fn read_replica(
         }
         let r = fetch(&mut c, topic, partition, next).await?;
         if r.batches.is_empty() {
+            // A purge may have raced the read (retention moved the start), or the node's own
+            // write of a batch may still be on its way: ask its bounds again, and try again.
+            let (now_start, _) = tokio::time::timeout(
+                CALL_TIMEOUT,
+                crate::retention::own_bounds(&mut c, topic, partition),
+            )
+            .await
+            .map_err(|_| "ListOffsets timed out".to_string())?
+            .map_err(|s| format!("ListOffsets: {}", s.message()))?;
+            if now_start > next {
+                start = now_start;
+                next = now_start;
+                records.retain(|r: &ReadRecord| r.offset >= now_start);
+                continue;
+            }
+            empty += 1;
+            if empty < EMPTY_ANSWERS {
+                tokio::time::sleep(CATCH_UP_POLL).await;
+                continue;
+            }
             // What it served is judged against the final read up to the high watermark it
             // claimed: the records it did not serve are ones it lacks.
             return Ok(ReplicaCopy {
@@ -155,10 +180,11 @@ async fn read_replica(
                 records,
                 short: Some(format!(
                     "node {address} answered no batch at offset {next} of partition \
-                     {partition}, below its high watermark {end}"
+                     {partition}, below its high watermark {end}, {EMPTY_ANSWERS} times"
                 )),
             });
         }
+        empty = 0;
         for b in r.batches {
             if !b.offset_deltas.is_empty() {
                 return Err(

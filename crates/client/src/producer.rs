@@ -148,15 +148,21 @@ pub(crate) struct BatchLimits {
     pub linger: Duration,
 }
 
+/// Record headers one batch may hold: the server takes at most this many in one produce
+/// request, and a batch goes alone.
+pub(crate) const MAX_BATCH_HEADERS: usize = fjord_proto::prescan::MAX_HEADERS;
+
 /// Records waiting to become one batch.
 ///
-/// Invariants: `bytes` is the sum of the items' sizes; `opened_at` is set exactly when there
-/// are items; a batch never exceeds `max_records`, nor `max_bytes` unless it is one record.
+/// Invariants: `bytes` is the sum of the items' sizes, `headers` of their headers;
+/// `opened_at` is set exactly when there are items; a batch never exceeds `max_records`, nor
+/// `max_bytes` or [`MAX_BATCH_HEADERS`] unless it is one record.
 #[derive(Debug)]
 pub(crate) struct Accumulator<T> {
     limits: BatchLimits,
     items: Vec<T>,
     bytes: usize,
+    headers: usize,
     opened_at: Option<Instant>,
 }
 
@@ -166,14 +172,29 @@ impl<T> Accumulator<T> {
             limits,
             items: Vec::new(),
             bytes: 0,
+            headers: 0,
             opened_at: None,
         }
     }
 
-    /// Adds an item of `size` bytes. When it does not fit beside what is there, the batch so
-    /// far is returned (to be sent first) and the item starts the next one.
+    /// Adds an item of `size` bytes without headers (see [`Accumulator::push_with`]).
+    #[cfg(test)]
     pub(crate) fn push(&mut self, item: T, size: usize, now: Instant) -> Option<Vec<T>> {
+        self.push_with(item, size, 0, now)
+    }
+
+    /// Adds an item of `size` bytes holding `headers` record headers. When it does not fit
+    /// beside what is there, the batch so far is returned (to be sent first) and the item
+    /// starts the next one.
+    pub(crate) fn push_with(
+        &mut self,
+        item: T,
+        size: usize,
+        headers: usize,
+        now: Instant,
+    ) -> Option<Vec<T>> {
         let would_overflow = self.bytes.saturating_add(size) > self.limits.max_bytes
+            || self.headers.saturating_add(headers) > MAX_BATCH_HEADERS
             || self.items.len() >= self.limits.max_records;
         let cut = if would_overflow { self.take() } else { None };
         if self.items.is_empty() {
@@ -181,6 +202,7 @@ impl<T> Accumulator<T> {
         }
         self.items.push(item);
         self.bytes += size;
+        self.headers += headers;
         self.debug_validate();
         cut
     }
@@ -204,6 +226,7 @@ impl<T> Accumulator<T> {
             return None;
         }
         self.bytes = 0;
+        self.headers = 0;
         self.opened_at = None;
         Some(std::mem::take(&mut self.items))
     }
@@ -557,6 +580,13 @@ impl Producer {
             timestamp_ms: record.timestamp_ms,
         };
         let size = wire.encoded_len() + RECORD_FRAMING_BYTES;
+        if wire.headers.len() > MAX_BATCH_HEADERS {
+            return Err(ClientError::InvalidArgument(format!(
+                "a record of {} headers exceeds the {MAX_BATCH_HEADERS} headers one produce \
+                 request may hold",
+                wire.headers.len()
+            )));
+        }
         if size > crate::config::MAX_BATCH_BYTES_LIMIT {
             // Alone in its batch, still more than one produce request may hold.
             return Err(ClientError::InvalidArgument(format!(
@@ -759,8 +789,8 @@ async fn run_partition(
             // budgets push back on the caller.
             command = queue.recv(), if open && !task.window.has_unsent() => match command {
                 Some(Command::Record(p)) => {
-                    let size = p.size;
-                    if let Some(b) = task.batches.push(p, size, Instant::now()) {
+                    let (size, headers) = (p.size, p.record.headers.len());
+                    if let Some(b) = task.batches.push_with(p, size, headers, Instant::now()) {
                         task.push(b);
                     }
                 }
@@ -958,6 +988,16 @@ mod tests {
             max_records,
             linger: Duration::from_millis(linger_ms),
         }
+    }
+
+    #[test]
+    fn a_batch_is_cut_before_it_holds_more_headers_than_a_request_may() {
+        let now = Instant::now();
+        let mut a = Accumulator::new(limits(1 << 30, 1_000, 10));
+        assert_eq!(a.push_with(1, 10, MAX_BATCH_HEADERS - 5, now), None);
+        assert_eq!(a.push_with(2, 10, 5, now), None);
+        assert_eq!(a.push_with(3, 10, 1, now), Some(vec![1, 2]));
+        assert_eq!(a.take(), Some(vec![3]));
     }
 
     #[test]

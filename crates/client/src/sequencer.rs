@@ -633,9 +633,9 @@ fn still_on_its_way(why: &str) -> ClientError {
 /// A later attempt's refusal speaks for that attempt only: an earlier attempt of unknown
 /// outcome (a timeout, a lost connection) may be in the log all the same. So every error
 /// becomes a timeout (outcome unknown), the definite-looking ones too: a NOT_FOUND for the
-/// topic from a node whose metadata is behind, a not-leader, a full disk, a fenced producer.
-/// Only errors that are a property of the batch itself, which the earlier attempt carried as
-/// well and so was refused for too, stay as they are ([`is_about_the_request`]).
+/// topic from a node whose metadata is behind, a not-leader, a full disk, a fenced producer,
+/// and an INVALID_ARGUMENT (the topic's record limit may have been lowered since the earlier
+/// attempt went in).
 fn unknown_outcome(error: ClientError) -> ClientError {
     // Every refusal covers its own attempt only, a refusal of the request for what it is
     // too: the topic's record limit may have been lowered since the earlier attempt, or a

@@ -88,6 +88,8 @@ fn counted<U: 'static>() -> Option<(&'static str, &'static [crate::prescan::Coun
         "CommitOffsetsRequest"
     } else if id == TypeId::of::<v1::FetchOffsetsRequest>() {
         "FetchOffsetsRequest"
+    } else if id == TypeId::of::<v1::ListGroupsRequest>() {
+        "ListGroupsRequest"
     } else {
         return None;
     };
@@ -159,6 +161,10 @@ mod tests {
         assert!(check_produce(&[0x1a, 0x00], 2).is_ok());
     }
 
+    fn fjord_limit_plus_one() -> usize {
+        crate::prescan::MAX_OWNED_ENTRIES + 1
+    }
+
     #[test]
     fn requests_with_too_many_entries_are_refused_before_decoding() {
         use crate::v1;
@@ -199,11 +205,43 @@ mod tests {
         );
         let (name, fields) = counted::<v1::GroupHeartbeatRequest>().unwrap();
         assert!(check_counts(name, fields, &one, one.len()).is_ok());
-        let e = check_counts(name, fields, &twice, twice.len()).unwrap_err();
+        assert!(check_counts(name, fields, &twice, twice.len()).is_ok());
+        let many: Vec<u8> = std::iter::repeat_n(one.clone(), 17).flatten().collect();
+        let e = check_counts(name, fields, &many, many.len()).unwrap_err();
         assert!(
             e.message()
-                .contains("1200 subscribed topics; the limit is 1000")
+                .contains("10200 subscribed topic names; the limit is 10000"),
+            "{}",
+            e.message()
         );
+        // Packed integers: each varint counts, in one entry or many.
+        let fetch = |partitions: u32, per_entry: u32| {
+            v1::FetchOffsetsRequest {
+                partitions: (0..partitions / per_entry)
+                    .map(|_| v1::TopicPartitions {
+                        topic: "t".into(),
+                        partitions: (0..per_entry).map(|p| p * 1_000).collect(),
+                    })
+                    .collect(),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        let (name, fields) = counted::<v1::FetchOffsetsRequest>().unwrap();
+        for per_entry in [1, 100, 10_000] {
+            let ok = fetch(10_000, per_entry);
+            assert!(
+                check_counts(name, fields, &ok, ok.len()).is_ok(),
+                "{per_entry}"
+            );
+        }
+        let over = fetch(10_100, 100);
+        let e = check_counts(name, fields, &over, over.len()).unwrap_err();
+        assert!(e.message().contains("10100 partitions"), "{}", e.message());
+        // Unpacked, each occurrence counts.
+        let unpacked: Vec<u8> = [0x08, 0x05].repeat(fjord_limit_plus_one());
+        let (name, fields) = counted::<v1::ListGroupsRequest>().unwrap();
+        assert!(check_counts(name, fields, &unpacked, unpacked.len()).is_err());
         // A map's entries (topic settings).
         let alter = v1::AlterTopicConfigRequest {
             name: "t".into(),

@@ -96,11 +96,17 @@ pub fn record_list(body: &[u8]) -> Counts {
 pub const MAX_METADATA_TOPICS: usize = 10_000;
 /// Keys one `AlterTopicConfigRequest` may set or reset (each list).
 pub const MAX_CONFIG_KEYS: usize = 64;
-/// Topics a member's subscription may name (the groups' `MAX_SUBSCRIBED_TOPICS`).
-pub const MAX_SUBSCRIBED_TOPICS: usize = 1_000;
-/// Partitions (or topic entries) one offsets request or heartbeat may name (the groups'
+/// Topic names a member's subscription may carry on the wire: ten times the groups'
+/// `MAX_SUBSCRIBED_TOPICS` (1,000 distinct names), which the handler counts after removing
+/// repeats.
+pub const MAX_SUBSCRIPTION_NAMES: usize = 10_000;
+/// Partitions (or topic entries) one offsets request may name (the groups'
 /// `MAX_OFFSETS_PER_REQUEST`).
 pub const MAX_PARTITION_ENTRIES: usize = 10_000;
+/// Topic entries, or partitions, a member may say it owns in one heartbeat, and partitions
+/// one `ListGroupsRequest` may name: a cluster holds at most 100,000 partitions (the
+/// server's `MAX_CLUSTER_PARTITIONS`), so no member owns more.
+pub const MAX_OWNED_ENTRIES: usize = 100_000;
 
 /// A repeated field of a request, counted on the wire: the path of field numbers from the
 /// request's top level to it (each step before the last a message field, singular or
@@ -111,57 +117,54 @@ pub struct Counted {
     pub path: &'static [u32],
     pub what: &'static str,
     pub limit: usize,
+    /// A repeated integer field: its elements are counted (packed, each varint of the
+    /// payload; unpacked, each occurrence), 1 byte on the wire and 4 or 8 once decoded.
+    pub packed: bool,
 }
 
 /// The repeated message, string and map fields of every client request but `Produce`
 /// ([`produce_request`] counts its own): an empty entry is 2 bytes on the wire and 24 to 96
 /// once decoded. Numbers from proto/fjord.proto.
 pub fn counted_fields(request: &str) -> &'static [Counted] {
-    const METADATA: &[Counted] = &[Counted {
-        path: &[1],
-        what: "topics",
-        limit: MAX_METADATA_TOPICS,
-    }];
+    const fn field(path: &'static [u32], what: &'static str, limit: usize) -> Counted {
+        Counted {
+            path,
+            what,
+            limit,
+            packed: false,
+        }
+    }
+    const fn ints(path: &'static [u32], what: &'static str, limit: usize) -> Counted {
+        Counted {
+            path,
+            what,
+            limit,
+            packed: true,
+        }
+    }
+    const METADATA: &[Counted] = &[field(&[1], "topics", MAX_METADATA_TOPICS)];
     const ALTER_TOPIC_CONFIG: &[Counted] = &[
-        Counted {
-            path: &[2],
-            what: "settings",
-            limit: MAX_CONFIG_KEYS,
-        },
-        Counted {
-            path: &[3],
-            what: "keys to reset",
-            limit: MAX_CONFIG_KEYS,
-        },
+        field(&[2], "settings", MAX_CONFIG_KEYS),
+        field(&[3], "keys to reset", MAX_CONFIG_KEYS),
     ];
     const HEARTBEAT: &[Counted] = &[
-        Counted {
-            path: &[6, 1],
-            what: "subscribed topics",
-            limit: MAX_SUBSCRIBED_TOPICS,
-        },
-        Counted {
-            path: &[7, 1],
-            what: "owned topic entries",
-            limit: MAX_PARTITION_ENTRIES,
-        },
+        field(&[6, 1], "subscribed topic names", MAX_SUBSCRIPTION_NAMES),
+        field(&[7, 1], "owned topic entries", MAX_OWNED_ENTRIES),
+        ints(&[7, 1, 2], "owned partitions", MAX_OWNED_ENTRIES),
     ];
-    const COMMIT_OFFSETS: &[Counted] = &[Counted {
-        path: &[4],
-        what: "offsets",
-        limit: MAX_PARTITION_ENTRIES,
-    }];
-    const FETCH_OFFSETS: &[Counted] = &[Counted {
-        path: &[4],
-        what: "topic entries",
-        limit: MAX_PARTITION_ENTRIES,
-    }];
+    const COMMIT_OFFSETS: &[Counted] = &[field(&[4], "offsets", MAX_PARTITION_ENTRIES)];
+    const FETCH_OFFSETS: &[Counted] = &[
+        field(&[4], "topic entries", MAX_PARTITION_ENTRIES),
+        ints(&[4, 2], "partitions", MAX_PARTITION_ENTRIES),
+    ];
+    const LIST_GROUPS: &[Counted] = &[ints(&[1], "partitions", MAX_OWNED_ENTRIES)];
     match request {
         "MetadataRequest" => METADATA,
         "AlterTopicConfigRequest" => ALTER_TOPIC_CONFIG,
         "GroupHeartbeatRequest" => HEARTBEAT,
         "CommitOffsetsRequest" => COMMIT_OFFSETS,
         "FetchOffsetsRequest" => FETCH_OFFSETS,
+        "ListGroupsRequest" => LIST_GROUPS,
         _ => &[],
     }
 }
@@ -171,7 +174,7 @@ pub fn counted_fields(request: &str) -> &'static [Counted] {
 /// count that stopped early could be too low).
 pub fn over_limit(buf: &[u8], fields: &[Counted]) -> Option<String> {
     for c in fields {
-        let (n, complete) = count_path(buf, c.path);
+        let (n, complete) = count_path(buf, c.path, c.packed);
         if !complete {
             return Some("bytes that do not parse as protobuf".to_string());
         }
@@ -183,17 +186,19 @@ pub fn over_limit(buf: &[u8], fields: &[Counted]) -> Option<String> {
 }
 
 /// How many length-delimited fields at `path` `buf` holds (summed over every message on
-/// the way), and whether every walk reached its end.
-fn count_path(buf: &[u8], path: &[u32]) -> (usize, bool) {
+/// the way), or with `packed` how many integers the field at `path` holds; and whether every
+/// walk reached its end.
+fn count_path(buf: &[u8], path: &[u32], packed: bool) -> (usize, bool) {
     match path {
         [] => (0, true),
+        [last] if packed => count_ints(buf, *last),
         [last] => count(buf, *last),
         [first, rest @ ..] => {
             let mut n = 0usize;
             let mut inner_ok = true;
             let complete = each_field(buf, |f, payload| {
                 if let (true, Some(inner)) = (f == *first, payload) {
-                    let (k, ok) = count_path(inner, rest);
+                    let (k, ok) = count_path(inner, rest, packed);
                     n = n.saturating_add(k);
                     inner_ok &= ok;
                 }
@@ -201,6 +206,22 @@ fn count_path(buf: &[u8], path: &[u32]) -> (usize, bool) {
             (n, complete && inner_ok)
         }
     }
+}
+
+/// How many integers the repeated integer field numbered `field` holds in `buf`: each
+/// varint of a packed payload (a byte without its high bit ends one), and each unpacked
+/// occurrence; and whether the walk reached the end.
+fn count_ints(buf: &[u8], field: u32) -> (usize, bool) {
+    let mut n = 0usize;
+    let complete = each_field(buf, |f, payload| {
+        if f == field {
+            n = n.saturating_add(match payload {
+                Some(bytes) => bytes.iter().filter(|b| **b & 0x80 == 0).count(),
+                None => 1,
+            });
+        }
+    });
+    (n, complete)
 }
 
 /// How many length-delimited fields numbered `field` `buf` holds at its top level, and

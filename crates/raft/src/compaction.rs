@@ -170,16 +170,31 @@ fn load(
         Some(r) => Some(r.base_offset),
         None => (rows.len() == STEP_ENTRIES).then(|| last.end_offset()),
     };
-    let base_of: HashMap<u64, u64> = rows.iter().map(|r| (r.index, r.base_offset)).collect();
+    let base_of: HashMap<u64, (u64, u32)> = rows
+        .iter()
+        .map(|r| (r.index, (r.base_offset, r.record_count)))
+        .collect();
     let mut out = Vec::new();
     for (index, raw) in raws {
-        let Some(&base) = base_of.get(&index) else {
+        let Some(&(base, count)) = base_of.get(&index) else {
             continue;
         };
         let entry: Entry = codec::decode(&raw, "log entry")?;
         let EntryPayload::Normal(Request::Batch(b)) = &entry.payload else {
             continue;
         };
+        if b.record_count != count {
+            // The index row is another batch's: its offsets are not these records' (the read
+            // path refuses to serve it too), and a rewrite placed by them would be wrong.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "group {group} entry {index}: its offset index row says {count} records \
+                     at offset {base}, the entry holds a batch of {}",
+                    b.record_count
+                ),
+            ));
+        }
         let records = batch::decode(&b.records, b.stored_crc()).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,

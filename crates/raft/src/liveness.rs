@@ -465,8 +465,12 @@ impl Liveness {
         }
     }
 
-    /// The peers whose heartbeat requests came within the detector's timeout.
+    /// The peers whose heartbeat requests came within the detector's timeout plus two
+    /// intervals: a peer sends its next request only once its last one was answered (one
+    /// call in flight per peer), so a request answered slowly, yet within the timeout, delays
+    /// the next one by up to two intervals.
     fn requesting(&self, peers: &BTreeMap<NodeId, String>, now: Instant) -> HashSet<NodeId> {
+        let window = self.cfg.suspect_after + 2 * self.cfg.interval;
         let requested = self.requested.lock().unwrap();
         peers
             .keys()
@@ -474,7 +478,7 @@ impl Liveness {
             .filter(|p| {
                 requested
                     .get(p)
-                    .is_some_and(|t| now.saturating_duration_since(*t) < self.cfg.suspect_after)
+                    .is_some_and(|t| now.saturating_duration_since(*t) < window)
             })
             .collect()
     }

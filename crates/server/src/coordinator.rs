@@ -379,6 +379,9 @@ struct Lookups {
     resets: BTreeMap<Tp, Looked>,
 }
 
+/// Partitions a reset looks up at once.
+const RESET_LOOKUPS_AT_ONCE: usize = 16;
+
 /// What a reset looked up of one partition.
 #[derive(Debug, Clone, Copy, Default)]
 struct Looked {
@@ -972,12 +975,12 @@ impl Runner {
             .collect()
     }
 
-    /// What a reset needs of each partition it moves that this node cannot tell alone: for a
-    /// reset by time, the first offset at or after the time (absent: no record that recent),
-    /// as its leader finds it after a ReadIndex (this node's replica when it leads); for a
-    /// partition this node holds no replica of, its leader's bounds. Another node is asked
-    /// over the peer port (`ReadPartition`, 2 s). A partition whose leader cannot answer fails
-    /// the reset (a follower's replica may lag: it could move the offset past records).
+    /// What a reset needs of each partition it moves: its leader's bounds and, for a reset by
+    /// time, the first offset at or after the time (absent: no record that recent), as the
+    /// leader finds them after a ReadIndex (this node's replica when it leads; another node
+    /// is asked over the peer port, `ReadPartition`, 2 s, up to [`RESET_LOOKUPS_AT_ONCE`] at
+    /// once). A partition whose leader cannot answer fails the reset (a follower's replica
+    /// may lag: "latest" would land below the end).
     async fn reset_lookups(
         &self,
         op: &Op,
@@ -994,30 +997,49 @@ impl Runner {
             ResetTo::Time(ts) => Some(*ts),
             _ => None,
         };
-        let mut out = BTreeMap::new();
-        for tp in Self::reset_tps(group, *topic, within.as_ref(), topics) {
-            let local = self.node.partition(group_id(tp.topic, tp.partition));
-            // The bounds a reset clamps to come from a leader past a read index: a lagging
-            // follower's (or a deposed leader's) would put "latest" below the end.
-            let looked = match local {
-                Some(h) if h.is_leader() => {
-                    h.linearizable_read()
-                        .await
-                        .map_err(|e| self.lookup_failed(tp, topics, e.to_string()))?;
-                    let at_time = match ts {
-                        Some(ts) => crate::data::local_offset_for_time(&self.node, &h, ts).await?,
-                        None => None,
-                    };
-                    Looked {
-                        at_time,
-                        remote: None,
-                    }
-                }
-                _ => self.remote_lookup(tp, ts, topics).await?,
-            };
-            out.insert(tp, looked);
+        // A few partitions at once: the runner serves every group of its coordinator
+        // partition, and each lookup may cross the network.
+        use futures::StreamExt;
+        let tps = Self::reset_tps(group, *topic, within.as_ref(), topics);
+        let looked: Vec<Result<(Tp, Looked), ApiError>> = futures::stream::iter(tps)
+            .map(|tp| async move { self.reset_lookup(tp, ts, topics).await.map(|l| (tp, l)) })
+            .buffer_unordered(RESET_LOOKUPS_AT_ONCE)
+            .collect()
+            .await;
+        looked.into_iter().collect()
+    }
+
+    /// [`Runner::reset_lookups`] of one partition. The bounds a reset clamps to come from a
+    /// leader past a read index: a lagging follower's (or a deposed leader's) would put
+    /// "latest" below the end.
+    async fn reset_lookup(
+        &self,
+        tp: Tp,
+        ts: Option<i64>,
+        topics: &TopicsView,
+    ) -> Result<Looked, ApiError> {
+        let local = self.node.partition(group_id(tp.topic, tp.partition));
+        match local {
+            Some(h) if h.is_leader() => {
+                h.linearizable_read()
+                    .await
+                    .map_err(|e| self.lookup_failed(tp, topics, e.to_string()))?;
+                let at_time = match ts {
+                    Some(ts) => crate::data::local_offset_for_time(&self.node, &h, ts).await?,
+                    None => None,
+                };
+                Ok(Looked {
+                    at_time,
+                    remote: None,
+                })
+            }
+            // A local follower knows its leader first (the metadata learns it later).
+            Some(h) => {
+                let hint = h.leadership().leader.filter(|l| *l != self.node.id());
+                self.remote_lookup(tp, ts, topics, hint).await
+            }
+            None => self.remote_lookup(tp, ts, topics, None).await,
         }
-        Ok(out)
     }
 
     /// A reset by time could not look `tp` up: its leader is not known or did not answer.
@@ -1040,17 +1062,20 @@ impl Runner {
         tp: Tp,
         ts: Option<i64>,
         topics: &TopicsView,
+        leader_hint: Option<fjord_meta::NodeId>,
     ) -> Result<Looked, ApiError> {
         let fail = |why: &str| self.lookup_failed(tp, topics, why.to_string());
         let name = topics
             .name_of(tp.topic)
             .ok_or_else(|| fail("unknown topic"))?;
         let view = self.node.view();
-        let leader = view
-            .state
-            .topic(name)
-            .and_then(|t| t.partitions.get(tp.partition as usize))
-            .and_then(|p| p.leader)
+        let leader = leader_hint
+            .or_else(|| {
+                view.state
+                    .topic(name)
+                    .and_then(|t| t.partitions.get(tp.partition as usize))
+                    .and_then(|p| p.leader)
+            })
             .ok_or_else(|| fail("no leader known"))?;
         // A lookup by time is answered past a read index; one of the bounds alone asks for
         // the latest time (whose answer it ignores) to be answered so too.

@@ -1193,8 +1193,9 @@ mod tests {
         // A request the handler would take is never refused before decoding.
         use fjord_groups::limits as g;
         use fjord_proto::prescan as p;
-        assert_eq!(p::MAX_SUBSCRIBED_TOPICS, g::MAX_SUBSCRIBED_TOPICS);
-        assert_eq!(p::MAX_PARTITION_ENTRIES, g::MAX_OFFSETS_PER_REQUEST);
+        assert!(p::MAX_SUBSCRIPTION_NAMES >= g::MAX_SUBSCRIBED_TOPICS);
+        assert!(p::MAX_PARTITION_ENTRIES >= g::MAX_OFFSETS_PER_REQUEST);
+        assert!(p::MAX_OWNED_ENTRIES as u64 >= MAX_CLUSTER_PARTITIONS);
     }
 
     fn view() -> fjord_groups::TopicsView {
