@@ -32,6 +32,17 @@ pub const MAX_LEADER_WAIT_MS: u32 = 10_000;
 /// Partitions the cluster holds at most (over every topic, fjord's own included); a topic
 /// that would pass it is refused (RESOURCE_EXHAUSTED).
 pub const MAX_CLUSTER_PARTITIONS: u64 = 100_000;
+
+// The counts a request's repeated fields are held to before decoding
+// (`fjord_proto::prescan`) are at least what the handlers take: a request a handler would
+// take is never refused before it.
+const _: () = {
+    use fjord_groups::limits as g;
+    use fjord_proto::prescan as p;
+    assert!(p::MAX_SUBSCRIPTION_NAMES >= g::MAX_SUBSCRIBED_TOPICS);
+    assert!(p::MAX_PARTITION_ENTRIES >= g::MAX_OFFSETS_PER_REQUEST);
+    assert!(p::MAX_OWNED_ENTRIES as u64 >= MAX_CLUSTER_PARTITIONS);
+};
 /// The largest answer a node sends: a fetch's largest `max_bytes` and room for the batches'
 /// framing. A larger one is refused as [`ApiError::AnswerTooLarge`] (RESOURCE_EXHAUSTED).
 pub const MAX_ANSWER_BYTES: usize = crate::wire::MAX_FETCH_BYTES as usize + (1 << 20);
@@ -1187,16 +1198,6 @@ fn unexpected(_: Answer) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_wire_counts_are_the_handlers_limits() {
-        // A request the handler would take is never refused before decoding.
-        use fjord_groups::limits as g;
-        use fjord_proto::prescan as p;
-        assert!(p::MAX_SUBSCRIPTION_NAMES >= g::MAX_SUBSCRIBED_TOPICS);
-        assert!(p::MAX_PARTITION_ENTRIES >= g::MAX_OFFSETS_PER_REQUEST);
-        assert!(p::MAX_OWNED_ENTRIES as u64 >= MAX_CLUSTER_PARTITIONS);
-    }
 
     fn view() -> fjord_groups::TopicsView {
         fjord_groups::TopicsView::new([
