@@ -12,9 +12,12 @@
 //!   same leader and term, same last index, all of it committed. It then stops ticking, and
 //!   answers that it accepted. Once every follower the claim went to has accepted, the leader
 //!   stops ticking and heartbeating.
-//! - The claim is a lease renewed by every node heartbeat. A quiet follower wakes when its
-//!   leader's node no longer lists the group (the leader woke, stepped down or restarted),
-//!   when its leader's node is suspected (no heartbeat for an election timeout), or when a
+//! - The claim is a lease renewed by every node heartbeat *request* of the leader's node
+//!   (answers to the follower's own heartbeats do not renew it: with the link from the leader
+//!   down, they still come). A quiet follower wakes when its leader's node no longer lists
+//!   the group (the leader woke, stepped down or restarted), when its leader's node is
+//!   suspected (no heartbeat for an election timeout) or sends no request for that timeout
+//!   plus two intervals, or when a
 //!   message shows the group is active (an append with entries, a vote, a snapshot).
 //! - A quiet leader wakes on a proposal, a linearizable read, a leader transfer, or any
 //!   message that shows another node is active in the group.
