@@ -5,6 +5,8 @@
 //! producers), truncations with a new term, and applies, and checks the claim against a
 //! plain fold of the surviving log.
 
+mod common;
+
 use std::collections::HashMap;
 
 use bytes::Bytes;
@@ -64,15 +66,7 @@ fn batch(token: u64, producer_id: u64, base_sequence: u32, record_count: u32) ->
 }
 
 async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        dir.path(),
-        &StoreOptions {
-            cache_size_bytes: 4 << 20,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (_dir, store) = common::temp_store();
     let group = (1u64 << 32) | 1;
     let shared = PartitionShared::open(group, &store, PartitionKind::Data).unwrap();
     let mut log = GroupLogStore::new(group, store.clone(), Some(shared.clone()));
@@ -192,15 +186,7 @@ proptest! {
 #[test]
 fn a_dropped_ap_request_leaves_no_waiter_behind() {
     use fjord_raft::partition_sm::MAX_AP_WAITERS;
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        dir.path(),
-        &StoreOptions {
-            cache_size_bytes: 4 << 20,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (_dir, store) = common::temp_store();
     let shared = PartitionShared::open((1u64 << 32) | 1, &store, PartitionKind::Data).unwrap();
     // More requests than the limit, each given up before its batch was durable.
     for token in 0..(MAX_AP_WAITERS as u64 + 10) {

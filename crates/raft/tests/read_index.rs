@@ -2,13 +2,15 @@
 //! points at: an index row of another batch (another record count) is corruption, reported,
 //! never served with the row's offsets.
 
+mod common;
+
 use bytes::Bytes;
 use fjord_proto::v1::Record;
 use fjord_raft::read::Corruption;
 use fjord_raft::{
     ReadError, ReadLimits, Request, StoredBatch, TypeConfig, codec, committed_batches,
 };
-use fjord_storage::{BatchRow, Op, Store, StoreOptions};
+use fjord_storage::{BatchRow, Op, Store};
 use openraft::alias::EntryOf;
 use openraft::entry::RaftEntry;
 
@@ -50,15 +52,7 @@ fn row(base_offset: u64, index: u64, record_count: u32) -> BatchRow {
 }
 
 async fn store_with(rows: Vec<BatchRow>) -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        dir.path(),
-        &StoreOptions {
-            cache_size_bytes: 4 << 20,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (dir, store) = common::temp_store();
     store
         .write(vec![
             Op::Append {

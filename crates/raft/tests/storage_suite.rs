@@ -2,11 +2,13 @@
 //! group: the metadata group (no partition rules) and a partition group (partition rules and
 //! offset index maintained at append).
 
+mod common;
+
 use fjord_raft::TypeConfig;
 use fjord_raft::log_store::GroupLogStore;
 use fjord_raft::meta_sm::MetaSm;
 use fjord_raft::partition_sm::{PartitionKind, PartitionShared, PartitionSm};
-use fjord_storage::{Store, StoreOptions};
+
 use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
 
@@ -17,15 +19,7 @@ impl StoreBuilder<TypeConfig, GroupLogStore, MetaSm, tempfile::TempDir> for Meta
     async fn build(
         &self,
     ) -> Result<(tempfile::TempDir, GroupLogStore, MetaSm), StorageError<TypeConfig>> {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            dir.path(),
-            &StoreOptions {
-                cache_size_bytes: 4 << 20,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let (dir, store) = common::temp_store();
         let (sm, _view) = MetaSm::open(0, store.clone()).unwrap();
         Ok((dir, GroupLogStore::new(0, store, None), sm))
     }
@@ -35,15 +29,7 @@ impl StoreBuilder<TypeConfig, GroupLogStore, PartitionSm, tempfile::TempDir> for
     async fn build(
         &self,
     ) -> Result<(tempfile::TempDir, GroupLogStore, PartitionSm), StorageError<TypeConfig>> {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            dir.path(),
-            &StoreOptions {
-                cache_size_bytes: 4 << 20,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let (dir, store) = common::temp_store();
         let group = (1u64 << 32) | 3;
         let shared = PartitionShared::open(group, &store, PartitionKind::Data).unwrap();
         let sm = PartitionSm::new(shared.clone(), store.clone());

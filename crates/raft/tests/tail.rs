@@ -4,13 +4,15 @@
 //! other tasks read it as replication and apply do, and checks that every read is contiguous
 //! and matches the log as it stood, and that the durable log ends equal to the model.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use fjord_meta::MetaCommand;
 use fjord_raft::log_store::GroupLogStore;
 use fjord_raft::{Request, TypeConfig};
-use fjord_storage::{Store, StoreOptions};
+
 use openraft::RaftLogReader;
 use openraft::alias::EntryOf;
 use openraft::entry::RaftEntry;
@@ -37,15 +39,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(
-        dir.path(),
-        &StoreOptions {
-            cache_size_bytes: 4 << 20,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (_dir, store) = common::temp_store();
     let mut log = GroupLogStore::new(0, store.clone(), None);
     // Entries below `stable` are never truncated: readers check them against their terms.
     let stable = Arc::new(AtomicU64::new(0));
