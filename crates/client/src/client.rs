@@ -885,6 +885,26 @@ impl Client {
         partition: u32,
         route: Route,
         deadline: Duration,
+        attempt: F,
+        interpret: impl FnMut(R) -> Result<T, ClientError>,
+        observe: impl FnMut(&ClientError, bool),
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(Stub) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let call = (route, deadline, None);
+        self.partition_call_until(topic, partition, call, attempt, interpret, observe)
+            .await
+    }
+
+    /// [`Client::partition_call`], with no retry begun after `give_up_at` (the last
+    /// attempt's error is returned then): a producer's delivery timeout.
+    pub(crate) async fn partition_call_until<T, R, F, Fut>(
+        &self,
+        topic: &str,
+        partition: u32,
+        (route, deadline, give_up_at): (Route, Duration, Option<tokio::time::Instant>),
         mut attempt: F,
         mut interpret: impl FnMut(R) -> Result<T, ClientError>,
         mut observe: impl FnMut(&ClientError, bool),
@@ -930,6 +950,10 @@ impl Client {
             }
             refresh = hinted.is_none();
             rotation = rotation.wrapping_add(1);
+            if give_up_at.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                debug!(error = %err, "delivery timeout passed: no more retries");
+                return Err(err);
+            }
             self.wait_or_give_up(&mut retry, err, hinted.is_some())
                 .await?;
         }

@@ -283,7 +283,18 @@ pub struct ProducerConfig {
     /// too, for as long as this instance lives. Create the producer again (a new instance:
     /// InitProducer gives the name a newer epoch, whose sequences start again).
     pub producer_name: Option<String>,
+    /// How long a batch's sending is retried, in milliseconds (Kafka's `delivery.timeout.ms`):
+    /// no retry begins later than this after the sending's first attempt, and its records
+    /// then fail with the last attempt's error (an unknown outcome if an attempt may have
+    /// appended it). Without it, `max_retries` attempts against a leader that swallows
+    /// requests could take many minutes.
+    pub delivery_timeout_ms: u64,
 }
+
+/// Default `delivery_timeout_ms` (Kafka's default).
+pub const DEFAULT_DELIVERY_TIMEOUT_MS: u64 = 120_000;
+/// Largest accepted `delivery_timeout_ms`.
+pub const MAX_DELIVERY_TIMEOUT_MS: u64 = 3_600_000;
 
 impl Default for ProducerConfig {
     fn default() -> Self {
@@ -297,6 +308,7 @@ impl Default for ProducerConfig {
             max_pending_records: DEFAULT_MAX_PENDING_RECORDS,
             max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
             producer_name: None,
+            delivery_timeout_ms: DEFAULT_DELIVERY_TIMEOUT_MS,
         }
     }
 }
@@ -334,6 +346,12 @@ impl ProducerConfig {
             self.max_pending_bytes as u64,
             1,
             MAX_PENDING_BYTES_LIMIT as u64,
+        )?;
+        check_range(
+            "delivery_timeout_ms",
+            self.delivery_timeout_ms,
+            1,
+            MAX_DELIVERY_TIMEOUT_MS,
         )?;
         if self.producer_name.is_some() && !self.idempotent {
             return Err(ClientError::InvalidArgument(

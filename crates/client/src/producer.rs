@@ -949,13 +949,14 @@ async fn send_batch(
     let client = &shared.client;
     let count = req.batches[0].record_count;
     let deadline = client.produce_deadline();
+    let give_up_at =
+        tokio::time::Instant::now() + Duration::from_millis(shared.config.delivery_timeout_ms);
     let mut maybe_appended = false;
     let result = client
-        .partition_call(
+        .partition_call_until(
             &shared.topic,
             partition,
-            Route::Leader,
-            deadline,
+            (Route::Leader, deadline, Some(give_up_at)),
             |mut c| {
                 let req = req.clone();
                 async move { c.produce(request(req, deadline)).await }

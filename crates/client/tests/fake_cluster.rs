@@ -64,6 +64,8 @@ struct Faults {
     /// Hold the next produce of a batch with this base sequence until another produce has
     /// been answered (at most 5 s): a server that proposes a later batch first.
     hold_sequence: Option<u32>,
+    /// Answer every produce UNAVAILABLE (no leader hint), this long after it came.
+    produce_unavailable_after: Option<std::time::Duration>,
 }
 
 #[derive(Default)]
@@ -248,6 +250,16 @@ impl Fjord for FakeNode {
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
         let req = request.into_inner();
+        let unavailable = self.state.lock().unwrap().faults.produce_unavailable_after;
+        if let Some(after) = unavailable {
+            self.state
+                .lock()
+                .unwrap()
+                .calls
+                .push((self.id, "produce", "unavailable".into()));
+            tokio::time::sleep(after).await;
+            return Err(Status::unavailable("no leader (fault)"));
+        }
         let held = {
             let mut st = self.state.lock().unwrap();
             let answered = st
@@ -923,6 +935,35 @@ async fn fatal_errors_are_typed_and_not_retried() {
     let e = client.describe_topic("t").await.unwrap_err();
     assert!(matches!(e, ClientError::NotFound(_)), "{e:?}");
     assert!(client.list_topics().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn no_produce_retry_begins_after_the_delivery_timeout() {
+    let cluster = Cluster::start(1).await;
+    let client = cluster.client(ClientConfig {
+        max_retries: 3,
+        ..fast_retries()
+    });
+    client.create_topic("t", 1, 1).await.unwrap();
+    // Each attempt is answered 20 ms after it came: past the 1 ms delivery timeout.
+    cluster
+        .with(|s| s.faults.produce_unavailable_after = Some(std::time::Duration::from_millis(20)));
+    let producer = client
+        .producer(
+            "t",
+            ProducerConfig {
+                delivery_timeout_ms: 1,
+                ..no_linger()
+            },
+        )
+        .unwrap();
+    let e = producer.send(ProducerRecord::new("x")).await.unwrap_err();
+    assert!(e.is_outcome_unknown(), "sent, so perhaps appended: {e:?}");
+    assert_eq!(
+        cluster.calls("produce").len(),
+        1,
+        "one attempt, no retry after the delivery timeout (max_retries allows 3)"
+    );
 }
 
 #[tokio::test]
