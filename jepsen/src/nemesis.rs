@@ -659,14 +659,15 @@ impl Nemesis {
             // close, and so exit after the disk-full step healed: its supervisor
             // (systemd's Restart=on-failure) starts it again, as the heal would have.
             // Seen in a 30-minute run: such a node stayed down for 27 minutes.
-            if fail_stopped(&db.log_tail(id, 5)) {
+            let tail = db.log_tail(id, 5);
+            if fail_stopped(&tail) {
                 self.notes.push(format!(
                     "n{id} stopped on a failed write ({status}) after its step; restarted"
                 ));
                 db.start(&self.net, id)?;
                 continue;
             }
-            if needs_rebuild(&db.log_tail(id, 5)) {
+            if needs_rebuild(&tail) {
                 self.notes.push(format!(
                     "n{id} refused its data directory, or its rebuild was refused ({status}); restarted with --rebuild"
                 ));
@@ -675,8 +676,7 @@ impl Nemesis {
                 continue;
             }
             self.notes.push(format!(
-                "n{id} exited on its own ({status}); it stays down. Log tail:\n{}",
-                db.log_tail(id, 5)
+                "n{id} exited on its own ({status}); it stays down. Log tail:\n{tail}"
             ));
             self.lost_nodes.insert(id);
         }
@@ -1205,31 +1205,10 @@ impl Nemesis {
     /// A node that dies on its own right after a restart: restarted with `--rebuild` if it
     /// refused its directory, else it stays down; it is reported, not hidden.
     async fn tend_exited_after_heal(&mut self, notes: &mut Vec<String>) -> Result<()> {
-        let mut db = self.db.lock().await;
-        for id in db.ids() {
-            if let Some(status) = db.exited(id) {
-                if fail_stopped(&db.log_tail(id, 5)) {
-                    notes.push(format!(
-                        "n{id} stopped on a failed write ({status}) after its step; restarted"
-                    ));
-                    db.start(&self.net, id)?;
-                    continue;
-                }
-                if needs_rebuild(&db.log_tail(id, 5)) {
-                    notes.push(format!(
-                        "n{id} refused its data directory, or its rebuild was refused ({status}); restarted with --rebuild"
-                    ));
-                    self.rebuilding.insert(id, db.log_len(id));
-                    db.start_with(&self.net, id, &["--rebuild"])?;
-                    continue;
-                }
-                notes.push(format!(
-                    "n{id} exited on its own ({status}); it stays down. Log tail:\n{}",
-                    db.log_tail(id, 5)
-                ));
-                self.lost_nodes.insert(id);
-            }
-        }
+        let ids = self.db.lock().await.ids();
+        let from = self.notes.len();
+        self.tend_exited(&ids).await?;
+        notes.extend(self.notes.drain(from..));
         Ok(())
     }
 

@@ -122,22 +122,15 @@ async fn read_replica(
     let mut c = FjordClient::new(channel).max_decoding_message_size(64 << 20);
     // A node still rebuilding (a learner catching up after a disk loss) refuses; it gets
     // the same time to finish.
-    let (start, end) = loop {
-        let asked = tokio::time::timeout(
-            CALL_TIMEOUT,
-            crate::retention::own_bounds(&mut c, topic, partition),
-        )
-        .await
-        .map_err(|_| "ListOffsets timed out".to_string())
-        .and_then(|r| r.map_err(|s| format!("ListOffsets: {}", s.message())));
+    let (mut start, end) = loop {
+        let asked = bounds(&mut c, topic, partition).await;
         let late = tokio::time::Instant::now() >= until;
         match asked {
             Ok((start, end)) if end >= want || late => break (start, end),
             Err(e) if late => return Err(e),
-            Ok(_) | Err(_) => tokio::time::sleep(CATCH_UP_POLL).await,
+            _ => tokio::time::sleep(CATCH_UP_POLL).await,
         }
     };
-    let mut start = start;
     let mut records = Vec::new();
     let mut next = start;
     let mut empty = 0u32;
@@ -154,13 +147,7 @@ async fn read_replica(
         if r.batches.is_empty() {
             // A purge may have raced the read (retention moved the start), or the node's own
             // write of a batch may still be on its way: ask its bounds again, and try again.
-            let (now_start, _) = tokio::time::timeout(
-                CALL_TIMEOUT,
-                crate::retention::own_bounds(&mut c, topic, partition),
-            )
-            .await
-            .map_err(|_| "ListOffsets timed out".to_string())?
-            .map_err(|s| format!("ListOffsets: {}", s.message()))?;
+            let (now_start, _) = bounds(&mut c, topic, partition).await?;
             if now_start > next {
                 start = now_start;
                 next = now_start;
@@ -203,6 +190,21 @@ async fn read_replica(
         }
     }
     Err(format!("more than {MAX_FETCHES} fetches"))
+}
+
+/// The node's own log start and high watermark of `partition`, within [`CALL_TIMEOUT`].
+async fn bounds(
+    c: &mut FjordClient<tonic::transport::Channel>,
+    topic: &str,
+    partition: u32,
+) -> Result<(u64, u64), String> {
+    tokio::time::timeout(
+        CALL_TIMEOUT,
+        crate::retention::own_bounds(c, topic, partition),
+    )
+    .await
+    .map_err(|_| "ListOffsets timed out".to_string())?
+    .map_err(|s| format!("ListOffsets: {}", s.message()))
 }
 
 async fn fetch(

@@ -634,12 +634,9 @@ fn still_on_its_way(why: &str) -> ClientError {
 /// outcome (a timeout, a lost connection) may be in the log all the same. So every error
 /// becomes a timeout (outcome unknown), the definite-looking ones too: a NOT_FOUND for the
 /// topic from a node whose metadata is behind, a not-leader, a full disk, a fenced producer,
-/// and an INVALID_ARGUMENT (the topic's record limit may have been lowered since the earlier
-/// attempt went in).
+/// an INVALID_ARGUMENT (the topic's record limit may have been lowered since the earlier
+/// attempt went in), a client configuration error (an unusable leader hint).
 fn unknown_outcome(error: ClientError) -> ClientError {
-    // Every refusal covers its own attempt only, a refusal of the request for what it is
-    // too: the topic's record limit may have been lowered since the earlier attempt, or a
-    // leader hint may have been unusable (a configuration error at the client).
     if error.is_outcome_unknown() {
         error
     } else {

@@ -73,27 +73,48 @@ impl<U: Message + Default + 'static> Decoder for FjordDecoder<U> {
     }
 }
 
-/// The request type's name and its counted fields ([`crate::prescan::counted_fields`]),
-/// when it has any.
+/// The request type's name and its counted fields (`crate::prescan`'s lists), when it has
+/// any.
 fn counted<U: 'static>() -> Option<(&'static str, &'static [crate::prescan::Counted])> {
+    use crate::prescan as p;
     use crate::v1;
     let id = TypeId::of::<U>();
-    let name = if id == TypeId::of::<v1::MetadataRequest>() {
-        "MetadataRequest"
-    } else if id == TypeId::of::<v1::AlterTopicConfigRequest>() {
-        "AlterTopicConfigRequest"
-    } else if id == TypeId::of::<v1::GroupHeartbeatRequest>() {
-        "GroupHeartbeatRequest"
-    } else if id == TypeId::of::<v1::CommitOffsetsRequest>() {
-        "CommitOffsetsRequest"
-    } else if id == TypeId::of::<v1::FetchOffsetsRequest>() {
-        "FetchOffsetsRequest"
-    } else if id == TypeId::of::<v1::ListGroupsRequest>() {
-        "ListGroupsRequest"
-    } else {
-        return None;
-    };
-    Some((name, crate::prescan::counted_fields(name)))
+    let known: [(TypeId, &'static str, &'static [p::Counted]); 6] = [
+        (
+            TypeId::of::<v1::MetadataRequest>(),
+            "MetadataRequest",
+            p::METADATA,
+        ),
+        (
+            TypeId::of::<v1::AlterTopicConfigRequest>(),
+            "AlterTopicConfigRequest",
+            p::ALTER_TOPIC_CONFIG,
+        ),
+        (
+            TypeId::of::<v1::GroupHeartbeatRequest>(),
+            "GroupHeartbeatRequest",
+            p::HEARTBEAT,
+        ),
+        (
+            TypeId::of::<v1::CommitOffsetsRequest>(),
+            "CommitOffsetsRequest",
+            p::COMMIT_OFFSETS,
+        ),
+        (
+            TypeId::of::<v1::FetchOffsetsRequest>(),
+            "FetchOffsetsRequest",
+            p::FETCH_OFFSETS,
+        ),
+        (
+            TypeId::of::<v1::ListGroupsRequest>(),
+            "ListGroupsRequest",
+            p::LIST_GROUPS,
+        ),
+    ];
+    known
+        .into_iter()
+        .find(|(t, _, _)| *t == id)
+        .map(|(_, name, fields)| (name, fields))
 }
 
 /// The counts check of a request other than a produce (see [`counted`]).
@@ -159,10 +180,6 @@ mod tests {
         let e = check_produce(&headers, headers.len()).unwrap_err();
         assert!(e.message().contains("record headers"), "{}", e.message());
         assert!(check_produce(&[0x1a, 0x00], 2).is_ok());
-    }
-
-    fn fjord_limit_plus_one() -> usize {
-        crate::prescan::MAX_OWNED_ENTRIES + 1
     }
 
     #[test]
@@ -239,7 +256,7 @@ mod tests {
         let e = check_counts(name, fields, &over, over.len()).unwrap_err();
         assert!(e.message().contains("10100 partitions"), "{}", e.message());
         // Unpacked, each occurrence counts.
-        let unpacked: Vec<u8> = [0x08, 0x05].repeat(fjord_limit_plus_one());
+        let unpacked: Vec<u8> = [0x08, 0x05].repeat(crate::prescan::MAX_OWNED_ENTRIES + 1);
         let (name, fields) = counted::<v1::ListGroupsRequest>().unwrap();
         assert!(check_counts(name, fields, &unpacked, unpacked.len()).is_err());
         // A map's entries (topic settings).

@@ -7,7 +7,7 @@
 //! are counted on the wire first, and a count over its limit is refused without decoding.
 //!
 //! Every other client request with a repeated message, string or map field is counted the
-//! same way ([`counted_fields`], [`over_limit`]), against the limits its handler applies
+//! same way ([`METADATA`] and the others beside it, [`over_limit`]), against the limits its handler applies
 //! after decoding: 9 MiB of empty `OffsetCommit`s would otherwise take ~300 MB, before
 //! authentication.
 //!
@@ -122,52 +122,50 @@ pub struct Counted {
     pub packed: bool,
 }
 
-/// The repeated message, string and map fields of every client request but `Produce`
-/// ([`produce_request`] counts its own): an empty entry is 2 bytes on the wire and 24 to 96
-/// once decoded. Numbers from proto/fjord.proto.
-pub fn counted_fields(request: &str) -> &'static [Counted] {
-    const fn field(path: &'static [u32], what: &'static str, limit: usize) -> Counted {
-        Counted {
-            path,
-            what,
-            limit,
-            packed: false,
-        }
-    }
-    const fn ints(path: &'static [u32], what: &'static str, limit: usize) -> Counted {
-        Counted {
-            path,
-            what,
-            limit,
-            packed: true,
-        }
-    }
-    const METADATA: &[Counted] = &[field(&[1], "topics", MAX_METADATA_TOPICS)];
-    const ALTER_TOPIC_CONFIG: &[Counted] = &[
-        field(&[2], "settings", MAX_CONFIG_KEYS),
-        field(&[3], "keys to reset", MAX_CONFIG_KEYS),
-    ];
-    const HEARTBEAT: &[Counted] = &[
-        field(&[6, 1], "subscribed topic names", MAX_SUBSCRIPTION_NAMES),
-        field(&[7, 1], "owned topic entries", MAX_OWNED_ENTRIES),
-        ints(&[7, 1, 2], "owned partitions", MAX_OWNED_ENTRIES),
-    ];
-    const COMMIT_OFFSETS: &[Counted] = &[field(&[4], "offsets", MAX_PARTITION_ENTRIES)];
-    const FETCH_OFFSETS: &[Counted] = &[
-        field(&[4], "topic entries", MAX_PARTITION_ENTRIES),
-        ints(&[4, 2], "partitions", MAX_PARTITION_ENTRIES),
-    ];
-    const LIST_GROUPS: &[Counted] = &[ints(&[1], "partitions", MAX_OWNED_ENTRIES)];
-    match request {
-        "MetadataRequest" => METADATA,
-        "AlterTopicConfigRequest" => ALTER_TOPIC_CONFIG,
-        "GroupHeartbeatRequest" => HEARTBEAT,
-        "CommitOffsetsRequest" => COMMIT_OFFSETS,
-        "FetchOffsetsRequest" => FETCH_OFFSETS,
-        "ListGroupsRequest" => LIST_GROUPS,
-        _ => &[],
+const fn field(path: &'static [u32], what: &'static str, limit: usize) -> Counted {
+    Counted {
+        path,
+        what,
+        limit,
+        packed: false,
     }
 }
+
+const fn ints(path: &'static [u32], what: &'static str, limit: usize) -> Counted {
+    Counted {
+        path,
+        what,
+        limit,
+        packed: true,
+    }
+}
+
+// The repeated message, string, map and integer fields of every client request but
+// `Produce` ([`produce_request`] counts its own): an empty entry is 2 bytes on the wire and
+// 24 to 96 once decoded. Numbers from proto/fjord.proto.
+
+/// `MetadataRequest`'s counted fields.
+pub const METADATA: &[Counted] = &[field(&[1], "topics", MAX_METADATA_TOPICS)];
+/// `AlterTopicConfigRequest`'s counted fields.
+pub const ALTER_TOPIC_CONFIG: &[Counted] = &[
+    field(&[2], "settings", MAX_CONFIG_KEYS),
+    field(&[3], "keys to reset", MAX_CONFIG_KEYS),
+];
+/// `GroupHeartbeatRequest`'s counted fields.
+pub const HEARTBEAT: &[Counted] = &[
+    field(&[6, 1], "subscribed topic names", MAX_SUBSCRIPTION_NAMES),
+    field(&[7, 1], "owned topic entries", MAX_OWNED_ENTRIES),
+    ints(&[7, 1, 2], "owned partitions", MAX_OWNED_ENTRIES),
+];
+/// `CommitOffsetsRequest`'s counted fields.
+pub const COMMIT_OFFSETS: &[Counted] = &[field(&[4], "offsets", MAX_PARTITION_ENTRIES)];
+/// `FetchOffsetsRequest`'s counted fields.
+pub const FETCH_OFFSETS: &[Counted] = &[
+    field(&[4], "topic entries", MAX_PARTITION_ENTRIES),
+    ints(&[4, 2], "partitions", MAX_PARTITION_ENTRIES),
+];
+/// `ListGroupsRequest`'s counted fields.
+pub const LIST_GROUPS: &[Counted] = &[ints(&[1], "partitions", MAX_OWNED_ENTRIES)];
 
 /// The first of `fields` that `buf` holds more entries of than its limit, as a message
 /// naming it; `None` within them all. A walk that cannot reach the end is refused too (a

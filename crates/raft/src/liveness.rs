@@ -92,11 +92,6 @@ pub struct Liveness {
     pool: Arc<PeerPool>,
     // The locks below guard short sections (map updates and lookups), no await inside.
     detector: Mutex<Detector>,
-    /// When each peer's last heartbeat *request* came. The detector also counts answers to
-    /// this node's own heartbeats; a quiet follower's claim is a lease only while its leader's
-    /// requests (which carry the claims) arrive: with the link from the leader down and the
-    /// one to it up, the leader answers, yet its claims and appends never come.
-    requested: Mutex<HashMap<NodeId, Instant>>,
     /// Leader side: the version of our claims each peer holds (from its last answer).
     acked: Mutex<HashMap<NodeId, u64>>,
     /// Follower side: per leader, the version of its claims last applied and the groups that
@@ -209,8 +204,13 @@ impl Liveness {
         Arc::new(Liveness {
             me,
             transitions,
-            detector: Mutex::new(Detector::new(cfg.suspect_after)),
-            requested: Mutex::new(HashMap::new()),
+            // A peer sends its next request only once its last one was answered (one call in
+            // flight per peer), so a request answered slowly, yet within the timeout, delays
+            // the next one by up to two intervals.
+            detector: Mutex::new(
+                Detector::new(cfg.suspect_after)
+                    .requests_within(cfg.suspect_after + 2 * cfg.interval),
+            ),
             acked: Mutex::new(HashMap::new()),
             followed: Mutex::new(HashMap::new()),
             sweeping: Arc::new(AtomicBool::new(false)),
@@ -298,9 +298,10 @@ impl Liveness {
     /// Answers a peer's heartbeat.
     pub fn serve(&self, req: NodeHeartbeat) -> NodeHeartbeatReply {
         let from = req.from;
-        let now = Instant::now();
-        self.detector.lock().unwrap().heard(from, now);
-        self.requested.lock().unwrap().insert(from, now);
+        self.detector
+            .lock()
+            .unwrap()
+            .requested(from, Instant::now());
         self.note_report(from, req.suspects.clone());
         let suspects = self.suspects.lock().unwrap().clone();
         if !req.full {
@@ -465,21 +466,13 @@ impl Liveness {
         }
     }
 
-    /// The peers whose heartbeat requests came within the detector's timeout plus two
-    /// intervals: a peer sends its next request only once its last one was answered (one
-    /// call in flight per peer), so a request answered slowly, yet within the timeout, delays
-    /// the next one by up to two intervals.
+    /// The peers whose heartbeat requests reach this node ([`Detector::is_requesting`]).
     fn requesting(&self, peers: &BTreeMap<NodeId, String>, now: Instant) -> HashSet<NodeId> {
-        let window = self.cfg.suspect_after + 2 * self.cfg.interval;
-        let requested = self.requested.lock().unwrap();
+        let d = self.detector.lock().unwrap();
         peers
             .keys()
             .copied()
-            .filter(|p| {
-                requested
-                    .get(p)
-                    .is_some_and(|t| now.saturating_duration_since(*t) < window)
-            })
+            .filter(|p| d.is_requesting(*p, now))
             .collect()
     }
 

@@ -276,26 +276,54 @@ pub(crate) fn mix(x: u64) -> u64 {
 }
 
 /// The node-level failure detector: a peer is alive while its last heartbeat (sent or
-/// answered) is younger than `timeout`. A peer never heard from is not alive.
+/// answered) is younger than `timeout`. A peer never heard from is not alive. Apart, when a
+/// peer's own heartbeat requests last came: a quiet follower's claim is renewed only by
+/// them (with the link from the leader down, the leader's answers still come).
 #[derive(Debug)]
 pub struct Detector {
     timeout: Duration,
     last_heard: std::collections::HashMap<NodeId, Instant>,
+    /// How recent a peer's last request must be for [`Detector::is_requesting`].
+    request_window: Duration,
+    last_requested: std::collections::HashMap<NodeId, Instant>,
 }
 
 impl Detector {
+    /// A detector with `timeout`, whose request window is the timeout too
+    /// ([`Detector::requests_within`]).
     pub fn new(timeout: Duration) -> Self {
         Detector {
             timeout,
             last_heard: Default::default(),
+            request_window: timeout,
+            last_requested: Default::default(),
+        }
+    }
+
+    /// The same detector, taking a peer as requesting while its last request is younger than
+    /// `window`.
+    pub fn requests_within(self, window: Duration) -> Self {
+        Detector {
+            request_window: window,
+            ..self
         }
     }
 
     pub fn heard(&mut self, peer: NodeId, now: Instant) {
-        let at = self.last_heard.entry(peer).or_insert(now);
-        if *at < now {
-            *at = now;
-        }
+        latest(&mut self.last_heard, peer, now);
+    }
+
+    /// A heartbeat request of `peer` came: heard from, and its requests reach this node.
+    pub fn requested(&mut self, peer: NodeId, now: Instant) {
+        self.heard(peer, now);
+        latest(&mut self.last_requested, peer, now);
+    }
+
+    /// Whether `peer`'s last heartbeat request is younger than the request window.
+    pub fn is_requesting(&self, peer: NodeId, now: Instant) -> bool {
+        self.last_requested
+            .get(&peer)
+            .is_some_and(|at| now.saturating_duration_since(*at) < self.request_window)
     }
 
     /// The next moment a peer alive now becomes suspected, if nothing is heard from it before.
@@ -319,6 +347,14 @@ impl Detector {
         self.last_heard
             .get(&peer)
             .is_some_and(|at| now.saturating_duration_since(*at) < self.timeout)
+    }
+}
+
+/// Records `now` as `peer`'s time in `times`, unless a later one is there.
+fn latest(times: &mut std::collections::HashMap<NodeId, Instant>, peer: NodeId, now: Instant) {
+    let at = times.entry(peer).or_insert(now);
+    if *at < now {
+        *at = now;
     }
 }
 
@@ -997,6 +1033,22 @@ mod tests {
             !d.went_silent(4, t0 + ms(600)),
             "never heard from: not known lost"
         );
+    }
+
+    #[test]
+    fn only_a_peer_s_own_requests_count_as_its_requests() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut d = Detector::new(ms(600)).requests_within(ms(1_000));
+        d.heard(2, t0);
+        assert!(
+            d.is_alive(2, t0) && !d.is_requesting(2, t0),
+            "an answer only"
+        );
+        d.requested(3, t0);
+        assert!(d.is_alive(3, t0) && d.is_requesting(3, t0));
+        assert!(!d.is_alive(3, t0 + ms(700)) && d.is_requesting(3, t0 + ms(700)));
+        assert!(!d.is_requesting(3, t0 + ms(1_000)));
     }
 
     #[test]

@@ -83,8 +83,8 @@ pub struct Round<'a> {
     pub full: bool,
     /// The peers heard from within the detector's timeout (this node always counts as alive).
     pub alive: &'a HashSet<NodeId>,
-    /// The peers whose own heartbeat requests (which carry their claims) came within the
-    /// detector's timeout.
+    /// The peers whose own heartbeat requests (which carry their claims) reach this node
+    /// (`crate::quiesce::Detector::is_requesting`).
     pub requesting: &'a HashSet<NodeId>,
     /// The peers heard from and silent since.
     pub lost: &'a HashSet<NodeId>,
