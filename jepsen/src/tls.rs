@@ -1,6 +1,8 @@
-//! `fjord-jepsen run --tls`: a CA and one node certificate made with rcgen into the run's
-//! directory (`<out>/tls/`), the nodes started with TLS on, the clients trusting the CA; and
-//! the endpoint of the probes that dial one node directly ([`endpoint`]), with the same trust.
+//! `fjord-jepsen run --tls`: two CAs made with rcgen into the run's directory
+//! (`<out>/tls/`), the clients' and the nodes' own (`--peer-tls-*`, the setting
+//! docs/operations.md recommends), a node certificate from each, the nodes started with TLS
+//! on, the clients trusting the clients' CA; and the endpoint of the probes that dial one
+//! node directly ([`endpoint`]), with the same trust.
 
 use std::path::{Path, PathBuf};
 
@@ -12,46 +14,77 @@ use rcgen::{
 /// A run's TLS files.
 #[derive(Debug, Clone)]
 pub struct RunTls {
+    /// The clients' CA, and the node certificate the client port serves.
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The nodes' own CA, and the node certificate of the peer port and the outbound
+    /// peer connections.
+    pub peer_ca: PathBuf,
+    pub peer_cert: PathBuf,
+    pub peer_key: PathBuf,
 }
 
-/// Makes a CA and a node certificate naming every address a node of either network has
-/// (`10.77.0.<id>`, `127.0.0.<10+id>`, for ids up to `max_id`), in `dir`.
-pub fn generate(dir: &Path, max_id: u64) -> Result<RunTls> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "fjord-jepsen CA");
-    ca_params.key_usages = vec![
+/// A CA named `cn`.
+fn new_ca(cn: &str) -> Result<CertifiedIssuer<'static, KeyPair>> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    Ok(CertifiedIssuer::self_signed(params, KeyPair::generate()?)?)
+}
+
+/// Writes `ca`'s certificate to `ca_path`, and a node certificate it issues for `names` to
+/// `cert` and `key`.
+fn write_node(
+    ca: &CertifiedIssuer<'static, KeyPair>,
+    names: &[String],
+    (ca_path, cert, key): (&Path, &Path, &Path),
+) -> Result<()> {
+    let mut params = CertificateParams::new(names.to_vec())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "fjord-jepsen node");
+    params.use_authority_key_identifier_extension = true;
+    let pair = KeyPair::generate()?;
+    let issued = params.signed_by(&pair, &**ca)?;
+    std::fs::write(ca_path, ca.pem())?;
+    std::fs::write(cert, issued.pem())?;
+    std::fs::write(key, pair.serialize_pem())?;
+    Ok(())
+}
+
+/// Makes the two CAs and their node certificates, each naming every address a node of
+/// either network has (`10.77.0.<id>`, `127.0.0.<10+id>`, for ids up to `max_id`), in `dir`.
+pub fn generate(dir: &Path, max_id: u64) -> Result<RunTls> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
     for id in 1..=max_id {
         names.push(crate::net::ip(id));
         names.push(crate::proxy::node_ip(id).to_string());
     }
-    let mut params = CertificateParams::new(names)?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "fjord-jepsen node");
-    params.use_authority_key_identifier_extension = true;
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &*ca)?;
     let files = RunTls {
         ca: dir.join("ca.pem"),
         cert: dir.join("node.pem"),
         key: dir.join("node.key"),
+        peer_ca: dir.join("peer-ca.pem"),
+        peer_cert: dir.join("node-peer.pem"),
+        peer_key: dir.join("node-peer.key"),
     };
-    std::fs::write(&files.ca, ca.pem())?;
-    std::fs::write(&files.cert, cert.pem())?;
-    std::fs::write(&files.key, key.serialize_pem())?;
+    write_node(
+        &new_ca("fjord-jepsen client CA")?,
+        &names,
+        (&files.ca, &files.cert, &files.key),
+    )?;
+    write_node(
+        &new_ca("fjord-jepsen peer CA")?,
+        &names,
+        (&files.peer_ca, &files.peer_cert, &files.peer_key),
+    )?;
     Ok(files)
 }
 
@@ -66,6 +99,12 @@ impl RunTls {
             path(&self.key),
             "--tls-ca".into(),
             path(&self.ca),
+            "--peer-tls-cert".into(),
+            path(&self.peer_cert),
+            "--peer-tls-key".into(),
+            path(&self.peer_key),
+            "--peer-tls-ca".into(),
+            path(&self.peer_ca),
         ]
     }
 

@@ -201,8 +201,8 @@ fn mix_with(
     eprintln!("{}", cap_table(&summaries));
 }
 
-/// TLS on (`run --tls`: a CA and node certificate made for the run, mutual TLS between the
-/// nodes, clients trusting the CA), with retention: CP under partitions and process faults
+/// TLS on (`run --tls`: the clients' CA and the nodes' own, a node certificate from each,
+/// mutual TLS between the nodes, clients trusting the clients' CA), with retention: CP under partitions and process faults
 /// keeps its guarantees, every partition reads back after healing, and the replica probes
 /// (which dial each node directly) get every partition's bounds over TLS.
 #[test]

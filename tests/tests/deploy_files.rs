@@ -567,18 +567,33 @@ fn check_k8s_storage(pod: &Pod) {
     let data_dir = pod.value("FJORD_DATA_DIR");
     assert_eq!(mount_of(s(claim, "claim")), Some(data_dir.clone()));
     assert!(pod.image.volumes.contains(&data_dir));
-    let secret_volume = pod.template["spec"]["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["secret"].is_object())
-        .expect("a Secret volume for TLS");
-    let tls_dir = mount_of(s(&secret_volume["name"], "volume")).expect("TLS mounted");
-    for k in ["FJORD_TLS_CERT", "FJORD_TLS_KEY", "FJORD_TLS_CA"] {
-        assert!(
-            pod.value(k).starts_with(&format!("{tls_dir}/")),
-            "{k} under {tls_dir}"
-        );
+    let secrets = pod.template["spec"]["volumes"].as_array().unwrap();
+    // The clients' TLS files in the Secret fjord-tls, the peers' own in fjord-peer-tls.
+    for (secret, keys) in [
+        (
+            "fjord-tls",
+            ["FJORD_TLS_CERT", "FJORD_TLS_KEY", "FJORD_TLS_CA"],
+        ),
+        (
+            "fjord-peer-tls",
+            [
+                "FJORD_PEER_TLS_CERT",
+                "FJORD_PEER_TLS_KEY",
+                "FJORD_PEER_TLS_CA",
+            ],
+        ),
+    ] {
+        let volume = secrets
+            .iter()
+            .find(|v| v["secret"]["secretName"] == secret)
+            .unwrap_or_else(|| panic!("a volume of the Secret {secret}"));
+        let dir = mount_of(s(&volume["name"], "volume")).expect("TLS mounted");
+        for k in keys {
+            assert!(
+                pod.value(k).starts_with(&format!("{dir}/")),
+                "{k} under {dir}"
+            );
+        }
     }
     let security = &pod.template["spec"]["securityContext"];
     let uid = pod.image.user.split(':').next().unwrap();

@@ -231,6 +231,25 @@ pub struct ServeConfig {
     #[arg(long, value_enum, value_name = "none|optional|required")]
     #[serde(default)]
     pub tls_client_auth: Option<crate::tls::ClientAuth>,
+    /// TLS between nodes only: this node's certificate chain, PEM, for the peer listener and
+    /// the connections to the peers, issued by `peer_tls_ca`. Given with `peer_tls_key` and
+    /// `peer_tls_ca` (all three or none, and only with TLS on), the nodes trust each other by
+    /// a CA of their own: no certificate the clients' CA (`tls_ca`) issues, whatever it
+    /// names, is accepted on the peer port, and `tls_cert` serves the client listener alone.
+    /// Without them, `tls_cert` and `tls_ca` serve both listeners, and a client certificate
+    /// that names a node's peer host is that node on the peer port (docs/operations.md).
+    #[arg(long, value_name = "PEM")]
+    #[serde(default)]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// TLS between nodes only: the private key of `peer_tls_cert`, PEM.
+    #[arg(long, value_name = "PEM")]
+    #[serde(default)]
+    pub peer_tls_key: Option<PathBuf>,
+    /// TLS between nodes only: the CA bundle, PEM, that verifies the peers' certificates (in
+    /// place of `tls_ca`, which then verifies clients only).
+    #[arg(long, value_name = "PEM")]
+    #[serde(default)]
+    pub peer_tls_ca: Option<PathBuf>,
     /// TLS: the names (DNS names or IP addresses, separated by commas) one of which a peer's
     /// certificate must carry, instead of the hosts of the `peers` addresses.
     #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
@@ -494,6 +513,10 @@ pub enum ConfigError {
     TlsIncomplete(&'static str),
     #[error("{0} is a TLS setting: give tls_cert, tls_key and tls_ca to turn TLS on")]
     TlsOff(&'static str),
+    #[error(
+        "the peers' own TLS needs peer_tls_cert, peer_tls_key and peer_tls_ca together; missing: {0}"
+    )]
+    PeerTlsIncomplete(&'static str),
     #[error("tls_reload_interval_ms must be 100 to 3600000, got {0}")]
     TlsReloadInterval(u64),
     /// A `default_*` log setting outside the limits a topic's own value has. (The error is
@@ -690,6 +713,15 @@ impl ServeConfig {
                 if !self.tls_peer_names.is_empty() {
                     return Err(ConfigError::TlsOff("tls_peer_names"));
                 }
+                for (set, name) in [
+                    (self.peer_tls_cert.is_some(), "peer_tls_cert"),
+                    (self.peer_tls_key.is_some(), "peer_tls_key"),
+                    (self.peer_tls_ca.is_some(), "peer_tls_ca"),
+                ] {
+                    if set {
+                        return Err(ConfigError::TlsOff(name));
+                    }
+                }
                 return Ok(None);
             }
             (Some(c), Some(k), Some(a)) => (c, k, a),
@@ -704,10 +736,29 @@ impl ServeConfig {
                 return Err(ConfigError::TlsIncomplete(missing));
             }
         };
+        let peer = match (&self.peer_tls_cert, &self.peer_tls_key, &self.peer_tls_ca) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(crate::tls::PeerFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            }),
+            (c, k, _) => {
+                let missing = if c.is_none() {
+                    "peer_tls_cert"
+                } else if k.is_none() {
+                    "peer_tls_key"
+                } else {
+                    "peer_tls_ca"
+                };
+                return Err(ConfigError::PeerTlsIncomplete(missing));
+            }
+        };
         Ok(Some(crate::tls::TlsSettings {
             cert: cert.clone(),
             key: key.clone(),
             ca: ca.clone(),
+            peer,
             client_auth: self
                 .tls_client_auth
                 .unwrap_or(crate::tls::ClientAuth::Optional),
@@ -894,6 +945,16 @@ cache_size_mib = 16
         assert_eq!(tls.client_auth, crate::tls::ClientAuth::Optional);
         let e = from_toml(&format!("{base}tls_cert = \"n.pem\"\ntls_key = \"n.key\"")).unwrap_err();
         assert!(e.to_string().contains("missing: tls_ca"), "{e}");
+        assert!(tls.peer.is_none());
+        let peer_files =
+            "peer_tls_cert = \"p.pem\"\npeer_tls_key = \"p.key\"\npeer_tls_ca = \"peer-ca.pem\"\n";
+        let cfg = from_toml(&format!("{base}{files}{peer_files}")).unwrap();
+        let peer = cfg.tls_settings().unwrap().unwrap().peer.unwrap();
+        assert_eq!(peer.ca, std::path::Path::new("peer-ca.pem"));
+        let e = from_toml(&format!("{base}{files}peer_tls_cert = \"p.pem\"")).unwrap_err();
+        assert!(e.to_string().contains("missing: peer_tls_key"), "{e}");
+        let e = from_toml(&format!("{base}{peer_files}")).unwrap_err();
+        assert!(matches!(e, ConfigError::TlsOff("peer_tls_cert")), "{e}");
         let e = from_toml(&format!("{base}tls_client_auth = \"optional\"")).unwrap_err();
         assert!(matches!(e, ConfigError::TlsOff("tls_client_auth")), "{e}");
         let e = from_toml(&format!("{base}{files}tls_reload_interval_ms = 50")).unwrap_err();

@@ -150,6 +150,7 @@ pub async fn run(
             tracing::info!(
                 cert = %settings.cert.display(),
                 ca = %settings.ca.display(),
+                peer_ca = ?settings.peer.as_ref().map(|p| p.ca.display().to_string()),
                 client_auth = ?settings.client_auth,
                 reload_every_ms = settings.reload_every.as_millis() as u64,
                 "TLS on both listeners; mutual TLS between nodes"

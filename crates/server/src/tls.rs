@@ -11,6 +11,11 @@
 //!   new connections get; a bundle that does not load keeps the old one (logged). Rotating a
 //!   CA without a restart needs that: old and new CA in the bundle on every node, then the
 //!   new certificates, then the new CA alone.
+//! - Optionally a second certificate, key and CA for the peers alone (`--peer-tls-cert`,
+//!   `--peer-tls-key`, `--peer-tls-ca`, Kafka's per-listener trust stores): the peer listener
+//!   and the outbound peer connections then present that certificate and trust that CA only,
+//!   so no certificate the clients' CA issues is a node's, whatever it names. Reloaded the
+//!   same way.
 //! - Between nodes, mutual TLS always: the peer listener requires a certificate from the CA
 //!   and then that it names ([`PeerNames`]: a DNS or IP subject alternative name) the host of
 //!   one of the `--peers` addresses, or one of `--tls-peer-names`; any other certificate
@@ -66,10 +71,20 @@ pub struct TlsSettings {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: PathBuf,
+    /// The peers' own certificate, key and CA; `None`: `cert`, `key` and `ca` serve both.
+    pub peer: Option<PeerFiles>,
     pub client_auth: ClientAuth,
     /// Names a peer's certificate may carry; empty: the hosts of the peers' addresses.
     pub peer_names: Vec<String>,
     pub reload_every: Duration,
+}
+
+/// The files of a certificate, key and CA used between nodes only (`--peer-tls-*`).
+#[derive(Debug, Clone)]
+pub struct PeerFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 /// Why TLS could not be set up, or a file could not be loaded.
@@ -266,22 +281,25 @@ pub async fn reload_loop(tls: Weak<NodeTls>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let Some(tls) = tls.upgrade() else { return };
-        match tls.key.reload_if_changed() {
-            Ok(false) => {}
-            Ok(true) => tracing::info!(
-                cert = %tls.key.cert_path.display(),
-                serial = %serial_of(&tls.key.current()).unwrap_or_default(),
-                "TLS: loaded a new certificate; new connections get it"
-            ),
-            Err(e) => tracing::error!(
-                error = %e,
-                "TLS: the certificate files changed but do not load; the old certificate stays in use"
-            ),
+        for key in tls.keys() {
+            match key.reload_if_changed() {
+                Ok(false) => {}
+                Ok(true) => tracing::info!(
+                    cert = %key.cert_path.display(),
+                    serial = %serial_of(&key.current()).unwrap_or_default(),
+                    "TLS: loaded a new certificate; new connections get it"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "TLS: the certificate files changed but do not load; the old certificate stays in use"
+                ),
+            }
         }
         match tls.reload_ca_if_changed() {
             Ok(false) => {}
             Ok(true) => tracing::info!(
-                ca = %tls.ca_path.display(),
+                ca = %tls.trust.ca_path.display(),
+                peer_ca = ?tls.trust.peer_ca_path.as_ref().map(|p| p.display().to_string()),
                 "TLS: loaded a new CA bundle; new connections are verified against it"
             ),
             Err(e) => tracing::error!(
@@ -370,9 +388,9 @@ fn ip_matches(in_cert: &[u8], name: &str) -> bool {
     }
 }
 
-/// What a node's CA bundle decides: the acceptors of its two listeners (which clients and
+/// What a node's CA bundles decide: the acceptors of its two listeners (which clients and
 /// peers they verify) and the configuration of its outbound peer connections, built together
-/// from one bundle and replaced together when the bundle changes ([`NodeTls::reload_ca_if_changed`]).
+/// and replaced together when a bundle changes ([`NodeTls::reload_ca_if_changed`]).
 struct Verifying {
     client: tokio_rustls::TlsAcceptor,
     peers: tokio_rustls::TlsAcceptor,
@@ -380,14 +398,18 @@ struct Verifying {
 }
 
 impl Verifying {
-    /// The configurations verifying against `roots`, presenting `key`'s certificate.
+    /// The configurations: the client listener verifies against `roots` and presents
+    /// `key`'s certificate; the peer listener and the outbound connections against
+    /// `peer_roots`, presenting `peer_key`'s.
     fn build(
         roots: &Arc<RootCertStore>,
         client_auth: ClientAuth,
         key: &Arc<ReloadingKey>,
+        peer_roots: &Arc<RootCertStore>,
+        peer_key: &Arc<ReloadingKey>,
     ) -> Result<Verifying, TlsError> {
         let setup = |e: &dyn std::fmt::Display| TlsError::Setup(e.to_string());
-        let verifier = |optional: bool| {
+        let verifier = |roots: &Arc<RootCertStore>, optional: bool| {
             let b = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
             let b = if optional {
                 b.allow_unauthenticated()
@@ -398,10 +420,10 @@ impl Verifying {
         };
         let client_verifier = match client_auth {
             ClientAuth::None => WebPkiClientVerifier::no_client_auth(),
-            ClientAuth::Optional => verifier(true)?,
-            ClientAuth::Required => verifier(false)?,
+            ClientAuth::Optional => verifier(roots, true)?,
+            ClientAuth::Required => verifier(roots, false)?,
         };
-        let server = |v| -> Result<Arc<ServerConfig>, TlsError> {
+        let server = |v, key: &Arc<ReloadingKey>| -> Result<Arc<ServerConfig>, TlsError> {
             let mut c = ServerConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| setup(&e))?
@@ -414,14 +436,49 @@ impl Verifying {
         let mut outbound = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| setup(&e))?
-            .with_root_certificates(roots.clone())
-            .with_client_cert_resolver(key.clone());
+            .with_root_certificates(peer_roots.clone())
+            .with_client_cert_resolver(peer_key.clone());
         outbound.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Verifying {
-            client: server(client_verifier)?.into(),
-            peers: server(verifier(false)?)?.into(),
+            client: server(client_verifier, key)?.into(),
+            peers: server(verifier(peer_roots, false)?, peer_key)?.into(),
             outbound: Arc::new(outbound),
         })
+    }
+}
+
+/// Where a node's CA bundles are, and how its client listener asks for certificates.
+struct Trust {
+    ca_path: PathBuf,
+    /// The peers' own CA bundle; `None`: `ca_path` verifies peers too.
+    peer_ca_path: Option<PathBuf>,
+    client_auth: ClientAuth,
+}
+
+impl Trust {
+    /// The contents of the CA files (the peers' empty without one of their own).
+    fn read(&self) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+        let peer = match &self.peer_ca_path {
+            Some(p) => read_file(p)?,
+            None => Vec::new(),
+        };
+        Ok((read_file(&self.ca_path)?, peer))
+    }
+
+    /// The configurations the CA files' contents `files` decide, presenting `key` to
+    /// clients and `peer_key` to peers.
+    fn build(
+        &self,
+        files: &(Vec<u8>, Vec<u8>),
+        key: &Arc<ReloadingKey>,
+        peer_key: &Arc<ReloadingKey>,
+    ) -> Result<Verifying, TlsError> {
+        let roots = roots_of(&files.0, &self.ca_path)?;
+        let peer_roots = match &self.peer_ca_path {
+            Some(p) => roots_of(&files.1, p)?,
+            None => roots.clone(),
+        };
+        Verifying::build(&roots, self.client_auth, key, &peer_roots, peer_key)
     }
 }
 
@@ -434,18 +491,21 @@ pub enum Listener {
     Peers,
 }
 
-/// A node's TLS: its certificate and key ([`ReloadingKey`]) and what its CA bundle decides,
-/// both read again from their files every `--tls-reload-interval-ms` ([`reload_loop`]). Each
-/// new connection, accepted or dialled, takes the configuration current at its start; open
-/// connections keep theirs.
+/// A node's TLS: its certificate and key ([`ReloadingKey`]), the peers' own if given, and
+/// what its CA bundles decide, all read again from their files every
+/// `--tls-reload-interval-ms` ([`reload_loop`]). Each new connection, accepted or dialled,
+/// takes the configuration current at its start; open connections keep theirs.
 pub struct NodeTls {
     pub peer_names: Arc<PeerNames>,
     pub key: Arc<ReloadingKey>,
-    ca_path: PathBuf,
-    client_auth: ClientAuth,
+    /// What the peer listener serves and outbound peer connections present: `key` itself
+    /// without `--peer-tls-*`.
+    pub peer_key: Arc<ReloadingKey>,
+    trust: Trust,
     verifying: RwLock<Arc<Verifying>>,
-    /// The CA file's contents last looked at (loaded or refused): a change is a difference.
-    ca_seen: std::sync::Mutex<Vec<u8>>,
+    /// The CA files' contents last looked at (loaded or refused; the peers' empty without
+    /// one of their own): a change is a difference.
+    ca_seen: std::sync::Mutex<(Vec<u8>, Vec<u8>)>,
 }
 
 impl NodeTls {
@@ -456,17 +516,34 @@ impl NodeTls {
         peer_addresses: impl IntoIterator<Item = &'a String>,
     ) -> Result<Arc<NodeTls>, TlsError> {
         let key = ReloadingKey::load(&settings.cert, &settings.key)?;
-        let ca = read_file(&settings.ca)?;
-        let verifying =
-            Verifying::build(&roots_of(&ca, &settings.ca)?, settings.client_auth, &key)?;
+        let peer_key = match &settings.peer {
+            Some(p) => ReloadingKey::load(&p.cert, &p.key)?,
+            None => key.clone(),
+        };
+        let trust = Trust {
+            ca_path: settings.ca.clone(),
+            peer_ca_path: settings.peer.as_ref().map(|p| p.ca.clone()),
+            client_auth: settings.client_auth,
+        };
+        let files = trust.read()?;
+        let verifying = trust.build(&files, &key, &peer_key)?;
         Ok(Arc::new(NodeTls {
             peer_names: Arc::new(PeerNames::new(&settings.peer_names, peer_addresses)),
             key,
-            ca_path: settings.ca.clone(),
-            client_auth: settings.client_auth,
+            peer_key,
+            trust,
             verifying: RwLock::new(Arc::new(verifying)),
-            ca_seen: std::sync::Mutex::new(ca),
+            ca_seen: std::sync::Mutex::new(files),
         }))
+    }
+
+    /// The certificates this node presents: one, or the clients' and the peers'.
+    fn keys(&self) -> Vec<&Arc<ReloadingKey>> {
+        if Arc::ptr_eq(&self.key, &self.peer_key) {
+            vec![&self.key]
+        } else {
+            vec![&self.key, &self.peer_key]
+        }
     }
 
     fn verifying(&self) -> Arc<Verifying> {
@@ -495,16 +572,15 @@ impl NodeTls {
     /// (Rotating a CA: a bundle with the old and the new CA on every node first, then the new
     /// certificates, then the new CA alone: docs/operations.md.)
     pub fn reload_ca_if_changed(&self) -> Result<bool, TlsError> {
-        let ca = read_file(&self.ca_path)?;
+        let files = self.trust.read()?;
         {
             let mut seen = self.ca_seen.lock().unwrap_or_else(|e| e.into_inner());
-            if *seen == ca {
+            if *seen == files {
                 return Ok(false);
             }
-            seen.clone_from(&ca);
+            seen.clone_from(&files);
         }
-        let verifying =
-            Verifying::build(&roots_of(&ca, &self.ca_path)?, self.client_auth, &self.key)?;
+        let verifying = self.trust.build(&files, &self.key, &self.peer_key)?;
         *self
             .verifying
             .write()
@@ -986,6 +1062,7 @@ mod tests {
             cert: path("node.pem"),
             key: path("node.key"),
             ca: path("ca.pem"),
+            peer: None,
             client_auth: ClientAuth::Optional,
             peer_names: vec![],
             reload_every: Duration::from_millis(100),
@@ -1014,6 +1091,64 @@ mod tests {
         std::fs::write(path("ca.pem"), ca2.pem()).unwrap();
         assert!(tls.reload_ca_if_changed().unwrap());
         assert!(!Arc::ptr_eq(&second, &tls.outbound()));
+    }
+
+    /// With the peers' own files, the peer certificate is a key of its own, reloaded beside
+    /// the client one, and a change of the peers' CA alone is a change.
+    #[test]
+    fn the_peers_own_certificate_and_ca_are_kept_and_reloaded_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |n: &str| dir.path().join(n);
+        let (node, node_key) = cert("node", &["127.0.0.1"]);
+        let (peer, peer_key) = cert("node peer", &["127.0.0.1"]);
+        let (ca1, _) = cert("ca one", &["ca1"]);
+        let (ca2, _) = cert("ca two", &["ca2"]);
+        for (name, text) in [
+            ("node.pem", node.pem()),
+            ("node.key", node_key.serialize_pem()),
+            ("peer.pem", peer.pem()),
+            ("peer.key", peer_key.serialize_pem()),
+            ("ca.pem", ca1.pem()),
+            ("peer-ca.pem", ca2.pem()),
+        ] {
+            std::fs::write(path(name), text).unwrap();
+        }
+        let settings = TlsSettings {
+            cert: path("node.pem"),
+            key: path("node.key"),
+            ca: path("ca.pem"),
+            peer: Some(PeerFiles {
+                cert: path("peer.pem"),
+                key: path("peer.key"),
+                ca: path("peer-ca.pem"),
+            }),
+            client_auth: ClientAuth::Optional,
+            peer_names: vec![],
+            reload_every: Duration::from_millis(100),
+        };
+        let tls = NodeTls::load(&settings, &["127.0.0.1:1".to_string()]).unwrap();
+        assert_eq!(tls.keys().len(), 2);
+        assert_eq!(tls.key.current().cert[0].as_ref(), node.der().as_ref());
+        assert_eq!(tls.peer_key.current().cert[0].as_ref(), peer.der().as_ref());
+        let first = tls.outbound();
+        assert!(!tls.reload_ca_if_changed().unwrap());
+        std::fs::write(path("peer-ca.pem"), format!("{}{}", ca2.pem(), ca1.pem())).unwrap();
+        assert!(tls.reload_ca_if_changed().unwrap());
+        assert!(!Arc::ptr_eq(&first, &tls.outbound()));
+        // A peers' CA that does not load keeps the old one.
+        std::fs::write(path("peer-ca.pem"), "garbage").unwrap();
+        assert!(tls.reload_ca_if_changed().is_err());
+        // Without the peers' files, one key serves both.
+        let one = NodeTls::load(
+            &TlsSettings {
+                peer: None,
+                ..settings
+            },
+            &["127.0.0.1:1".to_string()],
+        )
+        .unwrap();
+        assert_eq!(one.keys().len(), 1);
+        assert!(Arc::ptr_eq(&one.key, &one.peer_key));
     }
 
     #[test]

@@ -82,6 +82,9 @@ async fn start_cluster(n: u64) -> Cluster {
             tls_ca: None,
             tls_client_auth: None,
             tls_peer_names: Vec::new(),
+            peer_tls_cert: None,
+            peer_tls_key: None,
+            peer_tls_ca: None,
             tls_reload_interval_ms: ::fjord_server::config::defaults::TLS_RELOAD_INTERVAL_MS,
         };
         dirs.push(dir);
