@@ -13,6 +13,7 @@ use fjord_client::{Client, ClientConfig};
 
 pub mod certs;
 pub mod group;
+pub mod links;
 pub mod secure;
 
 /// How long a cluster may take to elect its metadata leader and register every node.

@@ -105,11 +105,8 @@ async fn leaders(client: &fjord_client::Client, topic: &str) -> BTreeMap<u32, (O
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quiet_partitions_serve_at_once_and_fail_over() {
-    let _serial = serial();
-    let mut cluster = Cluster::start_with(3, TIMING).await;
-    let client = cluster.client();
+/// Creates the topic `idle` ([`PARTITIONS`] partitions, 3 replicas each).
+async fn create_idle(client: &fjord_client::Client) {
     // Starting 150 replicas on a busy machine can outlast the client's deadline: a timed-out
     // create is unknown, not failed (and the client's retry finds it made), so wait for the
     // topic instead.
@@ -124,6 +121,112 @@ async fn quiet_partitions_serve_at_once_and_fail_over() {
         })
         .await;
     }
+}
+
+/// Waits until every partition of `idle` has a leader other than `node`, and returns the
+/// leaders and epochs.
+async fn wait_led_without(
+    client: &fjord_client::Client,
+    node: u64,
+    what: &str,
+) -> BTreeMap<u32, (Option<u64>, u64)> {
+    let since = Instant::now();
+    let mut last = BTreeMap::new();
+    loop {
+        let now = leaders(client, "idle").await;
+        if now.len() == PARTITIONS as usize
+            && now.values().all(|(l, _)| l.is_some_and(|l| l != node))
+        {
+            return now;
+        }
+        if !now.is_empty() {
+            last = now;
+        }
+        assert!(
+            since.elapsed() < DEADLINE,
+            "{what}: not every partition has a leader other than node {node} after \
+             {DEADLINE:?}: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// CP produces one record to every partition of `idle`.
+async fn produce_to_all(client: &fjord_client::Client, what: &str) {
+    let producer = client
+        .producer(
+            "idle",
+            ProducerConfig {
+                acks: Acks::Cp,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    for p in 0..PARTITIONS {
+        producer
+            .send(ProducerRecord::new(format!("{what}-{p}")).with_partition(p))
+            .await
+            .unwrap_or_else(|e| panic!("CP produce to partition {p} {what}: {e}"));
+    }
+}
+
+/// An asymmetric link: the node leading the most quiet partitions can no longer call the
+/// others (its connections to them stall), while their calls to it go through and are
+/// answered. Its followers must not take those answers for a live leader: they wake, elect
+/// leaders among themselves, and take CP writes. (Before the fix, a quiet follower's claim
+/// was renewed by the leader's answers to the follower's own heartbeats, and these
+/// partitions stayed quiet and leaderless for as long as the link was down.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_partitions_of_a_leader_that_cannot_call_out_fail_over() {
+    let _serial = serial();
+    let mut cluster = Cluster::start_with(3, TIMING).await;
+    // Every node's peer connections through a proxy per direction, by a rolling restart.
+    let links = fjord_tests::links::PeerLinks::start(&cluster).await;
+    for id in [1, 2, 3] {
+        cluster.stop(id);
+        cluster.restart_with_peers(id, &links.peers_of(&cluster, id));
+        cluster.wait_ready().await;
+    }
+    let client = cluster.client();
+    create_idle(&client).await;
+    wait_all_quiet(&cluster, &[1, 2, 3], PARTITIONS).await;
+    let before = leaders(&client, "idle").await;
+    let mut led: BTreeMap<u64, u32> = BTreeMap::new();
+    for (l, _) in before.values() {
+        *led.entry(l.unwrap()).or_default() += 1;
+    }
+    let (&victim, &count) = led.iter().max_by_key(|(_, n)| **n).unwrap();
+    assert!(count > 0);
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != victim).collect();
+    for &to in &others {
+        links.stall_calls(victim, to, true);
+    }
+    let cut_at = Instant::now();
+    let after = wait_led_without(&client, victim, "calls from the leader stalled").await;
+    eprintln!(
+        "node {victim} (leader of {count} quiet partitions) cannot call out: all had other \
+         leaders after {} ms",
+        cut_at.elapsed().as_millis()
+    );
+    for (p, (_, e)) in &after {
+        if before[p].0 == Some(victim) {
+            assert!(*e > before[p].1, "partition {p}: epoch did not move");
+        }
+    }
+    produce_to_all(&client, "while the link is down").await;
+    // Healed: the node catches up and everything goes quiet again.
+    for &to in &others {
+        links.stall_calls(victim, to, false);
+    }
+    wait_all_quiet(&cluster, &[1, 2, 3], PARTITIONS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_partitions_serve_at_once_and_fail_over() {
+    let _serial = serial();
+    let mut cluster = Cluster::start_with(3, TIMING).await;
+    let client = cluster.client();
+    create_idle(&client).await;
     wait_all_quiet(&cluster, &[1, 2, 3], PARTITIONS).await;
 
     // Quiet, hibernated partitions serve a CP read and a CP produce on the first attempt,
@@ -209,25 +312,7 @@ async fn quiet_partitions_serve_at_once_and_fail_over() {
     assert!(count > 0);
     let killed_at = Instant::now();
     cluster.kill(victim);
-    let mut last = BTreeMap::new();
-    let after = loop {
-        if let Ok(t) = client.describe_topic("idle").await {
-            last = t
-                .partitions
-                .iter()
-                .map(|p| (p.partition, (p.leader, p.leader_epoch)))
-                .collect();
-            if last.values().all(|(l, _)| l.is_some_and(|l| l != victim)) {
-                break last;
-            }
-        }
-        assert!(
-            killed_at.elapsed() < DEADLINE,
-            "not every partition has a leader other than the killed node {victim} after \
-             {DEADLINE:?}: {last:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let after = wait_led_without(&client, victim, "after the kill").await;
     eprintln!(
         "killed node {victim} (leader of {count} quiet partitions): all had new leaders after {} ms",
         killed_at.elapsed().as_millis()
@@ -240,21 +325,7 @@ async fn quiet_partitions_serve_at_once_and_fail_over() {
             );
         }
     }
-    let producer = client
-        .producer(
-            "idle",
-            ProducerConfig {
-                acks: Acks::Cp,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    for p in 0..PARTITIONS {
-        producer
-            .send(ProducerRecord::new(format!("after-{p}")).with_partition(p))
-            .await
-            .unwrap_or_else(|e| panic!("CP produce to partition {p} after the kill: {e}"));
-    }
+    produce_to_all(&client, "after the kill").await;
     for p in 0..PARTITIONS {
         let got = client
             .fetch(
@@ -272,7 +343,7 @@ async fn quiet_partitions_serve_at_once_and_fail_over() {
         assert!(
             got.records
                 .iter()
-                .any(|r| r.value.as_ref() == format!("after-{p}").as_bytes()),
+                .any(|r| r.value.as_ref() == format!("after the kill-{p}").as_bytes()),
             "partition {p} lost its write"
         );
     }

@@ -205,20 +205,139 @@ async fn a_peer_ca_of_their_own_refuses_client_certificates_that_name_a_node() {
         metadata_at(https(&n.addr, tls_config(&clients.ca(), Some(&mallory))))
             .await
             .unwrap_or_else(|e| panic!("node {}: mallory on the client port: {e}", n.id));
-        // ... and no node on the peer port, whichever CA she trusts there.
-        for ca in [clients.ca(), peers.ca()] {
-            let answer = peer_port_call(&n.peer_addr, &ca, Some(&mallory)).await;
-            assert!(
-                answer.is_err(),
-                "node {}: the peer port answered a client certificate naming the node's host",
-                n.id
-            );
-        }
+        // ... and no node on the peer port (her side trusts the peers' CA, so the refusal
+        // is the node's).
+        let answer = peer_port_call(&n.peer_addr, &peers.ca(), Some(&mallory)).await;
+        assert!(
+            answer.is_err(),
+            "node {}: the peer port answered a client certificate naming the node's host",
+            n.id
+        );
+        // Nor is a node's peer certificate a client on the client port.
+        let answer = metadata_at(https(&n.addr, tls_config(&clients.ca(), Some(&node_peer))));
+        assert!(
+            answer.await.is_err(),
+            "node {}: the client port took a certificate of the peers' CA",
+            n.id
+        );
         // The peer port serves the peers' certificate, the client port the clients'.
         let presented = presented_certificate(&n.peer_addr, &peers.ca()).await;
         assert_eq!(presented, Some(node_peer.der.clone()), "node {}", n.id);
         let presented = presented_certificate(&n.addr, &clients.ca()).await;
         assert_eq!(presented, Some(node.der.clone()), "node {}", n.id);
+    }
+}
+
+/// How many times node `id` has logged that it loaded a new CA bundle.
+fn ca_loads(cluster: &Cluster, id: u64) -> usize {
+    cluster
+        .log_text(id)
+        .matches("TLS: loaded a new CA bundle")
+        .count()
+}
+
+/// Waits until every node has logged a CA load more than `before` says it had.
+async fn wait_ca_loaded(cluster: &Cluster, before: &[usize]) {
+    for (n, was) in cluster.nodes.iter().zip(before) {
+        wait_for(&format!("node {} to load the CA", n.id), DEADLINE, || {
+            let loaded = ca_loads(cluster, n.id) > *was;
+            async move { loaded.then_some(()) }
+        })
+        .await;
+    }
+}
+
+/// docs/operations.md's steps from one CA to the peers' own, on a running 3-node cluster:
+/// (1) the peers' CA added to `--tls-ca` (no restart); (2) each node restarted in turn with
+/// the peer files and a peer bundle of both CAs, the cluster ready after each (a node cut
+/// off by the mixed trust would not be); (3) both bundles narrowed (no restart), then each
+/// node restarted again so that every connection is made with the narrowed trust. Every
+/// acknowledged write reads back, and afterwards the peer port refuses a client
+/// certificate naming the nodes' host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_moves_to_a_peer_ca_without_losing_a_write() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let clients = TestPki::new(&dir.path().join("clients"), "fjord client CA");
+    let peers = TestPki::new(&dir.path().join("peers"), "fjord peer CA");
+    let node = clients.issue("node", "fjord-node", "fjord", &["127.0.0.1", "localhost"]);
+    let node_peer = peers.issue("node", "fjord-node", "fjord", &["127.0.0.1", "localhost"]);
+    let mallory = clients.issue("mallory", "mallory", "acme", &["127.0.0.1"]);
+    let mut flags = clients.serve_flags(&node, "optional");
+    flags.extend(["--tls-reload-interval-ms".into(), "100".into()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let config = ClientConfig {
+        tls: Some(ClientTls::from_files(&clients.ca(), None, None).unwrap()),
+        ..ClientConfig::default()
+    };
+    let mut cluster = Cluster::start_with_client(3, Timing::FAST, &flags, config).await;
+    let client = cluster.client();
+    client.create_topic("moving", 1, 3).await.expect("create");
+    let producer = client
+        .producer("moving", ProducerConfig::default())
+        .unwrap();
+    let mut written = Vec::new();
+    let mut write = async |value: String| {
+        producer
+            .send(ProducerRecord::new(value.clone()).with_partition(0))
+            .await
+            .unwrap_or_else(|e| panic!("CP produce of {value}: {e}"));
+        written.push(value);
+    };
+    write("one CA".into()).await;
+
+    // (1) The peers' CA into every node's --tls-ca.
+    let loads: Vec<usize> = [1, 2, 3].map(|id| ca_loads(&cluster, id)).to_vec();
+    write_atomically(
+        &clients.ca(),
+        &format!("{}{}", clients.ca_pem(), peers.ca_pem()),
+    );
+    wait_ca_loaded(&cluster, &loads).await;
+
+    // (2) Each node restarted with the peer files, its peer bundle holding both CAs.
+    let bundle = dir.path().join("peer-bundle.pem");
+    write_atomically(&bundle, &format!("{}{}", peers.ca_pem(), clients.ca_pem()));
+    let path = |p: &Path| p.display().to_string();
+    let peer_flags = [
+        "--peer-tls-cert".to_string(),
+        path(&node_peer.cert),
+        "--peer-tls-key".into(),
+        path(&node_peer.key),
+        "--peer-tls-ca".into(),
+        path(&bundle),
+    ];
+    let peer_flags: Vec<&str> = peer_flags.iter().map(String::as_str).collect();
+    for id in [1, 2, 3] {
+        cluster.stop(id);
+        cluster.restart_with(id, &peer_flags);
+        cluster.wait_ready().await;
+        write(format!("node {id} moved")).await;
+    }
+
+    // (3) Both bundles narrowed; then every node restarted once more.
+    let loads: Vec<usize> = [1, 2, 3].map(|id| ca_loads(&cluster, id)).to_vec();
+    write_atomically(&bundle, &peers.ca_pem());
+    write_atomically(&clients.ca(), &clients.ca_pem());
+    wait_ca_loaded(&cluster, &loads).await;
+    for id in [1, 2, 3] {
+        cluster.stop(id);
+        cluster.restart_with(id, &peer_flags);
+        cluster.wait_ready().await;
+        write(format!("node {id} restarted narrowed")).await;
+    }
+    let got = client
+        .fetch("moving", 0, 0, FetchOptions::default())
+        .await
+        .expect("fetch");
+    let values: Vec<String> = got
+        .records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+        .collect();
+    assert_eq!(values, written);
+    for n in &cluster.nodes {
+        let answer = peer_port_call(&n.peer_addr, &peers.ca(), Some(&mallory)).await;
+        assert!(answer.is_err(), "node {}: mallory on the peer port", n.id);
     }
 }
 

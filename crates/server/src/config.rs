@@ -208,10 +208,11 @@ pub struct ServeConfig {
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
     /// TLS: this node's certificate chain, PEM. Given with `tls_key` and `tls_ca`, TLS is on
-    /// for both listeners and for the connections to the peers: it is served to clients and
-    /// peers, and presented to the peers as this node's client certificate (mutual TLS
-    /// between nodes). It must name (DNS or IP subject alternative name) the host of this
-    /// node's `peers` entry and of its client address (`advertise`). Read again every
+    /// for both listeners and for the connections to the peers: it is served to clients,
+    /// and (without `peer_tls_*`) to peers too and presented to them as this node's client
+    /// certificate (mutual TLS between nodes). It must name (DNS or IP subject alternative
+    /// name) the host of this node's client address (`advertise`) and, when it serves the
+    /// peers, of its `peers` entry (or one of `tls_peer_names`). Read again every
     /// `tls_reload_interval_ms`: a replaced file is served without a restart.
     #[arg(long, value_name = "PEM")]
     #[serde(default)]
@@ -220,9 +221,10 @@ pub struct ServeConfig {
     #[arg(long, value_name = "PEM")]
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
-    /// TLS: the CA bundle, PEM, that verifies the peers' certificates and the clients'.
-    /// A peer's certificate must also name the host of one of the `peers` addresses (or one
-    /// of `tls_peer_names`): any other certificate, a client's, is refused on the peer port.
+    /// TLS: the CA bundle, PEM, that verifies the clients' certificates and, without
+    /// `peer_tls_ca`, the peers'. A peer's certificate must also name the host of one of the
+    /// `peers` addresses (or one of `tls_peer_names`): any other certificate, a client's, is
+    /// refused on the peer port.
     #[arg(long, value_name = "PEM")]
     #[serde(default)]
     pub tls_ca: Option<PathBuf>,
@@ -232,7 +234,9 @@ pub struct ServeConfig {
     #[serde(default)]
     pub tls_client_auth: Option<crate::tls::ClientAuth>,
     /// TLS between nodes only: this node's certificate chain, PEM, for the peer listener and
-    /// the connections to the peers, issued by `peer_tls_ca`. Given with `peer_tls_key` and
+    /// the connections to the peers, issued by `peer_tls_ca`. It must name (DNS or IP
+    /// subject alternative name) the host of this node's `peers` entry (or one of
+    /// `tls_peer_names`): the peers check both. Given with `peer_tls_key` and
     /// `peer_tls_ca` (all three or none, and only with TLS on), the nodes trust each other by
     /// a CA of their own: no certificate the clients' CA (`tls_ca`) issues, whatever it
     /// names, is accepted on the peer port, and `tls_cert` serves the client listener alone.

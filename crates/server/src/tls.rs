@@ -1,12 +1,12 @@
 //! TLS on both listeners and on the connections to the peers (rustls, aws-lc-rs provider).
 //!
-//! - One certificate per node (`--tls-cert`, `--tls-key`): served on the client and peer
-//!   listeners, and presented as the client certificate on the connections this node opens
-//!   to its peers. [`ReloadingKey`] holds it behind a lock, and [`reload_loop`] reads the
+//! - One certificate per node (`--tls-cert`, `--tls-key`): served on the client listener
+//!   and, without `--peer-tls-*`, on the peer listener too and presented as the client
+//!   certificate on the connections this node opens to its peers. [`ReloadingKey`] holds it behind a lock, and [`reload_loop`] reads the
 //!   files again every `--tls-reload-interval-ms`: a fresh handshake gets the new
 //!   certificate without a restart; a file that does not load keeps the old one (logged).
-//! - One CA bundle (`--tls-ca`): verifies the peers' certificates (both ways) and the
-//!   clients' (`--tls-client-auth`). [`reload_loop`] reads it again too: a new bundle
+//! - One CA bundle (`--tls-ca`): verifies the clients' certificates (`--tls-client-auth`)
+//!   and, without `--peer-tls-*`, the peers' (both ways). [`reload_loop`] reads it again too: a new bundle
 //!   rebuilds both listeners' acceptors and the outbound configuration ([`NodeTls`]), which
 //!   new connections get; a bundle that does not load keeps the old one (logged). Rotating a
 //!   CA without a restart needs that: old and new CA in the bundle on every node, then the
@@ -16,8 +16,8 @@
 //!   and the outbound peer connections then present that certificate and trust that CA only,
 //!   so no certificate the clients' CA issues is a node's, whatever it names. Reloaded the
 //!   same way.
-//! - Between nodes, mutual TLS always: the peer listener requires a certificate from the CA
-//!   and then that it names ([`PeerNames`]: a DNS or IP subject alternative name) the host of
+//! - Between nodes, mutual TLS always: the peer listener requires a certificate from the
+//!   peers' CA (`--peer-tls-ca`, else `--tls-ca`) and then that it names ([`PeerNames`]: a DNS or IP subject alternative name) the host of
 //!   one of the `--peers` addresses, or one of `--tls-peer-names`; any other certificate
 //!   (a client's) is refused there.
 //! - The incoming TCP connections are wrapped here ([`incoming`]), the handshakes run
@@ -295,17 +295,19 @@ pub async fn reload_loop(tls: Weak<NodeTls>, every: Duration) {
                 ),
             }
         }
-        match tls.reload_ca_if_changed() {
-            Ok(false) => {}
-            Ok(true) => tracing::info!(
+        let look = tls.reload_ca_if_changed();
+        for e in &look.refused {
+            tracing::error!(
+                error = %e,
+                "TLS: a CA bundle changed but does not load; that bundle's old contents stay in use"
+            );
+        }
+        if look.loaded {
+            tracing::info!(
                 ca = %tls.trust.ca_path.display(),
                 peer_ca = ?tls.trust.peer_ca_path.as_ref().map(|p| p.display().to_string()),
                 "TLS: loaded a new CA bundle; new connections are verified against it"
-            ),
-            Err(e) => tracing::error!(
-                error = %e,
-                "TLS: the CA bundle changed but does not load; the old one stays in use"
-            ),
+            );
         }
     }
 }
@@ -455,27 +457,56 @@ struct Trust {
     client_auth: ClientAuth,
 }
 
+/// The contents of a node's CA bundles: `--tls-ca`'s, and the peers' own (empty without one).
+type CaFiles = [Vec<u8>; 2];
+
+/// What a node knows of its CA files.
+struct CaState {
+    /// The contents last looked at (loaded or refused): a change is a difference.
+    seen: CaFiles,
+    /// The contents the configuration in use was built from.
+    in_use: CaFiles,
+}
+
+/// What a look at the CA files found ([`NodeTls::reload_ca_if_changed`]).
+#[derive(Debug, Default)]
+pub struct CaReload {
+    /// A new configuration is in use.
+    pub loaded: bool,
+    /// Why a bundle that changed (or could not be read) was not taken; the other bundle's
+    /// change is taken all the same.
+    pub refused: Vec<TlsError>,
+}
+
 impl Trust {
-    /// The contents of the CA files (the peers' empty without one of their own).
-    fn read(&self) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
-        let peer = match &self.peer_ca_path {
-            Some(p) => read_file(p)?,
-            None => Vec::new(),
-        };
-        Ok((read_file(&self.ca_path)?, peer))
+    /// The CA files, by their place in [`CaFiles`].
+    fn paths(&self) -> impl Iterator<Item = (usize, &Path)> {
+        [Some(&self.ca_path), self.peer_ca_path.as_ref()]
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, p)| Some((i, p?.as_path())))
+    }
+
+    /// The contents of the CA files.
+    fn read(&self) -> Result<CaFiles, TlsError> {
+        let mut files = CaFiles::default();
+        for (i, path) in self.paths() {
+            files[i] = read_file(path)?;
+        }
+        Ok(files)
     }
 
     /// The configurations the CA files' contents `files` decide, presenting `key` to
     /// clients and `peer_key` to peers.
     fn build(
         &self,
-        files: &(Vec<u8>, Vec<u8>),
+        files: &CaFiles,
         key: &Arc<ReloadingKey>,
         peer_key: &Arc<ReloadingKey>,
     ) -> Result<Verifying, TlsError> {
-        let roots = roots_of(&files.0, &self.ca_path)?;
+        let roots = roots_of(&files[0], &self.ca_path)?;
         let peer_roots = match &self.peer_ca_path {
-            Some(p) => roots_of(&files.1, p)?,
+            Some(p) => roots_of(&files[1], p)?,
             None => roots.clone(),
         };
         Verifying::build(&roots, self.client_auth, key, &peer_roots, peer_key)
@@ -503,9 +534,7 @@ pub struct NodeTls {
     pub peer_key: Arc<ReloadingKey>,
     trust: Trust,
     verifying: RwLock<Arc<Verifying>>,
-    /// The CA files' contents last looked at (loaded or refused; the peers' empty without
-    /// one of their own): a change is a difference.
-    ca_seen: std::sync::Mutex<(Vec<u8>, Vec<u8>)>,
+    cas: std::sync::Mutex<CaState>,
 }
 
 impl NodeTls {
@@ -533,7 +562,10 @@ impl NodeTls {
             peer_key,
             trust,
             verifying: RwLock::new(Arc::new(verifying)),
-            ca_seen: std::sync::Mutex::new(files),
+            cas: std::sync::Mutex::new(CaState {
+                seen: files.clone(),
+                in_use: files,
+            }),
         }))
     }
 
@@ -567,25 +599,47 @@ impl NodeTls {
         self.verifying().outbound.clone()
     }
 
-    /// Reads the CA bundle; if it changed, verifies new connections against it from now on,
-    /// or keeps the old one when it does not load. `Ok(true)` when a new bundle is in use.
-    /// (Rotating a CA: a bundle with the old and the new CA on every node first, then the new
-    /// certificates, then the new CA alone: docs/operations.md.)
-    pub fn reload_ca_if_changed(&self) -> Result<bool, TlsError> {
-        let files = self.trust.read()?;
-        {
-            let mut seen = self.ca_seen.lock().unwrap_or_else(|e| e.into_inner());
-            if *seen == files {
-                return Ok(false);
+    /// Reads the CA bundles; if one changed, verifies new connections against it from now
+    /// on, or keeps that bundle's old contents when it does not load (each bundle on its
+    /// own: a bad peers' bundle does not hold back a good change of the clients'). The same
+    /// bad contents are refused once, not at every look. (Rotating a CA: a bundle with the
+    /// old and the new CA on every node first, then the new certificates, then the new CA
+    /// alone: docs/operations.md.)
+    pub fn reload_ca_if_changed(&self) -> CaReload {
+        let mut state = self.cas.lock().unwrap_or_else(|e| e.into_inner());
+        let mut look = CaReload::default();
+        let mut next = state.in_use.clone();
+        for (i, path) in self.trust.paths() {
+            let bytes = match read_file(path) {
+                Ok(b) => b,
+                Err(e) => {
+                    look.refused.push(e);
+                    continue;
+                }
+            };
+            if bytes == state.seen[i] {
+                continue;
             }
-            seen.clone_from(&files);
+            state.seen[i].clone_from(&bytes);
+            match roots_of(&bytes, path) {
+                Ok(_) => next[i] = bytes,
+                Err(e) => look.refused.push(e),
+            }
         }
-        let verifying = self.trust.build(&files, &self.key, &self.peer_key)?;
-        *self
-            .verifying
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(verifying);
-        Ok(true)
+        if next != state.in_use {
+            match self.trust.build(&next, &self.key, &self.peer_key) {
+                Ok(verifying) => {
+                    *self
+                        .verifying
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(verifying);
+                    state.in_use = next;
+                    look.loaded = true;
+                }
+                Err(e) => look.refused.push(e),
+            }
+        }
+        look
     }
 
     /// The connector of this node's peer connections, from `source` if given.
@@ -1069,27 +1123,31 @@ mod tests {
         };
         let tls = NodeTls::load(&settings, &["127.0.0.1:1".to_string()]).unwrap();
         let first = tls.outbound();
-        assert!(!tls.reload_ca_if_changed().unwrap());
+        let look = tls.reload_ca_if_changed();
+        assert!(!look.loaded && look.refused.is_empty(), "{look:?}");
         assert!(
             Arc::ptr_eq(&first, &tls.outbound()),
             "unchanged file, same config"
         );
         // Both CAs: a new configuration for new connections.
         std::fs::write(path("ca.pem"), format!("{}{}", ca1.pem(), ca2.pem())).unwrap();
-        assert!(tls.reload_ca_if_changed().unwrap());
+        assert!(tls.reload_ca_if_changed().loaded);
         let second = tls.outbound();
         assert!(!Arc::ptr_eq(&first, &second));
         // A bundle without a certificate is refused, and the last good one stays in use,
         // also at the next look (the same bad contents are not tried again).
         std::fs::write(path("ca.pem"), "garbage").unwrap();
-        assert!(matches!(
-            tls.reload_ca_if_changed(),
-            Err(TlsError::NoCertificate { .. })
-        ));
-        assert!(!tls.reload_ca_if_changed().unwrap());
+        let look = tls.reload_ca_if_changed();
+        assert!(!look.loaded);
+        assert!(
+            matches!(look.refused[..], [TlsError::NoCertificate { .. }]),
+            "{look:?}"
+        );
+        let look = tls.reload_ca_if_changed();
+        assert!(!look.loaded && look.refused.is_empty(), "{look:?}");
         assert!(Arc::ptr_eq(&second, &tls.outbound()));
         std::fs::write(path("ca.pem"), ca2.pem()).unwrap();
-        assert!(tls.reload_ca_if_changed().unwrap());
+        assert!(tls.reload_ca_if_changed().loaded);
         assert!(!Arc::ptr_eq(&second, &tls.outbound()));
     }
 
@@ -1131,13 +1189,28 @@ mod tests {
         assert_eq!(tls.key.current().cert[0].as_ref(), node.der().as_ref());
         assert_eq!(tls.peer_key.current().cert[0].as_ref(), peer.der().as_ref());
         let first = tls.outbound();
-        assert!(!tls.reload_ca_if_changed().unwrap());
+        assert!(!tls.reload_ca_if_changed().loaded);
         std::fs::write(path("peer-ca.pem"), format!("{}{}", ca2.pem(), ca1.pem())).unwrap();
-        assert!(tls.reload_ca_if_changed().unwrap());
-        assert!(!Arc::ptr_eq(&first, &tls.outbound()));
-        // A peers' CA that does not load keeps the old one.
+        assert!(tls.reload_ca_if_changed().loaded);
+        let second = tls.outbound();
+        assert!(!Arc::ptr_eq(&first, &second));
+        // A peers' CA that does not load keeps its old contents, and does not hold back a
+        // change of the clients' CA made at the same time.
         std::fs::write(path("peer-ca.pem"), "garbage").unwrap();
-        assert!(tls.reload_ca_if_changed().is_err());
+        std::fs::write(path("ca.pem"), format!("{}{}", ca1.pem(), ca2.pem())).unwrap();
+        let look = tls.reload_ca_if_changed();
+        assert!(look.loaded, "{look:?}");
+        assert_eq!(look.refused.len(), 1, "{look:?}");
+        let state = tls.cas.lock().unwrap();
+        assert_eq!(
+            state.in_use[0],
+            format!("{}{}", ca1.pem(), ca2.pem()).into_bytes()
+        );
+        assert_eq!(
+            state.in_use[1],
+            format!("{}{}", ca2.pem(), ca1.pem()).into_bytes()
+        );
+        drop(state);
         // Without the peers' files, one key serves both.
         let one = NodeTls::load(
             &TlsSettings {
