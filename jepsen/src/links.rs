@@ -23,6 +23,14 @@ pub enum Rule {
     Drop { from: u64, to: u64 },
     /// Drop this percentage of the packets from `from` to `to`.
     Loss { from: u64, to: u64, percent: u8 },
+    /// Stall the calls node `from` makes to node `to`: every packet of the connections
+    /// `from` opens to `to`'s peer port, both ways, while the connections `to` opens to
+    /// `from` carry on. (A call and its answer share the caller's connection, so a [`Drop`]
+    /// of one direction stalls the calls both ways make; this fault is the one-way link a
+    /// node's own requests see.)
+    ///
+    /// [`Drop`]: Rule::Drop
+    Calls { from: u64, to: u64 },
 }
 
 impl fmt::Display for Rule {
@@ -39,6 +47,7 @@ impl fmt::Display for Rule {
             Rule::Loss { from, to, percent } => {
                 write!(f, "{}->{} loss {percent}%", name(from), name(to))
             }
+            Rule::Calls { from, to } => write!(f, "{}->{} calls stall", name(from), name(to)),
         }
     }
 }

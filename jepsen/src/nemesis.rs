@@ -332,6 +332,25 @@ impl Starting<'_> {
         format!("packets from n{from} to the other nodes dropped")
     }
 
+    /// `partition-calls`: `target`'s calls to the other nodes stall while theirs to it go
+    /// through, or (half the time) the reverse.
+    fn stall_calls(&mut self, target: u64) -> String {
+        let outward = self.rng.gen_bool(0.5);
+        for other in self.others(target) {
+            let (from, to) = if outward {
+                (target, other)
+            } else {
+                (other, target)
+            };
+            self.undo.rules.insert(Rule::Calls { from, to });
+        }
+        if outward {
+            format!("n{target} cannot call the other nodes; their calls to it go through")
+        } else {
+            format!("no node can call n{target}; its calls to them go through")
+        }
+    }
+
     /// `packet-loss`: a share of the packets between every two nodes dropped.
     fn lose_packets(&mut self) -> String {
         let percent = self.rng.gen_range(10..40);
@@ -712,6 +731,10 @@ impl Nemesis {
             FaultKind::PartitionHalves => s.cut_halves(),
             FaultKind::PartitionBridge => s.cut_with_bridge(),
             FaultKind::PartitionOneWay => s.drop_one_way(),
+            FaultKind::PartitionCalls => {
+                let target = self.partition_leader_or_any(s).await;
+                s.stall_calls(target)
+            }
             FaultKind::PartitionClient => {
                 let target = s.any_node();
                 s.undo.rules.extend(net::cut(&[target], &[CLIENT]));

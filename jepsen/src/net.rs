@@ -253,6 +253,13 @@ pub fn ruleset(rules: &BTreeSet<Rule>) -> String {
                 ip(from),
                 ip(to)
             ),
+            // Both directions of the connections `from` opens to `to`'s peer port; those
+            // `to` opens to `from` come from another port and go to `from`'s peer port.
+            Rule::Calls { from, to } => format!(
+                "    ip saddr {f} ip daddr {t} tcp dport {PEER_PORT} drop\n    ip saddr {t} ip daddr {f} tcp sport {PEER_PORT} drop\n",
+                f = ip(from),
+                t = ip(to)
+            ),
         };
         s.push_str(&line);
     }
@@ -395,7 +402,10 @@ mod tests {
             to: 3,
             percent: 20,
         });
+        rules.insert(Rule::Calls { from: 1, to: 3 });
         let s = ruleset(&rules);
+        assert!(s.contains("ip saddr 10.77.0.1 ip daddr 10.77.0.3 tcp dport 7100 drop"));
+        assert!(s.contains("ip saddr 10.77.0.3 ip daddr 10.77.0.1 tcp sport 7100 drop"));
         assert!(s.starts_with("table bridge fjord {}\nflush table bridge fjord\n"));
         assert!(s.contains("ip saddr 10.77.0.1 ip daddr 10.77.0.200 drop"));
         assert!(

@@ -73,6 +73,7 @@ impl ProxyNet {
             let back = SocketAddr::new(node_ip(id), back_port);
             let rules_rx = rules.subscribe();
             let nodes = nodes.to_vec();
+            let peer_port = front_port == PEER_PROXY_PORT;
             tasks.spawn(async move {
                 let mut conns = JoinSet::new();
                 loop {
@@ -81,6 +82,10 @@ impl ProxyNet {
                     };
                     let from = who(peer.ip(), &nodes);
                     let rules_rx = rules_rx.clone();
+                    // A connection a node opened to this node's peer port: a call of
+                    // `from`'s, stalled both ways by a `Calls` rule.
+                    let call =
+                        (peer_port && from != CLIENT).then_some(Rule::Calls { from, to: id });
                     conns.spawn(async move {
                         let Ok(outbound) = TcpStream::connect(back).await else {
                             return;
@@ -90,8 +95,8 @@ impl ProxyNet {
                         let (ir, iw) = inbound.into_split();
                         let (or, ow) = outbound.into_split();
                         tokio::join!(
-                            pump(ir, ow, from, id, rules_rx.clone()),
-                            pump(or, iw, id, from, rules_rx),
+                            pump(ir, ow, (from, id), call, rules_rx.clone()),
+                            pump(or, iw, (id, from), call, rules_rx),
                         );
                     });
                     // Reap finished connections so the set stays small.
@@ -114,12 +119,13 @@ impl Drop for ProxyNet {
     }
 }
 
-/// Copies `from`'s bytes to `to`, holding them while a rule drops that direction.
+/// Copies `from`'s bytes to `to`, holding them while a rule drops that direction or stalls
+/// the connection's `call`.
 async fn pump(
     mut reader: tokio::net::tcp::OwnedReadHalf,
     mut writer: tokio::net::tcp::OwnedWriteHalf,
-    from: u64,
-    to: u64,
+    (from, to): (u64, u64),
+    call: Option<Rule>,
     mut rules: watch::Receiver<BTreeSet<Rule>>,
 ) {
     let mut buf = vec![0u8; CHUNK_BYTES];
@@ -128,7 +134,9 @@ async fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let blocked = |r: &BTreeSet<Rule>| r.contains(&Rule::Drop { from, to });
+        let blocked = |r: &BTreeSet<Rule>| {
+            r.contains(&Rule::Drop { from, to }) || call.is_some_and(|c| r.contains(&c))
+        };
         if rules.wait_for(|r| !blocked(r)).await.is_err() {
             break;
         }

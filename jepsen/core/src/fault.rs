@@ -39,6 +39,11 @@ pub enum FaultKind {
     PartitionBridge,
     /// One node's packets to the others are dropped; theirs to it still arrive.
     PartitionOneWay,
+    /// A partition leader (or any node) cannot call the other nodes (the connections it
+    /// opens to their peer ports stall), while their calls to it go through and are
+    /// answered; or, drawn half the time, the reverse: no node can call it, and it can call
+    /// them.
+    PartitionCalls,
     /// The clients cannot reach one node.
     PartitionClient,
     /// A share of the packets between nodes is dropped.
@@ -82,12 +87,13 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 20] = [
+    pub const ALL: [FaultKind; 21] = [
         FaultKind::PartitionLeader,
         FaultKind::PartitionMetaLeader,
         FaultKind::PartitionHalves,
         FaultKind::PartitionBridge,
         FaultKind::PartitionOneWay,
+        FaultKind::PartitionCalls,
         FaultKind::PartitionClient,
         FaultKind::PacketLoss,
         FaultKind::Kill,
@@ -112,6 +118,7 @@ impl FaultKind {
             FaultKind::PartitionHalves => "partition-halves",
             FaultKind::PartitionBridge => "partition-bridge",
             FaultKind::PartitionOneWay => "partition-one-way",
+            FaultKind::PartitionCalls => "partition-calls",
             FaultKind::PartitionClient => "partition-client",
             FaultKind::PacketLoss => "packet-loss",
             FaultKind::Kill => "kill",
