@@ -78,6 +78,8 @@ impl ProxyNet {
                 let mut conns = JoinSet::new();
                 loop {
                     let Ok((inbound, peer)) = listener.accept().await else {
+                        // Out of descriptors, say: back off rather than spin.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     };
                     let from = who(peer.ip(), &nodes);
@@ -129,13 +131,13 @@ async fn pump(
     mut rules: watch::Receiver<BTreeSet<Rule>>,
 ) {
     let mut buf = vec![0u8; CHUNK_BYTES];
+    let blocked = |r: &BTreeSet<Rule>| {
+        r.contains(&Rule::Drop { from, to }) || call.is_some_and(|c| r.contains(&c))
+    };
     loop {
         let n = match reader.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
-        };
-        let blocked = |r: &BTreeSet<Rule>| {
-            r.contains(&Rule::Drop { from, to }) || call.is_some_and(|c| r.contains(&c))
         };
         if rules.wait_for(|r| !blocked(r)).await.is_err() {
             break;
@@ -162,5 +164,7 @@ async fn pump(
             break;
         }
     }
+    // A stalled direction holds its end of stream too, as a dead link would.
+    let _ = rules.wait_for(|r| !blocked(r)).await;
     let _ = writer.shutdown().await;
 }

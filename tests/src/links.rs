@@ -82,6 +82,8 @@ async fn forward(listener: TcpListener, to: String, stalled: watch::Receiver<boo
     let mut conns = JoinSet::new();
     loop {
         let Ok((inbound, _)) = listener.accept().await else {
+            // Out of descriptors, say: back off rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             continue;
         };
         let (to, stalled) = (to.clone(), stalled.clone());
@@ -118,5 +120,7 @@ async fn pump(
             break;
         }
     }
+    // A stalled link holds the end of stream too, as a dead one would.
+    let _ = stalled.wait_for(|s| !*s).await;
     let _ = writer.shutdown().await;
 }

@@ -123,8 +123,8 @@ async fn create_idle(client: &fjord_client::Client) {
     }
 }
 
-/// Waits until every partition of `idle` has a leader other than `node`, and returns the
-/// leaders and epochs.
+/// Waits until every partition of `idle` has a leader other than `node` (0: any leader), and
+/// returns the leaders and epochs.
 async fn wait_led_without(
     client: &fjord_client::Client,
     node: u64,
@@ -190,12 +190,12 @@ async fn quiet_partitions_of_a_leader_that_cannot_call_out_fail_over() {
     let client = cluster.client();
     create_idle(&client).await;
     wait_all_quiet(&cluster, &[1, 2, 3], PARTITIONS).await;
-    let before = leaders(&client, "idle").await;
+    let before = wait_led_without(&client, 0, "before the fault").await;
     let mut led: BTreeMap<u64, u32> = BTreeMap::new();
     for (l, _) in before.values() {
-        *led.entry(l.unwrap()).or_default() += 1;
+        *led.entry(l.expect("led")).or_default() += 1;
     }
-    let (&victim, &count) = led.iter().max_by_key(|(_, n)| **n).unwrap();
+    let (&victim, &count) = led.iter().max_by_key(|(_, n)| **n).expect("a leader");
     assert!(count > 0);
     let others: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != victim).collect();
     for &to in &others {
