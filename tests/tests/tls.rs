@@ -168,6 +168,61 @@ async fn peer_port_call(addr: &str, ca: &Path, identity: Option<&Issued>) -> Res
     }
 }
 
+/// Two CAs, the clients' and the peers' own, a node certificate from each (127.0.0.1), and
+/// mallory: a client certificate of the clients' CA naming the nodes' host, as many PKI
+/// setups issue by default.
+struct SplitTrust {
+    dir: tempfile::TempDir,
+    clients: TestPki,
+    peers: TestPki,
+    node: Issued,
+    node_peer: Issued,
+    mallory: Issued,
+}
+
+impl SplitTrust {
+    fn new() -> SplitTrust {
+        let dir = tempfile::tempdir().unwrap();
+        let clients = TestPki::new(&dir.path().join("clients"), "fjord client CA");
+        let peers = TestPki::new(&dir.path().join("peers"), "fjord peer CA");
+        let names = ["127.0.0.1", "localhost"];
+        SplitTrust {
+            node: clients.issue("node", "fjord-node", "fjord", &names),
+            node_peer: peers.issue("node", "fjord-node", "fjord", &names),
+            mallory: clients.issue("mallory", "mallory", "acme", &["127.0.0.1"]),
+            dir,
+            clients,
+            peers,
+        }
+    }
+
+    /// `fjord serve`'s peer flags: the peer certificate, and `ca` as the peers' CA bundle.
+    fn peer_flags(&self, ca: &Path) -> Vec<String> {
+        let path = |p: &Path| p.display().to_string();
+        vec![
+            "--peer-tls-cert".into(),
+            path(&self.node_peer.cert),
+            "--peer-tls-key".into(),
+            path(&self.node_peer.key),
+            "--peer-tls-ca".into(),
+            path(ca),
+        ]
+    }
+
+    /// A 3-node cluster serving clients with the clients' CA (client certificates optional)
+    /// and `extra` flags; its client trusts the clients' CA.
+    async fn cluster(&self, extra: &[String]) -> Cluster {
+        let mut flags = self.clients.serve_flags(&self.node, "optional");
+        flags.extend(extra.iter().cloned());
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let config = ClientConfig {
+            tls: Some(ClientTls::from_files(&self.clients.ca(), None, None).unwrap()),
+            ..ClientConfig::default()
+        };
+        Cluster::start_with_client(3, Timing::FAST, &flags, config).await
+    }
+}
+
 /// With the peers' own certificate and CA (`--peer-tls-*`), a client certificate from the
 /// clients' CA is refused on the peer port even when it names a node's host (with one CA
 /// for both it would be that node there: docs/operations.md), while the nodes replicate to
@@ -175,46 +230,33 @@ async fn peer_port_call(addr: &str, ca: &Path, identity: Option<&Issued>) -> Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_ca_of_their_own_refuses_client_certificates_that_name_a_node() {
     let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let clients = TestPki::new(&dir.path().join("clients"), "fjord client CA");
-    let peers = TestPki::new(&dir.path().join("peers"), "fjord peer CA");
-    let node = clients.issue("node", "fjord-node", "fjord", &["127.0.0.1", "localhost"]);
-    let node_peer = peers.issue("node", "fjord-node", "fjord", &["127.0.0.1", "localhost"]);
-    // A client certificate naming the nodes' host, as many PKI setups issue by default.
-    let mallory = clients.issue("mallory", "mallory", "acme", &["127.0.0.1"]);
-    let path = |p: &Path| p.display().to_string();
-    let mut flags = clients.serve_flags(&node, "optional");
-    flags.extend([
-        "--peer-tls-cert".into(),
-        path(&node_peer.cert),
-        "--peer-tls-key".into(),
-        path(&node_peer.key),
-        "--peer-tls-ca".into(),
-        path(&peers.ca()),
-    ]);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let config = ClientConfig {
-        tls: Some(ClientTls::from_files(&clients.ca(), None, None).unwrap()),
-        ..ClientConfig::default()
-    };
-    let cluster = Cluster::start_with_client(3, Timing::FAST, &flags, config).await;
+    let t = SplitTrust::new();
+    let SplitTrust {
+        clients,
+        peers,
+        node,
+        node_peer,
+        mallory,
+        ..
+    } = &t;
+    let cluster = t.cluster(&t.peer_flags(&peers.ca())).await;
     // Three replicas: the nodes reach each other through the peers' CA.
     produce_and_fetch(&cluster.client(), "split-trust", 5).await;
     for n in &cluster.nodes {
         // Mallory is a valid client on the client port...
-        metadata_at(https(&n.addr, tls_config(&clients.ca(), Some(&mallory))))
+        metadata_at(https(&n.addr, tls_config(&clients.ca(), Some(mallory))))
             .await
             .unwrap_or_else(|e| panic!("node {}: mallory on the client port: {e}", n.id));
         // ... and no node on the peer port (her side trusts the peers' CA, so the refusal
         // is the node's).
-        let answer = peer_port_call(&n.peer_addr, &peers.ca(), Some(&mallory)).await;
+        let answer = peer_port_call(&n.peer_addr, &peers.ca(), Some(mallory)).await;
         assert!(
             answer.is_err(),
             "node {}: the peer port answered a client certificate naming the node's host",
             n.id
         );
         // Nor is a node's peer certificate a client on the client port.
-        let answer = metadata_at(https(&n.addr, tls_config(&clients.ca(), Some(&node_peer))));
+        let answer = metadata_at(https(&n.addr, tls_config(&clients.ca(), Some(node_peer))));
         assert!(
             answer.await.is_err(),
             "node {}: the client port took a certificate of the peers' CA",
@@ -257,20 +299,16 @@ async fn wait_ca_loaded(cluster: &Cluster, before: &[usize]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_moves_to_a_peer_ca_without_losing_a_write() {
     let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let clients = TestPki::new(&dir.path().join("clients"), "fjord client CA");
-    let peers = TestPki::new(&dir.path().join("peers"), "fjord peer CA");
-    let node = clients.issue("node", "fjord-node", "fjord", &["127.0.0.1", "localhost"]);
-    let node_peer = peers.issue("node", "fjord-node", "fjord", &["127.0.0.1", "localhost"]);
-    let mallory = clients.issue("mallory", "mallory", "acme", &["127.0.0.1"]);
-    let mut flags = clients.serve_flags(&node, "optional");
-    flags.extend(["--tls-reload-interval-ms".into(), "100".into()]);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let config = ClientConfig {
-        tls: Some(ClientTls::from_files(&clients.ca(), None, None).unwrap()),
-        ..ClientConfig::default()
-    };
-    let mut cluster = Cluster::start_with_client(3, Timing::FAST, &flags, config).await;
+    let t = SplitTrust::new();
+    let SplitTrust {
+        clients,
+        peers,
+        mallory,
+        ..
+    } = &t;
+    let mut cluster = t
+        .cluster(&["--tls-reload-interval-ms".into(), "100".into()])
+        .await;
     let client = cluster.client();
     client.create_topic("moving", 1, 3).await.expect("create");
     let producer = client
@@ -295,17 +333,9 @@ async fn a_cluster_moves_to_a_peer_ca_without_losing_a_write() {
     wait_ca_loaded(&cluster, &loads).await;
 
     // (2) Each node restarted with the peer files, its peer bundle holding both CAs.
-    let bundle = dir.path().join("peer-bundle.pem");
+    let bundle = t.dir.path().join("peer-bundle.pem");
     write_atomically(&bundle, &format!("{}{}", peers.ca_pem(), clients.ca_pem()));
-    let path = |p: &Path| p.display().to_string();
-    let peer_flags = [
-        "--peer-tls-cert".to_string(),
-        path(&node_peer.cert),
-        "--peer-tls-key".into(),
-        path(&node_peer.key),
-        "--peer-tls-ca".into(),
-        path(&bundle),
-    ];
+    let peer_flags = t.peer_flags(&bundle);
     let peer_flags: Vec<&str> = peer_flags.iter().map(String::as_str).collect();
     for id in [1, 2, 3] {
         cluster.stop(id);
@@ -336,7 +366,7 @@ async fn a_cluster_moves_to_a_peer_ca_without_losing_a_write() {
         .collect();
     assert_eq!(values, written);
     for n in &cluster.nodes {
-        let answer = peer_port_call(&n.peer_addr, &peers.ca(), Some(&mallory)).await;
+        let answer = peer_port_call(&n.peer_addr, &peers.ca(), Some(mallory)).await;
         assert!(answer.is_err(), "node {}: mallory on the peer port", n.id);
     }
 }
