@@ -807,6 +807,45 @@ where
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
+/// How often a failed handshake on the peer port is logged as a warning, at most (the
+/// others at debug level): a misconfigured node retries its connections many times a second.
+const PEER_HANDSHAKE_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// When a failed peer handshake was last logged as a warning.
+static PEER_HANDSHAKE_WARNINGS: Every = Every::new(PEER_HANDSHAKE_WARN_EVERY);
+
+/// A gate that opens at most once per interval (process-wide).
+struct Every {
+    every: Duration,
+    /// Milliseconds since [`Every::epoch`] at the last opening, plus one (0: never).
+    last: std::sync::atomic::AtomicU64,
+    epoch: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl Every {
+    const fn new(every: Duration) -> Every {
+        Every {
+            every,
+            last: std::sync::atomic::AtomicU64::new(0),
+            epoch: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Whether the gate opens now (and then not again for the interval).
+    fn allow(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let epoch = *self.epoch.get_or_init(std::time::Instant::now);
+        let now = epoch.elapsed().as_millis() as u64 + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < self.every.as_millis() as u64 {
+            return false;
+        }
+        self.last
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
 /// The server side of one handshake; `None` (logged) if it fails, times out, or the
 /// client's certificate names none of `names`.
 async fn handshake(
@@ -818,7 +857,21 @@ async fn handshake(
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(conn)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            tracing::debug!(?from, error = %e, "TLS handshake failed");
+            if names.is_some() && PEER_HANDSHAKE_WARNINGS.allow() {
+                // On the peer port only nodes should come: a failure there is a node with
+                // the wrong certificate or CA (a rotation or a move to a peer CA gone
+                // wrong), or someone probing.
+                tracing::warn!(
+                    ?from,
+                    error = %e,
+                    "TLS handshake failed on the peer port (a node's certificate not from the \
+                     peers' CA, or a node not trusting this node's; at most one warning per \
+                     {} s)",
+                    PEER_HANDSHAKE_WARN_EVERY.as_secs()
+                );
+            } else {
+                tracing::debug!(?from, error = %e, "TLS handshake failed");
+            }
             return None;
         }
         Err(_) => {
@@ -1222,6 +1275,16 @@ mod tests {
         .unwrap();
         assert_eq!(one.keys().len(), 1);
         assert!(Arc::ptr_eq(&one.key, &one.peer_key));
+    }
+
+    #[test]
+    fn a_gate_opens_once_per_interval() {
+        let gate = Every::new(Duration::from_secs(3600));
+        assert!(gate.allow());
+        assert!(!gate.allow());
+        let always = Every::new(Duration::ZERO);
+        assert!(always.allow());
+        assert!(always.allow());
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub(super) fn work_time(bytes: usize) -> Duration {
     Duration::from_secs_f64(bytes as f64 / APPEND_MIN_BYTES_PER_SEC)
 }
 
+/// The longest message a failed call's causes are added to.
+const MAX_CAUSE_CHARS: usize = 1024;
+
 /// Why a call to a peer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -119,12 +122,28 @@ impl CallTo {
         }
     }
 
+    /// A failed call: the peer's status, or a local one (no connection) whose causes are
+    /// added to its message, so that "tcp connect error" says why (a refused connection, a
+    /// certificate the peer's CA did not issue).
     pub(super) fn status(&self, status: tonic::Status) -> PeerError {
+        let mut message = status.message().to_string();
+        let mut cause = std::error::Error::source(&status);
+        while let Some(e) = cause {
+            let text = e.to_string();
+            if message.len() + text.len() > MAX_CAUSE_CHARS {
+                break;
+            }
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            cause = e.source();
+        }
         PeerError::Status {
             rpc: self.rpc,
             addr: self.addr.clone(),
             code: status.code(),
-            message: status.message().to_string(),
+            message,
         }
     }
 
@@ -395,5 +414,33 @@ impl<'p> PeerClient<'p> {
         })
         .await
         .map(Into::into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A local failure's causes are added to its message once each; a peer's own status
+    /// (no cause) is passed on as it came.
+    #[test]
+    fn a_failed_call_says_why() {
+        let call = CallTo {
+            rpc: "Append",
+            addr: "10.0.0.1:7100".into(),
+        };
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "invalid peer certificate: UnknownIssuer",
+        );
+        let mut status = tonic::Status::unavailable("tcp connect error");
+        status.set_source(std::sync::Arc::new(io));
+        let e = call.status(status);
+        assert_eq!(
+            e.to_string(),
+            "Append to 10.0.0.1:7100: tcp connect error: invalid peer certificate: UnknownIssuer"
+        );
+        let e = call.status(tonic::Status::unavailable("node 2 is starting"));
+        assert_eq!(e.message(), "node 2 is starting");
     }
 }
