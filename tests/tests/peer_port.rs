@@ -140,17 +140,32 @@ async fn a_node_reached_at_another_node_s_address_does_not_count_twice() {
         })
         .collect();
     cluster.restart_with_peers(1, &peers.join(","));
-    let node1 = cluster.nodes[cluster.node_index(1)].addr.clone();
+    // Node 3 restarts too, while the others run: it then leads nothing for a while, so when
+    // 2, 4 and 5 die every group node 1 is in was led by node 1 (whose appends for node 2
+    // reach node 3) or by a dead node (node 1 campaigns, and its votes for node 2 reach
+    // node 3). Had node 3 led them all, node 1 would have sent node 2 nothing. (Restarted
+    // after the kills, node 3 could not pass its start check with node 1 alone, and the
+    // produce below would be refused whatever node 3 answered.)
+    cluster.stop(3);
+    cluster.restart(3);
     let cli = cluster.cli();
     let program = cli.get_program().to_owned();
-    fjord_tests::wait_for("node 1 to serve again", Duration::from_secs(60), || {
-        let ok = std::process::Command::new(&program)
-            .args(["health", "--brokers", &node1])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        async move { ok.then_some(()) }
-    })
-    .await;
+    for id in [1, 3] {
+        let addr = cluster.nodes[cluster.node_index(id)].addr.clone();
+        fjord_tests::wait_for(
+            &format!("node {id} to serve again"),
+            Duration::from_secs(60),
+            || {
+                let ok = std::process::Command::new(&program)
+                    .args(["health", "--brokers", &addr])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                async move { ok.then_some(()) }
+            },
+        )
+        .await;
+    }
+    let node1 = cluster.nodes[cluster.node_index(1)].addr.clone();
 
     // Only nodes 1 and 3 run: 2 of 5 replicas, no majority. Node 3 must not answer node 1's
     // requests meant for node 2 as well as its own: then 1, "2" and 3 would be 3 of 5, and
@@ -158,11 +173,6 @@ async fn a_node_reached_at_another_node_s_address_does_not_count_twice() {
     for id in [2, 4, 5] {
         cluster.kill(id);
     }
-    // Node 3 restarts too, so that no group keeps a leader that node 1 follows: both
-    // campaign, and node 1's (pre-)votes for node 2 reach node 3. Had node 3 led every
-    // group, node 1 would have sent node 2 nothing.
-    cluster.kill(3);
-    cluster.restart(3);
     let config = fjord_client::ClientConfig {
         // Long enough for node 1 and node 3 to elect a leader between them, had they a
         // majority.
