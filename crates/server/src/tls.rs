@@ -636,7 +636,11 @@ impl NodeTls {
                     state.in_use = next;
                     look.loaded = true;
                 }
-                Err(e) => look.refused.push(e),
+                Err(e) => {
+                    // Tried again at the next look, rather than taken as seen.
+                    state.seen = state.in_use.clone();
+                    look.refused.push(e);
+                }
             }
         }
         look
@@ -864,9 +868,9 @@ async fn handshake(
                 tracing::warn!(
                     ?from,
                     error = %e,
-                    "TLS handshake failed on the peer port (a node's certificate not from the \
-                     peers' CA, or a node not trusting this node's; at most one warning per \
-                     {} s)",
+                    "TLS handshake failed on the peer port (a node whose certificate is not from \
+                     the peers' CA or that does not trust this node's, or a connection that is \
+                     not a node's; at most one warning per {} s)",
                     PEER_HANDSHAKE_WARN_EVERY.as_secs()
                 );
             } else {

@@ -133,7 +133,9 @@ impl CallTo {
             if message.len() + text.len() > MAX_CAUSE_CHARS {
                 break;
             }
-            if !message.contains(&text) {
+            if message.is_empty() {
+                message = text;
+            } else if !message.contains(&text) {
                 message.push_str(": ");
                 message.push_str(&text);
             }
