@@ -268,6 +268,18 @@ pub struct ServeConfig {
     pub tls_reload_interval_ms: u64,
 }
 
+/// Three settings given together or not at all: `Ok(None)` for none, all three, or the name
+/// of the first one missing.
+fn all_or_none<'a>(
+    named: [(&'a Option<PathBuf>, &'static str); 3],
+) -> Result<Option<[&'a PathBuf; 3]>, &'static str> {
+    match named.map(|(value, _)| value.as_ref()) {
+        [None, None, None] => Ok(None),
+        [Some(a), Some(b), Some(c)] => Ok(Some([a, b, c])),
+        given => Err(named[given.iter().position(Option::is_none).unwrap_or(0)].1),
+    }
+}
+
 /// Every default, written once (the flags and the TOML file both take them from here).
 pub mod defaults {
     pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
@@ -709,55 +721,37 @@ impl ServeConfig {
         if !crate::tls::RELOAD_INTERVAL_MS_RANGE.contains(&self.tls_reload_interval_ms) {
             return Err(ConfigError::TlsReloadInterval(self.tls_reload_interval_ms));
         }
-        let (cert, key, ca) = match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
-            (None, None, None) => {
-                if self.tls_client_auth.is_some() {
-                    return Err(ConfigError::TlsOff("tls_client_auth"));
-                }
-                if !self.tls_peer_names.is_empty() {
-                    return Err(ConfigError::TlsOff("tls_peer_names"));
-                }
-                for (set, name) in [
-                    (self.peer_tls_cert.is_some(), "peer_tls_cert"),
-                    (self.peer_tls_key.is_some(), "peer_tls_key"),
-                    (self.peer_tls_ca.is_some(), "peer_tls_ca"),
-                ] {
-                    if set {
-                        return Err(ConfigError::TlsOff(name));
-                    }
-                }
-                return Ok(None);
-            }
-            (Some(c), Some(k), Some(a)) => (c, k, a),
-            (c, k, _) => {
-                let missing = if c.is_none() {
-                    "tls_cert"
-                } else if k.is_none() {
-                    "tls_key"
-                } else {
-                    "tls_ca"
-                };
-                return Err(ConfigError::TlsIncomplete(missing));
-            }
+        let files = all_or_none([
+            (&self.tls_cert, "tls_cert"),
+            (&self.tls_key, "tls_key"),
+            (&self.tls_ca, "tls_ca"),
+        ])
+        .map_err(ConfigError::TlsIncomplete)?;
+        let Some([cert, key, ca]) = files else {
+            // TLS off: no other TLS setting may be given.
+            let stray = [
+                (self.tls_client_auth.is_some(), "tls_client_auth"),
+                (!self.tls_peer_names.is_empty(), "tls_peer_names"),
+                (self.peer_tls_cert.is_some(), "peer_tls_cert"),
+                (self.peer_tls_key.is_some(), "peer_tls_key"),
+                (self.peer_tls_ca.is_some(), "peer_tls_ca"),
+            ];
+            return match stray.into_iter().find(|(set, _)| *set) {
+                Some((_, name)) => Err(ConfigError::TlsOff(name)),
+                None => Ok(None),
+            };
         };
-        let peer = match (&self.peer_tls_cert, &self.peer_tls_key, &self.peer_tls_ca) {
-            (None, None, None) => None,
-            (Some(cert), Some(key), Some(ca)) => Some(crate::tls::PeerFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                ca: ca.clone(),
-            }),
-            (c, k, _) => {
-                let missing = if c.is_none() {
-                    "peer_tls_cert"
-                } else if k.is_none() {
-                    "peer_tls_key"
-                } else {
-                    "peer_tls_ca"
-                };
-                return Err(ConfigError::PeerTlsIncomplete(missing));
-            }
-        };
+        let peer = all_or_none([
+            (&self.peer_tls_cert, "peer_tls_cert"),
+            (&self.peer_tls_key, "peer_tls_key"),
+            (&self.peer_tls_ca, "peer_tls_ca"),
+        ])
+        .map_err(ConfigError::PeerTlsIncomplete)?
+        .map(|[cert, key, ca]| crate::tls::PeerFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+        });
         Ok(Some(crate::tls::TlsSettings {
             cert: cert.clone(),
             key: key.clone(),

@@ -2,24 +2,25 @@
 //!
 //! - One certificate per node (`--tls-cert`, `--tls-key`): served on the client listener
 //!   and, without `--peer-tls-*`, on the peer listener too and presented as the client
-//!   certificate on the connections this node opens to its peers. [`ReloadingKey`] holds it behind a lock, and [`reload_loop`] reads the
-//!   files again every `--tls-reload-interval-ms`: a fresh handshake gets the new
-//!   certificate without a restart; a file that does not load keeps the old one (logged).
+//!   certificate on the connections this node opens to its peers. [`ReloadingKey`] holds it
+//!   behind a lock, and [`reload_loop`] reads the files again every
+//!   `--tls-reload-interval-ms`: a fresh handshake gets the new certificate without a
+//!   restart; a file that does not load keeps the old one (logged).
 //! - One CA bundle (`--tls-ca`): verifies the clients' certificates (`--tls-client-auth`)
-//!   and, without `--peer-tls-*`, the peers' (both ways). [`reload_loop`] reads it again too: a new bundle
-//!   rebuilds both listeners' acceptors and the outbound configuration ([`NodeTls`]), which
-//!   new connections get; a bundle that does not load keeps the old one (logged). Rotating a
-//!   CA without a restart needs that: old and new CA in the bundle on every node, then the
-//!   new certificates, then the new CA alone.
+//!   and, without `--peer-tls-*`, the peers' (both ways). [`reload_loop`] reads it again
+//!   too: a new bundle rebuilds both listeners' acceptors and the outbound configuration
+//!   ([`NodeTls`]), which new connections get; a bundle that does not load keeps the old one
+//!   (logged). Rotating a CA without a restart needs that: old and new CA in the bundle on
+//!   every node, then the new certificates, then the new CA alone.
 //! - Optionally a second certificate, key and CA for the peers alone (`--peer-tls-cert`,
 //!   `--peer-tls-key`, `--peer-tls-ca`, Kafka's per-listener trust stores): the peer listener
 //!   and the outbound peer connections then present that certificate and trust that CA only,
 //!   so no certificate the clients' CA issues is a node's, whatever it names. Reloaded the
 //!   same way.
 //! - Between nodes, mutual TLS always: the peer listener requires a certificate from the
-//!   peers' CA (`--peer-tls-ca`, else `--tls-ca`) and then that it names ([`PeerNames`]: a DNS or IP subject alternative name) the host of
-//!   one of the `--peers` addresses, or one of `--tls-peer-names`; any other certificate
-//!   (a client's) is refused there.
+//!   peers' CA (`--peer-tls-ca`, else `--tls-ca`) and then that it names ([`PeerNames`]: a
+//!   DNS or IP subject alternative name) the host of one of the `--peers` addresses, or one
+//!   of `--tls-peer-names`; any other certificate (a client's) is refused there.
 //! - The incoming TCP connections are wrapped here ([`incoming`]), the handshakes run
 //!   concurrently and bounded in number and time; [`Conn`] carries the verified client
 //!   certificate to the handlers ([`client_cert_subject`]).
@@ -821,32 +822,27 @@ static PEER_HANDSHAKE_WARNINGS: Every = Every::new(PEER_HANDSHAKE_WARN_EVERY);
 /// A gate that opens at most once per interval (process-wide).
 struct Every {
     every: Duration,
-    /// Milliseconds since [`Every::epoch`] at the last opening, plus one (0: never).
-    last: std::sync::atomic::AtomicU64,
-    epoch: std::sync::OnceLock<std::time::Instant>,
+    /// When it last opened.
+    last: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Every {
     const fn new(every: Duration) -> Every {
         Every {
             every,
-            last: std::sync::atomic::AtomicU64::new(0),
-            epoch: std::sync::OnceLock::new(),
+            last: std::sync::Mutex::new(None),
         }
     }
 
     /// Whether the gate opens now (and then not again for the interval).
     fn allow(&self) -> bool {
-        use std::sync::atomic::Ordering;
-        let epoch = *self.epoch.get_or_init(std::time::Instant::now);
-        let now = epoch.elapsed().as_millis() as u64 + 1;
-        let last = self.last.load(Ordering::Relaxed);
-        if last != 0 && now.saturating_sub(last) < self.every.as_millis() as u64 {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < self.every) {
             return false;
         }
-        self.last
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
+        *last = Some(now);
+        true
     }
 }
 
