@@ -195,6 +195,24 @@ impl Cluster {
         node_args: impl Fn(u64) -> Vec<String>,
         client_config: ClientConfig,
     ) -> Cluster {
+        let mut c = Self::configure(n, timing, extra, client_config);
+        for i in 0..n {
+            let args = node_args(i as u64 + 1);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            c.spawn_with(i, &args);
+        }
+        c.wait_ready().await;
+        c
+    }
+
+    /// A cluster of `n` configured nodes (each one's `--peers` names all `n`), none of them
+    /// started: [`Cluster::restart`] starts each (a cluster that forms one node at a time).
+    pub fn configure(
+        n: usize,
+        timing: Timing,
+        extra: &[&str],
+        client_config: ClientConfig,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(2 * n);
         let (client_ports, peer_ports) = ports.split_at(n);
@@ -217,21 +235,14 @@ impl Cluster {
                 child: None,
             })
             .collect();
-        let mut c = Cluster {
+        Cluster {
             nodes,
             peers,
             timing,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             client_config,
             dir: Some(dir),
-        };
-        for i in 0..n {
-            let args = node_args(i as u64 + 1);
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            c.spawn_with(i, &args);
         }
-        c.wait_ready().await;
-        c
     }
 
     fn spawn(&mut self, i: usize) {

@@ -7,10 +7,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use fjord_client::{
-    Acks, ClientError, FetchOptions, ProducerConfig, ProducerRecord, ReadMode, StartFrom,
+    Acks, Client, ClientConfig, ClientError, FetchOptions, ProducerConfig, ProducerRecord,
+    ReadMode, StartFrom,
 };
 use fjord_proto::v1::ReadMode as WireRead;
-use fjord_tests::{Cluster, read_from_node, serial, wait_for};
+use fjord_tests::{Cluster, Timing, read_from_node, serial, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -598,6 +599,103 @@ async fn a_follower_far_behind_catches_up() {
         assert!(
             v.starts_with(&format!("{i:06}-")),
             "record {i} differs at {o} on node 3"
+        );
+    }
+}
+
+/// A topic asked for with the default replication factor while the cluster forms is held
+/// back (UNAVAILABLE, saying why), not made with fewer replicas that it would keep for good;
+/// so is the consumer groups' topic, at the first group request. A topic that names its
+/// factor is not held back. Once the last configured node has registered, both get 3. (A
+/// new cluster forms only once every voter answers its start check, so the window is a voter
+/// that answers but has not registered: here one whose own calls out stall.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forming_cluster_makes_no_topic_with_fewer_replicas_than_its_default() {
+    let _serial = serial();
+    let mut cluster = Cluster::configure(3, Timing::FAST, &[], ClientConfig::default());
+    // Node 3 answers its peers' start checks, so nodes 1 and 2 form the cluster and register;
+    // its own calls to them stall, so its own check, and its registration after it, wait.
+    let links = fjord_tests::links::PeerLinks::start(&cluster).await;
+    links.stall_calls(3, 1, true);
+    links.stall_calls(3, 2, true);
+    for id in [1, 2, 3] {
+        cluster.restart_with_peers(id, &links.peers_of(&cluster, id));
+    }
+    // One attempt per call: the refusal itself is what this test looks at.
+    let client = Client::connect(
+        cluster.brokers()[..2].to_vec(),
+        ClientConfig {
+            max_retries: 0,
+            ..ClientConfig::default()
+        },
+    )
+    .unwrap();
+    wait_for("nodes 1 and 2 to register", DEADLINE, || {
+        let client = &client;
+        async move {
+            let m = client.metadata().await.ok()?;
+            (m.metadata_leader.is_some() && m.nodes.len() == 2).then_some(())
+        }
+    })
+    .await;
+    fn forming<T>(r: &Result<T, ClientError>) -> bool {
+        matches!(r, Err(ClientError::Unavailable { message, .. })
+            if message.contains("still forming")
+                && message.contains("only 2 of the cluster's 3 nodes"))
+    }
+    let refused = client.create_topic("forming", 2, 0).await;
+    assert!(
+        forming(&refused),
+        "a default-replication topic, 2 of 3 nodes up: {refused:?}"
+    );
+    let refused = client.find_coordinator("early-group").await;
+    assert!(
+        forming(&refused),
+        "the groups' topic, 2 of 3 nodes up: {refused:?}"
+    );
+    let named = client
+        .create_topic("named", 1, 2)
+        .await
+        .expect("a topic that names its replication factor");
+    assert_eq!(named.partitions[0].replicas.len(), 2);
+
+    links.stall_calls(3, 1, false);
+    links.stall_calls(3, 2, false);
+    cluster.wait_ready().await;
+    let client = cluster.client();
+    let topic = client
+        .create_topic("forming", 2, 0)
+        .await
+        .expect("the same topic once the cluster formed");
+    for p in &topic.partitions {
+        assert_eq!(
+            p.replicas.len(),
+            3,
+            "partition {}: {:?}",
+            p.partition,
+            p.replicas
+        );
+    }
+    client
+        .find_coordinator("early-group")
+        .await
+        .expect("a coordinator once the cluster formed");
+    let groups = client
+        .metadata()
+        .await
+        .unwrap()
+        .topics
+        .into_iter()
+        .find(|t| t.name == "__fjord_groups")
+        .expect("the groups' topic in the metadata");
+    for p in &groups.partitions {
+        assert_eq!(
+            p.replicas.len(),
+            3,
+            "{} partition {}: {:?}",
+            groups.name,
+            p.partition,
+            p.replicas
         );
     }
 }

@@ -16,7 +16,8 @@ pub enum TopicCommand {
         #[arg(long, default_value_t = 1)]
         partitions: u32,
         /// Replicas per partition (1 to the node count). Default: 3, or the node count when
-        /// the cluster is smaller.
+        /// the cluster is smaller (counting configured peers that have not registered yet:
+        /// the create waits for them, refused with UNAVAILABLE until they have).
         #[arg(long, visible_alias = "replication-factor")]
         replication: Option<u32>,
         /// A setting of the topic's own, KEY=VALUE (repeatable): retention_ms,

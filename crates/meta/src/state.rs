@@ -219,7 +219,8 @@ pub enum MetaCommand {
         /// 1 to [`MAX_PARTITIONS_PER_TOPIC`].
         partitions: u32,
         /// 1 to the registered nodes, all of them in `live`; 0 asks for
-        /// `min(3, registered nodes)`.
+        /// `min(3, registered nodes)` (kept for the entries already in logs: nodes now resolve
+        /// the default themselves, counting their configured peers too, and propose it named).
         replication_factor: u32,
         /// Settings; see [`validate_topic_config`].
         config: TopicConfig,

@@ -207,8 +207,8 @@ pub fn topics_view(state: &fjord_meta::MetaState) -> TopicsView {
 }
 
 impl Coordinator {
-    /// The groups' topic, created (on live nodes, 3 replicas or as many as there are nodes)
-    /// if it does not exist yet.
+    /// The groups' topic, created (on live nodes, 3 replicas or as many as the cluster has
+    /// nodes, [`crate::live::default_replication`]) if it does not exist yet.
     pub async fn topic(&self, node: &Arc<Node>) -> Result<Topic, ApiError> {
         if let Some(t) = node.view().state.topic(fjord_groups::GROUPS_TOPIC) {
             return Ok(t.clone());
@@ -218,11 +218,15 @@ impl Coordinator {
             return Ok(t.clone());
         }
         let service = crate::service::ClientService::internal(node.clone());
+        // Not made with fewer replicas while the cluster forms: it would keep them for good.
+        let replication_factor = service
+            .default_replication(fjord_groups::GROUPS_TOPIC)
+            .await?;
         let live = service.live_nodes().await;
         let cmd = MetaCommand::CreateTopicWithConfig {
             name: fjord_groups::GROUPS_TOPIC.to_string(),
             partitions: node.group_partitions(),
-            replication_factor: 0,
+            replication_factor,
             config: fjord_meta::TopicConfig::default(),
             live,
         };

@@ -342,6 +342,21 @@ pub enum ApiError {
          {0}; retry once the nodes are up"
     )]
     GroupsTopicNotYet(fjord_meta::MetaError),
+    /// A topic that names no replication factor, while the cluster forms: fewer nodes have
+    /// registered than its default factor needs ([`crate::live::default_replication`]).
+    #[error(
+        "topic {topic} takes the default replication factor, {replication_factor} (3, or as \
+         many nodes as the cluster has), but only {registered} of the cluster's {expected} \
+         nodes (registered and configured peers) have registered: the cluster is still \
+         forming, and a topic made now would keep fewer replicas for good. Retry once the \
+         nodes have started (a topic that names its replication factor is not held back)"
+    )]
+    ClusterForming {
+        topic: String,
+        replication_factor: u32,
+        registered: u32,
+        expected: u32,
+    },
     /// A rebuild of a node that answers heartbeats: its directory is not lost.
     #[error(
         "node {0} is alive (it answers this node's heartbeats): a rebuild takes back a node \
@@ -546,7 +561,11 @@ impl ApiError {
             ApiError::UnregisteredNode(_) | ApiError::MajorityLost(_) => Code::FailedPrecondition,
             // The rebuilding node asks again: a node that just died is suspected within the
             // failure detector's timeout.
-            ApiError::RebuildOfLiveNode(_) | ApiError::GroupsTopicNotYet(_) => Code::Unavailable,
+            // So is a topic held back while the cluster forms: it goes through once the nodes
+            // have registered.
+            ApiError::RebuildOfLiveNode(_)
+            | ApiError::GroupsTopicNotYet(_)
+            | ApiError::ClusterForming { .. } => Code::Unavailable,
             ApiError::Internal(_)
             | ApiError::Storage(_)
             | ApiError::UnexpectedAnswer { .. }

@@ -11,8 +11,15 @@
 //! 3. While a candidate is not heard from (this node started a moment ago), the proposal
 //!    waits, until a deadline: a node that is down costs a topic creation that wait, a fresh
 //!    cluster does not place every replica on the first nodes up.
+//!
+//! And the replication factor of a topic that names none ([`default_replication`]): 3, or as
+//! many nodes as the cluster has, where the cluster counts its configured peers as well as its
+//! registered nodes. While a forming cluster has registered fewer nodes than that, the topic
+//! waits ([`DefaultReplication::Forming`]) rather than being made with fewer replicas, which
+//! it would keep for good (Kafka's `default.replication.factor` and offsets topic likewise
+//! refuse until enough brokers are up).
 
-use fjord_meta::NodeId;
+use fjord_meta::{DEFAULT_REPLICATION_FACTOR, NodeId};
 
 /// What a CreateTopic does with its live set now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,9 +52,104 @@ pub fn live_set(
     }
 }
 
+/// The replication factor a topic that names none gets ([`default_replication`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultReplication {
+    /// Create it with this factor: every node it needs has registered.
+    Use(u32),
+    /// The cluster is still forming: fewer nodes have registered than the factor needs.
+    Forming {
+        /// The default factor: min(3, the nodes the cluster counts).
+        replication_factor: u32,
+        /// The nodes registered in the metadata.
+        registered: u32,
+        /// The nodes the cluster counts: registered, configured peers and this node.
+        expected: u32,
+    },
+}
+
+/// The default replication factor on node `me` (see the module doc): `registered`, the nodes
+/// its metadata has registered; `configured`, its configured peers.
+pub fn default_replication(
+    me: NodeId,
+    registered: impl IntoIterator<Item = NodeId>,
+    configured: impl IntoIterator<Item = NodeId>,
+) -> DefaultReplication {
+    let registered: Vec<NodeId> = registered.into_iter().collect();
+    let mut expected: Vec<NodeId> = registered.iter().copied().chain(configured).collect();
+    expected.push(me);
+    expected.sort_unstable();
+    expected.dedup();
+    let count = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    let (registered, expected) = (count(registered.len()), count(expected.len()));
+    let replication_factor = DEFAULT_REPLICATION_FACTOR.min(expected);
+    if replication_factor <= registered {
+        DefaultReplication::Use(replication_factor)
+    } else {
+        DefaultReplication::Forming {
+            replication_factor,
+            registered,
+            expected,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forming_cluster_waits_for_the_nodes_its_default_factor_needs() {
+        // Node 1 of three configured peers; only it has registered so far.
+        assert_eq!(
+            default_replication(1, [1], [1, 2, 3]),
+            DefaultReplication::Forming {
+                replication_factor: 3,
+                registered: 1,
+                expected: 3
+            }
+        );
+        assert_eq!(
+            default_replication(1, [1, 2], [1, 2, 3]),
+            DefaultReplication::Forming {
+                replication_factor: 3,
+                registered: 2,
+                expected: 3
+            }
+        );
+        assert_eq!(
+            default_replication(1, [1, 2, 3], [1, 2, 3]),
+            DefaultReplication::Use(3)
+        );
+    }
+
+    #[test]
+    fn the_default_factor_is_three_or_the_cluster_s_size() {
+        assert_eq!(default_replication(1, [1], [1]), DefaultReplication::Use(1));
+        assert_eq!(
+            default_replication(2, [1, 2], [1, 2]),
+            DefaultReplication::Use(2)
+        );
+        // Five nodes, one of them (joined later) configured with the founders only.
+        assert_eq!(
+            default_replication(5, [1, 2, 3, 4, 5], [1, 2, 3, 5]),
+            DefaultReplication::Use(3)
+        );
+        // A node registered but not configured here (it joined later) counts as well.
+        assert_eq!(
+            default_replication(1, [1, 2, 4], [1, 2]),
+            DefaultReplication::Use(3)
+        );
+        // Not registered yet, no peers configured: itself alone, and it must register first.
+        assert_eq!(
+            default_replication(4, [], []),
+            DefaultReplication::Forming {
+                replication_factor: 1,
+                registered: 0,
+                expected: 1
+            }
+        );
+    }
 
     #[test]
     fn every_candidate_heard_from_is_proposed_at_once() {

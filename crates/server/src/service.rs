@@ -387,6 +387,42 @@ impl ClientService {
         }
     }
 
+    /// The replication factor of `topic`, created without one ([`live::default_replication`]
+    /// decides). While the cluster forms, this node waits up to [`LIVE_NODES_WAIT`] for the
+    /// registrations its metadata has not applied yet, then refuses (UNAVAILABLE, retryable).
+    pub(crate) async fn default_replication(&self, topic: &str) -> Result<u32, ApiError> {
+        let mut view = self.node.meta().subscribe();
+        let deadline = tokio::time::Instant::now() + LIVE_NODES_WAIT;
+        loop {
+            let decision = live::default_replication(
+                self.node.id(),
+                view.borrow_and_update().state.nodes.keys().copied(),
+                self.node.configured_peers(),
+            );
+            match decision {
+                live::DefaultReplication::Use(rf) => return Ok(rf),
+                live::DefaultReplication::Forming {
+                    replication_factor,
+                    registered,
+                    expected,
+                } => {
+                    // Woken by each metadata change; bounded by the deadline.
+                    if !matches!(
+                        tokio::time::timeout_at(deadline, view.changed()).await,
+                        Ok(Ok(()))
+                    ) {
+                        return Err(ApiError::ClusterForming {
+                            topic: topic.to_string(),
+                            replication_factor,
+                            registered,
+                            expected,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
     /// Waits (bounded by [`CREATE_TOPIC_LEADER_WAIT`]) until this node's applied metadata
     /// satisfies `done`, so that its next answers show a write it just made through the
     /// metadata leader.
@@ -589,11 +625,16 @@ impl Fjord for ClientService {
             }
             .into());
         }
+        let config = topic_wire::config_from_wire(req.config)?;
+        let replication_factor = match req.replication_factor {
+            0 => self.default_replication(&req.name).await?,
+            named => named,
+        };
         let cmd = MetaCommand::CreateTopicWithConfig {
             name: req.name.clone(),
             partitions: req.partitions,
-            replication_factor: req.replication_factor,
-            config: topic_wire::config_from_wire(req.config)?,
+            replication_factor,
+            config,
             live: self.live_nodes().await,
         };
         let resp = Self::meta_result(self.node.meta_write(cmd).await?)?;
