@@ -630,14 +630,19 @@ async fn a_forming_cluster_makes_no_topic_with_fewer_replicas_than_its_default()
         },
     )
     .unwrap();
-    wait_for("nodes 1 and 2 to register", DEADLINE, || {
-        let client = &client;
-        async move {
-            let m = client.metadata().await.ok()?;
-            (m.metadata_leader.is_some() && m.nodes.len() == 2).then_some(())
-        }
-    })
-    .await;
+    // Each of nodes 1 and 2 asked on its own: both have applied both registrations (a node
+    // still catching up would refuse for that reason instead).
+    for addr in &cluster.brokers()[..2] {
+        let one = Client::connect(vec![addr.clone()], ClientConfig::default()).unwrap();
+        wait_for("nodes 1 and 2 to register", DEADLINE, || {
+            let one = &one;
+            async move {
+                let m = one.metadata().await.ok()?;
+                (m.metadata_leader.is_some() && m.nodes.len() == 2).then_some(())
+            }
+        })
+        .await;
+    }
     fn forming<T>(r: &Result<T, ClientError>) -> bool {
         matches!(r, Err(ClientError::Unavailable { message, .. })
             if message.contains("still forming")
@@ -653,11 +658,22 @@ async fn a_forming_cluster_makes_no_topic_with_fewer_replicas_than_its_default()
         forming(&refused),
         "the groups' topic, 2 of 3 nodes up: {refused:?}"
     );
+    // A create the metadata refuses anyway is answered at once, not held for the forming.
+    let invalid = client.create_topic("bad name!", 1, 0).await;
+    assert!(
+        matches!(&invalid, Err(ClientError::InvalidArgument(_))),
+        "an invalid name while forming: {invalid:?}"
+    );
     let named = client
         .create_topic("named", 1, 2)
         .await
         .expect("a topic that names its replication factor");
     assert_eq!(named.partitions[0].replicas.len(), 2);
+    let exists = client.create_topic("named", 1, 0).await;
+    assert!(
+        matches!(&exists, Err(ClientError::AlreadyExists(_))),
+        "an existing topic while forming: {exists:?}"
+    );
 
     links.stall_calls(3, 1, false);
     links.stall_calls(3, 2, false);

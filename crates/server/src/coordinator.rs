@@ -213,15 +213,17 @@ impl Coordinator {
         if let Some(t) = node.view().state.topic(fjord_groups::GROUPS_TOPIC) {
             return Ok(t.clone());
         }
+        let service = crate::service::ClientService::internal(node.clone());
+        // Not made with fewer replicas while the cluster forms: it would keep them for good.
+        // Resolved before the lock, so that requests arriving together wait for the nodes'
+        // registrations together, not one after another.
+        let replication_factor = service
+            .default_replication(fjord_groups::GROUPS_TOPIC)
+            .await?;
         let _one = self.creating.lock().await;
         if let Some(t) = node.view().state.topic(fjord_groups::GROUPS_TOPIC) {
             return Ok(t.clone());
         }
-        let service = crate::service::ClientService::internal(node.clone());
-        // Not made with fewer replicas while the cluster forms: it would keep them for good.
-        let replication_factor = service
-            .default_replication(fjord_groups::GROUPS_TOPIC)
-            .await?;
         let live = service.live_nodes().await;
         let cmd = MetaCommand::CreateTopicWithConfig {
             name: fjord_groups::GROUPS_TOPIC.to_string(),

@@ -626,9 +626,15 @@ impl Fjord for ClientService {
             .into());
         }
         let config = topic_wire::config_from_wire(req.config)?;
+        // The default resolved only for a topic the metadata could create: one that exists
+        // already, or a request it refuses anyway, gets its own answer (ALREADY_EXISTS,
+        // INVALID_ARGUMENT) from the metadata at once, not a wait for a forming cluster.
+        let creatable = view.state.topic(&req.name).is_none()
+            && fjord_meta::validate_topic_name(&req.name).is_ok()
+            && (1..=fjord_meta::MAX_PARTITIONS_PER_TOPIC).contains(&req.partitions);
         let replication_factor = match req.replication_factor {
-            0 => self.default_replication(&req.name).await?,
-            named => named,
+            0 if creatable => self.default_replication(&req.name).await?,
+            rf => rf,
         };
         let cmd = MetaCommand::CreateTopicWithConfig {
             name: req.name.clone(),
