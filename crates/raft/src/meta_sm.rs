@@ -166,6 +166,11 @@ pub struct MetaSm {
     store: Store,
     view: MetaView,
     publish: watch::Sender<Arc<MetaView>>,
+    /// One snapshot write at a time, shared with the builders: openraft builds in a task of
+    /// its own while its worker may install a newer snapshot, and a build's write queued
+    /// after the install's would put an older snapshot over it, behind the log purged up to
+    /// the newer one (a restart would then find entries missing between the two).
+    snapshot_io: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl MetaSm {
@@ -186,6 +191,7 @@ impl MetaSm {
                 store,
                 view,
                 publish: tx,
+                snapshot_io: Arc::default(),
             },
             rx,
         ))
@@ -197,6 +203,7 @@ impl MetaSm {
             store: self.store.clone(),
             view: self.view.clone(),
             publish: self.publish.clone(),
+            snapshot_io: self.snapshot_io.clone(),
         }
     }
 }
@@ -206,6 +213,21 @@ impl RaftSnapshotBuilder<TypeConfig> for MetaSm {
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
         // The builder is a copy taken when openraft asked for it: a consistent state.
+        let _io = self.snapshot_io.lock().await;
+        // A snapshot installed since the copy was taken is newer: keep it, and answer with it.
+        if let Some(stored) = self.store.get_value(self.group, GroupKey::Snapshot)? {
+            let view = decode_view(&stored)?;
+            let index = |v: &MetaView| v.last_applied.map(|l| l.index());
+            if index(&view) >= index(&self.view) {
+                return Ok(SnapshotOf::<TypeConfig, Vec<u8>> {
+                    meta: SnapshotMetaOf::<TypeConfig> {
+                        last_log_id: view.last_applied,
+                        last_membership: view.membership,
+                    },
+                    snapshot: stored,
+                });
+            }
+        }
         let data = encode_view(&self.view)?;
         self.store
             .write(vec![Op::Put {
@@ -275,6 +297,7 @@ impl RaftStateMachine<TypeConfig> for MetaSm {
         snapshot: Vec<u8>,
     ) -> Result<(), io::Error> {
         let view: MetaView = decode_view(&snapshot)?;
+        let _io = self.snapshot_io.lock().await;
         self.store
             .write(vec![Op::Put {
                 group: self.group,
@@ -310,6 +333,45 @@ impl RaftStateMachine<TypeConfig> for MetaSm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A builder copied before a newer snapshot was installed does not write its older one
+    /// over it (openraft builds in a task of its own while its worker installs), and answers
+    /// with the newer one.
+    #[tokio::test]
+    async fn a_build_from_before_an_install_keeps_the_installed_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &Default::default()).unwrap();
+        let (mut sm, _view) = MetaSm::open(7, store.clone()).unwrap();
+        sm.view.last_applied = Some(openraft::testing::log_id::<TypeConfig>(1, 1, 5));
+        let mut builder = sm.get_snapshot_builder().await;
+        let newer = MetaView {
+            last_applied: Some(openraft::testing::log_id::<TypeConfig>(2, 1, 10)),
+            ..MetaView::default()
+        };
+        let meta = SnapshotMetaOf::<TypeConfig> {
+            last_log_id: newer.last_applied,
+            last_membership: newer.membership.clone(),
+        };
+        sm.install_snapshot(&meta, encode_view(&newer).unwrap())
+            .await
+            .unwrap();
+        let built = builder.build_snapshot().await.unwrap();
+        assert_eq!(built.meta.last_log_id, newer.last_applied);
+        let stored = store.get_value(7, GroupKey::Snapshot).unwrap().unwrap();
+        assert_eq!(
+            decode_view(&stored).unwrap().last_applied,
+            newer.last_applied
+        );
+        // A builder of a newer state than the stored one writes it.
+        sm.view.last_applied = Some(openraft::testing::log_id::<TypeConfig>(2, 1, 12));
+        let built = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(built.meta.last_log_id.map(|l| l.index()), Some(12));
+    }
 
     /// A node upgraded from a version without identities opens its metadata snapshot.
     #[test]
