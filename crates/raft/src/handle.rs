@@ -256,6 +256,9 @@ pub(crate) struct Instance<SM: RaftStateMachine<TypeConfig>> {
     /// it saw a leader: what the node's election counters have counted (across restarts of
     /// a hibernated instance).
     marks: Mutex<ElectionMarks>,
+    /// Whether a task is finishing a joint configuration this replica's leader found
+    /// ([`voters::joint_to_finish`]): one at a time.
+    finishing_joint: std::sync::atomic::AtomicBool,
 }
 
 /// See [`Instance`]'s `marks`.
@@ -512,6 +515,13 @@ impl<SM: RaftStateMachine<TypeConfig>> Instance<SM> {
                     .lock()
                     .unwrap()
                     .count(&rx.borrow_watched(), &me.transitions);
+                if joint_to_finish(&rx.borrow_watched())
+                    && !me
+                        .finishing_joint
+                        .swap(true, std::sync::atomic::Ordering::AcqRel)
+                {
+                    tokio::spawn(finish_joint_after_grace(Arc::downgrade(&me)));
+                }
                 me.leadership.send_if_modified(|w| {
                     let changed = w.leadership != now && !w.stopped;
                     if changed {
@@ -525,6 +535,47 @@ impl<SM: RaftStateMachine<TypeConfig>> Instance<SM> {
                 }
             }
         });
+    }
+}
+
+/// How long a leader leaves a committed joint configuration to the change that made it (which
+/// proposes the second entry at once) before it finishes it itself.
+const JOINT_FINISH_GRACE: Duration = Duration::from_secs(2);
+
+/// [`voters::joint_to_finish`] on openraft's metrics.
+fn joint_to_finish(m: &openraft::RaftMetrics<TypeConfig>) -> bool {
+    voters::joint_to_finish(
+        m.state == ServerState::Leader,
+        m.membership_config.membership().get_joint_config().len(),
+        m.membership_config.log_id().as_ref().map(|l| l.index()),
+        m.last_applied.as_ref().map(|l| l.index()),
+    )
+}
+
+/// After [`JOINT_FINISH_GRACE`], finishes the group's joint configuration if this replica
+/// still leads it and it is still joint ([`voters::joint_to_finish`]): left joint, the group
+/// needs a majority of both parts, and one more lost node stops it (a fault run saw the
+/// metadata group stay in `[{2, 3}, {1, 2, 3}]` after a power loss during node 1's
+/// promotion, and lose its leader for good once node 3 lost its disk: node 3's rebuild then
+/// waited for a metadata leader that could not be elected).
+async fn finish_joint_after_grace<SM: RaftStateMachine<TypeConfig>>(
+    instance: std::sync::Weak<Instance<SM>>,
+) {
+    // Until the configuration is uniform, or this replica no longer leads (or runs).
+    loop {
+        tokio::time::sleep(JOINT_FINISH_GRACE).await;
+        let Some(me) = instance.upgrade() else { return };
+        let raft = me
+            .running()
+            .filter(|raft| joint_to_finish(&raft.metrics().borrow_watched()));
+        let Some(raft) = raft else {
+            me.finishing_joint
+                .store(false, std::sync::atomic::Ordering::Release);
+            return;
+        };
+        if let Err(e) = finish_joint(&raft).await {
+            tracing::warn!(group = me.group, error = %e, "a joint configuration was not finished; trying again");
+        }
     }
 }
 
@@ -752,6 +803,7 @@ impl<SM: RaftStateMachine<TypeConfig>> GroupRaft<SM> {
             .0,
             transitions: transitions.clone(),
             marks: Mutex::new(ElectionMarks::of(&raft)),
+            finishing_joint: Default::default(),
         });
         let quiet = Quiescence::new(group, instance.clone(), activity_grace, transitions);
         instance.forward_leadership(&raft);

@@ -129,9 +129,38 @@ pub fn demote_step(configs: &[BTreeSet<NodeId>], standing: &Standing, node: Node
     }
 }
 
+/// Whether a group's leader finishes its joint configuration itself
+/// ([`crate::handle`]'s leadership watch does, a grace period after it sees one): it leads,
+/// the configuration is joint (`configs`: one set when uniform, two when joint), and the
+/// joint entry (at index `joint_at`) is applied, so committed. Whoever started the change
+/// (a rebuild's promotion or demotion) may never ask again: a leader that lost its
+/// leadership or crashed between the two entries, or a caller that timed out, leaves the
+/// joint configuration behind, and a node restarted on its rebuilt directory sees itself a
+/// voter of it and asks nothing.
+pub fn joint_to_finish(
+    leader: bool,
+    configs: usize,
+    joint_at: Option<u64>,
+    applied: Option<u64>,
+) -> bool {
+    leader && configs > 1 && joint_at.is_some() && joint_at <= applied
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leader_finishes_a_committed_joint_configuration_only() {
+        assert!(joint_to_finish(true, 2, Some(10), Some(10)));
+        assert!(joint_to_finish(true, 2, Some(10), Some(12)));
+        // Not yet committed: the change that made it is still under way.
+        assert!(!joint_to_finish(true, 2, Some(10), Some(9)));
+        assert!(!joint_to_finish(true, 2, Some(10), None));
+        // Uniform, or not the leader.
+        assert!(!joint_to_finish(true, 1, Some(10), Some(12)));
+        assert!(!joint_to_finish(false, 2, Some(10), Some(12)));
+    }
 
     fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
         ids.iter().copied().collect()
