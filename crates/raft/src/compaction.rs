@@ -18,7 +18,9 @@
 //!   tombstone (a record with a key and an empty value) until it is older than
 //!   `delete_retention_ms` at `now_ms`. At and above `upto`: everything.
 //! - **Bounded.** At most [`MAX_COMPACTION_KEYS`] keys per pass (beyond, the pass stops at the
-//!   offset where the map filled, the same on every replica); entries are read and rewritten
+//!   offset where the map filled: the map starts at this replica's own clean point, so that
+//!   offset, and the superseded records kept above it, can differ between replicas; a key's
+//!   latest record is kept everywhere); entries are read and rewritten
 //!   [`STEP_ENTRIES`] at a time, each step its own write, and a pass pauses after each step
 //!   three times as long as the step took ([`Pacer`]), so produces keep their latency and most
 //!   of their throughput.
@@ -289,6 +291,17 @@ pub struct Progress {
     pub clean_bytes: u64,
 }
 
+/// Whether request `req` asks for nothing a pass of `done` has not done: `done` compacted as
+/// far, and expired every tombstone `req` would (those older than `now_ms` less
+/// `delete_retention_ms`). A replica restarted after a power
+/// loss applies its log again from an older checkpoint, so it meets requests older than the
+/// one its stored progress names; carrying them out again would rescan the whole log and
+/// move its clean point back (found by a review).
+fn superseded(req: &CompactRequest, done: &CompactRequest) -> bool {
+    let expired_before = |r: &CompactRequest| r.now_ms.saturating_sub(r.delete_retention_ms);
+    done.upto >= req.upto && expired_before(done) >= expired_before(req)
+}
+
 /// This replica's compaction progress on `group`.
 pub fn progress(store: &Store, group: u64) -> Result<Progress, io::Error> {
     Ok(match store.get_value(group, GroupKey::Compacted)? {
@@ -308,7 +321,7 @@ pub async fn run(store: &Store, shared: &PartitionShared) -> Result<usize, io::E
         return Ok(0);
     };
     let done = progress(store, group)?;
-    if done.request == req {
+    if done.request == req || superseded(&req, &done.request) {
         shared.compacted(req);
         return Ok(0);
     }
@@ -376,6 +389,22 @@ mod tests {
             headers: Vec::new(),
             timestamp_ms: ts,
         }
+    }
+
+    #[test]
+    fn an_older_request_than_the_one_done_is_not_carried_out_again() {
+        let r = |upto, now_ms, delete_retention_ms| CompactRequest {
+            upto,
+            now_ms,
+            delete_retention_ms,
+        };
+        let done = r(100, 5_000, 1_000);
+        assert!(superseded(&r(80, 4_000, 1_000), &done));
+        assert!(superseded(&r(100, 5_000, 1_000), &done));
+        // Further, or tombstones `done` kept that this one expires: carried out.
+        assert!(!superseded(&r(120, 4_000, 1_000), &done));
+        assert!(!superseded(&r(80, 6_000, 1_000), &done));
+        assert!(!superseded(&r(80, 5_000, 500), &done));
     }
 
     #[test]
