@@ -538,8 +538,9 @@ impl<SM: RaftStateMachine<TypeConfig>> Instance<SM> {
     }
 }
 
-/// How long a leader leaves a committed joint configuration to the change that made it (which
-/// proposes the second entry at once) before it finishes it itself.
+/// How long a committed joint configuration must stay current on a leader (seen at two
+/// looks this far apart) before the leader finishes it itself: the change that made it
+/// proposes its second entry at once.
 const JOINT_FINISH_GRACE: Duration = Duration::from_secs(2);
 
 /// [`voters::joint_to_finish`] on openraft's metrics.
@@ -561,20 +562,49 @@ fn joint_to_finish(m: &openraft::RaftMetrics<TypeConfig>) -> bool {
 async fn finish_joint_after_grace<SM: RaftStateMachine<TypeConfig>>(
     instance: std::sync::Weak<Instance<SM>>,
 ) {
+    // The joint configuration waited for (its log index): only one that stayed current for
+    // the whole grace is finished here, so that the change that made it, which proposes its
+    // second entry at once, is never raced (its second step would fail its precondition).
+    let mut waited_for: Option<u64> = None;
     // Until the configuration is uniform, or this replica no longer leads (or runs).
     loop {
         tokio::time::sleep(JOINT_FINISH_GRACE).await;
         let Some(me) = instance.upgrade() else { return };
-        let raft = me
-            .running()
-            .filter(|raft| joint_to_finish(&raft.metrics().borrow_watched()));
-        let Some(raft) = raft else {
+        let due = me.running().and_then(|raft| {
+            let at = {
+                let m = raft.metrics();
+                let m = m.borrow_watched();
+                joint_to_finish(&m)
+                    .then(|| m.membership_config.log_id().as_ref().map(|l| l.index()))
+                    .flatten()
+            };
+            at.map(|at| (raft, at))
+        });
+        let Some((raft, at)) = due else {
             me.finishing_joint
                 .store(false, std::sync::atomic::Ordering::Release);
+            // One that became due meanwhile would have found the flag still set.
+            let again = me
+                .running()
+                .is_some_and(|raft| joint_to_finish(&raft.metrics().borrow_watched()));
+            if again
+                && !me
+                    .finishing_joint
+                    .swap(true, std::sync::atomic::Ordering::AcqRel)
+            {
+                waited_for = None;
+                continue;
+            }
             return;
         };
+        if waited_for != Some(at) {
+            waited_for = Some(at);
+            continue;
+        }
+        let group = me.group;
+        drop(me);
         if let Err(e) = finish_joint(&raft).await {
-            tracing::warn!(group = me.group, error = %e, "a joint configuration was not finished; trying again");
+            tracing::warn!(group, error = %e, "a joint configuration was not finished; trying again");
         }
     }
 }
