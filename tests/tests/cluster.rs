@@ -679,19 +679,23 @@ async fn a_forming_cluster_makes_no_topic_with_fewer_replicas_than_its_default()
     links.stall_calls(3, 2, false);
     cluster.wait_ready().await;
     let client = cluster.client();
+    let three_replicas = |t: &fjord_client::TopicDescription| {
+        for p in &t.partitions {
+            let replicas = &p.replicas;
+            assert_eq!(
+                replicas.len(),
+                3,
+                "{} {}: {replicas:?}",
+                t.name,
+                p.partition
+            );
+        }
+    };
     let topic = client
         .create_topic("forming", 2, 0)
         .await
         .expect("the same topic once the cluster formed");
-    for p in &topic.partitions {
-        assert_eq!(
-            p.replicas.len(),
-            3,
-            "partition {}: {:?}",
-            p.partition,
-            p.replicas
-        );
-    }
+    three_replicas(&topic);
     client
         .find_coordinator("early-group")
         .await
@@ -704,16 +708,7 @@ async fn a_forming_cluster_makes_no_topic_with_fewer_replicas_than_its_default()
         .into_iter()
         .find(|t| t.name == "__fjord_groups")
         .expect("the groups' topic in the metadata");
-    for p in &groups.partitions {
-        assert_eq!(
-            p.replicas.len(),
-            3,
-            "{} partition {}: {:?}",
-            groups.name,
-            p.partition,
-            p.replicas
-        );
-    }
+    three_replicas(&groups);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

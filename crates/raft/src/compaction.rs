@@ -291,8 +291,8 @@ pub struct Progress {
     pub clean_bytes: u64,
 }
 
-/// Whether request `req` asks for nothing a pass of `done` has not done: `done` compacted as
-/// far, and expired every tombstone `req` would (those older than `now_ms` less
+/// Whether request `req` asks for nothing a pass of `done` has not done (`req` itself, or an
+/// older one): `done` compacted as far, and expired every tombstone `req` would (those older than `now_ms` less
 /// `delete_retention_ms`). A replica restarted after a power
 /// loss applies its log again from an older checkpoint, so it meets requests older than the
 /// one its stored progress names; carrying them out again would rescan the whole log and
@@ -321,7 +321,7 @@ pub async fn run(store: &Store, shared: &PartitionShared) -> Result<usize, io::E
         return Ok(0);
     };
     let done = progress(store, group)?;
-    if done.request == req || superseded(&req, &done.request) {
+    if superseded(&req, &done.request) {
         shared.compacted(req);
         return Ok(0);
     }

@@ -515,7 +515,7 @@ impl<SM: RaftStateMachine<TypeConfig>> Instance<SM> {
                     .lock()
                     .unwrap()
                     .count(&rx.borrow_watched(), &me.transitions);
-                if joint_to_finish(&rx.borrow_watched())
+                if joint_due(&rx.borrow_watched()).is_some()
                     && !me
                         .finishing_joint
                         .swap(true, std::sync::atomic::Ordering::AcqRel)
@@ -543,14 +543,25 @@ impl<SM: RaftStateMachine<TypeConfig>> Instance<SM> {
 /// proposes its second entry at once.
 const JOINT_FINISH_GRACE: Duration = Duration::from_secs(2);
 
-/// [`voters::joint_to_finish`] on openraft's metrics.
-fn joint_to_finish(m: &openraft::RaftMetrics<TypeConfig>) -> bool {
+/// [`voters::joint_to_finish`] on openraft's metrics: the joint configuration's log index
+/// when this leader should finish it.
+fn joint_due(m: &openraft::RaftMetrics<TypeConfig>) -> Option<u64> {
+    let joint_at = m.membership_config.log_id().as_ref().map(|l| l.index());
     voters::joint_to_finish(
         m.state == ServerState::Leader,
         m.membership_config.membership().get_joint_config().len(),
-        m.membership_config.log_id().as_ref().map(|l| l.index()),
+        joint_at,
         m.last_applied.as_ref().map(|l| l.index()),
     )
+    .then_some(joint_at)
+    .flatten()
+}
+
+/// [`joint_due`] of the group's running instance, with the instance.
+fn joint_due_in<SM: RaftStateMachine<TypeConfig>>(me: &Instance<SM>) -> Option<(Raft<SM>, u64)> {
+    let raft = me.running()?;
+    let at = joint_due(&raft.metrics().borrow_watched())?;
+    Some((raft, at))
 }
 
 /// After [`JOINT_FINISH_GRACE`], finishes the group's joint configuration if this replica
@@ -570,32 +581,19 @@ async fn finish_joint_after_grace<SM: RaftStateMachine<TypeConfig>>(
     loop {
         tokio::time::sleep(JOINT_FINISH_GRACE).await;
         let Some(me) = instance.upgrade() else { return };
-        let due = me.running().and_then(|raft| {
-            let at = {
-                let m = raft.metrics();
-                let m = m.borrow_watched();
-                joint_to_finish(&m)
-                    .then(|| m.membership_config.log_id().as_ref().map(|l| l.index()))
-                    .flatten()
-            };
-            at.map(|at| (raft, at))
-        });
-        let Some((raft, at)) = due else {
+        let Some((raft, at)) = joint_due_in(&me) else {
             me.finishing_joint
                 .store(false, std::sync::atomic::Ordering::Release);
             // One that became due meanwhile would have found the flag still set.
-            let again = me
-                .running()
-                .is_some_and(|raft| joint_to_finish(&raft.metrics().borrow_watched()));
-            if again
-                && !me
+            if joint_due_in(&me).is_none()
+                || me
                     .finishing_joint
                     .swap(true, std::sync::atomic::Ordering::AcqRel)
             {
-                waited_for = None;
-                continue;
+                return;
             }
-            return;
+            waited_for = None;
+            continue;
         };
         if waited_for != Some(at) {
             waited_for = Some(at);
